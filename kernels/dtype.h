@@ -1,0 +1,73 @@
+// Host-side conversions between float32 and the 16-bit storage types of the contract
+// (IEEE binary16 and bfloat16), round-to-nearest-even, NaN and infinity preserved.
+// Used by the CPU backend, the tests' reference and the tools; device code uses cuda_fp16.h /
+// cuda_bf16.h instead.
+#ifndef ATTENTION_KERNELS_DTYPE_H_
+#define ATTENTION_KERNELS_DTYPE_H_
+
+#include <cstdint>
+#include <cstring>
+
+namespace attention {
+
+inline uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+inline float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline float BFloat16ToFloat(uint16_t h) { return BitsFloat(uint32_t{h} << 16); }
+
+inline uint16_t FloatToBFloat16(float f) {
+  const uint32_t u = FloatBits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  const uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>((u + rounding) >> 16);
+}
+
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return BitsFloat(sign | 0x7f800000u | (mantissa << 13));  // inf / NaN
+  if (exponent != 0) return BitsFloat(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  if (mantissa == 0) return BitsFloat(sign);
+  // Subnormal: value = mantissa * 2^-24.
+  const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+  return sign ? -magnitude : magnitude;
+}
+
+inline uint16_t FloatToHalf(float f) {
+  const uint32_t u = FloatBits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t magnitude = u & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;    // NaN
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;   // rounds to or beyond infinity
+  if (magnitude < 0x38800000u) {                         // below the smallest normal half
+    if (magnitude < 0x33000000u) return sign;            // rounds to zero
+    // Subnormal half: shift the implicit-one mantissa into place, round to nearest even.
+    const uint32_t exponent = magnitude >> 23;
+    const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - exponent;  // 14..24
+    const uint32_t half_mantissa = mantissa >> shift;
+    const uint32_t remainder = mantissa & ((1u << shift) - 1);
+    const uint32_t halfway = 1u << (shift - 1);
+    uint32_t rounded = half_mantissa;
+    if (remainder > halfway || (remainder == halfway && (half_mantissa & 1u))) ++rounded;
+    return sign | static_cast<uint16_t>(rounded);
+  }
+  // Normal half: rebias the exponent, round the mantissa to 10 bits (carry may bump exponent).
+  const uint32_t rebased = magnitude - 0x38000000u;
+  const uint32_t rounding = 0xfffu + ((rebased >> 13) & 1u);
+  return sign | static_cast<uint16_t>((rebased + rounding) >> 13);
+}
+
+}  // namespace attention
+
+#endif  // ATTENTION_KERNELS_DTYPE_H_
