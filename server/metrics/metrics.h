@@ -3,7 +3,11 @@
 // so a request pays only increments and observations (no label lookups, no allocation).
 //
 // Names follow Prometheus conventions under the prefix `attention_`: base units (seconds,
-// bytes), `_total` on counters, low-cardinality labels only (method, code, stage, device).
+// bytes), `_total` on counters, low-cardinality labels only (method, code, stage, device,
+// reason). docs/metrics.md lists every metric with its type, labels, unit and example queries.
+//
+// Every method is thread-safe and may be called from any thread (reactors, the batcher, the
+// executors, a memory poller).
 #ifndef ATTENTION_SERVER_METRICS_METRICS_H_
 #define ATTENTION_SERVER_METRICS_METRICS_H_
 
@@ -11,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "grpcpp/support/status_code_enum.h"
 
@@ -24,10 +29,15 @@ namespace attention::server {
 struct BuildInfo {
   std::string version;
   std::string git_commit;
-  std::string cuda_version;  // empty on a CPU-only build
+  std::string cuda_version;  // empty on a CPU-only build (exported as "none")
   std::string backend;       // "cuda" or "cpu"
   std::string device_name;   // e.g. "NVIDIA H100 80GB HBM3" or the CPU model
 };
+
+// The project version (CMake's PROJECT_VERSION) and the short git commit of the source tree,
+// both fixed when the build was configured ("unknown" outside a git checkout).
+std::string_view ServiceVersion();
+std::string_view ServiceGitCommit();
 
 // RPC methods, as the `method` label.
 enum class Method { kAttention, kAttentionStream };
@@ -35,10 +45,30 @@ enum class Method { kAttention, kAttentionStream };
 // Stages of a request, each with its own latency histogram.
 enum class Stage { kQueueWait, kHostToDevice, kKernel, kDeviceToHost };
 
+// Label values, as exported: "Attention" / "AttentionStream"; "queue_wait" / "host_to_device" /
+// "kernel" / "device_to_host"; the canonical gRPC code name ("OK", "INVALID_ARGUMENT", ...,
+// "UNKNOWN" for a value outside the enum).
+std::string_view MethodLabel(Method method);
+std::string_view StageLabel(Stage stage);
+std::string_view StatusCodeLabel(grpc::StatusCode code);
+
+// Histogram bucket upper bounds, in the metric's unit. 1-2-5 steps per decade keep the `le`
+// labels round and give 2-2.5x resolution:
+//   request latency (end to end, server side): 50 us .. 60 s;
+//   stage latency (queue wait, transfers, kernel): 10 us .. 30 s, for sub-millisecond kernels;
+//   batch requests per launch: 1 .. 1024, powers of 2;
+//   batch query tokens per launch: 16 .. 1Mi, powers of 2.
+const std::vector<double>& RequestLatencyBuckets();
+const std::vector<double>& StageLatencyBuckets();
+const std::vector<double>& BatchRequestsBuckets();
+const std::vector<double>& BatchTokensBuckets();
+
 class Metrics {
  public:
   // Registers every family on `registry` (kept alive by the caller, e.g. the exposer) for
   // `num_devices` devices (device label "cpu" for the CPU backend, else "cuda:0".."cuda:N-1").
+  // Every labelled series (each method x code, each stage, each device, each rejection reason)
+  // is created here, at zero, so rate() works from the first scrape.
   Metrics(std::shared_ptr<prometheus::Registry> registry, const BuildInfo& build_info,
           int num_devices, bool cpu_backend);
   ~Metrics();
@@ -63,6 +93,7 @@ class Metrics {
 
   // Per-device memory: bytes the service holds from its pool right now, the pool's capacity and
   // high-water mark, and the device's total and free memory (0 for the CPU backend's device).
+  // A device index outside [0, num_devices) is ignored.
   void SetDeviceMemory(int device, int64_t used_bytes, int64_t pool_capacity_bytes,
                        int64_t pool_high_water_bytes, int64_t device_total_bytes,
                        int64_t device_free_bytes);
@@ -71,8 +102,12 @@ class Metrics {
   void SetPinnedHostMemory(int64_t capacity_bytes, int64_t used_bytes);
 
   // Requests refused before they were queued, by reason ("queue_full", "too_large",
-  // "draining", "invalid").
+  // "draining", "invalid"); any other string counts as "other".
   void RequestRejected(std::string_view reason);
+
+  // The number of devices and their `device` label values, in index order.
+  int num_devices() const;
+  const std::vector<std::string>& device_labels() const;
 
  private:
   struct Families;
