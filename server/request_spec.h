@@ -1,0 +1,83 @@
+// RequestSpec: the validated, kernel-ready description of one AttentionRequest. Produced by
+// ValidateRequest (server/validation.h) and read by the batcher, the packing helpers and every
+// executor; nothing downstream of validation re-reads shapes from the proto.
+#ifndef ATTENTION_SERVER_REQUEST_SPEC_H_
+#define ATTENTION_SERVER_REQUEST_SPEC_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/attention_params.h"
+
+namespace attention::server {
+
+// Every pointer points into the AttentionRequest it was validated from (or into
+// `converted_mask`), so a RequestSpec is valid only while that request lives and must not be
+// copied once `converted_mask` is in use (moving is fine: a vector's buffer survives a move).
+struct RequestSpec {
+  DType dtype = DType::kBFloat16;
+
+  // Packed variable-length request (cu_seqlens_q and cu_seqlens_k given) or dense.
+  bool packed = false;
+  // Sequences in the request: dense batch, or cu_seqlens_q size - 1.
+  int batch = 0;
+  // Dense: the sequence lengths. Packed: the longest sequence of the request.
+  int seqlen_q = 0, seqlen_k = 0;
+  // Rows of q (and o) and of k and v: dense batch * seqlen, packed the first dimension.
+  int64_t total_q = 0, total_k = 0;
+  int q_heads = 0, kv_heads = 0, head_dim = 0;
+
+  // q, k, v bytes (contiguous rows [total, heads, head_dim]) inside the request.
+  const char* q_data = nullptr;
+  const char* k_data = nullptr;
+  const char* v_data = nullptr;
+  // Packed only: batch + 1 offsets inside the request, else null.
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+
+  float softmax_scale = 0.f;  // resolved: the request's value or 1 / sqrt(head_dim)
+  float softcap = 0.f;
+  // Normalize()d: causal implies window_right == 0 and the reverse for an unbounded left side.
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+
+  // ALiBi slopes (float32) inside the request: [q_heads] (alibi_batch_stride 0) or
+  // [batch, q_heads] (alibi_batch_stride q_heads); null when absent.
+  const float* alibi_slopes = nullptr;
+  int64_t alibi_batch_stride = 0;
+
+  // Mask as the kernels read it: kBool is uint8 per element, kAdditive float32 per element.
+  // Strides index (sequence, head, row, col) of the request, 0 on broadcast dimensions.
+  // Additive FLOAT16 / BFLOAT16 masks are widened to float32 into `converted_mask`.
+  MaskKind mask_kind = MaskKind::kNone;
+  int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0, mask_col_stride = 0;
+  // Bytes of mask data the kernels read (elements x 1 for bool, x 4 for additive).
+  int64_t mask_bytes = 0;
+  const void* mask_raw = nullptr;     // the request's own bytes (BOOL or FLOAT32 masks)
+  std::vector<float> converted_mask;  // widened FLOAT16 / BFLOAT16 additive mask
+  const void* mask() const {
+    return converted_mask.empty() ? mask_raw : static_cast<const void*>(converted_mask.data());
+  }
+
+  bool return_lse = false;
+
+  // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth).
+  int64_t q_bytes = 0, kv_bytes = 0, lse_bytes = 0;
+
+  // Bytes the request holds while queued (q, k, v, mask, slopes): what --max_queue_bytes counts.
+  int64_t queued_bytes() const;
+  // FlashAttention-convention floating-point operations: 4 * len_q * len_k * head_dim per head and
+  // sequence, halved when causal.
+  double flops() const;
+  // Query and key rows of sequence b (0 <= b < batch).
+  int64_t seqlen_q_of(int b) const {
+    return packed ? cu_seqlens_q[b + 1] - cu_seqlens_q[b] : seqlen_q;
+  }
+  int64_t seqlen_k_of(int b) const {
+    return packed ? cu_seqlens_k[b + 1] - cu_seqlens_k[b] : seqlen_k;
+  }
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_REQUEST_SPEC_H_
