@@ -1,5 +1,8 @@
 #include "server/metrics/exposer.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <charconv>
 #include <exception>
 #include <string_view>
@@ -14,20 +17,22 @@
 namespace attention::server {
 namespace {
 
-// Checks "host:port" with a numeric port in [0, 65535] and a non-empty host ("[...]" for IPv6).
+// Checks "IPv4:port" with a numeric port in [0, 65535]. The HTTP server (civetweb, as Debian
+// builds it) has no IPv6 support and resolves no host names, so anything else would only fail
+// later with a vaguer message.
 absl::Status ValidateAddress(std::string_view address) {
-  const size_t colon = address.rfind(':');
   const auto invalid = [&](std::string_view rule) {
     return absl::InvalidArgumentError("metrics_address \"" + std::string(address) +
                                       "\": " + std::string(rule));
   };
-  if (colon == std::string_view::npos || colon == 0) {
-    return invalid("must be host:port, e.g. 0.0.0.0:9464 or [::]:9464");
-  }
-  const std::string_view host = address.substr(0, colon);
-  if (host.find(':') != std::string_view::npos &&
-      (host.front() != '[' || host.back() != ']' || host.size() < 3)) {
-    return invalid("an IPv6 host must be in brackets, e.g. [::1]:9464");
+  const size_t colon = address.rfind(':');
+  if (colon == std::string_view::npos) return invalid("must be IPv4:port, e.g. 0.0.0.0:9464");
+  const std::string host(address.substr(0, colon));
+  in_addr ipv4{};
+  if (inet_pton(AF_INET, host.c_str(), &ipv4) != 1) {
+    return invalid(
+        "host must be a numeric IPv4 address (e.g. 0.0.0.0 or 127.0.0.1); IPv6 and "
+        "host names are not supported by the metrics HTTP server");
   }
   const std::string_view port = address.substr(colon + 1);
   int value = -1;

@@ -40,9 +40,10 @@ class MetricsExposer {
 };
 
 // Starts serving `registry` and the process metrics at http://<address>/metrics.
-// `address` is "IPv4:port" or "[IPv6]:port" (numeric; port 0 picks a free one), as the server's
-// --metrics_address flag. INVALID_ARGUMENT when the address is malformed, UNAVAILABLE when it
-// cannot be bound (in use, not a local address).
+// `address` is "IPv4:port", numeric (0.0.0.0 for every interface; port 0 picks a free one), as
+// the server's --metrics_address flag: the HTTP server (civetweb as Debian builds it) has no IPv6.
+// INVALID_ARGUMENT when the address is malformed, UNAVAILABLE when it cannot be bound (in use,
+// not a local address). Stopping takes up to ~2 s (civetweb's poll interval).
 absl::StatusOr<std::unique_ptr<MetricsExposer>> StartMetricsExposer(
     const std::string& address, std::shared_ptr<prometheus::Registry> registry);
 

@@ -35,12 +35,13 @@ bool ParseNumber(std::string_view token, T* value) {
 std::optional<int64_t> CountOpenFds(const std::string& proc_root) {
   DIR* dir = opendir((proc_root + "/self/fd").c_str());
   if (dir == nullptr) return std::nullopt;
+  const std::string own_fd = std::to_string(dirfd(dir));
   int64_t count = 0;
   while (const dirent* entry = readdir(dir)) {
-    if (entry->d_name[0] != '.') ++count;
+    if (entry->d_name[0] != '.' && own_fd != entry->d_name) ++count;
   }
   closedir(dir);
-  return count > 0 ? count - 1 : 0;
+  return count;
 }
 
 prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type,
