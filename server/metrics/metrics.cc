@@ -143,6 +143,8 @@ struct Metrics::Families {
   prometheus::Gauge* queue_requests = nullptr;
   prometheus::Gauge* queue_bytes = nullptr;
   prometheus::Gauge* in_flight = nullptr;
+  prometheus::Gauge* queue_limit_requests = nullptr;
+  prometheus::Gauge* queue_limit_bytes = nullptr;
   prometheus::Gauge* pinned_capacity = nullptr;
   prometheus::Gauge* pinned_used = nullptr;
   std::vector<std::string> device_labels;
@@ -239,6 +241,21 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry, const BuildInfo
                      .Register(r)
                      .Add({});
 
+  f.queue_limit_requests = &prometheus::BuildGauge()
+                                .Name("attention_queue_limit_requests")
+                                .Help(
+                                    "Configured most requests waiting to be launched (0 = "
+                                    "unlimited).")
+                                .Register(r)
+                                .Add({});
+  f.queue_limit_bytes = &prometheus::BuildGauge()
+                             .Name("attention_queue_limit_bytes")
+                             .Help(
+                                 "Configured most payload bytes waiting to be launched (0 = "
+                                 "unlimited).")
+                             .Register(r)
+                             .Add({});
+
   auto& used = prometheus::BuildGauge()
                    .Name("attention_device_memory_used_bytes")
                    .Help("Device memory the service holds from its pool right now.")
@@ -324,6 +341,11 @@ void Metrics::BatchLaunched(int requests, int64_t tokens, double flops) {
 void Metrics::SetQueueDepth(int64_t requests, int64_t bytes) {
   families_->queue_requests->Set(static_cast<double>(requests));
   families_->queue_bytes->Set(static_cast<double>(bytes));
+}
+
+void Metrics::SetQueueLimits(int64_t max_requests, int64_t max_bytes) {
+  families_->queue_limit_requests->Set(static_cast<double>(max_requests));
+  families_->queue_limit_bytes->Set(static_cast<double>(max_bytes));
 }
 
 void Metrics::AddInFlight(int64_t delta) {

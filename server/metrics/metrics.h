@@ -91,6 +91,10 @@ class Metrics {
   void SetQueueDepth(int64_t requests, int64_t bytes);
   void AddInFlight(int64_t delta);
 
+  // The configured queue limits (--max_queue_requests, --max_queue_bytes; 0 = unlimited), set
+  // once at start-up so that dashboards and alerts can express queue depth as a fraction.
+  void SetQueueLimits(int64_t max_requests, int64_t max_bytes);
+
   // Per-device memory: bytes the service holds from its pool right now, the pool's capacity and
   // high-water mark, and the device's total and free memory (0 for the CPU backend's device).
   // A device index outside [0, num_devices) is ignored.

@@ -29,6 +29,7 @@ void RecordActivity(Metrics& metrics) {
   metrics.ObserveStage(Stage::kKernel, 0.00015);
   metrics.ObserveStage(Stage::kDeviceToHost, 0.00003);
   metrics.BatchLaunched(3, 384, 1.5e9);
+  metrics.SetQueueLimits(1024, int64_t{1} << 30);
   metrics.SetQueueDepth(2, 8192);
   metrics.AddInFlight(3);
   metrics.SetDeviceMemory(0, 1 << 20, 1 << 30, 1 << 22, int64_t{80} << 30, int64_t{70} << 30);

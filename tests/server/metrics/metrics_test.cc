@@ -128,6 +128,8 @@ TEST_F(MetricsTest, EveryFamilyExistsWithItsTypeLabelsAndSeriesAfterConstruction
       {"attention_queue_requests", MetricType::Gauge, {}, 1},
       {"attention_queue_bytes", MetricType::Gauge, {}, 1},
       {"attention_in_flight_requests", MetricType::Gauge, {}, 1},
+      {"attention_queue_limit_requests", MetricType::Gauge, {}, 1},
+      {"attention_queue_limit_bytes", MetricType::Gauge, {}, 1},
       {"attention_device_memory_used_bytes", MetricType::Gauge, {"device"}, 2},
       {"attention_device_pool_capacity_bytes", MetricType::Gauge, {"device"}, 2},
       {"attention_device_pool_high_water_bytes", MetricType::Gauge, {"device"}, 2},
@@ -344,6 +346,9 @@ TEST_F(MetricsTest, BatchGaugesDevicesPinnedAndRejections) {
   metrics.SetQueueDepth(7, 1 << 20);
   EXPECT_EQ(GaugeValue("attention_queue_requests", {}), 7);
   EXPECT_EQ(GaugeValue("attention_queue_bytes", {}), 1 << 20);
+  metrics.SetQueueLimits(1024, int64_t{1} << 32);
+  EXPECT_EQ(GaugeValue("attention_queue_limit_requests", {}), 1024);
+  EXPECT_EQ(GaugeValue("attention_queue_limit_bytes", {}), 4294967296.0);
   metrics.AddInFlight(5);
   metrics.AddInFlight(-2);
   EXPECT_EQ(GaugeValue("attention_in_flight_requests", {}), 3);
