@@ -1,6 +1,9 @@
 // Host API of the CPU backend: the same tiled online-softmax algorithm as the CUDA kernel
 // (tiles of Q against tiles of K/V, running max and sum, float32 accumulation, no
 // seqlen_q x seqlen_k buffer), multi-threaded over (sequence, head, query tile).
+//
+// Extra memory per worker thread is O(tile): about 4 * (3 * block_q * head_dim +
+// 2 * block_k * head_dim + block_k * block_q) bytes, whatever the sequence lengths.
 #ifndef ATTENTION_KERNELS_CPU_ATTENTION_CPU_H_
 #define ATTENTION_KERNELS_CPU_ATTENTION_CPU_H_
 
@@ -12,21 +15,54 @@
 
 namespace attention::cpu {
 
+// Instruction sets the tile kernel is compiled for. The same source is built once per entry;
+// Run() picks the best one the CPU supports (checked at run time), capped by
+// CpuBackendOptions::max_isa.
+enum class CpuIsa : uint8_t {
+  kGeneric,  // 128-bit vectors, baseline flags (SSE2 on x86-64, NEON on Arm64)
+  kAvx2,     // AVX2 + FMA + F16C, 256-bit vectors (x86-64 only)
+  kAvx512,   // AVX-512 F/BW/DQ/VL + FMA + F16C, 512-bit vectors (x86-64 only)
+};
+
+// "generic", "avx2" or "avx512".
+const char* CpuIsaName(CpuIsa isa);
+
+// The best instruction set this build and this CPU support.
+CpuIsa BestCpuIsa();
+
+struct CpuBackendOptions {
+  // Worker threads, the calling thread included; <= 0 means one per CPU this process may run on.
+  int num_threads = 0;
+  // Upper bound on the instruction set (tests and benchmarks use it to compare the variants).
+  CpuIsa max_isa = CpuIsa::kAvx512;
+  // Query rows and key rows per tile; 0 means the default (see attention_cpu.cc for the
+  // measurements behind it). block_q is rounded up to a multiple of 32.
+  int block_q = 0;
+  int block_k = 0;
+};
+
 // One CPU backend instance owns its worker threads. Run() is thread-safe: concurrent calls
-// share the workers.
+// share the workers (each caller also works on its own call).
 class CpuBackend {
  public:
   // num_threads <= 0 means one per hardware thread.
   explicit CpuBackend(int num_threads = 0);
+  explicit CpuBackend(const CpuBackendOptions& options);
   ~CpuBackend();
   CpuBackend(const CpuBackend&) = delete;
   CpuBackend& operator=(const CpuBackend&) = delete;
 
   // Computes attention for `p` (host pointers, every dtype and option of the contract) and
-  // returns when o (and lse) are written. INVALID_ARGUMENT for params CheckParams rejects.
+  // returns when o (and lse) are written. INVALID_ARGUMENT for params CheckParams rejects and,
+  // for a packed batch, for cu_seqlens that do not start at 0, decrease, end at total_q /
+  // total_k or exceed seqlen_q / seqlen_k.
   absl::Status Run(const AttentionParams& p);
 
   int num_threads() const;
+  // The instruction set Run() uses.
+  CpuIsa isa() const;
+  int block_q() const;
+  int block_k() const;
 
  private:
   struct Impl;

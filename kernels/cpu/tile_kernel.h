@@ -1,0 +1,80 @@
+// Internal interface between the CPU backend's scheduler (attention_cpu.cc) and its tile kernel
+// (tile_kernel_impl.h, compiled once per instruction set into tile_kernel_<isa>.cc).
+//
+// One call processes one work item: `rows` query rows of one (sequence, query head) against
+// every key tile the mask options allow, keeping the running max, running sum and output
+// accumulator of those rows in the caller's scratch. Nothing is allocated.
+#ifndef ATTENTION_KERNELS_CPU_TILE_KERNEL_H_
+#define ATTENTION_KERNELS_CPU_TILE_KERNEL_H_
+
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+
+namespace attention::cpu {
+
+// Tile shape. block_q is a multiple of kTileColumnAlign (every variant's query-column block
+// divides it); block_k >= 1.
+struct TileConfig {
+  int block_q = 64;
+  int block_k = 128;
+};
+inline constexpr int kTileColumnAlign = 32;
+
+// One work item: rows [row_begin, row_begin + rows) of sequence `batch`, query head `head`.
+struct QueryTile {
+  int batch = 0;
+  int head = 0;
+  int kv_head = 0;
+  int64_t q_row0 = 0;  // row_offset(batch) for q, o, lse (cu_seqlens_q[batch] or 0)
+  int64_t k_row0 = 0;  // row_offset(batch) for k, v
+  int len_q = 0;       // this sequence's lengths
+  int len_k = 0;
+  int row_begin = 0;
+  int rows = 0;  // 1 .. block_q
+};
+
+// Per-thread scratch, float32, sized by TileScratchFloats(); each buffer 64-byte aligned.
+struct TileScratch {
+  float* q_t;      // [head_dim][block_q]: scaled Q tile, transposed (query rows along lanes)
+  float* o_t;      // [head_dim][block_q]: unnormalized output accumulator, transposed
+  float* s_t;      // [block_k][block_q]: scores, then probabilities, transposed
+  float* k_tile;   // [block_k][head_dim]: K tile converted to float (16-bit inputs)
+  float* v_tile;   // [block_k][head_dim]: V tile converted to float (16-bit inputs)
+  float* row_max;  // [block_q]
+  float* row_sum;  // [block_q]
+  float* alpha;    // [block_q]: rescale factor of the current key tile
+  float* out;      // [block_q][head_dim]: normalized output rows, for the caller to store
+  float* lse;      // [block_q]: log-sum-exp of the rows (-inf for a row with no allowed key)
+};
+
+// Sizes of the TileScratch buffers in floats, each rounded up to 16 (64 bytes).
+struct TileScratchLayout {
+  int64_t q_t, o_t, s_t, k_tile, v_tile, vec, out;
+  int64_t total() const { return q_t + o_t + s_t + k_tile + v_tile + 4 * vec + out; }
+};
+TileScratchLayout TileScratchFloats(const TileConfig& config, int head_dim);
+
+// Computes scratch.out[0 .. rows) and scratch.lse[0 .. rows) for `tile`. `p` is normalized
+// (Normalize()) and passed CheckParams.
+using TileKernelFn = void (*)(const AttentionParams& p, const QueryTile& tile,
+                              const TileConfig& config, const TileScratch& scratch);
+
+namespace generic {
+void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
+                      const TileScratch& scratch);
+}  // namespace generic
+#if defined(ATTN_CPU_X86_VARIANTS)
+namespace avx2 {
+void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
+                      const TileScratch& scratch);
+}  // namespace avx2
+namespace avx512 {
+void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
+                      const TileScratch& scratch);
+}  // namespace avx512
+#endif
+
+}  // namespace attention::cpu
+
+#endif  // ATTENTION_KERNELS_CPU_TILE_KERNEL_H_

@@ -1,0 +1,401 @@
+// The CPU tile kernel, written once with GCC/Clang vector extensions and compiled once per
+// instruction set: tile_kernel_<isa>.cc defines ATTN_CPU_KERNEL_NS (the namespace),
+// ATTN_CPU_VECTOR_BYTES (16, 32 or 64) and ATTN_CPU_KERNEL_ROWS (register-block height) and
+// includes this file. Nothing here may call an inline function or template shared with other
+// translation units (std:: algorithms, kernels/*.h helpers): the linker could keep this file's
+// copy, compiled for a wider instruction set, for every caller. Hence the own helpers and the
+// __builtin_* math.
+//
+// Layout (per work item of up to Br = block_q query rows, per key tile of up to Bc = block_k
+// keys, head_dim d):
+//   q_t [d][Br]   Q rows, scaled by softmax_scale, transposed: query rows run along the lanes
+//   s_t [Bc][Br]  S^T = K_tile Q_t, then P^T = exp(S^T - m) in place
+//   o_t [d][Br]   O^T = O^T * alpha + V_tile^T P^T
+// With query rows along the lanes, the row max, the row sum and the rescale are plain
+// element-wise vector operations (no horizontal reductions), and both products are outer-product
+// micro-kernels that broadcast one K (or V) element against two vectors of query columns, so K
+// and V are read in place when they are float32 (no packing).
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/cpu/tile_kernel.h"
+
+#if defined(ATTN_CPU_USE_F16C)
+#include <immintrin.h>
+#else
+#include "kernels/dtype.h"
+#endif
+
+namespace attention::cpu::ATTN_CPU_KERNEL_NS {
+namespace {
+
+constexpr int kLanes = ATTN_CPU_VECTOR_BYTES / 4;
+constexpr int kColumnVectors = 2;  // query-column vectors per micro-kernel block
+constexpr int kColumns = kColumnVectors * kLanes;
+constexpr int kRows = ATTN_CPU_KERNEL_ROWS;
+static_assert(kTileColumnAlign % kColumns == 0, "block_q alignment must cover the column block");
+
+typedef float VecF __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES)));
+typedef int32_t VecI __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES)));
+
+constexpr float kNegInf = -__builtin_huge_valf();
+
+inline VecF Load(const float* p) {
+  VecF v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, VecF v) { __builtin_memcpy(p, &v, sizeof(v)); }
+inline VecF Splat(float x) { return VecF{} + x; }
+inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
+inline int64_t MaxI64(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// e^x for x <= 88, 1-2 ulp: e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by
+// the degree-7 minimax polynomial of the Cephes library's expf. Inputs below -87.33 (where
+// e^x leaves the normal range; -inf included) give exactly 0, so masked scores drop out.
+inline VecF Exp(VecF x) {
+  const VecF lo = Splat(-87.33654f);
+  const VecF hi = Splat(88.0f);
+  VecF xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const VecF magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const VecF n = (xc * 1.44269504088896341f + magic) - magic;
+  VecF r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  VecF poly = Splat(1.9875691500e-4f);
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * (r * r) + r + 1.0f;
+  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  VecF two_n;
+  __builtin_memcpy(&two_n, &bits, sizeof(two_n));
+  const VecF y = poly * two_n;
+  return x < lo ? VecF{} : y;
+}
+
+// tanh(y) = sign(y) (1 - e^{-2|y|}) / (1 + e^{-2|y|}); absolute error ~1e-7.
+inline VecF Tanh(VecF y) {
+  const VecF a = y < 0.f ? -y : y;
+  const VecF t = Exp(a * -2.0f);
+  const VecF r = (1.0f - t) / (1.0f + t);
+  return y < 0.f ? -r : r;
+}
+
+// Converts `n` elements of a q/k/v row to float32, times `scale`.
+inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* s = static_cast<const float*>(src);
+      for (int i = 0; i < n; ++i) dst[i] = s[i] * scale;
+      return;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int i = 0; i < n; ++i) {
+        const uint32_t bits = uint32_t{s[i]} << 16;
+        float f;
+        __builtin_memcpy(&f, &bits, sizeof(f));
+        dst[i] = f * scale;
+      }
+      return;
+    }
+    case DType::kFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      int i = 0;
+#if defined(ATTN_CPU_USE_F16C)
+      const __m256 vscale = _mm256_set1_ps(scale);
+      for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(h), vscale));
+      }
+      for (; i < n; ++i) dst[i] = _cvtsh_ss(s[i]) * scale;
+#else
+      for (; i < n; ++i) dst[i] = HalfToFloat(s[i]) * scale;
+#endif
+      return;
+    }
+  }
+}
+
+// Register block of the score product: S^T[j][c] for R keys and kColumns query columns,
+//   acc[r][c] = sum_e K[r][e] * Q_t[e][c]
+// k: R rows of K with row stride ks; q_t: the column block, row stride ldq; s_t: row stride lds.
+template <int R>
+inline void ScoreBlock(const float* k, int64_t ks, const float* q_t, int ldq, int d, float* s_t,
+                       int lds) {
+  VecF acc[R][kColumnVectors] = {};
+  for (int e = 0; e < d; ++e) {
+    VecF b[kColumnVectors];
+    for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(q_t + e * ldq + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const VecF a = Splat(k[r * ks + e]);
+      for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < kColumnVectors; ++c) Store(s_t + r * lds + c * kLanes, acc[r][c]);
+  }
+}
+
+template <int R>
+inline void ScoreTail(int rows, const float* k, int64_t ks, const float* q_t, int ldq, int d,
+                      float* s_t, int lds) {
+  if (rows == R) {
+    ScoreBlock<R>(k, ks, q_t, ldq, d, s_t, lds);
+  } else if constexpr (R > 1) {
+    ScoreTail<R - 1>(rows, k, ks, q_t, ldq, d, s_t, lds);
+  }
+}
+
+// Register block of the output product: O^T[e][c] for R head-dim rows and kColumns query columns,
+//   acc[r][c] = O_t[r][c] * alpha[c] + sum_j V[j][r] * P_t[j][c]
+// v: V at column e0, row stride vs; p_t: the column block of P^T, row stride ldp.
+template <int R>
+inline void OutputBlock(const float* v, int64_t vs, int nk, const float* p_t, int ldp,
+                        const VecF* alpha, float* o_t, int ldo) {
+  VecF acc[R][kColumnVectors];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < kColumnVectors; ++c) {
+      acc[r][c] = Load(o_t + r * ldo + c * kLanes) * alpha[c];
+    }
+  }
+  for (int j = 0; j < nk; ++j) {
+    VecF b[kColumnVectors];
+    for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(p_t + j * ldp + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const VecF a = Splat(v[j * vs + r]);
+      for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < kColumnVectors; ++c) Store(o_t + r * ldo + c * kLanes, acc[r][c]);
+  }
+}
+
+template <int R>
+inline void OutputTail(int rows, const float* v, int64_t vs, int nk, const float* p_t, int ldp,
+                       const VecF* alpha, float* o_t, int ldo) {
+  if (rows == R) {
+    OutputBlock<R>(v, vs, nk, p_t, ldp, alpha, o_t, ldo);
+  } else if constexpr (R > 1) {
+    OutputTail<R - 1>(rows, v, vs, nk, p_t, ldp, alpha, o_t, ldo);
+  }
+}
+
+// S^T[0..nk)[0..ncols) = K[0..nk) Q_t.
+void ScoreTile(const float* k, int64_t ks, int nk, const float* q_t, int br, int d, int ncols,
+               float* s_t) {
+  for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    int j = 0;
+    for (; j + kRows <= nk; j += kRows) {
+      ScoreBlock<kRows>(k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br);
+    }
+    if (j < nk)
+      ScoreTail<kRows - 1>(nk - j, k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br);
+  }
+}
+
+// O_t[0..d)[0..ncols) = O_t * alpha + V[0..nk)^T P_t.
+void OutputTile(const float* v, int64_t vs, int nk, const float* p_t, int br, int d, int ncols,
+                const float* alpha, float* o_t) {
+  for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    VecF a[kColumnVectors];
+    for (int c = 0; c < kColumnVectors; ++c) a[c] = Load(alpha + c0 + c * kLanes);
+    int e = 0;
+    for (; e + kRows <= d; e += kRows) {
+      OutputBlock<kRows>(v + e, vs, nk, p_t + c0, br, a, o_t + e * br + c0, br);
+    }
+    if (e < d) OutputTail<kRows - 1>(d - e, v + e, vs, nk, p_t + c0, br, a, o_t + e * br + c0, br);
+  }
+}
+
+// The score options, in the contract's order: softcap, ALiBi, additive mask; then the bool mask
+// and the window drop keys (score = -inf). Only columns [0, nq) are real query rows.
+void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0, int nk, int nq,
+                       int ncols, bool window_partial, float* s_t, int br) {
+  if (p.softcap > 0.f) {
+    const VecF cap = Splat(p.softcap);
+    const VecF inv_cap = Splat(1.0f / p.softcap);
+    for (int j = 0; j < nk; ++j) {
+      for (int c = 0; c < ncols; c += kLanes) {
+        float* s = s_t + j * br + c;
+        Store(s, cap * Tanh(Load(s) * inv_cap));
+      }
+    }
+  }
+  const int64_t delta = int64_t{t.len_k} - t.len_q;  // p(i) = i + delta
+  const int64_t i0 = t.row_begin;
+  if (p.alibi_slopes != nullptr) {
+    const float slope = p.alibi_slopes[t.batch * p.alibi_batch_stride + t.head];
+    for (int j = 0; j < nk; ++j) {
+      float* s = s_t + j * br;
+      for (int i = 0; i < nq; ++i) {
+        const int64_t dist = i0 + i + delta - (j0 + j);
+        s[i] -= slope * static_cast<float>(dist < 0 ? -dist : dist);
+      }
+    }
+  }
+  if (p.mask_kind != MaskKind::kNone) {
+    const int64_t base = t.batch * p.mask_batch_stride + t.head * p.mask_head_stride +
+                         i0 * p.mask_row_stride + j0 * p.mask_col_stride;
+    for (int j = 0; j < nk; ++j) {
+      float* s = s_t + j * br;
+      const int64_t col = base + j * p.mask_col_stride;
+      if (p.mask_kind == MaskKind::kAdditive) {
+        const float* m = static_cast<const float*>(p.mask) + col;
+        for (int i = 0; i < nq; ++i) s[i] += m[i * p.mask_row_stride];
+      } else {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + col;
+        for (int i = 0; i < nq; ++i) {
+          if (m[i * p.mask_row_stride] == 0) s[i] = kNegInf;
+        }
+      }
+    }
+  }
+  if (window_partial) {
+    // Key j is allowed for row i iff p(i) - left <= j <= p(i) + right.
+    for (int j = 0; j < nk; ++j) {
+      float* s = s_t + j * br;
+      for (int i = 0; i < nq; ++i) {
+        const int64_t pos = i0 + i + delta;
+        const int64_t key = j0 + j;
+        if ((p.window_left >= 0 && key < pos - p.window_left) ||
+            (p.window_right >= 0 && key > pos + p.window_right)) {
+          s[i] = kNegInf;
+        }
+      }
+    }
+  }
+}
+
+// Online softmax over one key tile: updates the running max m and sum l of every column, turns
+// S^T into P^T = exp(S^T - m_new) and leaves alpha = exp(m_old - m_new) for the output rescale.
+// A column whose max is still -inf uses 0 as its max, so that exp(-inf - 0) = 0 (no NaN).
+void SoftmaxTile(float* s_t, int nk, int br, int ncols, float* row_max, float* row_sum,
+                 float* alpha) {
+  const VecF neg_inf = Splat(kNegInf);
+  for (int c = 0; c < ncols; c += kLanes) {
+    const VecF m_old = Load(row_max + c);
+    VecF m0 = m_old, m1 = neg_inf;
+    int j = 0;
+    for (; j + 2 <= nk; j += 2) {
+      m0 = Max(m0, Load(s_t + j * br + c));
+      m1 = Max(m1, Load(s_t + (j + 1) * br + c));
+    }
+    if (j < nk) m0 = Max(m0, Load(s_t + j * br + c));
+    const VecF m_new = Max(m0, m1);
+    const VecF m_use = m_new == neg_inf ? VecF{} : m_new;
+    const VecF a = Exp(m_old - m_use);
+    VecF sum0 = {}, sum1 = {};
+    j = 0;
+    for (; j + 2 <= nk; j += 2) {
+      float* s0 = s_t + j * br + c;
+      float* s1 = s0 + br;
+      const VecF p0 = Exp(Load(s0) - m_use);
+      const VecF p1 = Exp(Load(s1) - m_use);
+      Store(s0, p0);
+      Store(s1, p1);
+      sum0 += p0;
+      sum1 += p1;
+    }
+    if (j < nk) {
+      float* s0 = s_t + j * br + c;
+      const VecF p0 = Exp(Load(s0) - m_use);
+      Store(s0, p0);
+      sum0 += p0;
+    }
+    Store(row_sum + c, Load(row_sum + c) * a + (sum0 + sum1));
+    Store(row_max + c, m_new);
+    Store(alpha + c, a);
+  }
+}
+
+// Pointer to element (row, head) of a k/v-shaped tensor of sequence `batch`.
+inline const char* RowPointer(const void* base, DType dtype, int64_t batch_stride,
+                              int64_t row_stride, int64_t head_stride, int batch, int64_t row,
+                              int head) {
+  const int64_t elem = batch * batch_stride + row * row_stride + head * head_stride;
+  return static_cast<const char*>(base) + elem * (dtype == DType::kFloat32 ? 4 : 2);
+}
+
+}  // namespace
+
+void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileConfig& config,
+                      const TileScratch& s) {
+  const int d = p.head_dim;
+  const int br = config.block_q;
+  const int nq = t.rows;
+  const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
+  const int64_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
+
+  // Q_t = scale * Q^T; padding columns [nq, ncols) are zero.
+  for (int i = 0; i < nq; ++i) {
+    const char* q = RowPointer(p.q, p.dtype, p.q_batch_stride, p.q_row_stride, p.q_head_stride,
+                               t.batch, t.q_row0 + t.row_begin + i, t.head);
+    LoadRow(p.dtype, q, d, p.softmax_scale, s.out);
+    for (int e = 0; e < d; ++e) s.q_t[e * br + i] = s.out[e];
+  }
+  for (int e = 0; e < d; ++e) {
+    for (int i = nq; i < ncols; ++i) s.q_t[e * br + i] = 0.f;
+    for (int i = 0; i < ncols; ++i) s.o_t[e * br + i] = 0.f;
+  }
+  for (int i = 0; i < ncols; ++i) {
+    s.row_max[i] = kNegInf;
+    s.row_sum[i] = 0.f;
+  }
+
+  // Keys any row of this tile may see: [j_begin, j_end).
+  const int64_t delta = int64_t{t.len_k} - t.len_q;
+  const int64_t pos_first = t.row_begin + delta;
+  const int64_t pos_last = t.row_begin + nq - 1 + delta;
+  const int64_t j_begin = p.window_left >= 0 ? MaxI64(0, pos_first - p.window_left) : 0;
+  const int64_t j_end =
+      p.window_right >= 0 ? MinI64(t.len_k, pos_last + p.window_right + 1) : int64_t{t.len_k};
+  const bool has_options =
+      p.softcap > 0.f || p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone;
+
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += config.block_k) {
+    const int nk = static_cast<int>(MinI64(config.block_k, j_end - j0));
+    const char* k = RowPointer(p.k, p.dtype, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                               t.batch, t.k_row0 + j0, t.kv_head);
+    const char* v = RowPointer(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                               t.batch, t.k_row0 + j0, t.kv_head);
+    const float* kf = reinterpret_cast<const float*>(k);
+    const float* vf = reinterpret_cast<const float*>(v);
+    int64_t ks = p.k_row_stride, vs = p.v_row_stride;
+    if (p.dtype != DType::kFloat32) {
+      for (int j = 0; j < nk; ++j) {
+        LoadRow(p.dtype, k + j * p.k_row_stride * esize, d, 1.0f, s.k_tile + j * d);
+        LoadRow(p.dtype, v + j * p.v_row_stride * esize, d, 1.0f, s.v_tile + j * d);
+      }
+      kf = s.k_tile;
+      vf = s.v_tile;
+      ks = vs = d;
+    }
+
+    ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t);
+    // The window cuts into this tile unless every key of it is allowed for every row.
+    const bool window_partial = (p.window_left >= 0 && j0 < pos_last - p.window_left) ||
+                                (p.window_right >= 0 && j0 + nk - 1 > pos_first + p.window_right);
+    if (has_options || window_partial) {
+      ApplyScoreOptions(p, t, j0, nk, nq, ncols, window_partial, s.s_t, br);
+    }
+    SoftmaxTile(s.s_t, nk, br, ncols, s.row_max, s.row_sum, s.alpha);
+    OutputTile(vf, vs, nk, s.s_t, br, d, ncols, s.alpha, s.o_t);
+  }
+
+  // out = O / l; a row that saw no allowed key has l = 0: o = 0, lse = -inf.
+  for (int i = 0; i < nq; ++i) {
+    const float l = s.row_sum[i];
+    const float inv = l > 0.f ? 1.0f / l : 0.f;
+    float* out = s.out + i * d;
+    for (int e = 0; e < d; ++e) out[e] = s.o_t[e * br + i] * inv;
+    s.lse[i] = l > 0.f ? s.row_max[i] + __builtin_logf(l) : kNegInf;
+  }
+}
+
+}  // namespace attention::cpu::ATTN_CPU_KERNEL_NS

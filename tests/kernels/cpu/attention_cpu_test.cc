@@ -1,0 +1,693 @@
+// The CPU backend against the float64 reference (tests/reference), for every instruction-set
+// variant this machine runs, on random inputs with ragged sizes, every option alone and combined,
+// GQA/MQA, packed varlen batches, strided layouts and odd tile shapes. Outputs are poisoned
+// (NaN) before each run, so an unwritten element fails.
+//
+// Tolerances, per element, |got - ref| <= atol + rtol * |ref| (o) and atol_lse + 1e-5 |ref| (lse):
+//   float32:  atol 2e-5, rtol 2e-5  (float32 accumulation; exp to 2 ulp)
+//   float16:  atol 1e-3, rtol 2e-3  (the output's rounding to binary16 is 2.4e-4 relative)
+//   bfloat16: atol 8e-3, rtol 8e-3  (the output's rounding to bfloat16 is 2e-3 relative)
+//   lse (float32 for every dtype): atol 1e-4
+// The inputs are rounded to the dtype before both the backend and the reference read them, so
+// these bound the backend's arithmetic and output rounding only.
+#include "kernels/cpu/attention_cpu.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "kernels/attention_params.h"
+#include "kernels/dtype.h"
+#include "tests/reference/reference_attention.h"
+
+namespace attention::cpu {
+namespace {
+
+using ::attention::testing::LoadElement;
+using ::attention::testing::ReferenceAttention;
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+struct Tolerance {
+  double atol, rtol;
+};
+
+Tolerance ToleranceFor(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return {2e-5, 2e-5};
+    case DType::kFloat16:
+      return {1e-3, 2e-3};
+    case DType::kBFloat16:
+      return {8e-3, 8e-3};
+  }
+  return {0, 0};
+}
+constexpr double kLseAtol = 1e-4;
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "fp32";
+    case DType::kFloat16:
+      return "fp16";
+    case DType::kBFloat16:
+      return "bf16";
+  }
+  return "?";
+}
+
+enum class Alibi { kNone, kPerHead, kPerBatchHead };
+
+// Mask shape: which of (batch, head, row, col) are broadcast (stride 0).
+struct MaskShape {
+  bool batch = true, head = true, row = false, col = false;
+};
+
+// One problem. For a packed batch, lens_q / lens_k give the sequence lengths (seqlen_q /
+// seqlen_k are then derived as the longest).
+struct Case {
+  DType dtype = DType::kFloat32;
+  int batch = 1, seqlen_q = 17, seqlen_k = 17, q_heads = 2, kv_heads = 2, head_dim = 64;
+  std::vector<int> lens_q, lens_k;  // non-empty: packed varlen batch
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  float softmax_scale = 0.f;  // 0: 1 / sqrt(head_dim)
+  float softcap = 0.f;
+  Alibi alibi = Alibi::kNone;
+  MaskKind mask_kind = MaskKind::kNone;
+  MaskShape mask_shape;
+  bool lse = true;
+  // Extra elements between rows (non-contiguous layouts); `heads_major` lays q/k/v/o out as
+  // [batch, heads, seqlen, head_dim] through the strides.
+  int row_pad = 0;
+  bool heads_major = false;
+  uint32_t seed = 1;
+
+  std::string Name() const {
+    std::string s = std::string(DTypeName(dtype)) + " b" + std::to_string(batch) + " sq" +
+                    std::to_string(seqlen_q) + " sk" + std::to_string(seqlen_k) + " h" +
+                    std::to_string(q_heads) + "/" + std::to_string(kv_heads) + " d" +
+                    std::to_string(head_dim);
+    if (!lens_q.empty()) s += " varlen";
+    if (causal) s += " causal";
+    if (window_left >= 0 || window_right >= 0) {
+      s += " window(" + std::to_string(window_left) + "," + std::to_string(window_right) + ")";
+    }
+    if (softcap > 0.f) s += " softcap";
+    if (alibi != Alibi::kNone) s += " alibi";
+    if (mask_kind == MaskKind::kBool) s += " bool-mask";
+    if (mask_kind == MaskKind::kAdditive) s += " additive-mask";
+    if (row_pad > 0 || heads_major) s += " strided";
+    return s;
+  }
+};
+
+// Owns the buffers of one problem and the params pointing at them.
+struct Problem {
+  AttentionParams p;
+  std::vector<uint8_t> q, k, v, o;
+  std::vector<float> lse, alibi, additive_mask;
+  std::vector<uint8_t> bool_mask;
+  std::vector<int32_t> cu_q, cu_k;
+  int64_t o_elems = 0;
+};
+
+void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>& out) {
+  std::normal_distribution<float> dist(0.f, 1.f);
+  out.resize(n * DTypeSize(dtype));
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = dist(rng);
+    switch (dtype) {
+      case DType::kFloat32:
+        std::memcpy(out.data() + 4 * i, &x, 4);
+        break;
+      case DType::kFloat16: {
+        const uint16_t h = FloatToHalf(x);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+        break;
+      }
+      case DType::kBFloat16: {
+        const uint16_t h = FloatToBFloat16(x);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+        break;
+      }
+    }
+  }
+}
+
+std::unique_ptr<Problem> MakeProblem(const Case& c) {
+  auto pr = std::make_unique<Problem>();
+  AttentionParams& p = pr->p;
+  std::mt19937 rng(c.seed);
+  p.dtype = c.dtype;
+  p.batch = c.batch;
+  p.q_heads = c.q_heads;
+  p.kv_heads = c.kv_heads;
+  p.head_dim = c.head_dim;
+  const bool varlen = !c.lens_q.empty();
+  int64_t rows_q, rows_k;  // rows of one tensor "sequence" dimension, all sequences
+  if (varlen) {
+    pr->cu_q.push_back(0);
+    pr->cu_k.push_back(0);
+    p.seqlen_q = p.seqlen_k = 1;
+    for (int b = 0; b < c.batch; ++b) {
+      pr->cu_q.push_back(pr->cu_q.back() + c.lens_q[b]);
+      pr->cu_k.push_back(pr->cu_k.back() + c.lens_k[b]);
+      p.seqlen_q = std::max(p.seqlen_q, c.lens_q[b]);
+      p.seqlen_k = std::max(p.seqlen_k, c.lens_k[b]);
+    }
+    p.total_q = pr->cu_q.back();
+    p.total_k = pr->cu_k.back();
+    p.cu_seqlens_q = pr->cu_q.data();
+    p.cu_seqlens_k = pr->cu_k.data();
+    rows_q = p.total_q;
+    rows_k = p.total_k;
+  } else {
+    p.seqlen_q = c.seqlen_q;
+    p.seqlen_k = c.seqlen_k;
+    rows_q = int64_t{c.batch} * c.seqlen_q;
+    rows_k = int64_t{c.batch} * c.seqlen_k;
+  }
+  SetContiguousStrides(p);
+  const int64_t d = c.head_dim;
+  if (c.row_pad > 0 || c.heads_major) {
+    // Dense only: [batch, heads, seqlen, d + pad] for heads_major, else [batch, seqlen, heads,
+    // d] with row_pad extra elements per row.
+    const int64_t dp = d + (c.heads_major ? c.row_pad : 0);
+    if (c.heads_major) {
+      p.q_row_stride = p.o_row_stride = dp;
+      p.q_head_stride = p.o_head_stride = dp * p.seqlen_q;
+      p.q_batch_stride = p.o_batch_stride = dp * p.seqlen_q * c.q_heads;
+      p.k_row_stride = p.v_row_stride = dp;
+      p.k_head_stride = p.v_head_stride = dp * p.seqlen_k;
+      p.k_batch_stride = p.v_batch_stride = dp * p.seqlen_k * c.kv_heads;
+    } else {
+      p.q_row_stride = p.o_row_stride = d * c.q_heads + c.row_pad;
+      p.k_row_stride = p.v_row_stride = d * c.kv_heads + c.row_pad;
+      p.q_batch_stride = p.o_batch_stride = varlen ? 0 : p.q_row_stride * p.seqlen_q;
+      p.k_batch_stride = p.v_batch_stride = varlen ? 0 : p.k_row_stride * p.seqlen_k;
+    }
+  }
+  // Elements spanned by each tensor (padding included).
+  const int64_t q_elems = varlen ? rows_q * p.q_row_stride : c.batch * p.q_batch_stride;
+  const int64_t k_elems = varlen ? rows_k * p.k_row_stride : c.batch * p.k_batch_stride;
+  pr->o_elems = q_elems;
+  FillRandom(c.dtype, q_elems, rng, pr->q);
+  FillRandom(c.dtype, k_elems, rng, pr->k);
+  FillRandom(c.dtype, k_elems, rng, pr->v);
+  pr->o.assign(q_elems * DTypeSize(c.dtype), 0xff);  // NaN in every dtype
+  p.q = pr->q.data();
+  p.k = pr->k.data();
+  p.v = pr->v.data();
+  p.o = pr->o.data();
+  if (c.lse) {
+    pr->lse.assign(int64_t{c.q_heads} * rows_q, std::numeric_limits<float>::quiet_NaN());
+    p.lse = pr->lse.data();
+  }
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softmax_scale = c.softmax_scale != 0.f ? c.softmax_scale : 1.0f / std::sqrt(float(d));
+  p.softcap = c.softcap;
+  std::uniform_real_distribution<float> slope_dist(0.f, 0.5f);
+  if (c.alibi != Alibi::kNone) {
+    const int n = c.alibi == Alibi::kPerHead ? c.q_heads : c.batch * c.q_heads;
+    for (int i = 0; i < n; ++i) pr->alibi.push_back(slope_dist(rng));
+    p.alibi_slopes = pr->alibi.data();
+    p.alibi_batch_stride = c.alibi == Alibi::kPerHead ? 0 : c.q_heads;
+  }
+  if (c.mask_kind != MaskKind::kNone) {
+    // Full shape [batch, q_heads, seqlen_q, seqlen_k] with broadcast dimensions of size 1.
+    const int64_t nb = c.mask_shape.batch ? 1 : c.batch;
+    const int64_t nh = c.mask_shape.head ? 1 : c.q_heads;
+    const int64_t nr = c.mask_shape.row ? 1 : p.seqlen_q;
+    const int64_t nc = c.mask_shape.col ? 1 : p.seqlen_k;
+    p.mask_col_stride = c.mask_shape.col ? 0 : 1;
+    p.mask_row_stride = c.mask_shape.row ? 0 : nc;
+    p.mask_head_stride = c.mask_shape.head ? 0 : nr * nc;
+    p.mask_batch_stride = c.mask_shape.batch ? 0 : nh * nr * nc;
+    const int64_t n = nb * nh * nr * nc;
+    p.mask_kind = c.mask_kind;
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    if (c.mask_kind == MaskKind::kBool) {
+      for (int64_t i = 0; i < n; ++i) pr->bool_mask.push_back(u(rng) < 0.7f ? 1 : 0);
+      p.mask = pr->bool_mask.data();
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const float r = u(rng);
+        pr->additive_mask.push_back(r < 0.1f ? -std::numeric_limits<float>::infinity()
+                                             : 4.f * (u(rng) - 0.5f));
+      }
+      p.mask = pr->additive_mask.data();
+    }
+  }
+  return pr;
+}
+
+// Every variant this build and CPU can run, each with 3 threads (more than CI's 2 cores, so
+// workers interleave).
+std::vector<CpuIsa> Variants() {
+  std::vector<CpuIsa> v = {CpuIsa::kGeneric};
+  if (BestCpuIsa() >= CpuIsa::kAvx2) v.push_back(CpuIsa::kAvx2);
+  if (BestCpuIsa() >= CpuIsa::kAvx512) v.push_back(CpuIsa::kAvx512);
+  return v;
+}
+
+CpuBackend& Backend(CpuIsa isa) {
+  static auto* backends = [] {
+    auto* b = new std::vector<std::unique_ptr<CpuBackend>>();
+    for (CpuIsa i : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+      CpuBackendOptions options;
+      options.num_threads = 3;
+      options.max_isa = i;
+      b->push_back(std::make_unique<CpuBackend>(options));
+    }
+    return b;
+  }();
+  return *(*backends)[static_cast<int>(isa)];
+}
+
+struct Reference {
+  std::vector<double> o, lse;
+};
+
+Reference ComputeReference(const Problem& pr) {
+  Reference ref;
+  ref.o.assign(pr.o_elems, 0.0);
+  if (pr.p.lse != nullptr) ref.lse.assign(pr.lse.size(), 0.0);
+  ReferenceAttention(pr.p, ref.o.data(), pr.p.lse != nullptr ? ref.lse.data() : nullptr);
+  return ref;
+}
+
+// Compares every output element the problem defines (padding excluded) and every lse entry.
+void ExpectMatches(const Problem& pr, const Reference& ref, const std::string& what) {
+  const AttentionParams& p = pr.p;
+  const Tolerance tol = ToleranceFor(p.dtype);
+  int failures = 0;
+  double worst = 0.0;
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t row0 = p.is_varlen() ? p.cu_seqlens_q[b] : 0;
+    const int64_t len = p.is_varlen() ? p.cu_seqlens_q[b + 1] - row0 : p.seqlen_q;
+    for (int h = 0; h < p.q_heads; ++h) {
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t base =
+            b * p.o_batch_stride + (row0 + i) * p.o_row_stride + h * p.o_head_stride;
+        for (int e = 0; e < p.head_dim; ++e) {
+          const double got = LoadElement(p.dtype, p.o, base + e);
+          const double want = ref.o[base + e];
+          const double err = std::abs(got - want);
+          worst = std::max(worst, err);
+          if (!(err <= tol.atol + tol.rtol * std::abs(want)) && ++failures <= 5) {
+            ADD_FAILURE() << what << ": o[b=" << b << ", i=" << i << ", h=" << h << ", e=" << e
+                          << "] = " << got << ", reference " << want;
+          }
+        }
+        if (p.lse != nullptr) {
+          const int64_t li = b * p.lse_batch_stride + h * p.lse_head_stride + row0 + i;
+          const double got = pr.lse[li];
+          const double want = ref.lse[li];
+          const bool ok = want == kNegInf
+                              ? got == kNegInf
+                              : std::abs(got - want) <= kLseAtol + 1e-5 * std::abs(want);
+          if (!ok && ++failures <= 5) {
+            ADD_FAILURE() << what << ": lse[b=" << b << ", h=" << h << ", i=" << i << "] = " << got
+                          << ", reference " << want;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(failures, 0) << what << " (largest |o - ref| " << worst << ")";
+}
+
+void Poison(Problem& pr) {
+  std::memset(pr.o.data(), 0xff, pr.o.size());
+  std::fill(pr.lse.begin(), pr.lse.end(), std::numeric_limits<float>::quiet_NaN());
+}
+
+// Runs `c` on every variant and compares each with one reference computation.
+void Check(const Case& c) {
+  SCOPED_TRACE(c.Name());
+  std::unique_ptr<Problem> pr = MakeProblem(c);
+  const Reference ref = ComputeReference(*pr);
+  for (CpuIsa isa : Variants()) {
+    Poison(*pr);
+    const absl::Status s = Backend(isa).Run(pr->p);
+    ASSERT_TRUE(s.ok()) << s;
+    ExpectMatches(*pr, ref, std::string(CpuIsaName(isa)) + " " + c.Name());
+  }
+}
+
+const DType kDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+
+TEST(CpuAttention, RaggedSizesEveryDType) {
+  for (DType dtype : kDTypes) {
+    for (int d : {40, 72, 96, 256}) {
+      for (auto [sq, sk] : {std::pair{1, 1}, {17, 17}, {1, 1000}, {17, 300}, {300, 17}}) {
+        Case c;
+        c.dtype = dtype;
+        c.head_dim = d;
+        c.seqlen_q = sq;
+        c.seqlen_k = sk;
+        c.q_heads = c.kv_heads = 1;
+        c.seed = d * 1000 + sq + sk;
+        Check(c);
+      }
+    }
+  }
+}
+
+TEST(CpuAttention, Seqlen1000) {
+  for (bool causal : {false, true}) {
+    Case c;
+    c.seqlen_q = c.seqlen_k = 1000;
+    c.head_dim = 64;
+    c.causal = causal;
+    c.q_heads = c.kv_heads = 1;
+    Check(c);
+  }
+  Case c;
+  c.dtype = DType::kBFloat16;
+  c.seqlen_q = 1000;
+  c.seqlen_k = 777;
+  c.head_dim = 128;
+  c.causal = true;
+  c.q_heads = 2;
+  c.kv_heads = 1;
+  Check(c);
+}
+
+TEST(CpuAttention, GroupedAndMultiQuery) {
+  for (auto [qh, kvh] : {std::pair{8, 1}, {16, 2}, {4, 1}, {3, 3}}) {
+    for (DType dtype : {DType::kFloat32, DType::kFloat16}) {
+      Case c;
+      c.dtype = dtype;
+      c.batch = 2;
+      c.q_heads = qh;
+      c.kv_heads = kvh;
+      c.seqlen_q = 33;
+      c.seqlen_k = 70;
+      c.head_dim = 72;
+      c.causal = true;
+      Check(c);
+    }
+  }
+}
+
+TEST(CpuAttention, CausalBottomRightAligned) {
+  // seqlen_q < seqlen_k: every row sees a prefix; seqlen_q > seqlen_k: the first rows see no key
+  // at all (o = 0, lse = -inf).
+  for (auto [sq, sk] : {std::pair{17, 100}, {100, 17}, {65, 64}, {1, 129}, {129, 1}}) {
+    Case c;
+    c.seqlen_q = sq;
+    c.seqlen_k = sk;
+    c.causal = true;
+    Check(c);
+  }
+}
+
+TEST(CpuAttention, EachOptionAlone) {
+  for (DType dtype : kDTypes) {
+    Case base;
+    base.dtype = dtype;
+    base.batch = 2;
+    base.seqlen_q = 70;
+    base.seqlen_k = 150;
+    base.head_dim = 40;
+    {
+      Case c = base;
+      c.softmax_scale = 0.37f;
+      Check(c);
+    }
+    for (auto [l, r] : {std::pair{16, 16}, {0, 0}, {-1, 5}, {33, -1}, {100, 0}, {0, 40}}) {
+      Case c = base;
+      c.window_left = l;
+      c.window_right = r;
+      Check(c);
+    }
+    {
+      Case c = base;
+      c.softcap = 5.f;
+      c.softmax_scale = 1.f;  // raw scores of size ~sqrt(d) so that the cap bites
+      Check(c);
+    }
+    for (Alibi a : {Alibi::kPerHead, Alibi::kPerBatchHead}) {
+      Case c = base;
+      c.alibi = a;
+      Check(c);
+    }
+    for (MaskKind kind : {MaskKind::kBool, MaskKind::kAdditive}) {
+      Case c = base;
+      c.mask_kind = kind;
+      Check(c);
+    }
+    {
+      Case c = base;
+      c.lse = false;
+      Check(c);
+    }
+  }
+}
+
+TEST(CpuAttention, MaskBroadcastShapes) {
+  const MaskShape shapes[] = {
+      {true, true, false, false},    // [seqlen_q, seqlen_k]
+      {false, true, false, false},   // [batch, 1, seqlen_q, seqlen_k]
+      {false, false, false, false},  // [batch, q_heads, seqlen_q, seqlen_k]
+      {true, false, true, false},    // [q_heads, 1, seqlen_k]
+      {false, true, false, true},    // [batch, 1, seqlen_q, 1]
+  };
+  for (MaskKind kind : {MaskKind::kBool, MaskKind::kAdditive}) {
+    for (const MaskShape& shape : shapes) {
+      Case c;
+      c.batch = 2;
+      c.q_heads = 4;
+      c.kv_heads = 2;
+      c.seqlen_q = 45;
+      c.seqlen_k = 90;
+      c.head_dim = 64;
+      c.mask_kind = kind;
+      c.mask_shape = shape;
+      Check(c);
+    }
+  }
+}
+
+TEST(CpuAttention, OptionsCombined) {
+  for (DType dtype : kDTypes) {
+    Case c;
+    c.dtype = dtype;
+    c.batch = 2;
+    c.q_heads = 8;
+    c.kv_heads = 1;
+    c.seqlen_q = 77;
+    c.seqlen_k = 200;
+    c.head_dim = 96;
+    c.causal = true;
+    c.window_left = 50;
+    c.softcap = 8.f;
+    c.softmax_scale = 0.5f;
+    c.alibi = Alibi::kPerBatchHead;
+    c.mask_kind = MaskKind::kAdditive;
+    c.mask_shape = {false, false, false, false};
+    Check(c);
+    c.mask_kind = MaskKind::kBool;
+    c.mask_shape = {true, false, false, false};
+    c.alibi = Alibi::kPerHead;
+    c.window_left = 7;
+    c.causal = false;
+    c.window_right = 3;
+    Check(c);
+  }
+}
+
+TEST(CpuAttention, PackedVarlen) {
+  for (DType dtype : kDTypes) {
+    Case c;
+    c.dtype = dtype;
+    c.batch = 5;
+    c.lens_q = {1, 17, 0, 130, 64};
+    c.lens_k = {1, 40, 9, 130, 3};
+    c.q_heads = 4;
+    c.kv_heads = 2;
+    c.head_dim = 72;
+    Check(c);
+    c.causal = true;
+    Check(c);
+    c.causal = false;
+    c.window_left = 5;
+    c.window_right = 2;
+    c.alibi = Alibi::kPerBatchHead;
+    c.mask_kind = MaskKind::kBool;
+    c.mask_shape = {false, true, false, false};
+    c.softcap = 3.f;
+    Check(c);
+  }
+  Case c;  // a long sequence beside short ones
+  c.batch = 3;
+  c.lens_q = {1000, 5, 64};
+  c.lens_k = {1000, 1, 200};
+  c.head_dim = 64;
+  c.causal = true;
+  c.mask_kind = MaskKind::kAdditive;
+  Check(c);
+}
+
+TEST(CpuAttention, StridedLayouts) {
+  for (DType dtype : kDTypes) {
+    Case c;
+    c.dtype = dtype;
+    c.batch = 2;
+    c.q_heads = 4;
+    c.kv_heads = 2;
+    c.seqlen_q = 50;
+    c.seqlen_k = 61;
+    c.head_dim = 40;
+    c.row_pad = 3;
+    Check(c);
+    c.heads_major = true;
+    c.causal = true;
+    Check(c);
+  }
+}
+
+TEST(CpuAttention, RowsWithNoAllowedKey) {
+  // Window (0, 0) with seqlen_q > seqlen_k: rows 0..(sq - sk - 1) see nothing; a bool mask that
+  // drops every key of some rows; an additive mask of -inf.
+  Case c;
+  c.seqlen_q = 40;
+  c.seqlen_k = 10;
+  c.window_left = 0;
+  c.window_right = 0;
+  std::unique_ptr<Problem> pr = MakeProblem(c);
+  for (CpuIsa isa : Variants()) {
+    Poison(*pr);
+    ASSERT_TRUE(Backend(isa).Run(pr->p).ok());
+    const float* o = reinterpret_cast<const float*>(pr->o.data());
+    for (int h = 0; h < c.q_heads; ++h) {
+      for (int i = 0; i < 30; ++i) {
+        EXPECT_EQ(pr->lse[h * c.seqlen_q + i], -std::numeric_limits<float>::infinity());
+        for (int e = 0; e < c.head_dim; ++e) {
+          ASSERT_EQ(o[(i * c.q_heads + h) * c.head_dim + e], 0.f) << CpuIsaName(isa);
+        }
+      }
+    }
+    ExpectMatches(*pr, ComputeReference(*pr), CpuIsaName(isa));
+  }
+  Case m;
+  m.seqlen_q = 20;
+  m.seqlen_k = 300;
+  m.mask_kind = MaskKind::kBool;
+  m.mask_shape = {true, true, false, true};  // [seqlen_q, 1]: whole rows on or off
+  Check(m);
+  m.mask_kind = MaskKind::kAdditive;
+  Check(m);
+}
+
+TEST(CpuAttention, OddTileShapes) {
+  for (auto [bq, bk] : {std::pair{32, 7}, {96, 1}, {64, 300}, {32, 64}}) {
+    for (CpuIsa isa : Variants()) {
+      CpuBackendOptions options;
+      options.num_threads = 2;
+      options.max_isa = isa;
+      options.block_q = bq;
+      options.block_k = bk;
+      CpuBackend backend(options);
+      Case c;
+      c.seqlen_q = 100;
+      c.seqlen_k = 129;
+      c.head_dim = 40;
+      c.causal = true;
+      c.window_left = 20;
+      c.softcap = 4.f;
+      c.seed = bq + bk;
+      std::unique_ptr<Problem> pr = MakeProblem(c);
+      ASSERT_TRUE(backend.Run(pr->p).ok());
+      ExpectMatches(
+          *pr, ComputeReference(*pr),
+          std::string(CpuIsaName(isa)) + " block " + std::to_string(bq) + "x" + std::to_string(bk));
+    }
+  }
+}
+
+TEST(CpuAttention, ConcurrentRunsShareOneBackend) {
+  CpuBackend backend(2);
+  std::vector<std::unique_ptr<Problem>> problems;
+  std::vector<Reference> refs;
+  for (int t = 0; t < 4; ++t) {
+    Case c;
+    c.seqlen_q = 100 + 13 * t;
+    c.seqlen_k = 90 + 7 * t;
+    c.causal = t % 2 == 0;
+    c.seed = 100 + t;
+    problems.push_back(MakeProblem(c));
+    refs.push_back(ComputeReference(*problems.back()));
+  }
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> status(problems.size());
+  for (size_t t = 0; t < problems.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5 && status[t].ok(); ++rep) status[t] = backend.Run(problems[t]->p);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t t = 0; t < problems.size(); ++t) {
+    ASSERT_TRUE(status[t].ok()) << status[t];
+    ExpectMatches(*problems[t], refs[t], "thread " + std::to_string(t));
+  }
+}
+
+TEST(CpuAttention, RejectsBadParams) {
+  CpuBackend backend(1);
+  Case c;
+  c.batch = 2;
+  c.lens_q = {3, 4};
+  c.lens_k = {5, 6};
+  std::unique_ptr<Problem> pr = MakeProblem(c);
+  ASSERT_TRUE(backend.Run(pr->p).ok());
+
+  pr->cu_k[1] = 12;  // decreasing: 0, 12, 11
+  absl::Status s = backend.Run(pr->p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("cu_seqlens_k"), std::string::npos) << s;
+  pr->cu_k[1] = 5;
+  pr->cu_q[2] = 8;  // does not end at total_q
+  s = backend.Run(pr->p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("cu_seqlens_q"), std::string::npos) << s;
+  pr->cu_q[2] = 7;
+  pr->cu_q[0] = 1;  // does not start at 0
+  EXPECT_EQ(backend.Run(pr->p).code(), absl::StatusCode::kInvalidArgument);
+  pr->cu_q[0] = 0;
+
+  AttentionParams bad = pr->p;
+  bad.head_dim = 0;  // CheckParams
+  EXPECT_EQ(backend.Run(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CpuAttention, BackendProperties) {
+  CpuBackend backend(3);
+  EXPECT_EQ(backend.num_threads(), 3);
+  EXPECT_EQ(backend.isa(), BestCpuIsa());
+  EXPECT_EQ(backend.block_q() % 32, 0);
+  EXPECT_GT(backend.block_k(), 0);
+  CpuBackendOptions options;
+  options.max_isa = CpuIsa::kGeneric;
+  options.block_q = 40;
+  CpuBackend generic(options);
+  EXPECT_EQ(generic.isa(), CpuIsa::kGeneric);
+  EXPECT_EQ(generic.block_q(), 64);
+  EXPECT_GE(generic.num_threads(), 1);
+}
+
+}  // namespace
+}  // namespace attention::cpu
