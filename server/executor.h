@@ -58,7 +58,7 @@ struct Job {
   RequestSpec spec;  // validated from *request
   JobCompletion* completion = nullptr;
 
-  Clock::time_point accepted;                          // when the service accepted the request
+  Clock::time_point accepted;                             // when the service accepted the request
   Clock::time_point deadline = Clock::time_point::max();  // the call's deadline, if any
   // Set (by the service, from any thread) when the caller cancelled; the batcher drops a job so
   // marked before launch with CANCELLED. Null: cannot be cancelled. Outlives the job.

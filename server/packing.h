@@ -51,9 +51,14 @@ AttentionParams MakeBatchParams(const Batch& batch, const void* inputs, void* ou
 // `outputs` (host memory: pinned staging or a plain buffer). One copy per byte of o.
 void ScatterOutputs(const Batch& batch, const char* outputs);
 
+// For running a single job in place (CPU backend): sets the dtype and shape of the response's o
+// (and lse) and sizes their data (spec.q_bytes, spec.lse_bytes); *o and *lse (null unless the
+// request asked for lse) point at that data.
+void SizeJobOutputs(const Job& job, char** o, float** lse);
+
 // Params that run a single job in place, dense or packed as the request was: q, k, v, mask and
-// slopes read straight from the request, o and lse written to `o` and `lse` (o: spec.q_bytes,
-// lse: spec.lse_bytes laid out as the response's, or null). Host memory only (CPU backend).
+// slopes read straight from the request, o and lse written to `o` and `lse` (as SizeJobOutputs
+// gives them). Host memory only.
 AttentionParams MakeJobParams(const Job& job, void* o, float* lse);
 
 }  // namespace attention::server

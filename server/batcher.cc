@@ -1,0 +1,311 @@
+#include "server/batcher.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/metrics/metrics.h"
+#include "server/packing.h"
+
+namespace attention::server {
+namespace {
+
+// Largest cu_seqlens offset of a launch (int32).
+constexpr int64_t kMaxLaunchRows = std::numeric_limits<int32_t>::max();
+
+// Device bytes a job adds to a batch, roughly (inputs and outputs, no alignment): what decides
+// that a bucket holds a full batch by bytes.
+int64_t Footprint(const RequestSpec& s) { return s.queued_bytes() + s.q_bytes + s.lse_bytes; }
+
+// Why a queued job must not be launched (its caller cancelled, its deadline passed), or OK.
+absl::Status DropStatus(const Job& job, Clock::time_point now) {
+  if (job.is_cancelled()) {
+    return absl::CancelledError("request cancelled by the caller before launch");
+  }
+  if (job.deadline <= now) {
+    const auto waited = std::chrono::duration_cast<std::chrono::microseconds>(now - job.accepted);
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline passed after ", waited.count(), " us in the queue, before launch"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Batcher::Batcher(const BatcherOptions& options, std::vector<Executor*> executors, Metrics* metrics)
+    : options_(options), metrics_(metrics) {
+  executors_.reserve(executors.size());
+  for (Executor* e : executors) executors_.push_back(ExecutorState{e});
+  thread_ = std::thread([this] { Run(); });
+}
+
+Batcher::~Batcher() { Shutdown(); }
+
+absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
+  const RequestSpec& spec = job->spec;
+  // Executors are alike (one kind per server), so the first one speaks for all.
+  if (absl::Status admit = executors_[0].executor->Admit(*job); !admit.ok()) {
+    if (metrics_ != nullptr) {
+      metrics_->RequestRejected(absl::IsResourceExhausted(admit) ? "too_large" : "invalid");
+    }
+    return admit;
+  }
+  const int64_t bytes = spec.queued_bytes();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) {
+    if (metrics_ != nullptr) metrics_->RequestRejected("draining");
+    return absl::UnavailableError("server is draining: send the request to another replica");
+  }
+  if (bytes > options_.max_queue_bytes) {
+    if (metrics_ != nullptr) metrics_->RequestRejected("too_large");
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request holds ", bytes, " bytes of tensors, more than the queue's bound of ",
+                     options_.max_queue_bytes, " bytes (--max_queue_bytes)"));
+  }
+  if (queued_requests_ + 1 > options_.max_queue_requests ||
+      queued_bytes_ + bytes > options_.max_queue_bytes) {
+    if (metrics_ != nullptr) metrics_->RequestRejected("queue_full");
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", queued_requests_, " requests and ", queued_bytes_,
+                     " bytes queued (bounds --max_queue_requests=", options_.max_queue_requests,
+                     ", --max_queue_bytes=", options_.max_queue_bytes, "); retry later"));
+  }
+  Bucket& bucket = buckets_[MakeBucketKey(spec)];
+  bucket.tokens_q += spec.total_q;
+  bucket.bytes += Footprint(spec);
+  bucket.jobs.push_back(std::move(job));
+  ++queued_requests_;
+  queued_bytes_ += bytes;
+  ++outstanding_;
+  PublishQueueDepth();
+  work_cv_.notify_one();
+  return absl::OkStatus();
+}
+
+void Batcher::NotifyCancelled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  sweep_requested_ = true;
+  work_cv_.notify_one();
+}
+
+bool Batcher::Drain(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  draining_ = true;
+  work_cv_.notify_one();
+  return idle_cv_.wait_until(lock, deadline, [this] { return outstanding_ == 0; });
+}
+
+void Batcher::Shutdown() {
+  std::vector<std::unique_ptr<Job>> abandoned;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!thread_.joinable()) return;
+    draining_ = true;
+    stopping_ = true;
+    for (auto& [key, bucket] : buckets_) {
+      for (auto& job : bucket.jobs) abandoned.push_back(std::move(job));
+    }
+    buckets_.clear();
+    queued_requests_ = 0;
+    queued_bytes_ = 0;
+    PublishQueueDepth();
+    work_cv_.notify_one();
+  }
+  for (auto& job : abandoned) {
+    JobCompletion* completion = job->completion;
+    completion->Complete(std::move(job),
+                         absl::UnavailableError("server shut down before the request was run"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    outstanding_ -= static_cast<int64_t>(abandoned.size());
+    if (outstanding_ == 0) idle_cv_.notify_all();
+  }
+  thread_.join();
+}
+
+int64_t Batcher::queued_requests() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_requests_;
+}
+
+int Batcher::batches_in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return batches_in_flight_;
+}
+
+void Batcher::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<Dropped> dropped;
+  while (true) {
+    const Clock::time_point now = Clock::now();
+    if (sweep_requested_) {
+      sweep_requested_ = false;
+      Sweep(now, &dropped);
+    }
+    Clock::time_point wake = Clock::time_point::max();
+    std::unique_ptr<Batch> batch;
+    Executor* target = nullptr;
+    if (queued_requests_ > 0) {
+      const int e = PickExecutor();
+      if (e >= 0) {
+        auto it = PickBucket(e, now, &wake);
+        if (it != buckets_.end()) {
+          batch = FormBatch(it->second, e, now, &dropped);
+          if (it->second.jobs.empty()) buckets_.erase(it);
+          target = executors_[e].executor;
+        }
+      }
+    }
+    if (batch != nullptr || !dropped.empty()) {
+      PublishQueueDepth();
+      lock.unlock();
+      for (Dropped& d : dropped) {
+        JobCompletion* completion = d.job->completion;
+        completion->Complete(std::move(d.job), d.status);
+      }
+      const int64_t answered = static_cast<int64_t>(dropped.size());
+      dropped.clear();
+      if (batch != nullptr) target->Submit(std::move(batch));
+      lock.lock();
+      outstanding_ -= answered;
+      if (outstanding_ == 0) idle_cv_.notify_all();
+      continue;
+    }
+    if (stopping_ && batches_in_flight_ == 0) break;
+    if (wake == Clock::time_point::max()) {
+      work_cv_.wait(lock);
+    } else {
+      work_cv_.wait_until(lock, wake);
+    }
+  }
+}
+
+int Batcher::PickExecutor() const {
+  int best = -1;
+  for (int i = 0; i < static_cast<int>(executors_.size()); ++i) {
+    const ExecutorState& s = executors_[i];
+    if (s.batches >= s.executor->pipeline_depth()) continue;
+    if (best < 0 || s.batches < executors_[best].batches ||
+        (s.batches == executors_[best].batches && s.tokens < executors_[best].tokens)) {
+      best = i;
+    }
+  }
+  return best;
+}
+
+absl::flat_hash_map<BucketKey, Batcher::Bucket>::iterator Batcher::PickBucket(
+    int e, Clock::time_point now, Clock::time_point* wake) {
+  const bool executor_idle = executors_[e].batches == 0;
+  const int64_t max_bytes = executors_[e].executor->max_batch_bytes();
+  auto best = buckets_.end();
+  for (auto it = buckets_.begin(); it != buckets_.end(); ++it) {
+    const Bucket& bucket = it->second;
+    if (bucket.jobs.empty()) continue;
+    const Clock::time_point oldest = bucket.jobs.front()->accepted;
+    const Clock::time_point due = oldest + options_.max_queue_delay;
+    const bool full = !options_.batching || it->first.mask_kind != MaskKind::kNone ||
+                      static_cast<int64_t>(bucket.jobs.size()) >= options_.max_batch_requests ||
+                      bucket.tokens_q >= options_.max_batch_tokens || bucket.bytes >= max_bytes;
+    if (executor_idle || draining_ || full || now >= due) {
+      if (best == buckets_.end() || oldest < best->second.jobs.front()->accepted) best = it;
+    } else {
+      *wake = std::min(*wake, due);
+    }
+  }
+  return best;
+}
+
+std::unique_ptr<Batch> Batcher::FormBatch(Bucket& bucket, int e, Clock::time_point now,
+                                          std::vector<Dropped>* dropped) {
+  auto batch = std::make_unique<Batch>();
+  // A masked job runs alone (one mask per launch), as does every job with batching off.
+  const size_t max_jobs =
+      !options_.batching || bucket.jobs.front()->spec.mask_kind != MaskKind::kNone
+          ? 1
+          : static_cast<size_t>(options_.max_batch_requests);
+  const int64_t max_bytes = executors_[e].executor->max_batch_bytes();
+  while (!bucket.jobs.empty() && batch->jobs.size() < max_jobs) {
+    Job& job = *bucket.jobs.front();
+    const RequestSpec& s = job.spec;
+    if (absl::Status drop = DropStatus(job, now); !drop.ok()) {
+      RemoveFromQueue(job, bucket);
+      dropped->push_back({std::move(bucket.jobs.front()), std::move(drop)});
+      bucket.jobs.pop_front();
+      continue;
+    }
+    if (!batch->jobs.empty() && (batch->total_q + s.total_q > options_.max_batch_tokens ||
+                                 batch->total_k + s.total_k > kMaxLaunchRows ||
+                                 BatchBytesWith(batch->key, batch->sequences, batch->total_q,
+                                                batch->total_k, batch->want_lse, s) > max_bytes)) {
+      break;
+    }
+    RemoveFromQueue(job, bucket);
+    AddJob(*batch, std::move(bucket.jobs.front()));
+    bucket.jobs.pop_front();
+  }
+  if (batch->jobs.empty()) return nullptr;
+
+  SealBatch(*batch);
+  batch->id = next_batch_id_++;
+  batch->formed = now;
+  batch->metrics = metrics_;
+  const int64_t tokens = batch->total_q;
+  const int64_t jobs = static_cast<int64_t>(batch->jobs.size());
+  batch->on_finished = [this, e, tokens, jobs](const Batch&) { OnBatchFinished(e, tokens, jobs); };
+  ExecutorState& state = executors_[e];
+  ++state.batches;
+  state.tokens += tokens;
+  ++batches_in_flight_;
+  if (metrics_ != nullptr) {
+    metrics_->BatchLaunched(static_cast<int>(jobs), batch->total_q, batch->flops);
+  }
+  return batch;
+}
+
+void Batcher::Sweep(Clock::time_point now, std::vector<Dropped>* dropped) {
+  for (auto it = buckets_.begin(); it != buckets_.end();) {
+    Bucket& bucket = it->second;
+    std::deque<std::unique_ptr<Job>> kept;
+    for (auto& job : bucket.jobs) {
+      if (absl::Status drop = DropStatus(*job, now); !drop.ok()) {
+        RemoveFromQueue(*job, bucket);
+        dropped->push_back({std::move(job), std::move(drop)});
+      } else {
+        kept.push_back(std::move(job));
+      }
+    }
+    bucket.jobs = std::move(kept);
+    if (bucket.jobs.empty()) {
+      buckets_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Batcher::RemoveFromQueue(const Job& job, Bucket& bucket) {
+  const RequestSpec& s = job.spec;
+  bucket.tokens_q -= s.total_q;
+  bucket.bytes -= Footprint(s);
+  --queued_requests_;
+  queued_bytes_ -= s.queued_bytes();
+}
+
+void Batcher::OnBatchFinished(int executor, int64_t tokens, int64_t jobs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExecutorState& state = executors_[executor];
+  --state.batches;
+  state.tokens -= tokens;
+  --batches_in_flight_;
+  outstanding_ -= jobs;
+  if (outstanding_ == 0) idle_cv_.notify_all();
+  work_cv_.notify_one();
+}
+
+void Batcher::PublishQueueDepth() {
+  if (metrics_ != nullptr) metrics_->SetQueueDepth(queued_requests_, queued_bytes_);
+}
+
+}  // namespace attention::server

@@ -1,0 +1,145 @@
+// The dynamic batcher: one thread that turns queued jobs into packed batches and hands them to
+// the least loaded executor.
+//
+// Buckets: jobs are grouped by BucketKey (kernel configuration), not by shape, so requests of
+// different sequence lengths in one bucket become one variable-length launch. A job with a mask
+// always runs alone (masks are per request and the kernels take one mask per launch); ALiBi slopes
+// are expanded per packed sequence, so they pack.
+//
+// When a bucket is launched (checked whenever something changes, and at the next delay expiry):
+//   - the least loaded executor has no batch at all (an idle server launches at once), or
+//   - the bucket is full: max_batch_requests jobs, max_batch_tokens query tokens, or the
+//     executor's max_batch_bytes, or
+//   - its oldest job has waited max_queue_delay, or
+//   - the server is draining, or batching is off (every job is its own launch),
+// and only while some executor holds fewer than its pipeline_depth() batches: while every
+// executor is busy, jobs wait and batches grow. Among launchable buckets the one whose oldest job
+// is oldest goes first. A launch takes jobs in arrival order until the next would exceed a limit
+// (a single job above max_batch_tokens still runs, alone).
+//
+// Every job is answered exactly once: by its batch (FinishBatch), or here with CANCELLED (its
+// caller cancelled), DEADLINE_EXCEEDED (its deadline passed before launch) or UNAVAILABLE (still
+// queued at shutdown). Jobs are dropped when their batch is formed and whenever
+// NotifyCancelled() asks for a sweep.
+#ifndef ATTENTION_SERVER_BATCHER_H_
+#define ATTENTION_SERVER_BATCHER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "server/executor.h"
+
+namespace attention::server {
+
+class Metrics;
+
+struct BatcherOptions {
+  // false: every job is its own launch (the benchmark's baseline).
+  bool batching = true;
+  // Query tokens of one launch (--max_batch_tokens).
+  int64_t max_batch_tokens = 16384;
+  // Requests in one launch (--max_batch_requests).
+  int max_batch_requests = 64;
+  // How long a job may wait for its batch to fill while executors are busy
+  // (--max_queue_delay_us).
+  std::chrono::microseconds max_queue_delay{200};
+  // Queue bounds: requests, and bytes of queued requests (RequestSpec::queued_bytes), accepted
+  // and not yet launched. Beyond either, Enqueue answers RESOURCE_EXHAUSTED.
+  int64_t max_queue_requests = 4096;
+  int64_t max_queue_bytes = int64_t{4} << 30;
+};
+
+class Batcher {
+ public:
+  // `executors` (at least one, not owned) outlive the batcher; `metrics` may be null.
+  Batcher(const BatcherOptions& options, std::vector<Executor*> executors, Metrics* metrics);
+  // Shutdown().
+  ~Batcher();
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues `job` and takes ownership of it only on OK; otherwise `job` is left with the caller,
+  // who answers it with the returned status: UNAVAILABLE while draining or stopped;
+  // RESOURCE_EXHAUSTED when the queue is full or the job can never fit an executor; the
+  // executor's own refusal (Executor::Admit). Thread-safe, never blocks on a device.
+  absl::Status Enqueue(std::unique_ptr<Job>& job);
+
+  // Some queued job's cancelled flag was set: drop it soon. Thread-safe, cheap.
+  void NotifyCancelled();
+
+  // Stops accepting (UNAVAILABLE), launches everything queued without waiting for batches to
+  // fill, and waits until every accepted job was answered or `deadline` passed. True if drained.
+  bool Drain(Clock::time_point deadline);
+
+  // Stops accepting, answers every job still queued with UNAVAILABLE, waits for the batches
+  // executors hold to finish, and joins the batcher thread. Idempotent.
+  void Shutdown();
+
+  // Accepted jobs not yet launched, and batches submitted and not yet finished.
+  int64_t queued_requests() const;
+  int batches_in_flight() const;
+
+ private:
+  struct Bucket {
+    std::deque<std::unique_ptr<Job>> jobs;
+    int64_t tokens_q = 0;  // query tokens queued
+    int64_t bytes = 0;     // queued_bytes of its jobs
+  };
+  struct ExecutorState {
+    Executor* executor;
+    int batches = 0;     // submitted, not finished
+    int64_t tokens = 0;  // query tokens of those batches
+  };
+  struct Dropped {
+    std::unique_ptr<Job> job;
+    absl::Status status;
+  };
+
+  void Run();
+  // Index of the executor a batch goes to next (fewest batches, then fewest tokens), -1 if all
+  // are at their pipeline depth.
+  int PickExecutor() const;
+  // Bucket to launch now on executor `e`, or end(); lowers *wake to the next time a bucket
+  // becomes due by delay.
+  absl::flat_hash_map<BucketKey, Bucket>::iterator PickBucket(int e, Clock::time_point now,
+                                                              Clock::time_point* wake);
+  // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
+  std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,
+                                   std::vector<Dropped>* dropped);
+  // Moves cancelled and expired jobs out of every bucket into *dropped.
+  void Sweep(Clock::time_point now, std::vector<Dropped>* dropped);
+  void RemoveFromQueue(const Job& job, Bucket& bucket);
+  void OnBatchFinished(int executor, int64_t tokens, int64_t jobs);
+  void PublishQueueDepth();
+
+  const BatcherOptions options_;
+  Metrics* const metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // batcher thread: something to do
+  std::condition_variable idle_cv_;  // Drain / Shutdown: queue and executors empty
+  absl::flat_hash_map<BucketKey, Bucket> buckets_;
+  std::vector<ExecutorState> executors_;
+  int64_t queued_requests_ = 0;
+  int64_t queued_bytes_ = 0;
+  int64_t outstanding_ = 0;  // accepted, not yet answered
+  int batches_in_flight_ = 0;
+  uint64_t next_batch_id_ = 1;
+  bool sweep_requested_ = false;
+  bool draining_ = false;  // no new jobs; launch without waiting
+  bool stopping_ = false;  // thread exits once no batch is in flight
+
+  std::thread thread_;
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_BATCHER_H_

@@ -1,0 +1,97 @@
+#include "server/cpu_executor.h"
+
+#include <utility>
+
+#include "server/metrics/metrics.h"
+#include "server/packing.h"
+
+namespace attention::server {
+namespace {
+
+int64_t NanosSince(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
+    : max_batch_bytes_(options.pinned_host_bytes),
+      metrics_(metrics),
+      backend_(options.cpu_threads) {
+  if (metrics_ != nullptr) metrics_->SetDeviceMemory(0, 0, max_batch_bytes_, 0, 0, 0);
+  thread_ = std::thread([this] { Run(); });
+}
+
+CpuExecutor::~CpuExecutor() { Shutdown(); }
+
+absl::Status CpuExecutor::Admit(const Job&) const {
+  // A job alone runs in place (no staging), and the CPU backend takes every configuration the
+  // contract allows, so every validated request fits.
+  return absl::OkStatus();
+}
+
+void CpuExecutor::Submit(std::unique_ptr<Batch> batch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.push_back(std::move(batch));
+  cv_.notify_one();
+}
+
+void CpuExecutor::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    cv_.notify_one();
+  }
+  thread_.join();
+}
+
+void CpuExecutor::Run() {
+  while (true) {
+    std::unique_ptr<Batch> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every submitted batch finished
+      batch = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    const absl::Status status = Execute(*batch);
+    FinishBatch(std::move(batch), status);
+  }
+}
+
+absl::Status CpuExecutor::Execute(Batch& batch) {
+  batch.device = device_;
+  batch.timings.started = Clock::now();
+  if (batch.jobs.size() == 1) {
+    const Job& job = *batch.jobs[0];
+    char* o = nullptr;
+    float* lse = nullptr;
+    SizeJobOutputs(job, &o, &lse);
+    const AttentionParams p = MakeJobParams(job, o, lse);
+    const Clock::time_point start = Clock::now();
+    absl::Status status = backend_.Run(p);
+    batch.timings.kernel_ns = NanosSince(start);
+    return status;
+  }
+  const BatchLayout& layout = batch.layout;
+  if (static_cast<int64_t>(staging_.size()) < layout.total_bytes()) {
+    staging_.resize(static_cast<size_t>(layout.total_bytes()));
+    if (metrics_ != nullptr) {
+      metrics_->SetDeviceMemory(0, 0, max_batch_bytes_, static_cast<int64_t>(staging_.size()), 0,
+                                0);
+    }
+  }
+  char* inputs = staging_.data();
+  char* outputs = inputs + layout.input_bytes;
+  StageInputs(batch, inputs);
+  const AttentionParams p = MakeBatchParams(batch, inputs, outputs);
+  const Clock::time_point start = Clock::now();
+  absl::Status status = backend_.Run(p);
+  batch.timings.kernel_ns = NanosSince(start);
+  if (status.ok()) ScatterOutputs(batch, outputs);
+  return status;
+}
+
+}  // namespace attention::server

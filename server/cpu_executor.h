@@ -1,0 +1,59 @@
+// The CPU backend behind the Executor interface: one executor thread runs each submitted batch
+// with attention::cpu::CpuBackend (which spreads the work over its own worker threads), so gRPC
+// and batcher threads never wait for a computation.
+#ifndef ATTENTION_SERVER_CPU_EXECUTOR_H_
+#define ATTENTION_SERVER_CPU_EXECUTOR_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/attention_cpu.h"
+#include "server/executor.h"
+
+namespace attention::server {
+
+// A batch of one job runs in place: q, k, v read from the request, o and lse written straight
+// into the response. A packed batch of several jobs is staged into one host buffer (grown up to
+// max_batch_bytes() = ExecutorOptions::pinned_host_bytes and then reused), run, and scattered
+// back. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next batch keeps
+// filling in the batcher meanwhile.
+class CpuExecutor final : public Executor {
+ public:
+  CpuExecutor(const ExecutorOptions& options, Metrics* metrics);
+  ~CpuExecutor() override;
+
+  const std::string& device() const override { return device_; }
+  int pipeline_depth() const override { return 1; }
+  int64_t max_batch_bytes() const override { return max_batch_bytes_; }
+  absl::Status Admit(const Job& job) const override;
+  void Submit(std::unique_ptr<Batch> batch) override;
+  void Shutdown() override;
+
+  int num_threads() const { return backend_.num_threads(); }
+
+ private:
+  void Run();
+  absl::Status Execute(Batch& batch);
+
+  const std::string device_ = "cpu";
+  const int64_t max_batch_bytes_;
+  Metrics* const metrics_;
+  cpu::CpuBackend backend_;
+  std::vector<char> staging_;  // executor thread only
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Batch>> queue_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_CPU_EXECUTOR_H_

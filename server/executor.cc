@@ -1,0 +1,60 @@
+#include "server/executor.h"
+
+#include <utility>
+
+#include "server/metrics/metrics.h"
+
+namespace attention::server {
+namespace {
+
+int64_t Nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+double Seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
+
+}  // namespace
+
+int64_t Batch::queued_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& job : jobs) bytes += job->spec.queued_bytes();
+  return bytes;
+}
+
+void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status) {
+  const BatchTimings& t = batch->timings;
+  if (status.ok()) {
+    for (const auto& job : batch->jobs) {
+      const int64_t queue_ns = Nanos(t.started - job->accepted);
+      v1::Timings* timings = job->response->mutable_timings();
+      timings->set_queue_ns(queue_ns);
+      timings->set_transfer_ns(t.host_to_device_ns + t.device_to_host_ns);
+      timings->set_kernel_ns(t.kernel_ns);
+      v1::BatchInfo* info = job->response->mutable_batch();
+      info->set_batch_id(batch->id);
+      info->set_requests(static_cast<int32_t>(batch->jobs.size()));
+      info->set_sequences(batch->sequences);
+      info->set_tokens_q(batch->total_q);
+      info->set_tokens_k(batch->total_k);
+      info->set_device(batch->device);
+      if (batch->metrics != nullptr)
+        batch->metrics->ObserveStage(Stage::kQueueWait, Seconds(queue_ns));
+    }
+    if (batch->metrics != nullptr) {
+      if (t.host_to_device_ns > 0) {
+        batch->metrics->ObserveStage(Stage::kHostToDevice, Seconds(t.host_to_device_ns));
+      }
+      batch->metrics->ObserveStage(Stage::kKernel, Seconds(t.kernel_ns));
+      if (t.device_to_host_ns > 0) {
+        batch->metrics->ObserveStage(Stage::kDeviceToHost, Seconds(t.device_to_host_ns));
+      }
+    }
+  }
+  for (auto& job : batch->jobs) {
+    JobCompletion* completion = job->completion;
+    completion->Complete(std::move(job), status);
+  }
+  if (batch->on_finished) batch->on_finished(*batch);
+}
+
+}  // namespace attention::server

@@ -1,0 +1,347 @@
+#include "server/service.h"
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "server/log.h"
+#include "server/metrics/metrics.h"
+
+namespace attention::server {
+namespace {
+
+using Request = v1::AttentionRequest;
+using Response = v1::AttentionResponse;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+int64_t NanosSince(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+}
+
+// The call's deadline on the steady clock (max() when it has none).
+Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
+                                 Clock::time_point now) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return Clock::time_point::max();
+  const auto left = deadline - std::chrono::system_clock::now();
+  if (left > std::chrono::hours(24 * 365)) return Clock::time_point::max();
+  return now + std::chrono::duration_cast<Clock::duration>(left);
+}
+
+// Validates `request` and queues it as a job answered through `completion`. On an error nothing
+// was queued and the caller answers with the status.
+absl::Status StartJob(AttentionServiceImpl& service, const Request& request, Response* response,
+                      JobCompletion* completion, Clock::time_point accepted,
+                      Clock::time_point deadline, const std::atomic<bool>* cancelled) {
+  absl::StatusOr<RequestSpec> spec = ValidateRequest(request, service.options().limits);
+  if (!spec.ok()) {
+    if (service.metrics() != nullptr) service.metrics()->RequestRejected("invalid");
+    LogLine(LogLevel::kDebug, "request_invalid")
+        .Kv("request_id", request.request_id())
+        .Kv("error", spec.status().message());
+    return spec.status();
+  }
+  auto job = std::make_unique<Job>();
+  job->request = &request;
+  job->response = response;
+  job->spec = std::move(*spec);
+  job->completion = completion;
+  job->accepted = accepted;
+  job->deadline = deadline;
+  job->cancelled = cancelled;
+  return service.batcher()->Enqueue(job);
+}
+
+// One unary call. Deletes itself in OnDone, which gRPC calls after Finish, so the request and
+// response (owned by gRPC until then) outlive the job.
+class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
+ public:
+  UnaryCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
+            const Request* request, Response* response)
+      : service_(service), request_(request), response_(response), accepted_(Clock::now()) {
+    if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
+    const absl::Status status = StartJob(*service_, *request_, response_, this, accepted_,
+                                         SteadyDeadline(context, accepted_), &cancelled_);
+    // Once the job is queued another thread may answer it (and this object be deleted): nothing
+    // after this point touches `this` unless the job was refused.
+    if (!status.ok()) Answer(status);
+  }
+
+  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+    job.reset();
+    Answer(status);
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true, std::memory_order_relaxed);
+    service_->batcher()->NotifyCancelled();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Answer(const absl::Status& status) {
+    int64_t response_bytes = 0;
+    if (status.ok()) {
+      response_->set_request_id(request_->request_id());
+      response_->mutable_timings()->set_total_ns(NanosSince(accepted_));
+      response_bytes = static_cast<int64_t>(response_->ByteSizeLong());
+    }
+    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->RequestDone(Method::kAttention, static_cast<grpc::StatusCode>(status.code()),
+                           SecondsSince(accepted_), static_cast<int64_t>(request_->ByteSizeLong()),
+                           response_bytes);
+      metrics->AddInFlight(-1);
+    }
+    Finish(ToGrpc(status));
+  }
+
+  AttentionServiceImpl* const service_;
+  const Request* const request_;
+  Response* const response_;
+  const Clock::time_point accepted_;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace
+
+// One bidirectional stream. Each request read becomes an Item (request + response + its own
+// JobCompletion); an Item is owned by its job while queued or running and comes back to the
+// stream in ItemDone, which queues its answer for writing. The stream finishes once nothing is in
+// flight, nothing is being written and no more requests will be read (half-close, cancel,
+// drain, or a failed write); gRPC then calls OnDone, which deletes it.
+class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  StreamCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
+      : service_(service), deadline_(SteadyDeadline(context, Clock::now())) {
+    service_->Register(this);
+    if (service_->draining()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_ = true;
+      finished_ = true;
+    } else {
+      next_ = std::make_unique<Item>(this);
+      StartRead(&next_->request);
+      return;
+    }
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "server is draining: open the stream on another replica"));
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::unique_lock<std::mutex> lock(mu_);
+      reads_done_ = true;
+      MaybeFinish(lock);
+      return;
+    }
+    std::unique_ptr<Item> item = std::move(next_);
+    item->accepted = Clock::now();
+    if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++in_flight_;
+    }
+    const absl::Status status = StartJob(*service_, item->request, &item->response, item.get(),
+                                         item->accepted, deadline_, &cancelled_);
+    if (status.ok()) {
+      item.release();  // owned by its job until Item::Complete
+    } else {
+      ItemDone(std::move(item), status);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (in_flight_ < service_->options().max_stream_in_flight && !Ending()) {
+      ReadNext(lock);
+    } else {
+      read_paused_ = true;
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_ptr<Item> written;
+    std::unique_lock<std::mutex> lock(mu_);
+    written = std::move(write_queue_.front());
+    write_queue_.pop_front();
+    --in_flight_;
+    if (!ok) {
+      // The client is gone: drop the answers still queued.
+      write_failed_ = true;
+      in_flight_ -= static_cast<int>(write_queue_.size());
+      write_queue_.clear();
+    }
+    writing_ = !write_queue_.empty();
+    const Response* next = writing_ ? &write_queue_.front()->response : nullptr;
+    if (read_paused_ && !Ending() && in_flight_ < service_->options().max_stream_in_flight) {
+      read_paused_ = false;
+      ReadNext(lock);
+      lock.lock();
+    }
+    if (next != nullptr) {
+      lock.unlock();
+      StartWrite(next);
+      return;
+    }
+    MaybeFinish(lock);
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true, std::memory_order_relaxed);
+    service_->batcher()->NotifyCancelled();
+    std::unique_lock<std::mutex> lock(mu_);
+    MaybeFinish(lock);
+  }
+
+  void OnDone() override {
+    service_->Unregister(this);
+    delete this;
+  }
+
+  // The server is draining: end the stream once its outstanding answers are written.
+  void Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    draining_ = true;
+    MaybeFinish(lock);
+  }
+
+ private:
+  struct Item final : JobCompletion {
+    explicit Item(StreamCall* call) : call(call) {}
+    void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+      job.reset();
+      call->ItemDone(std::unique_ptr<Item>(this), status);
+    }
+    StreamCall* const call;
+    Request request;
+    Response response;
+    Clock::time_point accepted;
+  };
+
+  // Answers `item` (result or error) by queueing its response for writing.
+  void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
+    Response& response = item->response;
+    if (status.ok()) {
+      response.mutable_timings()->set_total_ns(NanosSince(item->accepted));
+    } else {
+      response.Clear();
+      response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
+      response.mutable_error()->set_message(std::string(status.message()));
+    }
+    response.set_request_id(item->request.request_id());
+    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->RequestDone(Method::kAttentionStream, static_cast<grpc::StatusCode>(status.code()),
+                           SecondsSince(item->accepted),
+                           static_cast<int64_t>(item->request.ByteSizeLong()),
+                           static_cast<int64_t>(response.ByteSizeLong()));
+      metrics->AddInFlight(-1);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (write_failed_ || cancelled_.load(std::memory_order_relaxed)) {
+      --in_flight_;
+      lock.unlock();
+      item.reset();
+      lock.lock();
+      MaybeFinish(lock);
+      return;
+    }
+    write_queue_.push_back(std::move(item));
+    if (writing_) return;
+    writing_ = true;
+    const Response* next = &write_queue_.front()->response;
+    lock.unlock();
+    StartWrite(next);
+  }
+
+  // No more requests will be read from this stream.
+  bool Ending() const {
+    return reads_done_ || draining_ || write_failed_ || cancelled_.load(std::memory_order_relaxed);
+  }
+
+  // Starts the next read; unlocks `lock`.
+  void ReadNext(std::unique_lock<std::mutex>& lock) {
+    next_ = std::make_unique<Item>(this);
+    Request* request = &next_->request;
+    lock.unlock();
+    StartRead(request);
+  }
+
+  // Finishes the stream if nothing is left to do; unlocks `lock`.
+  void MaybeFinish(std::unique_lock<std::mutex>& lock) {
+    if (finished_ || in_flight_ > 0 || writing_ || !Ending()) return;
+    finished_ = true;
+    grpc::Status status = grpc::Status::OK;
+    if (cancelled_.load(std::memory_order_relaxed) || write_failed_) {
+      status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
+    } else if (draining_ && !reads_done_) {
+      status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "server is draining: open the stream on another replica");
+    }
+    lock.unlock();
+    Finish(status);
+  }
+
+  AttentionServiceImpl* const service_;
+  const Clock::time_point deadline_;
+  std::atomic<bool> cancelled_{false};
+  // The item the outstanding read fills (touched only by the reading path).
+  std::unique_ptr<Item> next_;
+
+  std::mutex mu_;
+  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written when writing_
+  int in_flight_ = 0;                              // requests read and not yet written (or dropped)
+  bool writing_ = false;
+  bool read_paused_ = false;  // no read outstanding because of max_stream_in_flight
+  bool reads_done_ = false;   // the client half-closed (or the stream broke)
+  bool draining_ = false;
+  bool write_failed_ = false;
+  bool finished_ = false;
+};
+
+AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher,
+                                           Metrics* metrics)
+    : options_(options), batcher_(batcher), metrics_(metrics) {}
+
+AttentionServiceImpl::~AttentionServiceImpl() = default;
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
+                                                          const v1::AttentionRequest* request,
+                                                          v1::AttentionResponse* response) {
+  return new UnaryCall(this, context, request, response);
+}
+
+grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
+AttentionServiceImpl::AttentionStream(grpc::CallbackServerContext* context) {
+  return new StreamCall(this, context);
+}
+
+void AttentionServiceImpl::StartDrain() {
+  draining_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (StreamCall* call : streams_) call->Drain();
+}
+
+int AttentionServiceImpl::open_streams() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(streams_.size());
+}
+
+void AttentionServiceImpl::Register(StreamCall* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.insert(call);
+}
+
+void AttentionServiceImpl::Unregister(StreamCall* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.erase(call);
+}
+
+}  // namespace attention::server

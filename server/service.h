@@ -1,0 +1,75 @@
+// The AttentionService on gRPC's callback API. Reactions never block: a request is decoded,
+// validated and queued on the batcher from the reaction that received it, and answered from the
+// completion path (JobCompletion) on whichever thread finished it.
+//
+// Unary Attention: errors travel as the call's status; the response is only sent on OK.
+// AttentionStream: any number of requests in flight on one stream, answered in completion order
+// with their request_id; a request that fails is answered with AttentionResponse.error and the
+// stream stays open. One Write is outstanding at a time, the rest wait in a queue. The stream
+// ends with OK once the client half-closed and every answer was written; on a client cancel the
+// remaining answers are dropped (queued jobs are dropped before launch) and it ends CANCELLED
+// once no job refers to it any more. While draining, a stream ends with UNAVAILABLE as soon as
+// its outstanding answers are written.
+#ifndef ATTENTION_SERVER_SERVICE_H_
+#define ATTENTION_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "absl/container/flat_hash_set.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "server/batcher.h"
+#include "server/validation.h"
+
+namespace attention::server {
+
+class Metrics;
+class StreamCall;
+
+struct ServiceOptions {
+  ValidationLimits limits;
+  // Requests of one stream accepted and not yet written back; at this bound the stream stops
+  // reading until answers drain (flow control for clients that send faster than they read).
+  int max_stream_in_flight = 1024;
+};
+
+class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+ public:
+  // `batcher` outlives the service and the gRPC server it is registered on; `metrics` may be null.
+  AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher, Metrics* metrics);
+  ~AttentionServiceImpl() override;
+
+  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
+                                      const v1::AttentionRequest* request,
+                                      v1::AttentionResponse* response) override;
+  grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* AttentionStream(
+      grpc::CallbackServerContext* context) override;
+
+  // Draining: new requests are refused with UNAVAILABLE (by the batcher), and every open stream
+  // ends with UNAVAILABLE once its outstanding answers are written.
+  void StartDrain();
+
+  // Streams currently open (tests).
+  int open_streams() const;
+
+  // Shared by the call objects (service.cc).
+  const ServiceOptions& options() const { return options_; }
+  Batcher* batcher() const { return batcher_; }
+  Metrics* metrics() const { return metrics_; }
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+  void Register(StreamCall* call);
+  void Unregister(StreamCall* call);
+
+ private:
+  const ServiceOptions options_;
+  Batcher* const batcher_;
+  Metrics* const metrics_;
+  std::atomic<bool> draining_{false};
+  mutable std::mutex mu_;
+  absl::flat_hash_set<StreamCall*> streams_;
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_SERVICE_H_

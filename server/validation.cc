@@ -1,0 +1,446 @@
+#include "server/validation.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "kernels/attention_params.h"
+#include "kernels/dtype.h"
+
+namespace attention::server {
+namespace {
+
+using v1::Tensor;
+
+// Overflow-checked a * b for non-negative operands.
+bool CheckedMul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+std::string DTypeName(int dtype) {
+  return v1::DType_IsValid(dtype) ? v1::DType_Name(static_cast<v1::DType>(dtype))
+                                  : absl::StrCat("unknown dtype ", dtype);
+}
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
+}
+
+absl::Status Invalid(absl::string_view field, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+absl::Status OverLimit(absl::string_view field, absl::string_view rule) {
+  return absl::ResourceExhaustedError(absl::StrCat(field, ": ", rule));
+}
+
+// Element size of a tensor dtype, 0 if not one of q/k/v's.
+int64_t ValueSize(int dtype) {
+  switch (dtype) {
+    case v1::FLOAT32:
+      return 4;
+    case v1::FLOAT16:
+    case v1::BFLOAT16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+// Checks that `t.data` holds exactly `elements` x `element_size` bytes.
+absl::Status CheckDataLength(absl::string_view name, const Tensor& t, int64_t elements,
+                             int64_t element_size) {
+  int64_t bytes = 0;
+  if (elements < 0 || !CheckedMul(elements, element_size, &bytes)) {
+    return Invalid(absl::StrCat(name, ".shape"),
+                   absl::StrCat("product(shape) of ", ShapeString(t), " overflows int64"));
+  }
+  if (static_cast<uint64_t>(bytes) != t.data().size()) {
+    return Invalid(absl::StrCat(name, ".data"),
+                   absl::StrCat("length must be product(shape) x ", element_size, " = ", elements,
+                                " x ", element_size, " bytes (", DTypeName(t.dtype()), " ",
+                                ShapeString(t), "), got ", t.data().size()));
+  }
+  return absl::OkStatus();
+}
+
+// Product of the dims of `t` (every one already checked >= 1), -1 on overflow.
+int64_t Elements(const Tensor& t) {
+  int64_t n = 1;
+  for (int64_t d : t.shape()) {
+    if (!CheckedMul(n, d, &n)) return -1;
+  }
+  return n;
+}
+
+absl::Status CheckDimsPositive(absl::string_view name, const Tensor& t, const char* const* names) {
+  for (int i = 0; i < t.shape_size(); ++i) {
+    if (t.shape(i) < 1) {
+      return Invalid(absl::StrCat(name, ".shape[", i, "] (", names[i], ")"),
+                     absl::StrCat("must be >= 1, got ", t.shape(i)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Validates cu_seqlens_{q,k} against the first dimension `total` of the packed tensor; returns
+// the longest sequence in *max_len.
+absl::Status CheckCuSeqlens(absl::string_view name,
+                            const google::protobuf::RepeatedField<int32_t>& cu, int64_t total,
+                            absl::string_view total_name, int* max_len) {
+  if (cu[0] != 0) return Invalid(absl::StrCat(name, "[0]"), absl::StrCat("must be 0, got ", cu[0]));
+  int longest = 0;
+  for (int i = 1; i < cu.size(); ++i) {
+    if (cu[i] < cu[i - 1]) {
+      return Invalid(
+          absl::StrCat(name, "[", i, "]"),
+          absl::StrCat("offsets must be non-decreasing, got ", cu[i], " after ", cu[i - 1]));
+    }
+    if (cu[i] - cu[i - 1] > longest) longest = cu[i] - cu[i - 1];
+  }
+  const int last = cu.size() - 1;
+  if (cu[last] != total) {
+    return Invalid(
+        absl::StrCat(name, "[", last, "]"),
+        absl::StrCat("last offset must equal ", total_name, " ", total, ", got ", cu[last]));
+  }
+  *max_len = longest;
+  return absl::OkStatus();
+}
+
+absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& limits,
+                         RequestSpec& s) {
+  const Tensor& q = r.q();
+  const Tensor& k = r.k();
+  const Tensor& v = r.v();
+  static const char* const kDenseQ[] = {"batch", "seqlen_q", "q_heads", "head_dim"};
+  static const char* const kDenseK[] = {"batch", "seqlen_k", "kv_heads", "head_dim"};
+  static const char* const kPackedQ[] = {"total_q", "q_heads", "head_dim"};
+  static const char* const kPackedK[] = {"total_k", "kv_heads", "head_dim"};
+
+  s.packed = r.cu_seqlens_q_size() > 0;
+  const int rank = s.packed ? 3 : 4;
+  if (s.packed && q.shape_size() != 3) {
+    return Invalid("q.shape", absl::StrCat("rank must be 3 (packed [total_q, q_heads, head_dim], "
+                                           "since cu_seqlens_q is set), got ",
+                                           q.shape_size()));
+  }
+  if (!s.packed && q.shape_size() != 4) {
+    return Invalid("q.shape",
+                   absl::StrCat("rank must be 4 (dense [batch, seqlen_q, q_heads, head_dim]) or "
+                                "3 (packed with cu_seqlens_q), got ",
+                                q.shape_size()));
+  }
+  if (k.shape_size() != rank) {
+    return Invalid("k.shape", s.packed ? absl::StrCat("rank must be 3 (packed [total_k, kv_heads, "
+                                                      "head_dim]) like q, got ",
+                                                      k.shape_size())
+                                       : absl::StrCat("rank must be 4 (dense [batch, seqlen_k, "
+                                                      "kv_heads, head_dim]) like q, got ",
+                                                      k.shape_size()));
+  }
+  const char* const* q_names = s.packed ? kPackedQ : kDenseQ;
+  const char* const* k_names = s.packed ? kPackedK : kDenseK;
+  if (auto st = CheckDimsPositive("q", q, q_names); !st.ok()) return st;
+  if (auto st = CheckDimsPositive("k", k, k_names); !st.ok()) return st;
+  bool same_vk = v.shape_size() == k.shape_size();
+  for (int i = 0; same_vk && i < k.shape_size(); ++i) same_vk = v.shape(i) == k.shape(i);
+  if (!same_vk) {
+    return Invalid("v.shape",
+                   absl::StrCat("must equal k.shape ", ShapeString(k), ", got ", ShapeString(v)));
+  }
+
+  const int64_t head_dim = q.shape(rank - 1);
+  const int64_t q_heads = q.shape(rank - 2);
+  const int64_t kv_heads = k.shape(rank - 2);
+  if (head_dim > kMaxHeadDim) {
+    return Invalid(absl::StrCat("q.shape[", rank - 1, "] (head_dim)"),
+                   absl::StrCat("must be <= ", kMaxHeadDim,
+                                " (the largest head_dim the kernels support), got ", head_dim));
+  }
+  if (k.shape(rank - 1) != head_dim) {
+    return Invalid(absl::StrCat("k.shape[", rank - 1, "] (head_dim)"),
+                   absl::StrCat("must equal q's head_dim ", head_dim, ", got ", k.shape(rank - 1)));
+  }
+  if (!s.packed && k.shape(0) != q.shape(0)) {
+    return Invalid("k.shape[0] (batch)",
+                   absl::StrCat("must equal q.shape[0] ", q.shape(0), ", got ", k.shape(0)));
+  }
+  if (q_heads > limits.max_heads) {
+    return OverLimit(absl::StrCat("q.shape[", rank - 2, "] (q_heads)"),
+                     absl::StrCat(q_heads, " exceeds this server's limit of ", limits.max_heads,
+                                  " heads (--max_heads)"));
+  }
+  if (q_heads % kv_heads != 0) {
+    return Invalid(
+        absl::StrCat("k.shape[", rank - 2, "] (kv_heads)"),
+        absl::StrCat("q_heads (", q_heads, ") must be a multiple of kv_heads (", kv_heads, ")"));
+  }
+
+  // Rows of q and k (tokens), each bounded by --max_request_tokens (which is below 2^31).
+  int64_t total_q = 0, total_k = 0;
+  if (s.packed) {
+    total_q = q.shape(0);
+    total_k = k.shape(0);
+  } else {
+    if (q.shape(0) > limits.max_request_sequences) {
+      return OverLimit("q.shape[0] (batch)",
+                       absl::StrCat(q.shape(0), " sequences exceed this server's limit of ",
+                                    limits.max_request_sequences, " (--max_request_sequences)"));
+    }
+    if (!CheckedMul(q.shape(0), q.shape(1), &total_q)) total_q = INT64_MAX;
+    if (!CheckedMul(k.shape(0), k.shape(1), &total_k)) total_k = INT64_MAX;
+  }
+  if (total_q > limits.max_request_tokens) {
+    return OverLimit("q.shape", absl::StrCat(ShapeString(q),
+                                             " holds more query tokens than this "
+                                             "server's limit of ",
+                                             limits.max_request_tokens, " (--max_request_tokens)"));
+  }
+  if (total_k > limits.max_request_tokens) {
+    return OverLimit("k.shape", absl::StrCat(ShapeString(k),
+                                             " holds more key tokens than this "
+                                             "server's limit of ",
+                                             limits.max_request_tokens, " (--max_request_tokens)"));
+  }
+
+  // Byte lengths; products cannot overflow any more (tokens < 2^31, heads <= max_heads,
+  // head_dim <= 256), but stay checked so that a generous limit cannot make them.
+  const int64_t size = ValueSize(q.dtype());
+  const int64_t q_elements = Elements(q);
+  const int64_t k_elements = Elements(k);
+  if (auto st = CheckDataLength("q", q, q_elements, size); !st.ok()) return st;
+  if (auto st = CheckDataLength("k", k, k_elements, size); !st.ok()) return st;
+  if (auto st = CheckDataLength("v", v, k_elements, size); !st.ok()) return st;
+
+  s.total_q = total_q;
+  s.total_k = total_k;
+  s.q_heads = static_cast<int>(q_heads);
+  s.kv_heads = static_cast<int>(kv_heads);
+  s.head_dim = static_cast<int>(head_dim);
+  s.q_bytes = q_elements * size;
+  s.kv_bytes = k_elements * size;
+  s.q_data = q.data().data();
+  s.k_data = k.data().data();
+  s.v_data = v.data().data();
+
+  if (!s.packed) {
+    s.batch = static_cast<int>(q.shape(0));
+    s.seqlen_q = static_cast<int>(q.shape(1));
+    s.seqlen_k = static_cast<int>(k.shape(1));
+    return absl::OkStatus();
+  }
+  const auto& cu_q = r.cu_seqlens_q();
+  const auto& cu_k = r.cu_seqlens_k();
+  if (cu_q.size() < 2) {
+    return Invalid("cu_seqlens_q",
+                   absl::StrCat("must hold batch + 1 >= 2 offsets, got ", cu_q.size()));
+  }
+  if (cu_k.size() != cu_q.size()) {
+    return Invalid("cu_seqlens_k", absl::StrCat("must hold as many offsets as cu_seqlens_q (",
+                                                cu_q.size(), "), got ", cu_k.size()));
+  }
+  if (cu_q.size() - 1 > limits.max_request_sequences) {
+    return OverLimit("cu_seqlens_q",
+                     absl::StrCat(cu_q.size() - 1, " sequences exceed this server's limit of ",
+                                  limits.max_request_sequences, " (--max_request_sequences)"));
+  }
+  if (auto st = CheckCuSeqlens("cu_seqlens_q", cu_q, total_q, "q.shape[0] (total_q)", &s.seqlen_q);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = CheckCuSeqlens("cu_seqlens_k", cu_k, total_k, "k.shape[0] (total_k)", &s.seqlen_k);
+      !st.ok()) {
+    return st;
+  }
+  s.batch = cu_q.size() - 1;
+  s.cu_seqlens_q = cu_q.data();
+  s.cu_seqlens_k = cu_k.data();
+  return absl::OkStatus();
+}
+
+absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (r.has_softmax_scale()) {
+    if (!std::isfinite(r.softmax_scale())) {
+      return Invalid("softmax_scale", absl::StrCat("must be finite, got ", r.softmax_scale()));
+    }
+    s.softmax_scale = r.softmax_scale();
+  } else {
+    s.softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  }
+  if (!std::isfinite(r.softcap()) || r.softcap() < 0) {
+    return Invalid("softcap", absl::StrCat("must be finite and >= 0 (0 = off), got ", r.softcap()));
+  }
+  s.softcap = r.softcap();
+
+  AttentionParams p;
+  p.causal = r.causal();
+  if (r.has_window()) {
+    if (r.window().left() < -1) {
+      return Invalid("window.left",
+                     absl::StrCat("must be >= -1 (-1 = unbounded), got ", r.window().left()));
+    }
+    if (r.window().right() < -1) {
+      return Invalid("window.right",
+                     absl::StrCat("must be >= -1 (-1 = unbounded), got ", r.window().right()));
+    }
+    p.window_left = r.window().left();
+    p.window_right = r.window().right();
+  }
+  Normalize(p);
+  s.causal = p.causal;
+  s.window_left = p.window_left;
+  s.window_right = p.window_right;
+  s.return_lse = r.return_lse();
+  s.lse_bytes = s.return_lse ? int64_t{s.q_heads} * s.total_q * 4 : 0;
+  return absl::OkStatus();
+}
+
+absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (!r.has_alibi_slopes()) return absl::OkStatus();
+  const Tensor& a = r.alibi_slopes();
+  if (a.dtype() != v1::FLOAT32) {
+    return Invalid("alibi_slopes.dtype",
+                   absl::StrCat("must be FLOAT32, got ", DTypeName(a.dtype())));
+  }
+  const bool per_head = a.shape_size() == 1 && a.shape(0) == s.q_heads;
+  const bool per_sequence = a.shape_size() == 2 && a.shape(0) == s.batch && a.shape(1) == s.q_heads;
+  if (!per_head && !per_sequence) {
+    return Invalid("alibi_slopes.shape",
+                   absl::StrCat("must be [q_heads] = [", s.q_heads, "] or [batch, q_heads] = [",
+                                s.batch, ", ", s.q_heads, "], got ", ShapeString(a)));
+  }
+  const int64_t elements = per_head ? s.q_heads : int64_t{s.batch} * s.q_heads;
+  if (auto st = CheckDataLength("alibi_slopes", a, elements, 4); !st.ok()) return st;
+  const char* data = a.data().data();
+  for (int64_t i = 0; i < elements; ++i) {
+    float slope;
+    std::memcpy(&slope, data + 4 * i, 4);
+    if (!std::isfinite(slope)) {
+      return Invalid(absl::StrCat("alibi_slopes[", i, "]"),
+                     absl::StrCat("must be finite, got ", slope));
+    }
+  }
+  s.alibi_slopes = reinterpret_cast<const float*>(data);
+  s.alibi_batch_stride = per_head ? 0 : s.q_heads;
+  return absl::OkStatus();
+}
+
+absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (!r.has_mask()) return absl::OkStatus();
+  const Tensor& m = r.mask();
+  int64_t element_size = 0;
+  switch (m.dtype()) {
+    case v1::BOOL:
+      element_size = 1;
+      break;
+    case v1::FLOAT32:
+      element_size = 4;
+      break;
+    case v1::FLOAT16:
+    case v1::BFLOAT16:
+      element_size = 2;
+      break;
+    default:
+      return Invalid("mask.dtype", absl::StrCat("must be BOOL, FLOAT32, FLOAT16 or BFLOAT16, got ",
+                                                DTypeName(m.dtype())));
+  }
+  const int rank = m.shape_size();
+  const int64_t full[4] = {s.batch, s.q_heads, s.seqlen_q, s.seqlen_k};
+  static const char* const kFullNames[4] = {"batch", "q_heads", "seqlen_q", "seqlen_k"};
+  if (rank < 2 || rank > 4) {
+    return Invalid("mask.shape",
+                   absl::StrCat("rank must be 2 to 4 (broadcastable to [batch, q_heads, seqlen_q, "
+                                "seqlen_k] = [",
+                                absl::StrJoin(full, ", "), "]), got ", rank));
+  }
+  for (int i = 0; i < rank; ++i) {
+    const int full_dim = 4 - rank + i;
+    const int64_t d = m.shape(i);
+    if (d != 1 && d != full[full_dim]) {
+      return Invalid(absl::StrCat("mask.shape[", i, "]"),
+                     absl::StrCat("must be 1 or ", full[full_dim], " (", kFullNames[full_dim],
+                                  ") to broadcast to [", absl::StrJoin(full, ", "), "], got ", d));
+    }
+  }
+  const int64_t elements = Elements(m);
+  if (auto st = CheckDataLength("mask", m, elements, element_size); !st.ok()) return st;
+  // Row-major strides of the mask's own shape (products bounded by `elements`), 0 on broadcast
+  // (size-1 or missing) dimensions.
+  int64_t strides[4] = {0, 0, 0, 0};
+  int64_t stride = 1;
+  for (int i = rank - 1; i >= 0; --i) {
+    const int64_t d = m.shape(i);
+    strides[4 - rank + i] = d == 1 ? 0 : stride;
+    stride *= d;
+  }
+  s.mask_batch_stride = strides[0];
+  s.mask_head_stride = strides[1];
+  s.mask_row_stride = strides[2];
+  s.mask_col_stride = strides[3];
+  const char* data = m.data().data();
+  if (m.dtype() == v1::BOOL) {
+    s.mask_kind = MaskKind::kBool;
+    s.mask_raw = data;
+    s.mask_bytes = elements;
+    return absl::OkStatus();
+  }
+  s.mask_kind = MaskKind::kAdditive;
+  s.mask_bytes = elements * 4;
+  if (m.dtype() == v1::FLOAT32) {
+    s.mask_raw = data;
+    return absl::OkStatus();
+  }
+  // Every check passed: widen the FLOAT16 / BFLOAT16 additive mask to float32.
+  s.converted_mask.resize(static_cast<size_t>(elements));
+  const bool half = m.dtype() == v1::FLOAT16;
+  for (int64_t i = 0; i < elements; ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, data + 2 * i, 2);
+    s.converted_mask[static_cast<size_t>(i)] = half ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
+                                            const ValidationLimits& limits) {
+  RequestSpec s;
+  switch (r.q().dtype()) {
+    case v1::FLOAT32:
+      s.dtype = DType::kFloat32;
+      break;
+    case v1::FLOAT16:
+      s.dtype = DType::kFloat16;
+      break;
+    case v1::BFLOAT16:
+      s.dtype = DType::kBFloat16;
+      break;
+    default:
+      return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",
+                                             DTypeName(r.q().dtype())));
+  }
+  if (r.k().dtype() != r.q().dtype()) {
+    return Invalid("k.dtype", absl::StrCat("must equal q.dtype (", DTypeName(r.q().dtype()),
+                                           "), got ", DTypeName(r.k().dtype())));
+  }
+  if (r.v().dtype() != r.q().dtype()) {
+    return Invalid("v.dtype", absl::StrCat("must equal q.dtype (", DTypeName(r.q().dtype()),
+                                           "), got ", DTypeName(r.v().dtype())));
+  }
+  if (r.cu_seqlens_q_size() > 0 && r.cu_seqlens_k_size() == 0) {
+    return Invalid("cu_seqlens_k", "must be given together with cu_seqlens_q (both or neither)");
+  }
+  if (r.cu_seqlens_k_size() > 0 && r.cu_seqlens_q_size() == 0) {
+    return Invalid("cu_seqlens_q", "must be given together with cu_seqlens_k (both or neither)");
+  }
+  if (auto st = CheckShapes(r, limits, s); !st.ok()) return st;
+  if (auto st = CheckOptions(r, s); !st.ok()) return st;
+  if (auto st = CheckAlibi(r, s); !st.ok()) return st;
+  if (auto st = CheckMask(r, s); !st.ok()) return st;
+  return s;
+}
+
+}  // namespace attention::server
