@@ -1,0 +1,435 @@
+#include "server/cuda/cuda_executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "server/log.h"
+#include "server/metrics/metrics.h"
+#include "server/packing.h"
+
+namespace attention::server {
+namespace {
+
+constexpr int64_t kAlignment = BatchLayout::kAlignment;
+
+int64_t AlignDown(int64_t bytes) { return bytes / kAlignment * kAlignment; }
+int64_t AlignUp(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// Errors after which the device's context is unusable: every later call fails the same way.
+bool IsSticky(cudaError_t error) {
+  switch (error) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorDevicesUnavailable:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::mutex& FatalMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+std::function<void(const absl::Status&)>& FatalHandler() {
+  static auto* handler = new std::function<void(const absl::Status&)>();
+  return *handler;
+}
+
+int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
+  float ms = 0.f;
+  if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess) return 0;
+  return static_cast<int64_t>(static_cast<double>(ms) * 1e6);
+}
+
+}  // namespace
+
+CudaDeviceInfo QueryCudaDevices() {
+  CudaDeviceInfo info;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0) {
+    cudaGetLastError();  // clear the "no device" error so later calls start clean
+    return info;
+  }
+  info.count = count;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) info.name = prop.name;
+  int runtime = 0;
+  if (cudaRuntimeGetVersion(&runtime) == cudaSuccess) {
+    info.cuda_version = absl::StrCat(runtime / 1000, ".", (runtime % 1000) / 10);
+  }
+  return info;
+}
+
+void SetCudaFatalErrorHandler(std::function<void(const absl::Status&)> handler) {
+  std::lock_guard<std::mutex> lock(FatalMutex());
+  FatalHandler() = std::move(handler);
+}
+
+CudaExecutor::CudaExecutor(int device, Metrics* metrics)
+    : device_index_(device), name_(absl::StrCat("cuda:", device)), metrics_(metrics) {}
+
+absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(int device,
+                                                                   const ExecutorOptions& options,
+                                                                   Metrics* metrics) {
+  std::unique_ptr<CudaExecutor> executor(new CudaExecutor(device, metrics));
+  if (absl::Status s = executor->Init(options); !s.ok()) return s;
+  executor->stager_ = std::thread([e = executor.get()] { e->StageLoop(); });
+  executor->completer_ = std::thread([e = executor.get()] { e->CompleteLoop(); });
+  return executor;
+}
+
+absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
+  if (absl::Status s = CheckCuda(cudaSetDevice(device_index_), "cudaSetDevice"); !s.ok()) return s;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (absl::Status s = CheckCuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+      !s.ok()) {
+    return s;
+  }
+  const int depth = std::max(1, options.pipeline_depth);
+  // Auto: 85% of what is free, leaving room for the CUDA context, the kernels' modules and
+  // other processes' small allocations.
+  device_pool_bytes_ = options.device_memory_bytes > 0
+                           ? options.device_memory_bytes
+                           : static_cast<int64_t>(static_cast<double>(free_bytes) * 0.85);
+  device_slot_bytes_ = AlignDown(device_pool_bytes_ / depth);
+  pinned_slot_bytes_ = AlignDown(options.pinned_host_bytes / depth);
+  if (device_slot_bytes_ <= 0 || pinned_slot_bytes_ <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device_memory_bytes (", device_pool_bytes_, ") and pinned_host_bytes (",
+                     options.pinned_host_bytes,
+                     ") must leave at least 256 bytes per pipeline slot (depth ", depth, ")"));
+  }
+  device_pool_bytes_ = device_slot_bytes_ * depth;
+  pinned_pool_bytes_ = pinned_slot_bytes_ * depth;
+  // A float32 batch also needs a 16-bit copy of q, k, v and o: at most half its own bytes, so a
+  // batch of up to two thirds of a device slot always fits with its workspace.
+  max_batch_bytes_ = std::min(pinned_slot_bytes_, device_slot_bytes_ / 3 * 2);
+
+  void* device_pool = nullptr;
+  if (absl::Status s = CheckCuda(cudaMalloc(&device_pool, static_cast<size_t>(device_pool_bytes_)),
+                                 "cudaMalloc(device pool)");
+      !s.ok()) {
+    return s;
+  }
+  device_pool_ = static_cast<char*>(device_pool);
+  void* pinned_pool = nullptr;
+  if (absl::Status s =
+          CheckCuda(cudaHostAlloc(&pinned_pool, static_cast<size_t>(pinned_pool_bytes_),
+                                  cudaHostAllocDefault),
+                    "cudaHostAlloc(pinned staging pool)");
+      !s.ok()) {
+    return s;
+  }
+  pinned_pool_ = static_cast<char*>(pinned_pool);
+
+  slots_.resize(static_cast<size_t>(depth));
+  for (int i = 0; i < depth; ++i) {
+    Slot& slot = slots_[static_cast<size_t>(i)];
+    slot.device = device_pool_ + int64_t{i} * device_slot_bytes_;
+    slot.pinned = pinned_pool_ + int64_t{i} * pinned_slot_bytes_;
+    for (absl::Status s : {
+             CheckCuda(cudaStreamCreateWithFlags(&slot.stream, cudaStreamNonBlocking),
+                       "cudaStreamCreate"),
+             CheckCuda(cudaEventCreate(&slot.start), "cudaEventCreate"),
+             CheckCuda(cudaEventCreate(&slot.uploaded), "cudaEventCreate"),
+             CheckCuda(cudaEventCreate(&slot.computed), "cudaEventCreate"),
+             CheckCuda(cudaEventCreate(&slot.downloaded), "cudaEventCreate"),
+         }) {
+      if (!s.ok()) return s;
+    }
+    free_slots_.push_back(&slot);
+  }
+  if (metrics_ != nullptr) {
+    metrics_->SetDeviceMemory(device_index_, 0, device_pool_bytes_, 0,
+                              static_cast<int64_t>(total_bytes), static_cast<int64_t>(free_bytes));
+    metrics_->SetPinnedHostMemory(pinned_pool_bytes_, 0);
+  }
+  LogLine(LogLevel::kInfo, "cuda_executor_ready")
+      .Kv("device", name_)
+      .Kv("device_pool_bytes", device_pool_bytes_)
+      .Kv("pinned_pool_bytes", pinned_pool_bytes_)
+      .Kv("pipeline_depth", depth)
+      .Kv("max_batch_bytes", max_batch_bytes_);
+  return absl::OkStatus();
+}
+
+CudaExecutor::~CudaExecutor() {
+  Shutdown();
+  cudaSetDevice(device_index_);
+  for (Slot& slot : slots_) {
+    if (slot.stream != nullptr) cudaStreamDestroy(slot.stream);
+    for (cudaEvent_t e : {slot.start, slot.uploaded, slot.computed, slot.downloaded}) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+  }
+  if (device_pool_ != nullptr) cudaFree(device_pool_);
+  if (pinned_pool_ != nullptr) cudaFreeHost(pinned_pool_);
+}
+
+absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();  // clear a non-sticky error so the next batch starts clean
+  const std::string message = absl::StrCat(name_, ": ", what, ": ", cudaGetErrorName(error), " (",
+                                           cudaGetErrorString(error), ")");
+  if (error == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
+  if (!IsSticky(error)) return absl::InternalError(message);
+
+  const absl::Status status = absl::UnavailableError(
+      absl::StrCat(message, "; the device is unusable until the server restarts"));
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    first = !broken_;
+    broken_ = true;
+  }
+  if (first) {
+    LogLine(LogLevel::kError, "cuda_sticky_error").Kv("device", name_).Kv("error", message);
+    std::function<void(const absl::Status&)> handler;
+    {
+      std::lock_guard<std::mutex> lock(FatalMutex());
+      handler = FatalHandler();
+    }
+    if (handler) handler(status);
+  }
+  return status;
+}
+
+absl::Status CudaExecutor::Admit(const Job& job) const {
+  // Only the configuration matters to CheckSupported; a placeholder output address satisfies its
+  // non-null check without sizing anything.
+  static char placeholder_output;
+  const AttentionParams p = MakeJobParams(job, &placeholder_output, nullptr);
+  if (absl::Status s = cuda::CheckSupported(p); !s.ok()) return s;
+  const int64_t bytes = BatchBytesWith(MakeBucketKey(job.spec), 0, 0, 0, false, job.spec);
+  if (bytes > max_batch_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", bytes, " bytes of device and staging memory; ", name_,
+        " runs batches of at most ", max_batch_bytes_,
+        " bytes (raise --device_memory_bytes / --pinned_host_bytes, or split the request)"));
+  }
+  return absl::OkStatus();
+}
+
+void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!broken_ && !stopping_) {
+      submitted_.push_back(std::move(batch));
+      cv_.notify_all();
+      return;
+    }
+  }
+  batch->device = name_;
+  FinishBatch(std::move(batch),
+              absl::UnavailableError(absl::StrCat(name_, " is not serving (stopped or failed)")));
+}
+
+void CudaExecutor::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  if (stager_.joinable()) stager_.join();
+  if (completer_.joinable()) completer_.join();
+}
+
+void CudaExecutor::StageLoop() {
+  cudaSetDevice(device_index_);
+  while (true) {
+    Slot* slot = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] {
+        return (!submitted_.empty() && !free_slots_.empty()) || (stopping_ && submitted_.empty());
+      });
+      if (submitted_.empty()) return;  // stopping, and every submitted batch was launched
+      slot = free_slots_.front();
+      free_slots_.pop_front();
+      slot->batch = std::move(submitted_.front());
+      submitted_.pop_front();
+    }
+    const absl::Status status = Launch(*slot);
+    if (!status.ok()) {
+      // Nothing of this batch may still be running when its slot is reused.
+      cudaStreamSynchronize(slot->stream);
+      cudaGetLastError();
+      std::unique_ptr<Batch> batch = std::move(slot->batch);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        free_slots_.push_back(slot);
+        cv_.notify_all();
+      }
+      batch->device = name_;
+      FinishBatch(std::move(batch), status);
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.push_back(slot);
+    cv_.notify_all();
+  }
+}
+
+absl::Status CudaExecutor::Launch(Slot& slot) {
+  Batch& batch = *slot.batch;
+  batch.device = name_;
+  batch.timings.started = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_) return absl::UnavailableError(absl::StrCat(name_, " hit a sticky CUDA error"));
+  }
+  const BatchLayout& layout = batch.layout;
+  if (layout.total_bytes() > pinned_slot_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat("batch of ", layout.total_bytes(),
+                                                     " bytes exceeds the staging slot of ",
+                                                     pinned_slot_bytes_, " bytes"));
+  }
+  StageInputs(batch, slot.pinned);
+
+  char* device_inputs = slot.device;
+  char* device_outputs = slot.device + layout.input_bytes;
+  const AttentionParams p = MakeBatchParams(batch, device_inputs, device_outputs);
+  const int64_t workspace_offset = AlignUp(layout.total_bytes());
+  const int64_t workspace_bytes = static_cast<int64_t>(cuda::WorkspaceBytes(p));
+  if (workspace_offset + workspace_bytes > device_slot_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "batch of ", layout.total_bytes(), " bytes plus ", workspace_bytes,
+        " bytes of kernel workspace exceeds the device slot of ", device_slot_bytes_, " bytes"));
+  }
+  void* workspace = workspace_bytes > 0 ? slot.device + workspace_offset : nullptr;
+
+  cudaStream_t stream = slot.stream;
+  if (absl::Status s = CheckCuda(cudaEventRecord(slot.start, stream), "cudaEventRecord"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckCuda(
+          cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(layout.input_bytes),
+                          cudaMemcpyHostToDevice, stream),
+          "upload");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckCuda(cudaEventRecord(slot.uploaded, stream), "cudaEventRecord");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = cuda::RunAttention(p, workspace, stream); !s.ok()) {
+    if (s.code() == absl::StatusCode::kInternal) {
+      // A launch failure may be sticky: let CheckCuda classify the error it left behind.
+      const cudaError_t error = cudaPeekAtLastError();
+      if (error != cudaSuccess) return CheckCuda(error, "attention kernel launch");
+    }
+    return s;
+  }
+  if (absl::Status s = CheckCuda(cudaEventRecord(slot.computed, stream), "cudaEventRecord");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckCuda(
+          cudaMemcpyAsync(slot.pinned + layout.input_bytes, device_outputs,
+                          static_cast<size_t>(layout.output_bytes), cudaMemcpyDeviceToHost, stream),
+          "download");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckCuda(cudaEventRecord(slot.downloaded, stream), "cudaEventRecord");
+      !s.ok()) {
+    return s;
+  }
+  slot.device_bytes_used = workspace_offset + workspace_bytes;
+  ReportMemory(slot.device_bytes_used);
+  return absl::OkStatus();
+}
+
+void CudaExecutor::CompleteLoop() {
+  cudaSetDevice(device_index_);
+  while (true) {
+    Slot* slot = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] {
+        return !in_flight_.empty() ||
+               (stopping_ && submitted_.empty() && free_slots_.size() == slots_.size());
+      });
+      if (in_flight_.empty()) return;  // stopping, nothing submitted, every slot back
+      slot = in_flight_.front();
+      in_flight_.pop_front();
+    }
+    std::unique_ptr<Batch> batch = std::move(slot->batch);
+    absl::Status status = CheckCuda(cudaEventSynchronize(slot->downloaded), "batch completion");
+    if (status.ok()) {
+      batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
+      batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
+      batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
+      ScatterOutputs(*batch, slot->pinned + batch->layout.input_bytes);
+    } else {
+      cudaStreamSynchronize(slot->stream);
+    }
+    ReportMemory(-slot->device_bytes_used);
+    slot->device_bytes_used = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_slots_.push_back(slot);
+      cv_.notify_all();
+    }
+    FinishBatch(std::move(batch), status);
+  }
+}
+
+void CudaExecutor::ReportMemory(int64_t delta_used) {
+  int64_t used = 0, high_water = 0, pinned_used = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    memory_used_ += delta_used;
+    memory_high_water_ = std::max(memory_high_water_, memory_used_);
+    used = memory_used_;
+    high_water = memory_high_water_;
+    pinned_used = static_cast<int64_t>(slots_.size() - free_slots_.size()) * pinned_slot_bytes_;
+  }
+  if (metrics_ == nullptr) return;
+  // The device's own total / free change only when other processes allocate: sample them at most
+  // once a second (cudaMemGetInfo is a driver call, not free).
+  static thread_local Clock::time_point last_sample;
+  static thread_local size_t free_bytes = 0, total_bytes = 0;
+  const Clock::time_point now = Clock::now();
+  if (now - last_sample > std::chrono::seconds(1)) {
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) cudaGetLastError();
+    last_sample = now;
+  }
+  metrics_->SetDeviceMemory(device_index_, used, device_pool_bytes_, high_water,
+                            static_cast<int64_t>(total_bytes), static_cast<int64_t>(free_bytes));
+  metrics_->SetPinnedHostMemory(pinned_pool_bytes_, pinned_used);
+}
+
+std::vector<std::unique_ptr<Executor>> MakeCudaExecutors(const ExecutorOptions& options,
+                                                         Metrics* metrics) {
+  std::vector<std::unique_ptr<Executor>> executors;
+  const CudaDeviceInfo info = QueryCudaDevices();
+  for (int device = 0; device < info.count; ++device) {
+    absl::StatusOr<std::unique_ptr<CudaExecutor>> executor =
+        CudaExecutor::Create(device, options, metrics);
+    if (!executor.ok()) {
+      LogLine(LogLevel::kError, "cuda_executor_failed")
+          .Kv("device", device)
+          .Kv("error", executor.status().message());
+      continue;
+    }
+    executors.push_back(std::move(*executor));
+  }
+  return executors;
+}
+
+}  // namespace attention::server

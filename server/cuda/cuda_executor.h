@@ -1,0 +1,117 @@
+// The GPU executor: one per visible CUDA device, behind the same Executor interface as the CPU
+// backend (server/executor.h).
+//
+// Memory: everything is allocated once, at start-up. The device pool (--device_memory_bytes) and
+// the pinned host staging pool (--pinned_host_bytes) are each cut into pipeline_depth equal
+// slots; a batch occupies one slot of each from staging to its last download, so no request ever
+// allocates device or pinned memory.
+//
+// Pipeline: every slot has its own stream. A stager thread takes a submitted batch, waits for a
+// free slot, copies each job's q/k/v bytes from its request into the slot's pinned block (one
+// copy, StageInputs), then enqueues upload -> kernel -> download on the slot's stream, bracketed
+// by events. With three slots, batch i+1's upload runs on the copy engine while batch i's kernel
+// runs on the SMs and batch i-1's download drains. A completer thread waits for each batch's
+// last event in submission order, scatters o / lse from pinned memory into the responses and
+// finishes the batch. gRPC and batcher threads never wait for the GPU.
+#ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
+#define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
+
+#include <cuda_runtime_api.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/executor.h"
+
+namespace attention::server {
+
+// What main() reports in build info and metrics before it starts executors.
+struct CudaDeviceInfo {
+  int count = 0;             // visible devices (0 when the driver or a device is missing)
+  std::string name;          // device 0's name
+  std::string cuda_version;  // runtime version, e.g. "13.0"
+};
+CudaDeviceInfo QueryCudaDevices();
+
+// Called once, from an executor thread, when a device hits a sticky error (the CUDA context is
+// unusable until the process restarts, e.g. an illegal address). The server sets health to
+// NOT_SERVING and exits non-zero so that the orchestrator restarts it. Set before executors start.
+void SetCudaFatalErrorHandler(std::function<void(const absl::Status&)> handler);
+
+class CudaExecutor final : public Executor {
+ public:
+  // Allocates the pools on `device` and starts the executor's threads.
+  static absl::StatusOr<std::unique_ptr<CudaExecutor>> Create(int device,
+                                                              const ExecutorOptions& options,
+                                                              Metrics* metrics);
+  ~CudaExecutor() override;
+
+  const std::string& device() const override { return name_; }
+  int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
+  int64_t max_batch_bytes() const override { return max_batch_bytes_; }
+  absl::Status Admit(const Job& job) const override;
+  void Submit(std::unique_ptr<Batch> batch) override;
+  void Shutdown() override;
+
+ private:
+  // One pipeline stage's worth of memory and ordering.
+  struct Slot {
+    char* pinned = nullptr;  // host staging: inputs block, then outputs block
+    char* device = nullptr;  // device block: inputs, outputs, kernel workspace
+    cudaStream_t stream = nullptr;
+    cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
+    std::unique_ptr<Batch> batch;
+    int64_t device_bytes_used = 0;
+  };
+
+  CudaExecutor(int device, Metrics* metrics);
+  absl::Status Init(const ExecutorOptions& options);
+  void StageLoop();
+  void CompleteLoop();
+  // Stages `slot.batch` and enqueues its copies and kernel; an error fails only that batch.
+  absl::Status Launch(Slot& slot);
+  // Records a CUDA error: a sticky one stops the executor (and calls the fatal handler).
+  absl::Status CheckCuda(cudaError_t error, const char* what);
+  void ReportMemory(int64_t delta_used);
+
+  const int device_index_;
+  const std::string name_;
+  Metrics* const metrics_;
+
+  char* device_pool_ = nullptr;
+  char* pinned_pool_ = nullptr;
+  int64_t device_pool_bytes_ = 0, pinned_pool_bytes_ = 0;
+  int64_t device_slot_bytes_ = 0, pinned_slot_bytes_ = 0;
+  int64_t max_batch_bytes_ = 0;
+  std::vector<Slot> slots_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Batch>> submitted_;  // waiting for a slot
+  std::deque<Slot*> free_slots_;
+  std::deque<Slot*> in_flight_;  // launched, in submission order
+  bool stopping_ = false;
+  bool broken_ = false;  // a sticky CUDA error: every later batch fails fast
+  int64_t memory_used_ = 0, memory_high_water_ = 0;
+
+  std::thread stager_;
+  std::thread completer_;
+};
+
+// One executor per visible device; a device whose pools cannot be allocated is logged and left
+// out (an empty result means no GPU can serve).
+std::vector<std::unique_ptr<Executor>> MakeCudaExecutors(const ExecutorOptions& options,
+                                                         Metrics* metrics);
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
