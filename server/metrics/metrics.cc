@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstddef>
+#include <fstream>
 #include <utility>
 
 #include "prometheus/counter.h"
@@ -61,6 +62,22 @@ std::string Str(std::string_view s) { return std::string(s); }
 
 std::string_view ServiceVersion() { return ATTN_SERVICE_VERSION; }
 std::string_view ServiceGitCommit() { return ATTN_SERVICE_GIT_COMMIT; }
+
+std::string CpuModelName() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    // "model name\t: AMD EPYC 7763 64-Core Processor"
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    const size_t begin = line.find_first_not_of(" \t", colon + 1);
+    const size_t end = line.find_last_not_of(" \t\r");
+    if (begin == std::string::npos || end < begin) break;
+    return line.substr(begin, end - begin + 1);
+  }
+  return "cpu";
+}
 
 std::string_view MethodLabel(Method method) {
   switch (method) {
@@ -304,8 +321,9 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry, const BuildInfo
       .Name("attention_build_info")
       .Help("Constant 1, labelled with the build and the compute device.")
       .Register(r)
-      .Add({{"version", build_info.version},
-            {"git_commit", build_info.git_commit},
+      .Add({{"version", build_info.version.empty() ? Str(ServiceVersion()) : build_info.version},
+            {"git_commit",
+             build_info.git_commit.empty() ? Str(ServiceGitCommit()) : build_info.git_commit},
             {"cuda_version", build_info.cuda_version.empty() ? "none" : build_info.cuda_version},
             {"backend", build_info.backend},
             {"device_name", build_info.device_name}})

@@ -27,12 +27,16 @@ namespace attention::server {
 
 // Constant facts about this process, exported once as attention_build_info{...} 1.
 struct BuildInfo {
-  std::string version;
-  std::string git_commit;
+  std::string version;       // empty: ServiceVersion()
+  std::string git_commit;    // empty: ServiceGitCommit()
   std::string cuda_version;  // empty on a CPU-only build (exported as "none")
   std::string backend;       // "cuda" or "cpu"
-  std::string device_name;   // e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+  std::string device_name;   // e.g. "NVIDIA H100 80GB HBM3" or the CPU model (CpuModelName())
 };
+
+// The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC 7763 64-Core Processor"), or "cpu"
+// when it cannot be read: the device_name of the CPU backend.
+std::string CpuModelName();
 
 // The project version (CMake's PROJECT_VERSION) and the short git commit of the source tree,
 // both fixed when the build was configured ("unknown" outside a git checkout).

@@ -192,6 +192,25 @@ TEST_F(MetricsTest, CpuBackendHasOneDeviceLabelledCpuAndCudaVersionNone) {
             1);
 }
 
+TEST_F(MetricsTest, EmptyVersionAndCommitDefaultToTheConfiguredOnes) {
+  Metrics metrics(registry_, BuildInfo{"", "", "", "cpu", "Some CPU"}, 1, /*cpu_backend=*/true);
+  EXPECT_EQ(GaugeValue("attention_build_info", {{"version", std::string(ServiceVersion())},
+                                                {"git_commit", std::string(ServiceGitCommit())},
+                                                {"cuda_version", "none"},
+                                                {"backend", "cpu"},
+                                                {"device_name", "Some CPU"}}),
+            1);
+}
+
+TEST(CpuModelNameTest, IsNonEmptyAndTrimmed) {
+  const std::string name = CpuModelName();
+  ASSERT_FALSE(name.empty());
+  EXPECT_NE(name.front(), ' ');
+  EXPECT_NE(name.back(), ' ');
+  EXPECT_EQ(name.find('\n'), std::string::npos);
+  EXPECT_EQ(name.find(':'), std::string::npos) << name;
+}
+
 TEST_F(MetricsTest, RequestDoneCountsOnlyItsMethodAndCodeAndAddsBytes) {
   Metrics metrics(registry_, TestBuildInfo(), 1, false);
   metrics.RequestDone(Method::kAttention, grpc::StatusCode::OK, 0.001, 1000, 500);
