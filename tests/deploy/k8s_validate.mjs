@@ -190,6 +190,9 @@ const matches = (selector, labels) =>
   selector && Object.keys(selector).length > 0 &&
   Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 const seconds = (s) => Number(s);
+// JSON with object keys sorted: kustomize reorders keys, the content is what must match.
+const canonical = (v) => JSON.stringify(v, (k, x) => (x && typeof x === "object" && !Array.isArray(x)
+  ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : x));
 const serverSources = () => {
   const dir = path.join(repo, "server");
   if (!fs.existsSync(dir)) return [];
@@ -383,6 +386,23 @@ for (const [render, list] of renders) {
       `${p} ServiceMonitor endpoints name a port of that Service`);
   }
 
+  // Alerts: the PrometheusRule is the metrics area's rule file, and its job is the Service's.
+  const alertsFile = path.join(repo, "deploy", "prometheus", "attention-alerts.yml");
+  for (const pr of of("PrometheusRule")) {
+    if (fs.existsSync(alertsFile)) {
+      const groups = YAML.parse(fs.readFileSync(alertsFile, "utf8")).groups;
+      check(canonical(pr.spec.groups) === canonical(groups),
+        `${p} PrometheusRule has the rules of deploy/prometheus/attention-alerts.yml`,
+        "regenerate it: node tests/deploy/prometheusrule.mjs");
+    }
+    const jobs = new Set(JSON.stringify(pr.spec.groups).match(/job=\\"[^\\]+\\"/g) ?? []);
+    const sm = of("ServiceMonitor")[0];
+    const scrapedService = services.find((s) => sm && matches(sm.spec.selector.matchLabels, s.metadata.labels));
+    const job = sm?.spec.jobLabel ? scrapedService?.metadata.labels?.[sm.spec.jobLabel] : scrapedService?.metadata.name;
+    check(jobs.size > 0 && [...jobs].every((j) => j === `job=\\"${job}\\"`),
+      `${p} alerts select the scrape job the ServiceMonitor gives (job="${job}")`, [...jobs].join(" "));
+  }
+
   // PodDisruptionBudget.
   const pdbs = of("PodDisruptionBudget");
   check(pdbs.length === 1 && matches(pdbs[0].spec.selector.matchLabels, podLabels) &&
@@ -432,7 +452,7 @@ check(adapterRules.length > 0, "prometheus-adapter: config.yaml has rules");
 const valuesFile = path.join(k8sDir, "prometheus-adapter", "values.yaml");
 if (fs.existsSync(valuesFile)) {
   const custom = YAML.parse(fs.readFileSync(valuesFile, "utf8"))?.rules?.custom;
-  check(JSON.stringify(custom) === JSON.stringify(adapterRules),
+  check(canonical(custom) === canonical(adapterRules),
     "prometheus-adapter: Helm values.yaml has the same rules as rules.yaml");
 }
 const promtool = spawnSync("promtool", ["--version"]);
