@@ -195,6 +195,7 @@ struct CpuBackend::Impl {
     const int block_q = options.block_q > 0 ? options.block_q : kDefaultBlockQ;
     config.block_q = (block_q + kTileColumnAlign - 1) / kTileColumnAlign * kTileColumnAlign;
     config.block_k = options.block_k > 0 ? options.block_k : kDefaultBlockK;
+    config.copy_float32_kv = options.copy_float32_kv;
   }
 
   ThreadPool pool;
@@ -293,7 +294,8 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
     s.row_max = s.v_tile + layout.v_tile;
     s.row_sum = s.row_max + layout.vec;
     s.alpha = s.row_sum + layout.vec;
-    s.lse = s.alpha + layout.vec;
+    s.tile_max = s.alpha + layout.vec;
+    s.lse = s.tile_max + layout.vec;
     s.out = s.lse + layout.vec;
     kernel(p, t, config, s);
     StoreOutput(p, t, s.out, s.lse);

@@ -39,6 +39,9 @@ struct CpuBackendOptions {
   // measurements behind it). block_q is rounded up to a multiple of 32.
   int block_q = 0;
   int block_k = 0;
+  // Copy float32 K/V tiles into contiguous per-thread scratch before the products instead of
+  // reading them in place (16-bit inputs are always converted into it). A tuning knob.
+  bool copy_float32_kv = false;
 };
 
 // One CPU backend instance owns its worker threads. Run() is thread-safe: concurrent calls

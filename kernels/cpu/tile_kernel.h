@@ -14,10 +14,12 @@
 namespace attention::cpu {
 
 // Tile shape. block_q is a multiple of kTileColumnAlign (every variant's query-column block
-// divides it); block_k >= 1.
+// divides it); block_k >= 1. copy_float32_kv: copy float32 K/V tiles into contiguous scratch
+// (16-bit ones are always converted into it) instead of reading them in place.
 struct TileConfig {
   int block_q = 64;
   int block_k = 128;
+  bool copy_float32_kv = false;
 };
 inline constexpr int kTileColumnAlign = 32;
 
@@ -36,22 +38,23 @@ struct QueryTile {
 
 // Per-thread scratch, float32, sized by TileScratchFloats(); each buffer 64-byte aligned.
 struct TileScratch {
-  float* q_t;      // [head_dim][block_q]: scaled Q tile, transposed (query rows along lanes)
-  float* o_t;      // [head_dim][block_q]: unnormalized output accumulator, transposed
-  float* s_t;      // [block_k][block_q]: scores, then probabilities, transposed
-  float* k_tile;   // [block_k][head_dim]: K tile converted to float (16-bit inputs)
-  float* v_tile;   // [block_k][head_dim]: V tile converted to float (16-bit inputs)
-  float* row_max;  // [block_q]
-  float* row_sum;  // [block_q]
-  float* alpha;    // [block_q]: rescale factor of the current key tile
-  float* out;      // [block_q][head_dim]: normalized output rows, for the caller to store
-  float* lse;      // [block_q]: log-sum-exp of the rows (-inf for a row with no allowed key)
+  float* q_t;       // [head_dim][block_q]: scaled Q tile, transposed (query rows along lanes)
+  float* o_t;       // [head_dim][block_q]: unnormalized output accumulator, transposed
+  float* s_t;       // [block_k][block_q]: scores, then probabilities, transposed
+  float* k_tile;    // [block_k][head_dim]: K tile converted to float (16-bit inputs)
+  float* v_tile;    // [block_k][head_dim]: V tile converted to float (16-bit inputs)
+  float* row_max;   // [block_q]
+  float* row_sum;   // [block_q]
+  float* alpha;     // [block_q]: rescale factor of the current key tile
+  float* tile_max;  // [block_q]: running max including the current key tile
+  float* out;       // [block_q][head_dim]: normalized output rows, for the caller to store
+  float* lse;       // [block_q]: log-sum-exp of the rows (-inf for a row with no allowed key)
 };
 
 // Sizes of the TileScratch buffers in floats, each rounded up to 16 (64 bytes).
 struct TileScratchLayout {
   int64_t q_t, o_t, s_t, k_tile, v_tile, vec, out;
-  int64_t total() const { return q_t + o_t + s_t + k_tile + v_tile + 4 * vec + out; }
+  int64_t total() const { return q_t + o_t + s_t + k_tile + v_tile + 5 * vec + out; }
 };
 TileScratchLayout TileScratchFloats(const TileConfig& config, int head_dim);
 
@@ -60,20 +63,25 @@ TileScratchLayout TileScratchFloats(const TileConfig& config, int head_dim);
 using TileKernelFn = void (*)(const AttentionParams& p, const QueryTile& tile,
                               const TileConfig& config, const TileScratch& scratch);
 
-namespace generic {
-void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
-                      const TileScratch& scratch);
-}  // namespace generic
+// The two tile products alone, for the benchmark that compares them with a BLAS sgemm per
+// tile: s_t[nk][br] = K q_t, then o_t[d][br] = o_t * alpha + V^T s_t (all br columns).
+using TileProductsFn = void (*)(const float* k, int64_t ks, const float* v, int64_t vs, int nk,
+                                int d, const float* q_t, int br, const float* alpha, float* s_t,
+                                float* o_t);
+
+#define ATTN_CPU_DECLARE_TILE_KERNEL(ns)                                                           \
+  namespace ns {                                                                                   \
+  void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config, \
+                        const TileScratch& scratch);                                               \
+  void TileProducts(const float* k, int64_t ks, const float* v, int64_t vs, int nk, int d,         \
+                    const float* q_t, int br, const float* alpha, float* s_t, float* o_t);         \
+  }
+ATTN_CPU_DECLARE_TILE_KERNEL(generic)
 #if defined(ATTN_CPU_X86_VARIANTS)
-namespace avx2 {
-void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
-                      const TileScratch& scratch);
-}  // namespace avx2
-namespace avx512 {
-void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config,
-                      const TileScratch& scratch);
-}  // namespace avx512
+ATTN_CPU_DECLARE_TILE_KERNEL(avx2)
+ATTN_CPU_DECLARE_TILE_KERNEL(avx512)
 #endif
+#undef ATTN_CPU_DECLARE_TILE_KERNEL
 
 }  // namespace attention::cpu
 

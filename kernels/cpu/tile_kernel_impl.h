@@ -2,19 +2,21 @@
 // instruction set: tile_kernel_<isa>.cc defines ATTN_CPU_KERNEL_NS (the namespace),
 // ATTN_CPU_VECTOR_BYTES (16, 32 or 64) and ATTN_CPU_KERNEL_ROWS (register-block height) and
 // includes this file. Nothing here may call an inline function or template shared with other
-// translation units (std:: algorithms, kernels/*.h helpers): the linker could keep this file's
-// copy, compiled for a wider instruction set, for every caller. Hence the own helpers and the
-// __builtin_* math.
+// translation units (std:: algorithms, kernels/*.h helpers, AttentionParams' member functions):
+// the linker could keep this file's copy, compiled for a wider instruction set, for every caller.
+// Hence the own helpers and the __builtin_* math. (The generic variant, compiled with the
+// baseline flags, may and does use kernels/dtype.h.)
 //
 // Layout (per work item of up to Br = block_q query rows, per key tile of up to Bc = block_k
 // keys, head_dim d):
-//   q_t [d][Br]   Q rows, scaled by softmax_scale, transposed: query rows run along the lanes
-//   s_t [Bc][Br]  S^T = K_tile Q_t, then P^T = exp(S^T - m) in place
+//   q_t [d][Br]   Q rows times softmax_scale * log2(e), transposed: query rows run along lanes
+//   s_t [Bc][Br]  S^T = K_tile Q_t (scores in base-2 units), then P^T = 2^(S^T - m) in place
 //   o_t [d][Br]   O^T = O^T * alpha + V_tile^T P^T
-// With query rows along the lanes, the row max, the row sum and the rescale are plain
-// element-wise vector operations (no horizontal reductions), and both products are outer-product
-// micro-kernels that broadcast one K (or V) element against two vectors of query columns, so K
-// and V are read in place when they are float32 (no packing).
+// With query rows along the lanes, the row max, the row sum and the rescale are element-wise
+// vector operations (no horizontal reductions), and both products are outer-product
+// micro-kernels that broadcast one K (or V) element against two vectors of query columns.
+// Scores are kept in base 2 (log2(e) folded into the Q scale) so the softmax needs 2^x, not e^x;
+// the options, defined on natural-unit scores, convert (ApplyScoreOptions).
 #include <cstdint>
 
 #include "kernels/attention_params.h"
@@ -37,8 +39,15 @@ static_assert(kTileColumnAlign % kColumns == 0, "block_q alignment must cover th
 
 typedef float VecF __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES)));
 typedef int32_t VecI __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES)));
+typedef uint16_t VecH __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES / 2)));
 
 constexpr float kNegInf = -__builtin_huge_valf();
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;
+
+// Register blocks must be fully unrolled for their accumulators to live in registers; -O2 does
+// not unroll loops by itself.
+#define ATTN_UNROLL _Pragma("GCC unroll 16")
 
 inline VecF Load(const float* p) {
   VecF v;
@@ -46,56 +55,67 @@ inline VecF Load(const float* p) {
   return v;
 }
 inline void Store(float* p, VecF v) { __builtin_memcpy(p, &v, sizeof(v)); }
-inline VecF Splat(float x) { return VecF{} + x; }
+// x - 0 is x for every x (also -0), so this folds to a plain broadcast; VecF{} + x would not.
+inline VecF Splat(float x) { return x - VecF{}; }
 inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
 inline int64_t MaxI64(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// e^x for x <= 88, 1-2 ulp: e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by
-// the degree-7 minimax polynomial of the Cephes library's expf. Inputs below -87.33 (where
-// e^x leaves the normal range; -inf included) give exactly 0, so masked scores drop out.
-inline VecF Exp(VecF x) {
-  const VecF lo = Splat(-87.33654f);
-  const VecF hi = Splat(88.0f);
-  VecF xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const VecF magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const VecF n = (xc * 1.44269504088896341f + magic) - magic;
-  VecF r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  VecF poly = Splat(1.9875691500e-4f);
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * (r * r) + r + 1.0f;
-  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+// 2^x for x <= 0 (-inf included), relative error < 2e-7 (the degree-5 polynomial below, fitted
+// for relative error on [-1/2, 1/2], is within 7.5e-8 of 2^f). x = n + f with n = round(x):
+// adding 1.5 * 2^23 leaves n in the low mantissa bits, so n << 23 is that sum's bits shifted;
+// x is clamped at -127, where n = -127 makes the exponent field 0 and the result exactly 0:
+// masked scores (-inf) and anything below the normal range drop out without a compare.
+inline VecF Exp2(VecF x) {
+  const VecF lo = Splat(-127.0f);
+  x = x < lo ? lo : x;
+  const VecF shifted = x + 12582912.0f;
+  const VecF f = x - (shifted - 12582912.0f);
+  VecF poly = Splat(1.327646784e-3f);
+  poly = poly * f + 9.675541302e-3f;
+  poly = poly * f + 5.550713286e-2f;
+  poly = poly * f + 2.402211972e-1f;
+  poly = poly * f + 6.931469671e-1f;
+  poly = poly * f + 1.000000072e+0f;
+  VecI bits;
+  __builtin_memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits << 23) + (127 << 23);
   VecF two_n;
   __builtin_memcpy(&two_n, &bits, sizeof(two_n));
-  const VecF y = poly * two_n;
-  return x < lo ? VecF{} : y;
+  return poly * two_n;
 }
 
 // tanh(y) = sign(y) (1 - e^{-2|y|}) / (1 + e^{-2|y|}); absolute error ~1e-7.
 inline VecF Tanh(VecF y) {
   const VecF a = y < 0.f ? -y : y;
-  const VecF t = Exp(a * -2.0f);
+  const VecF t = Exp2(a * (-2.0f * kLog2e));
   const VecF r = (1.0f - t) / (1.0f + t);
   return y < 0.f ? -r : r;
 }
 
 // Converts `n` elements of a q/k/v row to float32, times `scale`.
 inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst) {
+  const VecF vscale = Splat(scale);
+  int i = 0;
   switch (dtype) {
     case DType::kFloat32: {
       const float* s = static_cast<const float*>(src);
-      for (int i = 0; i < n; ++i) dst[i] = s[i] * scale;
+      for (; i + kLanes <= n; i += kLanes) Store(dst + i, Load(s + i) * vscale);
+      for (; i < n; ++i) dst[i] = s[i] * scale;
       return;
     }
     case DType::kBFloat16: {
+      // bfloat16 is the upper half of a float32.
       const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int i = 0; i < n; ++i) {
+      for (; i + kLanes <= n; i += kLanes) {
+        VecH h;
+        __builtin_memcpy(&h, s + i, sizeof(h));
+        const VecI bits = __builtin_convertvector(h, VecI) << 16;
+        VecF f;
+        __builtin_memcpy(&f, &bits, sizeof(f));
+        Store(dst + i, f * vscale);
+      }
+      for (; i < n; ++i) {
         const uint32_t bits = uint32_t{s[i]} << 16;
         float f;
         __builtin_memcpy(&f, &bits, sizeof(f));
@@ -105,12 +125,11 @@ inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst
     }
     case DType::kFloat16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
-      int i = 0;
 #if defined(ATTN_CPU_USE_F16C)
-      const __m256 vscale = _mm256_set1_ps(scale);
+      const __m256 scale8 = _mm256_set1_ps(scale);
       for (; i + 8 <= n; i += 8) {
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
-        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(h), vscale));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(h), scale8));
       }
       for (; i < n; ++i) dst[i] = _cvtsh_ss(s[i]) * scale;
 #else
@@ -124,30 +143,43 @@ inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst
 // Register block of the score product: S^T[j][c] for R keys and kColumns query columns,
 //   acc[r][c] = sum_e K[r][e] * Q_t[e][c]
 // k: R rows of K with row stride ks; q_t: the column block, row stride ldq; s_t: row stride lds.
+// With `col_max`, also folds the block's column maxima into col_max[0 .. kColumns).
 template <int R>
 inline void ScoreBlock(const float* k, int64_t ks, const float* q_t, int ldq, int d, float* s_t,
-                       int lds) {
-  VecF acc[R][kColumnVectors] = {};
+                       int lds, float* col_max) {
+  VecF acc[R][kColumnVectors];
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) acc[r][c] = VecF{};
+  }
   for (int e = 0; e < d; ++e) {
     VecF b[kColumnVectors];
-    for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(q_t + e * ldq + c * kLanes);
-    for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(q_t + e * ldq + c * kLanes);
+    ATTN_UNROLL for (int r = 0; r < R; ++r) {
       const VecF a = Splat(k[r * ks + e]);
-      for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
+      ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
     }
   }
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < kColumnVectors; ++c) Store(s_t + r * lds + c * kLanes, acc[r][c]);
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) {
+      Store(s_t + r * lds + c * kLanes, acc[r][c]);
+    }
+  }
+  if (col_max != nullptr) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) {
+      VecF m = Load(col_max + c * kLanes);
+      ATTN_UNROLL for (int r = 0; r < R; ++r) m = Max(m, acc[r][c]);
+      Store(col_max + c * kLanes, m);
+    }
   }
 }
 
 template <int R>
 inline void ScoreTail(int rows, const float* k, int64_t ks, const float* q_t, int ldq, int d,
-                      float* s_t, int lds) {
+                      float* s_t, int lds, float* col_max) {
   if (rows == R) {
-    ScoreBlock<R>(k, ks, q_t, ldq, d, s_t, lds);
+    ScoreBlock<R>(k, ks, q_t, ldq, d, s_t, lds, col_max);
   } else if constexpr (R > 1) {
-    ScoreTail<R - 1>(rows, k, ks, q_t, ldq, d, s_t, lds);
+    ScoreTail<R - 1>(rows, k, ks, q_t, ldq, d, s_t, lds, col_max);
   }
 }
 
@@ -158,21 +190,23 @@ template <int R>
 inline void OutputBlock(const float* v, int64_t vs, int nk, const float* p_t, int ldp,
                         const VecF* alpha, float* o_t, int ldo) {
   VecF acc[R][kColumnVectors];
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < kColumnVectors; ++c) {
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) {
       acc[r][c] = Load(o_t + r * ldo + c * kLanes) * alpha[c];
     }
   }
   for (int j = 0; j < nk; ++j) {
     VecF b[kColumnVectors];
-    for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(p_t + j * ldp + c * kLanes);
-    for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) b[c] = Load(p_t + j * ldp + c * kLanes);
+    ATTN_UNROLL for (int r = 0; r < R; ++r) {
       const VecF a = Splat(v[j * vs + r]);
-      for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
+      ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) acc[r][c] += a * b[c];
     }
   }
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < kColumnVectors; ++c) Store(o_t + r * ldo + c * kLanes, acc[r][c]);
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int c = 0; c < kColumnVectors; ++c) {
+      Store(o_t + r * ldo + c * kLanes, acc[r][c]);
+    }
   }
 }
 
@@ -186,16 +220,19 @@ inline void OutputTail(int rows, const float* v, int64_t vs, int nk, const float
   }
 }
 
-// S^T[0..nk)[0..ncols) = K[0..nk) Q_t.
+// S^T[0..nk)[0..ncols) = K[0..nk) Q_t. With `col_max` ([ncols], preset to the running max),
+// also leaves there the max of the running max and the new scores of every column.
 void ScoreTile(const float* k, int64_t ks, int nk, const float* q_t, int br, int d, int ncols,
-               float* s_t) {
+               float* s_t, float* col_max) {
   for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    float* m = col_max != nullptr ? col_max + c0 : nullptr;
     int j = 0;
     for (; j + kRows <= nk; j += kRows) {
-      ScoreBlock<kRows>(k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br);
+      ScoreBlock<kRows>(k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br, m);
     }
-    if (j < nk)
-      ScoreTail<kRows - 1>(nk - j, k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br);
+    if (j < nk) {
+      ScoreTail<kRows - 1>(nk - j, k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br, m);
+    }
   }
 }
 
@@ -214,12 +251,14 @@ void OutputTile(const float* v, int64_t vs, int nk, const float* p_t, int br, in
 }
 
 // The score options, in the contract's order: softcap, ALiBi, additive mask; then the bool mask
-// and the window drop keys (score = -inf). Only columns [0, nq) are real query rows.
+// and the window drop keys (score = -inf). Scores here are base-2 (natural * log2(e)), so each
+// natural-unit term is scaled by log2(e). Only columns [0, nq) are real query rows.
 void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0, int nk, int nq,
                        int ncols, bool window_partial, float* s_t, int br) {
   if (p.softcap > 0.f) {
-    const VecF cap = Splat(p.softcap);
-    const VecF inv_cap = Splat(1.0f / p.softcap);
+    // natural: s' = c tanh(s / c); base 2: s2' = c log2(e) tanh(s2 / (c log2(e))).
+    const VecF cap = Splat(p.softcap * kLog2e);
+    const VecF inv_cap = Splat(1.0f / (p.softcap * kLog2e));
     for (int j = 0; j < nk; ++j) {
       for (int c = 0; c < ncols; c += kLanes) {
         float* s = s_t + j * br + c;
@@ -230,7 +269,7 @@ void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0,
   const int64_t delta = int64_t{t.len_k} - t.len_q;  // p(i) = i + delta
   const int64_t i0 = t.row_begin;
   if (p.alibi_slopes != nullptr) {
-    const float slope = p.alibi_slopes[t.batch * p.alibi_batch_stride + t.head];
+    const float slope = p.alibi_slopes[t.batch * p.alibi_batch_stride + t.head] * kLog2e;
     for (int j = 0; j < nk; ++j) {
       float* s = s_t + j * br;
       for (int i = 0; i < nq; ++i) {
@@ -247,7 +286,7 @@ void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0,
       const int64_t col = base + j * p.mask_col_stride;
       if (p.mask_kind == MaskKind::kAdditive) {
         const float* m = static_cast<const float*>(p.mask) + col;
-        for (int i = 0; i < nq; ++i) s[i] += m[i * p.mask_row_stride];
+        for (int i = 0; i < nq; ++i) s[i] += m[i * p.mask_row_stride] * kLog2e;
       } else {
         const uint8_t* m = static_cast<const uint8_t*>(p.mask) + col;
         for (int i = 0; i < nq; ++i) {
@@ -272,31 +311,39 @@ void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0,
   }
 }
 
-// Online softmax over one key tile: updates the running max m and sum l of every column, turns
-// S^T into P^T = exp(S^T - m_new) and leaves alpha = exp(m_old - m_new) for the output rescale.
-// A column whose max is still -inf uses 0 as its max, so that exp(-inf - 0) = 0 (no NaN).
-void SoftmaxTile(float* s_t, int nk, int br, int ncols, float* row_max, float* row_sum,
-                 float* alpha) {
-  const VecF neg_inf = Splat(kNegInf);
+// Column maxima of S^T folded into tile_max (preset to the running max).
+void ColumnMax(const float* s_t, int nk, int br, int ncols, float* tile_max) {
   for (int c = 0; c < ncols; c += kLanes) {
-    const VecF m_old = Load(row_max + c);
-    VecF m0 = m_old, m1 = neg_inf;
+    VecF m0 = Load(tile_max + c), m1 = Splat(kNegInf);
     int j = 0;
     for (; j + 2 <= nk; j += 2) {
       m0 = Max(m0, Load(s_t + j * br + c));
       m1 = Max(m1, Load(s_t + (j + 1) * br + c));
     }
     if (j < nk) m0 = Max(m0, Load(s_t + j * br + c));
-    const VecF m_new = Max(m0, m1);
+    Store(tile_max + c, Max(m0, m1));
+  }
+}
+
+// Online softmax over one key tile, given m_new = max(m_old, the tile's scores) per column:
+// turns S^T into P^T = 2^(S^T - m_new), updates the running sum l and max m, and leaves
+// alpha = 2^(m_old - m_new) for the output rescale. A column whose max is still -inf uses 0 in
+// its place, so that 2^(-inf - 0) = 0 (no NaN).
+void SoftmaxTile(float* s_t, int nk, int br, int ncols, const float* m_new_in, float* row_max,
+                 float* row_sum, float* alpha) {
+  const VecF neg_inf = Splat(kNegInf);
+  for (int c = 0; c < ncols; c += kLanes) {
+    const VecF m_old = Load(row_max + c);
+    const VecF m_new = Load(m_new_in + c);
     const VecF m_use = m_new == neg_inf ? VecF{} : m_new;
-    const VecF a = Exp(m_old - m_use);
+    const VecF a = Exp2(m_old - m_use);
     VecF sum0 = {}, sum1 = {};
-    j = 0;
+    int j = 0;
     for (; j + 2 <= nk; j += 2) {
       float* s0 = s_t + j * br + c;
       float* s1 = s0 + br;
-      const VecF p0 = Exp(Load(s0) - m_use);
-      const VecF p1 = Exp(Load(s1) - m_use);
+      const VecF p0 = Exp2(Load(s0) - m_use);
+      const VecF p1 = Exp2(Load(s1) - m_use);
       Store(s0, p0);
       Store(s1, p1);
       sum0 += p0;
@@ -304,7 +351,7 @@ void SoftmaxTile(float* s_t, int nk, int br, int ncols, float* row_max, float* r
     }
     if (j < nk) {
       float* s0 = s_t + j * br + c;
-      const VecF p0 = Exp(Load(s0) - m_use);
+      const VecF p0 = Exp2(Load(s0) - m_use);
       Store(s0, p0);
       sum0 += p0;
     }
@@ -314,7 +361,7 @@ void SoftmaxTile(float* s_t, int nk, int br, int ncols, float* row_max, float* r
   }
 }
 
-// Pointer to element (row, head) of a k/v-shaped tensor of sequence `batch`.
+// Pointer to element (row, head) of a q/k/v-shaped tensor of sequence `batch`.
 inline const char* RowPointer(const void* base, DType dtype, int64_t batch_stride,
                               int64_t row_stride, int64_t head_stride, int batch, int64_t row,
                               int head) {
@@ -332,11 +379,11 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
   const int64_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
 
-  // Q_t = scale * Q^T; padding columns [nq, ncols) are zero.
+  // Q_t = scale * log2(e) * Q^T; padding columns [nq, ncols) are zero.
   for (int i = 0; i < nq; ++i) {
     const char* q = RowPointer(p.q, p.dtype, p.q_batch_stride, p.q_row_stride, p.q_head_stride,
                                t.batch, t.q_row0 + t.row_begin + i, t.head);
-    LoadRow(p.dtype, q, d, p.softmax_scale, s.out);
+    LoadRow(p.dtype, q, d, p.softmax_scale * kLog2e, s.out);
     for (int e = 0; e < d; ++e) s.q_t[e * br + i] = s.out[e];
   }
   for (int e = 0; e < d; ++e) {
@@ -357,6 +404,7 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
       p.window_right >= 0 ? MinI64(t.len_k, pos_last + p.window_right + 1) : int64_t{t.len_k};
   const bool has_options =
       p.softcap > 0.f || p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone;
+  const bool copy_kv = p.dtype != DType::kFloat32 || config.copy_float32_kv;
 
   for (int64_t j0 = j_begin; j0 < j_end; j0 += config.block_k) {
     const int nk = static_cast<int>(MinI64(config.block_k, j_end - j0));
@@ -365,37 +413,55 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
     const char* v = RowPointer(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
                                t.batch, t.k_row0 + j0, t.kv_head);
     const float* kf = reinterpret_cast<const float*>(k);
-    const float* vf = reinterpret_cast<const float*>(v);
-    int64_t ks = p.k_row_stride, vs = p.v_row_stride;
-    if (p.dtype != DType::kFloat32) {
+    int64_t ks = p.k_row_stride;
+    if (copy_kv) {
       for (int j = 0; j < nk; ++j) {
         LoadRow(p.dtype, k + j * p.k_row_stride * esize, d, 1.0f, s.k_tile + j * d);
-        LoadRow(p.dtype, v + j * p.v_row_stride * esize, d, 1.0f, s.v_tile + j * d);
       }
       kf = s.k_tile;
-      vf = s.v_tile;
-      ks = vs = d;
+      ks = d;
     }
 
-    ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t);
     // The window cuts into this tile unless every key of it is allowed for every row.
     const bool window_partial = (p.window_left >= 0 && j0 < pos_last - p.window_left) ||
                                 (p.window_right >= 0 && j0 + nk - 1 > pos_first + p.window_right);
+    for (int i = 0; i < ncols; ++i) s.tile_max[i] = s.row_max[i];
     if (has_options || window_partial) {
+      ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t, nullptr);
       ApplyScoreOptions(p, t, j0, nk, nq, ncols, window_partial, s.s_t, br);
+      ColumnMax(s.s_t, nk, br, ncols, s.tile_max);
+    } else {
+      ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t, s.tile_max);
     }
-    SoftmaxTile(s.s_t, nk, br, ncols, s.row_max, s.row_sum, s.alpha);
+    SoftmaxTile(s.s_t, nk, br, ncols, s.tile_max, s.row_max, s.row_sum, s.alpha);
+
+    const float* vf = reinterpret_cast<const float*>(v);
+    int64_t vs = p.v_row_stride;
+    if (copy_kv) {
+      for (int j = 0; j < nk; ++j) {
+        LoadRow(p.dtype, v + j * p.v_row_stride * esize, d, 1.0f, s.v_tile + j * d);
+      }
+      vf = s.v_tile;
+      vs = d;
+    }
     OutputTile(vf, vs, nk, s.s_t, br, d, ncols, s.alpha, s.o_t);
   }
 
-  // out = O / l; a row that saw no allowed key has l = 0: o = 0, lse = -inf.
+  // out = O / l; lse = ln(2) * m + ln(l). A row that saw no allowed key has l = 0: o = 0,
+  // lse = -inf.
   for (int i = 0; i < nq; ++i) {
     const float l = s.row_sum[i];
     const float inv = l > 0.f ? 1.0f / l : 0.f;
     float* out = s.out + i * d;
     for (int e = 0; e < d; ++e) out[e] = s.o_t[e * br + i] * inv;
-    s.lse[i] = l > 0.f ? s.row_max[i] + __builtin_logf(l) : kNegInf;
+    s.lse[i] = l > 0.f ? s.row_max[i] * kLn2 + __builtin_logf(l) : kNegInf;
   }
+}
+
+void TileProducts(const float* k, int64_t ks, const float* v, int64_t vs, int nk, int d,
+                  const float* q_t, int br, const float* alpha, float* s_t, float* o_t) {
+  ScoreTile(k, ks, nk, q_t, br, d, br, s_t, nullptr);
+  OutputTile(v, vs, nk, s_t, br, d, br, alpha, o_t);
 }
 
 }  // namespace attention::cpu::ATTN_CPU_KERNEL_NS
