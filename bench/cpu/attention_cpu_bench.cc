@@ -38,7 +38,7 @@ struct Flags {
   int threads = 0;
   std::string isa = "";
   int block_q = 0, block_k = 0;
-  bool copy_kv = false;
+  bool copy_kv = true;
   std::vector<int> hdim = {64, 128};
   std::vector<int> seqlens = {1024, 4096};
   std::vector<int> causal = {0, 1};

@@ -14,14 +14,16 @@
 namespace attention::cpu {
 
 // Tile shape. block_q is a multiple of kTileColumnAlign (every variant's query-column block
-// divides it); block_k >= 1. copy_float32_kv: copy float32 K/V tiles into contiguous scratch
-// (16-bit ones are always converted into it) instead of reading them in place.
+// divides it) and at most kTileMaxBlockQ; block_k >= 1. copy_float32_kv: copy float32 K/V tiles
+// into contiguous scratch (16-bit ones are always converted into it) instead of reading them in
+// place.
 struct TileConfig {
   int block_q = 64;
-  int block_k = 128;
-  bool copy_float32_kv = false;
+  int block_k = 64;
+  bool copy_float32_kv = true;
 };
 inline constexpr int kTileColumnAlign = 32;
+inline constexpr int kTileMaxBlockQ = 512;
 
 // One work item: rows [row_begin, row_begin + rows) of sequence `batch`, query head `head`.
 struct QueryTile {

@@ -61,22 +61,24 @@ inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
 inline int64_t MaxI64(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// 2^x for x <= 0 (-inf included), relative error < 2e-7 (the degree-5 polynomial below, fitted
-// for relative error on [-1/2, 1/2], is within 7.5e-8 of 2^f). x = n + f with n = round(x):
-// adding 1.5 * 2^23 leaves n in the low mantissa bits, so n << 23 is that sum's bits shifted;
-// x is clamped at -127, where n = -127 makes the exponent field 0 and the result exactly 0:
-// masked scores (-inf) and anything below the normal range drop out without a compare.
+// 2^x for x <= 0 (-inf included), relative error < 2e-7. x = n + f with n = round(x) and
+// |f| <= 1/2; 2^f = 1 + f P(f), P of degree 4 fitted for relative error on [-1/2, 1/2]
+// (9.2e-8), with the constant term exactly 1 so that 2^0 = 1 exactly: a running sum rescaled by
+// alpha = 2^0 on every key tile must not drift. Adding 1.5 * 2^23 leaves n in the low mantissa
+// bits, so n << 23 is that sum's bits shifted; x is clamped at -127, where n = -127 makes the
+// exponent field 0 and the result exactly 0: masked scores (-inf) and anything below the normal
+// range drop out without a compare.
 inline VecF Exp2(VecF x) {
   const VecF lo = Splat(-127.0f);
   x = x < lo ? lo : x;
   const VecF shifted = x + 12582912.0f;
   const VecF f = x - (shifted - 12582912.0f);
-  VecF poly = Splat(1.327646784e-3f);
-  poly = poly * f + 9.675541302e-3f;
-  poly = poly * f + 5.550713286e-2f;
-  poly = poly * f + 2.402211972e-1f;
-  poly = poly * f + 6.931469671e-1f;
-  poly = poly * f + 1.000000072e+0f;
+  VecF poly = Splat(1.326472658e-3f);
+  poly = poly * f + 9.671512727e-3f;
+  poly = poly * f + 5.550733745e-2f;
+  poly = poly * f + 2.402224208e-1f;
+  poly = poly * f + 6.931469776e-1f;
+  poly = poly * f + 1.0f;
   VecI bits;
   __builtin_memcpy(&bits, &shifted, sizeof(bits));
   bits = (bits << 23) + (127 << 23);
@@ -220,126 +222,144 @@ inline void OutputTail(int rows, const float* v, int64_t vs, int nk, const float
   }
 }
 
-// S^T[0..nk)[0..ncols) = K[0..nk) Q_t. With `col_max` ([ncols], preset to the running max),
-// also leaves there the max of the running max and the new scores of every column.
-void ScoreTile(const float* k, int64_t ks, int nk, const float* q_t, int br, int d, int ncols,
-               float* s_t, float* col_max) {
+// The keys of the current key tile that one column block (kColumns query rows) may see:
+// rows [lo, hi) of the tile; `partial` when the window drops some of them for some rows.
+struct KeyRange {
+  int lo, hi;
+  bool partial;
+};
+
+// S^T[lo..hi)[block] = K[lo..hi) Q_t[block] for every column block. With `col_max` ([ncols],
+// preset to the running max), also leaves there the max of the running max and the new scores
+// of every column.
+void ScoreTile(const float* k, int64_t ks, const KeyRange* ranges, const float* q_t, int br, int d,
+               int ncols, float* s_t, float* col_max) {
   for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    const KeyRange& r = ranges[c0 / kColumns];
     float* m = col_max != nullptr ? col_max + c0 : nullptr;
-    int j = 0;
-    for (; j + kRows <= nk; j += kRows) {
+    int j = r.lo;
+    for (; j + kRows <= r.hi; j += kRows) {
       ScoreBlock<kRows>(k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br, m);
     }
-    if (j < nk) {
-      ScoreTail<kRows - 1>(nk - j, k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br, m);
+    if (j < r.hi) {
+      ScoreTail<kRows - 1>(r.hi - j, k + j * ks, ks, q_t + c0, br, d, s_t + j * br + c0, br, m);
     }
   }
 }
 
-// O_t[0..d)[0..ncols) = O_t * alpha + V[0..nk)^T P_t.
-void OutputTile(const float* v, int64_t vs, int nk, const float* p_t, int br, int d, int ncols,
-                const float* alpha, float* o_t) {
+// O_t[0..d)[block] = O_t[block] * alpha + V[lo..hi)^T P_t[lo..hi)[block] for every column block.
+void OutputTile(const float* v, int64_t vs, const KeyRange* ranges, const float* p_t, int br, int d,
+                int ncols, const float* alpha, float* o_t) {
   for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    const KeyRange& r = ranges[c0 / kColumns];
+    const int nk = r.hi - r.lo;
+    const float* vr = v + r.lo * vs;
+    const float* pr = p_t + r.lo * br + c0;
     VecF a[kColumnVectors];
     for (int c = 0; c < kColumnVectors; ++c) a[c] = Load(alpha + c0 + c * kLanes);
     int e = 0;
     for (; e + kRows <= d; e += kRows) {
-      OutputBlock<kRows>(v + e, vs, nk, p_t + c0, br, a, o_t + e * br + c0, br);
+      OutputBlock<kRows>(vr + e, vs, nk, pr, br, a, o_t + e * br + c0, br);
     }
-    if (e < d) OutputTail<kRows - 1>(d - e, v + e, vs, nk, p_t + c0, br, a, o_t + e * br + c0, br);
+    if (e < d) OutputTail<kRows - 1>(d - e, vr + e, vs, nk, pr, br, a, o_t + e * br + c0, br);
   }
 }
 
 // The score options, in the contract's order: softcap, ALiBi, additive mask; then the bool mask
 // and the window drop keys (score = -inf). Scores here are base-2 (natural * log2(e)), so each
-// natural-unit term is scaled by log2(e). Only columns [0, nq) are real query rows.
-void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0, int nk, int nq,
-                       int ncols, bool window_partial, float* s_t, int br) {
-  if (p.softcap > 0.f) {
-    // natural: s' = c tanh(s / c); base 2: s2' = c log2(e) tanh(s2 / (c log2(e))).
-    const VecF cap = Splat(p.softcap * kLog2e);
-    const VecF inv_cap = Splat(1.0f / (p.softcap * kLog2e));
-    for (int j = 0; j < nk; ++j) {
-      for (int c = 0; c < ncols; c += kLanes) {
-        float* s = s_t + j * br + c;
-        Store(s, cap * Tanh(Load(s) * inv_cap));
-      }
-    }
-  }
+// natural-unit term is scaled by log2(e). Only columns [0, nq) are real query rows; rows of a
+// column block outside its KeyRange are left alone (later passes do not read them).
+void ApplyScoreOptions(const AttentionParams& p, const QueryTile& t, int64_t j0,
+                       const KeyRange* ranges, int nq, int ncols, float* s_t, int br) {
   const int64_t delta = int64_t{t.len_k} - t.len_q;  // p(i) = i + delta
   const int64_t i0 = t.row_begin;
-  if (p.alibi_slopes != nullptr) {
-    const float slope = p.alibi_slopes[t.batch * p.alibi_batch_stride + t.head] * kLog2e;
-    for (int j = 0; j < nk; ++j) {
+  const float slope = p.alibi_slopes != nullptr
+                          ? p.alibi_slopes[t.batch * p.alibi_batch_stride + t.head] * kLog2e
+                          : 0.f;
+  const int64_t mask_base = t.batch * p.mask_batch_stride + t.head * p.mask_head_stride +
+                            i0 * p.mask_row_stride + j0 * p.mask_col_stride;
+  // Window: key j is allowed for row i iff -right <= i + delta - j <= left.
+  const int64_t win_lo = p.window_right >= 0 ? -int64_t{p.window_right} : -(int64_t{1} << 40);
+  const int64_t win_hi = p.window_left >= 0 ? int64_t{p.window_left} : int64_t{1} << 40;
+  VecI lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+  const VecF neg_inf = Splat(kNegInf);
+
+  for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    const KeyRange& r = ranges[c0 / kColumns];
+    const int c_end = c0 + kColumns;
+    const int i_end = c_end < nq ? c_end : nq;  // real rows of this block
+    for (int j = r.lo; j < r.hi; ++j) {
       float* s = s_t + j * br;
-      for (int i = 0; i < nq; ++i) {
-        const int64_t dist = i0 + i + delta - (j0 + j);
-        s[i] -= slope * static_cast<float>(dist < 0 ? -dist : dist);
+      if (p.softcap > 0.f) {
+        // natural: s' = c tanh(s / c); base 2: s2' = c log2(e) tanh(s2 / (c log2(e))).
+        const VecF cap = Splat(p.softcap * kLog2e);
+        const VecF inv_cap = Splat(1.0f / (p.softcap * kLog2e));
+        for (int c = c0; c < c_end; c += kLanes) Store(s + c, cap * Tanh(Load(s + c) * inv_cap));
       }
-    }
-  }
-  if (p.mask_kind != MaskKind::kNone) {
-    const int64_t base = t.batch * p.mask_batch_stride + t.head * p.mask_head_stride +
-                         i0 * p.mask_row_stride + j0 * p.mask_col_stride;
-    for (int j = 0; j < nk; ++j) {
-      float* s = s_t + j * br;
-      const int64_t col = base + j * p.mask_col_stride;
+      if (p.alibi_slopes != nullptr) {
+        for (int i = c0; i < i_end; ++i) {
+          const int64_t dist = i0 + i + delta - (j0 + j);
+          s[i] -= slope * static_cast<float>(dist < 0 ? -dist : dist);
+        }
+      }
       if (p.mask_kind == MaskKind::kAdditive) {
-        const float* m = static_cast<const float*>(p.mask) + col;
-        for (int i = 0; i < nq; ++i) s[i] += m[i * p.mask_row_stride] * kLog2e;
-      } else {
-        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + col;
-        for (int i = 0; i < nq; ++i) {
+        const float* m = static_cast<const float*>(p.mask) + mask_base + j * p.mask_col_stride;
+        for (int i = c0; i < i_end; ++i) s[i] += m[i * p.mask_row_stride] * kLog2e;
+      } else if (p.mask_kind == MaskKind::kBool) {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + mask_base + j * p.mask_col_stride;
+        for (int i = c0; i < i_end; ++i) {
           if (m[i * p.mask_row_stride] == 0) s[i] = kNegInf;
         }
       }
-    }
-  }
-  if (window_partial) {
-    // Key j is allowed for row i iff p(i) - left <= j <= p(i) + right.
-    for (int j = 0; j < nk; ++j) {
-      float* s = s_t + j * br;
-      for (int i = 0; i < nq; ++i) {
-        const int64_t pos = i0 + i + delta;
-        const int64_t key = j0 + j;
-        if ((p.window_left >= 0 && key < pos - p.window_left) ||
-            (p.window_right >= 0 && key > pos + p.window_right)) {
-          s[i] = kNegInf;
+      if (r.partial) {
+        // Allowed lanes: win_lo - base <= i <= win_hi - base, base = i0 + delta - (j0 + j);
+        // clamped to [-1, ncols + 1], which keeps them exact for i in [0, ncols).
+        const int64_t base = i0 + delta - (j0 + j);
+        const int32_t lo = static_cast<int32_t>(MinI64(MaxI64(win_lo - base, -1), ncols + 1));
+        const int32_t hi = static_cast<int32_t>(MinI64(MaxI64(win_hi - base, -1), ncols + 1));
+        for (int c = c0; c < c_end; c += kLanes) {
+          const VecI i = lane + c;
+          const VecI dropped = (i < lo) | (i > hi);
+          Store(s + c, dropped ? neg_inf : Load(s + c));
         }
       }
     }
   }
 }
 
-// Column maxima of S^T folded into tile_max (preset to the running max).
-void ColumnMax(const float* s_t, int nk, int br, int ncols, float* tile_max) {
+// Column maxima of S^T over each block's KeyRange, folded into tile_max (preset to the running
+// max).
+void ColumnMax(const float* s_t, const KeyRange* ranges, int br, int ncols, float* tile_max) {
   for (int c = 0; c < ncols; c += kLanes) {
+    const KeyRange& r = ranges[c / kColumns];
     VecF m0 = Load(tile_max + c), m1 = Splat(kNegInf);
-    int j = 0;
-    for (; j + 2 <= nk; j += 2) {
+    int j = r.lo;
+    for (; j + 2 <= r.hi; j += 2) {
       m0 = Max(m0, Load(s_t + j * br + c));
       m1 = Max(m1, Load(s_t + (j + 1) * br + c));
     }
-    if (j < nk) m0 = Max(m0, Load(s_t + j * br + c));
+    if (j < r.hi) m0 = Max(m0, Load(s_t + j * br + c));
     Store(tile_max + c, Max(m0, m1));
   }
 }
 
 // Online softmax over one key tile, given m_new = max(m_old, the tile's scores) per column:
-// turns S^T into P^T = 2^(S^T - m_new), updates the running sum l and max m, and leaves
-// alpha = 2^(m_old - m_new) for the output rescale. A column whose max is still -inf uses 0 in
-// its place, so that 2^(-inf - 0) = 0 (no NaN).
-void SoftmaxTile(float* s_t, int nk, int br, int ncols, const float* m_new_in, float* row_max,
-                 float* row_sum, float* alpha) {
+// turns S^T (each block's KeyRange) into P^T = 2^(S^T - m_new), updates the running sum l and
+// max m, and leaves alpha = 2^(m_old - m_new) for the output rescale. A column whose max is
+// still -inf uses 0 in its place, so that 2^(-inf - 0) = 0 (no NaN).
+void SoftmaxTile(float* s_t, const KeyRange* ranges, int br, int ncols, const float* m_new_in,
+                 float* row_max, float* row_sum, float* alpha) {
   const VecF neg_inf = Splat(kNegInf);
   for (int c = 0; c < ncols; c += kLanes) {
+    const KeyRange& r = ranges[c / kColumns];
     const VecF m_old = Load(row_max + c);
     const VecF m_new = Load(m_new_in + c);
     const VecF m_use = m_new == neg_inf ? VecF{} : m_new;
     const VecF a = Exp2(m_old - m_use);
     VecF sum0 = {}, sum1 = {};
-    int j = 0;
-    for (; j + 2 <= nk; j += 2) {
+    int j = r.lo;
+    for (; j + 2 <= r.hi; j += 2) {
       float* s0 = s_t + j * br + c;
       float* s1 = s0 + br;
       const VecF p0 = Exp2(Load(s0) - m_use);
@@ -349,7 +369,7 @@ void SoftmaxTile(float* s_t, int nk, int br, int ncols, const float* m_new_in, f
       sum0 += p0;
       sum1 += p1;
     }
-    if (j < nk) {
+    if (j < r.hi) {
       float* s0 = s_t + j * br + c;
       const VecF p0 = Exp2(Load(s0) - m_use);
       Store(s0, p0);
@@ -377,6 +397,7 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int br = config.block_q;
   const int nq = t.rows;
   const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
+  const int nblocks = ncols / kColumns;
   const int64_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
 
   // Q_t = scale * log2(e) * Q^T; padding columns [nq, ncols) are zero.
@@ -395,56 +416,79 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
     s.row_sum[i] = 0.f;
   }
 
-  // Keys any row of this tile may see: [j_begin, j_end).
+  // Keys the rows of a block [first, last] may see: [pos(first) - left, pos(last) + right].
   const int64_t delta = int64_t{t.len_k} - t.len_q;
-  const int64_t pos_first = t.row_begin + delta;
-  const int64_t pos_last = t.row_begin + nq - 1 + delta;
-  const int64_t j_begin = p.window_left >= 0 ? MaxI64(0, pos_first - p.window_left) : 0;
-  const int64_t j_end =
-      p.window_right >= 0 ? MinI64(t.len_k, pos_last + p.window_right + 1) : int64_t{t.len_k};
+  auto first_key = [&](int first_row) {
+    return p.window_left >= 0 ? MaxI64(0, t.row_begin + first_row + delta - p.window_left) : 0;
+  };
+  auto end_key = [&](int last_row) {
+    return p.window_right >= 0
+               ? MinI64(t.len_k, t.row_begin + last_row + delta + p.window_right + 1)
+               : int64_t{t.len_k};
+  };
+  const int64_t j_begin = first_key(0);
+  const int64_t j_end = end_key(nq - 1);
   const bool has_options =
       p.softcap > 0.f || p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone;
   const bool copy_kv = p.dtype != DType::kFloat32 || config.copy_float32_kv;
+  KeyRange ranges[kTileMaxBlockQ / kColumns];
 
   for (int64_t j0 = j_begin; j0 < j_end; j0 += config.block_k) {
     const int nk = static_cast<int>(MinI64(config.block_k, j_end - j0));
+    // Per column block: the part of this key tile its rows may see, and whether the window cuts
+    // into it. Blocks that see none of it get an empty range: their rows keep m and l, alpha = 1.
+    bool any_partial = false;
+    int lo_min = nk, hi_max = 0;
+    for (int b = 0; b < nblocks; ++b) {
+      const int first = b * kColumns;
+      const int last = (first + kColumns < nq ? first + kColumns : nq) - 1;
+      const int64_t lo = MaxI64(first_key(first) - j0, 0);
+      const int64_t hi = MinI64(end_key(last) - j0, nk);
+      KeyRange& r = ranges[b];
+      r.lo = static_cast<int>(MinI64(lo, nk));
+      r.hi = static_cast<int>(MaxI64(hi, r.lo));
+      // Every key of [lo, hi) is allowed for every row iff it is for the block's corner rows.
+      r.partial = r.lo < r.hi && (first_key(last) - j0 > r.lo || end_key(first) - j0 < r.hi);
+      any_partial = any_partial || r.partial;
+      if (r.lo < r.hi) {
+        lo_min = r.lo < lo_min ? r.lo : lo_min;
+        hi_max = r.hi > hi_max ? r.hi : hi_max;
+      }
+    }
+
     const char* k = RowPointer(p.k, p.dtype, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
-                               t.batch, t.k_row0 + j0, t.kv_head);
-    const char* v = RowPointer(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
                                t.batch, t.k_row0 + j0, t.kv_head);
     const float* kf = reinterpret_cast<const float*>(k);
     int64_t ks = p.k_row_stride;
     if (copy_kv) {
-      for (int j = 0; j < nk; ++j) {
+      for (int j = lo_min; j < hi_max; ++j) {
         LoadRow(p.dtype, k + j * p.k_row_stride * esize, d, 1.0f, s.k_tile + j * d);
       }
       kf = s.k_tile;
       ks = d;
     }
-
-    // The window cuts into this tile unless every key of it is allowed for every row.
-    const bool window_partial = (p.window_left >= 0 && j0 < pos_last - p.window_left) ||
-                                (p.window_right >= 0 && j0 + nk - 1 > pos_first + p.window_right);
     for (int i = 0; i < ncols; ++i) s.tile_max[i] = s.row_max[i];
-    if (has_options || window_partial) {
-      ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t, nullptr);
-      ApplyScoreOptions(p, t, j0, nk, nq, ncols, window_partial, s.s_t, br);
-      ColumnMax(s.s_t, nk, br, ncols, s.tile_max);
+    if (has_options || any_partial) {
+      ScoreTile(kf, ks, ranges, s.q_t, br, d, ncols, s.s_t, nullptr);
+      ApplyScoreOptions(p, t, j0, ranges, nq, ncols, s.s_t, br);
+      ColumnMax(s.s_t, ranges, br, ncols, s.tile_max);
     } else {
-      ScoreTile(kf, ks, nk, s.q_t, br, d, ncols, s.s_t, s.tile_max);
+      ScoreTile(kf, ks, ranges, s.q_t, br, d, ncols, s.s_t, s.tile_max);
     }
-    SoftmaxTile(s.s_t, nk, br, ncols, s.tile_max, s.row_max, s.row_sum, s.alpha);
+    SoftmaxTile(s.s_t, ranges, br, ncols, s.tile_max, s.row_max, s.row_sum, s.alpha);
 
+    const char* v = RowPointer(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                               t.batch, t.k_row0 + j0, t.kv_head);
     const float* vf = reinterpret_cast<const float*>(v);
     int64_t vs = p.v_row_stride;
     if (copy_kv) {
-      for (int j = 0; j < nk; ++j) {
+      for (int j = lo_min; j < hi_max; ++j) {
         LoadRow(p.dtype, v + j * p.v_row_stride * esize, d, 1.0f, s.v_tile + j * d);
       }
       vf = s.v_tile;
       vs = d;
     }
-    OutputTile(vf, vs, nk, s.s_t, br, d, ncols, s.alpha, s.o_t);
+    OutputTile(vf, vs, ranges, s.s_t, br, d, ncols, s.alpha, s.o_t);
   }
 
   // out = O / l; lse = ln(2) * m + ln(l). A row that saw no allowed key has l = 0: o = 0,
@@ -460,8 +504,10 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
 
 void TileProducts(const float* k, int64_t ks, const float* v, int64_t vs, int nk, int d,
                   const float* q_t, int br, const float* alpha, float* s_t, float* o_t) {
-  ScoreTile(k, ks, nk, q_t, br, d, br, s_t, nullptr);
-  OutputTile(v, vs, nk, s_t, br, d, br, alpha, o_t);
+  KeyRange ranges[kTileMaxBlockQ / kColumns];
+  for (KeyRange& r : ranges) r = {0, nk, false};
+  ScoreTile(k, ks, ranges, q_t, br, d, br, s_t, nullptr);
+  OutputTile(v, vs, ranges, s_t, br, d, br, alpha, o_t);
 }
 
 }  // namespace attention::cpu::ATTN_CPU_KERNEL_NS

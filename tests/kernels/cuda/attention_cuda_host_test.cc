@@ -1,0 +1,210 @@
+// Host-side logic of the CUDA backend, runnable without a GPU: which KV tiles a query block
+// visits and which it masks (checked against a brute-force scan of the window rule), window
+// clamping, variant selection, and the errors CheckSupported returns for unsupported values.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
+#include "kernels/cuda/kernel_traits.h"
+
+namespace attention::cuda {
+namespace {
+
+bool Allowed(int i, int j, int len_q, int len_k, int left, int right) {
+  const int64_t pos = int64_t{i} + len_k - len_q;
+  if (j < 0 || j >= len_k) return false;
+  if (left >= 0 && j < pos - left) return false;
+  if (right >= 0 && j > pos + right) return false;
+  return true;
+}
+
+// For random lengths, windows and tile shapes: every allowed key lies in a visited tile, every
+// skipped tile is fully disallowed, and every tile processed without a mask is fully allowed.
+TEST(BlockInfoTest, TileRangeAndMaskMatchBruteForce) {
+  std::mt19937 rng(12345);
+  std::uniform_int_distribution<int> len(0, 300);
+  std::uniform_int_distribution<int> side(-1, 120);
+  const int block_ms[] = {64, 128};
+  const int block_ns[] = {32, 64, 128};
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int len_q = std::max(1, len(rng));
+    const int len_k = len(rng);
+    int left = side(rng);
+    int right = trial % 4 == 0 ? 0 : side(rng);
+    ClampWindow(len_q, len_k, left, right);
+    const int block_m = block_ms[trial % 2];
+    const int block_n = block_ns[trial % 3];
+    for (int row0 = 0; row0 < len_q; row0 += block_m) {
+      const int rows = std::min(block_m, len_q - row0);
+      const KvTileRange r = KvTiles(row0, rows, len_q, len_k, block_n, left, right);
+      const int tiles = (len_k + block_n - 1) / block_n;
+      for (int n = 0; n < tiles; ++n) {
+        bool any = false, all = true;
+        for (int i = row0; i < row0 + rows; ++i) {
+          for (int j = n * block_n; j < (n + 1) * block_n; ++j) {
+            const bool a = Allowed(i, j, len_q, len_k, left, right);
+            any |= a;
+            all &= a;
+          }
+        }
+        const bool visited = n >= r.begin && n < r.end;
+        SCOPED_TRACE("len_q " + std::to_string(len_q) + " len_k " + std::to_string(len_k) +
+                     " window (" + std::to_string(left) + ", " + std::to_string(right) +
+                     ") row0 " + std::to_string(row0) + " tile " + std::to_string(n));
+        if (any) {
+          ASSERT_TRUE(visited) << "a tile with an allowed key is skipped";
+        }
+        if (visited && !TileNeedsMask(n, row0, rows, len_q, len_k, block_n, left, right)) {
+          ASSERT_TRUE(all) << "an unmasked tile holds a disallowed key";
+        }
+      }
+      ASSERT_GE(r.begin, 0);
+      ASSERT_LE(r.end, tiles);
+    }
+  }
+}
+
+// ClampWindow only drops sides that allow every key anyway.
+TEST(BlockInfoTest, ClampWindowKeepsTheAllowedSet) {
+  for (int len_q : {1, 5, 64}) {
+    for (int len_k : {0, 1, 7, 64}) {
+      for (int l0 : {-1, 0, 3, 6, 7, 63, 64, 1000}) {
+        for (int r0 : {-1, 0, 2, 4, 5, 63, 64, 1000}) {
+          int l = l0, r = r0;
+          ClampWindow(len_q, len_k, l, r);
+          for (int i = 0; i < len_q; ++i) {
+            for (int j = 0; j < len_k; ++j) {
+              ASSERT_EQ(Allowed(i, j, len_q, len_k, l0, r0), Allowed(i, j, len_q, len_k, l, r));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+AttentionParams ValidParams() {
+  alignas(16) static uint8_t buffer[64];
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 2;
+  p.seqlen_q = 100;
+  p.seqlen_k = 120;
+  p.q_heads = 8;
+  p.kv_heads = 2;
+  p.head_dim = 128;
+  p.softmax_scale = 0.088f;
+  p.q = p.k = p.v = buffer;
+  p.o = buffer;
+  SetContiguousStrides(p);
+  return p;
+}
+
+TEST(CheckSupportedTest, AcceptsValidParams) {
+  EXPECT_TRUE(CheckSupported(ValidParams()).ok());
+  AttentionParams p = ValidParams();
+  p.head_dim = 40;  // rounded up to a bucket
+  SetContiguousStrides(p);
+  EXPECT_TRUE(CheckSupported(p).ok()) << CheckSupported(p);
+}
+
+void ExpectError(const AttentionParams& p, absl::StatusCode code, const std::string& needle) {
+  const absl::Status s = CheckSupported(p);
+  EXPECT_EQ(s.code(), code) << s;
+  EXPECT_NE(std::string(s.message()).find(needle), std::string::npos) << s;
+}
+
+TEST(CheckSupportedTest, NamesTheUnsupportedValue) {
+  AttentionParams p = ValidParams();
+  p.head_dim = 36;
+  ExpectError(p, absl::StatusCode::kUnimplemented, "head_dim 36");
+  p.head_dim = 264;
+  ExpectError(p, absl::StatusCode::kUnimplemented, "head_dim 264");
+  p = ValidParams();
+  p.q_row_stride = 1028;
+  ExpectError(p, absl::StatusCode::kUnimplemented, "q_row_stride 1028");
+  p = ValidParams();
+  p.batch = 70000;
+  ExpectError(p, absl::StatusCode::kUnimplemented, "batch 70000");
+  p = ValidParams();
+  p.o = static_cast<uint8_t*>(p.o) + 2;
+  ExpectError(p, absl::StatusCode::kUnimplemented, "o must be 16-byte aligned");
+}
+
+TEST(CheckSupportedTest, RejectsMalformedParams) {
+  AttentionParams p = ValidParams();
+  p.kv_heads = 3;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "q_heads 8 must be a multiple of kv_heads 3");
+  p = ValidParams();
+  p.k = nullptr;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "must not be null");
+  p = ValidParams();
+  p.dtype = static_cast<DType>(9);
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "dtype 9");
+  p = ValidParams();
+  static const int32_t cu[3] = {0, 50, 100};
+  p.cu_seqlens_q = cu;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "cu_seqlens_q and cu_seqlens_k");
+  p = ValidParams();
+  p.window_left = -2;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "window (-2, -1)");
+  p = ValidParams();
+  p.softcap = -1.f;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "softcap -1");
+  p = ValidParams();
+  p.mask_kind = MaskKind::kBool;
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "mask must be set");
+}
+
+TEST(WorkspaceTest, OnlyFloat32NeedsAWorkspace) {
+  AttentionParams p = ValidParams();
+  EXPECT_EQ(WorkspaceBytes(p), 0u);
+  p.dtype = DType::kFloat32;
+  // bf16 copies of q, k, v and o: (2 * 100 * 8 + 2 * 2 * 120 * 2) * 128 * 2 bytes, 256-aligned.
+  const size_t q_bytes = 2 * 100 * 8 * 128 * 2;
+  const size_t kv_bytes = 2 * 120 * 2 * 128 * 2;
+  EXPECT_GE(WorkspaceBytes(p), 2 * q_bytes + 2 * kv_bytes);
+  EXPECT_LE(WorkspaceBytes(p), 2 * q_bytes + 2 * kv_bytes + 4 * 256);
+}
+
+TEST(DispatchTest, SelectsTheVariantForTheOptions) {
+  AttentionParams p = ValidParams();
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kDense);
+  p.causal = true;
+  Normalize(p);
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kWindow);
+  p.softcap = 30.f;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kGeneral);
+  p = ValidParams();
+  p.window_left = 16;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kWindow);
+  p = ValidParams();
+  static const float slopes[8] = {};
+  p.alibi_slopes = slopes;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kGeneral);
+  p = ValidParams();
+  p.softmax_scale = -1.f;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kGeneral);
+}
+
+TEST(DispatchTest, HeadDimRoundsUpToACompiledBucket) {
+  for (int d = 8; d <= 256; d += 8) {
+    const int bucket = CompiledHeadDimBucket(d);
+    if (bucket == 0) continue;  // pruned build
+    EXPECT_GE(bucket, d);
+    EXPECT_EQ(bucket % 32, 0);
+    EXPECT_NE(CompiledHeadDimBuckets().find(std::to_string(bucket)), std::string::npos);
+  }
+  EXPECT_EQ(CompiledHeadDimBucket(264), 0);
+}
+
+}  // namespace
+}  // namespace attention::cuda
