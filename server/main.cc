@@ -1,7 +1,9 @@
 // attention_server: the attention gRPC service (callback API) with health checking, reflection
 // and Prometheus metrics. SIGTERM / SIGINT drain: health turns NOT_SERVING, new requests get
-// UNAVAILABLE, everything accepted is answered (up to --drain_timeout_s), then exit 0.
+// UNAVAILABLE, everything accepted is answered (up to --drain_timeout_s), then exit 0. A fatal
+// device error drains the same way and exits 1.
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -72,6 +74,9 @@ namespace attention::server {
 namespace {
 
 constexpr char kServiceName[] = "attention.v1.AttentionService";
+// Raised by the CUDA executor's fatal-error handler (a sticky device error): the server drains
+// what it can with health NOT_SERVING and exits 1 so that the orchestrator restarts it.
+constexpr int kFatalSignal = SIGUSR1;
 
 // Checks the flags that could otherwise break an invariant; the message names the flag.
 absl::Status CheckFlags() {
@@ -131,6 +136,7 @@ int Serve() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, kFatalSignal);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   ExecutorOptions executor_options;
@@ -177,7 +183,13 @@ int Serve() {
 
   std::vector<std::unique_ptr<Executor>> executors;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  if (!cpu_backend) executors = MakeCudaExecutors(executor_options, &metrics);
+  if (!cpu_backend) {
+    SetCudaFatalErrorHandler([](const absl::Status& error) {
+      LogLine(LogLevel::kError, "device_fatal").Kv("error", error.message());
+      kill(getpid(), kFatalSignal);
+    });
+    executors = MakeCudaExecutors(executor_options, &metrics);
+  }
 #endif
   if (cpu_backend) executors.push_back(std::make_unique<CpuExecutor>(executor_options, &metrics));
   if (executors.empty()) {
@@ -243,10 +255,13 @@ int Serve() {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  const bool fatal = signal_number == kFatalSignal;
   const auto drain_start = Clock::now();
   const auto deadline = drain_start + std::chrono::seconds(absl::GetFlag(FLAGS_drain_timeout_s));
-  LogLine(LogLevel::kInfo, "draining")
-      .Kv("signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT")
+  LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "draining")
+      .Kv("signal", fatal                      ? "device_fatal"
+                    : signal_number == SIGTERM ? "SIGTERM"
+                                               : "SIGINT")
       .Kv("queued", batcher.queued_requests())
       .Kv("batches_in_flight", batcher.batches_in_flight())
       .Kv("drain_timeout_s", absl::GetFlag(FLAGS_drain_timeout_s));
@@ -257,18 +272,21 @@ int Serve() {
   // that every call can finish before the server shuts down.
   const int64_t abandoned = batcher.queued_requests();
   batcher.Shutdown();
-  // Lets the last answers be written (at least one more second if the drain took all the time).
-  const auto shutdown_deadline = std::max(deadline, Clock::now() + std::chrono::seconds(1));
-  server->Shutdown(std::chrono::system_clock::now() + (shutdown_deadline - Clock::now()));
+  // Every answer written and every stream ended: shutting the server down cancels nothing (at
+  // the drain deadline it cancels whatever is left).
+  const bool calls_done = service.WaitForCalls(deadline);
+  server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
   for (auto& e : executors) e->Shutdown();
-  LogLine(LogLevel::kInfo, "stopped")
+  LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "stopped")
+      .Kv("exit_code", fatal ? 1 : 0)
       .Kv("drained", drained)
       .Kv("abandoned", abandoned)
+      .Kv("calls_done", calls_done)
       .Kv("drain_ms",
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - drain_start)
               .count());
-  return 0;
+  return fatal ? 1 : 0;
 }
 
 }  // namespace

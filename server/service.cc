@@ -69,6 +69,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   UnaryCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
             const Request* request, Response* response)
       : service_(service), request_(request), response_(response), accepted_(Clock::now()) {
+    service_->CallStarted();
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     const absl::Status status = StartJob(*service_, *request_, response_, this, accepted_,
                                          SteadyDeadline(context, accepted_), &cancelled_);
@@ -87,7 +88,11 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
     service_->batcher()->NotifyCancelled();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    AttentionServiceImpl* service = service_;
+    delete this;
+    service->CallDone();
+  }
 
  private:
   void Answer(const absl::Status& status) {
@@ -202,8 +207,10 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   void OnDone() override {
-    service_->Unregister(this);
+    AttentionServiceImpl* service = service_;
+    service->Unregister(this);
     delete this;
+    service->CallDone();
   }
 
   // The server is draining: end the stream once its outstanding answers are written.
@@ -334,8 +341,24 @@ int AttentionServiceImpl::open_streams() const {
   return static_cast<int>(streams_.size());
 }
 
+bool AttentionServiceImpl::WaitForCalls(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return calls_done_.wait_until(lock, deadline, [this] { return calls_ == 0; });
+}
+
+void AttentionServiceImpl::CallStarted() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++calls_;
+}
+
+void AttentionServiceImpl::CallDone() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--calls_ == 0) calls_done_.notify_all();
+}
+
 void AttentionServiceImpl::Register(StreamCall* call) {
   std::lock_guard<std::mutex> lock(mu_);
+  ++calls_;
   streams_.insert(call);
 }
 

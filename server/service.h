@@ -14,6 +14,8 @@
 #define ATTENTION_SERVER_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 
@@ -50,6 +52,11 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   // ends with UNAVAILABLE once its outstanding answers are written.
   void StartDrain();
 
+  // Waits until no call is open (every answer written, every stream finished) or `deadline`;
+  // true if none is. Used by the drain before the gRPC server shuts down, so that shutting down
+  // cancels nothing.
+  bool WaitForCalls(std::chrono::steady_clock::time_point deadline);
+
   // Streams currently open (tests).
   int open_streams() const;
 
@@ -58,6 +65,9 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   Batcher* batcher() const { return batcher_; }
   Metrics* metrics() const { return metrics_; }
   bool draining() const { return draining_.load(std::memory_order_acquire); }
+  // Every call object registers at creation and unregisters in OnDone.
+  void CallStarted();
+  void CallDone();
   void Register(StreamCall* call);
   void Unregister(StreamCall* call);
 
@@ -67,6 +77,8 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
   mutable std::mutex mu_;
+  std::condition_variable calls_done_;
+  int64_t calls_ = 0;  // open calls, unary and stream
   absl::flat_hash_set<StreamCall*> streams_;
 };
 

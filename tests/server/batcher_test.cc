@@ -1,0 +1,602 @@
+// The batcher driven through a fake executor whose batches the test finishes by hand: idle
+// launch, delay flush, size flushes, bucketing, varlen packing, cancellation, deadlines, queue
+// bounds, least-loaded placement, drain and shutdown, and exactly one answer per job.
+#include "server/batcher.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/packing.h"
+#include "server/validation.h"
+#include "tests/server/server_test_util.h"
+
+namespace attention::server {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::MakeRequest;
+using testing::RequestOptions;
+
+// Generous bound for anything that should happen "at once" on a loaded 2-core machine.
+constexpr auto kPrompt = 5s;
+
+class FakeExecutor final : public Executor {
+ public:
+  explicit FakeExecutor(int depth, std::string name = "fake") : depth_(depth), name_(name) {}
+
+  const std::string& device() const override { return name_; }
+  int pipeline_depth() const override { return depth_; }
+  int64_t max_batch_bytes() const override { return max_batch_bytes_; }
+  absl::Status Admit(const Job& job) const override {
+    if (job.spec.q_bytes > max_job_q_bytes_) return absl::ResourceExhaustedError("too large");
+    return absl::OkStatus();
+  }
+  void Submit(std::unique_ptr<Batch> batch) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    submitted_at_.push_back(Clock::now());
+    batches_.push_back(std::move(batch));
+    ++total_submitted_;
+    cv_.notify_all();
+  }
+  void Shutdown() override {}
+
+  // Waits for the index-th submitted batch and returns it while unfinished (null after
+  // `timeout`).
+  Batch* WaitForBatch(size_t index, Clock::duration timeout = kPrompt) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return total_submitted_ > index; });
+    return total_submitted_ > index ? batch_at(index) : nullptr;
+  }
+  // Finishes the oldest unfinished batch with `status`.
+  void FinishOldest(const absl::Status& status = absl::OkStatus()) {
+    std::unique_ptr<Batch> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ASSERT_FALSE(batches_.empty());
+      batch = std::move(batches_.front());
+      batches_.pop_front();
+      ++finished_;
+    }
+    batch->device = name_;
+    batch->timings.started = Clock::now();
+    FinishBatch(std::move(batch), status);
+  }
+  int submitted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(total_submitted_);
+  }
+  Clock::time_point submitted_at(size_t index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return submitted_at_[index];
+  }
+
+  int64_t max_batch_bytes_ = int64_t{1} << 40;
+  int64_t max_job_q_bytes_ = int64_t{1} << 40;
+
+ private:
+  Batch* batch_at(size_t index) {
+    const size_t unfinished_index = index - finished_;
+    return unfinished_index < batches_.size() ? batches_[unfinished_index].get() : nullptr;
+  }
+
+  const int depth_;
+  const std::string name_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Batch>> batches_;  // submitted, not finished
+  std::vector<Clock::time_point> submitted_at_;
+  size_t total_submitted_ = 0;
+  size_t finished_ = 0;
+};
+
+// Owns each test request's messages and records every answer.
+class Calls final : public JobCompletion {
+ public:
+  struct Call {
+    v1::AttentionRequest request;
+    v1::AttentionResponse response;
+    std::atomic<bool> cancelled{false};
+    int answers = 0;
+    absl::Status status;
+  };
+
+  // A job for a new request made from `options`.
+  std::unique_ptr<Job> NewJob(const RequestOptions& options,
+                              Clock::time_point deadline = Clock::time_point::max()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t id = calls_.size();
+    auto& call = calls_[id];
+    call = std::make_unique<Call>();
+    call->request = MakeRequest(options, id, rng_);
+    absl::StatusOr<RequestSpec> spec = ValidateRequest(call->request, {});
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    auto job = std::make_unique<Job>();
+    job->request = &call->request;
+    job->response = &call->response;
+    job->spec = std::move(*spec);
+    job->completion = this;
+    job->accepted = Clock::now();
+    job->deadline = deadline;
+    job->cancelled = &call->cancelled;
+    return job;
+  }
+
+  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Call& call = *calls_.at(job->request->request_id());
+    ++call.answers;
+    call.status = status;
+    ++answered_;
+    cv_.notify_all();
+  }
+
+  Call& call(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return *calls_.at(id);
+  }
+  bool WaitAnswered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kPrompt, [&] { return answered_ >= n; });
+  }
+  int answered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return answered_;
+  }
+  // Every call answered exactly once.
+  void ExpectEachAnsweredOnce() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, call] : calls_) EXPECT_EQ(call->answers, 1) << "request " << id;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, std::unique_ptr<Call>> calls_;
+  int answered_ = 0;
+  std::mt19937 rng_{5};
+};
+
+RequestOptions Small(int seqlen = 8, int head_dim = 16) {
+  RequestOptions o;
+  o.seqlen_q = seqlen;
+  o.seqlen_k = seqlen;
+  o.q_heads = 2;
+  o.kv_heads = 2;
+  o.head_dim = head_dim;
+  return o;
+}
+
+BatcherOptions Options(std::chrono::microseconds delay = std::chrono::seconds(30)) {
+  BatcherOptions o;
+  o.max_queue_delay = delay;
+  return o;
+}
+
+void Enqueue(Batcher& batcher, std::unique_ptr<Job> job) {
+  ASSERT_TRUE(batcher.Enqueue(job).ok());
+  ASSERT_EQ(job, nullptr);  // ownership taken
+}
+
+TEST(BatcherTest, IdleServerLaunchesAtOnce) {
+  FakeExecutor executor(2);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);  // delay 30 s
+  const auto start = Clock::now();
+  Enqueue(batcher, calls.NewJob(Small()));
+  Batch* batch = executor.WaitForBatch(0);
+  ASSERT_NE(batch, nullptr);
+  EXPECT_LT(executor.submitted_at(0) - start, kPrompt);
+  EXPECT_EQ(batch->jobs.size(), 1u);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_TRUE(calls.call(0).status.ok());
+  const v1::AttentionResponse& response = calls.call(0).response;
+  EXPECT_EQ(response.batch().requests(), 1);
+  EXPECT_EQ(response.batch().device(), "fake");
+  EXPECT_EQ(response.batch().tokens_q(), 8);
+  EXPECT_GE(response.timings().queue_ns(), 0);
+}
+
+TEST(BatcherTest, DelayFlushWhileBusy) {
+  FakeExecutor executor(2);
+  Calls calls;
+  const auto delay = std::chrono::milliseconds(100);
+  Batcher batcher(Options(delay), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);  // executor now busy, not idle
+  const auto enqueued = Clock::now();
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small(5)));
+  Batch* second = executor.WaitForBatch(1);
+  ASSERT_NE(second, nullptr);
+  // Held for the delay (measured from the first queued job's acceptance), then both packed.
+  EXPECT_GE(executor.submitted_at(1) - enqueued, delay - std::chrono::milliseconds(1));
+  EXPECT_EQ(second->jobs.size(), 2u);
+  executor.FinishOldest();
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, SizeFlushByRequests) {
+  FakeExecutor executor(2);
+  Calls calls;
+  BatcherOptions options = Options();  // delay 30 s: only size can flush
+  options.max_batch_requests = 4;
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  for (int i = 0; i < 5; ++i) Enqueue(batcher, calls.NewJob(Small()));
+  Batch* full = executor.WaitForBatch(1);
+  ASSERT_NE(full, nullptr);
+  EXPECT_EQ(full->jobs.size(), 4u);
+  EXPECT_EQ(batcher.queued_requests(), 1);  // the fifth waits: not full, not due, executor busy
+  executor.FinishOldest();
+  executor.FinishOldest();
+  // Idle again: the remaining job launches at once.
+  Batch* rest = executor.WaitForBatch(2);
+  ASSERT_NE(rest, nullptr);
+  EXPECT_EQ(rest->jobs.size(), 1u);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(6));
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, SizeFlushByTokens) {
+  FakeExecutor executor(2);
+  Calls calls;
+  BatcherOptions options = Options();
+  options.max_batch_tokens = 64;
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small(40)));
+  EXPECT_EQ(executor.submitted(), 1);
+  Enqueue(batcher, calls.NewJob(Small(30)));  // 70 tokens queued >= 64: full
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  // 40 + 30 exceeds the limit: the batch takes the first job only.
+  EXPECT_EQ(batch->jobs.size(), 1u);
+  EXPECT_EQ(batch->total_q, 40);
+  executor.FinishOldest();
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(2), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+}
+
+TEST(BatcherTest, BucketsByKernelConfigAndPacksVarlen) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));  // occupies the only slot
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  RequestOptions packed = Small(0, 16);
+  packed.seqlens_q = {3, 9};
+  packed.seqlens_k = {5, 1};
+  Enqueue(batcher, calls.NewJob(Small(7, 16)));   // id 1, bucket A (head_dim 16)
+  Enqueue(batcher, calls.NewJob(Small(12, 32)));  // id 2, bucket B (head_dim 32)
+  Enqueue(batcher, calls.NewJob(packed));         // id 3, bucket A
+  RequestOptions causal = Small(4, 16);
+  causal.causal = true;
+  Enqueue(batcher, calls.NewJob(causal));  // id 4, bucket C (causal)
+  executor.FinishOldest();
+
+  // The bucket with the oldest job goes first, with all its jobs, as one varlen launch.
+  Batch* a = executor.WaitForBatch(1);
+  ASSERT_NE(a, nullptr);
+  ASSERT_EQ(a->jobs.size(), 2u);
+  EXPECT_EQ(a->jobs[0]->request->request_id(), 1u);
+  EXPECT_EQ(a->jobs[1]->request->request_id(), 3u);
+  EXPECT_EQ(a->sequences, 3);
+  EXPECT_EQ(a->cu_seqlens_q, (std::vector<int32_t>{0, 7, 10, 19}));
+  EXPECT_EQ(a->cu_seqlens_k, (std::vector<int32_t>{0, 7, 12, 13}));
+  EXPECT_EQ(a->max_seqlen_q, 9);
+  EXPECT_EQ(a->key.head_dim, 16);
+  EXPECT_FALSE(a->key.causal);
+  EXPECT_EQ(a->layout.total_bytes(), BatchBytesWith(a->key, 1, 7, 7, false, a->jobs[1]->spec));
+  executor.FinishOldest();
+  Batch* b = executor.WaitForBatch(2);
+  ASSERT_NE(b, nullptr);
+  ASSERT_EQ(b->jobs.size(), 1u);
+  EXPECT_EQ(b->jobs[0]->request->request_id(), 2u);
+  executor.FinishOldest();
+  Batch* c = executor.WaitForBatch(3);
+  ASSERT_NE(c, nullptr);
+  EXPECT_TRUE(c->key.causal);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(5));
+  calls.ExpectEachAnsweredOnce();
+  EXPECT_EQ(calls.call(3).response.batch().requests(), 2);
+  EXPECT_EQ(calls.call(3).response.batch().sequences(), 3);
+}
+
+TEST(BatcherTest, MaskedJobsRunAloneAndBatchingOffRunsEachAlone) {
+  for (bool batching : {true, false}) {
+    FakeExecutor executor(1);
+    Calls calls;
+    BatcherOptions options = Options();
+    options.batching = batching;
+    Batcher batcher(options, {&executor}, nullptr);
+    Enqueue(batcher, calls.NewJob(Small()));
+    ASSERT_NE(executor.WaitForBatch(0), nullptr);
+    RequestOptions o = Small();
+    if (batching) {
+      o.mask_dtype = v1::BOOL;
+      o.mask_shape = {8, 8};
+    }
+    for (int i = 0; i < 3; ++i) Enqueue(batcher, calls.NewJob(o));
+    executor.FinishOldest();
+    for (int i = 1; i <= 3; ++i) {
+      Batch* batch = executor.WaitForBatch(i);
+      ASSERT_NE(batch, nullptr);
+      EXPECT_EQ(batch->jobs.size(), 1u);
+      executor.FinishOldest();
+    }
+    ASSERT_TRUE(calls.WaitAnswered(4));
+  }
+}
+
+TEST(BatcherTest, CancelledJobIsDroppedBeforeLaunch) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small()));
+  calls.call(1).cancelled = true;
+  batcher.NotifyCancelled();
+  // Answered at once, while the executor is still busy.
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(batcher.queued_requests(), 1);
+  executor.FinishOldest();
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  ASSERT_EQ(batch->jobs.size(), 1u);
+  EXPECT_EQ(batch->jobs[0]->request->request_id(), 2u);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, ExpiredJobIsDroppedBeforeLaunch) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small(), Clock::now() + 20ms));
+  Enqueue(batcher, calls.NewJob(Small()));
+  std::this_thread::sleep_for(40ms);
+  executor.FinishOldest();
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  ASSERT_EQ(batch->jobs.size(), 1u);
+  EXPECT_EQ(batch->jobs[0]->request->request_id(), 2u);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kDeadlineExceeded);
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, QueueBoundsAndAdmission) {
+  FakeExecutor executor(1);
+  executor.max_job_q_bytes_ = 1000;
+  Calls calls;
+  BatcherOptions options = Options();
+  options.max_queue_requests = 2;
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small()));
+  std::unique_ptr<Job> third = calls.NewJob(Small());
+  absl::Status status = batcher.Enqueue(third);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("--max_queue_requests=2"), absl::string_view::npos) << status;
+  EXPECT_NE(third, nullptr);  // still the caller's
+
+  std::unique_ptr<Job> huge = calls.NewJob(Small(64, 64));  // q: 64 * 2 * 64 * 2 bytes > 1000
+  status = batcher.Enqueue(huge);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(huge, nullptr);
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(1), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+}
+
+TEST(BatcherTest, QueueByteBound) {
+  FakeExecutor executor(1);
+  Calls calls;
+  BatcherOptions options = Options();
+  std::unique_ptr<Job> probe = calls.NewJob(Small());
+  options.max_queue_bytes = 2 * probe->spec.queued_bytes();
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, std::move(probe));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small()));
+  std::unique_ptr<Job> over = calls.NewJob(Small());
+  EXPECT_EQ(batcher.Enqueue(over).code(), absl::StatusCode::kResourceExhausted);
+  std::unique_ptr<Job> too_big = calls.NewJob(Small(32));
+  const absl::Status status = batcher.Enqueue(too_big);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("--max_queue_bytes"), absl::string_view::npos) << status;
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(1), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+}
+
+TEST(BatcherTest, BatchBytesCapSplitsBatches) {
+  FakeExecutor executor(1);
+  Calls calls;
+  std::unique_ptr<Job> first = calls.NewJob(Small());
+  std::unique_ptr<Job> a = calls.NewJob(Small());
+  // Room for exactly two small jobs.
+  executor.max_batch_bytes_ = BatchBytesWith(MakeBucketKey(a->spec), 1, 8, 8, false, a->spec);
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, std::move(first));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, std::move(a));
+  for (int i = 0; i < 2; ++i) Enqueue(batcher, calls.NewJob(Small()));
+  executor.FinishOldest();
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  EXPECT_EQ(batch->jobs.size(), 2u);
+  EXPECT_LE(batch->layout.total_bytes(), executor.max_batch_bytes_);
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(2), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(4));
+}
+
+TEST(BatcherTest, LeastLoadedExecutor) {
+  FakeExecutor e0(2, "e0"), e1(2, "e1");
+  Calls calls;
+  Batcher batcher(Options(), {&e0, &e1}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(e0.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));  // e1 is idle: launched there at once
+  ASSERT_NE(e1.WaitForBatch(0), nullptr);
+  EXPECT_EQ(e0.submitted(), 1);
+  e0.FinishOldest();
+  e1.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(2));
+  EXPECT_EQ(calls.call(0).response.batch().device(), "e0");
+  EXPECT_EQ(calls.call(1).response.batch().device(), "e1");
+}
+
+TEST(BatcherTest, BatchFailureAnswersEveryJob) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small(3)));
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(1), nullptr);
+  executor.FinishOldest(absl::ResourceExhaustedError("out of device memory"));
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(calls.call(2).status.code(), absl::StatusCode::kResourceExhausted);
+  // And the batcher keeps serving.
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(2), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(4));
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, DrainFinishesEverythingQueuedAndRefusesNewWork) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small(4, 32)));  // another bucket
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] { drained = batcher.Drain(Clock::now() + 20s); });
+  // Wait until draining refuses new work.
+  absl::Status refused;
+  for (int i = 0; i < 500; ++i) {
+    std::unique_ptr<Job> late = calls.NewJob(Small());
+    refused = batcher.Enqueue(late);
+    if (!refused.ok()) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(drained);
+  // Keep finishing until the drain completes.
+  size_t next = 0;
+  for (int i = 0; i < 100 && !drained; ++i) {
+    if (executor.WaitForBatch(next, 100ms) == nullptr) continue;
+    executor.FinishOldest();
+    ++next;
+  }
+  drainer.join();
+  EXPECT_TRUE(drained);
+  batcher.Shutdown();
+  EXPECT_GE(calls.answered(), 3);
+  for (uint64_t id = 0; id < 3; ++id) {
+    EXPECT_EQ(calls.call(id).answers, 1);
+    EXPECT_TRUE(calls.call(id).status.ok()) << calls.call(id).status;
+  }
+}
+
+TEST(BatcherTest, DrainTimesOutThenShutdownAnswersQueued) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  EXPECT_FALSE(batcher.Drain(Clock::now() + 50ms));  // the executor never finishes on its own
+  std::thread stopper([&] { batcher.Shutdown(); });
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kUnavailable);
+  executor.FinishOldest();  // Shutdown waits for the batch the executor holds
+  stopper.join();
+  calls.ExpectEachAnsweredOnce();
+  EXPECT_TRUE(calls.call(0).status.ok());
+}
+
+// Many producers, random cancellations and an executor finishing batches on its own thread:
+// every job is answered exactly once.
+TEST(BatcherTest, ExactlyOneAnswerUnderConcurrency) {
+  FakeExecutor executor(3);
+  Calls calls;
+  BatcherOptions options = Options(std::chrono::microseconds(300));
+  options.max_batch_requests = 8;
+  Batcher batcher(options, {&executor}, nullptr);
+  std::atomic<bool> stop{false};
+  std::thread finisher([&] {
+    size_t index = 0;
+    while (!stop) {
+      if (executor.WaitForBatch(index, 20ms) != nullptr) {
+        executor.FinishOldest(index % 7 == 3 ? absl::InternalError("injected") : absl::OkStatus());
+        ++index;
+      }
+    }
+  });
+  constexpr int kProducers = 4, kPerProducer = 60;
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kProducers; ++t) {
+    producers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < kPerProducer; ++i) {
+        std::unique_ptr<Job> job =
+            calls.NewJob(Small(1 + static_cast<int>(rng() % 16), rng() % 2 ? 16 : 32));
+        const uint64_t id = job->request->request_id();
+        ASSERT_TRUE(batcher.Enqueue(job).ok());
+        if (rng() % 5 == 0) {
+          calls.call(id).cancelled = true;
+          batcher.NotifyCancelled();
+        }
+      }
+    });
+  }
+  for (auto& p : producers) p.join();
+  ASSERT_TRUE(calls.WaitAnswered(kProducers * kPerProducer));
+  stop = true;
+  finisher.join();
+  batcher.Shutdown();
+  calls.ExpectEachAnsweredOnce();
+}
+
+}  // namespace
+}  // namespace attention::server

@@ -1,0 +1,203 @@
+// Packing: jobs of one kernel configuration with different layouts and sequence lengths become
+// one variable-length launch; run through the CPU backend and scattered back, every job's output
+// must equal the float64 reference of its own request.
+#include "server/packing.h"
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention_cpu.h"
+#include "server/validation.h"
+#include "tests/server/server_test_util.h"
+
+namespace attention::server {
+namespace {
+
+using testing::CompareWithReference;
+using testing::MakeRequest;
+using testing::RequestOptions;
+
+// Owns the messages of jobs built in a test.
+struct Call {
+  v1::AttentionRequest request;
+  v1::AttentionResponse response;
+};
+
+std::unique_ptr<Job> MakeJob(Call& call) {
+  absl::StatusOr<RequestSpec> spec = ValidateRequest(call.request, {});
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  auto job = std::make_unique<Job>();
+  job->request = &call.request;
+  job->response = &call.response;
+  job->spec = std::move(*spec);
+  return job;
+}
+
+// Runs `batch` as an executor would: stage, run, scatter.
+void RunPacked(Batch& batch) {
+  SealBatch(batch);
+  const BatchLayout& l = batch.layout;
+  // Poisoned staging: whatever the kernel does not write must not reach a response.
+  std::vector<char> staging(static_cast<size_t>(l.total_bytes()), static_cast<char>(0x7f));
+  StageInputs(batch, staging.data());
+  const AttentionParams p = MakeBatchParams(batch, staging.data(), staging.data() + l.input_bytes);
+  cpu::CpuBackend backend(2);
+  ASSERT_TRUE(backend.Run(p).ok());
+  ScatterOutputs(batch, staging.data() + l.input_bytes);
+}
+
+RequestOptions Base(v1::DType dtype) {
+  RequestOptions o;
+  o.dtype = dtype;
+  o.q_heads = 4;
+  o.kv_heads = 2;
+  o.head_dim = 32;
+  return o;
+}
+
+TEST(PackingTest, MixedDenseAndPackedJobsMatchReference) {
+  for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16}) {
+    std::mt19937 rng(11);
+    std::vector<std::unique_ptr<Call>> calls;
+    RequestOptions o = Base(dtype);
+    o.batch = 2;
+    o.seqlen_q = 5;
+    o.seqlen_k = 9;
+    o.return_lse = true;
+    calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 1, rng), {}}));
+    o.batch = 1;
+    o.seqlen_q = 17;
+    o.seqlen_k = 3;
+    o.return_lse = false;
+    calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 2, rng), {}}));
+    RequestOptions packed = Base(dtype);
+    packed.seqlens_q = {7, 0, 1};
+    packed.seqlens_k = {7, 4, 13};
+    packed.return_lse = true;
+    calls.push_back(std::make_unique<Call>(Call{MakeRequest(packed, 3, rng), {}}));
+
+    Batch batch;
+    for (auto& call : calls) AddJob(batch, MakeJob(*call));
+    EXPECT_EQ(batch.sequences, 6);
+    EXPECT_EQ(batch.total_q, 10 + 17 + 8);
+    EXPECT_EQ(batch.total_k, 18 + 3 + 24);
+    EXPECT_EQ(batch.max_seqlen_q, 17);
+    EXPECT_EQ(batch.max_seqlen_k, 13);
+    EXPECT_TRUE(batch.want_lse);
+    EXPECT_EQ(batch.cu_seqlens_q, (std::vector<int32_t>{0, 5, 10, 27, 34, 34, 35}));
+    EXPECT_EQ(batch.cu_seqlens_k, (std::vector<int32_t>{0, 9, 18, 21, 28, 32, 45}));
+    ASSERT_EQ(batch.slices.size(), 3u);
+    EXPECT_EQ(batch.slices[2].first_sequence, 3);
+    EXPECT_EQ(batch.slices[2].row_q, 27);
+    EXPECT_EQ(batch.slices[2].row_k, 21);
+
+    RunPacked(batch);
+    for (auto& call : calls) {
+      EXPECT_EQ(CompareWithReference(call->request, call->response), "")
+          << "dtype " << v1::DType_Name(dtype);
+    }
+  }
+}
+
+TEST(PackingTest, OptionsAndSlopesPerSequence) {
+  std::mt19937 rng(12);
+  std::vector<std::unique_ptr<Call>> calls;
+  RequestOptions o = Base(v1::BFLOAT16);
+  o.causal = true;
+  o.window_left = 4;
+  o.softcap = 5.f;
+  o.softmax_scale = 0.3f;
+  o.alibi = 1;  // [q_heads]
+  o.batch = 2;
+  o.seqlen_q = 6;
+  o.seqlen_k = 11;
+  calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 1, rng), {}}));
+  o.alibi = 2;  // [batch, q_heads]
+  o.batch = 3;
+  o.seqlen_q = 9;
+  o.seqlen_k = 4;
+  o.return_lse = true;
+  calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 2, rng), {}}));
+
+  Batch batch;
+  for (auto& call : calls) AddJob(batch, MakeJob(*call));
+  ASSERT_EQ(batch.alibi_slopes.size(), 5u * 4u);
+  // Sequence 1 (job 0, per-head slopes) repeats job 0's slopes; sequence 4 is job 1's row 2.
+  const float* slopes0 =
+      reinterpret_cast<const float*>(calls[0]->request.alibi_slopes().data().data());
+  const float* slopes1 =
+      reinterpret_cast<const float*>(calls[1]->request.alibi_slopes().data().data());
+  EXPECT_EQ(batch.alibi_slopes[1 * 4 + 3], slopes0[3]);
+  EXPECT_EQ(batch.alibi_slopes[4 * 4 + 1], slopes1[2 * 4 + 1]);
+  RunPacked(batch);
+  for (auto& call : calls) EXPECT_EQ(CompareWithReference(call->request, call->response), "");
+}
+
+TEST(PackingTest, MaskedJobThroughStagedLayout) {
+  std::mt19937 rng(13);
+  for (v1::DType mask_dtype : {v1::BOOL, v1::FLOAT32, v1::FLOAT16}) {
+    RequestOptions o = Base(v1::FLOAT16);
+    o.batch = 2;
+    o.seqlen_q = 7;
+    o.seqlen_k = 10;
+    o.mask_dtype = mask_dtype;
+    o.mask_shape = {2, 1, 7, 10};
+    o.return_lse = true;
+    Call call{MakeRequest(o, 1, rng), {}};
+    Batch batch;
+    AddJob(batch, MakeJob(call));
+    RunPacked(batch);
+    EXPECT_EQ(batch.layout.mask % BatchLayout::kAlignment, 0);
+    EXPECT_EQ(CompareWithReference(call.request, call.response), "") << v1::DType_Name(mask_dtype);
+  }
+}
+
+TEST(PackingTest, LayoutIsAlignedAndBounded) {
+  std::mt19937 rng(14);
+  RequestOptions o = Base(v1::BFLOAT16);
+  o.seqlens_q = {3, 2};
+  o.seqlens_k = {1, 5};
+  o.alibi = 1;
+  o.return_lse = true;
+  Call call{MakeRequest(o, 1, rng), {}};
+  Batch batch;
+  std::unique_ptr<Job> job = MakeJob(call);
+  const int64_t predicted = BatchBytesWith(MakeBucketKey(job->spec), 0, 0, 0, false, job->spec);
+  AddJob(batch, std::move(job));
+  SealBatch(batch);
+  const BatchLayout& l = batch.layout;
+  for (int64_t offset : {l.q, l.k, l.v, l.cu_seqlens_q, l.cu_seqlens_k, l.alibi, l.mask,
+                         l.input_bytes, l.o, l.lse, l.output_bytes}) {
+    EXPECT_EQ(offset % BatchLayout::kAlignment, 0);
+  }
+  EXPECT_GE(l.k - l.q, 5 * 4 * 32 * 2);
+  EXPECT_GE(l.lse - l.o, 5 * 4 * 32 * 2);
+  EXPECT_GE(l.output_bytes - l.lse, 4 * 5 * 4);
+  EXPECT_EQ(l.total_bytes(), predicted);
+}
+
+TEST(PackingTest, SingleJobInPlace) {
+  std::mt19937 rng(15);
+  RequestOptions o = Base(v1::FLOAT32);
+  o.seqlens_q = {4, 9};
+  o.seqlens_k = {12, 2};
+  o.return_lse = true;
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {1, 4, 9, 12};
+  Call call{MakeRequest(o, 1, rng), {}};
+  std::unique_ptr<Job> job = MakeJob(call);
+  char* out = nullptr;
+  float* lse = nullptr;
+  SizeJobOutputs(*job, &out, &lse);
+  ASSERT_NE(lse, nullptr);
+  std::memset(out, 0x7f, static_cast<size_t>(job->spec.q_bytes));
+  cpu::CpuBackend backend(2);
+  ASSERT_TRUE(backend.Run(MakeJobParams(*job, out, lse)).ok());
+  EXPECT_EQ(CompareWithReference(call.request, call.response), "");
+}
+
+}  // namespace
+}  // namespace attention::server

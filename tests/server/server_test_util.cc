@@ -1,0 +1,231 @@
+#include "tests/server/server_test_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/attention_params.h"
+#include "kernels/dtype.h"
+#include "tests/reference/reference_attention.h"
+
+namespace attention::testing {
+namespace {
+
+int64_t ElementSize(v1::DType dtype) {
+  switch (dtype) {
+    case v1::FLOAT32:
+      return 4;
+    case v1::BOOL:
+      return 1;
+    default:
+      return 2;
+  }
+}
+
+DType KernelDType(v1::DType dtype) {
+  switch (dtype) {
+    case v1::FLOAT32:
+      return DType::kFloat32;
+    case v1::FLOAT16:
+      return DType::kFloat16;
+    default:
+      return DType::kBFloat16;
+  }
+}
+
+// Stores `value` as element `i` of `data` in `dtype`.
+void Store(v1::DType dtype, std::string& data, int64_t i, float value) {
+  if (dtype == v1::FLOAT32) {
+    std::memcpy(&data[4 * i], &value, 4);
+    return;
+  }
+  const uint16_t bits = dtype == v1::FLOAT16 ? FloatToHalf(value) : FloatToBFloat16(value);
+  std::memcpy(&data[2 * i], &bits, 2);
+}
+
+void FillTensor(v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape, std::mt19937& rng,
+                float lo, float hi) {
+  t->set_dtype(dtype);
+  const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1},
+                                    [](int64_t a, int64_t b) { return a * b; });
+  for (int64_t d : shape) t->add_shape(d);
+  std::string* data = t->mutable_data();
+  data->resize(static_cast<size_t>(n * ElementSize(dtype)));
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (int64_t i = 0; i < n; ++i) {
+    if (dtype == v1::BOOL) {
+      (*data)[i] = dist(rng) < lo + 0.8f * (hi - lo) ? 1 : 0;
+    } else {
+      Store(dtype, *data, i, dist(rng));
+    }
+  }
+}
+
+double LoadOutput(v1::DType dtype, const std::string& data, int64_t i) {
+  return LoadElement(KernelDType(dtype), data.data(), i);
+}
+
+}  // namespace
+
+v1::AttentionRequest MakeRequest(const RequestOptions& o, uint64_t request_id, std::mt19937& rng) {
+  v1::AttentionRequest r;
+  r.set_request_id(request_id);
+  const bool packed = !o.seqlens_q.empty();
+  const int64_t total_q = packed
+                              ? std::accumulate(o.seqlens_q.begin(), o.seqlens_q.end(), int64_t{0})
+                              : int64_t{o.batch} * o.seqlen_q;
+  const int64_t total_k = packed
+                              ? std::accumulate(o.seqlens_k.begin(), o.seqlens_k.end(), int64_t{0})
+                              : int64_t{o.batch} * o.seqlen_k;
+  const int batch = packed ? static_cast<int>(o.seqlens_q.size()) : o.batch;
+  if (packed) {
+    FillTensor(r.mutable_q(), o.dtype, {total_q, o.q_heads, o.head_dim}, rng, -1, 1);
+    FillTensor(r.mutable_k(), o.dtype, {total_k, o.kv_heads, o.head_dim}, rng, -1, 1);
+    FillTensor(r.mutable_v(), o.dtype, {total_k, o.kv_heads, o.head_dim}, rng, -1, 1);
+    r.add_cu_seqlens_q(0);
+    r.add_cu_seqlens_k(0);
+    for (int b = 0; b < batch; ++b) {
+      r.add_cu_seqlens_q(r.cu_seqlens_q(b) + o.seqlens_q[b]);
+      r.add_cu_seqlens_k(r.cu_seqlens_k(b) + o.seqlens_k[b]);
+    }
+  } else {
+    FillTensor(r.mutable_q(), o.dtype, {o.batch, o.seqlen_q, o.q_heads, o.head_dim}, rng, -1, 1);
+    FillTensor(r.mutable_k(), o.dtype, {o.batch, o.seqlen_k, o.kv_heads, o.head_dim}, rng, -1, 1);
+    FillTensor(r.mutable_v(), o.dtype, {o.batch, o.seqlen_k, o.kv_heads, o.head_dim}, rng, -1, 1);
+  }
+  r.set_causal(o.causal);
+  if (o.window_left != -1 || o.window_right != -1) {
+    r.mutable_window()->set_left(o.window_left);
+    r.mutable_window()->set_right(o.window_right);
+  }
+  r.set_softcap(o.softcap);
+  if (o.softmax_scale) r.set_softmax_scale(*o.softmax_scale);
+  if (o.alibi == 1)
+    FillTensor(r.mutable_alibi_slopes(), v1::FLOAT32, {o.q_heads}, rng, 0.01f, 0.5f);
+  if (o.alibi == 2) {
+    FillTensor(r.mutable_alibi_slopes(), v1::FLOAT32, {batch, o.q_heads}, rng, 0.01f, 0.5f);
+  }
+  if (!o.mask_shape.empty()) FillTensor(r.mutable_mask(), o.mask_dtype, o.mask_shape, rng, -2, 1);
+  r.set_return_lse(o.return_lse);
+  return r;
+}
+
+std::string CompareWithReference(const v1::AttentionRequest& r,
+                                 const v1::AttentionResponse& response) {
+  const v1::Tensor& q = r.q();
+  const bool packed = r.cu_seqlens_q_size() > 0;
+  const int rank = packed ? 3 : 4;
+  AttentionParams p;
+  p.dtype = KernelDType(q.dtype());
+  p.q = q.data().data();
+  p.k = r.k().data().data();
+  p.v = r.v().data().data();
+  p.q_heads = static_cast<int>(q.shape(rank - 2));
+  p.kv_heads = static_cast<int>(r.k().shape(rank - 2));
+  p.head_dim = static_cast<int>(q.shape(rank - 1));
+  int64_t total_q = 0;
+  if (packed) {
+    p.batch = r.cu_seqlens_q_size() - 1;
+    p.cu_seqlens_q = r.cu_seqlens_q().data();
+    p.cu_seqlens_k = r.cu_seqlens_k().data();
+    p.total_q = total_q = q.shape(0);
+    p.total_k = r.k().shape(0);
+    for (int b = 0; b < p.batch; ++b) {
+      p.seqlen_q = std::max(p.seqlen_q, r.cu_seqlens_q(b + 1) - r.cu_seqlens_q(b));
+      p.seqlen_k = std::max(p.seqlen_k, r.cu_seqlens_k(b + 1) - r.cu_seqlens_k(b));
+    }
+  } else {
+    p.batch = static_cast<int>(q.shape(0));
+    p.seqlen_q = static_cast<int>(q.shape(1));
+    p.seqlen_k = static_cast<int>(r.k().shape(1));
+    total_q = int64_t{p.batch} * p.seqlen_q;
+  }
+  SetContiguousStrides(p);
+  p.softmax_scale = r.has_softmax_scale() ? r.softmax_scale() : 1.f / std::sqrt(p.head_dim);
+  p.softcap = r.softcap();
+  p.causal = r.causal();
+  if (r.has_window()) {
+    p.window_left = r.window().left();
+    p.window_right = r.window().right();
+  }
+  Normalize(p);
+  if (r.has_alibi_slopes()) {
+    p.alibi_slopes = reinterpret_cast<const float*>(r.alibi_slopes().data().data());
+    p.alibi_batch_stride = r.alibi_slopes().shape_size() == 2 ? p.q_heads : 0;
+  }
+  std::vector<float> widened_mask;
+  if (r.has_mask()) {
+    const v1::Tensor& m = r.mask();
+    const int mask_rank = m.shape_size();
+    int64_t strides[4] = {0, 0, 0, 0};
+    int64_t stride = 1;
+    for (int i = mask_rank - 1; i >= 0; --i) {
+      strides[4 - mask_rank + i] = m.shape(i) == 1 ? 0 : stride;
+      stride *= m.shape(i);
+    }
+    p.mask_batch_stride = strides[0];
+    p.mask_head_stride = strides[1];
+    p.mask_row_stride = strides[2];
+    p.mask_col_stride = strides[3];
+    if (m.dtype() == v1::BOOL) {
+      p.mask_kind = MaskKind::kBool;
+      p.mask = m.data().data();
+    } else {
+      p.mask_kind = MaskKind::kAdditive;
+      widened_mask.resize(static_cast<size_t>(stride));
+      for (int64_t i = 0; i < stride; ++i) {
+        widened_mask[i] = static_cast<float>(LoadOutput(m.dtype(), m.data(), i));
+      }
+      p.mask = widened_mask.data();
+    }
+  }
+
+  const int64_t o_elements = total_q * p.q_heads * p.head_dim;
+  std::vector<double> o_ref(static_cast<size_t>(o_elements));
+  std::vector<double> lse_ref(static_cast<size_t>(total_q * p.q_heads));
+  ReferenceAttention(p, o_ref.data(), lse_ref.data());
+
+  const v1::Tensor& o = response.o();
+  if (o.dtype() != q.dtype()) return absl::StrCat("o.dtype ", o.dtype(), " != q.dtype ", q.dtype());
+  if (absl::StrJoin(o.shape(), ",") != absl::StrJoin(q.shape(), ",")) {
+    return absl::StrCat("o.shape [", absl::StrJoin(o.shape(), ","), "] != q.shape");
+  }
+  if (static_cast<int64_t>(o.data().size()) != o_elements * ElementSize(q.dtype())) {
+    return absl::StrCat("o.data has ", o.data().size(), " bytes");
+  }
+  const double tol = q.dtype() == v1::FLOAT32 ? 1e-4 : q.dtype() == v1::FLOAT16 ? 2e-3 : 1.6e-2;
+  for (int64_t i = 0; i < o_elements; ++i) {
+    const double got = LoadOutput(o.dtype(), o.data(), i);
+    const double want = o_ref[i];
+    if (!(std::abs(got - want) <= tol + tol * std::abs(want))) {
+      return absl::StrCat("o[", i, "] = ", got, ", reference ", want, " (request ", r.request_id(),
+                          ")");
+    }
+  }
+  if (!r.return_lse()) {
+    return response.has_lse() ? "lse returned without return_lse" : "";
+  }
+  const v1::Tensor& lse = response.lse();
+  const std::string want_shape = packed ? absl::StrCat(p.q_heads, ",", total_q)
+                                        : absl::StrCat(p.batch, ",", p.q_heads, ",", p.seqlen_q);
+  if (lse.dtype() != v1::FLOAT32 || absl::StrJoin(lse.shape(), ",") != want_shape ||
+      static_cast<int64_t>(lse.data().size()) != total_q * p.q_heads * 4) {
+    return absl::StrCat("lse has dtype ", lse.dtype(), " shape [", absl::StrJoin(lse.shape(), ","),
+                        "], want FLOAT32 [", want_shape, "]");
+  }
+  for (int64_t i = 0; i < total_q * p.q_heads; ++i) {
+    float got;
+    std::memcpy(&got, lse.data().data() + 4 * i, 4);
+    const double want = lse_ref[i];
+    if (std::isinf(want) && got == want) continue;
+    if (!(std::abs(got - want) <= 1e-3 + 1e-4 * std::abs(want))) {
+      return absl::StrCat("lse[", i, "] = ", got, ", reference ", want);
+    }
+  }
+  return "";
+}
+
+}  // namespace attention::testing

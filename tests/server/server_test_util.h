@@ -1,0 +1,52 @@
+// Helpers for the server's tests: random AttentionRequests of any layout and option, and a check
+// of a response against the float64 reference. The reference's params are derived here from the
+// request alone (not through the server's validation or packing), so that they are an
+// independent oracle.
+#ifndef ATTENTION_TESTS_SERVER_SERVER_TEST_UTIL_H_
+#define ATTENTION_TESTS_SERVER_SERVER_TEST_UTIL_H_
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/v1/attention.pb.h"
+
+namespace attention::testing {
+
+struct RequestOptions {
+  v1::DType dtype = v1::BFLOAT16;
+  // Dense layout: batch x seqlen_q / seqlen_k. Packed when seqlens_q is not empty (then
+  // seqlens_k must have the same size).
+  int batch = 1;
+  int seqlen_q = 16, seqlen_k = 16;
+  std::vector<int> seqlens_q, seqlens_k;
+  int q_heads = 4, kv_heads = 4, head_dim = 32;
+  bool causal = false;
+  int window_left = -1, window_right = -1;  // window set when either is not -1
+  float softcap = 0.f;
+  std::optional<float> softmax_scale;
+  // 0: none, 1: [q_heads], 2: [batch, q_heads].
+  int alibi = 0;
+  // Mask dtype (BOOL, FLOAT32, FLOAT16, BFLOAT16) and shape, empty shape for no mask.
+  v1::DType mask_dtype = v1::BOOL;
+  std::vector<int64_t> mask_shape;
+  bool return_lse = false;
+};
+
+// A request with random q, k, v in [-1, 1] (and random slopes / mask) as `options` describe.
+v1::AttentionRequest MakeRequest(const RequestOptions& options, uint64_t request_id,
+                                 std::mt19937& rng);
+
+// Compares `response` (o, and lse when the request asked for it) with the float64 reference of
+// `request`; returns an empty string when they match within the dtype's tolerance, else the first
+// mismatch. Tolerances: |got - want| <= atol + rtol * |want| with (atol, rtol) = (1e-4, 1e-4) for
+// FLOAT32, (2e-3, 2e-3) for FLOAT16, (1.6e-2, 1.6e-2) for BFLOAT16 on o (one rounding of the
+// output to the storage type plus float32 accumulation); lse always (1e-3, 1e-4).
+std::string CompareWithReference(const v1::AttentionRequest& request,
+                                 const v1::AttentionResponse& response);
+
+}  // namespace attention::testing
+
+#endif  // ATTENTION_TESTS_SERVER_SERVER_TEST_UTIL_H_

@@ -1,0 +1,595 @@
+// Starts the real attention_server binary (path in $ATTN_SERVER_BINARY) on a free loopback port
+// and calls it through gRPC: unary and stream results against the float64 reference, invalid
+// requests (INVALID_ARGUMENT, the server stays up), configured limits, messages above gRPC's
+// 4 MiB default, health and reflection, client cancellation, and a SIGTERM drain that answers
+// every accepted request and exits 0.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <future>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "attention/v1/attention.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
+
+extern char** environ;
+
+namespace attention::server {
+namespace {
+
+using testing::CompareWithReference;
+using ::testing::HasSubstr;
+using testing::MakeRequest;
+using testing::RequestOptions;
+using namespace std::chrono_literals;
+
+constexpr int kMaxMessage = 1 << 30;
+
+// The server as a child process. Its stdout and stderr (structured logs) are collected by a
+// reader thread and echoed to the test's stderr.
+class ServerProcess {
+ public:
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (reader_.joinable()) reader_.join();
+    if (output_fd_ >= 0) close(output_fd_);
+  }
+
+  // Starts the server on 127.0.0.1:0 with `flags` and waits for its "listening address=" line.
+  bool Start(const std::vector<std::string>& flags) {
+    const char* binary = std::getenv("ATTN_SERVER_BINARY");
+    if (binary == nullptr) {
+      ADD_FAILURE() << "ATTN_SERVER_BINARY is not set";
+      return false;
+    }
+    std::vector<std::string> args = {binary, "--address=127.0.0.1:0",
+                                     "--metrics_address=", "--cpu_threads=2"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int fds[2];
+    if (pipe(fds) != 0) return false;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    const int rc = posix_spawn(&pid_, binary, &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    output_fd_ = fds[0];
+    if (rc != 0) {
+      pid_ = -1;
+      ADD_FAILURE() << "cannot start " << binary;
+      return false;
+    }
+    reader_ = std::thread([this] {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(output_fd_, buf, sizeof(buf))) > 0) {
+        std::cerr.write(buf, n);
+        std::lock_guard<std::mutex> lock(mu_);
+        output_.append(buf, static_cast<size_t>(n));
+        cv_.notify_all();
+      }
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    size_t at = std::string::npos, end = std::string::npos;
+    cv_.wait_for(lock, 30s, [&] {
+      at = output_.find("listening address=");
+      end = at == std::string::npos ? at : output_.find('\n', at);
+      return end != std::string::npos;
+    });
+    if (end == std::string::npos) {
+      ADD_FAILURE() << "server did not print its address; output: " << output_;
+      return false;
+    }
+    address_ = output_.substr(at + 18, end - at - 18);
+    return true;
+  }
+
+  const std::string& address() const { return address_; }
+
+  // The first output line containing `text`, waiting for it up to `timeout` ("" if none).
+  std::string Line(const std::string& text, std::chrono::seconds timeout = 0s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    size_t at = std::string::npos;
+    cv_.wait_for(lock, timeout, [&] {
+      at = output_.find(text);
+      return at != std::string::npos && output_.find('\n', at) != std::string::npos;
+    });
+    if (at == std::string::npos) return "";
+    const size_t begin = output_.rfind('\n', at);
+    const size_t end = output_.find('\n', at);
+    return output_.substr(begin == std::string::npos ? 0 : begin + 1,
+                          end == std::string::npos ? std::string::npos : end - begin - 1);
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+
+  // Waits for the process to exit; its exit code, or -1 (killed by a signal or timed out).
+  int Wait(std::chrono::seconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      const pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int output_fd_ = -1;
+  std::thread reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string output_;
+  std::string address_;
+};
+
+// The integer after "key=" in `line`, -1 if absent.
+int64_t FieldValue(const std::string& line, const std::string& key) {
+  const size_t at = line.find(" " + key + "=");
+  return at == std::string::npos ? -1 : std::atoll(line.c_str() + at + key.size() + 2);
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessage);
+  args.SetMaxSendMessageSize(kMaxMessage);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+grpc::ByteBuffer ToBuffer(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string FromBuffer(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+// grpc.health.v1.Health/Check through the generic stub (no generated health code needed):
+// "SERVING", "NOT_SERVING", or the RPC's error.
+std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel,
+                         const std::string& service) {
+  grpc::GenericStub stub(channel);
+  std::string request = {0x0a, static_cast<char>(service.size())};
+  request += service;
+  const grpc::ByteBuffer request_buffer = ToBuffer(request);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 10s);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                 &response, [&](grpc::Status s) { done.set_value(s); });
+  const grpc::Status status = done.get_future().get();
+  if (!status.ok()) return "error: " + status.error_message();
+  const std::string bytes = FromBuffer(response);
+  // HealthCheckResponse { ServingStatus status = 1; }: SERVING = 1, NOT_SERVING = 2.
+  if (bytes == std::string{0x08, 0x01}) return "SERVING";
+  if (bytes == std::string{0x08, 0x02}) return "NOT_SERVING";
+  return "unexpected response";
+}
+
+// Lists services through grpc.reflection.v1alpha (ServerReflectionRequest.list_services = "");
+// returns the raw response bytes, which hold the service names.
+std::string ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 10s);
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto step = [&cq](int expected) {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq.Next(&tag, &ok) && ok && tag == reinterpret_cast<void*>(expected);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  if (!step(1)) return "";
+  const grpc::ByteBuffer request = ToBuffer(std::string{0x3a, 0x00});  // list_services = ""
+  call->Write(request, reinterpret_cast<void*>(2));
+  if (!step(2)) return "";
+  call->WritesDone(reinterpret_cast<void*>(3));
+  if (!step(3)) return "";
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  if (!step(4)) return "";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  return FromBuffer(response);
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess();
+    if (!server_->Start({})) return;
+    channel_ = Connect(server_->address());
+  }
+  static void TearDownTestSuite() {
+    channel_.reset();
+    delete server_;
+  }
+  void SetUp() override {
+    ASSERT_NE(channel_, nullptr);
+    stub_ = v1::AttentionService::NewStub(channel_);
+  }
+
+  grpc::Status Call(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 60s);
+    return stub_->Attention(&context, request, response);
+  }
+
+  static ServerProcess* server_;
+  static std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+  std::mt19937 rng_{21};
+};
+
+ServerProcess* ServiceTest::server_ = nullptr;
+std::shared_ptr<grpc::Channel> ServiceTest::channel_;
+
+std::vector<RequestOptions> VariedRequests() {
+  std::vector<RequestOptions> list;
+  RequestOptions o;
+  o.dtype = v1::BFLOAT16;
+  o.batch = 2;
+  o.seqlen_q = 33;
+  o.seqlen_k = 47;
+  o.q_heads = 8;
+  o.kv_heads = 2;
+  o.head_dim = 64;
+  o.causal = true;
+  list.push_back(o);
+  RequestOptions p;
+  p.dtype = v1::FLOAT16;
+  p.seqlens_q = {5, 19, 1};
+  p.seqlens_k = {9, 19, 30};
+  p.q_heads = 4;
+  p.kv_heads = 4;
+  p.head_dim = 32;
+  p.alibi = 1;
+  p.return_lse = true;
+  list.push_back(p);
+  RequestOptions f;
+  f.dtype = v1::FLOAT32;
+  f.batch = 1;
+  f.seqlen_q = 17;
+  f.seqlen_k = 23;
+  f.q_heads = 2;
+  f.kv_heads = 1;
+  f.head_dim = 128;
+  f.softcap = 20.f;
+  f.window_left = 8;
+  f.window_right = 2;
+  f.mask_dtype = v1::BOOL;
+  f.mask_shape = {1, 1, 17, 23};
+  f.return_lse = true;
+  list.push_back(f);
+  RequestOptions a;
+  a.dtype = v1::BFLOAT16;
+  a.batch = 3;
+  a.seqlen_q = 1;
+  a.seqlen_k = 40;
+  a.q_heads = 4;
+  a.kv_heads = 4;
+  a.head_dim = 16;
+  a.mask_dtype = v1::BFLOAT16;
+  a.mask_shape = {4, 1, 40};
+  a.alibi = 2;
+  a.softmax_scale = 0.5f;
+  list.push_back(a);
+  return list;
+}
+
+TEST_F(ServiceTest, UnaryMatchesReference) {
+  uint64_t id = 1;
+  for (const RequestOptions& options : VariedRequests()) {
+    const v1::AttentionRequest request = MakeRequest(options, id++, rng_);
+    v1::AttentionResponse response;
+    const grpc::Status status = Call(request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(CompareWithReference(request, response), "");
+    EXPECT_EQ(response.request_id(), request.request_id());
+    EXPECT_GT(response.timings().total_ns(), 0);
+    EXPECT_GE(response.timings().total_ns(), response.timings().kernel_ns());
+    EXPECT_EQ(response.batch().device(), "cpu");
+    EXPECT_GE(response.batch().requests(), 1);
+  }
+}
+
+TEST_F(ServiceTest, ConcurrentUnaryCallsArePackedIntoSharedLaunches) {
+  constexpr int kCalls = 24;
+  std::vector<v1::AttentionRequest> requests;
+  std::vector<v1::AttentionResponse> responses(kCalls);
+  std::vector<grpc::ClientContext> contexts(kCalls);
+  std::vector<std::promise<grpc::Status>> done(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    RequestOptions o;
+    o.seqlen_q = o.seqlen_k = 96 + 16 * (i % 5);  // different lengths, one kernel configuration
+    o.q_heads = 4;
+    o.kv_heads = 4;
+    o.head_dim = 64;
+    requests.push_back(MakeRequest(o, 1000 + i, rng_));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    stub_->async()->Attention(&contexts[i], &requests[i], &responses[i],
+                              [&done, i](grpc::Status s) { done[i].set_value(s); });
+  }
+  int max_requests_per_launch = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    const grpc::Status status = done[i].get_future().get();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(CompareWithReference(requests[i], responses[i]), "");
+    max_requests_per_launch = std::max(max_requests_per_launch, responses[i].batch().requests());
+  }
+  // The CPU executor runs one launch at a time; requests arriving meanwhile share the next one.
+  EXPECT_GT(max_requests_per_launch, 1);
+}
+
+TEST_F(ServiceTest, StreamManyInFlightWithPerRequestErrors) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto stream = stub_->AttentionStream(&context);
+  std::map<uint64_t, v1::AttentionRequest> sent;
+  const std::vector<RequestOptions> varied = VariedRequests();
+  for (uint64_t id = 100; id < 120; ++id) {
+    v1::AttentionRequest request = MakeRequest(varied[id % varied.size()], id, rng_);
+    if (id == 105) request.mutable_q()->set_dtype(v1::BOOL);
+    if (id == 111) request.add_cu_seqlens_q(0);
+    ASSERT_TRUE(stream->Write(request));
+    sent[id] = std::move(request);
+  }
+  stream->WritesDone();
+  v1::AttentionResponse response;
+  std::map<uint64_t, v1::AttentionResponse> received;
+  while (stream->Read(&response)) {
+    EXPECT_EQ(received.count(response.request_id()), 0u) << "answered twice";
+    received[response.request_id()] = response;
+  }
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(received.size(), sent.size());
+  for (const auto& [id, request] : sent) {
+    const v1::AttentionResponse& r = received[id];
+    if (id == 105) {
+      EXPECT_EQ(r.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_THAT(r.error().message(), HasSubstr("q.dtype"));
+      EXPECT_FALSE(r.has_o());
+    } else if (id == 111) {
+      EXPECT_EQ(r.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_THAT(r.error().message(), HasSubstr("cu_seqlens"));
+    } else {
+      EXPECT_FALSE(r.has_error()) << r.error().message();
+      EXPECT_EQ(CompareWithReference(request, r), "") << "request " << id;
+    }
+  }
+}
+
+TEST_F(ServiceTest, InvalidRequestsGetInvalidArgumentAndTheServerStaysUp) {
+  RequestOptions o;
+  v1::AttentionRequest request = MakeRequest(o, 1, rng_);
+  struct Case {
+    std::function<void(v1::AttentionRequest&)> breakit;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& r) { r.mutable_q()->clear_shape(); }, "q.shape: rank must be 4"},
+      {[](auto& r) { r.mutable_k()->mutable_data()->resize(3); }, "k.data: length must be"},
+      {[](auto& r) { r.mutable_v()->set_shape(2, 3); }, "v.shape: must equal k.shape"},
+      {[](auto& r) { r.set_softcap(-2); }, "softcap: must be finite and >= 0"},
+      {[](auto& r) { r.mutable_window()->set_left(-7); }, "window.left: must be >= -1"},
+      {[](auto& r) { r.add_cu_seqlens_q(0); }, "cu_seqlens_k: must be given together"},
+  };
+  for (const Case& c : cases) {
+    v1::AttentionRequest bad = request;
+    c.breakit(bad);
+    v1::AttentionResponse response;
+    const grpc::Status status = Call(bad, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr(c.field));
+  }
+  v1::AttentionResponse response;
+  const grpc::Status status = Call(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(CompareWithReference(request, response), "");
+  EXPECT_EQ(HealthStatus(channel_, ""), "SERVING");
+}
+
+TEST_F(ServiceTest, MessagesAboveFourMebibytes) {
+  RequestOptions o;
+  o.dtype = v1::FLOAT32;
+  o.seqlen_q = 8192;  // q and o: 8192 * 4 * 64 * 4 bytes = 8 MiB each way
+  o.seqlen_k = 16;
+  o.q_heads = 4;
+  o.kv_heads = 4;
+  o.head_dim = 64;
+  const v1::AttentionRequest request = MakeRequest(o, 7, rng_);
+  v1::AttentionResponse response;
+  const grpc::Status status = Call(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.o().data().size(), 8u << 20);
+  EXPECT_EQ(CompareWithReference(request, response), "");
+}
+
+TEST_F(ServiceTest, HealthAndReflection) {
+  EXPECT_EQ(HealthStatus(channel_, ""), "SERVING");
+  EXPECT_EQ(HealthStatus(channel_, "attention.v1.AttentionService"), "SERVING");
+  const std::string services = ReflectionListServices(channel_);
+  EXPECT_THAT(services, HasSubstr("attention.v1.AttentionService"));
+  EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
+}
+
+TEST_F(ServiceTest, ClientCancelsStreamAndTheServerStaysUp) {
+  for (int round = 0; round < 3; ++round) {
+    grpc::ClientContext context;
+    auto stream = stub_->AttentionStream(&context);
+    RequestOptions o;
+    o.seqlen_q = o.seqlen_k = 256;
+    o.head_dim = 64;
+    for (uint64_t id = 0; id < 8; ++id) {
+      if (!stream->Write(MakeRequest(o, id, rng_))) break;
+    }
+    if (round > 0) {
+      v1::AttentionResponse first;
+      stream->Read(&first);
+    }
+    context.TryCancel();
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  }
+  RequestOptions o;
+  const v1::AttentionRequest request = MakeRequest(o, 9, rng_);
+  v1::AttentionResponse response;
+  const grpc::Status status = Call(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(CompareWithReference(request, response), "");
+}
+
+TEST(ServiceLimitsTest, ConfiguredLimitsGiveResourceExhausted) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"--max_request_tokens=64", "--max_heads=4"}));
+  auto stub = v1::AttentionService::NewStub(Connect(server.address()));
+  std::mt19937 rng(3);
+  RequestOptions o;
+  o.seqlen_q = 65;
+  v1::AttentionResponse response;
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = stub->Attention(&context, MakeRequest(o, 1, rng), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("--max_request_tokens"));
+  }
+  o.seqlen_q = 16;
+  o.q_heads = o.kv_heads = 8;
+  {
+    grpc::ClientContext context;
+    const grpc::Status status = stub->Attention(&context, MakeRequest(o, 2, rng), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("--max_heads"));
+  }
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(30s), 0);
+}
+
+TEST(ServiceDrainTest, SigtermAnswersEveryAcceptedRequestThenExitsZero) {
+  ServerProcess server;
+  // One launch at a time of one request each: the queue drains slowly enough to observe.
+  ASSERT_TRUE(server.Start({"--batching=false", "--cpu_threads=1", "--drain_timeout_s=60"}));
+  auto channel = Connect(server.address());
+  auto stub = v1::AttentionService::NewStub(channel);
+  std::mt19937 rng(4);
+  RequestOptions o;
+  o.dtype = v1::FLOAT32;
+  o.seqlen_q = o.seqlen_k = 768;
+  o.q_heads = o.kv_heads = 4;
+  o.head_dim = 64;
+  // The same problem many times (so one reference check covers every answer): the CPU backend is
+  // deterministic, so every answer must equal the first, bit for bit.
+  const v1::AttentionRequest problem = MakeRequest(o, 0, rng);
+  auto with_id = [&problem](uint64_t id) {
+    v1::AttentionRequest r = problem;
+    r.set_request_id(id);
+    return r;
+  };
+
+  // A stream with many requests in flight, and unary calls in flight.
+  grpc::ClientContext stream_context;
+  auto stream = stub->AttentionStream(&stream_context);
+  constexpr int kStreamed = 30, kUnary = 4;
+  for (int i = 0; i < kStreamed; ++i) ASSERT_TRUE(stream->Write(with_id(i)));
+  std::vector<v1::AttentionRequest> unary_requests;
+  std::vector<v1::AttentionResponse> unary_responses(kUnary);
+  std::vector<grpc::ClientContext> unary_contexts(kUnary);
+  std::vector<std::promise<grpc::Status>> unary_done(kUnary);
+  for (int i = 0; i < kUnary; ++i) unary_requests.push_back(with_id(100 + i));
+  for (int i = 0; i < kUnary; ++i) {
+    stub->async()->Attention(&unary_contexts[i], &unary_requests[i], &unary_responses[i],
+                             [&unary_done, i](grpc::Status s) { unary_done[i].set_value(s); });
+  }
+  std::vector<v1::AttentionResponse> answers(1);
+  ASSERT_TRUE(stream->Read(&answers[0]));
+  server.Signal(SIGTERM);
+  const std::string draining = server.Line("event=draining", 30s);
+  ASSERT_NE(draining, "");
+
+  // Draining: NOT_SERVING, and new work is refused. The server cannot have finished yet: the
+  // stream's remaining answers (megabytes) wait for this client to read them.
+  EXPECT_EQ(HealthStatus(channel, ""), "NOT_SERVING");
+  {
+    grpc::ClientContext context;
+    v1::AttentionResponse late;
+    const grpc::Status status = stub->Attention(&context, with_id(999), &late);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("draining"));
+  }
+  v1::AttentionResponse response;
+  while (stream->Read(&response)) answers.push_back(response);
+  // The client never half-closed: the drained stream ends UNAVAILABLE once its answers are out.
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  for (int i = 0; i < kUnary; ++i) {
+    const grpc::Status status = unary_done[i].get_future().get();
+    if (status.ok()) {
+      answers.push_back(unary_responses[i]);
+    } else {
+      // Sent, but reached the server only after the drain began: refused, not lost.
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+      EXPECT_THAT(status.error_message(), HasSubstr("draining"));
+    }
+  }
+  EXPECT_EQ(server.Wait(60s), 0);
+  EXPECT_NE(server.Line("event=stopped").find("drained=true"), std::string::npos);
+
+  // Work was queued or running when the signal came (one request per launch), and every accepted
+  // request was answered, correctly.
+  const int64_t pending =
+      FieldValue(draining, "queued") + FieldValue(draining, "batches_in_flight");
+  EXPECT_GT(pending, 0) << draining;
+  EXPECT_GE(static_cast<int64_t>(answers.size()), 1 + pending);
+  EXPECT_EQ(CompareWithReference(problem, answers[0]), "");
+  std::set<uint64_t> ids;
+  for (const v1::AttentionResponse& a : answers) {
+    EXPECT_FALSE(a.has_error()) << a.error().message();
+    EXPECT_EQ(a.o().data(), answers[0].o().data()) << "request " << a.request_id();
+    ids.insert(a.request_id());
+  }
+  EXPECT_EQ(ids.size(), answers.size());
+}
+
+}  // namespace
+}  // namespace attention::server

@@ -1,0 +1,469 @@
+// One test per validation rule: each breaks exactly one rule of an otherwise valid request and
+// checks the status code and that the message names the field and the rule. Plus the specs that
+// valid requests produce.
+#include "server/validation.h"
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/dtype.h"
+#include "tests/server/server_test_util.h"
+
+namespace attention::server {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::MakeRequest;
+using testing::RequestOptions;
+
+v1::AttentionRequest Dense() {
+  std::mt19937 rng(1);
+  RequestOptions o;
+  o.batch = 2;
+  o.seqlen_q = 8;
+  o.seqlen_k = 12;
+  o.q_heads = 4;
+  o.kv_heads = 2;
+  o.head_dim = 32;
+  return MakeRequest(o, 7, rng);
+}
+
+v1::AttentionRequest Packed() {
+  std::mt19937 rng(2);
+  RequestOptions o;
+  o.seqlens_q = {3, 0, 5};
+  o.seqlens_k = {4, 2, 6};
+  o.q_heads = 4;
+  o.kv_heads = 4;
+  o.head_dim = 16;
+  return MakeRequest(o, 8, rng);
+}
+
+struct Rule {
+  std::string name;
+  std::function<v1::AttentionRequest()> make;
+  absl::StatusCode code;
+  std::string message;  // expected substring: field and rule
+  ValidationLimits limits = {};
+};
+
+// Returns `request` after `mutate`.
+v1::AttentionRequest With(v1::AttentionRequest request,
+                          const std::function<void(v1::AttentionRequest&)>& mutate) {
+  mutate(request);
+  return request;
+}
+
+const absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+const absl::StatusCode kExhausted = absl::StatusCode::kResourceExhausted;
+
+std::vector<Rule> Rules() {
+  std::vector<Rule> rules = {
+      {"QDtypeUnspecified",
+       [] {
+         return With(Dense(), [](auto& r) { r.mutable_q()->set_dtype(v1::DTYPE_UNSPECIFIED); });
+       },
+       kInvalid, "q.dtype: must be FLOAT32, FLOAT16 or BFLOAT16, got DTYPE_UNSPECIFIED"},
+      {"QDtypeBool",
+       [] { return With(Dense(), [](auto& r) { r.mutable_q()->set_dtype(v1::BOOL); }); }, kInvalid,
+       "q.dtype: must be FLOAT32, FLOAT16 or BFLOAT16, got BOOL"},
+      {"KDtypeDiffers",
+       [] { return With(Dense(), [](auto& r) { r.mutable_k()->set_dtype(v1::FLOAT16); }); },
+       kInvalid, "k.dtype: must equal q.dtype (BFLOAT16), got FLOAT16"},
+      {"VDtypeDiffers",
+       [] { return With(Dense(), [](auto& r) { r.mutable_v()->set_dtype(v1::FLOAT32); }); },
+       kInvalid, "v.dtype: must equal q.dtype (BFLOAT16), got FLOAT32"},
+      {"CuSeqlensKMissing", [] { return With(Packed(), [](auto& r) { r.clear_cu_seqlens_k(); }); },
+       kInvalid, "cu_seqlens_k: must be given together with cu_seqlens_q"},
+      {"CuSeqlensQMissing", [] { return With(Packed(), [](auto& r) { r.clear_cu_seqlens_q(); }); },
+       kInvalid, "cu_seqlens_q: must be given together with cu_seqlens_k"},
+      {"DenseRank2",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_q()->clear_shape();
+           r.mutable_q()->add_shape(16);
+           r.mutable_q()->add_shape(128);
+         });
+       },
+       kInvalid,
+       "q.shape: rank must be 4 (dense [batch, seqlen_q, q_heads, head_dim]) or 3 (packed with "
+       "cu_seqlens_q), got 2"},
+      {"PackedRank4", [] { return With(Packed(), [](auto& r) { r.mutable_q()->add_shape(1); }); },
+       kInvalid,
+       "q.shape: rank must be 3 (packed [total_q, q_heads, head_dim], since cu_seqlens_q is set), "
+       "got 4"},
+      {"KRankDiffers", [] { return With(Dense(), [](auto& r) { r.mutable_k()->add_shape(1); }); },
+       kInvalid, "k.shape: rank must be 4"},
+      {"QDimZero", [] { return With(Dense(), [](auto& r) { r.mutable_q()->set_shape(1, 0); }); },
+       kInvalid, "q.shape[1] (seqlen_q): must be >= 1, got 0"},
+      {"KDimNegative",
+       [] { return With(Dense(), [](auto& r) { r.mutable_k()->set_shape(2, -2); }); }, kInvalid,
+       "k.shape[2] (kv_heads): must be >= 1, got -2"},
+      {"PackedTotalZero",
+       [] { return With(Packed(), [](auto& r) { r.mutable_q()->set_shape(0, 0); }); }, kInvalid,
+       "q.shape[0] (total_q): must be >= 1, got 0"},
+      {"VShapeDiffers",
+       [] { return With(Dense(), [](auto& r) { r.mutable_v()->set_shape(1, 11); }); }, kInvalid,
+       "v.shape: must equal k.shape [2, 12, 2, 32], got [2, 11, 2, 32]"},
+      {"HeadDimTooLarge",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_q()->set_shape(3, 512);
+           r.mutable_k()->set_shape(3, 512);
+           r.mutable_v()->set_shape(3, 512);
+         });
+       },
+       kInvalid, "q.shape[3] (head_dim): must be <= 256"},
+      {"KHeadDimDiffers",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_k()->set_shape(3, 64);
+           r.mutable_v()->set_shape(3, 64);
+         });
+       },
+       kInvalid, "k.shape[3] (head_dim): must equal q's head_dim 32, got 64"},
+      {"KBatchDiffers",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_k()->set_shape(0, 3);
+           r.mutable_v()->set_shape(0, 3);
+         });
+       },
+       kInvalid, "k.shape[0] (batch): must equal q.shape[0] 2, got 3"},
+      {"HeadsNotMultiple",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_k()->set_shape(2, 3);
+           r.mutable_v()->set_shape(2, 3);
+         });
+       },
+       kInvalid, "k.shape[2] (kv_heads): q_heads (4) must be a multiple of kv_heads (3)"},
+      {"QDataShort",
+       [] { return With(Dense(), [](auto& r) { r.mutable_q()->mutable_data()->resize(100); }); },
+       kInvalid, "q.data: length must be product(shape) x 2 = 2048 x 2 bytes"},
+      {"KDataLong",
+       [] { return With(Dense(), [](auto& r) { r.mutable_k()->mutable_data()->append("xy"); }); },
+       kInvalid, "k.data: length must be"},
+      {"VDataEmpty", [] { return With(Dense(), [](auto& r) { r.mutable_v()->clear_data(); }); },
+       kInvalid, "v.data: length must be"},
+      {"CuSeqlensTooShort",
+       [] {
+         return With(Packed(), [](auto& r) {
+           r.mutable_cu_seqlens_q()->Truncate(1);
+           r.mutable_cu_seqlens_k()->Truncate(1);
+         });
+       },
+       kInvalid, "cu_seqlens_q: must hold batch + 1 >= 2 offsets, got 1"},
+      {"CuSeqlensSizesDiffer",
+       [] { return With(Packed(), [](auto& r) { r.mutable_cu_seqlens_k()->Truncate(3); }); },
+       kInvalid, "cu_seqlens_k: must hold as many offsets as cu_seqlens_q (4), got 3"},
+      {"CuSeqlensNotStartingAtZero",
+       [] { return With(Packed(), [](auto& r) { r.set_cu_seqlens_q(0, 1); }); }, kInvalid,
+       "cu_seqlens_q[0]: must be 0, got 1"},
+      {"CuSeqlensDecreasing",
+       [] { return With(Packed(), [](auto& r) { r.set_cu_seqlens_k(2, 3); }); }, kInvalid,
+       "cu_seqlens_k[2]: offsets must be non-decreasing, got 3 after 4"},
+      {"CuSeqlensLastNotTotal",
+       [] { return With(Packed(), [](auto& r) { r.set_cu_seqlens_q(3, 7); }); }, kInvalid,
+       "cu_seqlens_q[3]: last offset must equal q.shape[0] (total_q) 8, got 7"},
+      {"ScaleNan",
+       [] {
+         return With(Dense(),
+                     [](auto& r) { r.set_softmax_scale(std::numeric_limits<float>::quiet_NaN()); });
+       },
+       kInvalid, "softmax_scale: must be finite, got nan"},
+      {"ScaleInfinite",
+       [] {
+         return With(Dense(),
+                     [](auto& r) { r.set_softmax_scale(std::numeric_limits<float>::infinity()); });
+       },
+       kInvalid, "softmax_scale: must be finite, got inf"},
+      {"SoftcapNegative", [] { return With(Dense(), [](auto& r) { r.set_softcap(-1.f); }); },
+       kInvalid, "softcap: must be finite and >= 0 (0 = off), got -1"},
+      {"SoftcapInfinite",
+       [] {
+         return With(Dense(),
+                     [](auto& r) { r.set_softcap(std::numeric_limits<float>::infinity()); });
+       },
+       kInvalid, "softcap: must be finite and >= 0"},
+      {"WindowLeftBelowMinusOne",
+       [] { return With(Dense(), [](auto& r) { r.mutable_window()->set_left(-2); }); }, kInvalid,
+       "window.left: must be >= -1 (-1 = unbounded), got -2"},
+      {"WindowRightBelowMinusOne",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_window()->set_left(4);
+           r.mutable_window()->set_right(-5);
+         });
+       },
+       kInvalid, "window.right: must be >= -1 (-1 = unbounded), got -5"},
+      {"AlibiDtype",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_alibi_slopes()->set_dtype(v1::BFLOAT16);
+           r.mutable_alibi_slopes()->add_shape(4);
+           r.mutable_alibi_slopes()->mutable_data()->resize(8);
+         });
+       },
+       kInvalid, "alibi_slopes.dtype: must be FLOAT32, got BFLOAT16"},
+      {"AlibiShape",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_alibi_slopes()->set_dtype(v1::FLOAT32);
+           r.mutable_alibi_slopes()->add_shape(2);
+           r.mutable_alibi_slopes()->mutable_data()->resize(8);
+         });
+       },
+       kInvalid,
+       "alibi_slopes.shape: must be [q_heads] = [4] or [batch, q_heads] = [2, 4], got [2]"},
+      {"AlibiDataLength",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_alibi_slopes()->set_dtype(v1::FLOAT32);
+           r.mutable_alibi_slopes()->add_shape(4);
+           r.mutable_alibi_slopes()->mutable_data()->resize(12);
+         });
+       },
+       kInvalid, "alibi_slopes.data: length must be product(shape) x 4 = 4 x 4 bytes"},
+      {"AlibiNotFinite",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_alibi_slopes()->set_dtype(v1::FLOAT32);
+           r.mutable_alibi_slopes()->add_shape(4);
+           const float slopes[4] = {0.5f, std::numeric_limits<float>::infinity(), 0.1f, 0.1f};
+           r.mutable_alibi_slopes()->set_data(slopes, sizeof(slopes));
+         });
+       },
+       kInvalid, "alibi_slopes[1]: must be finite, got inf"},
+      {"MaskDtype",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_mask()->add_shape(8);
+           r.mutable_mask()->add_shape(12);
+           r.mutable_mask()->mutable_data()->resize(96);
+         });
+       },
+       kInvalid, "mask.dtype: must be BOOL, FLOAT32, FLOAT16 or BFLOAT16, got DTYPE_UNSPECIFIED"},
+      {"MaskRank",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_mask()->set_dtype(v1::BOOL);
+           r.mutable_mask()->add_shape(12);
+           r.mutable_mask()->mutable_data()->resize(12);
+         });
+       },
+       kInvalid,
+       "mask.shape: rank must be 2 to 4 (broadcastable to [batch, q_heads, seqlen_q, seqlen_k] = "
+       "[2, 4, 8, 12]), got 1"},
+      {"MaskNotBroadcastable",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_mask()->set_dtype(v1::BOOL);
+           r.mutable_mask()->add_shape(3);
+           r.mutable_mask()->add_shape(8);
+           r.mutable_mask()->add_shape(12);
+           r.mutable_mask()->mutable_data()->resize(288);
+         });
+       },
+       kInvalid, "mask.shape[0]: must be 1 or 4 (q_heads) to broadcast to [2, 4, 8, 12], got 3"},
+      {"MaskDataLength",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_mask()->set_dtype(v1::FLOAT16);
+           r.mutable_mask()->add_shape(8);
+           r.mutable_mask()->add_shape(12);
+           r.mutable_mask()->mutable_data()->resize(96);
+         });
+       },
+       kInvalid, "mask.data: length must be product(shape) x 2 = 96 x 2 bytes"},
+  };
+  // Configured limits: RESOURCE_EXHAUSTED.
+  ValidationLimits tight;
+  tight.max_heads = 2;
+  rules.push_back({"TooManyHeads", Dense, kExhausted,
+                   "q.shape[2] (q_heads): 4 exceeds this server's limit of 2 heads (--max_heads)",
+                   tight});
+  tight = {};
+  tight.max_request_sequences = 1;
+  rules.push_back({"TooManySequencesDense", Dense, kExhausted,
+                   "q.shape[0] (batch): 2 sequences exceed this server's limit of 1 "
+                   "(--max_request_sequences)",
+                   tight});
+  tight.max_request_sequences = 2;
+  rules.push_back({"TooManySequencesPacked", Packed, kExhausted,
+                   "cu_seqlens_q: 3 sequences exceed this server's limit of 2", tight});
+  tight = {};
+  tight.max_request_tokens = 15;
+  rules.push_back({"TooManyQueryTokens", Dense, kExhausted,
+                   "q.shape: [2, 8, 4, 32] holds more query tokens than this server's limit of 15 "
+                   "(--max_request_tokens)",
+                   tight});
+  tight.max_request_tokens = 16;
+  rules.push_back({"TooManyKeyTokens", Dense, kExhausted,
+                   "k.shape: [2, 12, 2, 32] holds more key tokens than this server's limit of 16",
+                   tight});
+  // Element counts are overflow-checked: with every limit lifted, a shape whose product overflows
+  // int64 is refused without allocating anything.
+  ValidationLimits none;
+  none.max_heads = none.max_request_tokens = none.max_request_sequences =
+      std::numeric_limits<int64_t>::max();
+  rules.push_back({"ElementCountOverflow",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       for (v1::Tensor* t : {r.mutable_q(), r.mutable_k(), r.mutable_v()}) {
+                         t->set_shape(0, 1);
+                         t->set_shape(1, int64_t{1} << 40);
+                         t->set_shape(2, int64_t{1} << 40);
+                         t->set_shape(3, 256);
+                       }
+                     });
+                   },
+                   kInvalid,
+                   "q.shape: product(shape) of [1, 1099511627776, 1099511627776, 256] "
+                   "overflows int64",
+                   none});
+  return rules;
+}
+
+class ValidationRuleTest : public ::testing::TestWithParam<Rule> {};
+
+TEST_P(ValidationRuleTest, RejectsWithFieldAndRule) {
+  const Rule& rule = GetParam();
+  const v1::AttentionRequest request = rule.make();
+  const absl::StatusOr<RequestSpec> spec = ValidateRequest(request, rule.limits);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), rule.code) << spec.status();
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr(rule.message));
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, ValidationRuleTest, ::testing::ValuesIn(Rules()),
+                         [](const ::testing::TestParamInfo<Rule>& info) {
+                           return info.param.name;
+                         });
+
+TEST(ValidationTest, DenseSpec) {
+  const v1::AttentionRequest r = Dense();
+  const absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->dtype, DType::kBFloat16);
+  EXPECT_FALSE(s->packed);
+  EXPECT_EQ(s->batch, 2);
+  EXPECT_EQ(s->seqlen_q, 8);
+  EXPECT_EQ(s->seqlen_k, 12);
+  EXPECT_EQ(s->total_q, 16);
+  EXPECT_EQ(s->total_k, 24);
+  EXPECT_EQ(s->q_heads, 4);
+  EXPECT_EQ(s->kv_heads, 2);
+  EXPECT_EQ(s->head_dim, 32);
+  EXPECT_EQ(s->q_bytes, 16 * 4 * 32 * 2);
+  EXPECT_EQ(s->kv_bytes, 24 * 2 * 32 * 2);
+  EXPECT_EQ(s->q_data, r.q().data().data());
+  EXPECT_FLOAT_EQ(s->softmax_scale, 1.f / std::sqrt(32.f));
+  EXPECT_EQ(s->window_left, -1);
+  EXPECT_EQ(s->window_right, -1);
+  EXPECT_FALSE(s->causal);
+  EXPECT_EQ(s->mask_kind, MaskKind::kNone);
+  EXPECT_EQ(s->lse_bytes, 0);
+}
+
+TEST(ValidationTest, PackedSpec) {
+  v1::AttentionRequest r = Packed();
+  r.set_return_lse(true);
+  r.set_softmax_scale(0.25f);
+  const absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->packed);
+  EXPECT_EQ(s->batch, 3);
+  EXPECT_EQ(s->seqlen_q, 5);  // longest
+  EXPECT_EQ(s->seqlen_k, 6);
+  EXPECT_EQ(s->total_q, 8);
+  EXPECT_EQ(s->total_k, 12);
+  EXPECT_EQ(s->seqlen_q_of(1), 0);
+  EXPECT_EQ(s->seqlen_k_of(2), 6);
+  EXPECT_EQ(s->cu_seqlens_q, r.cu_seqlens_q().data());
+  EXPECT_FLOAT_EQ(s->softmax_scale, 0.25f);
+  EXPECT_EQ(s->lse_bytes, 4 * 8 * 4);
+}
+
+TEST(ValidationTest, CausalFoldsIntoWindow) {
+  v1::AttentionRequest r = Dense();
+  r.set_causal(true);
+  r.mutable_window()->set_left(3);
+  r.mutable_window()->set_right(5);
+  absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->causal);
+  EXPECT_EQ(s->window_left, 3);
+  EXPECT_EQ(s->window_right, 0);
+  // A right side of 0 with an unbounded left is causal.
+  r.set_causal(false);
+  r.mutable_window()->set_left(-1);
+  r.mutable_window()->set_right(0);
+  s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->causal);
+}
+
+TEST(ValidationTest, MaskBroadcastStridesAndWidening) {
+  std::mt19937 rng(3);
+  RequestOptions o;
+  o.batch = 2;
+  o.seqlen_q = 3;
+  o.seqlen_k = 5;
+  o.q_heads = 4;
+  o.kv_heads = 4;
+  o.mask_dtype = v1::BFLOAT16;
+  o.mask_shape = {2, 1, 3, 5};
+  const v1::AttentionRequest r = MakeRequest(o, 1, rng);
+  const absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->mask_kind, MaskKind::kAdditive);
+  EXPECT_EQ(s->mask_batch_stride, 15);
+  EXPECT_EQ(s->mask_head_stride, 0);
+  EXPECT_EQ(s->mask_row_stride, 5);
+  EXPECT_EQ(s->mask_col_stride, 1);
+  EXPECT_EQ(s->mask_bytes, 30 * 4);
+  ASSERT_EQ(s->converted_mask.size(), 30u);
+  uint16_t bits;
+  std::memcpy(&bits, r.mask().data().data() + 2 * 7, 2);
+  EXPECT_EQ(s->converted_mask[7], BFloat16ToFloat(bits));
+  EXPECT_EQ(s->mask(), s->converted_mask.data());
+
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {3, 1};  // broadcast over batch, heads and keys
+  const v1::AttentionRequest b = MakeRequest(o, 2, rng);
+  const absl::StatusOr<RequestSpec> sb = ValidateRequest(b, {});
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  EXPECT_EQ(sb->mask_kind, MaskKind::kBool);
+  EXPECT_EQ(sb->mask_batch_stride, 0);
+  EXPECT_EQ(sb->mask_head_stride, 0);
+  EXPECT_EQ(sb->mask_row_stride, 1);
+  EXPECT_EQ(sb->mask_col_stride, 0);
+  EXPECT_EQ(sb->mask(), b.mask().data().data());
+}
+
+TEST(ValidationTest, AlibiStrides) {
+  std::mt19937 rng(4);
+  RequestOptions o;
+  o.batch = 3;
+  o.alibi = 1;
+  const v1::AttentionRequest per_head = MakeRequest(o, 1, rng);
+  absl::StatusOr<RequestSpec> s = ValidateRequest(per_head, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->alibi_batch_stride, 0);
+  o.alibi = 2;
+  const v1::AttentionRequest per_sequence = MakeRequest(o, 2, rng);
+  s = ValidateRequest(per_sequence, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->alibi_batch_stride, 4);
+  EXPECT_EQ(s->queued_bytes(), s->q_bytes + 2 * s->kv_bytes + 3 * 4 * 4);
+}
+
+}  // namespace
+}  // namespace attention::server
