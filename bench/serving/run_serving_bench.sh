@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Serving benchmark: the four scenarios of the batching work, with attention_server and the load
+# generator on one host over loopback, and the echo baseline measured in the same run.
+#
+#   (1) small requests (batch 1, seqlen 128, 16 heads, head_dim 64, bf16), 64 in flight:
+#       throughput with batching vs --batching=false (target >= 4x), p50 / p99 latency of both
+#   (2) a lone request (1 in flight): p50 latency with batching vs without (target <= 1.1x)
+#   (3) large requests (seqlen 8192, 16 heads, head_dim 128, bf16): goodput vs the echo server
+#       (same messages, no computation; target >= 0.8x)
+#   (4) idle-server overhead, arrival to launch, for the lone small request (target p50 < 100 us):
+#       the server's queue_wait stage (request accepted -> its batch starts on the executor),
+#       read from the server's own /metrics histogram before and after scenario (2)
+#
+# usage: run_serving_bench.sh --server CMD --echo CMD --cli CMD --out DIR
+#            [--duration_s 10] [--warmup_s 2] [--large_concurrency 4] [--commit SHA]
+#            [-- EXTRA_ATTENTION_SERVER_FLAGS...]
+# CMD is a binary path or a command (e.g. "bundle/run attention_server" for a gpu-bundle.sh
+# bundle). Writes DIR/results.json, DIR/table.md and one log / JSON per run. Needs python3.
+set -euo pipefail
+
+server_cmd="" echo_cmd="" cli_cmd="" out="" commit=""
+duration=10 warmup=2 large_concurrency=4
+extra_server_flags=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --server) server_cmd=$2; shift 2 ;;
+    --echo) echo_cmd=$2; shift 2 ;;
+    --cli) cli_cmd=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --duration_s) duration=$2; shift 2 ;;
+    --warmup_s) warmup=$2; shift 2 ;;
+    --large_concurrency) large_concurrency=$2; shift 2 ;;
+    --commit) commit=$2; shift 2 ;;
+    --) shift; extra_server_flags=("$@"); break ;;
+    *) echo "run_serving_bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$server_cmd" ] || [ -z "$echo_cmd" ] || [ -z "$cli_cmd" ] || [ -z "$out" ]; then
+  sed -n '2,24p' "$0" >&2
+  exit 2
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+read -r -a server_argv <<< "$server_cmd"
+read -r -a echo_argv <<< "$echo_cmd"
+read -r -a cli_argv <<< "$cli_cmd"
+
+SMALL=(--dtype=bf16 --batch=1 --seqlen_q=128 --seqlen_k=128 --q_heads=16 --kv_heads=16
+       --head_dim=64)
+LARGE=(--dtype=bf16 --batch=1 --seqlen_q=8192 --seqlen_k=8192 --q_heads=16 --kv_heads=16
+       --head_dim=128)
+
+# ---- The load generator. The only code that knows attention_cli's flags and output. ----------
+# run_load NAME ADDRESS CONCURRENCY SHAPE_FLAGS...: closed-loop load for --duration_s after
+# --warmup_s, CONCURRENCY requests in flight, random tensors of the given shape; writes
+# $out/NAME.json.
+run_load() {
+  local name=$1 address=$2 concurrency=$3
+  shift 3
+  "${cli_argv[@]}" bench --target="$address" --rpc=unary --concurrency="$concurrency" \
+    --duration_s="$duration" --warmup_s="$warmup" "$@" --json_out="$out/$name.json" \
+    > "$out/$name.log" 2>&1
+}
+# load_summary NAME: prints one JSON object {rps, p50_us, p99_us, errors, requests} read from
+# run_load's output (attention_cli bench --json_out: requests, errors, throughput_rps,
+# latency_us {p50, p99}).
+load_summary() {
+  python3 - "$out/$1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(json.dumps({"rps": r["throughput_rps"], "p50_us": r["latency_us"]["p50"],
+                  "p99_us": r["latency_us"]["p99"], "errors": r.get("errors", 0),
+                  "requests": r.get("requests", 0)}))
+PY
+}
+# ---------------------------------------------------------------------------------------------
+
+pid=""
+address=""
+metrics_address=""
+# start_server NAME ARGV...: starts a server, waits for its "listening address=" line.
+start_server() {
+  local name=$1
+  shift
+  "$@" > "$out/$name.stdout" 2> "$out/$name.stderr" &
+  pid=$!
+  for _ in $(seq 1 1200); do
+    address=$(sed -n 's/^listening address=\(.*\)$/\1/p' "$out/$name.stdout" | head -n 1)
+    [ -n "$address" ] && return 0
+    kill -0 "$pid" 2> /dev/null || break
+    sleep 0.1
+  done
+  echo "run_serving_bench.sh: $name did not start; see $out/$name.stderr" >&2
+  exit 1
+}
+stop_server() {
+  kill -TERM "$pid"
+  wait "$pid" || true
+  pid=""
+}
+trap '[ -n "$pid" ] && kill -KILL "$pid" 2> /dev/null || true' EXIT
+
+# Saves the server's /metrics text as $out/NAME.metrics.
+scrape() {
+  python3 - "http://$metrics_address/metrics" "$out/$1.metrics" <<'PY'
+import sys, urllib.request
+open(sys.argv[2], "w").write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())
+PY
+}
+
+metrics_port() { sed -n 's/.* metrics_address=[^ ]*:\([0-9]*\).*/\1/p' "$out/$1.stderr" | head -n 1; }
+
+run_server_scenarios() {  # NAME BATCHING
+  local name=$1 batching=$2
+  start_server "$name" "${server_argv[@]}" --address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+    --batching="$batching" "${extra_server_flags[@]}"
+  metrics_address=127.0.0.1:$(metrics_port "$name")
+  echo "== $name: $address (metrics $metrics_address)" >&2
+  run_load "small_c64_$name" "$address" 64 "${SMALL[@]}"
+  scrape "lone_${name}_before"
+  run_load "lone_$name" "$address" 1 "${SMALL[@]}"
+  scrape "lone_${name}_after"
+  if [ "$batching" = true ]; then run_load large_server "$address" "$large_concurrency" "${LARGE[@]}"; fi
+  stop_server
+}
+
+run_server_scenarios batched true
+run_server_scenarios unbatched false
+start_server echo "${echo_argv[@]}" --address=127.0.0.1:0
+echo "== echo: $address" >&2
+run_load large_echo "$address" "$large_concurrency" "${LARGE[@]}"
+stop_server
+
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1 || true)
+[ -n "$commit" ] || commit=$(git -C "$(dirname "$0")" rev-parse --short HEAD 2> /dev/null || echo unknown)
+summaries=$(for run in small_c64_batched small_c64_unbatched lone_batched lone_unbatched \
+                       large_server large_echo; do
+  printf '"%s": %s,\n' "$run" "$(load_summary "$run")"
+done)
+
+python3 - "$out" "${device:-unknown}" "$commit" "$duration" "$large_concurrency" <<PY
+import json, sys, datetime, platform
+out, device, commit, duration, large_concurrency = sys.argv[1:6]
+runs = {${summaries%,}}
+
+def queue_wait(name):
+    """The queue_wait histogram over one run (after minus before): observations, share at or
+    below 100 us, and the p50 interpolated linearly inside its bucket."""
+    def read(path):
+        buckets = {}
+        for line in open(path):
+            if line.startswith("attention_stage_duration_seconds_bucket") and 'stage="queue_wait"' in line:
+                le = line.split('le="')[1].split('"')[0]
+                buckets[float(le)] = float(line.split()[-1])  # float("+Inf") is inf
+        return buckets
+    before = read(f"{out}/{name}_before.metrics")
+    after = read(f"{out}/{name}_after.metrics")
+    cumulative = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    n = cumulative[-1][1] if cumulative else 0.0
+    share = next((c for le, c in cumulative if le >= 100e-6), 0.0) / n if n else 0.0
+    p50, lower, below = None, 0.0, 0.0
+    for le, c in cumulative:
+        if n and c >= n / 2:
+            if le != float("inf"):
+                p50 = (lower + (le - lower) * (n / 2 - below) / max(c - below, 1e-12)) * 1e6
+            break
+        lower, below = le, c
+    return {"observations": n, "share_le_100us": share, "p50_us": p50}
+
+idle = queue_wait("lone_batched")
+r = runs
+results = {
+    "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "commit": commit, "device": device, "host": platform.node(),
+    "duration_s": float(duration), "large_concurrency": int(large_concurrency),
+    "runs": runs,
+    "idle_queue_wait": idle,
+    "scenarios": {
+        "1_small_throughput_ratio": {"value": r["small_c64_batched"]["rps"] / r["small_c64_unbatched"]["rps"], "target": ">= 4"},
+        "2_lone_latency_ratio": {"value": r["lone_batched"]["p50_us"] / r["lone_unbatched"]["p50_us"], "target": "<= 1.1"},
+        "3_large_goodput_vs_echo": {"value": r["large_server"]["rps"] / r["large_echo"]["rps"], "target": ">= 0.8"},
+        "4_idle_queue_wait_p50_us": {"value": idle["p50_us"], "target": "< 100 (share <= 100 us >= 0.5)"},
+    },
+}
+s = results["scenarios"]
+s["1_small_throughput_ratio"]["pass"] = s["1_small_throughput_ratio"]["value"] >= 4
+s["2_lone_latency_ratio"]["pass"] = s["2_lone_latency_ratio"]["value"] <= 1.1
+s["3_large_goodput_vs_echo"]["pass"] = s["3_large_goodput_vs_echo"]["value"] >= 0.8
+s["4_idle_queue_wait_p50_us"]["pass"] = idle["share_le_100us"] >= 0.5
+json.dump(results, open(f"{out}/results.json", "w"), indent=2)
+
+rows = ["| run | in flight | req/s | p50 us | p99 us | errors |", "|---|---|---|---|---|---|"]
+flight = {"small_c64_batched": 64, "small_c64_unbatched": 64, "lone_batched": 1,
+          "lone_unbatched": 1, "large_server": int(large_concurrency), "large_echo": int(large_concurrency)}
+for name, v in runs.items():
+    rows.append(f"| {name} | {flight[name]} | {v['rps']:.1f} | {v['p50_us']:.0f} | {v['p99_us']:.0f} | {v['errors']} |")
+rows += ["", "| scenario | value | target | pass |", "|---|---|---|---|"]
+for name, v in s.items():
+    value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
+    rows.append(f"| {name} | {value} | {v['target']} | {'yes' if v['pass'] else 'NO'} |")
+header = f"Serving benchmark, {results['date']}, commit {commit}, device {device}, host {results['host']}, {duration} s per run\n\n"
+open(f"{out}/table.md", "w").write(header + "\n".join(rows) + "\n")
+print(header + "\n".join(rows))
+PY
