@@ -185,8 +185,10 @@ CpuBackendOptions Options(const Flags& f) {
 
 int Grid(const Flags& f) {
   CpuBackend backend(Options(f));
-  std::printf("# device: cpu, %d threads, isa %s, tile %dx%d, copy_kv %d\n", backend.num_threads(),
-              CpuIsaName(backend.isa()), backend.block_q(), backend.block_k(), f.copy_kv ? 1 : 0);
+  const std::string block_q =
+      backend.block_q() > 0 ? std::to_string(backend.block_q()) : std::string("auto");
+  std::printf("# device: cpu, %d threads, isa %s, tile %sx%d, copy_kv %d\n", backend.num_threads(),
+              CpuIsaName(backend.isa()), block_q.c_str(), backend.block_k(), f.copy_kv ? 1 : 0);
   struct Row {
     int d, causal, seqlen;
     double gflops, ms, best_gflops;

@@ -24,18 +24,26 @@
 namespace attention::cpu {
 namespace {
 
-// Default tile: Br = 64 query rows, Bc = 64 key rows, float32 K/V copied into contiguous tiles.
-// Measured with bench/cpu/attention_cpu_bench on the grid of bench/results/cpu_*.md (batch 1,
-// 16 heads, seqlen 1k/4k, head_dim 64/128, causal on/off, fp32), 16 threads of a Sapphire
-// Rapids Xeon (AVX-512), median GFLOP/s per cell against Br = 64, Bc = 128, in place:
-//   Bc = 64: better in 6 of 8 cells (d=128 4k non-causal 1162 -> 1315; causal 1k +7%), smaller
-//     diagonal waste under causal masking; Bc = 256 worse in 7 of 8 cells.
-//   copying K/V: better in 7 of 8 cells (+5 to +26%; rows of a [seqlen, 16 heads, d] tensor lie
-//     a multiple of 4 KiB apart and share L1 sets when read in place).
-//   Br = 128: better for non-causal 4k (+10..20%), worse for causal 1k (-20%: fewer, less even
-//     work items), so 64.
+// Default tile: Br = 128 query rows (64 for requests with few work items), Bc = 64 key rows,
+// float32 K/V copied into contiguous tiles. Measured with bench/cpu/attention_cpu_bench on the
+// grid of bench/results/cpu_2026-11-22.md (batch 1, 16 heads, seqlen 1k/4k, head_dim 64/128,
+// causal on/off, fp32), 16 threads of a Sapphire Rapids Xeon (AVX-512), median GFLOP/s per
+// cell; that machine's run-to-run noise is about +-15%, so only choices that won in most cells
+// of two runs were taken:
+//   Br = 128 vs 64: first run (before the per-column-block key ranges) +10..20% non-causal 4k,
+//     -20% causal 1k; second run (with them) better in 8 of 8 cells (1121..1467 against
+//     852..1231). Each key tile is loaded once per Br query rows, so Br = 128 halves the K/V
+//     traffic, which is what bounds 16 threads there. Requests with fewer than
+//     kMinItemsPerThread work items per thread at Br = 128 use 64, to keep every thread busy.
+//   Bc = 64 vs 128: better in 6 of 8 cells in the first run, mixed in the second (noise); also
+//     less diagonal work under causal masking.
+//   copying K/V: better in 7 of 8 cells in the first run (+5..26%; rows of a [seqlen, 16 heads,
+//     d] tensor lie a multiple of 4 KiB apart and share L1 sets when read in place), mixed in
+//     the second.
 // On the 2-core AMD EPYC (Zen 3, AVX2) these choices are within the noise of each other.
-constexpr int kDefaultBlockQ = 64;
+constexpr int kLargeBlockQ = 128;
+constexpr int kSmallBlockQ = 64;
+constexpr int kMinItemsPerThread = 4;
 constexpr int kDefaultBlockK = 64;
 
 int64_t RoundUp16(int64_t n) { return (n + 15) / 16 * 16; }
@@ -202,9 +210,12 @@ struct CpuBackend::Impl {
       : pool(options.num_threads > 0 ? options.num_threads : DefaultThreads()),
         isa(std::min(BestCpuIsa(), options.max_isa)),
         kernel(KernelFor(isa)) {
-    const int block_q = options.block_q > 0 ? options.block_q : kDefaultBlockQ;
-    config.block_q = std::min(
-        kTileMaxBlockQ, (block_q + kTileColumnAlign - 1) / kTileColumnAlign * kTileColumnAlign);
+    if (options.block_q > 0) {
+      config.block_q = std::min(kTileMaxBlockQ, (options.block_q + kTileColumnAlign - 1) /
+                                                    kTileColumnAlign * kTileColumnAlign);
+    } else {
+      config.block_q = 0;  // per request
+    }
     config.block_k = options.block_k > 0 ? options.block_k : kDefaultBlockK;
     config.copy_float32_kv = options.copy_float32_kv;
   }
@@ -243,9 +254,8 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
     }
   }
 
-  const TileConfig config = impl_->config;
+  TileConfig config = impl_->config;
   std::vector<Sequence> seqs(p.batch);
-  int64_t items = 0;
   for (int b = 0; b < p.batch; ++b) {
     Sequence& s = seqs[b];
     if (p.is_varlen()) {
@@ -258,6 +268,18 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
       s.len_q = p.seqlen_q;
       s.len_k = p.seqlen_k;
     }
+  }
+  if (config.block_q == 0) {
+    int64_t large_items = 0;
+    for (const Sequence& s : seqs) {
+      large_items += int64_t{p.q_heads} * ((s.len_q + kLargeBlockQ - 1) / kLargeBlockQ);
+    }
+    config.block_q = large_items >= int64_t{kMinItemsPerThread} * impl_->pool.num_threads()
+                         ? kLargeBlockQ
+                         : kSmallBlockQ;
+  }
+  int64_t items = 0;
+  for (Sequence& s : seqs) {
     s.tiles = (s.len_q + config.block_q - 1) / config.block_q;
     s.first_item = items;
     items += int64_t{p.q_heads} * s.tiles;

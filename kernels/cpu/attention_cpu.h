@@ -36,7 +36,8 @@ struct CpuBackendOptions {
   // Upper bound on the instruction set (tests and benchmarks use it to compare the variants).
   CpuIsa max_isa = CpuIsa::kAvx512;
   // Query rows and key rows per tile; 0 means the default (see attention_cpu.cc for the
-  // measurements behind it). block_q is rounded up to a multiple of 32.
+  // measurements behind it): block_q 128, or 64 for a request with few work items, chosen per
+  // request. block_q is rounded up to a multiple of 32 (at most 512).
   int block_q = 0;
   int block_k = 0;
   // Copy float32 K/V tiles into contiguous per-thread scratch before the products instead of
@@ -65,6 +66,7 @@ class CpuBackend {
   int num_threads() const;
   // The instruction set Run() uses.
   CpuIsa isa() const;
+  // The fixed block_q, or 0 when Run() chooses it per request.
   int block_q() const;
   int block_k() const;
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
@@ -89,6 +90,59 @@ TEST(BlockInfoTest, ClampWindowKeepsTheAllowedSet) {
       }
     }
   }
+}
+
+// The swizzled shared-memory layout: Offset is a bijection onto the tile, the ldmatrix lane
+// addressing reads exactly the chunk Offset wrote, and the eight rows of each 8x8 matrix fall in
+// eight different 16-byte bank groups (no bank conflicts).
+template <int kRows, int kCols>
+void CheckTileLayout() {
+  using Tile = SmemTile<kRows, kCols>;
+  SCOPED_TRACE("tile " + std::to_string(kRows) + "x" + std::to_string(kCols));
+  std::vector<int> seen(Tile::kBytes / 16, 0);
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols / 8; ++c) {
+      const uint32_t off = Tile::Offset(r, c);
+      ASSERT_EQ(off % 16, 0u);
+      ASSERT_LT(off, static_cast<uint32_t>(Tile::kBytes));
+      ++seen[off / 16];
+    }
+  }
+  for (int count : seen) ASSERT_EQ(count, 1);
+  const uint32_t base = 4096;
+  for (int kind = 0; kind < 2; ++kind) {  // 0: A / trans-B lanes, 1: B lanes
+    for (int warp_row0 = 0; warp_row0 < kRows; warp_row0 += 16) {
+      for (int row0 = 0; warp_row0 + row0 + 16 <= kRows; row0 += 16) {
+        for (int chunk0 = 0; chunk0 < kCols / 8; chunk0 += 2) {
+          int banks[4][8];
+          for (int lane = 0; lane < 32; ++lane) {
+            const uint32_t lane_row = kind == 0 ? lane % 8 + 8 * ((lane / 8) % 2)
+                                                : lane % 8 + 8 * (lane / 16);
+            const uint32_t lane_chunk = kind == 0 ? lane / 16 : (lane / 8) % 2;
+            const auto lb = Tile::MakeLaneBase(base, warp_row0 + lane_row, lane_chunk);
+            const uint32_t addr = Tile::LdsmAddress(lb, row0, chunk0);
+            ASSERT_EQ(addr, base + Tile::Offset(warp_row0 + row0 + lane_row, chunk0 + lane_chunk))
+                << "lane " << lane << " row0 " << row0 << " chunk0 " << chunk0;
+            banks[lane / 8][lane % 8] = static_cast<int>((addr / 16) % 8);
+          }
+          for (auto& matrix : banks) {
+            std::sort(matrix, matrix + 8);
+            for (int i = 0; i < 8; ++i) ASSERT_EQ(matrix[i], i) << "bank conflict";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(SmemTileTest, LdmatrixReadsWhatTheCopiesWrote) {
+  CheckTileLayout<64, 32>();
+  CheckTileLayout<128, 64>();
+  CheckTileLayout<64, 96>();
+  CheckTileLayout<128, 128>();
+  CheckTileLayout<64, 160>();
+  CheckTileLayout<128, 224>();
+  CheckTileLayout<64, 256>();
 }
 
 AttentionParams ValidParams() {

@@ -350,8 +350,10 @@ void RunCase(const Case& c, DType dtype) {
   CUDA_OK(cudaMemset(d_o, 0xff, o_count * es + 16));  // NaN in every dtype
   dp.o = d_o;
   if (c.lse) {
-    CUDA_OK(cudaMalloc(&d_lse, lse_count * sizeof(float) + 16));
-    allocations.push_back(d_lse);
+    void* lse_buffer = nullptr;
+    CUDA_OK(cudaMalloc(&lse_buffer, lse_count * sizeof(float) + 16));
+    allocations.push_back(lse_buffer);
+    d_lse = static_cast<float*>(lse_buffer);
     CUDA_OK(cudaMemset(d_lse, 0xff, lse_count * sizeof(float) + 16));
   }
   dp.lse = d_lse;
