@@ -28,18 +28,21 @@ namespace {
 // float32 K/V copied into contiguous tiles. Measured with bench/cpu/attention_cpu_bench on the
 // grid of bench/results/cpu_2026-11-22.md (batch 1, 16 heads, seqlen 1k/4k, head_dim 64/128,
 // causal on/off, fp32), 16 threads of a Sapphire Rapids Xeon (AVX-512), median GFLOP/s per
-// cell; that machine's run-to-run noise is about +-15%, so only choices that won in most cells
-// of two runs were taken:
+// cell. That machine's run-to-run noise reaches 22% per cell, so a choice counts as measured
+// only where both runs agree:
 //   Br = 128 vs 64: first run (before the per-column-block key ranges) +10..20% non-causal 4k,
-//     -20% causal 1k; second run (with them) better in 8 of 8 cells (1121..1467 against
-//     852..1231). Each key tile is loaded once per Br query rows, so Br = 128 halves the K/V
-//     traffic, which is what bounds 16 threads there. Requests with fewer than
-//     kMinItemsPerThread work items per thread at Br = 128 use 64, to keep every thread busy.
-//   Bc = 64 vs 128: better in 6 of 8 cells in the first run, mixed in the second (noise); also
-//     less diagonal work under causal masking.
-//   copying K/V: better in 7 of 8 cells in the first run (+5..26%; rows of a [seqlen, 16 heads,
-//     d] tensor lie a multiple of 4 KiB apart and share L1 sets when read in place), mixed in
-//     the second.
+//     -20% causal 1k; second run (with them) better in 7 of 8 cells against one Br = 64 sample
+//     and 6 of 8 against another (+11..32% at 4k; worse only for d=128 non-causal 1k, 1126
+//     against 1212 / 1247, and mixed for d=64 causal 1k). Each key tile is loaded once per Br
+//     query rows, so Br = 128 halves the K/V traffic, which is what bounds 16 threads there.
+//     Requests with fewer than kMinItemsPerThread work items per thread at Br = 128 use 64, to
+//     keep every thread busy.
+//   Bc = 64 vs 128 and copying float32 K/V vs reading it in place: the two runs disagree
+//     (Bc = 64 won 6 of 8 cells in the first run and lost 6 of 8 in the second; the copy won 7
+//     of 8, then lost 6 of 8), so both are within this machine's noise. Kept: Bc = 64 (less
+//     diagonal work under causal masking, S tile 32 KiB) and the copy (rows of a [seqlen,
+//     16 heads, d] tensor lie a multiple of 4 KiB apart and share L1 sets when read in place;
+//     16-bit inputs go through the same path).
 // On the 2-core AMD EPYC (Zen 3, AVX2) these choices are within the noise of each other.
 constexpr int kLargeBlockQ = 128;
 constexpr int kSmallBlockQ = 64;

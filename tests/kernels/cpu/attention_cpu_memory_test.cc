@@ -1,6 +1,7 @@
 // Extra memory of the CPU backend is O(tile), not O(seqlen^2): one 64k-token request (seqlen_q =
 // seqlen_k = 65536, float32) must raise the process's peak RSS by far less than one row block of
-// scores against all keys (block_q * 65536 * 4 bytes = 16 MiB per thread), let alone the
+// scores against all keys (block_q * 65536 * 4 bytes: 16 MiB per thread at block_q 64, 32 MiB
+// at 128), let alone the
 // 16 GiB of a full score matrix. Peak RSS is read from /proc/self/status (VmHWM) after resetting
 // it to the current RSS through /proc/self/clear_refs. A few rows are checked against the float64
 // reference on the equivalent one-row problem (row i of a causal 64k problem is the causal
@@ -26,7 +27,7 @@ namespace {
 
 constexpr int kTokens = 65536;
 constexpr int kHeadDim = 64;
-// Far below the 16 MiB a single [block_q, seqlen_k] score block per thread would take.
+// Below the 16 MiB a single [64, seqlen_k] score block per thread would take.
 constexpr double kMaxGrowthMiB = 8.0;
 
 int64_t StatusKb(const char* key) {
