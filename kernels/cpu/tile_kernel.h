@@ -18,7 +18,7 @@ namespace attention::cpu {
 // into contiguous scratch (16-bit ones are always converted into it) instead of reading them in
 // place.
 struct TileConfig {
-  int block_q = 64;
+  int block_q = 128;
   int block_k = 64;
   bool copy_float32_kv = true;
 };
