@@ -1,0 +1,222 @@
+"""The Client class: numpy arrays in, numpy arrays out, gRPC errors as AttentionError.
+
+Element types: numpy float32 -> FLOAT32, float16 -> FLOAT16, ml_dtypes.bfloat16 (when installed)
+-> BFLOAT16, and uint16 -> BFLOAT16 as raw bit patterns (numpy has no bfloat16; see
+bfloat16_bits). o comes back in q's numpy dtype (uint16 bit patterns for uint16 q), lse as
+float32. Returned arrays are read-only views of the response bytes; .copy() them to modify.
+"""
+import concurrent.futures
+import ipaddress
+import json
+
+import grpc
+import numpy as np
+
+try:
+    from attention.v1 import attention_pb2, attention_pb2_grpc
+except ImportError as error:
+    raise ImportError("the attention.v1 stubs are missing: run client/python/generate_stubs.py "
+                      "and put its output directory on sys.path") from error
+
+try:
+    import ml_dtypes
+    _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    _BFLOAT16 = None
+
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+class AttentionError(Exception):
+    """A failed call: `code` is the grpc.StatusCode, `message` the server's message."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def bfloat16_bits(x):
+    """float32 array -> bfloat16 bit patterns (uint16), rounded to nearest even, NaN kept."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def float32_from_bfloat16(bits):
+    """bfloat16 bit patterns (uint16) -> float32 array."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def channel_target(target):
+    """The gRPC target for `target`: a comma-separated list of IP:port becomes one ipv4: / ipv6:
+    target spread over by round_robin; anything else is passed through."""
+    if target.startswith(_SCHEMES) or "," not in target:
+        return target
+    families = set()
+    for address in target.split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+            int(port)
+        except ValueError:
+            raise ValueError(f"target: '{address}' in an address list must be an IP literal with "
+                             "a port; give a name resolving to several addresses as "
+                             "dns:///name:port") from None
+    if len(families) != 1:
+        raise ValueError("target: an address list must be all IPv4 or all IPv6")
+    return ("ipv4:" if families == {4} else "ipv6:") + target
+
+
+def _dtype_of(array, name):
+    if array.dtype == np.float32:
+        return attention_pb2.FLOAT32
+    if array.dtype == np.float16:
+        return attention_pb2.FLOAT16
+    if array.dtype == np.uint16 or (_BFLOAT16 is not None and array.dtype == _BFLOAT16):
+        return attention_pb2.BFLOAT16
+    if array.dtype == np.bool_ and name == "mask":
+        return attention_pb2.BOOL
+    raise TypeError(f"{name}: dtype {array.dtype} is not float32, float16, bfloat16 "
+                    "(ml_dtypes) or uint16 (bfloat16 bits)")
+
+
+def _set_tensor(tensor, array, name):
+    array = np.asarray(array)
+    tensor.dtype = _dtype_of(array, name)
+    tensor.shape.extend(array.shape)
+    # Little-endian, C order: one copy into the message.
+    tensor.data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _to_numpy(tensor, like=None):
+    dtypes = {attention_pb2.FLOAT32: np.dtype("<f4"), attention_pb2.FLOAT16: np.dtype("<f2"),
+              attention_pb2.BFLOAT16: np.dtype("<u2")}
+    dtype = dtypes[tensor.dtype]
+    if tensor.dtype == attention_pb2.BFLOAT16 and like is not None and like.dtype != np.uint16:
+        dtype = like.dtype
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+
+
+class Client:
+    """A channel to the attention service. Thread-safe; close() (or `with`) releases it.
+
+    target: "host:port", a comma-separated list of IP:port (round robin), or any gRPC target.
+    timeout: default deadline of a call in seconds (None: none).
+    retry_attempts: attempts per call when the server answers UNAVAILABLE (1: no retries).
+    tls_root_certs / tls_client_cert / tls_client_key: PEM bytes; any of them turns TLS on
+    (tls_root_certs None: the system's roots). tls_server_name overrides the name checked.
+    metadata: (key, value) pairs sent with every call, e.g. [("authorization", "Bearer ...")].
+    """
+
+    def __init__(self, target, *, max_message_bytes=1 << 30, timeout=None, retry_attempts=4,
+                 round_robin=True, tls_root_certs=None, tls_client_cert=None,
+                 tls_client_key=None, tls_server_name=None, metadata=()):
+        config = {"loadBalancingConfig": [{"round_robin" if round_robin else "pick_first": {}}]}
+        if retry_attempts > 1:
+            config["methodConfig"] = [{
+                "name": [{"service": "attention.v1.AttentionService"}],
+                "retryPolicy": {"maxAttempts": retry_attempts, "initialBackoff": "0.1s",
+                                "maxBackoff": "2s", "backoffMultiplier": 2,
+                                "retryableStatusCodes": ["UNAVAILABLE"]},
+            }]
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.service_config", json.dumps(config)),
+                   ("grpc.enable_retries", 1 if retry_attempts > 1 else 0),
+                   ("grpc.per_rpc_retry_buffer_size", 64 << 20)]
+        target = channel_target(target)
+        if tls_root_certs or tls_client_cert or tls_client_key or tls_server_name:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            credentials = grpc.ssl_channel_credentials(tls_root_certs, tls_client_key,
+                                                       tls_client_cert)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_for_ready(self, timeout):
+        """Blocks until the channel is connected; raises grpc.FutureTimeoutError after timeout s."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    @staticmethod
+    def request(q, k, v, *, causal=False, softmax_scale=None, window=None, softcap=0.0,
+                alibi_slopes=None, mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                return_lse=False):
+        """The AttentionRequest message for these arrays and options (see attention())."""
+        request = attention_pb2.AttentionRequest(causal=causal, softcap=softcap,
+                                                 return_lse=return_lse)
+        _set_tensor(request.q, q, "q")
+        _set_tensor(request.k, k, "k")
+        _set_tensor(request.v, v, "v")
+        if softmax_scale is not None:
+            request.softmax_scale = softmax_scale
+        if window is not None and tuple(window) != (-1, -1):
+            request.window.left, request.window.right = window
+        if alibi_slopes is not None:
+            _set_tensor(request.alibi_slopes, np.asarray(alibi_slopes, np.float32),
+                        "alibi_slopes")
+        if mask is not None:
+            _set_tensor(request.mask, mask, "mask")
+        if cu_seqlens_q is not None:
+            request.cu_seqlens_q.extend(int(x) for x in cu_seqlens_q)
+        if cu_seqlens_k is not None:
+            request.cu_seqlens_k.extend(int(x) for x in cu_seqlens_k)
+        return request
+
+    def attention(self, q, k, v, *, timeout=None, **options):
+        """Attention of q, k, v; returns o, or (o, lse) with return_lse=True.
+
+        Dense: q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, kv_heads,
+        head_dim]; packed (cu_seqlens_q and cu_seqlens_k given): q [total_q, heads, head_dim].
+        Options: causal, softmax_scale, window=(left, right), softcap, alibi_slopes, mask,
+        cu_seqlens_q, cu_seqlens_k, return_lse. Raises AttentionError on failure.
+        """
+        request = self.request(q, k, v, **options)
+        try:
+            response = self._stub.Attention(request, timeout=self._deadline(timeout),
+                                            metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise AttentionError(error.code(), error.details()) from None
+        return self._result(response, q, options.get("return_lse", False))
+
+    def attention_async(self, q, k, v, *, timeout=None, **options):
+        """As attention(), without waiting: returns a future whose result() is o (or (o, lse))
+        and raises AttentionError on failure."""
+        request = self.request(q, k, v, **options)
+        future = concurrent.futures.Future()
+        call = self._stub.Attention.future(request, timeout=self._deadline(timeout),
+                                           metadata=self._metadata)
+        return_lse = options.get("return_lse", False)
+
+        def done(call):
+            try:
+                future.set_result(self._result(call.result(), q, return_lse))
+            except grpc.RpcError as error:
+                future.set_exception(AttentionError(error.code(), error.details()))
+
+        call.add_done_callback(done)
+        return future
+
+    def _deadline(self, timeout):
+        return timeout if timeout is not None else self._timeout
+
+    @staticmethod
+    def _result(response, q, return_lse):
+        o = _to_numpy(response.o, like=np.asarray(q))
+        if return_lse:
+            return o, _to_numpy(response.lse)
+        return o
