@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "server/log.h"
 #include "server/metrics/metrics.h"
 
 namespace attention::server {
@@ -49,6 +50,14 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status) {
         batch->metrics->ObserveStage(Stage::kDeviceToHost, Seconds(t.device_to_host_ns));
       }
     }
+  }
+  if (!status.ok()) {
+    LogLine(LogLevel::kWarning, "batch_failed")
+        .Kv("batch_id", batch->id)
+        .Kv("device", batch->device)
+        .Kv("requests", batch->jobs.size())
+        .Kv("code", absl::StatusCodeToString(status.code()))
+        .Kv("error", status.message());
   }
   for (auto& job : batch->jobs) {
     JobCompletion* completion = job->completion;

@@ -102,9 +102,12 @@ absl::Status CheckFlags() {
     return absl::InvalidArgumentError("--max_message_bytes must be at most 2^31 - 1");
   }
   if (absl::GetFlag(FLAGS_max_request_tokens) > INT32_MAX ||
-      absl::GetFlag(FLAGS_max_batch_tokens) > INT32_MAX) {
+      absl::GetFlag(FLAGS_max_batch_tokens) > INT32_MAX ||
+      absl::GetFlag(FLAGS_max_request_sequences) > INT32_MAX ||
+      absl::GetFlag(FLAGS_max_heads) > INT32_MAX) {
     return absl::InvalidArgumentError(
-        "--max_request_tokens and --max_batch_tokens must be below 2^31 (int32 cu_seqlens)");
+        "--max_request_tokens, --max_batch_tokens, --max_request_sequences and --max_heads must "
+        "be below 2^31 (int32 kernel parameters)");
   }
   if (absl::GetFlag(FLAGS_max_queue_delay_us) < 0 || absl::GetFlag(FLAGS_drain_timeout_s) < 0 ||
       absl::GetFlag(FLAGS_device_memory_bytes) < 0) {

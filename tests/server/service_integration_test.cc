@@ -240,8 +240,11 @@ class ServiceTest : public ::testing::Test {
     if (!server_->Start({})) return;
     channel_ = Connect(server_->address());
   }
+  // The shared server survived every test: it drains and exits 0.
   static void TearDownTestSuite() {
     channel_.reset();
+    server_->Signal(SIGTERM);
+    EXPECT_EQ(server_->Wait(60s), 0);
     delete server_;
   }
   void SetUp() override {
