@@ -64,7 +64,7 @@ class ServerProcess {
       return false;
     }
     std::vector<std::string> args = {binary, "--address=127.0.0.1:0",
-                                     "--metrics_address=", "--cpu_threads=2"};
+                                     "--metrics_address=", "--backend=cpu", "--cpu_threads=2"};
     args.insert(args.end(), flags.begin(), flags.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
