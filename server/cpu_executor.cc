@@ -6,14 +6,6 @@
 #include "server/packing.h"
 
 namespace attention::server {
-namespace {
-
-int64_t NanosSince(Clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
-}
-
-}  // namespace
-
 CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
     : max_batch_bytes_(options.pinned_host_bytes),
       metrics_(metrics),

@@ -36,6 +36,11 @@ struct Job;
 
 using Clock = std::chrono::steady_clock;
 
+// Nanoseconds from `start` to now.
+inline int64_t NanosSince(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+}
+
 // Receives a job back, exactly once, when it has been answered: OK (the response's o, lse,
 // timings and batch hold the result) or the status that says why not. Called from whichever
 // thread finished the job (batcher or executor); must not block. Takes the job back, so the

@@ -24,10 +24,6 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-int64_t NanosSince(Clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
-}
-
 // The call's deadline on the steady clock (max() when it has none).
 Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
                                  Clock::time_point now) {
