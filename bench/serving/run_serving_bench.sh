@@ -13,13 +13,14 @@
 #
 # usage: run_serving_bench.sh --server CMD --echo CMD --cli CMD --out DIR
 #            [--duration_s 10] [--warmup_s 2] [--large_concurrency 4] [--commit SHA]
+#            [--large_seqlen 8192 (smaller only for a smoke run on a CPU)]
 #            [-- EXTRA_ATTENTION_SERVER_FLAGS...]
 # CMD is a binary path or a command (e.g. "bundle/run attention_server" for a gpu-bundle.sh
 # bundle). Writes DIR/results.json, DIR/table.md and one log / JSON per run. Needs python3.
 set -euo pipefail
 
 server_cmd="" echo_cmd="" cli_cmd="" out="" commit=""
-duration=10 warmup=2 large_concurrency=4
+duration=10 warmup=2 large_concurrency=4 large_seqlen=8192
 extra_server_flags=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,13 +31,14 @@ while [ $# -gt 0 ]; do
     --duration_s) duration=$2; shift 2 ;;
     --warmup_s) warmup=$2; shift 2 ;;
     --large_concurrency) large_concurrency=$2; shift 2 ;;
+    --large_seqlen) large_seqlen=$2; shift 2 ;;
     --commit) commit=$2; shift 2 ;;
     --) shift; extra_server_flags=("$@"); break ;;
     *) echo "run_serving_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 if [ -z "$server_cmd" ] || [ -z "$echo_cmd" ] || [ -z "$cli_cmd" ] || [ -z "$out" ]; then
-  sed -n '2,24p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
 fi
 mkdir -p "$out"
@@ -45,32 +47,32 @@ read -r -a server_argv <<< "$server_cmd"
 read -r -a echo_argv <<< "$echo_cmd"
 read -r -a cli_argv <<< "$cli_cmd"
 
-SMALL=(--dtype=bf16 --batch=1 --seqlen_q=128 --seqlen_k=128 --q_heads=16 --kv_heads=16
-       --head_dim=64)
-LARGE=(--dtype=bf16 --batch=1 --seqlen_q=8192 --seqlen_k=8192 --q_heads=16 --kv_heads=16
-       --head_dim=128)
+SMALL=(--dtype=bf16 --batch=1 --seqlen=128 --heads=16 --head_dim=64)
+LARGE=(--dtype=bf16 --batch=1 --seqlen="$large_seqlen" --heads=16 --head_dim=128)
 
 # ---- The load generator. The only code that knows attention_cli's flags and output. ----------
-# run_load NAME ADDRESS CONCURRENCY SHAPE_FLAGS...: closed-loop load for --duration_s after
-# --warmup_s, CONCURRENCY requests in flight, random tensors of the given shape; writes
-# $out/NAME.json.
+# run_load NAME ADDRESS CONCURRENCY SHAPE_FLAGS...: `attention_cli bench`, closed loop with
+# CONCURRENCY unary requests in flight for --duration_s after --warmup_s, one random request of
+# the given shape sent over and over; writes $out/NAME.json (and NAME.log).
 run_load() {
   local name=$1 address=$2 concurrency=$3
   shift 3
-  "${cli_argv[@]}" bench --target="$address" --rpc=unary --concurrency="$concurrency" \
-    --duration_s="$duration" --warmup_s="$warmup" "$@" --json_out="$out/$name.json" \
+  "${cli_argv[@]}" bench --target="$address" --concurrency="$concurrency" \
+    --duration_s="$duration" --warmup_s="$warmup" "$@" --json="$out/$name.json" \
     > "$out/$name.log" 2>&1
 }
-# load_summary NAME: prints one JSON object {rps, p50_us, p99_us, errors, requests} read from
-# run_load's output (attention_cli bench --json_out: requests, errors, throughput_rps,
-# latency_us {p50, p99}).
+# load_summary NAME: one JSON object {rps, p50_us, p99_us, errors, requests, server_queue_p50_us,
+# batch_requests_mean} from run_load's JSON (throughput.requests_per_s, latency_ms, server_ms,
+# requests_ok / requests_failed, server_batch_requests_mean).
 load_summary() {
   python3 - "$out/$1.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(json.dumps({"rps": r["throughput_rps"], "p50_us": r["latency_us"]["p50"],
-                  "p99_us": r["latency_us"]["p99"], "errors": r.get("errors", 0),
-                  "requests": r.get("requests", 0)}))
+print(json.dumps({"rps": r["throughput"]["requests_per_s"],
+                  "p50_us": r["latency_ms"]["p50"] * 1e3, "p99_us": r["latency_ms"]["p99"] * 1e3,
+                  "errors": r["requests_failed"], "requests": r["requests_ok"],
+                  "server_queue_p50_us": r["server_ms"]["queue_p50"] * 1e3,
+                  "batch_requests_mean": r["server_batch_requests_mean"]}))
 PY
 }
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +84,8 @@ metrics_address=""
 start_server() {
   local name=$1
   shift
-  "$@" > "$out/$name.stdout" 2> "$out/$name.stderr" &
+  : > "$out/$name.stdout"
+  "$@" >> "$out/$name.stdout" 2> "$out/$name.stderr" &
   pid=$!
   for _ in $(seq 1 1200); do
     address=$(sed -n 's/^listening address=\(.*\)$/\1/p' "$out/$name.stdout" | head -n 1)
@@ -138,9 +141,9 @@ summaries=$(for run in small_c64_batched small_c64_unbatched lone_batched lone_u
   printf '"%s": %s,\n' "$run" "$(load_summary "$run")"
 done)
 
-python3 - "$out" "${device:-unknown}" "$commit" "$duration" "$large_concurrency" <<PY
+python3 - "$out" "${device:-unknown}" "$commit" "$duration" "$large_concurrency" "$large_seqlen" <<PY
 import json, sys, datetime, platform
-out, device, commit, duration, large_concurrency = sys.argv[1:6]
+out, device, commit, duration, large_concurrency, large_seqlen = sys.argv[1:7]
 runs = {${summaries%,}}
 
 def queue_wait(name):
@@ -168,11 +171,13 @@ def queue_wait(name):
     return {"observations": n, "share_le_100us": share, "p50_us": p50}
 
 idle = queue_wait("lone_batched")
+idle["server_queue_p50_us_reported"] = runs["lone_batched"]["server_queue_p50_us"]
 r = runs
 results = {
     "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
     "commit": commit, "device": device, "host": platform.node(),
     "duration_s": float(duration), "large_concurrency": int(large_concurrency),
+    "large_seqlen": int(large_seqlen),
     "runs": runs,
     "idle_queue_wait": idle,
     "scenarios": {
@@ -189,11 +194,13 @@ s["3_large_goodput_vs_echo"]["pass"] = s["3_large_goodput_vs_echo"]["value"] >= 
 s["4_idle_queue_wait_p50_us"]["pass"] = idle["share_le_100us"] >= 0.5
 json.dump(results, open(f"{out}/results.json", "w"), indent=2)
 
-rows = ["| run | in flight | req/s | p50 us | p99 us | errors |", "|---|---|---|---|---|---|"]
+rows = ["| run | in flight | req/s | p50 us | p99 us | requests per launch | errors |",
+        "|---|---|---|---|---|---|---|"]
 flight = {"small_c64_batched": 64, "small_c64_unbatched": 64, "lone_batched": 1,
           "lone_unbatched": 1, "large_server": int(large_concurrency), "large_echo": int(large_concurrency)}
 for name, v in runs.items():
-    rows.append(f"| {name} | {flight[name]} | {v['rps']:.1f} | {v['p50_us']:.0f} | {v['p99_us']:.0f} | {v['errors']} |")
+    rows.append(f"| {name} | {flight[name]} | {v['rps']:.1f} | {v['p50_us']:.0f} | {v['p99_us']:.0f} "
+                f"| {v['batch_requests_mean']:.2f} | {v['errors']} |")
 rows += ["", "| scenario | value | target | pass |", "|---|---|---|---|"]
 for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
