@@ -49,7 +49,7 @@ class StreamSession::Reactor
       return id;
     }
     request->set_request_id(id);
-    pending_.emplace(id, Pending{std::move(done), request, false, std::nullopt});
+    pending_.emplace(id, Pending{std::move(done), false, std::nullopt});
     queue_.push_back(std::move(request));
     if (writing_) return id;
     writing_ = true;
@@ -97,7 +97,6 @@ class StreamSession::Reactor
       auto it = pending_.find(id);
       if (it != pending_.end()) {
         it->second.written = true;
-        it->second.request.reset();
         if (it->second.answer) completion = Take(it);
       }
       if (!ok || broken_) {
@@ -180,8 +179,7 @@ class StreamSession::Reactor
  private:
   struct Pending {
     AttentionCallback done;
-    // Held until written: gRPC reads the message until OnWriteDone.
-    std::shared_ptr<v1::AttentionRequest> request;
+    // OnWriteDone ran: the callback may run (queue_ held the request until then).
     bool written;
     // An answer that arrived before OnWriteDone of its request.
     std::optional<absl::StatusOr<v1::AttentionResponse>> answer;
@@ -219,7 +217,8 @@ class StreamSession::Reactor
   std::condition_variable done_cv_;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Pending> pending_;
-  // Not yet written; the front is being written while writing_.
+  // Not yet written; the front is being written while writing_. gRPC reads a message until its
+  // OnWriteDone, so the queue owns it until then.
   std::deque<std::shared_ptr<v1::AttentionRequest>> queue_;
   bool writing_ = false;
   bool closing_ = false;        // Finish or Cancel called: no more Submits

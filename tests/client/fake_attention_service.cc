@@ -4,20 +4,10 @@
 #include <thread>
 #include <vector>
 
+#include "attention/client/tensor.h"
+
 namespace attention::testing {
 namespace {
-
-int64_t ElementSize(v1::DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return 4;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-      return 2;
-    default:
-      return 0;
-  }
-}
 
 // Sleeps for `delay` in small steps; false when the call ended meanwhile.
 bool Delay(grpc::ServerContext* context, std::chrono::milliseconds delay) {
@@ -33,14 +23,13 @@ bool Delay(grpc::ServerContext* context, std::chrono::milliseconds delay) {
 
 grpc::Status FakeAnswer(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
   const v1::Tensor& q = request.q();
-  const int64_t size = ElementSize(q.dtype());
-  if (size == 0) {
+  const int64_t size = client::DTypeSize(q.dtype());
+  if (size == 0 || q.dtype() == v1::BOOL) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "q.dtype: must be FLOAT32, FLOAT16 or BFLOAT16");
   }
-  int64_t elements = 1;
-  for (const int64_t d : q.shape()) elements *= d;
-  if (static_cast<uint64_t>(elements * size) != q.data().size()) {
+  const int64_t elements = client::NumElements({q.shape().begin(), q.shape().end()});
+  if (elements < 0 || static_cast<uint64_t>(elements * size) != q.data().size()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "q.data: length must equal product(q.shape) * sizeof(q.dtype)");
   }

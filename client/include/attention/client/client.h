@@ -169,7 +169,6 @@ class Client {
   bool WaitForConnected(std::chrono::nanoseconds timeout) const;
 
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
-  const ClientOptions& options() const { return *options_; }
 
  private:
   friend class StreamSession;
