@@ -3,10 +3,15 @@
 // and round-robin over two servers.
 #include "attention/client/client.h"
 
-#include <atomic>
+#include <stdlib.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <random>
+#include <sstream>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -402,6 +407,55 @@ TEST_F(ClientTest, RoundRobinSpreadsCallsOverAnAddressList) {
   EXPECT_GE(service_.unary_calls(), 5);
   EXPECT_GE(second_service.unary_calls(), 5);
   EXPECT_EQ(service_.unary_calls() + second_service.unary_calls(), 20);
+}
+
+// A self-signed certificate for "attention.test", made by openssl at test time.
+struct TestCertificate {
+  std::string cert_pem, key_pem;
+};
+
+std::optional<TestCertificate> MakeCertificate() {
+  std::string dir = ::testing::TempDir() + "/attention_tls_XXXXXX";
+  if (mkdtemp(dir.data()) == nullptr) return std::nullopt;
+  const std::string command =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+      "-subj /CN=attention.test -addext subjectAltName=DNS:attention.test -keyout " +
+      dir + "/key.pem -out " + dir + "/cert.pem >/dev/null 2>&1";
+  if (std::system(command.c_str()) != 0) return std::nullopt;
+  const auto read = [&](const char* name) {
+    std::ifstream in(dir + "/" + name);
+    std::stringstream contents;
+    contents << in.rdbuf();
+    return contents.str();
+  };
+  return TestCertificate{read("cert.pem"), read("key.pem")};
+}
+
+TEST(ClientTlsTest, VerifiesTheServerCertificate) {
+  const std::optional<TestCertificate> certificate = MakeCertificate();
+  if (!certificate) GTEST_SKIP() << "openssl could not make a test certificate";
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({certificate->key_pem, certificate->cert_pem});
+  FakeAttentionService service;
+  FakeServer server(&service, "127.0.0.1:0", grpc::SslServerCredentials(ssl));
+  Problem problem;
+  ClientOptions options;
+  options.retry.max_attempts = 1;
+  options.tls = TlsOptions{certificate->cert_pem, "", "", "attention.test"};
+
+  absl::StatusOr<Client> client = Client::Create(server.address(), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<v1::AttentionResponse> response = client->Attention(problem.args());
+  EXPECT_TRUE(response.ok()) << response.status();
+
+  // The certificate does not name other.test; a plaintext client cannot talk TLS.
+  options.tls->server_name_override = "other.test";
+  EXPECT_EQ(Client::Create(server.address(), options)->Attention(problem.args()).status().code(),
+            absl::StatusCode::kUnavailable);
+  options.tls.reset();
+  EXPECT_EQ(Client::Create(server.address(), options)->Attention(problem.args()).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(service.unary_calls(), 1);
 }
 
 }  // namespace

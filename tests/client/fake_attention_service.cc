@@ -131,11 +131,12 @@ grpc::Status FakeAttentionService::AttentionStream(
   return grpc::Status::OK;
 }
 
-FakeServer::FakeServer(FakeAttentionService* service, const std::string& address) {
+FakeServer::FakeServer(FakeAttentionService* service, const std::string& address,
+                       std::shared_ptr<grpc::ServerCredentials> credentials) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(INT32_MAX);
   builder.SetMaxSendMessageSize(INT32_MAX);
   builder.RegisterService(service);

@@ -64,7 +64,9 @@ grpc::Status FakeAnswer(const ::attention::v1::AttentionRequest& request,
 // The fake service on a loopback port chosen by the system, with the standard health service.
 class FakeServer {
  public:
-  explicit FakeServer(FakeAttentionService* service, const std::string& address = "127.0.0.1:0");
+  explicit FakeServer(
+      FakeAttentionService* service, const std::string& address = "127.0.0.1:0",
+      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials());
   ~FakeServer();
   // "127.0.0.1:PORT".
   const std::string& address() const { return address_; }
