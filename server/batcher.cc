@@ -52,7 +52,7 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
     return admit;
   }
   const int64_t bytes = spec.queued_bytes();
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (draining_) {
     if (metrics_ != nullptr) metrics_->RequestRejected("draining");
     return absl::UnavailableError("server is draining: send the request to another replica");
@@ -71,15 +71,31 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
                      " bytes queued (bounds --max_queue_requests=", options_.max_queue_requests,
                      ", --max_queue_bytes=", options_.max_queue_bytes, "); retry later"));
   }
-  Bucket& bucket = buckets_[MakeBucketKey(spec)];
+  const Clock::time_point now = Clock::now();
+  const bool launch_here = queued_requests_ == 0 && DropStatus(*job, now).ok();
+  auto it = buckets_.try_emplace(MakeBucketKey(spec)).first;
+  Bucket& bucket = it->second;
   bucket.tokens_q += spec.total_q;
   bucket.bytes += Footprint(spec);
   bucket.jobs.push_back(std::move(job));
   ++queued_requests_;
   queued_bytes_ += bytes;
   ++outstanding_;
+  // Fast path: nothing else queued and an executor idle. The batcher thread would launch this job
+  // alone at once; doing it here saves the hand-off to that thread (a wake-up) on an idle server.
+  const int e = launch_here ? PickExecutor() : -1;
+  if (e < 0 || executors_[e].batches > 0) {
+    PublishQueueDepth();
+    work_cv_.notify_one();
+    return absl::OkStatus();
+  }
+  std::vector<Dropped> none;
+  std::unique_ptr<Batch> batch = FormBatch(bucket, e, now, &none);
+  buckets_.erase(it);
   PublishQueueDepth();
-  work_cv_.notify_one();
+  Executor* target = executors_[e].executor;
+  lock.unlock();
+  target->Submit(std::move(batch));
   return absl::OkStatus();
 }
 

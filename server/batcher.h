@@ -7,7 +7,9 @@
 // are expanded per packed sequence, so they pack.
 //
 // When a bucket is launched (checked whenever something changes, and at the next delay expiry):
-//   - the least loaded executor has no batch at all (an idle server launches at once), or
+//   - the least loaded executor has no batch at all (an idle server launches at once; a job
+//     arriving at an empty queue with an idle executor is submitted by Enqueue itself, without a
+//     hand-off to the batcher thread), or
 //   - the bucket is full: max_batch_requests jobs, max_batch_tokens query tokens, or the
 //     executor's max_batch_bytes, or
 //   - its oldest job has waited max_queue_delay, or
@@ -69,7 +71,8 @@ class Batcher {
   // Queues `job` and takes ownership of it only on OK; otherwise `job` is left with the caller,
   // who answers it with the returned status: UNAVAILABLE while draining or stopped;
   // RESOURCE_EXHAUSTED when the queue is full or the job can never fit an executor; the
-  // executor's own refusal (Executor::Admit). Thread-safe, never blocks on a device.
+  // executor's own refusal (Executor::Admit). Thread-safe, never blocks on a device. On OK the
+  // job may already have been submitted (and even answered) before Enqueue returns.
   absl::Status Enqueue(std::unique_ptr<Job>& job);
 
   // Some queued job's cancelled flag was set: drop it soon. Thread-safe, cheap.

@@ -192,6 +192,8 @@ TEST(BatcherTest, IdleServerLaunchesAtOnce) {
   Batcher batcher(Options(), {&executor}, nullptr);  // delay 30 s
   const auto start = Clock::now();
   Enqueue(batcher, calls.NewJob(Small()));
+  // Submitted by Enqueue itself: no hand-off to the batcher thread.
+  EXPECT_EQ(executor.submitted(), 1);
   Batch* batch = executor.WaitForBatch(0);
   ASSERT_NE(batch, nullptr);
   EXPECT_LT(executor.submitted_at(0) - start, kPrompt);
