@@ -151,7 +151,7 @@ int Serve() {
   const std::string backend_flag = absl::GetFlag(FLAGS_backend);
   BuildInfo build_info;
   build_info.backend = "cpu";
-  build_info.device_name = "cpu";
+  build_info.device_name = CpuModelName();
   int num_devices = 1;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
   const CudaDeviceInfo cuda = QueryCudaDevices();
@@ -210,6 +210,7 @@ int Serve() {
       std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   batcher_options.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
   batcher_options.max_queue_bytes = absl::GetFlag(FLAGS_max_queue_bytes);
+  metrics.SetQueueLimits(batcher_options.max_queue_requests, batcher_options.max_queue_bytes);
   Batcher batcher(batcher_options, executor_ptrs, &metrics);
 
   ServiceOptions service_options;
