@@ -58,8 +58,8 @@ TEST(BlockInfoTest, TileRangeAndMaskMatchBruteForce) {
         }
         const bool visited = n >= r.begin && n < r.end;
         SCOPED_TRACE("len_q " + std::to_string(len_q) + " len_k " + std::to_string(len_k) +
-                     " window (" + std::to_string(left) + ", " + std::to_string(right) +
-                     ") row0 " + std::to_string(row0) + " tile " + std::to_string(n));
+                     " window (" + std::to_string(left) + ", " + std::to_string(right) + ") row0 " +
+                     std::to_string(row0) + " tile " + std::to_string(n));
         if (any) {
           ASSERT_TRUE(visited) << "a tile with an allowed key is skipped";
         }
@@ -116,8 +116,8 @@ void CheckTileLayout() {
         for (int chunk0 = 0; chunk0 < kCols / 8; chunk0 += 2) {
           int banks[4][8];
           for (int lane = 0; lane < 32; ++lane) {
-            const uint32_t lane_row = kind == 0 ? lane % 8 + 8 * ((lane / 8) % 2)
-                                                : lane % 8 + 8 * (lane / 16);
+            const uint32_t lane_row =
+                kind == 0 ? lane % 8 + 8 * ((lane / 8) % 2) : lane % 8 + 8 * (lane / 16);
             const uint32_t lane_chunk = kind == 0 ? lane / 16 : (lane / 8) % 2;
             const auto lb = Tile::MakeLaneBase(base, warp_row0 + lane_row, lane_chunk);
             const uint32_t addr = Tile::LdsmAddress(lb, row0, chunk0);

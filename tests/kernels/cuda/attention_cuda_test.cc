@@ -4,6 +4,8 @@
 // batches, float32 requests and strided (packed-QKV) inputs.
 //
 // Exits 77 (ctest SKIP) when no CUDA device is present, so it never passes vacuously.
+#include "kernels/cuda/attention_cuda.h"
+
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -24,7 +26,6 @@
 #include <vector>
 
 #include "kernels/attention_params.h"
-#include "kernels/cuda/attention_cuda.h"
 #include "kernels/dtype.h"
 #include "tests/reference/reference_attention.h"
 
@@ -60,24 +61,30 @@ const char* DTypeName(DType d) {
 uint64_t Seed() {
   static const uint64_t seed = [] {
     const char* env = std::getenv("ATTN_TEST_SEED");
-    const uint64_t s = env != nullptr
-                           ? std::strtoull(env, nullptr, 10)
-                           : static_cast<uint64_t>(
-                                 std::chrono::steady_clock::now().time_since_epoch().count());
+    const uint64_t s =
+        env != nullptr
+            ? std::strtoull(env, nullptr, 10)
+            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     std::printf("attention_cuda_test: ATTN_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
     return s;
   }();
   return seed;
 }
 
-#define CUDA_OK(expr)                                                        \
-  do {                                                                       \
-    const cudaError_t err_ = (expr);                                         \
+#define CUDA_OK(expr)                                                          \
+  do {                                                                         \
+    const cudaError_t err_ = (expr);                                           \
     ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
   } while (0)
 
-enum class Mask { kNone, kBoolFull, kBoolBroadcastRows, kKeyPadding, kAdditiveFull,
-                  kAdditiveBroadcast };
+enum class Mask {
+  kNone,
+  kBoolFull,
+  kBoolBroadcastRows,
+  kKeyPadding,
+  kAdditiveFull,
+  kAdditiveBroadcast
+};
 
 struct Case {
   std::string name;
@@ -101,24 +108,67 @@ struct Case {
   std::vector<DType> dtypes = {DType::kBFloat16, DType::kFloat16};
 
   explicit Case(std::string case_name) : name(std::move(case_name)) {}
-  Case& Batch(int b) { batch = b; return *this; }
-  Case& Seq(int q, int k) { seqlen_q = q; seqlen_k = k; return *this; }
-  Case& Heads(int q, int kv) { q_heads = q; kv_heads = kv; return *this; }
-  Case& Dim(int d) { head_dim = d; return *this; }
+  Case& Batch(int b) {
+    batch = b;
+    return *this;
+  }
+  Case& Seq(int q, int k) {
+    seqlen_q = q;
+    seqlen_k = k;
+    return *this;
+  }
+  Case& Heads(int q, int kv) {
+    q_heads = q;
+    kv_heads = kv;
+    return *this;
+  }
+  Case& Dim(int d) {
+    head_dim = d;
+    return *this;
+  }
   Case& Packed(std::vector<int> q, std::vector<int> k) {
     lens_q = std::move(q);
     lens_k = std::move(k);
     return *this;
   }
-  Case& Causal() { causal = true; return *this; }
-  Case& Window(int left, int right) { window_left = left; window_right = right; return *this; }
-  Case& Alibi(bool per_batch) { alibi = true; alibi_per_batch = per_batch; return *this; }
-  Case& Softcap(float cap) { softcap = cap; return *this; }
-  Case& Scale(float s) { scale = s; return *this; }
-  Case& WithMask(Mask m) { mask = m; return *this; }
-  Case& NoLse() { lse = false; return *this; }
-  Case& PackedQkv() { packed_qkv = true; return *this; }
-  Case& DTypes(std::vector<DType> d) { dtypes = std::move(d); return *this; }
+  Case& Causal() {
+    causal = true;
+    return *this;
+  }
+  Case& Window(int left, int right) {
+    window_left = left;
+    window_right = right;
+    return *this;
+  }
+  Case& Alibi(bool per_batch) {
+    alibi = true;
+    alibi_per_batch = per_batch;
+    return *this;
+  }
+  Case& Softcap(float cap) {
+    softcap = cap;
+    return *this;
+  }
+  Case& Scale(float s) {
+    scale = s;
+    return *this;
+  }
+  Case& WithMask(Mask m) {
+    mask = m;
+    return *this;
+  }
+  Case& NoLse() {
+    lse = false;
+    return *this;
+  }
+  Case& PackedQkv() {
+    packed_qkv = true;
+    return *this;
+  }
+  Case& DTypes(std::vector<DType> d) {
+    dtypes = std::move(d);
+    return *this;
+  }
 };
 
 // Host buffer of `count` elements of `dtype`, N(0, 1) values rounded to it.
@@ -163,11 +213,12 @@ void ParallelReference(const AttentionParams& p, double* o, double* lse) {
       s.q = static_cast<const uint8_t*>(p.q) + (qb + h0 * p.q_head_stride) * es;
       s.k = static_cast<const uint8_t*>(p.k) + (kb + kvh * p.k_head_stride) * es;
       s.v = static_cast<const uint8_t*>(p.v) + (vb + kvh * p.v_head_stride) * es;
-      if (p.alibi_slopes != nullptr) s.alibi_slopes = p.alibi_slopes + b * p.alibi_batch_stride + h0;
+      if (p.alibi_slopes != nullptr)
+        s.alibi_slopes = p.alibi_slopes + b * p.alibi_batch_stride + h0;
       if (p.mask != nullptr) {
         const int64_t off = b * p.mask_batch_stride + h0 * p.mask_head_stride;
-        s.mask = static_cast<const uint8_t*>(p.mask) +
-                 off * (p.mask_kind == MaskKind::kBool ? 1 : 4);
+        s.mask =
+            static_cast<const uint8_t*>(p.mask) + off * (p.mask_kind == MaskKind::kBool ? 1 : 4);
       }
       tasks.push_back(t);
     }
@@ -380,8 +431,8 @@ void RunCase(const Case& c, DType dtype) {
   std::vector<float> out_lse(c.lse ? lse_count + 4 : 0);
   CUDA_OK(cudaMemcpy(out.data(), d_o, out.size(), cudaMemcpyDeviceToHost));
   if (c.lse) {
-    CUDA_OK(cudaMemcpy(out_lse.data(), d_lse, out_lse.size() * sizeof(float),
-                       cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(out_lse.data(), d_lse, out_lse.size() * sizeof(float), cudaMemcpyDeviceToHost));
   }
   for (void* ptr : allocations) cudaFree(ptr);
 
@@ -434,8 +485,8 @@ void RunCase(const Case& c, DType dtype) {
       const double x = out_lse[i];
       const bool ok = std::isinf(r) ? (std::isinf(x) && x < 0) : std::abs(x - r) <= tol.lse_abs;
       if (!ok && bad_lse++ == 0) {
-        first = "index " + std::to_string(i) + ": " + std::to_string(x) + " vs " +
-                std::to_string(r);
+        first =
+            "index " + std::to_string(i) + ": " + std::to_string(x) + " vs " + std::to_string(r);
       }
     }
     EXPECT_EQ(bad_lse, 0) << bad_lse << " lse values off; first " << first;
@@ -476,31 +527,55 @@ std::vector<Case> Cases() {
   c.push_back(Case("causal_plus_left").Seq(700, 700).Dim(128).Causal().Window(128, -1));
   // ALiBi, softcap, masks, no LSE, a negative scale.
   c.push_back(Case("alibi").Seq(300, 300).Heads(4, 4).Dim(64).Alibi(false));
-  c.push_back(Case("alibi_per_batch_causal").Batch(2).Seq(250, 320).Heads(4, 2).Dim(128)
-                  .Causal().Alibi(true));
+  c.push_back(Case("alibi_per_batch_causal")
+                  .Batch(2)
+                  .Seq(250, 320)
+                  .Heads(4, 2)
+                  .Dim(128)
+                  .Causal()
+                  .Alibi(true));
   c.push_back(Case("softcap").Seq(300, 300).Dim(128).Softcap(5.f).Scale(1.f));
   c.push_back(Case("softcap30_causal").Seq(300, 300).Dim(64).Causal().Softcap(30.f));
   c.push_back(Case("mask_bool_full").Batch(2).Seq(150, 170).Dim(64).WithMask(Mask::kBoolFull));
   c.push_back(Case("mask_bool_rows").Seq(150, 170).Dim(128).WithMask(Mask::kBoolBroadcastRows));
   c.push_back(Case("mask_key_padding").Batch(3).Seq(90, 333).Dim(64).WithMask(Mask::kKeyPadding));
-  c.push_back(Case("mask_additive_full").Batch(2).Seq(150, 170).Dim(96)
-                  .WithMask(Mask::kAdditiveFull));
-  c.push_back(Case("mask_additive_bcast_causal").Seq(200, 200).Dim(64).Causal()
+  c.push_back(
+      Case("mask_additive_full").Batch(2).Seq(150, 170).Dim(96).WithMask(Mask::kAdditiveFull));
+  c.push_back(Case("mask_additive_bcast_causal")
+                  .Seq(200, 200)
+                  .Dim(64)
+                  .Causal()
                   .WithMask(Mask::kAdditiveBroadcast));
   c.push_back(Case("no_lse").Seq(200, 200).Dim(128).NoLse());
   c.push_back(Case("negative_scale").Seq(100, 120).Dim(64).Scale(-0.125f));
   // Packed variable-length batches (one launch for the ragged batch).
   c.push_back(Case("varlen").Heads(4, 2).Dim(128).Packed({1, 17, 300, 0, 128, 129},
                                                          {5, 17, 250, 3, 128, 400}));
-  c.push_back(Case("varlen_causal").Heads(2, 1).Dim(64).Causal().Packed({300, 1, 64, 65, 200},
-                                                                        {300, 40, 64, 130, 0}));
-  c.push_back(Case("varlen_window").Dim(96).Window(32, 16).Packed({257, 100, 33},
-                                                                  {257, 300, 20}));
-  c.push_back(Case("varlen_everything").Heads(8, 2).Dim(72).Causal().Window(90, -1)
-                  .Alibi(true).Softcap(20.f).WithMask(Mask::kAdditiveFull)
+  c.push_back(Case("varlen_causal")
+                  .Heads(2, 1)
+                  .Dim(64)
+                  .Causal()
+                  .Packed({300, 1, 64, 65, 200}, {300, 40, 64, 130, 0}));
+  c.push_back(Case("varlen_window").Dim(96).Window(32, 16).Packed({257, 100, 33}, {257, 300, 20}));
+  c.push_back(Case("varlen_everything")
+                  .Heads(8, 2)
+                  .Dim(72)
+                  .Causal()
+                  .Window(90, -1)
+                  .Alibi(true)
+                  .Softcap(20.f)
+                  .WithMask(Mask::kAdditiveFull)
                   .Packed({150, 1, 77, 200}, {180, 60, 77, 130}));
-  c.push_back(Case("dense_everything").Batch(2).Seq(190, 260).Heads(6, 3).Dim(136).Causal()
-                  .Window(100, -1).Alibi(false).Softcap(15.f).WithMask(Mask::kBoolFull));
+  c.push_back(Case("dense_everything")
+                  .Batch(2)
+                  .Seq(190, 260)
+                  .Heads(6, 3)
+                  .Dim(136)
+                  .Causal()
+                  .Window(100, -1)
+                  .Alibi(false)
+                  .Softcap(15.f)
+                  .WithMask(Mask::kBoolFull));
   // Strided inputs: q, k, v interleaved in one packed-QKV buffer.
   c.push_back(Case("packed_qkv").Batch(2).Seq(200, 200).Heads(3, 3).Dim(64).Causal().PackedQkv());
   // Many KV tiles through the pipeline.
@@ -508,8 +583,12 @@ std::vector<Case> Cases() {
   c.push_back(Case("long_dense_d64").Seq(1500, 2500).Dim(64));
   // float32 requests (computed in bf16).
   c.push_back(Case("fp32_causal").Seq(300, 300).Dim(64).Causal().DTypes({DType::kFloat32}));
-  c.push_back(Case("fp32_varlen_window").Heads(2, 1).Dim(96).Window(50, 10)
-                  .Packed({100, 7, 250}, {130, 7, 200}).DTypes({DType::kFloat32}));
+  c.push_back(Case("fp32_varlen_window")
+                  .Heads(2, 1)
+                  .Dim(96)
+                  .Window(50, 10)
+                  .Packed({100, 7, 250}, {130, 7, 200})
+                  .DTypes({DType::kFloat32}));
   return c;
 }
 

@@ -1,0 +1,361 @@
+// Benchmark of the CUDA forward kernel through its host API (kernels/cuda/attention_cuda.h).
+//
+// Default: the standard grid, the same shapes as /work/shared/peers/sdpa_peer.py: for each dtype,
+// head_dim in {64, 128, 256}, causal off / on, seqlen 512 .. 16384 with batch * seqlen = 16384
+// tokens and heads * head_dim = 2048. Prints a table and writes JSON lines (--json). TFLOP/s use
+// the FlashAttention convention 4 * batch * heads * seqlen_q * seqlen_k * head_dim, halved when
+// causal. Time: median of repeated launches, each timed with CUDA events, after warm-up.
+//
+//   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
+//                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
+//                          [--json FILE] [--tiles] [--memory]
+//   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
+//   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
+//             time, causal off / on
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#ifdef ATTN_BENCH_TILE_SWEEP
+#include "bench/cuda/tile_sweep.h"
+#endif
+#include "kernels/attention_params.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/dtype.h"
+
+namespace attention::cuda::bench {
+namespace {
+
+bool Check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return true;
+  std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(err));
+  return false;
+}
+
+std::vector<int> Ints(const std::string& text) {
+  std::vector<int> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t comma = text.find(',', pos);
+    out.push_back(std::atoi(text.substr(pos, comma - pos).c_str()));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::vector<std::string> Words(const std::string& text) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t comma = text.find(',', pos);
+    out.push_back(text.substr(pos, comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+struct Options {
+  std::vector<std::string> dtypes = {"bf16", "fp16"};
+  std::vector<int> hdims = {64, 128, 256};
+  std::vector<int> causal = {0, 1};
+  std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
+  int64_t tokens = 16384;
+  int model_dim = 2048;
+  std::string json;
+  bool tiles = false;
+  bool memory = false;
+};
+
+// Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
+// 16-bit elements on the host and copied once.
+bool FillRandom(void* device, int64_t count, DType dtype, uint64_t seed) {
+  std::vector<uint16_t> host(count);
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < count; ++i) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
+    const float x = (2.f * u - 1.f) * 1.7320508f;
+    host[i] = dtype == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x);
+  }
+  return Check(cudaMemcpy(device, host.data(), count * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+// Median milliseconds of `launch` over enough repetitions for ~200 ms of work (at least 5).
+template <typename Launch>
+double MedianMs(const Launch& launch) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < 3; ++i) launch();
+  cudaEventRecord(start);
+  launch();
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float first = 0.f;
+  cudaEventElapsedTime(&first, start, stop);
+  const int reps = std::clamp(static_cast<int>(200.f / std::max(first, 1e-3f)), 5, 200);
+  std::vector<float> times(reps);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start);
+    launch();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    cudaEventElapsedTime(&times[i], start, stop);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[reps / 2];
+}
+
+struct Buffers {
+  void *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  float* lse = nullptr;
+};
+
+AttentionParams MakeParams(DType dtype, int batch, int seqlen, int heads, int head_dim, bool causal,
+                           const Buffers& buf) {
+  AttentionParams p;
+  p.dtype = dtype;
+  p.batch = batch;
+  p.seqlen_q = p.seqlen_k = seqlen;
+  p.q_heads = p.kv_heads = heads;
+  p.head_dim = head_dim;
+  p.causal = causal;
+  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  p.q = buf.q;
+  p.k = buf.k;
+  p.v = buf.v;
+  p.o = buf.o;
+  p.lse = buf.lse;
+  SetContiguousStrides(p);
+  return p;
+}
+
+double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
+  const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
+  return flops / (ms * 1e-3) / 1e12;
+}
+
+int RunGrid(const Options& opt, FILE* json) {
+  const int64_t elems = opt.tokens * opt.model_dim;
+  Buffers buf;
+  for (void** ptr : {&buf.q, &buf.k, &buf.v, &buf.o}) {
+    if (!Check(cudaMalloc(ptr, elems * 2), "cudaMalloc")) return 1;
+  }
+  const int max_heads = opt.model_dim / 32;
+  if (!Check(cudaMalloc(reinterpret_cast<void**>(&buf.lse), opt.tokens * max_heads * sizeof(float)),
+             "cudaMalloc")) {
+    return 1;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | tiles |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  int failures = 0;
+  for (const std::string& dt : opt.dtypes) {
+    const DType dtype = dt == "fp16" ? DType::kFloat16 : DType::kBFloat16;
+    if (!FillRandom(buf.q, elems, dtype, 1) || !FillRandom(buf.k, elems, dtype, 2) ||
+        !FillRandom(buf.v, elems, dtype, 3)) {
+      return 1;
+    }
+    for (int d : opt.hdims) {
+      for (int c : opt.causal) {
+        for (int n : opt.seqlens) {
+          const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+          const int heads = opt.model_dim / d;
+          const AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
+          absl::Status status;
+          const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
+          if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
+            std::fprintf(stderr, "%s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), d, c, n,
+                         status.ToString().c_str());
+            ++failures;
+            continue;
+          }
+          const double tf = Tflops(batch, heads, n, d, c != 0, ms);
+          std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | default |\n", dt.c_str(), d, c,
+                      n, batch, heads, ms, tf);
+          if (json != nullptr) {
+            std::fprintf(json,
+                         "{\"kind\": \"fwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
+                         "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms\": %.4f, "
+                         "\"ours_tflops\": %.1f}\n",
+                         dt.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf);
+          }
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+#ifdef ATTN_BENCH_TILE_SWEEP
+  if (opt.tiles) {
+    // Tile sweep (bf16): every compiled configuration on a subset of the grid.
+    if (!FillRandom(buf.q, elems, DType::kBFloat16, 1) ||
+        !FillRandom(buf.k, elems, DType::kBFloat16, 2) ||
+        !FillRandom(buf.v, elems, DType::kBFloat16, 3)) {
+      return 1;
+    }
+    std::printf("\n| tiles | d | causal | seqlen | ms | TFLOP/s |\n|---|---|---|---|---|---|\n");
+    for (const TileVariant& tv : TileSweep()) {
+      for (int c : {0, 1}) {
+        for (int n : {1024, 4096, 16384}) {
+          const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+          const int heads = opt.model_dim / tv.head_dim;
+          AttentionParams p =
+              MakeParams(DType::kBFloat16, batch, n, heads, tv.head_dim, c != 0, buf);
+          Normalize(p);
+          const auto fn = c ? tv.window : tv.dense;
+          cudaError_t err = cudaSuccess;
+          const double ms = MedianMs([&] { err = fn(p, nullptr); });
+          if (!Check(err, "tile sweep launch") || !Check(cudaDeviceSynchronize(), "tile sweep")) {
+            ++failures;
+            continue;
+          }
+          const double tf = Tflops(batch, heads, n, tv.head_dim, c != 0, ms);
+          std::printf("| %s | %d | %d | %d | %.3f | %.1f |\n", tv.Label().c_str(), tv.head_dim, c,
+                      n, ms, tf);
+          if (json != nullptr) {
+            std::fprintf(json,
+                         "{\"kind\": \"tiles\", \"dtype\": \"bf16\", \"tiles\": \"%s\", "
+                         "\"d\": %d, \"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, "
+                         "\"ours_tflops\": %.1f}\n",
+                         tv.Label().c_str(), tv.head_dim, c ? "true" : "false", n, ms, tf);
+          }
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+#else
+  if (opt.tiles) {
+    std::fprintf(stderr, "--tiles: configure with -DATTN_BENCH_TILE_SWEEP=ON\n");
+    ++failures;
+  }
+#endif
+  for (void* ptr : {buf.q, buf.k, buf.v, buf.o}) cudaFree(ptr);
+  cudaFree(buf.lse);
+  return failures == 0 ? 0 : 1;
+}
+
+// Peak device memory of one 131072-token sequence, 16 heads, head_dim 128, bf16, with LSE: the
+// device memory in use after the runs minus before the allocations, against inputs + outputs +
+// LSE. The difference is the fixed workspace (the kernel allocates nothing; what remains is the
+// runtime's per-launch reservations, e.g. local memory).
+int RunMemory(FILE* json) {
+  const int seqlen = 131072, heads = 16, d = 128;
+  if (!Check(cudaFree(nullptr), "context")) return 1;
+  size_t free_before = 0, total = 0;
+  cudaMemGetInfo(&free_before, &total);
+  const int64_t tensor_bytes = int64_t{seqlen} * heads * d * 2;
+  const int64_t lse_bytes = int64_t{seqlen} * heads * 4;
+  Buffers buf;
+  for (void** ptr : {&buf.q, &buf.k, &buf.v, &buf.o}) {
+    if (!Check(cudaMalloc(ptr, tensor_bytes), "cudaMalloc")) return 1;
+  }
+  if (!Check(cudaMalloc(reinterpret_cast<void**>(&buf.lse), lse_bytes), "cudaMalloc")) return 1;
+  for (int i = 0; i < 3; ++i) {
+    if (!FillRandom(i == 0   ? buf.q
+                    : i == 1 ? buf.k
+                             : buf.v,
+                    tensor_bytes / 2, DType::kBFloat16, 10 + i)) {
+      return 1;
+    }
+  }
+  int failures = 0;
+  std::printf("\n# one sequence of %d tokens, %d heads, head_dim %d, bf16, with LSE\n", seqlen,
+              heads, d);
+  double ms[2] = {0, 0};
+  for (int c : {0, 1}) {
+    const AttentionParams p = MakeParams(DType::kBFloat16, 1, seqlen, heads, d, c != 0, buf);
+    absl::Status status;
+    ms[c] = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
+    if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
+      std::fprintf(stderr, "128k run failed: %s\n", status.ToString().c_str());
+      ++failures;
+    }
+    std::printf("causal=%d: %.2f ms, %.1f TFLOP/s\n", c, ms[c],
+                Tflops(1, heads, seqlen, d, c != 0, ms[c]));
+  }
+  size_t free_after = 0;
+  cudaMemGetInfo(&free_after, &total);
+  const int64_t used = static_cast<int64_t>(free_before) - static_cast<int64_t>(free_after);
+  const int64_t io = 4 * tensor_bytes + lse_bytes;
+  std::printf(
+      "inputs q,k,v %.1f MiB + output o %.1f MiB + lse %.1f MiB = %.1f MiB; device "
+      "memory in use %.1f MiB; fixed workspace %.1f MiB; workspace from "
+      "WorkspaceBytes %zu\n",
+      3 * tensor_bytes / 1048576.0, tensor_bytes / 1048576.0, lse_bytes / 1048576.0, io / 1048576.0,
+      used / 1048576.0, (used - io) / 1048576.0,
+      WorkspaceBytes(MakeParams(DType::kBFloat16, 1, seqlen, heads, d, false, buf)));
+  if (json != nullptr) {
+    std::fprintf(json,
+                 "{\"kind\": \"memory\", \"seqlen\": %d, \"heads\": %d, \"d\": %d, "
+                 "\"io_bytes\": %lld, \"used_bytes\": %lld, \"ms_dense\": %.3f, "
+                 "\"ms_causal\": %.3f}\n",
+                 seqlen, heads, d, static_cast<long long>(io), static_cast<long long>(used), ms[0],
+                 ms[1]);
+  }
+  for (void* ptr : {buf.q, buf.k, buf.v, buf.o}) cudaFree(ptr);
+  cudaFree(buf.lse);
+  return failures == 0 ? 0 : 1;
+}
+
+int Main(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (arg == "--dtype") {
+      opt.dtypes = Words(value());
+    } else if (arg == "--hdim") {
+      opt.hdims = Ints(value());
+    } else if (arg == "--causal") {
+      opt.causal = Ints(value());
+    } else if (arg == "--seqlens") {
+      opt.seqlens = Ints(value());
+    } else if (arg == "--tokens") {
+      opt.tokens = std::atoll(value().c_str());
+    } else if (arg == "--model-dim") {
+      opt.model_dim = std::atoi(value().c_str());
+    } else if (arg == "--json") {
+      opt.json = value();
+    } else if (arg == "--tiles") {
+      opt.tiles = true;
+    } else if (arg == "--memory") {
+      opt.memory = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s (see the header of attention_kernel_bench.cc)\n",
+                   arg.c_str());
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "attention_kernel_bench: no CUDA device\n");
+    return 77;
+  }
+  FILE* json = opt.json.empty() ? nullptr : std::fopen(opt.json.c_str(), "a");
+  int rc = RunGrid(opt, json);
+  if (opt.memory) rc |= RunMemory(json);
+  if (json != nullptr) std::fclose(json);
+  return rc;
+}
+
+}  // namespace
+}  // namespace attention::cuda::bench
+
+int main(int argc, char** argv) { return attention::cuda::bench::Main(argc, argv); }

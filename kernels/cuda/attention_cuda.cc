@@ -1,0 +1,233 @@
+#include "kernels/cuda/attention_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
+
+namespace attention::cuda {
+namespace {
+
+// CUDA grid limit of the y (heads) and z (sequences) dimensions.
+constexpr int kMaxGridYZ = 65535;
+constexpr int kMaxHeadDim = 256;
+constexpr int64_t kWorkspaceAlignment = 256;
+
+absl::Status Invalid(const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat("AttentionParams.", what));
+}
+
+absl::Status Unsupported(const std::string& what) {
+  return absl::UnimplementedError(absl::StrCat("CUDA attention kernel: ", what));
+}
+
+int64_t QRows(const AttentionParams& p) {
+  return p.is_varlen() ? p.total_q : int64_t{p.batch} * p.seqlen_q;
+}
+
+int64_t KRows(const AttentionParams& p) {
+  return p.is_varlen() ? p.total_k : int64_t{p.batch} * p.seqlen_k;
+}
+
+int64_t AlignUp(int64_t bytes) {
+  return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+
+// Where the bfloat16 copies of a float32 request live inside the workspace.
+struct WorkspaceLayout {
+  int64_t q = 0, k = 0, v = 0, o = 0, total = 0;
+};
+
+WorkspaceLayout LayoutFor(const AttentionParams& p) {
+  WorkspaceLayout w;
+  const int64_t q_bytes = AlignUp(QRows(p) * p.q_heads * p.head_dim * 2);
+  const int64_t kv_bytes = AlignUp(KRows(p) * p.kv_heads * p.head_dim * 2);
+  w.q = 0;
+  w.k = w.q + q_bytes;
+  w.v = w.k + kv_bytes;
+  w.o = w.v + kv_bytes;
+  w.total = w.o + q_bytes;
+  return w;
+}
+
+// One float32 tensor of `p` seen as [outer, rows, heads, head_dim].
+StridedShape ShapeOf(const AttentionParams& p, bool is_q, int64_t batch_stride, int64_t row_stride,
+                     int64_t head_stride) {
+  StridedShape s;
+  s.outer = p.is_varlen() ? 1 : p.batch;
+  s.rows = p.is_varlen() ? (is_q ? p.total_q : p.total_k) : (is_q ? p.seqlen_q : p.seqlen_k);
+  s.heads = is_q ? p.q_heads : p.kv_heads;
+  s.head_dim = p.head_dim;
+  s.outer_stride = p.is_varlen() ? 0 : batch_stride;
+  s.row_stride = row_stride;
+  s.head_stride = head_stride;
+  return s;
+}
+
+absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(
+      absl::StrCat(what, " failed: ", cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+// 16-byte rows for cp.async: 16-bit tensors need 16-byte aligned base pointers and strides
+// that are multiples of 8 elements.
+absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t batch_stride,
+                               int64_t row_stride, int64_t head_stride) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) {
+    return Unsupported(absl::StrCat(name, " must be 16-byte aligned"));
+  }
+  const int64_t strides[] = {batch_stride, row_stride, head_stride};
+  const char* names[] = {"_batch_stride", "_row_stride", "_head_stride"};
+  for (int i = 0; i < 3; ++i) {
+    if (strides[i] % 8 != 0) {
+      return Unsupported(absl::StrCat(name, names[i], " ", strides[i],
+                                      " must be a multiple of 8 elements (16-byte rows)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckSupported(const AttentionParams& p) {
+  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
+    return Invalid(absl::StrCat("dtype ", static_cast<int>(p.dtype), " is not a known DType"));
+  }
+  if (p.batch < 0) return Invalid(absl::StrCat("batch ", p.batch, " must be >= 0"));
+  if (p.seqlen_q < 0) return Invalid(absl::StrCat("seqlen_q ", p.seqlen_q, " must be >= 0"));
+  if (p.seqlen_k < 0) return Invalid(absl::StrCat("seqlen_k ", p.seqlen_k, " must be >= 0"));
+  if (p.q_heads <= 0) return Invalid(absl::StrCat("q_heads ", p.q_heads, " must be positive"));
+  if (p.kv_heads <= 0) return Invalid(absl::StrCat("kv_heads ", p.kv_heads, " must be positive"));
+  if (p.q_heads % p.kv_heads != 0) {
+    return Invalid(
+        absl::StrCat("q_heads ", p.q_heads, " must be a multiple of kv_heads ", p.kv_heads));
+  }
+  if (p.head_dim <= 0) return Invalid(absl::StrCat("head_dim ", p.head_dim, " must be positive"));
+  if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.o == nullptr) {
+    return Invalid("q, k, v and o must not be null");
+  }
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
+    return Invalid("cu_seqlens_q and cu_seqlens_k must be both set or both null");
+  }
+  if (p.is_varlen() && (p.total_q < 0 || p.total_k < 0)) {
+    return Invalid("total_q and total_k must be >= 0 for a packed batch");
+  }
+  if (p.mask_kind != MaskKind::kNone && p.mask_kind != MaskKind::kBool &&
+      p.mask_kind != MaskKind::kAdditive) {
+    return Invalid(absl::StrCat("mask_kind ", static_cast<int>(p.mask_kind), " is not known"));
+  }
+  if ((p.mask_kind == MaskKind::kNone) != (p.mask == nullptr)) {
+    return Invalid("mask must be set exactly when mask_kind is not kNone");
+  }
+  if (p.window_left < -1 || p.window_right < -1) {
+    return Invalid(
+        absl::StrCat("window (", p.window_left, ", ", p.window_right, ") sides must be >= -1"));
+  }
+  if (!std::isfinite(p.softmax_scale)) return Invalid("softmax_scale must be finite");
+  if (!std::isfinite(p.softcap) || p.softcap < 0.f) {
+    return Invalid(absl::StrCat("softcap ", p.softcap, " must be finite and >= 0"));
+  }
+
+  if (p.head_dim % 8 != 0) {
+    return Unsupported(absl::StrCat("head_dim ", p.head_dim, " must be a multiple of 8"));
+  }
+  if (p.head_dim > kMaxHeadDim) {
+    return Unsupported(absl::StrCat("head_dim ", p.head_dim, " exceeds ", kMaxHeadDim));
+  }
+  if (CompiledHeadDimBucket(p.head_dim) == 0) {
+    return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build (",
+                                    "head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")"));
+  }
+  const DType compute = p.dtype == DType::kFloat32 ? DType::kBFloat16 : p.dtype;
+  if (!DTypeCompiled(compute)) {
+    return Unsupported(absl::StrCat("dtype ",
+                                    p.dtype == DType::kFloat32   ? "float32 (computed in bfloat16)"
+                                    : p.dtype == DType::kFloat16 ? "float16"
+                                                                 : "bfloat16",
+                                    " has no kernel in this build"));
+  }
+  if (p.batch > kMaxGridYZ) {
+    return Unsupported(absl::StrCat("batch ", p.batch, " exceeds ", kMaxGridYZ));
+  }
+  if (p.q_heads > kMaxGridYZ) {
+    return Unsupported(absl::StrCat("q_heads ", p.q_heads, " exceeds ", kMaxGridYZ));
+  }
+  if (p.dtype != DType::kFloat32) {
+    for (absl::Status s :
+         {CheckVectorLayout("q", p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+          CheckVectorLayout("k", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+          CheckVectorLayout("v", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+          CheckVectorLayout("o", p.o, p.o_batch_stride, p.o_row_stride, p.o_head_stride)}) {
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+size_t WorkspaceBytes(const AttentionParams& p) {
+  if (p.dtype != DType::kFloat32) return 0;
+  return static_cast<size_t>(LayoutFor(p).total);
+}
+
+absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaStream_t stream) {
+  if (absl::Status s = CheckSupported(params); !s.ok()) return s;
+  AttentionParams p = params;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  if (p.batch == 0 || p.seqlen_q == 0 || QRows(p) == 0) return absl::OkStatus();
+  if (p.dtype != DType::kFloat32) return DispatchFlashFwd(p, stream);
+
+  // float32: q, k, v -> bfloat16 workspace, 16-bit kernel into a bfloat16 o, o -> float32.
+  if (workspace == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunAttention: a float32 request needs a workspace of WorkspaceBytes(p) = ",
+                     WorkspaceBytes(p), " bytes"));
+  }
+  const WorkspaceLayout layout = LayoutFor(p);
+  char* ws = static_cast<char*>(workspace);
+  const StridedShape q_shape = ShapeOf(p, true, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  const StridedShape k_shape = ShapeOf(p, false, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  const StridedShape v_shape = ShapeOf(p, false, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  const StridedShape o_shape = ShapeOf(p, true, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  for (absl::Status s : {
+           CudaStatus(ConvertFloatToBFloat16(static_cast<const float*>(p.q), q_shape, ws + layout.q,
+                                             stream),
+                      "float32 -> bfloat16 conversion of q"),
+           CudaStatus(ConvertFloatToBFloat16(static_cast<const float*>(p.k), k_shape, ws + layout.k,
+                                             stream),
+                      "float32 -> bfloat16 conversion of k"),
+           CudaStatus(ConvertFloatToBFloat16(static_cast<const float*>(p.v), v_shape, ws + layout.v,
+                                             stream),
+                      "float32 -> bfloat16 conversion of v"),
+       }) {
+    if (!s.ok()) return s;
+  }
+  AttentionParams half = p;
+  half.dtype = DType::kBFloat16;
+  half.q = ws + layout.q;
+  half.k = ws + layout.k;
+  half.v = ws + layout.v;
+  half.o = ws + layout.o;
+  const int64_t d = p.head_dim;
+  half.q_head_stride = half.o_head_stride = d;
+  half.q_row_stride = half.o_row_stride = d * p.q_heads;
+  half.k_head_stride = half.v_head_stride = d;
+  half.k_row_stride = half.v_row_stride = d * p.kv_heads;
+  half.q_batch_stride = half.o_batch_stride = p.is_varlen() ? 0 : half.q_row_stride * p.seqlen_q;
+  half.k_batch_stride = half.v_batch_stride = p.is_varlen() ? 0 : half.k_row_stride * p.seqlen_k;
+  if (absl::Status s = DispatchFlashFwd(half, stream); !s.ok()) return s;
+  return CudaStatus(
+      ConvertBFloat16ToFloat(ws + layout.o, o_shape, static_cast<float*>(p.o), stream),
+      "bfloat16 -> float32 conversion of o");
+}
+
+}  // namespace attention::cuda

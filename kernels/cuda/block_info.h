@@ -1,0 +1,77 @@
+// Which KV tiles a block of query rows visits, and which of those need the element-wise mask.
+// Host and device code (the unit test checks these against a brute-force scan of the window
+// rule on the CPU).
+//
+// Rule (attention_params.h): query row i sits at key position p(i) = i + len_k - len_q; key j is
+// allowed iff j < len_k and p(i) - left <= j <= p(i) + right, where -1 means unbounded.
+#ifndef ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_
+#define ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_
+
+#include <cstdint>
+
+#include "kernels/cuda/kernel_traits.h"
+
+namespace attention::cuda {
+
+// Floor of a / b for b > 0 and any sign of a.
+ATTN_HOST_DEVICE inline int64_t FloorDiv(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// KV tiles [begin, end) of `block_n` keys that hold at least one allowed key for some of the
+// query rows [row0, row0 + rows) (rows >= 1). Tiles outside hold none and are skipped; end <= begin
+// means the block has no allowed key at all.
+// Window sides that reach past every key of a sequence are unbounded: left >= seqlen_k allows
+// every key j >= 0 to every row i >= 0, and right >= seqlen_q every key j < seqlen_k. The host API
+// replaces them by -1 (max lengths for packed batches), which keeps the kernel's int arithmetic
+// on positions in range and sends such windows to the dense kernel.
+ATTN_HOST_DEVICE inline void ClampWindow(int max_len_q, int max_len_k, int& left, int& right) {
+  if (left >= max_len_k) left = -1;
+  if (right >= max_len_q) right = -1;
+}
+
+struct KvTileRange {
+  int begin;
+  int end;
+};
+
+ATTN_HOST_DEVICE inline KvTileRange KvTiles(int row0, int rows, int len_q, int len_k, int block_n,
+                                            int left, int right) {
+  int64_t begin = 0;
+  int64_t end = (int64_t{len_k} + block_n - 1) / block_n;
+  const int64_t shift = int64_t{len_k} - len_q;
+  if (right >= 0) {
+    // The largest allowed key of the block's last row.
+    const int64_t last_key = int64_t{row0} + rows - 1 + shift + right;
+    const int64_t tiles = FloorDiv(last_key, block_n) + 1;
+    if (tiles < end) end = tiles;
+  }
+  if (left >= 0) {
+    // The smallest allowed key of the block's first row.
+    const int64_t first_key = int64_t{row0} + shift - left;
+    const int64_t tile = FloorDiv(first_key, block_n);
+    if (tile > begin) begin = tile;
+  }
+  if (end < begin) end = begin;
+  return {static_cast<int>(begin), static_cast<int>(end)};
+}
+
+// Whether KV tile `n` (keys [n * block_n, (n + 1) * block_n)) may hold a key that is not allowed
+// for one of the rows [row0, row0 + rows): past len_k, right of the first row's window or left of
+// the last row's window. Tiles for which this is false are processed without any mask.
+// Requires window sides clamped as ClampWindow does.
+ATTN_HOST_DEVICE inline bool TileNeedsMask(int n, int row0, int rows, int len_q, int len_k,
+                                           int block_n, int left, int right) {
+  // int arithmetic: the host API clamps left to < seqlen_k and right to < seqlen_q.
+  const int key_lo = n * block_n;
+  const int key_hi = key_lo + block_n - 1;
+  const int shift = len_k - len_q;
+  if (key_hi >= len_k) return true;
+  if (right >= 0 && key_hi > row0 + shift + right) return true;
+  if (left >= 0 && key_lo < row0 + rows - 1 + shift - left) return true;
+  return false;
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_

@@ -1,0 +1,156 @@
+#include "kernels/cuda/flash_fwd_dispatch.h"
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_launch.h"
+#include "kernels/cuda/kernel_traits.h"
+
+// The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated) and one
+// ATTN_KERNEL_HDIM_<d> / ATTN_KERNEL_DTYPE_<type> macro per compiled bucket and element type
+// (kernels/cuda/CMakeLists.txt, options ATTN_KERNEL_HEAD_DIMS and ATTN_KERNEL_DTYPES).
+#ifndef ATTN_KERNEL_HEAD_DIMS
+#error "ATTN_KERNEL_HEAD_DIMS must list the compiled head-dim buckets"
+#endif
+
+namespace attention::cuda {
+namespace {
+
+constexpr int kCompiledBuckets[] = {ATTN_KERNEL_HEAD_DIMS};
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+  }
+  return "unknown";
+}
+
+absl::Status LaunchStatus(cudaError_t err) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("CUDA attention kernel launch failed: ",
+                                          cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+template <DType kDType, int kHeadDim>
+absl::Status DispatchVariant(const AttentionParams& p, cudaStream_t stream) {
+  switch (SelectVariant(p)) {
+    case FwdVariant::kDense:
+      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kDense>(p, stream));
+    case FwdVariant::kWindow:
+      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kWindow>(p, stream));
+    case FwdVariant::kGeneral:
+      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kGeneral>(p, stream));
+  }
+  return absl::InternalError("unknown forward kernel variant");
+}
+
+template <DType kDType>
+absl::Status DispatchHeadDim(const AttentionParams& p, cudaStream_t stream) {
+  switch (CompiledHeadDimBucket(p.head_dim)) {
+#ifdef ATTN_KERNEL_HDIM_32
+    case 32:
+      return DispatchVariant<kDType, 32>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_64
+    case 64:
+      return DispatchVariant<kDType, 64>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_96
+    case 96:
+      return DispatchVariant<kDType, 96>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_128
+    case 128:
+      return DispatchVariant<kDType, 128>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_160
+    case 160:
+      return DispatchVariant<kDType, 160>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_192
+    case 192:
+      return DispatchVariant<kDType, 192>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_224
+    case 224:
+      return DispatchVariant<kDType, 224>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_HDIM_256
+    case 256:
+      return DispatchVariant<kDType, 256>(p, stream);
+#endif
+    default:
+      return absl::UnimplementedError(
+          absl::StrCat("head_dim ", p.head_dim, " has no CUDA kernel in this build (head-dim ",
+                       "buckets compiled: ", CompiledHeadDimBuckets(), ")"));
+  }
+}
+
+}  // namespace
+
+int CompiledHeadDimBucket(int head_dim) {
+  for (int bucket : kCompiledBuckets) {
+    if (head_dim <= bucket) return bucket;
+  }
+  return 0;
+}
+
+std::string CompiledHeadDimBuckets() { return absl::StrJoin(kCompiledBuckets, ", "); }
+
+bool DTypeCompiled(DType dtype) {
+  switch (dtype) {
+    case DType::kBFloat16:
+#ifdef ATTN_KERNEL_DTYPE_BF16
+      return true;
+#else
+      return false;
+#endif
+    case DType::kFloat16:
+#ifdef ATTN_KERNEL_DTYPE_FP16
+      return true;
+#else
+      return false;
+#endif
+    case DType::kFloat32:
+      return false;
+  }
+  return false;
+}
+
+FwdVariant SelectVariant(const AttentionParams& p) {
+  // The fast variants fold a positive softmax scale into exp2 and track the max of raw scores,
+  // which is only the max of the logits when the scale is positive.
+  if (p.alibi_slopes != nullptr || p.softcap > 0.f || p.mask_kind != MaskKind::kNone ||
+      !(p.softmax_scale > 0.f)) {
+    return FwdVariant::kGeneral;
+  }
+  return p.has_window() ? FwdVariant::kWindow : FwdVariant::kDense;
+}
+
+absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  switch (p.dtype) {
+#ifdef ATTN_KERNEL_DTYPE_BF16
+    case DType::kBFloat16:
+      return DispatchHeadDim<DType::kBFloat16>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_DTYPE_FP16
+    case DType::kFloat16:
+      return DispatchHeadDim<DType::kFloat16>(p, stream);
+#endif
+    default:
+      return absl::UnimplementedError(
+          absl::StrCat("dtype ", DTypeName(p.dtype), " has no CUDA kernel in this build"));
+  }
+}
+
+}  // namespace attention::cuda

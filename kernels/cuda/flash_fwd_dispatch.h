@@ -1,0 +1,36 @@
+// Host dispatch of the forward kernel: turns the run-time dtype, head_dim and options of an
+// AttentionParams into the template arguments of one compiled kernel (flash_fwd_launch.h).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_DISPATCH_H_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_DISPATCH_H_
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/kernel_traits.h"
+
+namespace attention::cuda {
+
+// The smallest head-dim bucket compiled into this build that holds `head_dim`, or 0 if none
+// does (head_dim above the largest compiled bucket).
+int CompiledHeadDimBucket(int head_dim);
+
+// The compiled head-dim buckets, e.g. "32, 64, 96, 128, 160, 192, 224, 256".
+std::string CompiledHeadDimBuckets();
+
+// Whether kernels for 16-bit element type `dtype` are compiled into this build.
+bool DTypeCompiled(DType dtype);
+
+// The kernel variant `p` needs (see FwdVariant).
+FwdVariant SelectVariant(const AttentionParams& p);
+
+// Enqueues the kernel for `p` (normalized, checked, 16-bit dtype) on `stream`. UNIMPLEMENTED
+// naming the value when this build has no kernel for its dtype or head_dim; INTERNAL with the
+// CUDA error string when the launch fails.
+absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_DISPATCH_H_

@@ -1,0 +1,57 @@
+// Launch layer of the forward kernel: grid, dynamic shared-memory limit, launch and error check.
+// Included only by the generated instantiation files (and the benchmark's tile sweep).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_LAUNCH_TEMPLATE_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_LAUNCH_TEMPLATE_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_kernel.cuh"
+#include "kernels/cuda/flash_fwd_launch.h"
+#include "kernels/cuda/kernel_traits.h"
+
+namespace attention::cuda {
+
+template <typename Traits, typename Element, FwdVariant kVariant>
+cudaError_t LaunchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  const auto kernel = &fwd::FlashFwdKernel<Traits, Element, kVariant>;
+  constexpr int kSmemBytes = Traits::kSmemBytes;
+  if constexpr (kSmemBytes > 48 * 1024) {
+    // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
+  // One block per (query tile, head, sequence); the query-tile index varies fastest, so the
+  // blocks that share a head's K / V run together and hit L2.
+  const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
+  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <DType kDType>
+using ElementOf = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
+
+template <DType kDType, int kHeadDim, FwdVariant kVariant, int kBlockM, int kBlockN, int kNWarps,
+          int kKVStages>
+cudaError_t RunFlashFwdTiles(const AttentionParams& p, cudaStream_t stream) {
+  static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
+                "the tensor cores take 16-bit operands; float32 is converted by the host API");
+  using Traits = FwdKernelTraits<kHeadDim, kBlockM, kBlockN, kNWarps, kKVStages>;
+  return LaunchFlashFwd<Traits, ElementOf<kDType>, kVariant>(p, stream);
+}
+
+template <DType kDType, int kHeadDim, FwdVariant kVariant>
+cudaError_t RunFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  constexpr TileConfig kTiles = DefaultTileConfig(kHeadDim);
+  return RunFlashFwdTiles<kDType, kHeadDim, kVariant, kTiles.block_m, kTiles.block_n, kTiles.warps,
+                          kTiles.kv_stages>(p, stream);
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_LAUNCH_TEMPLATE_CUH_

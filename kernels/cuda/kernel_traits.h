@@ -1,0 +1,144 @@
+// Compile-time shape of the forward kernel: tile sizes per head-dim bucket, the shared-memory
+// layout of a tile, and the derived constants the device code is written against. Readable by the
+// host compiler (the dispatch and the benchmark use the tile table); no device code here.
+#ifndef ATTENTION_KERNELS_CUDA_KERNEL_TRAITS_H_
+#define ATTENTION_KERNELS_CUDA_KERNEL_TRAITS_H_
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define ATTN_HOST_DEVICE __host__ __device__
+#else
+#define ATTN_HOST_DEVICE
+#endif
+
+namespace attention::cuda {
+
+// Which feature set one compiled kernel covers. Each (dtype, head-dim bucket) has three:
+//   kDense:   no window, no ALiBi / softcap / mask; only the last KV tile is masked (seqlen_k).
+//   kWindow:  causal or sliding window (same constraints otherwise); fully masked KV tiles are
+//             skipped and only the boundary tiles are masked element-wise.
+//   kGeneral: everything else at run time: window, ALiBi, softcap, bool / additive mask, and a
+//             softmax_scale <= 0. Scores are turned into logits before the softmax.
+enum class FwdVariant : uint8_t { kDense, kWindow, kGeneral };
+
+// Head-dim buckets that kernels are generated for. A head_dim (multiple of 8) runs in the
+// smallest compiled bucket >= head_dim, with zero-filled loads and predicated stores for the
+// columns past head_dim.
+inline constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 160, 192, 224, 256};
+
+// One tile configuration: a block of `block_m` query rows streams K/V in tiles of `block_n` rows
+// through `kv_stages` shared-memory buffers each (1: V's load overlaps QK^T and the next K's load
+// overlaps softmax + PV; 2: both are loaded one whole iteration ahead).
+struct TileConfig {
+  int block_m;
+  int block_n;
+  int warps;
+  int kv_stages;
+};
+
+// The tile table. The measurements behind each row are in docs/kernel.md and bench/cuda/NOTES.md.
+//  - Each warp owns 16 * block_m / (16 * warps) query rows: two m16 tiles per warp (4 warps for
+//    128 rows) lets every K / V fragment read from shared memory feed two MMAs, which is what
+//    keeps mma.sync off the shared-memory bandwidth limit. Above d = 128 the O accumulator
+//    (32 rows x d floats per warp) no longer fits in 255 registers, so 8 warps of 16 rows.
+//  - 128-row query tiles halve the K / V traffic per FLOP relative to 64-row ones.
+//  - kv_stages = 2 everywhere the shared memory allows two blocks per SM (d <= 128) or one block
+//    of 8 warps (d > 128).
+constexpr TileConfig DefaultTileConfig(int head_dim_bucket) {
+  if (head_dim_bucket <= 64) return {128, 64, 4, 2};
+  if (head_dim_bucket <= 128) return {128, 64, 4, 2};
+  return {128, 64, 8, 2};
+}
+
+// Shared-memory layout of a [kRows, kCols] tile of 16-bit elements. The columns are split into
+// panels of 64 (128-byte rows; a last panel of 32 columns when kCols % 64 == 32), each panel
+// stored row-major. Inside a panel the 16-byte chunk c of row r is stored at chunk position
+// c ^ (r % 8) (64-column panels) or c ^ ((r / 2) % 4) (32-column panel), so that the eight rows
+// an ldmatrix phase reads, and the eight rows a warp's cp.async writes, fall in distinct banks.
+template <int kRows, int kCols>
+struct SmemTile {
+  static_assert(kCols % 32 == 0, "tile columns come in 32-column steps");
+  static constexpr uint32_t kFullPanels = kCols / 64;
+  static constexpr bool kHasHalfPanel = kCols % 64 != 0;
+  static constexpr int kBytes = kRows * kCols * 2;
+
+  // Byte offset of 16-byte chunk `chunk` (columns 8 * chunk ..) of row `row`.
+  ATTN_HOST_DEVICE static constexpr uint32_t Offset(int row, int chunk) {
+    const uint32_t r = static_cast<uint32_t>(row);
+    const uint32_t c = static_cast<uint32_t>(chunk);
+    const uint32_t panel = c / 8;
+    if (kHasHalfPanel && panel == kFullPanels) {
+      return kFullPanels * (kRows * 128u) + r * 64u + (((c % 8) ^ ((r / 2) % 4)) << 4);
+    }
+    return panel * (kRows * 128u) + r * 128u + (((c % 8) ^ (r % 8)) << 4);
+  }
+
+  // ldmatrix addressing. Every lane of an ldmatrix.x4 reads row (row0 + lane_row) at chunk
+  // (chunk0 + lane_chunk), with row0 % 8 == 0 and chunk0 % 2 == 0 known at compile time and
+  // lane_chunk in {0, 1}. Since the tile base is 128-byte aligned, the swizzle only touches
+  // address bits 4-6, so a lane's address is its lane base (below, computed once per thread)
+  // XOR (chunk0 % 8) << 4 plus a compile-time offset: one LOP3 per ldmatrix, immediates for the
+  // rest.
+  struct LaneBase {
+    uint32_t full;  // for 64-column panels
+    uint32_t half;  // for the trailing 32-column panel
+  };
+  ATTN_HOST_DEVICE static constexpr LaneBase MakeLaneBase(uint32_t tile_base, uint32_t lane_row,
+                                                          uint32_t lane_chunk) {
+    return {tile_base + lane_row * 128u + (((lane_chunk ^ lane_row) & 7u) << 4),
+            tile_base + kFullPanels * (kRows * 128u) + lane_row * 64u +
+                (((lane_chunk ^ (lane_row / 2)) & 3u) << 4)};
+  }
+  ATTN_HOST_DEVICE static constexpr uint32_t LdsmAddress(const LaneBase& lane, int row0,
+                                                         int chunk0) {
+    const uint32_t panel = static_cast<uint32_t>(chunk0) / 8;
+    const uint32_t c = static_cast<uint32_t>(chunk0) % 8;
+    if (kHasHalfPanel && panel == kFullPanels) {
+      return (lane.half ^ (c << 4)) + static_cast<uint32_t>(row0) * 64u;
+    }
+    return (lane.full ^ (c << 4)) + panel * (kRows * 128u) + static_cast<uint32_t>(row0) * 128u;
+  }
+};
+
+// Constants the device code is written against, checked once here.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kKVStages_>
+struct FwdKernelTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kNWarps = kNWarps_;
+  static constexpr int kKVStages = kKVStages_;
+  static constexpr int kNThreads = kNWarps * 32;
+
+  static_assert(kHeadDim % 32 == 0 && kHeadDim >= 32 && kHeadDim <= 256,
+                "head-dim buckets are multiples of 32 up to 256");
+  static_assert(kBlockM % (16 * kNWarps) == 0, "every warp owns whole m16 tiles");
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 16, "KV tiles come in k16 steps of the PV product");
+  static_assert(kKVStages == 1 || kKVStages == 2, "one or two shared-memory buffers for K and V");
+
+  // m16 tiles of query rows per warp, n8 tiles of S per m16 tile, n8 tiles of O per m16 tile.
+  static constexpr int kMTiles = kBlockM / (16 * kNWarps);
+  static constexpr int kNTilesS = kBlockN / 8;
+  static constexpr int kNTilesO = kHeadDim / 8;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static_assert(kMTiles >= 1 && kMTiles <= 2, "one or two m16 tiles per warp");
+  // Float32 accumulators per thread: O is 4 * kMTiles * kNTilesO, S is 4 * kMTiles * kNTilesS.
+  static_assert(4 * kMTiles * (kNTilesO + kNTilesS) <= 192,
+                "the S and O accumulators must leave registers for fragments and addresses");
+
+  using QTile = SmemTile<kBlockM, kHeadDim>;
+  using KVTile = SmemTile<kBlockN, kHeadDim>;
+  static constexpr int kSmemQOffset = 0;
+  static constexpr int kSmemKOffset = QTile::kBytes;
+  static constexpr int kSmemVOffset = kSmemKOffset + kKVStages * KVTile::kBytes;
+  static constexpr int kSmemBytes = kSmemVOffset + kKVStages * KVTile::kBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
+
+  // Blocks per SM the register allocation is sized for (two 4-warp blocks share an SM).
+  static constexpr int kMinBlocksPerSm = kNWarps == 4 && 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
+};
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_KERNEL_TRAITS_H_
