@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -113,6 +114,11 @@ v1::AttentionRequest MakeRequest(const RequestOptions& o, uint64_t request_id, s
   return r;
 }
 
+std::string ServerBackendUnderTest() {
+  const char* backend = std::getenv("ATTN_TEST_BACKEND");
+  return backend != nullptr && *backend != '\0' ? backend : "cpu";
+}
+
 std::string CompareWithReference(const v1::AttentionRequest& r,
                                  const v1::AttentionResponse& response) {
   const v1::Tensor& q = r.q();
@@ -196,7 +202,15 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   if (static_cast<int64_t>(o.data().size()) != o_elements * ElementSize(q.dtype())) {
     return absl::StrCat("o.data has ", o.data().size(), " bytes");
   }
-  const double tol = q.dtype() == v1::FLOAT32 ? 1e-4 : q.dtype() == v1::FLOAT16 ? 2e-3 : 1.6e-2;
+  // On the CUDA backend float32 requests are computed from bfloat16 copies (docs/kernel.md), and
+  // P is rounded to the 16-bit type before the PV product: bfloat16-class tolerances there.
+  const bool cuda = ServerBackendUnderTest() == "cuda";
+  const bool bf16_class = q.dtype() == v1::BFLOAT16 || (cuda && q.dtype() == v1::FLOAT32);
+  const double tol = bf16_class                 ? (cuda ? 2.5e-2 : 1.6e-2)
+                     : q.dtype() == v1::FLOAT32 ? 1e-4
+                     : cuda                     ? 5e-3
+                                                : 2e-3;
+  const double lse_tol = cuda && q.dtype() == v1::FLOAT32 ? 2e-2 : 1e-3;
   for (int64_t i = 0; i < o_elements; ++i) {
     const double got = LoadOutput(o.dtype(), o.data(), i);
     const double want = o_ref[i];
@@ -221,7 +235,7 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
     std::memcpy(&got, lse.data().data() + 4 * i, 4);
     const double want = lse_ref[i];
     if (std::isinf(want) && got == want) continue;
-    if (!(std::abs(got - want) <= 1e-3 + 1e-4 * std::abs(want))) {
+    if (!(std::abs(got - want) <= lse_tol + 1e-4 * std::abs(want))) {
       return absl::StrCat("lse[", i, "] = ", got, ", reference ", want);
     }
   }

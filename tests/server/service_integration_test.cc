@@ -63,8 +63,13 @@ class ServerProcess {
       ADD_FAILURE() << "ATTN_SERVER_BINARY is not set";
       return false;
     }
-    std::vector<std::string> args = {binary, "--address=127.0.0.1:0",
-                                     "--metrics_address=", "--backend=cpu", "--cpu_threads=2"};
+    std::vector<std::string> args = {binary, "--address=127.0.0.1:0", "--metrics_address=",
+                                     "--backend=" + attention::testing::ServerBackendUnderTest(),
+                                     "--cpu_threads=2"};
+    // A bounded device pool, so that several test servers can share one GPU.
+    if (attention::testing::ServerBackendUnderTest() == "cuda") {
+      args.push_back("--device_memory_bytes=4294967296");
+    }
     args.insert(args.end(), flags.begin(), flags.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
