@@ -36,7 +36,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   subset+=':*mask_bool_full*:*fp32_causal*:*causal_q_gt_k*:*d128_s257*'
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
-    timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    timeout 110 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       "$bundle/bin/attention_cuda_test" --gtest_filter="$subset" 2>&1 | tail -25
     echo "compute-sanitizer $tool exit code: ${PIPESTATUS[0]}"
   done
