@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -355,7 +356,15 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
   if (!status.ok()) return status;
 
   CheckResult result;
-  result.tolerance = q.dtype() == v1::FLOAT32 ? 1e-4 : q.dtype() == v1::FLOAT16 ? 2e-3 : 1.6e-2;
+  // A GPU server computes float32 requests from bfloat16 copies (docs/kernel.md): judge them at
+  // bfloat16 precision when the response says it ran on a CUDA device.
+  const bool on_gpu = absl::StartsWith(response.batch().device(), "cuda");
+  const bool bf16_class = q.dtype() == v1::BFLOAT16 || (on_gpu && q.dtype() == v1::FLOAT32);
+  result.tolerance = bf16_class                 ? (on_gpu ? 2.5e-2 : 1.6e-2)
+                     : q.dtype() == v1::FLOAT32 ? 1e-4
+                     : on_gpu                   ? 5e-3
+                                                : 2e-3;
+  const double lse_tolerance = on_gpu && q.dtype() == v1::FLOAT32 ? 2e-2 : 1e-3;
   const int64_t elements = static_cast<int64_t>(o.size()) / DTypeSize(q.dtype());
   double diff2 = 0, want2 = 0;
   for (int64_t i = 0; i < elements; ++i) {
@@ -378,7 +387,7 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
     for (int64_t i = 0; i < lse_count; ++i) {
       if (std::isinf(lse[i]) && got[i] == lse[i]) continue;
       const double error = std::abs(double{got[i]} - lse[i]);
-      if (!(error <= 1e-3 + 1e-4 * std::abs(lse[i]))) ++result.mismatches;
+      if (!(error <= lse_tolerance + 1e-4 * std::abs(lse[i]))) ++result.mismatches;
       if (error > result.lse_max_abs_error || std::isnan(error)) result.lse_max_abs_error = error;
     }
   }
