@@ -70,6 +70,6 @@ if command -v cuobjdump >/dev/null; then
   # The bf16 head_dim 128 dense kernel in full, to see where spills and waits sit in the loop.
   cuobjdump -sass -fun \
     _ZN9attention4cuda3fwd14FlashFwdKernelINS0_15FwdKernelTraitsILi128ELi128ELi64ELi4ELi2EEE13__nv_bfloat16LNS0_10FwdVariantE0EEEvNS_15AttentionParamsE \
-    "$bundle/bin/attention_kernel_bench" > "$out/sass_hdim128_dense.txt"
+    "$bundle/bin/attention_kernel_bench" > "$out/sass_hdim128_dense.txt" 2>/dev/null
 fi
 exit "$status"

@@ -18,7 +18,8 @@ __device__ __forceinline__ uint32_t SmemAddress(const void* ptr) {
 }
 
 // Copies 16 bytes from global to shared memory asynchronously; when `pred` is false nothing is
-// read and the 16 destination bytes are zero-filled (cp.async's src-size operand set to 0).
+// read (the address is not dereferenced and may point past the tensor) and the 16 destination
+// bytes are zero-filled (cp.async's src-size operand set to 0).
 __device__ __forceinline__ void CpAsync16(uint32_t smem_addr, const void* gmem, bool pred) {
   const int src_bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),

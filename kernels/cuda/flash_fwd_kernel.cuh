@@ -59,7 +59,7 @@ __device__ __forceinline__ void LoadTile(uint32_t smem_tile, const Element* gmem
       const int row = row0 + it * kRowsPerIter;
       if (kTotal % kThreads == 0 || row < kRows) {
         const bool pred = row < valid_rows && chunk < valid_chunks;
-        CpAsync16(smem_tile + Tile::Offset(row, chunk), pred ? src : gmem, pred);
+        CpAsync16(smem_tile + Tile::Offset(row, chunk), src, pred);
       }
       src += step;
     }
@@ -71,8 +71,7 @@ __device__ __forceinline__ void LoadTile(uint32_t smem_tile, const Element* gmem
       const int chunk = idx % kChunks;
       if (kTotal % kThreads == 0 || row < kRows) {
         const bool pred = row < valid_rows && chunk < valid_chunks;
-        const Element* src = pred ? gmem + row * row_stride + chunk * 8 : gmem;
-        CpAsync16(smem_tile + Tile::Offset(row, chunk), src, pred);
+        CpAsync16(smem_tile + Tile::Offset(row, chunk), gmem + row * row_stride + chunk * 8, pred);
       }
     }
   }
@@ -230,15 +229,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     const typename KVTile::LaneBase v_lane =
         KVTile::MakeLaneBase(smem_v + stage * KVTile::kBytes, a_row, a_chunk);
 
-    // K[n] has landed (two stages: V[n] may still be in flight).
-    CpAsyncWait<kStages == 2 ? 1 : 0>();
+    // Two stages: K[n] and V[n] (issued one iteration ago) have landed, and every warp is past
+    // the previous iteration, so both stage ^ 1 buffers are free: prefetch K[n-1] and V[n-1].
+    // One barrier per tile, which lets the warps of a block drift apart within an iteration
+    // (one warp's softmax overlaps another's MMAs).
+    // One stage: K[n] has landed and the V buffer is free: fetch V[n] behind QK^T.
+    CpAsyncWait<0>();
     __syncthreads();
-    // Every warp is past the previous iteration: its K (two stages) or V (one stage) buffer is
-    // free. Two stages: prefetch K[n-1]; one stage: fetch V[n] behind QK^T.
     if constexpr (kStages == 2) {
       if (n > tiles.begin) {
         LoadTile<Traits, kBlockN>(smem_k + (stage ^ 1) * KVTile::kBytes,
                                   k_ptr + int64_t{key0 - kBlockN} * p.k_row_stride, p.k_row_stride,
+                                  kBlockN, valid_chunks, tid);
+        LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
+                                  v_ptr + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
                                   kBlockN, valid_chunks, tid);
       }
     } else {
@@ -390,20 +394,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       }
     }
 
-    // V[n] has landed; every warp is done with K[n] (one stage: its buffer is free).
-    CpAsyncWait<kStages == 2 ? 1 : 0>();
-    __syncthreads();
-    if (n > tiles.begin) {
-      if constexpr (kStages == 2) {
-        LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
-                                  v_ptr + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
-                                  kBlockN, valid_chunks, tid);
-      } else {
+    if constexpr (kStages == 1) {
+      // V[n] has landed and every warp is done with K[n]: fetch K[n-1] into its buffer.
+      CpAsyncWait<0>();
+      __syncthreads();
+      if (n > tiles.begin) {
         LoadTile<Traits, kBlockN>(smem_k, k_ptr + int64_t{key0 - kBlockN} * p.k_row_stride,
                                   p.k_row_stride, kBlockN, valid_chunks, tid);
       }
+      CpAsyncCommit();
     }
-    CpAsyncCommit();
 
     // O += P V. P's A fragment for keys [16 kk, 16 kk + 16) is the S accumulators of n8 tiles
     // 2 kk and 2 kk + 1, rounded to 16 bits.

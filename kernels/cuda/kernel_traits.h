@@ -48,7 +48,7 @@ struct TileConfig {
 constexpr TileConfig DefaultTileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 64) return {128, 64, 4, 2};
   if (head_dim_bucket <= 128) return {128, 64, 4, 2};
-  return {128, 64, 8, 2};
+  return {64, 64, 4, 1};
 }
 
 // Shared-memory layout of a [kRows, kCols] tile of 16-bit elements. The columns are split into

@@ -33,10 +33,12 @@ namespace attention::cuda {
 namespace {
 
 // Tolerances, stated once. rel_fro: ||o - ref|| / ||ref|| over the whole output (the issue's
-// bar: bf16 < 1e-2, fp16 < 5e-3; float32 requests are computed in bf16, see docs/kernel.md).
-// row_factor: every single query row must also meet row_factor * rel_fro against its own norm
-// (plus a small absolute floor), which catches a wrong row that the global norm would average
-// away. lse_abs: absolute LSE error (natural log).
+// bar: bf16 < 1e-2, fp16 < 5e-3). row_factor: every single query row must also meet
+// row_factor * rel_fro against its own norm (plus a small absolute floor), which catches a wrong
+// row that the global norm would average away. lse_abs: absolute LSE error (natural log). The
+// 16-bit reference sees the same rounded inputs as the kernel, so its LSE differs only by float32
+// arithmetic; float32 requests are computed from q, k, v rounded to bf16 (docs/kernel.md), which
+// moves each score by ~2^-9 of its magnitude, hence the wider LSE bound.
 struct Tolerance {
   double rel_fro;
   double row_factor;
@@ -48,8 +50,9 @@ Tolerance ToleranceFor(DType dtype) {
     case DType::kFloat16:
       return {5e-3, 5.0, 2e-3};
     case DType::kBFloat16:
-    case DType::kFloat32:
       return {1e-2, 5.0, 2e-3};
+    case DType::kFloat32:
+      return {1e-2, 5.0, 1.5e-2};
   }
   return {0.0, 0.0, 0.0};
 }
