@@ -18,11 +18,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "grpc/support/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "prometheus/registry.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/cpu_executor.h"
 #include "server/executor.h"
@@ -30,6 +33,7 @@
 #include "server/metrics/exposer.h"
 #include "server/metrics/metrics.h"
 #include "server/service.h"
+#include "server/tls.h"
 #include "server/validation.h"
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
 #include "server/cuda/cuda_executor.h"
@@ -69,6 +73,33 @@ ABSL_FLAG(int32_t, pipeline_depth, 3,
 ABSL_FLAG(int32_t, drain_timeout_s, 30,
           "On SIGTERM / SIGINT, how long to wait for accepted requests before exiting");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port (with --tls_key: TLS; empty: plaintext)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of accepted bearer tokens, one per line: calls to the attention service must "
+          "send 'authorization: Bearer <token>' (health and reflection stay open)");
+ABSL_FLAG(int32_t, credentials_reload_interval_s, 60,
+          "How often the TLS files and the token file are re-read (rotation without restart)");
+ABSL_FLAG(int32_t, max_concurrent_streams, 256,
+          "Calls open at once on one connection; clients queue the rest (HTTP/2 setting)");
+ABSL_FLAG(int32_t, keepalive_time_s, 60,
+          "The server pings a connection after this long without activity");
+ABSL_FLAG(int32_t, keepalive_timeout_s, 20,
+          "A connection whose ping is not answered within this long is closed");
+ABSL_FLAG(int32_t, keepalive_min_client_interval_s, 10,
+          "Shortest keepalive interval allowed to clients; pinging more often is answered with "
+          "GOAWAY too_many_pings");
+ABSL_FLAG(bool, keepalive_permit_without_calls, true,
+          "Allow client keepalive pings on connections without calls");
+ABSL_FLAG(int32_t, max_connection_age_s, 1800,
+          "After this long (+-10% jitter) a connection is asked to reconnect (GOAWAY), so clients "
+          "re-resolve and spread over new replicas; 0 = no limit");
+ABSL_FLAG(int32_t, max_connection_age_grace_s, 0,
+          "How long calls still open on an aged connection may run before it is closed; 0 = no "
+          "limit (streams run to their end)");
 
 namespace attention::server {
 namespace {
@@ -77,6 +108,18 @@ constexpr char kServiceName[] = "attention.v1.AttentionService";
 // Raised by the CUDA executor's fatal-error handler (a sticky device error): the server drains
 // what it can with health NOT_SERVING and exits 1 so that the orchestrator restarts it.
 constexpr int kFatalSignal = SIGUSR1;
+
+// gRPC's own log lines (handshake failures, transport errors) in the server's key=value format.
+// gRPC reports its peers' faults (a client that does not speak TLS, a bad certificate) as
+// errors; they are warnings here, the server's own failures being errors.
+void GrpcLog(gpr_log_func_args* args) {
+  const LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? LogLevel::kWarning
+                         : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo
+                                                                   : LogLevel::kDebug;
+  LogLine(level, "grpc_log")
+      .Kv("source", absl::StrCat(args->file != nullptr ? args->file : "?", ":", args->line))
+      .Kv("message", args->message != nullptr ? args->message : "");
+}
 
 // Checks the flags that could otherwise break an invariant; the message names the flag.
 absl::Status CheckFlags() {
@@ -95,7 +138,13 @@ absl::Status CheckFlags() {
            {"max_heads", absl::GetFlag(FLAGS_max_heads)},
            {"max_stream_in_flight", absl::GetFlag(FLAGS_max_stream_in_flight)},
            {"pinned_host_bytes", absl::GetFlag(FLAGS_pinned_host_bytes)},
-           {"pipeline_depth", absl::GetFlag(FLAGS_pipeline_depth)}}) {
+           {"pipeline_depth", absl::GetFlag(FLAGS_pipeline_depth)},
+           {"credentials_reload_interval_s", absl::GetFlag(FLAGS_credentials_reload_interval_s)},
+           {"max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams)},
+           {"keepalive_time_s", absl::GetFlag(FLAGS_keepalive_time_s)},
+           {"keepalive_timeout_s", absl::GetFlag(FLAGS_keepalive_timeout_s)},
+           {"keepalive_min_client_interval_s",
+            absl::GetFlag(FLAGS_keepalive_min_client_interval_s)}}) {
     if (absl::Status s = positive(name, value); !s.ok()) return s;
   }
   if (absl::GetFlag(FLAGS_max_message_bytes) > INT_MAX) {
@@ -110,9 +159,31 @@ absl::Status CheckFlags() {
         "be below 2^31 (int32 kernel parameters)");
   }
   if (absl::GetFlag(FLAGS_max_queue_delay_us) < 0 || absl::GetFlag(FLAGS_drain_timeout_s) < 0 ||
-      absl::GetFlag(FLAGS_device_memory_bytes) < 0) {
+      absl::GetFlag(FLAGS_device_memory_bytes) < 0 ||
+      absl::GetFlag(FLAGS_max_connection_age_s) < 0 ||
+      absl::GetFlag(FLAGS_max_connection_age_grace_s) < 0) {
     return absl::InvalidArgumentError(
-        "--max_queue_delay_us, --drain_timeout_s and --device_memory_bytes must be >= 0");
+        "--max_queue_delay_us, --drain_timeout_s, --device_memory_bytes, --max_connection_age_s "
+        "and --max_connection_age_grace_s must be >= 0");
+  }
+  // gRPC takes these in milliseconds, as int.
+  for (auto [name, value] : std::initializer_list<std::pair<const char*, int64_t>>{
+           {"keepalive_time_s", absl::GetFlag(FLAGS_keepalive_time_s)},
+           {"keepalive_timeout_s", absl::GetFlag(FLAGS_keepalive_timeout_s)},
+           {"keepalive_min_client_interval_s",
+            absl::GetFlag(FLAGS_keepalive_min_client_interval_s)},
+           {"max_connection_age_s", absl::GetFlag(FLAGS_max_connection_age_s)},
+           {"max_connection_age_grace_s", absl::GetFlag(FLAGS_max_connection_age_grace_s)}}) {
+    if (value > INT_MAX / 1000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " must be at most ", INT_MAX / 1000));
+    }
+  }
+  if (absl::GetFlag(FLAGS_tls_cert).empty() != absl::GetFlag(FLAGS_tls_key).empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
+  }
+  if (!absl::GetFlag(FLAGS_tls_client_ca).empty() && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
   const std::string backend = absl::GetFlag(FLAGS_backend);
   if (backend != "auto" && backend != "cuda" && backend != "cpu") {
@@ -122,6 +193,41 @@ absl::Status CheckFlags() {
   return absl::OkStatus();
 }
 
+// The gRPC port's credentials from the --tls_* flags: plaintext when none is set.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
+  TlsFiles files;
+  files.cert = absl::GetFlag(FLAGS_tls_cert);
+  files.key = absl::GetFlag(FLAGS_tls_key);
+  files.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (files.cert.empty()) return grpc::InsecureServerCredentials();
+  if (absl::Status s = CheckTlsFiles(files); !s.ok()) return s;
+  return MakeTlsServerCredentials(
+      files, std::chrono::seconds(absl::GetFlag(FLAGS_credentials_reload_interval_s)));
+}
+
+// Transport limits and keepalive policy (flags above), as channel arguments of the server.
+void AddTransportArguments(grpc::ServerBuilder& builder) {
+  constexpr int kMillis = 1000;
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             absl::GetFlag(FLAGS_max_concurrent_streams));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             absl::GetFlag(FLAGS_keepalive_time_s) * kMillis);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             absl::GetFlag(FLAGS_keepalive_timeout_s) * kMillis);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                             absl::GetFlag(FLAGS_keepalive_permit_without_calls) ? 1 : 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             absl::GetFlag(FLAGS_keepalive_min_client_interval_s) * kMillis);
+  // The server's own keepalive pings on a connection without calls are not limited in number.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  if (const int age = absl::GetFlag(FLAGS_max_connection_age_s); age > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age * kMillis);
+  }
+  if (const int grace = absl::GetFlag(FLAGS_max_connection_age_grace_s); grace > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, grace * kMillis);
+  }
+}
+
 // "host" of "host:port" ("[::1]:0" -> "[::1]").
 std::string HostOf(const std::string& address) {
   const size_t colon = address.rfind(':');
@@ -129,18 +235,37 @@ std::string HostOf(const std::string& address) {
 }
 
 int Serve() {
-  if (absl::Status s = CheckFlags(); !s.ok()) {
-    LogLine(LogLevel::kError, "bad_flags").Kv("error", s.message());
-    return 2;
-  }
-  // SIGTERM and SIGINT are taken by sigwait below; blocked before any thread exists so that every
-  // thread inherits the mask.
+  // SIGTERM and SIGINT are taken by sigwait below; blocked before any thread exists (gRPC's
+  // credentials and the token reloader start threads) so that every thread inherits the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, kFatalSignal);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (absl::Status s = CheckFlags(); !s.ok()) {
+    LogLine(LogLevel::kError, "bad_flags").Kv("error", s.message());
+    return 2;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
+  if (!credentials.ok()) {
+    LogLine(LogLevel::kError, "bad_flags").Kv("error", credentials.status().message());
+    return 2;
+  }
+  std::unique_ptr<TokenAuthenticator> auth;
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> created = TokenAuthenticator::Create(
+        path, std::chrono::seconds(absl::GetFlag(FLAGS_credentials_reload_interval_s)));
+    if (!created.ok()) {
+      LogLine(LogLevel::kError, "bad_flags").Kv("error", created.status().message());
+      return 2;
+    }
+    auth = std::move(*created);
+    if (absl::GetFlag(FLAGS_tls_cert).empty()) {
+      LogLine(LogLevel::kWarning, "plaintext_tokens")
+          .Kv("warning", "--auth_token_file without --tls_cert: tokens travel in clear text");
+    }
+  }
 
   ExecutorOptions executor_options;
   executor_options.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
@@ -218,6 +343,7 @@ int Serve() {
   service_options.limits.max_request_sequences = absl::GetFlag(FLAGS_max_request_sequences);
   service_options.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
   service_options.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
+  service_options.auth = auth.get();
   AttentionServiceImpl service(service_options, &batcher, &metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -225,11 +351,12 @@ int Serve() {
   grpc::ServerBuilder builder;
   const std::string address = absl::GetFlag(FLAGS_address);
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, *credentials, &port);
   builder.RegisterService(&service);
   const int max_message = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
+  AddTransportArguments(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogLine(LogLevel::kError, "bind_failed").Kv("address", address);
@@ -253,7 +380,12 @@ int Serve() {
       .Kv("max_batch_tokens", batcher_options.max_batch_tokens)
       .Kv("max_batch_requests", batcher_options.max_batch_requests)
       .Kv("max_queue_delay_us", batcher_options.max_queue_delay.count())
-      .Kv("max_message_bytes", max_message);
+      .Kv("max_message_bytes", max_message)
+      .Kv("tls", absl::GetFlag(FLAGS_tls_cert).empty()        ? "off"
+                 : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
+                                                              : "mutual")
+      .Kv("auth", auth != nullptr ? "bearer" : "off")
+      .Kv("max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams));
   std::printf("listening address=%s\n", bound.c_str());
   std::fflush(stdout);
 
@@ -307,5 +439,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   attention::server::SetLogLevel(level);
+  gpr_set_log_function(attention::server::GrpcLog);
   return attention::server::Serve();
 }

@@ -34,6 +34,20 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
   return now + std::chrono::duration_cast<Clock::duration>(left);
 }
 
+// OK when the call may use the service: no authenticator, or a known bearer token.
+absl::Status Authenticate(const AttentionServiceImpl& service,
+                          const grpc::CallbackServerContext* context) {
+  const TokenAuthenticator* auth = service.options().auth;
+  if (auth == nullptr) return absl::OkStatus();
+  absl::Status status = auth->Check(context->client_metadata());
+  if (!status.ok()) {
+    LogLine(LogLevel::kDebug, "unauthenticated")
+        .Kv("peer", context->peer())
+        .Kv("error", status.message());
+  }
+  return status;
+}
+
 // Validates `request` and queues it as a job answered through `completion`. On an error nothing
 // was queued and the caller answers with the status.
 absl::Status StartJob(AttentionServiceImpl& service, const Request& request, Response* response,
@@ -67,8 +81,11 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
       : service_(service), request_(request), response_(response), accepted_(Clock::now()) {
     service_->CallStarted();
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
-    const absl::Status status = StartJob(*service_, *request_, response_, this, accepted_,
-                                         SteadyDeadline(context, accepted_), &cancelled_);
+    absl::Status status = Authenticate(*service_, context);
+    if (status.ok()) {
+      status = StartJob(*service_, *request_, response_, this, accepted_,
+                        SteadyDeadline(context, accepted_), &cancelled_);
+    }
     // Once the job is queued another thread may answer it (and this object be deleted): nothing
     // after this point touches `this` unless the job was refused.
     if (!status.ok()) Answer(status);
@@ -126,17 +143,20 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
   StreamCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), deadline_(SteadyDeadline(context, Clock::now())) {
     service_->Register(this);
-    if (service_->draining()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
-      finished_ = true;
-    } else {
+    const absl::Status auth = Authenticate(*service_, context);
+    if (auth.ok() && !service_->draining()) {
       next_ = std::make_unique<Item>(this);
       StartRead(&next_->request);
       return;
     }
-    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "server is draining: open the stream on another replica"));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_ = service_->draining();
+      finished_ = true;
+    }
+    Finish(!auth.ok() ? ToGrpc(auth)
+                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     "server is draining: open the stream on another replica"));
   }
 
   void OnReadDone(bool ok) override {

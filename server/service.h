@@ -10,6 +10,10 @@
 // remaining answers are dropped (queued jobs are dropped before launch) and it ends CANCELLED
 // once no job refers to it any more. While draining, a stream ends with UNAVAILABLE as soon as
 // its outstanding answers are written.
+//
+// With a TokenAuthenticator (--auth_token_file) every call must carry a known bearer token: a
+// unary call without one is answered UNAUTHENTICATED, a stream ends UNAUTHENTICATED before any
+// request is read. Health and reflection are other services and stay open.
 #ifndef ATTENTION_SERVER_SERVICE_H_
 #define ATTENTION_SERVER_SERVICE_H_
 
@@ -21,6 +25,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/validation.h"
 
@@ -34,6 +39,8 @@ struct ServiceOptions {
   // Requests of one stream accepted and not yet written back; at this bound the stream stops
   // reading until answers drain (flow control for clients that send faster than they read).
   int max_stream_in_flight = 1024;
+  // Not owned; null: no authentication. Outlives the service.
+  const TokenAuthenticator* auth = nullptr;
 };
 
 class AttentionServiceImpl final : public v1::AttentionService::CallbackService {

@@ -4,19 +4,12 @@
 // 4 MiB default, health and reflection, client cancellation, and a SIGTERM drain that answers
 // every accepted request and exits 0.
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <cstdlib>
 #include <future>
-#include <iostream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -28,185 +21,23 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_process.h"
 #include "tests/server/server_test_util.h"
-
-extern char** environ;
 
 namespace attention::server {
 namespace {
 
 using testing::CompareWithReference;
+using testing::Connect;
+using testing::FromBuffer;
 using ::testing::HasSubstr;
+using testing::HealthStatus;
+using testing::LogField;
 using testing::MakeRequest;
 using testing::RequestOptions;
+using testing::ServerProcess;
+using testing::ToBuffer;
 using namespace std::chrono_literals;
-
-constexpr int kMaxMessage = 1 << 30;
-
-// The server as a child process. Its stdout and stderr (structured logs) are collected by a
-// reader thread and echoed to the test's stderr.
-class ServerProcess {
- public:
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (reader_.joinable()) reader_.join();
-    if (output_fd_ >= 0) close(output_fd_);
-  }
-
-  // Starts the server on 127.0.0.1:0 with `flags` and waits for its "listening address=" line.
-  bool Start(const std::vector<std::string>& flags) {
-    const char* binary = std::getenv("ATTN_SERVER_BINARY");
-    if (binary == nullptr) {
-      ADD_FAILURE() << "ATTN_SERVER_BINARY is not set";
-      return false;
-    }
-    std::vector<std::string> args = {binary, "--address=127.0.0.1:0", "--metrics_address=",
-                                     "--backend=" + attention::testing::ServerBackendUnderTest(),
-                                     "--cpu_threads=2"};
-    // A bounded device pool, so that several test servers can share one GPU.
-    if (attention::testing::ServerBackendUnderTest() == "cuda") {
-      args.push_back("--device_memory_bytes=4294967296");
-    }
-    args.insert(args.end(), flags.begin(), flags.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int fds[2];
-    if (pipe(fds) != 0) return false;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    const int rc = posix_spawn(&pid_, binary, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    output_fd_ = fds[0];
-    if (rc != 0) {
-      pid_ = -1;
-      ADD_FAILURE() << "cannot start " << binary;
-      return false;
-    }
-    reader_ = std::thread([this] {
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(output_fd_, buf, sizeof(buf))) > 0) {
-        std::cerr.write(buf, n);
-        std::lock_guard<std::mutex> lock(mu_);
-        output_.append(buf, static_cast<size_t>(n));
-        cv_.notify_all();
-      }
-    });
-    std::unique_lock<std::mutex> lock(mu_);
-    size_t at = std::string::npos, end = std::string::npos;
-    cv_.wait_for(lock, 30s, [&] {
-      at = output_.find("listening address=");
-      end = at == std::string::npos ? at : output_.find('\n', at);
-      return end != std::string::npos;
-    });
-    if (end == std::string::npos) {
-      ADD_FAILURE() << "server did not print its address; output: " << output_;
-      return false;
-    }
-    address_ = output_.substr(at + 18, end - at - 18);
-    return true;
-  }
-
-  const std::string& address() const { return address_; }
-
-  // The first output line containing `text`, waiting for it up to `timeout` ("" if none).
-  std::string Line(const std::string& text, std::chrono::seconds timeout = 0s) {
-    std::unique_lock<std::mutex> lock(mu_);
-    size_t at = std::string::npos;
-    cv_.wait_for(lock, timeout, [&] {
-      at = output_.find(text);
-      return at != std::string::npos && output_.find('\n', at) != std::string::npos;
-    });
-    if (at == std::string::npos) return "";
-    const size_t begin = output_.rfind('\n', at);
-    const size_t end = output_.find('\n', at);
-    return output_.substr(begin == std::string::npos ? 0 : begin + 1,
-                          end == std::string::npos ? std::string::npos : end - begin - 1);
-  }
-
-  void Signal(int sig) { kill(pid_, sig); }
-
-  // Waits for the process to exit; its exit code, or -1 (killed by a signal or timed out).
-  int Wait(std::chrono::seconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int output_fd_ = -1;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::string output_;
-  std::string address_;
-};
-
-// The integer after "key=" in `line`, -1 if absent.
-int64_t FieldValue(const std::string& line, const std::string& key) {
-  const size_t at = line.find(" " + key + "=");
-  return at == std::string::npos ? -1 : std::atoll(line.c_str() + at + key.size() + 2);
-}
-
-std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessage);
-  args.SetMaxSendMessageSize(kMaxMessage);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
-
-grpc::ByteBuffer ToBuffer(const std::string& bytes) {
-  grpc::Slice slice(bytes);
-  return grpc::ByteBuffer(&slice, 1);
-}
-
-std::string FromBuffer(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string out;
-  if (!buffer.Dump(&slices).ok()) return out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
-
-// grpc.health.v1.Health/Check through the generic stub (no generated health code needed):
-// "SERVING", "NOT_SERVING", or the RPC's error.
-std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel,
-                         const std::string& service) {
-  grpc::GenericStub stub(channel);
-  std::string request = {0x0a, static_cast<char>(service.size())};
-  request += service;
-  const grpc::ByteBuffer request_buffer = ToBuffer(request);
-  grpc::ByteBuffer response;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + 10s);
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
-                 &response, [&](grpc::Status s) { done.set_value(s); });
-  const grpc::Status status = done.get_future().get();
-  if (!status.ok()) return "error: " + status.error_message();
-  const std::string bytes = FromBuffer(response);
-  // HealthCheckResponse { ServingStatus status = 1; }: SERVING = 1, NOT_SERVING = 2.
-  if (bytes == std::string{0x08, 0x01}) return "SERVING";
-  if (bytes == std::string{0x08, 0x02}) return "NOT_SERVING";
-  return "unexpected response";
-}
 
 // Lists services through grpc.reflection.v1alpha (ServerReflectionRequest.list_services = "");
 // returns the raw response bytes, which hold the service names.
@@ -242,7 +73,11 @@ class ServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     server_ = new ServerProcess();
-    if (!server_->Start({})) return;
+    const std::string error = server_->Start({});
+    if (!error.empty()) {
+      ADD_FAILURE() << error;
+      return;
+    }
     channel_ = Connect(server_->address());
   }
   // The shared server survived every test: it drains and exits 0.
@@ -491,7 +326,7 @@ TEST_F(ServiceTest, ClientCancelsStreamAndTheServerStaysUp) {
 
 TEST(ServiceLimitsTest, ConfiguredLimitsGiveResourceExhausted) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start({"--max_request_tokens=64", "--max_heads=4"}));
+  ASSERT_EQ(server.Start({"--max_request_tokens=64", "--max_heads=4"}), "");
   auto stub = v1::AttentionService::NewStub(Connect(server.address()));
   std::mt19937 rng(3);
   RequestOptions o;
@@ -518,7 +353,7 @@ TEST(ServiceLimitsTest, ConfiguredLimitsGiveResourceExhausted) {
 TEST(ServiceDrainTest, SigtermAnswersEveryAcceptedRequestThenExitsZero) {
   ServerProcess server;
   // One launch at a time of one request each: the queue drains slowly enough to observe.
-  ASSERT_TRUE(server.Start({"--batching=false", "--cpu_threads=1", "--drain_timeout_s=60"}));
+  ASSERT_EQ(server.Start({"--batching=false", "--cpu_threads=1", "--drain_timeout_s=60"}), "");
   auto channel = Connect(server.address());
   auto stub = v1::AttentionService::NewStub(channel);
   std::mt19937 rng(4);
@@ -585,8 +420,7 @@ TEST(ServiceDrainTest, SigtermAnswersEveryAcceptedRequestThenExitsZero) {
 
   // Work was queued or running when the signal came (one request per launch), and every accepted
   // request was answered, correctly.
-  const int64_t pending =
-      FieldValue(draining, "queued") + FieldValue(draining, "batches_in_flight");
+  const int64_t pending = LogField(draining, "queued") + LogField(draining, "batches_in_flight");
   EXPECT_GT(pending, 0) << draining;
   EXPECT_GE(static_cast<int64_t>(answers.size()), 1 + pending);
   EXPECT_EQ(CompareWithReference(problem, answers[0]), "");
