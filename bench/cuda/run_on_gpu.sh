@@ -8,8 +8,8 @@
 # BUNDLE_DIR (default .gpu) holds the executables packed by shared/tools/gpu-bundle.sh
 # (attention_cuda_test, attention_kernel_bench) and a copy of sdpa_peer.py. Logs and results go
 # to $OUT (default /tmp/attention_gpu_run): run.log, kernel_bench.jsonl, peer.jsonl,
-# kernel_report.md, kernel_chart.png, sass_summary.txt. Set SKIP_TESTS=1 or SKIP_SANITIZER=1 to
-# leave those steps out.
+# kernel_report.md, kernel_chart.png, sass_summary.txt (ncu.txt with PROFILE=1). Set SKIP_TESTS=1 or
+# SKIP_SANITIZER=1 to leave those steps out; BENCH_ARGS replaces the benchmark's extra flags.
 set -uo pipefail
 commit=${1:?usage: run_on_gpu.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
@@ -57,6 +57,26 @@ device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 python3 bench/cuda/make_report.py --ours "$out/kernel_bench.jsonl" --peer "$out/peer.jsonl" \
   --device "$device" --commit "$commit" --date "$(date -u +%Y-%m-%d)" \
   --md "$out/kernel_report.md" --png "$out/kernel_chart.png" && sed -n 1,20p "$out/kernel_report.md"
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  # Nsight Compute on a few cells, ours and FA2's kernel on the same shape (clocks left alone).
+  step "ncu profiles"
+  # PROFILE_CELLS: head_dim,causal,seqlen cells separated by spaces.
+  for cell in ${PROFILE_CELLS:-256,1,1024 64,0,1024}; do
+    IFS=, read -r hd causal seqlen <<<"$cell"
+    set -- "$hd" "$causal" "$seqlen"
+    sections="--section SpeedOfLight --section Occupancy --section LaunchStats"
+    sections+=" --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis"
+    echo "##### ours d=$1 causal=$2 seqlen=$3"
+    timeout 120 ncu --clock-control none $sections -k regex:FlashFwdKernel --launch-skip 3 \
+      --launch-count 1 "$bundle/bin/attention_kernel_bench" --dtype bf16 --hdim "$1" \
+      --causal "$2" --seqlens "$3"
+    echo "##### FA2 d=$1 causal=$2 seqlen=$3"
+    timeout 120 ncu --clock-control none $sections -k regex:flash_fwd --launch-skip 3 \
+      --launch-count 1 python3 bench/cuda/sdpa_one_cell.py "$1" "$2" "$3"
+  done > "$out/ncu.txt" 2>&1
+  grep -E "#####|Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible" "$out/ncu.txt"
+fi
 
 step "SASS: spills (LDL/STL) and tensor-core instructions per kernel"
 if command -v cuobjdump >/dev/null; then

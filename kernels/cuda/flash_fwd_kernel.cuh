@@ -59,7 +59,11 @@ __device__ __forceinline__ void LoadTile(uint32_t smem_tile, const Element* gmem
       const int row = row0 + it * kRowsPerIter;
       if (kTotal % kThreads == 0 || row < kRows) {
         const bool pred = row < valid_rows && chunk < valid_chunks;
-        CpAsync16(smem_tile + Tile::Offset(row, chunk), src, pred);
+        // Predicated-off copies read nothing, so their address needs no clamping; the
+        // one-stage kernels clamp it anyway because ptxas then allocates their registers without
+        // spills (bench/cuda/NOTES.md, run 3: -11% for d = 256 with the spills).
+        CpAsync16(smem_tile + Tile::Offset(row, chunk),
+                  Traits::kKVStages == 1 && !pred ? gmem : src, pred);
       }
       src += step;
     }
@@ -478,7 +482,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   }
 
   // Stage this warp's O rows in its own rows of the Q tile (no other warp reads them, and all
-  // copies into shared memory have completed), then write 16-byte chunks to global memory.
+  // copies into shared memory have completed), then write 16-byte chunks to global memory. The
+  // __syncwarp orders this warp's last ldmatrix reads of those rows before the writes.
+  __syncwarp();
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll

@@ -48,6 +48,7 @@ struct TileConfig {
 constexpr TileConfig DefaultTileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 64) return {128, 64, 4, 2};
   if (head_dim_bucket <= 128) return {128, 64, 4, 2};
+  if (head_dim_bucket < 256) return {128, 64, 8, 2};
   return {64, 64, 4, 1};
 }
 
