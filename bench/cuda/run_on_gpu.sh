@@ -9,7 +9,8 @@
 # (attention_cuda_test, attention_kernel_bench) and a copy of sdpa_peer.py. Logs and results go
 # to $OUT (default /tmp/attention_gpu_run): run.log, kernel_bench.jsonl, peer.jsonl,
 # kernel_report.md, kernel_chart.png, sass_summary.txt (ncu.txt with PROFILE=1). Set SKIP_TESTS=1 or
-# SKIP_SANITIZER=1 to leave those steps out; BENCH_ARGS replaces the benchmark's extra flags.
+# SKIP_SANITIZER=1 to leave those steps out; BENCH_ARGS replaces the benchmark's extra flags;
+# PEER_DTYPES (default "bf16 fp16", may be empty) picks the peer runs.
 set -uo pipefail
 commit=${1:?usage: run_on_gpu.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
@@ -46,7 +47,7 @@ step "kernel benchmark"
 timeout 300 "$bundle/bin/attention_kernel_bench" --json "$out/kernel_bench.jsonl" \
   ${BENCH_ARGS:---tiles --memory} || status=1
 
-for dtype in bf16 fp16; do
+for dtype in ${PEER_DTYPES-bf16 fp16}; do
   step "peer sdpa_peer.py --dtype $dtype"
   timeout 240 python3 "$bundle/sdpa_peer.py" --dtype "$dtype" --json "$out/peer.jsonl" \
     | tail -40 || status=1

@@ -265,21 +265,53 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
       }
     }
-#pragma unroll
-    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-      uint32_t q_frag[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        LdsmX4(q_frag[mt], QTile::LdsmAddress(q_lane, mt * 16, 2 * ks));
-      }
-#pragma unroll
-      for (int np = 0; np < kNTilesS / 2; ++np) {
-        uint32_t k_frag[4];
-        LdsmX4(k_frag, KVTile::LdsmAddress(k_lane, np * 16, 2 * ks));
+    if constexpr (Traits::kPrefetchFragments) {
+      // Fragments of k-step ks + 1 are loaded before the MMAs of step ks (two register buffers,
+      // the index is a compile-time constant after unrolling).
+      uint32_t q_frag[2][kMTiles][4];
+      uint32_t k_frag[2][kNTilesS / 2][4];
+      const auto load = [&](const int ks, const int buf) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          Ops::Mma(acc_s[mt][2 * np], q_frag[mt], k_frag[0], k_frag[1]);
-          Ops::Mma(acc_s[mt][2 * np + 1], q_frag[mt], k_frag[2], k_frag[3]);
+          LdsmX4(q_frag[buf][mt], QTile::LdsmAddress(q_lane, mt * 16, 2 * ks));
+        }
+#pragma unroll
+        for (int np = 0; np < kNTilesS / 2; ++np) {
+          LdsmX4(k_frag[buf][np], KVTile::LdsmAddress(k_lane, np * 16, 2 * ks));
+        }
+      };
+      load(0, 0);
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        if (ks + 1 < kHeadDim / 16) load(ks + 1, (ks + 1) % 2);
+#pragma unroll
+        for (int np = 0; np < kNTilesS / 2; ++np) {
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            Ops::Mma(acc_s[mt][2 * np], q_frag[ks % 2][mt], k_frag[ks % 2][np][0],
+                     k_frag[ks % 2][np][1]);
+            Ops::Mma(acc_s[mt][2 * np + 1], q_frag[ks % 2][mt], k_frag[ks % 2][np][2],
+                     k_frag[ks % 2][np][3]);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        uint32_t q_frag[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          LdsmX4(q_frag[mt], QTile::LdsmAddress(q_lane, mt * 16, 2 * ks));
+        }
+#pragma unroll
+        for (int np = 0; np < kNTilesS / 2; ++np) {
+          uint32_t k_frag[4];
+          LdsmX4(k_frag, KVTile::LdsmAddress(k_lane, np * 16, 2 * ks));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            Ops::Mma(acc_s[mt][2 * np], q_frag[mt], k_frag[0], k_frag[1]);
+            Ops::Mma(acc_s[mt][2 * np + 1], q_frag[mt], k_frag[2], k_frag[3]);
+          }
         }
       }
     }
@@ -411,6 +443,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
     // O += P V. P's A fragment for keys [16 kk, 16 kk + 16) is the S accumulators of n8 tiles
     // 2 kk and 2 kk + 1, rounded to 16 bits.
+    [[maybe_unused]] uint32_t v_next[4];
+    if constexpr (Traits::kPrefetchFragments) {
+      LdsmX4Trans(v_next, KVTile::LdsmAddress(v_lane, 0, 0));
+    }
 #pragma unroll
     for (int kk = 0; kk < kNTilesS / 2; ++kk) {
       uint32_t p_frag[kMTiles][4];
@@ -424,7 +460,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 #pragma unroll
       for (int dp = 0; dp < kNTilesO / 2; ++dp) {
         uint32_t v_frag[4];
-        LdsmX4Trans(v_frag, KVTile::LdsmAddress(v_lane, kk * 16, 2 * dp));
+        if constexpr (Traits::kPrefetchFragments) {
+          // v_next holds this step's fragment, loaded one (kk, dp) step earlier.
+          const int step = kk * (kNTilesO / 2) + dp;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) v_frag[e] = v_next[e];
+          if (step + 1 < (kNTilesS / 2) * (kNTilesO / 2)) {
+            const int kk1 = (step + 1) / (kNTilesO / 2);
+            const int dp1 = (step + 1) % (kNTilesO / 2);
+            LdsmX4Trans(v_next, KVTile::LdsmAddress(v_lane, kk1 * 16, 2 * dp1));
+          }
+        } else {
+          LdsmX4Trans(v_frag, KVTile::LdsmAddress(v_lane, kk * 16, 2 * dp));
+        }
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           Ops::Mma(acc_o[mt][2 * dp], p_frag[mt], v_frag[0], v_frag[1]);

@@ -22,7 +22,7 @@ cudaError_t RunFlashFwd(const AttentionParams& p, cudaStream_t stream);
 // Same with an explicit tile configuration (used by the benchmark's tile sweep; instantiated
 // there for the configurations it measures).
 template <DType kDType, int kHeadDim, FwdVariant kVariant, int kBlockM, int kBlockN, int kNWarps,
-          int kKVStages>
+          int kKVStages, bool kPrefetchFragments>
 cudaError_t RunFlashFwdTiles(const AttentionParams& p, cudaStream_t stream);
 
 }  // namespace attention::cuda

@@ -37,11 +37,12 @@ template <DType kDType>
 using ElementOf = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
 
 template <DType kDType, int kHeadDim, FwdVariant kVariant, int kBlockM, int kBlockN, int kNWarps,
-          int kKVStages>
+          int kKVStages, bool kPrefetchFragments>
 cudaError_t RunFlashFwdTiles(const AttentionParams& p, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands; float32 is converted by the host API");
-  using Traits = FwdKernelTraits<kHeadDim, kBlockM, kBlockN, kNWarps, kKVStages>;
+  using Traits =
+      FwdKernelTraits<kHeadDim, kBlockM, kBlockN, kNWarps, kKVStages, kPrefetchFragments>;
   return LaunchFlashFwd<Traits, ElementOf<kDType>, kVariant>(p, stream);
 }
 
@@ -49,7 +50,7 @@ template <DType kDType, int kHeadDim, FwdVariant kVariant>
 cudaError_t RunFlashFwd(const AttentionParams& p, cudaStream_t stream) {
   constexpr TileConfig kTiles = DefaultTileConfig(kHeadDim);
   return RunFlashFwdTiles<kDType, kHeadDim, kVariant, kTiles.block_m, kTiles.block_n, kTiles.warps,
-                          kTiles.kv_stages>(p, stream);
+                          kTiles.kv_stages, kTiles.prefetch_fragments>(p, stream);
 }
 
 }  // namespace attention::cuda

@@ -35,6 +35,9 @@ struct TileConfig {
   int block_n;
   int warps;
   int kv_stages;
+  // Load the ldmatrix fragments of the next k-step before the MMAs of the current one, in
+  // explicit register double buffers, instead of leaving the distance to ptxas.
+  bool prefetch_fragments;
 };
 
 // The tile table. The measurements behind each row are in docs/kernel.md and bench/cuda/NOTES.md.
@@ -46,10 +49,10 @@ struct TileConfig {
 //  - kv_stages = 2 everywhere the shared memory allows two blocks per SM (d <= 128) or one block
 //    of 8 warps (d > 128).
 constexpr TileConfig DefaultTileConfig(int head_dim_bucket) {
-  if (head_dim_bucket <= 64) return {128, 64, 4, 2};
-  if (head_dim_bucket <= 128) return {128, 64, 4, 2};
-  if (head_dim_bucket < 256) return {128, 64, 8, 2};
-  return {64, 64, 4, 1};
+  if (head_dim_bucket <= 64) return {128, 64, 4, 2, false};
+  if (head_dim_bucket <= 128) return {128, 64, 4, 2, false};
+  if (head_dim_bucket < 256) return {128, 64, 8, 2, false};
+  return {64, 64, 4, 1, false};
 }
 
 // Shared-memory layout of a [kRows, kCols] tile of 16-bit elements. The columns are split into
@@ -103,7 +106,8 @@ struct SmemTile {
 };
 
 // Constants the device code is written against, checked once here.
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kKVStages_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kKVStages_,
+          bool kPrefetchFragments_ = false>
 struct FwdKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -111,6 +115,7 @@ struct FwdKernelTraits {
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kKVStages = kKVStages_;
   static constexpr int kNThreads = kNWarps * 32;
+  static constexpr bool kPrefetchFragments = kPrefetchFragments_;
 
   static_assert(kHeadDim % 32 == 0 && kHeadDim >= 32 && kHeadDim <= 256,
                 "head-dim buckets are multiples of 32 up to 256");
