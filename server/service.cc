@@ -6,6 +6,9 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/proto_buffer_writer.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 
@@ -32,6 +35,30 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
   const auto left = deadline - std::chrono::system_clock::now();
   if (left > std::chrono::hours(24 * 365)) return Clock::time_point::max();
   return now + std::chrono::duration_cast<Clock::duration>(left);
+}
+
+// Parses one wire message into `request`, then releases the wire bytes (as gRPC's own
+// deserializer does: a large request is held once, not twice). INVALID_ARGUMENT when the bytes
+// are not an AttentionRequest; gRPC itself would answer UNIMPLEMENTED with no message (unary) or
+// end a stream as if the client had half-closed.
+absl::Status ParseRequest(grpc::ByteBuffer* wire, Request* request) {
+  bool parsed = false;
+  {
+    grpc::ProtoBufferReader reader(wire);
+    parsed = reader.status().ok() && request->ParseFromZeroCopyStream(&reader);
+  }
+  wire->Clear();
+  if (parsed) return absl::OkStatus();
+  request->Clear();
+  return absl::InvalidArgumentError(
+      "request: the message is not a valid attention.v1.AttentionRequest (protobuf wire format)");
+}
+
+// Serializes `response` into `wire` and releases the response's own copy of the tensors.
+void SerializeResponse(Response* response, grpc::ByteBuffer* wire) {
+  bool own_buffer = false;
+  grpc::SerializationTraits<Response>::Serialize(*response, wire, &own_buffer);
+  response->Clear();
 }
 
 // OK when the call may use the service: no authenticator, or a known bearer token.
@@ -73,17 +100,22 @@ absl::Status StartJob(AttentionServiceImpl& service, const Request& request, Res
 }
 
 // One unary call. Deletes itself in OnDone, which gRPC calls after Finish, so the request and
-// response (owned by gRPC until then) outlive the job.
+// response outlive the job.
 class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
  public:
   UnaryCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
-            const Request* request, Response* response)
-      : service_(service), request_(request), response_(response), accepted_(Clock::now()) {
+            const grpc::ByteBuffer* request_wire, grpc::ByteBuffer* response_wire)
+      : service_(service),
+        response_wire_(response_wire),
+        request_bytes_(static_cast<int64_t>(request_wire->Length())),
+        accepted_(Clock::now()) {
     service_->CallStarted();
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     absl::Status status = Authenticate(*service_, context);
+    // gRPC allocated the request buffer for this call and only reads it back to destroy it.
+    if (status.ok()) status = ParseRequest(const_cast<grpc::ByteBuffer*>(request_wire), &request_);
     if (status.ok()) {
-      status = StartJob(*service_, *request_, response_, this, accepted_,
+      status = StartJob(*service_, request_, &response_, this, accepted_,
                         SteadyDeadline(context, accepted_), &cancelled_);
     }
     // Once the job is queued another thread may answer it (and this object be deleted): nothing
@@ -111,23 +143,26 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   void Answer(const absl::Status& status) {
     int64_t response_bytes = 0;
     if (status.ok()) {
-      response_->set_request_id(request_->request_id());
-      response_->mutable_timings()->set_total_ns(NanosSince(accepted_));
-      response_bytes = static_cast<int64_t>(response_->ByteSizeLong());
+      response_.set_request_id(request_.request_id());
+      response_.mutable_timings()->set_total_ns(NanosSince(accepted_));
+      request_.Clear();  // the inputs are no longer needed
+      SerializeResponse(&response_, response_wire_);
+      response_bytes = static_cast<int64_t>(response_wire_->Length());
     }
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       metrics->RequestDone(Method::kAttention, static_cast<grpc::StatusCode>(status.code()),
-                           SecondsSince(accepted_), static_cast<int64_t>(request_->ByteSizeLong()),
-                           response_bytes);
+                           SecondsSince(accepted_), request_bytes_, response_bytes);
       metrics->AddInFlight(-1);
     }
     Finish(ToGrpc(status));
   }
 
   AttentionServiceImpl* const service_;
-  const Request* const request_;
-  Response* const response_;
+  grpc::ByteBuffer* const response_wire_;
+  const int64_t request_bytes_;
   const Clock::time_point accepted_;
+  Request request_;
+  Response response_;
   std::atomic<bool> cancelled_{false};
 };
 
@@ -138,7 +173,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
 // stream in ItemDone, which queues its answer for writing. The stream finishes once nothing is in
 // flight, nothing is being written and no more requests will be read (half-close, cancel,
 // drain, or a failed write); gRPC then calls OnDone, which deletes it.
-class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
+class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), deadline_(SteadyDeadline(context, Clock::now())) {
@@ -146,7 +181,7 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
     const absl::Status auth = Authenticate(*service_, context);
     if (auth.ok() && !service_->draining()) {
       next_ = std::make_unique<Item>(this);
-      StartRead(&next_->request);
+      StartRead(&next_->wire_in);
       return;
     }
     {
@@ -168,6 +203,21 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
     }
     std::unique_ptr<Item> item = std::move(next_);
     item->accepted = Clock::now();
+    item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
+    ++messages_read_;
+    if (absl::Status parsed = ParseRequest(&item->wire_in, &item->request); !parsed.ok()) {
+      // The stream's framing is broken: the request cannot be answered by its request_id, so the
+      // stream ends with INVALID_ARGUMENT once the answers in flight are written.
+      if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+        metrics->RequestRejected("invalid");
+        metrics->RequestDone(Method::kAttentionStream, grpc::StatusCode::INVALID_ARGUMENT,
+                             SecondsSince(item->accepted), item->request_bytes, 0);
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      malformed_ = absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message());
+      MaybeFinish(lock);
+      return;
+    }
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -201,7 +251,8 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
       write_queue_.clear();
     }
     writing_ = !write_queue_.empty();
-    const Response* next = writing_ ? &write_queue_.front()->response : nullptr;
+    // The front item stays queued (and alive) until its own OnWriteDone.
+    Item* next = writing_ ? write_queue_.front().get() : nullptr;
     if (read_paused_ && !Ending() && in_flight_ < service_->options().max_stream_in_flight) {
       read_paused_ = false;
       ReadNext(lock);
@@ -209,7 +260,7 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
     }
     if (next != nullptr) {
       lock.unlock();
-      StartWrite(next);
+      Write(next);
       return;
     }
     MaybeFinish(lock);
@@ -244,10 +295,19 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
       call->ItemDone(std::unique_ptr<Item>(this), status);
     }
     StreamCall* const call;
+    grpc::ByteBuffer wire_in;   // the message as read, released once parsed
+    grpc::ByteBuffer wire_out;  // the answer as written
     Request request;
     Response response;
     Clock::time_point accepted;
+    int64_t request_bytes = 0;
   };
+
+  // Serializes `item`'s answer and starts writing it (one write outstanding at a time).
+  void Write(Item* item) {
+    SerializeResponse(&item->response, &item->wire_out);
+    StartWrite(&item->wire_out);
+  }
 
   // Answers `item` (result or error) by queueing its response for writing.
   void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
@@ -260,10 +320,10 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
       response.mutable_error()->set_message(std::string(status.message()));
     }
     response.set_request_id(item->request.request_id());
+    item->request.Clear();  // the inputs are no longer needed
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       metrics->RequestDone(Method::kAttentionStream, static_cast<grpc::StatusCode>(status.code()),
-                           SecondsSince(item->accepted),
-                           static_cast<int64_t>(item->request.ByteSizeLong()),
+                           SecondsSince(item->accepted), item->request_bytes,
                            static_cast<int64_t>(response.ByteSizeLong()));
       metrics->AddInFlight(-1);
     }
@@ -279,22 +339,23 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
     write_queue_.push_back(std::move(item));
     if (writing_) return;
     writing_ = true;
-    const Response* next = &write_queue_.front()->response;
+    Item* next = write_queue_.front().get();
     lock.unlock();
-    StartWrite(next);
+    Write(next);
   }
 
   // No more requests will be read from this stream.
   bool Ending() const {
-    return reads_done_ || draining_ || write_failed_ || cancelled_.load(std::memory_order_relaxed);
+    return reads_done_ || draining_ || write_failed_ || !malformed_.empty() ||
+           cancelled_.load(std::memory_order_relaxed);
   }
 
   // Starts the next read; unlocks `lock`.
   void ReadNext(std::unique_lock<std::mutex>& lock) {
     next_ = std::make_unique<Item>(this);
-    Request* request = &next_->request;
+    grpc::ByteBuffer* wire = &next_->wire_in;
     lock.unlock();
-    StartRead(request);
+    StartRead(wire);
   }
 
   // Finishes the stream if nothing is left to do; unlocks `lock`.
@@ -304,6 +365,8 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
     grpc::Status status = grpc::Status::OK;
     if (cancelled_.load(std::memory_order_relaxed) || write_failed_) {
       status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
+    } else if (!malformed_.empty()) {
+      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, malformed_);
     } else if (draining_ && !reads_done_) {
       status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                             "server is draining: open the stream on another replica");
@@ -327,6 +390,8 @@ class StreamCall final : public grpc::ServerBidiReactor<Request, Response> {
   bool draining_ = false;
   bool write_failed_ = false;
   bool finished_ = false;
+  int64_t messages_read_ = 0;  // reading path only
+  std::string malformed_;      // why the stream ends INVALID_ARGUMENT, empty if it does not
 };
 
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher,
@@ -336,13 +401,13 @@ AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batche
 AttentionServiceImpl::~AttentionServiceImpl() = default;
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
-                                                          const v1::AttentionRequest* request,
-                                                          v1::AttentionResponse* response) {
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
   return new UnaryCall(this, context, request, response);
 }
 
-grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
-AttentionServiceImpl::AttentionStream(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::AttentionStream(
+    grpc::CallbackServerContext* context) {
   return new StreamCall(this, context);
 }
 

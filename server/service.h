@@ -5,11 +5,12 @@
 // Unary Attention: errors travel as the call's status; the response is only sent on OK.
 // AttentionStream: any number of requests in flight on one stream, answered in completion order
 // with their request_id; a request that fails is answered with AttentionResponse.error and the
-// stream stays open. One Write is outstanding at a time, the rest wait in a queue. The stream
-// ends with OK once the client half-closed and every answer was written; on a client cancel the
-// remaining answers are dropped (queued jobs are dropped before launch) and it ends CANCELLED
-// once no job refers to it any more. While draining, a stream ends with UNAVAILABLE as soon as
-// its outstanding answers are written.
+// stream stays open. A message that is not an AttentionRequest at all (no request_id to answer
+// it by) ends the stream with INVALID_ARGUMENT once the answers in flight are written. One Write is
+// outstanding at a time, the rest wait in a queue. The stream ends with OK once the client
+// half-closed and every answer was written; on a client cancel the remaining answers are dropped
+// (queued jobs are dropped before launch) and it ends CANCELLED once no job refers to it any more.
+// While draining, a stream ends with UNAVAILABLE as soon as its outstanding answers are written.
 //
 // With a TokenAuthenticator (--auth_token_file) every call must carry a known bearer token: a
 // unary call without one is answered UNAUTHENTICATED, a stream ends UNAUTHENTICATED before any
@@ -43,16 +44,24 @@ struct ServiceOptions {
   const TokenAuthenticator* auth = nullptr;
 };
 
-class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+// Both methods are registered "raw" (grpc::ByteBuffer in and out): the service parses each
+// message itself, so that bytes that are not an AttentionRequest are answered INVALID_ARGUMENT
+// (gRPC 1.51's typed callback handlers answer UNIMPLEMENTED with no message on a unary call and
+// end a stream as if the client had half-closed), and so that the wire bytes of a request are
+// released as soon as it is parsed.
+using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
+    v1::AttentionService::WithRawCallbackMethod_AttentionStream<v1::AttentionService::Service>>;
+
+class AttentionServiceImpl final : public AttentionServiceBase {
  public:
   // `batcher` outlives the service and the gRPC server it is registered on; `metrics` may be null.
   AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher, Metrics* metrics);
   ~AttentionServiceImpl() override;
 
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
-                                      const v1::AttentionRequest* request,
-                                      v1::AttentionResponse* response) override;
-  grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* AttentionStream(
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionStream(
       grpc::CallbackServerContext* context) override;
 
   // Draining: new requests are refused with UNAVAILABLE (by the batcher), and every open stream

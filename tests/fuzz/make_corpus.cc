@@ -1,0 +1,218 @@
+// Writes the fuzz target's seed corpus into a directory: `request_fuzzer_make_corpus DIR`.
+// Valid requests of every dtype, layout and option (small shapes: a few hundred bytes each) and
+// malformed ones breaking one rule each. The files in tests/fuzz/corpus are this program's output
+// (fixed seed), checked in; rerun it after changing the contract and commit the difference.
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/v1/attention.pb.h"
+#include "tests/server/server_test_util.h"
+
+namespace attention::testing {
+namespace {
+
+struct Seed {
+  std::string name;
+  std::string bytes;
+};
+
+RequestOptions Small(v1::DType dtype = v1::BFLOAT16) {
+  RequestOptions o;
+  o.dtype = dtype;
+  o.batch = 2;
+  o.seqlen_q = 5;
+  o.seqlen_k = 7;
+  o.q_heads = 2;
+  o.kv_heads = 1;
+  o.head_dim = 8;
+  return o;
+}
+
+RequestOptions Packed(v1::DType dtype = v1::FLOAT16) {
+  RequestOptions o = Small(dtype);
+  o.seqlens_q = {3, 0, 4};
+  o.seqlens_k = {5, 2, 4};
+  return o;
+}
+
+std::vector<Seed> Seeds() {
+  std::mt19937 rng(2024);
+  std::vector<Seed> seeds;
+  auto add = [&](const std::string& name, const RequestOptions& o,
+                 const std::function<void(v1::AttentionRequest&)>& edit = nullptr) {
+    v1::AttentionRequest r = MakeRequest(o, seeds.size() + 1, rng);
+    if (edit) edit(r);
+    seeds.push_back({name, r.SerializeAsString()});
+  };
+
+  // Valid: every dtype in both layouts, then one option at a time.
+  for (auto [dtype, name] : {std::pair{v1::BFLOAT16, "bf16"}, std::pair{v1::FLOAT16, "fp16"},
+                             std::pair{v1::FLOAT32, "fp32"}}) {
+    add(std::string("valid_dense_") + name, Small(dtype));
+    add(std::string("valid_packed_") + name, Packed(dtype));
+  }
+  RequestOptions o = Small();
+  o.causal = true;
+  add("valid_dense_causal", o);
+  o = Small();
+  o.seqlen_q = 9;
+  o.seqlen_k = 3;
+  o.causal = true;
+  o.return_lse = true;
+  add("valid_dense_causal_rows_without_keys_lse", o);
+  o = Packed();
+  o.causal = true;
+  o.return_lse = true;
+  add("valid_packed_causal_lse", o);
+  o = Small();
+  o.window_left = 2;
+  o.window_right = 1;
+  add("valid_window", o);
+  o = Packed(v1::FLOAT32);
+  o.window_left = 0;
+  o.window_right = -1;
+  add("valid_packed_window_left0", o);
+  o = Small(v1::FLOAT16);
+  o.softcap = 5.f;
+  o.softmax_scale = 0.7f;
+  add("valid_softcap_scale", o);
+  o = Small();
+  o.alibi = 1;
+  add("valid_alibi_per_head", o);
+  o = Packed();
+  o.alibi = 2;
+  o.return_lse = true;
+  add("valid_packed_alibi_per_sequence", o);
+  o = Small();
+  o.q_heads = 4;
+  o.kv_heads = 2;
+  o.return_lse = true;
+  add("valid_gqa_lse", o);
+  o = Small(v1::FLOAT32);
+  o.batch = 1;
+  o.seqlen_q = 1;
+  o.seqlen_k = 12;
+  add("valid_decode_one_query", o);
+  o = Small();
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {2, 1, 5, 7};
+  add("valid_mask_bool", o);
+  o = Small(v1::FLOAT32);
+  o.mask_dtype = v1::FLOAT32;
+  o.mask_shape = {2, 2, 5, 7};
+  o.return_lse = true;
+  add("valid_mask_additive_fp32_full", o);
+  o = Small(v1::FLOAT16);
+  o.mask_dtype = v1::FLOAT16;
+  o.mask_shape = {1, 7};
+  add("valid_mask_additive_fp16_broadcast", o);
+  o = Packed(v1::BFLOAT16);
+  o.mask_dtype = v1::BFLOAT16;
+  o.mask_shape = {2, 1, 5};
+  o.causal = true;
+  add("valid_packed_mask_bf16", o);
+  o = Small();
+  o.head_dim = 256;
+  o.batch = 1;
+  o.seqlen_q = 2;
+  o.seqlen_k = 2;
+  o.q_heads = o.kv_heads = 1;
+  add("valid_head_dim_256", o);
+
+  // Malformed: one rule broken each.
+  const RequestOptions base = Small();
+  add("bad_q_dtype_bool", base, [](auto& r) { r.mutable_q()->set_dtype(v1::BOOL); });
+  add("bad_q_dtype_unknown", base,
+      [](auto& r) { r.mutable_q()->set_dtype(static_cast<v1::DType>(99)); });
+  add("bad_k_dtype_mismatch", base, [](auto& r) { r.mutable_k()->set_dtype(v1::FLOAT32); });
+  add("bad_q_rank", base, [](auto& r) { r.mutable_q()->mutable_shape()->RemoveLast(); });
+  add("bad_negative_dim", base, [](auto& r) { r.mutable_q()->set_shape(1, -5); });
+  add("bad_zero_dim", base, [](auto& r) { r.mutable_k()->set_shape(1, 0); });
+  add("bad_overflowing_shape", base, [](auto& r) {
+    r.mutable_q()->set_shape(0, int64_t{1} << 40);
+    r.mutable_k()->set_shape(0, int64_t{1} << 40);
+    r.mutable_v()->set_shape(0, int64_t{1} << 40);
+  });
+  add("bad_shape_product_overflow", base, [](auto& r) {
+    for (int i = 0; i < 4; ++i) r.mutable_q()->set_shape(i, int64_t{1} << 20);
+  });
+  add("bad_data_length", base, [](auto& r) { r.mutable_v()->mutable_data()->resize(3); });
+  add("bad_v_shape", base, [](auto& r) { r.mutable_v()->set_shape(2, 2); });
+  add("bad_head_dim_mismatch", base, [](auto& r) { r.mutable_k()->set_shape(3, 4); });
+  add("bad_head_dim_too_large", base, [](auto& r) {
+    r.mutable_q()->set_shape(3, 300);
+    r.mutable_k()->set_shape(3, 300);
+    r.mutable_v()->set_shape(3, 300);
+  });
+  add("bad_heads_not_multiple", base, [](auto& r) {
+    r.mutable_q()->set_shape(2, 3);
+    r.mutable_k()->set_shape(2, 2);
+    r.mutable_v()->set_shape(2, 2);
+  });
+  add("bad_batch_mismatch", base, [](auto& r) { r.mutable_k()->set_shape(0, 3); });
+  add("bad_too_many_tokens", base, [](auto& r) { r.mutable_q()->set_shape(1, 100000); });
+  add("bad_cu_seqlens_only_q", base, [](auto& r) { r.add_cu_seqlens_q(0); });
+  const RequestOptions packed = Packed();
+  add("bad_cu_seqlens_decreasing", packed, [](auto& r) { r.set_cu_seqlens_q(2, 1); });
+  add("bad_cu_seqlens_first_nonzero", packed, [](auto& r) { r.set_cu_seqlens_k(0, 1); });
+  add("bad_cu_seqlens_last_mismatch", packed, [](auto& r) { r.set_cu_seqlens_q(3, 6); });
+  add("bad_cu_seqlens_size_mismatch", packed, [](auto& r) { r.add_cu_seqlens_k(11); });
+  add("bad_cu_seqlens_negative", packed, [](auto& r) { r.set_cu_seqlens_q(1, -2147483647); });
+  add("bad_softmax_scale_nan", base,
+      [](auto& r) { r.set_softmax_scale(std::numeric_limits<float>::quiet_NaN()); });
+  add("bad_softcap_negative", base, [](auto& r) { r.set_softcap(-1.f); });
+  add("bad_softcap_inf", base,
+      [](auto& r) { r.set_softcap(std::numeric_limits<float>::infinity()); });
+  add("bad_window_left", base, [](auto& r) { r.mutable_window()->set_left(-7); });
+  add("valid_window_int32_max", base, [](auto& r) {
+    r.mutable_window()->set_left(std::numeric_limits<int32_t>::max());
+    r.mutable_window()->set_right(std::numeric_limits<int32_t>::max());
+  });
+  o = Small();
+  o.alibi = 1;
+  add("bad_alibi_shape", o, [](auto& r) { r.mutable_alibi_slopes()->set_shape(0, 3); });
+  add("bad_alibi_inf", o, [](auto& r) {
+    const float inf = std::numeric_limits<float>::infinity();
+    r.mutable_alibi_slopes()->mutable_data()->replace(0, 4, reinterpret_cast<const char*>(&inf), 4);
+  });
+  add("bad_alibi_dtype", o, [](auto& r) { r.mutable_alibi_slopes()->set_dtype(v1::FLOAT16); });
+  o = Small();
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {2, 1, 5, 7};
+  add("bad_mask_broadcast", o, [](auto& r) { r.mutable_mask()->set_shape(2, 4); });
+  add("bad_mask_rank", o, [](auto& r) { r.mutable_mask()->mutable_shape()->RemoveLast(); });
+  add("bad_mask_dtype", o, [](auto& r) { r.mutable_mask()->set_dtype(static_cast<v1::DType>(7)); });
+  add("bad_mask_data_length", o, [](auto& r) { r.mutable_mask()->mutable_data()->push_back(1); });
+
+  // Wire-level damage: a truncated message, and bytes that are no protobuf at all.
+  const std::string whole = seeds.front().bytes;
+  seeds.push_back({"wire_truncated", whole.substr(0, whole.size() / 2)});
+  seeds.push_back({"wire_garbage", std::string("\xff\xff\xff\xff\x0f garbage \x00\x01", 18)});
+  seeds.push_back({"wire_empty", ""});
+  return seeds;
+}
+
+}  // namespace
+}  // namespace attention::testing
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUTPUT_DIR\n", argv[0]);
+    return 2;
+  }
+  for (const auto& seed : attention::testing::Seeds()) {
+    std::ofstream out(std::string(argv[1]) + "/" + seed.name, std::ios::binary | std::ios::trunc);
+    out << seed.bytes;
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s\n", seed.name.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
