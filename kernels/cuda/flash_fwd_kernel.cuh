@@ -208,17 +208,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     }
   }
 
-  // Prologue: Q and the first K tile in one copy group, then (two stages) the first V tile.
+  // Prologue: Q and the first K tile in one copy group, then the first V tile in a second one,
+  // so that V's latency hides behind the first QK^T (with one stage too: its V buffer is free).
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, q_ptr, p.q_row_stride, rows, valid_chunks, tid);
   LoadTile<Traits, kBlockN>(smem_k, k_ptr + int64_t{n_first} * kBlockN * p.k_row_stride,
                             p.k_row_stride, len_k - n_first * kBlockN, valid_chunks, tid);
   CpAsyncCommit();
-  if constexpr (kStages == 2) {
-    LoadTile<Traits, kBlockN>(smem_v, v_ptr + int64_t{n_first} * kBlockN * p.v_row_stride,
-                              p.v_row_stride, len_k - n_first * kBlockN, valid_chunks, tid);
-    CpAsyncCommit();
-  }
+  LoadTile<Traits, kBlockN>(smem_v, v_ptr + int64_t{n_first} * kBlockN * p.v_row_stride,
+                            p.v_row_stride, len_k - n_first * kBlockN, valid_chunks, tid);
+  CpAsyncCommit();
 
   // One KV tile: S = Q K^T, masks, online softmax, O += P V, with the copies of the next tiles
   // issued in between. kMask (a std::bool_constant) says whether the tile needs the element-wise
@@ -237,8 +236,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     // the previous iteration, so both stage ^ 1 buffers are free: prefetch K[n-1] and V[n-1].
     // One barrier per tile, which lets the warps of a block drift apart within an iteration
     // (one warp's softmax overlaps another's MMAs).
-    // One stage: K[n] has landed and the V buffer is free: fetch V[n] behind QK^T.
-    CpAsyncWait<0>();
+    // One stage: K[n] has landed and the V buffer is free: fetch V[n] behind QK^T (the first V
+    // came with the prologue and may still be in flight).
+    if (kStages == 1 && n == n_first) {
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
     __syncthreads();
     if constexpr (kStages == 2) {
       if (n > tiles.begin) {
@@ -249,7 +253,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
                                   v_ptr + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
                                   kBlockN, valid_chunks, tid);
       }
-    } else {
+    } else if (n != n_first) {
       LoadTile<Traits, kBlockN>(smem_v, v_ptr + int64_t{key0} * p.v_row_stride, p.v_row_stride,
                                 len_k - key0, valid_chunks, tid);
     }
