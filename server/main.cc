@@ -81,6 +81,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, auth_token_file, "",
           "File of accepted bearer tokens, one per line: calls to the attention service must "
           "send 'authorization: Bearer <token>' (health and reflection stay open)");
+ABSL_FLAG(std::string, health_address, "",
+          "Extra plaintext listening address (host:port) for health checks, for Kubernetes gRPC "
+          "probes, which cannot speak TLS; with --tls_cert the attention service refuses calls "
+          "on it. Empty: none");
 ABSL_FLAG(int32_t, credentials_reload_interval_s, 60,
           "How often the TLS files and the token file are re-read (rotation without restart)");
 ABSL_FLAG(int32_t, max_concurrent_streams, 256,
@@ -344,6 +348,7 @@ int Serve() {
   service_options.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
   service_options.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
   service_options.auth = auth.get();
+  service_options.require_tls = !absl::GetFlag(FLAGS_tls_cert).empty();
   AttentionServiceImpl service(service_options, &batcher, &metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -352,14 +357,21 @@ int Serve() {
   const std::string address = absl::GetFlag(FLAGS_address);
   int port = 0;
   builder.AddListeningPort(address, *credentials, &port);
+  int health_port = 0;
+  const std::string health_address = absl::GetFlag(FLAGS_health_address);
+  if (!health_address.empty()) {
+    builder.AddListeningPort(health_address, grpc::InsecureServerCredentials(), &health_port);
+  }
   builder.RegisterService(&service);
   const int max_message = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
   AddTransportArguments(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    LogLine(LogLevel::kError, "bind_failed").Kv("address", address);
+  if (server == nullptr || port == 0 || (!health_address.empty() && health_port == 0)) {
+    LogLine(LogLevel::kError, "bind_failed")
+        .Kv("address", address)
+        .Kv("health_address", health_address);
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
@@ -385,6 +397,9 @@ int Serve() {
                  : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
                                                               : "mutual")
       .Kv("auth", auth != nullptr ? "bearer" : "off")
+      .Kv("health_address", health_address.empty()
+                                ? std::string("off")
+                                : absl::StrCat(HostOf(health_address), ":", health_port))
       .Kv("max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams));
   std::printf("listening address=%s\n", bound.c_str());
   std::fflush(stdout);

@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/grpc_security_constants.h"
+#include "grpcpp/security/auth_context.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "server/log.h"
@@ -61,9 +63,26 @@ void SerializeResponse(Response* response, grpc::ByteBuffer* wire) {
   response->Clear();
 }
 
+// Whether the call came over TLS (as opposed to a plaintext port of the same server).
+bool OverTls(const grpc::CallbackServerContext& context) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr) return false;
+  for (const grpc::string_ref& type :
+       auth->FindPropertyValues(GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME)) {
+    if (type == GRPC_SSL_TRANSPORT_SECURITY_TYPE || type == GRPC_TLS_TRANSPORT_SECURITY_TYPE) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // OK when the call may use the service: no authenticator, or a known bearer token.
 absl::Status Authenticate(const AttentionServiceImpl& service,
                           const grpc::CallbackServerContext* context) {
+  if (service.options().require_tls && !OverTls(*context)) {
+    return absl::UnauthenticatedError(
+        "this port serves health checks only: call the attention service over TLS");
+  }
   const TokenAuthenticator* auth = service.options().auth;
   if (auth == nullptr) return absl::OkStatus();
   absl::Status status = auth->Check(context->client_metadata());

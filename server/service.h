@@ -42,6 +42,9 @@ struct ServiceOptions {
   int max_stream_in_flight = 1024;
   // Not owned; null: no authentication. Outlives the service.
   const TokenAuthenticator* auth = nullptr;
+  // Refuse calls that did not come over TLS (UNAUTHENTICATED): set when the gRPC port speaks TLS,
+  // so that a plaintext port opened for health probes (--health_address) serves health only.
+  bool require_tls = false;
 };
 
 // Both methods are registered "raw" (grpc::ByteBuffer in and out): the service parses each

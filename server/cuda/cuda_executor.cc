@@ -1,7 +1,10 @@
 #include "server/cuda/cuda_executor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +48,20 @@ std::mutex& FatalMutex() {
 std::function<void(const absl::Status&)>& FatalHandler() {
   static auto* handler = new std::function<void(const absl::Status&)>();
   return *handler;
+}
+
+// Fault injection for the reliability tests (tests/reliability/fault_test.cc,
+// FatalDeviceErrorOnGpu): with ATTN_FAULT_INJECTION=sticky_cuda_error in the environment at
+// start-up, the first batch to complete on any device reports cudaErrorIllegalAddress through
+// CheckCuda, as a kernel that faulted would, so the sticky-error path runs for real: that
+// batch fails, the device is marked broken, the fatal handler drains the server and it exits 1.
+// Read once; nothing else reads the variable.
+std::atomic<bool>& PendingInjectedStickyError() {
+  static std::atomic<bool> pending = [] {
+    const char* fault = std::getenv("ATTN_FAULT_INJECTION");
+    return fault != nullptr && std::string(fault) == "sticky_cuda_error";
+  }();
+  return pending;
 }
 
 int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
@@ -369,7 +386,9 @@ void CudaExecutor::CompleteLoop() {
       in_flight_.pop_front();
     }
     std::unique_ptr<Batch> batch = std::move(slot->batch);
-    absl::Status status = CheckCuda(cudaEventSynchronize(slot->downloaded), "batch completion");
+    cudaError_t completion = cudaEventSynchronize(slot->downloaded);
+    if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
+    absl::Status status = CheckCuda(completion, "batch completion");
     if (status.ok()) {
       batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
       batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
@@ -416,6 +435,11 @@ void CudaExecutor::ReportMemory(int64_t delta_used) {
 
 std::vector<std::unique_ptr<Executor>> MakeCudaExecutors(const ExecutorOptions& options,
                                                          Metrics* metrics) {
+  if (PendingInjectedStickyError().load()) {
+    LogLine(LogLevel::kWarning, "fault_injection")
+        .Kv("fault", "sticky_cuda_error")
+        .Kv("effect", "the first batch to complete reports cudaErrorIllegalAddress");
+  }
   std::vector<std::unique_ptr<Executor>> executors;
   const CudaDeviceInfo info = QueryCudaDevices();
   for (int device = 0; device < info.count; ++device) {

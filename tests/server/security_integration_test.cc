@@ -225,6 +225,29 @@ TEST_F(SecurityTest, ReplacedCertificateFilesServeNewConnectionsWithoutRestart) 
   Stop(server);
 }
 
+TEST_F(SecurityTest, PlaintextHealthPortServesHealthOnly) {
+  ServerProcess server;
+  ASSERT_EQ(
+      server.Start({"--tls_cert=" + pki->Path("server1", "pem"),
+                    "--tls_key=" + pki->Path("server1", "key"), "--health_address=127.0.0.1:0"}),
+      "");
+  const std::string listening = server.Line("event=listening");
+  const size_t at = listening.find(" health_address=127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << listening;
+  const std::string health_target =
+      listening.substr(at + 16, listening.find(' ', at + 1) - at - 16);
+  // Kubernetes' gRPC probes speak plaintext: health answers there...
+  auto channel = ::attention::testing::Connect(health_target);
+  EXPECT_EQ(HealthStatus(channel, ""), "SERVING");
+  EXPECT_EQ(HealthStatus(channel, "attention.v1.AttentionService"), "SERVING");
+  // ... and the attention service does not.
+  const absl::Status plaintext = Call(health_target, {});
+  EXPECT_EQ(plaintext.code(), absl::StatusCode::kUnauthenticated) << plaintext;
+  EXPECT_THAT(std::string(plaintext.message()), HasSubstr("health checks only"));
+  EXPECT_TRUE(Call(server.address(), {"ca1", "", ""}).ok());
+  Stop(server);
+}
+
 TEST_F(SecurityTest, BadTlsFilesStopTheServerAtStartUp) {
   {
     ServerProcess server;
