@@ -117,15 +117,23 @@ void SealBatch(Batch& batch) {
                                batch.want_lse, mask_bytes);
 }
 
-void StageJobInputs(const Batch& batch, size_t index, char* inputs) {
+void AppendJobInputCopies(const Batch& batch, size_t index, std::vector<InputCopy>* copies) {
   const RequestSpec& s = batch.jobs[index]->spec;
   const JobSlice& slice = batch.slices[index];
   const BatchLayout& l = batch.layout;
-  std::memcpy(inputs + l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data,
-              static_cast<size_t>(s.q_bytes));
   const int64_t k_offset = slice.row_k * RowBytes(batch.key, batch.key.kv_heads);
-  std::memcpy(inputs + l.k + k_offset, s.k_data, static_cast<size_t>(s.kv_bytes));
-  std::memcpy(inputs + l.v + k_offset, s.v_data, static_cast<size_t>(s.kv_bytes));
+  copies->push_back(
+      {l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data, s.q_bytes});
+  copies->push_back({l.k + k_offset, s.k_data, s.kv_bytes});
+  copies->push_back({l.v + k_offset, s.v_data, s.kv_bytes});
+}
+
+void StageJobInputs(const Batch& batch, size_t index, char* inputs) {
+  std::vector<InputCopy> copies;
+  AppendJobInputCopies(batch, index, &copies);
+  for (const InputCopy& c : copies) {
+    std::memcpy(inputs + c.dst_offset, c.src, static_cast<size_t>(c.bytes));
+  }
 }
 
 void StageMetadata(const Batch& batch, char* inputs) {

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "kernels/attention_params.h"
 #include "server/executor.h"
@@ -34,6 +35,16 @@ int64_t BatchBytesWith(const BucketKey& key, int sequences, int64_t total_q, int
 
 // Computes batch.layout once every job was added.
 void SealBatch(Batch& batch);
+
+// One contiguous piece of a batch's input block: `bytes` bytes from `src` to `dst_offset`.
+struct InputCopy {
+  int64_t dst_offset = 0;
+  const char* src = nullptr;
+  int64_t bytes = 0;
+};
+// The copies that stage job `index`'s q, k and v (three spans), appended to `copies`, so that an
+// executor can split them across threads.
+void AppendJobInputCopies(const Batch& batch, size_t index, std::vector<InputCopy>* copies);
 
 // Copies job `index`'s q, k and v bytes from its request to their place in `inputs`, a host
 // buffer of at least layout.input_bytes (e.g. pinned staging). Jobs can be staged concurrently.

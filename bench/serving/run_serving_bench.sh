@@ -15,6 +15,7 @@
 #            [--duration_s 10] [--warmup_s 2] [--large_concurrency 4] [--commit SHA]
 #            [--large_seqlen 8192 (smaller only for a smoke run on a CPU)]
 #            [-- EXTRA_ATTENTION_SERVER_FLAGS...]
+# LOAD_FLAGS (environment) adds flags to every load run, e.g. LOAD_FLAGS=--channels=4.
 # CMD is a binary path or a command (e.g. "bundle/run attention_server" for a gpu-bundle.sh
 # bundle). Writes DIR/results.json, DIR/table.md and one log / JSON per run. Needs python3.
 set -euo pipefail
@@ -58,7 +59,7 @@ run_load() {
   local name=$1 address=$2 concurrency=$3
   shift 3
   "${cli_argv[@]}" bench --target="$address" --concurrency="$concurrency" \
-    --duration_s="$duration" --warmup_s="$warmup" "$@" --json="$out/$name.json" \
+    --duration_s="$duration" --warmup_s="$warmup" ${LOAD_FLAGS:-} "$@" --json="$out/$name.json" \
     > "$out/$name.log" 2>&1
 }
 # load_summary NAME: one JSON object {rps, p50_us, p99_us, errors, requests, server_queue_p50_us,

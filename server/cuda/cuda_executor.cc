@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -70,7 +71,91 @@ int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
   return static_cast<int64_t>(static_cast<double>(ms) * 1e6);
 }
 
+// Batches with at most this many input bytes are staged by one thread, and may be launched
+// inline by Submit: a copy of a few MiB takes well under a millisecond.
+constexpr int64_t kSmallBatchBytes = int64_t{4} << 20;
+// Larger batches are copied in pieces of this size by the staging pool and the stager together:
+// one thread's memcpy into pinned memory runs at a few GB/s, well below what the upload can take.
+constexpr int64_t kStagingChunkBytes = int64_t{2} << 20;
+constexpr int kStagingThreads = 4;
+
 }  // namespace
+
+// A few persistent threads that copy the pieces of one batch's input block in parallel with the
+// calling thread. One Copy() at a time (the stager's); Submit's inline path stays single-threaded.
+class CudaExecutor::StagingPool {
+ public:
+  explicit StagingPool(int threads) {
+    for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { Work(); });
+  }
+  ~StagingPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+
+  // Copies every piece into `base`, returning when all are done.
+  void Copy(char* base, const std::vector<InputCopy>& copies) {
+    std::vector<InputCopy> pieces;
+    for (const InputCopy& c : copies) {
+      for (int64_t done = 0; done < c.bytes; done += kStagingChunkBytes) {
+        pieces.push_back(
+            {c.dst_offset + done, c.src + done, std::min(kStagingChunkBytes, c.bytes - done)});
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      base_ = base;
+      pieces_ = std::move(pieces);
+      next_ = 0;
+      remaining_ = pieces_.size();
+    }
+    cv_.notify_all();
+    RunPieces();
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return remaining_ == 0; });
+  }
+
+ private:
+  void Work() {
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || next_ < pieces_.size(); });
+        if (stopping_) return;
+      }
+      RunPieces();
+    }
+  }
+
+  // Takes pieces until none is left; the last one done wakes Copy().
+  void RunPieces() {
+    while (true) {
+      InputCopy piece;
+      char* base = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (next_ >= pieces_.size()) return;
+        piece = pieces_[next_++];
+        base = base_;
+      }
+      std::memcpy(base + piece.dst_offset, piece.src, static_cast<size_t>(piece.bytes));
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--remaining_ == 0) done_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::vector<InputCopy> pieces_;
+  char* base_ = nullptr;
+  size_t next_ = 0, remaining_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
 
 CudaDeviceInfo QueryCudaDevices() {
   CudaDeviceInfo info;
@@ -102,6 +187,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(int device,
                                                                    Metrics* metrics) {
   std::unique_ptr<CudaExecutor> executor(new CudaExecutor(device, metrics));
   if (absl::Status s = executor->Init(options); !s.ok()) return s;
+  executor->staging_pool_ = std::make_unique<StagingPool>(kStagingThreads);
   executor->stager_ = std::thread([e = executor.get()] { e->StageLoop(); });
   executor->completer_ = std::thread([e = executor.get()] { e->CompleteLoop(); });
   return executor;
@@ -240,13 +326,26 @@ absl::Status CudaExecutor::Admit(const Job& job) const {
 }
 
 void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
+  Slot* inline_slot = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!broken_ && !stopping_) {
-      submitted_.push_back(std::move(batch));
-      cv_.notify_all();
-      return;
+      if (submitted_.empty() && !free_slots_.empty() &&
+          batch->layout.input_bytes <= kSmallBatchBytes) {
+        inline_slot = free_slots_.front();
+        free_slots_.pop_front();
+        inline_slot->batch = std::move(batch);
+      } else {
+        submitted_.push_back(std::move(batch));
+        cv_.notify_all();
+        return;
+      }
     }
+  }
+  if (inline_slot != nullptr) {
+    cudaSetDevice(device_index_);  // the calling thread may have served another device before
+    LaunchSlot(inline_slot);
+    return;
   }
   batch->device = name_;
   FinishBatch(std::move(batch),
@@ -279,25 +378,29 @@ void CudaExecutor::StageLoop() {
       slot->batch = std::move(submitted_.front());
       submitted_.pop_front();
     }
-    const absl::Status status = Launch(*slot);
-    if (!status.ok()) {
-      // Nothing of this batch may still be running when its slot is reused.
-      cudaStreamSynchronize(slot->stream);
-      cudaGetLastError();
-      std::unique_ptr<Batch> batch = std::move(slot->batch);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        free_slots_.push_back(slot);
-        cv_.notify_all();
-      }
-      batch->device = name_;
-      FinishBatch(std::move(batch), status);
-      continue;
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    in_flight_.push_back(slot);
-    cv_.notify_all();
+    LaunchSlot(slot);
   }
+}
+
+void CudaExecutor::LaunchSlot(Slot* slot) {
+  const absl::Status status = Launch(*slot);
+  if (!status.ok()) {
+    // Nothing of this batch may still be running when its slot is reused.
+    cudaStreamSynchronize(slot->stream);
+    cudaGetLastError();
+    std::unique_ptr<Batch> batch = std::move(slot->batch);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_slots_.push_back(slot);
+      cv_.notify_all();
+    }
+    batch->device = name_;
+    FinishBatch(std::move(batch), status);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  in_flight_.push_back(slot);
+  cv_.notify_all();
 }
 
 absl::Status CudaExecutor::Launch(Slot& slot) {
@@ -314,7 +417,14 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
                                                      " bytes exceeds the staging slot of ",
                                                      pinned_slot_bytes_, " bytes"));
   }
-  StageInputs(batch, slot.pinned);
+  if (layout.input_bytes <= kSmallBatchBytes) {
+    StageInputs(batch, slot.pinned);
+  } else {
+    std::vector<InputCopy> copies;
+    for (size_t i = 0; i < batch.jobs.size(); ++i) AppendJobInputCopies(batch, i, &copies);
+    staging_pool_->Copy(slot.pinned, copies);
+    StageMetadata(batch, slot.pinned);
+  }
 
   char* device_inputs = slot.device;
   char* device_outputs = slot.device + layout.input_bytes;

@@ -8,11 +8,14 @@
 //
 // Pipeline: every slot has its own stream. A stager thread takes a submitted batch, waits for a
 // free slot, copies each job's q/k/v bytes from its request into the slot's pinned block (one
-// copy, StageInputs), then enqueues upload -> kernel -> download on the slot's stream, bracketed
-// by events. With three slots, batch i+1's upload runs on the copy engine while batch i's kernel
-// runs on the SMs and batch i-1's download drains. A completer thread waits for each batch's
-// last event in submission order, scatters o / lse from pinned memory into the responses and
-// finishes the batch. gRPC and batcher threads never wait for the GPU.
+// copy; a large batch's copies are split across a few staging threads), then enqueues upload ->
+// kernel -> download on the slot's stream, bracketed by events. With three slots, batch i+1's
+// upload runs on the copy engine while batch i's kernel runs on the SMs and batch i-1's download
+// drains. A completer thread waits for each batch's last event in submission order, scatters o /
+// lse from pinned memory into the responses and finishes the batch. gRPC and batcher threads never
+// wait for the GPU. A small batch submitted to an idle executor (free slot, nothing waiting) is
+// staged and launched by Submit itself: that saves a thread wake-up between a request's arrival and
+// its kernel launch.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -76,6 +79,8 @@ class CudaExecutor final : public Executor {
   CudaExecutor(int device, Metrics* metrics);
   absl::Status Init(const ExecutorOptions& options);
   void StageLoop();
+  // Launch(slot); then the slot is in flight, or its batch failed and the slot is free again.
+  void LaunchSlot(Slot* slot);
   void CompleteLoop();
   // Stages `slot.batch` and enqueues its copies and kernel; an error fails only that batch.
   absl::Status Launch(Slot& slot);
@@ -102,6 +107,9 @@ class CudaExecutor final : public Executor {
   bool stopping_ = false;
   bool broken_ = false;  // a sticky CUDA error: every later batch fails fast
   int64_t memory_used_ = 0, memory_high_water_ = 0;
+
+  class StagingPool;
+  std::unique_ptr<StagingPool> staging_pool_;  // splits large batches' input copies
 
   std::thread stager_;
   std::thread completer_;
