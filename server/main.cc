@@ -407,6 +407,8 @@ int Serve() {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const bool fatal = signal_number == kFatalSignal;
+  // NOT_SERVING first, so that anyone who sees the "draining" line finds health already turned.
+  health->SetServingStatus(false);
   const auto drain_start = Clock::now();
   const auto deadline = drain_start + std::chrono::seconds(absl::GetFlag(FLAGS_drain_timeout_s));
   LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "draining")
@@ -416,7 +418,6 @@ int Serve() {
       .Kv("queued", batcher.queued_requests())
       .Kv("batches_in_flight", batcher.batches_in_flight())
       .Kv("drain_timeout_s", absl::GetFlag(FLAGS_drain_timeout_s));
-  health->SetServingStatus(false);
   service.StartDrain();
   const bool drained = batcher.Drain(deadline);
   // Answers whatever is still queued (UNAVAILABLE) and waits for the batches on the devices, so

@@ -9,14 +9,23 @@
 //     a backend refusal would reach the user as an error validation should have given);
 //   - the same request packed into a batch (twice, so that offsets are not zero; alone when it has
 //     a mask) through the batcher's packing path (AddJob, SealBatch, StageInputs, MakeBatchParams,
-//     ScatterOutputs) answers the same o and lse bytes as the request run in place.
+//     ScatterOutputs) answers the same o and lse as the request run in place, up to float32
+//     rounding (Agree: the backend may tile a packed launch differently).
 // A broken rule prints what broke and aborts, which libFuzzer (and ctest) report as a crash.
+//
+// Random byte mutations almost never keep a request valid (every tensor's data must hold exactly
+// its shape's elements), so the libFuzzer build adds a structure-aware mutator
+// (LLVMFuzzerCustomMutator): it parses the input, changes one field as a client could (a
+// dimension, a dtype, an offset, an option, a mask or slopes), usually resizes the tensors'
+// data to fit the new shapes, and serializes it again; one mutation in four stays byte-level.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -24,6 +33,7 @@
 #include "absl/strings/match.h"
 #include "attention/v1/attention.pb.h"
 #include "kernels/cpu/attention_cpu.h"
+#include "kernels/dtype.h"
 #include "server/executor.h"
 #include "server/packing.h"
 #include "server/validation.h"
@@ -60,30 +70,58 @@ cpu::CpuBackend& Backend() {
   std::abort();
 }
 
-// Equal bytes, or equal as values of `dtype` where both are NaN (a NaN's payload may differ).
-bool SameOutput(const std::string& a, const std::string& b, size_t element_size) {
-  if (a.size() != b.size()) return false;
-  if (a == b) return true;
-  for (size_t i = 0; i + element_size <= a.size(); i += element_size) {
-    if (std::memcmp(a.data() + i, b.data() + i, element_size) == 0) continue;
-    if (element_size == 4) {
-      float x, y;
-      std::memcpy(&x, a.data() + i, 4);
-      std::memcpy(&y, b.data() + i, 4);
-      if (std::isnan(x) && std::isnan(y)) continue;
-    } else {
-      uint16_t x, y;
-      std::memcpy(&x, a.data() + i, 2);
-      std::memcpy(&y, b.data() + i, 2);
-      // NaN in both float16 (exponent 0x7c00, mantissa != 0) or both bfloat16 (0x7f80, != 0):
-      // the dtype is one of the two, and each test holds only for a NaN of that dtype.
-      const bool half_nan =
-          (x & 0x7c00) == 0x7c00 && (x & 0x3ff) != 0 && (y & 0x7c00) == 0x7c00 && (y & 0x3ff) != 0;
-      const bool bf16_nan =
-          (x & 0x7f80) == 0x7f80 && (x & 0x7f) != 0 && (y & 0x7f80) == 0x7f80 && (y & 0x7f) != 0;
-      if (half_nan || bf16_nan) continue;
-    }
+// Element i of `bytes` holding `dtype` values, as float.
+float Element(const std::string& bytes, int dtype, size_t i) {
+  if (dtype == v1::FLOAT32) {
+    float x;
+    std::memcpy(&x, bytes.data() + 4 * i, 4);
+    return x;
+  }
+  uint16_t h;
+  std::memcpy(&h, bytes.data() + 2 * i, 2);
+  return dtype == v1::FLOAT16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+}
+
+// The largest finite magnitude among the values of tensor `t` (q, k or v).
+float MaxMagnitude(const v1::Tensor& t) {
+  const size_t n = t.data().size() / (t.dtype() == v1::FLOAT32 ? 4 : 2);
+  float max = 0.f;
+  for (size_t i = 0; i < n; ++i) {
+    const float x = std::fabs(Element(t.data(), t.dtype(), i));
+    if (std::isfinite(x) && x > max) max = x;
+  }
+  return max;
+}
+
+// Whether two computations of the same outputs agree. A packed launch may tile a request
+// differently from a launch of its own (the CPU backend picks its query block per launch), which
+// changes float32 rounding: allowed are 1e-5 relative to `scale` + |value| (scale: the largest
+// |v|, which bounds o; 1 for lse), plus one unit in the last place of a 16-bit output type.
+// Non-finite values must match in kind (both NaN, or the same infinity). On a difference, prints
+// the first differing element.
+bool Agree(const std::string& a, const std::string& b, int dtype, float scale) {
+  if (a.size() != b.size()) {
+    std::fprintf(stderr, "request_fuzzer: %zu bytes vs %zu\n", a.size(), b.size());
     return false;
+  }
+  if (a == b) return true;
+  const size_t n = a.size() / (dtype == v1::FLOAT32 ? 4 : 2);
+  const float ulp16 = dtype == v1::FLOAT16 ? 0x1p-10f : dtype == v1::BFLOAT16 ? 0x1p-7f : 0.f;
+  for (size_t i = 0; i < n; ++i) {
+    const float x = Element(a, dtype, i), y = Element(b, dtype, i);
+    bool ok = false;
+    if (std::isnan(x) || std::isnan(y)) {
+      ok = std::isnan(x) && std::isnan(y);
+    } else if (std::isinf(x) || std::isinf(y)) {
+      ok = x == y;
+    } else {
+      const float magnitude = std::max(std::fabs(x), std::fabs(y));
+      ok = std::fabs(x - y) <= 1e-5f * (scale + magnitude) + ulp16 * magnitude;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "request_fuzzer: element %zu: %.9g vs %.9g\n", i, x, y);
+      return false;
+    }
   }
   return true;
 }
@@ -144,15 +182,16 @@ Outcome RunOne(const uint8_t* data, size_t size) {
   if (!status.ok()) Fail("CPU backend refused a packed batch: " + status.ToString());
   ScatterOutputs(batch, outputs);
 
-  const size_t element_size = request.q().dtype() == v1::FLOAT32 ? 4 : 2;
+  const int dtype = request.q().dtype();
+  const float v_scale = MaxMagnitude(request.v());
   for (const v1::AttentionResponse& r : packed) {
-    if (!SameOutput(r.o().data(), single.o().data(), element_size)) {
+    if (!Agree(r.o().data(), single.o().data(), dtype, v_scale)) {
       Fail("packed o differs from the request run in place");
     }
     if (r.o().shape_size() != single.o().shape_size() || r.o().dtype() != single.o().dtype()) {
       Fail("packed o header differs from the request run in place");
     }
-    if (request.return_lse() && !SameOutput(r.lse().data(), single.lse().data(), 4)) {
+    if (request.return_lse() && !Agree(r.lse().data(), single.lse().data(), v1::FLOAT32, 1.f)) {
       Fail("packed lse differs from the request run in place");
     }
     if (!request.return_lse() && r.has_lse()) Fail("lse returned without return_lse");
@@ -160,8 +199,198 @@ Outcome RunOne(const uint8_t* data, size_t size) {
   return kRan;
 }
 
+#ifdef ATTN_LIBFUZZER
+// Element size of a tensor dtype as the contract defines it (0 for an unknown value).
+size_t ElementSize(int dtype) {
+  switch (dtype) {
+    case v1::FLOAT32:
+      return 4;
+    case v1::FLOAT16:
+    case v1::BFLOAT16:
+      return 2;
+    case v1::BOOL:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+// Resizes `t`'s data to its shape's elements (when small enough), keeping existing bytes and
+// filling new ones from `rng`.
+void FitData(v1::Tensor* t, std::mt19937& rng) {
+  uint64_t elements = 1;
+  for (int64_t d : t->shape()) {
+    if (d < 0 || d > 4096) return;
+    elements *= static_cast<uint64_t>(d);
+    if (elements > 65536) return;
+  }
+  const size_t bytes = elements * ElementSize(t->dtype());
+  std::string* data = t->mutable_data();
+  const size_t old = data->size();
+  data->resize(bytes);
+  for (size_t i = old; i < bytes; ++i) (*data)[i] = static_cast<char>(rng() % 7 == 0 ? 0 : rng());
+}
+
+// A small dimension, mostly 1..8, sometimes an edge value.
+int64_t SmallDim(std::mt19937& rng) {
+  static const int64_t kEdges[] = {0, -1, 16, 17, 31, 64, 127, 128, 256, 257};
+  return rng() % 8 == 0 ? kEdges[rng() % 10] : 1 + static_cast<int64_t>(rng() % 8);
+}
+
+// One structural change to `r`, as a client could make.
+void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
+  v1::Tensor* tensors[] = {r.mutable_q(), r.mutable_k(), r.mutable_v()};
+  switch (rng() % 14) {
+    case 0: {  // one dimension of q, k or v
+      v1::Tensor* t = tensors[rng() % 3];
+      if (t->shape_size() > 0)
+        t->set_shape(static_cast<int>(rng() % t->shape_size()), SmallDim(rng));
+      break;
+    }
+    case 1: {  // the same dimension of q, k and v (head_dim, heads, batch)
+      const int64_t d = SmallDim(rng);
+      const int axis = static_cast<int>(rng() % 4);
+      for (v1::Tensor* t : tensors) {
+        if (axis < t->shape_size()) t->set_shape(axis, d);
+      }
+      break;
+    }
+    case 2: {  // every dtype at once
+      const v1::DType dtypes[] = {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16};
+      const v1::DType dtype = dtypes[rng() % 3];
+      for (v1::Tensor* t : tensors) t->set_dtype(dtype);
+      break;
+    }
+    case 3:  // dense <-> packed
+      if (r.cu_seqlens_q_size() > 0) {
+        r.clear_cu_seqlens_q();
+        r.clear_cu_seqlens_k();
+        for (v1::Tensor* t : tensors) {
+          auto* shape = t->mutable_shape();
+          shape->Clear();
+          for (int i = 0; i < 4; ++i) shape->Add(1 + static_cast<int64_t>(rng() % 4));
+        }
+      } else {
+        for (v1::Tensor* t : tensors) {
+          auto* shape = t->mutable_shape();
+          if (shape->size() == 4) {
+            const int64_t rows = shape->Get(0) * shape->Get(1);
+            shape->erase(shape->begin());
+            shape->Set(0, rows);
+          }
+        }
+        const int64_t total_q = r.q().shape_size() > 0 ? r.q().shape(0) : 0;
+        const int64_t total_k = r.k().shape_size() > 0 ? r.k().shape(0) : 0;
+        const int64_t cut_q = total_q > 0 ? static_cast<int64_t>(rng() % (total_q + 1)) : 0;
+        const int64_t cut_k = total_k > 0 ? static_cast<int64_t>(rng() % (total_k + 1)) : 0;
+        for (int64_t v : {int64_t{0}, cut_q, total_q}) r.add_cu_seqlens_q(static_cast<int32_t>(v));
+        for (int64_t v : {int64_t{0}, cut_k, total_k}) r.add_cu_seqlens_k(static_cast<int32_t>(v));
+      }
+      break;
+    case 4:  // one offset
+      if (r.cu_seqlens_q_size() > 0) {
+        auto* cu = rng() % 2 == 0 ? r.mutable_cu_seqlens_q() : r.mutable_cu_seqlens_k();
+        if (cu->size() > 0) {
+          const int i = static_cast<int>(rng() % cu->size());
+          cu->Set(i, cu->Get(i) + static_cast<int32_t>(rng() % 5) - 2);
+        }
+      }
+      break;
+    case 5:
+      r.set_causal(!r.causal());
+      break;
+    case 6:
+      r.mutable_window()->set_left(static_cast<int32_t>(rng() % 12) - 2);
+      r.mutable_window()->set_right(static_cast<int32_t>(rng() % 12) - 2);
+      break;
+    case 7:
+      r.set_softcap(rng() % 3 == 0 ? 0.f : static_cast<float>(rng() % 5000) / 100.f);
+      break;
+    case 8:
+      if (rng() % 3 == 0) {
+        r.clear_softmax_scale();
+      } else {
+        r.set_softmax_scale(static_cast<float>(static_cast<int>(rng() % 400) - 100) / 100.f);
+      }
+      break;
+    case 9:
+      r.set_return_lse(!r.return_lse());
+      break;
+    case 10: {  // ALiBi slopes: none, [q_heads], [batch, q_heads]
+      const int rank = static_cast<int>(rng() % 3);
+      if (rank == 0 || r.q().shape_size() < 3) {
+        r.clear_alibi_slopes();
+        break;
+      }
+      const int q_rank = r.q().shape_size();
+      const int64_t heads = r.q().shape(q_rank - 2);
+      const int64_t batch = r.cu_seqlens_q_size() > 0 ? r.cu_seqlens_q_size() - 1 : r.q().shape(0);
+      v1::Tensor* a = r.mutable_alibi_slopes();
+      a->set_dtype(v1::FLOAT32);
+      a->clear_shape();
+      if (rank == 2) a->add_shape(batch);
+      a->add_shape(heads);
+      a->clear_data();
+      FitData(a, rng);
+      break;
+    }
+    case 11: {  // a mask of some rank, broadcast dimensions, dtype
+      if (rng() % 4 == 0) {
+        r.clear_mask();
+        break;
+      }
+      const v1::DType dtypes[] = {v1::BOOL, v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16};
+      v1::Tensor* m = r.mutable_mask();
+      m->set_dtype(dtypes[rng() % 4]);
+      m->clear_shape();
+      const int rank = 2 + static_cast<int>(rng() % 3);
+      for (int i = 0; i < rank; ++i) m->add_shape(rng() % 3 == 0 ? 1 : SmallDim(rng));
+      m->clear_data();
+      FitData(m, rng);
+      break;
+    }
+    case 12: {  // a few bytes of tensor data (values: NaN, infinities, denormals, large)
+      v1::Tensor* t = tensors[rng() % 3];
+      std::string* data = t->mutable_data();
+      if (!data->empty()) (*data)[rng() % data->size()] = static_cast<char>(rng());
+      break;
+    }
+    default:  // kv_heads: a divisor of q_heads or not
+      if (r.k().shape_size() >= 3 && r.v().shape_size() == r.k().shape_size()) {
+        const int axis = r.k().shape_size() - 2;
+        const int64_t kv = 1 + static_cast<int64_t>(rng() % 4);
+        r.mutable_k()->set_shape(axis, kv);
+        r.mutable_v()->set_shape(axis, kv);
+      }
+      break;
+  }
+  if (rng() % 8 != 0) {
+    for (v1::Tensor* t : tensors) FitData(t, rng);
+    if (r.has_mask() && rng() % 2 == 0) FitData(r.mutable_mask(), rng);
+  }
+}
+#endif  // ATTN_LIBFUZZER
+
 }  // namespace
 }  // namespace attention::server
+
+#ifdef ATTN_LIBFUZZER
+extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
+
+extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size,
+                                          unsigned int seed) {
+  std::mt19937 rng(seed);
+  attention::v1::AttentionRequest request;
+  if (rng() % 4 == 0 || !request.ParseFromArray(data, static_cast<int>(size))) {
+    return LLVMFuzzerMutate(data, size, max_size);
+  }
+  attention::server::MutateRequest(request, rng);
+  const std::string bytes = request.SerializeAsString();
+  if (bytes.size() > max_size) return LLVMFuzzerMutate(data, size, max_size);
+  std::memcpy(data, bytes.data(), bytes.size());
+  return bytes.size();
+}
+#endif  // ATTN_LIBFUZZER
 
 // The outcome of one input: 0 not an AttentionRequest, 1 rejected by validation, 2 validated and
 // run, 3 validated but above the fuzzer's work bound. Used by the corpus replay to check that each

@@ -652,7 +652,7 @@ TEST_F(FaultTest, FatalDeviceErrorTurnsNotServingAndExitsNonZero) {
   // Work in flight keeps the drain going long enough to ask for health.
   grpc::ClientContext stream_context;
   auto stream = stub->AttentionStream(&stream_context);
-  for (int i = 0; i < 6; ++i) ASSERT_TRUE(stream->Write(Blocker(rng_, i)));
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(stream->Write(Blocker(rng_, i)));
   v1::AttentionResponse response;
   ASSERT_TRUE(stream->Read(&response));
   server.Signal(SIGUSR1);
@@ -664,7 +664,7 @@ TEST_F(FaultTest, FatalDeviceErrorTurnsNotServingAndExitsNonZero) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(server.Wait(60s), 1);
   EXPECT_THAT(server.Line("event=stopped"), HasSubstr("exit_code=1"));
-  EXPECT_EQ(answered, 6);
+  EXPECT_EQ(answered, 4);
 }
 
 TEST_F(FaultTest, FatalDeviceErrorOnGpu) {

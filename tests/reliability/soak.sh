@@ -44,7 +44,7 @@ mkdir -p "$out"
 
 server_pid=
 cleanup() {
-  [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null || true
+  if [ -n "$server_pid" ]; then kill -KILL "$server_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
