@@ -8,7 +8,6 @@
 # attention_cli, attention_cuda_test, server_integration_test and reliability_fault_test, built
 # with -DCMAKE_CUDA_ARCHITECTURES=90a (or the GPU's own). Logs go to OUT_DIR.
 set -u
-set -u
 B=$(cd "${1:?usage: run_gpu_checks.sh BUNDLE_DIR OUT_DIR}" && pwd)
 OUT=${2:?usage: run_gpu_checks.sh BUNDLE_DIR OUT_DIR}
 mkdir -p "$OUT"
