@@ -25,8 +25,10 @@ TEMPLATE = """\
 
 namespace attention::cuda {{
 
+// clang-format off: one layout for every generated file, whatever the names' lengths.
 template cudaError_t RunFlashFwd<DType::{dtype_enum}, {head_dim}, FwdVariant::{variant_enum}>(
     const AttentionParams& p, cudaStream_t stream);
+// clang-format on
 
 }}  // namespace attention::cuda
 """

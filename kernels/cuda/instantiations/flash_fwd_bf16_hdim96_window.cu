@@ -4,7 +4,9 @@
 
 namespace attention::cuda {
 
+// clang-format off: one layout for every generated file, whatever the names' lengths.
 template cudaError_t RunFlashFwd<DType::kBFloat16, 96, FwdVariant::kWindow>(
     const AttentionParams& p, cudaStream_t stream);
+// clang-format on
 
 }  // namespace attention::cuda
