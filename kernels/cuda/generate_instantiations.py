@@ -25,7 +25,8 @@ TEMPLATE = """\
 
 namespace attention::cuda {{
 
-// clang-format off: one layout for every generated file, whatever the names' lengths.
+// One layout for every generated file, whatever the lengths of the names.
+// clang-format off
 template cudaError_t RunFlashFwd<DType::{dtype_enum}, {head_dim}, FwdVariant::{variant_enum}>(
     const AttentionParams& p, cudaStream_t stream);
 // clang-format on

@@ -4,7 +4,8 @@
 
 namespace attention::cuda {
 
-// clang-format off: one layout for every generated file, whatever the names' lengths.
+// One layout for every generated file, whatever the lengths of the names.
+// clang-format off
 template cudaError_t RunFlashFwd<DType::kFloat16, 96, FwdVariant::kGeneral>(
     const AttentionParams& p, cudaStream_t stream);
 // clang-format on
