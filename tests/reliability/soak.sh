@@ -7,6 +7,7 @@
 #
 #   tests/reliability/soak.sh BUILD_DIR [--duration=600] [--warmup=60] [--concurrency=8]
 #                             [--cpu_threads=1] [--max_growth_pct=5] [--out=DIR]
+#                             [--server_flag=--FLAG=VALUE ...]
 #
 # RSS at warm-up: the mean of the samples in the 30 s (or a tenth of the run) after --warmup;
 # at the end: the mean of the samples of the last 30 s (or tenth). It writes DIR/rss.csv
@@ -15,13 +16,14 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
 }
 [ $# -ge 1 ] || usage
 build=$1
 shift
 duration=600 warmup=60 concurrency=8 cpu_threads=1 max_growth=5 out=
+server_flags=()
 for arg in "$@"; do
   case "$arg" in
     --duration=*) duration=${arg#*=} ;;
@@ -30,6 +32,7 @@ for arg in "$@"; do
     --cpu_threads=*) cpu_threads=${arg#*=} ;;
     --max_growth_pct=*) max_growth=${arg#*=} ;;
     --out=*) out=${arg#*=} ;;
+    --server_flag=*) server_flags+=("${arg#*=}") ;;
     *) usage ;;
   esac
 done
@@ -49,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$server" --address=127.0.0.1:0 --metrics_address=127.0.0.1:0 --backend=cpu \
-  --cpu_threads="$cpu_threads" >"$out/server.out" 2>"$out/server.log" &
+  --cpu_threads="$cpu_threads" "${server_flags[@]}" >"$out/server.out" 2>"$out/server.log" &
 server_pid=$!
 for _ in $(seq 1 300); do
   grep -q '^listening address=' "$out/server.out" 2>/dev/null && break
@@ -119,6 +122,7 @@ growth=$(echo "scale=2; ($rss_end - $rss_warm) * 100 / $rss_warm" | bc 2>/dev/nu
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "commit: $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "duration_s: $duration  warmup_s: $warmup  concurrency: $concurrency x 2 clients  cpu_threads: $cpu_threads"
+  echo "server_flags: ${server_flags[*]:-(none)}"
   echo "requests_ok: $requests  requests_failed: $errors"
   echo "throughput_rps: $(echo "scale=1; $requests / $duration" | bc)"
   echo "rss_kb_warmup: $rss_warm  rss_kb_end: $rss_end  rss_kb_max_after_warmup: $rss_max  samples: $samples"
