@@ -4,6 +4,7 @@
 
 #include "server/log.h"
 #include "server/metrics/metrics.h"
+#include "server/worker_pool.h"
 
 namespace attention::server {
 namespace {
@@ -22,7 +23,7 @@ int64_t Batch::queued_bytes() const {
   return bytes;
 }
 
-void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status) {
+void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, WorkerPool* pool) {
   const BatchTimings& t = batch->timings;
   if (status.ok()) {
     for (const auto& job : batch->jobs) {
@@ -59,9 +60,15 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status) {
         .Kv("code", absl::StatusCodeToString(status.code()))
         .Kv("error", status.message());
   }
-  for (auto& job : batch->jobs) {
-    JobCompletion* completion = job->completion;
-    completion->Complete(std::move(job), status);
+  std::vector<std::unique_ptr<Job>>& jobs = batch->jobs;
+  const auto complete = [&jobs, &status](size_t i) {
+    JobCompletion* completion = jobs[i]->completion;
+    completion->Complete(std::move(jobs[i]), status);
+  };
+  if (pool != nullptr) {
+    pool->Run(jobs.size(), complete);
+  } else {
+    for (size_t i = 0; i < jobs.size(); ++i) complete(i);
   }
   if (batch->on_finished) batch->on_finished(*batch);
 }

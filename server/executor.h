@@ -32,6 +32,7 @@
 namespace attention::server {
 
 class Metrics;
+class WorkerPool;
 struct Job;
 
 using Clock = std::chrono::steady_clock;
@@ -175,8 +176,11 @@ struct Batch {
 // transfer = host_to_device + device_to_host, kernel) and batch info, observes the stage metrics;
 // with an error, answers every job with that status. Then hands each job to its completion and
 // calls batch->on_finished. Every executor calls this exactly once per submitted batch, from any
-// thread of its own, never while holding a lock the completions could need.
-void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status);
+// thread of its own, never while holding a lock the completions could need. With a `pool`, the
+// jobs of a batch are handed back in parallel on its threads (each completion serializes its
+// answer, so a batch of many answers is not written out by one thread).
+void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status,
+                 WorkerPool* pool = nullptr);
 
 // Sizes of the device and host pools of an executor, fixed at start-up.
 struct ExecutorOptions {

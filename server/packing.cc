@@ -117,23 +117,26 @@ void SealBatch(Batch& batch) {
                                batch.want_lse, mask_bytes);
 }
 
-void AppendJobInputCopies(const Batch& batch, size_t index, std::vector<InputCopy>* copies) {
+void RunCopies(const std::vector<HostCopy>& copies) {
+  for (const HostCopy& c : copies) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+}
+
+void AppendJobInputCopies(const Batch& batch, size_t index, char* inputs,
+                          std::vector<HostCopy>* copies) {
   const RequestSpec& s = batch.jobs[index]->spec;
   const JobSlice& slice = batch.slices[index];
   const BatchLayout& l = batch.layout;
   const int64_t k_offset = slice.row_k * RowBytes(batch.key, batch.key.kv_heads);
   copies->push_back(
-      {l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data, s.q_bytes});
-  copies->push_back({l.k + k_offset, s.k_data, s.kv_bytes});
-  copies->push_back({l.v + k_offset, s.v_data, s.kv_bytes});
+      {inputs + l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data, s.q_bytes});
+  copies->push_back({inputs + l.k + k_offset, s.k_data, s.kv_bytes});
+  copies->push_back({inputs + l.v + k_offset, s.v_data, s.kv_bytes});
 }
 
 void StageJobInputs(const Batch& batch, size_t index, char* inputs) {
-  std::vector<InputCopy> copies;
-  AppendJobInputCopies(batch, index, &copies);
-  for (const InputCopy& c : copies) {
-    std::memcpy(inputs + c.dst_offset, c.src, static_cast<size_t>(c.bytes));
-  }
+  std::vector<HostCopy> copies;
+  AppendJobInputCopies(batch, index, inputs, &copies);
+  RunCopies(copies);
 }
 
 void StageMetadata(const Batch& batch, char* inputs) {
@@ -200,32 +203,51 @@ AttentionParams MakeBatchParams(const Batch& batch, const void* inputs, void* ou
   return p;
 }
 
-void ScatterOutputs(const Batch& batch, const char* outputs) {
-  const BatchLayout& l = batch.layout;
-  const int64_t o_row = RowBytes(batch.key, batch.key.q_heads);
-  const float* batch_lse = reinterpret_cast<const float*>(outputs + l.lse);
-  for (size_t i = 0; i < batch.jobs.size(); ++i) {
-    const Job& job = *batch.jobs[i];
-    const RequestSpec& s = job.spec;
-    const JobSlice& slice = batch.slices[i];
-    SetOutputHeaders(job);
-    job.response->mutable_o()->mutable_data()->assign(outputs + l.o + slice.row_q * o_row,
-                                                      static_cast<size_t>(s.q_bytes));
-    if (!s.return_lse) continue;
-    std::string* lse_data = job.response->mutable_lse()->mutable_data();
-    lse_data->resize(static_cast<size_t>(s.lse_bytes));
-    float* lse = reinterpret_cast<float*>(lse_data->data());
-    // Batch lse is [q_heads, batch.total_q]. Packed job: [q_heads, total_q]; dense job:
-    // [batch, q_heads, seqlen_q], so one run of seqlen_q rows per (sequence, head).
-    const int runs = s.packed ? 1 : s.batch;
-    const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
-    for (int b = 0; b < runs; ++b) {
-      for (int h = 0; h < s.q_heads; ++h) {
-        const float* src = batch_lse + h * batch.total_q + slice.row_q + b * run_rows;
-        float* dst = lse + (int64_t{b} * s.q_heads + h) * run_rows;
-        std::memcpy(dst, src, static_cast<size_t>(run_rows) * sizeof(float));
-      }
+void SizeBatchOutputs(const Batch& batch) {
+  for (const auto& job : batch.jobs) {
+    SetOutputHeaders(*job);
+    job->response->mutable_o()->mutable_data()->resize(static_cast<size_t>(job->spec.q_bytes));
+    if (job->spec.return_lse) {
+      job->response->mutable_lse()->mutable_data()->resize(
+          static_cast<size_t>(job->spec.lse_bytes));
     }
+  }
+}
+
+void AppendJobOutputCopies(const Batch& batch, size_t index, const char* outputs,
+                           std::vector<HostCopy>* copies) {
+  const BatchLayout& l = batch.layout;
+  const Job& job = *batch.jobs[index];
+  const RequestSpec& s = job.spec;
+  const JobSlice& slice = batch.slices[index];
+  const int64_t o_row = RowBytes(batch.key, batch.key.q_heads);
+  copies->push_back({job.response->mutable_o()->mutable_data()->data(),
+                     outputs + l.o + slice.row_q * o_row, s.q_bytes});
+  if (!s.return_lse) return;
+  const char* batch_lse = outputs + l.lse;
+  char* lse = job.response->mutable_lse()->mutable_data()->data();
+  // Batch lse is [q_heads, batch.total_q]. Packed job: [q_heads, total_q]; dense job:
+  // [batch, q_heads, seqlen_q], so one run of seqlen_q rows per (sequence, head).
+  const int runs = s.packed ? 1 : s.batch;
+  const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
+  const int64_t run_bytes = run_rows * static_cast<int64_t>(sizeof(float));
+  for (int b = 0; b < runs; ++b) {
+    for (int h = 0; h < s.q_heads; ++h) {
+      const int64_t src_row = h * batch.total_q + slice.row_q + b * run_rows;
+      const int64_t dst_row = (int64_t{b} * s.q_heads + h) * run_rows;
+      copies->push_back({lse + dst_row * static_cast<int64_t>(sizeof(float)),
+                         batch_lse + src_row * static_cast<int64_t>(sizeof(float)), run_bytes});
+    }
+  }
+}
+
+void ScatterOutputs(const Batch& batch, const char* outputs) {
+  SizeBatchOutputs(batch);
+  std::vector<HostCopy> copies;
+  for (size_t i = 0; i < batch.jobs.size(); ++i) {
+    copies.clear();
+    AppendJobOutputCopies(batch, i, outputs, &copies);
+    RunCopies(copies);
   }
 }
 

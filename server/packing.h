@@ -36,18 +36,23 @@ int64_t BatchBytesWith(const BucketKey& key, int sequences, int64_t total_q, int
 // Computes batch.layout once every job was added.
 void SealBatch(Batch& batch);
 
-// One contiguous piece of a batch's input block: `bytes` bytes from `src` to `dst_offset`.
-struct InputCopy {
-  int64_t dst_offset = 0;
+// One contiguous host copy: `bytes` bytes from `src` to `dst`. Executors split these across
+// threads (staging a batch's inputs, scattering its outputs).
+struct HostCopy {
+  char* dst = nullptr;
   const char* src = nullptr;
   int64_t bytes = 0;
 };
-// The copies that stage job `index`'s q, k and v (three spans), appended to `copies`, so that an
-// executor can split them across threads.
-void AppendJobInputCopies(const Batch& batch, size_t index, std::vector<InputCopy>* copies);
+// Runs every copy, in order, on the calling thread.
+void RunCopies(const std::vector<HostCopy>& copies);
 
-// Copies job `index`'s q, k and v bytes from its request to their place in `inputs`, a host
-// buffer of at least layout.input_bytes (e.g. pinned staging). Jobs can be staged concurrently.
+// The copies that stage job `index`'s q, k and v (three spans) into `inputs`, a host buffer of
+// at least layout.input_bytes (e.g. pinned staging), appended to `copies`.
+void AppendJobInputCopies(const Batch& batch, size_t index, char* inputs,
+                          std::vector<HostCopy>* copies);
+
+// Copies job `index`'s q, k and v bytes from its request to their place in `inputs`. Jobs can be
+// staged concurrently.
 void StageJobInputs(const Batch& batch, size_t index, char* inputs);
 // Copies cu_seqlens, slopes and mask into `inputs`.
 void StageMetadata(const Batch& batch, char* inputs);
@@ -59,8 +64,18 @@ void StageInputs(const Batch& batch, char* inputs);
 AttentionParams MakeBatchParams(const Batch& batch, const void* inputs, void* outputs);
 
 // Writes each job's o (and lse when it asked) into its response from the output block at
-// `outputs` (host memory: pinned staging or a plain buffer). One copy per byte of o.
+// `outputs` (host memory: pinned staging or a plain buffer). One copy per byte of o. The same as
+// SizeBatchOutputs followed by every job's AppendJobOutputCopies.
 void ScatterOutputs(const Batch& batch, const char* outputs);
+
+// Sets the dtype and shape of every job's o (and lse) and sizes their data, so that the memory
+// is allocated and touched before the results exist (an executor does this while the device
+// computes, keeping page faults off the path from the device to the caller).
+void SizeBatchOutputs(const Batch& batch);
+// The copies that move job `index`'s o (and lse, one run per sequence and head) from `outputs`
+// into its response, which SizeBatchOutputs has sized; appended to `copies`.
+void AppendJobOutputCopies(const Batch& batch, size_t index, const char* outputs,
+                           std::vector<HostCopy>* copies);
 
 // For running a single job in place (CPU backend): sets the dtype and shape of the response's o
 // (and lse) and sizes their data (spec.q_bytes, spec.lse_bytes); *o and *lse (null unless the

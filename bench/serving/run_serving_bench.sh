@@ -7,6 +7,7 @@
 #   (2) a lone request (1 in flight): p50 latency with batching vs without (target <= 1.1x)
 #   (3) large requests (seqlen 8192, 16 heads, head_dim 128, bf16): goodput vs the echo server
 #       (same messages, no computation; target >= 0.8x)
+#       the echo server under the same small load gives the transport's ceiling for (1)
 #   (4) idle-server overhead, arrival to launch, for the lone small request (target p50 < 100 us):
 #       the server's queue_wait stage (request accepted -> its batch starts on the executor),
 #       read from the server's own /metrics histogram before and after scenario (2)
@@ -58,6 +59,8 @@ LARGE=(--dtype=bf16 --batch=1 --seqlen="$large_seqlen" --heads=16 --head_dim=128
 run_load() {
   local name=$1 address=$2 concurrency=$3
   shift 3
+  # LOAD_FLAGS is split into words on purpose (several flags).
+  # shellcheck disable=SC2086
   "${cli_argv[@]}" bench --target="$address" --concurrency="$concurrency" \
     --duration_s="$duration" --warmup_s="$warmup" ${LOAD_FLAGS:-} "$@" --json="$out/$name.json" \
     > "$out/$name.log" 2>&1
@@ -132,13 +135,14 @@ run_server_scenarios batched true
 run_server_scenarios unbatched false
 start_server echo "${echo_argv[@]}" --address=127.0.0.1:0
 echo "== echo: $address" >&2
+run_load small_c64_echo "$address" 64 "${SMALL[@]}"
 run_load large_echo "$address" "$large_concurrency" "${LARGE[@]}"
 stop_server
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1 || true)
 [ -n "$commit" ] || commit=$(git -C "$(dirname "$0")" rev-parse --short HEAD 2> /dev/null || echo unknown)
-summaries=$(for run in small_c64_batched small_c64_unbatched lone_batched lone_unbatched \
-                       large_server large_echo; do
+summaries=$(for run in small_c64_batched small_c64_unbatched small_c64_echo lone_batched \
+                       lone_unbatched large_server large_echo; do
   printf '"%s": %s,\n' "$run" "$(load_summary "$run")"
 done)
 
@@ -183,6 +187,7 @@ results = {
     "idle_queue_wait": idle,
     "scenarios": {
         "1_small_throughput_ratio": {"value": r["small_c64_batched"]["rps"] / r["small_c64_unbatched"]["rps"], "target": ">= 4"},
+        "1b_small_batched_vs_echo": {"value": r["small_c64_batched"]["rps"] / r["small_c64_echo"]["rps"], "target": "(the transport's ceiling for 1)"},
         "2_lone_latency_ratio": {"value": r["lone_batched"]["p50_us"] / r["lone_unbatched"]["p50_us"], "target": "<= 1.1"},
         "3_large_goodput_vs_echo": {"value": r["large_server"]["rps"] / r["large_echo"]["rps"], "target": ">= 0.8"},
         "4_idle_queue_wait_p50_us": {"value": idle["p50_us"], "target": "< 100 (share <= 100 us >= 0.5)"},
@@ -190,6 +195,7 @@ results = {
 }
 s = results["scenarios"]
 s["1_small_throughput_ratio"]["pass"] = s["1_small_throughput_ratio"]["value"] >= 4
+s["1b_small_batched_vs_echo"]["pass"] = None
 s["2_lone_latency_ratio"]["pass"] = s["2_lone_latency_ratio"]["value"] <= 1.1
 s["3_large_goodput_vs_echo"]["pass"] = s["3_large_goodput_vs_echo"]["value"] >= 0.8
 s["4_idle_queue_wait_p50_us"]["pass"] = idle["share_le_100us"] >= 0.5
@@ -197,7 +203,7 @@ json.dump(results, open(f"{out}/results.json", "w"), indent=2)
 
 rows = ["| run | in flight | req/s | p50 us | p99 us | requests per launch | errors |",
         "|---|---|---|---|---|---|---|"]
-flight = {"small_c64_batched": 64, "small_c64_unbatched": 64, "lone_batched": 1,
+flight = {"small_c64_batched": 64, "small_c64_unbatched": 64, "small_c64_echo": 64, "lone_batched": 1,
           "lone_unbatched": 1, "large_server": int(large_concurrency), "large_echo": int(large_concurrency)}
 for name, v in runs.items():
     rows.append(f"| {name} | {flight[name]} | {v['rps']:.1f} | {v['p50_us']:.0f} | {v['p99_us']:.0f} "
@@ -205,7 +211,8 @@ for name, v in runs.items():
 rows += ["", "| scenario | value | target | pass |", "|---|---|---|---|"]
 for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
-    rows.append(f"| {name} | {value} | {v['target']} | {'yes' if v['pass'] else 'NO'} |")
+    verdict = "-" if v["pass"] is None else ("yes" if v["pass"] else "NO")
+    rows.append(f"| {name} | {value} | {v['target']} | {verdict} |")
 header = f"Serving benchmark, {results['date']}, commit {commit}, device {device}, host {results['host']}, {duration} s per run\n\n"
 open(f"{out}/table.md", "w").write(header + "\n".join(rows) + "\n")
 print(header + "\n".join(rows))

@@ -13,6 +13,7 @@
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/worker_pool.h"
 
 namespace attention::server {
 namespace {
@@ -74,88 +75,15 @@ int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
 // Batches with at most this many input bytes are staged by one thread, and may be launched
 // inline by Submit: a copy of a few MiB takes well under a millisecond.
 constexpr int64_t kSmallBatchBytes = int64_t{4} << 20;
-// Larger batches are copied in pieces of this size by the staging pool and the stager together:
-// one thread's memcpy into pinned memory runs at a few GB/s, well below what the upload can take.
-constexpr int64_t kStagingChunkBytes = int64_t{2} << 20;
+// Larger batches are copied in pieces by the staging pool and the stager together: one thread's
+// memcpy into pinned memory runs at a few GB/s, well below what the upload can take. Outputs are
+// scattered, and answers serialized, the same way by the completion pool and the completer.
 constexpr int kStagingThreads = 4;
+constexpr int kCompletionThreads = 4;
+// Below this many output bytes the completer scatters alone (waking the pool costs more).
+constexpr int64_t kParallelScatterBytes = int64_t{1} << 20;
 
 }  // namespace
-
-// A few persistent threads that copy the pieces of one batch's input block in parallel with the
-// calling thread. One Copy() at a time (the stager's); Submit's inline path stays single-threaded.
-class CudaExecutor::StagingPool {
- public:
-  explicit StagingPool(int threads) {
-    for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { Work(); });
-  }
-  ~StagingPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    for (std::thread& t : workers_) t.join();
-  }
-
-  // Copies every piece into `base`, returning when all are done.
-  void Copy(char* base, const std::vector<InputCopy>& copies) {
-    std::vector<InputCopy> pieces;
-    for (const InputCopy& c : copies) {
-      for (int64_t done = 0; done < c.bytes; done += kStagingChunkBytes) {
-        pieces.push_back(
-            {c.dst_offset + done, c.src + done, std::min(kStagingChunkBytes, c.bytes - done)});
-      }
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      base_ = base;
-      pieces_ = std::move(pieces);
-      next_ = 0;
-      remaining_ = pieces_.size();
-    }
-    cv_.notify_all();
-    RunPieces();
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return remaining_ == 0; });
-  }
-
- private:
-  void Work() {
-    while (true) {
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || next_ < pieces_.size(); });
-        if (stopping_) return;
-      }
-      RunPieces();
-    }
-  }
-
-  // Takes pieces until none is left; the last one done wakes Copy().
-  void RunPieces() {
-    while (true) {
-      InputCopy piece;
-      char* base = nullptr;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (next_ >= pieces_.size()) return;
-        piece = pieces_[next_++];
-        base = base_;
-      }
-      std::memcpy(base + piece.dst_offset, piece.src, static_cast<size_t>(piece.bytes));
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--remaining_ == 0) done_cv_.notify_all();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_, done_cv_;
-  std::vector<InputCopy> pieces_;
-  char* base_ = nullptr;
-  size_t next_ = 0, remaining_ = 0;
-  bool stopping_ = false;
-  std::vector<std::thread> workers_;
-};
 
 CudaDeviceInfo QueryCudaDevices() {
   CudaDeviceInfo info;
@@ -187,7 +115,8 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(int device,
                                                                    Metrics* metrics) {
   std::unique_ptr<CudaExecutor> executor(new CudaExecutor(device, metrics));
   if (absl::Status s = executor->Init(options); !s.ok()) return s;
-  executor->staging_pool_ = std::make_unique<StagingPool>(kStagingThreads);
+  executor->staging_pool_ = std::make_unique<WorkerPool>(kStagingThreads);
+  executor->completion_pool_ = std::make_unique<WorkerPool>(kCompletionThreads);
   executor->stager_ = std::thread([e = executor.get()] { e->StageLoop(); });
   executor->completer_ = std::thread([e = executor.get()] { e->CompleteLoop(); });
   return executor;
@@ -420,9 +349,11 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   if (layout.input_bytes <= kSmallBatchBytes) {
     StageInputs(batch, slot.pinned);
   } else {
-    std::vector<InputCopy> copies;
-    for (size_t i = 0; i < batch.jobs.size(); ++i) AppendJobInputCopies(batch, i, &copies);
-    staging_pool_->Copy(slot.pinned, copies);
+    std::vector<HostCopy> copies;
+    for (size_t i = 0; i < batch.jobs.size(); ++i) {
+      AppendJobInputCopies(batch, i, slot.pinned, &copies);
+    }
+    staging_pool_->Copy(copies);
     StageMetadata(batch, slot.pinned);
   }
 
@@ -478,6 +409,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   }
   slot.device_bytes_used = workspace_offset + workspace_bytes;
   ReportMemory(slot.device_bytes_used);
+  // While the device works: allocate and size the responses' outputs, so that the completer only
+  // copies into memory that is already there.
+  SizeBatchOutputs(batch);
   return absl::OkStatus();
 }
 
@@ -503,7 +437,16 @@ void CudaExecutor::CompleteLoop() {
       batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
       batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
       batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
-      ScatterOutputs(*batch, slot->pinned + batch->layout.input_bytes);
+      const char* outputs = slot->pinned + batch->layout.input_bytes;
+      std::vector<HostCopy> copies;
+      for (size_t i = 0; i < batch->jobs.size(); ++i) {
+        AppendJobOutputCopies(*batch, i, outputs, &copies);
+      }
+      if (batch->layout.output_bytes >= kParallelScatterBytes) {
+        completion_pool_->Copy(copies);
+      } else {
+        RunCopies(copies);
+      }
     } else {
       cudaStreamSynchronize(slot->stream);
     }
@@ -514,7 +457,7 @@ void CudaExecutor::CompleteLoop() {
       free_slots_.push_back(slot);
       cv_.notify_all();
     }
-    FinishBatch(std::move(batch), status);
+    FinishBatch(std::move(batch), status, completion_pool_.get());
   }
 }
 

@@ -11,9 +11,11 @@
 // copy; a large batch's copies are split across a few staging threads), then enqueues upload ->
 // kernel -> download on the slot's stream, bracketed by events. With three slots, batch i+1's
 // upload runs on the copy engine while batch i's kernel runs on the SMs and batch i-1's download
-// drains. A completer thread waits for each batch's last event in submission order, scatters o /
-// lse from pinned memory into the responses and finishes the batch. gRPC and batcher threads never
-// wait for the GPU. A small batch submitted to an idle executor (free slot, nothing waiting) is
+// drains. While the device works, the stager sizes each job's response (allocating and touching
+// its o / lse memory). A completer thread waits for each batch's last event in submission order,
+// copies o / lse from pinned memory into the responses and hands the answers back, both split
+// across a small completion pool, so that neither a large output nor a batch of many answers is
+// copied and serialized by one thread. gRPC and batcher threads never wait for the GPU. A small batch submitted to an idle executor (free slot, nothing waiting) is
 // staged and launched by Submit itself: that saves a thread wake-up between a request's arrival and
 // its kernel launch.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
@@ -36,6 +38,8 @@
 #include "server/executor.h"
 
 namespace attention::server {
+
+class WorkerPool;
 
 // What main() reports in build info and metrics before it starts executors.
 struct CudaDeviceInfo {
@@ -108,8 +112,8 @@ class CudaExecutor final : public Executor {
   bool broken_ = false;  // a sticky CUDA error: every later batch fails fast
   int64_t memory_used_ = 0, memory_high_water_ = 0;
 
-  class StagingPool;
-  std::unique_ptr<StagingPool> staging_pool_;  // splits large batches' input copies
+  std::unique_ptr<WorkerPool> staging_pool_;     // splits large batches' input copies
+  std::unique_ptr<WorkerPool> completion_pool_;  // output scatter and answers of a batch
 
   std::thread stager_;
   std::thread completer_;

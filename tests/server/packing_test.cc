@@ -2,6 +2,7 @@
 // one variable-length launch; run through the CPU backend and scattered back, every job's output
 // must equal the float64 reference of its own request.
 #include "server/packing.h"
+#include "server/worker_pool.h"
 
 #include <cstring>
 #include <memory>
@@ -36,17 +37,42 @@ std::unique_ptr<Job> MakeJob(Call& call) {
   return job;
 }
 
+// How RunPacked moves the bytes: as the CPU executor does (StageInputs, ScatterOutputs), or as
+// the GPU executor does (copy lists split into small pieces across a WorkerPool, outputs sized
+// before the kernel runs).
+enum class CopyPath { kSerial, kPooled };
+
 // Runs `batch` as an executor would: stage, run, scatter.
-void RunPacked(Batch& batch) {
+void RunPacked(Batch& batch, CopyPath path = CopyPath::kSerial) {
   SealBatch(batch);
   const BatchLayout& l = batch.layout;
   // Poisoned staging: whatever the kernel does not write must not reach a response.
   std::vector<char> staging(static_cast<size_t>(l.total_bytes()), static_cast<char>(0x7f));
-  StageInputs(batch, staging.data());
-  const AttentionParams p = MakeBatchParams(batch, staging.data(), staging.data() + l.input_bytes);
+  char* outputs = staging.data() + l.input_bytes;
+  WorkerPool pool(3);
+  if (path == CopyPath::kSerial) {
+    StageInputs(batch, staging.data());
+  } else {
+    std::vector<HostCopy> copies;
+    for (size_t i = 0; i < batch.jobs.size(); ++i) {
+      AppendJobInputCopies(batch, i, staging.data(), &copies);
+    }
+    pool.Copy(copies, 24);  // pieces far smaller than a row
+    StageMetadata(batch, staging.data());
+    SizeBatchOutputs(batch);
+  }
+  const AttentionParams p = MakeBatchParams(batch, staging.data(), outputs);
   cpu::CpuBackend backend(2);
   ASSERT_TRUE(backend.Run(p).ok());
-  ScatterOutputs(batch, staging.data() + l.input_bytes);
+  if (path == CopyPath::kSerial) {
+    ScatterOutputs(batch, outputs);
+  } else {
+    std::vector<HostCopy> copies;
+    for (size_t i = 0; i < batch.jobs.size(); ++i) {
+      AppendJobOutputCopies(batch, i, outputs, &copies);
+    }
+    pool.Copy(copies, 20);
+  }
 }
 
 RequestOptions Base(v1::DType dtype) {
@@ -59,6 +85,7 @@ RequestOptions Base(v1::DType dtype) {
 }
 
 TEST(PackingTest, MixedDenseAndPackedJobsMatchReference) {
+  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled})
   for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16}) {
     std::mt19937 rng(11);
     std::vector<std::unique_ptr<Call>> calls;
@@ -94,10 +121,10 @@ TEST(PackingTest, MixedDenseAndPackedJobsMatchReference) {
     EXPECT_EQ(batch.slices[2].row_q, 27);
     EXPECT_EQ(batch.slices[2].row_k, 21);
 
-    RunPacked(batch);
+    RunPacked(batch, path);
     for (auto& call : calls) {
       EXPECT_EQ(CompareWithReference(call->request, call->response), "")
-          << "dtype " << v1::DType_Name(dtype);
+          << "dtype " << v1::DType_Name(dtype) << " pooled " << (path == CopyPath::kPooled);
     }
   }
 }
