@@ -188,9 +188,12 @@ struct ExecutorOptions {
   int64_t device_memory_bytes = 0;
   // Pinned host staging per executor (uploads and downloads).
   int64_t pinned_host_bytes = int64_t{1} << 30;
-  // Batches an executor holds at once (staging, running, downloading): 3 lets batch i+1's upload
-  // overlap batch i's kernel and batch i-1's download.
-  int pipeline_depth = 3;
+  // Batches an executor holds at once (staging, running, downloading, answering): 3 lets batch
+  // i+1's upload overlap batch i's kernel and batch i-1's download; more keep the GPU fed while
+  // answers are still being copied and serialized on the host (bench/results/serving_*.md: 6
+  // against 3 raised small-request throughput and large-request goodput on an H100 host). Each
+  // slot gets pinned_host_bytes / pipeline_depth of staging, which bounds one batch.
+  int pipeline_depth = 6;
   // CPU backend worker threads; 0 = one per hardware thread.
   int cpu_threads = 0;
 };

@@ -69,7 +69,7 @@ ABSL_FLAG(int32_t, max_stream_in_flight, 1024,
 ABSL_FLAG(int64_t, device_memory_bytes, 0, "Device memory pool per GPU in bytes (0 = auto)");
 ABSL_FLAG(int64_t, pinned_host_bytes, int64_t{1} << 30,
           "Pinned host staging per GPU executor (CPU backend: its packing buffer bound), bytes");
-ABSL_FLAG(int32_t, pipeline_depth, 3,
+ABSL_FLAG(int32_t, pipeline_depth, 6,
           "Batches a GPU executor holds at once (upload / kernel / download overlap)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30,
           "On SIGTERM / SIGINT, how long to wait for accepted requests before exiting");

@@ -226,7 +226,7 @@ int RunGrid(const Options& opt, FILE* json) {
     std::printf("\n| tiles | d | causal | seqlen | ms | TFLOP/s |\n|---|---|---|---|---|---|\n");
     for (const TileVariant& tv : TileSweep()) {
       for (int c : {0, 1}) {
-        for (int n : {1024, 4096, 16384}) {
+        for (int n : {512, 1024, 4096, 16384}) {
           const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
           const int heads = opt.model_dim / tv.head_dim;
           AttentionParams p =

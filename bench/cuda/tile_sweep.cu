@@ -35,6 +35,7 @@ const std::vector<TileVariant>& TileSweep() {
       Make<128, 128, 64, 4, 2, true>(), Make<128, 128, 32, 4, 2>(),
       Make<256, 64, 64, 4, 1>(),        Make<256, 64, 64, 4, 1, true>(),
       Make<256, 128, 64, 8, 2>(),       Make<256, 128, 64, 8, 2, true>(),
+      Make<256, 128, 64, 8, 1>(),       Make<256, 64, 32, 4, 1>(),
   };
   return sweep;
 }
