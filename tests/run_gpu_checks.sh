@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks: kernel tests, server and fault suites against the GPU executor, and the
-# server path under compute-sanitizer memcheck.
+# GPU checks: kernel tests, the kernel tests under compute-sanitizer memcheck and racecheck,
+# server and fault suites against the GPU executor, and the server path under memcheck.
 #
 #   tests/run_gpu_checks.sh BUNDLE_DIR OUT_DIR
 #
@@ -17,6 +17,18 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 echo "=== kernel tests"
 timeout 200 "$B/bin/attention_cuda_test" > "$OUT/cuda_test.log" 2>&1 || status=1
 grep -E "^\[  (PASSED|FAILED) " "$OUT/cuda_test.log"
+# Every kernel test case under both tools, side by side (about 30 s and 70 s on an H100).
+for tool in memcheck racecheck; do
+  timeout 400 compute-sanitizer --tool "$tool" --error-exitcode 9 "$B/bin/attention_cuda_test" \
+    > "$OUT/cuda_test_$tool.log" 2>&1 &
+done
+for _ in memcheck racecheck; do
+  wait -n || status=1
+done
+for tool in memcheck racecheck; do
+  echo "=== kernel tests under compute-sanitizer $tool"
+  grep -E "^\[  (PASSED|FAILED) |ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/cuda_test_$tool.log"
+done
 echo "=== server suite on the GPU executor"
 ATTN_TEST_BACKEND=cuda timeout 150 "$B/bin/server_integration_test" > "$OUT/server_gpu.log" 2>&1 || status=1
 grep -E "^\[  (PASSED|FAILED) " "$OUT/server_gpu.log"
