@@ -2,7 +2,6 @@
 // one variable-length launch; run through the CPU backend and scattered back, every job's output
 // must equal the float64 reference of its own request.
 #include "server/packing.h"
-#include "server/worker_pool.h"
 
 #include <cstring>
 #include <memory>
@@ -12,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention_cpu.h"
 #include "server/validation.h"
+#include "server/worker_pool.h"
 #include "tests/server/server_test_util.h"
 
 namespace attention::server {
@@ -85,46 +85,47 @@ RequestOptions Base(v1::DType dtype) {
 }
 
 TEST(PackingTest, MixedDenseAndPackedJobsMatchReference) {
-  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled})
-  for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16}) {
-    std::mt19937 rng(11);
-    std::vector<std::unique_ptr<Call>> calls;
-    RequestOptions o = Base(dtype);
-    o.batch = 2;
-    o.seqlen_q = 5;
-    o.seqlen_k = 9;
-    o.return_lse = true;
-    calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 1, rng), {}}));
-    o.batch = 1;
-    o.seqlen_q = 17;
-    o.seqlen_k = 3;
-    o.return_lse = false;
-    calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 2, rng), {}}));
-    RequestOptions packed = Base(dtype);
-    packed.seqlens_q = {7, 0, 1};
-    packed.seqlens_k = {7, 4, 13};
-    packed.return_lse = true;
-    calls.push_back(std::make_unique<Call>(Call{MakeRequest(packed, 3, rng), {}}));
+  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled}) {
+    for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16}) {
+      std::mt19937 rng(11);
+      std::vector<std::unique_ptr<Call>> calls;
+      RequestOptions o = Base(dtype);
+      o.batch = 2;
+      o.seqlen_q = 5;
+      o.seqlen_k = 9;
+      o.return_lse = true;
+      calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 1, rng), {}}));
+      o.batch = 1;
+      o.seqlen_q = 17;
+      o.seqlen_k = 3;
+      o.return_lse = false;
+      calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 2, rng), {}}));
+      RequestOptions packed = Base(dtype);
+      packed.seqlens_q = {7, 0, 1};
+      packed.seqlens_k = {7, 4, 13};
+      packed.return_lse = true;
+      calls.push_back(std::make_unique<Call>(Call{MakeRequest(packed, 3, rng), {}}));
 
-    Batch batch;
-    for (auto& call : calls) AddJob(batch, MakeJob(*call));
-    EXPECT_EQ(batch.sequences, 6);
-    EXPECT_EQ(batch.total_q, 10 + 17 + 8);
-    EXPECT_EQ(batch.total_k, 18 + 3 + 24);
-    EXPECT_EQ(batch.max_seqlen_q, 17);
-    EXPECT_EQ(batch.max_seqlen_k, 13);
-    EXPECT_TRUE(batch.want_lse);
-    EXPECT_EQ(batch.cu_seqlens_q, (std::vector<int32_t>{0, 5, 10, 27, 34, 34, 35}));
-    EXPECT_EQ(batch.cu_seqlens_k, (std::vector<int32_t>{0, 9, 18, 21, 28, 32, 45}));
-    ASSERT_EQ(batch.slices.size(), 3u);
-    EXPECT_EQ(batch.slices[2].first_sequence, 3);
-    EXPECT_EQ(batch.slices[2].row_q, 27);
-    EXPECT_EQ(batch.slices[2].row_k, 21);
+      Batch batch;
+      for (auto& call : calls) AddJob(batch, MakeJob(*call));
+      EXPECT_EQ(batch.sequences, 6);
+      EXPECT_EQ(batch.total_q, 10 + 17 + 8);
+      EXPECT_EQ(batch.total_k, 18 + 3 + 24);
+      EXPECT_EQ(batch.max_seqlen_q, 17);
+      EXPECT_EQ(batch.max_seqlen_k, 13);
+      EXPECT_TRUE(batch.want_lse);
+      EXPECT_EQ(batch.cu_seqlens_q, (std::vector<int32_t>{0, 5, 10, 27, 34, 34, 35}));
+      EXPECT_EQ(batch.cu_seqlens_k, (std::vector<int32_t>{0, 9, 18, 21, 28, 32, 45}));
+      ASSERT_EQ(batch.slices.size(), 3u);
+      EXPECT_EQ(batch.slices[2].first_sequence, 3);
+      EXPECT_EQ(batch.slices[2].row_q, 27);
+      EXPECT_EQ(batch.slices[2].row_k, 21);
 
-    RunPacked(batch, path);
-    for (auto& call : calls) {
-      EXPECT_EQ(CompareWithReference(call->request, call->response), "")
-          << "dtype " << v1::DType_Name(dtype) << " pooled " << (path == CopyPath::kPooled);
+      RunPacked(batch, path);
+      for (auto& call : calls) {
+        EXPECT_EQ(CompareWithReference(call->request, call->response), "")
+            << "dtype " << v1::DType_Name(dtype) << " pooled " << (path == CopyPath::kPooled);
+      }
     }
   }
 }
