@@ -237,11 +237,26 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       MaybeFinish(lock);
       return;
     }
-    if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (finished_) {
+        // The stream ended (cancelled, draining, a failed write) while this message was being
+        // read, which MaybeFinish allows: nothing was in flight then. It can no longer be
+        // answered, and a job started now would outlive the stream (gRPC deletes it once this
+        // callback returns) and reach it through `cancelled_` and Item::call.
+        const grpc::StatusCode code = cancelled_.load(std::memory_order_relaxed) || write_failed_
+                                          ? grpc::StatusCode::CANCELLED
+                                          : grpc::StatusCode::UNAVAILABLE;
+        lock.unlock();
+        if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+          metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item->accepted),
+                               item->request_bytes, 0);
+        }
+        return;
+      }
       ++in_flight_;
     }
+    if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     const absl::Status status = StartJob(*service_, item->request, &item->response, item.get(),
                                          item->accepted, deadline_, &cancelled_);
     if (status.ok()) {
