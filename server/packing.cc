@@ -205,48 +205,64 @@ AttentionParams MakeBatchParams(const Batch& batch, const void* inputs, void* ou
 
 void SizeBatchOutputs(const Batch& batch) {
   for (const auto& job : batch.jobs) {
-    SetOutputHeaders(*job);
-    job->response->mutable_o()->mutable_data()->resize(static_cast<size_t>(job->spec.q_bytes));
-    if (job->spec.return_lse) {
-      job->response->mutable_lse()->mutable_data()->resize(
-          static_cast<size_t>(job->spec.lse_bytes));
+    char* o = nullptr;
+    float* lse = nullptr;
+    SizeJobOutputs(*job, &o, &lse);
+  }
+}
+
+namespace {
+
+// The copies that move job `index`'s lse runs from the batch's [q_heads, total_q] lse into its
+// sized response: packed job [q_heads, total_q]; dense job [batch, q_heads, seqlen_q], so one
+// run of seqlen_q rows per (sequence, head).
+void AppendJobLseCopies(const Batch& batch, size_t index, const char* outputs,
+                        std::vector<HostCopy>* copies) {
+  const Job& job = *batch.jobs[index];
+  const RequestSpec& s = job.spec;
+  if (!s.return_lse) return;
+  const char* batch_lse = outputs + batch.layout.lse;
+  char* lse = job.response->mutable_lse()->mutable_data()->data();
+  const int64_t row_q = batch.slices[index].row_q;
+  const int runs = s.packed ? 1 : s.batch;
+  const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
+  constexpr int64_t kFloat = sizeof(float);
+  for (int b = 0; b < runs; ++b) {
+    for (int h = 0; h < s.q_heads; ++h) {
+      const int64_t src_row = h * batch.total_q + row_q + b * run_rows;
+      const int64_t dst_row = (int64_t{b} * s.q_heads + h) * run_rows;
+      copies->push_back({lse + dst_row * kFloat, batch_lse + src_row * kFloat, run_rows * kFloat});
     }
   }
 }
+
+const char* JobOutput(const Batch& batch, size_t index, const char* outputs) {
+  return outputs + batch.layout.o +
+         batch.slices[index].row_q * RowBytes(batch.key, batch.key.q_heads);
+}
+
+}  // namespace
 
 void AppendJobOutputCopies(const Batch& batch, size_t index, const char* outputs,
                            std::vector<HostCopy>* copies) {
-  const BatchLayout& l = batch.layout;
   const Job& job = *batch.jobs[index];
-  const RequestSpec& s = job.spec;
-  const JobSlice& slice = batch.slices[index];
-  const int64_t o_row = RowBytes(batch.key, batch.key.q_heads);
   copies->push_back({job.response->mutable_o()->mutable_data()->data(),
-                     outputs + l.o + slice.row_q * o_row, s.q_bytes});
-  if (!s.return_lse) return;
-  const char* batch_lse = outputs + l.lse;
-  char* lse = job.response->mutable_lse()->mutable_data()->data();
-  // Batch lse is [q_heads, batch.total_q]. Packed job: [q_heads, total_q]; dense job:
-  // [batch, q_heads, seqlen_q], so one run of seqlen_q rows per (sequence, head).
-  const int runs = s.packed ? 1 : s.batch;
-  const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
-  const int64_t run_bytes = run_rows * static_cast<int64_t>(sizeof(float));
-  for (int b = 0; b < runs; ++b) {
-    for (int h = 0; h < s.q_heads; ++h) {
-      const int64_t src_row = h * batch.total_q + slice.row_q + b * run_rows;
-      const int64_t dst_row = (int64_t{b} * s.q_heads + h) * run_rows;
-      copies->push_back({lse + dst_row * static_cast<int64_t>(sizeof(float)),
-                         batch_lse + src_row * static_cast<int64_t>(sizeof(float)), run_bytes});
-    }
-  }
+                     JobOutput(batch, index, outputs), job.spec.q_bytes});
+  AppendJobLseCopies(batch, index, outputs, copies);
 }
 
 void ScatterOutputs(const Batch& batch, const char* outputs) {
-  SizeBatchOutputs(batch);
   std::vector<HostCopy> copies;
   for (size_t i = 0; i < batch.jobs.size(); ++i) {
+    const Job& job = *batch.jobs[i];
+    SetOutputHeaders(job);
+    // assign, not resize + copy: o is written once.
+    job.response->mutable_o()->mutable_data()->assign(JobOutput(batch, i, outputs),
+                                                      static_cast<size_t>(job.spec.q_bytes));
+    if (!job.spec.return_lse) continue;
+    job.response->mutable_lse()->mutable_data()->resize(static_cast<size_t>(job.spec.lse_bytes));
     copies.clear();
-    AppendJobOutputCopies(batch, i, outputs, &copies);
+    AppendJobLseCopies(batch, i, outputs, &copies);
     RunCopies(copies);
   }
 }
