@@ -30,6 +30,7 @@
 #endif
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/dtype.h"
 
 namespace attention::cuda::bench {
@@ -164,7 +165,7 @@ int RunGrid(const Options& opt, FILE* json) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | tiles |\n");
+  std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | kernel |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   int failures = 0;
   {
@@ -201,14 +202,15 @@ int RunGrid(const Options& opt, FILE* json) {
             continue;
           }
           const double tf = Tflops(batch, heads, n, d, c != 0, ms);
-          std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | default |\n", dt.c_str(), d, c,
-                      n, batch, heads, ms, tf);
+          const char* kernel = KernelFamilyName(SelectKernelFamily(p));
+          std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s |\n", dt.c_str(), d, c, n,
+                      batch, heads, ms, tf, kernel);
           if (json != nullptr) {
             std::fprintf(json,
                          "{\"kind\": \"fwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
                          "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms\": %.4f, "
-                         "\"ours_tflops\": %.1f}\n",
-                         dt.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf);
+                         "\"ours_tflops\": %.1f, \"kernel\": \"%s\"}\n",
+                         dt.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf, kernel);
           }
           std::fflush(stdout);
         }

@@ -2,7 +2,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -41,15 +45,55 @@ absl::Status LaunchStatus(cudaError_t err) {
                                           cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
 }
 
+// Whether the current device runs the sm_90a kernels: compute capability 9.0, cached per device
+// (the attribute query is a driver call; launches come many times per second).
+bool CurrentDeviceIsSm90() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int8_t> known[kMaxDevices];  // 0 unknown, 1 yes, -1 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+  int8_t v = known[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    int minor = 0;
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
+    v = ok && major == 9 && minor == 0 ? 1 : -1;
+    known[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
+bool Sm90KernelsAllowed() {
+  static const bool allowed = [] {
+    const char* env = std::getenv("ATTN_CUDA_KERNELS");
+    return env == nullptr || std::string_view(env) != "sm80";
+  }();
+  return allowed;
+}
+
+template <DType kDType, int kHeadDim, FwdVariant kVariant>
+cudaError_t RunFamily(const AttentionParams& p, cudaStream_t stream) {
+#ifdef ATTN_KERNEL_SM90
+  if constexpr (HasSm90Kernel(kHeadDim)) {
+    if (SelectKernelFamily(p) == KernelFamily::kSm90) {
+      return RunFlashFwdSm90<kDType, kHeadDim, kVariant>(p, stream);
+    }
+  }
+#endif
+  return RunFlashFwd<kDType, kHeadDim, kVariant>(p, stream);
+}
+
 template <DType kDType, int kHeadDim>
 absl::Status DispatchVariant(const AttentionParams& p, cudaStream_t stream) {
   switch (SelectVariant(p)) {
     case FwdVariant::kDense:
-      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kDense>(p, stream));
+      return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kDense>(p, stream));
     case FwdVariant::kWindow:
-      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kWindow>(p, stream));
+      return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kWindow>(p, stream));
     case FwdVariant::kGeneral:
-      return LaunchStatus(RunFlashFwd<kDType, kHeadDim, FwdVariant::kGeneral>(p, stream));
+      return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kGeneral>(p, stream));
   }
   return absl::InternalError("unknown forward kernel variant");
 }
@@ -125,6 +169,22 @@ bool DTypeCompiled(DType dtype) {
       return false;
   }
   return false;
+}
+
+KernelFamily SelectKernelFamily(const AttentionParams& p) {
+#ifdef ATTN_KERNEL_SM90
+  const int bucket = CompiledHeadDimBucket(p.head_dim);
+  if (bucket != 0 && HasSm90Kernel(bucket) && Sm90KernelsAllowed() && CurrentDeviceIsSm90()) {
+    return KernelFamily::kSm90;
+  }
+#else
+  (void)p;
+#endif
+  return KernelFamily::kSm80;
+}
+
+const char* KernelFamilyName(KernelFamily family) {
+  return family == KernelFamily::kSm90 ? "sm90 (wgmma)" : "sm80 (mma.sync)";
 }
 
 FwdVariant SelectVariant(const AttentionParams& p) {

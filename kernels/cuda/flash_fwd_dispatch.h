@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -25,6 +26,14 @@ bool DTypeCompiled(DType dtype);
 
 // The kernel variant `p` needs (see FwdVariant).
 FwdVariant SelectVariant(const AttentionParams& p);
+
+// Which of the two forward kernels runs `p`: the mma.sync kernel (sm_80 and later, every head-dim
+// bucket) or the Hopper wgmma kernel (compute capability 9.0, buckets 64 / 128 / 192 / 256, builds
+// that include sm_90a). Setting the environment variable ATTN_CUDA_KERNELS=sm80 before the first
+// launch keeps every launch on the mma.sync kernel (tests and benchmarks compare the two).
+enum class KernelFamily : uint8_t { kSm80, kSm90 };
+KernelFamily SelectKernelFamily(const AttentionParams& p);
+const char* KernelFamilyName(KernelFamily family);
 
 // Enqueues the kernel for `p` (normalized, checked, 16-bit dtype) on `stream`. UNIMPLEMENTED
 // naming the value when this build has no kernel for its dtype or head_dim; INTERNAL with the

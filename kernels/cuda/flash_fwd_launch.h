@@ -25,6 +25,12 @@ template <DType kDType, int kHeadDim, FwdVariant kVariant, int kBlockM, int kBlo
           int kKVStages, bool kPrefetchFragments>
 cudaError_t RunFlashFwdTiles(const AttentionParams& p, cudaStream_t stream);
 
+// The Hopper kernel (wgmma, sm_90a) with DefaultSm90TileConfig(kHeadDim), for the buckets with
+// HasSm90Kernel(kHeadDim); same contract as RunFlashFwd. Only for compute capability 9.0 devices
+// and builds that include sm_90a (elsewhere the kernel is empty).
+template <DType kDType, int kHeadDim, FwdVariant kVariant>
+cudaError_t RunFlashFwdSm90(const AttentionParams& p, cudaStream_t stream);
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_LAUNCH_H_

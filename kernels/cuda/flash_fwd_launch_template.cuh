@@ -12,25 +12,31 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/flash_fwd_kernel.cuh"
 #include "kernels/cuda/flash_fwd_launch.h"
+#include "kernels/cuda/flash_fwd_sm90_kernel.cuh"
 #include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
 
-template <typename Traits, typename Element, FwdVariant kVariant>
-cudaError_t LaunchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
-  const auto kernel = &fwd::FlashFwdKernel<Traits, Element, kVariant>;
-  constexpr int kSmemBytes = Traits::kSmemBytes;
-  if constexpr (kSmemBytes > 48 * 1024) {
+// One block of `threads` threads per (query tile of `block_m` rows, head, sequence); the
+// query-tile index varies fastest, so the blocks that share a head's K / V run together and hit L2.
+template <typename Kernel>
+cudaError_t LaunchOverQueryTiles(Kernel* kernel, int block_m, int threads, int smem_bytes,
+                                 const AttentionParams& p, cudaStream_t stream) {
+  if (smem_bytes > 48 * 1024) {
     // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
     const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (err != cudaSuccess) return err;
   }
-  // One block per (query tile, head, sequence); the query-tile index varies fastest, so the
-  // blocks that share a head's K / V run together and hit L2.
-  const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(p);
+  const dim3 grid((p.seqlen_q + block_m - 1) / block_m, p.q_heads, p.batch);
+  kernel<<<grid, threads, smem_bytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename Traits, typename Element, FwdVariant kVariant>
+cudaError_t LaunchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  return LaunchOverQueryTiles(&fwd::FlashFwdKernel<Traits, Element, kVariant>, Traits::kBlockM,
+                              Traits::kNThreads, Traits::kSmemBytes, p, stream);
 }
 
 template <DType kDType>
@@ -51,6 +57,17 @@ cudaError_t RunFlashFwd(const AttentionParams& p, cudaStream_t stream) {
   constexpr TileConfig kTiles = DefaultTileConfig(kHeadDim);
   return RunFlashFwdTiles<kDType, kHeadDim, kVariant, kTiles.block_m, kTiles.block_n, kTiles.warps,
                           kTiles.kv_stages, kTiles.prefetch_fragments>(p, stream);
+}
+
+template <DType kDType, int kHeadDim, FwdVariant kVariant>
+cudaError_t RunFlashFwdSm90(const AttentionParams& p, cudaStream_t stream) {
+  static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
+                "the tensor cores take 16-bit operands; float32 is converted by the host API");
+  constexpr Sm90TileConfig kTiles = DefaultSm90TileConfig(kHeadDim);
+  using Traits = Sm90FwdKernelTraits<kHeadDim, kTiles.block_n, kTiles.warpgroups>;
+  return LaunchOverQueryTiles(&fwd::FlashFwdSm90Kernel<Traits, ElementOf<kDType>, kVariant>,
+                              Traits::kBlockM, Traits::kNThreads, fwd::Sm90SmemBytes<Traits>(), p,
+                              stream);
 }
 
 }  // namespace attention::cuda

@@ -145,6 +145,52 @@ struct FwdKernelTraits {
   static constexpr int kMinBlocksPerSm = kNWarps == 4 && 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
 };
 
+// The Hopper kernel (sm_90a, flash_fwd_sm90_kernel.cuh): S = Q K^T and O += P V on warpgroup MMAs
+// (wgmma) reading K and V straight from shared memory. Compiled for the head-dim buckets that
+// are whole 128-byte swizzle panels (multiples of 64); the others run the mma.sync kernel.
+constexpr bool HasSm90Kernel(int head_dim_bucket) { return head_dim_bucket % 64 == 0; }
+
+struct Sm90TileConfig {
+  int block_n;
+  int warpgroups;  // each owns 64 query rows: block_m = 64 * warpgroups
+};
+
+// d <= 128: 128 x 128 tiles (two K / V stages: 160 KB of shared memory at d = 128). d > 128:
+// 64-key tiles, which keep the O accumulator (d / 2 floats per thread) and S (32) in registers.
+constexpr Sm90TileConfig DefaultSm90TileConfig(int head_dim_bucket) {
+  if (head_dim_bucket <= 128) return {128, 2};
+  return {64, 2};
+}
+
+template <int kHeadDim_, int kBlockN_, int kWarpgroups_>
+struct Sm90FwdKernelTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kWarpgroups = kWarpgroups_;
+  static constexpr int kBlockM = 64 * kWarpgroups;
+  static constexpr int kNWarps = 4 * kWarpgroups;
+  static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kKVStages = 2;  // K[n-1], V[n-1] load while tile n computes
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kMTiles = 1;  // per warp: 16 rows of its warpgroup's m64 tile
+  static constexpr int kNTilesS = kBlockN / 8;
+  static constexpr int kNTilesO = kHeadDim / 8;
+
+  static_assert(HasSm90Kernel(kHeadDim) && kHeadDim <= 256, "whole 64-column swizzle panels");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N and the k16 steps of P V");
+  static_assert(kWarpgroups >= 1 && kWarpgroups <= 3, "at most 192 query rows per block");
+
+  using QTile = SmemTile<kBlockM, kHeadDim>;
+  using KVTile = SmemTile<kBlockN, kHeadDim>;
+  // Every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle).
+  static_assert(QTile::kBytes % 1024 == 0 && KVTile::kBytes % 1024 == 0, "1024-byte tiles");
+  static constexpr int kSmemQOffset = 0;
+  static constexpr int kSmemKOffset = QTile::kBytes;
+  static constexpr int kSmemVOffset = kSmemKOffset + kKVStages * KVTile::kBytes;
+  static constexpr int kSmemBytes = kSmemVOffset + kKVStages * KVTile::kBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
+};
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_KERNEL_TRAITS_H_

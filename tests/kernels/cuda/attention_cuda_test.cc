@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/dtype.h"
 #include "tests/reference/reference_attention.h"
 
@@ -584,6 +585,8 @@ std::vector<Case> Cases() {
   // Many KV tiles through the pipeline.
   c.push_back(Case("long_causal").Seq(2048, 2048).Heads(2, 1).Dim(128).Causal());
   c.push_back(Case("long_dense_d64").Seq(1500, 2500).Dim(64));
+  c.push_back(Case("long_dense_d256").Seq(700, 1100).Heads(2, 1).Dim(256));
+  c.push_back(Case("long_window_d192").Seq(900, 1000).Dim(192).Window(300, 20));
   // float32 requests (computed in bf16).
   c.push_back(Case("fp32_causal").Seq(300, 300).Dim(64).Causal().DTypes({DType::kFloat32}));
   c.push_back(Case("fp32_varlen_window")
@@ -647,6 +650,13 @@ int main(int argc, char** argv) {
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("attention_cuda_test: no CUDA device, skipping\n");
     return 77;
+  }
+  // Which kernel each head-dim bucket runs on this device (ATTN_CUDA_KERNELS=sm80 forces mma.sync).
+  for (int head_dim : {32, 64, 96, 128, 160, 192, 224, 256}) {
+    attention::AttentionParams p;
+    p.head_dim = head_dim;
+    std::printf("head_dim %3d: %s kernel\n", head_dim,
+                attention::cuda::KernelFamilyName(attention::cuda::SelectKernelFamily(p)));
   }
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();

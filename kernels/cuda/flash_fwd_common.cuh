@@ -1,0 +1,416 @@
+// Device code shared by the two forward kernels (mma.sync, flash_fwd_kernel.cuh; wgmma,
+// flash_fwd_sm90_kernel.cuh): tile copies, the block's coordinates, the KV tile order, the
+// score -> logit transform, the bounds mask, the online softmax and the epilogue.
+//
+// Both kernels hold S and O in the same per-warp register layout: a warp owns 16 * kMTiles query
+// rows, and accumulator acc[mt][j][e] of lane l is row 16 * mt + l / 4 + 8 * (e / 2), column
+// 8 * j + 2 * (l % 4) + e % 2 of the warp's rows (the mma.sync m16n8 layout, which wgmma's m64nN
+// accumulators repeat per warp of the warpgroup).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_COMMON_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kernel_traits.h"
+
+namespace attention::cuda::fwd {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Copies rows [0, valid_rows) x 16-byte chunks [0, valid_chunks) of a [kRows, kHeadDim] global
+// tile (row stride `row_stride` elements) into the swizzled shared tile at `smem_tile`; the rest
+// of the shared tile is zero-filled, so padded rows and columns contribute nothing to S or O.
+template <typename Traits, int kRows, typename Element>
+__device__ __forceinline__ void LoadTile(uint32_t smem_tile, const Element* gmem,
+                                         int64_t row_stride, int valid_rows, int valid_chunks,
+                                         int tid) {
+  using Tile = SmemTile<kRows, Traits::kHeadDim>;
+  constexpr int kChunks = Traits::kChunks;
+  constexpr int kThreads = Traits::kNThreads;
+  constexpr int kTotal = kRows * kChunks;
+  constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
+  if constexpr (kThreads % kChunks == 0) {
+    // Every thread copies the same chunk column of rows tid / kChunks + it * kRowsPerIter. The
+    // source pointer advances by one stride per iteration rather than being recomputed, which
+    // keeps per-iteration 64-bit offsets from being hoisted into registers.
+    constexpr int kRowsPerIter = kThreads / kChunks;
+    const int row0 = tid / kChunks;
+    const int chunk = tid % kChunks;
+    const int64_t step = kRowsPerIter * row_stride;
+    const Element* src = gmem + row0 * row_stride + chunk * 8;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int row = row0 + it * kRowsPerIter;
+      if (kTotal % kThreads == 0 || row < kRows) {
+        const bool pred = row < valid_rows && chunk < valid_chunks;
+        // Predicated-off copies read nothing, so their address needs no clamping; the
+        // one-stage kernels clamp it anyway because ptxas then allocates their registers without
+        // spills (bench/cuda/NOTES.md, run 3: -11% for d = 256 with the spills).
+        CpAsync16(smem_tile + Tile::Offset(row, chunk),
+                  Traits::kKVStages == 1 && !pred ? gmem : src, pred);
+      }
+      src += step;
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int idx = tid + it * kThreads;
+      const int row = idx / kChunks;
+      const int chunk = idx % kChunks;
+      if (kTotal % kThreads == 0 || row < kRows) {
+        const bool pred = row < valid_rows && chunk < valid_chunks;
+        CpAsync16(smem_tile + Tile::Offset(row, chunk), gmem + row * row_stride + chunk * 8, pred);
+      }
+    }
+  }
+}
+
+// A block whose rows have no allowed key at all: o = 0 and lse = -inf for its valid rows.
+template <typename Traits, typename Element>
+__device__ __forceinline__ void StoreEmptyRows(Element* o, int64_t o_row_stride, float* lse,
+                                               int rows, int valid_chunks, int tid) {
+  constexpr int kChunks = Traits::kChunks;
+  for (int idx = tid; idx < rows * kChunks; idx += Traits::kNThreads) {
+    const int r = idx / kChunks;
+    const int c = idx % kChunks;
+    if (c < valid_chunks) {
+      *reinterpret_cast<uint4*>(o + r * o_row_stride + c * 8) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+  if (lse != nullptr) {
+    for (int r = tid; r < rows; r += Traits::kNThreads) lse[r] = -INFINITY;
+  }
+}
+
+// Where one block works: its (sequence, head), its query rows [row0, row0 + rows) and the
+// pointers of attention_params.h's addressing rule (q, o and lse at row0; k and v at key 0).
+template <typename Element>
+struct BlockCoords {
+  int batch, head;
+  int row0, rows;
+  int len_q, len_k;
+  int left, right;  // the window sides of the variant (-1 = unbounded)
+  const Element* q;
+  const Element* k;
+  const Element* v;
+  Element* o;
+  float* lse;
+};
+
+// Fills `c` for query tile blockIdx.x of head blockIdx.y of sequence blockIdx.z; returns false
+// when the tile starts past the sequence (packed batches size the grid by the longest one).
+template <int kBlockM, bool kHasWindow, typename Element>
+__device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoords<Element>& c) {
+  c.head = blockIdx.y;
+  c.batch = blockIdx.z;
+  c.left = kHasWindow ? p.window_left : -1;
+  c.right = kHasWindow ? p.window_right : -1;
+  // With a right limit (causal), a block's cost grows with its row index: run the most expensive
+  // blocks first so that the cheap ones fill the tail of the grid.
+  const int m_block =
+      c.right >= 0 ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  // Sequence bounds: dense batches use seqlen_q / seqlen_k, packed ones cu_seqlens.
+  int64_t q_start = 0;
+  int64_t k_start = 0;
+  c.len_q = p.seqlen_q;
+  c.len_k = p.seqlen_k;
+  if (p.cu_seqlens_q != nullptr) {
+    q_start = p.cu_seqlens_q[c.batch];
+    c.len_q = p.cu_seqlens_q[c.batch + 1] - static_cast<int>(q_start);
+    k_start = p.cu_seqlens_k[c.batch];
+    c.len_k = p.cu_seqlens_k[c.batch + 1] - static_cast<int>(k_start);
+  }
+  c.row0 = m_block * kBlockM;
+  if (c.row0 >= c.len_q) return false;
+  c.rows = min(kBlockM, c.len_q - c.row0);
+  const int kv_head = c.head / (p.q_heads / p.kv_heads);
+  c.q = static_cast<const Element*>(p.q) + c.batch * p.q_batch_stride +
+        (q_start + c.row0) * p.q_row_stride + c.head * p.q_head_stride;
+  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride + k_start * p.k_row_stride +
+        kv_head * p.k_head_stride;
+  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride + k_start * p.v_row_stride +
+        kv_head * p.v_head_stride;
+  c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride +
+        (q_start + c.row0) * p.o_row_stride + c.head * p.o_head_stride;
+  c.lse = p.lse == nullptr ? nullptr
+                           : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride +
+                                 q_start + c.row0;
+  return true;
+}
+
+// Runs step(n, std::true_type / std::false_type) over KV tiles [tiles.begin, tiles.end) in
+// descending order: tiles [top, end) need the element-wise mask (sequence tail, right side of the
+// window), then [bottom, top) run unmasked, then [begin, bottom) need it again (left side of the
+// window). The general variant masks every tile.
+template <int kBlockN, FwdVariant kVariant, typename Element, typename Step>
+__device__ __forceinline__ void ForEachKvTile(const KvTileRange& tiles,
+                                              const BlockCoords<Element>& c, Step&& step) {
+  constexpr bool kHasWindow = kVariant != FwdVariant::kDense;
+  int top = tiles.end;
+  int bottom = tiles.begin;
+  if constexpr (kVariant == FwdVariant::kGeneral) {
+    top = bottom;
+  } else {
+    while (top > tiles.begin &&
+           TileNeedsMask(top - 1, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
+      --top;
+    }
+    if constexpr (kHasWindow) {
+      while (bottom < top &&
+             TileNeedsMask(bottom, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
+        ++bottom;
+      }
+    }
+  }
+  int n = tiles.end - 1;
+  for (; n >= top; --n) step(n, std::true_type{});
+  for (; n >= bottom; --n) step(n, std::false_type{});
+  if constexpr (kHasWindow) {
+    for (; n >= tiles.begin; --n) step(n, std::true_type{});
+  }
+}
+
+// The general variant: scores -> logits in the order of the contract (scale, softcap, ALiBi,
+// additive mask); a false bool mask entry drops the key. `warp_row0` is the warp's first row
+// within the block, `key0` the tile's first key.
+template <int kMTiles, int kNTilesS, typename Element>
+__device__ __forceinline__ void ScoresToLogits(float (&acc_s)[kMTiles][kNTilesS][4],
+                                               const AttentionParams& p,
+                                               const BlockCoords<Element>& c, int warp_row0,
+                                               int key0, int lane) {
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int shift = c.len_k - c.len_q;
+  const float softcap = p.softcap;
+  const float cap_scale = softcap > 0.f ? p.softmax_scale / softcap : 0.f;
+  const float slope =
+      p.alibi_slopes != nullptr ? p.alibi_slopes[c.batch * p.alibi_batch_stride + c.head] : 0.f;
+  const int64_t mask_base = c.batch * p.mask_batch_stride + c.head * p.mask_head_stride;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = c.row0 + warp_row0 + mt * 16 + g + 8 * (e / 2);
+        const int j = key0 + nt * 8 + 2 * t + e % 2;
+        float s = acc_s[mt][nt][e];
+        s = softcap > 0.f ? softcap * Tanh(s * cap_scale) : s * p.softmax_scale;
+        s -= slope * fabsf(static_cast<float>(i + shift - j));
+        if (p.mask_kind != MaskKind::kNone && i < c.len_q && j < c.len_k) {
+          const int64_t idx = mask_base + i * p.mask_row_stride + j * p.mask_col_stride;
+          if (p.mask_kind == MaskKind::kBool) {
+            if (static_cast<const uint8_t*>(p.mask)[idx] == 0) s = -INFINITY;
+          } else {
+            s += static_cast<const float*>(p.mask)[idx];
+          }
+        }
+        acc_s[mt][nt][e] = s;
+      }
+    }
+  }
+}
+
+// Element-wise bounds on the tiles that need them: keys past len_k and, with a window, keys
+// outside [p(i) - left, p(i) + right].
+template <int kMTiles, int kNTilesS, typename Element>
+__device__ __forceinline__ void MaskOutsideWindow(float (&acc_s)[kMTiles][kNTilesS][4],
+                                                  const BlockCoords<Element>& c, int warp_row0,
+                                                  int key0, int lane) {
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int shift = c.len_k - c.len_q;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      // Allowed keys of this row, relative to key0: [key_lo, key_hi). The host API clamps
+      // window sides to the sequence lengths, so none of this overflows an int.
+      const int pos = c.row0 + warp_row0 + mt * 16 + g + 8 * hf + shift;
+      const int key_lo = (c.left >= 0 ? max(pos - c.left, 0) : 0) - key0;
+      const int key_hi = (c.right >= 0 ? min(pos + c.right + 1, c.len_k) : c.len_k) - key0;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = nt * 8 + 2 * t + e;
+          if (j < key_lo || j >= key_hi) acc_s[mt][nt][2 * hf + e] = -INFINITY;
+        }
+      }
+    }
+  }
+}
+
+// Running softmax state of the rows a thread holds (two per m16 tile).
+template <int kMTiles>
+struct RowStats {
+  float max[kMTiles][2];
+  float sum[kMTiles][2];  // this thread's partial sums; reduced across the quad at the end
+
+  __device__ __forceinline__ void Init() {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        max[mt][hf] = -INFINITY;
+        sum[mt][hf] = 0.f;
+      }
+    }
+  }
+};
+
+// Online softmax over one KV tile: new row max, rescale of the running sum and of O, and
+// P = exp2(s * scale_log2 - max * scale_log2) in place of S.
+template <int kMTiles, int kNTilesS, int kNTilesO>
+__device__ __forceinline__ void OnlineSoftmax(float (&acc_s)[kMTiles][kNTilesS][4],
+                                              float (&acc_o)[kMTiles][kNTilesO][4],
+                                              RowStats<kMTiles>& stats, float scale_log2) {
+  float alpha[kMTiles][2];
+  bool max_moved = false;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = stats.max[mt][hf];
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        mx = fmaxf(mx, fmaxf(acc_s[mt][nt][2 * hf], acc_s[mt][nt][2 * hf + 1]));
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row with no allowed key so far keeps max -inf; subtracting 0 keeps its P at 0.
+      const float max_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+      alpha[mt][hf] = Exp2(stats.max[mt][hf] * scale_log2 - max_scaled);
+      max_moved |= mx != stats.max[mt][hf];
+      stats.max[mt][hf] = mx;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pe = Exp2(fmaf(acc_s[mt][nt][2 * hf + e], scale_log2, -max_scaled));
+          acc_s[mt][nt][2 * hf + e] = pe;
+        }
+      }
+    }
+  }
+  // Once the running maxima settle (most tiles of a long row), alpha is 1 for every row of the
+  // warp and the rescale of O is skipped: a warp-uniform branch instead of 4 * kMTiles *
+  // kNTilesO multiplications per tile.
+  if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        stats.sum[mt][hf] *= alpha[mt][hf];
+#pragma unroll
+        for (int dt = 0; dt < kNTilesO; ++dt) {
+          acc_o[mt][dt][2 * hf] *= alpha[mt][hf];
+          acc_o[mt][dt][2 * hf + 1] *= alpha[mt][hf];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        stats.sum[mt][hf] += acc_s[mt][nt][2 * hf] + acc_s[mt][nt][2 * hf + 1];
+      }
+    }
+  }
+}
+
+// P's A fragment (mma.sync m16n8k16 layout, also wgmma's register A) for keys [16 kk, 16 kk + 16)
+// of m16 tile mt: the S accumulators of n8 tiles 2 kk and 2 kk + 1, rounded to 16 bits.
+template <typename Element, int kMTiles, int kNTilesS>
+__device__ __forceinline__ void PackP(uint32_t (&frag)[4],
+                                      const float (&acc_s)[kMTiles][kNTilesS][4], int mt, int kk) {
+  using Ops = MmaOps<Element>;
+  frag[0] = Ops::Pack(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+  frag[1] = Ops::Pack(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+  frag[2] = Ops::Pack(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+  frag[3] = Ops::Pack(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+}
+
+// Epilogue of one warp: O /= rowsum, LSE = ln(sum) + max (natural log; a row without any allowed
+// key has sum 0: o = 0 and lse = -inf), O staged in the warp's own rows [warp_row0,
+// warp_row0 + 16 * kMTiles) of the shared tile `stage` (layout OTile, no other warp reads them
+// and every read of them by this warp has completed) and written to global memory with 16-byte
+// stores; LSE written once per row.
+template <typename OTile, int kChunks, typename Element, int kMTiles, int kNTilesO>
+__device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4],
+                                            const RowStats<kMTiles>& stats, float scale_log2,
+                                            uint32_t stage, const BlockCoords<Element>& c,
+                                            int64_t o_row_stride, int valid_chunks, int warp_row0,
+                                            int lane) {
+  using Ops = MmaOps<Element>;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  float lse[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float sum = stats.sum[mt][hf];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum == 0.f ? 0.f : 1.f / sum;
+      lse[mt][hf] = sum == 0.f ? -INFINITY : (stats.max[mt][hf] * scale_log2 + log2f(sum)) * kLn2;
+#pragma unroll
+      for (int dt = 0; dt < kNTilesO; ++dt) {
+        acc_o[mt][dt][2 * hf] *= inv;
+        acc_o[mt][dt][2 * hf + 1] *= inv;
+      }
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row0 + mt * 16 + g + 8 * hf;
+#pragma unroll
+      for (int dt = 0; dt < kNTilesO; ++dt) {
+        StoreShared32(stage + OTile::Offset(r, dt) + 4 * t,
+                      Ops::Pack(acc_o[mt][dt][2 * hf], acc_o[mt][dt][2 * hf + 1]));
+      }
+    }
+  }
+  __syncwarp();
+  constexpr int kWarpChunks = 16 * kMTiles * kChunks;
+  static_assert(kWarpChunks % 32 == 0, "whole rounds of 32 lanes");
+#pragma unroll
+  for (int it = 0; it < kWarpChunks / 32; ++it) {
+    const int idx = lane + 32 * it;
+    const int r = warp_row0 + idx / kChunks;
+    const int ch = idx % kChunks;
+    if (r < c.rows && ch < valid_chunks) {
+      *reinterpret_cast<uint4*>(c.o + r * o_row_stride + ch * 8) =
+          LoadShared128(stage + OTile::Offset(r, ch));
+    }
+  }
+  if (c.lse != nullptr && t == 0) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_row0 + mt * 16 + g + 8 * hf;
+        if (r < c.rows) c.lse[r] = lse[mt][hf];
+      }
+    }
+  }
+}
+
+}  // namespace attention::cuda::fwd
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_COMMON_CUH_

@@ -1,0 +1,176 @@
+// Device code of the Hopper forward kernel (sm_90a): the algorithm of flash_fwd_kernel.cuh with
+// the two products on warpgroup MMAs.
+//
+// One thread block of kWarpgroups warpgroups computes O and LSE for 64 * kWarpgroups query rows
+// of one (sequence, head); warpgroup w owns rows [64 w, 64 w + 64):
+//   - Q, K and V tiles are copied to shared memory with cp.async in the 128-byte-swizzled layout
+//     of SmemTile (64-column panels), which is the layout wgmma's shared-memory descriptors
+//     describe: Q as the K-major A operand, K as the K-major B operand of S = Q K^T, and V as the
+//     N-major B operand of O += P V. No ldmatrix: the tensor cores read shared memory directly.
+//   - K / V tiles stream through two stages from the last tile down, one barrier per tile, the
+//     copies of tile n - 1 in flight while tile n computes (as in the mma.sync kernel).
+//   - S = Q K^T: kHeadDim / 16 wgmma.m64nNk16 (N = kBlockN) per warpgroup, float32 accumulators.
+//   - Masks, online softmax and the epilogue are the mma.sync kernel's (flash_fwd_common.cuh): the
+//     m64nN accumulator layout gives every warp 16 rows in the m16n8 layout.
+//   - O += P V: P stays in registers as wgmma's A operand (the S accumulators rounded to 16 bits
+//     are exactly its register fragments), kBlockN / 16 wgmma.m64nNk16 with N = kHeadDim.
+// Compiled to an empty kernel for architectures other than sm_90a; the host dispatch launches it
+// only on compute capability 9.0 devices when the build includes sm_90a.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90_KERNEL_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90_KERNEL_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/flash_fwd_common.cuh"
+#include "kernels/cuda/kernel_traits.h"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace attention::cuda::fwd {
+
+// Bytes of dynamic shared memory the kernel is launched with: the tiles plus the slack that lets
+// it align them to 1024 bytes.
+template <typename Traits>
+constexpr int Sm90SmemBytes() {
+  return Traits::kSmemBytes + 1024;
+}
+
+// Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads; Sm90SmemBytes<Traits>() of
+// dynamic shared memory. `p` is normalized and checked by the host API; device pointers.
+template <typename Traits, typename Element, FwdVariant kVariant>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashFwdSm90Kernel(const __grid_constant__ AttentionParams p) {
+#ifdef ATTN_HAVE_WGMMA
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kNTilesS = Traits::kNTilesS;
+  constexpr int kNTilesO = Traits::kNTilesO;
+  constexpr int kChunks = Traits::kChunks;
+  constexpr bool kHasWindow = kVariant != FwdVariant::kDense;
+  constexpr bool kGeneral = kVariant == FwdVariant::kGeneral;
+  using QTile = typename Traits::QTile;
+  using KVTile = typename Traits::KVTile;
+  using MmaS = Wgmma<Element, kBlockN>;
+  using MmaO = Wgmma<Element, kHeadDim>;
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
+  const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
+  const uint32_t smem_k = smem_base + Traits::kSmemKOffset;
+  const uint32_t smem_v = smem_base + Traits::kSmemVOffset;
+
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int warpgroup = warp / 4;
+  // The warp's 16 rows: rows 16 * (warp % 4) of its warpgroup's 64, which start at 64 * warpgroup.
+  const int warp_row0 = warp * 16;
+
+  BlockCoords<Element> c;
+  if (!LocateBlock<kBlockM, kHasWindow>(p, c)) return;
+  const int valid_chunks = p.head_dim / 8;
+  const KvTileRange tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
+  if (tiles.end <= tiles.begin) {
+    StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, c.rows, valid_chunks, tid);
+    return;
+  }
+
+  // Base-2 logits, as in the mma.sync kernel.
+  const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
+
+  float acc_o[1][kNTilesO][4];
+#pragma unroll
+  for (int dt = 0; dt < kNTilesO; ++dt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
+  }
+  RowStats<1> stats;
+  stats.Init();
+
+  const int n_first = tiles.end - 1;
+  LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
+  LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
+                            p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
+                            p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  CpAsyncCommit();
+
+  // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart).
+  // Q and K are K-major: a k16 step is 32 bytes within a 64-column panel, and the next panel
+  // starts kRows * 128 bytes further. V is N-major: its leading byte offset is the panel stride
+  // (the next 64 columns of N = head_dim), and a k16 step of P V is 16 rows = 2048 bytes.
+  const uint64_t q_desc = SmemDescriptor(smem_q + warpgroup * 64 * 128, 16, 1024);
+
+  int stage = 0;
+  const auto step = [&](const int n, auto mask_tag) {
+    constexpr bool kMask = decltype(mask_tag)::value;
+    const int key0 = n * kBlockN;
+    // K[n] and V[n] have landed; the fence hands this thread's copies to the async proxy that
+    // wgmma reads through, and after the barrier every warpgroup is done with tile n + 1, so the
+    // stage ^ 1 buffers take K[n-1] and V[n-1].
+    CpAsyncWait<0>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    if (n > tiles.begin) {
+      LoadTile<Traits, kBlockN>(smem_k + (stage ^ 1) * KVTile::kBytes,
+                                c.k + int64_t{key0 - kBlockN} * p.k_row_stride, p.k_row_stride,
+                                kBlockN, valid_chunks, tid);
+      LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
+                                c.v + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
+                                kBlockN, valid_chunks, tid);
+    }
+    CpAsyncCommit();
+    const uint64_t k_desc = SmemDescriptor(smem_k + stage * KVTile::kBytes, 16, 1024);
+    const uint64_t v_desc = SmemDescriptor(smem_v + stage * KVTile::kBytes, kBlockN * 128, 1024);
+
+    // S = Q K^T for the warpgroup's 64 rows.
+    float acc_s[1][kNTilesS][4];
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      const uint32_t q_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+      const uint32_t k_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+      MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, q_off), AdvanceDescriptor(k_desc, k_off),
+               ks > 0);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    FenceAccumulators(acc_s[0]);
+
+    if constexpr (kGeneral) ScoresToLogits(acc_s, p, c, warp_row0, key0, lane);
+    if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, key0, lane);
+    OnlineSoftmax(acc_s, acc_o, stats, scale_log2);
+
+    // O += P V.
+    uint32_t p_frag[kNTilesS / 2][4];
+#pragma unroll
+    for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
+    FenceAccumulators(acc_o[0]);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kNTilesS / 2; ++kk) {
+      MmaO::RS(acc_o[0], p_frag[kk], AdvanceDescriptor(v_desc, kk * 16 * 128));
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    FenceAccumulators(acc_o[0]);
+    stage ^= 1;
+  };
+  ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+
+  // Every wgmma of this warpgroup has completed, so its warps may overwrite their own Q rows.
+  StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, smem_q, c, p.o_row_stride, valid_chunks,
+                              warp_row0, lane);
+#endif  // ATTN_HAVE_WGMMA
+}
+
+}  // namespace attention::cuda::fwd
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90_KERNEL_CUH_
