@@ -15,27 +15,51 @@ TileVariant Make() {
           kWarps,
           kStages,
           kPrefetch,
+          false,
+          0,
           &RunFlashFwdTiles<DType::kBFloat16, kHeadDim, FwdVariant::kDense, kBlockM, kBlockN,
                             kWarps, kStages, kPrefetch>,
           &RunFlashFwdTiles<DType::kBFloat16, kHeadDim, FwdVariant::kWindow, kBlockM, kBlockN,
                             kWarps, kStages, kPrefetch>};
 }
 
+// The wgmma kernel: 64 * kWarpgroups query rows, kBlockN keys, two K / V buffers.
+template <int kHeadDim, int kBlockN, int kWarpgroups, int kBlocksPerSm>
+TileVariant MakeSm90() {
+  return {kHeadDim,
+          64 * kWarpgroups,
+          kBlockN,
+          4 * kWarpgroups,
+          2,
+          false,
+          true,
+          kBlocksPerSm,
+          &RunFlashFwdSm90Tiles<DType::kBFloat16, kHeadDim, FwdVariant::kDense, kBlockN,
+                                kWarpgroups, kBlocksPerSm>,
+          &RunFlashFwdSm90Tiles<DType::kBFloat16, kHeadDim, FwdVariant::kWindow, kBlockN,
+                                kWarpgroups, kBlocksPerSm>};
+}
+
 }  // namespace
 
 std::string TileVariant::Label() const {
-  return std::to_string(block_m) + "x" + std::to_string(block_n) + "/" + std::to_string(warps) +
-         "w/" + std::to_string(stages) + "s" + (prefetch ? "/pf" : "");
+  const std::string shape = std::to_string(block_m) + "x" + std::to_string(block_n) + "/";
+  if (sm90) {
+    return "sm90 " + shape + std::to_string(warps / 4) + "wg/" + std::to_string(blocks_per_sm) +
+           "b";
+  }
+  return shape + std::to_string(warps) + "w/" + std::to_string(stages) + "s" +
+         (prefetch ? "/pf" : "");
 }
 
 const std::vector<TileVariant>& TileSweep() {
+  // The mma.sync kernel's neighbours were measured in session 2 (bench/cuda/NOTES.md, runs 1-8);
+  // the sweep now covers the wgmma kernel's (the defaults are 128x128/2wg/1b for d <= 128 and
+  // 128x64/2wg/1b above).
   static const std::vector<TileVariant> sweep = {
-      Make<64, 128, 64, 4, 2>(),        Make<64, 128, 64, 4, 2, true>(),
-      Make<64, 128, 64, 4, 1>(),        Make<128, 128, 64, 4, 2>(),
-      Make<128, 128, 64, 4, 2, true>(), Make<128, 128, 32, 4, 2>(),
-      Make<256, 64, 64, 4, 1>(),        Make<256, 64, 64, 4, 1, true>(),
-      Make<256, 128, 64, 8, 2>(),       Make<256, 128, 64, 8, 2, true>(),
-      Make<256, 128, 64, 8, 1>(),       Make<256, 64, 32, 4, 1>(),
+      MakeSm90<64, 128, 2, 1>(), MakeSm90<64, 64, 2, 2>(),   MakeSm90<64, 128, 3, 1>(),
+      MakeSm90<64, 64, 3, 1>(),  MakeSm90<128, 128, 2, 1>(), MakeSm90<128, 64, 2, 2>(),
+      MakeSm90<128, 64, 3, 1>(), MakeSm90<128, 96, 2, 1>(),  MakeSm90<256, 64, 2, 1>(),
   };
   return sweep;
 }

@@ -267,13 +267,14 @@ struct RowStats {
   }
 };
 
-// Online softmax over one KV tile: new row max, rescale of the running sum and of O, and
-// P = exp2(s * scale_log2 - max * scale_log2) in place of S.
-template <int kMTiles, int kNTilesS, int kNTilesO>
-__device__ __forceinline__ void OnlineSoftmax(float (&acc_s)[kMTiles][kNTilesS][4],
-                                              float (&acc_o)[kMTiles][kNTilesO][4],
-                                              RowStats<kMTiles>& stats, float scale_log2) {
-  float alpha[kMTiles][2];
+// Online softmax over one KV tile, without touching O: new row max, P = exp2(s * scale_log2 -
+// max * scale_log2) in place of S, the running sums rescaled and increased by P's row sums, and
+// alpha = the factor O must be rescaled by. Returns whether any row of the warp moved its max
+// (warp-uniform); when none did, alpha is 1 everywhere and the rescale can be skipped.
+template <int kMTiles, int kNTilesS>
+__device__ __forceinline__ bool SoftmaxStep(float (&acc_s)[kMTiles][kNTilesS][4],
+                                            RowStats<kMTiles>& stats, float scale_log2,
+                                            float (&alpha)[kMTiles][2]) {
   bool max_moved = false;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
@@ -302,32 +303,46 @@ __device__ __forceinline__ void OnlineSoftmax(float (&acc_s)[kMTiles][kNTilesS][
     }
   }
   // Once the running maxima settle (most tiles of a long row), alpha is 1 for every row of the
-  // warp and the rescale of O is skipped: a warp-uniform branch instead of 4 * kMTiles *
-  // kNTilesO multiplications per tile.
-  if (__any_sync(0xffffffffu, max_moved)) {
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        stats.sum[mt][hf] *= alpha[mt][hf];
-#pragma unroll
-        for (int dt = 0; dt < kNTilesO; ++dt) {
-          acc_o[mt][dt][2 * hf] *= alpha[mt][hf];
-          acc_o[mt][dt][2 * hf + 1] *= alpha[mt][hf];
-        }
-      }
-    }
-  }
+  // warp: a warp-uniform branch instead of 4 * kMTiles * kNTilesO multiplications per tile.
+  const bool any_moved = __any_sync(0xffffffffu, max_moved);
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
+      if (any_moved) stats.sum[mt][hf] *= alpha[mt][hf];
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
         stats.sum[mt][hf] += acc_s[mt][nt][2 * hf] + acc_s[mt][nt][2 * hf + 1];
       }
     }
   }
+  return any_moved;
+}
+
+// O *= alpha, row by row.
+template <int kMTiles, int kNTilesO>
+__device__ __forceinline__ void RescaleRows(float (&acc_o)[kMTiles][kNTilesO][4],
+                                            const float (&alpha)[kMTiles][2]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+      for (int dt = 0; dt < kNTilesO; ++dt) {
+        acc_o[mt][dt][2 * hf] *= alpha[mt][hf];
+        acc_o[mt][dt][2 * hf + 1] *= alpha[mt][hf];
+      }
+    }
+  }
+}
+
+// SoftmaxStep followed by the rescale of O.
+template <int kMTiles, int kNTilesS, int kNTilesO>
+__device__ __forceinline__ void OnlineSoftmax(float (&acc_s)[kMTiles][kNTilesS][4],
+                                              float (&acc_o)[kMTiles][kNTilesO][4],
+                                              RowStats<kMTiles>& stats, float scale_log2) {
+  float alpha[kMTiles][2];
+  if (SoftmaxStep(acc_s, stats, scale_log2, alpha)) RescaleRows(acc_o, alpha);
 }
 
 // P's A fragment (mma.sync m16n8k16 layout, also wgmma's register A) for keys [16 kk, 16 kk + 16)

@@ -59,15 +59,22 @@ cudaError_t RunFlashFwd(const AttentionParams& p, cudaStream_t stream) {
                           kTiles.kv_stages, kTiles.prefetch_fragments>(p, stream);
 }
 
-template <DType kDType, int kHeadDim, FwdVariant kVariant>
-cudaError_t RunFlashFwdSm90(const AttentionParams& p, cudaStream_t stream) {
+template <DType kDType, int kHeadDim, FwdVariant kVariant, int kBlockN, int kWarpgroups,
+          int kBlocksPerSm>
+cudaError_t RunFlashFwdSm90Tiles(const AttentionParams& p, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands; float32 is converted by the host API");
-  constexpr Sm90TileConfig kTiles = DefaultSm90TileConfig(kHeadDim);
-  using Traits = Sm90FwdKernelTraits<kHeadDim, kTiles.block_n, kTiles.warpgroups>;
+  using Traits = Sm90FwdKernelTraits<kHeadDim, kBlockN, kWarpgroups, kBlocksPerSm>;
   return LaunchOverQueryTiles(&fwd::FlashFwdSm90Kernel<Traits, ElementOf<kDType>, kVariant>,
                               Traits::kBlockM, Traits::kNThreads, fwd::Sm90SmemBytes<Traits>(), p,
                               stream);
+}
+
+template <DType kDType, int kHeadDim, FwdVariant kVariant>
+cudaError_t RunFlashFwdSm90(const AttentionParams& p, cudaStream_t stream) {
+  constexpr Sm90TileConfig kTiles = DefaultSm90TileConfig(kHeadDim);
+  return RunFlashFwdSm90Tiles<kDType, kHeadDim, kVariant, kTiles.block_n, kTiles.warpgroups,
+                              kTiles.blocks_per_sm>(p, stream);
 }
 
 }  // namespace attention::cuda

@@ -7,13 +7,16 @@
 //     of SmemTile (64-column panels), which is the layout wgmma's shared-memory descriptors
 //     describe: Q as the K-major A operand, K as the K-major B operand of S = Q K^T, and V as the
 //     N-major B operand of O += P V. No ldmatrix: the tensor cores read shared memory directly.
-//   - K / V tiles stream through two stages from the last tile down, one barrier per tile, the
-//     copies of tile n - 1 in flight while tile n computes (as in the mma.sync kernel).
+//   - K / V tiles stream through two buffers each from the last tile down, one barrier per tile:
+//     K runs one tile ahead of V, so step n computes S[n] = Q K[n]^T and O += P[n+1] V[n+1].
 //   - S = Q K^T: kHeadDim / 16 wgmma.m64nNk16 (N = kBlockN) per warpgroup, float32 accumulators.
 //   - Masks, online softmax and the epilogue are the mma.sync kernel's (flash_fwd_common.cuh): the
 //     m64nN accumulator layout gives every warp 16 rows in the m16n8 layout.
 //   - O += P V: P stays in registers as wgmma's A operand (the S accumulators rounded to 16 bits
-//     are exactly its register fragments), kBlockN / 16 wgmma.m64nNk16 with N = kHeadDim.
+//     are exactly its register fragments), kBlockN / 16 wgmma.m64nNk16 with N = kHeadDim. It is
+//     issued right behind the next tile's S = Q K^T and left running while that tile's softmax
+//     runs (intra-warpgroup overlap of the exponentials with the tensor cores); O is rescaled
+//     by the softmax's correction once it has completed.
 // Compiled to an empty kernel for architectures other than sm_90a; the host dispatch launches it
 // only on compute capability 9.0 devices when the build includes sm_90a.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90_KERNEL_CUH_
@@ -44,7 +47,7 @@ constexpr int Sm90SmemBytes() {
 // Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads; Sm90SmemBytes<Traits>() of
 // dynamic shared memory. `p` is normalized and checked by the host API; device pointers.
 template <typename Traits, typename Element, FwdVariant kVariant>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashFwdSm90Kernel(const __grid_constant__ AttentionParams p) {
 #ifdef ATTN_HAVE_WGMMA
   constexpr int kBlockM = Traits::kBlockM;
@@ -94,12 +97,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   RowStats<1> stats;
   stats.Init();
 
+  // Prologue: Q and the first K tile. The first step issues V[n_first] and K[n_first - 1].
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
   LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
                             p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
-  LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
-                            p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
   CpAsyncCommit();
 
   // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart).
@@ -107,31 +109,51 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // starts kRows * 128 bytes further. V is N-major: its leading byte offset is the panel stride
   // (the next 64 columns of N = head_dim), and a k16 step of P V is 16 rows = 2048 bytes.
   const uint64_t q_desc = SmemDescriptor(smem_q + warpgroup * 64 * 128, 16, 1024);
+  // K[n] and V[n] live in buffer n % 2 of their stage pairs.
+  const auto k_tile = [&](int n) { return smem_k + (n & 1) * KVTile::kBytes; };
+  const auto v_tile = [&](int n) { return smem_v + (n & 1) * KVTile::kBytes; };
 
-  int stage = 0;
-  const auto step = [&](const int n, auto mask_tag) {
-    constexpr bool kMask = decltype(mask_tag)::value;
-    const int key0 = n * kBlockN;
-    // K[n] and V[n] have landed; the fence hands this thread's copies to the async proxy that
-    // wgmma reads through, and after the barrier every warpgroup is done with tile n + 1, so the
-    // stage ^ 1 buffers take K[n-1] and V[n-1].
+  // P of the previous step (tile n + 1) as wgmma A fragments, consumed by that tile's P V, which
+  // runs while this step's softmax does.
+  uint32_t p_frag[kNTilesS / 2][4];
+  // O += P[n] V[n] on the tensor cores, asynchronously (committed, not waited for).
+  const auto issue_pv = [&](int n) {
+    const uint64_t v_desc = SmemDescriptor(v_tile(n), kBlockN * 128, 1024);
+    FenceAccumulators(acc_o[0]);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kNTilesS / 2; ++kk) {
+      MmaO::RS(acc_o[0], p_frag[kk], AdvanceDescriptor(v_desc, kk * 16 * 128));
+    }
+    WgmmaCommit();
+  };
+  // Makes the copies issued one step ago visible to every warpgroup (and to the async proxy);
+  // after the barrier no warpgroup still reads the buffers the next copies overwrite.
+  const auto publish_copies = [&] {
     CpAsyncWait<0>();
     FenceProxyAsyncShared();
     __syncthreads();
-    if (n > tiles.begin) {
-      LoadTile<Traits, kBlockN>(smem_k + (stage ^ 1) * KVTile::kBytes,
-                                c.k + int64_t{key0 - kBlockN} * p.k_row_stride, p.k_row_stride,
-                                kBlockN, valid_chunks, tid);
-      LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
-                                c.v + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
-                                kBlockN, valid_chunks, tid);
-    }
-    CpAsyncCommit();
-    const uint64_t k_desc = SmemDescriptor(smem_k + stage * KVTile::kBytes, 16, 1024);
-    const uint64_t v_desc = SmemDescriptor(smem_v + stage * KVTile::kBytes, kBlockN * 128, 1024);
+  };
 
-    // S = Q K^T for the warpgroup's 64 rows.
+  // Step n: S[n] = Q K[n]^T, and O += P[n+1] V[n+1] behind it; the softmax of S[n] runs while
+  // P V is on the tensor cores, and O is rescaled once P V has completed. The copies of K[n-1]
+  // (into the buffer K[n+1] left, S[n+1] having completed) and V[n] (into V[n+2]'s, whose P V
+  // completed one step ago) are issued at the top and land during the step.
+  const auto step = [&](const int n, auto mask_tag) {
+    constexpr bool kMask = decltype(mask_tag)::value;
+    const int key0 = n * kBlockN;
+    const bool has_pv = n < n_first;
+    publish_copies();
+    if (n > tiles.begin) {
+      LoadTile<Traits, kBlockN>(k_tile(n - 1), c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                p.k_row_stride, kBlockN, valid_chunks, tid);
+    }
+    LoadTile<Traits, kBlockN>(v_tile(n), c.v + int64_t{key0} * p.v_row_stride, p.v_row_stride,
+                              c.len_k - key0, valid_chunks, tid);
+    CpAsyncCommit();
+
     float acc_s[1][kNTilesS][4];
+    const uint64_t k_desc = SmemDescriptor(k_tile(n), 16, 1024);
     WgmmaFence();
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
@@ -141,29 +163,31 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                ks > 0);
     }
     WgmmaCommit();
-    WgmmaWait<0>();
+    if (has_pv) {
+      issue_pv(n + 1);
+      WgmmaWait<1>();  // S[n] done; P V may still run
+    } else {
+      WgmmaWait<0>();
+    }
     FenceAccumulators(acc_s[0]);
 
     if constexpr (kGeneral) ScoresToLogits(acc_s, p, c, warp_row0, key0, lane);
     if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, key0, lane);
-    OnlineSoftmax(acc_s, acc_o, stats, scale_log2);
+    float alpha[1][2];
+    const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);
 
-    // O += P V.
-    uint32_t p_frag[kNTilesS / 2][4];
+    WgmmaWait<0>();  // P[n+1] V[n+1] done: O and p_frag are free
+    FenceAccumulators(acc_o[0]);
+    if (rescale) RescaleRows(acc_o, alpha);
 #pragma unroll
     for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
-    FenceAccumulators(acc_o[0]);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kNTilesS / 2; ++kk) {
-      MmaO::RS(acc_o[0], p_frag[kk], AdvanceDescriptor(v_desc, kk * 16 * 128));
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();
-    FenceAccumulators(acc_o[0]);
-    stage ^= 1;
   };
   ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+  // The last tile's P V.
+  publish_copies();
+  issue_pv(tiles.begin);
+  WgmmaWait<0>();
+  FenceAccumulators(acc_o[0]);
 
   // Every wgmma of this warpgroup has completed, so its warps may overwrite their own Q rows.
   StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, smem_q, c, p.o_row_stride, valid_chunks,

@@ -152,18 +152,20 @@ constexpr bool HasSm90Kernel(int head_dim_bucket) { return head_dim_bucket % 64 
 
 struct Sm90TileConfig {
   int block_n;
-  int warpgroups;  // each owns 64 query rows: block_m = 64 * warpgroups
+  int warpgroups;     // each owns 64 query rows: block_m = 64 * warpgroups
+  int blocks_per_sm;  // the register budget: 65536 / (blocks_per_sm * threads) per thread
 };
 
 // d <= 128: 128 x 128 tiles (two K / V stages: 160 KB of shared memory at d = 128). d > 128:
 // 64-key tiles, which keep the O accumulator (d / 2 floats per thread) and S (32) in registers.
 constexpr Sm90TileConfig DefaultSm90TileConfig(int head_dim_bucket) {
-  if (head_dim_bucket <= 128) return {128, 2};
-  return {64, 2};
+  if (head_dim_bucket <= 128) return {128, 2, 1};
+  return {64, 2, 1};
 }
 
-template <int kHeadDim_, int kBlockN_, int kWarpgroups_>
+template <int kHeadDim_, int kBlockN_, int kWarpgroups_, int kMinBlocksPerSm_ = 1>
 struct Sm90FwdKernelTraits {
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kWarpgroups = kWarpgroups_;
@@ -189,6 +191,8 @@ struct Sm90FwdKernelTraits {
   static constexpr int kSmemVOffset = kSmemKOffset + kKVStages * KVTile::kBytes;
   static constexpr int kSmemBytes = kSmemVOffset + kKVStages * KVTile::kBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
+  static_assert(kMinBlocksPerSm * (kSmemBytes + 2048) <= 228 * 1024,
+                "the blocks the registers are sized for must fit in shared memory too");
 };
 
 }  // namespace attention::cuda
