@@ -97,10 +97,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   RowStats<1> stats;
   stats.Init();
 
+  // K[n] and V[n] live in buffer n % 2 of their buffer pairs.
+  const auto k_tile = [&](int n) { return smem_k + (n & 1) * KVTile::kBytes; };
+  const auto v_tile = [&](int n) { return smem_v + (n & 1) * KVTile::kBytes; };
   // Prologue: Q and the first K tile. The first step issues V[n_first] and K[n_first - 1].
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
-  LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
+  LoadTile<Traits, kBlockN>(k_tile(n_first), c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
                             p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
   CpAsyncCommit();
 
@@ -109,9 +112,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   // starts kRows * 128 bytes further. V is N-major: its leading byte offset is the panel stride
   // (the next 64 columns of N = head_dim), and a k16 step of P V is 16 rows = 2048 bytes.
   const uint64_t q_desc = SmemDescriptor(smem_q + warpgroup * 64 * 128, 16, 1024);
-  // K[n] and V[n] live in buffer n % 2 of their stage pairs.
-  const auto k_tile = [&](int n) { return smem_k + (n & 1) * KVTile::kBytes; };
-  const auto v_tile = [&](int n) { return smem_v + (n & 1) * KVTile::kBytes; };
 
   // P of the previous step (tile n + 1) as wgmma A fragments, consumed by that tile's P V, which
   // runs while this step's softmax does.
@@ -178,6 +178,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
     WgmmaWait<0>();  // P[n+1] V[n+1] done: O and p_frag are free
     FenceAccumulators(acc_o[0]);
+    FenceFragments(p_frag);
     if (rescale) RescaleRows(acc_o, alpha);
 #pragma unroll
     for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
@@ -188,6 +189,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   issue_pv(tiles.begin);
   WgmmaWait<0>();
   FenceAccumulators(acc_o[0]);
+  FenceFragments(p_frag);
 
   // Every wgmma of this warpgroup has completed, so its warps may overwrite their own Q rows.
   StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, smem_q, c, p.o_row_stride, valid_chunks,

@@ -156,9 +156,13 @@ struct Sm90TileConfig {
   int blocks_per_sm;  // the register budget: 65536 / (blocks_per_sm * threads) per thread
 };
 
-// d <= 128: 128 x 128 tiles (two K / V stages: 160 KB of shared memory at d = 128). d > 128:
-// 64-key tiles, which keep the O accumulator (d / 2 floats per thread) and S (32) in registers.
+// Measured on an H100 (bench/cuda/NOTES.md, run 10). d = 64: 128 x 64 tiles with registers for
+// two blocks per SM (80 KB of shared memory each), so that one block's softmax overlaps the
+// other's MMAs: +20-30% over one block of 128 x 128. d = 128: 128 x 128 tiles, one block (160 KB
+// of shared memory). d > 128: 64-key tiles, which keep the O accumulator (d / 2 floats per
+// thread) and S (32) in registers.
 constexpr Sm90TileConfig DefaultSm90TileConfig(int head_dim_bucket) {
+  if (head_dim_bucket <= 64) return {64, 2, 2};
   if (head_dim_bucket <= 128) return {128, 2, 1};
   return {64, 2, 1};
 }

@@ -71,6 +71,18 @@ __device__ __forceinline__ void FenceAccumulators(float (&d)[kTiles][4]) {
   }
 }
 
+// The same for 32-bit operand registers (P's A fragments): an in-flight wgmma reads them
+// asynchronously, so they must keep their values (and registers) until the WgmmaWait that covers
+// it; passing them through here after that wait extends their live range to it.
+template <int kFrags>
+__device__ __forceinline__ void FenceFragments(uint32_t (&a)[kFrags][4]) {
+#pragma unroll
+  for (int j = 0; j < kFrags; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
+  }
+}
+
 // Makes this thread's generic-proxy writes to shared memory (cp.async, st.shared) visible to the
 // async proxy that wgmma reads its shared-memory operands through; precedes the barrier that
 // publishes the tile.
