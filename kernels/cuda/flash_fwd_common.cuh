@@ -146,6 +146,28 @@ __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoord
   return true;
 }
 
+// A kernel's start: the block's coordinates `c` and KV tile range `tiles`. Returns false when the
+// block has nothing left to do: it starts past its sequence, or none of its rows has an allowed
+// key (then it has written o = 0 and lse = -inf for them).
+template <typename Traits, FwdVariant kVariant, typename Element>
+__device__ __forceinline__ bool BeginBlock(const AttentionParams& p, BlockCoords<Element>& c,
+                                           KvTileRange& tiles) {
+  if (!LocateBlock<Traits::kBlockM, kVariant != FwdVariant::kDense>(p, c)) return false;
+  tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, Traits::kBlockN, c.left, c.right);
+  if (tiles.end > tiles.begin) return true;
+  StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, c.rows, p.head_dim / 8,
+                         static_cast<int>(threadIdx.x));
+  return false;
+}
+
+// Scores enter the softmax as s * scale_log2 (base-2 logits). The dense and window variants keep
+// raw q.k scores and fold the softmax scale into that factor; the general variant turns scores
+// into logits first (softcap, ALiBi and masks act on logits) and uses log2(e).
+template <FwdVariant kVariant>
+__device__ __forceinline__ float SoftmaxScaleLog2(const AttentionParams& p) {
+  return kVariant == FwdVariant::kGeneral ? kLog2e : p.softmax_scale * kLog2e;
+}
+
 // Runs step(n, std::true_type / std::false_type) over KV tiles [tiles.begin, tiles.end) in
 // descending order: tiles [top, end) need the element-wise mask (sequence tail, right side of the
 // window), then [bottom, top) run unmasked, then [begin, bottom) need it again (left side of the

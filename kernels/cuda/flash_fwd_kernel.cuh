@@ -45,7 +45,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   constexpr int kNTilesO = Traits::kNTilesO;
   constexpr int kChunks = Traits::kChunks;
   constexpr int kStages = Traits::kKVStages;
-  constexpr bool kHasWindow = kVariant != FwdVariant::kDense;
   constexpr bool kGeneral = kVariant == FwdVariant::kGeneral;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
@@ -61,13 +60,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const int warp = tid / 32;
 
   BlockCoords<Element> c;
-  if (!LocateBlock<kBlockM, kHasWindow>(p, c)) return;
+  KvTileRange tiles;
+  if (!BeginBlock<Traits, kVariant>(p, c, tiles)) return;
   const int valid_chunks = p.head_dim / 8;
-  const KvTileRange tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
-  if (tiles.end <= tiles.begin) {
-    StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, c.rows, valid_chunks, tid);
-    return;
-  }
 
   // Lane roles (accumulator layout: flash_fwd_common.cuh). ldmatrix lanes: A operand (Q) and
   // transposed B operand (V) read row lane % 8 + 8 * ((lane / 8) % 2) at chunk lane / 16; B operand
@@ -79,10 +74,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t b_chunk = (lane / 8) % 2;
   const typename QTile::LaneBase q_lane = QTile::MakeLaneBase(smem_q, warp_row0 + a_row, a_chunk);
 
-  // Scores enter the softmax as s * scale_log2 (base-2 logits). The dense and window variants
-  // keep raw q.k scores and fold the softmax scale into that factor; the general variant turns
-  // scores into logits first (softcap, ALiBi and masks act on logits) and uses log2(e).
-  const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
+  const float scale_log2 = SoftmaxScaleLog2<kVariant>(p);
 
   float acc_o[kMTiles][kNTilesO][4];
 #pragma unroll

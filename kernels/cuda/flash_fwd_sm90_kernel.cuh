@@ -56,7 +56,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   constexpr int kNTilesS = Traits::kNTilesS;
   constexpr int kNTilesO = Traits::kNTilesO;
   constexpr int kChunks = Traits::kChunks;
-  constexpr bool kHasWindow = kVariant != FwdVariant::kDense;
   constexpr bool kGeneral = kVariant == FwdVariant::kGeneral;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
@@ -77,16 +76,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const int warp_row0 = warp * 16;
 
   BlockCoords<Element> c;
-  if (!LocateBlock<kBlockM, kHasWindow>(p, c)) return;
+  KvTileRange tiles;
+  if (!BeginBlock<Traits, kVariant>(p, c, tiles)) return;
   const int valid_chunks = p.head_dim / 8;
-  const KvTileRange tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
-  if (tiles.end <= tiles.begin) {
-    StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, c.rows, valid_chunks, tid);
-    return;
-  }
 
-  // Base-2 logits, as in the mma.sync kernel.
-  const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
+  const float scale_log2 = SoftmaxScaleLog2<kVariant>(p);
 
   float acc_o[1][kNTilesO][4];
 #pragma unroll
