@@ -32,6 +32,8 @@ HEADER = """\
 //     mma.sync m16n8k16 A layout of the warp's 16 rows), B in shared memory, N-major.
 // Issue between WgmmaFence() and WgmmaCommit(); the results are in d only after WgmmaWait<0>()
 // and FenceAccumulators(d).
+// The generator's layout is kept as is.
+// clang-format off
 #ifndef ATTENTION_KERNELS_CUDA_WGMMA_OPS_CUH_
 #define ATTENTION_KERNELS_CUDA_WGMMA_OPS_CUH_
 
@@ -122,6 +124,7 @@ FOOTER = """
 }  // namespace attention::cuda::fwd
 
 #endif  // ATTENTION_KERNELS_CUDA_WGMMA_OPS_CUH_
+// clang-format on
 """
 
 
