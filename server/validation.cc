@@ -48,20 +48,19 @@ int64_t ValueSize(int dtype) {
   }
 }
 
-// Checks that `t`'s data (`data`, where it is kept outside `t`) holds exactly `elements` x
-// `element_size` bytes.
+// Checks that `t.data` holds exactly `elements` x `element_size` bytes.
 absl::Status CheckDataLength(absl::string_view name, const Tensor& t, int64_t elements,
-                             int64_t element_size, absl::string_view data) {
+                             int64_t element_size) {
   int64_t bytes = 0;
   if (elements < 0 || !CheckedMul(elements, element_size, &bytes)) {
     return Invalid(absl::StrCat(name, ".shape"),
                    absl::StrCat("product(shape) of ", ShapeString(t), " overflows int64"));
   }
-  if (static_cast<uint64_t>(bytes) != data.size()) {
+  if (static_cast<uint64_t>(bytes) != t.data().size()) {
     return Invalid(absl::StrCat(name, ".data"),
                    absl::StrCat("length must be product(shape) x ", element_size, " = ", elements,
                                 " x ", element_size, " bytes (", DTypeName(t.dtype()), " ",
-                                ShapeString(t), "), got ", data.size()));
+                                ShapeString(t), "), got ", t.data().size()));
   }
   return absl::OkStatus();
 }
@@ -111,7 +110,7 @@ absl::Status CheckCuSeqlens(absl::string_view name,
 }
 
 absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& limits,
-                         const TensorData& data, RequestSpec& s) {
+                         RequestSpec& s) {
   const Tensor& q = r.q();
   const Tensor& k = r.k();
   const Tensor& v = r.v();
@@ -211,9 +210,9 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   const int64_t size = ValueSize(q.dtype());
   const int64_t q_elements = Elements(q);
   const int64_t k_elements = Elements(k);
-  if (auto st = CheckDataLength("q", q, q_elements, size, data.q); !st.ok()) return st;
-  if (auto st = CheckDataLength("k", k, k_elements, size, data.k); !st.ok()) return st;
-  if (auto st = CheckDataLength("v", v, k_elements, size, data.v); !st.ok()) return st;
+  if (auto st = CheckDataLength("q", q, q_elements, size); !st.ok()) return st;
+  if (auto st = CheckDataLength("k", k, k_elements, size); !st.ok()) return st;
+  if (auto st = CheckDataLength("v", v, k_elements, size); !st.ok()) return st;
 
   s.total_q = total_q;
   s.total_k = total_k;
@@ -222,9 +221,9 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   s.head_dim = static_cast<int>(head_dim);
   s.q_bytes = q_elements * size;
   s.kv_bytes = k_elements * size;
-  s.q_data = data.q.data();
-  s.k_data = data.k.data();
-  s.v_data = data.v.data();
+  s.q_data = q.data().data();
+  s.k_data = k.data().data();
+  s.v_data = v.data().data();
 
   if (!s.packed) {
     s.batch = static_cast<int>(q.shape(0));
@@ -313,7 +312,7 @@ absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
                                 s.batch, ", ", s.q_heads, "], got ", ShapeString(a)));
   }
   const int64_t elements = per_head ? s.q_heads : int64_t{s.batch} * s.q_heads;
-  if (auto st = CheckDataLength("alibi_slopes", a, elements, 4, a.data()); !st.ok()) return st;
+  if (auto st = CheckDataLength("alibi_slopes", a, elements, 4); !st.ok()) return st;
   const char* data = a.data().data();
   for (int64_t i = 0; i < elements; ++i) {
     float slope;
@@ -366,9 +365,7 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
     }
   }
   const int64_t elements = Elements(m);
-  if (auto st = CheckDataLength("mask", m, elements, element_size, m.data()); !st.ok()) {
-    return st;
-  }
+  if (auto st = CheckDataLength("mask", m, elements, element_size); !st.ok()) return st;
   // Row-major strides of the mask's own shape (products bounded by `elements`), 0 on broadcast
   // (size-1 or missing) dimensions.
   int64_t strides[4] = {0, 0, 0, 0};
@@ -409,9 +406,7 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
 }  // namespace
 
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
-                                            const ValidationLimits& limits,
-                                            const TensorData* data) {
-  const TensorData own = {r.q().data(), r.k().data(), r.v().data()};
+                                            const ValidationLimits& limits) {
   RequestSpec s;
   switch (r.q().dtype()) {
     case v1::FLOAT32:
@@ -441,7 +436,7 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   if (r.cu_seqlens_k_size() > 0 && r.cu_seqlens_q_size() == 0) {
     return Invalid("cu_seqlens_q", "must be given together with cu_seqlens_k (both or neither)");
   }
-  if (auto st = CheckShapes(r, limits, data != nullptr ? *data : own, s); !st.ok()) return st;
+  if (auto st = CheckShapes(r, limits, s); !st.ok()) return st;
   if (auto st = CheckOptions(r, s); !st.ok()) return st;
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;

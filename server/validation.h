@@ -25,7 +25,6 @@
 #include "absl/status/statusor.h"
 #include "attention/v1/attention.pb.h"
 #include "server/request_spec.h"
-#include "server/request_wire.h"
 
 namespace attention::server {
 
@@ -43,11 +42,9 @@ struct ValidationLimits {
 };
 
 // Validates `request` against the contract and `limits`. On success the RequestSpec points into
-// `request` (which must outlive it). With `data`, q, k and v's bytes are taken from there instead
-// of the request's own (empty) data fields (request_wire.h); they must outlive the spec too.
+// `request` (which must outlive it).
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& request,
-                                            const ValidationLimits& limits,
-                                            const TensorData* data = nullptr);
+                                            const ValidationLimits& limits);
 
 }  // namespace attention::server
 
