@@ -56,19 +56,19 @@ template cudaError_t RunFlashFwdSm90<DType::{dtype_enum}, {head_dim}, FwdVariant
 
 
 def files():
+    # (file-name prefix, template, head dims) of the two kernels.
+    kernels = [("flash_fwd_", TEMPLATE, HEAD_DIMS),
+               ("flash_fwd_sm90_", SM90_TEMPLATE, SM90_HEAD_DIMS)]
     for dtype, dtype_enum in DTYPES.items():
         for head_dim in HEAD_DIMS:
-            for variant, variant_enum in VARIANTS.items():
-                name = f"flash_fwd_{dtype}_hdim{head_dim}_{variant}.cu"
-                yield name, TEMPLATE.format(dtype=dtype, dtype_enum=dtype_enum,
-                                            head_dim=head_dim, variant=variant,
-                                            variant_enum=variant_enum)
-            if head_dim in SM90_HEAD_DIMS:
+            for prefix, template, head_dims in kernels:
+                if head_dim not in head_dims:
+                    continue
                 for variant, variant_enum in VARIANTS.items():
-                    name = f"flash_fwd_sm90_{dtype}_hdim{head_dim}_{variant}.cu"
-                    yield name, SM90_TEMPLATE.format(dtype=dtype, dtype_enum=dtype_enum,
-                                                     head_dim=head_dim, variant=variant,
-                                                     variant_enum=variant_enum)
+                    name = f"{prefix}{dtype}_hdim{head_dim}_{variant}.cu"
+                    yield name, template.format(dtype=dtype, dtype_enum=dtype_enum,
+                                                head_dim=head_dim, variant=variant,
+                                                variant_enum=variant_enum)
 
 
 def main():
