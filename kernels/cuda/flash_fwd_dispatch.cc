@@ -65,21 +65,21 @@ bool CurrentDeviceIsSm90() {
   return v == 1;
 }
 
-bool Sm90KernelsAllowed() {
+// Whether launches may take the sm_90a kernels: the device is a compute capability 9.0 one and
+// ATTN_CUDA_KERNELS=sm80 did not opt out (read once).
+bool Sm90KernelsUsable() {
   static const bool allowed = [] {
     const char* env = std::getenv("ATTN_CUDA_KERNELS");
     return env == nullptr || std::string_view(env) != "sm80";
   }();
-  return allowed;
+  return allowed && CurrentDeviceIsSm90();
 }
 
 template <DType kDType, int kHeadDim, FwdVariant kVariant>
 cudaError_t RunFamily(const AttentionParams& p, cudaStream_t stream) {
 #ifdef ATTN_KERNEL_SM90
   if constexpr (HasSm90Kernel(kHeadDim)) {
-    if (SelectKernelFamily(p) == KernelFamily::kSm90) {
-      return RunFlashFwdSm90<kDType, kHeadDim, kVariant>(p, stream);
-    }
+    if (Sm90KernelsUsable()) return RunFlashFwdSm90<kDType, kHeadDim, kVariant>(p, stream);
   }
 #endif
   return RunFlashFwd<kDType, kHeadDim, kVariant>(p, stream);
@@ -174,7 +174,7 @@ bool DTypeCompiled(DType dtype) {
 KernelFamily SelectKernelFamily(const AttentionParams& p) {
 #ifdef ATTN_KERNEL_SM90
   const int bucket = CompiledHeadDimBucket(p.head_dim);
-  if (bucket != 0 && HasSm90Kernel(bucket) && Sm90KernelsAllowed() && CurrentDeviceIsSm90()) {
+  if (bucket != 0 && HasSm90Kernel(bucket) && Sm90KernelsUsable()) {
     return KernelFamily::kSm90;
   }
 #else

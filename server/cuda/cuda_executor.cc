@@ -438,14 +438,14 @@ void CudaExecutor::CompleteLoop() {
       batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
       batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
       const char* outputs = slot->pinned + batch->layout.input_bytes;
-      std::vector<HostCopy> copies;
+      output_copies_.clear();
       for (size_t i = 0; i < batch->jobs.size(); ++i) {
-        AppendJobOutputCopies(*batch, i, outputs, &copies);
+        AppendJobOutputCopies(*batch, i, outputs, &output_copies_);
       }
       if (batch->layout.output_bytes >= kParallelScatterBytes) {
-        completion_pool_->Copy(copies);
+        completion_pool_->Copy(output_copies_);
       } else {
-        RunCopies(copies);
+        RunCopies(output_copies_);
       }
     } else {
       cudaStreamSynchronize(slot->stream);

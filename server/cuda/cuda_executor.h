@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/executor.h"
+#include "server/packing.h"
 
 namespace attention::server {
 
@@ -114,6 +115,7 @@ class CudaExecutor final : public Executor {
 
   std::unique_ptr<WorkerPool> staging_pool_;     // splits large batches' input copies
   std::unique_ptr<WorkerPool> completion_pool_;  // output scatter and answers of a batch
+  std::vector<HostCopy> output_copies_;          // the completer's, reused from batch to batch
 
   std::thread stager_;
   std::thread completer_;
