@@ -1,5 +1,5 @@
-// WorkerPool: every task runs exactly once per Run, concurrent callers each get all their tasks,
-// and Copy moves every byte whatever the piece size.
+// WorkerPool: every task runs exactly once per Run, concurrent callers take turns, and Copy
+// moves every byte whatever the piece size.
 #include "server/worker_pool.h"
 
 #include <gtest/gtest.h>
@@ -27,7 +27,7 @@ TEST(WorkerPoolTest, EveryTaskRunsExactlyOnce) {
   }
 }
 
-TEST(WorkerPoolTest, ConcurrentCallersEachGetAllTheirTasks) {
+TEST(WorkerPoolTest, ConcurrentCallersTakeTurnsAndEachGetsAllItsTasks) {
   WorkerPool pool(3);
   constexpr int kCallers = 4;
   constexpr int kRounds = 200;
