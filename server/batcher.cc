@@ -89,14 +89,30 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
     work_cv_.notify_one();
     return absl::OkStatus();
   }
-  std::vector<Dropped> none;
-  std::unique_ptr<Batch> batch = FormBatch(bucket, e, now, &none);
+  // The job may have been cancelled since launch_here was decided (the flag is set by another
+  // thread without mu_): then FormBatch drops it and forms no batch, and it is answered here.
+  std::vector<Dropped> dropped;
+  std::unique_ptr<Batch> batch = FormBatch(bucket, e, now, &dropped);
   buckets_.erase(it);
   PublishQueueDepth();
   Executor* target = executors_[e].executor;
   lock.unlock();
-  target->Submit(std::move(batch));
+  AnswerDropped(&dropped);
+  if (batch != nullptr) target->Submit(std::move(batch));
   return absl::OkStatus();
+}
+
+void Batcher::AnswerDropped(std::vector<Dropped>* dropped) {
+  if (dropped->empty()) return;
+  for (Dropped& d : *dropped) {
+    JobCompletion* completion = d.job->completion;
+    completion->Complete(std::move(d.job), d.status);
+  }
+  const int64_t answered = static_cast<int64_t>(dropped->size());
+  dropped->clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  outstanding_ -= answered;
+  if (outstanding_ == 0) idle_cv_.notify_all();
 }
 
 void Batcher::NotifyCancelled() {
@@ -105,10 +121,15 @@ void Batcher::NotifyCancelled() {
   work_cv_.notify_one();
 }
 
-bool Batcher::Drain(Clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
+void Batcher::StopAccepting() {
+  std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
   work_cv_.notify_one();
+}
+
+bool Batcher::Drain(Clock::time_point deadline) {
+  StopAccepting();
+  std::unique_lock<std::mutex> lock(mu_);
   return idle_cv_.wait_until(lock, deadline, [this] { return outstanding_ == 0; });
 }
 
@@ -177,16 +198,9 @@ void Batcher::Run() {
     if (batch != nullptr || !dropped.empty()) {
       PublishQueueDepth();
       lock.unlock();
-      for (Dropped& d : dropped) {
-        JobCompletion* completion = d.job->completion;
-        completion->Complete(std::move(d.job), d.status);
-      }
-      const int64_t answered = static_cast<int64_t>(dropped.size());
-      dropped.clear();
+      AnswerDropped(&dropped);
       if (batch != nullptr) target->Submit(std::move(batch));
       lock.lock();
-      outstanding_ -= answered;
-      if (outstanding_ == 0) idle_cv_.notify_all();
       continue;
     }
     if (stopping_ && batches_in_flight_ == 0) break;

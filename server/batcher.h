@@ -78,8 +78,12 @@ class Batcher {
   // Some queued job's cancelled flag was set: drop it soon. Thread-safe, cheap.
   void NotifyCancelled();
 
-  // Stops accepting (UNAVAILABLE), launches everything queued without waiting for batches to
-  // fill, and waits until every accepted job was answered or `deadline` passed. True if drained.
+  // Stops accepting (UNAVAILABLE from the next Enqueue on) and launches everything queued
+  // without waiting for batches to fill. Returns at once; idempotent.
+  void StopAccepting();
+
+  // StopAccepting(), then waits until every accepted job was answered or `deadline` passed.
+  // True if drained.
   bool Drain(Clock::time_point deadline);
 
   // Stops accepting, answers every job still queued with UNAVAILABLE, waits for the batches
@@ -117,6 +121,9 @@ class Batcher {
   // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
   std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,
                                    std::vector<Dropped>* dropped);
+  // Answers each dropped job with its status and stops counting it as outstanding. Call without
+  // mu_ held (a completion may re-enter Enqueue or NotifyCancelled); clears *dropped.
+  void AnswerDropped(std::vector<Dropped>* dropped);
   // Moves cancelled and expired jobs out of every bucket into *dropped.
   void Sweep(Clock::time_point now, std::vector<Dropped>* dropped);
   void RemoveFromQueue(const Job& job, Bucket& bucket);

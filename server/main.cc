@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -411,18 +413,22 @@ int Serve() {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const bool fatal = signal_number == kFatalSignal;
-  // NOT_SERVING first, so that anyone who sees the "draining" line finds health already turned.
+  // Health NOT_SERVING and new calls refused first, so that anyone who sees the "draining" line
+  // finds both already in force (a call sent after it gets UNAVAILABLE, never an answer).
   health->SetServingStatus(false);
+  const int64_t queued_at_signal = batcher.queued_requests();
+  const int64_t batches_at_signal = batcher.batches_in_flight();
+  service.StartDrain();
+  batcher.StopAccepting();
   const auto drain_start = Clock::now();
   const auto deadline = drain_start + std::chrono::seconds(absl::GetFlag(FLAGS_drain_timeout_s));
   LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "draining")
       .Kv("signal", fatal                      ? "device_fatal"
                     : signal_number == SIGTERM ? "SIGTERM"
                                                : "SIGINT")
-      .Kv("queued", batcher.queued_requests())
-      .Kv("batches_in_flight", batcher.batches_in_flight())
+      .Kv("queued", queued_at_signal)
+      .Kv("batches_in_flight", batches_at_signal)
       .Kv("drain_timeout_s", absl::GetFlag(FLAGS_drain_timeout_s));
-  service.StartDrain();
   const bool drained = batcher.Drain(deadline);
   // Answers whatever is still queued (UNAVAILABLE) and waits for the batches on the devices, so
   // that every call can finish before the server shuts down.
@@ -452,6 +458,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "attention_server: attention compute over gRPC (attention.v1.AttentionService)");
   absl::ParseCommandLine(argc, argv);
+  // A crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT) prints the signal and a symbolized stack
+  // trace to stderr before the process dies, so that a pod's previous log says where it died.
+  // SIGTERM goes back to its default action: Serve() takes it with sigwait to drain.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
+  signal(SIGTERM, SIG_DFL);
   attention::server::LogLevel level;
   if (!attention::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     attention::server::LogLine(attention::server::LogLevel::kError, "bad_flags")

@@ -56,6 +56,7 @@ using ::attention::testing::HealthStatus;
 using ::attention::testing::MakeRequest;
 using ::attention::testing::RequestOptions;
 using ::attention::testing::ServerProcess;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
@@ -665,6 +666,19 @@ TEST_F(FaultTest, FatalDeviceErrorTurnsNotServingAndExitsNonZero) {
   EXPECT_EQ(server.Wait(60s), 1);
   EXPECT_THAT(server.Line("event=stopped"), HasSubstr("exit_code=1"));
   EXPECT_EQ(answered, 4);
+}
+
+TEST_F(FaultTest, CrashLeavesTheSignalAndAStackTraceInTheLog) {
+  // A fatal signal (here sent from outside; a real fault raises the same one) must leave a trace
+  // an operator can read in the pod's previous log, not a silent exit.
+  ServerProcess server;
+  ASSERT_EQ(server.Start({"--cpu_threads=1"}), "");
+  ExpectServing(server, rng_);
+  server.Signal(SIGSEGV);
+  EXPECT_NE(server.Wait(30s), 0);
+  EXPECT_NE(server.Line("*** SIGSEGV received", 10s), "") << server.Output();
+  EXPECT_THAT(server.Output(), ContainsRegex("@ +0x[0-9a-f]+"));
+  EXPECT_EQ(server.Line("event=stopped"), "");  // it died; it did not drain
 }
 
 TEST_F(FaultTest, FatalDeviceErrorOnGpu) {

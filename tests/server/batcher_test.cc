@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,7 +35,17 @@ class FakeExecutor final : public Executor {
   explicit FakeExecutor(int depth, std::string name = "fake") : depth_(depth), name_(name) {}
 
   const std::string& device() const override { return name_; }
-  int pipeline_depth() const override { return depth_; }
+  int pipeline_depth() const override {
+    std::lock_guard<std::mutex> lock(hook_mu_);
+    if (on_pipeline_depth_) on_pipeline_depth_();
+    return depth_;
+  }
+  // Runs `hook` whenever the batcher asks for the pipeline depth, which it does while it decides
+  // where to launch (with its own lock held): a way to change a job at that moment.
+  void OnPipelineDepth(std::function<void()> hook) {
+    std::lock_guard<std::mutex> lock(hook_mu_);
+    on_pipeline_depth_ = std::move(hook);
+  }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override {
     if (job.spec.q_bytes > max_job_q_bytes_) return absl::ResourceExhaustedError("too large");
@@ -90,6 +101,8 @@ class FakeExecutor final : public Executor {
 
   const int depth_;
   const std::string name_;
+  mutable std::mutex hook_mu_;
+  std::function<void()> on_pipeline_depth_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Batch>> batches_;  // submitted, not finished
@@ -184,6 +197,30 @@ BatcherOptions Options(std::chrono::microseconds delay = std::chrono::seconds(30
 void Enqueue(Batcher& batcher, std::unique_ptr<Job> job) {
   ASSERT_TRUE(batcher.Enqueue(job).ok());
   ASSERT_EQ(job, nullptr);  // ownership taken
+}
+
+TEST(BatcherTest, CancelledWhileAnIdleServerLaunchesItIsAnsweredOnceAndNothingLaunches) {
+  // The caller cancels after Enqueue decided to launch the job itself but before the batch is
+  // formed (the flag is set by a gRPC thread, without the batcher's lock): the job is dropped,
+  // answered CANCELLED, and no empty batch reaches the executor.
+  FakeExecutor executor(2);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  std::unique_ptr<Job> job = calls.NewJob(Small());
+  std::atomic<bool>* cancelled = &calls.call(0).cancelled;
+  executor.OnPipelineDepth([cancelled] { cancelled->store(true); });
+  Enqueue(batcher, std::move(job));
+  executor.OnPipelineDepth(nullptr);
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(0).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(executor.submitted(), 0);
+  // The batcher serves on.
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(2));
+  EXPECT_TRUE(calls.call(1).status.ok());
+  calls.ExpectEachAnsweredOnce();
 }
 
 TEST(BatcherTest, IdleServerLaunchesAtOnce) {
