@@ -79,6 +79,10 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(int32_t, malloc_arena_max, 2,
           "glibc malloc arenas (M_ARENA_MAX); 0 keeps glibc's default (8 per core), under which "
           "resident memory kept growing in the soak test (docs/reliability.md)");
+ABSL_FLAG(int32_t, malloc_keep_mb, 256,
+          "Freed heap memory glibc keeps for reuse instead of returning it to the system "
+          "(M_TRIM_THRESHOLD, with the mmap threshold fixed at 32 MiB); 0 keeps glibc's dynamic "
+          "thresholds, under which every small request paid page faults for its tensors");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain of the gRPC port (with --tls_key: TLS; empty: plaintext)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
@@ -478,6 +482,15 @@ int main(int argc, char** argv) {
   // threshold instead: flat too, but 25% fewer requests/s (page faults). docs/reliability.md.
   if (const int arenas = absl::GetFlag(FLAGS_malloc_arena_max); arenas > 0) {
     mallopt(M_ARENA_MAX, arenas);
+  }
+  // With dynamic thresholds glibc returns the top of a heap to the system once more than twice
+  // the mmap threshold is free there (512 KB after 256 KB tensors), so a lone request's three
+  // freed tensors were handed back and the next request's were faulted in again, page by page,
+  // inside its arrival-to-launch time. Keeping up to --malloc_keep_mb per arena makes the heap
+  // settle at the working set; tensors up to 32 MiB come from it, larger ones are mapped.
+  if (const int keep_mb = absl::GetFlag(FLAGS_malloc_keep_mb); keep_mb > 0) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, std::min(keep_mb, 1024) << 20);
   }
   attention::server::SetLogLevel(level);
   gpr_set_log_function(attention::server::GrpcLog);
