@@ -61,10 +61,16 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
     char* o = nullptr;
     float* lse = nullptr;
     SizeJobOutputs(job, &o, &lse);
-    const AttentionParams p = MakeJobParams(job, o, lse);
+    AttentionParams p = MakeJobParams(job, o, lse);
+    if (!job.spec.inputs_contiguous()) GatherJobInputs(job, &gathered_, &p);
     const Clock::time_point start = Clock::now();
     absl::Status status = backend_.Run(p);
     batch.timings.kernel_ns = NanosSince(start);
+    // A buffer grown for one large request is not kept (packed batches are bounded by
+    // max_batch_bytes_, a lone request is not).
+    if (static_cast<int64_t>(gathered_.capacity()) > max_batch_bytes_) {
+      std::vector<char>().swap(gathered_);
+    }
     return status;
   }
   const BatchLayout& layout = batch.layout;

@@ -121,16 +121,35 @@ void RunCopies(const std::vector<HostCopy>& copies) {
   for (const HostCopy& c : copies) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
 }
 
+namespace {
+
+// The copies of one input tensor (`bytes` bytes, in one span at `data` or in `pieces`) to `dst`.
+void AppendTensorCopies(char* dst, const char* data, const TensorPieces* pieces, int64_t bytes,
+                        std::vector<HostCopy>* copies) {
+  if (data != nullptr) {
+    copies->push_back({dst, data, bytes});
+    return;
+  }
+  for (const absl::string_view piece : *pieces) {
+    if (piece.empty()) continue;
+    const auto size = static_cast<int64_t>(piece.size());
+    copies->push_back({dst, piece.data(), size});
+    dst += size;
+  }
+}
+
+}  // namespace
+
 void AppendJobInputCopies(const Batch& batch, size_t index, char* inputs,
                           std::vector<HostCopy>* copies) {
   const RequestSpec& s = batch.jobs[index]->spec;
   const JobSlice& slice = batch.slices[index];
   const BatchLayout& l = batch.layout;
   const int64_t k_offset = slice.row_k * RowBytes(batch.key, batch.key.kv_heads);
-  copies->push_back(
-      {inputs + l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data, s.q_bytes});
-  copies->push_back({inputs + l.k + k_offset, s.k_data, s.kv_bytes});
-  copies->push_back({inputs + l.v + k_offset, s.v_data, s.kv_bytes});
+  AppendTensorCopies(inputs + l.q + slice.row_q * RowBytes(batch.key, batch.key.q_heads), s.q_data,
+                     s.q_pieces, s.q_bytes, copies);
+  AppendTensorCopies(inputs + l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, copies);
+  AppendTensorCopies(inputs + l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, copies);
 }
 
 void StageJobInputs(const Batch& batch, size_t index, char* inputs) {
@@ -316,6 +335,22 @@ AttentionParams MakeJobParams(const Job& job, void* o, float* lse) {
   p.mask_row_stride = s.mask_row_stride;
   p.mask_col_stride = s.mask_col_stride;
   return p;
+}
+
+void GatherJobInputs(const Job& job, std::vector<char>* buffer, AttentionParams* p) {
+  const RequestSpec& s = job.spec;
+  buffer->resize(static_cast<size_t>(s.q_bytes + 2 * s.kv_bytes));
+  char* q = buffer->data();
+  char* k = q + s.q_bytes;
+  char* v = k + s.kv_bytes;
+  std::vector<HostCopy> copies;
+  AppendTensorCopies(q, s.q_data, s.q_pieces, s.q_bytes, &copies);
+  AppendTensorCopies(k, s.k_data, s.k_pieces, s.kv_bytes, &copies);
+  AppendTensorCopies(v, s.v_data, s.v_pieces, s.kv_bytes, &copies);
+  RunCopies(copies);
+  p->q = q;
+  p->k = k;
+  p->v = v;
 }
 
 }  // namespace attention::server

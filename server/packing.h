@@ -46,8 +46,8 @@ struct HostCopy {
 // Runs every copy, in order, on the calling thread.
 void RunCopies(const std::vector<HostCopy>& copies);
 
-// The copies that stage job `index`'s q, k and v (three spans) into `inputs`, a host buffer of
-// at least layout.input_bytes (e.g. pinned staging), appended to `copies`.
+// The copies that stage job `index`'s q, k and v (one per span they lie in) into `inputs`, a host
+// buffer of at least layout.input_bytes (e.g. pinned staging), appended to `copies`.
 void AppendJobInputCopies(const Batch& batch, size_t index, char* inputs,
                           std::vector<HostCopy>* copies);
 
@@ -84,8 +84,13 @@ void SizeJobOutputs(const Job& job, char** o, float** lse);
 
 // Params that run a single job in place, dense or packed as the request was: q, k, v, mask and
 // slopes read straight from the request, o and lse written to `o` and `lse` (as SizeJobOutputs
-// gives them). Host memory only.
+// gives them). Host memory only; the job's spec.inputs_contiguous() must hold (else stage it).
 AttentionParams MakeJobParams(const Job& job, void* o, float* lse);
+
+// For a job whose inputs are not contiguous (spec.inputs_contiguous() false): copies its q, k and
+// v into `buffer` (resized to q_bytes + 2 kv_bytes, capacity reused) and points p->q, p->k and
+// p->v at them, so that MakeJobParams' params can run in place.
+void GatherJobInputs(const Job& job, std::vector<char>* buffer, AttentionParams* p);
 
 }  // namespace attention::server
 

@@ -7,13 +7,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "kernels/attention_params.h"
 
 namespace attention::server {
 
+// The bytes of one input tensor as the spans they arrived in, in order (the pieces of gRPC's
+// receive buffers a message came in: server/request_wire.h).
+using TensorPieces = std::vector<absl::string_view>;
+
 // Every pointer points into the AttentionRequest it was validated from (or into
-// `converted_mask`), so a RequestSpec is valid only while that request lives and must not be
-// copied once `converted_mask` is in use (moving is fine: a vector's buffer survives a move).
+// `converted_mask`, or the received pieces of q, k and v), so a RequestSpec is valid only while
+// that request lives and must not be copied once `converted_mask` is in use (moving is fine: a
+// vector's buffer survives a move).
 struct RequestSpec {
   DType dtype = DType::kBFloat16;
 
@@ -27,10 +33,19 @@ struct RequestSpec {
   int64_t total_q = 0, total_k = 0;
   int q_heads = 0, kv_heads = 0, head_dim = 0;
 
-  // q, k, v bytes (contiguous rows [total, heads, head_dim]) inside the request.
+  // q, k, v bytes (contiguous rows [total, heads, head_dim]): q_data when they lie in one span
+  // (the request's own data, or one received piece), else null and q_pieces lists the spans in
+  // order (the server's TensorData, which outlives the spec like the request). Likewise k, v.
   const char* q_data = nullptr;
   const char* k_data = nullptr;
   const char* v_data = nullptr;
+  const TensorPieces* q_pieces = nullptr;
+  const TensorPieces* k_pieces = nullptr;
+  const TensorPieces* v_pieces = nullptr;
+  // Whether q, k and v each lie in one span, so that a backend can read them in place.
+  bool inputs_contiguous() const {
+    return q_data != nullptr && k_data != nullptr && v_data != nullptr;
+  }
   // Packed only: batch + 1 offsets inside the request, else null.
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;

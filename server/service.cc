@@ -5,14 +5,16 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/security/auth_context.h"
-#include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/proto_buffer_writer.h"
+#include "grpcpp/support/slice.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
+#include "server/request_wire.h"
 
 namespace attention::server {
 namespace {
@@ -39,19 +41,40 @@ Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
   return now + std::chrono::duration_cast<Clock::duration>(left);
 }
 
-// Parses one wire message into `request`, then releases the wire bytes (as gRPC's own
-// deserializer does: a large request is held once, not twice). INVALID_ARGUMENT when the bytes
-// are not an AttentionRequest; gRPC itself would answer UNIMPLEMENTED with no message (unary) or
-// end a stream as if the client had half-closed.
-absl::Status ParseRequest(grpc::ByteBuffer* wire, Request* request) {
-  bool parsed = false;
-  {
-    grpc::ProtoBufferReader reader(wire);
-    parsed = reader.status().ok() && request->ParseFromZeroCopyStream(&reader);
+// A received request: the message without q, k and v's data, and the gRPC slices those bytes
+// still lie in (request_wire.h). Everything stays alive until the request is answered, so the
+// request is held once, in the buffers it arrived in.
+struct ReceivedRequest {
+  Request message;
+  TensorData data;
+  std::vector<grpc::Slice> slices;
+
+  // Drops the inputs once they are no longer needed.
+  void Release() {
+    message.Clear();
+    data = TensorData();
+    slices.clear();
   }
+};
+
+// Takes one wire message apart into `received` (the slices are referenced, not copied) and
+// releases the ByteBuffer. INVALID_ARGUMENT when the bytes are not an AttentionRequest; gRPC
+// itself would answer UNIMPLEMENTED with no message (unary) or end a stream as if the client had
+// half-closed.
+absl::Status ParseRequest(grpc::ByteBuffer* wire, ReceivedRequest* received) {
+  received->slices.clear();
+  bool parsed = wire->Dump(&received->slices).ok();
   wire->Clear();
+  if (parsed) {
+    WirePieces pieces;
+    pieces.reserve(received->slices.size());
+    for (const grpc::Slice& slice : received->slices) {
+      pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    parsed = ParseWithoutTensorData(pieces, &received->message, &received->data);
+  }
   if (parsed) return absl::OkStatus();
-  request->Clear();
+  received->Release();
   return absl::InvalidArgumentError(
       "request: the message is not a valid attention.v1.AttentionRequest (protobuf wire format)");
 }
@@ -94,12 +117,14 @@ absl::Status Authenticate(const AttentionServiceImpl& service,
   return status;
 }
 
-// Validates `request` and queues it as a job answered through `completion`. On an error nothing
+// Validates `received` and queues it as a job answered through `completion`. On an error nothing
 // was queued and the caller answers with the status.
-absl::Status StartJob(AttentionServiceImpl& service, const Request& request, Response* response,
-                      JobCompletion* completion, Clock::time_point accepted,
+absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& received,
+                      Response* response, JobCompletion* completion, Clock::time_point accepted,
                       Clock::time_point deadline, const std::atomic<bool>* cancelled) {
-  absl::StatusOr<RequestSpec> spec = ValidateRequest(request, service.options().limits);
+  const Request& request = received.message;
+  absl::StatusOr<RequestSpec> spec =
+      ValidateRequest(request, service.options().limits, &received.data);
   if (!spec.ok()) {
     if (service.metrics() != nullptr) service.metrics()->RequestRejected("invalid");
     LogLine(LogLevel::kDebug, "request_invalid")
@@ -162,9 +187,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   void Answer(const absl::Status& status) {
     int64_t response_bytes = 0;
     if (status.ok()) {
-      response_.set_request_id(request_.request_id());
+      response_.set_request_id(request_.message.request_id());
       response_.mutable_timings()->set_total_ns(NanosSince(accepted_));
-      request_.Clear();  // the inputs are no longer needed
+      request_.Release();  // the inputs are no longer needed
       SerializeResponse(&response_, response_wire_);
       response_bytes = static_cast<int64_t>(response_wire_->Length());
     }
@@ -180,7 +205,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   grpc::ByteBuffer* const response_wire_;
   const int64_t request_bytes_;
   const Clock::time_point accepted_;
-  Request request_;
+  ReceivedRequest request_;
   Response response_;
   std::atomic<bool> cancelled_{false};
 };
@@ -331,7 +356,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     StreamCall* const call;
     grpc::ByteBuffer wire_in;   // the message as read, released once parsed
     grpc::ByteBuffer wire_out;  // the answer as written
-    Request request;
+    ReceivedRequest request;
     Response response;
     Clock::time_point accepted;
     int64_t request_bytes = 0;
@@ -353,8 +378,8 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
       response.mutable_error()->set_message(std::string(status.message()));
     }
-    response.set_request_id(item->request.request_id());
-    item->request.Clear();  // the inputs are no longer needed
+    response.set_request_id(item->request.message.request_id());
+    item->request.Release();  // the inputs are no longer needed
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       metrics->RequestDone(Method::kAttentionStream, static_cast<grpc::StatusCode>(status.code()),
                            SecondsSince(item->accepted), item->request_bytes,

@@ -48,21 +48,47 @@ int64_t ValueSize(int dtype) {
   }
 }
 
-// Checks that `t.data` holds exactly `elements` x `element_size` bytes.
+// Checks that `t`'s data, `data_size` bytes (t.data().size() unless the bytes are kept outside
+// `t`), holds exactly `elements` x `element_size` bytes.
 absl::Status CheckDataLength(absl::string_view name, const Tensor& t, int64_t elements,
-                             int64_t element_size) {
+                             int64_t element_size, uint64_t data_size) {
   int64_t bytes = 0;
   if (elements < 0 || !CheckedMul(elements, element_size, &bytes)) {
     return Invalid(absl::StrCat(name, ".shape"),
                    absl::StrCat("product(shape) of ", ShapeString(t), " overflows int64"));
   }
-  if (static_cast<uint64_t>(bytes) != t.data().size()) {
+  if (static_cast<uint64_t>(bytes) != data_size) {
     return Invalid(absl::StrCat(name, ".data"),
                    absl::StrCat("length must be product(shape) x ", element_size, " = ", elements,
                                 " x ", element_size, " bytes (", DTypeName(t.dtype()), " ",
-                                ShapeString(t), "), got ", t.data().size()));
+                                ShapeString(t), "), got ", data_size));
   }
   return absl::OkStatus();
+}
+
+// Where one input tensor's bytes are: in the tensor itself, or in the received pieces.
+struct InputBytes {
+  const char* data = nullptr;            // one span, or null
+  const TensorPieces* pieces = nullptr;  // the spans, when there are several
+  uint64_t size = 0;
+};
+
+InputBytes LocateInput(const Tensor& t, const TensorPieces* received) {
+  InputBytes in;
+  if (received == nullptr) {
+    in.data = t.data().data();
+    in.size = t.data().size();
+    return in;
+  }
+  for (const absl::string_view piece : *received) in.size += piece.size();
+  if (received->size() == 1) {
+    in.data = received->front().data();
+  } else if (received->empty()) {
+    in.data = t.data().data();  // no bytes: any valid address
+  } else {
+    in.pieces = received;
+  }
+  return in;
 }
 
 // Product of the dims of `t` (every one already checked >= 1), -1 on overflow.
@@ -110,7 +136,7 @@ absl::Status CheckCuSeqlens(absl::string_view name,
 }
 
 absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& limits,
-                         RequestSpec& s) {
+                         const TensorData* received, RequestSpec& s) {
   const Tensor& q = r.q();
   const Tensor& k = r.k();
   const Tensor& v = r.v();
@@ -210,9 +236,12 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   const int64_t size = ValueSize(q.dtype());
   const int64_t q_elements = Elements(q);
   const int64_t k_elements = Elements(k);
-  if (auto st = CheckDataLength("q", q, q_elements, size); !st.ok()) return st;
-  if (auto st = CheckDataLength("k", k, k_elements, size); !st.ok()) return st;
-  if (auto st = CheckDataLength("v", v, k_elements, size); !st.ok()) return st;
+  const InputBytes q_in = LocateInput(q, received != nullptr ? &received->q : nullptr);
+  const InputBytes k_in = LocateInput(k, received != nullptr ? &received->k : nullptr);
+  const InputBytes v_in = LocateInput(v, received != nullptr ? &received->v : nullptr);
+  if (auto st = CheckDataLength("q", q, q_elements, size, q_in.size); !st.ok()) return st;
+  if (auto st = CheckDataLength("k", k, k_elements, size, k_in.size); !st.ok()) return st;
+  if (auto st = CheckDataLength("v", v, k_elements, size, v_in.size); !st.ok()) return st;
 
   s.total_q = total_q;
   s.total_k = total_k;
@@ -221,9 +250,12 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   s.head_dim = static_cast<int>(head_dim);
   s.q_bytes = q_elements * size;
   s.kv_bytes = k_elements * size;
-  s.q_data = q.data().data();
-  s.k_data = k.data().data();
-  s.v_data = v.data().data();
+  s.q_data = q_in.data;
+  s.k_data = k_in.data;
+  s.v_data = v_in.data;
+  s.q_pieces = q_in.pieces;
+  s.k_pieces = k_in.pieces;
+  s.v_pieces = v_in.pieces;
 
   if (!s.packed) {
     s.batch = static_cast<int>(q.shape(0));
@@ -312,7 +344,8 @@ absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
                                 s.batch, ", ", s.q_heads, "], got ", ShapeString(a)));
   }
   const int64_t elements = per_head ? s.q_heads : int64_t{s.batch} * s.q_heads;
-  if (auto st = CheckDataLength("alibi_slopes", a, elements, 4); !st.ok()) return st;
+  if (auto st = CheckDataLength("alibi_slopes", a, elements, 4, a.data().size()); !st.ok())
+    return st;
   const char* data = a.data().data();
   for (int64_t i = 0; i < elements; ++i) {
     float slope;
@@ -365,7 +398,8 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
     }
   }
   const int64_t elements = Elements(m);
-  if (auto st = CheckDataLength("mask", m, elements, element_size); !st.ok()) return st;
+  if (auto st = CheckDataLength("mask", m, elements, element_size, m.data().size()); !st.ok())
+    return st;
   // Row-major strides of the mask's own shape (products bounded by `elements`), 0 on broadcast
   // (size-1 or missing) dimensions.
   int64_t strides[4] = {0, 0, 0, 0};
@@ -406,7 +440,8 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
 }  // namespace
 
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
-                                            const ValidationLimits& limits) {
+                                            const ValidationLimits& limits,
+                                            const TensorData* data) {
   RequestSpec s;
   switch (r.q().dtype()) {
     case v1::FLOAT32:
@@ -436,7 +471,7 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   if (r.cu_seqlens_k_size() > 0 && r.cu_seqlens_q_size() == 0) {
     return Invalid("cu_seqlens_q", "must be given together with cu_seqlens_k (both or neither)");
   }
-  if (auto st = CheckShapes(r, limits, s); !st.ok()) return st;
+  if (auto st = CheckShapes(r, limits, data, s); !st.ok()) return st;
   if (auto st = CheckOptions(r, s); !st.ok()) return st;
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "attention/v1/attention.pb.h"
 #include "server/request_spec.h"
+#include "server/request_wire.h"
 
 namespace attention::server {
 
@@ -42,9 +43,11 @@ struct ValidationLimits {
 };
 
 // Validates `request` against the contract and `limits`. On success the RequestSpec points into
-// `request` (which must outlive it).
+// `request` (which must outlive it). With `data`, q, k and v's bytes are taken from there instead
+// of the request's own (empty) data fields (request_wire.h); they must outlive the spec too.
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& request,
-                                            const ValidationLimits& limits);
+                                            const ValidationLimits& limits,
+                                            const TensorData* data = nullptr);
 
 }  // namespace attention::server
 

@@ -4,14 +4,17 @@
 // a plain program that replays the checked-in corpus (corpus_main.cc).
 //
 // Besides memory errors and undefined behaviour (the sanitizers), it checks the contract:
+//   - the server's parse, which leaves q, k and v's data in gRPC's buffers as spans of the pieces
+//     they arrived in (request_wire.h), agrees with protobuf's on every input, the input split
+//     into three pieces at points taken from its own bytes;
 //   - a rejected request gets INVALID_ARGUMENT or RESOURCE_EXHAUSTED with a "field: rule" message;
 //   - a validated request runs on the CPU backend without error (validation is the only gate:
 //     a backend refusal would reach the user as an error validation should have given);
-//   - the same request packed into a batch (twice, so that offsets are not zero; alone when it has
-//     a mask) through the batcher's packing path (AddJob, SealBatch, StageInputs, MakeBatchParams,
-//     ScatterOutputs) answers the same o and lse as the request run in place, up to float32
-//     rounding (Agree: the backend may tile a packed launch differently), o only where no
-//     partial sum can overflow float32.
+//   - the same request as the server parsed it (data in pieces) packed into a batch (twice, so
+//     that offsets are not zero; alone when it has a mask) through the batcher's packing path
+//     (AddJob, SealBatch, StageInputs, MakeBatchParams, ScatterOutputs) answers the same o and lse
+//     as the request run in place, up to float32 rounding (Agree: the backend may tile a packed
+//     launch differently), o only where no partial sum can overflow float32.
 // A broken rule prints what broke and aborts, which libFuzzer (and ctest) report as a crash.
 //
 // Random byte mutations almost never keep a request valid (every tensor's data must hold exactly
@@ -37,6 +40,7 @@
 #include "kernels/dtype.h"
 #include "server/executor.h"
 #include "server/packing.h"
+#include "server/request_wire.h"
 #include "server/validation.h"
 
 namespace attention::server {
@@ -128,8 +132,8 @@ bool Agree(const std::string& a, const std::string& b, int dtype, float scale) {
 }
 
 std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, v1::AttentionResponse* response,
-                             const ValidationLimits& limits) {
-  absl::StatusOr<RequestSpec> spec = ValidateRequest(request, limits);
+                             const ValidationLimits& limits, const TensorData* data = nullptr) {
+  absl::StatusOr<RequestSpec> spec = ValidateRequest(request, limits, data);
   if (!spec.ok()) Fail("a request validated once failed a second validation");
   auto job = std::make_unique<Job>();
   job->request = &request;
@@ -141,9 +145,44 @@ std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, v1::AttentionR
 // What happened to one input (AttentionFuzzRun's result).
 enum Outcome { kNotAProto = 0, kRejected = 1, kRan = 2, kTooLargeToRun = 3 };
 
+std::string Join(const TensorPieces& spans) {
+  std::string s;
+  for (const absl::string_view span : spans) s.append(span.data(), span.size());
+  return s;
+}
+
+// The server's own parse of the input split into three pieces: it must agree with protobuf's
+// (`protobuf_ok`, `want`) on accept / reject, the data bytes and the rest of the message.
+void CheckWireParse(const WirePieces& pieces, bool protobuf_ok, const v1::AttentionRequest& want,
+                    v1::AttentionRequest* got, TensorData* spans) {
+  const bool ok = ParseWithoutTensorData(pieces, got, spans);
+  if (ok != protobuf_ok) Fail(std::string("wire parse accepts: ") + (ok ? "yes" : "no"));
+  if (!ok) return;
+  if (Join(spans->q) != want.q().data() || Join(spans->k) != want.k().data() ||
+      Join(spans->v) != want.v().data()) {
+    Fail("wire parse found other q / k / v data than protobuf");
+  }
+  v1::AttentionRequest whole = *got;
+  if (whole.has_q()) whole.mutable_q()->set_data(Join(spans->q));
+  if (whole.has_k()) whole.mutable_k()->set_data(Join(spans->k));
+  if (whole.has_v()) whole.mutable_v()->set_data(Join(spans->v));
+  if (whole.SerializeAsString() != want.SerializeAsString()) {
+    Fail("wire parse and protobuf disagree on the message");
+  }
+}
+
 Outcome RunOne(const uint8_t* data, size_t size) {
   v1::AttentionRequest request;
-  if (!request.ParseFromArray(data, static_cast<int>(size))) return kNotAProto;
+  const bool parsed = request.ParseFromArray(data, static_cast<int>(size));
+  const char* bytes = reinterpret_cast<const char*>(data);
+  size_t a = size == 0 ? 0 : data[0] % (size + 1);
+  size_t b = size == 0 ? 0 : data[size - 1] * 257u % (size + 1);
+  if (a > b) std::swap(a, b);
+  const WirePieces pieces = {{bytes, a}, {bytes + a, b - a}, {bytes + b, size - b}};
+  v1::AttentionRequest wire_request;
+  TensorData wire_data;
+  CheckWireParse(pieces, parsed, request, &wire_request, &wire_data);
+  if (!parsed) return kNotAProto;
   const ValidationLimits limits = FuzzLimits();
   absl::StatusOr<RequestSpec> spec = ValidateRequest(request, limits);
   if (!spec.ok()) {
@@ -174,7 +213,9 @@ Outcome RunOne(const uint8_t* data, size_t size) {
   const int copies = masked ? 1 : 2;
   std::vector<v1::AttentionResponse> packed(static_cast<size_t>(copies));
   Batch batch;
-  for (int i = 0; i < copies; ++i) AddJob(batch, MakeJob(request, &packed[i], limits));
+  for (int i = 0; i < copies; ++i) {
+    AddJob(batch, MakeJob(wire_request, &packed[i], limits, &wire_data));
+  }
   SealBatch(batch);
   std::vector<char> staging(static_cast<size_t>(batch.layout.total_bytes()));
   StageInputs(batch, staging.data());

@@ -3,13 +3,17 @@
 // must equal the float64 reference of its own request.
 #include "server/packing.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention_cpu.h"
+#include "server/request_wire.h"
 #include "server/validation.h"
 #include "server/worker_pool.h"
 #include "tests/server/server_test_util.h"
@@ -225,6 +229,89 @@ TEST(PackingTest, SingleJobInPlace) {
   cpu::CpuBackend backend(2);
   ASSERT_TRUE(backend.Run(MakeJobParams(*job, out, lse)).ok());
   EXPECT_EQ(CompareWithReference(call.request, call.response), "");
+}
+
+// A request as the server receives it: serialized, split into `piece_bytes` pieces (as gRPC's
+// slices split a message) and parsed with its tensors left in those pieces.
+struct ReceivedCall {
+  v1::AttentionRequest original;  // what the client sent, for the reference
+  std::string wire;
+  v1::AttentionRequest message;  // without q, k and v's data
+  TensorData data;
+  v1::AttentionResponse response;
+};
+
+std::unique_ptr<ReceivedCall> Receive(v1::AttentionRequest request, size_t piece_bytes) {
+  auto call = std::make_unique<ReceivedCall>();
+  call->original = std::move(request);
+  call->wire = call->original.SerializeAsString();
+  WirePieces pieces;
+  for (size_t at = 0; at < call->wire.size(); at += piece_bytes) {
+    pieces.emplace_back(call->wire.data() + at, std::min(piece_bytes, call->wire.size() - at));
+  }
+  EXPECT_TRUE(ParseWithoutTensorData(pieces, &call->message, &call->data));
+  return call;
+}
+
+std::unique_ptr<Job> MakeReceivedJob(ReceivedCall& call) {
+  absl::StatusOr<RequestSpec> spec = ValidateRequest(call.message, {}, &call.data);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  auto job = std::make_unique<Job>();
+  job->request = &call.message;
+  job->response = &call.response;
+  job->spec = std::move(*spec);
+  return job;
+}
+
+TEST(PackingTest, InputsInReceivedPiecesAreStagedPieceByPiece) {
+  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled}) {
+    std::mt19937 rng(16);
+    std::vector<std::unique_ptr<ReceivedCall>> calls;
+    RequestOptions o = Base(v1::BFLOAT16);
+    o.batch = 2;
+    o.seqlen_q = 33;
+    o.seqlen_k = 47;
+    o.return_lse = true;
+    calls.push_back(Receive(MakeRequest(o, 1, rng), 1000));  // pieces not aligned to rows
+    RequestOptions packed = Base(v1::BFLOAT16);
+    packed.seqlens_q = {19, 5};
+    packed.seqlens_k = {30, 8};
+    calls.push_back(Receive(MakeRequest(packed, 2, rng), 1 << 20));  // one piece: in place
+    Batch batch;
+    for (auto& call : calls) AddJob(batch, MakeReceivedJob(*call));
+    EXPECT_FALSE(batch.jobs[0]->spec.inputs_contiguous());
+    EXPECT_GT(batch.jobs[0]->spec.q_pieces->size(), 10u);
+    EXPECT_TRUE(batch.jobs[1]->spec.inputs_contiguous());
+    RunPacked(batch, path);
+    for (auto& call : calls) {
+      EXPECT_EQ(CompareWithReference(call->original, call->response), "")
+          << "pooled " << (path == CopyPath::kPooled);
+    }
+  }
+}
+
+TEST(PackingTest, SingleJobInPiecesIsGatheredThenRunInPlace) {
+  std::mt19937 rng(17);
+  RequestOptions o = Base(v1::FLOAT16);
+  o.batch = 1;
+  o.seqlen_q = 40;
+  o.seqlen_k = 70;
+  o.causal = true;
+  o.return_lse = true;
+  std::unique_ptr<ReceivedCall> call = Receive(MakeRequest(o, 1, rng), 777);
+  std::unique_ptr<Job> job = MakeReceivedJob(*call);
+  ASSERT_FALSE(job->spec.inputs_contiguous());
+  char* out = nullptr;
+  float* lse = nullptr;
+  SizeJobOutputs(*job, &out, &lse);
+  std::memset(out, 0x7f, static_cast<size_t>(job->spec.q_bytes));
+  AttentionParams p = MakeJobParams(*job, out, lse);
+  std::vector<char> gathered(3, 'x');  // reused buffers start with stale bytes
+  GatherJobInputs(*job, &gathered, &p);
+  EXPECT_EQ(gathered.size(), static_cast<size_t>(job->spec.q_bytes + 2 * job->spec.kv_bytes));
+  cpu::CpuBackend backend(2);
+  ASSERT_TRUE(backend.Run(p).ok());
+  EXPECT_EQ(CompareWithReference(call->original, call->response), "");
 }
 
 }  // namespace
