@@ -239,10 +239,12 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 }
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
-  // Only the configuration matters to CheckSupported; a placeholder output address satisfies its
-  // non-null check without sizing anything.
-  static char placeholder_output;
-  const AttentionParams p = MakeJobParams(job, &placeholder_output, nullptr);
+  // Only the configuration matters to CheckSupported; a placeholder address satisfies its
+  // non-null checks without sizing anything (inputs still in their received pieces have no
+  // single address).
+  static char placeholder;
+  AttentionParams p = MakeJobParams(job, &placeholder, nullptr);
+  p.q = p.k = p.v = &placeholder;
   if (absl::Status s = cuda::CheckSupported(p); !s.ok()) return s;
   const int64_t bytes = BatchBytesWith(MakeBucketKey(job.spec), 0, 0, 0, false, job.spec);
   if (bytes > max_batch_bytes_) {
