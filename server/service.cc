@@ -10,11 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/security/auth_context.h"
-#include "grpcpp/support/proto_buffer_writer.h"
 #include "grpcpp/support/slice.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/request_wire.h"
+#include "server/response_wire.h"
 
 namespace attention::server {
 namespace {
@@ -77,13 +77,6 @@ absl::Status ParseRequest(grpc::ByteBuffer* wire, ReceivedRequest* received) {
   received->Release();
   return absl::InvalidArgumentError(
       "request: the message is not a valid attention.v1.AttentionRequest (protobuf wire format)");
-}
-
-// Serializes `response` into `wire` and releases the response's own copy of the tensors.
-void SerializeResponse(Response* response, grpc::ByteBuffer* wire) {
-  bool own_buffer = false;
-  grpc::SerializationTraits<Response>::Serialize(*response, wire, &own_buffer);
-  response->Clear();
 }
 
 // Whether the call came over TLS (as opposed to a plaintext port of the same server).
@@ -190,7 +183,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
       response_.set_request_id(request_.message.request_id());
       response_.mutable_timings()->set_total_ns(NanosSince(accepted_));
       request_.Release();  // the inputs are no longer needed
-      SerializeResponse(&response_, response_wire_);
+      SerializeResponseWithoutCopy(&response_, response_wire_);
       response_bytes = static_cast<int64_t>(response_wire_->Length());
     }
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
@@ -364,7 +357,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
 
   // Serializes `item`'s answer and starts writing it (one write outstanding at a time).
   void Write(Item* item) {
-    SerializeResponse(&item->response, &item->wire_out);
+    SerializeResponseWithoutCopy(&item->response, &item->wire_out);
     StartWrite(&item->wire_out);
   }
 
