@@ -10,6 +10,8 @@ namespace {
 
 // Field numbers of AttentionRequest.q / k / v and of Tensor.data (proto/attention/v1).
 constexpr uint32_t kFieldQ = 2, kFieldK = 3, kFieldV = 4;
+static_assert(kFieldK == kFieldQ + 1 && kFieldV == kFieldK + 1,
+              "Strip indexes q, k and v by field number - kFieldQ");
 constexpr uint32_t kFieldData = 3;
 constexpr int kWireVarint = 0, kWireFixed64 = 1, kWireLen = 2, kWireGroupStart = 3,
               kWireGroupEnd = 4, kWireFixed32 = 5;
