@@ -79,10 +79,12 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(int32_t, malloc_arena_max, 2,
           "glibc malloc arenas (M_ARENA_MAX); 0 keeps glibc's default (8 per core), under which "
           "resident memory kept growing in the soak test (docs/reliability.md)");
-ABSL_FLAG(int32_t, malloc_keep_mb, 256,
+ABSL_FLAG(int32_t, malloc_keep_mb, 0,
           "Freed heap memory glibc keeps for reuse instead of returning it to the system "
           "(M_TRIM_THRESHOLD, with the mmap threshold fixed at 32 MiB); 0 keeps glibc's dynamic "
-          "thresholds, under which every small request paid page faults for its tensors");
+          "thresholds. 256 cut a lone small request's latency by a quarter on a CPU host where "
+          "page faults are expensive, but resident memory grew 9.3% in the 10-minute soak test "
+          "against 4.3% with 0 (bench/results/serving_2026-11-22_cpu_malloc.md)");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain of the gRPC port (with --tls_key: TLS; empty: plaintext)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
