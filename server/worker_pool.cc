@@ -42,14 +42,28 @@ void WorkerPool::Run(size_t n, const std::function<void(size_t)>& task) {
 }
 
 void WorkerPool::Copy(const std::vector<HostCopy>& copies, int64_t piece_bytes) {
+  // Copies above piece_bytes are split; consecutive smaller ones are grouped into tasks of up to
+  // piece_bytes, so that a list of many small spans (a request's tensors in the 16 KiB pieces gRPC
+  // received them in) costs a few tasks, not one task and one lock round per span.
   std::vector<HostCopy> pieces;
+  std::vector<size_t> task_begin;
+  int64_t task_bytes = piece_bytes;
   for (const HostCopy& c : copies) {
     for (int64_t done = 0; done < c.bytes; done += piece_bytes) {
-      pieces.push_back({c.dst + done, c.src + done, std::min(piece_bytes, c.bytes - done)});
+      const HostCopy piece{c.dst + done, c.src + done, std::min(piece_bytes, c.bytes - done)};
+      if (task_bytes + piece.bytes > piece_bytes) {
+        task_begin.push_back(pieces.size());
+        task_bytes = 0;
+      }
+      pieces.push_back(piece);
+      task_bytes += piece.bytes;
     }
   }
-  Run(pieces.size(), [&pieces](size_t i) {
-    std::memcpy(pieces[i].dst, pieces[i].src, static_cast<size_t>(pieces[i].bytes));
+  task_begin.push_back(pieces.size());
+  Run(task_begin.size() - 1, [&pieces, &task_begin](size_t task) {
+    for (size_t i = task_begin[task]; i < task_begin[task + 1]; ++i) {
+      std::memcpy(pieces[i].dst, pieces[i].src, static_cast<size_t>(pieces[i].bytes));
+    }
   });
 }
 

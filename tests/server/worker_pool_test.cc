@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <numeric>
@@ -65,6 +66,32 @@ TEST(WorkerPoolTest, CopyMovesEveryByteForAnyPieceSize) {
     pool.Copy(copies, piece);
     ASSERT_TRUE(std::equal(src.begin(), src.end(), dst.begin())) << "piece " << piece;
     for (size_t i = src.size(); i < dst.size(); ++i) ASSERT_EQ(dst[i], 0x5a);
+  }
+}
+
+TEST(WorkerPoolTest, CopyGroupsManySmallSpansAndMovesEveryByte) {
+  // A request's tensors as received: many small spans (and some empty ones), copied in an order
+  // other than their destinations'.
+  std::mt19937 rng(8);
+  std::vector<char> src(3 << 20);
+  for (char& b : src) b = static_cast<char>(rng());
+  std::vector<HostCopy> copies;
+  for (int64_t at = 0; at < static_cast<int64_t>(src.size());) {
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(src.size()) - at, 1 + rng() % 20000);
+    copies.push_back({nullptr, src.data() + at, n});
+    if (rng() % 7 == 0) copies.push_back({nullptr, src.data() + at, 0});
+    at += n;
+  }
+  std::shuffle(copies.begin(), copies.end(), rng);
+  for (int threads : {0, 3}) {
+    WorkerPool pool(threads);
+    for (int64_t piece : {int64_t{1} << 16, int64_t{2} << 20, int64_t{7}}) {
+      std::vector<char> dst(src.size(), 0);
+      for (HostCopy& c : copies) c.dst = dst.data() + (c.src - src.data());
+      pool.Copy(copies, piece);
+      ASSERT_TRUE(std::equal(src.begin(), src.end(), dst.begin()))
+          << "threads " << threads << " piece " << piece;
+    }
   }
 }
 
