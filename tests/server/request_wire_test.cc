@@ -13,17 +13,14 @@
 
 #include "attention/v1/attention.pb.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "tests/server/server_test_util.h"
 
 namespace attention::server {
 namespace {
 
-using v1::AttentionRequest;
+using testing::RandomBytes;
 
-std::string RandomBytes(std::mt19937& rng, size_t n) {
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
+using v1::AttentionRequest;
 
 AttentionRequest RandomRequest(std::mt19937& rng) {
   AttentionRequest r;

@@ -11,17 +11,14 @@
 #include "attention/v1/attention.pb.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/support/slice.h"
+#include "tests/server/server_test_util.h"
 
 namespace attention::server {
 namespace {
 
-using v1::AttentionResponse;
+using testing::RandomBytes;
 
-std::string RandomBytes(std::mt19937& rng, size_t n) {
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
+using v1::AttentionResponse;
 
 AttentionResponse MakeResponse(std::mt19937& rng, size_t o_bytes, bool lse) {
   AttentionResponse r;

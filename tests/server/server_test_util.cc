@@ -71,6 +71,12 @@ double LoadOutput(v1::DType dtype, const std::string& data, int64_t i) {
 
 }  // namespace
 
+std::string RandomBytes(std::mt19937& rng, size_t n) {
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
 v1::AttentionRequest MakeRequest(const RequestOptions& o, uint64_t request_id, std::mt19937& rng) {
   v1::AttentionRequest r;
   r.set_request_id(request_id);

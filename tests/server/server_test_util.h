@@ -35,6 +35,9 @@ struct RequestOptions {
   bool return_lse = false;
 };
 
+// `n` random bytes (e.g. the payload of a tensor whose values do not matter).
+std::string RandomBytes(std::mt19937& rng, size_t n);
+
 // A request with random q, k, v in [-1, 1] (and random slopes / mask) as `options` describe.
 v1::AttentionRequest MakeRequest(const RequestOptions& options, uint64_t request_id,
                                  std::mt19937& rng);
