@@ -31,15 +31,19 @@ struct Call {
   v1::AttentionResponse response;
 };
 
-std::unique_ptr<Job> MakeJob(Call& call) {
-  absl::StatusOr<RequestSpec> spec = ValidateRequest(call.request, {});
+// A validated job over `request` and `response` (q, k and v's bytes in `data` when given).
+std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, v1::AttentionResponse* response,
+                             const TensorData* data = nullptr) {
+  absl::StatusOr<RequestSpec> spec = ValidateRequest(request, {}, data);
   EXPECT_TRUE(spec.ok()) << spec.status();
   auto job = std::make_unique<Job>();
-  job->request = &call.request;
-  job->response = &call.response;
+  job->request = &request;
+  job->response = response;
   job->spec = std::move(*spec);
   return job;
 }
+
+std::unique_ptr<Job> MakeJob(Call& call) { return MakeJob(call.request, &call.response); }
 
 // How RunPacked moves the bytes: as the CPU executor does (StageInputs, ScatterOutputs), or as
 // the GPU executor does (copy lists split into small pieces across a WorkerPool, outputs sized
@@ -254,13 +258,7 @@ std::unique_ptr<ReceivedCall> Receive(v1::AttentionRequest request, size_t piece
 }
 
 std::unique_ptr<Job> MakeReceivedJob(ReceivedCall& call) {
-  absl::StatusOr<RequestSpec> spec = ValidateRequest(call.message, {}, &call.data);
-  EXPECT_TRUE(spec.ok()) << spec.status();
-  auto job = std::make_unique<Job>();
-  job->request = &call.message;
-  job->response = &call.response;
-  job->spec = std::move(*spec);
-  return job;
+  return MakeJob(call.message, &call.response, &call.data);
 }
 
 TEST(PackingTest, InputsInReceivedPiecesAreStagedPieceByPiece) {
