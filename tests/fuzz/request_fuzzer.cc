@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -328,8 +329,11 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
         }
         const int64_t total_q = r.q().shape_size() > 0 ? r.q().shape(0) : 0;
         const int64_t total_k = r.k().shape_size() > 0 ? r.k().shape(0) : 0;
-        const int64_t cut_q = total_q > 0 ? static_cast<int64_t>(rng() % (total_q + 1)) : 0;
-        const int64_t cut_k = total_k > 0 ? static_cast<int64_t>(rng() % (total_k + 1)) : 0;
+        // Unsigned: a dimension of INT64_MAX must not overflow the + 1.
+        const int64_t cut_q =
+            total_q > 0 ? static_cast<int64_t>(rng() % (static_cast<uint64_t>(total_q) + 1)) : 0;
+        const int64_t cut_k =
+            total_k > 0 ? static_cast<int64_t>(rng() % (static_cast<uint64_t>(total_k) + 1)) : 0;
         for (int64_t v : {int64_t{0}, cut_q, total_q}) r.add_cu_seqlens_q(static_cast<int32_t>(v));
         for (int64_t v : {int64_t{0}, cut_k, total_k}) r.add_cu_seqlens_k(static_cast<int32_t>(v));
       }
@@ -339,7 +343,12 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
         auto* cu = rng() % 2 == 0 ? r.mutable_cu_seqlens_q() : r.mutable_cu_seqlens_k();
         if (cu->size() > 0) {
           const int i = static_cast<int>(rng() % cu->size());
-          cu->Set(i, cu->Get(i) + static_cast<int32_t>(rng() % 5) - 2);
+          // In 64 bits and clamped: an offset near INT32_MIN or INT32_MAX must not overflow
+          // here (UBSan stopped run E on it), the server's own checks see the extreme values.
+          const int64_t moved = int64_t{cu->Get(i)} + static_cast<int64_t>(rng() % 5) - 2;
+          cu->Set(i, static_cast<int32_t>(
+                         std::clamp<int64_t>(moved, std::numeric_limits<int32_t>::min(),
+                                             std::numeric_limits<int32_t>::max())));
         }
       }
       break;
