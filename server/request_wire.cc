@@ -5,16 +5,27 @@
 #include <limits>
 #include <string>
 
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
+
 namespace attention::server {
 namespace {
 
-// Field numbers of AttentionRequest.q / k / v and of Tensor.data (proto/attention/v1).
-constexpr uint32_t kFieldQ = 2, kFieldK = 3, kFieldV = 4;
+using google::protobuf::internal::WireFormatLite;
+
+constexpr uint32_t kFieldQ = v1::AttentionRequest::kQFieldNumber;
+constexpr uint32_t kFieldK = v1::AttentionRequest::kKFieldNumber;
+constexpr uint32_t kFieldV = v1::AttentionRequest::kVFieldNumber;
 static_assert(kFieldK == kFieldQ + 1 && kFieldV == kFieldK + 1,
               "Strip indexes q, k and v by field number - kFieldQ");
-constexpr uint32_t kFieldData = 3;
-constexpr int kWireVarint = 0, kWireFixed64 = 1, kWireLen = 2, kWireGroupStart = 3,
-              kWireGroupEnd = 4, kWireFixed32 = 5;
+constexpr uint32_t kFieldData = v1::Tensor::kDataFieldNumber;
+constexpr int kWireVarint = WireFormatLite::WIRETYPE_VARINT;
+constexpr int kWireFixed64 = WireFormatLite::WIRETYPE_FIXED64;
+constexpr int kWireLen = WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+constexpr int kWireGroupStart = WireFormatLite::WIRETYPE_START_GROUP;
+constexpr int kWireGroupEnd = WireFormatLite::WIRETYPE_END_GROUP;
+constexpr int kWireFixed32 = WireFormatLite::WIRETYPE_FIXED32;
 
 // Random access to a message split into pieces, by offset from its first byte.
 class PieceReader {
@@ -139,14 +150,6 @@ Scan NextField(const PieceReader& r, int64_t* offset, int64_t end, Field* f) {
   return Scan::kOk;
 }
 
-void AppendVarint(uint64_t value, std::string* out) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>(value | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
 // Copies the Tensor message in [begin, end) to `out` without its data fields; the last data
 // field's payload (protobuf keeps the last of repeated singular fields) goes to *data_field.
 Scan StripTensor(const PieceReader& r, int64_t begin, int64_t end, std::string* out,
@@ -182,9 +185,9 @@ Scan Strip(const PieceReader& r, std::string* stripped, Field (&data)[3], bool (
         s != Scan::kOk) {
       return s;
     }
-    AppendVarint(uint64_t{f.number} << 3 | kWireLen, stripped);
-    AppendVarint(tensor.size(), stripped);
-    stripped->append(tensor);
+    google::protobuf::io::StringOutputStream out(stripped);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    WireFormatLite::WriteBytes(static_cast<int>(f.number), tensor, &coded);
   }
   return Scan::kOk;
 }

@@ -3,33 +3,17 @@
 #include <cstdint>
 #include <string>
 
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/slice.h"
 
 namespace attention::server {
 namespace {
 
-// Field numbers and wire types (proto/attention/v1/attention.proto).
-constexpr uint32_t kResponseFieldO = 2;
-constexpr uint32_t kTensorFieldData = 3;
-constexpr uint32_t kWireLen = 2;
-
-void AppendVarint(uint64_t value, std::string* out) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>(value | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
-size_t VarintSize(uint64_t value) {
-  size_t n = 1;
-  while (value >= 0x80) {
-    value >>= 7;
-    ++n;
-  }
-  return n;
-}
+using google::protobuf::internal::WireFormatLite;
+using google::protobuf::io::CodedOutputStream;
 
 void DeleteString(void* data) { delete static_cast<std::string*>(data); }
 
@@ -46,14 +30,21 @@ void SerializeResponseWithoutCopy(v1::AttentionResponse* response, grpc::ByteBuf
   data->swap(*response->mutable_o()->mutable_data());
   // o's header (dtype, shape), then its data field's tag and length; the data follows as a slice.
   const std::string o_header = response->o().SerializeAsString();
-  const uint64_t o_length = o_header.size() + VarintSize(kTensorFieldData << 3 | kWireLen) +
-                            VarintSize(data->size()) + data->size();
+  const uint32_t data_tag = WireFormatLite::MakeTag(v1::Tensor::kDataFieldNumber,
+                                                    WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  const uint64_t o_length = o_header.size() + CodedOutputStream::VarintSize32(data_tag) +
+                            CodedOutputStream::VarintSize64(data->size()) + data->size();
   std::string prefix;
-  AppendVarint(kResponseFieldO << 3 | kWireLen, &prefix);
-  AppendVarint(o_length, &prefix);
-  prefix += o_header;
-  AppendVarint(kTensorFieldData << 3 | kWireLen, &prefix);
-  AppendVarint(data->size(), &prefix);
+  {
+    google::protobuf::io::StringOutputStream out(&prefix);
+    CodedOutputStream coded(&out);
+    coded.WriteTag(WireFormatLite::MakeTag(v1::AttentionResponse::kOFieldNumber,
+                                           WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    coded.WriteVarint64(o_length);
+    coded.WriteString(o_header);
+    coded.WriteTag(data_tag);
+    coded.WriteVarint64(data->size());
+  }
   response->clear_o();
   const std::string rest = response->SerializeAsString();
   response->Clear();
