@@ -412,18 +412,8 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   slot.device_bytes_used = workspace_offset + workspace_bytes;
   ReportMemory(slot.device_bytes_used);
   // While the device works: allocate and size the responses' outputs, so that the completer only
-  // copies into memory that is already there. For a batch of many answers this zero-fills and
-  // faults in megabytes on the stager, the one thread every launch goes through: the staging
-  // pool shares it out.
-  if (batch.jobs.size() > 1 && batch.layout.output_bytes >= kParallelScatterBytes) {
-    staging_pool_->Run(batch.jobs.size(), [&batch](size_t i) {
-      char* o = nullptr;
-      float* lse = nullptr;
-      SizeJobOutputs(*batch.jobs[i], &o, &lse);
-    });
-  } else {
-    SizeBatchOutputs(batch);
-  }
+  // copies into memory that is already there.
+  SizeBatchOutputs(batch);
   return absl::OkStatus();
 }
 

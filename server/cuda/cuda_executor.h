@@ -12,13 +12,13 @@
 // staging threads), then enqueues upload -> kernel -> download on the slot's stream, bracketed by
 // events. With three slots, batch i+1's upload runs on the copy engine while batch i's kernel runs
 // on the SMs and batch i-1's download drains. While the device works, the stager sizes each job's
-// response (allocating and touching its o / lse memory; the staging pool shares that out for a
-// batch of many answers). A completer thread waits for each batch's last event in submission order,
-// copies o / lse from pinned memory into the responses and hands the answers back, both split
-// across a small completion pool, so that neither a large output nor a batch of many answers is
-// copied and serialized by one thread. gRPC and batcher threads never wait for the GPU. A small
-// batch submitted to an idle executor (free slot, nothing waiting) is staged and launched by Submit
-// itself: that saves a thread wake-up between a request's arrival and its kernel launch.
+// response (allocating and touching its o / lse memory). A completer thread waits for each batch's
+// last event in submission order, copies o / lse from pinned memory into the responses and hands
+// the answers back, both split across a small completion pool, so that neither a large output nor a
+// batch of many answers is copied and serialized by one thread. gRPC and batcher threads never wait
+// for the GPU. A small batch submitted to an idle executor (free slot, nothing waiting) is staged
+// and launched by Submit itself: that saves a thread wake-up between a request's arrival and its
+// kernel launch.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
