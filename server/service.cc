@@ -381,10 +381,11 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     }
     std::unique_lock<std::mutex> lock(mu_);
     if (write_failed_ || cancelled_.load(std::memory_order_relaxed)) {
+      // Once in_flight_ drops and mu_ is released, another completion (the batcher dropping a
+      // queued item, the executor answering one) may finish the stream and gRPC delete it: the
+      // decision to finish is taken under this same hold, and nothing after it touches `this`.
+      // The item (its buffers) is freed on return, outside mu_; it does not refer to the stream.
       --in_flight_;
-      lock.unlock();
-      item.reset();
-      lock.lock();
       MaybeFinish(lock);
       return;
     }
