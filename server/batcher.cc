@@ -44,6 +44,9 @@ Batcher::~Batcher() { Shutdown(); }
 
 absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   const RequestSpec& spec = job->spec;
+  // Its caller is already gone (the cancel's sweep ran before the job got here): it would wait
+  // in its bucket until the bucket launches.
+  if (job->is_cancelled()) return DropStatus(*job, Clock::now());
   // Executors are alike (one kind per server), so the first one speaks for all.
   if (absl::Status admit = executors_[0].executor->Admit(*job); !admit.ok()) {
     if (metrics_ != nullptr) {
@@ -133,11 +136,11 @@ bool Batcher::Drain(Clock::time_point deadline) {
   return idle_cv_.wait_until(lock, deadline, [this] { return outstanding_ == 0; });
 }
 
-void Batcher::Shutdown() {
+bool Batcher::Shutdown(Clock::time_point deadline) {
   std::vector<std::unique_ptr<Job>> abandoned;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!thread_.joinable()) return;
+    if (!thread_.joinable()) return true;
     draining_ = true;
     stopping_ = true;
     for (auto& [key, bucket] : buckets_) {
@@ -155,11 +158,14 @@ void Batcher::Shutdown() {
                          absl::UnavailableError("server shut down before the request was run"));
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     outstanding_ -= static_cast<int64_t>(abandoned.size());
     if (outstanding_ == 0) idle_cv_.notify_all();
+    // Nothing is queued any more: what is outstanding is in the executors' batches.
+    if (!idle_cv_.wait_until(lock, deadline, [this] { return outstanding_ == 0; })) return false;
   }
   thread_.join();
+  return true;
 }
 
 int64_t Batcher::queued_requests() const {
@@ -213,9 +219,15 @@ void Batcher::Run() {
 }
 
 int Batcher::PickExecutor() const {
+  // An executor that no longer serves fails a batch at once, so it is always the least loaded:
+  // it gets a batch only when none of the others serves (then every batch fails fast with its
+  // reason instead of waiting for the drain to end).
+  bool any_serving = false;
+  for (const ExecutorState& s : executors_) any_serving = any_serving || s.executor->serving();
   int best = -1;
   for (int i = 0; i < static_cast<int>(executors_.size()); ++i) {
     const ExecutorState& s = executors_[i];
+    if (any_serving && !s.executor->serving()) continue;
     if (s.batches >= s.executor->pipeline_depth()) continue;
     if (best < 0 || s.batches < executors_[best].batches ||
         (s.batches == executors_[best].batches && s.tokens < executors_[best].tokens)) {

@@ -88,7 +88,12 @@ class Batcher {
 
   // Stops accepting, answers every job still queued with UNAVAILABLE, waits for the batches
   // executors hold to finish, and joins the batcher thread. Idempotent.
-  void Shutdown();
+  void Shutdown() { Shutdown(Clock::time_point::max()); }
+  // The same, but waits for the executors' batches only until `deadline`: false if some are still
+  // running then (a device that never completes). The batcher thread is then left running and
+  // the batches still point into their calls: the caller cannot tear the server down and should
+  // end the process.
+  bool Shutdown(Clock::time_point deadline);
 
   // Accepted jobs not yet launched, and batches submitted and not yet finished.
   int64_t queued_requests() const;

@@ -231,6 +231,11 @@ class Executor {
 
   virtual void Submit(std::unique_ptr<Batch> batch) = 0;
 
+  // False once the executor can run nothing more (a CUDA device after a sticky error: every
+  // batch submitted to it fails at once). The batcher sends batches to executors that serve
+  // while there is one. Thread-safe and cheap (called with the batcher's lock held).
+  virtual bool serving() const { return true; }
+
   // Finishes every batch already submitted, then stops the executor's threads. Called once, after
   // the batcher submits nothing more.
   virtual void Shutdown() = 0;

@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -124,6 +125,11 @@ constexpr char kServiceName[] = "attention.v1.AttentionService";
 // Raised by the CUDA executor's fatal-error handler (a sticky device error): the server drains
 // what it can with health NOT_SERVING and exits 1 so that the orchestrator restarts it.
 constexpr int kFatalSignal = SIGUSR1;
+
+// How long after the drain deadline a batch still on a device may take to finish before the
+// server gives up on it and exits (the Kubernetes manifests leave 10 s between the drain and
+// SIGKILL).
+constexpr std::chrono::seconds kStuckBatchGrace{5};
 
 // gRPC's own log lines (handshake failures, transport errors) in the server's key=value format.
 // gRPC reports its peers' faults (a client that does not speak TLS, a bad certificate) as
@@ -439,7 +445,17 @@ int Serve() {
   // Answers whatever is still queued (UNAVAILABLE) and waits for the batches on the devices, so
   // that every call can finish before the server shuts down.
   const int64_t abandoned = batcher.queued_requests();
-  batcher.Shutdown();
+  // A batch still running at the drain deadline gets a grace period to finish; one that does
+  // not (a device that never completes) still points into its calls, so nothing can be torn
+  // down safely: the process ends at once, non-zero, as --drain_timeout_s promises.
+  if (!batcher.Shutdown(deadline + kStuckBatchGrace)) {
+    LogLine(LogLevel::kError, "drain_stuck")
+        .Kv("batches_in_flight", batcher.batches_in_flight())
+        .Kv("grace_s", std::chrono::duration_cast<std::chrono::seconds>(kStuckBatchGrace).count());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
   // Every answer written and every stream ended: shutting the server down cancels nothing (at
   // the drain deadline it cancels whatever is left).
   const bool calls_done = service.WaitForCalls(deadline);

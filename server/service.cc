@@ -223,6 +223,8 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // StartDrain may have finished this stream already (Register made it visible): one Finish.
+      if (finished_) return;
       draining_ = service_->draining();
       finished_ = true;
     }

@@ -226,6 +226,7 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
     first = !broken_;
     broken_ = true;
   }
+  unusable_.store(true, std::memory_order_relaxed);
   if (first) {
     LogLine(LogLevel::kError, "cuda_sticky_error").Kv("device", name_).Kv("error", message);
     std::function<void(const absl::Status&)> handler;

@@ -24,6 +24,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -68,6 +69,7 @@ class CudaExecutor final : public Executor {
   int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override;
+  bool serving() const override { return !unusable_.load(std::memory_order_relaxed); }
   void Submit(std::unique_ptr<Batch> batch) override;
   void Shutdown() override;
 
@@ -112,6 +114,7 @@ class CudaExecutor final : public Executor {
   std::deque<Slot*> in_flight_;  // launched, in submission order
   bool stopping_ = false;
   bool broken_ = false;  // a sticky CUDA error: every later batch fails fast
+  std::atomic<bool> unusable_{false};  // broken_, readable without mu_ (serving())
   int64_t memory_used_ = 0, memory_high_water_ = 0;
 
   std::unique_ptr<WorkerPool> staging_pool_;     // splits large batches' input copies

@@ -51,7 +51,20 @@ class FakeExecutor final : public Executor {
     if (job.spec.q_bytes > max_job_q_bytes_) return absl::ResourceExhaustedError("too large");
     return absl::OkStatus();
   }
+  bool serving() const override { return serving_.load(); }
+  // Like a CUDA executor after a sticky error: serving() false, and every batch submitted fails
+  // at once, inside Submit.
+  void Break() { serving_.store(false); }
   void Submit(std::unique_ptr<Batch> batch) override {
+    if (!serving_.load()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++refused_;
+      }
+      batch->device = name_;
+      FinishBatch(std::move(batch), absl::UnavailableError(name_ + " is not serving"));
+      return;
+    }
     std::lock_guard<std::mutex> lock(mu_);
     submitted_at_.push_back(Clock::now());
     batches_.push_back(std::move(batch));
@@ -85,6 +98,11 @@ class FakeExecutor final : public Executor {
     std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int>(total_submitted_);
   }
+  // Batches failed at once because the executor was broken.
+  int refused() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return refused_;
+  }
   Clock::time_point submitted_at(size_t index) {
     std::lock_guard<std::mutex> lock(mu_);
     return submitted_at_[index];
@@ -109,6 +127,8 @@ class FakeExecutor final : public Executor {
   std::vector<Clock::time_point> submitted_at_;
   size_t total_submitted_ = 0;
   size_t finished_ = 0;
+  int refused_ = 0;
+  std::atomic<bool> serving_{true};
 };
 
 // Owns each test request's messages and records every answer.
@@ -518,6 +538,57 @@ TEST(BatcherTest, LeastLoadedExecutor) {
   EXPECT_EQ(calls.call(1).response.batch().device(), "e1");
 }
 
+TEST(BatcherTest, BrokenExecutorGetsNoBatchWhileAnotherServes) {
+  // A broken executor fails each batch at once, so it is always the least loaded one: without
+  // looking at serving() the batcher would send it (nearly) everything.
+  FakeExecutor e0(4, "e0"), e1(4, "e1");
+  e0.Break();
+  Calls calls;
+  Batcher batcher(Options(1ms), {&e0, &e1}, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    Enqueue(batcher, calls.NewJob(Small(8, 16 * (i + 1))));  // three buckets, three batches
+    ASSERT_NE(e1.WaitForBatch(static_cast<size_t>(i)), nullptr);
+  }
+  EXPECT_EQ(e0.refused(), 0);
+  for (int i = 0; i < 3; ++i) e1.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  for (uint64_t id = 0; id < 3; ++id) {
+    EXPECT_TRUE(calls.call(id).status.ok()) << calls.call(id).status;
+    EXPECT_EQ(calls.call(id).response.batch().device(), "e1");
+  }
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, WhenNoExecutorServesBatchesFailAtOnce) {
+  FakeExecutor e0(2, "e0");
+  e0.Break();
+  Calls calls;
+  Batcher batcher(Options(), {&e0}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small(8, 32)));
+  ASSERT_TRUE(calls.WaitAnswered(2));  // not held until a drain ends
+  EXPECT_EQ(calls.call(0).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(e0.refused(), 2);
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, JobCancelledBeforeEnqueueIsRefusedAndStaysWithTheCaller) {
+  FakeExecutor executor(2);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));  // busy, so a new job would wait in its bucket
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  std::unique_ptr<Job> job = calls.NewJob(Small(8, 32));
+  calls.call(1).cancelled.store(true);
+  EXPECT_EQ(batcher.Enqueue(job).code(), absl::StatusCode::kCancelled);
+  EXPECT_NE(job, nullptr);  // the caller answers it
+  EXPECT_EQ(batcher.queued_requests(), 0);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(1).answers, 0);
+}
+
 TEST(BatcherTest, BatchFailureAnswersEveryJob) {
   FakeExecutor executor(1);
   Calls calls;
@@ -590,6 +661,27 @@ TEST(BatcherTest, DrainTimesOutThenShutdownAnswersQueued) {
   EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kUnavailable);
   executor.FinishOldest();  // Shutdown waits for the batch the executor holds
   stopper.join();
+  calls.ExpectEachAnsweredOnce();
+  EXPECT_TRUE(calls.call(0).status.ok());
+}
+
+TEST(BatcherTest, ShutdownGivesUpOnABatchThatNeverFinishes) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  const Clock::time_point start = Clock::now();
+  EXPECT_FALSE(batcher.Shutdown(start + 100ms));  // the device never completes
+  EXPECT_GE(Clock::now() - start, 100ms);
+  EXPECT_LT(Clock::now() - start, 10s);
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kUnavailable);  // the queued one
+  EXPECT_EQ(calls.call(0).answers, 0);
+  EXPECT_EQ(batcher.batches_in_flight(), 1);
+  // Should the batch finish after all, a later Shutdown still ends cleanly.
+  executor.FinishOldest();
+  EXPECT_TRUE(batcher.Shutdown(Clock::now() + 10s));
   calls.ExpectEachAnsweredOnce();
   EXPECT_TRUE(calls.call(0).status.ok());
 }
