@@ -375,14 +375,19 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     }
     response.set_request_id(item->request.message.request_id());
     item->request.Release();  // the inputs are no longer needed
+    const int64_t response_bytes = static_cast<int64_t>(response.ByteSizeLong());
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool dropped = write_failed_ || cancelled_.load(std::memory_order_relaxed);
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->RequestDone(Method::kAttentionStream, static_cast<grpc::StatusCode>(status.code()),
+      // An answer the stream will never write counts as what the caller saw: CANCELLED.
+      metrics->RequestDone(Method::kAttentionStream,
+                           dropped ? grpc::StatusCode::CANCELLED
+                                   : static_cast<grpc::StatusCode>(status.code()),
                            SecondsSince(item->accepted), item->request_bytes,
-                           static_cast<int64_t>(response.ByteSizeLong()));
+                           dropped ? 0 : response_bytes);
       metrics->AddInFlight(-1);
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    if (write_failed_ || cancelled_.load(std::memory_order_relaxed)) {
+    if (dropped) {
       // Once in_flight_ drops and mu_ is released, another completion (the batcher dropping a
       // queued item, the executor answering one) may finish the stream and gRPC delete it: the
       // decision to finish is taken under this same hold, and nothing after it touches `this`.

@@ -186,6 +186,23 @@ TEST_F(FaultTest, ClientCancelsWhileQueuedAndWhileRunning) {
   ExpectBalanced(server, stream_before, kStreamed + 1);
   EXPECT_EQ(Answered(Scrape(server), "CANCELLED") - Answered(stream_before, "CANCELLED"),
             kStreamed);
+
+  // A stream cancelled while its one request runs: the executor answers it OK, but the stream
+  // never writes that answer, so it counts as what the caller saw, CANCELLED.
+  const Metrics running_before = Scrape(server);
+  {
+    grpc::ClientContext context;
+    auto running = stub->AttentionStream(&context);
+    ASSERT_TRUE(running->Write(Blocker(rng_, 3)));
+    ASSERT_TRUE(WaitForMetrics(
+        server, [&](const Metrics& m) { return Launches(m) > Launches(running_before); }));
+    context.TryCancel();
+    EXPECT_EQ(running->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  ASSERT_TRUE(WaitForMetrics(server, [&](const Metrics& m) {
+    return Answered(m, "CANCELLED") - Answered(running_before, "CANCELLED") == 1;
+  }));
+  EXPECT_EQ(Answered(Scrape(server), "OK") - Answered(running_before, "OK"), 0);
   ExpectServing(server, rng_);
   server.Signal(SIGTERM);
   EXPECT_EQ(server.Wait(30s), 0);
