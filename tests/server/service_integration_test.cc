@@ -5,6 +5,7 @@
 // every accepted request and exits 0.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -486,7 +487,10 @@ TEST(ServiceDrainTest, SigtermAnswersEveryAcceptedRequestThenExitsZero) {
   if (attention::testing::ServerBackendUnderTest() == "cpu") {
     EXPECT_GT(pending, 0) << draining;
   }
-  EXPECT_GE(static_cast<int64_t>(answers.size()), 1 + pending);
+  // A batch counts as in flight until its answers are handed out (on_finished runs after the
+  // completions), so the one in flight at the signal may be the batch that answered answers[0]
+  // (seen once in 53 runs under ASan: 33 queued + 1 in flight, 34 answers).
+  EXPECT_GE(static_cast<int64_t>(answers.size()), std::max<int64_t>(1, pending));
   EXPECT_EQ(CompareWithReference(problem, answers[0]), "");
   std::set<uint64_t> ids;
   for (const v1::AttentionResponse& a : answers) {
