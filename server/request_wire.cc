@@ -20,12 +20,6 @@ constexpr uint32_t kFieldV = v1::AttentionRequest::kVFieldNumber;
 static_assert(kFieldK == kFieldQ + 1 && kFieldV == kFieldK + 1,
               "Strip indexes q, k and v by field number - kFieldQ");
 constexpr uint32_t kFieldData = v1::Tensor::kDataFieldNumber;
-constexpr int kWireVarint = WireFormatLite::WIRETYPE_VARINT;
-constexpr int kWireFixed64 = WireFormatLite::WIRETYPE_FIXED64;
-constexpr int kWireLen = WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
-constexpr int kWireGroupStart = WireFormatLite::WIRETYPE_START_GROUP;
-constexpr int kWireGroupEnd = WireFormatLite::WIRETYPE_END_GROUP;
-constexpr int kWireFixed32 = WireFormatLite::WIRETYPE_FIXED32;
 
 // Random access to a message split into pieces, by offset from its first byte.
 class PieceReader {
@@ -123,24 +117,24 @@ Scan NextField(const PieceReader& r, int64_t* offset, int64_t end, Field* f) {
   if (f->number == 0) return Scan::kUnusual;
   uint64_t value = 0;
   switch (f->wire_type) {
-    case kWireVarint:
+    case WireFormatLite::WIRETYPE_VARINT:
       if (!r.Varint(offset, end, &value)) return Scan::kUnusual;
       break;
-    case kWireFixed64:
+    case WireFormatLite::WIRETYPE_FIXED64:
       *offset += 8;
       break;
-    case kWireFixed32:
+    case WireFormatLite::WIRETYPE_FIXED32:
       *offset += 4;
       break;
-    case kWireLen:
+    case WireFormatLite::WIRETYPE_LENGTH_DELIMITED:
       if (!r.Varint(offset, end, &value) || value > std::numeric_limits<int32_t>::max()) {
         return Scan::kUnusual;
       }
       f->payload = *offset;
       *offset += static_cast<int64_t>(value);
       break;
-    case kWireGroupStart:
-    case kWireGroupEnd:
+    case WireFormatLite::WIRETYPE_START_GROUP:
+    case WireFormatLite::WIRETYPE_END_GROUP:
       return Scan::kUnusual;
     default:
       return Scan::kUnusual;
@@ -158,7 +152,7 @@ Scan StripTensor(const PieceReader& r, int64_t begin, int64_t end, std::string* 
   while (offset < end) {
     Field f;
     if (const Scan s = NextField(r, &offset, end, &f); s != Scan::kOk) return s;
-    if (f.number == kFieldData && f.wire_type == kWireLen) {
+    if (f.number == kFieldData && f.wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       *data_field = f;
       *has_data = true;
       continue;
@@ -174,7 +168,8 @@ Scan Strip(const PieceReader& r, std::string* stripped, Field (&data)[3], bool (
   while (offset < r.size()) {
     Field f;
     if (const Scan s = NextField(r, &offset, r.size(), &f); s != Scan::kOk) return s;
-    const bool is_tensor = f.wire_type == kWireLen && f.number >= kFieldQ && f.number <= kFieldV;
+    const bool is_tensor = f.wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED &&
+                           f.number >= kFieldQ && f.number <= kFieldV;
     if (!is_tensor) {
       r.Append(f.start, f.end - f.start, stripped);
       continue;

@@ -375,16 +375,15 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     }
     response.set_request_id(item->request.message.request_id());
     item->request.Release();  // the inputs are no longer needed
-    const int64_t response_bytes = static_cast<int64_t>(response.ByteSizeLong());
     std::unique_lock<std::mutex> lock(mu_);
     const bool dropped = write_failed_ || cancelled_.load(std::memory_order_relaxed);
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       // An answer the stream will never write counts as what the caller saw: CANCELLED.
-      metrics->RequestDone(Method::kAttentionStream,
-                           dropped ? grpc::StatusCode::CANCELLED
-                                   : static_cast<grpc::StatusCode>(status.code()),
-                           SecondsSince(item->accepted), item->request_bytes,
-                           dropped ? 0 : response_bytes);
+      metrics->RequestDone(
+          Method::kAttentionStream,
+          dropped ? grpc::StatusCode::CANCELLED : static_cast<grpc::StatusCode>(status.code()),
+          SecondsSince(item->accepted), item->request_bytes,
+          dropped ? 0 : static_cast<int64_t>(response.ByteSizeLong()));
       metrics->AddInFlight(-1);
     }
     if (dropped) {

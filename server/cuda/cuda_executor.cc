@@ -223,10 +223,8 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
   bool first = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    first = !broken_;
-    broken_ = true;
+    first = !broken_.exchange(true);
   }
-  unusable_.store(true, std::memory_order_relaxed);
   if (first) {
     LogLine(LogLevel::kError, "cuda_sticky_error").Kv("device", name_).Kv("error", message);
     std::function<void(const absl::Status&)> handler;

@@ -69,7 +69,7 @@ class CudaExecutor final : public Executor {
   int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override;
-  bool serving() const override { return !unusable_.load(std::memory_order_relaxed); }
+  bool serving() const override { return !broken_.load(std::memory_order_relaxed); }
   void Submit(std::unique_ptr<Batch> batch) override;
   void Shutdown() override;
 
@@ -113,8 +113,8 @@ class CudaExecutor final : public Executor {
   std::deque<Slot*> free_slots_;
   std::deque<Slot*> in_flight_;  // launched, in submission order
   bool stopping_ = false;
-  bool broken_ = false;  // a sticky CUDA error: every later batch fails fast
-  std::atomic<bool> unusable_{false};  // broken_, readable without mu_ (serving())
+  // A sticky CUDA error: every later batch fails fast. Set under mu_, read without it by serving().
+  std::atomic<bool> broken_{false};
   int64_t memory_used_ = 0, memory_high_water_ = 0;
 
   std::unique_ptr<WorkerPool> staging_pool_;     // splits large batches' input copies
