@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/thread_name.h"
 
 namespace attention::server {
 namespace {
@@ -37,7 +38,10 @@ Batcher::Batcher(const BatcherOptions& options, std::vector<Executor*> executors
     : options_(options), metrics_(metrics) {
   executors_.reserve(executors.size());
   for (Executor* e : executors) executors_.push_back(ExecutorState{e});
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("attn-batcher");
+    Run();
+  });
 }
 
 Batcher::~Batcher() { Shutdown(); }

@@ -4,6 +4,7 @@
 
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/thread_name.h"
 
 namespace attention::server {
 CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
@@ -11,7 +12,10 @@ CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
       metrics_(metrics),
       backend_(options.cpu_threads) {
   if (metrics_ != nullptr) metrics_->SetDeviceMemory(0, 0, max_batch_bytes_, 0, 0, 0);
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("attn-cpu-exec");
+    Run();
+  });
 }
 
 CpuExecutor::~CpuExecutor() { Shutdown(); }

@@ -3,10 +3,17 @@
 #include <algorithm>
 #include <cstring>
 
+#include "server/thread_name.h"
+
 namespace attention::server {
 
-WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { Work(); });
+WorkerPool::WorkerPool(int threads, const char* name) {
+  for (int i = 0; i < threads; ++i) {
+    workers_.emplace_back([this, name] {
+      NameThisThread(name);
+      Work();
+    });
+  }
 }
 
 WorkerPool::~WorkerPool() {

@@ -18,8 +18,9 @@ namespace attention::server {
 
 class WorkerPool {
  public:
-  // `threads` workers besides the caller (0: Run and Copy run on the caller alone).
-  explicit WorkerPool(int threads);
+  // `threads` workers besides the caller (0: Run and Copy run on the caller alone), each named
+  // `name` (NameThisThread).
+  explicit WorkerPool(int threads, const char* name = "attn-worker");
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;

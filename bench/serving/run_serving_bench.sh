@@ -65,18 +65,33 @@ run_load() {
     --duration_s="$duration" --warmup_s="$warmup" ${LOAD_FLAGS:-} "$@" --json="$out/$name.json" \
     > "$out/$name.log" 2>&1
 }
+thread_cpu="$(dirname "$0")/thread_cpu.py"
+# run_sampled NAME ARGS...: run_load, and the server's CPU time per thread name over it in
+# $out/NAME.threads.json (thread_cpu.py; $pid is the server's process).
+run_sampled() {
+  local name=$1
+  python3 "$thread_cpu" snapshot "$pid" > "$out/$name.threads_before"
+  run_load "$@"
+  python3 "$thread_cpu" snapshot "$pid" > "$out/$name.threads_after"
+  python3 "$thread_cpu" diff "$out/$name.threads_before" "$out/$name.threads_after" \
+    > "$out/$name.threads.json"
+}
 # load_summary NAME: one JSON object {rps, p50_us, p99_us, errors, requests, server_queue_p50_us,
-# batch_requests_mean} from run_load's JSON (throughput.requests_per_s, latency_ms, server_ms,
-# requests_ok / requests_failed, server_batch_requests_mean).
+# batch_requests_mean, client_cpu_cores, server_cpu_cores} from run_load's JSON
+# (throughput.requests_per_s, latency_ms, server_ms, requests_ok / requests_failed,
+# server_batch_requests_mean, client_cpu_cores) and run_sampled's NAME.threads.json if there is one.
 load_summary() {
-  python3 - "$out/$1.json" <<'PY'
-import json, sys
+  python3 - "$out/$1.json" "$out/$1.threads.json" <<'PY'
+import json, os, sys
 r = json.load(open(sys.argv[1]))
+threads = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else None
 print(json.dumps({"rps": r["throughput"]["requests_per_s"],
                   "p50_us": r["latency_ms"]["p50"] * 1e3, "p99_us": r["latency_ms"]["p99"] * 1e3,
                   "errors": r["requests_failed"], "requests": r["requests_ok"],
                   "server_queue_p50_us": r["server_ms"]["queue_p50"] * 1e3,
-                  "batch_requests_mean": r["server_batch_requests_mean"]}))
+                  "batch_requests_mean": r["server_batch_requests_mean"],
+                  "client_cpu_cores": r.get("client_cpu_cores"),
+                  "server_cpu_cores": threads["total_cores"] if threads else None}))
 PY
 }
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +138,11 @@ run_server_scenarios() {  # NAME BATCHING
     --batching="$batching" "${extra_server_flags[@]}"
   metrics_address=127.0.0.1:$(metrics_port "$name")
   echo "== $name: $address (metrics $metrics_address)" >&2
-  run_load "small_c64_$name" "$address" 64 "${SMALL[@]}"
+  run_sampled "small_c64_$name" "$address" 64 "${SMALL[@]}"
   scrape "lone_${name}_before"
   run_load "lone_$name" "$address" 1 "${SMALL[@]}"
   scrape "lone_${name}_after"
-  if [ "$batching" = true ]; then run_load large_server "$address" "$large_concurrency" "${LARGE[@]}"; fi
+  if [ "$batching" = true ]; then run_sampled large_server "$address" "$large_concurrency" "${LARGE[@]}"; fi
   stop_server
 }
 
@@ -135,8 +150,8 @@ run_server_scenarios batched true
 run_server_scenarios unbatched false
 start_server echo "${echo_argv[@]}" --address=127.0.0.1:0
 echo "== echo: $address" >&2
-run_load small_c64_echo "$address" 64 "${SMALL[@]}"
-run_load large_echo "$address" "$large_concurrency" "${LARGE[@]}"
+run_sampled small_c64_echo "$address" 64 "${SMALL[@]}"
+run_sampled large_echo "$address" "$large_concurrency" "${LARGE[@]}"
 stop_server
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1 || true)
@@ -149,7 +164,7 @@ done)
 python3 - "$out" "${device:-unknown}" "$commit" "$duration" "$large_concurrency" "$large_seqlen" <<PY
 import json, sys, datetime, platform
 out, device, commit, duration, large_concurrency, large_seqlen = sys.argv[1:7]
-runs = {${summaries%,}}
+runs = json.loads(r"""{${summaries%,}}""")  # load_summary wrote JSON (null, not None)
 
 def queue_wait(name):
     """The queue_wait histogram over one run (after minus before): observations, share at or
@@ -201,13 +216,15 @@ s["3_large_goodput_vs_echo"]["pass"] = s["3_large_goodput_vs_echo"]["value"] >= 
 s["4_idle_queue_wait_p50_us"]["pass"] = idle["share_le_100us"] >= 0.5
 json.dump(results, open(f"{out}/results.json", "w"), indent=2)
 
-rows = ["| run | in flight | req/s | p50 us | p99 us | requests per launch | errors |",
-        "|---|---|---|---|---|---|---|"]
+rows = ["| run | in flight | req/s | p50 us | p99 us | requests per launch | errors | server cores | load cores |",
+        "|---|---|---|---|---|---|---|---|---|"]
+cores = lambda c: "-" if c is None else f"{c:.2f}"
 flight = {"small_c64_batched": 64, "small_c64_unbatched": 64, "small_c64_echo": 64, "lone_batched": 1,
           "lone_unbatched": 1, "large_server": int(large_concurrency), "large_echo": int(large_concurrency)}
 for name, v in runs.items():
     rows.append(f"| {name} | {flight[name]} | {v['rps']:.1f} | {v['p50_us']:.0f} | {v['p99_us']:.0f} "
-                f"| {v['batch_requests_mean']:.2f} | {v['errors']} |")
+                f"| {v['batch_requests_mean']:.2f} | {v['errors']} | {cores(v['server_cpu_cores'])} "
+                f"| {cores(v['client_cpu_cores'])} |")
 rows += ["", "| scenario | value | target | pass |", "|---|---|---|---|"]
 for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"

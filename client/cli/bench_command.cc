@@ -2,6 +2,7 @@
 // requests in flight (unary calls, or one stream per channel with --stream) for a duration or a
 // request count after a warmup, and reports client-side throughput and latency percentiles with
 // the medians of the server-reported timings, as a table and optionally as JSON.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,6 +88,9 @@ struct Report {
   double p50_ms = 0, p90_ms = 0, p99_ms = 0, max_ms = 0, mean_ms = 0;
   double queue_ms = 0, transfer_ms = 0, kernel_ms = 0, total_ms = 0;  // medians
   double batch_requests_mean = 0;
+  // CPU time of this process (all threads) over the whole run, warmup included, per wall second:
+  // the cores the load generator itself took from a host it shares with the server.
+  double client_cpu_cores = 0;
   // Status code name -> count and the first message.
   std::map<std::string, std::pair<int64_t, std::string>> errors;
 };
@@ -121,6 +125,8 @@ class LoadGenerator {
       last_completion_ = measure_start_;
       active_slots_ = flags_.concurrency;
     }
+    const double cpu_start_s = ProcessCpuSeconds();
+    const Clock::time_point wall_start = Clock::now();
     for (int slot = 0; slot < flags_.concurrency; ++slot) Issue(slot);
     std::unique_lock<std::mutex> lock(mu_);
     int64_t last_completed = 0;
@@ -136,15 +142,26 @@ class LoadGenerator {
       DrawProgress(now, rate);
     }
     lock.unlock();
+    const double wall_s = std::chrono::duration<double>(Clock::now() - wall_start).count();
+    const double client_cpu_cores = wall_s > 0 ? (ProcessCpuSeconds() - cpu_start_s) / wall_s : 0;
     if (progress) std::printf("\r%*s\r", 100, "");
     for (const std::unique_ptr<StreamSession>& session : sessions_) {
       absl::Status status = session->Finish();
       if (!status.ok()) std::fprintf(stderr, "stream ended with %s\n", status.ToString().c_str());
     }
-    return Summarize();
+    Report report = Summarize();
+    report.client_cpu_cores = client_cpu_cores;
+    return report;
   }
 
  private:
+  static double ProcessCpuSeconds() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    const auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+  }
+
   static Clock::duration ToDuration(double seconds) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   }
@@ -323,6 +340,8 @@ void PrintReport(const std::string& target, const BenchFlags& flags,
                                             "total %.3f",
                                             r.queue_ms, r.transfer_ms, r.kernel_ms, r.total_ms));
   row("server batch", absl::StrFormat("%.2f requests per launch (mean)", r.batch_requests_mean));
+  row("load generator",
+      absl::StrFormat("%.2f CPU cores busy (mean over the run)", r.client_cpu_cores));
   for (const auto& [code, error] : r.errors) {
     row("error", absl::StrFormat("%s x %d: %s", code, error.first, error.second));
   }
@@ -357,6 +376,7 @@ std::string ReportJson(const std::string& target, const BenchFlags& flags,
       "  \"server_ms\": {\"queue_p50\": %.6f, \"transfer_p50\": %.6f, \"kernel_p50\": %.6f, "
       "\"total_p50\": %.6f},\n"
       "  \"server_batch_requests_mean\": %.3f,\n"
+      "  \"client_cpu_cores\": %.3f,\n"
       "  \"errors\": {%s}\n"
       "}\n",
       JsonString(target), flags.stream ? "stream" : "unary", flags.concurrency, flags.channels,
@@ -365,7 +385,8 @@ std::string ReportJson(const std::string& target, const BenchFlags& flags,
       request.causal() ? "true" : "false", shape.query_tokens, request.ByteSizeLong(),
       flags.warmup_s, r.duration_s, r.ok, r.failed, r.requests_per_s, r.tokens_per_s,
       r.request_bytes_per_s, r.response_bytes_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms,
-      r.mean_ms, r.queue_ms, r.transfer_ms, r.kernel_ms, r.total_ms, r.batch_requests_mean, errors);
+      r.mean_ms, r.queue_ms, r.transfer_ms, r.kernel_ms, r.total_ms, r.batch_requests_mean,
+      r.client_cpu_cores, errors);
 }
 
 }  // namespace

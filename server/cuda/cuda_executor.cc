@@ -13,6 +13,7 @@
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/thread_name.h"
 #include "server/worker_pool.h"
 
 namespace attention::server {
@@ -115,10 +116,16 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(int device,
                                                                    Metrics* metrics) {
   std::unique_ptr<CudaExecutor> executor(new CudaExecutor(device, metrics));
   if (absl::Status s = executor->Init(options); !s.ok()) return s;
-  executor->staging_pool_ = std::make_unique<WorkerPool>(kStagingThreads);
-  executor->completion_pool_ = std::make_unique<WorkerPool>(kCompletionThreads);
-  executor->stager_ = std::thread([e = executor.get()] { e->StageLoop(); });
-  executor->completer_ = std::thread([e = executor.get()] { e->CompleteLoop(); });
+  executor->staging_pool_ = std::make_unique<WorkerPool>(kStagingThreads, "attn-stage-pool");
+  executor->completion_pool_ = std::make_unique<WorkerPool>(kCompletionThreads, "attn-done-pool");
+  executor->stager_ = std::thread([e = executor.get()] {
+    NameThisThread("attn-stager");
+    e->StageLoop();
+  });
+  executor->completer_ = std::thread([e = executor.get()] {
+    NameThisThread("attn-completer");
+    e->CompleteLoop();
+  });
   return executor;
 }
 
