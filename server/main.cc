@@ -36,6 +36,7 @@
 #include "server/log.h"
 #include "server/metrics/exposer.h"
 #include "server/metrics/metrics.h"
+#include "server/output_pool.h"
 #include "server/service.h"
 #include "server/tls.h"
 #include "server/validation.h"
@@ -72,6 +73,10 @@ ABSL_FLAG(int32_t, max_stream_in_flight, 1024,
 ABSL_FLAG(int64_t, device_memory_bytes, 0, "Device memory pool per GPU in bytes (0 = auto)");
 ABSL_FLAG(int64_t, pinned_host_bytes, int64_t{1} << 30,
           "Pinned host staging per GPU executor (CPU backend: its packing buffer bound), bytes");
+ABSL_FLAG(int32_t, output_pool_mb, 256,
+          "Answers' output buffers kept for later answers once gRPC has sent them, in MiB (0: "
+          "each answer allocates its own, faulting its pages in; bench/results/"
+          "serving_2026-12-03_h200.md)");
 ABSL_FLAG(int32_t, pipeline_depth, 6,
           "Batches a GPU executor holds at once (upload / kernel / download overlap)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30,
@@ -168,6 +173,9 @@ absl::Status CheckFlags() {
            {"keepalive_min_client_interval_s",
             absl::GetFlag(FLAGS_keepalive_min_client_interval_s)}}) {
     if (absl::Status s = positive(name, value); !s.ok()) return s;
+  }
+  if (absl::GetFlag(FLAGS_output_pool_mb) < 0) {
+    return absl::InvalidArgumentError("--output_pool_mb must be >= 0");
   }
   if (absl::GetFlag(FLAGS_max_message_bytes) > INT_MAX) {
     return absl::InvalidArgumentError("--max_message_bytes must be at most 2^31 - 1");
@@ -289,6 +297,7 @@ int Serve() {
     }
   }
 
+  OutputPool::Process().SetCapacity(int64_t{absl::GetFlag(FLAGS_output_pool_mb)} << 20);
   ExecutorOptions executor_options;
   executor_options.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
   executor_options.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);

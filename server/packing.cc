@@ -5,6 +5,8 @@
 #include <string>
 #include <utility>
 
+#include "server/output_pool.h"
+
 namespace attention::server {
 namespace {
 
@@ -275,9 +277,9 @@ void ScatterOutputs(const Batch& batch, const char* outputs) {
   for (size_t i = 0; i < batch.jobs.size(); ++i) {
     const Job& job = *batch.jobs[i];
     SetOutputHeaders(job);
-    // assign, not resize + copy: o is written once.
-    job.response->mutable_o()->mutable_data()->assign(JobOutput(batch, i, outputs),
-                                                      static_cast<size_t>(job.spec.q_bytes));
+    std::string* o_data = job.response->mutable_o()->mutable_data();
+    *o_data = OutputPool::Process().Take(static_cast<size_t>(job.spec.q_bytes));
+    std::memcpy(o_data->data(), JobOutput(batch, i, outputs), o_data->size());
     if (!job.spec.return_lse) continue;
     job.response->mutable_lse()->mutable_data()->resize(static_cast<size_t>(job.spec.lse_bytes));
     copies.clear();
@@ -289,7 +291,7 @@ void ScatterOutputs(const Batch& batch, const char* outputs) {
 void SizeJobOutputs(const Job& job, char** o, float** lse) {
   SetOutputHeaders(job);
   std::string* o_data = job.response->mutable_o()->mutable_data();
-  o_data->resize(static_cast<size_t>(job.spec.q_bytes));
+  *o_data = OutputPool::Process().Take(static_cast<size_t>(job.spec.q_bytes));
   *o = o_data->data();
   *lse = nullptr;
   if (job.spec.return_lse) {

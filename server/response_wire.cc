@@ -1,13 +1,16 @@
 #include "server/response_wire.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/slice.h"
+#include "server/output_pool.h"
 
 namespace attention::server {
 namespace {
@@ -15,7 +18,11 @@ namespace {
 using google::protobuf::internal::WireFormatLite;
 using google::protobuf::io::CodedOutputStream;
 
-void DeleteString(void* data) { delete static_cast<std::string*>(data); }
+// gRPC is done with o's data: the buffer goes back to the pool for a later answer.
+void ReleaseOutput(void* data) {
+  std::unique_ptr<std::string> o(static_cast<std::string*>(data));
+  OutputPool::Process().Give(std::move(*o));
+}
 
 }  // namespace
 
@@ -49,7 +56,7 @@ void SerializeResponseWithoutCopy(v1::AttentionResponse* response, grpc::ByteBuf
   const std::string rest = response->SerializeAsString();
   response->Clear();
   const grpc::Slice slices[3] = {grpc::Slice(prefix),
-                                 grpc::Slice(data->data(), data->size(), DeleteString, data),
+                                 grpc::Slice(data->data(), data->size(), ReleaseOutput, data),
                                  grpc::Slice(rest)};
   grpc::ByteBuffer buffer(slices, rest.empty() ? 2 : 3);
   wire->Swap(&buffer);

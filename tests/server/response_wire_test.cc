@@ -11,6 +11,7 @@
 #include "attention/v1/attention.pb.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "grpcpp/support/slice.h"
+#include "server/output_pool.h"
 #include "tests/server/server_test_util.h"
 
 namespace attention::server {
@@ -98,6 +99,23 @@ TEST(ResponseWireTest, OutputBufferIsHandedOverNotCopied) {
     found = found || (reinterpret_cast<const char*>(s.begin()) == o_buffer && s.size() == 1u << 20);
   }
   EXPECT_TRUE(found);
+}
+
+TEST(ResponseWireTest, OutputBufferGoesBackToThePoolWhenGrpcReleasesIt) {
+  OutputPool& pool = OutputPool::Process();
+  pool.SetCapacity(int64_t{4} << 20);
+  std::mt19937 rng(4);
+  AttentionResponse response = MakeResponse(rng, size_t{1} << 20, false);
+  const char* o_buffer = response.o().data().data();
+  {
+    grpc::ByteBuffer wire;
+    SerializeResponseWithoutCopy(&response, &wire);
+    EXPECT_EQ(pool.kept_bytes(), 0);  // still gRPC's
+  }
+  EXPECT_GE(pool.kept_bytes(), int64_t{1} << 20);
+  const std::string next = pool.Take(size_t{1} << 20);
+  EXPECT_EQ(next.data(), o_buffer);
+  pool.SetCapacity(0);
 }
 
 }  // namespace
