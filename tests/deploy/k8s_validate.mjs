@@ -344,10 +344,12 @@ for (const [render, list] of renders) {
     return m ? Number(m[1]) * (unit[m[2]] ?? 1) : NaN;
   };
   const flagBytes = (f) => Number(args[f] ?? 0);
+  // --output_pool_mb defaults to 256 when the Deployment does not pass it.
+  const outputPool = Number(args.output_pool_mb ?? 256) * 2 ** 20;
   const needed = flagBytes("pinned_host_bytes") * Math.max(gpus, 1) + flagBytes("max_queue_bytes") +
-    2 * flagBytes("max_message_bytes") + 512 * 2 ** 20;
+    2 * flagBytes("max_message_bytes") + outputPool + 512 * 2 ** 20;
   check(bytes(lim.memory) >= needed,
-    `${p} memory limit ${lim.memory} covers pinned + queue + 2 messages + 512Mi (${(needed / 2 ** 30).toFixed(2)} GiB)`);
+    `${p} memory limit ${lim.memory} covers pinned + queue + 2 messages + output pool + 512Mi (${(needed / 2 ** 30).toFixed(2)} GiB)`);
   if (render.includes("gpu")) {
     check(gpus >= 1, `${p} nvidia.com/gpu limit (${gpus})`);
     check(Object.keys(pod.nodeSelector ?? {}).length > 0, `${p} node selector for GPU nodes`);
