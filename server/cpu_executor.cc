@@ -68,8 +68,11 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
     AttentionParams p = MakeJobParams(job, o, lse);
     if (!job.spec.inputs_contiguous()) GatherJobInputs(job, &gathered_, &p);
     const Clock::time_point start = Clock::now();
+    batch.timings.staged = start;
     absl::Status status = backend_.Run(p);
     batch.timings.kernel_ns = NanosSince(start);
+    // The kernel wrote o into the answer itself: nothing to scatter.
+    batch.timings.device_done = batch.timings.scattered = Clock::now();
     // A buffer grown for one large request is not kept (packed batches are bounded by
     // max_batch_bytes_, a lone request is not).
     if (static_cast<int64_t>(gathered_.capacity()) > max_batch_bytes_) {
@@ -90,9 +93,12 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   StageInputs(batch, inputs);
   const AttentionParams p = MakeBatchParams(batch, inputs, outputs);
   const Clock::time_point start = Clock::now();
+  batch.timings.staged = start;
   absl::Status status = backend_.Run(p);
   batch.timings.kernel_ns = NanosSince(start);
+  batch.timings.device_done = Clock::now();
   if (status.ok()) ScatterOutputs(batch, outputs);
+  batch.timings.scattered = Clock::now();
   return status;
 }
 

@@ -15,6 +15,12 @@ int64_t Nanos(Clock::duration d) {
 
 double Seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
 
+// Observes `to - from` as `stage` when the executor recorded both ends.
+void ObserveInterval(Metrics& metrics, Stage stage, Clock::time_point from, Clock::time_point to) {
+  if (from == Clock::time_point{} || to == Clock::time_point{} || to < from) return;
+  metrics.ObserveStage(stage, Seconds(Nanos(to - from)));
+}
+
 }  // namespace
 
 int64_t Batch::queued_bytes() const {
@@ -50,6 +56,9 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
       if (t.device_to_host_ns > 0) {
         batch->metrics->ObserveStage(Stage::kDeviceToHost, Seconds(t.device_to_host_ns));
       }
+      ObserveInterval(*batch->metrics, Stage::kStaging, t.started, t.staged);
+      ObserveInterval(*batch->metrics, Stage::kDevice, t.staged, t.device_done);
+      ObserveInterval(*batch->metrics, Stage::kScatter, t.device_done, t.scattered);
     }
   }
   if (!status.ok()) {
@@ -65,10 +74,14 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
     JobCompletion* completion = jobs[i]->completion;
     completion->Complete(std::move(jobs[i]), status);
   };
+  const Clock::time_point answering = Clock::now();
   if (pool != nullptr) {
     pool->Run(jobs.size(), complete);
   } else {
     for (size_t i = 0; i < jobs.size(); ++i) complete(i);
+  }
+  if (status.ok() && batch->metrics != nullptr) {
+    ObserveInterval(*batch->metrics, Stage::kAnswer, answering, Clock::now());
   }
   if (batch->on_finished) batch->on_finished(*batch);
 }

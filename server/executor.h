@@ -130,6 +130,12 @@ struct BatchLayout {
 // copies of the CPU backend).
 struct BatchTimings {
   Clock::time_point started;  // the executor began this batch (staging its inputs)
+  // The batch's host-side milestones after `started`, each left unset (epoch) by an executor that
+  // has no such step: its inputs staged and its work handed to the device (or the CPU kernel
+  // about to run); the executor saw the device finish it (outputs downloaded, or the CPU kernel
+  // returned); its outputs copied into the answers. FinishBatch turns them into the staging,
+  // device, scatter and answer stages.
+  Clock::time_point staged, device_done, scattered;
   int64_t host_to_device_ns = 0;
   int64_t kernel_ns = 0;
   int64_t device_to_host_ns = 0;

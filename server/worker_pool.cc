@@ -31,21 +31,28 @@ void WorkerPool::Run(size_t n, const std::function<void(size_t)>& task) {
     for (size_t i = 0; i < n; ++i) task(i);
     return;
   }
-  std::lock_guard<std::mutex> run_lock(run_mu_);
+  Call call{&task, n, 0, n};
   {
     std::lock_guard<std::mutex> lock(mu_);
-    task_ = &task;
-    next_ = 0;
-    count_ = n;
-    remaining_ = n;
-    ++generation_;
+    calls_.push_back(&call);
   }
   cv_.notify_all();
-  RunTasks();
+  // The caller takes only its own call's tasks: it returns as soon as they are done.
   std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return remaining_ == 0; });
-  task_ = nullptr;
-  count_ = 0;
+  while (call.next < call.count) {
+    const size_t index = TakeTask(&call);
+    lock.unlock();
+    task(index);
+    lock.lock();
+    --call.remaining;
+  }
+  done_cv_.wait(lock, [&call] { return call.remaining == 0; });
+}
+
+size_t WorkerPool::TakeTask(Call* call) {
+  const size_t index = call->next++;
+  if (call->next == call->count) calls_.erase(std::find(calls_.begin(), calls_.end(), call));
+  return index;
 }
 
 void WorkerPool::Copy(const std::vector<HostCopy>& copies, int64_t piece_bytes) {
@@ -75,31 +82,17 @@ void WorkerPool::Copy(const std::vector<HostCopy>& copies, int64_t piece_bytes) 
 }
 
 void WorkerPool::Work() {
-  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || (generation_ != seen && next_ < count_); });
-      if (stopping_) return;
-      seen = generation_;
-    }
-    RunTasks();
-  }
-}
-
-void WorkerPool::RunTasks() {
-  while (true) {
-    size_t index = 0;
-    const std::function<void(size_t)>* task = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (task_ == nullptr || next_ >= count_) return;
-      index = next_++;
-      task = task_;
-    }
-    (*task)(index);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--remaining_ == 0) done_cv_.notify_all();
+    cv_.wait(lock, [this] { return stopping_ || !calls_.empty(); });
+    if (stopping_) return;
+    Call* call = calls_.front();
+    const size_t index = TakeTask(call);
+    lock.unlock();
+    (*call->task)(index);
+    lock.lock();
+    // The caller waits for this under mu_: `call` is alive until the count reaches 0.
+    if (--call->remaining == 0) done_cv_.notify_all();
   }
 }
 

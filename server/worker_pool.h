@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -26,7 +27,9 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   // Calls task(i) for every i in [0, n), spread over the workers and the calling thread; returns
-  // when all have returned. Calls from different threads take turns (one Run at a time).
+  // when all have returned. Calls from different threads run at the same time: each caller works
+  // on its own call's tasks, and a free worker takes the next task of the oldest call that has
+  // tasks left, so one caller's long call never holds another caller up.
   void Run(size_t n, const std::function<void(size_t)>& task);
 
   // Runs the copies in pieces of at most `piece_bytes` bytes, in parallel.
@@ -35,16 +38,19 @@ class WorkerPool {
   int threads() const { return static_cast<int>(workers_.size()); }
 
  private:
+  // One Run in progress, on its caller's stack: tasks [next, count) are still to be taken;
+  // `remaining` counts the ones not finished.
+  struct Call {
+    const std::function<void(size_t)>* task;
+    size_t count, next, remaining;
+  };
   void Work();
-  // Takes tasks of the current Run until none is left; the last one done wakes Run.
-  void RunTasks();
+  // Takes the next task of `call` (under mu_); the call leaves calls_ with its last task.
+  size_t TakeTask(Call* call);
 
-  std::mutex run_mu_;  // one Run at a time
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(size_t)>* task_ = nullptr;
-  size_t next_ = 0, count_ = 0, remaining_ = 0;
-  uint64_t generation_ = 0;
+  std::deque<Call*> calls_;  // calls with tasks left to take, oldest first
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

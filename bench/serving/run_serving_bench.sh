@@ -138,11 +138,17 @@ run_server_scenarios() {  # NAME BATCHING
     --batching="$batching" "${extra_server_flags[@]}"
   metrics_address=127.0.0.1:$(metrics_port "$name")
   echo "== $name: $address (metrics $metrics_address)" >&2
+  scrape "small_c64_${name}_before"
   run_sampled "small_c64_$name" "$address" 64 "${SMALL[@]}"
+  scrape "small_c64_${name}_after"
   scrape "lone_${name}_before"
   run_load "lone_$name" "$address" 1 "${SMALL[@]}"
   scrape "lone_${name}_after"
-  if [ "$batching" = true ]; then run_sampled large_server "$address" "$large_concurrency" "${LARGE[@]}"; fi
+  if [ "$batching" = true ]; then
+    scrape large_server_before
+    run_sampled large_server "$address" "$large_concurrency" "${LARGE[@]}"
+    scrape large_server_after
+  fi
   stop_server
 }
 
@@ -190,6 +196,27 @@ def queue_wait(name):
         lower, below = le, c
     return {"observations": n, "share_le_100us": share, "p50_us": p50}
 
+def stage_means(name):
+    """Mean seconds of each attention_stage_duration_seconds stage over one run (after minus
+    before, sum / count), in us; stages not observed in the run are left out."""
+    def read(path):
+        sums, counts = {}, {}
+        for line in open(path):
+            if not line.startswith("attention_stage_duration_seconds_"):
+                continue
+            stage = line.split('stage="')[1].split('"')[0]
+            if line.startswith("attention_stage_duration_seconds_sum"):
+                sums[stage] = float(line.split()[-1])
+            elif line.startswith("attention_stage_duration_seconds_count"):
+                counts[stage] = float(line.split()[-1])
+        return sums, counts
+    (s0, c0), (s1, c1) = read(f"{out}/{name}_before.metrics"), read(f"{out}/{name}_after.metrics")
+    return {st: (s1[st] - s0.get(st, 0.0)) / (c1[st] - c0.get(st, 0.0)) * 1e6
+            for st in c1 if c1[st] > c0.get(st, 0.0)}
+
+for name in ("small_c64_batched", "small_c64_unbatched", "large_server"):
+    runs[name]["stage_mean_us"] = stage_means(name)
+
 idle = queue_wait("lone_batched")
 idle["server_queue_p50_us_reported"] = runs["lone_batched"]["server_queue_p50_us"]
 r = runs
@@ -230,6 +257,13 @@ for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
     verdict = "-" if v["pass"] is None else ("yes" if v["pass"] else "NO")
     rows.append(f"| {name} | {value} | {v['target']} | {verdict} |")
+# Where a batch's time goes on the server, mean us per stage (the server's stage histograms).
+stages = ["queue_wait", "staging", "host_to_device", "kernel", "device_to_host", "device",
+          "scatter", "answer"]
+rows += ["", "| run (mean us) | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+for name in ("small_c64_batched", "small_c64_unbatched", "large_server"):
+    m = runs[name]["stage_mean_us"]
+    rows.append(f"| {name} | " + " | ".join(f"{m[st]:.0f}" if st in m else "-" for st in stages) + " |")
 header = f"Serving benchmark, {results['date']}, commit {commit}, device {device}, host {results['host']}, {duration} s per run\n\n"
 open(f"{out}/table.md", "w").write(header + "\n".join(rows) + "\n")
 print(header + "\n".join(rows))

@@ -7,8 +7,8 @@
 
 A thread's CPU time is utime + stime from /proc/PID/task/TID/stat; "cores" is CPU seconds per
 wall second between the snapshots, so 1.0 is one core kept busy. The server names its own
-threads (attn-stager, attn-completer, attn-stage-pool, attn-done-pool, attn-batcher); gRPC's
-keep theirs. Threads that ended between the snapshots are not counted.
+threads (attn-stager, attn-completer, attn-finisher, attn-stage-pool, attn-done-pool,
+attn-batcher); gRPC's keep theirs. Threads that ended between the snapshots are not counted.
 """
 import json
 import os

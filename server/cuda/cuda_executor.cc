@@ -76,11 +76,20 @@ int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
 // Batches with at most this many input bytes are staged by one thread, and may be launched
 // inline by Submit: a copy of a few MiB takes well under a millisecond.
 constexpr int64_t kSmallBatchBytes = int64_t{4} << 20;
+// Stager threads: each takes the next submitted batch and a free slot, and stages and launches it
+// on the slot's own stream, so that small batches (staged by one thread each) are staged side by
+// side instead of one after the other.
+constexpr int kStagerThreads = 2;
 // Larger batches are copied in pieces by the staging pool and the stager together: one thread's
 // memcpy into pinned memory runs at a few GB/s, well below what the upload can take. Outputs are
 // scattered, and answers serialized, the same way by the completion pool and the completer.
 constexpr int kStagingThreads = 4;
 constexpr int kCompletionThreads = 4;
+// Finisher threads: each takes the next batch the completer saw done, copies its outputs into the
+// answers and hands the answers to gRPC, so that one batch's answers (tens to hundreds of us each:
+// serialization and gRPC's send) do not hold up the batches done after it. One completer waits
+// on the device (a CUDA wait spins on its thread's core); the finishers only ever wait on a lock.
+constexpr int kFinisherThreads = 3;
 // Below this many output bytes the completer scatters alone (waking the pool costs more).
 constexpr int64_t kParallelScatterBytes = int64_t{1} << 20;
 
@@ -118,14 +127,22 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(int device,
   if (absl::Status s = executor->Init(options); !s.ok()) return s;
   executor->staging_pool_ = std::make_unique<WorkerPool>(kStagingThreads, "attn-stage-pool");
   executor->completion_pool_ = std::make_unique<WorkerPool>(kCompletionThreads, "attn-done-pool");
-  executor->stager_ = std::thread([e = executor.get()] {
-    NameThisThread("attn-stager");
-    e->StageLoop();
-  });
+  for (int i = 0; i < kStagerThreads; ++i) {
+    executor->stagers_.emplace_back([e = executor.get()] {
+      NameThisThread("attn-stager");
+      e->StageLoop();
+    });
+  }
   executor->completer_ = std::thread([e = executor.get()] {
     NameThisThread("attn-completer");
     e->CompleteLoop();
   });
+  for (int i = 0; i < kFinisherThreads; ++i) {
+    executor->finishers_.emplace_back([e = executor.get()] {
+      NameThisThread("attn-finisher");
+      e->FinishLoop();
+    });
+  }
   return executor;
 }
 
@@ -267,7 +284,9 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!broken_ && !stopping_) {
-      if (submitted_.empty() && !free_slots_.empty() &&
+      // Inline only on an idle device: under load the batcher thread must go back to forming
+      // batches, and the stagers stage this one beside the others.
+      if (submitted_.empty() && free_slots_.size() == slots_.size() &&
           batch->layout.input_bytes <= kSmallBatchBytes) {
         inline_slot = free_slots_.front();
         free_slots_.pop_front();
@@ -296,8 +315,13 @@ void CudaExecutor::Shutdown() {
     stopping_ = true;
     cv_.notify_all();
   }
-  if (stager_.joinable()) stager_.join();
+  for (std::thread& stager : stagers_) {
+    if (stager.joinable()) stager.join();
+  }
   if (completer_.joinable()) completer_.join();
+  for (std::thread& finisher : finishers_) {
+    if (finisher.joinable()) finisher.join();
+  }
 }
 
 void CudaExecutor::StageLoop() {
@@ -415,6 +439,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       !s.ok()) {
     return s;
   }
+  batch.timings.staged = Clock::now();
   slot.device_bytes_used = workspace_offset + workspace_bytes;
   ReportMemory(slot.device_bytes_used);
   // While the device works: allocate and size the responses' outputs, so that the completer only
@@ -423,40 +448,65 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   return absl::OkStatus();
 }
 
+// Every slot comes back to free_slots_ through FinishLoop, so "every slot free" (with nothing
+// submitted) means that no batch is left anywhere in the pipeline.
+bool CudaExecutor::Drained() const {
+  return stopping_ && submitted_.empty() && free_slots_.size() == slots_.size();
+}
+
 void CudaExecutor::CompleteLoop() {
   cudaSetDevice(device_index_);
   while (true) {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] {
-        return !in_flight_.empty() ||
-               (stopping_ && submitted_.empty() && free_slots_.size() == slots_.size());
-      });
-      if (in_flight_.empty()) return;  // stopping, nothing submitted, every slot back
+      cv_.wait(lock, [this] { return !in_flight_.empty() || Drained(); });
+      if (in_flight_.empty()) return;  // stopping, and nothing left to wait for
       slot = in_flight_.front();
       in_flight_.pop_front();
     }
-    std::unique_ptr<Batch> batch = std::move(slot->batch);
     cudaError_t completion = cudaEventSynchronize(slot->downloaded);
     if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
     absl::Status status = CheckCuda(completion, "batch completion");
+    slot->batch->timings.device_done = Clock::now();
     if (status.ok()) {
-      batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
-      batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
-      batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
-      const char* outputs = slot->pinned + batch->layout.input_bytes;
-      output_copies_.clear();
-      for (size_t i = 0; i < batch->jobs.size(); ++i) {
-        AppendJobOutputCopies(*batch, i, outputs, &output_copies_);
-      }
-      if (batch->layout.output_bytes >= kParallelScatterBytes) {
-        completion_pool_->Copy(output_copies_);
-      } else {
-        RunCopies(output_copies_);
-      }
+      slot->batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
+      slot->batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
+      slot->batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
     } else {
       cudaStreamSynchronize(slot->stream);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    done_.push_back(DoneSlot{slot, std::move(status)});
+    cv_.notify_all();
+  }
+}
+
+void CudaExecutor::FinishLoop() {
+  std::vector<HostCopy> output_copies;  // reused from batch to batch
+  while (true) {
+    DoneSlot done;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return !done_.empty() || Drained(); });
+      if (done_.empty()) return;  // stopping, and nothing left to finish
+      done = std::move(done_.front());
+      done_.pop_front();
+    }
+    Slot* slot = done.slot;
+    std::unique_ptr<Batch> batch = std::move(slot->batch);
+    if (done.status.ok()) {
+      const char* outputs = slot->pinned + batch->layout.input_bytes;
+      output_copies.clear();
+      for (size_t i = 0; i < batch->jobs.size(); ++i) {
+        AppendJobOutputCopies(*batch, i, outputs, &output_copies);
+      }
+      if (batch->layout.output_bytes >= kParallelScatterBytes) {
+        completion_pool_->Copy(output_copies);
+      } else {
+        RunCopies(output_copies);
+      }
+      batch->timings.scattered = Clock::now();
     }
     ReportMemory(-slot->device_bytes_used);
     slot->device_bytes_used = 0;
@@ -465,7 +515,7 @@ void CudaExecutor::CompleteLoop() {
       free_slots_.push_back(slot);
       cv_.notify_all();
     }
-    FinishBatch(std::move(batch), status, completion_pool_.get());
+    FinishBatch(std::move(batch), done.status, completion_pool_.get());
   }
 }
 

@@ -6,19 +6,22 @@
 // slots; a batch occupies one slot of each from staging to its last download, so no request ever
 // allocates device or pinned memory.
 //
-// Pipeline: every slot has its own stream. A stager thread takes a submitted batch, waits for a
-// free slot, copies each job's q/k/v bytes from the gRPC slices they arrived in into the slot's
-// pinned block (the one host copy of an input byte; a large batch's copies are split across a few
-// staging threads), then enqueues upload -> kernel -> download on the slot's stream, bracketed by
-// events. With three slots, batch i+1's upload runs on the copy engine while batch i's kernel runs
-// on the SMs and batch i-1's download drains. While the device works, the stager sizes each job's
-// response (allocating and touching its o / lse memory). A completer thread waits for each batch's
-// last event in submission order, copies o / lse from pinned memory into the responses and hands
-// the answers back, both split across a small completion pool, so that neither a large output nor a
-// batch of many answers is copied and serialized by one thread. gRPC and batcher threads never wait
-// for the GPU. A small batch submitted to an idle executor (free slot, nothing waiting) is staged
-// and launched by Submit itself: that saves a thread wake-up between a request's arrival and its
-// kernel launch.
+// Pipeline: every slot has its own stream. A stager thread (there are two) takes a submitted batch,
+// waits for a free slot, copies each job's q/k/v bytes from the gRPC slices they arrived in into
+// the slot's pinned block (the one host copy of an input byte; a large batch's copies are split
+// across a few staging threads), then enqueues upload -> kernel -> download on the slot's stream,
+// bracketed by events. With three slots, batch i+1's upload runs on the copy engine while batch i's
+// kernel runs on the SMs and batch i-1's download drains. While the device works, the stager sizes
+// each job's response (allocating and touching its o / lse memory). A completer thread waits for
+// each batch's last event in launch order and passes the batch on to one of a few finisher threads,
+// which copies o / lse from pinned memory into the responses, frees the slot and hands the answers
+// back, both split across a small completion pool, so that neither a large output nor a batch of
+// many answers is copied and serialized by one thread, and one batch's answers do not hold up the
+// next. gRPC and batcher threads never wait for the GPU. A small batch submitted to an idle
+// executor (every slot free, nothing waiting) is staged and launched by Submit itself: that saves a
+// thread wake-up between a lone request's arrival and its kernel launch. Under load Submit only
+// queues, so that the batcher thread (or the gRPC thread of the batcher's fast path) never stages a
+// batch while others are in flight.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -89,7 +92,12 @@ class CudaExecutor final : public Executor {
   void StageLoop();
   // Launch(slot); then the slot is in flight, or its batch failed and the slot is free again.
   void LaunchSlot(Slot* slot);
+  // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
+  // A finisher: copies a done batch's outputs into its answers, frees its slot, answers it.
+  void FinishLoop();
+  // Stopping, and no batch is left anywhere in the pipeline (under mu_).
+  bool Drained() const;
   // Stages `slot.batch` and enqueues its copies and kernel; an error fails only that batch.
   absl::Status Launch(Slot& slot);
   // Records a CUDA error: a sticky one stops the executor (and calls the fatal handler).
@@ -112,6 +120,11 @@ class CudaExecutor final : public Executor {
   std::deque<std::unique_ptr<Batch>> submitted_;  // waiting for a slot
   std::deque<Slot*> free_slots_;
   std::deque<Slot*> in_flight_;  // launched, in submission order
+  struct DoneSlot {
+    Slot* slot = nullptr;
+    absl::Status status;  // the batch's device work: OK, or why it failed
+  };
+  std::deque<DoneSlot> done_;  // seen done by the completer, waiting for a finisher
   bool stopping_ = false;
   // A sticky CUDA error: every later batch fails fast. Set under mu_, read without it by serving().
   std::atomic<bool> broken_{false};
@@ -119,10 +132,10 @@ class CudaExecutor final : public Executor {
 
   std::unique_ptr<WorkerPool> staging_pool_;     // splits large batches' input copies
   std::unique_ptr<WorkerPool> completion_pool_;  // output scatter and answers of a batch
-  std::vector<HostCopy> output_copies_;          // the completer's, reused from batch to batch
 
-  std::thread stager_;
+  std::vector<std::thread> stagers_;
   std::thread completer_;
+  std::vector<std::thread> finishers_;
 };
 
 // One executor per visible device; a device whose pools cannot be allocated is logged and left

@@ -22,7 +22,7 @@ namespace attention::server {
 namespace {
 
 constexpr int kNumMethods = 2;
-constexpr int kNumStages = 4;
+constexpr int kNumStages = 8;
 // grpc::StatusCode runs from OK (0) to UNAUTHENTICATED (16).
 constexpr int kNumCodes = 17;
 
@@ -99,6 +99,14 @@ std::string_view StageLabel(Stage stage) {
       return "kernel";
     case Stage::kDeviceToHost:
       return "device_to_host";
+    case Stage::kStaging:
+      return "staging";
+    case Stage::kDevice:
+      return "device";
+    case Stage::kScatter:
+      return "scatter";
+    case Stage::kAnswer:
+      return "answer";
   }
   return "unknown";
 }
@@ -209,7 +217,8 @@ Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry, const BuildInfo
                      .Name("attention_stage_duration_seconds")
                      .Help(
                          "Time spent in one stage: queue_wait per request; host_to_device, "
-                         "kernel and device_to_host per batch.")
+                         "kernel and device_to_host per batch on the device; staging, device, "
+                         "scatter and answer per batch on the host clock.")
                      .Register(r);
   for (int s = 0; s < kNumStages; ++s) {
     f.stage_latency[s] =

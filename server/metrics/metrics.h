@@ -46,12 +46,26 @@ std::string_view ServiceGitCommit();
 // RPC methods, as the `method` label.
 enum class Method { kAttention, kAttentionStream };
 
-// Stages of a request, each with its own latency histogram.
-enum class Stage { kQueueWait, kHostToDevice, kKernel, kDeviceToHost };
+// Stages of a request, each with its own latency histogram. queue_wait is per request, the others
+// per batch: host_to_device, kernel and device_to_host are timed on the device; staging, device,
+// scatter and answer by the host clock, one after the other from the batch's start to its answers
+// being handed to gRPC (staging: inputs copied into the staging buffer and the work enqueued;
+// device: until the executor sees the device done, which includes waiting behind earlier
+// batches; scatter: outputs copied into the answers; answer: answers serialized and finished).
+enum class Stage {
+  kQueueWait,
+  kHostToDevice,
+  kKernel,
+  kDeviceToHost,
+  kStaging,
+  kDevice,
+  kScatter,
+  kAnswer
+};
 
 // Label values, as exported: "Attention" / "AttentionStream"; "queue_wait" / "host_to_device" /
-// "kernel" / "device_to_host"; the canonical gRPC code name ("OK", "INVALID_ARGUMENT", ...,
-// "UNKNOWN" for a value outside the enum).
+// "kernel" / "device_to_host" / "staging" / "device" / "scatter" / "answer"; the canonical gRPC
+// code name ("OK", "INVALID_ARGUMENT", ..., "UNKNOWN" for a value outside the enum).
 std::string_view MethodLabel(Method method);
 std::string_view StageLabel(Stage stage);
 std::string_view StatusCodeLabel(grpc::StatusCode code);

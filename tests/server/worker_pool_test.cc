@@ -1,12 +1,15 @@
-// WorkerPool: every task runs exactly once per Run, concurrent callers take turns, and Copy
-// moves every byte whatever the piece size.
+// WorkerPool: every task runs exactly once per Run, concurrent callers each get all their tasks
+// and none waits for another's, and Copy moves every byte whatever the piece size.
 #include "server/worker_pool.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -28,7 +31,7 @@ TEST(WorkerPoolTest, EveryTaskRunsExactlyOnce) {
   }
 }
 
-TEST(WorkerPoolTest, ConcurrentCallersTakeTurnsAndEachGetsAllItsTasks) {
+TEST(WorkerPoolTest, ConcurrentCallersShareTheWorkersAndEachGetsAllItsTasks) {
   WorkerPool pool(3);
   constexpr int kCallers = 4;
   constexpr int kRounds = 200;
@@ -48,6 +51,38 @@ TEST(WorkerPoolTest, ConcurrentCallersTakeTurnsAndEachGetsAllItsTasks) {
   }
   for (std::thread& t : callers) t.join();
   for (int c = 0; c < kCallers; ++c) EXPECT_GT(sums[static_cast<size_t>(c)], 0);
+}
+
+// A call whose tasks are all blocked (here: until a second caller's call has finished) holds
+// neither the workers' other callers nor the pool: the second caller runs its own tasks.
+TEST(WorkerPoolTest, ACallDoesNotWaitForAnotherCallersBlockedTasks) {
+  WorkerPool pool(1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool first_started = false, second_done = false;
+  std::thread first([&] {
+    pool.Run(2, [&](size_t) {
+      std::unique_lock<std::mutex> lock(mu);
+      first_started = true;
+      cv.notify_all();
+      // Both the worker and the first caller block here until the second call has returned.
+      EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return second_done; }))
+          << "the second caller's Run waited for the first's";
+    });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return first_started; });
+  }
+  std::atomic<int> ran{0};
+  pool.Run(3, [&ran](size_t) { ran.fetch_add(1); });
+  EXPECT_EQ(ran.load(), 3);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    second_done = true;
+  }
+  cv.notify_all();
+  first.join();
 }
 
 TEST(WorkerPoolTest, CopyMovesEveryByteForAnyPieceSize) {

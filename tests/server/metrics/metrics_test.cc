@@ -118,8 +118,9 @@ const std::vector<std::string> kCodes = {
     "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
     "DATA_LOSS", "UNAUTHENTICATED"};
 const std::vector<std::string> kMethods = {"Attention", "AttentionStream"};
-const std::vector<std::string> kStages = {"queue_wait", "host_to_device", "kernel",
-                                          "device_to_host"};
+const std::vector<std::string> kStages = {"queue_wait",     "host_to_device", "kernel",
+                                          "device_to_host", "staging",        "device",
+                                          "scatter",        "answer"};
 
 // Every family: name, type, and the label names of its series.
 struct FamilySpec {
@@ -136,7 +137,7 @@ TEST_F(MetricsTest, EveryFamilyExistsWithItsTypeLabelsAndSeriesAfterConstruction
       {"attention_request_duration_seconds", MetricType::Histogram, {"method"}, 2},
       {"attention_request_bytes_total", MetricType::Counter, {"method"}, 2},
       {"attention_response_bytes_total", MetricType::Counter, {"method"}, 2},
-      {"attention_stage_duration_seconds", MetricType::Histogram, {"stage"}, 4},
+      {"attention_stage_duration_seconds", MetricType::Histogram, {"stage"}, 8},
       {"attention_requests_rejected_total", MetricType::Counter, {"reason"}, 5},
       {"attention_batch_size_requests", MetricType::Histogram, {}, 1},
       {"attention_batch_size_tokens", MetricType::Histogram, {}, 1},
@@ -361,10 +362,12 @@ TEST_F(MetricsTest, StageObservationsGoToTheirOwnStage) {
   metrics.ObserveStage(Stage::kHostToDevice, 0.25);
   metrics.ObserveStage(Stage::kHostToDevice, 0.25);
   metrics.ObserveStage(Stage::kKernel, 0.125);
-  const std::map<std::string, std::pair<uint64_t, double>> expected = {{"queue_wait", {1, 0.5}},
-                                                                       {"host_to_device", {2, 0.5}},
-                                                                       {"kernel", {1, 0.125}},
-                                                                       {"device_to_host", {0, 0}}};
+  metrics.ObserveStage(Stage::kScatter, 0.0625);
+  const std::map<std::string, std::pair<uint64_t, double>> expected = {
+      {"queue_wait", {1, 0.5}}, {"host_to_device", {2, 0.5}},
+      {"kernel", {1, 0.125}},   {"device_to_host", {0, 0}},
+      {"staging", {0, 0}},      {"device", {0, 0}},
+      {"scatter", {1, 0.0625}}, {"answer", {0, 0}}};
   for (const auto& [stage, count_sum] : expected) {
     const auto h = HistogramOf("attention_stage_duration_seconds", {{"stage", stage}});
     EXPECT_EQ(h.sample_count, count_sum.first) << stage;
@@ -476,6 +479,10 @@ TEST(LabelsTest, LabelValuesAreTheDocumentedOnes) {
   EXPECT_EQ(StageLabel(Stage::kHostToDevice), "host_to_device");
   EXPECT_EQ(StageLabel(Stage::kKernel), "kernel");
   EXPECT_EQ(StageLabel(Stage::kDeviceToHost), "device_to_host");
+  EXPECT_EQ(StageLabel(Stage::kStaging), "staging");
+  EXPECT_EQ(StageLabel(Stage::kDevice), "device");
+  EXPECT_EQ(StageLabel(Stage::kScatter), "scatter");
+  EXPECT_EQ(StageLabel(Stage::kAnswer), "answer");
   for (int c = 0; c < 17; ++c) {
     EXPECT_EQ(StatusCodeLabel(static_cast<grpc::StatusCode>(c)), kCodes[c]);
   }
