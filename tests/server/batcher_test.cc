@@ -1,6 +1,7 @@
 // The batcher driven through a fake executor whose batches the test finishes by hand: idle
 // launch, delay flush, size flushes, bucketing, varlen packing, cancellation, deadlines, queue
-// bounds, least-loaded placement, drain and shutdown, and exactly one answer per job.
+// bounds, least-loaded placement, drain and shutdown, exactly one answer per job, and the host
+// stage histograms FinishBatch observes.
 #include "server/batcher.h"
 
 #include <atomic>
@@ -16,6 +17,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "server/metrics/metrics.h"
 #include "server/packing.h"
 #include "server/validation.h"
 #include "tests/server/server_test_util.h"
@@ -93,6 +96,16 @@ class FakeExecutor final : public Executor {
     batch->device = name_;
     batch->timings.started = Clock::now();
     FinishBatch(std::move(batch), status);
+  }
+  // Takes the oldest unfinished batch for the test to finish itself (its timings as set).
+  std::unique_ptr<Batch> TakeOldest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    EXPECT_FALSE(batches_.empty());
+    if (batches_.empty()) return nullptr;
+    std::unique_ptr<Batch> batch = std::move(batches_.front());
+    batches_.pop_front();
+    ++finished_;
+    return batch;
   }
   int submitted() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -726,6 +739,60 @@ TEST(BatcherTest, ExactlyOneAnswerUnderConcurrency) {
   stop = true;
   finisher.join();
   batcher.Shutdown();
+  calls.ExpectEachAnsweredOnce();
+}
+
+// The host-clock stage histograms come from the executor's milestones: each is observed once per
+// batch with the interval between two milestones, and a milestone the executor did not record
+// (the fake executor records none) observes nothing.
+TEST(BatcherTest, FinishBatchObservesTheHostStagesBetweenTheExecutorsMilestones) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  Metrics metrics(registry, BuildInfo{"1", "abc", "", "cpu", "test"}, 1, true);
+  const auto stage = [&registry](const std::string& name) {
+    for (const prometheus::MetricFamily& family : registry->Collect()) {
+      if (family.name != "attention_stage_duration_seconds") continue;
+      for (const prometheus::ClientMetric& m : family.metric) {
+        for (const prometheus::ClientMetric::Label& label : m.label) {
+          if (label.name == "stage" && label.value == name) {
+            return std::make_pair(m.histogram.sample_count, m.histogram.sample_sum);
+          }
+        }
+      }
+    }
+    ADD_FAILURE() << "no stage " << name;
+    return std::make_pair(uint64_t{0}, 0.0);
+  };
+  FakeExecutor executor(2);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, &metrics);
+  // Milestones unset: only the answer stage (timed by FinishBatch itself) and queue_wait.
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  for (const char* name : {"staging", "device", "scatter"})
+    EXPECT_EQ(stage(name).first, 0u) << name;
+  EXPECT_EQ(stage("answer").first, 1u);
+  EXPECT_EQ(stage("queue_wait").first, 1u);
+
+  Enqueue(batcher, calls.NewJob(Small()));
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  const Clock::time_point t0 = Clock::now();
+  batch->timings.started = t0;
+  batch->timings.staged = t0 + 1ms;
+  batch->timings.device_done = t0 + 3ms;
+  batch->timings.scattered = t0 + 3500us;
+  std::unique_ptr<Batch> owned = executor.TakeOldest();
+  FinishBatch(std::move(owned), absl::OkStatus());
+  ASSERT_TRUE(calls.WaitAnswered(2));
+  EXPECT_EQ(stage("staging").first, 1u);
+  EXPECT_DOUBLE_EQ(stage("staging").second, 1e-3);
+  EXPECT_EQ(stage("device").first, 1u);
+  EXPECT_DOUBLE_EQ(stage("device").second, 2e-3);
+  EXPECT_EQ(stage("scatter").first, 1u);
+  EXPECT_DOUBLE_EQ(stage("scatter").second, 0.5e-3);
+  EXPECT_EQ(stage("answer").first, 2u);
   calls.ExpectEachAnsweredOnce();
 }
 
