@@ -11,7 +11,10 @@
 #include "absl/strings/str_split.h"
 #include "attention/client/stream_session.h"
 #include "client/internal.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 
 namespace attention::client {
 namespace {
@@ -230,6 +233,52 @@ void Client::AttentionAsync(std::shared_ptr<const v1::AttentionRequest> request,
                                 owned->done(FromGrpcStatus(status));
                               }
                             });
+}
+
+SerializedRequest::SerializedRequest(const v1::AttentionRequest& request) {
+  const size_t size = request.ByteSizeLong();
+  grpc::Slice slice(size);
+  request.SerializeWithCachedSizesToArray(const_cast<uint8_t*>(slice.begin()));
+  buffer_ = std::make_shared<const grpc::ByteBuffer>(&slice, 1);
+  bytes_ = static_cast<int64_t>(size);
+}
+
+void Client::AttentionAsync(const SerializedRequest& request, AttentionCallback done,
+                            const CallOptions& call) const {
+  static const std::string kMethod =
+      absl::StrCat("/", v1::AttentionService::service_full_name(), "/Attention");
+  // Owns what gRPC reads and writes until the completion runs. The request's copy shares the
+  // serialized slices (a reference, not the bytes).
+  struct SerializedCall {
+    grpc::ClientContext context;
+    std::shared_ptr<grpc::Channel> channel;
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
+    AttentionCallback done;
+  };
+  auto* state = new SerializedCall;
+  state->channel = channel_;
+  state->request = *request.buffer_;
+  state->done = std::move(done);
+  ConfigureContext(call, /*unary=*/true, &state->context);
+  grpc::GenericStub(state->channel)
+      .UnaryCall(&state->context, kMethod, grpc::StubOptions(), &state->request, &state->response,
+                 [state](grpc::Status status) {
+                   std::unique_ptr<SerializedCall> owned(state);
+                   if (!status.ok()) {
+                     owned->done(FromGrpcStatus(status));
+                     return;
+                   }
+                   v1::AttentionResponse response;
+                   const grpc::Status parsed =
+                       grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(
+                           &owned->response, &response);
+                   if (!parsed.ok()) {
+                     owned->done(FromGrpcStatus(parsed));
+                     return;
+                   }
+                   owned->done(std::move(response));
+                 });
 }
 
 std::future<absl::StatusOr<v1::AttentionResponse>> Client::AttentionFuture(

@@ -375,6 +375,53 @@ TEST_F(ClientTest, AsyncCallbackAndFuture) {
             absl::StatusCode::kDeadlineExceeded);
 }
 
+TEST_F(ClientTest, SerializedRequestGetsTheSameAnswersAndErrors) {
+  ClientOptions options;
+  options.metadata = {{"authorization", "Bearer s3cret"}};
+  options.retry.initial_backoff = std::chrono::milliseconds(10);
+  Client client = MakeClient(options);
+  const v1::AttentionRequest request = *BuildRequest(problem_.args());
+  const SerializedRequest serialized(request);
+  EXPECT_EQ(serialized.bytes(), static_cast<int64_t>(request.ByteSizeLong()));
+  auto call = [&](const CallOptions& call_options = {}) {
+    auto done = std::make_shared<std::promise<absl::StatusOr<v1::AttentionResponse>>>();
+    std::future<absl::StatusOr<v1::AttentionResponse>> answer = done->get_future();
+    client.AttentionAsync(
+        serialized,
+        [done](absl::StatusOr<v1::AttentionResponse> r) { done->set_value(std::move(r)); },
+        call_options);
+    return answer;
+  };
+
+  // Many calls in flight share the one serialization; each is answered as the proto call is.
+  std::vector<std::future<absl::StatusOr<v1::AttentionResponse>>> answers;
+  for (int i = 0; i < 16; ++i) answers.push_back(call());
+  for (auto& answer : answers) {
+    absl::StatusOr<v1::AttentionResponse> r = answer.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->o().data(), request.q().data());
+  }
+  EXPECT_EQ(service_.unary_calls(), 16);
+  EXPECT_EQ(service_.last_authorization(), "Bearer s3cret");
+
+  // The channel's retry policy applies to the serialized call too (the fake counts calls from
+  // its start).
+  service_.set_behavior(UnavailableFirst(16 + 2));
+  absl::StatusOr<v1::AttentionResponse> retried = call().get();
+  EXPECT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(service_.unary_calls(), 16 + 3);
+
+  service_.set_behavior(
+      Failing(grpc::StatusCode::INVALID_ARGUMENT, "q.shape: rank must be 3 or 4"));
+  absl::StatusOr<v1::AttentionResponse> refused = call().get();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message(), "q.shape: rank must be 3 or 4");
+
+  service_.set_behavior(Delayed(2000));
+  EXPECT_EQ(call(WithTimeout(std::chrono::milliseconds(50))).get().status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
 TEST_F(ClientTest, UnreachableServerIsUnavailable) {
   // A port that was just bound and released: nothing listens there.
   int port;

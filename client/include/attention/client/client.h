@@ -34,6 +34,7 @@
 #include "attention/v1/attention.pb.h"
 
 namespace grpc {
+class ByteBuffer;
 class Channel;
 class ClientContext;
 }  // namespace grpc
@@ -141,6 +142,25 @@ std::string ServiceConfigJson(const ClientOptions& options);
 
 using AttentionCallback = std::function<void(absl::StatusOr<::attention::v1::AttentionResponse>)>;
 
+// A request serialized once, for callers that send the same request many times (load generators,
+// replays of a recorded request). Each call shares the serialized bytes, where a call with an
+// AttentionRequest serializes it again: one copy of every tensor byte per call, which was a fifth
+// of a load generator's CPU time with 768 KiB requests. Immutable; cheap to copy (copies share
+// the bytes); usable from several threads at once.
+class SerializedRequest {
+ public:
+  explicit SerializedRequest(const ::attention::v1::AttentionRequest& request);
+
+  // The serialized size: what one call puts on the wire, before gRPC's framing.
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  friend class Client;
+
+  std::shared_ptr<const grpc::ByteBuffer> buffer_;
+  int64_t bytes_ = 0;
+};
+
 // Thread-safe; cheap to copy (copies share the channel).
 class Client {
  public:
@@ -157,6 +177,9 @@ class Client {
   // answer or the error. The request is shared, not copied: several calls may send the same one.
   void AttentionAsync(std::shared_ptr<const ::attention::v1::AttentionRequest> request,
                       AttentionCallback done, const CallOptions& call = {}) const;
+  // As above, sending bytes serialized once (SerializedRequest); the answer is parsed as usual.
+  void AttentionAsync(const SerializedRequest& request, AttentionCallback done,
+                      const CallOptions& call = {}) const;
   // As AttentionAsync, with a future instead of a callback.
   std::future<absl::StatusOr<::attention::v1::AttentionResponse>> AttentionFuture(
       std::shared_ptr<const ::attention::v1::AttentionRequest> request,
