@@ -168,7 +168,7 @@ summaries=$(for run in small_c64_batched small_c64_unbatched small_c64_echo lone
 done)
 
 python3 - "$out" "${device:-unknown}" "$commit" "$duration" "$large_concurrency" "$large_seqlen" <<PY
-import json, sys, datetime, platform
+import json, os, sys, datetime, platform
 out, device, commit, duration, large_concurrency, large_seqlen = sys.argv[1:7]
 runs = json.loads(r"""{${summaries%,}}""")  # load_summary wrote JSON (null, not None)
 
@@ -257,6 +257,27 @@ for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
     verdict = "-" if v["pass"] is None else ("yes" if v["pass"] else "NO")
     rows.append(f"| {name} | {value} | {v['target']} | {verdict} |")
+# The CPU budget of (1): core-ms per small request on each side, and how many cores of this kind
+# the 4x target would take at the batched server's and load generator's measured cost per request.
+per_request = lambda cores, rps: None if cores is None or not rps else cores / rps * 1e3
+budget = {name: {"server_core_ms": per_request(runs[name]["server_cpu_cores"], runs[name]["rps"]),
+                 "load_core_ms": per_request(runs[name]["client_cpu_cores"], runs[name]["rps"])}
+          for name in ("small_c64_batched", "small_c64_unbatched", "small_c64_echo")}
+b = budget["small_c64_batched"]
+if b["server_core_ms"] is not None and b["load_core_ms"] is not None:
+    target_rps = 4 * r["small_c64_unbatched"]["rps"]
+    budget["target_4x"] = {"rps": target_rps, "host_cores": os.cpu_count(),
+                           "cores_needed": target_rps * (b["server_core_ms"] + b["load_core_ms"]) / 1e3}
+results["cpu_budget"] = budget
+json.dump(results, open(f"{out}/results.json", "w"), indent=2)
+ms = lambda v: "-" if v is None else f"{v:.3f}"
+rows += ["", "| small run | server core-ms per request | load core-ms per request |", "|---|---|---|"]
+for name in ("small_c64_batched", "small_c64_unbatched", "small_c64_echo"):
+    rows.append(f"| {name} | {ms(budget[name]['server_core_ms'])} | {ms(budget[name]['load_core_ms'])} |")
+if "target_4x" in budget:
+    t = budget["target_4x"]
+    rows.append(f"\n(1) at 4x: {t['rps']:.0f} req/s, at the batched cost per request "
+                f"{t['cores_needed']:.1f} cores (server + load generator); this host has {t['host_cores']}.")
 # Where a batch's time goes on the server, mean us per stage (the server's stage histograms).
 stages = ["queue_wait", "staging", "host_to_device", "kernel", "device_to_host", "device",
           "scatter", "answer"]
