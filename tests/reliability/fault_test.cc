@@ -85,13 +85,15 @@ class SameProblemChecker {
   std::string first_o_;
 };
 
-// About 0.5 s of work for one CPU thread (4 * 4096^2 * 64 * 4 flops, bf16): keeps the slow
-// server's executor busy while other requests queue behind it.
-v1::AttentionRequest Blocker(std::mt19937& rng, uint64_t id) {
+// Work for one CPU thread that keeps the slow server's executor busy while other requests queue
+// behind it: 4 * seqlen^2 * 64 * 4 flops, bf16. At 4096 that was 0.1 to 0.5 s (a Release build on
+// the 2-core VM ran it in 100 to 150 ms); a test whose deadlines must pass while it runs takes a
+// longer one.
+v1::AttentionRequest Blocker(std::mt19937& rng, uint64_t id, int seqlen = 4096) {
   RequestOptions o;
   o.dtype = v1::BFLOAT16;
   o.batch = 1;
-  o.seqlen_q = o.seqlen_k = 4096;
+  o.seqlen_q = o.seqlen_k = seqlen;
   o.q_heads = o.kv_heads = 4;
   o.head_dim = 64;
   return MakeRequest(o, id, rng);
@@ -216,7 +218,10 @@ TEST_F(FaultTest, DeadlinesExpiringInTheQueue) {
   const Metrics before = Scrape(server);
 
   UnaryCall blocker;
-  blocker.request = Blocker(rng_, 1);
+  // Four times the usual blocker: it must outlast the 150 ms deadlines below on a fast core too
+  // (the 4096 one finished within them in 2 of 8 runs of a Release build: the stream's requests
+  // then launched).
+  blocker.request = Blocker(rng_, 1, 8192);
   blocker.Start(*stub);
   ASSERT_TRUE(WaitForMetrics(server, [](const Metrics& m) { return Launches(m) >= 1; }));
   constexpr int kExpiring = 8;
