@@ -224,15 +224,18 @@ void Client::AttentionAsync(std::shared_ptr<const v1::AttentionRequest> request,
   state->request = std::move(request);
   state->done = std::move(done);
   ConfigureContext(call, /*unary=*/true, &state->context);
-  stub_->async()->Attention(&state->context, state->request.get(), &state->response,
-                            [state](grpc::Status status) {
-                              std::unique_ptr<UnaryCall> owned(state);
-                              if (status.ok()) {
-                                owned->done(std::move(owned->response));
-                              } else {
-                                owned->done(FromGrpcStatus(status));
-                              }
-                            });
+  stub_->async()->Attention(
+      &state->context, state->request.get(), &state->response, [state](grpc::Status status) {
+        std::unique_ptr<UnaryCall> owned(state);
+        absl::StatusOr<v1::AttentionResponse> result =
+            status.ok() ? absl::StatusOr<v1::AttentionResponse>(std::move(owned->response))
+                        : FromGrpcStatus(status);
+        AttentionCallback done = std::move(owned->done);
+        // The call's context holds the channel: it goes before the caller
+        // hears, who may then destroy the last Client of that channel.
+        owned.reset();
+        done(std::move(result));
+      });
 }
 
 SerializedRequest::SerializedRequest(const v1::AttentionRequest& request) {
@@ -265,19 +268,20 @@ void Client::AttentionAsync(const SerializedRequest& request, AttentionCallback 
       .UnaryCall(&state->context, kMethod, grpc::StubOptions(), &state->request, &state->response,
                  [state](grpc::Status status) {
                    std::unique_ptr<SerializedCall> owned(state);
-                   if (!status.ok()) {
-                     owned->done(FromGrpcStatus(status));
-                     return;
-                   }
                    v1::AttentionResponse response;
                    const grpc::Status parsed =
-                       grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(
-                           &owned->response, &response);
-                   if (!parsed.ok()) {
-                     owned->done(FromGrpcStatus(parsed));
-                     return;
-                   }
-                   owned->done(std::move(response));
+                       status.ok() ? grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(
+                                         &owned->response, &response)
+                                   : status;
+                   absl::StatusOr<v1::AttentionResponse> result =
+                       parsed.ok() ? absl::StatusOr<v1::AttentionResponse>(std::move(response))
+                                   : FromGrpcStatus(parsed);
+                   AttentionCallback done = std::move(owned->done);
+                   // As above: the channel's references go before the caller hears (a load
+                   // generator destroyed its clients as its last callback returned, and the
+                   // channel's destructor then ran on gRPC's own callback thread: SIGSEGV).
+                   owned.reset();
+                   done(std::move(result));
                  });
 }
 
