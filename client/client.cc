@@ -14,7 +14,6 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/byte_buffer.h"
-#include "grpcpp/support/proto_buffer_reader.h"
 
 namespace attention::client {
 namespace {
@@ -50,6 +49,18 @@ IpFamily AddressFamily(std::string_view address) {
   unsigned char buf[16];
   const int af = family == IpFamily::kV6 ? AF_INET6 : AF_INET;
   return inet_pton(af, host.c_str(), buf) == 1 ? family : IpFamily::kNone;
+}
+
+// Ends an asynchronous call: frees its state (`Call` has `context` and `done`), then hands the
+// caller its answer. The order matters: the call's context holds a reference to the channel, and
+// a caller that destroys its last Client once the answer is in (a load generator at the end of
+// its run) would otherwise leave the channel's destructor to run on gRPC's own callback thread
+// (SIGSEGV at exit, seen with 96 MiB requests).
+template <typename Call>
+void ReleaseAndAnswer(std::unique_ptr<Call> call, absl::StatusOr<v1::AttentionResponse> result) {
+  AttentionCallback done = std::move(call->done);
+  call.reset();
+  done(std::move(result));
 }
 
 }  // namespace
@@ -230,11 +241,7 @@ void Client::AttentionAsync(std::shared_ptr<const v1::AttentionRequest> request,
         absl::StatusOr<v1::AttentionResponse> result =
             status.ok() ? absl::StatusOr<v1::AttentionResponse>(std::move(owned->response))
                         : FromGrpcStatus(status);
-        AttentionCallback done = std::move(owned->done);
-        // The call's context holds the channel: it goes before the caller
-        // hears, who may then destroy the last Client of that channel.
-        owned.reset();
-        done(std::move(result));
+        ReleaseAndAnswer(std::move(owned), std::move(result));
       });
 }
 
@@ -254,35 +261,28 @@ void Client::AttentionAsync(const SerializedRequest& request, AttentionCallback 
   // serialized slices (a reference, not the bytes).
   struct SerializedCall {
     grpc::ClientContext context;
-    std::shared_ptr<grpc::Channel> channel;
     grpc::ByteBuffer request;
     grpc::ByteBuffer response;
     AttentionCallback done;
   };
   auto* state = new SerializedCall;
-  state->channel = channel_;
   state->request = *request.buffer_;
   state->done = std::move(done);
   ConfigureContext(call, /*unary=*/true, &state->context);
-  grpc::GenericStub(state->channel)
-      .UnaryCall(&state->context, kMethod, grpc::StubOptions(), &state->request, &state->response,
-                 [state](grpc::Status status) {
-                   std::unique_ptr<SerializedCall> owned(state);
-                   v1::AttentionResponse response;
-                   const grpc::Status parsed =
-                       status.ok() ? grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(
-                                         &owned->response, &response)
-                                   : status;
-                   absl::StatusOr<v1::AttentionResponse> result =
-                       parsed.ok() ? absl::StatusOr<v1::AttentionResponse>(std::move(response))
-                                   : FromGrpcStatus(parsed);
-                   AttentionCallback done = std::move(owned->done);
-                   // As above: the channel's references go before the caller hears (a load
-                   // generator destroyed its clients as its last callback returned, and the
-                   // channel's destructor then ran on gRPC's own callback thread: SIGSEGV).
-                   owned.reset();
-                   done(std::move(result));
-                 });
+  grpc::GenericStub(channel_).UnaryCall(
+      &state->context, kMethod, grpc::StubOptions(), &state->request, &state->response,
+      [state](grpc::Status status) {
+        std::unique_ptr<SerializedCall> owned(state);
+        v1::AttentionResponse response;
+        const grpc::Status parsed =
+            status.ok() ? grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(
+                              &owned->response, &response)
+                        : status;
+        absl::StatusOr<v1::AttentionResponse> result =
+            parsed.ok() ? absl::StatusOr<v1::AttentionResponse>(std::move(response))
+                        : FromGrpcStatus(parsed);
+        ReleaseAndAnswer(std::move(owned), std::move(result));
+      });
 }
 
 std::future<absl::StatusOr<v1::AttentionResponse>> Client::AttentionFuture(

@@ -241,6 +241,18 @@ s["1b_small_batched_vs_echo"]["pass"] = None
 s["2_lone_latency_ratio"]["pass"] = s["2_lone_latency_ratio"]["value"] <= 1.1
 s["3_large_goodput_vs_echo"]["pass"] = s["3_large_goodput_vs_echo"]["value"] >= 0.8
 s["4_idle_queue_wait_p50_us"]["pass"] = idle["share_le_100us"] >= 0.5
+# The CPU budget of (1): core-ms per small request on each side, and how many cores of this kind
+# the 4x target would take at the batched server's and load generator's measured cost per request.
+per_request = lambda cores, rps: None if cores is None or not rps else cores / rps * 1e3
+budget = {name: {"server_core_ms": per_request(runs[name]["server_cpu_cores"], runs[name]["rps"]),
+                 "load_core_ms": per_request(runs[name]["client_cpu_cores"], runs[name]["rps"])}
+          for name in ("small_c64_batched", "small_c64_unbatched", "small_c64_echo")}
+b = budget["small_c64_batched"]
+if b["server_core_ms"] is not None and b["load_core_ms"] is not None:
+    target_rps = 4 * r["small_c64_unbatched"]["rps"]
+    budget["target_4x"] = {"rps": target_rps, "host_cores": os.cpu_count(),
+                           "cores_needed": target_rps * (b["server_core_ms"] + b["load_core_ms"]) / 1e3}
+results["cpu_budget"] = budget
 json.dump(results, open(f"{out}/results.json", "w"), indent=2)
 
 rows = ["| run | in flight | req/s | p50 us | p99 us | requests per launch | errors | server cores | load cores |",
@@ -257,19 +269,6 @@ for name, v in s.items():
     value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
     verdict = "-" if v["pass"] is None else ("yes" if v["pass"] else "NO")
     rows.append(f"| {name} | {value} | {v['target']} | {verdict} |")
-# The CPU budget of (1): core-ms per small request on each side, and how many cores of this kind
-# the 4x target would take at the batched server's and load generator's measured cost per request.
-per_request = lambda cores, rps: None if cores is None or not rps else cores / rps * 1e3
-budget = {name: {"server_core_ms": per_request(runs[name]["server_cpu_cores"], runs[name]["rps"]),
-                 "load_core_ms": per_request(runs[name]["client_cpu_cores"], runs[name]["rps"])}
-          for name in ("small_c64_batched", "small_c64_unbatched", "small_c64_echo")}
-b = budget["small_c64_batched"]
-if b["server_core_ms"] is not None and b["load_core_ms"] is not None:
-    target_rps = 4 * r["small_c64_unbatched"]["rps"]
-    budget["target_4x"] = {"rps": target_rps, "host_cores": os.cpu_count(),
-                           "cores_needed": target_rps * (b["server_core_ms"] + b["load_core_ms"]) / 1e3}
-results["cpu_budget"] = budget
-json.dump(results, open(f"{out}/results.json", "w"), indent=2)
 ms = lambda v: "-" if v is None else f"{v:.3f}"
 rows += ["", "| small run | server core-ms per request | load core-ms per request |", "|---|---|---|"]
 for name in ("small_c64_batched", "small_c64_unbatched", "small_c64_echo"):
