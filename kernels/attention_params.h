@@ -6,19 +6,9 @@
 
 #include <cstdint>
 
+#include "kernels/kernel_config.h"
+
 namespace attention {
-
-// Element type of q, k, v and o.
-enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16 };
-
-// What `AttentionParams::mask` holds.
-enum class MaskKind : uint8_t {
-  kNone,
-  // uint8 per element, 0 drops the key.
-  kBool,
-  // float32 per element, added to the score.
-  kAdditive,
-};
 
 // One attention launch over a (possibly packed, variable-length) batch.
 //
@@ -29,10 +19,12 @@ enum class MaskKind : uint8_t {
 // dimension is contiguous (stride 1).
 //
 // Pointers are host pointers for the CPU backend and device pointers for the CUDA backend
-// (cu_seqlens, alibi_slopes and mask included).
-struct AttentionParams {
-  DType dtype = DType::kBFloat16;
-
+// (cu_seqlens, alibi_slopes, sinks and mask included).
+//
+// The kernel configuration (dtype, head_dim, heads, scale, softcap, window, whether ALiBi, sinks
+// and a mask are used) is the KernelConfig base: as FlashAttention's params derive from their
+// q/k/v params, so every field reads `p.head_dim`.
+struct AttentionParams : KernelConfig {
   const void* q = nullptr;  // [batch, seqlen_q, q_heads, head_dim] or [total_q, q_heads, head_dim]
   const void* k = nullptr;  // [batch, seqlen_k, kv_heads, head_dim] or [total_k, ...]
   const void* v = nullptr;  // as k
@@ -52,51 +44,49 @@ struct AttentionParams {
   int seqlen_q = 0, seqlen_k = 0;
   // Packed only: rows of q (= cu_seqlens_q[batch]) and of k and v (= cu_seqlens_k[batch]).
   int64_t total_q = 0, total_k = 0;
-  int q_heads = 0, kv_heads = 0;  // q_heads % kv_heads == 0
-  int head_dim = 0;
-
   // Packed variable-length batch: [batch + 1] int32 offsets, both set or both null.
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
 
-  float softmax_scale = 0.f;  // multiplies q.k
-  float softcap = 0.f;        // 0 = off, else score = softcap * tanh(score / softcap)
-
-  // Key j is allowed for query row i iff p(i) - window_left <= j <= p(i) + window_right, where
-  // p(i) = i + seqlen_k(b) - seqlen_q(b); -1 = unbounded. `causal` means window_right == 0 and
-  // is kept as a flag so that kernels can pick their causal variant; Normalize() enforces it.
-  bool causal = false;
-  int window_left = -1, window_right = -1;
-
-  // Optional float32 ALiBi slopes: score -= slope * |p(i) - j|. Slope for (b, h) is
+  // float32 ALiBi slopes, set iff `alibi`: score -= slope * |p(i) - j|. Slope for (b, h) is
   // alibi_slopes[b * alibi_batch_stride + h]; alibi_batch_stride is 0 for [q_heads] slopes.
   const float* alibi_slopes = nullptr;
   int64_t alibi_batch_stride = 0;
 
+  // float32 attention sinks, set iff `sinks`: one extra logit per (sequence, head) in each row's
+  // softmax denominator, with no value vector:
+  //   o_i = sum_j e^(s_ij - m) v_j / (e^(sink - m) + sum_j e^(s_ij - m)),  lse includes the sink,
+  // and a row with no allowed key gives o = 0, lse = sink. Sink for (b, h) is
+  // sinks[b * sinks_batch_stride + h]; sinks_batch_stride is 0 for [q_heads] sinks.
+  const float* sinks = nullptr;
+  int64_t sinks_batch_stride = 0;
+
   // Optional mask indexed by (b, h, i, j) with i, j local to the sequence:
   //   mask + b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j * mask_col_stride
   // A broadcast dimension has stride 0.
-  MaskKind mask_kind = MaskKind::kNone;
+  // The mask's kind is the configuration's `mask_kind`; `mask` is set iff it is not kNone.
   const void* mask = nullptr;
   int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0, mask_col_stride = 0;
 
+  // Paged K/V (a session's context, kernels reading WorkKind::kPagedDecode or a paged forward):
+  // when page_table is set, k and v point at page pools [num_pages, page_size, kv_heads,
+  // head_dim], k_batch_stride / v_batch_stride are the strides between pages (elements), and key
+  // row j of sequence b lives in page page_table[b * page_table_stride + j / page_size] at row
+  // j % page_size. seqlens_k[b] is then sequence b's context length (cu_seqlens_k is null; q, o
+  // and lse are dense or packed by cu_seqlens_q as usual, and seqlen_k is the longest context).
+  // Dense K/V is the special case of one page per sequence (page_size >= seqlen_k).
+  const int32_t* page_table = nullptr;
+  int64_t page_table_stride = 0;
+  int page_size = 0;
+  const int32_t* seqlens_k = nullptr;
+  // Optional key range per sequence, [batch, 2] int32 {begin, end}: only keys begin <= j < end
+  // are allowed (positions keep their absolute values for causal, window and ALiBi), giving the
+  // partial o and lse of that range. Null: every key.
+  const int32_t* key_range = nullptr;
+
   bool is_varlen() const { return cu_seqlens_q != nullptr; }
-  bool has_window() const { return window_left >= 0 || window_right >= 0; }
+  bool is_paged() const { return page_table != nullptr; }
 };
-
-// Folds `causal` into the window (right = 0, clamping a wider right side) and sets `causal` when
-// the window already says right == 0 with an unbounded left side, so kernels see one canonical
-// form.
-inline void Normalize(AttentionParams& p) {
-  if (p.causal) {
-    p.window_right = 0;
-  } else if (p.window_right == 0 && p.window_left < 0) {
-    p.causal = true;
-  }
-}
-
-// Size in bytes of one element of `dtype`.
-constexpr int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // Fills the strides of a dense, contiguous batch: q/o [batch, seqlen_q, q_heads, head_dim],
 // k/v [batch, seqlen_k, kv_heads, head_dim], lse [batch, q_heads, seqlen_q]. With
