@@ -53,13 +53,14 @@ struct AttentionParams : KernelConfig {
   const float* alibi_slopes = nullptr;
   int64_t alibi_batch_stride = 0;
 
-  // float32 attention sinks, set iff `sinks`: one extra logit per (sequence, head) in each row's
-  // softmax denominator, with no value vector:
+  // float32 attention sink logits, set iff `sinks` (the configuration's flag): one extra logit
+  // per (sequence, head) in each row's softmax denominator, with no value vector:
   //   o_i = sum_j e^(s_ij - m) v_j / (e^(sink - m) + sum_j e^(s_ij - m)),  lse includes the sink,
-  // and a row with no allowed key gives o = 0, lse = sink. Sink for (b, h) is
-  // sinks[b * sinks_batch_stride + h]; sinks_batch_stride is 0 for [q_heads] sinks.
-  const float* sinks = nullptr;
-  int64_t sinks_batch_stride = 0;
+  // and a row with no allowed key gives o = 0, lse = sink. The sink is a raw logit: not scaled by
+  // softmax_scale, not softcapped. Sink for (b, h) is sink_logits[b * sink_batch_stride + h];
+  // sink_batch_stride is 0 for [q_heads] sinks.
+  const float* sink_logits = nullptr;
+  int64_t sink_batch_stride = 0;
 
   // Optional mask indexed by (b, h, i, j) with i, j local to the sequence:
   //   mask + b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j * mask_col_stride
