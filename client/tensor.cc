@@ -7,22 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/internal.h"
+#include "proto/contract_types.h"
 
 namespace attention::client {
 
-int64_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return 4;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-      return 2;
-    case v1::BOOL:
-      return 1;
-    default:
-      return 0;
-  }
-}
+int64_t DTypeSize(DType dtype) { return ContractDTypeSize(dtype); }
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {

@@ -22,19 +22,19 @@ absl::Status CheckPositive(const char* field, int64_t value) {
 // Strides of one tensor: every stride >= 0; the row stride > 0; the head stride > 0 when there
 // are several heads; the batch stride > 0 for a dense batch of several sequences, 0 when packed.
 absl::Status CheckStrides(const char* tensor, int64_t batch_stride, int64_t row_stride,
-                          int64_t head_stride, int heads, const AttentionParams& p) {
+                          int64_t head_stride, int heads, bool packed, int batch) {
   const std::string name(tensor);
   if (row_stride <= 0) return Invalid(name + "_row_stride", "must be positive", row_stride);
   if (head_stride < 0 || (heads > 1 && head_stride == 0)) {
     return Invalid(name + "_head_stride", "must be positive when there are several heads",
                    head_stride);
   }
-  if (p.is_varlen()) {
+  if (packed) {
     if (batch_stride != 0) {
       return Invalid(name + "_batch_stride", "must be 0 for a packed (cu_seqlens) batch",
                      batch_stride);
     }
-  } else if (batch_stride < 0 || (p.batch > 1 && batch_stride == 0)) {
+  } else if (batch_stride < 0 || (batch > 1 && batch_stride == 0)) {
     return Invalid(name + "_batch_stride",
                    "must be positive for a dense batch of several sequences", batch_stride);
   }
@@ -43,20 +43,74 @@ absl::Status CheckStrides(const char* tensor, int64_t batch_stride, int64_t row_
 
 }  // namespace
 
-absl::Status CheckParams(const AttentionParams& p) {
-  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
-    return Invalid("dtype", "must be kFloat32, kFloat16 or kBFloat16", static_cast<int>(p.dtype));
+absl::Status CheckConfig(const KernelConfig& c) {
+  if (c.kind != WorkKind::kForward && c.kind != WorkKind::kPagedDecode &&
+      c.kind != WorkKind::kBackward) {
+    return Invalid("kind", "must be kForward, kPagedDecode or kBackward", static_cast<int>(c.kind));
   }
-  for (absl::Status s :
-       {CheckPositive("batch", p.batch), CheckPositive("seqlen_q", p.seqlen_q),
-        CheckPositive("seqlen_k", p.seqlen_k), CheckPositive("q_heads", p.q_heads),
-        CheckPositive("kv_heads", p.kv_heads), CheckPositive("head_dim", p.head_dim)}) {
+  if (c.dtype != DType::kFloat32 && c.dtype != DType::kFloat16 && c.dtype != DType::kBFloat16) {
+    return Invalid("dtype", "must be kFloat32, kFloat16 or kBFloat16", static_cast<int>(c.dtype));
+  }
+  if (c.precision != Precision::kFull && c.precision != Precision::kTF32 &&
+      c.precision != Precision::kBF16) {
+    return Invalid("precision", "must be kFull, kTF32 or kBF16", static_cast<int>(c.precision));
+  }
+  for (absl::Status s : {CheckPositive("q_heads", c.q_heads), CheckPositive("kv_heads", c.kv_heads),
+                         CheckPositive("head_dim", c.head_dim)}) {
     if (!s.ok()) return s;
   }
-  if (p.q_heads % p.kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.q_heads (", p.q_heads,
-                                                   ") must be a multiple of kv_heads (", p.kv_heads,
+  if (c.head_dim > kMaxHeadDim) {
+    return Invalid("head_dim", absl::StrCat("must be <= ", kMaxHeadDim), c.head_dim);
+  }
+  if (c.q_heads % c.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.q_heads (", c.q_heads,
+                                                   ") must be a multiple of kv_heads (", c.kv_heads,
                                                    ")"));
+  }
+  if (c.window_left < -1) return Invalid("window_left", "must be >= -1", c.window_left);
+  if (c.window_right < -1) return Invalid("window_right", "must be >= -1", c.window_right);
+  if (!std::isfinite(c.softmax_scale)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionParams.softmax_scale must be finite, got ", c.softmax_scale));
+  }
+  if (!(c.softcap >= 0.f) || !std::isfinite(c.softcap)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionParams.softcap must be finite and >= 0, got ", c.softcap));
+  }
+  if (c.mask_kind != MaskKind::kNone && c.mask_kind != MaskKind::kBool &&
+      c.mask_kind != MaskKind::kAdditive) {
+    return Invalid("mask_kind", "must be kNone, kBool or kAdditive",
+                   static_cast<int>(c.mask_kind));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckParams(const AttentionParams& p) {
+  if (absl::Status s = CheckConfig(p); !s.ok()) return s;
+  for (absl::Status s : {CheckPositive("batch", p.batch), CheckPositive("seqlen_q", p.seqlen_q)}) {
+    if (!s.ok()) return s;
+  }
+  // A paged context may be empty (a session before its first append); a dense one may not.
+  if (p.is_paged() ? p.seqlen_k < 0 : p.seqlen_k <= 0) {
+    return Invalid("seqlen_k", p.is_paged() ? "must be >= 0" : "must be positive", p.seqlen_k);
+  }
+  if (p.is_paged()) {
+    if (absl::Status s = CheckPositive("page_size", p.page_size); !s.ok()) return s;
+    if (p.seqlens_k == nullptr) {
+      return absl::InvalidArgumentError(
+          "AttentionParams.seqlens_k must be set with page_table (each sequence's context length)");
+    }
+    if (p.cu_seqlens_k != nullptr) {
+      return absl::InvalidArgumentError(
+          "AttentionParams.cu_seqlens_k must be null with page_table (seqlens_k gives the lengths)");
+    }
+    if (p.page_table_stride < 0 || (p.batch > 1 && p.page_table_stride == 0)) {
+      return Invalid("page_table_stride", "must be positive for several sequences",
+                     p.page_table_stride);
+    }
+  } else if (p.key_range != nullptr || p.seqlens_k != nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.key_range and seqlens_k are for a paged context (page_table set)");
   }
   if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.o == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("AttentionParams.",
@@ -66,19 +120,27 @@ absl::Status CheckParams(const AttentionParams& p) {
                                                                     : "o",
                                                    " must not be null"));
   }
-  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
+  if (!p.is_paged() && (p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
     return absl::InvalidArgumentError(
         "AttentionParams.cu_seqlens_q and cu_seqlens_k must be both set or both null");
   }
   if (p.is_varlen()) {
     if (absl::Status s = CheckPositive("total_q", p.total_q); !s.ok()) return s;
-    if (absl::Status s = CheckPositive("total_k", p.total_k); !s.ok()) return s;
+    if (!p.is_paged()) {
+      if (absl::Status s = CheckPositive("total_k", p.total_k); !s.ok()) return s;
+    }
   }
+  // A paged context's k and v "batch" stride is the stride between pages (positive).
+  const bool pages = p.is_paged();
   for (absl::Status s :
-       {CheckStrides("q", p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.q_heads, p),
-        CheckStrides("k", p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.kv_heads, p),
-        CheckStrides("v", p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.kv_heads, p),
-        CheckStrides("o", p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.q_heads, p)}) {
+       {CheckStrides("q", p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.q_heads,
+                     p.is_varlen(), p.batch),
+        CheckStrides("k", p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.kv_heads,
+                     p.is_varlen() && !pages, pages ? 2 : p.batch),
+        CheckStrides("v", p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.kv_heads,
+                     p.is_varlen() && !pages, pages ? 2 : p.batch),
+        CheckStrides("o", p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.q_heads,
+                     p.is_varlen(), p.batch)}) {
     if (!s.ok()) return s;
   }
   if (p.lse != nullptr) {
@@ -93,18 +155,19 @@ absl::Status CheckParams(const AttentionParams& p) {
                      p.lse_batch_stride);
     }
   }
-  if (p.window_left < -1) return Invalid("window_left", "must be >= -1", p.window_left);
-  if (p.window_right < -1) return Invalid("window_right", "must be >= -1", p.window_right);
-  if (!std::isfinite(p.softmax_scale)) {
+  if (p.alibi != (p.alibi_slopes != nullptr)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("AttentionParams.softmax_scale must be finite, got ", p.softmax_scale));
-  }
-  if (!(p.softcap >= 0.f) || !std::isfinite(p.softcap)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("AttentionParams.softcap must be finite and >= 0, got ", p.softcap));
+        "AttentionParams.alibi_slopes must be set exactly when alibi is true");
   }
   if (p.alibi_slopes != nullptr && p.alibi_batch_stride < 0) {
     return Invalid("alibi_batch_stride", "must be >= 0", p.alibi_batch_stride);
+  }
+  if (p.sinks != (p.sink_logits != nullptr)) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.sink_logits must be set exactly when sinks is true");
+  }
+  if (p.sink_logits != nullptr && p.sink_batch_stride < 0) {
+    return Invalid("sink_batch_stride", "must be >= 0", p.sink_batch_stride);
   }
   switch (p.mask_kind) {
     case MaskKind::kNone:
@@ -132,9 +195,6 @@ absl::Status CheckParams(const AttentionParams& p) {
         if (!s.ok()) return s;
       }
       break;
-    default:
-      return Invalid("mask_kind", "must be kNone, kBool or kAdditive",
-                     static_cast<int>(p.mask_kind));
   }
   return absl::OkStatus();
 }

@@ -1,5 +1,7 @@
 // Backend-independent host API of the attention kernels: the structural checks every backend runs
-// on an AttentionParams before touching any pointer.
+// on a KernelConfig (before it queues work) and on an AttentionParams (before it touches any
+// pointer). The one structural validator: the CPU and CUDA backends both call these, and add only
+// what their own kernels cannot do.
 #ifndef ATTENTION_KERNELS_ATTENTION_H_
 #define ATTENTION_KERNELS_ATTENTION_H_
 
@@ -8,7 +10,13 @@
 
 namespace attention {
 
-// Structural checks of `p`, the same for every backend: known dtype and mask kind, positive
+// Structural checks of a kernel configuration, the same for every backend: known kind, dtype,
+// precision and mask kind; positive head_dim (at most kMaxHeadDim), q_heads and kv_heads with
+// q_heads % kv_heads == 0; window sides >= -1; a finite softmax_scale; a finite softcap >= 0.
+// INVALID_ARGUMENT naming the field and the rule.
+absl::Status CheckConfig(const KernelConfig& c);
+
+// Structural checks of `p`, the same for every backend: CheckConfig, then known dtype and mask kind, positive
 // dimensions, q_heads % kv_heads == 0, non-null q/k/v/o, non-negative strides (row strides
 // positive, head strides positive when there is more than one head, batch strides positive for a
 // dense batch of more than one sequence and zero for a packed one), window sides >= -1, a finite

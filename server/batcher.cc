@@ -80,7 +80,7 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   }
   const Clock::time_point now = Clock::now();
   const bool launch_here = queued_requests_ == 0 && DropStatus(*job, now).ok();
-  auto it = buckets_.try_emplace(MakeBucketKey(spec)).first;
+  auto it = buckets_.try_emplace(static_cast<const KernelConfig&>(spec)).first;
   Bucket& bucket = it->second;
   bucket.tokens_q += spec.total_q;
   bucket.bytes += Footprint(spec);
@@ -241,7 +241,7 @@ int Batcher::PickExecutor() const {
   return best;
 }
 
-absl::flat_hash_map<BucketKey, Batcher::Bucket>::iterator Batcher::PickBucket(
+absl::flat_hash_map<KernelConfig, Batcher::Bucket>::iterator Batcher::PickBucket(
     int e, Clock::time_point now, Clock::time_point* wake) {
   const bool executor_idle = executors_[e].batches == 0;
   const int64_t max_bytes = executors_[e].executor->max_batch_bytes();
@@ -283,7 +283,7 @@ std::unique_ptr<Batch> Batcher::FormBatch(Bucket& bucket, int e, Clock::time_poi
     }
     if (!batch->jobs.empty() && (batch->total_q + s.total_q > options_.max_batch_tokens ||
                                  batch->total_k + s.total_k > kMaxLaunchRows ||
-                                 BatchBytesWith(batch->key, batch->sequences, batch->total_q,
+                                 BatchBytesWith(batch->config, batch->sequences, batch->total_q,
                                                 batch->total_k, batch->want_lse, s) > max_bytes)) {
       break;
     }

@@ -1,7 +1,7 @@
 // The dynamic batcher: one thread that turns queued jobs into packed batches and hands them to
 // the least loaded executor.
 //
-// Buckets: jobs are grouped by BucketKey (kernel configuration), not by shape, so requests of
+// Buckets: jobs are grouped by KernelConfig (kernel configuration), not by shape, so requests of
 // different sequence lengths in one bucket become one variable-length launch. A job with a mask
 // always runs alone (masks are per request and the kernels take one mask per launch); ALiBi slopes
 // are expanded per packed sequence, so they pack.
@@ -121,7 +121,7 @@ class Batcher {
   int PickExecutor() const;
   // Bucket to launch now on executor `e`, or end(); lowers *wake to the next time a bucket
   // becomes due by delay.
-  absl::flat_hash_map<BucketKey, Bucket>::iterator PickBucket(int e, Clock::time_point now,
+  absl::flat_hash_map<KernelConfig, Bucket>::iterator PickBucket(int e, Clock::time_point now,
                                                               Clock::time_point* wake);
   // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
   std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,
@@ -141,7 +141,7 @@ class Batcher {
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // batcher thread: something to do
   std::condition_variable idle_cv_;  // Drain / Shutdown: queue and executors empty
-  absl::flat_hash_map<BucketKey, Bucket> buckets_;
+  absl::flat_hash_map<KernelConfig, Bucket> buckets_;
   std::vector<ExecutorState> executors_;
   int64_t queued_requests_ = 0;
   int64_t queued_bytes_ = 0;

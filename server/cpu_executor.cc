@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "server/metrics/metrics.h"
-#include "server/packing.h"
+#include "server/plan.h"
 #include "server/thread_name.h"
 
 namespace attention::server {
@@ -20,10 +20,10 @@ CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
 
 CpuExecutor::~CpuExecutor() { Shutdown(); }
 
-absl::Status CpuExecutor::Admit(const Job&) const {
-  // A job alone runs in place (no staging), and the CPU backend takes every configuration the
-  // contract allows, so every validated request fits.
-  return absl::OkStatus();
+absl::Status CpuExecutor::Admit(const Job& job) const {
+  // A job alone runs in place (no staging), so every validated request fits; the backend says
+  // whether it computes the configuration.
+  return cpu::CheckSupported(job.spec);
 }
 
 void CpuExecutor::Submit(std::unique_ptr<Batch> batch) {
@@ -60,18 +60,15 @@ void CpuExecutor::Run() {
 absl::Status CpuExecutor::Execute(Batch& batch) {
   batch.device = device_;
   batch.timings.started = Clock::now();
+  AllocateOutputs(batch);
   if (batch.jobs.size() == 1) {
-    const Job& job = *batch.jobs[0];
-    char* o = nullptr;
-    float* lse = nullptr;
-    SizeJobOutputs(job, &o, &lse);
-    AttentionParams p = MakeJobParams(job, o, lse);
-    if (!job.spec.inputs_contiguous()) GatherJobInputs(job, &gathered_, &p);
+    // A lone job runs in place: the kernel reads its request and writes its outputs.
+    const AttentionParams p = InPlaceParams(batch, &gathered_);
     const Clock::time_point start = Clock::now();
     batch.timings.staged = start;
     absl::Status status = backend_.Run(p);
     batch.timings.kernel_ns = NanosSince(start);
-    // The kernel wrote o into the answer itself: nothing to scatter.
+    // Nothing to deliver: the outputs are already the job's.
     batch.timings.device_done = batch.timings.scattered = Clock::now();
     // A buffer grown for one large request is not kept (packed batches are bounded by
     // max_batch_bytes_, a lone request is not).
@@ -80,7 +77,7 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
     }
     return status;
   }
-  const BatchLayout& layout = batch.layout;
+  const BatchLayout& layout = batch.plan.layout;
   if (static_cast<int64_t>(staging_.size()) < layout.total_bytes()) {
     staging_.resize(static_cast<size_t>(layout.total_bytes()));
     if (metrics_ != nullptr) {
@@ -90,14 +87,20 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   }
   char* inputs = staging_.data();
   char* outputs = inputs + layout.input_bytes;
-  StageInputs(batch, inputs);
-  const AttentionParams p = MakeBatchParams(batch, inputs, outputs);
+  copies_.clear();
+  AppendInputCopies(batch, inputs, &copies_);
+  RunCopies(copies_);
+  const AttentionParams p = BindParams(batch.plan, inputs, outputs);
   const Clock::time_point start = Clock::now();
   batch.timings.staged = start;
   absl::Status status = backend_.Run(p);
   batch.timings.kernel_ns = NanosSince(start);
   batch.timings.device_done = Clock::now();
-  if (status.ok()) ScatterOutputs(batch, outputs);
+  if (status.ok()) {
+    copies_.clear();
+    AppendOutputCopies(batch, outputs, &copies_);
+    RunCopies(copies_);
+  }
   batch.timings.scattered = Clock::now();
   return status;
 }

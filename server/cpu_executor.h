@@ -18,11 +18,12 @@
 
 namespace attention::server {
 
-// A batch of one job runs in place: q, k, v read from the request (gathered into one reused
-// buffer first when they are still in the pieces they were received in), o and lse written
-// straight into the response. A packed batch of several jobs is staged into one host buffer (grown
-// up to max_batch_bytes() = ExecutorOptions::pinned_host_bytes and then reused), run, and scattered
-// back. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next batch keeps
+// Runs each batch's plan (server/plan.h). A batch of one job runs in place: q, k, v read from the
+// request (gathered into one reused buffer first when they are still in the pieces they were
+// received in), o and lse written straight into the job's outputs. A packed batch of several jobs
+// is staged into one host buffer (grown up to max_batch_bytes() =
+// ExecutorOptions::pinned_host_bytes and then reused), run, and delivered back by the plan's
+// output copies. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next batch keeps
 // filling in the batcher meanwhile.
 class CpuExecutor final : public Executor {
  public:
@@ -48,6 +49,7 @@ class CpuExecutor final : public Executor {
   cpu::CpuBackend backend_;
   std::vector<char> staging_;   // executor thread only
   std::vector<char> gathered_;  // a lone job's q, k, v gathered from pieces; executor thread only
+  std::vector<HostCopy> copies_;  // the plan's copies, bound to staging_; executor thread only
 
   std::mutex mu_;
   std::condition_variable cv_;

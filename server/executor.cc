@@ -33,20 +33,19 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
   const BatchTimings& t = batch->timings;
   if (status.ok()) {
     for (const auto& job : batch->jobs) {
-      const int64_t queue_ns = Nanos(t.started - job->accepted);
-      v1::Timings* timings = job->response->mutable_timings();
-      timings->set_queue_ns(queue_ns);
-      timings->set_transfer_ns(t.host_to_device_ns + t.device_to_host_ns);
-      timings->set_kernel_ns(t.kernel_ns);
-      v1::BatchInfo* info = job->response->mutable_batch();
-      info->set_batch_id(batch->id);
-      info->set_requests(static_cast<int32_t>(batch->jobs.size()));
-      info->set_sequences(batch->sequences);
-      info->set_tokens_q(batch->total_q);
-      info->set_tokens_k(batch->total_k);
-      info->set_device(batch->device);
-      if (batch->metrics != nullptr)
-        batch->metrics->ObserveStage(Stage::kQueueWait, Seconds(queue_ns));
+      JobResult& r = job->result;
+      r.queue_ns = Nanos(t.started - job->accepted);
+      r.transfer_ns = t.host_to_device_ns + t.device_to_host_ns;
+      r.kernel_ns = t.kernel_ns;
+      r.batch_id = batch->id;
+      r.requests = static_cast<int>(batch->jobs.size());
+      r.sequences = batch->sequences;
+      r.tokens_q = batch->total_q;
+      r.tokens_k = batch->total_k;
+      r.device = batch->device;
+      if (batch->metrics != nullptr) {
+        batch->metrics->ObserveStage(Stage::kQueueWait, Seconds(r.queue_ns));
+      }
     }
     if (batch->metrics != nullptr) {
       if (t.host_to_device_ns > 0) {
@@ -76,7 +75,7 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
   };
   const Clock::time_point answering = Clock::now();
   if (pool != nullptr) {
-    pool->Run(jobs.size(), complete);
+    pool->ParallelFor(jobs.size(), complete);
   } else {
     for (size_t i = 0; i < jobs.size(); ++i) complete(i);
   }

@@ -5,13 +5,13 @@
 // Life of a request:
 //   service: decode + ValidateRequest -> Job (owns nothing but its RequestSpec; points at the
 //            call's request and response messages) -> Batcher::Enqueue
-//   batcher: buckets jobs by BucketKey, forms a Batch (packing.h: AddJob + SealBatch), picks the
-//            least loaded executor, Executor::Submit(batch)
-//   executor: stages inputs, runs the kernel, writes outputs into each job's response
-//            (ScatterOutputs), then FinishBatch(batch, status)
-//   FinishBatch: fills each response's timings and batch info, hands each job back to its
-//            JobCompletion (the service's reactor, which calls Finish / Write), then tells the
-//            batcher the batch is done.
+//   batcher: buckets jobs by KernelConfig, forms a Batch (packing.h: AddJob + SealBatch, which
+//            makes the batch's Plan), picks the least loaded executor, Executor::Submit(batch)
+//   executor: runs the plan (input copies, kernel, output copies into each job's outputs), then
+//            FinishBatch(batch, status)
+//   FinishBatch: fills each job's result (timings, batch info), hands each job back to its
+//            JobCompletion (the service's reactor, which writes the answer and calls Finish /
+//            Write), then tells the batcher the batch is done.
 #ifndef ATTENTION_SERVER_EXECUTOR_H_
 #define ATTENTION_SERVER_EXECUTOR_H_
 
@@ -26,7 +26,8 @@
 
 #include "absl/status/status.h"
 #include "attention/v1/attention.pb.h"
-#include "kernels/attention_params.h"
+#include "kernels/kernel_config.h"
+#include "server/plan.h"
 #include "server/request_spec.h"
 
 namespace attention::server {
@@ -52,16 +53,39 @@ class JobCompletion {
   virtual void Complete(std::unique_ptr<Job> job, const absl::Status& status) = 0;
 };
 
+// A job's results, in the bytes the answer will carry: o (spec.q_bytes, q's dtype and layout) and,
+// when the request asked, lse (spec.lse_bytes of float32: dense [batch, q_heads, seqlen_q],
+// packed [q_heads, total_q]). Sized by the plan (AllocateOutputs) from the output pool; the
+// service moves them into the response, so o is written once and never copied again.
+struct JobOutputs {
+  std::string o;
+  std::string lse;
+};
+
+// What the answer reports about the batch a job ran in (timings in nanoseconds), filled by
+// FinishBatch.
+struct JobResult {
+  int64_t queue_ns = 0;     // accepted until its batch started
+  int64_t transfer_ns = 0;  // host-to-device plus device-to-host copies of its batch
+  int64_t kernel_ns = 0;
+  uint64_t batch_id = 0;
+  int requests = 0, sequences = 0;
+  int64_t tokens_q = 0, tokens_k = 0;
+  std::string device;
+};
+
 // One accepted request on its way through the batcher and an executor.
 //
 // Ownership: created by the service, owned by the batcher once Enqueue returned OK, then by the
 // Batch it was packed into, and handed back to `completion` by FinishBatch (or by the batcher
-// when it drops the job). `request` and `response` belong to the RPC and stay valid until the job
-// was handed back.
+// when it drops the job). `request` belongs to the RPC and stays valid until the job was handed
+// back. Nothing downstream of the service writes the RPC's response: executors fill `outputs`,
+// FinishBatch fills `result`, and the service writes the answer from them.
 struct Job {
   const v1::AttentionRequest* request = nullptr;
-  v1::AttentionResponse* response = nullptr;
   RequestSpec spec;  // validated from *request
+  JobOutputs outputs;
+  JobResult result;
   JobCompletion* completion = nullptr;
 
   Clock::time_point accepted;                             // when the service accepted the request
@@ -75,35 +99,6 @@ struct Job {
   }
 };
 
-// Kernel configuration of a job: jobs with equal keys can run in one packed launch whatever their
-// sequence lengths. The window is the normalized one (causal folded in); the scale is part of the
-// key because one launch has one scale.
-struct BucketKey {
-  DType dtype = DType::kBFloat16;
-  int head_dim = 0;
-  int q_heads = 0;
-  int kv_heads = 0;
-  bool causal = false;
-  int window_left = -1, window_right = -1;
-  float softcap = 0.f;
-  float softmax_scale = 0.f;
-  bool alibi = false;
-  MaskKind mask_kind = MaskKind::kNone;
-
-  friend bool operator==(const BucketKey& a, const BucketKey& b) {
-    return a.dtype == b.dtype && a.head_dim == b.head_dim && a.q_heads == b.q_heads &&
-           a.kv_heads == b.kv_heads && a.causal == b.causal && a.window_left == b.window_left &&
-           a.window_right == b.window_right && a.softcap == b.softcap &&
-           a.softmax_scale == b.softmax_scale && a.alibi == b.alibi && a.mask_kind == b.mask_kind;
-  }
-  template <typename H>
-  friend H AbslHashValue(H h, const BucketKey& k) {
-    return H::combine(std::move(h), k.dtype, k.head_dim, k.q_heads, k.kv_heads, k.causal,
-                      k.window_left, k.window_right, k.softcap, k.softmax_scale, k.alibi,
-                      k.mask_kind);
-  }
-};
-
 // Where a job's rows sit in the packed batch: sequences [first_sequence, first_sequence +
 // spec.batch) and rows [row_q, row_q + spec.total_q) of q / o, [row_k, row_k + spec.total_k) of
 // k / v.
@@ -111,19 +106,6 @@ struct JobSlice {
   int first_sequence = 0;
   int64_t row_q = 0;
   int64_t row_k = 0;
-};
-
-// Byte offsets of one batch's buffers, every one 256-byte aligned, in two blocks:
-//   inputs  = q | k | v | cu_seqlens_q | cu_seqlens_k | alibi slopes | mask
-//   outputs = o | lse
-// so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0.
-struct BatchLayout {
-  static constexpr int64_t kAlignment = 256;
-  int64_t q = 0, k = 0, v = 0, cu_seqlens_q = 0, cu_seqlens_k = 0, alibi = 0, mask = 0;
-  int64_t input_bytes = 0;
-  int64_t o = 0, lse = 0;
-  int64_t output_bytes = 0;
-  int64_t total_bytes() const { return input_bytes + output_bytes; }
 };
 
 // Per-batch timings an executor records, in nanoseconds (0 where a stage does not exist, e.g. the
@@ -141,13 +123,14 @@ struct BatchTimings {
   int64_t device_to_host_ns = 0;
 };
 
-// A packed launch: jobs of one BucketKey laid out as one variable-length batch (every job, dense
-// or packed, becomes spec.batch sequences). Built by the batcher with AddJob + SealBatch
-// (server/packing.h); the packed tensors themselves are never materialized here: an executor
-// copies each job's bytes straight from its request into its staging buffer (StageInputs).
+// A packed launch: jobs of one KernelConfig laid out as one variable-length batch (every job,
+// dense or packed, becomes spec.batch sequences). Built by the batcher with AddJob + SealBatch
+// (server/packing.h), which makes its Plan (server/plan.h); the packed tensors themselves are
+// never materialized here: an executor runs the plan's copies straight from each request into
+// its staging buffer.
 struct Batch {
   uint64_t id = 0;
-  BucketKey key;
+  KernelConfig config;  // every job's spec has this configuration
   std::vector<std::unique_ptr<Job>> jobs;
   std::vector<JobSlice> slices;  // parallel to jobs
 
@@ -157,14 +140,15 @@ struct Batch {
   bool want_lse = false;  // some job asked for lse: computed for the whole batch
   double flops = 0;       // FlashAttention convention, summed over jobs
 
-  // Host metadata of the packed batch: [sequences + 1] offsets, and (when key.alibi) the slopes
-  // expanded to [sequences, q_heads].
+  // Host metadata of the packed batch: [sequences + 1] offsets, and (when config.alibi /
+  // config.sinks) the slopes and sink logits expanded to [sequences, q_heads].
   std::vector<int32_t> cu_seqlens_q, cu_seqlens_k;
   std::vector<float> alibi_slopes;
+  std::vector<float> sink_logits;
   // A batch with a mask holds exactly one job (masks are per request); its mask is that job's
   // spec.mask() with the job's strides.
 
-  BatchLayout layout;  // filled by SealBatch
+  Plan plan;  // made by SealBatch
   Clock::time_point formed;
 
   // Filled by the executor before FinishBatch.
@@ -178,8 +162,8 @@ struct Batch {
   int64_t queued_bytes() const;  // sum of the jobs' RequestSpec::queued_bytes()
 };
 
-// Completes a batch: with OK, fills each job's response timings (queue = accepted .. started,
-// transfer = host_to_device + device_to_host, kernel) and batch info, observes the stage metrics;
+// Completes a batch: with OK, fills each job's result (queue = accepted .. started, transfer =
+// host_to_device + device_to_host, kernel, and the batch), observes the stage metrics;
 // with an error, answers every job with that status. Then hands each job to its completion and
 // calls batch->on_finished. Every executor calls this exactly once per submitted batch, from any
 // thread of its own, never while holding a lock the completions could need. With a `pool`, the
@@ -212,9 +196,9 @@ struct ExecutorOptions {
 //     threads never wait for a device). The batcher never has more than pipeline_depth() batches
 //     submitted and not yet finished on one executor.
 //   - Every submitted batch is finished exactly once with FinishBatch, from the executor's own
-//     threads (or inside Submit for an immediate failure). Before that the executor writes the
-//     results into each job's response (ScatterOutputs, or directly for single-job batches) and
-//     fills batch->device and batch->timings.
+//     threads (or inside Submit for an immediate failure). Before that the executor runs the
+//     batch's plan (server/plan.h: input copies, kernel, output copies into each job's outputs)
+//     and fills batch->device and batch->timings.
 //   - A failure that concerns the batch, not the requests (e.g. cudaErrorMemoryAllocation) fails
 //     that batch's jobs with RESOURCE_EXHAUSTED and the executor keeps serving.
 class Executor {
@@ -228,6 +212,7 @@ class Executor {
   virtual int pipeline_depth() const = 0;
 
   // Largest BatchLayout::total_bytes() of a batch it can run: the batcher packs no more.
+
   virtual int64_t max_batch_bytes() const = 0;
 
   // Whether `job` alone can ever run here: RESOURCE_EXHAUSTED if it is too large for the device

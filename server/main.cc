@@ -32,6 +32,7 @@
 #include "server/auth.h"
 #include "server/batcher.h"
 #include "server/cpu_executor.h"
+#include "server/drain.h"
 #include "server/executor.h"
 #include "server/log.h"
 #include "server/metrics/exposer.h"
@@ -264,6 +265,196 @@ std::string HostOf(const std::string& address) {
   return colon == std::string::npos ? address : address.substr(0, colon);
 }
 
+// Everything the flags decide, as the options of each part (flags to options).
+struct ServerConfig {
+  std::string address, metrics_address, health_address, backend;
+  int max_message_bytes = 0;
+  int64_t output_pool_bytes = 0;
+  int drain_timeout_s = 0;
+  ExecutorOptions executor;
+  BatcherOptions batcher;
+  ServiceOptions service;  // auth is set once the authenticator exists
+};
+
+absl::StatusOr<ServerConfig> ConfigFromFlags() {
+  if (absl::Status s = CheckFlags(); !s.ok()) return s;
+  ServerConfig c;
+  c.address = absl::GetFlag(FLAGS_address);
+  c.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  c.health_address = absl::GetFlag(FLAGS_health_address);
+  c.backend = absl::GetFlag(FLAGS_backend);
+  c.max_message_bytes = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
+  c.output_pool_bytes = int64_t{absl::GetFlag(FLAGS_output_pool_mb)} << 20;
+  c.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
+  c.executor.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
+  c.executor.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);
+  c.executor.pipeline_depth = absl::GetFlag(FLAGS_pipeline_depth);
+  c.executor.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  c.batcher.batching = absl::GetFlag(FLAGS_batching);
+  c.batcher.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  c.batcher.max_batch_requests = absl::GetFlag(FLAGS_max_batch_requests);
+  c.batcher.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  c.batcher.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
+  c.batcher.max_queue_bytes = absl::GetFlag(FLAGS_max_queue_bytes);
+  c.service.limits.max_request_tokens = absl::GetFlag(FLAGS_max_request_tokens);
+  c.service.limits.max_request_sequences = absl::GetFlag(FLAGS_max_request_sequences);
+  c.service.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
+  c.service.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
+  c.service.require_tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+  return c;
+}
+
+// The bearer-token authenticator of --auth_token_file, or null when the flag is empty.
+absl::StatusOr<std::unique_ptr<TokenAuthenticator>> MakeAuthenticator() {
+  const std::string path = absl::GetFlag(FLAGS_auth_token_file);
+  if (path.empty()) return nullptr;
+  absl::StatusOr<std::unique_ptr<TokenAuthenticator>> created = TokenAuthenticator::Create(
+      path, std::chrono::seconds(absl::GetFlag(FLAGS_credentials_reload_interval_s)));
+  if (created.ok() && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    LogLine(LogLevel::kWarning, "plaintext_tokens")
+        .Kv("warning", "--auth_token_file without --tls_cert: tokens travel in clear text");
+  }
+  return created;
+}
+
+// Backend choice: cuda when the build has the CUDA executor, a GPU is visible and --backend is
+// not cpu; else cpu. --backend=cuda without a GPU fails.
+absl::StatusOr<BuildInfo> ChooseBackend(const std::string& backend_flag, int* num_devices) {
+  BuildInfo info;
+  info.backend = "cpu";
+  info.device_name = CpuModelName();
+  *num_devices = 1;
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  const CudaDeviceInfo cuda = QueryCudaDevices();
+  if (backend_flag != "cpu" && cuda.count > 0) {
+    info.backend = "cuda";
+    info.device_name = cuda.name;
+    info.cuda_version = cuda.cuda_version;
+    *num_devices = cuda.count;
+  }
+#endif
+  if (backend_flag == "cuda" && info.backend != "cuda") {
+    return absl::FailedPreconditionError(
+        "--backend=cuda but this build has no CUDA executor or no GPU is visible");
+  }
+  return info;
+}
+
+// One executor per visible GPU (the CUDA backend), or the CPU executor.
+std::vector<std::unique_ptr<Executor>> MakeExecutors(const BuildInfo& info,
+                                                     const ExecutorOptions& options,
+                                                     Metrics* metrics) {
+  std::vector<std::unique_ptr<Executor>> executors;
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (info.backend == "cuda") {
+    SetCudaFatalErrorHandler([](const absl::Status& error) {
+      LogLine(LogLevel::kError, "device_fatal").Kv("error", error.message());
+      kill(getpid(), kFatalSignal);
+    });
+    executors = MakeCudaExecutors(options, metrics);
+  }
+#endif
+  if (info.backend == "cpu") executors.push_back(std::make_unique<CpuExecutor>(options, metrics));
+  return executors;
+}
+
+// The gRPC server, built and started: the service on --address (with `credentials`), health on
+// --health_address too when set, reflection, message limits and transport arguments.
+struct StartedServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0, health_port = 0;
+};
+absl::StatusOr<StartedServer> BuildServer(const ServerConfig& config,
+                                          const std::shared_ptr<grpc::ServerCredentials>& creds,
+                                          AttentionServiceImpl* service) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  StartedServer started;
+  builder.AddListeningPort(config.address, creds, &started.port);
+  if (!config.health_address.empty()) {
+    builder.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
+                             &started.health_port);
+  }
+  builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  builder.SetMaxSendMessageSize(config.max_message_bytes);
+  AddTransportArguments(builder);
+  started.server = builder.BuildAndStart();
+  if (started.server == nullptr || started.port == 0 ||
+      (!config.health_address.empty() && started.health_port == 0)) {
+    return absl::UnavailableError(absl::StrCat("cannot bind --address=", config.address,
+                                               " / --health_address=", config.health_address));
+  }
+  return started;
+}
+
+// The drain's target: this process's health service, service, batcher, server and executors.
+class ServerDrainTarget final : public DrainTarget {
+ public:
+  ServerDrainTarget(grpc::Server* server, AttentionServiceImpl* service, Batcher* batcher,
+                    std::vector<std::unique_ptr<Executor>>* executors)
+      : server_(server), service_(service), batcher_(batcher), executors_(executors) {}
+  void SetNotServing() override { server_->GetHealthCheckService()->SetServingStatus(false); }
+  void StopAcceptingCalls() override { service_->StartDrain(); }
+  void StopAcceptingJobs() override { batcher_->StopAccepting(); }
+  int64_t QueuedRequests() override { return batcher_->queued_requests(); }
+  int64_t BatchesInFlight() override { return batcher_->batches_in_flight(); }
+  bool DrainQueue(Clock::time_point deadline) override { return batcher_->Drain(deadline); }
+  bool ShutdownBatcher(Clock::time_point deadline) override {
+    return batcher_->Shutdown(deadline);
+  }
+  bool WaitForCalls(Clock::time_point deadline) override {
+    return service_->WaitForCalls(deadline);
+  }
+  void ShutdownServer() override {
+    server_->Shutdown(std::chrono::system_clock::now());
+    server_->Wait();
+  }
+  void ShutdownExecutors() override {
+    for (auto& e : *executors_) e->Shutdown();
+  }
+
+ private:
+  grpc::Server* const server_;
+  AttentionServiceImpl* const service_;
+  Batcher* const batcher_;
+  std::vector<std::unique_ptr<Executor>>* const executors_;
+};
+
+void LogListening(const ServerConfig& config, const StartedServer& started,
+                  const MetricsExposer* exposer, const BuildInfo& info, size_t devices,
+                  bool auth) {
+  const std::string bound = absl::StrCat(HostOf(config.address), ":", started.port);
+  LogLine(LogLevel::kInfo, "listening")
+      .Kv("address", bound)
+      .Kv("metrics_address", exposer != nullptr
+                                 ? absl::StrCat(HostOf(config.metrics_address), ":", exposer->port())
+                                 : std::string("off"))
+      .Kv("backend", info.backend)
+      .Kv("devices", devices)
+      .Kv("batching", config.batcher.batching)
+      .Kv("max_batch_tokens", config.batcher.max_batch_tokens)
+      .Kv("max_batch_requests", config.batcher.max_batch_requests)
+      .Kv("max_queue_delay_us", config.batcher.max_queue_delay.count())
+      .Kv("max_message_bytes", config.max_message_bytes)
+      .Kv("tls", absl::GetFlag(FLAGS_tls_cert).empty()        ? "off"
+                 : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
+                                                              : "mutual")
+      .Kv("auth", auth ? "bearer" : "off")
+      .Kv("health_address", config.health_address.empty()
+                                ? std::string("off")
+                                : absl::StrCat(HostOf(config.health_address), ":",
+                                               started.health_port))
+      .Kv("max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams));
+  std::printf("listening address=%s\n", bound.c_str());
+  std::fflush(stdout);
+}
+
+// Serve(): block the drain signals -> flags to options -> credentials and authenticator ->
+// backend choice -> metrics -> executors, batcher, service -> server build -> wait for a signal
+// -> drain (server/drain.h). Exit codes: 0 after a drain, 1 after a fatal device error or a
+// failure to start, 2 for bad flags.
 int Serve() {
   // SIGTERM and SIGINT are taken by sigwait below; blocked before any thread exists (gRPC's
   // credentials and the token reloader start threads) so that every thread inherits the mask.
@@ -273,191 +464,86 @@ int Serve() {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, kFatalSignal);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  if (absl::Status s = CheckFlags(); !s.ok()) {
-    LogLine(LogLevel::kError, "bad_flags").Kv("error", s.message());
+
+  absl::StatusOr<ServerConfig> config = ConfigFromFlags();
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      config.ok() ? MakeCredentials() : config.status();
+  absl::StatusOr<std::unique_ptr<TokenAuthenticator>> auth =
+      credentials.ok() ? MakeAuthenticator() : credentials.status();
+  if (!auth.ok()) {
+    LogLine(LogLevel::kError, "bad_flags").Kv("error", auth.status().message());
     return 2;
   }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
-  if (!credentials.ok()) {
-    LogLine(LogLevel::kError, "bad_flags").Kv("error", credentials.status().message());
-    return 2;
-  }
-  std::unique_ptr<TokenAuthenticator> auth;
-  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
-    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> created = TokenAuthenticator::Create(
-        path, std::chrono::seconds(absl::GetFlag(FLAGS_credentials_reload_interval_s)));
-    if (!created.ok()) {
-      LogLine(LogLevel::kError, "bad_flags").Kv("error", created.status().message());
-      return 2;
-    }
-    auth = std::move(*created);
-    if (absl::GetFlag(FLAGS_tls_cert).empty()) {
-      LogLine(LogLevel::kWarning, "plaintext_tokens")
-          .Kv("warning", "--auth_token_file without --tls_cert: tokens travel in clear text");
-    }
-  }
+  config->service.auth = auth->get();
+  OutputPool::Process().SetCapacity(config->output_pool_bytes);
 
-  OutputPool::Process().SetCapacity(int64_t{absl::GetFlag(FLAGS_output_pool_mb)} << 20);
-  ExecutorOptions executor_options;
-  executor_options.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
-  executor_options.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);
-  executor_options.pipeline_depth = absl::GetFlag(FLAGS_pipeline_depth);
-  executor_options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
-
-  const std::string backend_flag = absl::GetFlag(FLAGS_backend);
-  BuildInfo build_info;
-  build_info.backend = "cpu";
-  build_info.device_name = CpuModelName();
   int num_devices = 1;
-#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  const CudaDeviceInfo cuda = QueryCudaDevices();
-  if (backend_flag != "cpu" && cuda.count > 0) {
-    build_info.backend = "cuda";
-    build_info.device_name = cuda.name;
-    build_info.cuda_version = cuda.cuda_version;
-    num_devices = cuda.count;
-  }
-#endif
-  if (backend_flag == "cuda" && build_info.backend != "cuda") {
-    LogLine(LogLevel::kError, "no_cuda_device")
-        .Kv("error", "--backend=cuda but this build has no CUDA executor or no GPU is visible");
+  absl::StatusOr<BuildInfo> build_info = ChooseBackend(config->backend, &num_devices);
+  if (!build_info.ok()) {
+    LogLine(LogLevel::kError, "no_cuda_device").Kv("error", build_info.status().message());
     return 1;
   }
-  const bool cpu_backend = build_info.backend == "cpu";
-
   auto registry = std::make_shared<prometheus::Registry>();
-  Metrics metrics(registry, build_info, num_devices, cpu_backend);
+  Metrics metrics(registry, *build_info, num_devices, build_info->backend == "cpu");
   std::unique_ptr<MetricsExposer> exposer;
-  if (const std::string address = absl::GetFlag(FLAGS_metrics_address); !address.empty()) {
+  if (!config->metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsExposer>> started =
-        StartMetricsExposer(address, registry);
+        StartMetricsExposer(config->metrics_address, registry);
     if (!started.ok()) {
       LogLine(LogLevel::kError, "metrics_bind_failed")
-          .Kv("metrics_address", address)
+          .Kv("metrics_address", config->metrics_address)
           .Kv("error", started.status().message());
       return 1;
     }
     exposer = std::move(*started);
   }
 
-  std::vector<std::unique_ptr<Executor>> executors;
-#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  if (!cpu_backend) {
-    SetCudaFatalErrorHandler([](const absl::Status& error) {
-      LogLine(LogLevel::kError, "device_fatal").Kv("error", error.message());
-      kill(getpid(), kFatalSignal);
-    });
-    executors = MakeCudaExecutors(executor_options, &metrics);
-  }
-#endif
-  if (cpu_backend) executors.push_back(std::make_unique<CpuExecutor>(executor_options, &metrics));
+  std::vector<std::unique_ptr<Executor>> executors =
+      MakeExecutors(*build_info, config->executor, &metrics);
   if (executors.empty()) {
-    LogLine(LogLevel::kError, "no_executor").Kv("backend", build_info.backend);
+    LogLine(LogLevel::kError, "no_executor").Kv("backend", build_info->backend);
     return 1;
   }
   std::vector<Executor*> executor_ptrs;
   for (const auto& e : executors) executor_ptrs.push_back(e.get());
+  metrics.SetQueueLimits(config->batcher.max_queue_requests, config->batcher.max_queue_bytes);
+  Batcher batcher(config->batcher, executor_ptrs, &metrics);
+  AttentionServiceImpl service(config->service, &batcher, &metrics);
 
-  BatcherOptions batcher_options;
-  batcher_options.batching = absl::GetFlag(FLAGS_batching);
-  batcher_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-  batcher_options.max_batch_requests = absl::GetFlag(FLAGS_max_batch_requests);
-  batcher_options.max_queue_delay =
-      std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
-  batcher_options.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
-  batcher_options.max_queue_bytes = absl::GetFlag(FLAGS_max_queue_bytes);
-  metrics.SetQueueLimits(batcher_options.max_queue_requests, batcher_options.max_queue_bytes);
-  Batcher batcher(batcher_options, executor_ptrs, &metrics);
-
-  ServiceOptions service_options;
-  service_options.limits.max_request_tokens = absl::GetFlag(FLAGS_max_request_tokens);
-  service_options.limits.max_request_sequences = absl::GetFlag(FLAGS_max_request_sequences);
-  service_options.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
-  service_options.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
-  service_options.auth = auth.get();
-  service_options.require_tls = !absl::GetFlag(FLAGS_tls_cert).empty();
-  AttentionServiceImpl service(service_options, &batcher, &metrics);
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  const std::string address = absl::GetFlag(FLAGS_address);
-  int port = 0;
-  builder.AddListeningPort(address, *credentials, &port);
-  int health_port = 0;
-  const std::string health_address = absl::GetFlag(FLAGS_health_address);
-  if (!health_address.empty()) {
-    builder.AddListeningPort(health_address, grpc::InsecureServerCredentials(), &health_port);
-  }
-  builder.RegisterService(&service);
-  const int max_message = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
-  builder.SetMaxReceiveMessageSize(max_message);
-  builder.SetMaxSendMessageSize(max_message);
-  AddTransportArguments(builder);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0 || (!health_address.empty() && health_port == 0)) {
+  absl::StatusOr<StartedServer> started = BuildServer(*config, *credentials, &service);
+  if (!started.ok()) {
     LogLine(LogLevel::kError, "bind_failed")
-        .Kv("address", address)
-        .Kv("health_address", health_address);
+        .Kv("address", config->address)
+        .Kv("health_address", config->health_address);
     return 1;
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  grpc::HealthCheckServiceInterface* health = started->server->GetHealthCheckService();
   health->SetServingStatus(false);
   // Executors, batcher and service are up: ready.
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-
-  const std::string bound = absl::StrCat(HostOf(address), ":", port);
-  LogLine(LogLevel::kInfo, "listening")
-      .Kv("address", bound)
-      .Kv("metrics_address",
-          exposer ? absl::StrCat(HostOf(absl::GetFlag(FLAGS_metrics_address)), ":", exposer->port())
-                  : std::string("off"))
-      .Kv("backend", build_info.backend)
-      .Kv("devices", executors.size())
-      .Kv("batching", batcher_options.batching)
-      .Kv("max_batch_tokens", batcher_options.max_batch_tokens)
-      .Kv("max_batch_requests", batcher_options.max_batch_requests)
-      .Kv("max_queue_delay_us", batcher_options.max_queue_delay.count())
-      .Kv("max_message_bytes", max_message)
-      .Kv("tls", absl::GetFlag(FLAGS_tls_cert).empty()        ? "off"
-                 : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
-                                                              : "mutual")
-      .Kv("auth", auth != nullptr ? "bearer" : "off")
-      .Kv("health_address", health_address.empty()
-                                ? std::string("off")
-                                : absl::StrCat(HostOf(health_address), ":", health_port))
-      .Kv("max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams));
-  std::printf("listening address=%s\n", bound.c_str());
-  std::fflush(stdout);
+  LogListening(*config, *started, exposer.get(), *build_info, executors.size(),
+               *auth != nullptr);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const bool fatal = signal_number == kFatalSignal;
-  // Health NOT_SERVING and new calls refused first, so that anyone who sees the "draining" line
-  // finds both already in force (a call sent after it gets UNAVAILABLE, never an answer).
-  health->SetServingStatus(false);
-  const int64_t queued_at_signal = batcher.queued_requests();
-  const int64_t batches_at_signal = batcher.batches_in_flight();
-  service.StartDrain();
-  batcher.StopAccepting();
+  ServerDrainTarget target(started->server.get(), &service, &batcher, &executors);
   const auto drain_start = Clock::now();
-  const auto deadline = drain_start + std::chrono::seconds(absl::GetFlag(FLAGS_drain_timeout_s));
-  LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "draining")
-      .Kv("signal", fatal                      ? "device_fatal"
-                    : signal_number == SIGTERM ? "SIGTERM"
-                                               : "SIGINT")
-      .Kv("queued", queued_at_signal)
-      .Kv("batches_in_flight", batches_at_signal)
-      .Kv("drain_timeout_s", absl::GetFlag(FLAGS_drain_timeout_s));
-  const bool drained = batcher.Drain(deadline);
-  // Answers whatever is still queued (UNAVAILABLE) and waits for the batches on the devices, so
-  // that every call can finish before the server shuts down.
-  const int64_t abandoned = batcher.queued_requests();
-  // A batch still running at the drain deadline gets a grace period to finish; one that does
-  // not (a device that never completes) still points into its calls, so nothing can be torn
-  // down safely: the process ends at once, non-zero, as --drain_timeout_s promises.
-  if (!batcher.Shutdown(deadline + kStuckBatchGrace)) {
+  const auto deadline = drain_start + std::chrono::seconds(config->drain_timeout_s);
+  const DrainResult r =
+      RunDrain(target, deadline, kStuckBatchGrace, [&](const DrainResult& at_start) {
+        LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "draining")
+            .Kv("signal", fatal                      ? "device_fatal"
+                          : signal_number == SIGTERM ? "SIGTERM"
+                                                     : "SIGINT")
+            .Kv("queued", at_start.queued_at_start)
+            .Kv("batches_in_flight", at_start.batches_at_start)
+            .Kv("drain_timeout_s", config->drain_timeout_s);
+      });
+  if (r.stuck) {
+    // A batch still on a device points into its calls: nothing can be torn down safely, so the
+    // process ends at once, non-zero, as --drain_timeout_s promises.
     LogLine(LogLevel::kError, "drain_stuck")
         .Kv("batches_in_flight", batcher.batches_in_flight())
         .Kv("grace_s", std::chrono::duration_cast<std::chrono::seconds>(kStuckBatchGrace).count());
@@ -465,17 +551,11 @@ int Serve() {
     std::fflush(stderr);
     std::_Exit(1);
   }
-  // Every answer written and every stream ended: shutting the server down cancels nothing (at
-  // the drain deadline it cancels whatever is left).
-  const bool calls_done = service.WaitForCalls(deadline);
-  server->Shutdown(std::chrono::system_clock::now());
-  server->Wait();
-  for (auto& e : executors) e->Shutdown();
   LogLine(fatal ? LogLevel::kError : LogLevel::kInfo, "stopped")
       .Kv("exit_code", fatal ? 1 : 0)
-      .Kv("drained", drained)
-      .Kv("abandoned", abandoned)
-      .Kv("calls_done", calls_done)
+      .Kv("drained", r.drained)
+      .Kv("abandoned", r.abandoned)
+      .Kv("calls_done", r.calls_done)
       .Kv("drain_ms",
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - drain_start)
               .count());

@@ -9,6 +9,7 @@
 
 #include "absl/strings/string_view.h"
 #include "kernels/attention_params.h"
+#include "kernels/kernel_config.h"
 
 namespace attention::server {
 
@@ -20,9 +21,10 @@ using TensorPieces = std::vector<absl::string_view>;
 // `converted_mask`, or the received pieces of q, k and v), so a RequestSpec is valid only while
 // that request lives and must not be copied once `converted_mask` is in use (moving is fine: a
 // vector's buffer survives a move).
-struct RequestSpec {
-  DType dtype = DType::kBFloat16;
-
+//
+// The request's kernel configuration is the KernelConfig base (`spec.head_dim`, `spec.causal`,
+// ...): validation fills it once, and the batcher buckets by it as it is.
+struct RequestSpec : KernelConfig {
   // Packed variable-length request (cu_seqlens_q and cu_seqlens_k given) or dense.
   bool packed = false;
   // Sequences in the request: dense batch, or cu_seqlens_q size - 1.
@@ -31,7 +33,6 @@ struct RequestSpec {
   int seqlen_q = 0, seqlen_k = 0;
   // Rows of q (and o) and of k and v: dense batch * seqlen, packed the first dimension.
   int64_t total_q = 0, total_k = 0;
-  int q_heads = 0, kv_heads = 0, head_dim = 0;
 
   // q, k, v bytes (contiguous rows [total, heads, head_dim]): q_data when they lie in one span
   // (the request's own data, or one received piece), else null and q_pieces lists the spans in
@@ -50,21 +51,22 @@ struct RequestSpec {
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
 
-  float softmax_scale = 0.f;  // resolved: the request's value or 1 / sqrt(head_dim)
-  float softcap = 0.f;
-  // Normalize()d: causal implies window_right == 0 and the reverse for an unbounded left side.
-  bool causal = false;
-  int window_left = -1, window_right = -1;
+  // The configuration's softmax_scale is resolved (the request's value or 1 / sqrt(head_dim)) and
+  // its window Normalize()d (causal implies window_right == 0, and the reverse for an unbounded
+  // left side).
 
-  // ALiBi slopes (float32) inside the request: [q_heads] (alibi_batch_stride 0) or
-  // [batch, q_heads] (alibi_batch_stride q_heads); null when absent.
+  // ALiBi slopes (float32) inside the request, set iff `alibi`: [q_heads] (alibi_batch_stride 0)
+  // or [batch, q_heads] (alibi_batch_stride q_heads).
   const float* alibi_slopes = nullptr;
   int64_t alibi_batch_stride = 0;
 
+  // Attention sink logits (float32) inside the request, set iff `sinks`: [q_heads].
+  const float* sink_logits = nullptr;
+
   // Mask as the kernels read it: kBool is uint8 per element, kAdditive float32 per element.
   // Strides index (sequence, head, row, col) of the request, 0 on broadcast dimensions.
-  // Additive FLOAT16 / BFLOAT16 masks are widened to float32 into `converted_mask`.
-  MaskKind mask_kind = MaskKind::kNone;
+  // Additive FLOAT16 / BFLOAT16 masks are widened to float32 into `converted_mask`. The kind is
+  // the configuration's mask_kind.
   int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0, mask_col_stride = 0;
   // Bytes of mask data the kernels read (elements x 1 for bool, x 4 for additive).
   int64_t mask_bytes = 0;

@@ -12,9 +12,11 @@
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/support/slice.h"
 #include "server/log.h"
+#include "proto/contract_types.h"
 #include "server/metrics/metrics.h"
 #include "server/request_wire.h"
 #include "server/response_wire.h"
+#include "server/stream_state.h"
 
 namespace attention::server {
 namespace {
@@ -110,10 +112,50 @@ absl::Status Authenticate(const AttentionServiceImpl& service,
   return status;
 }
 
+}  // namespace
+
+void WriteAnswer(Job& job, Response* response) {
+  const RequestSpec& s = job.spec;
+  v1::Tensor* o = response->mutable_o();
+  o->set_dtype(job.request->q().dtype());
+  o->mutable_shape()->CopyFrom(job.request->q().shape());
+  o->mutable_data()->swap(job.outputs.o);
+  if (s.return_lse) {
+    v1::Tensor* lse = response->mutable_lse();
+    lse->set_dtype(v1::FLOAT32);
+    auto* shape = lse->mutable_shape();
+    shape->Clear();
+    if (s.packed) {
+      shape->Add(s.q_heads);
+      shape->Add(s.total_q);
+    } else {
+      shape->Add(s.batch);
+      shape->Add(s.q_heads);
+      shape->Add(s.seqlen_q);
+    }
+    lse->mutable_data()->swap(job.outputs.lse);
+  }
+  response->set_precision(ContractPrecision(s.precision));
+  const JobResult& r = job.result;
+  v1::Timings* timings = response->mutable_timings();
+  timings->set_queue_ns(r.queue_ns);
+  timings->set_transfer_ns(r.transfer_ns);
+  timings->set_kernel_ns(r.kernel_ns);
+  v1::BatchInfo* info = response->mutable_batch();
+  info->set_batch_id(r.batch_id);
+  info->set_requests(r.requests);
+  info->set_sequences(r.sequences);
+  info->set_tokens_q(r.tokens_q);
+  info->set_tokens_k(r.tokens_k);
+  info->set_device(r.device);
+}
+
+namespace {
+
 // Validates `received` and queues it as a job answered through `completion`. On an error nothing
 // was queued and the caller answers with the status.
 absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& received,
-                      Response* response, JobCompletion* completion, Clock::time_point accepted,
+                      JobCompletion* completion, Clock::time_point accepted,
                       Clock::time_point deadline, const std::atomic<bool>* cancelled) {
   const Request& request = received.message;
   absl::StatusOr<RequestSpec> spec =
@@ -127,7 +169,6 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
   }
   auto job = std::make_unique<Job>();
   job->request = &request;
-  job->response = response;
   job->spec = std::move(*spec);
   job->completion = completion;
   job->accepted = accepted;
@@ -152,8 +193,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
     // gRPC allocated the request buffer for this call and only reads it back to destroy it.
     if (status.ok()) status = ParseRequest(const_cast<grpc::ByteBuffer*>(request_wire), &request_);
     if (status.ok()) {
-      status = StartJob(*service_, request_, &response_, this, accepted_,
-                        SteadyDeadline(context, accepted_), &cancelled_);
+      status = StartJob(*service_, request_, this, accepted_, SteadyDeadline(context, accepted_),
+                        &cancelled_);
     }
     // Once the job is queued another thread may answer it (and this object be deleted): nothing
     // after this point touches `this` unless the job was refused.
@@ -161,6 +202,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   }
 
   void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+    if (status.ok()) WriteAnswer(*job, &response_);
     job.reset();
     Answer(status);
   }
@@ -207,13 +249,16 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
 
 // One bidirectional stream. Each request read becomes an Item (request + response + its own
 // JobCompletion); an Item is owned by its job while queued or running and comes back to the
-// stream in ItemDone, which queues its answer for writing. The stream finishes once nothing is in
-// flight, nothing is being written and no more requests will be read (half-close, cancel,
-// drain, or a failed write); gRPC then calls OnDone, which deletes it.
+// stream in ItemDone, which queues its answer for writing. The stream's rules (flow control,
+// when it ends, with which status) are StreamState's (server/stream_state.h); this class holds
+// it under mu_ and does what it decides: start reads and writes, finish. gRPC then calls OnDone,
+// which deletes the stream.
 class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service), deadline_(SteadyDeadline(context, Clock::now())) {
+      : service_(service),
+        deadline_(SteadyDeadline(context, Clock::now())),
+        state_(service->options().max_stream_in_flight) {
     service_->Register(this);
     const absl::Status auth = Authenticate(*service_, context);
     if (auth.ok() && !service_->draining()) {
@@ -224,9 +269,8 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     {
       std::lock_guard<std::mutex> lock(mu_);
       // StartDrain may have finished this stream already (Register made it visible): one Finish.
-      if (finished_) return;
-      draining_ = service_->draining();
-      finished_ = true;
+      if (service_->draining()) state_.Drain();
+      if (!state_.FinishAtOpen()) return;
     }
     Finish(!auth.ok() ? ToGrpc(auth)
                       : grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -236,7 +280,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   void OnReadDone(bool ok) override {
     if (!ok) {
       std::unique_lock<std::mutex> lock(mu_);
-      reads_done_ = true;
+      state_.ReadsDone();
       MaybeFinish(lock);
       return;
     }
@@ -245,51 +289,20 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
     ++messages_read_;
     if (absl::Status parsed = ParseRequest(&item->wire_in, &item->request); !parsed.ok()) {
-      // The stream's framing is broken: the request cannot be answered by its request_id, so the
-      // stream ends with INVALID_ARGUMENT once the answers in flight are written.
-      if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-        metrics->RequestRejected("invalid");
-        metrics->RequestDone(Method::kAttentionStream, grpc::StatusCode::INVALID_ARGUMENT,
-                             SecondsSince(item->accepted), item->request_bytes, 0);
-      }
-      std::unique_lock<std::mutex> lock(mu_);
-      malformed_ = absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message());
-      MaybeFinish(lock);
+      RefuseMalformed(*item, parsed);
       return;
     }
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (finished_) {
-        // The stream ended (cancelled, draining, a failed write) while this message was being
-        // read, which MaybeFinish allows: nothing was in flight then. It can no longer be
-        // answered, and a job started now would outlive the stream (gRPC deletes it once this
-        // callback returns) and reach it through `cancelled_` and Item::call.
-        const grpc::StatusCode code = cancelled_.load(std::memory_order_relaxed) || write_failed_
-                                          ? grpc::StatusCode::CANCELLED
-                                          : grpc::StatusCode::UNAVAILABLE;
-        lock.unlock();
-        if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-          metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item->accepted),
-                               item->request_bytes, 0);
-        }
-        return;
-      }
-      ++in_flight_;
-    }
+    if (!Accept(*item)) return;
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
-    const absl::Status status = StartJob(*service_, item->request, &item->response, item.get(),
-                                         item->accepted, deadline_, &cancelled_);
+    const absl::Status status = StartJob(*service_, item->request, item.get(), item->accepted,
+                                         deadline_, state_.cancelled_flag());
     if (status.ok()) {
       item.release();  // owned by its job until Item::Complete
     } else {
       ItemDone(std::move(item), status);
     }
     std::unique_lock<std::mutex> lock(mu_);
-    if (in_flight_ < service_->options().max_stream_in_flight && !Ending()) {
-      ReadNext(lock);
-    } else {
-      read_paused_ = true;
-    }
+    if (state_.ShouldReadNext()) ReadNext(lock);
   }
 
   void OnWriteDone(bool ok) override {
@@ -297,18 +310,14 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     std::unique_lock<std::mutex> lock(mu_);
     written = std::move(write_queue_.front());
     write_queue_.pop_front();
-    --in_flight_;
-    if (!ok) {
-      // The client is gone: drop the answers still queued.
-      write_failed_ = true;
-      in_flight_ -= static_cast<int>(write_queue_.size());
-      write_queue_.clear();
-    }
-    writing_ = !write_queue_.empty();
+    // A failed write: the client is gone, the answers still queued are dropped.
+    const int dropped = ok ? 0 : static_cast<int>(write_queue_.size());
+    if (!ok) write_queue_.clear();
+    const bool resume_reading = state_.AnswerWritten(ok, dropped);
+    state_.SetWriting(!write_queue_.empty());
     // The front item stays queued (and alive) until its own OnWriteDone.
-    Item* next = writing_ ? write_queue_.front().get() : nullptr;
-    if (read_paused_ && !Ending() && in_flight_ < service_->options().max_stream_in_flight) {
-      read_paused_ = false;
+    Item* next = state_.writing() ? write_queue_.front().get() : nullptr;
+    if (resume_reading) {
       ReadNext(lock);
       lock.lock();
     }
@@ -321,7 +330,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   }
 
   void OnCancel() override {
-    cancelled_.store(true, std::memory_order_relaxed);
+    state_.Cancel();
     service_->batcher()->NotifyCancelled();
     std::unique_lock<std::mutex> lock(mu_);
     MaybeFinish(lock);
@@ -337,7 +346,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   // The server is draining: end the stream once its outstanding answers are written.
   void Drain() {
     std::unique_lock<std::mutex> lock(mu_);
-    draining_ = true;
+    state_.Drain();
     MaybeFinish(lock);
   }
 
@@ -345,6 +354,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   struct Item final : JobCompletion {
     explicit Item(StreamCall* call) : call(call) {}
     void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+      if (status.ok()) WriteAnswer(*job, &response);
       job.reset();
       call->ItemDone(std::unique_ptr<Item>(this), status);
     }
@@ -356,6 +366,41 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     Clock::time_point accepted;
     int64_t request_bytes = 0;
   };
+
+  // A message that is not an AttentionRequest: the stream's framing is broken, the request cannot
+  // be answered by its request_id, so the stream ends with INVALID_ARGUMENT once the answers in
+  // flight are written.
+  void RefuseMalformed(const Item& item, const absl::Status& parsed) {
+    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->RequestRejected("invalid");
+      metrics->RequestDone(Method::kAttentionStream, grpc::StatusCode::INVALID_ARGUMENT,
+                           SecondsSince(item.accepted), item.request_bytes, 0);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    state_.Malformed(absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
+    MaybeFinish(lock);
+  }
+
+  // Counts a parsed request in flight; false when the stream already finished (cancelled,
+  // draining, a failed write) while it was being read, which MaybeFinish allows since nothing was
+  // in flight then. It can no longer be answered, and a job started now would outlive the stream
+  // (gRPC deletes it once this callback returns) and reach it through the cancel flag and
+  // Item::call.
+  bool Accept(const Item& item) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!state_.finished()) {
+      state_.RequestAccepted();
+      return true;
+    }
+    const grpc::StatusCode code =
+        state_.answers_dropped() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::UNAVAILABLE;
+    lock.unlock();
+    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
+                           item.request_bytes, 0);
+    }
+    return false;
+  }
 
   // Serializes `item`'s answer and starts writing it (one write outstanding at a time).
   void Write(Item* item) {
@@ -376,7 +421,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     response.set_request_id(item->request.message.request_id());
     item->request.Release();  // the inputs are no longer needed
     std::unique_lock<std::mutex> lock(mu_);
-    const bool dropped = write_failed_ || cancelled_.load(std::memory_order_relaxed);
+    const bool dropped = state_.answers_dropped();
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       // An answer the stream will never write counts as what the caller saw: CANCELLED.
       metrics->RequestDone(
@@ -387,26 +432,20 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       metrics->AddInFlight(-1);
     }
     if (dropped) {
-      // Once in_flight_ drops and mu_ is released, another completion (the batcher dropping a
-      // queued item, the executor answering one) may finish the stream and gRPC delete it: the
-      // decision to finish is taken under this same hold, and nothing after it touches `this`.
-      // The item (its buffers) is freed on return, outside mu_; it does not refer to the stream.
-      --in_flight_;
+      // Once the answer is counted out and mu_ is released, another completion (the batcher
+      // dropping a queued item, the executor answering one) may finish the stream and gRPC
+      // delete it: the decision to finish is taken under this same hold, and nothing after it
+      // touches `this`. The item (its buffers) is freed on return, outside mu_; it does not
+      // refer to the stream.
+      state_.AnswerDropped();
       MaybeFinish(lock);
       return;
     }
     write_queue_.push_back(std::move(item));
-    if (writing_) return;
-    writing_ = true;
+    if (!state_.StartWriting()) return;
     Item* next = write_queue_.front().get();
     lock.unlock();
     Write(next);
-  }
-
-  // No more requests will be read from this stream.
-  bool Ending() const {
-    return reads_done_ || draining_ || write_failed_ || !malformed_.empty() ||
-           cancelled_.load(std::memory_order_relaxed);
   }
 
   // Starts the next read; unlocks `lock`.
@@ -419,38 +458,21 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
 
   // Finishes the stream if nothing is left to do; unlocks `lock`.
   void MaybeFinish(std::unique_lock<std::mutex>& lock) {
-    if (finished_ || in_flight_ > 0 || writing_ || !Ending()) return;
-    finished_ = true;
-    grpc::Status status = grpc::Status::OK;
-    if (cancelled_.load(std::memory_order_relaxed) || write_failed_) {
-      status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
-    } else if (!malformed_.empty()) {
-      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, malformed_);
-    } else if (draining_ && !reads_done_) {
-      status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "server is draining: open the stream on another replica");
-    }
+    if (!state_.TryFinish()) return;
+    const grpc::Status status = state_.FinishStatus();
     lock.unlock();
     Finish(status);
   }
 
   AttentionServiceImpl* const service_;
   const Clock::time_point deadline_;
-  std::atomic<bool> cancelled_{false};
   // The item the outstanding read fills (touched only by the reading path).
   std::unique_ptr<Item> next_;
+  int64_t messages_read_ = 0;  // reading path only
 
   std::mutex mu_;
-  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written when writing_
-  int in_flight_ = 0;                              // requests read and not yet written (or dropped)
-  bool writing_ = false;
-  bool read_paused_ = false;  // no read outstanding because of max_stream_in_flight
-  bool reads_done_ = false;   // the client half-closed (or the stream broke)
-  bool draining_ = false;
-  bool write_failed_ = false;
-  bool finished_ = false;
-  int64_t messages_read_ = 0;  // reading path only
-  std::string malformed_;      // why the stream ends INVALID_ARGUMENT, empty if it does not
+  StreamState state_;                              // under mu_ (its cancel flag is atomic)
+  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written while writing
 };
 
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher,

@@ -35,6 +35,11 @@ namespace attention::server {
 class Metrics;
 class StreamCall;
 
+// Writes a computed job's answer into `response`, the one place an answer is written from a job:
+// o in q's dtype and shape, lse when asked, the precision it ran at, the timings and the batch it
+// ran in. The job's output buffers move into the response (o is never copied here).
+void WriteAnswer(Job& job, v1::AttentionResponse* response);
+
 struct ServiceOptions {
   ValidationLimits limits;
   // Requests of one stream accepted and not yet written back; at this bound the stream stops

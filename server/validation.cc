@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "kernels/attention_params.h"
 #include "kernels/dtype.h"
+#include "proto/contract_types.h"
 
 namespace attention::server {
 namespace {
@@ -33,19 +35,6 @@ absl::Status Invalid(absl::string_view field, absl::string_view rule) {
 
 absl::Status OverLimit(absl::string_view field, absl::string_view rule) {
   return absl::ResourceExhaustedError(absl::StrCat(field, ": ", rule));
-}
-
-// Element size of a tensor dtype, 0 if not one of q/k/v's.
-int64_t ValueSize(int dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return 4;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-      return 2;
-    default:
-      return 0;
-  }
 }
 
 // Checks that `t`'s data, `data_size` bytes (t.data().size() unless the bytes are kept outside
@@ -135,8 +124,8 @@ absl::Status CheckCuSeqlens(absl::string_view name,
   return absl::OkStatus();
 }
 
-absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& limits,
-                         const TensorData* received, RequestSpec& s) {
+// Ranks of q, k and v, every dimension >= 1, v's shape equal to k's. Sets s.packed.
+absl::Status CheckRanks(const v1::AttentionRequest& r, RequestSpec& s) {
   const Tensor& q = r.q();
   const Tensor& k = r.k();
   const Tensor& v = r.v();
@@ -166,17 +155,24 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
                                                       "kv_heads, head_dim]) like q, got ",
                                                       k.shape_size()));
   }
-  const char* const* q_names = s.packed ? kPackedQ : kDenseQ;
-  const char* const* k_names = s.packed ? kPackedK : kDenseK;
-  if (auto st = CheckDimsPositive("q", q, q_names); !st.ok()) return st;
-  if (auto st = CheckDimsPositive("k", k, k_names); !st.ok()) return st;
+  if (auto st = CheckDimsPositive("q", q, s.packed ? kPackedQ : kDenseQ); !st.ok()) return st;
+  if (auto st = CheckDimsPositive("k", k, s.packed ? kPackedK : kDenseK); !st.ok()) return st;
   bool same_vk = v.shape_size() == k.shape_size();
   for (int i = 0; same_vk && i < k.shape_size(); ++i) same_vk = v.shape(i) == k.shape(i);
   if (!same_vk) {
     return Invalid("v.shape",
                    absl::StrCat("must equal k.shape ", ShapeString(k), ", got ", ShapeString(v)));
   }
+  return absl::OkStatus();
+}
 
+// head_dim (q's and k's equal, at most kMaxHeadDim), q_heads (within --max_heads) a multiple of
+// kv_heads, dense q and k of one batch. Sets the configuration's heads and head_dim.
+absl::Status CheckHeads(const v1::AttentionRequest& r, const ValidationLimits& limits,
+                        RequestSpec& s) {
+  const Tensor& q = r.q();
+  const Tensor& k = r.k();
+  const int rank = s.packed ? 3 : 4;
   const int64_t head_dim = q.shape(rank - 1);
   const int64_t q_heads = q.shape(rank - 2);
   const int64_t kv_heads = k.shape(rank - 2);
@@ -203,8 +199,18 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
         absl::StrCat("k.shape[", rank - 2, "] (kv_heads)"),
         absl::StrCat("q_heads (", q_heads, ") must be a multiple of kv_heads (", kv_heads, ")"));
   }
+  s.q_heads = static_cast<int>(q_heads);
+  s.kv_heads = static_cast<int>(kv_heads);
+  s.head_dim = static_cast<int>(head_dim);
+  return absl::OkStatus();
+}
 
-  // Rows of q and k (tokens), each bounded by --max_request_tokens (which is below 2^31).
+// Rows of q and k (tokens), each bounded by --max_request_tokens (which is below 2^31), and a
+// dense batch bounded by --max_request_sequences. Sets total_q and total_k.
+absl::Status CountTokens(const v1::AttentionRequest& r, const ValidationLimits& limits,
+                         RequestSpec& s) {
+  const Tensor& q = r.q();
+  const Tensor& k = r.k();
   int64_t total_q = 0, total_k = 0;
   if (s.packed) {
     total_q = q.shape(0);
@@ -230,10 +236,21 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
                                              "server's limit of ",
                                              limits.max_request_tokens, " (--max_request_tokens)"));
   }
+  s.total_q = total_q;
+  s.total_k = total_k;
+  return absl::OkStatus();
+}
 
-  // Byte lengths; products cannot overflow any more (tokens < 2^31, heads <= max_heads,
-  // head_dim <= 256), but stay checked so that a generous limit cannot make them.
-  const int64_t size = ValueSize(q.dtype());
+// The byte lengths of q, k and v against their shapes, and where their bytes are (the request's
+// own data, one received piece, or several). Products cannot overflow any more (tokens < 2^31,
+// heads <= max_heads, head_dim <= 256), but stay checked so that a generous limit cannot make
+// them.
+absl::Status LocateInputs(const v1::AttentionRequest& r, const TensorData* received,
+                          RequestSpec& s) {
+  const Tensor& q = r.q();
+  const Tensor& k = r.k();
+  const Tensor& v = r.v();
+  const int64_t size = DTypeSize(s.dtype);
   const int64_t q_elements = Elements(q);
   const int64_t k_elements = Elements(k);
   const InputBytes q_in = LocateInput(q, received != nullptr ? &received->q : nullptr);
@@ -242,12 +259,6 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   if (auto st = CheckDataLength("q", q, q_elements, size, q_in.size); !st.ok()) return st;
   if (auto st = CheckDataLength("k", k, k_elements, size, k_in.size); !st.ok()) return st;
   if (auto st = CheckDataLength("v", v, k_elements, size, v_in.size); !st.ok()) return st;
-
-  s.total_q = total_q;
-  s.total_k = total_k;
-  s.q_heads = static_cast<int>(q_heads);
-  s.kv_heads = static_cast<int>(kv_heads);
-  s.head_dim = static_cast<int>(head_dim);
   s.q_bytes = q_elements * size;
   s.kv_bytes = k_elements * size;
   s.q_data = q_in.data;
@@ -256,11 +267,17 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   s.q_pieces = q_in.pieces;
   s.k_pieces = k_in.pieces;
   s.v_pieces = v_in.pieces;
+  return absl::OkStatus();
+}
 
+// The sequences: a dense batch's lengths, or a packed batch's cu_seqlens (as many offsets for q
+// as for k, within --max_request_sequences, non-decreasing from 0 to the totals).
+absl::Status CheckSequences(const v1::AttentionRequest& r, const ValidationLimits& limits,
+                            RequestSpec& s) {
   if (!s.packed) {
-    s.batch = static_cast<int>(q.shape(0));
-    s.seqlen_q = static_cast<int>(q.shape(1));
-    s.seqlen_k = static_cast<int>(k.shape(1));
+    s.batch = static_cast<int>(r.q().shape(0));
+    s.seqlen_q = static_cast<int>(r.q().shape(1));
+    s.seqlen_k = static_cast<int>(r.k().shape(1));
     return absl::OkStatus();
   }
   const auto& cu_q = r.cu_seqlens_q();
@@ -278,11 +295,13 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
                      absl::StrCat(cu_q.size() - 1, " sequences exceed this server's limit of ",
                                   limits.max_request_sequences, " (--max_request_sequences)"));
   }
-  if (auto st = CheckCuSeqlens("cu_seqlens_q", cu_q, total_q, "q.shape[0] (total_q)", &s.seqlen_q);
+  if (auto st =
+          CheckCuSeqlens("cu_seqlens_q", cu_q, s.total_q, "q.shape[0] (total_q)", &s.seqlen_q);
       !st.ok()) {
     return st;
   }
-  if (auto st = CheckCuSeqlens("cu_seqlens_k", cu_k, total_k, "k.shape[0] (total_k)", &s.seqlen_k);
+  if (auto st =
+          CheckCuSeqlens("cu_seqlens_k", cu_k, s.total_k, "k.shape[0] (total_k)", &s.seqlen_k);
       !st.ok()) {
     return st;
   }
@@ -290,6 +309,16 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
   s.cu_seqlens_q = cu_q.data();
   s.cu_seqlens_k = cu_k.data();
   return absl::OkStatus();
+}
+
+// q, k and v: the named steps above, in order (each reads what the earlier ones set).
+absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& limits,
+                         const TensorData* received, RequestSpec& s) {
+  if (auto st = CheckRanks(r, s); !st.ok()) return st;
+  if (auto st = CheckHeads(r, limits, s); !st.ok()) return st;
+  if (auto st = CountTokens(r, limits, s); !st.ok()) return st;
+  if (auto st = LocateInputs(r, received, s); !st.ok()) return st;
+  return CheckSequences(r, limits, s);
 }
 
 absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
@@ -306,8 +335,7 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
   }
   s.softcap = r.softcap();
 
-  AttentionParams p;
-  p.causal = r.causal();
+  s.causal = r.causal();
   if (r.has_window()) {
     if (r.window().left() < -1) {
       return Invalid("window.left",
@@ -317,13 +345,18 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
       return Invalid("window.right",
                      absl::StrCat("must be >= -1 (-1 = unbounded), got ", r.window().right()));
     }
-    p.window_left = r.window().left();
-    p.window_right = r.window().right();
+    s.window_left = r.window().left();
+    s.window_right = r.window().right();
   }
-  Normalize(p);
-  s.causal = p.causal;
-  s.window_left = p.window_left;
-  s.window_right = p.window_right;
+  Normalize(s);
+  if (!v1::Precision_IsValid(r.precision())) {
+    return Invalid("precision", absl::StrCat("must be PRECISION_FULL, PRECISION_TF32 or "
+                                             "PRECISION_BF16, got ",
+                                             r.precision()));
+  }
+  // 16-bit inputs are computed from their exact values whatever the request asked: one bucket.
+  s.precision =
+      s.dtype == DType::kFloat32 ? KernelPrecision(r.precision()) : Precision::kFull;
   s.return_lse = r.return_lse();
   s.lse_bytes = s.return_lse ? int64_t{s.q_heads} * s.total_q * 4 : 0;
   return absl::OkStatus();
@@ -355,8 +388,33 @@ absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
                      absl::StrCat("must be finite, got ", slope));
     }
   }
+  s.alibi = true;
   s.alibi_slopes = reinterpret_cast<const float*>(data);
   s.alibi_batch_stride = per_head ? 0 : s.q_heads;
+  return absl::OkStatus();
+}
+
+absl::Status CheckSinks(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (!r.has_sinks()) return absl::OkStatus();
+  const Tensor& t = r.sinks();
+  if (t.dtype() != v1::FLOAT32) {
+    return Invalid("sinks.dtype", absl::StrCat("must be FLOAT32, got ", DTypeName(t.dtype())));
+  }
+  if (t.shape_size() != 1 || t.shape(0) != s.q_heads) {
+    return Invalid("sinks.shape", absl::StrCat("must be [q_heads] = [", s.q_heads, "], got ",
+                                               ShapeString(t)));
+  }
+  if (auto st = CheckDataLength("sinks", t, s.q_heads, 4, t.data().size()); !st.ok()) return st;
+  const char* data = t.data().data();
+  for (int h = 0; h < s.q_heads; ++h) {
+    float sink;
+    std::memcpy(&sink, data + 4 * h, 4);
+    if (!std::isfinite(sink)) {
+      return Invalid(absl::StrCat("sinks[", h, "]"), absl::StrCat("must be finite, got ", sink));
+    }
+  }
+  s.sinks = true;
+  s.sink_logits = reinterpret_cast<const float*>(data);
   return absl::OkStatus();
 }
 
@@ -443,20 +501,12 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
                                             const ValidationLimits& limits,
                                             const TensorData* data) {
   RequestSpec s;
-  switch (r.q().dtype()) {
-    case v1::FLOAT32:
-      s.dtype = DType::kFloat32;
-      break;
-    case v1::FLOAT16:
-      s.dtype = DType::kFloat16;
-      break;
-    case v1::BFLOAT16:
-      s.dtype = DType::kBFloat16;
-      break;
-    default:
-      return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",
-                                             DTypeName(r.q().dtype())));
+  const std::optional<DType> dtype = KernelDType(r.q().dtype());
+  if (!dtype.has_value()) {
+    return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",
+                                           DTypeName(r.q().dtype())));
   }
+  s.dtype = *dtype;
   if (r.k().dtype() != r.q().dtype()) {
     return Invalid("k.dtype", absl::StrCat("must equal q.dtype (", DTypeName(r.q().dtype()),
                                            "), got ", DTypeName(r.k().dtype())));
@@ -475,6 +525,7 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   if (auto st = CheckOptions(r, s); !st.ok()) return st;
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;
+  if (auto st = CheckSinks(r, s); !st.ok()) return st;
   return s;
 }
 

@@ -30,7 +30,6 @@
 namespace attention::server {
 
 // The largest head_dim the kernels (CUDA and CPU) accept.
-inline constexpr int kMaxHeadDim = 256;
 
 // Per-request limits, from the server's flags. Exceeding one is RESOURCE_EXHAUSTED.
 struct ValidationLimits {

@@ -25,7 +25,7 @@ WorkerPool::~WorkerPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void WorkerPool::Run(size_t n, const std::function<void(size_t)>& task) {
+void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& task) {
   if (n == 0) return;
   if (n == 1 || workers_.empty()) {
     for (size_t i = 0; i < n; ++i) task(i);
@@ -74,7 +74,7 @@ void WorkerPool::Copy(const std::vector<HostCopy>& copies, int64_t piece_bytes) 
     }
   }
   task_begin.push_back(pieces.size());
-  Run(task_begin.size() - 1, [&pieces, &task_begin](size_t task) {
+  ParallelFor(task_begin.size() - 1, [&pieces, &task_begin](size_t task) {
     for (size_t i = task_begin[task]; i < task_begin[task + 1]; ++i) {
       std::memcpy(pieces[i].dst, pieces[i].src, static_cast<size_t>(pieces[i].bytes));
     }

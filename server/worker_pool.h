@@ -13,13 +13,13 @@
 #include <thread>
 #include <vector>
 
-#include "server/packing.h"
+#include "server/plan.h"
 
 namespace attention::server {
 
 class WorkerPool {
  public:
-  // `threads` workers besides the caller (0: Run and Copy run on the caller alone), each named
+  // `threads` workers besides the caller (0: ParallelFor and Copy run on the caller alone), each named
   // `name` (NameThisThread).
   explicit WorkerPool(int threads, const char* name = "attn-worker");
   ~WorkerPool();
@@ -30,7 +30,7 @@ class WorkerPool {
   // when all have returned. Calls from different threads run at the same time: each caller works
   // on its own call's tasks, and a free worker takes the next task of the oldest call that has
   // tasks left, so one caller's long call never holds another caller up.
-  void Run(size_t n, const std::function<void(size_t)>& task);
+  void ParallelFor(size_t n, const std::function<void(size_t)>& task);
 
   // Runs the copies in pieces of at most `piece_bytes` bytes, in parallel.
   void Copy(const std::vector<HostCopy>& copies, int64_t piece_bytes = int64_t{2} << 20);
@@ -38,7 +38,7 @@ class WorkerPool {
   int threads() const { return static_cast<int>(workers_.size()); }
 
  private:
-  // One Run in progress, on its caller's stack: tasks [next, count) are still to be taken;
+  // One ParallelFor in progress, on its caller's stack: tasks [next, count) are still to be taken;
   // `remaining` counts the ones not finished.
   struct Call {
     const std::function<void(size_t)>* task;

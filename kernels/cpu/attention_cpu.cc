@@ -193,6 +193,13 @@ const char* CpuIsaName(CpuIsa isa) {
   return "unknown";
 }
 
+absl::Status CheckSupported(const KernelConfig& config) {
+  if (config.kind == WorkKind::kBackward) {
+    return absl::UnimplementedError("CPU backend: kind kBackward has no kernel in this backend");
+  }
+  return CheckConfig(config);
+}
+
 CpuIsa BestCpuIsa() {
   static const CpuIsa isa = DetectIsa();
   return isa;
@@ -241,6 +248,7 @@ int CpuBackend::block_q() const { return impl_->config.block_q; }
 int CpuBackend::block_k() const { return impl_->config.block_k; }
 
 absl::Status CpuBackend::Run(const AttentionParams& params) {
+  if (absl::Status s = CheckSupported(params); !s.ok()) return s;
   if (absl::Status s = CheckParams(params); !s.ok()) return s;
   AttentionParams p = params;
   Normalize(p);
@@ -250,10 +258,21 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
         !s.ok()) {
       return s;
     }
-    if (absl::Status s =
-            CheckCuSeqlens(p.cu_seqlens_k, "cu_seqlens_k", p.batch, p.total_k, p.seqlen_k);
-        !s.ok()) {
-      return s;
+    if (!p.is_paged()) {
+      if (absl::Status s =
+              CheckCuSeqlens(p.cu_seqlens_k, "cu_seqlens_k", p.batch, p.total_k, p.seqlen_k);
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  if (p.is_paged()) {
+    for (int b = 0; b < p.batch; ++b) {
+      if (p.seqlens_k[b] < 0 || p.seqlens_k[b] > p.seqlen_k) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("AttentionParams.seqlens_k[", b, "] must be in [0, seqlen_k = ",
+                         p.seqlen_k, "], got ", p.seqlens_k[b]));
+      }
     }
   }
 
@@ -261,14 +280,16 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
   std::vector<Sequence> seqs(p.batch);
   for (int b = 0; b < p.batch; ++b) {
     Sequence& s = seqs[b];
-    if (p.is_varlen()) {
-      s.q_row0 = p.cu_seqlens_q[b];
+    s.q_row0 = p.is_varlen() ? p.cu_seqlens_q[b] : 0;
+    s.len_q = p.is_varlen() ? p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b] : p.seqlen_q;
+    if (p.is_paged()) {
+      s.k_row0 = 0;  // rows are found through the page table
+      s.len_k = p.seqlens_k[b];
+    } else if (p.is_varlen()) {
       s.k_row0 = p.cu_seqlens_k[b];
-      s.len_q = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
       s.len_k = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
     } else {
-      s.q_row0 = s.k_row0 = 0;
-      s.len_q = p.seqlen_q;
+      s.k_row0 = 0;
       s.len_k = p.seqlen_k;
     }
   }

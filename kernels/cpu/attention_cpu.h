@@ -30,6 +30,11 @@ const char* CpuIsaName(CpuIsa isa);
 // The best instruction set this build and this CPU support.
 CpuIsa BestCpuIsa();
 
+// Whether the CPU backend computes `config`: every configuration CheckConfig accepts (every
+// dtype, head_dim, option, sinks and paged K/V; float32 at full precision whatever the requested
+// Precision, which only bounds the error). INVALID_ARGUMENT otherwise.
+absl::Status CheckSupported(const KernelConfig& config);
+
 struct CpuBackendOptions {
   // Worker threads, the calling thread included; <= 0 means one per CPU this process may run on.
   int num_threads = 0;

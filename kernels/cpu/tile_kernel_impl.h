@@ -389,6 +389,20 @@ inline const char* RowPointer(const void* base, DType dtype, int64_t batch_strid
   return static_cast<const char*>(base) + elem * (dtype == DType::kFloat32 ? 4 : 2);
 }
 
+// Key row j (local to the tile's sequence) of K or V at the tile's KV head: through the page
+// table for a paged context, else at row k_row0 + j of the sequence.
+inline const char* KeyRowPointer(const AttentionParams& p, const void* base, int64_t batch_stride,
+                                 int64_t row_stride, int64_t head_stride, const QueryTile& t,
+                                 int64_t j) {
+  if (p.page_table != nullptr) {
+    const int32_t page = p.page_table[t.batch * p.page_table_stride + j / p.page_size];
+    return RowPointer(base, p.dtype, batch_stride, row_stride, head_stride, page, j % p.page_size,
+                      t.kv_head);
+  }
+  return RowPointer(base, p.dtype, batch_stride, row_stride, head_stride, t.batch, t.k_row0 + j,
+                    t.kv_head);
+}
+
 }  // namespace
 
 void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileConfig& config,
@@ -417,20 +431,29 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   }
 
   // Keys the rows of a block [first, last] may see: [pos(first) - left, pos(last) + right].
+  // A key range (paged contexts) cuts every row alike: [key_lo, key_hi).
   const int64_t delta = int64_t{t.len_k} - t.len_q;
+  int64_t key_lo = 0, key_hi = t.len_k;
+  if (p.key_range != nullptr) {
+    key_lo = MaxI64(key_lo, p.key_range[2 * t.batch]);
+    key_hi = MinI64(key_hi, p.key_range[2 * t.batch + 1]);
+  }
   auto first_key = [&](int first_row) {
-    return p.window_left >= 0 ? MaxI64(0, t.row_begin + first_row + delta - p.window_left) : 0;
+    return p.window_left >= 0 ? MaxI64(key_lo, t.row_begin + first_row + delta - p.window_left)
+                              : key_lo;
   };
   auto end_key = [&](int last_row) {
     return p.window_right >= 0
-               ? MinI64(t.len_k, t.row_begin + last_row + delta + p.window_right + 1)
-               : int64_t{t.len_k};
+               ? MinI64(key_hi, t.row_begin + last_row + delta + p.window_right + 1)
+               : key_hi;
   };
   const int64_t j_begin = first_key(0);
   const int64_t j_end = end_key(nq - 1);
   const bool has_options =
       p.softcap > 0.f || p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone;
-  const bool copy_kv = p.dtype != DType::kFloat32 || config.copy_float32_kv;
+  // Paged rows of one tile may lie in several pages: they are always copied.
+  const bool copy_kv =
+      p.dtype != DType::kFloat32 || config.copy_float32_kv || p.page_table != nullptr;
   KeyRange ranges[kTileMaxBlockQ / kColumns];
 
   for (int64_t j0 = j_begin; j0 < j_end; j0 += config.block_k) {
@@ -456,13 +479,17 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
       }
     }
 
-    const char* k = RowPointer(p.k, p.dtype, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
-                               t.batch, t.k_row0 + j0, t.kv_head);
+    const char* k =
+        KeyRowPointer(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, t, j0);
     const float* kf = reinterpret_cast<const float*>(k);
     int64_t ks = p.k_row_stride;
     if (copy_kv) {
       for (int j = lo_min; j < hi_max; ++j) {
-        LoadRow(p.dtype, k + j * p.k_row_stride * esize, d, 1.0f, s.k_tile + j * d);
+        const char* row = p.page_table != nullptr ? KeyRowPointer(p, p.k, p.k_batch_stride,
+                                                                  p.k_row_stride, p.k_head_stride,
+                                                                  t, j0 + j)
+                                                  : k + j * p.k_row_stride * esize;
+        LoadRow(p.dtype, row, d, 1.0f, s.k_tile + j * d);
       }
       kf = s.k_tile;
       ks = d;
@@ -477,13 +504,17 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
     }
     SoftmaxTile(s.s_t, ranges, br, ncols, s.tile_max, s.row_max, s.row_sum, s.alpha);
 
-    const char* v = RowPointer(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
-                               t.batch, t.k_row0 + j0, t.kv_head);
+    const char* v =
+        KeyRowPointer(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, t, j0);
     const float* vf = reinterpret_cast<const float*>(v);
     int64_t vs = p.v_row_stride;
     if (copy_kv) {
       for (int j = lo_min; j < hi_max; ++j) {
-        LoadRow(p.dtype, v + j * p.v_row_stride * esize, d, 1.0f, s.v_tile + j * d);
+        const char* row = p.page_table != nullptr ? KeyRowPointer(p, p.v, p.v_batch_stride,
+                                                                  p.v_row_stride, p.v_head_stride,
+                                                                  t, j0 + j)
+                                                  : v + j * p.v_row_stride * esize;
+        LoadRow(p.dtype, row, d, 1.0f, s.v_tile + j * d);
       }
       vf = s.v_tile;
       vs = d;
@@ -493,12 +524,36 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
 
   // out = O / l; lse = ln(2) * m + ln(l). A row that saw no allowed key has l = 0: o = 0,
   // lse = -inf.
+  if (p.sink_logits == nullptr) {
+    for (int i = 0; i < nq; ++i) {
+      const float l = s.row_sum[i];
+      const float inv = l > 0.f ? 1.0f / l : 0.f;
+      float* out = s.out + i * d;
+      for (int e = 0; e < d; ++e) out[e] = s.o_t[e * br + i] * inv;
+      s.lse[i] = l > 0.f ? s.row_max[i] * kLn2 + __builtin_logf(l) : kNegInf;
+    }
+    return;
+  }
+  // With a sink logit c (natural units): l' = l 2^(m - M) + 2^(c log2(e) - M), M = max of both,
+  // out = O 2^(m - M) / l', lse = M ln(2) + ln(l'); a row with no allowed key gives o = 0 and
+  // lse = c. In double, so that any finite sink stays finite (c log2(e) may overflow a float).
+  const double sink = p.sink_logits[t.batch * p.sink_batch_stride + t.head];
+  const double sink2 = sink * 1.4426950408889634;
   for (int i = 0; i < nq; ++i) {
-    const float l = s.row_sum[i];
-    const float inv = l > 0.f ? 1.0f / l : 0.f;
+    const double l = s.row_sum[i];
     float* out = s.out + i * d;
-    for (int e = 0; e < d; ++e) out[e] = s.o_t[e * br + i] * inv;
-    s.lse[i] = l > 0.f ? s.row_max[i] * kLn2 + __builtin_logf(l) : kNegInf;
+    if (!(l > 0.0)) {
+      for (int e = 0; e < d; ++e) out[e] = 0.f;
+      s.lse[i] = static_cast<float>(sink);
+      continue;
+    }
+    const double m = s.row_max[i];
+    const double top = m > sink2 ? m : sink2;
+    const double keys = __builtin_exp2(m - top);
+    const double total = l * keys + __builtin_exp2(sink2 - top);
+    const float scale = static_cast<float>(keys / total);
+    for (int e = 0; e < d; ++e) out[e] = s.o_t[e * br + i] * scale;
+    s.lse[i] = static_cast<float>(top * 0.6931471805599453 + __builtin_log(total));
   }
 }
 

@@ -13,6 +13,7 @@
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/plan.h"
 #include "server/thread_name.h"
 #include "server/worker_pool.h"
 
@@ -262,14 +263,8 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 }
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
-  // Only the configuration matters to CheckSupported; a placeholder address satisfies its
-  // non-null checks without sizing anything (inputs still in their received pieces have no
-  // single address).
-  static char placeholder;
-  AttentionParams p = MakeJobParams(job, &placeholder, nullptr);
-  p.q = p.k = p.v = &placeholder;
-  if (absl::Status s = cuda::CheckSupported(p); !s.ok()) return s;
-  const int64_t bytes = BatchBytesWith(MakeBucketKey(job.spec), 0, 0, 0, false, job.spec);
+  if (absl::Status s = cuda::CheckSupported(job.spec); !s.ok()) return s;
+  const int64_t bytes = BatchBytesWith(job.spec, 0, 0, 0, false, job.spec);
   if (bytes > max_batch_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "request needs ", bytes, " bytes of device and staging memory; ", name_,
@@ -287,7 +282,7 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
       // Inline only on an idle device: under load the batcher thread must go back to forming
       // batches, and the stagers stage this one beside the others.
       if (submitted_.empty() && free_slots_.size() == slots_.size() &&
-          batch->layout.input_bytes <= kSmallBatchBytes) {
+          batch->plan.layout.input_bytes <= kSmallBatchBytes) {
         inline_slot = free_slots_.front();
         free_slots_.pop_front();
         inline_slot->batch = std::move(batch);
@@ -372,26 +367,23 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     std::lock_guard<std::mutex> lock(mu_);
     if (broken_) return absl::UnavailableError(absl::StrCat(name_, " hit a sticky CUDA error"));
   }
-  const BatchLayout& layout = batch.layout;
+  const BatchLayout& layout = batch.plan.layout;
   if (layout.total_bytes() > pinned_slot_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat("batch of ", layout.total_bytes(),
                                                      " bytes exceeds the staging slot of ",
                                                      pinned_slot_bytes_, " bytes"));
   }
+  slot.copies.clear();
+  AppendInputCopies(batch, slot.pinned, &slot.copies);
   if (layout.input_bytes <= kSmallBatchBytes) {
-    StageInputs(batch, slot.pinned);
+    RunCopies(slot.copies);
   } else {
-    std::vector<HostCopy> copies;
-    for (size_t i = 0; i < batch.jobs.size(); ++i) {
-      AppendJobInputCopies(batch, i, slot.pinned, &copies);
-    }
-    staging_pool_->Copy(copies);
-    StageMetadata(batch, slot.pinned);
+    staging_pool_->Copy(slot.copies);
   }
 
   char* device_inputs = slot.device;
   char* device_outputs = slot.device + layout.input_bytes;
-  const AttentionParams p = MakeBatchParams(batch, device_inputs, device_outputs);
+  const AttentionParams p = BindParams(batch.plan, device_inputs, device_outputs);
   const int64_t workspace_offset = AlignUp(layout.total_bytes());
   const int64_t workspace_bytes = static_cast<int64_t>(cuda::WorkspaceBytes(p));
   if (workspace_offset + workspace_bytes > device_slot_bytes_) {
@@ -442,9 +434,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   batch.timings.staged = Clock::now();
   slot.device_bytes_used = workspace_offset + workspace_bytes;
   ReportMemory(slot.device_bytes_used);
-  // While the device works: allocate and size the responses' outputs, so that the completer only
+  // While the device works: allocate and size the jobs' outputs, so that the finisher only
   // copies into memory that is already there.
-  SizeBatchOutputs(batch);
+  AllocateOutputs(batch);
   return absl::OkStatus();
 }
 
@@ -496,12 +488,10 @@ void CudaExecutor::FinishLoop() {
     Slot* slot = done.slot;
     std::unique_ptr<Batch> batch = std::move(slot->batch);
     if (done.status.ok()) {
-      const char* outputs = slot->pinned + batch->layout.input_bytes;
+      const char* outputs = slot->pinned + batch->plan.layout.input_bytes;
       output_copies.clear();
-      for (size_t i = 0; i < batch->jobs.size(); ++i) {
-        AppendJobOutputCopies(*batch, i, outputs, &output_copies);
-      }
-      if (batch->layout.output_bytes >= kParallelScatterBytes) {
+      AppendOutputCopies(*batch, outputs, &output_copies);
+      if (batch->plan.layout.output_bytes >= kParallelScatterBytes) {
         completion_pool_->Copy(output_copies);
       } else {
         RunCopies(output_copies);

@@ -85,6 +85,7 @@ class CudaExecutor final : public Executor {
     cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
     std::unique_ptr<Batch> batch;
     int64_t device_bytes_used = 0;
+    std::vector<HostCopy> copies;  // the batch's input copies bound to `pinned` (reused)
   };
 
   CudaExecutor(int device, Metrics* metrics);
@@ -94,7 +95,8 @@ class CudaExecutor final : public Executor {
   void LaunchSlot(Slot* slot);
   // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
-  // A finisher: copies a done batch's outputs into its answers, frees its slot, answers it.
+  // A finisher: runs a done batch's output copies into its jobs' outputs, frees its slot, and
+  // finishes the batch.
   void FinishLoop();
   // Stopping, and no batch is left anywhere in the pipeline (under mu_).
   bool Drained() const;

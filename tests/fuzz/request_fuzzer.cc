@@ -12,7 +12,7 @@
 //     a backend refusal would reach the user as an error validation should have given);
 //   - the same request as the server parsed it (data in pieces) packed into a batch (twice, so
 //     that offsets are not zero; alone when it has a mask) through the batcher's packing path
-//     (AddJob, SealBatch, StageInputs, MakeBatchParams, ScatterOutputs) answers the same o and lse
+//     (AddJob, SealBatch, the plan's copies, BindParams, WriteAnswer) answers the same o and lse
 //     as the request run in place, up to float32 rounding (Agree: the backend may tile a packed
 //     launch differently), o only where no partial sum can overflow float32.
 // A broken rule prints what broke and aborts, which libFuzzer (and ctest) report as a crash.
@@ -39,9 +39,12 @@
 #include "attention/v1/attention.pb.h"
 #include "kernels/cpu/attention_cpu.h"
 #include "kernels/dtype.h"
+#include "proto/contract_types.h"
 #include "server/executor.h"
 #include "server/packing.h"
+#include "server/plan.h"
 #include "server/request_wire.h"
+#include "server/service.h"
 #include "server/validation.h"
 
 namespace attention::server {
@@ -132,13 +135,12 @@ bool Agree(const std::string& a, const std::string& b, int dtype, float scale) {
   return true;
 }
 
-std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, v1::AttentionResponse* response,
-                             const ValidationLimits& limits, const TensorData* data = nullptr) {
+std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, const ValidationLimits& limits,
+                             const TensorData* data = nullptr) {
   absl::StatusOr<RequestSpec> spec = ValidateRequest(request, limits, data);
   if (!spec.ok()) Fail("a request validated once failed a second validation");
   auto job = std::make_unique<Job>();
   job->request = &request;
-  job->response = response;
   job->spec = std::move(*spec);
   return job;
 }
@@ -198,32 +200,40 @@ Outcome RunOne(const uint8_t* data, size_t size) {
   }
   if (spec->flops() > kMaxFlops) return kTooLargeToRun;
 
-  // In place, as the CPU executor runs a batch of one.
+  // In place, as the CPU executor runs a batch of one; answered as the service answers.
   v1::AttentionResponse single;
   {
-    std::unique_ptr<Job> job = MakeJob(request, &single, limits);
-    char* o = nullptr;
-    float* lse = nullptr;
-    SizeJobOutputs(*job, &o, &lse);
-    const absl::Status status = Backend().Run(MakeJobParams(*job, o, lse));
+    Batch batch;
+    AddJob(batch, MakeJob(request, limits));
+    SealBatch(batch);
+    AllocateOutputs(batch);
+    std::vector<char> gathered;
+    const absl::Status status = Backend().Run(InPlaceParams(batch, &gathered));
     if (!status.ok()) Fail("CPU backend refused a validated request: " + status.ToString());
+    WriteAnswer(*batch.jobs[0], &single);
   }
 
-  // Packed, as the batcher and every executor run a batch of several.
+  // Packed, as the batcher and every executor run a batch of several: the plan's copies in,
+  // the kernel, the plan's copies out.
   const bool masked = spec->mask_kind != MaskKind::kNone;
   const int copies = masked ? 1 : 2;
   std::vector<v1::AttentionResponse> packed(static_cast<size_t>(copies));
   Batch batch;
-  for (int i = 0; i < copies; ++i) {
-    AddJob(batch, MakeJob(wire_request, &packed[i], limits, &wire_data));
-  }
+  for (int i = 0; i < copies; ++i) AddJob(batch, MakeJob(wire_request, limits, &wire_data));
   SealBatch(batch);
-  std::vector<char> staging(static_cast<size_t>(batch.layout.total_bytes()));
-  StageInputs(batch, staging.data());
-  char* outputs = staging.data() + batch.layout.input_bytes;
-  const absl::Status status = Backend().Run(MakeBatchParams(batch, staging.data(), outputs));
+  AllocateOutputs(batch);
+  const BatchLayout& layout = batch.plan.layout;
+  std::vector<char> staging(static_cast<size_t>(layout.total_bytes()));
+  std::vector<HostCopy> host_copies;
+  AppendInputCopies(batch, staging.data(), &host_copies);
+  RunCopies(host_copies);
+  char* outputs = staging.data() + layout.input_bytes;
+  const absl::Status status = Backend().Run(BindParams(batch.plan, staging.data(), outputs));
   if (!status.ok()) Fail("CPU backend refused a packed batch: " + status.ToString());
-  ScatterOutputs(batch, outputs);
+  host_copies.clear();
+  AppendOutputCopies(batch, outputs, &host_copies);
+  RunCopies(host_copies);
+  for (int i = 0; i < copies; ++i) WriteAnswer(*batch.jobs[static_cast<size_t>(i)], &packed[i]);
 
   const int dtype = request.q().dtype();
   const float v_scale = MaxMagnitude(request.v());
@@ -247,21 +257,6 @@ Outcome RunOne(const uint8_t* data, size_t size) {
 }
 
 #ifdef ATTN_LIBFUZZER
-// Element size of a tensor dtype as the contract defines it (0 for an unknown value).
-size_t ElementSize(int dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return 4;
-    case v1::FLOAT16:
-    case v1::BFLOAT16:
-      return 2;
-    case v1::BOOL:
-      return 1;
-    default:
-      return 0;
-  }
-}
-
 // Resizes `t`'s data to its shape's elements (when small enough), keeping existing bytes and
 // filling new ones from `rng`.
 void FitData(v1::Tensor* t, std::mt19937& rng) {
@@ -271,7 +266,7 @@ void FitData(v1::Tensor* t, std::mt19937& rng) {
     elements *= static_cast<uint64_t>(d);
     if (elements > 65536) return;
   }
-  const size_t bytes = elements * ElementSize(t->dtype());
+  const size_t bytes = elements * static_cast<size_t>(ContractDTypeSize(t->dtype()));
   std::string* data = t->mutable_data();
   const size_t old = data->size();
   data->resize(bytes);

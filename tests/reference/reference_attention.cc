@@ -1,5 +1,6 @@
 #include "tests/reference/reference_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -27,14 +28,31 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
   std::vector<double> scores;
   for (int b = 0; b < p.batch; ++b) {
     const int64_t q_offset = p.is_varlen() ? p.cu_seqlens_q[b] : 0;
-    const int64_t k_offset = p.is_varlen() ? p.cu_seqlens_k[b] : 0;
     const int64_t len_q = p.is_varlen() ? p.cu_seqlens_q[b + 1] - q_offset : p.seqlen_q;
-    const int64_t len_k = p.is_varlen() ? p.cu_seqlens_k[b + 1] - k_offset : p.seqlen_k;
+    // Key rows: contiguous (dense or packed by cu_seqlens_k), or paged: key j of sequence b is row
+    // j % page_size of page page_table[b * page_table_stride + j / page_size].
+    const bool paged = p.is_paged();
+    const int64_t k_offset = !paged && p.is_varlen() ? p.cu_seqlens_k[b] : 0;
+    const int64_t len_k = paged          ? p.seqlens_k[b]
+                          : p.is_varlen() ? p.cu_seqlens_k[b + 1] - k_offset
+                                          : p.seqlen_k;
+    const auto key_row = [&](int64_t j, int64_t batch_stride, int64_t row_stride) {
+      if (!paged) return b * batch_stride + (k_offset + j) * row_stride;
+      const int64_t page = p.page_table[b * p.page_table_stride + j / p.page_size];
+      return page * batch_stride + (j % p.page_size) * row_stride;
+    };
+    // Allowed keys before the window: [key_begin, key_end).
+    int64_t key_begin = 0, key_end = len_k;
+    if (p.key_range != nullptr) {
+      key_begin = std::max<int64_t>(key_begin, p.key_range[2 * b]);
+      key_end = std::min<int64_t>(key_end, p.key_range[2 * b + 1]);
+    }
     scores.assign(len_k, 0.0);
     for (int h = 0; h < p.q_heads; ++h) {
       const int kv_h = h / group;
       const double slope =
           p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
+      const double sink = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h] : kNegInf;
       for (int64_t i = 0; i < len_q; ++i) {
         const int64_t pos = i + len_k - len_q;  // bottom-right aligned key position of row i
         const int64_t q_row = b * p.q_batch_stride + (q_offset + i) * p.q_row_stride +
@@ -42,6 +60,7 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
         double row_max = kNegInf;
         for (int64_t j = 0; j < len_k; ++j) {
           scores[j] = kNegInf;
+          if (j < key_begin || j >= key_end) continue;
           const int64_t right = p.causal ? 0 : p.window_right;
           if (p.window_left >= 0 && j < pos - p.window_left) continue;
           if (right >= 0 && j > pos + right) continue;
@@ -51,8 +70,8 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
               static_cast<const uint8_t*>(p.mask)[mask_index] == 0) {
             continue;
           }
-          const int64_t k_row = b * p.k_batch_stride + (k_offset + j) * p.k_row_stride +
-                                kv_h * p.k_head_stride;
+          const int64_t k_row =
+              key_row(j, p.k_batch_stride, p.k_row_stride) + kv_h * p.k_head_stride;
           double dot = 0.0;
           for (int d = 0; d < p.head_dim; ++d) {
             dot += LoadElement(p.dtype, p.q, q_row + d) * LoadElement(p.dtype, p.k, k_row + d);
@@ -70,12 +89,14 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
                               h * p.o_head_stride;
         double* lse_out =
             lse ? lse + b * p.lse_batch_stride + h * p.lse_head_stride + q_offset + i : nullptr;
-        if (row_max == kNegInf) {  // no allowed key
+        if (row_max == kNegInf) {  // no allowed key: o = 0, lse = the sink (-inf without one)
           for (int d = 0; d < p.head_dim; ++d) o[o_row + d] = 0.0;
-          if (lse_out) *lse_out = kNegInf;
+          if (lse_out) *lse_out = sink;
           continue;
         }
-        double sum = 0.0;
+        // The sink joins the denominator with no value vector.
+        row_max = std::max(row_max, sink);
+        double sum = sink == kNegInf ? 0.0 : std::exp(sink - row_max);
         for (int64_t j = 0; j < len_k; ++j) {
           scores[j] = scores[j] == kNegInf ? 0.0 : std::exp(scores[j] - row_max);
           sum += scores[j];
@@ -84,8 +105,8 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
           double acc = 0.0;
           for (int64_t j = 0; j < len_k; ++j) {
             if (scores[j] == 0.0) continue;
-            const int64_t v_row = b * p.v_batch_stride + (k_offset + j) * p.v_row_stride +
-                                  kv_h * p.v_head_stride;
+            const int64_t v_row =
+                key_row(j, p.v_batch_stride, p.v_row_stride) + kv_h * p.v_head_stride;
             acc += scores[j] * LoadElement(p.dtype, p.v, v_row + d);
           }
           o[o_row + d] = acc / sum;

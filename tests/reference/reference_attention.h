@@ -15,7 +15,10 @@ double LoadElement(DType dtype, const void* data, int64_t index);
 
 // Computes attention for `p` (host pointers; p.o and p.lse are ignored) in float64.
 // `o` is written with p.o_* strides as if it were a double buffer shaped like p.o; `lse`, when
-// not null, with p.lse_* strides. A row with no allowed key gets o = 0 and lse = -inf.
+// not null, with p.lse_* strides. A row with no allowed key gets o = 0 and lse = -inf (the sink's
+// logit with attention sinks). Follows every field of attention_params.h: attention sinks
+// (p.sinks, p.sink_logits), paged K/V (p.page_table, page_size, seqlens_k: only the pages of
+// allowed keys are read) and key ranges (p.key_range).
 void ReferenceAttention(const AttentionParams& p, double* o, double* lse);
 
 }  // namespace attention::testing

@@ -20,6 +20,7 @@
 #include "prometheus/registry.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
+#include "server/service.h"
 #include "server/validation.h"
 #include "tests/server/server_test_util.h"
 
@@ -167,7 +168,6 @@ class Calls final : public JobCompletion {
     EXPECT_TRUE(spec.ok()) << spec.status();
     auto job = std::make_unique<Job>();
     job->request = &call->request;
-    job->response = &call->response;
     job->spec = std::move(*spec);
     job->completion = this;
     job->accepted = Clock::now();
@@ -179,6 +179,7 @@ class Calls final : public JobCompletion {
   void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
     std::lock_guard<std::mutex> lock(mu_);
     Call& call = *calls_.at(job->request->request_id());
+    if (status.ok()) WriteAnswer(*job, &call.response);
     ++call.answers;
     call.status = status;
     ++answered_;
@@ -373,9 +374,10 @@ TEST(BatcherTest, BucketsByKernelConfigAndPacksVarlen) {
   EXPECT_EQ(a->cu_seqlens_q, (std::vector<int32_t>{0, 7, 10, 19}));
   EXPECT_EQ(a->cu_seqlens_k, (std::vector<int32_t>{0, 7, 12, 13}));
   EXPECT_EQ(a->max_seqlen_q, 9);
-  EXPECT_EQ(a->key.head_dim, 16);
-  EXPECT_FALSE(a->key.causal);
-  EXPECT_EQ(a->layout.total_bytes(), BatchBytesWith(a->key, 1, 7, 7, false, a->jobs[1]->spec));
+  EXPECT_EQ(a->config.head_dim, 16);
+  EXPECT_FALSE(a->config.causal);
+  EXPECT_EQ(a->plan.layout.total_bytes(),
+            BatchBytesWith(a->config, 1, 7, 7, false, a->jobs[1]->spec));
   executor.FinishOldest();
   Batch* b = executor.WaitForBatch(2);
   ASSERT_NE(b, nullptr);
@@ -384,7 +386,7 @@ TEST(BatcherTest, BucketsByKernelConfigAndPacksVarlen) {
   executor.FinishOldest();
   Batch* c = executor.WaitForBatch(3);
   ASSERT_NE(c, nullptr);
-  EXPECT_TRUE(c->key.causal);
+  EXPECT_TRUE(c->config.causal);
   executor.FinishOldest();
   ASSERT_TRUE(calls.WaitAnswered(5));
   calls.ExpectEachAnsweredOnce();
@@ -518,7 +520,7 @@ TEST(BatcherTest, BatchBytesCapSplitsBatches) {
   std::unique_ptr<Job> first = calls.NewJob(Small());
   std::unique_ptr<Job> a = calls.NewJob(Small());
   // Room for exactly two small jobs.
-  executor.max_batch_bytes_ = BatchBytesWith(MakeBucketKey(a->spec), 1, 8, 8, false, a->spec);
+  executor.max_batch_bytes_ = BatchBytesWith(a->spec, 1, 8, 8, false, a->spec);
   Batcher batcher(Options(), {&executor}, nullptr);
   Enqueue(batcher, std::move(first));
   ASSERT_NE(executor.WaitForBatch(0), nullptr);
@@ -528,7 +530,7 @@ TEST(BatcherTest, BatchBytesCapSplitsBatches) {
   Batch* batch = executor.WaitForBatch(1);
   ASSERT_NE(batch, nullptr);
   EXPECT_EQ(batch->jobs.size(), 2u);
-  EXPECT_LE(batch->layout.total_bytes(), executor.max_batch_bytes_);
+  EXPECT_LE(batch->plan.layout.total_bytes(), executor.max_batch_bytes_);
   executor.FinishOldest();
   ASSERT_NE(executor.WaitForBatch(2), nullptr);
   executor.FinishOldest();

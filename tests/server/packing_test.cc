@@ -1,6 +1,7 @@
-// Packing: jobs of one kernel configuration with different layouts and sequence lengths become
-// one variable-length launch; run through the CPU backend and scattered back, every job's output
-// must equal the float64 reference of its own request.
+// Packing and the plan: jobs of one kernel configuration with different layouts and sequence
+// lengths become one variable-length launch; its plan run through the CPU backend (staged, or a
+// lone job in place) and answered by the service's WriteAnswer, every job's output must equal the
+// float64 reference of its own request.
 #include "server/packing.h"
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention_cpu.h"
+#include "server/plan.h"
 #include "server/request_wire.h"
+#include "server/service.h"
 #include "server/validation.h"
 #include "server/worker_pool.h"
 #include "tests/server/server_test_util.h"
@@ -31,56 +34,66 @@ struct Call {
   v1::AttentionResponse response;
 };
 
-// A validated job over `request` and `response` (q, k and v's bytes in `data` when given).
-std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, v1::AttentionResponse* response,
-                             const TensorData* data = nullptr) {
+// A validated job over `request`, answered into `response` (q, k and v's bytes in `data` when
+// given). The test keeps the pairing: the answer's response travels in the job's completion in
+// the server, here in `responses` parallel to the batch's jobs.
+std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, const TensorData* data = nullptr) {
   absl::StatusOr<RequestSpec> spec = ValidateRequest(request, {}, data);
   EXPECT_TRUE(spec.ok()) << spec.status();
   auto job = std::make_unique<Job>();
   job->request = &request;
-  job->response = response;
   job->spec = std::move(*spec);
   return job;
 }
 
-std::unique_ptr<Job> MakeJob(Call& call) { return MakeJob(call.request, &call.response); }
+std::unique_ptr<Job> MakeJob(Call& call) { return MakeJob(call.request); }
 
-// How RunPacked moves the bytes: as the CPU executor does (StageInputs, ScatterOutputs), or as
-// the GPU executor does (copy lists split into small pieces across a WorkerPool, outputs sized
-// before the kernel runs).
+// How RunPacked moves the bytes: as the CPU executor does (copies on one thread), or as the GPU
+// executor does (copy lists split into small pieces across a WorkerPool, job by job and then the
+// metadata, outputs allocated before the kernel runs).
 enum class CopyPath { kSerial, kPooled };
 
-// Runs `batch` as an executor would: stage, run, scatter.
-void RunPacked(Batch& batch, CopyPath path = CopyPath::kSerial) {
+// Runs `batch`'s plan as an executor would (stage, run, deliver), then writes each job's answer
+// into `responses[i]` as the service does.
+void RunPacked(Batch& batch, const std::vector<v1::AttentionResponse*>& responses,
+               CopyPath path = CopyPath::kSerial) {
   SealBatch(batch);
-  const BatchLayout& l = batch.layout;
+  const BatchLayout& l = batch.plan.layout;
   // Poisoned staging: whatever the kernel does not write must not reach a response.
   std::vector<char> staging(static_cast<size_t>(l.total_bytes()), static_cast<char>(0x7f));
   char* outputs = staging.data() + l.input_bytes;
   WorkerPool pool(3);
+  std::vector<HostCopy> copies;
   if (path == CopyPath::kSerial) {
-    StageInputs(batch, staging.data());
+    AppendInputCopies(batch, staging.data(), &copies);
+    RunCopies(copies);
   } else {
-    std::vector<HostCopy> copies;
     for (size_t i = 0; i < batch.jobs.size(); ++i) {
-      AppendJobInputCopies(batch, i, staging.data(), &copies);
+      AppendInputCopies(batch, staging.data(), &copies, static_cast<int>(i));
     }
+    AppendInputCopies(batch, staging.data(), &copies, kMetadata);
     pool.Copy(copies, 24);  // pieces far smaller than a row
-    StageMetadata(batch, staging.data());
-    SizeBatchOutputs(batch);
   }
-  const AttentionParams p = MakeBatchParams(batch, staging.data(), outputs);
+  AllocateOutputs(batch);
+  const AttentionParams p = BindParams(batch.plan, staging.data(), outputs);
   cpu::CpuBackend backend(2);
   ASSERT_TRUE(backend.Run(p).ok());
+  copies.clear();
+  AppendOutputCopies(batch, outputs, &copies);
   if (path == CopyPath::kSerial) {
-    ScatterOutputs(batch, outputs);
+    RunCopies(copies);
   } else {
-    std::vector<HostCopy> copies;
-    for (size_t i = 0; i < batch.jobs.size(); ++i) {
-      AppendJobOutputCopies(batch, i, outputs, &copies);
-    }
     pool.Copy(copies, 20);
   }
+  ASSERT_EQ(responses.size(), batch.jobs.size());
+  for (size_t i = 0; i < batch.jobs.size(); ++i) WriteAnswer(*batch.jobs[i], responses[i]);
+}
+
+template <typename CallPtr>
+std::vector<v1::AttentionResponse*> Responses(std::vector<CallPtr>& calls) {
+  std::vector<v1::AttentionResponse*> responses;
+  for (auto& call : calls) responses.push_back(&call->response);
+  return responses;
 }
 
 RequestOptions Base(v1::DType dtype) {
@@ -129,7 +142,7 @@ TEST(PackingTest, MixedDenseAndPackedJobsMatchReference) {
       EXPECT_EQ(batch.slices[2].row_q, 27);
       EXPECT_EQ(batch.slices[2].row_k, 21);
 
-      RunPacked(batch, path);
+      RunPacked(batch, Responses(calls), path);
       for (auto& call : calls) {
         EXPECT_EQ(CompareWithReference(call->request, call->response), "")
             << "dtype " << v1::DType_Name(dtype) << " pooled " << (path == CopyPath::kPooled);
@@ -168,7 +181,7 @@ TEST(PackingTest, OptionsAndSlopesPerSequence) {
       reinterpret_cast<const float*>(calls[1]->request.alibi_slopes().data().data());
   EXPECT_EQ(batch.alibi_slopes[1 * 4 + 3], slopes0[3]);
   EXPECT_EQ(batch.alibi_slopes[4 * 4 + 1], slopes1[2 * 4 + 1]);
-  RunPacked(batch);
+  RunPacked(batch, Responses(calls));
   for (auto& call : calls) EXPECT_EQ(CompareWithReference(call->request, call->response), "");
 }
 
@@ -185,8 +198,8 @@ TEST(PackingTest, MaskedJobThroughStagedLayout) {
     Call call{MakeRequest(o, 1, rng), {}};
     Batch batch;
     AddJob(batch, MakeJob(call));
-    RunPacked(batch);
-    EXPECT_EQ(batch.layout.mask % BatchLayout::kAlignment, 0);
+    RunPacked(batch, {&call.response});
+    EXPECT_EQ(batch.plan.layout.mask % BatchLayout::kAlignment, 0);
     EXPECT_EQ(CompareWithReference(call.request, call.response), "") << v1::DType_Name(mask_dtype);
   }
 }
@@ -201,11 +214,11 @@ TEST(PackingTest, LayoutIsAlignedAndBounded) {
   Call call{MakeRequest(o, 1, rng), {}};
   Batch batch;
   std::unique_ptr<Job> job = MakeJob(call);
-  const int64_t predicted = BatchBytesWith(MakeBucketKey(job->spec), 0, 0, 0, false, job->spec);
+  const int64_t predicted = BatchBytesWith(job->spec, 0, 0, 0, false, job->spec);
   AddJob(batch, std::move(job));
   SealBatch(batch);
-  const BatchLayout& l = batch.layout;
-  for (int64_t offset : {l.q, l.k, l.v, l.cu_seqlens_q, l.cu_seqlens_k, l.alibi, l.mask,
+  const BatchLayout& l = batch.plan.layout;
+  for (int64_t offset : {l.q, l.k, l.v, l.cu_seqlens_q, l.cu_seqlens_k, l.alibi, l.sinks, l.mask,
                          l.input_bytes, l.o, l.lse, l.output_bytes}) {
     EXPECT_EQ(offset % BatchLayout::kAlignment, 0);
   }
@@ -224,14 +237,20 @@ TEST(PackingTest, SingleJobInPlace) {
   o.mask_dtype = v1::BOOL;
   o.mask_shape = {1, 4, 9, 12};
   Call call{MakeRequest(o, 1, rng), {}};
-  std::unique_ptr<Job> job = MakeJob(call);
-  char* out = nullptr;
-  float* lse = nullptr;
-  SizeJobOutputs(*job, &out, &lse);
-  ASSERT_NE(lse, nullptr);
-  std::memset(out, 0x7f, static_cast<size_t>(job->spec.q_bytes));
+  Batch batch;
+  AddJob(batch, MakeJob(call));
+  SealBatch(batch);
+  AllocateOutputs(batch);
+  Job& job = *batch.jobs[0];
+  ASSERT_EQ(job.outputs.lse.size(), static_cast<size_t>(job.spec.lse_bytes));
+  std::memset(job.outputs.o.data(), 0x7f, job.outputs.o.size());
+  std::vector<char> gathered;
+  const AttentionParams p = InPlaceParams(batch, &gathered);
+  EXPECT_TRUE(gathered.empty());  // contiguous inputs are read where they are
+  EXPECT_EQ(p.o, job.outputs.o.data());
   cpu::CpuBackend backend(2);
-  ASSERT_TRUE(backend.Run(MakeJobParams(*job, out, lse)).ok());
+  ASSERT_TRUE(backend.Run(p).ok());
+  WriteAnswer(job, &call.response);
   EXPECT_EQ(CompareWithReference(call.request, call.response), "");
 }
 
@@ -258,7 +277,7 @@ std::unique_ptr<ReceivedCall> Receive(v1::AttentionRequest request, size_t piece
 }
 
 std::unique_ptr<Job> MakeReceivedJob(ReceivedCall& call) {
-  return MakeJob(call.message, &call.response, &call.data);
+  return MakeJob(call.message, &call.data);
 }
 
 TEST(PackingTest, InputsInReceivedPiecesAreStagedPieceByPiece) {
@@ -280,7 +299,7 @@ TEST(PackingTest, InputsInReceivedPiecesAreStagedPieceByPiece) {
     EXPECT_FALSE(batch.jobs[0]->spec.inputs_contiguous());
     EXPECT_GT(batch.jobs[0]->spec.q_pieces->size(), 10u);
     EXPECT_TRUE(batch.jobs[1]->spec.inputs_contiguous());
-    RunPacked(batch, path);
+    RunPacked(batch, Responses(calls), path);
     for (auto& call : calls) {
       EXPECT_EQ(CompareWithReference(call->original, call->response), "")
           << "pooled " << (path == CopyPath::kPooled);
@@ -297,19 +316,44 @@ TEST(PackingTest, SingleJobInPiecesIsGatheredThenRunInPlace) {
   o.causal = true;
   o.return_lse = true;
   std::unique_ptr<ReceivedCall> call = Receive(MakeRequest(o, 1, rng), 777);
-  std::unique_ptr<Job> job = MakeReceivedJob(*call);
-  ASSERT_FALSE(job->spec.inputs_contiguous());
-  char* out = nullptr;
-  float* lse = nullptr;
-  SizeJobOutputs(*job, &out, &lse);
-  std::memset(out, 0x7f, static_cast<size_t>(job->spec.q_bytes));
-  AttentionParams p = MakeJobParams(*job, out, lse);
+  Batch batch;
+  AddJob(batch, MakeReceivedJob(*call));
+  Job& job = *batch.jobs[0];
+  ASSERT_FALSE(job.spec.inputs_contiguous());
+  SealBatch(batch);
+  AllocateOutputs(batch);
+  std::memset(job.outputs.o.data(), 0x7f, job.outputs.o.size());
   std::vector<char> gathered(3, 'x');  // reused buffers start with stale bytes
-  GatherJobInputs(*job, &gathered, &p);
-  EXPECT_EQ(gathered.size(), static_cast<size_t>(job->spec.q_bytes + 2 * job->spec.kv_bytes));
+  const AttentionParams p = InPlaceParams(batch, &gathered);
+  EXPECT_EQ(gathered.size(), static_cast<size_t>(job.spec.q_bytes + 2 * job.spec.kv_bytes));
   cpu::CpuBackend backend(2);
   ASSERT_TRUE(backend.Run(p).ok());
+  WriteAnswer(job, &call->response);
   EXPECT_EQ(CompareWithReference(call->original, call->response), "");
+}
+
+TEST(PackingTest, SinksPerSequenceThroughThePlan) {
+  std::mt19937 rng(18);
+  std::vector<std::unique_ptr<Call>> calls;
+  RequestOptions o = Base(v1::FLOAT32);
+  o.sinks = true;
+  o.batch = 2;
+  o.seqlen_q = 5;
+  o.seqlen_k = 8;
+  o.causal = true;
+  o.return_lse = true;
+  calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 1, rng), {}}));
+  o.batch = 1;
+  o.seqlen_q = 9;  // more rows than keys: the first rows see no key (o = 0, lse = sink)
+  o.seqlen_k = 4;
+  calls.push_back(std::make_unique<Call>(Call{MakeRequest(o, 2, rng), {}}));
+  Batch batch;
+  for (auto& call : calls) AddJob(batch, MakeJob(*call));
+  ASSERT_EQ(batch.sink_logits.size(), 3u * 4u);
+  const float* sinks1 = reinterpret_cast<const float*>(calls[1]->request.sinks().data().data());
+  EXPECT_EQ(batch.sink_logits[2 * 4 + 3], sinks1[3]);
+  RunPacked(batch, Responses(calls));
+  for (auto& call : calls) EXPECT_EQ(CompareWithReference(call->request, call->response), "");
 }
 
 }  // namespace

@@ -10,32 +10,11 @@
 #include "absl/strings/str_join.h"
 #include "kernels/attention_params.h"
 #include "kernels/dtype.h"
+#include "proto/contract_types.h"
 #include "tests/reference/reference_attention.h"
 
 namespace attention::testing {
 namespace {
-
-int64_t ElementSize(v1::DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return 4;
-    case v1::BOOL:
-      return 1;
-    default:
-      return 2;
-  }
-}
-
-DType KernelDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return DType::kFloat32;
-    case v1::FLOAT16:
-      return DType::kFloat16;
-    default:
-      return DType::kBFloat16;
-  }
-}
 
 // Stores `value` as element `i` of `data` in `dtype`.
 void Store(v1::DType dtype, std::string& data, int64_t i, float value) {
@@ -54,7 +33,7 @@ void FillTensor(v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape, std:
                                     [](int64_t a, int64_t b) { return a * b; });
   for (int64_t d : shape) t->add_shape(d);
   std::string* data = t->mutable_data();
-  data->resize(static_cast<size_t>(n * ElementSize(dtype)));
+  data->resize(static_cast<size_t>(n * ContractDTypeSize(dtype)));
   std::uniform_real_distribution<float> dist(lo, hi);
   for (int64_t i = 0; i < n; ++i) {
     if (dtype == v1::BOOL) {
@@ -66,7 +45,7 @@ void FillTensor(v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape, std:
 }
 
 double LoadOutput(v1::DType dtype, const std::string& data, int64_t i) {
-  return LoadElement(KernelDType(dtype), data.data(), i);
+  return LoadElement(*KernelDType(dtype), data.data(), i);
 }
 
 }  // namespace
@@ -116,6 +95,7 @@ v1::AttentionRequest MakeRequest(const RequestOptions& o, uint64_t request_id, s
     FillTensor(r.mutable_alibi_slopes(), v1::FLOAT32, {batch, o.q_heads}, rng, 0.01f, 0.5f);
   }
   if (!o.mask_shape.empty()) FillTensor(r.mutable_mask(), o.mask_dtype, o.mask_shape, rng, -2, 1);
+  if (o.sinks) FillTensor(r.mutable_sinks(), v1::FLOAT32, {o.q_heads}, rng, -1.f, 2.f);
   r.set_return_lse(o.return_lse);
   return r;
 }
@@ -131,7 +111,7 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   const bool packed = r.cu_seqlens_q_size() > 0;
   const int rank = packed ? 3 : 4;
   AttentionParams p;
-  p.dtype = KernelDType(q.dtype());
+  p.dtype = KernelDType(q.dtype()).value_or(DType::kBFloat16);
   p.q = q.data().data();
   p.k = r.k().data().data();
   p.v = r.v().data().data();
@@ -167,6 +147,11 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   if (r.has_alibi_slopes()) {
     p.alibi_slopes = reinterpret_cast<const float*>(r.alibi_slopes().data().data());
     p.alibi_batch_stride = r.alibi_slopes().shape_size() == 2 ? p.q_heads : 0;
+    p.alibi = true;
+  }
+  if (r.has_sinks()) {
+    p.sinks = true;
+    p.sink_logits = reinterpret_cast<const float*>(r.sinks().data().data());
   }
   std::vector<float> widened_mask;
   if (r.has_mask()) {
@@ -205,7 +190,7 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   if (absl::StrJoin(o.shape(), ",") != absl::StrJoin(q.shape(), ",")) {
     return absl::StrCat("o.shape [", absl::StrJoin(o.shape(), ","), "] != q.shape");
   }
-  if (static_cast<int64_t>(o.data().size()) != o_elements * ElementSize(q.dtype())) {
+  if (static_cast<int64_t>(o.data().size()) != o_elements * ContractDTypeSize(q.dtype())) {
     return absl::StrCat("o.data has ", o.data().size(), " bytes");
   }
   // On the CUDA backend float32 requests are computed from bfloat16 copies (docs/kernel.md), and

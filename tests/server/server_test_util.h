@@ -33,6 +33,8 @@ struct RequestOptions {
   v1::DType mask_dtype = v1::BOOL;
   std::vector<int64_t> mask_shape;
   bool return_lse = false;
+  // Attention sinks: FLOAT32 [q_heads] logits in [-1, 2].
+  bool sinks = false;
 };
 
 // `n` random bytes (e.g. the payload of a tensor whose values do not matter).

@@ -328,6 +328,52 @@ std::vector<Rule> Rules() {
                    "q.shape: product(shape) of [1, 1099511627776, 1099511627776, 256] "
                    "overflows int64",
                    none});
+  rules.push_back({"SinksDtype",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.mutable_sinks()->set_dtype(v1::FLOAT16);
+                       r.mutable_sinks()->add_shape(4);
+                       r.mutable_sinks()->set_data(std::string(8, '\0'));
+                     });
+                   },
+                   kInvalid, "sinks.dtype: must be FLOAT32, got FLOAT16"});
+  rules.push_back({"SinksShape",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.mutable_sinks()->set_dtype(v1::FLOAT32);
+                       r.mutable_sinks()->add_shape(2);
+                       r.mutable_sinks()->set_data(std::string(8, '\0'));
+                     });
+                   },
+                   kInvalid, "sinks.shape: must be [q_heads] = [4], got [2]"});
+  rules.push_back({"SinksDataLength",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.mutable_sinks()->set_dtype(v1::FLOAT32);
+                       r.mutable_sinks()->add_shape(4);
+                       r.mutable_sinks()->set_data(std::string(12, '\0'));
+                     });
+                   },
+                   kInvalid, "sinks.data: length must be product(shape) x 4"});
+  rules.push_back({"SinksNotFinite",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.mutable_sinks()->set_dtype(v1::FLOAT32);
+                       r.mutable_sinks()->add_shape(4);
+                       const float values[4] = {0.f, 1.f, std::numeric_limits<float>::infinity(),
+                                                2.f};
+                       r.mutable_sinks()->set_data(std::string(
+                           reinterpret_cast<const char*>(values), sizeof(values)));
+                     });
+                   },
+                   kInvalid, "sinks[2]: must be finite, got inf"});
+  rules.push_back({"PrecisionUnknown",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.set_precision(static_cast<v1::Precision>(7));
+                     });
+                   },
+                   kInvalid, "precision: must be PRECISION_FULL, PRECISION_TF32 or PRECISION_BF16"});
   return rules;
 }
 
@@ -463,6 +509,37 @@ TEST(ValidationTest, AlibiStrides) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->alibi_batch_stride, 4);
   EXPECT_EQ(s->queued_bytes(), s->q_bytes + 2 * s->kv_bytes + 3 * 4 * 4);
+}
+
+TEST(ValidationTest, SinksAndPrecisionJoinTheConfiguration) {
+  std::mt19937 rng(5);
+  RequestOptions o;
+  o.dtype = v1::FLOAT32;
+  o.sinks = true;
+  v1::AttentionRequest r = MakeRequest(o, 1, rng);
+  r.set_precision(v1::PRECISION_TF32);
+  absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->sinks);
+  EXPECT_EQ(s->sink_logits, reinterpret_cast<const float*>(r.sinks().data().data()));
+  EXPECT_EQ(s->precision, Precision::kTF32);
+  // Configurations that differ only in sinks or precision never share a launch.
+  v1::AttentionRequest plain = r;
+  plain.clear_sinks();
+  plain.set_precision(v1::PRECISION_FULL);
+  absl::StatusOr<RequestSpec> p = ValidateRequest(plain, {});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_FALSE(static_cast<const KernelConfig&>(*s) == static_cast<const KernelConfig&>(*p));
+  KernelConfig only_sinks = *p;
+  only_sinks.sinks = true;
+  EXPECT_FALSE(only_sinks == static_cast<const KernelConfig&>(*p));
+  // 16-bit inputs are computed from their exact values whatever was asked: one bucket.
+  o.dtype = v1::BFLOAT16;
+  v1::AttentionRequest half = MakeRequest(o, 2, rng);
+  half.set_precision(v1::PRECISION_BF16);
+  absl::StatusOr<RequestSpec> h = ValidateRequest(half, {});
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->precision, Precision::kFull);
 }
 
 }  // namespace

@@ -23,7 +23,7 @@ TEST(WorkerPoolTest, EveryTaskRunsExactlyOnce) {
     WorkerPool pool(threads);
     for (size_t n : {size_t{0}, size_t{1}, size_t{2}, size_t{7}, size_t{100}, size_t{1000}}) {
       std::vector<std::atomic<int>> runs(n);
-      pool.Run(n, [&runs](size_t i) { runs[i].fetch_add(1); });
+      pool.ParallelFor(n, [&runs](size_t i) { runs[i].fetch_add(1); });
       for (size_t i = 0; i < n; ++i) {
         ASSERT_EQ(runs[i].load(), 1) << "threads " << threads << " n " << n << " task " << i;
       }
@@ -42,7 +42,7 @@ TEST(WorkerPoolTest, ConcurrentCallersShareTheWorkersAndEachGetsAllItsTasks) {
       for (int round = 0; round < kRounds; ++round) {
         std::atomic<int64_t> sum{0};
         const size_t n = static_cast<size_t>(1 + (round * 7 + c) % 40);
-        pool.Run(n, [&sum](size_t i) { sum.fetch_add(static_cast<int64_t>(i) + 1); });
+        pool.ParallelFor(n, [&sum](size_t i) { sum.fetch_add(static_cast<int64_t>(i) + 1); });
         // Run returned: every task of this call has finished.
         EXPECT_EQ(sum.load(), static_cast<int64_t>(n * (n + 1) / 2));
         sums[static_cast<size_t>(c)] += sum.load();
@@ -61,7 +61,7 @@ TEST(WorkerPoolTest, ACallDoesNotWaitForAnotherCallersBlockedTasks) {
   std::condition_variable cv;
   bool first_started = false, second_done = false;
   std::thread first([&] {
-    pool.Run(2, [&](size_t) {
+    pool.ParallelFor(2, [&](size_t) {
       std::unique_lock<std::mutex> lock(mu);
       first_started = true;
       cv.notify_all();
@@ -75,7 +75,7 @@ TEST(WorkerPoolTest, ACallDoesNotWaitForAnotherCallersBlockedTasks) {
     cv.wait(lock, [&] { return first_started; });
   }
   std::atomic<int> ran{0};
-  pool.Run(3, [&ran](size_t) { ran.fetch_add(1); });
+  pool.ParallelFor(3, [&ran](size_t) { ran.fetch_add(1); });
   EXPECT_EQ(ran.load(), 3);
   {
     std::lock_guard<std::mutex> lock(mu);

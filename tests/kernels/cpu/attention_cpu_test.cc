@@ -12,6 +12,7 @@
 // these bound the backend's arithmetic and output rounding only.
 #include "kernels/cpu/attention_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -90,6 +91,13 @@ struct Case {
   // [batch, heads, seqlen, head_dim] through the strides.
   int row_pad = 0;
   bool heads_major = false;
+  // Attention sinks: one logit per (sequence, head) in the softmax denominator.
+  bool sinks = false;
+  // Paged K/V (> 0): k and v move into page pools of this many rows, in a random page order, with
+  // NaN in every row no sequence owns (a read of one poisons the output). Contiguous layouts only.
+  int page_size = 0;
+  // With pages: each sequence's keys cut to a random range [begin, end) (key_range).
+  bool key_range = false;
   uint32_t seed = 1;
 
   std::string Name() const {
@@ -107,6 +115,9 @@ struct Case {
     if (mask_kind == MaskKind::kBool) s += " bool-mask";
     if (mask_kind == MaskKind::kAdditive) s += " additive-mask";
     if (row_pad > 0 || heads_major) s += " strided";
+    if (sinks) s += " sinks";
+    if (page_size > 0) s += " pages" + std::to_string(page_size);
+    if (key_range) s += " key-range";
     return s;
   }
 };
@@ -118,8 +129,71 @@ struct Problem {
   std::vector<float> lse, alibi, additive_mask;
   std::vector<uint8_t> bool_mask;
   std::vector<int32_t> cu_q, cu_k;
+  std::vector<float> sinks;
+  std::vector<uint8_t> k_pages, v_pages;
+  std::vector<int32_t> page_table, seqlens_k, key_range;
   int64_t o_elems = 0;
 };
+
+// Moves `pr`'s contiguous k and v into page pools of `page_size` rows in a random page order
+// (two spare pages, and the tail of each partial last page, hold NaN), and points the params at
+// them: page_table, seqlens_k, and (with `key_range`) a random key range per sequence.
+void Paginate(const Case& c, Problem* pr, std::mt19937& rng) {
+  AttentionParams& p = pr->p;
+  const int64_t row_elems = int64_t{p.kv_heads} * p.head_dim;
+  const int64_t es = DTypeSize(p.dtype);
+  int max_pages = 1;
+  std::vector<int> lens(p.batch), k_row0(p.batch);
+  for (int b = 0; b < p.batch; ++b) {
+    lens[b] = p.is_varlen() ? pr->cu_k[b + 1] - pr->cu_k[b] : p.seqlen_k;
+    k_row0[b] = p.is_varlen() ? pr->cu_k[b] : b * p.seqlen_k;
+    max_pages = std::max(max_pages, (lens[b] + c.page_size - 1) / c.page_size);
+  }
+  const int pages = p.batch * max_pages + 2;
+  std::vector<int32_t> order(pages);
+  for (int i = 0; i < pages; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  const int64_t page_bytes = int64_t{c.page_size} * row_elems * es;
+  std::vector<uint8_t> nan_row(static_cast<size_t>(row_elems * es), 0xff);
+  for (auto* pool : {&pr->k_pages, &pr->v_pages}) {
+    pool->resize(static_cast<size_t>(pages * page_bytes));
+    for (int64_t r = 0; r < int64_t{pages} * c.page_size; ++r) {
+      std::memcpy(pool->data() + r * row_elems * es, nan_row.data(), nan_row.size());
+    }
+  }
+  pr->page_table.assign(static_cast<size_t>(p.batch) * max_pages, -1);
+  pr->seqlens_k.assign(lens.begin(), lens.end());
+  int next = 0;
+  for (int b = 0; b < p.batch; ++b) {
+    for (int j = 0; j < lens[b]; ++j) {
+      if (j % c.page_size == 0) pr->page_table[b * max_pages + j / c.page_size] = order[next++];
+      const int64_t page = pr->page_table[b * max_pages + j / c.page_size];
+      const int64_t dst = (page * c.page_size + j % c.page_size) * row_elems * es;
+      const int64_t src = (k_row0[b] + int64_t{j}) * row_elems * es;
+      std::memcpy(pr->k_pages.data() + dst, pr->k.data() + src, nan_row.size());
+      std::memcpy(pr->v_pages.data() + dst, pr->v.data() + src, nan_row.size());
+    }
+    if (c.key_range) {
+      std::uniform_int_distribution<int> at(0, std::max(lens[b], 1));
+      int lo = at(rng), hi = at(rng);
+      if (lo > hi) std::swap(lo, hi);
+      pr->key_range.push_back(lo);
+      pr->key_range.push_back(hi);
+    }
+  }
+  p.k = pr->k_pages.data();
+  p.v = pr->v_pages.data();
+  p.k_batch_stride = p.v_batch_stride = int64_t{c.page_size} * row_elems;
+  p.k_row_stride = p.v_row_stride = row_elems;
+  p.k_head_stride = p.v_head_stride = p.head_dim;
+  p.page_table = pr->page_table.data();
+  p.page_table_stride = max_pages;
+  p.page_size = c.page_size;
+  p.seqlens_k = pr->seqlens_k.data();
+  p.cu_seqlens_k = nullptr;
+  p.total_k = 0;
+  if (c.key_range) p.key_range = pr->key_range.data();
+}
 
 void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>& out) {
   std::normal_distribution<float> dist(0.f, 1.f);
@@ -222,9 +296,18 @@ std::unique_ptr<Problem> MakeProblem(const Case& c) {
   if (c.alibi != Alibi::kNone) {
     const int n = c.alibi == Alibi::kPerHead ? c.q_heads : c.batch * c.q_heads;
     for (int i = 0; i < n; ++i) pr->alibi.push_back(slope_dist(rng));
+    p.alibi = true;
     p.alibi_slopes = pr->alibi.data();
     p.alibi_batch_stride = c.alibi == Alibi::kPerHead ? 0 : c.q_heads;
   }
+  if (c.sinks) {
+    std::uniform_real_distribution<float> sink_dist(-2.f, 3.f);
+    for (int i = 0; i < c.batch * c.q_heads; ++i) pr->sinks.push_back(sink_dist(rng));
+    p.sinks = true;
+    p.sink_logits = pr->sinks.data();
+    p.sink_batch_stride = c.q_heads;
+  }
+  if (c.page_size > 0) Paginate(c, pr.get(), rng);
   if (c.mask_kind != MaskKind::kNone) {
     // Full shape [batch, q_heads, seqlen_q, seqlen_k] with broadcast dimensions of size 1.
     const int64_t nb = c.mask_shape.batch ? 1 : c.batch;
@@ -643,6 +726,62 @@ TEST(CpuAttention, ConcurrentRunsShareOneBackend) {
   for (size_t t = 0; t < problems.size(); ++t) {
     ASSERT_TRUE(status[t].ok()) << status[t];
     ExpectMatches(*problems[t], refs[t], "thread " + std::to_string(t));
+  }
+}
+
+TEST(CpuAttention, SinksWithEveryOption) {
+  for (DType dtype : kDTypes) {
+    Case c;
+    c.dtype = dtype;
+    c.sinks = true;
+    c.batch = 2;
+    c.seqlen_q = 19;
+    c.seqlen_k = 11;  // causal: the first rows see no key (o = 0, lse = the sink)
+    c.q_heads = 6;
+    c.kv_heads = 2;
+    c.head_dim = 40;
+    c.causal = true;
+    Check(c);
+    c.causal = false;
+    c.window_left = 3;
+    c.window_right = 2;
+    c.softcap = 4.f;
+    c.alibi = Alibi::kPerBatchHead;
+    c.mask_kind = MaskKind::kAdditive;
+    Check(c);
+    Case v = c;
+    v.batch = 3;
+    v.lens_q = {5, 0, 9};
+    v.lens_k = {7, 3, 1};
+    v.mask_kind = MaskKind::kNone;
+    Check(v);
+  }
+}
+
+TEST(CpuAttention, PagedContexts) {
+  for (DType dtype : kDTypes) {
+    for (int page_size : {1, 3, 16, 64}) {
+      Case c;
+      c.dtype = dtype;
+      c.page_size = page_size;
+      c.batch = 3;
+      c.lens_q = {1, 4, 16};  // decode, speculative verify, a chunk
+      c.lens_k = {70, 0, 33};  // partial last pages, and an empty context
+      c.q_heads = 8;
+      c.kv_heads = 2;
+      c.head_dim = 32;
+      c.causal = true;
+      c.seed = static_cast<uint32_t>(page_size);
+      Check(c);
+      c.causal = false;
+      c.window_left = 9;
+      c.alibi = Alibi::kPerHead;
+      c.sinks = true;
+      c.softcap = 3.f;
+      Check(c);
+      c.key_range = true;
+      Check(c);
+    }
   }
 }
 

@@ -1,0 +1,249 @@
+#include "server/plan.h"
+
+#include <cstring>
+#include <string>
+
+#include "server/executor.h"
+#include "server/output_pool.h"
+
+namespace attention::server {
+namespace {
+
+int64_t Align(int64_t n) {
+  return (n + BatchLayout::kAlignment - 1) / BatchLayout::kAlignment * BatchLayout::kAlignment;
+}
+
+int64_t RowBytes(const KernelConfig& config, int heads) {
+  return int64_t{heads} * config.head_dim * DTypeSize(config.dtype);
+}
+
+// The input copies of one tensor (`bytes` bytes, in one span at `data` or in `pieces`) to offset
+// `dst` of the input block.
+void PlanTensor(int64_t dst, const char* data, const TensorPieces* pieces, int64_t bytes,
+                std::vector<InputCopy>* copies) {
+  if (data != nullptr) {
+    copies->push_back({dst, data, bytes});
+    return;
+  }
+  for (const absl::string_view piece : *pieces) {
+    if (piece.empty()) continue;
+    const auto size = static_cast<int64_t>(piece.size());
+    copies->push_back({dst, piece.data(), size});
+    dst += size;
+  }
+}
+
+void PlanMetadata(const Batch& batch, std::vector<InputCopy>* copies) {
+  const BatchLayout& l = batch.plan.layout;
+  const auto cu_bytes = static_cast<int64_t>(batch.cu_seqlens_q.size() * sizeof(int32_t));
+  copies->push_back(
+      {l.cu_seqlens_q, reinterpret_cast<const char*>(batch.cu_seqlens_q.data()), cu_bytes});
+  copies->push_back(
+      {l.cu_seqlens_k, reinterpret_cast<const char*>(batch.cu_seqlens_k.data()), cu_bytes});
+  if (!batch.alibi_slopes.empty()) {
+    copies->push_back({l.alibi, reinterpret_cast<const char*>(batch.alibi_slopes.data()),
+                       static_cast<int64_t>(batch.alibi_slopes.size() * sizeof(float))});
+  }
+  if (!batch.sink_logits.empty()) {
+    copies->push_back({l.sinks, reinterpret_cast<const char*>(batch.sink_logits.data()),
+                       static_cast<int64_t>(batch.sink_logits.size() * sizeof(float))});
+  }
+  if (batch.config.mask_kind != MaskKind::kNone) {
+    const RequestSpec& s = batch.jobs[0]->spec;
+    copies->push_back({l.mask, static_cast<const char*>(s.mask()), s.mask_bytes});
+  }
+}
+
+// The output copies of job `index`: o, then lse runs from the batch's [q_heads, total_q] lse
+// (a packed job's lse is [q_heads, total_q]; a dense job's [batch, q_heads, seqlen_q], so one
+// run of seqlen_q rows per (sequence, head)).
+void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copies) {
+  const RequestSpec& s = batch.jobs[index]->spec;
+  const JobSlice& slice = batch.slices[index];
+  const BatchLayout& l = batch.plan.layout;
+  copies->push_back(
+      {index, false, 0, l.o + slice.row_q * RowBytes(batch.config, batch.config.q_heads),
+       s.q_bytes});
+  if (!s.return_lse) return;
+  const int runs = s.packed ? 1 : s.batch;
+  const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
+  constexpr int64_t kFloat = sizeof(float);
+  for (int b = 0; b < runs; ++b) {
+    for (int h = 0; h < s.q_heads; ++h) {
+      const int64_t src_row = h * batch.total_q + slice.row_q + b * run_rows;
+      const int64_t dst_row = (int64_t{b} * s.q_heads + h) * run_rows;
+      copies->push_back(
+          {index, true, dst_row * kFloat, l.lse + src_row * kFloat, run_rows * kFloat});
+    }
+  }
+}
+
+}  // namespace
+
+BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,
+                      bool want_lse, int64_t mask_bytes) {
+  BatchLayout l;
+  const int64_t q_bytes = total_q * RowBytes(config, config.q_heads);
+  const int64_t kv_bytes = total_k * RowBytes(config, config.kv_heads);
+  const int64_t cu_bytes = (int64_t{sequences} + 1) * 4;
+  const int64_t per_head_bytes = int64_t{sequences} * config.q_heads * 4;
+  l.q = 0;
+  l.k = Align(l.q + q_bytes);
+  l.v = Align(l.k + kv_bytes);
+  l.cu_seqlens_q = Align(l.v + kv_bytes);
+  l.cu_seqlens_k = Align(l.cu_seqlens_q + cu_bytes);
+  l.alibi = Align(l.cu_seqlens_k + cu_bytes);
+  l.sinks = Align(l.alibi + (config.alibi ? per_head_bytes : 0));
+  l.mask = Align(l.sinks + (config.sinks ? per_head_bytes : 0));
+  l.input_bytes = Align(l.mask + mask_bytes);
+  l.o = 0;
+  l.lse = Align(q_bytes);
+  l.output_bytes = Align(l.lse + (want_lse ? int64_t{config.q_heads} * total_q * 4 : 0));
+  return l;
+}
+
+void RunCopies(const std::vector<HostCopy>& copies) {
+  for (const HostCopy& c : copies) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+}
+
+void MakePlan(Batch& batch) {
+  Plan& plan = batch.plan;
+  const KernelConfig& config = batch.config;
+  const int64_t mask_bytes =
+      config.mask_kind == MaskKind::kNone ? 0 : batch.jobs[0]->spec.mask_bytes;
+  plan.layout = LayoutFor(config, batch.sequences, batch.total_q, batch.total_k, batch.want_lse,
+                          mask_bytes);
+  const BatchLayout& l = plan.layout;
+
+  plan.inputs.clear();
+  plan.outputs.clear();
+  plan.first_input.clear();
+  for (size_t i = 0; i < batch.jobs.size(); ++i) {
+    plan.first_input.push_back(plan.inputs.size());
+    const RequestSpec& s = batch.jobs[i]->spec;
+    const JobSlice& slice = batch.slices[i];
+    const int64_t k_offset = slice.row_k * RowBytes(config, config.kv_heads);
+    PlanTensor(l.q + slice.row_q * RowBytes(config, config.q_heads), s.q_data, s.q_pieces,
+               s.q_bytes, &plan.inputs);
+    PlanTensor(l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
+    PlanTensor(l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
+    PlanJobOutputs(batch, static_cast<int>(i), &plan.outputs);
+  }
+  plan.first_input.push_back(plan.inputs.size());
+  PlanMetadata(batch, &plan.inputs);
+
+  AttentionParams& p = plan.params;
+  p = AttentionParams();
+  static_cast<KernelConfig&>(p) = config;
+  p.batch = batch.sequences;
+  p.seqlen_q = batch.max_seqlen_q;
+  p.seqlen_k = batch.max_seqlen_k;
+  p.total_q = batch.total_q;
+  p.total_k = batch.total_k;
+  if (config.alibi) p.alibi_batch_stride = config.q_heads;
+  if (config.sinks) p.sink_batch_stride = config.q_heads;
+  if (config.mask_kind != MaskKind::kNone) {
+    const RequestSpec& s = batch.jobs[0]->spec;
+    p.mask_batch_stride = s.mask_batch_stride;
+    p.mask_head_stride = s.mask_head_stride;
+    p.mask_row_stride = s.mask_row_stride;
+    p.mask_col_stride = s.mask_col_stride;
+  }
+}
+
+AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs) {
+  const BatchLayout& l = plan.layout;
+  const char* in = static_cast<const char*>(inputs);
+  char* out = static_cast<char*>(outputs);
+  AttentionParams p = plan.params;
+  p.q = in + l.q;
+  p.k = in + l.k;
+  p.v = in + l.v;
+  p.o = out + l.o;
+  p.lse = l.output_bytes > l.lse ? reinterpret_cast<float*>(out + l.lse) : nullptr;
+  p.cu_seqlens_q = reinterpret_cast<const int32_t*>(in + l.cu_seqlens_q);
+  p.cu_seqlens_k = reinterpret_cast<const int32_t*>(in + l.cu_seqlens_k);
+  SetContiguousStrides(p);  // the packed layout's (cu_seqlens are set)
+  if (p.alibi) p.alibi_slopes = reinterpret_cast<const float*>(in + l.alibi);
+  if (p.sinks) p.sink_logits = reinterpret_cast<const float*>(in + l.sinks);
+  if (p.mask_kind != MaskKind::kNone) p.mask = in + l.mask;
+  return p;
+}
+
+void AppendInputCopies(const Batch& batch, char* inputs, std::vector<HostCopy>* copies, int job) {
+  const Plan& plan = batch.plan;
+  size_t begin = 0, end = plan.inputs.size();
+  if (job == kMetadata) {
+    begin = plan.first_input.back();
+  } else if (job != kAllInputs) {
+    begin = plan.first_input[static_cast<size_t>(job)];
+    end = plan.first_input[static_cast<size_t>(job) + 1];
+  }
+  for (size_t i = begin; i < end; ++i) {
+    const InputCopy& c = plan.inputs[i];
+    copies->push_back({inputs + c.dst, c.src, c.bytes});
+  }
+}
+
+void AllocateOutputs(Batch& batch) {
+  for (const auto& job : batch.jobs) {
+    JobOutputs& out = job->outputs;
+    out.o = OutputPool::Process().Take(static_cast<size_t>(job->spec.q_bytes));
+    if (job->spec.return_lse) out.lse.resize(static_cast<size_t>(job->spec.lse_bytes));
+  }
+}
+
+void AppendOutputCopies(const Batch& batch, const char* outputs, std::vector<HostCopy>* copies) {
+  for (const OutputCopy& c : batch.plan.outputs) {
+    JobOutputs& out = batch.jobs[static_cast<size_t>(c.job)]->outputs;
+    char* dst = (c.lse ? out.lse : out.o).data() + c.dst;
+    copies->push_back({dst, outputs + c.src, c.bytes});
+  }
+}
+
+AttentionParams InPlaceParams(Batch& batch, std::vector<char>* gathered) {
+  Job& job = *batch.jobs[0];
+  const RequestSpec& s = job.spec;
+  AttentionParams p;
+  static_cast<KernelConfig&>(p) = s;
+  p.q = s.q_data;
+  p.k = s.k_data;
+  p.v = s.v_data;
+  p.o = job.outputs.o.data();
+  p.lse = s.return_lse ? reinterpret_cast<float*>(job.outputs.lse.data()) : nullptr;
+  p.batch = s.batch;
+  p.seqlen_q = s.seqlen_q;
+  p.seqlen_k = s.seqlen_k;
+  if (s.packed) {
+    p.total_q = s.total_q;
+    p.total_k = s.total_k;
+    p.cu_seqlens_q = s.cu_seqlens_q;
+    p.cu_seqlens_k = s.cu_seqlens_k;
+  }
+  SetContiguousStrides(p);
+  p.alibi_slopes = s.alibi_slopes;
+  p.alibi_batch_stride = s.alibi_batch_stride;
+  p.sink_logits = s.sink_logits;
+  p.sink_batch_stride = 0;
+  p.mask = s.mask();
+  p.mask_batch_stride = s.mask_batch_stride;
+  p.mask_head_stride = s.mask_head_stride;
+  p.mask_row_stride = s.mask_row_stride;
+  p.mask_col_stride = s.mask_col_stride;
+  if (!s.inputs_contiguous()) {
+    // The inputs lie in several received pieces: gather them into one reused buffer.
+    gathered->resize(static_cast<size_t>(s.q_bytes + 2 * s.kv_bytes));
+    char* q = gathered->data();
+    std::vector<InputCopy> planned;
+    PlanTensor(0, s.q_data, s.q_pieces, s.q_bytes, &planned);
+    PlanTensor(s.q_bytes, s.k_data, s.k_pieces, s.kv_bytes, &planned);
+    PlanTensor(s.q_bytes + s.kv_bytes, s.v_data, s.v_pieces, s.kv_bytes, &planned);
+    for (const InputCopy& c : planned) std::memcpy(q + c.dst, c.src, static_cast<size_t>(c.bytes));
+    p.q = q;
+    p.k = q + s.q_bytes;
+    p.v = q + s.q_bytes + s.kv_bytes;
+  }
+  return p;
+}
+
+}  // namespace attention::server

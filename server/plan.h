@@ -1,0 +1,114 @@
+// Plan: how one sealed batch runs, decided once when the batcher seals it (FlashInfer's
+// plan / run split), then run by whichever executor gets the batch. It holds the batch's buffer
+// layout, the copies that stage its inputs, the copies that deliver its outputs to each job, and
+// the kernel params; an executor only binds them to its own memory:
+//
+//   CPU:  inputs -> staging ; kernel ; outputs -> each job's outputs
+//         (a lone job runs in place instead: the kernel reads its request and writes its outputs)
+//   GPU:  inputs -> pinned ; upload ; kernel ; download ; outputs -> each job's outputs
+//
+// Outputs leave by this one route, into Job::outputs; the service writes the answers from there.
+#ifndef ATTENTION_SERVER_PLAN_H_
+#define ATTENTION_SERVER_PLAN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/attention_params.h"
+
+namespace attention::server {
+
+struct Batch;
+struct Job;
+
+// Byte offsets of one batch's buffers, every one 256-byte aligned, in two blocks:
+//   inputs  = q | k | v | cu_seqlens_q | cu_seqlens_k | alibi slopes | sink logits | mask
+//   outputs = o | lse
+// so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0.
+struct BatchLayout {
+  static constexpr int64_t kAlignment = 256;
+  int64_t q = 0, k = 0, v = 0, cu_seqlens_q = 0, cu_seqlens_k = 0, alibi = 0, sinks = 0, mask = 0;
+  int64_t input_bytes = 0;
+  int64_t o = 0, lse = 0;
+  int64_t output_bytes = 0;
+  int64_t total_bytes() const { return input_bytes + output_bytes; }
+};
+
+// One contiguous host copy: `bytes` bytes from `src` to `dst`. Executors split lists of these
+// across threads.
+struct HostCopy {
+  char* dst = nullptr;
+  const char* src = nullptr;
+  int64_t bytes = 0;
+};
+// Runs every copy, in order, on the calling thread.
+void RunCopies(const std::vector<HostCopy>& copies);
+
+// A copy into the input block: `bytes` from `src` (a request's bytes, or the batch's own
+// metadata) to offset `dst` of the block.
+struct InputCopy {
+  int64_t dst = 0;
+  const char* src = nullptr;
+  int64_t bytes = 0;
+};
+
+// A copy out of the output block: `bytes` from offset `src` of the block to offset `dst` of job
+// `job`'s o (or lse).
+struct OutputCopy {
+  int job = 0;
+  bool lse = false;
+  int64_t dst = 0;
+  int64_t src = 0;
+  int64_t bytes = 0;
+};
+
+// The layout of a batch of `sequences` sequences and `total_q` / `total_k` rows of `config`.
+BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,
+                      bool want_lse, int64_t mask_bytes);
+
+struct Plan {
+  BatchLayout layout;
+  // In job order (each job's q, k, v spans), then the metadata; an executor may split them.
+  std::vector<InputCopy> inputs;
+  // Job j's copies are inputs[first_input[j] .. first_input[j + 1]); the metadata's start at
+  // first_input.back().
+  std::vector<size_t> first_input;
+  // In job order.
+  std::vector<OutputCopy> outputs;
+  // The packed launch's params; its pointers are set by BindParams.
+  AttentionParams params;
+};
+
+// Makes batch.plan once every job was added (SealBatch calls it).
+void MakePlan(Batch& batch);
+
+// The plan's params over the input block at `inputs` and the output block at `outputs` (host or
+// device addresses; the same layout either way).
+AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs);
+
+// The copies that stage the plan's inputs into `inputs` (a host buffer of at least
+// layout.input_bytes), appended to `copies`: of every job, or (with `job` >= 0) of that job only,
+// or (with `job` == kMetadata) of the batch's metadata only.
+inline constexpr int kAllInputs = -1;
+inline constexpr int kMetadata = -2;
+void AppendInputCopies(const Batch& batch, char* inputs, std::vector<HostCopy>* copies,
+                       int job = kAllInputs);
+
+// Sizes every job's outputs (Job::outputs, from the output pool), so that their memory is
+// allocated and touched before the results exist: an executor calls it where page faults cost
+// least (a GPU executor while the device computes).
+void AllocateOutputs(Batch& batch);
+
+// The copies that deliver the outputs from the output block at `outputs` (host) into each job's
+// outputs (AllocateOutputs first), appended to `copies`.
+void AppendOutputCopies(const Batch& batch, const char* outputs, std::vector<HostCopy>* copies);
+
+// Params that run a batch's lone job in place (host memory only): q, k, v, mask, slopes and sinks
+// read straight from its request (its q, k and v gathered into `gathered` first when they lie in
+// several received pieces), o and lse written straight into its outputs (AllocateOutputs first).
+AttentionParams InPlaceParams(Batch& batch, std::vector<char>* gathered);
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_PLAN_H_
