@@ -76,8 +76,18 @@ for (const arg of dockerfile.getInitialARGs()) {
   const prop = arg.getProperty();
   if (prop && prop.getValue() !== null) initialArgs.set(prop.getName(), prop.getValue());
 }
-const expand = (text) =>
+// An ARG's default may name an earlier ARG (BUILD_IMAGE's names CUDA_VERSION): expand until
+// nothing changes (a bounded number of rounds, so that a cycle cannot hang the check).
+const expandOnce = (text) =>
   text.replace(/\$\{?(\w+)\}?/g, (m, name) => (initialArgs.has(name) ? initialArgs.get(name) : m));
+const expand = (text) => {
+  for (let round = 0; round < 8; round++) {
+    const next = expandOnce(text);
+    if (next === text) break;
+    text = next;
+  }
+  return text;
+};
 
 const stages = dockerfile.getFROMs().map((from) => {
   const image = expand(from.getImage() ?? "");
@@ -91,6 +101,16 @@ for (let i = 0; i < stages.length; i++) {
     .filter((ins) => ins.getRange().start.line > start && ins.getRange().start.line < end);
 }
 check(stages.length >= 2, "multi-stage build", `${stages.length} stage(s)`);
+// The base images are build arguments (defaulting to the CUDA images checked below), so that the
+// same file builds a CPU image from a Debian or Ubuntu base (tests/deploy/container_test.sh).
+for (const [i, want] of [[0, "BUILD_IMAGE"], [stages.length - 1, "RUNTIME_IMAGE"]]) {
+  const raw = stages[i]?.from.getImage() ?? "";
+  check(
+    new RegExp(`^\\$\\{?${want}\\}?$`).test(raw) && initialArgs.has(want),
+    `stage ${stages[i]?.name ?? "?"}: FROM the build argument ${want}, declared with a default`,
+    raw,
+  );
+}
 
 for (const stage of stages) {
   const m = stage.image.match(/^([^:@]+)(?::([^@]+))?(?:@(sha256:[0-9a-f]{64}))?$/);
@@ -138,10 +158,20 @@ if (fs.existsSync(devScript)) {
 check(installed.has("patchelf"), "build stage installs patchelf (for the bundle)");
 check(/rm -rf \/var\/lib\/apt\/lists/.test(buildRuns), "build stage removes the apt lists");
 
+// ATTN_CUDA is the build stage's argument, ON unless the builder turns it off.
+const cudaArg = build.instructions
+  .filter((i) => keyword(i) === "ARG")
+  .map((i) => i.getProperty())
+  .find((prop) => prop?.getName() === "ATTN_CUDA");
+check(
+  cudaArg?.getValue() === "ON",
+  "build stage: ARG ATTN_CUDA defaults to ON",
+  cudaArg?.getValue(),
+);
 const configure = [
   "cmake -S . -B build -G Ninja",
   "-DCMAKE_BUILD_TYPE=Release",
-  "-DATTN_CUDA=ON",
+  '-DATTN_CUDA="${ATTN_CUDA}"',
   '-DCMAKE_CUDA_ARCHITECTURES="80;90a"',
   "-DATTN_BUILD_TESTS=OFF",
   "-DATTN_BUILD_BENCH=OFF",
