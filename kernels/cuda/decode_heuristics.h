@@ -1,0 +1,167 @@
+// Tile shapes and the split-KV heuristic of the decode kernel (flash_decode.h). Host and device
+// code: the device traits read the tile table, the host dispatch reads the table and the
+// heuristic. No CUDA runtime calls here: the device's multiprocessor count and shared memory come
+// in as arguments, so the heuristic is a pure function (and unit-testable anywhere).
+#ifndef ATTENTION_KERNELS_CUDA_DECODE_HEURISTICS_H_
+#define ATTENTION_KERNELS_CUDA_DECODE_HEURISTICS_H_
+
+#include <cstdint>
+
+#include "kernels/cuda/kernel_traits.h"  // ATTN_HOST_DEVICE
+
+namespace attention::cuda {
+
+// Query rows per sequence the decode kernel takes: decode (1), speculative verify, small chunks.
+inline constexpr int kDecodeMaxQueryRows = 16;
+
+// Most splits the heuristic picks (the combine pass reads one partial per split; beyond this the
+// partials cost more than the idle SMs they fill). Explicit and deterministic split counts may
+// exceed it up to kDecodeMaxSplitsHard.
+inline constexpr int kDecodeMaxSplits = 128;
+inline constexpr int kDecodeMaxSplitsHard = 4096;
+
+// Fixed split size of the deterministic mode when the caller names none: 512 keys (8 tiles of 64)
+// keeps a 1 x 8k decode at 16 splits per KV head (128 blocks) while a 128 x 2k batch splits in 4.
+inline constexpr int kDecodeDefaultSplitTokens = 512;
+
+// One block of the decode kernel is 4 warps (128 threads). Every block holds the rows of ONE KV
+// head's query group: with `rows` = query rows x (q_heads / kv_heads) packed row-major
+// (row r = query row r / group, head r % group), each K/V byte it streams feeds every query head
+// of the group.
+inline constexpr int kDecodeThreads = 128;
+inline constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+// Shared memory one block may use so that two blocks share a multiprocessor (228 KB per SM on
+// sm_90, 1 KB of it reserved per block): two blocks let one block's prologue and epilogue overlap
+// the other's streaming, which a single block with twice the stages cannot do.
+inline constexpr int kDecodeSmemBudget = 112 * 1024;
+
+// The 16-bit (tensor-core) kernel's tiles. Two row layouts of the block's 4 warps:
+//   kRows16: the block holds 16 packed rows (one m16 tile) and its 4 warps split every KV tile
+//            of 64 keys into 4 slices of 16, each warp keeping its own softmax state; the slices
+//            are merged once at the end. A GQA-4 decode (4 rows) wastes 12 of 16 MMA rows, which
+//            costs nothing that matters: the kernel is bound by K/V bandwidth (issue budget in
+//            bench/cuda/decode_notes.md).
+//   kRows64: 64 packed rows, one m16 tile per warp, every warp reading the whole KV tile (for
+//            groups x query rows above 16: speculative verify, MQA).
+// Groups x query rows above 64 take several query tiles (grid blocks) per KV head.
+enum class DecodeRows : uint8_t { kRows16, kRows64 };
+
+ATTN_HOST_DEVICE constexpr int DecodeBlockM(DecodeRows rows) {
+  return rows == DecodeRows::kRows16 ? 16 : 64;
+}
+
+// KV tile of the 16-bit kernel: 64 keys (4 warps x 16 keys with kRows16; a k16 step of P V per
+// warp needs 16 keys).
+inline constexpr int kDecodeBlockN16 = 64;
+// KV tile of the float32 kernel: 32 keys, one per lane of every warp.
+inline constexpr int kDecodeBlockN32 = 32;
+// Query rows of one float32 block (4 per warp).
+inline constexpr int kDecodeFp32BlockM = 16;
+
+// Pipeline depth: as many K+V stages as the budget holds next to the Q tile, at least 2 (one in
+// flight while one is computed) and at most 6 (beyond, the bytes in flight per SM, 2 blocks x 5
+// stages x 16 KB at d = 64, are past what HBM latency x bandwidth needs).
+ATTN_HOST_DEVICE constexpr int DecodeStages(int q_bytes, int stage_bytes) {
+  const int fit = (kDecodeSmemBudget - q_bytes) / stage_bytes;
+  return fit < 2 ? 2 : fit > 6 ? 6 : fit;
+}
+
+// Shared-memory layout of one kernel configuration (bytes).
+struct DecodeSmem {
+  int q_bytes;      // Q tile
+  int stage_bytes;  // one K tile + one V tile
+  int stages;
+  int merge_bytes;  // end-of-loop exchange of the warps' softmax states (aliases the stages)
+  int total;
+};
+
+// 16-bit kernel: Q [block_m, head_dim] and K, V [64, head_dim] tiles of 2-byte elements; the
+// merge area holds each warp's O [16, head_dim + 8] (row padding against bank conflicts) and its
+// 16 row maxima and sums, all float32.
+ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem16(int head_dim_bucket, DecodeRows rows) {
+  const int q = DecodeBlockM(rows) * head_dim_bucket * 2;
+  const int stage = 2 * kDecodeBlockN16 * head_dim_bucket * 2;
+  const int stages = DecodeStages(q, stage);
+  const int merge = kDecodeWarps * 16 * (head_dim_bucket + 8) * 4 + kDecodeWarps * 16 * 2 * 4;
+  const int kv = stages * stage > merge ? stages * stage : merge;
+  return {q, stage, stages, merge, q + kv};
+}
+
+// float32 kernel: Q [16, head_dim] and K, V [32, head_dim] tiles of float32; no merge area (every
+// warp owns whole rows).
+ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
+  const int q = kDecodeFp32BlockM * head_dim_bucket * 4;
+  const int stage = 2 * kDecodeBlockN32 * head_dim_bucket * 4;
+  const int stages = DecodeStages(q, stage);
+  return {q, stage, stages, 0, q + stages * stage};
+}
+
+// What the split heuristic sees of a launch.
+struct DecodeWorkload {
+  int batch = 0;
+  int kv_heads = 0;
+  int query_tiles = 1;  // query tiles per (sequence, KV head)
+  int kv_tiles = 0;     // KV tiles of the longest sequence's visited key span
+  int num_sms = 0;
+  int blocks_per_sm = 1;  // resident blocks per multiprocessor (shared memory bound)
+};
+
+// Fewest KV tiles a split may have: a split pays a pipeline fill (~2 us of latency before its
+// first tile lands) and one partial write; 4 tiles of 64 keys (128 KB of K+V at d = 128) keep
+// that under a fifth of its streaming time at a fair share of HBM bandwidth.
+inline constexpr int kDecodeMinTilesPerSplit = 4;
+
+// The number of splits of every (sequence, KV head, query tile) unit's key span (host only).
+//
+// Decode is bound by HBM bandwidth, and bandwidth comes from bytes in flight: every resident block
+// keeps its pipeline stages in flight, so the launch reaches full bandwidth when the grid fills
+// every resident-block slot of every SM (num_sms x blocks_per_sm, not just num_sms as for a
+// compute-bound kernel), and keeps it as long as the slots stay full. The model: `units` blocks
+// per split, T KV tiles per unit, s splits of per(s) = ceil(T / s) tiles (so only
+// s' = ceil(T / per(s)) of them hold tiles, and s' is what the launch uses: no empty splits),
+// and a launch time of ceil(units * s' / slots) waves of per(s) tiles each. Its efficiency is the
+// ideal units * T / slots tile-times over that. Choices:
+//  - s = 1 when one split is already within 0.95 of the ideal: more splits only add partial
+//    writes and a combine pass (128 x 2k with 8 KV heads: 1024 units, 4 waves of 264 slots for
+//    3.9 waves of work, 0.97).
+//  - Otherwise the smallest s within 0.95 of the best efficiency over 1..max_splits. FA3's
+//    hopper/heuristics.h keeps 0.85 of the best wave fill against num_sms and ignores the
+//    rounding of tiles into splits; a decode block streams for its whole life, so an idle slot
+//    or a longer last split is lost bandwidth, hence the slot count, the tile rounding and the
+//    tighter bound. 1 x 8k with 8 KV heads: 32 splits of 4 tiles fill 256 of 264 slots, where 31
+//    would cut 26 splits of 5 tiles.
+//  - max_splits: kDecodeMaxSplits, and no split below kDecodeMinTilesPerSplit tiles.
+// FA3's other case, splitting even a full grid when one KV head outgrows L2 and many query
+// tiles re-read it, cannot arise: a unit reads its KV head's keys once, for all its query rows.
+inline int DecodeSplitHeuristic(const DecodeWorkload& w) {
+  const int64_t units = int64_t{w.batch} * w.kv_heads * w.query_tiles;
+  const int64_t slots = int64_t{w.num_sms} * (w.blocks_per_sm > 0 ? w.blocks_per_sm : 1);
+  const int64_t tiles = w.kv_tiles;
+  if (units <= 0 || slots <= 0 || tiles <= 0) return 1;
+  int max_splits = w.kv_tiles / kDecodeMinTilesPerSplit;
+  if (max_splits > kDecodeMaxSplits) max_splits = kDecodeMaxSplits;
+  const double ideal = static_cast<double>(units) * tiles / slots;
+  const auto used = [&](int s) {
+    const int64_t per = (tiles + s - 1) / s;
+    return static_cast<int>((tiles + per - 1) / per);
+  };
+  const auto efficiency = [&](int s) {
+    const int64_t per = (tiles + s - 1) / s;
+    const int64_t waves = (units * used(s) + slots - 1) / slots;
+    return ideal / static_cast<double>(waves * per);
+  };
+  if (max_splits <= 1 || efficiency(1) >= 0.95) return 1;
+  double best = 0.0;
+  for (int s = 1; s <= max_splits; ++s) {
+    if (efficiency(s) > best) best = efficiency(s);
+  }
+  for (int s = 1; s <= max_splits; ++s) {
+    if (efficiency(s) >= 0.95 * best) return used(s);
+  }
+  return 1;
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_DECODE_HEURISTICS_H_

@@ -1,0 +1,377 @@
+#include "kernels/cuda/flash_decode.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/decode_heuristics.h"
+#include "kernels/cuda/flash_decode_launch.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
+#include "kernels/kernel_config.h"
+
+// The build defines one ATTN_KERNEL_HDIM_<d> / ATTN_KERNEL_DTYPE_<type> macro per compiled bucket
+// and 16-bit element type (kernels/cuda/CMakeLists.txt), as for the forward dispatch.
+
+namespace attention::cuda {
+namespace {
+
+constexpr int64_t kWorkspaceAlignment = 256;
+
+absl::Status Invalid(const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat("AttentionParams.", what));
+}
+
+absl::Status Unsupported(const std::string& what) {
+  return absl::UnimplementedError(absl::StrCat("CUDA decode kernel: ", what));
+}
+
+absl::Status LaunchStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("CUDA decode ", what, " launch failed: ",
+                                          cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+int64_t AlignUp(int64_t bytes) {
+  return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// What the split heuristic needs of the current device, read once per device (attribute queries
+// are driver calls; decode launches come many times per second).
+struct DeviceInfo {
+  int sms = 0;
+  int smem_per_sm = 0;
+  int reserved_smem_per_block = 0;
+  int major = 0;
+};
+
+DeviceInfo CurrentDevice() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> known[kMaxDevices];
+  static DeviceInfo info[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    return DeviceInfo{};
+  }
+  if (!known[device].load(std::memory_order_acquire)) {
+    DeviceInfo d;
+    cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+    cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    cudaDeviceGetAttribute(&d.reserved_smem_per_block, cudaDevAttrReservedSharedMemoryPerBlock,
+                           device);
+    cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    // Two threads may both fill the slot; they write the same values.
+    info[device] = d;
+    known[device].store(true, std::memory_order_release);
+  }
+  return info[device];
+}
+
+// The launch plan of a normalized, checked `p`: block layout, splits, workspace.
+struct Plan {
+  DecodeLaunch launch;
+  int kv_tiles = 0;  // KV tiles of the longest context
+  int64_t partial_o_bytes = 0;
+  int64_t workspace_bytes = 0;
+};
+
+Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
+  Plan plan;
+  DecodeLaunch& l = plan.launch;
+  const bool fp32 = p.dtype == DType::kFloat32;
+  const int block_n = fp32 ? kDecodeBlockN32 : kDecodeBlockN16;
+  l.group = p.q_heads / p.kv_heads;
+  l.rows_pad = p.seqlen_q * l.group;
+  l.rows = l.rows_pad <= 16 ? DecodeRows::kRows16 : DecodeRows::kRows64;
+  const int block_m = fp32 ? kDecodeFp32BlockM : DecodeBlockM(l.rows);
+  l.query_tiles = static_cast<int>(CeilDiv(l.rows_pad, block_m));
+  plan.kv_tiles = static_cast<int>(CeilDiv(p.seqlen_k, block_n));
+
+  // Keys a block visits: a left window bounds them by left + the block's query rows + right.
+  int64_t span = p.seqlen_k;
+  if (p.window_left >= 0) {
+    const int64_t right = p.window_right >= 0 ? p.window_right : p.seqlen_k;
+    span = std::min<int64_t>(span, int64_t{p.window_left} + p.seqlen_q + right);
+  }
+  // +1: a span that does not start on a tile boundary touches one more tile.
+  const int span_tiles =
+      static_cast<int>(std::min<int64_t>(plan.kv_tiles, CeilDiv(span, block_n) + 1));
+
+  int splits = 1;
+  if (opt.deterministic) {
+    l.split_tiles = static_cast<int>(std::max<int64_t>(1, CeilDiv(opt.split_tokens, block_n)));
+    splits = static_cast<int>(std::max<int64_t>(1, CeilDiv(plan.kv_tiles, l.split_tiles)));
+  } else if (opt.num_splits > 0) {
+    splits = std::max(1, std::min(opt.num_splits, std::max(span_tiles, 1)));
+  } else {
+    const DeviceInfo device = CurrentDevice();
+    const DecodeSmem smem = fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
+                                 : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows);
+    DecodeWorkload w;
+    w.batch = p.batch;
+    w.kv_heads = p.kv_heads;
+    w.query_tiles = l.query_tiles;
+    w.kv_tiles = span_tiles;
+    w.num_sms = device.sms;
+    // Resident blocks per SM: shared memory bounds them (launch bounds keep registers for 2).
+    const int per_block = smem.total + device.reserved_smem_per_block;
+    w.blocks_per_sm = per_block > 0 ? std::max(1, std::min(2, device.smem_per_sm / per_block)) : 1;
+    splits = DecodeSplitHeuristic(w);
+  }
+  l.num_splits = splits;
+  if (splits > 1) {
+    l.partial_rows = int64_t{p.batch} * p.kv_heads * l.rows_pad;
+    plan.partial_o_bytes = AlignUp(int64_t{splits} * l.partial_rows * p.head_dim * 4);
+    plan.workspace_bytes = plan.partial_o_bytes + AlignUp(int64_t{splits} * l.partial_rows * 4);
+  }
+  return plan;
+}
+
+// `p` normalized (causal folded into the window) with window sides past every key unbounded.
+AttentionParams Normalized(const AttentionParams& p) {
+  AttentionParams n = p;
+  Normalize(n);
+  ClampWindow(n.seqlen_q, n.seqlen_k, n.window_left, n.window_right);
+  return n;
+}
+
+// 16-byte rows for cp.async and vector stores: base pointers 16-byte aligned, strides in whole
+// 16-byte chunks.
+absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t elems_per_chunk,
+                               int64_t batch_stride, int64_t row_stride, int64_t head_stride) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) {
+    return Unsupported(absl::StrCat(name, " must be 16-byte aligned"));
+  }
+  const int64_t strides[] = {batch_stride, row_stride, head_stride};
+  const char* names[] = {"_batch_stride", "_row_stride", "_head_stride"};
+  for (int i = 0; i < 3; ++i) {
+    if (strides[i] % elems_per_chunk != 0) {
+      return Unsupported(absl::StrCat(name, names[i], " ", strides[i], " must be a multiple of ",
+                                      elems_per_chunk, " elements (16-byte rows)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <DType kDType>
+absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  switch (CompiledHeadDimBucket(p.head_dim)) {
+#ifdef ATTN_KERNEL_HDIM_32
+    case 32:
+      err = RunDecodeKernel<kDType, 32>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_64
+    case 64:
+      err = RunDecodeKernel<kDType, 64>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_96
+    case 96:
+      err = RunDecodeKernel<kDType, 96>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_128
+    case 128:
+      err = RunDecodeKernel<kDType, 128>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_160
+    case 160:
+      err = RunDecodeKernel<kDType, 160>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_192
+    case 192:
+      err = RunDecodeKernel<kDType, 192>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_224
+    case 224:
+      err = RunDecodeKernel<kDType, 224>(p, l, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_HDIM_256
+    case 256:
+      err = RunDecodeKernel<kDType, 256>(p, l, stream);
+      break;
+#endif
+    default:
+      return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build ",
+                                      "(head-dim buckets compiled: ", CompiledHeadDimBuckets(),
+                                      ")"));
+  }
+  if (absl::Status s = LaunchStatus(err, "kernel"); !s.ok()) return s;
+  if (l.num_splits > 1) return LaunchStatus(RunDecodeCombine<kDType>(p, l, stream), "combine");
+  return absl::OkStatus();
+}
+
+absl::Status Dispatch(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  switch (p.dtype) {
+#ifdef ATTN_KERNEL_DTYPE_BF16
+    case DType::kBFloat16:
+      return DispatchHeadDim<DType::kBFloat16>(p, l, stream);
+#endif
+#ifdef ATTN_KERNEL_DTYPE_FP16
+    case DType::kFloat16:
+      return DispatchHeadDim<DType::kFloat16>(p, l, stream);
+#endif
+    case DType::kFloat32:
+      return DispatchHeadDim<DType::kFloat32>(p, l, stream);
+    default:
+      return Unsupported("this dtype has no kernel in this build");
+  }
+}
+
+}  // namespace
+
+absl::Status CheckDecodeSupported(const KernelConfig& c) {
+  if (c.kind != WorkKind::kForward && c.kind != WorkKind::kPagedDecode) {
+    return Unsupported(
+        absl::StrCat("kind ", static_cast<int>(c.kind), " is not forward or paged-decode work"));
+  }
+  if (c.dtype != DType::kFloat32 && c.dtype != DType::kFloat16 && c.dtype != DType::kBFloat16) {
+    return Invalid(absl::StrCat("dtype ", static_cast<int>(c.dtype), " is not a known DType"));
+  }
+  if (c.q_heads <= 0) return Invalid(absl::StrCat("q_heads ", c.q_heads, " must be positive"));
+  if (c.kv_heads <= 0) return Invalid(absl::StrCat("kv_heads ", c.kv_heads, " must be positive"));
+  if (c.q_heads % c.kv_heads != 0) {
+    return Invalid(
+        absl::StrCat("q_heads ", c.q_heads, " must be a multiple of kv_heads ", c.kv_heads));
+  }
+  if (c.head_dim <= 0) return Invalid(absl::StrCat("head_dim ", c.head_dim, " must be positive"));
+  if (c.window_left < -1 || c.window_right < -1) {
+    return Invalid(
+        absl::StrCat("window (", c.window_left, ", ", c.window_right, ") sides must be >= -1"));
+  }
+  if (!std::isfinite(c.softmax_scale)) return Invalid("softmax_scale must be finite");
+  if (!std::isfinite(c.softcap) || c.softcap < 0.f) {
+    return Invalid(absl::StrCat("softcap ", c.softcap, " must be finite and >= 0"));
+  }
+  if (c.mask_kind != MaskKind::kNone) return Unsupported("masks are not supported");
+  if (c.head_dim % 8 != 0) {
+    return Unsupported(absl::StrCat("head_dim ", c.head_dim, " must be a multiple of 8"));
+  }
+  if (c.head_dim > kMaxHeadDim) {
+    return Unsupported(absl::StrCat("head_dim ", c.head_dim, " exceeds ", kMaxHeadDim));
+  }
+  if (CompiledHeadDimBucket(c.head_dim) == 0) {
+    return Unsupported(absl::StrCat("head_dim ", c.head_dim, " has no kernel in this build (",
+                                    "head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")"));
+  }
+  if (c.dtype != DType::kFloat32 && !DTypeCompiled(c.dtype)) {
+    return Unsupported(absl::StrCat(c.dtype == DType::kFloat16 ? "float16" : "bfloat16",
+                                    " has no kernel in this build"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDecodeParams(const AttentionParams& p) {
+  if (absl::Status s = CheckDecodeSupported(p); !s.ok()) return s;
+  if (p.batch < 0) return Invalid(absl::StrCat("batch ", p.batch, " must be >= 0"));
+  if (p.seqlen_q < 0 || p.seqlen_q > kDecodeMaxQueryRows) {
+    return Unsupported(
+        absl::StrCat("seqlen_q ", p.seqlen_q, " must be in [0, ", kDecodeMaxQueryRows, "]"));
+  }
+  if (p.seqlen_k < 0) return Invalid(absl::StrCat("seqlen_k ", p.seqlen_k, " must be >= 0"));
+  if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.o == nullptr) {
+    return Invalid("q, k, v and o must not be null");
+  }
+  if (p.is_varlen() && p.total_q < 0) return Invalid("total_q must be >= 0 for a packed batch");
+  if (p.is_paged()) {
+    if (p.page_size <= 0) return Invalid(absl::StrCat("page_size ", p.page_size, " must be > 0"));
+    if (p.cu_seqlens_k != nullptr) return Invalid("cu_seqlens_k must be null with a page_table");
+    const int64_t pages = CeilDiv(p.seqlen_k, p.page_size);
+    if (p.batch > 1 && p.page_table_stride < pages) {
+      return Invalid(absl::StrCat("page_table_stride ", p.page_table_stride, " must be >= ", pages,
+                                  " (pages of the longest context, seqlen_k ", p.seqlen_k, ")"));
+    }
+  } else if (p.cu_seqlens_k != nullptr && p.seqlens_k != nullptr) {
+    return Invalid("seqlens_k and cu_seqlens_k must not both be set");
+  }
+  const int64_t chunk = 16 / DTypeSize(p.dtype);
+  for (absl::Status s :
+       {CheckVectorLayout("q", p.q, chunk, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+        CheckVectorLayout("k", p.k, chunk, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+        CheckVectorLayout("v", p.v, chunk, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+        CheckVectorLayout("o", p.o, chunk, p.o_batch_stride, p.o_row_stride, p.o_head_stride)}) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+bool DecodeExpectedToWin(const AttentionParams& p) {
+  return p.seqlen_q >= 1 && p.seqlen_q <= kDecodeMaxQueryRows && p.mask == nullptr &&
+         CheckDecodeParams(p).ok();
+}
+
+int DecodeNumSplits(const AttentionParams& p, const DecodeOptions& opt) {
+  if (p.batch <= 0 || p.q_heads <= 0 || p.kv_heads <= 0 || p.q_heads % p.kv_heads != 0 ||
+      CompiledHeadDimBucket(p.head_dim) == 0) {
+    return 1;
+  }
+  return MakePlan(Normalized(p), opt).launch.num_splits;
+}
+
+size_t DecodeWorkspaceBytes(const AttentionParams& p, const DecodeOptions& opt) {
+  if (p.batch <= 0 || p.q_heads <= 0 || p.kv_heads <= 0 || p.q_heads % p.kv_heads != 0 ||
+      CompiledHeadDimBucket(p.head_dim) == 0) {
+    return 0;
+  }
+  return static_cast<size_t>(MakePlan(Normalized(p), opt).workspace_bytes);
+}
+
+absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& opt,
+                            void* workspace, cudaStream_t stream) {
+  if (absl::Status s = CheckDecodeParams(params); !s.ok()) return s;
+  if (opt.num_splits < 0 || opt.num_splits > kDecodeMaxSplitsHard) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeOptions.num_splits ", opt.num_splits,
+                                                   " must be in [0, ", kDecodeMaxSplitsHard, "]"));
+  }
+  if (opt.deterministic && opt.split_tokens <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeOptions.split_tokens ", opt.split_tokens, " must be positive"));
+  }
+  const AttentionParams p = Normalized(params);
+  if (p.batch == 0 || p.seqlen_q == 0 || (p.is_varlen() && p.total_q == 0)) {
+    return absl::OkStatus();
+  }
+  Plan plan = MakePlan(p, opt);
+  DecodeLaunch& l = plan.launch;
+  if (l.num_splits > kDecodeMaxSplitsHard) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DecodeOptions.split_tokens ", opt.split_tokens, " cuts seqlen_k ", p.seqlen_k,
+                     " into ", l.num_splits, " splits, more than ", kDecodeMaxSplitsHard));
+  }
+  const int64_t blocks = int64_t{p.batch} * l.num_splits * l.query_tiles * p.kv_heads;
+  if (blocks > INT_MAX) {
+    return Unsupported(absl::StrCat("batch ", p.batch, " x splits ", l.num_splits,
+                                    " x query tiles ", l.query_tiles, " x kv_heads ", p.kv_heads,
+                                    " blocks exceed the grid limit ", INT_MAX));
+  }
+  if (l.num_splits > 1) {
+    if (workspace == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RunFlashDecode: ", l.num_splits,
+          " splits need a workspace of DecodeWorkspaceBytes = ", plan.workspace_bytes, " bytes"));
+    }
+    char* ws = static_cast<char*>(workspace);
+    l.partial_o = reinterpret_cast<float*>(ws);
+    l.partial_lse = reinterpret_cast<float*>(ws + plan.partial_o_bytes);
+    l.dependent_launch = CurrentDevice().major >= 9;
+  }
+  return Dispatch(p, l, stream);
+}
+
+}  // namespace attention::cuda

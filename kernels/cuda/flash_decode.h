@@ -1,0 +1,78 @@
+// Host API of the CUDA decode kernel (Flash-Decoding): attention of 1..16 query rows per sequence
+// against a long context read through page tables, split along the keys across thread blocks, and
+// a second pass that merges the splits' partial O and LSE exactly. Compiled by the host compiler;
+// no device code here.
+//
+// What `p` (AttentionParams) may hold:
+//   - q, o: dense [batch, seqlen_q, q_heads, head_dim] or packed [total_q, q_heads, head_dim]
+//     with cu_seqlens_q, seqlen_q <= kDecodeMaxQueryRows (16); lse optional, as everywhere.
+//   - K / V paged (page_table set): pools [num_pages, page_size, kv_heads, head_dim] with
+//     k_batch_stride / v_batch_stride between pages, sequence b's context length seqlens_k[b]
+//     (or seqlen_k for all when seqlens_k is null), cu_seqlens_k null.
+//   - K / V dense (page_table null): [batch, seqlen_k, kv_heads, head_dim], or packed with
+//     cu_seqlens_k (the stateless Attention call's layouts, one page per sequence); seqlens_k
+//     then overrides seqlen_k per sequence when set (cu_seqlens_k null).
+//   - causal (bottom-right against each sequence's context length), window, softcap, ALiBi,
+//     sinks, key_range; dtype bf16 / fp16 (tensor cores) or float32 (float32 FMA, float32
+//     accuracy); head_dim any multiple of 8 up to 256 in a compiled head-dim bucket. No mask.
+// Every query head of a KV group lives in one block, so each K/V byte is read once per launch.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_DECODE_H_
+#define ATTENTION_KERNELS_CUDA_FLASH_DECODE_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/decode_heuristics.h"
+#include "kernels/kernel_config.h"
+
+namespace attention::cuda {
+
+// How a decode launch splits the keys.
+struct DecodeOptions {
+  // 0: DecodeSplitHeuristic over the launch and the device. > 0: exactly this many splits of each
+  // sequence's visited key span (at most kDecodeMaxSplitsHard; 1 = no combine pass).
+  int num_splits = 0;
+  // Batch-invariant results: each sequence's keys are cut at fixed multiples of split_tokens
+  // (rounded up to whole 64-key tiles), counted from the first key its rows may see, so a
+  // sequence's o and lse are bitwise the same whatever else shares the launch (given the same
+  // configuration and the same largest query-row count, which picks the block layout), and from
+  // run to run. Takes precedence over num_splits.
+  bool deterministic = false;
+  int split_tokens = kDecodeDefaultSplitTokens;
+};
+
+// Whether this build has a decode kernel for `config` (kind kForward or kPagedDecode; dtype,
+// head_dim, options): OK, or INVALID_ARGUMENT / UNIMPLEMENTED naming the value. Masks are not
+// supported (UNIMPLEMENTED).
+absl::Status CheckDecodeSupported(const KernelConfig& config);
+
+// CheckDecodeSupported plus the launch's own fields (pointers, lengths, strides, alignment).
+absl::Status CheckDecodeParams(const AttentionParams& p);
+
+// Whether the stateless Attention call's `p` should take the decode kernel instead of the
+// forward kernel: at most kDecodeMaxQueryRows query rows per sequence, no mask, a decode kernel
+// compiled for it, 16-byte-aligned 16-bit rows (or float32), and keys at least as many as query
+// rows (the forward kernel's 128-row tiles waste 7/8 of their work below 16 rows, and read K/V
+// once per query head instead of once per KV group).
+bool DecodeExpectedToWin(const AttentionParams& p);
+
+// The number of splits RunFlashDecode uses for `p` on the current device (1 = no combine pass).
+int DecodeNumSplits(const AttentionParams& p, const DecodeOptions& opt);
+
+// Bytes of device scratch RunFlashDecode needs for `p` and `opt` on the current device: the
+// splits' float32 partial O and LSE; 0 when it does not split.
+size_t DecodeWorkspaceBytes(const AttentionParams& p, const DecodeOptions& opt);
+
+// Enqueues the decode kernel (and, when split, the combine kernel) for `p` (device pointers) on
+// `stream` and returns without waiting. `workspace` holds at least DecodeWorkspaceBytes(p, opt)
+// bytes (may be null when that is 0). Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED
+// as CheckDecodeParams, INTERNAL for a launch failure (with the CUDA error string).
+absl::Status RunFlashDecode(const AttentionParams& p, const DecodeOptions& opt, void* workspace,
+                            cudaStream_t stream);
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_DECODE_H_

@@ -1,0 +1,81 @@
+// Launch layer of the decode kernels: dynamic shared-memory limit, one-dimensional grid, launch
+// and error check; the combine pass with programmatic dependent launch. Included only by the
+// generated instantiation files and flash_decode_combine.cu.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_DECODE_LAUNCH_TEMPLATE_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_DECODE_LAUNCH_TEMPLATE_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/decode_heuristics.h"
+#include "kernels/cuda/flash_decode_kernel.cuh"
+#include "kernels/cuda/flash_decode_launch.h"
+
+namespace attention::cuda {
+
+template <DType kDType>
+using DecodeElementOf =
+    std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16,
+                       std::conditional_t<kDType == DType::kFloat16, __half, float>>;
+
+// One block per (sequence, split, query tile, KV head); the host checked that the count fits the
+// grid's x dimension.
+template <typename Kernel>
+cudaError_t LaunchDecode(Kernel* kernel, int smem_bytes, const AttentionParams& p,
+                         const DecodeLaunch& l, cudaStream_t stream) {
+  if (smem_bytes > 48 * 1024) {
+    // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t blocks = int64_t{p.batch} * l.num_splits * l.query_tiles * p.kv_heads;
+  kernel<<<static_cast<unsigned>(blocks), kDecodeThreads, smem_bytes, stream>>>(p, l);
+  return cudaGetLastError();
+}
+
+template <DType kDType, int kHeadDim>
+cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  if constexpr (kDType == DType::kFloat32) {
+    using Traits = decode::Decode32Traits<kHeadDim>;
+    return LaunchDecode(&decode::FlashDecodeKernel32<Traits>, Traits::kSmem.total, p, l, stream);
+  } else {
+    using Element = DecodeElementOf<kDType>;
+    if (l.rows == DecodeRows::kRows16) {
+      using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows16>;
+      return LaunchDecode(&decode::FlashDecodeKernel16<Traits, Element>, Traits::kSmem.total, p, l,
+                          stream);
+    }
+    using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows64>;
+    return LaunchDecode(&decode::FlashDecodeKernel16<Traits, Element>, Traits::kSmem.total, p, l,
+                        stream);
+  }
+}
+
+// Four rows (one per warp) per block.
+template <DType kDType>
+cudaError_t RunDecodeCombine(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((l.partial_rows + kDecodeWarps - 1) / kDecodeWarps));
+  config.blockDim = dim3(kDecodeThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = l.dependent_launch ? 1 : 0;
+  const cudaError_t err =
+      cudaLaunchKernelEx(&config, &decode::FlashDecodeCombineKernel<DecodeElementOf<kDType>>, p, l);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_DECODE_LAUNCH_TEMPLATE_CUH_

@@ -1,0 +1,166 @@
+// Host-side tests of the decode kernel's plan (runs anywhere, no GPU): the split heuristic on the
+// issue's decode grid, its invariants over a sweep of workloads, the shared-memory table, and the
+// configuration checks.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/decode_heuristics.h"
+#include "kernels/cuda/flash_decode.h"
+#include "kernels/kernel_config.h"
+
+namespace attention::cuda {
+namespace {
+
+// An H100 SXM: 132 SMs, two decode blocks per SM (DecodeSmem16 keeps d = 128 under the budget).
+DecodeWorkload H100(int batch, int kv_heads, int kv_len) {
+  DecodeWorkload w;
+  w.batch = batch;
+  w.kv_heads = kv_heads;
+  w.query_tiles = 1;
+  w.kv_tiles = (kv_len + kDecodeBlockN16 - 1) / kDecodeBlockN16;
+  w.num_sms = 132;
+  w.blocks_per_sm = 2;
+  return w;
+}
+
+// The heuristic's cost model (decode_heuristics.h), restated: s splits of ceil(T / s) tiles run
+// ceil(units * s / slots) waves; efficiency = (units * T / slots) / (waves * tiles per split).
+double Efficiency(const DecodeWorkload& w, int s) {
+  const double units = double{1} * w.batch * w.kv_heads * w.query_tiles;
+  const double slots = double{1} * w.num_sms * w.blocks_per_sm;
+  const double per = std::ceil(double{1} * w.kv_tiles / s);
+  return units * w.kv_tiles / slots / (std::ceil(units * s / slots) * per);
+}
+
+TEST(DecodeSplitHeuristicTest, IssueGrid) {
+  // GQA 32/8 (8 KV heads), one query row: the rows of issue 21's table.
+  EXPECT_EQ(DecodeSplitHeuristic(H100(128, 8, 2048)), 1);   // 1024 units: 3.9 of 4 waves
+  EXPECT_EQ(DecodeSplitHeuristic(H100(32, 8, 8192)), 1);    // 256 of 264 slots
+  EXPECT_EQ(DecodeSplitHeuristic(H100(8, 8, 32768)), 4);    // 64 units x 4 = 256 of 264 slots
+  EXPECT_EQ(DecodeSplitHeuristic(H100(2, 8, 131072)), 16);  // 16 x 16 = 256
+  EXPECT_EQ(DecodeSplitHeuristic(H100(1, 8, 8192)), 32);    // 8 x 32, 4 tiles (256 keys) each
+  EXPECT_EQ(DecodeSplitHeuristic(H100(1, 8, 32768)), 32);
+  EXPECT_EQ(DecodeSplitHeuristic(H100(1, 8, 131072)), 32);
+}
+
+TEST(DecodeSplitHeuristicTest, Invariants) {
+  for (int batch : {1, 2, 3, 7, 16, 33, 100, 257}) {
+    for (int kv_heads : {1, 2, 8}) {
+      for (int kv_len : {0, 1, 64, 300, 1024, 5000, 65536, 1 << 20}) {
+        DecodeWorkload w = H100(batch, kv_heads, kv_len);
+        const int s = DecodeSplitHeuristic(w);
+        SCOPED_TRACE(testing::Message() << batch << " x " << kv_heads << " x " << kv_len);
+        ASSERT_GE(s, 1);
+        ASSERT_LE(s, kDecodeMaxSplits);
+        if (s > 1) {
+          // Never below the fewest tiles a split may have.
+          EXPECT_GE(w.kv_tiles / s, kDecodeMinTilesPerSplit);
+        }
+        if (w.kv_tiles > 0) {
+          // No empty split: the last of s splits of ceil(T / s) tiles holds a tile.
+          const int per = (w.kv_tiles + s - 1) / s;
+          EXPECT_EQ((w.kv_tiles + per - 1) / per, s);
+          // Within 0.95 of the best efficiency of any allowed split count (FA3 keeps 0.85).
+          double best = 0;
+          const int max_s = std::min(kDecodeMaxSplits, w.kv_tiles / kDecodeMinTilesPerSplit);
+          for (int t = 1; t <= std::max(1, max_s); ++t) best = std::max(best, Efficiency(w, t));
+          EXPECT_GE(Efficiency(w, s), std::min(0.95, 0.95 * best) - 1e-9);
+        }
+      }
+    }
+  }
+}
+
+TEST(DecodeSmemTest, TwoBlocksPerSmUpToHeadDim128) {
+  for (int d : {32, 64, 96, 128}) {
+    for (DecodeRows rows : {DecodeRows::kRows16, DecodeRows::kRows64}) {
+      const DecodeSmem s = DecodeSmem16(d, rows);
+      EXPECT_GE(s.stages, 2);
+      EXPECT_LE(s.stages, 6);
+      EXPECT_LE(s.total, kDecodeSmemBudget) << d;
+      EXPECT_GE(s.total - s.q_bytes, s.merge_bytes) << "the merge area fits in the stages";
+    }
+    EXPECT_LE(DecodeSmem32(d).total, kDecodeSmemBudget);
+  }
+  // The largest bucket still fits one block (227 KB per block on sm_90).
+  EXPECT_LE(DecodeSmem16(256, DecodeRows::kRows64).total, 227 * 1024);
+  EXPECT_LE(DecodeSmem32(256).total, 227 * 1024);
+}
+
+TEST(CheckDecodeSupportedTest, NamesTheValue) {
+  KernelConfig c;
+  c.kind = WorkKind::kPagedDecode;
+  c.dtype = DType::kFloat32;
+  c.head_dim = 64;
+  c.q_heads = 8;
+  c.kv_heads = 2;
+  c.softmax_scale = 0.125f;
+  // float32 decode kernels exist for every compiled head-dim bucket; 64 may not be one.
+  const absl::Status base = CheckDecodeSupported(c);
+  if (!base.ok()) {
+    EXPECT_EQ(base.code(), absl::StatusCode::kUnimplemented);
+    EXPECT_NE(base.message().find("head_dim 64"), std::string::npos) << base;
+    return;
+  }
+  KernelConfig x = c;
+  x.mask_kind = MaskKind::kAdditive;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kUnimplemented);
+  x = c;
+  x.kv_heads = 3;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(CheckDecodeSupported(x).message().find("kv_heads 3"), std::string::npos);
+  x = c;
+  x.head_dim = 12;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kUnimplemented);
+  x = c;
+  x.head_dim = 264;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kUnimplemented);
+  x = c;
+  x.softcap = -1.f;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kInvalidArgument);
+  x = c;
+  x.window_left = -2;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kInvalidArgument);
+  x = c;
+  x.kind = WorkKind::kBackward;
+  EXPECT_EQ(CheckDecodeSupported(x).code(), absl::StatusCode::kUnimplemented);
+}
+
+// Explicit and deterministic split counts need no device.
+TEST(DecodeNumSplitsTest, ExplicitAndDeterministic) {
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 2;
+  p.seqlen_q = 1;
+  p.seqlen_k = 10000;  // 157 tiles of 64
+  p.q_heads = 8;
+  p.kv_heads = 2;
+  p.head_dim = 64;
+  p.softmax_scale = 0.125f;
+  if (!CheckDecodeSupported(p).ok()) GTEST_SKIP() << CheckDecodeSupported(p);
+  DecodeOptions opt;
+  opt.num_splits = 5;
+  EXPECT_EQ(DecodeNumSplits(p, opt), 5);
+  // Partials: 5 splits x (2 sequences x 2 KV heads x 4 rows) x (64 + 1) floats, each array
+  // rounded up to 256 bytes.
+  EXPECT_EQ(DecodeWorkspaceBytes(p, opt), size_t{20480 + 512});
+  opt.num_splits = 1;
+  EXPECT_EQ(DecodeWorkspaceBytes(p, opt), 0u);
+  opt.num_splits = 1000;  // clamped to the tiles
+  EXPECT_EQ(DecodeNumSplits(p, opt), 157);
+  opt = DecodeOptions{};
+  opt.deterministic = true;
+  opt.split_tokens = 1000;  // 16 tiles of 64
+  EXPECT_EQ(DecodeNumSplits(p, opt), 10);
+  // A left window bounds the keys a block visits: 100 + 1 + 0 keys, 3 tiles at most.
+  p.causal = true;
+  p.window_left = 100;
+  opt = DecodeOptions{};
+  opt.num_splits = 50;
+  EXPECT_EQ(DecodeNumSplits(p, opt), 3);
+}
+
+}  // namespace
+}  // namespace attention::cuda
