@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "kernels/attention_params.h"
+#include "kernels/cuda/decode_block_info.h"
 #include "kernels/cuda/decode_heuristics.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/flash_decode_launch.h"
@@ -78,21 +79,11 @@ struct DecodeBlock {
   int64_t k_head, v_head;    // paged K/V: element offset of head g inside a page row
 };
 
-// Allowed keys of query row i (local to its sequence): [lo, hi), from the window around its
-// position p(i) = i + len_k - n_q and the key range. lo >= hi when it has none.
-struct KeyBounds {
-  int lo, hi;
-};
-
-__device__ __forceinline__ KeyBounds RowKeyBounds(const AttentionParams& p, const DecodeBlock& blk,
-                                                  int i) {
-  const int64_t pos = int64_t{i} + blk.len_k - blk.n_q;
-  int64_t lo = blk.range_lo;
-  int64_t hi = blk.range_hi;
-  if (p.window_left >= 0 && pos - p.window_left > lo) lo = pos - p.window_left;
-  if (p.window_right >= 0 && pos + p.window_right + 1 < hi) hi = pos + p.window_right + 1;
-  if (hi < lo) hi = lo;
-  return {static_cast<int>(lo), static_cast<int>(hi)};
+// Allowed keys of query row i (local to its sequence): decode_block_info.h.
+__device__ __forceinline__ DecodeRange RowKeyBounds(const AttentionParams& p,
+                                                    const DecodeBlock& blk, int i) {
+  return DecodeRowKeys(i, blk.n_q, blk.len_k, p.window_left, p.window_right, blk.range_lo,
+                       blk.range_hi);
 }
 
 // Fills `blk` for blockIdx.x; returns false when the block's query tile starts past its
@@ -116,6 +107,9 @@ __device__ __forceinline__ bool LocateDecodeBlock(const AttentionParams& p, cons
     blk.q_row0 = p.cu_seqlens_q[b];
     blk.n_q = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
   }
+  // The host sized the grid and the partials by seqlen_q and seqlen_k (the longest sequence):
+  // clamping keeps a batch that breaks that contract inside its buffers.
+  blk.n_q = min(blk.n_q, p.seqlen_q);
   blk.row0 = query_tile * kBlockM;
   const int total_rows = blk.n_q * l.group;
   if (blk.row0 >= total_rows) return false;
@@ -139,6 +133,7 @@ __device__ __forceinline__ bool LocateDecodeBlock(const AttentionParams& p, cons
     blk.k_seq = b * p.k_batch_stride + k_start * p.k_row_stride + blk.k_head;
     blk.v_seq = b * p.v_batch_stride + k_start * p.v_row_stride + blk.v_head;
   }
+  blk.len_k = min(blk.len_k, p.seqlen_k);
   blk.range_lo = 0;
   blk.range_hi = blk.len_k;
   if (p.key_range != nullptr) {
@@ -148,18 +143,14 @@ __device__ __forceinline__ bool LocateDecodeBlock(const AttentionParams& p, cons
 
   // Keys of the block: bounds are monotone in the query row, so the first row's lower bound and
   // the last row's upper bound enclose every row's keys.
-  const KeyBounds first = RowKeyBounds(p, blk, blk.row0 / l.group);
-  const KeyBounds last = RowKeyBounds(p, blk, (blk.row0 + blk.rows - 1) / l.group);
+  const DecodeRange first = RowKeyBounds(p, blk, blk.row0 / l.group);
+  const DecodeRange last = RowKeyBounds(p, blk, (blk.row0 + blk.rows - 1) / l.group);
   blk.key_lo = first.lo;
   blk.key_hi = last.hi;
-  blk.tile_begin = blk.tile_end = 0;
-  if (blk.key_hi > blk.key_lo) {
-    const int t0 = blk.key_lo / kBlockN;
-    const int t1 = (blk.key_hi + kBlockN - 1) / kBlockN;
-    const int per = l.split_tiles > 0 ? l.split_tiles : (t1 - t0 + l.num_splits - 1) / l.num_splits;
-    blk.tile_begin = min(t0 + blk.split * per, t1);
-    blk.tile_end = min(blk.tile_begin + per, t1);
-  }
+  const DecodeRange tiles =
+      DecodeSplitTiles(blk.key_lo, blk.key_hi, kBlockN, blk.split, l.num_splits, l.split_tiles);
+  blk.tile_begin = tiles.lo;
+  blk.tile_end = tiles.hi;
   return true;
 }
 
@@ -452,7 +443,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
     if (r < blk.rows) {
       const int packed = blk.row0 + r;
       const int i = packed / l.group;
-      const KeyBounds kb = RowKeyBounds(p, blk, i);
+      const DecodeRange kb = RowKeyBounds(p, blk, i);
       row_lo[hf] = kb.lo;
       row_hi[hf] = kb.hi;
       row_pos[hf] = i + blk.len_k - blk.n_q;
@@ -729,7 +720,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
     if (j < rows_here) {
       const int packed = blk.row0 + r;
       const int i = packed / l.group;
-      const KeyBounds kb = RowKeyBounds(p, blk, i);
+      const DecodeRange kb = RowKeyBounds(p, blk, i);
       row_lo[j] = kb.lo;
       row_hi[j] = kb.hi;
       row_pos[j] = i + blk.len_k - blk.n_q;
@@ -885,7 +876,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   int n_q = p.seqlen_q;
   if (p.cu_seqlens_q != nullptr) {
     q_row0 = p.cu_seqlens_q[b];
-    n_q = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    n_q = min(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b], p.seqlen_q);
   }
   if (packed >= n_q * l.group) return;
   const int i = packed / l.group;

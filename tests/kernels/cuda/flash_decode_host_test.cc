@@ -1,17 +1,100 @@
-// Host-side tests of the decode kernel's plan (runs anywhere, no GPU): the split heuristic on the
-// issue's decode grid, its invariants over a sweep of workloads, the shared-memory table, and the
-// configuration checks.
+// Host-side tests of the decode kernel's plan (runs anywhere, no GPU): the keys a block visits and
+// the tiles of each split against a brute-force scan of the window rule, the split heuristic on
+// the decode grid and its invariants over a sweep of workloads, the shared-memory table,
+// and the configuration checks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <random>
+#include <vector>
 
+#include "kernels/cuda/decode_block_info.h"
 #include "kernels/cuda/decode_heuristics.h"
 #include "kernels/cuda/flash_decode.h"
 #include "kernels/kernel_config.h"
 
 namespace attention::cuda {
 namespace {
+
+// Brute force: is key j allowed for row i (attention_params.h's rule)?
+bool Allowed(int i, int j, int n_q, int len_k, int left, int right, int range_lo, int range_hi) {
+  const int pos = i + len_k - n_q;
+  if (j < 0 || j >= len_k || j < range_lo || j >= range_hi) return false;
+  if (left >= 0 && j < pos - left) return false;
+  if (right >= 0 && j > pos + right) return false;
+  return true;
+}
+
+// Every block of rows of every sequence shape: each row's [lo, hi) is exactly its allowed keys,
+// and the tiles of the block's splits are disjoint, ordered, and cover exactly the tiles that
+// hold the block's keys.
+TEST(DecodeBlockInfoTest, KeysAndSplitsMatchBruteForce) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> len(0, 300), rows(1, 16), win(-1, 40), group(1, 8);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int len_k = len(rng);
+    const int n_q = rows(rng);
+    const int left = win(rng), right = win(rng);
+    const int g = group(rng);
+    int range_lo = 0, range_hi = len_k;
+    if (trial % 3 == 0) {
+      std::uniform_int_distribution<int> r(-5, len_k + 5);
+      range_lo = std::max(r(rng), 0);
+      range_hi = std::min(r(rng), len_k);
+    }
+    SCOPED_TRACE(testing::Message()
+                 << "len_k " << len_k << " n_q " << n_q << " window (" << left << ", " << right
+                 << ") range [" << range_lo << ", " << range_hi << ") group " << g);
+    for (int i = 0; i < n_q; ++i) {
+      const DecodeRange k = DecodeRowKeys(i, n_q, len_k, left, right, range_lo, range_hi);
+      for (int j = -2; j < len_k + 2; ++j) {
+        ASSERT_EQ(j >= k.lo && j < k.hi, Allowed(i, j, n_q, len_k, left, right, range_lo, range_hi))
+            << "row " << i << " key " << j;
+      }
+    }
+    // Blocks of 16 packed rows (row = query row * group + head).
+    for (int row0 = 0; row0 < n_q * g; row0 += 16) {
+      const int last_row = std::min(row0 + 16, n_q * g) - 1;
+      const DecodeRange first =
+          DecodeRowKeys(row0 / g, n_q, len_k, left, right, range_lo, range_hi);
+      const DecodeRange last =
+          DecodeRowKeys(last_row / g, n_q, len_k, left, right, range_lo, range_hi);
+      std::vector<int> needed;  // tiles holding a key some row of the block may see
+      for (int t = 0; t * 64 < len_k; ++t) {
+        bool any = false;
+        for (int i = row0 / g; i <= last_row / g; ++i) {
+          for (int j = t * 64; j < std::min(len_k, t * 64 + 64); ++j) {
+            any |= Allowed(i, j, n_q, len_k, left, right, range_lo, range_hi);
+          }
+        }
+        if (any) needed.push_back(t);
+      }
+      const int tiles = (len_k + 63) / 64;
+      for (int split_tiles : {0, 1, 3}) {
+        const int num_splits =
+            split_tiles > 0 ? std::max(1, (tiles + split_tiles - 1) / split_tiles) : 1 + trial % 7;
+        std::vector<int> covered;
+        int prev_end = -1;
+        for (int s = 0; s < num_splits; ++s) {
+          const DecodeRange r = DecodeSplitTiles(first.lo, last.hi, 64, s, num_splits, split_tiles);
+          if (r.hi <= r.lo) continue;
+          EXPECT_GE(r.lo, prev_end) << "split " << s << " overlaps the previous one";
+          prev_end = r.hi;
+          for (int t = r.lo; t < r.hi; ++t) covered.push_back(t);
+        }
+        // Covered tiles: every needed tile, and only tiles within the block's key span.
+        for (int t : needed) {
+          EXPECT_TRUE(std::find(covered.begin(), covered.end(), t) != covered.end())
+              << "tile " << t << " of rows from " << row0 << " is in no split";
+        }
+        for (int t : covered) {
+          EXPECT_TRUE(t * 64 < last.hi && t * 64 + 64 > first.lo) << "tile " << t;
+        }
+      }
+    }
+  }
+}
 
 // An H100 SXM: 132 SMs, two decode blocks per SM (DecodeSmem16 keeps d = 128 under the budget).
 DecodeWorkload H100(int batch, int kv_heads, int kv_len) {

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Turns one run's decode_bench JSON lines (ours.jsonl) and sdpa_peer.py --decode JSON lines
+(peer.jsonl) into the markdown tables of bench/results/decode_<date>_<device>.md: K+V TB/s of
+ours (dense and pages of 64) against cuDNN and FA2 on issue 21's grid with the ratios the bars
+are stated in, the page-size sweep at 32 x 8k, and the device's copy bandwidth.
+
+Usage: decode_report.py RUN_DIR --device NAME --commit SHA --date YYYY-MM-DD
+"""
+import argparse
+import json
+import pathlib
+
+GRID = [(128, 2048), (32, 8192), (8, 32768), (2, 131072), (1, 8192), (1, 32768), (1, 131072)]
+
+
+def load(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--device", required=True)
+    p.add_argument("--commit", required=True)
+    p.add_argument("--date", required=True)
+    args = p.parse_args()
+    run = pathlib.Path(args.run_dir)
+    ours = load(run / "ours.jsonl")
+    peer = {(r["batch"], r["kv_len"]): r for r in load(run / "peer.jsonl")}
+    copy = ours[0]["copy_TBps"]
+
+    def find(layout, batch, kv_len):
+        for r in ours:
+            if r["layout"] == layout and r["batch"] == batch and r["kv_len"] == kv_len:
+                return r
+        return None
+
+    def num(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def ratio(x, y):
+        return "-" if x is None or not y else f"{x / y:.2f}"
+
+    print(f"Device: {args.device}; date {args.date}; commit {args.commit}; copy bandwidth "
+          f"(read + write) {copy:.3f} TB/s. K+V bytes read per second, TB/s.\n")
+    print("| batch x kv_len | splits | ours dense | ours paged 64 | cuDNN | FA2 | dense / cuDNN "
+          "| paged / cuDNN | dense / copy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch, kv_len in GRID:
+        d = find("dense", batch, kv_len)
+        g = find("paged64", batch, kv_len)
+        r = peer.get((batch, kv_len), {})
+        cudnn, fa2 = r.get("cudnn_TBps"), r.get("flash_TBps")
+        dt = d and d["ours_TBps"]
+        gt = g and g["ours_TBps"]
+        print(f"| {batch} x {kv_len // 1024}k | {d['splits'] if d else '-'} | {num(dt)} | "
+              f"{num(gt)} | {num(cudnn)} | {num(fa2)} | {ratio(dt, cudnn)} | {ratio(gt, cudnn)} "
+              f"| {ratio(dt, copy)} |")
+    print("\n| 32 x 8k layout | TB/s | of copy bandwidth |")
+    print("|---|---|---|")
+    for r in ours:
+        if r["batch"] == 32 and r["kv_len"] == 8192:
+            print(f"| {r['layout']} | {r['ours_TBps']:.3f} | {r['ours_TBps'] / copy:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

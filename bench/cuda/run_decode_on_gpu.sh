@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One command on a GPU machine (the `run` device tool) for the decode kernel: the host test, the
+# decode tests against the float64 reference, the forward test's decode-shaped cases (which the
+# stateless path now routes to the decode kernel), decode_bench and the PyTorch peer
+# (sdpa_peer.py --decode, batch 1 rows too) in the same command, compute-sanitizer memcheck +
+# racecheck over the small cases, one ncu profile of the 32 x 8k launch, and the report table.
+#
+#   bench/cuda/run_decode_on_gpu.sh COMMIT [BUNDLE_DIR]
+#
+# BUNDLE_DIR (default .gpu) holds the executables packed by shared/tools/gpu-bundle.sh
+# (flash_decode_test, flash_decode_host_test, attention_cuda_test, decode_bench) and a copy of
+# sdpa_peer.py. Logs and results go to $OUT (default /tmp/attention_decode_run): run.log,
+# ours.jsonl, peer.jsonl, decode_report.md. SKIP_TESTS=1 / SKIP_SANITIZER=1 / SKIP_NCU=1 leave
+# those steps out.
+set -uo pipefail
+commit=${1:?usage: run_decode_on_gpu.sh COMMIT [BUNDLE_DIR]}
+bundle=${2:-.gpu}
+out=${OUT:-/tmp/attention_decode_run}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+exec > >(tee "$out/run.log") 2>&1
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+date -u +%Y-%m-%d
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  step "host test"
+  timeout 60 "$bundle/bin/flash_decode_host_test" | tail -3 || status=1
+  step "decode tests"
+  timeout 300 "$bundle/bin/flash_decode_test" > "$out/flash_decode_test.log" 2>&1 || status=1
+  grep -E "rel_err|FAILED|Failure" -A3 "$out/flash_decode_test.log" | grep -v "^--" | tail -60
+  tail -3 "$out/flash_decode_test.log"
+  step "forward test, decode-shaped cases"
+  timeout 120 "$bundle/bin/attention_cuda_test" --gtest_filter='*q1_k*:*Stream*' | tail -3 ||
+    status=1
+fi
+
+step "decode_bench"
+timeout 240 "$bundle/bin/decode_bench" --json "$out/ours.jsonl" || status=1
+step "peer sdpa_peer.py --decode"
+timeout 240 python3 "$bundle/sdpa_peer.py" --decode --json "$out/peer.jsonl" | tail -8 || status=1
+for n in 8192 32768 131072; do
+  timeout 120 python3 "$bundle/sdpa_peer.py" --decode --decode-tokens "$n" --kv-lens "$n" \
+    --json "$out/peer.jsonl" | tail -1 || status=1
+done
+
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  step "compute-sanitizer memcheck"
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$bundle/bin/flash_decode_test" --gtest_filter='*small*:*Small*:PagedAppend*' 2>&1 | tail -6
+  echo "memcheck exit code: ${PIPESTATUS[0]}"
+  step "compute-sanitizer racecheck"
+  subset='Cases/FlashDecodeTest.MatchesFloat64Reference/small_page16'
+  subset+=':Cases/FlashDecodeTest.MatchesFloat64Reference/small_q16_gqa16_causal'
+  subset+=':Cases/FlashDecodeTest.MatchesFloat64Reference/small_splits3'
+  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    "$bundle/bin/flash_decode_test" --gtest_filter="$subset" 2>&1 | tail -6
+  echo "racecheck exit code: ${PIPESTATUS[0]}"
+fi
+
+if [ "${SKIP_NCU:-0}" != 1 ]; then
+  # decode_bench --reps 1 launches each row 4 times; skipping 8 lands on the dense 32 x 8k row.
+  step "ncu, dense 32 x 8k"
+  timeout 120 ncu --kernel-name regex:FlashDecodeKernel16 --launch-skip 8 --launch-count 1 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+    "$bundle/bin/decode_bench" --reps 1 > "$out/ncu.txt" 2>&1
+  grep -E "DRAM Throughput|Memory Throughput|Duration|Stall|Warp Cycles" "$out/ncu.txt" | head -20
+fi
+
+step "report"
+python3 bench/cuda/decode_report.py "$out" --device "$(nvidia-smi --query-gpu=name \
+  --format=csv,noheader | head -1)" --commit "$commit" --date "$(date -u +%Y-%m-%d)" |
+  tee "$out/decode_report.md"
+exit $status
