@@ -11,6 +11,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/convert.h"
+#include "kernels/cuda/flash_decode.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 
 namespace attention::cuda {
@@ -174,6 +175,7 @@ absl::Status CheckSupported(const AttentionParams& p) {
 }
 
 size_t WorkspaceBytes(const AttentionParams& p) {
+  if (DecodeExpectedToWin(p)) return DecodeWorkspaceBytes(p, DecodeOptions{});
   if (p.dtype != DType::kFloat32) return 0;
   return static_cast<size_t>(LayoutFor(p).total);
 }
@@ -184,6 +186,8 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (p.batch == 0 || p.seqlen_q == 0 || QRows(p) == 0) return absl::OkStatus();
+  // Decode shapes (a few query rows per sequence): the split-KV decode kernel (flash_decode.h).
+  if (DecodeExpectedToWin(p)) return RunFlashDecode(p, DecodeOptions{}, workspace, stream);
   if (p.dtype != DType::kFloat32) return DispatchFlashFwd(p, stream);
 
   // float32: q, k, v -> bfloat16 workspace, 16-bit kernel into a bfloat16 o, o -> float32.
