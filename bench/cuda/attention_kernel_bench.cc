@@ -8,10 +8,13 @@
 //
 //   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
-//                          [--json FILE] [--tiles] [--memory]
+//                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE]
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
+//   --paged   every cell of the grid twice, back to back: dense K/V, then the same K/V read
+//             through a page table (pages of PAGE_SIZE keys in random order, q dense): the paged
+//             prefill's time against the dense kernel's (kind "paged" in the JSON)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -30,6 +34,7 @@
 #endif
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/dtype.h"
 
@@ -76,6 +81,7 @@ struct Options {
   std::string json;
   bool tiles = false;
   bool memory = false;
+  int page_size = 0;  // --paged
 };
 
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
@@ -146,6 +152,46 @@ AttentionParams MakeParams(DType dtype, int batch, int seqlen, int heads, int he
   return p;
 }
 
+// Launches paged K/V the way RunAttention launches 16-bit work (RunAttention does not take paged
+// K/V yet): the host checks of the paged fields, then the dispatch.
+absl::Status RunPaged(AttentionParams p) {
+  if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  return DispatchFlashFwd(p, nullptr);
+}
+
+// The dense K/V of `dense` read as pools of pages of `page_size` keys: the contiguous tensors
+// [batch, seqlen, heads, d] are batch * seqlen / page_size pages, and the page table (device
+// memory at `table`, room for them all) hands them to the sequences in random order.
+bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int32_t* seqlens,
+               AttentionParams& paged) {
+  const int per_seq = dense.seqlen_k / page_size;
+  std::vector<int32_t> ids(static_cast<size_t>(dense.batch) * per_seq);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  uint64_t state = 0x2545F4914F6CDD1Dull;
+  for (size_t i = ids.size(); i > 1; --i) {  // Fisher-Yates with xorshift
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    std::swap(ids[i - 1], ids[state % i]);
+  }
+  const std::vector<int32_t> lens(dense.batch, dense.seqlen_k);
+  if (!Check(cudaMemcpy(table, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice), "table") ||
+      !Check(cudaMemcpy(seqlens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice),
+             "seqlens")) {
+    return false;
+  }
+  paged = dense;
+  paged.page_table = table;
+  paged.page_table_stride = per_seq;
+  paged.page_size = page_size;
+  paged.seqlens_k = seqlens;
+  paged.k_batch_stride = int64_t{page_size} * dense.k_row_stride;
+  paged.v_batch_stride = int64_t{page_size} * dense.v_row_stride;
+  return true;
+}
+
 double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
   const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
   return flops / (ms * 1e-3) / 1e12;
@@ -162,11 +208,28 @@ int RunGrid(const Options& opt, FILE* json) {
              "cudaMalloc")) {
     return 1;
   }
+  int32_t* table = nullptr;
+  int32_t* seqlens = nullptr;
+  if (opt.page_size > 0 &&
+      (!Check(cudaMalloc(reinterpret_cast<void**>(&table), opt.tokens / opt.page_size * 4 + 16),
+              "cudaMalloc") ||
+       !Check(cudaMalloc(reinterpret_cast<void**>(&seqlens), opt.tokens * 4), "cudaMalloc"))) {
+    return 1;
+  }
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | kernel |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  if (opt.page_size > 0) {
+    std::printf("# paged: pages of %d keys in random order; ms_paged / ms_dense per cell\n",
+                opt.page_size);
+    std::printf(
+        "| dtype | d | causal | seqlen | batch | heads | ms dense | ms paged | TFLOP/s paged | "
+        "paged / dense speed | kernel |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  } else {
+    std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | kernel |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  }
   int failures = 0;
   {
     // Half a second of work first: the GPU idles at a low clock and the first cells would
@@ -195,6 +258,32 @@ int RunGrid(const Options& opt, FILE* json) {
           const AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
           absl::Status status;
           const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
+          if (opt.page_size > 0 && status.ok()) {
+            AttentionParams pp;
+            if (!MakePaged(p, opt.page_size, table, seqlens, pp)) return 1;
+            const double ms_paged = MedianMs([&] { status = RunPaged(pp); });
+            if (!status.ok() || !Check(cudaDeviceSynchronize(), "paged kernel")) {
+              std::fprintf(stderr, "paged %s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), d, c, n,
+                           status.ToString().c_str());
+              ++failures;
+              continue;
+            }
+            const double tf = Tflops(batch, heads, n, d, c != 0, ms_paged);
+            const char* kernel = KernelFamilyName(SelectKernelFamily(pp));
+            std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.3f | %.1f | %.3f | %s |\n",
+                        dt.c_str(), d, c, n, batch, heads, ms, ms_paged, tf, ms / ms_paged, kernel);
+            if (json != nullptr) {
+              std::fprintf(json,
+                           "{\"kind\": \"paged\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
+                           "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"page_size\": %d, "
+                           "\"ms_dense\": %.4f, \"ms_paged\": %.4f, \"paged_over_dense\": %.4f, "
+                           "\"kernel\": \"%s\"}\n",
+                           dt.c_str(), d, c ? "true" : "false", n, batch, heads, opt.page_size, ms,
+                           ms_paged, ms / ms_paged, kernel);
+            }
+            std::fflush(stdout);
+            continue;
+          }
           if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
             std::fprintf(stderr, "%s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), d, c, n,
                          status.ToString().c_str());
@@ -264,6 +353,8 @@ int RunGrid(const Options& opt, FILE* json) {
 #endif
   for (void* ptr : {buf.q, buf.k, buf.v, buf.o}) cudaFree(ptr);
   cudaFree(buf.lse);
+  cudaFree(table);
+  cudaFree(seqlens);
   return failures == 0 ? 0 : 1;
 }
 
@@ -353,6 +444,8 @@ int Main(int argc, char** argv) {
       opt.tiles = true;
     } else if (arg == "--memory") {
       opt.memory = true;
+    } else if (arg == "--paged") {
+      opt.page_size = std::atoi(value().c_str());
     } else {
       std::fprintf(stderr, "unknown argument %s (see the header of attention_kernel_bench.cc)\n",
                    arg.c_str());

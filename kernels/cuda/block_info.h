@@ -3,7 +3,8 @@
 // rule on the CPU).
 //
 // Rule (attention_params.h): query row i sits at key position p(i) = i + len_k - len_q; key j is
-// allowed iff j < len_k and p(i) - left <= j <= p(i) + right, where -1 means unbounded.
+// allowed iff j < len_k and p(i) - left <= j <= p(i) + right, where -1 means unbounded, and, with
+// a key range [key_begin, key_end), key_begin <= j < key_end.
 #ifndef ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_
 #define ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_
 
@@ -18,9 +19,6 @@ ATTN_HOST_DEVICE inline int64_t FloorDiv(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
-// KV tiles [begin, end) of `block_n` keys that hold at least one allowed key for some of the
-// query rows [row0, row0 + rows) (rows >= 1). Tiles outside hold none and are skipped; end <= begin
-// means the block has no allowed key at all.
 // Window sides that reach past every key of a sequence are unbounded: left >= seqlen_k allows
 // every key j >= 0 to every row i >= 0, and right >= seqlen_q every key j < seqlen_k. The host API
 // replaces them by -1 (max lengths for packed batches), which keeps the kernel's int arithmetic
@@ -35,10 +33,15 @@ struct KvTileRange {
   int end;
 };
 
-ATTN_HOST_DEVICE inline KvTileRange KvTiles(int row0, int rows, int len_q, int len_k, int block_n,
-                                            int left, int right) {
-  int64_t begin = 0;
-  int64_t end = (int64_t{len_k} + block_n - 1) / block_n;
+// As KvTiles below, for keys restricted to [key_begin, key_end) with 0 <= key_begin and
+// key_end <= len_k (a key range of AttentionParams::key_range, clamped to the sequence): tiles
+// without a key of the range are skipped too. Positions (and so the window) keep their absolute
+// values.
+ATTN_HOST_DEVICE inline KvTileRange KvTilesInRange(int row0, int rows, int len_q, int len_k,
+                                                   int block_n, int left, int right, int key_begin,
+                                                   int key_end) {
+  int64_t begin = key_begin / block_n;
+  int64_t end = (int64_t{key_end} + block_n - 1) / block_n;
   const int64_t shift = int64_t{len_k} - len_q;
   if (right >= 0) {
     // The largest allowed key of the block's last row.
@@ -56,20 +59,35 @@ ATTN_HOST_DEVICE inline KvTileRange KvTiles(int row0, int rows, int len_q, int l
   return {static_cast<int>(begin), static_cast<int>(end)};
 }
 
+// KV tiles [begin, end) of `block_n` keys that hold at least one allowed key for some of the
+// query rows [row0, row0 + rows) (rows >= 1). Tiles outside hold none and are skipped; end <= begin
+// means the block has no allowed key at all.
+ATTN_HOST_DEVICE inline KvTileRange KvTiles(int row0, int rows, int len_q, int len_k, int block_n,
+                                            int left, int right) {
+  return KvTilesInRange(row0, rows, len_q, len_k, block_n, left, right, 0, len_k);
+}
+
 // Whether KV tile `n` (keys [n * block_n, (n + 1) * block_n)) may hold a key that is not allowed
-// for one of the rows [row0, row0 + rows): past len_k, right of the first row's window or left of
-// the last row's window. Tiles for which this is false are processed without any mask.
-// Requires window sides clamped as ClampWindow does.
-ATTN_HOST_DEVICE inline bool TileNeedsMask(int n, int row0, int rows, int len_q, int len_k,
-                                           int block_n, int left, int right) {
+// for one of the rows [row0, row0 + rows): outside the key range [key_begin, key_end) (the whole
+// sequence [0, len_k) without one), right of the first row's window or left of the last row's
+// window. Tiles for which this is false are processed without any mask. Requires window sides
+// clamped as ClampWindow does.
+ATTN_HOST_DEVICE inline bool TileNeedsMaskInRange(int n, int row0, int rows, int len_q, int len_k,
+                                                  int block_n, int left, int right, int key_begin,
+                                                  int key_end) {
   // int arithmetic: the host API clamps left to < seqlen_k and right to < seqlen_q.
   const int key_lo = n * block_n;
   const int key_hi = key_lo + block_n - 1;
   const int shift = len_k - len_q;
-  if (key_hi >= len_k) return true;
+  if (key_hi >= key_end || key_lo < key_begin) return true;
   if (right >= 0 && key_hi > row0 + shift + right) return true;
   if (left >= 0 && key_lo < row0 + rows - 1 + shift - left) return true;
   return false;
+}
+
+ATTN_HOST_DEVICE inline bool TileNeedsMask(int n, int row0, int rows, int len_q, int len_k,
+                                           int block_n, int left, int right) {
+  return TileNeedsMaskInRange(n, row0, rows, len_q, len_k, block_n, left, right, 0, len_k);
 }
 
 }  // namespace attention::cuda

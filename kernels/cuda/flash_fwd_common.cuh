@@ -1,6 +1,7 @@
 // Device code shared by the two forward kernels (mma.sync, flash_fwd_kernel.cuh; wgmma,
-// flash_fwd_sm90_kernel.cuh): tile copies, the block's coordinates, the KV tile order, the
-// score -> logit transform, the bounds mask, the online softmax and the epilogue.
+// flash_fwd_sm90_kernel.cuh): tile copies (contiguous and paged K / V), the block's coordinates,
+// the KV tile order, the score -> logit transform, the bounds mask, the online softmax and the
+// epilogue (attention sinks included).
 //
 // Both kernels hold S and O in the same per-warp register layout: a warp owns 16 * kMTiles query
 // rows, and accumulator acc[mt][j][e] of lane l is row 16 * mt + l / 4 + 8 * (e / 2), column
@@ -73,10 +74,12 @@ __device__ __forceinline__ void LoadTile(uint32_t smem_tile, const Element* gmem
   }
 }
 
-// A block whose rows have no allowed key at all: o = 0 and lse = -inf for its valid rows.
+// A block whose rows have no allowed key at all: o = 0 and lse = `empty_lse` for its valid rows
+// (-inf, or the sink's logit with attention sinks).
 template <typename Traits, typename Element>
 __device__ __forceinline__ void StoreEmptyRows(Element* o, int64_t o_row_stride, float* lse,
-                                               int rows, int valid_chunks, int tid) {
+                                               float empty_lse, int rows, int valid_chunks,
+                                               int tid) {
   constexpr int kChunks = Traits::kChunks;
   for (int idx = tid; idx < rows * kChunks; idx += Traits::kNThreads) {
     const int r = idx / kChunks;
@@ -86,28 +89,34 @@ __device__ __forceinline__ void StoreEmptyRows(Element* o, int64_t o_row_stride,
     }
   }
   if (lse != nullptr) {
-    for (int r = tid; r < rows; r += Traits::kNThreads) lse[r] = -INFINITY;
+    for (int r = tid; r < rows; r += Traits::kNThreads) lse[r] = empty_lse;
   }
 }
 
-// Where one block works: its (sequence, head), its query rows [row0, row0 + rows) and the
-// pointers of attention_params.h's addressing rule (q, o and lse at row0; k and v at key 0).
+// Where one block works: its (sequence, head), its query rows [row0, row0 + rows), its allowed
+// keys [key_begin, key_end) before the window (the whole sequence [0, len_k), or the sequence's
+// key range in the paged variants) and the pointers of attention_params.h's addressing rule (q,
+// o and lse at row0; k and v at key 0, or, paged, at the pools' first page).
 template <typename Element>
 struct BlockCoords {
   int batch, head;
   int row0, rows;
   int len_q, len_k;
   int left, right;  // the window sides of the variant (-1 = unbounded)
+  int key_begin, key_end;
   const Element* q;
   const Element* k;
   const Element* v;
   Element* o;
   float* lse;
+  // Paged variants only: the sequence's row of the page table and log2(page_size).
+  const int32_t* pages;
+  int page_shift;
 };
 
 // Fills `c` for query tile blockIdx.x of head blockIdx.y of sequence blockIdx.z; returns false
 // when the tile starts past the sequence (packed batches size the grid by the longest one).
-template <int kBlockM, bool kHasWindow, typename Element>
+template <int kBlockM, bool kHasWindow, bool kPaged, typename Element>
 __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoords<Element>& c) {
   c.head = blockIdx.y;
   c.batch = blockIdx.z;
@@ -117,7 +126,8 @@ __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoord
   // blocks first so that the cheap ones fill the tail of the grid.
   const int m_block =
       c.right >= 0 ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
-  // Sequence bounds: dense batches use seqlen_q / seqlen_k, packed ones cu_seqlens.
+  // Sequence bounds: dense batches use seqlen_q / seqlen_k, packed ones cu_seqlens; a paged
+  // context's length is seqlens_k (q may still be packed).
   int64_t q_start = 0;
   int64_t k_start = 0;
   c.len_q = p.seqlen_q;
@@ -125,19 +135,39 @@ __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoord
   if (p.cu_seqlens_q != nullptr) {
     q_start = p.cu_seqlens_q[c.batch];
     c.len_q = p.cu_seqlens_q[c.batch + 1] - static_cast<int>(q_start);
-    k_start = p.cu_seqlens_k[c.batch];
-    c.len_k = p.cu_seqlens_k[c.batch + 1] - static_cast<int>(k_start);
+    if constexpr (!kPaged) {
+      k_start = p.cu_seqlens_k[c.batch];
+      c.len_k = p.cu_seqlens_k[c.batch + 1] - static_cast<int>(k_start);
+    }
   }
+  if constexpr (kPaged) c.len_k = p.seqlens_k[c.batch];
   c.row0 = m_block * kBlockM;
   if (c.row0 >= c.len_q) return false;
   c.rows = min(kBlockM, c.len_q - c.row0);
+  c.key_begin = 0;
+  c.key_end = c.len_k;
   const int kv_head = c.head / (p.q_heads / p.kv_heads);
   c.q = static_cast<const Element*>(p.q) + c.batch * p.q_batch_stride +
         (q_start + c.row0) * p.q_row_stride + c.head * p.q_head_stride;
-  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride + k_start * p.k_row_stride +
-        kv_head * p.k_head_stride;
-  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride + k_start * p.v_row_stride +
-        kv_head * p.v_head_stride;
+  if constexpr (kPaged) {
+    // k and v are page pools: the batch strides are the page strides, applied per tile row.
+    c.k = static_cast<const Element*>(p.k) + kv_head * p.k_head_stride;
+    c.v = static_cast<const Element*>(p.v) + kv_head * p.v_head_stride;
+    c.pages = p.page_table + c.batch * p.page_table_stride;
+    c.page_shift = __ffs(p.page_size) - 1;
+    if (p.key_range != nullptr) {
+      // Clamped to the context; an empty or inverted range leaves no key.
+      c.key_begin = min(max(p.key_range[2 * c.batch], 0), c.len_k);
+      c.key_end = max(min(p.key_range[2 * c.batch + 1], c.len_k), c.key_begin);
+    }
+  } else {
+    c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride + k_start * p.k_row_stride +
+          kv_head * p.k_head_stride;
+    c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride + k_start * p.v_row_stride +
+          kv_head * p.v_head_stride;
+    c.pages = nullptr;
+    c.page_shift = 0;
+  }
   c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride +
         (q_start + c.row0) * p.o_row_stride + c.head * p.o_head_stride;
   c.lse = p.lse == nullptr ? nullptr
@@ -146,18 +176,172 @@ __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoord
   return true;
 }
 
+// The sink's logit of the block's (sequence, head), or -inf without attention sinks.
+template <typename Element>
+__device__ __forceinline__ float SinkLogit(const AttentionParams& p,
+                                           const BlockCoords<Element>& c) {
+  return p.sink_logits != nullptr ? p.sink_logits[c.batch * p.sink_batch_stride + c.head]
+                                  : -INFINITY;
+}
+
 // A kernel's start: the block's coordinates `c` and KV tile range `tiles`. Returns false when the
 // block has nothing left to do: it starts past its sequence, or none of its rows has an allowed
-// key (then it has written o = 0 and lse = -inf for them).
+// key (then it has written o = 0 and lse = -inf, or the sink's logit, for them).
 template <typename Traits, FwdVariant kVariant, typename Element>
 __device__ __forceinline__ bool BeginBlock(const AttentionParams& p, BlockCoords<Element>& c,
                                            KvTileRange& tiles) {
-  if (!LocateBlock<Traits::kBlockM, kVariant != FwdVariant::kDense>(p, c)) return false;
-  tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, Traits::kBlockN, c.left, c.right);
+  if (!LocateBlock<Traits::kBlockM, VariantHasWindow(kVariant), VariantIsPaged(kVariant)>(p, c)) {
+    return false;
+  }
+  tiles = KvTilesInRange(c.row0, c.rows, c.len_q, c.len_k, Traits::kBlockN, c.left, c.right,
+                         c.key_begin, c.key_end);
   if (tiles.end > tiles.begin) return true;
-  StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, c.rows, p.head_dim / 8,
+  StoreEmptyRows<Traits>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c), c.rows, p.head_dim / 8,
                          static_cast<int>(threadIdx.x));
   return false;
+}
+
+// Copies 4 bytes from global to shared memory asynchronously (cp.async.ca: the 4-byte form goes
+// through L1); when `pred` is false nothing is read and the 4 bytes are zero-filled.
+__device__ __forceinline__ void CpAsync4(uint32_t smem_addr, const void* gmem, bool pred) {
+  const int src_bytes = pred ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(src_bytes));
+}
+
+// Paged K / V (the paged variants). Key j of the block's sequence is row j % page_size of page
+// pages[j / page_size] of the K and V pools. A KV tile starts at a multiple of kBlockN, and
+// kBlockN and page_size are powers of two, so the tile's row r lies in the tile's page
+// e = r >> page_shift (its e-th page-table entry from key0 >> page_shift; e = 0 for every row when
+// one page holds the whole tile) at row (key0 + r) & (page_size - 1).
+//
+// Each block keeps the page-table entries of the tiles it is about to load in kPageSlots shared
+// slots of kPageEntries entries (tile n in slot n % kPageSlots), copied with cp.async two steps
+// before the K / V copies that read them, so that the K / V copies never wait on a page-table
+// read: a tile's entries land with the copy group they were committed in, and the barrier at the
+// top of every step publishes them to all threads. A slot is rewritten two steps after its last
+// read (the kernels' loops say which steps read which slots).
+
+// Index of entry `e` of tile `n`'s page slot in the slots (int32 [kPageSlots, kPageEntries] in
+// shared memory). The kernels read the slots with plain loads, which the compiler may gather
+// ahead of the copies that use them but not move above the barrier that publishes them.
+template <typename Traits>
+__device__ __forceinline__ int PageSlotIndex(int n, int e) {
+  return (n % Traits::kPageSlots) * Traits::kPageEntries + e;
+}
+
+// Copies the page-table entries of KV tile `n` into its slot: thread e < kPageEntries copies entry
+// e when that page holds a key of [key_begin, key_end), and zero-fills it otherwise, so that no
+// page-table entry outside the key range (nor past the context) is ever read. Part of the
+// caller's next commit group; n >= 0.
+template <typename Traits, typename Element>
+__device__ __forceinline__ void CopyTilePages(int32_t* slots, const BlockCoords<Element>& c, int n,
+                                              int tid) {
+  if (tid < Traits::kPageEntries) {
+    const int page = ((n * Traits::kBlockN) >> c.page_shift) + tid;
+    const int first_key = page << c.page_shift;
+    const bool in_tile = tid <= ((Traits::kBlockN - 1) >> c.page_shift);
+    const bool valid =
+        in_tile && first_key < c.key_end && first_key + (1 << c.page_shift) > c.key_begin;
+    CpAsync4(SmemAddress(slots + PageSlotIndex<Traits>(n, tid)), c.pages + (valid ? page : 0),
+             valid);
+  }
+}
+
+// Visits the copies of KV tile `n` of a paged pool this thread issues (the same rows and chunks
+// as LoadTile's): copy(row, chunk, page, in_page, pred) for tile row `row`, 16-byte chunk
+// `chunk`, the row's page and its row within the page. pred says whether the row holds a key of
+// [key_begin, key_end) and the chunk is below valid_chunks; page_of(e) (the tile's e-th page) is
+// called only then, and page is 0 otherwise.
+template <typename Traits, typename Element, typename PageOf, typename Copy>
+__device__ __forceinline__ void ForEachPagedChunk(const BlockCoords<Element>& c, int n,
+                                                  int valid_chunks, PageOf&& page_of, Copy&& copy,
+                                                  int tid) {
+  constexpr int kRows = Traits::kBlockN;
+  constexpr int kChunks = Traits::kChunks;
+  constexpr int kThreads = Traits::kNThreads;
+  constexpr int kTotal = kRows * kChunks;
+  constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
+  const int key0 = n * kRows;
+  const int row_lo = c.key_begin - key0;
+  const int row_hi = c.key_end - key0;
+  const int in_page_mask = (1 << c.page_shift) - 1;
+  const auto visit = [&](int row, int chunk) {
+    const bool pred = row >= row_lo && row < row_hi && chunk < valid_chunks;
+    const int page = pred ? page_of(row >> c.page_shift) : 0;
+    copy(row, chunk, page, (key0 + row) & in_page_mask, pred);
+  };
+  if constexpr (kThreads % kChunks == 0) {
+    // As LoadTile: every thread copies one chunk column of rows tid / kChunks + it * kRowsPerIter.
+    constexpr int kRowsPerIter = kThreads / kChunks;
+    const int row0 = tid / kChunks;
+    const int chunk = tid % kChunks;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int row = row0 + it * kRowsPerIter;
+      if (kTotal % kThreads == 0 || row < kRows) visit(row, chunk);
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int idx = tid + it * kThreads;
+      const int row = idx / kChunks;
+      if (kTotal % kThreads == 0 || row < kRows) visit(row, idx % kChunks);
+    }
+  }
+}
+
+// One paged pool (K or V): `base` is the pool at the block's KV head, `page_stride` and
+// `row_stride` its strides in elements, `smem_tile` the swizzled shared tile it is copied into.
+template <typename Element>
+struct PagedPool {
+  uint32_t smem_tile;
+  const Element* base;
+  int64_t page_stride;
+  int64_t row_stride;
+};
+
+// Copies KV tile `n` of the paged pools `pools` (one, or K and V of the same tile, which share
+// their pages) into their shared tiles: the rows that hold keys of [key_begin, key_end) and
+// 16-byte chunks [0, valid_chunks), zero-filling the rest (which the bounds mask then drops).
+template <typename Traits, typename Element, int kPools, typename PageOf>
+__device__ __forceinline__ void LoadPagedTiles(const PagedPool<Element> (&pools)[kPools],
+                                               const BlockCoords<Element>& c, int n,
+                                               int valid_chunks, PageOf&& page_of, int tid) {
+  using Tile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
+  ForEachPagedChunk<Traits>(
+      c, n, valid_chunks, page_of,
+      [&](int row, int chunk, int page, int in_page, bool pred) {
+#pragma unroll
+        for (int i = 0; i < kPools; ++i) {
+          const Element* src = pools[i].base + page * pools[i].page_stride +
+                               in_page * pools[i].row_stride + chunk * 8;
+          CpAsync16(pools[i].smem_tile + Tile::Offset(row, chunk), src, pred);
+        }
+      },
+      tid);
+}
+
+// The prologue's copy of tile `n`, its page-table entries read from global memory (the slots fill
+// only with the prologue's copy group).
+template <typename Traits, typename Element, int kPools>
+__device__ __forceinline__ void LoadPagedTilesDirect(const PagedPool<Element> (&pools)[kPools],
+                                                     const BlockCoords<Element>& c, int n,
+                                                     int valid_chunks, int tid) {
+  const int first = (n * Traits::kBlockN) >> c.page_shift;
+  LoadPagedTiles<Traits>(
+      pools, c, n, valid_chunks, [&](int e) { return c.pages[first + e]; }, tid);
+}
+
+// A later copy of tile `n`, its page-table entries read from its slot.
+template <typename Traits, typename Element, int kPools>
+__device__ __forceinline__ void LoadPagedTilesFromSlot(const PagedPool<Element> (&pools)[kPools],
+                                                       const BlockCoords<Element>& c, int n,
+                                                       int valid_chunks, const int32_t* slots,
+                                                       int tid) {
+  const int32_t* slot = slots + PageSlotIndex<Traits>(n, 0);
+  LoadPagedTiles<Traits>(
+      pools, c, n, valid_chunks, [&](int e) { return slot[e]; }, tid);
 }
 
 // Scores enter the softmax as s * scale_log2 (base-2 logits). The dense and window variants keep
@@ -165,7 +349,7 @@ __device__ __forceinline__ bool BeginBlock(const AttentionParams& p, BlockCoords
 // into logits first (softcap, ALiBi and masks act on logits) and uses log2(e).
 template <FwdVariant kVariant>
 __device__ __forceinline__ float SoftmaxScaleLog2(const AttentionParams& p) {
-  return kVariant == FwdVariant::kGeneral ? kLog2e : p.softmax_scale * kLog2e;
+  return VariantIsGeneral(kVariant) ? kLog2e : p.softmax_scale * kLog2e;
 }
 
 // Runs step(n, std::true_type / std::false_type) over KV tiles [tiles.begin, tiles.end) in
@@ -175,21 +359,19 @@ __device__ __forceinline__ float SoftmaxScaleLog2(const AttentionParams& p) {
 template <int kBlockN, FwdVariant kVariant, typename Element, typename Step>
 __device__ __forceinline__ void ForEachKvTile(const KvTileRange& tiles,
                                               const BlockCoords<Element>& c, Step&& step) {
-  constexpr bool kHasWindow = kVariant != FwdVariant::kDense;
+  constexpr bool kHasWindow = VariantHasWindow(kVariant);
   int top = tiles.end;
   int bottom = tiles.begin;
-  if constexpr (kVariant == FwdVariant::kGeneral) {
+  const auto needs_mask = [&c](int n) {
+    return TileNeedsMaskInRange(n, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right,
+                                c.key_begin, c.key_end);
+  };
+  if constexpr (VariantIsGeneral(kVariant)) {
     top = bottom;
   } else {
-    while (top > tiles.begin &&
-           TileNeedsMask(top - 1, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
-      --top;
-    }
+    while (top > tiles.begin && needs_mask(top - 1)) --top;
     if constexpr (kHasWindow) {
-      while (bottom < top &&
-             TileNeedsMask(bottom, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
-        ++bottom;
-      }
+      while (bottom < top && needs_mask(bottom)) ++bottom;
     }
   }
   int n = tiles.end - 1;
@@ -241,8 +423,8 @@ __device__ __forceinline__ void ScoresToLogits(float (&acc_s)[kMTiles][kNTilesS]
   }
 }
 
-// Element-wise bounds on the tiles that need them: keys past len_k and, with a window, keys
-// outside [p(i) - left, p(i) + right].
+// Element-wise bounds on the tiles that need them: keys outside [key_begin, key_end) (past len_k
+// without a key range) and, with a window, keys outside [p(i) - left, p(i) + right].
 template <int kMTiles, int kNTilesS, typename Element>
 __device__ __forceinline__ void MaskOutsideWindow(float (&acc_s)[kMTiles][kNTilesS][4],
                                                   const BlockCoords<Element>& c, int warp_row0,
@@ -257,8 +439,8 @@ __device__ __forceinline__ void MaskOutsideWindow(float (&acc_s)[kMTiles][kNTile
       // Allowed keys of this row, relative to key0: [key_lo, key_hi). The host API clamps
       // window sides to the sequence lengths, so none of this overflows an int.
       const int pos = c.row0 + warp_row0 + mt * 16 + g + 8 * hf + shift;
-      const int key_lo = (c.left >= 0 ? max(pos - c.left, 0) : 0) - key0;
-      const int key_hi = (c.right >= 0 ? min(pos + c.right + 1, c.len_k) : c.len_k) - key0;
+      const int key_lo = (c.left >= 0 ? max(pos - c.left, c.key_begin) : c.key_begin) - key0;
+      const int key_hi = (c.right >= 0 ? min(pos + c.right + 1, c.key_end) : c.key_end) - key0;
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
 #pragma unroll
@@ -384,12 +566,17 @@ __device__ __forceinline__ void PackP(uint32_t (&frag)[4],
 // warp_row0 + 16 * kMTiles) of the shared tile `stage` (layout OTile, no other warp reads them
 // and every read of them by this warp has completed) and written to global memory with 16-byte
 // stores; LSE written once per row.
+// Attention sinks: `sink_log2` is the sink's logit times log2(e) (-inf without sinks). It joins
+// each row's denominator here, against the larger of it and the row max, so that neither term
+// overflows: with t = max(m, sink), sum' = sum * 2^(m - t) + 2^(sink - t), o = acc * 2^(m - t) /
+// sum', lse = (t + log2(sum')) ln 2. Without sinks this is O /= sum exactly (2^0 = 1, 2^-inf = 0),
+// and a row without an allowed key gets o = 0 and lse = sink.
 template <typename OTile, int kChunks, typename Element, int kMTiles, int kNTilesO>
 __device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4],
                                             const RowStats<kMTiles>& stats, float scale_log2,
-                                            uint32_t stage, const BlockCoords<Element>& c,
-                                            int64_t o_row_stride, int valid_chunks, int warp_row0,
-                                            int lane) {
+                                            float sink_log2, uint32_t stage,
+                                            const BlockCoords<Element>& c, int64_t o_row_stride,
+                                            int valid_chunks, int warp_row0, int lane) {
   using Ops = MmaOps<Element>;
   const int g = lane / 4;
   const int t = lane % 4;
@@ -401,8 +588,15 @@ __device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4]
       float sum = stats.sum[mt][hf];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum == 0.f ? 0.f : 1.f / sum;
-      lse[mt][hf] = sum == 0.f ? -INFINITY : (stats.max[mt][hf] * scale_log2 + log2f(sum)) * kLn2;
+      // The row max in base-2 logits (-inf for a row without an allowed key; the scale is
+      // positive in every variant, see SoftmaxScaleLog2).
+      const float row_max = stats.max[mt][hf] * scale_log2;
+      const float top = fmaxf(row_max, sink_log2);
+      const float ref = top == -INFINITY ? 0.f : top;
+      const float keep = Exp2(row_max - ref);
+      const float total = fmaf(sum, keep, Exp2(sink_log2 - ref));
+      const float inv = total == 0.f ? 0.f : keep / total;
+      lse[mt][hf] = total == 0.f ? -INFINITY : (ref + log2f(total)) * kLn2;
 #pragma unroll
       for (int dt = 0; dt < kNTilesO; ++dt) {
         acc_o[mt][dt][2 * hf] *= inv;

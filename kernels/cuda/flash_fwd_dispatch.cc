@@ -17,7 +17,8 @@
 
 // The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated) and one
 // ATTN_KERNEL_HDIM_<d> / ATTN_KERNEL_DTYPE_<type> macro per compiled bucket and element type
-// (kernels/cuda/CMakeLists.txt, options ATTN_KERNEL_HEAD_DIMS and ATTN_KERNEL_DTYPES).
+// (kernels/cuda/CMakeLists.txt, options ATTN_KERNEL_HEAD_DIMS and ATTN_KERNEL_DTYPES), and
+// ATTN_KERNEL_PAGED when the paged variants are compiled (option ATTN_KERNEL_PAGED).
 #ifndef ATTN_KERNEL_HEAD_DIMS
 #error "ATTN_KERNEL_HEAD_DIMS must list the compiled head-dim buckets"
 #endif
@@ -94,6 +95,17 @@ absl::Status DispatchVariant(const AttentionParams& p, cudaStream_t stream) {
       return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kWindow>(p, stream));
     case FwdVariant::kGeneral:
       return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kGeneral>(p, stream));
+#ifdef ATTN_KERNEL_PAGED
+    case FwdVariant::kPaged:
+      return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kPaged>(p, stream));
+    case FwdVariant::kPagedGeneral:
+      return LaunchStatus(RunFamily<kDType, kHeadDim, FwdVariant::kPagedGeneral>(p, stream));
+#else
+    case FwdVariant::kPaged:
+    case FwdVariant::kPagedGeneral:
+      return absl::UnimplementedError(
+          "paged K/V has no forward kernel in this build (configured with ATTN_KERNEL_PAGED=OFF)");
+#endif
   }
   return absl::InternalError("unknown forward kernel variant");
 }
@@ -190,11 +202,68 @@ const char* KernelFamilyName(KernelFamily family) {
 FwdVariant SelectVariant(const AttentionParams& p) {
   // The fast variants fold a positive softmax scale into exp2 and track the max of raw scores,
   // which is only the max of the logits when the scale is positive.
-  if (p.alibi_slopes != nullptr || p.softcap > 0.f || p.mask_kind != MaskKind::kNone ||
-      !(p.softmax_scale > 0.f)) {
-    return FwdVariant::kGeneral;
-  }
+  const bool general = p.alibi_slopes != nullptr || p.softcap > 0.f ||
+                       p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f);
+  // Paged K/V, with or without a window, runs the window-capable paged variant: its tile loop
+  // costs the same as the dense one's, and key ranges need its lower-bound masking anyway.
+  if (p.is_paged()) return general ? FwdVariant::kPagedGeneral : FwdVariant::kPaged;
+  if (general) return FwdVariant::kGeneral;
   return p.has_window() ? FwdVariant::kWindow : FwdVariant::kDense;
+}
+
+bool PagedKernelsCompiled() {
+#ifdef ATTN_KERNEL_PAGED
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::Status CheckPagedForward(const AttentionParams& p) {
+  if (!p.is_paged()) {
+    if (p.seqlens_k != nullptr || p.key_range != nullptr) {
+      return absl::InvalidArgumentError(
+          "AttentionParams.seqlens_k and key_range must be null without a page_table (the "
+          "forward kernel reads them only for paged K/V)");
+    }
+    return absl::OkStatus();
+  }
+  if (!PagedKernelsCompiled()) {
+    return absl::UnimplementedError(
+        "CUDA attention kernel: paged K/V has no forward kernel in this build "
+        "(configured with ATTN_KERNEL_PAGED=OFF)");
+  }
+  if (p.dtype == DType::kFloat32) {
+    return absl::UnimplementedError(
+        "CUDA attention kernel: paged K/V needs float16 or bfloat16 pages (the float32 path "
+        "converts contiguous k and v only)");
+  }
+  const int ps = p.page_size;
+  if (ps < kMinPageSize || ps > kMaxPageSize || (ps & (ps - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AttentionParams.page_size ", ps, " must be a power of two in [", kMinPageSize, ", ",
+        kMaxPageSize, "] (a KV tile then spans whole pages or lies inside one)"));
+  }
+  if (p.seqlens_k == nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.seqlens_k must be set with a page_table (each context's length)");
+  }
+  if (p.cu_seqlens_k != nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.cu_seqlens_k must be null with a page_table (contexts are addressed "
+        "through pages, their lengths are seqlens_k)");
+  }
+  if (p.batch > 1 && p.page_table_stride <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.page_table_stride ",
+                                                   p.page_table_stride,
+                                                   " must be positive for more than one sequence"));
+  }
+  if (p.k_batch_stride <= 0 || p.v_batch_stride <= 0) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.k_batch_stride and v_batch_stride (the page strides of paged K/V) must "
+        "be positive");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream) {

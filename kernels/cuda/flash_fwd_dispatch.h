@@ -24,8 +24,23 @@ std::string CompiledHeadDimBuckets();
 // Whether kernels for 16-bit element type `dtype` are compiled into this build.
 bool DTypeCompiled(DType dtype);
 
-// The kernel variant `p` needs (see FwdVariant).
+// The kernel variant `p` needs (see FwdVariant): the paged ones when p.page_table is set.
+// Attention sinks (p.sink_logits) run in every variant.
 FwdVariant SelectVariant(const AttentionParams& p);
+
+// Whether the paged variants (paged K/V, key ranges) are compiled into this build.
+bool PagedKernelsCompiled();
+
+// What the forward kernels need of the paged fields of `p` (attention_params.h), for the host
+// API's launch checks: without a page_table, seqlens_k and key_range null; with one, a build that
+// has the paged variants (else UNIMPLEMENTED), a 16-bit dtype (UNIMPLEMENTED for float32),
+// page_size a power of two in [kMinPageSize, kMaxPageSize], seqlens_k set, cu_seqlens_k null
+// (q may be packed by cu_seqlens_q), a positive page_table_stride for more than one sequence
+// and positive page strides (k/v_batch_stride). INVALID_ARGUMENT naming the field otherwise.
+// Reads no device memory: the page-table entries, seqlens_k (each <= seqlen_k) and key ranges
+// are the caller's to keep valid; the kernel clamps a key range to [0, seqlens_k[b]) and reads
+// only the page-table entries and pages that hold keys of it.
+absl::Status CheckPagedForward(const AttentionParams& p);
 
 // Which of the two forward kernels runs `p`: the mma.sync kernel (sm_80 and later, every head-dim
 // bucket) or the Hopper wgmma kernel (compute capability 9.0, buckets 64 / 128 / 192 / 256, builds

@@ -4,15 +4,17 @@
 //   - the Q tile is copied once to shared memory (cp.async, zero-filled past seqlen / head_dim);
 //   - K and V tiles of kBlockN keys stream through shared memory (cp.async, kKVStages buffers),
 //     from the last tile the block needs down to the first, so that the tiles that need masking
-//     (sequence tail, causal diagonal) come first and the rest run unmasked;
+//     (sequence tail, causal diagonal) come first and the rest run unmasked; the paged variants
+//     copy each row from its page, the tile's page-table entries fetched two steps ahead
+//     (flash_fwd_common.cuh, "Paged K / V");
 //   - S = Q K^T and O += P V run on the tensor cores (mma.sync m16n8k16, fragments by ldmatrix,
 //     V through ldmatrix.trans), each warp owning 16 or 32 query rows; P never leaves registers:
 //     the S accumulators of two adjacent n8 tiles are exactly the A fragment of one k16 step;
 //   - the softmax is online, in float32 registers: running row max and row sum, exp2 with the
 //     softmax scale folded into one FFMA, max reductions by shuffles within the quad of lanes
 //     that share a row, sums reduced across the quad only once at the end;
-//   - O is normalized, staged through shared memory and written once with 16-byte stores; LSE
-//     (natural log) is written once per row.
+//   - O is normalized (attention sinks join the denominator there), staged through shared memory
+//     and written once with 16-byte stores; LSE (natural log) is written once per row.
 // No seqlen_q x seqlen_k buffer exists anywhere: S and P live in registers for one KV tile.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_KERNEL_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_FWD_KERNEL_CUH_
@@ -32,8 +34,8 @@
 namespace attention::cuda::fwd {
 
 // Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads; Traits::kSmemBytes of
-// dynamic shared memory. `p` is normalized (causal folded into window_right) and checked by the
-// host API; pointers are device pointers.
+// dynamic shared memory (kSmemBytesPaged for the paged variants). `p` is normalized (causal folded
+// into window_right) and checked by the host API; pointers are device pointers.
 template <typename Traits, typename Element, FwdVariant kVariant>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashFwdKernel(const __grid_constant__ AttentionParams p) {
@@ -45,7 +47,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   constexpr int kNTilesO = Traits::kNTilesO;
   constexpr int kChunks = Traits::kChunks;
   constexpr int kStages = Traits::kKVStages;
-  constexpr bool kGeneral = kVariant == FwdVariant::kGeneral;
+  constexpr bool kGeneral = VariantIsGeneral(kVariant);
+  constexpr bool kPaged = VariantIsPaged(kVariant);
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using Ops = MmaOps<Element>;
@@ -54,6 +57,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t smem_q = SmemAddress(smem) + Traits::kSmemQOffset;
   const uint32_t smem_k = SmemAddress(smem) + Traits::kSmemKOffset;
   const uint32_t smem_v = SmemAddress(smem) + Traits::kSmemVOffset;
+  [[maybe_unused]] int32_t* const page_slots =
+      reinterpret_cast<int32_t*>(smem + Traits::kSmemPageOffset);
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -90,13 +95,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
   // Prologue: Q and the first K tile in one copy group, then the first V tile in a second one,
   // so that V's latency hides behind the first QK^T (with one stage too: its V buffer is free).
+  // Paged: the first tile's pages come straight from the page table, and the next tile's page
+  // entries join the first group.
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
-  LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
-                            p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
-  CpAsyncCommit();
-  LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
-                            p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  if constexpr (kPaged) {
+    const PagedPool<Element> k_pool[1] = {{smem_k, c.k, p.k_batch_stride, p.k_row_stride}};
+    const PagedPool<Element> v_pool[1] = {{smem_v, c.v, p.v_batch_stride, p.v_row_stride}};
+    LoadPagedTilesDirect<Traits>(k_pool, c, n_first, valid_chunks, tid);
+    if (n_first > tiles.begin) CopyTilePages<Traits>(page_slots, c, n_first - 1, tid);
+    CpAsyncCommit();
+    LoadPagedTilesDirect<Traits>(v_pool, c, n_first, valid_chunks, tid);
+  } else {
+    LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
+                              p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+    CpAsyncCommit();
+    LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
+                              p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  }
   CpAsyncCommit();
 
   // One KV tile: S = Q K^T, masks, online softmax, O += P V, with the copies of the next tiles
@@ -118,6 +134,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     // (one warp's softmax overlaps another's MMAs).
     // One stage: K[n] has landed and the V buffer is free: fetch V[n] behind QK^T (the first V
     // came with the prologue and may still be in flight).
+    // Paged: tile t's page entries are in slot t, copied at step t + 2 (or by the prologue);
+    // here those of tile n - 2 are copied into the slot that tile n + 2 left, which steps n + 2
+    // and n + 3 (one stage: n + 2's V and n + 3's K) read before this step's barrier.
     if (kStages == 1 && n == n_first) {
       CpAsyncWait<1>();
     } else {
@@ -126,16 +145,32 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     __syncthreads();
     if constexpr (kStages == 2) {
       if (n > tiles.begin) {
-        LoadTile<Traits, kBlockN>(smem_k + (stage ^ 1) * KVTile::kBytes,
-                                  c.k + int64_t{key0 - kBlockN} * p.k_row_stride, p.k_row_stride,
-                                  kBlockN, valid_chunks, tid);
-        LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
-                                  c.v + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
-                                  kBlockN, valid_chunks, tid);
+        if constexpr (kPaged) {
+          // K and V of one tile share their pages: one page-table read per row for both.
+          const PagedPool<Element> kv_pools[2] = {
+              {smem_k + (stage ^ 1) * KVTile::kBytes, c.k, p.k_batch_stride, p.k_row_stride},
+              {smem_v + (stage ^ 1) * KVTile::kBytes, c.v, p.v_batch_stride, p.v_row_stride}};
+          LoadPagedTilesFromSlot<Traits>(kv_pools, c, n - 1, valid_chunks, page_slots, tid);
+        } else {
+          LoadTile<Traits, kBlockN>(smem_k + (stage ^ 1) * KVTile::kBytes,
+                                    c.k + int64_t{key0 - kBlockN} * p.k_row_stride, p.k_row_stride,
+                                    kBlockN, valid_chunks, tid);
+          LoadTile<Traits, kBlockN>(smem_v + (stage ^ 1) * KVTile::kBytes,
+                                    c.v + int64_t{key0 - kBlockN} * p.v_row_stride, p.v_row_stride,
+                                    kBlockN, valid_chunks, tid);
+        }
       }
     } else if (n != n_first) {
-      LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{key0} * p.v_row_stride, p.v_row_stride,
-                                c.len_k - key0, valid_chunks, tid);
+      if constexpr (kPaged) {
+        const PagedPool<Element> v_pool[1] = {{smem_v, c.v, p.v_batch_stride, p.v_row_stride}};
+        LoadPagedTilesFromSlot<Traits>(v_pool, c, n, valid_chunks, page_slots, tid);
+      } else {
+        LoadTile<Traits, kBlockN>(smem_v, c.v + int64_t{key0} * p.v_row_stride, p.v_row_stride,
+                                  c.len_k - key0, valid_chunks, tid);
+      }
+    }
+    if constexpr (kPaged) {
+      if (n - 2 >= tiles.begin) CopyTilePages<Traits>(page_slots, c, n - 2, tid);
     }
     CpAsyncCommit();
 
@@ -209,8 +244,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       CpAsyncWait<0>();
       __syncthreads();
       if (n > tiles.begin) {
-        LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
-                                  p.k_row_stride, kBlockN, valid_chunks, tid);
+        if constexpr (kPaged) {
+          const PagedPool<Element> k_pool[1] = {{smem_k, c.k, p.k_batch_stride, p.k_row_stride}};
+          LoadPagedTilesFromSlot<Traits>(k_pool, c, n - 1, valid_chunks, page_slots, tid);
+        } else {
+          LoadTile<Traits, kBlockN>(smem_k, c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                    p.k_row_stride, kBlockN, valid_chunks, tid);
+        }
       }
       CpAsyncCommit();
     }
@@ -256,8 +296,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
   // Epilogue: each warp stages its O rows in its own rows of the Q tile (no other warp reads them,
   // and all copies into shared memory have completed).
-  StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, smem_q, c, p.o_row_stride, valid_chunks,
-                              warp_row0, lane);
+  StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_q, c,
+                              p.o_row_stride, valid_chunks, warp_row0, lane);
 }
 
 }  // namespace attention::cuda::fwd

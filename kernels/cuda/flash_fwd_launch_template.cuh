@@ -35,8 +35,10 @@ cudaError_t LaunchOverQueryTiles(Kernel* kernel, int block_m, int threads, int s
 
 template <typename Traits, typename Element, FwdVariant kVariant>
 cudaError_t LaunchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int kSmemBytes =
+      VariantIsPaged(kVariant) ? Traits::kSmemBytesPaged : Traits::kSmemBytes;
   return LaunchOverQueryTiles(&fwd::FlashFwdKernel<Traits, Element, kVariant>, Traits::kBlockM,
-                              Traits::kNThreads, Traits::kSmemBytes, p, stream);
+                              Traits::kNThreads, kSmemBytes, p, stream);
 }
 
 template <DType kDType>
@@ -66,8 +68,8 @@ cudaError_t RunFlashFwdSm90Tiles(const AttentionParams& p, cudaStream_t stream) 
                 "the tensor cores take 16-bit operands; float32 is converted by the host API");
   using Traits = Sm90FwdKernelTraits<kHeadDim, kBlockN, kWarpgroups, kBlocksPerSm>;
   return LaunchOverQueryTiles(&fwd::FlashFwdSm90Kernel<Traits, ElementOf<kDType>, kVariant>,
-                              Traits::kBlockM, Traits::kNThreads, fwd::Sm90SmemBytes<Traits>(), p,
-                              stream);
+                              Traits::kBlockM, Traits::kNThreads,
+                              fwd::Sm90SmemBytes<Traits, kVariant>(), p, stream);
 }
 
 template <DType kDType, int kHeadDim, FwdVariant kVariant>

@@ -9,9 +9,13 @@
 //     N-major B operand of O += P V. No ldmatrix: the tensor cores read shared memory directly.
 //   - K / V tiles stream through two buffers each from the last tile down, one barrier per tile:
 //     K runs one tile ahead of V, so step n computes S[n] = Q K[n]^T and O += P[n+1] V[n+1].
+//     The paged variants copy each row from its page with the same cp.async (a bulk tensor copy
+//     would need one per page and row block); the tile's page-table entries come two steps
+//     ahead (flash_fwd_common.cuh, "Paged K / V").
 //   - S = Q K^T: kHeadDim / 16 wgmma.m64nNk16 (N = kBlockN) per warpgroup, float32 accumulators.
-//   - Masks, online softmax and the epilogue are the mma.sync kernel's (flash_fwd_common.cuh): the
-//     m64nN accumulator layout gives every warp 16 rows in the m16n8 layout.
+//   - Masks, online softmax and the epilogue (attention sinks included) are the mma.sync
+//     kernel's (flash_fwd_common.cuh): the m64nN accumulator layout gives every warp 16 rows in
+//     the m16n8 layout.
 //   - O += P V: P stays in registers as wgmma's A operand (the S accumulators rounded to 16 bits
 //     are exactly its register fragments), kBlockN / 16 wgmma.m64nNk16 with N = kHeadDim. It is
 //     issued right behind the next tile's S = Q K^T and left running while that tile's softmax
@@ -37,15 +41,16 @@
 
 namespace attention::cuda::fwd {
 
-// Bytes of dynamic shared memory the kernel is launched with: the tiles plus the slack that lets
-// it align them to 1024 bytes.
-template <typename Traits>
+// Bytes of dynamic shared memory the kernel is launched with: the tiles (and the page slots of the
+// paged variants) plus the slack that lets it align them to 1024 bytes.
+template <typename Traits, FwdVariant kVariant>
 constexpr int Sm90SmemBytes() {
-  return Traits::kSmemBytes + 1024;
+  return (VariantIsPaged(kVariant) ? Traits::kSmemBytesPaged : Traits::kSmemBytes) + 1024;
 }
 
-// Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads; Sm90SmemBytes<Traits>() of
-// dynamic shared memory. `p` is normalized and checked by the host API; device pointers.
+// Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads;
+// Sm90SmemBytes<Traits, kVariant>() of dynamic shared memory. `p` is normalized and checked by the
+// host API; device pointers.
 template <typename Traits, typename Element, FwdVariant kVariant>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashFwdSm90Kernel(const __grid_constant__ AttentionParams p) {
@@ -56,7 +61,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   constexpr int kNTilesS = Traits::kNTilesS;
   constexpr int kNTilesO = Traits::kNTilesO;
   constexpr int kChunks = Traits::kChunks;
-  constexpr bool kGeneral = kVariant == FwdVariant::kGeneral;
+  constexpr bool kGeneral = VariantIsGeneral(kVariant);
+  constexpr bool kPaged = VariantIsPaged(kVariant);
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using MmaS = Wgmma<Element, kBlockN>;
@@ -67,6 +73,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
   const uint32_t smem_k = smem_base + Traits::kSmemKOffset;
   const uint32_t smem_v = smem_base + Traits::kSmemVOffset;
+  [[maybe_unused]] int32_t* const page_slots =
+      reinterpret_cast<int32_t*>(smem + (smem_base - SmemAddress(smem)) + Traits::kSmemPageOffset);
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -95,10 +103,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const auto k_tile = [&](int n) { return smem_k + (n & 1) * KVTile::kBytes; };
   const auto v_tile = [&](int n) { return smem_v + (n & 1) * KVTile::kBytes; };
   // Prologue: Q and the first K tile. The first step issues V[n_first] and K[n_first - 1].
+  // Paged: the first K tile's pages come straight from the page table, and the page entries of
+  // the two tiles the first step loads join the group.
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
-  LoadTile<Traits, kBlockN>(k_tile(n_first), c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
-                            p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  if constexpr (kPaged) {
+    const PagedPool<Element> k_pool[1] = {{k_tile(n_first), c.k, p.k_batch_stride, p.k_row_stride}};
+    LoadPagedTilesDirect<Traits>(k_pool, c, n_first, valid_chunks, tid);
+    CopyTilePages<Traits>(page_slots, c, n_first, tid);
+    if (n_first > tiles.begin) CopyTilePages<Traits>(page_slots, c, n_first - 1, tid);
+  } else {
+    LoadTile<Traits, kBlockN>(k_tile(n_first), c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
+                              p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
+  }
   CpAsyncCommit();
 
   // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart).
@@ -133,18 +150,37 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   // P V is on the tensor cores, and O is rescaled once P V has completed. The copies of K[n-1]
   // (into the buffer K[n+1] left, S[n+1] having completed) and V[n] (into V[n+2]'s, whose P V
   // completed one step ago) are issued at the top and land during the step.
+  // Paged: the same copies, row by row from their pages. Tile t's page entries are in slot t,
+  // copied at step t + 2 (or by the prologue); here those of tile n - 2 go into the slot that
+  // tile n + 2 left, which steps n + 2 (its V) and n + 3 (its K) read before this step's barrier.
+  // (Issued after S[n] instead, while the tensor cores run, the copies' address registers made
+  // ptxas serialize the wgmmas (C7514) or spill at d = 64 and 128.)
+  const auto issue_paged_copies = [&](const int n) {
+    if (n > tiles.begin) {
+      const PagedPool<Element> k_pool[1] = {{k_tile(n - 1), c.k, p.k_batch_stride, p.k_row_stride}};
+      LoadPagedTilesFromSlot<Traits>(k_pool, c, n - 1, valid_chunks, page_slots, tid);
+    }
+    const PagedPool<Element> v_pool[1] = {{v_tile(n), c.v, p.v_batch_stride, p.v_row_stride}};
+    LoadPagedTilesFromSlot<Traits>(v_pool, c, n, valid_chunks, page_slots, tid);
+    if (n - 2 >= tiles.begin) CopyTilePages<Traits>(page_slots, c, n - 2, tid);
+    CpAsyncCommit();
+  };
   const auto step = [&](const int n, auto mask_tag) {
     constexpr bool kMask = decltype(mask_tag)::value;
     const int key0 = n * kBlockN;
     const bool has_pv = n < n_first;
     publish_copies();
-    if (n > tiles.begin) {
-      LoadTile<Traits, kBlockN>(k_tile(n - 1), c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
-                                p.k_row_stride, kBlockN, valid_chunks, tid);
+    if constexpr (kPaged) {
+      issue_paged_copies(n);
+    } else {
+      if (n > tiles.begin) {
+        LoadTile<Traits, kBlockN>(k_tile(n - 1), c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                  p.k_row_stride, kBlockN, valid_chunks, tid);
+      }
+      LoadTile<Traits, kBlockN>(v_tile(n), c.v + int64_t{key0} * p.v_row_stride, p.v_row_stride,
+                                c.len_k - key0, valid_chunks, tid);
+      CpAsyncCommit();
     }
-    LoadTile<Traits, kBlockN>(v_tile(n), c.v + int64_t{key0} * p.v_row_stride, p.v_row_stride,
-                              c.len_k - key0, valid_chunks, tid);
-    CpAsyncCommit();
 
     float acc_s[1][kNTilesS][4];
     const uint64_t k_desc = SmemDescriptor(k_tile(n), 16, 1024);
@@ -186,8 +222,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   FenceFragments(p_frag);
 
   // Every wgmma of this warpgroup has completed, so its warps may overwrite their own Q rows.
-  StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, smem_q, c, p.o_row_stride, valid_chunks,
-                              warp_row0, lane);
+  StoreOutput<QTile, kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_q, c,
+                              p.o_row_stride, valid_chunks, warp_row0, lane);
 #endif  // ATTN_HAVE_WGMMA
 }
 

@@ -14,13 +14,36 @@
 
 namespace attention::cuda {
 
-// Which feature set one compiled kernel covers. Each (dtype, head-dim bucket) has three:
+// Which feature set one compiled kernel covers. Each (dtype, head-dim bucket) has five:
 //   kDense:   no window, no ALiBi / softcap / mask; only the last KV tile is masked (seqlen_k).
 //   kWindow:  causal or sliding window (same constraints otherwise); fully masked KV tiles are
 //             skipped and only the boundary tiles are masked element-wise.
 //   kGeneral: everything else at run time: window, ALiBi, softcap, bool / additive mask, and a
 //             softmax_scale <= 0. Scores are turned into logits before the softmax.
-enum class FwdVariant : uint8_t { kDense, kWindow, kGeneral };
+//   kPaged, kPagedGeneral: kWindow and kGeneral with K / V read through page tables
+//             (AttentionParams::page_table, seqlens_k) and an optional key range per sequence.
+//             A paged launch without a window runs kPaged, whose tile loop costs the same.
+// Attention sinks are no variant: every variant folds them into its final normalization, and a
+// launch without sinks reads none.
+enum class FwdVariant : uint8_t { kDense, kWindow, kGeneral, kPaged, kPagedGeneral };
+
+// Whether the variant honours a window (causal included) and skips the KV tiles outside it.
+ATTN_HOST_DEVICE constexpr bool VariantHasWindow(FwdVariant v) { return v != FwdVariant::kDense; }
+// Whether the variant turns scores into logits (softcap, ALiBi, masks, any softmax_scale).
+ATTN_HOST_DEVICE constexpr bool VariantIsGeneral(FwdVariant v) {
+  return v == FwdVariant::kGeneral || v == FwdVariant::kPagedGeneral;
+}
+// Whether the variant reads K / V through page tables.
+ATTN_HOST_DEVICE constexpr bool VariantIsPaged(FwdVariant v) {
+  return v == FwdVariant::kPaged || v == FwdVariant::kPagedGeneral;
+}
+
+// Page sizes (keys per page) the paged variants take: powers of two in [kMinPageSize,
+// kMaxPageSize]. A KV tile (64 or 128 keys, aligned to its size) then spans whole pages or lies
+// inside one, so it needs at most kBlockN / kMinPageSize page-table entries. The kernels work
+// for any larger power of two too; 256 is the largest the session store uses.
+inline constexpr int kMinPageSize = 16;
+inline constexpr int kMaxPageSize = 256;
 
 // Head-dim buckets that kernels are generated for. A head_dim (multiple of 8) runs in the
 // smallest compiled bucket >= head_dim, with zero-filled loads and predicated stores for the
@@ -143,6 +166,14 @@ struct FwdKernelTraits {
 
   // Blocks per SM the register allocation is sized for (two 4-warp blocks share an SM).
   static constexpr int kMinBlocksPerSm = kNWarps == 4 && 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
+
+  // Paged variants only: kPageSlots slots of kPageEntries page-table entries behind the tiles
+  // (PageSlots in flash_fwd_common.cuh), launched with kSmemBytesPaged.
+  static constexpr int kPageEntries = kBlockN >= kMinPageSize ? kBlockN / kMinPageSize : 1;
+  static constexpr int kPageSlots = 4;
+  static constexpr int kSmemPageOffset = kSmemBytes;
+  static constexpr int kSmemBytesPaged = kSmemBytes + kPageSlots * kPageEntries * 4;
+  static_assert(kPageEntries <= kNThreads, "one thread copies each page-table entry");
 };
 
 // The Hopper kernel (sm_90a, flash_fwd_sm90_kernel.cuh): S = Q K^T and O += P V on warpgroup MMAs
@@ -197,6 +228,14 @@ struct Sm90FwdKernelTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
   static_assert(kMinBlocksPerSm * (kSmemBytes + 2048) <= 228 * 1024,
                 "the blocks the registers are sized for must fit in shared memory too");
+
+  // Paged variants only, as in FwdKernelTraits.
+  static constexpr int kPageEntries = kBlockN / kMinPageSize;
+  static constexpr int kPageSlots = 4;
+  static constexpr int kSmemPageOffset = kSmemBytes;
+  static constexpr int kSmemBytesPaged = kSmemBytes + kPageSlots * kPageEntries * 4;
+  static_assert(kMinBlocksPerSm * (kSmemBytesPaged + 2048) <= 228 * 1024,
+                "the paged variant keeps the blocks per SM of the dense one");
 };
 
 }  // namespace attention::cuda

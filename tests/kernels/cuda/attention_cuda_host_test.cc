@@ -260,5 +260,111 @@ TEST(DispatchTest, HeadDimRoundsUpToACompiledBucket) {
   EXPECT_EQ(CompiledHeadDimBucket(264), 0);
 }
 
+// Key ranges (paged variants): with keys restricted to [key_begin, key_end), every allowed key
+// lies in a visited tile and every tile processed without a mask is fully allowed.
+TEST(BlockInfoTest, KeyRangeTilesAndMaskMatchBruteForce) {
+  std::mt19937 rng(777);
+  std::uniform_int_distribution<int> len(0, 300);
+  std::uniform_int_distribution<int> side(-1, 120);
+  const int block_ns[] = {64, 128};
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int len_q = std::max(1, len(rng));
+    const int len_k = len(rng);
+    int left = side(rng);
+    int right = trial % 3 == 0 ? 0 : side(rng);
+    ClampWindow(len_q, len_k, left, right);
+    std::uniform_int_distribution<int> key(0, len_k);
+    const int key_begin = key(rng);
+    const int key_end = std::max(key_begin, key(rng));
+    const int block_m = 128;
+    const int block_n = block_ns[trial % 2];
+    for (int row0 = 0; row0 < len_q; row0 += block_m) {
+      const int rows = std::min(block_m, len_q - row0);
+      const KvTileRange r =
+          KvTilesInRange(row0, rows, len_q, len_k, block_n, left, right, key_begin, key_end);
+      for (int n = 0; n < (len_k + block_n - 1) / block_n; ++n) {
+        bool any = false, all = true;
+        for (int i = row0; i < row0 + rows; ++i) {
+          for (int j = n * block_n; j < (n + 1) * block_n; ++j) {
+            const bool a =
+                j >= key_begin && j < key_end && Allowed(i, j, len_q, len_k, left, right);
+            any |= a;
+            all &= a;
+          }
+        }
+        const bool visited = n >= r.begin && n < r.end;
+        SCOPED_TRACE("len_q " + std::to_string(len_q) + " len_k " + std::to_string(len_k) +
+                     " range [" + std::to_string(key_begin) + ", " + std::to_string(key_end) +
+                     ") tile " + std::to_string(n));
+        if (any) {
+          ASSERT_TRUE(visited) << "a tile with an allowed key is skipped";
+        }
+        if (visited && !TileNeedsMaskInRange(n, row0, rows, len_q, len_k, block_n, left, right,
+                                             key_begin, key_end)) {
+          ASSERT_TRUE(all) << "an unmasked tile holds a disallowed key";
+        }
+      }
+    }
+  }
+}
+
+TEST(DispatchTest, PagedKvSelectsThePagedVariants) {
+  AttentionParams p = ValidParams();
+  static const int32_t table[4] = {0, 1, 2, 3};
+  static const int32_t lens[2] = {100, 120};
+  p.page_table = table;
+  p.page_table_stride = 2;
+  p.page_size = 64;
+  p.seqlens_k = lens;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kPaged);
+  p.causal = true;
+  Normalize(p);
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kPaged);
+  p.softcap = 30.f;
+  EXPECT_EQ(SelectVariant(p), FwdVariant::kPagedGeneral);
+}
+
+TEST(DispatchTest, CheckPagedForwardNamesTheField) {
+  AttentionParams p = ValidParams();
+  EXPECT_TRUE(CheckPagedForward(p).ok());
+  static const int32_t table[4] = {0, 1, 2, 3};
+  static const int32_t lens[2] = {100, 120};
+  static const int32_t range[4] = {0, 10, 5, 20};
+  p.key_range = range;
+  EXPECT_EQ(CheckPagedForward(p).code(), absl::StatusCode::kInvalidArgument);
+  p.page_table = table;
+  p.page_table_stride = 2;
+  p.page_size = 64;
+  p.seqlens_k = lens;
+  if (!PagedKernelsCompiled()) {
+    EXPECT_EQ(CheckPagedForward(p).code(), absl::StatusCode::kUnimplemented);
+    return;
+  }
+  EXPECT_TRUE(CheckPagedForward(p).ok()) << CheckPagedForward(p);
+  const auto expect_invalid = [](const AttentionParams& q, const std::string& needle) {
+    const absl::Status s = CheckPagedForward(q);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(std::string(s.message()).find(needle), std::string::npos) << s;
+  };
+  for (int bad : {0, 8, 48, 100, 512}) {
+    AttentionParams q = p;
+    q.page_size = bad;
+    expect_invalid(q, "page_size " + std::to_string(bad));
+  }
+  AttentionParams q = p;
+  q.seqlens_k = nullptr;
+  expect_invalid(q, "seqlens_k");
+  q = p;
+  static const int32_t cu[3] = {0, 50, 100};
+  q.cu_seqlens_k = cu;
+  expect_invalid(q, "cu_seqlens_k");
+  q = p;
+  q.page_table_stride = 0;
+  expect_invalid(q, "page_table_stride");
+  q = p;
+  q.dtype = DType::kFloat32;
+  EXPECT_EQ(CheckPagedForward(q).code(), absl::StatusCode::kUnimplemented);
+}
+
 }  // namespace
 }  // namespace attention::cuda
