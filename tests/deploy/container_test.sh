@@ -79,6 +79,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT
+# What a run killed before its cleanup (a ctest timeout) left behind; under the lock, no other
+# run's.
+for old in $(podman ps -a --format '{{.Names}}' --filter name='^attention-container-test-'); do
+  podman rm -f -t 0 "$old" >/dev/null 2>&1 || true
+done
+for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/attention-service-test); do
+  if [[ $old == *:cpu-* ]]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
+done
 
 # --- 1. The Debian base --------------------------------------------------------------------------
 # This machine's apt sources, as "URI SUITE COMPONENT..." lines: the one-line format and deb822.
@@ -164,8 +172,9 @@ if ! out=$(podman run --rm --network=none "$base" /bin/true 2>&1); then
 fi
 
 # --- 2. The build --------------------------------------------------------------------------------
+# The context is filtered by deploy/docker/Dockerfile.dockerignore, which podman reads as BuildKit
+# does (the Dockerfile's name + .dockerignore).
 build_args=(--format docker --isolation=chroot -f "$repo/deploy/docker/Dockerfile"
-  --ignorefile "$repo/deploy/docker/Dockerfile.dockerignore"
   --build-arg "BUILD_IMAGE=$base" --build-arg "RUNTIME_IMAGE=$base" --build-arg ATTN_CUDA=OFF)
 old_cache=$(podman image inspect -f '{{.Id}}' "$build_cache" 2>/dev/null || true)
 start=$SECONDS

@@ -317,7 +317,7 @@ if (tracked.status === 0) {
 } else {
   note("not a git checkout: the context filter is checked on sample paths only");
 }
-for (const junk of ["build/CMakeCache.txt", "build-x/a.o", ".git/HEAD",
+for (const junk of ["build/CMakeCache.txt", "build-x/a.o", ".git/HEAD", ".gpu-h100/out.json",
   "tests/deploy/node_modules/yaml/package.json", "server/node_modules/x", "proto/__pycache__/x"]) {
   check(excluded(junk), `Dockerfile.dockerignore keeps out ${junk}`);
 }
