@@ -112,7 +112,7 @@ absl::Status HostPageStorage::CopyPage(int32_t src, int32_t dst, int64_t half_by
   return absl::OkStatus();
 }
 
-absl::Status HostPageStorage::WriteRows(const PageLayout& layout, absl::Span<const int64_t> slots,
+absl::Status HostPageStorage::WriteRows(const PageLayout& layout, absl::Span<const int32_t> slots,
                                         const void* k, const void* v) {
   if (layout.page_bytes != page_bytes_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -134,7 +134,8 @@ absl::Status HostPageStorage::WriteRows(const PageLayout& layout, absl::Span<con
     const int64_t page = slots[i] / layout.page_size;
     const int64_t row = slots[i] % layout.page_size;
     size_t run = 1;
-    while (i + run < slots.size() && slots[i + run] == slots[i] + static_cast<int64_t>(run) &&
+    while (i + run < slots.size() &&
+           int64_t{slots[i + run]} == slots[i] + static_cast<int64_t>(run) &&
            row + static_cast<int64_t>(run) < layout.page_size) {
       ++run;
     }

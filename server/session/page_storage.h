@@ -43,8 +43,8 @@ struct PoolOptions {
 
   // Both halves of every page start on a 128-byte boundary (vector loads, TMA, cache lines).
   static constexpr int64_t kPageAlignment = 256;
-  // Far above any useful page (a page is a few tokens of one layer); keeps page_size and slots
-  // (page * page_size + row) well inside their integer types.
+  // Far above any useful page (a page is a few tokens of one layer); keeps page_size well inside
+  // an int.
   static constexpr int64_t kMaxPageBytes = int64_t{1} << 30;
   // Page ids are int32 in kernel page tables (AttentionParams::page_table).
   static constexpr int64_t kMaxPages = INT32_MAX;
@@ -115,9 +115,10 @@ class PageStorage {
 
   // Writes row i of k and of v ([slots.size(), kv_heads, head_dim] of layout.dtype, contiguous, in
   // host memory) into slot slots[i] = page * layout.page_size + row. A device implementation
-  // uploads the rows and scatters them (the append kernel); an executor that already holds the
-  // rows on the device scatters them itself with the same slots instead.
-  virtual absl::Status WriteRows(const PageLayout& layout, absl::Span<const int64_t> slots,
+  // uploads the rows and scatters them (the append kernel, kernels/cuda/paged_append.h, takes
+  // the same int32 slots); an executor that already holds the rows on the device scatters them
+  // itself with the same slots instead.
+  virtual absl::Status WriteRows(const PageLayout& layout, absl::Span<const int32_t> slots,
                                  const void* k, const void* v) = 0;
 };
 
@@ -135,7 +136,7 @@ class HostPageStorage final : public PageStorage {
   void* base() const override { return base_; }
   bool host_resident() const override { return true; }
   absl::Status CopyPage(int32_t src, int32_t dst, int64_t half_bytes) override;
-  absl::Status WriteRows(const PageLayout& layout, absl::Span<const int64_t> slots, const void* k,
+  absl::Status WriteRows(const PageLayout& layout, absl::Span<const int32_t> slots, const void* k,
                          const void* v) override;
 
  private:

@@ -465,6 +465,14 @@ absl::StatusOr<SessionId> SessionStore::CreateSession(const SessionSpec& spec) {
   absl::StatusOr<PageLayout> layout =
       PageLayout::For(spec.kv_heads, spec.head_dim, spec.dtype, pools_[pool]->page_bytes());
   if (!layout.ok()) return layout.status();
+  // Slots are int32, as the kernels' page tables and the append kernel's slots: only rows of a
+  // few bytes in a pool of many GiB could exceed that.
+  if (int64_t{pools_[pool]->num_pages()} * layout->page_size > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_heads x head_dim: rows of ", layout->row_bytes, " bytes give pool ", pool,
+                     " ", int64_t{pools_[pool]->num_pages()} * layout->page_size,
+                     " token slots, more than int32 slot indices address"));
+  }
   absl::StatusOr<SessionId> id = SessionId::Generate();
   if (!id.ok()) return id.status();
 
@@ -526,7 +534,8 @@ absl::StatusOr<AppendResult> SessionStore::Append(const SessionId& id, int layer
     result.slots.reserve(static_cast<size_t>(rows));
     for (int64_t token = pages.tokens; token < pages.tokens + rows; ++token) {
       const int64_t page = list[static_cast<size_t>(token / layout.page_size)];
-      result.slots.push_back(page * layout.page_size + token % layout.page_size);
+      result.slots.push_back(
+          static_cast<int32_t>(page * layout.page_size + token % layout.page_size));
     }
     pages.tokens += rows;
   }

@@ -185,8 +185,9 @@ class ReadView {
 struct AppendResult {
   // The layer's token count before the append: new row i is token first_token + i.
   int64_t first_token = 0;
-  // Where new row i goes: page * page_size + row (the append kernel's and WriteRows' input).
-  std::vector<int64_t> slots;
+  // Where new row i goes: page * page_size + row (the append kernel's and WriteRows' input; a
+  // pool's slots fit int32, CreateSession checks it).
+  std::vector<int32_t> slots;
   // The layer with the new rows, for the attention that follows. Its last rows hold whatever the
   // pages held before until the caller writes them.
   ReadView view;

@@ -129,7 +129,7 @@ TEST(HostPageStorageTest, WriteRowsPutsEachRowInItsSlotAcrossPages) {
   auto* base = static_cast<std::byte*>(storage->base());
   std::memset(base, 0xff, 512 * 8);
   // Rows 14, 15 of page 5 then 0..2 of page 2 (a run broken by the page end), then row 9 of page 0.
-  const std::vector<int64_t> slots = {5 * 16 + 14, 5 * 16 + 15, 2 * 16, 2 * 16 + 1, 2 * 16 + 2, 9};
+  const std::vector<int32_t> slots = {5 * 16 + 14, 5 * 16 + 15, 2 * 16, 2 * 16 + 1, 2 * 16 + 2, 9};
   std::vector<float> k(slots.size() * 4), v(slots.size() * 4);
   std::iota(k.begin(), k.end(), 1.f);
   std::iota(v.begin(), v.end(), 1000.f);
@@ -158,7 +158,7 @@ TEST(HostPageStorageTest, WriteRowsChecksEverySlotBeforeWritingAny) {
   ASSERT_TRUE(layout.ok());
   auto* base = static_cast<std::byte*>(storage->base());
   std::memset(base, 0, 1024);
-  const std::vector<int64_t> slots = {0, 32};  // 32 = page 2, past the pool
+  const std::vector<int32_t> slots = {0, 32};  // 32 = page 2, past the pool
   std::vector<float> rows(8, 1.f);
   absl::Status status = storage->WriteRows(*layout, slots, rows.data(), rows.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange);

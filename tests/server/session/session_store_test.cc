@@ -812,7 +812,7 @@ class FlakyStorage final : public PageStorage {
     if (fail_copy) return absl::InternalError("device copy failed");
     return inner_->CopyPage(src, dst, half_bytes);
   }
-  absl::Status WriteRows(const PageLayout& layout, absl::Span<const int64_t> slots, const void* k,
+  absl::Status WriteRows(const PageLayout& layout, absl::Span<const int32_t> slots, const void* k,
                          const void* v) override {
     if (fail_write) return absl::InternalError("device write failed");
     return inner_->WriteRows(layout, slots, k, v);
@@ -871,6 +871,54 @@ TEST(SessionStoreFailureTest, FailedCopiesAndWritesLeaveTheSessionAsItWas) {
   view = store.View(*parent, 0);
   ASSERT_TRUE(view.ok());
   EXPECT_EQ(ReadTags(*view), Tags(0, 5));
+}
+
+// A storage with geometry only: the store's checks never touch its memory.
+class GeometryStorage final : public PageStorage {
+ public:
+  GeometryStorage(int64_t page_bytes, int32_t num_pages)
+      : page_bytes_(page_bytes), num_pages_(num_pages) {}
+  int64_t page_bytes() const override { return page_bytes_; }
+  int32_t num_pages() const override { return num_pages_; }
+  void* base() const override { return nullptr; }
+  bool host_resident() const override { return false; }
+  absl::Status CopyPage(int32_t, int32_t, int64_t) override {
+    return absl::UnimplementedError("geometry only");
+  }
+  absl::Status WriteRows(const PageLayout&, absl::Span<const int32_t>, const void*,
+                         const void*) override {
+    return absl::UnimplementedError("geometry only");
+  }
+
+ private:
+  const int64_t page_bytes_;
+  const int32_t num_pages_;
+};
+
+TEST(SessionStoreCreateTest, ShapesWhoseSlotsWouldPassInt32AreRejected) {
+  FakeClock clock;
+  std::vector<std::unique_ptr<PageStorage>> storages;
+  // 16384 pages of 1 MiB: 2-byte rows give 2^18 rows per page, 2^32 slots.
+  storages.push_back(std::make_unique<GeometryStorage>(1 << 20, 16384));
+  StoreOptions options;
+  options.sweep_interval = absl::ZeroDuration();
+  absl::StatusOr<std::unique_ptr<SessionStore>> store =
+      SessionStore::Create(options, std::move(storages), &clock);
+  ASSERT_TRUE(store.ok()) << store.status();
+  SessionSpec spec;
+  spec.layers = 1;
+  spec.kv_heads = 1;
+  spec.head_dim = 1;
+  spec.dtype = DType::kFloat16;
+  absl::Status status = (*store)->CreateSession(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(HasMessage(status,
+                         "kv_heads x head_dim: rows of 2 bytes give pool 0 4294967296 "
+                         "token slots, more than int32 slot indices address"))
+      << status;
+  spec.kv_heads = 8;
+  spec.head_dim = 128;  // 2 KiB rows: 256 per page, 2^22 slots
+  EXPECT_TRUE((*store)->CreateSession(spec).ok());
 }
 
 TEST(SessionStoreCreateTest, RejectsBadOptionsNamingTheField) {
