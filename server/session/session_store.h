@@ -5,8 +5,8 @@
 // A session holds, per layer, a list of pages and a token count (its context). Append reserves
 // rows at the end of one layer and says where each goes (slots); the caller writes the rows there
 // (PageStorage::WriteRows on the host, the append kernel on a GPU). A ReadView is what Attend
-// reads: one layer's page table and context length, pinned (its pages referenced, its session
-// kept from eviction) until the view is dropped. Fork shares the prefix's pages; the first append
+// reads: one layer's page table and context length, pinned (its page list held, its session kept
+// from eviction) until the view is dropped. Fork shares the prefix's pages; the first append
 // that would write into a page someone else references copies that page first (copy-on-write).
 // Truncate rolls a session back; Release ends it; idle sessions are evicted least recently used
 // first when a pool runs out of pages, and expire when their idle TTL passes. server/session/
@@ -72,7 +72,7 @@ struct StoreOptions {
   // wait for each other.
   int shards = 16;
   // Ended sessions remembered (per store), so that a call on one says whether it was released,
-  // evicted or expired; older ones are answered as unknown. 32 bytes each.
+  // evicted or expired; older ones are answered as unknown. About 64 bytes each.
   int64_t max_remembered_ends = 64 * 1024;
   // How often a background thread ends the sessions whose idle TTL has passed (pages of clients
   // that vanished come back within this); zero: no thread, the owner calls SweepExpired. A call
