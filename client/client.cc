@@ -74,6 +74,7 @@ absl::StatusOr<v1::AttentionRequest> BuildRequest(const AttentionArgs& args) {
     status = SetTensor("alibi_slopes", *args.alibi_slopes, request.mutable_alibi_slopes());
   }
   if (status.ok() && args.mask) status = SetTensor("mask", *args.mask, request.mutable_mask());
+  if (status.ok() && args.sinks) status = SetTensor("sinks", *args.sinks, request.mutable_sinks());
   if (!status.ok()) return status;
   request.mutable_cu_seqlens_q()->Add(args.cu_seqlens_q.begin(), args.cu_seqlens_q.end());
   request.mutable_cu_seqlens_k()->Add(args.cu_seqlens_k.begin(), args.cu_seqlens_k.end());
@@ -85,6 +86,7 @@ absl::StatusOr<v1::AttentionRequest> BuildRequest(const AttentionArgs& args) {
   }
   request.set_softcap(args.softcap);
   request.set_return_lse(args.return_lse);
+  request.set_precision(args.precision);
   return request;
 }
 

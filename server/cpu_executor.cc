@@ -61,8 +61,9 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   batch.device = device_;
   batch.timings.started = Clock::now();
   AllocateOutputs(batch);
-  if (batch.jobs.size() == 1) {
-    // A lone job runs in place: the kernel reads its request and writes its outputs.
+  if (batch.jobs.size() == 1 && batch.config.kind == WorkKind::kForward) {
+    // A lone job runs in place: the kernel reads its request and writes its outputs. (A paged
+    // job's page table is the batch's: it is always staged, a few hundred bytes.)
     const AttentionParams p = InPlaceParams(batch, &gathered_);
     const Clock::time_point start = Clock::now();
     batch.timings.staged = start;

@@ -29,6 +29,7 @@
 #include "kernels/kernel_config.h"
 #include "server/plan.h"
 #include "server/request_spec.h"
+#include "server/session/session_store.h"
 
 namespace attention::server {
 
@@ -74,6 +75,20 @@ struct JobResult {
   std::string device;
 };
 
+// A session's Attend (WorkKind::kPagedDecode), owned by its job: the layer's K/V as the kernel
+// reads it, pinned until the job is destroyed (after its answer was written), and the session's
+// turn, which orders its calls and ends with the job. The job's spec.cu_seqlens_q points at
+// cu_seqlens_q (one sequence of spec.total_q rows).
+struct PagedContext {
+  session::ReadView view;
+  session::Turn turn;
+  int32_t cu_seqlens_q[2] = {0, 0};
+  // Keys [begin, end) the request allows (its key range, clamped to the context), when it gave
+  // one.
+  bool has_key_range = false;
+  int32_t key_range[2] = {0, 0};
+};
+
 // One accepted request on its way through the batcher and an executor.
 //
 // Ownership: created by the service, owned by the batcher once Enqueue returned OK, then by the
@@ -82,8 +97,13 @@ struct JobResult {
 // back. Nothing downstream of the service writes the RPC's response: executors fill `outputs`,
 // FinishBatch fills `result`, and the service writes the answer from them.
 struct Job {
+  // The forward request (null for other kinds of work), and q's header in the request, whose
+  // dtype and shape the answer's o takes.
   const v1::AttentionRequest* request = nullptr;
-  RequestSpec spec;  // validated from *request
+  const v1::Tensor* q_header = nullptr;
+  RequestSpec spec;  // validated from the request
+  // Set for kind kPagedDecode.
+  std::unique_ptr<PagedContext> paged;
   JobOutputs outputs;
   JobResult result;
   JobCompletion* completion = nullptr;
@@ -145,6 +165,10 @@ struct Batch {
   std::vector<int32_t> cu_seqlens_q, cu_seqlens_k;
   std::vector<float> alibi_slopes;
   std::vector<float> sink_logits;
+  // Paged batches (kind kPagedDecode), filled by SealBatch: [sequences, max_pages] page table,
+  // each sequence's context length, and [sequences, 2] key ranges (when some job gave one).
+  std::vector<int32_t> page_table, seqlens_k, key_range;
+  int max_pages = 0;
   // A batch with a mask holds exactly one job (masks are per request); its mask is that job's
   // spec.mask() with the job's strides.
 

@@ -40,8 +40,16 @@ void AddJob(Batch& batch, std::unique_ptr<Job> job) {
 
 int64_t BatchBytesWith(const KernelConfig& config, int sequences, int64_t total_q,
                        int64_t total_k, bool want_lse, const RequestSpec& spec) {
+  // A paged job's page-table row: its context's pages, counted for every sequence (a bound;
+  // the plan pads each row to the longest list).
+  int64_t table_entries = 0;
+  if (config.kind == WorkKind::kPagedDecode && spec.page_size > 0) {
+    table_entries = (int64_t{sequences} + spec.batch) *
+                    ((spec.seqlen_k + spec.page_size - 1) / spec.page_size + 1);
+  }
   return LayoutFor(config, sequences + spec.batch, total_q + spec.total_q, total_k + spec.total_k,
-                   want_lse || spec.return_lse, spec.mask_bytes)
+                   want_lse || spec.return_lse, spec.mask_bytes, table_entries,
+                   config.kind == WorkKind::kPagedDecode)
       .total_bytes();
 }
 

@@ -1,10 +1,12 @@
 #include "server/plan.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
 #include "server/executor.h"
 #include "server/output_pool.h"
+#include "server/session/page_storage.h"
 
 namespace attention::server {
 namespace {
@@ -52,6 +54,43 @@ void PlanMetadata(const Batch& batch, std::vector<InputCopy>* copies) {
     const RequestSpec& s = batch.jobs[0]->spec;
     copies->push_back({l.mask, static_cast<const char*>(s.mask()), s.mask_bytes});
   }
+  const auto ints = [copies](int64_t dst, const std::vector<int32_t>& v) {
+    if (!v.empty()) {
+      copies->push_back({dst, reinterpret_cast<const char*>(v.data()),
+                         static_cast<int64_t>(v.size() * sizeof(int32_t))});
+    }
+  };
+  ints(l.page_table, batch.page_table);
+  ints(l.seqlens_k, batch.seqlens_k);
+  ints(l.key_range, batch.key_range);
+}
+
+// A paged batch's page table ([sequences, max_pages], each job's one sequence from its view;
+// short lists padded with page 0, which no kernel reads past a sequence's length), context
+// lengths, and key ranges (every key when a job gave none), from the jobs' pinned views.
+void GatherPagedContexts(Batch& batch) {
+  batch.page_table.clear();
+  batch.seqlens_k.clear();
+  batch.key_range.clear();
+  batch.max_pages = 1;
+  bool any_range = false;
+  for (const auto& job : batch.jobs) {
+    batch.max_pages = std::max<int>(batch.max_pages,
+                                    static_cast<int>(job->paged->view.page_table().size()));
+    any_range = any_range || job->paged->has_key_range;
+  }
+  for (const auto& job : batch.jobs) {
+    const PagedContext& c = *job->paged;
+    const auto pages = c.view.page_table();
+    batch.page_table.insert(batch.page_table.end(), pages.begin(), pages.end());
+    batch.page_table.resize(batch.page_table.size() + (batch.max_pages - pages.size()), 0);
+    const auto tokens = static_cast<int32_t>(c.view.tokens());
+    batch.seqlens_k.push_back(tokens);
+    if (any_range) {
+      batch.key_range.push_back(c.has_key_range ? c.key_range[0] : 0);
+      batch.key_range.push_back(c.has_key_range ? c.key_range[1] : tokens);
+    }
+  }
 }
 
 // The output copies of job `index`: o, then lse runs from the batch's [q_heads, total_q] lse
@@ -81,7 +120,8 @@ void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copi
 }  // namespace
 
 BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,
-                      bool want_lse, int64_t mask_bytes) {
+                      bool want_lse, int64_t mask_bytes, int64_t page_table_entries,
+                      bool key_ranges) {
   BatchLayout l;
   const int64_t q_bytes = total_q * RowBytes(config, config.q_heads);
   const int64_t kv_bytes = total_k * RowBytes(config, config.kv_heads);
@@ -95,7 +135,11 @@ BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q
   l.alibi = Align(l.cu_seqlens_k + cu_bytes);
   l.sinks = Align(l.alibi + (config.alibi ? per_head_bytes : 0));
   l.mask = Align(l.sinks + (config.sinks ? per_head_bytes : 0));
-  l.input_bytes = Align(l.mask + mask_bytes);
+  l.page_table = Align(l.mask + mask_bytes);
+  const bool paged = config.kind == WorkKind::kPagedDecode;
+  l.seqlens_k = Align(l.page_table + page_table_entries * 4);
+  l.key_range = Align(l.seqlens_k + (paged ? int64_t{sequences} * 4 : 0));
+  l.input_bytes = Align(l.key_range + (key_ranges ? int64_t{sequences} * 8 : 0));
   l.o = 0;
   l.lse = Align(q_bytes);
   l.output_bytes = Align(l.lse + (want_lse ? int64_t{config.q_heads} * total_q * 4 : 0));
@@ -109,10 +153,13 @@ void RunCopies(const std::vector<HostCopy>& copies) {
 void MakePlan(Batch& batch) {
   Plan& plan = batch.plan;
   const KernelConfig& config = batch.config;
+  const bool paged = config.kind == WorkKind::kPagedDecode;
+  if (paged) GatherPagedContexts(batch);
   const int64_t mask_bytes =
       config.mask_kind == MaskKind::kNone ? 0 : batch.jobs[0]->spec.mask_bytes;
   plan.layout = LayoutFor(config, batch.sequences, batch.total_q, batch.total_k, batch.want_lse,
-                          mask_bytes);
+                          mask_bytes, static_cast<int64_t>(batch.page_table.size()),
+                          !batch.key_range.empty());
   const BatchLayout& l = plan.layout;
 
   plan.inputs.clear();
@@ -125,8 +172,10 @@ void MakePlan(Batch& batch) {
     const int64_t k_offset = slice.row_k * RowBytes(config, config.kv_heads);
     PlanTensor(l.q + slice.row_q * RowBytes(config, config.q_heads), s.q_data, s.q_pieces,
                s.q_bytes, &plan.inputs);
-    PlanTensor(l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
-    PlanTensor(l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
+    if (!paged) {
+      PlanTensor(l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
+      PlanTensor(l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
+    }
     PlanJobOutputs(batch, static_cast<int>(i), &plan.outputs);
   }
   plan.first_input.push_back(plan.inputs.size());
@@ -142,6 +191,15 @@ void MakePlan(Batch& batch) {
   p.total_k = batch.total_k;
   if (config.alibi) p.alibi_batch_stride = config.q_heads;
   if (config.sinks) p.sink_batch_stride = config.q_heads;
+  if (paged) {
+    // K and V stay in the session pool (every job of a batch reads the same pool).
+    const session::ReadView& view = batch.jobs[0]->paged->view;
+    session::SetPagedKV(view.layout(), view.base(), p);
+    p.page_table_stride = batch.max_pages;
+    p.seqlen_k = 0;
+    for (int32_t tokens : batch.seqlens_k) p.seqlen_k = std::max(p.seqlen_k, tokens);
+    p.total_k = 0;
+  }
   if (config.mask_kind != MaskKind::kNone) {
     const RequestSpec& s = batch.jobs[0]->spec;
     p.mask_batch_stride = s.mask_batch_stride;
@@ -157,13 +215,28 @@ AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs) 
   char* out = static_cast<char*>(outputs);
   AttentionParams p = plan.params;
   p.q = in + l.q;
-  p.k = in + l.k;
-  p.v = in + l.v;
   p.o = out + l.o;
   p.lse = l.output_bytes > l.lse ? reinterpret_cast<float*>(out + l.lse) : nullptr;
   p.cu_seqlens_q = reinterpret_cast<const int32_t*>(in + l.cu_seqlens_q);
-  p.cu_seqlens_k = reinterpret_cast<const int32_t*>(in + l.cu_seqlens_k);
-  SetContiguousStrides(p);  // the packed layout's (cu_seqlens are set)
+  if (p.kind == WorkKind::kPagedDecode) {
+    // q, o and lse packed; k and v as MakePlan set them (the pool).
+    const AttentionParams paged_kv = p;
+    SetContiguousStrides(p);
+    p.k_batch_stride = paged_kv.k_batch_stride;
+    p.k_row_stride = paged_kv.k_row_stride;
+    p.k_head_stride = paged_kv.k_head_stride;
+    p.v_batch_stride = paged_kv.v_batch_stride;
+    p.v_row_stride = paged_kv.v_row_stride;
+    p.v_head_stride = paged_kv.v_head_stride;
+    p.page_table = reinterpret_cast<const int32_t*>(in + l.page_table);
+    p.seqlens_k = reinterpret_cast<const int32_t*>(in + l.seqlens_k);
+    if (l.input_bytes > l.key_range) p.key_range = reinterpret_cast<const int32_t*>(in + l.key_range);
+  } else {
+    p.k = in + l.k;
+    p.v = in + l.v;
+    p.cu_seqlens_k = reinterpret_cast<const int32_t*>(in + l.cu_seqlens_k);
+    SetContiguousStrides(p);  // the packed layout's (cu_seqlens are set)
+  }
   if (p.alibi) p.alibi_slopes = reinterpret_cast<const float*>(in + l.alibi);
   if (p.sinks) p.sink_logits = reinterpret_cast<const float*>(in + l.sinks);
   if (p.mask_kind != MaskKind::kNone) p.mask = in + l.mask;

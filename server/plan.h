@@ -24,11 +24,15 @@ struct Job;
 
 // Byte offsets of one batch's buffers, every one 256-byte aligned, in two blocks:
 //   inputs  = q | k | v | cu_seqlens_q | cu_seqlens_k | alibi slopes | sink logits | mask
+//             | page table | seqlens_k | key ranges
 //   outputs = o | lse
-// so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0.
+// so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0:
+// a paged batch (kind kPagedDecode) has no k, v, cu_seqlens_k or mask (its K/V are in the
+// session pool), a forward batch no page table, seqlens_k or key ranges.
 struct BatchLayout {
   static constexpr int64_t kAlignment = 256;
   int64_t q = 0, k = 0, v = 0, cu_seqlens_q = 0, cu_seqlens_k = 0, alibi = 0, sinks = 0, mask = 0;
+  int64_t page_table = 0, seqlens_k = 0, key_range = 0;
   int64_t input_bytes = 0;
   int64_t o = 0, lse = 0;
   int64_t output_bytes = 0;
@@ -63,9 +67,11 @@ struct OutputCopy {
   int64_t bytes = 0;
 };
 
-// The layout of a batch of `sequences` sequences and `total_q` / `total_k` rows of `config`.
+// The layout of a batch of `sequences` sequences and `total_q` / `total_k` rows of `config`;
+// `page_table_entries` (paged batches) = sequences x the longest page list.
 BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,
-                      bool want_lse, int64_t mask_bytes);
+                      bool want_lse, int64_t mask_bytes, int64_t page_table_entries = 0,
+                      bool key_ranges = false);
 
 struct Plan {
   BatchLayout layout;

@@ -78,6 +78,10 @@ struct RequestSpec : KernelConfig {
 
   bool return_lse = false;
 
+  // A session's Attend (kind kPagedDecode): tokens per page of the pool its context lies in (the
+  // batcher's bound on a batch's page table), 0 otherwise.
+  int page_size = 0;
+
   // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth).
   int64_t q_bytes = 0, kv_bytes = 0, lse_bytes = 0;
 
@@ -90,8 +94,9 @@ struct RequestSpec : KernelConfig {
   int64_t seqlen_q_of(int b) const {
     return packed ? cu_seqlens_q[b + 1] - cu_seqlens_q[b] : seqlen_q;
   }
+  // A paged context (a session's Attend, one sequence) has seqlen_k keys and no cu_seqlens_k.
   int64_t seqlen_k_of(int b) const {
-    return packed ? cu_seqlens_k[b + 1] - cu_seqlens_k[b] : seqlen_k;
+    return packed && cu_seqlens_k != nullptr ? cu_seqlens_k[b + 1] - cu_seqlens_k[b] : seqlen_k;
   }
 };
 

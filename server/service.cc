@@ -117,8 +117,8 @@ absl::Status Authenticate(const AttentionServiceImpl& service,
 void WriteAnswer(Job& job, Response* response) {
   const RequestSpec& s = job.spec;
   v1::Tensor* o = response->mutable_o();
-  o->set_dtype(job.request->q().dtype());
-  o->mutable_shape()->CopyFrom(job.request->q().shape());
+  o->set_dtype(job.q_header->dtype());
+  o->mutable_shape()->CopyFrom(job.q_header->shape());
   o->mutable_data()->swap(job.outputs.o);
   if (s.return_lse) {
     v1::Tensor* lse = response->mutable_lse();
@@ -169,6 +169,7 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
   }
   auto job = std::make_unique<Job>();
   job->request = &request;
+  job->q_header = &request.q();
   job->spec = std::move(*spec);
   job->completion = completion;
   job->accepted = accepted;

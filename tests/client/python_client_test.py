@@ -36,8 +36,9 @@ from attention_client import (AttentionError, Client, bfloat16_bits, channel_tar
 ARGS = None
 
 
-def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None):
-    """float64 attention, dense layout, FlashAttention semantics (bottom-right alignment)."""
+def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None, sinks=None):
+    """float64 attention, dense layout, FlashAttention semantics (bottom-right alignment); with
+    sinks ([heads] logits), each row's denominator gains e^(sink - m) and its lse the sink."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     batch, seqlen_q, heads, head_dim = q.shape
     seqlen_k, kv_heads = k.shape[1], k.shape[2]
@@ -58,6 +59,12 @@ def reference(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None):
     if right >= 0:
         allowed &= j <= pos + right
     s = np.where(allowed, s, -np.inf)
+    if sinks is not None:
+        # The sink is one more logit per head with no value vector: a column of its own.
+        sink = np.broadcast_to(np.asarray(sinks, np.float64)[None, :, None, None],
+                               s.shape[:3] + (1,))
+        s = np.concatenate([s, sink], axis=-1)
+        v = np.concatenate([v, np.zeros((batch, 1) + v.shape[2:])], axis=1)
     m = s.max(axis=-1, keepdims=True)
     m_safe = np.where(np.isfinite(m), m, 0)
     p = np.exp(s - m_safe)
@@ -140,7 +147,8 @@ class RealServerTest(unittest.TestCase):
         want, want_lse = reference(q32, k32, v32, causal=options.get("causal", False),
                                    window=options.get("window", (-1, -1)),
                                    softcap=options.get("softcap", 0.0),
-                                   scale=options.get("softmax_scale"))
+                                   scale=options.get("softmax_scale"),
+                                   sinks=options.get("sinks"))
         tol = self.TOLERANCE[dtype]
         np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
         np.testing.assert_allclose(lse, want_lse, atol=1e-3, rtol=1e-4)
@@ -151,6 +159,22 @@ class RealServerTest(unittest.TestCase):
                 self.check(client, dtype, (2, 9, 4, 64), (2, 13, 2, 64), causal=True)
                 self.check(client, dtype, (1, 16, 2, 32), (1, 16, 1, 32), window=(3, 2),
                            softcap=10.0, softmax_scale=0.2)
+                # Sinks, with rows that see no key (causal, more queries than keys).
+                self.check(client, dtype, (2, 7, 4, 32), (2, 5, 2, 32), causal=True,
+                           sinks=np.array([0.5, -1.0, 2.0, 0.0], np.float32))
+
+    def test_precision_levels(self):
+        rng = np.random.default_rng(7)
+        q = rng.uniform(-1, 1, (1, 8, 2, 32)).astype(np.float32)
+        with Client(ARGS.target) as client:
+            for name in ("full", "tf32", "bf16"):
+                o = client.attention(q, q, q, precision=name)
+                want, _ = reference(q, q, q)
+                # Every level is at least as accurate as its documented bound; the CPU backend
+                # computes every level at full precision.
+                np.testing.assert_allclose(o, want, atol=2e-2, rtol=2e-2, err_msg=name)
+            with self.assertRaises(ValueError):
+                client.attention(q, q, q, precision="fp8")
 
     def test_packed_layout(self):
         rng = np.random.default_rng(5)

@@ -141,6 +141,7 @@ std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, const Validati
   if (!spec.ok()) Fail("a request validated once failed a second validation");
   auto job = std::make_unique<Job>();
   job->request = &request;
+  job->q_header = &request.q();
   job->spec = std::move(*spec);
   return job;
 }

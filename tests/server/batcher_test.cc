@@ -168,6 +168,7 @@ class Calls final : public JobCompletion {
     EXPECT_TRUE(spec.ok()) << spec.status();
     auto job = std::make_unique<Job>();
     job->request = &call->request;
+    job->q_header = &call->request.q();
     job->spec = std::move(*spec);
     job->completion = this;
     job->accepted = Clock::now();

@@ -14,9 +14,12 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention_cpu.h"
+#include "proto/contract_types.h"
 #include "server/plan.h"
 #include "server/request_wire.h"
 #include "server/service.h"
+#include "server/session/page_storage.h"
+#include "server/session/session_store.h"
 #include "server/validation.h"
 #include "server/worker_pool.h"
 #include "tests/server/server_test_util.h"
@@ -42,6 +45,7 @@ std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, const TensorDa
   EXPECT_TRUE(spec.ok()) << spec.status();
   auto job = std::make_unique<Job>();
   job->request = &request;
+  job->q_header = &request.q();
   job->spec = std::move(*spec);
   return job;
 }
@@ -354,6 +358,137 @@ TEST(PackingTest, SinksPerSequenceThroughThePlan) {
   EXPECT_EQ(batch.sink_logits[2 * 4 + 3], sinks1[3]);
   RunPacked(batch, Responses(calls));
   for (auto& call : calls) EXPECT_EQ(CompareWithReference(call->request, call->response), "");
+}
+
+// Sessions' Attend calls (kind kPagedDecode) of several sessions, each with its own context in
+// one host pool, packed into one launch through the plan: each answer must equal the float64
+// reference of a stateless request carrying that session's whole context as k and v.
+TEST(PackingTest, PagedDecodeBatchOfSessionsMatchesReference) {
+  for (v1::DType dtype : {v1::FLOAT32, v1::BFLOAT16}) {
+    session::PoolOptions pool_options;
+    pool_options.page_bytes = 4096;  // 1 KV-head row of d 32: 8 (fp32) or 16 (bf16) tokens a page
+    pool_options.num_pages = 256;
+    absl::StatusOr<std::unique_ptr<session::HostPageStorage>> storage =
+        session::HostPageStorage::Create(pool_options);
+    ASSERT_TRUE(storage.ok()) << storage.status();
+    std::vector<std::unique_ptr<session::PageStorage>> storages;
+    storages.push_back(*std::move(storage));
+    session::StoreOptions store_options;
+    store_options.sweep_interval = absl::ZeroDuration();
+    absl::StatusOr<std::unique_ptr<session::SessionStore>> store =
+        session::SessionStore::Create(store_options, std::move(storages));
+    ASSERT_TRUE(store.ok()) << store.status();
+
+    std::mt19937 rng(21);
+    // Per session: context length, query rows, options.
+    struct SessionCase {
+      int context, rows;
+      bool causal, key_range;
+    };
+    const SessionCase cases[] = {{37, 1, true, false}, {5, 4, true, false}, {64, 16, false, true},
+                                 {0, 2, false, false}};
+    std::vector<std::unique_ptr<Call>> calls;  // the stateless equivalents, for the reference
+    Batch batch;
+    for (const SessionCase& c : cases) {
+      session::SessionSpec spec;
+      spec.layers = 2;
+      spec.kv_heads = 1;
+      spec.head_dim = 32;
+      spec.dtype = *KernelDType(dtype);
+      absl::StatusOr<session::SessionId> id = (*store)->CreateSession(spec);
+      ASSERT_TRUE(id.ok()) << id.status();
+      // The stateless request: q [1, rows, 4, 32] against k, v [1, context, 1, 32].
+      RequestOptions o = Base(dtype);
+      o.q_heads = 4;
+      o.kv_heads = 1;
+      o.seqlen_q = c.rows;
+      o.seqlen_k = std::max(c.context, 1);
+      o.causal = c.causal;
+      o.sinks = true;
+      o.alibi = 1;
+      o.return_lse = true;
+      auto call = std::make_unique<Call>(Call{MakeRequest(o, calls.size(), rng), {}});
+      const v1::AttentionRequest& r = call->request;
+      session::ReadView view;
+      if (c.context > 0) {
+        absl::StatusOr<session::AppendResult> appended = (*store)->AppendRows(
+            *id, 1, c.context, r.k().data().data(), r.v().data().data());
+        ASSERT_TRUE(appended.ok()) << appended.status();
+        view = std::move(appended->view);
+      } else {
+        absl::StatusOr<session::ReadView> empty = (*store)->View(*id, 1);
+        ASSERT_TRUE(empty.ok()) << empty.status();
+        view = *std::move(empty);
+      }
+      // The job as the session service makes it: the forward request's spec with the context
+      // taken from the view.
+      absl::StatusOr<RequestSpec> spec_or = ValidateRequest(r, {});
+      ASSERT_TRUE(spec_or.ok()) << spec_or.status();
+      auto job = std::make_unique<Job>();
+      job->q_header = &r.q();
+      job->paged = std::make_unique<PagedContext>();
+      job->paged->view = std::move(view);
+      job->paged->cu_seqlens_q[1] = c.rows;
+      if (c.key_range) {
+        job->paged->has_key_range = true;
+        job->paged->key_range[0] = 9;
+        job->paged->key_range[1] = 40;
+      }
+      RequestSpec s = *std::move(spec_or);
+      s.kind = WorkKind::kPagedDecode;
+      s.packed = true;
+      s.batch = 1;
+      s.total_q = s.seqlen_q = c.rows;
+      s.seqlen_k = c.context;
+      s.total_k = 0;
+      s.kv_bytes = 0;
+      s.k_data = s.v_data = nullptr;
+      s.cu_seqlens_q = job->paged->cu_seqlens_q;
+      s.page_size = job->paged->view.layout().page_size;
+      s.lse_bytes = int64_t{4} * s.q_heads * c.rows;
+      job->spec = std::move(s);
+      AddJob(batch, std::move(job));
+      // The reference's request: an empty context is one key masked out by a zero-length key
+      // range would be; here it is k, v of one row with every key excluded by a bool mask.
+      if (c.context == 0) {
+        v1::Tensor* mask = call->request.mutable_mask();
+        mask->set_dtype(v1::BOOL);
+        mask->add_shape(1);
+        mask->add_shape(1);
+        mask->set_data(std::string(1, '\0'));
+      }
+      if (c.key_range) {
+        // Keys outside [9, 40) of the context: a bool mask on the stateless request.
+        v1::Tensor* mask = call->request.mutable_mask();
+        mask->set_dtype(v1::BOOL);
+        mask->add_shape(1);
+        mask->add_shape(c.context);
+        std::string bits(static_cast<size_t>(c.context), '\0');
+        for (int j = 9; j < 40; ++j) bits[static_cast<size_t>(j)] = 1;
+        mask->set_data(bits);
+      }
+      calls.push_back(std::move(call));
+    }
+    EXPECT_EQ(batch.sequences, 4);
+    std::vector<v1::AttentionResponse*> responses;
+    for (auto& call : calls) responses.push_back(&call->response);
+    RunPacked(batch, responses);
+    EXPECT_EQ(batch.max_pages, (64 + batch.plan.params.page_size - 1) / batch.plan.params.page_size);
+    EXPECT_EQ(batch.seqlens_k, (std::vector<int32_t>{37, 5, 64, 0}));
+    for (auto& call : calls) {
+      // An Attend's lse is [q_heads, n_new] (its q is packed); the stateless request's is
+      // [1, q_heads, n_new]: the same bytes.
+      ASSERT_EQ(call->response.lse().shape_size(), 2);
+      call->response.mutable_lse()->mutable_shape()->Add(0);
+      auto* shape = call->response.mutable_lse()->mutable_shape();
+      (*shape)[2] = (*shape)[1];
+      (*shape)[1] = (*shape)[0];
+      (*shape)[0] = 1;
+      EXPECT_EQ(CompareWithReference(call->request, call->response), "")
+          << v1::DType_Name(dtype) << " request " << call->request.request_id();
+    }
+    batch.jobs.clear();  // views end before the store
+  }
 }
 
 }  // namespace

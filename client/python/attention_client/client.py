@@ -155,10 +155,15 @@ class Client:
     @staticmethod
     def request(q, k, v, *, causal=False, softmax_scale=None, window=None, softcap=0.0,
                 alibi_slopes=None, mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                return_lse=False):
+                return_lse=False, sinks=None, precision="full"):
         """The AttentionRequest message for these arrays and options (see attention())."""
+        precisions = {"full": attention_pb2.PRECISION_FULL, "tf32": attention_pb2.PRECISION_TF32,
+                      "bf16": attention_pb2.PRECISION_BF16}
+        if precision not in precisions:
+            raise ValueError(f"precision must be one of {sorted(precisions)}, got {precision!r}")
         request = attention_pb2.AttentionRequest(causal=causal, softcap=softcap,
-                                                 return_lse=return_lse)
+                                                 return_lse=return_lse,
+                                                 precision=precisions[precision])
         _set_tensor(request.q, q, "q")
         _set_tensor(request.k, k, "k")
         _set_tensor(request.v, v, "v")
@@ -171,6 +176,8 @@ class Client:
                         "alibi_slopes")
         if mask is not None:
             _set_tensor(request.mask, mask, "mask")
+        if sinks is not None:
+            _set_tensor(request.sinks, np.asarray(sinks, np.float32), "sinks")
         if cu_seqlens_q is not None:
             request.cu_seqlens_q.extend(int(x) for x in cu_seqlens_q)
         if cu_seqlens_k is not None:
@@ -183,7 +190,9 @@ class Client:
         Dense: q [batch, seqlen_q, heads, head_dim], k and v [batch, seqlen_k, kv_heads,
         head_dim]; packed (cu_seqlens_q and cu_seqlens_k given): q [total_q, heads, head_dim].
         Options: causal, softmax_scale, window=(left, right), softcap, alibi_slopes, mask,
-        cu_seqlens_q, cu_seqlens_k, return_lse. Raises AttentionError on failure.
+        cu_seqlens_q, cu_seqlens_k, return_lse, sinks ([heads] float32 logits), precision
+        ("full", "tf32" or "bf16": how float32 inputs are computed). Raises AttentionError on
+        failure.
         """
         request = self.request(q, k, v, **options)
         try:

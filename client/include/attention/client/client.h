@@ -119,7 +119,12 @@ struct AttentionArgs {
   std::optional<TensorView> alibi_slopes;
   // BOOL or additive, broadcastable to [batch, q_heads, seqlen_q, seqlen_k].
   std::optional<TensorView> mask;
+  // Attention sinks: FLOAT32 [q_heads], one extra logit per head in each row's denominator.
+  std::optional<TensorView> sinks;
   bool return_lse = false;
+  // How FLOAT32 inputs are computed (PRECISION_FULL: float32 accuracy; TF32 / BF16 opt into
+  // reduced precision for speed). The response's precision says what ran.
+  ::attention::v1::Precision precision = ::attention::v1::PRECISION_FULL;
 };
 
 // Builds the request message for `args` (request_id 0). Checks what only the client knows: each
