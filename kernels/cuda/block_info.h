@@ -90,6 +90,37 @@ ATTN_HOST_DEVICE inline bool TileNeedsMask(int n, int row0, int rows, int len_q,
   return TileNeedsMaskInRange(n, row0, rows, len_q, len_k, block_n, left, right, 0, len_k);
 }
 
+// Paged K / V (the paged variants): KV tile n holds keys [n * block_n, (n + 1) * block_n) of its
+// sequence, key j being row j % page_size of page page_table[j / page_size]. The tile starts at a
+// multiple of block_n and both are powers of two (page_size = 1 << page_shift), so the tile spans
+// whole pages or lies inside one: its pages are TilePages consecutive page-table entries.
+
+// Pages (page-table entries) a tile spans: block_n / page_size, or 1 when one page holds it.
+ATTN_HOST_DEVICE inline int TilePages(int block_n, int page_shift) {
+  return ((block_n - 1) >> page_shift) + 1;
+}
+
+// Index in the sequence's page-table row of the e-th page of tile n.
+ATTN_HOST_DEVICE inline int TilePage(int n, int block_n, int e, int page_shift) {
+  return ((n * block_n) >> page_shift) + e;
+}
+
+// The tile's page (e) and the row within that page of tile row `row`.
+ATTN_HOST_DEVICE inline int TileRowPage(int row, int page_shift) { return row >> page_shift; }
+ATTN_HOST_DEVICE inline int TileRowInPage(int n, int block_n, int row, int page_shift) {
+  return (n * block_n + row) & ((1 << page_shift) - 1);
+}
+
+// Whether the e-th page of tile n holds a key of [key_begin, key_end): the kernels read the
+// page-table entries of those pages only, so entries of pages outside a key range (or past the
+// context) may hold anything.
+ATTN_HOST_DEVICE inline bool TilePageNeeded(int n, int block_n, int e, int page_shift,
+                                            int key_begin, int key_end) {
+  if (e >= TilePages(block_n, page_shift)) return false;
+  const int64_t first_key = int64_t{TilePage(n, block_n, e, page_shift)} << page_shift;
+  return first_key < key_end && first_key + (int64_t{1} << page_shift) > key_begin;
+}
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_BLOCK_INFO_H_

@@ -20,6 +20,7 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kernel_traits.h"
+#include "kernels/cuda/softmax_epilogue.h"
 
 namespace attention::cuda::fwd {
 
@@ -210,10 +211,8 @@ __device__ __forceinline__ void CpAsync4(uint32_t smem_addr, const void* gmem, b
 }
 
 // Paged K / V (the paged variants). Key j of the block's sequence is row j % page_size of page
-// pages[j / page_size] of the K and V pools. A KV tile starts at a multiple of kBlockN, and
-// kBlockN and page_size are powers of two, so the tile's row r lies in the tile's page
-// e = r >> page_shift (its e-th page-table entry from key0 >> page_shift; e = 0 for every row when
-// one page holds the whole tile) at row (key0 + r) & (page_size - 1).
+// pages[j / page_size] of the K and V pools; which page of a tile holds which row is
+// block_info.h's (TilePage, TileRowPage, TileRowInPage).
 //
 // Each block keeps the page-table entries of the tiles it is about to load in kPageSlots shared
 // slots of kPageEntries entries (tile n in slot n % kPageSlots), copied with cp.async two steps
@@ -238,13 +237,10 @@ template <typename Traits, typename Element>
 __device__ __forceinline__ void CopyTilePages(int32_t* slots, const BlockCoords<Element>& c, int n,
                                               int tid) {
   if (tid < Traits::kPageEntries) {
-    const int page = ((n * Traits::kBlockN) >> c.page_shift) + tid;
-    const int first_key = page << c.page_shift;
-    const bool in_tile = tid <= ((Traits::kBlockN - 1) >> c.page_shift);
     const bool valid =
-        in_tile && first_key < c.key_end && first_key + (1 << c.page_shift) > c.key_begin;
-    CpAsync4(SmemAddress(slots + PageSlotIndex<Traits>(n, tid)), c.pages + (valid ? page : 0),
-             valid);
+        TilePageNeeded(n, Traits::kBlockN, tid, c.page_shift, c.key_begin, c.key_end);
+    const int page = valid ? TilePage(n, Traits::kBlockN, tid, c.page_shift) : 0;
+    CpAsync4(SmemAddress(slots + PageSlotIndex<Traits>(n, tid)), c.pages + page, valid);
   }
 }
 
@@ -265,11 +261,10 @@ __device__ __forceinline__ void ForEachPagedChunk(const BlockCoords<Element>& c,
   const int key0 = n * kRows;
   const int row_lo = c.key_begin - key0;
   const int row_hi = c.key_end - key0;
-  const int in_page_mask = (1 << c.page_shift) - 1;
   const auto visit = [&](int row, int chunk) {
     const bool pred = row >= row_lo && row < row_hi && chunk < valid_chunks;
-    const int page = pred ? page_of(row >> c.page_shift) : 0;
-    copy(row, chunk, page, (key0 + row) & in_page_mask, pred);
+    const int page = pred ? page_of(TileRowPage(row, c.page_shift)) : 0;
+    copy(row, chunk, page, TileRowInPage(n, kRows, row, c.page_shift), pred);
   };
   if constexpr (kThreads % kChunks == 0) {
     // As LoadTile: every thread copies one chunk column of rows tid / kChunks + it * kRowsPerIter.
@@ -328,9 +323,9 @@ template <typename Traits, typename Element, int kPools>
 __device__ __forceinline__ void LoadPagedTilesDirect(const PagedPool<Element> (&pools)[kPools],
                                                      const BlockCoords<Element>& c, int n,
                                                      int valid_chunks, int tid) {
-  const int first = (n * Traits::kBlockN) >> c.page_shift;
   LoadPagedTiles<Traits>(
-      pools, c, n, valid_chunks, [&](int e) { return c.pages[first + e]; }, tid);
+      pools, c, n, valid_chunks,
+      [&](int e) { return c.pages[TilePage(n, Traits::kBlockN, e, c.page_shift)]; }, tid);
 }
 
 // A later copy of tile `n`, its page-table entries read from its slot.
@@ -566,11 +561,9 @@ __device__ __forceinline__ void PackP(uint32_t (&frag)[4],
 // warp_row0 + 16 * kMTiles) of the shared tile `stage` (layout OTile, no other warp reads them
 // and every read of them by this warp has completed) and written to global memory with 16-byte
 // stores; LSE written once per row.
-// Attention sinks: `sink_log2` is the sink's logit times log2(e) (-inf without sinks). It joins
-// each row's denominator here, against the larger of it and the row max, so that neither term
-// overflows: with t = max(m, sink), sum' = sum * 2^(m - t) + 2^(sink - t), o = acc * 2^(m - t) /
-// sum', lse = (t + log2(sum')) ln 2. Without sinks this is O /= sum exactly (2^0 = 1, 2^-inf = 0),
-// and a row without an allowed key gets o = 0 and lse = sink.
+// Attention sinks: `sink_log2` is the sink's logit times log2(e) (-inf without sinks); it joins
+// each row's denominator here (NormalizeRow, softmax_epilogue.h), and a row without an allowed
+// key gets o = 0 and lse = sink.
 template <typename OTile, int kChunks, typename Element, int kMTiles, int kNTilesO>
 __device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4],
                                             const RowStats<kMTiles>& stats, float scale_log2,
@@ -590,17 +583,13 @@ __device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4]
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       // The row max in base-2 logits (-inf for a row without an allowed key; the scale is
       // positive in every variant, see SoftmaxScaleLog2).
-      const float row_max = stats.max[mt][hf] * scale_log2;
-      const float top = fmaxf(row_max, sink_log2);
-      const float ref = top == -INFINITY ? 0.f : top;
-      const float keep = Exp2(row_max - ref);
-      const float total = fmaf(sum, keep, Exp2(sink_log2 - ref));
-      const float inv = total == 0.f ? 0.f : keep / total;
-      lse[mt][hf] = total == 0.f ? -INFINITY : (ref + log2f(total)) * kLn2;
+      const RowNormalization norm = NormalizeRow(stats.max[mt][hf] * scale_log2, sum, sink_log2,
+                                                 [](float x) { return Exp2(x); });
+      lse[mt][hf] = norm.lse;
 #pragma unroll
       for (int dt = 0; dt < kNTilesO; ++dt) {
-        acc_o[mt][dt][2 * hf] *= inv;
-        acc_o[mt][dt][2 * hf + 1] *= inv;
+        acc_o[mt][dt][2 * hf] *= norm.scale;
+        acc_o[mt][dt][2 * hf + 1] *= norm.scale;
       }
     }
   }

@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/kernel_traits.h"
+#include "kernels/cuda/softmax_epilogue.h"
 
 namespace attention::cuda {
 namespace {
@@ -304,6 +307,83 @@ TEST(BlockInfoTest, KeyRangeTilesAndMaskMatchBruteForce) {
           ASSERT_TRUE(all) << "an unmasked tile holds a disallowed key";
         }
       }
+    }
+  }
+}
+
+// Paged tiles: every row of a tile that holds a key of the range is found in a page-table entry
+// the kernel copies (TilePageNeeded), within the kBlockN / kMinPageSize entries of a page slot,
+// at the page and row that hold its key; and every entry copied holds a key of the range.
+TEST(BlockInfoTest, PagedTileRowsMapToTheirPages) {
+  std::mt19937 rng(4242);
+  for (int block_n : {64, 128}) {
+    for (int shift = 4; shift <= 8; ++shift) {
+      const int page_size = 1 << shift;
+      for (int trial = 0; trial < 200; ++trial) {
+        const int len_k = std::uniform_int_distribution<int>(1, 2000)(rng);
+        std::uniform_int_distribution<int> key(0, len_k);
+        const int key_begin = key(rng);
+        const int key_end = std::max(key_begin, key(rng));
+        const int n = std::uniform_int_distribution<int>(0, (len_k - 1) / block_n)(rng);
+        ASSERT_LE(TilePages(block_n, shift), block_n / kMinPageSize);
+        for (int row = 0; row < block_n; ++row) {
+          const int j = n * block_n + row;
+          if (j < key_begin || j >= key_end) continue;
+          const int e = TileRowPage(row, shift);
+          ASSERT_TRUE(TilePageNeeded(n, block_n, e, shift, key_begin, key_end))
+              << "row " << row << " tile " << n << " page size " << page_size;
+          ASSERT_EQ(TilePage(n, block_n, e, shift), j / page_size);
+          ASSERT_EQ(TileRowInPage(n, block_n, row, shift), j % page_size);
+        }
+        for (int e = 0; e < block_n / kMinPageSize; ++e) {
+          if (!TilePageNeeded(n, block_n, e, shift, key_begin, key_end)) continue;
+          const int first = TilePage(n, block_n, e, shift) * page_size;
+          ASSERT_LT(first, key_end);
+          ASSERT_GT(first + page_size, key_begin);
+          ASSERT_LT(first, (n + 1) * block_n) << "an entry past the tile";
+        }
+      }
+    }
+  }
+}
+
+// The epilogue's normalization against float64: scale = 2^m / (sum 2^m + 2^sink) and
+// lse = ln(sum 2^m + 2^sink) (base-2 logits m and sink), for sinks far above and below the row
+// max (no overflow), rows without keys (scale 0, lse = the sink) and no sink (1 / sum).
+TEST(SoftmaxEpilogueTest, NormalizeRowMatchesFloat64) {
+  const auto exp2 = [](float x) { return std::exp2(x); };
+  const float kInf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> max_dist(-300.f, 300.f), sum_dist(1.f, 5000.f),
+      offset(-200.f, 200.f);
+  for (int trial = 0; trial < 20000; ++trial) {
+    const bool empty = trial % 7 == 0;
+    const bool no_sink = trial % 5 == 0;
+    const float m = empty ? -kInf : max_dist(rng);
+    const float sum = empty ? 0.f : sum_dist(rng);
+    const float sink = no_sink ? -kInf : (empty ? max_dist(rng) : m + offset(rng));
+    const RowNormalization r = NormalizeRow(m, sum, sink, exp2);
+    SCOPED_TRACE("m " + std::to_string(m) + " sum " + std::to_string(sum) + " sink " +
+                 std::to_string(sink));
+    if (empty && no_sink) {
+      EXPECT_EQ(r.scale, 0.f);
+      EXPECT_EQ(r.lse, -kInf);
+      continue;
+    }
+    if (empty) {
+      EXPECT_EQ(r.scale, 0.f);
+      EXPECT_NEAR(r.lse, sink * std::log(2.0), 1e-4 * std::max(1.f, std::abs(sink)));
+      continue;
+    }
+    // In float64 relative to the larger exponent t: total = sum 2^(m - t) + 2^(sink - t).
+    const double t = std::max<double>(m, sink);
+    const double total = sum * std::exp2(double{m} - t) + (no_sink ? 0.0 : std::exp2(sink - t));
+    const double scale = std::exp2(double{m} - t) / total;
+    const double lse = (t + std::log2(total)) * std::log(2.0);
+    EXPECT_NEAR(r.scale, scale, 1e-5 * scale + 1e-38);
+    EXPECT_NEAR(r.lse, lse, 1e-5 * std::max(1.0, std::abs(lse)));
+    if (no_sink) {
+      EXPECT_NEAR(r.scale, 1.f / sum, 1e-6f / sum);
     }
   }
 }
