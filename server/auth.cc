@@ -10,7 +10,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "grpc/grpc_security.h"
 #include "server/log.h"
+#include "server/metrics/metrics.h"
 
 namespace attention::server {
 namespace {
@@ -28,7 +30,103 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
   return diff == 0;
 }
 
+constexpr absl::string_view kAttentionService = "/attention.v1.AttentionService/";
+
+// The C metadata processor of a plaintext port (GatedCredentials): hands the call's metadata to
+// the C++ processor in `state` and reports its verdict at once (the processor does not block).
+void ProcessThroughGate(void* state, grpc_auth_context* /*context*/, const grpc_metadata* md,
+                        size_t num_md, grpc_process_auth_metadata_done_cb done, void* user_data) {
+  grpc::AuthMetadataProcessor& processor =
+      **static_cast<std::shared_ptr<grpc::AuthMetadataProcessor>*>(state);
+  grpc::AuthMetadataProcessor::InputMetadata metadata;
+  for (size_t i = 0; i < num_md; ++i) {
+    metadata.emplace(
+        grpc::string_ref(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(md[i].key)),
+                         GRPC_SLICE_LENGTH(md[i].key)),
+        grpc::string_ref(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(md[i].value)),
+                         GRPC_SLICE_LENGTH(md[i].value)));
+  }
+  grpc::AuthMetadataProcessor::OutputMetadata consumed, response;
+  const grpc::Status status = processor.Process(metadata, nullptr, &consumed, &response);
+  // gRPC copies the message before this returns.
+  done(user_data, nullptr, 0, nullptr, 0, static_cast<grpc_status_code>(status.error_code()),
+       status.ok() ? nullptr : status.error_message().c_str());
+}
+
+// Plaintext credentials with a metadata processor, built through the C API.
+class PlaintextGatedCredentials final : public grpc::ServerCredentials {
+ public:
+  explicit PlaintextGatedCredentials(std::shared_ptr<grpc::AuthMetadataProcessor> processor)
+      : processor_(std::move(processor)) {}
+  // Must not block: the C adapter calls it inline whatever its IsBlocking() says.
+  void SetAuthMetadataProcessor(
+      const std::shared_ptr<grpc::AuthMetadataProcessor>& processor) override {
+    processor_ = processor;
+  }
+
+ private:
+  int AddPortToServer(const std::string& addr, grpc_server* server) override {
+    grpc_server_credentials* credentials = grpc_insecure_server_credentials_create();
+    grpc_auth_metadata_processor processor;
+    processor.process = &ProcessThroughGate;
+    processor.destroy = [](void* state) {
+      delete static_cast<std::shared_ptr<grpc::AuthMetadataProcessor>*>(state);
+    };
+    processor.state = new std::shared_ptr<grpc::AuthMetadataProcessor>(processor_);
+    grpc_server_credentials_set_auth_metadata_processor(credentials, processor);
+    const int port = grpc_server_add_http2_port(server, addr.c_str(), credentials);
+    grpc_server_credentials_release(credentials);
+    return port;
+  }
+
+  std::shared_ptr<grpc::AuthMetadataProcessor> processor_;
+};
+
 }  // namespace
+
+bool IsOpenMethod(absl::string_view path) {
+  return absl::StartsWith(path, "/grpc.health.v1.Health/") ||
+         absl::StartsWith(path, "/grpc.reflection.v1alpha.ServerReflection/") ||
+         absl::StartsWith(path, "/grpc.reflection.v1.ServerReflection/");
+}
+
+CallGate::CallGate(const TokenAuthenticator* auth, std::string refusal, Metrics* metrics)
+    : auth_(auth), refusal_(std::move(refusal)), metrics_(metrics) {}
+
+grpc::Status CallGate::Process(const InputMetadata& auth_metadata, grpc::AuthContext* /*context*/,
+                               OutputMetadata* /*consumed_auth_metadata*/,
+                               OutputMetadata* /*response_metadata*/) {
+  const auto path_it = auth_metadata.find(":path");
+  // gRPC always sends :path; a call without one is guarded like any other.
+  const absl::string_view path =
+      path_it == auth_metadata.end()
+          ? absl::string_view()
+          : absl::string_view(path_it->second.data(), path_it->second.size());
+  if (IsOpenMethod(path)) return grpc::Status::OK;
+  absl::Status status;
+  if (!refusal_.empty()) {
+    status = absl::UnauthenticatedError(refusal_);
+  } else if (auth_ != nullptr) {
+    status = auth_->Check(auth_metadata);
+  }
+  if (status.ok()) return grpc::Status::OK;
+  LogLine(LogLevel::kDebug, "unauthenticated").Kv("path", path).Kv("error", status.message());
+  // The attention service counts every other answer; these never reach it.
+  if (metrics_ != nullptr && absl::StartsWith(path, kAttentionService)) {
+    const Method method = path.substr(kAttentionService.size()) == "AttentionStream"
+                              ? Method::kAttentionStream
+                              : Method::kAttention;
+    metrics_->RequestDone(method, grpc::StatusCode::UNAUTHENTICATED, 0, 0, 0);
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(status.message()));
+}
+
+std::shared_ptr<grpc::ServerCredentials> GatedCredentials(
+    std::shared_ptr<grpc::ServerCredentials> credentials, std::shared_ptr<CallGate> gate) {
+  if (credentials == nullptr) return std::make_shared<PlaintextGatedCredentials>(std::move(gate));
+  credentials->SetAuthMetadataProcessor(gate);
+  return credentials;
+}
 
 absl::StatusOr<std::vector<std::string>> ParseTokens(absl::string_view contents) {
   std::vector<std::string> tokens;

@@ -8,8 +8,10 @@
 // interval), so rotation needs no restart; a file that becomes unreadable or empty keeps the
 // tokens last loaded (and logs a warning).
 //
-// Only the attention service checks tokens. grpc.health.v1.Health (the kubelet's probes) and
-// server reflection (the public schema) stay open.
+// Tokens are checked on a call's headers, before any of its messages is read (CallGate, a gRPC
+// AuthMetadataProcessor run by the port's credentials): a refused call ends UNAUTHENTICATED
+// before its payload is buffered. Every method is guarded except grpc.health.v1.Health (the
+// kubelet's probes) and server reflection (the public schema), which stay open.
 #ifndef ATTENTION_SERVER_AUTH_H_
 #define ATTENTION_SERVER_AUTH_H_
 
@@ -28,6 +30,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "grpcpp/security/auth_metadata_processor.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/support/string_ref.h"
 
 namespace attention::server {
@@ -81,6 +85,40 @@ class TokenAuthenticator {
   std::condition_variable stop_cv_;
   std::thread reloader_;
 };
+
+class Metrics;
+
+// Whether a call to `path` (":path", e.g. "/grpc.health.v1.Health/Check") needs no token: health
+// checking and server reflection (v1 and v1alpha).
+bool IsOpenMethod(absl::string_view path);
+
+// The gate every call passes on its headers, before gRPC reads its messages or hands it to a
+// service: open methods (IsOpenMethod) pass; every other call is refused UNAUTHENTICATED with
+// `refusal` when that is set (a port that serves health checks only), else checked against
+// `auth` (null: no tokens, every call passes). A refused call is counted in `metrics` (may be
+// null) as answered UNAUTHENTICATED, since it never reaches the service that counts the others.
+// Runs inline on gRPC's transport thread (IsBlocking() false): one map lookup and
+// TokenAuthenticator::Check, which never blocks for long.
+class CallGate final : public grpc::AuthMetadataProcessor {
+ public:
+  CallGate(const TokenAuthenticator* auth, std::string refusal, Metrics* metrics);
+
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
+                       OutputMetadata* consumed_auth_metadata,
+                       OutputMetadata* response_metadata) override;
+
+ private:
+  const TokenAuthenticator* const auth_;
+  const std::string refusal_;
+  Metrics* const metrics_;
+};
+
+// `credentials` (null: plaintext) with `gate` run on every call of the port. TLS credentials take
+// the gate as they are; plaintext ones are made through gRPC's C API, since the C++
+// InsecureServerCredentials() refuses a metadata processor (it asserts).
+std::shared_ptr<grpc::ServerCredentials> GatedCredentials(
+    std::shared_ptr<grpc::ServerCredentials> credentials, std::shared_ptr<CallGate> gate);
 
 }  // namespace attention::server
 

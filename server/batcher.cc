@@ -19,15 +19,17 @@ constexpr int64_t kMaxLaunchRows = std::numeric_limits<int32_t>::max();
 // that a bucket holds a full batch by bytes.
 int64_t Footprint(const RequestSpec& s) { return s.queued_bytes() + s.q_bytes + s.lse_bytes; }
 
-// Why a queued job must not be launched (its caller cancelled, its deadline passed), or OK.
+// Why a queued job must not be launched (its deadline passed, its caller cancelled), or OK. The
+// deadline is asked first: gRPC cancels a call when its deadline passes, so an expired job is
+// usually marked cancelled too, and its caller saw DEADLINE_EXCEEDED.
 absl::Status DropStatus(const Job& job, Clock::time_point now) {
-  if (job.is_cancelled()) {
-    return absl::CancelledError("request cancelled by the caller before launch");
-  }
   if (job.deadline <= now) {
     const auto waited = std::chrono::duration_cast<std::chrono::microseconds>(now - job.accepted);
     return absl::DeadlineExceededError(
         absl::StrCat("deadline passed after ", waited.count(), " us in the queue, before launch"));
+  }
+  if (job.is_cancelled()) {
+    return absl::CancelledError("request cancelled by the caller before launch");
   }
   return absl::OkStatus();
 }
@@ -70,13 +72,22 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
         absl::StrCat("request holds ", bytes, " bytes of tensors, more than the queue's bound of ",
                      options_.max_queue_bytes, " bytes (--max_queue_bytes)"));
   }
+  if (spec.work > options_.max_queue_work) {
+    if (metrics_ != nullptr) metrics_->RequestRejected("too_large");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request holds ", absl::SixDigits(spec.work * 1e-9),
+        " GFLOP of work, more than the queue's bound of ",
+        absl::SixDigits(options_.max_queue_work * 1e-9), " GFLOP (--max_queue_gflop)"));
+  }
   if (queued_requests_ + 1 > options_.max_queue_requests ||
-      queued_bytes_ + bytes > options_.max_queue_bytes) {
+      queued_bytes_ + bytes > options_.max_queue_bytes ||
+      queued_work_ + spec.work > options_.max_queue_work) {
     if (metrics_ != nullptr) metrics_->RequestRejected("queue_full");
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queue full: ", queued_requests_, " requests and ", queued_bytes_,
-                     " bytes queued (bounds --max_queue_requests=", options_.max_queue_requests,
-                     ", --max_queue_bytes=", options_.max_queue_bytes, "); retry later"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue full: ", queued_requests_, " requests, ", queued_bytes_, " bytes and ",
+        absl::SixDigits(queued_work_ * 1e-9), " GFLOP of work queued (bounds --max_queue_requests=",
+        options_.max_queue_requests, ", --max_queue_bytes=", options_.max_queue_bytes,
+        ", --max_queue_gflop=", absl::SixDigits(options_.max_queue_work * 1e-9), "); retry later"));
   }
   const Clock::time_point now = Clock::now();
   const bool launch_here = queued_requests_ == 0 && DropStatus(*job, now).ok();
@@ -84,9 +95,11 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   Bucket& bucket = it->second;
   bucket.tokens_q += spec.total_q;
   bucket.bytes += Footprint(spec);
+  bucket.work += spec.work;
   bucket.jobs.push_back(std::move(job));
   ++queued_requests_;
   queued_bytes_ += bytes;
+  queued_work_ += spec.work;
   ++outstanding_;
   // Fast path: nothing else queued and an executor idle. The batcher thread would launch this job
   // alone at once; doing it here saves the hand-off to that thread (a wake-up) on an idle server.
@@ -153,6 +166,7 @@ bool Batcher::Shutdown(Clock::time_point deadline) {
     buckets_.clear();
     queued_requests_ = 0;
     queued_bytes_ = 0;
+    queued_work_ = 0;
     PublishQueueDepth();
     work_cv_.notify_one();
   }
@@ -253,7 +267,8 @@ absl::flat_hash_map<KernelConfig, Batcher::Bucket>::iterator Batcher::PickBucket
     const Clock::time_point due = oldest + options_.max_queue_delay;
     const bool full = !options_.batching || it->first.mask_kind != MaskKind::kNone ||
                       static_cast<int64_t>(bucket.jobs.size()) >= options_.max_batch_requests ||
-                      bucket.tokens_q >= options_.max_batch_tokens || bucket.bytes >= max_bytes;
+                      bucket.tokens_q >= options_.max_batch_tokens || bucket.bytes >= max_bytes ||
+                      bucket.work >= options_.max_batch_work;
     if (executor_idle || draining_ || full || now >= due) {
       if (best == buckets_.end() || oldest < best->second.jobs.front()->accepted) best = it;
     } else {
@@ -272,6 +287,7 @@ std::unique_ptr<Batch> Batcher::FormBatch(Bucket& bucket, int e, Clock::time_poi
           ? 1
           : static_cast<size_t>(options_.max_batch_requests);
   const int64_t max_bytes = executors_[e].executor->max_batch_bytes();
+  double work = 0;
   while (!bucket.jobs.empty() && batch->jobs.size() < max_jobs) {
     Job& job = *bucket.jobs.front();
     const RequestSpec& s = job.spec;
@@ -281,13 +297,15 @@ std::unique_ptr<Batch> Batcher::FormBatch(Bucket& bucket, int e, Clock::time_poi
       bucket.jobs.pop_front();
       continue;
     }
-    if (!batch->jobs.empty() && (batch->total_q + s.total_q > options_.max_batch_tokens ||
-                                 batch->total_k + s.total_k > kMaxLaunchRows ||
-                                 BatchBytesWith(batch->config, batch->sequences, batch->total_q,
-                                                batch->total_k, batch->want_lse, s) > max_bytes)) {
+    if (!batch->jobs.empty() &&
+        (batch->total_q + s.total_q > options_.max_batch_tokens ||
+         batch->total_k + s.total_k > kMaxLaunchRows || work + s.work > options_.max_batch_work ||
+         BatchBytesWith(batch->config, batch->sequences, batch->total_q, batch->total_k,
+                        batch->want_lse, s) > max_bytes)) {
       break;
     }
     RemoveFromQueue(job, bucket);
+    work += s.work;
     AddJob(*batch, std::move(bucket.jobs.front()));
     bucket.jobs.pop_front();
   }
@@ -335,8 +353,12 @@ void Batcher::RemoveFromQueue(const Job& job, Bucket& bucket) {
   const RequestSpec& s = job.spec;
   bucket.tokens_q -= s.total_q;
   bucket.bytes -= Footprint(s);
+  bucket.work -= s.work;
   --queued_requests_;
   queued_bytes_ -= s.queued_bytes();
+  queued_work_ -= s.work;
+  // Sums of doubles drift: an empty queue holds no work.
+  if (queued_requests_ == 0) queued_work_ = 0;
 }
 
 void Batcher::OnBatchFinished(int executor, int64_t tokens, int64_t jobs) {

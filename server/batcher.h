@@ -10,14 +10,20 @@
 //   - the least loaded executor has no batch at all (an idle server launches at once; a job
 //     arriving at an empty queue with an idle executor is submitted by Enqueue itself, without a
 //     hand-off to the batcher thread), or
-//   - the bucket is full: max_batch_requests jobs, max_batch_tokens query tokens, or the
-//     executor's max_batch_bytes, or
+//   - the bucket is full: max_batch_requests jobs, max_batch_tokens query tokens, max_batch_work
+//     of work, or the executor's max_batch_bytes, or
 //   - its oldest job has waited max_queue_delay, or
 //   - the server is draining, or batching is off (every job is its own launch),
 // and only while some executor holds fewer than its pipeline_depth() batches: while every
 // executor is busy, jobs wait and batches grow. Among launchable buckets the one whose oldest job
 // is oldest goes first. A launch takes jobs in arrival order until the next would exceed a limit
-// (a single job above max_batch_tokens still runs, alone).
+// (a single job above max_batch_tokens or max_batch_work still runs, alone).
+//
+// Work: each job carries its estimated work (RequestSpec::work, floating-point operations). The
+// queue holds at most max_queue_work of it, so a request waits behind at most that much work
+// (plus the batches running), whoever queued it; a launch holds at most max_batch_work, so one
+// batch runs no longer than the largest request may (the drain and a cancel wait for at most
+// that).
 //
 // Every job is answered exactly once: by its batch (FinishBatch), or here with CANCELLED (its
 // caller cancelled), DEADLINE_EXCEEDED (its deadline passed before launch) or UNAVAILABLE (still
@@ -30,6 +36,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -57,6 +64,11 @@ struct BatcherOptions {
   // and not yet launched. Beyond either, Enqueue answers RESOURCE_EXHAUSTED.
   int64_t max_queue_requests = 4096;
   int64_t max_queue_bytes = int64_t{4} << 30;
+  // Work (RequestSpec::work) of requests accepted and not yet launched (--max_queue_gflop x 1e9);
+  // beyond it RESOURCE_EXHAUSTED. Unlimited unless set (the server sets its backend's default).
+  double max_queue_work = std::numeric_limits<double>::infinity();
+  // Work of one launch (the per-request limit, --max_request_gflop x 1e9).
+  double max_batch_work = std::numeric_limits<double>::infinity();
 };
 
 class Batcher {
@@ -104,6 +116,7 @@ class Batcher {
     std::deque<std::unique_ptr<Job>> jobs;
     int64_t tokens_q = 0;  // query tokens queued
     int64_t bytes = 0;     // queued_bytes of its jobs
+    double work = 0;       // RequestSpec::work of its jobs
   };
   struct ExecutorState {
     Executor* executor;
@@ -145,6 +158,7 @@ class Batcher {
   std::vector<ExecutorState> executors_;
   int64_t queued_requests_ = 0;
   int64_t queued_bytes_ = 0;
+  double queued_work_ = 0;
   int64_t outstanding_ = 0;  // accepted, not yet answered
   int batches_in_flight_ = 0;
   uint64_t next_batch_id_ = 1;

@@ -7,6 +7,44 @@
 #include "server/thread_name.h"
 
 namespace attention::server {
+namespace {
+
+// Whether every caller of `batch` has gone: each job cancelled or past its deadline (gRPC cancels
+// a call at its deadline). Monotone: once true it stays true. Cheap in the common case (the first
+// job's caller is still there: one load and at most one clock read).
+bool AllCallersGone(const Batch& batch) {
+  Clock::time_point now{};
+  for (const auto& job : batch.jobs) {
+    if (job->is_cancelled()) continue;
+    if (job->deadline == Clock::time_point::max()) return false;
+    if (now == Clock::time_point{}) now = Clock::now();
+    if (job->deadline > now) return false;
+  }
+  return true;
+}
+
+// The status of a batch the backend stopped (its o and lse are incomplete): what made it stop.
+absl::Status StoppedStatus(const Batch& batch, bool abandoned) {
+  if (abandoned) {
+    return absl::UnavailableError(
+        "server drained before the request finished (--drain_timeout_s passed while it ran): "
+        "send it to another replica");
+  }
+  // gRPC cancels a call at its deadline too, so the deadlines tell the two apart.
+  const Clock::time_point now = Clock::now();
+  bool all_expired = true;
+  for (const auto& job : batch.jobs) all_expired = all_expired && job->deadline <= now;
+  if (all_expired) {
+    return absl::DeadlineExceededError(
+        "deadline passed while the request ran: its batch was stopped between tiles");
+  }
+  return absl::CancelledError(
+      "every caller of the batch cancelled or passed its deadline while it ran: stopped between "
+      "tiles");
+}
+
+}  // namespace
+
 CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
     : max_batch_bytes_(options.pinned_host_bytes),
       metrics_(metrics),
@@ -31,6 +69,8 @@ void CpuExecutor::Submit(std::unique_ptr<Batch> batch) {
   queue_.push_back(std::move(batch));
   cv_.notify_one();
 }
+
+void CpuExecutor::AbandonRunning() { abandon_.store(true, std::memory_order_relaxed); }
 
 void CpuExecutor::Shutdown() {
   {
@@ -59,7 +99,17 @@ void CpuExecutor::Run() {
 
 absl::Status CpuExecutor::Execute(Batch& batch) {
   batch.device = device_;
+  batch.precision = cpu::ComputedPrecision(batch.config);
   batch.timings.started = Clock::now();
+  const auto should_stop = [this, &batch] {
+    return abandon_.load(std::memory_order_relaxed) || AllCallersGone(batch);
+  };
+  const auto finish_status = [this, &batch](absl::Status status) {
+    if (absl::IsCancelled(status)) {
+      return StoppedStatus(batch, abandon_.load(std::memory_order_relaxed));
+    }
+    return status;
+  };
   AllocateOutputs(batch);
   if (batch.jobs.size() == 1 && batch.config.kind == WorkKind::kForward) {
     // A lone job runs in place: the kernel reads its request and writes its outputs. (A paged
@@ -67,7 +117,7 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
     const AttentionParams p = InPlaceParams(batch, &gathered_);
     const Clock::time_point start = Clock::now();
     batch.timings.staged = start;
-    absl::Status status = backend_.Run(p);
+    absl::Status status = finish_status(backend_.Run(p, should_stop));
     batch.timings.kernel_ns = NanosSince(start);
     // Nothing to deliver: the outputs are already the job's.
     batch.timings.device_done = batch.timings.scattered = Clock::now();
@@ -94,7 +144,7 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   const AttentionParams p = BindParams(batch.plan, inputs, outputs);
   const Clock::time_point start = Clock::now();
   batch.timings.staged = start;
-  absl::Status status = backend_.Run(p);
+  absl::Status status = finish_status(backend_.Run(p, should_stop));
   batch.timings.kernel_ns = NanosSince(start);
   batch.timings.device_done = Clock::now();
   if (status.ok()) {

@@ -4,6 +4,7 @@
 #ifndef ATTENTION_SERVER_CPU_EXECUTOR_H_
 #define ATTENTION_SERVER_CPU_EXECUTOR_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -23,8 +24,15 @@ namespace attention::server {
 // received in), o and lse written straight into the job's outputs. A packed batch of several jobs
 // is staged into one host buffer (grown up to max_batch_bytes() =
 // ExecutorOptions::pinned_host_bytes and then reused), run, and delivered back by the plan's
-// output copies. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next batch keeps
-// filling in the batcher meanwhile.
+// output copies. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next
+// batch keeps filling in the batcher meanwhile.
+//
+// Work nobody waits for stops: the backend asks between work items (attention::cpu::CpuBackend's
+// cooperative stop) whether every caller of the batch has gone (cancelled, or past its deadline);
+// then the batch is abandoned, its jobs answered CANCELLED or DEADLINE_EXCEEDED, and the cores are
+// free within one work item (block_q query rows of one head against their keys).
+// AbandonRunning() stops the running and every later batch the same way (UNAVAILABLE), for the
+// drain's deadline.
 class CpuExecutor final : public Executor {
  public:
   CpuExecutor(const ExecutorOptions& options, Metrics* metrics);
@@ -36,6 +44,11 @@ class CpuExecutor final : public Executor {
   absl::Status Admit(const Job& job) const override;
   void Submit(std::unique_ptr<Batch> batch) override;
   void Shutdown() override;
+
+  // From now on the running batch and every later one stop between work items and are answered
+  // UNAVAILABLE: the drain calls it at its deadline, so that CPU work never holds the process
+  // past it (drain_stuck is left to devices that cannot be stopped). Thread-safe; idempotent.
+  void AbandonRunning();
 
   int num_threads() const { return backend_.num_threads(); }
 
@@ -50,6 +63,7 @@ class CpuExecutor final : public Executor {
   std::vector<char> staging_;   // executor thread only
   std::vector<char> gathered_;  // a lone job's q, k, v gathered from pieces; executor thread only
   std::vector<HostCopy> copies_;  // the plan's copies, bound to staging_; executor thread only
+  std::atomic<bool> abandon_{false};
 
   std::mutex mu_;
   std::condition_variable cv_;

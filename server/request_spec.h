@@ -85,6 +85,10 @@ struct RequestSpec : KernelConfig {
   // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth).
   int64_t q_bytes = 0, kv_bytes = 0, lse_bytes = 0;
 
+  // Estimated work in floating-point operations (RequestWork, server/validation.h): what
+  // --max_request_gflop, --max_queue_gflop and a batch's work bound count.
+  double work = 0;
+
   // Bytes the request holds while queued (q, k, v, mask, slopes): what --max_queue_bytes counts.
   int64_t queued_bytes() const;
   // FlashAttention-convention floating-point operations: 4 * len_q * len_k * head_dim per head and

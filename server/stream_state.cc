@@ -3,7 +3,7 @@
 namespace attention::server {
 
 bool StreamState::ShouldReadNext() {
-  if (in_flight_ < max_in_flight_ && !Ending()) return true;
+  if (in_flight_ < max_in_flight_ && !budget_paused_ && !Ending()) return true;
   read_paused_ = true;
   return false;
 }
@@ -20,6 +20,8 @@ bool StreamState::AnswerWritten(bool ok, int dropped_queued) {
     write_failed_ = true;
     in_flight_ -= dropped_queued;
   }
+  // The client reads again: what it took frees room in the budget.
+  if (ok) budget_paused_ = false;
   if (read_paused_ && !Ending() && in_flight_ < max_in_flight_) {
     read_paused_ = false;
     return true;

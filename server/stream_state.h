@@ -6,6 +6,9 @@
 // The rules:
 //   - reading stops at max_in_flight requests read and not yet written (flow control), and
 //     resumes as answers are written;
+//   - reading also stops when a request was refused because the server's answers waiting to be
+//     sent are at their global bound (--max_pending_answer_bytes), and resumes when one of this
+//     stream's answers is written: a client that does not read its answers is not read either;
 //   - no more requests are read once the client half-closed, the server drains, a write failed,
 //     a message was malformed, or the call was cancelled ("ending");
 //   - the stream finishes once it is ending, nothing is in flight and nothing is being written,
@@ -30,8 +33,13 @@ class StreamState {
   // A request was read and accepted for an answer (queued, or answered at once).
   void RequestAccepted() { ++in_flight_; }
   // After a read was handled: true when the next read should start now, false when reading
-  // pauses (flow control or ending); a paused stream resumes in AnswerWritten.
+  // pauses (flow control, the answer budget, or ending); a paused stream resumes in
+  // AnswerWritten.
   bool ShouldReadNext();
+  // A request of this stream was refused because the answers waiting to be sent are at the
+  // server's bound: reading pauses until one of this stream's answers is written.
+  void PauseForAnswerBudget() { budget_paused_ = true; }
+  bool budget_paused() const { return budget_paused_; }
   // An answer was dropped instead of written (the client is gone).
   void AnswerDropped() { --in_flight_; }
   // An answer is queued for writing: true when the caller must start writing it (no write was
@@ -76,7 +84,8 @@ class StreamState {
   const int max_in_flight_;
   int in_flight_ = 0;          // requests read and not yet written (or dropped)
   bool writing_ = false;       // a write is outstanding
-  bool read_paused_ = false;   // no read outstanding because of max_in_flight
+  bool read_paused_ = false;   // no read outstanding because of max_in_flight or the budget
+  bool budget_paused_ = false;  // a request was refused for the answer budget
   bool reads_done_ = false;    // the client half-closed (or the stream broke)
   bool draining_ = false;
   std::atomic<bool> cancelled_{false};

@@ -1,5 +1,6 @@
 #include "server/validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -35,6 +36,18 @@ absl::Status Invalid(absl::string_view field, absl::string_view rule) {
 
 absl::Status OverLimit(absl::string_view field, absl::string_view rule) {
   return absl::ResourceExhaustedError(absl::StrCat(field, ": ", rule));
+}
+
+// Sum over p in [a, b] of max(0, c + slope * p), slope in {-1, 0, 1}: the positive part of an
+// arithmetic series.
+double SumPositive(int64_t a, int64_t b, int64_t c, int slope) {
+  if (slope > 0) a = std::max(a, 1 - c);  // c + p > 0
+  if (slope < 0) b = std::min(b, c - 1);  // c - p > 0
+  if (a > b) return 0;
+  if (slope == 0) return c > 0 ? static_cast<double>(c) * static_cast<double>(b - a + 1) : 0;
+  const double first = static_cast<double>(c + slope * a);
+  const double last = static_cast<double>(c + slope * b);
+  return (first + last) * static_cast<double>(b - a + 1) / 2;
 }
 
 // Checks that `t`'s data, `data_size` bytes (t.data().size() unless the bytes are kept outside
@@ -323,15 +336,18 @@ absl::Status CheckShapes(const v1::AttentionRequest& r, const ValidationLimits& 
 
 absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
   if (r.has_softmax_scale()) {
-    if (!std::isfinite(r.softmax_scale())) {
-      return Invalid("softmax_scale", absl::StrCat("must be finite, got ", r.softmax_scale()));
+    if (!(std::fabs(r.softmax_scale()) <= kMaxScoreMultiplier)) {
+      return Invalid("softmax_scale",
+                     absl::StrCat("must be finite with |softmax_scale| <= 65536 (2^16), got ",
+                                  r.softmax_scale()));
     }
     s.softmax_scale = r.softmax_scale();
   } else {
     s.softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
   }
-  if (!std::isfinite(r.softcap()) || r.softcap() < 0) {
-    return Invalid("softcap", absl::StrCat("must be finite and >= 0 (0 = off), got ", r.softcap()));
+  if (r.softcap() != 0 && !(r.softcap() >= kMinSoftcap && r.softcap() <= kMaxScoreMultiplier)) {
+    return Invalid("softcap", absl::StrCat("must be 0 (off) or within [2^-16, 2^16] = [",
+                                           kMinSoftcap, ", 65536], got ", r.softcap()));
   }
   s.softcap = r.softcap();
 
@@ -362,6 +378,32 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
   return absl::OkStatus();
 }
 
+// The configured limits that need the whole configuration: the work (--max_request_gflop) and the
+// answer's size (--max_message_bytes). Sets s.work.
+absl::Status CheckWorkAndAnswer(const ValidationLimits& limits, RequestSpec& s) {
+  s.work = RequestWork(s);
+  if (s.work > limits.max_request_work) {
+    const double per_score = 4.0 * s.head_dim + kSoftmaxFlopsPerScore;
+    return OverLimit(
+        "q.shape, k.shape",
+        absl::StrCat("the request's work, about ", absl::SixDigits(s.work * 1e-9), " GFLOP (",
+                     absl::SixDigits(s.work / per_score / s.q_heads), " scores per head x ",
+                     s.q_heads, " heads x (4 x head_dim ", s.head_dim, " + ", kSoftmaxFlopsPerScore,
+                     ") flops), exceeds this server's limit of ",
+                     absl::SixDigits(limits.max_request_work * 1e-9),
+                     " GFLOP per request (--max_request_gflop)"));
+  }
+  const int64_t answer = s.q_bytes + s.lse_bytes + kAnswerOverheadBytes;
+  if (answer > limits.max_answer_bytes) {
+    return OverLimit(
+        "q.shape", absl::StrCat("the answer would take ", answer, " bytes (o ", s.q_bytes, ", lse ",
+                                s.lse_bytes, ", ", kAnswerOverheadBytes,
+                                " for the rest), more than this server's message limit of ",
+                                limits.max_answer_bytes, " bytes (--max_message_bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
   if (!r.has_alibi_slopes()) return absl::OkStatus();
   const Tensor& a = r.alibi_slopes();
@@ -383,9 +425,9 @@ absl::Status CheckAlibi(const v1::AttentionRequest& r, RequestSpec& s) {
   for (int64_t i = 0; i < elements; ++i) {
     float slope;
     std::memcpy(&slope, data + 4 * i, 4);
-    if (!std::isfinite(slope)) {
+    if (!(std::fabs(slope) <= kMaxScoreMultiplier)) {
       return Invalid(absl::StrCat("alibi_slopes[", i, "]"),
-                     absl::StrCat("must be finite, got ", slope));
+                     absl::StrCat("must be finite with |slope| <= 65536 (2^16), got ", slope));
     }
   }
   s.alibi = true;
@@ -409,13 +451,27 @@ absl::Status CheckSinks(const v1::AttentionRequest& r, RequestSpec& s) {
   for (int h = 0; h < s.q_heads; ++h) {
     float sink;
     std::memcpy(&sink, data + 4 * h, 4);
-    if (!std::isfinite(sink)) {
-      return Invalid(absl::StrCat("sinks[", h, "]"), absl::StrCat("must be finite, got ", sink));
+    if (!(std::fabs(sink) <= kMaxLogit)) {
+      return Invalid(
+          absl::StrCat("sinks[", h, "]"),
+          absl::StrCat("must be finite with |sink| <= 2^100 (", kMaxLogit, "), got ", sink));
     }
   }
   s.sinks = true;
   s.sink_logits = reinterpret_cast<const float*>(data);
   return absl::OkStatus();
+}
+
+// One value of an additive mask: -inf drops the key; anything else must be a logit within
+// kMaxLogit (NaN and +inf have no meaning and gave all-NaN rows).
+absl::Status CheckMaskValue(int64_t index, float value) {
+  if (std::fabs(value) <= kMaxLogit || value == -std::numeric_limits<float>::infinity()) {
+    return absl::OkStatus();
+  }
+  return Invalid(absl::StrCat("mask[", index, "]"),
+                 absl::StrCat("an additive mask value must be -inf (drops the key) or finite with "
+                              "|value| <= 2^100 (",
+                              kMaxLogit, "), got ", value));
 }
 
 absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
@@ -481,21 +537,81 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
   s.mask_kind = MaskKind::kAdditive;
   s.mask_bytes = elements * 4;
   if (m.dtype() == v1::FLOAT32) {
+    for (int64_t i = 0; i < elements; ++i) {
+      float value;
+      std::memcpy(&value, data + 4 * i, 4);
+      if (absl::Status st = CheckMaskValue(i, value); !st.ok()) return st;
+    }
     s.mask_raw = data;
     return absl::OkStatus();
   }
-  // Every check passed: widen the FLOAT16 / BFLOAT16 additive mask to float32.
+  // Every shape check passed: widen the FLOAT16 / BFLOAT16 additive mask to float32, checking
+  // each value on the way (a FLOAT16 value is at most 65504, but may be NaN or +inf).
   s.converted_mask.resize(static_cast<size_t>(elements));
   const bool half = m.dtype() == v1::FLOAT16;
   for (int64_t i = 0; i < elements; ++i) {
     uint16_t bits;
     std::memcpy(&bits, data + 2 * i, 2);
-    s.converted_mask[static_cast<size_t>(i)] = half ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+    const float value = half ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+    if (absl::Status st = CheckMaskValue(i, value); !st.ok()) {
+      s.converted_mask = {};
+      return st;
+    }
+    s.converted_mask[static_cast<size_t>(i)] = value;
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+double AllowedScores(int64_t len_q, int64_t len_k, int64_t window_left, int64_t window_right) {
+  if (len_q <= 0 || len_k <= 0) return 0;
+  // Row i sits at p = i + len_k - len_q and sees keys [lo(p), hi(p)] with lo(p) = max(0, p - left)
+  // and hi(p) = min(len_k - 1, p + right): each is linear in p on either side of one breakpoint
+  // (p = left, p = len_k - 1 - right), so the count hi - lo + 1 is linear on at most three pieces
+  // of [p_first, p_last], each summed in closed form (clipped at 0).
+  const int64_t p_first = len_k - len_q, p_last = len_k - 1;
+  const bool left_bounded = window_left >= 0, right_bounded = window_right >= 0;
+  int64_t cuts[2];
+  int num_cuts = 0;
+  if (left_bounded) cuts[num_cuts++] = window_left;                // last p with lo = 0
+  if (right_bounded) cuts[num_cuts++] = len_k - 1 - window_right;  // last p with hi = p + right
+  if (num_cuts == 2 && cuts[0] > cuts[1]) std::swap(cuts[0], cuts[1]);
+  double total = 0;
+  int64_t a = p_first;
+  for (int piece = 0; piece <= num_cuts && a <= p_last; ++piece) {
+    const int64_t b = piece < num_cuts ? std::min(p_last, cuts[piece]) : p_last;
+    if (a > b) continue;
+    // On [a, b]: lo is 0 or p - left, hi is p + right or len_k - 1 (decided at p = a).
+    const bool lo_moves = left_bounded && a > window_left;
+    const bool hi_moves = right_bounded && a <= len_k - 1 - window_right;
+    const int64_t c = (hi_moves ? window_right : len_k - 1) - (lo_moves ? -window_left : 0) + 1;
+    const int slope = (hi_moves ? 1 : 0) - (lo_moves ? 1 : 0);
+    total += SumPositive(a, b, c, slope);
+    a = b + 1;
+  }
+  return total;
+}
+
+double RequestWork(const RequestSpec& s) {
+  const bool windowed = s.window_left >= 0 || s.window_right >= 0;
+  auto scores = [&](int64_t len_q, int64_t len_k) {
+    double n = AllowedScores(len_q, len_k, s.window_left, s.window_right);
+    if (windowed) {
+      n = std::min(
+          static_cast<double>(len_q) * static_cast<double>(len_k),
+          n + static_cast<double>(len_q) * static_cast<double>(std::min(len_k, kTileSlackKeys)));
+    }
+    return n;
+  };
+  double total = 0;
+  if (s.packed) {
+    for (int b = 0; b < s.batch; ++b) total += scores(s.seqlen_q_of(b), s.seqlen_k_of(b));
+  } else {
+    total = s.batch * scores(s.seqlen_q, s.seqlen_k);
+  }
+  return total * s.q_heads * (4.0 * s.head_dim + kSoftmaxFlopsPerScore);
+}
 
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
                                             const ValidationLimits& limits,
@@ -523,6 +639,7 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   }
   if (auto st = CheckShapes(r, limits, data, s); !st.ok()) return st;
   if (auto st = CheckOptions(r, s); !st.ok()) return st;
+  if (auto st = CheckWorkAndAnswer(limits, s); !st.ok()) return st;
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;
   if (auto st = CheckSinks(r, s); !st.ok()) return st;

@@ -248,6 +248,10 @@ int CpuBackend::block_q() const { return impl_->config.block_q; }
 int CpuBackend::block_k() const { return impl_->config.block_k; }
 
 absl::Status CpuBackend::Run(const AttentionParams& params) {
+  return Run(params, [] { return false; });
+}
+
+absl::Status CpuBackend::Run(const AttentionParams& params, absl::FunctionRef<bool()> should_stop) {
   if (absl::Status s = CheckSupported(params); !s.ok()) return s;
   if (absl::Status s = CheckParams(params); !s.ok()) return s;
   AttentionParams p = params;
@@ -316,7 +320,8 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
   // under causal masking (where later tiles see more keys) the expensive items are claimed first
   // and the cheap ones fill the gaps at the end; heads sharing a KV head are adjacent.
   std::atomic<bool> out_of_memory{false};
-  impl_->pool.ParallelFor(items, [&](int64_t item) {
+  const bool finished = impl_->pool.ParallelForUntil(items, [&](int64_t item) {
+    if (should_stop()) return false;
     const auto it =
         std::upper_bound(seqs.begin(), seqs.end(), item,
                          [](int64_t value, const Sequence& s) { return value < s.first_item; });
@@ -340,7 +345,7 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
     float* base = tls_scratch.Reserve(layout.total());
     if (base == nullptr) {
       out_of_memory.store(true, std::memory_order_relaxed);
-      return;
+      return true;
     }
     TileScratch s;
     s.q_t = base;
@@ -356,7 +361,13 @@ absl::Status CpuBackend::Run(const AttentionParams& params) {
     s.out = s.lse + layout.vec;
     kernel(p, t, config, s);
     StoreOutput(p, t, s.out, s.lse);
+    return true;
   });
+  if (!finished) {
+    return absl::CancelledError(
+        "CPU backend: stopped between work items at the caller's request; o and lse are "
+        "incomplete");
+  }
   if (out_of_memory.load()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "CPU backend: no memory for a tile scratch of ", layout.total() * sizeof(float), " bytes"));

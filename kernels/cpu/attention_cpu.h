@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
 
@@ -34,6 +35,10 @@ CpuIsa BestCpuIsa();
 // dtype, head_dim, option, sinks and paged K/V; float32 at full precision whatever the requested
 // Precision, which only bounds the error). INVALID_ARGUMENT otherwise.
 absl::Status CheckSupported(const KernelConfig& config);
+
+// The precision the CPU backend computes `config` at: kFull always (float32 inputs in float32
+// with float32 accumulation, whatever reduced precision a request allowed).
+inline Precision ComputedPrecision(const KernelConfig&) { return Precision::kFull; }
 
 struct CpuBackendOptions {
   // Worker threads, the calling thread included; <= 0 means one per CPU this process may run on.
@@ -67,6 +72,15 @@ class CpuBackend {
   // for a packed batch, for cu_seqlens that do not start at 0, decrease, end at total_q /
   // total_k or exceed seqlen_q / seqlen_k.
   absl::Status Run(const AttentionParams& p);
+
+  // The same, with a cooperative stop: every worker asks `should_stop` before each work item it
+  // takes (block_q query rows of one sequence and head, against every key they see), and once it
+  // returns true no further item starts; the items already running finish, and Run returns
+  // CANCELLED with o and lse partly written. A stop therefore frees every thread within one work
+  // item: at most block_q x seqlen_k scores of one head. `should_stop` is called concurrently
+  // from every thread, once per item, so it must be thread-safe and cheap, and once true stay
+  // true.
+  absl::Status Run(const AttentionParams& p, absl::FunctionRef<bool()> should_stop);
 
   int num_threads() const;
   // The instruction set Run() uses.

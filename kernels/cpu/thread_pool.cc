@@ -6,10 +6,11 @@
 namespace attention::cpu {
 
 struct ThreadPool::Loop {
-  Loop(int64_t n, absl::FunctionRef<void(int64_t)> fn) : n(n), fn(fn) {}
+  Loop(int64_t n, absl::FunctionRef<bool(int64_t)> fn) : n(n), fn(fn) {}
   const int64_t n;
-  const absl::FunctionRef<void(int64_t)> fn;
+  const absl::FunctionRef<bool(int64_t)> fn;
   std::atomic<int64_t> next{0};
+  std::atomic<bool> stopped{false};
   int workers_inside = 0;  // guarded by ThreadPool::mu_
 };
 
@@ -31,7 +32,13 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::RunItems(Loop& loop) {
   for (int64_t i = loop.next.fetch_add(1, std::memory_order_relaxed); i < loop.n;
        i = loop.next.fetch_add(1, std::memory_order_relaxed)) {
-    loop.fn(i);
+    if (!loop.fn(i)) {
+      // Every later claim sees an index >= n. Indices claimed before this store still run: their
+      // calls decide for themselves (a stop condition stays true).
+      loop.stopped.store(true, std::memory_order_relaxed);
+      loop.next.store(loop.n, std::memory_order_relaxed);
+      return;
+    }
   }
 }
 
@@ -52,10 +59,19 @@ void ThreadPool::WorkerMain() {
 }
 
 void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t)> fn) {
-  if (n <= 0) return;
+  ParallelForUntil(n, [fn](int64_t i) {
+    fn(i);
+    return true;
+  });
+}
+
+bool ThreadPool::ParallelForUntil(int64_t n, absl::FunctionRef<bool(int64_t)> fn) {
+  if (n <= 0) return true;
   if (n == 1 || workers_.empty()) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!fn(i)) return false;
+    }
+    return true;
   }
   Loop loop(n, fn);
   {
@@ -73,6 +89,7 @@ void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t)> fn) {
   auto it = std::find(loops_.begin(), loops_.end(), &loop);
   if (it != loops_.end()) loops_.erase(it);
   idle_cv_.wait(lock, [&loop] { return loop.workers_inside == 0; });
+  return !loop.stopped.load(std::memory_order_relaxed);
 }
 
 }  // namespace attention::cpu

@@ -31,6 +31,11 @@ class ThreadPool {
   // the next index as they become free), and returns when every call has returned.
   void ParallelFor(int64_t n, absl::FunctionRef<void(int64_t)> fn);
 
+  // The same, but a call that returns false stops the loop: no index is claimed after it (calls
+  // already running finish), so a stop costs at most one call per thread, however many indices
+  // are left. Returns true when every index ran, false when the loop stopped.
+  bool ParallelForUntil(int64_t n, absl::FunctionRef<bool(int64_t)> fn);
+
  private:
   struct Loop;
   void WorkerMain();

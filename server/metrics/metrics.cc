@@ -47,8 +47,8 @@ constexpr std::array<std::string_view, kNumCodes> kCodeNames = {
 };
 
 // Rejection reasons the server reports; the last one catches anything else.
-constexpr std::array<std::string_view, 5> kRejectReasons = {"queue_full", "too_large", "draining",
-                                                            "invalid", "other"};
+constexpr std::array<std::string_view, 6> kRejectReasons = {
+    "queue_full", "too_large", "answer_budget", "draining", "invalid", "other"};
 
 int CodeIndex(grpc::StatusCode code) {
   const int index = static_cast<int>(code);

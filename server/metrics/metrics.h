@@ -123,8 +123,9 @@ class Metrics {
   // Pinned host staging pool: capacity and bytes in use.
   void SetPinnedHostMemory(int64_t capacity_bytes, int64_t used_bytes);
 
-  // Requests refused before they were queued, by reason ("queue_full", "too_large",
-  // "draining", "invalid"); any other string counts as "other".
+  // Requests refused before they were queued, by reason ("queue_full", "too_large" (over a
+  // per-request limit), "answer_budget" (answers waiting to be sent at their bound), "draining",
+  // "invalid"); any other string counts as "other".
   void RequestRejected(std::string_view reason);
 
   // The number of devices and their `device` label values, in index order.

@@ -801,3 +801,96 @@ TEST(BatcherTest, FinishBatchObservesTheHostStagesBetweenTheExecutorsMilestones)
 
 }  // namespace
 }  // namespace attention::server
+
+namespace attention::server {
+namespace {
+
+// gRPC cancels a call when its deadline passes, so an expired job is usually marked cancelled
+// too: its caller saw DEADLINE_EXCEEDED, and so must the answer (and the metrics counting it).
+// Before issue 26 the cancel flag was asked first and the job was answered CANCELLED.
+TEST(BatcherTest, ExpiredJobMarkedCancelledIsAnsweredDeadlineExceeded) {
+  FakeExecutor executor(1);
+  Calls calls;
+  Batcher batcher(Options(), {&executor}, nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small(), Clock::now() + 20ms));
+  std::this_thread::sleep_for(40ms);
+  calls.call(1).cancelled.store(true);  // what the call's OnCancel does at its deadline
+  batcher.NotifyCancelled();
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(1).status.code(), absl::StatusCode::kDeadlineExceeded)
+      << calls.call(1).status;
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(2));
+  calls.ExpectEachAnsweredOnce();
+}
+
+// The queue holds at most max_queue_work of estimated work: one caller's large requests cannot
+// make everyone else wait behind an unbounded amount of it.
+TEST(BatcherTest, QueueWorkBound) {
+  FakeExecutor executor(1);
+  Calls calls;
+  BatcherOptions options = Options();
+  std::unique_ptr<Job> probe = calls.NewJob(Small());
+  const double work = probe->spec.work;
+  ASSERT_GT(work, 0);
+  options.max_queue_work = 2.5 * work;
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, std::move(probe));  // launched at once: not queued
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  Enqueue(batcher, calls.NewJob(Small()));
+  Enqueue(batcher, calls.NewJob(Small()));
+  std::unique_ptr<Job> over = calls.NewJob(Small());
+  absl::Status status = batcher.Enqueue(over);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("queue full"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("--max_queue_gflop"), absl::string_view::npos) << status;
+  EXPECT_NE(over, nullptr);
+  // A request above the whole bound can never be queued.
+  std::unique_ptr<Job> too_big = calls.NewJob(Small(32));
+  ASSERT_GT(too_big->spec.work, options.max_queue_work);
+  status = batcher.Enqueue(too_big);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("more than the queue's bound"), absl::string_view::npos)
+      << status;
+  executor.FinishOldest();
+  ASSERT_NE(executor.WaitForBatch(1), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(3));
+  // The queue is empty again: work fits.
+  Enqueue(batcher, std::move(over));
+  ASSERT_NE(executor.WaitForBatch(2), nullptr);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(4));
+  for (uint64_t id : {0, 1, 2, 3}) EXPECT_EQ(calls.call(id).answers, 1) << "request " << id;
+  EXPECT_EQ(calls.call(4).answers, 0);  // refused: the caller answers it
+}
+
+// A launch holds at most max_batch_work (the per-request limit), so no batch runs longer than the
+// largest request may; a bucket holding that much is full and launches without waiting.
+TEST(BatcherTest, BatchWorkBoundSplitsBatches) {
+  FakeExecutor executor(1);
+  Calls calls;
+  BatcherOptions options = Options();
+  std::unique_ptr<Job> first = calls.NewJob(Small());
+  options.max_batch_work = 2 * first->spec.work;
+  Batcher batcher(options, {&executor}, nullptr);
+  Enqueue(batcher, std::move(first));
+  ASSERT_NE(executor.WaitForBatch(0), nullptr);
+  for (int i = 0; i < 3; ++i) Enqueue(batcher, calls.NewJob(Small()));
+  executor.FinishOldest();
+  Batch* batch = executor.WaitForBatch(1);
+  ASSERT_NE(batch, nullptr);
+  EXPECT_EQ(batch->jobs.size(), 2u);
+  executor.FinishOldest();
+  batch = executor.WaitForBatch(2);
+  ASSERT_NE(batch, nullptr);
+  EXPECT_EQ(batch->jobs.size(), 1u);
+  executor.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(4));
+  calls.ExpectEachAnsweredOnce();
+}
+
+}  // namespace
+}  // namespace attention::server

@@ -20,6 +20,28 @@ TEST(StreamStateTest, FlowControlPausesAndResumesReading) {
   EXPECT_FALSE(s.AnswerWritten(true, 0));  // not paused any more: nothing to resume
 }
 
+// A request refused for the server's answer budget pauses reading until one of this stream's
+// answers is written: a client that never reads its answers is not read any more either.
+TEST(StreamStateTest, AnswerBudgetPausesReadingUntilAnAnswerIsWritten) {
+  StreamState s(8);
+  s.RequestAccepted();
+  EXPECT_TRUE(s.ShouldReadNext());
+  s.RequestAccepted();  // refused for the budget (its error answer is in flight)
+  s.PauseForAnswerBudget();
+  EXPECT_FALSE(s.ShouldReadNext());
+  EXPECT_TRUE(s.StartWriting());
+  EXPECT_TRUE(s.AnswerWritten(true, 0));  // the client read one: resume
+  s.SetWriting(false);
+  EXPECT_FALSE(s.budget_paused());
+  EXPECT_TRUE(s.ShouldReadNext());
+  // A failed write does not resume reading: the stream is ending.
+  s.PauseForAnswerBudget();
+  EXPECT_FALSE(s.ShouldReadNext());
+  EXPECT_TRUE(s.StartWriting());
+  EXPECT_FALSE(s.AnswerWritten(false, 0));
+  EXPECT_TRUE(s.Ending());
+}
+
 TEST(StreamStateTest, FinishesOnceAfterHalfCloseWithOk) {
   StreamState s(4);
   s.RequestAccepted();

@@ -63,6 +63,39 @@ v1::AttentionRequest With(v1::AttentionRequest request,
 const absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
 const absl::StatusCode kExhausted = absl::StatusCode::kResourceExhausted;
 
+// Sets an additive FLOAT32 mask [seqlen_q, seqlen_k] = [8, 12] of zeros on Dense(), with
+// `value` at element `index`.
+void SetFloatMask(v1::AttentionRequest& r, int index, float value) {
+  std::vector<float> mask(96, 0.f);
+  mask[index] = value;
+  r.mutable_mask()->set_dtype(v1::FLOAT32);
+  r.mutable_mask()->clear_shape();
+  r.mutable_mask()->add_shape(8);
+  r.mutable_mask()->add_shape(12);
+  r.mutable_mask()->set_data(
+      std::string(reinterpret_cast<const char*>(mask.data()), mask.size() * sizeof(float)));
+}
+
+// The same with 16-bit elements (FLOAT16 or BFLOAT16 bit patterns).
+void SetHalfMask(v1::AttentionRequest& r, v1::DType dtype, int index, uint16_t bits) {
+  std::vector<uint16_t> mask(96, 0);
+  mask[index] = bits;
+  r.mutable_mask()->set_dtype(dtype);
+  r.mutable_mask()->clear_shape();
+  r.mutable_mask()->add_shape(8);
+  r.mutable_mask()->add_shape(12);
+  r.mutable_mask()->set_data(
+      std::string(reinterpret_cast<const char*>(mask.data()), mask.size() * sizeof(uint16_t)));
+}
+
+void SetSlopes(v1::AttentionRequest& r, float second) {
+  const float slopes[4] = {0.5f, second, 0.1f, 0.1f};
+  r.mutable_alibi_slopes()->set_dtype(v1::FLOAT32);
+  r.mutable_alibi_slopes()->clear_shape();
+  r.mutable_alibi_slopes()->add_shape(4);
+  r.mutable_alibi_slopes()->set_data(slopes, sizeof(slopes));
+}
+
 std::vector<Rule> Rules() {
   std::vector<Rule> rules = {
       {"QDtypeUnspecified",
@@ -177,21 +210,21 @@ std::vector<Rule> Rules() {
          return With(Dense(),
                      [](auto& r) { r.set_softmax_scale(std::numeric_limits<float>::quiet_NaN()); });
        },
-       kInvalid, "softmax_scale: must be finite, got nan"},
+       kInvalid, "softmax_scale: must be finite with |softmax_scale| <= 65536 (2^16), got nan"},
       {"ScaleInfinite",
        [] {
          return With(Dense(),
                      [](auto& r) { r.set_softmax_scale(std::numeric_limits<float>::infinity()); });
        },
-       kInvalid, "softmax_scale: must be finite, got inf"},
+       kInvalid, "softmax_scale: must be finite with |softmax_scale| <= 65536 (2^16), got inf"},
       {"SoftcapNegative", [] { return With(Dense(), [](auto& r) { r.set_softcap(-1.f); }); },
-       kInvalid, "softcap: must be finite and >= 0 (0 = off), got -1"},
+       kInvalid, "softcap: must be 0 (off) or within [2^-16, 2^16]"},
       {"SoftcapInfinite",
        [] {
          return With(Dense(),
                      [](auto& r) { r.set_softcap(std::numeric_limits<float>::infinity()); });
        },
-       kInvalid, "softcap: must be finite and >= 0"},
+       kInvalid, "softcap: must be 0 (off) or within [2^-16, 2^16]"},
       {"WindowLeftBelowMinusOne",
        [] { return With(Dense(), [](auto& r) { r.mutable_window()->set_left(-2); }); }, kInvalid,
        "window.left: must be >= -1 (-1 = unbounded), got -2"},
@@ -240,7 +273,7 @@ std::vector<Rule> Rules() {
            r.mutable_alibi_slopes()->set_data(slopes, sizeof(slopes));
          });
        },
-       kInvalid, "alibi_slopes[1]: must be finite, got inf"},
+       kInvalid, "alibi_slopes[1]: must be finite with |slope| <= 65536 (2^16), got inf"},
       {"MaskDtype",
        [] {
          return With(Dense(), [](auto& r) {
@@ -366,7 +399,88 @@ std::vector<Rule> Rules() {
                            reinterpret_cast<const char*>(values), sizeof(values)));
                      });
                    },
-                   kInvalid, "sinks[2]: must be finite, got inf"});
+                   kInvalid, "sinks[2]: must be finite with |sink| <= 2^100"});
+  // Finite but extreme values (issue 26): each gave NaN answers with status OK.
+  rules.push_back({"ScaleHuge",
+                   [] { return With(Dense(), [](auto& r) { r.set_softmax_scale(3e38f); }); },
+                   kInvalid, "softmax_scale: must be finite with |softmax_scale| <= 65536"});
+  rules.push_back({"ScaleHugeNegative",
+                   [] { return With(Dense(), [](auto& r) { r.set_softmax_scale(-70000.f); }); },
+                   kInvalid, "got -70000"});
+  rules.push_back({"SoftcapTiny",
+                   [] { return With(Dense(), [](auto& r) { r.set_softcap(1e-30f); }); }, kInvalid,
+                   "softcap: must be 0 (off) or within [2^-16, 2^16]"});
+  rules.push_back({"SoftcapHuge",
+                   [] { return With(Dense(), [](auto& r) { r.set_softcap(3e38f); }); }, kInvalid,
+                   "softcap: must be 0 (off) or within [2^-16, 2^16]"});
+  rules.push_back({"AlibiHuge", [] { return With(Dense(), [](auto& r) { SetSlopes(r, 3e38f); }); },
+                   kInvalid,
+                   "alibi_slopes[1]: must be finite with |slope| <= 65536 (2^16), got 3e+38"});
+  rules.push_back({"AlibiHugeNegative",
+                   [] { return With(Dense(), [](auto& r) { SetSlopes(r, -3e38f); }); }, kInvalid,
+                   "alibi_slopes[1]: must be finite with |slope| <= 65536 (2^16), got -3e+38"});
+  rules.push_back({"MaskHuge",
+                   [] { return With(Dense(), [](auto& r) { SetFloatMask(r, 5, 3e38f); }); },
+                   kInvalid,
+                   "mask[5]: an additive mask value must be -inf (drops the key) or finite with "
+                   "|value| <= 2^100"});
+  rules.push_back({"MaskHugeNegative",
+                   [] { return With(Dense(), [](auto& r) { SetFloatMask(r, 0, -3e38f); }); },
+                   kInvalid, "mask[0]: an additive mask value must be -inf"});
+  rules.push_back({"MaskNan",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       SetFloatMask(r, 95, std::numeric_limits<float>::quiet_NaN());
+                     });
+                   },
+                   kInvalid, "mask[95]: an additive mask value must be -inf"});
+  rules.push_back({"MaskPlusInfinity",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       SetFloatMask(r, 7, std::numeric_limits<float>::infinity());
+                     });
+                   },
+                   kInvalid, "got inf"});
+  rules.push_back(
+      {"MaskHalfNan",
+       [] { return With(Dense(), [](auto& r) { SetHalfMask(r, v1::FLOAT16, 3, 0x7e00); }); },
+       kInvalid, "mask[3]: an additive mask value must be -inf"});
+  rules.push_back(
+      {"MaskHalfPlusInfinity",
+       [] { return With(Dense(), [](auto& r) { SetHalfMask(r, v1::FLOAT16, 4, 0x7c00); }); },
+       kInvalid, "mask[4]: an additive mask value must be -inf"});
+  rules.push_back({"MaskBFloat16Huge",
+                   [] {
+                     // 0x7f61: about 3e38.
+                     return With(Dense(), [](auto& r) { SetHalfMask(r, v1::BFLOAT16, 9, 0x7f61); });
+                   },
+                   kInvalid, "mask[9]: an additive mask value must be -inf"});
+  rules.push_back({"SinksHuge",
+                   [] {
+                     return With(Dense(), [](auto& r) {
+                       r.mutable_sinks()->set_dtype(v1::FLOAT32);
+                       r.mutable_sinks()->add_shape(4);
+                       const float values[4] = {0.f, 3e38f, 1.f, 2.f};
+                       r.mutable_sinks()->set_data(
+                           std::string(reinterpret_cast<const char*>(values), sizeof(values)));
+                     });
+                   },
+                   kInvalid, "sinks[1]: must be finite with |sink| <= 2^100"});
+  // Work and answer size (configured limits): RESOURCE_EXHAUSTED naming the flag. Dense() is
+  // 2 sequences x 8 x 12 scores x 4 heads x (4 x 32 + 32) flops = 122880.
+  ValidationLimits work;
+  work.max_request_work = 122879;
+  rules.push_back({"WorkOverLimit", Dense, kExhausted,
+                   "q.shape, k.shape: the request's work, about 0.00012288 GFLOP (192 scores per "
+                   "head x 4 heads x (4 x head_dim 32 + 32) flops), exceeds this server's limit "
+                   "of 0.000122879 GFLOP per request (--max_request_gflop)",
+                   work});
+  ValidationLimits answer;
+  answer.max_answer_bytes = 2048 * 2 + kAnswerOverheadBytes - 1;  // o is 2048 bf16 elements
+  rules.push_back({"AnswerOverMessageLimit", Dense, kExhausted,
+                   "q.shape: the answer would take 5120 bytes (o 4096, lse 0, 1024 for the rest), "
+                   "more than this server's message limit of 5119 bytes (--max_message_bytes)",
+                   answer});
   rules.push_back({"PrecisionUnknown",
                    [] {
                      return With(Dense(), [](auto& r) {
@@ -540,6 +654,80 @@ TEST(ValidationTest, SinksAndPrecisionJoinTheConfiguration) {
   absl::StatusOr<RequestSpec> h = ValidateRequest(half, {});
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->precision, Precision::kFull);
+}
+
+}  // namespace
+}  // namespace attention::server
+
+namespace attention::server {
+namespace {
+
+// AllowedScores against counting every (row, key) pair, for every small shape and window.
+TEST(ValidationTest, AllowedScoresCountsEveryAllowedPair) {
+  for (int64_t len_q = 0; len_q <= 9; ++len_q) {
+    for (int64_t len_k = 0; len_k <= 9; ++len_k) {
+      for (int64_t left = -1; left <= 10; ++left) {
+        for (int64_t right = -1; right <= 10; ++right) {
+          int64_t want = 0;
+          for (int64_t i = 0; i < len_q; ++i) {
+            const int64_t p = i + len_k - len_q;
+            for (int64_t j = 0; j < len_k; ++j) {
+              want += (left < 0 || j >= p - left) && (right < 0 || j <= p + right);
+            }
+          }
+          EXPECT_EQ(AllowedScores(len_q, len_k, left, right), static_cast<double>(want))
+              << "len_q " << len_q << " len_k " << len_k << " window (" << left << ", " << right
+              << ")";
+        }
+      }
+    }
+  }
+  // Large and exact: causal square (n (n + 1) / 2) and a full rectangle, at 2^20 rows.
+  const int64_t n = int64_t{1} << 20;
+  EXPECT_EQ(AllowedScores(n, n, -1, 0), static_cast<double>(n) * (n + 1) / 2);
+  EXPECT_EQ(AllowedScores(n, 2 * n, -1, -1), 2.0 * n * n);
+  EXPECT_EQ(AllowedScores(n, n, 0, 0), static_cast<double>(n));
+}
+
+// The probe of issue 26: fp16, 131072 query and key rows, head_dim 1, one head, 786 KB on the
+// wire. 4 flops per score would call it 69 GFLOP; it took 4.7 CPU-seconds, which the softmax
+// term accounts for.
+TEST(ValidationTest, RequestWorkOfTheHeadDimOneProbe) {
+  RequestSpec s;
+  s.batch = 1;
+  s.seqlen_q = s.seqlen_k = 131072;
+  s.q_heads = s.kv_heads = 1;
+  s.head_dim = 1;
+  EXPECT_EQ(RequestWork(s), 131072.0 * 131072.0 * (4 + kSoftmaxFlopsPerScore));
+  // Causal: about half, plus up to kTileSlackKeys keys per row where the diagonal cuts tiles.
+  s.causal = true;
+  s.window_right = 0;
+  const double causal = RequestWork(s) / (4 + kSoftmaxFlopsPerScore);
+  EXPECT_EQ(causal, 131072.0 * 131073 / 2 + 131072.0 * kTileSlackKeys);
+  // Packed sequences add up.
+  const int32_t cu_q[3] = {0, 3, 3}, cu_k[3] = {0, 5, 9};
+  RequestSpec p;
+  p.packed = true;
+  p.batch = 2;
+  p.cu_seqlens_q = cu_q;
+  p.cu_seqlens_k = cu_k;
+  p.q_heads = 2;
+  p.kv_heads = 1;
+  p.head_dim = 8;
+  EXPECT_EQ(RequestWork(p), (3 * 5 + 0 * 4) * 2 * (4.0 * 8 + kSoftmaxFlopsPerScore));
+}
+
+// -inf drops a key and finite values up to 2^100 are biases: accepted as they are.
+TEST(ValidationTest, AdditiveMaskAcceptsMinusInfinityAndLargeFiniteValues) {
+  v1::AttentionRequest r = Dense();
+  SetFloatMask(r, 0, -std::numeric_limits<float>::infinity());
+  float* data = reinterpret_cast<float*>(r.mutable_mask()->mutable_data()->data());
+  data[1] = -kMaxLogit;
+  data[2] = kMaxLogit;
+  const absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->mask_kind, MaskKind::kAdditive);
+  EXPECT_GT(s->work, 0);
 }
 
 }  // namespace

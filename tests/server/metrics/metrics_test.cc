@@ -138,7 +138,7 @@ TEST_F(MetricsTest, EveryFamilyExistsWithItsTypeLabelsAndSeriesAfterConstruction
       {"attention_request_bytes_total", MetricType::Counter, {"method"}, 2},
       {"attention_response_bytes_total", MetricType::Counter, {"method"}, 2},
       {"attention_stage_duration_seconds", MetricType::Histogram, {"stage"}, 8},
-      {"attention_requests_rejected_total", MetricType::Counter, {"reason"}, 5},
+      {"attention_requests_rejected_total", MetricType::Counter, {"reason"}, 6},
       {"attention_batch_size_requests", MetricType::Histogram, {}, 1},
       {"attention_batch_size_tokens", MetricType::Histogram, {}, 1},
       {"attention_floating_point_operations_total", MetricType::Counter, {}, 1},
@@ -415,10 +415,12 @@ TEST_F(MetricsTest, BatchGaugesDevicesPinnedAndRejections) {
   metrics.RequestRejected("too_large");
   metrics.RequestRejected("draining");
   metrics.RequestRejected("invalid");
+  metrics.RequestRejected("answer_budget");
   metrics.RequestRejected("something new");
   metrics.RequestRejected("");
-  const std::map<std::string, double> rejected = {
-      {"queue_full", 2}, {"too_large", 1}, {"draining", 1}, {"invalid", 1}, {"other", 2}};
+  const std::map<std::string, double> rejected = {{"queue_full", 2},    {"too_large", 1},
+                                                  {"answer_budget", 1}, {"draining", 1},
+                                                  {"invalid", 1},       {"other", 2}};
   for (const auto& [reason, count] : rejected) {
     EXPECT_EQ(CounterValue("attention_requests_rejected_total", {{"reason", reason}}), count)
         << reason;
