@@ -20,7 +20,7 @@
 # CLI is attention_cli of the calling build (it drives the server from outside the container);
 # WORK_DIR holds the logs and the temporary root filesystem. Podman reads the settings this kind
 # of host needs from deploy/docker/containers.conf (CONTAINERS_CONF; docs/operations.md).
-# Exit 77 (SKIP) without root, podman, debootstrap, python3 or node, or where podman cannot run a
+# Exit 77 (SKIP) without root, podman, debootstrap or node, or where podman cannot run a
 # container; 1 on any failed check. Runs of this test on one machine take turns (a lock).
 set -euo pipefail
 repo=$(cd "${1:?usage: container_test.sh REPO_ROOT CLI WORK_DIR}" && pwd)
@@ -45,9 +45,9 @@ skip() {
 
 # --- Prerequisites -------------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, and podman import of a root filesystem)"
-for tool in podman debootstrap python3 node; do
+for tool in podman debootstrap node; do
   command -v "$tool" >/dev/null 2>&1 ||
-    skip "'$tool' not found (Debian: apt-get install podman runc debootstrap python3 nodejs)"
+    skip "'$tool' not found (Debian: apt-get install podman runc debootstrap nodejs)"
 done
 [ -x "$cli" ] || { fail "attention_cli not found at $cli"; finish; }
 status=0
@@ -60,13 +60,13 @@ if ! info=$(podman info 2>&1); then
   skip "podman cannot run here: $(tail -n 3 <<<"$info")"
 fi
 
+# One run at a time on this machine: the runs share the cached base and build-stage images.
+exec 9>"${TMPDIR:-/tmp}/attention-container-test.lock"
+flock 9
 mkdir -p "$work_dir"
 work=$(cd "$work_dir" && pwd)/container-test
 rm -rf "$work"
 mkdir -p "$work"
-# One run at a time on this machine: the runs share the cached base and build-stage images.
-exec 9>"${TMPDIR:-/tmp}/attention-container-test.lock"
-flock 9
 
 image=localhost/attention-service-test:cpu-$$
 build_cache=localhost/attention-service-test:build-stage
@@ -305,6 +305,19 @@ else
   fail "no 'event=listening ... backend=cpu' line: $(podman logs "$name" 2>&1 | tail -n 5)"
 fi
 
+# http_get PORT PATH OUT: GET http://127.0.0.1:PORT/PATH into OUT (status line, headers, body)
+# through bash's /dev/tcp (HTTP/1.0: the server closes the connection after the answer); fails
+# unless the status is 200. No process to start per request, so that the drain check below can
+# poll every 20 ms.
+http_get() {
+  local fd
+  exec {fd}<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&"$fd"
+  timeout 5 cat <&"$fd" >"$3" || true
+  exec {fd}<&-
+  head -n 1 "$3" | grep -q '^HTTP/1\.[01] 200 '
+}
+
 # The probes, on the container ports they name.
 while read -r kind type port target; do
   [ -n "$kind" ] || continue
@@ -319,11 +332,11 @@ while read -r kind type port target; do
       fi
       ;;
     http)
-      if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
-          "http://127.0.0.1:$hp$target" 2>"$work/probe.err"; then
+      if http_get "$hp" "$target" "$work/probe.txt"; then
         ok "$kind probe: GET $target on port $port"
       else
-        fail "$kind probe: GET $target on port $port: $(tail -n 1 "$work/probe.err")"
+        fail "$kind probe: GET $target on port $port:" \
+          "$(head -n 1 "$work/probe.txt" 2>/dev/null)"
       fi
       ;;
     tcp)
@@ -336,19 +349,9 @@ while read -r kind type port target; do
   esac
 done < <(setting probe)
 
-# metrics_get: the ServiceMonitor's endpoint into $work/metrics.txt, through bash's /dev/tcp
-# (HTTP/1.0: the server closes the connection after the answer), fails unless 200. No process
-# to start per request, so that the drain check below can poll every 20 ms.
 read -r scrape_port scrape_path < <(setting scrape)
 metrics_port=$(host_port "$scrape_port")
-metrics_get() {
-  local fd
-  exec {fd}<>"/dev/tcp/127.0.0.1/$metrics_port" || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$scrape_path" >&"$fd"
-  timeout 5 cat <&"$fd" >"$work/metrics.txt" || true
-  exec {fd}<&-
-  head -n 1 "$work/metrics.txt" | grep -q '^HTTP/1\.[01] 200 '
-}
+metrics_get() { http_get "$metrics_port" "$scrape_path" "$work/metrics.txt"; }
 metric() { awk -v m="$1" '$1 == m { print $2 + 0; exit }' "$work/metrics.txt"; }
 
 # An exact call, checked against the CPU reference by the CLI.
