@@ -39,6 +39,7 @@
 #include "server/metrics/metrics.h"
 #include "server/output_pool.h"
 #include "server/service.h"
+#include "server/session_flags.h"
 #include "server/tls.h"
 #include "server/validation.h"
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
@@ -69,6 +70,20 @@ ABSL_FLAG(int64_t, max_request_tokens, int64_t{1} << 20,
 ABSL_FLAG(int64_t, max_request_sequences, 65536,
           "Sequences in one request; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_heads, 1024, "Query heads of one request; beyond it RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, max_request_gflop, 0,
+          "Estimated work of one request, in GFLOP (4 x head_dim + 32 flops per score a window or "
+          "causal mask allows, x heads); beyond it RESOURCE_EXHAUSTED. Also bounds one batch. 0 = "
+          "the backend's default: CPU 100 per --cpu_threads thread (about 1 s of every core), "
+          "CUDA 50000 (docs/operations.md)");
+ABSL_FLAG(double, max_queue_gflop, 0,
+          "Estimated work of the requests accepted and not yet launched, in GFLOP; beyond it "
+          "RESOURCE_EXHAUSTED. 0 = 10 x the per-request limit");
+ABSL_FLAG(int64_t, max_pending_answer_bytes, 0,
+          "Bytes of o and lse of accepted requests whose answers have not yet been handed to the "
+          "transport (slow or absent readers included); beyond it RESOURCE_EXHAUSTED and such "
+          "streams stop being read. 0 = --max_message_bytes");
+ABSL_FLAG(bool, reflection, true,
+          "Serve gRPC server reflection (the public schema, without a token); false closes it");
 ABSL_FLAG(int32_t, max_stream_in_flight, 1024,
           "Requests of one stream accepted and not yet answered before the stream stops reading");
 ABSL_FLAG(int64_t, device_memory_bytes, 0, "Device memory pool per GPU in bytes (0 = auto)");
@@ -137,6 +152,20 @@ constexpr int kFatalSignal = SIGUSR1;
 // SIGKILL).
 constexpr std::chrono::seconds kStuckBatchGrace{5};
 
+// Default work limits (--max_request_gflop=0, --max_queue_gflop=0), in GFLOP of RequestWork.
+// CPU: 100 per thread, about one second of every core: the CPU backend ran 110 GFLOP/s per core
+// of that estimate on the 2-core AVX-512 VM (server/validation.h), so a request at the limit
+// takes ~1 s there (~1.3 s on AVX2 cores at 70% of that), a cancel or a deadline frees the cores
+// within one work item, and the drain never waits long for a running batch. CUDA: 50000, which
+// the kernels' slowest measured 16-bit cell (178 TFLOP/s, causal d = 64 at seqlen 512, H200,
+// bench/results/kernel_2026-12-03_h200_sm90.md) runs in about 0.28 s and their fastest (520
+// TFLOP/s) in 0.1 s: six batches in flight (--pipeline_depth) finish within the drain's 5 s
+// grace. The queue holds 10 requests' worth: a request waits behind at most ~10 s of work on the
+// CPU and ~3 s on a GPU.
+constexpr double kCpuGflopPerThread = 100;
+constexpr double kCudaRequestGflop = 50000;
+constexpr double kQueueRequestsOfWork = 10;
+
 // gRPC's own log lines (handshake failures, transport errors) in the server's key=value format.
 // gRPC reports its peers' faults (a client that does not speak TLS, a bad certificate) as
 // errors; they are warnings here, the server's own failures being errors.
@@ -177,6 +206,13 @@ absl::Status CheckFlags() {
   }
   if (absl::GetFlag(FLAGS_output_pool_mb) < 0) {
     return absl::InvalidArgumentError("--output_pool_mb must be >= 0");
+  }
+  if (!(absl::GetFlag(FLAGS_max_request_gflop) >= 0) ||
+      !(absl::GetFlag(FLAGS_max_queue_gflop) >= 0) ||
+      absl::GetFlag(FLAGS_max_pending_answer_bytes) < 0) {
+    return absl::InvalidArgumentError(
+        "--max_request_gflop, --max_queue_gflop and --max_pending_answer_bytes must be >= 0 (0: "
+        "the default)");
   }
   if (absl::GetFlag(FLAGS_max_message_bytes) > INT_MAX) {
     return absl::InvalidArgumentError("--max_message_bytes must be at most 2^31 - 1");
@@ -224,13 +260,13 @@ absl::Status CheckFlags() {
   return absl::OkStatus();
 }
 
-// The gRPC port's credentials from the --tls_* flags: plaintext when none is set.
+// The gRPC port's TLS credentials from the --tls_* flags, or null (plaintext) when none is set.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
   TlsFiles files;
   files.cert = absl::GetFlag(FLAGS_tls_cert);
   files.key = absl::GetFlag(FLAGS_tls_key);
   files.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (files.cert.empty()) return grpc::InsecureServerCredentials();
+  if (files.cert.empty()) return std::shared_ptr<grpc::ServerCredentials>();
   if (absl::Status s = CheckTlsFiles(files); !s.ok()) return s;
   return MakeTlsServerCredentials(
       files, std::chrono::seconds(absl::GetFlag(FLAGS_credentials_reload_interval_s)));
@@ -271,9 +307,12 @@ struct ServerConfig {
   int max_message_bytes = 0;
   int64_t output_pool_bytes = 0;
   int drain_timeout_s = 0;
+  bool reflection = true;
+  // --max_request_gflop / --max_queue_gflop (0: the backend's default, set by ResolveWorkLimits).
+  double max_request_gflop = 0, max_queue_gflop = 0;
   ExecutorOptions executor;
   BatcherOptions batcher;
-  ServiceOptions service;  // auth is set once the authenticator exists
+  ServiceOptions service;
 };
 
 absl::StatusOr<ServerConfig> ConfigFromFlags() {
@@ -286,6 +325,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   c.max_message_bytes = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
   c.output_pool_bytes = int64_t{absl::GetFlag(FLAGS_output_pool_mb)} << 20;
   c.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
+  c.reflection = absl::GetFlag(FLAGS_reflection);
+  c.max_request_gflop = absl::GetFlag(FLAGS_max_request_gflop);
+  c.max_queue_gflop = absl::GetFlag(FLAGS_max_queue_gflop);
   c.executor.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
   c.executor.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);
   c.executor.pipeline_depth = absl::GetFlag(FLAGS_pipeline_depth);
@@ -300,7 +342,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   c.service.limits.max_request_sequences = absl::GetFlag(FLAGS_max_request_sequences);
   c.service.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
   c.service.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
-  c.service.require_tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+  c.service.limits.max_answer_bytes = c.max_message_bytes;
+  c.service.max_pending_answer_bytes = absl::GetFlag(FLAGS_max_pending_answer_bytes) > 0
+                                           ? absl::GetFlag(FLAGS_max_pending_answer_bytes)
+                                           : int64_t{c.max_message_bytes};
   return c;
 }
 
@@ -340,22 +385,78 @@ absl::StatusOr<BuildInfo> ChooseBackend(const std::string& backend_flag, int* nu
   return info;
 }
 
-// One executor per visible GPU (the CUDA backend), or the CPU executor.
-std::vector<std::unique_ptr<Executor>> MakeExecutors(const BuildInfo& info,
-                                                     const ExecutorOptions& options,
-                                                     Metrics* metrics) {
-  std::vector<std::unique_ptr<Executor>> executors;
+// The executors: one per visible GPU (the CUDA backend), or the CPU executor (also kept as
+// `cpu`, for its thread count and the drain's AbandonRunning).
+struct Executors {
+  std::vector<std::unique_ptr<Executor>> all;
+  CpuExecutor* cpu = nullptr;
+};
+Executors MakeExecutors(const BuildInfo& info, const ExecutorOptions& options, Metrics* metrics) {
+  Executors executors;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
   if (info.backend == "cuda") {
     SetCudaFatalErrorHandler([](const absl::Status& error) {
       LogLine(LogLevel::kError, "device_fatal").Kv("error", error.message());
       kill(getpid(), kFatalSignal);
     });
-    executors = MakeCudaExecutors(options, metrics);
+    executors.all = MakeCudaExecutors(options, metrics);
   }
 #endif
-  if (info.backend == "cpu") executors.push_back(std::make_unique<CpuExecutor>(options, metrics));
+  if (info.backend == "cpu") {
+    auto cpu = std::make_unique<CpuExecutor>(options, metrics);
+    executors.cpu = cpu.get();
+    executors.all.push_back(std::move(cpu));
+  }
   return executors;
+}
+
+// The work limits (--max_request_gflop, --max_queue_gflop), 0 replaced by the backend's default
+// (kCpuGflopPerThread, kCudaRequestGflop, kQueueRequestsOfWork), into the validation and batcher
+// options.
+void ResolveWorkLimits(const Executors& executors, ServerConfig& config) {
+  double request_gflop = config.max_request_gflop;
+  if (request_gflop == 0) {
+    request_gflop = executors.cpu != nullptr ? kCpuGflopPerThread * executors.cpu->num_threads()
+                                             : kCudaRequestGflop;
+  }
+  const double queue_gflop = config.max_queue_gflop > 0 ? config.max_queue_gflop
+                                                        : kQueueRequestsOfWork * request_gflop;
+  config.max_request_gflop = request_gflop;
+  config.max_queue_gflop = queue_gflop;
+  config.service.limits.max_request_work = request_gflop * 1e9;
+  config.batcher.max_batch_work = request_gflop * 1e9;
+  config.batcher.max_queue_work = queue_gflop * 1e9;
+}
+
+// The credentials of each port, with the gate that checks every call's headers before its
+// messages are read (server/auth.h): on --address, the bearer tokens; on the plaintext
+// --health_address of a TLS server, a refusal of everything but health and reflection (without
+// TLS it serves what --address does). `tls` is null for plaintext. Without tokens and without a
+// refusal a port needs no gate.
+struct PortCredentials {
+  std::shared_ptr<grpc::ServerCredentials> service, health;
+};
+PortCredentials GatePorts(std::shared_ptr<grpc::ServerCredentials> tls,
+                          const TokenAuthenticator* auth, Metrics* metrics) {
+  PortCredentials ports;
+  const bool over_tls = tls != nullptr;
+  if (auth != nullptr) {
+    ports.service = GatedCredentials(tls, std::make_shared<CallGate>(auth, "", metrics));
+  } else {
+    ports.service = over_tls ? tls : grpc::InsecureServerCredentials();
+  }
+  if (over_tls) {
+    ports.health = GatedCredentials(
+        nullptr,
+        std::make_shared<CallGate>(
+            nullptr, "this port serves health checks only: call the attention service over TLS",
+            metrics));
+  } else if (auth != nullptr) {
+    ports.health = GatedCredentials(nullptr, std::make_shared<CallGate>(auth, "", metrics));
+  } else {
+    ports.health = grpc::InsecureServerCredentials();
+  }
+  return ports;
 }
 
 // The gRPC server, built and started: the service on --address (with `credentials`), health on
@@ -365,18 +466,19 @@ struct StartedServer {
   int port = 0, health_port = 0;
 };
 absl::StatusOr<StartedServer> BuildServer(const ServerConfig& config,
-                                          const std::shared_ptr<grpc::ServerCredentials>& creds,
-                                          AttentionServiceImpl* service) {
+                                          const PortCredentials& ports,
+                                          AttentionServiceImpl* service,
+                                          SessionServiceImpl* sessions) {
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   StartedServer started;
-  builder.AddListeningPort(config.address, creds, &started.port);
+  builder.AddListeningPort(config.address, ports.service, &started.port);
   if (!config.health_address.empty()) {
-    builder.AddListeningPort(config.health_address, grpc::InsecureServerCredentials(),
-                             &started.health_port);
+    builder.AddListeningPort(config.health_address, ports.health, &started.health_port);
   }
   builder.RegisterService(service);
+  builder.RegisterService(sessions);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.SetMaxSendMessageSize(config.max_message_bytes);
   AddTransportArguments(builder);
@@ -392,34 +494,46 @@ absl::StatusOr<StartedServer> BuildServer(const ServerConfig& config,
 // The drain's target: this process's health service, service, batcher, server and executors.
 class ServerDrainTarget final : public DrainTarget {
  public:
-  ServerDrainTarget(grpc::Server* server, AttentionServiceImpl* service, Batcher* batcher,
-                    std::vector<std::unique_ptr<Executor>>* executors)
-      : server_(server), service_(service), batcher_(batcher), executors_(executors) {}
+  ServerDrainTarget(grpc::Server* server, AttentionServiceImpl* service,
+                    SessionServiceImpl* sessions, Batcher* batcher, Executors* executors)
+      : server_(server),
+        service_(service),
+        sessions_(sessions),
+        batcher_(batcher),
+        executors_(executors) {}
   void SetNotServing() override { server_->GetHealthCheckService()->SetServingStatus(false); }
-  void StopAcceptingCalls() override { service_->StartDrain(); }
+  void StopAcceptingCalls() override {
+    service_->StartDrain();
+    sessions_->StartDrain();
+  }
   void StopAcceptingJobs() override { batcher_->StopAccepting(); }
   int64_t QueuedRequests() override { return batcher_->queued_requests(); }
   int64_t BatchesInFlight() override { return batcher_->batches_in_flight(); }
   bool DrainQueue(Clock::time_point deadline) override { return batcher_->Drain(deadline); }
+  // Called once the queue drained or the drain deadline passed: CPU work still running then is
+  // stopped between work items (answered UNAVAILABLE), so that only a device that cannot be
+  // stopped can hold the process past the deadline (drain_stuck).
   bool ShutdownBatcher(Clock::time_point deadline) override {
+    if (executors_->cpu != nullptr) executors_->cpu->AbandonRunning();
     return batcher_->Shutdown(deadline);
   }
   bool WaitForCalls(Clock::time_point deadline) override {
-    return service_->WaitForCalls(deadline);
+    return service_->WaitForCalls(deadline) && sessions_->WaitForCalls(deadline);
   }
   void ShutdownServer() override {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
   }
   void ShutdownExecutors() override {
-    for (auto& e : *executors_) e->Shutdown();
+    for (auto& e : executors_->all) e->Shutdown();
   }
 
  private:
   grpc::Server* const server_;
   AttentionServiceImpl* const service_;
+  SessionServiceImpl* const sessions_;
   Batcher* const batcher_;
-  std::vector<std::unique_ptr<Executor>>* const executors_;
+  Executors* const executors_;
 };
 
 void LogListening(const ServerConfig& config, const StartedServer& started,
@@ -437,6 +551,9 @@ void LogListening(const ServerConfig& config, const StartedServer& started,
       .Kv("max_batch_tokens", config.batcher.max_batch_tokens)
       .Kv("max_batch_requests", config.batcher.max_batch_requests)
       .Kv("max_queue_delay_us", config.batcher.max_queue_delay.count())
+      .Kv("max_request_gflop", config.max_request_gflop)
+      .Kv("max_queue_gflop", config.max_queue_gflop)
+      .Kv("max_pending_answer_bytes", config.service.max_pending_answer_bytes)
       .Kv("max_message_bytes", config.max_message_bytes)
       .Kv("tls", absl::GetFlag(FLAGS_tls_cert).empty()        ? "off"
                  : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
@@ -452,8 +569,8 @@ void LogListening(const ServerConfig& config, const StartedServer& started,
 }
 
 // Serve(): block the drain signals -> flags to options -> credentials and authenticator ->
-// backend choice -> metrics -> executors, batcher, service -> server build -> wait for a signal
-// -> drain (server/drain.h). Exit codes: 0 after a drain, 1 after a fatal device error or a
+// backend choice -> metrics -> executors -> work limits -> batcher, service -> ports' gates and
+// server build -> wait for a signal -> drain (server/drain.h). Exit codes: 0 after a drain, 1 after a fatal device error or a
 // failure to start, 2 for bad flags.
 int Serve() {
   // SIGTERM and SIGINT are taken by sigwait below; blocked before any thread exists (gRPC's
@@ -474,7 +591,6 @@ int Serve() {
     LogLine(LogLevel::kError, "bad_flags").Kv("error", auth.status().message());
     return 2;
   }
-  config->service.auth = auth->get();
   OutputPool::Process().SetCapacity(config->output_pool_bytes);
 
   int num_devices = 1;
@@ -498,19 +614,31 @@ int Serve() {
     exposer = std::move(*started);
   }
 
-  std::vector<std::unique_ptr<Executor>> executors =
-      MakeExecutors(*build_info, config->executor, &metrics);
-  if (executors.empty()) {
+  Executors executors = MakeExecutors(*build_info, config->executor, &metrics);
+  if (executors.all.empty()) {
     LogLine(LogLevel::kError, "no_executor").Kv("backend", build_info->backend);
     return 1;
   }
+  ResolveWorkLimits(executors, *config);
   std::vector<Executor*> executor_ptrs;
-  for (const auto& e : executors) executor_ptrs.push_back(e.get());
+  for (const auto& e : executors.all) executor_ptrs.push_back(e.get());
   metrics.SetQueueLimits(config->batcher.max_queue_requests, config->batcher.max_queue_bytes);
+  // The session store outlives the batcher: queued Attend jobs hold its views and turns.
+  absl::StatusOr<SessionStoreParts> sessions = MakeSessionStore(build_info->backend, registry);
+  if (!sessions.ok()) {
+    LogLine(LogLevel::kError, "bad_flags").Kv("error", sessions.status().message());
+    return 2;
+  }
   Batcher batcher(config->batcher, executor_ptrs, &metrics);
   AttentionServiceImpl service(config->service, &batcher, &metrics);
+  SessionServiceImpl session_service(
+      SessionServiceOptionsFor(*sessions, config->service.limits,
+                               config->service.max_stream_in_flight),
+      sessions->store.get(), &batcher, sessions->metrics.get());
 
-  absl::StatusOr<StartedServer> started = BuildServer(*config, *credentials, &service);
+  absl::StatusOr<StartedServer> started =
+      BuildServer(*config, GatePorts(*credentials, auth->get(), &metrics), &service,
+                  &session_service);
   if (!started.ok()) {
     LogLine(LogLevel::kError, "bind_failed")
         .Kv("address", config->address)
@@ -522,13 +650,15 @@ int Serve() {
   // Executors, batcher and service are up: ready.
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-  LogListening(*config, *started, exposer.get(), *build_info, executors.size(),
+  health->SetServingStatus(kSessionServiceName, true);
+  LogListening(*config, *started, exposer.get(), *build_info, executors.all.size(),
                *auth != nullptr);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const bool fatal = signal_number == kFatalSignal;
-  ServerDrainTarget target(started->server.get(), &service, &batcher, &executors);
+  ServerDrainTarget target(started->server.get(), &service, &session_service, &batcher,
+                           &executors);
   const auto drain_start = Clock::now();
   const auto deadline = drain_start + std::chrono::seconds(config->drain_timeout_s);
   const DrainResult r =

@@ -552,22 +552,25 @@ absl::StatusOr<AppendResult> SessionStore::AppendRows(const SessionId& id, int l
   if (written.ok()) return result;
   // Rolls back only this layer, and only if it is still as this append left it.
   result->view.Reset();  // else the rollback would copy the list the view holds
+  UndoAppend(id, layer, result->first_token, rows);
+  return written;
+}
+
+void SessionStore::UndoAppend(const SessionId& id, int layer, int64_t first_token, int64_t rows) {
   std::unique_lock<std::mutex> lock;
   absl::StatusOr<std::shared_ptr<Session>> locked = Lock(id, /*touch=*/false, lock);
-  if (locked.ok()) {
-    Session& session = **locked;
-    LayerPages& pages = session.layer_pages[static_cast<size_t>(layer)];
-    if (pages.tokens == result->first_token + rows) {
-      const size_t keep = static_cast<size_t>(session.layout.PagesFor(result->first_token));
-      std::vector<int32_t>& list = MutablePagesLocked(session, layer);
-      const std::vector<int32_t> dropped(list.begin() + keep, list.end());
-      list.resize(keep);
-      pages.tokens = result->first_token;
-      session.pages_held.fetch_sub(static_cast<int64_t>(dropped.size()), std::memory_order_relaxed);
-      pools_[session.pool]->Unref(dropped);
-    }
-  }
-  return written;
+  if (!locked.ok()) return;
+  Session& session = **locked;
+  if (layer < 0 || static_cast<size_t>(layer) >= session.layer_pages.size()) return;
+  LayerPages& pages = session.layer_pages[static_cast<size_t>(layer)];
+  if (pages.tokens != first_token + rows) return;
+  const size_t keep = static_cast<size_t>(session.layout.PagesFor(first_token));
+  std::vector<int32_t>& list = MutablePagesLocked(session, layer);
+  const std::vector<int32_t> dropped(list.begin() + keep, list.end());
+  list.resize(keep);
+  pages.tokens = first_token;
+  session.pages_held.fetch_sub(static_cast<int64_t>(dropped.size()), std::memory_order_relaxed);
+  pools_[session.pool]->Unref(dropped);
 }
 
 absl::StatusOr<ReadView> SessionStore::View(const SessionId& id, int layer) {

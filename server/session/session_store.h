@@ -250,6 +250,13 @@ class SessionStore {
   absl::StatusOr<AppendResult> AppendRows(const SessionId& id, int layer, int64_t rows,
                                           const void* k, const void* v);
 
+  // Undoes an append of `rows` rows at `first_token` (its AppendResult::first_token) of `layer`
+  // if the layer is still as that append left it (nothing appended or truncated since), freeing
+  // the pages only it took; otherwise does nothing. For a caller whose work after the append
+  // failed (an Attend whose attention could not be queued) while it holds the session's turn.
+  // Drop the append's view first, else the layer's page list is copied.
+  void UndoAppend(const SessionId& id, int layer, int64_t first_token, int64_t rows);
+
   // `layer` as it is now, pinned.
   absl::StatusOr<ReadView> View(const SessionId& id, int layer);
 

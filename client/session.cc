@@ -1,0 +1,498 @@
+#include "attention/client/session.h"
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "client/internal.h"
+#include "grpcpp/grpcpp.h"
+
+namespace attention::client {
+namespace {
+
+absl::Status ErrorStatus(const v1::Error& error) {
+  return absl::Status(static_cast<absl::StatusCode>(error.code()), error.message());
+}
+
+// The replica part of a session id ("<hex>@<replica>").
+absl::StatusOr<std::string> ReplicaOf(std::string_view session_id) {
+  const size_t at = session_id.find('@');
+  if (at == std::string_view::npos || at + 1 == session_id.size()) {
+    return absl::InvalidArgumentError(
+        "session_id: must be '<32 hex digits>@<replica>' as CreateSession answered it");
+  }
+  return std::string(session_id.substr(at + 1));
+}
+
+// One SessionStream to one replica: writes one call at a time from a queue (gRPC allows one
+// outstanding write), keeps one read outstanding, and pairs answers with calls by request_id.
+// Owns itself from Start until OnDone (self_), so that its owners may drop it at any time.
+//
+// Lifetime of the writes (as StreamSession's reactor): a hold taken before StartCall keeps gRPC
+// from calling OnDone while this side may still start a write from outside a reaction; the
+// thread that owns the writer role (`writing_`) is the only one that starts writes, so the hold
+// is released exactly once: by that role's owner, or under the mutex when no write is under way.
+class SessionStreamConnection final
+    : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  static std::shared_ptr<SessionStreamConnection> Open(
+      const std::shared_ptr<grpc::Channel>& channel, const ClientOptions& options) {
+    auto connection =
+        std::shared_ptr<SessionStreamConnection>(new SessionStreamConnection(channel));
+    for (const auto& [key, value] : options.metadata) {
+      connection->context_.AddMetadata(key, value);
+    }
+    connection->self_ = connection;
+    connection->stub_->async()->SessionStream(&connection->context_, connection.get());
+    connection->AddHold();
+    connection->StartRead(&connection->response_);
+    connection->StartCall();
+    return connection;
+  }
+
+  // Whether the stream still takes calls.
+  bool usable() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !closing_ && !broken_;
+  }
+
+  void Submit(v1::SessionRequest request, SessionCallback done) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (closing_ || broken_) {
+      lock.unlock();
+      done(absl::UnavailableError("session stream: the stream has ended; call again"));
+      return;
+    }
+    const uint64_t id = next_id_++;
+    request.set_request_id(id);
+    pending_.emplace(id, Pending{std::move(done), false, std::nullopt});
+    queue_.push_back(std::move(request));
+    if (writing_) return;
+    writing_ = true;
+    const v1::SessionRequest* next = &queue_.front();
+    lock.unlock();
+    StartWrite(next);
+  }
+
+  // Half-closes: no more calls; the stream ends once every answer arrived.
+  void Finish() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (closing_) return;
+    closing_ = true;
+    if (writing_ || hold_released_) return;  // the writer role's owner ends the writes
+    hold_released_ = true;
+    lock.unlock();
+    StartWritesDone();
+    RemoveHold();
+  }
+
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return done_; });
+  }
+
+  int64_t in_flight() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(pending_.size());
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::optional<Completion> completion;
+    const v1::SessionRequest* next = nullptr;
+    bool writes_done = false, release = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const uint64_t id = queue_.front().request_id();
+      queue_.pop_front();
+      auto it = pending_.find(id);
+      if (it != pending_.end()) {
+        it->second.written = true;
+        if (it->second.answer) completion = Take(it);
+      }
+      if (!ok || broken_) {
+        broken_ = true;
+        release = true;
+      } else if (!queue_.empty()) {
+        next = &queue_.front();
+      } else if (closing_) {
+        writes_done = release = true;
+      } else {
+        writing_ = false;
+      }
+      if (release) {
+        writing_ = false;
+        hold_released_ = true;
+      }
+    }
+    if (completion) completion->Run();
+    if (next != nullptr) StartWrite(next);
+    if (writes_done) StartWritesDone();
+    if (release) RemoveHold();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      EndWrites();
+      return;
+    }
+    std::optional<Completion> completion;
+    bool unknown_id = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(response_.request_id());
+      if (it == pending_.end()) {
+        unknown_id = true;
+        protocol_error_ =
+            absl::InternalError(absl::StrCat("session stream: the server answered request_id ",
+                                             response_.request_id(), " which has no call waiting"));
+      } else {
+        if (response_.has_error() && response_.error().code() != 0) {
+          it->second.answer = ErrorStatus(response_.error());
+        } else {
+          it->second.answer = std::move(response_);
+        }
+        if (it->second.written) completion = Take(it);
+      }
+    }
+    if (completion) completion->Run();
+    if (unknown_id) {
+      context_.TryCancel();
+      EndWrites();
+      return;
+    }
+    response_.Clear();
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::vector<Completion> failed;
+    std::unique_lock<std::mutex> lock(mu_);
+    broken_ = true;
+    absl::Status end = protocol_error_.ok() ? FromGrpcStatus(status) : protocol_error_;
+    if (end.ok()) {
+      end = absl::InternalError("session stream: the stream ended without answering this call");
+    }
+    for (auto& [id, pending] : pending_) {
+      failed.push_back(Completion{std::move(pending.done), pending.answer.value_or(end)});
+    }
+    pending_.clear();
+    queue_.clear();
+    lock.unlock();
+    for (Completion& completion : failed) completion.Run();
+    lock.lock();
+    done_ = true;
+    done_cv_.notify_all();
+    std::shared_ptr<SessionStreamConnection> self = std::move(self_);
+    lock.unlock();
+    // `self` may be the last reference: this object is destroyed on return.
+  }
+
+ private:
+  explicit SessionStreamConnection(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(v1::SessionService::NewStub(channel)) {}
+
+  struct Pending {
+    SessionCallback done;
+    bool written;  // OnWriteDone ran: the callback may run
+    std::optional<absl::StatusOr<v1::SessionResponse>> answer;  // arrived before OnWriteDone
+  };
+  struct Completion {
+    SessionCallback done;
+    absl::StatusOr<v1::SessionResponse> result;
+    void Run() { done(std::move(result)); }
+  };
+
+  // The stream is ending: refuses further calls and releases the hold unless a write is under
+  // way, whose OnWriteDone then releases it.
+  void EndWrites() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;
+      if (writing_ || hold_released_) return;
+      hold_released_ = true;
+    }
+    RemoveHold();
+  }
+
+  Completion Take(std::unordered_map<uint64_t, Pending>::iterator it) {
+    Completion completion{std::move(it->second.done), std::move(*it->second.answer)};
+    pending_.erase(it);
+    return completion;
+  }
+
+  std::unique_ptr<v1::SessionService::Stub> stub_;
+  grpc::ClientContext context_;
+  v1::SessionResponse response_;                   // the outstanding read's target
+  std::shared_ptr<SessionStreamConnection> self_;  // from Open to OnDone
+
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::deque<v1::SessionRequest> queue_;  // not yet written; the front is being written
+  bool writing_ = false;
+  bool closing_ = false;
+  bool broken_ = false;
+  bool hold_released_ = false;
+  bool done_ = false;
+  absl::Status protocol_error_;
+};
+
+}  // namespace
+
+// What the handles of one SessionClient share: the options, the entry client, and one stream
+// per replica.
+struct Session::Shared {
+  SessionClientOptions options;
+  Client entry;
+  std::mutex mu;
+  std::map<std::string, Client> replicas;  // connections by replica name
+  std::map<std::string, std::shared_ptr<SessionStreamConnection>> streams;
+
+  Shared(SessionClientOptions o, Client e) : options(std::move(o)), entry(std::move(e)) {}
+
+  // Half-closes every stream and waits for each to end.
+  ~Shared() {
+    for (auto& [replica, stream] : streams) stream->Finish();
+    for (auto& [replica, stream] : streams) stream->Wait();
+  }
+
+  // The replica's stream: the open one, or a new one when it has none or it ended.
+  absl::StatusOr<std::shared_ptr<SessionStreamConnection>> StreamTo(const std::string& replica) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = streams.find(replica);
+    if (it != streams.end() && it->second->usable()) return it->second;
+    std::shared_ptr<grpc::Channel> channel;
+    if (!options.resolve) {
+      channel = entry.channel();
+    } else {
+      auto client = replicas.find(replica);
+      if (client == replicas.end()) {
+        absl::StatusOr<std::string> address = options.resolve(replica);
+        if (!address.ok()) return address.status();
+        absl::StatusOr<Client> created = Client::Create(*address, options.client);
+        if (!created.ok()) return created.status();
+        client = replicas.emplace(replica, std::move(*created)).first;
+      }
+      channel = client->second.channel();
+    }
+    std::shared_ptr<SessionStreamConnection> stream =
+        SessionStreamConnection::Open(channel, options.client);
+    if (it != streams.end()) {
+      it->second = stream;
+    } else {
+      streams.emplace(replica, stream);
+    }
+    return stream;
+  }
+};
+
+ReplicaResolver ReplicaAddressPattern(std::string pattern) {
+  return [pattern = std::move(pattern)](std::string_view replica) -> absl::StatusOr<std::string> {
+    const size_t at = pattern.find("{replica}");
+    if (at == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("replica address pattern '", pattern, "' has no {replica}"));
+    }
+    std::string address = pattern;
+    address.replace(at, 9, replica);
+    return address;
+  };
+}
+
+absl::StatusOr<v1::AttendRequest> BuildAttendRequest(std::string_view session_id, int layer,
+                                                     const AttendArgs& args) {
+  v1::AttendRequest request;
+  request.set_session_id(std::string(session_id));
+  request.set_layer(layer);
+  absl::Status status = SetTensor("q", args.q, request.mutable_q());
+  if (status.ok() && args.k_new.has_value() != args.v_new.has_value()) {
+    status = absl::InvalidArgumentError("k_new, v_new: give both or neither");
+  }
+  if (status.ok() && args.k_new) status = SetTensor("k_new", *args.k_new, request.mutable_k_new());
+  if (status.ok() && args.v_new) status = SetTensor("v_new", *args.v_new, request.mutable_v_new());
+  if (status.ok() && args.alibi_slopes) {
+    status = SetTensor("alibi_slopes", *args.alibi_slopes, request.mutable_alibi_slopes());
+  }
+  if (status.ok() && args.sinks) status = SetTensor("sinks", *args.sinks, request.mutable_sinks());
+  if (!status.ok()) return status;
+  request.set_causal(args.causal);
+  if (args.softmax_scale) request.set_softmax_scale(*args.softmax_scale);
+  if (args.window_left != -1 || args.window_right != -1) {
+    request.mutable_window()->set_left(args.window_left);
+    request.mutable_window()->set_right(args.window_right);
+  }
+  request.set_softcap(args.softcap);
+  request.set_return_lse(args.return_lse);
+  request.set_precision(args.precision);
+  if (args.key_range) {
+    request.mutable_key_range()->set_start(args.key_range->first);
+    request.mutable_key_range()->set_end(args.key_range->second);
+  }
+  return request;
+}
+
+void Session::Call(v1::SessionRequest request, SessionCallback done) const {
+  if (shared_ == nullptr) {
+    done(absl::FailedPreconditionError("session: an empty handle (default-constructed)"));
+    return;
+  }
+  absl::StatusOr<std::shared_ptr<SessionStreamConnection>> stream = shared_->StreamTo(replica_);
+  if (!stream.ok()) {
+    done(stream.status());
+    return;
+  }
+  (*stream)->Submit(std::move(request), std::move(done));
+}
+
+absl::StatusOr<v1::SessionResponse> Session::CallAndWait(v1::SessionRequest request) const {
+  std::promise<absl::StatusOr<v1::SessionResponse>> promise;
+  std::future<absl::StatusOr<v1::SessionResponse>> answer = promise.get_future();
+  Call(std::move(request), [&promise](absl::StatusOr<v1::SessionResponse> result) {
+    promise.set_value(std::move(result));
+  });
+  return answer.get();
+}
+
+absl::StatusOr<int64_t> Session::Append(int layer, const TensorView& k, const TensorView& v) const {
+  v1::SessionRequest request;
+  v1::AppendRequest* append = request.mutable_append();
+  append->set_session_id(id_);
+  append->set_layer(layer);
+  absl::Status built = SetTensor("k", k, append->mutable_k());
+  if (built.ok()) built = SetTensor("v", v, append->mutable_v());
+  if (!built.ok()) return built;
+  absl::StatusOr<v1::SessionResponse> answer = CallAndWait(std::move(request));
+  if (!answer.ok()) return answer.status();
+  return answer->append().tokens();
+}
+
+void Session::AttendAsync(int layer, const AttendArgs& args, AttentionCallback done) const {
+  absl::StatusOr<v1::AttendRequest> attend = BuildAttendRequest(id_, layer, args);
+  if (!attend.ok()) {
+    done(attend.status());
+    return;
+  }
+  v1::SessionRequest request;
+  *request.mutable_attend() = std::move(*attend);
+  Call(std::move(request), [done = std::move(done)](absl::StatusOr<v1::SessionResponse> answer) {
+    if (!answer.ok()) {
+      done(answer.status());
+      return;
+    }
+    done(std::move(*answer->mutable_attend()));
+  });
+}
+
+absl::StatusOr<v1::AttentionResponse> Session::Attend(int layer, const AttendArgs& args) const {
+  std::promise<absl::StatusOr<v1::AttentionResponse>> promise;
+  std::future<absl::StatusOr<v1::AttentionResponse>> answer = promise.get_future();
+  AttendAsync(layer, args, [&promise](absl::StatusOr<v1::AttentionResponse> result) {
+    promise.set_value(std::move(result));
+  });
+  return answer.get();
+}
+
+absl::StatusOr<Session> Session::Fork(int64_t prefix_tokens) const {
+  v1::SessionRequest request;
+  request.mutable_fork()->set_session_id(id_);
+  request.mutable_fork()->set_prefix_tokens(prefix_tokens);
+  absl::StatusOr<v1::SessionResponse> answer = CallAndWait(std::move(request));
+  if (!answer.ok()) return answer.status();
+  Session child;
+  child.shared_ = shared_;
+  child.id_ = answer->fork().session_id();
+  child.replica_ = answer->fork().replica();
+  child.page_size_ = page_size_;
+  return child;
+}
+
+absl::Status Session::Truncate(int64_t tokens) const {
+  v1::SessionRequest request;
+  request.mutable_truncate()->set_session_id(id_);
+  request.mutable_truncate()->set_tokens(tokens);
+  return CallAndWait(std::move(request)).status();
+}
+
+absl::Status Session::Release() const {
+  v1::SessionRequest request;
+  request.mutable_release()->set_session_id(id_);
+  return CallAndWait(std::move(request)).status();
+}
+
+absl::StatusOr<v1::GetSessionResponse> Session::Info() const {
+  v1::SessionRequest request;
+  request.mutable_get()->set_session_id(id_);
+  absl::StatusOr<v1::SessionResponse> answer = CallAndWait(std::move(request));
+  if (!answer.ok()) return answer.status();
+  return std::move(*answer->mutable_get());
+}
+
+absl::StatusOr<SessionClient> SessionClient::Create(std::string_view target,
+                                                    const SessionClientOptions& options) {
+  absl::StatusOr<Client> entry = Client::Create(target, options.client);
+  if (!entry.ok()) return entry.status();
+  return SessionClient(std::make_shared<Session::Shared>(options, std::move(*entry)));
+}
+
+absl::StatusOr<Session> SessionClient::CreateSession(const SessionOptions& options,
+                                                     const CallOptions& call) const {
+  v1::CreateSessionRequest request;
+  request.set_layers(options.layers);
+  request.set_kv_heads(options.kv_heads);
+  request.set_head_dim(options.head_dim);
+  request.set_dtype(options.dtype);
+  if (options.max_tokens) request.set_max_tokens(*options.max_tokens);
+  if (options.idle_ttl) request.set_idle_ttl_ms(options.idle_ttl->count());
+  grpc::ClientContext context;
+  if (call.timeout) {
+    context.set_deadline(
+        std::chrono::system_clock::now() +
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(*call.timeout));
+  } else if (shared_->options.client.default_timeout.count() > 0) {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         shared_->options.client.default_timeout);
+  }
+  context.set_wait_for_ready(call.wait_for_ready);
+  for (const auto& [key, value] : shared_->options.client.metadata) {
+    context.AddMetadata(key, value);
+  }
+  v1::CreateSessionResponse response;
+  const grpc::Status status = v1::SessionService::NewStub(shared_->entry.channel())
+                                  ->CreateSession(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  Session session;
+  session.shared_ = shared_;
+  session.id_ = response.session_id();
+  session.replica_ = response.replica();
+  session.page_size_ = response.page_size();
+  return session;
+}
+
+absl::StatusOr<Session> SessionClient::Attach(std::string_view session_id) const {
+  absl::StatusOr<std::string> replica = ReplicaOf(session_id);
+  if (!replica.ok()) return replica.status();
+  Session session;
+  session.shared_ = shared_;
+  session.id_ = std::string(session_id);
+  session.replica_ = std::move(*replica);
+  return session;
+}
+
+int64_t SessionClient::in_flight() const {
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  int64_t total = 0;
+  for (const auto& [replica, stream] : shared_->streams) total += stream->in_flight();
+  return total;
+}
+
+}  // namespace attention::client

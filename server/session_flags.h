@@ -1,0 +1,50 @@
+// The sessions' part of attention_server (issue 20): the --replica_name and --session_* flags,
+// the store they size, its metrics, and the SessionService options. main.cc's Serve() makes the
+// store before the batcher (queued Attend jobs hold views and turns of it, so it must outlive the
+// batcher) and the service after it.
+#ifndef ATTENTION_SERVER_SESSION_FLAGS_H_
+#define ATTENTION_SERVER_SESSION_FLAGS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/metrics/session_metrics.h"
+#include "server/session/session_store.h"
+#include "server/session_service.h"
+#include "server/validation.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace attention::server {
+
+inline constexpr char kSessionServiceName[] = "attention.v1.SessionService";
+
+// The store and its metrics. Destroy the metrics first (they poll the store): members go in
+// reverse order.
+struct SessionStoreParts {
+  std::unique_ptr<session::SessionStore> store;
+  std::unique_ptr<SessionMetrics> metrics;
+  std::string replica;  // --replica_name, or the host name
+  std::string backend;  // the server's backend ("cpu" or "cuda")
+};
+
+// From the flags: one pool of --session_pages pages of --session_page_bytes in host memory (the
+// CPU backend reads them in place), the limits, the replica's name, and metrics on `registry`
+// polled every second. INVALID_ARGUMENT naming the flag; RESOURCE_EXHAUSTED when the pool cannot
+// be allocated.
+absl::StatusOr<SessionStoreParts> MakeSessionStore(const std::string& backend,
+                                                   std::shared_ptr<prometheus::Registry> registry);
+
+// The service's options: the replica, the attention service's limits and stream bound, and the
+// backend's availability (the CUDA backend has no device page pool yet: CreateSession answers
+// UNIMPLEMENTED saying so).
+SessionServiceOptions SessionServiceOptionsFor(const SessionStoreParts& parts,
+                                               const ValidationLimits& limits,
+                                               int max_stream_in_flight);
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_SESSION_FLAGS_H_

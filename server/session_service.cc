@@ -1,0 +1,773 @@
+#include "server/session_service.h"
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "proto/contract_types.h"
+#include "server/log.h"
+#include "server/response_wire.h"
+#include "server/service.h"
+#include "server/session_validation.h"
+#include "server/stream_state.h"
+
+namespace attention::server {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The call's deadline on the steady clock (max() when it has none).
+Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
+                                 Clock::time_point now) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return Clock::time_point::max();
+  const auto left = deadline - std::chrono::system_clock::now();
+  if (left > std::chrono::hours(24 * 365)) return Clock::time_point::max();
+  return now + std::chrono::duration_cast<Clock::duration>(left);
+}
+
+// Parses `wire` into `message` and releases the buffer. INVALID_ARGUMENT naming the message type
+// when the bytes are not one.
+absl::Status ParseMessage(grpc::ByteBuffer* wire, google::protobuf::Message* message) {
+  bool parsed = false;
+  {
+    grpc::ProtoBufferReader reader(wire);
+    parsed = reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
+  }
+  wire->Clear();
+  if (parsed) return absl::OkStatus();
+  message->Clear();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "request: the message is not a valid ", message->GetTypeName(), " (protobuf wire format)"));
+}
+
+void Serialize(const google::protobuf::Message& message, grpc::ByteBuffer* wire) {
+  bool own_buffer = false;
+  // Serializing a message the server built into memory cannot fail but for sizes over 2 GiB,
+  // which the answers' limits (--max_message_bytes) exclude.
+  (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, wire, &own_buffer);
+}
+
+SessionOp OpOf(v1::SessionRequest::CallCase call) {
+  switch (call) {
+    case v1::SessionRequest::kCreate:
+      return SessionOp::kCreate;
+    case v1::SessionRequest::kAppend:
+      return SessionOp::kAppend;
+    case v1::SessionRequest::kAttend:
+      return SessionOp::kAttend;
+    case v1::SessionRequest::kFork:
+      return SessionOp::kFork;
+    case v1::SessionRequest::kTruncate:
+      return SessionOp::kTruncate;
+    case v1::SessionRequest::kRelease:
+      return SessionOp::kRelease;
+    case v1::SessionRequest::kGet:
+    case v1::SessionRequest::CALL_NOT_SET:
+      break;
+  }
+  return SessionOp::kGet;
+}
+
+// The session id a call in a turn names.
+const std::string& SessionIdOf(const v1::SessionRequest& r) {
+  switch (r.call_case()) {
+    case v1::SessionRequest::kAppend:
+      return r.append().session_id();
+    case v1::SessionRequest::kAttend:
+      return r.attend().session_id();
+    case v1::SessionRequest::kFork:
+      return r.fork().session_id();
+    case v1::SessionRequest::kTruncate:
+      return r.truncate().session_id();
+    case v1::SessionRequest::kRelease:
+      return r.release().session_id();
+    case v1::SessionRequest::kGet:
+      return r.get().session_id();
+    default:
+      break;
+  }
+  static const std::string kNone;
+  return kNone;
+}
+
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+absl::Status DrainingStatus() {
+  return absl::UnavailableError(
+      "server is draining: its sessions end with it; create the session again on another "
+      "replica and append its context");
+}
+
+}  // namespace
+
+// One session call in flight, unary or a stream's: its request (a unary call's message parsed
+// into the matching field), its response, and how it is answered. Done is called exactly once.
+class SessionCall : public JobCompletion {
+ public:
+  ~SessionCall() override = default;
+
+  // Answers the call: on OK, `response` holds the result of the request's kind. From any thread,
+  // with no lock held that the answer path takes; the call may be deleted before Done returns.
+  virtual void Done(const absl::Status& status) = 0;
+
+  // An Attend's job comes back: drop its view (the kernel has read it), write the answer, answer,
+  // and only then end the session's turn, whose end may start the session's next call on this
+  // thread.
+  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+    session::Turn turn;
+    if (job->paged != nullptr) {
+      job->paged->view.Reset();
+      turn = std::move(job->paged->turn);
+    }
+    if (status.ok()) WriteAnswer(*job, response.mutable_attend());
+    job.reset();
+    Done(status);
+    turn.End();
+  }
+
+  // Whether the caller is gone or out of time: then a call waiting for its turn is answered
+  // without applying it.
+  absl::Status Abandoned() const {
+    if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
+      return absl::CancelledError("the call was cancelled before its turn");
+    }
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError("the call's deadline passed before its turn");
+    }
+    return absl::OkStatus();
+  }
+
+  v1::SessionRequest request;
+  v1::SessionResponse response;
+  Clock::time_point accepted;
+  Clock::time_point deadline = Clock::time_point::max();
+  const std::atomic<bool>* cancelled = nullptr;
+  int64_t request_bytes = 0;
+};
+
+namespace {
+
+// The field of a SessionRequest a unary method's message is parsed into.
+google::protobuf::Message* UnaryRequest(SessionOp op, v1::SessionRequest& request) {
+  switch (op) {
+    case SessionOp::kCreate:
+      return request.mutable_create();
+    case SessionOp::kAppend:
+      return request.mutable_append();
+    case SessionOp::kAttend:
+      return request.mutable_attend();
+    case SessionOp::kFork:
+      return request.mutable_fork();
+    case SessionOp::kTruncate:
+      return request.mutable_truncate();
+    case SessionOp::kRelease:
+      return request.mutable_release();
+    case SessionOp::kGet:
+      break;
+  }
+  return request.mutable_get();
+}
+
+// The result of `op` in `response`, as the unary method answers it.
+google::protobuf::Message* UnaryResult(SessionOp op, v1::SessionResponse& response) {
+  switch (op) {
+    case SessionOp::kCreate:
+      return response.mutable_create();
+    case SessionOp::kAppend:
+      return response.mutable_append();
+    case SessionOp::kAttend:
+      return response.mutable_attend();
+    case SessionOp::kFork:
+      return response.mutable_fork();
+    case SessionOp::kTruncate:
+      return response.mutable_truncate();
+    case SessionOp::kRelease:
+      return response.mutable_release();
+    case SessionOp::kGet:
+      break;
+  }
+  return response.mutable_get();
+}
+
+// One unary call. Deletes itself in OnDone, which gRPC calls after Finish, so the request and
+// response outlive the job of an Attend.
+class UnarySessionCall final : public grpc::ServerUnaryReactor, public SessionCall {
+ public:
+  UnarySessionCall(SessionServiceImpl* service, grpc::CallbackServerContext* context, SessionOp op,
+                   const grpc::ByteBuffer* request_wire, grpc::ByteBuffer* response_wire)
+      : service_(service), op_(op), response_wire_(response_wire) {
+    service_->CallStarted();
+    accepted = Clock::now();
+    deadline = SteadyDeadline(context, accepted);
+    cancelled = &cancelled_;
+    request_bytes = static_cast<int64_t>(request_wire->Length());
+    // gRPC allocated the request buffer for this call and only reads it back to destroy it.
+    absl::Status parsed =
+        ParseMessage(const_cast<grpc::ByteBuffer*>(request_wire), UnaryRequest(op, request));
+    // Once started, another thread may answer the call (and this object be deleted): nothing
+    // after Run touches `this`.
+    if (parsed.ok()) {
+      service_->Run(this);
+    } else {
+      Done(parsed);
+    }
+  }
+
+  void Done(const absl::Status& status) override {
+    int64_t response_bytes = 0;
+    if (status.ok()) {
+      if (op_ == SessionOp::kAttend) {
+        v1::AttentionResponse* answer = response.mutable_attend();
+        answer->mutable_timings()->set_total_ns(NanosSince(accepted));
+        request.Clear();  // the inputs are no longer needed
+        SerializeResponseWithoutCopy(answer, response_wire_);
+      } else {
+        Serialize(*UnaryResult(op_, response), response_wire_);
+      }
+      response_bytes = static_cast<int64_t>(response_wire_->Length());
+    }
+    if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->CallDone(op_, static_cast<grpc::StatusCode>(status.code()), SecondsSince(accepted),
+                        request_bytes, response_bytes);
+    }
+    Finish(ToGrpc(status));
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true, std::memory_order_relaxed);
+    service_->batcher()->NotifyCancelled();
+  }
+
+  void OnDone() override {
+    SessionServiceImpl* service = service_;
+    delete this;
+    service->CallDone();
+  }
+
+ private:
+  SessionServiceImpl* const service_;
+  const SessionOp op_;
+  grpc::ByteBuffer* const response_wire_;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace
+
+// One SessionStream. Each call read becomes an Item (a SessionCall) that owns itself while its
+// call runs and comes back in ItemDone, which queues its answer for writing. The stream's rules
+// are StreamState's (server/stream_state.h), held under mu_. Calls are started in arrival order
+// from the reading path, one after the other, which is what orders each session's calls
+// (SessionStore::RunInTurn keeps the order it is called in).
+class SessionStreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  SessionStreamCall(SessionServiceImpl* service, grpc::CallbackServerContext* context)
+      : service_(service),
+        deadline_(SteadyDeadline(context, Clock::now())),
+        state_(service->options().max_stream_in_flight) {
+    service_->Register(this);
+    if (!service_->draining()) {
+      next_ = std::make_unique<Item>(this);
+      StartRead(&next_->wire_in);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // StartDrain may have finished this stream already (Register made it visible): one Finish.
+      state_.Drain();
+      if (!state_.FinishAtOpen()) return;
+    }
+    Finish(ToGrpc(DrainingStatus()));
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::unique_lock<std::mutex> lock(mu_);
+      state_.ReadsDone();
+      MaybeFinish(lock);
+      return;
+    }
+    std::unique_ptr<Item> item = std::move(next_);
+    item->accepted = Clock::now();
+    item->deadline = deadline_;
+    item->cancelled = state_.cancelled_flag();
+    item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
+    ++messages_read_;
+    if (absl::Status parsed = ParseMessage(&item->wire_in, &item->request); !parsed.ok()) {
+      RefuseMalformed(parsed);
+      return;
+    }
+    item->op = OpOf(item->request.call_case());
+    if (!Accept(*item)) return;
+    service_->Run(item.release());  // owned by its call until ItemDone
+    std::unique_lock<std::mutex> lock(mu_);
+    if (state_.ShouldReadNext()) ReadNext(lock);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_ptr<Item> written;
+    std::unique_lock<std::mutex> lock(mu_);
+    written = std::move(write_queue_.front());
+    write_queue_.pop_front();
+    // A failed write: the client is gone, the answers still queued are dropped.
+    const int dropped = ok ? 0 : static_cast<int>(write_queue_.size());
+    if (!ok) write_queue_.clear();
+    const bool resume_reading = state_.AnswerWritten(ok, dropped);
+    state_.SetWriting(!write_queue_.empty());
+    // The front item stays queued (and alive) until its own OnWriteDone.
+    Item* next = state_.writing() ? write_queue_.front().get() : nullptr;
+    if (resume_reading) {
+      ReadNext(lock);
+      lock.lock();
+    }
+    if (next != nullptr) {
+      lock.unlock();
+      StartWrite(&next->wire_out);
+      return;
+    }
+    MaybeFinish(lock);
+  }
+
+  void OnCancel() override {
+    state_.Cancel();
+    service_->batcher()->NotifyCancelled();
+    std::unique_lock<std::mutex> lock(mu_);
+    MaybeFinish(lock);
+  }
+
+  void OnDone() override {
+    SessionServiceImpl* service = service_;
+    service->Unregister(this);
+    delete this;
+    service->CallDone();
+  }
+
+  // The server is draining: end the stream once its outstanding answers are written.
+  void Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    state_.Drain();
+    MaybeFinish(lock);
+  }
+
+ private:
+  struct Item final : SessionCall {
+    explicit Item(SessionStreamCall* call) : call(call) {}
+    void Done(const absl::Status& status) override {
+      call->ItemDone(std::unique_ptr<Item>(this), status);
+    }
+    SessionStreamCall* const call;
+    SessionOp op = SessionOp::kGet;
+    grpc::ByteBuffer wire_in;   // the message as read, released once parsed
+    grpc::ByteBuffer wire_out;  // the answer as written
+  };
+
+  // A message that is not a SessionRequest: the stream cannot answer it by a request_id, so it
+  // ends with INVALID_ARGUMENT once the answers in flight are written.
+  void RefuseMalformed(const absl::Status& parsed) {
+    std::unique_lock<std::mutex> lock(mu_);
+    state_.Malformed(
+        absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
+    MaybeFinish(lock);
+  }
+
+  // Counts a parsed call in flight; false when the stream already finished while it was being
+  // read (then it can no longer be answered, and a call started now would outlive the stream).
+  bool Accept(const Item& item) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!state_.finished()) {
+      state_.RequestAccepted();
+      return true;
+    }
+    const grpc::StatusCode code =
+        state_.answers_dropped() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::UNAVAILABLE;
+    lock.unlock();
+    if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->CallDone(item.op, code, SecondsSince(item.accepted), item.request_bytes, 0);
+    }
+    return false;
+  }
+
+  // Answers `item` (result or error) by queueing its response for writing.
+  void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
+    v1::SessionResponse& response = item->response;
+    if (status.ok()) {
+      if (response.has_attend()) {
+        response.mutable_attend()->mutable_timings()->set_total_ns(NanosSince(item->accepted));
+      }
+    } else {
+      response.Clear();
+      response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
+      response.mutable_error()->set_message(std::string(status.message()));
+    }
+    response.set_request_id(item->request.request_id());
+    const bool counted = item->request.call_case() != v1::SessionRequest::CALL_NOT_SET;
+    item->request.Clear();  // the inputs are no longer needed
+    Serialize(response, &item->wire_out);
+    response.Clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool dropped = state_.answers_dropped();
+    if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr && counted) {
+      // An answer the stream will never write counts as what the caller saw: CANCELLED.
+      metrics->CallDone(
+          item->op,
+          dropped ? grpc::StatusCode::CANCELLED : static_cast<grpc::StatusCode>(status.code()),
+          SecondsSince(item->accepted), item->request_bytes,
+          dropped ? 0 : static_cast<int64_t>(item->wire_out.Length()));
+    }
+    if (dropped) {
+      // Decided under this hold, and nothing after it touches `this` (see the attention
+      // stream's ItemDone); the item is freed on return, outside mu_.
+      state_.AnswerDropped();
+      MaybeFinish(lock);
+      return;
+    }
+    write_queue_.push_back(std::move(item));
+    if (!state_.StartWriting()) return;
+    Item* next = write_queue_.front().get();
+    lock.unlock();
+    StartWrite(&next->wire_out);
+  }
+
+  // Starts the next read; unlocks `lock`.
+  void ReadNext(std::unique_lock<std::mutex>& lock) {
+    next_ = std::make_unique<Item>(this);
+    grpc::ByteBuffer* wire = &next_->wire_in;
+    lock.unlock();
+    StartRead(wire);
+  }
+
+  // Finishes the stream if nothing is left to do; unlocks `lock`.
+  void MaybeFinish(std::unique_lock<std::mutex>& lock) {
+    if (!state_.TryFinish()) return;
+    grpc::Status status = state_.FinishStatus();
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) status = ToGrpc(DrainingStatus());
+    lock.unlock();
+    Finish(status);
+  }
+
+  SessionServiceImpl* const service_;
+  const Clock::time_point deadline_;
+  // The item the outstanding read fills (touched only by the reading path).
+  std::unique_ptr<Item> next_;
+  int64_t messages_read_ = 0;  // reading path only
+
+  std::mutex mu_;
+  StreamState state_;                              // under mu_ (its cancel flag is atomic)
+  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written while writing
+};
+
+SessionServiceImpl::SessionServiceImpl(const SessionServiceOptions& options,
+                                       session::SessionStore* store, Batcher* batcher,
+                                       SessionMetrics* metrics)
+    : options_(options), store_(store), batcher_(batcher), metrics_(metrics) {}
+
+SessionServiceImpl::~SessionServiceImpl() = default;
+
+grpc::ServerUnaryReactor* SessionServiceImpl::CreateSession(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kCreate, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::Append(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kAppend, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::Attend(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kAttend, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::Fork(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kFork, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::Truncate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kTruncate, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::ReleaseSession(grpc::CallbackServerContext* context,
+                                                             const grpc::ByteBuffer* request,
+                                                             grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kRelease, request, response);
+}
+
+grpc::ServerUnaryReactor* SessionServiceImpl::GetSession(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  return new UnarySessionCall(this, context, SessionOp::kGet, request, response);
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SessionServiceImpl::SessionStream(
+    grpc::CallbackServerContext* context) {
+  return new SessionStreamCall(this, context);
+}
+
+void SessionServiceImpl::Run(SessionCall* call) {
+  if (draining()) {
+    call->Done(DrainingStatus());
+    return;
+  }
+  switch (call->request.call_case()) {
+    case v1::SessionRequest::kCreate:
+      RunCreate(call);
+      return;
+    case v1::SessionRequest::kGet:
+      RunGet(call);
+      return;
+    case v1::SessionRequest::CALL_NOT_SET:
+      call->Done(absl::InvalidArgumentError(
+          "call: no call set (one of create, append, attend, fork, truncate, release, get)"));
+      return;
+    default:
+      RunInTurn(call);
+      return;
+  }
+}
+
+void SessionServiceImpl::RunCreate(SessionCall* call) {
+  if (!options_.availability.ok()) {
+    call->Done(options_.availability);
+    return;
+  }
+  absl::StatusOr<session::SessionSpec> spec =
+      ValidateCreateSession(call->request.create(), options_.limits);
+  absl::StatusOr<session::SessionId> id = spec.ok() ? store_->CreateSession(*spec) : spec.status();
+  absl::StatusOr<session::SessionInfo> info = id.ok() ? store_->GetSession(*id) : id.status();
+  if (!info.ok()) {
+    call->Done(info.status());
+    return;
+  }
+  v1::CreateSessionResponse* r = call->response.mutable_create();
+  r->set_session_id(SessionIdText(*id, options_.replica));
+  r->set_replica(options_.replica);
+  r->set_page_size(info->page_size);
+  r->set_max_tokens(info->spec.max_tokens);
+  r->set_idle_ttl_ms(absl::ToInt64Milliseconds(info->spec.idle_ttl));
+  call->Done(absl::OkStatus());
+}
+
+void SessionServiceImpl::RunGet(SessionCall* call) {
+  absl::StatusOr<session::SessionId> id =
+      ParseSessionIdText(call->request.get().session_id(), options_.replica);
+  absl::StatusOr<session::SessionInfo> info = id.ok() ? store_->GetSession(*id) : id.status();
+  if (!info.ok()) {
+    call->Done(info.status());
+    return;
+  }
+  v1::GetSessionResponse* r = call->response.mutable_get();
+  r->set_session_id(SessionIdText(*id, options_.replica));
+  r->set_replica(options_.replica);
+  r->set_layers(info->spec.layers);
+  r->set_kv_heads(info->spec.kv_heads);
+  r->set_head_dim(info->spec.head_dim);
+  r->set_dtype(ContractDType(info->spec.dtype));
+  r->set_page_size(info->page_size);
+  r->set_max_tokens(info->spec.max_tokens);
+  r->set_idle_ttl_ms(absl::ToInt64Milliseconds(info->spec.idle_ttl));
+  for (int64_t tokens : info->tokens) r->add_tokens(tokens);
+  r->set_pages(info->pages);
+  r->set_shared_pages(info->shared_pages);
+  r->set_created_unix_ms(UnixMillis(info->created));
+  r->set_last_use_unix_ms(UnixMillis(info->last_use));
+  call->Done(absl::OkStatus());
+}
+
+namespace {
+
+// The steps that run in a session's turn. Each answers its call exactly once; `turn` ends when
+// the step returns (after the answer), unless the step hands it to an Attend's job.
+
+void AppendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id) {
+  const v1::AppendRequest& r = call->request.append();
+  session::SessionStore& store = *service.store();
+  absl::StatusOr<session::ReadView> view = store.View(id, r.layer());
+  if (!view.ok()) {
+    call->Done(view.status());
+    return;
+  }
+  const session::PageLayout layout = view->layout();
+  view->Reset();
+  absl::StatusOr<int64_t> rows = ValidateAppend(r, layout, service.options().limits);
+  absl::StatusOr<session::AppendResult> appended =
+      rows.ok() ? store.AppendRows(id, r.layer(), *rows, r.k().data().data(), r.v().data().data())
+                : rows.status();
+  if (!appended.ok()) {
+    call->Done(appended.status());
+    return;
+  }
+  appended->view.Reset();
+  call->response.mutable_append()->set_tokens(appended->first_token + *rows);
+  call->Done(absl::OkStatus());
+}
+
+void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id,
+                session::Turn turn) {
+  const v1::AttendRequest& r = call->request.attend();
+  session::SessionStore& store = *service.store();
+  const ValidationLimits& limits = service.options().limits;
+  absl::StatusOr<session::ReadView> view = store.View(id, r.layer());
+  if (!view.ok()) {
+    call->Done(view.status());
+    return;
+  }
+  absl::StatusOr<AttendInputs> inputs = ValidateAttend(r, view->layout(), limits);
+  if (!inputs.ok()) {
+    call->Done(inputs.status());
+    return;
+  }
+  int64_t first_token = -1;  // where k_new / v_new went, -1 if none
+  if (inputs->appends) {
+    view->Reset();  // else the append copies the layer's page list the view holds
+    absl::StatusOr<session::AppendResult> appended = store.AppendRows(
+        id, r.layer(), inputs->n_new, r.k_new().data().data(), r.v_new().data().data());
+    if (!appended.ok()) {
+      call->Done(appended.status());
+      return;
+    }
+    first_token = appended->first_token;
+    *view = std::move(appended->view);
+  }
+  auto job = std::make_unique<Job>();
+  job->q_header = &r.q();
+  job->spec = std::move(inputs->spec);
+  job->paged = std::make_unique<PagedContext>();
+  job->paged->view = std::move(*view);
+  job->completion = call;
+  job->accepted = call->accepted;
+  job->deadline = call->deadline;
+  job->cancelled = call->cancelled;
+  absl::Status queued = CompleteAttendSpec(r, inputs->n_new, limits, job->paged.get(), job->spec);
+  if (queued.ok()) {
+    job->paged->turn = std::move(turn);
+    queued = service.batcher()->Enqueue(job);
+    // On OK the job (and the turn) belong to the batcher, and the call may be answered already.
+    if (queued.ok()) return;
+    turn = std::move(job->paged->turn);
+  }
+  // Refused: nothing of this Attend stays. The view goes first, so that undoing the append does
+  // not copy the layer's page list.
+  job.reset();
+  if (first_token >= 0) store.UndoAppend(id, r.layer(), first_token, inputs->n_new);
+  call->Done(queued);
+}
+
+void ForkStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id) {
+  absl::StatusOr<session::SessionId> child =
+      service.store()->Fork(id, call->request.fork().prefix_tokens());
+  if (!child.ok()) {
+    call->Done(child.status());
+    return;
+  }
+  v1::ForkResponse* r = call->response.mutable_fork();
+  r->set_session_id(SessionIdText(*child, service.options().replica));
+  r->set_replica(service.options().replica);
+  call->Done(absl::OkStatus());
+}
+
+}  // namespace
+
+void SessionServiceImpl::RunInTurn(SessionCall* call) {
+  absl::StatusOr<session::SessionId> id =
+      ParseSessionIdText(SessionIdOf(call->request), options_.replica);
+  if (!id.ok()) {
+    call->Done(id.status());
+    return;
+  }
+  store_->RunInTurn(*id, [this, call, id = *id](absl::StatusOr<session::Turn> turn) mutable {
+    if (!turn.ok()) {
+      call->Done(turn.status());
+      return;
+    }
+    if (absl::Status gone = call->Abandoned(); !gone.ok()) {
+      call->Done(gone);
+      return;
+    }
+    switch (call->request.call_case()) {
+      case v1::SessionRequest::kAppend:
+        AppendStep(*this, call, id);
+        return;
+      case v1::SessionRequest::kAttend:
+        AttendStep(*this, call, id, std::move(*turn));
+        return;
+      case v1::SessionRequest::kFork:
+        ForkStep(*this, call, id);
+        return;
+      case v1::SessionRequest::kTruncate: {
+        const absl::Status done = store_->Truncate(id, call->request.truncate().tokens());
+        if (done.ok()) call->response.mutable_truncate();
+        call->Done(done);
+        return;
+      }
+      case v1::SessionRequest::kRelease: {
+        const absl::Status done = store_->Release(id);
+        if (done.ok()) call->response.mutable_release();
+        call->Done(done);
+        return;
+      }
+      default:
+        call->Done(absl::InternalError("call: not a call that runs in a session's turn"));
+        return;
+    }
+  });
+}
+
+void SessionServiceImpl::StartDrain() {
+  draining_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (SessionStreamCall* call : streams_) call->Drain();
+}
+
+int SessionServiceImpl::open_streams() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(streams_.size());
+}
+
+bool SessionServiceImpl::WaitForCalls(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return calls_done_.wait_until(lock, deadline, [this] { return calls_ == 0; });
+}
+
+void SessionServiceImpl::CallStarted() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++calls_;
+}
+
+void SessionServiceImpl::CallDone() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--calls_ == 0) calls_done_.notify_all();
+}
+
+void SessionServiceImpl::Register(SessionStreamCall* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++calls_;
+  streams_.insert(call);
+}
+
+void SessionServiceImpl::Unregister(SessionStreamCall* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.erase(call);
+}
+
+}  // namespace attention::server

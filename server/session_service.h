@@ -1,0 +1,153 @@
+// attention.v1.SessionService on gRPC's callback API: the RPCs of attention.proto's "Sessions"
+// over a session::SessionStore (server/session/), with Attend queued on the same Batcher as the
+// forward calls (server/README.md, "Request path"; "Sessions" there for this service's part).
+//
+// Every call, unary or on a SessionStream, becomes one SessionCall: a SessionRequest (a unary
+// call's message is parsed into the matching field of one) answered once with a SessionResponse.
+// Reactions never block:
+//   CreateSession  validate -> SessionStore::CreateSession -> answer, on the reacting thread;
+//   GetSession     validate -> SessionStore::GetSession -> answer (read as it is: not ordered
+//                  after the session's calls in flight, and not counted as a use);
+//   every other    validate the id -> SessionStore::RunInTurn(id, step): the step runs when the
+//                  session's earlier calls are done (at once, or on the thread that ended the last
+//                  one's turn), in the order RunInTurn was called, so one stream's calls apply in
+//                  arrival order. Append, Fork, Truncate and Release run in their step and answer.
+//                  Attend's step takes the layer's view (after appending k_new / v_new), makes a
+//                  Job of kind kPagedDecode that owns the view and the turn (PagedContext) and
+//                  queues it; the session's next call starts when that job is answered.
+// An Attend refused after its k_new / v_new were appended (the queue full, draining) has them
+// removed again before its turn ends (SessionStore::UndoAppend), so a refused Attend leaves the
+// session as it was.
+//
+// A SessionStream runs by the rules of the attention stream (server/stream_state.h): flow control
+// at max_stream_in_flight calls read and not yet answered, one write outstanding, OK once the
+// client half-closed and every answer was written, UNAVAILABLE while draining, CANCELLED on a
+// cancel, INVALID_ARGUMENT for a message that is not a SessionRequest.
+//
+// Replica routing: session ids carry the name of the replica that holds them
+// (server/session_validation.h); a call with another replica's id is answered
+// FAILED_PRECONDITION naming the owner. Authentication is the server's, on every call's headers
+// before it reaches a service (server/auth.h).
+#ifndef ATTENTION_SERVER_SESSION_SERVICE_H_
+#define ATTENTION_SERVER_SESSION_SERVICE_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "server/batcher.h"
+#include "server/metrics/session_metrics.h"
+#include "server/session/session_store.h"
+#include "server/validation.h"
+
+namespace attention::server {
+
+class SessionStreamCall;
+class SessionCall;
+
+struct SessionServiceOptions {
+  // This replica's name (--replica_name): CreateSession answers it, session ids carry it.
+  std::string replica;
+  // The per-request limits of the attention service (rows, heads, work, answer size).
+  ValidationLimits limits;
+  // Calls of one SessionStream read and not yet answered before the stream stops reading.
+  int max_stream_in_flight = 1024;
+  // OK when this server's backend runs Attend; otherwise what CreateSession answers (the CUDA
+  // backend until its device page pool exists: UNIMPLEMENTED naming why).
+  absl::Status availability;
+};
+
+// Every method raw (grpc::ByteBuffer in and out), as the attention service's: the service parses
+// each message itself, so that bytes that are not the method's message are answered
+// INVALID_ARGUMENT with a message (gRPC 1.51's typed callback handlers answer UNIMPLEMENTED
+// without one, or end a stream as if the client had half-closed).
+using SessionServiceBase = v1::SessionService::WithRawCallbackMethod_CreateSession<
+    v1::SessionService::WithRawCallbackMethod_Append<
+        v1::SessionService::WithRawCallbackMethod_Attend<
+            v1::SessionService::WithRawCallbackMethod_Fork<
+                v1::SessionService::WithRawCallbackMethod_Truncate<
+                    v1::SessionService::WithRawCallbackMethod_ReleaseSession<
+                        v1::SessionService::WithRawCallbackMethod_GetSession<
+                            v1::SessionService::WithRawCallbackMethod_SessionStream<
+                                v1::SessionService::Service>>>>>>>>;
+
+class SessionServiceImpl final : public SessionServiceBase {
+ public:
+  // `store` and `batcher` outlive the service and the gRPC server it is registered on (and the
+  // store outlives the batcher: queued Attend jobs hold views and turns of it); `metrics` may be
+  // null.
+  SessionServiceImpl(const SessionServiceOptions& options, session::SessionStore* store,
+                     Batcher* batcher, SessionMetrics* metrics);
+  ~SessionServiceImpl() override;
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Append(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Fork(grpc::CallbackServerContext* context,
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Truncate(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ReleaseSession(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SessionStream(
+      grpc::CallbackServerContext* context) override;
+
+  // Draining: new calls are refused with UNAVAILABLE, and every open stream ends with
+  // UNAVAILABLE once its outstanding answers are written.
+  void StartDrain();
+  // Waits until no call is open or `deadline`; true if none is.
+  bool WaitForCalls(std::chrono::steady_clock::time_point deadline);
+  int open_streams() const;
+
+  // Shared by the call objects (session_service.cc).
+  const SessionServiceOptions& options() const { return options_; }
+  session::SessionStore* store() const { return store_; }
+  Batcher* batcher() const { return batcher_; }
+  SessionMetrics* metrics() const { return metrics_; }
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+  // Starts `call` (its request parsed): answers it through SessionCall::Done exactly once, from
+  // this thread or a later one.
+  void Run(SessionCall* call);
+  void CallStarted();
+  void CallDone();
+  void Register(SessionStreamCall* call);
+  void Unregister(SessionStreamCall* call);
+
+ private:
+  void RunCreate(SessionCall* call);
+  void RunGet(SessionCall* call);
+  // Append, Attend, Fork, Truncate, Release: in the session's turn.
+  void RunInTurn(SessionCall* call);
+
+  const SessionServiceOptions options_;
+  session::SessionStore* const store_;
+  Batcher* const batcher_;
+  SessionMetrics* const metrics_;
+  std::atomic<bool> draining_{false};
+  mutable std::mutex mu_;
+  std::condition_variable calls_done_;
+  int64_t calls_ = 0;
+  absl::flat_hash_set<SessionStreamCall*> streams_;
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_SESSION_SERVICE_H_

@@ -1,0 +1,602 @@
+// The session service through its public RPCs (the C++ Session client over SessionStream, and the
+// unary methods), on an in-process server with the CPU executor, against the float64 reference
+// over each session's whole history (session_test_harness.h): interleaved sessions of several
+// shapes, GQA and MQA, every dtype, fork then divergence, truncate then re-append, windows over
+// long contexts, partial last pages, page sizes from 1 to 64 tokens, key ranges merged back,
+// eviction and re-creation, the pool exhausted and recovered, per-session ordering on a stream
+// (an append sent right behind an attend), and the contract's errors.
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attention/client/session.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/server/session_test_harness.h"
+
+namespace attention::testing {
+namespace {
+
+using client::Session;
+using client::SessionClient;
+using ::testing::HasSubstr;
+
+std::unique_ptr<InProcessSessionServer> StartServer(const SessionServerOptions& options = {}) {
+  std::string error;
+  std::unique_ptr<InProcessSessionServer> server = InProcessSessionServer::Start(options, &error);
+  EXPECT_NE(server, nullptr) << error;
+  return server;
+}
+
+// A session as the test drives it: the client's handle and the model of what it holds.
+struct Tracked {
+  Session session;
+  SessionModel model;
+};
+
+Tracked Create(const SessionClient& client, v1::DType dtype, int layers, int kv_heads,
+               int head_dim) {
+  client::SessionOptions options;
+  options.layers = layers;
+  options.kv_heads = kv_heads;
+  options.head_dim = head_dim;
+  options.dtype = dtype;
+  absl::StatusOr<Session> session = client.CreateSession(options);
+  EXPECT_TRUE(session.ok()) << session.status();
+  return Tracked{session.ok() ? *session : Session(),
+                 SessionModel(dtype, layers, kv_heads, head_dim)};
+}
+
+// Appends `n` random rows to `layer` through Append, and to the model.
+void AppendRows(Tracked& t, int layer, int64_t n, std::mt19937& rng) {
+  const std::vector<int64_t> shape = {n, t.model.kv_heads, t.model.head_dim};
+  const std::string k = RandomValues(t.model.dtype, n * t.model.kv_heads * t.model.head_dim, rng);
+  const std::string v = RandomValues(t.model.dtype, n * t.model.kv_heads * t.model.head_dim, rng);
+  absl::StatusOr<int64_t> tokens =
+      t.session.Append(layer, {t.model.dtype, k.data(), shape}, {t.model.dtype, v.data(), shape});
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  t.model.Append(layer, k, v);
+  EXPECT_EQ(*tokens, t.model.tokens(layer));
+}
+
+struct StepOptions {
+  int64_t n_new = 1;
+  int q_heads = 0;  // 0: the session's kv_heads x 2
+  bool append = true;
+  bool causal = true;
+  int window_left = -1, window_right = -1;
+  float softcap = 0.f;
+  bool alibi = false;
+  bool sinks = false;
+  bool return_lse = true;
+};
+
+v1::AttendRequest MakeAttend(const std::string& session_id, const SessionModel& m, int layer,
+                             const StepOptions& o, std::mt19937& rng) {
+  const int q_heads = o.q_heads > 0 ? o.q_heads : 2 * m.kv_heads;
+  v1::AttendRequest a;
+  a.set_session_id(session_id);
+  a.set_layer(layer);
+  *a.mutable_q() = RandomTensor(m.dtype, {o.n_new, q_heads, m.head_dim}, rng);
+  if (o.append) {
+    *a.mutable_k_new() = RandomTensor(m.dtype, {o.n_new, m.kv_heads, m.head_dim}, rng);
+    *a.mutable_v_new() = RandomTensor(m.dtype, {o.n_new, m.kv_heads, m.head_dim}, rng);
+  }
+  a.set_causal(o.causal);
+  if (o.window_left != -1 || o.window_right != -1) {
+    a.mutable_window()->set_left(o.window_left);
+    a.mutable_window()->set_right(o.window_right);
+  }
+  a.set_softcap(o.softcap);
+  std::uniform_real_distribution<float> slope(0.f, 0.5f), sink(-1.f, 2.f);
+  if (o.alibi) {
+    std::vector<float> slopes(static_cast<size_t>(q_heads));
+    for (float& s : slopes) s = slope(rng);
+    a.mutable_alibi_slopes()->set_dtype(v1::FLOAT32);
+    a.mutable_alibi_slopes()->add_shape(q_heads);
+    a.mutable_alibi_slopes()->set_data(slopes.data(), slopes.size() * sizeof(float));
+  }
+  if (o.sinks) {
+    std::vector<float> sinks(static_cast<size_t>(q_heads));
+    for (float& s : sinks) s = sink(rng);
+    a.mutable_sinks()->set_dtype(v1::FLOAT32);
+    a.mutable_sinks()->add_shape(q_heads);
+    a.mutable_sinks()->set_data(sinks.data(), sinks.size() * sizeof(float));
+  }
+  a.set_return_lse(o.return_lse);
+  return a;
+}
+
+v1::AttendRequest MakeAttend(const Tracked& t, int layer, const StepOptions& o, std::mt19937& rng) {
+  return MakeAttend(t.session.id(), t.model, layer, o, rng);
+}
+
+// Sends `attend` on the session's stream and waits.
+absl::StatusOr<v1::AttentionResponse> Send(const Session& session, const v1::AttendRequest& a) {
+  v1::SessionRequest request;
+  *request.mutable_attend() = a;
+  std::promise<absl::StatusOr<v1::SessionResponse>> promise;
+  auto answer = promise.get_future();
+  session.Call(std::move(request), [&promise](absl::StatusOr<v1::SessionResponse> r) {
+    promise.set_value(std::move(r));
+  });
+  absl::StatusOr<v1::SessionResponse> r = answer.get();
+  if (!r.ok()) return r.status();
+  return r->attend();
+}
+
+// One Attend step, checked against the reference over the model's history.
+void Step(Tracked& t, int layer, const StepOptions& o, std::mt19937& rng) {
+  const v1::AttendRequest a = MakeAttend(t, layer, o, rng);
+  absl::StatusOr<v1::AttentionResponse> r = Send(t.session, a);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // The oracle tells a history short of the new rows apart (it is not vacuous).
+  if (a.has_k_new()) {
+    EXPECT_NE(CheckAttend(t.model, a, *r), "") << "the check missed a row";
+    t.model.Append(layer, a.k_new().data(), a.v_new().data());
+  }
+  EXPECT_EQ(CheckAttend(t.model, a, *r), "")
+      << "layer " << layer << ", context " << t.model.tokens(layer) << ", n_new " << o.n_new;
+}
+
+class SessionIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = StartServer(options_);
+    ASSERT_NE(server_, nullptr);
+    absl::StatusOr<SessionClient> client = SessionClient::Create(server_->address());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::make_unique<SessionClient>(std::move(*client));
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+  }
+
+  SessionServerOptions options_;
+  std::unique_ptr<InProcessSessionServer> server_;
+  std::unique_ptr<SessionClient> client_;
+  std::mt19937 rng_{20261205};
+};
+
+TEST_F(SessionIntegrationTest, InterleavedSessionsOfEveryShapeMatchTheReference) {
+  // GQA bf16, MQA fp16, MHA fp32; each with its own prefill, then interleaved decode steps,
+  // verify steps (several new rows) and steps without new rows, with every option.
+  std::vector<Tracked> sessions;
+  sessions.push_back(Create(*client_, v1::BFLOAT16, 2, 2, 64));
+  sessions.push_back(Create(*client_, v1::FLOAT16, 2, 1, 32));
+  sessions.push_back(Create(*client_, v1::FLOAT32, 2, 2, 16));
+  const int64_t prefill[] = {37, 5, 64};
+  for (size_t s = 0; s < sessions.size(); ++s) {
+    for (int layer = 0; layer < 2; ++layer) AppendRows(sessions[s], layer, prefill[s], rng_);
+  }
+  const StepOptions kinds[] = {
+      {},                                   // decode
+      {.n_new = 4},                         // verify
+      {.n_new = 3, .causal = false},        // non-causal chunk
+      {.n_new = 2, .append = false},        // no new rows
+      {.window_left = 8},                   // window
+      {.softcap = 5.f, .alibi = true},      // softcap + ALiBi
+      {.n_new = 2, .sinks = true},          // sinks
+      {.q_heads = 0, .return_lse = false},  // o only
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (const StepOptions& kind : kinds) {
+      for (Tracked& t : sessions) {
+        for (int layer = 0; layer < 2; ++layer) {
+          Step(t, layer, kind, rng_);
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
+  for (Tracked& t : sessions) EXPECT_TRUE(t.session.Release().ok());
+}
+
+TEST_F(SessionIntegrationTest, MqaAndWideGqa) {
+  Tracked mqa = Create(*client_, v1::BFLOAT16, 1, 1, 128);
+  Tracked gqa = Create(*client_, v1::BFLOAT16, 1, 2, 128);
+  AppendRows(mqa, 0, 20, rng_);
+  AppendRows(gqa, 0, 20, rng_);
+  for (int i = 0; i < 4; ++i) {
+    Step(mqa, 0, {.q_heads = 8}, rng_);
+    Step(gqa, 0, {.q_heads = 16}, rng_);
+  }
+}
+
+TEST_F(SessionIntegrationTest, ForkThenDivergence) {
+  // 64 KiB pages of 4 x 32 x bf16 rows hold 128 tokens: a fork at 37 shares a partial page,
+  // which whichever session appends first copies.
+  Tracked parent = Create(*client_, v1::BFLOAT16, 2, 4, 32);
+  for (int layer = 0; layer < 2; ++layer) AppendRows(parent, layer, 60, rng_);
+  absl::StatusOr<Session> forked = parent.session.Fork(37);
+  ASSERT_TRUE(forked.ok()) << forked.status();
+  Tracked child{*forked, parent.model.Fork(37)};
+  for (int i = 0; i < 6; ++i) {
+    for (int layer = 0; layer < 2; ++layer) {
+      Step(child, layer, {.n_new = 1 + i % 3}, rng_);
+      Step(parent, layer, {}, rng_);
+    }
+  }
+  // A fork of a fork, of more than the longest layer: the whole session.
+  absl::StatusOr<Session> grandchild = child.session.Fork(child.model.tokens(0));
+  ASSERT_TRUE(grandchild.ok());
+  Tracked g{*grandchild, child.model.Fork(child.model.tokens(0))};
+  Step(g, 1, {.n_new = 2}, rng_);
+  Step(child, 1, {}, rng_);
+  // Releasing the parent leaves the forks' shared pages alone.
+  ASSERT_TRUE(parent.session.Release().ok());
+  Step(child, 0, {}, rng_);
+  Step(g, 0, {}, rng_);
+  absl::StatusOr<v1::GetSessionResponse> info = g.session.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->tokens(0), g.model.tokens(0));
+  EXPECT_EQ(info->tokens(1), g.model.tokens(1));
+}
+
+TEST_F(SessionIntegrationTest, TruncateThenReappend) {
+  Tracked t = Create(*client_, v1::FLOAT16, 2, 2, 32);
+  AppendRows(t, 0, 300, rng_);
+  AppendRows(t, 1, 290, rng_);
+  // Speculative decoding: 5 draft tokens verified, 3 accepted, the rest rolled back.
+  Step(t, 0, {.n_new = 5}, rng_);
+  Step(t, 1, {.n_new = 5}, rng_);
+  ASSERT_TRUE(t.session.Truncate(298).ok());
+  t.model.Truncate(298);
+  for (int layer = 0; layer < 2; ++layer) Step(t, layer, {}, rng_);
+  // Back across a page boundary (page_size 512 here: 64 KiB / (2 x 32 x 2) / 2), then forward.
+  ASSERT_TRUE(t.session.Truncate(100).ok());
+  t.model.Truncate(100);
+  AppendRows(t, 0, 7, rng_);
+  for (int layer = 0; layer < 2; ++layer) Step(t, layer, {.n_new = 3}, rng_);
+  absl::Status too_far = t.session.Truncate(10000);
+  EXPECT_EQ(too_far.code(), absl::StatusCode::kOutOfRange) << too_far;
+  Step(t, 0, {}, rng_);
+}
+
+TEST_F(SessionIntegrationTest, WindowsOverLongContexts) {
+  Tracked t = Create(*client_, v1::BFLOAT16, 1, 2, 64);
+  AppendRows(t, 0, 1500, rng_);
+  for (int i = 0; i < 3; ++i) {
+    Step(t, 0, {.window_left = 64}, rng_);
+    Step(t, 0, {.n_new = 4, .window_left = 200, .alibi = true}, rng_);
+    Step(t, 0, {.n_new = 2, .causal = false, .window_left = 30, .window_right = 5}, rng_);
+  }
+}
+
+TEST_F(SessionIntegrationTest, KeyRangesMergeBackToTheWholeContext) {
+  Tracked t = Create(*client_, v1::BFLOAT16, 1, 2, 32);
+  AppendRows(t, 0, 200, rng_);
+  for (const int64_t split : {0, 1, 77, 150, 199, 200}) {
+    // The rows are appended by the first partial only; the second reads the same context.
+    v1::AttendRequest a = MakeAttend(t, 0, {.n_new = 3, .alibi = split == 77}, rng_);
+    v1::AttendRequest rest = a;
+    rest.clear_k_new();
+    rest.clear_v_new();
+    a.mutable_key_range()->set_start(0);
+    a.mutable_key_range()->set_end(split);
+    rest.mutable_key_range()->set_start(split);
+    rest.mutable_key_range()->set_end(1 << 20);  // past the context: clipped
+    absl::StatusOr<v1::AttentionResponse> first = Send(t.session, a);
+    absl::StatusOr<v1::AttentionResponse> second = Send(t.session, rest);
+    ASSERT_TRUE(first.ok()) << first.status();
+    ASSERT_TRUE(second.ok()) << second.status();
+    t.model.Append(0, a.k_new().data(), a.v_new().data());
+    const v1::AttentionResponse merged = MergePartials(*first, *second);
+    v1::AttendRequest whole = a;
+    whole.clear_key_range();
+    EXPECT_EQ(CheckAttend(t.model, whole, merged), "") << "split at " << split;
+  }
+}
+
+TEST_F(SessionIntegrationTest, AnAppendRightBehindAnAttendWaitsForIt) {
+  // The attend and the append go out back to back on the stream: the attend reads the context
+  // as it was when it arrived, then the append applies (per-session arrival order).
+  Tracked t = Create(*client_, v1::FLOAT32, 1, 2, 16);
+  AppendRows(t, 0, 40, rng_);
+  for (int i = 0; i < 20; ++i) {
+    const v1::AttendRequest a = MakeAttend(t, 0, {.n_new = 2}, rng_);
+    v1::SessionRequest attend, append;
+    *attend.mutable_attend() = a;
+    append.mutable_append()->set_session_id(t.session.id());
+    *append.mutable_append()->mutable_k() = RandomTensor(v1::FLOAT32, {3, 2, 16}, rng_);
+    *append.mutable_append()->mutable_v() = RandomTensor(v1::FLOAT32, {3, 2, 16}, rng_);
+    const std::string k = append.append().k().data(), v = append.append().v().data();
+    std::promise<absl::StatusOr<v1::SessionResponse>> p1, p2;
+    auto f1 = p1.get_future(), f2 = p2.get_future();
+    t.session.Call(attend,
+                   [&p1](absl::StatusOr<v1::SessionResponse> r) { p1.set_value(std::move(r)); });
+    t.session.Call(append,
+                   [&p2](absl::StatusOr<v1::SessionResponse> r) { p2.set_value(std::move(r)); });
+    absl::StatusOr<v1::SessionResponse> r1 = f1.get(), r2 = f2.get();
+    ASSERT_TRUE(r1.ok()) << r1.status();
+    ASSERT_TRUE(r2.ok()) << r2.status();
+    t.model.Append(0, a.k_new().data(), a.v_new().data());
+    EXPECT_EQ(CheckAttend(t.model, a, r1->attend()), "");
+    t.model.Append(0, k, v);
+    EXPECT_EQ(r2->append().tokens(), t.model.tokens(0));
+  }
+}
+
+TEST_F(SessionIntegrationTest, ManySessionsSteppingTogetherShareLaunches) {
+  // 16 sessions of one configuration send their decode steps at once, behind a long Attend of
+  // another configuration that keeps the executor busy: the batcher packs the steps into shared
+  // launches, and each answer matches its own history.
+  std::vector<Tracked> sessions;
+  for (int i = 0; i < 16; ++i) {
+    sessions.push_back(Create(*client_, v1::BFLOAT16, 1, 2, 32));
+    AppendRows(sessions.back(), 0, 10 + 7 * i, rng_);
+  }
+  Tracked blocker = Create(*client_, v1::FLOAT32, 1, 4, 64);
+  AppendRows(blocker, 0, 4096, rng_);
+  int most_sequences = 0;
+  for (int step = 0; step < 4; ++step) {
+    // About 0.5 GFLOP: tens of milliseconds on the CPU backend.
+    std::promise<absl::StatusOr<v1::SessionResponse>> blocked;
+    v1::SessionRequest block;
+    *block.mutable_attend() = MakeAttend(blocker, 0, {.n_new = 64, .append = false}, rng_);
+    blocker.session.Call(std::move(block), [&blocked](absl::StatusOr<v1::SessionResponse> a) {
+      blocked.set_value(std::move(a));
+    });
+    std::vector<v1::AttendRequest> requests;
+    std::vector<std::promise<absl::StatusOr<v1::SessionResponse>>> promises(sessions.size());
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      requests.push_back(MakeAttend(sessions[i], 0, {}, rng_));
+      v1::SessionRequest r;
+      *r.mutable_attend() = requests.back();
+      sessions[i].session.Call(std::move(r), [&promises, i](absl::StatusOr<v1::SessionResponse> a) {
+        promises[i].set_value(std::move(a));
+      });
+    }
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      absl::StatusOr<v1::SessionResponse> r = promises[i].get_future().get();
+      ASSERT_TRUE(r.ok()) << r.status();
+      sessions[i].model.Append(0, requests[i].k_new().data(), requests[i].v_new().data());
+      EXPECT_EQ(CheckAttend(sessions[i].model, requests[i], r->attend()), "");
+      most_sequences = std::max(most_sequences, r->attend().batch().sequences());
+    }
+    EXPECT_TRUE(blocked.get_future().get().ok());
+  }
+  // The first step finds an idle executor and launches alone; the rest queue behind it.
+  EXPECT_GT(most_sequences, 1);
+}
+
+TEST_F(SessionIntegrationTest, UnaryMethods) {
+  auto stub = v1::SessionService::NewStub(server_->Channel());
+  v1::CreateSessionRequest create;
+  create.set_layers(1);
+  create.set_kv_heads(2);
+  create.set_head_dim(16);
+  create.set_dtype(v1::FLOAT32);
+  create.set_idle_ttl_ms(60000);
+  v1::CreateSessionResponse created;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->CreateSession(&context, create, &created).ok());
+  }
+  EXPECT_EQ(created.replica(), "replica-0");
+  EXPECT_THAT(created.session_id(), ::testing::EndsWith("@replica-0"));
+  EXPECT_EQ(created.page_size(), 64 * 1024 / 2 / (2 * 16 * 4));
+  EXPECT_EQ(created.idle_ttl_ms(), 60000);
+  SessionModel model(v1::FLOAT32, 1, 2, 16);
+  v1::AppendRequest append;
+  append.set_session_id(created.session_id());
+  *append.mutable_k() = RandomTensor(v1::FLOAT32, {9, 2, 16}, rng_);
+  *append.mutable_v() = RandomTensor(v1::FLOAT32, {9, 2, 16}, rng_);
+  v1::AppendResponse appended;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Append(&context, append, &appended).ok());
+  }
+  EXPECT_EQ(appended.tokens(), 9);
+  model.Append(0, append.k().data(), append.v().data());
+  const v1::AttendRequest attend = MakeAttend(created.session_id(), model, 0, {.n_new = 2}, rng_);
+  v1::AttentionResponse answer;
+  {
+    grpc::ClientContext context;
+    const grpc::Status s = stub->Attend(&context, attend, &answer);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  model.Append(0, attend.k_new().data(), attend.v_new().data());
+  EXPECT_EQ(CheckAttend(model, attend, answer), "");
+  v1::GetSessionRequest get;
+  get.set_session_id(created.session_id());
+  v1::GetSessionResponse info;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->GetSession(&context, get, &info).ok());
+  }
+  EXPECT_EQ(info.tokens_size(), 1);
+  EXPECT_EQ(info.tokens(0), 11);
+  EXPECT_EQ(info.pages(), 1);
+  EXPECT_EQ(info.dtype(), v1::FLOAT32);
+  v1::ForkRequest fork;
+  fork.set_session_id(created.session_id());
+  fork.set_prefix_tokens(5);
+  v1::ForkResponse forked;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Fork(&context, fork, &forked).ok());
+  }
+  EXPECT_NE(forked.session_id(), created.session_id());
+  v1::TruncateRequest truncate;
+  truncate.set_session_id(forked.session_id());
+  truncate.set_tokens(2);
+  v1::TruncateResponse truncated;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Truncate(&context, truncate, &truncated).ok());
+  }
+  for (const std::string& id : {created.session_id(), forked.session_id()}) {
+    v1::ReleaseSessionRequest release;
+    release.set_session_id(id);
+    v1::ReleaseSessionResponse released;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->ReleaseSession(&context, release, &released).ok());
+  }
+  grpc::ClientContext context;
+  const grpc::Status gone = stub->GetSession(&context, get, &info);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(gone.error_message(), HasSubstr("was released"));
+}
+
+TEST_F(SessionIntegrationTest, ErrorsNameTheFieldAndTheRule) {
+  auto stub = v1::SessionService::NewStub(server_->Channel());
+  auto create = [&](int layers, int kv_heads, int head_dim, v1::DType dtype) {
+    v1::CreateSessionRequest r;
+    r.set_layers(layers);
+    r.set_kv_heads(kv_heads);
+    r.set_head_dim(head_dim);
+    r.set_dtype(dtype);
+    v1::CreateSessionResponse out;
+    grpc::ClientContext context;
+    return stub->CreateSession(&context, r, &out);
+  };
+  EXPECT_THAT(create(0, 1, 16, v1::FLOAT32).error_message(), HasSubstr("layers: must be >= 1"));
+  EXPECT_THAT(create(1, 1, 300, v1::FLOAT32).error_message(), HasSubstr("head_dim"));
+  EXPECT_THAT(create(1, 1, 16, v1::BOOL).error_message(), HasSubstr("dtype"));
+  EXPECT_EQ(create(1, 1, 16, v1::DTYPE_UNSPECIFIED).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  Tracked t = Create(*client_, v1::BFLOAT16, 2, 2, 32);
+  AppendRows(t, 0, 3, rng_);
+  auto attend_error = [&](v1::AttendRequest a) {
+    absl::StatusOr<v1::AttentionResponse> r = Send(t.session, a);
+    return r.ok() ? std::string("OK")
+                  : absl::StrCat(static_cast<int>(r.status().code()), " ", r.status().message());
+  };
+  v1::AttendRequest good = MakeAttend(t, 0, {}, rng_);
+  v1::AttendRequest bad = good;
+  bad.mutable_q()->set_dtype(v1::FLOAT16);
+  EXPECT_THAT(attend_error(bad), HasSubstr("q.dtype: must be the session's dtype BFLOAT16"));
+  bad = good;
+  *bad.mutable_q() = RandomTensor(v1::BFLOAT16, {1, 3, 32}, rng_);
+  EXPECT_THAT(attend_error(bad), HasSubstr("must be a multiple of the session's kv_heads 2"));
+  bad = good;
+  bad.clear_v_new();
+  EXPECT_THAT(attend_error(bad), HasSubstr("k_new, v_new: give both or neither"));
+  bad = good;
+  *bad.mutable_k_new() = RandomTensor(v1::BFLOAT16, {2, 2, 32}, rng_);
+  EXPECT_THAT(attend_error(bad), HasSubstr("k_new.shape"));
+  bad = good;
+  bad.set_layer(2);
+  EXPECT_THAT(attend_error(bad), HasSubstr("layer"));
+  bad = good;
+  bad.mutable_key_range()->set_start(5);
+  bad.mutable_key_range()->set_end(4);
+  EXPECT_THAT(attend_error(bad), HasSubstr("key_range"));
+  bad = good;
+  bad.set_softmax_scale(std::numeric_limits<float>::infinity());
+  EXPECT_THAT(attend_error(bad), HasSubstr("softmax_scale"));
+  // A refused Attend leaves the session as it was: the good one still sees 3 rows + its own.
+  absl::StatusOr<v1::AttentionResponse> r = Send(t.session, good);
+  ASSERT_TRUE(r.ok()) << r.status();
+  t.model.Append(0, good.k_new().data(), good.v_new().data());
+  EXPECT_EQ(CheckAttend(t.model, good, *r), "");
+
+  // Ids: malformed, of another replica, unknown here.
+  bad = good;
+  bad.set_session_id("not-an-id");
+  EXPECT_THAT(attend_error(bad), HasSubstr("3 session_id"));
+  const std::string hex = t.session.id().substr(0, 32);
+  bad.set_session_id(hex + "@replica-7");
+  EXPECT_THAT(attend_error(bad),
+              HasSubstr("is held by replica replica-7, not replica-0: send its calls there"));
+  EXPECT_THAT(attend_error(bad), ::testing::StartsWith("9 "));  // FAILED_PRECONDITION
+  bad.set_session_id(std::string(32, 'a') + "@replica-0");
+  EXPECT_THAT(attend_error(bad), HasSubstr("5 session_id: no session aaaaaaaa here"));
+
+  // A SessionRequest without a call is answered, and the stream goes on.
+  std::promise<absl::StatusOr<v1::SessionResponse>> p;
+  t.session.Call(v1::SessionRequest(),
+                 [&p](absl::StatusOr<v1::SessionResponse> a) { p.set_value(std::move(a)); });
+  absl::StatusOr<v1::SessionResponse> empty = p.get_future().get();
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(empty.status().message(), HasSubstr("call: no call set"));
+  Step(t, 1, {}, rng_);
+}
+
+class SmallPoolTest : public SessionIntegrationTest {
+ protected:
+  void SetUp() override {
+    // 8 pages of 4 KiB: rows of 1 x 16 x fp32 (64 bytes) give 32 tokens per page.
+    options_.page_bytes = 4096;
+    options_.num_pages = 8;
+    SessionIntegrationTest::SetUp();
+  }
+};
+
+TEST_F(SmallPoolTest, EvictionThenRecreation) {
+  Tracked a = Create(*client_, v1::FLOAT32, 1, 1, 16);
+  AppendRows(a, 0, 5 * 32, rng_);  // 5 pages
+  Step(a, 0, {}, rng_);            // a 6th page
+  Tracked b = Create(*client_, v1::FLOAT32, 1, 1, 16);
+  AppendRows(b, 0, 4 * 32, rng_);  // needs 4 pages, 2 free: a, idle, is evicted
+  Step(b, 0, {}, rng_);
+  absl::StatusOr<v1::AttentionResponse> gone = Send(a.session, MakeAttend(a, 0, {}, rng_));
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(gone.status().message(), HasSubstr("was evicted to free K/V pages"));
+  // The client rebuilds it: a new session, its context appended again.
+  SessionModel history = a.model;
+  a = Create(*client_, v1::FLOAT32, 1, 1, 16);
+  ASSERT_TRUE(b.session.Release().ok());
+  const std::vector<int64_t> shape = {history.tokens(0), 1, 16};
+  ASSERT_TRUE(a.session
+                  .Append(0, {v1::FLOAT32, history.k[0].data(), shape},
+                          {v1::FLOAT32, history.v[0].data(), shape})
+                  .ok());
+  a.model = history;
+  Step(a, 0, {.n_new = 3}, rng_);
+}
+
+TEST_F(SmallPoolTest, PoolExhaustedThenRecovered) {
+  Tracked busy = Create(*client_, v1::FLOAT32, 1, 1, 16);
+  AppendRows(busy, 0, 100, rng_);  // 4 pages
+  Tracked big = Create(*client_, v1::FLOAT32, 1, 1, 16);
+  AppendRows(big, 0, 10, rng_);
+  // 9 more pages than the pool has, even after evicting `busy`: refused, nothing changes.
+  v1::AttendRequest huge = MakeAttend(big, 0, {.n_new = 300}, rng_);
+  absl::StatusOr<v1::AttentionResponse> refused = Send(big.session, huge);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  Step(big, 0, {}, rng_);
+  Step(busy, 0, {}, rng_);
+  // Once `busy` is released there is room for 200 more rows.
+  ASSERT_TRUE(busy.session.Release().ok());
+  Step(big, 0, {.n_new = 200}, rng_);
+  Step(big, 0, {}, rng_);
+}
+
+TEST(SessionPageSizes, EveryPageSizeMatchesTheReference) {
+  // Rows of 1 KV head x 32 x fp32 = 128 bytes: page sizes of 1, 3, 8, 17 and 64 tokens.
+  for (const int64_t page_bytes : {256, 768, 2048, 4352, 16384}) {
+    SCOPED_TRACE(absl::StrCat("page_bytes ", page_bytes));
+    SessionServerOptions options;
+    options.page_bytes = page_bytes;
+    options.num_pages = 4096;
+    std::unique_ptr<InProcessSessionServer> server = StartServer(options);
+    ASSERT_NE(server, nullptr);
+    absl::StatusOr<SessionClient> client = SessionClient::Create(server->address());
+    ASSERT_TRUE(client.ok());
+    std::mt19937 rng(static_cast<uint32_t>(page_bytes));
+    Tracked t = Create(*client, v1::FLOAT32, 1, 1, 32);
+    EXPECT_EQ(t.session.page_size(), page_bytes / 2 / 128);
+    AppendRows(t, 0, 50, rng);  // a partial last page for every size but 1
+    absl::StatusOr<Session> forked = t.session.Fork(20);
+    ASSERT_TRUE(forked.ok());
+    Tracked f{*forked, t.model.Fork(20)};
+    for (int i = 0; i < 3; ++i) {
+      Step(t, 0, {.n_new = 2, .window_left = 9}, rng);
+      Step(f, 0, {.n_new = 1 + i}, rng);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attention::testing
