@@ -43,6 +43,7 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
       r.tokens_q = batch->total_q;
       r.tokens_k = batch->total_k;
       r.device = batch->device;
+      r.precision = batch->precision;
       if (batch->metrics != nullptr) {
         batch->metrics->ObserveStage(Stage::kQueueWait, Seconds(r.queue_ns));
       }

@@ -73,6 +73,8 @@ struct JobResult {
   int requests = 0, sequences = 0;
   int64_t tokens_q = 0, tokens_k = 0;
   std::string device;
+  // The precision the backend computed the batch at (the answer reports it).
+  Precision precision = Precision::kFull;
 };
 
 // A session's Attend (WorkKind::kPagedDecode), owned by its job: the layer's K/V as the kernel
@@ -177,6 +179,9 @@ struct Batch {
 
   // Filled by the executor before FinishBatch.
   std::string device;  // "cpu" or "cuda:N"
+  // The precision the backend computed at: the configuration's, or a coarser one where the
+  // backend has no kernel for it (the answer says which).
+  Precision precision = Precision::kFull;
   BatchTimings timings;
 
   // Set by the batcher: called by FinishBatch after every job was handed back. May be empty.

@@ -135,7 +135,7 @@ void WriteAnswer(Job& job, Response* response) {
     }
     lse->mutable_data()->swap(job.outputs.lse);
   }
-  response->set_precision(ContractPrecision(s.precision));
+  response->set_precision(ContractPrecision(job.result.precision));
   const JobResult& r = job.result;
   v1::Timings* timings = response->mutable_timings();
   timings->set_queue_ns(r.queue_ns);

@@ -10,18 +10,29 @@
 
 namespace attention::cuda {
 
-// Whether this build has a kernel for `p` (dtype, head_dim, options): OK, or INVALID_ARGUMENT /
-// UNIMPLEMENTED naming the unsupported value. Cheap; call it before staging any data.
-absl::Status CheckSupported(const AttentionParams& p);
+// Whether this build has a kernel for `config` (kind, dtype, head_dim, options): OK, or
+// INVALID_ARGUMENT (CheckConfig's structural rules) / UNIMPLEMENTED naming the unsupported value.
+// Cheap; the server calls it before it queues a request.
+absl::Status CheckSupported(const KernelConfig& config);
 
-// Bytes of device scratch RunAttention needs for `p`: 0 for bf16 / fp16; for float32 requests,
-// room to convert q, k, v (and o) to a 16-bit type, since the tensor cores take 16-bit operands
-// (the precision this gives is documented with the kernel). Sized by the caller from its pool.
+// The precision RunAttention computes `config` at: kFull for 16-bit inputs (exact values,
+// float32 accumulation); for float32 inputs the configuration's precision where the float32
+// kernel serves it, else kBF16 (q, k and v rounded to bfloat16 for the 16-bit kernel).
+Precision ComputedPrecision(const KernelConfig& config);
+
+// Whether `p` can launch: CheckSupported(p), CheckParams(p), and what the kernels need of the
+// launch itself (grid limits, 16-byte aligned rows of 16-bit tensors). RunAttention calls it.
+absl::Status CheckLaunch(const AttentionParams& p);
+
+// Bytes of device scratch RunAttention needs for `p`: 0 for bf16 / fp16 and for float32 at
+// precision FULL or TF32 (the float32 kernel reads float32 directly); for float32 at precision
+// BF16, room to convert q, k, v (and o) to bfloat16 for the 16-bit kernel. Sized by the caller
+// from its pool.
 size_t WorkspaceBytes(const AttentionParams& p);
 
 // Enqueues the forward kernel for `p` (device pointers) on `stream` and returns without waiting.
 // `workspace` holds at least WorkspaceBytes(p) bytes of device memory (may be null when that is
-// 0). Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED as CheckSupported, INTERNAL for a
+// 0). Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED as CheckLaunch, INTERNAL for a
 // launch failure (with the CUDA error string).
 absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_t stream);
 

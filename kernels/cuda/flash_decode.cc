@@ -13,13 +13,15 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/block_info.h"
+#include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/decode_heuristics.h"
 #include "kernels/cuda/flash_decode_launch.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/kernel_config.h"
 
-// The build defines one ATTN_KERNEL_HDIM_<d> / ATTN_KERNEL_DTYPE_<type> macro per compiled bucket
-// and 16-bit element type (kernels/cuda/CMakeLists.txt), as for the forward dispatch.
+// The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets: compiled_head_dims.h) and one
+// ATTN_KERNEL_DTYPE_<type> macro per compiled 16-bit element type (kernels/cuda/CMakeLists.txt),
+// as for the forward dispatch.
 
 namespace attention::cuda {
 namespace {
@@ -165,53 +167,15 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t elems_
 
 template <DType kDType>
 absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
-  cudaError_t err = cudaSuccess;
-  switch (CompiledHeadDimBucket(p.head_dim)) {
-#ifdef ATTN_KERNEL_HDIM_32
-    case 32:
-      err = RunDecodeKernel<kDType, 32>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_64
-    case 64:
-      err = RunDecodeKernel<kDType, 64>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_96
-    case 96:
-      err = RunDecodeKernel<kDType, 96>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_128
-    case 128:
-      err = RunDecodeKernel<kDType, 128>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_160
-    case 160:
-      err = RunDecodeKernel<kDType, 160>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_192
-    case 192:
-      err = RunDecodeKernel<kDType, 192>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_224
-    case 224:
-      err = RunDecodeKernel<kDType, 224>(p, l, stream);
-      break;
-#endif
-#ifdef ATTN_KERNEL_HDIM_256
-    case 256:
-      err = RunDecodeKernel<kDType, 256>(p, l, stream);
-      break;
-#endif
-    default:
-      return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build ",
-                                      "(head-dim buckets compiled: ", CompiledHeadDimBuckets(),
-                                      ")"));
+  const int bucket = CompiledHeadDimBucket(p.head_dim);
+  if (bucket == 0) {
+    return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build ",
+                                    "(head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")"));
   }
+  const cudaError_t err = VisitCompiledHeadDim(
+      bucket,
+      [&](auto head_dim) { return RunDecodeKernel<kDType, decltype(head_dim)::value>(p, l, stream); },
+      cudaErrorInvalidValue);
   if (absl::Status s = LaunchStatus(err, "kernel"); !s.ok()) return s;
   if (l.num_splits > 1) return LaunchStatus(RunDecodeCombine<kDType>(p, l, stream), "combine");
   return absl::OkStatus();

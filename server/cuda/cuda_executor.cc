@@ -362,6 +362,7 @@ void CudaExecutor::LaunchSlot(Slot* slot) {
 absl::Status CudaExecutor::Launch(Slot& slot) {
   Batch& batch = *slot.batch;
   batch.device = name_;
+  batch.precision = cuda::ComputedPrecision(batch.config);
   batch.timings.started = Clock::now();
   {
     std::lock_guard<std::mutex> lock(mu_);
