@@ -9,6 +9,7 @@
 #include <atomic>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -521,6 +522,102 @@ TEST_F(SessionIntegrationTest, ErrorsNameTheFieldAndTheRule) {
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(empty.status().message(), HasSubstr("call: no call set"));
   Step(t, 1, {}, rng_);
+}
+
+TEST_F(SessionIntegrationTest, AppendsFromAnotherStreamNeverTearAnAttend) {
+  // One stream attends (no new rows) while another appends to the same layer: each Attend reads
+  // the context as some whole number of appends left it, never a torn one.
+  Tracked t = Create(*client_, v1::FLOAT32, 1, 2, 16);
+  AppendRows(t, 0, 30, rng_);
+  absl::StatusOr<SessionClient> other = SessionClient::Create(server_->address());
+  ASSERT_TRUE(other.ok());
+  absl::StatusOr<Session> writer = other->Attach(t.session.id());
+  ASSERT_TRUE(writer.ok());
+  constexpr int kAppends = 20, kRows = 3;
+  SessionModel full = t.model;
+  std::vector<std::pair<std::string, std::string>> chunks;
+  for (int i = 0; i < kAppends; ++i) {
+    chunks.emplace_back(RandomValues(v1::FLOAT32, kRows * 2 * 16, rng_),
+                        RandomValues(v1::FLOAT32, kRows * 2 * 16, rng_));
+    full.Append(0, chunks.back().first, chunks.back().second);
+  }
+  std::thread appender([&] {
+    for (const auto& [k, v] : chunks) {
+      const std::vector<int64_t> shape = {kRows, 2, 16};
+      EXPECT_TRUE(
+          writer->Append(0, {v1::FLOAT32, k.data(), shape}, {v1::FLOAT32, v.data(), shape}).ok());
+    }
+  });
+  std::vector<v1::AttendRequest> requests;
+  std::vector<absl::StatusOr<v1::AttentionResponse>> answers;
+  for (int i = 0; i < 30; ++i) {
+    requests.push_back(MakeAttend(t, 0, {.n_new = 2, .append = false}, rng_));
+    answers.push_back(Send(t.session, requests.back()));
+  }
+  appender.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(answers[i].ok()) << answers[i].status();
+    bool matched = false;
+    for (int appends = 0; appends <= kAppends && !matched; ++appends) {
+      matched = CheckAttend(full.Fork(30 + appends * kRows), requests[i], *answers[i]).empty();
+    }
+    EXPECT_TRUE(matched) << "attend " << i << " read no whole number of appends";
+  }
+}
+
+TEST_F(SessionIntegrationTest, ConcurrentForksAndARelease) {
+  // Threads fork one session while another releases it: each fork either succeeds (and its
+  // session holds the parent's rows) or is answered NOT_FOUND "was released"; nothing else.
+  Tracked parent = Create(*client_, v1::BFLOAT16, 2, 2, 32);
+  for (int layer = 0; layer < 2; ++layer) AppendRows(parent, layer, 45, rng_);
+  std::atomic<int> forked{0}, refused{0};
+  std::mutex mu;
+  std::vector<Session> children;
+  std::vector<std::thread> threads;
+  for (int thread = 0; thread < 4; ++thread) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        absl::StatusOr<Session> child = parent.session.Fork(30);
+        if (child.ok()) {
+          ++forked;
+          std::lock_guard<std::mutex> lock(mu);
+          children.push_back(*child);
+        } else {
+          EXPECT_EQ(child.status().code(), absl::StatusCode::kNotFound) << child.status();
+          EXPECT_THAT(child.status().message(), HasSubstr("was released"));
+          ++refused;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_TRUE(parent.session.Release().ok());
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(forked + refused, 100);
+  for (size_t i = 0; i < children.size(); i += 7) {
+    Tracked child{children[i], parent.model.Fork(30)};
+    Step(child, i % 2, {.n_new = 2}, rng_);
+  }
+  for (const Session& child : children) EXPECT_TRUE(child.Release().ok());
+  const session::StoreCounters counters = server_->store().counters();
+  EXPECT_EQ(counters.sessions_live, 0);
+  EXPECT_EQ(counters.pools[0].pages_used, 0);
+}
+
+TEST(SessionAvailability, ABackendWithoutSessionsRefusesCreateSession) {
+  SessionServerOptions options;
+  options.availability = absl::UnimplementedError("sessions: not on this backend");
+  std::unique_ptr<InProcessSessionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<SessionClient> client = SessionClient::Create(server->address());
+  ASSERT_TRUE(client.ok());
+  client::SessionOptions shape;
+  shape.layers = 1;
+  shape.kv_heads = 1;
+  shape.head_dim = 16;
+  absl::StatusOr<Session> refused = client->CreateSession(shape);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(refused.status().message(), HasSubstr("not on this backend"));
 }
 
 class SmallPoolTest : public SessionIntegrationTest {

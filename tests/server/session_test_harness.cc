@@ -48,6 +48,7 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
       options.batcher, std::vector<server::Executor*>{s->executor_.get()}, nullptr);
   server::SessionServiceOptions service;
   service.replica = options.replica;
+  service.availability = options.availability;
   s->service_ = std::make_unique<server::SessionServiceImpl>(service, s->store_.get(),
                                                              s->batcher_.get(), s->metrics_.get());
   grpc::ServerBuilder builder;
