@@ -117,8 +117,10 @@ ATTN_HOST_DEVICE inline int TileRowInPage(int n, int block_n, int row, int page_
 ATTN_HOST_DEVICE inline bool TilePageNeeded(int n, int block_n, int e, int page_shift,
                                             int key_begin, int key_end) {
   if (e >= TilePages(block_n, page_shift)) return false;
-  const int64_t first_key = int64_t{TilePage(n, block_n, e, page_shift)} << page_shift;
-  return first_key < key_end && first_key + (int64_t{1} << page_shift) > key_begin;
+  // int arithmetic: first_key <= n * block_n + block_n - 1 lies within the context, and
+  // key_begin - page_size cannot overflow (key_begin >= 0).
+  const int first_key = TilePage(n, block_n, e, page_shift) << page_shift;
+  return first_key < key_end && first_key > key_begin - (1 << page_shift);
 }
 
 }  // namespace attention::cuda
