@@ -12,6 +12,7 @@ namespace attention::client::cli {
 int CallCommand(const std::vector<std::string>& args);
 int BenchCommand(const std::vector<std::string>& args);
 int HealthCommand(const std::vector<std::string>& args);
+int SessionBenchCommand(const std::vector<std::string>& args);
 
 }  // namespace attention::client::cli
 
