@@ -12,6 +12,7 @@
 #include "prometheus/registry.h"
 #include "server/metrics/exposer.h"
 #include "server/metrics/metrics.h"
+#include "server/metrics/session_metrics.h"
 #include "tests/server/metrics/http_get.h"
 
 namespace {
@@ -58,6 +59,18 @@ int main(int argc, char** argv) {
                                           "13.0", "cuda", "NVIDIA H100 80GB HBM3"};
   Metrics metrics(registry, build_info, /*num_devices=*/2, /*cpu_backend=*/false);
   RecordActivity(metrics);
+  // The session metrics, registered on the same registry as in the server.
+  attention::server::SessionMetrics sessions(registry, {"cuda:0", "cuda:1"});
+  sessions.CallDone(attention::server::SessionOp::kAttend, grpc::StatusCode::OK, 0.0004, 12376,
+                    8226);
+  attention::session::StoreCounters counters;
+  counters.sessions_live = 3;
+  counters.created = 3;
+  counters.evicted = 1;
+  counters.pools.resize(2);
+  counters.pools[0] = {4096, 40, 4056, 65536, 40 * 65536};
+  counters.pools[1] = {4096, 0, 4096, 65536, 0};
+  sessions.Update(counters);
 
   auto exposer = attention::server::StartMetricsExposer("127.0.0.1:0", registry);
   if (!exposer.ok()) {
