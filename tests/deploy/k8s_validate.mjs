@@ -70,7 +70,8 @@ for (const dir of kustomizations(k8sDir)) {
   if (!check(errors.length === 0, `${name}: rendered YAML parses`, errors.join("; "))) continue;
   renders.set(name, docs.map((d) => d.toJS()).filter(Boolean));
 }
-for (const want of ["base", "overlays/gpu", "overlays/cpu-dev", "prometheus-adapter"]) {
+for (const want of ["base", "overlays/gpu", "overlays/cpu-dev", "overlays/sessions",
+  "prometheus-adapter"]) {
   check(renders.has(want), `kustomization ${want} exists and rendered`);
 }
 
@@ -210,7 +211,8 @@ const serverSources = () => {
 const sources = serverSources();
 const haveMain = fs.existsSync(path.join(repo, "server", "main.cc"));
 
-// Flag names: those the server defines (ABSL_FLAG in server/main.cc), else the team brief's.
+// Flag names: those the server defines (ABSL_FLAG in server/main.cc and, for the sessions'
+// flags, server/session_flags.cc), else the team brief's.
 const briefFlags = [
   "address", "metrics_address", "backend", "max_message_bytes", "cpu_threads", "max_batch_tokens",
   "max_batch_requests", "max_queue_delay_us", "batching", "max_queue_requests", "max_queue_bytes",
@@ -218,11 +220,14 @@ const briefFlags = [
   "log_level", "tls_cert", "tls_key", "tls_client_ca", "auth_token_file",
 ];
 const serverFlags = haveMain
-  ? [...fs.readFileSync(path.join(repo, "server", "main.cc"), "utf8")
-      .matchAll(/ABSL_FLAG\(\s*[^,]+,\s*(\w+)\s*,/g)].map((m) => m[1])
+  ? ["main.cc", "session_flags.cc"]
+      .map((f) => path.join(repo, "server", f))
+      .filter((f) => fs.existsSync(f))
+      .flatMap((f) => [...fs.readFileSync(f, "utf8")
+        .matchAll(/ABSL_FLAG\(\s*[^,]+,\s*(\w+)\s*,/g)].map((m) => m[1]))
   : briefFlags;
 const knownFlags = new Set(serverFlags);
-note(haveMain ? `server flags from server/main.cc: ${serverFlags.length}`
+note(haveMain ? `server flags from server/main.cc and session_flags.cc: ${serverFlags.length}`
   : "server/main.cc not present yet: flag names checked against the team brief");
 
 const dockerUser = (() => {
@@ -239,10 +244,12 @@ const adapterRules = (() => {
 
 for (const [render, list] of renders) {
   const of = (kind) => list.filter((o) => o.kind === kind);
-  const deployments = of("Deployment");
+  // The server's workload: a Deployment, or a StatefulSet (overlays/sessions: stable replica
+  // names for session routing).
+  const deployments = [...of("Deployment"), ...of("StatefulSet")];
   if (deployments.length === 0) continue;
   const p = `${render}:`;
-  check(deployments.length === 1, `${p} one Deployment`);
+  check(deployments.length === 1, `${p} one Deployment or StatefulSet`);
   const dep = deployments[0];
   const pod = dep.spec.template.spec;
   const podLabels = dep.spec.template.metadata?.labels ?? {};
@@ -255,7 +262,10 @@ for (const [render, list] of renders) {
   check(configMaps.length === cmRefs.length && cmRefs.length > 0,
     `${p} the flags ConfigMap the container reads is in the render`, cmRefs.join(","));
   const env = Object.assign({}, ...configMaps.map((cm) => cm.data ?? {}));
-  for (const e of c.env ?? []) if (e.value !== undefined) env[e.name] = e.value;
+  for (const e of c.env ?? []) {
+    if (e.value !== undefined) env[e.name] = e.value;
+    else if (e.valueFrom?.fieldRef) env[e.name] = `<${e.valueFrom.fieldRef.fieldPath}>`;
+  }
   const undefinedVars = (c.args ?? []).flatMap((a) =>
     [...a.matchAll(/\$\((\w+)\)/g)].map((m) => m[1]).filter((v) => !(v in env)));
   check(undefinedVars.length === 0, `${p} every $(VAR) in the args is set by the ConfigMap`,
@@ -346,10 +356,15 @@ for (const [render, list] of renders) {
   const flagBytes = (f) => Number(args[f] ?? 0);
   // --output_pool_mb defaults to 256 when the Deployment does not pass it.
   const outputPool = Number(args.output_pool_mb ?? 256) * 2 ** 20;
+  // The session pool is host memory that a server on the CPU backend fills as sessions grow
+  // (--session_pages x --session_page_bytes, 4096 x 64 KiB by default); a CUDA server refuses
+  // sessions and leaves it untouched.
+  const sessionPool = args.backend === "cuda" ? 0
+    : Number(args.session_pages ?? 4096) * Number(args.session_page_bytes ?? 65536);
   const needed = flagBytes("pinned_host_bytes") * Math.max(gpus, 1) + flagBytes("max_queue_bytes") +
-    2 * flagBytes("max_message_bytes") + outputPool + 512 * 2 ** 20;
+    2 * flagBytes("max_message_bytes") + outputPool + 512 * 2 ** 20 + sessionPool;
   check(bytes(lim.memory) >= needed,
-    `${p} memory limit ${lim.memory} covers pinned + queue + 2 messages + output pool + 512Mi (${(needed / 2 ** 30).toFixed(2)} GiB)`);
+    `${p} memory limit ${lim.memory} covers pinned + queue + 2 messages + output pool + 512Mi + session pool (${(needed / 2 ** 30).toFixed(2)} GiB)`);
   if (render.includes("gpu")) {
     check(gpus >= 1, `${p} nvidia.com/gpu limit (${gpus})`);
     check(Object.keys(pod.nodeSelector ?? {}).length > 0, `${p} node selector for GPU nodes`);
@@ -405,6 +420,23 @@ for (const [render, list] of renders) {
       `${p} alerts select the scrape job the ServiceMonitor gives (job="${job}")`, [...jobs].join(" "));
   }
 
+  // StatefulSet: the session replicas. Each pod's name is its replica name (session ids carry
+  // it) and its DNS name under the governing headless Service, so a client reaches the replica
+  // that holds a session.
+  if (dep.kind === "StatefulSet") {
+    const governing = services.find((s) => s.metadata.name === dep.spec.serviceName);
+    check(governing?.spec.clusterIP === "None" && matches(governing.spec.selector, podLabels),
+      `${p} StatefulSet serviceName is a headless Service selecting its pods`, dep.spec.serviceName);
+    const replicaVar = String(args.replica_name ?? "");
+    const podName = (c.env ?? []).find((e) => e.valueFrom?.fieldRef?.fieldPath === "metadata.name");
+    check(podName && (c.args ?? []).includes(`--replica_name=$(${podName.name})`),
+      `${p} --replica_name is the pod's name (fieldRef metadata.name)`, replicaVar);
+    check(dep.spec.podManagementPolicy === "Parallel",
+      `${p} podManagementPolicy Parallel (replicas are independent)`);
+    check(of("HorizontalPodAutoscaler").length === 0, `${p} no autoscaling of session replicas (a scale-down ends sessions)`);
+    check(args.backend !== "cuda", `${p} sessions run on the CPU backend until the device pool exists`);
+  }
+
   // PodDisruptionBudget.
   const pdbs = of("PodDisruptionBudget");
   check(pdbs.length === 1 && matches(pdbs[0].spec.selector.matchLabels, podLabels) &&
@@ -415,8 +447,8 @@ for (const [render, list] of renders) {
   const hpas = of("HorizontalPodAutoscaler");
   if (render.includes("gpu")) check(hpas.length === 1, `${p} has a HorizontalPodAutoscaler`);
   for (const hpa of hpas) {
-    check(hpa.apiVersion === "autoscaling/v2" && hpa.spec.scaleTargetRef.kind === "Deployment" &&
-      hpa.spec.scaleTargetRef.name === dep.metadata.name, `${p} HPA scales the Deployment`);
+    check(hpa.apiVersion === "autoscaling/v2" && hpa.spec.scaleTargetRef.kind === dep.kind &&
+      hpa.spec.scaleTargetRef.name === dep.metadata.name, `${p} HPA scales the ${dep.kind}`);
     check(dep.spec.replicas === undefined, `${p} Deployment leaves replicas to the HPA`);
     const metric = hpa.spec.metrics.find((m) => m.type === "Pods")?.pods;
     const name = metric?.metric?.name;
