@@ -99,7 +99,8 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t batch_
 absl::Status CheckSupported(const KernelConfig& c) {
   if (absl::Status s = CheckConfig(c); !s.ok()) return s;
   if (c.kind != WorkKind::kForward) {
-    return Unsupported(absl::StrCat("kind ", static_cast<int>(c.kind), " has no kernel in this backend"));
+    return Unsupported(
+        absl::StrCat("kind ", static_cast<int>(c.kind), " has no kernel in this backend"));
   }
   if (c.head_dim % 8 != 0) {
     return Unsupported(absl::StrCat("head_dim ", c.head_dim, " must be a multiple of 8"));
@@ -173,7 +174,6 @@ size_t WorkspaceBytes(const AttentionParams& p) {
   if (p.dtype != DType::kFloat32 || RoutesToFloat32Kernel(p)) return 0;
   return static_cast<size_t>(LayoutFor(p).total);
 }
-
 
 absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaStream_t stream) {
   if (absl::Status s = CheckLaunch(params); !s.ok()) return s;

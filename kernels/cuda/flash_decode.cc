@@ -174,7 +174,9 @@ absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cu
   }
   const cudaError_t err = VisitCompiledHeadDim(
       bucket,
-      [&](auto head_dim) { return RunDecodeKernel<kDType, decltype(head_dim)::value>(p, l, stream); },
+      [&](auto head_dim) {
+        return RunDecodeKernel<kDType, decltype(head_dim)::value>(p, l, stream);
+      },
       cudaErrorInvalidValue);
   if (absl::Status s = LaunchStatus(err, "kernel"); !s.ok()) return s;
   if (l.num_splits > 1) return LaunchStatus(RunDecodeCombine<kDType>(p, l, stream), "combine");

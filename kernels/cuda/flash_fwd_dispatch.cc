@@ -12,21 +12,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/attention_params.h"
+#include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_fwd_launch.h"
 #include "kernels/cuda/kernel_traits.h"
 
-// The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated) and one
-// ATTN_KERNEL_HDIM_<d> / ATTN_KERNEL_DTYPE_<type> macro per compiled bucket and element type
+// The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated, read through
+// compiled_head_dims.h), one ATTN_KERNEL_DTYPE_<type> macro per compiled element type
 // (kernels/cuda/CMakeLists.txt, options ATTN_KERNEL_HEAD_DIMS and ATTN_KERNEL_DTYPES), and
 // ATTN_KERNEL_PAGED when the paged variants are compiled (option ATTN_KERNEL_PAGED).
-#ifndef ATTN_KERNEL_HEAD_DIMS
-#error "ATTN_KERNEL_HEAD_DIMS must list the compiled head-dim buckets"
-#endif
 
 namespace attention::cuda {
 namespace {
-
-constexpr int kCompiledBuckets[] = {ATTN_KERNEL_HEAD_DIMS};
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
@@ -112,56 +108,19 @@ absl::Status DispatchVariant(const AttentionParams& p, cudaStream_t stream) {
 
 template <DType kDType>
 absl::Status DispatchHeadDim(const AttentionParams& p, cudaStream_t stream) {
-  switch (CompiledHeadDimBucket(p.head_dim)) {
-#ifdef ATTN_KERNEL_HDIM_32
-    case 32:
-      return DispatchVariant<kDType, 32>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_64
-    case 64:
-      return DispatchVariant<kDType, 64>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_96
-    case 96:
-      return DispatchVariant<kDType, 96>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_128
-    case 128:
-      return DispatchVariant<kDType, 128>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_160
-    case 160:
-      return DispatchVariant<kDType, 160>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_192
-    case 192:
-      return DispatchVariant<kDType, 192>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_224
-    case 224:
-      return DispatchVariant<kDType, 224>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_256
-    case 256:
-      return DispatchVariant<kDType, 256>(p, stream);
-#endif
-    default:
-      return absl::UnimplementedError(
-          absl::StrCat("head_dim ", p.head_dim, " has no CUDA kernel in this build (head-dim ",
-                       "buckets compiled: ", CompiledHeadDimBuckets(), ")"));
-  }
+  return VisitCompiledHeadDim(
+      CompiledHeadDimBucket(p.head_dim),
+      [&](auto head_dim) { return DispatchVariant<kDType, decltype(head_dim)::value>(p, stream); },
+      absl::UnimplementedError(absl::StrCat("head_dim ", p.head_dim,
+                                            " has no CUDA kernel in this build (head-dim ",
+                                            "buckets compiled: ", CompiledHeadDimBuckets(), ")")));
 }
 
 }  // namespace
 
-int CompiledHeadDimBucket(int head_dim) {
-  for (int bucket : kCompiledBuckets) {
-    if (head_dim <= bucket) return bucket;
-  }
-  return 0;
-}
+int CompiledHeadDimBucket(int head_dim) { return SmallestCompiledBucket(head_dim); }
 
-std::string CompiledHeadDimBuckets() { return absl::StrJoin(kCompiledBuckets, ", "); }
+std::string CompiledHeadDimBuckets() { return absl::StrJoin(kCompiledHeadDims, ", "); }
 
 bool DTypeCompiled(DType dtype) {
   switch (dtype) {

@@ -8,16 +8,19 @@ Usage:
   kernels/cuda/generate_instantiations.py           # (re)write the files
   kernels/cuda/generate_instantiations.py --check   # exit 1 if a file is missing or stale
 
-The lists below must match kHeadDimBuckets and FwdVariant in kernel_traits.h and the option
-defaults and variant list in kernels/cuda/CMakeLists.txt (which compiles the paged variants only
-with ATTN_KERNEL_PAGED).
+The head-dim buckets come from head_dim_buckets.txt (the one list CMake and the host dispatch
+read too); the variants must match FwdVariant in kernel_traits.h and the variant list in
+kernels/cuda/CMakeLists.txt (which compiles the paged variants only with ATTN_KERNEL_PAGED).
 """
 import argparse
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from head_dim_buckets import head_dim_buckets  # noqa: E402
+
 DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}
-HEAD_DIMS = [32, 64, 96, 128, 160, 192, 224, 256]
+HEAD_DIMS = head_dim_buckets()
 VARIANTS = {"dense": "kDense", "window": "kWindow", "general": "kGeneral", "paged": "kPaged",
             "paged_general": "kPagedGeneral"}
 

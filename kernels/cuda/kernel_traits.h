@@ -45,10 +45,9 @@ ATTN_HOST_DEVICE constexpr bool VariantIsPaged(FwdVariant v) {
 inline constexpr int kMinPageSize = 16;
 inline constexpr int kMaxPageSize = 256;
 
-// Head-dim buckets that kernels are generated for. A head_dim (multiple of 8) runs in the
-// smallest compiled bucket >= head_dim, with zero-filled loads and predicated stores for the
-// columns past head_dim.
-inline constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 160, 192, 224, 256};
+// Head-dim buckets that kernels are generated for: head_dim_buckets.txt (compiled_head_dims.h
+// for the host dispatch). A head_dim (multiple of 8) runs in the smallest compiled bucket >=
+// head_dim, with zero-filled loads and predicated stores for the columns past head_dim.
 
 // One tile configuration: a block of `block_m` query rows streams K/V in tiles of `block_n` rows
 // through `kv_stages` shared-memory buffers each (1: V's load overlaps QK^T and the next K's load
