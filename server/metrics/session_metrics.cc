@@ -10,6 +10,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/metrics/metrics.h"
+#include "server/thread_name.h"
 
 namespace attention::server {
 namespace {
@@ -216,6 +217,7 @@ void SessionMetrics::StartPolling(const session::SessionStore* store,
     stop_ = false;
   }
   poller_ = std::thread([this, store, interval] {
+    NameThisThread("attn-sess-metric");
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_cv_.wait_for(lock, interval, [this] { return stop_; })) {
       lock.unlock();
