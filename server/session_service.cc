@@ -115,50 +115,27 @@ absl::Status DrainingStatus() {
 
 }  // namespace
 
-// One session call in flight, unary or a stream's: its request (a unary call's message parsed
-// into the matching field), its response, and how it is answered. Done is called exactly once.
-class SessionCall : public JobCompletion {
- public:
-  ~SessionCall() override = default;
-
-  // Answers the call: on OK, `response` holds the result of the request's kind. From any thread,
-  // with no lock held that the answer path takes; the call may be deleted before Done returns.
-  virtual void Done(const absl::Status& status) = 0;
-
-  // An Attend's job comes back: drop its view (the kernel has read it), write the answer, answer,
-  // and only then end the session's turn, whose end may start the session's next call on this
-  // thread.
-  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
-    session::Turn turn;
-    if (job->paged != nullptr) {
-      job->paged->view.Reset();
-      turn = std::move(job->paged->turn);
-    }
-    if (status.ok()) WriteAnswer(*job, response.mutable_attend());
-    job.reset();
-    Done(status);
-    turn.End();
+void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status) {
+  session::Turn turn;
+  if (job->paged != nullptr) {
+    job->paged->view.Reset();
+    turn = std::move(job->paged->turn);
   }
+  if (status.ok()) WriteAnswer(*job, response.mutable_attend());
+  job.reset();
+  Done(status);
+  turn.End();
+}
 
-  // Whether the caller is gone or out of time: then a call waiting for its turn is answered
-  // without applying it.
-  absl::Status Abandoned() const {
-    if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
-      return absl::CancelledError("the call was cancelled before its turn");
-    }
-    if (Clock::now() > deadline) {
-      return absl::DeadlineExceededError("the call's deadline passed before its turn");
-    }
-    return absl::OkStatus();
+absl::Status SessionCall::Abandoned() const {
+  if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
+    return absl::CancelledError("the call was cancelled before its turn");
   }
-
-  v1::SessionRequest request;
-  v1::SessionResponse response;
-  Clock::time_point accepted;
-  Clock::time_point deadline = Clock::time_point::max();
-  const std::atomic<bool>* cancelled = nullptr;
-  int64_t request_bytes = 0;
-};
+  if (Clock::now() > deadline) {
+    return absl::DeadlineExceededError("the call's deadline passed before its turn");
+  }
+  return absl::OkStatus();
+}
 
 namespace {
 

@@ -49,7 +49,34 @@
 namespace attention::server {
 
 class SessionStreamCall;
-class SessionCall;
+
+// One session call in flight, unary or a stream's (or a test's): its request (a unary call's
+// message parsed into the matching field of a SessionRequest), its response, and how it is
+// answered. SessionServiceImpl::Run answers it exactly once through Done.
+class SessionCall : public JobCompletion {
+ public:
+  ~SessionCall() override = default;
+
+  // Answers the call: on OK, `response` holds the result of the request's kind. From any thread,
+  // with no lock held that the answer path takes; the call may be deleted before Done returns.
+  virtual void Done(const absl::Status& status) = 0;
+
+  // An Attend's job comes back: drops its view (the kernel has read it), writes the answer,
+  // answers, and only then ends the session's turn, whose end may start the session's next call
+  // on this thread.
+  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override;
+
+  // CANCELLED or DEADLINE_EXCEEDED when the caller is gone or out of time: a call waiting for its
+  // turn is then answered without being applied.
+  absl::Status Abandoned() const;
+
+  v1::SessionRequest request;
+  v1::SessionResponse response;
+  Clock::time_point accepted;
+  Clock::time_point deadline = Clock::time_point::max();
+  const std::atomic<bool>* cancelled = nullptr;  // null: cannot be cancelled
+  int64_t request_bytes = 0;
+};
 
 struct SessionServiceOptions {
   // This replica's name (--replica_name): CreateSession answers it, session ids carry it.
