@@ -1,0 +1,71 @@
+// Emulated stand-in for kernels/cuda/device_utils.cuh (warp_emulator.h): the same functions over
+// the emulated block's shared memory. cp.async copies complete at once.
+#ifndef ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
+#define ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+
+#include "warp_emulator.h"
+
+namespace attention::cuda::fwd {
+
+inline unsigned char* EmulatedSmem() { return ::attention::cuda::emu::CurrentBlock()->smem; }
+
+inline void CheckSmem(uint32_t smem_addr, uint32_t bytes) {
+  if (smem_addr % bytes != 0 || smem_addr + bytes > ::attention::cuda::emu::kSmemBytes) {
+    throw std::runtime_error("shared-memory access out of range or misaligned");
+  }
+}
+
+inline uint32_t SmemAddress(const void* ptr) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(ptr) - EmulatedSmem());
+}
+
+inline void CpAsync16(uint32_t smem_addr, const void* gmem, bool pred) {
+  CheckSmem(smem_addr, 16);
+  if (pred) {
+    if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0) {
+      throw std::runtime_error("cp.async source not 16-byte aligned");
+    }
+    std::memcpy(EmulatedSmem() + smem_addr, gmem, 16);
+  } else {
+    std::memset(EmulatedSmem() + smem_addr, 0, 16);
+  }
+}
+
+inline void CpAsyncCommit() {}
+
+template <int kPending>
+inline void CpAsyncWait() {}
+
+inline void LdsmX4(uint32_t (&r)[4], uint32_t smem_addr) {
+  CheckSmem(smem_addr, 16);
+  auto& self = ::attention::cuda::emu::Self();
+  self.address = smem_addr;
+  self.ldsm_out = r;
+  ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kLdsmX4);
+}
+
+inline uint4 LoadShared128(uint32_t smem_addr) {
+  CheckSmem(smem_addr, 16);
+  uint4 v;
+  std::memcpy(&v, EmulatedSmem() + smem_addr, 16);
+  return v;
+}
+
+inline void StoreShared32(uint32_t smem_addr, uint32_t value) {
+  CheckSmem(smem_addr, 4);
+  std::memcpy(EmulatedSmem() + smem_addr, &value, 4);
+}
+
+// ex2.approx.ftz: -inf -> 0.
+inline float Exp2(float x) { return std::exp2(x); }
+
+inline float Tanh(float x) { return std::tanh(x); }
+
+}  // namespace attention::cuda::fwd
+
+#endif  // ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_

@@ -1,0 +1,268 @@
+// A CPU emulator of one CUDA thread block, enough to run the float32 attention kernel's device
+// code (kernels/cuda/flash_fwd_fp32_kernel.cuh) compiled by the host compiler: every thread is a
+// fiber (ucontext) on one OS thread, and the operations that exchange data between threads -- the
+// block barrier, warp shuffles and votes, ldmatrix and the m16n8k8 TF32 MMA -- are collectives
+// that run once all the threads they involve have reached them, as the hardware's do.
+//
+// What it checks: the kernel's indexing, fragment layouts, masking, online softmax, epilogue and
+// the order of its barriers (a thread waiting at a collective the others never reach is reported
+// as a deadlock, warp divergence at a collective as an error). What it does not: timing, the
+// asynchrony of cp.async (copies complete at once; compute-sanitizer's racecheck on a GPU covers
+// the ordering) and the tensor cores' exact rounding (products exact, sums in double).
+//
+// Include this before the kernel header, with tests/kernels/cuda/emulation/ ahead of the
+// repository root on the include path: it substitutes kernels/cuda/device_utils.cuh and
+// kernels/cuda/flash_fwd_fp32_ops.cuh with the emulated instructions.
+#ifndef ATTENTION_TESTS_KERNELS_CUDA_EMULATION_WARP_EMULATOR_H_
+#define ATTENTION_TESTS_KERNELS_CUDA_EMULATION_WARP_EMULATOR_H_
+
+#include <cuda_runtime_api.h>
+#include <ucontext.h>
+#include <vector_functions.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// CUDA C++ that host_defines.h leaves to nvcc.
+#define __launch_bounds__(...)
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+inline uint32_t __float_as_uint(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float __uint_as_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+namespace attention::cuda::emu {
+
+// The shared memory of the block being run (the kernel's `extern __shared__` array is defined by
+// the test as this storage).
+inline constexpr int kSmemBytes = 228 * 1024;
+
+enum class Op { kNone, kBarrier, kShflXor, kAny, kLdsmX4, kMmaTf32 };
+
+struct Thread {
+  ucontext_t context;
+  std::vector<char> stack;
+  bool done = false;
+  Op op = Op::kNone;  // the collective this thread waits at, kNone when runnable
+  // Arguments and results of the pending collective; pointers into the fiber's own stack, which
+  // stays alive while it waits.
+  float value = 0.f;
+  int lane_mask = 0;
+  bool pred = false;
+  uint32_t address = 0;
+  uint32_t* ldsm_out = nullptr;
+  float* mma_d = nullptr;
+  uint32_t mma_a[4] = {0, 0, 0, 0};
+  uint32_t mma_b[2] = {0, 0};
+};
+
+struct Block {
+  dim3 block_idx, grid_dim;
+  int threads = 0;
+  unsigned char* smem = nullptr;
+  std::vector<Thread> thread;
+  std::function<void()> body;
+  ucontext_t scheduler;
+  int current = 0;
+  std::string error;
+};
+
+inline Block*& CurrentBlock() {
+  static Block* block = nullptr;
+  return block;
+}
+
+inline Thread& Self() { return CurrentBlock()->thread[CurrentBlock()->current]; }
+
+// Parks the calling thread at collective `op` until the scheduler has run it.
+inline void Wait(Op op) {
+  Thread& self = Self();
+  self.op = op;
+  swapcontext(&self.context, &CurrentBlock()->scheduler);
+}
+
+inline void ThreadMain() {
+  Block& b = *CurrentBlock();
+  b.body();
+  b.thread[b.current].done = true;
+  // uc_link returns to the scheduler.
+}
+
+inline float TruncateToTf32(uint32_t bits) { return __uint_as_float(bits & 0xffffe000u); }
+
+// Runs collective `op` for the 32 threads of warp `w`, all waiting at it.
+inline void RunWarpCollective(Block& b, int w, Op op) {
+  Thread* lane = &b.thread[32 * w];
+  switch (op) {
+    case Op::kShflXor: {
+      float v[32];
+      for (int l = 0; l < 32; ++l) v[l] = lane[l].value;
+      for (int l = 0; l < 32; ++l) lane[l].value = v[l ^ lane[l].lane_mask];
+      break;
+    }
+    case Op::kAny: {
+      bool any = false;
+      for (int l = 0; l < 32; ++l) any |= lane[l].pred;
+      for (int l = 0; l < 32; ++l) lane[l].pred = any;
+      break;
+    }
+    case Op::kLdsmX4: {
+      // Matrix i: lanes 8i .. 8i + 7 give its 8 row addresses (16 bytes each); lane l receives
+      // the 32-bit word l % 4 of row l / 4 of every matrix.
+      for (int l = 0; l < 32; ++l) {
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t addr = lane[8 * i + l / 4].address + 4 * (l % 4);
+          if (addr + 4 > static_cast<uint32_t>(kSmemBytes) || addr % 4 != 0) {
+            throw std::runtime_error("ldmatrix address out of shared memory");
+          }
+          std::memcpy(&lane[l].ldsm_out[i], b.smem + addr, 4);
+        }
+      }
+      break;
+    }
+    case Op::kMmaTf32: {
+      // A 16x8 (a0: row g, k t; a1: g + 8, t; a2: g, t + 4; a3: g + 8, t + 4), B 8x8 (b0: k t,
+      // column g; b1: k t + 4), C / D 16x8 (d0, d1: row g, columns 2t, 2t + 1; d2, d3: row g + 8).
+      // TF32 operands: the 13 low bits of each are ignored, as the tensor cores do.
+      double a[16][8], bm[8][8], c[16][8];
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        a[g][t] = TruncateToTf32(lane[l].mma_a[0]);
+        a[g + 8][t] = TruncateToTf32(lane[l].mma_a[1]);
+        a[g][t + 4] = TruncateToTf32(lane[l].mma_a[2]);
+        a[g + 8][t + 4] = TruncateToTf32(lane[l].mma_a[3]);
+        bm[t][g] = TruncateToTf32(lane[l].mma_b[0]);
+        bm[t + 4][g] = TruncateToTf32(lane[l].mma_b[1]);
+        c[g][2 * t] = lane[l].mma_d[0];
+        c[g][2 * t + 1] = lane[l].mma_d[1];
+        c[g + 8][2 * t] = lane[l].mma_d[2];
+        c[g + 8][2 * t + 1] = lane[l].mma_d[3];
+      }
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int e = 0; e < 4; ++e) {
+          const int row = g + 8 * (e / 2);
+          const int col = 2 * t + e % 2;
+          double sum = c[row][col];
+          for (int k = 0; k < 8; ++k) sum += a[row][k] * bm[k][col];
+          lane[l].mma_d[e] = static_cast<float>(sum);
+        }
+      }
+      break;
+    }
+    case Op::kNone:
+    case Op::kBarrier:
+      break;
+  }
+  for (int l = 0; l < 32; ++l) lane[l].op = Op::kNone;
+}
+
+// Runs `body` as every thread of block `block_idx` of a grid `grid_dim` of `threads`-thread
+// blocks (a multiple of 32) over the shared memory `smem`. Throws std::runtime_error on a deadlock
+// or a warp that diverges at a collective.
+inline void RunBlock(dim3 grid_dim, dim3 block_idx, int threads, unsigned char* smem,
+                     std::function<void()> body) {
+  Block b;
+  b.block_idx = block_idx;
+  b.grid_dim = grid_dim;
+  b.threads = threads;
+  b.smem = smem;
+  b.body = std::move(body);
+  b.thread.resize(threads);
+  CurrentBlock() = &b;
+  for (Thread& t : b.thread) {
+    t.stack.resize(512 * 1024);
+    getcontext(&t.context);
+    t.context.uc_stack.ss_sp = t.stack.data();
+    t.context.uc_stack.ss_size = t.stack.size();
+    t.context.uc_link = &b.scheduler;
+    makecontext(&t.context, reinterpret_cast<void (*)()>(&ThreadMain), 0);
+  }
+  const int warps = threads / 32;
+  for (;;) {
+    bool ran = false;
+    for (int i = 0; i < threads; ++i) {
+      if (b.thread[i].done || b.thread[i].op != Op::kNone) continue;
+      b.current = i;
+      swapcontext(&b.scheduler, &b.thread[i].context);
+      ran = true;
+    }
+    bool resolved = false;
+    for (int w = 0; w < warps; ++w) {
+      const Op op = b.thread[32 * w].op;
+      if (op == Op::kNone || op == Op::kBarrier) continue;
+      bool all = true;
+      for (int l = 0; l < 32; ++l) {
+        const Thread& t = b.thread[32 * w + l];
+        if (t.done || (t.op != Op::kNone && t.op != op)) {
+          throw std::runtime_error("warp " + std::to_string(w) + " diverges at a collective");
+        }
+        all &= t.op == op;
+      }
+      if (all) {
+        RunWarpCollective(b, w, op);
+        resolved = true;
+      }
+    }
+    bool all_done = true, all_at_barrier = true, any_at_barrier = false;
+    for (const Thread& t : b.thread) {
+      if (t.done) continue;
+      all_done = false;
+      all_at_barrier &= t.op == Op::kBarrier;
+      any_at_barrier |= t.op == Op::kBarrier;
+    }
+    if (all_done) break;
+    if (all_at_barrier && any_at_barrier) {
+      for (Thread& t : b.thread) t.op = Op::kNone;
+      resolved = true;
+    }
+    if (!ran && !resolved) {
+      CurrentBlock() = nullptr;
+      throw std::runtime_error("deadlock: threads wait at collectives that cannot complete");
+    }
+  }
+  CurrentBlock() = nullptr;
+}
+
+inline dim3 ThreadIdx() { return dim3(static_cast<unsigned>(CurrentBlock()->current), 1, 1); }
+inline dim3 BlockIdx() { return CurrentBlock()->block_idx; }
+inline dim3 GridDim() { return CurrentBlock()->grid_dim; }
+
+}  // namespace attention::cuda::emu
+
+#define threadIdx (::attention::cuda::emu::ThreadIdx())
+#define blockIdx (::attention::cuda::emu::BlockIdx())
+#define gridDim (::attention::cuda::emu::GridDim())
+
+inline void __syncthreads() { ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kBarrier); }
+
+inline float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask) {
+  auto& self = ::attention::cuda::emu::Self();
+  self.value = value;
+  self.lane_mask = lane_mask;
+  ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kShflXor);
+  return ::attention::cuda::emu::Self().value;
+}
+
+inline bool __any_sync(unsigned /*mask*/, bool pred) {
+  auto& self = ::attention::cuda::emu::Self();
+  self.pred = pred;
+  ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kAny);
+  return ::attention::cuda::emu::Self().pred;
+}
+
+#endif  // ATTENTION_TESTS_KERNELS_CUDA_EMULATION_WARP_EMULATOR_H_
