@@ -1,0 +1,327 @@
+// Benchmark of float32 requests through the CUDA host API (kernels/cuda/attention_cuda.h) at each
+// precision level: FULL (the float32 kernel, split-TF32 products), TF32 (the float32 kernel, one
+// TF32 product) and BF16 (conversion to bfloat16 + the 16-bit kernel + conversion back, what every
+// float32 request ran before issue 24).
+//
+// Default: the standard grid of /work/shared/peers/sdpa_peer.py (run it with --dtype fp32 in the
+// same command for PyTorch's float32 SDPA): head_dim in {64, 128, 256}, causal off / on, seqlen
+// 512 .. 16384 with batch * seqlen = 16384 tokens and heads * head_dim = 2048. TFLOP/s use the
+// FlashAttention convention 4 * batch * heads * seqlen^2 * head_dim, halved when causal. Time:
+// median of repeated launches, each timed with CUDA events, after warm-up.
+//
+//   fp32_bench [--precision full,tf32,bf16] [--hdim 64,128,256] [--causal 0,1]
+//              [--seqlens 512,...] [--tokens 16384] [--model-dim 2048] [--json FILE] [--tiles]
+//   --tiles   also times the float32 kernel's alternative tile configurations
+//             (bench/cuda/fp32_tile_sweep.cu; configure with -DATTN_BENCH_FP32_TILE_SWEEP=ON)
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#ifdef ATTN_BENCH_FP32_TILE_SWEEP
+#include "bench/cuda/fp32_tile_sweep.h"
+#endif
+#include "kernels/attention_params.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_fwd_fp32_traits.h"
+
+namespace attention::cuda::bench {
+namespace {
+
+bool Check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return true;
+  std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(err));
+  return false;
+}
+
+std::vector<std::string> Words(const std::string& text) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t comma = text.find(',', pos);
+    out.push_back(text.substr(pos, comma - pos));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::vector<int> Ints(const std::string& text) {
+  std::vector<int> out;
+  for (const std::string& w : Words(text)) out.push_back(std::atoi(w.c_str()));
+  return out;
+}
+
+struct Options {
+  std::vector<std::string> precisions = {"full", "tf32", "bf16"};
+  std::vector<int> hdims = {64, 128, 256};
+  std::vector<int> causal = {0, 1};
+  std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
+  int64_t tokens = 16384;
+  int model_dim = 2048;
+  std::string json;
+  bool tiles = false;
+};
+
+bool ParsePrecision(const std::string& name, Precision& out) {
+  if (name == "full") {
+    out = Precision::kFull;
+  } else if (name == "tf32") {
+    out = Precision::kTF32;
+  } else if (name == "bf16") {
+    out = Precision::kBF16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Uniform values with variance 1 (never zeros: zeros can run faster than real data).
+bool FillRandom(float* device, int64_t count, uint64_t seed) {
+  std::vector<float> host(count);
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < count; ++i) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
+    host[i] = (2.f * u - 1.f) * 1.7320508f;
+  }
+  return Check(cudaMemcpy(device, host.data(), count * sizeof(float), cudaMemcpyHostToDevice),
+               "cudaMemcpy");
+}
+
+// Median milliseconds of `launch` over enough repetitions for ~100 ms of work (at least 3).
+template <typename Launch>
+double MedianMs(const Launch& launch) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < 2; ++i) launch();
+  cudaEventRecord(start);
+  launch();
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float first = 0.f;
+  cudaEventElapsedTime(&first, start, stop);
+  const int reps = std::clamp(static_cast<int>(100.f / std::max(first, 1e-3f)), 3, 100);
+  std::vector<float> times(reps);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start);
+    launch();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    cudaEventElapsedTime(&times[i], start, stop);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[reps / 2];
+}
+
+struct Buffers {
+  float *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *lse = nullptr;
+  void* workspace = nullptr;
+};
+
+AttentionParams MakeParams(Precision precision, int batch, int seqlen, int heads, int head_dim,
+                           bool causal, const Buffers& buf) {
+  AttentionParams p;
+  p.dtype = DType::kFloat32;
+  p.precision = precision;
+  p.batch = batch;
+  p.seqlen_q = p.seqlen_k = seqlen;
+  p.q_heads = p.kv_heads = heads;
+  p.head_dim = head_dim;
+  p.causal = causal;
+  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  p.q = buf.q;
+  p.k = buf.k;
+  p.v = buf.v;
+  p.o = buf.o;
+  p.lse = buf.lse;
+  SetContiguousStrides(p);
+  return p;
+}
+
+double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
+  const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
+  return flops / (ms * 1e-3) / 1e12;
+}
+
+#ifdef ATTN_BENCH_FP32_TILE_SWEEP
+int RunTileSweep(const Options& opt, const Buffers& buf, FILE* json) {
+  int failures = 0;
+  std::printf("\n| tiles (FULL, plain) | d | causal | seqlen | ms | TFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (const Fp32TileVariant& tv : Fp32TileSweep()) {
+    for (int c : {0, 1}) {
+      for (int n : {1024, 4096, 16384}) {
+        const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+        const int heads = opt.model_dim / tv.head_dim;
+        AttentionParams p = MakeParams(Precision::kFull, batch, n, heads, tv.head_dim, c != 0, buf);
+        Normalize(p);
+        ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+        cudaError_t err = cudaSuccess;
+        const double ms = MedianMs([&] { err = tv.run(p, nullptr); });
+        if (!Check(err, "tile sweep launch") || !Check(cudaDeviceSynchronize(), "tile sweep")) {
+          ++failures;
+          continue;
+        }
+        const double tf = Tflops(batch, heads, n, tv.head_dim, c != 0, ms);
+        std::printf("| %s | %d | %d | %d | %.3f | %.1f |\n", tv.label.c_str(), tv.head_dim, c, n,
+                    ms, tf);
+        if (json != nullptr) {
+          std::fprintf(json,
+                       "{\"kind\": \"fp32_tiles\", \"tiles\": \"%s\", \"d\": %d, \"causal\": %s, "
+                       "\"seqlen\": %d, \"ms\": %.4f, \"ours_tflops\": %.1f}\n",
+                       tv.label.c_str(), tv.head_dim, c ? "true" : "false", n, ms, tf);
+        }
+        std::fflush(stdout);
+      }
+    }
+  }
+  return failures;
+}
+#endif
+
+int Run(const Options& opt, FILE* json) {
+  const int64_t elems = opt.tokens * opt.model_dim;
+  Buffers buf;
+  for (float** ptr : {&buf.q, &buf.k, &buf.v, &buf.o}) {
+    if (!Check(cudaMalloc(reinterpret_cast<void**>(ptr), elems * sizeof(float)), "cudaMalloc")) {
+      return 1;
+    }
+  }
+  const int max_heads = opt.model_dim / 8;
+  if (!Check(cudaMalloc(reinterpret_cast<void**>(&buf.lse), opt.tokens * max_heads * sizeof(float)),
+             "cudaMalloc")) {
+    return 1;
+  }
+  // The BF16 level's workspace: bfloat16 copies of q, k, v and o, the same for every shape of the
+  // grid (batch * seqlen and heads * head_dim are fixed).
+  const size_t ws_bytes = WorkspaceBytes(MakeParams(
+      Precision::kBF16, 1, static_cast<int>(opt.tokens), opt.model_dim / 64, 64, false, buf));
+  if (!Check(cudaMalloc(&buf.workspace, ws_bytes), "cudaMalloc")) return 1;
+  if (!FillRandom(buf.q, elems, 1) || !FillRandom(buf.k, elems, 2) ||
+      !FillRandom(buf.v, elems, 3)) {
+    return 1;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  {
+    // Half a second of work first: the GPU idles at a low clock and the first cells would
+    // otherwise be timed while it ramps up.
+    const AttentionParams p =
+        MakeParams(Precision::kFull, 4, 4096, opt.model_dim / 128, 128, false, buf);
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(500)) {
+      if (!RunAttention(p, nullptr, nullptr).ok()) break;
+      cudaDeviceSynchronize();
+    }
+  }
+  std::printf(
+      "| precision | d | causal | seqlen | batch | heads | ms | TFLOP/s | tiles (FULL/TF32) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  int failures = 0;
+  for (const std::string& name : opt.precisions) {
+    Precision precision;
+    if (!ParsePrecision(name, precision)) {
+      std::fprintf(stderr, "--precision: %s is not full, tf32 or bf16\n", name.c_str());
+      return 2;
+    }
+    for (int d : opt.hdims) {
+      const int bucket = d <= 32 ? 32 : (d + 31) / 32 * 32;
+      const Fp32TileConfig t = DefaultFp32TileConfig(bucket);
+      for (int c : opt.causal) {
+        for (int n : opt.seqlens) {
+          const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+          const int heads = opt.model_dim / d;
+          const AttentionParams p = MakeParams(precision, batch, n, heads, d, c != 0, buf);
+          absl::Status status;
+          const double ms = MedianMs([&] { status = RunAttention(p, buf.workspace, nullptr); });
+          if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
+            std::fprintf(stderr, "%s d=%d causal=%d seqlen=%d: %s\n", name.c_str(), d, c, n,
+                         status.ToString().c_str());
+            ++failures;
+            continue;
+          }
+          const double tf = Tflops(batch, heads, n, d, c != 0, ms);
+          std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %dx%d %dw %ds |\n",
+                      name.c_str(), d, c, n, batch, heads, ms, tf, t.block_m, t.block_n, t.warps,
+                      t.stages);
+          if (json != nullptr) {
+            std::fprintf(json,
+                         "{\"kind\": \"fp32\", \"precision\": \"%s\", \"d\": %d, \"causal\": %s, "
+                         "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms\": %.4f, "
+                         "\"ours_tflops\": %.1f}\n",
+                         name.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf);
+          }
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+#ifdef ATTN_BENCH_FP32_TILE_SWEEP
+  if (opt.tiles) failures += RunTileSweep(opt, buf, json);
+#else
+  if (opt.tiles) {
+    std::fprintf(stderr, "--tiles: configure with -DATTN_BENCH_FP32_TILE_SWEEP=ON\n");
+    ++failures;
+  }
+#endif
+  for (float* ptr : {buf.q, buf.k, buf.v, buf.o, buf.lse}) cudaFree(ptr);
+  cudaFree(buf.workspace);
+  return failures == 0 ? 0 : 1;
+}
+
+int Main(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (arg == "--precision") {
+      opt.precisions = Words(value());
+    } else if (arg == "--hdim") {
+      opt.hdims = Ints(value());
+    } else if (arg == "--causal") {
+      opt.causal = Ints(value());
+    } else if (arg == "--seqlens") {
+      opt.seqlens = Ints(value());
+    } else if (arg == "--tokens") {
+      opt.tokens = std::atoll(value().c_str());
+    } else if (arg == "--model-dim") {
+      opt.model_dim = std::atoi(value().c_str());
+    } else if (arg == "--json") {
+      opt.json = value();
+    } else if (arg == "--tiles") {
+      opt.tiles = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s (see the header of fp32_bench.cc)\n", arg.c_str());
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "fp32_bench: no CUDA device\n");
+    return 77;
+  }
+  FILE* json = opt.json.empty() ? nullptr : std::fopen(opt.json.c_str(), "a");
+  const int rc = Run(opt, json);
+  if (json != nullptr) std::fclose(json);
+  return rc;
+}
+
+}  // namespace
+}  // namespace attention::cuda::bench
+
+int main(int argc, char** argv) { return attention::cuda::bench::Main(argc, argv); }
