@@ -6,13 +6,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_params.h"
+#include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
 #include "kernels/cuda/flash_fwd_fp32_traits.h"
 
-// The build defines one ATTN_KERNEL_HDIM_<d> macro per compiled head-dim bucket
-// (kernels/cuda/CMakeLists.txt, option ATTN_KERNEL_HEAD_DIMS); the float32 kernel is compiled for
-// the same buckets as the 16-bit ones, so CompiledHeadDimBucket picks its bucket too.
+// The float32 kernel is compiled for the same head-dim buckets as the 16-bit ones
+// (compiled_head_dims.h: ATTN_KERNEL_HEAD_DIMS, defined by kernels/cuda/CMakeLists.txt).
 
 namespace attention::cuda {
 namespace {
@@ -96,44 +96,13 @@ absl::Status CheckFp32Layout(const AttentionParams& p) {
 }
 
 absl::Status DispatchFlashFwdFp32(const AttentionParams& p, cudaStream_t stream) {
-  switch (CompiledHeadDimBucket(p.head_dim)) {
-#ifdef ATTN_KERNEL_HDIM_32
-    case 32:
-      return DispatchPrecision<32>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_64
-    case 64:
-      return DispatchPrecision<64>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_96
-    case 96:
-      return DispatchPrecision<96>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_128
-    case 128:
-      return DispatchPrecision<128>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_160
-    case 160:
-      return DispatchPrecision<160>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_192
-    case 192:
-      return DispatchPrecision<192>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_224
-    case 224:
-      return DispatchPrecision<224>(p, stream);
-#endif
-#ifdef ATTN_KERNEL_HDIM_256
-    case 256:
-      return DispatchPrecision<256>(p, stream);
-#endif
-    default:
-      return absl::UnimplementedError(
+  const int bucket = SmallestCompiledBucket(p.head_dim);
+  return VisitCompiledHeadDim(
+      bucket,
+      [&](auto head_dim) { return DispatchPrecision<decltype(head_dim)::value>(p, stream); },
+      absl::UnimplementedError(
           absl::StrCat("head_dim ", p.head_dim, " has no CUDA float32 kernel in this build ",
-                       "(head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")"));
-  }
+                       "(head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")")));
 }
 
 }  // namespace attention::cuda

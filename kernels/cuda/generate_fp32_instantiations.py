@@ -8,15 +8,17 @@ Usage:
   kernels/cuda/generate_fp32_instantiations.py           # (re)write the files
   kernels/cuda/generate_fp32_instantiations.py --check   # exit 1 if a file is missing or stale
 
-HEAD_DIMS must match kHeadDimBuckets in kernel_traits.h and the default of ATTN_KERNEL_HEAD_DIMS
-in kernels/cuda/CMakeLists.txt.
+The head-dim buckets come from head_dim_buckets.txt (head_dim_buckets.py), the list CMake and
+the host dispatch read too.
 """
 import argparse
 import pathlib
 import sys
 
+from head_dim_buckets import head_dim_buckets
+
 PRECISIONS = {"full": "kFull", "tf32": "kTF32"}
-HEAD_DIMS = [32, 64, 96, 128, 160, 192, 224, 256]
+HEAD_DIMS = head_dim_buckets()
 VARIANTS = {"plain": "kPlain", "general": "kGeneral"}
 
 TEMPLATE = """\
