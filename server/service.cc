@@ -1,18 +1,18 @@
 #include "server/service.h"
 
 #include <chrono>
+#include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "grpc/grpc_security_constants.h"
-#include "grpcpp/security/auth_context.h"
 #include "grpcpp/support/slice.h"
-#include "server/log.h"
 #include "proto/contract_types.h"
+#include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/request_wire.h"
 #include "server/response_wire.h"
@@ -81,35 +81,75 @@ absl::Status ParseRequest(grpc::ByteBuffer* wire, ReceivedRequest* received) {
       "request: the message is not a valid attention.v1.AttentionRequest (protobuf wire format)");
 }
 
-// Whether the call came over TLS (as opposed to a plaintext port of the same server).
-bool OverTls(const grpc::CallbackServerContext& context) {
-  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth == nullptr) return false;
-  for (const grpc::string_ref& type :
-       auth->FindPropertyValues(GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME)) {
-    if (type == GRPC_SSL_TRANSPORT_SECURITY_TYPE || type == GRPC_TLS_TRANSPORT_SECURITY_TYPE) {
-      return true;
-    }
+// gRPC does not tell a server why a call was cancelled. A client's deadline passes on its own
+// clock, and it then cancels the call; the server's deadline for the call is that instant plus
+// the time the call's headers took to arrive, so an expired deadline reaches the server as a
+// cancel shortly before the deadline it knows (0.4 to 12 ms on loopback under load). A cancel
+// within this slack of the deadline is therefore counted DEADLINE_EXCEEDED; a client that really
+// cancels that close to its deadline cannot be told apart.
+constexpr Clock::duration kDeadlineSlack = std::chrono::milliseconds(100);
+
+// When a call was cancelled (OnCancel), for CodeSeenByClient; set once, from any thread.
+class CancelTime {
+ public:
+  void Set() { at_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+  // The time of the cancel, or the epoch when there was none.
+  Clock::time_point Get() const {
+    return Clock::time_point(Clock::duration(at_.load(std::memory_order_relaxed)));
   }
-  return false;
+
+ private:
+  std::atomic<Clock::rep> at_{0};
+};
+
+// The code the caller of a request saw: DEADLINE_EXCEEDED once its deadline passed and CANCELLED
+// once it cancelled (gRPC ends the call on the client's side then, and drops what the server
+// answers), else the server's answer. `cancelled_at` is the epoch when the call was not
+// cancelled.
+grpc::StatusCode CodeSeenByClient(grpc::StatusCode answered, Clock::time_point deadline,
+                                  Clock::time_point cancelled_at) {
+  const bool has_deadline = deadline != Clock::time_point::max();
+  if (cancelled_at != Clock::time_point{}) {
+    return has_deadline && cancelled_at >= deadline - kDeadlineSlack
+               ? grpc::StatusCode::DEADLINE_EXCEEDED
+               : grpc::StatusCode::CANCELLED;
+  }
+  if (has_deadline && Clock::now() >= deadline) return grpc::StatusCode::DEADLINE_EXCEEDED;
+  return answered;
 }
 
-// OK when the call may use the service: no authenticator, or a known bearer token.
-absl::Status Authenticate(const AttentionServiceImpl& service,
-                          const grpc::CallbackServerContext* context) {
-  if (service.options().require_tls && !OverTls(*context)) {
-    return absl::UnauthenticatedError(
-        "this port serves health checks only: call the attention service over TLS");
+grpc::StatusCode CodeOf(const absl::Status& status) {
+  return static_cast<grpc::StatusCode>(status.code());
+}
+
+// Bytes an answer's o and lse take (what the answer budget reserves).
+int64_t AnswerBytes(const RequestSpec& spec) { return spec.q_bytes + spec.lse_bytes; }
+
+// Whether `bytes` bytes of `Lane` elements hold one whose exponent bits (`exponent`) are all ones:
+// a NaN or an infinity. 64 bytes per step in four 16-byte vectors (GCC / Clang vector extensions,
+// SSE2 or NEON), so the scan runs at memory speed instead of one compare per element.
+template <typename Lane>
+bool AnyExponentAllOnes(const char* data, size_t bytes, Lane exponent) {
+  typedef Lane Vec __attribute__((vector_size(16)));
+  typedef decltype(Vec{} == Vec{}) Mask;
+  const Vec ones = exponent - Vec{};
+  Mask found = {};
+  size_t i = 0;
+  for (; i + 4 * sizeof(Vec) <= bytes; i += 4 * sizeof(Vec)) {
+    Vec v[4];
+    std::memcpy(v, data + i, sizeof(v));
+    found |= ((v[0] & ones) == ones) | ((v[1] & ones) == ones) | ((v[2] & ones) == ones) |
+             ((v[3] & ones) == ones);
   }
-  const TokenAuthenticator* auth = service.options().auth;
-  if (auth == nullptr) return absl::OkStatus();
-  absl::Status status = auth->Check(context->client_metadata());
-  if (!status.ok()) {
-    LogLine(LogLevel::kDebug, "unauthenticated")
-        .Kv("peer", context->peer())
-        .Kv("error", status.message());
+  for (size_t lane = 0; lane < sizeof(Vec) / sizeof(Lane); ++lane) {
+    if (found[lane] != 0) return true;
   }
-  return status;
+  for (; i + sizeof(Lane) <= bytes; i += sizeof(Lane)) {
+    Lane element;
+    std::memcpy(&element, data + i, sizeof(Lane));
+    if ((element & exponent) == exponent) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -150,23 +190,72 @@ void WriteAnswer(Job& job, Response* response) {
   info->set_device(r.device);
 }
 
+absl::Status CheckFinite(const Job& job) {
+  const RequestSpec& s = job.spec;
+  const std::string& o = job.outputs.o;
+  const bool o_bad =
+      s.dtype == DType::kFloat32   ? AnyExponentAllOnes<uint32_t>(o.data(), o.size(), 0x7f800000u)
+      : s.dtype == DType::kFloat16 ? AnyExponentAllOnes<uint16_t>(o.data(), o.size(), 0x7c00u)
+                                   : AnyExponentAllOnes<uint16_t>(o.data(), o.size(), 0x7f80u);
+  bool lse_bad = false;
+  const std::string& lse = job.outputs.lse;
+  for (size_t i = 0; !lse_bad && i + 4 <= lse.size(); i += 4) {
+    float value;
+    std::memcpy(&value, lse.data() + i, 4);
+    lse_bad = !(value < std::numeric_limits<float>::infinity());  // NaN or +inf
+  }
+  if (!o_bad && !lse_bad) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      o_bad ? "o" : "lse",
+      ": the result is not finite: float32 overflowed on these inputs (q, k and v values of "
+      "magnitude above 2^48, or not finite; attention.proto, \"Values\"), so it is not answered"));
+}
+
 namespace {
 
-// Validates `received` and queues it as a job answered through `completion`. On an error nothing
-// was queued and the caller answers with the status.
+// What StartJob reserved and why it refused.
+struct JobStart {
+  // Bytes reserved in the answer budget (0 when nothing was): the caller gives them back once
+  // the answer has been handed to the transport (or failed).
+  int64_t reserved_answer_bytes = 0;
+  // The request was refused because the answer budget is full (RESOURCE_EXHAUSTED).
+  bool answer_budget_full = false;
+};
+
+// Validates `received`, reserves its answer's bytes and queues it as a job answered through
+// `completion`. On an error nothing was queued or reserved and the caller answers with the
+// status. `start` is written before the job is queued (once queued, the job may be answered and
+// the caller's object deleted before this returns).
 absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& received,
                       JobCompletion* completion, Clock::time_point accepted,
-                      Clock::time_point deadline, const std::atomic<bool>* cancelled) {
+                      Clock::time_point deadline, const std::atomic<bool>* cancelled,
+                      JobStart* start) {
   const Request& request = received.message;
   absl::StatusOr<RequestSpec> spec =
       ValidateRequest(request, service.options().limits, &received.data);
   if (!spec.ok()) {
-    if (service.metrics() != nullptr) service.metrics()->RequestRejected("invalid");
+    if (service.metrics() != nullptr) {
+      service.metrics()->RequestRejected(absl::IsResourceExhausted(spec.status()) ? "too_large"
+                                                                                  : "invalid");
+    }
     LogLine(LogLevel::kDebug, "request_invalid")
         .Kv("request_id", request.request_id())
         .Kv("error", spec.status().message());
     return spec.status();
   }
+  const int64_t answer_bytes = AnswerBytes(*spec);
+  if (!service.ReserveAnswer(answer_bytes)) {
+    const int64_t limit = service.options().max_pending_answer_bytes;
+    if (service.metrics() != nullptr) {
+      service.metrics()->RequestRejected(answer_bytes > limit ? "too_large" : "answer_budget");
+    }
+    start->answer_budget_full = answer_bytes <= limit;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "answers waiting to be sent hold ", service.pending_answer_bytes(),
+        " bytes; this one's o and lse (", answer_bytes, " bytes) would pass the bound of ", limit,
+        " bytes (--max_pending_answer_bytes): read the answers of your streams, retry later"));
+  }
+  start->reserved_answer_bytes = answer_bytes;
   auto job = std::make_unique<Job>();
   job->request = &request;
   job->q_header = &request.q();
@@ -175,7 +264,13 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
   job->accepted = accepted;
   job->deadline = deadline;
   job->cancelled = cancelled;
-  return service.batcher()->Enqueue(job);
+  absl::Status status = service.batcher()->Enqueue(job);
+  if (!status.ok()) {
+    // Refused: the job is still here and the caller's object alive.
+    service.ReleaseAnswer(answer_bytes);
+    start->reserved_answer_bytes = 0;
+  }
+  return status;
 }
 
 // One unary call. Deletes itself in OnDone, which gRPC calls after Finish, so the request and
@@ -187,15 +282,14 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
       : service_(service),
         response_wire_(response_wire),
         request_bytes_(static_cast<int64_t>(request_wire->Length())),
-        accepted_(Clock::now()) {
+        accepted_(Clock::now()),
+        deadline_(SteadyDeadline(context, accepted_)) {
     service_->CallStarted();
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
-    absl::Status status = Authenticate(*service_, context);
     // gRPC allocated the request buffer for this call and only reads it back to destroy it.
-    if (status.ok()) status = ParseRequest(const_cast<grpc::ByteBuffer*>(request_wire), &request_);
+    absl::Status status = ParseRequest(const_cast<grpc::ByteBuffer*>(request_wire), &request_);
     if (status.ok()) {
-      status = StartJob(*service_, request_, this, accepted_, SteadyDeadline(context, accepted_),
-                        &cancelled_);
+      status = StartJob(*service_, request_, this, accepted_, deadline_, &cancelled_, &start_);
     }
     // Once the job is queued another thread may answer it (and this object be deleted): nothing
     // after this point touches `this` unless the job was refused.
@@ -203,18 +297,22 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   }
 
   void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
-    if (status.ok()) WriteAnswer(*job, &response_);
+    absl::Status answer = status.ok() ? CheckFinite(*job) : status;
+    if (answer.ok()) WriteAnswer(*job, &response_);
     job.reset();
-    Answer(status);
+    Answer(answer);
   }
 
   void OnCancel() override {
+    cancel_time_.Set();
     cancelled_.store(true, std::memory_order_relaxed);
     service_->batcher()->NotifyCancelled();
   }
 
   void OnDone() override {
     AttentionServiceImpl* service = service_;
+    // gRPC has sent the answer (or given up on it): its bytes leave the budget.
+    service->ReleaseAnswer(start_.reserved_answer_bytes);
     delete this;
     service->CallDone();
   }
@@ -230,8 +328,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
       response_bytes = static_cast<int64_t>(response_wire_->Length());
     }
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->RequestDone(Method::kAttention, static_cast<grpc::StatusCode>(status.code()),
-                           SecondsSince(accepted_), request_bytes_, response_bytes);
+      const grpc::StatusCode seen = CodeSeenByClient(CodeOf(status), deadline_, cancel_time_.Get());
+      metrics->RequestDone(Method::kAttention, seen, SecondsSince(accepted_), request_bytes_,
+                           seen == grpc::StatusCode::OK ? response_bytes : 0);
       metrics->AddInFlight(-1);
     }
     Finish(ToGrpc(status));
@@ -241,8 +340,11 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   grpc::ByteBuffer* const response_wire_;
   const int64_t request_bytes_;
   const Clock::time_point accepted_;
+  const Clock::time_point deadline_;
   ReceivedRequest request_;
   Response response_;
+  JobStart start_;
+  CancelTime cancel_time_;
   std::atomic<bool> cancelled_{false};
 };
 
@@ -261,8 +363,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
         deadline_(SteadyDeadline(context, Clock::now())),
         state_(service->options().max_stream_in_flight) {
     service_->Register(this);
-    const absl::Status auth = Authenticate(*service_, context);
-    if (auth.ok() && !service_->draining()) {
+    if (!service_->draining()) {
       next_ = std::make_unique<Item>(this);
       StartRead(&next_->wire_in);
       return;
@@ -270,12 +371,11 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     {
       std::lock_guard<std::mutex> lock(mu_);
       // StartDrain may have finished this stream already (Register made it visible): one Finish.
-      if (service_->draining()) state_.Drain();
+      state_.Drain();
       if (!state_.FinishAtOpen()) return;
     }
-    Finish(!auth.ok() ? ToGrpc(auth)
-                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                     "server is draining: open the stream on another replica"));
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "server is draining: open the stream on another replica"));
   }
 
   void OnReadDone(bool ok) override {
@@ -296,10 +396,14 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     if (!Accept(*item)) return;
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     const absl::Status status = StartJob(*service_, item->request, item.get(), item->accepted,
-                                         deadline_, state_.cancelled_flag());
+                                         deadline_, state_.cancelled_flag(), &item->start);
     if (status.ok()) {
-      item.release();  // owned by its job until Item::Complete
+      item.release();  // owned by its job until Item::Complete (maybe already answered)
     } else {
+      if (item->start.answer_budget_full) {
+        std::lock_guard<std::mutex> lock(mu_);
+        state_.PauseForAnswerBudget();
+      }
       ItemDone(std::move(item), status);
     }
     std::unique_lock<std::mutex> lock(mu_);
@@ -308,13 +412,17 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
 
   void OnWriteDone(bool ok) override {
     std::unique_ptr<Item> written;
+    std::deque<std::unique_ptr<Item>> dropped;
     std::unique_lock<std::mutex> lock(mu_);
     written = std::move(write_queue_.front());
     write_queue_.pop_front();
     // A failed write: the client is gone, the answers still queued are dropped.
-    const int dropped = ok ? 0 : static_cast<int>(write_queue_.size());
-    if (!ok) write_queue_.clear();
-    const bool resume_reading = state_.AnswerWritten(ok, dropped);
+    if (!ok) dropped.swap(write_queue_);
+    // The answer's fate is known now: written (its code), or never to arrive (what the client
+    // saw end its stream). Either way its bytes leave the answer budget.
+    AnswerLeft(*written, ok ? written->code : StreamEndSeenByClient());
+    for (const auto& item : dropped) AnswerLeft(*item, StreamEndSeenByClient());
+    const bool resume_reading = state_.AnswerWritten(ok, static_cast<int>(dropped.size()));
     state_.SetWriting(!write_queue_.empty());
     // The front item stays queued (and alive) until its own OnWriteDone.
     Item* next = state_.writing() ? write_queue_.front().get() : nullptr;
@@ -327,10 +435,13 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       Write(next);
       return;
     }
+    // The items (their buffers) are freed on return, outside mu_ and possibly after the stream
+    // finished: they do not refer to it.
     MaybeFinish(lock);
   }
 
   void OnCancel() override {
+    cancel_time_.Set();
     state_.Cancel();
     service_->batcher()->NotifyCancelled();
     std::unique_lock<std::mutex> lock(mu_);
@@ -355,9 +466,10 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   struct Item final : JobCompletion {
     explicit Item(StreamCall* call) : call(call) {}
     void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
-      if (status.ok()) WriteAnswer(*job, &response);
+      absl::Status answer = status.ok() ? CheckFinite(*job) : status;
+      if (answer.ok()) WriteAnswer(*job, &response);
       job.reset();
-      call->ItemDone(std::unique_ptr<Item>(this), status);
+      call->ItemDone(std::unique_ptr<Item>(this), answer);
     }
     StreamCall* const call;
     grpc::ByteBuffer wire_in;   // the message as read, released once parsed
@@ -366,7 +478,32 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     Response response;
     Clock::time_point accepted;
     int64_t request_bytes = 0;
+    JobStart start;  // the answer budget's reservation (StartJob)
+    // The answer, once ItemDone built it: its code and serialized size.
+    grpc::StatusCode code = grpc::StatusCode::OK;
+    int64_t response_bytes = 0;
   };
+
+  // What the client of this stream saw for an answer it will never get: the stream ended at its
+  // deadline, or was cancelled (a failed write means the same: the client is gone).
+  grpc::StatusCode StreamEndSeenByClient() const {
+    const Clock::time_point cancelled_at = cancel_time_.Get();
+    // A failed write without a cancel (yet): the client went away now.
+    return CodeSeenByClient(grpc::StatusCode::CANCELLED, deadline_,
+                            cancelled_at != Clock::time_point{} ? cancelled_at : Clock::now());
+  }
+
+  // An answer left the stream, written (`code` is then its own) or dropped: counted as what the
+  // client saw, out of the in-flight gauge, and out of the answer budget. Under mu_.
+  void AnswerLeft(Item& item, grpc::StatusCode code) {
+    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+      metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
+                           item.request_bytes, code == item.code ? item.response_bytes : 0);
+      metrics->AddInFlight(-1);
+    }
+    service_->ReleaseAnswer(item.start.reserved_answer_bytes);
+    item.start.reserved_answer_bytes = 0;
+  }
 
   // A message that is not an AttentionRequest: the stream's framing is broken, the request cannot
   // be answered by its request_id, so the stream ends with INVALID_ARGUMENT once the answers in
@@ -394,7 +531,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       return true;
     }
     const grpc::StatusCode code =
-        state_.answers_dropped() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::UNAVAILABLE;
+        state_.answers_dropped() ? StreamEndSeenByClient() : grpc::StatusCode::UNAVAILABLE;
     lock.unlock();
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
@@ -409,7 +546,8 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     StartWrite(&item->wire_out);
   }
 
-  // Answers `item` (result or error) by queueing its response for writing.
+  // Answers `item` (result or error) by queueing its response for writing; it is counted when
+  // written (OnWriteDone), or now when the stream will never write it.
   void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
     Response& response = item->response;
     if (status.ok()) {
@@ -418,26 +556,22 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       response.Clear();
       response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
       response.mutable_error()->set_message(std::string(status.message()));
+      // No o or lse will be sent: the reservation goes back now, not when the error is written.
+      service_->ReleaseAnswer(item->start.reserved_answer_bytes);
+      item->start.reserved_answer_bytes = 0;
     }
     response.set_request_id(item->request.message.request_id());
+    item->code = CodeOf(status);
+    item->response_bytes = static_cast<int64_t>(response.ByteSizeLong());
     item->request.Release();  // the inputs are no longer needed
     std::unique_lock<std::mutex> lock(mu_);
-    const bool dropped = state_.answers_dropped();
-    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      // An answer the stream will never write counts as what the caller saw: CANCELLED.
-      metrics->RequestDone(
-          Method::kAttentionStream,
-          dropped ? grpc::StatusCode::CANCELLED : static_cast<grpc::StatusCode>(status.code()),
-          SecondsSince(item->accepted), item->request_bytes,
-          dropped ? 0 : static_cast<int64_t>(response.ByteSizeLong()));
-      metrics->AddInFlight(-1);
-    }
-    if (dropped) {
+    if (state_.answers_dropped()) {
       // Once the answer is counted out and mu_ is released, another completion (the batcher
       // dropping a queued item, the executor answering one) may finish the stream and gRPC
       // delete it: the decision to finish is taken under this same hold, and nothing after it
       // touches `this`. The item (its buffers) is freed on return, outside mu_; it does not
       // refer to the stream.
+      AnswerLeft(*item, StreamEndSeenByClient());
       state_.AnswerDropped();
       MaybeFinish(lock);
       return;
@@ -467,6 +601,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
 
   AttentionServiceImpl* const service_;
   const Clock::time_point deadline_;
+  CancelTime cancel_time_;
   // The item the outstanding read fills (touched only by the reading path).
   std::unique_ptr<Item> next_;
   int64_t messages_read_ = 0;  // reading path only
@@ -497,6 +632,20 @@ void AttentionServiceImpl::StartDrain() {
   draining_.store(true, std::memory_order_release);
   std::lock_guard<std::mutex> lock(mu_);
   for (StreamCall* call : streams_) call->Drain();
+}
+
+bool AttentionServiceImpl::ReserveAnswer(int64_t bytes) {
+  const int64_t limit = options_.max_pending_answer_bytes;
+  int64_t held = pending_answer_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (bytes > limit - held) return false;
+  } while (
+      !pending_answer_bytes_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
+  return true;
+}
+
+void AttentionServiceImpl::ReleaseAnswer(int64_t bytes) {
+  if (bytes != 0) pending_answer_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
 int AttentionServiceImpl::open_streams() const {

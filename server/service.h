@@ -12,9 +12,19 @@
 // (queued jobs are dropped before launch) and it ends CANCELLED once no job refers to it any more.
 // While draining, a stream ends with UNAVAILABLE as soon as its outstanding answers are written.
 //
-// With a TokenAuthenticator (--auth_token_file) every call must carry a known bearer token: a
-// unary call without one is answered UNAUTHENTICATED, a stream ends UNAUTHENTICATED before any
-// request is read. Health and reflection are other services and stay open.
+// Authentication happens before a call reaches the service, on its headers (server/auth.h,
+// CallGate): a call without a known token never gets here and its message is never buffered.
+//
+// Answers waiting to be sent are memory the client controls (it may never read them): every
+// accepted request reserves its answer's size (o and lse) against one budget for the whole server
+// (ServiceOptions::max_pending_answer_bytes) until the answer has been handed to the transport.
+// A request that does not fit is refused RESOURCE_EXHAUSTED (in-band on a stream, which then
+// stops reading until one of its answers is written).
+//
+// Metrics count every answer under the code its client saw: a request whose caller's deadline
+// passed counts DEADLINE_EXCEEDED and one whose caller cancelled counts CANCELLED, whatever the
+// server answered meanwhile (gRPC drops that answer); a stream's answer counts when it is written
+// (or dropped).
 #ifndef ATTENTION_SERVER_SERVICE_H_
 #define ATTENTION_SERVER_SERVICE_H_
 
@@ -26,7 +36,6 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "attention/v1/attention.grpc.pb.h"
-#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/validation.h"
 
@@ -40,16 +49,20 @@ class StreamCall;
 // ran in. The job's output buffers move into the response (o is never copied here).
 void WriteAnswer(Job& job, v1::AttentionResponse* response);
 
+// INVALID_ARGUMENT when a computed job's o holds a NaN or an infinity, or its lse a NaN or +inf
+// (-inf is a row with no allowed key): float32 overflowed on inputs beyond the contract's value
+// bounds (server/validation.h, Values), or q, k or v held non-finite values. Such a result is
+// never answered OK. One pass over o (8 bytes at a time) and lse.
+absl::Status CheckFinite(const Job& job);
+
 struct ServiceOptions {
   ValidationLimits limits;
   // Requests of one stream accepted and not yet written back; at this bound the stream stops
   // reading until answers drain (flow control for clients that send faster than they read).
   int max_stream_in_flight = 1024;
-  // Not owned; null: no authentication. Outlives the service.
-  const TokenAuthenticator* auth = nullptr;
-  // Refuse calls that did not come over TLS (UNAUTHENTICATED): set when the gRPC port speaks TLS,
-  // so that a plaintext port opened for health probes (--health_address) serves health only.
-  bool require_tls = false;
+  // Bytes of o and lse of every accepted request whose answer has not yet been handed to the
+  // transport, across all calls (--max_pending_answer_bytes); beyond it RESOURCE_EXHAUSTED.
+  int64_t max_pending_answer_bytes = int64_t{1} << 30;
 };
 
 // Both methods are registered "raw" (grpc::ByteBuffer in and out): the service parses each
@@ -84,6 +97,14 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   // Streams currently open (tests).
   int open_streams() const;
 
+  // The answer budget (see above): reserves `bytes` and returns true when they fit, else false
+  // and nothing is reserved. Release gives back what a reservation took. Thread-safe.
+  bool ReserveAnswer(int64_t bytes);
+  void ReleaseAnswer(int64_t bytes);
+  int64_t pending_answer_bytes() const {
+    return pending_answer_bytes_.load(std::memory_order_relaxed);
+  }
+
   // Shared by the call objects (service.cc).
   const ServiceOptions& options() const { return options_; }
   Batcher* batcher() const { return batcher_; }
@@ -100,6 +121,7 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   Batcher* const batcher_;
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
+  std::atomic<int64_t> pending_answer_bytes_{0};
   mutable std::mutex mu_;
   std::condition_variable calls_done_;
   int64_t calls_ = 0;  // open calls, unary and stream

@@ -190,10 +190,87 @@ std::vector<Seed> Seeds() {
   add("bad_mask_dtype", o, [](auto& r) { r.mutable_mask()->set_dtype(static_cast<v1::DType>(7)); });
   add("bad_mask_data_length", o, [](auto& r) { r.mutable_mask()->mutable_data()->push_back(1); });
 
+  // Extreme values (issue 26): finite ones past the value bounds gave NaN answers with status OK,
+  // and NaN or +inf in a float mask gave all-NaN rows; the bounds themselves are valid.
+  const float inf = std::numeric_limits<float>::infinity();
+  auto set_floats = [](v1::Tensor* t, const std::vector<float>& values) {
+    t->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4));
+  };
+  add("bad_softmax_scale_huge", base, [](auto& r) { r.set_softmax_scale(3e38f); });
+  add("bad_softmax_scale_huge_negative", base, [](auto& r) { r.set_softmax_scale(-70000.f); });
+  add("valid_softmax_scale_max", base, [](auto& r) { r.set_softmax_scale(65536.f); });
+  add("bad_softcap_tiny", base, [](auto& r) { r.set_softcap(1e-30f); });
+  add("bad_softcap_huge", base, [](auto& r) { r.set_softcap(3e38f); });
+  add("valid_softcap_bounds", base, [](auto& r) {
+    r.set_softcap(0x1p-16f);
+    r.set_softmax_scale(65536.f);
+  });
+  o = Small();
+  o.alibi = 1;
+  add("bad_alibi_huge", o, [&](auto& r) { set_floats(r.mutable_alibi_slopes(), {0.5f, 3e38f}); });
+  add("bad_alibi_huge_negative", o, [&](auto& r) {
+    set_floats(r.mutable_alibi_slopes(), {-3e38f, 0.5f});
+  });
+  add("valid_alibi_max_slopes", o, [&](auto& r) {
+    set_floats(r.mutable_alibi_slopes(), {65536.f, -65536.f});
+  });
+  o = Small(v1::FLOAT32);
+  o.mask_dtype = v1::FLOAT32;
+  o.mask_shape = {5, 7};
+  auto mask_with = [&](float value) {
+    return [&set_floats, value](v1::AttentionRequest& r) {
+      std::vector<float> mask(35, 0.f);
+      mask[3] = value;
+      set_floats(r.mutable_mask(), mask);
+    };
+  };
+  add("bad_mask_fp32_huge", o, mask_with(3e38f));
+  add("bad_mask_fp32_nan", o, mask_with(std::numeric_limits<float>::quiet_NaN()));
+  add("bad_mask_fp32_plus_inf", o, mask_with(inf));
+  add("valid_mask_fp32_minus_inf_and_bounds", o, [&](auto& r) {
+    std::vector<float> mask(35, 0.f);
+    mask[0] = -inf;
+    mask[1] = 0x1p100f;
+    mask[2] = -0x1p100f;
+    for (int j = 7; j < 14; ++j) mask[j] = -inf;  // a row without keys
+    set_floats(r.mutable_mask(), mask);
+  });
+  o = Small(v1::FLOAT16);
+  o.mask_dtype = v1::FLOAT16;
+  o.mask_shape = {1, 7};
+  add("bad_mask_fp16_nan", o, [](auto& r) {
+    const uint16_t nan = 0x7e00;
+    r.mutable_mask()->mutable_data()->replace(2, 2, reinterpret_cast<const char*>(&nan), 2);
+  });
+  o.mask_dtype = v1::BFLOAT16;
+  add("bad_mask_bf16_huge", o, [](auto& r) {
+    const uint16_t huge = 0x7f61;  // about 3e38
+    r.mutable_mask()->mutable_data()->replace(4, 2, reinterpret_cast<const char*>(&huge), 2);
+  });
+  o = Small();
+  o.sinks = true;
+  add("bad_sinks_huge", o, [&](auto& r) { set_floats(r.mutable_sinks(), {3e38f, 0.f}); });
+  add("valid_sinks_bounds", o, [&](auto& r) {
+    set_floats(r.mutable_sinks(), {0x1p100f, -0x1p100f});
+  });
+  o = Small(v1::FLOAT16);
+  add("valid_fp16_extreme_inputs", o, [](auto& r) {
+    // Every q and k value at +-65504, the largest FLOAT16, with the largest scale: finite.
+    r.set_softmax_scale(65536.f);
+    for (v1::Tensor* t : {r.mutable_q(), r.mutable_k(), r.mutable_v()}) {
+      std::string& data = *t->mutable_data();
+      for (size_t i = 0; i + 1 < data.size(); i += 2) {
+        data[i] = static_cast<char>(0xff);
+        data[i + 1] = static_cast<char>(i % 4 == 0 ? 0x7b : 0xfb);
+      }
+    }
+  });
+
   // Wire-level damage: a truncated message, and bytes that are no protobuf at all.
   const std::string whole = seeds.front().bytes;
   seeds.push_back({"wire_truncated", whole.substr(0, whole.size() / 2)});
-  seeds.push_back({"wire_garbage", std::string("\xff\xff\xff\xff\x0f garbage \x00\x01", 18)});
+  seeds.push_back(
+      {"wire_garbage", std::string("\xff\xff\xff\xff\x0f garbage \x00\x01\x00\x00", 18)});
   seeds.push_back({"wire_empty", ""});
   return seeds;
 }

@@ -10,6 +10,9 @@
 //   - a rejected request gets INVALID_ARGUMENT or RESOURCE_EXHAUSTED with a "field: rule" message;
 //   - a validated request runs on the CPU backend without error (validation is the only gate:
 //     a backend refusal would reach the user as an error validation should have given);
+//   - a validated request whose q, k and v values are finite and within 2^48 (every FLOAT16
+//     value) gets a finite o and an lse without NaN or +inf (CheckFinite passes): the value
+//     bounds of server/validation.h keep every score finite, whatever the options;
 //   - the same request as the server parsed it (data in pieces) packed into a batch (twice, so
 //     that offsets are not zero; alone when it has a mask) through the batcher's packing path
 //     (AddJob, SealBatch, the plan's copies, BindParams, WriteAnswer) answers the same o and lse
@@ -51,14 +54,19 @@ namespace attention::server {
 namespace {
 
 // Small limits keep every input cheap to run; the byte-length rules (data must hold every element)
-// bound the work by the input size anyway.
+// bound the work by the input size anyway. The answer limit is the server's default.
 ValidationLimits FuzzLimits() {
   ValidationLimits limits;
   limits.max_request_tokens = 512;
   limits.max_request_sequences = 32;
   limits.max_heads = 32;
+  limits.max_request_work = 1e9;
   return limits;
 }
+
+// The magnitude within which every q, k and v value keeps the results finite (server/
+// validation.h, Values).
+constexpr float kFiniteInputBound = 0x1p48f;
 
 // Floating-point operations above which a validated request is not run (the checks up to
 // validation still are): keeps one input under a few milliseconds with the sanitizers.
@@ -100,6 +108,15 @@ float MaxMagnitude(const v1::Tensor& t) {
     if (std::isfinite(x) && x > max) max = x;
   }
   return max;
+}
+
+// Whether every value of tensor `t` (q, k or v) is finite and within `bound`.
+bool AllWithin(const v1::Tensor& t, float bound) {
+  const size_t n = t.data().size() / (t.dtype() == v1::FLOAT32 ? 4 : 2);
+  for (size_t i = 0; i < n; ++i) {
+    if (!(std::fabs(Element(t.data(), t.dtype(), i)) <= bound)) return false;
+  }
+  return true;
 }
 
 // Whether two computations of the same outputs agree. A packed launch may tile a request
@@ -211,6 +228,11 @@ Outcome RunOne(const uint8_t* data, size_t size) {
     std::vector<char> gathered;
     const absl::Status status = Backend().Run(InPlaceParams(batch, &gathered));
     if (!status.ok()) Fail("CPU backend refused a validated request: " + status.ToString());
+    const absl::Status finite = CheckFinite(*batch.jobs[0]);
+    if (!finite.ok() && AllWithin(request.q(), kFiniteInputBound) &&
+        AllWithin(request.k(), kFiniteInputBound) && AllWithin(request.v(), kFiniteInputBound)) {
+      Fail("inputs within the value bounds gave a non-finite result: " + finite.ToString());
+    }
     WriteAnswer(*batch.jobs[0], &single);
   }
 

@@ -155,7 +155,8 @@ TEST_F(FaultTest, ClientCancelsWhileQueuedAndWhileRunning) {
     return Answered(m, "CANCELLED") - Answered(before, "CANCELLED") == kQueued / 2;
   }));
   EXPECT_EQ(Launches(Scrape(server)), 1) << "a cancelled request was launched";
-  // The blocker cancels while it runs: it still completes on the server, once.
+  // The blocker cancels while it runs: the CPU backend stops it between tiles (its only caller
+  // is gone), and it is answered once.
   blocker.context.TryCancel();
   EXPECT_EQ(blocker.done.get_future().get().error_code(), grpc::StatusCode::CANCELLED);
   for (int i = 0; i < kQueued; ++i) {
@@ -189,8 +190,9 @@ TEST_F(FaultTest, ClientCancelsWhileQueuedAndWhileRunning) {
   EXPECT_EQ(Answered(Scrape(server), "CANCELLED") - Answered(stream_before, "CANCELLED"),
             kStreamed);
 
-  // A stream cancelled while its one request runs: the executor answers it OK, but the stream
-  // never writes that answer, so it counts as what the caller saw, CANCELLED.
+  // A stream cancelled while its one request runs: the executor stops it (or answers it, if it
+  // finished first), the stream never writes that answer, and it counts as what the caller saw,
+  // CANCELLED.
   const Metrics running_before = Scrape(server);
   {
     grpc::ClientContext context;

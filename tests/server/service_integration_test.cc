@@ -258,7 +258,7 @@ TEST_F(ServiceTest, InvalidRequestsGetInvalidArgumentAndTheServerStaysUp) {
       {[](auto& r) { r.mutable_q()->clear_shape(); }, "q.shape: rank must be 4"},
       {[](auto& r) { r.mutable_k()->mutable_data()->resize(3); }, "k.data: length must be"},
       {[](auto& r) { r.mutable_v()->set_shape(2, 3); }, "v.shape: must equal k.shape"},
-      {[](auto& r) { r.set_softcap(-2); }, "softcap: must be finite and >= 0"},
+      {[](auto& r) { r.set_softcap(-2); }, "softcap: must be 0 (off) or within"},
       {[](auto& r) { r.mutable_window()->set_left(-7); }, "window.left: must be >= -1"},
       {[](auto& r) { r.add_cu_seqlens_q(0); }, "cu_seqlens_k: must be given together"},
   };
