@@ -5,14 +5,12 @@
 #include <memory>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "proto/contract_types.h"
-#include "server/log.h"
 #include "server/response_wire.h"
 #include "server/service.h"
 #include "server/session_validation.h"

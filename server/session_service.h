@@ -1,6 +1,6 @@
 // attention.v1.SessionService on gRPC's callback API: the RPCs of attention.proto's "Sessions"
 // over a session::SessionStore (server/session/), with Attend queued on the same Batcher as the
-// forward calls (server/README.md, "Request path"; "Sessions" there for this service's part).
+// forward calls (server/README.md, "Request path", has an Attend's way through it).
 //
 // Every call, unary or on a SessionStream, becomes one SessionCall: a SessionRequest (a unary
 // call's message is parsed into the matching field of one) answered once with a SessionResponse.
