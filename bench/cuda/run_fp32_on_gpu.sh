@@ -26,15 +26,15 @@ grep -E "FAILED|Failure|^\| |rows off|lse values" "$out/test.log" | head -40
 # The sanitizers on a subset: issue 24's cases, each tile configuration and variant, packed
 # batches, sinks and the layout tests (racecheck is much slower, so fewer cases).
 sanitize() {
-  LD_LIBRARY_PATH="$bundle/lib" timeout 300 compute-sanitizer --tool "$1" --error-exitcode 9 \
+  LD_LIBRARY_PATH="$bundle/lib" timeout "${SANITIZER_TIMEOUT:-300}" compute-sanitizer --tool "$1" --error-exitcode 9 \
     "$bundle/bin/attention_fp32_test" --gtest_filter="$2" > "$out/$1.log" 2>&1
   echo "$1_rc=$?" | tee -a "$out/summary.txt"
   tail -n 3 "$out/$1.log"
 }
 echo "== memcheck"
-sanitize memcheck '*issue*:*varlen_everything*:*sinks_varlen_window*:*/hdim40:*/hdim104:*/hdim256:*window_100_50*:*mask_key_padding*:*packed_qkv*:*LevelsTest*'
+sanitize memcheck "${MEMCHECK_FILTER:-*issue*:*varlen_everything*:*sinks_varlen_window*:*/hdim40:*/hdim104:*/hdim256:*window_100_50*:*mask_key_padding*:*packed_qkv*:*LevelsTest*}"
 echo "== racecheck"
-sanitize racecheck '*issue_causal_gqa*:*/hdim32:*/hdim64:*/hdim96:*/hdim128:*/hdim160:*/hdim256:*sinks_varlen_window*'
+sanitize racecheck "${RACECHECK_FILTER:-*issue_causal_gqa*:*/hdim32:*/hdim64:*/hdim96:*/hdim128:*/hdim160:*/hdim256:*sinks_varlen_window*}"
 
 echo "== PyTorch float32 SDPA"
 timeout 300 python3 "$bundle/sdpa_peer.py" --dtype fp32 --json "$out/peer.jsonl" > "$out/peer.log" 2>&1
