@@ -670,6 +670,30 @@ TEST_F(SmallPoolTest, PoolExhaustedThenRecovered) {
   Step(big, 0, {}, rng_);
 }
 
+TEST(SessionUndo, AnAttendRefusedAfterItsAppendLeavesTheSessionAsItWas) {
+  // The work limit is checked once the context (with k_new) is known, after the append: the
+  // refusal must take the new row back out, and the page it opened.
+  SessionServerOptions options;
+  options.limits_per_request.max_request_work = 1e6;
+  std::unique_ptr<InProcessSessionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<SessionClient> client = SessionClient::Create(server->address());
+  ASSERT_TRUE(client.ok());
+  std::mt19937 rng(17);
+  // 2 KV heads x 64 x bf16 = 256-byte rows: 128 tokens per 64 KiB page, 2048 tokens = 16 pages.
+  Tracked t = Create(*client, v1::BFLOAT16, 1, 2, 64);
+  AppendRows(t, 0, 2048, rng);
+  const v1::AttendRequest a = MakeAttend(t, 0, {.q_heads = 8}, rng);
+  absl::StatusOr<v1::AttentionResponse> refused = Send(t.session, a);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("--max_request_gflop"));
+  absl::StatusOr<v1::GetSessionResponse> info = t.session.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->tokens(0), 2048);
+  EXPECT_EQ(info->pages(), 16);
+  EXPECT_EQ(server->store().counters().pools[0].pages_used, 16);
+}
+
 TEST(SessionPageSizes, EveryPageSizeMatchesTheReference) {
   // Rows of 1 KV head x 32 x fp32 = 128 bytes: page sizes of 1, 3, 8, 17 and 64 tokens.
   for (const int64_t page_bytes : {256, 768, 2048, 4352, 16384}) {

@@ -49,6 +49,7 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
   server::SessionServiceOptions service;
   service.replica = options.replica;
   service.availability = options.availability;
+  service.limits = options.limits_per_request;
   s->service_ = std::make_unique<server::SessionServiceImpl>(service, s->store_.get(),
                                                              s->batcher_.get(), s->metrics_.get());
   grpc::ServerBuilder builder;

@@ -33,8 +33,9 @@ struct SessionServerOptions {
   int cpu_threads = 2;
   // With a registry: the SessionMetrics, polled every 50 ms.
   std::shared_ptr<prometheus::Registry> registry;
-  // SessionServiceOptions::availability.
+  // SessionServiceOptions::availability and limits.
   absl::Status availability;
+  server::ValidationLimits limits_per_request;
 };
 
 // A SessionService over a fresh store on 127.0.0.1:<free port>, with the CPU executor. Shuts
