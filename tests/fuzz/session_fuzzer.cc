@@ -53,7 +53,8 @@ constexpr char kReplica[] = "fuzz-0";
 }
 
 // The service over a store of 16 pages of 4 KiB (16..32 tokens of small shapes per page: small
-// enough for a seed to fill it), the CPU executor with one thread. Never destroyed (libFuzzer exits from anywhere).
+// enough for a seed to fill it), the CPU executor with one thread. Never destroyed (libFuzzer exits
+// from anywhere).
 struct Env {
   std::unique_ptr<session::SessionStore> store;
   std::unique_ptr<CpuExecutor> executor;
