@@ -196,7 +196,7 @@ TEST(SessionProcessTest, SigtermWithSessionsOpenAnswersEveryCallAndExitsZero) {
     *a->mutable_q() = RandomTensor(v1::BFLOAT16, {8, 4, kHeadDim}, rng);
     a->set_causal(true);
     ++outstanding;
-    sessions[i].Call(std::move(r), [&, i](absl::StatusOr<v1::SessionResponse> answer) {
+    sessions[i].Call(std::move(r), [&](absl::StatusOr<v1::SessionResponse> answer) {
       if (answer.ok()) {
         ++ok;
       } else if (answer.status().code() == absl::StatusCode::kUnavailable) {
