@@ -34,6 +34,19 @@
 #include "tests/server/server_process.h"
 #include "tests/server/server_test_util.h"
 
+// The ASan tree builds the server with the test: its freed-memory quarantine (256 MiB) and redzones
+// raise resident memory.
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTN_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTN_TEST_ASAN 1
+#endif
+#endif
+#ifndef ATTN_TEST_ASAN
+#define ATTN_TEST_ASAN 0
+#endif
+
 namespace attention::reliability {
 namespace {
 
@@ -335,7 +348,9 @@ TEST_F(HostileLoadTest, UnreadAnswersStayWithinTheAnswerBudget) {
   std::printf("unread answers: peak resident %lld MiB, %lld MiB above the idle server\n",
               static_cast<long long>(peak_kb / 1024),
               static_cast<long long>((peak_kb - rss_before_kb) / 1024));
-  EXPECT_LT((peak_kb - rss_before_kb) / 1024, 400) << "peak " << peak_kb / 1024 << " MiB";
+  // Under ASan (quarantine, redzones) 501 MiB were measured.
+  const int64_t bound_mib = ATTN_TEST_ASAN ? 800 : 400;
+  EXPECT_LT((peak_kb - rss_before_kb) / 1024, bound_mib) << "peak " << peak_kb / 1024 << " MiB";
 
   // The client reads: every request gets exactly one answer, OK or refused in-band.
   for (auto& stp : streams) {
