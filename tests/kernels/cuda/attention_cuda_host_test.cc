@@ -166,15 +166,18 @@ AttentionParams ValidParams() {
 }
 
 TEST(CheckSupportedTest, AcceptsValidParams) {
-  EXPECT_TRUE(CheckSupported(ValidParams()).ok());
+  EXPECT_TRUE(CheckLaunch(ValidParams()).ok());
   AttentionParams p = ValidParams();
   p.head_dim = 40;  // rounded up to a bucket
   SetContiguousStrides(p);
-  EXPECT_TRUE(CheckSupported(p).ok()) << CheckSupported(p);
+  EXPECT_TRUE(CheckLaunch(p).ok()) << CheckLaunch(p);
+  EXPECT_TRUE(CheckSupported(static_cast<const KernelConfig&>(p)).ok());
 }
 
+// CheckLaunch: the configuration (CheckSupported), the structure (CheckParams, whose messages
+// name the AttentionParams field) and the launch's own needs.
 void ExpectError(const AttentionParams& p, absl::StatusCode code, const std::string& needle) {
-  const absl::Status s = CheckSupported(p);
+  const absl::Status s = CheckLaunch(p);
   EXPECT_EQ(s.code(), code) << s;
   EXPECT_NE(std::string(s.message()).find(needle), std::string::npos) << s;
 }
@@ -183,8 +186,8 @@ TEST(CheckSupportedTest, NamesTheUnsupportedValue) {
   AttentionParams p = ValidParams();
   p.head_dim = 36;
   ExpectError(p, absl::StatusCode::kUnimplemented, "head_dim 36");
-  p.head_dim = 264;
-  ExpectError(p, absl::StatusCode::kUnimplemented, "head_dim 264");
+  p.head_dim = 264;  // beyond kMaxHeadDim: structurally invalid for every backend
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "head_dim");
   p = ValidParams();
   p.q_row_stride = 1028;
   ExpectError(p, absl::StatusCode::kUnimplemented, "q_row_stride 1028");
@@ -199,26 +202,26 @@ TEST(CheckSupportedTest, NamesTheUnsupportedValue) {
 TEST(CheckSupportedTest, RejectsMalformedParams) {
   AttentionParams p = ValidParams();
   p.kv_heads = 3;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "q_heads 8 must be a multiple of kv_heads 3");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "q_heads (8) must be a multiple of kv_heads (3)");
   p = ValidParams();
   p.k = nullptr;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "must not be null");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "AttentionParams.k must not be null");
   p = ValidParams();
   p.dtype = static_cast<DType>(9);
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "dtype 9");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "AttentionParams.dtype");
   p = ValidParams();
   static const int32_t cu[3] = {0, 50, 100};
   p.cu_seqlens_q = cu;
   ExpectError(p, absl::StatusCode::kInvalidArgument, "cu_seqlens_q and cu_seqlens_k");
   p = ValidParams();
   p.window_left = -2;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "window (-2, -1)");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "window_left");
   p = ValidParams();
   p.softcap = -1.f;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "softcap -1");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "softcap must be finite and >= 0");
   p = ValidParams();
   p.mask_kind = MaskKind::kBool;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "mask must be set");
+  ExpectError(p, absl::StatusCode::kInvalidArgument, "mask must not be null");
 }
 
 TEST(WorkspaceTest, OnlyFloat32NeedsAWorkspace) {
