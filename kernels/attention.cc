@@ -79,8 +79,7 @@ absl::Status CheckConfig(const KernelConfig& c) {
   }
   if (c.mask_kind != MaskKind::kNone && c.mask_kind != MaskKind::kBool &&
       c.mask_kind != MaskKind::kAdditive) {
-    return Invalid("mask_kind", "must be kNone, kBool or kAdditive",
-                   static_cast<int>(c.mask_kind));
+    return Invalid("mask_kind", "must be kNone, kBool or kAdditive", static_cast<int>(c.mask_kind));
   }
   return absl::OkStatus();
 }
@@ -102,7 +101,8 @@ absl::Status CheckParams(const AttentionParams& p) {
     }
     if (p.cu_seqlens_k != nullptr) {
       return absl::InvalidArgumentError(
-          "AttentionParams.cu_seqlens_k must be null with page_table (seqlens_k gives the lengths)");
+          "AttentionParams.cu_seqlens_k must be null with page_table (seqlens_k gives the "
+          "lengths)");
     }
     if (p.page_table_stride < 0 || (p.batch > 1 && p.page_table_stride == 0)) {
       return Invalid("page_table_stride", "must be positive for several sequences",
@@ -132,15 +132,14 @@ absl::Status CheckParams(const AttentionParams& p) {
   }
   // A paged context's k and v "batch" stride is the stride between pages (positive).
   const bool pages = p.is_paged();
-  for (absl::Status s :
-       {CheckStrides("q", p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.q_heads,
-                     p.is_varlen(), p.batch),
-        CheckStrides("k", p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.kv_heads,
-                     p.is_varlen() && !pages, pages ? 2 : p.batch),
-        CheckStrides("v", p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.kv_heads,
-                     p.is_varlen() && !pages, pages ? 2 : p.batch),
-        CheckStrides("o", p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.q_heads,
-                     p.is_varlen(), p.batch)}) {
+  for (absl::Status s : {CheckStrides("q", p.q_batch_stride, p.q_row_stride, p.q_head_stride,
+                                      p.q_heads, p.is_varlen(), p.batch),
+                         CheckStrides("k", p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                                      p.kv_heads, p.is_varlen() && !pages, pages ? 2 : p.batch),
+                         CheckStrides("v", p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                                      p.kv_heads, p.is_varlen() && !pages, pages ? 2 : p.batch),
+                         CheckStrides("o", p.o_batch_stride, p.o_row_stride, p.o_head_stride,
+                                      p.q_heads, p.is_varlen(), p.batch)}) {
     if (!s.ok()) return s;
   }
   if (p.lse != nullptr) {

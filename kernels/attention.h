@@ -16,12 +16,12 @@ namespace attention {
 // INVALID_ARGUMENT naming the field and the rule.
 absl::Status CheckConfig(const KernelConfig& c);
 
-// Structural checks of `p`, the same for every backend: CheckConfig, then known dtype and mask kind, positive
-// dimensions, q_heads % kv_heads == 0, non-null q/k/v/o, non-negative strides (row strides
-// positive, head strides positive when there is more than one head, batch strides positive for a
-// dense batch of more than one sequence and zero for a packed one), window sides >= -1, a finite
-// softmax_scale, a finite softcap >= 0, mask pointer set iff mask_kind != kNone, cu_seqlens_q and
-// cu_seqlens_k both set or both null (and total_q, total_k >= 1 when set).
+// Structural checks of `p`, the same for every backend: CheckConfig, then known dtype and mask
+// kind, positive dimensions, q_heads % kv_heads == 0, non-null q/k/v/o, non-negative strides (row
+// strides positive, head strides positive when there is more than one head, batch strides positive
+// for a dense batch of more than one sequence and zero for a packed one), window sides >= -1, a
+// finite softmax_scale, a finite softcap >= 0, mask pointer set iff mask_kind != kNone,
+// cu_seqlens_q and cu_seqlens_k both set or both null (and total_q, total_k >= 1 when set).
 //
 // Reads no memory behind the pointers (they may be device pointers), so it does not check the
 // contents of cu_seqlens; the backends do where they can. This is not the server's request

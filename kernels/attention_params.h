@@ -63,7 +63,8 @@ struct AttentionParams : KernelConfig {
   int64_t sink_batch_stride = 0;
 
   // Optional mask indexed by (b, h, i, j) with i, j local to the sequence:
-  //   mask + b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j * mask_col_stride
+  //   mask + b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j *
+  //   mask_col_stride
   // A broadcast dimension has stride 0.
   // The mask's kind is the configuration's `mask_kind`; `mask` is set iff it is not kNone.
   const void* mask = nullptr;

@@ -135,7 +135,7 @@ class Batcher {
   // Bucket to launch now on executor `e`, or end(); lowers *wake to the next time a bucket
   // becomes due by delay.
   absl::flat_hash_map<KernelConfig, Bucket>::iterator PickBucket(int e, Clock::time_point now,
-                                                              Clock::time_point* wake);
+                                                                 Clock::time_point* wake);
   // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
   std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,
                                    std::vector<Dropped>* dropped);

@@ -60,8 +60,8 @@ class CpuExecutor final : public Executor {
   const int64_t max_batch_bytes_;
   Metrics* const metrics_;
   cpu::CpuBackend backend_;
-  std::vector<char> staging_;   // executor thread only
-  std::vector<char> gathered_;  // a lone job's q, k, v gathered from pieces; executor thread only
+  std::vector<char> staging_;     // executor thread only
+  std::vector<char> gathered_;    // a lone job's q, k, v gathered from pieces; executor thread only
   std::vector<HostCopy> copies_;  // the plan's copies, bound to staging_; executor thread only
   std::atomic<bool> abandon_{false};
 

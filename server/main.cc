@@ -419,8 +419,8 @@ void ResolveWorkLimits(const Executors& executors, ServerConfig& config) {
     request_gflop = executors.cpu != nullptr ? kCpuGflopPerThread * executors.cpu->num_threads()
                                              : kCudaRequestGflop;
   }
-  const double queue_gflop = config.max_queue_gflop > 0 ? config.max_queue_gflop
-                                                        : kQueueRequestsOfWork * request_gflop;
+  const double queue_gflop =
+      config.max_queue_gflop > 0 ? config.max_queue_gflop : kQueueRequestsOfWork * request_gflop;
   config.max_request_gflop = request_gflop;
   config.max_queue_gflop = queue_gflop;
   config.service.limits.max_request_work = request_gflop * 1e9;
@@ -465,8 +465,7 @@ struct StartedServer {
   std::unique_ptr<grpc::Server> server;
   int port = 0, health_port = 0;
 };
-absl::StatusOr<StartedServer> BuildServer(const ServerConfig& config,
-                                          const PortCredentials& ports,
+absl::StatusOr<StartedServer> BuildServer(const ServerConfig& config, const PortCredentials& ports,
                                           AttentionServiceImpl* service,
                                           SessionServiceImpl* sessions) {
   grpc::EnableDefaultHealthCheckService(true);
@@ -537,14 +536,13 @@ class ServerDrainTarget final : public DrainTarget {
 };
 
 void LogListening(const ServerConfig& config, const StartedServer& started,
-                  const MetricsExposer* exposer, const BuildInfo& info, size_t devices,
-                  bool auth) {
+                  const MetricsExposer* exposer, const BuildInfo& info, size_t devices, bool auth) {
   const std::string bound = absl::StrCat(HostOf(config.address), ":", started.port);
   LogLine(LogLevel::kInfo, "listening")
       .Kv("address", bound)
-      .Kv("metrics_address", exposer != nullptr
-                                 ? absl::StrCat(HostOf(config.metrics_address), ":", exposer->port())
-                                 : std::string("off"))
+      .Kv("metrics_address",
+          exposer != nullptr ? absl::StrCat(HostOf(config.metrics_address), ":", exposer->port())
+                             : std::string("off"))
       .Kv("backend", info.backend)
       .Kv("devices", devices)
       .Kv("batching", config.batcher.batching)
@@ -559,10 +557,10 @@ void LogListening(const ServerConfig& config, const StartedServer& started,
                  : absl::GetFlag(FLAGS_tls_client_ca).empty() ? "on"
                                                               : "mutual")
       .Kv("auth", auth ? "bearer" : "off")
-      .Kv("health_address", config.health_address.empty()
-                                ? std::string("off")
-                                : absl::StrCat(HostOf(config.health_address), ":",
-                                               started.health_port))
+      .Kv("health_address",
+          config.health_address.empty()
+              ? std::string("off")
+              : absl::StrCat(HostOf(config.health_address), ":", started.health_port))
       .Kv("max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams));
   std::printf("listening address=%s\n", bound.c_str());
   std::fflush(stdout);
@@ -570,8 +568,8 @@ void LogListening(const ServerConfig& config, const StartedServer& started,
 
 // Serve(): block the drain signals -> flags to options -> credentials and authenticator ->
 // backend choice -> metrics -> executors -> work limits -> batcher, service -> ports' gates and
-// server build -> wait for a signal -> drain (server/drain.h). Exit codes: 0 after a drain, 1 after a fatal device error or a
-// failure to start, 2 for bad flags.
+// server build -> wait for a signal -> drain (server/drain.h). Exit codes: 0 after a drain, 1 after
+// a fatal device error or a failure to start, 2 for bad flags.
 int Serve() {
   // SIGTERM and SIGINT are taken by sigwait below; blocked before any thread exists (gRPC's
   // credentials and the token reloader start threads) so that every thread inherits the mask.
@@ -631,14 +629,12 @@ int Serve() {
   }
   Batcher batcher(config->batcher, executor_ptrs, &metrics);
   AttentionServiceImpl service(config->service, &batcher, &metrics);
-  SessionServiceImpl session_service(
-      SessionServiceOptionsFor(*sessions, config->service.limits,
-                               config->service.max_stream_in_flight),
-      sessions->store.get(), &batcher, sessions->metrics.get());
+  SessionServiceImpl session_service(SessionServiceOptionsFor(*sessions, config->service.limits,
+                                                              config->service.max_stream_in_flight),
+                                     sessions->store.get(), &batcher, sessions->metrics.get());
 
-  absl::StatusOr<StartedServer> started =
-      BuildServer(*config, GatePorts(*credentials, auth->get(), &metrics), &service,
-                  &session_service);
+  absl::StatusOr<StartedServer> started = BuildServer(
+      *config, GatePorts(*credentials, auth->get(), &metrics), &service, &session_service);
   if (!started.ok()) {
     LogLine(LogLevel::kError, "bind_failed")
         .Kv("address", config->address)
@@ -657,8 +653,7 @@ int Serve() {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   const bool fatal = signal_number == kFatalSignal;
-  ServerDrainTarget target(started->server.get(), &service, &session_service, &batcher,
-                           &executors);
+  ServerDrainTarget target(started->server.get(), &service, &session_service, &batcher, &executors);
   const auto drain_start = Clock::now();
   const auto deadline = drain_start + std::chrono::seconds(config->drain_timeout_s);
   const DrainResult r =

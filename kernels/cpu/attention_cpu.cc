@@ -273,9 +273,9 @@ absl::Status CpuBackend::Run(const AttentionParams& params, absl::FunctionRef<bo
   if (p.is_paged()) {
     for (int b = 0; b < p.batch; ++b) {
       if (p.seqlens_k[b] < 0 || p.seqlens_k[b] > p.seqlen_k) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("AttentionParams.seqlens_k[", b, "] must be in [0, seqlen_k = ",
-                         p.seqlen_k, "], got ", p.seqlens_k[b]));
+        return absl::InvalidArgumentError(absl::StrCat("AttentionParams.seqlens_k[", b,
+                                                       "] must be in [0, seqlen_k = ", p.seqlen_k,
+                                                       "], got ", p.seqlens_k[b]));
       }
     }
   }

@@ -443,9 +443,8 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
                               : key_lo;
   };
   auto end_key = [&](int last_row) {
-    return p.window_right >= 0
-               ? MinI64(key_hi, t.row_begin + last_row + delta + p.window_right + 1)
-               : key_hi;
+    return p.window_right >= 0 ? MinI64(key_hi, t.row_begin + last_row + delta + p.window_right + 1)
+                               : key_hi;
   };
   const int64_t j_begin = first_key(0);
   const int64_t j_end = end_key(nq - 1);
@@ -479,16 +478,15 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
       }
     }
 
-    const char* k =
-        KeyRowPointer(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, t, j0);
+    const char* k = KeyRowPointer(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, t, j0);
     const float* kf = reinterpret_cast<const float*>(k);
     int64_t ks = p.k_row_stride;
     if (copy_kv) {
       for (int j = lo_min; j < hi_max; ++j) {
-        const char* row = p.page_table != nullptr ? KeyRowPointer(p, p.k, p.k_batch_stride,
-                                                                  p.k_row_stride, p.k_head_stride,
-                                                                  t, j0 + j)
-                                                  : k + j * p.k_row_stride * esize;
+        const char* row = p.page_table != nullptr
+                              ? KeyRowPointer(p, p.k, p.k_batch_stride, p.k_row_stride,
+                                              p.k_head_stride, t, j0 + j)
+                              : k + j * p.k_row_stride * esize;
         LoadRow(p.dtype, row, d, 1.0f, s.k_tile + j * d);
       }
       kf = s.k_tile;
@@ -504,16 +502,15 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
     }
     SoftmaxTile(s.s_t, ranges, br, ncols, s.tile_max, s.row_max, s.row_sum, s.alpha);
 
-    const char* v =
-        KeyRowPointer(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, t, j0);
+    const char* v = KeyRowPointer(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, t, j0);
     const float* vf = reinterpret_cast<const float*>(v);
     int64_t vs = p.v_row_stride;
     if (copy_kv) {
       for (int j = lo_min; j < hi_max; ++j) {
-        const char* row = p.page_table != nullptr ? KeyRowPointer(p, p.v, p.v_batch_stride,
-                                                                  p.v_row_stride, p.v_head_stride,
-                                                                  t, j0 + j)
-                                                  : v + j * p.v_row_stride * esize;
+        const char* row = p.page_table != nullptr
+                              ? KeyRowPointer(p, p.v, p.v_batch_stride, p.v_row_stride,
+                                              p.v_head_stride, t, j0 + j)
+                              : v + j * p.v_row_stride * esize;
         LoadRow(p.dtype, row, d, 1.0f, s.v_tile + j * d);
       }
       vf = s.v_tile;
