@@ -119,6 +119,7 @@ void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status)
     job->paged->view.Reset();
     turn = std::move(job->paged->turn);
   }
+  turn.Unpin();  // before the answer: its reader finds the session idle
   if (status.ok()) WriteAnswer(*job, response.mutable_attend());
   job.reset();
   Done(status);
@@ -571,15 +572,24 @@ void SessionServiceImpl::RunGet(SessionCall* call) {
 
 namespace {
 
-// The steps that run in a session's turn. Each answers its call exactly once; `turn` ends when
-// the step returns (after the answer), unless the step hands it to an Attend's job.
+// The steps that run in a session's turn. Each answers its call exactly once through
+// AnswerInTurn; `turn` ends when the step returns (after the answer), unless the step hands it to
+// an Attend's job.
 
-void AppendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id) {
+// Unpins the session, then answers: a caller holding the answer finds the session idle (it can be
+// evicted for another session's pages, its idle time runs). The turn passes on after the answer.
+void AnswerInTurn(SessionCall* call, session::Turn& turn, const absl::Status& status) {
+  turn.Unpin();
+  call->Done(status);
+}
+
+void AppendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id,
+                session::Turn& turn) {
   const v1::AppendRequest& r = call->request.append();
   session::SessionStore& store = *service.store();
   absl::StatusOr<session::ReadView> view = store.View(id, r.layer());
   if (!view.ok()) {
-    call->Done(view.status());
+    AnswerInTurn(call, turn, view.status());
     return;
   }
   const session::PageLayout layout = view->layout();
@@ -589,12 +599,12 @@ void AppendStep(SessionServiceImpl& service, SessionCall* call, const session::S
       rows.ok() ? store.AppendRows(id, r.layer(), *rows, r.k().data().data(), r.v().data().data())
                 : rows.status();
   if (!appended.ok()) {
-    call->Done(appended.status());
+    AnswerInTurn(call, turn, appended.status());
     return;
   }
   appended->view.Reset();
   call->response.mutable_append()->set_tokens(appended->first_token + *rows);
-  call->Done(absl::OkStatus());
+  AnswerInTurn(call, turn, absl::OkStatus());
 }
 
 void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id,
@@ -604,12 +614,13 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
   const ValidationLimits& limits = service.options().limits;
   absl::StatusOr<session::ReadView> view = store.View(id, r.layer());
   if (!view.ok()) {
-    call->Done(view.status());
+    AnswerInTurn(call, turn, view.status());
     return;
   }
   absl::StatusOr<AttendInputs> inputs = ValidateAttend(r, view->layout(), limits);
   if (!inputs.ok()) {
-    call->Done(inputs.status());
+    view->Reset();
+    AnswerInTurn(call, turn, inputs.status());
     return;
   }
   int64_t first_token = -1;  // where k_new / v_new went, -1 if none
@@ -618,7 +629,7 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
     absl::StatusOr<session::AppendResult> appended = store.AppendRows(
         id, r.layer(), inputs->n_new, r.k_new().data().data(), r.v_new().data().data());
     if (!appended.ok()) {
-      call->Done(appended.status());
+      AnswerInTurn(call, turn, appended.status());
       return;
     }
     first_token = appended->first_token;
@@ -645,20 +656,21 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
   // not copy the layer's page list.
   job.reset();
   if (first_token >= 0) store.UndoAppend(id, r.layer(), first_token, inputs->n_new);
-  call->Done(queued);
+  AnswerInTurn(call, turn, queued);
 }
 
-void ForkStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id) {
+void ForkStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id,
+              session::Turn& turn) {
   absl::StatusOr<session::SessionId> child =
       service.store()->Fork(id, call->request.fork().prefix_tokens());
   if (!child.ok()) {
-    call->Done(child.status());
+    AnswerInTurn(call, turn, child.status());
     return;
   }
   v1::ForkResponse* r = call->response.mutable_fork();
   r->set_session_id(SessionIdText(*child, service.options().replica));
   r->set_replica(service.options().replica);
-  call->Done(absl::OkStatus());
+  AnswerInTurn(call, turn, absl::OkStatus());
 }
 
 }  // namespace
@@ -676,33 +688,34 @@ void SessionServiceImpl::RunInTurn(SessionCall* call) {
       return;
     }
     if (absl::Status gone = call->Abandoned(); !gone.ok()) {
-      call->Done(gone);
+      AnswerInTurn(call, *turn, gone);
       return;
     }
     switch (call->request.call_case()) {
       case v1::SessionRequest::kAppend:
-        AppendStep(*this, call, id);
+        AppendStep(*this, call, id, *turn);
         return;
       case v1::SessionRequest::kAttend:
         AttendStep(*this, call, id, std::move(*turn));
         return;
       case v1::SessionRequest::kFork:
-        ForkStep(*this, call, id);
+        ForkStep(*this, call, id, *turn);
         return;
       case v1::SessionRequest::kTruncate: {
         const absl::Status done = store_->Truncate(id, call->request.truncate().tokens());
         if (done.ok()) call->response.mutable_truncate();
-        call->Done(done);
+        AnswerInTurn(call, *turn, done);
         return;
       }
       case v1::SessionRequest::kRelease: {
         const absl::Status done = store_->Release(id);
         if (done.ok()) call->response.mutable_release();
-        call->Done(done);
+        AnswerInTurn(call, *turn, done);
         return;
       }
       default:
-        call->Done(absl::InternalError("call: not a call that runs in a session's turn"));
+        AnswerInTurn(call, *turn,
+                     absl::InternalError("call: not a call that runs in a session's turn"));
         return;
     }
   });

@@ -206,16 +206,25 @@ Turn& Turn::operator=(Turn&& other) noexcept {
     End();
     store_ = other.store_;
     session_ = std::move(other.session_);
+    pinned_ = other.pinned_;
     other.session_ = nullptr;
+    other.pinned_ = false;
   }
   return *this;
 }
 
+void Turn::Unpin() {
+  if (session_ == nullptr || !pinned_) return;
+  pinned_ = false;
+  store_->UnpinTurn(*session_);
+}
+
 void Turn::End() {
   if (session_ == nullptr) return;
+  Unpin();
   std::shared_ptr<Session> session = std::move(session_);
   session_ = nullptr;
-  store_->EndTurn(session);
+  store_->PassTurn(session);
 }
 
 const SessionId& Turn::id() const {
@@ -849,6 +858,7 @@ void SessionStore::StartTurns(const std::shared_ptr<Session>& session) {
         Turn held;
         held.store_ = this;
         held.session_ = session;
+        held.pinned_ = true;
         turn = std::move(held);
       } else {
         turn = live;
@@ -862,10 +872,13 @@ void SessionStore::StartTurns(const std::shared_ptr<Session>& session) {
   }
 }
 
-void SessionStore::EndTurn(const std::shared_ptr<Session>& session) {
+void SessionStore::UnpinTurn(Session& session) {
   // The call ends now: the idle time counts from here.
-  session->last_use_ns.store(absl::ToUnixNanos(clock_->Now()), std::memory_order_relaxed);
-  session->pins.fetch_sub(1, std::memory_order_acq_rel);
+  session.last_use_ns.store(absl::ToUnixNanos(clock_->Now()), std::memory_order_relaxed);
+  session.pins.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void SessionStore::PassTurn(const std::shared_ptr<Session>& session) {
   {
     std::lock_guard<std::mutex> lock(session->turn_mu);
     if (session->in_call) {

@@ -206,6 +206,11 @@ class Turn {
   Turn& operator=(const Turn&) = delete;
   ~Turn() { End(); }
 
+  // Unpins the session and counts now as its last use, but keeps the turn: the session's next
+  // call still waits for End. For a call about to answer: whoever reads the answer then finds the
+  // session idle (evictable, its idle time running), and the session's answers keep their order.
+  // Nothing of the session may be touched after it. Ending the turn implies it.
+  void Unpin();
   void End();
   bool ended() const { return session_ == nullptr; }
   const SessionId& id() const;
@@ -215,6 +220,7 @@ class Turn {
 
   SessionStore* store_ = nullptr;
   std::shared_ptr<internal::Session> session_;
+  bool pinned_ = false;
 };
 
 class SessionStore {
@@ -338,7 +344,8 @@ class SessionStore {
   bool PlanEviction(const internal::Session& self, int64_t n, std::vector<Victim>& victims,
                     int64_t& would_free);
   void StartTurns(const std::shared_ptr<internal::Session>& session);
-  void EndTurn(const std::shared_ptr<internal::Session>& session);
+  void UnpinTurn(internal::Session& session);
+  void PassTurn(const std::shared_ptr<internal::Session>& session);
   void SweepLoop();
 
   const StoreOptions options_;

@@ -718,6 +718,34 @@ TEST_F(SessionStoreTest, TurnsRunOneAtATimeInArrivalOrder) {
   EXPECT_TRUE(answered);
 }
 
+TEST_F(SessionStoreTest, AnUnpinnedTurnLetsItsSessionGoButStillHoldsTheNextCall) {
+  Init(2);
+  const SessionId answered = Create();
+  Append(answered, 0, Tags(0, 16));  // both pages
+  Turn turn;
+  store_->RunInTurn(answered, [&](absl::StatusOr<Turn> t) { turn = *std::move(t); });
+  bool next_ran = false;
+  absl::Status next_status;
+  store_->RunInTurn(answered, [&](absl::StatusOr<Turn> t) {
+    next_ran = true;
+    next_status = t.status();
+  });
+  const SessionId other = Create();
+  // Pinned by its turn: the other session cannot take its pages.
+  EXPECT_EQ(AppendTags(*store_, other, 0, Tags(0, 1)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  turn.Unpin();  // as a call does right before its answer
+  turn.Unpin();  // a second time changes nothing
+  EXPECT_FALSE(next_ran);
+  Append(other, 0, Tags(0, 1));  // the answered session is idle now and goes
+  EXPECT_EQ(store_->counters().evicted, 1);
+  EXPECT_FALSE(next_ran);
+  turn.End();  // the next call runs, and finds the session gone
+  EXPECT_TRUE(next_ran);
+  EXPECT_EQ(next_status.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(HasMessage(next_status, "evicted")) << next_status;
+}
+
 TEST_F(SessionStoreTest, ATurnKeepsItsSessionFromExpiringAndCountsAsAUse) {
   Init(16);
   const SessionId id = Create();
