@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The first device check of the kernels written without a GPU (issues 19, 21, 24), in ONE
+# command that fits the device tool's 10-minute limit: the decode kernel (tests, sanitizers,
+# decode_bench and sdpa_peer.py --decode), the forward kernels' paged and sinks variants (tests,
+# memcheck, dense vs paged prefill timings) and the float32 kernel (tests, memcheck, fp32_bench and
+# sdpa_peer.py --dtype fp32). Each step is capped; a step that runs out is reported, and the rest
+# still run. The per-kernel scripts beside this one (run_decode_on_gpu.sh, run_paged_on_gpu.sh,
+# run_fp32_on_gpu.sh) are the longer versions of each part.
+#
+#   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
+#
+# `tests` (correctness and sanitizers) and `bench` (timings) each fit one call; `all` (default)
+# runs both.
+#
+# BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
+# flash_decode_host_test, decode_bench, attention_cuda_test, attention_kernel_bench,
+# attention_fp32_test and fp32_bench, plus sdpa_peer.py. Results under $OUT (at most 8 files):
+# run.log, decode.jsonl, decode_peer.jsonl, paged.jsonl, fp32.jsonl, fp32_peer.jsonl, tests.log.
+set -uo pipefail
+commit=${1:?usage: run_kernels_check.sh COMMIT [BUNDLE_DIR]}
+bundle=${2:-.gpu}
+part=${3:-all}
+out=${OUT:-/tmp/attention_kernels_check}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONUNBUFFERED=1
+bin=$bundle/bin
+status=0
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+# cap SECONDS NAME CMD...: runs CMD with a time cap, appending its output to tests.log and
+# printing its gtest summary lines; a non-zero exit marks the run failed.
+cap() {
+  local seconds=$1 name=$2; shift 2
+  step "$name"
+  timeout "$seconds" "$@" > "$out/step.log" 2>&1
+  local rc=$?
+  { echo "=== $name (exit code $rc)"; cat "$out/step.log"; } >> "$out/tests.log"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|ERROR SUMMARY|Failure|rel_err" \
+    "$out/step.log" | head -25
+  rm -f "$out/step.log"
+  echo "$name exit code: $rc"
+  [ "$rc" = 0 ] || status=1
+}
+exec > >(tee "$out/run.log") 2>&1
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+echo "date $(date -u +%Y-%m-%d) commit $commit"
+
+# Correctness first: every new kernel against the float64 reference.
+if [ "$part" != bench ]; then
+cap 30 "decode host test" "$bin/flash_decode_host_test"
+cap 120 "decode tests" "$bin/flash_decode_test"
+cap 120 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
+cap 120 "float32 tests" "$bin/attention_fp32_test"
+cap 45 "decode memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+  "$bin/flash_decode_test" --gtest_filter='*small*:*Small*:PagedAppend*'
+cap 45 "decode racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$bin/flash_decode_test" --gtest_filter='*small_page16:*small_q16_gqa16_causal:*small_splits3'
+cap 45 "forward paged/sinks memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+  "$bin/attention_cuda_test" --gtest_filter='*/paged_ps16:*/paged_key_range_ps16:*/paged_shared_pages:*/paged_empty_context:*/sinks_causal_q_gt_k:*/paged_general'
+cap 45 "forward paged/sinks racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$bin/attention_cuda_test" --gtest_filter='*/paged_key_range_ps16:*/sinks_causal_q_gt_k'
+cap 45 "float32 memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+  "$bin/attention_fp32_test" --gtest_filter='*issue*:*/hdim40:*window_100_50*:*mask_key_padding*'
+cap 45 "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+  "$bin/attention_fp32_test" --gtest_filter='*issue_causal_gqa*:*/hdim64:*/hdim128'
+
+fi
+
+# Then the timings, each with its peer from this same command.
+if [ "$part" != tests ]; then
+step "decode_bench"
+timeout 90 "$bin/decode_bench" --json "$out/decode.jsonl" || status=1
+step "sdpa_peer.py --decode"
+timeout 100 python3 "$bundle/sdpa_peer.py" --decode --json "$out/decode_peer.jsonl" | tail -8
+for n in 8192 32768 131072; do
+  timeout 40 python3 "$bundle/sdpa_peer.py" --decode --decode-tokens "$n" --kv-lens "$n" \
+    --json "$out/decode_peer.jsonl" | tail -1
+done
+step "paged prefill vs dense, pages of 64"
+for run in dense paged; do
+  extra=(); [ "$run" = paged ] && extra=(--paged 64)
+  timeout 45 "$bin/attention_kernel_bench" --dtype bf16 --hdim 64,128 --causal 0,1 "${extra[@]}" \
+    --json "$out/paged.jsonl.$run" | grep -E "^\|" | grep -v -- "---" | tail -14
+done
+for f in "$out"/paged.jsonl.*; do sed "s/^{/{\"run\": \"${f##*.}\", /" "$f" >> "$out/paged.jsonl"; done
+rm -f "$out"/paged.jsonl.*
+step "fp32_bench and sdpa_peer.py --dtype fp32"
+timeout 60 "$bin/fp32_bench" --precision full,tf32 --seqlens 1024,4096,16384 \
+  --json "$out/fp32.jsonl" | tail -20
+timeout 100 python3 "$bundle/sdpa_peer.py" --dtype fp32 --json "$out/fp32_peer.jsonl" | tail -12
+
+step "reports"
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+cp "$out/decode.jsonl" "$out/ours.jsonl" 2>/dev/null && cp "$out/decode_peer.jsonl" "$out/peer.jsonl" &&
+  python3 "$here/decode_report.py" "$out" --device "$device" --commit "$commit" \
+    --date "$(date -u +%Y-%m-%d)"
+rm -f "$out/ours.jsonl" "$out/peer.jsonl"
+python3 "$here/fp32_compare.py" "$out/fp32.jsonl" "$out/fp32_peer.jsonl" 2>&1 | tail -30
+fi
+echo "overall status $status"
+exit $status
