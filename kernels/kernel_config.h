@@ -81,12 +81,17 @@ struct KernelConfig {
   bool sinks = false;
   MaskKind mask_kind = MaskKind::kNone;
 
+  // Serving, not a kernel option (kernels ignore it): the executor whose device holds the work's
+  // K/V (a session's page pool, one per device), or -1 when any executor may run it. One launch
+  // reads one pool, so it splits buckets like an option does.
+  int device = -1;
+
   bool has_window() const { return window_left >= 0 || window_right >= 0; }
 
   // Every field, in one place: equality, the hash and the batcher's bucket key read this.
   auto Tie() const {
     return std::tie(kind, dtype, precision, head_dim, q_heads, kv_heads, softmax_scale, softcap,
-                    causal, window_left, window_right, alibi, sinks, mask_kind);
+                    causal, window_left, window_right, alibi, sinks, mask_kind, device);
   }
   friend bool operator==(const KernelConfig& a, const KernelConfig& b) {
     return a.Tie() == b.Tie();

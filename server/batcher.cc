@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -53,8 +54,14 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   // Its caller is already gone (the cancel's sweep ran before the job got here): it would wait
   // in its bucket until the bucket launches.
   if (job->is_cancelled()) return DropStatus(*job, Clock::now());
-  // Executors are alike (one kind per server), so the first one speaks for all.
-  if (absl::Status admit = executors_[0].executor->Admit(*job); !admit.ok()) {
+  // Executors are alike (one kind per server), so the first one speaks for all, unless the job
+  // is bound to one (its K/V live in that device's session pool).
+  if (spec.device >= static_cast<int>(executors_.size())) {
+    return absl::InternalError(absl::StrCat("device ", spec.device, " has no executor (",
+                                            executors_.size(), " executors)"));
+  }
+  const int admitting = spec.device >= 0 ? spec.device : 0;
+  if (absl::Status admit = executors_[admitting].executor->Admit(*job); !admit.ok()) {
     if (metrics_ != nullptr) {
       metrics_->RequestRejected(absl::IsResourceExhausted(admit) ? "too_large" : "invalid");
     }
@@ -103,7 +110,7 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   ++outstanding_;
   // Fast path: nothing else queued and an executor idle. The batcher thread would launch this job
   // alone at once; doing it here saves the hand-off to that thread (a wake-up) on an idle server.
-  const int e = launch_here ? PickExecutor() : -1;
+  const int e = launch_here ? ExecutorFor(it->first) : -1;
   if (e < 0 || executors_[e].batches > 0) {
     PublishQueueDepth();
     work_cv_.notify_one();
@@ -209,14 +216,13 @@ void Batcher::Run() {
     std::unique_ptr<Batch> batch;
     Executor* target = nullptr;
     if (queued_requests_ > 0) {
-      const int e = PickExecutor();
-      if (e >= 0) {
-        auto it = PickBucket(e, now, &wake);
-        if (it != buckets_.end()) {
-          batch = FormBatch(it->second, e, now, &dropped);
-          if (it->second.jobs.empty()) buckets_.erase(it);
-          target = executors_[e].executor;
-        }
+      for (const Candidate& c : Candidates()) {
+        auto it = PickBucket(c, now, &wake);
+        if (it == buckets_.end()) continue;
+        batch = FormBatch(it->second, c.executor, now, &dropped);
+        if (it->second.jobs.empty()) buckets_.erase(it);
+        target = executors_[c.executor].executor;
+        break;
       }
     }
     if (batch != nullptr || !dropped.empty()) {
@@ -236,33 +242,43 @@ void Batcher::Run() {
   }
 }
 
-int Batcher::PickExecutor() const {
-  // An executor that no longer serves fails a batch at once, so it is always the least loaded:
-  // it gets a batch only when none of the others serves (then every batch fails fast with its
-  // reason instead of waiting for the drain to end).
+std::vector<Batcher::Candidate> Batcher::Candidates() const {
   bool any_serving = false;
   for (const ExecutorState& s : executors_) any_serving = any_serving || s.executor->serving();
-  int best = -1;
+  std::vector<Candidate> candidates;
   for (int i = 0; i < static_cast<int>(executors_.size()); ++i) {
     const ExecutorState& s = executors_[i];
-    if (any_serving && !s.executor->serving()) continue;
     if (s.batches >= s.executor->pipeline_depth()) continue;
-    if (best < 0 || s.batches < executors_[best].batches ||
-        (s.batches == executors_[best].batches && s.tokens < executors_[best].tokens)) {
-      best = i;
-    }
+    candidates.push_back({i, any_serving && !s.executor->serving()});
   }
-  return best;
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [this](const Candidate& a, const Candidate& b) {
+                     const ExecutorState& x = executors_[a.executor];
+                     const ExecutorState& y = executors_[b.executor];
+                     return std::make_tuple(a.bound_only, x.batches, x.tokens) <
+                            std::make_tuple(b.bound_only, y.batches, y.tokens);
+                   });
+  return candidates;
+}
+
+int Batcher::ExecutorFor(const KernelConfig& config) const {
+  for (const Candidate& c : Candidates()) {
+    if (config.device >= 0 ? c.executor == config.device : !c.bound_only) return c.executor;
+  }
+  return -1;
 }
 
 absl::flat_hash_map<KernelConfig, Batcher::Bucket>::iterator Batcher::PickBucket(
-    int e, Clock::time_point now, Clock::time_point* wake) {
+    const Candidate& c, Clock::time_point now, Clock::time_point* wake) {
+  const int e = c.executor;
   const bool executor_idle = executors_[e].batches == 0;
   const int64_t max_bytes = executors_[e].executor->max_batch_bytes();
   auto best = buckets_.end();
   for (auto it = buckets_.begin(); it != buckets_.end(); ++it) {
     const Bucket& bucket = it->second;
     if (bucket.jobs.empty()) continue;
+    const int device = it->first.device;
+    if (device >= 0 ? device != e : c.bound_only) continue;
     const Clock::time_point oldest = bucket.jobs.front()->accepted;
     const Clock::time_point due = oldest + options_.max_queue_delay;
     const bool full = !options_.batching || it->first.mask_kind != MaskKind::kNone ||

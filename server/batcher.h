@@ -1,6 +1,10 @@
 // The dynamic batcher: one thread that turns queued jobs into packed batches and hands them to
 // the least loaded executor.
 //
+// Work bound to a device (KernelConfig::device: a session's Attend, whose K/V live in that
+// device's page pool) goes only to that device's executor; its bucket waits while that executor
+// is busy. Other work goes to whichever executor is least loaded.
+//
 // Buckets: jobs are grouped by KernelConfig (kernel configuration), not by shape, so requests of
 // different sequence lengths in one bucket become one variable-length launch. A job with a mask
 // always runs alone (masks are per request and the kernels take one mask per launch); ALiBi slopes
@@ -129,12 +133,21 @@ class Batcher {
   };
 
   void Run();
-  // Index of the executor a batch goes to next (fewest batches, then fewest tokens), -1 if all
-  // are at their pipeline depth.
-  int PickExecutor() const;
-  // Bucket to launch now on executor `e`, or end(); lowers *wake to the next time a bucket
-  // becomes due by delay.
-  absl::flat_hash_map<KernelConfig, Bucket>::iterator PickBucket(int e, Clock::time_point now,
+  // The executors that may take a batch now (below their pipeline depth), least loaded first
+  // (fewest batches, then fewest tokens). One that no longer serves fails a batch at once: it
+  // comes only when none of the others serves, or (`bound_only` true) for the work bound to it
+  // (KernelConfig::device), which no other executor can run.
+  struct Candidate {
+    int executor;
+    bool bound_only;
+  };
+  std::vector<Candidate> Candidates() const;
+  // Executor `e` if it may take `config`'s work now, else -1: for the Enqueue fast path.
+  int ExecutorFor(const KernelConfig& config) const;
+  // Bucket to launch now on candidate `c`, or end(); lowers *wake to the next time a bucket
+  // becomes due by delay. Only buckets that `c` may run: unbound ones, and those bound to it.
+  absl::flat_hash_map<KernelConfig, Bucket>::iterator PickBucket(const Candidate& c,
+                                                                 Clock::time_point now,
                                                                  Clock::time_point* wake);
   // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
   std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,

@@ -345,6 +345,8 @@ absl::Status CompleteAttendSpec(const v1::AttendRequest& r, int64_t n_new,
   // context fits the kernels' int seqlen_k.
   s.seqlen_k = static_cast<int>(context);
   s.page_size = paged->view.layout().page_size;
+  // The view's pages are in pool i, which is device i's: only its executor can read them.
+  s.device = paged->view.pool();
   paged->has_key_range = r.has_key_range();
   if (paged->has_key_range) {
     paged->key_range[0] = static_cast<int32_t>(std::min(r.key_range().start(), context));

@@ -86,7 +86,8 @@ absl::StatusOr<AttendInputs> ValidateAttend(const v1::AttendRequest& request,
 // Completes an Attend's spec for the layer `paged->view` holds (its context of L' tokens, the new
 // rows included): one packed sequence of n_new query rows against seqlen_k = L' keys in pages of
 // the view's page_size, cu_seqlens_q pointing at paged->cu_seqlens_q, the key range clipped to
-// [0, L'] into paged->key_range, and the request's work. RESOURCE_EXHAUSTED when the work is over
+// [0, L'] into paged->key_range, the device that holds the view's pool (KernelConfig::device),
+// and the request's work. RESOURCE_EXHAUSTED when the work is over
 // limits.max_request_work.
 absl::Status CompleteAttendSpec(const v1::AttendRequest& request, int64_t n_new,
                                 const ValidationLimits& limits, PagedContext* paged,

@@ -554,6 +554,62 @@ TEST(BatcherTest, LeastLoadedExecutor) {
   EXPECT_EQ(calls.call(1).response.batch().device(), "e1");
 }
 
+// A job bound to a device (a session's Attend: its K/V are in that device's page pool).
+std::unique_ptr<Job> Bound(Calls& calls, int device, int seqlen = 8) {
+  std::unique_ptr<Job> job = calls.NewJob(Small(seqlen));
+  job->spec.device = device;
+  return job;
+}
+
+TEST(BatcherTest, BoundWorkRunsOnlyOnItsDeviceAndNeverSharesALaunchWithOtherDevices) {
+  FakeExecutor e0(1, "e0"), e1(1, "e1");
+  Calls calls;
+  Batcher batcher(Options(), {&e0, &e1}, nullptr);
+  // Both idle: bound to e1, it goes to e1 though e0 is first and as idle.
+  Enqueue(batcher, Bound(calls, 1));
+  ASSERT_NE(e1.WaitForBatch(0), nullptr);
+  // e1 is full (depth 1): work bound to it waits, though e0 is idle; unbound work takes e0.
+  Enqueue(batcher, Bound(calls, 1));
+  Enqueue(batcher, Bound(calls, 1, 16));
+  Enqueue(batcher, calls.NewJob(Small()));
+  ASSERT_NE(e0.WaitForBatch(0), nullptr);
+  EXPECT_EQ(e0.WaitForBatch(0)->jobs.size(), 1u);
+  EXPECT_EQ(e1.submitted(), 1);
+  // Same configuration as the unbound job but bound to e0: its own bucket, its own launch.
+  Enqueue(batcher, Bound(calls, 0));
+  e1.FinishOldest();  // the two waiting jobs bound to e1 launch there, together
+  ASSERT_NE(e1.WaitForBatch(1), nullptr);
+  EXPECT_EQ(e1.WaitForBatch(1)->jobs.size(), 2u);
+  e0.FinishOldest();
+  ASSERT_NE(e0.WaitForBatch(1), nullptr);
+  EXPECT_EQ(e0.WaitForBatch(1)->jobs.size(), 1u);
+  e0.FinishOldest();
+  e1.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(5));
+  for (uint64_t id : {0, 1, 2}) EXPECT_EQ(calls.call(id).response.batch().device(), "e1") << id;
+  for (uint64_t id : {3, 4}) EXPECT_EQ(calls.call(id).response.batch().device(), "e0") << id;
+  calls.ExpectEachAnsweredOnce();
+}
+
+TEST(BatcherTest, BoundWorkGoesToItsBrokenDeviceAndFailsThere) {
+  FakeExecutor e0(2, "e0"), e1(2, "e1");
+  e1.Break();
+  Calls calls;
+  Batcher batcher(Options(1ms), {&e0, &e1}, nullptr);
+  Enqueue(batcher, Bound(calls, 1));  // only e1 holds its K/V: failed there, not held forever
+  ASSERT_TRUE(calls.WaitAnswered(1));
+  EXPECT_EQ(calls.call(0).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(e1.refused(), 1);
+  Enqueue(batcher, calls.NewJob(Small()));  // unbound work still avoids the broken one
+  ASSERT_NE(e0.WaitForBatch(0), nullptr);
+  e0.FinishOldest();
+  ASSERT_TRUE(calls.WaitAnswered(2));
+  EXPECT_EQ(calls.call(1).response.batch().device(), "e0");
+  std::unique_ptr<Job> nowhere = Bound(calls, 2);
+  EXPECT_EQ(batcher.Enqueue(nowhere).code(), absl::StatusCode::kInternal);
+  EXPECT_NE(nowhere, nullptr);
+}
+
 TEST(BatcherTest, BrokenExecutorGetsNoBatchWhileAnotherServes) {
   // A broken executor fails each batch at once, so it is always the least loaded one: without
   // looking at serving() the batcher would send it (nearly) everything.
