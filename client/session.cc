@@ -1,5 +1,6 @@
 #include "attention/client/session.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -35,7 +36,14 @@ absl::StatusOr<std::string> ReplicaOf(std::string_view session_id) {
 
 // One SessionStream to one replica: writes one call at a time from a queue (gRPC allows one
 // outstanding write), keeps one read outstanding, and pairs answers with calls by request_id.
-// Owns itself from Start until OnDone (self_), so that its owners may drop it at any time.
+//
+// Ownership: Session::Shared owns every connection it opened until the connection's OnDone has
+// run (Wait), and then destroys it on its own thread. A connection never owns itself: its stub
+// holds the channel and its context the call, and releasing the last reference to a channel on
+// gRPC's callback thread destroys the channel there; with the last channel of the process goes
+// gRPC's callback completion queue, whose other thread still polls it ("ref_counted.h: assertion
+// failed: prior > 0" in grpc_cq_internal_unref, gRPC 1.51). gRPC touches the reactor no more once
+// OnDone returns, and OnDone touches nothing of it after it sets done_.
 //
 // Lifetime of the writes (as StreamSession's reactor): a hold taken before StartCall keeps gRPC
 // from calling OnDone while this side may still start a write from outside a reaction; the
@@ -51,7 +59,6 @@ class SessionStreamConnection final
     for (const auto& [key, value] : options.metadata) {
       connection->context_.AddMetadata(key, value);
     }
-    connection->self_ = connection;
     connection->stub_->async()->SessionStream(&connection->context_, connection.get());
     connection->AddHold();
     connection->StartRead(&connection->response_);
@@ -95,9 +102,16 @@ class SessionStreamConnection final
     RemoveHold();
   }
 
+  // Blocks until OnDone has run; the connection may be destroyed once this returns.
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [this] { return done_; });
+  }
+
+  // Whether OnDone has run (the connection may be destroyed).
+  bool done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
   }
 
   int64_t in_flight() {
@@ -191,9 +205,7 @@ class SessionStreamConnection final
     lock.lock();
     done_ = true;
     done_cv_.notify_all();
-    std::shared_ptr<SessionStreamConnection> self = std::move(self_);
-    lock.unlock();
-    // `self` may be the last reference: this object is destroyed on return.
+    // The owner may destroy this connection as soon as the mutex is released.
   }
 
  private:
@@ -231,8 +243,7 @@ class SessionStreamConnection final
 
   std::unique_ptr<v1::SessionService::Stub> stub_;
   grpc::ClientContext context_;
-  v1::SessionResponse response_;                   // the outstanding read's target
-  std::shared_ptr<SessionStreamConnection> self_;  // from Open to OnDone
+  v1::SessionResponse response_;  // the outstanding read's target
 
   std::mutex mu_;
   std::condition_variable done_cv_;
@@ -249,21 +260,29 @@ class SessionStreamConnection final
 
 }  // namespace
 
-// What the handles of one SessionClient share: the options, the entry client, and one stream
-// per replica.
+// What the handles of one SessionClient share: the options, the entry client, one stream per
+// replica, and the replaced streams until they end. Every stream is owned here, never by itself
+// (see SessionStreamConnection): the channels outlive every stream and go with the last handle,
+// on the thread that drops it. That thread must not be gRPC's (a callback): the destructor waits
+// for every stream's OnDone, which a running callback holds back.
 struct Session::Shared {
   SessionClientOptions options;
   Client entry;
   std::mutex mu;
   std::map<std::string, Client> replicas;  // connections by replica name
   std::map<std::string, std::shared_ptr<SessionStreamConnection>> streams;
+  // Streams replaced in `streams` (they took no more calls) whose OnDone may not have run yet.
+  std::vector<std::shared_ptr<SessionStreamConnection>> retired;
 
   Shared(SessionClientOptions o, Client e) : options(std::move(o)), entry(std::move(e)) {}
 
-  // Half-closes every stream and waits for each to end.
+  // Half-closes every stream and waits for each to end; the streams, then the clients and their
+  // channels, are destroyed on this thread.
   ~Shared() {
     for (auto& [replica, stream] : streams) stream->Finish();
+    for (auto& stream : retired) stream->Finish();
     for (auto& [replica, stream] : streams) stream->Wait();
+    for (auto& stream : retired) stream->Wait();
   }
 
   // The replica's stream: the open one, or a new one when it has none or it ended.
@@ -271,6 +290,11 @@ struct Session::Shared {
     std::lock_guard<std::mutex> lock(mu);
     auto it = streams.find(replica);
     if (it != streams.end() && it->second->usable()) return it->second;
+    retired.erase(std::remove_if(retired.begin(), retired.end(),
+                                 [](const std::shared_ptr<SessionStreamConnection>& stream) {
+                                   return stream->done();
+                                 }),
+                  retired.end());
     std::shared_ptr<grpc::Channel> channel;
     if (!options.resolve) {
       channel = entry.channel();
@@ -288,6 +312,7 @@ struct Session::Shared {
     std::shared_ptr<SessionStreamConnection> stream =
         SessionStreamConnection::Open(channel, options.client);
     if (it != streams.end()) {
+      retired.push_back(std::move(it->second));
       it->second = stream;
     } else {
       streams.emplace(replica, stream);
@@ -492,6 +517,7 @@ int64_t SessionClient::in_flight() const {
   std::lock_guard<std::mutex> lock(shared_->mu);
   int64_t total = 0;
   for (const auto& [replica, stream] : shared_->streams) total += stream->in_flight();
+  for (const auto& stream : shared_->retired) total += stream->in_flight();
   return total;
 }
 

@@ -153,6 +153,9 @@ class Session {
   int page_size_ = 0;
 };
 
+// The entry to the session service. A SessionClient, the Sessions it hands out and their copies
+// share its channels and streams; the last of them to go half-closes the streams, waits for their
+// ends and releases the channels, so it must not be dropped inside a callback (a gRPC thread).
 class SessionClient {
  public:
   static absl::StatusOr<SessionClient> Create(std::string_view target,
