@@ -44,6 +44,7 @@
 #include "server/validation.h"
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
 #include "server/cuda/cuda_executor.h"
+#include "server/cuda/device_page_storage.h"
 #endif
 
 ABSL_FLAG(std::string, address, "0.0.0.0:50051",
@@ -390,6 +391,7 @@ absl::StatusOr<BuildInfo> ChooseBackend(const std::string& backend_flag, int* nu
 struct Executors {
   std::vector<std::unique_ptr<Executor>> all;
   CpuExecutor* cpu = nullptr;
+  std::vector<int> cuda_devices;  // the CUDA device of each of `all`, in order (CUDA backend)
 };
 Executors MakeExecutors(const BuildInfo& info, const ExecutorOptions& options, Metrics* metrics) {
   Executors executors;
@@ -400,6 +402,9 @@ Executors MakeExecutors(const BuildInfo& info, const ExecutorOptions& options, M
       kill(getpid(), kFatalSignal);
     });
     executors.all = MakeCudaExecutors(options, metrics);
+    for (const auto& e : executors.all) {
+      executors.cuda_devices.push_back(static_cast<const CudaExecutor&>(*e).device_index());
+    }
   }
 #endif
   if (info.backend == "cpu") {
@@ -408,6 +413,29 @@ Executors MakeExecutors(const BuildInfo& info, const ExecutorOptions& options, M
     executors.all.push_back(std::move(cpu));
   }
   return executors;
+}
+
+// The session pools: on the CUDA backend one in each executor's device memory (pool i is
+// executor i's), else one in host memory.
+MakeSessionPools SessionPoolsFor(const Executors& executors) {
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (!executors.cuda_devices.empty()) {
+    return [devices = executors.cuda_devices](
+               const session::PoolOptions& options) -> absl::StatusOr<SessionPools> {
+      SessionPools pools;
+      for (int device : devices) {
+        absl::StatusOr<std::unique_ptr<DevicePageStorage>> storage =
+            DevicePageStorage::Create(device, options);
+        if (!storage.ok()) return storage.status();
+        pools.storages.push_back(std::move(*storage));
+        pools.labels.push_back(absl::StrCat("cuda:", device));
+      }
+      return pools;
+    };
+  }
+#endif
+  (void)executors;
+  return HostSessionPools;
 }
 
 // The work limits (--max_request_gflop, --max_queue_gflop), 0 replaced by the backend's default
@@ -622,7 +650,8 @@ int Serve() {
   for (const auto& e : executors.all) executor_ptrs.push_back(e.get());
   metrics.SetQueueLimits(config->batcher.max_queue_requests, config->batcher.max_queue_bytes);
   // The session store outlives the batcher: queued Attend jobs hold its views and turns.
-  absl::StatusOr<SessionStoreParts> sessions = MakeSessionStore(build_info->backend, registry);
+  absl::StatusOr<SessionStoreParts> sessions =
+      MakeSessionStore(build_info->backend, SessionPoolsFor(executors), registry);
   if (!sessions.ok()) {
     LogLine(LogLevel::kError, "bad_flags").Kv("error", sessions.status().message());
     return 2;

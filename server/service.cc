@@ -515,7 +515,8 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
                            SecondsSince(item.accepted), item.request_bytes, 0);
     }
     std::unique_lock<std::mutex> lock(mu_);
-    state_.Malformed(absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
+    state_.Malformed(
+        absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
     MaybeFinish(lock);
   }
 
@@ -630,8 +631,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
 
 void AttentionServiceImpl::StartDrain() {
   draining_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(mu_);
-  for (StreamCall* call : streams_) call->Drain();
+  open_.ForEachStream([](StreamCall* call) { call->Drain(); });
 }
 
 bool AttentionServiceImpl::ReserveAnswer(int64_t bytes) {
@@ -648,35 +648,18 @@ void AttentionServiceImpl::ReleaseAnswer(int64_t bytes) {
   if (bytes != 0) pending_answer_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
-int AttentionServiceImpl::open_streams() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int>(streams_.size());
-}
+int AttentionServiceImpl::open_streams() const { return open_.streams(); }
 
 bool AttentionServiceImpl::WaitForCalls(Clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return calls_done_.wait_until(lock, deadline, [this] { return calls_ == 0; });
+  return open_.WaitForNone(deadline);
 }
 
-void AttentionServiceImpl::CallStarted() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++calls_;
-}
+void AttentionServiceImpl::CallStarted() { open_.Started(); }
 
-void AttentionServiceImpl::CallDone() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--calls_ == 0) calls_done_.notify_all();
-}
+void AttentionServiceImpl::CallDone() { open_.Done(); }
 
-void AttentionServiceImpl::Register(StreamCall* call) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++calls_;
-  streams_.insert(call);
-}
+void AttentionServiceImpl::Register(StreamCall* call) { open_.Register(call); }
 
-void AttentionServiceImpl::Unregister(StreamCall* call) {
-  std::lock_guard<std::mutex> lock(mu_);
-  streams_.erase(call);
-}
+void AttentionServiceImpl::Unregister(StreamCall* call) { open_.Unregister(call); }
 
 }  // namespace attention::server

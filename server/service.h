@@ -30,13 +30,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 
-#include "absl/container/flat_hash_set.h"
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/batcher.h"
+#include "server/open_calls.h"
 #include "server/validation.h"
 
 namespace attention::server {
@@ -122,10 +121,7 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> pending_answer_bytes_{0};
-  mutable std::mutex mu_;
-  std::condition_variable calls_done_;
-  int64_t calls_ = 0;  // open calls, unary and stream
-  absl::flat_hash_set<StreamCall*> streams_;
+  OpenCalls<StreamCall> open_;
 };
 
 }  // namespace attention::server

@@ -23,8 +23,9 @@ ABSL_FLAG(int64_t, session_page_bytes, 64 * 1024,
           "Bytes per K/V session page (K and V halves; a multiple of 256). 64 KiB holds 16 tokens "
           "of 8 KV heads x head_dim 128 x bf16");
 ABSL_FLAG(int64_t, session_pages, 4096,
-          "Pages in the session pool: the pool takes session_pages x session_page_bytes of memory "
-          "(host memory on the CPU backend, touched as it is used)");
+          "Pages in each device's session pool: a pool takes session_pages x session_page_bytes of "
+          "memory (on the CUDA backend device memory on every GPU, allocated at start-up; on the "
+          "CPU backend host memory, touched as it is used)");
 ABSL_FLAG(int64_t, session_max_tokens, 128 * 1024,
           "Most tokens per layer of one session (CreateSession may ask for fewer)");
 ABSL_FLAG(int32_t, session_max_layers, 256, "Most layers of one session");
@@ -52,7 +53,18 @@ absl::Status Positive(const char* flag, int64_t value) {
 
 }  // namespace
 
+absl::StatusOr<SessionPools> HostSessionPools(const session::PoolOptions& options) {
+  absl::StatusOr<std::unique_ptr<session::HostPageStorage>> storage =
+      session::HostPageStorage::Create(options);
+  if (!storage.ok()) return storage.status();
+  SessionPools pools;
+  pools.storages.push_back(std::move(*storage));
+  pools.labels.push_back("cpu");
+  return pools;
+}
+
 absl::StatusOr<SessionStoreParts> MakeSessionStore(const std::string& backend,
+                                                   const MakeSessionPools& make_pools,
                                                    std::shared_ptr<prometheus::Registry> registry) {
   SessionStoreParts parts;
   parts.backend = backend;
@@ -82,15 +94,12 @@ absl::StatusOr<SessionStoreParts> MakeSessionStore(const std::string& backend,
   session::PoolOptions pool;
   pool.page_bytes = absl::GetFlag(FLAGS_session_page_bytes);
   pool.num_pages = absl::GetFlag(FLAGS_session_pages);
-  absl::StatusOr<std::unique_ptr<session::HostPageStorage>> storage =
-      session::HostPageStorage::Create(pool);
-  if (!storage.ok()) {
+  absl::StatusOr<SessionPools> pools = make_pools(pool);
+  if (!pools.ok()) {
     return absl::Status(
-        storage.status().code(),
-        absl::StrCat("--session_page_bytes / --session_pages: ", storage.status().message()));
+        pools.status().code(),
+        absl::StrCat("--session_page_bytes / --session_pages: ", pools.status().message()));
   }
-  std::vector<std::unique_ptr<session::PageStorage>> storages;
-  storages.push_back(std::move(*storage));
 
   session::StoreOptions options;
   options.limits.max_tokens = absl::GetFlag(FLAGS_session_max_tokens);
@@ -99,14 +108,11 @@ absl::StatusOr<SessionStoreParts> MakeSessionStore(const std::string& backend,
   options.limits.default_idle_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_idle_ttl_s));
   options.limits.max_idle_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_max_idle_ttl_s));
   absl::StatusOr<std::unique_ptr<session::SessionStore>> store =
-      session::SessionStore::Create(options, std::move(storages));
+      session::SessionStore::Create(options, std::move(pools->storages));
   if (!store.ok()) return store.status();
   parts.store = std::move(*store);
 
-  // The one pool is host memory: on the CPU backend it is the device's; on a GPU server it
-  // serves no session yet (CreateSession is refused), and is labelled as host memory.
-  parts.metrics = std::make_unique<SessionMetrics>(
-      std::move(registry), std::vector<std::string>{backend == "cpu" ? "cpu" : "host"});
+  parts.metrics = std::make_unique<SessionMetrics>(std::move(registry), std::move(pools->labels));
   parts.metrics->StartPolling(parts.store.get(), kMetricsInterval);
   return parts;
 }
@@ -118,12 +124,6 @@ SessionServiceOptions SessionServiceOptionsFor(const SessionStoreParts& parts,
   options.replica = parts.replica;
   options.limits = limits;
   options.max_stream_in_flight = max_stream_in_flight;
-  if (parts.backend != "cpu") {
-    options.availability = absl::UnimplementedError(
-        "sessions: this server runs the CUDA backend, which has no device K/V page pool yet, so "
-        "it cannot run a session's Attend; sessions are served by servers on the CPU backend "
-        "(--backend=cpu)");
-  }
   return options;
 }
 

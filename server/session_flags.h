@@ -5,11 +5,14 @@
 #ifndef ATTENTION_SERVER_SESSION_FLAGS_H_
 #define ATTENTION_SERVER_SESSION_FLAGS_H_
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/metrics/session_metrics.h"
+#include "server/session/page_storage.h"
 #include "server/session/session_store.h"
 #include "server/session_service.h"
 #include "server/validation.h"
@@ -31,16 +34,27 @@ struct SessionStoreParts {
   std::string backend;  // the server's backend ("cpu" or "cuda")
 };
 
-// From the flags: one pool of --session_pages pages of --session_page_bytes in host memory (the
-// CPU backend reads them in place), the limits, the replica's name, and metrics on `registry`
-// polled every second. INVALID_ARGUMENT naming the flag; RESOURCE_EXHAUSTED when the pool cannot
+// The pools of a backend: one per device, in executor order (pool i is read by executor i), each
+// with its metrics label ("cpu", "cuda:0", ...).
+struct SessionPools {
+  std::vector<std::unique_ptr<session::PageStorage>> storages;
+  std::vector<std::string> labels;
+};
+using MakeSessionPools =
+    std::function<absl::StatusOr<SessionPools>(const session::PoolOptions& options)>;
+
+// One pool of host memory, which the CPU backend reads in place.
+absl::StatusOr<SessionPools> HostSessionPools(const session::PoolOptions& options);
+
+// From the flags: the pools `make_pools` allocates (each --session_pages pages of
+// --session_page_bytes), the limits, the replica's name, and metrics on `registry` polled every
+// second. INVALID_ARGUMENT naming the flag; RESOURCE_EXHAUSTED naming the flags when a pool cannot
 // be allocated.
 absl::StatusOr<SessionStoreParts> MakeSessionStore(const std::string& backend,
+                                                   const MakeSessionPools& make_pools,
                                                    std::shared_ptr<prometheus::Registry> registry);
 
-// The service's options: the replica, the attention service's limits and stream bound, and the
-// backend's availability (the CUDA backend has no device page pool yet: CreateSession answers
-// UNIMPLEMENTED saying so).
+// The service's options: the replica, the attention service's limits and stream bound.
 SessionServiceOptions SessionServiceOptionsFor(const SessionStoreParts& parts,
                                                const ValidationLimits& limits,
                                                int max_stream_in_flight);

@@ -723,39 +723,21 @@ void SessionServiceImpl::RunInTurn(SessionCall* call) {
 
 void SessionServiceImpl::StartDrain() {
   draining_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(mu_);
-  for (SessionStreamCall* call : streams_) call->Drain();
+  open_.ForEachStream([](SessionStreamCall* call) { call->Drain(); });
 }
 
-int SessionServiceImpl::open_streams() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int>(streams_.size());
-}
+int SessionServiceImpl::open_streams() const { return open_.streams(); }
 
 bool SessionServiceImpl::WaitForCalls(Clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return calls_done_.wait_until(lock, deadline, [this] { return calls_ == 0; });
+  return open_.WaitForNone(deadline);
 }
 
-void SessionServiceImpl::CallStarted() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++calls_;
-}
+void SessionServiceImpl::CallStarted() { open_.Started(); }
 
-void SessionServiceImpl::CallDone() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--calls_ == 0) calls_done_.notify_all();
-}
+void SessionServiceImpl::CallDone() { open_.Done(); }
 
-void SessionServiceImpl::Register(SessionStreamCall* call) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++calls_;
-  streams_.insert(call);
-}
+void SessionServiceImpl::Register(SessionStreamCall* call) { open_.Register(call); }
 
-void SessionServiceImpl::Unregister(SessionStreamCall* call) {
-  std::lock_guard<std::mutex> lock(mu_);
-  streams_.erase(call);
-}
+void SessionServiceImpl::Unregister(SessionStreamCall* call) { open_.Unregister(call); }
 
 }  // namespace attention::server

@@ -33,15 +33,14 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <string>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/batcher.h"
+#include "server/open_calls.h"
 #include "server/metrics/session_metrics.h"
 #include "server/session/session_store.h"
 #include "server/validation.h"
@@ -169,10 +168,7 @@ class SessionServiceImpl final : public SessionServiceBase {
   Batcher* const batcher_;
   SessionMetrics* const metrics_;
   std::atomic<bool> draining_{false};
-  mutable std::mutex mu_;
-  std::condition_variable calls_done_;
-  int64_t calls_ = 0;
-  absl::flat_hash_set<SessionStreamCall*> streams_;
+  OpenCalls<SessionStreamCall> open_;
 };
 
 }  // namespace attention::server

@@ -51,20 +51,20 @@ echo "date $(date -u +%Y-%m-%d) commit $commit"
 # Correctness first: every new kernel against the float64 reference.
 if [ "$part" != bench ]; then
 cap 30 "decode host test" "$bin/flash_decode_host_test"
-cap 120 "decode tests" "$bin/flash_decode_test"
-cap 120 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
-cap 120 "float32 tests" "$bin/attention_fp32_test"
-cap 45 "decode memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+cap 90 "decode tests" "$bin/flash_decode_test"
+cap 100 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
+cap 90 "float32 tests" "$bin/attention_fp32_test"
+cap 40 "decode memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/flash_decode_test" --gtest_filter='*small*:*Small*:PagedAppend*'
-cap 45 "decode racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap 40 "decode racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/flash_decode_test" --gtest_filter='*small_page16:*small_q16_gqa16_causal:*small_splits3'
-cap 45 "forward paged/sinks memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+cap 40 "forward paged/sinks memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/attention_cuda_test" --gtest_filter='*/paged_ps16:*/paged_key_range_ps16:*/paged_shared_pages:*/paged_empty_context:*/sinks_causal_q_gt_k:*/paged_general'
-cap 45 "forward paged/sinks racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap 40 "forward paged/sinks racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/attention_cuda_test" --gtest_filter='*/paged_key_range_ps16:*/sinks_causal_q_gt_k'
-cap 45 "float32 memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+cap 40 "float32 memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/attention_fp32_test" --gtest_filter='*issue*:*/hdim40:*window_100_50*:*mask_key_padding*'
-cap 45 "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap 40 "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/attention_fp32_test" --gtest_filter='*issue_causal_gqa*:*/hdim64:*/hdim128'
 
 fi
@@ -87,6 +87,9 @@ for run in dense paged; do
 done
 for f in "$out"/paged.jsonl.*; do sed "s/^{/{\"run\": \"${f##*.}\", /" "$f" >> "$out/paged.jsonl"; done
 rm -f "$out"/paged.jsonl.*
+step "one request near the GPU work limit (--max_request_gflop default 50000): 49152 tokens, 32 heads, d 128"
+timeout 60 "$bin/attention_kernel_bench" --dtype bf16 --hdim 64,128 --causal 0 --seqlens 49152 \
+  --tokens 49152 --model-dim 4096 | grep -E "^\|" | grep -v -- "---"
 step "fp32_bench and sdpa_peer.py --dtype fp32"
 timeout 60 "$bin/fp32_bench" --precision full,tf32 --seqlens 1024,4096,16384 \
   --json "$out/fp32.jsonl" | tail -20

@@ -15,9 +15,20 @@
 #include "kernels/cuda/flash_decode.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
+#include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
 namespace {
+
+// The kernels RunAttention routes to, each a switch so that one can be taken out of service alone:
+// the float32 kernel (flash_fwd_fp32.h: FLOAT32 at PRECISION_FULL / TF32; off, float32 runs the
+// bfloat16 conversion and reports PRECISION_BF16), the split-KV decode kernel (flash_decode.h:
+// stateless decode shapes; off, the forward kernel), and paged K/V and sinks (the decode kernel
+// and the forward kernels' kPaged* variants and sink epilogue: sessions' Attend and attention
+// sinks; off, UNIMPLEMENTED naming them). Their device checks: docs/kernel.md.
+constexpr bool kRouteFloat32Kernel = true;
+constexpr bool kRouteDecodeKernel = true;
+constexpr bool kRoutePagedKernels = true;
 
 // CUDA grid limit of the y (heads) and z (sequences) dimensions.
 constexpr int kMaxGridYZ = 65535;
@@ -98,6 +109,16 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t batch_
 
 absl::Status CheckSupported(const KernelConfig& c) {
   if (absl::Status s = CheckConfig(c); !s.ok()) return s;
+  if (c.kind == WorkKind::kPagedDecode) {
+    if (!kRoutePagedKernels) {
+      return Unsupported(
+          "paged K/V (a session's Attend) is not routed to its kernels in this build (they await "
+          "their first GPU check)");
+    }
+    // Every paged launch can take the decode kernel (up to 16 query rows per sequence);
+    // CheckPagedRows says when more rows can run.
+    return CheckDecodeSupported(c);
+  }
   if (c.kind != WorkKind::kForward) {
     return Unsupported(
         absl::StrCat("kind ", static_cast<int>(c.kind), " has no kernel in this backend"));
@@ -120,14 +141,35 @@ absl::Status CheckSupported(const KernelConfig& c) {
   if (c.q_heads > kMaxGridYZ) {
     return Unsupported(absl::StrCat("q_heads ", c.q_heads, " exceeds ", kMaxGridYZ));
   }
-  if (c.sinks) return Unsupported("attention sinks have no CUDA kernel in this build");
+  if (c.sinks && !kRoutePagedKernels) {
+    return Unsupported("attention sinks are not routed to their CUDA kernels in this build");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPagedRows(const KernelConfig& c, int max_rows, int page_size) {
+  if (max_rows <= kDecodeMaxQueryRows) return absl::OkStatus();
+  const bool power_of_two = page_size > 0 && (page_size & (page_size - 1)) == 0;
+  if (c.dtype == DType::kFloat32 || !power_of_two || page_size < kMinPageSize ||
+      page_size > kMaxPageSize) {
+    return Unsupported(absl::StrCat(
+        max_rows, " query rows: more than ", kDecodeMaxQueryRows,
+        " rows per sequence against paged K/V need 16-bit pages of a power-of-two page_size in [",
+        kMinPageSize, ", ", kMaxPageSize,
+        "] on this backend (this one: ", c.dtype == DType::kFloat32 ? "float32, " : "",
+        "page_size ", page_size, "); send at most ", kDecodeMaxQueryRows, " rows per call"));
+  }
   return absl::OkStatus();
 }
 
 absl::Status CheckLaunch(const AttentionParams& p) {
   if (absl::Status s = CheckSupported(p); !s.ok()) return s;
   if (absl::Status s = CheckParams(p); !s.ok()) return s;
-  if (p.is_paged()) return Unsupported("paged K/V has no forward kernel in this build");
+  if (p.is_paged()) {
+    if (p.seqlen_q <= kDecodeMaxQueryRows) return CheckDecodeParams(p);
+    if (absl::Status s = CheckPagedRows(p, p.seqlen_q, p.page_size); !s.ok()) return s;
+    if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
+  }
   if (p.batch > kMaxGridYZ) {
     return Unsupported(absl::StrCat("batch ", p.batch, " exceeds ", kMaxGridYZ));
   }
@@ -145,15 +187,6 @@ absl::Status CheckLaunch(const AttentionParams& p) {
 
 namespace {
 
-// The kernels RunAttention routes to. The float32 kernel (flash_fwd_fp32.h) and the split-KV
-// decode kernel (flash_decode.h) are built and tested by their own suites, and routed to once a
-// GPU run has checked them against the float64 reference and the sanitizers: they were written
-// in a session that had no GPU (docs/kernel.md, "Kernels not yet routed"). Until then float32
-// requests run the bfloat16 conversion path and report PRECISION_BF16, and decode shapes run
-// the forward kernel.
-constexpr bool kRouteFloat32Kernel = false;
-constexpr bool kRouteDecodeKernel = false;
-
 bool RoutesToDecode(const AttentionParams& p) {
   return kRouteDecodeKernel && DecodeExpectedToWin(p);
 }
@@ -170,7 +203,9 @@ Precision ComputedPrecision(const KernelConfig& config) {
 }
 
 size_t WorkspaceBytes(const AttentionParams& p) {
-  if (RoutesToDecode(p)) return DecodeWorkspaceBytes(p, DecodeOptions{});
+  if (RoutesToDecode(p) || (p.is_paged() && p.seqlen_q <= kDecodeMaxQueryRows)) {
+    return DecodeWorkspaceBytes(p, DecodeOptions{});
+  }
   if (p.dtype != DType::kFloat32 || RoutesToFloat32Kernel(p)) return 0;
   return static_cast<size_t>(LayoutFor(p).total);
 }
@@ -181,8 +216,12 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (p.batch == 0 || p.seqlen_q == 0 || QRows(p) == 0) return absl::OkStatus();
-  // Decode shapes (a few query rows per sequence): the split-KV decode kernel (flash_decode.h).
-  if (RoutesToDecode(p)) return RunFlashDecode(p, DecodeOptions{}, workspace, stream);
+  // Decode shapes (a few query rows per sequence), and every paged launch of at most 16 rows: the
+  // split-KV decode kernel (flash_decode.h). More rows against pages: the forward kernel's paged
+  // variant.
+  if (RoutesToDecode(p) || (p.is_paged() && p.seqlen_q <= kDecodeMaxQueryRows)) {
+    return RunFlashDecode(p, DecodeOptions{}, workspace, stream);
+  }
   if (p.dtype != DType::kFloat32) return DispatchFlashFwd(p, stream);
   // float32 at precision FULL (split-TF32 products, float32 accuracy) or TF32: the float32 kernel
   // reads q, k, v and writes o directly (flash_fwd_fp32.h).

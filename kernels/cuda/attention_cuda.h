@@ -20,6 +20,12 @@ absl::Status CheckSupported(const KernelConfig& config);
 // kernel serves it, else kBF16 (q, k and v rounded to bfloat16 for the 16-bit kernel).
 Precision ComputedPrecision(const KernelConfig& config);
 
+// Whether a paged launch (kind kPagedDecode) of at most `max_rows` query rows per sequence in
+// pages of `page_size` keys has a kernel: up to 16 rows take the decode kernel (any page size);
+// more take the forward kernel's paged variant, which needs 16-bit pages of a power-of-two
+// page_size in [16, 256]. OK, or UNIMPLEMENTED naming the rule.
+absl::Status CheckPagedRows(const KernelConfig& config, int max_rows, int page_size);
+
 // Whether `p` can launch: CheckSupported(p), CheckParams(p), and what the kernels need of the
 // launch itself (grid limits, 16-byte aligned rows of 16-bit tensors). RunAttention calls it.
 absl::Status CheckLaunch(const AttentionParams& p);

@@ -264,6 +264,12 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
   if (absl::Status s = cuda::CheckSupported(job.spec); !s.ok()) return s;
+  if (job.spec.kind == WorkKind::kPagedDecode) {
+    if (absl::Status s = cuda::CheckPagedRows(job.spec, job.spec.seqlen_q, job.spec.page_size);
+        !s.ok()) {
+      return s;
+    }
+  }
   const int64_t bytes = BatchBytesWith(job.spec, 0, 0, 0, false, job.spec);
   if (bytes > max_batch_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(

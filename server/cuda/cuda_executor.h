@@ -69,6 +69,7 @@ class CudaExecutor final : public Executor {
   ~CudaExecutor() override;
 
   const std::string& device() const override { return name_; }
+  int device_index() const { return device_index_; }
   int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override;

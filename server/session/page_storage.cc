@@ -97,13 +97,36 @@ absl::StatusOr<std::unique_ptr<HostPageStorage>> HostPageStorage::Create(
 
 HostPageStorage::~HostPageStorage() { ::operator delete(base_, kHostAlignment); }
 
-absl::Status HostPageStorage::CopyPage(int32_t src, int32_t dst, int64_t half_bytes) {
-  if (absl::Status s = CheckPage(src, num_pages_, "CopyPage src"); !s.ok()) return s;
-  if (absl::Status s = CheckPage(dst, num_pages_, "CopyPage dst"); !s.ok()) return s;
-  if (half_bytes < 0 || half_bytes > page_bytes_ / 2) {
+absl::Status CheckCopyPage(const PageStorage& storage, int32_t src, int32_t dst,
+                           int64_t half_bytes) {
+  if (absl::Status s = CheckPage(src, storage.num_pages(), "CopyPage src"); !s.ok()) return s;
+  if (absl::Status s = CheckPage(dst, storage.num_pages(), "CopyPage dst"); !s.ok()) return s;
+  if (half_bytes < 0 || half_bytes > storage.page_bytes() / 2) {
     return absl::OutOfRangeError(absl::StrCat("CopyPage half_bytes: must be in [0, ",
-                                              page_bytes_ / 2, "], got ", half_bytes));
+                                              storage.page_bytes() / 2, "], got ", half_bytes));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckWriteRows(const PageStorage& storage, const PageLayout& layout,
+                            absl::Span<const int32_t> slots) {
+  if (layout.page_bytes != storage.page_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("WriteRows layout: page_bytes ",
+                                                   layout.page_bytes, " is not the pool's ",
+                                                   storage.page_bytes()));
+  }
+  const int64_t limit = int64_t{storage.num_pages()} * layout.page_size;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (slots[i] < 0 || slots[i] >= limit) {
+      return absl::OutOfRangeError(absl::StrCat("WriteRows slots[", i, "]: ", slots[i],
+                                                " is not in the pool's [0, ", limit, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostPageStorage::CopyPage(int32_t src, int32_t dst, int64_t half_bytes) {
+  if (absl::Status s = CheckCopyPage(*this, src, dst, half_bytes); !s.ok()) return s;
   if (src == dst || half_bytes == 0) return absl::OkStatus();
   std::byte* from = base_ + int64_t{src} * page_bytes_;
   std::byte* to = base_ + int64_t{dst} * page_bytes_;
@@ -114,20 +137,10 @@ absl::Status HostPageStorage::CopyPage(int32_t src, int32_t dst, int64_t half_by
 
 absl::Status HostPageStorage::WriteRows(const PageLayout& layout, absl::Span<const int32_t> slots,
                                         const void* k, const void* v) {
-  if (layout.page_bytes != page_bytes_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "WriteRows layout: page_bytes ", layout.page_bytes, " is not the pool's ", page_bytes_));
-  }
+  // Every slot is checked before any row is written.
+  if (absl::Status s = CheckWriteRows(*this, layout, slots); !s.ok()) return s;
   const auto* k_rows = static_cast<const std::byte*>(k);
   const auto* v_rows = static_cast<const std::byte*>(v);
-  // Every slot is checked before any row is written.
-  const int64_t limit = int64_t{num_pages_} * layout.page_size;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    if (slots[i] < 0 || slots[i] >= limit) {
-      return absl::OutOfRangeError(absl::StrCat("WriteRows slots[", i, "]: ", slots[i],
-                                                " is not in the pool's [0, ", limit, ")"));
-    }
-  }
   size_t i = 0;
   while (i < slots.size()) {
     // Consecutive slots of one page are consecutive rows: one copy per run.

@@ -122,6 +122,13 @@ class PageStorage {
                                  const void* k, const void* v) = 0;
 };
 
+// The argument checks every implementation makes before touching memory: OUT_OF_RANGE for a page,
+// slot or length outside the pool, INVALID_ARGUMENT for a layout of another page size.
+absl::Status CheckCopyPage(const PageStorage& storage, int32_t src, int32_t dst,
+                           int64_t half_bytes);
+absl::Status CheckWriteRows(const PageStorage& storage, const PageLayout& layout,
+                            absl::Span<const int32_t> slots);
+
 // Pages in host memory, page-aligned and untouched until first written (the kernel supplies
 // zero pages on demand, so an idle pool costs address space, not memory).
 class HostPageStorage final : public PageStorage {

@@ -9,6 +9,10 @@
 #include "kernels/dtype.h"
 #include "proto/contract_types.h"
 #include "tests/server/server_test_util.h"
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+#include "server/cuda/cuda_executor.h"
+#include "server/cuda/device_page_storage.h"
+#endif
 
 namespace attention::testing {
 
@@ -18,8 +22,17 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
   session::PoolOptions pool;
   pool.page_bytes = options.page_bytes;
   pool.num_pages = options.num_pages;
-  absl::StatusOr<std::unique_ptr<session::HostPageStorage>> storage =
-      session::HostPageStorage::Create(pool);
+  const bool cuda = ServerBackendUnderTest() == "cuda";
+  absl::StatusOr<std::unique_ptr<session::PageStorage>> storage;
+  if (cuda) {
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+    storage = server::DevicePageStorage::Create(0, pool);
+#else
+    storage = absl::UnimplementedError("ATTN_TEST_BACKEND=cuda: this test has no CUDA executor");
+#endif
+  } else {
+    storage = session::HostPageStorage::Create(pool);
+  }
   if (!storage.ok()) {
     *error = std::string(storage.status().message());
     return nullptr;
@@ -37,13 +50,24 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
   }
   s->store_ = std::move(*store);
   if (options.registry != nullptr) {
-    s->metrics_ =
-        std::make_unique<server::SessionMetrics>(options.registry, std::vector<std::string>{"cpu"});
+    s->metrics_ = std::make_unique<server::SessionMetrics>(
+        options.registry, std::vector<std::string>{cuda ? "cuda:0" : "cpu"});
     s->metrics_->StartPolling(s->store_.get(), std::chrono::milliseconds(50));
   }
   server::ExecutorOptions executor;
   executor.cpu_threads = options.cpu_threads;
-  s->executor_ = std::make_unique<server::CpuExecutor>(executor, nullptr);
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (cuda) {
+    absl::StatusOr<std::unique_ptr<server::CudaExecutor>> device =
+        server::CudaExecutor::Create(0, executor, nullptr);
+    if (!device.ok()) {
+      *error = std::string(device.status().message());
+      return nullptr;
+    }
+    s->executor_ = std::move(*device);
+  }
+#endif
+  if (!cuda) s->executor_ = std::make_unique<server::CpuExecutor>(executor, nullptr);
   s->batcher_ = std::make_unique<server::Batcher>(
       options.batcher, std::vector<server::Executor*>{s->executor_.get()}, nullptr);
   server::SessionServiceOptions service;

@@ -1,4 +1,4 @@
-// Helpers of the session service's tests: an in-process server (CPU executor, batcher, session
+// Helpers of the session service's tests: an in-process server (CPU or GPU executor, batcher, session
 // store and SessionService on a loopback port), a model of every session's K/V history, and the
 // float64 reference of an Attend as the equivalent packed AttentionRequest over that history
 // (checked with CompareWithReference, server_test_util.h), so that the oracle never reads the
@@ -38,7 +38,8 @@ struct SessionServerOptions {
   server::ValidationLimits limits_per_request;
 };
 
-// A SessionService over a fresh store on 127.0.0.1:<free port>, with the CPU executor. Shuts
+// A SessionService over a fresh store on 127.0.0.1:<free port>, with the CPU executor and a host
+// pool, or with ATTN_TEST_BACKEND=cuda the GPU executor of device 0 and a pool in its memory. Shuts
 // everything down in order when destroyed (server, batcher, executor, service, store).
 class InProcessSessionServer {
  public:
@@ -57,7 +58,7 @@ class InProcessSessionServer {
 
   std::unique_ptr<session::SessionStore> store_;
   std::unique_ptr<server::SessionMetrics> metrics_;
-  std::unique_ptr<server::CpuExecutor> executor_;
+  std::unique_ptr<server::Executor> executor_;
   std::unique_ptr<server::Batcher> batcher_;
   std::unique_ptr<server::SessionServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

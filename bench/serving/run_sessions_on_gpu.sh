@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Sessions on the GPU backend (issue 20), in one command on a GPU machine: the session suite
+# against the GPU executor and a device page pool (session_integration_test with
+# ATTN_TEST_BACKEND=cuda: every shape, fork, truncate, windows, page sizes, eviction, against the
+# float64 reference), then the benchmark: attention_server on the GPU with a pool for 64 sessions
+# of 8k tokens, fake_attention_server as the echo, and attention_cli session-bench for a lone
+# session (the step's p50 against the echo round trip of the same bytes) and 64 sessions on one
+# stream (steps/s and p99), GQA 32/8, head_dim 128, bf16, 8k context.
+#
+#   bench/serving/run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
+#
+# BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of attention_server, attention_cli,
+# fake_attention_server and session_integration_test. Results under $OUT: sessions.log,
+# lone.json, many.json.
+set -uo pipefail
+commit=${1:?usage: run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR]}
+bundle=${2:-.gpu}
+part=${3:-all}
+out=${OUT:-/tmp/attention_sessions_gpu}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin=$bundle/bin
+status=0
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+exec > >(tee "$out/sessions_$part.log") 2>&1
+step "device"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+echo "date $(date -u +%Y-%m-%d) commit $commit"
+
+if [ "$part" != bench ]; then
+step "session suite on the GPU executor"
+ATTN_TEST_BACKEND=cuda timeout "${SUITE_SECONDS:-150}" "$bin/session_integration_test" \
+  > "$out/suite.log" 2>&1
+rc=$?
+grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|rel|mismatch" "$out/suite.log" | head -40
+echo "suite exit code: $rc"
+[ "$rc" = 0 ] || status=1
+fi
+
+if [ "$part" != tests ]; then
+step "servers"
+# 64 sessions x (8192 + steps) tokens of 8 x 128 bf16 (4 KiB a token, K and V): 16 tokens per
+# 64 KiB page, ~33k pages = 2.1 GiB of device memory.
+"$bin/attention_server" --address=127.0.0.1:50071 --health_address= --metrics_address= \
+  --session_pages=36000 --session_page_bytes=65536 --log_level=warning &
+server=$!
+"$bin/fake_attention_server" --address=127.0.0.1:50072 &
+echo_server=$!
+for _ in $(seq 1 100); do
+  "$bin/attention_cli" health --target=127.0.0.1:50071 >/dev/null 2>&1 && break
+  sleep 0.2
+done
+common=(--target=127.0.0.1:50071 --context=8192 --heads=32 --kv_heads=8 --head_dim=128
+        --dtype=bf16 --layers=1)
+
+step "session-bench: a lone session, echo round trip of the same bytes"
+timeout 120 "$bin/attention_cli" session-bench "${common[@]}" --sessions=1 --steps=400 \
+  --warmup_steps=20 --echo_target=127.0.0.1:50072 --json="$out/lone.json" || status=1
+step "session-bench: 64 sessions on one stream"
+timeout 180 "$bin/attention_cli" session-bench "${common[@]}" --sessions=64 --steps=64 \
+  --warmup_steps=4 --json="$out/many.json" || status=1
+
+kill -TERM "$server" "$echo_server" 2>/dev/null
+wait "$server"
+echo "server exit code: $? (0 = drained)"
+fi
+echo "overall status $status"
+exit $status

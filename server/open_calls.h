@@ -1,0 +1,63 @@
+// The calls a service has open, for its drain (both services use one): every call object counts
+// itself when it is created and again in OnDone, and a stream also registers itself, so that a
+// drain can reach every open stream and then wait until no call is left.
+#ifndef ATTENTION_SERVER_OPEN_CALLS_H_
+#define ATTENTION_SERVER_OPEN_CALLS_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+#include "absl/container/flat_hash_set.h"
+
+namespace attention::server {
+
+template <typename Stream>
+class OpenCalls {
+ public:
+  // A unary call (or any call that is not registered) starts and ends.
+  void Started() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++calls_;
+  }
+  void Done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--calls_ == 0) none_open_.notify_all();
+  }
+  // A stream starts (counted as a call) and, in its OnDone, leaves; Done() follows Unregister.
+  void Register(Stream* stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++calls_;
+    streams_.insert(stream);
+  }
+  void Unregister(Stream* stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    streams_.erase(stream);
+  }
+  // Runs fn(stream) for every open stream, under the lock (fn must not call back into this).
+  template <typename Fn>
+  void ForEachStream(Fn fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Stream* stream : streams_) fn(stream);
+  }
+  // Waits until no call is open or `deadline`; true if none is.
+  bool WaitForNone(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return none_open_.wait_until(lock, deadline, [this] { return calls_ == 0; });
+  }
+  int streams() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(streams_.size());
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable none_open_;
+  int64_t calls_ = 0;  // open calls, unary and stream
+  absl::flat_hash_set<Stream*> streams_;
+};
+
+}  // namespace attention::server
+
+#endif  // ATTENTION_SERVER_OPEN_CALLS_H_
