@@ -7,10 +7,11 @@
 # still run. The per-kernel scripts beside this one (run_decode_on_gpu.sh, run_paged_on_gpu.sh,
 # run_fp32_on_gpu.sh) are the longer versions of each part.
 #
-#   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
+#   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [PARTS]
 #
-# `tests` (correctness and sanitizers) and `bench` (timings) each fit one call; `all` (default)
-# runs both.
+# PARTS, comma-separated (default all of them, in this order): tests (correctness and
+# sanitizers), decode (decode_bench and its peer, the decode report), paged (paged prefill vs
+# dense, and one request at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
 # flash_decode_host_test, decode_bench, attention_cuda_test, attention_kernel_bench,
@@ -19,7 +20,8 @@
 set -uo pipefail
 commit=${1:?usage: run_kernels_check.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
-part=${3:-all}
+parts=",${3:-tests,decode,paged,fp32},"
+has() { [[ $parts == *",$1,"* ]]; }
 out=${OUT:-/tmp/attention_kernels_check}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -42,14 +44,14 @@ cap() {
   echo "$name exit code: $rc"
   [ "$rc" = 0 ] || status=1
 }
-exec > >(tee "$out/run.log") 2>&1
+exec > >(tee -a "$out/run.log") 2>&1
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 echo "date $(date -u +%Y-%m-%d) commit $commit"
 
 # Correctness first: every new kernel against the float64 reference.
-if [ "$part" != bench ]; then
+if has tests; then
 cap 30 "decode host test" "$bin/flash_decode_host_test"
 cap 90 "decode tests" "$bin/flash_decode_test"
 cap 100 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
@@ -70,7 +72,8 @@ cap 40 "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9
 fi
 
 # Then the timings, each with its peer from this same command.
-if [ "$part" != tests ]; then
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+if has decode; then
 step "decode_bench"
 timeout 90 "$bin/decode_bench" --json "$out/decode.jsonl" || status=1
 step "sdpa_peer.py --decode"
@@ -79,6 +82,13 @@ for n in 8192 32768 131072; do
   timeout 40 python3 "$bundle/sdpa_peer.py" --decode --decode-tokens "$n" --kv-lens "$n" \
     --json "$out/decode_peer.jsonl" | tail -1
 done
+step "decode report"
+cp "$out/decode.jsonl" "$out/ours.jsonl" 2>/dev/null && cp "$out/decode_peer.jsonl" "$out/peer.jsonl" &&
+  python3 "$here/decode_report.py" "$out" --device "$device" --commit "$commit" \
+    --date "$(date -u +%Y-%m-%d)"
+rm -f "$out/ours.jsonl" "$out/peer.jsonl"
+fi
+if has paged; then
 step "paged prefill vs dense, pages of 64"
 for run in dense paged; do
   extra=(); [ "$run" = paged ] && extra=(--paged 64)
@@ -88,19 +98,14 @@ done
 for f in "$out"/paged.jsonl.*; do sed "s/^{/{\"run\": \"${f##*.}\", /" "$f" >> "$out/paged.jsonl"; done
 rm -f "$out"/paged.jsonl.*
 step "one request near the GPU work limit (--max_request_gflop default 50000): 49152 tokens, 32 heads, d 128"
-timeout 60 "$bin/attention_kernel_bench" --dtype bf16 --hdim 64,128 --causal 0 --seqlens 49152 \
+timeout 60 "$bin/attention_kernel_bench" --dtype bf16 --hdim 128 --causal 0 --seqlens 49152 \
   --tokens 49152 --model-dim 4096 | grep -E "^\|" | grep -v -- "---"
+fi
+if has fp32; then
 step "fp32_bench and sdpa_peer.py --dtype fp32"
 timeout 60 "$bin/fp32_bench" --precision full,tf32 --seqlens 1024,4096,16384 \
   --json "$out/fp32.jsonl" | tail -20
 timeout 100 python3 "$bundle/sdpa_peer.py" --dtype fp32 --json "$out/fp32_peer.jsonl" | tail -12
-
-step "reports"
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-cp "$out/decode.jsonl" "$out/ours.jsonl" 2>/dev/null && cp "$out/decode_peer.jsonl" "$out/peer.jsonl" &&
-  python3 "$here/decode_report.py" "$out" --device "$device" --commit "$commit" \
-    --date "$(date -u +%Y-%m-%d)"
-rm -f "$out/ours.jsonl" "$out/peer.jsonl"
 python3 "$here/fp32_compare.py" "$out/fp32.jsonl" "$out/fp32_peer.jsonl" 2>&1 | tail -30
 fi
 echo "overall status $status"

@@ -10,8 +10,9 @@
 #   bench/serving/run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of attention_server, attention_cli,
-# fake_attention_server and session_integration_test. Results under $OUT: sessions.log,
-# lone.json, many.json.
+# fake_attention_server and session_integration_test. Results under $OUT, appended (so that the
+# kernels' check of the same call can share the folder): run.log, tests.log (the suite's output)
+# and sessions.jsonl (session-bench's JSON of the lone session, then of the 64).
 set -uo pipefail
 commit=${1:?usage: run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
@@ -22,7 +23,7 @@ export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bin=$bundle/bin
 status=0
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-exec > >(tee "$out/sessions_$part.log") 2>&1
+exec > >(tee -a "$out/run.log") 2>&1
 step "device"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 echo "date $(date -u +%Y-%m-%d) commit $commit"
@@ -33,6 +34,8 @@ ATTN_TEST_BACKEND=cuda timeout "${SUITE_SECONDS:-150}" "$bin/session_integration
   > "$out/suite.log" 2>&1
 rc=$?
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|Failure|rel|mismatch" "$out/suite.log" | head -40
+{ echo "=== session suite on the GPU executor (exit code $rc)"; cat "$out/suite.log"; } >> "$out/tests.log"
+rm -f "$out/suite.log"
 echo "suite exit code: $rc"
 [ "$rc" = 0 ] || status=1
 fi
@@ -55,10 +58,12 @@ common=(--target=127.0.0.1:50071 --context=8192 --heads=32 --kv_heads=8 --head_d
 
 step "session-bench: a lone session, echo round trip of the same bytes"
 timeout 120 "$bin/attention_cli" session-bench "${common[@]}" --sessions=1 --steps=400 \
-  --warmup_steps=20 --echo_target=127.0.0.1:50072 --json="$out/lone.json" || status=1
+  --warmup_steps=20 --echo_target=127.0.0.1:50072 --json=/tmp/lone.json || status=1
+cat /tmp/lone.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
 step "session-bench: 64 sessions on one stream"
 timeout 180 "$bin/attention_cli" session-bench "${common[@]}" --sessions=64 --steps=64 \
-  --warmup_steps=4 --json="$out/many.json" || status=1
+  --warmup_steps=4 --json=/tmp/many.json || status=1
+cat /tmp/many.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
 
 kill -TERM "$server" "$echo_server" 2>/dev/null
 wait "$server"
