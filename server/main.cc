@@ -43,6 +43,7 @@
 #include "server/tls.h"
 #include "server/validation.h"
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+#include "kernels/cuda/attention_cuda.h"
 #include "server/cuda/cuda_executor.h"
 #include "server/cuda/device_page_storage.h"
 #endif
@@ -658,9 +659,13 @@ int Serve() {
   }
   Batcher batcher(config->batcher, executor_ptrs, &metrics);
   AttentionServiceImpl service(config->service, &batcher, &metrics);
-  SessionServiceImpl session_service(SessionServiceOptionsFor(*sessions, config->service.limits,
-                                                              config->service.max_stream_in_flight),
-                                     sessions->store.get(), &batcher, sessions->metrics.get());
+  SessionServiceOptions session_options = SessionServiceOptionsFor(
+      *sessions, config->service.limits, config->service.max_stream_in_flight);
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (!executors.cuda_devices.empty()) session_options.availability = cuda::PagedKernelsRouted();
+#endif
+  SessionServiceImpl session_service(session_options, sessions->store.get(), &batcher,
+                                     sessions->metrics.get());
 
   absl::StatusOr<StartedServer> started = BuildServer(
       *config, GatePorts(*credentials, auth->get(), &metrics), &service, &session_service);

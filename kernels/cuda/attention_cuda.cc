@@ -107,14 +107,17 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t batch_
 
 }  // namespace
 
+absl::Status PagedKernelsRouted() {
+  if (kRoutePagedKernels) return absl::OkStatus();
+  return Unsupported(
+      "paged K/V (a session's Attend) is not routed to its kernels in this build (they await "
+      "their first GPU check)");
+}
+
 absl::Status CheckSupported(const KernelConfig& c) {
   if (absl::Status s = CheckConfig(c); !s.ok()) return s;
   if (c.kind == WorkKind::kPagedDecode) {
-    if (!kRoutePagedKernels) {
-      return Unsupported(
-          "paged K/V (a session's Attend) is not routed to its kernels in this build (they await "
-          "their first GPU check)");
-    }
+    if (absl::Status routed = PagedKernelsRouted(); !routed.ok()) return routed;
     // Every paged launch can take the decode kernel (up to 16 query rows per sequence);
     // CheckPagedRows says when more rows can run.
     return CheckDecodeSupported(c);

@@ -20,6 +20,10 @@ absl::Status CheckSupported(const KernelConfig& config);
 // kernel serves it, else kBF16 (q, k and v rounded to bfloat16 for the 16-bit kernel).
 Precision ComputedPrecision(const KernelConfig& config);
 
+// Whether paged K/V (sessions' Attend) and sinks are routed to their kernels in this build: OK, or
+// UNIMPLEMENTED saying why not (a server then refuses CreateSession with it).
+absl::Status PagedKernelsRouted();
+
 // Whether a paged launch (kind kPagedDecode) of at most `max_rows` query rows per sequence in
 // pages of `page_size` keys has a kernel: up to 16 rows take the decode kernel (any page size);
 // more take the forward kernel's paged variant, which needs 16-bit pages of a power-of-two
