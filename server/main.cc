@@ -658,9 +658,12 @@ int Serve() {
     return 2;
   }
   Batcher batcher(config->batcher, executor_ptrs, &metrics);
-  AttentionServiceImpl service(config->service, &batcher, &metrics);
+  // One answer budget for both services: unread answers are memory whichever call holds them.
+  AnswerBudget answer_budget(config->service.max_pending_answer_bytes);
+  AttentionServiceImpl service(config->service, &batcher, &metrics, &answer_budget);
   SessionServiceOptions session_options = SessionServiceOptionsFor(
       *sessions, config->service.limits, config->service.max_stream_in_flight);
+  session_options.answer_budget = &answer_budget;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
   if (!executors.cuda_devices.empty()) session_options.availability = cuda::PagedKernelsRouted();
 #endif

@@ -244,14 +244,14 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
     return spec.status();
   }
   const int64_t answer_bytes = AnswerBytes(*spec);
-  if (!service.ReserveAnswer(answer_bytes)) {
-    const int64_t limit = service.options().max_pending_answer_bytes;
+  if (!service.answer_budget().Reserve(answer_bytes)) {
+    const int64_t limit = service.answer_budget().limit();
     if (service.metrics() != nullptr) {
       service.metrics()->RequestRejected(answer_bytes > limit ? "too_large" : "answer_budget");
     }
     start->answer_budget_full = answer_bytes <= limit;
     return absl::ResourceExhaustedError(absl::StrCat(
-        "answers waiting to be sent hold ", service.pending_answer_bytes(),
+        "answers waiting to be sent hold ", service.answer_budget().pending(),
         " bytes; this one's o and lse (", answer_bytes, " bytes) would pass the bound of ", limit,
         " bytes (--max_pending_answer_bytes): read the answers of your streams, retry later"));
   }
@@ -267,7 +267,7 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
   absl::Status status = service.batcher()->Enqueue(job);
   if (!status.ok()) {
     // Refused: the job is still here and the caller's object alive.
-    service.ReleaseAnswer(answer_bytes);
+    service.answer_budget().Release(answer_bytes);
     start->reserved_answer_bytes = 0;
   }
   return status;
@@ -312,7 +312,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   void OnDone() override {
     AttentionServiceImpl* service = service_;
     // gRPC has sent the answer (or given up on it): its bytes leave the budget.
-    service->ReleaseAnswer(start_.reserved_answer_bytes);
+    service->answer_budget().Release(start_.reserved_answer_bytes);
     delete this;
     service->CallDone();
   }
@@ -501,7 +501,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
                            item.request_bytes, code == item.code ? item.response_bytes : 0);
       metrics->AddInFlight(-1);
     }
-    service_->ReleaseAnswer(item.start.reserved_answer_bytes);
+    service_->answer_budget().Release(item.start.reserved_answer_bytes);
     item.start.reserved_answer_bytes = 0;
   }
 
@@ -558,7 +558,7 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
       response.mutable_error()->set_message(std::string(status.message()));
       // No o or lse will be sent: the reservation goes back now, not when the error is written.
-      service_->ReleaseAnswer(item->start.reserved_answer_bytes);
+      service_->answer_budget().Release(item->start.reserved_answer_bytes);
       item->start.reserved_answer_bytes = 0;
     }
     response.set_request_id(item->request.message.request_id());
@@ -613,8 +613,14 @@ class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
 };
 
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher,
-                                           Metrics* metrics)
-    : options_(options), batcher_(batcher), metrics_(metrics) {}
+                                           Metrics* metrics, AnswerBudget* answer_budget)
+    : options_(options),
+      batcher_(batcher),
+      metrics_(metrics),
+      own_budget_(answer_budget == nullptr
+                      ? std::make_unique<AnswerBudget>(options.max_pending_answer_bytes)
+                      : nullptr),
+      answer_budget_(answer_budget != nullptr ? answer_budget : own_budget_.get()) {}
 
 AttentionServiceImpl::~AttentionServiceImpl() = default;
 
@@ -632,20 +638,6 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
 void AttentionServiceImpl::StartDrain() {
   draining_.store(true, std::memory_order_release);
   open_.ForEachStream([](StreamCall* call) { call->Drain(); });
-}
-
-bool AttentionServiceImpl::ReserveAnswer(int64_t bytes) {
-  const int64_t limit = options_.max_pending_answer_bytes;
-  int64_t held = pending_answer_bytes_.load(std::memory_order_relaxed);
-  do {
-    if (bytes > limit - held) return false;
-  } while (
-      !pending_answer_bytes_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
-  return true;
-}
-
-void AttentionServiceImpl::ReleaseAnswer(int64_t bytes) {
-  if (bytes != 0) pending_answer_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
 int AttentionServiceImpl::open_streams() const { return open_.streams(); }

@@ -34,6 +34,7 @@
 #include <mutex>
 
 #include "attention/v1/attention.grpc.pb.h"
+#include "server/answer_budget.h"
 #include "server/batcher.h"
 #include "server/open_calls.h"
 #include "server/validation.h"
@@ -75,7 +76,10 @@ using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attenti
 class AttentionServiceImpl final : public AttentionServiceBase {
  public:
   // `batcher` outlives the service and the gRPC server it is registered on; `metrics` may be null.
-  AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher, Metrics* metrics);
+  // `answer_budget` (shared with the session service; not owned) may be null: then the service
+  // keeps its own of options.max_pending_answer_bytes.
+  AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher, Metrics* metrics,
+                       AnswerBudget* answer_budget = nullptr);
   ~AttentionServiceImpl() override;
 
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
@@ -96,13 +100,9 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   // Streams currently open (tests).
   int open_streams() const;
 
-  // The answer budget (see above): reserves `bytes` and returns true when they fit, else false
-  // and nothing is reserved. Release gives back what a reservation took. Thread-safe.
-  bool ReserveAnswer(int64_t bytes);
-  void ReleaseAnswer(int64_t bytes);
-  int64_t pending_answer_bytes() const {
-    return pending_answer_bytes_.load(std::memory_order_relaxed);
-  }
+  // The answer budget (see above).
+  AnswerBudget& answer_budget() const { return *answer_budget_; }
+  int64_t pending_answer_bytes() const { return answer_budget_->pending(); }
 
   // Shared by the call objects (service.cc).
   const ServiceOptions& options() const { return options_; }
@@ -120,7 +120,8 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   Batcher* const batcher_;
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
-  std::atomic<int64_t> pending_answer_bytes_{0};
+  const std::unique_ptr<AnswerBudget> own_budget_;
+  AnswerBudget* const answer_budget_;
   OpenCalls<StreamCall> open_;
 };
 

@@ -1,6 +1,7 @@
 #include "server/session_service.h"
 
 #include <chrono>
+#include <climits>
 #include <deque>
 #include <memory>
 #include <string>
@@ -289,7 +290,17 @@ class SessionStreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
     }
     item->op = OpOf(item->request.call_case());
     if (!Accept(*item)) return;
-    service_->Run(item.release());  // owned by its call until ItemDone
+    if (absl::Status reserved = service_->ReserveAnswer(*item); !reserved.ok()) {
+      // The answers waiting to be sent are at the server's bound: this one is refused, and the
+      // stream reads on once one of its answers is written.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        state_.PauseForAnswerBudget();
+      }
+      ItemDone(std::move(item), reserved);
+    } else {
+      service_->Run(item.release());  // owned by its call until ItemDone
+    }
     std::unique_lock<std::mutex> lock(mu_);
     if (state_.ShouldReadNext()) ReadNext(lock);
   }
@@ -500,9 +511,40 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SessionServiceImpl:
   return new SessionStreamCall(this, context);
 }
 
+absl::Status SessionServiceImpl::ReserveAnswer(SessionCall& call) {
+  AnswerBudget* budget = options_.answer_budget;
+  if (call.answer_checked || budget == nullptr ||
+      call.request.call_case() != v1::SessionRequest::kAttend) {
+    return absl::OkStatus();
+  }
+  call.answer_checked = true;
+  const v1::AttendRequest& r = call.request.attend();
+  // o has q's size; lse one float per query row and head (validation checks the shape later).
+  int64_t bytes = static_cast<int64_t>(r.q().data().size());
+  if (r.return_lse() && r.q().shape_size() >= 2) {
+    const int64_t rows = r.q().shape(0), heads = r.q().shape(1);
+    if (rows > 0 && heads > 0 && rows <= INT32_MAX && heads <= INT32_MAX) {
+      bytes += rows * heads * int64_t{sizeof(float)};
+    }
+  }
+  if (!budget->Reserve(bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "answers waiting to be sent hold ", budget->pending(), " bytes; this Attend's o and lse (",
+        bytes, " bytes) would pass the bound of ", budget->limit(),
+        " bytes (--max_pending_answer_bytes): read the answers of your streams, retry later"));
+  }
+  call.answer_budget = budget;
+  call.reserved_answer_bytes = bytes;
+  return absl::OkStatus();
+}
+
 void SessionServiceImpl::Run(SessionCall* call) {
   if (draining()) {
     call->Done(DrainingStatus());
+    return;
+  }
+  if (absl::Status reserved = ReserveAnswer(*call); !reserved.ok()) {
+    call->Done(reserved);
     return;
   }
   switch (call->request.call_case()) {

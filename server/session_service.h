@@ -39,9 +39,10 @@
 
 #include "absl/status/status.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "server/answer_budget.h"
 #include "server/batcher.h"
-#include "server/open_calls.h"
 #include "server/metrics/session_metrics.h"
+#include "server/open_calls.h"
 #include "server/session/session_store.h"
 #include "server/validation.h"
 
@@ -54,7 +55,11 @@ class SessionStreamCall;
 // answered. SessionServiceImpl::Run answers it exactly once through Done.
 class SessionCall : public JobCompletion {
  public:
-  ~SessionCall() override = default;
+  // Gives back the answer's reservation in the answer budget: the call is destroyed once its
+  // answer was handed to the transport (or dropped).
+  ~SessionCall() override {
+    if (answer_budget != nullptr) answer_budget->Release(reserved_answer_bytes);
+  }
 
   // Answers the call: on OK, `response` holds the result of the request's kind. From any thread,
   // with no lock held that the answer path takes; the call may be deleted before Done returns.
@@ -75,6 +80,10 @@ class SessionCall : public JobCompletion {
   Clock::time_point deadline = Clock::time_point::max();
   const std::atomic<bool>* cancelled = nullptr;  // null: cannot be cancelled
   int64_t request_bytes = 0;
+  // An Attend's answer reserved in the answer budget (SessionServiceImpl::ReserveAnswer).
+  bool answer_checked = false;
+  AnswerBudget* answer_budget = nullptr;
+  int64_t reserved_answer_bytes = 0;
 };
 
 struct SessionServiceOptions {
@@ -84,9 +93,12 @@ struct SessionServiceOptions {
   ValidationLimits limits;
   // Calls of one SessionStream read and not yet answered before the stream stops reading.
   int max_stream_in_flight = 1024;
-  // OK when this server's backend runs Attend; otherwise what CreateSession answers (the CUDA
-  // backend until its device page pool exists: UNIMPLEMENTED naming why).
+  // OK when this server's backend runs Attend; otherwise what CreateSession answers
+  // (UNIMPLEMENTED naming why).
   absl::Status availability;
+  // The answer budget shared with the attention service (--max_pending_answer_bytes; not owned),
+  // or null for none.
+  AnswerBudget* answer_budget = nullptr;
 };
 
 // Every method raw (grpc::ByteBuffer in and out), as the attention service's: the service parses
@@ -152,6 +164,10 @@ class SessionServiceImpl final : public SessionServiceBase {
   // Starts `call` (its request parsed): answers it through SessionCall::Done exactly once, from
   // this thread or a later one.
   void Run(SessionCall* call);
+  // An Attend reserves its answer (o, and lse when asked) in the answer budget before it runs;
+  // the call holds the bytes until it is destroyed. OK (also for other calls, and when already
+  // reserved), or RESOURCE_EXHAUSTED naming --max_pending_answer_bytes; Run checks it too.
+  absl::Status ReserveAnswer(SessionCall& call);
   void CallStarted();
   void CallDone();
   void Register(SessionStreamCall* call);

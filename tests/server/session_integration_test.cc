@@ -620,6 +620,52 @@ TEST(SessionAvailability, ABackendWithoutSessionsRefusesCreateSession) {
   EXPECT_THAT(refused.status().message(), HasSubstr("not on this backend"));
 }
 
+// A session call as a test drives it: answered by recording the status.
+struct RecordedCall final : server::SessionCall {
+  void Done(const absl::Status& status) override { answered = status; }
+  absl::Status answered;
+};
+
+std::unique_ptr<RecordedCall> AttendCall(int rows, int heads, int head_dim, bool lse) {
+  auto call = std::make_unique<RecordedCall>();
+  v1::AttendRequest* attend = call->request.mutable_attend();
+  v1::Tensor* q = attend->mutable_q();
+  q->set_dtype(v1::FLOAT32);
+  for (int64_t d : {rows, heads, head_dim}) q->add_shape(d);
+  q->set_data(std::string(static_cast<size_t>(rows) * heads * head_dim * 4, '\0'));
+  attend->set_return_lse(lse);
+  return call;
+}
+
+TEST(SessionAnswerBudget, AnAttendHoldsItsAnswerInTheSharedBudgetUntilTheCallIsGone) {
+  server::AnswerBudget budget(10000);
+  server::SessionServiceOptions options;
+  options.answer_budget = &budget;
+  server::SessionServiceImpl service(options, nullptr, nullptr, nullptr);
+  std::unique_ptr<RecordedCall> first = AttendCall(1, 4, 128, true);  // 2048 + 16 bytes
+  ASSERT_TRUE(service.ReserveAnswer(*first).ok());
+  EXPECT_EQ(budget.pending(), 2064);
+  ASSERT_TRUE(service.ReserveAnswer(*first).ok());  // once per call
+  EXPECT_EQ(budget.pending(), 2064);
+  std::unique_ptr<RecordedCall> second = AttendCall(2, 4, 128, false);  // 4096 bytes
+  ASSERT_TRUE(service.ReserveAnswer(*second).ok());
+  EXPECT_EQ(budget.pending(), 6160);
+  std::unique_ptr<RecordedCall> over = AttendCall(2, 4, 128, false);
+  const absl::Status refused = service.ReserveAnswer(*over);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.message(), HasSubstr("--max_pending_answer_bytes"));
+  EXPECT_EQ(budget.pending(), 6160);
+  RecordedCall create;  // calls other than Attend answer no tensors
+  create.request.mutable_create();
+  EXPECT_TRUE(service.ReserveAnswer(create).ok());
+  EXPECT_EQ(budget.pending(), 6160);
+  first.reset();  // answered and written: its bytes come back
+  EXPECT_EQ(budget.pending(), 4096);
+  over.reset();
+  second.reset();
+  EXPECT_EQ(budget.pending(), 0);
+}
+
 class SmallPoolTest : public SessionIntegrationTest {
  protected:
   void SetUp() override {
