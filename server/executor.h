@@ -203,8 +203,12 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status,
 
 // Sizes of the device and host pools of an executor, fixed at start-up.
 struct ExecutorOptions {
-  // Device memory pool per GPU; 0 = most of the device's free memory at start-up.
+  // Device memory pool per GPU; 0 = most of the device's free memory at start-up, less
+  // reserved_device_bytes.
   int64_t device_memory_bytes = 0;
+  // Device memory per GPU that is allocated after the executors and must be left free by the
+  // automatic size: the session page pool (--session_pages x --session_page_bytes).
+  int64_t reserved_device_bytes = 0;
   // Pinned host staging per executor (uploads and downloads).
   int64_t pinned_host_bytes = int64_t{1} << 30;
   // Batches an executor holds at once (staging, running, downloading, answering): 3 lets batch

@@ -331,6 +331,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   c.max_request_gflop = absl::GetFlag(FLAGS_max_request_gflop);
   c.max_queue_gflop = absl::GetFlag(FLAGS_max_queue_gflop);
   c.executor.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
+  c.executor.reserved_device_bytes = SessionPoolBytesFromFlags();
   c.executor.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);
   c.executor.pipeline_depth = absl::GetFlag(FLAGS_pipeline_depth);
   c.executor.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

@@ -53,6 +53,13 @@ absl::Status Positive(const char* flag, int64_t value) {
 
 }  // namespace
 
+int64_t SessionPoolBytesFromFlags() {
+  const int64_t pages = absl::GetFlag(FLAGS_session_pages);
+  const int64_t page_bytes = absl::GetFlag(FLAGS_session_page_bytes);
+  if (pages <= 0 || page_bytes <= 0 || pages > INT64_MAX / page_bytes) return 0;
+  return pages * page_bytes;
+}
+
 absl::StatusOr<SessionPools> HostSessionPools(const session::PoolOptions& options) {
   absl::StatusOr<std::unique_ptr<session::HostPageStorage>> storage =
       session::HostPageStorage::Create(options);

@@ -43,6 +43,10 @@ struct SessionPools {
 using MakeSessionPools =
     std::function<absl::StatusOr<SessionPools>(const session::PoolOptions& options)>;
 
+// The bytes of one pool as the flags size it (--session_pages x --session_page_bytes, 0 when
+// they are out of range): what a GPU executor leaves free for it.
+int64_t SessionPoolBytesFromFlags();
+
 // One pool of host memory, which the CPU backend reads in place.
 absl::StatusOr<SessionPools> HostSessionPools(const session::PoolOptions& options);
 
