@@ -90,13 +90,14 @@ rm -f "$out/ours.jsonl" "$out/peer.jsonl"
 fi
 if has paged; then
 step "paged prefill vs dense, pages of 64"
-for run in dense paged; do
-  extra=(); [ "$run" = paged ] && extra=(--paged 64)
+for run in new_sm90 paged_sm90; do  # the run tags paged_report.py reads
+  extra=(); [ "$run" = paged_sm90 ] && extra=(--paged 64)
   timeout 45 "$bin/attention_kernel_bench" --dtype bf16 --hdim 64,128 --causal 0,1 "${extra[@]}" \
     --json "$out/paged.jsonl.$run" | grep -E "^\|" | grep -v -- "---" | tail -14
 done
 for f in "$out"/paged.jsonl.*; do sed "s/^{/{\"run\": \"${f##*.}\", /" "$f" >> "$out/paged.jsonl"; done
 rm -f "$out"/paged.jsonl.*
+python3 "$here/paged_report.py" "$out/paged.jsonl"
 step "one request near the GPU work limit (--max_request_gflop default 50000): 49152 tokens, 32 heads, d 128"
 timeout 60 "$bin/attention_kernel_bench" --dtype bf16 --hdim 128 --causal 0 --seqlens 49152 \
   --tokens 49152 --model-dim 4096 | grep -E "^\|" | grep -v -- "---"
