@@ -9,8 +9,8 @@
 #
 #   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [PARTS]
 #
-# PARTS, comma-separated (default all of them, in this order): tests (correctness and
-# sanitizers), decode (decode_bench and its peer, the decode report), paged (paged prefill vs
+# PARTS, comma-separated (default all of them, in this order): tests (correctness), sanitize
+# (compute-sanitizer memcheck and racecheck, SANITIZER_SECONDS each, default 40), decode (decode_bench and its peer, the decode report), paged (paged prefill vs
 # dense, and one request at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
@@ -20,7 +20,7 @@
 set -uo pipefail
 commit=${1:?usage: run_kernels_check.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
-parts=",${3:-tests,decode,paged,fp32},"
+parts=",${3:-tests,sanitize,decode,paged,fp32},"
 has() { [[ $parts == *",$1,"* ]]; }
 out=${OUT:-/tmp/attention_kernels_check}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -56,19 +56,21 @@ cap 30 "decode host test" "$bin/flash_decode_host_test"
 cap 90 "decode tests" "$bin/flash_decode_test"
 cap 100 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
 cap 90 "float32 tests" "$bin/attention_fp32_test"
-cap 40 "decode memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+fi
+if has sanitize; then
+sec=${SANITIZER_SECONDS:-40}
+cap "$sec" "decode memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/flash_decode_test" --gtest_filter='*small*:*Small*:PagedAppend*'
-cap 40 "decode racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap "$sec" "decode racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/flash_decode_test" --gtest_filter='*small_page16:*small_q16_gqa16_causal:*small_splits3'
-cap 40 "forward paged/sinks memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+cap "$sec" "forward paged/sinks memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/attention_cuda_test" --gtest_filter='*/paged_ps16:*/paged_key_range_ps16:*/paged_shared_pages:*/paged_empty_context:*/sinks_causal_q_gt_k:*/paged_general'
-cap 40 "forward paged/sinks racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap "$sec" "forward paged/sinks racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/attention_cuda_test" --gtest_filter='*/paged_key_range_ps16:*/sinks_causal_q_gt_k'
-cap 40 "float32 memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+cap "$sec" "float32 memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
   "$bin/attention_fp32_test" --gtest_filter='*issue*:*/hdim40:*window_100_50*:*mask_key_padding*'
-cap 40 "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
+cap "$sec" "float32 racecheck" compute-sanitizer --tool racecheck --error-exitcode 9 \
   "$bin/attention_fp32_test" --gtest_filter='*issue_causal_gqa*:*/hdim64:*/hdim128'
-
 fi
 
 # Then the timings, each with its peer from this same command.
