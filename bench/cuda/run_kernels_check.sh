@@ -10,8 +10,9 @@
 #   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [PARTS]
 #
 # PARTS, comma-separated (default all of them, in this order): tests (correctness), sanitize
-# (compute-sanitizer memcheck and racecheck, SANITIZER_SECONDS each, default 40), decode (decode_bench and its peer, the decode report), paged (paged prefill vs
-# dense, and one request at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
+# (compute-sanitizer memcheck and racecheck, SANITIZER_SECONDS each, default 40), decode
+# (decode_bench and its peer, the decode report), paged (paged prefill vs dense, and one request
+# at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
 # flash_decode_host_test, decode_bench, attention_cuda_test, attention_kernel_bench,
