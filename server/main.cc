@@ -331,7 +331,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   c.max_request_gflop = absl::GetFlag(FLAGS_max_request_gflop);
   c.max_queue_gflop = absl::GetFlag(FLAGS_max_queue_gflop);
   c.executor.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
-  c.executor.reserved_device_bytes = SessionPoolBytesFromFlags();
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  // The device pools exist only where sessions are served on the GPU (SessionPoolsFor).
+  if (cuda::PagedKernelsRouted().ok())
+    c.executor.reserved_device_bytes = SessionPoolBytesFromFlags();
+#endif
   c.executor.pinned_host_bytes = absl::GetFlag(FLAGS_pinned_host_bytes);
   c.executor.pipeline_depth = absl::GetFlag(FLAGS_pipeline_depth);
   c.executor.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
@@ -421,7 +425,9 @@ Executors MakeExecutors(const BuildInfo& info, const ExecutorOptions& options, M
 // executor i's), else one in host memory.
 MakeSessionPools SessionPoolsFor(const Executors& executors) {
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  if (!executors.cuda_devices.empty()) {
+  // Without paged kernels a GPU server serves no session (CreateSession is refused): its pools
+  // stay in host memory, untouched, instead of taking device memory.
+  if (!executors.cuda_devices.empty() && cuda::PagedKernelsRouted().ok()) {
     return [devices = executors.cuda_devices](
                const session::PoolOptions& options) -> absl::StatusOr<SessionPools> {
       SessionPools pools;

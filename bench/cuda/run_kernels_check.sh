@@ -14,6 +14,20 @@
 # (decode_bench and its peer, the decode report), paged (paged prefill vs dense, and one request
 # at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
+# The bundle (built here, 2 cores: ~4 min with ccache warm, ~15 min cold), with the three routing
+# switches of kernels/cuda/attention_cuda.cc set to true, so that the check covers the routed
+# paths (RunAttention, the GPU session suite):
+#   cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+#     -DATTN_KERNEL_DTYPES=bf16 "-DATTN_KERNEL_HEAD_DIMS=64;128"
+#   ninja -C build/gpu attention_fp32_test fp32_bench flash_decode_test flash_decode_host_test \
+#     decode_bench attention_cuda_test attention_kernel_bench attention_server \
+#     session_integration_test attention_cli fake_attention_server
+#   ../shared/tools/gpu-bundle.sh .gpu build/gpu/{tests/kernels/cuda/{flash_decode_test,...},...}
+#   strip .gpu/bin/* .gpu/lib/*; cp ../shared/peers/sdpa_peer.py .gpu/
+#   mkdir -p .gpu-pack; tar cf - .gpu | xz -T2 -4 > .gpu-pack/bundle.tar.xz   # ~40 MB
+# and on the device (carry .gpu-pack): tar xJf .gpu-pack/bundle.tar.xz && <the commands of
+# docs/kernel.md, "Kernels not yet routed">.
+#
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
 # flash_decode_host_test, decode_bench, attention_cuda_test, attention_kernel_bench,
 # attention_fp32_test and fp32_bench, plus sdpa_peer.py. Results under $OUT (at most 8 files):
