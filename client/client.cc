@@ -90,6 +90,18 @@ absl::StatusOr<v1::AttentionRequest> BuildRequest(const AttentionArgs& args) {
   return request;
 }
 
+absl::StatusOr<v1::AttentionRequest> BuildBackwardRequest(const AttentionBackwardArgs& args) {
+  absl::StatusOr<v1::AttentionRequest> request = BuildRequest(args.forward);
+  if (!request.ok()) return request;
+  absl::Status status = SetTensor("o", args.o, request->mutable_o());
+  if (status.ok()) status = SetTensor("lse", args.lse, request->mutable_lse());
+  if (status.ok()) status = SetTensor("grad_o", args.grad_o, request->mutable_grad_o());
+  if (!status.ok()) return status;
+  request->set_backward(true);
+  request->set_return_lse(false);
+  return request;
+}
+
 absl::Status ResponseStatus(const v1::AttentionResponse& response) {
   if (!response.has_error() || response.error().code() == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(response.error().code()),
@@ -222,6 +234,23 @@ absl::StatusOr<v1::AttentionResponse> Client::Attention(const AttentionArgs& arg
   absl::StatusOr<v1::AttentionRequest> request = BuildRequest(args);
   if (!request.ok()) return request.status();
   return Attention(*request, call);
+}
+
+absl::StatusOr<v1::AttentionResponse> Client::AttentionBackward(const v1::AttentionRequest& request,
+                                                                const CallOptions& call) const {
+  grpc::ClientContext context;
+  ConfigureContext(call, /*unary=*/true, &context);
+  v1::AttentionResponse response;
+  const grpc::Status status = stub_->AttentionBackward(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::AttentionResponse> Client::AttentionBackward(const AttentionBackwardArgs& args,
+                                                                const CallOptions& call) const {
+  absl::StatusOr<v1::AttentionRequest> request = BuildBackwardRequest(args);
+  if (!request.ok()) return request.status();
+  return AttentionBackward(*request, call);
 }
 
 void Client::AttentionAsync(std::shared_ptr<const v1::AttentionRequest> request,

@@ -144,7 +144,19 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   const AttentionParams p = BindParams(batch.plan, inputs, outputs);
   const Clock::time_point start = Clock::now();
   batch.timings.staged = start;
-  absl::Status status = finish_status(backend_.Run(p, should_stop));
+  absl::Status status;
+  if (batch.config.kind == WorkKind::kBackward) {
+    cpu::AttentionBackwardParams backward;
+    static_cast<AttentionParams&>(backward) = p;
+    const BackwardBuffers buffers = BindBackward(batch.plan, inputs, outputs);
+    backward.do_ = buffers.grad_o;
+    backward.dq = buffers.dq;
+    backward.dk = buffers.dk;
+    backward.dv = buffers.dv;
+    status = finish_status(backend_.RunBackward(backward, should_stop));
+  } else {
+    status = finish_status(backend_.Run(p, should_stop));
+  }
   batch.timings.kernel_ns = NanosSince(start);
   batch.timings.device_done = Clock::now();
   if (status.ok()) {

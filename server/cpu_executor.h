@@ -24,13 +24,15 @@ namespace attention::server {
 // received in), o and lse written straight into the job's outputs. A packed batch of several jobs
 // is staged into one host buffer (grown up to max_batch_bytes() =
 // ExecutorOptions::pinned_host_bytes and then reused), run, and delivered back by the plan's
-// output copies. pipeline_depth() is 1: the CPU is busy with one batch at a time, and the next
-// batch keeps filling in the batcher meanwhile.
+// output copies. A backward batch (kind kBackward: o, lse and grad_o in, dq, dk and dv out) is
+// always staged, and runs CpuBackend::RunBackward. pipeline_depth() is 1: the CPU is busy with one
+// batch at a time, and the next batch keeps filling in the batcher meanwhile.
 //
 // Work nobody waits for stops: the backend asks between work items (attention::cpu::CpuBackend's
 // cooperative stop) whether every caller of the batch has gone (cancelled, or past its deadline);
 // then the batch is abandoned, its jobs answered CANCELLED or DEADLINE_EXCEEDED, and the cores are
-// free within one work item (block_q query rows of one head against their keys).
+// free within one work item (block_q query rows of one head against their keys). A backward
+// batch is asked only before its launch (its kernel has no cooperative stop yet).
 // AbandonRunning() stops the running and every later batch the same way (UNAVAILABLE), for the
 // drain's deadline.
 class CpuExecutor final : public Executor {

@@ -58,9 +58,28 @@ class JobCompletion {
 // when the request asked, lse (spec.lse_bytes of float32: dense [batch, q_heads, seqlen_q],
 // packed [q_heads, total_q]). Sized by the plan (AllocateOutputs) from the output pool; the
 // service moves them into the response, so o is written once and never copied again.
+// A backward job (kind kBackward) has dq (spec.q_bytes, q's dtype and layout), dk and dv
+// (spec.kv_bytes each, k's layout) instead.
 struct JobOutputs {
   std::string o;
   std::string lse;
+  std::string dq, dk, dv;
+
+  std::string& tensor(OutputTensor which) {
+    switch (which) {
+      case OutputTensor::kO:
+        return o;
+      case OutputTensor::kLse:
+        return lse;
+      case OutputTensor::kDq:
+        return dq;
+      case OutputTensor::kDk:
+        return dk;
+      case OutputTensor::kDv:
+        break;
+    }
+    return dv;
+  }
 };
 
 // What the answer reports about the batch a job ran in (timings in nanoseconds), filled by

@@ -75,8 +75,8 @@ void GatherPagedContexts(Batch& batch) {
   batch.max_pages = 1;
   bool any_range = false;
   for (const auto& job : batch.jobs) {
-    batch.max_pages = std::max<int>(batch.max_pages,
-                                    static_cast<int>(job->paged->view.page_table().size()));
+    batch.max_pages =
+        std::max<int>(batch.max_pages, static_cast<int>(job->paged->view.page_table().size()));
     any_range = any_range || job->paged->has_key_range;
   }
   for (const auto& job : batch.jobs) {
@@ -93,28 +93,58 @@ void GatherPagedContexts(Batch& batch) {
   }
 }
 
-// The output copies of job `index`: o, then lse runs from the batch's [q_heads, total_q] lse
-// (a packed job's lse is [q_heads, total_q]; a dense job's [batch, q_heads, seqlen_q], so one
-// run of seqlen_q rows per (sequence, head)).
-void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copies) {
+// Calls visit(job_offset, batch_offset, bytes) for each run of rows of job `index`'s lse in the
+// batch's [q_heads, total_q] lse (a packed job's lse is [q_heads, total_q]; a dense job's
+// [batch, q_heads, seqlen_q], so one run of seqlen_q rows per (sequence, head)), offsets in bytes
+// from either lse's start.
+template <typename Visit>
+void ForEachLseRun(const Batch& batch, int index, Visit visit) {
   const RequestSpec& s = batch.jobs[index]->spec;
   const JobSlice& slice = batch.slices[index];
-  const BatchLayout& l = batch.plan.layout;
-  copies->push_back(
-      {index, false, 0, l.o + slice.row_q * RowBytes(batch.config, batch.config.q_heads),
-       s.q_bytes});
-  if (!s.return_lse) return;
   const int runs = s.packed ? 1 : s.batch;
   const int64_t run_rows = s.packed ? s.total_q : s.seqlen_q;
   constexpr int64_t kFloat = sizeof(float);
   for (int b = 0; b < runs; ++b) {
     for (int h = 0; h < s.q_heads; ++h) {
-      const int64_t src_row = h * batch.total_q + slice.row_q + b * run_rows;
-      const int64_t dst_row = (int64_t{b} * s.q_heads + h) * run_rows;
-      copies->push_back(
-          {index, true, dst_row * kFloat, l.lse + src_row * kFloat, run_rows * kFloat});
+      const int64_t batch_row = h * batch.total_q + slice.row_q + b * run_rows;
+      const int64_t job_row = (int64_t{b} * s.q_heads + h) * run_rows;
+      visit(job_row * kFloat, batch_row * kFloat, run_rows * kFloat);
     }
   }
+}
+
+// The output copies of job `index`: o, then its lse runs; or a backward job's dq, dk and dv.
+void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copies) {
+  const RequestSpec& s = batch.jobs[index]->spec;
+  const JobSlice& slice = batch.slices[index];
+  const BatchLayout& l = batch.plan.layout;
+  const int64_t q_offset = slice.row_q * RowBytes(batch.config, batch.config.q_heads);
+  if (batch.config.kind == WorkKind::kBackward) {
+    const int64_t k_offset = slice.row_k * RowBytes(batch.config, batch.config.kv_heads);
+    copies->push_back({index, OutputTensor::kDq, 0, l.dq + q_offset, s.q_bytes});
+    copies->push_back({index, OutputTensor::kDk, 0, l.dk + k_offset, s.kv_bytes});
+    copies->push_back({index, OutputTensor::kDv, 0, l.dv + k_offset, s.kv_bytes});
+    return;
+  }
+  copies->push_back({index, OutputTensor::kO, 0, l.o + q_offset, s.q_bytes});
+  if (!s.return_lse) return;
+  ForEachLseRun(batch, index, [&](int64_t job_offset, int64_t batch_offset, int64_t bytes) {
+    copies->push_back({index, OutputTensor::kLse, job_offset, l.lse + batch_offset, bytes});
+  });
+}
+
+// The input copies of backward job `index`'s saved o, grad_o and lse (request bytes, one span
+// each) into the batch's layout.
+void PlanBackwardInputs(const Batch& batch, int index, std::vector<InputCopy>* copies) {
+  const RequestSpec& s = batch.jobs[index]->spec;
+  const BatchLayout& l = batch.plan.layout;
+  const int64_t q_offset = batch.slices[index].row_q * RowBytes(batch.config, batch.config.q_heads);
+  copies->push_back({l.saved_o + q_offset, s.o_data, s.q_bytes});
+  copies->push_back({l.grad_o + q_offset, s.grad_o_data, s.q_bytes});
+  const char* lse = reinterpret_cast<const char*>(s.lse_data);
+  ForEachLseRun(batch, index, [&](int64_t job_offset, int64_t batch_offset, int64_t bytes) {
+    copies->push_back({l.saved_lse + batch_offset, lse + job_offset, bytes});
+  });
 }
 
 }  // namespace
@@ -139,10 +169,22 @@ BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q
   const bool paged = config.kind == WorkKind::kPagedDecode;
   l.seqlens_k = Align(l.page_table + page_table_entries * 4);
   l.key_range = Align(l.seqlens_k + (paged ? int64_t{sequences} * 4 : 0));
-  l.input_bytes = Align(l.key_range + (key_ranges ? int64_t{sequences} * 8 : 0));
+  l.saved_o = Align(l.key_range + (key_ranges ? int64_t{sequences} * 8 : 0));
+  const bool backward = config.kind == WorkKind::kBackward;
+  const int64_t lse_bytes = int64_t{config.q_heads} * total_q * 4;
+  l.grad_o = Align(l.saved_o + (backward ? q_bytes : 0));
+  l.saved_lse = Align(l.grad_o + (backward ? q_bytes : 0));
+  l.input_bytes = Align(l.saved_lse + (backward ? lse_bytes : 0));
+  if (backward) {
+    l.dq = 0;
+    l.dk = Align(q_bytes);
+    l.dv = Align(l.dk + kv_bytes);
+    l.output_bytes = Align(l.dv + kv_bytes);
+    return l;
+  }
   l.o = 0;
   l.lse = Align(q_bytes);
-  l.output_bytes = Align(l.lse + (want_lse ? int64_t{config.q_heads} * total_q * 4 : 0));
+  l.output_bytes = Align(l.lse + (want_lse ? lse_bytes : 0));
   return l;
 }
 
@@ -157,9 +199,9 @@ void MakePlan(Batch& batch) {
   if (paged) GatherPagedContexts(batch);
   const int64_t mask_bytes =
       config.mask_kind == MaskKind::kNone ? 0 : batch.jobs[0]->spec.mask_bytes;
-  plan.layout = LayoutFor(config, batch.sequences, batch.total_q, batch.total_k, batch.want_lse,
-                          mask_bytes, static_cast<int64_t>(batch.page_table.size()),
-                          !batch.key_range.empty());
+  plan.layout =
+      LayoutFor(config, batch.sequences, batch.total_q, batch.total_k, batch.want_lse, mask_bytes,
+                static_cast<int64_t>(batch.page_table.size()), !batch.key_range.empty());
   const BatchLayout& l = plan.layout;
 
   plan.inputs.clear();
@@ -176,6 +218,8 @@ void MakePlan(Batch& batch) {
       PlanTensor(l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
       PlanTensor(l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
     }
+    if (config.kind == WorkKind::kBackward)
+      PlanBackwardInputs(batch, static_cast<int>(i), &plan.inputs);
     PlanJobOutputs(batch, static_cast<int>(i), &plan.outputs);
   }
   plan.first_input.push_back(plan.inputs.size());
@@ -230,7 +274,8 @@ AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs) 
     p.v_head_stride = paged_kv.v_head_stride;
     p.page_table = reinterpret_cast<const int32_t*>(in + l.page_table);
     p.seqlens_k = reinterpret_cast<const int32_t*>(in + l.seqlens_k);
-    if (l.input_bytes > l.key_range) p.key_range = reinterpret_cast<const int32_t*>(in + l.key_range);
+    if (l.input_bytes > l.key_range)
+      p.key_range = reinterpret_cast<const int32_t*>(in + l.key_range);
   } else {
     p.k = in + l.k;
     p.v = in + l.v;
@@ -240,7 +285,19 @@ AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs) 
   if (p.alibi) p.alibi_slopes = reinterpret_cast<const float*>(in + l.alibi);
   if (p.sinks) p.sink_logits = reinterpret_cast<const float*>(in + l.sinks);
   if (p.mask_kind != MaskKind::kNone) p.mask = in + l.mask;
+  if (p.kind == WorkKind::kBackward) {
+    // The kernel reads the saved o and lse; it writes neither.
+    p.o = const_cast<char*>(in + l.saved_o);
+    p.lse = reinterpret_cast<float*>(const_cast<char*>(in + l.saved_lse));
+  }
   return p;
+}
+
+BackwardBuffers BindBackward(const Plan& plan, const void* inputs, void* outputs) {
+  const BatchLayout& l = plan.layout;
+  const char* in = static_cast<const char*>(inputs);
+  char* out = static_cast<char*>(outputs);
+  return {in + l.grad_o, out + l.dq, out + l.dk, out + l.dv};
 }
 
 void AppendInputCopies(const Batch& batch, char* inputs, std::vector<HostCopy>* copies, int job) {
@@ -261,6 +318,12 @@ void AppendInputCopies(const Batch& batch, char* inputs, std::vector<HostCopy>* 
 void AllocateOutputs(Batch& batch) {
   for (const auto& job : batch.jobs) {
     JobOutputs& out = job->outputs;
+    if (job->spec.kind == WorkKind::kBackward) {
+      out.dq = OutputPool::Process().Take(static_cast<size_t>(job->spec.q_bytes));
+      out.dk = OutputPool::Process().Take(static_cast<size_t>(job->spec.kv_bytes));
+      out.dv = OutputPool::Process().Take(static_cast<size_t>(job->spec.kv_bytes));
+      continue;
+    }
     out.o = OutputPool::Process().Take(static_cast<size_t>(job->spec.q_bytes));
     if (job->spec.return_lse) out.lse.resize(static_cast<size_t>(job->spec.lse_bytes));
   }
@@ -269,7 +332,7 @@ void AllocateOutputs(Batch& batch) {
 void AppendOutputCopies(const Batch& batch, const char* outputs, std::vector<HostCopy>* copies) {
   for (const OutputCopy& c : batch.plan.outputs) {
     JobOutputs& out = batch.jobs[static_cast<size_t>(c.job)]->outputs;
-    char* dst = (c.lse ? out.lse : out.o).data() + c.dst;
+    char* dst = out.tensor(c.tensor).data() + c.dst;
     copies->push_back({dst, outputs + c.src, c.bytes});
   }
 }

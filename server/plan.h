@@ -24,17 +24,22 @@ struct Job;
 
 // Byte offsets of one batch's buffers, every one 256-byte aligned, in two blocks:
 //   inputs  = q | k | v | cu_seqlens_q | cu_seqlens_k | alibi slopes | sink logits | mask
-//             | page table | seqlens_k | key ranges
-//   outputs = o | lse
+//             | page table | seqlens_k | key ranges | saved o | grad_o | saved lse
+//   outputs = o | lse              (forward and paged work)
+//             dq | dk | dv         (kind kBackward)
 // so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0:
 // a paged batch (kind kPagedDecode) has no k, v, cu_seqlens_k or mask (its K/V are in the
-// session pool), a forward batch no page table, seqlens_k or key ranges.
+// session pool), a forward batch no page table, seqlens_k or key ranges, and only a backward
+// batch has the saved o and lse (the forward's, [total_q, q_heads, head_dim] and float32
+// [q_heads, total_q]), grad_o (o's layout), dq (q's), dk and dv (k's); its o and lse are empty.
 struct BatchLayout {
   static constexpr int64_t kAlignment = 256;
   int64_t q = 0, k = 0, v = 0, cu_seqlens_q = 0, cu_seqlens_k = 0, alibi = 0, sinks = 0, mask = 0;
   int64_t page_table = 0, seqlens_k = 0, key_range = 0;
+  int64_t saved_o = 0, grad_o = 0, saved_lse = 0;
   int64_t input_bytes = 0;
   int64_t o = 0, lse = 0;
+  int64_t dq = 0, dk = 0, dv = 0;
   int64_t output_bytes = 0;
   int64_t total_bytes() const { return input_bytes + output_bytes; }
 };
@@ -57,11 +62,14 @@ struct InputCopy {
   int64_t bytes = 0;
 };
 
+// Which of a job's outputs (JobOutputs) an output copy writes.
+enum class OutputTensor : uint8_t { kO, kLse, kDq, kDk, kDv };
+
 // A copy out of the output block: `bytes` from offset `src` of the block to offset `dst` of job
-// `job`'s o (or lse).
+// `job`'s output `tensor`.
 struct OutputCopy {
   int job = 0;
-  bool lse = false;
+  OutputTensor tensor = OutputTensor::kO;
   int64_t dst = 0;
   int64_t src = 0;
   int64_t bytes = 0;
@@ -90,8 +98,20 @@ struct Plan {
 void MakePlan(Batch& batch);
 
 // The plan's params over the input block at `inputs` and the output block at `outputs` (host or
-// device addresses; the same layout either way).
+// device addresses; the same layout either way). For a backward batch, o and lse point at the
+// saved o and lse in the input block (read only).
 AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs);
+
+// A backward batch's other buffers (kind kBackward), over the same blocks as BindParams: grad_o in
+// the input block ([total_q, q_heads, head_dim], o's strides), dq, dk and dv in the output block
+// (q's, k's and v's strides).
+struct BackwardBuffers {
+  const void* grad_o = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+};
+BackwardBuffers BindBackward(const Plan& plan, const void* inputs, void* outputs);
 
 // The copies that stage the plan's inputs into `inputs` (a host buffer of at least
 // layout.input_bytes), appended to `copies`: of every job, or (with `job` >= 0) of that job only,
@@ -110,9 +130,9 @@ void AllocateOutputs(Batch& batch);
 // outputs (AllocateOutputs first), appended to `copies`.
 void AppendOutputCopies(const Batch& batch, const char* outputs, std::vector<HostCopy>* copies);
 
-// Params that run a batch's lone job in place (host memory only): q, k, v, mask, slopes and sinks
-// read straight from its request (its q, k and v gathered into `gathered` first when they lie in
-// several received pieces), o and lse written straight into its outputs (AllocateOutputs first).
+// Params that run a batch's lone forward job in place (host memory only): q, k, v, mask, slopes and
+// sinks read straight from its request (its q, k and v gathered into `gathered` first when they lie
+// in several received pieces), o and lse written straight into its outputs (AllocateOutputs first).
 AttentionParams InPlaceParams(Batch& batch, std::vector<char>* gathered);
 
 }  // namespace attention::server

@@ -5,7 +5,9 @@ namespace attention::server {
 int64_t RequestSpec::queued_bytes() const {
   const int64_t slopes =
       alibi_slopes == nullptr ? 0 : int64_t{4} * q_heads * (alibi_batch_stride == 0 ? 1 : batch);
-  return q_bytes + 2 * kv_bytes + mask_bytes + slopes;
+  // A backward request also holds o, grad_o and lse.
+  const int64_t backward = kind == WorkKind::kBackward ? 2 * q_bytes + lse_bytes : 0;
+  return q_bytes + 2 * kv_bytes + mask_bytes + slopes + backward;
 }
 
 double RequestSpec::flops() const {
@@ -13,7 +15,9 @@ double RequestSpec::flops() const {
   for (int b = 0; b < batch; ++b) {
     per_head += 4.0 * static_cast<double>(seqlen_q_of(b)) * static_cast<double>(seqlen_k_of(b));
   }
-  return per_head * head_dim * q_heads * (causal ? 0.5 : 1.0);
+  const double forward = per_head * head_dim * q_heads * (causal ? 0.5 : 1.0);
+  // The backward pass: 2.5x the forward's (five products per score instead of two).
+  return kind == WorkKind::kBackward ? kBackwardWorkFactor * forward : forward;
 }
 
 }  // namespace attention::server

@@ -13,6 +13,11 @@
 
 namespace attention::server {
 
+// A backward request's work against its forward's, as FlashAttention counts it: the forward has
+// two products per score (q.k, p.v), the backward five (q.k recomputed, do.v, p^T do, ds^T q,
+// ds k).
+inline constexpr double kBackwardWorkFactor = 2.5;
+
 // The bytes of one input tensor as the spans they arrived in, in order (the pieces of gRPC's
 // receive buffers a message came in: server/request_wire.h).
 using TensorPieces = std::vector<absl::string_view>;
@@ -78,12 +83,25 @@ struct RequestSpec : KernelConfig {
 
   bool return_lse = false;
 
+  // A backward request (kind kBackward): the forward's o and the incoming gradient grad_o (q's
+  // dtype and layout, q_bytes each) and its lse (float32, lse_bytes: dense
+  // [batch, q_heads, seqlen_q], packed [q_heads, total_q]), inside the request. Null otherwise.
+  // The answer's dq (q_bytes) and dk, dv (kv_bytes each) are the job's outputs.
+  const char* o_data = nullptr;
+  const char* grad_o_data = nullptr;
+  const float* lse_data = nullptr;
+
   // A session's Attend (kind kPagedDecode): tokens per page of the pool its context lies in (the
   // batcher's bound on a batch's page table), 0 otherwise.
   int page_size = 0;
 
-  // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth).
+  // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth; an
+  // output of a forward request that asked for it, an input of every backward request).
   int64_t q_bytes = 0, kv_bytes = 0, lse_bytes = 0;
+  // Bytes of the answer's tensors: o (and lse when asked), or a backward's dq, dk and dv.
+  int64_t answer_bytes() const {
+    return kind == WorkKind::kBackward ? q_bytes + 2 * kv_bytes : q_bytes + lse_bytes;
+  }
 
   // Estimated work in floating-point operations (RequestWork, server/validation.h): what
   // --max_request_gflop, --max_queue_gflop and a batch's work bound count.
@@ -92,7 +110,7 @@ struct RequestSpec : KernelConfig {
   // Bytes the request holds while queued (q, k, v, mask, slopes): what --max_queue_bytes counts.
   int64_t queued_bytes() const;
   // FlashAttention-convention floating-point operations: 4 * len_q * len_k * head_dim per head and
-  // sequence, halved when causal.
+  // sequence, halved when causal; kBackwardWorkFactor times that for a backward request.
   double flops() const;
   // Query and key rows of sequence b (0 <= b < batch).
   int64_t seqlen_q_of(int b) const {

@@ -122,8 +122,11 @@ grpc::StatusCode CodeOf(const absl::Status& status) {
   return static_cast<grpc::StatusCode>(status.code());
 }
 
-// Bytes an answer's o and lse take (what the answer budget reserves).
-int64_t AnswerBytes(const RequestSpec& spec) { return spec.q_bytes + spec.lse_bytes; }
+// Bytes an answer's tensors take (what the answer budget reserves): o and lse, or dq, dk, dv.
+int64_t AnswerBytes(const RequestSpec& spec) { return spec.answer_bytes(); }
+
+// Whether `bytes` of `dtype` elements hold a NaN or an infinity.
+bool AnyNotFinite(DType dtype, const std::string& bytes);
 
 // Whether `bytes` bytes of `Lane` elements hold one whose exponent bits (`exponent`) are all ones:
 // a NaN or an infinity. 64 bytes per step in four 16-byte vectors (GCC / Clang vector extensions,
@@ -152,9 +155,54 @@ bool AnyExponentAllOnes(const char* data, size_t bytes, Lane exponent) {
   return false;
 }
 
+bool AnyNotFinite(DType dtype, const std::string& bytes) {
+  return dtype == DType::kFloat32
+             ? AnyExponentAllOnes<uint32_t>(bytes.data(), bytes.size(), 0x7f800000u)
+         : dtype == DType::kFloat16
+             ? AnyExponentAllOnes<uint16_t>(bytes.data(), bytes.size(), 0x7c00u)
+             : AnyExponentAllOnes<uint16_t>(bytes.data(), bytes.size(), 0x7f80u);
+}
+
+// o (and lse when asked) of a forward job.
+void WriteForwardOutputs(Job& job, Response* response);
+
+// `out` = `data` (moved) with `header`'s dtype and shape.
+void SetTensor(const v1::Tensor& header, std::string* data, v1::Tensor* out) {
+  out->set_dtype(header.dtype());
+  out->mutable_shape()->CopyFrom(header.shape());
+  out->mutable_data()->swap(*data);
+}
+
 }  // namespace
 
 void WriteAnswer(Job& job, Response* response) {
+  const RequestSpec& s = job.spec;
+  if (s.kind == WorkKind::kBackward) {
+    // dq in q's dtype and shape; dk and dv in k's (v's shape equals k's).
+    SetTensor(job.request->q(), &job.outputs.dq, response->mutable_dq());
+    SetTensor(job.request->k(), &job.outputs.dk, response->mutable_dk());
+    SetTensor(job.request->v(), &job.outputs.dv, response->mutable_dv());
+  } else {
+    WriteForwardOutputs(job, response);
+  }
+  response->set_precision(ContractPrecision(job.result.precision));
+  const JobResult& r = job.result;
+  v1::Timings* timings = response->mutable_timings();
+  timings->set_queue_ns(r.queue_ns);
+  timings->set_transfer_ns(r.transfer_ns);
+  timings->set_kernel_ns(r.kernel_ns);
+  v1::BatchInfo* info = response->mutable_batch();
+  info->set_batch_id(r.batch_id);
+  info->set_requests(r.requests);
+  info->set_sequences(r.sequences);
+  info->set_tokens_q(r.tokens_q);
+  info->set_tokens_k(r.tokens_k);
+  info->set_device(r.device);
+}
+
+namespace {
+
+void WriteForwardOutputs(Job& job, Response* response) {
   const RequestSpec& s = job.spec;
   v1::Tensor* o = response->mutable_o();
   o->set_dtype(job.q_header->dtype());
@@ -175,28 +223,26 @@ void WriteAnswer(Job& job, Response* response) {
     }
     lse->mutable_data()->swap(job.outputs.lse);
   }
-  response->set_precision(ContractPrecision(job.result.precision));
-  const JobResult& r = job.result;
-  v1::Timings* timings = response->mutable_timings();
-  timings->set_queue_ns(r.queue_ns);
-  timings->set_transfer_ns(r.transfer_ns);
-  timings->set_kernel_ns(r.kernel_ns);
-  v1::BatchInfo* info = response->mutable_batch();
-  info->set_batch_id(r.batch_id);
-  info->set_requests(r.requests);
-  info->set_sequences(r.sequences);
-  info->set_tokens_q(r.tokens_q);
-  info->set_tokens_k(r.tokens_k);
-  info->set_device(r.device);
 }
+
+}  // namespace
 
 absl::Status CheckFinite(const Job& job) {
   const RequestSpec& s = job.spec;
-  const std::string& o = job.outputs.o;
-  const bool o_bad =
-      s.dtype == DType::kFloat32   ? AnyExponentAllOnes<uint32_t>(o.data(), o.size(), 0x7f800000u)
-      : s.dtype == DType::kFloat16 ? AnyExponentAllOnes<uint16_t>(o.data(), o.size(), 0x7c00u)
-                                   : AnyExponentAllOnes<uint16_t>(o.data(), o.size(), 0x7f80u);
+  if (s.kind == WorkKind::kBackward) {
+    const JobOutputs& out = job.outputs;
+    const char* bad = AnyNotFinite(s.dtype, out.dq)   ? "dq"
+                      : AnyNotFinite(s.dtype, out.dk) ? "dk"
+                      : AnyNotFinite(s.dtype, out.dv) ? "dv"
+                                                      : nullptr;
+    if (bad == nullptr) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        bad,
+        ": the result is not finite: float32 overflowed on these inputs (q, k, v, o or grad_o "
+        "values too large or not finite, or an lse that is not the forward's; attention.proto, "
+        "\"Values\"), so it is not answered"));
+  }
+  const bool o_bad = AnyNotFinite(s.dtype, job.outputs.o);
   bool lse_bad = false;
   const std::string& lse = job.outputs.lse;
   for (size_t i = 0; !lse_bad && i + 4 <= lse.size(); i += 4) {
@@ -277,9 +323,12 @@ absl::Status StartJob(AttentionServiceImpl& service, const ReceivedRequest& rece
 // response outlive the job.
 class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
  public:
+  // `method`: kAttention (a forward request; backward = true is refused) or kAttentionBackward
+  // (every request is a backward one).
   UnaryCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
-            const grpc::ByteBuffer* request_wire, grpc::ByteBuffer* response_wire)
+            const grpc::ByteBuffer* request_wire, grpc::ByteBuffer* response_wire, Method method)
       : service_(service),
+        method_(method),
         response_wire_(response_wire),
         request_bytes_(static_cast<int64_t>(request_wire->Length())),
         accepted_(Clock::now()),
@@ -288,6 +337,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
     if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
     // gRPC allocated the request buffer for this call and only reads it back to destroy it.
     absl::Status status = ParseRequest(const_cast<grpc::ByteBuffer*>(request_wire), &request_);
+    if (status.ok()) status = SetKind();
     if (status.ok()) {
       status = StartJob(*service_, request_, this, accepted_, deadline_, &cancelled_, &start_);
     }
@@ -329,14 +379,29 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
     }
     if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
       const grpc::StatusCode seen = CodeSeenByClient(CodeOf(status), deadline_, cancel_time_.Get());
-      metrics->RequestDone(Method::kAttention, seen, SecondsSince(accepted_), request_bytes_,
+      metrics->RequestDone(method_, seen, SecondsSince(accepted_), request_bytes_,
                            seen == grpc::StatusCode::OK ? response_bytes : 0);
       metrics->AddInFlight(-1);
     }
     Finish(ToGrpc(status));
   }
 
+  // The request's kind follows the RPC: AttentionBackward makes it a backward one, Attention
+  // refuses one that says it is.
+  absl::Status SetKind() {
+    if (method_ == Method::kAttentionBackward) {
+      request_.message.set_backward(true);
+      return absl::OkStatus();
+    }
+    if (!request_.message.backward()) return absl::OkStatus();
+    if (service_->metrics() != nullptr) service_->metrics()->RequestRejected("invalid");
+    return absl::InvalidArgumentError(
+        "backward: must be false on the Attention RPC; call AttentionBackward (or set it on "
+        "AttentionStream) for the backward pass");
+  }
+
   AttentionServiceImpl* const service_;
+  const Method method_;
   grpc::ByteBuffer* const response_wire_;
   const int64_t request_bytes_;
   const Clock::time_point accepted_;
@@ -627,7 +692,13 @@ AttentionServiceImpl::~AttentionServiceImpl() = default;
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* request,
                                                           grpc::ByteBuffer* response) {
-  return new UnaryCall(this, context, request, response);
+  return new UnaryCall(this, context, request, response, Method::kAttention);
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::AttentionBackward(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return new UnaryCall(this, context, request, response, Method::kAttentionBackward);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::AttentionStream(

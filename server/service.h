@@ -2,7 +2,9 @@
 // validated and queued on the batcher from the reaction that received it, and answered from the
 // completion path (JobCompletion) on whichever thread finished it.
 //
-// Unary Attention: errors travel as the call's status; the response is only sent on OK.
+// Unary Attention and AttentionBackward: errors travel as the call's status; the response is only
+// sent on OK. A backward request (AttentionRequest.backward, implied by AttentionBackward) is a job
+// of kind kBackward, batched like a forward one, answered with dq, dk and dv.
 // AttentionStream: any number of requests in flight on one stream, answered in completion order
 // with their request_id; a request that fails is answered with AttentionResponse.error and the
 // stream stays open. A message that is not an AttentionRequest at all (no request_id to answer
@@ -45,14 +47,15 @@ class Metrics;
 class StreamCall;
 
 // Writes a computed job's answer into `response`, the one place an answer is written from a job:
-// o in q's dtype and shape, lse when asked, the precision it ran at, the timings and the batch it
-// ran in. The job's output buffers move into the response (o is never copied here).
+// o in q's dtype and shape, lse when asked (a backward job: dq in q's shape, dk and dv in k's),
+// the precision it ran at, the timings and the batch it ran in. The job's output buffers move
+// into the response (o is never copied here).
 void WriteAnswer(Job& job, v1::AttentionResponse* response);
 
 // INVALID_ARGUMENT when a computed job's o holds a NaN or an infinity, or its lse a NaN or +inf
 // (-inf is a row with no allowed key): float32 overflowed on inputs beyond the contract's value
 // bounds (server/validation.h, Values), or q, k or v held non-finite values. Such a result is
-// never answered OK. One pass over o (8 bytes at a time) and lse.
+// never answered OK. One pass over o (8 bytes at a time) and lse; a backward job's dq, dk, dv.
 absl::Status CheckFinite(const Job& job);
 
 struct ServiceOptions {
@@ -71,7 +74,9 @@ struct ServiceOptions {
 // end a stream as if the client had half-closed), and so that the wire bytes of a request are
 // released as soon as it is parsed.
 using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
-    v1::AttentionService::WithRawCallbackMethod_AttentionStream<v1::AttentionService::Service>>;
+    v1::AttentionService::WithRawCallbackMethod_AttentionStream<
+        v1::AttentionService::WithRawCallbackMethod_AttentionBackward<
+            v1::AttentionService::Service>>>;
 
 class AttentionServiceImpl final : public AttentionServiceBase {
  public:
@@ -87,6 +92,10 @@ class AttentionServiceImpl final : public AttentionServiceBase {
                                       grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionStream(
       grpc::CallbackServerContext* context) override;
+  // The unary call of a backward request (as Attention, with every request a backward one).
+  grpc::ServerUnaryReactor* AttentionBackward(grpc::CallbackServerContext* context,
+                                              const grpc::ByteBuffer* request,
+                                              grpc::ByteBuffer* response) override;
 
   // Draining: new requests are refused with UNAVAILABLE (by the batcher), and every open stream
   // ends with UNAVAILABLE once its outstanding answers are written.

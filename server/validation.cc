@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -371,10 +372,11 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
                                              r.precision()));
   }
   // 16-bit inputs are computed from their exact values whatever the request asked: one bucket.
-  s.precision =
-      s.dtype == DType::kFloat32 ? KernelPrecision(r.precision()) : Precision::kFull;
-  s.return_lse = r.return_lse();
-  s.lse_bytes = s.return_lse ? int64_t{s.q_heads} * s.total_q * 4 : 0;
+  s.precision = s.dtype == DType::kFloat32 ? KernelPrecision(r.precision()) : Precision::kFull;
+  // A backward request reads an lse (CheckBackwardInputs) and returns none.
+  const bool backward = s.kind == WorkKind::kBackward;
+  s.return_lse = !backward && r.return_lse();
+  s.lse_bytes = s.return_lse || backward ? int64_t{s.q_heads} * s.total_q * 4 : 0;
   return absl::OkStatus();
 }
 
@@ -383,23 +385,30 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
 absl::Status CheckWorkAndAnswer(const ValidationLimits& limits, RequestSpec& s) {
   s.work = RequestWork(s);
   if (s.work > limits.max_request_work) {
-    const double per_score = 4.0 * s.head_dim + kSoftmaxFlopsPerScore;
+    const double per_score = (4.0 * s.head_dim + kSoftmaxFlopsPerScore) *
+                             (s.kind == WorkKind::kBackward ? kBackwardWorkFactor : 1.0);
     return OverLimit(
         "q.shape, k.shape",
         absl::StrCat("the request's work, about ", absl::SixDigits(s.work * 1e-9), " GFLOP (",
                      absl::SixDigits(s.work / per_score / s.q_heads), " scores per head x ",
                      s.q_heads, " heads x (4 x head_dim ", s.head_dim, " + ", kSoftmaxFlopsPerScore,
-                     ") flops), exceeds this server's limit of ",
+                     ") flops", s.kind == WorkKind::kBackward ? " x 2.5 for the backward pass" : "",
+                     "), exceeds this server's limit of ",
                      absl::SixDigits(limits.max_request_work * 1e-9),
                      " GFLOP per request (--max_request_gflop)"));
   }
-  const int64_t answer = s.q_bytes + s.lse_bytes + kAnswerOverheadBytes;
+  const int64_t answer = s.answer_bytes() + kAnswerOverheadBytes;
   if (answer > limits.max_answer_bytes) {
-    return OverLimit(
-        "q.shape", absl::StrCat("the answer would take ", answer, " bytes (o ", s.q_bytes, ", lse ",
-                                s.lse_bytes, ", ", kAnswerOverheadBytes,
-                                " for the rest), more than this server's message limit of ",
-                                limits.max_answer_bytes, " bytes (--max_message_bytes)"));
+    const std::string tensors =
+        s.kind == WorkKind::kBackward
+            ? absl::StrCat("dq ", s.q_bytes, ", dk and dv ", s.kv_bytes, " each")
+            : absl::StrCat("o ", s.q_bytes, ", lse ", s.return_lse ? s.lse_bytes : 0);
+    return OverLimit("q.shape",
+                     absl::StrCat("the answer would take ", answer, " bytes (", tensors, ", ",
+                                  kAnswerOverheadBytes,
+                                  " for the rest), more than this server's message "
+                                  "limit of ",
+                                  limits.max_answer_bytes, " bytes (--max_message_bytes)"));
   }
   return absl::OkStatus();
 }
@@ -443,8 +452,8 @@ absl::Status CheckSinks(const v1::AttentionRequest& r, RequestSpec& s) {
     return Invalid("sinks.dtype", absl::StrCat("must be FLOAT32, got ", DTypeName(t.dtype())));
   }
   if (t.shape_size() != 1 || t.shape(0) != s.q_heads) {
-    return Invalid("sinks.shape", absl::StrCat("must be [q_heads] = [", s.q_heads, "], got ",
-                                               ShapeString(t)));
+    return Invalid("sinks.shape",
+                   absl::StrCat("must be [q_heads] = [", s.q_heads, "], got ", ShapeString(t)));
   }
   if (auto st = CheckDataLength("sinks", t, s.q_heads, 4, t.data().size()); !st.ok()) return st;
   const char* data = t.data().data();
@@ -562,6 +571,71 @@ absl::Status CheckMask(const v1::AttentionRequest& r, RequestSpec& s) {
   return absl::OkStatus();
 }
 
+// A backward request's o or grad_o: q's dtype and shape, its bytes in the request.
+absl::Status CheckLikeQ(absl::string_view name, const Tensor& t, const v1::AttentionRequest& r,
+                        const RequestSpec& s, const char** data) {
+  if (t.dtype() != r.q().dtype()) {
+    return Invalid(absl::StrCat(name, ".dtype"),
+                   absl::StrCat("must equal q.dtype (", DTypeName(r.q().dtype()), "), got ",
+                                DTypeName(t.dtype())));
+  }
+  if (!std::equal(t.shape().begin(), t.shape().end(), r.q().shape().begin(), r.q().shape().end())) {
+    return Invalid(
+        absl::StrCat(name, ".shape"),
+        absl::StrCat("must equal q.shape ", ShapeString(r.q()), ", got ", ShapeString(t)));
+  }
+  if (auto st = CheckDataLength(name, t, Elements(t), DTypeSize(s.dtype), t.data().size());
+      !st.ok()) {
+    return st;
+  }
+  *data = t.data().data();
+  return absl::OkStatus();
+}
+
+// A backward request's o, lse and grad_o (CheckOptions sized lse_bytes).
+absl::Status CheckBackwardInputs(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (!r.has_o()) return Invalid("o", "a backward request must carry the forward's o (q's shape)");
+  if (!r.has_lse()) {
+    return Invalid("lse", "a backward request must carry the forward's lse (return_lse's answer)");
+  }
+  if (!r.has_grad_o()) {
+    return Invalid("grad_o", "a backward request must carry grad_o, dLoss/do (q's shape)");
+  }
+  if (auto st = CheckLikeQ("o", r.o(), r, s, &s.o_data); !st.ok()) return st;
+  if (auto st = CheckLikeQ("grad_o", r.grad_o(), r, s, &s.grad_o_data); !st.ok()) return st;
+  const Tensor& lse = r.lse();
+  if (lse.dtype() != v1::FLOAT32) {
+    return Invalid("lse.dtype", absl::StrCat("must be FLOAT32, got ", DTypeName(lse.dtype())));
+  }
+  const bool shape_ok =
+      s.packed ? lse.shape_size() == 2 && lse.shape(0) == s.q_heads && lse.shape(1) == s.total_q
+               : lse.shape_size() == 3 && lse.shape(0) == s.batch && lse.shape(1) == s.q_heads &&
+                     lse.shape(2) == s.seqlen_q;
+  if (!shape_ok) {
+    return Invalid(
+        "lse.shape",
+        s.packed ? absl::StrCat("must be [q_heads, total_q] = [", s.q_heads, ", ", s.total_q,
+                                "] (packed, as the forward returns it), got ", ShapeString(lse))
+                 : absl::StrCat("must be [batch, q_heads, seqlen_q] = [", s.batch, ", ", s.q_heads,
+                                ", ", s.seqlen_q, "] (dense, as the forward returns it), got ",
+                                ShapeString(lse)));
+  }
+  const int64_t elements = int64_t{s.q_heads} * s.total_q;
+  if (auto st = CheckDataLength("lse", lse, elements, 4, lse.data().size()); !st.ok()) return st;
+  const char* data = lse.data().data();
+  for (int64_t i = 0; i < elements; ++i) {
+    float value;
+    std::memcpy(&value, data + 4 * i, 4);
+    if (!(value < std::numeric_limits<float>::infinity())) {
+      return Invalid(
+          absl::StrCat("lse[", i, "]"),
+          absl::StrCat("must be finite or -inf (a row with no allowed key), got ", value));
+    }
+  }
+  s.lse_data = reinterpret_cast<const float*>(data);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 double AllowedScores(int64_t len_q, int64_t len_k, int64_t window_left, int64_t window_right) {
@@ -610,13 +684,15 @@ double RequestWork(const RequestSpec& s) {
   } else {
     total = s.batch * scores(s.seqlen_q, s.seqlen_k);
   }
-  return total * s.q_heads * (4.0 * s.head_dim + kSoftmaxFlopsPerScore);
+  const double forward = total * s.q_heads * (4.0 * s.head_dim + kSoftmaxFlopsPerScore);
+  return s.kind == WorkKind::kBackward ? kBackwardWorkFactor * forward : forward;
 }
 
 absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
                                             const ValidationLimits& limits,
                                             const TensorData* data) {
   RequestSpec s;
+  if (r.backward()) s.kind = WorkKind::kBackward;
   const std::optional<DType> dtype = KernelDType(r.q().dtype());
   if (!dtype.has_value()) {
     return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",
@@ -643,6 +719,15 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;
   if (auto st = CheckSinks(r, s); !st.ok()) return st;
+  if (s.kind == WorkKind::kBackward) {
+    if (auto st = CheckBackwardInputs(r, s); !st.ok()) return st;
+  } else if (r.has_o() || r.has_lse() || r.has_grad_o()) {
+    return Invalid(r.has_o()     ? "o"
+                   : r.has_lse() ? "lse"
+                                 : "grad_o",
+                   "is an input of the backward pass only: set backward (AttentionStream) or call "
+                   "AttentionBackward");
+  }
   return s;
 }
 

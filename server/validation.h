@@ -10,7 +10,10 @@
 //                      dtype size, q_heads % kv_heads != 0, bad cu_seqlens, a scale, softcap,
 //                      slope, sink or mask value outside its bound (Values below), a window side
 //                      < -1, a mask that does not broadcast, or a head_dim above kMaxHeadDim (what
-//                      the kernels support).
+//                      the kernels support); for a backward request (`backward`), a missing o,
+//                      lse or grad_o, an o or grad_o unlike q (dtype, shape), an lse that is not
+//                      FLOAT32 in the forward's lse shape or holds NaN or +inf; for a forward
+//                      request, any of o, lse, grad_o set.
 //   RESOURCE_EXHAUSTED a well-formed request over a limit this server was configured with
 //                      (ValidationLimits: tokens, sequences, heads, work, answer size).
 //
@@ -71,7 +74,8 @@ inline constexpr int64_t kTileSlackKeys = 128;
 double AllowedScores(int64_t len_q, int64_t len_k, int64_t window_left, int64_t window_right);
 
 // The work of `spec` (validated: its sequences, heads, head_dim and window are set) in
-// floating-point operations, as defined above; O(sequences).
+// floating-point operations, as defined above, times kBackwardWorkFactor (2.5) for a backward
+// request; O(sequences).
 double RequestWork(const RequestSpec& spec);
 
 // Bytes an answer carries besides o's and lse's data: field tags and lengths, o's and lse's shape,

@@ -193,12 +193,7 @@ const char* CpuIsaName(CpuIsa isa) {
   return "unknown";
 }
 
-absl::Status CheckSupported(const KernelConfig& config) {
-  if (config.kind == WorkKind::kBackward) {
-    return absl::UnimplementedError("CPU backend: kind kBackward has no kernel in this backend");
-  }
-  return CheckConfig(config);
-}
+absl::Status CheckSupported(const KernelConfig& config) { return CheckConfig(config); }
 
 CpuIsa BestCpuIsa() {
   static const CpuIsa isa = DetectIsa();
@@ -247,11 +242,23 @@ CpuIsa CpuBackend::isa() const { return impl_->isa; }
 int CpuBackend::block_q() const { return impl_->config.block_q; }
 int CpuBackend::block_k() const { return impl_->config.block_k; }
 
+absl::Status CpuBackend::RunBackward(const AttentionBackwardParams& p,
+                                     absl::FunctionRef<bool()> should_stop) {
+  if (should_stop()) {
+    return absl::CancelledError("stopped before the backward launch started");
+  }
+  return AttentionBackward(p, &impl_->pool);
+}
+
 absl::Status CpuBackend::Run(const AttentionParams& params) {
   return Run(params, [] { return false; });
 }
 
 absl::Status CpuBackend::Run(const AttentionParams& params, absl::FunctionRef<bool()> should_stop) {
+  if (params.kind == WorkKind::kBackward) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.kind: kBackward launches run with CpuBackend::RunBackward, not Run");
+  }
   if (absl::Status s = CheckSupported(params); !s.ok()) return s;
   if (absl::Status s = CheckParams(params); !s.ok()) return s;
   AttentionParams p = params;

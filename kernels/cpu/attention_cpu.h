@@ -13,6 +13,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
+#include "kernels/cpu/attention_backward_cpu.h"
 
 namespace attention::cpu {
 
@@ -33,7 +34,8 @@ CpuIsa BestCpuIsa();
 
 // Whether the CPU backend computes `config`: every configuration CheckConfig accepts (every
 // dtype, head_dim, option, sinks and paged K/V; float32 at full precision whatever the requested
-// Precision, which only bounds the error). INVALID_ARGUMENT otherwise.
+// Precision, which only bounds the error), of every kind: forward, paged decode, and backward
+// (RunBackward; its launches take no paged K/V). INVALID_ARGUMENT otherwise.
 absl::Status CheckSupported(const KernelConfig& config);
 
 // The precision the CPU backend computes `config` at: kFull always (float32 inputs in float32
@@ -81,6 +83,13 @@ class CpuBackend {
   // from every thread, once per item, so it must be thread-safe and cheap, and once true stay
   // true.
   absl::Status Run(const AttentionParams& p, absl::FunctionRef<bool()> should_stop);
+
+  // The backward pass (kind kBackward) on this backend's worker threads:
+  // attention::cpu::AttentionBackward (attention_backward_cpu.h) for `p`, returning when dq, dk
+  // and dv are written. The backward kernel has no cooperative stop yet: `should_stop` is asked
+  // once, before the launch (CANCELLED, nothing written, when it says stop), and a launch that
+  // started runs to its end. Thread-safe like Run().
+  absl::Status RunBackward(const AttentionBackwardParams& p, absl::FunctionRef<bool()> should_stop);
 
   int num_threads() const;
   // The instruction set Run() uses.

@@ -265,6 +265,13 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 }
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
+  if (job.spec.kind == WorkKind::kBackward) {
+    // cuda::CheckSupported refuses it too, naming the kind by its number only.
+    return absl::UnimplementedError(absl::StrCat(
+        name_,
+        ": the backward pass (AttentionBackward, kind kBackward) has no CUDA kernel in this "
+        "release; run it on a CPU server (--backend=cpu)"));
+  }
   if (absl::Status s = cuda::CheckSupported(job.spec); !s.ok()) return s;
   if (job.spec.kind == WorkKind::kPagedDecode) {
     if (absl::Status s = cuda::CheckPagedRows(job.spec, job.spec.seqlen_q, job.spec.page_size);

@@ -21,7 +21,7 @@
 namespace attention::server {
 namespace {
 
-constexpr int kNumMethods = 2;
+constexpr int kNumMethods = 3;
 constexpr int kNumStages = 8;
 // grpc::StatusCode runs from OK (0) to UNAUTHENTICATED (16).
 constexpr int kNumCodes = 17;
@@ -85,6 +85,8 @@ std::string_view MethodLabel(Method method) {
       return "Attention";
     case Method::kAttentionStream:
       return "AttentionStream";
+    case Method::kAttentionBackward:
+      return "AttentionBackward";
   }
   return "unknown";
 }

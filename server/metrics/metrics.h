@@ -44,7 +44,7 @@ std::string_view ServiceVersion();
 std::string_view ServiceGitCommit();
 
 // RPC methods, as the `method` label.
-enum class Method { kAttention, kAttentionStream };
+enum class Method { kAttention, kAttentionStream, kAttentionBackward };
 
 // Stages of a request, each with its own latency histogram. queue_wait is per request, the others
 // per batch: host_to_device, kernel and device_to_host are timed on the device; staging, device,

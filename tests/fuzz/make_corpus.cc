@@ -4,6 +4,7 @@
 // (fixed seed), checked in; rerun it after changing the contract and commit the difference.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -265,6 +266,75 @@ std::vector<Seed> Seeds() {
       }
     }
   });
+
+  // The backward pass (AttentionRequest.backward): valid requests of every dtype, layout and
+  // option, and one broken rule each. o and grad_o are copies of q (any values are valid), lse
+  // random finite values in the forward's lse shape.
+  auto add_backward = [&](const std::string& name, const RequestOptions& options,
+                          const std::function<void(v1::AttentionRequest&)>& edit = nullptr) {
+    add(name, options, [&](v1::AttentionRequest& r) {
+      r.set_backward(true);
+      *r.mutable_o() = r.q();
+      *r.mutable_grad_o() = r.q();
+      const bool packed = r.cu_seqlens_q_size() > 0;
+      const int rank = r.q().shape_size();
+      v1::Tensor* lse = r.mutable_lse();
+      lse->set_dtype(v1::FLOAT32);
+      if (!packed) lse->add_shape(r.q().shape(0));
+      lse->add_shape(r.q().shape(rank - 2));
+      lse->add_shape(packed ? r.q().shape(0) : r.q().shape(1));
+      int64_t n = 1;
+      for (int64_t d : lse->shape()) n *= d;
+      std::uniform_real_distribution<float> dist(0.f, 3.f);
+      std::vector<float> values(static_cast<size_t>(n));
+      for (float& x : values) x = dist(rng);
+      set_floats(lse, values);
+      if (edit) edit(r);
+    });
+  };
+  for (auto [dtype, name] : {std::pair{v1::BFLOAT16, "bf16"}, std::pair{v1::FLOAT16, "fp16"},
+                             std::pair{v1::FLOAT32, "fp32"}}) {
+    add_backward(std::string("valid_backward_dense_") + name, Small(dtype));
+    add_backward(std::string("valid_backward_packed_") + name, Packed(dtype));
+  }
+  o = Packed(v1::BFLOAT16);
+  o.causal = true;
+  o.window_left = 2;
+  o.softcap = 5.f;
+  o.alibi = 2;
+  o.sinks = true;
+  add_backward("valid_backward_every_option", o);
+  o = Small(v1::FLOAT32);
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {o.seqlen_q, o.seqlen_k};
+  add_backward("valid_backward_bool_mask", o);
+  o.mask_dtype = v1::FLOAT16;
+  add_backward("valid_backward_additive_mask", o);
+  o = Small();
+  add_backward("valid_backward_lse_neg_inf", o, [](auto& r) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    std::memcpy(&(*r.mutable_lse()->mutable_data())[4], &neg_inf, 4);
+  });
+  add_backward("bad_backward_missing_o", o, [](auto& r) { r.clear_o(); });
+  add_backward("bad_backward_missing_lse", o, [](auto& r) { r.clear_lse(); });
+  add_backward("bad_backward_missing_grad_o", o, [](auto& r) { r.clear_grad_o(); });
+  add_backward("bad_backward_o_dtype", o, [](auto& r) { r.mutable_o()->set_dtype(v1::FLOAT32); });
+  add_backward("bad_backward_grad_o_shape", o,
+               [](auto& r) { r.mutable_grad_o()->set_shape(1, 6); });
+  add_backward("bad_backward_grad_o_length", o,
+               [](auto& r) { r.mutable_grad_o()->mutable_data()->pop_back(); });
+  add_backward("bad_backward_lse_dtype", o,
+               [](auto& r) { r.mutable_lse()->set_dtype(v1::BFLOAT16); });
+  add_backward("bad_backward_lse_shape", o, [](auto& r) { r.mutable_lse()->set_shape(0, 3); });
+  add_backward("bad_backward_lse_nan", o, [](auto& r) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::memcpy(&(*r.mutable_lse()->mutable_data())[0], &nan, 4);
+  });
+  add_backward("bad_backward_lse_pos_inf", o, [](auto& r) {
+    const float inf = std::numeric_limits<float>::infinity();
+    std::memcpy(&(*r.mutable_lse()->mutable_data())[8], &inf, 4);
+  });
+  add_backward("bad_forward_with_backward_inputs", o, [](auto& r) { r.set_backward(false); });
 
   // Wire-level damage: a truncated message, and bytes that are no protobuf at all.
   const std::string whole = seeds.front().bytes;

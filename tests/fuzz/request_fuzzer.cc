@@ -13,6 +13,8 @@
 //   - a validated request whose q, k and v values are finite and within 2^48 (every FLOAT16
 //     value) gets a finite o and an lse without NaN or +inf (CheckFinite passes): the value
 //     bounds of server/validation.h keep every score finite, whatever the options;
+//   - a validated backward request (AttentionRequest.backward) runs on the CPU backward kernel
+//     alone and packed twice into one batch, with the same dq, dk and dv bit for bit (RunBackward);
 //   - the same request as the server parsed it (data in pieces) packed into a batch (twice, so
 //     that offsets are not zero; alone when it has a mask) through the batcher's packing path
 //     (AddJob, SealBatch, the plan's copies, BindParams, WriteAnswer) answers the same o and lse
@@ -192,6 +194,68 @@ void CheckWireParse(const WirePieces& pieces, bool protobuf_ok, const v1::Attent
   }
 }
 
+// Runs `batch` (sealed, kind kBackward) as the CPU executor does: staged by the plan's copies,
+// the backward kernel, the output copies; then answers each job as the service does.
+std::vector<v1::AttentionResponse> RunBackwardBatch(Batch& batch) {
+  AllocateOutputs(batch);
+  const BatchLayout& layout = batch.plan.layout;
+  std::vector<char> staging(static_cast<size_t>(layout.total_bytes()));
+  std::vector<HostCopy> host_copies;
+  AppendInputCopies(batch, staging.data(), &host_copies);
+  RunCopies(host_copies);
+  char* outputs = staging.data() + layout.input_bytes;
+  cpu::AttentionBackwardParams p;
+  static_cast<AttentionParams&>(p) = BindParams(batch.plan, staging.data(), outputs);
+  const BackwardBuffers buffers = BindBackward(batch.plan, staging.data(), outputs);
+  p.do_ = buffers.grad_o;
+  p.dq = buffers.dq;
+  p.dk = buffers.dk;
+  p.dv = buffers.dv;
+  const absl::Status status = Backend().RunBackward(p, [] { return false; });
+  if (!status.ok()) Fail("CPU backend refused a validated backward batch: " + status.ToString());
+  host_copies.clear();
+  AppendOutputCopies(batch, outputs, &host_copies);
+  RunCopies(host_copies);
+  std::vector<v1::AttentionResponse> answers(batch.jobs.size());
+  for (size_t i = 0; i < batch.jobs.size(); ++i) WriteAnswer(*batch.jobs[i], &answers[i]);
+  return answers;
+}
+
+// A validated backward request: alone in a batch, then (as the server parsed it, data in pieces)
+// twice in one packed batch (alone when it has a mask). Every answer has dq, dk and dv of the
+// right dtype and size and no o or lse, and the packed copies equal the lone run bit for bit (the
+// backward kernel's sums run in a fixed order per sequence, whatever else the launch holds).
+// Finiteness is not checked: lse is the client's, and one below the row's true log-sum-exp makes
+// e^(s - lse) overflow.
+Outcome RunBackward(const v1::AttentionRequest& request, const v1::AttentionRequest& wire_request,
+                    const TensorData& wire_data, const RequestSpec& spec) {
+  const ValidationLimits limits = FuzzLimits();
+  Batch single;
+  AddJob(single, MakeJob(request, limits));
+  SealBatch(single);
+  const v1::AttentionResponse alone = RunBackwardBatch(single).front();
+  const int copies = spec.mask_kind != MaskKind::kNone ? 1 : 2;
+  Batch batch;
+  for (int i = 0; i < copies; ++i) AddJob(batch, MakeJob(wire_request, limits, &wire_data));
+  SealBatch(batch);
+  for (const v1::AttentionResponse& r : RunBackwardBatch(batch)) {
+    if (r.has_o() || r.has_lse()) Fail("a backward answer holds o or lse");
+    if (r.dq().data().size() != static_cast<size_t>(spec.q_bytes) ||
+        r.dk().data().size() != static_cast<size_t>(spec.kv_bytes) ||
+        r.dv().data().size() != static_cast<size_t>(spec.kv_bytes)) {
+      Fail("a backward answer's dq, dk or dv has the wrong size");
+    }
+    if (r.dq().dtype() != request.q().dtype() || r.dk().dtype() != request.q().dtype()) {
+      Fail("a backward answer's dtype is not q's");
+    }
+    if (r.dq().data() != alone.dq().data() || r.dk().data() != alone.dk().data() ||
+        r.dv().data() != alone.dv().data()) {
+      Fail("packed dq, dk or dv differ from the request run alone");
+    }
+  }
+  return kRan;
+}
+
 Outcome RunOne(const uint8_t* data, size_t size) {
   v1::AttentionRequest request;
   const bool parsed = request.ParseFromArray(data, static_cast<int>(size));
@@ -217,6 +281,8 @@ Outcome RunOne(const uint8_t* data, size_t size) {
     return kRejected;
   }
   if (spec->flops() > kMaxFlops) return kTooLargeToRun;
+  if (spec->kind == WorkKind::kBackward)
+    return RunBackward(request, wire_request, wire_data, *spec);
 
   // In place, as the CPU executor runs a batch of one; answered as the service answers.
   v1::AttentionResponse single;
@@ -305,7 +371,7 @@ int64_t SmallDim(std::mt19937& rng) {
 // One structural change to `r`, as a client could make.
 void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
   v1::Tensor* tensors[] = {r.mutable_q(), r.mutable_k(), r.mutable_v()};
-  switch (rng() % 14) {
+  switch (rng() % 15) {
     case 0: {  // one dimension of q, k or v
       v1::Tensor* t = tensors[rng() % 3];
       if (t->shape_size() > 0)
@@ -429,6 +495,14 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
       if (!data->empty()) (*data)[rng() % data->size()] = static_cast<char>(rng());
       break;
     }
+    case 13:  // forward <-> backward (o, lse and grad_o shaped below)
+      r.set_backward(!r.backward());
+      if (!r.backward() && rng() % 2 == 0) {
+        r.clear_o();
+        r.clear_lse();
+        r.clear_grad_o();
+      }
+      break;
     default:  // kv_heads: a divisor of q_heads or not
       if (r.k().shape_size() >= 3 && r.v().shape_size() == r.k().shape_size()) {
         const int axis = r.k().shape_size() - 2;
@@ -441,6 +515,26 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
   if (rng() % 8 != 0) {
     for (v1::Tensor* t : tensors) FitData(t, rng);
     if (r.has_mask() && rng() % 2 == 0) FitData(r.mutable_mask(), rng);
+    if (r.backward()) {
+      // o and grad_o as q, lse FLOAT32 in the forward's lse shape (dense [batch, q_heads,
+      // seqlen_q], packed [q_heads, total_q]).
+      for (v1::Tensor* t : {r.mutable_o(), r.mutable_grad_o()}) {
+        t->set_dtype(r.q().dtype());
+        *t->mutable_shape() = r.q().shape();
+        FitData(t, rng);
+      }
+      const int rank = r.q().shape_size();
+      v1::Tensor* lse = r.mutable_lse();
+      lse->set_dtype(v1::FLOAT32);
+      lse->clear_shape();
+      if (rank == 4) {
+        for (int axis : {0, 2, 1}) lse->add_shape(r.q().shape(axis));
+      } else if (rank == 3) {
+        lse->add_shape(r.q().shape(1));
+        lse->add_shape(r.q().shape(0));
+      }
+      FitData(lse, rng);
+    }
   }
 }
 #endif  // ATTN_LIBFUZZER

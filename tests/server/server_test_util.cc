@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -105,8 +106,12 @@ std::string ServerBackendUnderTest() {
   return backend != nullptr && *backend != '\0' ? backend : "cpu";
 }
 
-std::string CompareWithReference(const v1::AttentionRequest& r,
-                                 const v1::AttentionResponse& response) {
+namespace {
+
+// The forward's params of request `r`, derived from the request alone (host pointers into it; an
+// additive 16-bit mask widened into `widened_mask`), and its rows of q.
+AttentionParams ParamsFromRequest(const v1::AttentionRequest& r, std::vector<float>* widened_mask,
+                                  int64_t* total_q_out) {
   const v1::Tensor& q = r.q();
   const bool packed = r.cu_seqlens_q_size() > 0;
   const int rank = packed ? 3 : 4;
@@ -153,7 +158,6 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
     p.sinks = true;
     p.sink_logits = reinterpret_cast<const float*>(r.sinks().data().data());
   }
-  std::vector<float> widened_mask;
   if (r.has_mask()) {
     const v1::Tensor& m = r.mask();
     const int mask_rank = m.shape_size();
@@ -172,14 +176,26 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
       p.mask = m.data().data();
     } else {
       p.mask_kind = MaskKind::kAdditive;
-      widened_mask.resize(static_cast<size_t>(stride));
+      widened_mask->resize(static_cast<size_t>(stride));
       for (int64_t i = 0; i < stride; ++i) {
-        widened_mask[i] = static_cast<float>(LoadOutput(m.dtype(), m.data(), i));
+        (*widened_mask)[i] = static_cast<float>(LoadOutput(m.dtype(), m.data(), i));
       }
-      p.mask = widened_mask.data();
+      p.mask = widened_mask->data();
     }
   }
+  *total_q_out = total_q;
+  return p;
+}
 
+}  // namespace
+
+std::string CompareWithReference(const v1::AttentionRequest& r,
+                                 const v1::AttentionResponse& response) {
+  const v1::Tensor& q = r.q();
+  const bool packed = r.cu_seqlens_q_size() > 0;
+  std::vector<float> widened_mask;
+  int64_t total_q = 0;
+  const AttentionParams p = ParamsFromRequest(r, &widened_mask, &total_q);
   const int64_t o_elements = total_q * p.q_heads * p.head_dim;
   std::vector<double> o_ref(static_cast<size_t>(o_elements));
   std::vector<double> lse_ref(static_cast<size_t>(total_q * p.q_heads));
@@ -234,6 +250,176 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
     if (std::isinf(want) && got == want) continue;
     if (!(std::abs(got - want) <= lse_tol + 1e-4 * std::abs(want))) {
       return absl::StrCat("lse[", i, "] = ", got, ", reference ", want);
+    }
+  }
+  return "";
+}
+
+v1::AttentionRequest MakeBackwardRequest(const v1::AttentionRequest& forward,
+                                         const v1::AttentionResponse& answer, uint64_t request_id,
+                                         std::mt19937& rng) {
+  v1::AttentionRequest r = forward;
+  r.set_request_id(request_id);
+  r.set_backward(true);
+  r.set_return_lse(false);
+  *r.mutable_o() = answer.o();
+  *r.mutable_lse() = answer.lse();
+  const std::vector<int64_t> shape(forward.q().shape().begin(), forward.q().shape().end());
+  FillTensor(r.mutable_grad_o(), forward.q().dtype(), shape, rng, -1, 1);
+  return r;
+}
+
+BackwardGradients ReferenceBackward(const AttentionParams& p, const void* grad_o) {
+  BackwardGradients g;
+  const int64_t total_q = p.is_varlen() ? p.total_q : int64_t{p.batch} * p.seqlen_q;
+  const int64_t total_k = p.is_varlen() ? p.total_k : int64_t{p.batch} * p.seqlen_k;
+  const int d = p.head_dim;
+  g.dq.assign(static_cast<size_t>(total_q * p.q_heads * d), 0.0);
+  g.dk.assign(static_cast<size_t>(total_k * p.kv_heads * d), 0.0);
+  g.dv.assign(g.dk.size(), 0.0);
+  const int group = p.q_heads / p.kv_heads;
+  const double scale = p.softmax_scale;
+  std::vector<double> raw, score, prob, dprob;
+  std::vector<char> allowed;
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t q0 = p.is_varlen() ? p.cu_seqlens_q[b] : 0;
+    const int64_t k0 = p.is_varlen() ? p.cu_seqlens_k[b] : 0;
+    const int64_t len_q = p.is_varlen() ? p.cu_seqlens_q[b + 1] - q0 : p.seqlen_q;
+    const int64_t len_k = p.is_varlen() ? p.cu_seqlens_k[b + 1] - k0 : p.seqlen_k;
+    raw.resize(static_cast<size_t>(len_k));
+    score.resize(raw.size());
+    prob.resize(raw.size());
+    dprob.resize(raw.size());
+    allowed.resize(raw.size());
+    for (int h = 0; h < p.q_heads; ++h) {
+      const int kv = h / group;
+      const double slope = p.alibi ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
+      for (int64_t i = 0; i < len_q; ++i) {
+        const int64_t pos = i + len_k - len_q;
+        const int64_t q_at = b * p.q_batch_stride + (q0 + i) * p.q_row_stride + h * p.q_head_stride;
+        const int64_t o_at = b * p.o_batch_stride + (q0 + i) * p.o_row_stride + h * p.o_head_stride;
+        double max_logit = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h]
+                                   : -std::numeric_limits<double>::infinity();
+        bool any = false;
+        for (int64_t j = 0; j < len_k; ++j) {
+          bool ok = (p.window_left < 0 || j >= pos - p.window_left) &&
+                    (p.window_right < 0 || j <= pos + p.window_right);
+          double add = 0;
+          if (p.mask_kind != MaskKind::kNone) {
+            const int64_t m = b * p.mask_batch_stride + h * p.mask_head_stride +
+                              i * p.mask_row_stride + j * p.mask_col_stride;
+            if (p.mask_kind == MaskKind::kBool) {
+              ok = ok && static_cast<const uint8_t*>(p.mask)[m] != 0;
+            } else {
+              add = static_cast<const float*>(p.mask)[m];
+              ok = ok && !std::isinf(add);
+            }
+          }
+          allowed[j] = ok;
+          if (!ok) continue;
+          const int64_t k_at =
+              b * p.k_batch_stride + (k0 + j) * p.k_row_stride + kv * p.k_head_stride;
+          double dot = 0;
+          for (int e = 0; e < d; ++e) {
+            dot += LoadElement(p.dtype, p.q, q_at + e) * LoadElement(p.dtype, p.k, k_at + e);
+          }
+          raw[j] = scale * dot;
+          const double capped = p.softcap > 0 ? p.softcap * std::tanh(raw[j] / p.softcap) : raw[j];
+          score[j] = capped - slope * std::abs(static_cast<double>(pos - j)) + add;
+          max_logit = std::max(max_logit, score[j]);
+          any = true;
+        }
+        if (!any) continue;  // no allowed key: o = 0 whatever q, k, v are, so no gradient
+        double sum = p.sinks ? std::exp(p.sink_logits[b * p.sink_batch_stride + h] - max_logit) : 0;
+        for (int64_t j = 0; j < len_k; ++j) {
+          if (allowed[j]) sum += std::exp(score[j] - max_logit);
+        }
+        const double lse = max_logit + std::log(sum);
+        // dP = dO v^T, D = sum_j P_j dP_j (= rowsum(dO * O): the sink has no value vector).
+        double row_d = 0;
+        for (int64_t j = 0; j < len_k; ++j) {
+          if (!allowed[j]) continue;
+          prob[j] = std::exp(score[j] - lse);
+          const int64_t v_at =
+              b * p.v_batch_stride + (k0 + j) * p.v_row_stride + kv * p.v_head_stride;
+          double dot = 0;
+          for (int e = 0; e < d; ++e) {
+            dot += LoadElement(p.dtype, grad_o, o_at + e) * LoadElement(p.dtype, p.v, v_at + e);
+          }
+          dprob[j] = dot;
+          row_d += prob[j] * dot;
+        }
+        for (int64_t j = 0; j < len_k; ++j) {
+          if (!allowed[j]) continue;
+          double ds = prob[j] * (dprob[j] - row_d);
+          if (p.softcap > 0) {
+            const double t = std::tanh(raw[j] / p.softcap);
+            ds *= 1 - t * t;
+          }
+          const int64_t k_at =
+              b * p.k_batch_stride + (k0 + j) * p.k_row_stride + kv * p.k_head_stride;
+          const int64_t v_at =
+              b * p.v_batch_stride + (k0 + j) * p.v_row_stride + kv * p.v_head_stride;
+          for (int e = 0; e < d; ++e) {
+            g.dq[q_at + e] += scale * ds * LoadElement(p.dtype, p.k, k_at + e);
+            g.dk[k_at + e] += scale * ds * LoadElement(p.dtype, p.q, q_at + e);
+            g.dv[v_at + e] += prob[j] * LoadElement(p.dtype, grad_o, o_at + e);
+          }
+        }
+      }
+    }
+  }
+  return g;
+}
+
+double BackwardTolerance(v1::DType dtype) {
+  return dtype == v1::FLOAT32 ? 2e-5 : dtype == v1::FLOAT16 ? 2e-3 : 1.5e-2;
+}
+
+std::string CompareBackwardWithReference(const v1::AttentionRequest& r,
+                                         const v1::AttentionResponse& response) {
+  std::vector<float> widened_mask;
+  int64_t total_q = 0;
+  AttentionParams p = ParamsFromRequest(r, &widened_mask, &total_q);
+  const BackwardGradients want = ReferenceBackward(p, r.grad_o().data().data());
+  const double tol = BackwardTolerance(r.q().dtype());
+  struct Check {
+    const char* name;
+    const v1::Tensor& got;
+    const v1::Tensor& like;
+    const std::vector<double>& want;
+  };
+  for (const Check& c :
+       {Check{"dq", response.dq(), r.q(), want.dq}, Check{"dk", response.dk(), r.k(), want.dk},
+        Check{"dv", response.dv(), r.v(), want.dv}}) {
+    if (c.got.dtype() != r.q().dtype()) {
+      return absl::StrCat(c.name, ".dtype ", c.got.dtype(), " != q.dtype ", r.q().dtype());
+    }
+    if (absl::StrJoin(c.got.shape(), ",") != absl::StrJoin(c.like.shape(), ",")) {
+      return absl::StrCat(c.name, ".shape [", absl::StrJoin(c.got.shape(), ","), "], want [",
+                          absl::StrJoin(c.like.shape(), ","), "]");
+    }
+    const auto n = static_cast<int64_t>(c.want.size());
+    if (static_cast<int64_t>(c.got.data().size()) != n * ContractDTypeSize(r.q().dtype())) {
+      return absl::StrCat(c.name, ".data has ", c.got.data().size(), " bytes");
+    }
+    double max_want = 0, max_err = 0;
+    int64_t worst = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double got = LoadOutput(c.got.dtype(), c.got.data(), i);
+      if (!std::isfinite(got)) return absl::StrCat(c.name, "[", i, "] = ", got);
+      max_want = std::max(max_want, std::abs(c.want[i]));
+      const double err = std::abs(got - c.want[i]);
+      if (err > max_err) {
+        max_err = err;
+        worst = i;
+      }
+    }
+    if (max_err > tol * max_want) {
+      return absl::StrCat(c.name, ": max |error| ", max_err, " at [", worst, "] (got ",
+                          LoadOutput(c.got.dtype(), c.got.data(), worst), ", reference ",
+                          c.want[worst], ") > ", tol, " x max |reference| ", max_want, " (request ",
+                          r.request_id(), ")");
     }
   }
   return "";

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "attention/v1/attention.pb.h"
+#include "kernels/attention_params.h"
 
 namespace attention::testing {
 
@@ -58,6 +59,39 @@ std::string ServerBackendUnderTest();
 // FLOAT16 5e-3, BFLOAT16 2.5e-2.
 std::string CompareWithReference(const v1::AttentionRequest& request,
                                  const v1::AttentionResponse& response);
+
+// The backward request of a forward `forward` answered with `answer` (which holds o and lse:
+// `forward` asked for return_lse): the same inputs and options, backward = true, o and lse from
+// the answer, and a random grad_o in [-1, 1] of q's dtype and shape.
+v1::AttentionRequest MakeBackwardRequest(const v1::AttentionRequest& forward,
+                                         const v1::AttentionResponse& answer, uint64_t request_id,
+                                         std::mt19937& rng);
+
+// dq, dk and dv in float64, laid out as q, k and v of `p` (contiguous: element i of dq is
+// element i of q).
+struct BackwardGradients {
+  std::vector<double> dq, dk, dv;
+};
+
+// The float64 gradients of sum(o * grad_o) for the forward `p` (host pointers, contiguous
+// strides; grad_o laid out as o), from the definition, row by row with no tiling: the row's
+// scores (scale, softcap, ALiBi, mask, window, sinks in the denominator), P = e^(s - lse),
+// dP = grad_o v^T, D = sum_j P_j dP_j, dS = P (dP - D) (1 - tanh^2(raw / softcap) with softcap),
+// dq = scale dS k, dk = scale dS^T q and dv = P^T grad_o summed over each KV head's query group.
+// It reads neither the request's o nor its lse: both are recomputed in float64.
+BackwardGradients ReferenceBackward(const AttentionParams& p, const void* grad_o);
+
+// The tolerance of a backward answer per tensor: max |got - reference| <= tol x max |reference|,
+// with tol 2e-5 for FLOAT32, 2e-3 for FLOAT16 and 1.5e-2 for BFLOAT16 (the CPU backward kernel's
+// own, kernels/cpu/attention_backward_cpu.h, with float32's doubled: the forward's o and lse
+// that the kernel reads came through the service too).
+double BackwardTolerance(v1::DType dtype);
+
+// Compares a backward `response` (dq, dk, dv: dtype, shape, size, every element finite, values
+// within BackwardTolerance) with ReferenceBackward of the backward request `request`; "" when
+// they match, else the first mismatch.
+std::string CompareBackwardWithReference(const v1::AttentionRequest& request,
+                                         const v1::AttentionResponse& response);
 
 }  // namespace attention::testing
 

@@ -388,18 +388,18 @@ std::vector<Rule> Rules() {
                      });
                    },
                    kInvalid, "sinks.data: length must be product(shape) x 4"});
-  rules.push_back({"SinksNotFinite",
-                   [] {
-                     return With(Dense(), [](auto& r) {
-                       r.mutable_sinks()->set_dtype(v1::FLOAT32);
-                       r.mutable_sinks()->add_shape(4);
-                       const float values[4] = {0.f, 1.f, std::numeric_limits<float>::infinity(),
-                                                2.f};
-                       r.mutable_sinks()->set_data(std::string(
-                           reinterpret_cast<const char*>(values), sizeof(values)));
-                     });
-                   },
-                   kInvalid, "sinks[2]: must be finite with |sink| <= 2^100"});
+  rules.push_back(
+      {"SinksNotFinite",
+       [] {
+         return With(Dense(), [](auto& r) {
+           r.mutable_sinks()->set_dtype(v1::FLOAT32);
+           r.mutable_sinks()->add_shape(4);
+           const float values[4] = {0.f, 1.f, std::numeric_limits<float>::infinity(), 2.f};
+           r.mutable_sinks()->set_data(
+               std::string(reinterpret_cast<const char*>(values), sizeof(values)));
+         });
+       },
+       kInvalid, "sinks[2]: must be finite with |sink| <= 2^100"});
   // Finite but extreme values (issue 26): each gave NaN answers with status OK.
   rules.push_back({"ScaleHuge",
                    [] { return With(Dense(), [](auto& r) { r.set_softmax_scale(3e38f); }); },
@@ -481,13 +481,12 @@ std::vector<Rule> Rules() {
                    "q.shape: the answer would take 5120 bytes (o 4096, lse 0, 1024 for the rest), "
                    "more than this server's message limit of 5119 bytes (--max_message_bytes)",
                    answer});
-  rules.push_back({"PrecisionUnknown",
-                   [] {
-                     return With(Dense(), [](auto& r) {
-                       r.set_precision(static_cast<v1::Precision>(7));
-                     });
-                   },
-                   kInvalid, "precision: must be PRECISION_FULL, PRECISION_TF32 or PRECISION_BF16"});
+  rules.push_back(
+      {"PrecisionUnknown",
+       [] {
+         return With(Dense(), [](auto& r) { r.set_precision(static_cast<v1::Precision>(7)); });
+       },
+       kInvalid, "precision: must be PRECISION_FULL, PRECISION_TF32 or PRECISION_BF16"});
   return rules;
 }
 
@@ -728,6 +727,68 @@ TEST(ValidationTest, AdditiveMaskAcceptsMinusInfinityAndLargeFiniteValues) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->mask_kind, MaskKind::kAdditive);
   EXPECT_GT(s->work, 0);
+}
+
+}  // namespace
+}  // namespace attention::server
+
+namespace attention::server {
+namespace {
+
+// `forward` as a backward request: o and grad_o copies of q, lse zeros in the forward's shape.
+v1::AttentionRequest AsBackward(v1::AttentionRequest r) {
+  r.set_backward(true);
+  *r.mutable_o() = r.q();
+  *r.mutable_grad_o() = r.q();
+  const bool packed = r.cu_seqlens_q_size() > 0;
+  const int rank = r.q().shape_size();
+  v1::Tensor* lse = r.mutable_lse();
+  lse->set_dtype(v1::FLOAT32);
+  if (!packed) lse->add_shape(r.q().shape(0));
+  lse->add_shape(r.q().shape(rank - 2));
+  lse->add_shape(packed ? r.q().shape(0) : r.q().shape(1));
+  int64_t n = 1;
+  for (int64_t d : lse->shape()) n *= d;
+  lse->set_data(std::string(static_cast<size_t>(4 * n), '\0'));
+  return r;
+}
+
+// A backward request is a kBackward spec of the forward's configuration, whose work counts 2.5x
+// the forward's, whose answer is dq, dk and dv, and which queues o, grad_o and lse too.
+TEST(ValidationTest, BackwardSpecCountsTwoAndAHalfForwards) {
+  for (const v1::AttentionRequest& forward : {Dense(), Packed()}) {
+    const absl::StatusOr<RequestSpec> f = ValidateRequest(forward, {});
+    const v1::AttentionRequest backward_request = AsBackward(forward);
+    const absl::StatusOr<RequestSpec> b = ValidateRequest(backward_request, {});
+    ASSERT_TRUE(f.ok()) << f.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->kind, WorkKind::kBackward);
+    KernelConfig config = *b;
+    config.kind = WorkKind::kForward;
+    EXPECT_EQ(config, static_cast<const KernelConfig&>(*f));
+    EXPECT_DOUBLE_EQ(b->work, 2.5 * f->work);
+    EXPECT_DOUBLE_EQ(b->flops(), 2.5 * f->flops());
+    EXPECT_FALSE(b->return_lse);
+    EXPECT_EQ(b->lse_bytes, int64_t{b->q_heads} * b->total_q * 4);
+    EXPECT_EQ(b->answer_bytes(), b->q_bytes + 2 * b->kv_bytes);
+    EXPECT_EQ(b->queued_bytes(), f->queued_bytes() + 2 * b->q_bytes + b->lse_bytes);
+    EXPECT_EQ(b->o_data, backward_request.o().data().data());
+    EXPECT_EQ(b->grad_o_data, backward_request.grad_o().data().data());
+    EXPECT_EQ(static_cast<const void*>(b->lse_data), backward_request.lse().data().data());
+  }
+}
+
+// The work limit counts the backward's 2.5x and says so.
+TEST(ValidationTest, BackwardWorkLimitNamesTheFactor) {
+  const v1::AttentionRequest forward = Dense();
+  const absl::StatusOr<RequestSpec> f = ValidateRequest(forward, {});
+  ASSERT_TRUE(f.ok());
+  ValidationLimits limits;
+  limits.max_request_work = 2 * f->work;
+  EXPECT_TRUE(ValidateRequest(forward, limits).ok());
+  const absl::StatusOr<RequestSpec> b = ValidateRequest(AsBackward(forward), limits);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(b.status().message(), HasSubstr("x 2.5 for the backward pass"));
 }
 
 }  // namespace

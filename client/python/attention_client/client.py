@@ -202,6 +202,37 @@ class Client:
             raise AttentionError(error.code(), error.details()) from None
         return self._result(response, q, options.get("return_lse", False))
 
+    @classmethod
+    def backward_request(cls, q, k, v, o, lse, grad_o, **options):
+        """The backward AttentionRequest message (backward=True) for these arrays and options."""
+        options.pop("return_lse", None)
+        request = cls.request(q, k, v, **options)
+        request.backward = True
+        _set_tensor(request.o, o, "o")
+        _set_tensor(request.lse, np.asarray(lse, np.float32), "lse")
+        _set_tensor(request.grad_o, grad_o, "grad_o")
+        return request
+
+    def attention_backward(self, q, k, v, o, lse, grad_o, *, timeout=None, **options):
+        """The backward pass: returns (dq, dk, dv), the gradients of sum(o * grad_o).
+
+        q, k, v and options are the forward's (see attention()); o and lse are its answer with
+        return_lse=True (lse float32, dense [batch, heads, seqlen_q], packed [heads, total_q]);
+        grad_o (dLoss/do) has q's dtype and shape. dq has q's shape, dk and dv k's (a KV head's
+        gradient summed over its query heads), all in q's dtype. A mask gets no gradient, and
+        the sinks' own gradient is not returned. Raises AttentionError on failure (UNIMPLEMENTED
+        on a server whose backend has no backward kernel).
+        """
+        request = self.backward_request(q, k, v, o, lse, grad_o, **options)
+        try:
+            response = self._stub.AttentionBackward(request, timeout=self._deadline(timeout),
+                                                    metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise AttentionError(error.code(), error.details()) from None
+        like = np.asarray(q)
+        return (_to_numpy(response.dq, like=like), _to_numpy(response.dk, like=like),
+                _to_numpy(response.dv, like=like))
+
     def attention_async(self, q, k, v, *, timeout=None, **options):
         """As attention(), without waiting: returns a future whose result() is o (or (o, lse))
         and raises AttentionError on failure."""

@@ -117,7 +117,7 @@ const std::vector<std::string> kCodes = {
     "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
     "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
     "DATA_LOSS", "UNAUTHENTICATED"};
-const std::vector<std::string> kMethods = {"Attention", "AttentionStream"};
+const std::vector<std::string> kMethods = {"Attention", "AttentionStream", "AttentionBackward"};
 const std::vector<std::string> kStages = {"queue_wait",     "host_to_device", "kernel",
                                           "device_to_host", "staging",        "device",
                                           "scatter",        "answer"};
@@ -133,10 +133,10 @@ struct FamilySpec {
 TEST_F(MetricsTest, EveryFamilyExistsWithItsTypeLabelsAndSeriesAfterConstruction) {
   Metrics metrics(registry_, TestBuildInfo(), 2, /*cpu_backend=*/false);
   const std::vector<FamilySpec> specs = {
-      {"attention_requests_total", MetricType::Counter, {"method", "code"}, 2 * 17},
-      {"attention_request_duration_seconds", MetricType::Histogram, {"method"}, 2},
-      {"attention_request_bytes_total", MetricType::Counter, {"method"}, 2},
-      {"attention_response_bytes_total", MetricType::Counter, {"method"}, 2},
+      {"attention_requests_total", MetricType::Counter, {"method", "code"}, 3 * 17},
+      {"attention_request_duration_seconds", MetricType::Histogram, {"method"}, 3},
+      {"attention_request_bytes_total", MetricType::Counter, {"method"}, 3},
+      {"attention_response_bytes_total", MetricType::Counter, {"method"}, 3},
       {"attention_stage_duration_seconds", MetricType::Histogram, {"stage"}, 8},
       {"attention_requests_rejected_total", MetricType::Counter, {"reason"}, 6},
       {"attention_batch_size_requests", MetricType::Histogram, {}, 1},

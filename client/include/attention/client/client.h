@@ -9,6 +9,7 @@
 //   args.k = ...; args.v = ...; args.causal = true;
 //   absl::StatusOr<attention::v1::AttentionResponse> r = client->Attention(args);
 //   // r->o() has q's dtype and shape: ViewTensor(r->o()) or CopyTensor(r->o(), dst).
+//   // The backward pass: client->AttentionBackward({args, o, lse, grad_o}) -> dq, dk, dv.
 //
 // Errors come back as absl::Status with the gRPC code (the codes are the same numbers) and the
 // server's message.
@@ -131,6 +132,22 @@ struct AttentionArgs {
 // view is well formed (INVALID_ARGUMENT naming the tensor); the server validates the rest.
 absl::StatusOr<::attention::v1::AttentionRequest> BuildRequest(const AttentionArgs& args);
 
+// Inputs of one backward pass (attention.proto, AttentionRequest.backward): the forward's inputs
+// and options as it ran, its o and lse, and dLoss/do. The answer holds dq (q's dtype and shape),
+// dk and dv (k's shape) in q's dtype.
+struct AttentionBackwardArgs {
+  // q, k, v and every option of the forward call that produced o and lse (return_lse ignored).
+  AttentionArgs forward;
+  // o: q's dtype and shape. lse: FLOAT32, dense [batch, q_heads, seqlen_q], packed
+  // [q_heads, total_q] (the forward's answer with return_lse). grad_o: q's dtype and shape.
+  TensorView o, lse, grad_o;
+};
+
+// Builds the backward request message for `args` (request_id 0, backward = true), checking each
+// view as BuildRequest does.
+absl::StatusOr<::attention::v1::AttentionRequest> BuildBackwardRequest(
+    const AttentionBackwardArgs& args);
+
 // Maps a server's per-request error (AttentionResponse.error on a stream) to a status; OK when
 // the response carries none.
 absl::Status ResponseStatus(const ::attention::v1::AttentionResponse& response);
@@ -177,6 +194,13 @@ class Client {
       const ::attention::v1::AttentionRequest& request, const CallOptions& call = {}) const;
   absl::StatusOr<::attention::v1::AttentionResponse> Attention(const AttentionArgs& args,
                                                                const CallOptions& call = {}) const;
+
+  // The backward pass (AttentionBackward RPC): dq, dk and dv. Blocks until the answer or an
+  // error. A request built without BuildBackwardRequest is sent as a backward one all the same.
+  absl::StatusOr<::attention::v1::AttentionResponse> AttentionBackward(
+      const ::attention::v1::AttentionRequest& request, const CallOptions& call = {}) const;
+  absl::StatusOr<::attention::v1::AttentionResponse> AttentionBackward(
+      const AttentionBackwardArgs& args, const CallOptions& call = {}) const;
 
   // Starts the call and returns; `done` runs once, on a gRPC thread (it must not block), with the
   // answer or the error. The request is shared, not copied: several calls may send the same one.
