@@ -441,5 +441,48 @@ TEST_F(BackwardServiceTest, BadInputsAreNamed) {
   EXPECT_EQ(CompareBackwardWithReference(good, response), "");
 }
 
+// The server of the backend under test (ATTN_TEST_BACKEND; server_backward_integration_test_gpu
+// runs this binary with cuda): the CPU backend answers the backward pass, the CUDA backend, which
+// has no backward kernel yet, refuses it with UNIMPLEMENTED naming it, and keeps serving forwards.
+TEST(BackwardOnBackendUnderTest, CpuAnswersCudaRefusesWithUnimplemented) {
+  ServerProcess server;
+  ASSERT_EQ(server.Start({}), "");
+  auto stub = v1::AttentionService::NewStub(Connect(server.address()));
+  std::mt19937 rng(23);
+  RequestOptions o;
+  o.dtype = v1::BFLOAT16;
+  o.seqlen_q = o.seqlen_k = 32;
+  o.head_dim = 64;  // a head dim every CUDA build compiles
+  o.causal = true;
+  o.return_lse = true;
+  const v1::AttentionRequest forward = MakeRequest(o, 1, rng);
+  v1::AttentionResponse answer;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 60s);
+    const grpc::Status status = stub->Attention(&context, forward, &answer);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  const v1::AttentionRequest request = MakeBackwardRequest(forward, answer, 2, rng);
+  v1::AttentionResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 60s);
+  const grpc::Status status = stub->AttentionBackward(&context, request, &response);
+  if (testing::ServerBackendUnderTest() == "cuda") {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(status.error_message(),
+                HasSubstr("the backward pass (AttentionBackward, kind kBackward) has no CUDA "
+                          "kernel"));
+  } else {
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(CompareBackwardWithReference(request, response), "");
+  }
+  grpc::ClientContext again;
+  again.set_deadline(std::chrono::system_clock::now() + 60s);
+  EXPECT_TRUE(stub->Attention(&again, forward, &answer).ok());
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(60s), 0);
+}
+
 }  // namespace
 }  // namespace attention::server
