@@ -59,8 +59,9 @@ CpuExecutor::CpuExecutor(const ExecutorOptions& options, Metrics* metrics)
 CpuExecutor::~CpuExecutor() { Shutdown(); }
 
 absl::Status CpuExecutor::Admit(const Job& job) const {
-  // A job alone runs in place (no staging), so every validated request fits; the backend says
-  // whether it computes the configuration.
+  // A forward job alone runs in place (no staging) and a backward job alone is staged in a buffer
+  // sized for it, so every validated request fits; the backend says whether it computes the
+  // configuration.
   return cpu::CheckSupported(job.spec);
 }
 
@@ -165,6 +166,12 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
     RunCopies(copies_);
   }
   batch.timings.scattered = Clock::now();
+  // A lone backward job is staged whatever its size (the batcher bounds packed batches by
+  // max_batch_bytes_, not a lone job): a buffer grown past the bound for it is not kept.
+  if (static_cast<int64_t>(staging_.size()) > max_batch_bytes_) {
+    std::vector<char>().swap(staging_);
+    if (metrics_ != nullptr) metrics_->SetDeviceMemory(0, 0, max_batch_bytes_, 0, 0, 0);
+  }
   return status;
 }
 

@@ -441,6 +441,40 @@ TEST_F(BackwardServiceTest, BadInputsAreNamed) {
   EXPECT_EQ(CompareBackwardWithReference(good, response), "");
 }
 
+// A backward request larger than the CPU executor's staging bound (--pinned_host_bytes) runs
+// alone, staged in a buffer sized for it, and is answered right, twice in a row (the oversized
+// buffer is released after each).
+TEST(BackwardStagingTest, LoneRequestAboveTheStagingBound) {
+  ServerProcess server;
+  ASSERT_EQ(server.Start({"--backend=cpu", "--pinned_host_bytes=65536"}), "");
+  auto stub = v1::AttentionService::NewStub(Connect(server.address()));
+  std::mt19937 rng(24);
+  RequestOptions o;
+  o.dtype = v1::FLOAT32;
+  o.seqlen_q = o.seqlen_k = 96;
+  o.q_heads = o.kv_heads = 4;
+  o.head_dim = 32;  // q alone is 48 KiB; the batch's buffers about 300 KiB
+  o.return_lse = true;
+  for (uint64_t id : {1, 2}) {
+    const v1::AttentionRequest forward = MakeRequest(o, id, rng);
+    v1::AttentionResponse answer;
+    {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + 60s);
+      ASSERT_TRUE(stub->Attention(&context, forward, &answer).ok());
+    }
+    const v1::AttentionRequest request = MakeBackwardRequest(forward, answer, id, rng);
+    v1::AttentionResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 60s);
+    const grpc::Status status = stub->AttentionBackward(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(CompareBackwardWithReference(request, response), "");
+  }
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(60s), 0);
+}
+
 // The server of the backend under test (ATTN_TEST_BACKEND; server_backward_integration_test_gpu
 // runs this binary with cuda): the CPU backend answers the backward pass, the CUDA backend, which
 // has no backward kernel yet, refuses it with UNIMPLEMENTED naming it, and keeps serving forwards.
