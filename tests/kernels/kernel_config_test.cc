@@ -40,6 +40,7 @@ TEST(KernelConfigTest, EveryFieldSplitsTheBucket) {
       {"alibi", [](KernelConfig& c) { c.alibi = true; }},
       {"sinks", [](KernelConfig& c) { c.sinks = true; }},
       {"mask_kind", [](KernelConfig& c) { c.mask_kind = MaskKind::kBool; }},
+      {"device", [](KernelConfig& c) { c.device = 1; }},
   };
   // Tie() lists every field: one change per field of the struct.
   EXPECT_EQ(std::tuple_size<decltype(Base().Tie())>::value, changes.size());
