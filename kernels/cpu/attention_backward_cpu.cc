@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -111,22 +112,22 @@ int64_t Offset(int64_t batch_stride, int64_t row_stride, int64_t head_stride, in
   return b * batch_stride + row * row_stride + h * head_stride;
 }
 
-// Converts `n` elements at element offset `elem` of `base` to float32.
+// Converts `n` elements at element offset `elem` of `base` to float32. Byte copies: a tensor
+// read in place from a received message may sit at any byte offset.
 void LoadRow(DType dtype, const void* base, int64_t elem, int n, float* dst) {
+  const char* bytes = static_cast<const char*>(base);
   switch (dtype) {
-    case DType::kFloat32: {
-      const float* s = static_cast<const float*>(base) + elem;
-      std::copy(s, s + n, dst);
+    case DType::kFloat32:
+      std::memcpy(dst, bytes + elem * 4, static_cast<size_t>(n) * 4);
       return;
-    }
-    case DType::kFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(base) + elem;
-      for (int e = 0; e < n; ++e) dst[e] = HalfToFloat(s[e]);
-      return;
-    }
+    case DType::kFloat16:
     case DType::kBFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(base) + elem;
-      for (int e = 0; e < n; ++e) dst[e] = BFloat16ToFloat(s[e]);
+      const char* s = bytes + elem * 2;
+      for (int e = 0; e < n; ++e) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * e, sizeof(h));
+        dst[e] = dtype == DType::kFloat16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+      }
       return;
     }
   }

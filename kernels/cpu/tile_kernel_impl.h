@@ -95,15 +95,32 @@ inline VecF Tanh(VecF y) {
   return y < 0.f ? -r : r;
 }
 
-// Converts `n` elements of a q/k/v row to float32, times `scale`.
+// Element i of a 16-bit row that may not be 2-byte aligned (read in place from a message).
+inline uint16_t Load16(const uint16_t* s, int i) {
+  uint16_t h;
+  __builtin_memcpy(&h, s + i, sizeof(h));
+  return h;
+}
+
+// Converts `n` elements of a q/k/v row to float32, times `scale`. The row may sit at any byte
+// offset: every read is a byte copy.
 inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst) {
   const VecF vscale = Splat(scale);
   int i = 0;
   switch (dtype) {
     case DType::kFloat32: {
-      const float* s = static_cast<const float*>(src);
-      for (; i + kLanes <= n; i += kLanes) Store(dst + i, Load(s + i) * vscale);
-      for (; i < n; ++i) dst[i] = s[i] * scale;
+      // Byte copies: a row read in place from a received message may not be 4-byte aligned.
+      const char* s = static_cast<const char*>(src);
+      for (; i + kLanes <= n; i += kLanes) {
+        VecF f;
+        __builtin_memcpy(&f, s + i * sizeof(float), sizeof(f));
+        Store(dst + i, f * vscale);
+      }
+      for (; i < n; ++i) {
+        float f;
+        __builtin_memcpy(&f, s + i * sizeof(float), sizeof(f));
+        dst[i] = f * scale;
+      }
       return;
     }
     case DType::kBFloat16: {
@@ -118,7 +135,7 @@ inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst
         Store(dst + i, f * vscale);
       }
       for (; i < n; ++i) {
-        const uint32_t bits = uint32_t{s[i]} << 16;
+        const uint32_t bits = uint32_t{Load16(s, i)} << 16;
         float f;
         __builtin_memcpy(&f, &bits, sizeof(f));
         dst[i] = f * scale;
@@ -133,9 +150,9 @@ inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
         _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtph_ps(h), scale8));
       }
-      for (; i < n; ++i) dst[i] = _cvtsh_ss(s[i]) * scale;
+      for (; i < n; ++i) dst[i] = _cvtsh_ss(Load16(s, i)) * scale;
 #else
-      for (; i < n; ++i) dst[i] = HalfToFloat(s[i]) * scale;
+      for (; i < n; ++i) dst[i] = HalfToFloat(Load16(s, i)) * scale;
 #endif
       return;
     }
@@ -450,9 +467,14 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int64_t j_end = end_key(nq - 1);
   const bool has_options =
       p.softcap > 0.f || p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone;
-  // Paged rows of one tile may lie in several pages: they are always copied.
-  const bool copy_kv =
-      p.dtype != DType::kFloat32 || config.copy_float32_kv || p.page_table != nullptr;
+  // Paged rows of one tile may lie in several pages: they are always copied. So are float32 rows
+  // that are not 4-byte aligned (a request's bytes read in place from a received message may sit
+  // at any offset): the in-place path reads them as floats.
+  const auto aligned = [](const void* ptr) {
+    return reinterpret_cast<uintptr_t>(ptr) % alignof(float) == 0;
+  };
+  const bool copy_kv = p.dtype != DType::kFloat32 || config.copy_float32_kv ||
+                       p.page_table != nullptr || !aligned(p.k) || !aligned(p.v);
   KeyRange ranges[kTileMaxBlockQ / kColumns];
 
   for (int64_t j0 = j_begin; j0 < j_end; j0 += config.block_k) {
