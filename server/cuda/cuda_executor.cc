@@ -159,9 +159,8 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
   // context, the kernels' modules and other processes' small allocations.
   const double available = std::max(
       0.0, static_cast<double>(free_bytes) - static_cast<double>(options.reserved_device_bytes));
-  device_pool_bytes_ = options.device_memory_bytes > 0
-                           ? options.device_memory_bytes
-                           : static_cast<int64_t>(available * 0.85);
+  device_pool_bytes_ = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                       : static_cast<int64_t>(available * 0.85);
   device_slot_bytes_ = AlignDown(device_pool_bytes_ / depth);
   pinned_slot_bytes_ = AlignDown(options.pinned_host_bytes / depth);
   if (device_slot_bytes_ <= 0 || pinned_slot_bytes_ <= 0) {

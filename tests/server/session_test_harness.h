@@ -1,6 +1,6 @@
-// Helpers of the session service's tests: an in-process server (CPU or GPU executor, batcher, session
-// store and SessionService on a loopback port), a model of every session's K/V history, and the
-// float64 reference of an Attend as the equivalent packed AttentionRequest over that history
+// Helpers of the session service's tests: an in-process server (CPU or GPU executor, batcher,
+// session store and SessionService on a loopback port), a model of every session's K/V history, and
+// the float64 reference of an Attend as the equivalent packed AttentionRequest over that history
 // (checked with CompareWithReference, server_test_util.h), so that the oracle never reads the
 // server's pages.
 #ifndef ATTENTION_TESTS_SERVER_SESSION_TEST_HARNESS_H_

@@ -202,7 +202,8 @@ TEST(CheckSupportedTest, NamesTheUnsupportedValue) {
 TEST(CheckSupportedTest, RejectsMalformedParams) {
   AttentionParams p = ValidParams();
   p.kv_heads = 3;
-  ExpectError(p, absl::StatusCode::kInvalidArgument, "q_heads (8) must be a multiple of kv_heads (3)");
+  ExpectError(p, absl::StatusCode::kInvalidArgument,
+              "q_heads (8) must be a multiple of kv_heads (3)");
   p = ValidParams();
   p.k = nullptr;
   ExpectError(p, absl::StatusCode::kInvalidArgument, "AttentionParams.k must not be null");
