@@ -242,10 +242,10 @@ void Batcher::Run() {
   }
 }
 
-std::vector<Batcher::Candidate> Batcher::Candidates() const {
+absl::InlinedVector<Batcher::Candidate, 8> Batcher::Candidates() const {
   bool any_serving = false;
   for (const ExecutorState& s : executors_) any_serving = any_serving || s.executor->serving();
-  std::vector<Candidate> candidates;
+  absl::InlinedVector<Candidate, 8> candidates;
   for (int i = 0; i < static_cast<int>(executors_.size()); ++i) {
     const ExecutorState& s = executors_[i];
     if (s.batches >= s.executor->pipeline_depth()) continue;

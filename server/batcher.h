@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "server/executor.h"
 
@@ -141,7 +142,8 @@ class Batcher {
     int executor;
     bool bound_only;
   };
-  std::vector<Candidate> Candidates() const;
+  // No heap allocation for up to 8 executors: the Enqueue fast path calls it per request.
+  absl::InlinedVector<Candidate, 8> Candidates() const;
   // Executor `e` if it may take `config`'s work now, else -1: for the Enqueue fast path.
   int ExecutorFor(const KernelConfig& config) const;
   // Bucket to launch now on candidate `c`, or end(); lowers *wake to the next time a bucket
