@@ -98,6 +98,7 @@ absl::StatusOr<v1::AttentionRequest> BuildBackwardRequest(const AttentionBackwar
   if (status.ok()) status = SetTensor("grad_o", args.grad_o, request->mutable_grad_o());
   if (!status.ok()) return status;
   request->set_backward(true);
+  request->set_deterministic(args.deterministic);
   request->set_return_lse(false);
   return request;
 }

@@ -198,4 +198,29 @@ absl::Status CheckParams(const AttentionParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status CheckBackwardParams(const AttentionBackwardParams& p) {
+  if (absl::Status s = CheckParams(p); !s.ok()) return s;
+  if (p.kind != WorkKind::kBackward) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AttentionBackwardParams.kind must be kBackward, got ", static_cast<int>(p.kind)));
+  }
+  if (p.lse == nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionBackwardParams.lse must not be null (the forward's log-sum-exp is an input)");
+  }
+  if (p.do_ == nullptr || p.dq == nullptr || p.dk == nullptr || p.dv == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionBackwardParams.",
+                                                   p.do_ == nullptr  ? "do_"
+                                                   : p.dq == nullptr ? "dq"
+                                                   : p.dk == nullptr ? "dk"
+                                                                     : "dv",
+                                                   " must not be null"));
+  }
+  if (p.is_paged()) {
+    return absl::InvalidArgumentError(
+        "AttentionBackwardParams.page_table must be null (no backward for paged K/V)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace attention

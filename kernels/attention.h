@@ -29,6 +29,12 @@ absl::Status CheckConfig(const KernelConfig& c);
 // field and the rule.
 absl::Status CheckParams(const AttentionParams& p);
 
+// Structural checks of a backward launch: CheckParams on the base, then kind == kBackward,
+// non-null lse, do_, dq, dk and dv, and no paged K/V (page_table, seqlens_k, key_range are
+// forward-only). Reads no memory behind the pointers. INVALID_ARGUMENT naming the field and the
+// rule.
+absl::Status CheckBackwardParams(const AttentionBackwardParams& p);
+
 }  // namespace attention
 
 #endif  // ATTENTION_KERNELS_ATTENTION_H_

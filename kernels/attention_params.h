@@ -90,6 +90,25 @@ struct AttentionParams : KernelConfig {
   bool is_paged() const { return page_table != nullptr; }
 };
 
+// One backward launch (issue 22; the CPU backward in kernels/cpu/attention_backward_cpu.h, the CUDA
+// one in kernels/cuda/attention_cuda.h). The AttentionParams base describes the forward that produced o and lse
+// (kind must be WorkKind::kBackward; q, k, v, o, lse are inputs here, and lse is required: the
+// forward's float32 log-sum-exp, -inf for a row with no allowed key, the sink logit for such a
+// row with sinks). The four gradient tensors share the strides (and dtype) of their primal:
+//   do_ [.., seqlen_q, q_heads, head_dim]  o's strides    (input: dLoss/do)
+//   dq  [.., seqlen_q, q_heads, head_dim]  q's strides    (output)
+//   dk  [.., seqlen_k, kv_heads, head_dim] k's strides    (output; GQA/MQA: summed over the
+//   dv  [.., seqlen_k, kv_heads, head_dim] v's strides     query heads of the KV head's group)
+// Every element of dq, dk and dv inside the described rows and heads is written (0 for a query
+// row with no allowed key and for a key no query row sees); nothing else is. The outputs must not
+// overlap the inputs or each other.
+struct AttentionBackwardParams : AttentionParams {
+  const void* do_ = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+};
+
 // Fills the strides of a dense, contiguous batch: q/o [batch, seqlen_q, q_heads, head_dim],
 // k/v [batch, seqlen_k, kv_heads, head_dim], lse [batch, q_heads, seqlen_q]. With
 // cu_seqlens set (and total_q filled in) the batch strides are 0, the rows are the packed rows

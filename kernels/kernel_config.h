@@ -80,6 +80,9 @@ struct KernelConfig {
   // Whether learnable attention sinks join each row's softmax denominator (values per launch).
   bool sinks = false;
   MaskKind mask_kind = MaskKind::kNone;
+  // kBackward only (false for other kinds): dq without atomics, bit-identical run to run
+  // (AttentionRequest.deterministic). The CPU backward is deterministic either way.
+  bool deterministic = false;
 
   // Serving, not a kernel option (kernels ignore it): the executor whose device holds the work's
   // K/V (a session's page pool, one per device), or -1 when any executor may run it. One launch
@@ -91,7 +94,8 @@ struct KernelConfig {
   // Every field, in one place: equality, the hash and the batcher's bucket key read this.
   auto Tie() const {
     return std::tie(kind, dtype, precision, head_dim, q_heads, kv_heads, softmax_scale, softcap,
-                    causal, window_left, window_right, alibi, sinks, mask_kind, device);
+                    causal, window_left, window_right, alibi, sinks, mask_kind, deterministic,
+                    device);
   }
   friend bool operator==(const KernelConfig& a, const KernelConfig& b) {
     return a.Tie() == b.Tie();

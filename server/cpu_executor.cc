@@ -147,7 +147,7 @@ absl::Status CpuExecutor::Execute(Batch& batch) {
   batch.timings.staged = start;
   absl::Status status;
   if (batch.config.kind == WorkKind::kBackward) {
-    cpu::AttentionBackwardParams backward;
+    AttentionBackwardParams backward;
     static_cast<AttentionParams&>(backward) = p;
     const BackwardBuffers buffers = BindBackward(batch.plan, inputs, outputs);
     backward.do_ = buffers.grad_o;

@@ -692,7 +692,10 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
                                             const ValidationLimits& limits,
                                             const TensorData* data) {
   RequestSpec s;
-  if (r.backward()) s.kind = WorkKind::kBackward;
+  if (r.backward()) {
+    s.kind = WorkKind::kBackward;
+    s.deterministic = r.deterministic();
+  }
   const std::optional<DType> dtype = KernelDType(r.q().dtype());
   if (!dtype.has_value()) {
     return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",

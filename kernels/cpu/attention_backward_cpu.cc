@@ -378,31 +378,6 @@ void ForEach(ThreadPool* pool, int64_t n, Fn&& fn) {
 
 }  // namespace
 
-absl::Status CheckBackwardParams(const AttentionBackwardParams& p) {
-  if (absl::Status s = CheckParams(p); !s.ok()) return s;
-  if (p.kind != WorkKind::kBackward) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AttentionBackwardParams.kind must be kBackward, got ", static_cast<int>(p.kind)));
-  }
-  if (p.lse == nullptr) {
-    return absl::InvalidArgumentError(
-        "AttentionBackwardParams.lse must not be null (the forward's log-sum-exp is an input)");
-  }
-  if (p.do_ == nullptr || p.dq == nullptr || p.dk == nullptr || p.dv == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("AttentionBackwardParams.",
-                                                   p.do_ == nullptr  ? "do_"
-                                                   : p.dq == nullptr ? "dq"
-                                                   : p.dk == nullptr ? "dk"
-                                                                     : "dv",
-                                                   " must not be null"));
-  }
-  if (p.is_paged()) {
-    return absl::InvalidArgumentError(
-        "AttentionBackwardParams.page_table must be null (no backward for paged K/V)");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status AttentionBackward(const AttentionBackwardParams& params, ThreadPool* pool,
                                const CpuBackwardOptions& options) {
   if (absl::Status s = CheckBackwardParams(params); !s.ok()) return s;

@@ -34,34 +34,11 @@
 #define ATTENTION_KERNELS_CPU_ATTENTION_BACKWARD_CPU_H_
 
 #include "absl/status/status.h"
+#include "kernels/attention.h"
 #include "kernels/attention_params.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace attention::cpu {
-
-// One backward launch. The AttentionParams base describes the forward that produced o and lse
-// (kind must be WorkKind::kBackward; q, k, v, o, lse are inputs here, and lse is required: the
-// forward's float32 log-sum-exp, -inf for a row with no allowed key, the sink logit for such a
-// row with sinks). The four gradient tensors share the strides (and dtype) of their primal:
-//   do_ [.., seqlen_q, q_heads, head_dim]  o's strides    (input: dLoss/do)
-//   dq  [.., seqlen_q, q_heads, head_dim]  q's strides    (output)
-//   dk  [.., seqlen_k, kv_heads, head_dim] k's strides    (output; GQA/MQA: summed over the
-//   dv  [.., seqlen_k, kv_heads, head_dim] v's strides     query heads of the KV head's group)
-// Every element of dq, dk and dv inside the described rows and heads is written (0 for a query
-// row with no allowed key and for a key no query row sees); nothing else is. The outputs must not
-// overlap the inputs or each other.
-struct AttentionBackwardParams : AttentionParams {
-  const void* do_ = nullptr;
-  void* dq = nullptr;
-  void* dk = nullptr;
-  void* dv = nullptr;
-};
-
-// Structural checks of a backward launch: CheckParams on the base, then kind == kBackward,
-// non-null lse, do_, dq, dk and dv, and no paged K/V (page_table, seqlens_k, key_range are
-// forward-only). Reads no memory behind the pointers. INVALID_ARGUMENT naming the field and the
-// rule.
-absl::Status CheckBackwardParams(const AttentionBackwardParams& p);
 
 // Tile sizes of the backward kernel; 0 means the default (64 x 64).
 struct CpuBackwardOptions {

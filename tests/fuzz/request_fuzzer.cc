@@ -204,7 +204,7 @@ std::vector<v1::AttentionResponse> RunBackwardBatch(Batch& batch) {
   AppendInputCopies(batch, staging.data(), &host_copies);
   RunCopies(host_copies);
   char* outputs = staging.data() + layout.input_bytes;
-  cpu::AttentionBackwardParams p;
+  AttentionBackwardParams p;
   static_cast<AttentionParams&>(p) = BindParams(batch.plan, staging.data(), outputs);
   const BackwardBuffers buffers = BindBackward(batch.plan, staging.data(), outputs);
   p.do_ = buffers.grad_o;

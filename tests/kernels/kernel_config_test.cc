@@ -40,6 +40,7 @@ TEST(KernelConfigTest, EveryFieldSplitsTheBucket) {
       {"alibi", [](KernelConfig& c) { c.alibi = true; }},
       {"sinks", [](KernelConfig& c) { c.sinks = true; }},
       {"mask_kind", [](KernelConfig& c) { c.mask_kind = MaskKind::kBool; }},
+      {"deterministic", [](KernelConfig& c) { c.deterministic = true; }},
       {"device", [](KernelConfig& c) { c.device = 1; }},
   };
   // Tie() lists every field: one change per field of the struct.

@@ -778,6 +778,25 @@ TEST(ValidationTest, BackwardSpecCountsTwoAndAHalfForwards) {
   }
 }
 
+// `deterministic` is a backward option: it splits a backward bucket and is dropped from a
+// forward, which is always deterministic (so it does not split forward buckets).
+TEST(ValidationTest, DeterministicIsABackwardOption) {
+  v1::AttentionRequest forward = Dense();
+  forward.set_deterministic(true);
+  const absl::StatusOr<RequestSpec> f = ValidateRequest(forward, {});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_FALSE(f->deterministic);
+  v1::AttentionRequest backward_request = AsBackward(Dense());
+  const absl::StatusOr<RequestSpec> plain = ValidateRequest(backward_request, {});
+  backward_request.set_deterministic(true);
+  const absl::StatusOr<RequestSpec> exact = ValidateRequest(backward_request, {});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_FALSE(plain->deterministic);
+  EXPECT_TRUE(exact->deterministic);
+  EXPECT_NE(static_cast<const KernelConfig&>(*plain), static_cast<const KernelConfig&>(*exact));
+}
+
 // The work limit counts the backward's 2.5x and says so.
 TEST(ValidationTest, BackwardWorkLimitNamesTheFactor) {
   const v1::AttentionRequest forward = Dense();

@@ -203,11 +203,13 @@ class Client:
         return self._result(response, q, options.get("return_lse", False))
 
     @classmethod
-    def backward_request(cls, q, k, v, o, lse, grad_o, **options):
-        """The backward AttentionRequest message (backward=True) for these arrays and options."""
+    def backward_request(cls, q, k, v, o, lse, grad_o, *, deterministic=False, **options):
+        """The backward AttentionRequest message (backward=True) for these arrays and options;
+        deterministic=True asks for bit-identical gradients run to run."""
         options.pop("return_lse", None)
         request = cls.request(q, k, v, **options)
         request.backward = True
+        request.deterministic = bool(deterministic)
         _set_tensor(request.o, o, "o")
         _set_tensor(request.lse, np.asarray(lse, np.float32), "lse")
         _set_tensor(request.grad_o, grad_o, "grad_o")
@@ -220,8 +222,9 @@ class Client:
         return_lse=True (lse float32, dense [batch, heads, seqlen_q], packed [heads, total_q]);
         grad_o (dLoss/do) has q's dtype and shape. dq has q's shape, dk and dv k's (a KV head's
         gradient summed over its query heads), all in q's dtype. A mask gets no gradient, and
-        the sinks' own gradient is not returned. Raises AttentionError on failure (UNIMPLEMENTED
-        on a server whose backend has no backward kernel).
+        the sinks' own gradient is not returned. deterministic=True asks for bit-identical
+        gradients run to run. Raises AttentionError on failure (UNIMPLEMENTED on a server whose
+        backend has no backward kernel).
         """
         request = self.backward_request(q, k, v, o, lse, grad_o, **options)
         try:

@@ -141,6 +141,9 @@ struct AttentionBackwardArgs {
   // o: q's dtype and shape. lse: FLOAT32, dense [batch, q_heads, seqlen_q], packed
   // [q_heads, total_q] (the forward's answer with return_lse). grad_o: q's dtype and shape.
   TensorView o, lse, grad_o;
+  // Bit-identical gradients run to run (AttentionRequest.deterministic; costs a second pass over
+  // the keys on a GPU).
+  bool deterministic = false;
 };
 
 // Builds the backward request message for `args` (request_id 0, backward = true), checking each
