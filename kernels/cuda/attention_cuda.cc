@@ -12,6 +12,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/convert.h"
+#include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/cuda/flash_decode.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
@@ -125,6 +126,12 @@ absl::Status CheckSupported(const KernelConfig& c) {
     // CheckPagedRows says when more rows can run.
     return CheckDecodeSupported(c);
   }
+  if (c.kind == WorkKind::kBackward) {
+    if (c.q_heads > kMaxGridYZ) {
+      return Unsupported(absl::StrCat("q_heads ", c.q_heads, " exceeds ", kMaxGridYZ));
+    }
+    return CheckBackwardSupported(c);
+  }
   if (c.kind != WorkKind::kForward) {
     return Unsupported(
         absl::StrCat("kind ", static_cast<int>(c.kind), " has no kernel in this backend"));
@@ -189,6 +196,46 @@ absl::Status CheckLaunch(const AttentionParams& p) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p) {
+  if (absl::Status s = CheckSupported(p); !s.ok()) return s;
+  if (absl::Status s = CheckBackwardParams(p); !s.ok()) return s;
+  if (p.batch > kMaxGridYZ) {
+    return Unsupported(absl::StrCat("batch ", p.batch, " exceeds ", kMaxGridYZ));
+  }
+  // do_ has o's strides, dq q's, dk k's and dv v's (attention_params.h).
+  for (absl::Status s :
+       {CheckVectorLayout("q", p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+        CheckVectorLayout("k", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+        CheckVectorLayout("v", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+        CheckVectorLayout("o", p.o, p.o_batch_stride, p.o_row_stride, p.o_head_stride),
+        CheckVectorLayout("do", p.do_, p.o_batch_stride, p.o_row_stride, p.o_head_stride),
+        CheckVectorLayout("dq", p.dq, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+        CheckVectorLayout("dk", p.dk, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+        CheckVectorLayout("dv", p.dv, p.v_batch_stride, p.v_row_stride, p.v_head_stride)}) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+size_t BackwardWorkspaceBytes(const AttentionParams& p) {
+  return static_cast<size_t>(BackwardWorkspaceLayout(p).total);
+}
+
+absl::Status RunAttentionBackward(const AttentionBackwardParams& params, void* workspace,
+                                  cudaStream_t stream) {
+  if (absl::Status s = CheckBackwardLaunch(params); !s.ok()) return s;
+  AttentionBackwardParams p = params;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  if (p.batch == 0 || (QRows(p) == 0 && KRows(p) == 0)) return absl::OkStatus();
+  if (workspace == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunAttentionBackward: needs a workspace of BackwardWorkspaceBytes(p) = ",
+                     BackwardWorkspaceBytes(p), " bytes"));
+  }
+  return DispatchFlashBwd(p, workspace, stream);
 }
 
 namespace {

@@ -1,4 +1,4 @@
-// Host API of the CUDA backend: the fused tiled forward attention kernel.
+// Host API of the CUDA backend: the fused tiled forward attention kernel and its backward pass.
 // Compiled by the host compiler; no CUDA device code and no gRPC here.
 #ifndef ATTENTION_KERNELS_CUDA_ATTENTION_CUDA_H_
 #define ATTENTION_KERNELS_CUDA_ATTENTION_CUDA_H_
@@ -45,6 +45,28 @@ size_t WorkspaceBytes(const AttentionParams& p);
 // 0). Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED as CheckLaunch, INTERNAL for a
 // launch failure (with the CUDA error string).
 absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_t stream);
+
+// The backward pass (kind kBackward, AttentionBackward; kernels in flash_bwd_kernel.cuh):
+// FlashAttention-2's backward for float16 and bfloat16 (CheckSupported says UNIMPLEMENTED for
+// float32), every option of the forward except paged K/V, deterministic or not
+// (KernelConfig::deterministic: dq without atomics, bit-identical run to run).
+
+// Whether `p` can launch: CheckSupported(p), CheckBackwardParams(p), grid limits and 16-byte
+// aligned rows of every tensor (do_ with o's strides, dq with q's, dk with k's, dv with v's).
+absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p);
+
+// Bytes of device scratch RunAttentionBackward needs for `p`, all float32: D and lse * log2(e)
+// per (query row, head), and, unless p.deterministic, the dq accumulator [rows, q_heads,
+// head_dim]. O(rows x heads x head_dim), no seqlen_q x seqlen_k term. Sized by the caller from
+// its pool.
+size_t BackwardWorkspaceBytes(const AttentionParams& p);
+
+// Enqueues the backward pass for `p` (device pointers) on `stream` and returns without waiting:
+// dq, dk and dv are written once the stream reaches that point. `workspace` holds at least
+// BackwardWorkspaceBytes(p) bytes of device memory. Never allocates. Errors: INVALID_ARGUMENT /
+// UNIMPLEMENTED as CheckBackwardLaunch, INTERNAL for a launch failure.
+absl::Status RunAttentionBackward(const AttentionBackwardParams& p, void* workspace,
+                                  cudaStream_t stream);
 
 }  // namespace attention::cuda
 

@@ -1,0 +1,130 @@
+#include "kernels/cuda/flash_bwd_dispatch.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/compiled_head_dims.h"
+#include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
+
+// Built with ATTN_KERNEL_HEAD_DIMS and the ATTN_KERNEL_DTYPE_<type> macros, as
+// flash_fwd_dispatch.cc (kernels/cuda/CMakeLists.txt).
+
+namespace attention::cuda {
+namespace {
+
+constexpr int64_t kAlignment = 256;
+
+int64_t AlignUp(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+absl::Status Unsupported(const std::string& what) {
+  return absl::UnimplementedError(absl::StrCat("CUDA attention backward kernel: ", what));
+}
+
+absl::Status LaunchStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("CUDA attention backward: ", what, " launch failed: ",
+                                          cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+template <DType kDType, int kHeadDim, BwdVariant kVariant>
+absl::Status RunMainKernels(const BwdParams& p, cudaStream_t stream) {
+  if (absl::Status s = LaunchStatus(RunFlashBwd<kDType, kHeadDim, kVariant>(p, stream), "dK/dV");
+      !s.ok()) {
+    return s;
+  }
+  if (p.deterministic) {
+    return LaunchStatus(RunFlashBwdDq<kDType, kHeadDim, kVariant>(p, stream), "dQ");
+  }
+  return LaunchStatus(RunBwdPostprocess(p, stream), "postprocess");
+}
+
+template <DType kDType>
+absl::Status DispatchHeadDim(const BwdParams& p, cudaStream_t stream) {
+  const BwdVariant variant = SelectBackwardVariant(p);
+  return VisitCompiledHeadDim(
+      SmallestCompiledBucket(p.head_dim),
+      [&](auto head_dim) {
+        constexpr int kHeadDim = decltype(head_dim)::value;
+        return variant == BwdVariant::kGeneral
+                   ? RunMainKernels<kDType, kHeadDim, BwdVariant::kGeneral>(p, stream)
+                   : RunMainKernels<kDType, kHeadDim, BwdVariant::kDense>(p, stream);
+      },
+      Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build (head-dim ",
+                               "buckets compiled: ", CompiledHeadDimBuckets(), ")")));
+}
+
+}  // namespace
+
+absl::Status CheckBackwardSupported(const KernelConfig& c) {
+  if (c.dtype == DType::kFloat32) {
+    return Unsupported(
+        "float32 has no backward kernel on this backend (the backward takes float16 or bfloat16 "
+        "q, k, v; float32 gradients need float32 accuracy, which its 16-bit tensor-core products "
+        "cannot give); run float32 backward on a CPU server (--backend=cpu)");
+  }
+  if (!DTypeCompiled(c.dtype)) {
+    return Unsupported(absl::StrCat(c.dtype == DType::kFloat16 ? "float16" : "bfloat16",
+                                    " has no kernel in this build"));
+  }
+  if (c.head_dim % 8 != 0) {
+    return Unsupported(absl::StrCat("head_dim ", c.head_dim, " must be a multiple of 8"));
+  }
+  if (SmallestCompiledBucket(c.head_dim) == 0) {
+    return Unsupported(absl::StrCat("head_dim ", c.head_dim, " has no kernel in this build (",
+                                    "head-dim buckets compiled: ", CompiledHeadDimBuckets(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+BwdVariant SelectBackwardVariant(const AttentionParams& p) {
+  const bool general = p.alibi || p.alibi_slopes != nullptr || p.softcap > 0.f ||
+                       p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f);
+  return general ? BwdVariant::kGeneral : BwdVariant::kDense;
+}
+
+BwdWorkspaceLayout BackwardWorkspaceLayout(const AttentionParams& p) {
+  BwdWorkspaceLayout w;
+  w.q_rows = p.is_varlen() ? p.total_q : int64_t{p.batch} * p.seqlen_q;
+  const int64_t row_floats = AlignUp(w.q_rows * p.q_heads * 4);
+  int64_t offset = 0;
+  if (!p.deterministic) {
+    w.dq_accum = 0;
+    offset = AlignUp(w.q_rows * p.q_heads * p.head_dim * 4);
+  }
+  w.dsum = offset;
+  w.lse_log2 = offset + row_floats;
+  w.total = offset + 2 * row_floats;
+  return w;
+}
+
+absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* workspace,
+                              cudaStream_t stream) {
+  BwdParams p;
+  static_cast<AttentionBackwardParams&>(p) = params;
+  const BwdWorkspaceLayout layout = BackwardWorkspaceLayout(params);
+  char* ws = static_cast<char*>(workspace);
+  p.q_rows = layout.q_rows;
+  p.dq_accum = layout.dq_accum >= 0 ? reinterpret_cast<float*>(ws + layout.dq_accum) : nullptr;
+  p.dsum = reinterpret_cast<float*>(ws + layout.dsum);
+  p.lse_log2 = reinterpret_cast<float*>(ws + layout.lse_log2);
+  if (absl::Status s = LaunchStatus(RunBwdPreprocess(p, stream), "preprocess"); !s.ok()) return s;
+  switch (p.dtype) {
+#ifdef ATTN_KERNEL_DTYPE_BF16
+    case DType::kBFloat16:
+      return DispatchHeadDim<DType::kBFloat16>(p, stream);
+#endif
+#ifdef ATTN_KERNEL_DTYPE_FP16
+    case DType::kFloat16:
+      return DispatchHeadDim<DType::kFloat16>(p, stream);
+#endif
+    default:
+      return Unsupported("dtype has no kernel in this build");
+  }
+}
+
+}  // namespace attention::cuda

@@ -1,0 +1,48 @@
+// Host dispatch of the backward kernels: which configurations they serve, the workspace they
+// need, and the launch sequence (preprocess, dK / dV kernel, dQ kernel or postprocess) with the
+// run-time dtype, head_dim and options turned into the template arguments of one compiled
+// kernel (flash_bwd_launch.h).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_DISPATCH_H_
+#define ATTENTION_KERNELS_CUDA_FLASH_BWD_DISPATCH_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_bwd_launch.h"
+
+namespace attention::cuda {
+
+// Whether this build has a backward kernel for `c` (kind kBackward): float16 or bfloat16 of a
+// compiled dtype, head_dim a multiple of 8 in a compiled bucket. OK or UNIMPLEMENTED naming the
+// rule (float32: no float32 backward kernel on this backend).
+absl::Status CheckBackwardSupported(const KernelConfig& c);
+
+// The variant `p` runs: kGeneral for softcap, ALiBi, a mask or a softmax_scale <= 0.
+BwdVariant SelectBackwardVariant(const AttentionParams& p);
+
+// Where the float32 workspace arrays of `p` live (byte offsets, 256-byte aligned): dq_accum
+// [q_rows, q_heads, head_dim] (absent in deterministic mode), dsum and lse_log2
+// [q_heads, q_rows]; total is BackwardWorkspaceBytes.
+struct BwdWorkspaceLayout {
+  int64_t q_rows = 0;
+  int64_t dq_accum = -1;  // -1: none (deterministic)
+  int64_t dsum = 0;
+  int64_t lse_log2 = 0;
+  int64_t total = 0;
+};
+BwdWorkspaceLayout BackwardWorkspaceLayout(const AttentionParams& p);
+
+// Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; 16-bit
+// dtype) on `stream`: preprocess, the dK / dV kernel, then the dQ kernel (deterministic) or the
+// postprocess. `workspace` holds BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the
+// value when this build has no kernel for its dtype or head_dim; INTERNAL with the CUDA error
+// string when a launch fails.
+absl::Status DispatchFlashBwd(const AttentionBackwardParams& p, void* workspace,
+                              cudaStream_t stream);
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_BWD_DISPATCH_H_

@@ -1,0 +1,204 @@
+// Host-side logic of the CUDA backward pass that runs without a GPU: what CheckSupported and
+// CheckBackwardLaunch accept and refuse (naming the rule), the workspace's size (no
+// seqlen_q x seqlen_k term; no dq accumulator in deterministic mode), the variant choice, and
+// the dK / dV kernel's query-tile range (block_info.h with queries and keys swapped) against a
+// brute-force scan of the window rule.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_dispatch.h"
+#include "kernels/cuda/flash_bwd_traits.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
+
+namespace attention::cuda {
+namespace {
+
+KernelConfig BackwardConfig() {
+  KernelConfig c;
+  c.kind = WorkKind::kBackward;
+  c.dtype = DTypeCompiled(DType::kBFloat16) ? DType::kBFloat16 : DType::kFloat16;
+  c.head_dim = CompiledHeadDimBucket(64) != 0 ? 64 : CompiledHeadDimBucket(1);
+  c.q_heads = 4;
+  c.kv_heads = 2;
+  c.softmax_scale = 0.125f;
+  return c;
+}
+
+TEST(BackwardSupportTest, AcceptsAndRefusesNamingTheRule) {
+  const KernelConfig c = BackwardConfig();
+  EXPECT_TRUE(CheckSupported(c).ok()) << CheckSupported(c);
+  KernelConfig x = c;
+  x.dtype = DType::kFloat32;
+  absl::Status s = CheckSupported(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("float32"), std::string::npos) << s;
+  x = c;
+  x.head_dim = 60;
+  s = CheckSupported(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("multiple of 8"), std::string::npos) << s;
+  x = c;
+  x.head_dim = 264;
+  EXPECT_NE(CheckSupported(x).code(), absl::StatusCode::kOk);
+  // Sinks only enter through lse: no kernel of their own to route.
+  x = c;
+  x.sinks = true;
+  EXPECT_TRUE(CheckSupported(x).ok()) << CheckSupported(x);
+  x = c;
+  x.deterministic = true;
+  EXPECT_TRUE(CheckSupported(x).ok()) << CheckSupported(x);
+}
+
+AttentionBackwardParams LaunchParams() {
+  AttentionBackwardParams p;
+  static_cast<KernelConfig&>(p) = BackwardConfig();
+  p.batch = 2;
+  p.seqlen_q = 100;
+  p.seqlen_k = 130;
+  SetContiguousStrides(p);
+  // Never dereferenced: the checks read no memory behind the pointers.
+  alignas(16) static char dummy[64];
+  p.q = p.k = p.v = p.do_ = dummy;
+  p.o = p.dq = p.dk = p.dv = dummy;
+  p.lse = reinterpret_cast<float*>(dummy);
+  return p;
+}
+
+TEST(BackwardSupportTest, LaunchChecks) {
+  const AttentionBackwardParams p = LaunchParams();
+  EXPECT_TRUE(CheckBackwardLaunch(p).ok()) << CheckBackwardLaunch(p);
+  AttentionBackwardParams x = p;
+  x.do_ = nullptr;
+  EXPECT_EQ(CheckBackwardLaunch(x).code(), absl::StatusCode::kInvalidArgument);
+  x = p;
+  x.lse = nullptr;
+  EXPECT_EQ(CheckBackwardLaunch(x).code(), absl::StatusCode::kInvalidArgument);
+  x = p;
+  x.dq = static_cast<char*>(x.dq) + 2;
+  absl::Status s = CheckBackwardLaunch(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("dq must be 16-byte aligned"), std::string::npos) << s;
+  x = p;
+  x.dk = static_cast<char*>(x.dk) + 4;
+  EXPECT_NE(CheckBackwardLaunch(x).message().find("dk"), std::string::npos);
+  x = p;
+  x.kind = WorkKind::kForward;
+  EXPECT_FALSE(CheckBackwardLaunch(x).ok());
+  // Missing workspace for real work.
+  EXPECT_EQ(RunAttentionBackward(p, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(BackwardWorkspaceTest, LinearInRowsAndSmallerWhenDeterministic) {
+  AttentionBackwardParams p = LaunchParams();
+  const int64_t rows = int64_t{p.batch} * p.seqlen_q;
+  const size_t bytes = BackwardWorkspaceBytes(p);
+  // dq_accum [rows, q_heads, head_dim] + D and lse_log2 [q_heads, rows], float32, 256-aligned.
+  const int64_t accum = rows * p.q_heads * p.head_dim * 4;
+  const int64_t per_row = rows * p.q_heads * 4;
+  EXPECT_GE(static_cast<int64_t>(bytes), accum + 2 * per_row);
+  EXPECT_LE(static_cast<int64_t>(bytes), accum + 2 * per_row + 3 * 256);
+  // Longer keys change nothing: no seqlen_q x seqlen_k term.
+  AttentionBackwardParams longer = p;
+  longer.seqlen_k = 100000;
+  EXPECT_EQ(BackwardWorkspaceBytes(longer), bytes);
+  AttentionBackwardParams det = p;
+  det.deterministic = true;
+  EXPECT_LE(static_cast<int64_t>(BackwardWorkspaceBytes(det)), 2 * per_row + 2 * 256);
+  // Packed: sized by total_q.
+  AttentionBackwardParams packed = p;
+  static const int32_t cu[3] = {0, 10, 30};
+  packed.cu_seqlens_q = packed.cu_seqlens_k = cu;
+  packed.total_q = packed.total_k = 30;
+  const BwdWorkspaceLayout layout = BackwardWorkspaceLayout(packed);
+  EXPECT_EQ(layout.q_rows, 30);
+  EXPECT_EQ(layout.dq_accum, 0);
+  EXPECT_EQ(layout.dsum % 256, 0);
+  EXPECT_EQ(layout.lse_log2 % 256, 0);
+}
+
+TEST(BackwardVariantTest, GeneralForLogitOptions) {
+  AttentionBackwardParams p = LaunchParams();
+  EXPECT_EQ(SelectBackwardVariant(p), BwdVariant::kDense);
+  p.causal = true;
+  p.window_right = 0;
+  EXPECT_EQ(SelectBackwardVariant(p), BwdVariant::kDense);
+  AttentionBackwardParams x = p;
+  x.softcap = 30.f;
+  EXPECT_EQ(SelectBackwardVariant(x), BwdVariant::kGeneral);
+  x = p;
+  x.alibi = true;
+  EXPECT_EQ(SelectBackwardVariant(x), BwdVariant::kGeneral);
+  x = p;
+  x.mask_kind = MaskKind::kBool;
+  EXPECT_EQ(SelectBackwardVariant(x), BwdVariant::kGeneral);
+  x = p;
+  x.softmax_scale = -1.f;
+  EXPECT_EQ(SelectBackwardVariant(x), BwdVariant::kGeneral);
+}
+
+// The dK / dV kernel visits, for key tile [key0, key0 + keys), the query tiles
+// KvTiles(key0, keys, len_k, len_q, block_m, right, left): every query tile holding a pair
+// (i, j) with j allowed for i must be inside, and TileNeedsMask (swapped the same way) must be
+// true wherever a pair of the two tiles is not allowed or a query row lies past len_q.
+TEST(BackwardTileRangeTest, SwappedRangeMatchesBruteForce) {
+  constexpr int kBlockM = 64;
+  constexpr int kBlockN = 64;
+  const int lens[] = {1, 37, 64, 100, 130, 257};
+  const int sides[] = {-1, 0, 5, 64, 100};
+  for (int len_q : lens) {
+    for (int len_k : lens) {
+      for (int left : sides) {
+        for (int right : sides) {
+          int l = left;
+          int r = right;
+          ClampWindow(len_q, len_k, l, r);
+          const int shift = len_k - len_q;
+          const auto allowed = [&](int i, int j) {
+            return i < len_q && j < len_k && (l < 0 || j >= i + shift - l) &&
+                   (r < 0 || j <= i + shift + r);
+          };
+          for (int key0 = 0; key0 < len_k; key0 += kBlockN) {
+            const int keys = std::min(kBlockN, len_k - key0);
+            const KvTileRange range = KvTiles(key0, keys, len_k, len_q, kBlockM, r, l);
+            for (int m = 0; m * kBlockM < len_q; ++m) {
+              bool any = false;
+              bool all = true;
+              for (int i = m * kBlockM; i < (m + 1) * kBlockM; ++i) {
+                for (int j = key0; j < key0 + keys; ++j) {
+                  const bool a = allowed(i, j);
+                  any |= a;
+                  all &= a;
+                }
+              }
+              const bool inside = m >= range.begin && m < range.end;
+              if (any) {
+                EXPECT_TRUE(inside) << "len_q " << len_q << " len_k " << len_k << " window ("
+                                    << l << ", " << r << ") key0 " << key0 << " m " << m;
+              }
+              if (inside && !all) {
+                EXPECT_TRUE(TileNeedsMask(m, key0, keys, len_k, len_q, kBlockM, r, l))
+                    << "len_q " << len_q << " len_k " << len_k << " window (" << l << ", " << r
+                    << ") key0 " << key0 << " m " << m;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BackwardTraitsTest, SharedMemoryFitsEveryBucket) {
+  EXPECT_LE((BwdKernelTraits<256, 64, 64, 8>::kSmemBytes), 163 * 1024);
+  EXPECT_LE((BwdDqKernelTraits<256, 64, 32, 4>::kSmemBytes), 163 * 1024);
+  EXPECT_EQ((BwdKernelTraits<128, 64, 64, 8>::kWarpD), 64);
+}
+
+}  // namespace
+}  // namespace attention::cuda

@@ -1,0 +1,583 @@
+// GPU tests of the CUDA backward kernels (kernels/cuda/flash_bwd_kernel.cuh, RunAttentionBackward)
+// against a float64 reference of the gradients of L = sum(dO * O), written here from the
+// definition (the softmax over the allowed keys and the sink, pulled back through
+// dz_j = p_j (dp_j - sum_a p_a dp_a) and the softcap's tanh; the CPU backward's test checks the
+// same formula against finite differences). The forward's o and lse come from the reference
+// too (o rounded to the dtype, lse to float32), as a training step would hand them over.
+//
+// Random inputs drawn fresh for every run (seed printed, ATTN_TEST_SEED to replay); dq, dk and dv
+// poisoned with NaN (all bits set) before each launch, so an unwritten element fails; ragged
+// sequence tails (lengths not multiples of the 64-row tiles); every option alone and combined;
+// head dims 64, 128, 256 and odd ones (40, 72, 96, 200); Sq != Sk; packed batches with empty
+// sequences; GQA and MQA; both dQ modes, and the deterministic one bit-identical across two runs.
+//
+// Tolerance, per tensor and stated once: max |got - ref| <= tol x max |ref|, every element
+// finite; float16 5e-3, bfloat16 3e-2 (the kernels round P and dS to the dtype before their
+// tensor-core products, as FlashAttention-2 does, on top of the inputs' and outputs' roundings).
+// A row with no allowed key must get dq exactly 0.
+//
+// Exits 77 (ctest SKIP) without a CUDA device. A case whose dtype or head dim this build did not
+// compile (ATTN_KERNEL_DTYPES / ATTN_KERNEL_HEAD_DIMS) is reported as skipped, never as passed.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/dtype.h"
+
+namespace attention::cuda {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+double ToleranceFor(DType dtype) { return dtype == DType::kFloat16 ? 5e-3 : 3e-2; }
+
+const char* DTypeName(DType d) { return d == DType::kFloat16 ? "fp16" : "bf16"; }
+
+uint64_t Seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("ATTN_TEST_SEED");
+    const uint64_t s =
+        env != nullptr
+            ? std::strtoull(env, nullptr, 10)
+            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    std::printf("attention_backward_cuda_test: ATTN_TEST_SEED=%llu\n",
+                static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+#define CUDA_OK(expr)                                                          \
+  do {                                                                         \
+    const cudaError_t err_ = (expr);                                           \
+    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
+  } while (0)
+
+struct Case {
+  std::string name;
+  int batch = 1;
+  int seqlen_q = 100;
+  int seqlen_k = 100;
+  int q_heads = 2;
+  int kv_heads = 2;
+  int head_dim = 64;
+  std::vector<int> lens_q, lens_k;  // packed batch when set
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  int alibi = 0;  // 0 off, 1 [q_heads], 2 [batch, q_heads]
+  float softcap = 0.f;
+  float scale = 0.f;  // 0: 1 / sqrt(head_dim)
+  MaskKind mask = MaskKind::kNone;
+  bool sinks = false;
+  std::vector<DType> dtypes = {DType::kBFloat16, DType::kFloat16};
+
+  explicit Case(std::string n) : name(std::move(n)) {}
+  Case& Seq(int q, int k) { seqlen_q = q; seqlen_k = k; return *this; }
+  Case& Batch(int b) { batch = b; return *this; }
+  Case& Heads(int q, int kv) { q_heads = q; kv_heads = kv; return *this; }
+  Case& Dim(int d) { head_dim = d; return *this; }
+  Case& Packed(std::vector<int> q, std::vector<int> k) {
+    lens_q = std::move(q);
+    lens_k = std::move(k);
+    return *this;
+  }
+  Case& Causal() { causal = true; return *this; }
+  Case& Window(int l, int r) { window_left = l; window_right = r; return *this; }
+  Case& Alibi(int kind) { alibi = kind; return *this; }
+  Case& Softcap(float c) { softcap = c; return *this; }
+  Case& Scale(float s) { scale = s; return *this; }
+  Case& Mask(MaskKind m) { mask = m; return *this; }
+  Case& Sinks() { sinks = true; return *this; }
+  Case& DTypes(std::vector<DType> d) { dtypes = std::move(d); return *this; }
+};
+
+double RoundTo(DType dtype, double x) {
+  const float f = static_cast<float>(x);
+  return dtype == DType::kFloat16 ? HalfToFloat(FloatToHalf(f)) : BFloat16ToFloat(FloatToBFloat16(f));
+}
+
+uint16_t Encode(DType dtype, double x) {
+  const float f = static_cast<float>(x);
+  return dtype == DType::kFloat16 ? FloatToHalf(f) : FloatToBFloat16(f);
+}
+
+double Decode(DType dtype, uint16_t h) {
+  return dtype == DType::kFloat16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+}
+
+// A case's inputs (already rounded to the dtype) with the contiguous layouts' addressing.
+struct Problem {
+  Case c{""};
+  DType dtype = DType::kBFloat16;
+  bool packed = false;
+  int64_t total_q = 0, total_k = 0;
+  std::vector<int32_t> cu_q, cu_k;
+  std::vector<double> q, k, v, dout;
+  std::vector<float> slopes, sinks, additive;
+  std::vector<uint8_t> bool_mask;
+  int64_t mask_batch_stride = 0, mask_head_stride = 0, mask_row_stride = 0;
+
+  int len_q(int b) const { return packed ? cu_q[b + 1] - cu_q[b] : c.seqlen_q; }
+  int len_k(int b) const { return packed ? cu_k[b + 1] - cu_k[b] : c.seqlen_k; }
+  int64_t q_row(int b, int i) const { return packed ? cu_q[b] + i : int64_t{b} * c.seqlen_q + i; }
+  int64_t k_row(int b, int j) const { return packed ? cu_k[b] + j : int64_t{b} * c.seqlen_k + j; }
+  int64_t q_index(int b, int i, int h) const { return (q_row(b, i) * c.q_heads + h) * c.head_dim; }
+  int64_t k_index(int b, int j, int g) const { return (k_row(b, j) * c.kv_heads + g) * c.head_dim; }
+  int64_t lse_index(int b, int i, int h) const {
+    return packed ? h * total_q + cu_q[b] + i : (int64_t{b} * c.q_heads + h) * c.seqlen_q + i;
+  }
+  int64_t mask_index(int b, int h, int i, int j) const {
+    return b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j;
+  }
+  float scale() const {
+    return c.scale != 0.f ? c.scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  }
+};
+
+Problem MakeProblem(const Case& c_in, DType dtype, uint64_t seed) {
+  Problem pr;
+  pr.c = c_in;
+  pr.dtype = dtype;
+  Case& c = pr.c;
+  std::mt19937_64 rng(seed);
+  pr.packed = !c.lens_q.empty();
+  if (pr.packed) {
+    c.batch = static_cast<int>(c.lens_q.size());
+    pr.cu_q = {0};
+    pr.cu_k = {0};
+    c.seqlen_q = c.seqlen_k = 1;
+    for (int b = 0; b < c.batch; ++b) {
+      pr.cu_q.push_back(pr.cu_q.back() + c.lens_q[b]);
+      pr.cu_k.push_back(pr.cu_k.back() + c.lens_k[b]);
+      c.seqlen_q = std::max(c.seqlen_q, c.lens_q[b]);
+      c.seqlen_k = std::max(c.seqlen_k, c.lens_k[b]);
+    }
+    pr.total_q = pr.cu_q.back();
+    pr.total_k = pr.cu_k.back();
+  } else {
+    pr.total_q = int64_t{c.batch} * c.seqlen_q;
+    pr.total_k = int64_t{c.batch} * c.seqlen_k;
+  }
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const auto fill = [&](std::vector<double>& t, int64_t n) {
+    t.resize(n);
+    for (double& x : t) x = RoundTo(dtype, dist(rng));
+  };
+  fill(pr.q, pr.total_q * c.q_heads * c.head_dim);
+  fill(pr.k, pr.total_k * c.kv_heads * c.head_dim);
+  fill(pr.v, pr.total_k * c.kv_heads * c.head_dim);
+  fill(pr.dout, pr.total_q * c.q_heads * c.head_dim);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  if (c.alibi != 0) {
+    pr.slopes.resize((c.alibi == 2 ? c.batch : 1) * c.q_heads);
+    for (float& s : pr.slopes) s = 0.02f + 0.3f * unit(rng);
+  }
+  if (c.sinks) {
+    pr.sinks.resize(c.q_heads);
+    for (float& s : pr.sinks) s = -1.f + 3.f * unit(rng);
+  }
+  if (c.mask != MaskKind::kNone) {
+    pr.mask_row_stride = c.seqlen_k;
+    pr.mask_head_stride = int64_t{c.seqlen_q} * c.seqlen_k;
+    pr.mask_batch_stride = pr.mask_head_stride * c.q_heads;
+    const int64_t n = pr.mask_batch_stride * c.batch;
+    if (c.mask == MaskKind::kBool) {
+      pr.bool_mask.resize(n);
+      for (uint8_t& m : pr.bool_mask) m = unit(rng) < 0.8f ? 1 : 0;
+      // Row 1 of head 0 of every sequence drops every key: a fully masked row.
+      for (int b = 0; b < c.batch; ++b) {
+        for (int j = 0; j < c.seqlen_k; ++j) pr.bool_mask[pr.mask_index(b, 0, 1, j)] = 0;
+      }
+    } else {
+      pr.additive.resize(n);
+      for (float& m : pr.additive) {
+        const float u = unit(rng);
+        m = u < 0.05f ? -std::numeric_limits<float>::infinity() : -2.f + 2.5f * unit(rng);
+      }
+    }
+  }
+  return pr;
+}
+
+// The float64 reference: o, lse and the gradients of L = sum(dO * O).
+struct Reference {
+  std::vector<double> o, lse, dq, dk, dv;
+  std::vector<bool> no_keys;  // per lse element: the row has no allowed key
+};
+
+Reference ComputeReference(const Problem& pr) {
+  const Case& c = pr.c;
+  const int d = c.head_dim;
+  const double scale = pr.scale();
+  Reference r;
+  r.o.assign(pr.q.size(), 0.0);
+  r.dq.assign(pr.q.size(), 0.0);
+  r.dk.assign(pr.k.size(), 0.0);
+  r.dv.assign(pr.v.size(), 0.0);
+  r.lse.assign(pr.total_q * c.q_heads, -kInf);
+  r.no_keys.assign(r.lse.size(), false);
+  const int window_right = c.causal ? 0 : c.window_right;
+  for (int b = 0; b < c.batch; ++b) {
+    const int lq = pr.len_q(b), lk = pr.len_k(b);
+    for (int h = 0; h < c.q_heads; ++h) {
+      const int g = h / (c.q_heads / c.kv_heads);
+      for (int i = 0; i < lq; ++i) {
+        const int64_t pos = i + int64_t{lk} - lq;
+        const double* qi = &pr.q[pr.q_index(b, i, h)];
+        const double* doi = &pr.dout[pr.q_index(b, i, h)];
+        std::vector<int> keys;
+        std::vector<double> z, dcap;
+        for (int j = 0; j < lk; ++j) {
+          if (c.window_left >= 0 && j < pos - c.window_left) continue;
+          if (window_right >= 0 && j > pos + window_right) continue;
+          if (c.mask == MaskKind::kBool && pr.bool_mask[pr.mask_index(b, h, i, j)] == 0) continue;
+          const double* kj = &pr.k[pr.k_index(b, j, g)];
+          double s = 0;
+          for (int e = 0; e < d; ++e) s += qi[e] * kj[e];
+          s *= scale;
+          double deriv = 1.0;
+          if (c.softcap > 0.f) {
+            const double th = std::tanh(s / c.softcap);
+            s = c.softcap * th;
+            deriv = 1.0 - th * th;
+          }
+          if (c.alibi != 0) {
+            s -= pr.slopes[(c.alibi == 2 ? b * c.q_heads : 0) + h] *
+                 static_cast<double>(std::llabs(pos - j));
+          }
+          if (c.mask == MaskKind::kAdditive) s += pr.additive[pr.mask_index(b, h, i, j)];
+          if (s == -kInf) continue;
+          keys.push_back(j);
+          z.push_back(s);
+          dcap.push_back(deriv);
+        }
+        const int n = static_cast<int>(keys.size());
+        r.no_keys[pr.lse_index(b, i, h)] = n == 0;
+        if (c.sinks) z.push_back(pr.sinks[h]);
+        const int m = static_cast<int>(z.size());
+        if (m == 0) continue;
+        const double top = *std::max_element(z.begin(), z.end());
+        double sum = 0;
+        for (double x : z) sum += std::exp(x - top);
+        r.lse[pr.lse_index(b, i, h)] = top + std::log(sum);
+        std::vector<double> prob(n), dp(n, 0.0);
+        double* oi = &r.o[pr.q_index(b, i, h)];
+        double mean_dp = 0;  // sum_a p_a dp_a (the sink's dp is 0)
+        for (int a = 0; a < n; ++a) {
+          prob[a] = std::exp(z[a] - top) / sum;
+          const double* vj = &pr.v[pr.k_index(b, keys[a], g)];
+          for (int e = 0; e < d; ++e) {
+            oi[e] += prob[a] * vj[e];
+            dp[a] += doi[e] * vj[e];
+          }
+          mean_dp += prob[a] * dp[a];
+        }
+        for (int a = 0; a < n; ++a) {
+          const double ds = prob[a] * (dp[a] - mean_dp) * dcap[a] * scale;
+          const int j = keys[a];
+          const double* kj = &pr.k[pr.k_index(b, j, g)];
+          double* dqi = &r.dq[pr.q_index(b, i, h)];
+          double* dkj = &r.dk[pr.k_index(b, j, g)];
+          double* dvj = &r.dv[pr.k_index(b, j, g)];
+          for (int e = 0; e < d; ++e) {
+            dqi[e] += ds * kj[e];
+            dkj[e] += ds * qi[e];
+            dvj[e] += prob[a] * doi[e];
+          }
+        }
+      }
+    }
+  }
+  return r;
+}
+
+// Device copies of a problem's inputs and outputs, freed on destruction.
+struct DeviceBuffers {
+  std::vector<void*> owned;
+  ~DeviceBuffers() {
+    for (void* p : owned) cudaFree(p);
+  }
+  template <typename T>
+  T* Upload(const std::vector<T>& host) {
+    void* d = nullptr;
+    const size_t bytes = std::max<size_t>(host.size() * sizeof(T), 16);
+    if (cudaMalloc(&d, bytes) != cudaSuccess) return nullptr;
+    owned.push_back(d);
+    if (!host.empty()) cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+    return static_cast<T*>(d);
+  }
+};
+
+std::vector<uint16_t> Encoded(DType dtype, const std::vector<double>& x) {
+  std::vector<uint16_t> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = Encode(dtype, x[i]);
+  return out;
+}
+
+struct Gradients {
+  std::vector<uint16_t> dq, dk, dv;
+};
+
+// Runs the backward on the device `runs` times (outputs poisoned before each), returning each
+// run's gradients; empty on a launch error (reported).
+std::vector<Gradients> RunDevice(const Problem& pr, const Reference& ref, bool deterministic,
+                                 int runs) {
+  const Case& c = pr.c;
+  DeviceBuffers buf;
+  AttentionBackwardParams p;
+  p.kind = WorkKind::kBackward;
+  p.dtype = pr.dtype;
+  p.head_dim = c.head_dim;
+  p.q_heads = c.q_heads;
+  p.kv_heads = c.kv_heads;
+  p.softmax_scale = pr.scale();
+  p.softcap = c.softcap;
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.deterministic = deterministic;
+  p.batch = c.batch;
+  p.seqlen_q = c.seqlen_q;
+  p.seqlen_k = c.seqlen_k;
+  Normalize(p);
+  if (pr.packed) {
+    p.cu_seqlens_q = buf.Upload(pr.cu_q);
+    p.cu_seqlens_k = buf.Upload(pr.cu_k);
+    p.total_q = pr.total_q;
+    p.total_k = pr.total_k;
+  }
+  SetContiguousStrides(p);
+  p.q = buf.Upload(Encoded(pr.dtype, pr.q));
+  p.k = buf.Upload(Encoded(pr.dtype, pr.k));
+  p.v = buf.Upload(Encoded(pr.dtype, pr.v));
+  p.o = buf.Upload(Encoded(pr.dtype, ref.o));
+  p.do_ = buf.Upload(Encoded(pr.dtype, pr.dout));
+  std::vector<float> lse(ref.lse.begin(), ref.lse.end());
+  p.lse = buf.Upload(lse);
+  if (c.alibi != 0) {
+    p.alibi = true;
+    p.alibi_slopes = buf.Upload(pr.slopes);
+    p.alibi_batch_stride = c.alibi == 2 ? c.q_heads : 0;
+  }
+  if (c.sinks) {
+    p.sinks = true;
+    p.sink_logits = buf.Upload(pr.sinks);
+  }
+  p.mask_kind = c.mask;
+  if (c.mask == MaskKind::kBool) p.mask = buf.Upload(pr.bool_mask);
+  if (c.mask == MaskKind::kAdditive) p.mask = buf.Upload(pr.additive);
+  p.mask_batch_stride = pr.mask_batch_stride;
+  p.mask_head_stride = pr.mask_head_stride;
+  p.mask_row_stride = pr.mask_row_stride;
+  p.mask_col_stride = 1;
+  const std::vector<uint16_t> poison_q(pr.q.size(), 0xffff);
+  const std::vector<uint16_t> poison_k(pr.k.size(), 0xffff);
+  p.dq = buf.Upload(poison_q);
+  p.dk = buf.Upload(poison_k);
+  p.dv = buf.Upload(poison_k);
+  const size_t ws_bytes = BackwardWorkspaceBytes(p);
+  void* workspace = nullptr;
+  EXPECT_EQ(cudaMalloc(&workspace, std::max<size_t>(ws_bytes, 256)), cudaSuccess);
+  buf.owned.push_back(workspace);
+  // Poison the workspace too: the preprocess must initialize everything the kernels read.
+  cudaMemset(workspace, 0xff, std::max<size_t>(ws_bytes, 256));
+
+  std::vector<Gradients> out;
+  for (int run = 0; run < runs; ++run) {
+    cudaMemcpy(p.dq, poison_q.data(), poison_q.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(p.dk, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(p.dv, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
+    const absl::Status status = RunAttentionBackward(p, workspace, nullptr);
+    EXPECT_TRUE(status.ok()) << status;
+    const cudaError_t err = cudaDeviceSynchronize();
+    EXPECT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+    if (!status.ok() || err != cudaSuccess) return {};
+    Gradients g;
+    g.dq.resize(pr.q.size());
+    g.dk.resize(pr.k.size());
+    g.dv.resize(pr.v.size());
+    cudaMemcpy(g.dq.data(), p.dq, g.dq.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g.dk.data(), p.dk, g.dk.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g.dv.data(), p.dv, g.dv.size() * 2, cudaMemcpyDeviceToHost);
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+// max |got - ref| <= tol * max |ref|, every element finite.
+void ExpectClose(const std::string& what, DType dtype, const std::vector<uint16_t>& got,
+                 const std::vector<double>& ref) {
+  const double tol = ToleranceFor(dtype);
+  double max_ref = 0, max_err = 0;
+  int64_t worst = -1, non_finite = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = Decode(dtype, got[i]);
+    if (!std::isfinite(g)) {
+      ++non_finite;
+      continue;
+    }
+    max_ref = std::max(max_ref, std::abs(ref[i]));
+    const double err = std::abs(g - ref[i]);
+    if (err > max_err) {
+      max_err = err;
+      worst = static_cast<int64_t>(i);
+    }
+  }
+  EXPECT_EQ(non_finite, 0) << what << ": elements not finite (unwritten?)";
+  EXPECT_LE(max_err, tol * std::max(max_ref, 1e-6))
+      << what << ": max error " << max_err << " at element " << worst << ", max |ref| " << max_ref
+      << " (ratio " << max_err / max_ref << ", tolerance " << tol << ")";
+  std::printf("    %-28s max err / max |ref| = %.2e\n", what.c_str(),
+              max_ref > 0 ? max_err / max_ref : max_err);
+}
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  // Head dims: the three main buckets and odd ones padded into theirs; ragged tails.
+  for (int d : {64, 128, 256, 40, 72, 96, 200}) {
+    cases.push_back(Case("dim" + std::to_string(d)).Seq(130, 130).Dim(d));
+    cases.push_back(Case("causal_dim" + std::to_string(d)).Seq(130, 130).Dim(d).Causal());
+  }
+  cases.push_back(Case("dim32_160_224").Seq(70, 90).Dim(32));
+  cases.push_back(Case("dim160").Seq(70, 90).Dim(160).Causal());
+  cases.push_back(Case("dim224").Seq(70, 90).Dim(224).Window(20, 5));
+  // Sq != Sk, bottom-right aligned.
+  cases.push_back(Case("sq_lt_sk_causal").Seq(50, 200).Causal());
+  cases.push_back(Case("sq_gt_sk_causal").Seq(200, 70).Causal());
+  cases.push_back(Case("sq_gt_sk").Seq(150, 33).Dim(128));
+  cases.push_back(Case("single_query_row").Seq(1, 150).Causal());
+  // Windows.
+  cases.push_back(Case("window").Seq(200, 200).Window(40, 10));
+  cases.push_back(Case("window_left_only").Seq(160, 190).Window(30, -1));
+  cases.push_back(Case("window_right_only").Seq(190, 160).Window(-1, 7));
+  cases.push_back(Case("window_narrow").Seq(150, 150).Window(0, 0).Dim(128));
+  // Options of the general variant.
+  cases.push_back(Case("softcap").Seq(130, 150).Softcap(5.f).Scale(0.5f));
+  cases.push_back(Case("softcap_causal").Seq(130, 130).Softcap(30.f).Causal().Dim(128));
+  cases.push_back(Case("alibi").Seq(120, 140).Alibi(1).Causal());
+  cases.push_back(Case("alibi_per_batch").Batch(2).Seq(90, 90).Alibi(2));
+  cases.push_back(Case("bool_mask").Batch(2).Seq(100, 120).Mask(MaskKind::kBool));
+  cases.push_back(Case("additive_mask").Seq(100, 120).Mask(MaskKind::kAdditive).Causal());
+  cases.push_back(Case("negative_scale").Seq(80, 80).Scale(-0.1f));
+  cases.push_back(Case("everything").Batch(2).Seq(110, 150).Heads(4, 2).Dim(96).Window(50, 3)
+                      .Softcap(8.f).Alibi(2).Mask(MaskKind::kAdditive).Sinks());
+  // Sinks (through lse only), with and without a fully masked row.
+  cases.push_back(Case("sinks").Seq(100, 100).Sinks().Causal());
+  cases.push_back(Case("sinks_bool_mask").Seq(70, 90).Sinks().Mask(MaskKind::kBool));
+  // GQA / MQA: dK and dV summed over the group's query heads.
+  cases.push_back(Case("gqa").Seq(130, 130).Heads(8, 2).Causal());
+  cases.push_back(Case("mqa").Seq(100, 160).Heads(6, 1).Dim(128));
+  // Packed batches: empty sequences, Sq != Sk per sequence, tails.
+  cases.push_back(Case("packed").Packed({150, 1, 77, 0, 64}, {180, 60, 77, 30, 0}).Causal());
+  cases.push_back(Case("packed_window_gqa").Packed({33, 130, 65}, {97, 64, 200}).Heads(4, 2)
+                      .Window(25, 0).Dim(128));
+  cases.push_back(Case("packed_general").Packed({40, 0, 90}, {60, 20, 90}).Dim(72)
+                      .Mask(MaskKind::kBool).Alibi(1));
+  // Longer sequences: many query tiles per key tile, many key tiles per query tile.
+  cases.push_back(Case("long_causal").Seq(700, 700).Heads(2, 1).Causal().Dim(128)
+                      .DTypes({DType::kBFloat16}));
+  return cases;
+}
+
+class BackwardTest : public ::testing::TestWithParam<Case> {};
+
+bool RunCase(const Case& c, DType dtype, bool deterministic) {
+  KernelConfig config;
+  config.kind = WorkKind::kBackward;
+  config.dtype = dtype;
+  config.head_dim = c.head_dim;
+  config.q_heads = c.q_heads;
+  config.kv_heads = c.kv_heads;
+  config.softmax_scale = 1.f;
+  const absl::Status supported = CheckSupported(config);
+  if (supported.code() == absl::StatusCode::kUnimplemented) return false;
+  EXPECT_TRUE(supported.ok()) << supported;
+  std::printf("  %s %s%s\n", c.name.c_str(), DTypeName(dtype),
+              deterministic ? " deterministic" : "");
+  const Problem pr = MakeProblem(c, dtype, Seed() ^ std::hash<std::string>{}(c.name));
+  const Reference ref = ComputeReference(pr);
+  const std::vector<Gradients> got = RunDevice(pr, ref, deterministic, deterministic ? 2 : 1);
+  if (got.empty()) return true;
+  const std::string tag = std::string(DTypeName(dtype)) + (deterministic ? " det " : " ");
+  ExpectClose(tag + "dq", dtype, got[0].dq, ref.dq);
+  ExpectClose(tag + "dk", dtype, got[0].dk, ref.dk);
+  ExpectClose(tag + "dv", dtype, got[0].dv, ref.dv);
+  if (deterministic) {
+    EXPECT_TRUE(got[0].dq == got[1].dq) << "deterministic dq differs between two runs";
+    EXPECT_TRUE(got[0].dk == got[1].dk) << "deterministic dk differs between two runs";
+    EXPECT_TRUE(got[0].dv == got[1].dv) << "deterministic dv differs between two runs";
+  }
+  for (int b = 0; b < pr.c.batch; ++b) {
+    for (int h = 0; h < pr.c.q_heads; ++h) {
+      for (int i = 0; i < pr.len_q(b); ++i) {
+        if (!ref.no_keys[pr.lse_index(b, i, h)]) continue;
+        const int64_t base = pr.q_index(b, i, h);
+        for (int e = 0; e < pr.c.head_dim; ++e) {
+          const double x = Decode(dtype, got[0].dq[base + e]);
+          if (x != 0.0) {
+            ADD_FAILURE() << "dq of a row without keys is " << x << " (b " << b << " h " << h
+                          << " i " << i << ")";
+            return true;
+          }
+        }
+      }
+    }
+  }
+  return true;
+}
+
+TEST_P(BackwardTest, MatchesReference) {
+  const Case& c = GetParam();
+  int ran = 0;
+  for (DType dtype : c.dtypes) {
+    for (bool deterministic : {false, true}) {
+      // Both dQ modes for bfloat16; float16 runs the default one.
+      if (deterministic && dtype == DType::kFloat16) continue;
+      ran += RunCase(c, dtype, deterministic) ? 1 : 0;
+    }
+  }
+  if (ran == 0) GTEST_SKIP() << "no kernel for this case in this build";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// Zero-length work launches nothing and succeeds; a float32 request is refused naming the rule.
+TEST(BackwardHostApiTest, EmptyAndFloat32) {
+  AttentionBackwardParams p;
+  p.kind = WorkKind::kBackward;
+  p.dtype = DType::kFloat32;
+  p.head_dim = 64;
+  p.q_heads = p.kv_heads = 1;
+  p.softmax_scale = 0.125f;
+  const absl::Status s = CheckSupported(p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("float32"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace attention::cuda
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("attention_backward_cuda_test: no CUDA device, skipping\n");
+    return 77;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
