@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -24,6 +25,15 @@ constexpr int64_t kAlignment = BatchLayout::kAlignment;
 
 int64_t AlignDown(int64_t bytes) { return bytes / kAlignment * kAlignment; }
 int64_t AlignUp(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// The backward kernels' workspace for one request of `spec` (its rows packed as one batch's).
+int64_t BackwardWorkspaceBound(const RequestSpec& spec) {
+  AttentionParams p;
+  static_cast<KernelConfig&>(p) = spec;
+  p.batch = 1;
+  p.seqlen_q = static_cast<int>(std::min<int64_t>(spec.total_q, INT32_MAX));
+  return static_cast<int64_t>(cuda::BackwardWorkspaceBytes(p));
+}
 
 // Errors after which the device's context is unusable: every later call fails the same way.
 bool IsSticky(cudaError_t error) {
@@ -264,13 +274,8 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 }
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
-  if (job.spec.kind == WorkKind::kBackward) {
-    // cuda::CheckSupported refuses it too, naming the kind by its number only.
-    return absl::UnimplementedError(absl::StrCat(
-        name_,
-        ": the backward pass (AttentionBackward, kind kBackward) has no CUDA kernel in this "
-        "release; run it on a CPU server (--backend=cpu)"));
-  }
+  // A backward job (AttentionBackward) runs the backward kernels (cuda::RunAttentionBackward):
+  // CheckSupported refuses what they do not serve (float32, naming the rule).
   if (absl::Status s = cuda::CheckSupported(job.spec); !s.ok()) return s;
   if (job.spec.kind == WorkKind::kPagedDecode) {
     if (absl::Status s = cuda::CheckPagedRows(job.spec, job.spec.seqlen_q, job.spec.page_size);
@@ -279,6 +284,14 @@ absl::Status CudaExecutor::Admit(const Job& job) const {
     }
   }
   const int64_t bytes = BatchBytesWith(job.spec, 0, 0, 0, false, job.spec);
+  if (job.spec.kind == WorkKind::kBackward &&
+      AlignUp(bytes) + BackwardWorkspaceBound(job.spec) > device_slot_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "backward request needs ", bytes, " bytes of device and staging memory plus ",
+        BackwardWorkspaceBound(job.spec), " bytes of float32 workspace; ", name_,
+        " has device slots of ", device_slot_bytes_,
+        " bytes (raise --device_memory_bytes, or split the request)"));
+  }
   if (bytes > max_batch_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "request needs ", bytes, " bytes of device and staging memory; ", name_,
@@ -399,8 +412,21 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   char* device_inputs = slot.device;
   char* device_outputs = slot.device + layout.input_bytes;
   const AttentionParams p = BindParams(batch.plan, device_inputs, device_outputs);
+  // A backward batch: grad_o among the inputs, dq, dk and dv as the outputs (as the CPU
+  // executor binds them), and the backward's float32 workspace (dq accumulator, D, lse).
+  const bool backward = batch.config.kind == WorkKind::kBackward;
+  AttentionBackwardParams backward_params;
+  if (backward) {
+    static_cast<AttentionParams&>(backward_params) = p;
+    const BackwardBuffers buffers = BindBackward(batch.plan, device_inputs, device_outputs);
+    backward_params.do_ = buffers.grad_o;
+    backward_params.dq = buffers.dq;
+    backward_params.dk = buffers.dk;
+    backward_params.dv = buffers.dv;
+  }
   const int64_t workspace_offset = AlignUp(layout.total_bytes());
-  const int64_t workspace_bytes = static_cast<int64_t>(cuda::WorkspaceBytes(p));
+  const int64_t workspace_bytes = static_cast<int64_t>(
+      backward ? cuda::BackwardWorkspaceBytes(p) : cuda::WorkspaceBytes(p));
   if (workspace_offset + workspace_bytes > device_slot_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "batch of ", layout.total_bytes(), " bytes plus ", workspace_bytes,
@@ -423,7 +449,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = cuda::RunAttention(p, workspace, stream); !s.ok()) {
+  if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
+                               : cuda::RunAttention(p, workspace, stream);
+      !s.ok()) {
     if (s.code() == absl::StatusCode::kInternal) {
       // A launch failure may be sticky: let CheckCuda classify the error it left behind.
       const cudaError_t error = cudaPeekAtLastError();

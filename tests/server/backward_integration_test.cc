@@ -476,40 +476,55 @@ TEST(BackwardStagingTest, LoneRequestAboveTheStagingBound) {
 }
 
 // The server of the backend under test (ATTN_TEST_BACKEND; server_backward_integration_test_gpu
-// runs this binary with cuda): the CPU backend answers the backward pass, the CUDA backend, which
-// has no backward kernel yet, refuses it with UNIMPLEMENTED naming it, and keeps serving forwards.
-TEST(BackwardOnBackendUnderTest, CpuAnswersCudaRefusesWithUnimplemented) {
+// runs this binary with cuda) answers the backward pass of 16-bit requests (the CUDA backend with
+// its backward kernels, kernels/cuda/flash_bwd_kernel.cuh, in both dQ modes), and keeps serving
+// forwards. The CUDA backend has no float32 backward kernel: it refuses one with UNIMPLEMENTED
+// naming the rule.
+TEST(BackwardOnBackendUnderTest, AnswersSixteenBitBackward) {
   ServerProcess server;
   ASSERT_EQ(server.Start({}), "");
   auto stub = v1::AttentionService::NewStub(Connect(server.address()));
   std::mt19937 rng(23);
+  const auto forward_of = [&](RequestOptions o, uint64_t id, v1::AttentionRequest* forward,
+                              v1::AttentionResponse* answer) {
+    o.return_lse = true;
+    *forward = MakeRequest(o, id, rng);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 60s);
+    const grpc::Status status = stub->Attention(&context, *forward, answer);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  };
   RequestOptions o;
   o.dtype = v1::BFLOAT16;
   o.seqlen_q = o.seqlen_k = 32;
   o.head_dim = 64;  // a head dim every CUDA build compiles
   o.causal = true;
-  o.return_lse = true;
-  const v1::AttentionRequest forward = MakeRequest(o, 1, rng);
+  v1::AttentionRequest forward;
   v1::AttentionResponse answer;
-  {
+  forward_of(o, 1, &forward, &answer);
+  for (bool deterministic : {false, true}) {
+    v1::AttentionRequest request = MakeBackwardRequest(forward, answer, 2, rng);
+    request.set_deterministic(deterministic);
+    v1::AttentionResponse response;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 60s);
-    const grpc::Status status = stub->Attention(&context, forward, &answer);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
-  const v1::AttentionRequest request = MakeBackwardRequest(forward, answer, 2, rng);
-  v1::AttentionResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + 60s);
-  const grpc::Status status = stub->AttentionBackward(&context, request, &response);
-  if (testing::ServerBackendUnderTest() == "cuda") {
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-    EXPECT_THAT(status.error_message(),
-                HasSubstr("the backward pass (AttentionBackward, kind kBackward) has no CUDA "
-                          "kernel"));
-  } else {
+    const grpc::Status status = stub->AttentionBackward(&context, request, &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(CompareBackwardWithReference(request, response), "");
+  }
+  if (testing::ServerBackendUnderTest() == "cuda") {
+    RequestOptions f = o;
+    f.dtype = v1::FLOAT32;
+    v1::AttentionRequest forward32;
+    v1::AttentionResponse answer32;
+    forward_of(f, 3, &forward32, &answer32);
+    const v1::AttentionRequest request = MakeBackwardRequest(forward32, answer32, 4, rng);
+    v1::AttentionResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 60s);
+    const grpc::Status status = stub->AttentionBackward(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("float32 has no backward kernel"));
   }
   grpc::ClientContext again;
   again.set_deadline(std::chrono::system_clock::now() + 60s);
