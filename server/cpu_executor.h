@@ -31,8 +31,8 @@ namespace attention::server {
 // Work nobody waits for stops: the backend asks between work items (attention::cpu::CpuBackend's
 // cooperative stop) whether every caller of the batch has gone (cancelled, or past its deadline);
 // then the batch is abandoned, its jobs answered CANCELLED or DEADLINE_EXCEEDED, and the cores are
-// free within one work item (block_q query rows of one head against their keys). A backward
-// batch is asked only before its launch (its kernel has no cooperative stop yet).
+// free within one work item (block_q query rows of one head against their keys; for a backward
+// batch, one key tile against every query row that sees it, or one query tile against its keys).
 // AbandonRunning() stops the running and every later batch the same way (UNAVAILABLE), for the
 // drain's deadline.
 class CpuExecutor final : public Executor {

@@ -11,6 +11,12 @@
 //       (runtime-dispatched, single-threaded), GFLOP/s for head_dim 64 and 128.
 //   attention_cpu_bench --mode=memory [--seqlen=65536] [--heads=1] [--hdim=64]
 //       one causal request of `seqlen` tokens: wall time and peak RSS growth during Run().
+//   attention_cpu_bench --mode=backward [--threads=N] [--isa=...] [--hdim=64,128]
+//                       [--seqlens=512,1024] [--causal=0,1] [--repeats=3] [--heads=16]
+//       the backward pass (RunBackward: dq, dk, dv from the forward's o and lse) on the grid of
+//       `grid` (batch 1, fp32, default 16 heads), next to the forward of the same shape:
+//       backward GFLOP/s counts 2.5x the forward's FLOPs (five tile products against two), as
+//       FlashAttention's benchmarks do. Results: bench/cpu/backward_cpu.md.
 #include <cblas.h>
 
 #include <algorithm>
@@ -44,7 +50,7 @@ struct Flags {
   std::vector<int> causal = {0, 1};
   int repeats = 7;
   int seqlen = 65536;
-  int heads = 1;
+  int heads = 0;  // 0: the mode's default (memory 1, backward 16)
   // "wall" (default) or "cpu": process CPU time, for tuning with --threads=1 on a machine that
   // other jobs share (time spent descheduled does not count).
   std::string clock = "wall";
@@ -307,7 +313,8 @@ int Memory(const Flags& f) {
   const int d = f.hdim.front();
   CpuBackend backend(Options(f));
   DenseProblem pr;
-  MakeDense(f.heads, f.seqlen, d, true, true, pr);
+  const int heads = f.heads > 0 ? f.heads : 1;
+  MakeDense(heads, f.seqlen, d, true, true, pr);
   const int64_t rss_before = ProcStatusKb("VmRSS:");
   // Resets the peak (VmHWM) to the current RSS (Linux >= 4.0).
   std::ofstream("/proc/self/clear_refs") << "5";
@@ -315,16 +322,86 @@ int Memory(const Flags& f) {
   if (!backend.Run(pr.p).ok()) return 1;
   const double secs = Seconds(std::chrono::steady_clock::now() - t0);
   const int64_t peak = ProcStatusKb("VmHWM:");
-  const double score_bytes = 4.0 * f.heads * double(f.seqlen) * f.seqlen;
+  const double score_bytes = 4.0 * heads * double(f.seqlen) * f.seqlen;
   std::printf(
       "causal request: %d tokens, %d heads, head_dim %d, fp32, %d threads (%s): %.2f s, "
       "%.1f GFLOP/s\n"
       "inputs+outputs: %.1f MiB; RSS before Run %.1f MiB, peak during Run %.1f MiB: growth "
       "%.2f MiB (a seqlen_q x seqlen_k float32 score buffer would be %.1f GiB)\n",
-      f.seqlen, f.heads, d, backend.num_threads(), CpuIsaName(backend.isa()), secs,
-      2.0 * f.heads * double(f.seqlen) * f.seqlen * d / secs / 1e9,
-      4.0 * 4 * pr.q.size() / (1 << 20), rss_before / 1024.0, peak / 1024.0,
-      (peak - rss_before) / 1024.0, score_bytes / (1 << 30));
+      f.seqlen, heads, d, backend.num_threads(), CpuIsaName(backend.isa()), secs,
+      2.0 * heads * double(f.seqlen) * f.seqlen * d / secs / 1e9, 4.0 * 4 * pr.q.size() / (1 << 20),
+      rss_before / 1024.0, peak / 1024.0, (peak - rss_before) / 1024.0, score_bytes / (1 << 30));
+  return 0;
+}
+
+// Median seconds of `repeats` calls of `fn` after one warm-up; false if a call failed.
+template <typename Fn>
+bool MedianSeconds(const Flags& f, int repeats, Fn&& fn, double& median) {
+  if (!fn()) return false;
+  std::vector<double> times;
+  bool ok = true;
+  for (int r = 0; r < repeats; ++r) times.push_back(Time(f, [&] { ok = fn() && ok; }));
+  std::sort(times.begin(), times.end());
+  median = times[times.size() / 2];
+  return ok;
+}
+
+int Backward(const Flags& f, const std::vector<int>& seqlens, int repeats) {
+  CpuBackend backend(Options(f));
+  const int heads = f.heads > 0 ? f.heads : 16;
+  std::printf("# device: cpu, %d threads, isa %s; batch 1, %d heads, fp32\n", backend.num_threads(),
+              CpuIsaName(backend.isa()), heads);
+  struct Row {
+    int seqlen, d, causal;
+    double ms, gflops, forward_gflops;
+  };
+  std::vector<Row> rows;
+  for (int d : f.hdim) {
+    for (int causal : f.causal) {
+      for (int n : seqlens) {
+        DenseProblem pr;
+        MakeDense(heads, n, d, causal != 0, true, pr);
+        double forward_s = 0;
+        if (!MedianSeconds(
+                f, repeats, [&] { return backend.Run(pr.p).ok(); }, forward_s)) {
+          return 1;
+        }
+        AttentionBackwardParams b;
+        static_cast<AttentionParams&>(b) = pr.p;
+        b.kind = WorkKind::kBackward;
+        const std::vector<float> dout = RandomFloats(int64_t{n} * heads * d, 7);
+        std::vector<float> dq(dout.size()), dk(dout.size()), dv(dout.size());
+        b.do_ = dout.data();
+        b.dq = dq.data();
+        b.dk = dk.data();
+        b.dv = dv.data();
+        double backward_s = 0;
+        const auto never = [] { return false; };
+        if (!MedianSeconds(
+                f, repeats, [&] { return backend.RunBackward(b, never).ok(); }, backward_s)) {
+          return 1;
+        }
+        const double flops = 4.0 * heads * double(n) * n * d / (causal ? 2 : 1);
+        rows.push_back({n, d, causal, backward_s * 1e3, 2.5 * flops / backward_s / 1e9,
+                        flops / forward_s / 1e9});
+        std::printf(
+            "{\"kind\": \"cpu_backward\", \"dtype\": \"fp32\", \"threads\": %d, \"isa\": \"%s\", "
+            "\"d\": %d, \"causal\": %s, \"seqlen\": %d, \"batch\": 1, \"heads\": %d, "
+            "\"ms\": %.3f, \"gflops\": %.1f, \"forward_ms\": %.3f, \"forward_gflops\": %.1f}\n",
+            backend.num_threads(), CpuIsaName(backend.isa()), d, causal ? "true" : "false", n,
+            heads, backward_s * 1e3, rows.back().gflops, forward_s * 1e3,
+            rows.back().forward_gflops);
+        std::fflush(stdout);
+      }
+    }
+  }
+  std::printf(
+      "\n| seqlen | head_dim | causal | backward ms | backward GFLOP/s | forward GFLOP/s | "
+      "forward / backward |\n|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    std::printf("| %d | %d | %d | %.1f | %.1f | %.1f | %.1f |\n", r.seqlen, r.d, r.causal, r.ms,
+                r.gflops, r.forward_gflops, r.forward_gflops / r.gflops);
+  }
   return 0;
 }
 
@@ -337,6 +414,13 @@ int main(int argc, char** argv) {
   if (flags.mode == "grid") return attention::cpu::Grid(flags);
   if (flags.mode == "tiles") return attention::cpu::Tiles(flags);
   if (flags.mode == "memory") return attention::cpu::Memory(flags);
-  std::fprintf(stderr, "unknown --mode=%s (grid, tiles, memory)\n", flags.mode.c_str());
+  if (flags.mode == "backward") {
+    // Defaults of their own: the grid's 4k sequences take minutes per backward on a laptop.
+    const bool grid_seqlens = flags.seqlens == attention::cpu::Flags().seqlens;
+    return attention::cpu::Backward(
+        flags, grid_seqlens ? std::vector<int>{512, 1024} : flags.seqlens,
+        flags.repeats == attention::cpu::Flags().repeats ? 3 : flags.repeats);
+  }
+  std::fprintf(stderr, "unknown --mode=%s (grid, tiles, memory, backward)\n", flags.mode.c_str());
   return 2;
 }

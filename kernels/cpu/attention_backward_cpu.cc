@@ -12,6 +12,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/attention_cpu.h"
+#include "kernels/cpu/tile_kernel.h"
 #include "kernels/dtype.h"
 
 namespace attention::cpu {
@@ -24,6 +26,11 @@ constexpr int kMaxBlock = 1024;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t RoundUp16(int64_t n) { return (n + 15) / 16 * 16; }
+// Column counts of the tile products' right-hand sides: a multiple of every variant's column
+// block.
+int RoundUpColumns(int n) {
+  return (n + kTileColumnAlign - 1) / kTileColumnAlign * kTileColumnAlign;
+}
 
 // One thread's scratch, grown on demand and kept for the thread's lifetime (as the forward's).
 class BackwardScratch {
@@ -44,38 +51,47 @@ class BackwardScratch {
 };
 thread_local BackwardScratch tls_scratch;
 
-// The tile buffers of one task, carved from the thread's scratch.
+// The tile buffers of one task, carved from the thread's scratch. dp = head_dim and bkp =
+// block_k rounded up to kTileColumnAlign; the columns past head_dim of q, dout and k are zero.
 struct Tiles {
-  float* q;      // [bq][d]  Q rows (unscaled)
-  float* dout;   // [bq][d]  dO rows
-  float* k;      // [bk][d]  K rows
-  float* k_t;    // [d][bk]  K transposed
-  float* v_t;    // [d][bk]  V transposed
-  float* p;      // [bq][bk] P
-  float* ds;     // [bq][bk] dP, then dS (without the scale)
+  float* q;      // [bq][dp]  Q rows (unscaled)
+  float* dout;   // [bq][dp]  dO rows
+  float* k;      // [bk][dp]  K rows
+  float* k_t;    // [d][bkp]  K transposed (columns past the tile's keys zero)
+  float* v_t;    // [d][bkp]  V transposed (likewise)
+  float* p;      // [bq][bkp] S = Q K^T, then P
+  float* ds;     // [bq][bkp] dP = dO V^T, then dS (without the scale)
   float* lse;    // [bq]
-  float* delta;  // [bq]     D = rowsum(dO * O)
-  float* row;    // [d]      one row being converted
-  float* part;   // [max(bq, bk)][d] float32 products of one tile pair
-  float* part2;  // [bk][d]
+  float* delta;  // [bq]      D = rowsum(dO * O)
+  int32_t* lo;   // [bq]      allowed keys of a row within the key tile: [lo, hi)
+  int32_t* hi;   // [bq]
+  float* row;    // [dp]      one row being converted
+  float* part;   // [max(bq, bk)][dp] float32 products of one tile pair
+  float* part2;  // [bk][dp]
   double* sum;   // [max(bq, bk)][d] float64 sums across tile pairs
   double* sum2;  // [bk][d]
 };
 
 // Sizes in elements; each buffer a multiple of 16 elements, so every one stays 64-byte aligned.
 struct TileLayout {
-  int64_t qd, kd, qk, q, d, md;
-  int64_t bytes() const { return 4 * (2 * qd + 4 * kd + 2 * qk + 2 * q + d + md) + 8 * (md + kd); }
+  int64_t qd, kd, kt, qk, q, d, md, mdd, kdd;
+  int64_t bytes() const {
+    return 4 * (2 * qd + kd + 2 * kt + 2 * qk + 4 * q + d + md + kd) + 8 * (mdd + kdd);
+  }
 };
 
 TileLayout LayoutFor(int bq, int bk, int d) {
+  const int dp = RoundUpColumns(d), bkp = RoundUpColumns(bk);
   TileLayout l;
-  l.qd = RoundUp16(int64_t{bq} * d);
-  l.kd = RoundUp16(int64_t{bk} * d);
-  l.qk = RoundUp16(int64_t{bq} * bk);
+  l.qd = RoundUp16(int64_t{bq} * dp);
+  l.kd = RoundUp16(int64_t{bk} * dp);
+  l.kt = RoundUp16(int64_t{d} * bkp);
+  l.qk = RoundUp16(int64_t{bq} * bkp);
   l.q = RoundUp16(bq);
-  l.d = RoundUp16(d);
-  l.md = RoundUp16(int64_t{std::max(bq, bk)} * d);
+  l.d = RoundUp16(dp);
+  l.md = RoundUp16(int64_t{std::max(bq, bk)} * dp);
+  l.mdd = RoundUp16(int64_t{std::max(bq, bk)} * d);
+  l.kdd = RoundUp16(int64_t{bk} * d);
   return l;
 }
 
@@ -86,17 +102,39 @@ Tiles CarveTiles(char* base, const TileLayout& l) {
   t.dout = t.q + l.qd;
   t.k = t.dout + l.qd;
   t.k_t = t.k + l.kd;
-  t.v_t = t.k_t + l.kd;
-  t.p = t.v_t + l.kd;
+  t.v_t = t.k_t + l.kt;
+  t.p = t.v_t + l.kt;
   t.ds = t.p + l.qk;
   t.lse = t.ds + l.qk;
   t.delta = t.lse + l.q;
-  t.row = t.delta + l.q;
+  t.lo = reinterpret_cast<int32_t*>(t.delta + l.q);
+  t.hi = t.lo + l.q;
+  t.row = reinterpret_cast<float*>(t.hi + l.q);
   t.part = t.row + l.d;
   t.part2 = t.part + l.md;
   t.sum = reinterpret_cast<double*>(t.part2 + l.kd);
-  t.sum2 = t.sum + l.md;
+  t.sum2 = t.sum + l.mdd;
   return t;
+}
+
+// The instruction set's tile kernels (tile_kernel.h).
+struct BackwardIsaKernels {
+  TileMatMulFn matmul;
+  TileSoftmaxGradFn softmax_grad;
+  TileAccumulateFn accumulate;
+};
+
+BackwardIsaKernels KernelsFor(CpuIsa isa) {
+  switch (isa) {
+#if defined(ATTN_CPU_X86_VARIANTS)
+    case CpuIsa::kAvx512:
+      return {&avx512::TileMatMul, &avx512::TileSoftmaxGrad, &avx512::TileAccumulate};
+    case CpuIsa::kAvx2:
+      return {&avx2::TileMatMul, &avx2::TileSoftmaxGrad, &avx2::TileAccumulate};
+#endif
+    default:
+      return {&generic::TileMatMul, &generic::TileSoftmaxGrad, &generic::TileAccumulate};
+  }
 }
 
 // One sequence of the batch and its first task of each pass.
@@ -154,31 +192,59 @@ void StoreRow(DType dtype, const double* src, double scale, int n, void* base, i
   }
 }
 
-// y[0 .. n) += a * x[0 .. n)
-inline void Axpy(int n, float a, const float* __restrict x, float* __restrict y) {
-  for (int e = 0; e < n; ++e) y[e] += a * x[e];
-}
-
 class BackwardKernel {
  public:
-  BackwardKernel(const AttentionBackwardParams& p, int bq, int bk)
-      : p_(p), d_(p.head_dim), bq_(bq), bk_(bk) {}
+  // `delta` holds D of every (sequence, query head, row) at DeltaIndex (written by DeltaTask).
+  BackwardKernel(const AttentionBackwardParams& p, int bq, int bk, BackwardIsaKernels isa,
+                 float* delta)
+      : p_(p),
+        delta_(delta),
+        delta_rows_(p.is_varlen() ? p.total_q : p.seqlen_q),
+        d_(p.head_dim),
+        dp_(RoundUpColumns(p.head_dim)),
+        bq_(bq),
+        bk_(bk),
+        bkp_(RoundUpColumns(bk)),
+        isa_(isa),
+        has_options_(p.softcap > 0.f || p.alibi_slopes != nullptr ||
+                     p.mask_kind != MaskKind::kNone) {}
+
+  // Index of D for row `row` (q_row0-based, as in q) of sequence b, query head h.
+  int64_t DeltaIndex(int b, int h, int64_t row) const {
+    return (int64_t{p_.is_varlen() ? 0 : b} * p_.q_heads + h) * delta_rows_ + row;
+  }
+
+  // Pass 0: D = rowsum(dO * O) of rows [i0, i0 + nq) of (sequence b, query head h), summed in
+  // float64, once per row (the other passes read it per tile pair).
+  void DeltaTask(const Sequence& s, int b, int h, int qt, Tiles& t) const {
+    const int i0 = qt * bq_;
+    const int nq = std::min(bq_, s.len_q - i0);
+    const DType dt = p_.dtype;
+    for (int i = 0; i < nq; ++i) {
+      const int64_t row = s.q_row0 + i0 + i;
+      const int64_t elem = Offset(p_.o_batch_stride, p_.o_row_stride, p_.o_head_stride, b, row, h);
+      LoadRow(dt, p_.do_, elem, d_, t.dout);
+      LoadRow(dt, p_.o, elem, d_, t.row);
+      double delta = 0.0;
+      for (int e = 0; e < d_; ++e) delta += double{t.dout[e]} * t.row[e];
+      delta_[DeltaIndex(b, h, row)] = static_cast<float>(delta);
+    }
+  }
 
   // Rows [i0, i0 + nq) of (sequence b, query head h): Q, dO, lse and D into the tiles.
   void LoadQueryTile(const Sequence& s, int b, int h, int i0, int nq, Tiles& t) const {
     const DType dt = p_.dtype;
     for (int i = 0; i < nq; ++i) {
       const int64_t row = s.q_row0 + i0 + i;
+      float* q = t.q + int64_t{i} * dp_;
       LoadRow(dt, p_.q, Offset(p_.q_batch_stride, p_.q_row_stride, p_.q_head_stride, b, row, h), d_,
-              t.q + int64_t{i} * d_);
-      float* dout = t.dout + int64_t{i} * d_;
+              q);
+      std::fill(q + d_, q + dp_, 0.f);
+      float* dout = t.dout + int64_t{i} * dp_;
       LoadRow(dt, p_.do_, Offset(p_.o_batch_stride, p_.o_row_stride, p_.o_head_stride, b, row, h),
               d_, dout);
-      LoadRow(dt, p_.o, Offset(p_.o_batch_stride, p_.o_row_stride, p_.o_head_stride, b, row, h), d_,
-              t.row);
-      double delta = 0.0;
-      for (int e = 0; e < d_; ++e) delta += double{dout[e]} * t.row[e];
-      t.delta[i] = static_cast<float>(delta);
+      std::fill(dout + d_, dout + dp_, 0.f);
+      t.delta[i] = delta_[DeltaIndex(b, h, row)];
       t.lse[i] = p_.lse[b * p_.lse_batch_stride + h * p_.lse_head_stride + row];
     }
   }
@@ -186,41 +252,61 @@ class BackwardKernel {
   // Keys [j0, j0 + nk) of (sequence b, KV head g): K rows and K, V transposed into the tiles.
   void LoadKeyTile(const Sequence& s, int b, int g, int j0, int nk, Tiles& t) const {
     const DType dt = p_.dtype;
+    const int ncols = RoundUpColumns(nk);
     for (int j = 0; j < nk; ++j) {
       const int64_t row = s.k_row0 + j0 + j;
-      float* k = t.k + int64_t{j} * d_;
+      float* k = t.k + int64_t{j} * dp_;
       LoadRow(dt, p_.k, Offset(p_.k_batch_stride, p_.k_row_stride, p_.k_head_stride, b, row, g), d_,
               k);
-      for (int e = 0; e < d_; ++e) t.k_t[int64_t{e} * bk_ + j] = k[e];
+      std::fill(k + d_, k + dp_, 0.f);
+      for (int e = 0; e < d_; ++e) t.k_t[int64_t{e} * bkp_ + j] = k[e];
       LoadRow(dt, p_.v, Offset(p_.v_batch_stride, p_.v_row_stride, p_.v_head_stride, b, row, g), d_,
               t.row);
-      for (int e = 0; e < d_; ++e) t.v_t[int64_t{e} * bk_ + j] = t.row[e];
+      for (int e = 0; e < d_; ++e) t.v_t[int64_t{e} * bkp_ + j] = t.row[e];
+    }
+    if (nk < ncols) {
+      for (int e = 0; e < d_; ++e) {
+        std::fill(t.k_t + int64_t{e} * bkp_ + nk, t.k_t + int64_t{e} * bkp_ + ncols, 0.f);
+        std::fill(t.v_t + int64_t{e} * bkp_ + nk, t.v_t + int64_t{e} * bkp_ + ncols, 0.f);
+      }
     }
   }
 
   // P and dS (without softmax_scale) of the loaded query tile (rows i0.., head h) against the
-  // loaded key tile (keys j0..), in t.p and t.ds [nq][bk]. The scores follow the forward's
-  // contract: s = scale q.k, then softcap, ALiBi, the additive mask; a false bool entry or the
-  // window drops the key (P = 0); P = exp(s - lse), and 0 for a row with lse = -inf.
+  // loaded key tile (keys j0..), in t.p and t.ds [nq][bkp]: S = Q K^T and dP = dO V^T by the
+  // tile products, then the scores follow the forward's contract: s = scale q.k, then softcap,
+  // ALiBi, the additive mask; a false bool entry or the window drops the key (P = 0);
+  // P = exp(s - lse), and 0 for a row with lse = -inf. Columns [nk, bkp) are left unspecified.
   void ScoreGrads(const Sequence& s, int b, int h, int i0, int nq, int j0, int nk, Tiles& t) const {
+    const int ncols = RoundUpColumns(nk);
+    isa_.matmul(nq, ncols, d_, t.q, dp_, 1, t.k_t, bkp_, t.p, bkp_);
+    isa_.matmul(nq, ncols, d_, t.dout, dp_, 1, t.v_t, bkp_, t.ds, bkp_);
     const int64_t delta_pos = int64_t{s.len_k} - s.len_q;
+    if (!has_options_) {
+      // Row i may see keys pos(i) - left <= j0 + j <= pos(i) + right, j < nk.
+      for (int i = 0; i < nq; ++i) {
+        const int64_t pos = i0 + i + delta_pos;
+        const int64_t lo = p_.window_left >= 0 ? pos - p_.window_left - j0 : 0;
+        const int64_t hi = p_.window_right >= 0 ? pos + p_.window_right + 1 - j0 : nk;
+        t.lo[i] = static_cast<int32_t>(std::clamp<int64_t>(lo, 0, nk));
+        t.hi[i] = static_cast<int32_t>(std::clamp<int64_t>(hi, 0, nk));
+      }
+      isa_.softmax_grad(nq, ncols, p_.softmax_scale, t.lse, t.delta, t.lo, t.hi, t.p, t.ds, bkp_);
+      return;
+    }
     const float scale = p_.softmax_scale;
     const float cap = p_.softcap;
     const float slope =
         p_.alibi_slopes != nullptr ? p_.alibi_slopes[b * p_.alibi_batch_stride + h] : 0.f;
     const int64_t mask_base = b * p_.mask_batch_stride + h * p_.mask_head_stride;
     for (int i = 0; i < nq; ++i) {
-      float* prow = t.p + int64_t{i} * bk_;
-      float* dsrow = t.ds + int64_t{i} * bk_;
-      std::fill(prow, prow + nk, 0.f);
-      std::fill(dsrow, dsrow + nk, 0.f);
+      float* prow = t.p + int64_t{i} * bkp_;
+      float* dsrow = t.ds + int64_t{i} * bkp_;
       const float lse = t.lse[i];
-      if (lse == kNegInf) continue;  // no allowed key (and no sink): contributes nothing
-      const float* q = t.q + int64_t{i} * d_;
-      const float* dout = t.dout + int64_t{i} * d_;
-      for (int e = 0; e < d_; ++e) {
-        Axpy(nk, q[e], t.k_t + int64_t{e} * bk_, prow);
-        Axpy(nk, dout[e], t.v_t + int64_t{e} * bk_, dsrow);
+      if (lse == kNegInf) {  // no allowed key (and no sink): contributes nothing
+        std::fill(prow, prow + nk, 0.f);
+        std::fill(dsrow, dsrow + nk, 0.f);
+        continue;
       }
       const int64_t pos = i0 + i + delta_pos;
       const float delta = t.delta[i];
@@ -275,23 +361,11 @@ class BackwardKernel {
         const int nq = static_cast<int>(std::min<int64_t>(bq_, i_hi - i0));
         LoadQueryTile(s, b, h, static_cast<int>(i0), nq, t);
         ScoreGrads(s, b, h, static_cast<int>(i0), nq, j0, nk, t);
-        std::fill(t.part, t.part + kd, 0.f);    // dK
-        std::fill(t.part2, t.part2 + kd, 0.f);  // dV
-        for (int i = 0; i < nq; ++i) {
-          const float* prow = t.p + int64_t{i} * bk_;
-          const float* dsrow = t.ds + int64_t{i} * bk_;
-          const float* q = t.q + int64_t{i} * d_;
-          const float* dout = t.dout + int64_t{i} * d_;
-          for (int j = 0; j < nk; ++j) {
-            if (prow[j] == 0.f) continue;
-            Axpy(d_, dsrow[j], q, t.part + int64_t{j} * d_);
-            Axpy(d_, prow[j], dout, t.part2 + int64_t{j} * d_);
-          }
-        }
-        for (int64_t x = 0; x < kd; ++x) {
-          t.sum[x] += t.part[x];
-          t.sum2[x] += t.part2[x];
-        }
+        // dV = P^T dO and dK = dS^T Q (P and dS read transposed), [nk][dp] each.
+        isa_.matmul(nk, dp_, nq, t.p, 1, bkp_, t.dout, dp_, t.part2, dp_);
+        isa_.matmul(nk, dp_, nq, t.ds, 1, bkp_, t.q, dp_, t.part, dp_);
+        isa_.accumulate(nk, d_, t.part, dp_, t.sum, d_);
+        isa_.accumulate(nk, d_, t.part2, dp_, t.sum2, d_);
       }
     }
     for (int j = 0; j < nk; ++j) {
@@ -322,15 +396,9 @@ class BackwardKernel {
       const int nk = static_cast<int>(std::min<int64_t>(bk_, j_hi - j0));
       LoadKeyTile(s, b, g, static_cast<int>(j0), nk, t);
       ScoreGrads(s, b, h, i0, nq, static_cast<int>(j0), nk, t);
-      std::fill(t.part, t.part + qd, 0.f);
-      for (int i = 0; i < nq; ++i) {
-        const float* dsrow = t.ds + int64_t{i} * bk_;
-        float* dq = t.part + int64_t{i} * d_;
-        for (int j = 0; j < nk; ++j) {
-          if (dsrow[j] != 0.f) Axpy(d_, dsrow[j], t.k + int64_t{j} * d_, dq);
-        }
-      }
-      for (int64_t x = 0; x < qd; ++x) t.sum[x] += t.part[x];
+      // dQ = dS K, [nq][dp].
+      isa_.matmul(nq, dp_, nk, t.ds, bkp_, 1, t.k, dp_, t.part, dp_);
+      isa_.accumulate(nq, d_, t.part, dp_, t.sum, d_);
     }
     for (int i = 0; i < nq; ++i) {
       const int64_t row = s.q_row0 + i0 + i;
@@ -341,7 +409,11 @@ class BackwardKernel {
 
  private:
   const AttentionBackwardParams& p_;
-  const int d_, bq_, bk_;
+  float* const delta_;
+  const int64_t delta_rows_;
+  const int d_, dp_, bq_, bk_, bkp_;
+  const BackwardIsaKernels isa_;
+  const bool has_options_;
 };
 
 absl::Status CheckCuSeqlens(const int32_t* cu, const char* name, int batch, int64_t total,
@@ -366,19 +438,27 @@ absl::Status CheckCuSeqlens(const int32_t* cu, const char* name, int batch, int6
   return absl::OkStatus();
 }
 
-// Runs fn(i) for i in [0, n) on the pool, or in order on this thread without one.
+// Runs fn(i) for i in [0, n) on the pool, or in order on this thread without one, until fn
+// returns false (then no further index starts). Returns whether every index ran.
 template <typename Fn>
-void ForEach(ThreadPool* pool, int64_t n, Fn&& fn) {
-  if (pool != nullptr) {
-    pool->ParallelFor(n, fn);
-  } else {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+bool ForEachUntil(ThreadPool* pool, int64_t n, Fn&& fn) {
+  if (pool != nullptr) return pool->ParallelForUntil(n, fn);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!fn(i)) return false;
   }
+  return true;
 }
 
 }  // namespace
 
 absl::Status AttentionBackward(const AttentionBackwardParams& params, ThreadPool* pool,
+                               const CpuBackwardOptions& options) {
+  return AttentionBackward(
+      params, pool, [] { return false; }, options);
+}
+
+absl::Status AttentionBackward(const AttentionBackwardParams& params, ThreadPool* pool,
+                               absl::FunctionRef<bool()> should_stop,
                                const CpuBackwardOptions& options) {
   if (absl::Status s = CheckBackwardParams(params); !s.ok()) return s;
   AttentionBackwardParams p = params;
@@ -410,11 +490,18 @@ absl::Status AttentionBackward(const AttentionBackwardParams& params, ThreadPool
   }
 
   const TileLayout layout = LayoutFor(bq, bk, p.head_dim);
-  const BackwardKernel kernel(p, bq, bk);
+  const CpuIsa isa = std::min(BestCpuIsa(), options.max_isa.value_or(CpuIsa::kAvx512));
+  // D of every (sequence, query head, row): 4 bytes per row of o.
+  std::vector<float> delta(
+      static_cast<size_t>(p.is_varlen() ? p.total_q : int64_t{p.batch} * p.seqlen_q) * p.q_heads);
+  const BackwardKernel kernel(p, bq, bk, KernelsFor(isa), delta.data());
   std::atomic<bool> out_of_memory{false};
   // Item -> (sequence, head, tile): the sequence is the last one whose first item is <= item.
-  auto run_pass = [&](int64_t items, int64_t Sequence::*first, int heads, bool key_pass) {
-    ForEach(pool, items, [&](int64_t item) {
+  // should_stop is asked before each task, so a stop frees every thread within one task.
+  enum class Pass { kDelta, kKeyTiles, kQueryTiles };
+  auto run_pass = [&](int64_t items, int64_t Sequence::*first, int heads, Pass pass) {
+    return ForEachUntil(pool, items, [&](int64_t item) {
+      if (should_stop()) return false;
       const auto it =
           std::upper_bound(seqs.begin(), seqs.end(), item,
                            [first](int64_t value, const Sequence& s) { return value < s.*first; });
@@ -426,18 +513,31 @@ absl::Status AttentionBackward(const AttentionBackwardParams& params, ThreadPool
       char* base = tls_scratch.Reserve(layout.bytes());
       if (base == nullptr) {
         out_of_memory.store(true, std::memory_order_relaxed);
-        return;
+        return true;
       }
       Tiles t = CarveTiles(base, layout);
-      if (key_pass) {
-        kernel.KeyTileTask(seq, b, head, tile, t);
-      } else {
-        kernel.QueryTileTask(seq, b, head, tile, t);
+      switch (pass) {
+        case Pass::kDelta:
+          kernel.DeltaTask(seq, b, head, tile, t);
+          break;
+        case Pass::kKeyTiles:
+          kernel.KeyTileTask(seq, b, head, tile, t);
+          break;
+        case Pass::kQueryTiles:
+          kernel.QueryTileTask(seq, b, head, tile, t);
+          break;
       }
+      return true;
     });
   };
-  run_pass(dkv_items, &Sequence::first_dkv, p.kv_heads, /*key_pass=*/true);
-  run_pass(dq_items, &Sequence::first_dq, p.q_heads, /*key_pass=*/false);
+  const bool finished = run_pass(dq_items, &Sequence::first_dq, p.q_heads, Pass::kDelta) &&
+                        run_pass(dkv_items, &Sequence::first_dkv, p.kv_heads, Pass::kKeyTiles) &&
+                        run_pass(dq_items, &Sequence::first_dq, p.q_heads, Pass::kQueryTiles);
+  if (!finished) {
+    return absl::CancelledError(
+        "CPU backend: backward stopped between tiles at the caller's request; dq, dk and dv are "
+        "incomplete");
+  }
   if (out_of_memory.load()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("CPU backward: no memory for a tile scratch of ", layout.bytes(), " bytes"));

@@ -14,17 +14,24 @@
 // lse (the forward's lse already includes it) and has no value vector, so it changes nothing
 // else; the sink logit's own gradient is not computed. A mask gets no gradient.
 //
-// Parallelization, in two passes over one ThreadPool, each output element written by exactly one
-// task in a fixed order, so results are bitwise deterministic whatever the thread count:
+// Parallelization, in three passes over one ThreadPool, each output element written by exactly
+// one task in a fixed order, so results are bitwise deterministic whatever the thread count:
+//   pass 0: one task per (sequence, query head, query tile) computes D of its rows (float64
+//     sums, kept as float32: 4 bytes per row and query head, the only allocation sized by the
+//     problem);
 //   pass 1: one task per (sequence, KV head, key tile) owns its dK and dV rows: it visits every
 //     query head of the KV head's group and every query tile that can see the key tile;
 //   pass 2: one task per (sequence, query head, query tile) owns its dQ rows: it visits every key
 //     tile the query tile can see (recomputing S, P and dP: two more tile products than a
 //     single pass, in exchange for no dQ partials and no atomics).
-// Per tile pair the products accumulate in float32; the sums across tiles (dK and dV over query
-// tiles and heads, dQ over key tiles) accumulate in float64. Extra memory is per worker thread
-// and O(tile): about 4 * (7 * block * head_dim + 2 * block^2) + 16 * block * head_dim bytes
-// (750 KiB at 64 x 64, head_dim 256).
+// The five tile products of a pair (S = Q K^T, dP = dO V^T, dV += P^T dO, dK += dS^T Q,
+// dQ += dS K) run on the forward's per-instruction-set micro-kernels (tile_kernel.h:
+// TileMatMul, register blocks of fused multiply-adds in float32, in a fixed order), and so does
+// P and dS without score options (TileSoftmaxGrad); softcap, ALiBi and masks take a scalar path.
+// The sums across tiles (dK and dV over query tiles and heads, dQ over key tiles) accumulate in
+// float64. Extra memory besides D is per worker thread and O(tile): about
+// 4 * (7 * block * head_dim + 2 * block^2) + 16 * block * head_dim bytes (head_dim and the key
+// block rounded up to 32; 780 KiB at 64 x 64, head_dim 256). Speed: bench/cpu/backward_cpu.md.
 //
 // Accuracy (tests/kernels/cpu/attention_backward_cpu_test.cc, against a float64 reference):
 // max |error| of each of dq, dk, dv <= 1e-5 x its max |value| for float32, 2e-3 for float16 and
@@ -33,6 +40,10 @@
 #ifndef ATTENTION_KERNELS_CPU_ATTENTION_BACKWARD_CPU_H_
 #define ATTENTION_KERNELS_CPU_ATTENTION_BACKWARD_CPU_H_
 
+#include <cstdint>
+#include <optional>
+
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "kernels/attention.h"
 #include "kernels/attention_params.h"
@@ -40,10 +51,15 @@
 
 namespace attention::cpu {
 
+enum class CpuIsa : uint8_t;  // attention_cpu.h
+
 // Tile sizes of the backward kernel; 0 means the default (64 x 64).
 struct CpuBackwardOptions {
   int block_q = 0;
   int block_k = 0;
+  // Upper bound on the instruction set of the tile kernels; unset: the best the CPU has
+  // (BestCpuIsa()). Tests use it to check every variant.
+  std::optional<CpuIsa> max_isa;
 };
 
 // Computes dq, dk and dv for `p` (host pointers) on `pool`'s threads (the caller's included), or
@@ -52,6 +68,15 @@ struct CpuBackwardOptions {
 // that do not start at 0, decrease, end at total_q / total_k or exceed seqlen_q / seqlen_k;
 // RESOURCE_EXHAUSTED when a thread's tile scratch cannot be allocated (outputs then incomplete).
 absl::Status AttentionBackward(const AttentionBackwardParams& p, ThreadPool* pool,
+                               const CpuBackwardOptions& options = {});
+
+// The same, with a cooperative stop, as CpuBackend::Run's: every thread asks `should_stop`
+// before each task it takes (one key tile of one KV head, or one query tile of one query head),
+// and once it returns true no further task starts; the tasks already running finish and the
+// call returns CANCELLED with dq, dk and dv partly written. `should_stop` is called
+// concurrently, so it must be thread-safe and cheap, and once true stay true.
+absl::Status AttentionBackward(const AttentionBackwardParams& p, ThreadPool* pool,
+                               absl::FunctionRef<bool()> should_stop,
                                const CpuBackwardOptions& options = {});
 
 }  // namespace attention::cpu

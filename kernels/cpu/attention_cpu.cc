@@ -244,10 +244,9 @@ int CpuBackend::block_k() const { return impl_->config.block_k; }
 
 absl::Status CpuBackend::RunBackward(const AttentionBackwardParams& p,
                                      absl::FunctionRef<bool()> should_stop) {
-  if (should_stop()) {
-    return absl::CancelledError("stopped before the backward launch started");
-  }
-  return AttentionBackward(p, &impl_->pool);
+  CpuBackwardOptions options;
+  options.max_isa = impl_->isa;
+  return AttentionBackward(p, &impl_->pool, should_stop, options);
 }
 
 absl::Status CpuBackend::Run(const AttentionParams& params) {

@@ -84,11 +84,13 @@ class CpuBackend {
   // true.
   absl::Status Run(const AttentionParams& p, absl::FunctionRef<bool()> should_stop);
 
-  // The backward pass (kind kBackward) on this backend's worker threads:
+  // The backward pass (kind kBackward) on this backend's worker threads and instruction set:
   // attention::cpu::AttentionBackward (attention_backward_cpu.h) for `p`, returning when dq, dk
-  // and dv are written. The backward kernel has no cooperative stop yet: `should_stop` is asked
-  // once, before the launch (CANCELLED, nothing written, when it says stop), and a launch that
-  // started runs to its end. Thread-safe like Run().
+  // and dv are written. The same cooperative stop as Run(): every worker asks `should_stop`
+  // before each task (one key tile of one KV head against every query row that sees it, or one
+  // query tile of one query head against every key it sees), and once it returns true no
+  // further task starts; the call returns CANCELLED with dq, dk and dv partly written.
+  // Thread-safe like Run().
   absl::Status RunBackward(const AttentionBackwardParams& p, absl::FunctionRef<bool()> should_stop);
 
   int num_threads() const;

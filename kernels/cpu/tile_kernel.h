@@ -71,12 +71,40 @@ using TileProductsFn = void (*)(const float* k, int64_t ks, const float* v, int6
                                 int d, const float* q_t, int br, const float* alpha, float* s_t,
                                 float* o_t);
 
+// The backward's tile products (attention_backward_cpu.cc), on float32 tiles in the caller's
+// scratch: for i < m and n < ncols,
+//   c[i * ldc + n] = sum_{e < k} a[i * a_rs + e * a_cs] * b[e * ldb + n]
+// (a_cs = 1: A row-major; a_rs = 1: A read transposed). ncols is a multiple of
+// kTileColumnAlign; b's rows hold ncols readable floats. Every term is one fused multiply-add in
+// ascending e, so c depends on the inputs and the instruction set only (never on threads).
+using TileMatMulFn = void (*)(int m, int ncols, int k, const float* a, int64_t a_rs, int64_t a_cs,
+                              const float* b, int64_t ldb, float* c, int64_t ldc);
+
+// The backward's softmax gradient of one tile pair without score options (no softcap, ALiBi or
+// mask), in place: for query row i < nq and key column j < ncols, s[i][j] = q.k (unscaled) and
+// dp[i][j] = dO.v become
+//   P = exp(scale * s - lse[i]) for j in [lo[i], hi[i]), else 0;  dS = P * (dp - delta[i])
+// (row stride ld). A row with lse = -inf gets P = dS = 0. exp has relative error < 3e-7.
+using TileSoftmaxGradFn = void (*)(int nq, int ncols, float scale, const float* lse,
+                                   const float* delta, const int32_t* lo, const int32_t* hi,
+                                   float* s, float* dp, int64_t ld);
+
+// The backward's float64 sums across tile pairs: sum[r][e] += part[r][e] for r < rows, e < n
+// (row strides ldp and lds), each term converted to double exactly.
+using TileAccumulateFn = void (*)(int rows, int n, const float* part, int64_t ldp, double* sum,
+                                  int64_t lds);
+
 #define ATTN_CPU_DECLARE_TILE_KERNEL(ns)                                                           \
   namespace ns {                                                                                   \
   void ProcessQueryTile(const AttentionParams& p, const QueryTile& tile, const TileConfig& config, \
                         const TileScratch& scratch);                                               \
   void TileProducts(const float* k, int64_t ks, const float* v, int64_t vs, int nk, int d,         \
                     const float* q_t, int br, const float* alpha, float* s_t, float* o_t);         \
+  void TileMatMul(int m, int ncols, int k, const float* a, int64_t a_rs, int64_t a_cs,             \
+                  const float* b, int64_t ldb, float* c, int64_t ldc);                             \
+  void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const float* delta,       \
+                       const int32_t* lo, const int32_t* hi, float* s, float* dp, int64_t ld);     \
+  void TileAccumulate(int rows, int n, const float* part, int64_t ldp, double* sum, int64_t lds);  \
   }
 ATTN_CPU_DECLARE_TILE_KERNEL(generic)
 #if defined(ATTN_CPU_X86_VARIANTS)

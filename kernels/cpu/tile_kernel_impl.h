@@ -420,6 +420,41 @@ inline const char* KeyRowPointer(const AttentionParams& p, const void* base, int
                     t.kv_head);
 }
 
+// Backward (attention_backward_cpu.cc): register block of a general tile product,
+//   acc[r][c] = sum_e A[r][e] * B[e][c],  A[r][e] = a[r * a_rs + e * a_cs]
+// for R rows of A and kColumns columns of B; each term one fused multiply-add, e ascending.
+// The forward's ScoreBlock is the case a_cs = 1; this one also reads A transposed (a_rs = 1).
+template <int R>
+inline void MatMulBlock(int k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                        int64_t ldb, float* c, int64_t ldc) {
+  VecF acc[R][kColumnVectors];
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int v = 0; v < kColumnVectors; ++v) acc[r][v] = VecF{};
+  }
+  for (int e = 0; e < k; ++e) {
+    VecF bv[kColumnVectors];
+    ATTN_UNROLL for (int v = 0; v < kColumnVectors; ++v) bv[v] = Load(b + e * ldb + v * kLanes);
+    const float* ae = a + e * a_cs;
+    ATTN_UNROLL for (int r = 0; r < R; ++r) {
+      const VecF x = Splat(ae[r * a_rs]);
+      ATTN_UNROLL for (int v = 0; v < kColumnVectors; ++v) acc[r][v] += x * bv[v];
+    }
+  }
+  ATTN_UNROLL for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int v = 0; v < kColumnVectors; ++v) Store(c + r * ldc + v * kLanes, acc[r][v]);
+  }
+}
+
+template <int R>
+inline void MatMulTail(int rows, int k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                       int64_t ldb, float* c, int64_t ldc) {
+  if (rows == R) {
+    MatMulBlock<R>(k, a, a_rs, a_cs, b, ldb, c, ldc);
+  } else if constexpr (R > 1) {
+    MatMulTail<R - 1>(rows, k, a, a_rs, a_cs, b, ldb, c, ldc);
+  }
+}
+
 }  // namespace
 
 void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileConfig& config,
@@ -582,6 +617,81 @@ void TileProducts(const float* k, int64_t ks, const float* v, int64_t vs, int nk
   for (KeyRange& r : ranges) r = {0, nk, false};
   ScoreTile(k, ks, ranges, q_t, br, d, br, s_t, nullptr);
   OutputTile(v, vs, ranges, s_t, br, d, br, alpha, o_t);
+}
+
+void TileMatMul(int m, int ncols, int k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                int64_t ldb, float* c, int64_t ldc) {
+  for (int c0 = 0; c0 < ncols; c0 += kColumns) {
+    int i = 0;
+    if (a_cs == 1) {
+      // Row-major A (S = Q K^T, dP = dO V^T, dQ = dS K): the forward's score micro-kernel.
+      for (; i + kRows <= m; i += kRows) {
+        ScoreBlock<kRows>(a + i * a_rs, a_rs, b + c0, static_cast<int>(ldb), k, c + i * ldc + c0,
+                          static_cast<int>(ldc), nullptr);
+      }
+      if (i < m) {
+        ScoreTail<kRows - 1>(m - i, a + i * a_rs, a_rs, b + c0, static_cast<int>(ldb), k,
+                             c + i * ldc + c0, static_cast<int>(ldc), nullptr);
+      }
+      continue;
+    }
+    for (; i + kRows <= m; i += kRows) {
+      MatMulBlock<kRows>(k, a + i * a_rs, a_rs, a_cs, b + c0, ldb, c + i * ldc + c0, ldc);
+    }
+    if (i < m) {
+      MatMulTail<kRows - 1>(m - i, k, a + i * a_rs, a_rs, a_cs, b + c0, ldb, c + i * ldc + c0, ldc);
+    }
+  }
+}
+
+void TileAccumulate(int rows, int n, const float* part, int64_t ldp, double* sum, int64_t lds) {
+  typedef float VecHalfF __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES / 2)));
+  typedef double VecD __attribute__((vector_size(ATTN_CPU_VECTOR_BYTES)));
+  constexpr int kDoubles = kLanes / 2;
+  for (int r = 0; r < rows; ++r) {
+    const float* src = part + r * ldp;
+    double* dst = sum + r * lds;
+    int e = 0;
+    for (; e + kDoubles <= n; e += kDoubles) {
+      VecHalfF f;
+      __builtin_memcpy(&f, src + e, sizeof(f));
+      VecD acc;
+      __builtin_memcpy(&acc, dst + e, sizeof(acc));
+      acc += __builtin_convertvector(f, VecD);
+      __builtin_memcpy(dst + e, &acc, sizeof(acc));
+    }
+    for (; e < n; ++e) dst[e] += src[e];
+  }
+}
+
+void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const float* delta,
+                     const int32_t* lo, const int32_t* hi, float* s, float* dp, int64_t ld) {
+  VecI lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = l;
+  const VecF zero = VecF{};
+  const VecF scale2 = Splat(scale * kLog2e);
+  for (int i = 0; i < nq; ++i) {
+    float* srow = s + i * ld;
+    float* dprow = dp + i * ld;
+    const bool empty = lse[i] == kNegInf || lo[i] >= hi[i];
+    const VecF shift = Splat(empty ? 0.f : lse[i] * kLog2e);
+    const VecF d = Splat(delta[i]);
+    const int32_t l0 = lo[i], h0 = hi[i];
+    for (int c = 0; c < ncols; c += kLanes) {
+      if (empty) {
+        Store(srow + c, zero);
+        Store(dprow + c, zero);
+        continue;
+      }
+      const VecI j = lane + c;
+      const VecI dropped = (j < l0) | (j >= h0);
+      // exp(scale s - lse) = 2^(scale log2(e) s - lse log2(e)); dropped keys give exactly 0.
+      const VecF prob = Exp2(Load(srow + c) * scale2 - shift);
+      const VecF pm = dropped ? zero : prob;
+      Store(srow + c, pm);
+      Store(dprow + c, pm * (Load(dprow + c) - d));
+    }
+  }
 }
 
 }  // namespace attention::cpu::ATTN_CPU_KERNEL_NS

@@ -18,10 +18,13 @@
 #include "kernels/cpu/attention_backward_cpu.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <string>
@@ -78,6 +81,7 @@ struct Case {
   bool sinks = false;
   MaskKind mask = MaskKind::kNone;
   int block_q = 0, block_k = 0;
+  std::optional<CpuIsa> max_isa;  // unset: the best the CPU has
 };
 
 // A tensor's bytes in the dtype and the same values in float64.
@@ -403,6 +407,7 @@ RunResult RunKernels(const Problem& pr, ThreadPool* pool) {
   CpuBackwardOptions options;
   options.block_q = c.block_q;
   options.block_k = c.block_k;
+  options.max_isa = c.max_isa;
   const absl::Status status = AttentionBackward(p, pool, options);
   EXPECT_TRUE(status.ok()) << status;
   return res;
@@ -436,8 +441,11 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class BackwardCaseTest : public ::testing::TestWithParam<Case> {};
 
-TEST_P(BackwardCaseTest, MatchesFloat64Reference) {
-  const Problem pr = MakeProblem(GetParam(), 1234);
+std::vector<Case> Cases();
+
+// The kernel's gradients of case `c` against the reference, within the dtype's tolerance.
+void CheckAgainstReference(const Case& case_in) {
+  const Problem pr = MakeProblem(case_in, 1234);
   const Case& c = pr.c;
   const Reference ref = ComputeReference(pr, pr.q.values, pr.k.values, pr.v.values, pr.dout.values);
   ThreadPool pool(2);
@@ -469,7 +477,23 @@ TEST_P(BackwardCaseTest, MatchesFloat64Reference) {
       }
     }
   }
-  RecordProperty("rows_without_keys", rows_without_keys);
+  ::testing::Test::RecordProperty("rows_without_keys", rows_without_keys);
+}
+
+TEST_P(BackwardCaseTest, MatchesFloat64Reference) { CheckAgainstReference(GetParam()); }
+
+// The tile kernels of every instruction set this CPU has (the generic 128-bit one on any CPU),
+// on every float32 case.
+TEST(BackwardIsaTest, EveryInstructionSetMatchesTheReference) {
+  for (CpuIsa isa : {CpuIsa::kGeneric, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if (isa > BestCpuIsa()) continue;
+    for (Case c : Cases()) {
+      if (c.dtype != DType::kFloat32) continue;
+      c.max_isa = isa;
+      SCOPED_TRACE(std::string(CpuIsaName(isa)) + " " + c.name);
+      CheckAgainstReference(c);
+    }
+  }
 }
 
 std::vector<Case> Cases() {
@@ -845,6 +869,83 @@ TEST(CheckBackwardParamsTest, NamesTheFieldAndTheRule) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("cu_seqlens_q[batch] must be 7"), std::string::npos)
       << s.message();
+}
+
+// One head of seqlen x seqlen float32 scores at head_dim 64 for the cooperative stop: q, k, v,
+// o and dO uniform in [-1, 1], lse a constant (the gradients' values do not matter here).
+struct StopProblem {
+  std::vector<float> q, k, v, o, dout, lse, dq, dk, dv;
+  AttentionBackwardParams p;
+  explicit StopProblem(int n) {
+    const int d = 64;
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (auto* t : {&q, &k, &v, &o, &dout}) {
+      t->resize(static_cast<size_t>(n) * d);
+      for (float& x : *t) x = u(rng);
+    }
+    lse.assign(n, 12.f);
+    for (auto* t : {&dq, &dk, &dv}) t->assign(static_cast<size_t>(n) * d, 0.f);
+    p.kind = WorkKind::kBackward;
+    p.dtype = DType::kFloat32;
+    p.head_dim = d;
+    p.q_heads = p.kv_heads = 1;
+    p.softmax_scale = 0.125f;
+    p.batch = 1;
+    p.seqlen_q = p.seqlen_k = n;
+    SetContiguousStrides(p);
+    p.q = q.data();
+    p.k = k.data();
+    p.v = v.data();
+    p.o = o.data();
+    p.lse = lse.data();
+    p.do_ = dout.data();
+    p.dq = dq.data();
+    p.dk = dk.data();
+    p.dv = dv.data();
+  }
+};
+
+TEST(BackwardStopTest, NeverStoppedEqualsAPlainRun) {
+  CpuBackend backend(2);
+  StopProblem a(300), b(300);
+  ASSERT_TRUE(AttentionBackward(a.p, nullptr).ok());
+  ASSERT_TRUE(backend.RunBackward(b.p, [] { return false; }).ok());
+  EXPECT_EQ(a.dq, b.dq);
+  EXPECT_EQ(a.dk, b.dk);
+  EXPECT_EQ(a.dv, b.dv);
+}
+
+TEST(BackwardStopTest, StopIsAskedBeforeEveryTaskAndEndsTheRunWithinOneTaskPerThread) {
+  for (int threads : {1, 2}) {
+    CpuBackend backend(threads);
+    StopProblem problem(64 * 64);  // 64 key tiles, then 64 query tiles
+    std::atomic<int> asked{0};
+    constexpr int kStopAfter = 5;
+    const absl::Status status =
+        backend.RunBackward(problem.p, [&] { return asked.fetch_add(1) >= kStopAfter; });
+    EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+    EXPECT_NE(status.message().find("stopped"), std::string::npos) << status;
+    // kStopAfter tasks ran; then each thread asked once more at most.
+    EXPECT_LE(asked.load(), kStopAfter + 1 + threads);
+  }
+}
+
+// A huge backward stopped 20 ms in returns long before it would have finished.
+TEST(BackwardStopTest, AStopFreesTheCoresLongBeforeTheEnd) {
+  CpuBackend backend(2);
+  StopProblem problem(1 << 15);
+  const auto start = std::chrono::steady_clock::now();
+  const auto stop_at = start + std::chrono::milliseconds(20);
+  const absl::Status status =
+      backend.RunBackward(problem.p, [&] { return std::chrono::steady_clock::now() >= stop_at; });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_at).count();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  // One task is 64 keys x 32768 query rows x 5 tile products at head_dim 64: 1.3 GFLOP, ~30 ms
+  // on one of a 2-core VM's cores, 0.3 s on a very slow or busy one. The whole backward (2 x 512
+  // tasks) is ~700 GFLOP: seconds even on 16 fast cores.
+  EXPECT_LT(seconds, 1.5);
 }
 
 }  // namespace
