@@ -231,12 +231,12 @@ int Main(int argc, char** argv) {
       size_t free1 = 0;
       cudaMemGetInfo(&free1, &total);
       const double flops = 2.5 * 4.0 * kHeads * double(kSeq) * kSeq * kDim / 2;
-      std::printf("\n64k-token sequence (%s, d %d, %d heads, causal): %.1f ms, %.1f TFLOP/s; "
-                  "allocated %.1f MiB (of which workspace %.1f MiB), device memory in use "
-                  "%.1f MiB more than before\n",
-                  dtype_name, kDim, kHeads, ms, ms > 0 ? flops / ms / 1e9 : 0.0,
-                  pr.bytes / 1048576.0, BackwardWorkspaceBytes(pr.p) / 1048576.0,
-                  (double(free0) - double(free1)) / 1048576.0);
+      std::printf(
+          "\n64k-token sequence (%s, d %d, %d heads, causal): %.1f ms, %.1f TFLOP/s; "
+          "allocated %.1f MiB (of which workspace %.1f MiB), device memory in use "
+          "%.1f MiB more than before\n",
+          dtype_name, kDim, kHeads, ms, ms > 0 ? flops / ms / 1e9 : 0.0, pr.bytes / 1048576.0,
+          BackwardWorkspaceBytes(pr.p) / 1048576.0, (double(free0) - double(free1)) / 1048576.0);
     }
   }
   return 0;

@@ -117,7 +117,8 @@ struct ScoreRule {
   // Grad's). Window sides are clamped by the host (ClampWindow), so nothing overflows an int.
   __device__ __forceinline__ bool InBounds(int i, int j) const {
     const int pos = i + shift;
-    return i < len_q && j < len_k && (left < 0 || j >= pos - left) && (right < 0 || j <= pos + right);
+    return i < len_q && j < len_k && (left < 0 || j >= pos - left) &&
+           (right < 0 || j <= pos + right);
   }
 
   template <bool kCheckBounds>
@@ -326,8 +327,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Element-wise bounds only where the tile pair crosses a sequence end or the window's edge.
     const bool needs_mask =
         kGeneral || keys < kBlockN ||
-        TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right,
-                      p.window_left);
+        TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
 
     CpAsyncWait<0>();
     __syncthreads();
@@ -376,8 +376,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int e = 0; e < 2; ++e) {
           const int i = q0 + c + e;
           if (needs_mask) {
-            rule.template Grad<true>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e],
-                                     lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
+            rule.template Grad<true>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_tile[c + e],
+                                     d_tile[c + e], i, j, pv[e], dsv[e]);
           } else {
             rule.template Grad<false>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e],
                                       lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
@@ -466,9 +466,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Element* dv = static_cast<Element*>(p.dv) + b * p.v_batch_stride +
                 (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
   const int col0 = wc * Traits::kWarpD;
-  StoreTile<KVTile, Traits::kChunks, Traits::kNThreads>(acc_dk, p.softmax_scale, smem_k, 16 * wr,
-                                                        col0, dk, p.k_row_stride, keys,
-                                                        valid_chunks, tid);
+  StoreTile<KVTile, Traits::kChunks, Traits::kNThreads>(
+      acc_dk, p.softmax_scale, smem_k, 16 * wr, col0, dk, p.k_row_stride, keys, valid_chunks, tid);
   StoreTile<KVTile, Traits::kChunks, Traits::kNThreads>(acc_dv, 1.f, smem_v, 16 * wr, col0, dv,
                                                         p.v_row_stride, keys, valid_chunks, tid);
 }
@@ -610,11 +609,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           float pe;
           float dse;
           if (needs_mask) {
-            rule.template Grad<true>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_log2, d,
-                                     i, j, pe, dse);
+            rule.template Grad<true>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_log2, d, i,
+                                     j, pe, dse);
           } else {
-            rule.template Grad<false>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_log2, d,
-                                      i, j, pe, dse);
+            rule.template Grad<false>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_log2, d, i,
+                                      j, pe, dse);
           }
           acc_s[nt][2 * hf + e] = dse;
         }
@@ -644,9 +643,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   __syncthreads();
   Element* dq = static_cast<Element*>(p.dq) + b * p.q_batch_stride + q_row * p.q_row_stride +
                 head * p.q_head_stride;
-  StoreTile<QTile, Traits::kChunks, Traits::kNThreads>(acc_dq, p.softmax_scale, smem_q, warp_row0,
-                                                       0, dq, p.q_row_stride, rows, valid_chunks,
-                                                       tid);
+  StoreTile<QTile, Traits::kChunks, Traits::kNThreads>(
+      acc_dq, p.softmax_scale, smem_q, warp_row0, 0, dq, p.q_row_stride, rows, valid_chunks, tid);
 }
 
 }  // namespace attention::cuda::bwd

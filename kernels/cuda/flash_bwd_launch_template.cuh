@@ -37,9 +37,9 @@ cudaError_t RunFlashBwd(const BwdParams& p, cudaStream_t stream) {
   using Traits = BwdKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
-  return LaunchBwd(&bwd::FlashBwdKernel<Traits, BwdElementOf<kDType>,
-                                        kVariant == BwdVariant::kGeneral>,
-                   grid, Traits::kNThreads, Traits::kSmemBytes, p, stream);
+  return LaunchBwd(
+      &bwd::FlashBwdKernel<Traits, BwdElementOf<kDType>, kVariant == BwdVariant::kGeneral>, grid,
+      Traits::kNThreads, Traits::kSmemBytes, p, stream);
 }
 
 template <DType kDType, int kHeadDim, BwdVariant kVariant>
@@ -49,9 +49,9 @@ cudaError_t RunFlashBwdDq(const BwdParams& p, cudaStream_t stream) {
   using Traits = BwdDqKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
   if (p.batch == 0 || p.seqlen_q == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
-  return LaunchBwd(&bwd::FlashBwdDqKernel<Traits, BwdElementOf<kDType>,
-                                          kVariant == BwdVariant::kGeneral>,
-                   grid, Traits::kNThreads, Traits::kSmemBytes, p, stream);
+  return LaunchBwd(
+      &bwd::FlashBwdDqKernel<Traits, BwdElementOf<kDType>, kVariant == BwdVariant::kGeneral>, grid,
+      Traits::kNThreads, Traits::kSmemBytes, p, stream);
 }
 
 }  // namespace attention::cuda

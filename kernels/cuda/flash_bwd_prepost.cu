@@ -73,8 +73,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   const int chunks = p.head_dim / 8;
   float sum = 0.f;
   if (lane < chunks) {
-    const int64_t off = b * p.o_batch_stride + rc.q_row * p.o_row_stride +
-                        head * p.o_head_stride + lane * 8;
+    const int64_t off =
+        b * p.o_batch_stride + rc.q_row * p.o_row_stride + head * p.o_head_stride + lane * 8;
     const uint4 o4 = *reinterpret_cast<const uint4*>(static_cast<const Element*>(p.o) + off);
     const uint4 do4 = *reinterpret_cast<const uint4*>(static_cast<const Element*>(p.do_) + off);
     const Element* o8 = reinterpret_cast<const Element*>(&o4);

@@ -70,7 +70,7 @@ struct BwdKernelTraits {
   // dK and dV accumulators, S^T and dP^T per thread.
   static_assert(2 * 4 * kNTilesD + 2 * 4 * kNTilesSW <= 160, "accumulators fit in registers");
 
-  using QTile = SmemTile<kBlockM, kHeadDim>;  // Q and dO
+  using QTile = SmemTile<kBlockM, kHeadDim>;   // Q and dO
   using KVTile = SmemTile<kBlockN, kHeadDim>;  // K and V
   using PTile = SmemTile<kBlockN, kBlockM>;    // P^T and dS^T (16-bit)
   static constexpr int kSmemKOffset = 0;

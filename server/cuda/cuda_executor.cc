@@ -286,11 +286,11 @@ absl::Status CudaExecutor::Admit(const Job& job) const {
   const int64_t bytes = BatchBytesWith(job.spec, 0, 0, 0, false, job.spec);
   if (job.spec.kind == WorkKind::kBackward &&
       AlignUp(bytes) + BackwardWorkspaceBound(job.spec) > device_slot_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "backward request needs ", bytes, " bytes of device and staging memory plus ",
-        BackwardWorkspaceBound(job.spec), " bytes of float32 workspace; ", name_,
-        " has device slots of ", device_slot_bytes_,
-        " bytes (raise --device_memory_bytes, or split the request)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("backward request needs ", bytes, " bytes of device and staging memory plus ",
+                     BackwardWorkspaceBound(job.spec), " bytes of float32 workspace; ", name_,
+                     " has device slots of ", device_slot_bytes_,
+                     " bytes (raise --device_memory_bytes, or split the request)"));
   }
   if (bytes > max_batch_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -425,8 +425,8 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     backward_params.dv = buffers.dv;
   }
   const int64_t workspace_offset = AlignUp(layout.total_bytes());
-  const int64_t workspace_bytes = static_cast<int64_t>(
-      backward ? cuda::BackwardWorkspaceBytes(p) : cuda::WorkspaceBytes(p));
+  const int64_t workspace_bytes =
+      static_cast<int64_t>(backward ? cuda::BackwardWorkspaceBytes(p) : cuda::WorkspaceBytes(p));
   if (workspace_offset + workspace_bytes > device_slot_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "batch of ", layout.total_bytes(), " bytes plus ", workspace_bytes,
@@ -450,7 +450,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     return s;
   }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
-                               : cuda::RunAttention(p, workspace, stream);
+                                : cuda::RunAttention(p, workspace, stream);
       !s.ok()) {
     if (s.code() == absl::StatusCode::kInternal) {
       // A launch failure may be sticky: let CheckCuda classify the error it left behind.

@@ -178,8 +178,8 @@ TEST(BackwardTileRangeTest, SwappedRangeMatchesBruteForce) {
               }
               const bool inside = m >= range.begin && m < range.end;
               if (any) {
-                EXPECT_TRUE(inside) << "len_q " << len_q << " len_k " << len_k << " window ("
-                                    << l << ", " << r << ") key0 " << key0 << " m " << m;
+                EXPECT_TRUE(inside) << "len_q " << len_q << " len_k " << len_k << " window (" << l
+                                    << ", " << r << ") key0 " << key0 << " m " << m;
               }
               if (inside && !all) {
                 EXPECT_TRUE(TileNeedsMask(m, key0, keys, len_k, len_q, kBlockM, r, l))

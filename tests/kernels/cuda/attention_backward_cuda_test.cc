@@ -86,28 +86,68 @@ struct Case {
   std::vector<DType> dtypes = {DType::kBFloat16, DType::kFloat16};
 
   explicit Case(std::string n) : name(std::move(n)) {}
-  Case& Seq(int q, int k) { seqlen_q = q; seqlen_k = k; return *this; }
-  Case& Batch(int b) { batch = b; return *this; }
-  Case& Heads(int q, int kv) { q_heads = q; kv_heads = kv; return *this; }
-  Case& Dim(int d) { head_dim = d; return *this; }
+  Case& Seq(int q, int k) {
+    seqlen_q = q;
+    seqlen_k = k;
+    return *this;
+  }
+  Case& Batch(int b) {
+    batch = b;
+    return *this;
+  }
+  Case& Heads(int q, int kv) {
+    q_heads = q;
+    kv_heads = kv;
+    return *this;
+  }
+  Case& Dim(int d) {
+    head_dim = d;
+    return *this;
+  }
   Case& Packed(std::vector<int> q, std::vector<int> k) {
     lens_q = std::move(q);
     lens_k = std::move(k);
     return *this;
   }
-  Case& Causal() { causal = true; return *this; }
-  Case& Window(int l, int r) { window_left = l; window_right = r; return *this; }
-  Case& Alibi(int kind) { alibi = kind; return *this; }
-  Case& Softcap(float c) { softcap = c; return *this; }
-  Case& Scale(float s) { scale = s; return *this; }
-  Case& Mask(MaskKind m) { mask = m; return *this; }
-  Case& Sinks() { sinks = true; return *this; }
-  Case& DTypes(std::vector<DType> d) { dtypes = std::move(d); return *this; }
+  Case& Causal() {
+    causal = true;
+    return *this;
+  }
+  Case& Window(int l, int r) {
+    window_left = l;
+    window_right = r;
+    return *this;
+  }
+  Case& Alibi(int kind) {
+    alibi = kind;
+    return *this;
+  }
+  Case& Softcap(float c) {
+    softcap = c;
+    return *this;
+  }
+  Case& Scale(float s) {
+    scale = s;
+    return *this;
+  }
+  Case& Mask(MaskKind m) {
+    mask = m;
+    return *this;
+  }
+  Case& Sinks() {
+    sinks = true;
+    return *this;
+  }
+  Case& DTypes(std::vector<DType> d) {
+    dtypes = std::move(d);
+    return *this;
+  }
 };
 
 double RoundTo(DType dtype, double x) {
   const float f = static_cast<float>(x);
-  return dtype == DType::kFloat16 ? HalfToFloat(FloatToHalf(f)) : BFloat16ToFloat(FloatToBFloat16(f));
+  return dtype == DType::kFloat16 ? HalfToFloat(FloatToHalf(f))
+                                  : BFloat16ToFloat(FloatToBFloat16(f));
 }
 
 uint16_t Encode(DType dtype, double x) {
@@ -473,8 +513,16 @@ std::vector<Case> Cases() {
   cases.push_back(Case("bool_mask").Batch(2).Seq(100, 120).Mask(MaskKind::kBool));
   cases.push_back(Case("additive_mask").Seq(100, 120).Mask(MaskKind::kAdditive).Causal());
   cases.push_back(Case("negative_scale").Seq(80, 80).Scale(-0.1f));
-  cases.push_back(Case("everything").Batch(2).Seq(110, 150).Heads(4, 2).Dim(96).Window(50, 3)
-                      .Softcap(8.f).Alibi(2).Mask(MaskKind::kAdditive).Sinks());
+  cases.push_back(Case("everything")
+                      .Batch(2)
+                      .Seq(110, 150)
+                      .Heads(4, 2)
+                      .Dim(96)
+                      .Window(50, 3)
+                      .Softcap(8.f)
+                      .Alibi(2)
+                      .Mask(MaskKind::kAdditive)
+                      .Sinks());
   // Sinks (through lse only), with and without a fully masked row.
   cases.push_back(Case("sinks").Seq(100, 100).Sinks().Causal());
   cases.push_back(Case("sinks_bool_mask").Seq(70, 90).Sinks().Mask(MaskKind::kBool));
@@ -483,13 +531,19 @@ std::vector<Case> Cases() {
   cases.push_back(Case("mqa").Seq(100, 160).Heads(6, 1).Dim(128));
   // Packed batches: empty sequences, Sq != Sk per sequence, tails.
   cases.push_back(Case("packed").Packed({150, 1, 77, 0, 64}, {180, 60, 77, 30, 0}).Causal());
-  cases.push_back(Case("packed_window_gqa").Packed({33, 130, 65}, {97, 64, 200}).Heads(4, 2)
-                      .Window(25, 0).Dim(128));
-  cases.push_back(Case("packed_general").Packed({40, 0, 90}, {60, 20, 90}).Dim(72)
-                      .Mask(MaskKind::kBool).Alibi(1));
+  cases.push_back(Case("packed_window_gqa")
+                      .Packed({33, 130, 65}, {97, 64, 200})
+                      .Heads(4, 2)
+                      .Window(25, 0)
+                      .Dim(128));
+  cases.push_back(Case("packed_general")
+                      .Packed({40, 0, 90}, {60, 20, 90})
+                      .Dim(72)
+                      .Mask(MaskKind::kBool)
+                      .Alibi(1));
   // Longer sequences: many query tiles per key tile, many key tiles per query tile.
-  cases.push_back(Case("long_causal").Seq(700, 700).Heads(2, 1).Causal().Dim(128)
-                      .DTypes({DType::kBFloat16}));
+  cases.push_back(
+      Case("long_causal").Seq(700, 700).Heads(2, 1).Causal().Dim(128).DTypes({DType::kBFloat16}));
   return cases;
 }
 
@@ -554,7 +608,9 @@ TEST_P(BackwardTest, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardTest, ::testing::ValuesIn(Cases()),
-                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
 
 // Zero-length work launches nothing and succeeds; a float32 request is refused naming the rule.
 TEST(BackwardHostApiTest, EmptyAndFloat32) {
