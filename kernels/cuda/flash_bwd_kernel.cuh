@@ -39,7 +39,6 @@
 namespace attention::cuda::bwd {
 
 using fwd::CpAsync16;
-using fwd::CpAsync4;
 using fwd::CpAsyncCommit;
 using fwd::CpAsyncWait;
 using fwd::Exp2;
@@ -156,15 +155,11 @@ struct ScoreRule {
   }
 };
 
-// Copies `rows` floats of a workspace array (lse_log2 or D) into shared memory, zero-filling up
-// to kBlockM; thread `slot` in [0, kBlockM) copies entry `slot`. Part of the caller's next copy
-// group.
-template <int kBlockM>
-__device__ __forceinline__ void LoadRowFloats(uint32_t smem, const float* src, int rows, int slot) {
-  if (slot < kBlockM) {
-    const bool pred = slot < rows;
-    CpAsync4(smem + 4 * slot, pred ? src + slot : src, pred);
-  }
+// Entry `slot` of a query tile's workspace row array (lse_log2 or D) of `rows` valid rows, 0 past
+// them. A plain load: the dK / dV kernel holds it in a register while product C runs and stores
+// it to shared memory afterwards.
+__device__ __forceinline__ float RowFloat(const float* src, int rows, int slot) {
+  return slot < rows ? src[slot] : 0.f;
 }
 
 // Writes a [kRows, kHeadDim] float32 accumulator tile, held by the warps in the m16n8 layout
@@ -225,10 +220,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint32_t smem_do = SmemAddress(smem) + Traits::kSmemDoOffset;
   const uint32_t smem_p = SmemAddress(smem) + Traits::kSmemPOffset;
   const uint32_t smem_ds = SmemAddress(smem) + Traits::kSmemDsOffset;
-  const uint32_t smem_lse = SmemAddress(smem) + Traits::kSmemLseOffset;
-  const uint32_t smem_d = SmemAddress(smem) + Traits::kSmemDOffset;
-  const float* lse_tile = reinterpret_cast<const float*>(smem + Traits::kSmemLseOffset);
-  const float* d_tile = reinterpret_cast<const float*>(smem + Traits::kSmemDOffset);
+  float* lse_tile = reinterpret_cast<float*>(smem + Traits::kSmemLseOffset);
+  float* d_tile = reinterpret_cast<float*>(smem + Traits::kSmemDOffset);
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -279,8 +272,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const typename PTile::LaneBase ds_lane = PTile::MakeLaneBase(smem_ds, a_row, a_chunk);
   const typename PTile::LaneBase ds_lane_t = PTile::MakeLaneBase(smem_ds, b_row, b_chunk);
 
-  // Copies of iteration `it`'s query tile (head, tile): Q, dO, lse_log2, D.
-  const auto load_query_tile = [&](int it) {
+  // Copies of iteration `it`'s query tile (head, tile): Q and dO by cp.async; this thread's entry
+  // of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)) returned, for
+  // store_row_entry once the tile's previous readers are done.
+  const auto load_query_tile = [&](int it) -> float {
     const int head = kv_head * group + it / n_qtiles;
     const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
     const int rows = seq.len_q - q0;
@@ -294,17 +289,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                                   q_row * p.o_row_stride + head * p.o_head_stride,
                               p.o_row_stride, rows, valid_chunks, tid);
     const int64_t ws = head * p.q_rows + seq.ws_start + q0;
+    if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
+    if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
+    return 0.f;
+  };
+  const auto store_row_entry = [&](float x) {
     if (tid < kBlockM) {
-      LoadRowFloats<kBlockM>(smem_lse, p.lse_log2 + ws, rows, tid);
-    } else {
-      LoadRowFloats<kBlockM>(smem_d, p.dsum + ws, rows, tid - kBlockM);
+      lse_tile[tid] = x;
+    } else if (tid < 2 * kBlockM) {
+      d_tile[tid - kBlockM] = x;
     }
   };
 
   LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
   LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
   CpAsyncCommit();
-  if (iters > 0) load_query_tile(0);
+  if (iters > 0) store_row_entry(load_query_tile(0));
   CpAsyncCommit();
 
   float acc_dk[kNTilesD][4];
@@ -412,8 +412,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
     }
     __syncthreads();
-    // Q, dO, lse and D are free: the next query tile's copies fly during product C.
-    if (it + 1 < iters) load_query_tile(it + 1);
+    // Q, dO, lse and D are free: the next query tile's copies fly during product C (its lse and
+    // D entries in a register, stored after it).
+    const float next_row_entry = it + 1 < iters ? load_query_tile(it + 1) : 0.f;
     CpAsyncCommit();
 
     // C. dq_accum += dS K for this warp's 16 queries x kWarpQD columns, 16 columns at a time.
@@ -455,6 +456,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
+    if (it + 1 < iters) store_row_entry(next_row_entry);
   }
 
   // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile, once every
@@ -491,10 +493,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint32_t smem_do = SmemAddress(smem) + Traits::kSmemDoOffset;
   const uint32_t smem_k = SmemAddress(smem) + Traits::kSmemKOffset;
   const uint32_t smem_v = SmemAddress(smem) + Traits::kSmemVOffset;
-  const uint32_t smem_lse = SmemAddress(smem) + Traits::kSmemLseOffset;
-  const uint32_t smem_d = SmemAddress(smem) + Traits::kSmemDOffset;
-  const float* lse_tile = reinterpret_cast<const float*>(smem + Traits::kSmemLseOffset);
-  const float* d_tile = reinterpret_cast<const float*>(smem + Traits::kSmemDOffset);
+  float* lse_tile = reinterpret_cast<float*>(smem + Traits::kSmemLseOffset);
+  float* d_tile = reinterpret_cast<float*>(smem + Traits::kSmemDOffset);
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -530,8 +530,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                             p.o_row_stride, rows, valid_chunks, tid);
   const int64_t ws = head * p.q_rows + seq.ws_start + q0;
   for (int slot = tid; slot < kBlockM; slot += Traits::kNThreads) {
-    LoadRowFloats<kBlockM>(smem_lse, p.lse_log2 + ws, rows, slot);
-    LoadRowFloats<kBlockM>(smem_d, p.dsum + ws, rows, slot);
+    lse_tile[slot] = RowFloat(p.lse_log2 + ws, rows, slot);
+    d_tile[slot] = RowFloat(p.dsum + ws, rows, slot);
   }
   CpAsyncCommit();
 

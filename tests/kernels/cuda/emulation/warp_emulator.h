@@ -51,7 +51,7 @@ namespace attention::cuda::emu {
 // the test as this storage).
 inline constexpr int kSmemBytes = 228 * 1024;
 
-enum class Op { kNone, kBarrier, kShflXor, kAny, kLdsmX4, kMmaTf32 };
+enum class Op { kNone, kBarrier, kShflXor, kAny, kLdsmX4, kLdsmX4Trans, kMmaTf32, kMma16 };
 
 struct Thread {
   ucontext_t context;
@@ -68,6 +68,7 @@ struct Thread {
   float* mma_d = nullptr;
   uint32_t mma_a[4] = {0, 0, 0, 0};
   uint32_t mma_b[2] = {0, 0};
+  bool mma_bf16 = false;  // kMma16: bfloat16 (else float16) operands
 };
 
 struct Block {
@@ -104,6 +105,24 @@ inline void ThreadMain() {
 
 inline float TruncateToTf32(uint32_t bits) { return __uint_as_float(bits & 0xffffe000u); }
 
+// A 16-bit operand (bits in the low half of `bits`) as a float.
+inline double Operand16(uint32_t bits, bool bf16) {
+  const uint16_t h = static_cast<uint16_t>(bits & 0xffffu);
+  if (bf16) return __uint_as_float(uint32_t{h} << 16);
+  const uint32_t sign = (h & 0x8000u) ? 1u : 0u;
+  const int exponent = (h >> 10) & 0x1f;
+  const uint32_t mantissa = h & 0x3ffu;
+  double v;
+  if (exponent == 0) {
+    v = std::ldexp(static_cast<double>(mantissa), -24);
+  } else if (exponent == 31) {
+    v = mantissa != 0 ? NAN : INFINITY;
+  } else {
+    v = std::ldexp(static_cast<double>(mantissa | 0x400u), exponent - 25);
+  }
+  return sign ? -v : v;
+}
+
 // Runs collective `op` for the 32 threads of warp `w`, all waiting at it.
 inline void RunWarpCollective(Block& b, int w, Op op) {
   Thread* lane = &b.thread[32 * w];
@@ -130,6 +149,57 @@ inline void RunWarpCollective(Block& b, int w, Op op) {
             throw std::runtime_error("ldmatrix address out of shared memory");
           }
           std::memcpy(&lane[l].ldsm_out[i], b.smem + addr, 4);
+        }
+      }
+      break;
+    }
+    case Op::kLdsmX4Trans: {
+      // As kLdsmX4 with each 8x8 matrix transposed: lane l receives the 16-bit elements
+      // (row 2 (l % 4), column l / 4) and (row 2 (l % 4) + 1, column l / 4) of matrix i.
+      for (int l = 0; l < 32; ++l) {
+        for (int i = 0; i < 4; ++i) {
+          uint16_t half[2];
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t addr = lane[8 * i + 2 * (l % 4) + h].address + 2 * (l / 4);
+            if (addr + 2 > static_cast<uint32_t>(kSmemBytes)) {
+              throw std::runtime_error("ldmatrix address out of shared memory");
+            }
+            std::memcpy(&half[h], b.smem + addr, 2);
+          }
+          lane[l].ldsm_out[i] = uint32_t{half[0]} | (uint32_t{half[1]} << 16);
+        }
+      }
+      break;
+    }
+    case Op::kMma16: {
+      // m16n8k16 with 16-bit operands: A 16x16 (a0: row g, k 2t, 2t + 1; a1: row g + 8; a2: k + 8;
+      // a3: row g + 8, k + 8), B 16x8 (b0: k 2t, 2t + 1, column g; b1: k + 8), C / D as kMmaTf32.
+      // Products exact, sums in double.
+      const bool bf16 = lane[0].mma_bf16;
+      double a[16][16], bm[16][8], c[16][8];
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int h = 0; h < 2; ++h) {
+          a[g][2 * t + h] = Operand16(lane[l].mma_a[0] >> (16 * h), bf16);
+          a[g + 8][2 * t + h] = Operand16(lane[l].mma_a[1] >> (16 * h), bf16);
+          a[g][2 * t + 8 + h] = Operand16(lane[l].mma_a[2] >> (16 * h), bf16);
+          a[g + 8][2 * t + 8 + h] = Operand16(lane[l].mma_a[3] >> (16 * h), bf16);
+          bm[2 * t + h][g] = Operand16(lane[l].mma_b[0] >> (16 * h), bf16);
+          bm[2 * t + 8 + h][g] = Operand16(lane[l].mma_b[1] >> (16 * h), bf16);
+        }
+        c[g][2 * t] = lane[l].mma_d[0];
+        c[g][2 * t + 1] = lane[l].mma_d[1];
+        c[g + 8][2 * t] = lane[l].mma_d[2];
+        c[g + 8][2 * t + 1] = lane[l].mma_d[3];
+      }
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int e = 0; e < 4; ++e) {
+          const int row = g + 8 * (e / 2);
+          const int col = 2 * t + e % 2;
+          double sum = c[row][col];
+          for (int k = 0; k < 16; ++k) sum += a[row][k] * bm[k][col];
+          lane[l].mma_d[e] = static_cast<float>(sum);
         }
       }
       break;
@@ -257,6 +327,23 @@ inline float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask) {
   ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kShflXor);
   return ::attention::cuda::emu::Self().value;
 }
+
+// Fibers run one at a time on one OS thread: a read-modify-write is atomic.
+inline float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
+}
+
+// Declared for the forward's shared device code (flash_fwd_common.cuh), which the backward
+// kernels include but whose paged and epilogue parts they do not run: a __syncwarp there would
+// have to be a collective.
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline void __syncwarp() { throw std::runtime_error("__syncwarp is not emulated"); }
+
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
 
 inline bool __any_sync(unsigned /*mask*/, bool pred) {
   auto& self = ::attention::cuda::emu::Self();

@@ -3,11 +3,16 @@
 #ifndef ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
 #define ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
+#include "kernels/dtype.h"
 #include "warp_emulator.h"
 
 namespace attention::cuda::fwd {
@@ -60,6 +65,37 @@ inline void StoreShared32(uint32_t smem_addr, uint32_t value) {
   CheckSmem(smem_addr, 4);
   std::memcpy(EmulatedSmem() + smem_addr, &value, 4);
 }
+
+inline void LdsmX4Trans(uint32_t (&r)[4], uint32_t smem_addr) {
+  CheckSmem(smem_addr, 16);
+  auto& self = ::attention::cuda::emu::Self();
+  self.address = smem_addr;
+  self.ldsm_out = r;
+  ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kLdsmX4Trans);
+}
+
+// The m16n8k16 MMA of 16-bit operands as a warp collective, and the round-to-nearest-even packing
+// of cvt.rn.{bf16x2,f16x2}.f32.
+template <typename Element>
+struct MmaOps {
+  static constexpr bool kBf16 = std::is_same_v<Element, __nv_bfloat16>;
+  static void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    auto& self = ::attention::cuda::emu::Self();
+    for (int i = 0; i < 4; ++i) self.mma_a[i] = a[i];
+    self.mma_b[0] = b0;
+    self.mma_b[1] = b1;
+    self.mma_d = d;
+    self.mma_bf16 = kBf16;
+    ::attention::cuda::emu::Wait(::attention::cuda::emu::Op::kMma16);
+  }
+  static uint32_t Pack(float lo, float hi) {
+    if constexpr (kBf16) {
+      return uint32_t{FloatToBFloat16(lo)} | (uint32_t{FloatToBFloat16(hi)} << 16);
+    } else {
+      return uint32_t{FloatToHalf(lo)} | (uint32_t{FloatToHalf(hi)} << 16);
+    }
+  }
+};
 
 // ex2.approx.ftz: -inf -> 0.
 inline float Exp2(float x) { return std::exp2(x); }
