@@ -1,7 +1,9 @@
 // attention_cli bench: the load generator of the serving benchmarks. Keeps `concurrency`
 // requests in flight (unary calls, or one stream per channel with --stream) for a duration or a
 // request count after a warmup, and reports client-side throughput and latency percentiles with
-// the medians of the server-reported timings, as a table and optionally as JSON.
+// the medians of the server-reported timings, as a table and optionally as JSON. With --backward
+// the requests are backward ones (AttentionBackward, or backward = true on the stream) for the
+// answer of one forward call made first.
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -37,12 +40,14 @@ constexpr char kUsage[] =
     "Usage: attention_cli bench --target=HOST:PORT [--concurrency=64] [--batch=1 --seqlen=128\n"
     "           --seqlen_k=N --heads=16 --kv_heads=N --head_dim=64 --dtype=bf16|fp16|fp32]\n"
     "           [--causal ...options] (--duration_s=10 | --requests=N) [--warmup_s=1]\n"
-    "           [--stream] [--channels=1] [--json=out.json]\n"
+    "           [--stream] [--channels=1] [--json=out.json] [--backward [--deterministic]]\n"
     "\n"
     "Sends one random request shape over and over with --concurrency requests in flight and\n"
     "prints throughput (requests/s, query tokens/s, request and response bytes/s), client-side\n"
     "latency percentiles and the medians of the server's timings. Requests issued during the\n"
-    "warmup are not counted. A progress bar is drawn when stdout is a terminal.";
+    "warmup are not counted. A progress bar is drawn when stdout is a terminal. --backward times\n"
+    "the backward pass instead: one forward call (with lse) first, then its AttentionBackward\n"
+    "request (random grad_o) over and over; unary backward calls block, one thread per slot.";
 
 struct BenchFlags {
   int concurrency = 64;
@@ -53,6 +58,8 @@ struct BenchFlags {
   int channels = 1;
   int64_t timeout_ms = 0;
   std::string json;
+  bool backward = false;
+  bool deterministic = false;
 };
 
 double Percentile(const std::vector<int64_t>& sorted, double p) {
@@ -105,7 +112,9 @@ class LoadGenerator {
     if (flags_.timeout_ms > 0) call_.timeout = std::chrono::milliseconds(flags_.timeout_ms);
     tokens_per_request_ = shape.query_tokens;
     request_bytes_ = static_cast<int64_t>(request.ByteSizeLong());
-    if (flags_.stream) {
+    if (flags_.backward && !flags_.stream) {
+      backward_request_.emplace(request);
+    } else if (flags_.stream) {
       // A stream rewrites request_id, so each slot sends its own copy.
       for (int slot = 0; slot < flags_.concurrency; ++slot) {
         slot_requests_.push_back(std::make_shared<v1::AttentionRequest>(request));
@@ -131,7 +140,14 @@ class LoadGenerator {
     }
     const double cpu_start_s = ProcessCpuSeconds();
     const Clock::time_point wall_start = Clock::now();
-    for (int slot = 0; slot < flags_.concurrency; ++slot) Issue(slot);
+    std::vector<std::thread> backward_threads;
+    for (int slot = 0; slot < flags_.concurrency; ++slot) {
+      if (backward_request_.has_value()) {
+        backward_threads.emplace_back([this, slot] { BackwardLoop(slot); });
+      } else {
+        Issue(slot);
+      }
+    }
     std::unique_lock<std::mutex> lock(mu_);
     int64_t last_completed = 0;
     Clock::time_point last_draw = Clock::now();
@@ -146,6 +162,7 @@ class LoadGenerator {
       DrawProgress(now, rate);
     }
     lock.unlock();
+    for (std::thread& thread : backward_threads) thread.join();
     const double wall_s = std::chrono::duration<double>(Clock::now() - wall_start).count();
     const double client_cpu_cores = wall_s > 0 ? (ProcessCpuSeconds() - cpu_start_s) / wall_s : 0;
     if (progress) std::printf("\r%*s\r", 100, "");
@@ -175,19 +192,36 @@ class LoadGenerator {
     return now >= issue_end_;
   }
 
+  // Claims the slot's next request at `now` (sets `measured`), or retires the slot and returns
+  // false when the run is over.
+  bool Claim(Clock::time_point now, bool* measured) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (StopIssuing(now)) {
+      if (--active_slots_ == 0) done_cv_.notify_all();
+      return false;
+    }
+    *measured = now >= measure_start_;
+    if (*measured) ++measured_issued_;
+    return true;
+  }
+
+  // A slot of unary backward calls: the client's AttentionBackward blocks, so each slot has its
+  // thread, which sends the next call when the last one is answered.
+  void BackwardLoop(int slot) {
+    for (;;) {
+      const Clock::time_point now = Clock::now();
+      bool measured;
+      if (!Claim(now, &measured)) return;
+      Record(now, measured,
+             clients_[slot % clients_.size()].AttentionBackward(*backward_request_, call_));
+    }
+  }
+
   // Sends the slot's next request, or retires the slot when the run is over.
   void Issue(int slot) {
     const Clock::time_point now = Clock::now();
     bool measured;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (StopIssuing(now)) {
-        if (--active_slots_ == 0) done_cv_.notify_all();
-        return;
-      }
-      measured = now >= measure_start_;
-      if (measured) ++measured_issued_;
-    }
+    if (!Claim(now, &measured)) return;
     if (!flags_.stream) {
       clients_[slot % clients_.size()].AttentionAsync(
           *request_,
@@ -296,7 +330,8 @@ class LoadGenerator {
   const BenchFlags flags_;
   std::vector<Client> clients_;
   CallOptions call_;
-  std::optional<SerializedRequest> request_;                          // unary
+  std::optional<SerializedRequest> request_;                          // unary forward
+  std::optional<v1::AttentionRequest> backward_request_;              // unary backward
   std::vector<std::shared_ptr<v1::AttentionRequest>> slot_requests_;  // stream
   std::vector<std::unique_ptr<StreamSession>> sessions_;              // stream
   int64_t tokens_per_request_ = 0;
@@ -325,8 +360,9 @@ void PrintReport(const std::string& target, const BenchFlags& flags,
     std::printf("%-22s %s\n", name, value.c_str());
   };
   row("target",
-      absl::StrFormat("%s  %s  concurrency=%d  channels=%d", target,
-                      flags.stream ? "stream" : "unary", flags.concurrency, flags.channels));
+      absl::StrFormat("%s  %s%s  concurrency=%d  channels=%d", target,
+                      flags.stream ? "stream" : "unary", flags.backward ? " backward" : "",
+                      flags.concurrency, flags.channels));
   row("problem", absl::StrFormat("%s q%s k/v%s causal=%s  %d query tokens, %.1f KiB/request",
                                  DTypeName(request.q().dtype()), Shape(request.q()),
                                  Shape(request.k()), request.causal() ? "true" : "false",
@@ -364,6 +400,7 @@ std::string ReportJson(const std::string& target, const BenchFlags& flags,
       "{\n"
       "  \"target\": %s,\n"
       "  \"mode\": \"%s\",\n"
+      "  \"pass\": \"%s\",\n"
       "  \"concurrency\": %d,\n"
       "  \"channels\": %d,\n"
       "  \"problem\": {\"dtype\": \"%s\", \"layout\": \"%s\", \"batch\": %d, "
@@ -383,7 +420,8 @@ std::string ReportJson(const std::string& target, const BenchFlags& flags,
       "  \"client_cpu_cores\": %.3f,\n"
       "  \"errors\": {%s}\n"
       "}\n",
-      JsonString(target), flags.stream ? "stream" : "unary", flags.concurrency, flags.channels,
+      JsonString(target), flags.stream ? "stream" : "unary",
+      flags.backward ? "backward" : "forward", flags.concurrency, flags.channels,
       DTypeName(request.q().dtype()), shape.packed ? "packed" : "dense", shape.batch,
       shape.seqlen_q, shape.seqlen_k, shape.q_heads, shape.kv_heads, shape.head_dim,
       request.causal() ? "true" : "false", shape.query_tokens, request.ByteSizeLong(),
@@ -410,6 +448,11 @@ int BenchCommand(const std::vector<std::string>& args) {
   flags.Add("channels", &bench.channels, "TCP connections (each its own gRPC channel)");
   flags.Add("timeout_ms", &bench.timeout_ms, "Deadline of each request (0: none)");
   flags.Add("json", &bench.json, "Also write the results as JSON to this file");
+  flags.Add("backward", &bench.backward,
+            "Time the backward pass: the answer of one forward call (with lse) sent back as "
+            "AttentionBackward requests with a random grad_o");
+  flags.Add("deterministic", &bench.deterministic,
+            "With --backward: ask for bit-identical gradients (AttentionRequest.deterministic)");
   if (absl::Status status = flags.Parse(args); !status.ok()) return Fail(status);
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
@@ -426,6 +469,9 @@ int BenchCommand(const std::vector<std::string>& args) {
     return Fail(absl::InvalidArgumentError("--duration_s: must be > 0"));
   }
   if (!(bench.warmup_s >= 0)) return Fail(absl::InvalidArgumentError("--warmup_s: must be >= 0"));
+  if (bench.deterministic && !bench.backward) {
+    return Fail(absl::InvalidArgumentError("--deterministic: needs --backward"));
+  }
 
   // Before the channels' threads allocate. Every call frees a response of the request's size or
   // so, and glibc's dynamic thresholds hand such blocks back to the system and fault them in
@@ -452,6 +498,16 @@ int BenchCommand(const std::vector<std::string>& args) {
     clients.push_back(*std::move(client));
   }
 
+  if (bench.backward) {
+    // The forward once, for o and lse; its request then becomes the backward one.
+    request->set_return_lse(true);
+    CallOptions call;
+    if (bench.timeout_ms > 0) call.timeout = std::chrono::milliseconds(bench.timeout_ms);
+    absl::StatusOr<v1::AttentionResponse> answer = clients.front().Attention(*request, call);
+    if (!answer.ok()) return Fail(answer.status());
+    request = BackwardRequest(*request, *answer, problem.seed, bench.deterministic);
+    if (!request.ok()) return Fail(request.status());
+  }
   LoadGenerator generator(bench, std::move(clients), *request, *shape);
   const Report report = generator.Run();
   PrintReport(connection.target, bench, *request, *shape, report);

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -290,51 +292,41 @@ absl::StatusOr<ProblemShape> ShapeOf(const v1::AttentionRequest& request) {
   return s;
 }
 
-absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& request,
-                                                const v1::AttentionResponse& response) {
-  absl::StatusOr<ProblemShape> shape = ShapeOf(request);
-  if (!shape.ok()) return shape.status();
+namespace {
+
+// The kernel parameters of `request`, its tensors read in place (contiguous strides), options
+// and cu_seqlens included; `cu_q` and `cu_k` hold the offsets p points to. UNIMPLEMENTED for a
+// mask or ALiBi slopes (not checked by the CLI).
+absl::Status LocalParams(const v1::AttentionRequest& request, const ProblemShape& shape,
+                         std::vector<int32_t>& cu_q, std::vector<int32_t>& cu_k,
+                         AttentionParams& p) {
   const v1::Tensor& q = request.q();
-  const bool packed = shape->packed;
+  const bool packed = shape.packed;
   if (request.has_mask() || request.has_alibi_slopes()) {
     return absl::UnimplementedError("check: masks and ALiBi are not checked by the CLI");
   }
-  if (response.o().dtype() != q.dtype() || response.o().data().size() != q.data().size()) {
-    return absl::InvalidArgumentError("check: o does not have q's dtype and size");
-  }
-
-  AttentionParams p;
   const std::optional<::attention::DType> dtype = KernelDType(q.dtype());
   if (!dtype.has_value()) {
     return absl::InvalidArgumentError("check: q.dtype must be FLOAT32, FLOAT16 or BFLOAT16");
   }
   p.dtype = *dtype;
-  const std::vector<int32_t> cu_q(request.cu_seqlens_q().begin(), request.cu_seqlens_q().end());
-  const std::vector<int32_t> cu_k(request.cu_seqlens_k().begin(), request.cu_seqlens_k().end());
-  p.batch = static_cast<int>(shape->batch);
-  p.seqlen_q = static_cast<int>(shape->seqlen_q);
-  p.seqlen_k = static_cast<int>(shape->seqlen_k);
+  cu_q.assign(request.cu_seqlens_q().begin(), request.cu_seqlens_q().end());
+  cu_k.assign(request.cu_seqlens_k().begin(), request.cu_seqlens_k().end());
+  p.batch = static_cast<int>(shape.batch);
+  p.seqlen_q = static_cast<int>(shape.seqlen_q);
+  p.seqlen_k = static_cast<int>(shape.seqlen_k);
   if (packed) {
     p.total_q = q.shape(0);
     p.total_k = request.k().shape(0);
     p.cu_seqlens_q = cu_q.data();
     p.cu_seqlens_k = cu_k.data();
   }
-  p.q_heads = static_cast<int>(shape->q_heads);
-  p.kv_heads = static_cast<int>(shape->kv_heads);
-  p.head_dim = static_cast<int>(shape->head_dim);
+  p.q_heads = static_cast<int>(shape.q_heads);
+  p.kv_heads = static_cast<int>(shape.kv_heads);
+  p.head_dim = static_cast<int>(shape.head_dim);
   p.q = q.data().data();
   p.k = request.k().data().data();
   p.v = request.v().data().data();
-  std::string o(q.data().size(), '\0');
-  p.o = o.data();
-  const int64_t lse_count =
-      int64_t{p.q_heads} * (packed ? p.total_q : int64_t{p.batch} * p.seqlen_q);
-  std::vector<float> lse;
-  if (request.return_lse()) {
-    lse.resize(static_cast<size_t>(lse_count));
-    p.lse = lse.data();
-  }
   p.softmax_scale = request.has_softmax_scale() ? request.softmax_scale()
                                                 : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   p.softcap = request.softcap();
@@ -348,6 +340,40 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
     p.sink_logits = reinterpret_cast<const float*>(request.sinks().data().data());
   }
   SetContiguousStrides(p);
+  return absl::OkStatus();
+}
+
+// Query rows times query heads: the lse's element count.
+int64_t LseCount(const AttentionParams& p) {
+  return int64_t{p.q_heads} * (p.is_varlen() ? p.total_q : int64_t{p.batch} * p.seqlen_q);
+}
+
+// Whether the answer ran on a GPU (a wider tolerance: its own summation order).
+bool RanOnGpu(const v1::AttentionResponse& response) {
+  return absl::StartsWith(response.batch().device(), "cuda");
+}
+
+}  // namespace
+
+absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& request,
+                                                const v1::AttentionResponse& response) {
+  absl::StatusOr<ProblemShape> shape = ShapeOf(request);
+  if (!shape.ok()) return shape.status();
+  const v1::Tensor& q = request.q();
+  if (response.o().dtype() != q.dtype() || response.o().data().size() != q.data().size()) {
+    return absl::InvalidArgumentError("check: o does not have q's dtype and size");
+  }
+  AttentionParams p;
+  std::vector<int32_t> cu_q, cu_k;
+  if (absl::Status s = LocalParams(request, *shape, cu_q, cu_k, p); !s.ok()) return s;
+  std::string o(q.data().size(), '\0');
+  p.o = o.data();
+  const int64_t lse_count = LseCount(p);
+  std::vector<float> lse;
+  if (request.return_lse()) {
+    lse.resize(static_cast<size_t>(lse_count));
+    p.lse = lse.data();
+  }
   Normalize(p);
   cpu::CpuBackend backend;
   absl::Status status = backend.Run(p);
@@ -357,7 +383,7 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
   // Float32 requests are judged at the precision the response says they ran at (a server that
   // computed PRECISION_BF16 rounded q, k and v to bfloat16); 16-bit ones at their dtype's, a bit
   // wider on a GPU (its own summation order).
-  const bool on_gpu = absl::StartsWith(response.batch().device(), "cuda");
+  const bool on_gpu = RanOnGpu(response);
   const bool fp32 = q.dtype() == v1::FLOAT32;
   const bool bf16_class =
       q.dtype() == v1::BFLOAT16 || (fp32 && response.precision() == v1::PRECISION_BF16);
@@ -394,6 +420,100 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
       if (error > result.lse_max_abs_error || std::isnan(error)) result.lse_max_abs_error = error;
     }
   }
+  return result;
+}
+
+absl::StatusOr<v1::AttentionRequest> BackwardRequest(const v1::AttentionRequest& forward,
+                                                     const v1::AttentionResponse& answer,
+                                                     int64_t seed, bool deterministic) {
+  if (!answer.has_lse() || answer.lse().data().empty()) {
+    return absl::FailedPreconditionError(
+        "backward: the forward answer has no lse (the server ignored return_lse)");
+  }
+  if (answer.o().dtype() != forward.q().dtype() ||
+      answer.o().data().size() != forward.q().data().size()) {
+    return absl::FailedPreconditionError("backward: the forward answer's o does not match q");
+  }
+  v1::AttentionRequest request = forward;
+  request.set_backward(true);
+  request.set_return_lse(false);
+  request.set_deterministic(deterministic);
+  *request.mutable_o() = answer.o();
+  *request.mutable_lse() = answer.lse();
+  v1::Tensor* grad_o = request.mutable_grad_o();
+  grad_o->set_dtype(forward.q().dtype());
+  *grad_o->mutable_shape() = forward.q().shape();
+  // A stream of its own, apart from q, k and v's (which used `seed` itself).
+  std::mt19937_64 rng(static_cast<uint64_t>(seed) ^ 0x9e3779b97f4a7c15ull);
+  *grad_o->mutable_data() = RandomBytes(
+      forward.q().dtype(),
+      static_cast<int64_t>(forward.q().data().size()) / DTypeSize(forward.q().dtype()), rng);
+  return request;
+}
+
+absl::StatusOr<CheckResult> CheckBackwardWithCpuBackend(const v1::AttentionRequest& request,
+                                                        const v1::AttentionResponse& response) {
+  absl::StatusOr<ProblemShape> shape = ShapeOf(request);
+  if (!shape.ok()) return shape.status();
+  const v1::Tensor& q = request.q();
+  const v1::Tensor& k = request.k();
+  for (const auto& [name, got, like] :
+       {std::tuple<const char*, const v1::Tensor*, const v1::Tensor*>{"dq", &response.dq(), &q},
+        {"dk", &response.dk(), &k},
+        {"dv", &response.dv(), &k}}) {
+    if (got->dtype() != like->dtype() || got->data().size() != like->data().size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("check: ", name, " does not have the dtype and size of its input"));
+    }
+  }
+  AttentionBackwardParams p;
+  std::vector<int32_t> cu_q, cu_k;
+  if (absl::Status s = LocalParams(request, *shape, cu_q, cu_k, p); !s.ok()) return s;
+  if (request.o().data().size() != q.data().size() ||
+      request.grad_o().data().size() != q.data().size() ||
+      request.lse().data().size() != static_cast<size_t>(LseCount(p)) * 4) {
+    return absl::InvalidArgumentError("check: o, grad_o or lse do not match q");
+  }
+  // lse is read as floats: copied out of the message's bytes, which need not be aligned.
+  std::vector<float> lse(static_cast<size_t>(LseCount(p)));
+  std::memcpy(lse.data(), request.lse().data().data(), lse.size() * 4);
+  p.kind = WorkKind::kBackward;
+  p.o = const_cast<char*>(request.o().data().data());
+  p.lse = lse.data();
+  p.do_ = request.grad_o().data().data();
+  std::string dq(q.data().size(), '\0'), dk(k.data().size(), '\0'), dv(k.data().size(), '\0');
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  Normalize(p);
+  cpu::CpuBackend backend;
+  if (absl::Status s = backend.RunBackward(p, [] { return false; }); !s.ok()) return s;
+
+  // The forward's tolerances (CheckResult): a gradient is a few more float32 sums of the same
+  // products, and its 16-bit answer one more rounding.
+  CheckResult result;
+  const bool on_gpu = RanOnGpu(response);
+  result.tolerance = q.dtype() == v1::BFLOAT16  ? (on_gpu ? 2.5e-2 : 1.6e-2)
+                     : q.dtype() == v1::FLOAT32 ? 1e-4
+                     : on_gpu                   ? 5e-3
+                                                : 2e-3;
+  double diff2 = 0, want2 = 0;
+  for (const auto& [got, want] :
+       {std::pair<const std::string*, const std::string*>{&response.dq().data(), &dq},
+        {&response.dk().data(), &dk},
+        {&response.dv().data(), &dv}}) {
+    const int64_t elements = static_cast<int64_t>(want->size()) / DTypeSize(q.dtype());
+    for (int64_t i = 0; i < elements; ++i) {
+      const double g = LoadFloat(q.dtype(), got->data(), i);
+      const double w = LoadFloat(q.dtype(), want->data(), i);
+      const double error = std::abs(g - w);
+      if (!(error <= result.tolerance * (1 + std::abs(w)))) ++result.mismatches;
+      if (error > result.max_abs_error || std::isnan(error)) result.max_abs_error = error;
+      diff2 += (g - w) * (g - w);
+      want2 += w * w;
+    }
+  }
+  result.relative_l2_error = want2 > 0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
   return result;
 }
 

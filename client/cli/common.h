@@ -94,6 +94,21 @@ struct CheckResult {
 absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& request,
                                                 const v1::AttentionResponse& response);
 
+// The backward request of `forward` after its answer `answer` (which must carry lse: send the
+// forward with return_lse): backward = true, the answer's o and lse, and a random grad_o
+// (standard normal values rounded to q's dtype, seeded from `seed`), deterministic as given.
+// FAILED_PRECONDITION when the answer has no lse or its o does not match q.
+absl::StatusOr<v1::AttentionRequest> BackwardRequest(const v1::AttentionRequest& forward,
+                                                     const v1::AttentionResponse& answer,
+                                                     int64_t seed, bool deterministic);
+
+// A backward answer's dq, dk and dv compared with the local CPU backend's backward
+// (CpuBackend::RunBackward) on the same backward request (its o, lse and grad_o), with the
+// forward's per-element tolerance; max_abs_error, relative_l2_error and mismatches cover the
+// three tensors together, lse_max_abs_error stays 0.
+absl::StatusOr<CheckResult> CheckBackwardWithCpuBackend(const v1::AttentionRequest& request,
+                                                        const v1::AttentionResponse& response);
+
 // Prints "error: <status>" to stderr and returns the exit code for it (2 for INVALID_ARGUMENT,
 // which is how flag errors come back, else 1).
 int Fail(const absl::Status& status);

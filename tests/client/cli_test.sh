@@ -51,6 +51,8 @@ expect 2 "missing target" -- "$cli" health
 contains "--target: required" "missing target"
 expect 2 "bad dtype" -- "$cli" call --target="$t" --random --dtype=int8
 contains "--dtype" "bad dtype"
+expect 2 "deterministic without backward" -- "$cli" call --target="$t" --random --deterministic
+contains "--deterministic: needs --backward" "deterministic without backward"
 expect 2 "unknown command" -- "$cli" frobnicate
 expect 0 "help" -- "$cli" bench --help
 contains "--concurrency" "help"
@@ -73,6 +75,10 @@ if [ "$mode" = fake ]; then
   expect 1 "call with a missing file" -- "$cli" call --target="$t" --q="$work/none.npy" \
     --k="$work/none.npy" --v="$work/none.npy"
   contains "--q" "call with a missing file"
+  # The fake server has no backward: the step fails with the server's code, naming the call.
+  expect 1 "call --backward against the fake server" -- "$cli" call --target="$t" --random \
+    --seqlen=16 --heads=2 --head_dim=16 --backward
+  contains "UNIMPLEMENTED: AttentionBackward" "call --backward against the fake server"
 else
   for dtype in bf16 fp16 fp32; do
     expect 0 "call --check $dtype" -- "$cli" call --target="$t" --random --dtype=$dtype \
@@ -101,6 +107,46 @@ else
     --heads=2 --head_dim=16 --window_left=-5
   contains "INVALID_ARGUMENT" "server rejects a bad request"
   contains "window" "server rejects a bad request"
+  # The backward pass: the forward with lse, then AttentionBackward; dq, dk, dv checked against
+  # the local CPU backend's backward.
+  for dtype in bf16 fp32; do
+    expect 0 "call --backward --check $dtype" -- "$cli" call --target="$t" --random \
+      --dtype=$dtype --batch=2 --seqlen=37 --seqlen_k=50 --heads=4 --kv_heads=2 --head_dim=64 \
+      --causal --seed=$RANDOM --backward --deterministic --grad_out="$work/$dtype-" --check
+    contains "dk: " "call --backward --check $dtype"
+    contains "backward server timings" "call --backward --check $dtype"
+    contains "check of dq, dk, dv against the local CPU backend" "call --backward --check $dtype"
+    [ "$(grep -c "check passed" "$work/out")" = 2 ] ||
+      fail "call --backward --check $dtype: both checks (o, then dq/dk/dv) must pass"
+    "$python" - "$work/$dtype-" <<'PY' || fail "call --backward $dtype: gradient files"
+import sys
+prefix = sys.argv[1]
+for name in ("dq", "dk", "dv"):
+    header = open(prefix + name + ".npy", "rb").read(128)
+    want = "(2, 37, 4, 64)" if name == "dq" else "(2, 50, 2, 64)"
+    assert header.startswith(b"\x93NUMPY") and want.encode() in header, (name, header)
+PY
+  done
+  expect 0 "call --backward --check packed" -- "$cli" call --target="$t" --random --dtype=fp16 \
+    --heads=4 --kv_heads=1 --head_dim=32 --cu_seqlens_q=0,30,74,75 --cu_seqlens_k=0,60,100,164 \
+    --causal --window_left=20 --backward --check
+  contains "check of dq, dk, dv against the local CPU backend" "call --backward --check packed"
+  # Backward bench, unary (a blocking call per slot thread) and on the stream.
+  for streaming in "" "--stream"; do
+    expect 0 "bench --backward $streaming" -- "$cli" bench --target="$t" --concurrency=3 \
+      --seqlen=48 --heads=4 --head_dim=32 --dtype=fp32 --requests=20 --warmup_s=0.1 \
+      --backward $streaming --json="$work/bb.json"
+    contains "backward" "bench --backward $streaming"
+    "$python" - "$work/bb.json" <<'PY' || fail "bench --backward $streaming: JSON check failed"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["pass"] == "backward", r["pass"]
+assert r["requests_ok"] == 20 and r["requests_failed"] == 0, r
+# An answer is dq, dk, dv: three tensors of q's size, where a forward answer has one.
+t = r["throughput"]
+assert t["response_bytes_per_s"] > 3 * 48 * 4 * 32 * 4 * t["requests_per_s"] * 0.99, t
+PY
+  done
 fi
 
 # bench: counts, JSON, ordering of percentiles; no progress bar when stdout is not a terminal.
@@ -115,6 +161,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 mode = "stream" if sys.argv[2] else "unary"
 assert r["mode"] == mode, r["mode"]
+assert r["pass"] == "forward", r["pass"]
 assert r["requests_ok"] == 40 and r["requests_failed"] == 0, r
 l = r["latency_ms"]
 assert 0 < l["p50"] <= l["p90"] <= l["p99"] <= l["max"], l
