@@ -155,6 +155,17 @@ struct ScoreRule {
   }
 };
 
+// dst[0] += x, dst[1] += y atomically (dst 8-byte aligned): one vector reduction on sm_90
+// (red.global.add.v2.f32), two scalar ones before it.
+__device__ __forceinline__ void AtomicAdd2(float* dst, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
+#else
+  atomicAdd(dst, x);
+  atomicAdd(dst + 1, y);
+#endif
+}
+
 // Entry `slot` of a query tile's workspace row array (lse_log2 or D) of `rows` valid rows, 0 past
 // them. A plain load: the dK / dV kernel holds it in a register while product C runs and stores
 // it to shared memory afterwards.
@@ -447,9 +458,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
             for (int hf = 0; hf < 2; ++hf) {
               const int r = 16 * wq + g + 8 * hf;
               if (r < rows) {
-                float* dst = accum + r * accum_row_stride + col;
-                atomicAdd(dst, acc[n8][2 * hf]);
-                atomicAdd(dst + 1, acc[n8][2 * hf + 1]);
+                AtomicAdd2(accum + r * accum_row_stride + col, acc[n8][2 * hf],
+                           acc[n8][2 * hf + 1]);
               }
             }
           }
