@@ -686,7 +686,11 @@ void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const flo
       const VecI j = lane + c;
       const VecI dropped = (j < l0) | (j >= h0);
       // exp(scale s - lse) = 2^(scale log2(e) s - lse log2(e)); dropped keys give exactly 0.
-      const VecF prob = Exp2(Load(srow + c) * scale2 - shift);
+      // The exponent is <= 0 for the forward's own lse; an lse below the scores (a caller's
+      // mistake) saturates at 2^128 = inf instead of wrapping Exp2's exponent bits.
+      VecF x = Load(srow + c) * scale2 - shift;
+      x = x > 128.f ? Splat(128.f) : x;
+      const VecF prob = Exp2(x);
       const VecF pm = dropped ? zero : prob;
       Store(srow + c, pm);
       Store(dprow + c, pm * (Load(dprow + c) - d));
