@@ -13,6 +13,7 @@
 //       one causal request of `seqlen` tokens: wall time and peak RSS growth during Run().
 //   attention_cpu_bench --mode=backward [--threads=N] [--isa=...] [--hdim=64,128]
 //                       [--seqlens=512,1024] [--causal=0,1] [--repeats=3] [--heads=16]
+//                       [--softcap=0]
 //       the backward pass (RunBackward: dq, dk, dv from the forward's o and lse) on the grid of
 //       `grid` (batch 1, fp32, default 16 heads), next to the forward of the same shape:
 //       backward GFLOP/s counts 2.5x the forward's FLOPs (five tile products against two), as
@@ -50,7 +51,8 @@ struct Flags {
   std::vector<int> causal = {0, 1};
   int repeats = 7;
   int seqlen = 65536;
-  int heads = 0;  // 0: the mode's default (memory 1, backward 16)
+  int heads = 0;        // 0: the mode's default (memory 1, backward 16)
+  float softcap = 0.f;  // backward mode: the forward's and backward's softcap (0: none)
   // "wall" (default) or "cpu": process CPU time, for tuning with --threads=1 on a machine that
   // other jobs share (time spent descheduled does not count).
   std::string clock = "wall";
@@ -101,6 +103,8 @@ bool ParseFlags(int argc, char** argv, Flags& f) {
       f.seqlen = std::atoi(val.c_str());
     } else if (key == "clock") {
       f.clock = val;
+    } else if (key == "softcap") {
+      f.softcap = std::strtof(val.c_str(), nullptr);
     } else if (key == "heads") {
       f.heads = std::atoi(val.c_str());
     } else {
@@ -349,8 +353,8 @@ bool MedianSeconds(const Flags& f, int repeats, Fn&& fn, double& median) {
 int Backward(const Flags& f, const std::vector<int>& seqlens, int repeats) {
   CpuBackend backend(Options(f));
   const int heads = f.heads > 0 ? f.heads : 16;
-  std::printf("# device: cpu, %d threads, isa %s; batch 1, %d heads, fp32\n", backend.num_threads(),
-              CpuIsaName(backend.isa()), heads);
+  std::printf("# device: cpu, %d threads, isa %s; batch 1, %d heads, fp32, softcap %g\n",
+              backend.num_threads(), CpuIsaName(backend.isa()), heads, f.softcap);
   struct Row {
     int seqlen, d, causal;
     double ms, gflops, forward_gflops;
@@ -361,6 +365,7 @@ int Backward(const Flags& f, const std::vector<int>& seqlens, int repeats) {
       for (int n : seqlens) {
         DenseProblem pr;
         MakeDense(heads, n, d, causal != 0, true, pr);
+        pr.p.softcap = f.softcap;
         double forward_s = 0;
         if (!MedianSeconds(
                 f, repeats, [&] { return backend.Run(pr.p).ok(); }, forward_s)) {

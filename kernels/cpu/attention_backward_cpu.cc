@@ -206,8 +206,7 @@ class BackwardKernel {
         bk_(bk),
         bkp_(RoundUpColumns(bk)),
         isa_(isa),
-        has_options_(p.softcap > 0.f || p.alibi_slopes != nullptr ||
-                     p.mask_kind != MaskKind::kNone) {}
+        has_mask_(p.mask_kind != MaskKind::kNone) {}
 
   // Index of D for row `row` (q_row0-based, as in q) of sequence b, query head h.
   int64_t DeltaIndex(int b, int h, int64_t row) const {
@@ -282,7 +281,7 @@ class BackwardKernel {
     isa_.matmul(nq, ncols, d_, t.q, dp_, 1, t.k_t, bkp_, t.p, bkp_);
     isa_.matmul(nq, ncols, d_, t.dout, dp_, 1, t.v_t, bkp_, t.ds, bkp_);
     const int64_t delta_pos = int64_t{s.len_k} - s.len_q;
-    if (!has_options_) {
+    if (!has_mask_) {
       // Row i may see keys pos(i) - left <= j0 + j <= pos(i) + right, j < nk.
       for (int i = 0; i < nq; ++i) {
         const int64_t pos = i0 + i + delta_pos;
@@ -291,7 +290,10 @@ class BackwardKernel {
         t.lo[i] = static_cast<int32_t>(std::clamp<int64_t>(lo, 0, nk));
         t.hi[i] = static_cast<int32_t>(std::clamp<int64_t>(hi, 0, nk));
       }
-      isa_.softmax_grad(nq, ncols, p_.softmax_scale, t.lse, t.delta, t.lo, t.hi, t.p, t.ds, bkp_);
+      const float slope =
+          p_.alibi_slopes != nullptr ? p_.alibi_slopes[b * p_.alibi_batch_stride + h] : 0.f;
+      isa_.softmax_grad(nq, ncols, p_.softmax_scale, p_.softcap, slope, i0 + delta_pos - j0, t.lse,
+                        t.delta, t.lo, t.hi, t.p, t.ds, bkp_);
       return;
     }
     const float scale = p_.softmax_scale;
@@ -413,7 +415,7 @@ class BackwardKernel {
   const int64_t delta_rows_;
   const int d_, dp_, bq_, bk_, bkp_;
   const BackwardIsaKernels isa_;
-  const bool has_options_;
+  const bool has_mask_;
 };
 
 absl::Status CheckCuSeqlens(const int32_t* cu, const char* name, int batch, int64_t total,

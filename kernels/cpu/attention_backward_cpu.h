@@ -27,7 +27,7 @@
 // The five tile products of a pair (S = Q K^T, dP = dO V^T, dV += P^T dO, dK += dS^T Q,
 // dQ += dS K) run on the forward's per-instruction-set micro-kernels (tile_kernel.h:
 // TileMatMul, register blocks of fused multiply-adds in float32, in a fixed order), and so does
-// P and dS without score options (TileSoftmaxGrad); softcap, ALiBi and masks take a scalar path.
+// P and dS, softcap and ALiBi included (TileSoftmaxGrad); a mask takes a scalar path.
 // The sums across tiles (dK and dV over query tiles and heads, dQ over key tiles) accumulate in
 // float64. Extra memory besides D is per worker thread and O(tile): about
 // 4 * (7 * block * head_dim + 2 * block^2) + 16 * block * head_dim bytes (head_dim and the key

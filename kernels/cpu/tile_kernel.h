@@ -80,14 +80,17 @@ using TileProductsFn = void (*)(const float* k, int64_t ks, const float* v, int6
 using TileMatMulFn = void (*)(int m, int ncols, int k, const float* a, int64_t a_rs, int64_t a_cs,
                               const float* b, int64_t ldb, float* c, int64_t ldc);
 
-// The backward's softmax gradient of one tile pair without score options (no softcap, ALiBi or
-// mask), in place: for query row i < nq and key column j < ncols, s[i][j] = q.k (unscaled) and
-// dp[i][j] = dO.v become
-//   P = exp(scale * s - lse[i]) for j in [lo[i], hi[i]), else 0;  dS = P * (dp - delta[i])
-// (row stride ld). A row with lse = -inf gets P = dS = 0. exp has relative error < 3e-7.
-using TileSoftmaxGradFn = void (*)(int nq, int ncols, float scale, const float* lse,
-                                   const float* delta, const int32_t* lo, const int32_t* hi,
-                                   float* s, float* dp, int64_t ld);
+// The backward's softmax gradient of one tile pair without a mask, in place: for query row
+// i < nq and key column j < ncols, s[i][j] = q.k (unscaled) and dp[i][j] = dO.v become
+//   x = scale * s;  with softcap c > 0: x = c tanh(x / c);  x -= slope * |pos0 + i - j|
+//   P = exp(x - lse[i]) for j in [lo[i], hi[i]), else 0;  dS = P * (dp - delta[i]) * x'
+// where x' = 1 - tanh^2 with softcap, else 1; slope 0 means no ALiBi (pos0 + i - j is query row
+// i's position minus key j's). Row stride ld. A row with lse = -inf gets P = dS = 0. exp and tanh
+// have relative and absolute errors below 3e-7.
+using TileSoftmaxGradFn = void (*)(int nq, int ncols, float scale, float softcap, float slope,
+                                   int64_t pos0, const float* lse, const float* delta,
+                                   const int32_t* lo, const int32_t* hi, float* s, float* dp,
+                                   int64_t ld);
 
 // The backward's float64 sums across tile pairs: sum[r][e] += part[r][e] for r < rows, e < n
 // (row strides ldp and lds), each term converted to double exactly.
@@ -102,8 +105,9 @@ using TileAccumulateFn = void (*)(int rows, int n, const float* part, int64_t ld
                     const float* q_t, int br, const float* alpha, float* s_t, float* o_t);         \
   void TileMatMul(int m, int ncols, int k, const float* a, int64_t a_rs, int64_t a_cs,             \
                   const float* b, int64_t ldb, float* c, int64_t ldc);                             \
-  void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const float* delta,       \
-                       const int32_t* lo, const int32_t* hi, float* s, float* dp, int64_t ld);     \
+  void TileSoftmaxGrad(int nq, int ncols, float scale, float softcap, float slope, int64_t pos0,   \
+                       const float* lse, const float* delta, const int32_t* lo, const int32_t* hi, \
+                       float* s, float* dp, int64_t ld);                                           \
   void TileAccumulate(int rows, int n, const float* part, int64_t ldp, double* sum, int64_t lds);  \
   }
 ATTN_CPU_DECLARE_TILE_KERNEL(generic)

@@ -664,19 +664,28 @@ void TileAccumulate(int rows, int n, const float* part, int64_t ldp, double* sum
   }
 }
 
-void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const float* delta,
-                     const int32_t* lo, const int32_t* hi, float* s, float* dp, int64_t ld) {
+void TileSoftmaxGrad(int nq, int ncols, float scale, float softcap, float slope, int64_t pos0,
+                     const float* lse, const float* delta, const int32_t* lo, const int32_t* hi,
+                     float* s, float* dp, int64_t ld) {
   VecI lane;
   for (int l = 0; l < kLanes; ++l) lane[l] = l;
   const VecF zero = VecF{};
+  const bool plain = !(softcap > 0.f) && slope == 0.f;
+  const VecF scale_v = Splat(scale);
   const VecF scale2 = Splat(scale * kLog2e);
+  const VecF cap = Splat(softcap);
+  const VecF inv_cap = Splat(softcap > 0.f ? 1.0f / softcap : 0.f);
+  const VecF slope_v = Splat(slope);
   for (int i = 0; i < nq; ++i) {
     float* srow = s + i * ld;
     float* dprow = dp + i * ld;
     const bool empty = lse[i] == kNegInf || lo[i] >= hi[i];
+    const VecF lse_v = Splat(empty ? 0.f : lse[i]);
     const VecF shift = Splat(empty ? 0.f : lse[i] * kLog2e);
     const VecF d = Splat(delta[i]);
     const int32_t l0 = lo[i], h0 = hi[i];
+    // ALiBi distance |pos(i) - key| = |pos0 + i - j| for column j.
+    const VecI row_pos = (lane * 0) + static_cast<int32_t>(pos0 + i);
     for (int c = 0; c < ncols; c += kLanes) {
       if (empty) {
         Store(srow + c, zero);
@@ -685,15 +694,32 @@ void TileSoftmaxGrad(int nq, int ncols, float scale, const float* lse, const flo
       }
       const VecI j = lane + c;
       const VecI dropped = (j < l0) | (j >= h0);
-      // exp(scale s - lse) = 2^(scale log2(e) s - lse log2(e)); dropped keys give exactly 0.
-      // The exponent is <= 0 for the forward's own lse; an lse below the scores (a caller's
-      // mistake) saturates at 2^128 = inf instead of wrapping Exp2's exponent bits.
-      VecF x = Load(srow + c) * scale2 - shift;
+      VecF x, dcap = Splat(1.0f);
+      if (plain) {
+        // exp(scale s - lse) = 2^(scale log2(e) s - lse log2(e)).
+        x = Load(srow + c) * scale2 - shift;
+      } else {
+        // As the forward's contract: softcap, then ALiBi, on natural-unit scores.
+        VecF score = Load(srow + c) * scale_v;
+        if (softcap > 0.f) {
+          const VecF th = Tanh(score * inv_cap);
+          score = cap * th;
+          dcap = 1.0f - th * th;
+        }
+        if (slope != 0.f) {
+          VecI dist = row_pos - j;
+          dist = dist < 0 ? -dist : dist;
+          score -= slope_v * __builtin_convertvector(dist, VecF);
+        }
+        x = (score - lse_v) * kLog2e;
+      }
+      // Dropped keys give exactly 0. The exponent is <= 0 for the forward's own lse; an lse below
+      // the scores (a caller's mistake) saturates at 2^128 = inf instead of wrapping Exp2's
+      // exponent bits.
       x = x > 128.f ? Splat(128.f) : x;
-      const VecF prob = Exp2(x);
-      const VecF pm = dropped ? zero : prob;
+      const VecF pm = dropped ? zero : Exp2(x);
       Store(srow + c, pm);
-      Store(dprow + c, pm * (Load(dprow + c) - d));
+      Store(dprow + c, pm * (Load(dprow + c) - d) * dcap);
     }
   }
 }

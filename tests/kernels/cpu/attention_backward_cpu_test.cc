@@ -576,6 +576,13 @@ std::vector<Case> Cases() {
     a.alibi = 2;
     a.causal = true;
     add(a);
+    Case sa = s;  // the vector path's options together, without a mask
+    sa.name = "softcap_alibi_window";
+    sa.alibi = 2;
+    sa.batch = 2;
+    sa.window_left = 30;
+    sa.window_right = 4;
+    add(sa);
     Case k = s;
     k.name = "sinks";
     k.softcap = 0.f;
