@@ -1,0 +1,612 @@
+// The whole CUDA backward pass (kernels/cuda/flash_bwd_*: the preprocess, the dK / dV kernel with
+// its dQ atomics or the deterministic dQ kernel, the postprocess) compiled by the host compiler
+// and run on the CPU by the warp emulator (emulation/warp_emulator.h), every block of every grid
+// in the order DispatchFlashBwd launches them, against float64 gradients computed here from the
+// backward's definition (kernels/cpu/attention_backward_cpu.h) on top of the float64 forward
+// (tests/reference/). Runs anywhere (label cpu): CI, which has no GPU, executes the kernels'
+// fragment layouts (ldmatrix with and without .trans, m16n8k16), the swapped tile ranges, every
+// score option, GQA sums, packed batches, the workspace addressing and the barrier order.
+//
+// The element-wise kernels of flash_bwd_prepost.cu are device code in a .cu file whose launchers
+// the host compiler cannot parse: CMake copies the file's device part (its anonymous namespace)
+// into flash_bwd_prepost_device.inc in the build tree, so the test runs the real code.
+//
+// Every output and the workspace are poisoned with NaN, and each output has a poisoned tail that
+// must stay untouched. Gradients the definition makes exactly 0 (query rows without an allowed
+// key, keys no query row sees) must be exactly 0.
+#include "warp_emulator.h"  // before the kernels: it provides what nvcc would
+
+// clang-format off
+#include "kernels/cuda/flash_bwd_kernel.cuh"
+#include "flash_bwd_prepost_device.inc"
+// clang-format on
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/flash_bwd_traits.h"
+#include "kernels/dtype.h"
+#include "tests/reference/reference_attention.h"
+
+// The kernels' `extern __shared__` array.
+namespace attention::cuda::bwd {
+alignas(1024) unsigned char smem[emu::kSmemBytes];
+}  // namespace attention::cuda::bwd
+
+namespace attention::cuda {
+namespace {
+
+using testing::LoadElement;
+using testing::ReferenceAttention;
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+constexpr int kGuard = 64;  // poisoned elements after each output
+
+// max |error| <= tolerance x max |reference| per tensor, as the CPU backward's test states them.
+double Tolerance(DType dtype) { return dtype == DType::kFloat16 ? 2e-3 : 1.5e-2; }
+
+// Runs `kernel` as every block of `grid` (in reverse order when `reverse`), shared memory poisoned
+// with NaN before each block.
+template <typename Kernel>
+void RunGrid(dim3 grid, int threads, bool reverse, Kernel&& kernel) {
+  const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
+  for (int64_t n = 0; n < blocks; ++n) {
+    const int64_t idx = reverse ? blocks - 1 - n : n;
+    const dim3 block(static_cast<unsigned>(idx % grid.x),
+                     static_cast<unsigned>(idx / grid.x % grid.y),
+                     static_cast<unsigned>(idx / (int64_t{grid.x} * grid.y)));
+    std::memset(bwd::smem, 0xff, sizeof(bwd::smem));
+    emu::RunBlock(grid, block, threads, bwd::smem, kernel);
+  }
+}
+
+// One problem: shapes and options; packed when lens_q is set.
+struct Case {
+  explicit Case(std::string case_name) : name(std::move(case_name)) {}
+  Case& Seq(int q, int k) { return seqlen_q = q, seqlen_k = k, *this; }
+  Case& Batch(int b) { return batch = b, *this; }
+  Case& Heads(int q, int kv) { return q_heads = q, kv_heads = kv, *this; }
+  Case& Dim(int d) { return head_dim = d, *this; }
+  Case& Packed(std::vector<int> q, std::vector<int> k) {
+    return lens_q = std::move(q), lens_k = std::move(k), *this;
+  }
+  Case& Causal() { return causal = true, *this; }
+  Case& Window(int left, int right) { return window_left = left, window_right = right, *this; }
+  Case& Softcap(float cap) { return softcap = cap, *this; }
+  Case& Scale(float s) { return scale = s, *this; }
+  Case& Alibi(bool per_batch) { return alibi = true, alibi_per_batch = per_batch, *this; }
+  Case& Mask(MaskKind kind) { return mask = kind, *this; }
+  Case& MaskedRow() { return masked_row = true, *this; }
+  Case& Sinks() { return sinks = true, *this; }
+  Case& General() { return force_general = true, *this; }
+
+  std::string name;
+  int batch = 1, seqlen_q = 16, seqlen_k = 16, q_heads = 2, kv_heads = 2, head_dim = 64;
+  std::vector<int> lens_q, lens_k;
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  float softcap = 0.f;
+  float scale = 0.f;  // 0: 1 / sqrt(head_dim)
+  bool alibi = false, alibi_per_batch = false;
+  MaskKind mask = MaskKind::kNone;
+  bool masked_row = false;  // bool mask: query row 1 of every (sequence, head) sees no key
+  bool sinks = false;
+  bool force_general = false;  // the kGeneral kernels even without an option that needs them
+};
+
+// Host buffers of one problem and the params that point into them.
+struct Problem {
+  BwdParams p;
+  std::vector<uint16_t> q, k, v, o, dout;
+  std::vector<float> lse, slopes, sink_logits, additive;
+  std::vector<uint8_t> bool_mask;
+  std::vector<int32_t> cu_q, cu_k;
+  int64_t rows_q = 0, rows_k = 0;
+  // The float64 forward and gradients.
+  std::vector<double> ref_o, ref_lse, ref_dq, ref_dk, ref_dv;
+  std::vector<double> ref_dsum;  // D, [q_heads, rows_q] as the workspace's dsum
+  // Elements of dq (rows without an allowed key) and of dk and dv (keys no row sees) that must be
+  // exactly 0. (Not every exact 0 of the reference: a row with one key has dS = 0 exactly, but D
+  // from the rounded o leaves a rounding error.)
+  std::vector<bool> dq_zero, dkv_zero;
+};
+
+uint16_t Encode(DType dtype, double x) {
+  const float f = static_cast<float>(x);
+  return dtype == DType::kFloat16 ? FloatToHalf(f) : FloatToBFloat16(f);
+}
+
+// dq, dk, dv of `pr` in float64 from the backward's definition, with P from the float64
+// forward's lse; checks on the way that each row's P (and its sink) sums to 1, so that the
+// logits here are the forward's.
+void ReferenceGradients(Problem& pr) {
+  const BwdParams& p = pr.p;
+  const DType dt = p.dtype;
+  pr.ref_dq.assign(pr.q.size(), 0.0);
+  pr.ref_dk.assign(pr.k.size(), 0.0);
+  pr.ref_dv.assign(pr.v.size(), 0.0);
+  pr.ref_dsum.assign(pr.rows_q * p.q_heads, 0.0);
+  pr.dq_zero.assign(pr.q.size(), false);
+  pr.dkv_zero.assign(pr.k.size(), true);
+  const int group = p.q_heads / p.kv_heads;
+  std::vector<double> logit, prob, dprob, dcap;
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t q_off = p.is_varlen() ? p.cu_seqlens_q[b] : 0;
+    const int64_t k_off = p.is_varlen() ? p.cu_seqlens_k[b] : 0;
+    const int64_t len_q = p.is_varlen() ? p.cu_seqlens_q[b + 1] - q_off : p.seqlen_q;
+    const int64_t len_k = p.is_varlen() ? p.cu_seqlens_k[b + 1] - k_off : p.seqlen_k;
+    logit.assign(len_k, 0.0);
+    prob.assign(len_k, 0.0);
+    dprob.assign(len_k, 0.0);
+    dcap.assign(len_k, 1.0);
+    for (int h = 0; h < p.q_heads; ++h) {
+      const int kv_h = h / group;
+      const double slope = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
+      const double sink = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h] : kNegInf;
+      for (int64_t i = 0; i < len_q; ++i) {
+        const int64_t pos = i + len_k - len_q;
+        const int64_t q_row =
+            b * p.q_batch_stride + (q_off + i) * p.q_row_stride + h * p.q_head_stride;
+        const int64_t o_row =
+            b * p.o_batch_stride + (q_off + i) * p.o_row_stride + h * p.o_head_stride;
+        const double lse = pr.ref_lse[b * p.lse_batch_stride + h * p.lse_head_stride + q_off + i];
+        const auto k_row = [&](int64_t j) {
+          return b * p.k_batch_stride + (k_off + j) * p.k_row_stride + kv_h * p.k_head_stride;
+        };
+        double total = lse == kNegInf || sink == kNegInf ? 0.0 : std::exp(sink - lse);
+        double d_row = 0.0;  // D = sum_j P dP = rowsum(dO * O) of the exact O
+        for (int64_t j = 0; j < len_k; ++j) {
+          prob[j] = 0.0;
+          dprob[j] = 0.0;
+          const int64_t right = p.causal ? 0 : p.window_right;
+          if (p.window_left >= 0 && j < pos - p.window_left) continue;
+          if (right >= 0 && j > pos + right) continue;
+          const int64_t mask_index = b * p.mask_batch_stride + h * p.mask_head_stride +
+                                     i * p.mask_row_stride + j * p.mask_col_stride;
+          if (p.mask_kind == MaskKind::kBool &&
+              static_cast<const uint8_t*>(p.mask)[mask_index] == 0) {
+            continue;
+          }
+          double dot = 0.0, dp = 0.0;
+          for (int d = 0; d < p.head_dim; ++d) {
+            dot += LoadElement(dt, p.q, q_row + d) * LoadElement(dt, p.k, k_row(j) + d);
+            dp += LoadElement(dt, p.do_, o_row + d) * LoadElement(dt, p.v, k_row(j) + d);
+          }
+          double s = p.softmax_scale * dot;
+          dcap[j] = 1.0;
+          if (p.softcap > 0.f) {
+            const double th = std::tanh(s / p.softcap);
+            s = p.softcap * th;
+            dcap[j] = 1.0 - th * th;
+          }
+          if (p.alibi_slopes) s -= slope * static_cast<double>(std::llabs(pos - j));
+          if (p.mask_kind == MaskKind::kAdditive)
+            s += static_cast<const float*>(p.mask)[mask_index];
+          logit[j] = s;
+          prob[j] = lse == kNegInf ? 0.0 : std::exp(s - lse);
+          dprob[j] = dp;
+          total += prob[j];
+          d_row += prob[j] * dp;
+        }
+        if (lse == kNegInf) {
+          for (int d = 0; d < p.head_dim; ++d) pr.dq_zero[q_row + d] = true;
+        }
+        pr.ref_dsum[h * pr.rows_q + (p.is_varlen() ? q_off : b * p.seqlen_q) + i] = d_row;
+        if (lse != kNegInf) {
+          EXPECT_NEAR(total, 1.0, 1e-9) << "reference softmax of row " << i << " head " << h;
+        }
+        for (int64_t j = 0; j < len_k; ++j) {
+          if (prob[j] == 0.0) continue;
+          const double ds = prob[j] * (dprob[j] - d_row) * dcap[j];
+          for (int d = 0; d < p.head_dim; ++d) {
+            pr.dkv_zero[k_row(j) + d] = false;
+            pr.ref_dq[q_row + d] += p.softmax_scale * ds * LoadElement(dt, p.k, k_row(j) + d);
+            pr.ref_dk[k_row(j) + d] += p.softmax_scale * ds * LoadElement(dt, p.q, q_row + d);
+            pr.ref_dv[k_row(j) + d] += prob[j] * LoadElement(dt, p.do_, o_row + d);
+          }
+        }
+      }
+    }
+  }
+}
+
+Problem MakeProblem(const Case& c, DType dtype) {
+  Problem pr;
+  BwdParams& p = pr.p;
+  std::mt19937_64 rng(std::hash<std::string>()(c.name));
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const bool packed = !c.lens_q.empty();
+  p.kind = WorkKind::kBackward;
+  p.dtype = dtype;
+  p.head_dim = c.head_dim;
+  p.q_heads = c.q_heads;
+  p.kv_heads = c.kv_heads;
+  p.softmax_scale = c.scale != 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  p.softcap = c.softcap;
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  if (packed) {
+    pr.cu_q = {0};
+    pr.cu_k = {0};
+    for (size_t b = 0; b < c.lens_q.size(); ++b) {
+      pr.cu_q.push_back(pr.cu_q.back() + c.lens_q[b]);
+      pr.cu_k.push_back(pr.cu_k.back() + c.lens_k[b]);
+    }
+    p.batch = static_cast<int>(c.lens_q.size());
+    p.seqlen_q = *std::max_element(c.lens_q.begin(), c.lens_q.end());
+    p.seqlen_k = *std::max_element(c.lens_k.begin(), c.lens_k.end());
+    p.total_q = pr.cu_q.back();
+    p.total_k = pr.cu_k.back();
+    p.cu_seqlens_q = pr.cu_q.data();
+    p.cu_seqlens_k = pr.cu_k.data();
+  } else {
+    p.batch = c.batch;
+    p.seqlen_q = c.seqlen_q;
+    p.seqlen_k = c.seqlen_k;
+  }
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  SetContiguousStrides(p);
+  pr.rows_q = packed ? p.total_q : int64_t{p.batch} * p.seqlen_q;
+  pr.rows_k = packed ? p.total_k : int64_t{p.batch} * p.seqlen_k;
+  const auto random = [&](int64_t n, double sigma) {
+    std::vector<uint16_t> x(n);
+    for (uint16_t& e : x) e = Encode(dtype, sigma * normal(rng));
+    return x;
+  };
+  pr.q = random(pr.rows_q * p.q_heads * p.head_dim, 1.0);
+  pr.k = random(pr.rows_k * p.kv_heads * p.head_dim, 1.0);
+  pr.v = random(pr.rows_k * p.kv_heads * p.head_dim, 1.0);
+  pr.dout = random(pr.rows_q * p.q_heads * p.head_dim, 1.0);
+  p.q = pr.q.data();
+  p.k = pr.k.data();
+  p.v = pr.v.data();
+  p.do_ = pr.dout.data();
+  if (c.alibi) {
+    p.alibi = true;
+    p.alibi_batch_stride = c.alibi_per_batch ? p.q_heads : 0;
+    pr.slopes.resize((c.alibi_per_batch ? p.batch : 1) * p.q_heads);
+    for (size_t e = 0; e < pr.slopes.size(); ++e) pr.slopes[e] = 0.05f * (1 + e % 5);
+    p.alibi_slopes = pr.slopes.data();
+  }
+  if (c.sinks) {
+    p.sinks = true;
+    pr.sink_logits.resize(p.q_heads);
+    for (float& s : pr.sink_logits) s = static_cast<float>(normal(rng));
+    p.sink_logits = pr.sink_logits.data();
+  }
+  p.mask_kind = c.masked_row && c.mask == MaskKind::kNone ? MaskKind::kBool : c.mask;
+  if (p.mask_kind != MaskKind::kNone) {
+    // [batch, q_heads, seqlen_q, seqlen_k] with local (i, j); the additive mask broadcasts over
+    // heads (head stride 0).
+    const int64_t sq = p.seqlen_q, sk = p.seqlen_k;
+    p.mask_col_stride = 1;
+    p.mask_row_stride = sk;
+    p.mask_head_stride = p.mask_kind == MaskKind::kAdditive ? 0 : sq * sk;
+    p.mask_batch_stride = p.mask_kind == MaskKind::kAdditive ? sq * sk : p.q_heads * sq * sk;
+    const int64_t n = p.batch * (p.mask_kind == MaskKind::kAdditive ? 1 : p.q_heads) * sq * sk;
+    if (p.mask_kind == MaskKind::kBool) {
+      std::bernoulli_distribution keep(0.7);
+      pr.bool_mask.resize(n);
+      for (int64_t e = 0; e < n; ++e) {
+        pr.bool_mask[e] = keep(rng) && !(c.masked_row && e / sk % sq == 1);
+      }
+      p.mask = pr.bool_mask.data();
+    } else {
+      std::uniform_real_distribution<float> bias(-2.f, 1.f);
+      std::bernoulli_distribution drop(0.1);
+      pr.additive.resize(n);
+      for (float& e : pr.additive) e = drop(rng) ? -INFINITY : bias(rng);
+      p.mask = pr.additive.data();
+    }
+  }
+  // The forward in float64; o and lse as the kernels receive them (o in the element type).
+  pr.ref_o.assign(pr.q.size(), 0.0);
+  pr.ref_lse.assign(pr.rows_q * p.q_heads, kNegInf);
+  ReferenceAttention(p, pr.ref_o.data(), pr.ref_lse.data());
+  pr.o.resize(pr.ref_o.size());
+  for (size_t e = 0; e < pr.o.size(); ++e) pr.o[e] = Encode(dtype, pr.ref_o[e]);
+  pr.lse.assign(pr.ref_lse.begin(), pr.ref_lse.end());
+  p.o = pr.o.data();
+  p.lse = pr.lse.data();
+  ReferenceGradients(pr);
+  return pr;
+}
+
+// The outputs of one emulated backward pass (each with kGuard poisoned elements at its end) and
+// its workspace.
+struct Outputs {
+  std::vector<uint16_t> dq, dk, dv;
+  std::vector<float> dq_accum, dsum, lse_log2;
+};
+
+// SelectBackwardVariant's rule (flash_bwd_dispatch.cc).
+bool NeedsGeneral(const BwdParams& p) {
+  return p.alibi || p.alibi_slopes != nullptr || p.softcap > 0.f ||
+         p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f);
+}
+
+// DispatchFlashBwd's launch sequence on the emulator: preprocess, the dK / dV kernel, then the
+// dQ kernel (deterministic) or the postprocess.
+template <typename Element, int kHeadDim, bool kGeneral>
+Outputs RunBackward(const Problem& pr, bool deterministic, bool reverse_grids) {
+  BwdParams p = pr.p;
+  p.deterministic = deterministic;
+  Outputs out;
+  constexpr uint16_t kPoison = 0xffff;  // NaN in float16 and bfloat16
+  out.dq.assign(pr.q.size() + kGuard, kPoison);
+  out.dk.assign(pr.k.size() + kGuard, kPoison);
+  out.dv.assign(pr.v.size() + kGuard, kPoison);
+  p.dq = out.dq.data();
+  p.dk = out.dk.data();
+  p.dv = out.dv.data();
+  p.q_rows = pr.rows_q;
+  out.dsum.assign(p.q_rows * p.q_heads, NAN);
+  out.lse_log2.assign(p.q_rows * p.q_heads, NAN);
+  p.dsum = out.dsum.data();
+  p.lse_log2 = out.lse_log2.data();
+  if (!deterministic) {
+    out.dq_accum.assign(p.q_rows * p.q_heads * p.head_dim, NAN);
+    p.dq_accum = out.dq_accum.data();
+  }
+  constexpr int kRows = 4;  // flash_bwd_prepost.cu's kRowsPerBlock
+  const dim3 rows_grid((p.seqlen_q + kRows - 1) / kRows, p.q_heads, p.batch);
+  RunGrid(rows_grid, 32 * kRows, reverse_grids, [&p] { BwdPreprocessKernel<Element>(p); });
+
+  constexpr BwdTileConfig t = DefaultBwdTileConfig(kHeadDim);
+  using Traits = BwdKernelTraits<kHeadDim, t.block_m, t.block_n, t.warps>;
+  RunGrid(dim3((p.seqlen_k + t.block_n - 1) / t.block_n, p.kv_heads, p.batch), Traits::kNThreads,
+          reverse_grids, [&p] { bwd::FlashBwdKernel<Traits, Element, kGeneral>(p); });
+  if (deterministic) {
+    constexpr BwdTileConfig tq = DefaultBwdDqTileConfig(kHeadDim);
+    using DqTraits = BwdDqKernelTraits<kHeadDim, tq.block_m, tq.block_n, tq.warps>;
+    RunGrid(dim3((p.seqlen_q + tq.block_m - 1) / tq.block_m, p.q_heads, p.batch),
+            DqTraits::kNThreads, reverse_grids,
+            [&p] { bwd::FlashBwdDqKernel<DqTraits, Element, kGeneral>(p); });
+  } else {
+    RunGrid(rows_grid, 32 * kRows, reverse_grids, [&p] { BwdPostprocessKernel<Element>(p); });
+  }
+  return out;
+}
+
+// got (with its guard) against ref: within tolerance, exactly 0 where must_be_zero, guard
+// untouched. Returns max |error| / max |ref|.
+double ExpectClose(const std::string& what, DType dtype, const std::vector<uint16_t>& got,
+                   const std::vector<double>& ref, const std::vector<bool>& must_be_zero) {
+  double max_ref = 0.0, max_err = 0.0;
+  int64_t worst = -1, non_finite = 0, nonzero = 0, first_bad = -1;
+  for (size_t e = 0; e < ref.size(); ++e) {
+    const double g = dtype == DType::kFloat16 ? HalfToFloat(got[e]) : BFloat16ToFloat(got[e]);
+    if (!std::isfinite(g)) {
+      if (first_bad < 0) first_bad = static_cast<int64_t>(e);
+      ++non_finite;
+      continue;
+    }
+    if (must_be_zero[e] && g != 0.0) ++nonzero;
+    max_ref = std::max(max_ref, std::abs(ref[e]));
+    if (std::abs(g - ref[e]) > max_err) {
+      max_err = std::abs(g - ref[e]);
+      worst = static_cast<int64_t>(e);
+    }
+  }
+  EXPECT_EQ(non_finite, 0) << what << ": elements not finite (unwritten?), first at " << first_bad;
+  EXPECT_EQ(nonzero, 0) << what << ": elements nonzero where the gradient is exactly 0";
+  EXPECT_LE(max_err, Tolerance(dtype) * max_ref)
+      << what << ": max error " << max_err << " at element " << worst << ", max |ref| " << max_ref;
+  int64_t past_end = 0;
+  for (size_t e = ref.size(); e < got.size(); ++e) past_end += got[e] != 0xffff;
+  EXPECT_EQ(past_end, 0) << what << ": elements written past its end";
+  return max_ref > 0 ? max_err / max_ref : max_err;
+}
+
+template <typename Element, int kHeadDim>
+void RunCase(const Case& c) {
+  SCOPED_TRACE(c.name);
+  const auto start = std::chrono::steady_clock::now();
+  const DType dtype = std::is_same_v<Element, __nv_bfloat16> ? DType::kBFloat16 : DType::kFloat16;
+  const Problem pr = MakeProblem(c, dtype);
+  const bool general = c.force_general || NeedsGeneral(pr.p);
+  const auto run = [&](bool deterministic, bool reverse) {
+    return general ? RunBackward<Element, kHeadDim, true>(pr, deterministic, reverse)
+                   : RunBackward<Element, kHeadDim, false>(pr, deterministic, reverse);
+  };
+  Outputs atomic, det, det_again;
+  try {
+    atomic = run(false, false);
+    det = run(true, false);
+    det_again = run(true, true);
+  } catch (const std::exception& e) {
+    FAIL() << "emulation failed: " << e.what();
+  }
+  // The preprocess's workspace: D against the exact one (o rounded to the element type aside),
+  // lse_log2 = lse * log2(e).
+  double max_d = 0.0, max_d_err = 0.0, max_lse_err = 0.0;
+  for (size_t e = 0; e < pr.ref_dsum.size(); ++e) {
+    max_d = std::max(max_d, std::abs(pr.ref_dsum[e]));
+    max_d_err = std::max(max_d_err, std::abs(atomic.dsum[e] - pr.ref_dsum[e]));
+  }
+  for (int b = 0; b < pr.p.batch; ++b) {
+    const int64_t q_off = pr.p.is_varlen() ? pr.cu_q[b] : 0;
+    const int64_t len_q = pr.p.is_varlen() ? pr.cu_q[b + 1] - q_off : pr.p.seqlen_q;
+    for (int h = 0; h < pr.p.q_heads; ++h) {
+      for (int64_t i = 0; i < len_q; ++i) {
+        const double lse =
+            pr.ref_lse[b * pr.p.lse_batch_stride + h * pr.p.lse_head_stride + q_off + i];
+        const double got =
+            atomic.lse_log2[h * pr.rows_q + (pr.p.is_varlen() ? q_off : b * pr.p.seqlen_q) + i];
+        const double want = lse == kNegInf ? INFINITY : lse * 1.4426950408889634;
+        max_lse_err = std::max(max_lse_err, want == got ? 0.0 : std::abs(got - want));
+      }
+    }
+  }
+  EXPECT_LE(max_d_err, 2 * Tolerance(dtype) * std::max(max_d, 1.0)) << "preprocess: D";
+  EXPECT_LE(max_lse_err, 1e-4) << "preprocess: lse_log2";
+  const double e_dq = ExpectClose("dq", dtype, atomic.dq, pr.ref_dq, pr.dq_zero);
+  const double e_dk = ExpectClose("dk", dtype, atomic.dk, pr.ref_dk, pr.dkv_zero);
+  const double e_dv = ExpectClose("dv", dtype, atomic.dv, pr.ref_dv, pr.dkv_zero);
+  const double e_dq_det = ExpectClose("deterministic dq", dtype, det.dq, pr.ref_dq, pr.dq_zero);
+  // The dK / dV kernel computes dk and dv the same way in both modes; the deterministic dQ
+  // kernel's result does not depend on the order of blocks.
+  EXPECT_TRUE(atomic.dk == det.dk) << "dk differs between atomic and deterministic mode";
+  EXPECT_TRUE(atomic.dv == det.dv) << "dv differs between atomic and deterministic mode";
+  EXPECT_TRUE(det.dq == det_again.dq) << "deterministic dq differs with the block order";
+  EXPECT_TRUE(det.dk == det_again.dk && det.dv == det_again.dv)
+      << "dk / dv differ with the block order";
+  // dq of the two modes: each within tolerance of the reference, so within twice of each other.
+  double max_ref = 0.0, max_diff = 0.0;
+  for (size_t e = 0; e < pr.ref_dq.size(); ++e) {
+    const auto decode = [&](uint16_t x) {
+      return dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
+    };
+    max_ref = std::max(max_ref, std::abs(pr.ref_dq[e]));
+    const double diff = std::abs(decode(atomic.dq[e]) - decode(det.dq[e]));
+    if (!(diff <= max_diff)) max_diff = diff;
+  }
+  EXPECT_LE(max_diff, 2 * Tolerance(dtype) * max_ref) << "dq: atomic vs deterministic";
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("  %-28s %s d=%3d/%3d %s: err/max dq %.1e (det %.1e) dk %.1e dv %.1e  %.1f s\n",
+              c.name.c_str(), dtype == DType::kFloat16 ? "fp16" : "bf16", c.head_dim, kHeadDim,
+              general ? "general" : "dense  ", e_dq, e_dq_det, e_dk, e_dv, seconds);
+}
+
+// Bucket 64 (bfloat16): ragged tails over both tile sizes, Sq != Sk, GQA.
+TEST(BackwardKernelEmulationTest, Bf16D64Plain) {
+  RunCase<__nv_bfloat16, 64>(Case("plain").Seq(70, 100).Heads(4, 2));
+}
+
+// Causal with seqlen_q > seqlen_k: the first 30 rows see no key (lse = -inf, zero gradients),
+// and keys before the diagonal of later tiles.
+TEST(BackwardKernelEmulationTest, Bf16D64CausalSqGtSk) {
+  RunCase<__nv_bfloat16, 64>(Case("causal_sq_gt_sk").Seq(130, 100).Heads(2, 1).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D64CausalSqLtSk) {
+  RunCase<__nv_bfloat16, 64>(Case("causal_sq_lt_sk").Seq(50, 140).Causal());
+}
+
+// A sliding window of both sides: key tiles no query tile of a block sees at either end.
+TEST(BackwardKernelEmulationTest, Bf16D64Window) {
+  RunCase<__nv_bfloat16, 64>(Case("window").Seq(150, 120).Window(24, 7).Heads(2, 1));
+}
+
+// The general variant forced onto a plain problem: its element-wise rule equals the dense one.
+TEST(BackwardKernelEmulationTest, Bf16D64ForcedGeneral) {
+  RunCase<__nv_bfloat16, 64>(Case("forced_general").Seq(70, 66).Causal().General());
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D64Softcap) {
+  RunCase<__nv_bfloat16, 64>(Case("softcap").Seq(66, 80).Softcap(4.f).Scale(0.5f));
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D64AlibiPerBatch) {
+  RunCase<__nv_bfloat16, 64>(Case("alibi").Batch(2).Seq(40, 72).Heads(4, 2).Alibi(true));
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D64BoolMaskWithMaskedRow) {
+  RunCase<__nv_bfloat16, 64>(
+      Case("bool_mask").Seq(70, 70).Mask(MaskKind::kBool).MaskedRow().Heads(2, 1));
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D64AdditiveMaskCausal) {
+  RunCase<__nv_bfloat16, 64>(Case("additive_mask").Seq(65, 90).Mask(MaskKind::kAdditive).Causal());
+}
+
+// Sinks change lse only (the kernels never read them); with causal Sq > Sk the rows without a key
+// have lse = sink and zero gradients.
+TEST(BackwardKernelEmulationTest, Bf16D64SinksCausal) {
+  RunCase<__nv_bfloat16, 64>(Case("sinks").Seq(90, 70).Sinks().Causal().Heads(4, 2));
+}
+
+// A packed batch with an empty sequence and one of keys only, window and GQA, dense variant.
+TEST(BackwardKernelEmulationTest, Bf16D64PackedWindow) {
+  RunCase<__nv_bfloat16, 64>(
+      Case("packed").Packed({33, 0, 70, 5}, {50, 20, 65, 1}).Heads(4, 2).Window(30, 0));
+}
+
+// Head dim 40 in bucket 64: padded head-dim chunks, general variant with everything.
+TEST(BackwardKernelEmulationTest, Fp16D40PackedGeneral) {
+  RunCase<__half, 64>(Case("packed_general")
+                          .Packed({33, 70}, {50, 65})
+                          .Dim(40)
+                          .Heads(4, 2)
+                          .Softcap(5.f)
+                          .Alibi(false)
+                          .Mask(MaskKind::kBool)
+                          .MaskedRow()
+                          .Sinks());
+}
+
+TEST(BackwardKernelEmulationTest, Fp16D96CausalGqa) {
+  RunCase<__half, 96>(Case("d96").Seq(70, 75).Dim(96).Heads(4, 2).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D128Plain) {
+  RunCase<__nv_bfloat16, 128>(Case("d128").Seq(80, 70).Dim(128).Heads(2, 1));
+}
+
+TEST(BackwardKernelEmulationTest, Fp16D128WindowAdditive) {
+  RunCase<__half, 128>(
+      Case("d128_general").Seq(70, 100).Dim(128).Window(40, 10).Mask(MaskKind::kAdditive));
+}
+
+// Two sequences of several tiles each way: tiles inside the causal triangle run without the
+// element-wise mask.
+TEST(BackwardKernelEmulationTest, Bf16D64CausalBatchOfTwo) {
+  RunCase<__nv_bfloat16, 64>(Case("causal_batch").Batch(2).Seq(200, 230).Causal());
+}
+
+// A left window with seqlen_k >> seqlen_q: whole key tiles no query row sees (dk = dv = 0 written
+// by blocks with no query tile), and a group of three query heads per KV head.
+TEST(BackwardKernelEmulationTest, Fp16D64UnseenKeyTiles) {
+  RunCase<__half, 64>(Case("unseen_keys").Seq(40, 230).Window(10, -1).Heads(3, 1));
+}
+
+// A right window only with seqlen_q > seqlen_k, and a negative scale (general variant).
+TEST(BackwardKernelEmulationTest, Bf16D64RightWindowNegativeScale) {
+  RunCase<__nv_bfloat16, 64>(Case("right_window").Seq(140, 60).Window(-1, 5).Scale(-0.2f));
+}
+
+// Softcap, ALiBi and an additive mask together, with GQA.
+TEST(BackwardKernelEmulationTest, Fp16D128AllScoreOptions) {
+  RunCase<__half, 128>(Case("all_options")
+                           .Seq(90, 77)
+                           .Dim(128)
+                           .Heads(4, 2)
+                           .Softcap(3.f)
+                           .Alibi(false)
+                           .Mask(MaskKind::kAdditive)
+                           .Causal());
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D32Packed) {
+  RunCase<__nv_bfloat16, 32>(
+      Case("d32_packed").Packed({17, 64, 100}, {80, 64, 3}).Dim(32).Heads(2, 1).Causal());
+}
+
+// The largest bucket: 32-key tiles in the deterministic dQ kernel.
+TEST(BackwardKernelEmulationTest, Bf16D256) {
+  RunCase<__nv_bfloat16, 256>(Case("d256").Seq(70, 90).Dim(256).Heads(2, 1).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, Fp16D256General) {
+  RunCase<__half, 256>(Case("d256_general").Seq(40, 70).Dim(224).Softcap(6.f).Sinks());
+}
+
+}  // namespace
+}  // namespace attention::cuda
