@@ -59,10 +59,12 @@ constexpr int kGuard = 64;  // poisoned elements after each output
 // max |error| <= tolerance x max |reference| per tensor, as the CPU backward's test states them.
 double Tolerance(DType dtype) { return dtype == DType::kFloat16 ? 2e-3 : 1.5e-2; }
 
-// Runs `kernel` as every block of `grid` (in reverse order when `reverse`), shared memory poisoned
-// with NaN before each block.
+// Runs `kernel` as every block of `grid`, shared memory poisoned with NaN before each block. With
+// `reverse`, the blocks run from the last to the first, each with its warps one at a time from
+// the last (emu::Schedule::kSerialReversed).
 template <typename Kernel>
 void RunGrid(dim3 grid, int threads, bool reverse, Kernel&& kernel) {
+  emu::BlockSchedule() = reverse ? emu::Schedule::kSerialReversed : emu::Schedule::kLockstep;
   const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
   for (int64_t n = 0; n < blocks; ++n) {
     const int64_t idx = reverse ? blocks - 1 - n : n;
@@ -425,9 +427,10 @@ void RunCase(const Case& c) {
     return general ? RunBackward<Element, kHeadDim, true>(pr, deterministic, reverse)
                    : RunBackward<Element, kHeadDim, false>(pr, deterministic, reverse);
   };
-  Outputs atomic, det, det_again;
+  Outputs atomic, atomic_again, det, det_again;
   try {
     atomic = run(false, false);
+    atomic_again = run(false, true);
     det = run(true, false);
     det_again = run(true, true);
   } catch (const std::exception& e) {
@@ -460,13 +463,18 @@ void RunCase(const Case& c) {
   const double e_dk = ExpectClose("dk", dtype, atomic.dk, pr.ref_dk, pr.dkv_zero);
   const double e_dv = ExpectClose("dv", dtype, atomic.dv, pr.ref_dv, pr.dkv_zero);
   const double e_dq_det = ExpectClose("deterministic dq", dtype, det.dq, pr.ref_dq, pr.dq_zero);
-  // The dK / dV kernel computes dk and dv the same way in both modes; the deterministic dQ
-  // kernel's result does not depend on the order of blocks.
+  // The other schedule: blocks and warps in reverse order, one warp at a time.
+  ExpectClose("dq, reversed", dtype, atomic_again.dq, pr.ref_dq, pr.dq_zero);
+  ExpectClose("dk, reversed", dtype, atomic_again.dk, pr.ref_dk, pr.dkv_zero);
+  ExpectClose("dv, reversed", dtype, atomic_again.dv, pr.ref_dv, pr.dkv_zero);
+  ExpectClose("deterministic dq, reversed", dtype, det_again.dq, pr.ref_dq, pr.dq_zero);
+  // The dK / dV kernel computes dk and dv the same way in both modes; no result depends on the
+  // order of blocks or of threads.
   EXPECT_TRUE(atomic.dk == det.dk) << "dk differs between atomic and deterministic mode";
   EXPECT_TRUE(atomic.dv == det.dv) << "dv differs between atomic and deterministic mode";
-  EXPECT_TRUE(det.dq == det_again.dq) << "deterministic dq differs with the block order";
+  EXPECT_TRUE(det.dq == det_again.dq) << "deterministic dq differs with the block and thread order";
   EXPECT_TRUE(det.dk == det_again.dk && det.dv == det_again.dv)
-      << "dk / dv differ with the block order";
+      << "dk / dv differ with the block and thread order";
   // dq of the two modes: each within tolerance of the reference, so within twice of each other.
   double max_ref = 0.0, max_diff = 0.0;
   for (size_t e = 0; e < pr.ref_dq.size(); ++e) {

@@ -6,9 +6,11 @@
 //
 // What it checks: the kernel's indexing, fragment layouts, masking, online softmax, epilogue and
 // the order of its barriers (a thread waiting at a collective the others never reach is reported
-// as a deadlock, warp divergence at a collective as an error). What it does not: timing, the
-// asynchrony of cp.async (copies complete at once; compute-sanitizer's racecheck on a GPU covers
-// the ordering) and the tensor cores' exact rounding (products exact, sums in double).
+// as a deadlock, warp divergence at a collective as an error), cp.async waits (a copy lands at the
+// wait that covers it, its destination NaN until then) and, with Schedule::kSerialReversed,
+// shared-memory races between warps. What it does not: timing, races both schedules miss
+// (compute-sanitizer's racecheck on a GPU covers them) and the tensor cores' exact rounding
+// (products exact, sums in double).
 //
 // Include this before the kernel header, with tests/kernels/cuda/emulation/ ahead of the
 // repository root on the include path: it substitutes kernels/cuda/device_utils.cuh and
@@ -79,6 +81,16 @@ struct Thread {
   uint32_t mma_a[4] = {0, 0, 0, 0};
   uint32_t mma_b[2] = {0, 0};
   bool mma_bf16 = false;  // kMma16: bfloat16 (else float16) operands
+  // cp.async copies issued and not yet waited for (device_utils.cuh's emulation), in issue order,
+  // each with the number of groups committed before it.
+  struct PendingCopy {
+    uint32_t smem;
+    const void* src;  // null: zero fill
+    uint32_t bytes;
+    int group;
+  };
+  std::vector<PendingCopy> copies;
+  int groups_committed = 0;
 };
 
 struct Block {
@@ -107,6 +119,18 @@ inline Block*& CurrentBlock() {
 }
 
 inline Thread& Self() { return CurrentBlock()->thread[CurrentBlock()->current]; }
+
+// How RunBlock orders the threads between barriers. kLockstep: every runnable thread runs to its
+// next collective, then the collectives of every warp complete, and again (warps advance
+// together). kSerialReversed: one warp at a time, from the last to the first and each from its
+// last lane, runs as far as it can (its collectives completing as soon as its 32 lanes reach
+// them) before the next starts. A kernel that reads shared memory another warp writes without a
+// barrier between them reads it before it is written in one of the two.
+enum class Schedule { kLockstep, kSerialReversed };
+inline Schedule& BlockSchedule() {
+  static Schedule schedule = Schedule::kLockstep;
+  return schedule;
+}
 
 // Back to the scheduler's frame in RunThread (never returns). Not in a function that calls
 // __builtin_setjmp, as GCC requires.
@@ -309,9 +333,12 @@ inline void RunBlock(dim3 grid_dim, dim3 block_idx, int threads, unsigned char* 
     makecontext(&t.context, reinterpret_cast<void (*)()>(&ThreadMain), 0);
   }
   const int warps = threads / 32;
-  for (;;) {
+  const bool serial = BlockSchedule() == Schedule::kSerialReversed;
+  // Runs the runnable threads of warp w to their next collective (barrier included).
+  const auto run_warp = [&](int w) {
     bool ran = false;
-    for (int i = 0; i < threads; ++i) {
+    for (int n = 0; n < 32; ++n) {
+      const int i = 32 * w + (serial ? 31 - n : n);
       if (b.thread[i].done || b.thread[i].op != Op::kNone) continue;
       RunThread(b, i);
       ran = true;
@@ -320,22 +347,38 @@ inline void RunBlock(dim3 grid_dim, dim3 block_idx, int threads, unsigned char* 
       CurrentBlock() = nullptr;
       throw std::runtime_error(b.error);
     }
-    bool resolved = false;
-    for (int w = 0; w < warps; ++w) {
-      const Op op = b.thread[32 * w].op;
-      if (op == Op::kNone || op == Op::kBarrier) continue;
-      bool all = true;
-      for (int l = 0; l < 32; ++l) {
-        const Thread& t = b.thread[32 * w + l];
-        if (t.done || (t.op != Op::kNone && t.op != op)) {
-          throw std::runtime_error("warp " + std::to_string(w) + " diverges at a collective");
+    return ran;
+  };
+  // Completes warp w's collective (not a barrier) once its 32 lanes wait at it.
+  const auto complete_collective = [&](int w) {
+    const Op op = b.thread[32 * w].op;
+    if (op == Op::kNone || op == Op::kBarrier) return false;
+    bool all = true;
+    for (int l = 0; l < 32; ++l) {
+      const Thread& t = b.thread[32 * w + l];
+      if (t.done || (t.op != Op::kNone && t.op != op)) {
+        throw std::runtime_error("warp " + std::to_string(w) + " diverges at a collective");
+      }
+      all &= t.op == op;
+    }
+    if (all) RunWarpCollective(b, w, op);
+    return all;
+  };
+  for (;;) {
+    bool ran = false, resolved = false;
+    if (serial) {
+      for (int w = warps - 1; w >= 0; --w) {
+        for (;;) {
+          const bool warp_ran = run_warp(w);
+          const bool warp_resolved = complete_collective(w);
+          ran |= warp_ran;
+          resolved |= warp_resolved;
+          if (!warp_ran && !warp_resolved) break;
         }
-        all &= t.op == op;
       }
-      if (all) {
-        RunWarpCollective(b, w, op);
-        resolved = true;
-      }
+    } else {
+      for (int w = 0; w < warps; ++w) ran |= run_warp(w);
+      for (int w = 0; w < warps; ++w) resolved |= complete_collective(w);
     }
     bool all_done = true, all_at_barrier = true, any_at_barrier = false;
     for (const Thread& t : b.thread) {

@@ -1,5 +1,5 @@
 // Emulated stand-in for kernels/cuda/device_utils.cuh (warp_emulator.h): the same functions over
-// the emulated block's shared memory. cp.async copies complete at once.
+// the emulated block's shared memory. cp.async copies land at the wait that covers them.
 #ifndef ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
 #define ATTENTION_KERNELS_CUDA_DEVICE_UTILS_CUH_
 
@@ -29,22 +29,41 @@ inline uint32_t SmemAddress(const void* ptr) {
   return static_cast<uint32_t>(static_cast<const unsigned char*>(ptr) - EmulatedSmem());
 }
 
+// A copy lands at the latest moment the hardware allows: at the cp.async.wait_group that covers
+// its group; until then its destination holds NaN bytes, so a read before the wait, or a copy
+// issued over data another thread still reads, shows up as NaN.
 inline void CpAsync16(uint32_t smem_addr, const void* gmem, bool pred) {
   CheckSmem(smem_addr, 16);
-  if (pred) {
-    if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0) {
-      throw std::runtime_error("cp.async source not 16-byte aligned");
-    }
-    std::memcpy(EmulatedSmem() + smem_addr, gmem, 16);
-  } else {
-    std::memset(EmulatedSmem() + smem_addr, 0, 16);
+  if (pred && reinterpret_cast<uintptr_t>(gmem) % 16 != 0) {
+    throw std::runtime_error("cp.async source not 16-byte aligned");
   }
+  auto& self = ::attention::cuda::emu::Self();
+  std::memset(EmulatedSmem() + smem_addr, 0xff, 16);
+  self.copies.push_back({smem_addr, pred ? gmem : nullptr, 16, self.groups_committed});
 }
 
-inline void CpAsyncCommit() {}
+inline void CpAsyncCommit() { ++::attention::cuda::emu::Self().groups_committed; }
 
+// Lands this thread's copies of every group but the kPending most recent committed ones (copies
+// not committed yet belong to no group and stay pending).
 template <int kPending>
-inline void CpAsyncWait() {}
+inline void CpAsyncWait() {
+  auto& self = ::attention::cuda::emu::Self();
+  const int complete = self.groups_committed - kPending;
+  size_t kept = 0;
+  for (const auto& c : self.copies) {
+    if (c.group < complete) {
+      if (c.src != nullptr) {
+        std::memcpy(EmulatedSmem() + c.smem, c.src, c.bytes);
+      } else {
+        std::memset(EmulatedSmem() + c.smem, 0, c.bytes);
+      }
+    } else {
+      self.copies[kept++] = c;
+    }
+  }
+  self.copies.resize(kept);
+}
 
 inline void LdsmX4(uint32_t (&r)[4], uint32_t smem_addr) {
   CheckSmem(smem_addr, 16);
