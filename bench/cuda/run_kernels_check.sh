@@ -15,10 +15,10 @@
 # at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
 # The bundle (built here, 2 cores: ~4 min with ccache warm, ~15 min cold), with the three routing
-# switches of kernels/cuda/attention_cuda.cc set to true, so that the check covers the routed
-# paths (RunAttention, the GPU session suite):
+# switches of kernels/cuda/attention_cuda.cc on (ATTN_ROUTE_UNVERIFIED_KERNELS), so that the
+# check covers the routed paths (RunAttention, the GPU session suite):
 #   cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-#     -DATTN_KERNEL_DTYPES=bf16 "-DATTN_KERNEL_HEAD_DIMS=64;128"
+#     -DATTN_KERNEL_DTYPES=bf16 "-DATTN_KERNEL_HEAD_DIMS=64;128" -DATTN_ROUTE_UNVERIFIED_KERNELS=ON
 #   ninja -C build/gpu attention_fp32_test fp32_bench flash_decode_test flash_decode_host_test \
 #     decode_bench attention_cuda_test attention_kernel_bench attention_server \
 #     session_integration_test attention_cli fake_attention_server
