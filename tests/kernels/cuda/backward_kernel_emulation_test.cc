@@ -95,6 +95,7 @@ struct Case {
   Case& MaskedRow() { return masked_row = true, *this; }
   Case& Sinks() { return sinks = true, *this; }
   Case& General() { return force_general = true, *this; }
+  Case& Strided() { return strided = true, *this; }
 
   std::string name;
   int batch = 1, seqlen_q = 16, seqlen_k = 16, q_heads = 2, kv_heads = 2, head_dim = 64;
@@ -108,6 +109,24 @@ struct Case {
   bool masked_row = false;  // bool mask: query row 1 of every (sequence, head) sees no key
   bool sinks = false;
   bool force_general = false;  // the kGeneral kernels even without an option that needs them
+  // q / dq and v / dv head-major ([.., heads, rows, head_dim]), o / do and k / dk rows padded:
+  // every tensor its own strides, with elements between the rows that nothing may write.
+  bool strided = false;
+};
+
+// A gradient as the test expects it, over its whole buffer (padding included).
+struct Expected {
+  std::vector<double> value;
+  std::vector<bool> described;  // inside the described rows and heads: written, else untouched
+  // Exactly 0: dq of rows without an allowed key, dk and dv of keys no row sees. (Not every exact
+  // 0 of the reference: a row with one key has dS = 0 exactly, but D from the rounded o leaves a
+  // rounding error.)
+  std::vector<bool> zero;
+  void Resize(size_t n, bool zero_default) {
+    value.assign(n, 0.0);
+    described.assign(n, false);
+    zero.assign(n, zero_default);
+  }
 };
 
 // Host buffers of one problem and the params that point into them.
@@ -119,12 +138,9 @@ struct Problem {
   std::vector<int32_t> cu_q, cu_k;
   int64_t rows_q = 0, rows_k = 0;
   // The float64 forward and gradients.
-  std::vector<double> ref_o, ref_lse, ref_dq, ref_dk, ref_dv;
+  std::vector<double> ref_o, ref_lse;
   std::vector<double> ref_dsum;  // D, [q_heads, rows_q] as the workspace's dsum
-  // Elements of dq (rows without an allowed key) and of dk and dv (keys no row sees) that must be
-  // exactly 0. (Not every exact 0 of the reference: a row with one key has dS = 0 exactly, but D
-  // from the rounded o leaves a rounding error.)
-  std::vector<bool> dq_zero, dkv_zero;
+  Expected dq, dk, dv;
 };
 
 uint16_t Encode(DType dtype, double x) {
@@ -138,12 +154,10 @@ uint16_t Encode(DType dtype, double x) {
 void ReferenceGradients(Problem& pr) {
   const BwdParams& p = pr.p;
   const DType dt = p.dtype;
-  pr.ref_dq.assign(pr.q.size(), 0.0);
-  pr.ref_dk.assign(pr.k.size(), 0.0);
-  pr.ref_dv.assign(pr.v.size(), 0.0);
+  pr.dq.Resize(pr.q.size(), false);
+  pr.dk.Resize(pr.k.size(), true);
+  pr.dv.Resize(pr.v.size(), true);
   pr.ref_dsum.assign(pr.rows_q * p.q_heads, 0.0);
-  pr.dq_zero.assign(pr.q.size(), false);
-  pr.dkv_zero.assign(pr.k.size(), true);
   const int group = p.q_heads / p.kv_heads;
   std::vector<double> logit, prob, dprob, dcap;
   for (int b = 0; b < p.batch; ++b) {
@@ -159,6 +173,15 @@ void ReferenceGradients(Problem& pr) {
       const int kv_h = h / group;
       const double slope = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
       const double sink = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h] : kNegInf;
+      // Every key of the sequence, also with no query row (len_q = 0).
+      for (int64_t j = 0; j < len_k; ++j) {
+        for (int d = 0; d < p.head_dim; ++d) {
+          pr.dk.described[b * p.k_batch_stride + (k_off + j) * p.k_row_stride +
+                          kv_h * p.k_head_stride + d] = true;
+          pr.dv.described[b * p.v_batch_stride + (k_off + j) * p.v_row_stride +
+                          kv_h * p.v_head_stride + d] = true;
+        }
+      }
       for (int64_t i = 0; i < len_q; ++i) {
         const int64_t pos = i + len_k - len_q;
         const int64_t q_row =
@@ -169,6 +192,10 @@ void ReferenceGradients(Problem& pr) {
         const auto k_row = [&](int64_t j) {
           return b * p.k_batch_stride + (k_off + j) * p.k_row_stride + kv_h * p.k_head_stride;
         };
+        const auto v_row = [&](int64_t j) {
+          return b * p.v_batch_stride + (k_off + j) * p.v_row_stride + kv_h * p.v_head_stride;
+        };
+        for (int d = 0; d < p.head_dim; ++d) pr.dq.described[q_row + d] = true;
         double total = lse == kNegInf || sink == kNegInf ? 0.0 : std::exp(sink - lse);
         double d_row = 0.0;  // D = sum_j P dP = rowsum(dO * O) of the exact O
         for (int64_t j = 0; j < len_k; ++j) {
@@ -186,7 +213,7 @@ void ReferenceGradients(Problem& pr) {
           double dot = 0.0, dp = 0.0;
           for (int d = 0; d < p.head_dim; ++d) {
             dot += LoadElement(dt, p.q, q_row + d) * LoadElement(dt, p.k, k_row(j) + d);
-            dp += LoadElement(dt, p.do_, o_row + d) * LoadElement(dt, p.v, k_row(j) + d);
+            dp += LoadElement(dt, p.do_, o_row + d) * LoadElement(dt, p.v, v_row(j) + d);
           }
           double s = p.softmax_scale * dot;
           dcap[j] = 1.0;
@@ -205,7 +232,7 @@ void ReferenceGradients(Problem& pr) {
           d_row += prob[j] * dp;
         }
         if (lse == kNegInf) {
-          for (int d = 0; d < p.head_dim; ++d) pr.dq_zero[q_row + d] = true;
+          for (int d = 0; d < p.head_dim; ++d) pr.dq.zero[q_row + d] = true;
         }
         pr.ref_dsum[h * pr.rows_q + (p.is_varlen() ? q_off : b * p.seqlen_q) + i] = d_row;
         if (lse != kNegInf) {
@@ -215,10 +242,11 @@ void ReferenceGradients(Problem& pr) {
           if (prob[j] == 0.0) continue;
           const double ds = prob[j] * (dprob[j] - d_row) * dcap[j];
           for (int d = 0; d < p.head_dim; ++d) {
-            pr.dkv_zero[k_row(j) + d] = false;
-            pr.ref_dq[q_row + d] += p.softmax_scale * ds * LoadElement(dt, p.k, k_row(j) + d);
-            pr.ref_dk[k_row(j) + d] += p.softmax_scale * ds * LoadElement(dt, p.q, q_row + d);
-            pr.ref_dv[k_row(j) + d] += prob[j] * LoadElement(dt, p.do_, o_row + d);
+            pr.dk.zero[k_row(j) + d] = false;
+            pr.dv.zero[v_row(j) + d] = false;
+            pr.dq.value[q_row + d] += p.softmax_scale * ds * LoadElement(dt, p.k, k_row(j) + d);
+            pr.dk.value[k_row(j) + d] += p.softmax_scale * ds * LoadElement(dt, p.q, q_row + d);
+            pr.dv.value[v_row(j) + d] += prob[j] * LoadElement(dt, p.do_, o_row + d);
           }
         }
       }
@@ -271,10 +299,31 @@ Problem MakeProblem(const Case& c, DType dtype) {
     for (uint16_t& e : x) e = Encode(dtype, sigma * normal(rng));
     return x;
   };
-  pr.q = random(pr.rows_q * p.q_heads * p.head_dim, 1.0);
-  pr.k = random(pr.rows_k * p.kv_heads * p.head_dim, 1.0);
-  pr.v = random(pr.rows_k * p.kv_heads * p.head_dim, 1.0);
-  pr.dout = random(pr.rows_q * p.q_heads * p.head_dim, 1.0);
+  if (c.strided) {
+    const int64_t d = p.head_dim;
+    const int64_t len_q = packed ? p.total_q : p.seqlen_q, len_k = packed ? p.total_k : p.seqlen_k;
+    p.q_row_stride = d + 8;
+    p.q_head_stride = len_q * p.q_row_stride + 16;
+    p.q_batch_stride = packed ? 0 : p.q_heads * p.q_head_stride + 8;
+    p.o_row_stride = p.q_heads * d + 24;
+    p.o_batch_stride = packed ? 0 : len_q * p.o_row_stride;
+    p.k_row_stride = p.kv_heads * d + 16;
+    p.k_batch_stride = packed ? 0 : len_k * p.k_row_stride + 8;
+    p.v_row_stride = d;
+    p.v_head_stride = len_k * d + 8;
+    p.v_batch_stride = packed ? 0 : p.kv_heads * p.v_head_stride;
+  }
+  // Elements spanned by a tensor of `heads` heads (the last element of the last row, plus one).
+  const auto span = [&](int64_t batch_stride, int64_t row_stride, int64_t head_stride, int heads,
+                        int64_t rows) {
+    return (packed ? 0 : (p.batch - 1) * batch_stride) + (rows - 1) * row_stride +
+           (heads - 1) * head_stride + p.head_dim;
+  };
+  const int64_t seq_q = packed ? p.total_q : p.seqlen_q, seq_k = packed ? p.total_k : p.seqlen_k;
+  pr.q = random(span(p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.q_heads, seq_q), 1.0);
+  pr.k = random(span(p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.kv_heads, seq_k), 1.0);
+  pr.v = random(span(p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.kv_heads, seq_k), 1.0);
+  pr.dout = random(span(p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.q_heads, seq_q), 1.0);
   p.q = pr.q.data();
   p.k = pr.k.data();
   p.v = pr.v.data();
@@ -318,7 +367,7 @@ Problem MakeProblem(const Case& c, DType dtype) {
     }
   }
   // The forward in float64; o and lse as the kernels receive them (o in the element type).
-  pr.ref_o.assign(pr.q.size(), 0.0);
+  pr.ref_o.assign(pr.dout.size(), 0.0);
   pr.ref_lse.assign(pr.rows_q * p.q_heads, kNegInf);
   ReferenceAttention(p, pr.ref_o.data(), pr.ref_lse.data());
   pr.o.resize(pr.ref_o.size());
@@ -386,20 +435,25 @@ Outputs RunBackward(const Problem& pr, bool deterministic, bool reverse_grids) {
   return out;
 }
 
-// got (with its guard) against ref: within tolerance, exactly 0 where must_be_zero, guard
-// untouched. Returns max |error| / max |ref|.
+// got (with its guard) against want: within tolerance, exactly 0 where want.zero, elements
+// outside the described ones (padding, guard) untouched. Returns max |error| / max |ref|.
 double ExpectClose(const std::string& what, DType dtype, const std::vector<uint16_t>& got,
-                   const std::vector<double>& ref, const std::vector<bool>& must_be_zero) {
+                   const Expected& want) {
+  const std::vector<double>& ref = want.value;
   double max_ref = 0.0, max_err = 0.0;
-  int64_t worst = -1, non_finite = 0, nonzero = 0, first_bad = -1;
-  for (size_t e = 0; e < ref.size(); ++e) {
+  int64_t worst = -1, non_finite = 0, nonzero = 0, first_bad = -1, untouched = 0;
+  for (size_t e = 0; e < got.size(); ++e) {
+    if (e >= ref.size() || !want.described[e]) {
+      untouched += got[e] != 0xffff;
+      continue;
+    }
     const double g = dtype == DType::kFloat16 ? HalfToFloat(got[e]) : BFloat16ToFloat(got[e]);
     if (!std::isfinite(g)) {
       if (first_bad < 0) first_bad = static_cast<int64_t>(e);
       ++non_finite;
       continue;
     }
-    if (must_be_zero[e] && g != 0.0) ++nonzero;
+    if (want.zero[e] && g != 0.0) ++nonzero;
     max_ref = std::max(max_ref, std::abs(ref[e]));
     if (std::abs(g - ref[e]) > max_err) {
       max_err = std::abs(g - ref[e]);
@@ -410,9 +464,7 @@ double ExpectClose(const std::string& what, DType dtype, const std::vector<uint1
   EXPECT_EQ(nonzero, 0) << what << ": elements nonzero where the gradient is exactly 0";
   EXPECT_LE(max_err, Tolerance(dtype) * max_ref)
       << what << ": max error " << max_err << " at element " << worst << ", max |ref| " << max_ref;
-  int64_t past_end = 0;
-  for (size_t e = ref.size(); e < got.size(); ++e) past_end += got[e] != 0xffff;
-  EXPECT_EQ(past_end, 0) << what << ": elements written past its end";
+  EXPECT_EQ(untouched, 0) << what << ": elements written outside the described rows and heads";
   return max_ref > 0 ? max_err / max_ref : max_err;
 }
 
@@ -459,15 +511,15 @@ void RunCase(const Case& c) {
   }
   EXPECT_LE(max_d_err, 2 * Tolerance(dtype) * std::max(max_d, 1.0)) << "preprocess: D";
   EXPECT_LE(max_lse_err, 1e-4) << "preprocess: lse_log2";
-  const double e_dq = ExpectClose("dq", dtype, atomic.dq, pr.ref_dq, pr.dq_zero);
-  const double e_dk = ExpectClose("dk", dtype, atomic.dk, pr.ref_dk, pr.dkv_zero);
-  const double e_dv = ExpectClose("dv", dtype, atomic.dv, pr.ref_dv, pr.dkv_zero);
-  const double e_dq_det = ExpectClose("deterministic dq", dtype, det.dq, pr.ref_dq, pr.dq_zero);
+  const double e_dq = ExpectClose("dq", dtype, atomic.dq, pr.dq);
+  const double e_dk = ExpectClose("dk", dtype, atomic.dk, pr.dk);
+  const double e_dv = ExpectClose("dv", dtype, atomic.dv, pr.dv);
+  const double e_dq_det = ExpectClose("deterministic dq", dtype, det.dq, pr.dq);
   // The other schedule: blocks and warps in reverse order, one warp at a time.
-  ExpectClose("dq, reversed", dtype, atomic_again.dq, pr.ref_dq, pr.dq_zero);
-  ExpectClose("dk, reversed", dtype, atomic_again.dk, pr.ref_dk, pr.dkv_zero);
-  ExpectClose("dv, reversed", dtype, atomic_again.dv, pr.ref_dv, pr.dkv_zero);
-  ExpectClose("deterministic dq, reversed", dtype, det_again.dq, pr.ref_dq, pr.dq_zero);
+  ExpectClose("dq, reversed", dtype, atomic_again.dq, pr.dq);
+  ExpectClose("dk, reversed", dtype, atomic_again.dk, pr.dk);
+  ExpectClose("dv, reversed", dtype, atomic_again.dv, pr.dv);
+  ExpectClose("deterministic dq, reversed", dtype, det_again.dq, pr.dq);
   // The dK / dV kernel computes dk and dv the same way in both modes; no result depends on the
   // order of blocks or of threads.
   EXPECT_TRUE(atomic.dk == det.dk) << "dk differs between atomic and deterministic mode";
@@ -477,11 +529,12 @@ void RunCase(const Case& c) {
       << "dk / dv differ with the block and thread order";
   // dq of the two modes: each within tolerance of the reference, so within twice of each other.
   double max_ref = 0.0, max_diff = 0.0;
-  for (size_t e = 0; e < pr.ref_dq.size(); ++e) {
+  for (size_t e = 0; e < pr.dq.value.size(); ++e) {
     const auto decode = [&](uint16_t x) {
       return dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
     };
-    max_ref = std::max(max_ref, std::abs(pr.ref_dq[e]));
+    if (!pr.dq.described[e]) continue;
+    max_ref = std::max(max_ref, std::abs(pr.dq.value[e]));
     const double diff = std::abs(decode(atomic.dq[e]) - decode(det.dq[e]));
     if (!(diff <= max_diff)) max_diff = diff;
   }
@@ -614,6 +667,23 @@ TEST(BackwardKernelEmulationTest, Bf16D256) {
 
 TEST(BackwardKernelEmulationTest, Fp16D256General) {
   RunCase<__half, 256>(Case("d256_general").Seq(40, 70).Dim(224).Softcap(6.f).Sinks());
+}
+
+// Every tensor with its own strides (q / dq and v / dv head-major, o / do and k / dk padded rows):
+// the kernels must address each through its own, and write nothing between the rows.
+TEST(BackwardKernelEmulationTest, Bf16D64StridedBatch) {
+  RunCase<__nv_bfloat16, 64>(
+      Case("strided").Batch(2).Seq(70, 90).Heads(4, 2).Causal().Alibi(true).Strided());
+}
+
+TEST(BackwardKernelEmulationTest, Fp16D128StridedPacked) {
+  RunCase<__half, 128>(
+      Case("strided_packed").Packed({20, 75}, {66, 40}).Dim(120).Heads(2, 1).Strided());
+}
+
+// One query row and one key; the sink makes P < 1, so the gradients are not 0.
+TEST(BackwardKernelEmulationTest, Bf16D64SingleRowAndKey) {
+  RunCase<__nv_bfloat16, 64>(Case("one_by_one").Seq(1, 1).Heads(2, 1).Sinks());
 }
 
 }  // namespace
