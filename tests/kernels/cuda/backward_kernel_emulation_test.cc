@@ -660,13 +660,28 @@ TEST(BackwardKernelEmulationTest, Bf16D32Packed) {
       Case("d32_packed").Packed({17, 64, 100}, {80, 64, 3}).Dim(32).Heads(2, 1).Causal());
 }
 
-// The largest bucket: 32-key tiles in the deterministic dQ kernel.
+// The largest bucket.
 TEST(BackwardKernelEmulationTest, Bf16D256) {
   RunCase<__nv_bfloat16, 256>(Case("d256").Seq(70, 90).Dim(256).Heads(2, 1).Causal());
 }
 
 TEST(BackwardKernelEmulationTest, Fp16D256General) {
   RunCase<__half, 256>(Case("d256_general").Seq(40, 70).Dim(224).Softcap(6.f).Sinks());
+}
+
+// The remaining head-dim buckets of head_dim_buckets.txt (above 128 the deterministic dQ kernel
+// takes 32-key tiles): 160, 192, and 224 with a padded head dim.
+TEST(BackwardKernelEmulationTest, Fp16D160PackedWindowGeneral) {
+  RunCase<__half, 160>(
+      Case("d160").Packed({45, 70}, {70, 30}).Dim(160).Heads(2, 1).Window(20, 3).Softcap(8.f));
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D192CausalGqa) {
+  RunCase<__nv_bfloat16, 192>(Case("d192").Seq(66, 80).Dim(192).Heads(4, 2).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, Bf16D224Padded) {
+  RunCase<__nv_bfloat16, 224>(Case("d224").Seq(50, 65).Dim(200).Heads(2, 2).Sinks());
 }
 
 // Every tensor with its own strides (q / dq and v / dv head-major, o / do and k / dk padded rows):
