@@ -59,11 +59,12 @@ constexpr int kGuard = 64;  // poisoned elements after each output
 // max |error| <= tolerance x max |reference| per tensor, as the CPU backward's test states them.
 double Tolerance(DType dtype) { return dtype == DType::kFloat16 ? 2e-3 : 1.5e-2; }
 
-// Runs `kernel` as every block of `grid`, shared memory poisoned with NaN before each block. With
+// Runs `kernel` as every block of `grid` with `smem_bytes` of dynamic shared memory (an access past
+// it fails), shared memory poisoned with NaN before each block. With
 // `reverse`, the blocks run from the last to the first, each with its warps one at a time from
 // the last (emu::Schedule::kSerialReversed).
 template <typename Kernel>
-void RunGrid(dim3 grid, int threads, bool reverse, Kernel&& kernel) {
+void RunGrid(dim3 grid, int threads, int smem_bytes, bool reverse, Kernel&& kernel) {
   emu::BlockSchedule() = reverse ? emu::Schedule::kSerialReversed : emu::Schedule::kLockstep;
   const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
   for (int64_t n = 0; n < blocks; ++n) {
@@ -72,7 +73,7 @@ void RunGrid(dim3 grid, int threads, bool reverse, Kernel&& kernel) {
                      static_cast<unsigned>(idx / grid.x % grid.y),
                      static_cast<unsigned>(idx / (int64_t{grid.x} * grid.y)));
     std::memset(bwd::smem, 0xff, sizeof(bwd::smem));
-    emu::RunBlock(grid, block, threads, bwd::smem, kernel);
+    emu::RunBlock(grid, block, threads, bwd::smem, kernel, smem_bytes);
   }
 }
 
@@ -417,20 +418,21 @@ Outputs RunBackward(const Problem& pr, bool deterministic, bool reverse_grids) {
   }
   constexpr int kRows = 4;  // flash_bwd_prepost.cu's kRowsPerBlock
   const dim3 rows_grid((p.seqlen_q + kRows - 1) / kRows, p.q_heads, p.batch);
-  RunGrid(rows_grid, 32 * kRows, reverse_grids, [&p] { BwdPreprocessKernel<Element>(p); });
+  RunGrid(rows_grid, 32 * kRows, 0, reverse_grids, [&p] { BwdPreprocessKernel<Element>(p); });
 
   constexpr BwdTileConfig t = DefaultBwdTileConfig(kHeadDim);
   using Traits = BwdKernelTraits<kHeadDim, t.block_m, t.block_n, t.warps>;
   RunGrid(dim3((p.seqlen_k + t.block_n - 1) / t.block_n, p.kv_heads, p.batch), Traits::kNThreads,
-          reverse_grids, [&p] { bwd::FlashBwdKernel<Traits, Element, kGeneral>(p); });
+          Traits::kSmemBytes, reverse_grids,
+          [&p] { bwd::FlashBwdKernel<Traits, Element, kGeneral>(p); });
   if (deterministic) {
     constexpr BwdTileConfig tq = DefaultBwdDqTileConfig(kHeadDim);
     using DqTraits = BwdDqKernelTraits<kHeadDim, tq.block_m, tq.block_n, tq.warps>;
     RunGrid(dim3((p.seqlen_q + tq.block_m - 1) / tq.block_m, p.q_heads, p.batch),
-            DqTraits::kNThreads, reverse_grids,
+            DqTraits::kNThreads, DqTraits::kSmemBytes, reverse_grids,
             [&p] { bwd::FlashBwdDqKernel<DqTraits, Element, kGeneral>(p); });
   } else {
-    RunGrid(rows_grid, 32 * kRows, reverse_grids, [&p] { BwdPostprocessKernel<Element>(p); });
+    RunGrid(rows_grid, 32 * kRows, 0, reverse_grids, [&p] { BwdPostprocessKernel<Element>(p); });
   }
   return out;
 }

@@ -97,6 +97,7 @@ struct Block {
   dim3 block_idx, grid_dim;
   int threads = 0;
   unsigned char* smem = nullptr;
+  int smem_bytes = kSmemBytes;  // the launch's dynamic shared memory: accesses past it are errors
   std::vector<Thread> thread;
   std::function<void()> body;
   ucontext_t scheduler;
@@ -212,7 +213,7 @@ inline void RunWarpCollective(Block& b, int w, Op op) {
       for (int l = 0; l < 32; ++l) {
         for (int i = 0; i < 4; ++i) {
           const uint32_t addr = lane[8 * i + l / 4].address + 4 * (l % 4);
-          if (addr + 4 > static_cast<uint32_t>(kSmemBytes) || addr % 4 != 0) {
+          if (addr + 4 > static_cast<uint32_t>(b.smem_bytes) || addr % 4 != 0) {
             throw std::runtime_error("ldmatrix address out of shared memory");
           }
           std::memcpy(&lane[l].ldsm_out[i], b.smem + addr, 4);
@@ -228,7 +229,7 @@ inline void RunWarpCollective(Block& b, int w, Op op) {
           uint16_t half[2];
           for (int h = 0; h < 2; ++h) {
             const uint32_t addr = lane[8 * i + 2 * (l % 4) + h].address + 2 * (l / 4);
-            if (addr + 2 > static_cast<uint32_t>(kSmemBytes)) {
+            if (addr + 2 > static_cast<uint32_t>(b.smem_bytes)) {
               throw std::runtime_error("ldmatrix address out of shared memory");
             }
             std::memcpy(&half[h], b.smem + addr, 2);
@@ -309,11 +310,13 @@ inline void RunWarpCollective(Block& b, int w, Op op) {
 }
 
 // Runs `body` as every thread of block `block_idx` of a grid `grid_dim` of `threads`-thread
-// blocks (a multiple of 32) over the shared memory `smem`. Throws std::runtime_error on a deadlock
-// or a warp that diverges at a collective.
+// blocks (a multiple of 32) over the shared memory `smem`, of which the launch has `smem_bytes`.
+// Throws std::runtime_error on a deadlock, a warp that diverges at a collective, or a shared-memory
+// access (ldmatrix, cp.async, the emulated loads and stores) past smem_bytes.
 inline void RunBlock(dim3 grid_dim, dim3 block_idx, int threads, unsigned char* smem,
-                     std::function<void()> body) {
+                     std::function<void()> body, int smem_bytes = kSmemBytes) {
   Block b;
+  b.smem_bytes = smem_bytes;
   b.block_idx = block_idx;
   b.grid_dim = grid_dim;
   b.threads = threads;

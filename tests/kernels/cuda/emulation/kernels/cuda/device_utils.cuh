@@ -20,7 +20,9 @@ namespace attention::cuda::fwd {
 inline unsigned char* EmulatedSmem() { return ::attention::cuda::emu::CurrentBlock()->smem; }
 
 inline void CheckSmem(uint32_t smem_addr, uint32_t bytes) {
-  if (smem_addr % bytes != 0 || smem_addr + bytes > ::attention::cuda::emu::kSmemBytes) {
+  if (smem_addr % bytes != 0 ||
+      smem_addr + bytes >
+          static_cast<uint32_t>(::attention::cuda::emu::CurrentBlock()->smem_bytes)) {
     throw std::runtime_error("shared-memory access out of range or misaligned");
   }
 }
