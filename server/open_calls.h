@@ -4,6 +4,7 @@
 #ifndef ATTENTION_SERVER_OPEN_CALLS_H_
 #define ATTENTION_SERVER_OPEN_CALLS_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -56,6 +57,42 @@ class OpenCalls {
   std::condition_variable none_open_;
   int64_t calls_ = 0;  // open calls, unary and stream
   absl::flat_hash_set<Stream*> streams_;
+};
+
+// What a service with streams keeps for its drain (both services derive from it): whether it
+// drains, and its open calls. The call objects report themselves: CallStarted / CallDone (a unary
+// call), Register / Unregister then CallDone (a stream, in its OnDone).
+template <typename Stream>
+class ServiceCalls {
+ public:
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+
+  // Waits until no call is open (every answer written, every stream finished) or `deadline`;
+  // true if none is. Used by the drain before the gRPC server shuts down, so that shutting down
+  // cancels nothing.
+  bool WaitForCalls(std::chrono::steady_clock::time_point deadline) {
+    return open_.WaitForNone(deadline);
+  }
+
+  // Streams currently open (tests).
+  int open_streams() const { return open_.streams(); }
+
+  void CallStarted() { open_.Started(); }
+  void CallDone() { open_.Done(); }
+  void Register(Stream* stream) { open_.Register(stream); }
+  void Unregister(Stream* stream) { open_.Unregister(stream); }
+
+ protected:
+  // Draining from now on: every open stream ends once its outstanding answers are written
+  // (Stream::Drain). Call where Stream is complete (the service's StartDrain).
+  void DrainStreams() {
+    draining_.store(true, std::memory_order_release);
+    open_.ForEachStream([](Stream* stream) { stream->Drain(); });
+  }
+
+ private:
+  std::atomic<bool> draining_{false};
+  OpenCalls<Stream> open_;
 };
 
 }  // namespace attention::server

@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <memory>
 #include <string>
@@ -12,36 +11,18 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/support/slice.h"
 #include "proto/contract_types.h"
+#include "server/call_helpers.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/request_wire.h"
 #include "server/response_wire.h"
-#include "server/stream_state.h"
+#include "server/stream_reactor.h"
 
 namespace attention::server {
 namespace {
 
 using Request = v1::AttentionRequest;
 using Response = v1::AttentionResponse;
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The call's deadline on the steady clock (max() when it has none).
-Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
-                                 Clock::time_point now) {
-  const auto deadline = context->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return Clock::time_point::max();
-  const auto left = deadline - std::chrono::system_clock::now();
-  if (left > std::chrono::hours(24 * 365)) return Clock::time_point::max();
-  return now + std::chrono::duration_cast<Clock::duration>(left);
-}
 
 // A received request: the message without q, k and v's data, and the gRPC slices those bytes
 // still lie in (request_wire.h). Everything stays alive until the request is answered, so the
@@ -413,269 +394,168 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public JobCompletion {
   std::atomic<bool> cancelled_{false};
 };
 
+class StreamItem;
+
 }  // namespace
 
-// One bidirectional stream. Each request read becomes an Item (request + response + its own
-// JobCompletion); an Item is owned by its job while queued or running and comes back to the
-// stream in ItemDone, which queues its answer for writing. The stream's rules (flow control,
-// when it ends, with which status) are StreamState's (server/stream_state.h); this class holds
-// it under mu_ and does what it decides: start reads and writes, finish. gRPC then calls OnDone,
-// which deletes the stream.
-class StreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+// One AttentionStream: StreamReactor's mechanics (server/stream_reactor.h) with an Item per
+// request, answered by its job; an answer is counted (metrics, the answer budget) when it is
+// written or dropped.
+class StreamCall final : public StreamReactor<StreamCall, AttentionServiceImpl, StreamItem> {
  public:
   StreamCall(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service),
-        deadline_(SteadyDeadline(context, Clock::now())),
-        state_(service->options().max_stream_in_flight) {
-    service_->Register(this);
-    if (!service_->draining()) {
-      next_ = std::make_unique<Item>(this);
-      StartRead(&next_->wire_in);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      // StartDrain may have finished this stream already (Register made it visible): one Finish.
-      state_.Drain();
-      if (!state_.FinishAtOpen()) return;
-    }
-    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "server is draining: open the stream on another replica"));
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      std::unique_lock<std::mutex> lock(mu_);
-      state_.ReadsDone();
-      MaybeFinish(lock);
-      return;
-    }
-    std::unique_ptr<Item> item = std::move(next_);
-    item->accepted = Clock::now();
-    item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
-    ++messages_read_;
-    if (absl::Status parsed = ParseRequest(&item->wire_in, &item->request); !parsed.ok()) {
-      RefuseMalformed(*item, parsed);
-      return;
-    }
-    if (!Accept(*item)) return;
-    if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
-    const absl::Status status = StartJob(*service_, item->request, item.get(), item->accepted,
-                                         deadline_, state_.cancelled_flag(), &item->start);
-    if (status.ok()) {
-      item.release();  // owned by its job until Item::Complete (maybe already answered)
-    } else {
-      if (item->start.answer_budget_full) {
-        std::lock_guard<std::mutex> lock(mu_);
-        state_.PauseForAnswerBudget();
-      }
-      ItemDone(std::move(item), status);
-    }
-    std::unique_lock<std::mutex> lock(mu_);
-    if (state_.ShouldReadNext()) ReadNext(lock);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_ptr<Item> written;
-    std::deque<std::unique_ptr<Item>> dropped;
-    std::unique_lock<std::mutex> lock(mu_);
-    written = std::move(write_queue_.front());
-    write_queue_.pop_front();
-    // A failed write: the client is gone, the answers still queued are dropped.
-    if (!ok) dropped.swap(write_queue_);
-    // The answer's fate is known now: written (its code), or never to arrive (what the client
-    // saw end its stream). Either way its bytes leave the answer budget.
-    AnswerLeft(*written, ok ? written->code : StreamEndSeenByClient());
-    for (const auto& item : dropped) AnswerLeft(*item, StreamEndSeenByClient());
-    const bool resume_reading = state_.AnswerWritten(ok, static_cast<int>(dropped.size()));
-    state_.SetWriting(!write_queue_.empty());
-    // The front item stays queued (and alive) until its own OnWriteDone.
-    Item* next = state_.writing() ? write_queue_.front().get() : nullptr;
-    if (resume_reading) {
-      ReadNext(lock);
-      lock.lock();
-    }
-    if (next != nullptr) {
-      lock.unlock();
-      Write(next);
-      return;
-    }
-    // The items (their buffers) are freed on return, outside mu_ and possibly after the stream
-    // finished: they do not refer to it.
-    MaybeFinish(lock);
-  }
-
-  void OnCancel() override {
-    cancel_time_.Set();
-    state_.Cancel();
-    service_->batcher()->NotifyCancelled();
-    std::unique_lock<std::mutex> lock(mu_);
-    MaybeFinish(lock);
-  }
-
-  void OnDone() override {
-    AttentionServiceImpl* service = service_;
-    service->Unregister(this);
-    delete this;
-    service->CallDone();
-  }
-
-  // The server is draining: end the stream once its outstanding answers are written.
-  void Drain() {
-    std::unique_lock<std::mutex> lock(mu_);
-    state_.Drain();
-    MaybeFinish(lock);
+      : StreamReactor(service, SteadyDeadline(context, Clock::now())) {
+    Open();
   }
 
  private:
-  struct Item final : JobCompletion {
-    explicit Item(StreamCall* call) : call(call) {}
-    void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
-      absl::Status answer = status.ok() ? CheckFinite(*job) : status;
-      if (answer.ok()) WriteAnswer(*job, &response);
-      job.reset();
-      call->ItemDone(std::unique_ptr<Item>(this), answer);
-    }
-    StreamCall* const call;
-    grpc::ByteBuffer wire_in;   // the message as read, released once parsed
-    grpc::ByteBuffer wire_out;  // the answer as written
-    ReceivedRequest request;
-    Response response;
-    Clock::time_point accepted;
-    int64_t request_bytes = 0;
-    JobStart start;  // the answer budget's reservation (StartJob)
-    // The answer, once ItemDone built it: its code and serialized size.
-    grpc::StatusCode code = grpc::StatusCode::OK;
-    int64_t response_bytes = 0;
-  };
+  friend class StreamReactor<StreamCall, AttentionServiceImpl, StreamItem>;
+
+  static grpc::Status DrainingStatus() {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "server is draining: open the stream on another replica");
+  }
+
+  absl::Status Parse(StreamItem& item);
+
+  // A message that is not an AttentionRequest: counted, invalid (the stream then ends with
+  // INVALID_ARGUMENT once the answers in flight are written).
+  void CountMalformed(const StreamItem& item);
+
+  // A request read after the stream finished, never answered.
+  void CountUnanswered(const StreamItem& item, grpc::StatusCode code);
 
   // What the client of this stream saw for an answer it will never get: the stream ended at its
   // deadline, or was cancelled (a failed write means the same: the client is gone).
-  grpc::StatusCode StreamEndSeenByClient() const {
+  grpc::StatusCode DroppedCode() const {
     const Clock::time_point cancelled_at = cancel_time_.Get();
     // A failed write without a cancel (yet): the client went away now.
-    return CodeSeenByClient(grpc::StatusCode::CANCELLED, deadline_,
+    return CodeSeenByClient(grpc::StatusCode::CANCELLED, deadline(),
                             cancelled_at != Clock::time_point{} ? cancelled_at : Clock::now());
   }
 
+  // Queues the request as a job; a refused one is answered at once.
+  void Start(std::unique_ptr<StreamItem> item);
+
+  // The answer, result or error; it is counted when written (OnWriteDone), or now when the
+  // stream will never write it (AnswerReady).
+  void BuildAnswer(StreamItem& item, const absl::Status& status);
+
+  // Under mu_.
+  void AnswerReady(StreamItem& item, bool dropped) {
+    if (dropped) AnswerLeft(item, DroppedCode());
+  }
+
+  // The answer's fate is known now: written (its code), or never to arrive (what the client saw
+  // end its stream). Either way its bytes leave the answer budget. Under mu_.
+  void WriteEnded(StreamItem& item, bool written);
+
+  // o's data handed over as its own slice (response_wire.h).
+  void SerializeAnswer(StreamItem& item);
+
+  void Cancelled() { cancel_time_.Set(); }
+
   // An answer left the stream, written (`code` is then its own) or dropped: counted as what the
   // client saw, out of the in-flight gauge, and out of the answer budget. Under mu_.
-  void AnswerLeft(Item& item, grpc::StatusCode code) {
-    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
-                           item.request_bytes, code == item.code ? item.response_bytes : 0);
-      metrics->AddInFlight(-1);
-    }
+  void AnswerLeft(StreamItem& item, grpc::StatusCode code);
+
+  CancelTime cancel_time_;
+};
+
+namespace {
+
+// One request of a stream: its request and response, and its own JobCompletion. Owned by its
+// job while queued or running; comes back to the stream in ItemDone.
+class StreamItem final : public JobCompletion {
+ public:
+  explicit StreamItem(StreamCall* call) : call(call) {}
+  void Complete(std::unique_ptr<Job> job, const absl::Status& status) override {
+    absl::Status answer = status.ok() ? CheckFinite(*job) : status;
+    if (answer.ok()) WriteAnswer(*job, &response);
+    job.reset();
+    call->ItemDone(std::unique_ptr<StreamItem>(this), answer);
+  }
+  StreamCall* const call;
+  grpc::ByteBuffer wire_in;   // the message as read, released once parsed
+  grpc::ByteBuffer wire_out;  // the answer as written
+  ReceivedRequest request;
+  Response response;
+  Clock::time_point accepted;
+  int64_t request_bytes = 0;
+  JobStart start;  // the answer budget's reservation (StartJob)
+  // The answer, once BuildAnswer built it: its code and serialized size.
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  int64_t response_bytes = 0;
+};
+
+}  // namespace
+
+absl::Status StreamCall::Parse(StreamItem& item) {
+  return ParseRequest(&item.wire_in, &item.request);
+}
+
+void StreamCall::CountMalformed(const StreamItem& item) {
+  if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+    metrics->RequestRejected("invalid");
+    metrics->RequestDone(Method::kAttentionStream, grpc::StatusCode::INVALID_ARGUMENT,
+                         SecondsSince(item.accepted), item.request_bytes, 0);
+  }
+}
+
+void StreamCall::CountUnanswered(const StreamItem& item, grpc::StatusCode code) {
+  if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+    metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
+                         item.request_bytes, 0);
+  }
+}
+
+void StreamCall::Start(std::unique_ptr<StreamItem> item) {
+  if (service_->metrics() != nullptr) service_->metrics()->AddInFlight(1);
+  const absl::Status status = StartJob(*service_, item->request, item.get(), item->accepted,
+                                       deadline(), cancelled_flag(), &item->start);
+  if (status.ok()) {
+    item.release();  // owned by its job until StreamItem::Complete (maybe already answered)
+    return;
+  }
+  if (item->start.answer_budget_full) PauseForAnswerBudget();
+  ItemDone(std::move(item), status);
+}
+
+void StreamCall::BuildAnswer(StreamItem& item, const absl::Status& status) {
+  Response& response = item.response;
+  if (status.ok()) {
+    response.mutable_timings()->set_total_ns(NanosSince(item.accepted));
+  } else {
+    response.Clear();
+    response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
+    response.mutable_error()->set_message(std::string(status.message()));
+    // No o or lse will be sent: the reservation goes back now, not when the error is written.
     service_->answer_budget().Release(item.start.reserved_answer_bytes);
     item.start.reserved_answer_bytes = 0;
   }
+  response.set_request_id(item.request.message.request_id());
+  item.code = CodeOf(status);
+  item.response_bytes = static_cast<int64_t>(response.ByteSizeLong());
+  item.request.Release();  // the inputs are no longer needed
+}
 
-  // A message that is not an AttentionRequest: the stream's framing is broken, the request cannot
-  // be answered by its request_id, so the stream ends with INVALID_ARGUMENT once the answers in
-  // flight are written.
-  void RefuseMalformed(const Item& item, const absl::Status& parsed) {
-    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->RequestRejected("invalid");
-      metrics->RequestDone(Method::kAttentionStream, grpc::StatusCode::INVALID_ARGUMENT,
-                           SecondsSince(item.accepted), item.request_bytes, 0);
-    }
-    std::unique_lock<std::mutex> lock(mu_);
-    state_.Malformed(
-        absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
-    MaybeFinish(lock);
+void StreamCall::WriteEnded(StreamItem& item, bool written) {
+  AnswerLeft(item, written ? item.code : DroppedCode());
+}
+
+void StreamCall::SerializeAnswer(StreamItem& item) {
+  SerializeResponseWithoutCopy(&item.response, &item.wire_out);
+}
+
+void StreamCall::AnswerLeft(StreamItem& item, grpc::StatusCode code) {
+  if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
+    metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
+                         item.request_bytes, code == item.code ? item.response_bytes : 0);
+    metrics->AddInFlight(-1);
   }
-
-  // Counts a parsed request in flight; false when the stream already finished (cancelled,
-  // draining, a failed write) while it was being read, which MaybeFinish allows since nothing was
-  // in flight then. It can no longer be answered, and a job started now would outlive the stream
-  // (gRPC deletes it once this callback returns) and reach it through the cancel flag and
-  // Item::call.
-  bool Accept(const Item& item) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!state_.finished()) {
-      state_.RequestAccepted();
-      return true;
-    }
-    const grpc::StatusCode code =
-        state_.answers_dropped() ? StreamEndSeenByClient() : grpc::StatusCode::UNAVAILABLE;
-    lock.unlock();
-    if (Metrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->RequestDone(Method::kAttentionStream, code, SecondsSince(item.accepted),
-                           item.request_bytes, 0);
-    }
-    return false;
-  }
-
-  // Serializes `item`'s answer and starts writing it (one write outstanding at a time).
-  void Write(Item* item) {
-    SerializeResponseWithoutCopy(&item->response, &item->wire_out);
-    StartWrite(&item->wire_out);
-  }
-
-  // Answers `item` (result or error) by queueing its response for writing; it is counted when
-  // written (OnWriteDone), or now when the stream will never write it.
-  void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
-    Response& response = item->response;
-    if (status.ok()) {
-      response.mutable_timings()->set_total_ns(NanosSince(item->accepted));
-    } else {
-      response.Clear();
-      response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
-      response.mutable_error()->set_message(std::string(status.message()));
-      // No o or lse will be sent: the reservation goes back now, not when the error is written.
-      service_->answer_budget().Release(item->start.reserved_answer_bytes);
-      item->start.reserved_answer_bytes = 0;
-    }
-    response.set_request_id(item->request.message.request_id());
-    item->code = CodeOf(status);
-    item->response_bytes = static_cast<int64_t>(response.ByteSizeLong());
-    item->request.Release();  // the inputs are no longer needed
-    std::unique_lock<std::mutex> lock(mu_);
-    if (state_.answers_dropped()) {
-      // Once the answer is counted out and mu_ is released, another completion (the batcher
-      // dropping a queued item, the executor answering one) may finish the stream and gRPC
-      // delete it: the decision to finish is taken under this same hold, and nothing after it
-      // touches `this`. The item (its buffers) is freed on return, outside mu_; it does not
-      // refer to the stream.
-      AnswerLeft(*item, StreamEndSeenByClient());
-      state_.AnswerDropped();
-      MaybeFinish(lock);
-      return;
-    }
-    write_queue_.push_back(std::move(item));
-    if (!state_.StartWriting()) return;
-    Item* next = write_queue_.front().get();
-    lock.unlock();
-    Write(next);
-  }
-
-  // Starts the next read; unlocks `lock`.
-  void ReadNext(std::unique_lock<std::mutex>& lock) {
-    next_ = std::make_unique<Item>(this);
-    grpc::ByteBuffer* wire = &next_->wire_in;
-    lock.unlock();
-    StartRead(wire);
-  }
-
-  // Finishes the stream if nothing is left to do; unlocks `lock`.
-  void MaybeFinish(std::unique_lock<std::mutex>& lock) {
-    if (!state_.TryFinish()) return;
-    const grpc::Status status = state_.FinishStatus();
-    lock.unlock();
-    Finish(status);
-  }
-
-  AttentionServiceImpl* const service_;
-  const Clock::time_point deadline_;
-  CancelTime cancel_time_;
-  // The item the outstanding read fills (touched only by the reading path).
-  std::unique_ptr<Item> next_;
-  int64_t messages_read_ = 0;  // reading path only
-
-  std::mutex mu_;
-  StreamState state_;                              // under mu_ (its cancel flag is atomic)
-  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written while writing
-};
+  service_->answer_budget().Release(item.start.reserved_answer_bytes);
+  item.start.reserved_answer_bytes = 0;
+}
 
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options, Batcher* batcher,
                                            Metrics* metrics, AnswerBudget* answer_budget)
@@ -706,23 +586,6 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
   return new StreamCall(this, context);
 }
 
-void AttentionServiceImpl::StartDrain() {
-  draining_.store(true, std::memory_order_release);
-  open_.ForEachStream([](StreamCall* call) { call->Drain(); });
-}
-
-int AttentionServiceImpl::open_streams() const { return open_.streams(); }
-
-bool AttentionServiceImpl::WaitForCalls(Clock::time_point deadline) {
-  return open_.WaitForNone(deadline);
-}
-
-void AttentionServiceImpl::CallStarted() { open_.Started(); }
-
-void AttentionServiceImpl::CallDone() { open_.Done(); }
-
-void AttentionServiceImpl::Register(StreamCall* call) { open_.Register(call); }
-
-void AttentionServiceImpl::Unregister(StreamCall* call) { open_.Unregister(call); }
+void AttentionServiceImpl::StartDrain() { DrainStreams(); }
 
 }  // namespace attention::server

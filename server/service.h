@@ -78,7 +78,7 @@ using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attenti
         v1::AttentionService::WithRawCallbackMethod_AttentionBackward<
             v1::AttentionService::Service>>>;
 
-class AttentionServiceImpl final : public AttentionServiceBase {
+class AttentionServiceImpl final : public AttentionServiceBase, public ServiceCalls<StreamCall> {
  public:
   // `batcher` outlives the service and the gRPC server it is registered on; `metrics` may be null.
   // `answer_budget` (shared with the session service; not owned) may be null: then the service
@@ -98,16 +98,9 @@ class AttentionServiceImpl final : public AttentionServiceBase {
                                               grpc::ByteBuffer* response) override;
 
   // Draining: new requests are refused with UNAVAILABLE (by the batcher), and every open stream
-  // ends with UNAVAILABLE once its outstanding answers are written.
+  // ends with UNAVAILABLE once its outstanding answers are written. WaitForCalls, open_streams,
+  // draining and the call objects' CallStarted, CallDone, Register, Unregister: ServiceCalls.
   void StartDrain();
-
-  // Waits until no call is open (every answer written, every stream finished) or `deadline`;
-  // true if none is. Used by the drain before the gRPC server shuts down, so that shutting down
-  // cancels nothing.
-  bool WaitForCalls(std::chrono::steady_clock::time_point deadline);
-
-  // Streams currently open (tests).
-  int open_streams() const;
 
   // The answer budget (see above).
   AnswerBudget& answer_budget() const { return *answer_budget_; }
@@ -117,21 +110,13 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   const ServiceOptions& options() const { return options_; }
   Batcher* batcher() const { return batcher_; }
   Metrics* metrics() const { return metrics_; }
-  bool draining() const { return draining_.load(std::memory_order_acquire); }
-  // Every call object registers at creation and unregisters in OnDone.
-  void CallStarted();
-  void CallDone();
-  void Register(StreamCall* call);
-  void Unregister(StreamCall* call);
 
  private:
   const ServiceOptions options_;
   Batcher* const batcher_;
   Metrics* const metrics_;
-  std::atomic<bool> draining_{false};
   const std::unique_ptr<AnswerBudget> own_budget_;
   AnswerBudget* const answer_budget_;
-  OpenCalls<StreamCall> open_;
 };
 
 }  // namespace attention::server

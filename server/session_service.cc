@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <climits>
-#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
@@ -12,32 +11,14 @@
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "proto/contract_types.h"
+#include "server/call_helpers.h"
 #include "server/response_wire.h"
 #include "server/service.h"
 #include "server/session_validation.h"
-#include "server/stream_state.h"
+#include "server/stream_reactor.h"
 
 namespace attention::server {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The call's deadline on the steady clock (max() when it has none).
-Clock::time_point SteadyDeadline(const grpc::CallbackServerContext* context,
-                                 Clock::time_point now) {
-  const auto deadline = context->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return Clock::time_point::max();
-  const auto left = deadline - std::chrono::system_clock::now();
-  if (left > std::chrono::hours(24 * 365)) return Clock::time_point::max();
-  return now + std::chrono::duration_cast<Clock::duration>(left);
-}
 
 // Parses `wire` into `message` and releases the buffer. INVALID_ARGUMENT naming the message type
 // when the bytes are not one.
@@ -243,219 +224,128 @@ class UnarySessionCall final : public grpc::ServerUnaryReactor, public SessionCa
   std::atomic<bool> cancelled_{false};
 };
 
+class SessionStreamItem;
+
 }  // namespace
 
-// One SessionStream. Each call read becomes an Item (a SessionCall) that owns itself while its
-// call runs and comes back in ItemDone, which queues its answer for writing. The stream's rules
-// are StreamState's (server/stream_state.h), held under mu_. Calls are started in arrival order
-// from the reading path, one after the other, which is what orders each session's calls
-// (SessionStore::RunInTurn keeps the order it is called in).
-class SessionStreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+// One SessionStream: StreamReactor's mechanics (server/stream_reactor.h) with an Item per call
+// (a SessionCall that owns itself while its call runs). Calls are started in arrival order from
+// the reading path, one after the other, which is what orders each session's calls
+// (SessionStore::RunInTurn keeps the order it is called in). A call is counted when its answer is
+// queued (or dropped), with the answer's serialized size.
+class SessionStreamCall final
+    : public StreamReactor<SessionStreamCall, SessionServiceImpl, SessionStreamItem> {
  public:
   SessionStreamCall(SessionServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service),
-        deadline_(SteadyDeadline(context, Clock::now())),
-        state_(service->options().max_stream_in_flight) {
-    service_->Register(this);
-    if (!service_->draining()) {
-      next_ = std::make_unique<Item>(this);
-      StartRead(&next_->wire_in);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      // StartDrain may have finished this stream already (Register made it visible): one Finish.
-      state_.Drain();
-      if (!state_.FinishAtOpen()) return;
-    }
-    Finish(ToGrpc(DrainingStatus()));
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      std::unique_lock<std::mutex> lock(mu_);
-      state_.ReadsDone();
-      MaybeFinish(lock);
-      return;
-    }
-    std::unique_ptr<Item> item = std::move(next_);
-    item->accepted = Clock::now();
-    item->deadline = deadline_;
-    item->cancelled = state_.cancelled_flag();
-    item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
-    ++messages_read_;
-    if (absl::Status parsed = ParseMessage(&item->wire_in, &item->request); !parsed.ok()) {
-      RefuseMalformed(parsed);
-      return;
-    }
-    item->op = OpOf(item->request.call_case());
-    if (!Accept(*item)) return;
-    if (absl::Status reserved = service_->ReserveAnswer(*item); !reserved.ok()) {
-      // The answers waiting to be sent are at the server's bound: this one is refused, and the
-      // stream reads on once one of its answers is written.
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        state_.PauseForAnswerBudget();
-      }
-      ItemDone(std::move(item), reserved);
-    } else {
-      service_->Run(item.release());  // owned by its call until ItemDone
-    }
-    std::unique_lock<std::mutex> lock(mu_);
-    if (state_.ShouldReadNext()) ReadNext(lock);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_ptr<Item> written;
-    std::unique_lock<std::mutex> lock(mu_);
-    written = std::move(write_queue_.front());
-    write_queue_.pop_front();
-    // A failed write: the client is gone, the answers still queued are dropped.
-    const int dropped = ok ? 0 : static_cast<int>(write_queue_.size());
-    if (!ok) write_queue_.clear();
-    const bool resume_reading = state_.AnswerWritten(ok, dropped);
-    state_.SetWriting(!write_queue_.empty());
-    // The front item stays queued (and alive) until its own OnWriteDone.
-    Item* next = state_.writing() ? write_queue_.front().get() : nullptr;
-    if (resume_reading) {
-      ReadNext(lock);
-      lock.lock();
-    }
-    if (next != nullptr) {
-      lock.unlock();
-      StartWrite(&next->wire_out);
-      return;
-    }
-    MaybeFinish(lock);
-  }
-
-  void OnCancel() override {
-    state_.Cancel();
-    service_->batcher()->NotifyCancelled();
-    std::unique_lock<std::mutex> lock(mu_);
-    MaybeFinish(lock);
-  }
-
-  void OnDone() override {
-    SessionServiceImpl* service = service_;
-    service->Unregister(this);
-    delete this;
-    service->CallDone();
-  }
-
-  // The server is draining: end the stream once its outstanding answers are written.
-  void Drain() {
-    std::unique_lock<std::mutex> lock(mu_);
-    state_.Drain();
-    MaybeFinish(lock);
+      : StreamReactor(service, SteadyDeadline(context, Clock::now())) {
+    Open();
   }
 
  private:
-  struct Item final : SessionCall {
-    explicit Item(SessionStreamCall* call) : call(call) {}
-    void Done(const absl::Status& status) override {
-      call->ItemDone(std::unique_ptr<Item>(this), status);
-    }
-    SessionStreamCall* const call;
-    SessionOp op = SessionOp::kGet;
-    grpc::ByteBuffer wire_in;   // the message as read, released once parsed
-    grpc::ByteBuffer wire_out;  // the answer as written
-  };
+  friend class StreamReactor<SessionStreamCall, SessionServiceImpl, SessionStreamItem>;
 
-  // A message that is not a SessionRequest: the stream cannot answer it by a request_id, so it
-  // ends with INVALID_ARGUMENT once the answers in flight are written.
-  void RefuseMalformed(const absl::Status& parsed) {
-    std::unique_lock<std::mutex> lock(mu_);
-    state_.Malformed(
-        absl::StrCat("message ", messages_read_, " of this stream: ", parsed.message()));
-    MaybeFinish(lock);
-  }
+  static grpc::Status DrainingStatus() { return ToGrpc(::attention::server::DrainingStatus()); }
 
-  // Counts a parsed call in flight; false when the stream already finished while it was being
-  // read (then it can no longer be answered, and a call started now would outlive the stream).
-  bool Accept(const Item& item) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!state_.finished()) {
-      state_.RequestAccepted();
-      return true;
-    }
-    const grpc::StatusCode code =
-        state_.answers_dropped() ? grpc::StatusCode::CANCELLED : grpc::StatusCode::UNAVAILABLE;
-    lock.unlock();
-    if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr) {
-      metrics->CallDone(item.op, code, SecondsSince(item.accepted), item.request_bytes, 0);
-    }
-    return false;
-  }
+  absl::Status Parse(SessionStreamItem& item);
 
-  // Answers `item` (result or error) by queueing its response for writing.
-  void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
-    v1::SessionResponse& response = item->response;
-    if (status.ok()) {
-      if (response.has_attend()) {
-        response.mutable_attend()->mutable_timings()->set_total_ns(NanosSince(item->accepted));
-      }
-    } else {
-      response.Clear();
-      response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
-      response.mutable_error()->set_message(std::string(status.message()));
-    }
-    response.set_request_id(item->request.request_id());
-    const bool counted = item->request.call_case() != v1::SessionRequest::CALL_NOT_SET;
-    item->request.Clear();  // the inputs are no longer needed
-    Serialize(response, &item->wire_out);
-    response.Clear();
-    std::unique_lock<std::mutex> lock(mu_);
-    const bool dropped = state_.answers_dropped();
-    if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr && counted) {
-      // An answer the stream will never write counts as what the caller saw: CANCELLED.
-      metrics->CallDone(
-          item->op,
-          dropped ? grpc::StatusCode::CANCELLED : static_cast<grpc::StatusCode>(status.code()),
-          SecondsSince(item->accepted), item->request_bytes,
-          dropped ? 0 : static_cast<int64_t>(item->wire_out.Length()));
-    }
-    if (dropped) {
-      // Decided under this hold, and nothing after it touches `this` (see the attention
-      // stream's ItemDone); the item is freed on return, outside mu_.
-      state_.AnswerDropped();
-      MaybeFinish(lock);
-      return;
-    }
-    write_queue_.push_back(std::move(item));
-    if (!state_.StartWriting()) return;
-    Item* next = write_queue_.front().get();
-    lock.unlock();
-    StartWrite(&next->wire_out);
-  }
+  // A message that is not a SessionRequest is not counted as a call.
+  void CountMalformed(const SessionStreamItem& /*item*/) {}
 
-  // Starts the next read; unlocks `lock`.
-  void ReadNext(std::unique_lock<std::mutex>& lock) {
-    next_ = std::make_unique<Item>(this);
-    grpc::ByteBuffer* wire = &next_->wire_in;
-    lock.unlock();
-    StartRead(wire);
-  }
+  // A call read after the stream finished, never answered.
+  void CountUnanswered(const SessionStreamItem& item, grpc::StatusCode code);
 
-  // Finishes the stream if nothing is left to do; unlocks `lock`.
-  void MaybeFinish(std::unique_lock<std::mutex>& lock) {
-    if (!state_.TryFinish()) return;
-    grpc::Status status = state_.FinishStatus();
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) status = ToGrpc(DrainingStatus());
-    lock.unlock();
-    Finish(status);
-  }
+  // An answer the stream will never write counts as what the caller saw: CANCELLED.
+  grpc::StatusCode DroppedCode() const { return grpc::StatusCode::CANCELLED; }
 
-  SessionServiceImpl* const service_;
-  const Clock::time_point deadline_;
-  // The item the outstanding read fills (touched only by the reading path).
-  std::unique_ptr<Item> next_;
-  int64_t messages_read_ = 0;  // reading path only
+  // Runs the call; one refused for the answer budget is answered at once.
+  void Start(std::unique_ptr<SessionStreamItem> item);
 
-  std::mutex mu_;
-  StreamState state_;                              // under mu_ (its cancel flag is atomic)
-  std::deque<std::unique_ptr<Item>> write_queue_;  // front() is being written while writing
+  // The answer (result or error), serialized into wire_out.
+  void BuildAnswer(SessionStreamItem& item, const absl::Status& status);
+
+  // Counts the call, as answered or (dropped) as what the caller saw. Under mu_.
+  void AnswerReady(SessionStreamItem& item, bool dropped);
+
+  // Counted already (AnswerReady).
+  void WriteEnded(SessionStreamItem& /*item*/, bool /*written*/) {}
+
+  // Serialized already (BuildAnswer).
+  void SerializeAnswer(SessionStreamItem& /*item*/) {}
+
+  void Cancelled() {}
 };
+
+namespace {
+
+// One call of a SessionStream.
+class SessionStreamItem final : public SessionCall {
+ public:
+  explicit SessionStreamItem(SessionStreamCall* call) : call(call) {}
+  void Done(const absl::Status& status) override {
+    call->ItemDone(std::unique_ptr<SessionStreamItem>(this), status);
+  }
+  SessionStreamCall* const call;
+  SessionOp op = SessionOp::kGet;
+  grpc::ByteBuffer wire_in;   // the message as read, released once parsed
+  grpc::ByteBuffer wire_out;  // the answer as written
+  // The answer, once BuildAnswer built it: its code, and whether the call is counted.
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  bool counted = false;
+};
+
+}  // namespace
+
+absl::Status SessionStreamCall::Parse(SessionStreamItem& item) {
+  item.deadline = deadline();
+  item.cancelled = cancelled_flag();
+  absl::Status parsed = ParseMessage(&item.wire_in, &item.request);
+  if (parsed.ok()) item.op = OpOf(item.request.call_case());
+  return parsed;
+}
+
+void SessionStreamCall::CountUnanswered(const SessionStreamItem& item, grpc::StatusCode code) {
+  if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr) {
+    metrics->CallDone(item.op, code, SecondsSince(item.accepted), item.request_bytes, 0);
+  }
+}
+
+void SessionStreamCall::Start(std::unique_ptr<SessionStreamItem> item) {
+  if (absl::Status reserved = service_->ReserveAnswer(*item); !reserved.ok()) {
+    // The answers waiting to be sent are at the server's bound: this one is refused, and the
+    // stream reads on once one of its answers is written.
+    PauseForAnswerBudget();
+    ItemDone(std::move(item), reserved);
+  } else {
+    service_->Run(item.release());  // owned by its call until ItemDone
+  }
+}
+
+void SessionStreamCall::BuildAnswer(SessionStreamItem& item, const absl::Status& status) {
+  v1::SessionResponse& response = item.response;
+  if (status.ok()) {
+    if (response.has_attend()) {
+      response.mutable_attend()->mutable_timings()->set_total_ns(NanosSince(item.accepted));
+    }
+  } else {
+    response.Clear();
+    response.mutable_error()->set_code(static_cast<int32_t>(status.code()));
+    response.mutable_error()->set_message(std::string(status.message()));
+  }
+  response.set_request_id(item.request.request_id());
+  item.code = static_cast<grpc::StatusCode>(status.code());
+  item.counted = item.request.call_case() != v1::SessionRequest::CALL_NOT_SET;
+  item.request.Clear();  // the inputs are no longer needed
+  Serialize(response, &item.wire_out);
+  response.Clear();
+}
+
+void SessionStreamCall::AnswerReady(SessionStreamItem& item, bool dropped) {
+  if (SessionMetrics* metrics = service_->metrics(); metrics != nullptr && item.counted) {
+    metrics->CallDone(item.op, dropped ? DroppedCode() : item.code, SecondsSince(item.accepted),
+                      item.request_bytes,
+                      dropped ? 0 : static_cast<int64_t>(item.wire_out.Length()));
+  }
+}
 
 SessionServiceImpl::SessionServiceImpl(const SessionServiceOptions& options,
                                        session::SessionStore* store, Batcher* batcher,
@@ -763,23 +653,6 @@ void SessionServiceImpl::RunInTurn(SessionCall* call) {
   });
 }
 
-void SessionServiceImpl::StartDrain() {
-  draining_.store(true, std::memory_order_release);
-  open_.ForEachStream([](SessionStreamCall* call) { call->Drain(); });
-}
-
-int SessionServiceImpl::open_streams() const { return open_.streams(); }
-
-bool SessionServiceImpl::WaitForCalls(Clock::time_point deadline) {
-  return open_.WaitForNone(deadline);
-}
-
-void SessionServiceImpl::CallStarted() { open_.Started(); }
-
-void SessionServiceImpl::CallDone() { open_.Done(); }
-
-void SessionServiceImpl::Register(SessionStreamCall* call) { open_.Register(call); }
-
-void SessionServiceImpl::Unregister(SessionStreamCall* call) { open_.Unregister(call); }
+void SessionServiceImpl::StartDrain() { DrainStreams(); }
 
 }  // namespace attention::server

@@ -19,10 +19,11 @@
 // removed again before its turn ends (SessionStore::UndoAppend), so a refused Attend leaves the
 // session as it was.
 //
-// A SessionStream runs by the rules of the attention stream (server/stream_state.h): flow control
-// at max_stream_in_flight calls read and not yet answered, one write outstanding, OK once the
-// client half-closed and every answer was written, UNAVAILABLE while draining, CANCELLED on a
-// cancel, INVALID_ARGUMENT for a message that is not a SessionRequest.
+// A SessionStream runs by the rules and mechanics of the attention stream (server/stream_state.h,
+// server/stream_reactor.h): flow control at max_stream_in_flight calls read and not yet
+// answered, one write outstanding, OK once the client half-closed and every answer was written,
+// UNAVAILABLE while draining, CANCELLED on a cancel, INVALID_ARGUMENT for a message that is not a
+// SessionRequest.
 //
 // Replica routing: session ids carry the name of the replica that holds them
 // (server/session_validation.h); a call with another replica's id is answered
@@ -115,7 +116,7 @@ using SessionServiceBase = v1::SessionService::WithRawCallbackMethod_CreateSessi
                             v1::SessionService::WithRawCallbackMethod_SessionStream<
                                 v1::SessionService::Service>>>>>>>>;
 
-class SessionServiceImpl final : public SessionServiceBase {
+class SessionServiceImpl final : public SessionServiceBase, public ServiceCalls<SessionStreamCall> {
  public:
   // `store` and `batcher` outlive the service and the gRPC server it is registered on (and the
   // store outlives the batcher: queued Attend jobs hold views and turns of it); `metrics` may be
@@ -149,18 +150,15 @@ class SessionServiceImpl final : public SessionServiceBase {
       grpc::CallbackServerContext* context) override;
 
   // Draining: new calls are refused with UNAVAILABLE, and every open stream ends with
-  // UNAVAILABLE once its outstanding answers are written.
+  // UNAVAILABLE once its outstanding answers are written. WaitForCalls, open_streams, draining
+  // and the call objects' CallStarted, CallDone, Register, Unregister: ServiceCalls.
   void StartDrain();
-  // Waits until no call is open or `deadline`; true if none is.
-  bool WaitForCalls(std::chrono::steady_clock::time_point deadline);
-  int open_streams() const;
 
   // Shared by the call objects (session_service.cc).
   const SessionServiceOptions& options() const { return options_; }
   session::SessionStore* store() const { return store_; }
   Batcher* batcher() const { return batcher_; }
   SessionMetrics* metrics() const { return metrics_; }
-  bool draining() const { return draining_.load(std::memory_order_acquire); }
   // Starts `call` (its request parsed): answers it through SessionCall::Done exactly once, from
   // this thread or a later one.
   void Run(SessionCall* call);
@@ -168,10 +166,6 @@ class SessionServiceImpl final : public SessionServiceBase {
   // the call holds the bytes until it is destroyed. OK (also for other calls, and when already
   // reserved), or RESOURCE_EXHAUSTED naming --max_pending_answer_bytes; Run checks it too.
   absl::Status ReserveAnswer(SessionCall& call);
-  void CallStarted();
-  void CallDone();
-  void Register(SessionStreamCall* call);
-  void Unregister(SessionStreamCall* call);
 
  private:
   void RunCreate(SessionCall* call);
@@ -183,8 +177,6 @@ class SessionServiceImpl final : public SessionServiceBase {
   session::SessionStore* const store_;
   Batcher* const batcher_;
   SessionMetrics* const metrics_;
-  std::atomic<bool> draining_{false};
-  OpenCalls<SessionStreamCall> open_;
 };
 
 }  // namespace attention::server

@@ -1,7 +1,8 @@
-// The bookkeeping of one AttentionStream (server/service.cc's StreamCall), apart from gRPC so
-// that its rules are tested on their own (tests/server/stream_state_test.cc). StreamCall holds
-// it under its mutex and performs what it decides: read the next request, write the next answer,
-// finish the stream with a status.
+// The bookkeeping of one stream (AttentionStream's StreamCall, SessionStream's
+// SessionStreamCall), apart from gRPC so that its rules are tested on their own
+// (tests/server/stream_state_test.cc). StreamReactor (server/stream_reactor.h) holds it under its
+// mutex and performs what it decides: read the next request, write the next answer, finish the
+// stream with a status.
 //
 // The rules:
 //   - reading stops at max_in_flight requests read and not yet written (flow control), and
@@ -82,16 +83,16 @@ class StreamState {
 
  private:
   const int max_in_flight_;
-  int in_flight_ = 0;          // requests read and not yet written (or dropped)
-  bool writing_ = false;       // a write is outstanding
-  bool read_paused_ = false;   // no read outstanding because of max_in_flight or the budget
+  int in_flight_ = 0;           // requests read and not yet written (or dropped)
+  bool writing_ = false;        // a write is outstanding
+  bool read_paused_ = false;    // no read outstanding because of max_in_flight or the budget
   bool budget_paused_ = false;  // a request was refused for the answer budget
-  bool reads_done_ = false;    // the client half-closed (or the stream broke)
+  bool reads_done_ = false;     // the client half-closed (or the stream broke)
   bool draining_ = false;
   std::atomic<bool> cancelled_{false};
   bool write_failed_ = false;
   bool finished_ = false;
-  std::string malformed_;      // why the stream ends INVALID_ARGUMENT, empty if it does not
+  std::string malformed_;  // why the stream ends INVALID_ARGUMENT, empty if it does not
 };
 
 }  // namespace attention::server
