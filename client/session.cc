@@ -1,28 +1,22 @@
 #include "attention/client/session.h"
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "client/call_stream.h"
 #include "client/internal.h"
 #include "grpcpp/grpcpp.h"
 
 namespace attention::client {
 namespace {
-
-absl::Status ErrorStatus(const v1::Error& error) {
-  return absl::Status(static_cast<absl::StatusCode>(error.code()), error.message());
-}
 
 // The replica part of a session id ("<hex>@<replica>").
 absl::StatusOr<std::string> ReplicaOf(std::string_view session_id) {
@@ -34,8 +28,11 @@ absl::StatusOr<std::string> ReplicaOf(std::string_view session_id) {
   return std::string(session_id.substr(at + 1));
 }
 
-// One SessionStream to one replica: writes one call at a time from a queue (gRPC allows one
-// outstanding write), keeps one read outstanding, and pairs answers with calls by request_id.
+using SessionCallStream = CallStream<v1::SessionService::Stub, v1::SessionRequest,
+                                     v1::SessionResponse, v1::SessionRequest>;
+
+// One SessionStream to one replica (client/call_stream.h has how its writes, reads and answers
+// go, and the hold that keeps gRPC from ending it while a write may still start).
 //
 // Ownership: Session::Shared owns every connection it opened until the connection's OnDone has
 // run (Wait), and then destroys it on its own thread. A connection never owns itself: its stub
@@ -44,218 +41,29 @@ absl::StatusOr<std::string> ReplicaOf(std::string_view session_id) {
 // gRPC's callback completion queue, whose other thread still polls it ("ref_counted.h: assertion
 // failed: prior > 0" in grpc_cq_internal_unref, gRPC 1.51). gRPC touches the reactor no more once
 // OnDone returns, and OnDone touches nothing of it after it sets done_.
-//
-// Lifetime of the writes (as StreamSession's reactor): a hold taken before StartCall keeps gRPC
-// from calling OnDone while this side may still start a write from outside a reaction; the
-// thread that owns the writer role (`writing_`) is the only one that starts writes, so the hold
-// is released exactly once: by that role's owner, or under the mutex when no write is under way.
-class SessionStreamConnection final
-    : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+class SessionStreamConnection final : public SessionCallStream {
  public:
   static std::shared_ptr<SessionStreamConnection> Open(
       const std::shared_ptr<grpc::Channel>& channel, const ClientOptions& options) {
     auto connection =
         std::shared_ptr<SessionStreamConnection>(new SessionStreamConnection(channel));
     for (const auto& [key, value] : options.metadata) {
-      connection->context_.AddMetadata(key, value);
+      connection->context()->AddMetadata(key, value);
     }
-    connection->stub_->async()->SessionStream(&connection->context_, connection.get());
-    connection->AddHold();
-    connection->StartRead(&connection->response_);
-    connection->StartCall();
+    connection->stub()->async()->SessionStream(connection->context(), connection.get());
+    connection->StartStream();
     return connection;
-  }
-
-  // Whether the stream still takes calls.
-  bool usable() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !closing_ && !broken_;
-  }
-
-  void Submit(v1::SessionRequest request, SessionCallback done) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (closing_ || broken_) {
-      lock.unlock();
-      done(absl::UnavailableError("session stream: the stream has ended; call again"));
-      return;
-    }
-    const uint64_t id = next_id_++;
-    request.set_request_id(id);
-    pending_.emplace(id, Pending{std::move(done), false, std::nullopt});
-    queue_.push_back(std::move(request));
-    if (writing_) return;
-    writing_ = true;
-    const v1::SessionRequest* next = &queue_.front();
-    lock.unlock();
-    StartWrite(next);
-  }
-
-  // Half-closes: no more calls; the stream ends once every answer arrived.
-  void Finish() {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (closing_) return;
-    closing_ = true;
-    if (writing_ || hold_released_) return;  // the writer role's owner ends the writes
-    hold_released_ = true;
-    lock.unlock();
-    StartWritesDone();
-    RemoveHold();
-  }
-
-  // Blocks until OnDone has run; the connection may be destroyed once this returns.
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return done_; });
-  }
-
-  // Whether OnDone has run (the connection may be destroyed).
-  bool done() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
-  }
-
-  int64_t in_flight() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return static_cast<int64_t>(pending_.size());
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::optional<Completion> completion;
-    const v1::SessionRequest* next = nullptr;
-    bool writes_done = false, release = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const uint64_t id = queue_.front().request_id();
-      queue_.pop_front();
-      auto it = pending_.find(id);
-      if (it != pending_.end()) {
-        it->second.written = true;
-        if (it->second.answer) completion = Take(it);
-      }
-      if (!ok || broken_) {
-        broken_ = true;
-        release = true;
-      } else if (!queue_.empty()) {
-        next = &queue_.front();
-      } else if (closing_) {
-        writes_done = release = true;
-      } else {
-        writing_ = false;
-      }
-      if (release) {
-        writing_ = false;
-        hold_released_ = true;
-      }
-    }
-    if (completion) completion->Run();
-    if (next != nullptr) StartWrite(next);
-    if (writes_done) StartWritesDone();
-    if (release) RemoveHold();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      EndWrites();
-      return;
-    }
-    std::optional<Completion> completion;
-    bool unknown_id = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(response_.request_id());
-      if (it == pending_.end()) {
-        unknown_id = true;
-        protocol_error_ =
-            absl::InternalError(absl::StrCat("session stream: the server answered request_id ",
-                                             response_.request_id(), " which has no call waiting"));
-      } else {
-        if (response_.has_error() && response_.error().code() != 0) {
-          it->second.answer = ErrorStatus(response_.error());
-        } else {
-          it->second.answer = std::move(response_);
-        }
-        if (it->second.written) completion = Take(it);
-      }
-    }
-    if (completion) completion->Run();
-    if (unknown_id) {
-      context_.TryCancel();
-      EndWrites();
-      return;
-    }
-    response_.Clear();
-    StartRead(&response_);
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    std::vector<Completion> failed;
-    std::unique_lock<std::mutex> lock(mu_);
-    broken_ = true;
-    absl::Status end = protocol_error_.ok() ? FromGrpcStatus(status) : protocol_error_;
-    if (end.ok()) {
-      end = absl::InternalError("session stream: the stream ended without answering this call");
-    }
-    for (auto& [id, pending] : pending_) {
-      failed.push_back(Completion{std::move(pending.done), pending.answer.value_or(end)});
-    }
-    pending_.clear();
-    queue_.clear();
-    lock.unlock();
-    for (Completion& completion : failed) completion.Run();
-    lock.lock();
-    done_ = true;
-    done_cv_.notify_all();
-    // The owner may destroy this connection as soon as the mutex is released.
   }
 
  private:
   explicit SessionStreamConnection(const std::shared_ptr<grpc::Channel>& channel)
-      : stub_(v1::SessionService::NewStub(channel)) {}
+      : SessionCallStream(v1::SessionService::NewStub(channel),
+                          {"session stream", "call",
+                           "session stream: the stream ended without answering this call"}) {}
 
-  struct Pending {
-    SessionCallback done;
-    bool written;  // OnWriteDone ran: the callback may run
-    std::optional<absl::StatusOr<v1::SessionResponse>> answer;  // arrived before OnWriteDone
-  };
-  struct Completion {
-    SessionCallback done;
-    absl::StatusOr<v1::SessionResponse> result;
-    void Run() { done(std::move(result)); }
-  };
-
-  // The stream is ending: refuses further calls and releases the hold unless a write is under
-  // way, whose OnWriteDone then releases it.
-  void EndWrites() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      broken_ = true;
-      if (writing_ || hold_released_) return;
-      hold_released_ = true;
-    }
-    RemoveHold();
+  absl::Status Refusal(bool /*closing*/) const override {
+    return absl::UnavailableError("session stream: the stream has ended; call again");
   }
-
-  Completion Take(std::unordered_map<uint64_t, Pending>::iterator it) {
-    Completion completion{std::move(it->second.done), std::move(*it->second.answer)};
-    pending_.erase(it);
-    return completion;
-  }
-
-  std::unique_ptr<v1::SessionService::Stub> stub_;
-  grpc::ClientContext context_;
-  v1::SessionResponse response_;  // the outstanding read's target
-
-  std::mutex mu_;
-  std::condition_variable done_cv_;
-  uint64_t next_id_ = 1;
-  std::unordered_map<uint64_t, Pending> pending_;
-  std::deque<v1::SessionRequest> queue_;  // not yet written; the front is being written
-  bool writing_ = false;
-  bool closing_ = false;
-  bool broken_ = false;
-  bool hold_released_ = false;
-  bool done_ = false;
-  absl::Status protocol_error_;
 };
 
 }  // namespace
@@ -281,8 +89,8 @@ struct Session::Shared {
   ~Shared() {
     for (auto& [replica, stream] : streams) stream->Finish();
     for (auto& stream : retired) stream->Finish();
-    for (auto& [replica, stream] : streams) stream->Wait();
-    for (auto& stream : retired) stream->Wait();
+    for (auto& [replica, stream] : streams) stream->Wait().IgnoreError();
+    for (auto& stream : retired) stream->Wait().IgnoreError();
   }
 
   // The replica's stream: the open one, or a new one when it has none or it ended.
