@@ -9,27 +9,14 @@ real: attention_server --backend=cpu: answers match a float64 numpy reference; s
       and deadlines surface as AttentionError.
 Exit code 77 (skip) when grpcio or numpy is missing.
 """
-import argparse
-import os
 import sys
-import tempfile
 import unittest
 
-try:
-    import grpc
-    import numpy as np
-except ImportError as missing:
-    print(f"SKIP: {missing} (Debian: apt-get install python3-grpcio python3-numpy "
-          "python3-protobuf)")
-    sys.exit(77)
+# First: skips (77) without grpcio or numpy, and makes attention_client importable.
+import python_test_setup
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "client", "python"))
-import generate_stubs  # noqa: E402
-
-STUBS = tempfile.mkdtemp(prefix="attention_stubs_")
-generate_stubs.generate(STUBS)
-sys.path.insert(0, STUBS)
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from attention_client import (AttentionError, Client, bfloat16_bits, channel_target,  # noqa: E402
                               float32_from_bfloat16)
 
@@ -213,10 +200,8 @@ class RealServerTest(unittest.TestCase):
 
 def main():
     global ARGS
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--mode", choices=("fake", "real"), required=True)
-    ARGS, rest = parser.parse_known_args()
+    ARGS, rest = python_test_setup.parse_args(
+        lambda parser: parser.add_argument("--mode", choices=("fake", "real"), required=True))
     suite = FakeServerTest if ARGS.mode == "fake" else RealServerTest
     tests = unittest.defaultTestLoader.loadTestsFromTestCase(suite)
     result = unittest.TextTestRunner(verbosity=2).run(tests)

@@ -9,27 +9,14 @@ a fork that diverges, a truncate, key-range partials merged back, each answer ag
 numpy reference over the session's whole history; errors surface as AttentionError with the
 server's code. Exit code 77 (skip) when grpcio or numpy is missing.
 """
-import argparse
-import os
 import sys
-import tempfile
 import unittest
 
-try:
-    import grpc
-    import numpy as np
-except ImportError as missing:
-    print(f"SKIP: {missing} (Debian: apt-get install python3-grpcio python3-numpy "
-          "python3-protobuf)")
-    sys.exit(77)
+# First: skips (77) without grpcio or numpy, and makes attention_client importable.
+import python_test_setup
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "client", "python"))
-import generate_stubs  # noqa: E402
-
-STUBS = tempfile.mkdtemp(prefix="attention_stubs_")
-generate_stubs.generate(STUBS)
-sys.path.insert(0, STUBS)
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from attention_client import (AttentionError, SessionClient, bfloat16_bits,  # noqa: E402
                               float32_from_bfloat16)
 
@@ -197,9 +184,7 @@ class SessionTest(unittest.TestCase):
 
 def main():
     global ARGS
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target", required=True)
-    ARGS, rest = parser.parse_known_args()
+    ARGS, rest = python_test_setup.parse_args()
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
 
 

@@ -9,27 +9,17 @@ bits), one gradient element agrees with central finite differences of sum(o * gr
 through the forward RPC, and a malformed lse surfaces as AttentionError INVALID_ARGUMENT naming
 the field. Exit code 77 (skip) when grpcio or numpy is missing.
 """
-import argparse
 import os
 import sys
-import tempfile
 import unittest
 
-try:
-    import grpc
-    import numpy as np
-except ImportError as missing:
-    print(f"SKIP: {missing} (Debian: apt-get install python3-grpcio python3-numpy "
-          "python3-protobuf)")
-    sys.exit(77)
+# tests/client/python_test_setup.py: skips (77) without grpcio or numpy; attention_client imports.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "client"))
+import python_test_setup  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "client", "python"))
-import generate_stubs  # noqa: E402
-
-STUBS = tempfile.mkdtemp(prefix="attention_stubs_")
-generate_stubs.generate(STUBS)
-sys.path.insert(0, STUBS)
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from attention_client import (AttentionError, Client, bfloat16_bits,  # noqa: E402
                               float32_from_bfloat16)
 
@@ -126,7 +116,5 @@ class BackwardTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target", required=True)
-    ARGS, rest = parser.parse_known_args()
+    ARGS, rest = python_test_setup.parse_args()
     unittest.main(argv=[sys.argv[0]] + rest)
