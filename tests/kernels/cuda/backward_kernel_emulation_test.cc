@@ -94,6 +94,7 @@ struct Case {
   Case& Alibi(bool per_batch) { return alibi = true, alibi_per_batch = per_batch, *this; }
   Case& Mask(MaskKind kind) { return mask = kind, *this; }
   Case& MaskedRow() { return masked_row = true, *this; }
+  Case& KeyPadding() { return mask = MaskKind::kBool, key_padding = true, *this; }
   Case& Sinks() { return sinks = true, *this; }
   Case& General() { return force_general = true, *this; }
   Case& Strided() { return strided = true, *this; }
@@ -107,7 +108,8 @@ struct Case {
   float scale = 0.f;  // 0: 1 / sqrt(head_dim)
   bool alibi = false, alibi_per_batch = false;
   MaskKind mask = MaskKind::kNone;
-  bool masked_row = false;  // bool mask: query row 1 of every (sequence, head) sees no key
+  bool masked_row = false;   // bool mask: query row 1 of every (sequence, head) sees no key
+  bool key_padding = false;  // bool mask [batch, seqlen_k]
   bool sinks = false;
   bool force_general = false;  // the kGeneral kernels even without an option that needs them
   // q / dq and v / dv head-major ([.., heads, rows, head_dim]), o / do and k / dk rows padded:
@@ -344,19 +346,33 @@ Problem MakeProblem(const Case& c, DType dtype) {
   }
   p.mask_kind = c.masked_row && c.mask == MaskKind::kNone ? MaskKind::kBool : c.mask;
   if (p.mask_kind != MaskKind::kNone) {
-    // [batch, q_heads, seqlen_q, seqlen_k] with local (i, j); the additive mask broadcasts over
-    // heads (head stride 0).
+    // Indexed by local (i, j). Bool: [batch, q_heads, seqlen_q, seqlen_k], or [batch, seqlen_k]
+    // broadcast over heads and rows (a key-padding mask: head and row strides 0). Additive:
+    // [batch, seqlen_k, seqlen_q] (transposed: column stride seqlen_q) broadcast over heads.
     const int64_t sq = p.seqlen_q, sk = p.seqlen_k;
-    p.mask_col_stride = 1;
-    p.mask_row_stride = sk;
-    p.mask_head_stride = p.mask_kind == MaskKind::kAdditive ? 0 : sq * sk;
-    p.mask_batch_stride = p.mask_kind == MaskKind::kAdditive ? sq * sk : p.q_heads * sq * sk;
-    const int64_t n = p.batch * (p.mask_kind == MaskKind::kAdditive ? 1 : p.q_heads) * sq * sk;
+    int64_t n = 0;
+    if (p.mask_kind == MaskKind::kAdditive) {
+      p.mask_col_stride = sq;
+      p.mask_row_stride = 1;
+      p.mask_head_stride = 0;
+      p.mask_batch_stride = sq * sk;
+      n = p.batch * sq * sk;
+    } else if (c.key_padding) {
+      p.mask_col_stride = 1;
+      p.mask_batch_stride = sk;
+      n = p.batch * sk;
+    } else {
+      p.mask_col_stride = 1;
+      p.mask_row_stride = sk;
+      p.mask_head_stride = sq * sk;
+      p.mask_batch_stride = p.q_heads * sq * sk;
+      n = p.batch * p.q_heads * sq * sk;
+    }
     if (p.mask_kind == MaskKind::kBool) {
       std::bernoulli_distribution keep(0.7);
       pr.bool_mask.resize(n);
       for (int64_t e = 0; e < n; ++e) {
-        pr.bool_mask[e] = keep(rng) && !(c.masked_row && e / sk % sq == 1);
+        pr.bool_mask[e] = keep(rng) && !(c.masked_row && !c.key_padding && e / sk % sq == 1);
       }
       p.mask = pr.bool_mask.data();
     } else {
@@ -588,6 +604,11 @@ TEST(BackwardKernelEmulationTest, Bf16D64BoolMaskWithMaskedRow) {
 
 TEST(BackwardKernelEmulationTest, Bf16D64AdditiveMaskCausal) {
   RunCase<__nv_bfloat16, 64>(Case("additive_mask").Seq(65, 90).Mask(MaskKind::kAdditive).Causal());
+}
+
+// A key-padding mask on a dense batch of two, GQA.
+TEST(BackwardKernelEmulationTest, Fp16D64KeyPaddingBatch) {
+  RunCase<__half, 64>(Case("key_padding").Batch(2).Seq(50, 100).Heads(4, 2).KeyPadding());
 }
 
 // Sinks change lse only (the kernels never read them); with causal Sq > Sk the rows without a key
