@@ -38,6 +38,10 @@ namespace {
 constexpr bool kRouteFloat32Kernel = ATTN_ROUTE_UNVERIFIED_KERNELS;
 constexpr bool kRouteDecodeKernel = ATTN_ROUTE_UNVERIFIED_KERNELS;
 constexpr bool kRoutePagedKernels = ATTN_ROUTE_UNVERIFIED_KERNELS;
+// The backward kernels (flash_bwd_kernel.cuh: AttentionBackward on the GPU; off, a GPU server
+// answers AttentionBackward UNIMPLEMENTED, naming why). Checked on the warp emulator
+// (backward_kernel_emulation_test, label cpu), not yet on a GPU: bench/cuda/run_backward_on_gpu.sh.
+constexpr bool kRouteBackwardKernels = ATTN_ROUTE_UNVERIFIED_KERNELS;
 
 // CUDA grid limit of the y (heads) and z (sequences) dimensions.
 constexpr int kMaxGridYZ = 65535;
@@ -116,6 +120,31 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t batch_
 
 }  // namespace
 
+absl::Status BackwardKernelsRouted() {
+  if (kRouteBackwardKernels) return absl::OkStatus();
+  return Unsupported(
+      "the backward pass (AttentionBackward) is not routed to its CUDA kernels in this build "
+      "(they await their first GPU check); a CPU server answers it");
+}
+
+namespace {
+
+// What the backward kernels compute, whether or not they are routed (CheckSupported adds the
+// switch; CheckBackwardLaunch, which the kernels' own tests reach, does not).
+absl::Status CheckBackwardKernels(const KernelConfig& c) {
+  if (absl::Status s = CheckConfig(c); !s.ok()) return s;
+  if (c.kind != WorkKind::kBackward) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AttentionBackwardParams.kind must be kBackward, got ", static_cast<int>(c.kind)));
+  }
+  if (c.q_heads > kMaxGridYZ) {
+    return Unsupported(absl::StrCat("q_heads ", c.q_heads, " exceeds ", kMaxGridYZ));
+  }
+  return CheckBackwardSupported(c);
+}
+
+}  // namespace
+
 absl::Status PagedKernelsRouted() {
   if (kRoutePagedKernels) return absl::OkStatus();
   return Unsupported(
@@ -132,10 +161,8 @@ absl::Status CheckSupported(const KernelConfig& c) {
     return CheckDecodeSupported(c);
   }
   if (c.kind == WorkKind::kBackward) {
-    if (c.q_heads > kMaxGridYZ) {
-      return Unsupported(absl::StrCat("q_heads ", c.q_heads, " exceeds ", kMaxGridYZ));
-    }
-    return CheckBackwardSupported(c);
+    if (absl::Status routed = BackwardKernelsRouted(); !routed.ok()) return routed;
+    return CheckBackwardKernels(c);
   }
   if (c.kind != WorkKind::kForward) {
     return Unsupported(
@@ -204,7 +231,7 @@ absl::Status CheckLaunch(const AttentionParams& p) {
 }
 
 absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p) {
-  if (absl::Status s = CheckSupported(p); !s.ok()) return s;
+  if (absl::Status s = CheckBackwardKernels(p); !s.ok()) return s;
   if (absl::Status s = CheckBackwardParams(p); !s.ok()) return s;
   if (p.batch > kMaxGridYZ) {
     return Unsupported(absl::StrCat("batch ", p.batch, " exceeds ", kMaxGridYZ));

@@ -24,6 +24,10 @@ Precision ComputedPrecision(const KernelConfig& config);
 // UNIMPLEMENTED saying why not (a server then refuses CreateSession with it).
 absl::Status PagedKernelsRouted();
 
+// Whether the backward pass (kind kBackward) is routed to its kernels in this build: OK, or
+// UNIMPLEMENTED saying why not (CheckSupported then refuses every backward configuration).
+absl::Status BackwardKernelsRouted();
+
 // Whether a paged launch (kind kPagedDecode) of at most `max_rows` query rows per sequence in
 // pages of `page_size` keys has a kernel: up to 16 rows take the decode kernel (any page size);
 // more take the forward kernel's paged variant, which needs 16-bit pages of a power-of-two
@@ -51,8 +55,10 @@ absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_
 // float32), every option of the forward except paged K/V, deterministic or not
 // (KernelConfig::deterministic: dq without atomics, bit-identical run to run).
 
-// Whether `p` can launch: CheckSupported(p), CheckBackwardParams(p), grid limits and 16-byte
-// aligned rows of every tensor (do_ with o's strides, dq with q's, dk with k's, dv with v's).
+// Whether `p` can launch: what CheckSupported(p) checks but the routing switch
+// (BackwardKernelsRouted: the kernels' own tests launch them in any build),
+// CheckBackwardParams(p), grid limits and 16-byte aligned rows of every tensor (do_ with o's
+// strides, dq with q's, dk with k's, dv with v's).
 absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p);
 
 // Bytes of device scratch RunAttentionBackward needs for `p`, all float32: D and lse * log2(e)

@@ -30,31 +30,6 @@ KernelConfig BackwardConfig() {
   return c;
 }
 
-TEST(BackwardSupportTest, AcceptsAndRefusesNamingTheRule) {
-  const KernelConfig c = BackwardConfig();
-  EXPECT_TRUE(CheckSupported(c).ok()) << CheckSupported(c);
-  KernelConfig x = c;
-  x.dtype = DType::kFloat32;
-  absl::Status s = CheckSupported(x);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("float32"), std::string::npos) << s;
-  x = c;
-  x.head_dim = 60;
-  s = CheckSupported(x);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("multiple of 8"), std::string::npos) << s;
-  x = c;
-  x.head_dim = 264;
-  EXPECT_NE(CheckSupported(x).code(), absl::StatusCode::kOk);
-  // Sinks only enter through lse: no kernel of their own to route.
-  x = c;
-  x.sinks = true;
-  EXPECT_TRUE(CheckSupported(x).ok()) << CheckSupported(x);
-  x = c;
-  x.deterministic = true;
-  EXPECT_TRUE(CheckSupported(x).ok()) << CheckSupported(x);
-}
-
 AttentionBackwardParams LaunchParams() {
   AttentionBackwardParams p;
   static_cast<KernelConfig&>(p) = BackwardConfig();
@@ -68,6 +43,55 @@ AttentionBackwardParams LaunchParams() {
   p.o = p.dq = p.dk = p.dv = dummy;
   p.lse = reinterpret_cast<float*>(dummy);
   return p;
+}
+
+// The kernels' checks of configuration `c` (CheckBackwardLaunch, which holds whatever the
+// routing switch says).
+absl::Status Check(const KernelConfig& c) {
+  AttentionBackwardParams p = LaunchParams();
+  static_cast<KernelConfig&>(p) = c;
+  if (c.sinks) p.sink_logits = p.lse;  // never dereferenced
+  return CheckBackwardLaunch(p);
+}
+
+TEST(BackwardSupportTest, AcceptsAndRefusesNamingTheRule) {
+  const KernelConfig c = BackwardConfig();
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  KernelConfig x = c;
+  x.dtype = DType::kFloat32;
+  absl::Status s = Check(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("float32"), std::string::npos) << s;
+  x = c;
+  x.head_dim = 60;
+  s = Check(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("multiple of 8"), std::string::npos) << s;
+  x = c;
+  x.head_dim = 264;
+  EXPECT_NE(Check(x).code(), absl::StatusCode::kOk);
+  // Sinks only enter through lse: no kernel of their own to route.
+  x = c;
+  x.sinks = true;
+  EXPECT_TRUE(Check(x).ok()) << Check(x);
+  x = c;
+  x.deterministic = true;
+  EXPECT_TRUE(Check(x).ok()) << Check(x);
+}
+
+// CheckSupported (what the server asks before it queues a request) adds the routing switch:
+// every backward configuration is refused, naming why, while the kernels await their GPU check.
+TEST(BackwardSupportTest, CheckSupportedFollowsTheRoutingSwitch) {
+  const KernelConfig c = BackwardConfig();
+  const absl::Status routed = BackwardKernelsRouted();
+  if (routed.ok()) {
+    EXPECT_TRUE(CheckSupported(c).ok()) << CheckSupported(c);
+  } else {
+    EXPECT_EQ(routed.code(), absl::StatusCode::kUnimplemented);
+    EXPECT_NE(routed.message().find("not routed"), std::string::npos) << routed;
+    EXPECT_EQ(CheckSupported(c), routed);
+  }
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
 }
 
 TEST(BackwardSupportTest, LaunchChecks) {
