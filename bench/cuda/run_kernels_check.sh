@@ -26,7 +26,7 @@
 #   strip .gpu/bin/* .gpu/lib/*; cp ../shared/peers/sdpa_peer.py .gpu/
 #   mkdir -p .gpu-pack; tar cf - .gpu | xz -T2 -4 > .gpu-pack/bundle.tar.xz   # ~40 MB
 # and on the device (carry .gpu-pack): tar xJf .gpu-pack/bundle.tar.xz && <the commands of
-# docs/kernel.md, "Kernels not yet routed">.
+# docs/kernel.md, "Kernels written without a GPU, and their routing">.
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of flash_decode_test,
 # flash_decode_host_test, decode_bench, attention_cuda_test, attention_kernel_bench,

@@ -201,7 +201,10 @@ void ExpectClose(const std::string& what, DType dtype, const std::vector<uint16_
     }
   }
   EXPECT_EQ(non_finite, 0) << what << ": elements not finite (unwritten?)";
-  EXPECT_LE(max_err, tol * std::max(max_ref, 1e-6))
+  // Floor: a gradient that is 0 in exact arithmetic (a one-key window gives dS = P (dP - D) = 0)
+  // comes out at the float32 rounding of unit-scale products (1.7e-7 seen on an H100), which no
+  // relative bound of 0 admits.
+  EXPECT_LE(max_err, tol * std::max(max_ref, 1e-3))
       << what << ": max error " << max_err << " at element " << worst << ", max |ref| " << max_ref
       << " (ratio " << max_err / max_ref << ", tolerance " << tol << ")";
   std::printf("    %-28s max err / max |ref| = %.2e\n", what.c_str(),

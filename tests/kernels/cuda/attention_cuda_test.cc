@@ -493,6 +493,7 @@ void RunCase(const Case& c, DType dtype) {
     std::uniform_real_distribution<float> u(0.01f, 0.5f);
     slopes.resize((c.alibi_per_batch ? p.batch : 1) * c.q_heads);
     for (float& s : slopes) s = u(rng);
+    p.alibi = true;
     p.alibi_slopes = slopes.data();
     p.alibi_batch_stride = c.alibi_per_batch ? c.q_heads : 0;
   }
