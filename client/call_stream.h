@@ -84,6 +84,15 @@ class CallStream : public grpc::ClientBidiReactor<Request, Response> {
     this->RemoveHold();
   }
 
+  // Cancels the call (gRPC's TryCancel): what is pending fails CANCELLED.
+  void Cancel() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+    }
+    context_.TryCancel();
+  }
+
   // Blocks until OnDone has run; the stream may be destroyed once this returns. Returns how the
   // stream ended.
   absl::Status Wait() {
@@ -170,7 +179,7 @@ class CallStream : public grpc::ClientBidiReactor<Request, Response> {
     }
     if (completion) completion->Run();
     if (unknown_id) {
-      context_.TryCancel();
+      Cancel();
       EndWrites();
       return;
     }
@@ -185,6 +194,14 @@ class CallStream : public grpc::ClientBidiReactor<Request, Response> {
     // said so already).
     broken_ = true;
     final_status_ = protocol_error_.ok() ? FromGrpcStatus(status) : protocol_error_;
+    if (final_status_.code() == absl::StatusCode::kCancelled && !cancelled_) {
+      // Not this side's cancel: the server cancelled the stream (a shutdown's last step, or the
+      // server went away), which for the calls still pending means what UNAVAILABLE means:
+      // retry, on another replica.
+      final_status_ = absl::UnavailableError(absl::StrCat(
+          words_.name, " ended by the server (", final_status_.message(),
+          "): the server is shutting down or went away; retry on another replica"));
+    }
     const absl::Status leftover =
         final_status_.ok() ? absl::InternalError(words_.unanswered) : final_status_;
     for (auto& [id, pending] : pending_) {
@@ -272,6 +289,7 @@ class CallStream : public grpc::ClientBidiReactor<Request, Response> {
   bool writing_ = false;
   bool closing_ = false;        // Finish (or Cancel) called: no more requests
   bool broken_ = false;         // a write or read failed: the stream is ending
+  bool cancelled_ = false;      // this side cancelled the call (Cancel)
   bool hold_released_ = false;  // no write will be started any more
   bool done_ = false;           // OnDone ran
   absl::Status protocol_error_;

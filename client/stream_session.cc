@@ -69,7 +69,7 @@ absl::Status StreamSession::Finish() {
 
 void StreamSession::Cancel() {
   reactor_->Finish();
-  reactor_->context()->TryCancel();
+  reactor_->Cancel();
 }
 
 int64_t StreamSession::in_flight() const { return reactor_->in_flight(); }
