@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/attention_params.h"
@@ -75,10 +76,14 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   if (lane < chunks) {
     const int64_t off =
         b * p.o_batch_stride + rc.q_row * p.o_row_stride + head * p.o_head_stride + lane * 8;
+    // 16-byte loads copied into Element arrays (memcpy: no access of a uint4 through an Element
+    // lvalue, which a compiler's type-based alias analysis may drop; registers either way).
     const uint4 o4 = *reinterpret_cast<const uint4*>(static_cast<const Element*>(p.o) + off);
     const uint4 do4 = *reinterpret_cast<const uint4*>(static_cast<const Element*>(p.do_) + off);
-    const Element* o8 = reinterpret_cast<const Element*>(&o4);
-    const Element* do8 = reinterpret_cast<const Element*>(&do4);
+    Element o8[8];
+    Element do8[8];
+    memcpy(static_cast<void*>(o8), &o4, sizeof(o4));
+    memcpy(static_cast<void*>(do8), &do4, sizeof(do4));
 #pragma unroll
     for (int e = 0; e < 8; ++e) sum = fmaf(ToFloat(o8[e]), ToFloat(do8[e]), sum);
   }
@@ -111,10 +116,11 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
   const float4 lo = src[0];
   const float4 hi = src[1];
   const float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-  uint4 out;
-  Element* out8 = reinterpret_cast<Element*>(&out);
+  Element out8[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) out8[e] = FromFloat<Element>(vals[e] * p.softmax_scale);
+  uint4 out;
+  memcpy(&out, out8, sizeof(out));
   *reinterpret_cast<uint4*>(static_cast<Element*>(p.dq) + b * p.q_batch_stride +
                             rc.q_row * p.q_row_stride + head * p.q_head_stride + lane * 8) = out;
 }
