@@ -1,8 +1,9 @@
-// The float64 reference of the CUDA backward's tests (attention_backward_cuda_test on the GPU,
-// bwd_kernel_emulation_test on the warp emulator): a case's random inputs rounded to the dtype, and
-// o, lse, dq, dk, dv of L = sum(dO * O) computed from the definition (the softmax over the allowed
-// keys and the sink, pulled back through dz_j = p_j (dp_j - sum_a p_a dp_a) and the softcap's
-// tanh; the CPU backward's test checks the same formula against finite differences).
+// The float64 reference of the CUDA backward's GPU test (attention_backward_cuda_test; the warp
+// emulator's backward_kernel_emulation_test has its own): a case's random inputs rounded to the
+// dtype, and o, lse, dq, dk, dv of L = sum(dO * O) computed from the definition (the softmax
+// over the allowed keys and the sink, pulled back through dz_j = p_j (dp_j - sum_a p_a dp_a) and
+// the softcap's tanh; the CPU backward's test checks the same formula against finite
+// differences).
 #ifndef ATTENTION_TESTS_KERNELS_CUDA_BACKWARD_REFERENCE_H_
 #define ATTENTION_TESTS_KERNELS_CUDA_BACKWARD_REFERENCE_H_
 
