@@ -198,9 +198,9 @@ class CallStream : public grpc::ClientBidiReactor<Request, Response> {
       // Not this side's cancel: the server cancelled the stream (a shutdown's last step, or the
       // server went away), which for the calls still pending means what UNAVAILABLE means:
       // retry, on another replica.
-      final_status_ = absl::UnavailableError(absl::StrCat(
-          words_.name, " ended by the server (", final_status_.message(),
-          "): the server is shutting down or went away; retry on another replica"));
+      final_status_ = absl::UnavailableError(
+          absl::StrCat(words_.name, " ended by the server (", final_status_.message(),
+                       "): the server is shutting down or went away; retry on another replica"));
     }
     const absl::Status leftover =
         final_status_.ok() ? absl::InternalError(words_.unanswered) : final_status_;

@@ -91,10 +91,11 @@ struct AttentionParams : KernelConfig {
 };
 
 // One backward launch (issue 22; the CPU backward in kernels/cpu/attention_backward_cpu.h, the CUDA
-// one in kernels/cuda/attention_cuda.h). The AttentionParams base describes the forward that produced o and lse
-// (kind must be WorkKind::kBackward; q, k, v, o, lse are inputs here, and lse is required: the
-// forward's float32 log-sum-exp, -inf for a row with no allowed key, the sink logit for such a
-// row with sinks). The four gradient tensors share the strides (and dtype) of their primal:
+// one in kernels/cuda/attention_cuda.h). The AttentionParams base describes the forward that
+// produced o and lse (kind must be WorkKind::kBackward; q, k, v, o, lse are inputs here, and lse is
+// required: the forward's float32 log-sum-exp, -inf for a row with no allowed key, the sink logit
+// for such a row with sinks). The four gradient tensors share the strides (and dtype) of their
+// primal:
 //   do_ [.., seqlen_q, q_heads, head_dim]  o's strides    (input: dLoss/do)
 //   dq  [.., seqlen_q, q_heads, head_dim]  q's strides    (output)
 //   dk  [.., seqlen_k, kv_heads, head_dim] k's strides    (output; GQA/MQA: summed over the
