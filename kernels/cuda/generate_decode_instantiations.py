@@ -12,11 +12,11 @@ Usage:
 The head-dim buckets come from head_dim_buckets.txt; the element types must match the option
 defaults in kernels/cuda/CMakeLists.txt.
 """
-import argparse
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import instantiation_files  # noqa: E402
 from head_dim_buckets import head_dim_buckets  # noqa: E402
 
 DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
@@ -45,27 +45,5 @@ def files():
             yield name, TEMPLATE.format(dtype=dtype, dtype_enum=dtype_enum, head_dim=head_dim)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="verify instead of writing")
-    args = parser.parse_args()
-    out = pathlib.Path(__file__).resolve().parent / "instantiations"
-    out.mkdir(exist_ok=True)
-    stale = []
-    for name, text in files():
-        path = out / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-    if stale:
-        print("stale or missing decode instantiation files (run "
-              "generate_decode_instantiations.py):", *stale, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(instantiation_files.main(files(), __doc__, "decode instantiation files"))
