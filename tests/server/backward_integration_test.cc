@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "tests/server/server_process.h"
 #include "tests/server/server_test_util.h"
+#include "tests/server/shared_server_test.h"
 #ifdef ATTENTION_HAVE_CUDA
 #include "kernels/cuda/attention_cuda.h"
 #endif
@@ -44,28 +45,11 @@ using testing::RequestOptions;
 using testing::ServerProcess;
 using namespace std::chrono_literals;
 
-class BackwardServiceTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    server_ = new ServerProcess();
-    const std::string error = server_->Start({"--backend=cpu"});
-    if (!error.empty()) {
-      ADD_FAILURE() << error;
-      return;
-    }
-    channel_ = Connect(server_->address());
-  }
-  static void TearDownTestSuite() {
-    channel_.reset();
-    server_->Signal(SIGTERM);
-    EXPECT_EQ(server_->Wait(60s), 0);
-    delete server_;
-  }
-  void SetUp() override {
-    ASSERT_NE(channel_, nullptr);
-    stub_ = v1::AttentionService::NewStub(channel_);
-  }
+class BackwardServiceTest : public testing::SharedServerTest<BackwardServiceTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return {"--backend=cpu"}; }
 
+ protected:
   grpc::Status Forward(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 60s);
@@ -87,14 +71,8 @@ class BackwardServiceTest : public ::testing::Test {
     return MakeBackwardRequest(forward, answer, id, rng_);
   }
 
-  static ServerProcess* server_;
-  static std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AttentionService::Stub> stub_;
   std::mt19937 rng_{22};
 };
-
-ServerProcess* BackwardServiceTest::server_ = nullptr;
-std::shared_ptr<grpc::Channel> BackwardServiceTest::channel_;
 
 struct NamedCase {
   std::string name;

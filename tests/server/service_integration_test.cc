@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "tests/server/server_process.h"
 #include "tests/server/server_test_util.h"
+#include "tests/server/shared_server_test.h"
 
 namespace attention::server {
 namespace {
@@ -70,43 +71,19 @@ std::string ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel
   return FromBuffer(response);
 }
 
-class ServiceTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    server_ = new ServerProcess();
-    const std::string error = server_->Start({});
-    if (!error.empty()) {
-      ADD_FAILURE() << error;
-      return;
-    }
-    channel_ = Connect(server_->address());
-  }
-  // The shared server survived every test: it drains and exits 0.
-  static void TearDownTestSuite() {
-    channel_.reset();
-    server_->Signal(SIGTERM);
-    EXPECT_EQ(server_->Wait(60s), 0);
-    delete server_;
-  }
-  void SetUp() override {
-    ASSERT_NE(channel_, nullptr);
-    stub_ = v1::AttentionService::NewStub(channel_);
-  }
+class ServiceTest : public testing::SharedServerTest<ServiceTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return {}; }
 
+ protected:
   grpc::Status Call(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 60s);
     return stub_->Attention(&context, request, response);
   }
 
-  static ServerProcess* server_;
-  static std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AttentionService::Stub> stub_;
   std::mt19937 rng_{21};
 };
-
-ServerProcess* ServiceTest::server_ = nullptr;
-std::shared_ptr<grpc::Channel> ServiceTest::channel_;
 
 std::vector<RequestOptions> VariedRequests() {
   std::vector<RequestOptions> list;
