@@ -495,8 +495,9 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
       if (!data->empty()) (*data)[rng() % data->size()] = static_cast<char>(rng());
       break;
     }
-    case 13:  // forward <-> backward (o, lse and grad_o shaped below)
+    case 13:  // forward <-> backward (o, lse and grad_o shaped below), deterministic or not
       r.set_backward(!r.backward());
+      if (rng() % 2 == 0) r.set_deterministic(!r.deterministic());
       if (!r.backward() && rng() % 2 == 0) {
         r.clear_o();
         r.clear_lse();
