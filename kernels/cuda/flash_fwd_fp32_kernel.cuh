@@ -603,17 +603,32 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       CpAsyncCommit();
     }
 
-    // O += P V, 8 keys (one n8 tile of S) at a time; see the file comment for the permutation.
+    // O += P V, 32 columns of O at a time, 8 keys (one n8 tile of S) per MMA; see the file
+    // comment for the permutation. The tensor cores round each MMA's sum toward zero, so a long
+    // chain of MMAs into one accumulator drifts toward zero by up to an ulp per MMA (3e-5 relative
+    // at 3000 keys): this tile's products go into a fresh accumulator, which then joins O with a
+    // float32 add that rounds to nearest. The chain is 3 kBlockN / 8 MMAs long whatever the
+    // context. P's split is recomputed per 32 columns rather than held for all of them (registers).
 #pragma unroll
-    for (int kk = 0; kk < kNTilesS; ++kk) {
-      SplitOperand<4> pa[kMTiles];
+    for (int qd = 0; qd < kHeadDim / 32; ++qd) {
+      float part[kMTiles][4][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
-        const float x[4] = {acc_s[mt][kk][0], acc_s[mt][kk][2], acc_s[mt][kk][1], acc_s[mt][kk][3]};
-        Split<kPrecision>(x, pa[mt]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[mt][i][e] = 0.f;
+        }
       }
 #pragma unroll
-      for (int qd = 0; qd < kHeadDim / 32; ++qd) {
+      for (int kk = 0; kk < kNTilesS; ++kk) {
+        SplitOperand<4> pa[kMTiles];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          const float x[4] = {acc_s[mt][kk][0], acc_s[mt][kk][2], acc_s[mt][kk][1],
+                              acc_s[mt][kk][3]};
+          Split<kPrecision>(x, pa[mt]);
+        }
         const uint32_t at = v_tile + static_cast<uint32_t>(kk * 8) * KVTile::kRowBytes + 128u * qd;
         const uint4 v0 = LoadShared128(at + v_offset[0]);  // key 2t, columns 32 qd + 4g + i
         const uint4 v1 = LoadShared128(at + v_offset[1]);  // key 2t + 1
@@ -628,8 +643,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
           const uint32_t b_small[2] = {vb0.small[i], vb1.small[i]};
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
-            MmaSplit<kPrecision>(acc_o[mt][4 * qd + i], pa[mt], b_big, b_small);
+            MmaSplit<kPrecision>(part[mt][i], pa[mt], b_big, b_small);
           }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[mt][4 * qd + i][e] += part[mt][i][e];
         }
       }
     }
