@@ -672,7 +672,7 @@ int Serve() {
       *sessions, config->service.limits, config->service.max_stream_in_flight);
   session_options.answer_budget = &answer_budget;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  if (!executors.cuda_devices.empty()) session_options.availability = cuda::PagedKernelsRouted();
+  if (!executors.cuda_devices.empty()) session_options.check_kernel = cuda::CheckSupported;
 #endif
   SessionServiceImpl session_service(session_options, sessions->store.get(), &batcher,
                                      sessions->metrics.get());

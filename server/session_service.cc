@@ -455,12 +455,23 @@ void SessionServiceImpl::Run(SessionCall* call) {
 }
 
 void SessionServiceImpl::RunCreate(SessionCall* call) {
-  if (!options_.availability.ok()) {
-    call->Done(options_.availability);
-    return;
-  }
   absl::StatusOr<session::SessionSpec> spec =
       ValidateCreateSession(call->request.create(), options_.limits);
+  if (spec.ok() && options_.check_kernel) {
+    KernelConfig attend;
+    attend.kind = WorkKind::kPagedDecode;
+    attend.dtype = spec->dtype;
+    attend.head_dim = spec->head_dim;
+    attend.q_heads = attend.kv_heads = spec->kv_heads;
+    attend.softmax_scale = 1.f;
+    if (absl::Status served = options_.check_kernel(attend); !served.ok()) {
+      call->Done(absl::Status(
+          served.code(),
+          absl::StrCat("sessions of dtype ", v1::DType_Name(ContractDType(spec->dtype)),
+                       ", head_dim ", spec->head_dim, " cannot attend here: ", served.message())));
+      return;
+    }
+  }
   absl::StatusOr<session::SessionId> id = spec.ok() ? store_->CreateSession(*spec) : spec.status();
   absl::StatusOr<session::SessionInfo> info = id.ok() ? store_->GetSession(*id) : id.status();
   if (!info.ok()) {

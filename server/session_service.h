@@ -35,11 +35,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "kernels/kernel_config.h"
 #include "server/answer_budget.h"
 #include "server/batcher.h"
 #include "server/metrics/session_metrics.h"
@@ -94,9 +96,12 @@ struct SessionServiceOptions {
   ValidationLimits limits;
   // Calls of one SessionStream read and not yet answered before the stream stops reading.
   int max_stream_in_flight = 1024;
-  // OK when this server's backend runs Attend; otherwise what CreateSession answers
-  // (UNIMPLEMENTED naming why).
-  absl::Status availability;
+  // Whether this server's backend runs Attend for a session's shape: asked with a paged-decode
+  // KernelConfig of the session's dtype, head_dim and kv_heads (the backend's CheckSupported).
+  // CreateSession answers a refusal (UNIMPLEMENTED naming why: the backend has no sessions, or
+  // this build has no kernel for the dtype or head_dim), so that no session is created that could
+  // never attend. Null: every shape that passes validation.
+  std::function<absl::Status(const KernelConfig&)> check_kernel;
   // The answer budget shared with the attention service (--max_pending_answer_bytes; not owned),
   // or null for none.
   AnswerBudget* answer_budget = nullptr;

@@ -9,7 +9,8 @@
 #
 #   bench/cuda/run_kernels_check.sh COMMIT [BUNDLE_DIR] [PARTS]
 #
-# PARTS, comma-separated (default all of them, in this order): tests (correctness), sanitize
+# PARTS, comma-separated (default all of them, in this order): tests (correctness; fp32tests for
+# the float32 kernel's alone), sanitize
 # (compute-sanitizer memcheck and racecheck, SANITIZER_SECONDS each, default 40), decode
 # (decode_bench and its peer, the decode report), paged (paged prefill vs dense, and one request
 # at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
@@ -70,6 +71,8 @@ if has tests; then
 cap 30 "decode host test" "$bin/flash_decode_host_test"
 cap 90 "decode tests" "$bin/flash_decode_test"
 cap 100 "forward tests (sinks, paged, decode shapes)" "$bin/attention_cuda_test"
+cap 90 "float32 tests" "$bin/attention_fp32_test"
+elif has fp32tests; then
 cap 90 "float32 tests" "$bin/attention_fp32_test"
 fi
 if has sanitize; then

@@ -80,7 +80,14 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
       options.batcher, std::vector<server::Executor*>{s->executor_.get()}, nullptr);
   server::SessionServiceOptions service;
   service.replica = options.replica;
-  service.availability = options.availability;
+  if (!options.availability.ok()) {
+    service.check_kernel = [refusal = options.availability](const KernelConfig&) {
+      return refusal;
+    };
+  }
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (cuda) service.check_kernel = cuda::CheckSupported;
+#endif
   service.limits = options.limits_per_request;
   s->service_ = std::make_unique<server::SessionServiceImpl>(service, s->store_.get(),
                                                              s->batcher_.get(), s->metrics_.get());

@@ -33,8 +33,9 @@ struct SessionServerOptions {
   int cpu_threads = 2;
   // With a registry: the SessionMetrics, polled every 50 ms.
   std::shared_ptr<prometheus::Registry> registry;
-  // SessionServiceOptions::availability and limits.
+  // Not OK: SessionServiceOptions::check_kernel refuses every session with it.
   absl::Status availability;
+  // SessionServiceOptions::limits.
   server::ValidationLimits limits_per_request;
 };
 
