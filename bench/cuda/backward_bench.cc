@@ -12,8 +12,17 @@
 // backward_compare.py joins with the peer's lines. Last, the peak device memory of one 64k-token
 // sequence (bf16, d = 128, 16 heads, causal): inputs, outputs and workspace, no seqlen^2 term.
 //
+// With --sweep (a build with -DATTN_BENCH_BWD_TILE_SWEEP=ON), instead: the dK / dV kernel's
+// candidate tile configurations (bench/cuda/backward_tile_sweep.cu; bf16, dense variant, head
+// dims 64 and 128 of --hdim) on the same shapes, one table per shape (config, ms and TFLOP/s with
+// dQ by atomics and deterministic), the default marked *. Each candidate's dq, dk and dv are
+// first compared with the default's on the shape (causal, the first seqlen): the largest
+// difference over max |default| is printed, and a candidate above 2e-2 is marked WRONG and
+// should not be chosen. With --json, one line per (shape, candidate) ({"kind": "bwd_sweep", ...}).
+//
 // Usage: backward_bench [--dtype bf16|fp16] [--hdim 64,128,256] [--seqlens 512,...]
 //                       [--tokens 16384] [--model_dim 2048] [--repeats 20] [--json out.jsonl]
+//                       [--sweep]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -22,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,7 +39,11 @@
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
 #include "kernels/dtype.h"
+#ifdef ATTN_BENCH_BWD_TILE_SWEEP
+#include "bench/cuda/backward_tile_sweep.h"
+#endif
 
 namespace attention::cuda::bench {
 namespace {
@@ -42,6 +56,7 @@ struct Options {
   int model_dim = 2048;
   int repeats = 20;
   std::string json;
+  bool sweep = false;
 };
 
 std::vector<int> Ints(const char* text) {
@@ -74,6 +89,8 @@ bool Parse(int argc, char** argv, Options& o) {
       o.repeats = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json" && has_value) {
       o.json = argv[++i];
+    } else if (a == "--sweep") {
+      o.sweep = true;
     } else {
       std::fprintf(stderr, "unknown or incomplete argument %s\n", a.c_str());
       return false;
@@ -144,12 +161,13 @@ bool Build(Problem& pr, DType dtype, int batch, int seqlen, int heads, int head_
   return p.q && p.k && p.v && p.o && p.do_ && p.dq && p.dk && p.dv && p.lse && pr.workspace;
 }
 
-// Median milliseconds of one backward launch, or -1 on an error (printed).
-double TimeBackward(const Problem& pr, int repeats) {
+// Median milliseconds of `launch` (one backward pass on the default stream), or -1 on an error
+// (printed).
+double TimeLaunch(const std::function<absl::Status()>& launch, int repeats) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  const absl::Status warm = RunAttentionBackward(pr.p, pr.workspace, nullptr);
+  const absl::Status warm = launch();
   if (!warm.ok() || cudaDeviceSynchronize() != cudaSuccess) {
     std::fprintf(stderr, "backward failed: %s %s\n", std::string(warm.message()).c_str(),
                  cudaGetErrorString(cudaGetLastError()));
@@ -158,7 +176,7 @@ double TimeBackward(const Problem& pr, int repeats) {
   std::vector<float> times(static_cast<size_t>(repeats));
   for (float& t : times) {
     cudaEventRecord(start);
-    (void)RunAttentionBackward(pr.p, pr.workspace, nullptr);
+    (void)launch();
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     cudaEventElapsedTime(&t, start, stop);
@@ -168,6 +186,135 @@ double TimeBackward(const Problem& pr, int repeats) {
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
+
+// Median milliseconds of RunAttentionBackward on `pr`, or -1 on an error.
+double TimeBackward(const Problem& pr, int repeats) {
+  return TimeLaunch([&pr] { return RunAttentionBackward(pr.p, pr.workspace, nullptr); }, repeats);
+}
+
+#ifdef ATTN_BENCH_BWD_TILE_SWEEP
+// dq, dk and dv of `pr` as float, concatenated.
+std::vector<float> Gradients(const Problem& pr) {
+  const AttentionBackwardParams& p = pr.p;
+  const int64_t n = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
+  std::vector<uint16_t> raw(static_cast<size_t>(3 * n));
+  cudaMemcpy(raw.data(), p.dq, n * 2, cudaMemcpyDeviceToHost);
+  cudaMemcpy(raw.data() + n, p.dk, n * 2, cudaMemcpyDeviceToHost);
+  cudaMemcpy(raw.data() + 2 * n, p.dv, n * 2, cudaMemcpyDeviceToHost);
+  std::vector<float> out(raw.size());
+  for (size_t e = 0; e < raw.size(); ++e) {
+    out[e] = p.dtype == DType::kFloat16 ? HalfToFloat(raw[e]) : BFloat16ToFloat(raw[e]);
+  }
+  return out;
+}
+
+// max |got - want| / max |want|; infinity if got has a non-finite element.
+double RelativeDifference(const std::vector<float>& got, const std::vector<float>& want) {
+  double max_want = 0.0, max_diff = 0.0;
+  for (size_t e = 0; e < want.size(); ++e) {
+    if (!std::isfinite(got[e])) return INFINITY;
+    max_want = std::max(max_want, std::abs(double{want[e]}));
+    max_diff = std::max(max_diff, std::abs(double{got[e]} - want[e]));
+  }
+  return max_want > 0 ? max_diff / max_want : max_diff;
+}
+
+// backward_bench --sweep: every candidate of BackwardTileSweep() for the head dims of o.hdims on
+// the standard shapes, both dQ modes (bfloat16 only: the candidates are compiled for it).
+int RunSweep(const Options& o) {
+  constexpr double kWrong = 2e-2;
+  FILE* json = o.json.empty() ? nullptr : std::fopen(o.json.c_str(), "w");
+  const std::vector<BwdTileCandidate>& sweep = BackwardTileSweep();
+  for (int d : o.hdims) {
+    std::vector<const BwdTileCandidate*> candidates;
+    for (const BwdTileCandidate& c : sweep) {
+      if (c.head_dim == d) candidates.push_back(&c);
+    }
+    if (candidates.empty()) {
+      std::printf("(no sweep candidates for head_dim %d)\n\n", d);
+      continue;
+    }
+    // Each candidate against the default path (RunAttentionBackward) on the causal shape of
+    // the first seqlen, in both modes: the worse of the two.
+    std::vector<double> diff(candidates.size(), 0.0);
+    {
+      const int n = o.seqlens.front();
+      const int batch = static_cast<int>(std::max<int64_t>(1, o.tokens / n));
+      for (int det = 0; det < 2; ++det) {
+        Problem pr;
+        if (!Build(pr, DType::kBFloat16, batch, n, o.model_dim / d, d, true, det == 1)) continue;
+        if (!RunAttentionBackward(pr.p, pr.workspace, nullptr).ok()) continue;
+        const std::vector<float> want = Gradients(pr);
+        AttentionBackwardParams p = pr.p;
+        Normalize(p);
+        ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+        for (size_t c = 0; c < candidates.size(); ++c) {
+          for (void* out : {p.dq, p.dk, p.dv}) {
+            cudaMemset(out, 0xff, want.size() / 3 * 2);  // NaN: unwritten elements show
+          }
+          const cudaError_t err = candidates[c]->run(p, pr.workspace, nullptr);
+          const double rel = err == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess
+                                 ? RelativeDifference(Gradients(pr), want)
+                                 : INFINITY;
+          diff[c] = std::max(diff[c], rel);
+        }
+      }
+    }
+    for (bool causal : {false, true}) {
+      for (int n : o.seqlens) {
+        const int batch = static_cast<int>(std::max<int64_t>(1, o.tokens / n));
+        const int heads = o.model_dim / d;
+        const double flops = 2.5 * 4.0 * batch * heads * double(n) * n * d / (causal ? 2 : 1);
+        std::printf("## bf16 d %d causal %d seqlen %d batch %d heads %d\n\n", d, causal ? 1 : 0, n,
+                    batch, heads);
+        std::printf("| config | ms | TFLOP/s | det ms | det TFLOP/s | max diff vs default |\n");
+        std::printf("|---|---|---|---|---|---|\n");
+        for (size_t c = 0; c < candidates.size(); ++c) {
+          double ms[2] = {-1, -1};
+          for (int det = 0; det < 2; ++det) {
+            Problem pr;
+            if (!Build(pr, DType::kBFloat16, batch, n, heads, d, causal, det == 1)) {
+              std::fprintf(stderr, "allocation failed (d %d, seqlen %d)\n", d, n);
+              continue;
+            }
+            AttentionBackwardParams p = pr.p;
+            Normalize(p);
+            ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+            const BwdTileCandidate& cand = *candidates[c];
+            ms[det] = TimeLaunch(
+                [&] {
+                  const cudaError_t err = cand.run(p, pr.workspace, nullptr);
+                  return err == cudaSuccess ? absl::OkStatus()
+                                            : absl::InternalError(cudaGetErrorString(err));
+                },
+                o.repeats);
+          }
+          const auto tflops = [&](double t) { return t > 0 ? flops / t / 1e9 : 0.0; };
+          std::printf("| %s%s | %.3f | %.1f | %.3f | %.1f | %.1e%s |\n",
+                      candidates[c]->label.c_str(), candidates[c]->is_default ? " *" : "", ms[0],
+                      tflops(ms[0]), ms[1], tflops(ms[1]), diff[c],
+                      diff[c] > kWrong ? " WRONG" : "");
+          std::fflush(stdout);
+          if (json != nullptr) {
+            std::fprintf(json,
+                         "{\"kind\": \"bwd_sweep\", \"dtype\": \"bf16\", \"d\": %d, "
+                         "\"causal\": %s, \"seqlen\": %d, \"batch\": %d, \"heads\": %d, "
+                         "\"config\": \"%s\", \"default\": %s, \"ours_tflops\": %.1f, "
+                         "\"ours_det_tflops\": %.1f, \"ours_ms\": %.4f, \"ours_det_ms\": %.4f, "
+                         "\"max_rel_diff\": %.3e}\n",
+                         d, causal ? "true" : "false", n, batch, heads,
+                         candidates[c]->label.c_str(), candidates[c]->is_default ? "true" : "false",
+                         tflops(ms[0]), tflops(ms[1]), ms[0], ms[1], diff[c]);
+          }
+        }
+        std::printf("\n");
+      }
+    }
+  }
+  if (json != nullptr) std::fclose(json);
+  return 0;
+}
+#endif  // ATTN_BENCH_BWD_TILE_SWEEP
 
 int Main(int argc, char** argv) {
   Options o;
@@ -180,6 +327,17 @@ int Main(int argc, char** argv) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   const char* dtype_name = o.dtype == DType::kFloat16 ? "fp16" : "bf16";
+  if (o.sweep) {
+#ifdef ATTN_BENCH_BWD_TILE_SWEEP
+    std::printf("# backward_bench --sweep on %s, bf16, %lld tokens per launch, model dim %d\n\n",
+                prop.name, static_cast<long long>(o.tokens), o.model_dim);
+    return RunSweep(o);
+#else
+    std::fprintf(stderr,
+                 "--sweep: not compiled in (configure with -DATTN_BENCH_BWD_TILE_SWEEP=ON)\n");
+    return 2;
+#endif
+  }
   std::printf("# backward_bench on %s, %s, %lld tokens per launch, model dim %d\n\n", prop.name,
               dtype_name, static_cast<long long>(o.tokens), o.model_dim);
   std::printf("| d | causal | seqlen | batch | heads | ms | TFLOP/s | det ms | det TFLOP/s |\n");

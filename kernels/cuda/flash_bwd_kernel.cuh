@@ -11,13 +11,16 @@
 // the query tiles that can see the key tile (block_info.h's tile range with the roles of queries
 // and keys swapped), so dK and dV of the KV head are summed in registers with no atomics. Per
 // query tile:
-//   A. S^T = K Q^T and dP^T = V dO^T in registers, warps as 4 x 2 over [keys, queries]; P^T
-//      and dS^T computed element-wise and stored as 16-bit tiles in shared memory;
-//   B. dV += P^T dO and dK += dS^T Q, warps as 4 x 2 over [keys, head_dim] (dO and Q read with
-//      ldmatrix.trans);
-//   C. (unless deterministic) dQ_partial = dS K, warps as 4 x 2 over [queries, head_dim] (dS
-//      read transposed from the dS^T tile), added into the float32 dq_accum with atomics; the
-//      next query tile's Q, dO, lse and D copies fly meanwhile.
+//   A. S^T = K Q^T and dP^T = V dO^T in registers, warps as kSdpWarpsN x kSdpWarpsM over
+//      [keys, queries]; P^T and dS^T computed element-wise and stored as 16-bit tiles in shared
+//      memory;
+//   B. dV += P^T dO and dK += dS^T Q, warps as kDkvWarpsN x kDkvWarpsD over [keys, head_dim]
+//      (dO and Q read with ldmatrix.trans);
+//   C. (unless deterministic) dQ_partial = dS K, warps as kDqWarpsM x kDqWarpsD over [queries,
+//      head_dim] (dS read transposed from the dS^T tile), added into the float32 dq_accum with
+//      atomics; the next query tile's Q, dO, lse and D copies fly meanwhile.
+// Each product has its own warp grid (flash_bwd_traits.h), a warp owning one or more m16 tiles
+// of rows in each.
 // FlashBwdDqKernel (deterministic mode): one block per (query tile, query head, sequence), the
 // forward's layout: S = Q K^T and dP = dO V^T per key tile, dS in registers becomes the A operand
 // of dQ += dS K directly; dq is written once, so it is bit-identical run to run.
@@ -173,27 +176,60 @@ __device__ __forceinline__ float RowFloat(const float* src, int rows, int slot) 
   return slot < rows ? src[slot] : 0.f;
 }
 
-// Writes a [kRows, kHeadDim] float32 accumulator tile, held by the warps in the m16n8 layout
-// (`acc[dt][e]` of a warp owning rows warp_row0 + [0, 16) and columns col0 + [0, 8 * kNTiles)),
-// to global memory in the element type: staged in the shared tile `stage`, then 16-byte stores
-// of rows < rows and chunks < valid_chunks. Ends with the block synchronized.
-template <typename Tile, int kChunks, int kNThreads, int kNTiles, typename Element>
-__device__ __forceinline__ void StoreTile(const float (&acc)[kNTiles][4], float factor,
-                                          uint32_t stage, int warp_row0, int col0, Element* dst,
-                                          int64_t row_stride, int rows, int valid_chunks, int tid) {
+// acc += A B^T over 16 kKSteps columns, for a warp's kMTiles m16 tiles of A rows x 8 kNTiles B
+// rows: A and B are shared tiles (K or V, and Q or dO, over head_dim), read with ldmatrix from the
+// lane bases of the warp's first rows (a_lane: A operand lanes, b_lane: B operand lanes).
+template <typename ATile, typename BTile, typename Element, int kKSteps, int kMTiles, int kNTiles>
+__device__ __forceinline__ void MmaABt(float (&acc)[kMTiles][kNTiles][4],
+                                       const typename ATile::LaneBase& a_lane,
+                                       const typename BTile::LaneBase& b_lane) {
   using Ops = MmaOps<Element>;
-  const int lane = tid % 32;
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    uint32_t a_frag[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      LdsmX4(a_frag[mt], ATile::LdsmAddress(a_lane, 16 * mt, 2 * ks));
+    }
+#pragma unroll
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      uint32_t b_frag[4];
+      LdsmX4(b_frag, BTile::LdsmAddress(b_lane, 16 * np, 2 * ks));
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        Ops::Mma(acc[mt][2 * np], a_frag[mt], b_frag[0], b_frag[1]);
+        Ops::Mma(acc[mt][2 * np + 1], a_frag[mt], b_frag[2], b_frag[3]);
+      }
+    }
+  }
+}
+
+// Writes a warp's m16 x 8 kNTiles float32 accumulator tile (the m16n8 layout: `acc[dt][e]` of
+// rows row0 + [0, 16) and columns col0 + [0, 8 * kNTiles)) times `factor` into the 16-bit shared
+// tile `stage`.
+template <typename Tile, int kNTiles, typename Element>
+__device__ __forceinline__ void StageAccumulator(const float (&acc)[kNTiles][4], float factor,
+                                                 uint32_t stage, int row0, int col0, int lane) {
+  using Ops = MmaOps<Element>;
   const int g = lane / 4;
   const int t = lane % 4;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    const int r = warp_row0 + g + 8 * hf;
+    const int r = row0 + g + 8 * hf;
 #pragma unroll
     for (int dt = 0; dt < kNTiles; ++dt) {
       StoreShared32(stage + Tile::Offset(r, col0 / 8 + dt) + 4 * t,
                     Ops::Pack(acc[dt][2 * hf] * factor, acc[dt][2 * hf + 1] * factor));
     }
   }
+}
+
+// Copies the staged shared tile `stage` to global memory with 16-byte stores of rows < rows and
+// chunks < valid_chunks, between two barriers (the staging writes before it, the next use of
+// the tile after it).
+template <typename Tile, int kChunks, int kNThreads, typename Element>
+__device__ __forceinline__ void CopyStagedTile(uint32_t stage, Element* dst, int64_t row_stride,
+                                               int rows, int valid_chunks, int tid) {
   __syncthreads();
   constexpr int kTileRows = Tile::kBytes / (2 * 8 * kChunks);
   for (int idx = tid; idx < kTileRows * kChunks; idx += kNThreads) {
@@ -207,6 +243,17 @@ __device__ __forceinline__ void StoreTile(const float (&acc)[kNTiles][4], float 
   __syncthreads();
 }
 
+// Writes a [kRows, kHeadDim] float32 accumulator tile, held by the warps in the m16n8 layout
+// (each warp one m16 tile: rows warp_row0 + [0, 16), columns col0 + [0, 8 * kNTiles)), to global
+// memory in the element type through the shared tile `stage`. Ends with the block synchronized.
+template <typename Tile, int kChunks, int kNThreads, int kNTiles, typename Element>
+__device__ __forceinline__ void StoreTile(const float (&acc)[kNTiles][4], float factor,
+                                          uint32_t stage, int warp_row0, int col0, Element* dst,
+                                          int64_t row_stride, int rows, int valid_chunks, int tid) {
+  StageAccumulator<Tile, kNTiles, Element>(acc, factor, stage, warp_row0, col0, tid % 32);
+  CopyStagedTile<Tile, kChunks, kNThreads>(stage, dst, row_stride, rows, valid_chunks, tid);
+}
+
 // Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemBytes of
 // dynamic shared memory.
 template <typename Traits, typename Element, bool kGeneral>
@@ -215,10 +262,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kSdpMTiles = Traits::kSdpMTiles;
   constexpr int kNTilesSW = Traits::kNTilesSW;
+  constexpr int kDkvMTiles = Traits::kDkvMTiles;
   constexpr int kNTilesD = Traits::kNTilesD;
-  constexpr int kWarpsN = Traits::kWarpsN;
-  constexpr int kWarpsQ = Traits::kWarpsQ;
+  constexpr int kDqMTiles = Traits::kDqMTiles;
+  constexpr int kDqChunkCols = Traits::kDqChunkCols;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using PTile = typename Traits::PTile;
@@ -261,27 +310,37 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const Element* v = static_cast<const Element*>(p.v) + b * p.v_batch_stride +
                      (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
 
-  // Warp roles. Products A and B: rows wr of 16 keys, columns wc (queries, or head_dim
-  // columns). Product C: rows wq of 16 queries, head_dim columns wqd.
-  const int wr = warp % kWarpsN;
-  const int wc = warp / kWarpsN;
-  const int wq = warp % kWarpsQ;
-  const int wqd = warp / kWarpsQ;
+  // Warp roles, one grid per product (flash_bwd_traits.h). A: keys sdp_row0 + [0, 16
+  // kSdpMTiles) x queries sdp_col0 + [0, kSdpWarpCols). B: keys dkv_row0 + [0, 16 kDkvMTiles) x
+  // head_dim chunks dkv_chunk0 + [0, kWarpD / 8). C: queries dq_row0 + [0, 16 kDqMTiles) x
+  // head_dim chunks dq_chunk0 + [0, kWarpQD / 8).
+  const int sdp_row0 = 16 * kSdpMTiles * (warp % Traits::kSdpWarpsN);
+  const int sdp_col0 = Traits::kSdpWarpCols * (warp / Traits::kSdpWarpsN);
+  const int dkv_row0 = 16 * kDkvMTiles * (warp % Traits::kDkvWarpsN);
+  const int dkv_chunk0 = Traits::kWarpD / 8 * (warp / Traits::kDkvWarpsN);
+  const int dq_row0 = 16 * kDqMTiles * (warp % Traits::kDqWarpsM);
+  const int dq_chunk0 = Traits::kWarpQD / 8 * (warp / Traits::kDqWarpsM);
   const uint32_t a_row = lane % 8 + 8 * ((lane / 8) % 2);
   const uint32_t a_chunk = lane / 16;
   const uint32_t b_row = lane % 8 + 8 * (lane / 16);
   const uint32_t b_chunk = (lane / 8) % 2;
-  // A operands K, V (rows = keys), P^T, dS^T; B operands Q, dO (rows = queries) for A; the
-  // transposed B operands dO, Q (product B) and K (product C); dS^T read as dS (product C).
-  const typename KVTile::LaneBase k_lane = KVTile::MakeLaneBase(smem_k, a_row, a_chunk);
-  const typename KVTile::LaneBase v_lane = KVTile::MakeLaneBase(smem_v, a_row, a_chunk);
-  const typename QTile::LaneBase q_lane_b = QTile::MakeLaneBase(smem_q, b_row, b_chunk);
-  const typename QTile::LaneBase do_lane_b = QTile::MakeLaneBase(smem_do, b_row, b_chunk);
+  // ldmatrix lane bases, the warp's first row folded in where it is fixed (a multiple of 16
+  // keeps the swizzle): A operands K, V (rows = the warp's keys) and B operands Q, dO (rows = its
+  // queries) of A; A operands P^T, dS^T (its keys) and transposed B operands dO, Q of B; dS^T
+  // read transposed as dS and transposed K of C.
+  const typename KVTile::LaneBase k_lane_a =
+      KVTile::MakeLaneBase(smem_k, sdp_row0 + a_row, a_chunk);
+  const typename KVTile::LaneBase v_lane_a =
+      KVTile::MakeLaneBase(smem_v, sdp_row0 + a_row, a_chunk);
+  const typename QTile::LaneBase q_lane_b = QTile::MakeLaneBase(smem_q, sdp_col0 + b_row, b_chunk);
+  const typename QTile::LaneBase do_lane_b =
+      QTile::MakeLaneBase(smem_do, sdp_col0 + b_row, b_chunk);
+  const typename PTile::LaneBase p_lane = PTile::MakeLaneBase(smem_p, dkv_row0 + a_row, a_chunk);
+  const typename PTile::LaneBase ds_lane = PTile::MakeLaneBase(smem_ds, dkv_row0 + a_row, a_chunk);
   const typename QTile::LaneBase q_lane_t = QTile::MakeLaneBase(smem_q, a_row, a_chunk);
   const typename QTile::LaneBase do_lane_t = QTile::MakeLaneBase(smem_do, a_row, a_chunk);
-  const typename PTile::LaneBase p_lane = PTile::MakeLaneBase(smem_p, a_row, a_chunk);
-  const typename PTile::LaneBase ds_lane = PTile::MakeLaneBase(smem_ds, a_row, a_chunk);
   const typename PTile::LaneBase ds_lane_t = PTile::MakeLaneBase(smem_ds, b_row, b_chunk);
+  const typename KVTile::LaneBase k_lane_t = KVTile::MakeLaneBase(smem_k, a_row, a_chunk);
 
   // Copies of iteration `it`'s query tile (head, tile): Q and dO by cp.async; this thread's entry
   // of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)) returned, for
@@ -318,14 +377,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (iters > 0) store_row_entry(load_query_tile(0));
   CpAsyncCommit();
 
-  float acc_dk[kNTilesD][4];
-  float acc_dv[kNTilesD][4];
+  float acc_dk[kDkvMTiles][kNTilesD][4];
+  float acc_dv[kDkvMTiles][kNTilesD][4];
 #pragma unroll
-  for (int dt = 0; dt < kNTilesD; ++dt) {
+  for (int mt = 0; mt < kDkvMTiles; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      acc_dk[dt][e] = 0.f;
-      acc_dv[dt][e] = 0.f;
+    for (int dt = 0; dt < kNTilesD; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        acc_dk[mt][dt][e] = 0.f;
+        acc_dv[mt][dt][e] = 0.f;
+      }
     }
   }
 
@@ -343,82 +405,75 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     CpAsyncWait<0>();
     __syncthreads();
 
-    // A. S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x kWarpCols queries.
-    float acc_s[kNTilesSW][4];
-    float acc_dp[kNTilesSW][4];
+    // A. S^T = K Q^T and dP^T = V dO^T for this warp's 16 kSdpMTiles keys x kSdpWarpCols queries.
+    float acc_s[kSdpMTiles][kNTilesSW][4];
+    float acc_dp[kSdpMTiles][kNTilesSW][4];
 #pragma unroll
-    for (int nt = 0; nt < kNTilesSW; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        acc_s[nt][e] = 0.f;
-        acc_dp[nt][e] = 0.f;
-      }
-    }
-#pragma unroll
-    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-      uint32_t k_frag[4];
-      uint32_t v_frag[4];
-      LdsmX4(k_frag, KVTile::LdsmAddress(k_lane, 16 * wr, 2 * ks));
-      LdsmX4(v_frag, KVTile::LdsmAddress(v_lane, 16 * wr, 2 * ks));
-#pragma unroll
-      for (int np = 0; np < kNTilesSW / 2; ++np) {
-        const int col = wc * Traits::kWarpCols + 16 * np;
-        uint32_t q_frag[4];
-        uint32_t do_frag[4];
-        LdsmX4(q_frag, QTile::LdsmAddress(q_lane_b, col, 2 * ks));
-        LdsmX4(do_frag, QTile::LdsmAddress(do_lane_b, col, 2 * ks));
-        Ops::Mma(acc_s[2 * np], k_frag, q_frag[0], q_frag[1]);
-        Ops::Mma(acc_s[2 * np + 1], k_frag, q_frag[2], q_frag[3]);
-        Ops::Mma(acc_dp[2 * np], v_frag, do_frag[0], do_frag[1]);
-        Ops::Mma(acc_dp[2 * np + 1], v_frag, do_frag[2], do_frag[3]);
-      }
-    }
-    // P^T and dS^T, element by element, stored as 16-bit tiles.
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = 16 * wr + g + 8 * hf;
-      const int j = key0 + r;
+    for (int mt = 0; mt < kSdpMTiles; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < kNTilesSW; ++nt) {
-        const int c = wc * Traits::kWarpCols + 8 * nt + 2 * t;
-        float pv[2];
-        float dsv[2];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = q0 + c + e;
-          if (needs_mask) {
-            rule.template Grad<true>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e], lse_tile[c + e],
-                                     d_tile[c + e], i, j, pv[e], dsv[e]);
-          } else {
-            rule.template Grad<false>(acc_s[nt][2 * hf + e], acc_dp[nt][2 * hf + e],
-                                      lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
-          }
+        for (int e = 0; e < 4; ++e) {
+          acc_s[mt][nt][e] = 0.f;
+          acc_dp[mt][nt][e] = 0.f;
         }
-        StoreShared32(smem_p + PTile::Offset(r, c / 8) + 4 * t, Ops::Pack(pv[0], pv[1]));
-        StoreShared32(smem_ds + PTile::Offset(r, c / 8) + 4 * t, Ops::Pack(dsv[0], dsv[1]));
+      }
+    }
+    // S^T first, then dP^T: one product's fragments live at a time.
+    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_s, k_lane_a, q_lane_b);
+    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_dp, v_lane_a, do_lane_b);
+    // P^T and dS^T, element by element, stored as 16-bit tiles.
+#pragma unroll
+    for (int mt = 0; mt < kSdpMTiles; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = sdp_row0 + 16 * mt + g + 8 * hf;
+        const int j = key0 + r;
+#pragma unroll
+        for (int nt = 0; nt < kNTilesSW; ++nt) {
+          const int c = sdp_col0 + 8 * nt + 2 * t;
+          float pv[2];
+          float dsv[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int i = q0 + c + e;
+            const float s = acc_s[mt][nt][2 * hf + e];
+            const float dp = acc_dp[mt][nt][2 * hf + e];
+            if (needs_mask) {
+              rule.template Grad<true>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
+            } else {
+              rule.template Grad<false>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
+            }
+          }
+          StoreShared32(smem_p + PTile::Offset(r, c / 8) + 4 * t, Ops::Pack(pv[0], pv[1]));
+          StoreShared32(smem_ds + PTile::Offset(r, c / 8) + 4 * t, Ops::Pack(dsv[0], dsv[1]));
+        }
       }
     }
     __syncthreads();
 
-    // B. dV += P^T dO and dK += dS^T Q for this warp's 16 keys x kWarpD columns.
-    {
-      const int chunk0 = wc * Traits::kWarpD / 8;
+    // B. dV += P^T dO and dK += dS^T Q for this warp's 16 kDkvMTiles keys x kWarpD columns.
 #pragma unroll
-      for (int ks = 0; ks < kBlockM / 16; ++ks) {
-        uint32_t p_frag[4];
-        uint32_t ds_frag[4];
-        LdsmX4(p_frag, PTile::LdsmAddress(p_lane, 16 * wr, 2 * ks));
-        LdsmX4(ds_frag, PTile::LdsmAddress(ds_lane, 16 * wr, 2 * ks));
+    for (int ks = 0; ks < kBlockM / 16; ++ks) {
+      uint32_t p_frag[kDkvMTiles][4];
+      uint32_t ds_frag[kDkvMTiles][4];
 #pragma unroll
-        for (int dp = 0; dp < kNTilesD / 2; ++dp) {
-          uint32_t do_frag[4];
-          uint32_t q_frag[4];
-          LdsmX4Trans(do_frag, QTile::LdsmAddress(do_lane_t, 16 * ks, chunk0 + 2 * dp));
-          LdsmX4Trans(q_frag, QTile::LdsmAddress(q_lane_t, 16 * ks, chunk0 + 2 * dp));
-          Ops::Mma(acc_dv[2 * dp], p_frag, do_frag[0], do_frag[1]);
-          Ops::Mma(acc_dv[2 * dp + 1], p_frag, do_frag[2], do_frag[3]);
-          Ops::Mma(acc_dk[2 * dp], ds_frag, q_frag[0], q_frag[1]);
-          Ops::Mma(acc_dk[2 * dp + 1], ds_frag, q_frag[2], q_frag[3]);
+      for (int mt = 0; mt < kDkvMTiles; ++mt) {
+        LdsmX4(p_frag[mt], PTile::LdsmAddress(p_lane, 16 * mt, 2 * ks));
+        LdsmX4(ds_frag[mt], PTile::LdsmAddress(ds_lane, 16 * mt, 2 * ks));
+      }
+#pragma unroll
+      for (int dp = 0; dp < kNTilesD / 2; ++dp) {
+        uint32_t do_frag[4];
+        uint32_t q_frag[4];
+        LdsmX4Trans(do_frag, QTile::LdsmAddress(do_lane_t, 16 * ks, dkv_chunk0 + 2 * dp));
+        LdsmX4Trans(q_frag, QTile::LdsmAddress(q_lane_t, 16 * ks, dkv_chunk0 + 2 * dp));
+#pragma unroll
+        for (int mt = 0; mt < kDkvMTiles; ++mt) {
+          Ops::Mma(acc_dv[mt][2 * dp], p_frag[mt], do_frag[0], do_frag[1]);
+          Ops::Mma(acc_dv[mt][2 * dp + 1], p_frag[mt], do_frag[2], do_frag[3]);
+          Ops::Mma(acc_dk[mt][2 * dp], ds_frag[mt], q_frag[0], q_frag[1]);
+          Ops::Mma(acc_dk[mt][2 * dp + 1], ds_frag[mt], q_frag[2], q_frag[3]);
         }
       }
     }
@@ -428,38 +483,47 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const float next_row_entry = it + 1 < iters ? load_query_tile(it + 1) : 0.f;
     CpAsyncCommit();
 
-    // C. dq_accum += dS K for this warp's 16 queries x kWarpQD columns, 16 columns at a time.
+    // C. dq_accum += dS K for this warp's 16 kDqMTiles queries x kWarpQD columns, kDqChunkCols
+    // columns at a time.
     if (!p.deterministic) {
-      constexpr int kKSteps = kBlockN / 16;
-      uint32_t ds_a[kKSteps][4];
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) {
-        LdsmX4Trans(ds_a[ks], PTile::LdsmAddress(ds_lane_t, 16 * ks, 2 * wq));
-      }
-      const int chunk0 = wqd * Traits::kWarpQD / 8;
       const int rows = seq.len_q - q0;
       float* accum = p.dq_accum + ((seq.ws_start + q0) * p.q_heads + head) * int64_t{p.head_dim};
       const int64_t accum_row_stride = int64_t{p.q_heads} * p.head_dim;
 #pragma unroll
-      for (int dp = 0; dp < Traits::kWarpQD / 16; ++dp) {
-        float acc[2][4] = {};
+      for (int cc = 0; cc < Traits::kWarpQD / kDqChunkCols; ++cc) {
+        const int chunk0 = dq_chunk0 + cc * kDqChunkCols / 8;
+        float acc[kDqMTiles][kDqChunkCols / 8][4] = {};
 #pragma unroll
-        for (int ks = 0; ks < kKSteps; ++ks) {
-          uint32_t k_frag[4];
-          LdsmX4Trans(k_frag, KVTile::LdsmAddress(k_lane, 16 * ks, chunk0 + 2 * dp));
-          Ops::Mma(acc[0], ds_a[ks], k_frag[0], k_frag[1]);
-          Ops::Mma(acc[1], ds_a[ks], k_frag[2], k_frag[3]);
+        for (int ks = 0; ks < kBlockN / 16; ++ks) {
+          uint32_t ds_a[kDqMTiles][4];
+#pragma unroll
+          for (int mt = 0; mt < kDqMTiles; ++mt) {
+            LdsmX4Trans(ds_a[mt], PTile::LdsmAddress(ds_lane_t, 16 * ks, dq_row0 / 8 + 2 * mt));
+          }
+#pragma unroll
+          for (int dp = 0; dp < kDqChunkCols / 16; ++dp) {
+            uint32_t k_frag[4];
+            LdsmX4Trans(k_frag, KVTile::LdsmAddress(k_lane_t, 16 * ks, chunk0 + 2 * dp));
+#pragma unroll
+            for (int mt = 0; mt < kDqMTiles; ++mt) {
+              Ops::Mma(acc[mt][2 * dp], ds_a[mt], k_frag[0], k_frag[1]);
+              Ops::Mma(acc[mt][2 * dp + 1], ds_a[mt], k_frag[2], k_frag[3]);
+            }
+          }
         }
 #pragma unroll
-        for (int n8 = 0; n8 < 2; ++n8) {
-          const int col = 8 * (chunk0 + 2 * dp + n8) + 2 * t;
-          if (col < p.head_dim) {
+        for (int mt = 0; mt < kDqMTiles; ++mt) {
 #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int r = 16 * wq + g + 8 * hf;
-              if (r < rows) {
-                AtomicAdd2(accum + r * accum_row_stride + col, acc[n8][2 * hf],
-                           acc[n8][2 * hf + 1]);
+          for (int n8 = 0; n8 < kDqChunkCols / 8; ++n8) {
+            const int col = 8 * (chunk0 + n8) + 2 * t;
+            if (col < p.head_dim) {
+#pragma unroll
+              for (int hf = 0; hf < 2; ++hf) {
+                const int r = dq_row0 + 16 * mt + g + 8 * hf;
+                if (r < rows) {
+                  AtomicAdd2(accum + r * accum_row_stride + col, acc[mt][n8][2 * hf],
+                             acc[mt][n8][2 * hf + 1]);
+                }
               }
             }
           }
@@ -469,19 +533,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (it + 1 < iters) store_row_entry(next_row_entry);
   }
 
-  // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile, once every
-  // warp is done reading them (and every copy has landed).
+  // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile, one m16 tile
+  // of keys per warp at a time, once every warp is done reading them (and every copy has landed).
   CpAsyncWait<0>();
   __syncthreads();
   Element* dk = static_cast<Element*>(p.dk) + b * p.k_batch_stride +
                 (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
   Element* dv = static_cast<Element*>(p.dv) + b * p.v_batch_stride +
                 (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
-  const int col0 = wc * Traits::kWarpD;
-  StoreTile<KVTile, Traits::kChunks, Traits::kNThreads>(
-      acc_dk, p.softmax_scale, smem_k, 16 * wr, col0, dk, p.k_row_stride, keys, valid_chunks, tid);
-  StoreTile<KVTile, Traits::kChunks, Traits::kNThreads>(acc_dv, 1.f, smem_v, 16 * wr, col0, dv,
-                                                        p.v_row_stride, keys, valid_chunks, tid);
+#pragma unroll
+  for (int mt = 0; mt < kDkvMTiles; ++mt) {
+    StageAccumulator<KVTile, kNTilesD, Element>(acc_dk[mt], p.softmax_scale, smem_k,
+                                                dkv_row0 + 16 * mt, 8 * dkv_chunk0, lane);
+    StageAccumulator<KVTile, kNTilesD, Element>(acc_dv[mt], 1.f, smem_v, dkv_row0 + 16 * mt,
+                                                8 * dkv_chunk0, lane);
+  }
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_k, dk, p.k_row_stride, keys,
+                                                             valid_chunks, tid);
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_v, dv, p.v_row_stride, keys,
+                                                             valid_chunks, tid);
 }
 
 // Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads; Traits::kSmemBytes of

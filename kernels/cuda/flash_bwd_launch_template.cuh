@@ -30,11 +30,11 @@ cudaError_t LaunchBwd(Kernel* kernel, dim3 grid, int threads, int smem_bytes, co
   return cudaGetLastError();
 }
 
-template <DType kDType, int kHeadDim, BwdVariant kVariant>
-cudaError_t RunFlashBwd(const BwdParams& p, cudaStream_t stream) {
+// The dK / dV kernel with the tiles of `Traits` (a BwdKernelTraits): the default configuration
+// below, or a candidate of the benchmark's tile sweep (bench/cuda/backward_tile_sweep.cu).
+template <typename Traits, DType kDType, BwdVariant kVariant>
+cudaError_t RunFlashBwdWithTraits(const BwdParams& p, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16, "16-bit operands");
-  constexpr BwdTileConfig kTiles = DefaultBwdTileConfig(kHeadDim);
-  using Traits = BwdKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
   return LaunchBwd(
@@ -43,10 +43,15 @@ cudaError_t RunFlashBwd(const BwdParams& p, cudaStream_t stream) {
 }
 
 template <DType kDType, int kHeadDim, BwdVariant kVariant>
+cudaError_t RunFlashBwd(const BwdParams& p, cudaStream_t stream) {
+  return RunFlashBwdWithTraits<typename DefaultBwdKernelTraits<kHeadDim>::type, kDType, kVariant>(
+      p, stream);
+}
+
+template <DType kDType, int kHeadDim, BwdVariant kVariant>
 cudaError_t RunFlashBwdDq(const BwdParams& p, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16, "16-bit operands");
-  constexpr BwdTileConfig kTiles = DefaultBwdDqTileConfig(kHeadDim);
-  using Traits = BwdDqKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
+  using Traits = typename DefaultBwdDqKernelTraits<kHeadDim>::type;
   if (p.batch == 0 || p.seqlen_q == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
   return LaunchBwd(

@@ -9,21 +9,41 @@
 namespace attention::cuda {
 
 // One tile configuration of a backward kernel: blocks of `block_m` query rows and `block_n` keys,
-// `warps` warps per block.
+// `warps` warps per block. The dK / dV kernel splits its three kinds of product over its own warp
+// grid each (the dQ kernel's warps each own 16 query rows and ignore the last three fields):
+//   sdp_warps_n: warps along the keys of S^T = K Q^T and dP^T = V dO^T [block_n, block_m], the
+//                others along the queries;
+//   dkv_warps_n: warps along the keys of dV += P^T dO and dK += dS^T Q [block_n, head_dim], the
+//                others along head_dim;
+//   dq_warps_m:  warps along the queries of dQ += dS K [block_m, head_dim], the others along
+//                head_dim.
+// (FlashAttention-2's AtomLayoutMSdP is warps / sdp_warps_n, its AtomLayoutNdKV dkv_warps_n and
+// its AtomLayoutMdQ dq_warps_m.)
 struct BwdTileConfig {
   int block_m;
   int block_n;
   int warps;
+  int sdp_warps_n = 0;
+  int dkv_warps_n = 0;
+  int dq_warps_m = 0;
 };
 
-// The dK / dV kernel (one block per key tile). 64 x 64 tiles with 8 warps for every bucket: the
-// four products of a tile pair split over the warps as 4 x 2 (16 keys x 32 queries for S^T and
-// dP^T, 16 keys x head_dim / 2 for dV and dK, 16 queries x head_dim / 2 for dQ), so that the dK
-// and dV accumulators (head_dim / 2 floats per thread together) fit in registers up to
-// head_dim 256. Shared memory: K, V, Q, dO tiles and the 16-bit P^T and dS^T tiles,
-// 4 * 64 * head_dim * 2 + 16 KB (144 KB at 256: one block per SM on sm_80 and sm_90).
-// Not tuned on a GPU yet (docs/kernel.md, "Backward").
-constexpr BwdTileConfig DefaultBwdTileConfig(int /*head_dim_bucket*/) { return {64, 64, 8}; }
+// The dK / dV kernel (one block per key tile) per head-dim bucket. Up to 128: FlashAttention-2's
+// sm_80 / sm_90 choice, 128-key tiles of 64 query rows and 8 warps, so that each block loads Q and
+// dO (and adds its dQ atomics) once per 128 keys instead of once per 64. The dK and dV
+// accumulators of a warp (32 keys x head_dim / 2, i.e. 64 floats per thread each at 128) are
+// spread over 4 x 2 warps; S^T and dP^T over 4 x 2 (32 keys x 32 queries); dQ over 4 x 2 up to
+// 96 and 2 x 4 at 128 (32 queries x 32 columns: its A operand dS read once per column pair).
+// Above 128: 64 x 64 tiles, every product 4 x 2, so that dK and dV (16 keys x head_dim / 2 each)
+// fit in registers up to 256. Shared memory: K, V (block_n x head_dim each), Q, dO (block_m x
+// head_dim) and the 16-bit P^T, dS^T tiles (block_n x block_m): 80 KB at 64, 128 KB at 128,
+// 144 KB at 256; one block per SM, below sm_80's 163 KB. Not measured yet on a GPU: backward_bench
+// --sweep times the candidates (bench/cuda/backward_tile_sweep.cu).
+constexpr BwdTileConfig DefaultBwdTileConfig(int head_dim_bucket) {
+  if (head_dim_bucket <= 96) return {64, 128, 8, 4, 4, 4};
+  if (head_dim_bucket <= 128) return {64, 128, 8, 4, 4, 2};
+  return {64, 64, 8, 4, 4, 4};
+}
 
 // The deterministic dQ kernel (one block per query tile): 4 warps of 16 query rows, which hold
 // dQ (head_dim / 2 floats per thread), S and dP (block_n / 2 each): 32-key tiles above 128.
@@ -31,7 +51,9 @@ constexpr BwdTileConfig DefaultBwdDqTileConfig(int head_dim_bucket) {
   return {64, head_dim_bucket > 128 ? 32 : 64, 4};
 }
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_>
+// The dK / dV kernel's constants for one configuration (BwdTileConfig's fields, in order).
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kSdpWarpsN_, int kDkvWarpsN_,
+          int kDqWarpsM_>
 struct BwdKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
@@ -45,30 +67,53 @@ struct BwdKernelTraits {
   static_assert(kHeadDim % 32 == 0 && kHeadDim >= 32 && kHeadDim <= 256,
                 "head-dim buckets are multiples of 32 up to 256");
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "whole m16 / k16 steps");
+  static_assert(kBlockM % 32 == 0, "P^T and dS^T tiles have whole 32-column steps of queries");
+  static_assert(kSdpWarpsN_ >= 1 && kDkvWarpsN_ >= 1 && kDqWarpsM_ >= 1, "warp grids given");
 
-  // S^T = K Q^T and dP^T = V dO^T, [kBlockN, kBlockM]: kWarpsN x kWarpsM warps of 16 keys x
-  // kWarpCols queries.
-  static constexpr int kWarpsN = kBlockN / 16;
-  static constexpr int kWarpsM = kNWarps / kWarpsN;
-  static constexpr int kWarpCols = kBlockM / (kWarpsM > 0 ? kWarpsM : 1);
-  static constexpr int kNTilesSW = kWarpCols / 8;
-  // dV += P^T dO and dK += dS^T Q, [kBlockN, kHeadDim]: kWarpsN x kWarpsM warps of 16 keys x
-  // kWarpD columns.
-  static constexpr int kWarpD = kHeadDim / (kWarpsM > 0 ? kWarpsM : 1);
+  // A. S^T = K Q^T and dP^T = V dO^T, [kBlockN, kBlockM]: kSdpWarpsN x kSdpWarpsM warps, each
+  // kSdpMTiles m16 tiles of keys x kSdpWarpCols queries (kNTilesSW n8 tiles).
+  static constexpr int kSdpWarpsN = kSdpWarpsN_;
+  static constexpr int kSdpWarpsM = kNWarps / kSdpWarpsN;
+  static constexpr int kSdpMTiles = kBlockN / (16 * kSdpWarpsN);
+  static constexpr int kSdpWarpCols = kBlockM / kSdpWarpsM;
+  static constexpr int kNTilesSW = kSdpWarpCols / 8;
+  static_assert(kNWarps % kSdpWarpsN == 0, "S^T: whole rows of warps over the keys");
+  static_assert(kBlockN % (16 * kSdpWarpsN) == 0, "S^T: whole m16 tiles of keys per warp");
+  static_assert(kBlockM % kSdpWarpsM == 0 && kSdpWarpCols % 16 == 0,
+                "S^T: n16 pairs of query columns per warp");
+
+  // B. dV += P^T dO and dK += dS^T Q, [kBlockN, kHeadDim]: kDkvWarpsN x kDkvWarpsD warps, each
+  // kDkvMTiles m16 tiles of keys x kWarpD columns (kNTilesD n8 tiles).
+  static constexpr int kDkvWarpsN = kDkvWarpsN_;
+  static constexpr int kDkvWarpsD = kNWarps / kDkvWarpsN;
+  static constexpr int kDkvMTiles = kBlockN / (16 * kDkvWarpsN);
+  static constexpr int kWarpD = kHeadDim / kDkvWarpsD;
   static constexpr int kNTilesD = kWarpD / 8;
-  // dQ += dS K, [kBlockM, kHeadDim]: kWarpsQ x kWarpsQD warps of 16 queries x kWarpQD columns.
-  static constexpr int kWarpsQ = kBlockM / 16;
-  static constexpr int kWarpsQD = kNWarps / kWarpsQ;
-  static constexpr int kWarpQD = kHeadDim / (kWarpsQD > 0 ? kWarpsQD : 1);
+  static_assert(kNWarps % kDkvWarpsN == 0, "dK / dV: whole rows of warps over the keys");
+  static_assert(kBlockN % (16 * kDkvWarpsN) == 0, "dK / dV: whole m16 tiles of keys per warp");
+  static_assert(kHeadDim % kDkvWarpsD == 0 && kWarpD % 16 == 0,
+                "dK / dV: n16 pairs of head_dim columns per warp");
 
-  static_assert(kNWarps % kWarpsN == 0 && kWarpsM >= 1, "whole rows of warps over the keys");
-  static_assert(kBlockM % kWarpsM == 0 && kWarpCols % 16 == 0, "k16 pairs of query columns");
-  static_assert(kHeadDim % kWarpsM == 0 && kWarpD % 16 == 0, "n16 pairs of dK / dV columns");
-  static_assert(kNWarps % kWarpsQ == 0 && kWarpsQD >= 1, "whole rows of warps over the queries");
-  static_assert(kHeadDim % kWarpsQD == 0 && kWarpQD % 16 == 0, "n16 pairs of dQ columns");
+  // C. dQ += dS K, [kBlockM, kHeadDim]: kDqWarpsM x kDqWarpsD warps, each kDqMTiles m16 tiles of
+  // queries x kWarpQD columns, accumulated kDqChunkCols columns at a time (at most 32 floats
+  // per thread; each chunk reads the warp's dS fragments again) and added to dq_accum.
+  static constexpr int kDqWarpsM = kDqWarpsM_;
+  static constexpr int kDqWarpsD = kNWarps / kDqWarpsM;
+  static constexpr int kDqMTiles = kBlockM / (16 * kDqWarpsM);
+  static constexpr int kWarpQD = kHeadDim / kDqWarpsD;
+  static constexpr int kDqChunkCols = kDqMTiles <= 2 && kWarpQD % 32 == 0 ? 32 : 16;
+  static_assert(kNWarps % kDqWarpsM == 0, "dQ: whole rows of warps over the queries");
+  static_assert(kBlockM % (16 * kDqWarpsM) == 0, "dQ: whole m16 tiles of queries per warp");
+  static_assert(kHeadDim % kDqWarpsD == 0 && kWarpQD % 16 == 0,
+                "dQ: n16 pairs of head_dim columns per warp");
+  static_assert(kDqMTiles <= 4, "dQ: at most 32 accumulator floats per thread");
+
   static_assert(2 * kBlockM <= kNThreads, "one thread copies each lse and D entry");
-  // dK and dV accumulators, S^T and dP^T per thread.
-  static_assert(2 * 4 * kNTilesD + 2 * 4 * kNTilesSW <= 160, "accumulators fit in registers");
+  // dK and dV accumulators (live throughout), S^T and dP^T (live in product A) per thread: the
+  // rest of 255 registers holds fragments and addresses.
+  static constexpr int kAccumulatorFloats =
+      2 * 4 * kDkvMTiles * kNTilesD + 2 * 4 * kSdpMTiles * kNTilesSW;
+  static_assert(kAccumulatorFloats <= 192, "accumulators fit in registers");
 
   using QTile = SmemTile<kBlockM, kHeadDim>;   // Q and dO
   using KVTile = SmemTile<kBlockN, kHeadDim>;  // K and V
@@ -82,7 +127,16 @@ struct BwdKernelTraits {
   static constexpr int kSmemLseOffset = kSmemDsOffset + PTile::kBytes;  // float [kBlockM]
   static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;     // float [kBlockM]
   static constexpr int kSmemBytes = kSmemDOffset + 4 * kBlockM;
-  static_assert(kSmemBytes <= 163 * 1024, "shared memory per block on sm_80 (227 KB on sm_90)");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90 (163 KB on sm_80)");
+};
+
+// The dK / dV kernel's traits for DefaultBwdTileConfig(kHeadDim).
+template <int kHeadDim>
+struct DefaultBwdKernelTraits {
+  static constexpr BwdTileConfig kTiles = DefaultBwdTileConfig(kHeadDim);
+  using type = BwdKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps,
+                               kTiles.sdp_warps_n, kTiles.dkv_warps_n, kTiles.dq_warps_m>;
+  static_assert(type::kSmemBytes <= 163 * 1024, "the default tiles fit sm_80's shared memory");
 };
 
 // The deterministic dQ kernel: each warp owns 16 query rows (the forward's layout), Q, dO, K and
@@ -113,6 +167,13 @@ struct BwdDqKernelTraits {
   static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;
   static constexpr int kSmemBytes = kSmemDOffset + 4 * kBlockM;
   static_assert(kSmemBytes <= 163 * 1024, "shared memory per block on sm_80");
+};
+
+// The deterministic dQ kernel's traits for DefaultBwdDqTileConfig(kHeadDim).
+template <int kHeadDim>
+struct DefaultBwdDqKernelTraits {
+  static constexpr BwdTileConfig kTiles = DefaultBwdDqTileConfig(kHeadDim);
+  using type = BwdDqKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
 };
 
 }  // namespace attention::cuda

@@ -409,9 +409,9 @@ bool NeedsGeneral(const BwdParams& p) {
          p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f);
 }
 
-// DispatchFlashBwd's launch sequence on the emulator: preprocess, the dK / dV kernel, then the
-// dQ kernel (deterministic) or the postprocess.
-template <typename Element, int kHeadDim, bool kGeneral>
+// DispatchFlashBwd's launch sequence on the emulator: preprocess, the dK / dV kernel with the
+// tiles of `Traits` (a BwdKernelTraits), then the dQ kernel (deterministic) or the postprocess.
+template <typename Element, int kHeadDim, bool kGeneral, typename Traits>
 Outputs RunBackward(const Problem& pr, bool deterministic, bool reverse_grids) {
   BwdParams p = pr.p;
   p.deterministic = deterministic;
@@ -436,15 +436,13 @@ Outputs RunBackward(const Problem& pr, bool deterministic, bool reverse_grids) {
   const dim3 rows_grid((p.seqlen_q + kRows - 1) / kRows, p.q_heads, p.batch);
   RunGrid(rows_grid, 32 * kRows, 0, reverse_grids, [&p] { BwdPreprocessKernel<Element>(p); });
 
-  constexpr BwdTileConfig t = DefaultBwdTileConfig(kHeadDim);
-  using Traits = BwdKernelTraits<kHeadDim, t.block_m, t.block_n, t.warps>;
-  RunGrid(dim3((p.seqlen_k + t.block_n - 1) / t.block_n, p.kv_heads, p.batch), Traits::kNThreads,
-          Traits::kSmemBytes, reverse_grids,
+  static_assert(Traits::kHeadDim == kHeadDim);
+  RunGrid(dim3((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch),
+          Traits::kNThreads, Traits::kSmemBytes, reverse_grids,
           [&p] { bwd::FlashBwdKernel<Traits, Element, kGeneral>(p); });
   if (deterministic) {
-    constexpr BwdTileConfig tq = DefaultBwdDqTileConfig(kHeadDim);
-    using DqTraits = BwdDqKernelTraits<kHeadDim, tq.block_m, tq.block_n, tq.warps>;
-    RunGrid(dim3((p.seqlen_q + tq.block_m - 1) / tq.block_m, p.q_heads, p.batch),
+    using DqTraits = typename DefaultBwdDqKernelTraits<kHeadDim>::type;
+    RunGrid(dim3((p.seqlen_q + DqTraits::kBlockM - 1) / DqTraits::kBlockM, p.q_heads, p.batch),
             DqTraits::kNThreads, DqTraits::kSmemBytes, reverse_grids,
             [&p] { bwd::FlashBwdDqKernel<DqTraits, Element, kGeneral>(p); });
   } else {
@@ -486,16 +484,29 @@ double ExpectClose(const std::string& what, DType dtype, const std::vector<uint1
   return max_ref > 0 ? max_err / max_ref : max_err;
 }
 
-template <typename Element, int kHeadDim>
+// "64x128 8w 4/4/2": block_m x block_n, warps, and the warps along the keys of S^T / dP^T, along
+// the keys of dK / dV and along the queries of dQ (BwdTileConfig).
+template <typename Traits>
+std::string TilesLabel() {
+  char label[64];
+  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d", Traits::kBlockM, Traits::kBlockN,
+                Traits::kNWarps, Traits::kSdpWarpsN, Traits::kDkvWarpsN, Traits::kDqWarpsM);
+  return label;
+}
+
+// One case through both dQ modes and both schedules, the dK / dV kernel with the tiles of
+// `Traits` (by default the bucket's, DefaultBwdTileConfig).
+template <typename Element, int kHeadDim,
+          typename Traits = typename DefaultBwdKernelTraits<kHeadDim>::type>
 void RunCase(const Case& c) {
-  SCOPED_TRACE(c.name);
+  SCOPED_TRACE(c.name + ", tiles " + TilesLabel<Traits>());
   const auto start = std::chrono::steady_clock::now();
   const DType dtype = std::is_same_v<Element, __nv_bfloat16> ? DType::kBFloat16 : DType::kFloat16;
   const Problem pr = MakeProblem(c, dtype);
   const bool general = c.force_general || NeedsGeneral(pr.p);
   const auto run = [&](bool deterministic, bool reverse) {
-    return general ? RunBackward<Element, kHeadDim, true>(pr, deterministic, reverse)
-                   : RunBackward<Element, kHeadDim, false>(pr, deterministic, reverse);
+    return general ? RunBackward<Element, kHeadDim, true, Traits>(pr, deterministic, reverse)
+                   : RunBackward<Element, kHeadDim, false, Traits>(pr, deterministic, reverse);
   };
   Outputs atomic, atomic_again, det, det_again;
   try {
@@ -559,9 +570,10 @@ void RunCase(const Case& c) {
   EXPECT_LE(max_diff, 2 * Tolerance(dtype) * max_ref) << "dq: atomic vs deterministic";
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("  %-28s %s d=%3d/%3d %s: err/max dq %.1e (det %.1e) dk %.1e dv %.1e  %.1f s\n",
+  std::printf("  %-28s %s d=%3d/%3d %-16s %s: err/max dq %.1e (det %.1e) dk %.1e dv %.1e  %.1f s\n",
               c.name.c_str(), dtype == DType::kFloat16 ? "fp16" : "bf16", c.head_dim, kHeadDim,
-              general ? "general" : "dense  ", e_dq, e_dq_det, e_dk, e_dv, seconds);
+              TilesLabel<Traits>().c_str(), general ? "general" : "dense  ", e_dq, e_dq_det, e_dk,
+              e_dv, seconds);
 }
 
 // Bucket 64 (bfloat16): ragged tails over both tile sizes, Sq != Sk, GQA.
@@ -722,6 +734,68 @@ TEST(BackwardKernelEmulationTest, Fp16D128StridedPacked) {
 // One query row and one key; the sink makes P < 1, so the gradients are not 0.
 TEST(BackwardKernelEmulationTest, Bf16D64SingleRowAndKey) {
   RunCase<__nv_bfloat16, 64>(Case("one_by_one").Seq(1, 1).Heads(2, 1).Sinks());
+}
+
+// The dK / dV kernel's other tile configurations (backward_bench --sweep's candidates,
+// bench/cuda/backward_tile_sweep.cu), each on ragged tails of its tiles with causal, window or
+// GQA options, in both dQ modes. Template arguments: BwdTileConfig's fields.
+template <int kHeadDim, int kBlockM, int kBlockN, int kWarps, int kSdpWarpsN, int kDkvWarpsN,
+          int kDqWarpsM>
+using Tiles =
+    BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN, kDqWarpsM>;
+
+TEST(BackwardKernelEmulationTest, TilesD64Square64Causal) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 64, 64, 8, 4, 4, 4>>(
+      Case("t64_64x64_causal").Seq(150, 140).Heads(4, 2).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, TilesD64DqTwoByFourWindow) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 64, 128, 8, 4, 4, 2>>(
+      Case("t64_dq2x4_window").Seq(170, 200).Heads(2, 1).Window(50, 20));
+}
+
+// FlashAttention-2's 128 x 128 tiles: S^T over 2 x 4 warps of 64 keys (four m16 tiles each).
+TEST(BackwardKernelEmulationTest, TilesD64Square128CausalGqa) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 128, 128, 8, 2, 4, 4>>(
+      Case("t64_128x128_causal").Seq(200, 260).Heads(4, 2).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, TilesD64Square128PackedGeneral) {
+  RunCase<__half, 64, Tiles<64, 128, 128, 8, 2, 4, 4>>(Case("t64_128x128_general")
+                                                           .Packed({140, 0, 30}, {150, 20, 200})
+                                                           .Dim(56)
+                                                           .Heads(4, 2)
+                                                           .Softcap(5.f)
+                                                           .Alibi(false)
+                                                           .Mask(MaskKind::kBool)
+                                                           .MaskedRow());
+}
+
+// Every warp on 16 keys of S^T and of dK / dV (8 x 1 grids).
+TEST(BackwardKernelEmulationTest, TilesD64KeyRowsSqGtSk) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 64, 128, 8, 8, 8, 4>>(
+      Case("t64_8x1_causal_sq_gt_sk").Seq(190, 150).Causal().Sinks());
+}
+
+TEST(BackwardKernelEmulationTest, TilesD128Square64Window) {
+  RunCase<__nv_bfloat16, 128, Tiles<128, 64, 64, 8, 4, 4, 4>>(
+      Case("t128_64x64_window").Seq(140, 150).Dim(128).Window(40, 0));
+}
+
+TEST(BackwardKernelEmulationTest, TilesD128DqFourByTwoCausal) {
+  RunCase<__nv_bfloat16, 128, Tiles<128, 64, 128, 8, 4, 4, 4>>(
+      Case("t128_dq4x2_causal").Seq(150, 170).Dim(128).Heads(2, 1).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, TilesD128KeyRowsPacked) {
+  RunCase<__half, 128, Tiles<128, 64, 128, 8, 8, 4, 2>>(
+      Case("t128_8x1_packed").Packed({70, 150}, {130, 140}).Dim(120).Heads(2, 1).Causal());
+}
+
+// 128 query rows per tile: two m16 tiles of dQ rows per warp over 4 x 2 warps.
+TEST(BackwardKernelEmulationTest, TilesD128Rows128Causal) {
+  RunCase<__nv_bfloat16, 128, Tiles<128, 128, 64, 8, 4, 4, 4>>(
+      Case("t128_128x64_causal").Seq(150, 140).Dim(128).Heads(2, 1).Causal().Strided());
 }
 
 }  // namespace

@@ -1,0 +1,78 @@
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench/cuda/backward_tile_sweep.h"
+#include "kernels/cuda/flash_bwd_dispatch.h"
+#include "kernels/cuda/flash_bwd_launch_template.cuh"
+#include "kernels/cuda/flash_bwd_traits.h"
+
+namespace attention::cuda {
+
+// Compiled in the library (instantiations/flash_bwd_bf16_hdim*_dense.cu): not again here.
+extern template cudaError_t RunFlashBwdDq<DType::kBFloat16, 64, BwdVariant::kDense>(
+    const BwdParams& p, cudaStream_t stream);
+extern template cudaError_t RunFlashBwdDq<DType::kBFloat16, 128, BwdVariant::kDense>(
+    const BwdParams& p, cudaStream_t stream);
+
+namespace bench {
+namespace {
+
+// DispatchFlashBwd's launch sequence (flash_bwd_dispatch.cc) with the dK / dV kernel of Traits.
+template <typename Traits>
+cudaError_t RunCandidate(const AttentionBackwardParams& params, void* workspace,
+                         cudaStream_t stream) {
+  constexpr int kHeadDim = Traits::kHeadDim;
+  BwdParams p;
+  static_cast<AttentionBackwardParams&>(p) = params;
+  const BwdWorkspaceLayout layout = BackwardWorkspaceLayout(params);
+  char* ws = static_cast<char*>(workspace);
+  p.q_rows = layout.q_rows;
+  p.dq_accum = layout.dq_accum >= 0 ? reinterpret_cast<float*>(ws + layout.dq_accum) : nullptr;
+  p.dsum = reinterpret_cast<float*>(ws + layout.dsum);
+  p.lse_log2 = reinterpret_cast<float*>(ws + layout.lse_log2);
+  if (const cudaError_t err = RunBwdPreprocess(p, stream); err != cudaSuccess) return err;
+  if (const cudaError_t err =
+          RunFlashBwdWithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
+      err != cudaSuccess) {
+    return err;
+  }
+  return p.deterministic ? RunFlashBwdDq<DType::kBFloat16, kHeadDim, BwdVariant::kDense>(p, stream)
+                         : RunBwdPostprocess(p, stream);
+}
+
+template <int kHeadDim, int kBlockM, int kBlockN, int kWarps, int kSdpWarpsN, int kDkvWarpsN,
+          int kDqWarpsM>
+BwdTileCandidate Candidate() {
+  using Traits =
+      BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN, kDqWarpsM>;
+  constexpr BwdTileConfig d = DefaultBwdTileConfig(kHeadDim);
+  char label[64];
+  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d", kBlockM, kBlockN, kWarps, kSdpWarpsN,
+                kDkvWarpsN, kDqWarpsM);
+  return {label, kHeadDim,
+          d.block_m == kBlockM && d.block_n == kBlockN && d.warps == kWarps &&
+              d.sdp_warps_n == kSdpWarpsN && d.dkv_warps_n == kDkvWarpsN &&
+              d.dq_warps_m == kDqWarpsM,
+          &RunCandidate<Traits>};
+}
+
+}  // namespace
+
+// Around DefaultBwdTileConfig (flash_bwd_traits.h), 8 warps each: the previous 64 x 64 tiles
+// (every product 4 x 2); 128-key tiles with FlashAttention-2's warp grids (S^T 4 x 2, dK / dV
+// 4 x 2, dQ 4 x 2 or 2 x 4); every warp on 16 keys of S^T (8 x 1); at 64 FlashAttention-2's
+// 128 x 128 tiles (S^T 2 x 4) and 8 x 1 grids for S^T and dK / dV.
+const std::vector<BwdTileCandidate>& BackwardTileSweep() {
+  static const std::vector<BwdTileCandidate> sweep = {
+      Candidate<64, 64, 64, 8, 4, 4, 4>(),   Candidate<64, 64, 128, 8, 4, 4, 4>(),
+      Candidate<64, 64, 128, 8, 4, 4, 2>(),  Candidate<64, 128, 128, 8, 2, 4, 4>(),
+      Candidate<64, 64, 128, 8, 8, 8, 4>(),  Candidate<128, 64, 64, 8, 4, 4, 4>(),
+      Candidate<128, 64, 128, 8, 4, 4, 2>(), Candidate<128, 64, 128, 8, 4, 4, 4>(),
+      Candidate<128, 64, 128, 8, 8, 4, 2>(), Candidate<128, 128, 64, 8, 4, 4, 4>(),
+  };
+  return sweep;
+}
+
+}  // namespace bench
+}  // namespace attention::cuda
