@@ -26,6 +26,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -269,19 +270,20 @@ int RunSweep(const Options& o) {
                     batch, heads);
         std::printf("| config | ms | TFLOP/s | det ms | det TFLOP/s | max diff vs default |\n");
         std::printf("|---|---|---|---|---|---|\n");
-        for (size_t c = 0; c < candidates.size(); ++c) {
-          double ms[2] = {-1, -1};
-          for (int det = 0; det < 2; ++det) {
-            Problem pr;
-            if (!Build(pr, DType::kBFloat16, batch, n, heads, d, causal, det == 1)) {
-              std::fprintf(stderr, "allocation failed (d %d, seqlen %d)\n", d, n);
-              continue;
-            }
-            AttentionBackwardParams p = pr.p;
-            Normalize(p);
-            ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+        // ms[c][det]: one problem per dQ mode, every candidate on it.
+        std::vector<std::array<double, 2>> times(candidates.size(), {-1.0, -1.0});
+        for (int det = 0; det < 2; ++det) {
+          Problem pr;
+          if (!Build(pr, DType::kBFloat16, batch, n, heads, d, causal, det == 1)) {
+            std::fprintf(stderr, "allocation failed (d %d, seqlen %d)\n", d, n);
+            continue;
+          }
+          AttentionBackwardParams p = pr.p;
+          Normalize(p);
+          ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+          for (size_t c = 0; c < candidates.size(); ++c) {
             const BwdTileCandidate& cand = *candidates[c];
-            ms[det] = TimeLaunch(
+            times[c][det] = TimeLaunch(
                 [&] {
                   const cudaError_t err = cand.run(p, pr.workspace, nullptr);
                   return err == cudaSuccess ? absl::OkStatus()
@@ -289,6 +291,9 @@ int RunSweep(const Options& o) {
                 },
                 o.repeats);
           }
+        }
+        for (size_t c = 0; c < candidates.size(); ++c) {
+          const double* ms = times[c].data();
           const auto tflops = [&](double t) { return t > 0 ? flops / t / 1e9 : 0.0; };
           std::printf("| %s%s | %.3f | %.1f | %.3f | %.1f | %.1e%s |\n",
                       candidates[c]->label.c_str(), candidates[c]->is_default ? " *" : "", ms[0],

@@ -8,6 +8,10 @@
 #
 # BUNDLE: a folder made by shared/tools/gpu-bundle.sh with attention_backward_cuda_test and
 # backward_bench, plus sdpa_peer.py.
+#
+# SWEEP=1 adds the dK / dV kernel's tile sweep (backward_bench --sweep, a build with
+# -DATTN_BENCH_BWD_TILE_SWEEP=ON) after the rest, into $out/sweep.md and sweep.jsonl;
+# SWEEP=only runs the GPU tests and the sweep alone (no sanitizers, peer or bench).
 set -uo pipefail
 bundle=$(cd "${1:?usage: run_backward_on_gpu.sh BUNDLE}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +25,17 @@ echo "== attention_backward_cuda_test"
 "$bundle/run" attention_backward_cuda_test > "$out/test.log" 2>&1
 echo "test_rc=$?" | tee -a "$out/summary.txt"
 grep -E "FAILED|Failure|max err" "$out/test.log" | sort -t= -k2 -g | tail -40
+
+sweep() {
+  echo "== backward_bench --sweep"
+  "$bundle/run" backward_bench --sweep --hdim 64,128 --json "$out/sweep.jsonl" > "$out/sweep.md" 2>&1
+  echo "sweep_rc=$?" | tee -a "$out/summary.txt"
+  cat "$out/sweep.md"
+}
+if [ "${SWEEP:-0}" = only ]; then
+  sweep
+  exit 0
+fi
 
 # The sanitizers on a subset: odd head dims, packed batches with empty sequences, every option,
 # GQA and both dQ modes (racecheck and synccheck are much slower, so fewer cases).
@@ -46,3 +61,4 @@ echo "== backward_bench"
 echo "bench_rc=$?" | tee -a "$out/summary.txt"
 cat "$out/bench.log"
 python3 "$here/backward_compare.py" "$out/ours.jsonl" "$out/peer.jsonl" | tee "$out/compare.md"
+if [ "${SWEEP:-0}" = 1 ]; then sweep; fi
