@@ -218,10 +218,39 @@ TEST(BackwardTileRangeTest, SwappedRangeMatchesBruteForce) {
   }
 }
 
+// Both kernels' default tiles of bucket kHeadDim fit sm_80's 163 KB of shared memory per block.
+template <int kHeadDim>
+void ExpectDefaultTilesFit() {
+  SCOPED_TRACE(kHeadDim);
+  EXPECT_LE(DefaultBwdKernelTraits<kHeadDim>::type::kSmemBytes, 163 * 1024);
+  EXPECT_LE(DefaultBwdDqKernelTraits<kHeadDim>::type::kSmemBytes, 163 * 1024);
+}
+
 TEST(BackwardTraitsTest, SharedMemoryFitsEveryBucket) {
-  EXPECT_LE((BwdKernelTraits<256, 64, 64, 8>::kSmemBytes), 163 * 1024);
-  EXPECT_LE((BwdDqKernelTraits<256, 64, 32, 4>::kSmemBytes), 163 * 1024);
-  EXPECT_EQ((BwdKernelTraits<128, 64, 64, 8>::kWarpD), 64);
+  ExpectDefaultTilesFit<32>();
+  ExpectDefaultTilesFit<64>();
+  ExpectDefaultTilesFit<96>();
+  ExpectDefaultTilesFit<128>();
+  ExpectDefaultTilesFit<160>();
+  ExpectDefaultTilesFit<192>();
+  ExpectDefaultTilesFit<224>();
+  ExpectDefaultTilesFit<256>();
+}
+
+// Bucket 128's default: 128-key tiles, S^T and dK / dV over 4 x 2 warps of 32 keys, dQ over 2 x 4
+// warps of 32 queries x 32 columns (FlashAttention-2's sm_80 / sm_90 layout).
+TEST(BackwardTraitsTest, Bucket128WarpGrids) {
+  using Traits = DefaultBwdKernelTraits<128>::type;
+  EXPECT_EQ(Traits::kBlockM, 64);
+  EXPECT_EQ(Traits::kBlockN, 128);
+  EXPECT_EQ(Traits::kSdpMTiles, 2);
+  EXPECT_EQ(Traits::kSdpWarpCols, 32);
+  EXPECT_EQ(Traits::kDkvMTiles, 2);
+  EXPECT_EQ(Traits::kWarpD, 64);
+  EXPECT_EQ(Traits::kDqMTiles, 2);
+  EXPECT_EQ(Traits::kWarpQD, 32);
+  EXPECT_EQ(Traits::kAccumulatorFloats, 192);
+  EXPECT_EQ(Traits::kSmemBytes, 128 * 1024 + 2 * 4 * 64);
 }
 
 }  // namespace
