@@ -15,17 +15,18 @@
 # (decode_bench and its peer, the decode report), paged (paged prefill vs dense, and one request
 # at the GPU work limit), fp32 (fp32_bench and its peer, the comparison).
 #
-# The bundle (built here, 2 cores: ~4 min with ccache warm, ~15 min cold), with the three routing
-# switches of kernels/cuda/attention_cuda.cc on (ATTN_ROUTE_UNVERIFIED_KERNELS), so that the
-# check covers the routed paths (RunAttention, the GPU session suite):
+# The bundle (built here, 2 cores: ~4 min with ccache warm, ~15 min cold):
 #   cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-#     -DATTN_KERNEL_DTYPES=bf16 "-DATTN_KERNEL_HEAD_DIMS=64;128" -DATTN_ROUTE_UNVERIFIED_KERNELS=ON
+#     -DATTN_KERNEL_DTYPES=bf16 "-DATTN_KERNEL_HEAD_DIMS=64;128"
 #   ninja -C build/gpu attention_fp32_test fp32_bench flash_decode_test flash_decode_host_test \
 #     decode_bench attention_cuda_test attention_kernel_bench attention_server \
 #     session_integration_test attention_cli fake_attention_server
 #   ../shared/tools/gpu-bundle.sh .gpu build/gpu/{tests/kernels/cuda/{flash_decode_test,...},...}
 #   strip .gpu/bin/* .gpu/lib/*; cp ../shared/peers/sdpa_peer.py .gpu/
-#   mkdir -p .gpu-pack; tar cf - .gpu | xz -T2 -4 > .gpu-pack/bundle.tar.xz   # ~40 MB
+#   mkdir -p .gpu-pack
+#   tar cf - .gpu | xz -T1 --lzma2=preset=6,dict=192MiB > .gpu-pack/bundle.tar.xz   # ~12 MB
+# (one thread and a dictionary larger than a binary: every executable holds the same kernels, and
+# xz then stores them once; `xz -T2 -4` gave 50 MB)
 # and on the device (carry .gpu-pack): tar xJf .gpu-pack/bundle.tar.xz && <the commands of
 # docs/kernel.md, "Kernels written without a GPU, and their routing">.
 #

@@ -189,6 +189,18 @@ AttentionParams ParamsFromRequest(const v1::AttentionRequest& r, std::vector<flo
 
 }  // namespace
 
+std::vector<double> ReferenceOutput(const v1::AttentionRequest& r) {
+  std::vector<float> widened_mask;
+  int64_t total_q = 0;
+  const AttentionParams p = ParamsFromRequest(r, &widened_mask, &total_q);
+  std::vector<double> o_ref(static_cast<size_t>(total_q * p.q_heads * p.head_dim));
+  std::vector<double> lse_ref(static_cast<size_t>(total_q * p.q_heads));
+  ReferenceAttention(p, o_ref.data(), lse_ref.data());
+  return o_ref;
+}
+
+double OutputValue(const v1::Tensor& o, int64_t i) { return LoadOutput(o.dtype(), o.data(), i); }
+
 std::string CompareWithReference(const v1::AttentionRequest& r,
                                  const v1::AttentionResponse& response) {
   const v1::Tensor& q = r.q();

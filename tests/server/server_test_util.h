@@ -60,6 +60,11 @@ std::string ServerBackendUnderTest();
 std::string CompareWithReference(const v1::AttentionRequest& request,
                                  const v1::AttentionResponse& response);
 
+// o of `request` in float64 (its layout: [batch, seqlen_q, q_heads, head_dim] or packed), from the
+// same reference CompareWithReference uses; and element i of a response's o as a double.
+std::vector<double> ReferenceOutput(const v1::AttentionRequest& request);
+double OutputValue(const v1::Tensor& o, int64_t i);
+
 // The backward request of a forward `forward` answered with `answer` (which holds o and lse:
 // `forward` asked for return_lse): the same inputs and options, backward = true, o and lse from
 // the answer, and a random grad_o in [-1, 1] of q's dtype and shape.
