@@ -8,6 +8,8 @@
 # stream (steps/s and p99), GQA 32/8, head_dim 128, bf16, 8k context.
 #
 #   bench/serving/run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
+#   environment: SERVER (another attention_server binary), TAG (suffix of the metrics files),
+#   LONE_ONLY=1 (only the lone session)
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of attention_server, attention_cli,
 # fake_attention_server and session_integration_test. Results under $OUT, appended (so that the
@@ -44,8 +46,12 @@ if [ "$part" != tests ]; then
 step "servers"
 # 64 sessions x (8192 + steps) tokens of 8 x 128 bf16 (4 KiB a token, K and V): 16 tokens per
 # 64 KiB page, ~33k pages = 2.1 GiB of device memory.
-"$bin/attention_server" --address=127.0.0.1:50071 --health_address= --metrics_address= \
-  --session_pages=36000 --session_page_bytes=65536 --log_level=warning &
+# SERVER (default the bundle's attention_server) names the server binary, so that one call can
+# compare two builds; its /metrics (127.0.0.1:50073) are saved after each run (metrics_*.txt:
+# the stage and session-call histograms, where a step's time goes).
+${SERVER:-"$bin/attention_server"} --address=127.0.0.1:50071 --health_address= \
+  --metrics_address=127.0.0.1:50073 --session_pages=36000 --session_page_bytes=65536 \
+  --log_level=warning &
 server=$!
 "$bin/fake_attention_server" --address=127.0.0.1:50072 &
 echo_server=$!
@@ -60,10 +66,20 @@ step "session-bench: a lone session, echo round trip of the same bytes"
 timeout 120 "$bin/attention_cli" session-bench "${common[@]}" --sessions=1 --steps=400 \
   --warmup_steps=20 --echo_target=127.0.0.1:50072 --json=/tmp/lone.json || status=1
 cat /tmp/lone.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
+save_metrics() {
+  python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:50073/metrics", timeout=5).read().decode()
+print("\n".join(l for l in text.splitlines()
+                if ("stage_duration" in l or "session_call" in l) and "_bucket" not in l))' \
+    > "$out/metrics_$1${TAG:+_$TAG}.txt" 2>&1
+}
+save_metrics lone
+[ -n "${LONE_ONLY:-}" ] && { kill -TERM "$server" "$echo_server"; wait "$server"; exit $status; }
 step "session-bench: 64 sessions on one stream"
 timeout 180 "$bin/attention_cli" session-bench "${common[@]}" --sessions=64 --steps=64 \
   --warmup_steps=4 --json=/tmp/many.json || status=1
 cat /tmp/many.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
+save_metrics many
 
 kill -TERM "$server" "$echo_server" 2>/dev/null
 wait "$server"

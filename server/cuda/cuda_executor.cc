@@ -315,7 +315,7 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
         inline_slot->batch = std::move(batch);
       } else {
         submitted_.push_back(std::move(batch));
-        cv_.notify_all();
+        stage_cv_.notify_one();
         return;
       }
     }
@@ -335,7 +335,9 @@ void CudaExecutor::Shutdown() {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     stopping_ = true;
-    cv_.notify_all();
+    stage_cv_.notify_all();
+    complete_cv_.notify_all();
+    finish_cv_.notify_all();
   }
   for (std::thread& stager : stagers_) {
     if (stager.joinable()) stager.join();
@@ -352,7 +354,7 @@ void CudaExecutor::StageLoop() {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] {
+      stage_cv_.wait(lock, [this] {
         return (!submitted_.empty() && !free_slots_.empty()) || (stopping_ && submitted_.empty());
       });
       if (submitted_.empty()) return;  // stopping, and every submitted batch was launched
@@ -374,8 +376,7 @@ void CudaExecutor::LaunchSlot(Slot* slot) {
     std::unique_ptr<Batch> batch = std::move(slot->batch);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      free_slots_.push_back(slot);
-      cv_.notify_all();
+      FreeSlotLocked(slot);
     }
     batch->device = name_;
     FinishBatch(std::move(batch), status);
@@ -383,7 +384,16 @@ void CudaExecutor::LaunchSlot(Slot* slot) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   in_flight_.push_back(slot);
-  cv_.notify_all();
+  complete_cv_.notify_one();
+}
+
+void CudaExecutor::FreeSlotLocked(Slot* slot) {
+  free_slots_.push_back(slot);
+  stage_cv_.notify_one();
+  if (Drained()) {
+    complete_cv_.notify_all();
+    finish_cv_.notify_all();
+  }
 }
 
 absl::Status CudaExecutor::Launch(Slot& slot) {
@@ -491,11 +501,12 @@ bool CudaExecutor::Drained() const {
 
 void CudaExecutor::CompleteLoop() {
   cudaSetDevice(device_index_);
+  std::vector<HostCopy> output_copies;  // reused from batch to batch
   while (true) {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return !in_flight_.empty() || Drained(); });
+      complete_cv_.wait(lock, [this] { return !in_flight_.empty() || Drained(); });
       if (in_flight_.empty()) return;  // stopping, and nothing left to wait for
       slot = in_flight_.front();
       in_flight_.pop_front();
@@ -511,9 +522,21 @@ void CudaExecutor::CompleteLoop() {
     } else {
       cudaStreamSynchronize(slot->stream);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    done_.push_back(DoneSlot{slot, std::move(status)});
-    cv_.notify_all();
+    // With nothing else in flight and no backlog of done batches, a small batch is finished
+    // here: no batch waits for this thread meanwhile, and its answer skips a hand-off to a
+    // finisher (a lone decode step's latency). Otherwise a finisher takes it, and this thread
+    // goes back to waiting for the next batch in flight.
+    const bool small = slot->batch->plan.layout.output_bytes < kParallelScatterBytes;
+    bool inline_finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      inline_finish = small && in_flight_.empty() && done_.empty();
+      if (!inline_finish) {
+        done_.push_back(DoneSlot{slot, std::move(status)});
+        finish_cv_.notify_one();
+      }
+    }
+    if (inline_finish) FinishSlot(DoneSlot{slot, std::move(status)}, output_copies);
   }
 }
 
@@ -523,33 +546,36 @@ void CudaExecutor::FinishLoop() {
     DoneSlot done;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return !done_.empty() || Drained(); });
+      finish_cv_.wait(lock, [this] { return !done_.empty() || Drained(); });
       if (done_.empty()) return;  // stopping, and nothing left to finish
       done = std::move(done_.front());
       done_.pop_front();
     }
-    Slot* slot = done.slot;
-    std::unique_ptr<Batch> batch = std::move(slot->batch);
-    if (done.status.ok()) {
-      const char* outputs = slot->pinned + batch->plan.layout.input_bytes;
-      output_copies.clear();
-      AppendOutputCopies(*batch, outputs, &output_copies);
-      if (batch->plan.layout.output_bytes >= kParallelScatterBytes) {
-        completion_pool_->Copy(output_copies);
-      } else {
-        RunCopies(output_copies);
-      }
-      batch->timings.scattered = Clock::now();
-    }
-    ReportMemory(-slot->device_bytes_used);
-    slot->device_bytes_used = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      free_slots_.push_back(slot);
-      cv_.notify_all();
-    }
-    FinishBatch(std::move(batch), done.status, completion_pool_.get());
+    FinishSlot(std::move(done), output_copies);
   }
+}
+
+void CudaExecutor::FinishSlot(DoneSlot done, std::vector<HostCopy>& output_copies) {
+  Slot* slot = done.slot;
+  std::unique_ptr<Batch> batch = std::move(slot->batch);
+  if (done.status.ok()) {
+    const char* outputs = slot->pinned + batch->plan.layout.input_bytes;
+    output_copies.clear();
+    AppendOutputCopies(*batch, outputs, &output_copies);
+    if (batch->plan.layout.output_bytes >= kParallelScatterBytes) {
+      completion_pool_->Copy(output_copies);
+    } else {
+      RunCopies(output_copies);
+    }
+    batch->timings.scattered = Clock::now();
+  }
+  ReportMemory(-slot->device_bytes_used);
+  slot->device_bytes_used = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FreeSlotLocked(slot);
+  }
+  FinishBatch(std::move(batch), done.status, completion_pool_.get());
 }
 
 void CudaExecutor::ReportMemory(int64_t delta_used) {

@@ -96,9 +96,14 @@ class CudaExecutor final : public Executor {
   void LaunchSlot(Slot* slot);
   // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
-  // A finisher: runs a done batch's output copies into its jobs' outputs, frees its slot, and
-  // finishes the batch.
+  // A finisher: finishes each done batch (FinishSlot).
   void FinishLoop();
+  struct DoneSlot;
+  // Runs a done batch's output copies into its jobs' outputs, frees its slot, and finishes the
+  // batch. `output_copies` is scratch, reused from batch to batch.
+  void FinishSlot(DoneSlot done, std::vector<HostCopy>& output_copies);
+  // Frees `slot` and wakes who waits for one (under mu_).
+  void FreeSlotLocked(Slot* slot);
   // Stopping, and no batch is left anywhere in the pipeline (under mu_).
   bool Drained() const;
   // Stages `slot.batch` and enqueues its copies and kernel; an error fails only that batch.
@@ -119,7 +124,11 @@ class CudaExecutor final : public Executor {
   std::vector<Slot> slots_;
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  // One condition per waiting role, so that a notification wakes only threads that can act on it
+  // (a lone request's path crosses three of them; waking every thread at each step costs latency):
+  // stagers wait for a submitted batch and a free slot, the completer for an in-flight batch,
+  // finishers for a done one. Stopping and freed slots (Drained) concern all of them.
+  std::condition_variable stage_cv_, complete_cv_, finish_cv_;
   std::deque<std::unique_ptr<Batch>> submitted_;  // waiting for a slot
   std::deque<Slot*> free_slots_;
   std::deque<Slot*> in_flight_;  // launched, in submission order
