@@ -42,34 +42,36 @@ cudaError_t RunCandidate(const AttentionBackwardParams& params, void* workspace,
 }
 
 template <int kHeadDim, int kBlockM, int kBlockN, int kWarps, int kSdpWarpsN, int kDkvWarpsN,
-          int kDqWarpsM>
+          int kDqWarpsM, int kQStages = 1>
 BwdTileCandidate Candidate() {
-  using Traits =
-      BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN, kDqWarpsM>;
+  using Traits = BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN,
+                                 kDqWarpsM, kQStages>;
   constexpr BwdTileConfig d = DefaultBwdTileConfig(kHeadDim);
   char label[64];
-  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d", kBlockM, kBlockN, kWarps, kSdpWarpsN,
-                kDkvWarpsN, kDqWarpsM);
+  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d%s", kBlockM, kBlockN, kWarps, kSdpWarpsN,
+                kDkvWarpsN, kDqWarpsM, kQStages == 2 ? " 2q" : "");
   return {label, kHeadDim,
           d.block_m == kBlockM && d.block_n == kBlockN && d.warps == kWarps &&
               d.sdp_warps_n == kSdpWarpsN && d.dkv_warps_n == kDkvWarpsN &&
-              d.dq_warps_m == kDqWarpsM,
+              d.dq_warps_m == kDqWarpsM && d.q_stages == kQStages,
           &RunCandidate<Traits>};
 }
 
 }  // namespace
 
 // Around DefaultBwdTileConfig (flash_bwd_traits.h), 8 warps each: the previous 64 x 64 tiles
-// (every product 4 x 2); 128-key tiles with FlashAttention-2's warp grids (S^T 4 x 2, dK / dV
-// 4 x 2, dQ 4 x 2 or 2 x 4); every warp on 16 keys of S^T (8 x 1); at 64 FlashAttention-2's
-// 128 x 128 tiles (S^T 2 x 4) and 8 x 1 grids for S^T and dK / dV.
+// (every product 4 x 2, one query stage); 128-key tiles with FlashAttention-2's warp grids (S^T
+// 4 x 2, dK / dV 4 x 2, dQ 4 x 2 or 2 x 4) with one query-tile stage and with two (" 2q", the
+// defaults); every warp on 16 keys of S^T (8 x 1); at 64 FlashAttention-2's 128 x 128 tiles (S^T
+// 2 x 4) and 8 x 1 grids for S^T and dK / dV; at 128 also 128 x 64 tiles.
 const std::vector<BwdTileCandidate>& BackwardTileSweep() {
   static const std::vector<BwdTileCandidate> sweep = {
       Candidate<64, 64, 64, 8, 4, 4, 4>(),   Candidate<64, 64, 128, 8, 4, 4, 4>(),
       Candidate<64, 64, 128, 8, 4, 4, 2>(),  Candidate<64, 128, 128, 8, 2, 4, 4>(),
-      Candidate<64, 64, 128, 8, 8, 8, 4>(),  Candidate<128, 64, 64, 8, 4, 4, 4>(),
-      Candidate<128, 64, 128, 8, 4, 4, 2>(), Candidate<128, 64, 128, 8, 4, 4, 4>(),
-      Candidate<128, 64, 128, 8, 8, 4, 2>(), Candidate<128, 128, 64, 8, 4, 4, 4>(),
+      Candidate<64, 64, 128, 8, 8, 8, 4>(),  Candidate<64, 64, 128, 8, 4, 4, 4, 2>(),
+      Candidate<128, 64, 64, 8, 4, 4, 4>(),  Candidate<128, 64, 128, 8, 4, 4, 2>(),
+      Candidate<128, 64, 128, 8, 4, 4, 4>(), Candidate<128, 64, 128, 8, 8, 4, 2>(),
+      Candidate<128, 128, 64, 8, 4, 4, 4>(), Candidate<128, 64, 128, 8, 4, 4, 2, 2>(),
   };
   return sweep;
 }

@@ -17,7 +17,8 @@ namespace attention::cuda::bench {
 
 struct BwdTileCandidate {
   // "64x128 8w 4/4/2": block_m x block_n, warps, and the warps along the keys of S^T / dP^T, the
-  // keys of dK / dV and the queries of dQ (BwdTileConfig's fields).
+  // keys of dK / dV and the queries of dQ (BwdTileConfig's fields); " 2q" with two query-tile
+  // stages.
   std::string label;
   int head_dim;     // the bucket; p.head_dim <= head_dim
   bool is_default;  // DefaultBwdTileConfig(head_dim)

@@ -176,6 +176,15 @@ __device__ __forceinline__ float RowFloat(const float* src, int rows, int slot) 
   return slot < rows ? src[slot] : 0.f;
 }
 
+// `lane` moved by `offset` bytes (a multiple of 128: the swizzle, address bits 4-6, is
+// unchanged), e.g. to another stage of the same tile.
+template <typename LaneBase>
+__device__ __forceinline__ LaneBase Shifted(LaneBase lane, uint32_t offset) {
+  lane.full += offset;
+  lane.half += offset;
+  return lane;
+}
+
 // acc += A B^T over 16 kKSteps columns, for a warp's kMTiles m16 tiles of A rows x 8 kNTiles B
 // rows: A and B are shared tiles (K or V, and Q or dO, over head_dim), read with ldmatrix from the
 // lane bases of the warp's first rows (a_lane: A operand lanes, b_lane: B operand lanes).
@@ -280,8 +289,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint32_t smem_do = SmemAddress(smem) + Traits::kSmemDoOffset;
   const uint32_t smem_p = SmemAddress(smem) + Traits::kSmemPOffset;
   const uint32_t smem_ds = SmemAddress(smem) + Traits::kSmemDsOffset;
-  float* lse_tile = reinterpret_cast<float*>(smem + Traits::kSmemLseOffset);
-  float* d_tile = reinterpret_cast<float*>(smem + Traits::kSmemDOffset);
+  constexpr int kQStages = Traits::kQStages;
+  // The query tile of iteration `it` lives in stage it % kQStages: its Q / dO bytes at
+  // q_stage_offset(it) past smem_q / smem_do, its lse and D at row_stage(it) past the first ones.
+  const auto q_stage_offset = [](int it) -> uint32_t {
+    return kQStages == 1 ? 0u : static_cast<uint32_t>(it % 2) * Traits::kQStageBytes;
+  };
+  const auto row_stage = [](int it) { return kQStages == 1 ? 0 : it % 2 * 2 * kBlockM; };
+  float* const lse_tile0 = reinterpret_cast<float*>(smem + Traits::kSmemLseOffset);
+  float* const d_tile0 = reinterpret_cast<float*>(smem + Traits::kSmemDOffset);
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -342,19 +358,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const typename PTile::LaneBase ds_lane_t = PTile::MakeLaneBase(smem_ds, b_row, b_chunk);
   const typename KVTile::LaneBase k_lane_t = KVTile::MakeLaneBase(smem_k, a_row, a_chunk);
 
-  // Copies of iteration `it`'s query tile (head, tile): Q and dO by cp.async; this thread's entry
-  // of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)) returned, for
-  // store_row_entry once the tile's previous readers are done.
+  // Copies of iteration `it`'s query tile (head, tile) into its stage: Q and dO by cp.async; this
+  // thread's entry of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM))
+  // returned, for store_row_entry once the stage's previous readers are done.
   const auto load_query_tile = [&](int it) -> float {
     const int head = kv_head * group + it / n_qtiles;
     const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
     const int rows = seq.len_q - q0;
     const int64_t q_row = seq.q_start + q0;
-    LoadTile<Traits, kBlockM>(smem_q,
+    LoadTile<Traits, kBlockM>(smem_q + q_stage_offset(it),
                               static_cast<const Element*>(p.q) + b * p.q_batch_stride +
                                   q_row * p.q_row_stride + head * p.q_head_stride,
                               p.q_row_stride, rows, valid_chunks, tid);
-    LoadTile<Traits, kBlockM>(smem_do,
+    LoadTile<Traits, kBlockM>(smem_do + q_stage_offset(it),
                               static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
                                   q_row * p.o_row_stride + head * p.o_head_stride,
                               p.o_row_stride, rows, valid_chunks, tid);
@@ -363,18 +379,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
     return 0.f;
   };
-  const auto store_row_entry = [&](float x) {
-    if (tid < kBlockM) {
-      lse_tile[tid] = x;
-    } else if (tid < 2 * kBlockM) {
-      d_tile[tid - kBlockM] = x;
-    }
+  // lse_tile0 and d_tile0 are adjacent: thread tid < 2 kBlockM owns entry tid of both.
+  const auto store_row_entry = [&](float x, int it) {
+    if (tid < 2 * kBlockM) lse_tile0[row_stage(it) + tid] = x;
   };
 
   LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
   LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
   CpAsyncCommit();
-  if (iters > 0) store_row_entry(load_query_tile(0));
+  if (iters > 0) store_row_entry(load_query_tile(0), 0);
   CpAsyncCommit();
 
   float acc_dk[kDkvMTiles][kNTilesD][4];
@@ -404,6 +417,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
     CpAsyncWait<0>();
     __syncthreads();
+    // With two stages the next query tile's copies fly during all three products (its lse and D
+    // entries in a register, stored after them): its stage was last read in iteration it - 1.
+    float next_row_entry = 0.f;
+    if constexpr (kQStages == 2) {
+      if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
+      CpAsyncCommit();
+    }
+    const uint32_t q_off = q_stage_offset(it);
+    const float* lse_tile = lse_tile0 + row_stage(it);
+    const float* d_tile = d_tile0 + row_stage(it);
 
     // A. S^T = K Q^T and dP^T = V dO^T for this warp's 16 kSdpMTiles keys x kSdpWarpCols queries.
     float acc_s[kSdpMTiles][kNTilesSW][4];
@@ -420,8 +443,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
     }
     // S^T first, then dP^T: one product's fragments live at a time.
-    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_s, k_lane_a, q_lane_b);
-    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_dp, v_lane_a, do_lane_b);
+    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_s, k_lane_a, Shifted(q_lane_b, q_off));
+    MmaABt<KVTile, QTile, Element, kHeadDim / 16>(acc_dp, v_lane_a, Shifted(do_lane_b, q_off));
     // P^T and dS^T, element by element, stored as 16-bit tiles.
 #pragma unroll
     for (int mt = 0; mt < kSdpMTiles; ++mt) {
@@ -466,8 +489,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int dp = 0; dp < kNTilesD / 2; ++dp) {
         uint32_t do_frag[4];
         uint32_t q_frag[4];
-        LdsmX4Trans(do_frag, QTile::LdsmAddress(do_lane_t, 16 * ks, dkv_chunk0 + 2 * dp));
-        LdsmX4Trans(q_frag, QTile::LdsmAddress(q_lane_t, 16 * ks, dkv_chunk0 + 2 * dp));
+        LdsmX4Trans(do_frag, QTile::LdsmAddress(do_lane_t, 16 * ks, dkv_chunk0 + 2 * dp) + q_off);
+        LdsmX4Trans(q_frag, QTile::LdsmAddress(q_lane_t, 16 * ks, dkv_chunk0 + 2 * dp) + q_off);
 #pragma unroll
         for (int mt = 0; mt < kDkvMTiles; ++mt) {
           Ops::Mma(acc_dv[mt][2 * dp], p_frag[mt], do_frag[0], do_frag[1]);
@@ -477,11 +500,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
-    __syncthreads();
-    // Q, dO, lse and D are free: the next query tile's copies fly during product C (its lse and
-    // D entries in a register, stored after it).
-    const float next_row_entry = it + 1 < iters ? load_query_tile(it + 1) : 0.f;
-    CpAsyncCommit();
+    if constexpr (kQStages == 1) {
+      // Q, dO, lse and D are free once every warp is done with product B: the next query tile's
+      // copies fly during product C (its lse and D entries in a register, stored after it).
+      __syncthreads();
+      if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
+      CpAsyncCommit();
+    }
 
     // C. dq_accum += dS K for this warp's 16 kDqMTiles queries x kWarpQD columns, kDqChunkCols
     // columns at a time.
@@ -530,7 +555,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
-    if (it + 1 < iters) store_row_entry(next_row_entry);
+    if (it + 1 < iters) store_row_entry(next_row_entry, it + 1);
   }
 
   // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile, one m16 tile

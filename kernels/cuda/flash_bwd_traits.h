@@ -18,7 +18,10 @@ namespace attention::cuda {
 //   dq_warps_m:  warps along the queries of dQ += dS K [block_m, head_dim], the others along
 //                head_dim.
 // (FlashAttention-2's AtomLayoutMSdP is warps / sdp_warps_n, its AtomLayoutNdKV dkv_warps_n and
-// its AtomLayoutMdQ dq_warps_m.)
+// its AtomLayoutMdQ dq_warps_m.) q_stages: shared-memory buffers of the query tile (Q, dO, lse,
+// D): 1 loads the next tile once this one's dK / dV products are done (it flies during dQ), 2
+// loads it when this one starts (it flies during all three products; 2 x block_m x head_dim x 4
+// bytes more shared memory).
 struct BwdTileConfig {
   int block_m;
   int block_n;
@@ -26,6 +29,7 @@ struct BwdTileConfig {
   int sdp_warps_n = 0;
   int dkv_warps_n = 0;
   int dq_warps_m = 0;
+  int q_stages = 1;
 };
 
 // The dK / dV kernel (one block per key tile) per head-dim bucket. Up to 128: FlashAttention-2's
@@ -33,16 +37,20 @@ struct BwdTileConfig {
 // dO (and adds its dQ atomics) once per 128 keys instead of once per 64. The dK and dV
 // accumulators of a warp (32 keys x head_dim / 2, i.e. 64 floats per thread each at 128) are
 // spread over 4 x 2 warps; S^T and dP^T over 4 x 2 (32 keys x 32 queries); dQ over 4 x 2 up to
-// 96 and 2 x 4 at 128 (32 queries x 32 columns: its A operand dS read once per column pair).
-// Above 128: 64 x 64 tiles, every product 4 x 2, so that dK and dV (16 keys x head_dim / 2 each)
-// fit in registers up to 256. Shared memory: K, V (block_n x head_dim each), Q, dO (block_m x
-// head_dim) and the 16-bit P^T, dS^T tiles (block_n x block_m): 80 KB at 64, 128 KB at 128,
-// 144 KB at 256; one block per SM, below sm_80's 163 KB. Not measured yet on a GPU: backward_bench
-// --sweep times the candidates (bench/cuda/backward_tile_sweep.cu).
+// 96 and 2 x 4 at 128 (32 queries x 32 columns: one 32-float accumulator pass, dS fragments
+// read once). Two query-tile stages: the next Q / dO land during all three products (the
+// deterministic mode has no dQ product to hide them behind), and at 128 ptxas allocates the
+// two-stage kernel without spills (255 registers) where the one-stage one spills 20 bytes.
+// Above 128: 64 x 64 tiles, one stage, every product 4 x 2, so that dK and dV (16 keys x
+// head_dim / 2 each) fit in registers up to 256. Shared memory: K, V (block_n x head_dim each),
+// Q, dO (block_m x head_dim, per stage) and the 16-bit P^T, dS^T tiles (block_n x block_m): 96 KB
+// at 64, 161 KB at 128, 144 KB at 256; one block per SM, within sm_80's 163 KB. Not measured on
+// a GPU yet: backward_bench --sweep times these against the other candidates
+// (bench/cuda/backward_tile_sweep.cu).
 constexpr BwdTileConfig DefaultBwdTileConfig(int head_dim_bucket) {
-  if (head_dim_bucket <= 96) return {64, 128, 8, 4, 4, 4};
-  if (head_dim_bucket <= 128) return {64, 128, 8, 4, 4, 2};
-  return {64, 64, 8, 4, 4, 4};
+  if (head_dim_bucket <= 96) return {64, 128, 8, 4, 4, 4, 2};
+  if (head_dim_bucket <= 128) return {64, 128, 8, 4, 4, 2, 2};
+  return {64, 64, 8, 4, 4, 4, 1};
 }
 
 // The deterministic dQ kernel (one block per query tile): 4 warps of 16 query rows, which hold
@@ -53,7 +61,7 @@ constexpr BwdTileConfig DefaultBwdDqTileConfig(int head_dim_bucket) {
 
 // The dK / dV kernel's constants for one configuration (BwdTileConfig's fields, in order).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kSdpWarpsN_, int kDkvWarpsN_,
-          int kDqWarpsM_>
+          int kDqWarpsM_, int kQStages_ = 1>
 struct BwdKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
@@ -69,6 +77,8 @@ struct BwdKernelTraits {
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "whole m16 / k16 steps");
   static_assert(kBlockM % 32 == 0, "P^T and dS^T tiles have whole 32-column steps of queries");
   static_assert(kSdpWarpsN_ >= 1 && kDkvWarpsN_ >= 1 && kDqWarpsM_ >= 1, "warp grids given");
+  static constexpr int kQStages = kQStages_;
+  static_assert(kQStages == 1 || kQStages == 2, "one or two query-tile buffers");
 
   // A. S^T = K Q^T and dP^T = V dO^T, [kBlockN, kBlockM]: kSdpWarpsN x kSdpWarpsM warps, each
   // kSdpMTiles m16 tiles of keys x kSdpWarpCols queries (kNTilesSW n8 tiles).
@@ -118,15 +128,19 @@ struct BwdKernelTraits {
   using QTile = SmemTile<kBlockM, kHeadDim>;   // Q and dO
   using KVTile = SmemTile<kBlockN, kHeadDim>;  // K and V
   using PTile = SmemTile<kBlockN, kBlockM>;    // P^T and dS^T (16-bit)
+  // Stage s of the query tile: Q at kSmemQOffset + s * kQStageBytes, dO after it; its lse and D
+  // (float [kBlockM] each) at kSmemLseOffset + s * kRowStageBytes, D after lse.
   static constexpr int kSmemKOffset = 0;
   static constexpr int kSmemVOffset = kSmemKOffset + KVTile::kBytes;
   static constexpr int kSmemQOffset = kSmemVOffset + KVTile::kBytes;
   static constexpr int kSmemDoOffset = kSmemQOffset + QTile::kBytes;
-  static constexpr int kSmemPOffset = kSmemDoOffset + QTile::kBytes;
+  static constexpr int kQStageBytes = 2 * QTile::kBytes;
+  static constexpr int kSmemPOffset = kSmemQOffset + kQStages * kQStageBytes;
   static constexpr int kSmemDsOffset = kSmemPOffset + PTile::kBytes;
-  static constexpr int kSmemLseOffset = kSmemDsOffset + PTile::kBytes;  // float [kBlockM]
-  static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;     // float [kBlockM]
-  static constexpr int kSmemBytes = kSmemDOffset + 4 * kBlockM;
+  static constexpr int kSmemLseOffset = kSmemDsOffset + PTile::kBytes;
+  static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;
+  static constexpr int kRowStageBytes = 8 * kBlockM;
+  static constexpr int kSmemBytes = kSmemLseOffset + kQStages * kRowStageBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90 (163 KB on sm_80)");
 };
 
@@ -134,8 +148,9 @@ struct BwdKernelTraits {
 template <int kHeadDim>
 struct DefaultBwdKernelTraits {
   static constexpr BwdTileConfig kTiles = DefaultBwdTileConfig(kHeadDim);
-  using type = BwdKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps,
-                               kTiles.sdp_warps_n, kTiles.dkv_warps_n, kTiles.dq_warps_m>;
+  using type =
+      BwdKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps, kTiles.sdp_warps_n,
+                      kTiles.dkv_warps_n, kTiles.dq_warps_m, kTiles.q_stages>;
   static_assert(type::kSmemBytes <= 163 * 1024, "the default tiles fit sm_80's shared memory");
 };
 

@@ -238,7 +238,7 @@ TEST(BackwardTraitsTest, SharedMemoryFitsEveryBucket) {
 }
 
 // Bucket 128's default: 128-key tiles, S^T and dK / dV over 4 x 2 warps of 32 keys, dQ over 2 x 4
-// warps of 32 queries x 32 columns (FlashAttention-2's sm_80 / sm_90 layout).
+// warps of 32 queries x 32 columns (FlashAttention-2's sm_80 / sm_90 layout), two query stages.
 TEST(BackwardTraitsTest, Bucket128WarpGrids) {
   using Traits = DefaultBwdKernelTraits<128>::type;
   EXPECT_EQ(Traits::kBlockM, 64);
@@ -250,7 +250,8 @@ TEST(BackwardTraitsTest, Bucket128WarpGrids) {
   EXPECT_EQ(Traits::kDqMTiles, 2);
   EXPECT_EQ(Traits::kWarpQD, 32);
   EXPECT_EQ(Traits::kAccumulatorFloats, 192);
-  EXPECT_EQ(Traits::kSmemBytes, 128 * 1024 + 2 * 4 * 64);
+  EXPECT_EQ(Traits::kQStages, 2);
+  EXPECT_EQ(Traits::kSmemBytes, 160 * 1024 + 2 * 2 * 4 * 64);
 }
 
 }  // namespace

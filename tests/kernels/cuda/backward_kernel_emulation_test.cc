@@ -489,8 +489,9 @@ double ExpectClose(const std::string& what, DType dtype, const std::vector<uint1
 template <typename Traits>
 std::string TilesLabel() {
   char label[64];
-  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d", Traits::kBlockM, Traits::kBlockN,
-                Traits::kNWarps, Traits::kSdpWarpsN, Traits::kDkvWarpsN, Traits::kDqWarpsM);
+  std::snprintf(label, sizeof(label), "%dx%d %dw %d/%d/%d%s", Traits::kBlockM, Traits::kBlockN,
+                Traits::kNWarps, Traits::kSdpWarpsN, Traits::kDkvWarpsN, Traits::kDqWarpsM,
+                Traits::kQStages == 2 ? " 2q" : "");
   return label;
 }
 
@@ -740,9 +741,9 @@ TEST(BackwardKernelEmulationTest, Bf16D64SingleRowAndKey) {
 // bench/cuda/backward_tile_sweep.cu), each on ragged tails of its tiles with causal, window or
 // GQA options, in both dQ modes. Template arguments: BwdTileConfig's fields.
 template <int kHeadDim, int kBlockM, int kBlockN, int kWarps, int kSdpWarpsN, int kDkvWarpsN,
-          int kDqWarpsM>
-using Tiles =
-    BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN, kDqWarpsM>;
+          int kDqWarpsM, int kQStages = 1>
+using Tiles = BwdKernelTraits<kHeadDim, kBlockM, kBlockN, kWarps, kSdpWarpsN, kDkvWarpsN, kDqWarpsM,
+                              kQStages>;
 
 TEST(BackwardKernelEmulationTest, TilesD64Square64Causal) {
   RunCase<__nv_bfloat16, 64, Tiles<64, 64, 64, 8, 4, 4, 4>>(
@@ -796,6 +797,34 @@ TEST(BackwardKernelEmulationTest, TilesD128KeyRowsPacked) {
 TEST(BackwardKernelEmulationTest, TilesD128Rows128Causal) {
   RunCase<__nv_bfloat16, 128, Tiles<128, 128, 64, 8, 4, 4, 4>>(
       Case("t128_128x64_causal").Seq(150, 140).Dim(128).Heads(2, 1).Causal().Strided());
+}
+
+// Two query-tile stages: the next tile's copies land in the other buffer while this one's run.
+// GQA and several query tiles per key tile, so that both stages are used many times.
+TEST(BackwardKernelEmulationTest, TilesD64TwoStagesCausalGqa) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 64, 128, 8, 4, 4, 4, 2>>(
+      Case("t64_2q_causal_gqa").Seq(230, 200).Heads(4, 1).Causal());
+}
+
+TEST(BackwardKernelEmulationTest, TilesD128TwoStagesPackedWindowGeneral) {
+  RunCase<__half, 128, Tiles<128, 64, 128, 8, 4, 4, 2, 2>>(Case("t128_2q_packed_window")
+                                                               .Packed({150, 3, 90}, {140, 40, 190})
+                                                               .Dim(128)
+                                                               .Heads(3, 1)
+                                                               .Window(60, 10)
+                                                               .Mask(MaskKind::kAdditive));
+}
+
+// The defaults of buckets 64 and 128 with one query-tile stage (the next tile's copies fly during
+// dQ only).
+TEST(BackwardKernelEmulationTest, TilesD64OneStageGqa) {
+  RunCase<__nv_bfloat16, 64, Tiles<64, 64, 128, 8, 4, 4, 4, 1>>(
+      Case("t64_1q_gqa").Seq(150, 260).Heads(4, 2));
+}
+
+TEST(BackwardKernelEmulationTest, TilesD128OneStageCausalSqGtSk) {
+  RunCase<__nv_bfloat16, 128, Tiles<128, 64, 128, 8, 4, 4, 2, 1>>(
+      Case("t128_1q_causal_sq_gt_sk").Seq(200, 140).Dim(128).Heads(2, 1).Causal());
 }
 
 }  // namespace
