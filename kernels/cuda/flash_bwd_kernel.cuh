@@ -379,9 +379,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
     return 0.f;
   };
-  // lse_tile0 and d_tile0 are adjacent: thread tid < 2 kBlockM owns entry tid of both.
+  // Thread tid < kBlockM stores lse_log2 entry tid, thread kBlockM + i D entry i.
   const auto store_row_entry = [&](float x, int it) {
-    if (tid < 2 * kBlockM) lse_tile0[row_stage(it) + tid] = x;
+    if (tid < kBlockM) {
+      lse_tile0[row_stage(it) + tid] = x;
+    } else if (tid < 2 * kBlockM) {
+      d_tile0[row_stage(it) + tid - kBlockM] = x;
+    }
   };
 
   LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
@@ -514,17 +518,31 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       const int rows = seq.len_q - q0;
       float* accum = p.dq_accum + ((seq.ws_start + q0) * p.q_heads + head) * int64_t{p.head_dim};
       const int64_t accum_row_stride = int64_t{p.q_heads} * p.head_dim;
+      constexpr int kKSteps = kBlockN / 16;
+      // dS's A fragments of k16 step ks and m16 tile mt (ldmatrix.trans of the dS^T tile).
+      const auto load_ds = [&](uint32_t(&frag)[4], int ks, int mt) {
+        LdsmX4Trans(frag, PTile::LdsmAddress(ds_lane_t, 16 * ks, dq_row0 / 8 + 2 * mt));
+      };
+      uint32_t ds_held[Traits::kDqHoldDs ? kKSteps : 1][kDqMTiles][4];
+      if constexpr (Traits::kDqHoldDs) {
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+          for (int mt = 0; mt < kDqMTiles; ++mt) load_ds(ds_held[ks][mt], ks, mt);
+        }
+      }
 #pragma unroll
       for (int cc = 0; cc < Traits::kWarpQD / kDqChunkCols; ++cc) {
         const int chunk0 = dq_chunk0 + cc * kDqChunkCols / 8;
         float acc[kDqMTiles][kDqChunkCols / 8][4] = {};
 #pragma unroll
-        for (int ks = 0; ks < kBlockN / 16; ++ks) {
-          uint32_t ds_a[kDqMTiles][4];
+        for (int ks = 0; ks < kKSteps; ++ks) {
+          uint32_t ds_read[kDqMTiles][4];
+          if constexpr (!Traits::kDqHoldDs) {
 #pragma unroll
-          for (int mt = 0; mt < kDqMTiles; ++mt) {
-            LdsmX4Trans(ds_a[mt], PTile::LdsmAddress(ds_lane_t, 16 * ks, dq_row0 / 8 + 2 * mt));
+            for (int mt = 0; mt < kDqMTiles; ++mt) load_ds(ds_read[mt], ks, mt);
           }
+          const uint32_t(&ds_a)[kDqMTiles][4] = Traits::kDqHoldDs ? ds_held[ks] : ds_read;
 #pragma unroll
           for (int dp = 0; dp < kDqChunkCols / 16; ++dp) {
             uint32_t k_frag[4];

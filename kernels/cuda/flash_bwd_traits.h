@@ -32,25 +32,38 @@ struct BwdTileConfig {
   int q_stages = 1;
 };
 
-// The dK / dV kernel (one block per key tile) per head-dim bucket. Up to 128: FlashAttention-2's
-// sm_80 / sm_90 choice, 128-key tiles of 64 query rows and 8 warps, so that each block loads Q and
-// dO (and adds its dQ atomics) once per 128 keys instead of once per 64. The dK and dV
-// accumulators of a warp (32 keys x head_dim / 2, i.e. 64 floats per thread each at 128) are
-// spread over 4 x 2 warps; S^T and dP^T over 4 x 2 (32 keys x 32 queries); dQ over 4 x 2 up to
-// 96 and 2 x 4 at 128 (32 queries x 32 columns: one 32-float accumulator pass, dS fragments
-// read once). Two query-tile stages: the next Q / dO land during all three products (the
-// deterministic mode has no dQ product to hide them behind), and at 128 ptxas allocates the
-// two-stage kernel without spills (255 registers) where the one-stage one spills 20 bytes.
-// Above 128: 64 x 64 tiles, one stage, every product 4 x 2, so that dK and dV (16 keys x
-// head_dim / 2 each) fit in registers up to 256. Shared memory: K, V (block_n x head_dim each),
+// The dK / dV kernel (one block per key tile) per head-dim bucket. 32, 64 and 128:
+// FlashAttention-2's sm_80 / sm_90 choice, 128-key tiles of 64 query rows and 8 warps, so that
+// each block loads Q and dO (and adds its dQ atomics) once per 128 keys instead of once per 64.
+// The dK and dV accumulators of a warp (32 keys x head_dim / 2, i.e. 64 floats per thread each
+// at 128) are spread over 4 x 2 warps; S^T and dP^T over 4 x 2 (32 keys x 32 queries); dQ over
+// 4 x 2 at 32 and 64, 2 x 4 at 128 (32 queries x 32 columns: one 32-float accumulator pass, dS
+// fragments read once). Other buckets: 64 x 64 tiles, every product 4 x 2, so that dK and dV
+// (16 keys x head_dim / 2 each) fit in registers up to 256. Query-tile stages: two where shared
+// memory allows (the next Q / dO land during all three products; the deterministic mode has no
+// dQ product to hide them behind), one at 160 and from 224 up. The choices between equally
+// plausible ones follow ptxas (sm_90a, bf16; every kernel at 255 registers or fewer): no spills
+// at 32, 64, 96 and 128 (dense), where 64 x 128 tiles spill 96-168 bytes at 96 and one stage 16
+// bytes at 128; at 192 two stages spill 24 bytes where one spills 96; 160, 224 and 256 spill
+// 56, about 470 (general variant) and 40 bytes. Shared memory: K, V (block_n x head_dim each),
 // Q, dO (block_m x head_dim, per stage) and the 16-bit P^T, dS^T tiles (block_n x block_m): 96 KB
-// at 64, 161 KB at 128, 144 KB at 256; one block per SM, within sm_80's 163 KB. Not measured on
-// a GPU yet: backward_bench --sweep times these against the other candidates
-// (bench/cuda/backward_tile_sweep.cu).
+// at 64, 161 KB at 128 and 192, 144 KB at 256; one block per SM, within sm_80's 163 KB. Not
+// measured on a GPU yet: backward_bench --sweep times the defaults of 64 and 128 against other
+// candidates (bench/cuda/backward_tile_sweep.cu).
 constexpr BwdTileConfig DefaultBwdTileConfig(int head_dim_bucket) {
-  if (head_dim_bucket <= 96) return {64, 128, 8, 4, 4, 4, 2};
-  if (head_dim_bucket <= 128) return {64, 128, 8, 4, 4, 2, 2};
-  return {64, 64, 8, 4, 4, 4, 1};
+  switch (head_dim_bucket) {
+    case 32:
+    case 64:
+      return {64, 128, 8, 4, 4, 4, 2};
+    case 96:
+      return {64, 64, 8, 4, 4, 4, 2};
+    case 128:
+      return {64, 128, 8, 4, 4, 2, 2};
+    case 192:
+      return {64, 64, 8, 4, 4, 4, 2};
+    default:  // 160, 224, 256
+      return {64, 64, 8, 4, 4, 4, 1};
+  }
 }
 
 // The deterministic dQ kernel (one block per query tile): 4 warps of 16 query rows, which hold
@@ -105,13 +118,16 @@ struct BwdKernelTraits {
                 "dK / dV: n16 pairs of head_dim columns per warp");
 
   // C. dQ += dS K, [kBlockM, kHeadDim]: kDqWarpsM x kDqWarpsD warps, each kDqMTiles m16 tiles of
-  // queries x kWarpQD columns, accumulated kDqChunkCols columns at a time (at most 32 floats
-  // per thread; each chunk reads the warp's dS fragments again) and added to dq_accum.
+  // queries x kWarpQD columns, accumulated kDqChunkCols columns at a time and added to dq_accum.
+  // The warp's dS fragments (4 registers per m16 tile and k16 step of keys) are read once and
+  // held over the chunks when they take at most 16 registers (kDqHoldDs; 16-column chunks then,
+  // 8 accumulator floats), else read again per chunk of up to 32 columns (at most 32 floats).
   static constexpr int kDqWarpsM = kDqWarpsM_;
   static constexpr int kDqWarpsD = kNWarps / kDqWarpsM;
   static constexpr int kDqMTiles = kBlockM / (16 * kDqWarpsM);
   static constexpr int kWarpQD = kHeadDim / kDqWarpsD;
-  static constexpr int kDqChunkCols = kDqMTiles <= 2 && kWarpQD % 32 == 0 ? 32 : 16;
+  static constexpr bool kDqHoldDs = 4 * kDqMTiles * (kBlockN / 16) <= 16;
+  static constexpr int kDqChunkCols = !kDqHoldDs && kDqMTiles <= 2 && kWarpQD % 32 == 0 ? 32 : 16;
   static_assert(kNWarps % kDqWarpsM == 0, "dQ: whole rows of warps over the queries");
   static_assert(kBlockM % (16 * kDqWarpsM) == 0, "dQ: whole m16 tiles of queries per warp");
   static_assert(kHeadDim % kDqWarpsD == 0 && kWarpQD % 16 == 0,
