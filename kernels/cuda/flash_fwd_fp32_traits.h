@@ -42,14 +42,15 @@ struct Fp32TileConfig {
 //  - d <= 96: 4 warps of 32 query rows: every K / V fragment read from shared memory (and split)
 //    feeds the MMAs of two m16 tiles, which halves the shared-memory traffic and the split
 //    arithmetic per MMA relative to 16-row warps. Two blocks per SM (64 / 96 KB at d = 64 / 96).
-//  - d = 128: the O accumulator (64 floats per m16 tile) leaves room for one m16 tile per warp
-//    with a 64-key S tile (32 rows with 32 keys spilled); one stage keeps it at 96 KB, two blocks
-//    per SM.
+//  - d = 128: 4 warps of 32 rows with 32-key tiles, one stage (96 KB, two blocks per SM). Since P V
+//    runs per K/V tile into its own accumulator this beat 16-row warps with 64-key tiles on an H100
+//    by 13-19% (tile sweep, bench/results/gpu_2026-12-06b.md: 61.3 against 54.1 TFLOP/s at 4096
+//    tokens, causal 50.0 against 42.6).
 //  - d > 128: 8 warps of 16 rows, 32-key tiles, one stage, one block per SM (192 KB at d = 256).
 constexpr Fp32TileConfig DefaultFp32TileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 32) return {128, 64, 4, 2, 2};
   if (head_dim_bucket <= 96) return {128, 32, 4, 2, 2};
-  if (head_dim_bucket <= 128) return {64, 64, 4, 1, 2};
+  if (head_dim_bucket <= 128) return {128, 32, 4, 1, 2};
   return {128, 32, 8, 1, 1};
 }
 

@@ -257,7 +257,7 @@ TEST(Fp32KernelEmulationTest, AdditiveMaskAndTinyHeadDim) {
   RunBoth<32, Fp32Variant::kPlain>(t);
 }
 
-// Bucket 128 (64 x 64 tiles, 16-row warps, one stage): sinks per (sequence, head), causal with
+// Bucket 128 (128 x 32 tiles, 32-row warps, one stage): sinks per (sequence, head), causal with
 // more queries than keys (rows with no key: o = 0, lse = the sink).
 TEST(Fp32KernelEmulationTest, SinksCausalOneStage) {
   Case c("sinks_causal_q_gt_k");
@@ -286,8 +286,7 @@ TEST(Fp32KernelEmulationTest, VarlenAlibiSoftcapGeneralCopies) {
 
 // Long contexts, where the GPU run of 2026-12-06 missed the bound (3.1e-5 at one query and 3000
 // keys): the tensor cores round each MMA's sum toward zero, so P V may not run into one
-// accumulator across every K/V tile. Bucket 64 has 32-key tiles (94 of them here), bucket 128
-// 64-key tiles.
+// accumulator across every K/V tile. Both buckets have 32-key tiles (94 and 32 of them here).
 TEST(Fp32KernelEmulationTest, LongContextsKeepFloat32Accuracy) {
   Case one("one_query_3000_keys");
   one.seqlen_q = 1;
