@@ -428,13 +428,17 @@ MakeSessionPools SessionPoolsFor(const Executors& executors) {
   // Without paged kernels a GPU server serves no session (CreateSession is refused): its pools
   // stay in host memory, untouched, instead of taking device memory.
   if (!executors.cuda_devices.empty() && cuda::PagedKernelsRouted().ok()) {
-    return [devices = executors.cuda_devices](
-               const session::PoolOptions& options) -> absl::StatusOr<SessionPools> {
+    std::vector<CudaExecutor*> cuda_executors;
+    for (const auto& e : executors.all)
+      cuda_executors.push_back(static_cast<CudaExecutor*>(e.get()));
+    return [cuda_executors](const session::PoolOptions& options) -> absl::StatusOr<SessionPools> {
       SessionPools pools;
-      for (int device : devices) {
+      for (CudaExecutor* executor : cuda_executors) {
+        const int device = executor->device_index();
         absl::StatusOr<std::unique_ptr<DevicePageStorage>> storage =
             DevicePageStorage::Create(device, options);
         if (!storage.ok()) return storage.status();
+        executor->set_page_storage(storage->get());
         pools.storages.push_back(std::move(*storage));
         pools.labels.push_back(absl::StrCat("cuda:", device));
       }

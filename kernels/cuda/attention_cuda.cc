@@ -191,14 +191,14 @@ absl::Status CheckSupported(const KernelConfig& c) {
 absl::Status CheckPagedRows(const KernelConfig& c, int max_rows, int page_size) {
   if (max_rows <= kDecodeMaxQueryRows) return absl::OkStatus();
   const bool power_of_two = page_size > 0 && (page_size & (page_size - 1)) == 0;
-  if (c.dtype == DType::kFloat32 || !power_of_two || page_size < kMinPageSize ||
-      page_size > kMaxPageSize) {
+  // Float32 pages: the decode kernel takes any number of rows (no forward variant reads them).
+  if (c.dtype == DType::kFloat32) return absl::OkStatus();
+  if (!power_of_two || page_size < kMinPageSize || page_size > kMaxPageSize) {
     return Unsupported(absl::StrCat(
         max_rows, " query rows: more than ", kDecodeMaxQueryRows,
         " rows per sequence against paged K/V need 16-bit pages of a power-of-two page_size in [",
-        kMinPageSize, ", ", kMaxPageSize,
-        "] on this backend (this one: ", c.dtype == DType::kFloat32 ? "float32, " : "",
-        "page_size ", page_size, "); send at most ", kDecodeMaxQueryRows, " rows per call"));
+        kMinPageSize, ", ", kMaxPageSize, "] on this backend (this one: page_size ", page_size,
+        "); send at most ", kDecodeMaxQueryRows, " rows per call"));
   }
   return absl::OkStatus();
 }
@@ -207,7 +207,9 @@ absl::Status CheckLaunch(const AttentionParams& p) {
   if (absl::Status s = CheckSupported(p); !s.ok()) return s;
   if (absl::Status s = CheckParams(p); !s.ok()) return s;
   if (p.is_paged()) {
-    if (p.seqlen_q <= kDecodeMaxQueryRows) return CheckDecodeParams(p);
+    if (p.seqlen_q <= kDecodeMaxQueryRows || p.dtype == DType::kFloat32) {
+      return CheckDecodeParams(p);
+    }
     if (absl::Status s = CheckPagedRows(p, p.seqlen_q, p.page_size); !s.ok()) return s;
     if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
   }
@@ -272,6 +274,12 @@ bool RoutesToDecode(const AttentionParams& p) {
   return kRouteDecodeKernel && DecodeExpectedToWin(p);
 }
 
+// Paged K/V: up to 16 rows per sequence take the decode kernel, more the forward kernel's paged
+// variant; float32 pages every row (the decode kernel is their only reader).
+bool TakesDecodeForPages(const AttentionParams& p) {
+  return p.is_paged() && (p.seqlen_q <= kDecodeMaxQueryRows || p.dtype == DType::kFloat32);
+}
+
 bool RoutesToFloat32Kernel(const KernelConfig& c) {
   return kRouteFloat32Kernel && c.dtype == DType::kFloat32 && c.precision != Precision::kBF16;
 }
@@ -284,7 +292,7 @@ Precision ComputedPrecision(const KernelConfig& config) {
 }
 
 size_t WorkspaceBytes(const AttentionParams& p) {
-  if (RoutesToDecode(p) || (p.is_paged() && p.seqlen_q <= kDecodeMaxQueryRows)) {
+  if (RoutesToDecode(p) || TakesDecodeForPages(p)) {
     return DecodeWorkspaceBytes(p, DecodeOptions{});
   }
   if (p.dtype != DType::kFloat32 || RoutesToFloat32Kernel(p)) return 0;
@@ -300,7 +308,7 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   // Decode shapes (a few query rows per sequence), and every paged launch of at most 16 rows: the
   // split-KV decode kernel (flash_decode.h). More rows against pages: the forward kernel's paged
   // variant.
-  if (RoutesToDecode(p) || (p.is_paged() && p.seqlen_q <= kDecodeMaxQueryRows)) {
+  if (RoutesToDecode(p) || TakesDecodeForPages(p)) {
     return RunFlashDecode(p, DecodeOptions{}, workspace, stream);
   }
   if (p.dtype != DType::kFloat32) return DispatchFlashFwd(p, stream);

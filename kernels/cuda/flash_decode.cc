@@ -127,7 +127,14 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     w.num_sms = device.sms;
     // Resident blocks per SM: shared memory bounds them (launch bounds keep registers for 2).
     const int per_block = smem.total + device.reserved_smem_per_block;
-    w.blocks_per_sm = per_block > 0 ? std::max(1, std::min(2, device.smem_per_sm / per_block)) : 1;
+    const int resident =
+        per_block > 0 ? std::max(1, std::min(2, device.smem_per_sm / per_block)) : 1;
+    // Dense K/V: one block per SM already streams at full bandwidth (its stages are enough bytes
+    // in flight), and a second one only adds partials and combine work (H100, 2026-12-06,
+    // bench/results/gpu_2026-12-06b.md: 1 x 8k 26.2 us at 16 splits against 28.0 at 32; 2 x 128k
+    // 2.91 TB/s at 8 against 2.86 at 16). Pages: every tile's page lookup adds latency that a
+    // second block per SM hides (1 x 32k, pages of 64: 1.98 TB/s at 32 splits, 1.57 at 16).
+    w.blocks_per_sm = p.is_paged() ? resident : 1;
     splits = DecodeSplitHeuristic(w);
   }
   l.num_splits = splits;
@@ -246,9 +253,12 @@ absl::Status CheckDecodeSupported(const KernelConfig& c) {
 absl::Status CheckDecodeParams(const AttentionParams& p) {
   if (absl::Status s = CheckDecodeSupported(p); !s.ok()) return s;
   if (p.batch < 0) return Invalid(absl::StrCat("batch ", p.batch, " must be >= 0"));
-  if (p.seqlen_q < 0 || p.seqlen_q > kDecodeMaxQueryRows) {
-    return Unsupported(
-        absl::StrCat("seqlen_q ", p.seqlen_q, " must be in [0, ", kDecodeMaxQueryRows, "]"));
+  // More rows run correctly (query tiles), but the forward kernels are faster there; float32
+  // pages have no other kernel.
+  const bool fp32_paged = p.dtype == DType::kFloat32 && p.is_paged();
+  if (p.seqlen_q < 0 || (p.seqlen_q > kDecodeMaxQueryRows && !fp32_paged)) {
+    return Unsupported(absl::StrCat("seqlen_q ", p.seqlen_q, " must be in [0, ",
+                                    kDecodeMaxQueryRows, "] (any for float32 pages)"));
   }
   if (p.seqlen_k < 0) return Invalid(absl::StrCat("seqlen_k ", p.seqlen_k, " must be >= 0"));
   if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.o == nullptr) {

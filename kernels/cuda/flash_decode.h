@@ -5,7 +5,8 @@
 //
 // What `p` (AttentionParams) may hold:
 //   - q, o: dense [batch, seqlen_q, q_heads, head_dim] or packed [total_q, q_heads, head_dim]
-//     with cu_seqlens_q, seqlen_q <= kDecodeMaxQueryRows (16); lse optional, as everywhere.
+//     with cu_seqlens_q, seqlen_q <= kDecodeMaxQueryRows (16), or any seqlen_q for float32
+//     pages (no other kernel reads them; more rows are more query tiles); lse optional.
 //   - K / V paged (page_table set): pools [num_pages, page_size, kv_heads, head_dim] with
 //     k_batch_stride / v_batch_stride between pages, sequence b's context length seqlens_k[b]
 //     (or seqlen_k for all when seqlens_k is null), cu_seqlens_k null.

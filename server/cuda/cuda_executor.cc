@@ -459,6 +459,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       !s.ok()) {
     return s;
   }
+  if (page_storage_ != nullptr && batch.config.kind == WorkKind::kPagedDecode) {
+    if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
+  }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
                                 : cuda::RunAttention(p, workspace, stream);
       !s.ok()) {

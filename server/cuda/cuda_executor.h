@@ -45,6 +45,7 @@
 
 namespace attention::server {
 
+class DevicePageStorage;
 class WorkerPool;
 
 // What main() reports in build info and metrics before it starts executors.
@@ -70,6 +71,11 @@ class CudaExecutor final : public Executor {
 
   const std::string& device() const override { return name_; }
   int device_index() const { return device_index_; }
+
+  // The session page pool in this device's memory, if sessions are served: its row writes are
+  // ordered before every paged batch this executor launches (DevicePageStorage::OrderReads).
+  // Set once, before the first batch is submitted.
+  void set_page_storage(DevicePageStorage* storage) { page_storage_ = storage; }
   int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override;
@@ -113,6 +119,7 @@ class CudaExecutor final : public Executor {
   void ReportMemory(int64_t delta_used);
 
   const int device_index_;
+  DevicePageStorage* page_storage_ = nullptr;
   const std::string name_;
   Metrics* const metrics_;
 

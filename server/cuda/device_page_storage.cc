@@ -83,6 +83,10 @@ absl::Status DevicePageStorage::Init(const DeviceStagingOptions& staging) {
         e != cudaSuccess) {
       return CudaError(e, "cudaStreamCreate", device_);
     }
+    if (cudaError_t e = cudaEventCreateWithFlags(&lane.written, cudaEventDisableTiming);
+        e != cudaSuccess) {
+      return CudaError(e, "cudaEventCreate", device_);
+    }
     free_lanes_.push_back(&lane);
   }
   return absl::OkStatus();
@@ -91,6 +95,7 @@ absl::Status DevicePageStorage::Init(const DeviceStagingOptions& staging) {
 DevicePageStorage::~DevicePageStorage() {
   cudaSetDevice(device_);
   for (Lane& lane : lanes_) {
+    if (lane.written != nullptr) cudaEventDestroy(lane.written);
     if (lane.stream != nullptr) cudaStreamDestroy(lane.stream);
     if (lane.device != nullptr) cudaFree(lane.device);
     if (lane.pinned != nullptr) cudaFreeHost(lane.pinned);
@@ -119,6 +124,8 @@ absl::Status DevicePageStorage::CopyPage(int32_t src, int32_t dst, int64_t half_
   if (src == dst || half_bytes == 0) return absl::OkStatus();
   LaneHold lane(this);
   cudaSetDevice(device_);
+  // The source page's rows may still be in flight on another lane.
+  if (absl::Status s = OrderReads(lane->stream); !s.ok()) return s;
   const char* from = base_ + int64_t{src} * page_bytes_;
   char* to = base_ + int64_t{dst} * page_bytes_;
   const size_t half = static_cast<size_t>(page_bytes_ / 2);
@@ -154,6 +161,10 @@ absl::Status DevicePageStorage::WriteRows(const session::PageLayout& layout,
   const auto* v_rows = static_cast<const char*>(v);
   LaneHold lane(this);
   cudaSetDevice(device_);
+  // The lane's pinned block may still be read by its previous write's upload.
+  if (cudaError_t e = cudaEventSynchronize(lane->written); e != cudaSuccess) {
+    return CudaError(e, "row append", device_);
+  }
   for (int64_t first = 0; first < static_cast<int64_t>(slots.size()); first += rows_per_round) {
     const int64_t n = std::min<int64_t>(rows_per_round, static_cast<int64_t>(slots.size()) - first);
     const int64_t k_off = 0;
@@ -188,9 +199,35 @@ absl::Status DevicePageStorage::WriteRows(const session::PageLayout& layout,
     p.page_size = layout.page_size;
     p.slots = reinterpret_cast<const int32_t*>(lane->device + s_off);
     if (absl::Status s = cuda::RunPagedAppend(p, lane->stream); !s.ok()) return s;
-    // The lane's pinned block is reused by the next round: wait for this one.
-    if (cudaError_t e = cudaStreamSynchronize(lane->stream); e != cudaSuccess) {
-      return CudaError(e, "row append", device_);
+    if (first + n < static_cast<int64_t>(slots.size())) {
+      // The lane's pinned block is reused by the next round: wait for this one.
+      if (cudaError_t e = cudaStreamSynchronize(lane->stream); e != cudaSuccess) {
+        return CudaError(e, "row append", device_);
+      }
+    }
+  }
+  // The last round is left running: readers order after it (OrderReads).
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cudaError_t e = cudaEventRecord(lane->written, lane->stream); e != cudaSuccess) {
+    cudaStreamSynchronize(lane->stream);
+    return CudaError(e, "row append", device_);
+  }
+  lane->pending = true;
+  return absl::OkStatus();
+}
+
+absl::Status DevicePageStorage::OrderReads(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Lane& lane : lanes_) {
+    if (!lane.pending) continue;
+    const cudaError_t done = cudaEventQuery(lane.written);
+    if (done == cudaSuccess) {
+      lane.pending = false;
+      continue;
+    }
+    if (done != cudaErrorNotReady) return CudaError(done, "row append", device_);
+    if (cudaError_t e = cudaStreamWaitEvent(stream, lane.written, 0); e != cudaSuccess) {
+      return CudaError(e, "ordering reads after row appends", device_);
     }
   }
   return absl::OkStatus();

@@ -6,9 +6,12 @@
 // few staging lanes (pinned host + device memory and a stream each). WriteRows copies a call's
 // rows into a lane's pinned block, uploads them with their slots in one copy and scatters them
 // into their pages with the append kernel (kernels/cuda/paged_append.h); CopyPage copies on the
-// device. Both wait for their lane's stream before returning, so that what they wrote is in the
-// pool before any later launch on any stream reads it (the store's contract). K/V bytes never come
-// back to the host.
+// device. WriteRows returns once its work is enqueued, without waiting for it: every reader of the
+// pool on another stream first calls OrderReads(stream), which makes that stream wait for the
+// writes issued before (the CUDA executor does for each paged batch, CopyPage for its copy). A
+// decode step's append thus runs on the device while its Attend is staged, instead of costing a
+// synchronization. CopyPage waits for its copy before returning. K/V bytes never come back to the
+// host.
 #ifndef ATTENTION_SERVER_CUDA_DEVICE_PAGE_STORAGE_H_
 #define ATTENTION_SERVER_CUDA_DEVICE_PAGE_STORAGE_H_
 
@@ -54,6 +57,9 @@ class DevicePageStorage final : public session::PageStorage {
   absl::Status WriteRows(const session::PageLayout& layout, absl::Span<const int32_t> slots,
                          const void* k, const void* v) override;
 
+  // Makes `stream` (on this storage's device) wait for every WriteRows issued before this call.
+  absl::Status OrderReads(cudaStream_t stream);
+
   int device() const { return device_; }
 
  private:
@@ -61,6 +67,9 @@ class DevicePageStorage final : public session::PageStorage {
     cudaStream_t stream = nullptr;
     char* pinned = nullptr;
     char* device = nullptr;
+    // Recorded after the lane's last write; `pending` (under mu_) while it may not have run yet.
+    cudaEvent_t written = nullptr;
+    bool pending = false;
   };
   // Holds a lane for one call and gives it back.
   class LaneHold;

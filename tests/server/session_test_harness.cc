@@ -45,6 +45,7 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
     *error = std::string(storage.status().message());
     return nullptr;
   }
+  [[maybe_unused]] session::PageStorage* const pool_storage = storage->get();
   std::vector<std::unique_ptr<session::PageStorage>> storages;
   storages.push_back(std::move(*storage));
   session::StoreOptions store_options;
@@ -72,6 +73,7 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
       *error = std::string(device.status().message());
       return nullptr;
     }
+    (*device)->set_page_storage(static_cast<server::DevicePageStorage*>(pool_storage));
     s->executor_ = std::move(*device);
   }
 #endif
@@ -80,14 +82,14 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
       options.batcher, std::vector<server::Executor*>{s->executor_.get()}, nullptr);
   server::SessionServiceOptions service;
   service.replica = options.replica;
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (cuda) service.check_kernel = cuda::CheckSupported;
+#endif
   if (!options.availability.ok()) {
     service.check_kernel = [refusal = options.availability](const KernelConfig&) {
       return refusal;
     };
   }
-#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
-  if (cuda) service.check_kernel = cuda::CheckSupported;
-#endif
   service.limits = options.limits_per_request;
   s->service_ = std::make_unique<server::SessionServiceImpl>(service, s->store_.get(),
                                                              s->batcher_.get(), s->metrics_.get());

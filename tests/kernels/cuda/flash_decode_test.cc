@@ -744,6 +744,25 @@ std::vector<Case> Cases() {
     c.push_back(Case("hdim" + std::to_string(d)).K({300, 65}).Q(2).Heads(8, 2).Dim(d).Causal());
   }
   c.push_back(Case("no_lse").K({300}).NoLse());
+  // Float32 against pages with more than 16 rows per sequence (a float32 session's chunked
+  // prefill: no other CUDA kernel reads float32 pages, so the decode kernel takes every row).
+  c.push_back(Case("fp32_paged_q70_causal_window_alibi")
+                  .K({900, 75, 300})
+                  .Q(70)
+                  .Causal()
+                  .Window(200, -1)
+                  .Alibi()
+                  .Sinks()
+                  .Page(32)
+                  .DTypes({DType::kFloat32}));
+  c.push_back(Case("fp32_paged_packed_q200_key_range")
+                  .K({1200, 250, 64})
+                  .PackedQ({200, 17, 0})
+                  .Heads(8, 2)
+                  .KeyRange()
+                  .Softcap(20.f)
+                  .Page(16)
+                  .DTypes({DType::kFloat32}));
   return c;
 }
 
