@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "server/cuda/device_page_storage.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
