@@ -201,6 +201,21 @@ std::vector<double> ReferenceOutput(const v1::AttentionRequest& r) {
 
 double OutputValue(const v1::Tensor& o, int64_t i) { return LoadOutput(o.dtype(), o.data(), i); }
 
+double OutputSquaredError(const v1::AttentionRequest& request,
+                          const v1::AttentionResponse& response) {
+  const std::vector<double> ref = ReferenceOutput(request);
+  const v1::Tensor& o = response.o();
+  if (o.data().size() != ref.size() * ContractDTypeSize(o.dtype())) {
+    return std::numeric_limits<double>::infinity();
+  }
+  double err = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = OutputValue(o, static_cast<int64_t>(i)) - ref[i];
+    err += d * d;
+  }
+  return err;
+}
+
 std::string CompareWithReference(const v1::AttentionRequest& r,
                                  const v1::AttentionResponse& response) {
   const v1::Tensor& q = r.q();

@@ -64,6 +64,10 @@ std::string CompareWithReference(const v1::AttentionRequest& request,
 // same reference CompareWithReference uses; and element i of a response's o as a double.
 std::vector<double> ReferenceOutput(const v1::AttentionRequest& request);
 double OutputValue(const v1::Tensor& o, int64_t i);
+// sum over o of (o - reference o)^2, `response` against the float64 reference of `request`
+// (infinity when o's size does not match).
+double OutputSquaredError(const v1::AttentionRequest& request,
+                          const v1::AttentionResponse& response);
 
 // The backward request of a forward `forward` answered with `answer` (which holds o and lse:
 // `forward` asked for return_lse): the same inputs and options, backward = true, o and lse from

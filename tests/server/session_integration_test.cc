@@ -20,6 +20,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
 #include "tests/server/session_test_harness.h"
 
 namespace attention::testing {
@@ -138,10 +139,15 @@ void Step(Tracked& t, int layer, const StepOptions& o, std::mt19937& rng) {
   const v1::AttendRequest a = MakeAttend(t, layer, o, rng);
   absl::StatusOr<v1::AttentionResponse> r = Send(t.session, a);
   ASSERT_TRUE(r.ok()) << r.status();
-  // The oracle tells a history short of the new rows apart (it is not vacuous).
+  // The oracle tells a history short of the new rows apart (it is not vacuous): the answer is
+  // closer to the reference with them than without, over all of o (not "fails the tolerance
+  // without them": one row among hundreds can move an element by less than the GPU's bfloat16
+  // tolerance, while rounding noise does not add up over o as the missing row's effect does).
   if (a.has_k_new()) {
-    EXPECT_NE(CheckAttend(t.model, a, *r), "") << "the check missed a row";
+    const double without = OutputSquaredError(ReferenceRequest(t.model, a), *r);
     t.model.Append(layer, a.k_new().data(), a.v_new().data());
+    const double with = OutputSquaredError(ReferenceRequest(t.model, a), *r);
+    EXPECT_LT(with, without) << "the answer is not closer to the history with the new rows";
   }
   EXPECT_EQ(CheckAttend(t.model, a, *r), "")
       << "layer " << layer << ", context " << t.model.tokens(layer) << ", n_new " << o.n_new;
