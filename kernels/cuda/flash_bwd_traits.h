@@ -47,14 +47,18 @@ struct BwdTileConfig {
 // bytes at 128; at 192 two stages spill 24 bytes where one spills 96; 160, 224 and 256 spill
 // 56, about 470 (general variant) and 40 bytes. Shared memory: K, V (block_n x head_dim each),
 // Q, dO (block_m x head_dim, per stage) and the 16-bit P^T, dS^T tiles (block_n x block_m): 96 KB
-// at 64, 161 KB at 128 and 192, 144 KB at 256; one block per SM, within sm_80's 163 KB. Not
-// measured on a GPU yet: backward_bench --sweep times the defaults of 64 and 128 against other
-// candidates (bench/cuda/backward_tile_sweep.cu).
+// at 64, 161 KB at 128 and 192, 144 KB at 256; one block per SM, within sm_80's 163 KB.
+// Measured (H100, 2026-12-06, backward_bench --sweep, bench/results/gpu_2026-12-06b.md): at 128
+// the default above was the fastest of six candidates at every sequence length (182-241 TFLOP/s,
+// +36-45% over 64 x 64); at 64, 128 x 128 tiles with S^T / dP^T over 2 x 4 warps and one query
+// stage beat it by 3-7% (190 against 181 TFLOP/s at 16k tokens; 96 bytes of spills), and are the
+// default there. 32 keeps 64 x 128 (not measured).
 constexpr BwdTileConfig DefaultBwdTileConfig(int head_dim_bucket) {
   switch (head_dim_bucket) {
     case 32:
-    case 64:
       return {64, 128, 8, 4, 4, 4, 2};
+    case 64:
+      return {128, 128, 8, 2, 4, 4, 1};
     case 96:
       return {64, 64, 8, 4, 4, 4, 2};
     case 128:
