@@ -21,9 +21,8 @@ ARCHIVE.tar.xz:MEMBER. Such bars are marked in the chart's notes. A cell with no
 
 Usage (the run of 2026-12-06):
   panels_svg.py bench/results/gpu_2026-12-06b bench/results --device "NVIDIA H100 80GB HBM3" \\
-      --date 2026-12-06 --tag h100 --decode-commit 82bfd72 --backward-commit bb0f18b \\
-      --fp32-commit 82bfd72 \\
-      --backward-log bench/results/gpu_2026-12-06b/logs_calls_c_d_e.tar.xz:5/x/bench.log
+      --date 2026-12-06 --tag h100 --decode-commit 82bfd72 --backward-commit d22a9d9 \\
+      --fp32-commit 82bfd72 --backward-note "Bucket 64: 128 x 128 tiles since d22a9d9 (call F)."
 """
 import argparse
 import json
@@ -270,8 +269,8 @@ def backward_chart(run, args):
                      "lines were cut short.")
     if absent:
         notes.append(f"No bar for ours at {cells(absent)}: the run passed the bench's time cap.")
-    notes.append("Bucket 64's default changed after this run to 128 x 128 tiles, 3-7% faster on "
-                 "the tile sweep (backward_sweep.jsonl); the d 64 bars are the 64 x 128 tiles.")
+    if args.backward_note:
+        notes.append(args.backward_note)
     notes.append(f"Data: {run}/backward_ours.jsonl, backward_peer.jsonl.")
     return grouped_bars(
         f"Backward, bf16: {args.device}, {args.date}, commit {args.backward_commit}",
@@ -322,6 +321,7 @@ def main():
     p.add_argument("--backward-commit", required=True)
     p.add_argument("--fp32-commit", required=True)
     p.add_argument("--backward-log", help="backward_bench's printed table: FILE or ARCHIVE:MEMBER")
+    p.add_argument("--backward-note", help="one more line under the backward chart")
     args = p.parse_args()
     run, out = pathlib.Path(args.run_dir), pathlib.Path(args.out_dir)
     for name, chart in (("decode", decode_chart), ("backward", backward_chart),
