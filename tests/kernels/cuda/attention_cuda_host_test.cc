@@ -225,10 +225,16 @@ TEST(CheckSupportedTest, RejectsMalformedParams) {
   ExpectError(p, absl::StatusCode::kInvalidArgument, "mask must not be null");
 }
 
-TEST(WorkspaceTest, OnlyFloat32NeedsAWorkspace) {
+// 16-bit requests and float32 at FULL / TF32 (the float32 kernel reads float32 directly) need
+// none; float32 at BF16 needs its bfloat16 copies.
+TEST(WorkspaceTest, OnlyFloat32AtBf16NeedsAWorkspace) {
   AttentionParams p = ValidParams();
   EXPECT_EQ(WorkspaceBytes(p), 0u);
   p.dtype = DType::kFloat32;
+  EXPECT_EQ(WorkspaceBytes(p), 0u);
+  p.precision = Precision::kTF32;
+  EXPECT_EQ(WorkspaceBytes(p), 0u);
+  p.precision = Precision::kBF16;
   // bf16 copies of q, k, v and o: (2 * 100 * 8 + 2 * 2 * 120 * 2) * 128 * 2 bytes, 256-aligned.
   const size_t q_bytes = 2 * 100 * 8 * 128 * 2;
   const size_t kv_bytes = 2 * 120 * 2 * 128 * 2;
