@@ -137,7 +137,9 @@ TEST(SessionMetricsTest, PollingFollowsALiveStore) {
   do {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     v = Collect(*registry);
-  } while (v.at("attention_session_pages{device=cpu,state=used,}") != 2 &&
+    // The poller sets one gauge after another: wait for the last of those checked below too.
+  } while ((v.at("attention_session_pages{device=cpu,state=used,}") != 2 ||
+            v.at("attention_sessions_live{}") != 1) &&
            std::chrono::steady_clock::now() < deadline);
   EXPECT_EQ(v.at("attention_sessions_live{}"), 1);
   EXPECT_EQ(v.at("attention_session_pages{device=cpu,state=used,}"), 2);
