@@ -335,8 +335,7 @@ std::vector<Seed> Seeds() {
     std::memcpy(&(*r.mutable_lse()->mutable_data())[8], &inf, 4);
   });
   add_backward("bad_forward_with_backward_inputs", o, [](auto& r) { r.set_backward(false); });
-  add_backward("valid_backward_deterministic", o,
-               [](auto& r) { r.set_deterministic(true); });
+  add_backward("valid_backward_deterministic", o, [](auto& r) { r.set_deterministic(true); });
 
   // Wire-level damage: a truncated message, and bytes that are no protobuf at all.
   const std::string whole = seeds.front().bytes;
