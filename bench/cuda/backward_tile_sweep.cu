@@ -23,14 +23,7 @@ template <typename Traits>
 cudaError_t RunCandidate(const AttentionBackwardParams& params, void* workspace,
                          cudaStream_t stream) {
   constexpr int kHeadDim = Traits::kHeadDim;
-  BwdParams p;
-  static_cast<AttentionBackwardParams&>(p) = params;
-  const BwdWorkspaceLayout layout = BackwardWorkspaceLayout(params);
-  char* ws = static_cast<char*>(workspace);
-  p.q_rows = layout.q_rows;
-  p.dq_accum = layout.dq_accum >= 0 ? reinterpret_cast<float*>(ws + layout.dq_accum) : nullptr;
-  p.dsum = reinterpret_cast<float*>(ws + layout.dsum);
-  p.lse_log2 = reinterpret_cast<float*>(ws + layout.lse_log2);
+  const BwdParams p = BindBackwardWorkspace(params, workspace);
   if (const cudaError_t err = RunBwdPreprocess(p, stream); err != cudaSuccess) return err;
   if (const cudaError_t err =
           RunFlashBwdWithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);

@@ -189,10 +189,8 @@ absl::Status CheckSupported(const KernelConfig& c) {
 }
 
 absl::Status CheckPagedRows(const KernelConfig& c, int max_rows, int page_size) {
-  if (max_rows <= kDecodeMaxQueryRows) return absl::OkStatus();
+  if (DecodeTakesPagedRows(c.dtype, max_rows)) return absl::OkStatus();
   const bool power_of_two = page_size > 0 && (page_size & (page_size - 1)) == 0;
-  // Float32 pages: the decode kernel takes any number of rows (no forward variant reads them).
-  if (c.dtype == DType::kFloat32) return absl::OkStatus();
   if (!power_of_two || page_size < kMinPageSize || page_size > kMaxPageSize) {
     return Unsupported(absl::StrCat(
         max_rows, " query rows: more than ", kDecodeMaxQueryRows,
@@ -207,9 +205,7 @@ absl::Status CheckLaunch(const AttentionParams& p) {
   if (absl::Status s = CheckSupported(p); !s.ok()) return s;
   if (absl::Status s = CheckParams(p); !s.ok()) return s;
   if (p.is_paged()) {
-    if (p.seqlen_q <= kDecodeMaxQueryRows || p.dtype == DType::kFloat32) {
-      return CheckDecodeParams(p);
-    }
+    if (DecodeTakesPagedRows(p.dtype, p.seqlen_q)) return CheckDecodeParams(p);
     if (absl::Status s = CheckPagedRows(p, p.seqlen_q, p.page_size); !s.ok()) return s;
     if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
   }
@@ -274,10 +270,8 @@ bool RoutesToDecode(const AttentionParams& p) {
   return kRouteDecodeKernel && DecodeExpectedToWin(p);
 }
 
-// Paged K/V: up to 16 rows per sequence take the decode kernel, more the forward kernel's paged
-// variant; float32 pages every row (the decode kernel is their only reader).
 bool TakesDecodeForPages(const AttentionParams& p) {
-  return p.is_paged() && (p.seqlen_q <= kDecodeMaxQueryRows || p.dtype == DType::kFloat32);
+  return p.is_paged() && DecodeTakesPagedRows(p.dtype, p.seqlen_q);
 }
 
 bool RoutesToFloat32Kernel(const KernelConfig& c) {

@@ -102,8 +102,7 @@ BwdWorkspaceLayout BackwardWorkspaceLayout(const AttentionParams& p) {
   return w;
 }
 
-absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* workspace,
-                              cudaStream_t stream) {
+BwdParams BindBackwardWorkspace(const AttentionBackwardParams& params, void* workspace) {
   BwdParams p;
   static_cast<AttentionBackwardParams&>(p) = params;
   const BwdWorkspaceLayout layout = BackwardWorkspaceLayout(params);
@@ -112,6 +111,12 @@ absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* works
   p.dq_accum = layout.dq_accum >= 0 ? reinterpret_cast<float*>(ws + layout.dq_accum) : nullptr;
   p.dsum = reinterpret_cast<float*>(ws + layout.dsum);
   p.lse_log2 = reinterpret_cast<float*>(ws + layout.lse_log2);
+  return p;
+}
+
+absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* workspace,
+                              cudaStream_t stream) {
+  const BwdParams p = BindBackwardWorkspace(params, workspace);
   if (absl::Status s = LaunchStatus(RunBwdPreprocess(p, stream), "preprocess"); !s.ok()) return s;
   switch (p.dtype) {
 #ifdef ATTN_KERNEL_DTYPE_BF16

@@ -35,6 +35,10 @@ struct BwdWorkspaceLayout {
 };
 BwdWorkspaceLayout BackwardWorkspaceLayout(const AttentionParams& p);
 
+// The kernels' parameters: `p` with the workspace arrays of BackwardWorkspaceLayout(p) bound in
+// `workspace`.
+BwdParams BindBackwardWorkspace(const AttentionBackwardParams& p, void* workspace);
+
 // Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; 16-bit
 // dtype) on `stream`: preprocess, the dK / dV kernel, then the dQ kernel (deterministic) or the
 // postprocess. `workspace` holds BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the

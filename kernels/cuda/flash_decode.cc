@@ -255,8 +255,8 @@ absl::Status CheckDecodeParams(const AttentionParams& p) {
   if (p.batch < 0) return Invalid(absl::StrCat("batch ", p.batch, " must be >= 0"));
   // More rows run correctly (query tiles), but the forward kernels are faster there; float32
   // pages have no other kernel.
-  const bool fp32_paged = p.dtype == DType::kFloat32 && p.is_paged();
-  if (p.seqlen_q < 0 || (p.seqlen_q > kDecodeMaxQueryRows && !fp32_paged)) {
+  if (p.seqlen_q < 0 || (p.seqlen_q > kDecodeMaxQueryRows &&
+                         !(p.is_paged() && DecodeTakesPagedRows(p.dtype, p.seqlen_q)))) {
     return Unsupported(absl::StrCat("seqlen_q ", p.seqlen_q, " must be in [0, ",
                                     kDecodeMaxQueryRows, "] (any for float32 pages)"));
   }

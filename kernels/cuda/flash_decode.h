@@ -50,6 +50,13 @@ struct DecodeOptions {
 // supported (UNIMPLEMENTED).
 absl::Status CheckDecodeSupported(const KernelConfig& config);
 
+// Whether the decode kernel takes a paged launch of `rows` query rows per sequence: up to
+// kDecodeMaxQueryRows (more run faster on the forward kernel's paged variant), any number for
+// float32 pages (no other kernel reads them; more rows are more query tiles).
+inline bool DecodeTakesPagedRows(DType dtype, int rows) {
+  return rows <= kDecodeMaxQueryRows || dtype == DType::kFloat32;
+}
+
 // CheckDecodeSupported plus the launch's own fields (pointers, lengths, strides, alignment).
 absl::Status CheckDecodeParams(const AttentionParams& p);
 
