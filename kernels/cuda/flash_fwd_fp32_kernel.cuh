@@ -125,18 +125,34 @@ struct BlockCoords {
   float* lse;
 };
 
-// Fills `c` for query tile blockIdx.x of head blockIdx.y of sequence blockIdx.z; false when the
-// tile starts past its sequence (packed batches size the grid by the longest one).
+// Fills `c` for one (query tile, head, sequence) of the grid (query tiles x q_heads x batch);
+// false when the tile starts past its sequence (packed batches size the grid by the longest one).
+//
+// Without a right limit every tile costs the same, and block (x, y, z) is query tile x of head y
+// of sequence z: the tiles of one head run together and share its K / V in L2. With a right limit
+// (causal) a tile's cost grows with its row index, and the grid is walked in launch order (x
+// fastest) as query tiles from the last to the first, each over every (head, sequence): all the
+// most expensive tiles go first and the cheapest fill the tail. Ordering only within a head
+// leaves the last wave holding late heads' longest tiles next to idle SMs, which matters where a
+// head has few tiles (short causal sequences; bench/cuda/fp32_notes.md has the measurement).
 template <int kBlockM>
 __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoords& c) {
-  c.head = blockIdx.y;
-  c.batch = blockIdx.z;
   c.left = p.window_left;
   c.right = p.window_right;
-  // With a right limit (causal) a block's cost grows with its row index: the most expensive
-  // blocks go first so that the cheap ones fill the tail of the grid.
-  const int m_block =
-      c.right >= 0 ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  int m_block;
+  if (c.right >= 0) {
+    const int heads_x_batch = static_cast<int>(gridDim.y * gridDim.z);
+    const int linear =
+        static_cast<int>(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+    const int rest = linear % heads_x_batch;
+    m_block = static_cast<int>(gridDim.x) - 1 - linear / heads_x_batch;
+    c.head = rest % static_cast<int>(gridDim.y);
+    c.batch = rest / static_cast<int>(gridDim.y);
+  } else {
+    m_block = static_cast<int>(blockIdx.x);
+    c.head = static_cast<int>(blockIdx.y);
+    c.batch = static_cast<int>(blockIdx.z);
+  }
   int64_t q_start = 0;
   int64_t k_start = 0;
   c.len_q = p.seqlen_q;
