@@ -1,16 +1,29 @@
 // Benchmark of the decode kernel (kernels/cuda/flash_decode.h): K+V bytes read per second on
 // issue 21's grid (q_len 1, GQA 32/8, head_dim 128, bf16; batch x kv_len 128x2k, 32x8k, 8x32k,
 // 2x128k, 1x8k, 1x32k, 1x128k) with dense K/V (one page per sequence, the stateless call's
-// layout [batch, kv_len, kv_heads, d]) and with pages of 64 keys in random order; pages of
-// 16 .. 256 keys at 32 x 8k; and the device's copy bandwidth (a device-to-device cudaMemcpy of
-// 1 GiB, counting bytes read and written), the ceiling the bars are stated against.
+// layout [batch, kv_len, kv_heads, d]), with pages of 64 keys in random order, and with dense K/V
+// in the peers' head-major layout [batch, kv_heads, kv_len, d] ("dense_hm", what sdpa_peer.py
+// hands cuDNN and FA2); pages of 16 .. 256 keys at 32 x 8k; and the device's copy bandwidth (a
+// device-to-device cudaMemcpy of 1 GiB, counting bytes read and written), the ceiling the bars
+// are stated against.
 //
 // Timing follows triton.testing.do_bench, which shared/peers/sdpa_peer.py --decode uses for
 // cuDNN and FA2: before every timed call a 256 MB buffer is overwritten (so K/V never sit in L2
 // from the previous call), each call is timed alone with CUDA events, and the median of the
 // repeats is reported. K/V hold random bf16 values (never zeros).
 //
+// Kernel variants (kDecodeVariants in kernels/cuda/decode_heuristics.h, a build with the CMake
+// option ATTN_DECODE_VARIANTS) and split counts are compared side by side: each row's K/V are
+// filled once, and every repeat times each (variant, split count) configuration in turn after its
+// own flush, so that clock or thermal drift over the run moves every configuration alike. The
+// table gives each configuration's ratio to the row's first one.
+//
 //   decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]
+//                [--variants all|NAME,NAME,...] [--splits-list N,N,...] [--rows BxLEN,...]
+//
+// --variants: the variants to time (by name; `all` = every compiled one; default: base only).
+// --splits-list: split counts to time for each variant (0 = the heuristic; default: --splits).
+// --rows: only these rows of the grid, e.g. 1x8k,1x32k (every layout of them).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -20,6 +33,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,7 +59,41 @@ struct Options {
   int reps = 50;
   const char* json = nullptr;
   DecodeOptions decode;
+  std::vector<int> variants = {0};  // indices of kDecodeVariants
+  std::vector<int> splits = {-1};   // -1: decode.num_splits
+  std::vector<std::string> rows;    // "1x8k" filters; empty = all
 };
+
+// One timed configuration of a row.
+struct Config {
+  int variant = 0;
+  DecodeOptions decode;
+};
+
+std::vector<Config> Configs(const Options& opt) {
+  std::vector<Config> configs;
+  for (int v : opt.variants) {
+    for (int s : opt.splits) {
+      Config c;
+      c.variant = v;
+      c.decode = opt.decode;
+      c.decode.variant = v;
+      if (s >= 0) c.decode.num_splits = s;
+      configs.push_back(c);
+    }
+  }
+  return configs;
+}
+
+std::vector<std::string> SplitList(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
 
 // Fills `bytes` of device memory with random bf16 N(0, 1) values: one 64 MB host block, copied
 // over and over (K and V need no more entropy than that to stay away from the zero fast paths).
@@ -68,33 +116,49 @@ bool FillRandom(void* dst, size_t bytes) {
   return true;
 }
 
-// Median milliseconds of `reps` calls of `run`, each after overwriting `flush`.
+// Median milliseconds of `reps` calls of each of `n` functions (run(i) calls function i), the
+// functions taking turns within each repeat, every call after overwriting `flush`.
 template <typename Run>
-double MedianMs(int reps, void* flush, size_t flush_bytes, Run&& run) {
+std::vector<double> MedianMsInterleaved(int n, int reps, void* flush, size_t flush_bytes,
+                                        Run&& run) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  for (int i = 0; i < 3; ++i) run();  // warm-up
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    cudaMemsetAsync(flush, i & 0xff, flush_bytes);
-    cudaEventRecord(start);
-    run();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    cudaEventElapsedTime(&ms[i], start, stop);
+  for (int i = 0; i < n; ++i) {
+    for (int w = 0; w < 3; ++w) run(i);  // warm-up
+  }
+  std::vector<std::vector<float>> ms(n, std::vector<float>(reps));
+  for (int r = 0; r < reps; ++r) {
+    for (int i = 0; i < n; ++i) {
+      cudaMemsetAsync(flush, (r * n + i) & 0xff, flush_bytes);
+      cudaEventRecord(start);
+      run(i);
+      cudaEventRecord(stop);
+      cudaEventSynchronize(stop);
+      cudaEventElapsedTime(&ms[i][r], start, stop);
+    }
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
+  std::vector<double> median(n);
+  for (int i = 0; i < n; ++i) {
+    std::sort(ms[i].begin(), ms[i].end());
+    median[i] = ms[i][reps / 2];
+  }
+  return median;
+}
+
+template <typename Run>
+double MedianMs(int reps, void* flush, size_t flush_bytes, Run&& run) {
+  return MedianMsInterleaved(1, reps, flush, flush_bytes, [&](int) { run(); })[0];
 }
 
 struct Row {
-  std::string layout;  // "dense" or "paged<size>"
+  std::string layout;  // "dense", "dense_hm" or "paged<size>"
   int batch;
   int kv_len;
-  int page_size;  // 0 = dense
+  int page_size;            // 0 = dense
+  bool head_major = false;  // dense K/V as [batch, kv_heads, kv_len, d]
 };
 
 struct Result {
@@ -102,10 +166,13 @@ struct Result {
   double tbps = 0;
   int splits = 0;
   bool ok = false;
+  std::string error;
 };
 
-Result RunRow(const Row& row, const Options& opt, void* flush, size_t flush_bytes) {
-  Result res;
+// Times every configuration of `configs` on `row`; a result per configuration.
+std::vector<Result> RunRow(const Row& row, const std::vector<Config>& configs, int reps,
+                           void* flush, size_t flush_bytes) {
+  std::vector<Result> results(configs.size());
   const int64_t row_elems = int64_t{kKvHeads} * kHeadDim;
   const int64_t kv_rows = int64_t{row.batch} * row.kv_len;
   const size_t kv_bytes = static_cast<size_t>(kv_rows * row_elems * 2);
@@ -117,7 +184,7 @@ Result RunRow(const Row& row, const Options& opt, void* flush, size_t flush_byte
       !Check(cudaMalloc(&k, kv_bytes), "cudaMalloc k") ||
       !Check(cudaMalloc(&v, kv_bytes), "cudaMalloc v") || !FillRandom(q, q_bytes) ||
       !FillRandom(k, kv_bytes) || !FillRandom(v, kv_bytes)) {
-    return res;
+    return results;
   }
 
   AttentionParams p;
@@ -131,6 +198,12 @@ Result RunRow(const Row& row, const Options& opt, void* flush, size_t flush_byte
   p.head_dim = kHeadDim;
   p.softmax_scale = 0.08838834764831845f;  // 1 / sqrt(128)
   SetContiguousStrides(p);
+  if (row.head_major) {
+    // sdpa_peer.py's layout for cuDNN and FA2 (k = [b, 8, kv_len, 128]): each head's keys are
+    // contiguous, where the contract's [b, kv_len, 8, 128] interleaves the heads' 256-byte rows.
+    p.k_row_stride = p.v_row_stride = kHeadDim;
+    p.k_head_stride = p.v_head_stride = int64_t{row.kv_len} * kHeadDim;
+  }
   p.q = q;
   p.o = o;
   p.k = k;
@@ -148,7 +221,7 @@ Result RunRow(const Row& row, const Options& opt, void* flush, size_t flush_byte
                "cudaMemcpy table") ||
         !Check(cudaMemcpy(seqlens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice),
                "cudaMemcpy seqlens")) {
-      return res;
+      return results;
     }
     p.page_table = static_cast<const int32_t*>(table);
     p.page_table_stride = pages_per_seq;
@@ -156,20 +229,42 @@ Result RunRow(const Row& row, const Options& opt, void* flush, size_t flush_byte
     p.seqlens_k = static_cast<const int32_t*>(seqlens);
     p.k_batch_stride = p.v_batch_stride = int64_t{row.page_size} * row_elems;
   }
-  const size_t ws_bytes = DecodeWorkspaceBytes(p, opt.decode);
-  if (ws_bytes > 0 && !Check(cudaMalloc(&ws, ws_bytes), "cudaMalloc workspace")) return res;
-  res.splits = DecodeNumSplits(p, opt.decode);
-  absl::Status status;
-  res.ms = MedianMs(opt.reps, flush, flush_bytes, [&] {
-    if (status.ok()) status = RunFlashDecode(p, opt.decode, ws, nullptr);
-  });
-  res.ok = status.ok() && Check(cudaDeviceSynchronize(), "decode");
-  if (!status.ok()) std::fprintf(stderr, "RunFlashDecode: %s\n", status.ToString().c_str());
-  res.tbps = 2.0 * kv_bytes / (res.ms * 1e-3) / 1e12;
+  size_t ws_bytes = 0;
+  for (const Config& c : configs) ws_bytes = std::max(ws_bytes, DecodeWorkspaceBytes(p, c.decode));
+  if (ws_bytes > 0 && !Check(cudaMalloc(&ws, ws_bytes), "cudaMalloc workspace")) return results;
+  // A configuration this build or shape cannot run is reported and left out of the timing.
+  std::vector<int> runnable;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    results[i].splits = DecodeNumSplits(p, configs[i].decode);
+    const absl::Status s = RunFlashDecode(p, configs[i].decode, ws, nullptr);
+    if (s.ok()) {
+      runnable.push_back(static_cast<int>(i));
+    } else {
+      results[i].error = s.ToString();
+    }
+  }
+  std::vector<absl::Status> status(configs.size());
+  const std::vector<double> ms =
+      MedianMsInterleaved(static_cast<int>(runnable.size()), reps, flush, flush_bytes, [&](int j) {
+        const int i = runnable[j];
+        if (status[i].ok()) status[i] = RunFlashDecode(p, configs[i].decode, ws, nullptr);
+      });
+  const bool synced = Check(cudaDeviceSynchronize(), "decode");
+  for (size_t j = 0; j < runnable.size(); ++j) {
+    Result& r = results[runnable[j]];
+    r.ms = ms[j];
+    r.ok = synced && status[runnable[j]].ok();
+    if (!status[runnable[j]].ok()) r.error = status[runnable[j]].ToString();
+    r.tbps = 2.0 * kv_bytes / (r.ms * 1e-3) / 1e12;
+  }
   for (void* ptr : {q, o, k, v, ws, table, seqlens}) {
     cudaFree(ptr);
   }
-  return res;
+  return results;
+}
+
+std::string RowName(const Row& row) {
+  return std::to_string(row.batch) + "x" + std::to_string(row.kv_len / 1024) + "k";
 }
 
 // Device-to-device copy bandwidth (bytes read + bytes written per second), 1 GiB, median of 20.
@@ -199,13 +294,39 @@ int Main(int argc, char** argv) {
       opt.decode.num_splits = std::atoi(argv[++i]);
     } else if (arg == "--deterministic") {
       opt.decode.deterministic = true;
+    } else if (arg == "--variants" && i + 1 < argc) {
+      opt.variants.clear();
+      const std::string list = argv[++i];
+      for (const std::string& name : SplitList(list)) {
+        for (int v = 0; v < kDecodeNumVariants; ++v) {
+          if (name == "all" || name == kDecodeVariants[v].name) opt.variants.push_back(v);
+        }
+        if (name != "all" &&
+            (opt.variants.empty() || kDecodeVariants[opt.variants.back()].name != name)) {
+          std::fprintf(stderr, "decode_bench: unknown variant %s; known:", name.c_str());
+          for (const DecodeVariant& v : kDecodeVariants) std::fprintf(stderr, " %s", v.name);
+          std::fprintf(stderr, "\n");
+          return 2;
+        }
+      }
+    } else if (arg == "--splits-list" && i + 1 < argc) {
+      opt.splits.clear();
+      for (const std::string& n : SplitList(argv[++i])) opt.splits.push_back(std::atoi(n.c_str()));
+    } else if (arg == "--rows" && i + 1 < argc) {
+      opt.rows = SplitList(argv[++i]);
     } else {
       std::fprintf(stderr,
-                   "usage: decode_bench [--reps N] [--json FILE] [--splits N] "
-                   "[--deterministic]\n");
+                   "usage: decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]\n"
+                   "                    [--variants all|NAME,...] [--splits-list N,...] "
+                   "[--rows BxLEN,...]\n");
       return 2;
     }
   }
+  if (opt.variants.empty() || opt.splits.empty()) {
+    std::fprintf(stderr, "decode_bench: --variants and --splits-list must name something\n");
+    return 2;
+  }
+  const std::vector<Config> configs = Configs(opt);
   int device = 0;
   cudaDeviceProp prop;
   if (!Check(cudaGetDevice(&device), "cudaGetDevice") ||
@@ -226,30 +347,51 @@ int Main(int argc, char** argv) {
   for (const auto& [batch, len] : grid) {
     rows.push_back({"dense", batch, len, 0});
     rows.push_back({"paged64", batch, len, 64});
+    rows.push_back({"dense_hm", batch, len, 0, true});
   }
   for (int ps : {16, 32, 128, 256}) rows.push_back({"paged" + std::to_string(ps), 32, 8192, ps});
+  if (!opt.rows.empty()) {
+    std::vector<Row> kept;
+    for (const Row& row : rows) {
+      if (std::find(opt.rows.begin(), opt.rows.end(), RowName(row)) != opt.rows.end()) {
+        kept.push_back(row);
+      }
+    }
+    rows = kept;
+  }
 
   FILE* json = opt.json != nullptr ? std::fopen(opt.json, "a") : nullptr;
-  std::printf("\n| layout | batch x kv_len | splits | time (us) | K+V TB/s | of copy bw |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n| layout | batch x kv_len | variant | splits | time (us) | K+V TB/s | of copy bw | "
+      "/ first |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   int failures = 0;
   for (const Row& row : rows) {
-    const Result r = RunRow(row, opt, flush, flush_bytes);
-    if (!r.ok) {
-      ++failures;
-      std::printf("| %s | %d x %d | failed | | | |\n", row.layout.c_str(), row.batch, row.kv_len);
-      continue;
-    }
-    std::printf("| %s | %d x %dk | %d | %.1f | %.3f | %.0f%% |\n", row.layout.c_str(), row.batch,
-                row.kv_len / 1024, r.splits, r.ms * 1e3, r.tbps, 100.0 * r.tbps / copy);
-    std::fflush(stdout);
-    if (json != nullptr) {
-      std::fprintf(json,
-                   "{\"kind\": \"decode\", \"layout\": \"%s\", \"page_size\": %d, \"batch\": %d, "
-                   "\"kv_len\": %d, \"q_heads\": %d, \"kv_heads\": %d, \"d\": %d, \"splits\": %d, "
-                   "\"us\": %.2f, \"ours_TBps\": %.4f, \"copy_TBps\": %.4f}\n",
-                   row.layout.c_str(), row.page_size, row.batch, row.kv_len, kQHeads, kKvHeads,
-                   kHeadDim, r.splits, r.ms * 1e3, r.tbps, copy);
+    const std::vector<Result> results = RunRow(row, configs, opt.reps, flush, flush_bytes);
+    for (size_t i = 0; i < configs.size(); ++i) {
+      const Result& r = results[i];
+      const char* variant = kDecodeVariants[configs[i].variant].name;
+      if (!r.ok) {
+        ++failures;
+        std::printf("| %s | %d x %dk | %s | failed: %s | | | | |\n", row.layout.c_str(), row.batch,
+                    row.kv_len / 1024, variant, r.error.c_str());
+        continue;
+      }
+      const double first = results[0].ok ? results[0].tbps : 0.0;
+      std::printf("| %s | %d x %dk | %s | %d | %.1f | %.3f | %.0f%% | %.3f |\n", row.layout.c_str(),
+                  row.batch, row.kv_len / 1024, variant, r.splits, r.ms * 1e3, r.tbps,
+                  100.0 * r.tbps / copy, first > 0 ? r.tbps / first : 0.0);
+      std::fflush(stdout);
+      if (json != nullptr) {
+        std::fprintf(json,
+                     "{\"kind\": \"decode\", \"layout\": \"%s\", \"page_size\": %d, "
+                     "\"batch\": %d, \"kv_len\": %d, \"q_heads\": %d, \"kv_heads\": %d, "
+                     "\"d\": %d, \"variant\": \"%s\", \"forced_splits\": %d, \"splits\": %d, "
+                     "\"us\": %.2f, \"ours_TBps\": %.4f, \"copy_TBps\": %.4f}\n",
+                     row.layout.c_str(), row.page_size, row.batch, row.kv_len, kQHeads, kKvHeads,
+                     kHeadDim, variant, configs[i].decode.num_splits, r.splits, r.ms * 1e3, r.tbps,
+                     copy);
+      }
     }
   }
   if (json != nullptr) std::fclose(json);

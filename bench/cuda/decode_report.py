@@ -2,7 +2,10 @@
 """Turns one run's decode_bench JSON lines (ours.jsonl) and sdpa_peer.py --decode JSON lines
 (peer.jsonl) into the markdown tables of bench/results/decode_<date>_<device>.md: K+V TB/s of
 ours (dense and pages of 64) against cuDNN and FA2 on issue 21's grid with the ratios the bars
-are stated in, the page-size sweep at 32 x 8k, and the device's copy bandwidth.
+are stated in, the page-size sweep at 32 x 8k, and the device's copy bandwidth. When the run
+also holds variants.jsonl / splits.jsonl (decode_bench --variants, --splits-list), a table each
+gives every (variant, split count) configuration's TB/s per row, its ratio to the row's first
+configuration (timed interleaved with it) and to cuDNN.
 
 Usage: decode_report.py RUN_DIR --device NAME --commit SHA --date YYYY-MM-DD
 """
@@ -26,7 +29,8 @@ def main():
     p.add_argument("--date", required=True)
     args = p.parse_args()
     run = pathlib.Path(args.run_dir)
-    ours = load(run / "ours.jsonl")
+    # The production kernel's rows (older runs have no variant field).
+    ours = [r for r in load(run / "ours.jsonl") if r.get("variant", "base") == "base"]
     peer = {(r["batch"], r["kv_len"]): r for r in load(run / "peer.jsonl")}
     copy = ours[0]["copy_TBps"]
 
@@ -62,7 +66,29 @@ def main():
     for r in ours:
         if r["batch"] == 32 and r["kv_len"] == 8192:
             print(f"| {r['layout']} | {r['ours_TBps']:.3f} | {r['ours_TBps'] / copy:.2f} |")
+    for name in ("variants.jsonl", "splits.jsonl"):
+        if (run / name).exists():
+            print(f"\n{name}:")
+            variants_table(load(run / name), peer)
     return 0
+
+
+def variants_table(rows, peer):
+    """One line per (row, configuration), in decode_bench's order; the first configuration of a
+    row is the reference of its ratios."""
+    print("\n| layout | batch x kv_len | variant | splits (forced) | TB/s | / first | / cuDNN |")
+    print("|---|---|---|---|---|---|---|")
+    first = {}
+    for r in rows:
+        key = (r["layout"], r["batch"], r["kv_len"])
+        first.setdefault(key, r["ours_TBps"])
+        cudnn = peer.get((r["batch"], r["kv_len"]), {}).get("cudnn_TBps")
+        forced = r.get("forced_splits", 0)
+        splits = f"{r['splits']}" + (f" ({forced})" if forced else "")
+        vs_cudnn = f"{r['ours_TBps'] / cudnn:.2f}" if cudnn else "-"
+        print(f"| {r['layout']} | {r['batch']} x {r['kv_len'] // 1024}k | {r['variant']} | "
+              f"{splits} | {r['ours_TBps']:.3f} | {r['ours_TBps'] / first[key]:.3f} | "
+              f"{vs_cudnn} |")
 
 
 if __name__ == "__main__":

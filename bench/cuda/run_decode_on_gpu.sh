@@ -11,7 +11,10 @@
 # (flash_decode_test, flash_decode_host_test, attention_cuda_test, decode_bench) and a copy of
 # sdpa_peer.py. Logs and results go to $OUT (default /tmp/attention_decode_run): run.log,
 # ours.jsonl, peer.jsonl, decode_report.md. SKIP_TESTS=1 / SKIP_SANITIZER=1 / SKIP_NCU=1 leave
-# those steps out.
+# those steps out. VARIANTS=all (or a list of kDecodeVariants names) adds decode_bench's kernel
+# variants over the whole grid, timed interleaved with the production kernel, and SPLITS_LIST
+# (e.g. 0,12,16,24,32) a split-count sweep of those variants on the batch-1 rows
+# (variants.jsonl, splits.jsonl; the report's last two tables).
 set -uo pipefail
 commit=${1:?usage: run_decode_on_gpu.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
@@ -41,6 +44,16 @@ fi
 
 step "decode_bench"
 timeout 240 "$bundle/bin/decode_bench" --json "$out/ours.jsonl" || status=1
+if [ -n "${VARIANTS:-}" ]; then
+  step "decode_bench variants: $VARIANTS"
+  timeout 300 "$bundle/bin/decode_bench" --variants "$VARIANTS" --json "$out/variants.jsonl" ||
+    status=1
+  if [ -n "${SPLITS_LIST:-}" ]; then
+    step "decode_bench split sweep, batch 1: $SPLITS_LIST"
+    timeout 300 "$bundle/bin/decode_bench" --variants "$VARIANTS" --splits-list "$SPLITS_LIST" \
+      --rows 1x8k,1x32k,1x128k --json "$out/splits.jsonl" || status=1
+  fi
+fi
 step "peer sdpa_peer.py --decode"
 timeout 240 python3 "$bundle/sdpa_peer.py" --decode --json "$out/peer.jsonl" | tail -8 || status=1
 for n in 8192 32768 131072; do
@@ -51,7 +64,9 @@ done
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   step "compute-sanitizer memcheck"
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$bundle/bin/flash_decode_test" --gtest_filter='*small*:*Small*:PagedAppend*' 2>&1 | tail -6
+    "$bundle/bin/flash_decode_test" \
+    --gtest_filter='*small*:*Small*:PagedAppend*:Variants/*.MatchesFloat64Reference/pages_ahead' \
+    2>&1 | tail -6
   echo "memcheck exit code: ${PIPESTATUS[0]}"
   step "compute-sanitizer racecheck"
   subset='Cases/FlashDecodeTest.MatchesFloat64Reference/small_page16'

@@ -78,11 +78,13 @@ struct DecodeSmem {
 
 // 16-bit kernel: Q [block_m, head_dim] and K, V [64, head_dim] tiles of 2-byte elements; the
 // merge area holds each warp's O [16, head_dim + 8] (row padding against bank conflicts) and its
-// 16 row maxima and sums, all float32.
-ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem16(int head_dim_bucket, DecodeRows rows) {
+// 16 row maxima and sums, all float32. `stages` > 0 overrides DecodeStages() (a kernel variant's
+// deeper pipeline, which may leave room for one block per SM only).
+ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem16(int head_dim_bucket, DecodeRows rows,
+                                                   int stages_override = 0) {
   const int q = DecodeBlockM(rows) * head_dim_bucket * 2;
   const int stage = 2 * kDecodeBlockN16 * head_dim_bucket * 2;
-  const int stages = DecodeStages(q, stage);
+  const int stages = stages_override > 0 ? stages_override : DecodeStages(q, stage);
   const int merge = kDecodeWarps * 16 * (head_dim_bucket + 8) * 4 + kDecodeWarps * 16 * 2 * 4;
   const int kv = stages * stage > merge ? stages * stage : merge;
   return {q, stage, stages, merge, q + kv};
@@ -96,6 +98,57 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
   const int stages = DecodeStages(q, stage);
   return {q, stage, stages, 0, q + stages * stage};
 }
+
+// Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
+// 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
+// production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
+// only (the decode grid's configuration; generate_decode_instantiations.py), ten kernels in one
+// file that the build's dtype and head-dim options prune with it.
+//
+// How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
+//   kNone:          no hint (the production kernel);
+//   kPrefetch128 /
+//   kPrefetch256:   .L2::128B / .L2::256B, the L2 fetches the whole 128 / 256-byte sector group
+//                   around each 16-byte request (a K/V row of one head is 256 bytes at d = 128,
+//                   read by 16 threads of neighbouring lanes), so the DRAM sees fewer, larger
+//                   requests;
+//   kEvictFirst:    an L2 cache policy of evict_first over every copy (K/V are read once per
+//                   launch: they should not push out the page table, q or the partials).
+enum class DecodeCacheHint : uint8_t { kNone, kPrefetch128, kPrefetch256, kEvictFirst };
+
+struct DecodeVariant {
+  const char* name;
+  int stages;            // K+V pipeline stages; 0 = DecodeStages()
+  DecodeCacheHint hint;  // on the K/V copies
+  // Paged K/V: the page-table entries of a tile's rows are loaded one loop iteration before the
+  // tile's copies are issued (so the copies never wait on a dependent table load), with the row's
+  // offset inside its page in 32 bits (the host checks that a page fits) and a shift instead of a
+  // division for power-of-two page sizes. Dense K/V: no change.
+  bool pages_ahead;
+  // Paged K/V: the split heuristic counts one block slot per SM, as for dense K/V, instead of
+  // the resident blocks (the production rule, for the row-by-row lookups' latency). Host only.
+  bool paged_one_slot;
+};
+
+inline constexpr DecodeVariant kDecodeVariants[] = {
+    {"base", 0, DecodeCacheHint::kNone, false, false},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false},
+    {"evict_first", 0, DecodeCacheHint::kEvictFirst, false, false},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false},
+    // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
+    // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true},
+    // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
+    // counts one slot per SM already; pages then count one too).
+    {"stages4", 4, DecodeCacheHint::kNone, false, false},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false},
+    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false},
+    {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false},
+    {"pages_ahead_evict_first", 0, DecodeCacheHint::kEvictFirst, true, false},
+};
+inline constexpr int kDecodeNumVariants =
+    static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));
 
 // What the split heuristic sees of a launch.
 struct DecodeWorkload {

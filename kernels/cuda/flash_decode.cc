@@ -117,8 +117,11 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     splits = std::max(1, std::min(opt.num_splits, std::max(span_tiles, 1)));
   } else {
     const DeviceInfo device = CurrentDevice();
+    const DecodeVariant& variant =
+        kDecodeVariants[opt.variant > 0 && opt.variant < kDecodeNumVariants ? opt.variant : 0];
+    const int stages = variant.stages;
     const DecodeSmem smem = fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
-                                 : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows);
+                                 : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, stages);
     DecodeWorkload w;
     w.batch = p.batch;
     w.kv_heads = p.kv_heads;
@@ -134,7 +137,7 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     // bench/results/gpu_2026-12-06b.md: 1 x 8k 26.2 us at 16 splits against 28.0 at 32; 2 x 128k
     // 2.91 TB/s at 8 against 2.86 at 16). Pages: every tile's page lookup adds latency that a
     // second block per SM hides (1 x 32k, pages of 64: 1.98 TB/s at 32 splits, 1.57 at 16).
-    w.blocks_per_sm = p.is_paged() ? resident : 1;
+    w.blocks_per_sm = p.is_paged() && !variant.paged_one_slot ? resident : 1;
     splits = DecodeSplitHeuristic(w);
   }
   l.num_splits = splits;
@@ -172,8 +175,36 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t elems_
   return absl::OkStatus();
 }
 
+// Whether kernel variant `variant` (DecodeOptions::variant > 0) takes `p` with plan `l`: OK or
+// UNIMPLEMENTED naming what is missing.
+// The variants exist for bf16 in head-dim bucket 128 (generate_decode_instantiations.py), which
+// CheckDecodeParams found compiled.
+absl::Status CheckVariant(const AttentionParams& p, const DecodeLaunch& l, int variant) {
+  if (p.dtype != DType::kBFloat16 || CompiledHeadDimBucket(p.head_dim) != 128 ||
+      l.rows != DecodeRows::kRows16) {
+    return Unsupported(absl::StrCat("DecodeOptions.variant ", variant, " (",
+                                    kDecodeVariants[variant].name,
+                                    ") runs bf16, head-dim bucket 128 and at most 16 packed rows "
+                                    "per KV head only"));
+  }
+  if (kDecodeVariants[variant].pages_ahead && p.is_paged()) {
+    // A row's offset inside its page (row x row stride + head x head stride + column) is
+    // computed in 32 bits.
+    const int64_t in_page = int64_t{p.page_size} * std::max(p.k_row_stride, p.v_row_stride) +
+                            int64_t{p.kv_heads} * std::max(p.k_head_stride, p.v_head_stride) +
+                            p.head_dim;
+    if (std::min({p.k_row_stride, p.v_row_stride, p.k_head_stride, p.v_head_stride}) < 0 ||
+        in_page > INT_MAX) {
+      return Unsupported(absl::StrCat("DecodeOptions.variant ", variant,
+                                      ": a page's elements must fit a 32-bit offset"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 template <DType kDType>
-absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, int variant,
+                             cudaStream_t stream) {
   const int bucket = CompiledHeadDimBucket(p.head_dim);
   if (bucket == 0) {
     return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build ",
@@ -182,7 +213,12 @@ absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cu
   const cudaError_t err = VisitCompiledHeadDim(
       bucket,
       [&](auto head_dim) {
-        return RunDecodeKernel<kDType, decltype(head_dim)::value>(p, l, stream);
+        constexpr int kHeadDim = decltype(head_dim)::value;
+        // Only the bf16 bucket-128 file instantiates the variants (CheckVariant sent them here).
+        if constexpr (kDType == DType::kBFloat16 && kHeadDim == 128) {
+          if (variant > 0) return RunDecodeVariant<kDType, kHeadDim>(p, l, variant, stream);
+        }
+        return RunDecodeKernel<kDType, kHeadDim>(p, l, stream);
       },
       cudaErrorInvalidValue);
   if (absl::Status s = LaunchStatus(err, "kernel"); !s.ok()) return s;
@@ -190,18 +226,19 @@ absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, cu
   return absl::OkStatus();
 }
 
-absl::Status Dispatch(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+absl::Status Dispatch(const AttentionParams& p, const DecodeLaunch& l, int variant,
+                      cudaStream_t stream) {
   switch (p.dtype) {
 #ifdef ATTN_KERNEL_DTYPE_BF16
     case DType::kBFloat16:
-      return DispatchHeadDim<DType::kBFloat16>(p, l, stream);
+      return DispatchHeadDim<DType::kBFloat16>(p, l, variant, stream);
 #endif
 #ifdef ATTN_KERNEL_DTYPE_FP16
     case DType::kFloat16:
-      return DispatchHeadDim<DType::kFloat16>(p, l, stream);
+      return DispatchHeadDim<DType::kFloat16>(p, l, variant, stream);
 #endif
     case DType::kFloat32:
-      return DispatchHeadDim<DType::kFloat32>(p, l, stream);
+      return DispatchHeadDim<DType::kFloat32>(p, l, variant, stream);
     default:
       return Unsupported("this dtype has no kernel in this build");
   }
@@ -315,6 +352,10 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     return absl::InvalidArgumentError(absl::StrCat("DecodeOptions.num_splits ", opt.num_splits,
                                                    " must be in [0, ", kDecodeMaxSplitsHard, "]"));
   }
+  if (opt.variant < 0 || opt.variant >= kDecodeNumVariants) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeOptions.variant ", opt.variant,
+                                                   " must be in [0, ", kDecodeNumVariants, ")"));
+  }
   if (opt.deterministic && opt.split_tokens <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("DecodeOptions.split_tokens ", opt.split_tokens, " must be positive"));
@@ -329,6 +370,9 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     return absl::InvalidArgumentError(
         absl::StrCat("DecodeOptions.split_tokens ", opt.split_tokens, " cuts seqlen_k ", p.seqlen_k,
                      " into ", l.num_splits, " splits, more than ", kDecodeMaxSplitsHard));
+  }
+  if (opt.variant > 0) {
+    if (absl::Status s = CheckVariant(p, l, opt.variant); !s.ok()) return s;
   }
   const int64_t blocks = int64_t{p.batch} * l.num_splits * l.query_tiles * p.kv_heads;
   if (blocks > INT_MAX) {
@@ -347,7 +391,7 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     l.partial_lse = reinterpret_cast<float*>(ws + plan.partial_o_bytes);
     l.dependent_launch = CurrentDevice().major >= 9;
   }
-  return Dispatch(p, l, stream);
+  return Dispatch(p, l, opt.variant, stream);
 }
 
 }  // namespace attention::cuda

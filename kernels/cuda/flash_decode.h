@@ -43,6 +43,10 @@ struct DecodeOptions {
   // run to run. Takes precedence over num_splits.
   bool deterministic = false;
   int split_tokens = kDecodeDefaultSplitTokens;
+  // Kernel variant for decode_bench and its tests: an index of kDecodeVariants
+  // (decode_heuristics.h); 0 is the production kernel. The others take bf16 launches of head-dim
+  // bucket 128 with at most 16 packed rows per (sequence, KV head) only (else UNIMPLEMENTED).
+  int variant = 0;
 };
 
 // Whether this build has a decode kernel for `config` (kind kForward or kPagedDecode; dtype,

@@ -169,17 +169,91 @@ __device__ __forceinline__ void KeyRowOffsets(const AttentionParams& p, const De
   }
 }
 
+// The L2 cache policy of kDecodeVariants' kEvictFirst copies (created once per thread; 0 and
+// unused for the other hints).
+template <DecodeCacheHint kHint>
+__device__ __forceinline__ uint64_t MakeCachePolicy() {
+  uint64_t policy = 0;
+  if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  }
+  return policy;
+}
+
+// cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint).
+template <DecodeCacheHint kHint>
+__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred,
+                                              uint64_t policy) {
+  const int src_bytes = pred ? 16 : 0;
+  if constexpr (kHint == DecodeCacheHint::kNone) {
+    CpAsync16(smem_addr, gmem, pred);
+  } else if constexpr (kHint == DecodeCacheHint::kPrefetch128) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
+                 "l"(gmem), "r"(src_bytes));
+  } else if constexpr (kHint == DecodeCacheHint::kPrefetch256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
+                 "l"(gmem), "r"(src_bytes));
+  } else {
+    asm volatile(
+        "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr),
+        "l"(gmem), "r"(src_bytes), "l"(policy));
+  }
+}
+
+// Copies per thread of one K (or V) tile of kBlockN rows x kChunks 16-byte chunks.
+template <int kBlockN, int kChunks>
+inline constexpr int kKvCopyIters = (kBlockN * kChunks + kDecodeThreads - 1) / kDecodeThreads;
+
+// How a block finds a key's page (kDecodeVariants' pages_ahead): shift = log2(page_size) for a
+// power of two, else -1 (a division).
+struct PageGeometry {
+  int size;
+  int shift;
+
+  __device__ __forceinline__ explicit PageGeometry(int page_size) : size(page_size) {
+    shift = page_size > 0 && (page_size & (page_size - 1)) == 0 ? __ffs(page_size) - 1 : -1;
+  }
+  __device__ __forceinline__ int Slot(int key) const {
+    return shift >= 0 ? key >> shift : key / size;
+  }
+  __device__ __forceinline__ int InPage(int key) const {
+    return shift >= 0 ? key & (size - 1) : key - (key / size) * size;
+  }
+};
+
+// The page-table entries of the rows this thread copies in KV tile `tile` (the rows of
+// LoadKvTile's iterations), 0 for rows outside [key_lo, key_hi) or without a page table.
+template <int kBlockN, int kChunks>
+__device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const PageGeometry& geo,
+                                              int tile, int tid,
+                                              int32_t (&pages)[kKvCopyIters<kBlockN, kChunks>]) {
+  constexpr int kTotal = kBlockN * kChunks;
+#pragma unroll
+  for (int it = 0; it < kKvCopyIters<kBlockN, kChunks>; ++it) {
+    const int idx = tid + it * kDecodeThreads;
+    const int key = tile * kBlockN + idx / kChunks;
+    const bool pred = (kTotal % kDecodeThreads == 0 || idx < kTotal) && key >= blk.key_lo &&
+                      key < blk.key_hi && blk.page_row != nullptr;
+    pages[it] = pred ? __ldg(blk.page_row + geo.Slot(key)) : 0;
+  }
+}
+
 // Copies KV tile `tile` (keys [tile * kBlockN, +kBlockN)) of K and V into the shared tiles at
 // smem_k / smem_v with cp.async: keys outside [key_lo, key_hi) and 16-byte chunks past
 // `valid_chunks` are zero-filled without reading memory (nor the page table). `Offset(row, chunk)`
 // gives a chunk's byte offset inside a tile; a chunk is 16 bytes of kElemBytes-byte elements.
-template <int kBlockN, int kChunks, int kElemBytes, typename OffsetFn>
+// With `pages` (kDecodeVariants' pages_ahead, paged K/V) the rows' page-table entries come from
+// LoadTilePages instead of a lookup here, and a row's offset inside its page is 32-bit.
+template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
+          typename OffsetFn>
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
-                                           int valid_chunks, int tid, OffsetFn offset) {
+                                           int valid_chunks, int tid, OffsetFn offset,
+                                           uint64_t policy = 0, const int32_t* pages = nullptr,
+                                           const PageGeometry* geo = nullptr) {
   constexpr int kElems = 16 / kElemBytes;
   constexpr int kTotal = kBlockN * kChunks;
-  constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int kIters = kKvCopyIters<kBlockN, kChunks>;
   const char* k = static_cast<const char*>(p.k);
   const char* v = static_cast<const char*>(p.v);
 #pragma unroll
@@ -190,12 +264,31 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
     const int chunk = idx % kChunks;
     const int key = tile * kBlockN + row;
     const bool pred = key >= blk.key_lo && key < blk.key_hi && chunk < valid_chunks;
-    int64_t k_off = 0;
-    int64_t v_off = 0;
-    if (pred) KeyRowOffsets(p, blk, key, k_off, v_off);
-    const int64_t col = int64_t{chunk} * kElems;
-    CpAsync16(smem_k + offset(row, chunk), pred ? k + (k_off + col) * kElemBytes : k, pred);
-    CpAsync16(smem_v + offset(row, chunk), pred ? v + (v_off + col) * kElemBytes : v, pred);
+    const char* k_src = k;
+    const char* v_src = v;
+    if (pred) {
+      if (pages != nullptr && blk.page_row != nullptr) {
+        const int in_page = geo->InPage(key);
+        const int col = chunk * kElems;
+        const int64_t page = pages[it];
+        // 32-bit inside the page: the host checked page_size x row stride + a row fit an int.
+        const int k_in =
+            in_page * static_cast<int>(p.k_row_stride) + static_cast<int>(blk.k_head) + col;
+        const int v_in =
+            in_page * static_cast<int>(p.v_row_stride) + static_cast<int>(blk.v_head) + col;
+        k_src = k + (page * p.k_batch_stride + k_in) * kElemBytes;
+        v_src = v + (page * p.v_batch_stride + v_in) * kElemBytes;
+      } else {
+        int64_t k_off = 0;
+        int64_t v_off = 0;
+        KeyRowOffsets(p, blk, key, k_off, v_off);
+        const int64_t col = int64_t{chunk} * kElems;
+        k_src = k + (k_off + col) * kElemBytes;
+        v_src = v + (v_off + col) * kElemBytes;
+      }
+    }
+    CpAsync16Hint<kHint>(smem_k + offset(row, chunk), k_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_v + offset(row, chunk), v_src, pred, policy);
   }
 }
 
@@ -345,7 +438,7 @@ __device__ __forceinline__ float RowSlope(const AttentionParams& p, const Decode
 // ------------------------------------------------------------------------------------------------
 // The 16-bit kernel (tensor cores).
 
-template <int kHeadDim_, DecodeRows kRows_>
+template <int kHeadDim_, DecodeRows kRows_, int kStagesOverride = 0>
 struct Decode16Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr DecodeRows kRows = kRows_;
@@ -357,7 +450,7 @@ struct Decode16Traits {
   static constexpr int kNTilesS = kWarpN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
   static constexpr int kChunks = kHeadDim / 8;
-  static constexpr DecodeSmem kSmem = DecodeSmem16(kHeadDim, kRows);
+  static constexpr DecodeSmem kSmem = DecodeSmem16(kHeadDim, kRows, kStagesOverride);
   static constexpr int kStages = kSmem.stages;
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
@@ -370,7 +463,8 @@ struct Decode16Traits {
   static_assert(kSmem.q_bytes % 128 == 0, "K/V stages start 128-byte aligned (swizzle)");
 };
 
-template <typename Traits, typename Element>
+// kVariant: an entry of kDecodeVariants (0 = the production kernel); Traits carries its stages.
+template <typename Traits, typename Element, int kVariant = 0>
 __global__ void __launch_bounds__(kDecodeThreads, 2)
     FlashDecodeKernel16(const __grid_constant__ AttentionParams p,
                         const __grid_constant__ DecodeLaunch l) {
@@ -386,6 +480,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using Ops = MmaOps<Element>;
+  constexpr DecodeCacheHint kHint = kDecodeVariants[kVariant].hint;
+  constexpr bool kPagesAhead = kDecodeVariants[kVariant].pages_ahead;
+  constexpr int kCopyIters = kKvCopyIters<kBlockN, kChunks>;
 
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_q = SmemAddress(smem);
@@ -405,6 +502,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   }
   const int valid_chunks = p.head_dim / 8;
   const auto kv_offset = [](int row, int chunk) { return KVTile::Offset(row, chunk); };
+  const uint64_t policy = MakeCachePolicy<kHint>();
+  // pages_ahead: `pages` holds the entries of the next tile the loop will copy.
+  const PageGeometry geo(p.page_size);
+  int32_t pages[kCopyIters] = {};
+  const int32_t* pages_arg = kPagesAhead ? pages : nullptr;
 
   // Prologue: Q with the first tile in copy group 0, then tiles 1 .. kStages - 2 (a group each,
   // empty past the split's end, so that the group count stays uniform).
@@ -414,10 +516,18 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   for (int st = 0; st < kStages - 1; ++st) {
     if (blk.tile_begin + st < blk.tile_end) {
       const uint32_t base = smem_kv + st * Traits::kSmem.stage_bytes;
-      LoadKvTile<kBlockN, kChunks, 2>(p, blk, blk.tile_begin + st, base, base + KVTile::kBytes,
-                                      valid_chunks, tid, kv_offset);
+      if constexpr (kPagesAhead)
+        LoadTilePages<kBlockN, kChunks>(blk, geo, blk.tile_begin + st, tid, pages);
+      LoadKvTile<kBlockN, kChunks, 2, kHint>(p, blk, blk.tile_begin + st, base,
+                                             base + KVTile::kBytes, valid_chunks, tid, kv_offset,
+                                             policy, pages_arg, &geo);
     }
     CpAsyncCommit();
+  }
+  if constexpr (kPagesAhead) {
+    if (blk.tile_begin + kStages - 1 < blk.tile_end) {
+      LoadTilePages<kBlockN, kChunks>(blk, geo, blk.tile_begin + kStages - 1, tid, pages);
+    }
   }
 
   // Warp roles: rows [16 mw, 16 mw + 16) of the block, keys [kWarpN nw, + kWarpN) of each tile.
@@ -478,8 +588,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       if (ahead_stage >= kStages) ahead_stage -= kStages;
       if (ahead < blk.tile_end) {
         const uint32_t base = smem_kv + ahead_stage * Traits::kSmem.stage_bytes;
-        LoadKvTile<kBlockN, kChunks, 2>(p, blk, ahead, base, base + KVTile::kBytes, valid_chunks,
-                                        tid, kv_offset);
+        LoadKvTile<kBlockN, kChunks, 2, kHint>(p, blk, ahead, base, base + KVTile::kBytes,
+                                               valid_chunks, tid, kv_offset, policy, pages_arg,
+                                               &geo);
+        // The next refill's page entries load while this tile is computed.
+        if constexpr (kPagesAhead) {
+          if (ahead + 1 < blk.tile_end) {
+            LoadTilePages<kBlockN, kChunks>(blk, geo, ahead + 1, tid, pages);
+          }
+        }
       }
       CpAsyncCommit();
     }

@@ -47,6 +47,13 @@ struct DecodeLaunch {
 template <DType kDType, int kHeadDim>
 cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream);
 
+// Enqueues variant `variant` (1 .. kDecodeNumVariants - 1 of kDecodeVariants) of the 16-bit
+// kernel for `p` (16-row blocks: the host checked) with `l`. Instantiated for bf16 and head-dim
+// bucket 128 only (the decode grid's configuration), in that bucket's generated file.
+template <DType kDType, int kHeadDim>
+cudaError_t RunDecodeVariant(const AttentionParams& p, const DecodeLaunch& l, int variant,
+                             cudaStream_t stream);
+
 // Enqueues the combine pass of a split launch: o and lse of every row from its splits' partials
 // (and the sinks). Returns the launch's CUDA error.
 template <DType kDType>

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/attention_params.h"
 #include "kernels/cuda/decode_heuristics.h"
@@ -55,6 +56,37 @@ cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cud
     return LaunchDecode(&decode::FlashDecodeKernel16<Traits, Element>, Traits::kSmem.total, p, l,
                         stream);
   }
+}
+
+// Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
+template <DType kDType, int kHeadDim, int kVariant>
+cudaError_t RunDecodeVariantOf(const AttentionParams& p, const DecodeLaunch& l,
+                               cudaStream_t stream) {
+  static_assert(kVariant > 0 && kVariant < kDecodeNumVariants, "an entry of kDecodeVariants");
+  static_assert(kDType != DType::kFloat32, "the variants tune the 16-bit kernel");
+  using Traits =
+      decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kDecodeVariants[kVariant].stages>;
+  return LaunchDecode(&decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>,
+                      Traits::kSmem.total, p, l, stream);
+}
+
+template <DType kDType, int kHeadDim, int... kVariants>
+cudaError_t RunDecodeVariantIn(const AttentionParams& p, const DecodeLaunch& l, int variant,
+                               cudaStream_t stream, std::integer_sequence<int, kVariants...>) {
+  cudaError_t err = cudaErrorInvalidValue;
+  // Variant 0 is the production kernel (RunDecodeKernel): the variants counted from 1.
+  (void)((variant == kVariants + 1
+              ? (err = RunDecodeVariantOf<kDType, kHeadDim, kVariants + 1>(p, l, stream), true)
+              : false) ||
+         ...);
+  return err;
+}
+
+template <DType kDType, int kHeadDim>
+cudaError_t RunDecodeVariant(const AttentionParams& p, const DecodeLaunch& l, int variant,
+                             cudaStream_t stream) {
+  return RunDecodeVariantIn<kDType, kHeadDim>(
+      p, l, variant, stream, std::make_integer_sequence<int, kDecodeNumVariants - 1>{});
 }
 
 // Four rows (one per warp) per block.

@@ -20,6 +20,15 @@ import instantiation_files  # noqa: E402
 from head_dim_buckets import head_dim_buckets  # noqa: E402
 
 DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
+# decode_bench's candidate tunings (kDecodeVariants in decode_heuristics.h) are compiled for the
+# decode grid's configuration only: bf16, head-dim bucket 128 (ten more 16-row kernels, ~12 s of
+# nvcc; ATTN_KERNEL_DTYPES / ATTN_KERNEL_HEAD_DIMS prune them with the file).
+VARIANTS_FOR = ("bf16", 128)
+VARIANTS = """\
+// decode_bench's kernel variants (DecodeOptions::variant).
+template cudaError_t RunDecodeVariant<DType::{dtype_enum}, {head_dim}>(
+    const AttentionParams& p, const DecodeLaunch& l, int variant, cudaStream_t stream);
+"""
 HEAD_DIMS = head_dim_buckets()
 
 TEMPLATE = """\
@@ -32,7 +41,7 @@ namespace attention::cuda {{
 // clang-format off
 template cudaError_t RunDecodeKernel<DType::{dtype_enum}, {head_dim}>(
     const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream);
-// clang-format on
+{variants}// clang-format on
 
 }}  // namespace attention::cuda
 """
@@ -42,7 +51,11 @@ def files():
     for dtype, dtype_enum in DTYPES.items():
         for head_dim in HEAD_DIMS:
             name = f"flash_decode_{dtype}_hdim{head_dim}.cu"
-            yield name, TEMPLATE.format(dtype=dtype, dtype_enum=dtype_enum, head_dim=head_dim)
+            variants = ""
+            if (dtype, head_dim) == VARIANTS_FOR:
+                variants = VARIANTS.format(dtype_enum=dtype_enum, head_dim=head_dim)
+            yield name, TEMPLATE.format(dtype=dtype, dtype_enum=dtype_enum, head_dim=head_dim,
+                                        variants=variants)
 
 
 if __name__ == "__main__":

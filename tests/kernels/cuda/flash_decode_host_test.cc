@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
 #include "kernels/cuda/decode_block_info.h"
 #include "kernels/cuda/decode_heuristics.h"
 #include "kernels/cuda/flash_decode.h"
@@ -243,6 +246,60 @@ TEST(DecodeNumSplitsTest, ExplicitAndDeterministic) {
   opt = DecodeOptions{};
   opt.num_splits = 50;
   EXPECT_EQ(DecodeNumSplits(p, opt), 3);
+}
+
+// decode_bench's kernel variants: variant 0 is the production kernel, names are unique, and a
+// variant's pipeline fits one block per SM (227 KB on sm_90) with its merge area inside the stages.
+TEST(DecodeVariantsTest, TableIsConsistent) {
+  ASSERT_GE(kDecodeNumVariants, 2);
+  EXPECT_STREQ(kDecodeVariants[0].name, "base");
+  EXPECT_EQ(kDecodeVariants[0].stages, 0);
+  EXPECT_EQ(kDecodeVariants[0].hint, DecodeCacheHint::kNone);
+  EXPECT_FALSE(kDecodeVariants[0].pages_ahead);
+  EXPECT_FALSE(kDecodeVariants[0].paged_one_slot);
+  for (int v = 0; v < kDecodeNumVariants; ++v) {
+    for (int w = v + 1; w < kDecodeNumVariants; ++w) {
+      EXPECT_STRNE(kDecodeVariants[v].name, kDecodeVariants[w].name);
+    }
+    const int stages = kDecodeVariants[v].stages;
+    EXPECT_TRUE(stages == 0 || stages >= 2) << kDecodeVariants[v].name;
+    const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages);
+    EXPECT_LE(s.total, 227 * 1024) << kDecodeVariants[v].name;
+    EXPECT_GE(s.total - s.q_bytes, s.merge_bytes) << kDecodeVariants[v].name;
+    if (stages > 0) {
+      EXPECT_EQ(s.stages, stages);
+    }
+  }
+}
+
+// A variant refuses, before any launch (so no device is needed), what it does not take: other
+// dtypes and variant numbers past the table, naming the field.
+TEST(DecodeVariantsTest, RefusesOtherConfigurations) {
+  alignas(16) static char dummy[16];  // never dereferenced
+  AttentionParams p;
+  p.dtype = DType::kFloat32;
+  p.batch = 1;
+  p.seqlen_q = 1;
+  p.seqlen_k = 100;
+  p.q_heads = 8;
+  p.kv_heads = 2;
+  p.head_dim = 128;
+  p.softmax_scale = 0.1f;
+  SetContiguousStrides(p);
+  p.q = p.k = p.v = dummy;
+  p.o = dummy;
+  if (!CheckDecodeParams(p).ok()) GTEST_SKIP() << CheckDecodeParams(p);
+  DecodeOptions opt;
+  opt.variant = 1;
+  absl::Status s = RunFlashDecode(p, opt, nullptr, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_NE(s.message().find("DecodeOptions.variant 1"), std::string::npos) << s;
+  opt.variant = kDecodeNumVariants;
+  s = RunFlashDecode(p, opt, nullptr, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("DecodeOptions.variant"), std::string::npos) << s;
+  opt.variant = -1;
+  EXPECT_EQ(RunFlashDecode(p, opt, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // two sequences (a fork), GQA 1/4/8/16 and MQA, 1..16 query rows, causal, windows, softcap, ALiBi,
 // sinks, key ranges (and partials merged back into the full result), empty contexts, dense K/V
 // (one page per sequence, also packed), forced and heuristic splits, the deterministic mode, and
-// the stateless RunAttention path for decode shapes. Inputs are drawn fresh for every run (seed
+// the stateless RunAttention path for decode shapes; decode_bench's kernel variants
+// (kDecodeVariants) on every case they take. Inputs are drawn fresh for every run (seed
 // printed, ATTN_TEST_SEED to replay); outputs, LSE and workspace are poisoned with NaN before
 // each launch; pool rows that hold no key of any sequence are NaN, so reading one shows.
 //
@@ -782,6 +783,51 @@ TEST_P(FlashDecodeTest, MatchesFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(Cases, FlashDecodeTest, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            return info.param.name;
+                         });
+
+// decode_bench's kernel variants (DecodeOptions::variant, kDecodeVariants): each against the
+// float64 reference on every case of Cases() it takes (bf16, head-dim bucket 128, at most 16 packed
+// rows per KV head), plus page sizes that are not powers of two or smaller than a copy's row
+// group, with forced splits. A variant must pass here before it may replace the default.
+std::vector<Case> VariantCases() {
+  std::vector<Case> out;
+  for (const Case& c : Cases()) {
+    const int rows_q =
+        c.lens_q.empty() ? c.q_rows : *std::max_element(c.lens_q.begin(), c.lens_q.end());
+    const bool bf16 =
+        std::find(c.dtypes.begin(), c.dtypes.end(), DType::kBFloat16) != c.dtypes.end();
+    if (bf16 && rows_q * (c.q_heads / c.kv_heads) <= 16 && c.head_dim > 96 && c.head_dim <= 128) {
+      out.push_back(c);
+    }
+  }
+  out.push_back(Case("variant_page48_splits5").K({3000, 130, 49}).Page(48).Splits(5).Sinks());
+  out.push_back(Case("variant_page8_q2_causal").K({700, 9}).Page(8).Q(2).Causal());
+  out.push_back(Case("variant_page192_window").K({2000, 191}).Page(192).Window(700, -1).Q(3));
+  out.push_back(Case("variant_dense_long").K({20000}).Dense(false).Splits(7));
+  return out;
+}
+
+class FlashDecodeVariantTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(FlashDecodeVariantTest, MatchesFloat64Reference) {
+  if (!Supported(Case("variant_probe"), DType::kBFloat16)) {
+    GTEST_SKIP() << "bf16 at head_dim 128 is not compiled into this build";
+  }
+  int ran = 0;
+  for (Case c : VariantCases()) {
+    c.options.variant = GetParam();
+    RunCase(c, DType::kBFloat16);
+    ++ran;
+    if (HasFatalFailure()) return;
+  }
+  // Cases() holds 37 such cases (plus the 4 above, 2026-12-06); a filter that let few through
+  // would test little.
+  EXPECT_GE(ran, 30);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, FlashDecodeVariantTest, ::testing::Range(1, kDecodeNumVariants),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(kDecodeVariants[info.param].name);
                          });
 
 // The partial results of disjoint key ranges, merged with the contract's rule, give the full
