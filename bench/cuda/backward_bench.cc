@@ -12,6 +12,14 @@
 // backward_compare.py joins with the peer's lines. Last, the peak device memory of one 64k-token
 // sequence (bf16, d = 128, 16 heads, causal): inputs, outputs and workspace, no seqlen^2 term.
 //
+// With --sm90, each cell also times the two dK / dV kernels side by side in the default dQ mode,
+// whatever the server's route: the mma.sync kernel ("sm80") and the Hopper wgmma kernel ("sm90",
+// on a compute capability 9.0 device in a build with sm_90a, head dims 64 and 128; "-" where it
+// does not cover the cell), on one problem, with the largest difference of the Hopper kernel's
+// dq, dk and dv from the mma.sync kernel's over max |sm80| (above 2e-2 marked WRONG). The JSON
+// lines gain "sm80_tflops", "sm90_tflops", "sm80_ms", "sm90_ms" and "sm90_max_rel_diff";
+// "ours_tflops" stays the routed kernel's.
+//
 // With --sweep (a build with -DATTN_BENCH_BWD_TILE_SWEEP=ON), instead: the dK / dV kernel's
 // candidate tile configurations (bench/cuda/backward_tile_sweep.cu; bf16, dense variant, head
 // dims 64 and 128 of --hdim) on the same shapes, one table per shape (config, ms and TFLOP/s with
@@ -22,7 +30,7 @@
 //
 // Usage: backward_bench [--dtype bf16|fp16] [--hdim 64,128,256] [--seqlens 512,...]
 //                       [--tokens 16384] [--model_dim 2048] [--repeats 20] [--json out.jsonl]
-//                       [--sweep]
+//                       [--sm90] [--sweep]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -41,6 +49,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/dtype.h"
 #ifdef ATTN_BENCH_BWD_TILE_SWEEP
 #include "bench/cuda/backward_tile_sweep.h"
@@ -58,6 +67,7 @@ struct Options {
   int repeats = 20;
   std::string json;
   bool sweep = false;
+  bool sm90 = false;
 };
 
 std::vector<int> Ints(const char* text) {
@@ -92,6 +102,8 @@ bool Parse(int argc, char** argv, Options& o) {
       o.json = argv[++i];
     } else if (a == "--sweep") {
       o.sweep = true;
+    } else if (a == "--sm90") {
+      o.sm90 = true;
     } else {
       std::fprintf(stderr, "unknown or incomplete argument %s\n", a.c_str());
       return false;
@@ -193,7 +205,10 @@ double TimeBackward(const Problem& pr, int repeats) {
   return TimeLaunch([&pr] { return RunAttentionBackward(pr.p, pr.workspace, nullptr); }, repeats);
 }
 
-#ifdef ATTN_BENCH_BWD_TILE_SWEEP
+// A kernel whose dq, dk and dv differ from the reference kernel's by more than this over
+// max |reference| is marked WRONG (bfloat16 roundings of P and dS stay well below it).
+constexpr double kWrong = 2e-2;
+
 // dq, dk and dv of `pr` as float, concatenated.
 std::vector<float> Gradients(const Problem& pr) {
   const AttentionBackwardParams& p = pr.p;
@@ -220,10 +235,45 @@ double RelativeDifference(const std::vector<float>& got, const std::vector<float
   return max_want > 0 ? max_diff / max_want : max_diff;
 }
 
+// `pr`'s parameters as RunAttentionBackward hands them to DispatchFlashBwd (normalized, window
+// clamped; pr.p is checked by the first RunAttentionBackward of TimeBackward or the caller).
+AttentionBackwardParams Dispatched(const Problem& pr) {
+  AttentionBackwardParams p = pr.p;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  return p;
+}
+
+// The dK / dV kernels side by side on one problem (default dQ mode): median milliseconds of the
+// whole pass with each (-1 where the family does not cover the problem or a launch failed) and
+// the Hopper kernel's largest difference from the mma.sync kernel's gradients.
+struct FamilyTimes {
+  double sm80_ms = -1, sm90_ms = -1;
+  double sm90_diff = -1;
+};
+
+FamilyTimes TimeFamilies(const Problem& pr, int repeats) {
+  FamilyTimes out;
+  if (!CheckBackwardLaunch(pr.p).ok()) return out;
+  const AttentionBackwardParams p = Dispatched(pr);
+  const auto run = [&](BwdKernelFamily family) {
+    return [&p, &pr, family] { return DispatchFlashBwd(p, pr.workspace, nullptr, family); };
+  };
+  out.sm80_ms = TimeLaunch(run(BwdKernelFamily::kSm80), repeats);
+  if (SelectBackwardKernelFamily(p, BwdKernelFamily::kSm90) != BwdKernelFamily::kSm90) return out;
+  const std::vector<float> want = out.sm80_ms > 0 ? Gradients(pr) : std::vector<float>{};
+  for (void* x : {p.dq, p.dk, p.dv}) {
+    cudaMemset(x, 0xff, want.size() / 3 * 2);  // NaN: unwritten elements show
+  }
+  out.sm90_ms = TimeLaunch(run(BwdKernelFamily::kSm90), repeats);
+  if (out.sm80_ms > 0 && out.sm90_ms > 0) out.sm90_diff = RelativeDifference(Gradients(pr), want);
+  return out;
+}
+
+#ifdef ATTN_BENCH_BWD_TILE_SWEEP
 // backward_bench --sweep: every candidate of BackwardTileSweep() for the head dims of o.hdims on
 // the standard shapes, both dQ modes (bfloat16 only: the candidates are compiled for it).
 int RunSweep(const Options& o) {
-  constexpr double kWrong = 2e-2;
   FILE* json = o.json.empty() ? nullptr : std::fopen(o.json.c_str(), "w");
   const std::vector<BwdTileCandidate>& sweep = BackwardTileSweep();
   for (int d : o.hdims) {
@@ -246,9 +296,7 @@ int RunSweep(const Options& o) {
         if (!Build(pr, DType::kBFloat16, batch, n, o.model_dim / d, d, true, det == 1)) continue;
         if (!RunAttentionBackward(pr.p, pr.workspace, nullptr).ok()) continue;
         const std::vector<float> want = Gradients(pr);
-        AttentionBackwardParams p = pr.p;
-        Normalize(p);
-        ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+        const AttentionBackwardParams p = Dispatched(pr);
         for (size_t c = 0; c < candidates.size(); ++c) {
           for (void* out : {p.dq, p.dk, p.dv}) {
             cudaMemset(out, 0xff, want.size() / 3 * 2);  // NaN: unwritten elements show
@@ -278,9 +326,7 @@ int RunSweep(const Options& o) {
             std::fprintf(stderr, "allocation failed (d %d, seqlen %d)\n", d, n);
             continue;
           }
-          AttentionBackwardParams p = pr.p;
-          Normalize(p);
-          ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+          const AttentionBackwardParams p = Dispatched(pr);
           for (size_t c = 0; c < candidates.size(); ++c) {
             const BwdTileCandidate& cand = *candidates[c];
             times[c][det] = TimeLaunch(
@@ -345,8 +391,15 @@ int Main(int argc, char** argv) {
   }
   std::printf("# backward_bench on %s, %s, %lld tokens per launch, model dim %d\n\n", prop.name,
               dtype_name, static_cast<long long>(o.tokens), o.model_dim);
-  std::printf("| d | causal | seqlen | batch | heads | ms | TFLOP/s | det ms | det TFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  if (o.sm90) {
+    std::printf(
+        "| d | causal | seqlen | batch | heads | sm80 ms | sm80 TFLOP/s | sm90 ms | sm90 TFLOP/s "
+        "| sm90 / sm80 | sm90 max diff | det ms | det TFLOP/s |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  } else {
+    std::printf("| d | causal | seqlen | batch | heads | ms | TFLOP/s | det ms | det TFLOP/s |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  }
   FILE* json = o.json.empty() ? nullptr : std::fopen(o.json.c_str(), "w");
   for (int d : o.hdims) {
     for (bool causal : {false, true}) {
@@ -355,25 +408,60 @@ int Main(int argc, char** argv) {
         const int heads = o.model_dim / d;
         const double flops = 2.5 * 4.0 * batch * heads * double(n) * n * d / (causal ? 2 : 1);
         double ms[2] = {-1, -1};
+        FamilyTimes fam;
+        BwdKernelFamily routed = BwdKernelFamily::kSm80;
         for (int det = 0; det < 2; ++det) {
           Problem pr;
           if (!Build(pr, o.dtype, batch, n, heads, d, causal, det == 1)) {
             std::fprintf(stderr, "allocation failed (d %d, seqlen %d)\n", d, n);
             continue;
           }
-          ms[det] = TimeBackward(pr, o.repeats);
+          if (det == 0 && o.sm90) {
+            fam = TimeFamilies(pr, o.repeats);
+            routed = SelectBackwardKernelFamily(pr.p);
+            ms[0] = routed == BwdKernelFamily::kSm90 ? fam.sm90_ms : fam.sm80_ms;
+          } else {
+            ms[det] = TimeBackward(pr, o.repeats);
+          }
         }
         const auto tflops = [&](double t) { return t > 0 ? flops / t / 1e9 : 0.0; };
-        std::printf("| %d | %d | %d | %d | %d | %.3f | %.1f | %.3f | %.1f |\n", d, causal ? 1 : 0,
-                    n, batch, heads, ms[0], tflops(ms[0]), ms[1], tflops(ms[1]));
+        if (o.sm90) {
+          char sm90[64] = "- | -";
+          char ratio[32] = "-";
+          char diff[48] = "-";
+          if (fam.sm90_ms > 0) {
+            std::snprintf(sm90, sizeof(sm90), "%.3f | %.1f", fam.sm90_ms, tflops(fam.sm90_ms));
+            if (fam.sm80_ms > 0) {
+              std::snprintf(ratio, sizeof(ratio), "%.2f", fam.sm80_ms / fam.sm90_ms);
+            }
+          }
+          if (fam.sm90_diff >= 0) {
+            std::snprintf(diff, sizeof(diff), "%.1e%s", fam.sm90_diff,
+                          fam.sm90_diff > kWrong ? " WRONG" : "");
+          }
+          std::printf("| %d | %d | %d | %d | %d | %.3f | %.1f | %s | %s | %s | %.3f | %.1f |\n", d,
+                      causal ? 1 : 0, n, batch, heads, fam.sm80_ms, tflops(fam.sm80_ms), sm90,
+                      ratio, diff, ms[1], tflops(ms[1]));
+        } else {
+          std::printf("| %d | %d | %d | %d | %d | %.3f | %.1f | %.3f | %.1f |\n", d, causal ? 1 : 0,
+                      n, batch, heads, ms[0], tflops(ms[0]), ms[1], tflops(ms[1]));
+        }
         std::fflush(stdout);
         if (json != nullptr) {
           std::fprintf(json,
                        "{\"kind\": \"bwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
                        "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ours_tflops\": %.1f, "
-                       "\"ours_det_tflops\": %.1f, \"ours_ms\": %.4f, \"ours_det_ms\": %.4f}\n",
+                       "\"ours_det_tflops\": %.1f, \"ours_ms\": %.4f, \"ours_det_ms\": %.4f",
                        dtype_name, d, causal ? "true" : "false", n, batch, heads, tflops(ms[0]),
                        tflops(ms[1]), ms[0], ms[1]);
+          if (o.sm90) {
+            std::fprintf(json,
+                         ", \"routed\": \"%s\", \"sm80_tflops\": %.1f, \"sm80_ms\": %.4f, "
+                         "\"sm90_tflops\": %.1f, \"sm90_ms\": %.4f, \"sm90_max_rel_diff\": %.3e",
+                         routed == BwdKernelFamily::kSm90 ? "sm90" : "sm80", tflops(fam.sm80_ms),
+                         fam.sm80_ms, tflops(fam.sm90_ms), fam.sm90_ms, fam.sm90_diff);
+          }
+          std::fprintf(json, "}\n");
         }
       }
     }

@@ -9,6 +9,9 @@
 # BUNDLE: a folder made by shared/tools/gpu-bundle.sh with attention_backward_cuda_test and
 # backward_bench, plus sdpa_peer.py.
 #
+# backward_bench runs with --sm90: both dK / dV kernels (mma.sync and, on an H100 / H200, the
+# Hopper wgmma one) side by side in each cell.
+#
 # SWEEP=1 adds the dK / dV kernel's tile sweep (backward_bench --sweep, a build with
 # -DATTN_BENCH_BWD_TILE_SWEEP=ON) after the rest, into $out/sweep.md and sweep.jsonl;
 # SWEEP=only runs the GPU tests and the sweep alone (no sanitizers, peer or bench).
@@ -57,7 +60,7 @@ echo "== PyTorch SDPA backward"
 timeout 600 python3 "$bundle/sdpa_peer.py" --backward --json "$out/peer.jsonl" > "$out/peer.log" 2>&1
 echo "peer_rc=$?" | tee -a "$out/summary.txt"
 echo "== backward_bench"
-"$bundle/run" backward_bench --json "$out/ours.jsonl" > "$out/bench.log" 2>&1
+"$bundle/run" backward_bench --sm90 --json "$out/ours.jsonl" > "$out/bench.log" 2>&1
 echo "bench_rc=$?" | tee -a "$out/summary.txt"
 cat "$out/bench.log"
 python3 "$here/backward_compare.py" "$out/ours.jsonl" "$out/peer.jsonl" | tee "$out/compare.md"

@@ -9,6 +9,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/flash_bwd_traits.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 
 // Built with ATTN_KERNEL_HEAD_DIMS and the ATTN_KERNEL_DTYPE_<type> macros, as
@@ -16,6 +17,11 @@
 
 namespace attention::cuda {
 namespace {
+
+// Whether kAuto launches take the Hopper dK / dV kernel where it covers them
+// (SelectBackwardKernelFamily). Off until its GPU tests have passed on an H100; the tests and
+// backward_bench request either kernel explicitly.
+constexpr bool kRouteSm90Backward = false;
 
 constexpr int64_t kAlignment = 256;
 
@@ -31,9 +37,25 @@ absl::Status LaunchStatus(cudaError_t err, const char* what) {
                                           cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
 }
 
+// The dK / dV kernel of `family` (kSm80 or kSm90, as SelectBackwardKernelFamily decided).
 template <DType kDType, int kHeadDim, BwdVariant kVariant>
-absl::Status RunMainKernels(const BwdParams& p, cudaStream_t stream) {
-  if (absl::Status s = LaunchStatus(RunFlashBwd<kDType, kHeadDim, kVariant>(p, stream), "dK/dV");
+cudaError_t RunDkDvKernel(const BwdParams& p, BwdKernelFamily family, cudaStream_t stream) {
+#ifdef ATTN_KERNEL_SM90
+  if constexpr (HasSm90BwdKernel(kHeadDim)) {
+    if (family == BwdKernelFamily::kSm90) {
+      return RunFlashBwdSm90<kDType, kHeadDim, kVariant>(p, stream);
+    }
+  }
+#else
+  (void)family;
+#endif
+  return RunFlashBwd<kDType, kHeadDim, kVariant>(p, stream);
+}
+
+template <DType kDType, int kHeadDim, BwdVariant kVariant>
+absl::Status RunMainKernels(const BwdParams& p, BwdKernelFamily family, cudaStream_t stream) {
+  if (absl::Status s =
+          LaunchStatus(RunDkDvKernel<kDType, kHeadDim, kVariant>(p, family, stream), "dK/dV");
       !s.ok()) {
     return s;
   }
@@ -44,15 +66,15 @@ absl::Status RunMainKernels(const BwdParams& p, cudaStream_t stream) {
 }
 
 template <DType kDType>
-absl::Status DispatchHeadDim(const BwdParams& p, cudaStream_t stream) {
+absl::Status DispatchHeadDim(const BwdParams& p, BwdKernelFamily family, cudaStream_t stream) {
   const BwdVariant variant = SelectBackwardVariant(p);
   return VisitCompiledHeadDim(
       SmallestCompiledBucket(p.head_dim),
       [&](auto head_dim) {
         constexpr int kHeadDim = decltype(head_dim)::value;
         return variant == BwdVariant::kGeneral
-                   ? RunMainKernels<kDType, kHeadDim, BwdVariant::kGeneral>(p, stream)
-                   : RunMainKernels<kDType, kHeadDim, BwdVariant::kDense>(p, stream);
+                   ? RunMainKernels<kDType, kHeadDim, BwdVariant::kGeneral>(p, family, stream)
+                   : RunMainKernels<kDType, kHeadDim, BwdVariant::kDense>(p, family, stream);
       },
       Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build (head-dim ",
                                "buckets compiled: ", CompiledHeadDimBuckets(), ")")));
@@ -114,18 +136,41 @@ BwdParams BindBackwardWorkspace(const AttentionBackwardParams& params, void* wor
   return p;
 }
 
+BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p, BwdKernelFamily requested) {
+  const bool wanted = requested == BwdKernelFamily::kSm90 ||
+                      (requested == BwdKernelFamily::kAuto && kRouteSm90Backward);
+  const int bucket = SmallestCompiledBucket(p.head_dim);
+  const bool covered = bucket != 0 && HasSm90BwdKernel(bucket) && !p.deterministic &&
+                       (p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16) &&
+                       DTypeCompiled(p.dtype) && SelectKernelFamily(p) == KernelFamily::kSm90;
+  return wanted && covered ? BwdKernelFamily::kSm90 : BwdKernelFamily::kSm80;
+}
+
+const char* BwdKernelFamilyName(BwdKernelFamily family) {
+  switch (family) {
+    case BwdKernelFamily::kSm90:
+      return "sm90 (wgmma)";
+    case BwdKernelFamily::kSm80:
+      return "sm80 (mma.sync)";
+    case BwdKernelFamily::kAuto:
+      break;
+  }
+  return "auto";
+}
+
 absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* workspace,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, BwdKernelFamily family) {
   const BwdParams p = BindBackwardWorkspace(params, workspace);
+  const BwdKernelFamily chosen = SelectBackwardKernelFamily(p, family);
   if (absl::Status s = LaunchStatus(RunBwdPreprocess(p, stream), "preprocess"); !s.ok()) return s;
   switch (p.dtype) {
 #ifdef ATTN_KERNEL_DTYPE_BF16
     case DType::kBFloat16:
-      return DispatchHeadDim<DType::kBFloat16>(p, stream);
+      return DispatchHeadDim<DType::kBFloat16>(p, chosen, stream);
 #endif
 #ifdef ATTN_KERNEL_DTYPE_FP16
     case DType::kFloat16:
-      return DispatchHeadDim<DType::kFloat16>(p, stream);
+      return DispatchHeadDim<DType::kFloat16>(p, chosen, stream);
 #endif
     default:
       return Unsupported("dtype has no kernel in this build");

@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
@@ -39,13 +40,27 @@ BwdWorkspaceLayout BackwardWorkspaceLayout(const AttentionParams& p);
 // `workspace`.
 BwdParams BindBackwardWorkspace(const AttentionBackwardParams& p, void* workspace);
 
+// Which dK / dV kernel runs a backward launch: the mma.sync kernel (FlashBwdKernel, every
+// bucket, both dQ modes) or the Hopper one (FlashBwdSm90Kernel). kAuto is the route the server
+// takes (kRouteSm90Backward in flash_bwd_dispatch.cc); kSm80 and kSm90 let the tests and the
+// benchmark run either kernel in one process, whatever the route.
+enum class BwdKernelFamily : uint8_t { kAuto, kSm80, kSm90 };
+
+// The dK / dV kernel DispatchFlashBwd runs for `p` when asked for `requested`: kSm90 where the
+// Hopper kernel covers p (a build with ATTN_KERNEL_SM90, head-dim bucket 64 or 128, the
+// non-deterministic mode, a compute capability 9.0 device that SelectKernelFamily lets run the
+// sm_90a kernels) and requested is kSm90, or kAuto with the route on; kSm80 otherwise.
+BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p,
+                                           BwdKernelFamily requested = BwdKernelFamily::kAuto);
+const char* BwdKernelFamilyName(BwdKernelFamily family);
+
 // Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; 16-bit
-// dtype) on `stream`: preprocess, the dK / dV kernel, then the dQ kernel (deterministic) or the
-// postprocess. `workspace` holds BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the
-// value when this build has no kernel for its dtype or head_dim; INTERNAL with the CUDA error
-// string when a launch fails.
+// dtype) on `stream`: preprocess, the dK / dV kernel SelectBackwardKernelFamily(p, family) names,
+// then the dQ kernel (deterministic) or the postprocess. `workspace` holds
+// BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the value when this build has no
+// kernel for its dtype or head_dim; INTERNAL with the CUDA error string when a launch fails.
 absl::Status DispatchFlashBwd(const AttentionBackwardParams& p, void* workspace,
-                              cudaStream_t stream);
+                              cudaStream_t stream, BwdKernelFamily family = BwdKernelFamily::kAuto);
 
 }  // namespace attention::cuda
 

@@ -48,6 +48,14 @@ cudaError_t RunBwdPostprocess(const BwdParams& p, cudaStream_t stream);
 template <DType kDType, int kHeadDim, BwdVariant kVariant>
 cudaError_t RunFlashBwd(const BwdParams& p, cudaStream_t stream);
 
+// Enqueues the Hopper dK / dV kernel (flash_bwd_sm90_kernel.cuh: sm_90a, the products on
+// warpgroup MMAs; it adds dS K into dq_accum) with DefaultBwdSm90KernelTraits<kHeadDim>.
+// Instantiated only in builds with ATTN_KERNEL_SM90, for HasSm90BwdKernel(kHeadDim) buckets
+// (flash_bwd_traits.h). p.dtype == kDType, p.head_dim <= kHeadDim, p.deterministic false, and
+// the device of compute capability 9.0 (elsewhere the kernel is empty).
+template <DType kDType, int kHeadDim, BwdVariant kVariant>
+cudaError_t RunFlashBwdSm90(const BwdParams& p, cudaStream_t stream);
+
 // Enqueues the deterministic dQ kernel (one block per query tile, query head and sequence),
 // which writes dq itself, with DefaultBwdDqTileConfig(kHeadDim).
 template <DType kDType, int kHeadDim, BwdVariant kVariant>

@@ -211,6 +211,81 @@ struct DefaultBwdDqKernelTraits {
   using type = BwdDqKernelTraits<kHeadDim, kTiles.block_m, kTiles.block_n, kTiles.warps>;
 };
 
+// The Hopper dK / dV kernel (sm_90a, flash_bwd_sm90_kernel.cuh): its products on warpgroup MMAs
+// (wgmma). Compiled for head-dim buckets 64 and 128 (whole 64-column swizzle panels whose dK and
+// dV accumulators fit in registers next to S^T and dP^T); the other buckets, and the
+// deterministic mode, run the mma.sync kernels.
+constexpr bool HasSm90BwdKernel(int head_dim_bucket) {
+  return head_dim_bucket == 64 || head_dim_bucket == 128;
+}
+
+// Query rows per tile of the Hopper dK / dV kernel (128-key tiles, two warpgroups of 64 keys):
+// 64 at head_dim 128 and 128 at 64, so that each thread holds head_dim + block_m = 192
+// accumulator floats (dK, dV: head_dim / 2 each; S^T, dP^T: block_m / 2 each) and each
+// warpgroup's share of dQ += dS K is one m64n64 product (FlashAttention-3's hopper/ backward
+// takes the same tile shapes for these head dims).
+constexpr int DefaultBwdSm90BlockM(int head_dim_bucket) { return head_dim_bucket <= 64 ? 128 : 64; }
+
+// The Hopper dK / dV kernel's constants. One block per 128-key tile, two warpgroups (256
+// threads); warpgroup w owns keys [64 w, 64 w + 64) of S^T, dP^T, dK and dV, and a 64 x 64 share
+// of dQ (query rows 64 (w % kDqWarpgroupsM) .., head_dim columns 64 (w / kDqWarpgroupsM) ..).
+// Two query-tile stages: the next Q / dO land during all the products of this one.
+template <int kHeadDim_, int kBlockM_>
+struct BwdSm90KernelTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;  // query rows per tile
+  static constexpr int kBlockN = 128;       // keys per tile: 64 per warpgroup
+  static constexpr int kWarpgroups = 2;
+  static constexpr int kNWarps = 4 * kWarpgroups;
+  static constexpr int kNThreads = 32 * kNWarps;
+  static constexpr int kChunks = kHeadDim / 8;
+  // LoadTile (flash_fwd_common.cuh) reads this: predicated-off copies need no address clamp.
+  static constexpr int kKVStages = 2;
+  static constexpr int kQStages = 2;
+
+  static_assert(HasSm90BwdKernel(kHeadDim), "head-dim buckets 64 and 128");
+  static_assert(kBlockM == 64 || kBlockM == 128, "S^T's N (wgmma m64nNk16): 64 or 128 queries");
+  // n8 tiles per thread row of S^T / dP^T (N = kBlockM) and of dK / dV (N = kHeadDim).
+  static constexpr int kNTilesS = kBlockM / 8;
+  static constexpr int kNTilesD = kHeadDim / 8;
+  // dQ += dS K over [kBlockM, kHeadDim]: warpgroups along the queries, the others along head_dim.
+  static constexpr int kDqWarpgroupsM = kBlockM / 64;
+  static constexpr int kDqWarpgroupsD = kWarpgroups / kDqWarpgroupsM;
+  static_assert(kHeadDim == 64 * kDqWarpgroupsD,
+                "each warpgroup's dQ share is one m64n64 product (Wgmma<..., 64>::SSMN)");
+  static_assert(2 * kBlockM <= kNThreads, "one thread copies each lse and D entry");
+  static constexpr int kAccumulatorFloats = kHeadDim + kBlockM;
+  static_assert(kAccumulatorFloats <= 192, "accumulators fit in registers");
+
+  using QTile = SmemTile<kBlockM, kHeadDim>;   // Q and dO
+  using KVTile = SmemTile<kBlockN, kHeadDim>;  // K and V
+  using DsTile = SmemTile<kBlockN, kBlockM>;   // dS^T (16-bit), read M-major by dQ += dS K
+  // Every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle) past the
+  // kernel's 1024-byte aligned base; lse and D as in BwdKernelTraits.
+  static_assert(QTile::kBytes % 1024 == 0 && KVTile::kBytes % 1024 == 0 &&
+                    DsTile::kBytes % 1024 == 0,
+                "1024-byte tiles");
+  static constexpr int kSmemKOffset = 0;
+  static constexpr int kSmemVOffset = kSmemKOffset + KVTile::kBytes;
+  static constexpr int kSmemQOffset = kSmemVOffset + KVTile::kBytes;
+  static constexpr int kSmemDoOffset = kSmemQOffset + QTile::kBytes;
+  static constexpr int kQStageBytes = 2 * QTile::kBytes;
+  static constexpr int kSmemDsOffset = kSmemQOffset + kQStages * kQStageBytes;
+  static constexpr int kSmemLseOffset = kSmemDsOffset + DsTile::kBytes;
+  static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;
+  static constexpr int kRowStageBytes = 8 * kBlockM;
+  static constexpr int kSmemBytes = kSmemLseOffset + kQStages * kRowStageBytes;
+  // Launched with 1024 bytes more, which the kernel spends aligning its base.
+  static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
+  static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
+};
+
+// The Hopper dK / dV kernel's traits for DefaultBwdSm90BlockM(kHeadDim).
+template <int kHeadDim>
+struct DefaultBwdSm90KernelTraits {
+  using type = BwdSm90KernelTraits<kHeadDim, DefaultBwdSm90BlockM(kHeadDim)>;
+};
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_FLASH_BWD_TRAITS_H_

@@ -10,6 +10,9 @@ Usage:
 N_SS: the N of S = Q K^T (the KV tile rows, kBlockN), A and B from shared memory.
 N_RS: the N of O += P V (the head-dim bucket), A (P) from registers, B (V) from shared memory
       read N-major (imm-trans-b = 1).
+N_SS_MN: the N of the sm90 backward's dQ += dS K (64 head_dim columns per warpgroup), A (dS,
+      stored as the dS^T tile) read M-major and B (K) read N-major from shared memory
+      (imm-trans-a = imm-trans-b = 1).
 """
 import argparse
 import pathlib
@@ -17,6 +20,7 @@ import sys
 
 N_SS = [64, 96, 128]
 N_RS = [64, 128, 192, 256]
+N_SS_MN = [64]
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
 
 HEADER = """\
@@ -30,6 +34,8 @@ HEADER = """\
 //     shared memory, both K-major (descriptors below).
 //   WgmmaRS<Element, N>(d, a, desc_b): d += A B, A in registers (four 32-bit registers in the
 //     mma.sync m16n8k16 A layout of the warp's 16 rows), B in shared memory, N-major.
+//   Wgmma<Element, N>::SSMN(d, desc_a, desc_b, accumulate): d (+)= A B, A [64, 16] in shared
+//     memory M-major (transposed), B [16, N] in shared memory N-major.
 // Issue between WgmmaFence() and WgmmaCommit(); the results are in d only after WgmmaWait<0>()
 // and FenceAccumulators(d).
 // The generator's layout is kept as is.
@@ -141,9 +147,9 @@ def acc_list(n):
     return ",\\n\"\n        \"".join(lines)
 
 
-def specialization(ctype, ptype, ns_ss, ns_rs):
+def specialization(ctype, ptype, ns_ss, ns_rs, ns_ss_mn):
     out = []
-    for n in sorted(set(ns_ss) | set(ns_rs)):
+    for n in sorted(set(ns_ss) | set(ns_rs) | set(ns_ss_mn)):
         k = n // 2
         body = [f"template <>\nstruct Wgmma<{ctype}, {n}> {{"]
         body.append(f"  static constexpr int kTiles = {n // 8};")
@@ -174,6 +180,20 @@ def specialization(ctype, ptype, ns_ss, ns_rs):
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 #endif
   }}""")
+        if n in ns_ss_mn:
+            body.append(f"""\
+  static __device__ __forceinline__ void SSMN(float (&d)[{n // 8}][4], uint64_t desc_a,
+                                              uint64_t desc_b, int accumulate) {{
+#ifdef ATTN_HAVE_WGMMA
+    asm volatile(
+        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
+        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
+        "{acc_list(n)}}}, "
+        "%{k}, %{k + 1}, p, 1, 1, 1, 1;\\n}}\\n"
+        : {acc_operands(n)}
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#endif
+  }}""")
         body.append("};\n")
         out.append("\n".join(body))
     return "\n".join(out)
@@ -182,7 +202,7 @@ def specialization(ctype, ptype, ns_ss, ns_rs):
 def text():
     parts = [HEADER]
     for ctype, ptype in TYPES.items():
-        parts.append(specialization(ctype, ptype, N_SS, N_RS))
+        parts.append(specialization(ctype, ptype, N_SS, N_RS, N_SS_MN))
     parts.append(FOOTER)
     return "\n".join(parts)
 

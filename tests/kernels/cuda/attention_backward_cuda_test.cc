@@ -8,6 +8,9 @@
 // sequence tails (lengths not multiples of the 64-row tiles); every option alone and combined;
 // head dims 64, 128, 256 and odd ones (40, 72, 96, 200); Sq != Sk; packed batches with empty
 // sequences; GQA and MQA; both dQ modes, and the deterministic one bit-identical across two runs.
+// The default dQ mode runs on each dK / dV kernel that covers the case, whatever the server's
+// route: the mma.sync kernel always, the Hopper (wgmma) kernel too on a compute capability 9.0
+// device in a build with sm_90a (head-dim buckets 64 and 128; lines tagged "sm90").
 //
 // Tolerance, per tensor and stated once: max |got - ref| <= tol x max |ref|, every element
 // finite; float16 2e-3, bfloat16 1.5e-2, the CPU backward's (the kernels round P and dS to the
@@ -35,6 +38,8 @@
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/dtype.h"
 #include "tests/kernels/cuda/backward_reference.h"
 
@@ -94,10 +99,23 @@ struct Gradients {
   std::vector<uint16_t> dq, dk, dv;
 };
 
-// Runs the backward on the device `runs` times (outputs poisoned before each), returning each
-// run's gradients; empty on a launch error (reported).
+// RunAttentionBackward (kAuto: the server's route), or its steps with the dK / dV kernel of
+// `family` (DispatchFlashBwd after the same checks, normalization and window clamp).
+absl::Status LaunchBackward(const AttentionBackwardParams& params, void* workspace,
+                            BwdKernelFamily family) {
+  if (family == BwdKernelFamily::kAuto) return RunAttentionBackward(params, workspace, nullptr);
+  if (absl::Status s = CheckBackwardLaunch(params); !s.ok()) return s;
+  AttentionBackwardParams p = params;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  if (p.batch == 0) return absl::OkStatus();
+  return DispatchFlashBwd(p, workspace, nullptr, family);
+}
+
+// Runs the backward on the device `runs` times (outputs poisoned before each) with the dK / dV
+// kernel of `family`, returning each run's gradients; empty on a launch error (reported).
 std::vector<Gradients> RunDevice(const Problem& pr, const Reference& ref, bool deterministic,
-                                 int runs) {
+                                 BwdKernelFamily family, int runs) {
   const Case& c = pr.c;
   DeviceBuffers buf;
   AttentionBackwardParams p;
@@ -163,7 +181,7 @@ std::vector<Gradients> RunDevice(const Problem& pr, const Reference& ref, bool d
     cudaMemcpy(p.dq, poison_q.data(), poison_q.size() * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(p.dk, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(p.dv, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
-    const absl::Status status = RunAttentionBackward(p, workspace, nullptr);
+    const absl::Status status = LaunchBackward(p, workspace, family);
     EXPECT_TRUE(status.ok()) << status;
     const cudaError_t err = cudaDeviceSynchronize();
     EXPECT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
@@ -274,7 +292,21 @@ std::vector<Case> Cases() {
 
 class BackwardTest : public ::testing::TestWithParam<Case> {};
 
-bool RunCase(const Case& c, DType dtype, bool deterministic) {
+// The kernel a case runs on when `family` is requested (SelectBackwardKernelFamily reads only the
+// configuration).
+BwdKernelFamily ChosenFamily(const Case& c, DType dtype, bool deterministic,
+                             BwdKernelFamily family) {
+  AttentionParams p;
+  p.kind = WorkKind::kBackward;
+  p.dtype = dtype;
+  p.head_dim = c.head_dim;
+  p.q_heads = c.q_heads;
+  p.kv_heads = c.kv_heads;
+  p.deterministic = deterministic;
+  return SelectBackwardKernelFamily(p, family);
+}
+
+bool RunCase(const Case& c, DType dtype, bool deterministic, BwdKernelFamily family) {
   KernelConfig config;
   config.kind = WorkKind::kBackward;
   config.dtype = dtype;
@@ -285,13 +317,17 @@ bool RunCase(const Case& c, DType dtype, bool deterministic) {
   const absl::Status supported = CheckSupported(config);
   if (supported.code() == absl::StatusCode::kUnimplemented) return false;
   EXPECT_TRUE(supported.ok()) << supported;
-  std::printf("  %s %s%s\n", c.name.c_str(), DTypeName(dtype),
-              deterministic ? " deterministic" : "");
+  const bool sm90 = ChosenFamily(c, dtype, deterministic, family) == BwdKernelFamily::kSm90;
+  std::printf("  %s %s%s, dK / dV kernel %s\n", c.name.c_str(), DTypeName(dtype),
+              deterministic ? " deterministic" : "",
+              BwdKernelFamilyName(ChosenFamily(c, dtype, deterministic, family)));
   const Problem pr = MakeProblem(c, dtype, Seed() ^ std::hash<std::string>{}(c.name));
   const Reference ref = ComputeReference(pr);
-  const std::vector<Gradients> got = RunDevice(pr, ref, deterministic, deterministic ? 2 : 1);
+  const std::vector<Gradients> got =
+      RunDevice(pr, ref, deterministic, family, deterministic ? 2 : 1);
   if (got.empty()) return true;
-  const std::string tag = std::string(DTypeName(dtype)) + (deterministic ? " det " : " ");
+  const std::string tag =
+      std::string(DTypeName(dtype)) + (deterministic ? " det " : " ") + (sm90 ? "sm90 " : "");
   ExpectClose(tag + "dq", dtype, got[0].dq, ref.dq);
   ExpectClose(tag + "dk", dtype, got[0].dk, ref.dk);
   ExpectClose(tag + "dv", dtype, got[0].dv, ref.dv);
@@ -326,7 +362,14 @@ TEST_P(BackwardTest, MatchesReference) {
     for (bool deterministic : {false, true}) {
       // Both dQ modes for bfloat16; float16 runs the default one.
       if (deterministic && dtype == DType::kFloat16) continue;
-      ran += RunCase(c, dtype, deterministic) ? 1 : 0;
+      // The server's route (RunAttentionBackward), then the other dK / dV kernel where the
+      // Hopper one covers the case (the default dQ mode only).
+      ran += RunCase(c, dtype, deterministic, BwdKernelFamily::kAuto) ? 1 : 0;
+      if (ChosenFamily(c, dtype, deterministic, BwdKernelFamily::kSm90) == BwdKernelFamily::kSm90) {
+        const bool routed =
+            ChosenFamily(c, dtype, deterministic, BwdKernelFamily::kAuto) == BwdKernelFamily::kSm90;
+        RunCase(c, dtype, deterministic, routed ? BwdKernelFamily::kSm80 : BwdKernelFamily::kSm90);
+      }
     }
   }
   if (ran == 0) GTEST_SKIP() << "no kernel for this case in this build";

@@ -1,0 +1,362 @@
+// Device code of the Hopper dK / dV kernel (sm_90a): FlashBwdKernel's algorithm
+// (flash_bwd_kernel.cuh) with its products on warpgroup MMAs (wgmma).
+//
+// One block of two warpgroups per (128-key tile, KV head, sequence), looping over the query heads
+// of the KV head's group and the query tiles that see the key tile (block_info.h's KvTiles with
+// queries and keys swapped), so that dK and dV are summed in registers with no atomics.
+// Warpgroup w owns keys [64 w, 64 w + 64) of the tile. Per query tile (kBlockM query rows):
+//   A. S^T = K Q^T and dP^T = V dO^T: wgmma m64nNk16 (N = kBlockM), K and V the K-major A
+//      operand, Q and dO the K-major B operand, all from shared memory (the 128-byte swizzled
+//      SmemTile layout the forward sm90 kernel uses);
+//   B. P^T and dS^T element by element in registers (ScoreRule: masks, ALiBi, softcap's chain
+//      rule); dS^T is also stored to shared memory (16-bit) for product D;
+//   C. dV += P^T dO and dK += dS^T Q: wgmma m64nNk16 (N = head_dim) with P^T / dS^T straight from
+//      registers as the A operand (the m64nN accumulator layout rounded to 16 bits is the A
+//      fragment layout), dO and Q the N-major B operand from shared memory;
+//   D. dQ += dS K: each warpgroup one m64n64 share (Traits::kDqWarpgroupsM), A = the dS^T tile
+//      read M-major (wgmma's transpose flag), B = K read N-major; float32 result added into
+//      dq_accum with red.global.add.v2.f32 (AtomicAdd2).
+// Q, dO, lse and D come in two stages: the next query tile's copies (cp.async) fly during all the
+// products of this one. Barriers: one per query tile before its products (its copies landed and
+// are visible to the async proxy; every warpgroup is done with the previous tile's dS^T and
+// stage), one between B and D (both warpgroups' dS^T rows written).
+// Only the non-deterministic mode: the host dispatch runs the mma.sync kernels for the
+// deterministic one (FlashBwdDqKernel writes dq itself).
+// Compiled to an empty kernel for architectures other than sm_90a; the host dispatch launches it
+// only on compute capability 9.0 devices when the build includes sm_90a.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_kernel.cuh"
+#include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/flash_bwd_traits.h"
+#include "kernels/cuda/flash_fwd_common.cuh"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace attention::cuda::bwd {
+
+using fwd::AdvanceDescriptor;
+using fwd::FenceAccumulators;
+using fwd::FenceFragments;
+using fwd::FenceProxyAsyncShared;
+using fwd::SmemDescriptor;
+using fwd::Wgmma;
+using fwd::WgmmaCommit;
+using fwd::WgmmaFence;
+using fwd::WgmmaWait;
+
+// The A fragments (m64nNk16, 16-bit) of k16 step kk of an m64nN float32 accumulator tile: columns
+// [16 kk, 16 kk + 16) of the warp's 16 rows, which is the layout wgmma's register A operand takes.
+template <typename Element, int kNTiles>
+__device__ __forceinline__ void PackFragment(uint32_t (&frag)[4], const float (&acc)[kNTiles][4],
+                                             int kk) {
+  using Ops = MmaOps<Element>;
+  frag[0] = Ops::Pack(acc[2 * kk][0], acc[2 * kk][1]);
+  frag[1] = Ops::Pack(acc[2 * kk][2], acc[2 * kk][3]);
+  frag[2] = Ops::Pack(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  frag[3] = Ops::Pack(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemLaunchBytes
+// of dynamic shared memory. `p` normalized and checked by the host API, p.deterministic false.
+template <typename Traits, typename Element, bool kGeneral>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashBwdSm90Kernel(const __grid_constant__ BwdParams p) {
+#ifdef ATTN_HAVE_WGMMA
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kNTilesS = Traits::kNTilesS;
+  constexpr int kNTilesD = Traits::kNTilesD;
+  constexpr int kQStages = Traits::kQStages;
+  using QTile = typename Traits::QTile;
+  using KVTile = typename Traits::KVTile;
+  using DsTile = typename Traits::DsTile;
+  using Ops = MmaOps<Element>;
+  using MmaS = Wgmma<Element, kBlockM>;    // S^T, dP^T: N = query rows
+  using MmaKV = Wgmma<Element, kHeadDim>;  // dV, dK: N = head_dim
+  using MmaQ = Wgmma<Element, 64>;         // dQ: one 64-column share per warpgroup
+  static_assert(kQStages == 2, "the next query tile's copies fly during this one's products");
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
+  unsigned char* const smem_aligned = smem + (smem_base - SmemAddress(smem));
+  const uint32_t smem_k = smem_base + Traits::kSmemKOffset;
+  const uint32_t smem_v = smem_base + Traits::kSmemVOffset;
+  const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
+  const uint32_t smem_do = smem_base + Traits::kSmemDoOffset;
+  const uint32_t smem_ds = smem_base + Traits::kSmemDsOffset;
+  // The query tile of iteration `it` lives in stage it % 2: its Q / dO bytes at q_stage_offset(it)
+  // past smem_q / smem_do, its lse and D at row_stage(it) past the first ones.
+  const auto q_stage_offset = [](int it) -> uint32_t {
+    return static_cast<uint32_t>(it % 2) * Traits::kQStageBytes;
+  };
+  const auto row_stage = [](int it) { return it % 2 * 2 * kBlockM; };
+  float* const lse_tile0 = reinterpret_cast<float*>(smem_aligned + Traits::kSmemLseOffset);
+  float* const d_tile0 = reinterpret_cast<float*>(smem_aligned + Traits::kSmemDOffset);
+
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int warpgroup = warp / 4;
+  const int g = lane / 4;
+  const int t = lane % 4;
+
+  const int b = blockIdx.z;
+  const int kv_head = blockIdx.y;
+  const SeqBounds seq = LocateSequence(p, b);
+  const int key0 = blockIdx.x * kBlockN;
+  if (key0 >= seq.len_k) return;
+  const int keys = min(kBlockN, seq.len_k - key0);
+  const int valid_chunks = p.head_dim / 8;
+  const int group = p.q_heads / p.kv_heads;
+
+  // Query tiles that see a key of this tile: KvTiles with queries and keys swapped (key j sees
+  // query i iff j - shift - right <= i <= j - shift + left).
+  const KvTileRange qtiles =
+      KvTiles(key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
+  const int n_qtiles = max(qtiles.end - qtiles.begin, 0);
+  const int iters = group * n_qtiles;
+
+  const Element* k = static_cast<const Element*>(p.k) + b * p.k_batch_stride +
+                     (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
+  const Element* v = static_cast<const Element*>(p.v) + b * p.v_batch_stride +
+                     (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
+
+  // The warp's 16 key rows of S^T, dK and dV (the m64nN layout: 16 rows per warp of its
+  // warpgroup's 64), and its share of dQ: query rows dq_row0 + [0, 16), head_dim columns
+  // dq_col0 + [0, 64).
+  const int warp_key0 = 64 * warpgroup + 16 * (warp % 4);
+  const int dq_wg_row0 = 64 * (warpgroup % Traits::kDqWarpgroupsM);
+  const int dq_row0 = dq_wg_row0 + 16 * (warp % 4);
+  const int dq_panel = warpgroup / Traits::kDqWarpgroupsM;
+  const int dq_col0 = 64 * dq_panel;
+
+  // Copies of iteration `it`'s query tile (head, tile) into its stage: Q and dO by cp.async; this
+  // thread's entry of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM))
+  // returned, for store_row_entry once the stage's previous readers are done.
+  const auto load_query_tile = [&](int it) -> float {
+    const int head = kv_head * group + it / n_qtiles;
+    const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
+    const int rows = seq.len_q - q0;
+    const int64_t q_row = seq.q_start + q0;
+    LoadTile<Traits, kBlockM>(smem_q + q_stage_offset(it),
+                              static_cast<const Element*>(p.q) + b * p.q_batch_stride +
+                                  q_row * p.q_row_stride + head * p.q_head_stride,
+                              p.q_row_stride, rows, valid_chunks, tid);
+    LoadTile<Traits, kBlockM>(smem_do + q_stage_offset(it),
+                              static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
+                                  q_row * p.o_row_stride + head * p.o_head_stride,
+                              p.o_row_stride, rows, valid_chunks, tid);
+    const int64_t ws = head * p.q_rows + seq.ws_start + q0;
+    if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
+    if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
+    return 0.f;
+  };
+  // Thread tid < kBlockM stores lse_log2 entry tid, thread kBlockM + i D entry i.
+  const auto store_row_entry = [&](float x, int it) {
+    if (tid < kBlockM) {
+      lse_tile0[row_stage(it) + tid] = x;
+    } else if (tid < 2 * kBlockM) {
+      d_tile0[row_stage(it) + tid - kBlockM] = x;
+    }
+  };
+
+  LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
+  LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
+  CpAsyncCommit();
+  if (iters > 0) store_row_entry(load_query_tile(0), 0);
+  CpAsyncCommit();
+
+  float acc_dk[kNTilesD][4];
+  float acc_dv[kNTilesD][4];
+#pragma unroll
+  for (int dt = 0; dt < kNTilesD; ++dt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      acc_dk[dt][e] = 0.f;
+      acc_dv[dt][e] = 0.f;
+    }
+  }
+
+  // Descriptors (128-byte swizzle; rows of a 64-column panel 128 bytes apart, 8-row groups 1024
+  // apart). K-major operands (K, V as A of product A; Q, dO as its B): a k16 step of head_dim is
+  // 32 bytes within a panel, the next panel kRows * 128 bytes further. N-major operands (dO, Q
+  // as B of product C, K as B of D) and the M-major dS^T (A of D): the leading byte offset is the
+  // panel stride, a k16 step is 16 rows = 2048 bytes.
+  const uint64_t k_desc_a = SmemDescriptor(smem_k + warpgroup * 64 * 128, 16, 1024);
+  const uint64_t v_desc_a = SmemDescriptor(smem_v + warpgroup * 64 * 128, 16, 1024);
+  const uint64_t ds_desc_a =
+      SmemDescriptor(smem_ds + (dq_wg_row0 / 64) * (kBlockN * 128), kBlockN * 128, 1024);
+  const uint64_t k_desc_b =
+      SmemDescriptor(smem_k + dq_panel * (kBlockN * 128), kBlockN * 128, 1024);
+
+  for (int it = 0; it < iters; ++it) {
+    const int head = kv_head * group + it / n_qtiles;
+    const int m = qtiles.begin + it % n_qtiles;
+    const int q0 = m * kBlockM;
+    ScoreRule<kGeneral> rule;
+    rule.Init(p, seq, b, head);
+    // Element-wise bounds only where the tile pair crosses a sequence end or the window's edge.
+    const bool needs_mask =
+        kGeneral || keys < kBlockN ||
+        TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
+
+    // This tile's copies landed and are visible to the tensor cores; every warpgroup is done with
+    // the previous tile (its products completed), so the other stage and dS^T are free.
+    CpAsyncWait<0>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    float next_row_entry = 0.f;
+    if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
+    CpAsyncCommit();
+    const uint32_t q_off = q_stage_offset(it);
+    const float* lse_tile = lse_tile0 + row_stage(it);
+    const float* d_tile = d_tile0 + row_stage(it);
+
+    // A. S^T = K Q^T and dP^T = V dO^T for the warpgroup's 64 keys x kBlockM queries.
+    float acc_s[kNTilesS][4];
+    float acc_dp[kNTilesS][4];
+    {
+      const uint64_t q_desc = SmemDescriptor(smem_q + q_off, 16, 1024);
+      const uint64_t do_desc = SmemDescriptor(smem_do + q_off, 16, 1024);
+      WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        const uint32_t a_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+        const uint32_t b_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+        MmaS::SS(acc_s, AdvanceDescriptor(k_desc_a, a_off), AdvanceDescriptor(q_desc, b_off),
+                 ks > 0);
+      }
+      WgmmaCommit();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        const uint32_t a_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+        const uint32_t b_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+        MmaS::SS(acc_dp, AdvanceDescriptor(v_desc_a, a_off), AdvanceDescriptor(do_desc, b_off),
+                 ks > 0);
+      }
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceAccumulators(acc_s);
+      FenceAccumulators(acc_dp);
+    }
+
+    // B. P^T into acc_s and dS^T into acc_dp, element by element; dS^T also to shared memory.
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_key0 + g + 8 * hf;
+      const int j = key0 + r;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        const int c = 8 * nt + 2 * t;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int i = q0 + c + e;
+          float& s = acc_s[nt][2 * hf + e];
+          float& dp = acc_dp[nt][2 * hf + e];
+          float pv;
+          float dsv;
+          if (needs_mask) {
+            rule.template Grad<true>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv, dsv);
+          } else {
+            rule.template Grad<false>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv, dsv);
+          }
+          s = pv;
+          dp = dsv;
+        }
+        StoreShared32(smem_ds + DsTile::Offset(r, c / 8) + 4 * t,
+                      Ops::Pack(acc_dp[nt][2 * hf], acc_dp[nt][2 * hf + 1]));
+      }
+    }
+
+    // C. dV += P^T dO and dK += dS^T Q, A from registers.
+    uint32_t p_frag[kBlockM / 16][4];
+    uint32_t ds_frag[kBlockM / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      PackFragment<Element>(p_frag[kk], acc_s, kk);
+      PackFragment<Element>(ds_frag[kk], acc_dp, kk);
+    }
+    {
+      const uint64_t do_desc = SmemDescriptor(smem_do + q_off, kBlockM * 128, 1024);
+      const uint64_t q_desc = SmemDescriptor(smem_q + q_off, kBlockM * 128, 1024);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        MmaKV::RS(acc_dv, p_frag[kk], AdvanceDescriptor(do_desc, kk * 16 * 128));
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        MmaKV::RS(acc_dk, ds_frag[kk], AdvanceDescriptor(q_desc, kk * 16 * 128));
+      }
+      WgmmaCommit();
+    }
+
+    // D. dq_accum += dS K for the warpgroup's 64 queries x 64 columns, once both warpgroups'
+    // dS^T rows are in shared memory (and visible to the async proxy).
+    FenceProxyAsyncShared();
+    __syncthreads();
+    float acc_dq[8][4];
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      MmaQ::SSMN(acc_dq, AdvanceDescriptor(ds_desc_a, kk * 16 * 128),
+                 AdvanceDescriptor(k_desc_b, kk * 16 * 128), kk > 0);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    FenceAccumulators(acc_dq);
+    FenceAccumulators(acc_dv);
+    FenceAccumulators(acc_dk);
+    FenceFragments(p_frag);
+    FenceFragments(ds_frag);
+    {
+      const int rows = seq.len_q - q0;
+      float* accum = p.dq_accum + ((seq.ws_start + q0) * p.q_heads + head) * int64_t{p.head_dim};
+      const int64_t accum_row_stride = int64_t{p.q_heads} * p.head_dim;
+#pragma unroll
+      for (int n8 = 0; n8 < 8; ++n8) {
+        const int col = dq_col0 + 8 * n8 + 2 * t;
+        if (col < p.head_dim) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int r = dq_row0 + g + 8 * hf;
+            if (r < rows) {
+              AtomicAdd2(accum + r * accum_row_stride + col, acc_dq[n8][2 * hf],
+                         acc_dq[n8][2 * hf + 1]);
+            }
+          }
+        }
+      }
+    }
+    if (it + 1 < iters) store_row_entry(next_row_entry, it + 1);
+  }
+
+  // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile, the warp's own
+  // 16 key rows, once every product has completed (and every copy has landed).
+  CpAsyncWait<0>();
+  __syncthreads();
+  Element* dk = static_cast<Element*>(p.dk) + b * p.k_batch_stride +
+                (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
+  Element* dv = static_cast<Element*>(p.dv) + b * p.v_batch_stride +
+                (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
+  StageAccumulator<KVTile, kNTilesD, Element>(acc_dk, p.softmax_scale, smem_k, warp_key0, 0, lane);
+  StageAccumulator<KVTile, kNTilesD, Element>(acc_dv, 1.f, smem_v, warp_key0, 0, lane);
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_k, dk, p.k_row_stride, keys,
+                                                             valid_chunks, tid);
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_v, dv, p.v_row_stride, keys,
+                                                             valid_chunks, tid);
+#endif  // ATTN_HAVE_WGMMA
+}
+
+}  // namespace attention::cuda::bwd
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_

@@ -1,0 +1,35 @@
+// Launch layer of the Hopper dK / dV kernel: grid, dynamic shared-memory limit, launch and error
+// check. Included only by the generated instantiation files (flash_bwd_sm90_*.cu), which the
+// build compiles with ATTN_KERNEL_SM90 (sm_90a in CMAKE_CUDA_ARCHITECTURES).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_LAUNCH_TEMPLATE_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_LAUNCH_TEMPLATE_CUH_
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/flash_bwd_launch_template.cuh"
+#include "kernels/cuda/flash_bwd_sm90_kernel.cuh"
+#include "kernels/cuda/flash_bwd_traits.h"
+
+namespace attention::cuda {
+
+// The Hopper dK / dV kernel with the tiles of `Traits` (a BwdSm90KernelTraits).
+template <typename Traits, DType kDType, BwdVariant kVariant>
+cudaError_t RunFlashBwdSm90WithTraits(const BwdParams& p, cudaStream_t stream) {
+  static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16, "16-bit operands");
+  if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
+  const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
+  return LaunchBwd(
+      &bwd::FlashBwdSm90Kernel<Traits, BwdElementOf<kDType>, kVariant == BwdVariant::kGeneral>,
+      grid, Traits::kNThreads, Traits::kSmemLaunchBytes, p, stream);
+}
+
+template <DType kDType, int kHeadDim, BwdVariant kVariant>
+cudaError_t RunFlashBwdSm90(const BwdParams& p, cudaStream_t stream) {
+  return RunFlashBwdSm90WithTraits<typename DefaultBwdSm90KernelTraits<kHeadDim>::type, kDType,
+                                   kVariant>(p, stream);
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_LAUNCH_TEMPLATE_CUH_
