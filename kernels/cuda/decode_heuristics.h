@@ -79,11 +79,12 @@ struct DecodeSmem {
 // 16-bit kernel: Q [block_m, head_dim] and K, V [64, head_dim] tiles of 2-byte elements; the
 // merge area holds each warp's O [16, head_dim + 8] (row padding against bank conflicts) and its
 // 16 row maxima and sums, all float32. `stages` > 0 overrides DecodeStages() (a kernel variant's
-// deeper pipeline, which may leave room for one block per SM only).
+// deeper pipeline, which may leave room for one block per SM only); `heads` > 1: a variant's block
+// over that many KV heads (a Q tile and a K and a V tile per head).
 ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem16(int head_dim_bucket, DecodeRows rows,
-                                                   int stages_override = 0) {
-  const int q = DecodeBlockM(rows) * head_dim_bucket * 2;
-  const int stage = 2 * kDecodeBlockN16 * head_dim_bucket * 2;
+                                                   int stages_override = 0, int heads = 1) {
+  const int q = heads * DecodeBlockM(rows) * head_dim_bucket * 2;
+  const int stage = heads * 2 * kDecodeBlockN16 * head_dim_bucket * 2;
   const int stages = stages_override > 0 ? stages_override : DecodeStages(q, stage);
   const int merge = kDecodeWarps * 16 * (head_dim_bucket + 8) * 4 + kDecodeWarps * 16 * 2 * 4;
   const int kv = stages * stage > merge ? stages * stage : merge;
@@ -102,7 +103,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), ten kernels in one
+// only (the decode grid's configuration; generate_decode_instantiations.py), twelve kernels in one
 // file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
@@ -128,24 +129,32 @@ struct DecodeVariant {
   // Paged K/V: the split heuristic counts one block slot per SM, as for dense K/V, instead of
   // the resident blocks (the production rule, for the row-by-row lookups' latency). Host only.
   bool paged_one_slot;
+  // KV heads per block (1 or 2; kv_heads must be a multiple). Two: the block reads both heads'
+  // 256-byte rows of a key together, 512 contiguous bytes of the [.., kv_heads, d] layout where
+  // one head reads 256 bytes of every 2 KB row (the peers' head-major layout reads contiguous
+  // runs); its 4 warps are 2 per head, each with its head's 16-row Q tile and half of every
+  // 64-key tile. 3 stages of 64 KB: one block per SM.
+  int heads;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
-    {"base", 0, DecodeCacheHint::kNone, false, false},
-    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false},
-    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false},
-    {"evict_first", 0, DecodeCacheHint::kEvictFirst, false, false},
-    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false},
+    {"base", 0, DecodeCacheHint::kNone, false, false, 1},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1},
+    {"evict_first", 0, DecodeCacheHint::kEvictFirst, false, false, 1},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1},
     // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
     // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
-    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true},
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1},
     // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
     // counts one slot per SM already; pages then count one too).
-    {"stages4", 4, DecodeCacheHint::kNone, false, false},
-    {"stages6", 6, DecodeCacheHint::kNone, false, false},
-    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false},
-    {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false},
-    {"pages_ahead_evict_first", 0, DecodeCacheHint::kEvictFirst, true, false},
+    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1},
+    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1},
+    {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1},
+    {"pages_ahead_evict_first", 0, DecodeCacheHint::kEvictFirst, true, false, 1},
+    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2},
+    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

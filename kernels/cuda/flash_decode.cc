@@ -95,6 +95,12 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
   l.group = p.q_heads / p.kv_heads;
   l.rows_pad = p.seqlen_q * l.group;
   l.rows = l.rows_pad <= 16 ? DecodeRows::kRows16 : DecodeRows::kRows64;
+  // A variant the launch does not fit is refused (CheckVariant) after planning.
+  const DecodeVariant& variant =
+      kDecodeVariants[opt.variant > 0 && opt.variant < kDecodeNumVariants ? opt.variant : 0];
+  const int heads =
+      !fp32 && l.rows == DecodeRows::kRows16 && p.kv_heads % variant.heads == 0 ? variant.heads : 1;
+  l.heads_per_block = heads;
   const int block_m = fp32 ? kDecodeFp32BlockM : DecodeBlockM(l.rows);
   l.query_tiles = static_cast<int>(CeilDiv(l.rows_pad, block_m));
   plan.kv_tiles = static_cast<int>(CeilDiv(p.seqlen_k, block_n));
@@ -117,14 +123,12 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     splits = std::max(1, std::min(opt.num_splits, std::max(span_tiles, 1)));
   } else {
     const DeviceInfo device = CurrentDevice();
-    const DecodeVariant& variant =
-        kDecodeVariants[opt.variant > 0 && opt.variant < kDecodeNumVariants ? opt.variant : 0];
-    const int stages = variant.stages;
-    const DecodeSmem smem = fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
-                                 : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, stages);
+    const DecodeSmem smem =
+        fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
+             : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, variant.stages, heads);
     DecodeWorkload w;
     w.batch = p.batch;
-    w.kv_heads = p.kv_heads;
+    w.kv_heads = std::max(1, p.kv_heads / heads);
     w.query_tiles = l.query_tiles;
     w.kv_tiles = span_tiles;
     w.num_sms = device.sms;
@@ -186,6 +190,11 @@ absl::Status CheckVariant(const AttentionParams& p, const DecodeLaunch& l, int v
                                     kDecodeVariants[variant].name,
                                     ") runs bf16, head-dim bucket 128 and at most 16 packed rows "
                                     "per KV head only"));
+  }
+  if (p.kv_heads % kDecodeVariants[variant].heads != 0) {
+    return Unsupported(absl::StrCat("DecodeOptions.variant ", variant, " (",
+                                    kDecodeVariants[variant].name, ") needs kv_heads ", p.kv_heads,
+                                    " to be a multiple of ", kDecodeVariants[variant].heads));
   }
   if (kDecodeVariants[variant].pages_ahead && p.is_paged()) {
     // A row's offset inside its page (row x row stride + head x head stride + column) is

@@ -88,13 +88,16 @@ __device__ __forceinline__ DecodeRange RowKeyBounds(const AttentionParams& p,
 
 // Fills `blk` for blockIdx.x; returns false when the block's query tile starts past its
 // sequence's rows (packed batches size the grid by the longest sequence): such a block writes
-// nothing, and the combine pass skips those rows too.
-template <int kBlockM, int kBlockN>
+// nothing, and the combine pass skips those rows too. kBlockM: query-tile rows per KV head; with
+// kHeads > 1 (kDecodeVariants' heads) the block holds KV heads g .. g + kHeads - 1 (the grid has
+// kv_heads / kHeads blocks per (sequence, split, query tile)), each with the same packed rows.
+template <int kBlockM, int kBlockN, int kHeads = 1>
 __device__ __forceinline__ bool LocateDecodeBlock(const AttentionParams& p, const DecodeLaunch& l,
                                                   DecodeBlock& blk) {
   int id = static_cast<int>(blockIdx.x);
-  blk.g = id % p.kv_heads;
-  id /= p.kv_heads;
+  const int head_blocks = p.kv_heads / kHeads;
+  blk.g = (id % head_blocks) * kHeads;
+  id /= head_blocks;
   const int query_tile = id % l.query_tiles;
   id /= l.query_tiles;
   blk.split = id % l.num_splits;
@@ -244,24 +247,32 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // gives a chunk's byte offset inside a tile; a chunk is 16 bytes of kElemBytes-byte elements.
 // With `pages` (kDecodeVariants' pages_ahead, paged K/V) the rows' page-table entries come from
 // LoadTilePages instead of a lookup here, and a row's offset inside its page is 32-bit.
+// kHeads > 1: the block's KV heads g .. g + kHeads - 1, whose rows are neighbours in memory, are
+// copied together (consecutive threads walk one key's kHeads x head_dim contiguous elements), head
+// m's tiles at smem_k / smem_v + m * head_tile_bytes.
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
-          typename OffsetFn>
+          int kHeads = 1, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
                                            int valid_chunks, int tid, OffsetFn offset,
                                            uint64_t policy = 0, const int32_t* pages = nullptr,
-                                           const PageGeometry* geo = nullptr) {
+                                           const PageGeometry* geo = nullptr,
+                                           uint32_t head_tile_bytes = 0) {
   constexpr int kElems = 16 / kElemBytes;
-  constexpr int kTotal = kBlockN * kChunks;
-  constexpr int kIters = kKvCopyIters<kBlockN, kChunks>;
+  constexpr int kRowChunks = kChunks * kHeads;
+  constexpr int kTotal = kBlockN * kRowChunks;
+  constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
+  static_assert(kHeads == 1 || kIters == kKvCopyIters<kBlockN, kChunks> * kHeads,
+                "whole rows per iteration");
   const char* k = static_cast<const char*>(p.k);
   const char* v = static_cast<const char*>(p.v);
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
     const int idx = tid + it * kDecodeThreads;
     if (kTotal % kDecodeThreads != 0 && idx >= kTotal) break;
-    const int row = idx / kChunks;
-    const int chunk = idx % kChunks;
+    const int row = idx / kRowChunks;
+    const int head = kHeads == 1 ? 0 : (idx % kRowChunks) / kChunks;
+    const int chunk = kHeads == 1 ? idx % kChunks : (idx % kRowChunks) % kChunks;
     const int key = tile * kBlockN + row;
     const bool pred = key >= blk.key_lo && key < blk.key_hi && chunk < valid_chunks;
     const char* k_src = k;
@@ -283,59 +294,71 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
         int64_t v_off = 0;
         KeyRowOffsets(p, blk, key, k_off, v_off);
         const int64_t col = int64_t{chunk} * kElems;
+        if constexpr (kHeads > 1) {
+          k_off += head * p.k_head_stride;
+          v_off += head * p.v_head_stride;
+        }
         k_src = k + (k_off + col) * kElemBytes;
         v_src = v + (v_off + col) * kElemBytes;
       }
     }
-    CpAsync16Hint<kHint>(smem_k + offset(row, chunk), k_src, pred, policy);
-    CpAsync16Hint<kHint>(smem_v + offset(row, chunk), v_src, pred, policy);
+    const uint32_t dst = offset(row, chunk) + (kHeads > 1 ? head * head_tile_bytes : 0u);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
   }
 }
 
 // Copies the block's packed query rows into the shared Q tile (zero-filled past the block's rows
-// and past head_dim).
-template <int kBlockM, int kChunks, int kElemBytes, typename OffsetFn>
+// and past head_dim). kHeads > 1: tile rows [m kBlockM / kHeads, + kBlockM / kHeads) hold KV head
+// g + m's rows.
+template <int kBlockM, int kChunks, int kElemBytes, int kHeads = 1, typename OffsetFn>
 __device__ __forceinline__ void LoadQTile(const AttentionParams& p, const DecodeLaunch& l,
                                           const DecodeBlock& blk, uint32_t smem_q, int valid_chunks,
                                           int tid, OffsetFn offset) {
   constexpr int kElems = 16 / kElemBytes;
   constexpr int kTotal = kBlockM * kChunks;
+  constexpr int kHeadRows = kBlockM / kHeads;
   const char* q = static_cast<const char*>(p.q);
   for (int idx = tid; idx < kTotal; idx += kDecodeThreads) {
-    const int r = idx / kChunks;
+    const int row = idx / kChunks;
+    const int member = row / kHeadRows;
+    const int r = row % kHeadRows;
     const int chunk = idx % kChunks;
     const bool pred = r < blk.rows && chunk < valid_chunks;
     int64_t off = 0;
     if (pred) {
       const int packed = blk.row0 + r;
       const int i = packed / l.group;
-      const int h = blk.g * l.group + packed % l.group;
+      const int h = (blk.g + member) * l.group + packed % l.group;
       off = blk.b * p.q_batch_stride + (blk.q_row0 + i) * p.q_row_stride + h * p.q_head_stride +
             int64_t{chunk} * kElems;
     }
-    CpAsync16(smem_q + offset(r, chunk), q + off * kElemBytes, pred);
+    CpAsync16(smem_q + offset(row, chunk), q + off * kElemBytes, pred);
   }
 }
 
-// Emits one 4-column chunk of packed row `r` of the block: the final output (o in the output
-// element type, lse, sinks) with one split, the float32 partial with several.
+// Emits one 4-column chunk of packed row `r` of the block (of its KV head g + member): the final
+// output (o in the output element type, lse, sinks) with one split, the float32 partial with
+// several.
 template <typename Element>
 struct Emitter {
   const AttentionParams& p;
   const DecodeLaunch& l;
   const DecodeBlock& blk;
 
-  __device__ __forceinline__ void operator()(int r, int c4, float4 o, float lse) const {
+  __device__ __forceinline__ void operator()(int r, int c4, float4 o, float lse,
+                                             int member = 0) const {
     const int packed = blk.row0 + r;
+    const int g = blk.g + member;
     if (l.num_splits > 1) {
       const int64_t row = int64_t{blk.split} * l.partial_rows +
-                          (int64_t{blk.b} * p.kv_heads + blk.g) * l.rows_pad + packed;
+                          (int64_t{blk.b} * p.kv_heads + g) * l.rows_pad + packed;
       *reinterpret_cast<float4*>(l.partial_o + row * p.head_dim + 4 * c4) = o;
       if (c4 == 0) l.partial_lse[row] = lse;
       return;
     }
     const int i = packed / l.group;
-    const int h = blk.g * l.group + packed % l.group;
+    const int h = g * l.group + packed % l.group;
     float final_lse = lse;
     float scale = 1.f;
     if (p.sink_logits != nullptr) {
@@ -369,22 +392,25 @@ struct Emitter {
 };
 
 // A block whose split sees no allowed key: o = 0 and lse = -inf (or the sink), or an empty
-// partial (lse = -inf; its o is never read).
-template <typename Element>
+// partial (lse = -inf; its o is never read), for each of its kHeads KV heads.
+template <typename Element, int kHeads = 1>
 __device__ __forceinline__ void EmitEmptyRows(const Emitter<Element>& emit, int head_dim, int tid) {
   const int chunks = head_dim / 4;
-  for (int idx = tid; idx < emit.blk.rows * chunks; idx += kDecodeThreads) {
-    const int r = idx / chunks;
+  const int per_head = emit.blk.rows * chunks;
+  for (int idx = tid; idx < kHeads * per_head; idx += kDecodeThreads) {
+    const int member = idx / per_head;
+    const int r = (idx % per_head) / chunks;
     const int c4 = idx % chunks;
     if (emit.l.num_splits > 1) {
       if (c4 == 0) {
-        const int64_t row = int64_t{emit.blk.split} * emit.l.partial_rows +
-                            (int64_t{emit.blk.b} * emit.p.kv_heads + emit.blk.g) * emit.l.rows_pad +
-                            emit.blk.row0 + r;
+        const int64_t row =
+            int64_t{emit.blk.split} * emit.l.partial_rows +
+            (int64_t{emit.blk.b} * emit.p.kv_heads + emit.blk.g + member) * emit.l.rows_pad +
+            emit.blk.row0 + r;
         emit.l.partial_lse[row] = -INFINITY;
       }
     } else {
-      emit(r, c4, make_float4(0.f, 0.f, 0.f, 0.f), -INFINITY);
+      emit(r, c4, make_float4(0.f, 0.f, 0.f, 0.f), -INFINITY, member);
     }
   }
 }
@@ -427,22 +453,25 @@ struct LogitTransform {
   }
 };
 
-// ALiBi slope of packed row `packed` of the block (0 without ALiBi).
+// ALiBi slope of packed row `packed` of the block's KV head g + member (0 without ALiBi).
 __device__ __forceinline__ float RowSlope(const AttentionParams& p, const DecodeLaunch& l,
-                                          const DecodeBlock& blk, int packed) {
+                                          const DecodeBlock& blk, int packed, int member = 0) {
   if (p.alibi_slopes == nullptr) return 0.f;
-  const int h = blk.g * l.group + packed % l.group;
+  const int h = (blk.g + member) * l.group + packed % l.group;
   return p.alibi_slopes[blk.b * p.alibi_batch_stride + h];
 }
 
 // ------------------------------------------------------------------------------------------------
 // The 16-bit kernel (tensor cores).
 
-template <int kHeadDim_, DecodeRows kRows_, int kStagesOverride = 0>
+// kHeads > 1 (kDecodeVariants' heads): the block holds that many KV heads, kBlockM / kHeads = 16
+// query-tile rows each, and a K and a V tile per head in every stage.
+template <int kHeadDim_, DecodeRows kRows_, int kStagesOverride = 0, int kHeads_ = 1>
 struct Decode16Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr DecodeRows kRows = kRows_;
-  static constexpr int kBlockM = DecodeBlockM(kRows);
+  static constexpr int kHeads = kHeads_;
+  static constexpr int kBlockM = DecodeBlockM(kRows) * kHeads;
   static constexpr int kBlockN = kDecodeBlockN16;
   static constexpr int kMWarps = kBlockM / 16;
   static constexpr int kNWarps = kDecodeWarps / kMWarps;
@@ -450,7 +479,7 @@ struct Decode16Traits {
   static constexpr int kNTilesS = kWarpN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
   static constexpr int kChunks = kHeadDim / 8;
-  static constexpr DecodeSmem kSmem = DecodeSmem16(kHeadDim, kRows, kStagesOverride);
+  static constexpr DecodeSmem kSmem = DecodeSmem16(kHeadDim, kRows, kStagesOverride, kHeads);
   static constexpr int kStages = kSmem.stages;
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
@@ -458,7 +487,9 @@ struct Decode16Traits {
 
   static_assert(kMWarps * kNWarps == kDecodeWarps, "every warp owns one (rows, keys) slice");
   static_assert(kWarpN % 16 == 0, "a warp's key slice is whole k16 steps of P V");
-  static_assert(QTile::kBytes == kSmem.q_bytes && 2 * KVTile::kBytes == kSmem.stage_bytes,
+  static_assert(kHeads == 1 || (kRows == DecodeRows::kRows16 && kMWarps == kHeads),
+                "a multi-head block has one m16 tile (warp row) per head");
+  static_assert(QTile::kBytes == kSmem.q_bytes && 2 * kHeads * KVTile::kBytes == kSmem.stage_bytes,
                 "decode_heuristics.h sizes the same tiles");
   static_assert(kSmem.q_bytes % 128 == 0, "K/V stages start 128-byte aligned (swizzle)");
 };
@@ -483,6 +514,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   constexpr DecodeCacheHint kHint = kDecodeVariants[kVariant].hint;
   constexpr bool kPagesAhead = kDecodeVariants[kVariant].pages_ahead;
   constexpr int kCopyIters = kKvCopyIters<kBlockN, kChunks>;
+  constexpr int kHeads = Traits::kHeads;
+  constexpr int kHeadRows = kBlockM / kHeads;  // query-tile rows per KV head
+  static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
 
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_q = SmemAddress(smem);
@@ -493,11 +527,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   const int warp = tid / 32;
 
   DecodeBlock blk;
-  if (!LocateDecodeBlock<kBlockM, kBlockN>(p, l, blk)) return;
+  if (!LocateDecodeBlock<kHeadRows, kBlockN, kHeads>(p, l, blk)) return;
   const Emitter<Element> emit{p, l, blk};
   if (blk.tile_begin >= blk.tile_end) {
     AllowDependentLaunch();
-    EmitEmptyRows(emit, p.head_dim, tid);
+    EmitEmptyRows<Element, kHeads>(emit, p.head_dim, tid);
     return;
   }
   const int valid_chunks = p.head_dim / 8;
@@ -510,17 +544,19 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
 
   // Prologue: Q with the first tile in copy group 0, then tiles 1 .. kStages - 2 (a group each,
   // empty past the split's end, so that the group count stays uniform).
-  LoadQTile<kBlockM, kChunks, 2>(p, l, blk, smem_q, valid_chunks, tid,
-                                 [](int row, int chunk) { return QTile::Offset(row, chunk); });
+  LoadQTile<kBlockM, kChunks, 2, kHeads>(
+      p, l, blk, smem_q, valid_chunks, tid,
+      [](int row, int chunk) { return QTile::Offset(row, chunk); });
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (blk.tile_begin + st < blk.tile_end) {
       const uint32_t base = smem_kv + st * Traits::kSmem.stage_bytes;
-      if constexpr (kPagesAhead)
+      if constexpr (kPagesAhead) {
         LoadTilePages<kBlockN, kChunks>(blk, geo, blk.tile_begin + st, tid, pages);
-      LoadKvTile<kBlockN, kChunks, 2, kHint>(p, blk, blk.tile_begin + st, base,
-                                             base + KVTile::kBytes, valid_chunks, tid, kv_offset,
-                                             policy, pages_arg, &geo);
+      }
+      LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
+          p, blk, blk.tile_begin + st, base, base + kHeads * KVTile::kBytes, valid_chunks, tid,
+          kv_offset, policy, pages_arg, &geo, KVTile::kBytes);
     }
     CpAsyncCommit();
   }
@@ -533,7 +569,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   // Warp roles: rows [16 mw, 16 mw + 16) of the block, keys [kWarpN nw, + kWarpN) of each tile.
   const int mw = warp / kNWarps;
   const int nw = warp % kNWarps;
-  const int quad_row = lane / 4;  // accumulator rows quad_row and quad_row + 8
+  const int member = kHeads > 1 ? mw : 0;  // the warp's KV head: g + member
+  const int quad_row = lane / 4;           // accumulator rows quad_row and quad_row + 8
   const int quad_col = lane % 4;
   // ldmatrix lanes: A operand (Q) and transposed B operand (V) read row lane % 8 + 8 * ((lane / 8)
   // % 2) at chunk lane / 16; B operand (K) reads row lane % 8 + 8 * (lane / 16) at chunk
@@ -549,7 +586,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   float row_slope[2];
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    const int r = 16 * mw + quad_row + 8 * hf;
+    const int r = 16 * mw + quad_row + 8 * hf - kHeadRows * member;  // row of the warp's head
     if (r < blk.rows) {
       const int packed = blk.row0 + r;
       const int i = packed / l.group;
@@ -557,7 +594,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       row_lo[hf] = kb.lo;
       row_hi[hf] = kb.hi;
       row_pos[hf] = i + blk.len_k - blk.n_q;
-      row_slope[hf] = RowSlope(p, l, blk, packed);
+      row_slope[hf] = RowSlope(p, l, blk, packed, member);
     } else {
       row_lo[hf] = 1;
       row_hi[hf] = 0;
@@ -588,9 +625,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       if (ahead_stage >= kStages) ahead_stage -= kStages;
       if (ahead < blk.tile_end) {
         const uint32_t base = smem_kv + ahead_stage * Traits::kSmem.stage_bytes;
-        LoadKvTile<kBlockN, kChunks, 2, kHint>(p, blk, ahead, base, base + KVTile::kBytes,
-                                               valid_chunks, tid, kv_offset, policy, pages_arg,
-                                               &geo);
+        LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
+            p, blk, ahead, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
+            policy, pages_arg, &geo, KVTile::kBytes);
         // The next refill's page entries load while this tile is computed.
         if constexpr (kPagesAhead) {
           if (ahead + 1 < blk.tile_end) {
@@ -601,9 +638,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       CpAsyncCommit();
     }
     const uint32_t smem_k = smem_kv + stage * Traits::kSmem.stage_bytes;
-    const typename KVTile::LaneBase k_lane = KVTile::MakeLaneBase(smem_k, b_row, b_chunk);
+    // A stage holds K of heads 0 .. kHeads - 1, then their V.
+    const typename KVTile::LaneBase k_lane =
+        KVTile::MakeLaneBase(smem_k + member * KVTile::kBytes, b_row, b_chunk);
     const typename KVTile::LaneBase v_lane =
-        KVTile::MakeLaneBase(smem_k + KVTile::kBytes, a_row, a_chunk);
+        KVTile::MakeLaneBase(smem_k + (kHeads + member) * KVTile::kBytes, a_row, a_chunk);
 
     // S = Q K^T: the warp's 16 rows x its kWarpN keys.
     float acc_s[kNTilesS][4];
@@ -723,11 +762,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
 
   // Each (row, 4-column chunk): the kNWarps key slices of the row merged, normalized, emitted.
   const int chunks = p.head_dim / 4;
-  for (int idx = tid; idx < blk.rows * chunks; idx += kDecodeThreads) {
-    const int r = idx / chunks;
+  const int per_head = blk.rows * chunks;
+  for (int idx = tid; idx < kHeads * per_head; idx += kDecodeThreads) {
+    const int head = kHeads > 1 ? idx / per_head : 0;
+    const int r = (kHeads > 1 ? idx % per_head : idx) / chunks;  // row of head g + head
     const int c4 = idx % chunks;
-    const int w0 = (r / 16) * kNWarps;
-    const int rr = r % 16;
+    const int tile_row = kHeadRows * head + r;
+    const int w0 = (tile_row / 16) * kNWarps;
+    const int rr = tile_row % 16;
     float m = -INFINITY;
 #pragma unroll
     for (int n = 0; n < kNWarps; ++n) m = fmaxf(m, merge_max[(w0 + n) * 16 + rr]);
@@ -750,7 +792,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       o = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
       lse = (m + log2f(sum)) * kLn2;
     }
-    emit(r, c4, o, lse);
+    emit(r, c4, o, lse, head);
   }
 }
 

@@ -28,6 +28,9 @@ struct DecodeLaunch {
   // tile span is divided into num_splits near-equal parts.
   int split_tiles = 0;
   DecodeRows rows = DecodeRows::kRows16;  // block layout of the 16-bit kernel
+  // KV heads per block (kDecodeVariants' heads; 1 for the production kernel): the grid has
+  // kv_heads / heads_per_block blocks per (sequence, split, query tile).
+  int heads_per_block = 1;
   // Workspace of a split launch (num_splits > 1): partial O, float32
   // [num_splits, partial_rows, head_dim] normalized by its own sum, and partial LSE, float32
   // [num_splits, partial_rows] (natural log, -inf for a split without allowed keys, whose O is

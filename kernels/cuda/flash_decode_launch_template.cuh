@@ -35,7 +35,8 @@ cudaError_t LaunchDecode(Kernel* kernel, int smem_bytes, const AttentionParams& 
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (err != cudaSuccess) return err;
   }
-  const int64_t blocks = int64_t{p.batch} * l.num_splits * l.query_tiles * p.kv_heads;
+  const int64_t blocks =
+      int64_t{p.batch} * l.num_splits * l.query_tiles * (p.kv_heads / l.heads_per_block);
   kernel<<<static_cast<unsigned>(blocks), kDecodeThreads, smem_bytes, stream>>>(p, l);
   return cudaGetLastError();
 }
@@ -65,7 +66,8 @@ cudaError_t RunDecodeVariantOf(const AttentionParams& p, const DecodeLaunch& l,
   static_assert(kVariant > 0 && kVariant < kDecodeNumVariants, "an entry of kDecodeVariants");
   static_assert(kDType != DType::kFloat32, "the variants tune the 16-bit kernel");
   using Traits =
-      decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kDecodeVariants[kVariant].stages>;
+      decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kDecodeVariants[kVariant].stages,
+                             kDecodeVariants[kVariant].heads>;
   return LaunchDecode(&decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>,
                       Traits::kSmem.total, p, l, stream);
 }

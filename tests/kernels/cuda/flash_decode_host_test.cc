@@ -257,13 +257,21 @@ TEST(DecodeVariantsTest, TableIsConsistent) {
   EXPECT_EQ(kDecodeVariants[0].hint, DecodeCacheHint::kNone);
   EXPECT_FALSE(kDecodeVariants[0].pages_ahead);
   EXPECT_FALSE(kDecodeVariants[0].paged_one_slot);
+  EXPECT_EQ(kDecodeVariants[0].heads, 1);
   for (int v = 0; v < kDecodeNumVariants; ++v) {
     for (int w = v + 1; w < kDecodeNumVariants; ++w) {
       EXPECT_STRNE(kDecodeVariants[v].name, kDecodeVariants[w].name);
     }
     const int stages = kDecodeVariants[v].stages;
+    const int heads = kDecodeVariants[v].heads;
     EXPECT_TRUE(stages == 0 || stages >= 2) << kDecodeVariants[v].name;
-    const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages);
+    EXPECT_TRUE(heads == 1 || heads == 2) << kDecodeVariants[v].name;
+    // A multi-head block's smem holds a head per tile; DecodeStages() would give it 2 stages.
+    if (heads > 1) {
+      EXPECT_GE(stages, 3) << kDecodeVariants[v].name;
+    }
+    EXPECT_FALSE(heads > 1 && kDecodeVariants[v].pages_ahead) << kDecodeVariants[v].name;
+    const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages, heads);
     EXPECT_LE(s.total, 227 * 1024) << kDecodeVariants[v].name;
     EXPECT_GE(s.total - s.q_bytes, s.merge_bytes) << kDecodeVariants[v].name;
     if (stages > 0) {
@@ -300,6 +308,19 @@ TEST(DecodeVariantsTest, RefusesOtherConfigurations) {
   EXPECT_NE(s.message().find("DecodeOptions.variant"), std::string::npos) << s;
   opt.variant = -1;
   EXPECT_EQ(RunFlashDecode(p, opt, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
+
+  // A two-head block and MQA (one KV head), in bf16 where this build has it.
+  p.dtype = DType::kBFloat16;
+  p.kv_heads = 1;
+  SetContiguousStrides(p);
+  if (!CheckDecodeParams(p).ok()) return;
+  for (int v = 1; v < kDecodeNumVariants; ++v) {
+    if (kDecodeVariants[v].heads == 1) continue;
+    opt.variant = v;
+    s = RunFlashDecode(p, opt, nullptr, nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+    EXPECT_NE(s.message().find("kv_heads 1"), std::string::npos) << s;
+  }
 }
 
 }  // namespace
