@@ -13,8 +13,9 @@
 # ours.jsonl, peer.jsonl, decode_report.md. SKIP_TESTS=1 / SKIP_SANITIZER=1 / SKIP_NCU=1 leave
 # those steps out. VARIANTS=all (or a list of kDecodeVariants names) adds decode_bench's kernel
 # variants over the whole grid, timed interleaved with the production kernel, and SPLITS_LIST
-# (e.g. 0,12,16,24,32) a split-count sweep of those variants on the batch-1 rows
-# (variants.jsonl, splits.jsonl; the report's last two tables).
+# (e.g. 0,12,16,24,32) a split-count sweep on the batch-1 rows of the variants in SPLIT_VARIANTS
+# (default base,pages_ahead,stages6,heads2) (variants.jsonl, splits.jsonl; the report's last two
+# tables).
 set -uo pipefail
 commit=${1:?usage: run_decode_on_gpu.sh COMMIT [BUNDLE_DIR]}
 bundle=${2:-.gpu}
@@ -56,9 +57,11 @@ if [ -n "${VARIANTS:-}" ]; then
   timeout 300 "$bundle/bin/decode_bench" --variants "$VARIANTS" --json "$out/variants.jsonl" ||
     status=1
   if [ -n "${SPLITS_LIST:-}" ]; then
-    step "decode_bench split sweep, batch 1: $SPLITS_LIST"
-    timeout 300 "$bundle/bin/decode_bench" --variants "$VARIANTS" --splits-list "$SPLITS_LIST" \
-      --rows 1x8k,1x32k,1x128k --json "$out/splits.jsonl" || status=1
+    split_variants=${SPLIT_VARIANTS:-base,pages_ahead,stages6,heads2}
+    step "decode_bench split sweep, batch 1: $split_variants x $SPLITS_LIST"
+    timeout 300 "$bundle/bin/decode_bench" --variants "$split_variants" \
+      --splits-list "$SPLITS_LIST" --rows 1x8k,1x32k,1x128k --json "$out/splits.jsonl" ||
+      status=1
   fi
 fi
 step "peer sdpa_peer.py --decode"
