@@ -111,6 +111,43 @@ ATTN_HOST_DEVICE inline int TileRowInPage(int n, int block_n, int row, int page_
   return (n * block_n + row) & ((1 << page_shift) - 1);
 }
 
+// The page-grouped copy of a paged tile (flash_fwd_common.cuh, LoadPagedTiles): `threads` threads
+// copy a tile of block_n rows x `chunks` 16-byte chunks, threads % chunks == 0, so that one pass
+// of all threads covers rows_per_pass = threads / chunks rows. The threads split into one group
+// per page of the tile (TilePages), group e copying the tile rows of page e; inside a group thread
+// t copies chunk t % chunks of rows first_row + i * row_step, i in [0, block_n * chunks / threads).
+// Every thread then reads a single page-table entry per tile and walks its page with a constant
+// stride, as the contiguous copy does. Taken when the groups split the passes in multiples of 8
+// rows (PageGroupsFit), so that a thread's rows share one position in the 128-byte swizzle
+// (row % 8); smaller pages take the per-row copy.
+ATTN_HOST_DEVICE inline bool PageGroupsFit(int block_n, int rows_per_pass, int page_shift) {
+  return TilePages(block_n, page_shift) * 8 <= rows_per_pass;
+}
+
+struct PageGroupRows {
+  int page;       // e: the tile's page (page-table entry) this thread's rows lie in
+  int first_row;  // the thread's first tile row
+  int row_step;   // tile rows between the thread's copies: a multiple of 8
+  int chunk;      // the thread's 16-byte chunk column
+};
+
+// log2 of a power of two (compile-time for the kernels' constants).
+ATTN_HOST_DEVICE constexpr int Log2OfPow2(int x) { return x <= 1 ? 0 : 1 + Log2OfPow2(x / 2); }
+
+// The rows thread `tid` copies in the page-grouped copy; requires PageGroupsFit and
+// rows_per_pass = threads / chunks a power of two. Shifts only: a tile's pages (TilePages) are a
+// power of two too.
+ATTN_HOST_DEVICE inline PageGroupRows ThreadPageGroupRows(int tid, int threads, int chunks,
+                                                          int block_n, int page_shift) {
+  const int block_log2 = Log2OfPow2(block_n);
+  const int pages_log2 = block_log2 > page_shift ? block_log2 - page_shift : 0;
+  const int step_log2 = Log2OfPow2(threads / chunks) - pages_log2;
+  const int pass_row = tid / chunks;
+  const int page = pass_row >> step_log2;
+  return {page, (page << (block_log2 - pages_log2)) + (pass_row & ((1 << step_log2) - 1)),
+          1 << step_log2, tid % chunks};
+}
+
 // Whether the e-th page of tile n holds a key of [key_begin, key_end): the kernels read the
 // page-table entries of those pages only, so entries of pages outside a key range (or past the
 // context) may hold anything.

@@ -244,11 +244,12 @@ __device__ __forceinline__ void CopyTilePages(int32_t* slots, const BlockCoords<
   }
 }
 
-// Visits the copies of KV tile `n` of a paged pool this thread issues (the same rows and chunks
-// as LoadTile's): copy(row, chunk, page, in_page, pred) for tile row `row`, 16-byte chunk
-// `chunk`, the row's page and its row within the page. pred says whether the row holds a key of
-// [key_begin, key_end) and the chunk is below valid_chunks; page_of(e) (the tile's e-th page) is
-// called only then, and page is 0 otherwise.
+// The per-row copy (pages too small for the page-grouped copy below): visits the copies of KV
+// tile `n` of a paged pool this thread issues (the same rows and chunks as LoadTile's): copy(row,
+// chunk, page, in_page, pred) for tile row `row`, 16-byte chunk `chunk`, the row's page and its row
+// within the page. pred says whether the row holds a key of [key_begin, key_end) and the chunk is
+// below valid_chunks; page_of(e) (the tile's e-th page) is called only then, and page is 0
+// otherwise.
 template <typename Traits, typename Element, typename PageOf, typename Copy>
 __device__ __forceinline__ void ForEachPagedChunk(const BlockCoords<Element>& c, int n,
                                                   int valid_chunks, PageOf&& page_of, Copy&& copy,
@@ -296,25 +297,116 @@ struct PagedPool {
   int64_t row_stride;
 };
 
+// Whether the page-grouped copy (block_info.h, ThreadPageGroupRows) fits the traits' tile copy:
+// whole passes of kRowsPerPass = kNThreads / kChunks rows, a power of two of at least 8. It then
+// takes every page size of at least 8 * kBlockN / kRowsPerPass keys (PageGroupsFit): all of them
+// (kMinPageSize and up) when kPageGroupedCopyOnly, and the per-row copy is not compiled.
+template <typename Traits>
+inline constexpr int kRowsPerPass = Traits::kNThreads / Traits::kChunks;
+template <typename Traits>
+inline constexpr bool kHasPageGroupedCopy =
+    Traits::kNThreads % Traits::kChunks == 0 &&
+    (Traits::kBlockN * Traits::kChunks) % Traits::kNThreads == 0 && kRowsPerPass<Traits> >= 8 &&
+    (kRowsPerPass<Traits> & (kRowsPerPass<Traits> - 1)) == 0;
+template <typename Traits>
+inline constexpr bool kPageGroupedCopyOnly =
+    kHasPageGroupedCopy<Traits> && 8 * Traits::kBlockN / kRowsPerPass<Traits> <= kMinPageSize;
+
+// The page-grouped copy of tile `n` (PageGroupsFit holds): this thread's rows all lie in the
+// tile's page g.page, so one page-table entry per tile, one 64-bit page offset per pool, and then
+// one pointer step per row, as LoadTile. The rows out of [key_begin, key_end) and the chunks past
+// valid_chunks are zero-filled; page_of(g.page) is called only when that page holds a key of the
+// range (TilePageNeeded), so every page-table entry it reads is valid.
+template <typename Traits, typename Element, int kPools, typename PageOf>
+__device__ __forceinline__ void LoadPagedTilesGrouped(const PagedPool<Element> (&pools)[kPools],
+                                                      const BlockCoords<Element>& c, int n,
+                                                      int valid_chunks, PageOf&& page_of, int tid) {
+  using Tile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
+  constexpr int kRows = Traits::kBlockN;
+  constexpr int kIters = kRows * Traits::kChunks / Traits::kNThreads;
+  const PageGroupRows g =
+      ThreadPageGroupRows(tid, Traits::kNThreads, Traits::kChunks, kRows, c.page_shift);
+  const int key_first = n * kRows + g.first_row;
+  const bool needed = TilePageNeeded(n, kRows, g.page, c.page_shift, c.key_begin, c.key_end);
+  const int page = needed ? page_of(g.page) : 0;
+  // The first row's position in its page: the tile's offset in the page plus the row when one
+  // page holds the whole tile (pages of kBlockN keys or more), the row's within its page else.
+  const int in_page = key_first & ((1 << c.page_shift) - 1);
+  const bool chunk_ok = g.chunk < valid_chunks;
+  // Keys [key_begin, key_end) as rows relative to key_first: one unsigned compare per row.
+  const uint32_t row_lo = static_cast<uint32_t>(c.key_begin - key_first);
+  const uint32_t rows_in_range = static_cast<uint32_t>(c.key_end - c.key_begin);
+  // Rows g.row_step apart (a multiple of 8) keep their position in the 128-byte swizzle: one
+  // shared offset step per row.
+  const uint32_t smem_first = Tile::Offset(g.first_row, g.chunk);
+  const uint32_t smem_step = static_cast<uint32_t>(g.row_step) * 128u;
+#pragma unroll
+  for (int i = 0; i < kPools; ++i) {
+    const Element* src =
+        pools[i].base + page * pools[i].page_stride + in_page * pools[i].row_stride + g.chunk * 8;
+    const int64_t step = g.row_step * pools[i].row_stride;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const uint32_t rel = static_cast<uint32_t>(it * g.row_step) - row_lo;
+      CpAsync16(pools[i].smem_tile + smem_first + it * smem_step, src,
+                chunk_ok && rel < rows_in_range);
+      src += step;
+    }
+  }
+}
+
+// Whether this block's tiles take the page-grouped copy (pages of c.page_shift).
+template <typename Traits>
+__device__ __forceinline__ bool UsesPageGroupedCopy(int page_shift) {
+  if constexpr (kPageGroupedCopyOnly<Traits>) {
+    return true;
+  } else if constexpr (kHasPageGroupedCopy<Traits>) {
+    return PageGroupsFit(Traits::kBlockN, kRowsPerPass<Traits>, page_shift);
+  } else {
+    return false;
+  }
+}
+
+// The page-table entry of the e-th page of tile `n` when that page holds a key of [key_begin,
+// key_end), 0 otherwise (no entry outside the range is read): the page-grouped copy's page of a
+// thread, read straight from global memory into a register steps before its copy.
+template <typename Traits, typename Element>
+__device__ __forceinline__ int32_t ThreadTilePage(const BlockCoords<Element>& c, int n, int e) {
+  return TilePageNeeded(n, Traits::kBlockN, e, c.page_shift, c.key_begin, c.key_end)
+             ? __ldg(c.pages + TilePage(n, Traits::kBlockN, e, c.page_shift))
+             : 0;
+}
+
 // Copies KV tile `n` of the paged pools `pools` (one, or K and V of the same tile, which share
 // their pages) into their shared tiles: the rows that hold keys of [key_begin, key_end) and
 // 16-byte chunks [0, valid_chunks), zero-filling the rest (which the bounds mask then drops).
+// The page-grouped copy where it fits (on the wgmma kernel every page size at d = 64 and pages
+// of 64 keys or more at d = 128); the rest reads each row's page-table entry and computes its
+// address.
 template <typename Traits, typename Element, int kPools, typename PageOf>
 __device__ __forceinline__ void LoadPagedTiles(const PagedPool<Element> (&pools)[kPools],
                                                const BlockCoords<Element>& c, int n,
                                                int valid_chunks, PageOf&& page_of, int tid) {
-  using Tile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
-  ForEachPagedChunk<Traits>(
-      c, n, valid_chunks, page_of,
-      [&](int row, int chunk, int page, int in_page, bool pred) {
+  if constexpr (kPageGroupedCopyOnly<Traits>) {
+    LoadPagedTilesGrouped<Traits>(pools, c, n, valid_chunks, page_of, tid);
+  } else {
+    if (UsesPageGroupedCopy<Traits>(c.page_shift)) {
+      LoadPagedTilesGrouped<Traits>(pools, c, n, valid_chunks, page_of, tid);
+      return;
+    }
+    using Tile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
+    ForEachPagedChunk<Traits>(
+        c, n, valid_chunks, page_of,
+        [&](int row, int chunk, int page, int in_page, bool pred) {
 #pragma unroll
-        for (int i = 0; i < kPools; ++i) {
-          const Element* src = pools[i].base + page * pools[i].page_stride +
-                               in_page * pools[i].row_stride + chunk * 8;
-          CpAsync16(pools[i].smem_tile + Tile::Offset(row, chunk), src, pred);
-        }
-      },
-      tid);
+          for (int i = 0; i < kPools; ++i) {
+            const Element* src = pools[i].base + page * pools[i].page_stride +
+                                 in_page * pools[i].row_stride + chunk * 8;
+            CpAsync16(pools[i].smem_tile + Tile::Offset(row, chunk), src, pred);
+          }
+        },
+        tid);
+  }
 }
 
 // The prologue's copy of tile `n`, its page-table entries read from global memory (the slots fill

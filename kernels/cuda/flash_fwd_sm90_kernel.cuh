@@ -9,8 +9,9 @@
 //     N-major B operand of O += P V. No ldmatrix: the tensor cores read shared memory directly.
 //   - K / V tiles stream through two buffers each from the last tile down, one barrier per tile:
 //     K runs one tile ahead of V, so step n computes S[n] = Q K[n]^T and O += P[n+1] V[n+1].
-//     The paged variants copy each row from its page with the same cp.async (a bulk tensor copy
-//     would need one per page and row block); the tile's page-table entries come two steps
+//     The paged variants copy from the pages with the same cp.async, each thread's rows of a
+//     tile grouped in one page (one page-table entry and one page offset per tile; a bulk tensor
+//     copy would need one per page and row block); the tile's page-table entries come two steps
 //     ahead (flash_fwd_common.cuh, "Paged K / V").
 //   - S = Q K^T: kHeadDim / 16 wgmma.m64nNk16 (N = kBlockN) per warpgroup, float32 accumulators.
 //   - Masks, online softmax and the epilogue (attention sinks included) are the mma.sync
