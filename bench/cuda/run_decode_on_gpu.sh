@@ -93,9 +93,10 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
 fi
 
 if [ "${SKIP_NCU:-0}" != 1 ]; then
-  # decode_bench --reps 1 launches each row 4 times; skipping 8 lands on the dense 32 x 8k row.
+  # decode_bench --reps 1 launches each row 5 times (a check, 3 warm-ups, 1 timed); rows come as
+  # dense, paged64, dense_hm per grid entry, so skipping 15 lands on the dense 32 x 8k row.
   step "ncu, dense 32 x 8k"
-  timeout 120 ncu --kernel-name regex:FlashDecodeKernel16 --launch-skip 8 --launch-count 1 \
+  timeout 120 ncu --kernel-name regex:FlashDecodeKernel16 --launch-skip 15 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
     "$bundle/bin/decode_bench" --reps 1 > "$out/ncu.txt" 2>&1
   grep -E "DRAM Throughput|Memory Throughput|Duration|Stall|Warp Cycles" "$out/ncu.txt" | head -20
