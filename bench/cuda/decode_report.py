@@ -48,19 +48,22 @@ def main():
 
     print(f"Device: {args.device}; date {args.date}; commit {args.commit}; copy bandwidth "
           f"(read + write) {copy:.3f} TB/s. K+V bytes read per second, TB/s.\n")
-    print("| batch x kv_len | splits | ours dense | ours paged 64 | cuDNN | FA2 | dense / cuDNN "
-          "| paged / cuDNN | dense / copy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # dense_hm: dense K/V in the peers' head-major layout (decode_bench, since 2026-12-06).
+    print("| batch x kv_len | splits | ours dense | ours paged 64 | ours dense_hm | cuDNN | FA2 "
+          "| dense / cuDNN | paged / cuDNN | dense_hm / cuDNN | dense / copy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, kv_len in GRID:
         d = find("dense", batch, kv_len)
         g = find("paged64", batch, kv_len)
+        hm = find("dense_hm", batch, kv_len)
         r = peer.get((batch, kv_len), {})
         cudnn, fa2 = r.get("cudnn_TBps"), r.get("flash_TBps")
         dt = d and d["ours_TBps"]
         gt = g and g["ours_TBps"]
+        ht = hm and hm["ours_TBps"]
         print(f"| {batch} x {kv_len // 1024}k | {d['splits'] if d else '-'} | {num(dt)} | "
-              f"{num(gt)} | {num(cudnn)} | {num(fa2)} | {ratio(dt, cudnn)} | {ratio(gt, cudnn)} "
-              f"| {ratio(dt, copy)} |")
+              f"{num(gt)} | {num(ht)} | {num(cudnn)} | {num(fa2)} | {ratio(dt, cudnn)} | "
+              f"{ratio(gt, cudnn)} | {ratio(ht, cudnn)} | {ratio(dt, copy)} |")
     print("\n| 32 x 8k layout | TB/s | of copy bandwidth |")
     print("|---|---|---|")
     for r in ours:
