@@ -13,6 +13,7 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/flash_bwd_dispatch.h"
+#include "kernels/cuda/flash_bwd_fp32.h"
 #include "kernels/cuda/flash_decode.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
@@ -34,7 +35,11 @@ namespace {
 //   the bfloat16 conversion and reports PRECISION_BF16), routed after its second check (H100,
 //   2026-12-06, bench/results/gpu_2026-12-06b.md: PRECISION_FULL within 3.1e-6 x max|o| over
 //   the whole float32 suite once each K/V tile's P V got its own accumulator).
+// - the float32 backward (flash_bwd_fp32.h: AttentionBackward with FLOAT32 tensors; off,
+//   UNIMPLEMENTED: a CPU server answers it); awaits its first GPU check
+//   (attention_backward_fp32_test).
 constexpr bool kRouteFloat32Kernel = true;
+constexpr bool kRouteFloat32Backward = false;
 constexpr bool kRouteDecodeKernel = true;
 constexpr bool kRoutePagedKernels = true;
 constexpr bool kRouteBackwardKernels = true;
@@ -123,6 +128,13 @@ absl::Status BackwardKernelsRouted() {
       "(they await their first GPU check); a CPU server answers it");
 }
 
+absl::Status Float32BackwardRouted() {
+  if (kRouteFloat32Backward) return absl::OkStatus();
+  return Unsupported(
+      "float32 has no backward kernel routed on this backend in this build (the float32 backward "
+      "kernel awaits its first GPU check); run float32 backward on a CPU server (--backend=cpu)");
+}
+
 namespace {
 
 // What the backward kernels compute, whether or not they are routed (CheckSupported adds the
@@ -158,6 +170,9 @@ absl::Status CheckSupported(const KernelConfig& c) {
   }
   if (c.kind == WorkKind::kBackward) {
     if (absl::Status routed = BackwardKernelsRouted(); !routed.ok()) return routed;
+    if (c.dtype == DType::kFloat32) {
+      if (absl::Status routed = Float32BackwardRouted(); !routed.ok()) return routed;
+    }
     return CheckBackwardKernels(c);
   }
   if (c.kind != WorkKind::kForward) {
@@ -230,6 +245,7 @@ absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p) {
   if (p.batch > kMaxGridYZ) {
     return Unsupported(absl::StrCat("batch ", p.batch, " exceeds ", kMaxGridYZ));
   }
+  if (p.dtype == DType::kFloat32) return CheckBackwardFp32Layout(p);
   // do_ has o's strides, dq q's, dk k's and dv v's (attention_params.h).
   for (absl::Status s :
        {CheckVectorLayout("q", p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
@@ -246,6 +262,7 @@ absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p) {
 }
 
 size_t BackwardWorkspaceBytes(const AttentionParams& p) {
+  if (p.dtype == DType::kFloat32) return static_cast<size_t>(BackwardFp32WorkspaceBytes(p));
   return static_cast<size_t>(BackwardWorkspaceLayout(p).total);
 }
 
@@ -281,7 +298,10 @@ bool RoutesToFloat32Kernel(const KernelConfig& c) {
 }  // namespace
 
 Precision ComputedPrecision(const KernelConfig& config) {
-  if (config.dtype != DType::kFloat32) return Precision::kFull;
+  // The backward always runs at full precision (the float32 backward kernel has no other).
+  if (config.dtype != DType::kFloat32 || config.kind == WorkKind::kBackward) {
+    return Precision::kFull;
+  }
   return RoutesToFloat32Kernel(config) ? config.precision : Precision::kBF16;
 }
 

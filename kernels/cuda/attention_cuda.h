@@ -16,8 +16,9 @@ namespace attention::cuda {
 absl::Status CheckSupported(const KernelConfig& config);
 
 // The precision RunAttention computes `config` at: kFull for 16-bit inputs (exact values,
-// float32 accumulation); for float32 inputs the configuration's precision where the float32
-// kernel serves it, else kBF16 (q, k and v rounded to bfloat16 for the 16-bit kernel).
+// float32 accumulation) and for the backward (kind kBackward); for float32 forward inputs the
+// configuration's precision where the float32 kernel serves it, else kBF16 (q, k and v rounded to
+// bfloat16 for the 16-bit kernel).
 Precision ComputedPrecision(const KernelConfig& config);
 
 // Whether paged K/V (sessions' Attend) and sinks are routed to their kernels in this build: OK, or
@@ -27,6 +28,11 @@ absl::Status PagedKernelsRouted();
 // Whether the backward pass (kind kBackward) is routed to its kernels in this build: OK, or
 // UNIMPLEMENTED saying why not (CheckSupported then refuses every backward configuration).
 absl::Status BackwardKernelsRouted();
+
+// Whether a backward pass with float32 tensors is routed to the float32 backward kernel
+// (flash_bwd_fp32.h) in this build: OK, or UNIMPLEMENTED saying why not (CheckSupported then
+// refuses float32 backward configurations; CheckBackwardLaunch still admits them).
+absl::Status Float32BackwardRouted();
 
 // Whether a paged launch (kind kPagedDecode) of at most `max_rows` query rows per sequence in
 // pages of `page_size` keys has a kernel: up to 16 rows take the decode kernel (any page size);
@@ -51,8 +57,9 @@ size_t WorkspaceBytes(const AttentionParams& p);
 absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_t stream);
 
 // The backward pass (kind kBackward, AttentionBackward; kernels in flash_bwd_kernel.cuh):
-// FlashAttention-2's backward for float16 and bfloat16 (CheckSupported says UNIMPLEMENTED for
-// float32), every option of the forward except paged K/V, deterministic or not
+// FlashAttention-2's backward for float16 and bfloat16, and for float32 at float32 accuracy
+// (flash_bwd_fp32.h; CheckSupported refuses it while Float32BackwardRouted() is not OK), every
+// option of the forward except paged K/V, deterministic or not
 // (KernelConfig::deterministic: dq without atomics, bit-identical run to run).
 
 // Whether `p` can launch: what CheckSupported(p) checks but the routing switch
@@ -62,9 +69,9 @@ absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_
 absl::Status CheckBackwardLaunch(const AttentionBackwardParams& p);
 
 // Bytes of device scratch RunAttentionBackward needs for `p`, all float32: D and lse * log2(e)
-// per (query row, head), and, unless p.deterministic, the dq accumulator [rows, q_heads,
-// head_dim]. O(rows x heads x head_dim), no seqlen_q x seqlen_k term. Sized by the caller from
-// its pool.
+// per (query row, head), and, unless p.deterministic or float32 (whose dq is its own
+// accumulator), the dq accumulator [rows, q_heads, head_dim]. O(rows x heads x head_dim), no
+// seqlen_q x seqlen_k term. Sized by the caller from its pool.
 size_t BackwardWorkspaceBytes(const AttentionParams& p);
 
 // Enqueues the backward pass for `p` (device pointers) on `stream` and returns without waiting:

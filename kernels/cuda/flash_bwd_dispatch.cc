@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/compiled_head_dims.h"
+#include "kernels/cuda/flash_bwd_fp32.h"
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_traits.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
@@ -83,12 +84,7 @@ absl::Status DispatchHeadDim(const BwdParams& p, BwdKernelFamily family, cudaStr
 }  // namespace
 
 absl::Status CheckBackwardSupported(const KernelConfig& c) {
-  if (c.dtype == DType::kFloat32) {
-    return Unsupported(
-        "float32 has no backward kernel on this backend (the backward takes float16 or bfloat16 "
-        "q, k, v; float32 gradients need float32 accuracy, which its 16-bit tensor-core products "
-        "cannot give); run float32 backward on a CPU server (--backend=cpu)");
-  }
+  if (c.dtype == DType::kFloat32) return CheckBackwardFp32Supported(c);
   if (!DTypeCompiled(c.dtype)) {
     return Unsupported(absl::StrCat(c.dtype == DType::kFloat16 ? "float16" : "bfloat16",
                                     " has no kernel in this build"));
@@ -160,6 +156,7 @@ const char* BwdKernelFamilyName(BwdKernelFamily family) {
 
 absl::Status DispatchFlashBwd(const AttentionBackwardParams& params, void* workspace,
                               cudaStream_t stream, BwdKernelFamily family) {
+  if (params.dtype == DType::kFloat32) return DispatchFlashBwdFp32(params, workspace, stream);
   const BwdParams p = BindBackwardWorkspace(params, workspace);
   const BwdKernelFamily chosen = SelectBackwardKernelFamily(p, family);
   if (absl::Status s = LaunchStatus(RunBwdPreprocess(p, stream), "preprocess"); !s.ok()) return s;

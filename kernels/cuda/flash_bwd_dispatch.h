@@ -17,8 +17,8 @@
 namespace attention::cuda {
 
 // Whether this build has a backward kernel for `c` (kind kBackward): float16 or bfloat16 of a
-// compiled dtype, head_dim a multiple of 8 in a compiled bucket. OK or UNIMPLEMENTED naming the
-// rule (float32: no float32 backward kernel on this backend).
+// compiled dtype, head_dim a multiple of 8 in a compiled bucket; float32 as
+// CheckBackwardFp32Supported (flash_bwd_fp32.h). OK or UNIMPLEMENTED naming the rule.
 absl::Status CheckBackwardSupported(const KernelConfig& c);
 
 // The variant `p` runs: kGeneral for softcap, ALiBi, a mask or a softmax_scale <= 0.
@@ -54,8 +54,8 @@ BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p,
                                            BwdKernelFamily requested = BwdKernelFamily::kAuto);
 const char* BwdKernelFamilyName(BwdKernelFamily family);
 
-// Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; 16-bit
-// dtype) on `stream`: preprocess, the dK / dV kernel SelectBackwardKernelFamily(p, family) names,
+// Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; float32
+// goes to DispatchFlashBwdFp32, flash_bwd_fp32.h, with its own workspace size) on `stream`: preprocess, the dK / dV kernel SelectBackwardKernelFamily(p, family) names,
 // then the dQ kernel (deterministic) or the postprocess. `workspace` holds
 // BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the value when this build has no
 // kernel for its dtype or head_dim; INTERNAL with the CUDA error string when a launch fails.

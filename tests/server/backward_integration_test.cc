@@ -459,7 +459,9 @@ TEST(BackwardStagingTest, LoneRequestAboveTheStagingBound) {
 // The server of the backend under test (ATTN_TEST_BACKEND; server_backward_integration_test_gpu
 // runs this binary with cuda) answers the backward pass of 16-bit requests (the CUDA backend with
 // its backward kernels, kernels/cuda/flash_bwd_kernel.cuh, in both dQ modes), and keeps serving
-// forwards. The CUDA backend has no float32 backward kernel: it refuses one with UNIMPLEMENTED
+// forwards. FLOAT32 on the CUDA backend: where its float32 backward kernel is routed
+// (cuda::Float32BackwardRouted, kernels/cuda/flash_bwd_fp32.h) the answer matches the float64
+// reference at float32 accuracy in both dQ modes; otherwise it is refused with UNIMPLEMENTED
 // naming the rule.
 TEST(BackwardOnBackendUnderTest, AnswersSixteenBitBackward) {
   if (testing::ServerBackendUnderTest() == "cuda") {
@@ -509,13 +511,26 @@ TEST(BackwardOnBackendUnderTest, AnswersSixteenBitBackward) {
     v1::AttentionRequest forward32;
     v1::AttentionResponse answer32;
     forward_of(f, 3, &forward32, &answer32);
-    const v1::AttentionRequest request = MakeBackwardRequest(forward32, answer32, 4, rng);
-    v1::AttentionResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 60s);
-    const grpc::Status status = stub->AttentionBackward(&context, request, &response);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-    EXPECT_THAT(status.error_message(), HasSubstr("float32 has no backward kernel"));
+#ifdef ATTENTION_HAVE_CUDA
+    const bool routed = cuda::Float32BackwardRouted().ok();
+#else
+    const bool routed = false;
+#endif
+    for (bool deterministic : {false, true}) {
+      v1::AttentionRequest request = MakeBackwardRequest(forward32, answer32, 4, rng);
+      request.set_deterministic(deterministic);
+      v1::AttentionResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + 60s);
+      const grpc::Status status = stub->AttentionBackward(&context, request, &response);
+      if (routed) {
+        ASSERT_TRUE(status.ok()) << status.error_message();
+        EXPECT_EQ(CompareBackwardWithReference(request, response), "");
+      } else {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+        EXPECT_THAT(status.error_message(), HasSubstr("float32 has no backward kernel"));
+      }
+    }
   }
   grpc::ClientContext again;
   again.set_deadline(std::chrono::system_clock::now() + 60s);

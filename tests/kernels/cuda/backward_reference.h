@@ -103,6 +103,7 @@ struct Case {
 
 inline double RoundTo(DType dtype, double x) {
   const float f = static_cast<float>(x);
+  if (dtype == DType::kFloat32) return f;
   return dtype == DType::kFloat16 ? HalfToFloat(FloatToHalf(f))
                                   : BFloat16ToFloat(FloatToBFloat16(f));
 }
