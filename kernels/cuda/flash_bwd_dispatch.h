@@ -54,9 +54,10 @@ BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p,
                                            BwdKernelFamily requested = BwdKernelFamily::kAuto);
 const char* BwdKernelFamilyName(BwdKernelFamily family);
 
-// Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API; float32
-// goes to DispatchFlashBwdFp32, flash_bwd_fp32.h, with its own workspace size) on `stream`: preprocess, the dK / dV kernel SelectBackwardKernelFamily(p, family) names,
-// then the dQ kernel (deterministic) or the postprocess. `workspace` holds
+// Enqueues the backward pass of `p` (normalized, window clamped, checked by the host API) on
+// `stream`. float32 goes to DispatchFlashBwdFp32 (flash_bwd_fp32.h, its own workspace size); the
+// 16-bit dtypes run the preprocess, the dK / dV kernel SelectBackwardKernelFamily(p, family) names,
+// then the dQ kernel (deterministic) or the postprocess, `workspace` holding
 // BackwardWorkspaceLayout(p).total bytes. UNIMPLEMENTED naming the value when this build has no
 // kernel for its dtype or head_dim; INTERNAL with the CUDA error string when a launch fails.
 absl::Status DispatchFlashBwd(const AttentionBackwardParams& p, void* workspace,
