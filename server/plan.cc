@@ -15,23 +15,82 @@ int64_t Align(int64_t n) {
   return (n + BatchLayout::kAlignment - 1) / BatchLayout::kAlignment * BatchLayout::kAlignment;
 }
 
-int64_t RowBytes(const KernelConfig& config, int heads) {
-  return int64_t{heads} * config.head_dim * DTypeSize(config.dtype);
+// The bytes of one (token, head) row of head_dim elements: in a request, and in the batch's
+// buffers (PlanHeadDim elements).
+int64_t HeadRowBytes(const KernelConfig& config) {
+  return int64_t{config.head_dim} * DTypeSize(config.dtype);
+}
+int64_t PaddedHeadRowBytes(const KernelConfig& config) {
+  return int64_t{PlanHeadDim(config)} * DTypeSize(config.dtype);
 }
 
+// The bytes of one token's `heads` rows in the batch's buffers.
+int64_t RowBytes(const KernelConfig& config, int heads) {
+  return int64_t{heads} * PaddedHeadRowBytes(config);
+}
+
+// Zeros for the padding of a row: at most 7 elements of 4 bytes (PlanHeadDim).
+constexpr char kZeroPad[32] = {};
+
 // The input copies of one tensor (`bytes` bytes, in one span at `data` or in `pieces`) to offset
-// `dst` of the input block.
+// `dst` of the input block. Rows of `row_bytes` in the request become rows of `padded_row_bytes`
+// in the block, the rest of each one zero-filled (the same copy when the two are equal).
 void PlanTensor(int64_t dst, const char* data, const TensorPieces* pieces, int64_t bytes,
-                std::vector<InputCopy>* copies) {
+                std::vector<InputCopy>* copies, int64_t row_bytes = 0,
+                int64_t padded_row_bytes = 0) {
+  const auto plan_span = [&](int64_t offset, const char* src, int64_t size) {
+    if (row_bytes == padded_row_bytes) {
+      copies->push_back({dst + offset, src, size});
+      return;
+    }
+    // Split at row ends: the part of each row in this span, and the row's padding after its
+    // last byte. A row may straddle two spans (received pieces).
+    while (size > 0) {
+      const int64_t row = offset / row_bytes;
+      const int64_t in_row = offset % row_bytes;
+      const int64_t n = std::min(size, row_bytes - in_row);
+      copies->push_back({dst + row * padded_row_bytes + in_row, src, n});
+      if (in_row + n == row_bytes) {
+        copies->push_back(
+            {dst + row * padded_row_bytes + row_bytes, kZeroPad, padded_row_bytes - row_bytes});
+      }
+      offset += n;
+      src += n;
+      size -= n;
+    }
+  };
   if (data != nullptr) {
-    copies->push_back({dst, data, bytes});
+    plan_span(0, data, bytes);
     return;
   }
+  int64_t offset = 0;
   for (const absl::string_view piece : *pieces) {
     if (piece.empty()) continue;
     const auto size = static_cast<int64_t>(piece.size());
-    copies->push_back({dst, piece.data(), size});
-    dst += size;
+    plan_span(offset, piece.data(), size);
+    offset += size;
+  }
+}
+
+// PlanTensor for a [rows, heads, head_dim] tensor of `config`'s dtype: its rows padded to
+// PlanHeadDim(config) in the block.
+void PlanHeadRows(const KernelConfig& config, int64_t dst, const char* data,
+                  const TensorPieces* pieces, int64_t bytes, std::vector<InputCopy>* copies) {
+  PlanTensor(dst, data, pieces, bytes, copies, HeadRowBytes(config), PaddedHeadRowBytes(config));
+}
+
+// The output copies of `bytes` of a [rows, heads, head_dim] result at offset `src` of the output
+// block (rows padded to PlanHeadDim) into job `index`'s `tensor`, whose rows are unpadded.
+void PlanHeadRowOutputs(const KernelConfig& config, int index, OutputTensor tensor, int64_t src,
+                        int64_t bytes, std::vector<OutputCopy>* copies) {
+  const int64_t row_bytes = HeadRowBytes(config);
+  const int64_t padded_row_bytes = PaddedHeadRowBytes(config);
+  if (row_bytes == padded_row_bytes) {
+    copies->push_back({index, tensor, 0, src, bytes});
+    return;
+  }
+  for (int64_t row = 0; row * row_bytes < bytes; ++row) {
+    copies->push_back({index, tensor, row * row_bytes, src + row * padded_row_bytes, row_bytes});
   }
 }
 
@@ -119,14 +178,15 @@ void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copi
   const JobSlice& slice = batch.slices[index];
   const BatchLayout& l = batch.plan.layout;
   const int64_t q_offset = slice.row_q * RowBytes(batch.config, batch.config.q_heads);
-  if (batch.config.kind == WorkKind::kBackward) {
-    const int64_t k_offset = slice.row_k * RowBytes(batch.config, batch.config.kv_heads);
-    copies->push_back({index, OutputTensor::kDq, 0, l.dq + q_offset, s.q_bytes});
-    copies->push_back({index, OutputTensor::kDk, 0, l.dk + k_offset, s.kv_bytes});
-    copies->push_back({index, OutputTensor::kDv, 0, l.dv + k_offset, s.kv_bytes});
+  const KernelConfig& config = batch.config;
+  if (config.kind == WorkKind::kBackward) {
+    const int64_t k_offset = slice.row_k * RowBytes(config, config.kv_heads);
+    PlanHeadRowOutputs(config, index, OutputTensor::kDq, l.dq + q_offset, s.q_bytes, copies);
+    PlanHeadRowOutputs(config, index, OutputTensor::kDk, l.dk + k_offset, s.kv_bytes, copies);
+    PlanHeadRowOutputs(config, index, OutputTensor::kDv, l.dv + k_offset, s.kv_bytes, copies);
     return;
   }
-  copies->push_back({index, OutputTensor::kO, 0, l.o + q_offset, s.q_bytes});
+  PlanHeadRowOutputs(config, index, OutputTensor::kO, l.o + q_offset, s.q_bytes, copies);
   if (!s.return_lse) return;
   ForEachLseRun(batch, index, [&](int64_t job_offset, int64_t batch_offset, int64_t bytes) {
     copies->push_back({index, OutputTensor::kLse, job_offset, l.lse + batch_offset, bytes});
@@ -138,9 +198,10 @@ void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copi
 void PlanBackwardInputs(const Batch& batch, int index, std::vector<InputCopy>* copies) {
   const RequestSpec& s = batch.jobs[index]->spec;
   const BatchLayout& l = batch.plan.layout;
-  const int64_t q_offset = batch.slices[index].row_q * RowBytes(batch.config, batch.config.q_heads);
-  copies->push_back({l.saved_o + q_offset, s.o_data, s.q_bytes});
-  copies->push_back({l.grad_o + q_offset, s.grad_o_data, s.q_bytes});
+  const KernelConfig& config = batch.config;
+  const int64_t q_offset = batch.slices[index].row_q * RowBytes(config, config.q_heads);
+  PlanHeadRows(config, l.saved_o + q_offset, s.o_data, nullptr, s.q_bytes, copies);
+  PlanHeadRows(config, l.grad_o + q_offset, s.grad_o_data, nullptr, s.q_bytes, copies);
   const char* lse = reinterpret_cast<const char*>(s.lse_data);
   ForEachLseRun(batch, index, [&](int64_t job_offset, int64_t batch_offset, int64_t bytes) {
     copies->push_back({l.saved_lse + batch_offset, lse + job_offset, bytes});
@@ -188,6 +249,13 @@ BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q
   return l;
 }
 
+int PlanHeadDim(const KernelConfig& config) {
+  if (config.kind == WorkKind::kPagedDecode || config.head_dim % kPlanHeadDimMultiple == 0) {
+    return config.head_dim;
+  }
+  return (config.head_dim + kPlanHeadDimMultiple - 1) / kPlanHeadDimMultiple * kPlanHeadDimMultiple;
+}
+
 void RunCopies(const std::vector<HostCopy>& copies) {
   for (const HostCopy& c : copies) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
 }
@@ -212,11 +280,11 @@ void MakePlan(Batch& batch) {
     const RequestSpec& s = batch.jobs[i]->spec;
     const JobSlice& slice = batch.slices[i];
     const int64_t k_offset = slice.row_k * RowBytes(config, config.kv_heads);
-    PlanTensor(l.q + slice.row_q * RowBytes(config, config.q_heads), s.q_data, s.q_pieces,
-               s.q_bytes, &plan.inputs);
+    PlanHeadRows(config, l.q + slice.row_q * RowBytes(config, config.q_heads), s.q_data, s.q_pieces,
+                 s.q_bytes, &plan.inputs);
     if (!paged) {
-      PlanTensor(l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
-      PlanTensor(l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
+      PlanHeadRows(config, l.k + k_offset, s.k_data, s.k_pieces, s.kv_bytes, &plan.inputs);
+      PlanHeadRows(config, l.v + k_offset, s.v_data, s.v_pieces, s.kv_bytes, &plan.inputs);
     }
     if (config.kind == WorkKind::kBackward)
       PlanBackwardInputs(batch, static_cast<int>(i), &plan.inputs);
@@ -233,6 +301,9 @@ void MakePlan(Batch& batch) {
   p.seqlen_k = batch.max_seqlen_k;
   p.total_q = batch.total_q;
   p.total_k = batch.total_k;
+  // The kernels see the padded rows; the scale stays the request's (RequestSpec always holds an
+  // explicit softmax_scale, 1 / sqrt of the request's head_dim by default).
+  p.head_dim = PlanHeadDim(config);
   if (config.alibi) p.alibi_batch_stride = config.q_heads;
   if (config.sinks) p.sink_batch_stride = config.q_heads;
   if (paged) {

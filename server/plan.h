@@ -75,6 +75,15 @@ struct OutputCopy {
   int64_t bytes = 0;
 };
 
+// The head_dim of a batch's buffers and kernel: the request's, rounded up to a multiple of
+// kPlanHeadDimMultiple for the stateless kinds (forward, backward). The GPU kernels read rows of
+// 16-byte chunks (8 16-bit elements); a padded row carries zeros after the request's elements,
+// which add nothing to Q K^T, and the padded columns of o, dq, dk and dv are left out of the
+// answer, so every head_dim runs on them with the request's softmax_scale. Paged work keeps the
+// session pool's own rows (a backend that cannot read them refuses the session's shape).
+inline constexpr int kPlanHeadDimMultiple = 8;
+int PlanHeadDim(const KernelConfig& config);
+
 // The layout of a batch of `sequences` sequences and `total_q` / `total_k` rows of `config`;
 // `page_table_entries` (paged batches) = sequences x the longest page list.
 BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,

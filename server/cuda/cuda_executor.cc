@@ -31,6 +31,7 @@ int64_t AlignUp(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * 
 int64_t BackwardWorkspaceBound(const RequestSpec& spec) {
   AttentionParams p;
   static_cast<KernelConfig&>(p) = spec;
+  p.head_dim = PlanHeadDim(spec);
   p.batch = 1;
   p.seqlen_q = static_cast<int>(std::min<int64_t>(spec.total_q, INT32_MAX));
   return static_cast<int64_t>(cuda::BackwardWorkspaceBytes(p));
@@ -276,8 +277,11 @@ absl::Status CudaExecutor::CheckCuda(cudaError_t error, const char* what) {
 
 absl::Status CudaExecutor::Admit(const Job& job) const {
   // A backward job (AttentionBackward) runs the backward kernels (cuda::RunAttentionBackward):
-  // CheckSupported refuses what they do not serve (float32, naming the rule).
-  if (absl::Status s = cuda::CheckSupported(job.spec); !s.ok()) return s;
+  // CheckSupported refuses what they do not serve, naming the rule. The kernels see the plan's
+  // head_dim (PlanHeadDim: rows padded to a multiple of 8 for the stateless kinds).
+  KernelConfig kernel_config = job.spec;
+  kernel_config.head_dim = PlanHeadDim(job.spec);
+  if (absl::Status s = cuda::CheckSupported(kernel_config); !s.ok()) return s;
   if (job.spec.kind == WorkKind::kPagedDecode) {
     if (absl::Status s = cuda::CheckPagedRows(job.spec, job.spec.seqlen_q, job.spec.page_size);
         !s.ok()) {

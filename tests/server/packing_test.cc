@@ -40,7 +40,8 @@ struct Call {
 // A validated job over `request`, answered into `response` (q, k and v's bytes in `data` when
 // given). The test keeps the pairing: the answer's response travels in the job's completion in
 // the server, here in `responses` parallel to the batch's jobs.
-std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request, const TensorData* data = nullptr) {
+std::unique_ptr<Job> MakeJob(const v1::AttentionRequest& request,
+                             const TensorData* data = nullptr) {
   absl::StatusOr<RequestSpec> spec = ValidateRequest(request, {}, data);
   EXPECT_TRUE(spec.ok()) << spec.status();
   auto job = std::make_unique<Job>();
@@ -311,6 +312,53 @@ TEST(PackingTest, InputsInReceivedPiecesAreStagedPieceByPiece) {
   }
 }
 
+// A head_dim that is not a multiple of 8 runs with its rows padded to one (PlanHeadDim: the GPU
+// kernels read 16-byte chunks): the staged rows carry zeros after the request's elements (the
+// staging is poisoned, so a missed zero would show), the kernel sees the padded head_dim with the
+// request's scale, and the answers hold the request's columns only. Jobs received in pieces that
+// split rows, dense and packed, every dtype, both copy paths.
+TEST(PackingTest, HeadDimsPaddedToEightThroughThePlan) {
+  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled}) {
+    for (v1::DType dtype : {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16}) {
+      for (int head_dim : {1, 5, 12, 33}) {
+        std::mt19937 rng(31 + head_dim);
+        std::vector<std::unique_ptr<ReceivedCall>> calls;
+        RequestOptions o = Base(dtype);
+        o.head_dim = head_dim;
+        o.batch = 2;
+        o.seqlen_q = 9;
+        o.seqlen_k = 21;
+        o.causal = true;
+        o.return_lse = true;
+        o.softmax_scale = 0.7f;  // one bucket: the scale is part of the configuration
+        calls.push_back(Receive(MakeRequest(o, 1, rng), 250));  // pieces split rows
+        RequestOptions packed = Base(dtype);
+        packed.head_dim = head_dim;
+        packed.seqlens_q = {6, 0, 3};
+        packed.seqlens_k = {6, 4, 11};
+        packed.causal = true;
+        packed.softmax_scale = 0.7f;
+        calls.push_back(Receive(MakeRequest(packed, 2, rng), 1 << 20));
+        Batch batch;
+        for (auto& call : calls) AddJob(batch, MakeReceivedJob(*call));
+        RunPacked(batch, Responses(calls), path);
+        const int padded = (head_dim + 7) / 8 * 8;
+        EXPECT_EQ(batch.plan.params.head_dim, padded);
+        EXPECT_EQ(PlanHeadDim(batch.config), padded);
+        EXPECT_EQ(batch.plan.layout.k, (batch.total_q * 4 * padded * DTypeSize(batch.config.dtype) +
+                                        BatchLayout::kAlignment - 1) /
+                                           BatchLayout::kAlignment * BatchLayout::kAlignment);
+        for (auto& call : calls) {
+          EXPECT_EQ(call->response.o().data().size(), call->original.q().data().size());
+          EXPECT_EQ(CompareWithReference(call->original, call->response), "")
+              << "dtype " << v1::DType_Name(dtype) << " head_dim " << head_dim << " pooled "
+              << (path == CopyPath::kPooled);
+        }
+      }
+    }
+  }
+}
+
 TEST(PackingTest, SingleJobInPiecesIsGatheredThenRunInPlace) {
   std::mt19937 rng(17);
   RequestOptions o = Base(v1::FLOAT16);
@@ -385,8 +433,8 @@ TEST(PackingTest, PagedDecodeBatchOfSessionsMatchesReference) {
       int context, rows;
       bool causal, key_range;
     };
-    const SessionCase cases[] = {{37, 1, true, false}, {5, 4, true, false}, {64, 16, false, true},
-                                 {0, 2, false, false}};
+    const SessionCase cases[] = {
+        {37, 1, true, false}, {5, 4, true, false}, {64, 16, false, true}, {0, 2, false, false}};
     std::vector<std::unique_ptr<Call>> calls;  // the stateless equivalents, for the reference
     Batch batch;
     for (const SessionCase& c : cases) {
@@ -411,8 +459,8 @@ TEST(PackingTest, PagedDecodeBatchOfSessionsMatchesReference) {
       const v1::AttentionRequest& r = call->request;
       session::ReadView view;
       if (c.context > 0) {
-        absl::StatusOr<session::AppendResult> appended = (*store)->AppendRows(
-            *id, 1, c.context, r.k().data().data(), r.v().data().data());
+        absl::StatusOr<session::AppendResult> appended =
+            (*store)->AppendRows(*id, 1, c.context, r.k().data().data(), r.v().data().data());
         ASSERT_TRUE(appended.ok()) << appended.status();
         view = std::move(appended->view);
       } else {
@@ -473,7 +521,8 @@ TEST(PackingTest, PagedDecodeBatchOfSessionsMatchesReference) {
     std::vector<v1::AttentionResponse*> responses;
     for (auto& call : calls) responses.push_back(&call->response);
     RunPacked(batch, responses);
-    EXPECT_EQ(batch.max_pages, (64 + batch.plan.params.page_size - 1) / batch.plan.params.page_size);
+    EXPECT_EQ(batch.max_pages,
+              (64 + batch.plan.params.page_size - 1) / batch.plan.params.page_size);
     EXPECT_EQ(batch.seqlens_k, (std::vector<int32_t>{37, 5, 64, 0}));
     for (auto& call : calls) {
       // An Attend's lse is [q_heads, n_new] (its q is packed); the stateless request's is
