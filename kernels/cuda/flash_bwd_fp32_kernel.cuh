@@ -17,7 +17,8 @@
 //      as [query][key] tiles in shared memory;
 //   B. dV += P^T dO and dK += dS^T Q (keys x head_dim), outer products over the query rows;
 //   C. (unless deterministic) scale dS K (queries x head_dim), added into dq with atomics (dq is
-//      float32: it is its own accumulator, zeroed by the preprocess).
+//      float32: it is its own accumulator, zeroed by the preprocess); the next query tile's Q and
+//      dO copies (cp.async) fly meanwhile.
 // FlashBwdFp32DqKernel (deterministic mode): one block per (query tile, query head, sequence),
 // looping over the key tiles the query tile sees: products A and C with dQ in registers, written
 // once, so dq is bit-identical run to run.
@@ -42,7 +43,11 @@ namespace attention::cuda::bwd_fp32 {
 
 using bwd::LocateSequence;
 using bwd::SeqBounds;
+using fwd::CpAsync16;
+using fwd::CpAsyncCommit;
+using fwd::CpAsyncWait;
 using fwd::Exp2;
+using fwd::SmemAddress;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -113,6 +118,21 @@ __device__ __forceinline__ void LoadTile(float* dst, const float* src, int64_t r
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (r < rows && ch < valid_chunks) x = Load4(src + r * row_stride + 4 * ch);
     *reinterpret_cast<float4*>(dst + r * Traits::kStride + 4 * ch) = x;
+  }
+}
+
+// As LoadTile, by cp.async (zero-filled chunks read nothing): the copies land at the
+// CpAsyncWait that covers the group they are committed in.
+template <typename Traits, int kRows>
+__device__ __forceinline__ void LoadTileAsync(float* dst, const float* src, int64_t row_stride,
+                                              int rows, int valid_chunks, int tid) {
+  constexpr int kChunks = Traits::kChunks;
+  for (int idx = tid; idx < kRows * kChunks; idx += Traits::kNThreads) {
+    const int r = idx / kChunks;
+    const int ch = idx % kChunks;
+    const bool pred = r < rows && ch < valid_chunks;
+    CpAsync16(SmemAddress(dst + r * Traits::kStride + 4 * ch),
+              pred ? src + r * row_stride + 4 * ch : src, pred);
   }
 }
 
@@ -333,8 +353,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                    (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
   const float* v = static_cast<const float*>(p.v) + b * p.v_batch_stride +
                    (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
-  LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
-  LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
+  // Copies of iteration `it`'s query tile (head, tile) Q and dO, by cp.async.
+  const auto load_query_tile = [&](int it) {
+    const int head = kv_head * group + it / n_qtiles;
+    const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
+    const int rows = min(kBlockM, seq.len_q - q0);
+    const int64_t q_row = seq.q_start + q0;
+    LoadTileAsync<Traits, kBlockM>(smem_q,
+                                   static_cast<const float*>(p.q) + b * p.q_batch_stride +
+                                       q_row * p.q_row_stride + head * p.q_head_stride,
+                                   p.q_row_stride, rows, valid_chunks, tid);
+    LoadTileAsync<Traits, kBlockM>(smem_do,
+                                   static_cast<const float*>(p.do_) + b * p.o_batch_stride +
+                                       q_row * p.o_row_stride + head * p.o_head_stride,
+                                   p.o_row_stride, rows, valid_chunks, tid);
+  };
+  LoadTileAsync<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
+  LoadTileAsync<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
+  if (iters > 0) load_query_tile(0);
+  CpAsyncCommit();
 
   // Product B's thread: keys kb0 + [0, kRowsB), chunks chunk0 + kThreadsBD c.
   const int kb0 = kRowsB * (tid / kThreadsBD);
@@ -361,17 +398,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     Fp32ScoreRule rule;
     rule.Init(p, seq, b, head);
 
-    // The previous query tile's readers (products B and C) are done with Q, dO, P and dS.
-    __syncthreads();
-    LoadTile<Traits, kBlockM>(smem_q,
-                              static_cast<const float*>(p.q) + b * p.q_batch_stride +
-                                  q_row * p.q_row_stride + head * p.q_head_stride,
-                              p.q_row_stride, rows, valid_chunks, tid);
-    LoadTile<Traits, kBlockM>(smem_do,
-                              static_cast<const float*>(p.do_) + b * p.o_batch_stride +
-                                  q_row * p.o_row_stride + head * p.o_head_stride,
-                              p.o_row_stride, rows, valid_chunks, tid);
+    // The row statistics' last readers (product A of the previous tile) passed two barriers
+    // since; Q and dO of this tile were issued before the previous tile's product C.
     LoadRowStats<Traits>(lse_tile, d_tile, p, head * p.q_rows + seq.ws_start + q0, rows, tid);
+    CpAsyncWait<0>();
     __syncthreads();
 
     // A. P and dS of the pair.
@@ -398,6 +428,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
+    // Q and dO are free: the next query tile's copies fly during product C.
+    __syncthreads();
+    if (it + 1 < iters) load_query_tile(it + 1);
+    CpAsyncCommit();
 
     // C. dq += scale dS K, atomically: other key tiles' blocks add into the same rows.
     if (!p.deterministic) {
