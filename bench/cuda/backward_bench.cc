@@ -27,6 +27,8 @@
 // first compared with the default's on the shape (causal, the first seqlen): the largest
 // difference over max |default| is printed, and a candidate above 2e-2 is marked WRONG and
 // should not be chosen. With --json, one line per (shape, candidate) ({"kind": "bwd_sweep", ...}).
+// Candidates of the Hopper dK / dV kernel ("sm90 ...", in a build with sm_90a) run the default
+// dQ mode only (det columns -1).
 //
 // Usage: backward_bench [--dtype bf16|fp16] [--hdim 64,128,256] [--seqlens 512,...]
 //                       [--tokens 16384] [--model_dim 2048] [--repeats 20] [--json out.jsonl]
@@ -298,6 +300,7 @@ int RunSweep(const Options& o) {
         const std::vector<float> want = Gradients(pr);
         const AttentionBackwardParams p = Dispatched(pr);
         for (size_t c = 0; c < candidates.size(); ++c) {
+          if (det == 1 && !candidates[c]->deterministic) continue;
           for (void* out : {p.dq, p.dk, p.dv}) {
             cudaMemset(out, 0xff, want.size() / 3 * 2);  // NaN: unwritten elements show
           }
@@ -329,6 +332,7 @@ int RunSweep(const Options& o) {
           const AttentionBackwardParams p = Dispatched(pr);
           for (size_t c = 0; c < candidates.size(); ++c) {
             const BwdTileCandidate& cand = *candidates[c];
+            if (det == 1 && !cand.deterministic) continue;
             times[c][det] = TimeLaunch(
                 [&] {
                   const cudaError_t err = cand.run(p, pr.workspace, nullptr);

@@ -5,6 +5,9 @@
 #include "bench/cuda/backward_tile_sweep.h"
 #include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/cuda/flash_bwd_launch_template.cuh"
+#ifdef ATTN_KERNEL_SM90
+#include "kernels/cuda/flash_bwd_sm90_launch_template.cuh"
+#endif
 #include "kernels/cuda/flash_bwd_traits.h"
 
 namespace attention::cuda {
@@ -50,13 +53,41 @@ BwdTileCandidate Candidate() {
           &RunCandidate<Traits>};
 }
 
+#ifdef ATTN_KERNEL_SM90
+// The same with the Hopper dK / dV kernel of Traits (a BwdSm90KernelTraits; default dQ mode).
+template <typename Traits>
+cudaError_t RunSm90Candidate(const AttentionBackwardParams& params, void* workspace,
+                             cudaStream_t stream) {
+  const BwdParams p = BindBackwardWorkspace(params, workspace);
+  if (p.deterministic) return cudaErrorNotSupported;
+  if (const cudaError_t err = RunBwdPreprocess(p, stream); err != cudaSuccess) return err;
+  if (const cudaError_t err =
+          RunFlashBwdSm90WithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
+      err != cudaSuccess) {
+    return err;
+  }
+  return RunBwdPostprocess(p, stream);
+}
+
+template <int kHeadDim, int kBlockM, bool kOverlap>
+BwdTileCandidate Sm90Candidate() {
+  using Traits = BwdSm90KernelTraits<kHeadDim, kBlockM, kOverlap>;
+  char label[64];
+  std::snprintf(label, sizeof(label), "sm90 %dx%d 2wg%s", kBlockM, Traits::kBlockN,
+                kOverlap ? " overlap" : "");
+  return {label, kHeadDim, false, &RunSm90Candidate<Traits>, false};
+}
+#endif  // ATTN_KERNEL_SM90
+
 }  // namespace
 
 // Around DefaultBwdTileConfig (flash_bwd_traits.h), 8 warps each: the previous 64 x 64 tiles
 // (every product 4 x 2, one query stage); 128-key tiles with FlashAttention-2's warp grids (S^T
 // 4 x 2, dK / dV 4 x 2, dQ 4 x 2 or 2 x 4) with one query-tile stage and with two (" 2q", the
 // defaults); every warp on 16 keys of S^T (8 x 1); at 64 FlashAttention-2's 128 x 128 tiles (S^T
-// 2 x 4) and 8 x 1 grids for S^T and dK / dV; at 128 also 128 x 64 tiles.
+// 2 x 4) and 8 x 1 grids for S^T and dK / dV; at 128 also 128 x 64 tiles. With ATTN_KERNEL_SM90,
+// the Hopper dK / dV kernel's default tiles with and without its overlap of the element-wise
+// work and the products (BwdSm90KernelTraits::kOverlap).
 const std::vector<BwdTileCandidate>& BackwardTileSweep() {
   static const std::vector<BwdTileCandidate> sweep = {
       Candidate<64, 64, 64, 8, 4, 4, 4>(),   Candidate<64, 64, 128, 8, 4, 4, 4>(),
@@ -65,6 +96,10 @@ const std::vector<BwdTileCandidate>& BackwardTileSweep() {
       Candidate<128, 64, 64, 8, 4, 4, 4>(),  Candidate<128, 64, 128, 8, 4, 4, 2>(),
       Candidate<128, 64, 128, 8, 4, 4, 4>(), Candidate<128, 64, 128, 8, 8, 4, 2>(),
       Candidate<128, 128, 64, 8, 4, 4, 4>(), Candidate<128, 64, 128, 8, 4, 4, 2, 2>(),
+#ifdef ATTN_KERNEL_SM90
+      Sm90Candidate<64, 128, true>(),        Sm90Candidate<64, 128, false>(),
+      Sm90Candidate<128, 64, true>(),        Sm90Candidate<128, 64, false>(),
+#endif
   };
   return sweep;
 }

@@ -123,6 +123,15 @@ struct ScoreRule {
            (right < 0 || j <= pos + right);
   }
 
+  // The dense rule's p alone (kGeneral false): exp2(s scale log2(e) - lse_log2), 0 for a key
+  // outside the bounds when check_bounds; ds is then p * (dp - D).
+  __device__ __forceinline__ float Prob(float s, float lse_log2, int i, int j,
+                                        bool check_bounds) const {
+    static_assert(!kGeneral, "the general rule's ds needs the raw score (softcap)");
+    const float p = Exp2(fmaf(s, scale_log2, -lse_log2));
+    return check_bounds && !InBounds(i, j) ? 0.f : p;
+  }
+
   template <bool kCheckBounds>
   __device__ __forceinline__ void Grad(float s, float dp, float lse_log2, float d, int i, int j,
                                        float& p_out, float& ds_out) const {

@@ -84,6 +84,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using MmaKV = Wgmma<Element, kHeadDim>;  // dV, dK: N = head_dim
   using MmaQ = Wgmma<Element, 64>;         // dQ: one 64-column share per warpgroup
   static_assert(kQStages == 2, "the next query tile's copies fly during this one's products");
+  // The dense variant splits the element-wise step around dV's product (Traits::kOverlap); the
+  // general one (softcap's factor needs the raw score after P) computes P^T and dS^T together.
+  constexpr bool kOverlap = Traits::kOverlap && !kGeneral;
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
@@ -221,7 +224,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const float* lse_tile = lse_tile0 + row_stage(it);
     const float* d_tile = d_tile0 + row_stage(it);
 
-    // A. S^T = K Q^T and dP^T = V dO^T for the warpgroup's 64 keys x kBlockM queries.
+    // A. S^T = K Q^T and dP^T = V dO^T for the warpgroup's 64 keys x kBlockM queries, one
+    // commit group each.
     float acc_s[kNTilesS][4];
     float acc_dp[kNTilesS][4];
     {
@@ -244,58 +248,110 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                  ks > 0);
       }
       WgmmaCommit();
+    }
+    const uint64_t do_desc_n = SmemDescriptor(smem_do + q_off, kBlockM * 128, 1024);
+    const uint64_t q_desc_n = SmemDescriptor(smem_q + q_off, kBlockM * 128, 1024);
+    uint32_t p_frag[kBlockM / 16][4];
+    uint32_t ds_frag[kBlockM / 16][4];
+    if constexpr (kOverlap) {
+      // Visits the warp's elements of the [64 keys, kBlockM queries] tile: f(nt, hf, e, r, c)
+      // for accumulator entry [nt][2 hf + e], key row r of the tile and query column c + e.
+      const auto for_each_element = [&](auto&& f) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+          for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) f(nt, hf, e, warp_key0 + g + 8 * hf, 8 * nt + 2 * t);
+          }
+        }
+      };
+      const auto store_ds = [&] {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+          for (int nt = 0; nt < kNTilesS; ++nt) {
+            StoreShared32(smem_ds + DsTile::Offset(warp_key0 + g + 8 * hf, nt) + 4 * t,
+                          Ops::Pack(acc_dp[nt][2 * hf], acc_dp[nt][2 * hf + 1]));
+          }
+        }
+      };
+      // C. dV += P^T dO or dK += dS^T Q, A from registers (one commit group).
+      const auto issue_rs = [&](float(&acc)[kNTilesD][4], const uint32_t(&frag)[kBlockM / 16][4],
+                                uint64_t desc) {
+        WgmmaFence();
+#pragma unroll
+        for (int kk = 0; kk < kBlockM / 16; ++kk) {
+          MmaKV::RS(acc, frag[kk], AdvanceDescriptor(desc, kk * 16 * 128));
+        }
+        WgmmaCommit();
+      };
+      // B1 while dP^T runs: P^T = exp2(s scale log2(e) - lse_log2) into acc_s, then dV's
+      // product on the tensor cores while B2 runs.
+      WgmmaWait<1>();
+      FenceAccumulators(acc_s);
+      for_each_element([&](int nt, int hf, int e, int r, int c) {
+        float& s = acc_s[nt][2 * hf + e];
+        s = rule.Prob(s, lse_tile[c + e], q0 + c + e, key0 + r, needs_mask);
+      });
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) PackFragment<Element>(p_frag[kk], acc_s, kk);
+      issue_rs(acc_dv, p_frag, do_desc_n);
+      // B2: dS^T = P^T (dP^T - D) into acc_dp and shared memory.
+      WgmmaWait<1>();
+      FenceAccumulators(acc_dp);
+      for_each_element([&](int nt, int hf, int e, int, int c) {
+        float& dp = acc_dp[nt][2 * hf + e];
+        dp = acc_s[nt][2 * hf + e] * (dp - d_tile[c + e]);
+      });
+      store_ds();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) PackFragment<Element>(ds_frag[kk], acc_dp, kk);
+      issue_rs(acc_dk, ds_frag, q_desc_n);
+    } else {
+      // B: P^T into acc_s and dS^T into acc_dp (and shared memory) once both products are done;
+      // C: dV and dK's products in one commit group.
       WgmmaWait<0>();
       FenceAccumulators(acc_s);
       FenceAccumulators(acc_dp);
-    }
-
-    // B. P^T into acc_s and dS^T into acc_dp, element by element; dS^T also to shared memory.
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = warp_key0 + g + 8 * hf;
-      const int j = key0 + r;
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_key0 + g + 8 * hf;
+        const int j = key0 + r;
 #pragma unroll
-      for (int nt = 0; nt < kNTilesS; ++nt) {
-        const int c = 8 * nt + 2 * t;
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+          const int c = 8 * nt + 2 * t;
+          float pv[2];
+          float dsv[2];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = q0 + c + e;
-          float& s = acc_s[nt][2 * hf + e];
-          float& dp = acc_dp[nt][2 * hf + e];
-          float pv;
-          float dsv;
-          if (needs_mask) {
-            rule.template Grad<true>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv, dsv);
-          } else {
-            rule.template Grad<false>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv, dsv);
+          for (int e = 0; e < 2; ++e) {
+            const int i = q0 + c + e;
+            const float s = acc_s[nt][2 * hf + e];
+            const float dp = acc_dp[nt][2 * hf + e];
+            if (needs_mask) {
+              rule.template Grad<true>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
+            } else {
+              rule.template Grad<false>(s, dp, lse_tile[c + e], d_tile[c + e], i, j, pv[e], dsv[e]);
+            }
+            acc_s[nt][2 * hf + e] = pv[e];
+            acc_dp[nt][2 * hf + e] = dsv[e];
           }
-          s = pv;
-          dp = dsv;
+          StoreShared32(smem_ds + DsTile::Offset(r, nt) + 4 * t, Ops::Pack(dsv[0], dsv[1]));
         }
-        StoreShared32(smem_ds + DsTile::Offset(r, c / 8) + 4 * t,
-                      Ops::Pack(acc_dp[nt][2 * hf], acc_dp[nt][2 * hf + 1]));
       }
-    }
-
-    // C. dV += P^T dO and dK += dS^T Q, A from registers.
-    uint32_t p_frag[kBlockM / 16][4];
-    uint32_t ds_frag[kBlockM / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      PackFragment<Element>(p_frag[kk], acc_s, kk);
-      PackFragment<Element>(ds_frag[kk], acc_dp, kk);
-    }
-    {
-      const uint64_t do_desc = SmemDescriptor(smem_do + q_off, kBlockM * 128, 1024);
-      const uint64_t q_desc = SmemDescriptor(smem_q + q_off, kBlockM * 128, 1024);
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        PackFragment<Element>(p_frag[kk], acc_s, kk);
+        PackFragment<Element>(ds_frag[kk], acc_dp, kk);
+      }
       WgmmaFence();
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        MmaKV::RS(acc_dv, p_frag[kk], AdvanceDescriptor(do_desc, kk * 16 * 128));
+        MmaKV::RS(acc_dv, p_frag[kk], AdvanceDescriptor(do_desc_n, kk * 16 * 128));
       }
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        MmaKV::RS(acc_dk, ds_frag[kk], AdvanceDescriptor(q_desc, kk * 16 * 128));
+        MmaKV::RS(acc_dk, ds_frag[kk], AdvanceDescriptor(q_desc_n, kk * 16 * 128));
       }
       WgmmaCommit();
     }

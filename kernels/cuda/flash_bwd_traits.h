@@ -230,10 +230,14 @@ constexpr int DefaultBwdSm90BlockM(int head_dim_bucket) { return head_dim_bucket
 // threads); warpgroup w owns keys [64 w, 64 w + 64) of S^T, dP^T, dK and dV, and a 64 x 64 share
 // of dQ (query rows 64 (w % kDqWarpgroupsM) .., head_dim columns 64 (w / kDqWarpgroupsM) ..).
 // Two query-tile stages: the next Q / dO land during all the products of this one.
-template <int kHeadDim_, int kBlockM_>
+// kOverlap (dense variant): P^T is computed as soon as S^T is done, while dP^T is still on the
+// tensor cores, and dV += P^T dO is issued before dS^T is computed, so that the element-wise work
+// overlaps the products; otherwise both wait for S^T and dP^T.
+template <int kHeadDim_, int kBlockM_, bool kOverlap_ = true>
 struct BwdSm90KernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
+  static constexpr bool kOverlap = kOverlap_;
   static constexpr int kBlockN = 128;       // keys per tile: 64 per warpgroup
   static constexpr int kWarpgroups = 2;
   static constexpr int kNWarps = 4 * kWarpgroups;

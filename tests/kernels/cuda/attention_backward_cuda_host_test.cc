@@ -257,5 +257,53 @@ TEST(BackwardTraitsTest, Bucket128WarpGrids) {
   EXPECT_EQ(Traits::kSmemBytes, 160 * 1024 + 2 * 2 * 4 * 64);
 }
 
+// The Hopper dK / dV kernel: buckets 64 and 128 only; 128-key tiles of two warpgroups with
+// head_dim + block_m = 192 accumulator floats per thread; each warpgroup's dQ share one m64n64
+// product (queries split at 64, head_dim at 128); K, V, two stages of Q / dO, dS^T, lse and D
+// within sm_90's 227 KB with the 1 KB the kernel aligns its base with.
+TEST(BackwardTraitsTest, Sm90KernelTiles) {
+  for (int bucket : {32, 96, 160, 192, 224, 256}) EXPECT_FALSE(HasSm90BwdKernel(bucket)) << bucket;
+  using T64 = DefaultBwdSm90KernelTraits<64>::type;
+  using T128 = DefaultBwdSm90KernelTraits<128>::type;
+  static_assert(HasSm90BwdKernel(64) && HasSm90BwdKernel(128));
+  EXPECT_EQ(T64::kBlockM, 128);
+  EXPECT_EQ(T128::kBlockM, 64);
+  EXPECT_EQ(T64::kBlockN, 128);
+  EXPECT_EQ(T128::kBlockN, 128);
+  EXPECT_EQ(T64::kAccumulatorFloats, 192);
+  EXPECT_EQ(T128::kAccumulatorFloats, 192);
+  EXPECT_EQ(T64::kDqWarpgroupsM, 2);
+  EXPECT_EQ(T128::kDqWarpgroupsM, 1);
+  EXPECT_TRUE(T64::kOverlap && T128::kOverlap);
+  // K, V 16 KB each; Q, dO 16 KB each per stage; dS^T 32 KB; lse, D 1 KB per stage.
+  EXPECT_EQ(T64::kSmemBytes, 130 * 1024);
+  // K, V 32 KB each; Q, dO 16 KB each per stage; dS^T 16 KB; lse, D 512 bytes per stage.
+  EXPECT_EQ(T128::kSmemBytes, 145 * 1024);
+  EXPECT_LE(T64::kSmemLaunchBytes, 227 * 1024);
+  EXPECT_LE(T128::kSmemLaunchBytes, 227 * 1024);
+}
+
+// Which dK / dV kernel a launch gets: never the Hopper one in deterministic mode, for a bucket it
+// does not cover, or when the mma.sync kernel is asked for (whatever the device).
+TEST(BackwardKernelFamilyTest, Sm90OnlyWhereItCovers) {
+  AttentionParams p;
+  p.kind = WorkKind::kBackward;
+  p.dtype = DTypeCompiled(DType::kBFloat16) ? DType::kBFloat16 : DType::kFloat16;
+  p.q_heads = p.kv_heads = 2;
+  for (int head_dim : {64, 128, 256}) {
+    p.head_dim = head_dim;
+    p.deterministic = true;
+    EXPECT_EQ(SelectBackwardKernelFamily(p, BwdKernelFamily::kSm90), BwdKernelFamily::kSm80);
+    p.deterministic = false;
+    EXPECT_EQ(SelectBackwardKernelFamily(p, BwdKernelFamily::kSm80), BwdKernelFamily::kSm80);
+    const int bucket = CompiledHeadDimBucket(head_dim);
+    if (bucket == 0 || !HasSm90BwdKernel(bucket)) {
+      EXPECT_EQ(SelectBackwardKernelFamily(p, BwdKernelFamily::kSm90), BwdKernelFamily::kSm80);
+    }
+  }
+  EXPECT_STREQ(BwdKernelFamilyName(BwdKernelFamily::kSm90), "sm90 (wgmma)");
+  EXPECT_STREQ(BwdKernelFamilyName(BwdKernelFamily::kSm80), "sm80 (mma.sync)");
+}
+
 }  // namespace
 }  // namespace attention::cuda
