@@ -368,9 +368,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                                        q_row * p.o_row_stride + head * p.o_head_stride,
                                    p.o_row_stride, rows, valid_chunks, tid);
   };
-  LoadTileAsync<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
-  LoadTileAsync<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
-  if (iters > 0) load_query_tile(0);
+  // A key tile no query sees copies nothing: its dK and dV are 0.
+  if (iters > 0) {
+    LoadTileAsync<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
+    LoadTileAsync<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
+    load_query_tile(0);
+  }
   CpAsyncCommit();
 
   // Product B's thread: keys kb0 + [0, kRowsB), chunks chunk0 + kThreadsBD c.
