@@ -11,8 +11,9 @@
 //     K runs one tile ahead of V, so step n computes S[n] = Q K[n]^T and O += P[n+1] V[n+1].
 //     The paged variants copy from the pages with the same cp.async, each thread's rows of a
 //     tile grouped in one page (one page-table entry and one page offset per tile; a bulk tensor
-//     copy would need one per page and row block); the tile's page-table entries come two steps
-//     ahead (flash_fwd_common.cuh, "Paged K / V").
+//     copy would need one per page and row block). A thread's page entries are read from the
+//     page table one step ahead into registers, or, for pages too small for the grouped copy,
+//     come two steps ahead through shared slots (flash_fwd_common.cuh, "Paged K / V").
 //   - S = Q K^T: kHeadDim / 16 wgmma.m64nNk16 (N = kBlockN) per warpgroup, float32 accumulators.
 //   - Masks, online softmax and the epilogue (attention sinks included) are the mma.sync
 //     kernel's (flash_fwd_common.cuh): the m64nN accumulator layout gives every warp 16 rows in
@@ -104,15 +105,32 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const auto k_tile = [&](int n) { return smem_k + (n & 1) * KVTile::kBytes; };
   const auto v_tile = [&](int n) { return smem_v + (n & 1) * KVTile::kBytes; };
   // Prologue: Q and the first K tile. The first step issues V[n_first] and K[n_first - 1].
-  // Paged: the first K tile's pages come straight from the page table, and the page entries of
-  // the two tiles the first step loads join the group.
+  // Paged, per-row copy: the first K tile's pages come straight from the page table, and the page
+  // entries of the two tiles the first step loads join the group.
   const int n_first = tiles.end - 1;
   LoadTile<Traits, kBlockM>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
+  // Paged, page-grouped copy (UsesPageGroupedCopy): each thread copies its rows of a tile from one
+  // page, page entry e_thread of the tile, held in registers instead of the shared slots:
+  // page_v is V[n]'s at step n (K[n]'s, copied one step earlier), page_k K[n - 1]'s, read from
+  // the page table one step ahead (at step n + 1, or by the prologue).
+  [[maybe_unused]] bool grouped = false;
+  [[maybe_unused]] int e_thread = 0;
+  [[maybe_unused]] int32_t page_v = 0;
+  [[maybe_unused]] int32_t page_k = 0;
   if constexpr (kPaged) {
     const PagedPool<Element> k_pool[1] = {{k_tile(n_first), c.k, p.k_batch_stride, p.k_row_stride}};
-    LoadPagedTilesDirect<Traits>(k_pool, c, n_first, valid_chunks, tid);
-    CopyTilePages<Traits>(page_slots, c, n_first, tid);
-    if (n_first > tiles.begin) CopyTilePages<Traits>(page_slots, c, n_first - 1, tid);
+    grouped = UsesPageGroupedCopy<Traits>(c.page_shift);
+    if (grouped) {
+      e_thread = ThreadPageGroupRows(tid, Traits::kNThreads, kChunks, kBlockN, c.page_shift).page;
+      page_v = ThreadTilePage<Traits>(c, n_first, e_thread);
+      LoadPagedTilesGrouped<Traits>(
+          k_pool, c, n_first, valid_chunks, [&](int) { return page_v; }, tid);
+      if (n_first > tiles.begin) page_k = ThreadTilePage<Traits>(c, n_first - 1, e_thread);
+    } else {
+      LoadPagedTilesDirect<Traits>(k_pool, c, n_first, valid_chunks, tid);
+      CopyTilePages<Traits>(page_slots, c, n_first, tid);
+      if (n_first > tiles.begin) CopyTilePages<Traits>(page_slots, c, n_first - 1, tid);
+    }
   } else {
     LoadTile<Traits, kBlockN>(k_tile(n_first), c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
                               p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks, tid);
@@ -151,19 +169,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   // P V is on the tensor cores, and O is rescaled once P V has completed. The copies of K[n-1]
   // (into the buffer K[n+1] left, S[n+1] having completed) and V[n] (into V[n+2]'s, whose P V
   // completed one step ago) are issued at the top and land during the step.
-  // Paged: the same copies, row by row from their pages. Tile t's page entries are in slot t,
-  // copied at step t + 2 (or by the prologue); here those of tile n - 2 go into the slot that
-  // tile n + 2 left, which steps n + 2 (its V) and n + 3 (its K) read before this step's barrier.
+  // Paged, per-row copy: the same copies, row by row from their pages. Tile t's page entries are
+  // in slot t, copied at step t + 2 (or by the prologue); here those of tile n - 2 go into the
+  // slot that tile n + 2 left, which steps n + 2 (its V) and n + 3 (its K) read before this
+  // step's barrier.
   // (Issued after S[n] instead, while the tensor cores run, the copies' address registers made
   // ptxas serialize the wgmmas (C7514) or spill at d = 64 and 128.)
+  // Page-grouped: the same copies from the registers' pages; then V[n - 1] takes K[n - 1]'s page
+  // and tile n - 2's is read for the next step's K.
   const auto issue_paged_copies = [&](const int n) {
-    if (n > tiles.begin) {
-      const PagedPool<Element> k_pool[1] = {{k_tile(n - 1), c.k, p.k_batch_stride, p.k_row_stride}};
-      LoadPagedTilesFromSlot<Traits>(k_pool, c, n - 1, valid_chunks, page_slots, tid);
-    }
+    const PagedPool<Element> k_pool[1] = {{k_tile(n - 1), c.k, p.k_batch_stride, p.k_row_stride}};
     const PagedPool<Element> v_pool[1] = {{v_tile(n), c.v, p.v_batch_stride, p.v_row_stride}};
-    LoadPagedTilesFromSlot<Traits>(v_pool, c, n, valid_chunks, page_slots, tid);
-    if (n - 2 >= tiles.begin) CopyTilePages<Traits>(page_slots, c, n - 2, tid);
+    if (grouped) {
+      if (n > tiles.begin) {
+        LoadPagedTilesGrouped<Traits>(
+            k_pool, c, n - 1, valid_chunks, [&](int) { return page_k; }, tid);
+      }
+      LoadPagedTilesGrouped<Traits>(
+          v_pool, c, n, valid_chunks, [&](int) { return page_v; }, tid);
+      page_v = page_k;
+      page_k = n - 2 >= tiles.begin ? ThreadTilePage<Traits>(c, n - 2, e_thread) : 0;
+    } else {
+      if (n > tiles.begin) {
+        LoadPagedTilesFromSlot<Traits>(k_pool, c, n - 1, valid_chunks, page_slots, tid);
+      }
+      LoadPagedTilesFromSlot<Traits>(v_pool, c, n, valid_chunks, page_slots, tid);
+      if (n - 2 >= tiles.begin) CopyTilePages<Traits>(page_slots, c, n - 2, tid);
+    }
     CpAsyncCommit();
   };
   const auto step = [&](const int n, auto mask_tag) {
