@@ -846,6 +846,22 @@ std::vector<Case> Cases() {
                     .Packed({64, 1, 200, 10, 30}, {1000, 100, 900, 40, 300})
                     .KeyRanges({{100, 415}, {0, 64}, {500, 2000}, {30, 30}, {200, 100}}));
   }
+  // The page-grouped copy with key ranges cutting tiles: several pages per tile (d 64, pages of
+  // 32: two thread groups) and one page holding several tiles (d 128, pages of 256: the tile's
+  // offset in its page).
+  c.push_back(Case("paged_key_range_ps32_d64_noncausal")
+                  .Heads(4, 2)
+                  .Dim(64)
+                  .Paged(32)
+                  .Packed({70, 130}, {900, 420})
+                  .KeyRanges({{45, 611}, {100, 420}}));
+  c.push_back(Case("paged_key_range_ps256_d128")
+                  .Heads(4, 2)
+                  .Dim(128)
+                  .Causal()
+                  .Paged(256)
+                  .Packed({64, 100}, {1000, 700})
+                  .KeyRanges({{300, 777}, {129, 640}}));
   c.push_back(Case("paged_key_range_window_alibi")
                   .Heads(4, 4)
                   .Dim(128)
