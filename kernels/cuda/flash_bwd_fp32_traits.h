@@ -11,16 +11,18 @@ namespace attention::cuda {
 
 // Key and query tile rows of a head-dim bucket. 64 x 64 up to bucket 128: the K, V, Q and dO
 // tiles (64 rows of head_dim + 4 floats each) and the P and dS tiles take 170 KB at 128, under
-// the 227 KB an H100 block may have. From bucket 160 on, 32 x 32: 64-row tiles of 256 floats
-// would need 282 KB, and the per-thread dK / dV accumulators (rows x head_dim / 8 columns each)
-// would pass 128 registers.
+// the 227 KB an H100 block may have. From bucket 160 on, 64 keys x 32 query rows (212 KB at
+// 256; 64 x 64 would need 282 KB): 32 x 32 would give each thread 2 x 2 scores, whose 16-byte
+// shared reads (12 wavefronts per 32 FMAs of a warp) outrun its FMAs, and 2-row dK / dV
+// micro-tiles with the same imbalance; 64 x 32 keeps both at about one wavefront per warp FMA
+// instruction, with 128 accumulator registers per thread at 256 (ptxas: no spills).
 struct BwdFp32TileConfig {
   int block_n;  // keys per dK / dV block
   int block_m;  // query rows per query tile (and per dQ block)
 };
 
 constexpr BwdFp32TileConfig DefaultBwdFp32TileConfig(int head_dim) {
-  return head_dim <= 128 ? BwdFp32TileConfig{64, 64} : BwdFp32TileConfig{32, 32};
+  return head_dim <= 128 ? BwdFp32TileConfig{64, 64} : BwdFp32TileConfig{64, 32};
 }
 
 // Threads of every float32 backward block: 8 warps. One block per SM (the tiles take most of the
