@@ -16,6 +16,8 @@
 //   D. dQ += dS K: each warpgroup one m64n64 share (Traits::kDqWarpgroupsM), A = the dS^T tile
 //      read M-major (wgmma's transpose flag), B = K read N-major; float32 result added into
 //      dq_accum with red.global.add.v2.f32 (AtomicAdd2).
+// Dense variant (BwdSm90KernelTraits::kOverlap): B is split around C, P^T computed while dP^T is
+// still on the tensor cores and dS^T while dV's product runs.
 // Q, dO, lse and D come in two stages: the next query tile's copies (cp.async) fly during all the
 // products of this one. Barriers: one per query tile before its products (its copies landed and
 // are visible to the async proxy; every warpgroup is done with the previous tile's dS^T and
