@@ -135,6 +135,28 @@ std::vector<RequestOptions> VariedRequests() {
   a.alibi = 2;
   a.softmax_scale = 0.5f;
   list.push_back(a);
+  // head_dims that are not multiples of 8: a GPU server pads their rows (PlanHeadDim).
+  RequestOptions odd;
+  odd.dtype = v1::BFLOAT16;
+  odd.batch = 2;
+  odd.seqlen_q = 21;
+  odd.seqlen_k = 45;
+  odd.q_heads = 6;
+  odd.kv_heads = 2;
+  odd.head_dim = 36;
+  odd.causal = true;
+  odd.return_lse = true;
+  list.push_back(odd);
+  RequestOptions tiny;
+  tiny.dtype = v1::FLOAT32;
+  tiny.seqlens_q = {3, 12};
+  tiny.seqlens_k = {7, 12};
+  tiny.q_heads = 3;
+  tiny.kv_heads = 1;
+  tiny.head_dim = 5;
+  tiny.window_left = 4;
+  tiny.window_right = 1;
+  list.push_back(tiny);
   return list;
 }
 
