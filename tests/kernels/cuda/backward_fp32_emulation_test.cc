@@ -4,7 +4,7 @@
 // every grid in the order DispatchFlashBwdFp32 launches them, against the float64 gradients of
 // backward_reference.h. Runs anywhere (label cpu): CI, which has no GPU, executes the kernels'
 // thread grids and micro-tiles for each tile configuration (64 x 64 with 16 and 8 column
-// threads, 32 x 32 with one and two key rows per thread), the swapped tile ranges, every score
+// threads, 64 x 32 with 8 and 16), the swapped tile ranges, every score
 // option, GQA sums, packed batches, the workspace addressing and the barrier order (each case
 // also runs with the warps serialized in reverse, which reads a tile before it is written if a
 // barrier is missing). The GPU test (attention_backward_fp32_test) covers the hardware, many more
@@ -233,13 +233,13 @@ std::vector<Case> Cases() {
                            .Softcap(6.f)
                            .Alibi(2)
                            .Mask(MaskKind::kAdditive)));
-  // Bucket 160 (32 x 32 tiles, one key row per thread): packed with empty sequences, window.
+  // Bucket 160 (64 x 32 tiles, 8 column threads): packed with empty sequences, window.
   cases.push_back(fp32(Case("packed160")
                            .Packed({40, 0, 33, 9}, {50, 12, 0, 40})
                            .Heads(2, 1)
                            .Dim(148)
                            .Window(10, 0)));
-  // Bucket 256 (32 x 32 tiles, 16 column threads): negative scale, MQA.
+  // Bucket 256 (64 x 32 tiles, 16 column threads): negative scale, MQA.
   cases.push_back(fp32(Case("dim256").Seq(40, 45).Heads(3, 1).Dim(256).Scale(-0.05f)));
   // One key: dq and dk are 0 in exact arithmetic (Floor).
   cases.push_back(fp32(Case("single_key").Seq(40, 1).Dim(60)));
