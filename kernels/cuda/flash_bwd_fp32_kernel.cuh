@@ -313,7 +313,7 @@ __device__ __forceinline__ void LoadRowStats(float* lse_tile, float* d_tile, con
 // Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemBytes of
 // dynamic shared memory.
 template <typename Traits>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashBwdFp32Kernel(const __grid_constant__ BwdParams p) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -495,7 +495,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 // Deterministic dQ. Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); kNThreads threads;
 // Traits::kSmemBytes of dynamic shared memory (the P tile unused).
 template <typename Traits>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashBwdFp32DqKernel(const __grid_constant__ BwdParams p) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;

@@ -27,10 +27,12 @@ cudaError_t LaunchBwdFp32(void (*kernel)(BwdParams), dim3 grid, const BwdParams&
   return cudaGetLastError();
 }
 
-template <int kHeadDim>
-cudaError_t RunFlashBwdFp32(const BwdParams& p, cudaStream_t stream) {
-  constexpr BwdFp32TileConfig kTiles = DefaultBwdFp32TileConfig(kHeadDim);
-  using Traits = BwdFp32Traits<kHeadDim, kTiles.block_n, kTiles.block_m>;
+// The dK / dV kernel and, deterministic, the dQ kernel of configuration Traits (after the
+// preprocess, RunBwdFp32Preprocess). RunFlashBwdFp32 runs the default configuration; the
+// benchmark's variants (backward_fp32_bench --variants) others.
+template <typename Traits>
+cudaError_t RunFlashBwdFp32Tiles(const BwdParams& p, cudaStream_t stream) {
+  constexpr BwdFp32TileConfig kTiles{Traits::kBlockN, Traits::kBlockM};
   // The key-tile index varies fastest, so the blocks that read a head's query tiles run together
   // and hit L2.
   // An empty grid dimension is a launch error: no key rows means no dK / dV block, no query rows
@@ -46,6 +48,12 @@ cudaError_t RunFlashBwdFp32(const BwdParams& p, cudaStream_t stream) {
   if (!p.deterministic || p.seqlen_q == 0) return cudaSuccess;
   const dim3 dq_grid((p.seqlen_q + kTiles.block_m - 1) / kTiles.block_m, p.q_heads, p.batch);
   return LaunchBwdFp32<Traits>(&bwd_fp32::FlashBwdFp32DqKernel<Traits>, dq_grid, p, stream);
+}
+
+template <int kHeadDim>
+cudaError_t RunFlashBwdFp32(const BwdParams& p, cudaStream_t stream) {
+  constexpr BwdFp32TileConfig kTiles = DefaultBwdFp32TileConfig(kHeadDim);
+  return RunFlashBwdFp32Tiles<BwdFp32Traits<kHeadDim, kTiles.block_n, kTiles.block_m>>(p, stream);
 }
 
 }  // namespace attention::cuda

@@ -25,8 +25,9 @@ constexpr BwdFp32TileConfig DefaultBwdFp32TileConfig(int head_dim) {
   return head_dim <= 128 ? BwdFp32TileConfig{64, 64} : BwdFp32TileConfig{64, 32};
 }
 
-// Threads of every float32 backward block: 8 warps. One block per SM (the tiles take most of the
-// shared memory), so each thread may hold up to 255 registers.
+// Threads of every float32 backward block: 8 warps. The default is one block per SM (the tiles
+// take most of the shared memory), so each thread may hold up to 255 registers;
+// kMinBlocksPerSm = 2 (backward_fp32_bench --variants) caps them at 128.
 inline constexpr int kBwdFp32Threads = 256;
 
 // Largest power of two <= 16 that divides x (x > 0).
@@ -48,12 +49,13 @@ constexpr int Pow2DivisorUpTo16(int x) {
 //      kThreadsBD) + [0, kRowsB)).
 //   C. dQ [kBlockM queries x kHeadDim]: the same column threads, query rows tid / kThreadsBD +
 //      kThreadsCM r, r < kRowsC.
-template <int kHeadDim_, int kBlockN_, int kBlockM_>
+template <int kHeadDim_, int kBlockN_, int kBlockM_, int kMinBlocksPerSm_ = 1>
 struct BwdFp32Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kNThreads = kBwdFp32Threads;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   static constexpr int kStride = kHeadDim + 4;
   static constexpr int kPStride = kBlockN + 4;
   static constexpr int kChunks = kHeadDim / 4;  // 16-byte chunks of a row
@@ -90,6 +92,8 @@ struct BwdFp32Traits {
   static_assert(kBlockM % kThreadsCM == 0 && kRowsC >= 1, "product C: every thread owns rows");
   static_assert(kBlockN % 4 == 0, "product C reads dS rows in 16-byte chunks");
   static_assert(kSmemBytes <= 227 * 1024, "one block's tiles fit an H100 SM");
+  // 228 KB of shared memory per SM, of which each block reserves 1 KB.
+  static_assert(kMinBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "the blocks fit an SM");
 };
 
 }  // namespace attention::cuda
