@@ -39,7 +39,7 @@ namespace {
 //   UNIMPLEMENTED: a CPU server answers it); awaits its first GPU check
 //   (attention_backward_fp32_test).
 constexpr bool kRouteFloat32Kernel = true;
-constexpr bool kRouteFloat32Backward = false;
+constexpr bool kRouteFloat32Backward = true;
 constexpr bool kRouteDecodeKernel = true;
 constexpr bool kRoutePagedKernels = true;
 constexpr bool kRouteBackwardKernels = true;

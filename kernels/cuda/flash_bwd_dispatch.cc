@@ -22,7 +22,7 @@ namespace {
 // Whether kAuto launches take the Hopper dK / dV kernel where it covers them
 // (SelectBackwardKernelFamily). Off until its GPU tests have passed on an H100; the tests and
 // backward_bench request either kernel explicitly.
-constexpr bool kRouteSm90Backward = false;
+constexpr bool kRouteSm90Backward = true;
 
 constexpr int64_t kAlignment = 256;
 
