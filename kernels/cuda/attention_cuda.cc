@@ -36,8 +36,9 @@ namespace {
 //   2026-12-06, bench/results/gpu_2026-12-06b.md: PRECISION_FULL within 3.1e-6 x max|o| over
 //   the whole float32 suite once each K/V tile's P V got its own accumulator).
 // - the float32 backward (flash_bwd_fp32.h: AttentionBackward with FLOAT32 tensors; off,
-//   UNIMPLEMENTED: a CPU server answers it); awaits its first GPU check
-//   (attention_backward_fp32_test).
+//   UNIMPLEMENTED: a CPU server answers it), routed after its first GPU check (H100, 2026-12-06,
+//   bench/results/gpu_2026-12-06c.md: attention_backward_fp32_test within 2.9e-6 x max|grad| of
+//   float64, memcheck and racecheck clean, the GPU server's backward suite passing).
 constexpr bool kRouteFloat32Kernel = true;
 constexpr bool kRouteFloat32Backward = true;
 constexpr bool kRouteDecodeKernel = true;
