@@ -966,6 +966,7 @@ TEST(AttentionCudaStreamTest, RunsOnTheGivenStream) {
   CUDA_OK(cudaMalloc(&q, bytes));
   CUDA_OK(cudaMalloc(&o, bytes));
   CUDA_OK(cudaMemset(q, 0, bytes));
+  CUDA_OK(cudaDeviceSynchronize());  // the non-blocking stream does not wait for the fill
   p.q = p.k = p.v = q;
   p.o = o;
   const absl::Status status = RunAttention(p, nullptr, stream);

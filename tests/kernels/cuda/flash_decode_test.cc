@@ -118,6 +118,10 @@ class DeviceArena {
     if (cudaMalloc(&p, std::max<size_t>(bytes, 16)) != cudaSuccess) return nullptr;
     ptrs_.push_back(p);
     cudaMemset(p, fill, std::max<size_t>(bytes, 16));
+    // cudaMemset may return before it is done, on the legacy default stream, which the
+    // non-blocking streams the cases launch on do not wait for: a late fill overwrote partials
+    // and outputs with 0xff (NaN) when other processes loaded the GPU (H100, 2026-12-06).
+    cudaDeviceSynchronize();
     return p;
   }
   template <typename T>
