@@ -21,12 +21,11 @@ namespace {
 
 // Whether kAuto launches take the Hopper dK / dV kernel where it covers them
 // (SelectBackwardKernelFamily); the tests and backward_bench request either kernel explicitly.
-// Routed for bfloat16 after its GPU check (H100, 2026-12-06, bench/results/gpu_2026-12-06c.md:
-// attention_backward_cuda_test within 4.7e-3 x max|grad| of float64 (the mma.sync kernel 6.7e-3),
-// memcheck and racecheck clean, 1.23-1.65x the mma.sync kernel). float16 keeps the mma.sync kernel
-// until its own instantiations have run on a GPU (the wgmma wrappers differ by element type).
+// Routed after its GPU checks (H100, 2026-12-06, bench/results/gpu_2026-12-06c.md):
+// attention_backward_cuda_test within 4.7e-3 x max|grad| of float64 in bfloat16 (the mma.sync
+// kernel 6.7e-3) and 6.4e-4 in float16, memcheck and racecheck clean in both, 1.23-1.65x the
+// mma.sync kernel.
 constexpr bool kRouteSm90Backward = true;
-constexpr bool kRouteSm90BackwardFloat16 = false;
 
 constexpr int64_t kAlignment = 256;
 
@@ -137,10 +136,8 @@ BwdParams BindBackwardWorkspace(const AttentionBackwardParams& params, void* wor
 }
 
 BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p, BwdKernelFamily requested) {
-  const bool routed =
-      kRouteSm90Backward && (p.dtype == DType::kBFloat16 || kRouteSm90BackwardFloat16);
-  const bool wanted =
-      requested == BwdKernelFamily::kSm90 || (requested == BwdKernelFamily::kAuto && routed);
+  const bool wanted = requested == BwdKernelFamily::kSm90 ||
+                      (requested == BwdKernelFamily::kAuto && kRouteSm90Backward);
   const int bucket = SmallestCompiledBucket(p.head_dim);
   const bool covered = bucket != 0 && HasSm90BwdKernel(bucket) && !p.deterministic &&
                        (p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16) &&
