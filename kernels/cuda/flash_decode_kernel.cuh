@@ -172,34 +172,19 @@ __device__ __forceinline__ void KeyRowOffsets(const AttentionParams& p, const De
   }
 }
 
-// The L2 cache policy of kDecodeVariants' kEvictFirst copies (created once per thread; 0 and
-// unused for the other hints).
-template <DecodeCacheHint kHint>
-__device__ __forceinline__ uint64_t MakeCachePolicy() {
-  uint64_t policy = 0;
-  if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  }
-  return policy;
-}
-
 // cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint).
 template <DecodeCacheHint kHint>
-__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred,
-                                              uint64_t policy) {
+__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred) {
   const int src_bytes = pred ? 16 : 0;
   if constexpr (kHint == DecodeCacheHint::kNone) {
     CpAsync16(smem_addr, gmem, pred);
   } else if constexpr (kHint == DecodeCacheHint::kPrefetch128) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else if constexpr (kHint == DecodeCacheHint::kPrefetch256) {
+  } else {
+    static_assert(kHint == DecodeCacheHint::kPrefetch256, "a DecodeCacheHint");
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else {
-    asm volatile(
-        "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr),
-        "l"(gmem), "r"(src_bytes), "l"(policy));
   }
 }
 
@@ -255,7 +240,7 @@ template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = Deco
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
                                            int valid_chunks, int tid, OffsetFn offset,
-                                           uint64_t policy = 0, const int32_t* pages = nullptr,
+                                           const int32_t* pages = nullptr,
                                            const PageGeometry* geo = nullptr,
                                            uint32_t head_tile_bytes = 0) {
   constexpr int kElems = 16 / kElemBytes;
@@ -303,8 +288,8 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
       }
     }
     const uint32_t dst = offset(row, chunk) + (kHeads > 1 ? head * head_tile_bytes : 0u);
-    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
-    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
   }
 }
 
@@ -536,7 +521,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   }
   const int valid_chunks = p.head_dim / 8;
   const auto kv_offset = [](int row, int chunk) { return KVTile::Offset(row, chunk); };
-  const uint64_t policy = MakeCachePolicy<kHint>();
   // pages_ahead: `pages` holds the entries of the next tile the loop will copy.
   const PageGeometry geo(p.page_size);
   int32_t pages[kCopyIters] = {};
@@ -556,7 +540,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       }
       LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
           p, blk, blk.tile_begin + st, base, base + kHeads * KVTile::kBytes, valid_chunks, tid,
-          kv_offset, policy, pages_arg, &geo, KVTile::kBytes);
+          kv_offset, pages_arg, &geo, KVTile::kBytes);
     }
     CpAsyncCommit();
   }
@@ -627,7 +611,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
         const uint32_t base = smem_kv + ahead_stage * Traits::kSmem.stage_bytes;
         LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
             p, blk, ahead, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
-            policy, pages_arg, &geo, KVTile::kBytes);
+            pages_arg, &geo, KVTile::kBytes);
         // The next refill's page entries load while this tile is computed.
         if constexpr (kPagesAhead) {
           if (ahead + 1 < blk.tile_end) {
