@@ -532,6 +532,45 @@ TEST(BackwardOnBackendUnderTest, AnswersSixteenBitBackward) {
       }
     }
   }
+  // head_dims that are not multiples of 8 (the plan pads their rows for the GPU kernels), GQA,
+  // Sq != Sk, forward and backward; float32 where its backward is served.
+  {
+    RequestOptions odd;
+    odd.dtype = v1::BFLOAT16;
+    odd.seqlen_q = 29;
+    odd.seqlen_k = 45;
+    odd.q_heads = 6;
+    odd.kv_heads = 2;
+    odd.head_dim = 36;
+    odd.causal = true;
+    std::vector<RequestOptions> shapes = {odd};
+    RequestOptions tiny = odd;
+    tiny.dtype = v1::FLOAT32;
+    tiny.head_dim = 5;
+    tiny.causal = false;
+    tiny.window_left = 9;
+    tiny.window_right = 2;
+    bool float32_served = testing::ServerBackendUnderTest() != "cuda";
+#ifdef ATTENTION_HAVE_CUDA
+    float32_served = float32_served || cuda::Float32BackwardRouted().ok();
+#endif
+    if (float32_served) shapes.push_back(tiny);
+    uint64_t id = 10;
+    for (const RequestOptions& shape : shapes) {
+      SCOPED_TRACE(absl::StrCat("head_dim ", shape.head_dim));
+      v1::AttentionRequest forward_odd;
+      v1::AttentionResponse answer_odd;
+      forward_of(shape, id++, &forward_odd, &answer_odd);
+      EXPECT_EQ(testing::CompareWithReference(forward_odd, answer_odd), "");
+      const v1::AttentionRequest request = MakeBackwardRequest(forward_odd, answer_odd, id++, rng);
+      v1::AttentionResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + 60s);
+      const grpc::Status status = stub->AttentionBackward(&context, request, &response);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(CompareBackwardWithReference(request, response), "");
+    }
+  }
   grpc::ClientContext again;
   again.set_deadline(std::chrono::system_clock::now() + 60s);
   EXPECT_TRUE(stub->Attention(&again, forward, &answer).ok());
