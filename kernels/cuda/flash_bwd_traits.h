@@ -238,7 +238,7 @@ struct BwdSm90KernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
   static constexpr bool kOverlap = kOverlap_;
-  static constexpr int kBlockN = 128;       // keys per tile: 64 per warpgroup
+  static constexpr int kBlockN = 128;  // keys per tile: 64 per warpgroup
   static constexpr int kWarpgroups = 2;
   static constexpr int kNWarps = 4 * kWarpgroups;
   static constexpr int kNThreads = 32 * kNWarps;
