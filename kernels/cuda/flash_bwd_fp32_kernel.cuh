@@ -136,68 +136,9 @@ __device__ __forceinline__ void LoadTileAsync(float* dst, const float* src, int6
   }
 }
 
-// The score -> P and dS rule of one (sequence, query head), element by element: raw score s
-// (q . k, unscaled) and dp (dO . v) of query row i and key j (local to the sequence) into
-// p = exp(logit - lse) and ds = p * (dp - D) * softcap' (the softmax scale is applied by the
-// products that use ds). `lse_log2` is the workspace's (+inf for a row without any allowed key).
-struct Fp32ScoreRule {
-  float scale, softcap, cap_scale, slope;
-  const void* mask;
-  MaskKind mask_kind;
-  int64_t mask_base, mask_row_stride, mask_col_stride;
-  int len_q, len_k, shift, left, right;
-
-  __device__ __forceinline__ void Init(const BwdParams& p, const SeqBounds& s, int b, int head) {
-    scale = p.softmax_scale;
-    softcap = p.softcap;
-    cap_scale = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
-    slope = p.alibi_slopes != nullptr ? p.alibi_slopes[b * p.alibi_batch_stride + head] : 0.f;
-    mask = p.mask;
-    mask_kind = p.mask_kind;
-    mask_base = b * p.mask_batch_stride + head * p.mask_head_stride;
-    mask_row_stride = p.mask_row_stride;
-    mask_col_stride = p.mask_col_stride;
-    len_q = s.len_q;
-    len_k = s.len_k;
-    shift = s.len_k - s.len_q;
-    left = p.window_left;
-    right = p.window_right;
-  }
-
-  // Whether key j is allowed for query row i by the sequences and the window (the mask is
-  // Grad's). Window sides are clamped by the host (ClampWindow), so nothing overflows an int.
-  __device__ __forceinline__ bool InBounds(int i, int j) const {
-    const int pos = i + shift;
-    return i < len_q && j < len_k && (left < 0 || j >= pos - left) &&
-           (right < 0 || j <= pos + right);
-  }
-
-  __device__ __forceinline__ void Grad(float s, float dp, float lse_log2, float d, int i, int j,
-                                       float& p_out, float& ds_out) const {
-    bool allowed = InBounds(i, j);
-    float logit;
-    float dcap = 1.f;
-    if (softcap > 0.f) {
-      const float th = tanhf(s * cap_scale);
-      logit = softcap * th;
-      dcap = 1.f - th * th;
-    } else {
-      logit = s * scale;
-    }
-    logit -= slope * fabsf(static_cast<float>(i + shift - j));
-    if (mask_kind != MaskKind::kNone && allowed) {
-      const int64_t idx = mask_base + i * mask_row_stride + j * mask_col_stride;
-      if (mask_kind == MaskKind::kBool) {
-        allowed = static_cast<const uint8_t*>(mask)[idx] != 0;
-      } else {
-        logit += static_cast<const float*>(mask)[idx];
-      }
-    }
-    const float p = allowed ? Exp2(fmaf(logit, kLog2e, -lse_log2)) : 0.f;
-    p_out = p;
-    ds_out = p * (dp - d) * dcap;
-  }
-};
+// The score -> P and dS rule of one (sequence, query head): the 16-bit kernels' general rule
+// (every option at run time) with the exact tanhf for softcap.
+using Fp32ScoreRule = bwd::ScoreRule<true, true>;
 
 // Product A of one (key tile, query tile) pair: S^T = K Q^T and dP^T = V dO^T for this thread's
 // keys kRowsA * (tid / 16) + [0, kRowsA) and queries tid % 16 + 16 c, turned into P and dS by
@@ -261,7 +202,8 @@ __device__ __forceinline__ void ScoresToGrads(const float* smem_k, const float* 
     float dsv[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      rule.Grad(acc_s[r][c], acc_dp[r][c], lse_log2, d, q0 + row, key0 + r0 + r, pv[r], dsv[r]);
+      rule.Grad<true>(acc_s[r][c], acc_dp[r][c], lse_log2, d, q0 + row, key0 + r0 + r, pv[r],
+                      dsv[r]);
     }
     if (smem_p != nullptr) StoreVec(smem_p + row * Traits::kPStride + r0, pv);
     StoreVec(smem_ds + row * Traits::kPStride + r0, dsv);

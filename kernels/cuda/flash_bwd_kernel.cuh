@@ -86,7 +86,9 @@ __device__ __forceinline__ SeqBounds LocateSequence(const BwdParams& p, int b) {
 // p = exp(logit - lse) and ds = p * (dp - D) * softcap'. `lse_log2` is the workspace's (+inf
 // for a row without any allowed key). kGeneral: softcap, ALiBi and masks as the forward's
 // ScoresToLogits (flash_fwd_common.cuh); otherwise the logit is scale * s with scale > 0.
-template <bool kGeneral>
+// kExactTanh: softcap through tanhf instead of the fast Tanh, whose ~1e-7 absolute error would be
+// 3e-6 of a softcap-30 logit (the float32 backward's).
+template <bool kGeneral, bool kExactTanh = false>
 struct ScoreRule {
   float scale;       // softmax_scale
   float scale_log2;  // softmax_scale * log2(e)
@@ -145,7 +147,7 @@ struct ScoreRule {
       float logit;
       float dcap = 1.f;
       if (softcap > 0.f) {
-        const float th = Tanh(s * cap_scale);
+        const float th = kExactTanh ? tanhf(s * cap_scale) : Tanh(s * cap_scale);
         logit = softcap * th;
         dcap = 1.f - th * th;
       } else {
