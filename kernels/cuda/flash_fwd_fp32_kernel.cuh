@@ -502,6 +502,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
   const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
 
+  // The KV tiles this warp's own rows see. A masked tile (the diagonal of a causal block, a
+  // window's edges) that holds no allowed key for any of them is skipped by the warp: it still
+  // copies its share of the tile and meets every barrier, but issues no MMA for it, which frees
+  // the SM's tensor cores for the warps that need it. The result is unchanged: a tile without an
+  // allowed key leaves the row's max, sum and O as they were. With 128-row blocks of 16-row warps
+  // and 32-key tiles the diagonal's MMAs fall by 3/8 (bench/cuda/fp32_notes.md, "Diagonal tiles").
+  const int warp_rows = c.rows - warp_row0 < 16 * kMTiles ? c.rows - warp_row0 : 16 * kMTiles;
+  const KvTileRange warp_tiles = warp_rows > 0 ? KvTiles(c.row0 + warp_row0, warp_rows, c.len_q,
+                                                         c.len_k, kBlockN, c.left, c.right)
+                                               : KvTileRange{0, 0};
+
   float acc_o[kMTiles][kNTilesO][4];
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
@@ -566,6 +577,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
                                           p.v_row_stride, c.len_k - key0, valid_chunks, tid);
     }
     CpAsyncCommit();
+
+    // A masked tile outside this warp's own range (warp-uniform): only the copies and barriers.
+    if (kMask && (n < warp_tiles.begin || n >= warp_tiles.end)) {
+      if constexpr (kStages == 1) {
+        CpAsyncWait<0>();
+        __syncthreads();
+        if (n > tiles.begin) {
+          LoadTile<KVTile, kBlockN, kThreads>(smem_k,
+                                              c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                              p.k_row_stride, kBlockN, valid_chunks, tid);
+        }
+        CpAsyncCommit();
+      }
+      if constexpr (kStages == 2) stage ^= 1;
+      return;
+    }
 
     // S = Q K^T for this warp's rows: [16 * kMTiles, kBlockN] in float32 registers.
     float acc_s[kMTiles][kNTilesS][4];
