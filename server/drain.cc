@@ -1,6 +1,12 @@
 #include "server/drain.h"
 
+#include <algorithm>
+
 namespace attention::server {
+
+Clock::time_point LingerUntil(Clock::time_point last_answer, Clock::time_point deadline) {
+  return std::min(last_answer + kClientLinger, deadline);
+}
 
 DrainResult RunDrain(DrainTarget& target, Clock::time_point deadline, Clock::duration stuck_grace,
                      const std::function<void(const DrainResult&)>& on_started) {
@@ -18,6 +24,10 @@ DrainResult RunDrain(DrainTarget& target, Clock::time_point deadline, Clock::dur
     return r;
   }
   r.calls_done = target.WaitForCalls(deadline);
+  if (r.calls_done) {
+    const Clock::time_point until = LingerUntil(target.LastAnswer(), deadline);
+    if (until > Clock::now()) target.Linger(until);
+  }
   target.ShutdownServer();
   target.ShutdownExecutors();
   return r;

@@ -9,7 +9,11 @@
 //      the devices get until the deadline plus a grace period to finish. One that never finishes
 //      still points into its calls, so nothing may be torn down: the drain reports `stuck`;
 //   4. every call ends (answers written, streams finished), until the deadline;
-//   5. the gRPC server shuts down (cancelling only what is left at the deadline), then the
+//   5. once they all have, the connections stay open for kClientLinger after the last answer
+//      (never past the deadline): an answer counts as written once it is in the socket, and a
+//      process that exits while a client's frames (window updates, pings) arrive makes the kernel
+//      reset the connection, which discards what that client had not read yet: its answer;
+//   6. the gRPC server shuts down (cancelling only what is left at the deadline), then the
 //      executors stop.
 #ifndef ATTENTION_SERVER_DRAIN_H_
 #define ATTENTION_SERVER_DRAIN_H_
@@ -43,6 +47,10 @@ class DrainTarget {
   virtual bool ShutdownBatcher(Clock::time_point deadline) = 0;
   // Waits until every call ended, or `deadline`: true when they all did.
   virtual bool WaitForCalls(Clock::time_point deadline) = 0;
+  // When the last call ended (its answer written).
+  virtual Clock::time_point LastAnswer() = 0;
+  // Waits until `until` with the connections open (step 5).
+  virtual void Linger(Clock::time_point until) = 0;
   // Shuts the gRPC server down (cancelling what is left) and waits for it.
   virtual void ShutdownServer() = 0;
   // Stops every executor's threads.
@@ -57,6 +65,15 @@ struct DrainResult {
   bool stuck = false;       // a batch never finished: nothing was torn down (step 3)
   bool calls_done = false;  // every call ended before the deadline
 };
+
+// How long the connections stay open after the last answer (step 5): a client on the same host
+// reads its answer within milliseconds; half a second covers a loaded host and a proxy between
+// (a container runtime's port forwarding) while adding at most that to a drain.
+inline constexpr Clock::duration kClientLinger = std::chrono::milliseconds(500);
+
+// Until when step 5 lingers: kClientLinger after the last answer, never past the drain deadline
+// (already past when the last answer is older than kClientLinger).
+Clock::time_point LingerUntil(Clock::time_point last_answer, Clock::time_point deadline);
 
 // Runs the sequence above. `deadline` is the drain deadline (--drain_timeout_s from the signal);
 // `stuck_grace` the extra time a batch on a device gets after it. `on_started` runs after step 1

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/debugging/failure_signal_handler.h"
@@ -559,6 +560,10 @@ class ServerDrainTarget final : public DrainTarget {
   bool WaitForCalls(Clock::time_point deadline) override {
     return service_->WaitForCalls(deadline) && sessions_->WaitForCalls(deadline);
   }
+  Clock::time_point LastAnswer() override {
+    return std::max(service_->LastCallDone(), sessions_->LastCallDone());
+  }
+  void Linger(Clock::time_point until) override { std::this_thread::sleep_until(until); }
   void ShutdownServer() override {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();

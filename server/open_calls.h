@@ -24,6 +24,7 @@ class OpenCalls {
   }
   void Done() {
     std::lock_guard<std::mutex> lock(mu_);
+    last_done_ = std::chrono::steady_clock::now();
     if (--calls_ == 0) none_open_.notify_all();
   }
   // A stream starts (counted as a call) and, in its OnDone, leaves; Done() follows Unregister.
@@ -51,11 +52,17 @@ class OpenCalls {
     std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int>(streams_.size());
   }
+  // When the last call ended (its answer written); the epoch if none has.
+  std::chrono::steady_clock::time_point last_done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_done_;
+  }
 
  private:
   mutable std::mutex mu_;
   std::condition_variable none_open_;
   int64_t calls_ = 0;  // open calls, unary and stream
+  std::chrono::steady_clock::time_point last_done_{};
   absl::flat_hash_set<Stream*> streams_;
 };
 
@@ -76,6 +83,9 @@ class ServiceCalls {
 
   // Streams currently open (tests).
   int open_streams() const { return open_.streams(); }
+
+  // When the last call ended (the drain's client linger counts from it).
+  std::chrono::steady_clock::time_point LastCallDone() const { return open_.last_done(); }
 
   void CallStarted() { open_.Started(); }
   void CallDone() { open_.Done(); }

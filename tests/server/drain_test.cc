@@ -19,6 +19,8 @@ class RecordingTarget final : public DrainTarget {
   int64_t queued = 3;
   std::vector<std::string> calls;
   Clock::time_point drain_deadline, batcher_deadline, calls_deadline;
+  Clock::time_point last_answer = Clock::now();
+  Clock::time_point lingered_until;
 
   void SetNotServing() override { calls.push_back("not_serving"); }
   void StopAcceptingCalls() override { calls.push_back("stop_calls"); }
@@ -41,6 +43,11 @@ class RecordingTarget final : public DrainTarget {
     calls_deadline = deadline;
     return calls_end;
   }
+  Clock::time_point LastAnswer() override { return last_answer; }
+  void Linger(Clock::time_point until) override {
+    calls.push_back("linger");
+    lingered_until = until;
+  }
   void ShutdownServer() override { calls.push_back("shutdown_server"); }
   void ShutdownExecutors() override { calls.push_back("shutdown_executors"); }
 };
@@ -49,18 +56,20 @@ TEST(DrainTest, StepsRunInOrder) {
   RecordingTarget target;
   const Clock::time_point deadline = Clock::now() + std::chrono::seconds(30);
   std::vector<std::string> at_start;
-  const DrainResult r = RunDrain(target, deadline, std::chrono::seconds(5),
-                                 [&](const DrainResult& started) {
-                                   at_start = target.calls;
-                                   EXPECT_EQ(started.queued_at_start, 3);
-                                   EXPECT_EQ(started.batches_at_start, 2);
-                                 });
+  const DrainResult r =
+      RunDrain(target, deadline, std::chrono::seconds(5), [&](const DrainResult& started) {
+        at_start = target.calls;
+        EXPECT_EQ(started.queued_at_start, 3);
+        EXPECT_EQ(started.batches_at_start, 2);
+      });
   // Health, calls and jobs are all refused before the "draining" line (on_started).
   EXPECT_EQ(at_start, (std::vector<std::string>{"not_serving", "stop_calls", "stop_jobs"}));
   EXPECT_EQ(target.calls,
             (std::vector<std::string>{"not_serving", "stop_calls", "stop_jobs", "drain_queue",
-                                      "shutdown_batcher", "wait_calls", "shutdown_server",
+                                      "shutdown_batcher", "wait_calls", "linger", "shutdown_server",
                                       "shutdown_executors"}));
+  // The connections stay open for kClientLinger after the last answer.
+  EXPECT_EQ(target.lingered_until, target.last_answer + kClientLinger);
   EXPECT_EQ(target.drain_deadline, deadline);
   EXPECT_EQ(target.batcher_deadline, deadline + std::chrono::seconds(5));
   EXPECT_EQ(target.calls_deadline, deadline);
@@ -80,6 +89,25 @@ TEST(DrainTest, QueueLeftAtTheDeadlineIsReportedAbandoned) {
   EXPECT_FALSE(r.calls_done);
   // Still shuts everything down, in order.
   EXPECT_EQ(target.calls.back(), "shutdown_executors");
+}
+
+TEST(DrainTest, LingerEndsAtTheDeadlineAndOnlyAfterRecentAnswers) {
+  const Clock::time_point t0 = Clock::now();
+  EXPECT_EQ(LingerUntil(t0, t0 + std::chrono::seconds(30)), t0 + kClientLinger);
+  EXPECT_EQ(LingerUntil(t0, t0 + std::chrono::milliseconds(1)), t0 + std::chrono::milliseconds(1));
+
+  // The last answer went out long ago: its client has read it, no linger.
+  RecordingTarget old_answers;
+  old_answers.last_answer = Clock::now() - std::chrono::seconds(10);
+  RunDrain(old_answers, Clock::now() + std::chrono::seconds(30), std::chrono::seconds(5));
+  for (const std::string& call : old_answers.calls) EXPECT_NE(call, "linger");
+
+  // Calls still open at the deadline: they are cancelled at once, nothing to linger for.
+  RecordingTarget open_calls;
+  open_calls.calls_end = false;
+  RunDrain(open_calls, Clock::now() + std::chrono::seconds(30), std::chrono::seconds(5));
+  for (const std::string& call : open_calls.calls) EXPECT_NE(call, "linger");
+  EXPECT_EQ(open_calls.calls.back(), "shutdown_executors");
 }
 
 TEST(DrainTest, StuckBatchTearsNothingDown) {
