@@ -491,7 +491,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   // (lane / 8) % 2. V: lane (g, t) reads rows 2t and 2t + 1 at chunk g of each 32-column group.
   const int g = lane / 4;
   const int t = lane % 4;
-  const int warp_row0 = warp * 16 * kMTiles;
+  // The warp's rows. Warp w issues on the SM sub-partition w % 4, whose tensor core it shares
+  // only with warps w +- 4 (and the other block's on the SM). With 8 warps the second four take
+  // their row groups in reverse order, so that each sub-partition holds one low and one high row
+  // group: on a causal diagonal, where the low rows skip most tiles (below), every
+  // sub-partition then has the same MMA work (5 of 8 tile-warps at 128 x 32 instead of 4 to 6).
+  const int row_group = (warp / 4) % 2 == 0 ? warp : 4 * (warp / 4) + 3 - warp % 4;
+  const int warp_row0 = row_group * 16 * kMTiles;
   const uint32_t q_lane = QTile::LaneBase(
       smem_q, static_cast<uint32_t>(warp_row0 + lane % 8 + 8 * ((lane / 8) % 2)), lane / 16);
   const uint32_t k_row = lane % 8 + 8 * (lane / 16);
