@@ -8,13 +8,16 @@
 //
 //   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
-//                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE]
+//                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE] [--ws]
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
 //   --paged   every cell of the grid twice, back to back: dense K/V, then the same K/V read
 //             through a page table (pages of PAGE_SIZE keys in random order, q dense): the paged
 //             prefill's time against the dense kernel's (kind "paged" in the JSON)
+//   --ws      every cell of the grid twice, back to back: the routed kernel, then the
+//             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h, not routed) on the
+//             same inputs, with the largest difference between their outputs (kind "ws")
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -36,6 +39,7 @@
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
+#include "kernels/cuda/flash_fwd_sm90ws.h"
 #include "kernels/dtype.h"
 
 namespace attention::cuda::bench {
@@ -82,6 +86,7 @@ struct Options {
   bool tiles = false;
   bool memory = false;
   int page_size = 0;  // --paged
+  bool ws = false;
 };
 
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
@@ -192,6 +197,10 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
   return true;
 }
 
+// --ws: the routed kernel's o (left in buf.o by the timing before) against the warp-specialized
+// kernel's, then the latter timed; one table row and JSON line. Returns false on failure.
+bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops, FILE* json);
+
 double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
   const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
   return flops / (ms * 1e-3) / 1e12;
@@ -219,7 +228,13 @@ int RunGrid(const Options& opt, FILE* json) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  if (opt.page_size > 0) {
+  if (opt.ws) {
+    std::printf("# ws: the warp-specialized Hopper kernel beside the routed one, same inputs\n");
+    std::printf(
+        "| dtype | d | causal | seqlen | batch | heads | ms routed | TFLOP/s routed | ms ws | "
+        "TFLOP/s ws | ws / routed speed | max abs diff |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  } else if (opt.page_size > 0) {
     std::printf("# paged: pages of %d keys in random order; ms_paged / ms_dense per cell\n",
                 opt.page_size);
     std::printf(
@@ -258,6 +273,10 @@ int RunGrid(const Options& opt, FILE* json) {
           const AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
           absl::Status status;
           const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
+          if (opt.ws && status.ok()) {
+            if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), json)) ++failures;
+            continue;
+          }
           if (opt.page_size > 0 && status.ok()) {
             AttentionParams pp;
             if (!MakePaged(p, opt.page_size, table, seqlens, pp)) return 1;
@@ -358,6 +377,52 @@ int RunGrid(const Options& opt, FILE* json) {
   return failures == 0 ? 0 : 1;
 }
 
+bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops, FILE* json) {
+  const int64_t count = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
+  std::vector<uint16_t> routed(count), ws(count);
+  if (!Check(cudaDeviceSynchronize(), "routed kernel") ||
+      !Check(cudaMemcpy(routed.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+    return false;
+  }
+  absl::Status status = RunFlashFwdSm90Ws(p, nullptr);
+  if (absl::IsUnimplemented(status)) {  // a cell the kernel does not cover (e.g. d = 256)
+    std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | - | - | - | %s |\n", dt.c_str(),
+                p.head_dim, p.causal ? 1 : 0, p.seqlen_q, p.batch, p.q_heads, ms, tflops,
+                std::string(status.message()).c_str());
+    return true;
+  }
+  if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel") &&
+      Check(cudaMemcpy(ws.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+    const double ms_ws = MedianMs([&] { status = RunFlashFwdSm90Ws(p, nullptr); });
+    if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel")) {
+      const auto value = [&](uint16_t x) {
+        return p.dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
+      };
+      double max_diff = 0.0;
+      for (int64_t i = 0; i < count; ++i) {
+        const double diff = std::fabs(double{value(ws[i])} - value(routed[i]));
+        max_diff = std::isnan(diff) ? INFINITY : std::max(max_diff, diff);
+      }
+      std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %.3f | %.1f | %.3f | %.2e |\n",
+                  dt.c_str(), p.head_dim, p.causal ? 1 : 0, p.seqlen_q, p.batch, p.q_heads, ms,
+                  tflops, ms_ws, tflops * ms / ms_ws, ms / ms_ws, max_diff);
+      if (json != nullptr) {
+        std::fprintf(json,
+                     "{\"kind\": \"ws\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
+                     "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms_routed\": %.4f, "
+                     "\"ms_ws\": %.4f, \"ws_over_routed\": %.4f, \"max_abs_diff\": %.3e}\n",
+                     dt.c_str(), p.head_dim, p.causal ? "true" : "false", p.seqlen_q, p.batch,
+                     p.q_heads, ms, ms_ws, ms / ms_ws, max_diff);
+      }
+      std::fflush(stdout);
+      return true;
+    }
+  }
+  std::fprintf(stderr, "ws %s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), p.head_dim,
+               p.causal ? 1 : 0, p.seqlen_q, status.ToString().c_str());
+  return false;
+}
+
 // Peak device memory of one 131072-token sequence, 16 heads, head_dim 128, bf16, with LSE: the
 // device memory in use after the runs minus before the allocations, against inputs + outputs +
 // LSE. The difference is the fixed workspace (the kernel allocates nothing; what remains is the
@@ -444,6 +509,8 @@ int Main(int argc, char** argv) {
       opt.tiles = true;
     } else if (arg == "--memory") {
       opt.memory = true;
+    } else if (arg == "--ws") {
+      opt.ws = true;
     } else if (arg == "--paged") {
       opt.page_size = std::atoi(value().c_str());
     } else {

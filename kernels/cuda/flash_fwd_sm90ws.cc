@@ -1,0 +1,284 @@
+#include "kernels/cuda/flash_fwd_sm90ws.h"
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/compiled_head_dims.h"
+#include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+
+// The build defines ATTN_KERNEL_HEAD_DIMS (compiled_head_dims.h), ATTN_KERNEL_DTYPE_<type> per
+// compiled element type and ATTN_KERNEL_SM90 when the instantiations under
+// instantiations/flash_fwd_sm90ws_*.cu are compiled (kernels/cuda/CMakeLists.txt).
+
+namespace attention::cuda {
+namespace {
+
+// Rows of a query tile: the kernel's two consumer warpgroups of 64 (Sm90WsTraits::kBlockM).
+constexpr int kBlockM = 128;
+
+// The kernel's head-dim bucket for `head_dim`: 64 or 128, 0 above.
+constexpr int WsBucket(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 0; }
+
+constexpr bool BucketCompiled(int bucket) {
+  for (int d : kCompiledHeadDims) {
+    if (d == bucket) return true;
+  }
+  return false;
+}
+
+// Whether the current device has compute capability 9.0, cached per device (a driver query).
+bool CurrentDeviceIsSm90() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int8_t> known[kMaxDevices];  // 0 unknown, 1 yes, -1 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+  int8_t v = known[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    int minor = 0;
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
+    v = ok && major == 9 && minor == 0 ? 1 : -1;
+    known[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
+bool DTypeBuilt(DType dtype) {
+  switch (dtype) {
+    case DType::kBFloat16:
+#ifdef ATTN_KERNEL_DTYPE_BF16
+      return true;
+#else
+      return false;
+#endif
+    case DType::kFloat16:
+#ifdef ATTN_KERNEL_DTYPE_FP16
+      return true;
+#else
+      return false;
+#endif
+    case DType::kFloat32:
+      return false;
+  }
+  return false;
+}
+
+// cuTensorMapEncodeTiled (CUDA 12.0 driver API), reached through the runtime so that nothing links
+// libcuda; null when the driver does not provide it.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn EncodeTiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// The map of one of q, k, v: 4-D {head_dim, heads, rows, batch} with element strides head_stride,
+// row_stride, batch_stride; boxes of {64, 1, box_rows, 1} in the 128-byte swizzle (one panel of a
+// tile, FwdSm90WsArgs). A dimension of size 1 gets a legal stride in place of whatever the params
+// hold there (the map never steps along it).
+absl::Status EncodeMap(const char* name, DType dtype, const void* data, int head_dim, int heads,
+                       int rows, int batch, int64_t head_stride, int64_t row_stride,
+                       int64_t batch_stride, int box_rows, CUtensorMap& map) {
+  const EncodeTiledFn encode = EncodeTiled();
+  if (encode == nullptr) {
+    return absl::UnimplementedError(
+        "the CUDA driver does not provide cuTensorMapEncodeTiled (the warp-specialized Hopper "
+        "kernel's bulk copies need a CUDA 12 driver)");
+  }
+  const int64_t elem = 2;
+  if (heads == 1) head_stride = head_dim;
+  if (batch == 1) batch_stride = row_stride * rows;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(head_stride * elem),
+                                 static_cast<cuuint64_t>(row_stride * elem),
+                                 static_cast<cuuint64_t>(batch_stride * elem)};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUresult res =
+      encode(&map,
+             dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+             4, const_cast<void*>(data), dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (res != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrCat("cuTensorMapEncodeTiled refused the map of ", name,
+                                            " (CUresult ", static_cast<int>(res), ")"));
+  }
+  return absl::OkStatus();
+}
+
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchBucket(const FwdSm90WsArgs& args, cudaStream_t stream) {
+  return args.p.causal ? LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, true>(args, stream)
+                       : LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, false>(args, stream);
+}
+
+template <DType kDType>
+cudaError_t LaunchDType(const FwdSm90WsArgs& args, int bucket, cudaStream_t stream) {
+  if constexpr (BucketCompiled(64)) {
+    if (bucket == 64) return LaunchBucket<kDType, 64>(args, stream);
+  }
+  if constexpr (BucketCompiled(128)) {
+    if (bucket == 128) return LaunchBucket<kDType, 128>(args, stream);
+  }
+  return cudaErrorInvalidValue;  // CheckFlashFwdSm90Ws refuses every other bucket first
+}
+
+bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
+#ifndef ATTN_KERNEL_SM90
+  return absl::UnimplementedError(
+      "the warp-specialized Hopper kernel is not in this build (configured without sm_90a, "
+      "ATTN_KERNEL_SM90=OFF)");
+#endif
+  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel takes float16 and bfloat16 inputs only");
+  }
+  if (!DTypeBuilt(p.dtype)) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel is not compiled for this dtype (ATTN_KERNEL_DTYPES)");
+  }
+  const int bucket = WsBucket(p.head_dim);
+  if (p.head_dim <= 0 || p.head_dim % 8 != 0 || bucket == 0) {
+    return absl::UnimplementedError(
+        absl::StrCat("head_dim ", p.head_dim,
+                     ": the warp-specialized Hopper kernel takes multiples of 8 up to 128"));
+  }
+  if (!BucketCompiled(bucket)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "head_dim ", p.head_dim, ": bucket ", bucket,
+        " is not compiled (ATTN_KERNEL_HEAD_DIMS), so neither is the warp-specialized kernel's"));
+  }
+  if (p.is_varlen() || p.is_paged() || p.key_range != nullptr || p.seqlens_k != nullptr) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel takes dense batches only (no cu_seqlens, page_table, "
+        "seqlens_k or key_range)");
+  }
+  if (p.alibi_slopes != nullptr || p.softcap > 0.f || p.mask_kind != MaskKind::kNone ||
+      !(p.softmax_scale > 0.f)) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel has no ALiBi, softcap or mask and needs "
+        "softmax_scale > 0");
+  }
+  const bool causal_window = p.window_left < 0 && p.window_right == 0;
+  if (p.has_window() && !causal_window) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel takes no window other than causal");
+  }
+  if (p.kv_heads <= 0 || p.q_heads % p.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.q_heads ", p.q_heads,
+                                                   " must be a multiple of kv_heads ", p.kv_heads));
+  }
+  if (p.q_heads > 65535 || p.batch > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionParams.q_heads ", p.q_heads, " and batch ", p.batch,
+                     " must each be at most 65535 (grid dimensions y and z)"));
+  }
+  for (const void* ptr : {p.q, p.k, p.v, static_cast<const void*>(p.o)}) {
+    if (!Aligned16(ptr)) {
+      return absl::InvalidArgumentError(
+          "AttentionParams.q, k, v and o must be 16-byte aligned (bulk tensor copies, 16-byte "
+          "stores)");
+    }
+  }
+  for (const int64_t stride :
+       {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
+        p.k_head_stride, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.o_row_stride}) {
+    if (stride < 0 || stride % 8 != 0 || stride >= (int64_t{1} << 38)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AttentionParams strides of q, k, v and the row stride of o must be multiples of 8 "
+          "elements below 2^38 (16-byte tensor-map strides); got ",
+          stride));
+    }
+  }
+  if (!CurrentDeviceIsSm90()) {
+    return absl::UnimplementedError(
+        "the warp-specialized Hopper kernel runs on compute capability 9.0 devices only");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, int block_n, FwdSm90WsArgs& args) {
+  args.p = p;
+  // Maps need dimensions >= 1; an empty context (seqlen_k 0) is never copied from.
+  const int rows_k = p.seqlen_k > 0 ? p.seqlen_k : 1;
+  if (absl::Status s =
+          EncodeMap("q", p.dtype, p.q, p.head_dim, p.q_heads, p.seqlen_q, p.batch, p.q_head_stride,
+                    p.q_row_stride, p.q_batch_stride, kBlockM, args.q);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, rows_k, p.batch, p.k_head_stride,
+                    p.k_row_stride, p.k_batch_stride, block_n, args.k);
+      !s.ok()) {
+    return s;
+  }
+  return EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, p.batch, p.v_head_stride,
+                   p.v_row_stride, p.v_batch_stride, block_n, args.v);
+}
+
+absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t stream) {
+  AttentionParams p = params;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  if (absl::Status s = CheckFlashFwdSm90Ws(p); !s.ok()) return s;
+  if (p.batch == 0 || p.seqlen_q == 0) return absl::OkStatus();
+  const int bucket = WsBucket(p.head_dim);
+  FwdSm90WsArgs args;
+  if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket).block_n, args);
+      !s.ok()) {
+    return s;
+  }
+  cudaError_t err = cudaErrorInvalidValue;
+#ifdef ATTN_KERNEL_SM90
+  switch (p.dtype) {
+#ifdef ATTN_KERNEL_DTYPE_BF16
+    case DType::kBFloat16:
+      err = LaunchDType<DType::kBFloat16>(args, bucket, stream);
+      break;
+#endif
+#ifdef ATTN_KERNEL_DTYPE_FP16
+    case DType::kFloat16:
+      err = LaunchDType<DType::kFloat16>(args, bucket, stream);
+      break;
+#endif
+    default:
+      break;
+  }
+#endif
+  if (err != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("warp-specialized Hopper kernel launch failed: ",
+                                            cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attention::cuda

@@ -1,0 +1,37 @@
+// Host API of the warp-specialized Hopper forward kernel (flash_fwd_sm90ws_kernel.cuh: TMA
+// copies, a producer warpgroup and two consumer warpgroups in ping-pong), the first step of
+// issue 23. Not routed yet: RunAttention keeps launching flash_fwd_sm90_kernel.cuh until this
+// kernel has been measured faster on a GPU; its test and the benchmark's --ws mode call it here.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+
+namespace attention::cuda {
+
+// Whether the kernel covers `p` (normalized: Normalize and ClampWindow applied) in this build on
+// the current device: OK, or UNIMPLEMENTED naming what it lacks (a build without sm_90a or
+// without the dtype / head-dim bucket, a device other than compute capability 9.0, packed or
+// paged batches, a window other than causal, ALiBi, softcap, masks, a softmax_scale <= 0) or
+// INVALID_ARGUMENT naming the field and the rule the bulk copies need (16-byte aligned q, k, v,
+// o and row / head / batch strides that are multiples of 8 elements, head_dim a multiple of 8).
+// Attention sinks and the LSE are covered.
+absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
+
+// Fills `args` for the kernel configuration with KV tiles of `block_n` keys: p (normalized) and
+// the tensor maps of q, k and v. INTERNAL when the driver refuses a map (with its error code).
+absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, int block_n, FwdSm90WsArgs& args);
+
+// Enqueues the kernel for `p` (device pointers, 16-bit dtype, fields as RunAttention takes them)
+// on `stream` with DefaultSm90WsTileConfig: normalizes a copy of p, checks it
+// (CheckFlashFwdSm90Ws), builds the maps and launches. No workspace. INTERNAL with the CUDA error
+// string when the launch fails.
+absl::Status RunFlashFwdSm90Ws(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_

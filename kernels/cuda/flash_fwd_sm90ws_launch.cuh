@@ -1,0 +1,44 @@
+// Launch layer of the warp-specialized Hopper forward kernel: grid, dynamic shared-memory limit,
+// launch. Included only by its instantiation files (instantiations/flash_fwd_sm90ws_*.cu).
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_LAUNCH_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_LAUNCH_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_sm90ws_kernel.cuh"
+#include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+
+namespace attention::cuda {
+
+template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages>
+cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream) {
+  static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
+                "the tensor cores take 16-bit operands");
+  using Element = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
+  using Traits = fwd::Sm90WsTraits<kHeadDim, kBlockN, kStages>;
+  const auto kernel = &fwd::FlashFwdSm90WsKernel<Traits, Element, kCausal>;
+  // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               Traits::kSmemLaunchBytes);
+  if (err != cudaSuccess) return err;
+  const AttentionParams& p = args.p;
+  const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <DType kDType, int kHeadDim, bool kCausal>
+cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream) {
+  constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim);
+  return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages>(args,
+                                                                                        stream);
+}
+
+}  // namespace attention::cuda
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_LAUNCH_CUH_

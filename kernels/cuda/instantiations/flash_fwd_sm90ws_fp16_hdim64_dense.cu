@@ -1,0 +1,10 @@
+// The warp-specialized Hopper forward kernel (flash_fwd_sm90ws_kernel.cuh) for fp16, head-dim
+// bucket 64, dense, with its default tile configuration.
+#include "kernels/cuda/flash_fwd_sm90ws_launch.cuh"
+
+namespace attention::cuda {
+
+template cudaError_t LaunchFlashFwdSm90WsDefault<DType::kFloat16, 64, false>(
+    const FwdSm90WsArgs& args, cudaStream_t stream);
+
+}  // namespace attention::cuda

@@ -1,0 +1,113 @@
+// Hopper (sm_90) wrappers for the warp-specialized forward kernel (flash_fwd_sm90ws_kernel.cuh):
+// transaction-count mbarriers, bulk tensor copies (TMA) that complete on them, named barriers
+// between warpgroups and the register reallocation of setmaxnreg. Device code only.
+//
+// The mbarrier protocol the kernel builds on (PTX ISA, "mbarrier"): a barrier is initialized
+// with an arrival count; a phase completes once that many arrivals have come and every byte a
+// producer announced with arrive.expect_tx has landed (the bulk copies' complete_tx). Waiters
+// name the parity of the phase they wait for; a freshly initialized barrier treats the phase
+// before its first one (parity 1) as complete, which lets a producer wait for "buffer empty"
+// with parity 1 before any consumer has released it.
+#ifndef ATTENTION_KERNELS_CUDA_TMA_UTILS_CUH_
+#define ATTENTION_KERNELS_CUDA_TMA_UTILS_CUH_
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace attention::cuda::fwd {
+
+// Initializes the mbarrier at shared address `bar` (8 bytes, 8-aligned) for `count` arrivals per
+// phase. One thread initializes; FenceMbarrierInit and a block barrier publish it.
+__device__ __forceinline__ void MbarrierInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+// Makes the initializations visible to the async proxy (the bulk copies' complete_tx) as well.
+__device__ __forceinline__ void FenceMbarrierInit() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// One arrival that also announces `bytes` of bulk copies the current phase must wait for.
+__device__ __forceinline__ void MbarrierArriveExpectTx(uint32_t bar, uint32_t bytes) {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+
+// One plain arrival (release semantics: this thread's earlier accesses happen before the phase
+// completes for the waiters).
+__device__ __forceinline__ void MbarrierArrive(uint32_t bar) {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
+// Spins until the phase of parity `parity` of `bar` has completed (acquire semantics: the bytes
+// its bulk copies wrote are visible afterwards).
+__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
+#ifdef ATTN_HAVE_WGMMA
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+#endif
+}
+
+// Bulk tensor copy of one box of the 4-D tensor `map` (a __grid_constant__ kernel parameter, in
+// its own address space) at coordinates {c0, c1, c2, c3} (innermost first) into shared memory at
+// `smem_dst`, counted against the transaction bytes of `bar`. The box lands in the layout the map
+// was encoded with (here 128-byte rows with the 128-byte swizzle); elements outside the tensor
+// are zero-filled and still count as transferred bytes.
+__device__ __forceinline__ void TmaLoad4d(uint32_t smem_dst, const CUtensorMap* map, uint32_t bar,
+                                          int c0, int c1, int c2, int c3) {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(smem_dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+#endif
+}
+
+// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
+// Sync waits for all of them, Arrive counts this warp without waiting.
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Register reallocation between warpgroups (sm_90a): every warp of a warpgroup executes the same
+// one. Takes effect only when the kernel has a register cap at entry (__launch_bounds__ with a
+// minimum of blocks per SM); ptxas warns (C7508) when it cannot honour it.
+template <int kRegs>
+__device__ __forceinline__ void SetMaxRegistersDecrease() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg's range");
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+template <int kRegs>
+__device__ __forceinline__ void SetMaxRegistersIncrease() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg's range");
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+
+}  // namespace attention::cuda::fwd
+
+#endif  // ATTENTION_KERNELS_CUDA_TMA_UTILS_CUH_

@@ -1,0 +1,437 @@
+// GPU test of the warp-specialized Hopper forward kernel (kernels/cuda/flash_fwd_sm90ws.h)
+// against the float64 reference: random inputs drawn fresh for every run (seed printed,
+// ATTN_TEST_SEED to replay), o and lse poisoned with NaN before the launch and guarded past
+// their ends, ragged sequence tails (a last query tile and a last KV tile that are partly
+// outside the sequence), causal with seqlen_q above and below seqlen_k (rows without keys), GQA
+// and MQA, head dims below their bucket, attention sinks, a custom scale, strided (packed-QKV)
+// inputs, and sequences long enough that the K / V stage rings wrap many times.
+//
+// Exits 77 (ctest SKIP) without a CUDA device, on a device other than compute capability 9.0
+// and in a build without the kernel, so it never passes vacuously; a case whose dtype or bucket
+// this build did not compile is reported as skipped, never as passed.
+#include "kernels/cuda/flash_fwd_sm90ws.h"
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/attention_params.h"
+#include "kernels/dtype.h"
+#include "tests/reference/reference_attention.h"
+
+namespace attention::cuda {
+namespace {
+
+// Tolerances, stated once (those of attention_cuda_test.cc): rel_fro bounds ||o - ref|| /
+// ||ref|| over the whole output; every query row must also meet row_factor * rel_fro against
+// its own norm (plus 1e-3 absolute), which catches one wrong row the global norm would average
+// away; lse_abs bounds the absolute LSE error (natural log).
+struct Tolerance {
+  double rel_fro;
+  double row_factor;
+  double lse_abs;
+};
+
+Tolerance ToleranceFor(DType dtype) {
+  return dtype == DType::kFloat16 ? Tolerance{5e-3, 5.0, 2e-3} : Tolerance{1e-2, 5.0, 2e-3};
+}
+
+const char* DTypeName(DType d) { return d == DType::kFloat16 ? "fp16" : "bf16"; }
+
+uint64_t Seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("ATTN_TEST_SEED");
+    const uint64_t s =
+        env != nullptr
+            ? std::strtoull(env, nullptr, 10)
+            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    std::printf("flash_fwd_sm90ws_test: ATTN_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+#define CUDA_OK(expr)                                                          \
+  do {                                                                         \
+    const cudaError_t err_ = (expr);                                           \
+    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
+  } while (0)
+
+struct Case {
+  std::string name;
+  int batch = 1;
+  int seqlen_q = 128;
+  int seqlen_k = 128;
+  int q_heads = 2;
+  int kv_heads = 2;
+  int head_dim = 128;
+  bool causal = false;
+  float scale = 0.f;  // 0: 1 / sqrt(head_dim)
+  bool lse = true;
+  // Sink logits drawn from N(0, 2^2): one per head, or per sequence and head.
+  bool sinks = false;
+  bool sinks_per_batch = false;
+  bool packed_qkv = false;  // q, k, v interleaved in one [B, S, 3, H, d] buffer (seqlen_q == k)
+
+  explicit Case(std::string n) : name(std::move(n)) {}
+  Case& Batch(int b) {
+    batch = b;
+    return *this;
+  }
+  Case& Seq(int q, int k) {
+    seqlen_q = q;
+    seqlen_k = k;
+    return *this;
+  }
+  Case& Heads(int q, int kv) {
+    q_heads = q;
+    kv_heads = kv;
+    return *this;
+  }
+  Case& Dim(int d) {
+    head_dim = d;
+    return *this;
+  }
+  Case& Causal() {
+    causal = true;
+    return *this;
+  }
+  Case& Scale(float s) {
+    scale = s;
+    return *this;
+  }
+  Case& NoLse() {
+    lse = false;
+    return *this;
+  }
+  Case& Sinks(bool per_batch) {
+    sinks = true;
+    sinks_per_batch = per_batch;
+    return *this;
+  }
+  Case& PackedQkv() {
+    packed_qkv = true;
+    return *this;
+  }
+};
+
+std::vector<Case> Cases() {
+  std::vector<Case> c;
+  // Whole tiles, then ragged tails in both the query and the key direction.
+  c.push_back(Case("d128_s1024").Batch(2).Seq(1024, 1024).Heads(4, 4));
+  c.push_back(Case("d128_s1024_causal").Batch(2).Seq(1024, 1024).Heads(4, 4).Causal());
+  c.push_back(Case("d64_s512").Batch(2).Seq(512, 512).Heads(4, 4).Dim(64));
+  c.push_back(Case("d64_s512_causal").Batch(2).Seq(512, 512).Heads(4, 4).Dim(64).Causal());
+  c.push_back(Case("d128_s1000").Seq(1000, 1000).Heads(3, 3));
+  c.push_back(Case("d128_s1000_causal").Seq(1000, 1000).Heads(3, 3).Causal());
+  c.push_back(Case("d64_s77").Batch(3).Seq(77, 77).Dim(64));
+  c.push_back(Case("d64_s77_causal").Batch(3).Seq(77, 77).Dim(64).Causal());
+  c.push_back(Case("d128_s1").Batch(2).Seq(1, 1));
+  c.push_back(Case("d128_q1_k3000").Batch(2).Seq(1, 3000));
+  c.push_back(Case("d64_q1000_k17").Seq(1000, 17).Dim(64));
+  c.push_back(Case("d64_q17_k1000").Seq(17, 1000).Dim(64));
+  // Causal, bottom-right aligned: more queries than keys leaves the first rows without a key
+  // (o = 0, lse = -inf), fewer makes every row see a long prefix.
+  c.push_back(Case("d128_q1000_k300_causal").Seq(1000, 300).Causal());
+  c.push_back(Case("d128_q300_k1000_causal").Seq(300, 1000).Causal());
+  c.push_back(Case("d64_q513_k129_causal").Batch(2).Seq(513, 129).Dim(64).Causal());
+  // GQA and MQA.
+  c.push_back(Case("d128_gqa_8_2").Seq(700, 700).Heads(8, 2));
+  c.push_back(Case("d128_gqa_8_2_causal").Seq(700, 700).Heads(8, 2).Causal());
+  c.push_back(Case("d64_mqa_4_1_causal").Batch(2).Seq(333, 333).Heads(4, 1).Dim(64).Causal());
+  // Head dims below their bucket: zero-filled columns in the copies, predicated stores.
+  c.push_back(Case("d40_s300").Seq(300, 300).Dim(40));
+  c.push_back(Case("d96_s300_causal").Seq(300, 300).Dim(96).Causal());
+  c.push_back(Case("d120_s257").Batch(2).Seq(257, 257).Dim(120));
+  c.push_back(Case("d8_s200").Seq(200, 200).Dim(8));
+  // Options of the dense variant.
+  c.push_back(Case("d128_scale").Seq(600, 600).Scale(0.3f));
+  c.push_back(Case("d128_nolse_causal").Seq(600, 600).Causal().NoLse());
+  c.push_back(Case("d128_sinks").Batch(2).Seq(400, 400).Sinks(false));
+  c.push_back(
+      Case("d64_sinks_per_batch_causal").Batch(2).Seq(300, 500).Dim(64).Causal().Sinks(true));
+  c.push_back(Case("d128_sinks_causal_empty_rows").Seq(400, 100).Causal().Sinks(false));
+  // Strided inputs: q, k and v rows 3 * heads * d apart.
+  c.push_back(Case("d128_packed_qkv").Batch(2).Seq(300, 300).Heads(2, 2).PackedQkv());
+  c.push_back(Case("d64_packed_qkv_causal").Seq(500, 500).Heads(4, 4).Dim(64).PackedQkv().Causal());
+  // Long sequences: the stage rings wrap many times, the causal tile order runs long.
+  c.push_back(Case("d128_s4096_causal").Seq(4096, 4096).Heads(1, 1).Causal());
+  c.push_back(Case("d64_s3000").Seq(3000, 3000).Heads(1, 1).Dim(64));
+  return c;
+}
+
+class FlashFwdSm90WsTest : public ::testing::TestWithParam<Case> {};
+
+double OutputValue(DType dtype, const std::vector<uint16_t>& out, int64_t i) {
+  return dtype == DType::kFloat16 ? HalfToFloat(out[i]) : BFloat16ToFloat(out[i]);
+}
+
+void RunCase(const Case& c, DType dtype, bool& ran) {
+  ran = false;
+  const int d = c.head_dim;
+  const int64_t es = 2;
+  std::mt19937_64 rng(Seed() ^ std::hash<std::string>{}(c.name) ^ static_cast<uint64_t>(dtype));
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const auto to16 = [&](float x) {
+    return dtype == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x);
+  };
+
+  AttentionParams p;
+  p.dtype = dtype;
+  p.batch = c.batch;
+  p.seqlen_q = c.seqlen_q;
+  p.seqlen_k = c.seqlen_k;
+  p.q_heads = c.q_heads;
+  p.kv_heads = c.kv_heads;
+  p.head_dim = d;
+  p.causal = c.causal;
+  p.softmax_scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(d));
+  p.sinks = c.sinks;
+  SetContiguousStrides(p);
+
+  // Inputs on the host, 16-bit. Packed QKV: one [B, S, 3, H, d] buffer, q at head slot 0.
+  const int64_t q_count = int64_t{c.batch} * c.seqlen_q * c.q_heads * d;
+  const int64_t kv_count = int64_t{c.batch} * c.seqlen_k * c.kv_heads * d;
+  std::vector<uint16_t> h_q, h_k, h_v, h_qkv;
+  if (c.packed_qkv) {
+    h_qkv.resize(int64_t{c.batch} * c.seqlen_q * 3 * c.q_heads * d);
+    for (uint16_t& x : h_qkv) x = to16(normal(rng));
+    const int64_t row = 3 * int64_t{c.q_heads} * d;
+    p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
+    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = row * c.seqlen_q;
+  } else {
+    h_q.resize(q_count);
+    h_k.resize(kv_count);
+    h_v.resize(kv_count);
+    for (auto* buf : {&h_q, &h_k, &h_v}) {
+      for (uint16_t& x : *buf) x = to16(normal(rng));
+    }
+  }
+  std::vector<float> h_sinks;
+  if (c.sinks) {
+    h_sinks.resize(static_cast<size_t>(c.sinks_per_batch ? c.batch : 1) * c.q_heads);
+    for (float& x : h_sinks) x = 2.f * normal(rng);
+    p.sink_batch_stride = c.sinks_per_batch ? c.q_heads : 0;
+  }
+
+  // The reference on host pointers.
+  AttentionParams hp = p;
+  if (c.packed_qkv) {
+    hp.q = h_qkv.data();
+    hp.k = h_qkv.data() + int64_t{c.q_heads} * d;
+    hp.v = h_qkv.data() + 2 * int64_t{c.q_heads} * d;
+  } else {
+    hp.q = h_q.data();
+    hp.k = h_k.data();
+    hp.v = h_v.data();
+  }
+  hp.sink_logits = c.sinks ? h_sinks.data() : nullptr;
+  const int64_t lse_count = int64_t{c.batch} * c.q_heads * c.seqlen_q;
+  std::vector<double> ref_o(q_count), ref_lse(lse_count);
+  testing::ReferenceAttention(hp, ref_o.data(), ref_lse.data());
+
+  // Device buffers; o and lse poisoned (all-ones bits: NaN in every dtype) with a guard past
+  // their ends.
+  std::vector<void*> allocations;
+  const auto alloc = [&](size_t bytes) {
+    void* ptr = nullptr;
+    if (cudaMalloc(&ptr, bytes) != cudaSuccess) return static_cast<void*>(nullptr);
+    allocations.push_back(ptr);
+    return ptr;
+  };
+  const auto upload = [&](const void* host, size_t bytes) {
+    void* dev = alloc(bytes);
+    if (dev != nullptr) cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice);
+    return dev;
+  };
+  AttentionParams dp = p;
+  if (c.packed_qkv) {
+    auto* qkv = static_cast<uint16_t*>(upload(h_qkv.data(), h_qkv.size() * es));
+    ASSERT_NE(qkv, nullptr);
+    dp.q = qkv;
+    dp.k = qkv + int64_t{c.q_heads} * d;
+    dp.v = qkv + 2 * int64_t{c.q_heads} * d;
+  } else {
+    dp.q = upload(h_q.data(), q_count * es);
+    dp.k = upload(h_k.data(), kv_count * es);
+    dp.v = upload(h_v.data(), kv_count * es);
+    ASSERT_TRUE(dp.q != nullptr && dp.k != nullptr && dp.v != nullptr);
+  }
+  constexpr int64_t kGuardBytes = 64;
+  dp.o = alloc(q_count * es + kGuardBytes);
+  ASSERT_NE(dp.o, nullptr);
+  CUDA_OK(cudaMemset(dp.o, 0xff, q_count * es + kGuardBytes));
+  dp.lse = nullptr;
+  if (c.lse) {
+    dp.lse = static_cast<float*>(alloc((lse_count + 4) * sizeof(float)));
+    ASSERT_NE(dp.lse, nullptr);
+    CUDA_OK(cudaMemset(dp.lse, 0xff, (lse_count + 4) * sizeof(float)));
+  }
+  dp.sink_logits = nullptr;
+  if (c.sinks) {
+    dp.sink_logits =
+        static_cast<const float*>(upload(h_sinks.data(), h_sinks.size() * sizeof(float)));
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+
+  const absl::Status check = CheckFlashFwdSm90Ws(dp);
+  if (absl::IsUnimplemented(check)) {
+    for (void* ptr : allocations) cudaFree(ptr);
+    std::printf("  %-36s %s  skipped: %s\n", c.name.c_str(), DTypeName(dtype),
+                std::string(check.message()).c_str());
+    return;
+  }
+  const absl::Status status = RunFlashFwdSm90Ws(dp, nullptr);
+  ASSERT_TRUE(status.ok()) << status;
+  CUDA_OK(cudaDeviceSynchronize());
+  ran = true;
+
+  std::vector<uint16_t> out(q_count + kGuardBytes / es);
+  std::vector<float> out_lse(c.lse ? lse_count + 4 : 0);
+  CUDA_OK(cudaMemcpy(out.data(), dp.o, out.size() * es, cudaMemcpyDeviceToHost));
+  if (c.lse) {
+    CUDA_OK(
+        cudaMemcpy(out_lse.data(), dp.lse, out_lse.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  }
+  for (void* ptr : allocations) cudaFree(ptr);
+
+  for (int64_t i = q_count; i < static_cast<int64_t>(out.size()); ++i) {
+    ASSERT_EQ(out[i], 0xffffu) << "write past the end of o";
+  }
+  for (int64_t i = lse_count; i < static_cast<int64_t>(out_lse.size()); ++i) {
+    ASSERT_TRUE(std::isnan(out_lse[i])) << "write past the end of lse";
+  }
+
+  const Tolerance tol = ToleranceFor(dtype);
+  double err2 = 0.0, ref2 = 0.0;
+  int64_t bad_rows = 0;
+  std::string first_bad;
+  for (int64_t row = 0; row < q_count / d; ++row) {
+    double row_err2 = 0.0, row_ref2 = 0.0;
+    bool nan = false;
+    for (int64_t j = 0; j < d; ++j) {
+      const double x = OutputValue(dtype, out, row * d + j);
+      const double r = ref_o[row * d + j];
+      nan |= !std::isfinite(x);
+      row_err2 += (x - r) * (x - r);
+      row_ref2 += r * r;
+    }
+    err2 += row_err2;
+    ref2 += row_ref2;
+    const double bound = tol.row_factor * tol.rel_fro * std::sqrt(row_ref2) + 1e-3;
+    if (nan || std::sqrt(row_err2) > bound) {
+      if (bad_rows++ == 0) {
+        first_bad = "token row " + std::to_string(row / c.q_heads) + " head " +
+                    std::to_string(row % c.q_heads) + ": |err| " +
+                    std::to_string(std::sqrt(row_err2)) + " |ref| " +
+                    std::to_string(std::sqrt(row_ref2)) + (nan ? " (non-finite output)" : "");
+      }
+    }
+  }
+  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  EXPECT_EQ(bad_rows, 0) << bad_rows << " rows off; first: " << first_bad;
+  EXPECT_LT(rel, tol.rel_fro) << "relative Frobenius error of o";
+  std::printf("  %-36s %s  rel_err %.2e\n", c.name.c_str(), DTypeName(dtype), rel);
+
+  if (c.lse) {
+    int64_t bad_lse = 0;
+    std::string first;
+    for (int64_t i = 0; i < lse_count; ++i) {
+      const double r = ref_lse[i];
+      const double x = out_lse[i];
+      const bool ok = std::isinf(r) ? (std::isinf(x) && x < 0) : std::abs(x - r) <= tol.lse_abs;
+      if (!ok && bad_lse++ == 0) {
+        first =
+            "index " + std::to_string(i) + ": " + std::to_string(x) + " vs " + std::to_string(r);
+      }
+    }
+    EXPECT_EQ(bad_lse, 0) << bad_lse << " lse values off; first " << first;
+  }
+}
+
+TEST_P(FlashFwdSm90WsTest, MatchesReference) {
+  const Case& c = GetParam();
+  int ran = 0;
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    bool dtype_ran = false;
+    RunCase(c, dtype, dtype_ran);
+    if (HasFatalFailure()) return;
+    ran += dtype_ran ? 1 : 0;
+  }
+  if (ran == 0) GTEST_SKIP() << "no kernel for this case in this build";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FlashFwdSm90WsTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
+
+// What the kernel does not cover is refused with UNIMPLEMENTED naming it, never run wrongly.
+TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 1;
+  p.seqlen_q = p.seqlen_k = 128;
+  p.q_heads = p.kv_heads = 1;
+  p.head_dim = 128;
+  p.softmax_scale = 0.125f;
+  SetContiguousStrides(p);
+  alignas(16) static uint16_t buffer[8];
+  p.q = p.k = p.v = buffer;
+  p.o = buffer;
+  AttentionParams w = p;
+  w.window_left = 16;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(w))) << CheckFlashFwdSm90Ws(w);
+  AttentionParams s = p;
+  s.softcap = 30.f;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(s)));
+  AttentionParams d = p;
+  d.head_dim = 256;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(d)));
+  AttentionParams f = p;
+  f.dtype = DType::kFloat32;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(f)));
+  AttentionParams a = p;
+  a.q = reinterpret_cast<const char*>(buffer) + 2;
+  const absl::Status misaligned = CheckFlashFwdSm90Ws(a);
+  EXPECT_TRUE(absl::IsInvalidArgument(misaligned) || absl::IsUnimplemented(misaligned))
+      << misaligned;
+}
+
+}  // namespace
+}  // namespace attention::cuda
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("flash_fwd_sm90ws_test: no CUDA device, skipping\n");
+    return 77;
+  }
+  // The kernel's own refusal of this build or device (not of a case) skips the whole test.
+  attention::AttentionParams probe;
+  probe.dtype = attention::DType::kBFloat16;
+  probe.batch = probe.seqlen_q = probe.seqlen_k = 1;
+  probe.q_heads = probe.kv_heads = 1;
+  probe.head_dim = 64;
+  probe.softmax_scale = 0.125f;
+  attention::SetContiguousStrides(probe);
+  const absl::Status status = attention::cuda::CheckFlashFwdSm90Ws(probe);
+  if (absl::IsUnimplemented(status) &&
+      (status.message().find("compute capability") != std::string::npos ||
+       status.message().find("not in this build") != std::string::npos)) {
+    std::printf("flash_fwd_sm90ws_test: %s, skipping\n", std::string(status.message()).c_str());
+    return 77;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
