@@ -12,11 +12,13 @@
 // from the previous call), each call is timed alone with CUDA events, and the median of the
 // repeats is reported. K/V hold random bf16 values (never zeros).
 //
-// Kernel variants (kDecodeVariants in kernels/cuda/decode_heuristics.h, a build with the CMake
-// option ATTN_DECODE_VARIANTS) and split counts are compared side by side: each row's K/V are
-// filled once, and every repeat times each (variant, split count) configuration in turn after its
-// own flush, so that clock or thermal drift over the run moves every configuration alike. The
-// table gives each configuration's ratio to the row's first one.
+// Kernel variants (kDecodeVariants in kernels/cuda/decode_heuristics.h, compiled into the bf16
+// head-dim-128 instantiation file) and split counts are compared side by side: each row's K/V
+// are filled once, and every repeat times each (variant, split count) configuration in turn after
+// its own flush, so that clock or thermal drift over the run moves every configuration alike. The
+// table gives each configuration's ratio to the row's first one. The fourth session's candidates
+// (bench/cuda/decode_notes.md, v3): --variants
+// base,pcache,pcache_1slot,fused,fused_pcache,fused_pcache_1slot,rotate,fused_pcache_rotate.
 //
 //   decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]
 //                [--variants all|NAME,NAME,...] [--splits-list N,N,...] [--rows BxLEN,...]

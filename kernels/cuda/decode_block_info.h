@@ -52,6 +52,19 @@ ATTN_HOST_DEVICE inline DecodeRange DecodeSplitTiles(int key_lo, int key_hi, int
   return {b, e};
 }
 
+// The pages [lo, hi) of a sequence's page table that the KV tiles [tile_begin, tile_end) (of
+// block_n keys) read when only keys [key_lo, key_hi) are read (the decode kernel reads no other):
+// what kDecodeVariants' page_cache keeps in shared memory for a split. Empty ({0, 0}) when the
+// tiles hold none of the keys.
+ATTN_HOST_DEVICE inline DecodeRange DecodeSplitPages(int tile_begin, int tile_end, int key_lo,
+                                                     int key_hi, int block_n, int page_size) {
+  const int64_t k0 =
+      int64_t{tile_begin} * block_n > key_lo ? int64_t{tile_begin} * block_n : key_lo;
+  const int64_t k1 = int64_t{tile_end} * block_n < key_hi ? int64_t{tile_end} * block_n : key_hi;
+  if (tile_begin >= tile_end || k1 <= k0) return {0, 0};
+  return {static_cast<int>(k0 / page_size), static_cast<int>((k1 - 1) / page_size + 1)};
+}
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_DECODE_BLOCK_INFO_H_

@@ -76,19 +76,29 @@ struct DecodeSmem {
   int total;
 };
 
+// Page-table entries a block of kDecodeVariants' page_cache keeps in shared memory: the entries of
+// its whole split, 2 KB. A split of up to 512 pages covers 512 tiles of 64 keys with pages of 64
+// (every split of the decode grid: 2 x 128k at 8 splits is 256 tiles) and 128 tiles with pages
+// of 16; a longer one looks its entries up in global memory as the production kernel does.
+inline constexpr int kDecodePageCacheEntries = 512;
+
 // 16-bit kernel: Q [block_m, head_dim] and K, V [64, head_dim] tiles of 2-byte elements; the
 // merge area holds each warp's O [16, head_dim + 8] (row padding against bank conflicts) and its
 // 16 row maxima and sums, all float32. `stages` > 0 overrides DecodeStages() (a kernel variant's
 // deeper pipeline, which may leave room for one block per SM only); `heads` > 1: a variant's block
-// over that many KV heads (a Q tile and a K and a V tile per head).
+// over that many KV heads (a Q tile and a K and a V tile per head); `page_entries` > 0: a page
+// cache of that many int32 entries behind the stages (kDecodeVariants' page_cache; it takes 2 KB
+// of the 12 KB the 3 stages at d = 128 leave of kDecodeSmemBudget, so two blocks still fit).
 ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem16(int head_dim_bucket, DecodeRows rows,
-                                                   int stages_override = 0, int heads = 1) {
+                                                   int stages_override = 0, int heads = 1,
+                                                   int page_entries = 0) {
   const int q = heads * DecodeBlockM(rows) * head_dim_bucket * 2;
   const int stage = heads * 2 * kDecodeBlockN16 * head_dim_bucket * 2;
-  const int stages = stages_override > 0 ? stages_override : DecodeStages(q, stage);
+  const int cache = page_entries * 4;
+  const int stages = stages_override > 0 ? stages_override : DecodeStages(q + cache, stage);
   const int merge = kDecodeWarps * 16 * (head_dim_bucket + 8) * 4 + kDecodeWarps * 16 * 2 * 4;
   const int kv = stages * stage > merge ? stages * stage : merge;
-  return {q, stage, stages, merge, q + kv};
+  return {q, stage, stages, merge, q + kv + cache};
 }
 
 // float32 kernel: Q [16, head_dim] and K, V [32, head_dim] tiles of float32; no merge area (every
@@ -103,8 +113,8 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), ten kernels in one
-// file that the build's dtype and head-dim options prune with it.
+// only (the decode grid's configuration; generate_decode_instantiations.py), seventeen kernels in
+// one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
 //   kNone:          no hint (the production kernel);
@@ -135,24 +145,55 @@ struct DecodeVariant {
   // runs); its 4 warps are 2 per head, each with its head's 16-row Q tile and half of every
   // 64-key tile. 3 stages of 64 KB: one block per SM.
   int heads;
+  // Paged K/V: the page-table entries of the block's whole split are read once, into shared
+  // memory (kDecodePageCacheEntries), and every K/V copy looks its page up there (a shift for
+  // power-of-two page sizes). The read is issued before the block knows its sequence's length,
+  // for the split that a context of seqlen_k keys would give (right whenever the sequence is the
+  // longest, e.g. at batch 1), so it overlaps the seqlens_k read instead of following it; a wrong
+  // guess is read again. The production kernel's paged prologue is three dependent DRAM reads
+  // (length, page entry, K/V), dense K/V's one. Dense K/V: no change.
+  bool page_cache;
+  // Split launches: no combine kernel. Each block publishes its partial, takes a ticket from its
+  // (sequence, KV head, query tile)'s counter, and the last block of the unit merges the unit's
+  // partials (the combine kernel's arithmetic, so the result is bitwise the same). The counters
+  // are zeroed by a one-block kernel launched before the decode kernel, which the decode kernel
+  // overlaps through programmatic dependent launch and waits for only before its ticket.
+  bool fused_combine;
+  // Outside the deterministic mode: every block walks its split's tiles starting at an offset
+  // that depends on its sequence and head, so that the blocks of one wave, which all start at
+  // tile 0 of sequences whose K/V sit a fixed stride apart (4 MB at 128 x 2k), read addresses
+  // spread over the DRAM channels (pages of 64 in random order ran 1 % above dense at 32 x 8k).
+  bool rotate;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
-    {"base", 0, DecodeCacheHint::kNone, false, false, 1},
-    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1},
-    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1},
-    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1},
+    // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate
+    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false},
     // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
     // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
-    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1},
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false},
     // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
     // counts one slot per SM already; pages then count one too).
-    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1},
-    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1},
-    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1},
-    {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1},
-    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2},
-    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2},
+    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false},
+    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false},
+    {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1, false, false,
+     false},
+    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false},
+    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false},
+    // Issue 21's remaining rows (H100, 2026-12-06c call 4: dense 0.98-1.02x cuDNN, pages of 64
+    // 0.94-1.00x, weakest at batch 1): the paged prologue and lookups, the combine launch, and
+    // where the blocks of a wave read.
+    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false},
+    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false},
+    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false},
+    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false},
+    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false},
+    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true},
+    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

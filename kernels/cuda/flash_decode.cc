@@ -84,6 +84,8 @@ struct Plan {
   DecodeLaunch launch;
   int kv_tiles = 0;  // KV tiles of the longest context
   int64_t partial_o_bytes = 0;
+  int64_t partial_lse_bytes = 0;
+  int64_t num_counters = 0;  // fused_combine variants' ticket counters (split launches)
   int64_t workspace_bytes = 0;
 };
 
@@ -125,7 +127,8 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     const DeviceInfo device = CurrentDevice();
     const DecodeSmem smem =
         fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
-             : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, variant.stages, heads);
+             : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, variant.stages, heads,
+                            variant.page_cache ? kDecodePageCacheEntries : 0);
     DecodeWorkload w;
     w.batch = p.batch;
     w.kv_heads = std::max(1, p.kv_heads / heads);
@@ -148,7 +151,12 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
   if (splits > 1) {
     l.partial_rows = int64_t{p.batch} * p.kv_heads * l.rows_pad;
     plan.partial_o_bytes = AlignUp(int64_t{splits} * l.partial_rows * p.head_dim * 4);
-    plan.workspace_bytes = plan.partial_o_bytes + AlignUp(int64_t{splits} * l.partial_rows * 4);
+    plan.partial_lse_bytes = AlignUp(int64_t{splits} * l.partial_rows * 4);
+    if (variant.fused_combine && !fp32 && l.rows == DecodeRows::kRows16) {
+      plan.num_counters = int64_t{p.batch} * p.kv_heads * l.query_tiles;
+    }
+    plan.workspace_bytes =
+        plan.partial_o_bytes + plan.partial_lse_bytes + AlignUp(plan.num_counters * 4);
   }
   return plan;
 }
@@ -231,7 +239,10 @@ absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, in
       },
       cudaErrorInvalidValue);
   if (absl::Status s = LaunchStatus(err, "kernel"); !s.ok()) return s;
-  if (l.num_splits > 1) return LaunchStatus(RunDecodeCombine<kDType>(p, l, stream), "combine");
+  // The fused variants merge the splits inside the decode kernel.
+  if (l.num_splits > 1 && l.counters == nullptr) {
+    return LaunchStatus(RunDecodeCombine<kDType>(p, l, stream), "combine");
+  }
   return absl::OkStatus();
 }
 
@@ -399,7 +410,17 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     l.partial_o = reinterpret_cast<float*>(ws);
     l.partial_lse = reinterpret_cast<float*>(ws + plan.partial_o_bytes);
     l.dependent_launch = CurrentDevice().major >= 9;
+    if (plan.num_counters > 0) {
+      l.counters =
+          reinterpret_cast<unsigned int*>(ws + plan.partial_o_bytes + plan.partial_lse_bytes);
+      l.num_counters = plan.num_counters;
+    }
   }
+  // page_cache variants read a split's page entries before they know its sequence's length:
+  // only where every table row holds the pages of seqlen_k (CheckDecodeParams asks that of
+  // batches above 1).
+  l.speculate_pages =
+      p.is_paged() && p.page_size > 0 && p.page_table_stride >= CeilDiv(p.seqlen_k, p.page_size);
   return Dispatch(p, l, opt.variant, stream);
 }
 

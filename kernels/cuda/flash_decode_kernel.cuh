@@ -293,6 +293,68 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
   }
 }
 
+// kDecodeVariants' page_cache: the pages the block's split would read if its sequence's context
+// were p.seqlen_k keys long, its query rows p.seqlen_q and its key range unbounded (what
+// LocateDecodeBlock computes once it has read them), so that their entries can be read while those
+// reads are in flight (decode_block_info.h's DecodeSplitPages). Sequence index of the block in `b`.
+template <int kBlockM, int kBlockN>
+__device__ __forceinline__ DecodeRange GuessSplitPages(const AttentionParams& p,
+                                                       const DecodeLaunch& l, int& b) {
+  int id = static_cast<int>(blockIdx.x) / p.kv_heads;
+  const int query_tile = id % l.query_tiles;
+  id /= l.query_tiles;
+  const int split = id % l.num_splits;
+  b = id / l.num_splits;
+  const int row0 = query_tile * kBlockM;
+  const int total_rows = p.seqlen_q * l.group;
+  if (row0 >= total_rows) return {0, 0};
+  const int rows = min(kBlockM, total_rows - row0);
+  const DecodeRange first = DecodeRowKeys(row0 / l.group, p.seqlen_q, p.seqlen_k, p.window_left,
+                                          p.window_right, 0, p.seqlen_k);
+  const DecodeRange last = DecodeRowKeys((row0 + rows - 1) / l.group, p.seqlen_q, p.seqlen_k,
+                                         p.window_left, p.window_right, 0, p.seqlen_k);
+  const DecodeRange tiles =
+      DecodeSplitTiles(first.lo, last.hi, kBlockN, split, l.num_splits, l.split_tiles);
+  return DecodeSplitPages(tiles.lo, tiles.hi, first.lo, last.hi, kBlockN, p.page_size);
+}
+
+// LoadKvTile for paged K/V whose page entries sit in shared memory: `cache` holds the entries of
+// pages [cache_first, ...) of the block's sequence, covering every key the split reads.
+template <int kBlockN, int kChunks, DecodeCacheHint kHint, typename OffsetFn>
+__device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const DecodeBlock& blk,
+                                                 int tile, uint32_t smem_k, uint32_t smem_v,
+                                                 int valid_chunks, int tid, OffsetFn offset,
+                                                 const int32_t* cache, int cache_first,
+                                                 const PageGeometry& geo) {
+  constexpr int kElems = 8;  // 16-bit elements per 16-byte chunk
+  constexpr int kTotal = kBlockN * kChunks;
+  constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
+  const char* k = static_cast<const char*>(p.k);
+  const char* v = static_cast<const char*>(p.v);
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int idx = tid + it * kDecodeThreads;
+    if (kTotal % kDecodeThreads != 0 && idx >= kTotal) break;
+    const int row = idx / kChunks;
+    const int chunk = idx % kChunks;
+    const int key = tile * kBlockN + row;
+    const bool pred = key >= blk.key_lo && key < blk.key_hi && chunk < valid_chunks;
+    const char* k_src = k;
+    const char* v_src = v;
+    if (pred) {
+      const int slot = geo.Slot(key);
+      const int64_t page = cache[slot - cache_first];
+      const int64_t in_page = key - slot * geo.size;
+      const int64_t col = int64_t{chunk} * kElems;
+      k_src = k + (page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head + col) * 2;
+      v_src = v + (page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head + col) * 2;
+    }
+    const uint32_t dst = offset(row, chunk);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
+  }
+}
+
 // Copies the block's packed query rows into the shared Q tile (zero-filled past the block's rows
 // and past head_dim). kHeads > 1: tile rows [m kBlockM / kHeads, + kBlockM / kHeads) hold KV head
 // g + m's rows.
@@ -447,15 +509,167 @@ __device__ __forceinline__ float RowSlope(const AttentionParams& p, const Decode
 }
 
 // ------------------------------------------------------------------------------------------------
+// The combine pass: one warp per (sequence, KV head, packed row).
+
+// Merges partial row `row` ((b * kv_heads + g) * rows_pad + packed) of every split into o and lse
+// (and the sinks); `lane` is the calling warp's lane, the whole warp calls it. The partials are
+// read through L2 (ld.global.cg): in the fused variant other blocks of the same grid wrote them,
+// which L1 does not see.
+template <typename Element>
+__device__ __forceinline__ void CombineRow(const AttentionParams& p, const DecodeLaunch& l,
+                                           int64_t row, int lane) {
+  const int packed = static_cast<int>(row % l.rows_pad);
+  const int64_t bg = row / l.rows_pad;
+  const int g = static_cast<int>(bg % p.kv_heads);
+  const int b = static_cast<int>(bg / p.kv_heads);
+  int64_t q_row0 = 0;
+  int n_q = p.seqlen_q;
+  if (p.cu_seqlens_q != nullptr) {
+    q_row0 = p.cu_seqlens_q[b];
+    n_q = min(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b], p.seqlen_q);
+  }
+  if (packed >= n_q * l.group) return;
+  const int i = packed / l.group;
+  const int h = g * l.group + packed % l.group;
+
+  // Max over the splits' LSEs (and the sink), then sum_s e^(lse_s - m): the same arithmetic as
+  // the one-split epilogue (Emitter), so that adding empty splits changes no bit.
+  float m = -INFINITY;
+  for (int s = lane; s < l.num_splits; s += 32) {
+    m = fmaxf(m, __ldcg(l.partial_lse + s * l.partial_rows + row));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float lse_splits = -INFINITY;  // log sum_s e^lse_s, without the sink
+  float sum = 0.f;
+  if (m != -INFINITY) {
+    for (int s = lane; s < l.num_splits; s += 32) {
+      sum += expf(__ldcg(l.partial_lse + s * l.partial_rows + row) - m);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    lse_splits = m + logf(sum);
+  }
+  float final_lse = lse_splits;
+  if (p.sink_logits != nullptr) {
+    const float sink = p.sink_logits[b * p.sink_batch_stride + h];
+    const float ms = fmaxf(lse_splits, sink);
+    final_lse = ms == -INFINITY ? ms : ms + logf(expf(lse_splits - ms) + expf(sink - ms));
+  }
+
+  // o = sum_s e^(lse_s - lse) o_s. Lane j of each round of 32 splits computes split j's weight
+  // once; the round's partials are then read with independent loads (a weight of 0 selects the
+  // old sum, so an empty split's unwritten partial is read but never used) to keep many loads in
+  // flight: the pass is bound by L2 latency, not bandwidth.
+  const int chunks = p.head_dim / 4;
+  constexpr int kMaxChunksPerLane = kMaxHeadDim / 4 / 32;
+  float4 o[kMaxChunksPerLane];
+#pragma unroll
+  for (int c = 0; c < kMaxChunksPerLane; ++c) o[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (final_lse != -INFINITY) {
+    for (int base = 0; base < l.num_splits; base += 32) {
+      float w = 0.f;
+      if (base + lane < l.num_splits) {
+        const float ls = __ldcg(l.partial_lse + (base + lane) * l.partial_rows + row);
+        w = ls == -INFINITY ? 0.f : expf(ls - final_lse);
+      }
+      const int round = min(32, l.num_splits - base);
+#pragma unroll 16
+      for (int j = 0; j < round; ++j) {
+        const float wj = __shfl_sync(0xffffffffu, w, j);
+        const float* src = l.partial_o + ((base + j) * l.partial_rows + row) * p.head_dim;
+#pragma unroll
+        for (int c = 0; c < kMaxChunksPerLane; ++c) {
+          const int c4 = lane + 32 * c;
+          if (c4 < chunks) {
+            const float4 part = __ldcg(reinterpret_cast<const float4*>(src + 4 * c4));
+            if (wj != 0.f) {
+              o[c].x = fmaf(wj, part.x, o[c].x);
+              o[c].y = fmaf(wj, part.y, o[c].y);
+              o[c].z = fmaf(wj, part.z, o[c].z);
+              o[c].w = fmaf(wj, part.w, o[c].w);
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kMaxChunksPerLane; ++c) {
+    const int c4 = lane + 32 * c;
+    if (c4 < chunks) Emitter<Element>::StoreOutput(p, b, q_row0 + i, h, c4, o[c], 1.f);
+  }
+  if (lane == 0 && p.lse != nullptr) {
+    p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + q_row0 + i] = final_lse;
+  }
+}
+
+template <typename Element>
+__global__ void __launch_bounds__(kDecodeThreads)
+    FlashDecodeCombineKernel(const __grid_constant__ AttentionParams p,
+                             const __grid_constant__ DecodeLaunch l) {
+  WaitForPrimaryGrid();
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t{blockIdx.x} * kDecodeWarps + threadIdx.x / 32;
+  if (row >= l.partial_rows) return;
+  CombineRow<Element>(p, l, row, lane);
+}
+
+// Zeroes the fused variant's ticket counters. It lets the decode kernel (launched behind it with
+// programmatic stream serialization) start at once; the decode kernel waits for this grid's
+// completion and memory only before it takes a ticket.
+// (A template only so that every file including this header may define it.)
+template <typename Counter>
+__global__ void __launch_bounds__(kDecodeThreads)
+    FlashDecodeZeroCounters(Counter* counters, int64_t n) {
+  AllowDependentLaunch();
+  for (int64_t i = int64_t{blockIdx.x} * kDecodeThreads + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kDecodeThreads) {
+    counters[i] = Counter{0};
+  }
+}
+
+// The fused variant's end of a split block, after its partial is written (every thread of the
+// block calls it): a ticket from the unit's counter, and, in the unit's last block, the combine
+// of the unit's rows (one warp per row, as the combine kernel). `query_tile`: the block's.
+template <typename Element>
+__device__ __forceinline__ void FinishFusedSplit(const AttentionParams& p, const DecodeLaunch& l,
+                                                 const DecodeBlock& blk, int query_tile, int tid) {
+  __shared__ unsigned int ticket;
+  // Every thread's partial stores reach L2 (device scope) before thread 0 takes the ticket.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    // The counters were zeroed by the grid launched before this one.
+    WaitForPrimaryGrid();
+    const int64_t unit = (int64_t{blk.b} * p.kv_heads + blk.g) * l.query_tiles + query_tile;
+    ticket = atomicAdd(l.counters + unit, 1u);
+  }
+  __syncthreads();
+  if (ticket != static_cast<unsigned int>(l.num_splits - 1)) return;
+  // The last block: every other split's partial is visible (their fence came before their
+  // ticket); this fence orders the reads below after the ticket.
+  __threadfence();
+  const int64_t first = (int64_t{blk.b} * p.kv_heads + blk.g) * l.rows_pad + blk.row0;
+  for (int r = tid / 32; r < blk.rows; r += kDecodeWarps) {
+    CombineRow<Element>(p, l, first + r, tid % 32);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The 16-bit kernel (tensor cores).
 
 // kHeads > 1 (kDecodeVariants' heads): the block holds that many KV heads, kBlockM / kHeads = 16
 // query-tile rows each, and a K and a V tile per head in every stage.
-template <int kHeadDim_, DecodeRows kRows_, int kStagesOverride = 0, int kHeads_ = 1>
+// kPageEntries_ > 0 (kDecodeVariants' page_cache): a page cache of that many entries behind the
+// stages.
+template <int kHeadDim_, DecodeRows kRows_, int kStagesOverride = 0, int kHeads_ = 1,
+          int kPageEntries_ = 0>
 struct Decode16Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr DecodeRows kRows = kRows_;
   static constexpr int kHeads = kHeads_;
+  static constexpr int kPageEntries = kPageEntries_;
   static constexpr int kBlockM = DecodeBlockM(kRows) * kHeads;
   static constexpr int kBlockN = kDecodeBlockN16;
   static constexpr int kMWarps = kBlockM / 16;
@@ -464,8 +678,10 @@ struct Decode16Traits {
   static constexpr int kNTilesS = kWarpN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
   static constexpr int kChunks = kHeadDim / 8;
-  static constexpr DecodeSmem kSmem = DecodeSmem16(kHeadDim, kRows, kStagesOverride, kHeads);
+  static constexpr DecodeSmem kSmem =
+      DecodeSmem16(kHeadDim, kRows, kStagesOverride, kHeads, kPageEntries);
   static constexpr int kStages = kSmem.stages;
+  static constexpr int kPageCacheOffset = kSmem.total - kPageEntries * 4;
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
   static constexpr int kMergeStride = kHeadDim + 8;  // floats per merge row (bank padding)
@@ -501,7 +717,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   constexpr int kCopyIters = kKvCopyIters<kBlockN, kChunks>;
   constexpr int kHeads = Traits::kHeads;
   constexpr int kHeadRows = kBlockM / kHeads;  // query-tile rows per KV head
+  constexpr bool kPageCache = Traits::kPageEntries > 0;
+  constexpr bool kFused = kDecodeVariants[kVariant].fused_combine;
+  constexpr bool kRotate = kDecodeVariants[kVariant].rotate;
+  constexpr int kSpecPerThread = (Traits::kPageEntries + kDecodeThreads - 1) / kDecodeThreads;
   static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
+  static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead)), "page_cache: one head, own lookups");
+  static_assert(!(kFused && kHeads > 1), "fused_combine merges one KV head's rows");
+  static_assert(kPageCache == kDecodeVariants[kVariant].page_cache, "Traits carry the cache");
 
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_q = SmemAddress(smem);
@@ -510,6 +733,24 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   const int tid = threadIdx.x;
   const int lane = tid % 32;
   const int warp = tid / 32;
+  const PageGeometry geo(p.page_size);
+
+  // page_cache: the entries of the split a seqlen_k-key context would give, read before
+  // LocateDecodeBlock's reads of the sequence's length (and key range) return.
+  DecodeRange guess = {0, 0};
+  int32_t spec[kSpecPerThread > 0 ? kSpecPerThread : 1];
+  if constexpr (kPageCache) {
+    if (p.page_table != nullptr && l.speculate_pages) {
+      int b = 0;
+      guess = GuessSplitPages<kHeadRows, kBlockN>(p, l, b);
+      const int32_t* entries = p.page_table + int64_t{b} * p.page_table_stride + guess.lo;
+#pragma unroll
+      for (int j = 0; j < kSpecPerThread; ++j) {
+        const int idx = tid + j * kDecodeThreads;
+        spec[j] = idx < guess.hi - guess.lo ? __ldg(entries + idx) : 0;
+      }
+    }
+  }
 
   DecodeBlock blk;
   if (!LocateDecodeBlock<kHeadRows, kBlockN, kHeads>(p, l, blk)) return;
@@ -517,36 +758,101 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   if (blk.tile_begin >= blk.tile_end) {
     AllowDependentLaunch();
     EmitEmptyRows<Element, kHeads>(emit, p.head_dim, tid);
+    if constexpr (kFused) {
+      if (l.num_splits > 1) FinishFusedSplit<Element>(p, l, blk, blk.row0 / kHeadRows, tid);
+    }
     return;
   }
   const int valid_chunks = p.head_dim / 8;
   const auto kv_offset = [](int row, int chunk) { return KVTile::Offset(row, chunk); };
   // pages_ahead: `pages` holds the entries of the next tile the loop will copy.
-  const PageGeometry geo(p.page_size);
   int32_t pages[kCopyIters] = {};
   const int32_t* pages_arg = kPagesAhead ? pages : nullptr;
 
+  const auto load_q = [&] {
+    LoadQTile<kBlockM, kChunks, 2, kHeads>(
+        p, l, blk, smem_q, valid_chunks, tid,
+        [](int row, int chunk) { return QTile::Offset(row, chunk); });
+  };
+  // page_cache: Q's copy first (it needs no page), then the split's entries into shared memory,
+  // from the guess when it holds them (a split longer than the cache looks its pages up in
+  // global memory, as without the cache).
+  if constexpr (kPageCache) load_q();
+  int32_t* page_cache = reinterpret_cast<int32_t*>(smem + Traits::kPageCacheOffset);
+  bool cached = false;
+  int cache_first = 0;
+  if constexpr (kPageCache) {
+    if (blk.page_row != nullptr) {
+      const DecodeRange need = DecodeSplitPages(blk.tile_begin, blk.tile_end, blk.key_lo,
+                                                blk.key_hi, kBlockN, p.page_size);
+      cached = need.hi - need.lo <= Traits::kPageEntries;
+      if (cached) {
+        cache_first = need.lo;
+        const bool hit = guess.lo == need.lo && need.hi <= guess.hi;
+#pragma unroll
+        for (int j = 0; j < kSpecPerThread; ++j) {
+          const int idx = tid + j * kDecodeThreads;
+          if (idx < need.hi - need.lo) {
+            page_cache[idx] = hit ? spec[j] : __ldg(blk.page_row + cache_first + idx);
+          }
+        }
+        __syncthreads();
+      }
+    }
+  }
+  const auto load_tile = [&](int tile, uint32_t base) {
+    if constexpr (kPageCache) {
+      if (cached) {
+        LoadKvTileCached<kBlockN, kChunks, kHint>(p, blk, tile, base, base + KVTile::kBytes,
+                                                  valid_chunks, tid, kv_offset, page_cache,
+                                                  cache_first, geo);
+        return;
+      }
+    }
+    LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(p, blk, tile, base,
+                                                   base + kHeads * KVTile::kBytes, valid_chunks,
+                                                   tid, kv_offset, pages_arg, &geo, KVTile::kBytes);
+  };
+
+  // The split's tiles in the order the block walks them: from tile_begin, or (rotate, outside
+  // the deterministic mode) from an offset that depends on the sequence, head and split.
+  const int n_tiles = blk.tile_end - blk.tile_begin;
+  int rot = 0;
+  if constexpr (kRotate) {
+    if (l.split_tiles == 0) {
+      rot = static_cast<int>((static_cast<uint32_t>(blk.b) * 40503u +
+                              static_cast<uint32_t>(blk.g) * 9973u +
+                              static_cast<uint32_t>(blk.split) * 7u) %
+                             static_cast<uint32_t>(n_tiles));
+    }
+  }
+  // The tile the block reads in place of tile t of its split (t itself without rotate).
+  const auto tile_at = [&](int t) {
+    if constexpr (kRotate) {
+      const int j = t - blk.tile_begin + rot;
+      return blk.tile_begin + (j < n_tiles ? j : j - n_tiles);
+    } else {
+      return t;
+    }
+  };
+
   // Prologue: Q with the first tile in copy group 0, then tiles 1 .. kStages - 2 (a group each,
   // empty past the split's end, so that the group count stays uniform).
-  LoadQTile<kBlockM, kChunks, 2, kHeads>(
-      p, l, blk, smem_q, valid_chunks, tid,
-      [](int row, int chunk) { return QTile::Offset(row, chunk); });
+  if constexpr (!kPageCache) load_q();
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (blk.tile_begin + st < blk.tile_end) {
       const uint32_t base = smem_kv + st * Traits::kSmem.stage_bytes;
       if constexpr (kPagesAhead) {
-        LoadTilePages<kBlockN, kChunks>(blk, geo, blk.tile_begin + st, tid, pages);
+        LoadTilePages<kBlockN, kChunks>(blk, geo, tile_at(blk.tile_begin + st), tid, pages);
       }
-      LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
-          p, blk, blk.tile_begin + st, base, base + kHeads * KVTile::kBytes, valid_chunks, tid,
-          kv_offset, pages_arg, &geo, KVTile::kBytes);
+      load_tile(tile_at(blk.tile_begin + st), base);
     }
     CpAsyncCommit();
   }
   if constexpr (kPagesAhead) {
     if (blk.tile_begin + kStages - 1 < blk.tile_end) {
-      LoadTilePages<kBlockN, kChunks>(blk, geo, blk.tile_begin + kStages - 1, tid, pages);
+      LoadTilePages<kBlockN, kChunks>(blk, geo, tile_at(blk.tile_begin + kStages - 1), tid, pages);
     }
   }
 
@@ -598,24 +904,23 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   float row_sum[2] = {0.f, 0.f};  // this thread's share; reduced across the quad at the end
 
   int stage = 0;
-  for (int tile = blk.tile_begin; tile < blk.tile_end; ++tile) {
+  for (int t = blk.tile_begin; t < blk.tile_end; ++t) {
+    const int tile = tile_at(t);
     // Tile `tile` has landed, and every warp is done with the stage computed last iteration:
     // refill that stage with the tile kStages - 1 ahead.
     CpAsyncWait<kStages - 2>();
     __syncthreads();
     {
-      const int ahead = tile + kStages - 1;
+      const int ahead = t + kStages - 1;
       int ahead_stage = stage + kStages - 1;
       if (ahead_stage >= kStages) ahead_stage -= kStages;
       if (ahead < blk.tile_end) {
         const uint32_t base = smem_kv + ahead_stage * Traits::kSmem.stage_bytes;
-        LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(
-            p, blk, ahead, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
-            pages_arg, &geo, KVTile::kBytes);
+        load_tile(tile_at(ahead), base);
         // The next refill's page entries load while this tile is computed.
         if constexpr (kPagesAhead) {
           if (ahead + 1 < blk.tile_end) {
-            LoadTilePages<kBlockN, kChunks>(blk, geo, ahead + 1, tid, pages);
+            LoadTilePages<kBlockN, kChunks>(blk, geo, tile_at(ahead + 1), tid, pages);
           }
         }
       }
@@ -777,6 +1082,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       lse = (m + log2f(sum)) * kLn2;
     }
     emit(r, c4, o, lse, head);
+  }
+  if constexpr (kFused) {
+    if (l.num_splits > 1) FinishFusedSplit<Element>(p, l, blk, blk.row0 / kHeadRows, tid);
   }
 }
 
@@ -997,103 +1305,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
              make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv), lse);
       }
     }
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
-// The combine pass: one warp per (sequence, KV head, packed row).
-
-template <typename Element>
-__global__ void __launch_bounds__(kDecodeThreads)
-    FlashDecodeCombineKernel(const __grid_constant__ AttentionParams p,
-                             const __grid_constant__ DecodeLaunch l) {
-  WaitForPrimaryGrid();
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t{blockIdx.x} * kDecodeWarps + threadIdx.x / 32;
-  if (row >= l.partial_rows) return;
-  const int packed = static_cast<int>(row % l.rows_pad);
-  const int64_t bg = row / l.rows_pad;
-  const int g = static_cast<int>(bg % p.kv_heads);
-  const int b = static_cast<int>(bg / p.kv_heads);
-  int64_t q_row0 = 0;
-  int n_q = p.seqlen_q;
-  if (p.cu_seqlens_q != nullptr) {
-    q_row0 = p.cu_seqlens_q[b];
-    n_q = min(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b], p.seqlen_q);
-  }
-  if (packed >= n_q * l.group) return;
-  const int i = packed / l.group;
-  const int h = g * l.group + packed % l.group;
-
-  // Max over the splits' LSEs (and the sink), then sum_s e^(lse_s - m): the same arithmetic as
-  // the one-split epilogue (Emitter), so that adding empty splits changes no bit.
-  float m = -INFINITY;
-  for (int s = lane; s < l.num_splits; s += 32) {
-    m = fmaxf(m, l.partial_lse[s * l.partial_rows + row]);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float lse_splits = -INFINITY;  // log sum_s e^lse_s, without the sink
-  float sum = 0.f;
-  if (m != -INFINITY) {
-    for (int s = lane; s < l.num_splits; s += 32) {
-      sum += expf(l.partial_lse[s * l.partial_rows + row] - m);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    lse_splits = m + logf(sum);
-  }
-  float final_lse = lse_splits;
-  if (p.sink_logits != nullptr) {
-    const float sink = p.sink_logits[b * p.sink_batch_stride + h];
-    const float ms = fmaxf(lse_splits, sink);
-    final_lse = ms == -INFINITY ? ms : ms + logf(expf(lse_splits - ms) + expf(sink - ms));
-  }
-
-  // o = sum_s e^(lse_s - lse) o_s. Lane j of each round of 32 splits computes split j's weight
-  // once; the round's partials are then read with independent loads (a weight of 0 selects the
-  // old sum, so an empty split's unwritten partial is read but never used) to keep many loads in
-  // flight: the pass is bound by L2 latency, not bandwidth.
-  const int chunks = p.head_dim / 4;
-  constexpr int kMaxChunksPerLane = kMaxHeadDim / 4 / 32;
-  float4 o[kMaxChunksPerLane];
-#pragma unroll
-  for (int c = 0; c < kMaxChunksPerLane; ++c) o[c] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (final_lse != -INFINITY) {
-    for (int base = 0; base < l.num_splits; base += 32) {
-      float w = 0.f;
-      if (base + lane < l.num_splits) {
-        const float ls = l.partial_lse[(base + lane) * l.partial_rows + row];
-        w = ls == -INFINITY ? 0.f : expf(ls - final_lse);
-      }
-      const int round = min(32, l.num_splits - base);
-#pragma unroll 16
-      for (int j = 0; j < round; ++j) {
-        const float wj = __shfl_sync(0xffffffffu, w, j);
-        const float* src = l.partial_o + ((base + j) * l.partial_rows + row) * p.head_dim;
-#pragma unroll
-        for (int c = 0; c < kMaxChunksPerLane; ++c) {
-          const int c4 = lane + 32 * c;
-          if (c4 < chunks) {
-            const float4 part = *reinterpret_cast<const float4*>(src + 4 * c4);
-            if (wj != 0.f) {
-              o[c].x = fmaf(wj, part.x, o[c].x);
-              o[c].y = fmaf(wj, part.y, o[c].y);
-              o[c].z = fmaf(wj, part.z, o[c].z);
-              o[c].w = fmaf(wj, part.w, o[c].w);
-            }
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int c = 0; c < kMaxChunksPerLane; ++c) {
-    const int c4 = lane + 32 * c;
-    if (c4 < chunks) Emitter<Element>::StoreOutput(p, b, q_row0 + i, h, c4, o[c], 1.f);
-  }
-  if (lane == 0 && p.lse != nullptr) {
-    p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + q_row0 + i] = final_lse;
   }
 }
 

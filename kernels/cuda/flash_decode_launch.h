@@ -43,6 +43,16 @@ struct DecodeLaunch {
   // capability >= 9.0): the decode kernel signals it after its main loop and the combine kernel
   // waits for the decode grid's completion and memory before reading partials.
   bool dependent_launch = false;
+  // kDecodeVariants' fused_combine with num_splits > 1: one ticket counter per (sequence, KV
+  // head, query tile) unit, index (b * kv_heads + g) * query_tiles + query_tile, in the
+  // workspace behind the partial LSE; zeroed by the launch itself before the decode kernel uses
+  // them. Null otherwise.
+  unsigned int* counters = nullptr;
+  int64_t num_counters = 0;
+  // kDecodeVariants' page_cache: whether page_table_stride covers the pages of seqlen_k (the host
+  // checked), so that a block may read the entries of the split a seqlen_k-key context would give
+  // before it knows its own sequence's length.
+  bool speculate_pages = false;
 };
 
 // Enqueues the decode kernel for `p` (normalized and checked by flash_decode.cc, dtype kDType,

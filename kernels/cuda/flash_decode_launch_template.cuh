@@ -59,17 +59,54 @@ cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cud
   }
 }
 
+// The fused variants' launch (l.counters set): the counters' zeroing kernel, then the decode
+// kernel behind it with programmatic stream serialization (when l.dependent_launch), so that the
+// decode blocks start while the counters are zeroed and wait for that only at their ticket.
+template <typename Kernel>
+cudaError_t LaunchDecodeFused(Kernel* kernel, int smem_bytes, const AttentionParams& p,
+                              const DecodeLaunch& l, cudaStream_t stream) {
+  if (smem_bytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    if (err != cudaSuccess) return err;
+  }
+  // One counter per thread; a few blocks are enough for any grid the decode kernel can take.
+  const int64_t zero_blocks = (l.num_counters + kDecodeThreads - 1) / kDecodeThreads;
+  decode::FlashDecodeZeroCounters<unsigned int>
+      <<<static_cast<unsigned>(zero_blocks < 64 ? zero_blocks : 64), kDecodeThreads, 0, stream>>>(
+          l.counters, l.num_counters);
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  const int64_t blocks =
+      int64_t{p.batch} * l.num_splits * l.query_tiles * (p.kv_heads / l.heads_per_block);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kDecodeThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = l.dependent_launch ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, p, l);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
 // Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
 template <DType kDType, int kHeadDim, int kVariant>
 cudaError_t RunDecodeVariantOf(const AttentionParams& p, const DecodeLaunch& l,
                                cudaStream_t stream) {
   static_assert(kVariant > 0 && kVariant < kDecodeNumVariants, "an entry of kDecodeVariants");
   static_assert(kDType != DType::kFloat32, "the variants tune the 16-bit kernel");
-  using Traits =
-      decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kDecodeVariants[kVariant].stages,
-                             kDecodeVariants[kVariant].heads>;
-  return LaunchDecode(&decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>,
-                      Traits::kSmem.total, p, l, stream);
+  constexpr DecodeVariant kV = kDecodeVariants[kVariant];
+  using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kV.stages, kV.heads,
+                                        kV.page_cache ? kDecodePageCacheEntries : 0>;
+  auto* kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>;
+  if (kV.fused_combine && l.counters != nullptr) {
+    return LaunchDecodeFused(kernel, Traits::kSmem.total, p, l, stream);
+  }
+  return LaunchDecode(kernel, Traits::kSmem.total, p, l, stream);
 }
 
 template <DType kDType, int kHeadDim, int... kVariants>

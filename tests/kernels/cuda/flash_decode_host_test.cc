@@ -100,6 +100,46 @@ TEST(DecodeBlockInfoTest, KeysAndSplitsMatchBruteForce) {
   }
 }
 
+// The pages a split of a paged block reads (kDecodeVariants' page_cache keeps their entries in
+// shared memory): exactly the pages holding a key of the split's tiles inside the block's keys,
+// for page sizes below, at and above the 64-key tile, powers of two or not, splits at page
+// boundaries and inside pages.
+TEST(DecodeBlockInfoTest, SplitPagesMatchBruteForce) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> len(0, 700), page(0, 6);
+  const int page_sizes[] = {8, 16, 48, 64, 128, 192, 256};
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int len_k = len(rng);
+    const int ps = page_sizes[page(rng)];
+    std::uniform_int_distribution<int> key(0, len_k);
+    int key_lo = key(rng), key_hi = key(rng);
+    if (key_lo > key_hi) std::swap(key_lo, key_hi);
+    if (trial % 4 == 0) {
+      key_lo = 0;
+      key_hi = len_k;
+    }
+    for (int num_splits : {1, 2, 3, 5, 16}) {
+      for (int s = 0; s < num_splits; ++s) {
+        const DecodeRange tiles = DecodeSplitTiles(key_lo, key_hi, 64, s, num_splits, 0);
+        const DecodeRange pages = DecodeSplitPages(tiles.lo, tiles.hi, key_lo, key_hi, 64, ps);
+        int lo = -1, hi = -1;  // brute force: first and one past the last page read
+        for (int j = std::max(key_lo, tiles.lo * 64); j < std::min(key_hi, tiles.hi * 64); ++j) {
+          if (lo < 0) lo = j / ps;
+          hi = j / ps + 1;
+        }
+        SCOPED_TRACE(testing::Message() << "keys [" << key_lo << ", " << key_hi << ") pages of "
+                                        << ps << " split " << s << " of " << num_splits);
+        if (lo < 0) {
+          EXPECT_LE(pages.hi - pages.lo, 0);
+        } else {
+          EXPECT_EQ(pages.lo, lo);
+          EXPECT_EQ(pages.hi, hi);
+        }
+      }
+    }
+  }
+}
+
 // An H100 SXM: 132 SMs, two decode blocks per SM (DecodeSmem16 keeps d = 128 under the budget).
 DecodeWorkload H100(int batch, int kv_heads, int kv_len) {
   DecodeWorkload w;
@@ -272,13 +312,57 @@ TEST(DecodeVariantsTest, TableIsConsistent) {
       EXPECT_GE(stages, 3) << kDecodeVariants[v].name;
     }
     EXPECT_FALSE(heads > 1 && kDecodeVariants[v].pages_ahead) << kDecodeVariants[v].name;
-    const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages, heads);
+    // The page cache and the fused combine are written for one KV head per block, and the cache
+    // replaces pages_ahead's lookups.
+    EXPECT_FALSE(kDecodeVariants[v].page_cache && (heads > 1 || kDecodeVariants[v].pages_ahead))
+        << kDecodeVariants[v].name;
+    EXPECT_FALSE(kDecodeVariants[v].fused_combine && heads > 1) << kDecodeVariants[v].name;
+    const int entries = kDecodeVariants[v].page_cache ? kDecodePageCacheEntries : 0;
+    const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages, heads, entries);
     EXPECT_LE(s.total, 227 * 1024) << kDecodeVariants[v].name;
-    EXPECT_GE(s.total - s.q_bytes, s.merge_bytes) << kDecodeVariants[v].name;
+    EXPECT_GE(s.total - s.q_bytes - entries * 4, s.merge_bytes) << kDecodeVariants[v].name;
     if (stages > 0) {
       EXPECT_EQ(s.stages, stages);
     }
+    // The page cache costs no pipeline stage and keeps two blocks per SM (228 KB per SM on sm_90,
+    // 1 KB reserved per block) at d = 128.
+    if (entries > 0 && stages == 0 && heads == 1) {
+      EXPECT_EQ(s.stages, DecodeSmem16(128, DecodeRows::kRows16).stages);
+      EXPECT_LE(2 * (s.total + 1024), 228 * 1024) << kDecodeVariants[v].name;
+    }
   }
+}
+
+// The fused-combine variants' workspace adds one 4-byte ticket counter per (sequence, KV head,
+// query tile) behind the partials when the launch splits, and nothing when it does not.
+TEST(DecodeVariantsTest, FusedCombineWorkspaceHoldsTheCounters) {
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 3;
+  p.seqlen_q = 1;
+  p.seqlen_k = 10000;
+  p.q_heads = 8;
+  p.kv_heads = 2;
+  p.head_dim = 128;
+  p.softmax_scale = 0.1f;
+  if (!CheckDecodeSupported(p).ok()) GTEST_SKIP() << CheckDecodeSupported(p);
+  DecodeOptions base;
+  base.num_splits = 5;
+  // Partials: 5 splits x (3 sequences x 2 KV heads x 4 rows) x (128 + 1) floats, each array
+  // rounded up to 256 bytes: 61440 + 512.
+  EXPECT_EQ(DecodeWorkspaceBytes(p, base), size_t{61440 + 512});
+  int checked = 0;
+  for (int v = 1; v < kDecodeNumVariants; ++v) {
+    DecodeOptions opt = base;
+    opt.variant = v;
+    const size_t counters = kDecodeVariants[v].fused_combine ? 256 : 0;  // 6 counters, aligned
+    EXPECT_EQ(DecodeWorkspaceBytes(p, opt), size_t{61440 + 512} + counters)
+        << kDecodeVariants[v].name;
+    opt.num_splits = 1;
+    EXPECT_EQ(DecodeWorkspaceBytes(p, opt), 0u) << kDecodeVariants[v].name;
+    checked += kDecodeVariants[v].fused_combine ? 1 : 0;
+  }
+  EXPECT_GE(checked, 1);
 }
 
 // A variant refuses, before any launch (so no device is needed), what it does not take: other

@@ -33,6 +33,7 @@
 
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/paged_append.h"
 #include "kernels/dtype.h"
 #include "tests/reference/reference_attention.h"
@@ -808,6 +809,13 @@ std::vector<Case> VariantCases() {
   out.push_back(Case("variant_page8_q2_causal").K({700, 9}).Page(8).Q(2).Causal());
   out.push_back(Case("variant_page192_window").K({2000, 191}).Page(192).Window(700, -1).Q(3));
   out.push_back(Case("variant_dense_long").K({20000}).Dense(false).Splits(7));
+  // Splits that end on page boundaries (64 tiles of 64 in 8 splits), 16 packed rows (4 query rows
+  // x GQA 4) over 6 splits, a page cache holding a split's 256 pages of 16 exactly, and splits of
+  // more pages than the cache holds (568 pages of 8: global lookups).
+  out.push_back(Case("variant_page64_split_at_pages").K({4096, 4096}).Page(64).Splits(8).Sinks());
+  out.push_back(Case("variant_q4_rows16_splits6").K({2000, 777}).Page(64).Q(4).Causal().Splits(6));
+  out.push_back(Case("variant_page16_cache_full").K({8192}).Page(16).Splits(2));
+  out.push_back(Case("variant_page8_past_cache").K({9000, 300}).Page(8).Splits(2));
   return out;
 }
 
@@ -832,6 +840,58 @@ TEST_P(FlashDecodeVariantTest, MatchesFloat64Reference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, FlashDecodeVariantTest, ::testing::Range(1, kDecodeNumVariants),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(kDecodeVariants[info.param].name);
+                         });
+
+// The page cache and the fused combine change where page entries are read and which kernel merges
+// the splits, not the arithmetic: without rotate, those variants give the production kernel's o
+// and lse bit for bit (pages of 64 and 16, dense, sinks, a key range, empty and short contexts
+// next to long ones, 4 query rows x GQA 4, forced and heuristic splits). Instantiated with the
+// variants' prefix, so that it runs in their process (run_decode_on_gpu.sh).
+class FlashDecodeVariantBitwiseTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(FlashDecodeVariantBitwiseTest, MatchesTheProductionKernel) {
+  const DecodeVariant& var = kDecodeVariants[GetParam()];
+  if (!(var.page_cache || var.fused_combine) || var.rotate) {
+    GTEST_SKIP() << var.name << " changes the arithmetic (or is neither a page cache nor fused)";
+  }
+  std::vector<Case> cases;
+  cases.push_back(Case("bitwise_page64").K({5000, 0, 300, 64}).Page(64).Splits(7).Sinks());
+  cases.push_back(Case("bitwise_page16_q4").K({3000, 1500}).Page(16).Q(4).Causal().Splits(5));
+  cases.push_back(Case("bitwise_dense").K({7000, 20}).Dense(false).Splits(9));
+  cases.push_back(Case("bitwise_key_range").K({4000, 900}).Page(32).KeyRange().Splits(4));
+  cases.push_back(Case("bitwise_heuristic").K({32768}).Page(64));
+  int compared = 0;
+  for (const Case& c : cases) {
+    // The variants are compiled into the bf16 file of bucket 128 only.
+    if (!Supported(c, DType::kBFloat16) || CompiledHeadDimBucket(c.head_dim) != 128) {
+      GTEST_SKIP() << "bf16 at head-dim bucket 128 is not compiled into this build";
+    }
+    // Pages at the dense split count split the heuristic's launches differently.
+    if (var.paged_one_slot && c.options.num_splits == 0) continue;
+    SCOPED_TRACE(c.name);
+    std::mt19937_64 rng = CaseRng(c, DType::kBFloat16);
+    const HostCase h = MakeHostCase(c, DType::kBFloat16, rng);
+    DecodeResult base, r;
+    RunDecode(c, DType::kBFloat16, h, h.ranges, rng, false, base);
+    Case cv = c;
+    cv.options.variant = GetParam();
+    RunDecode(cv, DType::kBFloat16, h, h.ranges, rng, false, r);
+    if (HasFatalFailure()) return;
+    EXPECT_EQ(r.raw_o, base.raw_o) << "o";
+    ASSERT_EQ(r.raw_lse.size(), base.raw_lse.size());
+    for (size_t i = 0; i < r.raw_lse.size(); ++i) {
+      // -inf == -inf; any NaN fails.
+      EXPECT_TRUE(r.raw_lse[i] == base.raw_lse[i]) << "lse " << i;
+    }
+    ++compared;
+  }
+  EXPECT_GE(compared, 4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, FlashDecodeVariantBitwiseTest,
+                         ::testing::Range(1, kDecodeNumVariants),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return std::string(kDecodeVariants[info.param].name);
                          });
