@@ -14,10 +14,10 @@
 //
 // With --sm90, each cell also times the two dK / dV kernels side by side in the default dQ mode,
 // whatever the server's route: the mma.sync kernel ("sm80") and the Hopper wgmma kernel ("sm90",
-// on a compute capability 9.0 device in a build with sm_90a, head dims 64 and 128; "-" where it
-// does not cover the cell), on one problem, with the largest difference of the Hopper kernel's
-// dq, dk and dv from the mma.sync kernel's over max |sm80| (above 2e-2 marked WRONG). The JSON
-// lines gain "sm80_tflops", "sm90_tflops", "sm80_ms", "sm90_ms" and "sm90_max_rel_diff";
+// on a compute capability 9.0 device in a build with sm_90a, head dims 64, 128 and 256; "-"
+// where it does not cover the cell), on one problem, with the largest difference of the Hopper
+// kernel's dq, dk and dv from the mma.sync kernel's over max |sm80| (above 2e-2 marked WRONG).
+// The JSON lines gain "sm80_tflops", "sm90_tflops", "sm80_ms", "sm90_ms" and "sm90_max_rel_diff";
 // "ours_tflops" stays the routed kernel's.
 //
 // With --sweep (a build with -DATTN_BENCH_BWD_TILE_SWEEP=ON), instead: the dK / dV kernel's

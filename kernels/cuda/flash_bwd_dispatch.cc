@@ -27,6 +27,12 @@ namespace {
 // mma.sync kernel.
 constexpr bool kRouteSm90Backward = true;
 
+// Whether kAuto launches of head-dim bucket 256 take the Hopper kernel's head-dim split form
+// (FlashBwdSm90SplitKernel) under kRouteSm90Backward. Off until its GPU check (correctness,
+// sanitizers, backward_bench --sm90 against mma.sync and FA2): bucket 256 runs the mma.sync
+// kernel by default; the tests and backward_bench --sm90 run the split kernel with kSm90.
+constexpr bool kRouteSm90BackwardHeadDim256 = false;
+
 constexpr int64_t kAlignment = 256;
 
 int64_t AlignUp(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
@@ -136,9 +142,10 @@ BwdParams BindBackwardWorkspace(const AttentionBackwardParams& params, void* wor
 }
 
 BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p, BwdKernelFamily requested) {
-  const bool wanted = requested == BwdKernelFamily::kSm90 ||
-                      (requested == BwdKernelFamily::kAuto && kRouteSm90Backward);
   const int bucket = SmallestCompiledBucket(p.head_dim);
+  const bool routed = kRouteSm90Backward && (bucket != 256 || kRouteSm90BackwardHeadDim256);
+  const bool wanted =
+      requested == BwdKernelFamily::kSm90 || (requested == BwdKernelFamily::kAuto && routed);
   const bool covered = bucket != 0 && HasSm90BwdKernel(bucket) && !p.deterministic &&
                        (p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16) &&
                        DTypeCompiled(p.dtype) && SelectKernelFamily(p) == KernelFamily::kSm90;

@@ -47,9 +47,10 @@ BwdParams BindBackwardWorkspace(const AttentionBackwardParams& p, void* workspac
 enum class BwdKernelFamily : uint8_t { kAuto, kSm80, kSm90 };
 
 // The dK / dV kernel DispatchFlashBwd runs for `p` when asked for `requested`: kSm90 where the
-// Hopper kernel covers p (a build with ATTN_KERNEL_SM90, head-dim bucket 64 or 128, the
+// Hopper kernel covers p (a build with ATTN_KERNEL_SM90, head-dim bucket 64, 128 or 256, the
 // non-deterministic mode, a compute capability 9.0 device that SelectKernelFamily lets run the
-// sm_90a kernels) and requested is kSm90, or kAuto with the route on; kSm80 otherwise.
+// sm_90a kernels) and requested is kSm90, or kAuto with the route on for p's bucket (bucket
+// 256 has its own switch); kSm80 otherwise.
 BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p,
                                            BwdKernelFamily requested = BwdKernelFamily::kAuto);
 const char* BwdKernelFamilyName(BwdKernelFamily family);

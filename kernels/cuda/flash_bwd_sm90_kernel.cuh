@@ -26,6 +26,8 @@
 // deterministic one (FlashBwdDqKernel writes dq itself).
 // Compiled to an empty kernel for architectures other than sm_90a; the host dispatch launches it
 // only on compute capability 9.0 devices when the build includes sm_90a.
+// Head-dim bucket 256 runs FlashBwdSm90SplitKernel (below) instead: 64-key tiles whose dK and dV
+// are split along head_dim between the two warpgroups.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
 
@@ -408,6 +410,427 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                 (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
   StageAccumulator<KVTile, kNTilesD, Element>(acc_dk, p.softmax_scale, smem_k, warp_key0, 0, lane);
   StageAccumulator<KVTile, kNTilesD, Element>(acc_dv, 1.f, smem_v, warp_key0, 0, lane);
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_k, dk, p.k_row_stride, keys,
+                                                             valid_chunks, tid);
+  CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_v, dv, p.v_row_stride, keys,
+                                                             valid_chunks, tid);
+#endif  // ATTN_HAVE_WGMMA
+}
+
+// `desc` unchanged, but opaque to the compiler: a descriptor advanced step by step through it is
+// computed right before its wgmma, not hoisted with all the others of the loop (16 k16 steps of
+// two operands at head_dim 256 would hold 32 64-bit descriptors in registers at once).
+__device__ __forceinline__ uint64_t OpaqueDescriptor(uint64_t desc) {
+  asm volatile("mov.b64 %0, %0;\n" : "+l"(desc));
+  return desc;
+}
+
+// Two consecutive floats of shared memory (8-byte aligned).
+__device__ __forceinline__ float2 LoadShared64f(uint32_t smem_addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(smem_addr));
+  return v;
+}
+
+// Makes the compiler finish computing `frag` here: the shared-memory loads (volatile) after this
+// point are not hoisted above it, so that the element-wise step of FlashBwdSm90SplitKernel takes
+// its inputs one k16 step at a time instead of loading every step's first (which does not fit
+// in registers next to dK and dV).
+__device__ __forceinline__ void Settle(uint32_t (&frag)[4]) {
+  asm volatile("" : "+r"(frag[0]), "+r"(frag[1]), "+r"(frag[2]), "+r"(frag[3]));
+}
+
+__device__ __forceinline__ void StoreShared128(uint32_t smem_addr, uint32_t x, uint32_t y,
+                                               uint32_t z, uint32_t w) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr), "r"(x), "r"(y),
+               "r"(z), "r"(w));
+}
+
+// The head-dim split form of the Hopper dK / dV kernel (BwdSm90SplitKernelTraits, bucket 256).
+// One block of two warpgroups per (64-key tile, KV head, sequence), the same loop over query
+// heads and query tiles as FlashBwdSm90Kernel. Per 64-row query tile:
+//   A. warpgroup 0: S^T = K Q^T, warpgroup 1: dP^T = V dO^T, each the whole [64 keys, 64
+//      queries] tile (wgmma m64n64k16, SS, both K-major, 16 k16 steps over head_dim);
+//   B. warpgroup w computes P^T and dS^T (ScoreRule::Grad) of query columns [32 w, 32 w + 32),
+//      taking the other product's half from the partner through a float32 scratch (exchange 1,
+//      one block barrier); it stores its dS^T half into the 16-bit DsTile (the A operand of D)
+//      and hands its packed P^T / dS^T fragments to the partner through the scratch (exchange 2,
+//      one block barrier), so that both hold all four k16 steps of both;
+//   C. dV[:, half w] += P^T dO[:, half w] and C'. dK[:, half w] += dS^T Q[:, half w]: wgmma
+//      m64n128k16 RS, the fragments from registers, dO and Q N-major;
+//   D. dQ[:, half w] += dS K[:, half w]: two m64n64 SSMN products (A = the DsTile read M-major,
+//      B = K read N-major), each added into dq_accum with red.global.add.v2.f32; the first
+//      pass's atomics run while the second is on the tensor cores.
+// Q, dO, lse and D in two stages as FlashBwdSm90Kernel. Barriers per query tile: before A (the
+// tile's copies landed; the previous tile's readers of the scratch, the DsTile and the other
+// stage are done), after exchange 1, after exchange 2.
+// Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemLaunchBytes
+// of dynamic shared memory. `p` normalized and checked by the host API, p.deterministic false.
+template <typename Traits, typename Element, bool kGeneral>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashBwdSm90SplitKernel(const __grid_constant__ BwdParams p) {
+#ifdef ATTN_HAVE_WGMMA
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kHalfDim = Traits::kHalfDim;
+  constexpr int kNTilesS = Traits::kNTilesS;
+  constexpr int kNTilesD = Traits::kNTilesD;
+  constexpr int kDqPasses = Traits::kDqPasses;
+  constexpr int kKSteps = kBlockM / 16;  // k16 steps of products C and C' (queries)
+  using KVTile = typename Traits::KVTile;
+  using DsTile = typename Traits::DsTile;
+  using Ops = MmaOps<Element>;
+  using MmaS = Wgmma<Element, kBlockM>;    // S^T, dP^T: N = query rows
+  using MmaKV = Wgmma<Element, kHalfDim>;  // dV, dK: N = the warpgroup's head_dim columns
+  using MmaQ = Wgmma<Element, 64>;         // dQ: one 64-column panel per pass
+  static_assert(Traits::kQStages == 2, "the next query tile's copies fly during this one's");
+  static_assert(Traits::kWarpgroups == 2, "one warpgroup per kind of product A");
+  static_assert(kNTilesS == 8 && kBlockN == 64, "S^T and dP^T: one m64n64 accumulator each");
+  static_assert(kDqPasses == 2, "dQ: two m64n64 passes per warpgroup (acc_dq0, acc_dq1)");
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
+  unsigned char* const smem_aligned = smem + (smem_base - SmemAddress(smem));
+  const uint32_t smem_k = smem_base + Traits::kSmemKOffset;
+  const uint32_t smem_v = smem_base + Traits::kSmemVOffset;
+  const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
+  const uint32_t smem_do = smem_base + Traits::kSmemDoOffset;
+  const uint32_t smem_ds = smem_base + Traits::kSmemDsOffset;
+  const auto q_stage_offset = [](int it) -> uint32_t {
+    return static_cast<uint32_t>(it % 2) * Traits::kQStageBytes;
+  };
+  const auto row_stage = [](int it) { return it % 2 * 2 * kBlockM; };
+  float* const lse_tile0 = reinterpret_cast<float*>(smem_aligned + Traits::kSmemLseOffset);
+  float* const d_tile0 = reinterpret_cast<float*>(smem_aligned + Traits::kSmemDOffset);
+
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int warpgroup = warp / 4;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  // This thread's scratch slot i: 16 bytes at scratch + 16 (128 i + warpgroup thread).
+  const uint32_t scratch = smem_base + Traits::kSmemScratchOffset + 16 * (tid % 128);
+
+  const int b = blockIdx.z;
+  const int kv_head = blockIdx.y;
+  const SeqBounds seq = LocateSequence(p, b);
+  const int key0 = blockIdx.x * kBlockN;
+  if (key0 >= seq.len_k) return;
+  const int keys = min(kBlockN, seq.len_k - key0);
+  const int valid_chunks = p.head_dim / 8;
+  const int group = p.q_heads / p.kv_heads;
+
+  const KvTileRange qtiles =
+      KvTiles(key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
+  const int n_qtiles = max(qtiles.end - qtiles.begin, 0);
+  const int iters = group * n_qtiles;
+
+  const Element* k = static_cast<const Element*>(p.k) + b * p.k_batch_stride +
+                     (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
+  const Element* v = static_cast<const Element*>(p.v) + b * p.v_batch_stride +
+                     (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
+
+  // The warp's 16 key rows of S^T / dP^T, dK and dV, and its 16 query rows of dQ (the m64nN
+  // layout: 16 rows per warp of the warpgroup's 64); the warpgroup's head_dim columns.
+  const int warp_row0 = 16 * (warp % 4);
+  const int col0 = kHalfDim * warpgroup;
+
+  // As FlashBwdSm90Kernel's: Q and dO of iteration `it` into its stage by cp.async; the lse_log2
+  // (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)) entry returned for
+  // store_row_entry.
+  const auto load_query_tile = [&](int it) -> float {
+    const int head = kv_head * group + it / n_qtiles;
+    const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
+    const int rows = seq.len_q - q0;
+    const int64_t q_row = seq.q_start + q0;
+    LoadTile<Traits, kBlockM>(smem_q + q_stage_offset(it),
+                              static_cast<const Element*>(p.q) + b * p.q_batch_stride +
+                                  q_row * p.q_row_stride + head * p.q_head_stride,
+                              p.q_row_stride, rows, valid_chunks, tid);
+    LoadTile<Traits, kBlockM>(smem_do + q_stage_offset(it),
+                              static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
+                                  q_row * p.o_row_stride + head * p.o_head_stride,
+                              p.o_row_stride, rows, valid_chunks, tid);
+    const int64_t ws = head * p.q_rows + seq.ws_start + q0;
+    if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
+    if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
+    return 0.f;
+  };
+  const auto store_row_entry = [&](float x, int it) {
+    if (tid < kBlockM) {
+      lse_tile0[row_stage(it) + tid] = x;
+    } else if (tid < 2 * kBlockM) {
+      d_tile0[row_stage(it) + tid - kBlockM] = x;
+    }
+  };
+
+  LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
+  LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
+  CpAsyncCommit();
+  if (iters > 0) store_row_entry(load_query_tile(0), 0);
+  CpAsyncCommit();
+
+  float acc_dk[kNTilesD][4];
+  float acc_dv[kNTilesD][4];
+#pragma unroll
+  for (int dt = 0; dt < kNTilesD; ++dt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      acc_dk[dt][e] = 0.f;
+      acc_dv[dt][e] = 0.f;
+    }
+  }
+
+  // Descriptors as FlashBwdSm90Kernel's (128-byte swizzle). Product A: K (warpgroup 0) or V
+  // (warpgroup 1) K-major as A, Q or dO K-major as B (a k16 step 32 bytes within a 64-column
+  // panel, the next panel kRows * 128 bytes further). D: the DsTile M-major as A, K's panels
+  // col0 / 64 + pass N-major as B (a k16 step of keys 16 rows = 2048 bytes).
+  const uint64_t a_desc = SmemDescriptor(warpgroup == 0 ? smem_k : smem_v, 16, 1024);
+  const uint32_t smem_b = warpgroup == 0 ? smem_q : smem_do;
+  const uint64_t ds_desc_a = SmemDescriptor(smem_ds, kBlockN * 128, 1024);
+  const uint64_t k_desc_b =
+      SmemDescriptor(smem_k + (col0 / 64) * (kBlockN * 128), kBlockN * 128, 1024);
+
+  for (int it = 0; it < iters; ++it) {
+    const int head = kv_head * group + it / n_qtiles;
+    const int m = qtiles.begin + it % n_qtiles;
+    const int q0 = m * kBlockM;
+    ScoreRule<kGeneral> rule;
+    rule.Init(p, seq, b, head);
+    const bool needs_mask =
+        kGeneral || keys < kBlockN ||
+        TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
+
+    CpAsyncWait<0>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    float next_row_entry = 0.f;
+    if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
+    CpAsyncCommit();
+    const uint32_t q_off = q_stage_offset(it);
+    // lse_log2 and D of the tile's query columns, read two at a time.
+    const uint32_t lse_addr = smem_base + Traits::kSmemLseOffset + 4 * row_stage(it) + 8 * t;
+    const uint32_t d_addr = smem_base + Traits::kSmemDOffset + 4 * row_stage(it) + 8 * t;
+
+    // A. S^T (warpgroup 0) or dP^T (warpgroup 1), [64 keys, 64 queries].
+    float acc[kNTilesS][4];
+    {
+      // k16 step ks: 32 bytes further within a 64-column panel, the next panel's start after
+      // every fourth (kRows * 128 bytes per panel).
+      uint64_t a_step = OpaqueDescriptor(a_desc);
+      uint64_t b_step = OpaqueDescriptor(SmemDescriptor(smem_b + q_off, 16, 1024));
+      WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        MmaS::SS(acc, a_step, b_step, ks > 0);
+        if (ks + 1 < kHeadDim / 16) {
+          const bool next_panel = (ks + 1) % 4 == 0;
+          a_step =
+              OpaqueDescriptor(AdvanceDescriptor(a_step, next_panel ? kBlockN * 128 - 3 * 32 : 32));
+          b_step =
+              OpaqueDescriptor(AdvanceDescriptor(b_step, next_panel ? kBlockM * 128 - 3 * 32 : 32));
+        }
+      }
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceAccumulators(acc);
+    }
+
+    // B. Warpgroup w computes P^T and dS^T of query columns [32 w, 32 w + 32): accumulator tiles
+    // nt = 4 w + i (i < 4), the k16 steps 2 w and 2 w + 1 of products C / C'. It has S^T
+    // (w = 0) or dP^T (w = 1) of them and takes the other from the partner warpgroup through
+    // the scratch. Scratch region r (slots 4 r .. 4 r + 3 of each warpgroup thread x, 2 KB
+    // apart): exchange 1, warpgroup w writes into region w the partner's half of its tile
+    // (tiles 4 (1 - w) + i); exchange 2, warpgroup w writes its packed P^T and dS^T fragments
+    // into region 1 - w (which only it has read since exchange 1). Entry [x] of a tile is key row
+    // warp_row0 + g + 8 (x / 2), query column 8 nt + 2 t + x % 2.
+    const bool holds_s = warpgroup == 0;
+    const auto grad = [&](float s, float dp, int nt, int x, const float2& lse, const float2& d,
+                          float& p_out, float& ds_out) {
+      const int e = x % 2;
+      const int i = q0 + 8 * nt + 2 * t + e;
+      const int j = key0 + warp_row0 + g + 8 * (x / 2);
+      const float l = e == 0 ? lse.x : lse.y;
+      const float dd = e == 0 ? d.x : d.y;
+      if (needs_mask) {
+        rule.template Grad<true>(s, dp, l, dd, i, j, p_out, ds_out);
+      } else {
+        rule.template Grad<false>(s, dp, l, dd, i, j, p_out, ds_out);
+      }
+    };
+    const auto slot = [&](int region, int i) -> uint32_t {
+      return scratch + static_cast<uint32_t>(4 * region + i) * (128 * 16);
+    };
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float v[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) v[x] = holds_s ? acc[4 + i][x] : acc[i][x];
+      StoreShared128(slot(warpgroup, i), __float_as_uint(v[0]), __float_as_uint(v[1]),
+                     __float_as_uint(v[2]), __float_as_uint(v[3]));
+    }
+    __syncthreads();
+    // own_p[h], own_ds[h]: fragments of k16 step 2 w + h.
+    uint32_t own_p[2][4];
+    uint32_t own_ds[2][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float prob[2][4];
+      float dsv[2][4];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 2 * h + hh;
+        const int nt = 4 * warpgroup + i;
+        const uint4 o4 = LoadShared128(slot(1 - warpgroup, i));
+        const float2 lse = LoadShared64f(lse_addr + 32 * nt);
+        const float2 d = LoadShared64f(d_addr + 32 * nt);
+        const float other[4] = {__uint_as_float(o4.x), __uint_as_float(o4.y), __uint_as_float(o4.z),
+                                __uint_as_float(o4.w)};
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const float mine = holds_s ? acc[i][x] : acc[4 + i][x];
+          grad(holds_s ? mine : other[x], holds_s ? other[x] : mine, nt, x, lse, d, prob[hh][x],
+               dsv[hh][x]);
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        own_p[h][2 * hh] = Ops::Pack(prob[hh][0], prob[hh][1]);
+        own_p[h][2 * hh + 1] = Ops::Pack(prob[hh][2], prob[hh][3]);
+        own_ds[h][2 * hh] = Ops::Pack(dsv[hh][0], dsv[hh][1]);
+        own_ds[h][2 * hh + 1] = Ops::Pack(dsv[hh][2], dsv[hh][3]);
+      }
+      Settle(own_p[h]);
+      Settle(own_ds[h]);
+    }
+    // dS^T into the DsTile (own_ds[h][2 hh + hf]: tile 4 w + 2 h + hh, row g + 8 hf) and the
+    // fragments to the partner.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        StoreShared32(
+            smem_ds + DsTile::Offset(warp_row0 + g + 8 * (x % 2), 4 * warpgroup + 2 * h + x / 2) +
+                4 * t,
+            own_ds[h][x]);
+      }
+      StoreShared128(slot(1 - warpgroup, h), own_p[h][0], own_p[h][1], own_p[h][2], own_p[h][3]);
+      StoreShared128(slot(1 - warpgroup, 2 + h), own_ds[h][0], own_ds[h][1], own_ds[h][2],
+                     own_ds[h][3]);
+    }
+    // The DsTile and the fragments written; the DsTile visible to the tensor cores.
+    FenceProxyAsyncShared();
+    __syncthreads();
+    uint32_t p_frag[kKSteps][4];
+    uint32_t ds_frag[kKSteps][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 po = LoadShared128(slot(warpgroup, h));
+      const uint4 dso = LoadShared128(slot(warpgroup, 2 + h));
+      const uint32_t other_p[4] = {po.x, po.y, po.z, po.w};
+      const uint32_t other_ds[4] = {dso.x, dso.y, dso.z, dso.w};
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        // k16 step h is warpgroup 0's, step 2 + h warpgroup 1's.
+        p_frag[h][x] = holds_s ? own_p[h][x] : other_p[x];
+        p_frag[2 + h][x] = holds_s ? other_p[x] : own_p[h][x];
+        ds_frag[h][x] = holds_s ? own_ds[h][x] : other_ds[x];
+        ds_frag[2 + h][x] = holds_s ? other_ds[x] : own_ds[h][x];
+      }
+    }
+
+    // C. dV[:, half w] += P^T dO[:, half w] and C'. dK[:, half w] += dS^T Q[:, half w]: RS, the
+    // fragments from registers, one commit group each.
+    const auto issue_rs = [&](float(&acc_d)[kNTilesD][4], const uint32_t(&frag)[kKSteps][4],
+                              uint64_t desc) {
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        MmaKV::RS(acc_d, frag[kk], AdvanceDescriptor(desc, kk * 16 * 128));
+      }
+      WgmmaCommit();
+    };
+    issue_rs(acc_dv, p_frag,
+             SmemDescriptor(smem_do + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
+    issue_rs(acc_dk, ds_frag,
+             SmemDescriptor(smem_q + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
+
+    // D. dQ[:, half w] += dS K[:, half w]: pass `pass` is columns col0 + 64 pass + [0, 64) of
+    // the tile's 64 queries (one commit group), added into dq_accum.
+    const auto issue_dq = [&](float(&acc_dq)[8][4], int pass) {
+      const uint64_t a_desc_dq = OpaqueDescriptor(ds_desc_a);
+      const uint64_t b_desc_dq = OpaqueDescriptor(k_desc_b);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        MmaQ::SSMN(acc_dq, AdvanceDescriptor(a_desc_dq, kk * 16 * 128),
+                   AdvanceDescriptor(b_desc_dq, pass * (kBlockN * 128) + kk * 16 * 128), kk > 0);
+      }
+      WgmmaCommit();
+    };
+    // The thread's two dq_accum rows (query rows warp_row0 + g + 8 hf) at its first column
+    // col0 + 2 t: every entry it adds is one of them plus a compile-time offset, so that the
+    // atomics of both passes need two 64-bit addresses, not one per entry.
+    float* dq_row[2];
+    bool dq_row_valid[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row0 + g + 8 * hf;
+      dq_row[hf] = p.dq_accum + ((seq.ws_start + q0 + r) * p.q_heads + head) * int64_t{p.head_dim} +
+                   col0 + 2 * t;
+      dq_row_valid[hf] = r < seq.len_q - q0;
+    }
+    const int dq_cols = p.head_dim - col0 - 2 * t;  // valid columns from the first one
+    const auto add_dq = [&](const float(&acc_dq)[8][4], int pass) {
+#pragma unroll
+      for (int n8 = 0; n8 < 8; ++n8) {
+        const int col = 64 * pass + 8 * n8;
+        if (col < dq_cols) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            if (dq_row_valid[hf]) {
+              AtomicAdd2(dq_row[hf] + col, acc_dq[n8][2 * hf], acc_dq[n8][2 * hf + 1]);
+            }
+          }
+        }
+      }
+    };
+    // Commit groups in order: C, C', D 0, D 1. Each wait frees what the next issue needs: C
+    // done before D 0 takes its accumulator (P^T's fragments free), C' done before D 1 (dS^T's
+    // fragments free), so that dK, dV and at most 64 more floats are live; pass 0's atomics run
+    // while pass 1 is on the tensor cores.
+    float acc_dq0[8][4];
+    float acc_dq1[8][4];
+    WgmmaWait<1>();
+    FenceAccumulators(acc_dv);
+    FenceFragments(p_frag);
+    issue_dq(acc_dq0, 0);
+    WgmmaWait<1>();
+    FenceAccumulators(acc_dk);
+    FenceFragments(ds_frag);
+    issue_dq(acc_dq1, 1);
+    WgmmaWait<1>();
+    FenceAccumulators(acc_dq0);
+    add_dq(acc_dq0, 0);
+    WgmmaWait<0>();
+    FenceAccumulators(acc_dq1);
+    add_dq(acc_dq1, 1);
+    if (it + 1 < iters) store_row_entry(next_row_entry, it + 1);
+  }
+
+  // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile (the warp's 16
+  // key rows, the warpgroup's columns), once every product has completed and every copy landed.
+  CpAsyncWait<0>();
+  __syncthreads();
+  Element* dk = static_cast<Element*>(p.dk) + b * p.k_batch_stride +
+                (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
+  Element* dv = static_cast<Element*>(p.dv) + b * p.v_batch_stride +
+                (seq.k_start + key0) * p.v_row_stride + kv_head * p.v_head_stride;
+  StageAccumulator<KVTile, kNTilesD, Element>(acc_dk, p.softmax_scale, smem_k, warp_row0, col0,
+                                              lane);
+  StageAccumulator<KVTile, kNTilesD, Element>(acc_dv, 1.f, smem_v, warp_row0, col0, lane);
   CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_k, dk, p.k_row_stride, keys,
                                                              valid_chunks, tid);
   CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_v, dv, p.v_row_stride, keys,

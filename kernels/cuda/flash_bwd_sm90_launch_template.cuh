@@ -13,15 +13,22 @@
 
 namespace attention::cuda {
 
-// The Hopper dK / dV kernel with the tiles of `Traits` (a BwdSm90KernelTraits).
+// The Hopper dK / dV kernel with the tiles of `Traits`: FlashBwdSm90Kernel for a
+// BwdSm90KernelTraits, FlashBwdSm90SplitKernel for a BwdSm90SplitKernelTraits (kSplitHeadDim).
 template <typename Traits, DType kDType, BwdVariant kVariant>
 cudaError_t RunFlashBwdSm90WithTraits(const BwdParams& p, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16, "16-bit operands");
+  using Element = BwdElementOf<kDType>;
+  constexpr bool kGeneral = kVariant == BwdVariant::kGeneral;
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
-  return LaunchBwd(
-      &bwd::FlashBwdSm90Kernel<Traits, BwdElementOf<kDType>, kVariant == BwdVariant::kGeneral>,
-      grid, Traits::kNThreads, Traits::kSmemLaunchBytes, p, stream);
+  if constexpr (Traits::kSplitHeadDim) {
+    return LaunchBwd(&bwd::FlashBwdSm90SplitKernel<Traits, Element, kGeneral>, grid,
+                     Traits::kNThreads, Traits::kSmemLaunchBytes, p, stream);
+  } else {
+    return LaunchBwd(&bwd::FlashBwdSm90Kernel<Traits, Element, kGeneral>, grid, Traits::kNThreads,
+                     Traits::kSmemLaunchBytes, p, stream);
+  }
 }
 
 template <DType kDType, int kHeadDim, BwdVariant kVariant>

@@ -4,6 +4,8 @@
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_TRAITS_H_
 #define ATTENTION_KERNELS_CUDA_FLASH_BWD_TRAITS_H_
 
+#include <type_traits>
+
 #include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
@@ -213,11 +215,17 @@ struct DefaultBwdDqKernelTraits {
 
 // The Hopper dK / dV kernel (sm_90a, flash_bwd_sm90_kernel.cuh): its products on warpgroup MMAs
 // (wgmma). Compiled for head-dim buckets 64 and 128 (whole 64-column swizzle panels whose dK and
-// dV accumulators fit in registers next to S^T and dP^T); the other buckets, and the
-// deterministic mode, run the mma.sync kernels.
+// dV accumulators fit in registers next to S^T and dP^T) and 256 (its head-dim split form,
+// Sm90BwdSplitsHeadDim); the other buckets, and the deterministic mode, run the mma.sync kernels.
 constexpr bool HasSm90BwdKernel(int head_dim_bucket) {
-  return head_dim_bucket == 64 || head_dim_bucket == 128;
+  return head_dim_bucket == 64 || head_dim_bucket == 128 || head_dim_bucket == 256;
 }
+
+// Whether the bucket runs the head-dim split form of the Hopper kernel (FlashBwdSm90SplitKernel,
+// BwdSm90SplitKernelTraits): at 256, 64 keys of dK and dV over the full head_dim are 2 x 128
+// floats per thread of one warpgroup, more than its registers hold, so two warpgroups share one
+// 64-key tile, each owning half of head_dim.
+constexpr bool Sm90BwdSplitsHeadDim(int head_dim_bucket) { return head_dim_bucket == 256; }
 
 // Query rows per tile of the Hopper dK / dV kernel (128-key tiles, two warpgroups of 64 keys):
 // 64 at head_dim 128 and 128 at 64, so that each thread holds head_dim + block_m = 192
@@ -238,7 +246,8 @@ struct BwdSm90KernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
   static constexpr bool kOverlap = kOverlap_;
-  static constexpr int kBlockN = 128;  // keys per tile: 64 per warpgroup
+  static constexpr bool kSplitHeadDim = false;  // FlashBwdSm90Kernel
+  static constexpr int kBlockN = 128;           // keys per tile: 64 per warpgroup
   static constexpr int kWarpgroups = 2;
   static constexpr int kNWarps = 4 * kWarpgroups;
   static constexpr int kNThreads = 32 * kNWarps;
@@ -247,7 +256,7 @@ struct BwdSm90KernelTraits {
   static constexpr int kKVStages = 2;
   static constexpr int kQStages = 2;
 
-  static_assert(HasSm90BwdKernel(kHeadDim), "head-dim buckets 64 and 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head-dim buckets 64 and 128");
   static_assert(kBlockM == 64 || kBlockM == 128, "S^T's N (wgmma m64nNk16): 64 or 128 queries");
   // n8 tiles per thread row of S^T / dP^T (N = kBlockM) and of dK / dV (N = kHeadDim).
   static constexpr int kNTilesS = kBlockM / 8;
@@ -284,10 +293,86 @@ struct BwdSm90KernelTraits {
   static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
 };
 
-// The Hopper dK / dV kernel's traits for DefaultBwdSm90BlockM(kHeadDim).
+// The head-dim split form of the Hopper dK / dV kernel (FlashBwdSm90SplitKernel, bucket 256).
+// One block of two warpgroups (256 threads) per 64-key tile, 64-row query tiles:
+//   - product A is split by kind, not by rows: warpgroup 0 computes S^T = K Q^T, warpgroup 1
+//     dP^T = V dO^T, each the whole [64 keys, 64 queries] tile (one m64n64 accumulator, 32
+//     floats per thread), so that K, V, Q and dO are each read once per tile from shared memory
+//     (split by query rows, each warpgroup would read all of K and V: 192 KB of operand reads
+//     per tile instead of 128 KB);
+//   - the element-wise step is split by query columns: warpgroup w computes P^T and dS^T of
+//     columns [32 w, 32 w + 32), taking the other product's half from the partner through a
+//     float32 scratch, and the two exchange their packed fragments through the same scratch;
+//   - warpgroup w owns head_dim columns [kHalfDim w, kHalfDim (w + 1)) of dK, dV (kHalfDim / 2
+//     floats per thread each: 128 at 256) and of dQ (kDqPasses m64n64 products of 32 floats).
+// Registers per thread: dK + dV 128 throughout; at most 64 more at once (S^T or dP^T; the
+// fragments; the two dQ passes).
+// Shared memory at 256: K, V 32 KB each; Q, dO 32 KB each per stage (two stages); dS^T 8 KB;
+// the scratch 16 KB; lse and D 512 bytes per stage: 217 KB, plus the 1 KB the kernel aligns its
+// base with.
+// FlashAttention-3's hopper/ backward at 256 also has two MMA warpgroups splitting dK / dV along
+// head_dim (as dV^T = dO^T P), with 64 x 80 tiles and one Q / dO stage; each of its warpgroups
+// computes S and dP for half of the keys, and dQ goes through shared memory (TMA reduce-add).
+template <int kHeadDim_>
+struct BwdSm90SplitKernelTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kSplitHeadDim = true;
+  static constexpr bool kOverlap = false;
+  static constexpr int kBlockM = 64;  // query rows per tile
+  static constexpr int kBlockN = 64;  // keys per tile
+  static constexpr int kWarpgroups = 2;
+  static constexpr int kNWarps = 4 * kWarpgroups;
+  static constexpr int kNThreads = 32 * kNWarps;
+  static constexpr int kChunks = kHeadDim / 8;
+  // LoadTile (flash_fwd_common.cuh) reads this: predicated-off copies need no address clamp.
+  static constexpr int kKVStages = 2;
+  static constexpr int kQStages = 2;
+
+  static_assert(Sm90BwdSplitsHeadDim(kHeadDim), "head-dim bucket 256");
+  // head_dim columns of dK, dV and dQ per warpgroup; n8 tiles of S^T / dP^T (N = kBlockM) and
+  // of a warpgroup's dK / dV (N = kHalfDim: Wgmma<..., 128>::RS).
+  static constexpr int kHalfDim = kHeadDim / kWarpgroups;
+  static constexpr int kNTilesS = kBlockM / 8;
+  static constexpr int kNTilesD = kHalfDim / 8;
+  static constexpr int kDqPasses = kHalfDim / 64;  // m64n64 dQ products per warpgroup
+  static_assert(kHalfDim % 64 == 0, "whole 64-column swizzle panels per warpgroup");
+  static_assert(2 * kBlockM <= kNThreads, "one thread copies each lse and D entry");
+  // dK, dV and both dQ passes (the largest set live at once).
+  static constexpr int kAccumulatorFloats = kHalfDim + 64;
+  static_assert(kAccumulatorFloats <= 192, "accumulators fit in registers");
+
+  using QTile = SmemTile<kBlockM, kHeadDim>;   // Q and dO
+  using KVTile = SmemTile<kBlockN, kHeadDim>;  // K and V
+  using DsTile = SmemTile<kBlockN, kBlockM>;   // dS^T (16-bit), read M-major by dQ += dS K
+  static_assert(QTile::kBytes % 1024 == 0 && KVTile::kBytes % 1024 == 0 &&
+                    DsTile::kBytes % 1024 == 0,
+                "1024-byte tiles");
+  // The exchange between the warpgroups: slot i of warpgroup-thread x at (128 i + x) * 16
+  // bytes, eight slots (region r: slots 4 r .. 4 r + 3): half of an m64n64 float32 accumulator
+  // (16 floats per thread), then two k16 steps of P^T and dS^T fragments, per warpgroup.
+  static constexpr int kScratchBytes = 2 * 4 * 128 * 16;
+  static constexpr int kSmemKOffset = 0;
+  static constexpr int kSmemVOffset = kSmemKOffset + KVTile::kBytes;
+  static constexpr int kSmemQOffset = kSmemVOffset + KVTile::kBytes;
+  static constexpr int kSmemDoOffset = kSmemQOffset + QTile::kBytes;
+  static constexpr int kQStageBytes = 2 * QTile::kBytes;
+  static constexpr int kSmemDsOffset = kSmemQOffset + kQStages * kQStageBytes;
+  static constexpr int kSmemScratchOffset = kSmemDsOffset + DsTile::kBytes;
+  static constexpr int kSmemLseOffset = kSmemScratchOffset + kScratchBytes;
+  static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;
+  static constexpr int kRowStageBytes = 8 * kBlockM;
+  static constexpr int kSmemBytes = kSmemLseOffset + kQStages * kRowStageBytes;
+  static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
+  static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
+};
+
+// The Hopper dK / dV kernel's traits: DefaultBwdSm90BlockM(kHeadDim) query rows at 64 and 128,
+// the head-dim split form at 256.
 template <int kHeadDim>
 struct DefaultBwdSm90KernelTraits {
-  using type = BwdSm90KernelTraits<kHeadDim, DefaultBwdSm90BlockM(kHeadDim)>;
+  using type =
+      std::conditional_t<Sm90BwdSplitsHeadDim(kHeadDim), BwdSm90SplitKernelTraits<kHeadDim>,
+                         BwdSm90KernelTraits<kHeadDim, DefaultBwdSm90BlockM(kHeadDim)>>;
 };
 
 }  // namespace attention::cuda

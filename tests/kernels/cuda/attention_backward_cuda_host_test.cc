@@ -262,7 +262,7 @@ TEST(BackwardTraitsTest, Bucket128WarpGrids) {
 // product (queries split at 64, head_dim at 128); K, V, two stages of Q / dO, dS^T, lse and D
 // within sm_90's 227 KB with the 1 KB the kernel aligns its base with.
 TEST(BackwardTraitsTest, Sm90KernelTiles) {
-  for (int bucket : {32, 96, 160, 192, 224, 256}) EXPECT_FALSE(HasSm90BwdKernel(bucket)) << bucket;
+  for (int bucket : {32, 96, 160, 192, 224}) EXPECT_FALSE(HasSm90BwdKernel(bucket)) << bucket;
   using T64 = DefaultBwdSm90KernelTraits<64>::type;
   using T128 = DefaultBwdSm90KernelTraits<128>::type;
   static_assert(HasSm90BwdKernel(64) && HasSm90BwdKernel(128));
@@ -281,6 +281,27 @@ TEST(BackwardTraitsTest, Sm90KernelTiles) {
   EXPECT_EQ(T128::kSmemBytes, 145 * 1024);
   EXPECT_LE(T64::kSmemLaunchBytes, 227 * 1024);
   EXPECT_LE(T128::kSmemLaunchBytes, 227 * 1024);
+}
+
+// The head-dim split form at 256: 64 x 64 tiles, two warpgroups of 128 head_dim columns each
+// (dK + dV 128 floats per thread, dQ in two m64n64 passes), K, V, two stages of Q / dO, dS^T,
+// the 16 KB exchange scratch, lse and D within sm_90's 227 KB.
+TEST(BackwardTraitsTest, Sm90SplitKernelTiles) {
+  static_assert(HasSm90BwdKernel(256) && Sm90BwdSplitsHeadDim(256));
+  static_assert(!Sm90BwdSplitsHeadDim(64) && !Sm90BwdSplitsHeadDim(128));
+  using T = DefaultBwdSm90KernelTraits<256>::type;
+  static_assert(T::kSplitHeadDim && !DefaultBwdSm90KernelTraits<128>::type::kSplitHeadDim);
+  EXPECT_EQ(T::kBlockM, 64);
+  EXPECT_EQ(T::kBlockN, 64);
+  EXPECT_EQ(T::kNThreads, 256);
+  EXPECT_EQ(T::kHalfDim, 128);
+  EXPECT_EQ(T::kNTilesD, 16);
+  EXPECT_EQ(T::kDqPasses, 2);
+  EXPECT_EQ(T::kAccumulatorFloats, 192);
+  // K, V 32 KB each; Q, dO 32 KB each per stage; dS^T 8 KB; scratch 16 KB; lse, D 512 bytes per
+  // stage.
+  EXPECT_EQ(T::kSmemBytes, 216 * 1024 + 2 * 512);
+  EXPECT_LE(T::kSmemLaunchBytes, 227 * 1024);
 }
 
 // Which dK / dV kernel a launch gets: never the Hopper one in deterministic mode, for a bucket it

@@ -10,7 +10,8 @@
 // sequences; GQA and MQA; both dQ modes, and the deterministic one bit-identical across two runs.
 // The default dQ mode runs on each dK / dV kernel that covers the case, whatever the server's
 // route: the mma.sync kernel always, the Hopper (wgmma) kernel too on a compute capability 9.0
-// device in a build with sm_90a (head-dim buckets 64 and 128; lines tagged "sm90").
+// device in a build with sm_90a (head-dim buckets 64, 128 and 256, the last in its head-dim split
+// form; lines tagged "sm90").
 //
 // Tolerance, per tensor and stated once: max |got - ref| <= tol x max |ref|, every element
 // finite; float16 2e-3, bfloat16 1.5e-2, the CPU backward's (the kernels round P and dS to the
