@@ -198,6 +198,21 @@ inline constexpr DecodeVariant kDecodeVariants[] = {
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));
 
+// The production kernel is kDecodeVariants[0] for every element type, head-dim bucket and row
+// layout: its page_cache, fused_combine and rotate flags (and paged_one_slot, on the host) switch
+// those features on for all of them once a variant has won on the device.
+
+// Page-cache entries of `v`'s kernel at `head_dim_bucket` with `rows`: kDecodePageCacheEntries
+// where `v` asks for the cache and the 2 KB cost no pipeline stage (d = 128 with 64 rows would
+// drop from 3 stages to 2: no cache there), else 0.
+ATTN_HOST_DEVICE constexpr int DecodePageCacheEntries(const DecodeVariant& v, int head_dim_bucket,
+                                                      DecodeRows rows) {
+  if (!v.page_cache || v.heads != 1) return 0;
+  const DecodeSmem with = DecodeSmem16(head_dim_bucket, rows, v.stages, 1, kDecodePageCacheEntries);
+  const DecodeSmem without = DecodeSmem16(head_dim_bucket, rows, v.stages, 1);
+  return with.stages == without.stages ? kDecodePageCacheEntries : 0;
+}
+
 // What the split heuristic sees of a launch.
 struct DecodeWorkload {
   int batch = 0;

@@ -127,8 +127,9 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     const DeviceInfo device = CurrentDevice();
     const DecodeSmem smem =
         fp32 ? DecodeSmem32(CompiledHeadDimBucket(p.head_dim))
-             : DecodeSmem16(CompiledHeadDimBucket(p.head_dim), l.rows, variant.stages, heads,
-                            variant.page_cache ? kDecodePageCacheEntries : 0);
+             : DecodeSmem16(
+                   CompiledHeadDimBucket(p.head_dim), l.rows, variant.stages, heads,
+                   DecodePageCacheEntries(variant, CompiledHeadDimBucket(p.head_dim), l.rows));
     DecodeWorkload w;
     w.batch = p.batch;
     w.kv_heads = std::max(1, p.kv_heads / heads);
@@ -152,7 +153,8 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     l.partial_rows = int64_t{p.batch} * p.kv_heads * l.rows_pad;
     plan.partial_o_bytes = AlignUp(int64_t{splits} * l.partial_rows * p.head_dim * 4);
     plan.partial_lse_bytes = AlignUp(int64_t{splits} * l.partial_rows * 4);
-    if (variant.fused_combine && !fp32 && l.rows == DecodeRows::kRows16) {
+    // The 16-bit kernel merges its own splits when fused (the float32 kernel never does).
+    if (variant.fused_combine && !fp32) {
       plan.num_counters = int64_t{p.batch} * p.kv_heads * l.query_tiles;
     }
     plan.workspace_bytes =

@@ -724,7 +724,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
   static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead)), "page_cache: one head, own lookups");
   static_assert(!(kFused && kHeads > 1), "fused_combine merges one KV head's rows");
-  static_assert(kPageCache == kDecodeVariants[kVariant].page_cache, "Traits carry the cache");
 
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_q = SmemAddress(smem);

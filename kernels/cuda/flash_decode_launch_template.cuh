@@ -41,21 +41,21 @@ cudaError_t LaunchDecode(Kernel* kernel, int smem_bytes, const AttentionParams& 
   return cudaGetLastError();
 }
 
+// The 16-bit kernel of kDecodeVariants[kVariant] with row layout kRows (its page cache where
+// DecodePageCacheEntries gives one, the fused launch where it merges its own splits).
+template <DType kDType, int kHeadDim, DecodeRows kRows, int kVariant>
+cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream);
+
 template <DType kDType, int kHeadDim>
 cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
   if constexpr (kDType == DType::kFloat32) {
     using Traits = decode::Decode32Traits<kHeadDim>;
     return LaunchDecode(&decode::FlashDecodeKernel32<Traits>, Traits::kSmem.total, p, l, stream);
   } else {
-    using Element = DecodeElementOf<kDType>;
     if (l.rows == DecodeRows::kRows16) {
-      using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows16>;
-      return LaunchDecode(&decode::FlashDecodeKernel16<Traits, Element>, Traits::kSmem.total, p, l,
-                          stream);
+      return LaunchDecode16<kDType, kHeadDim, DecodeRows::kRows16, 0>(p, l, stream);
     }
-    using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows64>;
-    return LaunchDecode(&decode::FlashDecodeKernel16<Traits, Element>, Traits::kSmem.total, p, l,
-                        stream);
+    return LaunchDecode16<kDType, kHeadDim, DecodeRows::kRows64, 0>(p, l, stream);
   }
 }
 
@@ -93,20 +93,25 @@ cudaError_t LaunchDecodeFused(Kernel* kernel, int smem_bytes, const AttentionPar
   return cudaGetLastError();
 }
 
-// Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
-template <DType kDType, int kHeadDim, int kVariant>
-cudaError_t RunDecodeVariantOf(const AttentionParams& p, const DecodeLaunch& l,
-                               cudaStream_t stream) {
-  static_assert(kVariant > 0 && kVariant < kDecodeNumVariants, "an entry of kDecodeVariants");
-  static_assert(kDType != DType::kFloat32, "the variants tune the 16-bit kernel");
+template <DType kDType, int kHeadDim, DecodeRows kRows, int kVariant>
+cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  static_assert(kDType != DType::kFloat32, "the 16-bit kernel");
   constexpr DecodeVariant kV = kDecodeVariants[kVariant];
-  using Traits = decode::Decode16Traits<kHeadDim, DecodeRows::kRows16, kV.stages, kV.heads,
-                                        kV.page_cache ? kDecodePageCacheEntries : 0>;
+  using Traits = decode::Decode16Traits<kHeadDim, kRows, kV.stages, kV.heads,
+                                        DecodePageCacheEntries(kV, kHeadDim, kRows)>;
   auto* kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>;
   if (kV.fused_combine && l.counters != nullptr) {
     return LaunchDecodeFused(kernel, Traits::kSmem.total, p, l, stream);
   }
   return LaunchDecode(kernel, Traits::kSmem.total, p, l, stream);
+}
+
+// Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
+template <DType kDType, int kHeadDim, int kVariant>
+cudaError_t RunDecodeVariantOf(const AttentionParams& p, const DecodeLaunch& l,
+                               cudaStream_t stream) {
+  static_assert(kVariant > 0 && kVariant < kDecodeNumVariants, "an entry of kDecodeVariants");
+  return LaunchDecode16<kDType, kHeadDim, DecodeRows::kRows16, kVariant>(p, l, stream);
 }
 
 template <DType kDType, int kHeadDim, int... kVariants>

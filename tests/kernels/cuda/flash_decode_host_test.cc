@@ -325,10 +325,14 @@ TEST(DecodeVariantsTest, TableIsConsistent) {
       EXPECT_EQ(s.stages, stages);
     }
     // The page cache costs no pipeline stage and keeps two blocks per SM (228 KB per SM on sm_90,
-    // 1 KB reserved per block) at d = 128.
+    // 1 KB reserved per block) at d = 128; with 64 rows it would cost a stage, so those kernels
+    // go without it.
     if (entries > 0 && stages == 0 && heads == 1) {
       EXPECT_EQ(s.stages, DecodeSmem16(128, DecodeRows::kRows16).stages);
       EXPECT_LE(2 * (s.total + 1024), 228 * 1024) << kDecodeVariants[v].name;
+      EXPECT_EQ(DecodePageCacheEntries(kDecodeVariants[v], 128, DecodeRows::kRows16), entries);
+      EXPECT_EQ(DecodePageCacheEntries(kDecodeVariants[v], 128, DecodeRows::kRows64), 0);
+      EXPECT_EQ(DecodePageCacheEntries(kDecodeVariants[v], 64, DecodeRows::kRows64), entries);
     }
   }
 }
