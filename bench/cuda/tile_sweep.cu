@@ -55,11 +55,15 @@ std::string TileVariant::Label() const {
 const std::vector<TileVariant>& TileSweep() {
   // The mma.sync kernel's neighbours were measured in session 2 (bench/cuda/NOTES.md, runs 1-8);
   // the sweep now covers the wgmma kernel's (the defaults are 128x128/2wg/1b for d <= 128 and
-  // 128x64/2wg/1b above).
+  // 128x64/2wg/1b above), and those of the buckets with a trailing 32-column panel (defaults
+  // 128x64/2wg/2b at d 32, 128x128/2wg/1b at d 96, 128x64/2wg/1b at d 160 and 224) beside their
+  // spill-free neighbours.
   static const std::vector<TileVariant> sweep = {
       MakeSm90<64, 128, 2, 1>(), MakeSm90<64, 64, 2, 2>(),   MakeSm90<64, 128, 3, 1>(),
       MakeSm90<64, 64, 3, 1>(),  MakeSm90<128, 128, 2, 1>(), MakeSm90<128, 64, 2, 2>(),
       MakeSm90<128, 64, 3, 1>(), MakeSm90<128, 96, 2, 1>(),  MakeSm90<256, 64, 2, 1>(),
+      MakeSm90<32, 64, 2, 2>(),  MakeSm90<32, 128, 2, 1>(),  MakeSm90<96, 128, 2, 1>(),
+      MakeSm90<96, 64, 2, 1>(),  MakeSm90<160, 64, 2, 1>(),  MakeSm90<224, 64, 2, 1>(),
   };
   return sweep;
 }

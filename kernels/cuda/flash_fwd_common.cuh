@@ -336,10 +336,10 @@ __device__ __forceinline__ void LoadPagedTilesGrouped(const PagedPool<Element> (
   // Keys [key_begin, key_end) as rows relative to key_first: one unsigned compare per row.
   const uint32_t row_lo = static_cast<uint32_t>(c.key_begin - key_first);
   const uint32_t rows_in_range = static_cast<uint32_t>(c.key_end - c.key_begin);
-  // Rows g.row_step apart (a multiple of 8) keep their position in the 128-byte swizzle: one
-  // shared offset step per row.
+  // Rows g.row_step apart (a multiple of 8) keep their position in the swizzle: one shared
+  // offset step per row (rows of 128 bytes, or 64 in a trailing 32-column panel).
   const uint32_t smem_first = Tile::Offset(g.first_row, g.chunk);
-  const uint32_t smem_step = static_cast<uint32_t>(g.row_step) * 128u;
+  const uint32_t smem_step = static_cast<uint32_t>(g.row_step) * Tile::RowBytes(g.chunk);
 #pragma unroll
   for (int i = 0; i < kPools; ++i) {
     const Element* src =

@@ -62,21 +62,44 @@ bool CurrentDeviceIsSm90() {
   return v == 1;
 }
 
-// Whether launches may take the sm_90a kernels: the device is a compute capability 9.0 one and
-// ATTN_CUDA_KERNELS=sm80 did not opt out (read once).
-bool Sm90KernelsUsable() {
-  static const bool allowed = [] {
+// Which head-dim buckets launches may run on the sm_90a kernel, from ATTN_CUDA_KERNELS (read
+// once): "sm80" none, "sm90" every bucket with one (HasSm90Kernel), anything else the buckets
+// routed by default (Sm90KernelRoutedByDefault).
+enum class Sm90Choice : uint8_t { kNone, kRouted, kAll };
+
+Sm90Choice Sm90ChoiceFromEnvironment() {
+  static const Sm90Choice choice = [] {
     const char* env = std::getenv("ATTN_CUDA_KERNELS");
-    return env == nullptr || std::string_view(env) != "sm80";
+    if (env == nullptr) return Sm90Choice::kRouted;
+    const std::string_view value(env);
+    if (value == "sm80") return Sm90Choice::kNone;
+    if (value == "sm90") return Sm90Choice::kAll;
+    return Sm90Choice::kRouted;
   }();
-  return allowed && CurrentDeviceIsSm90();
+  return choice;
+}
+
+// Whether launches of head-dim bucket `bucket` take the sm_90a kernel: the bucket has one, the
+// environment's choice includes it, and the device is a compute capability 9.0 one.
+bool Sm90KernelUsable(int bucket) {
+  if (!HasSm90Kernel(bucket)) return false;
+  switch (Sm90ChoiceFromEnvironment()) {
+    case Sm90Choice::kNone:
+      return false;
+    case Sm90Choice::kRouted:
+      if (!Sm90KernelRoutedByDefault(bucket)) return false;
+      break;
+    case Sm90Choice::kAll:
+      break;
+  }
+  return CurrentDeviceIsSm90();
 }
 
 template <DType kDType, int kHeadDim, FwdVariant kVariant>
 cudaError_t RunFamily(const AttentionParams& p, cudaStream_t stream) {
 #ifdef ATTN_KERNEL_SM90
   if constexpr (HasSm90Kernel(kHeadDim)) {
-    if (Sm90KernelsUsable()) return RunFlashFwdSm90<kDType, kHeadDim, kVariant>(p, stream);
+    if (Sm90KernelUsable(kHeadDim)) return RunFlashFwdSm90<kDType, kHeadDim, kVariant>(p, stream);
   }
 #endif
   return RunFlashFwd<kDType, kHeadDim, kVariant>(p, stream);
@@ -145,7 +168,7 @@ bool DTypeCompiled(DType dtype) {
 KernelFamily SelectKernelFamily(const AttentionParams& p) {
 #ifdef ATTN_KERNEL_SM90
   const int bucket = CompiledHeadDimBucket(p.head_dim);
-  if (bucket != 0 && HasSm90Kernel(bucket) && Sm90KernelsUsable()) {
+  if (bucket != 0 && Sm90KernelUsable(bucket)) {
     return KernelFamily::kSm90;
   }
 #else

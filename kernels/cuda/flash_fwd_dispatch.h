@@ -45,7 +45,9 @@ absl::Status CheckPagedForward(const AttentionParams& p);
 // Which of the two forward kernels runs `p`: the mma.sync kernel (sm_80 and later, every head-dim
 // bucket) or the Hopper wgmma kernel (compute capability 9.0, buckets 64 / 128 / 192 / 256, builds
 // that include sm_90a). Setting the environment variable ATTN_CUDA_KERNELS=sm80 before the first
-// launch keeps every launch on the mma.sync kernel (tests and benchmarks compare the two).
+// launch keeps every launch on the mma.sync kernel (tests and benchmarks compare the two);
+// ATTN_CUDA_KERNELS=sm90 also runs the wgmma kernel of buckets 32 / 96 / 160 / 224, which are not
+// routed to it by default yet (kernel_traits.h, Sm90KernelRoutedByDefault).
 enum class KernelFamily : uint8_t { kSm80, kSm90 };
 KernelFamily SelectKernelFamily(const AttentionParams& p);
 const char* KernelFamilyName(KernelFamily family);

@@ -9,7 +9,9 @@ Usage:
 
 N_SS: the N of S = Q K^T (the KV tile rows, kBlockN), A and B from shared memory.
 N_RS: the N of O += P V (the head-dim bucket), A (P) from registers, B (V) from shared memory
-      read N-major (imm-trans-b = 1).
+      read N-major (imm-trans-b = 1). A bucket that is not a whole number of 64-column panels
+      (32, 96, 160, 224) splits the product at its last panel: N = 64 * panels (64, 128, 192)
+      with the 128-byte swizzle, and N = 32 for the trailing 32 columns with the 64-byte swizzle.
 N_SS_MN: the N of the sm90 backward's dQ += dS K (64 head_dim columns per warpgroup), A (dS,
       stored as the dS^T tile) read M-major and B (K) read N-major from shared memory
       (imm-trans-a = imm-trans-b = 1).
@@ -19,7 +21,7 @@ import pathlib
 import sys
 
 N_SS = [64, 96, 128]
-N_RS = [64, 128, 192, 256]
+N_RS = [32, 64, 128, 192, 256]
 N_SS_MN = [64]
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
 
@@ -62,6 +64,18 @@ __device__ __forceinline__ uint64_t SmemDescriptor(uint32_t smem_addr, uint32_t 
   return static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4) |
          static_cast<uint64_t>((leading_bytes & 0x3FFFFu) >> 4) << 16 |
          static_cast<uint64_t>((stride_bytes & 0x3FFFFu) >> 4) << 32 | uint64_t{1} << 62;
+}
+
+// The same with the 64-byte swizzle (layout type 2), for SmemTile's trailing 32-column panel: rows
+// of 64 bytes, 16-byte chunk c of row r stored at chunk c ^ ((r / 2) % 4), which is the 64-byte
+// swizzle of the address bits (bits 4-5 XOR bits 7-8). The pattern repeats every 512 bytes and
+// the panels start on 512-byte boundaries, so the base offset field stays 0.
+__device__ __forceinline__ uint64_t SmemDescriptorSwizzle64(uint32_t smem_addr,
+                                                            uint32_t leading_bytes,
+                                                            uint32_t stride_bytes) {
+  return static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4) |
+         static_cast<uint64_t>((leading_bytes & 0x3FFFFu) >> 4) << 16 |
+         static_cast<uint64_t>((stride_bytes & 0x3FFFFu) >> 4) << 32 | uint64_t{2} << 62;
 }
 
 // Moves a descriptor's start address by `bytes` (a multiple of 16 that keeps it in range).

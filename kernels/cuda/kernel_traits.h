@@ -89,6 +89,12 @@ struct SmemTile {
   static constexpr bool kHasHalfPanel = kCols % 64 != 0;
   static constexpr int kBytes = kRows * kCols * 2;
 
+  // Bytes from one row to the next in the panel of 16-byte chunk `chunk`: 128, or 64 in the
+  // trailing 32-column panel. Rows a multiple of 8 apart keep their swizzle position in either.
+  ATTN_HOST_DEVICE static constexpr uint32_t RowBytes(int chunk) {
+    return kHasHalfPanel && static_cast<uint32_t>(chunk) / 8 == kFullPanels ? 64u : 128u;
+  }
+
   // Byte offset of 16-byte chunk `chunk` (columns 8 * chunk ..) of row `row`.
   ATTN_HOST_DEVICE static constexpr uint32_t Offset(int row, int chunk) {
     const uint32_t r = static_cast<uint32_t>(row);
@@ -176,9 +182,21 @@ struct FwdKernelTraits {
 };
 
 // The Hopper kernel (sm_90a, flash_fwd_sm90_kernel.cuh): S = Q K^T and O += P V on warpgroup MMAs
-// (wgmma) reading K and V straight from shared memory. Compiled for the head-dim buckets that
-// are whole 128-byte swizzle panels (multiples of 64); the others run the mma.sync kernel.
-constexpr bool HasSm90Kernel(int head_dim_bucket) { return head_dim_bucket % 64 == 0; }
+// (wgmma) reading K and V straight from shared memory. Compiled for every head-dim bucket (the
+// multiples of 32 up to 256): SmemTile's 64-column panels are wgmma's 128-byte swizzle and its
+// trailing 32-column panel (buckets 32, 96, 160, 224) is the 64-byte swizzle, each described by
+// its own descriptors.
+constexpr bool HasSm90Kernel(int head_dim_bucket) {
+  return head_dim_bucket % 32 == 0 && head_dim_bucket >= 32 && head_dim_bucket <= 256;
+}
+
+// Whether the host dispatch runs a bucket's Hopper kernel by default (on compute capability 9.0
+// devices). The buckets with a trailing 32-column panel keep the mma.sync kernel until their
+// wgmma kernel has passed the GPU tests; ATTN_CUDA_KERNELS=sm90 routes them to it
+// (flash_fwd_dispatch.h).
+constexpr bool Sm90KernelRoutedByDefault(int head_dim_bucket) {
+  return HasSm90Kernel(head_dim_bucket) && head_dim_bucket % 64 == 0;
+}
 
 struct Sm90TileConfig {
   int block_n;
@@ -191,6 +209,10 @@ struct Sm90TileConfig {
 // other's MMAs: +20-30% over one block of 128 x 128. d = 128: 128 x 128 tiles, one block (160 KB
 // of shared memory). d > 128: 64-key tiles, which keep the O accumulator (d / 2 floats per
 // thread) and S (32) in registers.
+// The buckets with a trailing 32-column panel take the configuration of the next larger bucket,
+// from ptxas (-Xptxas -v, bf16): d = 32 as d = 64 (113-128 registers for two blocks per SM; the
+// paged general variant spills 80 bytes, d = 64's 120), d = 96 as d = 128, d = 160 and 224 as
+// d > 128 (no spills but in the paged variants).
 constexpr Sm90TileConfig DefaultSm90TileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 64) return {64, 2, 2};
   if (head_dim_bucket <= 128) return {128, 2, 1};
@@ -211,14 +233,22 @@ struct Sm90FwdKernelTraits {
   static constexpr int kMTiles = 1;  // per warp: 16 rows of its warpgroup's m64 tile
   static constexpr int kNTilesS = kBlockN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
+  // O += P V runs as one wgmma over the 64-column panels (N = 64 * kFullPanels, 128-byte swizzle)
+  // and, when the bucket has a trailing 32-column panel, one over it (N = 32, 64-byte swizzle):
+  // a descriptor has one swizzle mode. Q K^T takes one descriptor per k16 step anyway.
+  static constexpr int kFullPanels = kHeadDim / 64;
+  static constexpr bool kHasHalfPanel = kHeadDim % 64 != 0;
+  static constexpr int kNTilesOFull = 8 * kFullPanels;  // O's n8 tiles in the 64-column panels
 
-  static_assert(HasSm90Kernel(kHeadDim) && kHeadDim <= 256, "whole 64-column swizzle panels");
+  static_assert(HasSm90Kernel(kHeadDim), "head-dim buckets are multiples of 32 up to 256");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N and the k16 steps of P V");
   static_assert(kWarpgroups >= 1 && kWarpgroups <= 3, "at most 192 query rows per block");
 
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
-  // Every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle).
+  // Every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle); a trailing
+  // 32-column panel starts kRows * 128 * kFullPanels bytes in, on a 512-byte boundary (the
+  // period of the 64-byte swizzle), and so does each warpgroup's 64 rows of it in Q.
   static_assert(QTile::kBytes % 1024 == 0 && KVTile::kBytes % 1024 == 0, "1024-byte tiles");
   static constexpr int kSmemQOffset = 0;
   static constexpr int kSmemKOffset = QTile::kBytes;

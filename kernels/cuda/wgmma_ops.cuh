@@ -38,6 +38,18 @@ __device__ __forceinline__ uint64_t SmemDescriptor(uint32_t smem_addr, uint32_t 
          static_cast<uint64_t>((stride_bytes & 0x3FFFFu) >> 4) << 32 | uint64_t{1} << 62;
 }
 
+// The same with the 64-byte swizzle (layout type 2), for SmemTile's trailing 32-column panel: rows
+// of 64 bytes, 16-byte chunk c of row r stored at chunk c ^ ((r / 2) % 4), which is the 64-byte
+// swizzle of the address bits (bits 4-5 XOR bits 7-8). The pattern repeats every 512 bytes and
+// the panels start on 512-byte boundaries, so the base offset field stays 0.
+__device__ __forceinline__ uint64_t SmemDescriptorSwizzle64(uint32_t smem_addr,
+                                                            uint32_t leading_bytes,
+                                                            uint32_t stride_bytes) {
+  return static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4) |
+         static_cast<uint64_t>((leading_bytes & 0x3FFFFu) >> 4) << 16 |
+         static_cast<uint64_t>((stride_bytes & 0x3FFFFu) >> 4) << 32 | uint64_t{2} << 62;
+}
+
 // Moves a descriptor's start address by `bytes` (a multiple of 16 that keeps it in range).
 __device__ __forceinline__ uint64_t AdvanceDescriptor(uint64_t desc, uint32_t bytes) {
   return desc + (bytes >> 4);
@@ -98,6 +110,25 @@ __device__ __forceinline__ void FenceProxyAsyncShared() {
 
 template <typename Element, int N>
 struct Wgmma;
+
+template <>
+struct Wgmma<__nv_bfloat16, 32> {
+  static constexpr int kTiles = 4;
+  static __device__ __forceinline__ void RS(float (&d)[4][4], const uint32_t (&a)[4],
+                                            uint64_t desc_b) {
+#ifdef ATTN_HAVE_WGMMA
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, 1, 1, 1, 1;\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#endif
+  }
+};
 
 template <>
 struct Wgmma<__nv_bfloat16, 64> {
@@ -350,6 +381,25 @@ struct Wgmma<__nv_bfloat16, 256> {
           "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
           "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]),
           "+f"(d[31][0]), "+f"(d[31][1]), "+f"(d[31][2]), "+f"(d[31][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+#endif
+  }
+};
+
+template <>
+struct Wgmma<__half, 32> {
+  static constexpr int kTiles = 4;
+  static __device__ __forceinline__ void RS(float (&d)[4][4], const uint32_t (&a)[4],
+                                            uint64_t desc_b) {
+#ifdef ATTN_HAVE_WGMMA
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, 1, 1, 1, 1;\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 #endif
   }

@@ -650,7 +650,8 @@ void RunCase(const Case& c, DType dtype) {
   const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
   EXPECT_EQ(bad_rows, 0) << bad_rows << " rows off; first: " << first_bad;
   EXPECT_LT(rel, tol.rel_fro) << "relative Frobenius error of o";
-  std::printf("  %-28s %s  rel_err %.2e\n", c.name.c_str(), DTypeName(dtype), rel);
+  std::printf("  %-36s %s  rel_err %.2e  %s\n", c.name.c_str(), DTypeName(dtype), rel,
+              KernelFamilyName(SelectKernelFamily(p)));
 
   if (c.lse) {
     int64_t bad_lse = 0;
@@ -918,6 +919,46 @@ std::vector<Case> Cases() {
                   .Paged(16)
                   .Packed({70, 64}, {500, 250})
                   .KeyRanges({{33, 300}, {10, 200}}));
+  // Every variant (dense, window, general, paged, paged general) at head dims off the 64-column
+  // panels: the buckets with a trailing 32-column panel (24 and 32 -> 32, 72..96 -> 96,
+  // 136..160 -> 160, 200..224 -> 224; the wgmma kernel reads that panel through 64-byte-swizzle
+  // descriptors) and, zero-filled, the columns past head_dim in 128- and 256-wide buckets
+  // (112 -> 128, 136 -> 160 or 192). Pages of 16 keys take the page-grouped copy at bucket 32
+  // and the per-row copy elsewhere; 64 and 256 the grouped one where it fits.
+  const int page_sizes[] = {16, 64, 256};
+  int i = 0;
+  for (int hd : {24, 40, 72, 80, 96, 112, 136, 160, 200, 224}) {
+    const std::string d = "d" + std::to_string(hd);
+    const int ps = page_sizes[i++ % 3];
+    c.push_back(Case("panels_" + d + "_dense").Batch(2).Seq(200, 333).Heads(4, 2).Dim(hd));
+    c.push_back(Case("panels_" + d + "_window").Seq(300, 420).Heads(2, 1).Dim(hd).Causal());
+    c.push_back(Case("panels_" + d + "_sliding").Seq(333, 333).Dim(hd).Window(70, 9).NoLse());
+    c.push_back(Case("panels_" + d + "_general")
+                    .Batch(2)
+                    .Seq(190, 260)
+                    .Heads(4, 2)
+                    .Dim(hd)
+                    .Causal()
+                    .Alibi(true)
+                    .Softcap(20.f)
+                    .WithMask(Mask::kAdditiveFull)
+                    .Sinks(true));
+    c.push_back(Case("panels_" + d + "_paged_ps" + std::to_string(ps))
+                    .Heads(4, 2)
+                    .Dim(hd)
+                    .Causal()
+                    .Paged(ps)
+                    .Packed({100, 1, 130}, {700, 33, 300})
+                    .KeyRanges({{45, 650}, {0, 33}, {0, 1 << 20}}));
+    c.push_back(Case("panels_" + d + "_paged_general_ps16")
+                    .Heads(2, 1)
+                    .Dim(hd)
+                    .Window(90, 0)
+                    .Alibi(false)
+                    .Softcap(25.f)
+                    .Paged(16)
+                    .Packed({64, 77}, {400, 250}));
+  }
   return c;
 }
 
@@ -989,7 +1030,8 @@ int main(int argc, char** argv) {
     std::printf("attention_cuda_test: no CUDA device, skipping\n");
     return 77;
   }
-  // Which kernel each head-dim bucket runs on this device (ATTN_CUDA_KERNELS=sm80 forces mma.sync).
+  // Which kernel each head-dim bucket runs on this device (ATTN_CUDA_KERNELS=sm80 forces mma.sync,
+  // ATTN_CUDA_KERNELS=sm90 takes wgmma for every bucket).
   for (int head_dim : {32, 64, 96, 128, 160, 192, 224, 256}) {
     attention::AttentionParams p;
     p.head_dim = head_dim;
