@@ -1,13 +1,14 @@
-// Host-side tests of the decode kernel's plan (runs anywhere, no GPU): the keys a block visits and
-// the tiles of each split against a brute-force scan of the window rule, the split heuristic on
-// the decode grid and its invariants over a sweep of workloads, the shared-memory table,
-// and the configuration checks.
+// Host-side tests of the decode kernel's plan (runs anywhere, no GPU): the keys a block visits, the
+// tiles of each split and the pages a split reads against brute-force scans, the split heuristic
+// on the decode grid and its invariants over a sweep of workloads, the shared-memory
+// table, the variants' table and workspace, and the configuration checks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"

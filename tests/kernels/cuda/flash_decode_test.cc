@@ -4,9 +4,11 @@
 // sinks, key ranges (and partials merged back into the full result), empty contexts, dense K/V
 // (one page per sequence, also packed), forced and heuristic splits, the deterministic mode, and
 // the stateless RunAttention path for decode shapes; decode_bench's kernel variants
-// (kDecodeVariants) on every case they take. Inputs are drawn fresh for every run (seed
-// printed, ATTN_TEST_SEED to replay); outputs, LSE and workspace are poisoned with NaN before
-// each launch; pool rows that hold no key of any sequence are NaN, so reading one shows.
+// (kDecodeVariants) on every case they take, and those that must not change the arithmetic (page
+// cache, fused combine) bit for bit against the production kernel. Inputs are drawn fresh for
+// every run (seed printed, ATTN_TEST_SEED to replay); outputs, LSE and workspace are poisoned
+// with NaN before each launch; pool rows that hold no key of any sequence are NaN, so reading
+// one shows.
 //
 // Exits 77 (ctest SKIP) when no CUDA device is present, so it never passes vacuously.
 #include "kernels/cuda/flash_decode.h"
