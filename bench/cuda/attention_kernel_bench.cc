@@ -9,6 +9,7 @@
 //   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
 //                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE] [--ws]
+//                          [--ws-variants]
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -18,6 +19,8 @@
 //   --ws      every cell of the grid twice, back to back: the routed kernel, then the
 //             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h, not routed) on the
 //             same inputs, with the largest difference between their outputs (kind "ws")
+//   --ws-variants  --ws, and every configuration of bench/cuda/ws_variants.cu (bf16; configure
+//             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -40,6 +43,9 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_sm90ws.h"
+#ifdef ATTN_BENCH_WS_VARIANTS
+#include "bench/cuda/ws_variants.h"
+#endif
 #include "kernels/dtype.h"
 
 namespace attention::cuda::bench {
@@ -87,6 +93,7 @@ struct Options {
   bool memory = false;
   int page_size = 0;  // --paged
   bool ws = false;
+  bool ws_variants = false;  // --ws-variants (implies --ws)
 };
 
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
@@ -199,7 +206,9 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
 
 // --ws: the routed kernel's o (left in buf.o by the timing before) against the warp-specialized
 // kernel's, then the latter timed; one table row and JSON line. Returns false on failure.
-bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops, FILE* json);
+// With `variants`, also every configuration of bench/cuda/ws_variants.cu for the cell's bucket.
+bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
+            bool variants, FILE* json);
 
 double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
   const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
@@ -232,8 +241,8 @@ int RunGrid(const Options& opt, FILE* json) {
     std::printf("# ws: the warp-specialized Hopper kernel beside the routed one, same inputs\n");
     std::printf(
         "| dtype | d | causal | seqlen | batch | heads | ms routed | TFLOP/s routed | ms ws | "
-        "TFLOP/s ws | ws / routed speed | max abs diff |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "TFLOP/s ws | ws / routed speed | max abs diff | ws config |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else if (opt.page_size > 0) {
     std::printf("# paged: pages of %d keys in random order; ms_paged / ms_dense per cell\n",
                 opt.page_size);
@@ -274,7 +283,9 @@ int RunGrid(const Options& opt, FILE* json) {
           absl::Status status;
           const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
           if (opt.ws && status.ok()) {
-            if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), json)) ++failures;
+            if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), opt.ws_variants, json)) {
+              ++failures;
+            }
             continue;
           }
           if (opt.page_size > 0 && status.ok()) {
@@ -377,50 +388,85 @@ int RunGrid(const Options& opt, FILE* json) {
   return failures == 0 ? 0 : 1;
 }
 
-bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops, FILE* json) {
+bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
+            bool variants, FILE* json) {
   const int64_t count = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
   std::vector<uint16_t> routed(count), ws(count);
   if (!Check(cudaDeviceSynchronize(), "routed kernel") ||
       !Check(cudaMemcpy(routed.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
     return false;
   }
-  absl::Status status = RunFlashFwdSm90Ws(p, nullptr);
-  if (absl::IsUnimplemented(status)) {  // a cell the kernel does not cover (e.g. d = 256)
-    std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | - | - | - | %s |\n", dt.c_str(),
-                p.head_dim, p.causal ? 1 : 0, p.seqlen_q, p.batch, p.q_heads, ms, tflops,
-                std::string(status.message()).c_str());
-    return true;
-  }
-  if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel") &&
-      Check(cudaMemcpy(ws.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
-    const double ms_ws = MedianMs([&] { status = RunFlashFwdSm90Ws(p, nullptr); });
-    if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel")) {
-      const auto value = [&](uint16_t x) {
-        return p.dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
-      };
-      double max_diff = 0.0;
-      for (int64_t i = 0; i < count; ++i) {
-        const double diff = std::fabs(double{value(ws[i])} - value(routed[i]));
-        max_diff = std::isnan(diff) ? INFINITY : std::max(max_diff, diff);
-      }
-      std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %.3f | %.1f | %.3f | %.2e |\n",
+  const auto value = [&](uint16_t x) {
+    return p.dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
+  };
+  // One configuration: run once and compare with the routed kernel's o, then time it.
+  const auto time_one = [&](const std::string& label, const auto& launch) {
+    absl::Status status = launch();
+    if (absl::IsUnimplemented(status)) {  // a cell the kernel does not cover (e.g. d = 256)
+      std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | - | - | - | - | %s: %s |\n",
                   dt.c_str(), p.head_dim, p.causal ? 1 : 0, p.seqlen_q, p.batch, p.q_heads, ms,
-                  tflops, ms_ws, tflops * ms / ms_ws, ms / ms_ws, max_diff);
-      if (json != nullptr) {
-        std::fprintf(json,
-                     "{\"kind\": \"ws\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
-                     "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms_routed\": %.4f, "
-                     "\"ms_ws\": %.4f, \"ws_over_routed\": %.4f, \"max_abs_diff\": %.3e}\n",
-                     dt.c_str(), p.head_dim, p.causal ? "true" : "false", p.seqlen_q, p.batch,
-                     p.q_heads, ms, ms_ws, ms / ms_ws, max_diff);
-      }
-      std::fflush(stdout);
+                  tflops, label.c_str(), std::string(status.message()).c_str());
       return true;
     }
+    if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel") &&
+        Check(cudaMemcpy(ws.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+      const double ms_ws = MedianMs([&] { status = launch(); });
+      if (status.ok() && Check(cudaDeviceSynchronize(), "ws kernel")) {
+        double max_diff = 0.0;
+        for (int64_t i = 0; i < count; ++i) {
+          const double diff = std::fabs(double{value(ws[i])} - value(routed[i]));
+          max_diff = std::isnan(diff) ? INFINITY : std::max(max_diff, diff);
+        }
+        std::printf(
+            "| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %.3f | %.1f | %.3f | %.2e | %s |\n",
+            dt.c_str(), p.head_dim, p.causal ? 1 : 0, p.seqlen_q, p.batch, p.q_heads, ms, tflops,
+            ms_ws, tflops * ms / ms_ws, ms / ms_ws, max_diff, label.c_str());
+        if (json != nullptr) {
+          std::fprintf(json,
+                       "{\"kind\": \"ws\", \"config\": \"%s\", \"dtype\": \"%s\", \"d\": %d, "
+                       "\"causal\": %s, \"seqlen\": %d, \"batch\": %d, \"heads\": %d, "
+                       "\"ms_routed\": %.4f, \"ms_ws\": %.4f, \"ws_over_routed\": %.4f, "
+                       "\"max_abs_diff\": %.3e}\n",
+                       label.c_str(), dt.c_str(), p.head_dim, p.causal ? "true" : "false",
+                       p.seqlen_q, p.batch, p.q_heads, ms, ms_ws, ms / ms_ws, max_diff);
+        }
+        std::fflush(stdout);
+        return true;
+      }
+    }
+    std::fprintf(stderr, "ws %s %s d=%d causal=%d seqlen=%d: %s\n", label.c_str(), dt.c_str(),
+                 p.head_dim, p.causal ? 1 : 0, p.seqlen_q, status.ToString().c_str());
+    return false;
+  };
+  bool ok = time_one("default", [&] { return RunFlashFwdSm90Ws(p, nullptr); });
+#ifdef ATTN_BENCH_WS_VARIANTS
+  // Every compiled configuration of this bucket (bf16), persistent and one block per tile, each
+  // launched as RunFlashFwdSm90Ws launches the default (schedule and maps built per launch).
+  const int bucket = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+  for (const WsVariant& v :
+       variants&& p.dtype == DType::kBFloat16 ? WsVariants() : std::vector<WsVariant>{}) {
+    if (v.head_dim != bucket) continue;
+    for (const bool persistent : {true, false}) {
+      const auto launch = [&] {
+        AttentionParams q = p;
+        Normalize(q);
+        ClampWindow(q.seqlen_q, q.seqlen_k, q.window_left, q.window_right);
+        if (absl::Status s = CheckFlashFwdSm90Ws(q); !s.ok()) return s;
+        FwdSm90WsArgs args;
+        if (absl::Status s = MakeFwdSm90WsArgs(q, v.config, persistent, args); !s.ok()) return s;
+        const cudaError_t err = (q.causal ? v.causal : v.dense)(args, nullptr);
+        return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
+      };
+      ok &= time_one(v.Label() + (persistent ? " persistent" : " grid"), launch);
+    }
   }
-  std::fprintf(stderr, "ws %s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), p.head_dim,
-               p.causal ? 1 : 0, p.seqlen_q, status.ToString().c_str());
-  return false;
+#else
+  if (variants) {
+    std::fprintf(stderr, "--ws-variants: configure with -DATTN_BENCH_WS_VARIANTS=ON\n");
+    ok = false;
+  }
+#endif
+  return ok;
 }
 
 // Peak device memory of one 131072-token sequence, 16 heads, head_dim 128, bf16, with LSE: the
@@ -511,6 +557,8 @@ int Main(int argc, char** argv) {
       opt.memory = true;
     } else if (arg == "--ws") {
       opt.ws = true;
+    } else if (arg == "--ws-variants") {
+      opt.ws = opt.ws_variants = true;
     } else if (arg == "--paged") {
       opt.page_size = std::atoi(value().c_str());
     } else {

@@ -3,8 +3,9 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -20,11 +21,10 @@
 namespace attention::cuda {
 namespace {
 
-// Rows of a query tile: the kernel's two consumer warpgroups of 64 (Sm90WsTraits::kBlockM).
-constexpr int kBlockM = 128;
-
-// The kernel's head-dim bucket for `head_dim`: 64 or 128, 0 above.
-constexpr int WsBucket(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 0; }
+// The kernel's head-dim bucket for `head_dim`: 64, 128 or 256 (HasSm90WsKernel), 0 above.
+constexpr int WsBucket(int head_dim) {
+  return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : head_dim <= 256 ? 256 : 0;
+}
 
 constexpr bool BucketCompiled(int bucket) {
   for (int d : kCompiledHeadDims) {
@@ -33,23 +33,30 @@ constexpr bool BucketCompiled(int bucket) {
   return false;
 }
 
-// Whether the current device has compute capability 9.0, cached per device (a driver query).
-bool CurrentDeviceIsSm90() {
+// What the host API needs of the current device, read once per device (driver queries; launches
+// come many times per second).
+struct DeviceInfo {
+  bool sm90 = false;  // compute capability 9.0
+  int sms = 0;
+  int64_t l2_bytes = 0;
+};
+
+DeviceInfo CurrentDevice() {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int8_t> known[kMaxDevices];  // 0 unknown, 1 yes, -1 no
+  static std::once_flag once[kMaxDevices];
+  static DeviceInfo info[kMaxDevices];
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
-  int8_t v = known[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0;
-    int minor = 0;
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
-    v = ok && major == 9 && minor == 0 ? 1 : -1;
-    known[device].store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return {};
+  std::call_once(once[device], [device] {
+    int major = 0, minor = 0, sms = 0, l2 = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess) {
+      info[device] = {major == 9 && minor == 0, sms, l2};
+    }
+  });
+  return info[device];
 }
 
 bool DTypeBuilt(DType dtype) {
@@ -144,6 +151,9 @@ cudaError_t LaunchDType(const FwdSm90WsArgs& args, int bucket, cudaStream_t stre
   if constexpr (BucketCompiled(128)) {
     if (bucket == 128) return LaunchBucket<kDType, 128>(args, stream);
   }
+  if constexpr (BucketCompiled(256)) {
+    if (bucket == 256) return LaunchBucket<kDType, 256>(args, stream);
+  }
   return cudaErrorInvalidValue;  // CheckFlashFwdSm90Ws refuses every other bucket first
 }
 
@@ -169,7 +179,7 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   if (p.head_dim <= 0 || p.head_dim % 8 != 0 || bucket == 0) {
     return absl::UnimplementedError(
         absl::StrCat("head_dim ", p.head_dim,
-                     ": the warp-specialized Hopper kernel takes multiples of 8 up to 128"));
+                     ": the warp-specialized Hopper kernel takes multiples of 8 up to 256"));
   }
   if (!BucketCompiled(bucket)) {
     return absl::UnimplementedError(absl::StrCat(
@@ -210,28 +220,52 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   }
   for (const int64_t stride :
        {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride, p.k_row_stride,
-        p.k_head_stride, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.o_row_stride}) {
+        p.k_head_stride, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.o_batch_stride,
+        p.o_row_stride, p.o_head_stride}) {
     if (stride < 0 || stride % 8 != 0 || stride >= (int64_t{1} << 38)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "AttentionParams strides of q, k, v and the row stride of o must be multiples of 8 "
-          "elements below 2^38 (16-byte tensor-map strides); got ",
+          "AttentionParams strides of q, k, v and o must be multiples of 8 elements below 2^38 "
+          "(16-byte tensor-map strides and 16-byte stores); got ",
           stride));
     }
   }
-  if (!CurrentDeviceIsSm90()) {
+  if (!CurrentDevice().sm90) {
     return absl::UnimplementedError(
         "the warp-specialized Hopper kernel runs on compute capability 9.0 devices only");
   }
   return absl::OkStatus();
 }
 
-absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, int block_n, FwdSm90WsArgs& args) {
+absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig& config,
+                               bool persistent, FwdSm90WsArgs& args) {
   args.p = p;
+  const int block_m = 64 * config.consumers;
+  const int64_t m_blocks = (int64_t{p.seqlen_q} + block_m - 1) / block_m;
+  const int64_t pairs = int64_t{p.q_heads} * p.batch;
+  if (m_blocks * pairs > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionParams: ", m_blocks * pairs,
+                                                   " query tiles (ceil(seqlen_q / ", block_m,
+                                                   ") x q_heads x batch) exceed 2^31 - 1"));
+  }
+  // Heads per L2 group: their K and V (shared by q_heads / kv_heads query heads each) within half
+  // of L2, so that the tiles running at once (one per SM) reuse them while the other half holds
+  // what streams through.
+  const DeviceInfo device = CurrentDevice();
+  const int64_t kv_bytes_per_pair =
+      std::max<int64_t>(1, 2 * int64_t{p.seqlen_k} * p.head_dim * 2 / (p.q_heads / p.kv_heads));
+  const int64_t group = std::clamp<int64_t>(device.l2_bytes / 2 / kv_bytes_per_pair, 1, pairs);
+  args.sched.m_blocks = static_cast<int>(m_blocks);
+  args.sched.heads_per_group = static_cast<int>(group);
+  args.sched.num_tiles = static_cast<int>(m_blocks * pairs);
+  args.sched.grid = persistent && device.sms > 0
+                        ? static_cast<int>(std::min<int64_t>(m_blocks * pairs, device.sms))
+                        : args.sched.num_tiles;
+  const int block_n = config.block_n;
   // Maps need dimensions >= 1; an empty context (seqlen_k 0) is never copied from.
   const int rows_k = p.seqlen_k > 0 ? p.seqlen_k : 1;
   if (absl::Status s =
           EncodeMap("q", p.dtype, p.q, p.head_dim, p.q_heads, p.seqlen_q, p.batch, p.q_head_stride,
-                    p.q_row_stride, p.q_batch_stride, kBlockM, args.q);
+                    p.q_row_stride, p.q_batch_stride, block_m, args.q);
       !s.ok()) {
     return s;
   }
@@ -253,7 +287,8 @@ absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t strea
   if (p.batch == 0 || p.seqlen_q == 0) return absl::OkStatus();
   const int bucket = WsBucket(p.head_dim);
   FwdSm90WsArgs args;
-  if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket).block_n, args);
+  if (absl::Status s =
+          MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket), kSm90WsPersistentDefault, args);
       !s.ok()) {
     return s;
   }

@@ -22,14 +22,17 @@ namespace attention::cuda {
 // Attention sinks and the LSE are covered.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
-// Fills `args` for the kernel configuration with KV tiles of `block_n` keys: p (normalized) and
-// the tensor maps of q, k and v. INTERNAL when the driver refuses a map (with its error code).
-absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, int block_n, FwdSm90WsArgs& args);
+// Fills `args` for tile configuration `config` and `p` (normalized, checked): p, the schedule
+// (a persistent grid of one block per SM, or one block per query tile) and the tensor maps of q,
+// k and v. INVALID_ARGUMENT when the query tiles exceed the grid, INTERNAL when the driver refuses
+// a map (with its error code).
+absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig& config,
+                               bool persistent, FwdSm90WsArgs& args);
 
 // Enqueues the kernel for `p` (device pointers, 16-bit dtype, fields as RunAttention takes them)
-// on `stream` with DefaultSm90WsTileConfig: normalizes a copy of p, checks it
-// (CheckFlashFwdSm90Ws), builds the maps and launches. No workspace. INTERNAL with the CUDA error
-// string when the launch fails.
+// on `stream` with DefaultSm90WsTileConfig and kSm90WsPersistentDefault: normalizes a copy of p,
+// checks it (CheckFlashFwdSm90Ws), builds the maps and launches. No workspace. INTERNAL with the
+// CUDA error string when the launch fails.
 absl::Status RunFlashFwdSm90Ws(const AttentionParams& p, cudaStream_t stream);
 
 }  // namespace attention::cuda

@@ -1,28 +1,32 @@
 // Device code of the warp-specialized Hopper forward kernel (sm_90a): FlashAttention-3's
-// structure written for this project, the dense and causal variants, fixed-length batches.
+// structure written for this project, the dense and causal variants of fixed-length batches.
 //
-// One block of three warpgroups computes O and LSE for 128 query rows of one (sequence, head):
+// A block of 1 + kConsumers warpgroups works through query tiles of 64 * kConsumers rows of one
+// (sequence, head) each: one tile per block, or, with a persistent grid (one block per SM), the
+// tiles blockIdx.x, blockIdx.x + gridDim.x, ... of the schedule (FwdSm90WsSchedule: heads in
+// groups whose K / V fit in L2, within a group the longest causal tiles first).
 //   - Warpgroup 0 is the producer. It gives its registers away (setmaxnreg down to
-//     kProducerRegisters), and one thread issues every copy as a bulk tensor copy (TMA): Q once,
-//     then K[n] and V[n] for the block's KV tiles from the last down, each into stage
-//     i % kStages of its own ring of shared buffers (i = the tile's position in that order). A
-//     copy into a stage waits for the stage's "empty" mbarrier, and completes on its "full"
-//     mbarrier by transaction bytes.
-//   - Warpgroups 1 and 2 are the consumers (setmaxnreg up to kConsumerRegisters), 64 query rows
-//     each, with the wgmma kernel's algorithm (flash_fwd_sm90_kernel.cuh): K one tile ahead of
-//     V, so step i issues S[i] = Q K[i]^T and then O += P[i-1] V[i-1], waits for S only, runs
-//     the softmax of S[i] while P V is on the tensor cores (intra-warpgroup overlap), then waits
-//     for P V and rescales O. A stage is released (one arrival per consumer warp on its empty
-//     mbarrier) as soon as the wgmma that read it has completed.
-//   - Ping-pong: the two consumers take turns issuing their GEMMs through two named barriers, so
-//     that one warpgroup's softmax runs while the other's GEMMs occupy the tensor cores. Each
-//     warpgroup waits for its turn (bar.sync on its own barrier), issues the step's GEMMs, and
-//     hands the turn over (bar.arrive on the other's). Warpgroup 2 gives warpgroup 1 the first
-//     turn and takes no turn back after its last GEMMs, so each barrier sees as many arrivals as
-//     syncs (the block's two warpgroups run the same number of steps).
+//     kProducerRegisters), and one thread issues every copy as a bulk tensor copy (TMA): a tile's
+//     Q once the consumers have released the previous one, then K[n] and V[n] for its KV tiles
+//     from the last down, each into stage i % kStages of its own ring of shared buffers (i counts
+//     the block's KV tiles over all its query tiles). A copy waits for its buffer's "empty"
+//     mbarrier and completes on its "full" mbarrier by transaction bytes.
+//   - Warpgroups 1 .. kConsumers are the consumers (setmaxnreg up to kConsumerRegisters), 64
+//     query rows each, with the wgmma kernel's algorithm (flash_fwd_sm90_kernel.cuh): K one tile
+//     ahead of V, so step i issues S[i] = Q K[i]^T and then O += P[i-1] V[i-1], waits for S only,
+//     runs the softmax of S[i] while P V is on the tensor cores (intra-warpgroup overlap), then
+//     waits for P V and rescales O. A buffer is released (one arrival per consumer warp on its
+//     empty mbarrier) as soon as the wgmma that read it has completed.
+//   - Ping-pong: the consumers take turns issuing their GEMMs through named barriers, so that
+//     one warpgroup's softmax runs while another's GEMMs occupy the tensor cores. A turn is a
+//     step's two products (or a tile's last P V); each warpgroup waits for its turn (bar.sync on
+//     its own barrier), issues, and passes the turn to the next warpgroup (bar.arrive on that
+//     one's barrier). The last warpgroup hands warpgroup 1 its first turn, and warpgroup 1 takes
+//     the one turn left over at the end, so every barrier sees as many arrivals as syncs (all
+//     consumers of a block run the same steps).
 //   - Masks, online softmax and the epilogue are the other kernels' (flash_fwd_common.cuh): O is
-//     staged in the warpgroup's own rows of the Q tile and written with 16-byte stores, and the
-//     LSE per row; attention sinks join the final normalization.
+//     staged in the warp's own rows of a shared tile (its own, kSeparateO, or the Q tile) and
+//     written with 16-byte stores, and the LSE per row; attention sinks join the normalization.
 // Compiled to an empty kernel for architectures other than sm_90a; the host API launches it only
 // on compute capability 9.0 devices when the build includes sm_90a.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_KERNEL_CUH_
@@ -47,12 +51,13 @@
 namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
-template <int kHeadDim_, int kBlockN_, int kStages_>
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
-  static constexpr int kConsumers = 2;  // consumer warpgroups, 64 query rows each
+  static constexpr int kConsumers = kConsumers_;  // consumer warpgroups, 64 query rows each
+  static constexpr bool kSeparateO = kSeparateO_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -60,11 +65,13 @@ struct Sm90WsTraits {
   static constexpr int kChunks = kHeadDim / 8;
   static constexpr int kNTilesS = kBlockN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
-  // Register split (65536 per SM, one block): 128 producer threads at 24 and 256 consumer threads
-  // at 240 use 64512. A consumer holds O (kHeadDim / 2 floats), S (kBlockN / 2) and P's
-  // fragments (kBlockN / 4), 192 at d = 128 with 128-key tiles.
-  static constexpr int kProducerRegisters = 24;
-  static constexpr int kConsumerRegisters = 240;
+  // Register split (65536 per SM, one block): two consumers at 240 and the producer at 24 use
+  // 64512; three at 160 and the producer at 32 use 65536. A consumer holds O (kHeadDim / 2
+  // floats), S (kBlockN / 2) and P's fragments (kBlockN / 4): 192 at d = 128 with 128-key tiles,
+  // 128 at d = 64.
+  static constexpr int kProducerRegisters = kConsumers == 2 ? 24 : 32;
+  static constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
   static_assert(128 * kProducerRegisters + kConsumerThreads * kConsumerRegisters <= 65536,
                 "the register file of one SM");
 
@@ -78,23 +85,72 @@ struct Sm90WsTraits {
                 "every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle)");
   static constexpr int kPanels = kHeadDim / 64;  // one bulk copy per 64-column panel
   static constexpr int kSmemQOffset = 0;
-  static constexpr int kSmemKOffset = QTile::kBytes;
+  static constexpr int kSmemOOffset = kSeparateO ? QTile::kBytes : kSmemQOffset;
+  static constexpr int kSmemKOffset = kSeparateO ? 2 * QTile::kBytes : QTile::kBytes;
   static constexpr int kSmemVOffset = kSmemKOffset + kStages * KVTile::kBytes;
-  // mbarriers: Q full, then per stage K full, V full, K empty, V empty (8 bytes each).
+  // mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty (8 bytes each).
   static constexpr int kSmemBarrierOffset = kSmemVOffset + kStages * KVTile::kBytes;
-  static constexpr int kBarriers = 1 + 4 * kStages;
+  static constexpr int kBarriers = 2 + 4 * kStages;
   static constexpr int kSmemBytes = kSmemBarrierOffset + 8 * kBarriers;
   // Launched with 1024 bytes of slack to align the tiles.
   static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
   static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
 
-  // Named barrier ids of the consumers' turns (0 is __syncthreads).
+  // Named barrier ids of the consumers' turns, kTurnBarrier0 + consumer (0 is __syncthreads).
   static constexpr int kTurnBarrier0 = 1;
+
+  // StoreEmptyRows's view of the consumers (kNThreads threads copying kChunks chunks per row).
+  struct ConsumerThreads {
+    static constexpr int kChunks = Sm90WsTraits::kChunks;
+    static constexpr int kNThreads = Sm90WsTraits::kConsumerThreads;
+  };
 };
 
-// Grid: (ceil(seqlen_q / 128), q_heads, batch); Traits::kNThreads threads; kSmemLaunchBytes of
-// dynamic shared memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws):
-// dense (no window but causal, no ALiBi / softcap / mask, positive scale), not packed, not paged.
+// Where query tile `tile` of the schedule works: its BlockCoords (as LocateBlock fills them for
+// a dense batch) and its KV tiles. The tiles of one L2 group of heads_per_group (sequence, head)
+// pairs are consecutive; inside a group the tile's rank picks the query block (descending when
+// causal: the most keys first) and the pair.
+template <int kBlockM, int kBlockN, bool kCausal, typename Element>
+__device__ __forceinline__ KvTileRange LocateTile(const AttentionParams& p,
+                                                  const FwdSm90WsSchedule& sched, int tile,
+                                                  BlockCoords<Element>& c) {
+  const int pairs = p.q_heads * p.batch;
+  const int group_tiles = sched.heads_per_group * sched.m_blocks;
+  const int group = tile / group_tiles;
+  const int in_group = tile - group * group_tiles;
+  const int group_pairs = min(sched.heads_per_group, pairs - group * sched.heads_per_group);
+  const int rank = in_group / group_pairs;
+  const int pair = group * sched.heads_per_group + (in_group - rank * group_pairs);
+  const int m_block = kCausal ? sched.m_blocks - 1 - rank : rank;
+  c.head = pair % p.q_heads;
+  c.batch = pair / p.q_heads;
+  c.left = kCausal ? p.window_left : -1;
+  c.right = kCausal ? p.window_right : -1;
+  c.len_q = p.seqlen_q;
+  c.len_k = p.seqlen_k;
+  c.row0 = m_block * kBlockM;
+  c.rows = min(kBlockM, c.len_q - c.row0);
+  c.key_begin = 0;
+  c.key_end = c.len_k;
+  const int kv_head = c.head / (p.q_heads / p.kv_heads);
+  c.q = static_cast<const Element*>(p.q) + c.batch * p.q_batch_stride + c.row0 * p.q_row_stride +
+        c.head * p.q_head_stride;
+  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride + kv_head * p.k_head_stride;
+  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride + kv_head * p.v_head_stride;
+  c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride + c.row0 * p.o_row_stride +
+        c.head * p.o_head_stride;
+  c.lse = p.lse == nullptr
+              ? nullptr
+              : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride + c.row0;
+  c.pages = nullptr;
+  c.page_shift = 0;
+  return KvTilesInRange(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right, c.key_begin,
+                        c.key_end);
+}
+
+// Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
+// memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): dense (no
+// window but causal, no ALiBi / softcap / mask, positive scale), not packed, not paged.
 template <typename Traits, typename Element, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashFwdSm90WsKernel(const __grid_constant__ FwdSm90WsArgs args) {
@@ -105,33 +161,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr int kStages = Traits::kStages;
   constexpr int kNTilesS = Traits::kNTilesS;
   constexpr int kNTilesO = Traits::kNTilesO;
+  constexpr int kConsumers = Traits::kConsumers;
   constexpr FwdVariant kVariant = kCausal ? FwdVariant::kWindow : FwdVariant::kDense;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using MmaS = Wgmma<Element, kBlockN>;
   using MmaO = Wgmma<Element, kHeadDim>;
   const AttentionParams& p = args.p;
+  const FwdSm90WsSchedule& sched = args.sched;
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
   const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
+  const uint32_t smem_o = smem_base + Traits::kSmemOOffset;
   const auto k_stage = [&](int s) { return smem_base + Traits::kSmemKOffset + s * KVTile::kBytes; };
   const auto v_stage = [&](int s) { return smem_base + Traits::kSmemVOffset + s * KVTile::kBytes; };
   const uint32_t bars = smem_base + Traits::kSmemBarrierOffset;
   const uint32_t q_full = bars;
-  const auto k_full = [&](int s) { return bars + 8u * (1 + s); };
-  const auto v_full = [&](int s) { return bars + 8u * (1 + kStages + s); };
-  const auto k_empty = [&](int s) { return bars + 8u * (1 + 2 * kStages + s); };
-  const auto v_empty = [&](int s) { return bars + 8u * (1 + 3 * kStages + s); };
-
-  BlockCoords<Element> c;
-  KvTileRange tiles;
-  // Every thread takes the same branch; a block without keys has stored its empty rows.
-  if (!BeginBlock<Traits, kVariant>(p, c, tiles)) return;
+  const uint32_t q_empty = bars + 8u;
+  const auto k_full = [&](int s) { return bars + 8u * (2 + s); };
+  const auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
+  const auto k_empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
+  const auto v_empty = [&](int s) { return bars + 8u * (2 + 3 * kStages + s); };
 
   const int tid = threadIdx.x;
   if (tid == 0) {
     MbarrierInit(q_full, 1);
+    MbarrierInit(q_empty, Traits::kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       MbarrierInit(k_full(s), 1);
       MbarrierInit(v_full(s), 1);
@@ -147,30 +203,38 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Producer. One thread issues every copy; the others of the warpgroup have nothing to do.
     SetMaxRegistersDecrease<Traits::kProducerRegisters>();
     if (tid != 0) return;
-    const int kv_head = c.head / (p.q_heads / p.kv_heads);
-    MbarrierArriveExpectTx(q_full, QTile::kBytes);
-#pragma unroll
-    for (int panel = 0; panel < Traits::kPanels; ++panel) {
-      TmaLoad4d(smem_q + panel * (kBlockM * 128), &args.q, q_full, panel * 64, c.head, c.row0,
-                c.batch);
-    }
-    int i = 0;
-    for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
-      const int s = i % kStages;
-      const uint32_t empty_parity = ((i / kStages) & 1) ^ 1;
-      MbarrierWait(k_empty(s), empty_parity);
-      MbarrierArriveExpectTx(k_full(s), KVTile::kBytes);
+    int i = 0;      // KV tiles copied so far
+    int round = 0;  // query tiles copied so far
+    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+      BlockCoords<Element> c;
+      const KvTileRange tiles = LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c);
+      if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
+      const int kv_head = c.head / (p.q_heads / p.kv_heads);
+      MbarrierWait(q_empty, (round & 1) ^ 1);
+      MbarrierArriveExpectTx(q_full, QTile::kBytes);
 #pragma unroll
       for (int panel = 0; panel < Traits::kPanels; ++panel) {
-        TmaLoad4d(k_stage(s) + panel * (kBlockN * 128), &args.k, k_full(s), panel * 64, kv_head,
-                  n * kBlockN, c.batch);
+        TmaLoad4d(smem_q + panel * (kBlockM * 128), &args.q, q_full, panel * 64, c.head, c.row0,
+                  c.batch);
       }
-      MbarrierWait(v_empty(s), empty_parity);
-      MbarrierArriveExpectTx(v_full(s), KVTile::kBytes);
+      ++round;
+      for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
+        const int s = i % kStages;
+        const uint32_t empty_parity = ((i / kStages) & 1) ^ 1;
+        MbarrierWait(k_empty(s), empty_parity);
+        MbarrierArriveExpectTx(k_full(s), KVTile::kBytes);
 #pragma unroll
-      for (int panel = 0; panel < Traits::kPanels; ++panel) {
-        TmaLoad4d(v_stage(s) + panel * (kBlockN * 128), &args.v, v_full(s), panel * 64, kv_head,
-                  n * kBlockN, c.batch);
+        for (int panel = 0; panel < Traits::kPanels; ++panel) {
+          TmaLoad4d(k_stage(s) + panel * (kBlockN * 128), &args.k, k_full(s), panel * 64, kv_head,
+                    n * kBlockN, c.batch);
+        }
+        MbarrierWait(v_empty(s), empty_parity);
+        MbarrierArriveExpectTx(v_full(s), KVTile::kBytes);
+#pragma unroll
+        for (int panel = 0; panel < Traits::kPanels; ++panel) {
+          TmaLoad4d(v_stage(s) + panel * (kBlockN * 128), &args.v, v_full(s), panel * 64, kv_head,
+                    n * kBlockN, c.batch);
+        }
       }
     }
     return;
@@ -179,117 +243,143 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // Consumers.
   SetMaxRegistersIncrease<Traits::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
+  const int ctid = tid - 128;
   const int lane = tid % 32;
-  // The warp's 16 rows within the block: 16 * (its index among the consumer warps).
-  const int warp_row0 = (tid - 128) / 32 * 16;
+  // The warp's 16 rows within the tile: 16 * (its index among the consumer warps).
+  const int warp_row0 = ctid / 32 * 16;
   const int valid_chunks = p.head_dim / 8;
   const float scale_log2 = SoftmaxScaleLog2<kVariant>(p);
   const int my_turn = Traits::kTurnBarrier0 + consumer;
-  const int other_turn = Traits::kTurnBarrier0 + (1 - consumer);
+  const int next_turn = Traits::kTurnBarrier0 + (consumer + 1) % kConsumers;
   constexpr int kTurnThreads = 2 * 128;
-
-  float acc_o[1][kNTilesO][4];
-#pragma unroll
-  for (int dt = 0; dt < kNTilesO; ++dt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
-  }
-  RowStats<1> stats;
-  stats.Init();
-  // P of the previous step as wgmma A fragments.
-  uint32_t p_frag[kNTilesS / 2][4];
+  const auto release = [&](uint32_t bar) {
+    if (lane == 0) MbarrierArrive(bar);
+  };
 
   // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart): Q
   // and K are K-major, a k16 step is 32 bytes within a panel and the next panel starts
   // kRows * 128 bytes further; V is N-major, its leading byte offset the panel stride and a k16
   // step of P V 16 rows = 2048 bytes.
   const uint64_t q_desc = SmemDescriptor(smem_q + consumer * 64 * 128, 16, 1024);
-  const auto issue_pv = [&](int s) {
-    const uint64_t v_desc = SmemDescriptor(v_stage(s), kBlockN * 128, 1024);
-    FenceAccumulators(acc_o[0]);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kNTilesS / 2; ++kk) {
-      MmaO::RS(acc_o[0], p_frag[kk], AdvanceDescriptor(v_desc, kk * 16 * 128));
+
+  // The last consumer hands the first its first turn.
+  if (consumer == kConsumers - 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
+
+  int i = 0;      // KV tiles consumed so far, as the producer counts
+  int round = 0;  // query tiles with keys consumed so far
+  for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+    BlockCoords<Element> c;
+    const KvTileRange tiles = LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c);
+    if (tiles.end <= tiles.begin) {
+      StoreEmptyRows<typename Traits::ConsumerThreads>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c),
+                                                       c.rows, valid_chunks, ctid);
+      continue;
     }
-  };
-  const auto release = [&](uint32_t bar) {
-    if (lane == 0) MbarrierArrive(bar);
-  };
 
-  // Warpgroup 1 takes the first turn.
-  if (consumer == 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
-  MbarrierWait(q_full, 0);
-
-  int i = 0;  // the tile's position in the block's order, as the producer counts
-  const auto step = [&](const int n, auto mask_tag) {
-    constexpr bool kMask = decltype(mask_tag)::value;
-    const int s = i % kStages;
-    const int s_prev = (i + kStages - 1) % kStages;
-    const bool has_pv = i > 0;
-    // V[i-1] was copied before K[i]; both are waited for before the turn, so that nothing but
-    // wgmmas sits between the two products' issue.
-    if (has_pv) MbarrierWait(v_full(s_prev), ((i - 1) / kStages) & 1);
-    MbarrierWait(k_full(s), (i / kStages) & 1);
-
-    float acc_s[1][kNTilesS][4];
-    const uint64_t k_desc = SmemDescriptor(k_stage(s), 16, 1024);
-    NamedBarrierSync(my_turn, kTurnThreads);
-    FenceAccumulators(acc_o[0]);
-    WgmmaFence();
+    float acc_o[1][kNTilesO][4];
 #pragma unroll
-    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-      const uint32_t q_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
-      const uint32_t k_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
-      MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, q_off), AdvanceDescriptor(k_desc, k_off),
-               ks > 0);
+    for (int dt = 0; dt < kNTilesO; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
     }
-    WgmmaCommit();
-    // (One branch per case: with the handover and the wait in separate branches on has_pv,
-    // ptxas cannot tell that S[i] has completed when the softmax reads it, and serializes every
-    // wgmma, C7514.)
-    if (has_pv) {
-      issue_pv(s_prev);
+    RowStats<1> stats;
+    stats.Init();
+    // P of the previous step as wgmma A fragments.
+    uint32_t p_frag[kNTilesS / 2][4];
+    const auto issue_pv = [&](int s) {
+      const uint64_t v_desc = SmemDescriptor(v_stage(s), kBlockN * 128, 1024);
+      FenceAccumulators(acc_o[0]);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kNTilesS / 2; ++kk) {
+        MmaO::RS(acc_o[0], p_frag[kk], AdvanceDescriptor(v_desc, kk * 16 * 128));
+      }
+    };
+
+    MbarrierWait(q_full, round & 1);
+    const int i_first = i;
+    const auto step = [&](const int n, auto mask_tag) {
+      constexpr bool kMask = decltype(mask_tag)::value;
+      const int s = i % kStages;
+      const int s_prev = (i + kStages - 1) % kStages;
+      const bool has_pv = i > i_first;
+      // V[i-1] was copied before K[i]; both are waited for before the turn, so that nothing but
+      // wgmmas sits between the two products' issue.
+      if (has_pv) MbarrierWait(v_full(s_prev), ((i - 1) / kStages) & 1);
+      MbarrierWait(k_full(s), (i / kStages) & 1);
+
+      float acc_s[1][kNTilesS][4];
+      const uint64_t k_desc = SmemDescriptor(k_stage(s), 16, 1024);
+      NamedBarrierSync(my_turn, kTurnThreads);
+      FenceAccumulators(acc_o[0]);
+      WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        const uint32_t q_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+        const uint32_t k_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+        MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, q_off), AdvanceDescriptor(k_desc, k_off),
+                 ks > 0);
+      }
       WgmmaCommit();
-      NamedBarrierArrive(other_turn, kTurnThreads);
-      WgmmaWait<1>();  // S[i] done; P V may still run
-    } else {
-      NamedBarrierArrive(other_turn, kTurnThreads);
-      WgmmaWait<0>();
-    }
-    FenceAccumulators(acc_s[0]);
-    release(k_empty(s));
+      // (One branch per case: with the handover and the wait in separate branches on has_pv,
+      // ptxas cannot tell that S[i] has completed when the softmax reads it, and serializes
+      // every wgmma, C7514.)
+      if (has_pv) {
+        issue_pv(s_prev);
+        WgmmaCommit();
+        NamedBarrierArrive(next_turn, kTurnThreads);
+        WgmmaWait<1>();  // S[i] done; P V may still run
+      } else {
+        NamedBarrierArrive(next_turn, kTurnThreads);
+        WgmmaWait<0>();
+      }
+      FenceAccumulators(acc_s[0]);
+      release(k_empty(s));
+      // The tile's last S: with a separate O tile, Q is free for the next query tile.
+      if (Traits::kSeparateO && n == tiles.begin) release(q_empty);
 
-    if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
-    float alpha[1][2];
-    const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);
+      if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
+      float alpha[1][2];
+      const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);
 
-    WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s stage too
+      WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
+      FenceAccumulators(acc_o[0]);
+      FenceFragments(p_frag);
+      if (has_pv) release(v_empty(s_prev));
+      if (rescale) RescaleRows(acc_o, alpha);
+#pragma unroll
+      for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
+      ++i;
+    };
+    ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+
+    // The last KV tile's P V, in a turn of its own.
+    const int s_last = (i - 1) % kStages;
+    MbarrierWait(v_full(s_last), ((i - 1) / kStages) & 1);
+    NamedBarrierSync(my_turn, kTurnThreads);
+    issue_pv(s_last);
+    WgmmaCommit();
+    NamedBarrierArrive(next_turn, kTurnThreads);
+    WgmmaWait<0>();
     FenceAccumulators(acc_o[0]);
     FenceFragments(p_frag);
-    if (has_pv) release(v_empty(s_prev));
-    if (rescale) RescaleRows(acc_o, alpha);
-#pragma unroll
-    for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
-    ++i;
-  };
-  ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+    release(v_empty(s_last));
 
-  // The last tile's P V, in a last turn.
-  const int s_last = (i - 1) % kStages;
-  MbarrierWait(v_full(s_last), ((i - 1) / kStages) & 1);
-  NamedBarrierSync(my_turn, kTurnThreads);
-  issue_pv(s_last);
-  WgmmaCommit();
-  if (consumer == 0) NamedBarrierArrive(other_turn, kTurnThreads);
-  WgmmaWait<0>();
-  FenceAccumulators(acc_o[0]);
-  FenceFragments(p_frag);
-  release(v_empty(s_last));
-
-  // Every wgmma of this warpgroup has completed, so its warps may overwrite their own Q rows.
-  StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_q, c,
-                                      p.o_row_stride, valid_chunks, warp_row0, lane);
+    // Every wgmma of this warpgroup has completed. Each warp stages O in its own rows of the O
+    // tile (or of Q, which no wgmma reads any more) and reads back only those.
+    StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o,
+                                        c, p.o_row_stride, valid_chunks, warp_row0, lane);
+    if constexpr (!Traits::kSeparateO) {
+      // The next Q lands where O was staged: order this warp's generic-proxy accesses before the
+      // bulk copy's writes.
+      FenceProxyAsyncShared();
+      __syncwarp();
+      release(q_empty);
+    }
+    ++round;
+  }
+  // The turn the last consumer passed after its last GEMMs.
+  if (consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
 #endif  // ATTN_HAVE_WGMMA
 }
 

@@ -1,5 +1,6 @@
-// Launch layer of the warp-specialized Hopper forward kernel: grid, dynamic shared-memory limit,
-// launch. Included only by its instantiation files (instantiations/flash_fwd_sm90ws_*.cu).
+// Launch layer of the warp-specialized Hopper forward kernel: dynamic shared-memory limit and
+// launch. Included only by its instantiation files (instantiations/flash_fwd_sm90ws_*.cu) and
+// the benchmark's variants.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_LAUNCH_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_LAUNCH_CUH_
 
@@ -15,28 +16,27 @@
 
 namespace attention::cuda {
 
-template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages>
+template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
+          bool kSeparateO>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands");
   using Element = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
-  using Traits = fwd::Sm90WsTraits<kHeadDim, kBlockN, kStages>;
+  using Traits = fwd::Sm90WsTraits<kHeadDim, kBlockN, kStages, kConsumers, kSeparateO>;
   const auto kernel = &fwd::FlashFwdSm90WsKernel<Traits, Element, kCausal>;
   // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                Traits::kSmemLaunchBytes);
   if (err != cudaSuccess) return err;
-  const AttentionParams& p = args.p;
-  const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.q_heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(args);
+  kernel<<<args.sched.grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
 template <DType kDType, int kHeadDim, bool kCausal>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream) {
   constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim);
-  return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages>(args,
-                                                                                        stream);
+  return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
+                              kTiles.consumers, kTiles.separate_o>(args, stream);
 }
 
 }  // namespace attention::cuda

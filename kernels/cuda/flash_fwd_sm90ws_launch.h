@@ -15,13 +15,28 @@
 
 namespace attention::cuda {
 
-// Everything one launch reads: the checked, normalized params and the bulk-copy (TMA) maps of q,
-// k and v. Each map describes its tensor as 4-D {head_dim, heads, rows, batch} (innermost first;
-// strides head, row and batch stride), boxes of {64, 1, block rows, 1}: one 64-column panel of a
-// tile, 128-byte rows in the 128-byte swizzle, which is SmemTile's layout (kernel_traits.h) and
-// what wgmma's descriptors read. Rows past a sequence and columns past head_dim are zero-filled.
+// The order in which the blocks take query tiles (m_blocks per (sequence, head) pair, tiles
+// numbered 0 .. num_tiles - 1): pairs in groups of heads_per_group, whose K and V together fit
+// in a share of L2 so that the blocks running at the same time reuse them; inside a group the
+// tiles go query block by query block (the most expensive causal block first), each over the
+// group's pairs. Block b takes tiles b, b + grid, b + 2 grid, ...: grid = num_tiles gives one
+// tile per block, grid = the SM count a persistent grid.
+struct FwdSm90WsSchedule {
+  int m_blocks;
+  int heads_per_group;
+  int num_tiles;
+  int grid;
+};
+
+// Everything one launch reads: the checked, normalized params, the schedule and the bulk-copy
+// (TMA) maps of q, k and v. Each map describes its tensor as 4-D {head_dim, heads, rows, batch}
+// (innermost first; strides head, row and batch stride), boxes of {64, 1, tile rows, 1}: one
+// 64-column panel of a tile, 128-byte rows in the 128-byte swizzle, which is SmemTile's layout
+// (kernel_traits.h) and what wgmma's descriptors read. Rows past a sequence and columns past
+// head_dim are zero-filled.
 struct FwdSm90WsArgs {
   AttentionParams p;
+  FwdSm90WsSchedule sched;
   CUtensorMap q;
   CUtensorMap k;
   CUtensorMap v;
@@ -29,30 +44,43 @@ struct FwdSm90WsArgs {
 
 // The head-dim buckets the kernel is compiled for.
 constexpr bool HasSm90WsKernel(int head_dim_bucket) {
-  return head_dim_bucket == 64 || head_dim_bucket == 128;
+  return head_dim_bucket == 64 || head_dim_bucket == 128 || head_dim_bucket == 256;
 }
 
-// One tile configuration: 128 query rows per block (two consumer warpgroups of 64), KV tiles of
-// `block_n` keys through `stages` shared-memory buffers each for K and V.
+// One tile configuration: query tiles of 64 * consumers rows (one consumer warpgroup per 64),
+// KV tiles of block_n keys through `stages` shared-memory buffers each for K and V, O staged in
+// a shared tile of its own (separate_o: the next query tile's Q loads during the epilogue) or in
+// Q's.
 struct Sm90WsTileConfig {
   int block_n;
   int stages;
+  int consumers;
+  bool separate_o;
 };
 
-// Shared memory: Q (128 x d) + stages x (K + V) (block_n x d each), 16-bit elements.
-//  - d = 64: 128-key tiles, four stages (16 + 4 x 32 = 144 KB): the producer runs up to four
-//    tiles ahead, which hides the copy latency of the short per-tile compute at d = 64.
-//  - d = 128: 128-key tiles, two stages (32 + 2 x 64 = 160 KB), as FlashAttention-3's first
-//    version; three (224 KB) fit too and are measured beside it (bench --ws).
+// Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
+// First choices, to be replaced by measurements (bench --ws-variants):
+//  - d = 64: 128 x 128 tiles, four stages (16 + 16 + 4 x 32 = 160 KB): the producer runs up to
+//    four tiles ahead, which hides the copy latency of the short per-tile work at d = 64.
+//  - d = 128: 128 x 128 tiles, two stages (32 + 32 + 2 x 64 = 192 KB), as FlashAttention-3 for
+//    causal (it takes 176-key tiles without a mask).
+//  - d = 256: 128 x 64 tiles, two stages, O staged in Q (64 + 2 x 64 = 192 KB; a separate O tile
+//    would need 256). O is 128 floats per consumer thread, S 32.
 constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket) {
-  if (head_dim_bucket <= 64) return {128, 4};
-  return {128, 2};
+  if (head_dim_bucket <= 64) return {128, 4, 2, true};
+  if (head_dim_bucket <= 128) return {128, 2, 2, true};
+  return {64, 2, 2, false};
 }
 
-// Enqueues the kernel on `stream` for `args` (params checked by CheckFlashFwdSm90Ws, maps built by
-// the host API) with p.dtype == kDType and head_dim <= kHeadDim; kCausal iff p.causal. One block of
-// 384 threads per (128 query rows, head, sequence). Returns the launch's CUDA error.
-template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages>
+// Whether the host API launches a persistent grid (one block per SM walking the schedule)
+// rather than one block per query tile.
+inline constexpr bool kSm90WsPersistentDefault = true;
+
+// Enqueues the kernel on `stream` for `args` (params checked by CheckFlashFwdSm90Ws, schedule and
+// maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
+// head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
+template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
+          bool kSeparateO>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim): the one the host API launches.

@@ -154,6 +154,17 @@ std::vector<Case> Cases() {
   c.push_back(Case("d96_s300_causal").Seq(300, 300).Dim(96).Causal());
   c.push_back(Case("d120_s257").Batch(2).Seq(257, 257).Dim(120));
   c.push_back(Case("d8_s200").Seq(200, 200).Dim(8));
+  c.push_back(Case("d192_s300_causal").Seq(300, 300).Dim(192).Causal());
+  // Bucket 256 (64-key tiles, O staged in Q).
+  c.push_back(Case("d256_s1000").Seq(1000, 1000).Heads(2, 2).Dim(256));
+  c.push_back(Case("d256_s1000_causal").Seq(1000, 1000).Heads(2, 2).Dim(256).Causal());
+  c.push_back(Case("d256_gqa_4_2_causal_sinks")
+                  .Batch(2)
+                  .Seq(257, 513)
+                  .Heads(4, 2)
+                  .Dim(256)
+                  .Causal()
+                  .Sinks(false));
   // Options of the dense variant.
   c.push_back(Case("d128_scale").Seq(600, 600).Scale(0.3f));
   c.push_back(Case("d128_nolse_causal").Seq(600, 600).Causal().NoLse());
@@ -396,7 +407,7 @@ TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
   s.softcap = 30.f;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(s)));
   AttentionParams d = p;
-  d.head_dim = 256;
+  d.head_dim = 264;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(d)));
   AttentionParams f = p;
   f.dtype = DType::kFloat32;
