@@ -18,7 +18,8 @@
 // its own flush, so that clock or thermal drift over the run moves every configuration alike. The
 // table gives each configuration's ratio to the row's first one. The fourth session's candidates
 // (bench/cuda/decode_notes.md, v3): --variants
-// base,pcache,pcache_1slot,fused,fused_pcache,fused_pcache_1slot,rotate,fused_pcache_rotate.
+// base,prev,pcache,pcache_1slot,fused,fused_pcache,fused_pcache_1slot,rotate,fused_pcache_rotate
+// (prev: the production kernel of device call 4, the same as base until base's flags change).
 //
 //   decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]
 //                [--variants all|NAME,NAME,...] [--splits-list N,N,...] [--rows BxLEN,...]
