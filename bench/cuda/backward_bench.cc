@@ -30,9 +30,16 @@
 // Candidates of the Hopper dK / dV kernel ("sm90 ...", in a build with sm_90a) run the default
 // dQ mode only (det columns -1).
 //
+// With --sm90-variants (a build with -DATTN_BENCH_BWD_SM90_VARIANTS=ON, sm_90a and bf16),
+// instead: the Hopper kernel's alternative configurations (bench/cuda/backward_sm90_variants.cu;
+// bf16, dense variant, default dQ mode; bucket 256's split kernel) on the same shapes, each
+// beside the mma.sync kernel on the same problem, with its largest difference from the mma.sync
+// kernel's gradients (WRONG above 2e-2); the default marked *. With --json, one line per (shape,
+// configuration) ({"kind": "bwd_sm90_variant", ...}).
+//
 // Usage: backward_bench [--dtype bf16|fp16] [--hdim 64,128,256] [--seqlens 512,...]
 //                       [--tokens 16384] [--model_dim 2048] [--repeats 20] [--json out.jsonl]
-//                       [--sm90] [--sweep]
+//                       [--sm90] [--sweep] [--sm90-variants]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -56,6 +63,9 @@
 #ifdef ATTN_BENCH_BWD_TILE_SWEEP
 #include "bench/cuda/backward_tile_sweep.h"
 #endif
+#ifdef ATTN_BENCH_BWD_SM90_VARIANTS
+#include "bench/cuda/backward_sm90_variants.h"
+#endif
 
 namespace attention::cuda::bench {
 namespace {
@@ -70,6 +80,7 @@ struct Options {
   std::string json;
   bool sweep = false;
   bool sm90 = false;
+  bool sm90_variants = false;
 };
 
 std::vector<int> Ints(const char* text) {
@@ -106,6 +117,8 @@ bool Parse(int argc, char** argv, Options& o) {
       o.sweep = true;
     } else if (a == "--sm90") {
       o.sm90 = true;
+    } else if (a == "--sm90-variants") {
+      o.sm90_variants = true;
     } else {
       std::fprintf(stderr, "unknown or incomplete argument %s\n", a.c_str());
       return false;
@@ -272,6 +285,78 @@ FamilyTimes TimeFamilies(const Problem& pr, int repeats) {
   return out;
 }
 
+#ifdef ATTN_BENCH_BWD_SM90_VARIANTS
+// backward_bench --sm90-variants: every configuration of BwdSm90Variants() for the head dims of
+// o.hdims on the standard shapes (bf16, dense, default dQ mode), beside the mma.sync kernel on
+// the same problem: one row per (shape, configuration) with its time and its largest difference
+// from the mma.sync kernel's gradients (WRONG above kWrong).
+int RunSm90Variants(const Options& o) {
+  FILE* json = o.json.empty() ? nullptr : std::fopen(o.json.c_str(), "w");
+  std::printf(
+      "| d | causal | seqlen | sm80 TFLOP/s | config | ms | TFLOP/s | / sm80 | max diff |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (int d : o.hdims) {
+    std::vector<const BwdSm90Variant*> variants;
+    for (const BwdSm90Variant& v : BwdSm90Variants()) {
+      if (v.head_dim == d) variants.push_back(&v);
+    }
+    if (variants.empty()) continue;
+    for (bool causal : {false, true}) {
+      for (int n : o.seqlens) {
+        const int batch = static_cast<int>(std::max<int64_t>(1, o.tokens / n));
+        const int heads = o.model_dim / d;
+        const double flops = 2.5 * 4.0 * batch * heads * double(n) * n * d / (causal ? 2 : 1);
+        const auto tflops = [flops](double ms) { return ms > 0 ? flops / (ms * 1e9) : 0.0; };
+        Problem pr;
+        if (!Build(pr, DType::kBFloat16, batch, n, heads, d, causal, false) ||
+            !CheckBackwardLaunch(pr.p).ok()) {
+          std::fprintf(stderr, "d %d seqlen %d: problem not built\n", d, n);
+          continue;
+        }
+        const AttentionBackwardParams p = Dispatched(pr);
+        if (SelectBackwardKernelFamily(p, BwdKernelFamily::kSm90) != BwdKernelFamily::kSm90) {
+          std::fprintf(stderr, "the Hopper kernel does not run on this device / build\n");
+          if (json != nullptr) std::fclose(json);
+          return 77;
+        }
+        const double sm80_ms = TimeLaunch(
+            [&] { return DispatchFlashBwd(p, pr.workspace, nullptr, BwdKernelFamily::kSm80); },
+            o.repeats);
+        const std::vector<float> want = Gradients(pr);
+        for (const BwdSm90Variant* v : variants) {
+          for (void* x : {p.dq, p.dk, p.dv}) {
+            cudaMemset(x, 0xff, want.size() / 3 * 2);  // NaN: unwritten elements show
+          }
+          const double ms = TimeLaunch(
+              [&] {
+                const cudaError_t err = v->run(p, pr.workspace, nullptr);
+                return err == cudaSuccess ? absl::OkStatus()
+                                          : absl::InternalError(cudaGetErrorString(err));
+              },
+              o.repeats);
+          const double diff = ms > 0 ? RelativeDifference(Gradients(pr), want) : INFINITY;
+          std::printf("| %d | %d | %d | %.1f | %s%s | %.3f | %.1f | %.2f | %.1e%s |\n", d,
+                      causal ? 1 : 0, n, tflops(sm80_ms), v->name, v->is_default ? " *" : "", ms,
+                      tflops(ms), ms > 0 ? sm80_ms / ms : 0.0, diff, diff > kWrong ? " WRONG" : "");
+          if (json != nullptr) {
+            std::fprintf(json,
+                         "{\"kind\": \"bwd_sm90_variant\", \"dtype\": \"bf16\", \"d\": %d, "
+                         "\"causal\": %d, \"seqlen\": %d, \"batch\": %d, \"heads\": %d, "
+                         "\"config\": \"%s\", \"default\": %s, \"ms\": %.4f, "
+                         "\"tflops\": %.1f, \"sm80_tflops\": %.1f, \"max_rel_diff\": %.3e}\n",
+                         d, causal ? 1 : 0, n, batch, heads, v->name,
+                         v->is_default ? "true" : "false", ms, tflops(ms), tflops(sm80_ms), diff);
+          }
+        }
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (json != nullptr) std::fclose(json);
+  return 0;
+}
+#endif  // ATTN_BENCH_BWD_SM90_VARIANTS
+
 #ifdef ATTN_BENCH_BWD_TILE_SWEEP
 // backward_bench --sweep: every candidate of BackwardTileSweep() for the head dims of o.hdims on
 // the standard shapes, both dQ modes (bfloat16 only: the candidates are compiled for it).
@@ -390,6 +475,19 @@ int Main(int argc, char** argv) {
 #else
     std::fprintf(stderr,
                  "--sweep: not compiled in (configure with -DATTN_BENCH_BWD_TILE_SWEEP=ON)\n");
+    return 2;
+#endif
+  }
+  if (o.sm90_variants) {
+#ifdef ATTN_BENCH_BWD_SM90_VARIANTS
+    std::printf(
+        "# backward_bench --sm90-variants on %s, bf16, %lld tokens per launch, model dim %d\n\n",
+        prop.name, static_cast<long long>(o.tokens), o.model_dim);
+    return RunSm90Variants(o);
+#else
+    std::fprintf(stderr,
+                 "--sm90-variants: not compiled in (configure with "
+                 "-DATTN_BENCH_BWD_SM90_VARIANTS=ON)\n");
     return 2;
 #endif
   }

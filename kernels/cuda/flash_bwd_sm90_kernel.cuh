@@ -425,6 +425,19 @@ __device__ __forceinline__ uint64_t OpaqueDescriptor(uint64_t desc) {
   return desc;
 }
 
+// dst[0..3] += x, y, z, w atomically (dst 16-byte aligned): one vector reduction
+// (red.global.add.v4.f32, sm_90).
+__device__ __forceinline__ void AtomicAdd4(float* dst, float x, float y, float z, float w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(dst), make_float4(x, y, z, w));
+#else
+  atomicAdd(dst, x);
+  atomicAdd(dst + 1, y);
+  atomicAdd(dst + 2, z);
+  atomicAdd(dst + 3, w);
+#endif
+}
+
 // Two consecutive floats of shared memory (8-byte aligned).
 __device__ __forceinline__ float2 LoadShared64f(uint32_t smem_addr) {
   float2 v;
@@ -459,8 +472,9 @@ __device__ __forceinline__ void StoreShared128(uint32_t smem_addr, uint32_t x, u
 //   C. dV[:, half w] += P^T dO[:, half w] and C'. dK[:, half w] += dS^T Q[:, half w]: wgmma
 //      m64n128k16 RS, the fragments from registers, dO and Q N-major;
 //   D. dQ[:, half w] += dS K[:, half w]: two m64n64 SSMN products (A = the DsTile read M-major,
-//      B = K read N-major), each added into dq_accum with red.global.add.v2.f32; the first
-//      pass's atomics run while the second is on the tensor cores.
+//      B = K read N-major), each added into dq_accum with red.global.add.v2.f32 (.v4 with
+//      Traits::kDqVec4); with Traits::kDqOverlap the first pass's atomics run while the second
+//      is on the tensor cores.
 // Q, dO, lse and D in two stages as FlashBwdSm90Kernel. Barriers per query tile: before A (the
 // tile's copies landed; the previous tile's readers of the scratch, the DsTile and the other
 // stage are done), after exchange 1, after exchange 2.
@@ -487,7 +501,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   static_assert(Traits::kQStages == 2, "the next query tile's copies fly during this one's");
   static_assert(Traits::kWarpgroups == 2, "one warpgroup per kind of product A");
   static_assert(kNTilesS == 8 && kBlockN == 64, "S^T and dP^T: one m64n64 accumulator each");
-  static_assert(kDqPasses == 2, "dQ: two m64n64 passes per warpgroup (acc_dq0, acc_dq1)");
+  static_assert(kDqPasses == 2, "dQ: two m64n64 passes per warpgroup");
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
@@ -770,24 +784,48 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       WgmmaCommit();
     };
-    // The thread's two dq_accum rows (query rows warp_row0 + g + 8 hf) at its first column
-    // col0 + 2 t: every entry it adds is one of them plus a compile-time offset, so that the
-    // atomics of both passes need two 64-bit addresses, not one per entry.
-    float* dq_row[2];
-    bool dq_row_valid[2];
+    // dq_accum rows of the thread's atomics, at its first column; every entry it adds is one of
+    // them plus a compile-time offset, so that the atomics of both passes need at most two 64-bit
+    // addresses. Two-float reductions (kDqVec4 false): rows warp_row0 + g + 8 hf, column
+    // col0 + 2 t. Four-float reductions (kDqVec4): lanes t and t ^ 1 swap half of their entries
+    // of each n8 tile (one shuffle of two floats), so that even t adds row warp_row0 + g and odd
+    // t row warp_row0 + g + 8, columns col0 + 2 (t & ~1) + [0, 4): half the reduction
+    // instructions for the same bytes.
+    constexpr bool kVec4 = Traits::kDqVec4;
+    constexpr int kDqRows = kVec4 ? 1 : 2;
+    const int dq_col = col0 + 2 * (kVec4 ? (t & ~1) : t);
+    float* dq_row[kDqRows];
+    bool dq_row_valid[kDqRows];
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = warp_row0 + g + 8 * hf;
-      dq_row[hf] = p.dq_accum + ((seq.ws_start + q0 + r) * p.q_heads + head) * int64_t{p.head_dim} +
-                   col0 + 2 * t;
-      dq_row_valid[hf] = r < seq.len_q - q0;
+    for (int k = 0; k < kDqRows; ++k) {
+      const int r = warp_row0 + g + 8 * (kVec4 ? (t & 1) : k);
+      dq_row[k] =
+          p.dq_accum + ((seq.ws_start + q0 + r) * p.q_heads + head) * int64_t{p.head_dim} + dq_col;
+      dq_row_valid[k] = r < seq.len_q - q0;
     }
-    const int dq_cols = p.head_dim - col0 - 2 * t;  // valid columns from the first one
+    // Valid columns from the first one (head_dim is a multiple of 8, so a group of four columns
+    // starting at a multiple of 4 is valid whole or not at all).
+    const int dq_cols = p.head_dim - dq_col;
     const auto add_dq = [&](const float(&acc_dq)[8][4], int pass) {
 #pragma unroll
       for (int n8 = 0; n8 < 8; ++n8) {
         const int col = 64 * pass + 8 * n8;
-        if (col < dq_cols) {
+        if constexpr (kVec4) {
+          // Lane t sends the pair of the row its partner adds: odd t its row g pair, even t its
+          // row g + 8 pair.
+          const bool odd = (t & 1) != 0;
+          const float send0 = odd ? acc_dq[n8][0] : acc_dq[n8][2];
+          const float send1 = odd ? acc_dq[n8][1] : acc_dq[n8][3];
+          const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+          const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+          if (col < dq_cols && dq_row_valid[0]) {
+            if (odd) {
+              AtomicAdd4(dq_row[0] + col, recv0, recv1, acc_dq[n8][2], acc_dq[n8][3]);
+            } else {
+              AtomicAdd4(dq_row[0] + col, acc_dq[n8][0], acc_dq[n8][1], recv0, recv1);
+            }
+          }
+        } else if (col < dq_cols) {
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
             if (dq_row_valid[hf]) {
@@ -797,26 +835,39 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     };
-    // Commit groups in order: C, C', D 0, D 1. Each wait frees what the next issue needs: C
-    // done before D 0 takes its accumulator (P^T's fragments free), C' done before D 1 (dS^T's
-    // fragments free), so that dK, dV and at most 64 more floats are live; pass 0's atomics run
-    // while pass 1 is on the tensor cores.
+    // Commit groups in order: C, C', then D. Each wait frees what the next issue needs: C done
+    // before D's first accumulator is taken (P^T's fragments free), C' done before the second
+    // (dS^T's fragments free), so that dK, dV and at most 64 more floats are live.
+    // kDqOverlap: the two passes in two accumulators, pass 0's atomics while pass 1 is on the
+    // tensor cores; otherwise one accumulator, each pass's atomics after it completes.
     float acc_dq0[8][4];
-    float acc_dq1[8][4];
     WgmmaWait<1>();
     FenceAccumulators(acc_dv);
     FenceFragments(p_frag);
     issue_dq(acc_dq0, 0);
-    WgmmaWait<1>();
-    FenceAccumulators(acc_dk);
-    FenceFragments(ds_frag);
-    issue_dq(acc_dq1, 1);
-    WgmmaWait<1>();
-    FenceAccumulators(acc_dq0);
-    add_dq(acc_dq0, 0);
-    WgmmaWait<0>();
-    FenceAccumulators(acc_dq1);
-    add_dq(acc_dq1, 1);
+    if constexpr (Traits::kDqOverlap) {
+      float acc_dq1[8][4];
+      WgmmaWait<1>();
+      FenceAccumulators(acc_dk);
+      FenceFragments(ds_frag);
+      issue_dq(acc_dq1, 1);
+      WgmmaWait<1>();
+      FenceAccumulators(acc_dq0);
+      add_dq(acc_dq0, 0);
+      WgmmaWait<0>();
+      FenceAccumulators(acc_dq1);
+      add_dq(acc_dq1, 1);
+    } else {
+      WgmmaWait<0>();
+      FenceAccumulators(acc_dk);
+      FenceFragments(ds_frag);
+      FenceAccumulators(acc_dq0);
+      add_dq(acc_dq0, 0);
+      issue_dq(acc_dq0, 1);
+      WgmmaWait<0>();
+      FenceAccumulators(acc_dq0);
+      add_dq(acc_dq0, 1);
+    }
     if (it + 1 < iters) store_row_entry(next_row_entry, it + 1);
   }
 

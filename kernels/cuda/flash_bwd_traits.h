@@ -313,11 +313,17 @@ struct BwdSm90KernelTraits {
 // FlashAttention-3's hopper/ backward at 256 also has two MMA warpgroups splitting dK / dV along
 // head_dim (as dV^T = dO^T P), with 64 x 80 tiles and one Q / dO stage; each of its warpgroups
 // computes S and dP for half of the keys, and dQ goes through shared memory (TMA reduce-add).
-template <int kHeadDim_>
+// kDqOverlap: dQ's two passes in two accumulators, the first pass's atomics while the second
+// is on the tensor cores (else one accumulator, the passes one after the other). kDqVec4: dQ
+// added with four-float reductions (red.global.add.v4.f32, a lane-pair shuffle first) instead
+// of two-float ones.
+template <int kHeadDim_, bool kDqOverlap_ = true, bool kDqVec4_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
   static constexpr bool kOverlap = false;
+  static constexpr bool kDqOverlap = kDqOverlap_;
+  static constexpr bool kDqVec4 = kDqVec4_;
   static constexpr int kBlockM = 64;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarpgroups = 2;
