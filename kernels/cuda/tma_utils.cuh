@@ -48,21 +48,29 @@ __device__ __forceinline__ void MbarrierArrive(uint32_t bar) {
 #endif
 }
 
-// Spins until the phase of parity `parity` of `bar` has completed (acquire semantics: the bytes
-// its bulk copies wrote are visible afterwards).
-__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
-#ifdef ATTN_HAVE_WGMMA
+// One try_wait: whether the phase of parity `parity` of `bar` has completed (the hardware may
+// suspend the thread for a while before answering no).
+__device__ __forceinline__ bool MbarrierTryWait(uint32_t bar, uint32_t parity) {
   uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (done == 0);
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
 #endif
+  return done != 0;
+}
+
+// Spins until the phase of parity `parity` of `bar` has completed (acquire semantics: the bytes
+// its bulk copies wrote are visible afterwards). No deadlock bound: a __trap after a bounded
+// number of tries (to turn a pipeline bug into a launch error) made ptxas spill 150-2000 bytes
+// in every configuration, so a hung launch is the caller's timeout to catch.
+__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
+  while (!MbarrierTryWait(bar, parity)) {
+  }
 }
 
 // Bulk tensor copy of one box of the 4-D tensor `map` (a __grid_constant__ kernel parameter, in
