@@ -148,6 +148,62 @@ TEST(SmemTileTest, LdmatrixReadsWhatTheCopiesWrote) {
   CheckTileLayout<64, 256>();
 }
 
+// The Hopper kernel hands SmemTile's panels to wgmma as swizzled operands: each 64-column panel
+// must be the 128-byte swizzle (16-byte chunk bits 4-6 of the address XOR its bits 7-9, from a
+// 1024-byte-aligned base) and a trailing 32-column panel the 64-byte swizzle (bits 4-5 XOR bits
+// 7-8, from a 512-byte-aligned base); rows 8 apart keep their swizzle (RowBytes steps them).
+template <int kRows, int kCols>
+void CheckWgmmaSwizzle() {
+  using Tile = SmemTile<kRows, kCols>;
+  SCOPED_TRACE("tile " + std::to_string(kRows) + "x" + std::to_string(kCols));
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols / 8; ++c) {
+      const uint32_t panel = static_cast<uint32_t>(c) / 8;
+      const bool half = Tile::kHasHalfPanel && panel == Tile::kFullPanels;
+      const uint32_t base = panel * kRows * 128u;
+      ASSERT_EQ(base % (half ? 512u : 1024u), 0u);
+      const uint32_t row_bytes = half ? 64u : 128u;
+      ASSERT_EQ(Tile::RowBytes(c), row_bytes);
+      const uint32_t plain = static_cast<uint32_t>(r) * row_bytes + (c % 8) * 16u;
+      const uint32_t swizzled =
+          half ? plain ^ (((plain >> 7) & 3u) << 4) : plain ^ (((plain >> 7) & 7u) << 4);
+      ASSERT_EQ(Tile::Offset(r, c), base + swizzled) << "row " << r << " chunk " << c;
+      if (r + 8 < kRows) {
+        ASSERT_EQ(Tile::Offset(r + 8, c), Tile::Offset(r, c) + 8 * Tile::RowBytes(c));
+      }
+    }
+  }
+}
+
+TEST(SmemTileTest, PanelsAreWgmmaSwizzleAtoms) {
+  CheckWgmmaSwizzle<64, 32>();
+  CheckWgmmaSwizzle<128, 32>();
+  CheckWgmmaSwizzle<128, 64>();
+  CheckWgmmaSwizzle<128, 96>();
+  CheckWgmmaSwizzle<64, 160>();
+  CheckWgmmaSwizzle<64, 224>();
+  CheckWgmmaSwizzle<64, 256>();
+}
+
+// Every head-dim bucket has a Hopper kernel; the dispatch routes the ones with a trailing
+// 32-column panel to it only on request until their GPU check, and their O += P V splits into
+// the 64-column panels' wgmma and one N = 32 wgmma.
+TEST(DispatchTest, EveryBucketHasAHopperKernel) {
+  for (int bucket : {32, 64, 96, 128, 160, 192, 224, 256}) {
+    EXPECT_TRUE(HasSm90Kernel(bucket)) << bucket;
+    EXPECT_EQ(Sm90KernelRoutedByDefault(bucket), bucket % 64 == 0) << bucket;
+  }
+  for (int bucket : {0, 16, 48, 288}) EXPECT_FALSE(HasSm90Kernel(bucket)) << bucket;
+  using T96 = Sm90FwdKernelTraits<96, 128, 2>;
+  static_assert(T96::kFullPanels == 1 && T96::kHasHalfPanel && T96::kNTilesOFull + 4 == 12);
+  using T32 = Sm90FwdKernelTraits<32, 64, 2, 2>;
+  static_assert(T32::kFullPanels == 0 && T32::kHasHalfPanel && T32::kNTilesOFull == 0);
+  using T224 = Sm90FwdKernelTraits<224, 64, 2>;
+  static_assert(T224::kFullPanels == 3 && T224::kNTilesOFull + 4 == T224::kNTilesO);
+  using T128 = Sm90FwdKernelTraits<128, 128, 2>;
+  static_assert(!T128::kHasHalfPanel && T128::kNTilesOFull == T128::kNTilesO);
+}
+
 AttentionParams ValidParams() {
   alignas(16) static uint8_t buffer[64];
   AttentionParams p;
