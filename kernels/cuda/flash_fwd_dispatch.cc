@@ -42,6 +42,7 @@ absl::Status LaunchStatus(cudaError_t err) {
                                           cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
 }
 
+#ifdef ATTN_KERNEL_SM90
 // Whether the current device runs the sm_90a kernels: compute capability 9.0, cached per device
 // (the attribute query is a driver call; launches come many times per second).
 bool CurrentDeviceIsSm90() {
@@ -94,6 +95,7 @@ bool Sm90KernelUsable(int bucket) {
   }
   return CurrentDeviceIsSm90();
 }
+#endif  // ATTN_KERNEL_SM90
 
 template <DType kDType, int kHeadDim, FwdVariant kVariant>
 cudaError_t RunFamily(const AttentionParams& p, cudaStream_t stream) {
