@@ -236,6 +236,24 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   return absl::OkStatus();
 }
 
+FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
+                                        int kv_heads, int head_dim, int block_m, int sms,
+                                        int64_t l2_bytes, bool persistent) {
+  FwdSm90WsSchedule s;
+  s.m_blocks = static_cast<int>((int64_t{seqlen_q} + block_m - 1) / block_m);
+  s.pairs = q_heads * batch;
+  s.num_tiles = s.m_blocks * s.pairs;
+  // Heads per L2 group: their K and V (each K / V head shared by q_heads / kv_heads query heads)
+  // within half of L2, so that the tiles running at once (one per SM) reuse them while the other
+  // half holds what streams through.
+  const int64_t kv_bytes_per_pair =
+      std::max<int64_t>(1, 2 * int64_t{seqlen_k} * head_dim * 2 / (q_heads / kv_heads));
+  s.heads_per_group = static_cast<int>(
+      std::clamp<int64_t>(l2_bytes / 2 / kv_bytes_per_pair, 1, std::max(1, s.pairs)));
+  s.grid = persistent && sms > 0 ? std::min(s.num_tiles, sms) : s.num_tiles;
+  return s;
+}
+
 absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig& config,
                                bool persistent, FwdSm90WsArgs& args) {
   args.p = p;
@@ -247,19 +265,9 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
                                                    " query tiles (ceil(seqlen_q / ", block_m,
                                                    ") x q_heads x batch) exceed 2^31 - 1"));
   }
-  // Heads per L2 group: their K and V (shared by q_heads / kv_heads query heads each) within half
-  // of L2, so that the tiles running at once (one per SM) reuse them while the other half holds
-  // what streams through.
   const DeviceInfo device = CurrentDevice();
-  const int64_t kv_bytes_per_pair =
-      std::max<int64_t>(1, 2 * int64_t{p.seqlen_k} * p.head_dim * 2 / (p.q_heads / p.kv_heads));
-  const int64_t group = std::clamp<int64_t>(device.l2_bytes / 2 / kv_bytes_per_pair, 1, pairs);
-  args.sched.m_blocks = static_cast<int>(m_blocks);
-  args.sched.heads_per_group = static_cast<int>(group);
-  args.sched.num_tiles = static_cast<int>(m_blocks * pairs);
-  args.sched.grid = persistent && device.sms > 0
-                        ? static_cast<int>(std::min<int64_t>(m_blocks * pairs, device.sms))
-                        : args.sched.num_tiles;
+  args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
+                                     p.head_dim, block_m, device.sms, device.l2_bytes, persistent);
   const int block_n = config.block_n;
   // Maps need dimensions >= 1; an empty context (seqlen_k 0) is never copied from.
   const int rows_k = p.seqlen_k > 0 ? p.seqlen_k : 1;

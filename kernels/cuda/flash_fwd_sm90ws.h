@@ -22,6 +22,15 @@ namespace attention::cuda {
 // Attention sinks and the LSE are covered.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
+// The schedule of a launch over `batch` sequences of seqlen_q query rows in tiles of `block_m`,
+// q_heads query heads sharing kv_heads K / V heads of seqlen_k x head_dim 16-bit elements, on a
+// device of `sms` SMs with `l2_bytes` of L2: heads per group such that the group's K and V fit in
+// half of L2 (at least 1), grid = min(num_tiles, sms) when persistent, num_tiles otherwise. The
+// caller checks that num_tiles fits an int (MakeFwdSm90WsArgs).
+FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
+                                        int kv_heads, int head_dim, int block_m, int sms,
+                                        int64_t l2_bytes, bool persistent);
+
 // Fills `args` for tile configuration `config` and `p` (normalized, checked): p, the schedule
 // (a persistent grid of one block per SM, or one block per query tile) and the tensor maps of q,
 // k and v. INVALID_ARGUMENT when the query tiles exceed the grid, INTERNAL when the driver refuses

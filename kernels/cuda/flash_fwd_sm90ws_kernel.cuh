@@ -118,29 +118,20 @@ struct Sm90WsTraits {
   };
 };
 
-// Where query tile `tile` of the schedule works: its BlockCoords (as LocateBlock fills them for
-// a dense batch) and its KV tiles. The tiles of one L2 group of heads_per_group (sequence, head)
-// pairs are consecutive; inside a group the tile's rank picks the query block (descending when
-// causal: the most keys first) and the pair.
+// Where query tile `tile` of the schedule works (TileAt): its BlockCoords (as LocateBlock fills
+// them for a dense batch) and its KV tiles.
 template <int kBlockM, int kBlockN, bool kCausal, typename Element>
 __device__ __forceinline__ KvTileRange LocateTile(const AttentionParams& p,
                                                   const FwdSm90WsSchedule& sched, int tile,
                                                   BlockCoords<Element>& c) {
-  const int pairs = p.q_heads * p.batch;
-  const int group_tiles = sched.heads_per_group * sched.m_blocks;
-  const int group = tile / group_tiles;
-  const int in_group = tile - group * group_tiles;
-  const int group_pairs = min(sched.heads_per_group, pairs - group * sched.heads_per_group);
-  const int rank = in_group / group_pairs;
-  const int pair = group * sched.heads_per_group + (in_group - rank * group_pairs);
-  const int m_block = kCausal ? sched.m_blocks - 1 - rank : rank;
-  c.head = pair % p.q_heads;
-  c.batch = pair / p.q_heads;
+  const ScheduledTile at = TileAt(sched, kCausal, tile);
+  c.head = at.pair % p.q_heads;
+  c.batch = at.pair / p.q_heads;
   c.left = kCausal ? p.window_left : -1;
   c.right = kCausal ? p.window_right : -1;
   c.len_q = p.seqlen_q;
   c.len_k = p.seqlen_k;
-  c.row0 = m_block * kBlockM;
+  c.row0 = at.m_block * kBlockM;
   c.rows = min(kBlockM, c.len_q - c.row0);
   c.key_begin = 0;
   c.key_end = c.len_k;

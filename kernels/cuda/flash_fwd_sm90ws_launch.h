@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/attention_params.h"
+#include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
 
@@ -23,10 +24,28 @@ namespace attention::cuda {
 // tile per block, grid = the SM count a persistent grid.
 struct FwdSm90WsSchedule {
   int m_blocks;
+  int pairs;  // q_heads * batch; pair = batch * q_heads + head
   int heads_per_group;
   int num_tiles;
   int grid;
 };
+
+// Query tile `tile` of the schedule: query block m_block of pair `pair`.
+struct ScheduledTile {
+  int m_block;
+  int pair;
+};
+
+ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool causal, int tile) {
+  const int group_tiles = s.heads_per_group * s.m_blocks;
+  const int group = tile / group_tiles;
+  const int in_group = tile - group * group_tiles;
+  const int rest = s.pairs - group * s.heads_per_group;
+  const int group_pairs = rest < s.heads_per_group ? rest : s.heads_per_group;
+  const int rank = in_group / group_pairs;
+  return {causal ? s.m_blocks - 1 - rank : rank,
+          group * s.heads_per_group + (in_group - rank * group_pairs)};
+}
 
 // Everything one launch reads: the checked, normalized params, the schedule and the bulk-copy
 // (TMA) maps of q, k and v. Each map describes its tensor as 4-D {head_dim, heads, rows, batch}

@@ -1,0 +1,93 @@
+// Host-side logic of the warp-specialized Hopper forward kernel (kernels/cuda/flash_fwd_sm90ws.h)
+// on the CPU: the tile schedule (MakeFwdSm90WsSchedule, TileAt) visits every query tile of every
+// (sequence, head) exactly once, keeps each L2 group's pairs together with their K / V within
+// half of L2, and hands out the causal tiles longest first within a group.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/flash_fwd_sm90ws.h"
+#include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+
+namespace attention::cuda {
+namespace {
+
+struct Shape {
+  int batch, seqlen_q, seqlen_k, q_heads, kv_heads, head_dim, block_m;
+};
+
+constexpr int kSms = 132;
+constexpr int64_t kL2Bytes = 50 * 1024 * 1024;
+
+TEST(FlashFwdSm90WsScheduleTest, VisitsEveryTileOnceInGroups) {
+  const std::vector<Shape> shapes = {
+      {32, 512, 512, 16, 16, 128, 128}, {1, 16384, 16384, 16, 16, 128, 128},
+      {4, 4096, 4096, 32, 32, 64, 128}, {2, 1000, 300, 8, 2, 128, 128},
+      {3, 77, 77, 5, 1, 64, 192},       {1, 1, 1, 1, 1, 64, 128},
+      {8, 8192, 8192, 8, 8, 256, 128},  {5, 129, 4000, 7, 7, 40, 192},
+  };
+  for (const Shape& s : shapes) {
+    for (const bool causal : {false, true}) {
+      for (const bool persistent : {false, true}) {
+        const FwdSm90WsSchedule sched =
+            MakeFwdSm90WsSchedule(s.batch, s.seqlen_q, s.seqlen_k, s.q_heads, s.kv_heads,
+                                  s.head_dim, s.block_m, kSms, kL2Bytes, persistent);
+        const int m_blocks = (s.seqlen_q + s.block_m - 1) / s.block_m;
+        const int pairs = s.batch * s.q_heads;
+        ASSERT_EQ(sched.m_blocks, m_blocks);
+        ASSERT_EQ(sched.pairs, pairs);
+        ASSERT_EQ(sched.num_tiles, m_blocks * pairs);
+        ASSERT_EQ(sched.grid, persistent ? std::min(sched.num_tiles, kSms) : sched.num_tiles);
+        // The group's K and V within half of L2, unless one pair alone exceeds it.
+        const int64_t kv_per_pair = 4LL * s.seqlen_k * s.head_dim / (s.q_heads / s.kv_heads);
+        ASSERT_GE(sched.heads_per_group, 1);
+        ASSERT_LE(sched.heads_per_group, pairs);
+        if (sched.heads_per_group > 1) {
+          EXPECT_LE(sched.heads_per_group * kv_per_pair, kL2Bytes / 2);
+        }
+        std::set<std::pair<int, int>> seen;
+        int prev_group = -1;
+        int prev_m = 0;
+        for (int tile = 0; tile < sched.num_tiles; ++tile) {
+          const ScheduledTile at = TileAt(sched, causal, tile);
+          ASSERT_GE(at.m_block, 0);
+          ASSERT_LT(at.m_block, m_blocks);
+          ASSERT_GE(at.pair, 0);
+          ASSERT_LT(at.pair, pairs);
+          ASSERT_TRUE(seen.insert({at.m_block, at.pair}).second)
+              << "tile " << tile << " visits a query tile twice";
+          // Pairs come in groups of heads_per_group, the tiles of a group consecutive.
+          const int group = at.pair / sched.heads_per_group;
+          ASSERT_GE(group, prev_group) << "tile " << tile;
+          if (group == prev_group) {
+            // Within a group: causal tiles by descending query block (most keys first).
+            if (causal) {
+              EXPECT_LE(at.m_block, prev_m) << "tile " << tile;
+            } else {
+              EXPECT_GE(at.m_block, prev_m) << "tile " << tile;
+            }
+          }
+          prev_group = group;
+          prev_m = at.m_block;
+        }
+        EXPECT_EQ(static_cast<int>(seen.size()), sched.num_tiles);
+      }
+    }
+  }
+}
+
+// One block per SM at most, and a block for every tile without a persistent grid; an unknown
+// device (sms 0) gets one block per tile.
+TEST(FlashFwdSm90WsScheduleTest, GridSize) {
+  EXPECT_EQ(MakeFwdSm90WsSchedule(1, 128, 128, 2, 2, 64, 128, kSms, kL2Bytes, true).grid, 2);
+  EXPECT_EQ(MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, kSms, kL2Bytes, true).grid, kSms);
+  EXPECT_EQ(MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, 0, kL2Bytes, true).grid,
+            4 * 32 * 16);
+}
+
+}  // namespace
+}  // namespace attention::cuda
