@@ -22,10 +22,10 @@ struct CopyShape {
 };
 
 // The tile copies whose threads split into whole rows per pass (threads % chunks == 0, a power of
-// two of at least 8 rows per pass): the wgmma kernel at d = 64, 128 and 256, the mma.sync kernel
-// at d = 32, 64 and 128.
-constexpr CopyShape kShapes[] = {{256, 8, 64}, {256, 16, 128}, {256, 32, 64},
-                                 {128, 4, 64}, {128, 8, 64},   {128, 16, 64}};
+// two of at least 8 rows per pass): the wgmma kernel at d = 32, 64, 128 and 256, the mma.sync
+// kernel at d = 32, 64 and 128.
+constexpr CopyShape kShapes[] = {{256, 4, 64}, {256, 8, 64}, {256, 16, 128}, {256, 32, 64},
+                                 {128, 4, 64}, {128, 8, 64}, {128, 16, 64}};
 
 std::string Describe(const CopyShape& s, int page_shift) {
   return "threads " + std::to_string(s.threads) + " chunks " + std::to_string(s.chunks) +
@@ -92,6 +92,38 @@ TEST(PagedCopyTest, GroupedRowsStepThroughTheirPage) {
       }
     }
   }
+}
+
+// The shared-memory side of the grouped copy (LoadPagedTilesGrouped): a thread's copies land at
+// Offset(first_row, chunk) + i * row_step * RowBytes(chunk), which must be where SmemTile puts
+// rows first_row + i * row_step -- also in a 32-column panel, whose rows are 64 bytes (d = 32).
+template <int kThreads, int kChunks, int kBlockN>
+void CheckGroupedSharedOffsets() {
+  using Tile = SmemTile<kBlockN, kChunks * 8>;
+  const int iters = kBlockN * kChunks / kThreads;
+  for (int shift = 4; shift <= 9; ++shift) {
+    if (!PageGroupsFit(kBlockN, kThreads / kChunks, shift)) continue;
+    SCOPED_TRACE(Describe({kThreads, kChunks, kBlockN}, shift));
+    for (int tid = 0; tid < kThreads; ++tid) {
+      const PageGroupRows g = ThreadPageGroupRows(tid, kThreads, kChunks, kBlockN, shift);
+      const uint32_t first = Tile::Offset(g.first_row, g.chunk);
+      const uint32_t step = static_cast<uint32_t>(g.row_step) * Tile::RowBytes(g.chunk);
+      for (int i = 0; i < iters; ++i) {
+        ASSERT_EQ(first + i * step, Tile::Offset(g.first_row + i * g.row_step, g.chunk))
+            << "thread " << tid << " copy " << i;
+      }
+    }
+  }
+}
+
+TEST(PagedCopyTest, GroupedCopiesLandOnTheirSharedRows) {
+  CheckGroupedSharedOffsets<256, 4, 64>();
+  CheckGroupedSharedOffsets<256, 8, 64>();
+  CheckGroupedSharedOffsets<256, 16, 128>();
+  CheckGroupedSharedOffsets<256, 32, 64>();
+  CheckGroupedSharedOffsets<128, 4, 64>();
+  CheckGroupedSharedOffsets<128, 8, 64>();
+  CheckGroupedSharedOffsets<128, 16, 64>();
 }
 
 }  // namespace
