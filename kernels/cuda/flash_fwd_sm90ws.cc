@@ -191,11 +191,9 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
         "the warp-specialized Hopper kernel takes dense batches only (no cu_seqlens, page_table, "
         "seqlens_k or key_range)");
   }
-  if (p.alibi_slopes != nullptr || p.softcap > 0.f || p.mask_kind != MaskKind::kNone ||
-      !(p.softmax_scale > 0.f)) {
+  if (p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f)) {
     return absl::UnimplementedError(
-        "the warp-specialized Hopper kernel has no ALiBi, softcap or mask and needs "
-        "softmax_scale > 0");
+        "the warp-specialized Hopper kernel has no ALiBi or mask and needs softmax_scale > 0");
   }
   const bool causal_window = p.window_left < 0 && p.window_right == 0;
   if (p.has_window() && !causal_window) {

@@ -16,10 +16,10 @@ namespace attention::cuda {
 // Whether the kernel covers `p` (normalized: Normalize and ClampWindow applied) in this build on
 // the current device: OK, or UNIMPLEMENTED naming what it lacks (a build without sm_90a or
 // without the dtype / head-dim bucket, a device other than compute capability 9.0, packed or
-// paged batches, a window other than causal, ALiBi, softcap, masks, a softmax_scale <= 0) or
+// paged batches, a window other than causal, ALiBi, masks, a softmax_scale <= 0) or
 // INVALID_ARGUMENT naming the field and the rule the bulk copies need (16-byte aligned q, k, v,
 // o and row / head / batch strides that are multiples of 8 elements, head_dim a multiple of 8).
-// Attention sinks and the LSE are covered.
+// Softcap, attention sinks and the LSE are covered.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
 // The schedule of a launch over `batch` sequences of seqlen_q query rows in tiles of `block_m`,

@@ -1,5 +1,6 @@
 // Device code of the warp-specialized Hopper forward kernel (sm_90a): FlashAttention-3's
-// structure written for this project, the dense and causal variants of fixed-length batches.
+// structure written for this project, the dense and causal variants of fixed-length batches
+// (softcap, attention sinks and the LSE included).
 //
 // A block of 1 + kConsumers warpgroups works through query tiles of 64 * kConsumers rows of one
 // (sequence, head) each: one tile per block, or, with a persistent grid (one block per SM), the
@@ -153,7 +154,7 @@ __device__ __forceinline__ KvTileRange LocateTile(const AttentionParams& p,
 
 // Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
 // memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): dense (no
-// window but causal, no ALiBi / softcap / mask, positive scale), not packed, not paged.
+// window but causal, no ALiBi or mask, positive scale), not packed, not paged.
 template <typename Traits, typename Element, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashFwdSm90WsKernel(const __grid_constant__ FwdSm90WsArgs args) {
@@ -252,6 +253,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int warp_row0 = ctid / 32 * 16;
   const int valid_chunks = p.head_dim / 8;
   const float scale_log2 = SoftmaxScaleLog2<kVariant>(p);
+  // Softcap c > 0: each score s becomes (c / scale) tanh(s scale / c), which the softmax's
+  // scale_log2 = scale log2(e) turns into the contract's logit c tanh(s scale / c) in base 2.
+  const bool softcap = p.softcap > 0.f;
+  const float cap_in = softcap ? p.softmax_scale / p.softcap : 0.f;
+  const float cap_out = softcap ? p.softcap / p.softmax_scale : 0.f;
   const int my_turn = Traits::kTurnBarrier0 + consumer;
   const int next_turn = Traits::kTurnBarrier0 + (consumer + 1) % kConsumers;
   constexpr int kTurnThreads = 2 * 128;
@@ -341,6 +347,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       // The tile's last S: with a separate O tile, Q is free for the next query tile.
       if (Traits::kSeparateO && n == tiles.begin) release(q_empty);
 
+      if (softcap) {
+#pragma unroll
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_s[0][nt][e] = cap_out * Tanh(acc_s[0][nt][e] * cap_in);
+        }
+      }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
       const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);

@@ -3,8 +3,8 @@
 // ATTN_TEST_SEED to replay), o and lse poisoned with NaN before the launch and guarded past
 // their ends, ragged sequence tails (a last query tile and a last KV tile that are partly
 // outside the sequence), causal with seqlen_q above and below seqlen_k (rows without keys), GQA
-// and MQA, head dims below their bucket, attention sinks, a custom scale, strided (packed-QKV)
-// inputs, and sequences long enough that the K / V stage rings wrap many times.
+// and MQA, head dims below their bucket, attention sinks, softcap, a custom scale, strided
+// (packed-QKV) inputs, and sequences long enough that the K / V stage rings wrap many times.
 //
 // Exits 77 (ctest SKIP) without a CUDA device, on a device other than compute capability 9.0
 // and in a build without the kernel, so it never passes vacuously; a case whose dtype or bucket
@@ -77,6 +77,7 @@ struct Case {
   int head_dim = 128;
   bool causal = false;
   float scale = 0.f;  // 0: 1 / sqrt(head_dim)
+  float softcap = 0.f;
   bool lse = true;
   // Sink logits drawn from N(0, 2^2): one per head, or per sequence and head.
   bool sinks = false;
@@ -108,6 +109,10 @@ struct Case {
   }
   Case& Scale(float s) {
     scale = s;
+    return *this;
+  }
+  Case& Softcap(float cap) {
+    softcap = cap;
     return *this;
   }
   Case& NoLse() {
@@ -168,6 +173,15 @@ std::vector<Case> Cases() {
   // Options of the dense variant.
   c.push_back(Case("d128_scale").Seq(600, 600).Scale(0.3f));
   c.push_back(Case("d128_nolse_causal").Seq(600, 600).Causal().NoLse());
+  // Softcap small enough to bend the scores of unit-variance inputs (|s scale| reaches ~4).
+  c.push_back(Case("d128_softcap").Batch(2).Seq(500, 500).Softcap(2.f));
+  c.push_back(Case("d64_softcap_causal").Seq(700, 900).Dim(64).Causal().Softcap(1.5f));
+  c.push_back(Case("d256_softcap_scale_sinks")
+                  .Seq(300, 300)
+                  .Dim(256)
+                  .Scale(0.2f)
+                  .Softcap(3.f)
+                  .Sinks(false));
   c.push_back(Case("d128_sinks").Batch(2).Seq(400, 400).Sinks(false));
   c.push_back(
       Case("d64_sinks_per_batch_causal").Batch(2).Seq(300, 500).Dim(64).Causal().Sinks(true));
@@ -207,6 +221,7 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
   p.head_dim = d;
   p.causal = c.causal;
   p.softmax_scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(d));
+  p.softcap = c.softcap;
   p.sinks = c.sinks;
   SetContiguousStrides(p);
 
@@ -404,8 +419,16 @@ TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
   w.window_left = 16;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(w))) << CheckFlashFwdSm90Ws(w);
   AttentionParams s = p;
-  s.softcap = 30.f;
+  s.alibi = true;
+  s.alibi_slopes = reinterpret_cast<const float*>(buffer);
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(s)));
+  AttentionParams m = p;
+  m.mask_kind = MaskKind::kBool;
+  m.mask = buffer;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(m)));
+  AttentionParams v = p;
+  v.cu_seqlens_q = v.cu_seqlens_k = reinterpret_cast<const int32_t*>(buffer);
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(v)));
   AttentionParams d = p;
   d.head_dim = 264;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(d)));
