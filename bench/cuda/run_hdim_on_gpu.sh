@@ -75,7 +75,7 @@ if has sanitize; then
 sec=${SANITIZER_SECONDS:-45}
 cap "$sec" "memcheck, new buckets on wgmma" env ATTN_CUDA_KERNELS=sm90 \
   compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/attention_cuda_test" \
-  --gtest_filter='*/panels_d24_*:*/panels_d96_*:*/panels_d160_paged*:*/panels_d224_window:*/panels_d224_general'
+  --gtest_filter='*/panels_d24_dense:*/panels_d24_paged_ps*:*/panels_d96_window:*/panels_d96_general:*/panels_d96_paged_general_ps16:*/panels_d160_paged_ps*:*/panels_d224_sliding'
 cap "$sec" "racecheck, new buckets on wgmma" env ATTN_CUDA_KERNELS=sm90 \
   compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/attention_cuda_test" \
   --gtest_filter='*/panels_d24_paged_ps16:*/panels_d96_window:*/panels_d224_paged_general_ps16'
