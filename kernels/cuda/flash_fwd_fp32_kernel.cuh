@@ -491,13 +491,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   // (lane / 8) % 2. V: lane (g, t) reads rows 2t and 2t + 1 at chunk g of each 32-column group.
   const int g = lane / 4;
   const int t = lane % 4;
-  // The warp's rows. Warp w issues on the SM sub-partition w % 4, whose tensor core it shares
-  // only with warps w +- 4 (and the other block's on the SM). With 8 warps the second four take
-  // their row groups in reverse order, so that each sub-partition holds one low and one high row
-  // group: on a causal diagonal, where the low rows skip most tiles (below), every
-  // sub-partition then has the same MMA work (5 of 8 tile-warps at 128 x 32 instead of 4 to 6).
-  const int row_group = (warp / 4) % 2 == 0 ? warp : 4 * (warp / 4) + 3 - warp % 4;
-  const int warp_row0 = row_group * 16 * kMTiles;
+  const int warp_row0 = warp * 16 * kMTiles;
   const uint32_t q_lane = QTile::LaneBase(
       smem_q, static_cast<uint32_t>(warp_row0 + lane % 8 + 8 * ((lane / 8) % 2)), lane / 16);
   const uint32_t k_row = lane % 8 + 8 * (lane / 16);
@@ -507,17 +501,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t v_offset[2] = {KVTile::Offset(2 * t, g), KVTile::Offset(2 * t + 1, g)};
 
   const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
-
-  // The KV tiles this warp's own rows see. A masked tile (the diagonal of a causal block, a
-  // window's edges) that holds no allowed key for any of them is skipped by the warp: it still
-  // copies its share of the tile and meets every barrier, but issues no MMA for it, which frees
-  // the SM's tensor cores for the warps that need it. The result is unchanged: a tile without an
-  // allowed key leaves the row's max, sum and O as they were. With 128-row blocks of 16-row warps
-  // and 32-key tiles the diagonal's MMAs fall by 3/8 (bench/cuda/fp32_notes.md, "Diagonal tiles").
-  const int warp_rows = c.rows - warp_row0 < 16 * kMTiles ? c.rows - warp_row0 : 16 * kMTiles;
-  const KvTileRange warp_tiles = warp_rows > 0 ? KvTiles(c.row0 + warp_row0, warp_rows, c.len_q,
-                                                         c.len_k, kBlockN, c.left, c.right)
-                                               : KvTileRange{0, 0};
 
   float acc_o[kMTiles][kNTilesO][4];
 #pragma unroll
@@ -583,22 +566,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
                                           p.v_row_stride, c.len_k - key0, valid_chunks, tid);
     }
     CpAsyncCommit();
-
-    // A masked tile outside this warp's own range (warp-uniform): only the copies and barriers.
-    if (kMask && (n < warp_tiles.begin || n >= warp_tiles.end)) {
-      if constexpr (kStages == 1) {
-        CpAsyncWait<0>();
-        __syncthreads();
-        if (n > tiles.begin) {
-          LoadTile<KVTile, kBlockN, kThreads>(smem_k,
-                                              c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
-                                              p.k_row_stride, kBlockN, valid_chunks, tid);
-        }
-        CpAsyncCommit();
-      }
-      if constexpr (kStages == 2) stage ^= 1;
-      return;
-    }
 
     // S = Q K^T for this warp's rows: [16 * kMTiles, kBlockN] in float32 registers.
     float acc_s[kMTiles][kNTilesS][4];

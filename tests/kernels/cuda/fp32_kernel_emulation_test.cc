@@ -318,8 +318,8 @@ TEST(Fp32KernelEmulationTest, EightWarpBuckets) {
   p.q_heads = p.kv_heads = 1;
   p.head_dim = 152;
   RunBoth<160, Fp32Variant::kPlain>(p);
-  // Every warp of the 8 holds rows (warps 4-7 take row groups 7..4), causal so that the low row
-  // groups skip diagonal tiles, and a ragged second query tile.
+  // Every warp of the 8 holds rows, causal (masked diagonal tiles), and a ragged second query
+  // tile.
   Case w("d160_causal_all_warps");
   w.seqlen_q = 136;
   w.seqlen_k = 150;
