@@ -192,10 +192,12 @@ constexpr bool HasSm90Kernel(int head_dim_bucket) {
 
 // Whether the host dispatch runs a bucket's Hopper kernel by default (on compute capability 9.0
 // devices). The buckets with a trailing 32-column panel keep the mma.sync kernel until their
-// wgmma kernel has passed the GPU tests; ATTN_CUDA_KERNELS=sm90 routes them to it
-// (flash_fwd_dispatch.h).
+// wgmma kernel has passed the GPU tests (the switch below); ATTN_CUDA_KERNELS=sm90 routes them
+// to it before that (flash_fwd_dispatch.h).
+inline constexpr bool kRouteSm90HalfPanelBuckets = false;
 constexpr bool Sm90KernelRoutedByDefault(int head_dim_bucket) {
-  return HasSm90Kernel(head_dim_bucket) && head_dim_bucket % 64 == 0;
+  return HasSm90Kernel(head_dim_bucket) &&
+         (head_dim_bucket % 64 == 0 || kRouteSm90HalfPanelBuckets);
 }
 
 struct Sm90TileConfig {
