@@ -293,8 +293,8 @@ absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t strea
   if (p.batch == 0 || p.seqlen_q == 0) return absl::OkStatus();
   const int bucket = WsBucket(p.head_dim);
   FwdSm90WsArgs args;
-  if (absl::Status s =
-          MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket), kSm90WsPersistentDefault, args);
+  if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket, p.causal),
+                                         kSm90WsPersistentDefault, args);
       !s.ok()) {
     return s;
   }

@@ -34,7 +34,7 @@ cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream)
 
 template <DType kDType, int kHeadDim, bool kCausal>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream) {
-  constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim);
+  constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim, kCausal);
   return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
                               kTiles.consumers, kTiles.separate_o>(args, stream);
 }

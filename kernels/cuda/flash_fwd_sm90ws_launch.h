@@ -85,7 +85,10 @@ struct Sm90WsTileConfig {
 //    causal (it takes 176-key tiles without a mask).
 //  - d = 256: 128 x 64 tiles, two stages, O staged in Q (64 + 2 x 64 = 192 KB; a separate O tile
 //    would need 256). O is 128 floats per consumer thread, S 32.
-constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket) {
+// The table takes `causal` because the best tiles may differ with a mask (FlashAttention-3 uses
+// 176-key tiles at d = 128 only without one); they do not differ until measured.
+constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket,
+                                                   [[maybe_unused]] bool causal) {
   if (head_dim_bucket <= 64) return {128, 4, 2, true};
   if (head_dim_bucket <= 128) return {128, 2, 2, true};
   return {64, 2, 2, false};
@@ -102,7 +105,7 @@ template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, in
           bool kSeparateO>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
-// The same with DefaultSm90WsTileConfig(kHeadDim): the one the host API launches.
+// The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.
 template <DType kDType, int kHeadDim, bool kCausal>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream);
 
