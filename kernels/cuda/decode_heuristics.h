@@ -113,7 +113,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), eighteen kernels in
+// only (the decode grid's configuration; generate_decode_instantiations.py), 22 kernels in
 // one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
@@ -164,40 +164,58 @@ struct DecodeVariant {
   // tile 0 of sequences whose K/V sit a fixed stride apart (4 MB at 128 x 2k), read addresses
   // spread over the DRAM channels (pages of 64 in random order ran 1 % above dense at 32 x 8k).
   bool rotate;
+  // How far the copy loops (a tile's 8 copy rounds per thread, the prologue's stages) are unrolled:
+  // 0 = whole (the production kernel), 1 = rolled, 2 = by two. Rolled, the 16-bit kernel's SASS
+  // drops from 70 KB to 37 KB at d = 128 (by two: 44 KB), and to 34 KB with a split without keys
+  // sent through the main path (copy_unroll > 0 does that too) instead of its own output code.
+  // After decode_bench's L2 flush every launch fetches its code from DRAM as it runs, and device
+  // call 1 of the fourth session measured batch-1 time growing with code size (~0.25 us per KB: +46
+  // KB of pcache +10.8 us at 1 x 8k, +86 KB of fused +20 us, +13 KB of stages4 +3.5 us; rotate's +1
+  // KB nothing), so the base kernel's 70 KB may be most of its 29 us there.
+  int copy_unroll;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
-    // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate
-    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false},
-    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false},
-    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false},
-    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false},
+    // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate,
+    // copy_unroll
+    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false, 0},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false, 0},
     // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
     // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
-    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false},
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false, 0},
     // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
     // counts one slot per SM already; pages then count one too).
-    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false},
-    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false},
-    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false},
+    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
+    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false,
+     0},
     {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1, false, false,
-     false},
-    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false},
-    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false},
+     false, 0},
+    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false, 0},
+    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false, 0},
     // Issue 21's remaining rows (H100, 2026-12-06c call 4: dense 0.98-1.02x cuDNN, pages of 64
     // 0.94-1.00x, weakest at batch 1): the paged prologue and lookups, the combine launch, and
     // where the blocks of a wave read.
-    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false},
-    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false},
-    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false},
-    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false},
-    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false},
-    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true},
-    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true},
+    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0},
+    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0},
+    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false, 0},
+    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false, 0},
+    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false, 0},
+    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true, 0},
+    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true, 0},
     // The production kernel as device call 4 measured it (every flag off): the same kernel as
     // "base" until base's flags change, so that until then the pair shows the run's noise, and
     // after it the old default stays measurable.
-    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false},
+    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
+    // Device call 1 of the fourth session (bench/results/gpu_2026-12-06d.md): every variant above
+    // lost by its code size at batch 1 (copy_unroll's comment). The same kernels with rolled copy
+    // loops.
+    {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1},
+    {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2},
+    {"compact_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 1},
+    {"compact_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

@@ -421,6 +421,7 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
   // page_cache variants read a split's page entries before they know its sequence's length:
   // only where every table row holds the pages of seqlen_k (CheckDecodeParams asks that of
   // batches above 1).
+  l.compact_combine = kDecodeVariants[opt.variant].copy_unroll > 0;
   l.speculate_pages =
       p.is_paged() && p.page_size > 0 && p.page_table_stride >= CeilDiv(p.seqlen_k, p.page_size);
   return Dispatch(p, l, opt.variant, stream);

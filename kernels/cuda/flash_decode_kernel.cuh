@@ -235,8 +235,9 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // kHeads > 1: the block's KV heads g .. g + kHeads - 1, whose rows are neighbours in memory, are
 // copied together (consecutive threads walk one key's kHeads x head_dim contiguous elements), head
 // m's tiles at smem_k / smem_v + m * head_tile_bytes.
+// kUnroll: how far the copy loop is unrolled (kDecodeVariants' compact rolls it: 1).
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
-          int kHeads = 1, typename OffsetFn>
+          int kHeads = 1, int kUnroll = 64, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
                                            int valid_chunks, int tid, OffsetFn offset,
@@ -251,7 +252,7 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
                 "whole rows per iteration");
   const char* k = static_cast<const char*>(p.k);
   const char* v = static_cast<const char*>(p.v);
-#pragma unroll
+#pragma unroll kUnroll
   for (int it = 0; it < kIters; ++it) {
     const int idx = tid + it * kDecodeThreads;
     if (kTotal % kDecodeThreads != 0 && idx >= kTotal) break;
@@ -320,7 +321,7 @@ __device__ __forceinline__ DecodeRange GuessSplitPages(const AttentionParams& p,
 
 // LoadKvTile for paged K/V whose page entries sit in shared memory: `cache` holds the entries of
 // pages [cache_first, ...) of the block's sequence, covering every key the split reads.
-template <int kBlockN, int kChunks, DecodeCacheHint kHint, typename OffsetFn>
+template <int kBlockN, int kChunks, DecodeCacheHint kHint, int kUnroll, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const DecodeBlock& blk,
                                                  int tile, uint32_t smem_k, uint32_t smem_v,
                                                  int valid_chunks, int tid, OffsetFn offset,
@@ -331,7 +332,7 @@ __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const
   constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
   const char* k = static_cast<const char*>(p.k);
   const char* v = static_cast<const char*>(p.v);
-#pragma unroll
+#pragma unroll kUnroll
   for (int it = 0; it < kIters; ++it) {
     const int idx = tid + it * kDecodeThreads;
     if (kTotal % kDecodeThreads != 0 && idx >= kTotal) break;
@@ -512,10 +513,18 @@ __device__ __forceinline__ float RowSlope(const AttentionParams& p, const Decode
 // The combine pass: one warp per (sequence, KV head, packed row).
 
 // Merges partial row `row` ((b * kv_heads + g) * rows_pad + packed) of every split into o and lse
-// (and the sinks); `lane` is the calling warp's lane, the whole warp calls it. The partials are
-// read through L2 (ld.global.cg): in the fused variant other blocks of the same grid wrote them,
-// which L1 does not see.
-template <typename Element>
+// (and the sinks); `lane` is the calling warp's lane, the whole warp calls it. kThroughL2: the
+// partials are read through L2 (ld.global.cg), as the fused variant needs (other blocks of the
+// same grid wrote them, which L1 does not see); the combine kernel reads them after the decode
+// grid, plainly. kSplitUnroll: partials read per round of the split loop (16: one round for 16
+// splits; the compact combine's 4 keeps its SASS at 19 KB instead of 39, which a launch after
+// decode_bench's L2 flush fetches from DRAM as it runs).
+template <typename T>
+__device__ __forceinline__ T LoadPartial(const T* ptr, bool through_l2) {
+  return through_l2 ? __ldcg(ptr) : *ptr;
+}
+
+template <typename Element, int kSplitUnroll = 16, bool kThroughL2 = false>
 __device__ __forceinline__ void CombineRow(const AttentionParams& p, const DecodeLaunch& l,
                                            int64_t row, int lane) {
   const int packed = static_cast<int>(row % l.rows_pad);
@@ -536,7 +545,7 @@ __device__ __forceinline__ void CombineRow(const AttentionParams& p, const Decod
   // the one-split epilogue (Emitter), so that adding empty splits changes no bit.
   float m = -INFINITY;
   for (int s = lane; s < l.num_splits; s += 32) {
-    m = fmaxf(m, __ldcg(l.partial_lse + s * l.partial_rows + row));
+    m = fmaxf(m, LoadPartial(l.partial_lse + s * l.partial_rows + row, kThroughL2));
   }
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
@@ -544,7 +553,7 @@ __device__ __forceinline__ void CombineRow(const AttentionParams& p, const Decod
   float sum = 0.f;
   if (m != -INFINITY) {
     for (int s = lane; s < l.num_splits; s += 32) {
-      sum += expf(__ldcg(l.partial_lse + s * l.partial_rows + row) - m);
+      sum += expf(LoadPartial(l.partial_lse + s * l.partial_rows + row, kThroughL2) - m);
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
@@ -570,11 +579,12 @@ __device__ __forceinline__ void CombineRow(const AttentionParams& p, const Decod
     for (int base = 0; base < l.num_splits; base += 32) {
       float w = 0.f;
       if (base + lane < l.num_splits) {
-        const float ls = __ldcg(l.partial_lse + (base + lane) * l.partial_rows + row);
+        const float ls =
+            LoadPartial(l.partial_lse + (base + lane) * l.partial_rows + row, kThroughL2);
         w = ls == -INFINITY ? 0.f : expf(ls - final_lse);
       }
       const int round = min(32, l.num_splits - base);
-#pragma unroll 16
+#pragma unroll kSplitUnroll
       for (int j = 0; j < round; ++j) {
         const float wj = __shfl_sync(0xffffffffu, w, j);
         const float* src = l.partial_o + ((base + j) * l.partial_rows + row) * p.head_dim;
@@ -582,7 +592,8 @@ __device__ __forceinline__ void CombineRow(const AttentionParams& p, const Decod
         for (int c = 0; c < kMaxChunksPerLane; ++c) {
           const int c4 = lane + 32 * c;
           if (c4 < chunks) {
-            const float4 part = __ldcg(reinterpret_cast<const float4*>(src + 4 * c4));
+            const float4 part =
+                LoadPartial(reinterpret_cast<const float4*>(src + 4 * c4), kThroughL2);
             if (wj != 0.f) {
               o[c].x = fmaf(wj, part.x, o[c].x);
               o[c].y = fmaf(wj, part.y, o[c].y);
@@ -604,7 +615,7 @@ __device__ __forceinline__ void CombineRow(const AttentionParams& p, const Decod
   }
 }
 
-template <typename Element>
+template <typename Element, int kSplitUnroll = 16>
 __global__ void __launch_bounds__(kDecodeThreads)
     FlashDecodeCombineKernel(const __grid_constant__ AttentionParams p,
                              const __grid_constant__ DecodeLaunch l) {
@@ -612,7 +623,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t{blockIdx.x} * kDecodeWarps + threadIdx.x / 32;
   if (row >= l.partial_rows) return;
-  CombineRow<Element>(p, l, row, lane);
+  CombineRow<Element, kSplitUnroll>(p, l, row, lane);
 }
 
 // Zeroes the fused variant's ticket counters. It lets the decode kernel (launched behind it with
@@ -652,7 +663,7 @@ __device__ __forceinline__ void FinishFusedSplit(const AttentionParams& p, const
   __threadfence();
   const int64_t first = (int64_t{blk.b} * p.kv_heads + blk.g) * l.rows_pad + blk.row0;
   for (int r = tid / 32; r < blk.rows; r += kDecodeWarps) {
-    CombineRow<Element>(p, l, first + r, tid % 32);
+    CombineRow<Element, 16, true>(p, l, first + r, tid % 32);
   }
 }
 
@@ -720,6 +731,13 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   constexpr bool kPageCache = Traits::kPageEntries > 0;
   constexpr bool kFused = kDecodeVariants[kVariant].fused_combine;
   constexpr bool kRotate = kDecodeVariants[kVariant].rotate;
+  // How far the copy loops unroll (kDecodeVariants' copy_unroll; 64: whole).
+  constexpr int kUnroll =
+      kDecodeVariants[kVariant].copy_unroll > 0 ? kDecodeVariants[kVariant].copy_unroll : 64;
+  // The compact kernels (copy_unroll > 0) send a split without allowed keys through the main path
+  // (no tile is copied, the merge emits o = 0 and lse = -inf) instead of a second inlined copy of
+  // the output code (4 KB of SASS).
+  constexpr bool kEmptyThroughMainPath = kDecodeVariants[kVariant].copy_unroll > 0;
   constexpr int kSpecPerThread = (Traits::kPageEntries + kDecodeThreads - 1) / kDecodeThreads;
   static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
   static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead)), "page_cache: one head, own lookups");
@@ -754,7 +772,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   DecodeBlock blk;
   if (!LocateDecodeBlock<kHeadRows, kBlockN, kHeads>(p, l, blk)) return;
   const Emitter<Element> emit{p, l, blk};
-  if (blk.tile_begin >= blk.tile_end) {
+  if (!kEmptyThroughMainPath && blk.tile_begin >= blk.tile_end) {
     AllowDependentLaunch();
     EmitEmptyRows<Element, kHeads>(emit, p.head_dim, tid);
     if constexpr (kFused) {
@@ -802,15 +820,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   const auto load_tile = [&](int tile, uint32_t base) {
     if constexpr (kPageCache) {
       if (cached) {
-        LoadKvTileCached<kBlockN, kChunks, kHint>(p, blk, tile, base, base + KVTile::kBytes,
-                                                  valid_chunks, tid, kv_offset, page_cache,
-                                                  cache_first, geo);
+        LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(p, blk, tile, base,
+                                                           base + KVTile::kBytes, valid_chunks, tid,
+                                                           kv_offset, page_cache, cache_first, geo);
         return;
       }
     }
-    LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads>(p, blk, tile, base,
-                                                   base + kHeads * KVTile::kBytes, valid_chunks,
-                                                   tid, kv_offset, pages_arg, &geo, KVTile::kBytes);
+    LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll>(
+        p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset, pages_arg,
+        &geo, KVTile::kBytes);
   };
 
   // The split's tiles in the order the block walks them: from tile_begin, or (rotate, outside
@@ -818,7 +836,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   const int n_tiles = blk.tile_end - blk.tile_begin;
   int rot = 0;
   if constexpr (kRotate) {
-    if (l.split_tiles == 0) {
+    if (l.split_tiles == 0 && n_tiles > 0) {
       rot = static_cast<int>((static_cast<uint32_t>(blk.b) * 40503u +
                               static_cast<uint32_t>(blk.g) * 9973u +
                               static_cast<uint32_t>(blk.split) * 7u) %
@@ -838,7 +856,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   // Prologue: Q with the first tile in copy group 0, then tiles 1 .. kStages - 2 (a group each,
   // empty past the split's end, so that the group count stays uniform).
   if constexpr (!kPageCache) load_q();
-#pragma unroll
+#pragma unroll kUnroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (blk.tile_begin + st < blk.tile_end) {
       const uint32_t base = smem_kv + st * Traits::kSmem.stage_bytes;

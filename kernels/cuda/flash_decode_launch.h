@@ -53,6 +53,9 @@ struct DecodeLaunch {
   // checked), so that a block may read the entries of the split a seqlen_k-key context would give
   // before it knows its own sequence's length.
   bool speculate_pages = false;
+  // The combine kernel with its split loop unrolled by 4 instead of 16 (kDecodeVariants'
+  // copy_unroll > 0: the compact kernels).
+  bool compact_combine = false;
 };
 
 // Enqueues the decode kernel for `p` (normalized and checked by flash_decode.cc, dtype kDType,

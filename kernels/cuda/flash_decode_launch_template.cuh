@@ -147,7 +147,11 @@ cudaError_t RunDecodeCombine(const AttentionParams& p, const DecodeLaunch& l, cu
   config.attrs = attribute;
   config.numAttrs = l.dependent_launch ? 1 : 0;
   const cudaError_t err =
-      cudaLaunchKernelEx(&config, &decode::FlashDecodeCombineKernel<DecodeElementOf<kDType>>, p, l);
+      l.compact_combine
+          ? cudaLaunchKernelEx(&config,
+                               &decode::FlashDecodeCombineKernel<DecodeElementOf<kDType>, 4>, p, l)
+          : cudaLaunchKernelEx(&config, &decode::FlashDecodeCombineKernel<DecodeElementOf<kDType>>,
+                               p, l);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }

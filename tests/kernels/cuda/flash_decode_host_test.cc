@@ -318,6 +318,8 @@ TEST(DecodeVariantsTest, TableIsConsistent) {
     EXPECT_FALSE(kDecodeVariants[v].page_cache && (heads > 1 || kDecodeVariants[v].pages_ahead))
         << kDecodeVariants[v].name;
     EXPECT_FALSE(kDecodeVariants[v].fused_combine && heads > 1) << kDecodeVariants[v].name;
+    EXPECT_TRUE(kDecodeVariants[v].copy_unroll >= 0 && kDecodeVariants[v].copy_unroll <= 8)
+        << kDecodeVariants[v].name;
     const int entries = kDecodeVariants[v].page_cache ? kDecodePageCacheEntries : 0;
     const DecodeSmem s = DecodeSmem16(128, DecodeRows::kRows16, stages, heads, entries);
     EXPECT_LE(s.total, 227 * 1024) << kDecodeVariants[v].name;
