@@ -849,10 +849,10 @@ INSTANTIATE_TEST_SUITE_P(Variants, FlashDecodeVariantTest, ::testing::Range(1, k
 // The page cache, the fused combine, the split count's paged rule and how far the loops unroll
 // (compact) change where page entries are read, which kernel merges the splits, how many splits
 // there are and the code's size, not the arithmetic: a variant that differs from the production
-// kernel (kDecodeVariants[0]) in those flags only gives its o and lse bit for bit (pages of 64, 32 and 16, dense, sinks, a key range, empty and short
-// contexts next to long ones, 4 query rows x GQA 4; forced splits, and the heuristic's where both
-// count the same slots). Instantiated with the variants' prefix, so that it runs in their process
-// (run_decode_on_gpu.sh).
+// kernel (kDecodeVariants[0]) in those flags only gives its o and lse bit for bit (pages of 64, 32
+// and 16, dense, sinks, a key range, empty and short contexts next to long ones, 4 query rows x GQA
+// 4; forced splits, and the heuristic's where both count the same slots). Instantiated with the
+// variants' prefix, so that it runs in their process (run_decode_on_gpu.sh).
 class FlashDecodeVariantBitwiseTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(FlashDecodeVariantBitwiseTest, MatchesTheProductionKernel) {
