@@ -94,13 +94,14 @@ __device__ __forceinline__ void LoadTileByPanels(uint32_t smem_tile, const Eleme
   }
 }
 
-// The tile copy of the kernel: LoadTile, or LoadTileByPanels where a row's chunks do not divide
-// the threads.
+// The tile copy of the kernel: LoadTileByPanels for the buckets with a trailing 32-column panel
+// whose rows' chunks do not divide the threads (96, 160, 224), LoadTile for the others (bucket 192,
+// whose 24 chunks do not divide them either, keeps LoadTile's code unchanged).
 template <typename Traits, int kRows, typename Element>
 __device__ __forceinline__ void LoadTileSm90(uint32_t smem_tile, const Element* gmem,
                                              int64_t row_stride, int valid_rows, int valid_chunks,
                                              int tid) {
-  if constexpr (Traits::kNThreads % Traits::kChunks != 0) {
+  if constexpr (Traits::kHasHalfPanel && Traits::kNThreads % Traits::kChunks != 0) {
     LoadTileByPanels<Traits, kRows>(smem_tile, gmem, row_stride, valid_rows, valid_chunks, tid);
   } else {
     LoadTile<Traits, kRows>(smem_tile, gmem, row_stride, valid_rows, valid_chunks, tid);
@@ -159,13 +160,13 @@ __device__ __forceinline__ void LoadPagedTilesByPanels(const PagedPool<Element> 
 }
 
 // The paged copies of the kernel: LoadPagedTilesDirect / FromSlot (flash_fwd_common.cuh), or by
-// panels where a row's chunks do not divide the threads (whose tiles never take the
-// page-grouped copy: kHasPageGroupedCopy needs kNThreads % kChunks == 0).
+// panels for the same buckets as LoadTileSm90 (whose tiles never take the page-grouped copy:
+// kHasPageGroupedCopy needs kNThreads % kChunks == 0).
 template <typename Traits, typename Element, int kPools>
 __device__ __forceinline__ void LoadPagedTilesDirectSm90(const PagedPool<Element> (&pools)[kPools],
                                                          const BlockCoords<Element>& c, int n,
                                                          int valid_chunks, int tid) {
-  if constexpr (Traits::kNThreads % Traits::kChunks != 0) {
+  if constexpr (Traits::kHasHalfPanel && Traits::kNThreads % Traits::kChunks != 0) {
     LoadPagedTilesByPanels<Traits>(
         pools, c, n, valid_chunks,
         [&](int e) { return c.pages[TilePage(n, Traits::kBlockN, e, c.page_shift)]; }, tid);
@@ -177,7 +178,7 @@ template <typename Traits, typename Element, int kPools>
 __device__ __forceinline__ void LoadPagedTilesFromSlotSm90(
     const PagedPool<Element> (&pools)[kPools], const BlockCoords<Element>& c, int n,
     int valid_chunks, const int32_t* slots, int tid) {
-  if constexpr (Traits::kNThreads % Traits::kChunks != 0) {
+  if constexpr (Traits::kHasHalfPanel && Traits::kNThreads % Traits::kChunks != 0) {
     const int32_t* slot = slots + PageSlotIndex<Traits>(n, 0);
     LoadPagedTilesByPanels<Traits>(
         pools, c, n, valid_chunks, [&](int e) { return slot[e]; }, tid);
