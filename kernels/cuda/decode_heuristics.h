@@ -113,7 +113,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), 22 kernels in
+// only (the decode grid's configuration; generate_decode_instantiations.py), 26 kernels in
 // one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
@@ -173,49 +173,59 @@ struct DecodeVariant {
   // KB of pcache +10.8 us at 1 x 8k, +86 KB of fused +20 us, +13 KB of stages4 +3.5 us; rotate's +1
   // KB nothing), so the base kernel's 70 KB may be most of its 29 us there.
   int copy_unroll;
+  // Two kernels, one without the softcap / ALiBi logit code (5 KB of SASS inside the loop at
+  // d = 128), taken by launches that have neither; the other as the production kernel.
+  bool specialize_logits;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
     // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate,
-    // copy_unroll
-    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
-    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0},
-    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false, 0},
-    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false, 0},
+    // copy_unroll, specialize_logits
+    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0, false},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false, 0, false},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false, 0, false},
     // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
     // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
-    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false, 0},
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false, 0, false},
     // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
     // counts one slot per SM already; pages then count one too).
-    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
-    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
-    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false,
-     0},
+    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
+    {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false, 0,
+     false},
     {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1, false, false,
-     false, 0},
-    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false, 0},
-    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false, 0},
+     false, 0, false},
+    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false, 0, false},
+    {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false, 0,
+     false},
     // Issue 21's remaining rows (H100, 2026-12-06c call 4: dense 0.98-1.02x cuDNN, pages of 64
     // 0.94-1.00x, weakest at batch 1): the paged prologue and lookups, the combine launch, and
     // where the blocks of a wave read.
-    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0},
-    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0},
-    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false, 0},
-    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false, 0},
-    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false, 0},
-    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true, 0},
-    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true, 0},
+    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false},
+    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false},
+    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false, 0, false},
+    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false, 0, false},
+    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false, 0, false},
+    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true, 0, false},
+    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true, 0, false},
     // The production kernel as device call 4 measured it (every flag off): the same kernel as
     // "base" until base's flags change, so that until then the pair shows the run's noise, and
     // after it the old default stays measurable.
-    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0},
+    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
     // Device call 1 of the fourth session (bench/results/gpu_2026-12-06d.md): every variant above
     // lost by its code size at batch 1 (copy_unroll's comment). The same kernels with rolled copy
     // loops.
-    {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1},
-    {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2},
-    {"compact_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 1},
-    {"compact_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1},
+    {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, false},
+    {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2, false},
+    {"compact_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 1, false},
+    {"compact_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1,
+     false},
+    // compact without the softcap / ALiBi code where a launch has neither: 28.7 KB (with the page
+    // cache 41.5 KB).
+    {"compact_fast", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, true},
+    {"compact_fast_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1,
+     true},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

@@ -481,12 +481,13 @@ struct LogitTransform {
 
   // The base-2 logit of score `s` of key `key` for a row at position `pos` with ALiBi slope
   // `slope` and allowed keys [lo, hi); -inf outside. kAccurate: tanhf (float32 kernel) instead of
-  // the exp2-based fast tanh (~1e-7 absolute error).
-  template <bool kAccurate>
+  // the exp2-based fast tanh (~1e-7 absolute error). kMayBeGeneral false: the caller knows there is
+  // neither softcap nor ALiBi (the softcap / ALiBi code is left out).
+  template <bool kAccurate, bool kMayBeGeneral = true>
   __device__ __forceinline__ float Apply(float s, int key, int pos, float slope, int lo,
                                          int hi) const {
     float x;
-    if (general) {
+    if (kMayBeGeneral && general) {
       if (softcap > 0.f) {
         x = softcap * (kAccurate ? tanhf(s * cap_scale) : fwd::Tanh(s * cap_scale));
       } else {
@@ -707,7 +708,9 @@ struct Decode16Traits {
 };
 
 // kVariant: an entry of kDecodeVariants (0 = the production kernel); Traits carries its stages.
-template <typename Traits, typename Element, int kVariant = 0>
+// kGeneralLogits false (kDecodeVariants' specialize_logits, for launches without softcap and
+// ALiBi): the logits' softcap / ALiBi code is left out.
+template <typename Traits, typename Element, int kVariant = 0, bool kGeneralLogits = true>
 __global__ void __launch_bounds__(kDecodeThreads, 2)
     FlashDecodeKernel16(const __grid_constant__ AttentionParams p,
                         const __grid_constant__ DecodeLaunch l) {
@@ -982,8 +985,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int key = key0 + 8 * nt + 2 * quad_col + e;
-          const float x = logit.Apply<false>(acc_s[nt][2 * hf + e], key, row_pos[hf], row_slope[hf],
-                                             row_lo[hf], row_hi[hf]);
+          const float x = logit.Apply<false, kGeneralLogits>(
+              acc_s[nt][2 * hf + e], key, row_pos[hf], row_slope[hf], row_lo[hf], row_hi[hf]);
           acc_s[nt][2 * hf + e] = x;
           mx = fmaxf(mx, x);
         }

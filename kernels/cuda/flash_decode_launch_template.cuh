@@ -100,6 +100,11 @@ cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cuda
   using Traits = decode::Decode16Traits<kHeadDim, kRows, kV.stages, kV.heads,
                                         DecodePageCacheEntries(kV, kHeadDim, kRows)>;
   auto* kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>;
+  if constexpr (kV.specialize_logits) {
+    if (p.softcap == 0.f && p.alibi_slopes == nullptr) {
+      kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant, false>;
+    }
+  }
   if (kV.fused_combine && l.counters != nullptr) {
     return LaunchDecodeFused(kernel, Traits::kSmem.total, p, l, stream);
   }
