@@ -148,7 +148,7 @@ BwdKernelFamily SelectBackwardKernelFamily(const AttentionParams& p, BwdKernelFa
       requested == BwdKernelFamily::kSm90 || (requested == BwdKernelFamily::kAuto && routed);
   const bool covered = bucket != 0 && HasSm90BwdKernel(bucket) && !p.deterministic &&
                        (p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16) &&
-                       DTypeCompiled(p.dtype) && SelectKernelFamily(p) == KernelFamily::kSm90;
+                       DTypeCompiled(p.dtype) && SelectKernelFamily(p) != KernelFamily::kSm80;
   return wanted && covered ? BwdKernelFamily::kSm90 : BwdKernelFamily::kSm80;
 }
 

@@ -14,6 +14,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_fwd_launch.h"
+#include "kernels/cuda/flash_fwd_sm90ws.h"
 #include "kernels/cuda/kernel_traits.h"
 
 // The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated, read through
@@ -168,6 +169,7 @@ bool DTypeCompiled(DType dtype) {
 }
 
 KernelFamily SelectKernelFamily(const AttentionParams& p) {
+  if (RoutesToFlashFwdSm90Ws(p)) return KernelFamily::kSm90Ws;
 #ifdef ATTN_KERNEL_SM90
   const int bucket = CompiledHeadDimBucket(p.head_dim);
   if (bucket != 0 && Sm90KernelUsable(bucket)) {
@@ -180,7 +182,15 @@ KernelFamily SelectKernelFamily(const AttentionParams& p) {
 }
 
 const char* KernelFamilyName(KernelFamily family) {
-  return family == KernelFamily::kSm90 ? "sm90 (wgmma)" : "sm80 (mma.sync)";
+  switch (family) {
+    case KernelFamily::kSm90Ws:
+      return "sm90ws (warp-specialized TMA)";
+    case KernelFamily::kSm90:
+      return "sm90 (wgmma)";
+    case KernelFamily::kSm80:
+      break;
+  }
+  return "sm80 (mma.sync)";
 }
 
 FwdVariant SelectVariant(const AttentionParams& p) {
@@ -251,6 +261,7 @@ absl::Status CheckPagedForward(const AttentionParams& p) {
 }
 
 absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
+  if (RoutesToFlashFwdSm90Ws(p)) return RunFlashFwdSm90Ws(p, stream);
   switch (p.dtype) {
 #ifdef ATTN_KERNEL_DTYPE_BF16
     case DType::kBFloat16:

@@ -47,8 +47,10 @@ absl::Status CheckPagedForward(const AttentionParams& p);
 // that include sm_90a). Setting the environment variable ATTN_CUDA_KERNELS=sm80 before the first
 // launch keeps every launch on the mma.sync kernel (tests and benchmarks compare the two);
 // ATTN_CUDA_KERNELS=sm90 also runs the wgmma kernel of buckets 32 / 96 / 160 / 224, which are not
-// routed to it by default yet (kernel_traits.h, Sm90KernelRoutedByDefault).
-enum class KernelFamily : uint8_t { kSm80, kSm90 };
+// routed to it by default yet (kernel_traits.h, Sm90KernelRoutedByDefault). kSm90Ws is the
+// warp-specialized Hopper kernel (flash_fwd_sm90ws.h), taken for what it covers when
+// RoutesToFlashFwdSm90Ws says so (its switch, or ATTN_CUDA_KERNELS=sm90ws).
+enum class KernelFamily : uint8_t { kSm80, kSm90, kSm90Ws };
 KernelFamily SelectKernelFamily(const AttentionParams& p);
 const char* KernelFamilyName(KernelFamily family);
 

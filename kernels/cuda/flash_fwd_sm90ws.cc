@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -186,10 +188,27 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
         "head_dim ", p.head_dim, ": bucket ", bucket,
         " is not compiled (ATTN_KERNEL_HEAD_DIMS), so neither is the warp-specialized kernel's"));
   }
-  if (p.is_varlen() || p.is_paged() || p.key_range != nullptr || p.seqlens_k != nullptr) {
+  if (p.is_paged() || p.key_range != nullptr || p.seqlens_k != nullptr) {
     return absl::UnimplementedError(
-        "the warp-specialized Hopper kernel takes dense batches only (no cu_seqlens, page_table, "
+        "the warp-specialized Hopper kernel takes dense and packed batches only (no page_table, "
         "seqlens_k or key_range)");
+  }
+  if (p.is_varlen()) {
+    if (p.cu_seqlens_k == nullptr) {
+      return absl::InvalidArgumentError(
+          "AttentionParams.cu_seqlens_k must be set with cu_seqlens_q (a packed batch packs q, k "
+          "and v)");
+    }
+    // The bulk copies' row coordinates are int32: a sequence's first row plus a tile's.
+    constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1 - 256;
+    if (p.total_q < 0 || p.total_q > kMaxRows || p.total_k < 0 || p.total_k > kMaxRows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AttentionParams.total_q ", p.total_q, " and total_k ", p.total_k,
+          " must lie in [0, 2^31 - 257] (int32 row coordinates of the bulk tensor copies)"));
+    }
+  } else if (p.cu_seqlens_k != nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.cu_seqlens_k must be null without cu_seqlens_q");
   }
   if (p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f)) {
     return absl::UnimplementedError(
@@ -234,6 +253,20 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   return absl::OkStatus();
 }
 
+bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
+  // ATTN_CUDA_KERNELS (flash_fwd_dispatch.h): sm90ws routes here before the switch is on; sm80
+  // and sm90 name the other kernels, which tests and benchmarks compare.
+  static const bool routed = [] {
+    const char* env = std::getenv("ATTN_CUDA_KERNELS");
+    if (env == nullptr) return kRouteSm90Ws;
+    const std::string_view value(env);
+    if (value == "sm90ws") return true;
+    if (value == "sm80" || value == "sm90") return false;
+    return kRouteSm90Ws;
+  }();
+  return routed && CheckFlashFwdSm90Ws(p).ok();
+}
+
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
                                         int kv_heads, int head_dim, int block_m, int sms,
                                         int64_t l2_bytes, bool persistent) {
@@ -267,21 +300,26 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
   args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
                                      p.head_dim, block_m, device.sms, device.l2_bytes, persistent);
   const int block_n = config.block_n;
-  // Maps need dimensions >= 1; an empty context (seqlen_k 0) is never copied from.
-  const int rows_k = p.seqlen_k > 0 ? p.seqlen_k : 1;
+  // A packed batch maps its packed rows as one sequence (batch 1, FwdSm90WsArgs). Maps need
+  // dimensions >= 1; an empty context (no key rows) is never copied from.
+  const bool packed = p.is_varlen();
+  const int map_batch = packed ? 1 : p.batch;
+  const int rows_q = packed ? static_cast<int>(p.total_q) : p.seqlen_q;
+  const int rows_k_all = packed ? static_cast<int>(p.total_k) : p.seqlen_k;
+  const int rows_k = rows_k_all > 0 ? rows_k_all : 1;
   if (absl::Status s =
-          EncodeMap("q", p.dtype, p.q, p.head_dim, p.q_heads, p.seqlen_q, p.batch, p.q_head_stride,
+          EncodeMap("q", p.dtype, p.q, p.head_dim, p.q_heads, rows_q, map_batch, p.q_head_stride,
                     p.q_row_stride, p.q_batch_stride, block_m, args.q);
       !s.ok()) {
     return s;
   }
   if (absl::Status s =
-          EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, rows_k, p.batch, p.k_head_stride,
+          EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, rows_k, map_batch, p.k_head_stride,
                     p.k_row_stride, p.k_batch_stride, block_n, args.k);
       !s.ok()) {
     return s;
   }
-  return EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, p.batch, p.v_head_stride,
+  return EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, map_batch, p.v_head_stride,
                    p.v_row_stride, p.v_batch_stride, block_n, args.v);
 }
 
@@ -290,7 +328,9 @@ absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t strea
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (absl::Status s = CheckFlashFwdSm90Ws(p); !s.ok()) return s;
-  if (p.batch == 0 || p.seqlen_q == 0) return absl::OkStatus();
+  if (p.batch == 0 || p.seqlen_q == 0 || (p.is_varlen() && p.total_q == 0)) {
+    return absl::OkStatus();
+  }
   const int bucket = WsBucket(p.head_dim);
   FwdSm90WsArgs args;
   if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket, p.causal),

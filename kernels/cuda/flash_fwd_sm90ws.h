@@ -1,7 +1,8 @@
 // Host API of the warp-specialized Hopper forward kernel (flash_fwd_sm90ws_kernel.cuh: TMA
 // copies, a producer warpgroup and two consumer warpgroups in ping-pong), the first step of
-// issue 23. Not routed yet: RunAttention keeps launching flash_fwd_sm90_kernel.cuh until this
-// kernel has been measured faster on a GPU; its test and the benchmark's --ws mode call it here.
+// issue 23. Routed behind kRouteSm90Ws (off until its varlen tests have passed on a GPU): the
+// forward dispatch (flash_fwd_dispatch.cc) asks RoutesToFlashFwdSm90Ws and launches it through
+// RunFlashFwdSm90Ws; its test and the benchmark's --ws mode call it here directly.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
 #define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
 
@@ -15,12 +16,26 @@ namespace attention::cuda {
 
 // Whether the kernel covers `p` (normalized: Normalize and ClampWindow applied) in this build on
 // the current device: OK, or UNIMPLEMENTED naming what it lacks (a build without sm_90a or
-// without the dtype / head-dim bucket, a device other than compute capability 9.0, packed or
-// paged batches, a window other than causal, ALiBi, masks, a softmax_scale <= 0) or
+// without the dtype / head-dim bucket, a device other than compute capability 9.0, paged
+// batches or key ranges, a window other than causal, ALiBi, masks, a softmax_scale <= 0) or
 // INVALID_ARGUMENT naming the field and the rule the bulk copies need (16-byte aligned q, k, v,
-// o and row / head / batch strides that are multiples of 8 elements, head_dim a multiple of 8).
-// Softcap, attention sinks and the LSE are covered.
+// o and row / head / batch strides that are multiples of 8 elements, head_dim a multiple of 8,
+// packed batches with both cu_seqlens and total_q / total_k below 2^31 - 256). Dense and packed
+// (varlen: per-sequence lengths, Sq != Sk, empty sequences) batches, GQA / MQA, causal
+// (bottom-right), softcap, attention sinks and the LSE are covered. Reads no device memory:
+// cu_seqlens are the caller's to keep consistent with seqlen_q / seqlen_k (the longest sequences)
+// and total_q / total_k.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
+
+// The routing switch: whether the forward dispatch (RunAttention) sends what this kernel covers
+// to it instead of the wgmma / mma.sync kernels. Off until the lead has seen the varlen tests
+// pass on a GPU; ATTN_CUDA_KERNELS=sm90ws routes to it before that (tests and benchmarks).
+inline constexpr bool kRouteSm90Ws = false;
+
+// Whether the forward dispatch runs `p` (normalized, 16-bit dtype) on this kernel: routing is on
+// (kRouteSm90Ws, or ATTN_CUDA_KERNELS=sm90ws read once; ATTN_CUDA_KERNELS=sm80 and sm90, which
+// pick the other kernels, turn it off) and CheckFlashFwdSm90Ws(p) is OK.
+bool RoutesToFlashFwdSm90Ws(const AttentionParams& p);
 
 // The schedule of a launch over `batch` sequences of seqlen_q query rows in tiles of `block_m`,
 // q_heads query heads sharing kv_heads K / V heads of seqlen_k x head_dim 16-bit elements, on a

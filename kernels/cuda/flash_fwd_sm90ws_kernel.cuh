@@ -1,6 +1,6 @@
 // Device code of the warp-specialized Hopper forward kernel (sm_90a): FlashAttention-3's
-// structure written for this project, the dense and causal variants of fixed-length batches
-// (softcap, attention sinks and the LSE included).
+// structure written for this project, the dense and causal variants of fixed-length and packed
+// (varlen, cu_seqlens) batches (softcap, attention sinks and the LSE included).
 //
 // A block of 1 + kConsumers warpgroups works through query tiles of 64 * kConsumers rows of one
 // (sequence, head) each: one tile per block, or, with a persistent grid (one block per SM), the
@@ -119,42 +119,71 @@ struct Sm90WsTraits {
   };
 };
 
-// Where query tile `tile` of the schedule works (TileAt): its BlockCoords (as LocateBlock fills
-// them for a dense batch) and its KV tiles.
+// Where a query tile's bulk copies read: the row coordinate of its first query row in the maps
+// of q (o is addressed through BlockCoords), of its sequence's first key in those of k and v, and
+// the batch coordinate (0 for a packed batch, whose maps hold one sequence of all rows).
+struct WsTileRows {
+  int q_row;
+  int k_row;
+  int batch;
+};
+
+// Where query tile `tile` of the schedule works (TileRankAt, SequenceMBlock): its BlockCoords (as
+// LocateBlock fills them), its copy coordinates and its KV tiles. False when its sequence has no
+// query block of the tile's rank (a packed batch's shorter sequences, an empty one): the tile
+// does nothing, producer and consumers alike.
 template <int kBlockM, int kBlockN, bool kCausal, typename Element>
-__device__ __forceinline__ KvTileRange LocateTile(const AttentionParams& p,
-                                                  const FwdSm90WsSchedule& sched, int tile,
-                                                  BlockCoords<Element>& c) {
-  const ScheduledTile at = TileAt(sched, kCausal, tile);
+__device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm90WsSchedule& sched,
+                                           int tile, BlockCoords<Element>& c, WsTileRows& rows,
+                                           KvTileRange& tiles) {
+  const RankedTile at = TileRankAt(sched, tile);
   c.head = at.pair % p.q_heads;
   c.batch = at.pair / p.q_heads;
   c.left = kCausal ? p.window_left : -1;
   c.right = kCausal ? p.window_right : -1;
+  int q_start = 0;
+  int k_start = 0;
   c.len_q = p.seqlen_q;
   c.len_k = p.seqlen_k;
-  c.row0 = at.m_block * kBlockM;
+  if (p.cu_seqlens_q != nullptr) {
+    q_start = p.cu_seqlens_q[c.batch];
+    c.len_q = p.cu_seqlens_q[c.batch + 1] - q_start;
+    k_start = p.cu_seqlens_k[c.batch];
+    c.len_k = p.cu_seqlens_k[c.batch + 1] - k_start;
+  }
+  const int m_block = SequenceMBlock(at.rank, (c.len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return false;
+  c.row0 = m_block * kBlockM;
   c.rows = min(kBlockM, c.len_q - c.row0);
   c.key_begin = 0;
   c.key_end = c.len_k;
   const int kv_head = c.head / (p.q_heads / p.kv_heads);
-  c.q = static_cast<const Element*>(p.q) + c.batch * p.q_batch_stride + c.row0 * p.q_row_stride +
-        c.head * p.q_head_stride;
-  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride + kv_head * p.k_head_stride;
-  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride + kv_head * p.v_head_stride;
-  c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride + c.row0 * p.o_row_stride +
-        c.head * p.o_head_stride;
-  c.lse = p.lse == nullptr
-              ? nullptr
-              : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride + c.row0;
+  const int64_t q_offset =
+      c.batch * p.q_batch_stride + (int64_t{q_start} + c.row0) * p.q_row_stride;
+  c.q = static_cast<const Element*>(p.q) + q_offset + c.head * p.q_head_stride;
+  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride +
+        int64_t{k_start} * p.k_row_stride + kv_head * p.k_head_stride;
+  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride +
+        int64_t{k_start} * p.v_row_stride + kv_head * p.v_head_stride;
+  c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride +
+        (int64_t{q_start} + c.row0) * p.o_row_stride + c.head * p.o_head_stride;
+  c.lse = p.lse == nullptr ? nullptr
+                           : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride +
+                                 q_start + c.row0;
   c.pages = nullptr;
   c.page_shift = 0;
-  return KvTilesInRange(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right, c.key_begin,
-                        c.key_end);
+  const bool packed = p.cu_seqlens_q != nullptr;
+  rows = {q_start + c.row0, k_start, packed ? 0 : c.batch};
+  // Keys >= len_k of a packed batch's last KV tile belong to the next sequence: key_end = len_k
+  // makes that tile a masked one (TileNeedsMaskInRange), exactly like a dense batch's tail.
+  tiles = KvTilesInRange(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right, c.key_begin,
+                         c.key_end);
+  return true;
 }
 
 // Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
-// memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): dense (no
-// window but causal, no ALiBi or mask, positive scale), not packed, not paged.
+// memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): no window but
+// causal, no ALiBi or mask, positive scale, dense or packed (cu_seqlens), not paged.
 template <typename Traits, typename Element, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashFwdSm90WsKernel(const __grid_constant__ FwdSm90WsArgs args) {
@@ -211,15 +240,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     int round = 0;  // query tiles copied so far
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
       BlockCoords<Element> c;
-      const KvTileRange tiles = LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c);
+      WsTileRows rows;
+      KvTileRange tiles;
+      if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
       if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
       const int kv_head = c.head / (p.q_heads / p.kv_heads);
       MbarrierWait(q_empty, (round & 1) ^ 1);
       MbarrierArriveExpectTx(q_full, QTile::kBytes);
 #pragma unroll
       for (int panel = 0; panel < Traits::kPanels; ++panel) {
-        TmaLoad4d(smem_q + panel * (kBlockM * 128), &args.q, q_full, panel * 64, c.head, c.row0,
-                  c.batch);
+        TmaLoad4d(smem_q + panel * (kBlockM * 128), &args.q, q_full, panel * 64, c.head, rows.q_row,
+                  rows.batch);
       }
       ++round;
       for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
@@ -230,14 +261,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
         for (int panel = 0; panel < Traits::kPanels; ++panel) {
           TmaLoad4d(k_stage(s) + panel * (kBlockN * 128), &args.k, k_full(s), panel * 64, kv_head,
-                    n * kBlockN, c.batch);
+                    rows.k_row + n * kBlockN, rows.batch);
         }
         MbarrierWait(v_empty(s), empty_parity);
         MbarrierArriveExpectTx(v_full(s), KVTile::kBytes);
 #pragma unroll
         for (int panel = 0; panel < Traits::kPanels; ++panel) {
           TmaLoad4d(v_stage(s) + panel * (kBlockN * 128), &args.v, v_full(s), panel * 64, kv_head,
-                    n * kBlockN, c.batch);
+                    rows.k_row + n * kBlockN, rows.batch);
         }
       }
     }
@@ -278,7 +309,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   int round = 0;  // query tiles with keys consumed so far
   for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
     BlockCoords<Element> c;
-    const KvTileRange tiles = LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c);
+    WsTileRows rows;
+    KvTileRange tiles;
+    if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
     if (tiles.end <= tiles.begin) {
       StoreEmptyRows<typename Traits::ConsumerThreads>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c),
                                                        c.rows, valid_chunks, ctid);

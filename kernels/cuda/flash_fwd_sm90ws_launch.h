@@ -19,9 +19,13 @@ namespace attention::cuda {
 // The order in which the blocks take query tiles (m_blocks per (sequence, head) pair, tiles
 // numbered 0 .. num_tiles - 1): pairs in groups of heads_per_group, whose K and V together fit
 // in a share of L2 so that the blocks running at the same time reuse them; inside a group the
-// tiles go query block by query block (the most expensive causal block first), each over the
-// group's pairs. Block b takes tiles b, b + grid, b + 2 grid, ...: grid = num_tiles gives one
-// tile per block, grid = the SM count a persistent grid.
+// tiles go rank by rank, each rank over the group's pairs, rank r being a pair's r-th query block
+// counted from its last one for causal (the most keys first) and from its first otherwise. Block
+// b takes tiles b, b + grid, b + 2 grid, ...: grid = num_tiles gives one tile per block, grid =
+// the SM count a persistent grid. A packed (varlen) batch sizes m_blocks by its longest sequence
+// and counts each sequence's ranks from its own last block (SequenceMBlock): the ranks a shorter
+// sequence lacks are empty tiles that blocks skip, so that every sequence's most expensive causal
+// tile comes in the first rank.
 struct FwdSm90WsSchedule {
   int m_blocks;
   int pairs;  // q_heads * batch; pair = batch * q_heads + head
@@ -30,29 +34,50 @@ struct FwdSm90WsSchedule {
   int grid;
 };
 
-// Query tile `tile` of the schedule: query block m_block of pair `pair`.
-struct ScheduledTile {
-  int m_block;
+// Tile `tile` of the schedule as its pair's rank-th tile (SequenceMBlock gives its query block).
+struct RankedTile {
+  int rank;
   int pair;
 };
 
-ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool causal, int tile) {
+ATTN_HOST_DEVICE inline RankedTile TileRankAt(const FwdSm90WsSchedule& s, int tile) {
   const int group_tiles = s.heads_per_group * s.m_blocks;
   const int group = tile / group_tiles;
   const int in_group = tile - group * group_tiles;
   const int rest = s.pairs - group * s.heads_per_group;
   const int group_pairs = rest < s.heads_per_group ? rest : s.heads_per_group;
   const int rank = in_group / group_pairs;
-  return {causal ? s.m_blocks - 1 - rank : rank,
-          group * s.heads_per_group + (in_group - rank * group_pairs)};
+  return {rank, group * s.heads_per_group + (in_group - rank * group_pairs)};
+}
+
+// The query block of rank `rank` of a sequence of `seq_m_blocks` query blocks: counted from the
+// last block for causal, from the first otherwise; -1 when the sequence has no such rank.
+ATTN_HOST_DEVICE inline int SequenceMBlock(int rank, int seq_m_blocks, bool causal) {
+  if (rank >= seq_m_blocks) return -1;
+  return causal ? seq_m_blocks - 1 - rank : rank;
+}
+
+// Query tile `tile` of a dense batch (every sequence m_blocks query blocks long): query block
+// m_block of pair `pair`.
+struct ScheduledTile {
+  int m_block;
+  int pair;
+};
+
+ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool causal, int tile) {
+  const RankedTile at = TileRankAt(s, tile);
+  return {SequenceMBlock(at.rank, s.m_blocks, causal), at.pair};
 }
 
 // Everything one launch reads: the checked, normalized params, the schedule and the bulk-copy
 // (TMA) maps of q, k and v. Each map describes its tensor as 4-D {head_dim, heads, rows, batch}
 // (innermost first; strides head, row and batch stride), boxes of {64, 1, tile rows, 1}: one
 // 64-column panel of a tile, 128-byte rows in the 128-byte swizzle, which is SmemTile's layout
-// (kernel_traits.h) and what wgmma's descriptors read. Rows past a sequence and columns past
-// head_dim are zero-filled.
+// (kernel_traits.h) and what wgmma's descriptors read. Rows past the tensor and columns past
+// head_dim are zero-filled. A packed batch (cu_seqlens) maps the packed tensors as one sequence
+// {head_dim, heads, total rows, 1}: a tile's box starts at its sequence's first row plus the
+// tile's, and its rows past the sequence's end hold the next sequence's (or zeros past the
+// tensor), which the kernel masks (keys) or does not store (query rows).
 struct FwdSm90WsArgs {
   AttentionParams p;
   FwdSm90WsSchedule sched;

@@ -1,7 +1,8 @@
 // Host-side logic of the warp-specialized Hopper forward kernel (kernels/cuda/flash_fwd_sm90ws.h)
-// on the CPU: the tile schedule (MakeFwdSm90WsSchedule, TileAt) visits every query tile of every
-// (sequence, head) exactly once, keeps each L2 group's pairs together with their K / V within
-// half of L2, and hands out the causal tiles longest first within a group.
+// on the CPU: the tile schedule (MakeFwdSm90WsSchedule, TileAt; TileRankAt and SequenceMBlock for
+// packed batches) visits every query tile of every (sequence, head) exactly once, keeps each L2
+// group's pairs together with their K / V within half of L2, and hands out the causal tiles
+// longest first within a group.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -77,6 +78,62 @@ TEST(FlashFwdSm90WsScheduleTest, VisitsEveryTileOnceInGroups) {
         EXPECT_EQ(static_cast<int>(seen.size()), sched.num_tiles);
       }
     }
+  }
+}
+
+// A packed batch: the schedule is sized by the longest sequence, and rank r of a pair maps to
+// its sequence's own query blocks (SequenceMBlock). Every query block of every sequence is
+// visited exactly once, the ranks a sequence lacks are empty (-1), and for causal each pair's
+// first visited tile is its last query block (the most keys), the rest in descending order.
+TEST(FlashFwdSm90WsScheduleTest, VarlenVisitsEverySequenceTileOnce) {
+  const std::vector<std::vector<int>> batches = {
+      {300, 1, 0, 1000, 129, 77}, {0}, {1}, {128, 128, 256}, {4096, 1, 2, 3, 0, 5000}};
+  constexpr int kHeads = 3;
+  for (const std::vector<int>& lens : batches) {
+    for (const int block_m : {128, 192}) {
+      const int batch = static_cast<int>(lens.size());
+      const int longest = *std::max_element(lens.begin(), lens.end());
+      for (const bool causal : {false, true}) {
+        const FwdSm90WsSchedule sched = MakeFwdSm90WsSchedule(
+            batch, longest, longest, kHeads, kHeads, 128, block_m, kSms, kL2Bytes, true);
+        std::set<std::pair<int, int>> seen;
+        std::vector<int> prev_m(sched.pairs, -1);
+        int64_t expected = 0;
+        for (int len : lens) expected += int64_t{kHeads} * ((len + block_m - 1) / block_m);
+        for (int tile = 0; tile < sched.num_tiles; ++tile) {
+          const RankedTile at = TileRankAt(sched, tile);
+          ASSERT_GE(at.pair, 0);
+          ASSERT_LT(at.pair, sched.pairs);
+          const int seq_m_blocks = (lens[at.pair / kHeads] + block_m - 1) / block_m;
+          const int m_block = SequenceMBlock(at.rank, seq_m_blocks, causal);
+          if (at.rank >= seq_m_blocks) {
+            EXPECT_EQ(m_block, -1);
+            continue;
+          }
+          ASSERT_GE(m_block, 0);
+          ASSERT_LT(m_block, seq_m_blocks);
+          ASSERT_TRUE(seen.insert({m_block, at.pair}).second)
+              << "tile " << tile << " visits a query tile twice";
+          if (prev_m[at.pair] < 0) {
+            EXPECT_EQ(m_block, causal ? seq_m_blocks - 1 : 0) << "pair " << at.pair;
+          } else if (causal) {
+            EXPECT_EQ(m_block, prev_m[at.pair] - 1) << "pair " << at.pair;
+          } else {
+            EXPECT_EQ(m_block, prev_m[at.pair] + 1) << "pair " << at.pair;
+          }
+          prev_m[at.pair] = m_block;
+        }
+        EXPECT_EQ(static_cast<int64_t>(seen.size()), expected);
+      }
+    }
+  }
+  // A dense batch is the special case of equal lengths: TileAt is SequenceMBlock over m_blocks.
+  const FwdSm90WsSchedule dense =
+      MakeFwdSm90WsSchedule(2, 1000, 1000, 4, 4, 64, 128, kSms, kL2Bytes, true);
+  for (int tile = 0; tile < dense.num_tiles; ++tile) {
+    const RankedTile at = TileRankAt(dense, tile);
+    EXPECT_EQ(TileAt(dense, true, tile).m_block, dense.m_blocks - 1 - at.rank);
+    EXPECT_EQ(TileAt(dense, false, tile).m_block, at.rank);
   }
 }
 

@@ -4,7 +4,10 @@
 // their ends, ragged sequence tails (a last query tile and a last KV tile that are partly
 // outside the sequence), causal with seqlen_q above and below seqlen_k (rows without keys), GQA
 // and MQA, head dims below their bucket, attention sinks, softcap, a custom scale, strided
-// (packed-QKV) inputs, and sequences long enough that the K / V stage rings wrap many times.
+// (packed-QKV) inputs, sequences long enough that the K / V stage rings wrap many times, and
+// packed (varlen) batches: ragged lengths, empty sequences (no query rows, or query rows without
+// keys), seqlen_q != seqlen_k per sequence (bottom-right causal), GQA, softcap and sinks, and
+// more query tiles than SMs so that the persistent blocks skip the ranks short sequences lack.
 //
 // Exits 77 (ctest SKIP) without a CUDA device, on a device other than compute capability 9.0
 // and in a build without the kernel, so it never passes vacuously; a case whose dtype or bucket
@@ -14,6 +17,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -83,6 +87,11 @@ struct Case {
   bool sinks = false;
   bool sinks_per_batch = false;
   bool packed_qkv = false;  // q, k, v interleaved in one [B, S, 3, H, d] buffer (seqlen_q == k)
+  // Packed (varlen) batch when not empty: sequence b has lens_q[b] query and lens_k[b] key rows,
+  // q / o [total_q, H, d], k / v [total_k, H_kv, d], lse [H, total_q]; batch, seqlen_q and
+  // seqlen_k become the count and the longest lengths.
+  std::vector<int> lens_q;
+  std::vector<int> lens_k;
 
   explicit Case(std::string n) : name(std::move(n)) {}
   Case& Batch(int b) {
@@ -128,7 +137,25 @@ struct Case {
     packed_qkv = true;
     return *this;
   }
+  Case& Varlen(std::vector<int> q, std::vector<int> k) {
+    lens_q = std::move(q);
+    lens_k = std::move(k);
+    batch = static_cast<int>(lens_q.size());
+    seqlen_q = seqlen_k = 0;
+    for (int len : lens_q) seqlen_q = std::max(seqlen_q, len);
+    for (int len : lens_k) seqlen_k = std::max(seqlen_k, len);
+    return *this;
+  }
+  bool varlen() const { return !lens_q.empty(); }
 };
+
+// Forty sequences of 0 .. 299 rows (lengths i * 37 mod 300: an empty one first), the same for q
+// and k: more query tiles than an H100 has SMs once heads are counted.
+std::vector<int> ManyLengths() {
+  std::vector<int> lens;
+  for (int i = 0; i < 40; ++i) lens.push_back(i * 37 % 300);
+  return lens;
+}
 
 std::vector<Case> Cases() {
   std::vector<Case> c;
@@ -192,6 +219,47 @@ std::vector<Case> Cases() {
   // Long sequences: the stage rings wrap many times, the causal tile order runs long.
   c.push_back(Case("d128_s4096_causal").Seq(4096, 4096).Heads(1, 1).Causal());
   c.push_back(Case("d64_s3000").Seq(3000, 3000).Heads(1, 1).Dim(64));
+  // Packed (varlen) batches. A sequence's last query tile and last KV tile reach into the next
+  // sequence's rows (masked keys, unstored query rows); empty sequences; Sq != Sk per sequence.
+  c.push_back(Case("varlen_d128_ragged")
+                  .Varlen({300, 1, 0, 1000, 129, 77}, {300, 1, 0, 1000, 129, 77})
+                  .Heads(4, 4));
+  c.push_back(Case("varlen_d128_ragged_causal")
+                  .Varlen({300, 1, 0, 1000, 129, 77}, {300, 1, 0, 1000, 129, 77})
+                  .Heads(4, 4)
+                  .Causal());
+  // Sq > Sk (causal rows without keys), Sq < Sk, query rows against an empty context (o = 0,
+  // lse = -inf), keys without query rows.
+  c.push_back(Case("varlen_d64_q_ne_k_causal")
+                  .Varlen({100, 0, 513, 7, 256, 40}, {300, 50, 129, 0, 256, 1000})
+                  .Heads(2, 2)
+                  .Dim(64)
+                  .Causal());
+  c.push_back(Case("varlen_d64_q_ne_k")
+                  .Varlen({100, 0, 513, 7, 256, 40}, {300, 50, 129, 0, 256, 1000})
+                  .Heads(2, 2)
+                  .Dim(64));
+  c.push_back(Case("varlen_d128_gqa_causal_softcap_sinks")
+                  .Varlen({700, 333, 1024}, {700, 333, 1024})
+                  .Heads(8, 2)
+                  .Causal()
+                  .Softcap(2.f)
+                  .Sinks(true));
+  c.push_back(Case("varlen_d64_mqa_sinks")
+                  .Varlen({1, 2000, 17}, {3000, 2000, 17})
+                  .Heads(4, 1)
+                  .Dim(64)
+                  .Sinks(false));
+  c.push_back(
+      Case("varlen_d128_many_causal").Varlen(ManyLengths(), ManyLengths()).Heads(4, 2).Causal());
+  c.push_back(Case("varlen_d40_many").Varlen(ManyLengths(), ManyLengths()).Heads(4, 4).Dim(40));
+  c.push_back(Case("varlen_d256_causal_sinks")
+                  .Varlen({257, 64, 0, 500}, {513, 64, 10, 500})
+                  .Heads(2, 2)
+                  .Dim(256)
+                  .Causal()
+                  .Sinks(true));
+  c.push_back(Case("varlen_d128_one_sequence_causal").Varlen({1000}, {1000}).Heads(2, 2).Causal());
   return c;
 }
 
@@ -223,11 +291,29 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
   p.softmax_scale = c.scale > 0.f ? c.scale : 1.f / std::sqrt(static_cast<float>(d));
   p.softcap = c.softcap;
   p.sinks = c.sinks;
+  // Packed batch: cu_seqlens on the host here (the reference reads them), on the device below.
+  std::vector<int32_t> h_cu_q, h_cu_k;
+  if (c.varlen()) {
+    ASSERT_FALSE(c.packed_qkv) << "a case is packed QKV or varlen, not both";
+    ASSERT_EQ(c.lens_q.size(), c.lens_k.size());
+    h_cu_q = {0};
+    h_cu_k = {0};
+    for (size_t b = 0; b < c.lens_q.size(); ++b) {
+      h_cu_q.push_back(h_cu_q.back() + c.lens_q[b]);
+      h_cu_k.push_back(h_cu_k.back() + c.lens_k[b]);
+    }
+    p.cu_seqlens_q = h_cu_q.data();
+    p.cu_seqlens_k = h_cu_k.data();
+    p.total_q = h_cu_q.back();
+    p.total_k = h_cu_k.back();
+  }
   SetContiguousStrides(p);
 
   // Inputs on the host, 16-bit. Packed QKV: one [B, S, 3, H, d] buffer, q at head slot 0.
-  const int64_t q_count = int64_t{c.batch} * c.seqlen_q * c.q_heads * d;
-  const int64_t kv_count = int64_t{c.batch} * c.seqlen_k * c.kv_heads * d;
+  const int64_t q_rows = c.varlen() ? p.total_q : int64_t{c.batch} * c.seqlen_q;
+  const int64_t k_rows = c.varlen() ? p.total_k : int64_t{c.batch} * c.seqlen_k;
+  const int64_t q_count = q_rows * c.q_heads * d;
+  const int64_t kv_count = k_rows * c.kv_heads * d;
   std::vector<uint16_t> h_q, h_k, h_v, h_qkv;
   if (c.packed_qkv) {
     h_qkv.resize(int64_t{c.batch} * c.seqlen_q * 3 * c.q_heads * d);
@@ -262,7 +348,7 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     hp.v = h_v.data();
   }
   hp.sink_logits = c.sinks ? h_sinks.data() : nullptr;
-  const int64_t lse_count = int64_t{c.batch} * c.q_heads * c.seqlen_q;
+  const int64_t lse_count = q_rows * c.q_heads;
   std::vector<double> ref_o(q_count), ref_lse(lse_count);
   testing::ReferenceAttention(hp, ref_o.data(), ref_lse.data());
 
@@ -302,6 +388,13 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     dp.lse = static_cast<float*>(alloc((lse_count + 4) * sizeof(float)));
     ASSERT_NE(dp.lse, nullptr);
     CUDA_OK(cudaMemset(dp.lse, 0xff, (lse_count + 4) * sizeof(float)));
+  }
+  if (c.varlen()) {
+    dp.cu_seqlens_q =
+        static_cast<const int32_t*>(upload(h_cu_q.data(), h_cu_q.size() * sizeof(int32_t)));
+    dp.cu_seqlens_k =
+        static_cast<const int32_t*>(upload(h_cu_k.data(), h_cu_k.size() * sizeof(int32_t)));
+    ASSERT_TRUE(dp.cu_seqlens_q != nullptr && dp.cu_seqlens_k != nullptr);
   }
   dp.sink_logits = nullptr;
   if (c.sinks) {
@@ -426,9 +519,27 @@ TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
   m.mask_kind = MaskKind::kBool;
   m.mask = buffer;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(m)));
+  // Packed batches are covered exactly when the same dense batch is, given both cu_seqlens;
+  // paged ones are not.
+  const absl::Status dense = CheckFlashFwdSm90Ws(p);
   AttentionParams v = p;
   v.cu_seqlens_q = v.cu_seqlens_k = reinterpret_cast<const int32_t*>(buffer);
-  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(v)));
+  v.total_q = v.total_k = 128;
+  SetContiguousStrides(v);
+  EXPECT_EQ(CheckFlashFwdSm90Ws(v).code(), dense.code()) << CheckFlashFwdSm90Ws(v);
+  if (dense.ok()) {
+    AttentionParams half = v;
+    half.cu_seqlens_k = nullptr;
+    EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(half))) << CheckFlashFwdSm90Ws(half);
+    AttentionParams huge = v;
+    huge.total_q = int64_t{1} << 31;
+    EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(huge))) << CheckFlashFwdSm90Ws(huge);
+  }
+  AttentionParams pg = p;
+  pg.page_table = reinterpret_cast<const int32_t*>(buffer);
+  pg.seqlens_k = reinterpret_cast<const int32_t*>(buffer);
+  pg.page_size = 64;
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(pg)));
   AttentionParams d = p;
   d.head_dim = 264;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(d)));
