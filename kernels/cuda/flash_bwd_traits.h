@@ -314,10 +314,11 @@ struct BwdSm90KernelTraits {
 // head_dim (as dV^T = dO^T P), with 64 x 80 tiles and one Q / dO stage; each of its warpgroups
 // computes S and dP for half of the keys, and dQ goes through shared memory (TMA reduce-add).
 // kDqOverlap: dQ's two passes in two accumulators, the first pass's atomics while the second
-// is on the tensor cores (else one accumulator, the passes one after the other). kDqVec4: dQ
+// is on the tensor cores; off (the default: 1.00-1.03x the overlap in every cell on the H100,
+// backward_sm90_notes.md), one accumulator, the passes one after the other. kDqVec4: dQ
 // added with four-float reductions (red.global.add.v4.f32, a lane-pair shuffle first) instead
 // of two-float ones.
-template <int kHeadDim_, bool kDqOverlap_ = true, bool kDqVec4_ = false>
+template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
