@@ -9,7 +9,7 @@
 //   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
 //                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE] [--ws]
-//                          [--ws-variants]
+//                          [--ws-variants] [--varlen]
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -21,6 +21,9 @@
 //             same inputs, with the largest difference between their outputs (kind "ws")
 //   --ws-variants  --ws, and every configuration of bench/cuda/ws_variants.cu (bf16; configure
 //             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs
+//   --varlen  every cell launched as a packed batch (cu_seqlens_q / k of its batch sequences of
+//             seqlen rows, batch strides 0), as the server launches every batch; with --ws both
+//             kernels take the packed batch ("varlen": true in the JSON)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -94,6 +97,7 @@ struct Options {
   int page_size = 0;  // --paged
   bool ws = false;
   bool ws_variants = false;  // --ws-variants (implies --ws)
+  bool varlen = false;       // --varlen
 };
 
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
@@ -210,6 +214,21 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
 bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
             bool variants, FILE* json);
 
+// --varlen: `p` as a packed batch of its batch sequences of seqlen rows, cu_seqlens (both) in
+// device memory at `cu` (room for batch + 1 offsets).
+bool MakePacked(AttentionParams& p, int32_t* cu) {
+  std::vector<int32_t> offsets(p.batch + 1);
+  for (int b = 0; b <= p.batch; ++b) offsets[b] = b * p.seqlen_q;
+  if (!Check(cudaMemcpy(cu, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice),
+             "cu_seqlens")) {
+    return false;
+  }
+  p.cu_seqlens_q = p.cu_seqlens_k = cu;
+  p.total_q = p.total_k = int64_t{p.batch} * p.seqlen_q;
+  SetContiguousStrides(p);
+  return true;
+}
+
 double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
   const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
   return flops / (ms * 1e-3) / 1e12;
@@ -232,6 +251,11 @@ int RunGrid(const Options& opt, FILE* json) {
       (!Check(cudaMalloc(reinterpret_cast<void**>(&table), opt.tokens / opt.page_size * 4 + 16),
               "cudaMalloc") ||
        !Check(cudaMalloc(reinterpret_cast<void**>(&seqlens), opt.tokens * 4), "cudaMalloc"))) {
+    return 1;
+  }
+  int32_t* cu_seqlens = nullptr;
+  if (opt.varlen && !Check(cudaMalloc(reinterpret_cast<void**>(&cu_seqlens), (opt.tokens + 2) * 4),
+                           "cudaMalloc")) {
     return 1;
   }
   cudaDeviceProp prop;
@@ -279,7 +303,8 @@ int RunGrid(const Options& opt, FILE* json) {
         for (int n : opt.seqlens) {
           const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
           const int heads = opt.model_dim / d;
-          const AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
+          AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
+          if (opt.varlen && !MakePacked(p, cu_seqlens)) return 1;
           absl::Status status;
           const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
           if (opt.ws && status.ok()) {
@@ -385,6 +410,7 @@ int RunGrid(const Options& opt, FILE* json) {
   cudaFree(buf.lse);
   cudaFree(table);
   cudaFree(seqlens);
+  cudaFree(cu_seqlens);
   return failures == 0 ? 0 : 1;
 }
 
@@ -426,9 +452,10 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
                        "{\"kind\": \"ws\", \"config\": \"%s\", \"dtype\": \"%s\", \"d\": %d, "
                        "\"causal\": %s, \"seqlen\": %d, \"batch\": %d, \"heads\": %d, "
                        "\"ms_routed\": %.4f, \"ms_ws\": %.4f, \"ws_over_routed\": %.4f, "
-                       "\"max_abs_diff\": %.3e}\n",
+                       "\"max_abs_diff\": %.3e, \"varlen\": %s}\n",
                        label.c_str(), dt.c_str(), p.head_dim, p.causal ? "true" : "false",
-                       p.seqlen_q, p.batch, p.q_heads, ms, ms_ws, ms / ms_ws, max_diff);
+                       p.seqlen_q, p.batch, p.q_heads, ms, ms_ws, ms / ms_ws, max_diff,
+                       p.is_varlen() ? "true" : "false");
         }
         std::fflush(stdout);
         return true;
@@ -559,6 +586,8 @@ int Main(int argc, char** argv) {
       opt.ws = true;
     } else if (arg == "--ws-variants") {
       opt.ws = opt.ws_variants = true;
+    } else if (arg == "--varlen") {
+      opt.varlen = true;
     } else if (arg == "--paged") {
       opt.page_size = std::atoi(value().c_str());
     } else {
@@ -566,6 +595,11 @@ int Main(int argc, char** argv) {
                    arg.c_str());
       return 2;
     }
+  }
+  if (opt.varlen && opt.page_size > 0) {
+    std::fprintf(stderr,
+                 "--varlen and --paged exclude each other (paged K/V has no cu_seqlens_k)\n");
+    return 2;
   }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
