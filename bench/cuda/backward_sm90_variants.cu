@@ -1,10 +1,12 @@
 // The Hopper dK / dV kernel's alternative configurations timed by backward_bench --sm90-variants
 // (backward_sm90_variants.h). Bucket 256's split kernel (BwdSm90SplitKernelTraits): dQ's two
-// passes overlapped with the atomics or one after the other, two- or four-float reductions.
-#include "bench/cuda/backward_sm90_variants.h"
-
+// passes one after the other ("serial") or the first pass's atomics during the second
+// ("overlap"); the next tile's product A issued before the last pass's atomics ("prefetch");
+// the query tiles walked from the key tile's index ("stagger"). Two-float reductions: the
+// four-float ones lost in every cell of device call 2 (backward_sm90_notes.md).
 #include <type_traits>
 
+#include "bench/cuda/backward_sm90_variants.h"
 #include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_sm90_launch_template.cuh"
@@ -28,9 +30,9 @@ cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
   return RunBwdPostprocess(p, stream);
 }
 
-template <bool kDqOverlap, bool kDqVec4>
+template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ>
 BwdSm90Variant SplitVariant(const char* name) {
-  using Traits = BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4>;
+  using Traits = BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ>;
   return {name, 256, std::is_same_v<Traits, DefaultBwdSm90KernelTraits<256>::type>,
           &RunVariant<Traits>};
 }
@@ -39,10 +41,13 @@ BwdSm90Variant SplitVariant(const char* name) {
 
 const std::vector<BwdSm90Variant>& BwdSm90Variants() {
   static const std::vector<BwdSm90Variant> variants = {
-      SplitVariant<true, false>("split dq overlap v2"),
-      SplitVariant<true, true>("split dq overlap v4"),
-      SplitVariant<false, false>("split dq serial v2"),
-      SplitVariant<false, true>("split dq serial v4"),
+      SplitVariant<false, false, false, false>("split serial"),
+      SplitVariant<true, false, false, false>("split overlap"),
+      SplitVariant<false, false, false, true>("split serial stagger"),
+      SplitVariant<false, false, true, false>("split serial prefetch"),
+      SplitVariant<true, false, true, false>("split overlap prefetch"),
+      SplitVariant<false, false, true, true>("split serial prefetch stagger"),
+      SplitVariant<true, false, true, true>("split overlap prefetch stagger"),
   };
   return variants;
 }

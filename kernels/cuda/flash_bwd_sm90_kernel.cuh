@@ -540,6 +540,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       KvTiles(key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
   const int n_qtiles = max(qtiles.end - qtiles.begin, 0);
   const int iters = group * n_qtiles;
+  // Iteration it: query head kv_head * group + it / n_qtiles, query tile qtile_of(it). With
+  // Traits::kStaggerQ each block starts its walk over the query tiles at tile blockIdx.x (mod
+  // n_qtiles), so that the blocks running at once (consecutive key tiles of one head) add into
+  // different rows of dq_accum and read different Q / dO tiles instead of the same ones.
+  const int q_rotation =
+      Traits::kStaggerQ && n_qtiles > 0 ? static_cast<int>(blockIdx.x % n_qtiles) : 0;
+  const auto qtile_of = [&](int it) {
+    const int r = it % n_qtiles + q_rotation;
+    return qtiles.begin + (r >= n_qtiles ? r - n_qtiles : r);
+  };
 
   const Element* k = static_cast<const Element*>(p.k) + b * p.k_batch_stride +
                      (seq.k_start + key0) * p.k_row_stride + kv_head * p.k_head_stride;
@@ -556,7 +566,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // store_row_entry.
   const auto load_query_tile = [&](int it) -> float {
     const int head = kv_head * group + it / n_qtiles;
-    const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
+    const int q0 = qtile_of(it) * kBlockM;
     const int rows = seq.len_q - q0;
     const int64_t q_row = seq.q_start + q0;
     LoadTile<Traits, kBlockM>(smem_q + q_stage_offset(it),
@@ -607,9 +617,54 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint64_t k_desc_b =
       SmemDescriptor(smem_k + (col0 / 64) * (kBlockN * 128), kBlockN * 128, 1024);
 
+  // The barrier before query tile it's products: its copies landed and are visible to the
+  // tensor cores, every reader of the other stage (products C / C' of tile it - 1, in both
+  // warpgroups) is done; then tile it + 1's copies are issued into that stage. Returns tile
+  // it + 1's lse_log2 / D entry for store_row_entry.
+  const auto tile_barrier = [&](int it) -> float {
+    CpAsyncWait<0>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    float next_row_entry = 0.f;
+    if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
+    CpAsyncCommit();
+    return next_row_entry;
+  };
+  // A. S^T (warpgroup 0) or dP^T (warpgroup 1) of tile it, [64 keys, 64 queries], into acc:
+  // issued as one commit group, not waited for.
+  float acc[kNTilesS][4];
+  const auto issue_a = [&](int it) {
+    // k16 step ks: 32 bytes further within a 64-column panel, the next panel's start after
+    // every fourth (kRows * 128 bytes per panel).
+    uint64_t a_step = OpaqueDescriptor(a_desc);
+    uint64_t b_step = OpaqueDescriptor(SmemDescriptor(smem_b + q_stage_offset(it), 16, 1024));
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      MmaS::SS(acc, a_step, b_step, ks > 0);
+      if (ks + 1 < kHeadDim / 16) {
+        const bool next_panel = (ks + 1) % 4 == 0;
+        a_step =
+            OpaqueDescriptor(AdvanceDescriptor(a_step, next_panel ? kBlockN * 128 - 3 * 32 : 32));
+        b_step =
+            OpaqueDescriptor(AdvanceDescriptor(b_step, next_panel ? kBlockM * 128 - 3 * 32 : 32));
+      }
+    }
+    WgmmaCommit();
+  };
+  // Traits::kPrefetchA: tile it + 1's barrier and product A come at the end of tile it, before
+  // the atomics of its last dQ pass (which then run while A is on the tensor cores).
+  float next_row_entry = 0.f;
+  if constexpr (Traits::kPrefetchA) {
+    if (iters > 0) {
+      next_row_entry = tile_barrier(0);
+      issue_a(0);
+    }
+  }
+
   for (int it = 0; it < iters; ++it) {
     const int head = kv_head * group + it / n_qtiles;
-    const int m = qtiles.begin + it % n_qtiles;
+    const int m = qtile_of(it);
     const int q0 = m * kBlockM;
     ScoreRule<kGeneral> rule;
     rule.Init(p, seq, b, head);
@@ -617,40 +672,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         kGeneral || keys < kBlockN ||
         TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
 
-    CpAsyncWait<0>();
-    FenceProxyAsyncShared();
-    __syncthreads();
-    float next_row_entry = 0.f;
-    if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
-    CpAsyncCommit();
+    if constexpr (!Traits::kPrefetchA) {
+      next_row_entry = tile_barrier(it);
+      issue_a(it);
+    }
     const uint32_t q_off = q_stage_offset(it);
     // lse_log2 and D of the tile's query columns, read two at a time.
     const uint32_t lse_addr = smem_base + Traits::kSmemLseOffset + 4 * row_stage(it) + 8 * t;
     const uint32_t d_addr = smem_base + Traits::kSmemDOffset + 4 * row_stage(it) + 8 * t;
-
-    // A. S^T (warpgroup 0) or dP^T (warpgroup 1), [64 keys, 64 queries].
-    float acc[kNTilesS][4];
-    {
-      // k16 step ks: 32 bytes further within a 64-column panel, the next panel's start after
-      // every fourth (kRows * 128 bytes per panel).
-      uint64_t a_step = OpaqueDescriptor(a_desc);
-      uint64_t b_step = OpaqueDescriptor(SmemDescriptor(smem_b + q_off, 16, 1024));
-      WgmmaFence();
-#pragma unroll
-      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-        MmaS::SS(acc, a_step, b_step, ks > 0);
-        if (ks + 1 < kHeadDim / 16) {
-          const bool next_panel = (ks + 1) % 4 == 0;
-          a_step =
-              OpaqueDescriptor(AdvanceDescriptor(a_step, next_panel ? kBlockN * 128 - 3 * 32 : 32));
-          b_step =
-              OpaqueDescriptor(AdvanceDescriptor(b_step, next_panel ? kBlockM * 128 - 3 * 32 : 32));
-        }
-      }
-      WgmmaCommit();
-      WgmmaWait<0>();
-      FenceAccumulators(acc);
-    }
+    // Product A of this tile (and, with kPrefetchA, the previous tile's last dQ pass) complete.
+    WgmmaWait<0>();
+    FenceAccumulators(acc);
 
     // B. Warpgroup w computes P^T and dS^T of query columns [32 w, 32 w + 32): accumulator tiles
     // nt = 4 w + i (i < 4), the k16 steps 2 w and 2 w + 1 of products C / C'. It has S^T
@@ -840,6 +872,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // (dS^T's fragments free), so that dK, dV and at most 64 more floats are live.
     // kDqOverlap: the two passes in two accumulators, pass 0's atomics while pass 1 is on the
     // tensor cores; otherwise one accumulator, each pass's atomics after it completes.
+    // kPrefetchA: once both warpgroups are past product C' of this tile (the waits above), the
+    // next tile's barrier and product A, its own commit group after the last dQ pass's; wait
+    // for that pass only. Else every product of this tile completes here.
+    const auto finish_last_pass = [&]() {
+      if (it + 1 < iters) {
+        store_row_entry(next_row_entry, it + 1);
+        if constexpr (Traits::kPrefetchA) {
+          next_row_entry = tile_barrier(it + 1);
+          issue_a(it + 1);
+          WgmmaWait<1>();
+          return;
+        }
+      }
+      WgmmaWait<0>();
+    };
     float acc_dq0[8][4];
     WgmmaWait<1>();
     FenceAccumulators(acc_dv);
@@ -854,7 +901,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       WgmmaWait<1>();
       FenceAccumulators(acc_dq0);
       add_dq(acc_dq0, 0);
-      WgmmaWait<0>();
+      finish_last_pass();
       FenceAccumulators(acc_dq1);
       add_dq(acc_dq1, 1);
     } else {
@@ -864,11 +911,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_dq0);
       add_dq(acc_dq0, 0);
       issue_dq(acc_dq0, 1);
-      WgmmaWait<0>();
+      finish_last_pass();
       FenceAccumulators(acc_dq0);
       add_dq(acc_dq0, 1);
     }
-    if (it + 1 < iters) store_row_entry(next_row_entry, it + 1);
   }
 
   // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile (the warp's 16

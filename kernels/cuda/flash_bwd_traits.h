@@ -317,14 +317,21 @@ struct BwdSm90KernelTraits {
 // is on the tensor cores; off (the default: 1.00-1.03x the overlap in every cell on the H100,
 // backward_sm90_notes.md), one accumulator, the passes one after the other. kDqVec4: dQ
 // added with four-float reductions (red.global.add.v4.f32, a lane-pair shuffle first) instead
-// of two-float ones.
-template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false>
+// of two-float ones. kPrefetchA: the next query tile's barrier and product A (S^T / dP^T) are
+// issued at the end of a tile, before the atomics of its last dQ pass, which then run while A
+// is on the tensor cores (else A waits for them, at the top of the next tile). kStaggerQ: each
+// block starts its walk over the query tiles at its key tile's index, so that the blocks
+// running at once add into different rows of dq_accum (else all start at the first tile).
+template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false, bool kPrefetchA_ = false,
+          bool kStaggerQ_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
   static constexpr bool kOverlap = false;
   static constexpr bool kDqOverlap = kDqOverlap_;
   static constexpr bool kDqVec4 = kDqVec4_;
+  static constexpr bool kPrefetchA = kPrefetchA_;
+  static constexpr bool kStaggerQ = kStaggerQ_;
   static constexpr int kBlockM = 64;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarpgroups = 2;

@@ -11,7 +11,10 @@
 // The default dQ mode runs on each dK / dV kernel that covers the case, whatever the server's
 // route: the mma.sync kernel always, the Hopper (wgmma) kernel too on a compute capability 9.0
 // device in a build with sm_90a (head-dim buckets 64, 128 and 256, the last in its head-dim split
-// form; lines tagged "sm90").
+// form; lines tagged "sm90"). In a build with ATTN_BENCH_BWD_SM90_VARIANTS=ON, each of
+// backward_bench --sm90-variants' configurations (bench/cuda/backward_sm90_variants.h) runs too
+// on every case it serves (bfloat16, the dense variant, its bucket; lines tagged with its name),
+// so that no configuration is timed without having matched the float64 gradients.
 //
 // Tolerance, per tensor and stated once: max |got - ref| <= tol x max |ref|, every element
 // finite; float16 2e-3, bfloat16 1.5e-2, the CPU backward's (the kernels round P and dS to the
@@ -37,10 +40,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "bench/cuda/backward_sm90_variants.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_bwd_dispatch.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/dtype.h"
 #include "tests/kernels/cuda/backward_reference.h"
 
@@ -101,22 +106,36 @@ struct Gradients {
 };
 
 // RunAttentionBackward (kAuto: the server's route), or its steps with the dK / dV kernel of
-// `family` (DispatchFlashBwd after the same checks, normalization and window clamp).
+// `family` (DispatchFlashBwd after the same checks, normalization and window clamp), or with
+// those steps, the Hopper kernel configuration `variant` (a bfloat16 dense launch) when given.
 absl::Status LaunchBackward(const AttentionBackwardParams& params, void* workspace,
-                            BwdKernelFamily family) {
-  if (family == BwdKernelFamily::kAuto) return RunAttentionBackward(params, workspace, nullptr);
+                            BwdKernelFamily family, const BwdSm90Variant* variant) {
+  if (family == BwdKernelFamily::kAuto && variant == nullptr) {
+    return RunAttentionBackward(params, workspace, nullptr);
+  }
   if (absl::Status s = CheckBackwardLaunch(params); !s.ok()) return s;
   AttentionBackwardParams p = params;
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (p.batch == 0) return absl::OkStatus();
-  return DispatchFlashBwd(p, workspace, nullptr, family);
+  if (variant == nullptr) return DispatchFlashBwd(p, workspace, nullptr, family);
+  if (p.dtype != DType::kBFloat16 || p.deterministic ||
+      SelectBackwardVariant(p) != BwdVariant::kDense) {
+    return absl::InvalidArgumentError(std::string("variant ") + variant->name +
+                                      ": serves bfloat16 dense launches in the default dQ mode");
+  }
+  if (const cudaError_t err = variant->run(p, workspace, nullptr); err != cudaSuccess) {
+    return absl::InternalError(std::string("variant ") + variant->name + ": " +
+                               cudaGetErrorString(err));
+  }
+  return absl::OkStatus();
 }
 
 // Runs the backward on the device `runs` times (outputs poisoned before each) with the dK / dV
-// kernel of `family`, returning each run's gradients; empty on a launch error (reported).
+// kernel of `family` (or `variant`), returning each run's gradients; empty on a launch error
+// (reported).
 std::vector<Gradients> RunDevice(const Problem& pr, const Reference& ref, bool deterministic,
-                                 BwdKernelFamily family, int runs) {
+                                 BwdKernelFamily family, const BwdSm90Variant* variant, int runs) {
   const Case& c = pr.c;
   DeviceBuffers buf;
   AttentionBackwardParams p;
@@ -182,7 +201,7 @@ std::vector<Gradients> RunDevice(const Problem& pr, const Reference& ref, bool d
     cudaMemcpy(p.dq, poison_q.data(), poison_q.size() * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(p.dk, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(p.dv, poison_k.data(), poison_k.size() * 2, cudaMemcpyHostToDevice);
-    const absl::Status status = LaunchBackward(p, workspace, family);
+    const absl::Status status = LaunchBackward(p, workspace, family, variant);
     EXPECT_TRUE(status.ok()) << status;
     const cudaError_t err = cudaDeviceSynchronize();
     EXPECT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
@@ -288,6 +307,16 @@ std::vector<Case> Cases() {
   // Longer sequences: many query tiles per key tile, many key tiles per query tile.
   cases.push_back(
       Case("long_causal").Seq(700, 700).Heads(2, 1).Causal().Dim(128).DTypes({DType::kBFloat16}));
+  // Bucket 256's split kernel over many query tiles per key tile (its stage, prefetch and
+  // stagger paths), GQA, causal and not.
+  cases.push_back(
+      Case("long_dim256").Seq(520, 600).Heads(4, 2).Dim(256).DTypes({DType::kBFloat16}));
+  cases.push_back(Case("long_causal_dim256")
+                      .Seq(600, 600)
+                      .Heads(2, 1)
+                      .Causal()
+                      .Dim(256)
+                      .DTypes({DType::kBFloat16}));
   return cases;
 }
 
@@ -307,7 +336,8 @@ BwdKernelFamily ChosenFamily(const Case& c, DType dtype, bool deterministic,
   return SelectBackwardKernelFamily(p, family);
 }
 
-bool RunCase(const Case& c, DType dtype, bool deterministic, BwdKernelFamily family) {
+bool RunCase(const Case& c, DType dtype, bool deterministic, BwdKernelFamily family,
+             const BwdSm90Variant* variant = nullptr) {
   KernelConfig config;
   config.kind = WorkKind::kBackward;
   config.dtype = dtype;
@@ -319,16 +349,19 @@ bool RunCase(const Case& c, DType dtype, bool deterministic, BwdKernelFamily fam
   if (supported.code() == absl::StatusCode::kUnimplemented) return false;
   EXPECT_TRUE(supported.ok()) << supported;
   const bool sm90 = ChosenFamily(c, dtype, deterministic, family) == BwdKernelFamily::kSm90;
-  std::printf("  %s %s%s, dK / dV kernel %s\n", c.name.c_str(), DTypeName(dtype),
+  std::printf("  %s %s%s, dK / dV kernel %s%s%s\n", c.name.c_str(), DTypeName(dtype),
               deterministic ? " deterministic" : "",
-              BwdKernelFamilyName(ChosenFamily(c, dtype, deterministic, family)));
+              BwdKernelFamilyName(ChosenFamily(c, dtype, deterministic, family)),
+              variant != nullptr ? ", variant " : "", variant != nullptr ? variant->name : "");
   const Problem pr = MakeProblem(c, dtype, Seed() ^ std::hash<std::string>{}(c.name));
   const Reference ref = ComputeReference(pr);
   const std::vector<Gradients> got =
-      RunDevice(pr, ref, deterministic, family, deterministic ? 2 : 1);
+      RunDevice(pr, ref, deterministic, family, variant, deterministic ? 2 : 1);
   if (got.empty()) return true;
   const std::string tag =
-      std::string(DTypeName(dtype)) + (deterministic ? " det " : " ") + (sm90 ? "sm90 " : "");
+      variant != nullptr
+          ? std::string(DTypeName(dtype)) + " " + variant->name + " "
+          : std::string(DTypeName(dtype)) + (deterministic ? " det " : " ") + (sm90 ? "sm90 " : "");
   ExpectClose(tag + "dq", dtype, got[0].dq, ref.dq);
   ExpectClose(tag + "dk", dtype, got[0].dk, ref.dk);
   ExpectClose(tag + "dv", dtype, got[0].dv, ref.dv);
@@ -373,6 +406,21 @@ TEST_P(BackwardTest, MatchesReference) {
       }
     }
   }
+#ifdef ATTN_BENCH_BWD_SM90_VARIANTS
+  // Each Hopper kernel configuration of backward_sm90_variants.h on the cases it serves: bfloat16,
+  // the dense variant (no softcap, ALiBi or mask, a positive scale), its head-dim bucket, where
+  // the Hopper kernel covers the case.
+  const bool dense =
+      c.alibi == 0 && !(c.softcap > 0.f) && c.mask == MaskKind::kNone && c.scale >= 0.f;
+  const bool bf16 = std::find(c.dtypes.begin(), c.dtypes.end(), DType::kBFloat16) != c.dtypes.end();
+  if (dense && bf16 &&
+      ChosenFamily(c, DType::kBFloat16, false, BwdKernelFamily::kSm90) == BwdKernelFamily::kSm90) {
+    for (const BwdSm90Variant& v : BwdSm90Variants()) {
+      if (v.head_dim != CompiledHeadDimBucket(c.head_dim)) continue;
+      ran += RunCase(c, DType::kBFloat16, false, BwdKernelFamily::kSm90, &v) ? 1 : 0;
+    }
+  }
+#endif
   if (ran == 0) GTEST_SKIP() << "no kernel for this case in this build";
 }
 
