@@ -113,7 +113,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), 26 kernels in
+// only (the decode grid's configuration; generate_decode_instantiations.py), 28 kernels in
 // one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
@@ -176,55 +176,77 @@ struct DecodeVariant {
   // Two kernels, one without the softcap / ALiBi logit code (5 KB of SASS inside the loop at
   // d = 128), taken by launches that have neither; the other as the production kernel.
   bool specialize_logits;
+  // With page_cache: the cached entries are looked up inside the production kernel's one copy
+  // loop (a generic load from the shared cache, or from the table for a split longer than the
+  // cache) instead of a second, cache-only copy loop beside it (pcache's 118 KB of SASS against
+  // 72 KB; device call 1 measured pcache 0.73x even on dense K/V, where it runs the production
+  // kernel's instructions: the size, or the two loops' layout, is the suspect).
+  bool lean_cache;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
     // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate,
-    // copy_unroll, specialize_logits
-    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
-    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0, false},
-    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false, 0, false},
-    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false, 0, false},
+    // copy_unroll, specialize_logits, lean_cache
+    {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
+    {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0, false,
+     false},
+    {"l2_256", 0, DecodeCacheHint::kPrefetch256, false, false, 1, false, false, false, 0, false,
+     false},
+    {"pages_ahead", 0, DecodeCacheHint::kNone, true, false, 1, false, false, false, 0, false,
+     false},
     // Batch 1 with pages: 16 splits instead of 32 at 1 x 8k, as dense (dense measured 1.28 TB/s
     // at 16 splits and 1.18 at 32; pages of 64 ran 1.17 at 32).
-    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false, 0, false},
+    {"pages_ahead_1slot", 0, DecodeCacheHint::kNone, true, true, 1, false, false, false, 0, false,
+     false},
     // 4 and 6 stages of 32 KB at d = 128: 132 / 196 KB, one block per SM (the dense heuristic
     // counts one slot per SM already; pages then count one too).
-    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
-    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
+    {"stages4", 4, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
+    {"stages6", 6, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
     {"pages_ahead_l2_256", 0, DecodeCacheHint::kPrefetch256, true, false, 1, false, false, false, 0,
-     false},
+     false, false},
     {"pages_ahead_stages4_l2_256", 4, DecodeCacheHint::kPrefetch256, true, false, 1, false, false,
-     false, 0, false},
-    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false, 0, false},
+     false, 0, false, false},
+    {"heads2", 3, DecodeCacheHint::kNone, false, false, 2, false, false, false, 0, false, false},
     {"heads2_l2_256", 3, DecodeCacheHint::kPrefetch256, false, false, 2, false, false, false, 0,
-     false},
+     false, false},
     // Issue 21's remaining rows (H100, 2026-12-06c call 4: dense 0.98-1.02x cuDNN, pages of 64
     // 0.94-1.00x, weakest at batch 1): the paged prologue and lookups, the combine launch, and
     // where the blocks of a wave read.
-    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false},
-    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false},
-    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false, 0, false},
-    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false, 0, false},
-    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false, 0, false},
-    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true, 0, false},
-    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true, 0, false},
+    {"pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false, false},
+    {"pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false,
+     false},
+    {"fused", 0, DecodeCacheHint::kNone, false, false, 1, false, true, false, 0, false, false},
+    {"fused_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, true, false, 0, false,
+     false},
+    {"fused_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, true, false, 0, false,
+     false},
+    {"rotate", 0, DecodeCacheHint::kNone, false, false, 1, false, false, true, 0, false, false},
+    {"fused_pcache_rotate", 0, DecodeCacheHint::kNone, false, false, 1, true, true, true, 0, false,
+     false},
     // The production kernel as device call 4 measured it (every flag off): the same kernel as
     // "base" until base's flags change, so that until then the pair shows the run's noise, and
     // after it the old default stays measurable.
-    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false},
+    {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
     // Device call 1 of the fourth session (bench/results/gpu_2026-12-06d.md): every variant above
     // lost by its code size at batch 1 (copy_unroll's comment). The same kernels with rolled copy
     // loops.
-    {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, false},
-    {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2, false},
-    {"compact_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 1, false},
-    {"compact_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1,
+    {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, false, false},
+    {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2, false,
      false},
+    {"compact_pcache", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 1, false,
+     false},
+    {"compact_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1,
+     false, false},
     // compact without the softcap / ALiBi code where a launch has neither: 28.7 KB (with the page
     // cache 41.5 KB).
-    {"compact_fast", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, true},
+    {"compact_fast", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, true,
+     false},
     {"compact_fast_pcache_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 1,
+     true, false},
+    // The page cache in the production kernel's copy loop (device call 3 measured the cache's
+    // idea: compact_pcache_1slot ran pages at 16 splits as fast as the production kernel at 32).
+    {"pcache_lean", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false, true},
+    {"pcache_lean_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false,
      true},
 };
 inline constexpr int kDecodeNumVariants =

@@ -235,15 +235,19 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // kHeads > 1: the block's KV heads g .. g + kHeads - 1, whose rows are neighbours in memory, are
 // copied together (consecutive threads walk one key's kHeads x head_dim contiguous elements), head
 // m's tiles at smem_k / smem_v + m * head_tile_bytes.
-// kUnroll: how far the copy loop is unrolled (kDecodeVariants' compact rolls it: 1).
+// kUnroll: how far the copy loop is unrolled (kDecodeVariants' compact rolls it: 1). kTable (paged
+// K/V, kDecodeVariants' lean_cache): a row's page comes from table[slot - table_first] (shared
+// memory when the block cached its split's entries, else the page table itself) and the page
+// geometry `geo`, in this same loop (no second copy loop).
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
-          int kHeads = 1, int kUnroll = 64, typename OffsetFn>
+          int kHeads = 1, int kUnroll = 64, bool kTable = false, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
                                            int valid_chunks, int tid, OffsetFn offset,
                                            const int32_t* pages = nullptr,
                                            const PageGeometry* geo = nullptr,
-                                           uint32_t head_tile_bytes = 0) {
+                                           uint32_t head_tile_bytes = 0,
+                                           const int32_t* table = nullptr, int table_first = 0) {
   constexpr int kElems = 16 / kElemBytes;
   constexpr int kRowChunks = kChunks * kHeads;
   constexpr int kTotal = kBlockN * kRowChunks;
@@ -278,7 +282,15 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
       } else {
         int64_t k_off = 0;
         int64_t v_off = 0;
-        KeyRowOffsets(p, blk, key, k_off, v_off);
+        if (kTable && blk.page_row != nullptr) {
+          const int slot = geo->Slot(key);
+          const int64_t page = table[slot - table_first];
+          const int64_t in_page = key - slot * geo->size;
+          k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
+          v_off = page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head;
+        } else {
+          KeyRowOffsets(p, blk, key, k_off, v_off);
+        }
         const int64_t col = int64_t{chunk} * kElems;
         if constexpr (kHeads > 1) {
           k_off += head * p.k_head_stride;
@@ -741,6 +753,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   // (no tile is copied, the merge emits o = 0 and lse = -inf) instead of a second inlined copy of
   // the output code (4 KB of SASS).
   constexpr bool kEmptyThroughMainPath = kDecodeVariants[kVariant].copy_unroll > 0;
+  // lean_cache: the cache's lookups inside the one copy loop (LoadKvTile's kTable).
+  constexpr bool kLeanCache = kPageCache && kDecodeVariants[kVariant].lean_cache;
   constexpr int kSpecPerThread = (Traits::kPageEntries + kDecodeThreads - 1) / kDecodeThreads;
   static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
   static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead)), "page_cache: one head, own lookups");
@@ -821,6 +835,13 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
     }
   }
   const auto load_tile = [&](int tile, uint32_t base) {
+    if constexpr (kLeanCache) {
+      LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, true>(
+          p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
+          pages_arg, &geo, KVTile::kBytes, cached ? page_cache : blk.page_row,
+          cached ? cache_first : 0);
+      return;
+    }
     if constexpr (kPageCache) {
       if (cached) {
         LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(p, blk, tile, base,

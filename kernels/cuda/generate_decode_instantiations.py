@@ -21,7 +21,7 @@ from head_dim_buckets import head_dim_buckets  # noqa: E402
 
 DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
 # decode_bench's candidate tunings (kDecodeVariants in decode_heuristics.h) are compiled for the
-# decode grid's configuration only: bf16, head-dim bucket 128 (26 more 16-row kernels,
+# decode grid's configuration only: bf16, head-dim bucket 128 (28 more 16-row kernels,
 # ~25 s of nvcc; ATTN_KERNEL_DTYPES / ATTN_KERNEL_HEAD_DIMS prune them with the file).
 VARIANTS_FOR = ("bf16", 128)
 VARIANTS = """\
