@@ -101,9 +101,11 @@ struct Sm90WsTraits {
   static constexpr int kSmemOOffset = kSeparateO ? QTile::kBytes : kSmemQOffset;
   static constexpr int kSmemKOffset = kSeparateO ? 2 * QTile::kBytes : QTile::kBytes;
   static constexpr int kSmemVOffset = kSmemKOffset + kStages * KVTile::kBytes;
-  // mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty (8 bytes each).
+  // mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty, V tail (where a
+  // packed sequence's last V tile lands before its rows past the sequence are zeroed), 8 bytes
+  // each.
   static constexpr int kSmemBarrierOffset = kSmemVOffset + kStages * KVTile::kBytes;
-  static constexpr int kBarriers = 2 + 4 * kStages;
+  static constexpr int kBarriers = 2 + 5 * kStages;
   static constexpr int kSmemBytes = kSmemBarrierOffset + 8 * kBarriers;
   // Launched with 1024 bytes of slack to align the tiles.
   static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
@@ -181,6 +183,45 @@ __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm
   return true;
 }
 
+// Zeroes rows [valid_rows, kRows) of a shared tile of kRows rows in kPanels 64-column panels
+// (SmemTile's layout: a panel's row r is the 128 bytes at r * 128, whatever the swizzle does
+// inside them) with the 32 lanes of one warp: lane l stores 16-byte chunk l % 8 of every fourth
+// row from valid_rows + l / 8, in every panel.
+template <int kRows, int kPanels>
+__device__ __forceinline__ void ZeroTileRows(uint32_t tile, int valid_rows, int lane) {
+  for (uint32_t at = tile + (valid_rows + lane / 8) * 128 + (lane % 8) * 16;
+       at < tile + kRows * 128; at += 4 * 128) {
+#pragma unroll
+    for (int panel = 0; panel < kPanels; ++panel) StoreSharedZero128(at + panel * (kRows * 128));
+  }
+}
+
+// What the V tail fix-up needs of query tile `tile` (as LocateTile finds it): its KV tiles (0
+// when it has none or no query rows) and the rows of its first copied KV tile (tiles.end - 1)
+// inside the sequence, kBlockN when all are.
+struct WsTail {
+  int kv_tiles;
+  int valid_rows;
+};
+
+template <int kBlockM, int kBlockN, bool kCausal>
+__device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
+                                             const FwdSm90WsSchedule& sched, int tile) {
+  const RankedTile at = TileRankAt(sched, tile);
+  const int batch = at.pair / p.q_heads;
+  const int q_start = p.cu_seqlens_q[batch];
+  const int len_q = p.cu_seqlens_q[batch + 1] - q_start;
+  const int len_k = p.cu_seqlens_k[batch + 1] - p.cu_seqlens_k[batch];
+  const int m_block = SequenceMBlock(at.rank, (len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return {0, kBlockN};
+  const int row0 = m_block * kBlockM;
+  const KvTileRange tiles =
+      KvTilesInRange(row0, min(kBlockM, len_q - row0), len_q, len_k, kBlockN,
+                     kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, len_k);
+  if (tiles.end <= tiles.begin) return {0, kBlockN};
+  return {tiles.end - tiles.begin, min(kBlockN, len_k - (tiles.end - 1) * kBlockN)};
+}
+
 // Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
 // memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): no window but
 // causal, no ALiBi or mask, positive scale, dense or packed (cu_seqlens), not paged.
@@ -216,6 +257,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
   const auto k_empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
   const auto v_empty = [&](int s) { return bars + 8u * (2 + 3 * kStages + s); };
+  const auto v_tail = [&](int s) { return bars + 8u * (2 + 4 * kStages + s); };
 
   const int tid = threadIdx.x;
   if (tid == 0) {
@@ -226,6 +268,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       MbarrierInit(v_full(s), 1);
       MbarrierInit(k_empty(s), Traits::kConsumerWarps);
       MbarrierInit(v_empty(s), Traits::kConsumerWarps);
+      MbarrierInit(v_tail(s), 1);
     }
     FenceMbarrierInit();
   }
@@ -233,9 +276,42 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
-    // Producer. One thread issues every copy; the others of the warpgroup have nothing to do.
+    // Producer. One thread issues every copy; with a packed batch, warp 1 fixes the V tails up
+    // (below); the others of the warpgroup have nothing to do.
+    //
+    // V tail (packed batches only): a sequence's last KV tile reaches into the next sequence's
+    // rows, which the bulk copy does not zero-fill as it does rows past a tensor. Their scores
+    // are masked (P = 0), but 0 * V is NaN where V is not finite, which would let one request's
+    // values spoil its neighbour's output. So that tile's V lands on its stage's V tail mbarrier
+    // instead of V full; warp 1, walking the same tiles, waits for it, zeroes the rows past the
+    // sequence, orders its stores before the tensor cores' reads (proxy fence) and arrives on V
+    // full, which the consumers wait for as usual. A stage's V tail phases cannot run ahead of
+    // warp 1: the stage is copied into again only after the consumers released it, which they
+    // do after V full. Dense batches never take this path (their rows past a sequence lie past
+    // the tensor's row dimension, which the copy zero-fills).
     SetMaxRegistersDecrease<Traits::kProducerRegisters>();
-    if (tid != 0) return;
+    if (tid != 0) {
+      if (kSm90WsZeroVTail && tid / 32 == 1 && p.cu_seqlens_q != nullptr) {
+        const int lane = tid % 32;
+        int i = 0;                // KV tiles copied so far, as the copying thread counts
+        uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
+        for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+          const WsTail tail = TailOfTile<kBlockM, kBlockN, kCausal>(p, sched, tile);
+          if (tail.kv_tiles <= 0) continue;
+          if (tail.valid_rows < kBlockN) {
+            const int s = i % kStages;
+            MbarrierWait(v_tail(s), (tail_phase >> s) & 1u);
+            tail_phase ^= 1u << s;
+            ZeroTileRows<kBlockN, Traits::kPanels>(v_stage(s), tail.valid_rows, lane);
+            FenceProxyAsyncShared();
+            __syncwarp();
+            if (lane == 0) MbarrierArrive(v_full(s));
+          }
+          i += tail.kv_tiles;
+        }
+      }
+      return;
+    }
     int i = 0;      // KV tiles copied so far
     int round = 0;  // query tiles copied so far
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
@@ -264,10 +340,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                     rows.k_row + n * kBlockN, rows.batch);
         }
         MbarrierWait(v_empty(s), empty_parity);
-        MbarrierArriveExpectTx(v_full(s), KVTile::kBytes);
+        const uint32_t v_bar = kSm90WsZeroVTail && n == tiles.end - 1 &&
+                                       (n + 1) * kBlockN > c.len_k && p.cu_seqlens_q != nullptr
+                                   ? v_tail(s)
+                                   : v_full(s);
+        MbarrierArriveExpectTx(v_bar, KVTile::kBytes);
 #pragma unroll
         for (int panel = 0; panel < Traits::kPanels; ++panel) {
-          TmaLoad4d(v_stage(s) + panel * (kBlockN * 128), &args.v, v_full(s), panel * 64, kv_head,
+          TmaLoad4d(v_stage(s) + panel * (kBlockN * 128), &args.v, v_bar, panel * 64, kv_head,
                     rows.k_row + n * kBlockN, rows.batch);
         }
       }

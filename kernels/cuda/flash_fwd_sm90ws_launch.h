@@ -119,6 +119,15 @@ constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket,
   return {64, 2, 2, false};
 }
 
+// Whether the kernel zeroes the rows of a packed sequence's last V tile that lie past the
+// sequence (the next sequence's rows) before P V reads them: without it a non-finite value in one
+// sequence's V turns the masked products (0 * inf) of the sequence before it into NaN, so one
+// request of a packed batch could spoil another's output. On; the switch exists to time the
+// fix-up (a second warp of the producer warpgroup) against its absence on a GPU: with it ptxas
+// spills 20 bytes at d 128 causal and d 256 dense and 76 at d 256 causal (without: none, and 8
+// at d 256 causal), in every launch, packed or not.
+inline constexpr bool kSm90WsZeroVTail = true;
+
 // Whether the host API launches a persistent grid (one block per SM walking the schedule)
 // rather than one block per query tile.
 inline constexpr bool kSm90WsPersistentDefault = true;

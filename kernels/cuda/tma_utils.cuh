@@ -89,6 +89,12 @@ __device__ __forceinline__ void TmaLoad4d(uint32_t smem_dst, const CUtensorMap* 
 #endif
 }
 
+// Sixteen zero bytes at shared address `smem_addr` (16-byte aligned), a generic-proxy store: a
+// bulk copy's or wgmma's later access needs FenceProxyAsyncShared after it.
+__device__ __forceinline__ void StoreSharedZero128(uint32_t smem_addr) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(smem_addr), "r"(0) : "memory");
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
 // Sync waits for all of them, Arrive counts this warp without waiting.
 __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {

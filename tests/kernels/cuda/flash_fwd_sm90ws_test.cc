@@ -92,6 +92,10 @@ struct Case {
   // seqlen_k become the count and the longest lengths.
   std::vector<int> lens_q;
   std::vector<int> lens_k;
+  // Varlen: the K and V rows of every sequence without query rows set to +inf. No row attends to
+  // them, but the last KV tile of the sequence before reaches into them: its output must not
+  // turn NaN (0 * inf) nor change.
+  bool inf_in_unread_rows = false;
 
   explicit Case(std::string n) : name(std::move(n)) {}
   Case& Batch(int b) {
@@ -144,6 +148,10 @@ struct Case {
     seqlen_q = seqlen_k = 0;
     for (int len : lens_q) seqlen_q = std::max(seqlen_q, len);
     for (int len : lens_k) seqlen_k = std::max(seqlen_k, len);
+    return *this;
+  }
+  Case& InfInUnreadRows() {
+    inf_in_unread_rows = true;
     return *this;
   }
   bool varlen() const { return !lens_q.empty(); }
@@ -260,6 +268,23 @@ std::vector<Case> Cases() {
                   .Causal()
                   .Sinks(true));
   c.push_back(Case("varlen_d128_one_sequence_causal").Varlen({1000}, {1000}).Heads(2, 2).Causal());
+  // Non-finite keys and values in rows only a neighbour's last KV tile copies.
+  c.push_back(Case("varlen_d128_inf_neighbour")
+                  .Varlen({300, 0, 200, 0}, {300, 77, 129, 64})
+                  .Heads(2, 2)
+                  .InfInUnreadRows());
+  c.push_back(Case("varlen_d64_inf_neighbour_causal")
+                  .Varlen({300, 0, 200, 0}, {300, 77, 129, 64})
+                  .Heads(2, 1)
+                  .Dim(64)
+                  .Causal()
+                  .InfInUnreadRows());
+  c.push_back(Case("varlen_d256_inf_neighbour_causal")
+                  .Varlen({100, 0, 65, 0}, {100, 50, 65, 200})
+                  .Heads(2, 2)
+                  .Dim(256)
+                  .Causal()
+                  .InfInUnreadRows());
   return c;
 }
 
@@ -327,6 +352,14 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     h_v.resize(kv_count);
     for (auto* buf : {&h_q, &h_k, &h_v}) {
       for (uint16_t& x : *buf) x = to16(normal(rng));
+    }
+  }
+  if (c.inf_in_unread_rows) {
+    const uint16_t inf = dtype == DType::kFloat16 ? 0x7c00u : 0x7f80u;
+    const int64_t row = int64_t{c.kv_heads} * d;
+    for (size_t b = 0; b < c.lens_q.size(); ++b) {
+      if (c.lens_q[b] != 0) continue;
+      for (int64_t i = h_cu_k[b] * row; i < h_cu_k[b + 1] * row; ++i) h_k[i] = h_v[i] = inf;
     }
   }
   std::vector<float> h_sinks;
