@@ -917,6 +917,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   }
 
+  if constexpr (Traits::kPrefetchA) {
+    // Already complete (the last tile issues no product A): says so to ptxas, which otherwise
+    // injects this wait itself before dK's staging (C7517), unable to tie the loop's exit to
+    // the last tile's wait.
+    WgmmaWait<0>();
+  }
+
   // Epilogue: dK (times the softmax scale) staged in the K tile, dV in the V tile (the warp's 16
   // key rows, the warpgroup's columns), once every product has completed and every copy landed.
   CpAsyncWait<0>();
