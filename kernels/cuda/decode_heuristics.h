@@ -165,13 +165,11 @@ struct DecodeVariant {
   // spread over the DRAM channels (pages of 64 in random order ran 1 % above dense at 32 x 8k).
   bool rotate;
   // How far the copy loops (a tile's 8 copy rounds per thread, the prologue's stages) are unrolled:
-  // 0 = whole (the production kernel), 1 = rolled, 2 = by two. Rolled, the 16-bit kernel's SASS
-  // drops from 70 KB to 37 KB at d = 128 (by two: 44 KB), and to 34 KB with a split without keys
-  // sent through the main path (copy_unroll > 0 does that too) instead of its own output code.
-  // After decode_bench's L2 flush every launch fetches its code from DRAM as it runs, and device
-  // call 1 of the fourth session measured batch-1 time growing with code size (~0.25 us per KB: +46
-  // KB of pcache +10.8 us at 1 x 8k, +86 KB of fused +20 us, +13 KB of stages4 +3.5 us; rotate's +1
-  // KB nothing), so the base kernel's 70 KB may be most of its 29 us there.
+  // 0 = whole (the production kernel), 1 = rolled, 2 = by two; copy_unroll > 0 also sends a split
+  // without keys through the main path instead of its own output code. The SASS drops from 72 KB
+  // to 34 KB (by two: 41 KB), a test of call 1's correlation of batch-1 time with code size
+  // (bench/cuda/decode_notes.md). Device call 3 (57ebcdf): no gain anywhere, up to 13 % lost where
+  // one block holds an SM (the rolled loop's issue rate).
   int copy_unroll;
   // Two kernels, one without the softcap / ALiBi logit code (5 KB of SASS inside the loop at
   // d = 128), taken by launches that have neither; the other as the production kernel.
@@ -228,8 +226,8 @@ inline constexpr DecodeVariant kDecodeVariants[] = {
     // after it the old default stays measurable.
     {"prev", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
     // Device call 1 of the fourth session (bench/results/gpu_2026-12-06d.md): every variant above
-    // lost by its code size at batch 1 (copy_unroll's comment). The same kernels with rolled copy
-    // loops.
+    // lost, in step with its code size at batch 1. The same kernels with rolled copy loops (call 3:
+    // they lost too; copy_unroll's comment).
     {"compact", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 1, false, false},
     {"compact_u2", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 2, false,
      false},
