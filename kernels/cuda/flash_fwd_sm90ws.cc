@@ -334,7 +334,7 @@ absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t strea
   const int bucket = WsBucket(p.head_dim);
   FwdSm90WsArgs args;
   if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket, p.causal),
-                                         kSm90WsPersistentDefault, args);
+                                         Sm90WsPersistentFor(p.causal, p.seqlen_k, bucket), args);
       !s.ok()) {
     return s;
   }

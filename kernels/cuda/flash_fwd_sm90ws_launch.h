@@ -103,20 +103,36 @@ struct Sm90WsTileConfig {
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
-// First choices, to be replaced by measurements (bench --ws-variants):
-//  - d = 64: 128 x 128 tiles, four stages (16 + 16 + 4 x 32 = 160 KB): the producer runs up to
-//    four tiles ahead, which hides the copy latency of the short per-tile work at d = 64.
-//  - d = 128: 128 x 128 tiles, two stages (32 + 32 + 2 x 64 = 192 KB), as FlashAttention-3 for
-//    causal (it takes 176-key tiles without a mask).
+// From device call 2 of 2026-12-06 (H100, attention_kernel_bench --ws-variants, bf16, seqlen 512
+// / 2048 / 8192, bench/results/gpu_2026-12-06d.md):
+//  - d = 64: three consumers (192 query rows, 160 registers each), four stages: 192 x 128 without
+//    a mask (1.08 / 1.18 / 1.19x the routed kernel, against 1.03 / 0.99 / 1.03x for the former
+//    128 x 128 default), 192 x 96 with causal (192 x 128 spills 220 bytes there): 0.90 / 1.05 /
+//    1.09-1.14x against 0.92 / 0.93 / 1.02x.
+//  - d = 128: 128 x 128 tiles, two stages (32 + 32 + 2 x 64 = 192 KB): the best or within 1 % of
+//    it without a mask; with causal the same tiles on one block per tile are best from 2048 keys
+//    (Sm90WsPersistentFor).
 //  - d = 256: 128 x 64 tiles, two stages, O staged in Q (64 + 2 x 64 = 192 KB; a separate O tile
-//    would need 256). O is 128 floats per consumer thread, S 32.
-// The table takes `causal` because the best tiles may differ with a mask (FlashAttention-3 uses
-// 176-key tiles at d = 128 only without one); they do not differ until measured.
-constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket,
-                                                   [[maybe_unused]] bool causal) {
-  if (head_dim_bucket <= 64) return {128, 4, 2, true};
+//    would need 256). O is 128 floats per consumer thread, S 32. Not swept yet.
+// The table takes `causal` because the best tiles differ with a mask.
+constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket, bool causal) {
+  if (head_dim_bucket <= 64)
+    return causal ? Sm90WsTileConfig{96, 4, 3, true} : Sm90WsTileConfig{128, 4, 3, true};
   if (head_dim_bucket <= 128) return {128, 2, 2, true};
   return {64, 2, 2, false};
+}
+
+// Whether the host API launches a persistent grid (one block per SM walking the schedule) rather
+// than one block per query tile, for the longest sequence's seqlen_k and the head-dim bucket:
+// always without a mask, and with causal while seqlen_k * bucket < 2048 * 128. The persistent
+// blocks take their tiles in a fixed order, and long causal tiles differ enough in cost that the
+// hardware's block scheduler balances one block per tile better (device call 2, d = 128 causal:
+// one block per tile +11 % at 2048 keys, +9 % at 8192, -13 % at 512; call 1's grid ran 632
+// TFLOP/s at 16384 keys against the persistent 509; d = 256 causal 16384: persistent 0.77x the
+// routed kernel), while short ones gain from the persistent grid's overlap of a tile's epilogue
+// with the next one's loads.
+constexpr bool Sm90WsPersistentFor(bool causal, int seqlen_k, int head_dim_bucket) {
+  return !causal || int64_t{seqlen_k} * head_dim_bucket < int64_t{2048} * 128;
 }
 
 // Whether the kernel zeroes the rows of a packed sequence's last V tile that lie past the
@@ -127,10 +143,6 @@ constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket,
 // spills 20 bytes at d 128 causal and d 256 dense and 76 at d 256 causal (without: none, and 8
 // at d 256 causal), in every launch, packed or not.
 inline constexpr bool kSm90WsZeroVTail = true;
-
-// Whether the host API launches a persistent grid (one block per SM walking the schedule)
-// rather than one block per query tile.
-inline constexpr bool kSm90WsPersistentDefault = true;
 
 // Enqueues the kernel on `stream` for `args` (params checked by CheckFlashFwdSm90Ws, schedule and
 // maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
