@@ -2,7 +2,7 @@
 // on the CPU: the tile schedule (MakeFwdSm90WsSchedule, TileAt; TileRankAt and SequenceMBlock for
 // packed batches) visits every query tile of every (sequence, head) exactly once, keeps each L2
 // group's pairs together with their K / V within half of L2, and hands out the causal tiles
-// longest first within a group.
+// longest first within a group; the routing predicate sends only what the kernel covers.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/attention_params.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_sm90ws.h"
 #include "kernels/cuda/flash_fwd_sm90ws_launch.h"
 
@@ -144,6 +146,47 @@ TEST(FlashFwdSm90WsScheduleTest, GridSize) {
   EXPECT_EQ(MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, kSms, kL2Bytes, true).grid, kSms);
   EXPECT_EQ(MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, 0, kL2Bytes, true).grid,
             4 * 32 * 16);
+}
+
+// The routing predicate never sends what the kernel does not cover, and the family the dispatch
+// reports follows it (on any machine: without a compute capability 9.0 device nothing routes).
+TEST(FlashFwdSm90WsRoutingTest, RoutesOnlyWhatTheKernelCovers) {
+  alignas(16) static uint16_t buffer[8];
+  alignas(16) static int32_t offsets[2] = {0, 128};
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 1;
+  p.seqlen_q = p.seqlen_k = 128;
+  p.q_heads = p.kv_heads = 2;
+  p.head_dim = 128;
+  p.softmax_scale = 0.125f;
+  p.cu_seqlens_q = p.cu_seqlens_k = offsets;
+  p.total_q = p.total_k = 128;
+  SetContiguousStrides(p);
+  p.q = p.k = p.v = buffer;
+  p.o = buffer;
+  std::vector<AttentionParams> cases(6, p);
+  cases[1].causal = true;
+  cases[1].window_right = 0;
+  cases[2].alibi = true;
+  cases[2].alibi_slopes = reinterpret_cast<const float*>(buffer);
+  cases[3].window_left = 16;
+  cases[4].dtype = DType::kFloat32;
+  cases[5].head_dim = 100;  // not a multiple of 8
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const AttentionParams& c = cases[i];
+    const bool routed = RoutesToFlashFwdSm90Ws(c);
+    if (routed) {
+      EXPECT_TRUE(CheckFlashFwdSm90Ws(c).ok()) << "case " << i;
+    }
+    if (i >= 2) {
+      EXPECT_FALSE(routed) << "case " << i << ": " << CheckFlashFwdSm90Ws(c);
+    }
+    EXPECT_EQ(SelectKernelFamily(c) == KernelFamily::kSm90Ws, routed) << "case " << i;
+  }
+  EXPECT_STREQ(KernelFamilyName(KernelFamily::kSm90Ws), "sm90ws (warp-specialized TMA)");
+  EXPECT_STREQ(KernelFamilyName(KernelFamily::kSm90), "sm90 (wgmma)");
+  EXPECT_STREQ(KernelFamilyName(KernelFamily::kSm80), "sm80 (mma.sync)");
 }
 
 }  // namespace
