@@ -17,8 +17,9 @@
 //             through a page table (pages of PAGE_SIZE keys in random order, q dense): the paged
 //             prefill's time against the dense kernel's (kind "paged" in the JSON)
 //   --ws      every cell of the grid twice, back to back: the routed kernel, then the
-//             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h, not routed) on the
-//             same inputs, with the largest difference between their outputs (kind "ws")
+//             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h) on the same
+//             inputs, with the largest difference between their outputs (kind "ws"); run without
+//             ATTN_CUDA_KERNELS=sm90ws (or kRouteSm90Ws), which makes the routed kernel the same
 //   --ws-variants  --ws, and every configuration of bench/cuda/ws_variants.cu (bf16; configure
 //             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs
 //   --varlen  every cell launched as a packed batch (cu_seqlens_q / k of its batch sequences of
