@@ -2,7 +2,8 @@
 // (backward_sm90_variants.h). Bucket 256's split kernel (BwdSm90SplitKernelTraits): dQ's two
 // passes one after the other ("serial") or the first pass's atomics during the second
 // ("overlap"); the next tile's product A issued before the last pass's atomics ("prefetch");
-// the query tiles walked from the key tile's index ("stagger"). Two-float reductions: the
+// the query tiles walked from the key tile's index ("stagger"); the first dQ pass issued
+// between products C and C', its atomics during C' ("early"). Two-float reductions: the
 // four-float ones lost in every cell of device call 2 (backward_sm90_notes.md).
 #include <type_traits>
 
@@ -30,9 +31,10 @@ cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
   return RunBwdPostprocess(p, stream);
 }
 
-template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ>
+template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ, bool kDqEarly = false>
 BwdSm90Variant SplitVariant(const char* name) {
-  using Traits = BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ>;
+  using Traits =
+      BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ, kDqEarly>;
   return {name, 256, std::is_same_v<Traits, DefaultBwdSm90KernelTraits<256>::type>,
           &RunVariant<Traits>};
 }
@@ -48,6 +50,9 @@ const std::vector<BwdSm90Variant>& BwdSm90Variants() {
       SplitVariant<true, false, true, false>("split overlap prefetch"),
       SplitVariant<false, false, true, true>("split serial prefetch stagger"),
       SplitVariant<true, false, true, true>("split overlap prefetch stagger"),
+      SplitVariant<false, false, false, false, true>("split early"),
+      SplitVariant<false, false, true, false, true>("split early prefetch"),
+      SplitVariant<false, false, false, true, true>("split early stagger"),
   };
   return variants;
 }

@@ -798,11 +798,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       WgmmaCommit();
     };
-    issue_rs(acc_dv, p_frag,
-             SmemDescriptor(smem_do + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
-    issue_rs(acc_dk, ds_frag,
-             SmemDescriptor(smem_q + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
-
     // D. dQ[:, half w] += dS K[:, half w]: pass `pass` is columns col0 + 64 pass + [0, 64) of
     // the tile's 64 queries (one commit group), added into dq_accum.
     const auto issue_dq = [&](float(&acc_dq)[8][4], int pass) {
@@ -816,6 +811,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       WgmmaCommit();
     };
+    // Commit groups C, C' (and with kDqEarly the first dQ pass between them: it reads the
+    // DsTile and K only, so it needs no wait).
+    float acc_dq0[8][4];
+    issue_rs(acc_dv, p_frag,
+             SmemDescriptor(smem_do + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
+    if constexpr (Traits::kDqEarly) issue_dq(acc_dq0, 0);
+    issue_rs(acc_dk, ds_frag,
+             SmemDescriptor(smem_q + q_off + (col0 / 64) * (kBlockM * 128), kBlockM * 128, 1024));
     // dq_accum rows of the thread's atomics, at its first column; every entry it adds is one of
     // them plus a compile-time offset, so that the atomics of both passes need at most two 64-bit
     // addresses. Two-float reductions (kDqVec4 false): rows warp_row0 + g + 8 hf, column
@@ -887,7 +890,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       WgmmaWait<0>();
     };
-    float acc_dq0[8][4];
+    if constexpr (Traits::kDqEarly) {
+      // C and the first pass done (C' running): its atomics while C' is on the tensor cores;
+      // then the second pass in the same accumulator.
+      WgmmaWait<1>();
+      FenceAccumulators(acc_dv);
+      FenceFragments(p_frag);
+      FenceAccumulators(acc_dq0);
+      add_dq(acc_dq0, 0);
+      WgmmaWait<0>();
+      FenceAccumulators(acc_dk);
+      FenceFragments(ds_frag);
+      issue_dq(acc_dq0, 1);
+      finish_last_pass();
+      FenceAccumulators(acc_dq0);
+      add_dq(acc_dq0, 1);
+      continue;
+    }
     WgmmaWait<1>();
     FenceAccumulators(acc_dv);
     FenceFragments(p_frag);

@@ -322,8 +322,10 @@ struct BwdSm90KernelTraits {
 // is on the tensor cores (else A waits for them, at the top of the next tile). kStaggerQ: each
 // block starts its walk over the query tiles at its key tile's index, so that the blocks
 // running at once add into different rows of dq_accum (else all start at the first tile).
+// kDqEarly (serial dQ): the first dQ pass is issued between products C and C' (it needs only the
+// DsTile and K), so that its atomics run while C' is on the tensor cores.
 template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false, bool kPrefetchA_ = false,
-          bool kStaggerQ_ = false>
+          bool kStaggerQ_ = false, bool kDqEarly_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
@@ -332,6 +334,8 @@ struct BwdSm90SplitKernelTraits {
   static constexpr bool kDqVec4 = kDqVec4_;
   static constexpr bool kPrefetchA = kPrefetchA_;
   static constexpr bool kStaggerQ = kStaggerQ_;
+  static constexpr bool kDqEarly = kDqEarly_;
+  static_assert(!(kDqEarly && kDqOverlap), "kDqEarly: one dQ accumulator, the passes in turn");
   static constexpr int kBlockM = 64;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarpgroups = 2;
