@@ -253,18 +253,26 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   return absl::OkStatus();
 }
 
+bool Sm90WsFasterFor(const AttentionParams& p) {
+  const int bucket = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+  return !(p.causal && p.seqlen_k < 2048 && bucket != 128);
+}
+
 bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
-  // ATTN_CUDA_KERNELS (flash_fwd_dispatch.h): sm90ws routes here before the switch is on; sm80
-  // and sm90 name the other kernels, which tests and benchmarks compare.
-  static const bool routed = [] {
+  // ATTN_CUDA_KERNELS (flash_fwd_dispatch.h): sm90ws routes everything covered here (tests and
+  // benchmarks); sm80 and sm90 name the other kernels, which tests and benchmarks compare.
+  enum class Route { kOff, kMeasured, kAll };
+  static const Route route = [] {
+    const Route by_switch = kRouteSm90Ws ? Route::kMeasured : Route::kOff;
     const char* env = std::getenv("ATTN_CUDA_KERNELS");
-    if (env == nullptr) return kRouteSm90Ws;
+    if (env == nullptr) return by_switch;
     const std::string_view value(env);
-    if (value == "sm90ws") return true;
-    if (value == "sm80" || value == "sm90") return false;
-    return kRouteSm90Ws;
+    if (value == "sm90ws") return Route::kAll;
+    if (value == "sm80" || value == "sm90") return Route::kOff;
+    return by_switch;
   }();
-  return routed && CheckFlashFwdSm90Ws(p).ok();
+  if (route == Route::kOff || (route == Route::kMeasured && !Sm90WsFasterFor(p))) return false;
+  return CheckFlashFwdSm90Ws(p).ok();
 }
 
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,

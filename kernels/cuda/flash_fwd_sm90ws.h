@@ -28,13 +28,21 @@ namespace attention::cuda {
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
 // The routing switch: whether the forward dispatch (RunAttention) sends what this kernel covers
-// to it instead of the wgmma / mma.sync kernels. Off until the lead has seen the varlen tests
-// pass on a GPU; ATTN_CUDA_KERNELS=sm90ws routes to it before that (tests and benchmarks).
-inline constexpr bool kRouteSm90Ws = false;
+// to it instead of the wgmma / mma.sync kernels. On since its GPU checks (H100, 2026-12-06,
+// bench/results/gpu_2026-12-06d.md, call 4: its suite with the varlen cases and
+// attention_cuda_test routed through it pass, memcheck / racecheck clean, 0.86-1.37x the wgmma
+// kernel as packed batches). ATTN_CUDA_KERNELS=sm90ws routes everything it covers to it.
+inline constexpr bool kRouteSm90Ws = true;
 
-// Whether the forward dispatch runs `p` (normalized, 16-bit dtype) on this kernel: routing is on
-// (kRouteSm90Ws, or ATTN_CUDA_KERNELS=sm90ws read once; ATTN_CUDA_KERNELS=sm80 and sm90, which
-// pick the other kernels, turn it off) and CheckFlashFwdSm90Ws(p) is OK.
+// Where the switch routes, what it covers goes to this kernel unless the wgmma kernel measured
+// faster there (call 4, packed batches, bf16): causal launches of fewer than 2048 keys at
+// head-dim buckets 64 and 256 (0.86-0.93x at 512-1024 keys; at bucket 128 it is 1.02x and up).
+bool Sm90WsFasterFor(const AttentionParams& p);
+
+// Whether the forward dispatch runs `p` (normalized, 16-bit dtype) on this kernel: the switch is
+// on and Sm90WsFasterFor(p) (or ATTN_CUDA_KERNELS=sm90ws, read once, which skips that test;
+// ATTN_CUDA_KERNELS=sm80 and sm90, which pick the other kernels, turn it off), and
+// CheckFlashFwdSm90Ws(p) is OK.
 bool RoutesToFlashFwdSm90Ws(const AttentionParams& p);
 
 // The schedule of a launch over `batch` sequences of seqlen_q query rows in tiles of `block_m`,

@@ -189,5 +189,23 @@ TEST(FlashFwdSm90WsRoutingTest, RoutesOnlyWhatTheKernelCovers) {
   EXPECT_STREQ(KernelFamilyName(KernelFamily::kSm80), "sm80 (mma.sync)");
 }
 
+// Where the switch routes, short causal launches at buckets 64 and 256 stay on the wgmma kernel
+// (measured faster there); bucket 128 and every non-causal or long launch take this kernel.
+TEST(FlashFwdSm90WsRoutingTest, MeasuredRuleKeepsShortCausalOffBuckets64And256) {
+  AttentionParams p;
+  p.seqlen_q = p.seqlen_k = 1024;
+  for (int head_dim : {40, 64, 128, 200, 256}) {
+    p.head_dim = head_dim;
+    const bool bucket128 = head_dim > 64 && head_dim <= 128;
+    p.causal = false;
+    EXPECT_TRUE(Sm90WsFasterFor(p)) << head_dim;
+    p.causal = true;
+    EXPECT_EQ(Sm90WsFasterFor(p), bucket128) << head_dim;
+    p.seqlen_k = 2048;
+    EXPECT_TRUE(Sm90WsFasterFor(p)) << head_dim;
+    p.seqlen_k = 1024;
+  }
+}
+
 }  // namespace
 }  // namespace attention::cuda
