@@ -254,8 +254,11 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
 }
 
 bool Sm90WsFasterFor(const AttentionParams& p) {
+  if (!p.causal) return true;
   const int bucket = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
-  return !(p.causal && p.seqlen_k < 2048 && bucket != 128);
+  if (bucket == 64) return p.seqlen_k >= 2048;
+  if (bucket == 256) return p.seqlen_k >= 1024;
+  return true;
 }
 
 bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {

@@ -36,7 +36,8 @@ inline constexpr bool kRouteSm90Ws = true;
 
 // Where the switch routes, what it covers goes to this kernel unless the wgmma kernel measured
 // faster there (call 4, packed batches, bf16): causal launches of fewer than 2048 keys at
-// head-dim buckets 64 and 256 (0.86-0.93x at 512-1024 keys; at bucket 128 it is 1.02x and up).
+// head-dim bucket 64 (0.86x at 512, 0.93x at 1024) and fewer than 1024 at bucket 256 (0.88x at
+// 512, 1.07x at 1024); at bucket 128 it is 1.02x and up everywhere.
 bool Sm90WsFasterFor(const AttentionParams& p);
 
 // Whether the forward dispatch runs `p` (normalized, 16-bit dtype) on this kernel: the switch is

@@ -189,21 +189,24 @@ TEST(FlashFwdSm90WsRoutingTest, RoutesOnlyWhatTheKernelCovers) {
   EXPECT_STREQ(KernelFamilyName(KernelFamily::kSm80), "sm80 (mma.sync)");
 }
 
-// Where the switch routes, short causal launches at buckets 64 and 256 stay on the wgmma kernel
-// (measured faster there); bucket 128 and every non-causal or long launch take this kernel.
-TEST(FlashFwdSm90WsRoutingTest, MeasuredRuleKeepsShortCausalOffBuckets64And256) {
+// Where the switch routes, short causal launches stay on the wgmma kernel where it measured
+// faster (bucket 64 below 2048 keys, bucket 256 below 1024); bucket 128 and every non-causal or
+// long launch take this kernel.
+TEST(FlashFwdSm90WsRoutingTest, MeasuredRuleKeepsShortCausalOnWgmma) {
   AttentionParams p;
-  p.seqlen_q = p.seqlen_k = 1024;
+  p.seqlen_q = 512;
   for (int head_dim : {40, 64, 128, 200, 256}) {
     p.head_dim = head_dim;
-    const bool bucket128 = head_dim > 64 && head_dim <= 128;
-    p.causal = false;
-    EXPECT_TRUE(Sm90WsFasterFor(p)) << head_dim;
-    p.causal = true;
-    EXPECT_EQ(Sm90WsFasterFor(p), bucket128) << head_dim;
-    p.seqlen_k = 2048;
-    EXPECT_TRUE(Sm90WsFasterFor(p)) << head_dim;
-    p.seqlen_k = 1024;
+    const int bucket = head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+    for (int seqlen_k : {512, 1024, 2048}) {
+      p.seqlen_k = seqlen_k;
+      p.causal = false;
+      EXPECT_TRUE(Sm90WsFasterFor(p)) << head_dim << " " << seqlen_k;
+      p.causal = true;
+      const bool want = bucket == 128 || (bucket == 64 && seqlen_k >= 2048) ||
+                        (bucket == 256 && seqlen_k >= 1024);
+      EXPECT_EQ(Sm90WsFasterFor(p), want) << head_dim << " " << seqlen_k;
+    }
   }
 }
 
