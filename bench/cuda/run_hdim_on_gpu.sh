@@ -12,7 +12,8 @@
 #   bench/cuda/run_hdim_on_gpu.sh COMMIT [BUNDLE_DIR] [PARTS]
 #
 # PARTS, comma-separated (default tests,sanitize,sweep): tests, sanitize (SANITIZER_SECONDS each,
-# default 45), sweep (the head-dim sweep and its peer), tiles (attention_kernel_bench --tiles).
+# default 45), sweep (the head-dim sweep and its peer; HDIMS overrides its head dims, e.g.
+# HDIMS=32,224 with a bundle of buckets 32 and 224), tiles (attention_kernel_bench --tiles).
 #
 # The bundle: every head-dim bucket (the sweep's 40 runs in bucket 64, 72 and 80 in 96, 112 in
 # 128, 192 and 256 in their own), bf16, sm_90a:
@@ -82,8 +83,8 @@ cap "$sec" "racecheck, new buckets on wgmma" env ATTN_CUDA_KERNELS=sm90 \
 fi
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-sweep=(--dtype bf16 --hdim 32,40,72,80,96,112,160,192,224,256 --seqlens 1024,4096 --causal 0,1
-       --model-dim 2048)
+hdims=${HDIMS:-32,40,72,80,96,112,160,192,224,256}
+sweep=(--dtype bf16 --hdim "$hdims" --seqlens 1024,4096 --causal 0,1 --model-dim 2048)
 if has sweep; then
 for kernels in sm90 sm80; do
   step "attention_kernel_bench, head-dim sweep, ATTN_CUDA_KERNELS=$kernels"
@@ -93,8 +94,7 @@ for kernels in sm90 sm80; do
 done
 step "sdpa_peer.py, the same cells"
 rm -f "$out/hdim_peer.jsonl"
-timeout 180 python3 "$bundle/sdpa_peer.py" --dtype bf16 --hdim 32,40,72,80,96,112,160,192,224,256 \
-  --seqlens 1024,4096 --causal 0,1 --model-dim 2048 --json "$out/hdim_peer.jsonl" | tail -3 ||
+timeout 180 python3 "$bundle/sdpa_peer.py" "${sweep[@]}" --json "$out/hdim_peer.jsonl" | tail -3 ||
   status=1
 for kernels in sm90 sm80; do
   step "report, ATTN_CUDA_KERNELS=$kernels"
