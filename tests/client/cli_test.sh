@@ -34,8 +34,9 @@ contains() {
 
 t=$ATTN_TARGET
 
-# health
-expect 0 "health" -- "$cli" health --target="$t"
+# health. The first call also connects: a sanitizer build on a loaded 2-core host took longer than
+# the default 2 s once (ASan, 2026-12-06), so it gets 20 s.
+expect 0 "health" -- "$cli" health --target="$t" --timeout_ms=20000
 contains "SERVING" "health"
 expect 0 "health of the service" -- "$cli" health --target="$t" --service=attention.v1.AttentionService
 contains "attention.v1.AttentionService: SERVING" "health of the service"
