@@ -1,7 +1,7 @@
 // Host API of the warp-specialized Hopper forward kernel (flash_fwd_sm90ws_kernel.cuh: TMA
 // copies, a producer warpgroup and two consumer warpgroups in ping-pong), the first step of
-// issue 23. Routed behind kRouteSm90Ws (off until its varlen tests have passed on a GPU): the
-// forward dispatch (flash_fwd_dispatch.cc) asks RoutesToFlashFwdSm90Ws and launches it through
+// issue 23. Routed behind kRouteSm90Ws (on since its GPU check, 2026-12-06) and Sm90WsFasterFor:
+// the forward dispatch (flash_fwd_dispatch.cc) asks RoutesToFlashFwdSm90Ws and launches it through
 // RunFlashFwdSm90Ws; its test and the benchmark's --ws mode call it here directly.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
 #define ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_H_
