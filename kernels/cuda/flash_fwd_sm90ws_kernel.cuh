@@ -48,20 +48,8 @@
 #include "kernels/cuda/kernel_traits.h"
 #include "kernels/cuda/tma_utils.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
-#include "kernels/cuda/wgmma_ws_ops.cuh"
 
 namespace attention::cuda::fwd {
-
-// The wrapper of S = Q K^T for KV tiles of kBlockN keys: wgmma_ops.cuh's, or wgmma_ws_ops.cuh's
-// for the N that header does not generate.
-template <typename Element, int kBlockN>
-struct WsMmaS {
-  using type = Wgmma<Element, kBlockN>;
-};
-template <typename Element>
-struct WsMmaS<Element, 176> {
-  using type = WgmmaWs<Element, 176>;
-};
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_>
@@ -239,7 +227,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr FwdVariant kVariant = kCausal ? FwdVariant::kWindow : FwdVariant::kDense;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
-  using MmaS = typename WsMmaS<Element, kBlockN>::type;
+  using MmaS = Wgmma<Element, kBlockN>;
   using MmaO = Wgmma<Element, kHeadDim>;
   const AttentionParams& p = args.p;
   const FwdSm90WsSchedule& sched = args.sched;

@@ -20,7 +20,8 @@ import argparse
 import pathlib
 import sys
 
-N_SS = [64, 96, 128]
+# 176: the warp-specialized forward's KV tile at head_dim 128 without a mask (FlashAttention-3's).
+N_SS = [64, 96, 128, 176]
 N_RS = [32, 64, 128, 192, 256]
 N_SS_MN = [64]
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
