@@ -3,11 +3,14 @@
 peers measured in the same command beside ours. Standard library only (the hosts that hold the
 results have no matplotlib).
 
-Reads from RUN_DIR (the JSON lines the benches write):
+Reads from RUN_DIR (the JSON lines the benches write; a chart whose files are absent is skipped):
+  forward_ours.jsonl, forward_peer.jsonl   attention_kernel_bench --ws --varlen (ms_routed: the
+                                           kernel the dispatch picks) and sdpa_peer.py
   decode_v2.jsonl, decode_peer_v2.jsonl    decode_bench and sdpa_peer.py --decode
   backward_ours.jsonl, backward_peer.jsonl backward_bench and sdpa_peer.py --backward
   fp32_v2.jsonl, fp32_peer_v2.jsonl        fp32_bench and sdpa_peer.py --dtype fp32
 Writes to OUT_DIR:
+  forward_<date>_<tag>.svg   TFLOP/s per (d, causal, seqlen): ours as routed, FA2, cuDNN
   decode_<date>_<tag>.svg    K+V TB/s per batch x kv_len: ours dense, ours paged (64), cuDNN, FA2,
                              and the device copy bandwidth as a line
   backward_<date>_<tag>.svg  TFLOP/s per (d, causal, seqlen), d 64 and 128: ours, ours
@@ -191,6 +194,38 @@ def seq_label(seqlen):
     return f"{seqlen // 1024}k" if seqlen >= 1024 and seqlen % 1024 == 0 else str(seqlen)
 
 
+def forward_chart(run, args):
+    ours = {}
+    for r in load(run / "forward_ours.jsonl"):
+        # Attention FLOPs as the peer counts them: 4 * batch * heads * seqlen^2 * d, halved when
+        # causal.
+        flops = 4 * r["batch"] * r["heads"] * r["seqlen"] ** 2 * r["d"] / (2 if r["causal"] else 1)
+        ours[(r["d"], r["causal"], r["seqlen"])] = flops / (r["ms_routed"] * 1e-3) / 1e12
+    peer = {(r["d"], r["causal"], r["seqlen"]): r for r in load(run / "forward_peer.jsonl")
+            if r.get("kind") == "fwd"}
+    sections = []
+    for d in sorted({k[0] for k in peer}):
+        for causal in (False, True):
+            groups = [(seq_label(s), [ours.get((d, causal, s)), p["flash_tflops"],
+                                      p["cudnn_tflops"]])
+                      for (dd, c, s), p in sorted(peer.items()) if dd == d and c == causal]
+            if groups:
+                sections.append((f"d {d}, causal {'on' if causal else 'off'}", groups))
+    notes = ["Ours: the kernel the dispatch routes to (warp-specialized TMA or wgmma), on packed "
+             "(varlen) batches as the server launches them."]
+    if args.forward_note:
+        notes.append(args.forward_note)
+    notes.append(f"Data: {run}/forward_ours.jsonl, forward_peer.jsonl.")
+    return grouped_bars(
+        f"Forward, bf16: {args.device}, {args.date}, commit {args.forward_commit}",
+        "16384 tokens per launch, model dim 2048, x axis seqlen; ours and the peers (PyTorch "
+        "SDPA) in the same command",
+        "TFLOP/s (higher is better)",
+        sections,
+        [("ours", OURS), ("FA2", FA2), ("cuDNN", CUDNN)],
+        notes=notes)
+
+
 def decode_chart(run, args):
     ours = load(run / "decode_v2.jsonl")
     peer = {(r["batch"], r["kv_len"]): r for r in load(run / "decode_peer_v2.jsonl")}
@@ -317,15 +352,22 @@ def main():
     p.add_argument("--device", required=True)
     p.add_argument("--date", required=True)
     p.add_argument("--tag", required=True, help="device tag in the file names, e.g. h100")
-    p.add_argument("--decode-commit", required=True)
-    p.add_argument("--backward-commit", required=True)
-    p.add_argument("--fp32-commit", required=True)
+    p.add_argument("--forward-commit", default="?")
+    p.add_argument("--decode-commit", default="?")
+    p.add_argument("--backward-commit", default="?")
+    p.add_argument("--fp32-commit", default="?")
+    p.add_argument("--forward-note", help="one more line under the forward chart")
     p.add_argument("--backward-log", help="backward_bench's printed table: FILE or ARCHIVE:MEMBER")
     p.add_argument("--backward-note", help="one more line under the backward chart")
     args = p.parse_args()
     run, out = pathlib.Path(args.run_dir), pathlib.Path(args.out_dir)
-    for name, chart in (("decode", decode_chart), ("backward", backward_chart),
-                        ("fp32", fp32_chart)):
+    charts = (("forward", forward_chart, "forward_ours.jsonl"),
+              ("decode", decode_chart, "decode_v2.jsonl"),
+              ("backward", backward_chart, "backward_ours.jsonl"),
+              ("fp32", fp32_chart, "fp32_v2.jsonl"))
+    for name, chart, source in charts:
+        if not (run / source).exists():
+            continue
         path = out / f"{name}_{args.date}_{args.tag}.svg"
         path.write_text(chart(run, args))
         print(path)
