@@ -11,7 +11,9 @@
 //     Q once the consumers have released the previous one, then K[n] and V[n] for its KV tiles
 //     from the last down, each into stage i % kStages of its own ring of shared buffers (i counts
 //     the block's KV tiles over all its query tiles). A copy waits for its buffer's "empty"
-//     mbarrier and completes on its "full" mbarrier by transaction bytes.
+//     mbarrier and completes on its "full" mbarrier by transaction bytes. With two Q buffers
+//     (kQBuffers) a tile's Q is copied while the tile before it runs; with kPrefetchNext the
+//     producer also prefetches the next tile's Q and first KV tile into L2 when it starts a tile.
 //   - Warpgroups 1 .. kConsumers are the consumers (setmaxnreg up to kConsumerRegisters), 64
 //     query rows each, with the wgmma kernel's algorithm (flash_fwd_sm90_kernel.cuh): K one tile
 //     ahead of V, so step i issues S[i] = Q K[i]^T and then O += P[i-1] V[i-1], waits for S only,
@@ -26,7 +28,7 @@
 //     the one turn left over at the end, so every barrier sees as many arrivals as syncs (all
 //     consumers of a block run the same steps).
 //   - Masks, online softmax and the epilogue are the other kernels' (flash_fwd_common.cuh): O is
-//     staged in the warp's own rows of a shared tile (its own, kSeparateO, or the Q tile) and
+//     staged in the warp's own rows of a shared tile (its own, kSeparateO, or its tile's Q) and
 //     written with 16-byte stores, and the LSE per row; attention sinks join the normalization.
 // Compiled to an empty kernel for architectures other than sm_90a; the host API launches it only
 // on compute capability 9.0 devices when the build includes sm_90a.
@@ -52,13 +54,22 @@
 namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
-template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_>
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
+          int kQBuffers_ = 1, bool kPrefetchNext_ = false>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kConsumers = kConsumers_;  // consumer warpgroups, 64 query rows each
   static constexpr bool kSeparateO = kSeparateO_;
+  // Q buffers (Sm90WsTileConfig::q_buffers): with two, query tile r's Q lands in buffer r % 2
+  // while tile r - 1 runs, and O is staged in the Q buffer of its own tile.
+  static constexpr int kQBuffers = kQBuffers_;
+  // Sm90WsTileConfig::prefetch_next: the producer prefetches the next tile's Q and first K / V
+  // tile into L2 when it starts a tile.
+  static constexpr bool kPrefetchNext = kPrefetchNext_;
+  static_assert(kQBuffers == 1 || (kQBuffers == 2 && !kSeparateO),
+                "one Q buffer, or two with O staged in the retiring one");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -85,15 +96,18 @@ struct Sm90WsTraits {
   static_assert(QTile::kBytes % 1024 == 0 && KVTile::kBytes % 1024 == 0,
                 "every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle)");
   static constexpr int kPanels = kHeadDim / 64;  // one bulk copy per 64-column panel
+  // Q buffer b at kSmemQOffset + b * QTile::kBytes; O in a tile of its own (kSeparateO) or in
+  // the Q buffer of its query tile.
   static constexpr int kSmemQOffset = 0;
   static constexpr int kSmemOOffset = kSeparateO ? QTile::kBytes : kSmemQOffset;
-  static constexpr int kSmemKOffset = kSeparateO ? 2 * QTile::kBytes : QTile::kBytes;
+  static constexpr int kSmemKOffset = (kSeparateO ? 2 : kQBuffers) * QTile::kBytes;
   static constexpr int kSmemVOffset = kSmemKOffset + kStages * KVTile::kBytes;
-  // mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty, V tail (where a
-  // packed sequence's last V tile lands before its rows past the sequence are zeroed), 8 bytes
-  // each.
+  // mbarriers: Q full per Q buffer, Q empty per Q buffer, then per stage K full, V full, K
+  // empty, V empty, V tail (where a packed sequence's last V tile lands before its rows past the
+  // sequence are zeroed), 8 bytes each.
   static constexpr int kSmemBarrierOffset = kSmemVOffset + kStages * KVTile::kBytes;
-  static constexpr int kBarriers = 2 + 5 * kStages;
+  static constexpr int kStageBarrier0 = 2 * kQBuffers;
+  static constexpr int kBarriers = kStageBarrier0 + 5 * kStages;
   static constexpr int kSmemBytes = kSmemBarrierOffset + 8 * kBarriers;
   // Launched with 1024 bytes of slack to align the tiles.
   static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
@@ -234,23 +248,30 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
-  const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
-  const uint32_t smem_o = smem_base + Traits::kSmemOOffset;
+  constexpr int kQBuffers = Traits::kQBuffers;
+  // Q buffer `b`; O of a query tile whose Q is in buffer `b`.
+  const auto smem_q = [&](int b) { return smem_base + Traits::kSmemQOffset + b * QTile::kBytes; };
+  const auto smem_o = [&](int b) {
+    return Traits::kSeparateO ? smem_base + Traits::kSmemOOffset : smem_q(b);
+  };
   const auto k_stage = [&](int s) { return smem_base + Traits::kSmemKOffset + s * KVTile::kBytes; };
   const auto v_stage = [&](int s) { return smem_base + Traits::kSmemVOffset + s * KVTile::kBytes; };
   const uint32_t bars = smem_base + Traits::kSmemBarrierOffset;
-  const uint32_t q_full = bars;
-  const uint32_t q_empty = bars + 8u;
-  const auto k_full = [&](int s) { return bars + 8u * (2 + s); };
-  const auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
-  const auto k_empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
-  const auto v_empty = [&](int s) { return bars + 8u * (2 + 3 * kStages + s); };
-  const auto v_tail = [&](int s) { return bars + 8u * (2 + 4 * kStages + s); };
+  const auto q_full = [&](int b) { return bars + 8u * b; };
+  const auto q_empty = [&](int b) { return bars + 8u * (kQBuffers + b); };
+  constexpr int kS0 = Traits::kStageBarrier0;
+  const auto k_full = [&](int s) { return bars + 8u * (kS0 + s); };
+  const auto v_full = [&](int s) { return bars + 8u * (kS0 + kStages + s); };
+  const auto k_empty = [&](int s) { return bars + 8u * (kS0 + 2 * kStages + s); };
+  const auto v_empty = [&](int s) { return bars + 8u * (kS0 + 3 * kStages + s); };
+  const auto v_tail = [&](int s) { return bars + 8u * (kS0 + 4 * kStages + s); };
 
   const int tid = threadIdx.x;
   if (tid == 0) {
-    MbarrierInit(q_full, 1);
-    MbarrierInit(q_empty, Traits::kConsumerWarps);
+    for (int b = 0; b < kQBuffers; ++b) {
+      MbarrierInit(q_full(b), 1);
+      MbarrierInit(q_empty(b), Traits::kConsumerWarps + (Traits::kPrefetchNext ? 1 : 0));
+    }
     for (int s = 0; s < kStages; ++s) {
       MbarrierInit(k_full(s), 1);
       MbarrierInit(v_full(s), 1);
@@ -279,6 +300,43 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // the tensor's row dimension, which the copy zero-fills).
     SetMaxRegistersDecrease<Traits::kProducerRegisters>();
     if (tid != 0) {
+      if (Traits::kPrefetchNext && tid == 64) {
+        // L2 prefetch (thread 0 of warp 2): once query tile `round`'s Q has landed (its tile is
+        // about to run), the block's next query tile's Q and first KV tile (the last, copied
+        // first) are prefetched into L2, so that their bulk copies, issued once this tile's
+        // buffers free up, read L2 rather than DRAM: a short sequence's tile has few KV tiles
+        // to hide that latency behind. This thread is one more arrival on Q empty, so the
+        // copying thread cannot reuse a Q buffer before it has seen the buffer's previous phase
+        // (a wait by parity would otherwise mistake a phase two uses later for its own).
+        int round = 0;
+        for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+          BlockCoords<Element> c;
+          WsTileRows rows;
+          KvTileRange tiles;
+          if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles) ||
+              tiles.end <= tiles.begin) {
+            continue;
+          }
+          const int qb = round % kQBuffers;
+          MbarrierWait(q_full(qb), (round / kQBuffers) & 1);
+          MbarrierArrive(q_empty(qb));
+          ++round;
+          const int next = tile + gridDim.x;
+          if (next < sched.num_tiles &&
+              LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, c, rows, tiles) &&
+              tiles.end > tiles.begin) {
+            const int kv_head = c.head / (p.q_heads / p.kv_heads);
+            const int kv_row = rows.k_row + (tiles.end - 1) * kBlockN;
+#pragma unroll
+            for (int panel = 0; panel < Traits::kPanels; ++panel) {
+              TmaPrefetch4d(&args.q, panel * 64, c.head, rows.q_row, rows.batch);
+              TmaPrefetch4d(&args.k, panel * 64, kv_head, kv_row, rows.batch);
+              TmaPrefetch4d(&args.v, panel * 64, kv_head, kv_row, rows.batch);
+            }
+          }
+        }
+        return;
+      }
       if (kSm90WsZeroVTail && tid / 32 == 1 && p.cu_seqlens_q != nullptr) {
         const int lane = tid % 32;
         int i = 0;                // KV tiles copied so far, as the copying thread counts
@@ -309,12 +367,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
       if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
       const int kv_head = c.head / (p.q_heads / p.kv_heads);
-      MbarrierWait(q_empty, (round & 1) ^ 1);
-      MbarrierArriveExpectTx(q_full, QTile::kBytes);
+      // Query tile `round` takes Q buffer round % kQBuffers, its (round / kQBuffers)-th use.
+      const int qb = round % kQBuffers;
+      MbarrierWait(q_empty(qb), ((round / kQBuffers) & 1) ^ 1);
+      MbarrierArriveExpectTx(q_full(qb), QTile::kBytes);
 #pragma unroll
       for (int panel = 0; panel < Traits::kPanels; ++panel) {
-        TmaLoad4d(smem_q + panel * (kBlockM * 128), &args.q, q_full, panel * 64, c.head, rows.q_row,
-                  rows.batch);
+        TmaLoad4d(smem_q(qb) + panel * (kBlockM * 128), &args.q, q_full(qb), panel * 64, c.head,
+                  rows.q_row, rows.batch);
       }
       ++round;
       for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
@@ -365,11 +425,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
 
   // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart): Q
-  // and K are K-major, a k16 step is 32 bytes within a panel and the next panel starts
-  // kRows * 128 bytes further; V is N-major, its leading byte offset the panel stride and a k16
-  // step of P V 16 rows = 2048 bytes.
-  const uint64_t q_desc = SmemDescriptor(smem_q + consumer * 64 * 128, 16, 1024);
-
+  // (the consumer's 64 rows of its tile's Q buffer) and K are K-major, a k16 step is 32 bytes
+  // within a panel and the next panel starts kRows * 128 bytes further; V is N-major, its leading
+  // byte offset the panel stride and a k16 step of P V 16 rows = 2048 bytes.
   // The last consumer hands the first its first turn.
   if (consumer == kConsumers - 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
 
@@ -406,7 +464,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
     };
 
-    MbarrierWait(q_full, round & 1);
+    const int qb = round % kQBuffers;
+    MbarrierWait(q_full(qb), (round / kQBuffers) & 1);
+    const uint64_t q_desc = SmemDescriptor(smem_q(qb) + consumer * 64 * 128, 16, 1024);
     const int i_first = i;
     const auto step = [&](const int n, auto mask_tag) {
       constexpr bool kMask = decltype(mask_tag)::value;
@@ -446,7 +506,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_s[0]);
       release(k_empty(s));
       // The tile's last S: with a separate O tile, Q is free for the next query tile.
-      if (Traits::kSeparateO && n == tiles.begin) release(q_empty);
+      if (Traits::kSeparateO && n == tiles.begin) release(q_empty(0));
 
       if (softcap) {
 #pragma unroll
@@ -484,14 +544,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
     // Every wgmma of this warpgroup has completed. Each warp stages O in its own rows of the O
     // tile (or of Q, which no wgmma reads any more) and reads back only those.
-    StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o,
-                                        c, p.o_row_stride, valid_chunks, warp_row0, lane);
+    StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
+                                        smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
+                                        lane);
     if constexpr (!Traits::kSeparateO) {
-      // The next Q lands where O was staged: order this warp's generic-proxy accesses before the
+      // A later Q lands where O was staged: order this warp's generic-proxy accesses before the
       // bulk copy's writes.
       FenceProxyAsyncShared();
       __syncwarp();
-      release(q_empty);
+      release(q_empty(qb));
     }
     ++round;
   }

@@ -93,13 +93,19 @@ constexpr bool HasSm90WsKernel(int head_dim_bucket) {
 
 // One tile configuration: query tiles of 64 * consumers rows (one consumer warpgroup per 64),
 // KV tiles of block_n keys through `stages` shared-memory buffers each for K and V, O staged in
-// a shared tile of its own (separate_o: the next query tile's Q loads during the epilogue) or in
-// Q's.
+// a shared tile of its own (separate_o: the next query tile's Q loads once the tile's last
+// S = Q K^T has completed) or in Q's. With q_buffers = 2 (separate_o false) Q is double-buffered
+// and O is staged in its own tile's Q buffer: the next tile's Q loads while the tile runs, in
+// the shared memory of a separate O tile. prefetch_next: the producer prefetches the next query
+// tile's Q and first KV tile into L2 when it starts a tile. Both aim at short sequences, where a
+// query tile has only a few KV tiles to hide the next one's first copies behind.
 struct Sm90WsTileConfig {
   int block_n;
   int stages;
   int consumers;
   bool separate_o;
+  int q_buffers = 1;
+  bool prefetch_next = false;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
@@ -148,7 +154,7 @@ inline constexpr bool kSm90WsZeroVTail = true;
 // maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
 // head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
-          bool kSeparateO>
+          bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.

@@ -89,6 +89,19 @@ __device__ __forceinline__ void TmaLoad4d(uint32_t smem_dst, const CUtensorMap* 
 #endif
 }
 
+// Prefetches the box of `map` at coordinates {c0, c1, c2, c3} (as TmaLoad4d's) from global
+// memory into L2, without a destination or an mbarrier: a hint that a later TmaLoad4d of the same
+// box will find it there. Boxes past the tensor prefetch nothing.
+__device__ __forceinline__ void TmaPrefetch4d(const CUtensorMap* map, int c0, int c1, int c2,
+                                              int c3) {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+#endif
+}
+
 // Sixteen zero bytes at shared address `smem_addr` (16-byte aligned), a generic-proxy store: a
 // bulk copy's or wgmma's later access needs FenceProxyAsyncShared after it.
 __device__ __forceinline__ void StoreSharedZero128(uint32_t smem_addr) {

@@ -9,6 +9,11 @@
 // keys), seqlen_q != seqlen_k per sequence (bottom-right causal), GQA, softcap and sinks, and
 // more query tiles than SMs so that the persistent blocks skip the ranks short sequences lack.
 //
+// In a build with the benchmark's variants (ATTN_BENCH_WS_VARIANTS), --ws-variant=LABEL (a label
+// of bench/cuda/ws_variants.cu, e.g. 128x128/2c/2s/q2) runs every case on that configuration
+// instead of the host API's default, on a persistent grid; cases of another dtype or head-dim
+// bucket are reported as skipped.
+//
 // Exits 77 (ctest SKIP) without a CUDA device, on a device other than compute capability 9.0
 // and in a build without the kernel, so it never passes vacuously; a case whose dtype or bucket
 // this build did not compile is reported as skipped, never as passed.
@@ -30,8 +35,12 @@
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
 #include "kernels/dtype.h"
 #include "tests/reference/reference_attention.h"
+#ifdef ATTN_BENCH_WS_VARIANTS
+#include "bench/cuda/ws_variants.h"
+#endif
 
 namespace attention::cuda {
 namespace {
@@ -51,6 +60,36 @@ Tolerance ToleranceFor(DType dtype) {
 }
 
 const char* DTypeName(DType d) { return d == DType::kFloat16 ? "fp16" : "bf16"; }
+
+#ifdef ATTN_BENCH_WS_VARIANTS
+// The configuration --ws-variant names; null: the host API's default.
+const bench::WsVariant* g_variant = nullptr;
+#endif
+
+// Launches `p` as the host API would (RunFlashFwdSm90Ws), or on --ws-variant's configuration
+// with a persistent grid. Unimplemented for a case that configuration does not cover.
+absl::Status LaunchUnderTest(const AttentionParams& params) {
+#ifdef ATTN_BENCH_WS_VARIANTS
+  if (g_variant != nullptr) {
+    AttentionParams p = params;
+    Normalize(p);
+    ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+    const int bucket = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+    if (p.dtype != DType::kBFloat16 || bucket != g_variant->head_dim) {
+      return absl::UnimplementedError("not the dtype (bf16) or bucket of --ws-variant");
+    }
+    if (absl::Status s = CheckFlashFwdSm90Ws(p); !s.ok()) return s;
+    if (p.batch == 0 || p.seqlen_q == 0 || (p.is_varlen() && p.total_q == 0)) {
+      return absl::OkStatus();
+    }
+    FwdSm90WsArgs args;
+    if (absl::Status s = MakeFwdSm90WsArgs(p, g_variant->config, true, args); !s.ok()) return s;
+    const cudaError_t err = (p.causal ? g_variant->causal : g_variant->dense)(args, nullptr);
+    return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
+  }
+#endif
+  return RunFlashFwdSm90Ws(params, nullptr);
+}
 
 uint64_t Seed() {
   static const uint64_t seed = [] {
@@ -443,7 +482,13 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
                 std::string(check.message()).c_str());
     return;
   }
-  const absl::Status status = RunFlashFwdSm90Ws(dp, nullptr);
+  const absl::Status status = LaunchUnderTest(dp);
+  if (absl::IsUnimplemented(status)) {
+    for (void* ptr : allocations) cudaFree(ptr);
+    std::printf("  %-36s %s  skipped: %s\n", c.name.c_str(), DTypeName(dtype),
+                std::string(status.message()).c_str());
+    return;
+  }
   ASSERT_TRUE(status.ok()) << status;
   CUDA_OK(cudaDeviceSynchronize());
   ran = true;
@@ -622,5 +667,28 @@ int main(int argc, char** argv) {
     return 77;
   }
   ::testing::InitGoogleTest(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const std::string flag = "--ws-variant=";
+    if (arg.rfind(flag, 0) != 0) {
+      std::printf("flash_fwd_sm90ws_test: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+#ifdef ATTN_BENCH_WS_VARIANTS
+    for (const attention::cuda::bench::WsVariant& v : attention::cuda::bench::WsVariants()) {
+      if (v.Label() == arg.substr(flag.size())) attention::cuda::g_variant = &v;
+    }
+    if (attention::cuda::g_variant == nullptr) {
+      std::printf("flash_fwd_sm90ws_test: no variant %s in bench/cuda/ws_variants.cu\n",
+                  arg.c_str() + flag.size());
+      return 2;
+    }
+    std::printf("flash_fwd_sm90ws_test: every case on variant %s (persistent grid)\n",
+                arg.c_str() + flag.size());
+#else
+    std::printf("flash_fwd_sm90ws_test: --ws-variant needs a build with ATTN_BENCH_WS_VARIANTS\n");
+    return 2;
+#endif
+  }
   return RUN_ALL_TESTS();
 }
