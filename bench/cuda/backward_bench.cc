@@ -35,11 +35,13 @@
 // bf16, dense variant, default dQ mode; bucket 256's split kernel) on the same shapes, each
 // beside the mma.sync kernel on the same problem, with its largest difference from the mma.sync
 // kernel's gradients (WRONG above 2e-2); the default marked *. With --json, one line per (shape,
-// configuration) ({"kind": "bwd_sm90_variant", ...}).
+// configuration) ({"kind": "bwd_sm90_variant", ...}). --variants times only the configurations
+// named (comma-separated, as printed: "split serial,split bulk"), the default always; --causal
+// 0 or 1 only the non-causal or causal shapes (both by default).
 //
 // Usage: backward_bench [--dtype bf16|fp16] [--hdim 64,128,256] [--seqlens 512,...]
 //                       [--tokens 16384] [--model_dim 2048] [--repeats 20] [--json out.jsonl]
-//                       [--sm90] [--sweep] [--sm90-variants]
+//                       [--sm90] [--sweep] [--sm90-variants [--variants a,b] [--causal 0|1]]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -81,7 +83,20 @@ struct Options {
   bool sweep = false;
   bool sm90 = false;
   bool sm90_variants = false;
+  std::vector<std::string> variants;  // --variants: names to time (all when empty)
+  int causal = -1;                    // --causal: 0 or 1 only (-1: both)
 };
+
+std::vector<std::string> Names(const char* text) {
+  std::vector<std::string> out;
+  for (const char* p = text;;) {
+    const char* comma = std::strchr(p, ',');
+    out.emplace_back(p, comma == nullptr ? std::strlen(p) : static_cast<size_t>(comma - p));
+    if (comma == nullptr) break;
+    p = comma + 1;
+  }
+  return out;
+}
 
 std::vector<int> Ints(const char* text) {
   std::vector<int> out;
@@ -119,6 +134,10 @@ bool Parse(int argc, char** argv, Options& o) {
       o.sm90 = true;
     } else if (a == "--sm90-variants") {
       o.sm90_variants = true;
+    } else if (a == "--variants" && has_value) {
+      o.variants = Names(argv[++i]);
+    } else if (a == "--causal" && has_value) {
+      o.causal = std::atoi(argv[++i]) != 0 ? 1 : 0;
     } else {
       std::fprintf(stderr, "unknown or incomplete argument %s\n", a.c_str());
       return false;
@@ -298,10 +317,14 @@ int RunSm90Variants(const Options& o) {
   for (int d : o.hdims) {
     std::vector<const BwdSm90Variant*> variants;
     for (const BwdSm90Variant& v : BwdSm90Variants()) {
-      if (v.head_dim == d) variants.push_back(&v);
+      const bool named =
+          o.variants.empty() || v.is_default ||
+          std::find(o.variants.begin(), o.variants.end(), v.name) != o.variants.end();
+      if (v.head_dim == d && named) variants.push_back(&v);
     }
     if (variants.empty()) continue;
     for (bool causal : {false, true}) {
+      if (o.causal >= 0 && causal != (o.causal == 1)) continue;
       for (int n : o.seqlens) {
         const int batch = static_cast<int>(std::max<int64_t>(1, o.tokens / n));
         const int heads = o.model_dim / d;

@@ -3,11 +3,16 @@
 // passes one after the other ("serial") or the first pass's atomics during the second
 // ("overlap"); the next tile's product A issued before the last pass's atomics ("prefetch");
 // the query tiles walked from the key tile's index ("stagger"); the first dQ pass issued
-// between products C and C', its atomics during C' ("early"). Two-float reductions: the
-// four-float ones lost in every cell of device call 2 (backward_sm90_notes.md).
+// between products C and C', its atomics during C' ("early"); dQ staged in shared memory and
+// added by bulk tensor reductions instead of atomics ("bulk", FlashBwdSm90SplitBulkKernel).
+// Two-float reductions: the four-float ones lost in every cell of device call 2
+// (backward_sm90_notes.md).
+#include <cuda.h>
+
 #include <type_traits>
 
 #include "bench/cuda/backward_sm90_variants.h"
+#include "kernels/cuda/flash_bwd_bulk.cuh"
 #include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_sm90_launch_template.cuh"
@@ -16,6 +21,25 @@
 namespace attention::cuda {
 namespace {
 
+// FlashBwdSm90SplitBulkKernel (bf16, dense) with dq_accum's tensor map: RunFlashBwdSm90WithTraits's
+// grid and shared memory.
+template <typename Traits>
+cudaError_t RunSplitBulk(const BwdParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
+  CUtensorMap dq_map;
+  if (const cudaError_t err = EncodeDqAccumMap(p, dq_map); err != cudaSuccess) return err;
+  const auto kernel = &bwd::FlashBwdSm90SplitBulkKernel<Traits, BwdElementOf<DType::kBFloat16>,
+                                                        /*kGeneral=*/false>;
+  if (const cudaError_t err = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemLaunchBytes);
+      err != cudaSuccess) {
+    return err;
+  }
+  const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(p, dq_map);
+  return cudaGetLastError();
+}
+
 // DispatchFlashBwd's launch sequence (flash_bwd_dispatch.cc) with the Hopper kernel of Traits.
 template <typename Traits>
 cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
@@ -23,18 +47,21 @@ cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
   const BwdParams p = BindBackwardWorkspace(params, workspace);
   if (p.deterministic) return cudaErrorNotSupported;
   if (const cudaError_t err = RunBwdPreprocess(p, stream); err != cudaSuccess) return err;
-  if (const cudaError_t err =
-          RunFlashBwdSm90WithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
-      err != cudaSuccess) {
-    return err;
+  cudaError_t err = cudaSuccess;
+  if constexpr (Traits::kDqBulk) {
+    err = RunSplitBulk<Traits>(p, stream);
+  } else {
+    err = RunFlashBwdSm90WithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
   }
+  if (err != cudaSuccess) return err;
   return RunBwdPostprocess(p, stream);
 }
 
-template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ, bool kDqEarly = false>
+template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ, bool kDqEarly = false,
+          bool kDqBulk = false>
 BwdSm90Variant SplitVariant(const char* name) {
   using Traits =
-      BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ, kDqEarly>;
+      BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ, kDqEarly, kDqBulk>;
   return {name, 256, std::is_same_v<Traits, DefaultBwdSm90KernelTraits<256>::type>,
           &RunVariant<Traits>};
 }
@@ -53,6 +80,10 @@ const std::vector<BwdSm90Variant>& BwdSm90Variants() {
       SplitVariant<false, false, false, false, true>("split early"),
       SplitVariant<false, false, true, false, true>("split early prefetch"),
       SplitVariant<false, false, false, true, true>("split early stagger"),
+      SplitVariant<false, false, false, false, false, true>("split bulk"),
+      SplitVariant<false, false, false, false, true, true>("split early bulk"),
+      SplitVariant<false, false, false, true, false, true>("split bulk stagger"),
+      SplitVariant<false, false, true, false, false, true>("split bulk prefetch"),
   };
   return variants;
 }

@@ -38,6 +38,7 @@
 
 #include "kernels/attention_params.h"
 #include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_bwd_bulk.cuh"
 #include "kernels/cuda/flash_bwd_kernel.cuh"
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_traits.h"
@@ -472,6 +473,10 @@ __device__ __forceinline__ void Settle(uint32_t (&frag)[4]) {
   asm volatile("" : "+r"(frag[0]), "+r"(frag[1]), "+r"(frag[2]), "+r"(frag[3]));
 }
 
+__device__ __forceinline__ void StoreShared64f(uint32_t smem_addr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(smem_addr), "f"(x), "f"(y));
+}
+
 __device__ __forceinline__ void StoreShared128(uint32_t smem_addr, uint32_t x, uint32_t y,
                                                uint32_t z, uint32_t w) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr), "r"(x), "r"(y),
@@ -497,11 +502,16 @@ __device__ __forceinline__ void StoreShared128(uint32_t smem_addr, uint32_t x, u
 // Q, dO, lse and D in two stages as FlashBwdSm90Kernel. Barriers per query tile: before A (the
 // tile's copies landed; the previous tile's readers of the scratch, the DsTile and the other
 // stage are done), after exchange 1, after exchange 2.
+// With Traits::kDqBulk (FlashBwdSm90SplitBulkKernel) D's passes are staged in shared memory and
+// added by bulk tensor reductions through `dq_map` (flash_bwd_bulk.cuh), and the next tile's
+// copies are issued after exchange 1 (BwdSm90SplitKernelTraits says why); dq_map is null
+// otherwise.
 // Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemLaunchBytes
 // of dynamic shared memory. `p` normalized and checked by the host API, p.deterministic false.
 template <typename Traits, typename Element, bool kGeneral>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
-    FlashBwdSm90SplitKernel(const __grid_constant__ BwdParams p) {
+__device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
+                                                      const CUtensorMap* dq_map) {
+  static_cast<void>(dq_map);  // read only with Traits::kDqBulk
 #ifdef ATTN_HAVE_WGMMA
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -619,18 +629,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint64_t k_desc_b =
       SmemDescriptor(smem_k + (col0 / 64) * (kBlockN * 128), kBlockN * 128, 1024);
 
-  // The barrier before query tile it's products: its copies landed and are visible to the
-  // tensor cores, every reader of the other stage (products C / C' of tile it - 1, in both
-  // warpgroups) is done; then tile it + 1's copies are issued into that stage. Returns tile
-  // it + 1's lse_log2 / D entry for store_row_entry.
-  const auto tile_barrier = [&](int it) -> float {
-    CpAsyncWait<0>();
-    FenceProxyAsyncShared();
-    __syncthreads();
+  // Tile it + 1's copies into the other stage, once every reader of it is done; returns its
+  // lse_log2 / D entry for store_row_entry.
+  const auto load_next_tile = [&](int it) -> float {
     float next_row_entry = 0.f;
     if (it + 1 < iters) next_row_entry = load_query_tile(it + 1);
     CpAsyncCommit();
     return next_row_entry;
+  };
+  // The barrier before query tile it's products: its copies landed and are visible to the
+  // tensor cores, every reader of the other stage (products C / C' of tile it - 1, in both
+  // warpgroups) is done; then tile it + 1's copies are issued into that stage (with
+  // Traits::kDqBulk after exchange 1 instead: tile it - 1's bulk reductions still read that
+  // stage). Returns tile it + 1's lse_log2 / D entry for store_row_entry (0 with kDqBulk).
+  const auto tile_barrier = [&](int it) -> float {
+    CpAsyncWait<0>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+    if constexpr (Traits::kDqBulk) return 0.f;
+    return load_next_tile(it);
   };
   // A. S^T (warpgroup 0) or dP^T (warpgroup 1) of tile it, [64 keys, 64 queries], into acc:
   // issued as one commit group, not waited for.
@@ -719,7 +736,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       StoreShared128(slot(warpgroup, i), __float_as_uint(v[0]), __float_as_uint(v[1]),
                      __float_as_uint(v[2]), __float_as_uint(v[3]));
     }
-    __syncthreads();
+    if constexpr (Traits::kDqBulk) {
+      // Tile it - 1's reductions have read their boxes (the other stage) before the barrier,
+      // and tile it + 1's copies overwrite that stage after it.
+      if (lane == 0) BulkWaitRead<0>();
+      __syncthreads();
+      next_row_entry = load_next_tile(it);
+    } else {
+      __syncthreads();
+    }
     // own_p[h], own_ds[h]: fragments of k16 step 2 w + h.
     uint32_t own_p[2][4];
     uint32_t own_ds[2][4];
@@ -872,6 +897,49 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     };
+    // Traits::kDqBulk: pass `pass` of the warp's 16 rows into two 16 x 32 boxes (DqBoxOffset's
+    // layout) in the warpgroup's two panels of dO (pass 0, free once C has completed) or Q (pass
+    // 1, once C' has), then one bulk group of the two boxes' reductions, issued by lane 0. Rows
+    // past the end of the query sequence are staged as zeros: their boxes' rows add +0 into the
+    // next sequence's rows of dq_accum (which leaves every value as it is) or fall past q_rows
+    // (dropped); a warp with no row in the sequence adds nothing. The warpgroup barrier first:
+    // a warp's wgmma.wait_group covers its own share of C / C', but every warp's share reads all
+    // 64 rows of the panels the boxes overwrite.
+    const auto write_dq = [&](const float(&acc_dq)[8][4], int pass) {
+      if constexpr (Traits::kDqBulk) {
+        WarpgroupBarrier(1 + warpgroup);
+        const int warp_rows = seq.len_q - q0 - warp_row0;
+        if (warp_rows <= 0) return;
+        const bool row_valid[2] = {g < warp_rows, g + 8 < warp_rows};
+        const uint32_t box0 = (pass == 0 ? smem_do : smem_q) + q_off +
+                              (col0 / 64) * (kBlockM * 128) + warp_row0 * 128;
+#pragma unroll
+        for (int n8 = 0; n8 < 8; ++n8) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            StoreShared64f(
+                box0 + (n8 / 4) * (kBlockM * 128) + DqBoxOffset(g + 8 * hf, 8 * (n8 % 4) + 2 * t),
+                row_valid[hf] ? acc_dq[n8][2 * hf] : 0.f,
+                row_valid[hf] ? acc_dq[n8][2 * hf + 1] : 0.f);
+          }
+        }
+        FenceProxyAsyncShared();
+        __syncwarp();
+        if (lane == 0) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int col = col0 + 64 * pass + kDqBoxCols * h;
+            if (col < p.head_dim) {
+              BulkReduceAdd3d(dq_map, box0 + h * (kBlockM * 128), col, head,
+                              static_cast<int>(seq.ws_start + q0 + warp_row0));
+            }
+          }
+          BulkCommit();
+        }
+      } else {
+        add_dq(acc_dq, pass);
+      }
+    };
     // Commit groups in order: C, C', then D. Each wait frees what the next issue needs: C done
     // before D's first accumulator is taken (P^T's fragments free), C' done before the second
     // (dS^T's fragments free), so that dK, dV and at most 64 more floats are live.
@@ -899,14 +967,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_dv);
       FenceFragments(p_frag);
       FenceAccumulators(acc_dq0);
-      add_dq(acc_dq0, 0);
+      write_dq(acc_dq0, 0);
       WgmmaWait<0>();
       FenceAccumulators(acc_dk);
       FenceFragments(ds_frag);
       issue_dq(acc_dq0, 1);
       finish_last_pass();
       FenceAccumulators(acc_dq0);
-      add_dq(acc_dq0, 1);
+      write_dq(acc_dq0, 1);
       continue;
     }
     WgmmaWait<1>();
@@ -930,12 +998,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_dk);
       FenceFragments(ds_frag);
       FenceAccumulators(acc_dq0);
-      add_dq(acc_dq0, 0);
+      write_dq(acc_dq0, 0);
       issue_dq(acc_dq0, 1);
       finish_last_pass();
       FenceAccumulators(acc_dq0);
-      add_dq(acc_dq0, 1);
+      write_dq(acc_dq0, 1);
     }
+  }
+
+  if constexpr (Traits::kDqBulk) {
+    // The last tiles' reductions complete before the block's shared memory goes.
+    if (lane == 0) BulkWait<0>();
   }
 
   if constexpr (Traits::kPrefetchA) {
@@ -961,6 +1034,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   CopyStagedTile<KVTile, Traits::kChunks, Traits::kNThreads>(smem_v, dv, p.v_row_stride, keys,
                                                              valid_chunks, tid);
 #endif  // ATTN_HAVE_WGMMA
+}
+
+// The split kernel with dQ added by atomics (Traits::kDqBulk false). Launch: FlashBwdSm90SplitBody.
+template <typename Traits, typename Element, bool kGeneral>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashBwdSm90SplitKernel(const __grid_constant__ BwdParams p) {
+  static_assert(!Traits::kDqBulk, "the bulk reductions need dq_map: FlashBwdSm90SplitBulkKernel");
+  FlashBwdSm90SplitBody<Traits, Element, kGeneral>(p, nullptr);
+}
+
+// The split kernel with dQ added by bulk tensor reductions (Traits::kDqBulk) through `dq_map`,
+// dq_accum's map from EncodeDqAccumMap. Launch: FlashBwdSm90SplitBody.
+template <typename Traits, typename Element, bool kGeneral>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashBwdSm90SplitBulkKernel(const __grid_constant__ BwdParams p,
+                                const __grid_constant__ CUtensorMap dq_map) {
+  static_assert(Traits::kDqBulk, "FlashBwdSm90SplitKernel adds dQ with atomics");
+  FlashBwdSm90SplitBody<Traits, Element, kGeneral>(p, &dq_map);
 }
 
 }  // namespace attention::cuda::bwd

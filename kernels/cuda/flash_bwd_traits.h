@@ -324,8 +324,19 @@ struct BwdSm90KernelTraits {
 // running at once add into different rows of dq_accum (else all start at the first tile).
 // kDqEarly (serial dQ): the first dQ pass is issued between products C and C' (it needs only the
 // DsTile and K), so that its atomics run while C' is on the tensor cores.
+// kDqBulk (FlashBwdSm90SplitBulkKernel; serial dQ, early or not, with or without kPrefetchA):
+// each warp stages its 16 rows of a dQ pass in float32 into shared memory (the swizzled boxes
+// of flash_bwd_bulk.cuh) and adds them into dq_accum with bulk tensor reductions (TMA) instead
+// of red.global.add atomics: 32 shared stores of two wavefronts per thread and tile where the
+// atomics take eight (one 32-byte sector in each of eight rows), and whole-line additions in L2.
+// The staging reuses the tile's own Q / dO stage: warpgroup w's panels of dO (pass 0) and Q
+// (pass 1), 64 rows x 128 columns x 4 bytes = 32 KB, which only its products C and C' read
+// after product A. So that the next query tile but one may load into that stage only once the
+// reductions have read it, the next tile's copies are issued after exchange 1 instead of at the
+// tile's first barrier. Rows past the end of the query sequence are staged as zeros (their
+// boxes add +0 into the next sequence's rows).
 template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false, bool kPrefetchA_ = false,
-          bool kStaggerQ_ = false, bool kDqEarly_ = false>
+          bool kStaggerQ_ = false, bool kDqEarly_ = false, bool kDqBulk_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
@@ -336,6 +347,9 @@ struct BwdSm90SplitKernelTraits {
   static constexpr bool kStaggerQ = kStaggerQ_;
   static constexpr bool kDqEarly = kDqEarly_;
   static_assert(!(kDqEarly && kDqOverlap), "kDqEarly: one dQ accumulator, the passes in turn");
+  static constexpr bool kDqBulk = kDqBulk_;
+  static_assert(!kDqBulk || (!kDqOverlap && !kDqVec4),
+                "kDqBulk: one dQ accumulator, its passes staged in the two-float layout");
   static constexpr int kBlockM = 64;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarpgroups = 2;
