@@ -9,7 +9,10 @@
 #
 #   bench/serving/run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
 #   environment: SERVER (another attention_server binary), TAG (suffix of the metrics files),
-#   LONE_ONLY=1 (only the lone session)
+#   LONE_ONLY=1 (only the lone session), LONE_STEPS (the lone session's steps, 400),
+#   SUITE_SECONDS (the suite's time limit, 150); the server and the suite inherit the rest, e.g.
+#   ATTN_LONE_FAST_PATH=0 or ATTN_LONE_ZERO_COPY=1 (docs/operations.md, Environment) to compare
+#   the lone-request fast path's variants with one binary
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of attention_server, attention_cli,
 # fake_attention_server and session_integration_test. Results under $OUT, appended (so that the
@@ -63,8 +66,9 @@ common=(--target=127.0.0.1:50071 --context=8192 --heads=32 --kv_heads=8 --head_d
         --dtype=bf16 --layers=1)
 
 step "session-bench: a lone session, echo round trip of the same bytes"
-timeout 120 "$bin/attention_cli" session-bench "${common[@]}" --sessions=1 --steps=400 \
-  --warmup_steps=20 --echo_target=127.0.0.1:50072 --json=/tmp/lone.json || status=1
+timeout 120 "$bin/attention_cli" session-bench "${common[@]}" --sessions=1 \
+  --steps="${LONE_STEPS:-400}" --warmup_steps=20 --echo_target=127.0.0.1:50072 \
+  --json=/tmp/lone.json || status=1
 cat /tmp/lone.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
 save_metrics() {
   python3 -c 'import sys, urllib.request

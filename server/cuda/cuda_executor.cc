@@ -80,6 +80,17 @@ std::atomic<bool>& PendingInjectedStickyError() {
   return pending;
 }
 
+// ATTN_LONE_ZERO_COPY=1: a lone session step's (kPagedDecode) kernels write o and lse into the
+// slot's pinned block instead of device memory, and no download follows (an A/B switch until a
+// GPU run measured it: docs/operations.md). Read once.
+bool LoneZeroCopy() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_LONE_ZERO_COPY");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+
 int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
   float ms = 0.f;
   if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess) return 0;
@@ -203,6 +214,12 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
     return s;
   }
   pinned_pool_ = static_cast<char*>(pinned_pool);
+  void* pinned_on_device = nullptr;
+  if (cudaHostGetDevicePointer(&pinned_on_device, pinned_pool, 0) == cudaSuccess) {
+    pinned_pool_on_device_ = static_cast<char*>(pinned_on_device);
+  } else {
+    cudaGetLastError();  // not mapped: outputs are downloaded, as for every other batch
+  }
 
   slots_.resize(static_cast<size_t>(depth));
   for (int i = 0; i < depth; ++i) {
@@ -327,7 +344,14 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
   }
   if (inline_slot != nullptr) {
     cudaSetDevice(device_index_);  // the calling thread may have served another device before
-    LaunchSlot(inline_slot);
+    // A gRPC reaction's scope takes a small batch's completion (the lone-request fast path): a
+    // large output is scattered by the completion pool, from a finisher.
+    CallerCompletionScope* scope = CallerCompletionScope::Available();
+    inline_slot->lone =
+        scope != nullptr && inline_slot->batch->plan.layout.output_bytes < kParallelScatterBytes;
+    if (LaunchSlot(inline_slot) && inline_slot->lone) {
+      scope->Defer([this, inline_slot] { FinishLone(inline_slot); });
+    }
     return;
   }
   batch->device = name_;
@@ -372,24 +396,46 @@ void CudaExecutor::StageLoop() {
   }
 }
 
-void CudaExecutor::LaunchSlot(Slot* slot) {
+bool CudaExecutor::LaunchSlot(Slot* slot) {
   const absl::Status status = Launch(*slot);
   if (!status.ok()) {
     // Nothing of this batch may still be running when its slot is reused.
     cudaStreamSynchronize(slot->stream);
     cudaGetLastError();
     std::unique_ptr<Batch> batch = std::move(slot->batch);
+    slot->lone = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       FreeSlotLocked(slot);
     }
     batch->device = name_;
     FinishBatch(std::move(batch), status);
-    return;
+    return false;
   }
+  if (slot->lone) return true;
   std::lock_guard<std::mutex> lock(mu_);
   in_flight_.push_back(slot);
   complete_cv_.notify_one();
+  return true;
+}
+
+void CudaExecutor::FinishLone(Slot* slot) {
+  // The launching thread, on which the scope runs this, may have switched devices meanwhile.
+  cudaSetDevice(device_index_);
+  cudaError_t completion = cudaStreamSynchronize(slot->stream);
+  if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
+  absl::Status status = CheckCuda(completion, "batch completion");
+  slot->batch->timings.device_done = Clock::now();
+  if (status.ok()) {
+    // The copies were not timed (no events around them): host_to_device_ns and
+    // device_to_host_ns stay 0, which FinishBatch reports as no such stage.
+    slot->batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
+  }
+  slot->lone = false;
+  // At most one lone slot is out at a time (an inline launch needs every slot free), but the
+  // scratch is per thread anyway: scopes run on gRPC threads.
+  static thread_local std::vector<HostCopy> output_copies;
+  FinishSlot(DoneSlot{slot, std::move(status)}, output_copies);
 }
 
 void CudaExecutor::FreeSlotLocked(Slot* slot) {
@@ -425,7 +471,13 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   }
 
   char* device_inputs = slot.device;
-  char* device_outputs = slot.device + layout.input_bytes;
+  // A lone session step may have its kernels write o and lse into the slot's pinned outputs
+  // block directly (ATTN_LONE_ZERO_COPY): the host reads them there after the stream's end.
+  const bool zero_copy = slot.lone && batch.config.kind == WorkKind::kPagedDecode &&
+                         pinned_pool_on_device_ != nullptr && LoneZeroCopy();
+  char* device_outputs =
+      zero_copy ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_) + layout.input_bytes
+                : slot.device + layout.input_bytes;
   const AttentionParams p = BindParams(batch.plan, device_inputs, device_outputs);
   // A backward batch: grad_o among the inputs, dq, dk and dv as the outputs (as the CPU
   // executor binds them), and the backward's float32 workspace (dq accumulator, D, lse).
@@ -450,8 +502,13 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   void* workspace = workspace_bytes > 0 ? slot.device + workspace_offset : nullptr;
 
   cudaStream_t stream = slot.stream;
-  if (absl::Status s = CheckCuda(cudaEventRecord(slot.start, stream), "cudaEventRecord"); !s.ok()) {
-    return s;
+  // A lone slot's copies are not timed: its completion waits for the stream, not an event, and
+  // two event records less are ~2-4 us less on its path.
+  if (!slot.lone) {
+    if (absl::Status s = CheckCuda(cudaEventRecord(slot.start, stream), "cudaEventRecord");
+        !s.ok()) {
+      return s;
+    }
   }
   if (absl::Status s = CheckCuda(
           cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(layout.input_bytes),
@@ -481,16 +538,20 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckCuda(
-          cudaMemcpyAsync(slot.pinned + layout.input_bytes, device_outputs,
-                          static_cast<size_t>(layout.output_bytes), cudaMemcpyDeviceToHost, stream),
-          "download");
-      !s.ok()) {
-    return s;
+  if (!zero_copy) {
+    if (absl::Status s = CheckCuda(cudaMemcpyAsync(slot.pinned + layout.input_bytes, device_outputs,
+                                                   static_cast<size_t>(layout.output_bytes),
+                                                   cudaMemcpyDeviceToHost, stream),
+                                   "download");
+        !s.ok()) {
+      return s;
+    }
   }
-  if (absl::Status s = CheckCuda(cudaEventRecord(slot.downloaded, stream), "cudaEventRecord");
-      !s.ok()) {
-    return s;
+  if (!slot.lone) {
+    if (absl::Status s = CheckCuda(cudaEventRecord(slot.downloaded, stream), "cudaEventRecord");
+        !s.ok()) {
+      return s;
+    }
   }
   batch.timings.staged = Clock::now();
   slot.device_bytes_used = workspace_offset + workspace_bytes;

@@ -21,7 +21,14 @@
 // executor (every slot free, nothing waiting) is staged and launched by Submit itself: that saves a
 // thread wake-up between a lone request's arrival and its kernel launch. Under load Submit only
 // queues, so that the batcher thread (or the gRPC thread of the batcher's fast path) never stages a
-// batch while others are in flight.
+// batch while others are in flight. When that inline launch runs inside a CallerCompletionScope
+// (server/executor.h: a gRPC reaction, ATTN_LONE_FAST_PATH on) and the batch's outputs are small,
+// the batch is a lone one: it records two events instead of four (the kernel's, around the kernel:
+// its copies are not timed) and the scope's thread waits for its stream and finishes it
+// (FinishLone) once the reaction returns, so that the completer's wake-up is off its path too.
+// With ATTN_LONE_ZERO_COPY=1 a lone session step's kernels also write o and lse straight into the
+// slot's pinned block (host memory the device reaches through unified addressing), so that no
+// download (a DMA's few microseconds of latency after the kernel) follows them.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -91,6 +98,9 @@ class CudaExecutor final : public Executor {
     cudaStream_t stream = nullptr;
     cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
     std::unique_ptr<Batch> batch;
+    // Finished by the CallerCompletionScope of the thread that launched it (FinishLone), not by
+    // the completer; only `uploaded` and `computed` are recorded. Set before Launch.
+    bool lone = false;
     int64_t device_bytes_used = 0;
     std::vector<HostCopy> copies;  // the batch's input copies bound to `pinned` (reused)
   };
@@ -98,8 +108,12 @@ class CudaExecutor final : public Executor {
   CudaExecutor(int device, Metrics* metrics);
   absl::Status Init(const ExecutorOptions& options);
   void StageLoop();
-  // Launch(slot); then the slot is in flight, or its batch failed and the slot is free again.
-  void LaunchSlot(Slot* slot);
+  // Launch(slot); then the slot is in flight (true: handed to the completer, or for a lone slot
+  // left to its caller's FinishLone), or its batch failed and the slot is free again (false).
+  bool LaunchSlot(Slot* slot);
+  // A lone slot's completion, on the thread whose CallerCompletionScope took it: waits for the
+  // slot's stream, then FinishSlot.
+  void FinishLone(Slot* slot);
   // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
   // A finisher: finishes each done batch (FinishSlot).
@@ -125,6 +139,9 @@ class CudaExecutor final : public Executor {
 
   char* device_pool_ = nullptr;
   char* pinned_pool_ = nullptr;
+  // pinned_pool_ as the device addresses it (cudaHostGetDevicePointer; the same address under
+  // unified addressing), or null when it cannot: then no batch writes its outputs there.
+  char* pinned_pool_on_device_ = nullptr;
   int64_t device_pool_bytes_ = 0, pinned_pool_bytes_ = 0;
   int64_t device_slot_bytes_ = 0, pinned_slot_bytes_ = 0;
   int64_t max_batch_bytes_ = 0;
