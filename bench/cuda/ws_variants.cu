@@ -8,14 +8,15 @@ namespace attention::cuda::bench {
 namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, bool kSeparateO,
-          int kQBuffers = 1, bool kPrefetchNext = false>
+          int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false>
 WsVariant Make() {
   return {kHeadDim,
-          Sm90WsTileConfig{kBlockN, kStages, kConsumers, kSeparateO, kQBuffers, kPrefetchNext},
+          Sm90WsTileConfig{kBlockN, kStages, kConsumers, kSeparateO, kQBuffers, kPrefetchNext,
+                           kTmaStoreO},
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, false, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext>,
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO>,
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, true, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext>};
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO>};
 }
 
 }  // namespace
@@ -24,26 +25,37 @@ std::string WsVariant::Label() const {
   return std::to_string(64 * config.consumers) + "x" + std::to_string(config.block_n) + "/" +
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
-         (config.prefetch_next ? "/pf" : "");
+         (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "");
 }
 
 // The defaults (DefaultSm90WsTileConfig) and their neighbours: at d = 64 two or three consumer
 // warpgroups (128 or 192 query rows; three leave 160 registers each, and the causal variant of
 // 192 x 128 spills 220 bytes, hence also 192 x 96) and two or four stages; at d = 128 three
-// stages with O staged in Q (224 KB) against two with a separate O tile, 64-key tiles, and
-// FlashAttention-3's 176-key tiles (O in Q: 32 + 2 x 2 x 44 = 208 KB). For short sequences
-// (issue 23: 512-1024 keys, 4-8 KV tiles per query tile), the defaults with the next tile's
-// first copies earlier: two Q buffers with O staged in the retiring one (/q2, the shared memory
-// of a separate O tile), an L2 prefetch of the next tile's Q and first KV tile (/pf), and both.
+// stages with O staged in Q (224 KB) against two with a separate O tile, and 64-key tiles
+// (FlashAttention-3's 176-key tiles ran 0.67-1.04x the routed kernel in device call 3 and spill
+// 516 bytes with causal: dropped). For short sequences (issue 23: 512-1024 keys, 4-8 KV tiles
+// per query tile) the defaults with the next tile's first copies earlier: two Q buffers with O
+// staged in the retiring one (/q2, in the shared memory of a separate O tile), an L2 prefetch of
+// the next tile's Q and first KV tile (/pf), both; and O written by bulk tensor stores (/ts).
 const std::vector<WsVariant>& WsVariants() {
   static const std::vector<WsVariant> variants = {
-      Make<64, 128, 4, 2, true>(),          Make<64, 128, 2, 2, true>(),
-      Make<64, 128, 4, 3, true>(),          Make<64, 96, 4, 3, true>(),
-      Make<64, 128, 4, 3, true, 1, true>(), Make<64, 128, 4, 3, false, 2, true>(),
-      Make<64, 96, 4, 3, false, 2, true>(), Make<128, 128, 2, 2, true>(),
-      Make<128, 128, 3, 2, false>(),        Make<128, 64, 4, 2, true>(),
-      Make<128, 176, 2, 2, false>(),        Make<128, 128, 2, 2, true, 1, true>(),
-      Make<128, 128, 2, 2, false, 2>(),     Make<128, 128, 2, 2, false, 2, true>(),
+      Make<64, 128, 4, 2, true>(),
+      Make<64, 128, 2, 2, true>(),
+      Make<64, 128, 4, 3, true>(),
+      Make<64, 96, 4, 3, true>(),
+      Make<64, 128, 4, 3, true, 1, true>(),
+      Make<64, 128, 4, 3, false, 2, true>(),
+      Make<64, 96, 4, 3, false, 2, true>(),
+      Make<64, 128, 4, 3, true, 1, false, true>(),
+      Make<64, 128, 4, 2, false, 2, true>(),
+      Make<128, 128, 2, 2, true>(),
+      Make<128, 128, 3, 2, false>(),
+      Make<128, 64, 4, 2, true>(),
+      Make<128, 128, 2, 2, true, 1, true>(),
+      Make<128, 128, 2, 2, false, 2>(),
+      Make<128, 128, 2, 2, false, 2, true>(),
+      Make<128, 128, 2, 2, true, 1, false, true>(),
+      Make<128, 128, 2, 2, true, 1, true, true>(),
   };
   return variants;
 }

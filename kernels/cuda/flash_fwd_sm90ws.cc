@@ -330,8 +330,15 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
       !s.ok()) {
     return s;
   }
-  return EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, map_batch, p.v_head_stride,
-                   p.v_row_stride, p.v_batch_stride, block_n, args.v);
+  if (absl::Status s =
+          EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, map_batch, p.v_head_stride,
+                    p.v_row_stride, p.v_batch_stride, block_n, args.v);
+      !s.ok()) {
+    return s;
+  }
+  if (!config.tma_store_o) return absl::OkStatus();
+  return EncodeMap("o", p.dtype, p.o, p.head_dim, p.q_heads, rows_q, map_batch, p.o_head_stride,
+                   p.o_row_stride, p.o_batch_stride, kSm90WsOStoreRows, args.o);
 }
 
 absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t stream) {

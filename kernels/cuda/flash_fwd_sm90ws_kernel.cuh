@@ -55,7 +55,7 @@ namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
-          int kQBuffers_ = 1, bool kPrefetchNext_ = false>
+          int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -70,6 +70,11 @@ struct Sm90WsTraits {
   static constexpr bool kPrefetchNext = kPrefetchNext_;
   static_assert(kQBuffers == 1 || (kQBuffers == 2 && !kSeparateO),
                 "one Q buffer, or two with O staged in the retiring one");
+  // Sm90WsTileConfig::tma_store_o: each consumer warp writes its staged O rows with bulk tensor
+  // stores (one lane issues them) and waits for them to have read the rows only before it
+  // stages the next tile's O there, which needs an O tile no bulk copy loads into.
+  static constexpr bool kTmaStoreO = kTmaStoreO_;
+  static_assert(!kTmaStoreO || kSeparateO, "bulk stores of O from an O tile of its own");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -222,6 +227,38 @@ __device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
                      kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, len_k);
   if (tiles.end <= tiles.begin) return {0, kBlockN};
   return {tiles.end - tiles.begin, min(kBlockN, len_k - (tiles.end - 1) * kBlockN)};
+}
+
+// StoreOutput's epilogue (flash_fwd_common.cuh) up to the staging, for the bulk-store epilogue:
+// O /= rowsum (attention sinks in the denominator), staged in the warp's 16 rows [warp_row0,
+// warp_row0 + 16) of the shared tile `stage` (layout OTile; no other warp reads them and no
+// earlier read of them is pending), and the LSE stored per row. The caller writes the staged rows
+// out.
+template <typename OTile, typename Element, int kNTilesO>
+__device__ __forceinline__ void StageOutput(float (&acc_o)[1][kNTilesO][4],
+                                            const RowStats<1>& stats, float scale_log2,
+                                            float sink_log2, uint32_t stage,
+                                            const BlockCoords<Element>& c, int warp_row0,
+                                            int lane) {
+  using Ops = MmaOps<Element>;
+  const int g = lane / 4;
+  const int t = lane % 4;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = stats.sum[0][hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const RowNormalization norm = NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
+                                               [](float x) { return Exp2(x); });
+    const int r = warp_row0 + g + 8 * hf;
+#pragma unroll
+    for (int dt = 0; dt < kNTilesO; ++dt) {
+      StoreShared32(
+          stage + OTile::Offset(r, dt) + 4 * t,
+          Ops::Pack(acc_o[0][dt][2 * hf] * norm.scale, acc_o[0][dt][2 * hf + 1] * norm.scale));
+    }
+    if (c.lse != nullptr && t == 0 && r < c.rows) c.lse[r] = norm.lse;
+  }
 }
 
 // Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
@@ -544,9 +581,44 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
     // Every wgmma of this warpgroup has completed. Each warp stages O in its own rows of the O
     // tile (or of Q, which no wgmma reads any more) and reads back only those.
-    StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
-                                        smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
-                                        lane);
+    if constexpr (Traits::kTmaStoreO) {
+      // The warp's rows of the O tile are free once its previous tile's bulk stores have read
+      // them.
+      if (lane == 0) BulkStoreWaitRead<0>();
+      __syncwarp();
+      StageOutput<QTile>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o(qb), c,
+                         warp_row0, lane);
+      FenceProxyAsyncShared();
+      __syncwarp();
+      // A dense batch's map ends at seqlen_q, so the store drops rows past the sequence; in a
+      // packed batch those rows are the next sequence's, so a warp reaching past its sequence
+      // stores its rows inside it with 16-byte stores instead.
+      if (p.cu_seqlens_q == nullptr || warp_row0 + kSm90WsOStoreRows <= c.rows) {
+        if (lane == 0 && warp_row0 < c.rows) {
+#pragma unroll
+          for (int panel = 0; panel < Traits::kPanels; ++panel) {
+            TmaStore4d(&args.o, smem_o(qb) + panel * (kBlockM * 128) + warp_row0 * 128, panel * 64,
+                       c.head, rows.q_row + warp_row0, rows.batch);
+          }
+          BulkStoreCommit();
+        }
+      } else {
+#pragma unroll
+        for (int it = 0; it < kSm90WsOStoreRows * Traits::kChunks / 32; ++it) {
+          const int idx = lane + 32 * it;
+          const int r = warp_row0 + idx / Traits::kChunks;
+          const int ch = idx % Traits::kChunks;
+          if (r < c.rows && ch < valid_chunks) {
+            *reinterpret_cast<uint4*>(c.o + r * p.o_row_stride + ch * 8) =
+                LoadShared128(smem_o(qb) + QTile::Offset(r, ch));
+          }
+        }
+      }
+    } else {
+      StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
+                                          smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
+                                          lane);
+    }
     if constexpr (!Traits::kSeparateO) {
       // A later Q lands where O was staged: order this warp's generic-proxy accesses before the
       // bulk copy's writes.
@@ -558,6 +630,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   }
   // The turn the last consumer passed after its last GEMMs.
   if (consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
+  // The block's shared memory must outlive the reads of its bulk stores.
+  if (Traits::kTmaStoreO && lane == 0) BulkStoreWait<0>();
 #endif  // ATTN_HAVE_WGMMA
 }
 

@@ -78,13 +78,19 @@ ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool ca
 // {head_dim, heads, total rows, 1}: a tile's box starts at its sequence's first row plus the
 // tile's, and its rows past the sequence's end hold the next sequence's (or zeros past the
 // tensor), which the kernel masks (keys) or does not store (query rows).
+// `o` (built only for a configuration with tma_store_o) maps o likewise, in boxes of
+// kSm90WsOStoreRows rows: one consumer warp's rows, which that warp stages and stores itself.
 struct FwdSm90WsArgs {
   AttentionParams p;
   FwdSm90WsSchedule sched;
   CUtensorMap q;
   CUtensorMap k;
   CUtensorMap v;
+  CUtensorMap o;
 };
+
+// Rows of one bulk store of O (tma_store_o): the 16 rows of one warp of the m64 accumulators.
+inline constexpr int kSm90WsOStoreRows = 16;
 
 // The head-dim buckets the kernel is compiled for.
 constexpr bool HasSm90WsKernel(int head_dim_bucket) {
@@ -97,8 +103,11 @@ constexpr bool HasSm90WsKernel(int head_dim_bucket) {
 // S = Q K^T has completed) or in Q's. With q_buffers = 2 (separate_o false) Q is double-buffered
 // and O is staged in its own tile's Q buffer: the next tile's Q loads while the tile runs, in
 // the shared memory of a separate O tile. prefetch_next: the producer prefetches the next query
-// tile's Q and first KV tile into L2 when it starts a tile. Both aim at short sequences, where a
-// query tile has only a few KV tiles to hide the next one's first copies behind.
+// tile's Q and first KV tile into L2 when it starts a tile. tma_store_o (with separate_o): each
+// consumer warp writes its staged O rows with a bulk tensor store issued by one lane instead of
+// its 32 lanes' 16-byte stores, and waits for the store to have read them only before staging
+// the next tile's O there. All three aim at short sequences, where a query tile has only a few
+// KV tiles to hide its prologue and epilogue behind.
 struct Sm90WsTileConfig {
   int block_n;
   int stages;
@@ -106,6 +115,7 @@ struct Sm90WsTileConfig {
   bool separate_o;
   int q_buffers = 1;
   bool prefetch_next = false;
+  bool tma_store_o = false;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
@@ -154,7 +164,7 @@ inline constexpr bool kSm90WsZeroVTail = true;
 // maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
 // head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
-          bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false>
+          bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.

@@ -102,6 +102,41 @@ __device__ __forceinline__ void TmaPrefetch4d(const CUtensorMap* map, int c0, in
 #endif
 }
 
+// Bulk tensor store of one box of `map` at coordinates {c0, c1, c2, c3} from shared memory at
+// `smem_src` (in the map's layout and swizzle, as TmaLoad4d lands it): elements outside the
+// tensor are not written. The issuing thread tracks it as part of its next bulk async-group:
+// BulkStoreCommit closes the group, BulkStoreWaitRead<n> waits until at most n of its groups
+// still read shared memory (the source may be written again), BulkStoreWait<n> until at most n
+// are unfinished (their global writes done). The writers of the source run FenceProxyAsyncShared
+// and a barrier over them before the store is issued.
+__device__ __forceinline__ void TmaStore4d(const CUtensorMap* map, uint32_t smem_src, int c0,
+                                           int c1, int c2, int c3) {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void BulkStoreCommit() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void BulkStoreWaitRead() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void BulkStoreWait() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
 // Sixteen zero bytes at shared address `smem_addr` (16-byte aligned), a generic-proxy store: a
 // bulk copy's or wgmma's later access needs FenceProxyAsyncShared after it.
 __device__ __forceinline__ void StoreSharedZero128(uint32_t smem_addr) {
