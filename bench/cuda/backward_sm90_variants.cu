@@ -4,7 +4,8 @@
 // ("overlap"); the next tile's product A issued before the last pass's atomics ("prefetch");
 // the query tiles walked from the key tile's index ("stagger"); the first dQ pass issued
 // between products C and C', its atomics during C' ("early"); dQ staged in shared memory and
-// added by bulk tensor reductions instead of atomics ("bulk", FlashBwdSm90SplitBulkKernel).
+// added by bulk tensor reductions instead of atomics ("bulk", FlashBwdSm90SplitBulkKernel); Q and
+// dO loaded by bulk tensor copies on mbarriers instead of cp.async ("tma").
 // Two-float reductions: the four-float ones lost in every cell of device call 2
 // (backward_sm90_notes.md).
 #include <cuda.h>
@@ -21,13 +22,13 @@
 namespace attention::cuda {
 namespace {
 
-// FlashBwdSm90SplitBulkKernel (bf16, dense) with dq_accum's tensor map: RunFlashBwdSm90WithTraits's
-// grid and shared memory.
+// FlashBwdSm90SplitBulkKernel (bf16, dense) with the maps of dq_accum, q and do:
+// RunFlashBwdSm90WithTraits's grid and shared memory.
 template <typename Traits>
 cudaError_t RunSplitBulk(const BwdParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
-  CUtensorMap dq_map;
-  if (const cudaError_t err = EncodeDqAccumMap(p, dq_map); err != cudaSuccess) return err;
+  BwdSplitMaps maps;
+  if (const cudaError_t err = EncodeBwdSplitMaps(p, maps); err != cudaSuccess) return err;
   const auto kernel = &bwd::FlashBwdSm90SplitBulkKernel<Traits, BwdElementOf<DType::kBFloat16>,
                                                         /*kGeneral=*/false>;
   if (const cudaError_t err = cudaFuncSetAttribute(
@@ -36,7 +37,7 @@ cudaError_t RunSplitBulk(const BwdParams& p, cudaStream_t stream) {
     return err;
   }
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(p, dq_map);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -58,10 +59,10 @@ cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
 }
 
 template <bool kDqOverlap, bool kDqVec4, bool kPrefetchA, bool kStaggerQ, bool kDqEarly = false,
-          bool kDqBulk = false>
+          bool kDqBulk = false, bool kTmaQ = false>
 BwdSm90Variant SplitVariant(const char* name) {
-  using Traits =
-      BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ, kDqEarly, kDqBulk>;
+  using Traits = BwdSm90SplitKernelTraits<256, kDqOverlap, kDqVec4, kPrefetchA, kStaggerQ, kDqEarly,
+                                          kDqBulk, kTmaQ>;
   return {name, 256, std::is_same_v<Traits, DefaultBwdSm90KernelTraits<256>::type>,
           &RunVariant<Traits>};
 }
@@ -84,6 +85,8 @@ const std::vector<BwdSm90Variant>& BwdSm90Variants() {
       SplitVariant<false, false, false, false, true, true>("split early bulk"),
       SplitVariant<false, false, false, true, false, true>("split bulk stagger"),
       SplitVariant<false, false, true, false, false, true>("split bulk prefetch"),
+      SplitVariant<false, false, false, false, false, true, true>("split bulk tma"),
+      SplitVariant<false, false, false, false, true, true, true>("split early bulk tma"),
   };
   return variants;
 }

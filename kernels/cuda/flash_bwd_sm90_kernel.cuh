@@ -43,6 +43,7 @@
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_traits.h"
 #include "kernels/cuda/flash_fwd_common.cuh"
+#include "kernels/cuda/tma_utils.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
 
 namespace attention::cuda::bwd {
@@ -50,8 +51,14 @@ namespace attention::cuda::bwd {
 using fwd::AdvanceDescriptor;
 using fwd::FenceAccumulators;
 using fwd::FenceFragments;
+using fwd::FenceMbarrierInit;
 using fwd::FenceProxyAsyncShared;
+using fwd::MbarrierArriveExpectTx;
+using fwd::MbarrierInit;
+using fwd::MbarrierWait;
 using fwd::SmemDescriptor;
+using fwd::StoreSharedZero128;
+using fwd::TmaLoad4d;
 using fwd::Wgmma;
 using fwd::WgmmaCommit;
 using fwd::WgmmaFence;
@@ -503,15 +510,16 @@ __device__ __forceinline__ void StoreShared128(uint32_t smem_addr, uint32_t x, u
 // tile's copies landed; the previous tile's readers of the scratch, the DsTile and the other
 // stage are done), after exchange 1, after exchange 2.
 // With Traits::kDqBulk (FlashBwdSm90SplitBulkKernel) D's passes are staged in shared memory and
-// added by bulk tensor reductions through `dq_map` (flash_bwd_bulk.cuh), and the next tile's
-// copies are issued after exchange 1 (BwdSm90SplitKernelTraits says why); dq_map is null
-// otherwise.
+// added by bulk tensor reductions through maps->dq (flash_bwd_bulk.cuh), and the next tile's
+// copies are issued after exchange 1 (BwdSm90SplitKernelTraits says why); with Traits::kTmaQ
+// as bulk tensor copies through maps->q and maps->do_, awaited on an mbarrier per stage, and
+// the barrier at the top of each tile goes. `maps` is null without kDqBulk.
 // Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemLaunchBytes
 // of dynamic shared memory. `p` normalized and checked by the host API, p.deterministic false.
 template <typename Traits, typename Element, bool kGeneral>
 __device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
-                                                      const CUtensorMap* dq_map) {
-  static_cast<void>(dq_map);  // read only with Traits::kDqBulk
+                                                      const BwdSplitMaps* maps) {
+  static_cast<void>(maps);  // read only with Traits::kDqBulk
 #ifdef ATTN_HAVE_WGMMA
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -593,15 +601,52 @@ __device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
   // As FlashBwdSm90Kernel's: Q and dO of iteration `it` into its stage by cp.async; the lse_log2
   // (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)) entry returned for
   // store_row_entry.
+  // Traits::kTmaQ: thread 0 issues the tile's eight boxes (four 64-column panels of Q and of dO)
+  // on the stage's mbarrier, which completes once their 64 KB have landed; rows past the
+  // sequence get lse_log2 = +inf (P = 0 there whatever lands in them: the tail zeroing below
+  // keeps what does finite).
+  const uint32_t smem_bar = smem_base + Traits::kSmemBarOffset;
   const auto load_query_tile = [&](int it) -> float {
-    return LoadQueryTile<Traits, kBlockM, Element>(
-        p, b, seq, kv_head * group + it / n_qtiles, qtile_of(it) * kBlockM,
-        smem_q + q_stage_offset(it), smem_do + q_stage_offset(it), valid_chunks, tid);
+    const int head = kv_head * group + it / n_qtiles;
+    const int q0 = qtile_of(it) * kBlockM;
+    if constexpr (Traits::kTmaQ) {
+      static_assert(kBlockM == kQueryBoxRows && kHeadDim % kQueryBoxCols == 0, "whole boxes");
+      constexpr int kPanels = kHeadDim / kQueryBoxCols;
+      if (tid == 0) {
+        const uint32_t bar = smem_bar + 8 * (it % 2);
+        const int c2 = static_cast<int>(seq.q_start) + q0;
+        const int c3 = p.cu_seqlens_q != nullptr ? 0 : b;
+        MbarrierArriveExpectTx(bar, 2 * kPanels * kBlockM * 128);
+#pragma unroll
+        for (int panel = 0; panel < kPanels; ++panel) {
+          const uint32_t off = q_stage_offset(it) + panel * (kBlockM * 128);
+          TmaLoad4d(smem_q + off, &maps->q, bar, panel * kQueryBoxCols, head, c2, c3);
+          TmaLoad4d(smem_do + off, &maps->do_, bar, panel * kQueryBoxCols, head, c2, c3);
+        }
+      }
+      const int rows = seq.len_q - q0;
+      const int64_t ws = head * p.q_rows + seq.ws_start + q0;
+      if (tid < kBlockM) return tid < rows ? p.lse_log2[ws + tid] : INFINITY;
+      if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
+      return 0.f;
+    } else {
+      return LoadQueryTile<Traits, kBlockM, Element>(
+          p, b, seq, head, q0, smem_q + q_stage_offset(it), smem_do + q_stage_offset(it),
+          valid_chunks, tid);
+    }
   };
   const auto store_row_entry = [&](float x, int it) {
     StoreRowEntry<kBlockM>(lse_tile0, d_tile0, row_stage(it), x, tid);
   };
 
+  if constexpr (Traits::kTmaQ) {
+    if (tid == 0) {
+      MbarrierInit(smem_bar, 1);
+      MbarrierInit(smem_bar + 8, 1);
+      FenceMbarrierInit();
+    }
+    __syncthreads();
+  }
   LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
   LoadTile<Traits, kBlockN>(smem_v, v, p.v_row_stride, keys, valid_chunks, tid);
   CpAsyncCommit();
@@ -691,7 +736,32 @@ __device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
         kGeneral || keys < kBlockN ||
         TileNeedsMask(m, key0, keys, seq.len_k, seq.len_q, kBlockM, p.window_right, p.window_left);
 
-    if constexpr (!Traits::kPrefetchA) {
+    if constexpr (Traits::kTmaQ) {
+      // The first tile's barrier publishes K, V (cp.async) and the first lse / D entries; later
+      // tiles need none: exchange 1's barrier of the previous tile ordered every reuse (this
+      // tile's boxes were issued after it, its lse / D entries stored after it and read after
+      // this tile's own), and a warpgroup running ahead into this tile's exchange 1 writes only
+      // the scratch region its partner no longer reads.
+      if (it == 0) tile_barrier(0);
+      MbarrierWait(smem_bar + 8 * (it % 2), (it / 2) & 1);
+      if (seq.len_q - q0 < kBlockM) {
+        // Rows past the sequence: zeros instead of whatever landed (the next packed sequence's
+        // rows), so that P = 0 there gives exact zeros in dV and dK; then visible to the tensor
+        // cores.
+        const int rows = seq.len_q - q0;
+        const int chunks = (kBlockM - rows) * (kHeadDim / 8);  // 16-byte chunks per tensor
+        for (int x = tid; x < 2 * chunks; x += Traits::kNThreads) {
+          const int y = x % chunks;
+          const int r = rows + y / (kHeadDim / 8);
+          const int c = y % (kHeadDim / 8);  // chunk of the row: panel c / 8, chunk c % 8
+          StoreSharedZero128((x < chunks ? smem_q : smem_do) + q_stage_offset(it) +
+                             (c / 8) * (kBlockM * 128) + r * 128 + (c % 8) * 16);
+        }
+        FenceProxyAsyncShared();
+        __syncthreads();
+      }
+      issue_a(it);
+    } else if constexpr (!Traits::kPrefetchA) {
       next_row_entry = tile_barrier(it);
       issue_a(it);
     }
@@ -930,7 +1000,7 @@ __device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
           for (int h = 0; h < 2; ++h) {
             const int col = col0 + 64 * pass + kDqBoxCols * h;
             if (col < p.head_dim) {
-              BulkReduceAdd3d(dq_map, box0 + h * (kBlockM * 128), col, head,
+              BulkReduceAdd3d(&maps->dq, box0 + h * (kBlockM * 128), col, head,
                               static_cast<int>(seq.ws_start + q0 + warp_row0));
             }
           }
@@ -1040,18 +1110,19 @@ __device__ __forceinline__ void FlashBwdSm90SplitBody(const BwdParams& p,
 template <typename Traits, typename Element, bool kGeneral>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashBwdSm90SplitKernel(const __grid_constant__ BwdParams p) {
-  static_assert(!Traits::kDqBulk, "the bulk reductions need dq_map: FlashBwdSm90SplitBulkKernel");
+  static_assert(!Traits::kDqBulk, "the bulk reductions need maps: FlashBwdSm90SplitBulkKernel");
   FlashBwdSm90SplitBody<Traits, Element, kGeneral>(p, nullptr);
 }
 
-// The split kernel with dQ added by bulk tensor reductions (Traits::kDqBulk) through `dq_map`,
-// dq_accum's map from EncodeDqAccumMap. Launch: FlashBwdSm90SplitBody.
+// The split kernel with dQ added by bulk tensor reductions (Traits::kDqBulk) and, with
+// Traits::kTmaQ, Q and dO loaded by bulk tensor copies, through `maps` (EncodeBwdSplitMaps).
+// Launch: FlashBwdSm90SplitBody.
 template <typename Traits, typename Element, bool kGeneral>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashBwdSm90SplitBulkKernel(const __grid_constant__ BwdParams p,
-                                const __grid_constant__ CUtensorMap dq_map) {
+                                const __grid_constant__ BwdSplitMaps maps) {
   static_assert(Traits::kDqBulk, "FlashBwdSm90SplitKernel adds dQ with atomics");
-  FlashBwdSm90SplitBody<Traits, Element, kGeneral>(p, &dq_map);
+  FlashBwdSm90SplitBody<Traits, Element, kGeneral>(p, &maps);
 }
 
 }  // namespace attention::cuda::bwd

@@ -335,8 +335,15 @@ struct BwdSm90KernelTraits {
 // reductions have read it, the next tile's copies are issued after exchange 1 instead of at the
 // tile's first barrier. Rows past the end of the query sequence are staged as zeros (their
 // boxes add +0 into the next sequence's rows).
+// kTmaQ (with kDqBulk, without kPrefetchA): Q and dO come by bulk tensor copies (TMA), issued by
+// one thread after exchange 1 and awaited on one mbarrier per stage, instead of cp.async by
+// every thread; the block barrier at the top of each tile goes (exchange 1's barrier already
+// orders every reuse of the scratch, the DsTile and the stages, see the kernel), and with it 16
+// cp.async per thread and tile. Rows past a packed sequence land as the next sequence's and are
+// zeroed in shared memory (tail tiles only: one extra barrier there).
 template <int kHeadDim_, bool kDqOverlap_ = false, bool kDqVec4_ = false, bool kPrefetchA_ = false,
-          bool kStaggerQ_ = false, bool kDqEarly_ = false, bool kDqBulk_ = false>
+          bool kStaggerQ_ = false, bool kDqEarly_ = false, bool kDqBulk_ = false,
+          bool kTmaQ_ = false>
 struct BwdSm90SplitKernelTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kSplitHeadDim = true;
@@ -350,6 +357,9 @@ struct BwdSm90SplitKernelTraits {
   static constexpr bool kDqBulk = kDqBulk_;
   static_assert(!kDqBulk || (!kDqOverlap && !kDqVec4),
                 "kDqBulk: one dQ accumulator, its passes staged in the two-float layout");
+  static constexpr bool kTmaQ = kTmaQ_;
+  static_assert(!kTmaQ || (kDqBulk && !kPrefetchA),
+                "kTmaQ: the next tile's copies after exchange 1 (kDqBulk's order), no prefetch");
   static constexpr int kBlockM = 64;  // query rows per tile
   static constexpr int kBlockN = 64;  // keys per tile
   static constexpr int kWarpgroups = 2;
@@ -393,7 +403,9 @@ struct BwdSm90SplitKernelTraits {
   static constexpr int kSmemLseOffset = kSmemScratchOffset + kScratchBytes;
   static constexpr int kSmemDOffset = kSmemLseOffset + 4 * kBlockM;
   static constexpr int kRowStageBytes = 8 * kBlockM;
-  static constexpr int kSmemBytes = kSmemLseOffset + kQStages * kRowStageBytes;
+  // kTmaQ: one 8-byte mbarrier per query-tile stage.
+  static constexpr int kSmemBarOffset = kSmemLseOffset + kQStages * kRowStageBytes;
+  static constexpr int kSmemBytes = kSmemBarOffset + (kTmaQ ? 8 * kQStages : 0);
   static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;
   static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
 };
