@@ -8,12 +8,9 @@
 // dO loaded by bulk tensor copies on mbarriers instead of cp.async ("tma").
 // Two-float reductions: the four-float ones lost in every cell of device call 2
 // (backward_sm90_notes.md).
-#include <cuda.h>
-
 #include <type_traits>
 
 #include "bench/cuda/backward_sm90_variants.h"
-#include "kernels/cuda/flash_bwd_bulk.cuh"
 #include "kernels/cuda/flash_bwd_dispatch.h"
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_sm90_launch_template.cuh"
@@ -22,25 +19,6 @@
 namespace attention::cuda {
 namespace {
 
-// FlashBwdSm90SplitBulkKernel (bf16, dense) with the maps of dq_accum, q and do:
-// RunFlashBwdSm90WithTraits's grid and shared memory.
-template <typename Traits>
-cudaError_t RunSplitBulk(const BwdParams& p, cudaStream_t stream) {
-  if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
-  BwdSplitMaps maps;
-  if (const cudaError_t err = EncodeBwdSplitMaps(p, maps); err != cudaSuccess) return err;
-  const auto kernel = &bwd::FlashBwdSm90SplitBulkKernel<Traits, BwdElementOf<DType::kBFloat16>,
-                                                        /*kGeneral=*/false>;
-  if (const cudaError_t err = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemLaunchBytes);
-      err != cudaSuccess) {
-    return err;
-  }
-  const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemLaunchBytes, stream>>>(p, maps);
-  return cudaGetLastError();
-}
-
 // DispatchFlashBwd's launch sequence (flash_bwd_dispatch.cc) with the Hopper kernel of Traits.
 template <typename Traits>
 cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
@@ -48,13 +26,11 @@ cudaError_t RunVariant(const AttentionBackwardParams& params, void* workspace,
   const BwdParams p = BindBackwardWorkspace(params, workspace);
   if (p.deterministic) return cudaErrorNotSupported;
   if (const cudaError_t err = RunBwdPreprocess(p, stream); err != cudaSuccess) return err;
-  cudaError_t err = cudaSuccess;
-  if constexpr (Traits::kDqBulk) {
-    err = RunSplitBulk<Traits>(p, stream);
-  } else {
-    err = RunFlashBwdSm90WithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
+  if (const cudaError_t err =
+          RunFlashBwdSm90WithTraits<Traits, DType::kBFloat16, BwdVariant::kDense>(p, stream);
+      err != cudaSuccess) {
+    return err;
   }
-  if (err != cudaSuccess) return err;
   return RunBwdPostprocess(p, stream);
 }
 

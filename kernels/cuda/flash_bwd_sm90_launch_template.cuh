@@ -9,6 +9,7 @@
 #include "kernels/cuda/flash_bwd_launch.h"
 #include "kernels/cuda/flash_bwd_launch_template.cuh"
 #include "kernels/cuda/flash_bwd_sm90_kernel.cuh"
+#include "kernels/cuda/flash_bwd_sm90_split_launch.cuh"
 #include "kernels/cuda/flash_bwd_traits.h"
 
 namespace attention::cuda {
@@ -22,7 +23,9 @@ cudaError_t RunFlashBwdSm90WithTraits(const BwdParams& p, cudaStream_t stream) {
   constexpr bool kGeneral = kVariant == BwdVariant::kGeneral;
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
-  if constexpr (Traits::kSplitHeadDim) {
+  if constexpr (Traits::kSplitHeadDim && Traits::kDqBulk) {
+    return RunFlashBwdSm90SplitBulk<Traits, Element, kGeneral>(p, grid, stream);
+  } else if constexpr (Traits::kSplitHeadDim) {
     return LaunchBwd(&bwd::FlashBwdSm90SplitKernel<Traits, Element, kGeneral>, grid,
                      Traits::kNThreads, Traits::kSmemLaunchBytes, p, stream);
   } else {

@@ -247,6 +247,7 @@ struct BwdSm90KernelTraits {
   static constexpr int kBlockM = kBlockM_;  // query rows per tile
   static constexpr bool kOverlap = kOverlap_;
   static constexpr bool kSplitHeadDim = false;  // FlashBwdSm90Kernel
+  static constexpr bool kDqBulk = false;        // dQ by atomics
   static constexpr int kBlockN = 128;           // keys per tile: 64 per warpgroup
   static constexpr int kWarpgroups = 2;
   static constexpr int kNWarps = 4 * kWarpgroups;
