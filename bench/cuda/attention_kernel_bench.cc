@@ -488,6 +488,11 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
       ok &= time_one(v.Label() + (persistent ? " persistent" : " grid"), launch);
     }
   }
+  // The default once more after the variants: the drift between two timings of one
+  // configuration (clocks, L2 state) bounds what a variant's difference from it can tell.
+  if (variants && p.dtype == DType::kBFloat16) {
+    ok &= time_one("default again", [&] { return RunFlashFwdSm90Ws(p, nullptr); });
+  }
 #else
   if (variants) {
     std::fprintf(stderr, "--ws-variants: configure with -DATTN_BENCH_WS_VARIANTS=ON\n");
