@@ -648,6 +648,30 @@ TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
 }  // namespace attention::cuda
 
 int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const std::string flag = "--ws-variant=";
+    if (arg.rfind(flag, 0) != 0) {
+      std::printf("flash_fwd_sm90ws_test: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+#ifdef ATTN_BENCH_WS_VARIANTS
+    for (const attention::cuda::bench::WsVariant& v : attention::cuda::bench::WsVariants()) {
+      if (v.Label() == arg.substr(flag.size())) attention::cuda::g_variant = &v;
+    }
+    if (attention::cuda::g_variant == nullptr) {
+      std::printf("flash_fwd_sm90ws_test: no variant %s in bench/cuda/ws_variants.cu\n",
+                  arg.c_str() + flag.size());
+      return 2;
+    }
+    std::printf("flash_fwd_sm90ws_test: every case on variant %s (persistent grid)\n",
+                arg.c_str() + flag.size());
+#else
+    std::printf("flash_fwd_sm90ws_test: --ws-variant needs a build with ATTN_BENCH_WS_VARIANTS\n");
+    return 2;
+#endif
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("flash_fwd_sm90ws_test: no CUDA device, skipping\n");
@@ -678,30 +702,6 @@ int main(int argc, char** argv) {
   if (compiled == 0) {
     std::printf("flash_fwd_sm90ws_test: no dtype / head-dim bucket of the kernel in this build\n");
     return 77;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const std::string flag = "--ws-variant=";
-    if (arg.rfind(flag, 0) != 0) {
-      std::printf("flash_fwd_sm90ws_test: unknown argument %s\n", arg.c_str());
-      return 2;
-    }
-#ifdef ATTN_BENCH_WS_VARIANTS
-    for (const attention::cuda::bench::WsVariant& v : attention::cuda::bench::WsVariants()) {
-      if (v.Label() == arg.substr(flag.size())) attention::cuda::g_variant = &v;
-    }
-    if (attention::cuda::g_variant == nullptr) {
-      std::printf("flash_fwd_sm90ws_test: no variant %s in bench/cuda/ws_variants.cu\n",
-                  arg.c_str() + flag.size());
-      return 2;
-    }
-    std::printf("flash_fwd_sm90ws_test: every case on variant %s (persistent grid)\n",
-                arg.c_str() + flag.size());
-#else
-    std::printf("flash_fwd_sm90ws_test: --ws-variant needs a build with ATTN_BENCH_WS_VARIANTS\n");
-    return 2;
-#endif
   }
   return RUN_ALL_TESTS();
 }
