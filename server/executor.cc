@@ -1,7 +1,5 @@
 #include "server/executor.h"
 
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "server/log.h"
@@ -23,44 +21,7 @@ void ObserveInterval(Metrics& metrics, Stage stage, Clock::time_point from, Cloc
   metrics.ObserveStage(stage, Seconds(Nanos(to - from)));
 }
 
-// The scope open on this thread (CallerCompletionScope), or null.
-thread_local CallerCompletionScope* current_scope = nullptr;
-
 }  // namespace
-
-bool CallerCompletionScope::Enabled() {
-  static const bool enabled = [] {
-    const char* value = std::getenv("ATTN_LONE_FAST_PATH");
-    return value == nullptr || std::string(value) != "0";
-  }();
-  return enabled;
-}
-
-CallerCompletionScope::CallerCompletionScope() {
-  if (current_scope != nullptr || !Enabled()) return;
-  current_scope = this;
-  open_ = true;
-}
-
-void CallerCompletionScope::Close() {
-  if (!open_) return;
-  open_ = false;
-  current_scope = nullptr;
-  if (!deferred_) return;
-  // Moved out first: the completion may answer the call whose reaction holds this scope.
-  std::function<void()> completion = std::move(deferred_);
-  deferred_ = nullptr;
-  completion();
-}
-
-CallerCompletionScope* CallerCompletionScope::Available() {
-  CallerCompletionScope* scope = current_scope;
-  return scope != nullptr && !scope->deferred_ ? scope : nullptr;
-}
-
-void CallerCompletionScope::Defer(std::function<void()> completion) {
-  deferred_ = std::move(completion);
-}
 
 int64_t Batch::queued_bytes() const {
   int64_t bytes = 0;

@@ -220,48 +220,6 @@ struct Batch {
 void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status,
                  WorkerPool* pool = nullptr);
 
-// The lone-request fast path's last hop (ATTN_LONE_FAST_PATH, docs/operations.md): a scope that a
-// gRPC reaction opens around the start of a call's work. An executor that launches a batch inline
-// on the calling thread (Submit on an idle device: server/cuda) may hand that batch's completion
-// (wait for the device, copy the outputs out, FinishBatch, which answers) to the scope open on
-// this thread instead of to its own completer thread. The scope runs it when it closes, on the
-// same thread, after the reaction did what must not wait for a device (a stream starts its next
-// read first, so its later messages are read, and batch, meanwhile). A lone request is then
-// read, launched and answered by one thread: no condition-variable wake-up on its path (each
-// costs ~5-20 us on a GPU host). Only an idle device launches inline, so a scope never holds
-// a gRPC thread while other work waits for it; under load nothing changes.
-//
-// Contract: opened and closed on one thread (a local of the reaction); inert when another scope
-// is already open on the thread or the fast path is off. At most one completion per scope. The
-// completion runs with no scope open (a batch it submits on the way, e.g. the session's next
-// call, takes the ordinary path) and must not throw. A deferred completion is a batch in flight
-// for the batcher and the executor (counted, drained, shut down like any other): it is never
-// dropped, only run late, when the reaction returns.
-class CallerCompletionScope {
- public:
-  CallerCompletionScope();
-  // Runs the deferred completion, if any.
-  ~CallerCompletionScope() { Close(); }
-  CallerCompletionScope(const CallerCompletionScope&) = delete;
-  CallerCompletionScope& operator=(const CallerCompletionScope&) = delete;
-
-  // Closes the scope: runs the deferred completion now (on this thread). Idempotent.
-  void Close();
-
-  // For executors: the scope open on this thread that can take a completion, or null.
-  static CallerCompletionScope* Available();
-  // Takes `completion` (run once, at Close). Call only on a scope Available() returned, on its
-  // thread; `completion` must be set.
-  void Defer(std::function<void()> completion);
-
-  // ATTN_LONE_FAST_PATH: unset or anything but "0" is on. Read once.
-  static bool Enabled();
-
- private:
-  bool open_ = false;  // this object is the thread's open scope
-  std::function<void()> deferred_;
-};
-
 // Sizes of the device and host pools of an executor, fixed at start-up.
 struct ExecutorOptions {
   // Device memory pool per GPU; 0 = most of the device's free memory at start-up, less

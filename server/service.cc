@@ -572,9 +572,6 @@ AttentionServiceImpl::~AttentionServiceImpl() = default;
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* request,
                                                           grpc::ByteBuffer* response) {
-  // A lone request's batch may be finished (and the call answered) by this thread before the
-  // reactor is returned (server/executor.h); gRPC runs a Finish made before then once it has it.
-  CallerCompletionScope scope;
   return new UnaryCall(this, context, request, response, Method::kAttention);
 }
 

@@ -369,9 +369,6 @@ grpc::ServerUnaryReactor* SessionServiceImpl::Append(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SessionServiceImpl::Attend(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
-  // A lone Attend's batch may be finished (and the call answered) by this thread before the
-  // reactor is returned (server/executor.h); gRPC runs a Finish made before then once it has it.
-  CallerCompletionScope scope;
   return new UnarySessionCall(this, context, SessionOp::kAttend, request, response);
 }
 

@@ -53,10 +53,6 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
       MaybeFinish(lock);
       return;
     }
-    // A lone request's batch may be finished by this thread once the next read is started
-    // (server/executor.h: no hand-off on a lone step's path). Declared before every lock of this
-    // reaction, so that it closes after they are released.
-    CallerCompletionScope scope;
     std::unique_ptr<Item> item = std::move(next_);
     item->accepted = Clock::now();
     item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
@@ -68,13 +64,8 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
     }
     if (!Accept(*item)) return;
     derived().Start(std::move(item));
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (state_.ShouldReadNext()) ReadNext(lock);
-    }
-    // Only now: the wait for the device (if Start left a batch to this scope) overlaps the next
-    // read, which another gRPC thread handles. Nothing here touches `this` afterwards.
-    scope.Close();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (state_.ShouldReadNext()) ReadNext(lock);
   }
 
   void OnWriteDone(bool ok) override {

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -80,9 +81,16 @@ std::atomic<bool>& PendingInjectedStickyError() {
   return pending;
 }
 
-// ATTN_LONE_ZERO_COPY=1: a lone session step's (kPagedDecode) kernels write o and lse into the
-// slot's pinned block instead of device memory, and no download follows (an A/B switch until a
-// GPU run measured it: docs/operations.md). Read once.
+// ATTN_LONE_FAST_PATH (cuda_executor.h, docs/operations.md): unset or anything but "0" is on.
+// ATTN_LONE_ZERO_COPY=1: a lone session step's kernels write o and lse into the slot's pinned block
+// (off until a GPU run has measured it). Each read once.
+bool LoneFastPath() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_LONE_FAST_PATH");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return on;
+}
 bool LoneZeroCopy() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_ZERO_COPY");
@@ -90,6 +98,11 @@ bool LoneZeroCopy() {
   }();
   return on;
 }
+
+// How long the completer, woken by a lone launch as soon as its kernels were launched, waits awake
+// for the slot (the launch's last steps: an event, the download, the outputs' allocation, a few
+// microseconds) before it sleeps on its condition again.
+constexpr auto kLoneWakeSpin = std::chrono::microseconds(500);
 
 int64_t ElapsedNanos(cudaEvent_t from, cudaEvent_t to) {
   float ms = 0.f;
@@ -334,6 +347,10 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
           batch->plan.layout.input_bytes <= kSmallBatchBytes) {
         inline_slot = free_slots_.front();
         free_slots_.pop_front();
+        // A large output is scattered by the completion pool, from a finisher: not lone.
+        inline_slot->lone =
+            LoneFastPath() && batch->plan.layout.output_bytes < kParallelScatterBytes;
+        if (inline_slot->lone) ++lone_launching_;
         inline_slot->batch = std::move(batch);
       } else {
         submitted_.push_back(std::move(batch));
@@ -344,14 +361,7 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
   }
   if (inline_slot != nullptr) {
     cudaSetDevice(device_index_);  // the calling thread may have served another device before
-    // A gRPC reaction's scope takes a small batch's completion (the lone-request fast path): a
-    // large output is scattered by the completion pool, from a finisher.
-    CallerCompletionScope* scope = CallerCompletionScope::Available();
-    inline_slot->lone =
-        scope != nullptr && inline_slot->batch->plan.layout.output_bytes < kParallelScatterBytes;
-    if (LaunchSlot(inline_slot) && inline_slot->lone) {
-      scope->Defer([this, inline_slot] { FinishLone(inline_slot); });
-    }
+    LaunchSlot(inline_slot);
     return;
   }
   batch->device = name_;
@@ -396,46 +406,27 @@ void CudaExecutor::StageLoop() {
   }
 }
 
-bool CudaExecutor::LaunchSlot(Slot* slot) {
+void CudaExecutor::LaunchSlot(Slot* slot) {
   const absl::Status status = Launch(*slot);
   if (!status.ok()) {
     // Nothing of this batch may still be running when its slot is reused.
     cudaStreamSynchronize(slot->stream);
     cudaGetLastError();
     std::unique_ptr<Batch> batch = std::move(slot->batch);
-    slot->lone = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (slot->lone) --lone_launching_;
+      slot->lone = false;
       FreeSlotLocked(slot);
     }
     batch->device = name_;
     FinishBatch(std::move(batch), status);
-    return false;
+    return;
   }
-  if (slot->lone) return true;
   std::lock_guard<std::mutex> lock(mu_);
+  if (slot->lone) --lone_launching_;
   in_flight_.push_back(slot);
   complete_cv_.notify_one();
-  return true;
-}
-
-void CudaExecutor::FinishLone(Slot* slot) {
-  // The launching thread, on which the scope runs this, may have switched devices meanwhile.
-  cudaSetDevice(device_index_);
-  cudaError_t completion = cudaStreamSynchronize(slot->stream);
-  if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
-  absl::Status status = CheckCuda(completion, "batch completion");
-  slot->batch->timings.device_done = Clock::now();
-  if (status.ok()) {
-    // The copies were not timed (no events around them): host_to_device_ns and
-    // device_to_host_ns stay 0, which FinishBatch reports as no such stage.
-    slot->batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
-  }
-  slot->lone = false;
-  // At most one lone slot is out at a time (an inline launch needs every slot free), but the
-  // scratch is per thread anyway: scopes run on gRPC threads.
-  static thread_local std::vector<HostCopy> output_copies;
-  FinishSlot(DoneSlot{slot, std::move(status)}, output_copies);
 }
 
 void CudaExecutor::FreeSlotLocked(Slot* slot) {
@@ -502,8 +493,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   void* workspace = workspace_bytes > 0 ? slot.device + workspace_offset : nullptr;
 
   cudaStream_t stream = slot.stream;
-  // A lone slot's copies are not timed: its completion waits for the stream, not an event, and
-  // two event records less are ~2-4 us less on its path.
+  // A lone batch's copies are not timed: two event records fewer on its path (~1-2 us each).
   if (!slot.lone) {
     if (absl::Status s = CheckCuda(cudaEventRecord(slot.start, stream), "cudaEventRecord");
         !s.ok()) {
@@ -537,6 +527,14 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   if (absl::Status s = CheckCuda(cudaEventRecord(slot.computed, stream), "cudaEventRecord");
       !s.ok()) {
     return s;
+  }
+  if (slot.lone) {
+    // The kernels run: wake the completer now, so that its wake-up overlaps them.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      lone_wake_ = true;
+    }
+    complete_cv_.notify_one();
   }
   if (!zero_copy) {
     if (absl::Status s = CheckCuda(cudaMemcpyAsync(slot.pinned + layout.input_bytes, device_outputs,
@@ -575,19 +573,44 @@ void CudaExecutor::CompleteLoop() {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      complete_cv_.wait(lock, [this] { return !in_flight_.empty() || Drained(); });
+      complete_cv_.wait(lock, [this] { return !in_flight_.empty() || lone_wake_ || Drained(); });
+      if (in_flight_.empty() && lone_wake_) {
+        // Woken by a lone launch whose kernels run (Launch): its slot follows within
+        // microseconds. Wait for it awake, then take it as usual.
+        lone_wake_ = false;
+        lock.unlock();
+        const Clock::time_point give_up = Clock::now() + kLoneWakeSpin;
+        while (Clock::now() < give_up) {
+          std::this_thread::yield();
+          lock.lock();
+          const bool ready = !in_flight_.empty() || lone_launching_ == 0;
+          lock.unlock();
+          if (ready) break;
+        }
+        continue;
+      }
       if (in_flight_.empty()) return;  // stopping, and nothing left to wait for
+      lone_wake_ = false;
       slot = in_flight_.front();
       in_flight_.pop_front();
     }
-    cudaError_t completion = cudaEventSynchronize(slot->downloaded);
+    // A lone batch recorded no `downloaded` event; its stream holds nothing else.
+    const bool lone = slot->lone;
+    slot->lone = false;
+    cudaError_t completion =
+        lone ? cudaStreamSynchronize(slot->stream) : cudaEventSynchronize(slot->downloaded);
     if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
     absl::Status status = CheckCuda(completion, "batch completion");
     slot->batch->timings.device_done = Clock::now();
     if (status.ok()) {
-      slot->batch->timings.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
-      slot->batch->timings.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
-      slot->batch->timings.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
+      BatchTimings& t = slot->batch->timings;
+      t.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
+      // A lone batch's copies were not timed: host_to_device_ns and device_to_host_ns stay 0,
+      // which FinishBatch reports as no such stage.
+      if (!lone) {
+        t.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
+        t.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
+      }
     } else {
       cudaStreamSynchronize(slot->stream);
     }

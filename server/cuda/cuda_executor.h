@@ -21,14 +21,18 @@
 // executor (every slot free, nothing waiting) is staged and launched by Submit itself: that saves a
 // thread wake-up between a lone request's arrival and its kernel launch. Under load Submit only
 // queues, so that the batcher thread (or the gRPC thread of the batcher's fast path) never stages a
-// batch while others are in flight. When that inline launch runs inside a CallerCompletionScope
-// (server/executor.h: a gRPC reaction, ATTN_LONE_FAST_PATH on) and the batch's outputs are small,
-// the batch is a lone one: it records two events instead of four (the kernel's, around the kernel:
-// its copies are not timed) and the scope's thread waits for its stream and finishes it
-// (FinishLone) once the reaction returns, so that the completer's wake-up is off its path too.
-// With ATTN_LONE_ZERO_COPY=1 a lone session step's kernels also write o and lse straight into the
-// slot's pinned block (host memory the device reaches through unified addressing), so that no
-// download (a DMA's few microseconds of latency after the kernel) follows them.
+// batch while others are in flight.
+//
+// The lone-request fast path (ATTN_LONE_FAST_PATH, on unless "0"): such an inline launch of a
+// batch with small outputs is a lone one. It records two events instead of four (the kernel's: its
+// copies are not timed), wakes the completer as soon as its kernels are launched, so that the
+// wake-up (~5-20 us on a GPU host) overlaps the rest of its staging and its kernel instead of
+// following them, and the completer, awake, waits for the slot and then for its stream. The
+// gRPC thread never waits for the device itself: a reaction that blocked would hold back the
+// next message of its stream (gRPC runs the next read's reaction on the same thread, after the
+// current one returns), and with it every step behind a lone one. With ATTN_LONE_ZERO_COPY=1 a lone
+// session step's kernels also write o and lse straight into the slot's pinned block (host memory
+// the device reaches through unified addressing), so that no download follows its kernel.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -98,8 +102,8 @@ class CudaExecutor final : public Executor {
     cudaStream_t stream = nullptr;
     cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
     std::unique_ptr<Batch> batch;
-    // Finished by the CallerCompletionScope of the thread that launched it (FinishLone), not by
-    // the completer; only `uploaded` and `computed` are recorded. Set before Launch.
+    // A lone batch (the fast path): only `uploaded` and `computed` are recorded, and the completer
+    // waits for the stream. Set by Submit before Launch, cleared by the completer.
     bool lone = false;
     int64_t device_bytes_used = 0;
     std::vector<HostCopy> copies;  // the batch's input copies bound to `pinned` (reused)
@@ -108,12 +112,8 @@ class CudaExecutor final : public Executor {
   CudaExecutor(int device, Metrics* metrics);
   absl::Status Init(const ExecutorOptions& options);
   void StageLoop();
-  // Launch(slot); then the slot is in flight (true: handed to the completer, or for a lone slot
-  // left to its caller's FinishLone), or its batch failed and the slot is free again (false).
-  bool LaunchSlot(Slot* slot);
-  // A lone slot's completion, on the thread whose CallerCompletionScope took it: waits for the
-  // slot's stream, then FinishSlot.
-  void FinishLone(Slot* slot);
+  // Launch(slot); then the slot is in flight, or its batch failed and the slot is free again.
+  void LaunchSlot(Slot* slot);
   // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
   // A finisher: finishes each done batch (FinishSlot).
@@ -161,6 +161,10 @@ class CudaExecutor final : public Executor {
     absl::Status status;  // the batch's device work: OK, or why it failed
   };
   std::deque<DoneSlot> done_;  // seen done by the completer, waiting for a finisher
+  // Lone batches being launched (Submit took the slot, LaunchSlot has not handed it on), and
+  // whether the completer was woken for one before its slot reached in_flight_ (Launch).
+  int lone_launching_ = 0;
+  bool lone_wake_ = false;
   bool stopping_ = false;
   // A sticky CUDA error: every later batch fails fast. Set under mu_, read without it by serving().
   std::atomic<bool> broken_{false};

@@ -60,27 +60,6 @@ class FakeExecutor final : public Executor {
   // at once, inside Submit.
   void Break() { serving_.store(false); }
   void Submit(std::unique_ptr<Batch> batch) override {
-    if (CallerCompletionScope* scope = CallerCompletionScope::Available();
-        defer_to_scope_ && scope != nullptr) {
-      // As the CUDA executor's lone path: the batch is "launched" here and finished (OK) by the
-      // scope's thread when the scope closes.
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++deferred_;
-      }
-      Batch* launched = batch.release();
-      scope->Defer([this, launched] {
-        std::unique_ptr<Batch> done(launched);
-        done->device = name_;
-        done->timings.started = Clock::now();
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          ++deferred_finished_;
-        }
-        FinishBatch(std::move(done), absl::OkStatus());
-      });
-      return;
-    }
     if (!serving_.load()) {
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -143,20 +122,8 @@ class FakeExecutor final : public Executor {
     return submitted_at_[index];
   }
 
-  // Batches submitted inside a CallerCompletionScope are left to it (defer_to_scope_), and how
-  // many of them it finished.
-  int deferred() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return deferred_;
-  }
-  int deferred_finished() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return deferred_finished_;
-  }
-
   int64_t max_batch_bytes_ = int64_t{1} << 40;
   int64_t max_job_q_bytes_ = int64_t{1} << 40;
-  bool defer_to_scope_ = false;
 
  private:
   Batch* batch_at(size_t index) {
@@ -175,7 +142,6 @@ class FakeExecutor final : public Executor {
   size_t total_submitted_ = 0;
   size_t finished_ = 0;
   int refused_ = 0;
-  int deferred_ = 0, deferred_finished_ = 0;
   std::atomic<bool> serving_{true};
 };
 
@@ -188,7 +154,6 @@ class Calls final : public JobCompletion {
     std::atomic<bool> cancelled{false};
     int answers = 0;
     absl::Status status;
-    std::thread::id answered_on;
   };
 
   // A job for a new request made from `options`.
@@ -218,7 +183,6 @@ class Calls final : public JobCompletion {
     if (status.ok()) WriteAnswer(*job, &call.response);
     ++call.answers;
     call.status = status;
-    call.answered_on = std::this_thread::get_id();
     ++answered_;
     cv_.notify_all();
   }
@@ -981,166 +945,6 @@ TEST(BatcherTest, BatchWorkBoundSplitsBatches) {
   EXPECT_EQ(batch->jobs.size(), 1u);
   executor.FinishOldest();
   ASSERT_TRUE(calls.WaitAnswered(4));
-  calls.ExpectEachAnsweredOnce();
-}
-
-// The lone-request fast path (CallerCompletionScope, server/executor.h): the scope a gRPC
-// reaction opens, and the batcher with an executor that leaves a lone batch to it.
-
-TEST(CallerCompletionScopeTest, RunsItsCompletionOnceWhenItClosesWithNoScopeOpen) {
-  if (!CallerCompletionScope::Enabled()) GTEST_SKIP() << "ATTN_LONE_FAST_PATH=0";
-  EXPECT_EQ(CallerCompletionScope::Available(), nullptr);
-  int runs = 0;
-  CallerCompletionScope* open_during_run = nullptr;
-  {
-    CallerCompletionScope scope;
-    ASSERT_EQ(CallerCompletionScope::Available(), &scope);
-    {
-      // A scope opened inside another is inert: the outer one takes the completion.
-      CallerCompletionScope inner;
-      EXPECT_EQ(CallerCompletionScope::Available(), &scope);
-    }
-    ASSERT_EQ(CallerCompletionScope::Available(), &scope);
-    scope.Defer([&] {
-      ++runs;
-      open_during_run = CallerCompletionScope::Available();
-      // What the completion submits takes the ordinary path: no scope to defer to.
-      CallerCompletionScope nested;
-      EXPECT_EQ(CallerCompletionScope::Available(), &nested);
-    });
-    // One completion per scope.
-    EXPECT_EQ(CallerCompletionScope::Available(), nullptr);
-    EXPECT_EQ(runs, 0);
-    scope.Close();
-    EXPECT_EQ(runs, 1);
-    scope.Close();
-  }
-  EXPECT_EQ(runs, 1);
-  EXPECT_EQ(open_during_run, nullptr);
-  EXPECT_EQ(CallerCompletionScope::Available(), nullptr);
-}
-
-TEST(BatcherTest, LoneJobInAScopeIsAnsweredOnceWhenTheScopeClosesOnItsThread) {
-  if (!CallerCompletionScope::Enabled()) GTEST_SKIP() << "ATTN_LONE_FAST_PATH=0";
-  FakeExecutor executor(2);
-  executor.defer_to_scope_ = true;
-  Calls calls;
-  Batcher batcher(Options(), {&executor}, nullptr);  // delay 30 s
-  {
-    CallerCompletionScope scope;
-    Enqueue(batcher, calls.NewJob(Small()));
-    EXPECT_EQ(executor.deferred(), 1);
-    // Launched, not answered: the scope holds its completion until it closes.
-    EXPECT_EQ(calls.answered(), 0);
-    EXPECT_EQ(batcher.batches_in_flight(), 1);
-  }
-  EXPECT_EQ(executor.deferred_finished(), 1);
-  ASSERT_EQ(calls.answered(), 1);
-  EXPECT_TRUE(calls.call(0).status.ok()) << calls.call(0).status;
-  EXPECT_EQ(calls.call(0).answered_on, std::this_thread::get_id());
-  EXPECT_EQ(calls.call(0).response.batch().requests(), 1);
-  EXPECT_EQ(batcher.batches_in_flight(), 0);
-  // Outside a scope the executor's own path runs it.
-  Enqueue(batcher, calls.NewJob(Small()));
-  ASSERT_NE(executor.WaitForBatch(0), nullptr);
-  executor.FinishOldest();
-  ASSERT_TRUE(calls.WaitAnswered(2));
-  EXPECT_EQ(executor.deferred(), 1);
-  calls.ExpectEachAnsweredOnce();
-}
-
-TEST(BatcherTest, WhileAScopeHoldsALoneBatchLaterJobsQueueAndLaunchTogetherAfterIt) {
-  // Batching is untouched: jobs arriving while the lone batch runs wait (the executor is busy)
-  // and go out as one batch once the scope finished it, by the batcher thread's ordinary path.
-  if (!CallerCompletionScope::Enabled()) GTEST_SKIP() << "ATTN_LONE_FAST_PATH=0";
-  FakeExecutor executor(2);
-  executor.defer_to_scope_ = true;
-  Calls calls;
-  Batcher batcher(Options(), {&executor}, nullptr);  // delay 30 s
-  {
-    CallerCompletionScope scope;
-    Enqueue(batcher, calls.NewJob(Small()));
-    std::thread other([&] {
-      // Other gRPC threads, with scopes of their own: the device is busy, nothing launches.
-      CallerCompletionScope their_scope;
-      Enqueue(batcher, calls.NewJob(Small()));
-      Enqueue(batcher, calls.NewJob(Small(4)));
-    });
-    other.join();
-    EXPECT_EQ(batcher.queued_requests(), 2);
-    EXPECT_EQ(executor.submitted(), 0);
-    EXPECT_EQ(calls.answered(), 0);
-  }
-  ASSERT_EQ(calls.answered(), 1);
-  Batch* together = executor.WaitForBatch(0);
-  ASSERT_NE(together, nullptr);
-  EXPECT_EQ(together->jobs.size(), 2u);
-  executor.FinishOldest();
-  ASSERT_TRUE(calls.WaitAnswered(3));
-  EXPECT_EQ(executor.deferred(), 1);
-  calls.ExpectEachAnsweredOnce();
-}
-
-TEST(BatcherTest, DrainWaitsForTheBatchAScopeHolds) {
-  if (!CallerCompletionScope::Enabled()) GTEST_SKIP() << "ATTN_LONE_FAST_PATH=0";
-  FakeExecutor executor(2);
-  executor.defer_to_scope_ = true;
-  Calls calls;
-  Batcher batcher(Options(), {&executor}, nullptr);
-  std::atomic<bool> drained{false};
-  std::thread drainer;
-  {
-    CallerCompletionScope scope;
-    Enqueue(batcher, calls.NewJob(Small()));
-    drainer = std::thread([&] { drained = batcher.Drain(Clock::now() + 20s); });
-    std::this_thread::sleep_for(50ms);
-    // The job is outstanding until the scope answers it: the drain must not end before.
-    EXPECT_FALSE(drained.load());
-    EXPECT_EQ(calls.answered(), 0);
-  }
-  drainer.join();
-  EXPECT_TRUE(drained.load());
-  EXPECT_EQ(calls.answered(), 1);
-  EXPECT_TRUE(calls.call(0).status.ok());
-  batcher.Shutdown();
-  calls.ExpectEachAnsweredOnce();
-}
-
-TEST(BatcherTest, ExactlyOneAnswerWithScopesUnderConcurrency) {
-  // Many "reactions" at once, each in its own scope: whichever finds the device idle launches its
-  // job and finishes it at its scope's close, the others queue; every job answered exactly once.
-  if (!CallerCompletionScope::Enabled()) GTEST_SKIP() << "ATTN_LONE_FAST_PATH=0";
-  FakeExecutor executor(2);
-  executor.defer_to_scope_ = true;
-  Calls calls;
-  BatcherOptions options = Options(std::chrono::microseconds(100));
-  Batcher batcher(options, {&executor}, nullptr);
-  constexpr int kThreads = 4, kPerThread = 50;
-  std::atomic<bool> stop{false};
-  std::thread finisher([&] {
-    size_t next = 0;
-    while (!stop.load()) {
-      if (executor.WaitForBatch(next, 5ms) == nullptr) continue;
-      executor.FinishOldest();
-      ++next;
-    }
-  });
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&] {
-      for (int i = 0; i < kPerThread; ++i) {
-        CallerCompletionScope scope;
-        Enqueue(batcher, calls.NewJob(Small()));
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  EXPECT_TRUE(calls.WaitAnswered(kThreads * kPerThread));
-  stop = true;
-  finisher.join();
-  EXPECT_TRUE(batcher.Drain(Clock::now() + kPrompt));
-  EXPECT_GT(executor.deferred(), 0);
-  EXPECT_EQ(executor.deferred(), executor.deferred_finished());
   calls.ExpectEachAnsweredOnce();
 }
 

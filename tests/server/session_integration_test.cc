@@ -571,6 +571,117 @@ TEST_F(SessionIntegrationTest, AppendsFromAnotherStreamNeverTearAnAttend) {
   }
 }
 
+// A stream's steps in flight together (the lone-request fast path, server/cuda, must leave this
+// as it was): answered once each, in arrival order, read while earlier ones run, none lost to a
+// drain.
+
+TEST_F(SessionIntegrationTest, PipelinedStepsOnOneStreamAreAnsweredOnceInArrivalOrder) {
+  // 24 decode steps sent back to back without waiting: each one appends its row and reads the
+  // context its predecessors left, so any reordering or a lost or repeated append fails the
+  // reference; every callback fires once (a second answer would set its promise twice).
+  Tracked t = Create(*client_, v1::FLOAT32, 1, 2, 16);
+  AppendRows(t, 0, 20, rng_);
+  constexpr int kSteps = 24;
+  std::vector<v1::AttendRequest> requests;
+  std::vector<std::promise<absl::StatusOr<v1::SessionResponse>>> promises(kSteps);
+  for (int i = 0; i < kSteps; ++i) {
+    requests.push_back(MakeAttend(t, 0, {}, rng_));
+    v1::SessionRequest r;
+    *r.mutable_attend() = requests.back();
+    t.session.Call(std::move(r), [&promises, i](absl::StatusOr<v1::SessionResponse> a) {
+      promises[i].set_value(std::move(a));
+    });
+  }
+  for (int i = 0; i < kSteps; ++i) {
+    absl::StatusOr<v1::SessionResponse> r = promises[i].get_future().get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    t.model.Append(0, requests[i].k_new().data(), requests[i].v_new().data());
+    EXPECT_EQ(CheckAttend(t.model, requests[i], r->attend()), "") << "step " << i;
+  }
+}
+
+TEST_F(SessionIntegrationTest, AStreamReadsItsNextMessageWhileALoneAttendRuns) {
+  // A long Attend finds the server idle and runs; the stream's next message (another session's
+  // step) is read meanwhile, not after it: it waits in the queue for about as long as the long
+  // one runs. A reaction that waited for its device work would hold the read back (gRPC runs the
+  // next read's reaction on the same thread, after the current one returns), which this catches.
+  Tracked blocker = Create(*client_, v1::FLOAT32, 1, 4, 64);
+  AppendRows(blocker, 0, 8192, rng_);
+  Tracked small = Create(*client_, v1::FLOAT32, 1, 2, 16);
+  AppendRows(small, 0, 10, rng_);
+  // Both sessions' calls go out on one stream: the client keeps one per replica.
+  std::promise<absl::StatusOr<v1::SessionResponse>> long_done, step_done;
+  v1::SessionRequest long_call, step_call;
+  // About 1 GFLOP: tens of milliseconds on the CPU backend.
+  *long_call.mutable_attend() = MakeAttend(blocker, 0, {.n_new = 64, .append = false}, rng_);
+  const v1::AttendRequest step = MakeAttend(small, 0, {}, rng_);
+  *step_call.mutable_attend() = step;
+  blocker.session.Call(std::move(long_call), [&long_done](absl::StatusOr<v1::SessionResponse> a) {
+    long_done.set_value(std::move(a));
+  });
+  small.session.Call(std::move(step_call), [&step_done](absl::StatusOr<v1::SessionResponse> a) {
+    step_done.set_value(std::move(a));
+  });
+  absl::StatusOr<v1::SessionResponse> long_answer = long_done.get_future().get();
+  absl::StatusOr<v1::SessionResponse> step_answer = step_done.get_future().get();
+  ASSERT_TRUE(long_answer.ok()) << long_answer.status();
+  ASSERT_TRUE(step_answer.ok()) << step_answer.status();
+  small.model.Append(0, step.k_new().data(), step.v_new().data());
+  EXPECT_EQ(CheckAttend(small.model, step, step_answer->attend()), "");
+  const int64_t long_kernel_ns = long_answer->attend().timings().kernel_ns();
+  if (long_answer->attend().batch().batch_id() < step_answer->attend().batch().batch_id() &&
+      long_kernel_ns > 0) {
+    // A quarter: on a loaded host the step's read may lag the long launch a little.
+    EXPECT_GT(step_answer->attend().timings().queue_ns(), long_kernel_ns / 4)
+        << "the step was read only after the long Attend was answered";
+  }
+}
+
+TEST(SessionDrain, DrainWithStepsInFlightAnswersEveryCallOnce) {
+  // Steps pipelined on a stream while the server drains and shuts down: every call gets exactly
+  // one answer (OK, or UNAVAILABLE / CANCELLED for those the drain refused), none is lost, and
+  // the drain does not hang.
+  std::string error;
+  std::unique_ptr<InProcessSessionServer> server = InProcessSessionServer::Start({}, &error);
+  ASSERT_NE(server, nullptr) << error;
+  absl::StatusOr<SessionClient> client = SessionClient::Create(server->address());
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::mt19937 rng(7);
+  Tracked t = Create(*client, v1::FLOAT32, 1, 2, 16);
+  AppendRows(t, 0, 64, rng);
+  constexpr int kSteps = 64;
+  std::vector<std::promise<absl::StatusOr<v1::SessionResponse>>> promises(kSteps);
+  std::vector<std::future<absl::StatusOr<v1::SessionResponse>>> answers;
+  for (auto& p : promises) answers.push_back(p.get_future());
+  std::atomic<int> callbacks{0};
+  for (int i = 0; i < kSteps; ++i) {
+    v1::SessionRequest r;
+    *r.mutable_attend() = MakeAttend(t, 0, {.n_new = 4}, rng);
+    t.session.Call(std::move(r), [&promises, &callbacks, i](absl::StatusOr<v1::SessionResponse> a) {
+      callbacks.fetch_add(1);
+      promises[i].set_value(std::move(a));
+    });
+  }
+  // The drain starts once the steps are being served (the first one answered), not before the
+  // first one arrives.
+  answers[0].wait();
+  server.reset();  // drains: StartDrain, the batcher's Drain, then shutdown
+  int ok = 0;
+  for (int i = 0; i < kSteps; ++i) {
+    absl::StatusOr<v1::SessionResponse> r = answers[i].get();
+    if (r.ok() && !r->has_error()) {
+      ++ok;
+      continue;
+    }
+    const absl::StatusCode code =
+        r.ok() ? static_cast<absl::StatusCode>(r->error().code()) : r.status().code();
+    EXPECT_TRUE(code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kCancelled)
+        << "step " << i << ": " << (r.ok() ? r->error().message() : r.status().ToString());
+  }
+  EXPECT_EQ(callbacks.load(), kSteps);
+  EXPECT_GT(ok, 0);
+}
+
 TEST_F(SessionIntegrationTest, ConcurrentForksAndARelease) {
   // Threads fork one session while another releases it: each fork either succeeds (and its
   // session holds the parent's rows) or is answered NOT_FOUND "was released"; nothing else.
