@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/flash_decode.h"
 #include "server/cuda/device_page_storage.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
@@ -462,9 +463,12 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   }
 
   char* device_inputs = slot.device;
-  // A lone session step may have its kernels write o and lse into the slot's pinned outputs
-  // block directly (ATTN_LONE_ZERO_COPY): the host reads them there after the stream's end.
+  // A lone session step may have its decode kernel write o and lse into the slot's pinned
+  // outputs block directly (ATTN_LONE_ZERO_COPY): the host reads them there after the stream's
+  // end. Only the decode kernel's rows (its plain stores); the forward kernel's paged variant,
+  // which more rows take, is left to the download.
   const bool zero_copy = slot.lone && batch.config.kind == WorkKind::kPagedDecode &&
+                         cuda::DecodeTakesPagedRows(batch.config.dtype, batch.max_seqlen_q) &&
                          pinned_pool_on_device_ != nullptr && LoneZeroCopy();
   char* device_outputs =
       zero_copy ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_) + layout.input_bytes
