@@ -8,15 +8,16 @@ namespace attention::cuda::bench {
 namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, bool kSeparateO,
-          int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false>
+          int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
+          bool kOverlapNextS = false>
 WsVariant Make() {
   return {kHeadDim,
           Sm90WsTileConfig{kBlockN, kStages, kConsumers, kSeparateO, kQBuffers, kPrefetchNext,
-                           kTmaStoreO},
+                           kTmaStoreO, kOverlapNextS},
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, false, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO>,
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS>,
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, true, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO>};
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS>};
 }
 
 }  // namespace
@@ -25,7 +26,8 @@ std::string WsVariant::Label() const {
   return std::to_string(64 * config.consumers) + "x" + std::to_string(config.block_n) + "/" +
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
-         (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "");
+         (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "") +
+         (config.overlap_next_s ? "/x" : "");
 }
 
 // The defaults (DefaultSm90WsTileConfig) and their neighbours: at d = 64 two or three consumer
@@ -36,7 +38,8 @@ std::string WsVariant::Label() const {
 // 516 bytes with causal: dropped). For short sequences (issue 23: 512-1024 keys, 4-8 KV tiles
 // per query tile) the defaults with the next tile's first copies earlier: two Q buffers with O
 // staged in the retiring one (/q2, in the shared memory of a separate O tile), an L2 prefetch of
-// the next tile's Q and first KV tile (/pf), both; and O written by bulk tensor stores (/ts).
+// the next tile's Q and first KV tile (/pf), both; O written by bulk tensor stores (/ts); and the
+// next tile's first S issued in a tile's last turn, under its epilogue (/x, with /q2).
 const std::vector<WsVariant>& WsVariants() {
   static const std::vector<WsVariant> variants = {
       Make<64, 128, 4, 2, true>(),
@@ -48,6 +51,8 @@ const std::vector<WsVariant>& WsVariants() {
       Make<64, 96, 4, 3, false, 2, true>(),
       Make<64, 128, 4, 3, true, 1, false, true>(),
       Make<64, 128, 4, 2, false, 2, true>(),
+      Make<64, 96, 4, 3, false, 2, true, false, true>(),
+      Make<64, 128, 4, 2, false, 2, true, false, true>(),
       Make<128, 128, 2, 2, true>(),
       Make<128, 128, 3, 2, false>(),
       Make<128, 64, 4, 2, true>(),
@@ -56,6 +61,8 @@ const std::vector<WsVariant>& WsVariants() {
       Make<128, 128, 2, 2, false, 2, true>(),
       Make<128, 128, 2, 2, true, 1, false, true>(),
       Make<128, 128, 2, 2, true, 1, true, true>(),
+      Make<128, 128, 2, 2, false, 2, false, false, true>(),
+      Make<128, 128, 2, 2, false, 2, true, false, true>(),
   };
   return variants;
 }

@@ -22,14 +22,16 @@
 //     empty mbarrier) as soon as the wgmma that read it has completed.
 //   - Ping-pong: the consumers take turns issuing their GEMMs through named barriers, so that
 //     one warpgroup's softmax runs while another's GEMMs occupy the tensor cores. A turn is a
-//     step's two products (or a tile's last P V); each warpgroup waits for its turn (bar.sync on
+//     step's two products (or a tile's last P V, with kOverlapNextS joined by the next tile's
+//     first S, which then runs during the epilogue); each warpgroup waits for its turn (bar.sync on
 //     its own barrier), issues, and passes the turn to the next warpgroup (bar.arrive on that
 //     one's barrier). The last warpgroup hands warpgroup 1 its first turn, and warpgroup 1 takes
 //     the one turn left over at the end, so every barrier sees as many arrivals as syncs (all
 //     consumers of a block run the same steps).
 //   - Masks, online softmax and the epilogue are the other kernels' (flash_fwd_common.cuh): O is
 //     staged in the warp's own rows of a shared tile (its own, kSeparateO, or its tile's Q) and
-//     written with 16-byte stores, and the LSE per row; attention sinks join the normalization.
+//     written with 16-byte stores (or, kTmaStoreO, a bulk tensor store per warp), and the LSE per
+//     row; attention sinks join the normalization.
 // Compiled to an empty kernel for architectures other than sm_90a; the host API launches it only
 // on compute capability 9.0 devices when the build includes sm_90a.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_SM90WS_KERNEL_CUH_
@@ -55,7 +57,8 @@ namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
-          int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false>
+          int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false,
+          bool kOverlapNextS_ = false>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -75,6 +78,11 @@ struct Sm90WsTraits {
   // stages the next tile's O there, which needs an O tile no bulk copy loads into.
   static constexpr bool kTmaStoreO = kTmaStoreO_;
   static_assert(!kTmaStoreO || kSeparateO, "bulk stores of O from an O tile of its own");
+  // Sm90WsTileConfig::overlap_next_s: a consumer's last turn of a query tile issues the next
+  // tile's first S = Q K^T after the last P V, so that it runs during the epilogue; the next
+  // tile's Q must be in shared memory by then, hence two Q buffers.
+  static constexpr bool kOverlapNextS = kOverlapNextS_;
+  static_assert(!kOverlapNextS || kQBuffers == 2, "the next tile's S reads its own Q buffer");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -461,15 +469,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (lane == 0) MbarrierArrive(bar);
   };
 
-  // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart): Q
-  // (the consumer's 64 rows of its tile's Q buffer) and K are K-major, a k16 step is 32 bytes
-  // within a panel and the next panel starts kRows * 128 bytes further; V is N-major, its leading
-  // byte offset the panel stride and a k16 step of P V 16 rows = 2048 bytes.
   // The last consumer hands the first its first turn.
   if (consumer == kConsumers - 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
 
   int i = 0;      // KV tiles consumed so far, as the producer counts
   int round = 0;  // query tiles with keys consumed so far
+  // With kOverlapNextS, whether the current query tile's first KV tile was done at the end of
+  // the previous tile (its S issued in that tile's last turn, its softmax after that epilogue),
+  // leaving its P in next_p and its row statistics in next_stats.
+  bool first_done = false;
+  RowStats<1> next_stats;
+  uint32_t next_p[kNTilesS / 2][4];
   for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
     BlockCoords<Element> c;
     WsTileRows rows;
@@ -488,9 +498,36 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
     }
     RowStats<1> stats;
-    stats.Init();
     // P of the previous step as wgmma A fragments.
     uint32_t p_frag[kNTilesS / 2][4];
+    if (first_done) {
+      stats = next_stats;
+#pragma unroll
+      for (int kk = 0; kk < kNTilesS / 2; ++kk) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) p_frag[kk][e] = next_p[kk][e];
+      }
+    } else {
+      stats.Init();
+    }
+    // S of the current step.
+    float acc_s[1][kNTilesS][4];
+    // Descriptors (128-byte swizzle; rows of a panel 128 bytes apart, 8-row groups 1024 apart): Q
+    // (the consumer's 64 rows of its tile's Q buffer) and K are K-major, a k16 step is 32 bytes
+    // within a panel and the next panel starts kRows * 128 bytes further; V is N-major, its
+    // leading byte offset the panel stride and a k16 step of P V 16 rows = 2048 bytes.
+    // S[i] = Q K[i]^T from the Q buffer `q_desc` and K stage `s` into acc_s, one commit group.
+    const auto issue_s = [&](uint64_t q_desc, int s) {
+      const uint64_t k_desc = SmemDescriptor(k_stage(s), 16, 1024);
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        const uint32_t q_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+        const uint32_t k_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+        MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, q_off), AdvanceDescriptor(k_desc, k_off),
+                 ks > 0);
+      }
+      WgmmaCommit();
+    };
     const auto issue_pv = [&](int s) {
       const uint64_t v_desc = SmemDescriptor(v_stage(s), kBlockN * 128, 1024);
       FenceAccumulators(acc_o[0]);
@@ -504,7 +541,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int qb = round % kQBuffers;
     MbarrierWait(q_full(qb), (round / kQBuffers) & 1);
     const uint64_t q_desc = SmemDescriptor(smem_q(qb) + consumer * 64 * 128, 16, 1024);
-    const int i_first = i;
+    // The KV tiles left to run: all, or (first_done) all but the first, whose P V the next step
+    // issues as usual.
+    const int i_first = first_done ? i - 1 : i;
+    const KvTileRange rest = {tiles.begin, first_done ? tiles.end - 1 : tiles.end};
     const auto step = [&](const int n, auto mask_tag) {
       constexpr bool kMask = decltype(mask_tag)::value;
       const int s = i % kStages;
@@ -514,20 +554,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       // wgmmas sits between the two products' issue.
       if (has_pv) MbarrierWait(v_full(s_prev), ((i - 1) / kStages) & 1);
       MbarrierWait(k_full(s), (i / kStages) & 1);
-
-      float acc_s[1][kNTilesS][4];
-      const uint64_t k_desc = SmemDescriptor(k_stage(s), 16, 1024);
       NamedBarrierSync(my_turn, kTurnThreads);
       FenceAccumulators(acc_o[0]);
       WgmmaFence();
-#pragma unroll
-      for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-        const uint32_t q_off = (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
-        const uint32_t k_off = (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
-        MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, q_off), AdvanceDescriptor(k_desc, k_off),
-                 ks > 0);
-      }
-      WgmmaCommit();
+      issue_s(q_desc, s);
       // (One branch per case: with the handover and the wait in separate branches on has_pv,
       // ptxas cannot tell that S[i] has completed when the softmax reads it, and serializes
       // every wgmma, C7514.)
@@ -565,44 +595,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(p_frag[kk], acc_s, 0, kk);
       ++i;
     };
-    ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+    ForEachKvTile<kBlockN, kVariant>(rest, c, step);
 
-    // The last KV tile's P V, in a turn of its own.
+    // The last KV tile's P V, in a turn of its own; with kOverlapNextS also the block's next
+    // query tile's first S when that tile has keys (the next tile of the schedule that exists:
+    // every consumer finds the same one, so all take the same turns). Its Q is the next Q
+    // buffer's next use and its K the next KV tile the producer copies.
     const int s_last = (i - 1) % kStages;
+    bool overlap = false;
+    if constexpr (Traits::kOverlapNextS) {
+      int next = tile + gridDim.x;
+      BlockCoords<Element> nc;
+      WsTileRows nrows;
+      KvTileRange ntiles;
+      while (next < sched.num_tiles &&
+             !LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, nc, nrows, ntiles)) {
+        next += gridDim.x;
+      }
+      overlap = next < sched.num_tiles && ntiles.end > ntiles.begin;
+    }
     MbarrierWait(v_full(s_last), ((i - 1) / kStages) & 1);
-    NamedBarrierSync(my_turn, kTurnThreads);
-    issue_pv(s_last);
-    WgmmaCommit();
-    NamedBarrierArrive(next_turn, kTurnThreads);
-    WgmmaWait<0>();
-    FenceAccumulators(acc_o[0]);
-    FenceFragments(p_frag);
-    release(v_empty(s_last));
-
-    // Every wgmma of this warpgroup has completed. Each warp stages O in its own rows of the O
-    // tile (or of Q, which no wgmma reads any more) and reads back only those.
-    if constexpr (Traits::kTmaStoreO) {
-      // The warp's rows of the O tile are free once its previous tile's bulk stores have read
-      // them.
-      if (lane == 0) BulkStoreWaitRead<0>();
-      __syncwarp();
-      StageOutput<QTile>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o(qb), c,
-                         warp_row0, lane);
-      FenceProxyAsyncShared();
-      __syncwarp();
-      // A dense batch's map ends at seqlen_q, so the store drops rows past the sequence; in a
-      // packed batch those rows are the next sequence's, so a warp reaching past its sequence
-      // stores its rows inside it with 16-byte stores instead.
-      if (p.cu_seqlens_q == nullptr || warp_row0 + kSm90WsOStoreRows <= c.rows) {
-        if (lane == 0 && warp_row0 < c.rows) {
-#pragma unroll
-          for (int panel = 0; panel < Traits::kPanels; ++panel) {
-            TmaStore4d(&args.o, smem_o(qb) + panel * (kBlockM * 128) + warp_row0 * 128, panel * 64,
-                       c.head, rows.q_row + warp_row0, rows.batch);
-          }
-          BulkStoreCommit();
-        }
-      } else {
+    // The epilogue: O normalized, staged and written, the LSE; the Q buffer released.
+    const auto epilogue = [&] {
+      // The tile's wgmmas have completed (with kOverlapNextS the next tile's first S may still
+      // run). Each warp stages O in its own rows of the O tile (or of its Q buffer, which no wgmma
+      // reads any more) and reads back only those; copy_out writes the staged rows inside the
+      // sequence with 16-byte stores.
+      const auto copy_out = [&] {
 #pragma unroll
         for (int it = 0; it < kSm90WsOStoreRows * Traits::kChunks / 32; ++it) {
           const int idx = lane + 32 * it;
@@ -613,18 +632,112 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                 LoadShared128(smem_o(qb) + QTile::Offset(r, ch));
           }
         }
+      };
+      if constexpr (Traits::kTmaStoreO) {
+        // The warp's rows of the O tile are free once its previous tile's bulk stores have read
+        // them.
+        if (lane == 0) BulkStoreWaitRead<0>();
+        __syncwarp();
+        StageOutput<QTile>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o(qb), c,
+                           warp_row0, lane);
+        FenceProxyAsyncShared();
+        __syncwarp();
+        // A dense batch's map ends at seqlen_q, so the store drops rows past the sequence; in a
+        // packed batch those rows are the next sequence's, so a warp reaching past its sequence
+        // stores its rows inside it with 16-byte stores instead.
+        if (p.cu_seqlens_q == nullptr || warp_row0 + kSm90WsOStoreRows <= c.rows) {
+          if (lane == 0 && warp_row0 < c.rows) {
+#pragma unroll
+            for (int panel = 0; panel < Traits::kPanels; ++panel) {
+              TmaStore4d(&args.o, smem_o(qb) + panel * (kBlockM * 128) + warp_row0 * 128,
+                         panel * 64, c.head, rows.q_row + warp_row0, rows.batch);
+            }
+            BulkStoreCommit();
+          }
+        } else {
+          copy_out();
+        }
+      } else if constexpr (Traits::kOverlapNextS) {
+        // StoreOutput scales O in place, which the next tile's S in flight forbids (C7515 above).
+        __syncwarp();
+        StageOutput<QTile>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o(qb), c,
+                           warp_row0, lane);
+        __syncwarp();
+        copy_out();
+      } else {
+        StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
+                                            smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
+                                            lane);
       }
+      if constexpr (!Traits::kSeparateO) {
+        // A later Q lands where O was staged: order this warp's generic-proxy accesses before the
+        // bulk copy's writes.
+        FenceProxyAsyncShared();
+        __syncwarp();
+        release(q_empty(qb));
+      }
+    };
+    // (One branch per case, from the turn to the wait for the next tile's S: with the issue and
+    // the wait in separate branches on `overlap`, ptxas cannot tell that S has completed on
+    // every path, waits for it right after the epilogue and serializes every wgmma, C7515.)
+    first_done = false;
+    if (overlap) {
+      MbarrierWait(q_full((round + 1) % kQBuffers), ((round + 1) / kQBuffers) & 1);
+      MbarrierWait(k_full(i % kStages), (i / kStages) & 1);
+      NamedBarrierSync(my_turn, kTurnThreads);
+      issue_pv(s_last);
+      WgmmaCommit();
+      WgmmaFence();
+      issue_s(SmemDescriptor(smem_q((round + 1) % kQBuffers) + consumer * 64 * 128, 16, 1024),
+              i % kStages);
+      NamedBarrierArrive(next_turn, kTurnThreads);
+      WgmmaWait<1>();  // P V done; the next tile's S may still run
+      FenceAccumulators(acc_o[0]);
+      FenceFragments(p_frag);
+      release(v_empty(s_last));
+      epilogue();
+      // The next tile's first KV tile (the last, copied first): its S, issued in the turn
+      // above, has run during the epilogue; its softmax now, as the step would (O is zero:
+      // no rescale), leaving P and the row statistics for the next iteration.
+      BlockCoords<Element> nc;
+      WsTileRows nrows;
+      KvTileRange ntiles;
+      int next = tile + gridDim.x;
+      while (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, nc, nrows, ntiles)) {
+        next += gridDim.x;
+      }
+      const int n = ntiles.end - 1;
+      next_stats.Init();
+      WgmmaWait<0>();
+      FenceAccumulators(acc_s[0]);
+      release(k_empty(i % kStages));
+      if (softcap) {
+#pragma unroll
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_s[0][nt][e] = cap_out * Tanh(acc_s[0][nt][e] * cap_in);
+        }
+      }
+      if (TileNeedsMaskInRange(n, nc.row0, nc.rows, nc.len_q, nc.len_k, kBlockN, nc.left, nc.right,
+                               nc.key_begin, nc.key_end)) {
+        MaskOutsideWindow(acc_s, nc, warp_row0, n * kBlockN, lane);
+      }
+      float alpha[1][2];
+      SoftmaxStep(acc_s, next_stats, scale_log2, alpha);
+#pragma unroll
+      for (int kk = 0; kk < kNTilesS / 2; ++kk) PackP<Element>(next_p[kk], acc_s, 0, kk);
+      ++i;
+      first_done = true;
     } else {
-      StoreOutput<QTile, Traits::kChunks>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
-                                          smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
-                                          lane);
-    }
-    if constexpr (!Traits::kSeparateO) {
-      // A later Q lands where O was staged: order this warp's generic-proxy accesses before the
-      // bulk copy's writes.
-      FenceProxyAsyncShared();
-      __syncwarp();
-      release(q_empty(qb));
+      NamedBarrierSync(my_turn, kTurnThreads);
+      issue_pv(s_last);
+      WgmmaCommit();
+      NamedBarrierArrive(next_turn, kTurnThreads);
+      WgmmaWait<0>();
+      FenceAccumulators(acc_o[0]);
+      FenceFragments(p_frag);
+      release(v_empty(s_last));
+      epilogue();
     }
     ++round;
   }

@@ -106,7 +106,9 @@ constexpr bool HasSm90WsKernel(int head_dim_bucket) {
 // tile's Q and first KV tile into L2 when it starts a tile. tma_store_o (with separate_o): each
 // consumer warp writes its staged O rows with a bulk tensor store issued by one lane instead of
 // its 32 lanes' 16-byte stores, and waits for the store to have read them only before staging
-// the next tile's O there. All three aim at short sequences, where a query tile has only a few
+// the next tile's O there. overlap_next_s (with q_buffers = 2): a consumer's last turn of a query
+// tile issues the next tile's first S = Q K^T after the last P V, which then runs during the
+// epilogue. All four aim at short sequences, where a query tile has only a few
 // KV tiles to hide its prologue and epilogue behind.
 struct Sm90WsTileConfig {
   int block_n;
@@ -116,6 +118,7 @@ struct Sm90WsTileConfig {
   int q_buffers = 1;
   bool prefetch_next = false;
   bool tma_store_o = false;
+  bool overlap_next_s = false;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
@@ -164,7 +167,8 @@ inline constexpr bool kSm90WsZeroVTail = true;
 // maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
 // head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
-          bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false>
+          bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
+          bool kOverlapNextS = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.
