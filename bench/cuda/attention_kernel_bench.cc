@@ -9,7 +9,7 @@
 //   attention_kernel_bench [--dtype bf16,fp16] [--hdim 64,128,256] [--causal 0,1]
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
 //                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE] [--ws]
-//                          [--ws-variants] [--varlen]
+//                          [--ws-variants] [--ws-only LABEL,...] [--varlen]
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -22,6 +22,8 @@
 //             ATTN_CUDA_KERNELS=sm90ws (or kRouteSm90Ws), which makes the routed kernel the same
 //   --ws-variants  --ws, and every configuration of bench/cuda/ws_variants.cu (bf16; configure
 //             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs
+//   --ws-only  with --ws-variants, only the configurations of these labels (as printed, e.g.
+//             128x128/2c/2s/q2): a device command leaves out those its tests failed
 //   --varlen  every cell launched as a packed batch (cu_seqlens_q / k of its batch sequences of
 //             seqlen rows, batch strides 0), as the server launches every batch; with --ws both
 //             kernels take the packed batch ("varlen": true in the JSON)
@@ -98,6 +100,7 @@ struct Options {
   int page_size = 0;  // --paged
   bool ws = false;
   bool ws_variants = false;  // --ws-variants (implies --ws)
+  std::string ws_only;       // --ws-only: comma-separated labels, empty for all
   bool varlen = false;       // --varlen
 };
 
@@ -213,7 +216,7 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
 // kernel's, then the latter timed; one table row and JSON line. Returns false on failure.
 // With `variants`, also every configuration of bench/cuda/ws_variants.cu for the cell's bucket.
 bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
-            bool variants, FILE* json);
+            bool variants, const std::string& only, FILE* json);
 
 // --varlen: `p` as a packed batch of its batch sequences of seqlen rows, cu_seqlens (both) in
 // device memory at `cu` (room for batch + 1 offsets).
@@ -309,7 +312,8 @@ int RunGrid(const Options& opt, FILE* json) {
           absl::Status status;
           const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
           if (opt.ws && status.ok()) {
-            if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), opt.ws_variants, json)) {
+            if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), opt.ws_variants,
+                        opt.ws_only, json)) {
               ++failures;
             }
             continue;
@@ -416,7 +420,7 @@ int RunGrid(const Options& opt, FILE* json) {
 }
 
 bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
-            bool variants, FILE* json) {
+            bool variants, const std::string& only, FILE* json) {
   const int64_t count = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
   std::vector<uint16_t> routed(count), ws(count);
   if (!Check(cudaDeviceSynchronize(), "routed kernel") ||
@@ -474,6 +478,9 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
   for (const WsVariant& v :
        variants&& p.dtype == DType::kBFloat16 ? WsVariants() : std::vector<WsVariant>{}) {
     if (v.head_dim != bucket) continue;
+    if (!only.empty() && ("," + only + ",").find("," + v.Label() + ",") == std::string::npos) {
+      continue;
+    }
     for (const bool persistent : {true, false}) {
       const auto launch = [&] {
         AttentionParams q = p;
@@ -494,6 +501,7 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
     ok &= time_one("default again", [&] { return RunFlashFwdSm90Ws(p, nullptr); });
   }
 #else
+  static_cast<void>(only);
   if (variants) {
     std::fprintf(stderr, "--ws-variants: configure with -DATTN_BENCH_WS_VARIANTS=ON\n");
     ok = false;
@@ -592,6 +600,8 @@ int Main(int argc, char** argv) {
       opt.ws = true;
     } else if (arg == "--ws-variants") {
       opt.ws = opt.ws_variants = true;
+    } else if (arg == "--ws-only") {
+      opt.ws_only = value();
     } else if (arg == "--varlen") {
       opt.varlen = true;
     } else if (arg == "--paged") {
