@@ -20,6 +20,12 @@ WsVariant Make() {
                                 kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS>};
 }
 
+// `v` on the snake schedule (FwdSm90WsSchedule::snake): the same kernels.
+WsVariant Snake(WsVariant v) {
+  v.config.snake = true;
+  return v;
+}
+
 }  // namespace
 
 std::string WsVariant::Label() const {
@@ -27,7 +33,7 @@ std::string WsVariant::Label() const {
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
          (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "") +
-         (config.overlap_next_s ? "/x" : "");
+         (config.overlap_next_s ? "/x" : "") + (config.snake ? "/sn" : "");
 }
 
 // The defaults (DefaultSm90WsTileConfig) and their neighbours: at d = 64 two or three consumer
@@ -39,7 +45,8 @@ std::string WsVariant::Label() const {
 // per query tile) the defaults with the next tile's first copies earlier: two Q buffers with O
 // staged in the retiring one (/q2, in the shared memory of a separate O tile), an L2 prefetch of
 // the next tile's Q and first KV tile (/pf), both; O written by bulk tensor stores (/ts); and the
-// next tile's first S issued in a tile's last turn, under its epilogue (/x, with /q2).
+// next tile's first S issued in a tile's last turn, under its epilogue (/x, with /q2); and the
+// snake schedule (/sn) for the causal defaults and the d 128 q2/pf/x.
 const std::vector<WsVariant>& WsVariants() {
   static const std::vector<WsVariant> variants = {
       Make<64, 128, 4, 2, true>(),
@@ -53,6 +60,8 @@ const std::vector<WsVariant>& WsVariants() {
       Make<64, 128, 4, 2, false, 2, true>(),
       Make<64, 96, 4, 3, false, 2, true, false, true>(),
       Make<64, 128, 4, 2, false, 2, true, false, true>(),
+      Snake(Make<64, 96, 4, 3, true>()),
+      Snake(Make<64, 128, 4, 2, false, 2, true, false, true>()),
       Make<128, 128, 2, 2, true>(),
       Make<128, 128, 3, 2, false>(),
       Make<128, 64, 4, 2, true>(),
@@ -63,6 +72,8 @@ const std::vector<WsVariant>& WsVariants() {
       Make<128, 128, 2, 2, true, 1, true, true>(),
       Make<128, 128, 2, 2, false, 2, false, false, true>(),
       Make<128, 128, 2, 2, false, 2, true, false, true>(),
+      Snake(Make<128, 128, 2, 2, true>()),
+      Snake(Make<128, 128, 2, 2, false, 2, true, false, true>()),
   };
   return variants;
 }

@@ -280,7 +280,7 @@ bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
 
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
                                         int kv_heads, int head_dim, int block_m, int sms,
-                                        int64_t l2_bytes, bool persistent) {
+                                        int64_t l2_bytes, bool persistent, bool snake) {
   FwdSm90WsSchedule s;
   s.m_blocks = static_cast<int>((int64_t{seqlen_q} + block_m - 1) / block_m);
   s.pairs = q_heads * batch;
@@ -293,6 +293,7 @@ FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, i
   s.heads_per_group = static_cast<int>(
       std::clamp<int64_t>(l2_bytes / 2 / kv_bytes_per_pair, 1, std::max(1, s.pairs)));
   s.grid = persistent && sms > 0 ? std::min(s.num_tiles, sms) : s.num_tiles;
+  s.snake = snake && s.grid < s.num_tiles;
   return s;
 }
 
@@ -308,8 +309,9 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
                                                    ") x q_heads x batch) exceed 2^31 - 1"));
   }
   const DeviceInfo device = CurrentDevice();
-  args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
-                                     p.head_dim, block_m, device.sms, device.l2_bytes, persistent);
+  args.sched =
+      MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads, p.head_dim,
+                            block_m, device.sms, device.l2_bytes, persistent, config.snake);
   const int block_n = config.block_n;
   // A packed batch maps its packed rows as one sequence (batch 1, FwdSm90WsArgs). Maps need
   // dimensions >= 1; an empty context (no key rows) is never copied from.

@@ -83,6 +83,42 @@ TEST(FlashFwdSm90WsScheduleTest, VisitsEveryTileOnceInGroups) {
   }
 }
 
+// The snake schedule (FwdSm90WsSchedule::snake): the plain schedule's tiles, each exactly once,
+// with every odd round of `grid` tiles that is complete reversed (block b takes the plain
+// round's tile grid - 1 - b); one block per tile never snakes.
+TEST(FlashFwdSm90WsScheduleTest, SnakeReversesOddCompleteRounds) {
+  const std::vector<Shape> shapes = {{32, 512, 512, 16, 16, 128, 128},
+                                     {16, 1024, 1024, 32, 32, 64, 192},
+                                     {3, 77, 77, 5, 1, 64, 192},
+                                     {5, 129, 4000, 7, 7, 40, 192}};
+  for (const Shape& s : shapes) {
+    const FwdSm90WsSchedule plain =
+        MakeFwdSm90WsSchedule(s.batch, s.seqlen_q, s.seqlen_k, s.q_heads, s.kv_heads, s.head_dim,
+                              s.block_m, kSms, kL2Bytes, true);
+    const FwdSm90WsSchedule snake =
+        MakeFwdSm90WsSchedule(s.batch, s.seqlen_q, s.seqlen_k, s.q_heads, s.kv_heads, s.head_dim,
+                              s.block_m, kSms, kL2Bytes, true, true);
+    EXPECT_EQ(snake.snake, plain.grid < plain.num_tiles);
+    EXPECT_FALSE(MakeFwdSm90WsSchedule(s.batch, s.seqlen_q, s.seqlen_k, s.q_heads, s.kv_heads,
+                                       s.head_dim, s.block_m, kSms, kL2Bytes, false, true)
+                     .snake);
+    std::set<std::pair<int, int>> seen;
+    for (int tile = 0; tile < snake.num_tiles; ++tile) {
+      const RankedTile at = TileRankAt(snake, tile);
+      ASSERT_TRUE(seen.insert({at.rank, at.pair}).second) << "tile " << tile << " twice";
+      const int round = tile / plain.grid;
+      const int pos = tile % plain.grid;
+      const bool reversed =
+          snake.snake && round % 2 == 1 && (round + 1) * plain.grid <= plain.num_tiles;
+      const RankedTile want =
+          TileRankAt(plain, reversed ? round * plain.grid + plain.grid - 1 - pos : tile);
+      EXPECT_EQ(at.rank, want.rank) << "tile " << tile;
+      EXPECT_EQ(at.pair, want.pair) << "tile " << tile;
+    }
+    EXPECT_EQ(static_cast<int>(seen.size()), snake.num_tiles);
+  }
+}
+
 // A packed batch: the schedule is sized by the longest sequence, and rank r of a pair maps to
 // its sequence's own query blocks (SequenceMBlock). Every query block of every sequence is
 // visited exactly once, the ranks a sequence lacks are empty (-1), and for causal each pair's
