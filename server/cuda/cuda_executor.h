@@ -31,8 +31,8 @@
 // gRPC thread never waits for the device itself: a reaction that blocked would hold back the
 // next message of its stream (gRPC runs the next read's reaction on the same thread, after the
 // current one returns), and with it every step behind a lone one. With ATTN_LONE_ZERO_COPY=1 a lone
-// session step's kernels also write o and lse straight into the slot's pinned block (host memory
-// the device reaches through unified addressing), so that no download follows its kernel.
+// session step that the decode kernel runs also writes o and lse straight into the slot's pinned
+// block (host memory the device reaches through unified addressing): no download follows it.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
