@@ -83,8 +83,8 @@ std::atomic<bool>& PendingInjectedStickyError() {
 }
 
 // ATTN_LONE_FAST_PATH (cuda_executor.h, docs/operations.md): unset or anything but "0" is on.
-// ATTN_LONE_ZERO_COPY=1: a lone session step's kernels write o and lse into the slot's pinned block
-// (off until a GPU run has measured it). Each read once.
+// ATTN_LONE_ZERO_COPY=1: a lone session step the decode kernel runs writes o and lse into the
+// slot's pinned block (off until a GPU run has measured it). Each read once.
 bool LoneFastPath() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_FAST_PATH");
