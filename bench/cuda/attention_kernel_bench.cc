@@ -482,10 +482,11 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
       continue;
     }
     for (const bool persistent : {true, false}) {
-      // Two Q buffers, the prefetch, the overlap and the snake act only between the query tiles
-      // of a persistent block: with one block per tile they would time the same work again.
+      // Two Q buffers, the prefetch, the overlap and the snake / fold schedules act only between
+      // the query tiles of a persistent block: with one block per tile they would time the same
+      // work again.
       if (!persistent && (v.config.q_buffers == 2 || v.config.prefetch_next ||
-                          v.config.overlap_next_s || v.config.snake)) {
+                          v.config.overlap_next_s || v.config.snake || v.config.fold)) {
         continue;
       }
       const auto launch = [&] {

@@ -9,20 +9,26 @@ namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, bool kSeparateO,
           int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false>
+          bool kOverlapNextS = false, bool kOrders = false>
 WsVariant Make() {
   return {kHeadDim,
           Sm90WsTileConfig{kBlockN, kStages, kConsumers, kSeparateO, kQBuffers, kPrefetchNext,
                            kTmaStoreO, kOverlapNextS},
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, false, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS>,
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS,
+                                kOrders>,
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, true, kBlockN, kStages, kConsumers,
-                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS>};
+                                kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS,
+                                kOrders>};
 }
 
-// `v` on the snake schedule (FwdSm90WsSchedule::snake): the same kernels.
+// `v` (compiled with kOrders) on the snake or the fold order of FwdSm90WsSchedule.
 WsVariant Snake(WsVariant v) {
   v.config.snake = true;
+  return v;
+}
+WsVariant Fold(WsVariant v) {
+  v.config.fold = true;
   return v;
 }
 
@@ -33,7 +39,8 @@ std::string WsVariant::Label() const {
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
          (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "") +
-         (config.overlap_next_s ? "/x" : "") + (config.snake ? "/sn" : "");
+         (config.overlap_next_s ? "/x" : "") + (config.snake ? "/sn" : "") +
+         (config.fold ? "/fd" : "");
 }
 
 // The defaults (DefaultSm90WsTileConfig) and their neighbours: at d = 64 two or three consumer
@@ -46,7 +53,8 @@ std::string WsVariant::Label() const {
 // staged in the retiring one (/q2, in the shared memory of a separate O tile), an L2 prefetch of
 // the next tile's Q and first KV tile (/pf), both; O written by bulk tensor stores (/ts); and the
 // next tile's first S issued in a tile's last turn, under its epilogue (/x, with /q2); and the
-// snake schedule (/sn) for the causal defaults and the d 128 q2/pf/x.
+// snake (/sn) and fold (/fd) orders for the causal defaults and the q2/pf/x candidates (kernels
+// compiled with kOrders).
 const std::vector<WsVariant>& WsVariants() {
   static const std::vector<WsVariant> variants = {
       Make<64, 128, 4, 2, true>(),
@@ -60,8 +68,10 @@ const std::vector<WsVariant>& WsVariants() {
       Make<64, 128, 4, 2, false, 2, true>(),
       Make<64, 96, 4, 3, false, 2, true, false, true>(),
       Make<64, 128, 4, 2, false, 2, true, false, true>(),
-      Snake(Make<64, 96, 4, 3, true>()),
-      Snake(Make<64, 128, 4, 2, false, 2, true, false, true>()),
+      Snake(Make<64, 96, 4, 3, true, 1, false, false, false, true>()),
+      Snake(Make<64, 128, 4, 2, false, 2, true, false, true, true>()),
+      Fold(Make<64, 96, 4, 3, true, 1, false, false, false, true>()),
+      Fold(Make<64, 128, 4, 2, false, 2, true, false, true, true>()),
       Make<128, 128, 2, 2, true>(),
       Make<128, 128, 3, 2, false>(),
       Make<128, 64, 4, 2, true>(),
@@ -72,8 +82,10 @@ const std::vector<WsVariant>& WsVariants() {
       Make<128, 128, 2, 2, true, 1, true, true>(),
       Make<128, 128, 2, 2, false, 2, false, false, true>(),
       Make<128, 128, 2, 2, false, 2, true, false, true>(),
-      Snake(Make<128, 128, 2, 2, true>()),
-      Snake(Make<128, 128, 2, 2, false, 2, true, false, true>()),
+      Snake(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
+      Snake(Make<128, 128, 2, 2, false, 2, true, false, true, true>()),
+      Fold(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
+      Fold(Make<128, 128, 2, 2, false, 2, true, false, true, true>()),
   };
   return variants;
 }

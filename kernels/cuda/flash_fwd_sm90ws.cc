@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <string_view>
 
@@ -280,7 +281,7 @@ bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
 
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
                                         int kv_heads, int head_dim, int block_m, int sms,
-                                        int64_t l2_bytes, bool persistent, bool snake) {
+                                        int64_t l2_bytes, bool persistent, bool snake, bool fold) {
   FwdSm90WsSchedule s;
   s.m_blocks = static_cast<int>((int64_t{seqlen_q} + block_m - 1) / block_m);
   s.pairs = q_heads * batch;
@@ -294,6 +295,18 @@ FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, i
       std::clamp<int64_t>(l2_bytes / 2 / kv_bytes_per_pair, 1, std::max(1, s.pairs)));
   s.grid = persistent && sms > 0 ? std::min(s.num_tiles, sms) : s.num_tiles;
   s.snake = snake && s.grid < s.num_tiles;
+  if (fold && persistent && sms > 0) {
+    // Slots of two tiles (FwdSm90WsSchedule::fold), whole rounds of them.
+    const int64_t slots = int64_t{(s.m_blocks + 1) / 2} * s.pairs;
+    const int64_t grid = std::min<int64_t>(slots, sms);
+    const int64_t tiles = grid > 0 ? 2 * grid * ((slots + grid - 1) / grid) : 0;
+    if (slots > 0 && tiles <= std::numeric_limits<int>::max()) {
+      s.fold = true;
+      s.snake = false;
+      s.grid = static_cast<int>(grid);
+      s.num_tiles = static_cast<int>(tiles);
+    }
+  }
   return s;
 }
 
@@ -309,9 +322,9 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
                                                    ") x q_heads x batch) exceed 2^31 - 1"));
   }
   const DeviceInfo device = CurrentDevice();
-  args.sched =
-      MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads, p.head_dim,
-                            block_m, device.sms, device.l2_bytes, persistent, config.snake);
+  args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
+                                     p.head_dim, block_m, device.sms, device.l2_bytes, persistent,
+                                     config.snake, config.fold);
   const int block_n = config.block_n;
   // A packed batch maps its packed rows as one sequence (batch 1, FwdSm90WsArgs). Maps need
   // dimensions >= 1; an empty context (no key rows) is never copied from.

@@ -58,7 +58,7 @@ namespace attention::cuda::fwd {
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
           int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false,
-          bool kOverlapNextS_ = false>
+          bool kOverlapNextS_ = false, bool kOrders_ = false>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -83,6 +83,10 @@ struct Sm90WsTraits {
   // tile's Q must be in shared memory by then, hence two Q buffers.
   static constexpr bool kOverlapNextS = kOverlapNextS_;
   static_assert(!kOverlapNextS || kQBuffers == 2, "the next tile's S reads its own Q buffer");
+  // Compiled to follow the snake and fold orders (FwdSm90WsSchedule::snake, fold) when the
+  // schedule has them; without, kernels take the plain order only, which keeps the other orders'
+  // arithmetic out of their registers (20 bytes more spills at d 256 causal).
+  static constexpr bool kOrders = kOrders_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -145,15 +149,15 @@ struct WsTileRows {
   int batch;
 };
 
-// Where query tile `tile` of the schedule works (TileRankAt, SequenceMBlock): its BlockCoords (as
+// Where query tile `tile` of the schedule works (TileRankAt, TileMBlock): its BlockCoords (as
 // LocateBlock fills them), its copy coordinates and its KV tiles. False when its sequence has no
 // query block of the tile's rank (a packed batch's shorter sequences, an empty one): the tile
 // does nothing, producer and consumers alike.
-template <int kBlockM, int kBlockN, bool kCausal, typename Element>
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders, typename Element>
 __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm90WsSchedule& sched,
                                            int tile, BlockCoords<Element>& c, WsTileRows& rows,
                                            KvTileRange& tiles) {
-  const RankedTile at = TileRankAt(sched, tile);
+  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
   c.head = at.pair % p.q_heads;
   c.batch = at.pair / p.q_heads;
   c.left = kCausal ? p.window_left : -1;
@@ -168,7 +172,7 @@ __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm
     k_start = p.cu_seqlens_k[c.batch];
     c.len_k = p.cu_seqlens_k[c.batch + 1] - k_start;
   }
-  const int m_block = SequenceMBlock(at.rank, (c.len_q + kBlockM - 1) / kBlockM, kCausal);
+  const int m_block = TileMBlock(at, (c.len_q + kBlockM - 1) / kBlockM, kCausal);
   if (m_block < 0) return false;
   c.row0 = m_block * kBlockM;
   c.rows = min(kBlockM, c.len_q - c.row0);
@@ -219,15 +223,15 @@ struct WsTail {
   int valid_rows;
 };
 
-template <int kBlockM, int kBlockN, bool kCausal>
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
 __device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
                                              const FwdSm90WsSchedule& sched, int tile) {
-  const RankedTile at = TileRankAt(sched, tile);
+  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
   const int batch = at.pair / p.q_heads;
   const int q_start = p.cu_seqlens_q[batch];
   const int len_q = p.cu_seqlens_q[batch + 1] - q_start;
   const int len_k = p.cu_seqlens_k[batch + 1] - p.cu_seqlens_k[batch];
-  const int m_block = SequenceMBlock(at.rank, (len_q + kBlockM - 1) / kBlockM, kCausal);
+  const int m_block = TileMBlock(at, (len_q + kBlockM - 1) / kBlockM, kCausal);
   if (m_block < 0) return {0, kBlockN};
   const int row0 = m_block * kBlockM;
   const KvTileRange tiles =
@@ -358,7 +362,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           BlockCoords<Element> c;
           WsTileRows rows;
           KvTileRange tiles;
-          if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles) ||
+          if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows,
+                                                                      tiles) ||
               tiles.end <= tiles.begin) {
             continue;
           }
@@ -368,7 +373,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           ++round;
           const int next = tile + gridDim.x;
           if (next < sched.num_tiles &&
-              LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, c, rows, tiles) &&
+              LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, next, c, rows,
+                                                                     tiles) &&
               tiles.end > tiles.begin) {
             const int kv_head = c.head / (p.q_heads / p.kv_heads);
             const int kv_row = rows.k_row + (tiles.end - 1) * kBlockN;
@@ -387,7 +393,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         int i = 0;                // KV tiles copied so far, as the copying thread counts
         uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
         for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
-          const WsTail tail = TailOfTile<kBlockM, kBlockN, kCausal>(p, sched, tile);
+          const WsTail tail =
+              TailOfTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
           if (tail.kv_tiles <= 0) continue;
           if (tail.valid_rows < kBlockN) {
             const int s = i % kStages;
@@ -409,7 +416,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       BlockCoords<Element> c;
       WsTileRows rows;
       KvTileRange tiles;
-      if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
+      if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows, tiles))
+        continue;
       if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
       const int kv_head = c.head / (p.q_heads / p.kv_heads);
       // Query tile `round` takes Q buffer round % kQBuffers, its (round / kQBuffers)-th use.
@@ -484,7 +492,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     BlockCoords<Element> c;
     WsTileRows rows;
     KvTileRange tiles;
-    if (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
+    if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows, tiles))
+      continue;
     if (tiles.end <= tiles.begin) {
       StoreEmptyRows<typename Traits::ConsumerThreads>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c),
                                                        c.rows, valid_chunks, ctid);
@@ -608,8 +617,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       BlockCoords<Element> nc;
       WsTileRows nrows;
       KvTileRange ntiles;
-      while (next < sched.num_tiles &&
-             !LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, nc, nrows, ntiles)) {
+      while (next < sched.num_tiles && !LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(
+                                           p, sched, next, nc, nrows, ntiles)) {
         next += gridDim.x;
       }
       overlap = next < sched.num_tiles && ntiles.end > ntiles.begin;
@@ -703,7 +712,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       WsTileRows nrows;
       KvTileRange ntiles;
       int next = tile + gridDim.x;
-      while (!LocateTile<kBlockM, kBlockN, kCausal>(p, sched, next, nc, nrows, ntiles)) {
+      while (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, next, nc, nrows,
+                                                                     ntiles)) {
         next += gridDim.x;
       }
       const int n = ntiles.end - 1;

@@ -30,6 +30,14 @@ namespace attention::cuda {
 // a block that drew an expensive tile in one round draws a cheap one in the next (a model of the
 // call 4 shapes puts the busiest block of a d = 128 causal launch at 1.15-1.27x the mean without
 // it, 1.07-1.10x with it).
+//
+// With `fold` (a persistent grid), a block's tiles come in slots of two: rank r of a pair and then,
+// in the block's next round, the same pair's rank m - 1 - r (m its sequence's query blocks; the
+// middle rank of an odd m alone), so that every slot of a causal launch costs m + 1 KV tiles and
+// the blocks, taking slots b, b + grid, ..., stay balanced to one slot; the second tile's K / V
+// are the first's, from L2. Slots are numbered as the plain schedule numbers tiles, with
+// ceil(m_blocks / 2) ranks per pair; num_tiles = 2 grid ceil(slots / grid), the tiles past the
+// last slot empty.
 struct FwdSm90WsSchedule {
   int m_blocks;
   int pairs;  // q_heads * batch; pair = batch * q_heads + head
@@ -37,14 +45,48 @@ struct FwdSm90WsSchedule {
   int num_tiles;
   int grid;
   bool snake = false;
+  bool fold = false;
 };
 
-// Tile `tile` of the schedule as its pair's rank-th tile (SequenceMBlock gives its query block).
+// Tile `tile` of the schedule as its pair's rank-th tile (TileMBlock gives its query block);
+// `half` is -1 on a schedule without fold, else 0 for the first tile of a slot and 1 for its
+// partner.
 struct RankedTile {
   int rank;
   int pair;
+  int half = -1;
 };
 
+// Index `index` of the plain order with `ranks` ranks per pair: heads in groups, rank by rank
+// within a group.
+ATTN_HOST_DEVICE inline RankedTile RankMajorAt(const FwdSm90WsSchedule& s, int index, int ranks) {
+  const int group_tiles = s.heads_per_group * ranks;
+  const int group = index / group_tiles;
+  const int in_group = index - group * group_tiles;
+  const int rest = s.pairs - group * s.heads_per_group;
+  const int group_pairs = rest < s.heads_per_group ? rest : s.heads_per_group;
+  const int rank = in_group / group_pairs;
+  return {rank, group * s.heads_per_group + (in_group - rank * group_pairs)};
+}
+
+// Tile `tile` of a schedule with fold.
+ATTN_HOST_DEVICE inline RankedTile FoldedTileRankAt(const FwdSm90WsSchedule& s, int tile) {
+  const int round = tile / s.grid;
+  const int slot = (round >> 1) * s.grid + (tile - round * s.grid);
+  const int ranks = (s.m_blocks + 1) / 2;
+  if (int64_t{slot} >= int64_t{ranks} * s.pairs) return {s.m_blocks, 0, 0};  // past the slots
+  RankedTile at = RankMajorAt(s, slot, ranks);
+  at.half = round & 1;
+  return at;
+}
+
+// Tile `tile` of a schedule in the plain order (neither snake nor fold), which kernels compiled
+// without the other orders (Sm90WsTraits::kOrders) take.
+ATTN_HOST_DEVICE inline RankedTile PlainTileRankAt(const FwdSm90WsSchedule& s, int tile) {
+  return RankMajorAt(s, tile, s.m_blocks);
+}
+
+// Tile `tile` of a schedule without fold.
 ATTN_HOST_DEVICE inline RankedTile TileRankAt(const FwdSm90WsSchedule& s, int tile) {
   if (s.snake) {
     const int round = tile / s.grid;
@@ -52,13 +94,12 @@ ATTN_HOST_DEVICE inline RankedTile TileRankAt(const FwdSm90WsSchedule& s, int ti
       tile = round * s.grid + (s.grid - 1 - (tile - round * s.grid));
     }
   }
-  const int group_tiles = s.heads_per_group * s.m_blocks;
-  const int group = tile / group_tiles;
-  const int in_group = tile - group * group_tiles;
-  const int rest = s.pairs - group * s.heads_per_group;
-  const int group_pairs = rest < s.heads_per_group ? rest : s.heads_per_group;
-  const int rank = in_group / group_pairs;
-  return {rank, group * s.heads_per_group + (in_group - rank * group_pairs)};
+  return RankMajorAt(s, tile, s.m_blocks);
+}
+
+// Tile `tile` of any schedule.
+ATTN_HOST_DEVICE inline RankedTile ScheduleTileRankAt(const FwdSm90WsSchedule& s, int tile) {
+  return s.fold ? FoldedTileRankAt(s, tile) : TileRankAt(s, tile);
 }
 
 // The query block of rank `rank` of a sequence of `seq_m_blocks` query blocks: counted from the
@@ -66,6 +107,21 @@ ATTN_HOST_DEVICE inline RankedTile TileRankAt(const FwdSm90WsSchedule& s, int ti
 ATTN_HOST_DEVICE inline int SequenceMBlock(int rank, int seq_m_blocks, bool causal) {
   if (rank >= seq_m_blocks) return -1;
   return causal ? seq_m_blocks - 1 - rank : rank;
+}
+
+// The query block of tile `at` in a sequence of `seq_m_blocks` query blocks (SequenceMBlock of its
+// rank; with fold, of rank r < ceil(m / 2) for a slot's first tile and of m - 1 - r for its
+// partner when that differs from r); -1 when the sequence has no such tile.
+ATTN_HOST_DEVICE inline int TileMBlock(const RankedTile& at, int seq_m_blocks, bool causal) {
+  int rank = at.rank;
+  if (at.half >= 0) {
+    if (rank >= (seq_m_blocks + 1) / 2) return -1;
+    if (at.half == 1) {
+      rank = seq_m_blocks - 1 - rank;
+      if (rank <= at.rank) return -1;
+    }
+  }
+  return SequenceMBlock(rank, seq_m_blocks, causal);
 }
 
 // Query tile `tile` of a dense batch (every sequence m_blocks query blocks long): query block
@@ -76,8 +132,8 @@ struct ScheduledTile {
 };
 
 ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool causal, int tile) {
-  const RankedTile at = TileRankAt(s, tile);
-  return {SequenceMBlock(at.rank, s.m_blocks, causal), at.pair};
+  const RankedTile at = ScheduleTileRankAt(s, tile);
+  return {TileMBlock(at, s.m_blocks, causal), at.pair};
 }
 
 // Everything one launch reads: the checked, normalized params, the schedule and the bulk-copy
@@ -130,7 +186,10 @@ struct Sm90WsTileConfig {
   bool prefetch_next = false;
   bool tma_store_o = false;
   bool overlap_next_s = false;
-  bool snake = false;  // FwdSm90WsSchedule::snake for a persistent grid
+  // The order of a persistent grid's tiles (FwdSm90WsSchedule::snake, fold); either needs kernels
+  // compiled for them (Sm90WsTraits::kOrders).
+  bool snake = false;
+  bool fold = false;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
@@ -180,7 +239,7 @@ inline constexpr bool kSm90WsZeroVTail = true;
 // head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false>
+          bool kOverlapNextS = false, bool kOrders = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.

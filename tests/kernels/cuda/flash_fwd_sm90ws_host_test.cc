@@ -119,6 +119,62 @@ TEST(FlashFwdSm90WsScheduleTest, SnakeReversesOddCompleteRounds) {
   }
 }
 
+// The fold schedule (FwdSm90WsSchedule::fold): every query block of every sequence exactly once;
+// a block's two tiles of a slot are one pair's ranks r and m - 1 - r, so that with causal each
+// slot of a dense batch costs m + 1 KV tiles (query blocks m - 1 - r and r, as many KV tiles as
+// 128-row blocks when block_m = block_n).
+TEST(FlashFwdSm90WsScheduleTest, FoldVisitsEveryTileOnceInBalancedSlots) {
+  const std::vector<std::vector<int>> batches = {
+      {512, 512, 512, 512},    {1024}, {300, 1, 0, 1000, 129, 77}, {0}, {128, 128, 256},
+      {4096, 1, 2, 3, 0, 5000}};
+  for (const std::vector<int>& lens : batches) {
+    for (const int heads : {3, 64}) {
+      for (const int block_m : {128, 192}) {
+        const int batch = static_cast<int>(lens.size());
+        const int longest = *std::max_element(lens.begin(), lens.end());
+        const FwdSm90WsSchedule sched = MakeFwdSm90WsSchedule(
+            batch, longest, longest, heads, heads, 128, block_m, kSms, kL2Bytes, true, false, true);
+        const int64_t slots = int64_t{(sched.m_blocks + 1) / 2} * sched.pairs;
+        if (slots == 0) {
+          EXPECT_FALSE(sched.fold);
+          continue;
+        }
+        ASSERT_TRUE(sched.fold);
+        EXPECT_EQ(sched.grid, std::min<int64_t>(slots, kSms));
+        EXPECT_EQ(sched.num_tiles % (2 * sched.grid), 0);
+        std::set<std::pair<int, int>> seen;
+        int64_t expected = 0;
+        for (int len : lens) expected += int64_t{heads} * ((len + block_m - 1) / block_m);
+        for (int tile = 0; tile < sched.num_tiles; ++tile) {
+          const RankedTile at = ScheduleTileRankAt(sched, tile);
+          const int seq_m_blocks = (lens[at.pair / heads] + block_m - 1) / block_m;
+          const int m_block = TileMBlock(at, seq_m_blocks, true);
+          if (m_block < 0) continue;
+          ASSERT_LT(m_block, seq_m_blocks);
+          ASSERT_TRUE(seen.insert({m_block, at.pair}).second)
+              << "tile " << tile << " visits a query tile twice";
+          // The slot's partner: the same block's tile one round later.
+          if (at.half == 0) {
+            const RankedTile partner = ScheduleTileRankAt(sched, tile + sched.grid);
+            EXPECT_EQ(partner.pair, at.pair);
+            EXPECT_EQ(partner.rank, at.rank);
+            EXPECT_EQ(partner.half, 1);
+            const int partner_m = TileMBlock(partner, seq_m_blocks, true);
+            if (partner_m >= 0) {
+              EXPECT_EQ(partner_m + m_block, seq_m_blocks - 1);
+            }
+          }
+        }
+        EXPECT_EQ(static_cast<int64_t>(seen.size()), expected);
+      }
+    }
+  }
+  // Without a persistent grid, no fold.
+  EXPECT_FALSE(
+      MakeFwdSm90WsSchedule(4, 512, 512, 16, 16, 128, 128, kSms, kL2Bytes, false, false, true)
+          .fold);
+}
+
 // A packed batch: the schedule is sized by the longest sequence, and rank r of a pair maps to
 // its sequence's own query blocks (SequenceMBlock). Every query block of every sequence is
 // visited exactly once, the ranks a sequence lacks are empty (-1), and for causal each pair's
