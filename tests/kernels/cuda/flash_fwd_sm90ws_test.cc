@@ -305,6 +305,9 @@ std::vector<Case> Cases() {
   c.push_back(
       Case("varlen_d128_many_causal").Varlen(ManyLengths(), ManyLengths()).Heads(4, 2).Causal());
   c.push_back(Case("varlen_d40_many").Varlen(ManyLengths(), ManyLengths()).Heads(4, 4).Dim(40));
+  // The same without a mask at d 128: several tiles per persistent block of a 128-row bucket
+  // without causal (the Q buffers and the next tile's first S across tiles).
+  c.push_back(Case("varlen_d128_many").Varlen(ManyLengths(), ManyLengths()).Heads(4, 4));
   c.push_back(Case("varlen_d256_causal_sinks")
                   .Varlen({257, 64, 0, 500}, {513, 64, 10, 500})
                   .Heads(2, 2)
