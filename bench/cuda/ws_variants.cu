@@ -56,6 +56,18 @@ std::string WsVariant::Label() const {
 // snake (/sn) and fold (/fd) orders for the causal defaults and the q2/pf/x candidates (kernels
 // compiled with kOrders).
 const std::vector<WsVariant>& WsVariants() {
+#ifdef ATTN_WS_VARIANTS_256
+  // A build of bucket 256 (configured with CMAKE_CUDA_FLAGS=-DATTN_WS_VARIANTS_256 beside
+  // ATTN_KERNEL_HEAD_DIMS=256): its default (O staged in Q; two Q buffers, the overlap and the
+  // bulk-store epilogue need shared memory it lacks), the prefetch, and the snake and fold orders.
+  static const std::vector<WsVariant> variants = {
+      Make<256, 64, 2, 2, false>(),
+      Make<256, 64, 2, 2, false, 1, true>(),
+      Snake(Make<256, 64, 2, 2, false, 1, false, false, false, true>()),
+      Fold(Make<256, 64, 2, 2, false, 1, false, false, false, true>()),
+      Fold(Make<256, 64, 2, 2, false, 1, true, false, false, true>()),
+  };
+#else
   static const std::vector<WsVariant> variants = {
       Make<64, 128, 4, 2, true>(),
       Make<64, 128, 2, 2, true>(),
@@ -87,6 +99,7 @@ const std::vector<WsVariant>& WsVariants() {
       Fold(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
       Fold(Make<128, 128, 2, 2, false, 2, true, false, true, true>()),
   };
+#endif
   return variants;
 }
 
