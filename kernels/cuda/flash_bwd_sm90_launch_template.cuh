@@ -24,7 +24,13 @@ cudaError_t RunFlashBwdSm90WithTraits(const BwdParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seqlen_k == 0) return cudaSuccess;
   const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.kv_heads, p.batch);
   if constexpr (Traits::kSplitHeadDim && Traits::kDqBulk) {
-    return RunFlashBwdSm90SplitBulk<Traits, Element, kGeneral>(p, grid, stream);
+    const cudaError_t err = RunFlashBwdSm90SplitBulk<Traits, Element, kGeneral>(p, grid, stream);
+    if (err != cudaErrorNotSupported) return err;
+    // The driver built no tensor maps for these operands (nothing was launched): the same split
+    // kernel with dQ by atomics and Q / dO by cp.async takes any layout.
+    using Serial = BwdSm90SplitKernelTraits<Traits::kHeadDim>;
+    return LaunchBwd(&bwd::FlashBwdSm90SplitKernel<Serial, Element, kGeneral>, grid,
+                     Serial::kNThreads, Serial::kSmemLaunchBytes, p, stream);
   } else if constexpr (Traits::kSplitHeadDim) {
     return LaunchBwd(&bwd::FlashBwdSm90SplitKernel<Traits, Element, kGeneral>, grid,
                      Traits::kNThreads, Traits::kSmemLaunchBytes, p, stream);

@@ -411,12 +411,23 @@ struct BwdSm90SplitKernelTraits {
   static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
 };
 
+// The head-dim split form's default: dQ staged in shared memory and added by bulk tensor
+// reductions, its first pass early, Q and dO by TMA (kDqEarly, kDqBulk, kTmaQ). H100, 2026-12-06
+// (bench/results/gpu_2026-12-06e.md): 1.29-1.31x the serial-atomics form at 4k-16k keys
+// without a mask, 1.29x FA2 at 16k. A launch whose tensor maps the driver refuses (a pointer or
+// a row stride not a multiple of 16 bytes) runs the serial form, BwdSm90SplitKernelTraits<256>.
+template <int kHeadDim>
+using DefaultBwdSm90SplitKernelTraits =
+    BwdSm90SplitKernelTraits<kHeadDim, /*kDqOverlap_=*/false, /*kDqVec4_=*/false,
+                             /*kPrefetchA_=*/false, /*kStaggerQ_=*/false, /*kDqEarly_=*/true,
+                             /*kDqBulk_=*/true, /*kTmaQ_=*/true>;
+
 // The Hopper dK / dV kernel's traits: DefaultBwdSm90BlockM(kHeadDim) query rows at 64 and 128,
 // the head-dim split form at 256.
 template <int kHeadDim>
 struct DefaultBwdSm90KernelTraits {
   using type =
-      std::conditional_t<Sm90BwdSplitsHeadDim(kHeadDim), BwdSm90SplitKernelTraits<kHeadDim>,
+      std::conditional_t<Sm90BwdSplitsHeadDim(kHeadDim), DefaultBwdSm90SplitKernelTraits<kHeadDim>,
                          BwdSm90KernelTraits<kHeadDim, DefaultBwdSm90BlockM(kHeadDim)>>;
 };
 

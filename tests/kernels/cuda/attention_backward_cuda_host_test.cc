@@ -298,10 +298,17 @@ TEST(BackwardTraitsTest, Sm90SplitKernelTiles) {
   EXPECT_EQ(T::kNTilesD, 16);
   EXPECT_EQ(T::kDqPasses, 2);
   EXPECT_EQ(T::kAccumulatorFloats, 192);
+  // The default form: dQ by bulk reductions (the first pass early), Q / dO by TMA.
+  EXPECT_TRUE(T::kDqBulk && T::kTmaQ && T::kDqEarly);
+  EXPECT_FALSE(T::kDqOverlap || T::kPrefetchA);
   // K, V 32 KB each; Q, dO 32 KB each per stage; dS^T 8 KB; scratch 16 KB; lse, D 512 bytes per
-  // stage.
-  EXPECT_EQ(T::kSmemBytes, 216 * 1024 + 2 * 512);
+  // stage; one 8-byte mbarrier per stage.
+  EXPECT_EQ(T::kSmemBytes, 216 * 1024 + 2 * 512 + 2 * 8);
   EXPECT_LE(T::kSmemLaunchBytes, 227 * 1024);
+  // The fallback where the driver builds no tensor maps: atomics, cp.async, no mbarriers.
+  using Serial = BwdSm90SplitKernelTraits<256>;
+  EXPECT_FALSE(Serial::kDqBulk || Serial::kTmaQ);
+  EXPECT_EQ(Serial::kSmemBytes, 216 * 1024 + 2 * 512);
 }
 
 // Which dK / dV kernel a launch gets: never the Hopper one in deterministic mode, for a bucket it
