@@ -191,20 +191,17 @@ constexpr bool HasSm90Kernel(int head_dim_bucket) {
 }
 
 // Whether the host dispatch runs a bucket's Hopper kernel by default (on compute capability 9.0
-// devices). A bucket with a trailing 32-column panel keeps the mma.sync kernel until its wgmma
-// kernel has passed the GPU tests (the switch and the list below); ATTN_CUDA_KERNELS=sm90 routes
-// it there before that (flash_fwd_dispatch.h). Checked: 96 and 160 (H100, 2026-12-06,
-// bench/results/gpu_2026-12-06d.md, call 4: every variant's test on wgmma, memcheck / racecheck
-// clean, 1.00-1.79x FA2 and 1.15-1.71x the mma.sync kernel on head dims 72 / 80 / 96 / 160);
-// 32 and 224 have not run on a GPU yet.
+// devices): every bucket. Those with a trailing 32-column panel (32, 96, 160, 224) passed the GPU
+// tests on wgmma (H100, 2026-12-06: 96 and 160 in bench/results/gpu_2026-12-06d.md, call 4; 32
+// and 224 in bench/results/gpu_2026-12-06e.md, call C: every variant's test on wgmma, memcheck /
+// racecheck clean; 1.08-1.78x FA2 and 1.10-1.73x the mma.sync kernel on head dims 32 / 200 /
+// 224, 1.00-1.79x FA2 on 72 / 80 / 96 / 160). kRouteSm90HalfPanelBuckets = false sends those four
+// buckets back to the mma.sync kernel; ATTN_CUDA_KERNELS picks a family per process
+// (flash_fwd_dispatch.h).
 inline constexpr bool kRouteSm90HalfPanelBuckets = true;
-constexpr bool Sm90HalfPanelBucketChecked(int head_dim_bucket) {
-  return head_dim_bucket == 96 || head_dim_bucket == 160;
-}
 constexpr bool Sm90KernelRoutedByDefault(int head_dim_bucket) {
   return HasSm90Kernel(head_dim_bucket) &&
-         (head_dim_bucket % 64 == 0 ||
-          (kRouteSm90HalfPanelBuckets && Sm90HalfPanelBucketChecked(head_dim_bucket)));
+         (head_dim_bucket % 64 == 0 || kRouteSm90HalfPanelBuckets);
 }
 
 struct Sm90TileConfig {

@@ -185,14 +185,13 @@ TEST(SmemTileTest, PanelsAreWgmmaSwizzleAtoms) {
   CheckWgmmaSwizzle<64, 256>();
 }
 
-// Every head-dim bucket has a Hopper kernel; the dispatch routes the ones with a trailing
-// 32-column panel to it only on request until their GPU check, and their O += P V splits into
+// Every head-dim bucket has a Hopper kernel and the dispatch routes every one to it (the buckets
+// with a trailing 32-column panel behind kRouteSm90HalfPanelBuckets); their O += P V splits into
 // the 64-column panels' wgmma and one N = 32 wgmma.
 TEST(DispatchTest, EveryBucketHasAHopperKernel) {
   for (int bucket : {32, 64, 96, 128, 160, 192, 224, 256}) {
     EXPECT_TRUE(HasSm90Kernel(bucket)) << bucket;
-    EXPECT_EQ(Sm90KernelRoutedByDefault(bucket),
-              bucket % 64 == 0 || (kRouteSm90HalfPanelBuckets && (bucket == 96 || bucket == 160)))
+    EXPECT_EQ(Sm90KernelRoutedByDefault(bucket), bucket % 64 == 0 || kRouteSm90HalfPanelBuckets)
         << bucket;
   }
   for (int bucket : {0, 16, 48, 288}) EXPECT_FALSE(HasSm90Kernel(bucket)) << bucket;
