@@ -194,7 +194,7 @@ constexpr bool HasSm90Kernel(int head_dim_bucket) {
 // devices): every bucket. Those with a trailing 32-column panel (32, 96, 160, 224) passed the GPU
 // tests on wgmma (H100, 2026-12-06: 96 and 160 in bench/results/gpu_2026-12-06d.md, call 4; 32
 // and 224 in bench/results/gpu_2026-12-06e.md, call C: every variant's test on wgmma, memcheck /
-// racecheck clean; 1.08-1.78x FA2 and 1.10-1.73x the mma.sync kernel on head dims 32 / 200 /
+// racecheck clean; 1.08-1.92x FA2 and 1.10-1.74x the mma.sync kernel on head dims 32 / 200 /
 // 224, 1.00-1.79x FA2 on 72 / 80 / 96 / 160). kRouteSm90HalfPanelBuckets = false sends those four
 // buckets back to the mma.sync kernel; ATTN_CUDA_KERNELS picks a family per process
 // (flash_fwd_dispatch.h).
