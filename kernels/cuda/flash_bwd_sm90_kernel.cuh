@@ -26,8 +26,10 @@
 // deterministic one (FlashBwdDqKernel writes dq itself).
 // Compiled to an empty kernel for architectures other than sm_90a; the host dispatch launches it
 // only on compute capability 9.0 devices when the build includes sm_90a.
-// Head-dim bucket 256 runs FlashBwdSm90SplitKernel (below) instead: 64-key tiles whose dK and dV
-// are split along head_dim between the two warpgroups.
+// Head-dim bucket 256 runs the split form (FlashBwdSm90SplitBody, below) instead: 64-key tiles
+// whose dK and dV are split along head_dim between the two warpgroups; by default as
+// FlashBwdSm90SplitBulkKernel (dQ by bulk tensor reductions, Q / dO by TMA), else as
+// FlashBwdSm90SplitKernel (atomics and cp.async, the fallback where no tensor map is built).
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_BWD_SM90_KERNEL_CUH_
 
