@@ -8,10 +8,10 @@
 // Protocol of a reduction (PTX ISA, "cp.reduce.async.bulk.tensor" and "bulk async-groups"): the
 // threads write the box into shared memory with ordinary stores, each runs FenceProxyAsyncShared
 // (their stores become visible to the async proxy), a barrier over the writers follows, then one
-// thread issues BulkReduceAdd3d and BulkCommit. That thread alone tracks the group: before the
-// box's bytes are written again it runs BulkWaitRead<0> (the box has been read; the additions
-// into global memory may still be in flight) and a barrier tells the other writers; before the
-// block exits it runs BulkWait<0>.
+// thread issues BulkReduceAdd3d and BulkCommit (tma_utils.cuh's bulk async-groups). That thread
+// alone tracks the group: before the box's bytes are written again it runs BulkWaitRead<0> (the
+// box has been read; the additions into global memory may still be in flight) and a barrier tells
+// the other writers; before the block exits it runs BulkWait<0>.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_BWD_BULK_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_BWD_BULK_CUH_
 
@@ -21,6 +21,8 @@
 #include <cstdint>
 
 #include "kernels/cuda/flash_bwd_launch.h"
+#include "kernels/cuda/tensor_map_encode.h"
+#include "kernels/cuda/tma_utils.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
 
 namespace attention::cuda {
@@ -46,26 +48,6 @@ struct BwdSplitMaps {
 };
 
 namespace bwd_bulk_internal {
-
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// cuTensorMapEncodeTiled (CUDA 12.0 driver API), null when the driver lacks it.
-inline EncodeTiledFn EncodeTiled() {
-  static const EncodeTiledFn encode = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      return static_cast<EncodeTiledFn>(nullptr);
-    }
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return encode;
-}
 
 // The map of q or do (16-bit, BwdParams' strides in elements) as the 4-D tensor {head_dim,
 // q_heads, rows, batch}: rows = seqlen_q and batch = p.batch for a dense batch, rows = total_q
@@ -110,7 +92,7 @@ inline cudaError_t EncodeQueryMap(const BwdParams& p, const void* data, int64_t 
 // not 16-byte aligned, a dimension out of the map's range).
 inline cudaError_t EncodeBwdSplitMaps(const BwdParams& p, BwdSplitMaps& maps) {
   using bwd_bulk_internal::EncodeQueryMap;
-  const bwd_bulk_internal::EncodeTiledFn encode = bwd_bulk_internal::EncodeTiled();
+  const EncodeTiledFn encode = EncodeTiled();
   if (encode == nullptr || p.dq_accum == nullptr || p.q_rows <= 0) return cudaErrorNotSupported;
   CUtensorMap& map = maps.dq;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(p.head_dim),
@@ -160,30 +142,6 @@ __device__ __forceinline__ void BulkReduceAdd3d(const CUtensorMap* map, uint32_t
       " [%0, {%2, %3, %4}], [%1];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
       "r"(smem_src), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
-#endif
-}
-
-// Closes the calling thread's current bulk group (the reductions issued since the last commit).
-__device__ __forceinline__ void BulkCommit() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Waits until at most kPending of the calling thread's bulk groups still read shared memory.
-template <int kPending>
-__device__ __forceinline__ void BulkWaitRead() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-
-// Waits until at most kPending of the calling thread's bulk groups are incomplete (their
-// additions into global memory done).
-template <int kPending>
-__device__ __forceinline__ void BulkWait() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 

@@ -16,6 +16,7 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+#include "kernels/cuda/tensor_map_encode.h"
 
 // The build defines ATTN_KERNEL_HEAD_DIMS (compiled_head_dims.h), ATTN_KERNEL_DTYPE_<type> per
 // compiled element type and ATTN_KERNEL_SM90 when the instantiations under
@@ -80,27 +81,6 @@ bool DTypeBuilt(DType dtype) {
       return false;
   }
   return false;
-}
-
-// cuTensorMapEncodeTiled (CUDA 12.0 driver API), reached through the runtime so that nothing links
-// libcuda; null when the driver does not provide it.
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiledFn EncodeTiled() {
-  static const EncodeTiledFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      return static_cast<EncodeTiledFn>(nullptr);
-    }
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return fn;
 }
 
 // The map of one of q, k, v: 4-D {head_dim, heads, rows, batch} with element strides head_stride,

@@ -645,7 +645,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if constexpr (Traits::kTmaStoreO) {
         // The warp's rows of the O tile are free once its previous tile's bulk stores have read
         // them.
-        if (lane == 0) BulkStoreWaitRead<0>();
+        if (lane == 0) BulkWaitRead<0>();
         __syncwarp();
         StageOutput<QTile>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o(qb), c,
                            warp_row0, lane);
@@ -661,7 +661,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
               TmaStore4d(&args.o, smem_o(qb) + panel * (kBlockM * 128) + warp_row0 * 128,
                          panel * 64, c.head, rows.q_row + warp_row0, rows.batch);
             }
-            BulkStoreCommit();
+            BulkCommit();
           }
         } else {
           copy_out();
@@ -754,7 +754,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // The turn the last consumer passed after its last GEMMs.
   if (consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
   // The block's shared memory must outlive the reads of its bulk stores.
-  if (Traits::kTmaStoreO && lane == 0) BulkStoreWait<0>();
+  if (Traits::kTmaStoreO && lane == 0) BulkWait<0>();
 #endif  // ATTN_HAVE_WGMMA
 }
 

@@ -1,6 +1,8 @@
 // Hopper (sm_90) wrappers for the warp-specialized forward kernel (flash_fwd_sm90ws_kernel.cuh):
 // transaction-count mbarriers, bulk tensor copies (TMA) that complete on them, named barriers
-// between warpgroups and the register reallocation of setmaxnreg. Device code only.
+// between warpgroups and the register reallocation of setmaxnreg; and the bulk async-groups that
+// the backward's bulk reductions (flash_bwd_bulk.cuh) share with the forward's bulk stores.
+// Device code only.
 //
 // The mbarrier protocol the kernel builds on (PTX ISA, "mbarrier"): a barrier is initialized
 // with an arrival count; a phase completes once that many arrivals have come and every byte a
@@ -16,6 +18,33 @@
 #include <cstdint>
 
 #include "kernels/cuda/wgmma_ops.cuh"
+
+namespace attention::cuda {
+
+// Bulk async-groups (PTX ISA, "bulk async-groups"), for bulk tensor stores (TmaStore4d) and
+// reductions (flash_bwd_bulk.cuh's BulkReduceAdd3d) alike: the issuing thread tracks its bulk
+// operations in groups. BulkCommit closes the current group; BulkWaitRead<n> waits until at most
+// n of the thread's groups still read shared memory (their sources may be written again);
+// BulkWait<n> until at most n are unfinished (their writes to global memory done).
+__device__ __forceinline__ void BulkCommit() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void BulkWaitRead() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void BulkWait() {
+#ifdef ATTN_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+}  // namespace attention::cuda
 
 namespace attention::cuda::fwd {
 
@@ -105,9 +134,9 @@ __device__ __forceinline__ void TmaPrefetch4d(const CUtensorMap* map, int c0, in
 // Bulk tensor store of one box of `map` at coordinates {c0, c1, c2, c3} from shared memory at
 // `smem_src` (in the map's layout and swizzle, as TmaLoad4d lands it): elements outside the
 // tensor are not written. The issuing thread tracks it as part of its next bulk async-group:
-// BulkStoreCommit closes the group, BulkStoreWaitRead<n> waits until at most n of its groups
-// still read shared memory (the source may be written again), BulkStoreWait<n> until at most n
-// are unfinished (their global writes done). The writers of the source run FenceProxyAsyncShared
+// BulkCommit closes the group, BulkWaitRead<n> waits until at most n of its groups still read
+// shared memory (the source may be written again), BulkWait<n> until at most n are unfinished
+// (their global writes done). The writers of the source run FenceProxyAsyncShared
 // and a barrier over them before the store is issued.
 __device__ __forceinline__ void TmaStore4d(const CUtensorMap* map, uint32_t smem_src, int c0,
                                            int c1, int c2, int c3) {
@@ -119,24 +148,6 @@ __device__ __forceinline__ void TmaStore4d(const CUtensorMap* map, uint32_t smem
       : "memory");
 #endif
 }
-__device__ __forceinline__ void BulkStoreCommit() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-template <int kPending>
-__device__ __forceinline__ void BulkStoreWaitRead() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-template <int kPending>
-__device__ __forceinline__ void BulkStoreWait() {
-#ifdef ATTN_HAVE_WGMMA
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
-#endif
-}
-
 // Sixteen zero bytes at shared address `smem_addr` (16-byte aligned), a generic-proxy store: a
 // bulk copy's or wgmma's later access needs FenceProxyAsyncShared after it.
 __device__ __forceinline__ void StoreSharedZero128(uint32_t smem_addr) {
