@@ -194,6 +194,17 @@ def seq_label(seqlen):
     return f"{seqlen // 1024}k" if seqlen >= 1024 and seqlen % 1024 == 0 else str(seqlen)
 
 
+def tflops_chart(title, peers, sections, series, notes):
+    """A TFLOP/s chart over the standard grid's cells (16384 tokens per launch, model dim 2048);
+    `peers` names what ran beside ours in the same command."""
+    return grouped_bars(
+        title,
+        f"16384 tokens per launch, model dim 2048, x axis seqlen; ours and {peers} in the same "
+        "command",
+        "TFLOP/s (higher is better)",
+        sections, series, notes=notes)
+
+
 def forward_chart(run, args):
     ours = {}
     for r in load(run / "forward_ours.jsonl"):
@@ -216,14 +227,10 @@ def forward_chart(run, args):
     if args.forward_note:
         notes.append(args.forward_note)
     notes.append(f"Data: {run}/forward_ours.jsonl, forward_peer.jsonl.")
-    return grouped_bars(
+    return tflops_chart(
         f"Forward, bf16: {args.device}, {args.date}, commit {args.forward_commit}",
-        "16384 tokens per launch, model dim 2048, x axis seqlen; ours and the peers (PyTorch "
-        "SDPA) in the same command",
-        "TFLOP/s (higher is better)",
-        sections,
-        [("ours", OURS), ("FA2", FA2), ("cuDNN", CUDNN)],
-        notes=notes)
+        "the peers (PyTorch SDPA)", sections, [("ours", OURS), ("FA2", FA2), ("cuDNN", CUDNN)],
+        notes)
 
 
 def decode_chart(run, args):
@@ -307,14 +314,11 @@ def backward_chart(run, args):
     if args.backward_note:
         notes.append(args.backward_note)
     notes.append(f"Data: {run}/backward_ours.jsonl, backward_peer.jsonl.")
-    return grouped_bars(
+    return tflops_chart(
         f"Backward, bf16: {args.device}, {args.date}, commit {args.backward_commit}",
-        "16384 tokens per launch, model dim 2048, x axis seqlen; ours and the peers (PyTorch "
-        "SDPA) in the same command",
-        "TFLOP/s (higher is better)",
-        sections,
+        "the peers (PyTorch SDPA)", sections,
         [("ours", OURS), ("ours, deterministic", OURS_LIGHT), ("FA2", FA2), ("cuDNN", CUDNN)],
-        notes=notes)
+        notes)
 
 
 def fp32_chart(run, args):
@@ -331,17 +335,14 @@ def fp32_chart(run, args):
                                       peer.get((d, causal, s))])
                       for dd, c, s in cells if dd == d and c == causal]
             sections.append((f"d {d}, causal {'on' if causal else 'off'}", groups))
-    return grouped_bars(
+    return tflops_chart(
         f"Float32 forward: {args.device}, {args.date}, commit {args.fp32_commit}",
-        "16384 tokens per launch, model dim 2048, x axis seqlen; ours and PyTorch's float32 SDPA "
-        "in the same command",
-        "TFLOP/s (higher is better)",
-        sections,
+        "PyTorch's float32 SDPA", sections,
         [("ours, FULL (3xTF32)", OURS), ("ours, TF32", OURS_LIGHT),
          ("PyTorch SDPA, efficient backend", TORCH_EFFICIENT)],
-        notes=["FULL: three TF32 tensor-core products per product (3xTF32, each operand split in "
-               "two); TF32: one. d 128: 128 x 32 tiles.",
-               f"Data: {run}/fp32_v2.jsonl, fp32_peer_v2.jsonl."])
+        ["FULL: three TF32 tensor-core products per product (3xTF32, each operand split in "
+         "two); TF32: one. d 128: 128 x 32 tiles.",
+         f"Data: {run}/fp32_v2.jsonl, fp32_peer_v2.jsonl."])
 
 
 def main():
