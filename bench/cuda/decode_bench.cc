@@ -12,12 +12,12 @@
 // from the previous call), each call is timed alone with CUDA events, and the median of the
 // repeats is reported. K/V hold random bf16 values (never zeros).
 //
-// Kernel variants (kDecodeVariants in kernels/cuda/decode_heuristics.h, compiled into the bf16
-// head-dim-128 instantiation file) and split counts are compared side by side: each row's K/V
-// are filled once, and every repeat times each (variant, split count) configuration in turn after
-// its own flush, so that clock or thermal drift over the run moves every configuration alike. The
-// table gives each configuration's ratio to the row's first one. The fourth session's candidates
-// (bench/cuda/decode_notes.md, v3): --variants
+// Kernel variants (kDecodeVariants in kernels/cuda/decode_heuristics.h, compiled into a bf16
+// head-dim-128 file of their own with -DATTN_BENCH_DECODE_VARIANTS=ON) and split counts are
+// compared side by side: each row's K/V are filled once, and every repeat times each (variant,
+// split count) configuration in turn after its own flush, so that clock or thermal drift over the
+// run moves every configuration alike. The table gives each configuration's ratio to the row's
+// first one. The fourth session's candidates (bench/cuda/decode_notes.md, v3): --variants
 // base,prev,pcache,pcache_1slot,fused,fused_pcache,fused_pcache_1slot,rotate,fused_pcache_rotate
 // (prev: the production kernel of device call 4, the same as base until base's flags change).
 //
@@ -311,6 +311,13 @@ int Main(int argc, char** argv) {
           std::fprintf(stderr, "\n");
           return 2;
         }
+      }
+      if (!DecodeVariantsCompiled() &&
+          std::any_of(opt.variants.begin(), opt.variants.end(), [](int v) { return v > 0; })) {
+        std::fprintf(stderr,
+                     "decode_bench: the candidate kernels are not in this build (configure with "
+                     "-DATTN_BENCH_DECODE_VARIANTS=ON)\n");
+        return 2;
       }
     } else if (arg == "--splits-list" && i + 1 < argc) {
       opt.splits.clear();

@@ -194,6 +194,12 @@ absl::Status CheckVectorLayout(const char* name, const void* ptr, int64_t elems_
 // The variants exist for bf16 in head-dim bucket 128 (generate_decode_instantiations.py), which
 // CheckDecodeParams found compiled.
 absl::Status CheckVariant(const AttentionParams& p, const DecodeLaunch& l, int variant) {
+  if (!DecodeVariantsCompiled()) {
+    return Unsupported(absl::StrCat("DecodeOptions.variant ", variant, " (",
+                                    kDecodeVariants[variant].name,
+                                    "): the candidate kernels are compiled only with "
+                                    "ATTN_BENCH_DECODE_VARIANTS=ON"));
+  }
   if (p.dtype != DType::kBFloat16 || CompiledHeadDimBucket(p.head_dim) != 128 ||
       l.rows != DecodeRows::kRows16) {
     return Unsupported(absl::StrCat("DecodeOptions.variant ", variant, " (",
@@ -222,8 +228,8 @@ absl::Status CheckVariant(const AttentionParams& p, const DecodeLaunch& l, int v
 }
 
 template <DType kDType>
-absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, int variant,
-                             cudaStream_t stream) {
+absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l,
+                             [[maybe_unused]] int variant, cudaStream_t stream) {
   const int bucket = CompiledHeadDimBucket(p.head_dim);
   if (bucket == 0) {
     return Unsupported(absl::StrCat("head_dim ", p.head_dim, " has no kernel in this build ",
@@ -233,10 +239,13 @@ absl::Status DispatchHeadDim(const AttentionParams& p, const DecodeLaunch& l, in
       bucket,
       [&](auto head_dim) {
         constexpr int kHeadDim = decltype(head_dim)::value;
-        // Only the bf16 bucket-128 file instantiates the variants (CheckVariant sent them here).
+#ifdef ATTN_DECODE_VARIANTS
+        // Only flash_decode_variants_bf16_hdim128.cu instantiates the variants (CheckVariant sent
+        // them here).
         if constexpr (kDType == DType::kBFloat16 && kHeadDim == 128) {
           if (variant > 0) return RunDecodeVariant<kDType, kHeadDim>(p, l, variant, stream);
         }
+#endif
         return RunDecodeKernel<kDType, kHeadDim>(p, l, stream);
       },
       cudaErrorInvalidValue);
@@ -267,6 +276,14 @@ absl::Status Dispatch(const AttentionParams& p, const DecodeLaunch& l, int varia
 }
 
 }  // namespace
+
+bool DecodeVariantsCompiled() {
+#ifdef ATTN_DECODE_VARIANTS
+  return true;
+#else
+  return false;
+#endif
+}
 
 absl::Status CheckDecodeSupported(const KernelConfig& c) {
   if (c.kind != WorkKind::kForward && c.kind != WorkKind::kPagedDecode) {

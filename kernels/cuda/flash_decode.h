@@ -44,10 +44,15 @@ struct DecodeOptions {
   bool deterministic = false;
   int split_tokens = kDecodeDefaultSplitTokens;
   // Kernel variant for decode_bench and its tests: an index of kDecodeVariants
-  // (decode_heuristics.h); 0 is the production kernel. The others take bf16 launches of head-dim
+  // (decode_heuristics.h); 0 is the production kernel. The others exist only in a build with
+  // ATTN_BENCH_DECODE_VARIANTS=ON (DecodeVariantsCompiled) and take bf16 launches of head-dim
   // bucket 128 with at most 16 packed rows per (sequence, KV head) only (else UNIMPLEMENTED).
   int variant = 0;
 };
+
+// Whether this build has decode_bench's candidate kernels (DecodeOptions::variant > 0): CMake
+// option ATTN_BENCH_DECODE_VARIANTS, with bf16 and head-dim bucket 128 compiled.
+bool DecodeVariantsCompiled();
 
 // Whether this build has a decode kernel for `config` (kind kForward or kPagedDecode; dtype,
 // head_dim, options): OK, or INVALID_ARGUMENT / UNIMPLEMENTED naming the value. Masks are not

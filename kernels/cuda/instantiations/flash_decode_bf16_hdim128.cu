@@ -7,9 +7,6 @@ namespace attention::cuda {
 // clang-format off
 template cudaError_t RunDecodeKernel<DType::kBFloat16, 128>(
     const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream);
-// decode_bench's kernel variants (DecodeOptions::variant).
-template cudaError_t RunDecodeVariant<DType::kBFloat16, 128>(
-    const AttentionParams& p, const DecodeLaunch& l, int variant, cudaStream_t stream);
 // clang-format on
 
 }  // namespace attention::cuda

@@ -824,6 +824,9 @@ std::vector<Case> VariantCases() {
 class FlashDecodeVariantTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(FlashDecodeVariantTest, MatchesFloat64Reference) {
+  if (!DecodeVariantsCompiled()) {
+    GTEST_SKIP() << "decode_bench's candidate kernels need ATTN_BENCH_DECODE_VARIANTS=ON";
+  }
   if (!Supported(Case("variant_probe"), DType::kBFloat16)) {
     GTEST_SKIP() << "bf16 at head_dim 128 is not compiled into this build";
   }
@@ -856,6 +859,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, FlashDecodeVariantTest, ::testing::Range(1, k
 class FlashDecodeVariantBitwiseTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(FlashDecodeVariantBitwiseTest, MatchesTheProductionKernel) {
+  if (!DecodeVariantsCompiled()) {
+    GTEST_SKIP() << "decode_bench's candidate kernels need ATTN_BENCH_DECODE_VARIANTS=ON";
+  }
   const DecodeVariant& var = kDecodeVariants[GetParam()];
   const DecodeVariant& base_var = kDecodeVariants[0];
   if (var.stages != base_var.stages || var.hint != base_var.hint ||
