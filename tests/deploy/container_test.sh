@@ -413,12 +413,14 @@ while read -r hook words; do
 done < <(setting exec)
 
 # SIGTERM with calls in flight: each is answered (and checked), the server exits 0. The calls are
-# large enough (8 heads x 4096 x 4096, fp32: about 1 s each on 2 idle cores) to be in flight
-# together once all four have been sent.
+# large enough (8 heads x 8192 x 8192, fp32: 2-4 s each on 2 cores, the four well within the 30 s
+# drain) to be in flight together once all four have been sent, even when the clients start
+# slowly: at 4096 tokens (about 0.5-1 s each) a loaded CI host once answered the first before the
+# fourth arrived (2026-12-06: "never in flight together (at most 3)").
 calls=4
 call_pids=()
 for i in $(seq 1 "$calls"); do
-  "$cli" call --target="127.0.0.1:$grpc_port" --random --seed="$i" --batch=1 --seqlen=4096 \
+  "$cli" call --target="127.0.0.1:$grpc_port" --random --seed="$i" --batch=1 --seqlen=8192 \
     --heads=8 --head_dim=64 --dtype=fp32 --check --timeout_ms=120000 >"$work/drain-$i.log" 2>&1 &
   call_pids+=($!)
 done
