@@ -189,6 +189,54 @@ __device__ __forceinline__ float RowFloat(const float* src, int rows, int slot) 
 
 // `lane` moved by `offset` bytes (a multiple of 128: the swizzle, address bits 4-6, is
 // unchanged), e.g. to another stage of the same tile.
+// Issues the cp.async copies of the Q and dO rows [q0, q0 + kBlockM) of query head `head` into
+// `smem_q` / `smem_do` (`rows` = the rows left in the sequence from q0; LoadTile zero-fills the
+// rest).
+template <typename Traits, int kBlockM, typename Element>
+__device__ __forceinline__ void LoadQueryGradTiles(const BwdParams& p, int b, const SeqBounds& seq,
+                                                   int head, int q0, int rows, uint32_t smem_q,
+                                                   uint32_t smem_do, int valid_chunks, int tid) {
+  const int64_t q_row = seq.q_start + q0;
+  LoadTile<Traits, kBlockM>(smem_q,
+                            static_cast<const Element*>(p.q) + b * p.q_batch_stride +
+                                q_row * p.q_row_stride + head * p.q_head_stride,
+                            p.q_row_stride, rows, valid_chunks, tid);
+  LoadTile<Traits, kBlockM>(smem_do,
+                            static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
+                                q_row * p.o_row_stride + head * p.o_head_stride,
+                            p.o_row_stride, rows, valid_chunks, tid);
+}
+
+// The dK / dV kernels' query-tile step (this file's and the Hopper ones): issues the copies of
+// the Q and dO rows [q0, q0 + kBlockM) of `head` into their stage buffers, and returns this
+// thread's entry of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)), 0 for
+// the others, which StoreRowEntry puts in shared memory once the stage's previous readers are
+// done.
+template <typename Traits, int kBlockM, typename Element>
+__device__ __forceinline__ float LoadQueryTile(const BwdParams& p, int b, const SeqBounds& seq,
+                                               int head, int q0, uint32_t smem_q_stage,
+                                               uint32_t smem_do_stage, int valid_chunks, int tid) {
+  const int rows = seq.len_q - q0;
+  LoadQueryGradTiles<Traits, kBlockM, Element>(p, b, seq, head, q0, rows, smem_q_stage,
+                                               smem_do_stage, valid_chunks, tid);
+  const int64_t ws = head * p.q_rows + seq.ws_start + q0;
+  if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
+  if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
+  return 0.f;
+}
+
+// Thread tid < kBlockM stores lse_log2 entry tid, thread kBlockM + i D entry i, of the stage at
+// `offset` floats.
+template <int kBlockM>
+__device__ __forceinline__ void StoreRowEntry(float* lse_tile0, float* d_tile0, int offset, float x,
+                                              int tid) {
+  if (tid < kBlockM) {
+    lse_tile0[offset + tid] = x;
+  } else if (tid < 2 * kBlockM) {
+    d_tile0[offset + tid - kBlockM] = x;
+  }
+}
+
 template <typename LaneBase>
 __device__ __forceinline__ LaneBase Shifted(LaneBase lane, uint32_t offset) {
   lane.full += offset;
@@ -373,30 +421,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // thread's entry of lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM))
   // returned, for store_row_entry once the stage's previous readers are done.
   const auto load_query_tile = [&](int it) -> float {
-    const int head = kv_head * group + it / n_qtiles;
-    const int q0 = (qtiles.begin + it % n_qtiles) * kBlockM;
-    const int rows = seq.len_q - q0;
-    const int64_t q_row = seq.q_start + q0;
-    LoadTile<Traits, kBlockM>(smem_q + q_stage_offset(it),
-                              static_cast<const Element*>(p.q) + b * p.q_batch_stride +
-                                  q_row * p.q_row_stride + head * p.q_head_stride,
-                              p.q_row_stride, rows, valid_chunks, tid);
-    LoadTile<Traits, kBlockM>(smem_do + q_stage_offset(it),
-                              static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
-                                  q_row * p.o_row_stride + head * p.o_head_stride,
-                              p.o_row_stride, rows, valid_chunks, tid);
-    const int64_t ws = head * p.q_rows + seq.ws_start + q0;
-    if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
-    if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
-    return 0.f;
+    return LoadQueryTile<Traits, kBlockM, Element>(
+        p, b, seq, kv_head * group + it / n_qtiles, (qtiles.begin + it % n_qtiles) * kBlockM,
+        smem_q + q_stage_offset(it), smem_do + q_stage_offset(it), valid_chunks, tid);
   };
-  // Thread tid < kBlockM stores lse_log2 entry tid, thread kBlockM + i D entry i.
   const auto store_row_entry = [&](float x, int it) {
-    if (tid < kBlockM) {
-      lse_tile0[row_stage(it) + tid] = x;
-    } else if (tid < 2 * kBlockM) {
-      d_tile0[row_stage(it) + tid - kBlockM] = x;
-    }
+    StoreRowEntry<kBlockM>(lse_tile0, d_tile0, row_stage(it), x, tid);
   };
 
   LoadTile<Traits, kBlockN>(smem_k, k, p.k_row_stride, keys, valid_chunks, tid);
@@ -654,14 +684,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                      seq.k_start * p.k_row_stride + kv_head * p.k_head_stride;
   const Element* v = static_cast<const Element*>(p.v) + b * p.v_batch_stride +
                      seq.k_start * p.v_row_stride + kv_head * p.v_head_stride;
-  LoadTile<Traits, kBlockM>(smem_q,
-                            static_cast<const Element*>(p.q) + b * p.q_batch_stride +
-                                q_row * p.q_row_stride + head * p.q_head_stride,
-                            p.q_row_stride, rows, valid_chunks, tid);
-  LoadTile<Traits, kBlockM>(smem_do,
-                            static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
-                                q_row * p.o_row_stride + head * p.o_head_stride,
-                            p.o_row_stride, rows, valid_chunks, tid);
+  LoadQueryGradTiles<Traits, kBlockM, Element>(p, b, seq, head, q0, rows, smem_q, smem_do,
+                                               valid_chunks, tid);
   const int64_t ws = head * p.q_rows + seq.ws_start + q0;
   for (int slot = tid; slot < kBlockM; slot += Traits::kNThreads) {
     lse_tile[slot] = RowFloat(p.lse_log2 + ws, rows, slot);

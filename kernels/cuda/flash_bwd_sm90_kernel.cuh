@@ -80,42 +80,6 @@ __device__ __forceinline__ void PackFragment(uint32_t (&frag)[4], const float (&
 
 // Grid: (ceil(seqlen_k / kBlockN), kv_heads, batch); kNThreads threads; Traits::kSmemLaunchBytes
 // of dynamic shared memory. `p` normalized and checked by the host API, p.deterministic false.
-// Both Hopper dK / dV kernels' query-tile step: issues the cp.async copies of the Q and dO rows
-// [q0, q0 + kBlockM) of `head` into their stage buffers, and returns this thread's entry of
-// lse_log2 (threads [0, kBlockM)) or D (threads [kBlockM, 2 kBlockM)), 0 for the others, which
-// StoreRowEntry puts in shared memory once the stage's previous readers are done.
-template <typename Traits, int kBlockM, typename Element>
-__device__ __forceinline__ float LoadQueryTile(const BwdParams& p, int b, const SeqBounds& seq,
-                                               int head, int q0, uint32_t smem_q_stage,
-                                               uint32_t smem_do_stage, int valid_chunks, int tid) {
-  const int rows = seq.len_q - q0;
-  const int64_t q_row = seq.q_start + q0;
-  LoadTile<Traits, kBlockM>(smem_q_stage,
-                            static_cast<const Element*>(p.q) + b * p.q_batch_stride +
-                                q_row * p.q_row_stride + head * p.q_head_stride,
-                            p.q_row_stride, rows, valid_chunks, tid);
-  LoadTile<Traits, kBlockM>(smem_do_stage,
-                            static_cast<const Element*>(p.do_) + b * p.o_batch_stride +
-                                q_row * p.o_row_stride + head * p.o_head_stride,
-                            p.o_row_stride, rows, valid_chunks, tid);
-  const int64_t ws = head * p.q_rows + seq.ws_start + q0;
-  if (tid < kBlockM) return RowFloat(p.lse_log2 + ws, rows, tid);
-  if (tid < 2 * kBlockM) return RowFloat(p.dsum + ws, rows, tid - kBlockM);
-  return 0.f;
-}
-
-// Thread tid < kBlockM stores lse_log2 entry tid, thread kBlockM + i D entry i, of the stage at
-// `offset` floats.
-template <int kBlockM>
-__device__ __forceinline__ void StoreRowEntry(float* lse_tile0, float* d_tile0, int offset, float x,
-                                              int tid) {
-  if (tid < kBlockM) {
-    lse_tile0[offset + tid] = x;
-  } else if (tid < 2 * kBlockM) {
-    d_tile0[offset + tid - kBlockM] = x;
-  }
-}
-
 template <typename Traits, typename Element, bool kGeneral>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashBwdSm90Kernel(const __grid_constant__ BwdParams p) {
