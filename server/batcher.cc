@@ -125,8 +125,21 @@ absl::Status Batcher::Enqueue(std::unique_ptr<Job>& job) {
   Executor* target = executors_[e].executor;
   lock.unlock();
   AnswerDropped(&dropped);
-  if (batch != nullptr) target->Submit(std::move(batch));
+  if (batch != nullptr) SubmitTo(target, std::move(batch));
   return absl::OkStatus();
+}
+
+void Batcher::SubmitTo(Executor* target, std::unique_ptr<Batch> batch) {
+  if (!target->writes_pending_rows()) {
+    // Session Attends whose k_new / v_new the service left to the executor (PendingRows): this
+    // executor has no way of its own, so they are written here, before anything reads them.
+    if (absl::Status written = WritePendingRows(*batch); !written.ok()) {
+      batch->device = target->device();
+      FinishBatch(std::move(batch), written);
+      return;
+    }
+  }
+  target->Submit(std::move(batch));
 }
 
 void Batcher::AnswerDropped(std::vector<Dropped>* dropped) {
@@ -229,7 +242,7 @@ void Batcher::Run() {
       PublishQueueDepth();
       lock.unlock();
       AnswerDropped(&dropped);
-      if (batch != nullptr) target->Submit(std::move(batch));
+      if (batch != nullptr) SubmitTo(target, std::move(batch));
       lock.lock();
       continue;
     }

@@ -154,6 +154,9 @@ class Batcher {
   // Pops jobs of `bucket` into a batch for executor `e`; dropped jobs go to *dropped.
   std::unique_ptr<Batch> FormBatch(Bucket& bucket, int e, Clock::time_point now,
                                    std::vector<Dropped>* dropped);
+  // Hands `batch` to `target`, first writing its jobs' pending K/V rows when the executor does not
+  // (Executor::writes_pending_rows); a failed write fails the batch. Without mu_ held.
+  static void SubmitTo(Executor* target, std::unique_ptr<Batch> batch);
   // Answers each dropped job with its status and stops counting it as outstanding. Call without
   // mu_ held (a completion may re-enter Enqueue or NotifyCancelled); clears *dropped.
   void AnswerDropped(std::vector<Dropped>* dropped);

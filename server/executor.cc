@@ -86,4 +86,23 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
   if (batch->on_finished) batch->on_finished(*batch);
 }
 
+absl::Status WritePendingRows(Job& job) {
+  if (job.paged == nullptr || !job.paged->rows.pending()) return absl::OkStatus();
+  PagedContext& paged = *job.paged;
+  const session::ReadView& view = paged.view;
+  if (view.empty()) {
+    return absl::InternalError("pending K/V rows of an Attend whose view is already dropped");
+  }
+  absl::Status written =
+      view.storage().WriteRows(view.layout(), paged.rows.slots, paged.rows.k, paged.rows.v);
+  if (written.ok()) paged.rows.written = true;
+  return written;
+}
+
+absl::Status WritePendingRows(Batch& batch) {
+  absl::Status first;
+  for (const auto& job : batch.jobs) first.Update(WritePendingRows(*job));
+  return first;
+}
+
 }  // namespace attention::server

@@ -96,6 +96,27 @@ struct JobResult {
   Precision precision = Precision::kFull;
 };
 
+// An Attend's k_new / v_new rows that the store has reserved (SessionStore::Append: `slots`, and
+// the view already counts them) but that nobody has written yet. The executor that runs the job
+// writes them before its kernel reads the layer and sets `written`: the GPU executor with the
+// append kernel on the batch's own stream, its rows uploaded with q (cuda_executor.h); any other
+// executor gets them written through the pool's PageStorage::WriteRows before its Submit
+// (WritePendingRows, called by the batcher). A job that comes back with them unwritten (dropped
+// before launch, or its batch failed first) has them written by the service before the session's
+// turn ends: once an Attend is queued its rows stay appended (attention.proto, AttendRequest).
+struct PendingRows {
+  // [slots.size(), kv_heads, head_dim] of the session's dtype each, contiguous, in the request
+  // (which outlives the job).
+  const char* k = nullptr;
+  const char* v = nullptr;
+  std::vector<int32_t> slots;  // where row i goes (AppendResult::slots); empty: nothing pending
+  int64_t first_token = 0;     // AppendResult::first_token (to undo the append if it cannot be
+                               // written at all)
+  bool written = false;
+
+  bool pending() const { return !slots.empty() && !written; }
+};
+
 // A session's Attend (WorkKind::kPagedDecode), owned by its job: the layer's K/V as the kernel
 // reads it, pinned until the job is destroyed (after its answer was written), and the session's
 // turn, which orders its calls and ends with the job. The job's spec.cu_seqlens_q points at
@@ -103,6 +124,9 @@ struct JobResult {
 struct PagedContext {
   session::ReadView view;
   session::Turn turn;
+  // The step's k_new / v_new when the service left them to the executor (view already counts
+  // them); empty slots when the service wrote them itself or the step appends nothing.
+  PendingRows rows;
   int32_t cu_seqlens_q[2] = {0, 0};
   // Keys [begin, end) the request allows (its key range, clamped to the context), when it gave
   // one.
@@ -220,6 +244,13 @@ struct Batch {
 void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status,
                  WorkerPool* pool = nullptr);
 
+// Writes `job`'s pending rows (PagedContext::rows, when pending()) through its view's pool
+// (PageStorage::WriteRows) and marks them written. OK when there is nothing to write. A device
+// pool's write is enqueued, not waited for: its readers order after it (DevicePageStorage).
+absl::Status WritePendingRows(Job& job);
+// The same for every job of `batch`; the first error, after trying every job.
+absl::Status WritePendingRows(Batch& batch);
+
 // Sizes of the device and host pools of an executor, fixed at start-up.
 struct ExecutorOptions {
   // Device memory pool per GPU; 0 = most of the device's free memory at start-up, less
@@ -273,6 +304,10 @@ class Executor {
   virtual absl::Status Admit(const Job& job) const = 0;
 
   virtual void Submit(std::unique_ptr<Batch> batch) = 0;
+
+  // Whether Submit writes its jobs' pending K/V rows (PendingRows) itself before its kernel reads
+  // them. If not, the batcher writes them (WritePendingRows) before it submits the batch.
+  virtual bool writes_pending_rows() const { return false; }
 
   // False once the executor can run nothing more (a CUDA device after a sticky error: every
   // batch submitted to it fails at once). The batcher sends batches to executors that serve

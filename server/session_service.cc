@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
@@ -87,6 +88,16 @@ const std::string& SessionIdOf(const v1::SessionRequest& r) {
 
 int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
+// ATTN_APPEND_IN_STREAM=0 (docs/operations.md, Environment): the service writes an Attend's
+// k_new / v_new itself, as before the rows went with the executor's launch. Read once.
+bool AppendInStreamDisabled() {
+  static const bool disabled = [] {
+    const char* value = std::getenv("ATTN_APPEND_IN_STREAM");
+    return value != nullptr && std::string(value) == "0";
+  }();
+  return disabled;
+}
+
 absl::Status DrainingStatus() {
   return absl::UnavailableError(
       "server is draining: its sessions end with it; create the session again on another "
@@ -98,8 +109,22 @@ absl::Status DrainingStatus() {
 void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status) {
   session::Turn turn;
   if (job->paged != nullptr) {
-    job->paged->view.Reset();
-    turn = std::move(job->paged->turn);
+    PagedContext& paged = *job->paged;
+    if (paged.rows.pending()) {
+      // Dropped before launch, or its batch failed before its rows were written: a queued Attend's
+      // rows stay appended (attention.proto), so they are written now, within the turn. If even
+      // that fails (a device that failed), the append is taken back instead: the session is as
+      // it was before this Attend, never holding rows that were not written.
+      if (absl::Status written = WritePendingRows(*job); !written.ok()) {
+        const int layer = paged.view.layer();
+        const int64_t rows = static_cast<int64_t>(paged.rows.slots.size());
+        paged.view.Reset();
+        if (store != nullptr)
+          store->UndoAppend(paged.turn.id(), layer, paged.rows.first_token, rows);
+      }
+    }
+    paged.view.Reset();
+    turn = std::move(paged.turn);
   }
   turn.Unpin();  // before the answer: its reader finds the session idle
   if (status.ok()) WriteAnswer(*job, response.mutable_attend());
@@ -350,7 +375,11 @@ void SessionStreamCall::AnswerReady(SessionStreamItem& item, bool dropped) {
 SessionServiceImpl::SessionServiceImpl(const SessionServiceOptions& options,
                                        session::SessionStore* store, Batcher* batcher,
                                        SessionMetrics* metrics)
-    : options_(options), store_(store), batcher_(batcher), metrics_(metrics) {}
+    : options_(options),
+      append_in_stream_(options.append_in_stream && !AppendInStreamDisabled()),
+      store_(store),
+      batcher_(batcher),
+      metrics_(metrics) {}
 
 SessionServiceImpl::~SessionServiceImpl() = default;
 
@@ -567,15 +596,29 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
     return;
   }
   int64_t first_token = -1;  // where k_new / v_new went, -1 if none
+  PendingRows pending;
   if (inputs->appends) {
     view->Reset();  // else the append copies the layer's page list the view holds
-    absl::StatusOr<session::AppendResult> appended = store.AppendRows(
-        id, r.layer(), inputs->n_new, r.k_new().data().data(), r.v_new().data().data());
+    // In stream (the default): only the rows' slots are reserved here; the executor writes them
+    // right before its kernel (PendingRows), so that a GPU step makes no CUDA call of its own for
+    // them. Otherwise they are written now (on a GPU: uploaded and scattered on a staging lane).
+    absl::StatusOr<session::AppendResult> appended =
+        service.append_in_stream()
+            ? store.Append(id, r.layer(), inputs->n_new)
+            : store.AppendRows(id, r.layer(), inputs->n_new, r.k_new().data().data(),
+                               r.v_new().data().data());
     if (!appended.ok()) {
       AnswerInTurn(call, turn, appended.status());
       return;
     }
     first_token = appended->first_token;
+    if (service.append_in_stream()) {
+      call->store = &store;
+      pending.k = r.k_new().data().data();
+      pending.v = r.v_new().data().data();
+      pending.slots = std::move(appended->slots);
+      pending.first_token = first_token;
+    }
     *view = std::move(appended->view);
   }
   auto job = std::make_unique<Job>();
@@ -583,6 +626,7 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
   job->spec = std::move(inputs->spec);
   job->paged = std::make_unique<PagedContext>();
   job->paged->view = std::move(*view);
+  job->paged->rows = std::move(pending);
   job->completion = call;
   job->accepted = call->accepted;
   job->deadline = call->deadline;

@@ -87,6 +87,9 @@ class SessionCall : public JobCompletion {
   bool answer_checked = false;
   AnswerBudget* answer_budget = nullptr;
   int64_t reserved_answer_bytes = 0;
+  // The store of an Attend that left its k_new / v_new to the executor (PendingRows): Complete
+  // undoes that append there if the rows cannot be written at all. Null otherwise.
+  session::SessionStore* store = nullptr;
 };
 
 struct SessionServiceOptions {
@@ -105,6 +108,13 @@ struct SessionServiceOptions {
   // The answer budget shared with the attention service (--max_pending_answer_bytes; not owned),
   // or null for none.
   AnswerBudget* answer_budget = nullptr;
+  // An Attend's k_new / v_new are only reserved in the store by the service and written by the
+  // executor, right before its kernel (PendingRows, server/executor.h): on a GPU, uploaded with q
+  // and scattered by the append kernel on the batch's own stream. false: the service writes them
+  // itself before queueing the attention (on a GPU: four CUDA calls on a staging lane and a
+  // cross-stream wait). The environment's ATTN_APPEND_IN_STREAM=0 forces false (one binary
+  // measures both; docs/operations.md).
+  bool append_in_stream = true;
 };
 
 // Every method raw (grpc::ByteBuffer in and out), as the attention service's: the service parses
@@ -161,6 +171,8 @@ class SessionServiceImpl final : public SessionServiceBase, public ServiceCalls<
 
   // Shared by the call objects (session_service.cc).
   const SessionServiceOptions& options() const { return options_; }
+  // options().append_in_stream, unless ATTN_APPEND_IN_STREAM=0.
+  bool append_in_stream() const { return append_in_stream_; }
   session::SessionStore* store() const { return store_; }
   Batcher* batcher() const { return batcher_; }
   SessionMetrics* metrics() const { return metrics_; }
@@ -179,6 +191,7 @@ class SessionServiceImpl final : public SessionServiceBase, public ServiceCalls<
   void RunInTurn(SessionCall* call);
 
   const SessionServiceOptions options_;
+  const bool append_in_stream_;
   session::SessionStore* const store_;
   Batcher* const batcher_;
   SessionMetrics* const metrics_;

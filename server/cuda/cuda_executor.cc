@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/flash_decode.h"
+#include "kernels/cuda/paged_append.h"
 #include "server/cuda/device_page_storage.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
@@ -439,6 +440,95 @@ void CudaExecutor::FreeSlotLocked(Slot* slot) {
   }
 }
 
+namespace {
+
+// The batch's pending K/V rows (PendingRows) as the slot's row-append block holds them: k rows |
+// v rows | int32 slots, each part 256-byte aligned, row i of the batch's pending rows at index i
+// of each part (jobs in batch order).
+struct RowAppend {
+  int64_t rows = 0;
+  int64_t k = 0, v = 0, slots = 0;  // offsets of the parts from the block's start
+  int64_t bytes = 0;                // the block
+  // The pool the rows go to, as the first pending job's view has it (the paged jobs of a batch
+  // have one shape and one device, so one pool and layout).
+  session::PageLayout layout;
+  void* pool_base = nullptr;
+  // false for a batch whose pending jobs' views disagree on the pool or layout (never one the
+  // batcher forms): it writes through the lanes instead.
+  bool uniform = true;
+};
+
+RowAppend PlanRowAppend(const Batch& batch) {
+  RowAppend append;
+  if (batch.config.kind != WorkKind::kPagedDecode) return append;
+  for (const auto& job : batch.jobs) {
+    if (job->paged == nullptr || !job->paged->rows.pending()) continue;
+    const session::ReadView& view = job->paged->view;
+    if (append.rows == 0) {
+      append.layout = view.layout();
+      append.pool_base = view.base();
+    } else if (!(view.layout() == append.layout) || view.base() != append.pool_base) {
+      append.uniform = false;
+    }
+    append.rows += static_cast<int64_t>(job->paged->rows.slots.size());
+  }
+  if (append.rows == 0) return append;
+  const int64_t part = AlignUp(append.rows * append.layout.row_bytes);
+  append.k = 0;
+  append.v = part;
+  append.slots = 2 * part;
+  append.bytes = AlignUp(2 * part + append.rows * static_cast<int64_t>(sizeof(int32_t)));
+  return append;
+}
+
+// The host copies that fill the row-append block at `block` (pinned) from the jobs' requests.
+void AppendRowCopies(const Batch& batch, const RowAppend& append, char* block,
+                     std::vector<HostCopy>* copies) {
+  const int64_t row_bytes = append.layout.row_bytes;
+  int64_t row = 0;
+  for (const auto& job : batch.jobs) {
+    if (job->paged == nullptr || !job->paged->rows.pending()) continue;
+    const PendingRows& pending = job->paged->rows;
+    const int64_t n = static_cast<int64_t>(pending.slots.size());
+    copies->push_back({block + append.k + row * row_bytes, pending.k, n * row_bytes});
+    copies->push_back({block + append.v + row * row_bytes, pending.v, n * row_bytes});
+    copies->push_back({block + append.slots + row * static_cast<int64_t>(sizeof(int32_t)),
+                       reinterpret_cast<const char*>(pending.slots.data()),
+                       n * static_cast<int64_t>(sizeof(int32_t))});
+    row += n;
+  }
+}
+
+// Enqueues the append kernel for the rows of the row-append block at `block` (device memory).
+absl::Status RunRowAppend(const RowAppend& append, const char* block, cudaStream_t stream) {
+  const session::PageLayout& layout = append.layout;
+  cuda::PagedAppendParams p;
+  p.dtype = layout.dtype;
+  p.num_tokens = static_cast<int>(append.rows);
+  p.kv_heads = layout.kv_heads;
+  p.head_dim = layout.head_dim;
+  p.k_new = block + append.k;
+  p.v_new = block + append.v;
+  p.new_row_stride = int64_t{layout.kv_heads} * layout.head_dim;
+  p.new_head_stride = layout.head_dim;
+  p.k_pool = append.pool_base;
+  p.v_pool = static_cast<char*>(append.pool_base) + layout.v_offset();
+  p.pool_page_stride = layout.page_bytes / DTypeSize(layout.dtype);
+  p.pool_row_stride = p.new_row_stride;
+  p.pool_head_stride = layout.head_dim;
+  p.page_size = layout.page_size;
+  p.slots = reinterpret_cast<const int32_t*>(block + append.slots);
+  return cuda::RunPagedAppend(p, stream);
+}
+
+void MarkRowsWritten(Batch& batch) {
+  for (const auto& job : batch.jobs) {
+    if (job->paged != nullptr && job->paged->rows.pending()) job->paged->rows.written = true;
+  }
+}
+
+}  // namespace
+
 absl::Status CudaExecutor::Launch(Slot& slot) {
   Batch& batch = *slot.batch;
   batch.device = name_;
@@ -454,9 +544,38 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
                                                      " bytes exceeds the staging slot of ",
                                                      pinned_slot_bytes_, " bytes"));
   }
+  // Session Attends' pending K/V rows go in the row-append block after the inputs, uploaded with
+  // them (Row appends, cuda_executor.h). Without any, the outputs follow the inputs as before.
+  RowAppend append = PlanRowAppend(batch);
+  const int64_t append_offset = AlignUp(layout.input_bytes);
+  const auto outputs_offset_for = [&](const RowAppend& a) {
+    return a.rows > 0 ? AlignUp(append_offset + a.bytes) : layout.input_bytes;
+  };
+  // The device block also holds the kernel's workspace after the outputs: its size does not
+  // depend on where the buffers are.
+  const bool backward = batch.config.kind == WorkKind::kBackward;
+  const int64_t workspace_bytes = [&] {
+    const AttentionParams sizes =
+        BindParams(batch.plan, slot.device, slot.device + layout.input_bytes);
+    return static_cast<int64_t>(backward ? cuda::BackwardWorkspaceBytes(sizes)
+                                         : cuda::WorkspaceBytes(sizes));
+  }();
+  if (append.rows > 0 &&
+      (!append.uniform || outputs_offset_for(append) + layout.output_bytes > pinned_slot_bytes_ ||
+       AlignUp(outputs_offset_for(append) + layout.output_bytes) + workspace_bytes >
+           device_slot_bytes_)) {
+    // They do not fit beside the batch's buffers: written through the pool's staging lanes,
+    // which the attention orders after (OrderReads below).
+    if (absl::Status written = WritePendingRows(batch); !written.ok()) return written;
+    append = RowAppend{};
+  }
+  slot.outputs_offset = outputs_offset_for(append);
+  const int64_t upload_bytes = append.rows > 0 ? append_offset + append.bytes : layout.input_bytes;
+
   slot.copies.clear();
   AppendInputCopies(batch, slot.pinned, &slot.copies);
-  if (layout.input_bytes <= kSmallBatchBytes) {
+  if (append.rows > 0) AppendRowCopies(batch, append, slot.pinned + append_offset, &slot.copies);
+  if (upload_bytes <= kSmallBatchBytes) {
     RunCopies(slot.copies);
   } else {
     staging_pool_->Copy(slot.copies);
@@ -471,12 +590,11 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
                          cuda::DecodeTakesPagedRows(batch.config.dtype, batch.max_seqlen_q) &&
                          pinned_pool_on_device_ != nullptr && LoneZeroCopy();
   char* device_outputs =
-      zero_copy ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_) + layout.input_bytes
-                : slot.device + layout.input_bytes;
+      zero_copy ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_) + slot.outputs_offset
+                : slot.device + slot.outputs_offset;
   const AttentionParams p = BindParams(batch.plan, device_inputs, device_outputs);
   // A backward batch: grad_o among the inputs, dq, dk and dv as the outputs (as the CPU
   // executor binds them), and the backward's float32 workspace (dq accumulator, D, lse).
-  const bool backward = batch.config.kind == WorkKind::kBackward;
   AttentionBackwardParams backward_params;
   if (backward) {
     static_cast<AttentionParams&>(backward_params) = p;
@@ -486,9 +604,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     backward_params.dk = buffers.dk;
     backward_params.dv = buffers.dv;
   }
-  const int64_t workspace_offset = AlignUp(layout.total_bytes());
-  const int64_t workspace_bytes =
-      static_cast<int64_t>(backward ? cuda::BackwardWorkspaceBytes(p) : cuda::WorkspaceBytes(p));
+  const int64_t workspace_offset = AlignUp(slot.outputs_offset + layout.output_bytes);
   if (workspace_offset + workspace_bytes > device_slot_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "batch of ", layout.total_bytes(), " bytes plus ", workspace_bytes,
@@ -504,10 +620,10 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       return s;
     }
   }
-  if (absl::Status s = CheckCuda(
-          cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(layout.input_bytes),
-                          cudaMemcpyHostToDevice, stream),
-          "upload");
+  if (absl::Status s =
+          CheckCuda(cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(upload_bytes),
+                                    cudaMemcpyHostToDevice, stream),
+                    "upload");
       !s.ok()) {
     return s;
   }
@@ -515,8 +631,21 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       !s.ok()) {
     return s;
   }
+  // Rows the pool's staging lanes still write (an Append's bulk rows, or the rows of the fallback
+  // above) land before anything here reads or writes the pool.
   if (page_storage_ != nullptr && batch.config.kind == WorkKind::kPagedDecode) {
     if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
+  }
+  if (append.rows > 0) {
+    if (absl::Status s = RunRowAppend(append, device_inputs + append_offset, stream); !s.ok()) {
+      if (s.code() == absl::StatusCode::kInternal) {
+        // A launch failure may be sticky: let CheckCuda classify the error the device reports.
+        const cudaError_t error = cudaPeekAtLastError();
+        if (error != cudaSuccess) return CheckCuda(error, "row append kernel launch");
+      }
+      return s;
+    }
+    MarkRowsWritten(batch);
   }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
                                 : cuda::RunAttention(p, workspace, stream);
@@ -541,10 +670,11 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     complete_cv_.notify_one();
   }
   if (!zero_copy) {
-    if (absl::Status s = CheckCuda(cudaMemcpyAsync(slot.pinned + layout.input_bytes, device_outputs,
-                                                   static_cast<size_t>(layout.output_bytes),
-                                                   cudaMemcpyDeviceToHost, stream),
-                                   "download");
+    if (absl::Status s =
+            CheckCuda(cudaMemcpyAsync(slot.pinned + slot.outputs_offset, device_outputs,
+                                      static_cast<size_t>(layout.output_bytes),
+                                      cudaMemcpyDeviceToHost, stream),
+                      "download");
         !s.ok()) {
       return s;
     }
@@ -655,7 +785,7 @@ void CudaExecutor::FinishSlot(DoneSlot done, std::vector<HostCopy>& output_copie
   Slot* slot = done.slot;
   std::unique_ptr<Batch> batch = std::move(slot->batch);
   if (done.status.ok()) {
-    const char* outputs = slot->pinned + batch->plan.layout.input_bytes;
+    const char* outputs = slot->pinned + slot->outputs_offset;
     output_copies.clear();
     AppendOutputCopies(*batch, outputs, &output_copies);
     if (batch->plan.layout.output_bytes >= kParallelScatterBytes) {

@@ -33,6 +33,16 @@
 // current one returns), and with it every step behind a lone one. With ATTN_LONE_ZERO_COPY=1 a lone
 // session step that the decode kernel runs also writes o and lse straight into the slot's pinned
 // block (host memory the device reaches through unified addressing): no download follows it.
+//
+// Row appends: a session Attend's k_new / v_new come as the job's pending rows (PendingRows,
+// server/executor.h; the service only reserved their slots). Launch stages them, with their int32
+// slots, in a row-append block right after the batch's inputs block in the slot's pinned memory,
+// so that the batch's one upload carries them with q, and launches the append kernel
+// (kernels/cuda/paged_append.h) for all of them on the slot's stream right before the attention:
+// a step is one upload, append + attention launches, one download, with no other stream or
+// synchronization involved. A batch whose rows would not fit its slot beside its buffers (a
+// very large prefill chunk) has them written through the pool's staging lanes instead
+// (DevicePageStorage::WriteRows), ordered before the attention as every lane write is.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -87,6 +97,8 @@ class CudaExecutor final : public Executor {
   // ordered before every paged batch this executor launches (DevicePageStorage::OrderReads).
   // Set once, before the first batch is submitted.
   void set_page_storage(DevicePageStorage* storage) { page_storage_ = storage; }
+  // Session Attends' pending K/V rows (PendingRows) go with the batch: see "Row appends" above.
+  bool writes_pending_rows() const override { return true; }
   int pipeline_depth() const override { return static_cast<int>(slots_.size()); }
   int64_t max_batch_bytes() const override { return max_batch_bytes_; }
   absl::Status Admit(const Job& job) const override;
@@ -105,6 +117,9 @@ class CudaExecutor final : public Executor {
     // A lone batch (the fast path): only `uploaded` and `computed` are recorded, and the completer
     // waits for the stream. Set by Submit before Launch, cleared by the completer.
     bool lone = false;
+    // Where the batch's outputs block starts in `pinned` and `device`: after its inputs block and
+    // its row-append block (Row appends).
+    int64_t outputs_offset = 0;
     int64_t device_bytes_used = 0;
     std::vector<HostCopy> copies;  // the batch's input copies bound to `pinned` (reused)
   };

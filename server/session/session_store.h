@@ -165,6 +165,9 @@ class ReadView {
   const PageLayout& layout() const { return layout_; }
   // The pool's page 0 (PageStorage::base): host memory or device memory.
   void* base() const { return pool_->storage().base(); }
+  // The memory behind the view's pool: where an append's reserved rows are written
+  // (PageStorage::WriteRows). Not empty().
+  PageStorage& storage() const { return pool_->storage(); }
   absl::Span<const int32_t> page_table() const { return pages_; }
   int64_t tokens() const { return tokens_; }
 
