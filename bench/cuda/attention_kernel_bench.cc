@@ -13,9 +13,12 @@
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
-//   --paged   every cell of the grid twice, back to back: dense K/V, then the same K/V read
-//             through a page table (pages of PAGE_SIZE keys in random order, q dense): the paged
-//             prefill's time against the dense kernel's (kind "paged" in the JSON)
+//   --paged   every cell of the grid three times, back to back: the routed kernel on dense K/V,
+//             then the same K/V read through a page table (pages of PAGE_SIZE keys in random
+//             order, q dense) by the mma.sync / wgmma kernels' paged variant ("old") and by the
+//             warp-specialized kernel's (flash_fwd_sm90ws.h, "ws"), each paged o checked against
+//             the dense one; speeds relative to the routed dense kernel and their geometric means
+//             (kind "paged" in the JSON)
 //   --ws      every cell of the grid twice, back to back: the routed kernel, then the
 //             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h) on the same
 //             inputs, with the largest difference between their outputs (kind "ws"); run without
@@ -172,13 +175,118 @@ AttentionParams MakeParams(DType dtype, int batch, int seqlen, int heads, int he
   return p;
 }
 
+double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
+  const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
+  return flops / (ms * 1e-3) / 1e12;
+}
+
 // Launches paged K/V the way RunAttention launches 16-bit work (RunAttention does not take paged
-// K/V yet): the host checks of the paged fields, then the dispatch.
-absl::Status RunPaged(AttentionParams p) {
+// K/V yet): the host checks of the paged fields, then the mma.sync / wgmma kernels' paged variant
+// (DispatchFlashFwdWithoutSm90Ws), whatever the routing says.
+absl::Status RunPagedOld(AttentionParams p) {
   if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
-  return DispatchFlashFwd(p, nullptr);
+  return DispatchFlashFwdWithoutSm90Ws(p, nullptr);
+}
+
+// The same launch on the warp-specialized kernel's paged variant.
+absl::Status RunPagedWs(const AttentionParams& p) {
+  if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
+  return RunFlashFwdSm90Ws(p, nullptr);
+}
+
+// Largest |a - b| over `count` 16-bit values of `dtype`; +inf when one is not finite.
+double MaxAbsDiff(DType dtype, const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
+  const auto value = [&](uint16_t x) {
+    return dtype == DType::kFloat16 ? HalfToFloat(x) : BFloat16ToFloat(x);
+  };
+  double max_diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double diff = std::fabs(double{value(a[i])} - value(b[i]));
+    max_diff = std::isfinite(diff) ? std::max(max_diff, diff) : INFINITY;
+  }
+  return max_diff;
+}
+
+// --paged: one cell's paged launches (`pp`, o in the dense launch's buffer, which holds the
+// dense o on entry) beside the routed dense kernel's `ms`: each paged kernel's o against the
+// dense o, then its time. Appends ms_dense / ms_paged per kernel to `speeds` (old, ws) for the
+// geometric means; false on failure.
+struct PagedSpeeds {
+  std::vector<double> old_over_dense;
+  std::vector<double> ws_over_dense;
+};
+
+bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms, int page_size,
+               PagedSpeeds& speeds, FILE* json) {
+  const int64_t count = int64_t{pp.batch} * pp.seqlen_q * pp.q_heads * pp.head_dim;
+  std::vector<uint16_t> dense(count), paged(count);
+  if (!Check(cudaDeviceSynchronize(), "dense kernel") ||
+      !Check(cudaMemcpy(dense.data(), pp.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+    return false;
+  }
+  struct Result {
+    double ms = 0.0;
+    double diff = 0.0;
+    std::string error;
+  };
+  const auto run = [&](const auto& launch) {
+    Result r;
+    absl::Status status = launch();
+    if (status.ok() && Check(cudaDeviceSynchronize(), "paged kernel") &&
+        Check(cudaMemcpy(paged.data(), pp.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+      r.diff = MaxAbsDiff(pp.dtype, dense, paged);
+      r.ms = MedianMs([&] { status = launch(); });
+      if (status.ok() && Check(cudaDeviceSynchronize(), "paged kernel")) return r;
+    }
+    r.error = status.ok() ? "CUDA error" : std::string(status.message());
+    return r;
+  };
+  const Result old = run([&] { return RunPagedOld(pp); });
+  const Result ws = run([&] { return RunPagedWs(pp); });
+  const double tf = Tflops(pp.batch, pp.q_heads, pp.seqlen_q, pp.head_dim, pp.causal, 1.0);
+  const auto cell = [&](const Result& r) {
+    char text[96];
+    if (!r.error.empty()) {
+      std::snprintf(text, sizeof(text), "- | - | failed");
+    } else {
+      std::snprintf(text, sizeof(text), "%.3f | %.1f | %.3f", r.ms, tf / r.ms, ms / r.ms);
+    }
+    return std::string(text);
+  };
+  std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s | %s | %.1e | %.1e |\n", dt.c_str(),
+              pp.head_dim, pp.causal ? 1 : 0, pp.seqlen_q, pp.batch, pp.q_heads, ms, tf / ms,
+              cell(old).c_str(), cell(ws).c_str(), old.diff, ws.diff);
+  for (const auto& [name, r] : {std::pair{"old", &old}, std::pair{"ws", &ws}}) {
+    if (!r->error.empty()) {
+      std::fprintf(stderr, "paged %s %s d=%d causal=%d seqlen=%d: %s\n", name, dt.c_str(),
+                   pp.head_dim, pp.causal ? 1 : 0, pp.seqlen_q, r->error.c_str());
+    }
+  }
+  if (json != nullptr) {
+    std::fprintf(json,
+                 "{\"kind\": \"paged\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
+                 "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"page_size\": %d, "
+                 "\"ms_dense\": %.4f, \"ms_paged_old\": %.4f, \"ms_paged_ws\": %.4f, "
+                 "\"old_over_dense\": %.4f, \"ws_over_dense\": %.4f, \"max_abs_diff_old\": %.3e, "
+                 "\"max_abs_diff_ws\": %.3e, \"dense_kernel\": \"%s\"}\n",
+                 dt.c_str(), pp.head_dim, pp.causal ? "true" : "false", pp.seqlen_q, pp.batch,
+                 pp.q_heads, page_size, ms, old.ms, ws.ms, old.error.empty() ? ms / old.ms : 0.0,
+                 ws.error.empty() ? ms / ws.ms : 0.0, old.diff, ws.diff,
+                 KernelFamilyName(SelectKernelFamily(pp)));
+  }
+  std::fflush(stdout);
+  // A paged o that differs from the dense one by more than rounding (the same inputs, the same
+  // arithmetic up to the order of the KV tiles) counts as a failure.
+  constexpr double kMaxDiff = 0.03;
+  bool ok = true;
+  for (const Result* r : {&old, &ws}) {
+    if (!r->error.empty() || !(r->diff <= kMaxDiff)) ok = false;
+  }
+  if (old.error.empty()) speeds.old_over_dense.push_back(ms / old.ms);
+  if (ws.error.empty()) speeds.ws_over_dense.push_back(ms / ws.ms);
+  return ok;
 }
 
 // The dense K/V of `dense` read as pools of pages of `page_size` keys: the contiguous tensors
@@ -233,11 +341,6 @@ bool MakePacked(AttentionParams& p, int32_t* cu) {
   return true;
 }
 
-double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, double ms) {
-  const double flops = 4.0 * batch * heads * double(seqlen) * seqlen * head_dim / (causal ? 2 : 1);
-  return flops / (ms * 1e-3) / 1e12;
-}
-
 int RunGrid(const Options& opt, FILE* json) {
   const int64_t elems = opt.tokens * opt.model_dim;
   Buffers buf;
@@ -272,17 +375,21 @@ int RunGrid(const Options& opt, FILE* json) {
         "TFLOP/s ws | ws / routed speed | max abs diff | ws config |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else if (opt.page_size > 0) {
-    std::printf("# paged: pages of %d keys in random order; ms_paged / ms_dense per cell\n",
-                opt.page_size);
     std::printf(
-        "| dtype | d | causal | seqlen | batch | heads | ms dense | ms paged | TFLOP/s paged | "
-        "paged / dense speed | kernel |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "# paged: pages of %d keys in random order; the routed kernel on dense K/V, then the "
+        "paged variants of the mma.sync / wgmma kernels (old) and of the warp-specialized "
+        "kernel (ws); speed = ms dense / ms paged; max |o_paged - o_dense|\n",
+        opt.page_size);
+    std::printf(
+        "| dtype | d | causal | seqlen | batch | heads | ms dense | TFLOP/s dense | ms old | "
+        "TFLOP/s old | old / dense | ms ws | TFLOP/s ws | ws / dense | diff old | diff ws |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else {
     std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | kernel |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
   }
   int failures = 0;
+  PagedSpeeds paged_speeds;
   {
     // Half a second of work first: the GPU idles at a low clock and the first cells would
     // otherwise be timed while it ramps up.
@@ -321,27 +428,7 @@ int RunGrid(const Options& opt, FILE* json) {
           if (opt.page_size > 0 && status.ok()) {
             AttentionParams pp;
             if (!MakePaged(p, opt.page_size, table, seqlens, pp)) return 1;
-            const double ms_paged = MedianMs([&] { status = RunPaged(pp); });
-            if (!status.ok() || !Check(cudaDeviceSynchronize(), "paged kernel")) {
-              std::fprintf(stderr, "paged %s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), d, c, n,
-                           status.ToString().c_str());
-              ++failures;
-              continue;
-            }
-            const double tf = Tflops(batch, heads, n, d, c != 0, ms_paged);
-            const char* kernel = KernelFamilyName(SelectKernelFamily(pp));
-            std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.3f | %.1f | %.3f | %s |\n",
-                        dt.c_str(), d, c, n, batch, heads, ms, ms_paged, tf, ms / ms_paged, kernel);
-            if (json != nullptr) {
-              std::fprintf(json,
-                           "{\"kind\": \"paged\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
-                           "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"page_size\": %d, "
-                           "\"ms_dense\": %.4f, \"ms_paged\": %.4f, \"paged_over_dense\": %.4f, "
-                           "\"kernel\": \"%s\"}\n",
-                           dt.c_str(), d, c ? "true" : "false", n, batch, heads, opt.page_size, ms,
-                           ms_paged, ms / ms_paged, kernel);
-            }
-            std::fflush(stdout);
+            if (!TimePaged(dt, pp, ms, opt.page_size, paged_speeds, json)) ++failures;
             continue;
           }
           if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
@@ -411,6 +498,22 @@ int RunGrid(const Options& opt, FILE* json) {
     ++failures;
   }
 #endif
+  if (opt.page_size > 0) {
+    const auto geomean = [](const std::vector<double>& x) {
+      double log_sum = 0.0;
+      for (double v : x) log_sum += std::log(v);
+      return x.empty() ? 0.0 : std::exp(log_sum / static_cast<double>(x.size()));
+    };
+    const auto minimum = [](const std::vector<double>& x) {
+      return x.empty() ? 0.0 : *std::min_element(x.begin(), x.end());
+    };
+    std::printf(
+        "# paged / dense speed, geometric mean (min) over the cells: old %.3f (%.3f) over %zu, "
+        "ws %.3f (%.3f) over %zu\n",
+        geomean(paged_speeds.old_over_dense), minimum(paged_speeds.old_over_dense),
+        paged_speeds.old_over_dense.size(), geomean(paged_speeds.ws_over_dense),
+        minimum(paged_speeds.ws_over_dense), paged_speeds.ws_over_dense.size());
+  }
   for (void* ptr : {buf.q, buf.k, buf.v, buf.o}) cudaFree(ptr);
   cudaFree(buf.lse);
   cudaFree(table);

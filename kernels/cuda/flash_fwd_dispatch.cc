@@ -262,6 +262,10 @@ absl::Status CheckPagedForward(const AttentionParams& p) {
 
 absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream) {
   if (RoutesToFlashFwdSm90Ws(p)) return RunFlashFwdSm90Ws(p, stream);
+  return DispatchFlashFwdWithoutSm90Ws(p, stream);
+}
+
+absl::Status DispatchFlashFwdWithoutSm90Ws(const AttentionParams& p, cudaStream_t stream) {
   switch (p.dtype) {
 #ifdef ATTN_KERNEL_DTYPE_BF16
     case DType::kBFloat16:

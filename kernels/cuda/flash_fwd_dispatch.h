@@ -59,6 +59,11 @@ const char* KernelFamilyName(KernelFamily family);
 // CUDA error string when the launch fails.
 absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream);
 
+// DispatchFlashFwd without the warp-specialized kernel: the mma.sync or wgmma kernel's variant for
+// `p` whatever RoutesToFlashFwdSm90Ws says (the paged benchmark times the paged variants beside
+// the warp-specialized kernel's).
+absl::Status DispatchFlashFwdWithoutSm90Ws(const AttentionParams& p, cudaStream_t stream);
+
 }  // namespace attention::cuda
 
 #endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_DISPATCH_H_

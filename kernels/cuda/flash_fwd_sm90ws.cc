@@ -122,6 +122,14 @@ absl::Status EncodeMap(const char* name, DType dtype, const void* data, int head
 
 template <DType kDType, int kHeadDim>
 cudaError_t LaunchBucket(const FwdSm90WsArgs& args, cudaStream_t stream) {
+  if (args.p.is_paged()) {
+#ifdef ATTN_KERNEL_PAGED
+    return args.p.causal ? LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, true, true>(args, stream)
+                         : LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, false, true>(args, stream);
+#else
+    return cudaErrorInvalidValue;  // CheckFlashFwdSm90Ws refuses paged launches first
+#endif
+  }
   return args.p.causal ? LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, true>(args, stream)
                        : LaunchFlashFwdSm90WsDefault<kDType, kHeadDim, false>(args, stream);
 }
@@ -141,6 +149,47 @@ cudaError_t LaunchDType(const FwdSm90WsArgs& args, int bucket, cudaStream_t stre
 }
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// The bulk copies' row coordinates are int32: a sequence's first row plus a tile's.
+constexpr int64_t kMaxPackedRows = (int64_t{1} << 31) - 1 - 256;
+
+// The paged fields as the kernel reads them (CheckPagedForward's rules, which the forward
+// dispatch applies before any kernel; repeated here for callers of this host API): q dense or
+// packed by cu_seqlens_q, K / V in page pools addressed through page_table, seqlens_k the
+// contexts, cu_seqlens_k null.
+absl::Status CheckPaged(const AttentionParams& p) {
+#ifndef ATTN_KERNEL_PAGED
+  return absl::UnimplementedError(
+      "the warp-specialized Hopper kernel's paged variant is not in this build (configured with "
+      "ATTN_KERNEL_PAGED=OFF)");
+#endif
+  const int ps = p.page_size;
+  if (ps < kMinPageSize || ps > kMaxPageSize || (ps & (ps - 1)) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionParams.page_size ", ps, " must be a power of two in [", kMinPageSize,
+                     ", ", kMaxPageSize, "] (a KV tile's bulk copies then lie inside pages)"));
+  }
+  if (p.seqlens_k == nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.seqlens_k must be set with a page_table (each context's length)");
+  }
+  if (p.cu_seqlens_k != nullptr) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.cu_seqlens_k must be null with a page_table (contexts are addressed "
+        "through pages, their lengths are seqlens_k)");
+  }
+  if (p.batch > 1 && p.page_table_stride <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.page_table_stride ",
+                                                   p.page_table_stride,
+                                                   " must be positive for more than one sequence"));
+  }
+  if (p.k_batch_stride <= 0 || p.v_batch_stride <= 0) {
+    return absl::InvalidArgumentError(
+        "AttentionParams.k_batch_stride and v_batch_stride (the page strides of paged K/V) must "
+        "be positive");
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -169,20 +218,20 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
         "head_dim ", p.head_dim, ": bucket ", bucket,
         " is not compiled (ATTN_KERNEL_HEAD_DIMS), so neither is the warp-specialized kernel's"));
   }
-  if (p.is_paged() || p.key_range != nullptr || p.seqlens_k != nullptr) {
+  if (p.is_paged()) {
+    if (absl::Status s = CheckPaged(p); !s.ok()) return s;
+  } else if (p.key_range != nullptr || p.seqlens_k != nullptr) {
     return absl::UnimplementedError(
-        "the warp-specialized Hopper kernel takes dense and packed batches only (no page_table, "
-        "seqlens_k or key_range)");
-  }
-  if (p.is_varlen()) {
+        "the warp-specialized Hopper kernel reads seqlens_k and key_range only with a page_table "
+        "(paged K/V)");
+  } else if (p.is_varlen()) {
     if (p.cu_seqlens_k == nullptr) {
       return absl::InvalidArgumentError(
           "AttentionParams.cu_seqlens_k must be set with cu_seqlens_q (a packed batch packs q, k "
           "and v)");
     }
-    // The bulk copies' row coordinates are int32: a sequence's first row plus a tile's.
-    constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1 - 256;
-    if (p.total_q < 0 || p.total_q > kMaxRows || p.total_k < 0 || p.total_k > kMaxRows) {
+    if (p.total_q < 0 || p.total_q > kMaxPackedRows || p.total_k < 0 ||
+        p.total_k > kMaxPackedRows) {
       return absl::InvalidArgumentError(absl::StrCat(
           "AttentionParams.total_q ", p.total_q, " and total_k ", p.total_k,
           " must lie in [0, 2^31 - 257] (int32 row coordinates of the bulk tensor copies)"));
@@ -190,6 +239,11 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
   } else if (p.cu_seqlens_k != nullptr) {
     return absl::InvalidArgumentError(
         "AttentionParams.cu_seqlens_k must be null without cu_seqlens_q");
+  }
+  if (p.is_varlen() && (p.total_q < 0 || p.total_q > kMaxPackedRows)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AttentionParams.total_q ", p.total_q,
+        " must lie in [0, 2^31 - 257] (int32 row coordinates of the bulk tensor copies)"));
   }
   if (p.alibi_slopes != nullptr || p.mask_kind != MaskKind::kNone || !(p.softmax_scale > 0.f)) {
     return absl::UnimplementedError(
@@ -255,7 +309,10 @@ bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
     if (value == "sm80" || value == "sm90") return Route::kOff;
     return by_switch;
   }();
-  if (route == Route::kOff || (route == Route::kMeasured && !Sm90WsFasterFor(p))) return false;
+  if (route == Route::kOff) return false;
+  if (route == Route::kMeasured && (!Sm90WsFasterFor(p) || (p.is_paged() && !kRouteSm90WsPaged))) {
+    return false;
+  }
   return CheckFlashFwdSm90Ws(p).ok();
 }
 
@@ -319,17 +376,35 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
       !s.ok()) {
     return s;
   }
-  if (absl::Status s =
-          EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, rows_k, map_batch, p.k_head_stride,
-                    p.k_row_stride, p.k_batch_stride, block_n, args.k);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s =
-          EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, map_batch, p.v_head_stride,
-                    p.v_row_stride, p.v_batch_stride, block_n, args.v);
-      !s.ok()) {
-    return s;
+  if (p.is_paged()) {
+    // The page pools (FwdSm90WsArgs): pages of page_size rows, one box per tile segment.
+    const int box_rows = Sm90WsPagedBoxRows(block_n, p.page_size);
+    const int pages = static_cast<int>(kSm90WsPagedMapPages);
+    if (absl::Status s =
+            EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, p.page_size, pages,
+                      p.k_head_stride, p.k_row_stride, p.k_batch_stride, box_rows, args.k);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, p.page_size, pages,
+                      p.v_head_stride, p.v_row_stride, p.v_batch_stride, box_rows, args.v);
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    if (absl::Status s =
+            EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, rows_k, map_batch, p.k_head_stride,
+                      p.k_row_stride, p.k_batch_stride, block_n, args.k);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, rows_k, map_batch, p.v_head_stride,
+                      p.v_row_stride, p.v_batch_stride, block_n, args.v);
+        !s.ok()) {
+      return s;
+    }
   }
   if (!config.tma_store_o) return absl::OkStatus();
   return EncodeMap("o", p.dtype, p.o, p.head_dim, p.q_heads, rows_q, map_batch, p.o_head_stride,

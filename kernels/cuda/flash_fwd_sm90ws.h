@@ -16,15 +16,18 @@ namespace attention::cuda {
 
 // Whether the kernel covers `p` (normalized: Normalize and ClampWindow applied) in this build on
 // the current device: OK, or UNIMPLEMENTED naming what it lacks (a build without sm_90a or
-// without the dtype / head-dim bucket, a device other than compute capability 9.0, paged
-// batches or key ranges, a window other than causal, ALiBi, masks, a softmax_scale <= 0) or
-// INVALID_ARGUMENT naming the field and the rule the bulk copies need (16-byte aligned q, k, v,
-// o and row / head / batch strides that are multiples of 8 elements, head_dim a multiple of 8,
-// packed batches with both cu_seqlens and total_q / total_k below 2^31 - 256). Dense and packed
-// (varlen: per-sequence lengths, Sq != Sk, empty sequences) batches, GQA / MQA, causal
-// (bottom-right), softcap, attention sinks and the LSE are covered. Reads no device memory:
-// cu_seqlens are the caller's to keep consistent with seqlen_q / seqlen_k (the longest sequences)
-// and total_q / total_k.
+// without the dtype / head-dim bucket, a device other than compute capability 9.0, paged K/V in
+// a build without ATTN_KERNEL_PAGED, seqlens_k or key ranges without a page table, a window
+// other than causal, ALiBi, masks, a softmax_scale <= 0) or INVALID_ARGUMENT naming the field
+// and the rule the bulk copies need (16-byte aligned q, k, v, o and row / head / batch strides
+// that are multiples of 8 elements, head_dim a multiple of 8, packed batches with both
+// cu_seqlens and total_q / total_k below 2^31 - 256; paged K/V with CheckPagedForward's rules:
+// page_size a power of two in [16, 256], seqlens_k set, cu_seqlens_k null, positive page
+// strides). Dense and packed (varlen: per-sequence lengths, Sq != Sk, empty sequences) batches,
+// paged K/V (q dense or packed by cu_seqlens_q, contexts of seqlens_k keys, key ranges, pages
+// shared between sequences), GQA / MQA, causal (bottom-right), softcap, attention sinks and the
+// LSE are covered. Reads no device memory: cu_seqlens and seqlens_k are the caller's to keep
+// consistent with seqlen_q / seqlen_k (the longest sequences) and total_q / total_k.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
 // The routing switch: whether the forward dispatch (RunAttention) sends what this kernel covers
@@ -33,6 +36,11 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 // attention_cuda_test routed through it pass, memcheck / racecheck clean, 0.86-1.37x the wgmma
 // kernel as packed batches). ATTN_CUDA_KERNELS=sm90ws routes everything it covers to it.
 inline constexpr bool kRouteSm90Ws = true;
+
+// The routing switch of paged K/V (sessions' prefill and Attend, issue 21): off until the paged
+// variant has passed its suite on a GPU, so that paged launches keep the wgmma / mma.sync
+// kernels' paged variants by default; ATTN_CUDA_KERNELS=sm90ws routes them here regardless.
+inline constexpr bool kRouteSm90WsPaged = false;
 
 // Where the switch routes, what it covers goes to this kernel unless the wgmma kernel measured
 // faster there (call 4, packed batches, bf16): causal launches of fewer than 2048 keys at

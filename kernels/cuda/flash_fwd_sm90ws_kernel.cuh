@@ -1,6 +1,8 @@
 // Device code of the warp-specialized Hopper forward kernel (sm_90a): FlashAttention-3's
 // structure written for this project, the dense and causal variants of fixed-length and packed
-// (varlen, cu_seqlens) batches (softcap, attention sinks and the LSE included).
+// (varlen, cu_seqlens) batches (softcap, attention sinks and the LSE included), and of paged K/V
+// (kPaged: K / V tiles copied from page pools through the page table, one bulk copy per segment
+// of a tile inside one page; key ranges; see "Paged K / V" below).
 //
 // A block of 1 + kConsumers warpgroups works through query tiles of 64 * kConsumers rows of one
 // (sequence, head) each: one tile per block, or, with a persistent grid (one block per SM), the
@@ -152,8 +154,11 @@ struct WsTileRows {
 // Where query tile `tile` of the schedule works (TileRankAt, TileMBlock): its BlockCoords (as
 // LocateBlock fills them), its copy coordinates and its KV tiles. False when its sequence has no
 // query block of the tile's rank (a packed batch's shorter sequences, an empty one): the tile
-// does nothing, producer and consumers alike.
-template <int kBlockM, int kBlockN, bool kCausal, bool kOrders, typename Element>
+// does nothing, producer and consumers alike. kPaged: the context is sequence `batch`'s pages
+// (its length seqlens_k[batch], its keys clamped to key_range[batch] when set, as LocateBlock
+// clamps them), q dense or packed by cu_seqlens_q; rows.k_row is 0 (the maps address pages).
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders, bool kPaged = false,
+          typename Element>
 __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm90WsSchedule& sched,
                                            int tile, BlockCoords<Element>& c, WsTileRows& rows,
                                            KvTileRange& tiles) {
@@ -169,30 +174,40 @@ __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm
   if (p.cu_seqlens_q != nullptr) {
     q_start = p.cu_seqlens_q[c.batch];
     c.len_q = p.cu_seqlens_q[c.batch + 1] - q_start;
-    k_start = p.cu_seqlens_k[c.batch];
-    c.len_k = p.cu_seqlens_k[c.batch + 1] - k_start;
+    if constexpr (!kPaged) {
+      k_start = p.cu_seqlens_k[c.batch];
+      c.len_k = p.cu_seqlens_k[c.batch + 1] - k_start;
+    }
   }
+  if constexpr (kPaged) c.len_k = p.seqlens_k[c.batch];
   const int m_block = TileMBlock(at, (c.len_q + kBlockM - 1) / kBlockM, kCausal);
   if (m_block < 0) return false;
   c.row0 = m_block * kBlockM;
   c.rows = min(kBlockM, c.len_q - c.row0);
   c.key_begin = 0;
   c.key_end = c.len_k;
+  if (kPaged && p.key_range != nullptr) {
+    // Clamped to the context; an empty or inverted range leaves no key.
+    c.key_begin = min(max(p.key_range[2 * c.batch], 0), c.len_k);
+    c.key_end = max(min(p.key_range[2 * c.batch + 1], c.len_k), c.key_begin);
+  }
   const int kv_head = c.head / (p.q_heads / p.kv_heads);
   const int64_t q_offset =
       c.batch * p.q_batch_stride + (int64_t{q_start} + c.row0) * p.q_row_stride;
   c.q = static_cast<const Element*>(p.q) + q_offset + c.head * p.q_head_stride;
-  c.k = static_cast<const Element*>(p.k) + c.batch * p.k_batch_stride +
+  // (The kernel copies K and V through the maps; these pointers are LocateBlock's, and a paged
+  // context's are its pools' at the KV head, the batch strides being page strides.)
+  c.k = static_cast<const Element*>(p.k) + (kPaged ? 0 : c.batch * p.k_batch_stride) +
         int64_t{k_start} * p.k_row_stride + kv_head * p.k_head_stride;
-  c.v = static_cast<const Element*>(p.v) + c.batch * p.v_batch_stride +
+  c.v = static_cast<const Element*>(p.v) + (kPaged ? 0 : c.batch * p.v_batch_stride) +
         int64_t{k_start} * p.v_row_stride + kv_head * p.v_head_stride;
   c.o = static_cast<Element*>(p.o) + c.batch * p.o_batch_stride +
         (int64_t{q_start} + c.row0) * p.o_row_stride + c.head * p.o_head_stride;
   c.lse = p.lse == nullptr ? nullptr
                            : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride +
                                  q_start + c.row0;
-  c.pages = nullptr;
-  c.page_shift = 0;
+  c.pages = kPaged ? p.page_table + c.batch * p.page_table_stride : nullptr;
+  c.page_shift = kPaged ? __ffs(p.page_size) - 1 : 0;
   const bool packed = p.cu_seqlens_q != nullptr;
   rows = {q_start + c.row0, k_start, packed ? 0 : c.batch};
   // Keys >= len_k of a packed batch's last KV tile belong to the next sequence: key_end = len_k
@@ -213,6 +228,67 @@ __device__ __forceinline__ void ZeroTileRows(uint32_t tile, int valid_rows, int 
 #pragma unroll
     for (int panel = 0; panel < kPanels; ++panel) StoreSharedZero128(at + panel * (kRows * 128));
   }
+}
+
+// Zeroes the rows outside [row_begin, row_end) of a shared tile as ZeroTileRows does (lane l
+// stores chunk l % 8 of every fourth row from l / 8).
+template <int kRows, int kPanels>
+__device__ __forceinline__ void ZeroTileRowsOutside(uint32_t tile, int row_begin, int row_end,
+                                                    int lane) {
+#pragma unroll 1
+  for (int row = lane / 8; row < kRows; row += 4) {
+    if (row >= row_begin && row < row_end) continue;
+    const uint32_t at = tile + row * 128 + (lane % 8) * 16;
+#pragma unroll
+    for (int panel = 0; panel < kPanels; ++panel) StoreSharedZero128(at + panel * (kRows * 128));
+  }
+}
+
+// Prefetches the 128-byte line holding `ptr` into L1 (a hint; nothing is loaded into registers).
+__device__ __forceinline__ void PrefetchL1(const void* ptr) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(ptr));
+}
+
+// Paged K / V (kPaged). A KV tile of kBlockN keys is copied in segments of Sm90WsPagedBoxRows
+// rows (the maps' box: the page, or the largest power of two dividing kBlockN when smaller), each
+// inside one page: segment g of tile n holds keys [n kBlockN + g seg, n kBlockN + (g + 1) seg),
+// rows (n kBlockN + g seg) % page_size .. of page pages[(n kBlockN + g seg) / page_size], and lands
+// at tile row g seg (a multiple of 16 rows, so the 128-byte swizzle's 1024-byte period lines up
+// with the whole tile's). Only segments holding a key of [key_begin, key_end) are copied, so no
+// page-table entry outside the key range or past the context is read; V rows of the tile outside
+// that range (uncopied segments, a partial last page's rows past the context) are zeroed by the
+// V tail fix-up before P V reads them (PagedTileRows), since 0 * V is NaN where the pool holds
+// non-finite values there. K rows outside the range only meet masked scores (MaskOutsideWindow
+// assigns -inf whatever the product was).
+struct PagedSegments {
+  int shift;  // log2 of the segment rows
+  int begin;  // the tile's first segment holding a key of the range
+  int end;    // one past its last
+};
+
+template <int kBlockN>
+__device__ __forceinline__ PagedSegments TileSegments(int n, int page_shift, int key_begin,
+                                                      int key_end) {
+  constexpr int kBlockNShift = Log2OfPow2(kBlockN & -kBlockN);
+  const int shift = min(page_shift, kBlockNShift);
+  const int key0 = n * kBlockN;
+  const int lo = max(key_begin - key0, 0);
+  const int hi = min(key_end - key0, kBlockN);
+  return {shift, lo >> shift, (hi + (1 << shift) - 1) >> shift};
+}
+
+// The rows [begin, end) of paged KV tile n inside the key range [key_begin, key_end): the tile
+// needs the V fix-up unless they are all of its rows (only a query tile's first and last KV tiles
+// can be partly outside).
+struct TileRowRange {
+  int begin;
+  int end;
+};
+
+template <int kBlockN>
+__device__ __forceinline__ TileRowRange PagedTileRows(int n, int key_begin, int key_end) {
+  const int key0 = n * kBlockN;
+  return {max(key_begin - key0, 0), min(key_end - key0, kBlockN)};
 }
 
 // What the V tail fix-up needs of query tile `tile` (as LocateTile finds it): its KV tiles (0
@@ -239,6 +315,37 @@ __device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
                      kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, len_k);
   if (tiles.end <= tiles.begin) return {0, kBlockN};
   return {tiles.end - tiles.begin, min(kBlockN, len_k - (tiles.end - 1) * kBlockN)};
+}
+
+// What the paged V fix-up needs of query tile `tile` (LocateTile<..., kPaged>'s KV tiles and
+// key range, without the rest of its coordinates): no tiles when it has none.
+struct WsPagedTail {
+  KvTileRange tiles;
+  int key_begin;
+  int key_end;
+};
+
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
+__device__ __forceinline__ WsPagedTail PagedTailOfTile(const AttentionParams& p,
+                                                       const FwdSm90WsSchedule& sched, int tile) {
+  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const int batch = at.pair / p.q_heads;
+  const int len_q =
+      p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[batch + 1] - p.cu_seqlens_q[batch] : p.seqlen_q;
+  const int len_k = p.seqlens_k[batch];
+  const int m_block = TileMBlock(at, (len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return {{0, 0}, 0, 0};
+  int key_begin = 0;
+  int key_end = len_k;
+  if (p.key_range != nullptr) {
+    key_begin = min(max(p.key_range[2 * batch], 0), len_k);
+    key_end = max(min(p.key_range[2 * batch + 1], len_k), key_begin);
+  }
+  const int row0 = m_block * kBlockM;
+  return {KvTilesInRange(row0, min(kBlockM, len_q - row0), len_q, len_k, kBlockN,
+                         kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, key_begin,
+                         key_end),
+          key_begin, key_end};
 }
 
 // StoreOutput's epilogue (flash_fwd_common.cuh) up to the staging, for the bulk-store epilogue:
@@ -275,8 +382,10 @@ __device__ __forceinline__ void StageOutput(float (&acc_o)[1][kNTilesO][4],
 
 // Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
 // memory. args.p is normalized and checked by the host API (CheckFlashFwdSm90Ws): no window but
-// causal, no ALiBi or mask, positive scale, dense or packed (cu_seqlens), not paged.
-template <typename Traits, typename Element, bool kCausal>
+// causal, no ALiBi or mask, positive scale, dense or packed (cu_seqlens); with kPaged, K and V
+// are page pools read through the page table (seqlens_k, optional key_range, q dense or packed
+// by cu_seqlens_q) and args.k / args.v map the pools (FwdSm90WsArgs).
+template <typename Traits, typename Element, bool kCausal, bool kPaged = false>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     FlashFwdSm90WsKernel(const __grid_constant__ FwdSm90WsArgs args) {
 #ifdef ATTN_HAVE_WGMMA
@@ -287,7 +396,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr int kNTilesS = Traits::kNTilesS;
   constexpr int kNTilesO = Traits::kNTilesO;
   constexpr int kConsumers = Traits::kConsumers;
-  constexpr FwdVariant kVariant = kCausal ? FwdVariant::kWindow : FwdVariant::kDense;
+  // Paged tiles take the window variant's tile loop even without causal: a key range's first
+  // tile needs the lower-bound mask (ForEachKvTile), with both window sides unbounded.
+  constexpr FwdVariant kVariant = kCausal || kPaged ? FwdVariant::kWindow : FwdVariant::kDense;
+  static_assert(!(kPaged && Traits::kPrefetchNext),
+                "the L2 prefetch addresses dense K / V (no paged form)");
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
   using MmaS = Wgmma<Element, kBlockN>;
@@ -362,8 +475,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           BlockCoords<Element> c;
           WsTileRows rows;
           KvTileRange tiles;
-          if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows,
-                                                                      tiles) ||
+          if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, tile, c,
+                                                                              rows, tiles) ||
               tiles.end <= tiles.begin) {
             continue;
           }
@@ -373,8 +486,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           ++round;
           const int next = tile + gridDim.x;
           if (next < sched.num_tiles &&
-              LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, next, c, rows,
-                                                                     tiles) &&
+              LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, next, c,
+                                                                             rows, tiles) &&
               tiles.end > tiles.begin) {
             const int kv_head = c.head / (p.q_heads / p.kv_heads);
             const int kv_row = rows.k_row + (tiles.end - 1) * kBlockN;
@@ -388,7 +501,39 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
         return;
       }
-      if (kSm90WsZeroVTail && tid / 32 == 1 && p.cu_seqlens_q != nullptr) {
+      if (kPaged && tid / 32 == 1) {
+        // Paged: a query tile's first and last KV tiles may hold rows outside its key range
+        // (PagedTileRows); their V lands on V tail and is fixed up here as a packed batch's is.
+        // (Written for the producer's 24 registers: one loop over those two tiles, one over a
+        // tile's rows.)
+        const int lane = tid % 32;
+        int i = 0;                // KV tiles copied so far, as the copying thread counts
+        uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
+        for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+          const WsPagedTail tail =
+              PagedTailOfTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
+          const int kv_tiles = tail.tiles.end - tail.tiles.begin;
+          if (kv_tiles <= 0) continue;
+            // Copied from the last tile down: tile end - 1 is the query tile's KV tile i, tile
+            // begin its i + kv_tiles - 1; the tiles between lie inside the range.
+#pragma unroll 1
+          for (int k = 0; k < (kv_tiles > 1 ? 2 : 1); ++k) {
+            const int n = k == 0 ? tail.tiles.end - 1 : tail.tiles.begin;
+            const TileRowRange in = PagedTileRows<kBlockN>(n, tail.key_begin, tail.key_end);
+            if (in.begin == 0 && in.end == kBlockN) continue;
+            const int s = (k == 0 ? i : i + kv_tiles - 1) % kStages;
+            MbarrierWait(v_tail(s), (tail_phase >> s) & 1u);
+            tail_phase ^= 1u << s;
+            ZeroTileRowsOutside<kBlockN, Traits::kPanels>(v_stage(s), in.begin, in.end, lane);
+            FenceProxyAsyncShared();
+            __syncwarp();
+            if (lane == 0) MbarrierArrive(v_full(s));
+          }
+          i += kv_tiles;
+        }
+        return;
+      }
+      if (!kPaged && kSm90WsZeroVTail && tid / 32 == 1 && p.cu_seqlens_q != nullptr) {
         const int lane = tid % 32;
         int i = 0;                // KV tiles copied so far, as the copying thread counts
         uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
@@ -416,7 +561,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       BlockCoords<Element> c;
       WsTileRows rows;
       KvTileRange tiles;
-      if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows, tiles))
+      if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, tile, c, rows,
+                                                                          tiles))
         continue;
       if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
       const int kv_head = c.head / (p.q_heads / p.kv_heads);
@@ -433,6 +579,39 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
         const int s = i % kStages;
         const uint32_t empty_parity = ((i / kStages) & 1) ^ 1;
+        if constexpr (kPaged) {
+          // One bulk copy per segment (TileSegments) and panel, on the tile's one mbarrier with
+          // the bytes of the segments copied. The page-table entries of this tile and the next
+          // (n - 1) are prefetched into L1 before the waits for the tile's buffers, which hide
+          // that latency; the copies then read them one segment at a time (a register array of
+          // a tile's entries spilled from the producer's 24 registers).
+          const PagedSegments seg = TileSegments<kBlockN>(n, c.page_shift, c.key_begin, c.key_end);
+          const int key0 = n * kBlockN;
+          PrefetchL1(c.pages + ((key0 + (seg.begin << seg.shift)) >> c.page_shift));
+          if (n > tiles.begin) PrefetchL1(c.pages + ((key0 - 1) >> c.page_shift));
+          const int page_mask = (1 << c.page_shift) - 1;
+          const uint32_t bytes = ((seg.end - seg.begin) << seg.shift) * (kHeadDim * 2);
+          const auto copy = [&](uint32_t stage, const CUtensorMap* map, uint32_t bar) {
+            for (int g = seg.begin; g < seg.end; ++g) {
+              const int key = key0 + (g << seg.shift);
+              const int page = c.pages[key >> c.page_shift];
+#pragma unroll
+              for (int panel = 0; panel < Traits::kPanels; ++panel) {
+                TmaLoad4d(stage + panel * (kBlockN * 128) + (g << seg.shift) * 128, map, bar,
+                          panel * 64, kv_head, key & page_mask, page);
+              }
+            }
+          };
+          MbarrierWait(k_empty(s), empty_parity);
+          MbarrierArriveExpectTx(k_full(s), bytes);
+          copy(k_stage(s), &args.k, k_full(s));
+          MbarrierWait(v_empty(s), empty_parity);
+          const TileRowRange in = PagedTileRows<kBlockN>(n, c.key_begin, c.key_end);
+          const uint32_t v_bar = in.begin > 0 || in.end < kBlockN ? v_tail(s) : v_full(s);
+          MbarrierArriveExpectTx(v_bar, bytes);
+          copy(v_stage(s), &args.v, v_bar);
+          continue;
+        }
         MbarrierWait(k_empty(s), empty_parity);
         MbarrierArriveExpectTx(k_full(s), KVTile::kBytes);
 #pragma unroll
@@ -492,7 +671,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     BlockCoords<Element> c;
     WsTileRows rows;
     KvTileRange tiles;
-    if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile, c, rows, tiles))
+    if (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, tile, c, rows,
+                                                                        tiles))
       continue;
     if (tiles.end <= tiles.begin) {
       StoreEmptyRows<typename Traits::ConsumerThreads>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c),
@@ -617,8 +797,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       BlockCoords<Element> nc;
       WsTileRows nrows;
       KvTileRange ntiles;
-      while (next < sched.num_tiles && !LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(
-                                           p, sched, next, nc, nrows, ntiles)) {
+      while (next < sched.num_tiles &&
+             !LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, next, nc,
+                                                                             nrows, ntiles)) {
         next += gridDim.x;
       }
       overlap = next < sched.num_tiles && ntiles.end > ntiles.begin;
@@ -712,8 +893,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       WsTileRows nrows;
       KvTileRange ntiles;
       int next = tile + gridDim.x;
-      while (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, next, nc, nrows,
-                                                                     ntiles)) {
+      while (!LocateTile<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, next, nc,
+                                                                             nrows, ntiles)) {
         next += gridDim.x;
       }
       const int n = ntiles.end - 1;

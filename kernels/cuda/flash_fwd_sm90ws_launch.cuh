@@ -18,14 +18,14 @@ namespace attention::cuda {
 
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers, bool kPrefetchNext, bool kTmaStoreO, bool kOverlapNextS,
-          bool kOrders>
+          bool kOrders, bool kPaged>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands");
   using Element = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
   using Traits = fwd::Sm90WsTraits<kHeadDim, kBlockN, kStages, kConsumers, kSeparateO, kQBuffers,
                                    kPrefetchNext, kTmaStoreO, kOverlapNextS, kOrders>;
-  const auto kernel = &fwd::FlashFwdSm90WsKernel<Traits, Element, kCausal>;
+  const auto kernel = &fwd::FlashFwdSm90WsKernel<Traits, Element, kCausal, kPaged>;
   // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                Traits::kSmemLaunchBytes);
@@ -34,13 +34,13 @@ cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream)
   return cudaGetLastError();
 }
 
-template <DType kDType, int kHeadDim, bool kCausal>
+template <DType kDType, int kHeadDim, bool kCausal, bool kPaged>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream) {
   constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim, kCausal);
   return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
                               kTiles.consumers, kTiles.separate_o, kTiles.q_buffers,
                               kTiles.prefetch_next, kTiles.tma_store_o, kTiles.overlap_next_s,
-                              (kTiles.snake || kTiles.fold)>(args, stream);
+                              (kTiles.snake || kTiles.fold), kPaged>(args, stream);
 }
 
 }  // namespace attention::cuda

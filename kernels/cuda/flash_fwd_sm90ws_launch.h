@@ -147,6 +147,10 @@ ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool ca
 // tensor), which the kernel masks (keys) or does not store (query rows).
 // `o` (built only for a configuration with tma_store_o) maps o likewise, in boxes of
 // kSm90WsOStoreRows rows: one consumer warp's rows, which that warp stages and stores itself.
+// Paged K / V (p.page_table set): k and v map their page pools as {head_dim, kv_heads,
+// page_size, kSm90WsPagedMapPages} (strides head, row and page stride = k_batch_stride), boxes
+// of {64, 1, Sm90WsPagedBoxRows(block_n, page_size), 1}: a box is one segment of a KV tile
+// inside one page, at the page-table entry's page coordinate.
 struct FwdSm90WsArgs {
   AttentionParams p;
   FwdSm90WsSchedule sched;
@@ -158,6 +162,19 @@ struct FwdSm90WsArgs {
 
 // Rows of one bulk store of O (tma_store_o): the 16 rows of one warp of the m64 accumulators.
 inline constexpr int kSm90WsOStoreRows = 16;
+
+// Rows of a paged KV tile's bulk copies: the page, or the largest power of two dividing block_n
+// when that is smaller (block_n = 96 at bucket 64 with causal: 32), so that every box lies in
+// one page and starts at a multiple of its size within the tile. page_size is a power of two.
+ATTN_HOST_DEVICE constexpr int Sm90WsPagedBoxRows(int block_n, int page_size) {
+  return page_size < (block_n & -block_n) ? page_size : (block_n & -block_n);
+}
+
+// The page dimension of the paged maps: every page index an int32 page table can hold. The
+// params do not carry the pools' size, and a map's bounds are no protection against a wrong
+// page-table entry anyway (the kernel reads the entries of the keys it attends to only, as the
+// contract of AttentionParams::page_table asks of the caller).
+inline constexpr int64_t kSm90WsPagedMapPages = (int64_t{1} << 31) - 1;
 
 // The head-dim buckets the kernel is compiled for.
 constexpr bool HasSm90WsKernel(int head_dim_bucket) {
@@ -236,14 +253,16 @@ inline constexpr bool kSm90WsZeroVTail = true;
 
 // Enqueues the kernel on `stream` for `args` (params checked by CheckFlashFwdSm90Ws, schedule and
 // maps built by MakeFwdSm90WsArgs for the same configuration) with p.dtype == kDType and
-// head_dim <= kHeadDim; kCausal iff p.causal. Returns the launch's CUDA error.
+// head_dim <= kHeadDim; kCausal iff p.causal, kPaged iff p.page_table is set. Returns the
+// launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false, bool kOrders = false>
+          bool kOverlapNextS = false, bool kOrders = false, bool kPaged = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
-// The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches.
-template <DType kDType, int kHeadDim, bool kCausal>
+// The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches. The
+// paged kernels (kPaged) are instantiated only in builds with ATTN_KERNEL_PAGED.
+template <DType kDType, int kHeadDim, bool kCausal, bool kPaged = false>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 }  // namespace attention::cuda

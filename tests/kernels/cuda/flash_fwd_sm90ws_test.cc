@@ -7,7 +7,11 @@
 // (packed-QKV) inputs, sequences long enough that the K / V stage rings wrap many times, and
 // packed (varlen) batches: ragged lengths, empty sequences (no query rows, or query rows without
 // keys), seqlen_q != seqlen_k per sequence (bottom-right causal), GQA, softcap and sinks, and
-// more query tiles than SMs so that the persistent blocks skip the ranks short sequences lack.
+// more query tiles than SMs so that the persistent blocks skip the ranks short sequences lack;
+// and paged K/V (issue 21): every page size 16..256, partial last pages, empty contexts, forks
+// sharing pages, GQA 1 / 4 / 8 / 16 and MQA, causal, sinks, softcap, key ranges (clamped, empty,
+// inverted), q packed or dense, NaN in every pool row the output must not see and page-table
+// entries outside the ranges pointing far past the pool.
 //
 // In a build with the benchmark's variants (ATTN_BENCH_WS_VARIANTS), --ws-variant=LABEL (a label
 // of bench/cuda/ws_variants.cu, e.g. 128x128/2c/2s/q2) runs every case on that configuration
@@ -30,12 +34,14 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/dtype.h"
 #include "tests/reference/reference_attention.h"
 #ifdef ATTN_BENCH_WS_VARIANTS
@@ -140,6 +146,17 @@ struct Case {
   // them, but the last KV tile of the sequence before reaches into them: its output must not
   // turn NaN (0 * inf) nor change.
   bool inf_in_unread_rows = false;
+  // Paged K/V (page_size > 0): contexts of lens_k keys (Varlen's second list) in a pool of pages
+  // in random order, q packed by lens_q (or dense, dense_q, every sequence seqlen_q rows). Rows of
+  // a last page past its context, spare pages and the rows of a key range's edge pages outside
+  // the range hold NaN; page-table entries of pages outside the range or past the context point
+  // far outside the pool.
+  int page_size = 0;
+  bool dense_q = false;
+  // Sequence b's key range {begin, end} (empty: none).
+  std::vector<std::pair<int, int>> key_ranges;
+  // Every odd sequence shares its first fork_pages pages with the sequence before (a fork).
+  int fork_pages = 0;
 
   explicit Case(std::string n) : name(std::move(n)) {}
   Case& Batch(int b) {
@@ -198,8 +215,111 @@ struct Case {
     inf_in_unread_rows = true;
     return *this;
   }
-  bool varlen() const { return !lens_q.empty(); }
+  Case& Paged(int size) {
+    page_size = size;
+    return *this;
+  }
+  // Paged with q dense: batch sequences of q rows against contexts `contexts`.
+  Case& PagedDenseQ(int size, int q, std::vector<int> contexts) {
+    Varlen(std::vector<int>(contexts.size(), q), std::move(contexts));
+    dense_q = true;
+    return Paged(size);
+  }
+  Case& KeyRanges(std::vector<std::pair<int, int>> ranges) {
+    key_ranges = std::move(ranges);
+    return *this;
+  }
+  Case& Fork(int pages) {
+    fork_pages = pages;
+    return *this;
+  }
+  bool paged() const { return page_size > 0; }
+  // q packed by cu_seqlens_q.
+  bool varlen() const { return !lens_q.empty() && !dense_q; }
 };
+
+// A page-table entry the kernel must never read: a page far past the pool (a bulk copy from it
+// faults).
+constexpr int32_t kPoisonPage = 1 << 28;
+
+// The paged K/V of a case, on the host: pools [pages, page_size, kv_heads, d] (k and v, page
+// stride page_stride elements), the page table [batch, per_seq], contexts and key ranges.
+struct PagedPools {
+  std::vector<uint16_t> k, v;
+  int64_t page_stride = 0;
+  int per_seq = 0;
+  std::vector<int32_t> table, seqlens, ranges;
+};
+
+PagedPools MakePagedPools(const Case& c, DType dtype, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const auto to16 = [&](float x) {
+    return dtype == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x);
+  };
+  const uint16_t nan = dtype == DType::kFloat16 ? 0x7e00u : 0x7fc0u;
+  const int ps = c.page_size;
+  const int batch = static_cast<int>(c.lens_k.size());
+  PagedPools pools;
+  const int64_t row = int64_t{c.kv_heads} * c.head_dim;
+  // Padding between pages: the page stride is not the rows' extent.
+  pools.page_stride = ps * row + 64;
+  int needed = 0;
+  for (int len : c.lens_k) pools.per_seq = std::max(pools.per_seq, (len + ps - 1) / ps);
+  pools.per_seq += 1;  // a slot past every context, poisoned
+  for (int len : c.lens_k) needed += (len + ps - 1) / ps;
+  const int spare = 3;
+  const int pages = needed + spare;
+  std::vector<int32_t> ids(pages);
+  for (int i = 0; i < pages; ++i) ids[i] = i;
+  std::shuffle(ids.begin(), ids.end(), rng);
+  pools.table.assign(static_cast<size_t>(batch) * pools.per_seq, kPoisonPage);
+  int next = 0;
+  for (int b = 0; b < batch; ++b) {
+    for (int e = 0; e < (c.lens_k[b] + ps - 1) / ps; ++e) {
+      const bool shared = c.fork_pages > 0 && b % 2 == 1 && e < c.fork_pages;
+      pools.table[b * pools.per_seq + e] =
+          shared ? pools.table[(b - 1) * pools.per_seq + e] : ids[next++];
+    }
+  }
+  pools.k.resize(pages * pools.page_stride);
+  pools.v.resize(pages * pools.page_stride);
+  for (auto* pool : {&pools.k, &pools.v}) {
+    for (uint16_t& x : *pool) x = to16(normal(rng));
+  }
+  const auto poison_rows = [&](int32_t page, int first, int last) {
+    for (auto* pool : {&pools.k, &pools.v}) {
+      for (int64_t i = page * pools.page_stride + first * row;
+           i < page * pools.page_stride + last * row; ++i) {
+        (*pool)[i] = nan;
+      }
+    }
+  };
+  for (int i = needed; i < pages; ++i) poison_rows(ids[i], 0, ps);
+  pools.seqlens = c.lens_k;
+  for (int b = 0; b < batch; ++b) {
+    const int len = c.lens_k[b];
+    if (len % ps != 0) poison_rows(pools.table[b * pools.per_seq + len / ps], len % ps, ps);
+    int begin = 0, end = len;
+    if (!c.key_ranges.empty()) {
+      pools.ranges.push_back(c.key_ranges[b].first);
+      pools.ranges.push_back(c.key_ranges[b].second);
+      begin = std::min(std::max(c.key_ranges[b].first, 0), len);
+      end = std::max(std::min(c.key_ranges[b].second, len), begin);
+    }
+    // Entries of pages without a key of [begin, end) are never read; the rows of the range's
+    // edge pages outside it are copied, and must not reach the output.
+    for (int e = 0; e < pools.per_seq; ++e) {
+      const bool in_range = end > begin && e >= begin / ps && e < (end + ps - 1) / ps;
+      if (!in_range) pools.table[b * pools.per_seq + e] = kPoisonPage;
+    }
+    if (!c.key_ranges.empty() && end > begin) {
+      poison_rows(pools.table[b * pools.per_seq + begin / ps], 0, begin % ps);
+      const int last_rows = std::min(ps, len - (end - 1) / ps * ps);
+      poison_rows(pools.table[b * pools.per_seq + (end - 1) / ps], (end - 1) % ps + 1, last_rows);
+    }
+  }
+  return pools;
+}
 
 // Forty sequences of 0 .. 299 rows (lengths i * 37 mod 300: an empty one first), the same for q
 // and k: more query tiles than an H100 has SMs once heads are counted.
@@ -332,6 +452,90 @@ std::vector<Case> Cases() {
                   .Dim(256)
                   .Causal()
                   .InfInUnreadRows());
+  // Paged K/V (chunked prefill: each sequence's query rows are the last of its context, causal
+  // bottom-right): every page size, partial last pages, an empty context, a context of one key.
+  for (int ps : {16, 32, 64, 128, 256}) {
+    c.push_back(Case("paged_ps" + std::to_string(ps) + "_gqa_causal")
+                    .Varlen({300, 77, 5, 1, 129, 64}, {300, 1000, 0, 1, 129, 700})
+                    .Heads(8, 2)
+                    .Causal()
+                    .Paged(ps));
+    c.push_back(Case("paged_ps" + std::to_string(ps) + "_d64_causal")
+                    .Varlen({200, 1, 513, 40}, {1000, 17, 513, 3000})
+                    .Heads(4, 4)
+                    .Dim(64)
+                    .Causal()
+                    .Paged(ps));
+    c.push_back(Case("paged_ps" + std::to_string(ps) + "_d64")
+                    .Varlen({200, 1, 513, 40}, {1000, 17, 513, 3000})
+                    .Heads(4, 2)
+                    .Dim(64)
+                    .Paged(ps));
+    c.push_back(Case("paged_ps" + std::to_string(ps) + "_d256_causal_sinks")
+                    .Varlen({100, 65, 7}, {300, 65, 500})
+                    .Heads(2, 1)
+                    .Dim(256)
+                    .Causal()
+                    .Sinks(true)
+                    .Paged(ps));
+  }
+  // GQA 1 / 4 / 8 / 16 and MQA (16 query heads on one KV head).
+  for (const auto& [q_heads, kv_heads] :
+       std::vector<std::pair<int, int>>{{4, 4}, {8, 2}, {16, 2}, {16, 1}}) {
+    c.push_back(Case("paged_ps64_heads_" + std::to_string(q_heads) + "_" +
+                     std::to_string(kv_heads) + "_causal")
+                    .Varlen({257, 64, 1}, {1200, 64, 333})
+                    .Heads(q_heads, kv_heads)
+                    .Causal()
+                    .Paged(64));
+  }
+  // q dense (every sequence the same number of rows) against contexts of their own lengths, with
+  // softcap and the LSE; head dims below their bucket.
+  c.push_back(Case("paged_dense_q_ps32_softcap")
+                  .PagedDenseQ(32, 200, {500, 200, 1111})
+                  .Heads(4, 2)
+                  .Softcap(2.f));
+  c.push_back(
+      Case("paged_dense_q_ps128_d96_causal").PagedDenseQ(128, 300, {300, 999}).Dim(96).Causal());
+  c.push_back(Case("paged_ps16_d40").Varlen({100, 33}, {250, 1000}).Dim(40).Paged(16));
+  // Forks: odd sequences share their first pages with the sequence before.
+  c.push_back(Case("paged_fork_ps32_causal")
+                  .Varlen({100, 300, 64, 1}, {700, 900, 400, 500})
+                  .Heads(4, 2)
+                  .Causal()
+                  .Fork(10)
+                  .Paged(32));
+  c.push_back(
+      Case("paged_fork_ps128_d64").Varlen({100, 300}, {700, 900}).Dim(64).Fork(3).Paged(128));
+  // Key ranges (sessions' Attend partials): ranges inside pages and across them, a range past the
+  // context (clamped), an empty range and an inverted one (o = 0, lse = -inf or the sink).
+  for (int ps : {16, 64, 256}) {
+    c.push_back(Case("paged_key_range_ps" + std::to_string(ps) + "_causal")
+                    .Varlen({300, 77, 50, 10, 128}, {1000, 1000, 600, 500, 128})
+                    .Heads(4, 1)
+                    .Causal()
+                    .KeyRanges({{37, 900}, {0, 129}, {513, 5000}, {200, 200}, {100, 50}})
+                    .Paged(ps));
+    c.push_back(Case("paged_key_range_ps" + std::to_string(ps) + "_d64_sinks")
+                    .Varlen({300, 77, 50}, {1000, 1000, 600})
+                    .Heads(4, 4)
+                    .Dim(64)
+                    .Sinks(false)
+                    .KeyRanges({{5, 21}, {300, 1000}, {1, 599}})
+                    .Paged(ps));
+    c.push_back(Case("paged_key_range_ps" + std::to_string(ps) + "_d256")
+                    .Varlen({64, 100}, {1000, 333})
+                    .Heads(2, 2)
+                    .Dim(256)
+                    .KeyRanges({{65, 700}, {0, 300}})
+                    .Paged(ps));
+  }
+  // Long contexts: the stage rings wrap many times through random pages.
+  c.push_back(Case("paged_ps64_long_causal")
+                  .Varlen({2048, 512}, {4096, 3000})
+                  .Heads(2, 1)
+                  .Causal()
+                  .Paged(64));
   return c;
 }
 
@@ -383,15 +587,30 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
       h_cu_k.push_back(h_cu_k.back() + c.lens_k[b]);
     }
     p.cu_seqlens_q = h_cu_q.data();
-    p.cu_seqlens_k = h_cu_k.data();
     p.total_q = h_cu_q.back();
-    p.total_k = h_cu_k.back();
+    if (!c.paged()) {
+      p.cu_seqlens_k = h_cu_k.data();
+      p.total_k = h_cu_k.back();
+    }
   }
   SetContiguousStrides(p);
+  PagedPools pools;
+  if (c.paged()) {
+    ASSERT_FALSE(c.packed_qkv || c.inf_in_unread_rows);
+    ASSERT_FALSE(c.fork_pages > 0 && !c.key_ranges.empty()) << "forks or key ranges, not both";
+    ASSERT_TRUE(c.key_ranges.empty() || c.key_ranges.size() == c.lens_k.size());
+    pools = MakePagedPools(c, dtype, rng);
+    p.page_table = pools.table.data();
+    p.page_table_stride = pools.per_seq;
+    p.page_size = c.page_size;
+    p.seqlens_k = pools.seqlens.data();
+    p.key_range = c.key_ranges.empty() ? nullptr : pools.ranges.data();
+    p.k_batch_stride = p.v_batch_stride = pools.page_stride;
+  }
 
   // Inputs on the host, 16-bit. Packed QKV: one [B, S, 3, H, d] buffer, q at head slot 0.
   const int64_t q_rows = c.varlen() ? p.total_q : int64_t{c.batch} * c.seqlen_q;
-  const int64_t k_rows = c.varlen() ? p.total_k : int64_t{c.batch} * c.seqlen_k;
+  const int64_t k_rows = c.paged() ? 0 : c.varlen() ? p.total_k : int64_t{c.batch} * c.seqlen_k;
   const int64_t q_count = q_rows * c.q_heads * d;
   const int64_t kv_count = k_rows * c.kv_heads * d;
   std::vector<uint16_t> h_q, h_k, h_v, h_qkv;
@@ -424,6 +643,15 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     p.sink_batch_stride = c.sinks_per_batch ? c.q_heads : 0;
   }
 
+  // Before the reference, which dominates the run time: a case this build does not cover (its
+  // dtype, bucket or the paged variant not compiled; the pointers are not set yet, and the
+  // check reads no memory).
+  if (const absl::Status early = CheckFlashFwdSm90Ws(p); absl::IsUnimplemented(early)) {
+    std::printf("  %-36s %s  skipped: %s\n", c.name.c_str(), DTypeName(dtype),
+                std::string(early.message()).c_str());
+    return;
+  }
+
   // The reference on host pointers.
   AttentionParams hp = p;
   if (c.packed_qkv) {
@@ -432,8 +660,8 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     hp.v = h_qkv.data() + 2 * int64_t{c.q_heads} * d;
   } else {
     hp.q = h_q.data();
-    hp.k = h_k.data();
-    hp.v = h_v.data();
+    hp.k = c.paged() ? pools.k.data() : h_k.data();
+    hp.v = c.paged() ? pools.v.data() : h_v.data();
   }
   hp.sink_logits = c.sinks ? h_sinks.data() : nullptr;
   const int64_t lse_count = q_rows * c.q_heads;
@@ -463,9 +691,26 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
     dp.v = qkv + 2 * int64_t{c.q_heads} * d;
   } else {
     dp.q = upload(h_q.data(), q_count * es);
-    dp.k = upload(h_k.data(), kv_count * es);
-    dp.v = upload(h_v.data(), kv_count * es);
+    if (c.paged()) {
+      dp.k = upload(pools.k.data(), pools.k.size() * es);
+      dp.v = upload(pools.v.data(), pools.v.size() * es);
+    } else {
+      dp.k = upload(h_k.data(), kv_count * es);
+      dp.v = upload(h_v.data(), kv_count * es);
+    }
     ASSERT_TRUE(dp.q != nullptr && dp.k != nullptr && dp.v != nullptr);
+  }
+  if (c.paged()) {
+    dp.page_table = static_cast<const int32_t*>(
+        upload(pools.table.data(), pools.table.size() * sizeof(int32_t)));
+    dp.seqlens_k = static_cast<const int32_t*>(
+        upload(pools.seqlens.data(), pools.seqlens.size() * sizeof(int32_t)));
+    ASSERT_TRUE(dp.page_table != nullptr && dp.seqlens_k != nullptr);
+    if (!c.key_ranges.empty()) {
+      dp.key_range = static_cast<const int32_t*>(
+          upload(pools.ranges.data(), pools.ranges.size() * sizeof(int32_t)));
+      ASSERT_NE(dp.key_range, nullptr);
+    }
   }
   constexpr int64_t kGuardBytes = 64;
   dp.o = alloc(q_count * es + kGuardBytes);
@@ -480,9 +725,12 @@ void RunCase(const Case& c, DType dtype, bool& ran) {
   if (c.varlen()) {
     dp.cu_seqlens_q =
         static_cast<const int32_t*>(upload(h_cu_q.data(), h_cu_q.size() * sizeof(int32_t)));
-    dp.cu_seqlens_k =
-        static_cast<const int32_t*>(upload(h_cu_k.data(), h_cu_k.size() * sizeof(int32_t)));
-    ASSERT_TRUE(dp.cu_seqlens_q != nullptr && dp.cu_seqlens_k != nullptr);
+    ASSERT_NE(dp.cu_seqlens_q, nullptr);
+    if (!c.paged()) {
+      dp.cu_seqlens_k =
+          static_cast<const int32_t*>(upload(h_cu_k.data(), h_cu_k.size() * sizeof(int32_t)));
+      ASSERT_NE(dp.cu_seqlens_k, nullptr);
+    }
   }
   dp.sink_logits = nullptr;
   if (c.sinks) {
@@ -629,11 +877,49 @@ TEST(FlashFwdSm90WsCheckTest, RefusesWhatItDoesNotCover) {
     huge.total_q = int64_t{1} << 31;
     EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(huge))) << CheckFlashFwdSm90Ws(huge);
   }
+  // Paged K/V: covered exactly when the dense batch is, in a build with the paged variants;
+  // the paged fields' rules are INVALID_ARGUMENT naming the field; seqlens_k or a key range
+  // without a page table are not covered.
   AttentionParams pg = p;
   pg.page_table = reinterpret_cast<const int32_t*>(buffer);
   pg.seqlens_k = reinterpret_cast<const int32_t*>(buffer);
   pg.page_size = 64;
-  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(pg)));
+  if (!PagedKernelsCompiled()) {
+    EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(pg))) << CheckFlashFwdSm90Ws(pg);
+  } else {
+    EXPECT_EQ(CheckFlashFwdSm90Ws(pg).code(), dense.code()) << CheckFlashFwdSm90Ws(pg);
+    if (dense.ok()) {
+      AttentionParams bad = pg;
+      bad.page_size = 48;
+      EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(bad))) << CheckFlashFwdSm90Ws(bad);
+      EXPECT_NE(CheckFlashFwdSm90Ws(bad).message().find("page_size"), std::string_view::npos);
+      bad.page_size = 512;
+      EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(bad))) << CheckFlashFwdSm90Ws(bad);
+      AttentionParams no_lens = pg;
+      no_lens.seqlens_k = nullptr;
+      EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(no_lens)));
+      AttentionParams with_cu_k = pg;
+      with_cu_k.cu_seqlens_q = with_cu_k.cu_seqlens_k = reinterpret_cast<const int32_t*>(buffer);
+      with_cu_k.total_q = 128;
+      EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(with_cu_k)));
+      AttentionParams packed_q = pg;
+      packed_q.cu_seqlens_q = reinterpret_cast<const int32_t*>(buffer);
+      packed_q.total_q = 128;
+      SetContiguousStrides(packed_q);
+      packed_q.k_batch_stride = packed_q.v_batch_stride = 64 * 128;
+      EXPECT_TRUE(CheckFlashFwdSm90Ws(packed_q).ok()) << CheckFlashFwdSm90Ws(packed_q);
+      AttentionParams two = pg;
+      two.batch = 2;
+      two.page_table_stride = 0;
+      EXPECT_TRUE(absl::IsInvalidArgument(CheckFlashFwdSm90Ws(two)));
+    }
+  }
+  AttentionParams lens_only = p;
+  lens_only.seqlens_k = reinterpret_cast<const int32_t*>(buffer);
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(lens_only)));
+  AttentionParams range_only = p;
+  range_only.key_range = reinterpret_cast<const int32_t*>(buffer);
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(range_only)));
   AttentionParams d = p;
   d.head_dim = 264;
   EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(d)));
