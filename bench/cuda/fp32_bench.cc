@@ -11,11 +11,19 @@
 //
 //   fp32_bench [--precision full,tf32,bf16] [--hdim 64,128,256] [--causal 0,1]
 //              [--seqlens 512,...] [--tokens 16384] [--model-dim 2048] [--json FILE] [--tiles]
+//              [--variants [--check-only]]
 //   --tiles   also times the float32 kernel's alternative tile configurations
 //             (bench/cuda/fp32_tile_sweep.cu; configure with -DATTN_BENCH_FP32_TILE_SWEEP=ON) at
 //             precision FULL, causal off / on, on the seqlens of --seqlens. The sweep launches
 //             its kernels directly, so it also times head-dim buckets this build's dispatch
 //             leaves out (e.g. the d 256 default, 128 x 32 with 8 warps).
+//   --variants  also times the d-256 kernel's code-shape variants (Fp32KernelOption,
+//             bench/cuda/fp32_bench_variants.cu; configure with -DATTN_BENCH_FP32_VARIANTS=ON) at
+//             precision FULL beside the dispatch's default, on the causal settings and seqlens of
+//             --causal / --seqlens, and checks each variant's o against the default's: the
+//             options change no arithmetic, so o must be bitwise the same (a cell whose o differs
+//             counts as a failure, exit status 1). With --check-only nothing is timed: each kernel
+//             runs once (for compute-sanitizer; the default grid is skipped too).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -24,10 +32,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#ifdef ATTN_BENCH_FP32_VARIANTS
+#include "bench/cuda/fp32_bench_variants.h"
+#endif
 #ifdef ATTN_BENCH_FP32_TILE_SWEEP
 #include "bench/cuda/fp32_tile_sweep.h"
 #endif
@@ -73,6 +85,8 @@ struct Options {
   int model_dim = 2048;
   std::string json;
   bool tiles = false;
+  bool variants = false;
+  bool check_only = false;
 };
 
 bool ParsePrecision(const std::string& name, Precision& out) {
@@ -172,6 +186,105 @@ double Tflops(int batch, int heads, int seqlen, int head_dim, bool causal, doubl
   return flops / (ms * 1e-3) / 1e12;
 }
 
+#ifdef ATTN_BENCH_FP32_VARIANTS
+// Copies `count` floats of o back to the host.
+bool CopyOut(const float* device, int64_t count, std::vector<float>& host) {
+  host.resize(count);
+  return Check(cudaMemcpy(host.data(), device, count * sizeof(float), cudaMemcpyDeviceToHost),
+               "cudaMemcpy");
+}
+
+// The d-256 code-shape variants beside the default (see --variants in the file comment). Per
+// cell: the default through the dispatch, then every variant, each row with its ratio to the
+// default and how its o compares with the default's (bitwise equal elements out of all, and the
+// largest |difference| relative to max |o|).
+int RunVariants(const Options& opt, const Buffers& buf, FILE* json) {
+  int failures = 0;
+  std::printf(
+      "\n| kernel (FULL, plain, d 256) | causal | seqlen | ms | TFLOP/s | / default | o |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  std::vector<float> ref;
+  std::vector<float> out;
+  for (int c : opt.causal) {
+    for (int n : opt.seqlens) {
+      const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+      const int heads = opt.model_dim / 256;
+      const int64_t count = int64_t{batch} * n * heads * 256;
+      AttentionParams p = MakeParams(Precision::kFull, batch, n, heads, 256, c != 0, buf);
+      // The default, through the dispatch (the same normalization as the variants below).
+      absl::Status status;
+      const auto run_default = [&] { status = Launch(p, nullptr); };
+      double base_ms = 0.0;
+      if (opt.check_only) {
+        run_default();
+      } else {
+        base_ms = MedianMs(run_default);
+      }
+      if (!status.ok() || !Check(cudaDeviceSynchronize(), "default") ||
+          !CopyOut(buf.o, count, ref)) {
+        std::fprintf(stderr, "default causal=%d seqlen=%d: %s\n", c, n, status.ToString().c_str());
+        ++failures;
+        continue;
+      }
+      float max_ref = 0.f;
+      for (float x : ref) max_ref = std::max(max_ref, std::fabs(x));
+      const double base_tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, 256, c != 0, base_ms);
+      std::printf("| default | %d | %d | %.3f | %.1f | 1.000 | reference |\n", c, n, base_ms,
+                  base_tf);
+      AttentionParams normalized = p;
+      Normalize(normalized);
+      ClampWindow(normalized.seqlen_q, normalized.seqlen_k, normalized.window_left,
+                  normalized.window_right);
+      for (const Fp32KernelVariant& v : Fp32KernelVariants()) {
+        // Poison o so that a variant that skips a tile cannot pass on the default's values.
+        if (!Check(cudaMemset(buf.o, 0xff, count * sizeof(float)), "cudaMemset"))
+          return failures + 1;
+        cudaError_t err = cudaSuccess;
+        const auto run = [&] { err = v.run(normalized, nullptr); };
+        double ms = 0.0;
+        if (opt.check_only) {
+          run();
+        } else {
+          ms = MedianMs(run);
+        }
+        if (!Check(err, "variant launch") || !Check(cudaDeviceSynchronize(), "variant") ||
+            !CopyOut(buf.o, count, out)) {
+          ++failures;
+          continue;
+        }
+        int64_t equal = 0;
+        float max_diff = 0.f;
+        for (int64_t i = 0; i < count; ++i) {
+          const float d = std::fabs(out[i] - ref[i]);
+          if (std::memcmp(&out[i], &ref[i], sizeof(float)) == 0) {
+            ++equal;
+          } else {
+            // NaN (an element never written) compares as the largest difference.
+            max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
+          }
+        }
+        if (equal != count) ++failures;
+        const double tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, 256, c != 0, ms);
+        std::printf("| %s | %d | %d | %.3f | %.1f | %.3f | %s %lld/%lld, max diff %.2g |\n",
+                    v.label.c_str(), c, n, ms, tf, opt.check_only ? 0.0 : base_ms / ms,
+                    equal == count ? "identical" : "DIFFERS", static_cast<long long>(equal),
+                    static_cast<long long>(count), max_ref > 0.f ? max_diff / max_ref : max_diff);
+        if (json != nullptr && !opt.check_only) {
+          std::fprintf(json,
+                       "{\"kind\": \"fp32_variants\", \"variant\": \"%s\", \"d\": 256, "
+                       "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"ours_tflops\": %.1f, "
+                       "\"default_ms\": %.4f, \"identical\": %s}\n",
+                       v.label.c_str(), c ? "true" : "false", n, ms, tf, base_ms,
+                       equal == count ? "true" : "false");
+        }
+        std::fflush(stdout);
+      }
+    }
+  }
+  return failures;
+}
+#endif
+
 #ifdef ATTN_BENCH_FP32_TILE_SWEEP
 int RunTileSweep(const Options& opt, const Buffers& buf, FILE* json) {
   int failures = 0;
@@ -233,11 +346,14 @@ int Run(const Options& opt, FILE* json) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("# device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  {
+  if (!opt.check_only) {
     // Half a second of work first: the GPU idles at a low clock and the first cells would
-    // otherwise be timed while it ramps up.
-    const AttentionParams p =
-        MakeParams(Precision::kFull, 4, 4096, opt.model_dim / 128, 128, false, buf);
+    // otherwise be timed while it ramps up. At the first head dim asked for, which this build
+    // compiles (a pruned build may lack the others, and a failed launch would end the warm-up).
+    const int d = opt.hdims.empty() ? 128 : opt.hdims.front();
+    const int n = static_cast<int>(std::min<int64_t>(4096, opt.tokens));
+    const AttentionParams p = MakeParams(Precision::kFull, static_cast<int>(opt.tokens / n), n,
+                                         opt.model_dim / d, d, false, buf);
     const auto start = std::chrono::steady_clock::now();
     while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(500)) {
       if (!Launch(p, nullptr).ok()) break;
@@ -248,7 +364,7 @@ int Run(const Options& opt, FILE* json) {
       "| precision | d | causal | seqlen | batch | heads | ms | TFLOP/s | tiles (FULL/TF32) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   int failures = 0;
-  for (const std::string& name : opt.precisions) {
+  for (const std::string& name : opt.check_only ? std::vector<std::string>{} : opt.precisions) {
     Precision precision;
     if (!ParsePrecision(name, precision)) {
       std::fprintf(stderr, "--precision: %s is not full, tf32 or bf16\n", name.c_str());
@@ -286,6 +402,14 @@ int Run(const Options& opt, FILE* json) {
       }
     }
   }
+#ifdef ATTN_BENCH_FP32_VARIANTS
+  if (opt.variants) failures += RunVariants(opt, buf, json);
+#else
+  if (opt.variants) {
+    std::fprintf(stderr, "--variants: configure with -DATTN_BENCH_FP32_VARIANTS=ON\n");
+    ++failures;
+  }
+#endif
 #ifdef ATTN_BENCH_FP32_TILE_SWEEP
   if (opt.tiles) failures += RunTileSweep(opt, buf, json);
 #else
@@ -320,6 +444,10 @@ int Main(int argc, char** argv) {
       opt.json = value();
     } else if (arg == "--tiles") {
       opt.tiles = true;
+    } else if (arg == "--variants") {
+      opt.variants = true;
+    } else if (arg == "--check-only") {
+      opt.check_only = true;
     } else {
       std::fprintf(stderr, "unknown argument %s (see the header of fp32_bench.cc)\n", arg.c_str());
       return 2;

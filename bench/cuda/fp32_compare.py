@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Joins fp32_bench's JSON lines with sdpa_peer.py --dtype fp32's (the same grid, the same run):
 a markdown table of ours at each precision level (FULL, TF32, BF16) against PyTorch's float32
-SDPA per cell, the FULL / efficient ratio summary, and the tile sweep when it ran.
+SDPA per cell, the FULL / efficient ratio summary, and the tile sweep and the d-256 kernel
+variants (fp32_bench --variants) when they ran: each variant's TFLOP/s and ratio to the peer's
+efficient backend beside the default's, per cell.
 
 Usage: fp32_compare.py OURS.jsonl PEER.jsonl
 """
@@ -15,13 +17,15 @@ def fmt(x):
 
 
 def main():
-    ours, tiles, peer = {}, [], {}
+    ours, tiles, peer, variants = {}, [], {}, {}
     for line in open(sys.argv[1]):
         r = json.loads(line)
         if r.get("kind") == "fp32":
             ours[(r["precision"], r["d"], r["causal"], r["seqlen"])] = r["ours_tflops"]
         elif r.get("kind") == "fp32_tiles":
             tiles.append(r)
+        elif r.get("kind") == "fp32_variants":
+            variants.setdefault(r["variant"], {})[(r["d"], r["causal"], r["seqlen"])] = r
     for line in open(sys.argv[2]):
         r = json.loads(line)
         if r.get("kind") == "fwd":
@@ -48,6 +52,26 @@ def main():
         for t in tiles:
             print(f"| {t['tiles']} | {t['d']} | {int(t['causal'])} | {t['seqlen']} | "
                   f"{t['ours_tflops']} |")
+    if variants:
+        names = sorted(variants)
+        print("\n| d | causal | seqlen | default (ours / efficient) | "
+              + " | ".join(names) + " |\n|---|---|---|---|" + "---|" * len(names))
+        cells = sorted({k for v in variants.values() for k in v})
+        for (d, c, n) in cells:
+            eff = peer.get((d, c, n), {}).get("efficient_tflops")
+            first = next(v[(d, c, n)] for v in variants.values() if (d, c, n) in v)
+            default = 4.0 * (16384 // n) * (2048 // d) * n * n * d / (2 if c else 1) / (
+                first["default_ms"] * 1e-3) / 1e12
+
+            def cell(tf):
+                return f"{tf:.1f}" + (f" / {tf / eff:.2f}x" if eff else "")
+
+            row = [cell(default)]
+            for name in names:
+                r = variants[name].get((d, c, n))
+                row.append("-" if r is None else cell(r["ours_tflops"]) +
+                           ("" if r["identical"] else " DIFFERS"))
+            print(f"| {d} | {int(c)} | {n} | " + " | ".join(row) + " |")
     return 0
 
 

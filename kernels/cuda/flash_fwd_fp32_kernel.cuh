@@ -125,34 +125,15 @@ struct BlockCoords {
   float* lse;
 };
 
-// Fills `c` for one (query tile, head, sequence) of the grid (query tiles x q_heads x batch);
-// false when the tile starts past its sequence (packed batches size the grid by the longest one).
-//
-// Without a right limit every tile costs the same, and block (x, y, z) is query tile x of head y
-// of sequence z: the tiles of one head run together and share its K / V in L2. With a right limit
-// (causal) a tile's cost grows with its row index, and the grid is walked in launch order (x
-// fastest) as query tiles from the last to the first, each over every (head, sequence): all the
-// most expensive tiles go first and the cheapest fill the tail. Ordering only within a head
-// leaves the last wave holding late heads' longest tiles next to idle SMs, which matters where a
-// head has few tiles (short causal sequences; bench/cuda/fp32_notes.md has the measurement).
+// Fills `c` for query tile `m_block` of head `head` of sequence `batch`; false when the tile
+// starts past its sequence (packed batches size the grid by the longest one).
 template <int kBlockM>
-__device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoords& c) {
+__device__ __forceinline__ bool LocateTile(const AttentionParams& p, int m_block, int head,
+                                           int batch, BlockCoords& c) {
   c.left = p.window_left;
   c.right = p.window_right;
-  int m_block;
-  if (c.right >= 0) {
-    const int heads_x_batch = static_cast<int>(gridDim.y * gridDim.z);
-    const int linear =
-        static_cast<int>(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
-    const int rest = linear % heads_x_batch;
-    m_block = static_cast<int>(gridDim.x) - 1 - linear / heads_x_batch;
-    c.head = rest % static_cast<int>(gridDim.y);
-    c.batch = rest / static_cast<int>(gridDim.y);
-  } else {
-    m_block = static_cast<int>(blockIdx.x);
-    c.head = static_cast<int>(blockIdx.y);
-    c.batch = static_cast<int>(blockIdx.z);
-  }
+  c.head = head;
+  c.batch = batch;
   int64_t q_start = 0;
   int64_t k_start = 0;
   c.len_q = p.seqlen_q;
@@ -179,6 +160,50 @@ __device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoord
                            : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride +
                                  q_start + c.row0;
   return true;
+}
+
+// The (query tile, head, sequence) of rank `rank` in the order of work, `m_blocks` query tiles
+// per (head, sequence). Without a right limit every tile costs the same, and rank r is query tile
+// r % m_blocks of head (r / m_blocks) % q_heads of sequence r / (m_blocks * q_heads): the tiles
+// of one head run together and share its K / V in L2. With a right limit (causal) a tile's cost
+// grows with its row index, and the ranks walk query tiles from the last to the first, each over
+// every (head, sequence): all the most expensive tiles go first and the cheapest fill the tail.
+// Ordering only within a head leaves the last wave holding late heads' longest tiles next to
+// idle SMs, which matters where a head has few tiles (short causal sequences;
+// bench/cuda/fp32_notes.md has the measurement).
+__device__ __forceinline__ void TileAtRank(const AttentionParams& p, int m_blocks, int rank,
+                                           int& m_block, int& head, int& batch) {
+  if (p.window_right >= 0) {
+    const int heads_x_batch = p.q_heads * p.batch;
+    const int rest = rank % heads_x_batch;
+    m_block = m_blocks - 1 - rank / heads_x_batch;
+    head = rest % p.q_heads;
+    batch = rest / p.q_heads;
+  } else {
+    m_block = rank % m_blocks;
+    const int rest = rank / m_blocks;
+    head = rest % p.q_heads;
+    batch = rest / p.q_heads;
+  }
+}
+
+// Fills `c` for one block of the non-persistent grid (query tiles x q_heads x batch), whose
+// launch order (x fastest) is the rank of TileAtRank; false as LocateTile.
+template <int kBlockM>
+__device__ __forceinline__ bool LocateBlock(const AttentionParams& p, BlockCoords& c) {
+  int m_block;
+  int head;
+  int batch;
+  if (p.window_right >= 0) {
+    const int rank =
+        static_cast<int>(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+    TileAtRank(p, static_cast<int>(gridDim.x), rank, m_block, head, batch);
+  } else {
+    m_block = static_cast<int>(blockIdx.x);
+    head = static_cast<int>(blockIdx.y);
+    batch = static_cast<int>(blockIdx.z);
+  }
+  return LocateTile<kBlockM>(p, m_block, head, batch, c);
 }
 
 // Copies rows [0, valid_rows) x 16-byte chunks [0, valid_chunks) of a [kRows, kHeadDim] float32
@@ -445,10 +470,41 @@ __device__ __forceinline__ void StoreOutput(float (&acc_o)[kMTiles][kNTilesO][4]
 // ---------------------------------------------------------------------------------------------
 // The kernel.
 
-// Grid: (ceil(seqlen_q / kBlockM), q_heads, batch); Traits::kNThreads threads;
-// Traits::kSmemBytes of dynamic shared memory. `p` is normalized (causal folded into
-// window_right, windows clamped) and checked by the host API: float32 q, k, v, o with 16-byte
-// aligned rows (strides multiples of 4 elements); device pointers.
+// The persistent schedule (kFp32Persistent): block b of G takes, in round r = 0, 1, ..., the
+// tile of rank r G + b in even rounds and r G + G - 1 - b in odd ones (TileAtRank's order, which
+// puts the costliest causal tiles first; the snake evens out what each block gets per pair of
+// rounds). Returns the first round >= `round` whose tile has a key to attend to, with `c` and
+// `tiles` filled, storing the empty tiles passed on the way (o = 0, lse = the sink or -inf); -1
+// when none is left.
+template <int kBlockM, int kBlockN, int kThreads>
+__device__ __forceinline__ int NextPersistentTile(const AttentionParams& p, int round,
+                                                  BlockCoords& c, KvTileRange& tiles, int tid) {
+  const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  const int total = m_blocks * p.q_heads * p.batch;
+  const int blocks = static_cast<int>(gridDim.x);
+  const int b = static_cast<int>(blockIdx.x);
+  for (;; ++round) {
+    const int rank = round * blocks + ((round & 1) != 0 ? blocks - 1 - b : b);
+    if (rank >= total) return -1;
+    int m_block;
+    int head;
+    int batch;
+    TileAtRank(p, m_blocks, rank, m_block, head, batch);
+    if (!LocateTile<kBlockM>(p, m_block, head, batch, c)) continue;
+    tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
+    if (tiles.end > tiles.begin) return round;
+    const float sink = p.sink_logits != nullptr
+                           ? p.sink_logits[c.batch * p.sink_batch_stride + c.head]
+                           : -INFINITY;
+    StoreEmptyRows<kThreads>(c, p.o_row_stride, p.head_dim, sink, tid);
+  }
+}
+
+// Grid: (ceil(seqlen_q / kBlockM), q_heads, batch), or with kFp32Persistent (G) for any G >= 1
+// (the launch takes SMs x blocks per SM); Traits::kNThreads threads; Traits::kSmemBytes of
+// dynamic shared memory. `p` is normalized (causal folded into window_right, windows clamped) and
+// checked by the host API: float32 q, k, v, o with 16-byte aligned rows (strides multiples of 4
+// elements); device pointers.
 template <typename Traits, Fp32Variant kVariant, Precision kPrecision>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     FlashFwdFp32Kernel(const __grid_constant__ AttentionParams p) {
@@ -463,6 +519,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   constexpr int kStages = Traits::kStages;
   constexpr int kThreads = Traits::kNThreads;
   constexpr bool kGeneral = kVariant == Fp32Variant::kGeneral;
+  constexpr bool kPersistent = Traits::kPersistent;
+  // Q K^T's k-loop: fully unrolled, or 4 k-steps per iteration (kFp32RolledQk). Read only by
+  // `#pragma unroll`, which the host compiler of the CPU emulation ignores.
+  [[maybe_unused]] constexpr int kQkUnroll = Traits::kRolledQk ? 4 : kHeadDim / 8;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
 
@@ -474,17 +534,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const int tid = threadIdx.x;
   const int lane = tid % 32;
   const int warp = tid / 32;
-
-  BlockCoords c;
-  if (!LocateBlock<kBlockM>(p, c)) return;
-  const KvTileRange tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
-  const bool has_sink = p.sink_logits != nullptr;
-  const float sink = has_sink ? p.sink_logits[c.batch * p.sink_batch_stride + c.head] : -INFINITY;
-  if (tiles.end <= tiles.begin) {
-    StoreEmptyRows<kThreads>(c, p.o_row_stride, p.head_dim, sink, tid);
-    return;
-  }
   const int valid_chunks = p.head_dim / 4;
+  const bool has_sink = p.sink_logits != nullptr;
 
   // Lane roles. ldmatrix: the Q (A) fragment reads row lane % 8 + 8 * ((lane / 8) % 2) at chunk
   // lane / 16; the K (B) fragments of two n8 tiles read row lane % 8 + 8 * (lane / 16) at chunk
@@ -502,203 +553,266 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
   const float scale_log2 = kGeneral ? kLog2e : p.softmax_scale * kLog2e;
 
-  float acc_o[kMTiles][kNTilesO][4];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < kNTilesO; ++dt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
-    }
-  }
-  RowStats<kMTiles> stats;
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      stats.max[mt][hf] = -INFINITY;
-      stats.sum[mt][hf] = 0.f;
-    }
-  }
+  // Q and the tile's first (last-keyed) K tile, one copy group the first step waits for.
+  const auto load_q_and_first_k = [&](const BlockCoords& cc, const KvTileRange& tr) {
+    const int n_first = tr.end - 1;
+    LoadTile<QTile, kBlockM, kThreads>(smem_q, cc.q, p.q_row_stride, cc.rows, valid_chunks, tid);
+    LoadTile<KVTile, kBlockN, kThreads>(smem_k, cc.k + int64_t{n_first} * kBlockN * p.k_row_stride,
+                                        p.k_row_stride, cc.len_k - n_first * kBlockN, valid_chunks,
+                                        tid);
+  };
 
-  // Prologue: Q and the first K tile in one copy group, the first V tile in a second one, so that
-  // V's latency hides behind the first Q K^T.
-  const int n_first = tiles.end - 1;
-  LoadTile<QTile, kBlockM, kThreads>(smem_q, c.q, p.q_row_stride, c.rows, valid_chunks, tid);
-  LoadTile<KVTile, kBlockN, kThreads>(smem_k, c.k + int64_t{n_first} * kBlockN * p.k_row_stride,
-                                      p.k_row_stride, c.len_k - n_first * kBlockN, valid_chunks,
-                                      tid);
-  CpAsyncCommit();
-  LoadTile<KVTile, kBlockN, kThreads>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
-                                      p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks,
-                                      tid);
-  CpAsyncCommit();
-
-  int stage = 0;
-  const auto step = [&](const int n, auto mask_tag) {
-    constexpr bool kMask = decltype(mask_tag)::value;
-    const int key0 = n * kBlockN;
-    const uint32_t k_tile = smem_k + stage * KVTile::kBytes;
-    const uint32_t v_tile = smem_v + stage * KVTile::kBytes;
-    const uint32_t k_lane = KVTile::LaneBase(k_tile, k_row, k_chunk);
-
-    // Two stages: K[n], V[n] (issued one iteration ago) have landed and every warp is past the
-    // previous iteration, so the other buffers are free: prefetch K[n-1], V[n-1]. One stage: K[n]
-    // has landed and the V buffer is free: fetch V[n] behind Q K^T (the first came with the
-    // prologue and may still be in flight).
-    if (kStages == 1 && n == n_first) {
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();
-    if constexpr (kStages == 2) {
-      if (n > tiles.begin) {
-        LoadTile<KVTile, kBlockN, kThreads>(smem_k + (stage ^ 1) * KVTile::kBytes,
-                                            c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
-                                            p.k_row_stride, kBlockN, valid_chunks, tid);
-        LoadTile<KVTile, kBlockN, kThreads>(smem_v + (stage ^ 1) * KVTile::kBytes,
-                                            c.v + int64_t{key0 - kBlockN} * p.v_row_stride,
-                                            p.v_row_stride, kBlockN, valid_chunks, tid);
-      }
-    } else if (n != n_first) {
-      LoadTile<KVTile, kBlockN, kThreads>(smem_v, c.v + int64_t{key0} * p.v_row_stride,
-                                          p.v_row_stride, c.len_k - key0, valid_chunks, tid);
-    }
-    CpAsyncCommit();
-
-    // S = Q K^T for this warp's rows: [16 * kMTiles, kBlockN] in float32 registers.
-    float acc_s[kMTiles][kNTilesS][4];
+  // One query tile, from its first step to its epilogue. On entry its Q and first K tile are in
+  // flight as the newest copy group, and (not persistent) its first V tile as a second one. With
+  // kFp32Persistent the last step's mid-point (every warp past Q K^T, so the Q and K buffers are
+  // free) calls `prefetch_next`, which issues the next tile's copies into the open group.
+  const auto run_tile = [&](const BlockCoords& c, const KvTileRange& tiles, auto&& prefetch_next) {
+    const float sink = has_sink ? p.sink_logits[c.batch * p.sink_batch_stride + c.head] : -INFINITY;
+    float acc_o[kMTiles][kNTilesO][4];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < kNTilesS; ++nt) {
+      for (int dt = 0; dt < kNTilesO; ++dt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
+        for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
       }
     }
+    RowStats<kMTiles> stats;
 #pragma unroll
-    for (int ks = 0; ks < kHeadDim / 8; ++ks) {
-      SplitOperand<4> qa[kMTiles];
+    for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        uint32_t raw[4];
-        LdsmX4(raw, QTile::Address(q_lane, mt * 16, 2 * ks));
-        SplitBits<kPrecision>(raw, qa[mt]);
-      }
-#pragma unroll
-      for (int np = 0; np < kNTilesS / 2; ++np) {
-        uint32_t raw[4];
-        LdsmX4(raw, KVTile::Address(k_lane, np * 16, 2 * ks));
-        SplitOperand<4> kb;
-        SplitBits<kPrecision>(raw, kb);
-        const uint32_t b0_big[2] = {kb.big[0], kb.big[1]};
-        const uint32_t b0_small[2] = {kb.small[0], kb.small[1]};
-        const uint32_t b1_big[2] = {kb.big[2], kb.big[3]};
-        const uint32_t b1_small[2] = {kb.small[2], kb.small[3]};
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaSplit<kPrecision>(acc_s[mt][2 * np], qa[mt], b0_big, b0_small);
-          MmaSplit<kPrecision>(acc_s[mt][2 * np + 1], qa[mt], b1_big, b1_small);
-        }
+      for (int hf = 0; hf < 2; ++hf) {
+        stats.max[mt][hf] = -INFINITY;
+        stats.sum[mt][hf] = 0.f;
       }
     }
 
-    if constexpr (kGeneral) ScoresToLogits(acc_s, p, c, warp_row0, key0, lane);
-    if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, key0, lane);
-    OnlineSoftmax(acc_s, acc_o, stats, scale_log2);
+    const int n_first = tiles.end - 1;
+    int stage = 0;
+    // One K/V tile. `mask` is std::true_type / std::false_type (a masked and an unmasked copy of
+    // the body) or, with kFp32OneBody, a bool tested at run time.
+    const auto step = [&](const int n, auto mask) {
+      const int key0 = n * kBlockN;
+      const uint32_t k_tile = smem_k + stage * KVTile::kBytes;
+      const uint32_t v_tile = smem_v + stage * KVTile::kBytes;
+      const uint32_t k_lane = KVTile::LaneBase(k_tile, k_row, k_chunk);
 
-    if constexpr (kStages == 1) {
-      // V[n] has landed and every warp is done with K[n]: fetch K[n-1] into its buffer.
-      CpAsyncWait<0>();
+      // Two stages: K[n], V[n] (issued one iteration ago) have landed and every warp is past the
+      // previous iteration, so the other buffers are free: prefetch K[n-1], V[n-1]. One stage:
+      // K[n] has landed and the V buffer is free: fetch V[n] behind Q K^T (except the first
+      // tile's of a non-persistent block, which came with the prologue and may be in flight).
+      if (kStages == 1 && !kPersistent && n == n_first) {
+        CpAsyncWait<1>();
+      } else {
+        CpAsyncWait<0>();
+      }
       __syncthreads();
-      if (n > tiles.begin) {
-        LoadTile<KVTile, kBlockN, kThreads>(smem_k, c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
-                                            p.k_row_stride, kBlockN, valid_chunks, tid);
+      if constexpr (kStages == 2) {
+        if (n > tiles.begin) {
+          LoadTile<KVTile, kBlockN, kThreads>(smem_k + (stage ^ 1) * KVTile::kBytes,
+                                              c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                              p.k_row_stride, kBlockN, valid_chunks, tid);
+          LoadTile<KVTile, kBlockN, kThreads>(smem_v + (stage ^ 1) * KVTile::kBytes,
+                                              c.v + int64_t{key0 - kBlockN} * p.v_row_stride,
+                                              p.v_row_stride, kBlockN, valid_chunks, tid);
+        }
+      } else if (kPersistent || n != n_first) {
+        LoadTile<KVTile, kBlockN, kThreads>(smem_v, c.v + int64_t{key0} * p.v_row_stride,
+                                            p.v_row_stride, c.len_k - key0, valid_chunks, tid);
       }
       CpAsyncCommit();
-    }
 
-    // O += P V, 32 columns of O at a time, 8 keys (one n8 tile of S) per MMA; see the file
-    // comment for the permutation. The tensor cores round each MMA's sum toward zero, so a long
-    // chain of MMAs into one accumulator drifts toward zero by up to an ulp per MMA (3e-5 relative
-    // at 3000 keys): this tile's products go into a fresh accumulator, which then joins O with a
-    // float32 add that rounds to nearest. The chain is 3 kBlockN / 8 MMAs long whatever the
-    // context. P's split is recomputed per 32 columns rather than held for all of them (registers).
-#pragma unroll
-    for (int qd = 0; qd < kHeadDim / 32; ++qd) {
-      float part[kMTiles][4][4];
+      // S = Q K^T for this warp's rows: [16 * kMTiles, kBlockN] in float32 registers.
+      float acc_s[kMTiles][kNTilesS][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int nt = 0; nt < kNTilesS; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) part[mt][i][e] = 0.f;
+          for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
         }
       }
-#pragma unroll
-      for (int kk = 0; kk < kNTilesS; ++kk) {
-        SplitOperand<4> pa[kMTiles];
+#pragma unroll kQkUnroll
+      for (int ks = 0; ks < kHeadDim / 8; ++ks) {
+        SplitOperand<4> qa[kMTiles];
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          const float x[4] = {acc_s[mt][kk][0], acc_s[mt][kk][2], acc_s[mt][kk][1],
-                              acc_s[mt][kk][3]};
-          Split<kPrecision>(x, pa[mt]);
+          uint32_t raw[4];
+          LdsmX4(raw, QTile::Address(q_lane, mt * 16, 2 * ks));
+          SplitBits<kPrecision>(raw, qa[mt]);
         }
-        const uint32_t at = v_tile + static_cast<uint32_t>(kk * 8) * KVTile::kRowBytes + 128u * qd;
-        const uint4 v0 = LoadShared128(at + v_offset[0]);  // key 2t, columns 32 qd + 4g + i
-        const uint4 v1 = LoadShared128(at + v_offset[1]);  // key 2t + 1
-        const uint32_t r0[4] = {v0.x, v0.y, v0.z, v0.w};
-        const uint32_t r1[4] = {v1.x, v1.y, v1.z, v1.w};
-        SplitOperand<4> vb0, vb1;
-        SplitBits<kPrecision>(r0, vb0);
-        SplitBits<kPrecision>(r1, vb1);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t b_big[2] = {vb0.big[i], vb1.big[i]};
-          const uint32_t b_small[2] = {vb0.small[i], vb1.small[i]};
+        for (int np = 0; np < kNTilesS / 2; ++np) {
+          uint32_t raw[4];
+          LdsmX4(raw, KVTile::Address(k_lane, np * 16, 2 * ks));
+          SplitOperand<4> kb;
+          SplitBits<kPrecision>(raw, kb);
+          const uint32_t b0_big[2] = {kb.big[0], kb.big[1]};
+          const uint32_t b0_small[2] = {kb.small[0], kb.small[1]};
+          const uint32_t b1_big[2] = {kb.big[2], kb.big[3]};
+          const uint32_t b1_small[2] = {kb.small[2], kb.small[3]};
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
-            MmaSplit<kPrecision>(part[mt][i], pa[mt], b_big, b_small);
+            MmaSplit<kPrecision>(acc_s[mt][2 * np], qa[mt], b0_big, b0_small);
+            MmaSplit<kPrecision>(acc_s[mt][2 * np + 1], qa[mt], b1_big, b1_small);
           }
         }
       }
+
+      if constexpr (kGeneral) ScoresToLogits(acc_s, p, c, warp_row0, key0, lane);
+      if constexpr (std::is_same_v<decltype(mask), bool>) {
+        if (mask) MaskOutsideWindow(acc_s, c, warp_row0, key0, lane);
+      } else if constexpr (decltype(mask)::value) {
+        MaskOutsideWindow(acc_s, c, warp_row0, key0, lane);
+      }
+      OnlineSoftmax(acc_s, acc_o, stats, scale_log2);
+
+      if constexpr (kStages == 1) {
+        // V[n] has landed and every warp is done with K[n] (and Q, on the last step): fetch
+        // K[n-1] into its buffer, or (persistent, last step) the next tile's Q and first K.
+        CpAsyncWait<0>();
+        __syncthreads();
+        if (n > tiles.begin) {
+          LoadTile<KVTile, kBlockN, kThreads>(smem_k,
+                                              c.k + int64_t{key0 - kBlockN} * p.k_row_stride,
+                                              p.k_row_stride, kBlockN, valid_chunks, tid);
+        } else if constexpr (kPersistent) {
+          prefetch_next();
+        }
+        CpAsyncCommit();
+      }
+
+      // O += P V, 32 columns of O at a time, 8 keys (one n8 tile of S) per MMA; see the file
+      // comment for the permutation. The tensor cores round each MMA's sum toward zero, so a
+      // long chain of MMAs into one accumulator drifts toward zero by up to an ulp per MMA (3e-5
+      // relative at 3000 keys): this tile's products go into a fresh accumulator, which then
+      // joins O with a float32 add that rounds to nearest. The chain is 3 kBlockN / 8 MMAs long
+      // whatever the context. P's split is recomputed per 32 columns rather than held for all of
+      // them (registers).
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
+      for (int qd = 0; qd < kHeadDim / 32; ++qd) {
+        float part[kMTiles][4][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc_o[mt][4 * qd + i][e] += part[mt][i][e];
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) part[mt][i][e] = 0.f;
+          }
+        }
+#pragma unroll
+        for (int kk = 0; kk < kNTilesS; ++kk) {
+          SplitOperand<4> pa[kMTiles];
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            const float x[4] = {acc_s[mt][kk][0], acc_s[mt][kk][2], acc_s[mt][kk][1],
+                                acc_s[mt][kk][3]};
+            Split<kPrecision>(x, pa[mt]);
+          }
+          const uint32_t at =
+              v_tile + static_cast<uint32_t>(kk * 8) * KVTile::kRowBytes + 128u * qd;
+          const uint4 v0 = LoadShared128(at + v_offset[0]);  // key 2t, columns 32 qd + 4g + i
+          const uint4 v1 = LoadShared128(at + v_offset[1]);  // key 2t + 1
+          const uint32_t r0[4] = {v0.x, v0.y, v0.z, v0.w};
+          const uint32_t r1[4] = {v1.x, v1.y, v1.z, v1.w};
+          SplitOperand<4> vb0, vb1;
+          SplitBits<kPrecision>(r0, vb0);
+          SplitBits<kPrecision>(r1, vb1);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const uint32_t b_big[2] = {vb0.big[i], vb1.big[i]};
+            const uint32_t b_small[2] = {vb0.small[i], vb1.small[i]};
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              MmaSplit<kPrecision>(part[mt][i], pa[mt], b_big, b_small);
+            }
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_o[mt][4 * qd + i][e] += part[mt][i][e];
+          }
         }
       }
+      if constexpr (kStages == 2) stage ^= 1;
+    };
+
+    // KV tiles in descending order: [top, end) need the element-wise mask (sequence tail, right
+    // side of the window), then [bottom, top) run unmasked, then [begin, bottom) masked again
+    // (left side of the window). The general variant masks every tile.
+    int top = tiles.end;
+    int bottom = tiles.begin;
+    if constexpr (kGeneral) {
+      top = bottom;
+    } else {
+      while (top > tiles.begin &&
+             TileNeedsMask(top - 1, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
+        --top;
+      }
+      while (bottom < top &&
+             TileNeedsMask(bottom, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
+        ++bottom;
+      }
     }
-    if constexpr (kStages == 2) stage ^= 1;
+    if constexpr (Traits::kOneBody) {
+#pragma unroll 1
+      for (int n = tiles.end - 1; n >= tiles.begin; --n) step(n, n >= top || n < bottom);
+    } else {
+      int n = tiles.end - 1;
+      for (; n >= top; --n) step(n, std::true_type{});
+      for (; n >= bottom; --n) step(n, std::false_type{});
+      for (; n >= tiles.begin; --n) step(n, std::true_type{});
+    }
+
+    StoreOutput(acc_o, stats, scale_log2, has_sink, sink, c, p.o_row_stride, p.head_dim, warp_row0,
+                lane);
   };
 
-  // KV tiles in descending order: [top, end) need the element-wise mask (sequence tail, right
-  // side of the window), then [bottom, top) run unmasked, then [begin, bottom) masked again (left
-  // side of the window). The general variant masks every tile.
-  int top = tiles.end;
-  int bottom = tiles.begin;
-  if constexpr (kGeneral) {
-    top = bottom;
+  if constexpr (kPersistent) {
+    BlockCoords c;
+    KvTileRange tiles;
+    int round = NextPersistentTile<kBlockM, kBlockN, kThreads>(p, 0, c, tiles, tid);
+    if (round < 0) return;
+    load_q_and_first_k(c, tiles);
+    CpAsyncCommit();
+    for (;;) {
+      int next = -1;
+      run_tile(c, tiles, [&] {
+        BlockCoords cn;
+        KvTileRange tn;
+        next = NextPersistentTile<kBlockM, kBlockN, kThreads>(p, round + 1, cn, tn, tid);
+        if (next >= 0) load_q_and_first_k(cn, tn);
+      });
+      if (next < 0) break;
+      // The next tile's coordinates again (cheaper than holding them in registers through the
+      // last step's P V): NextPersistentTile found it has keys, so nothing is stored twice.
+      round = next;
+      NextPersistentTile<kBlockM, kBlockN, kThreads>(p, round, c, tiles, tid);
+    }
   } else {
-    while (top > tiles.begin &&
-           TileNeedsMask(top - 1, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
-      --top;
+    BlockCoords c;
+    if (!LocateBlock<kBlockM>(p, c)) return;
+    const KvTileRange tiles = KvTiles(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right);
+    if (tiles.end <= tiles.begin) {
+      const float sink =
+          has_sink ? p.sink_logits[c.batch * p.sink_batch_stride + c.head] : -INFINITY;
+      StoreEmptyRows<kThreads>(c, p.o_row_stride, p.head_dim, sink, tid);
+      return;
     }
-    while (bottom < top &&
-           TileNeedsMask(bottom, c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right)) {
-      ++bottom;
-    }
+    // Prologue: Q and the first K tile in one copy group, the first V tile in a second one, so
+    // that V's latency hides behind the first Q K^T.
+    load_q_and_first_k(c, tiles);
+    CpAsyncCommit();
+    const int n_first = tiles.end - 1;
+    LoadTile<KVTile, kBlockN, kThreads>(smem_v, c.v + int64_t{n_first} * kBlockN * p.v_row_stride,
+                                        p.v_row_stride, c.len_k - n_first * kBlockN, valid_chunks,
+                                        tid);
+    CpAsyncCommit();
+    run_tile(c, tiles, [] {});
   }
-  int n = tiles.end - 1;
-  for (; n >= top; --n) step(n, std::true_type{});
-  for (; n >= bottom; --n) step(n, std::false_type{});
-  for (; n >= tiles.begin; --n) step(n, std::true_type{});
-
-  StoreOutput(acc_o, stats, scale_log2, has_sink, sink, c, p.o_row_stride, p.head_dim, warp_row0,
-              lane);
 }
 
 }  // namespace attention::cuda::fp32

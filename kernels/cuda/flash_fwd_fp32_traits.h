@@ -23,16 +23,36 @@ namespace attention::cuda {
 // Sinks are a run-time branch of the epilogue of both.
 enum class Fp32Variant : uint8_t { kPlain, kGeneral };
 
+// Code-shape options of the float32 kernel, a bit set (Fp32TileConfig::options). None changes
+// what is computed (the products, their order and the roundings are the same), only the code and
+// the schedule; bench/cuda/fp32_notes.md has the measurements.
+//   kFp32OneBody:    one copy of the K/V step, the element-wise mask applied under a run-time
+//                    flag, instead of a masked and an unmasked copy. At d = 256 a copy is ~85 KB
+//                    of SASS, and a causal block runs both (its diagonal tiles masked, the rest
+//                    not), so every block refetches each copy into the instruction cache.
+//   kFp32RolledQk:   the k-loop of Q K^T (head_dim / 8 steps) unrolled 4 times rather than fully:
+//                    a smaller step body again, for some address arithmetic.
+//   kFp32Persistent: one block per SM slot (grid = SMs x blocks_per_sm) walks its query tiles one
+//                    after the other; the next tile's Q and first K tile load during the last
+//                    step's P V and the epilogue, which with one block per SM nothing overlapped.
+enum Fp32KernelOption : int {
+  kFp32OneBody = 1,
+  kFp32RolledQk = 2,
+  kFp32Persistent = 4,
+};
+
 // One tile configuration of the float32 kernel: a block of `block_m` query rows (`warps` warps,
 // 16 or 32 rows each) streams K / V in tiles of `block_n` keys through `stages` shared-memory
 // buffers each (1: V[n] loads behind Q K^T and K[n-1] behind softmax + P V; 2: both one whole
-// iteration ahead). `blocks_per_sm` sizes the register budget (__launch_bounds__).
+// iteration ahead). `blocks_per_sm` sizes the register budget (__launch_bounds__); `options` is a
+// set of Fp32KernelOption.
 struct Fp32TileConfig {
   int block_m;
   int block_n;
   int warps;
   int stages;
   int blocks_per_sm;
+  int options = 0;
 };
 
 // The tile table. Float32 tiles take twice the shared memory of 16-bit ones and the split
@@ -96,7 +116,7 @@ struct Fp32SmemTile {
 
 // Constants the float32 device code is written against, checked once here.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kStages_,
-          int kMinBlocksPerSm_>
+          int kMinBlocksPerSm_, int kOptions_ = 0>
 struct Fp32FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -104,7 +124,17 @@ struct Fp32FwdTraits {
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kStages = kStages_;
   static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
+  static constexpr int kOptions = kOptions_;
+  static constexpr bool kOneBody = (kOptions & kFp32OneBody) != 0;
+  static constexpr bool kRolledQk = (kOptions & kFp32RolledQk) != 0;
+  static constexpr bool kPersistent = (kOptions & kFp32Persistent) != 0;
   static constexpr int kNThreads = kNWarps * 32;
+
+  static_assert((kOptions & ~(kFp32OneBody | kFp32RolledQk | kFp32Persistent)) == 0,
+                "unknown Fp32KernelOption bits");
+  static_assert(!kPersistent || kStages == 1,
+                "the persistent schedule loads the next tile's Q into buffers one stage frees");
+  static_assert(!kRolledQk || (kHeadDim / 8) % 4 == 0, "the rolled Q K^T loop steps by 4");
 
   static_assert(
       kHeadDim % 32 == 0 && kHeadDim >= 32 && kHeadDim <= 256,
@@ -145,7 +175,7 @@ cudaError_t RunFlashFwdFp32(const AttentionParams& p, cudaStream_t stream);
 // Same with an explicit tile configuration (the benchmark's tile sweep instantiates it for the
 // configurations it measures).
 template <int kHeadDim, Fp32Variant kVariant, Precision kPrecision, int kBlockM, int kBlockN,
-          int kNWarps, int kStages, int kMinBlocksPerSm>
+          int kNWarps, int kStages, int kMinBlocksPerSm, int kOptions = 0>
 cudaError_t RunFlashFwdFp32Tiles(const AttentionParams& p, cudaStream_t stream);
 
 }  // namespace attention::cuda

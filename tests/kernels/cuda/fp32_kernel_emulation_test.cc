@@ -40,14 +40,21 @@ alignas(1024) unsigned char smem[emu::kSmemBytes];
 namespace attention::cuda {
 namespace {
 
-// Runs the kernel with DefaultFp32TileConfig(kHeadDim) over its whole grid, one block at a time,
-// shared memory poisoned with NaN before each block (every element the kernel reads must have
-// been written or zero-filled by it).
-template <int kHeadDim, Fp32Variant kVariant, Precision kPrecision>
-void LaunchEmulated(const AttentionParams& p) {
+// Blocks of an emulated persistent grid (kFp32Persistent): fewer than the cases' tiles, so that
+// every block walks several of them, in both directions of the snake.
+constexpr unsigned kPersistentBlocks = 3;
+
+// Runs the kernel with DefaultFp32TileConfig(kHeadDim)'s tiles and the code-shape options
+// `kOptions` over its whole grid, one block at a time, shared memory poisoned with NaN before each
+// block (every element the kernel reads must have been written or zero-filled by it).
+template <int kHeadDim, Fp32Variant kVariant, Precision kPrecision, int kOptions>
+void LaunchEmulatedWith(const AttentionParams& p) {
   constexpr Fp32TileConfig t = DefaultFp32TileConfig(kHeadDim);
-  using Traits = Fp32FwdTraits<kHeadDim, t.block_m, t.block_n, t.warps, t.stages, t.blocks_per_sm>;
-  const dim3 grid((p.seqlen_q + t.block_m - 1) / t.block_m, p.q_heads, p.batch);
+  using Traits =
+      Fp32FwdTraits<kHeadDim, t.block_m, t.block_n, t.warps, t.stages, t.blocks_per_sm, kOptions>;
+  const dim3 grid = Traits::kPersistent
+                        ? dim3(kPersistentBlocks)
+                        : dim3((p.seqlen_q + t.block_m - 1) / t.block_m, p.q_heads, p.batch);
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -57,6 +64,12 @@ void LaunchEmulated(const AttentionParams& p) {
       }
     }
   }
+}
+
+// The configuration the dispatch launches.
+template <int kHeadDim, Fp32Variant kVariant, Precision kPrecision>
+void LaunchEmulated(const AttentionParams& p) {
+  LaunchEmulatedWith<kHeadDim, kVariant, kPrecision, DefaultFp32TileConfig(kHeadDim).options>(p);
 }
 
 struct Case {
@@ -213,6 +226,13 @@ void RunBoth(const Case& c) {
   RunCase(c, Precision::kTF32, &LaunchEmulated<kHeadDim, kVariant, Precision::kTF32>);
 }
 
+// One precision with explicit code-shape options (FULL: the options change no arithmetic, so
+// TF32 adds nothing they could break).
+template <int kHeadDim, Fp32Variant kVariant, int kOptions>
+void RunWithOptions(const Case& c) {
+  RunCase(c, Precision::kFull, &LaunchEmulatedWith<kHeadDim, kVariant, Precision::kFull, kOptions>);
+}
+
 // Bucket 64 (128 x 32 tiles, 4 warps of 32 rows, two stages): issue 24's first case, causal
 // bottom-right with GQA.
 TEST(Fp32KernelEmulationTest, CausalGqaTwoStages) {
@@ -327,6 +347,46 @@ TEST(Fp32KernelEmulationTest, EightWarpBuckets) {
   w.head_dim = 160;
   w.causal = true;
   RunBoth<160, Fp32Variant::kPlain>(w);
+}
+
+// The code-shape options of bucket 256 (Fp32KernelOption): one loop body with the mask at run
+// time, the rolled Q K^T loop, persistent blocks. Causal with two query tiles (diagonal tiles
+// masked, the rest not); a packed batch whose middle sequence is empty and whose causal rows past
+// their keys attend to nothing, with sinks, so that a persistent block passes empty tiles and
+// rows on its way.
+TEST(Fp32KernelEmulationTest, KernelOptionsBucket256) {
+  Case causal("d256_options_causal");
+  causal.seqlen_q = 200;
+  causal.seqlen_k = 230;
+  causal.q_heads = 2;
+  causal.kv_heads = 1;
+  causal.head_dim = 256;
+  causal.causal = true;
+  Case varlen("d256_options_varlen_sinks");
+  varlen.head_dim = 256;
+  varlen.q_heads = varlen.kv_heads = 1;
+  varlen.lens_q = {150, 0, 40, 9};
+  varlen.lens_k = {130, 5, 60, 0};
+  varlen.causal = true;
+  varlen.sinks = true;
+  for (const Case* c : {&causal, &varlen}) {
+    RunWithOptions<256, Fp32Variant::kPlain, kFp32OneBody>(*c);
+    RunWithOptions<256, Fp32Variant::kPlain, kFp32Persistent>(*c);
+    RunWithOptions<256, Fp32Variant::kPlain, kFp32OneBody | kFp32RolledQk | kFp32Persistent>(*c);
+  }
+  Case window("d256_options_window_general");
+  window.seqlen_q = 140;
+  window.seqlen_k = 260;
+  window.q_heads = window.kv_heads = 1;
+  window.head_dim = 256;
+  window.window_left = 90;
+  window.window_right = 20;
+  window.softcap = 5.f;
+  RunWithOptions<256, Fp32Variant::kGeneral, kFp32OneBody | kFp32Persistent>(window);
+  // The plain variant (no softcap): masked, unmasked and masked again tiles in one body.
+  window.name = "d256_options_window_plain";
+  window.softcap = 0.f;
+  RunWithOptions<256, Fp32Variant::kPlain, kFp32OneBody | kFp32RolledQk | kFp32Persistent>(window);
 }
 
 }  // namespace
