@@ -113,7 +113,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), 28 kernels in
+// only (the decode grid's configuration; generate_decode_instantiations.py), 32 kernels in
 // one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:
@@ -123,9 +123,17 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 //                   around each 16-byte request (a K/V row of one head is 256 bytes at d = 128,
 //                   read by 16 threads of neighbouring lanes), so the DRAM sees fewer, larger
 //                   requests.
-// (An evict_first L2 policy on the copies was tried too and removed: its createpolicy /
-// cache_hint copy raised an illegal instruction on an H100, 2026-12-06.)
-enum class DecodeCacheHint : uint8_t { kNone, kPrefetch128, kPrefetch256 };
+//   kEvictFirst:    an L2 evict_first cache policy (createpolicy.fractional, fraction 1.0) on
+//                   every copy that reads memory. K/V are read once per launch, so their lines are
+//                   the right victims when the L2 needs room; without the hint the L2 evicts by
+//                   age and writes back whatever dirty data it holds (after decode_bench's or
+//                   do_bench's 256 MB flush: up to the whole L2, 50 MB, written to HBM during the
+//                   launch, about as many bytes as a 1 x 8k step reads). The copies that read
+//                   nothing (zero fill) take the plain form: the first try passed the policy
+//                   together with a source size (`..., 16, src_bytes, policy`) and raised an
+//                   illegal instruction on an H100 (2026-12-06); the two-operand form without a
+//                   source size is the one in wide use.
+enum class DecodeCacheHint : uint8_t { kNone, kPrefetch128, kPrefetch256, kEvictFirst };
 
 struct DecodeVariant {
   const char* name;
@@ -180,11 +188,18 @@ struct DecodeVariant {
   // 72 KB; device call 1 measured pcache 0.73x even on dense K/V, where it runs the production
   // kernel's instructions: the size, or the two loops' layout, is the suspect).
   bool lean_cache;
+  // Paged K/V: the page-table entries of the tile a loop iteration refills are loaded at the top
+  // of that iteration, before it waits for its own tile and the block's barrier, so that the
+  // entries' latency (an L2 or DRAM read the copies depend on) overlaps that wait instead of
+  // stalling the copies' issue after it; they are live only across the wait (pages_ahead held
+  // them across a whole tile's compute, 217 registers). Offsets inside a page in 32 bits, as
+  // pages_ahead. Dense K/V: no change.
+  bool pages_early = false;
 };
 
 inline constexpr DecodeVariant kDecodeVariants[] = {
     // name, stages, hint, pages_ahead, paged_one_slot, heads, page_cache, fused_combine, rotate,
-    // copy_unroll, specialize_logits, lean_cache
+    // copy_unroll, specialize_logits, lean_cache[, pages_early]
     {"base", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false, false},
     {"l2_128", 0, DecodeCacheHint::kPrefetch128, false, false, 1, false, false, false, 0, false,
      false},
@@ -246,6 +261,18 @@ inline constexpr DecodeVariant kDecodeVariants[] = {
     {"pcache_lean", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false, true},
     {"pcache_lean_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false,
      true},
+    // Seventh session (issue 21's rows at batch 1 and 128 x 2k): K/V copies with the L2 evict_first
+    // policy, so that the launch does not write back the L2's dirty lines (kEvictFirst); the
+    // paged entries loaded before the loop's wait (pages_early); both; and pages at the dense
+    // split count with the hint (the batch-1 rows' balance may move once the write-backs go).
+    {"evict_first", 0, DecodeCacheHint::kEvictFirst, false, false, 1, false, false, false, 0, false,
+     false},
+    {"evict_first_1slot", 0, DecodeCacheHint::kEvictFirst, false, true, 1, false, false, false, 0,
+     false, false},
+    {"pages_early", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false,
+     false, true},
+    {"evict_first_pages_early", 0, DecodeCacheHint::kEvictFirst, false, false, 1, false, false,
+     false, 0, false, false, true},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

@@ -212,7 +212,8 @@ absl::Status CheckVariant(const AttentionParams& p, const DecodeLaunch& l, int v
                                     kDecodeVariants[variant].name, ") needs kv_heads ", p.kv_heads,
                                     " to be a multiple of ", kDecodeVariants[variant].heads));
   }
-  if (kDecodeVariants[variant].pages_ahead && p.is_paged()) {
+  if ((kDecodeVariants[variant].pages_ahead || kDecodeVariants[variant].pages_early) &&
+      p.is_paged()) {
     // A row's offset inside its page (row x row stride + head x head stride + column) is
     // computed in 32 bits.
     const int64_t in_page = int64_t{p.page_size} * std::max(p.k_row_stride, p.v_row_stride) +

@@ -172,19 +172,42 @@ __device__ __forceinline__ void KeyRowOffsets(const AttentionParams& p, const De
   }
 }
 
-// cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint).
+// The L2 cache policy of kHint's copies: evict_first for every line a kEvictFirst copy reads
+// (created once per thread, an opaque 64-bit value); 0 and unused for the other hints.
 template <DecodeCacheHint kHint>
-__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred) {
+__device__ __forceinline__ uint64_t MakeCachePolicy() {
+  uint64_t policy = 0;
+  if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  }
+  return policy;
+}
+
+// cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint);
+// `policy`: MakeCachePolicy<kHint>().
+template <DecodeCacheHint kHint>
+__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred,
+                                              uint64_t policy = 0) {
   const int src_bytes = pred ? 16 : 0;
   if constexpr (kHint == DecodeCacheHint::kNone) {
     CpAsync16(smem_addr, gmem, pred);
   } else if constexpr (kHint == DecodeCacheHint::kPrefetch128) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else {
-    static_assert(kHint == DecodeCacheHint::kPrefetch256, "a DecodeCacheHint");
+  } else if constexpr (kHint == DecodeCacheHint::kPrefetch256) {
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
+  } else {
+    static_assert(kHint == DecodeCacheHint::kEvictFirst, "a DecodeCacheHint");
+    // A whole 16-byte read with the policy, or a zero fill that reads nothing (no policy: the
+    // form with both a source size and a policy raised an illegal instruction, DecodeCacheHint).
+    if (pred) {
+      asm volatile(
+          "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
+          "l"(gmem), "l"(policy));
+    } else {
+      CpAsync16(smem_addr, gmem, false);
+    }
   }
 }
 
@@ -230,8 +253,9 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // smem_k / smem_v with cp.async: keys outside [key_lo, key_hi) and 16-byte chunks past
 // `valid_chunks` are zero-filled without reading memory (nor the page table). `Offset(row, chunk)`
 // gives a chunk's byte offset inside a tile; a chunk is 16 bytes of kElemBytes-byte elements.
-// With `pages` (kDecodeVariants' pages_ahead, paged K/V) the rows' page-table entries come from
-// LoadTilePages instead of a lookup here, and a row's offset inside its page is 32-bit.
+// With `pages` (kDecodeVariants' pages_ahead / pages_early, paged K/V) the rows' page-table
+// entries come from LoadTilePages instead of a lookup here, and a row's offset inside its page is
+// 32-bit. `policy`: the L2 policy of kHint's copies (MakeCachePolicy).
 // kHeads > 1: the block's KV heads g .. g + kHeads - 1, whose rows are neighbours in memory, are
 // copied together (consecutive threads walk one key's kHeads x head_dim contiguous elements), head
 // m's tiles at smem_k / smem_v + m * head_tile_bytes.
@@ -241,13 +265,11 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // geometry `geo`, in this same loop (no second copy loop).
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
           int kHeads = 1, int kUnroll = 64, bool kTable = false, typename OffsetFn>
-__device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
-                                           int tile, uint32_t smem_k, uint32_t smem_v,
-                                           int valid_chunks, int tid, OffsetFn offset,
-                                           const int32_t* pages = nullptr,
-                                           const PageGeometry* geo = nullptr,
-                                           uint32_t head_tile_bytes = 0,
-                                           const int32_t* table = nullptr, int table_first = 0) {
+__device__ __forceinline__ void LoadKvTile(
+    const AttentionParams& p, const DecodeBlock& blk, int tile, uint32_t smem_k, uint32_t smem_v,
+    int valid_chunks, int tid, OffsetFn offset, const int32_t* pages = nullptr,
+    const PageGeometry* geo = nullptr, uint32_t head_tile_bytes = 0, const int32_t* table = nullptr,
+    int table_first = 0, uint64_t policy = 0) {
   constexpr int kElems = 16 / kElemBytes;
   constexpr int kRowChunks = kChunks * kHeads;
   constexpr int kTotal = kBlockN * kRowChunks;
@@ -301,8 +323,8 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
       }
     }
     const uint32_t dst = offset(row, chunk) + (kHeads > 1 ? head * head_tile_bytes : 0u);
-    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
-    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
   }
 }
 
@@ -332,13 +354,14 @@ __device__ __forceinline__ DecodeRange GuessSplitPages(const AttentionParams& p,
 }
 
 // LoadKvTile for paged K/V whose page entries sit in shared memory: `cache` holds the entries of
-// pages [cache_first, ...) of the block's sequence, covering every key the split reads.
+// pages [cache_first, ...) of the block's sequence, covering every key the split reads. `policy`
+// as LoadKvTile's.
 template <int kBlockN, int kChunks, DecodeCacheHint kHint, int kUnroll, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const DecodeBlock& blk,
                                                  int tile, uint32_t smem_k, uint32_t smem_v,
                                                  int valid_chunks, int tid, OffsetFn offset,
                                                  const int32_t* cache, int cache_first,
-                                                 const PageGeometry& geo) {
+                                                 const PageGeometry& geo, uint64_t policy) {
   constexpr int kElems = 8;  // 16-bit elements per 16-byte chunk
   constexpr int kTotal = kBlockN * kChunks;
   constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
@@ -363,8 +386,8 @@ __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const
       v_src = v + (page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head + col) * 2;
     }
     const uint32_t dst = offset(row, chunk);
-    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
-    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
   }
 }
 
@@ -740,6 +763,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   using Ops = MmaOps<Element>;
   constexpr DecodeCacheHint kHint = kDecodeVariants[kVariant].hint;
   constexpr bool kPagesAhead = kDecodeVariants[kVariant].pages_ahead;
+  constexpr bool kPagesEarly = kDecodeVariants[kVariant].pages_early;
   constexpr int kCopyIters = kKvCopyIters<kBlockN, kChunks>;
   constexpr int kHeads = Traits::kHeads;
   constexpr int kHeadRows = kBlockM / kHeads;  // query-tile rows per KV head
@@ -756,8 +780,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   // lean_cache: the cache's lookups inside the one copy loop (LoadKvTile's kTable).
   constexpr bool kLeanCache = kPageCache && kDecodeVariants[kVariant].lean_cache;
   constexpr int kSpecPerThread = (Traits::kPageEntries + kDecodeThreads - 1) / kDecodeThreads;
-  static_assert(!(kPagesAhead && kHeads > 1), "pages_ahead copies one head's rows");
-  static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead)), "page_cache: one head, own lookups");
+  static_assert(!((kPagesAhead || kPagesEarly) && kHeads > 1), "pages_* copy one head's rows");
+  static_assert(!(kPagesAhead && kPagesEarly), "the entries load one way");
+  static_assert(!(kPageCache && (kHeads > 1 || kPagesAhead || kPagesEarly)),
+                "page_cache: one head, own lookups");
   static_assert(!(kFused && kHeads > 1), "fused_combine merges one KV head's rows");
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -799,9 +825,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   }
   const int valid_chunks = p.head_dim / 8;
   const auto kv_offset = [](int row, int chunk) { return KVTile::Offset(row, chunk); };
-  // pages_ahead: `pages` holds the entries of the next tile the loop will copy.
+  // pages_ahead / pages_early: `pages` holds the entries of the next tile the loop will copy.
   int32_t pages[kCopyIters] = {};
-  const int32_t* pages_arg = kPagesAhead ? pages : nullptr;
+  const int32_t* pages_arg = kPagesAhead || kPagesEarly ? pages : nullptr;
+  const uint64_t policy = MakeCachePolicy<kHint>();
 
   const auto load_q = [&] {
     LoadQTile<kBlockM, kChunks, 2, kHeads>(
@@ -839,20 +866,20 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, true>(
           p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
           pages_arg, &geo, KVTile::kBytes, cached ? page_cache : blk.page_row,
-          cached ? cache_first : 0);
+          cached ? cache_first : 0, policy);
       return;
     }
     if constexpr (kPageCache) {
       if (cached) {
-        LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(p, blk, tile, base,
-                                                           base + KVTile::kBytes, valid_chunks, tid,
-                                                           kv_offset, page_cache, cache_first, geo);
+        LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(
+            p, blk, tile, base, base + KVTile::kBytes, valid_chunks, tid, kv_offset, page_cache,
+            cache_first, geo, policy);
         return;
       }
     }
     LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll>(
         p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset, pages_arg,
-        &geo, KVTile::kBytes);
+        &geo, KVTile::kBytes, nullptr, 0, policy);
   };
 
   // The split's tiles in the order the block walks them: from tile_begin, or (rotate, outside
@@ -884,7 +911,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   for (int st = 0; st < kStages - 1; ++st) {
     if (blk.tile_begin + st < blk.tile_end) {
       const uint32_t base = smem_kv + st * Traits::kSmem.stage_bytes;
-      if constexpr (kPagesAhead) {
+      if constexpr (kPagesAhead || kPagesEarly) {
         LoadTilePages<kBlockN, kChunks>(blk, geo, tile_at(blk.tile_begin + st), tid, pages);
       }
       load_tile(tile_at(blk.tile_begin + st), base);
@@ -947,6 +974,12 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   int stage = 0;
   for (int t = blk.tile_begin; t < blk.tile_end; ++t) {
     const int tile = tile_at(t);
+    // pages_early: the refill's entries load while this iteration waits for its tile.
+    if constexpr (kPagesEarly) {
+      if (blk.page_row != nullptr && t + kStages - 1 < blk.tile_end) {
+        LoadTilePages<kBlockN, kChunks>(blk, geo, tile_at(t + kStages - 1), tid, pages);
+      }
+    }
     // Tile `tile` has landed, and every warp is done with the stage computed last iteration:
     // refill that stage with the tile kStages - 1 ahead.
     CpAsyncWait<kStages - 2>();

@@ -1,6 +1,7 @@
-// Launch layer of the decode kernels: dynamic shared-memory limit, one-dimensional grid, launch
-// and error check; the combine pass with programmatic dependent launch. Included only by the
-// generated instantiation files and flash_decode_combine.cu.
+// Launch layer of the decode kernels: dynamic shared-memory limit (raised once per kernel and
+// device), one-dimensional grid, launch and error check; the combine pass with programmatic
+// dependent launch. Included only by the generated instantiation files and
+// flash_decode_combine.cu.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_DECODE_LAUNCH_TEMPLATE_CUH_
 #define ATTENTION_KERNELS_CUDA_FLASH_DECODE_LAUNCH_TEMPLATE_CUH_
 
@@ -8,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -24,20 +26,39 @@ using DecodeElementOf =
     std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16,
                        std::conditional_t<kDType == DType::kFloat16, __half, float>>;
 
+// Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit, once per device
+// (the attribute belongs to the device's context): kKernel's limit is raised to kSmemBytes the
+// first time it launches on a device, not at every launch (cudaFuncSetAttribute is a driver call
+// on the path of every decode step, batch 1 included). Threads that race on a device's first
+// launch both set the same value.
+template <auto kKernel, int kSmemBytes>
+cudaError_t RaiseSmemLimitOnce() {
+  if constexpr (kSmemBytes <= 48 * 1024) {
+    return cudaSuccess;
+  } else {
+    constexpr int kMaxDevices = 64;
+    static std::atomic<bool> raised[kMaxDevices];
+    int device = 0;
+    if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+    const bool tracked = device >= 0 && device < kMaxDevices;
+    if (tracked && raised[device].load(std::memory_order_acquire)) return cudaSuccess;
+    const cudaError_t err =
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (err == cudaSuccess && tracked) raised[device].store(true, std::memory_order_release);
+    return err;
+  }
+}
+
 // One block per (sequence, split, query tile, KV head); the host checked that the count fits the
 // grid's x dimension.
-template <typename Kernel>
-cudaError_t LaunchDecode(Kernel* kernel, int smem_bytes, const AttentionParams& p,
-                         const DecodeLaunch& l, cudaStream_t stream) {
-  if (smem_bytes > 48 * 1024) {
-    // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    if (err != cudaSuccess) return err;
+template <auto kKernel, int kSmemBytes>
+cudaError_t LaunchDecode(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  if (const cudaError_t err = RaiseSmemLimitOnce<kKernel, kSmemBytes>(); err != cudaSuccess) {
+    return err;
   }
   const int64_t blocks =
       int64_t{p.batch} * l.num_splits * l.query_tiles * (p.kv_heads / l.heads_per_block);
-  kernel<<<static_cast<unsigned>(blocks), kDecodeThreads, smem_bytes, stream>>>(p, l);
+  kKernel<<<static_cast<unsigned>(blocks), kDecodeThreads, kSmemBytes, stream>>>(p, l);
   return cudaGetLastError();
 }
 
@@ -50,7 +71,7 @@ template <DType kDType, int kHeadDim>
 cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
   if constexpr (kDType == DType::kFloat32) {
     using Traits = decode::Decode32Traits<kHeadDim>;
-    return LaunchDecode(&decode::FlashDecodeKernel32<Traits>, Traits::kSmem.total, p, l, stream);
+    return LaunchDecode<&decode::FlashDecodeKernel32<Traits>, Traits::kSmem.total>(p, l, stream);
   } else {
     if (l.rows == DecodeRows::kRows16) {
       return LaunchDecode16<kDType, kHeadDim, DecodeRows::kRows16, 0>(p, l, stream);
@@ -62,13 +83,11 @@ cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cud
 // The fused variants' launch (l.counters set): the counters' zeroing kernel, then the decode
 // kernel behind it with programmatic stream serialization (when l.dependent_launch), so that the
 // decode blocks start while the counters are zeroed and wait for that only at their ticket.
-template <typename Kernel>
-cudaError_t LaunchDecodeFused(Kernel* kernel, int smem_bytes, const AttentionParams& p,
-                              const DecodeLaunch& l, cudaStream_t stream) {
-  if (smem_bytes > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    if (err != cudaSuccess) return err;
+template <auto kKernel, int kSmemBytes>
+cudaError_t LaunchDecodeFused(const AttentionParams& p, const DecodeLaunch& l,
+                              cudaStream_t stream) {
+  if (const cudaError_t err = RaiseSmemLimitOnce<kKernel, kSmemBytes>(); err != cudaSuccess) {
+    return err;
   }
   // One counter per thread; a few blocks are enough for any grid the decode kernel can take.
   const int64_t zero_blocks = (l.num_counters + kDecodeThreads - 1) / kDecodeThreads;
@@ -81,14 +100,14 @@ cudaError_t LaunchDecodeFused(Kernel* kernel, int smem_bytes, const AttentionPar
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kDecodeThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.dynamicSmemBytes = static_cast<size_t>(kSmemBytes);
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
   config.numAttrs = l.dependent_launch ? 1 : 0;
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, p, l);
+  const cudaError_t err = cudaLaunchKernelEx(&config, kKernel, p, l);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
@@ -99,16 +118,22 @@ cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cuda
   constexpr DecodeVariant kV = kDecodeVariants[kVariant];
   using Traits = decode::Decode16Traits<kHeadDim, kRows, kV.stages, kV.heads,
                                         DecodePageCacheEntries(kV, kHeadDim, kRows)>;
-  auto* kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant>;
+  using Element = DecodeElementOf<kDType>;
+  constexpr int kSmem = Traits::kSmem.total;
   if constexpr (kV.specialize_logits) {
     if (p.softcap == 0.f && p.alibi_slopes == nullptr) {
-      kernel = &decode::FlashDecodeKernel16<Traits, DecodeElementOf<kDType>, kVariant, false>;
+      constexpr auto kLean = &decode::FlashDecodeKernel16<Traits, Element, kVariant, false>;
+      if (kV.fused_combine && l.counters != nullptr) {
+        return LaunchDecodeFused<kLean, kSmem>(p, l, stream);
+      }
+      return LaunchDecode<kLean, kSmem>(p, l, stream);
     }
   }
+  constexpr auto kKernel = &decode::FlashDecodeKernel16<Traits, Element, kVariant>;
   if (kV.fused_combine && l.counters != nullptr) {
-    return LaunchDecodeFused(kernel, Traits::kSmem.total, p, l, stream);
+    return LaunchDecodeFused<kKernel, kSmem>(p, l, stream);
   }
-  return LaunchDecode(kernel, Traits::kSmem.total, p, l, stream);
+  return LaunchDecode<kKernel, kSmem>(p, l, stream);
 }
 
 // Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.

@@ -313,9 +313,15 @@ TEST(DecodeVariantsTest, TableIsConsistent) {
       EXPECT_GE(stages, 3) << kDecodeVariants[v].name;
     }
     EXPECT_FALSE(heads > 1 && kDecodeVariants[v].pages_ahead) << kDecodeVariants[v].name;
+    EXPECT_FALSE(heads > 1 && kDecodeVariants[v].pages_early) << kDecodeVariants[v].name;
+    // The page entries load one way: a tile ahead (pages_ahead), at the top of the refilling
+    // iteration (pages_early), or from the page cache.
+    EXPECT_FALSE(kDecodeVariants[v].pages_ahead && kDecodeVariants[v].pages_early)
+        << kDecodeVariants[v].name;
     // The page cache and the fused combine are written for one KV head per block, and the cache
-    // replaces pages_ahead's lookups.
-    EXPECT_FALSE(kDecodeVariants[v].page_cache && (heads > 1 || kDecodeVariants[v].pages_ahead))
+    // replaces pages_ahead's and pages_early's lookups.
+    EXPECT_FALSE(kDecodeVariants[v].page_cache &&
+                 (heads > 1 || kDecodeVariants[v].pages_ahead || kDecodeVariants[v].pages_early))
         << kDecodeVariants[v].name;
     EXPECT_FALSE(kDecodeVariants[v].fused_combine && heads > 1) << kDecodeVariants[v].name;
     EXPECT_TRUE(kDecodeVariants[v].copy_unroll >= 0 && kDecodeVariants[v].copy_unroll <= 8)
