@@ -16,7 +16,8 @@ namespace attention {
 //   X + b * X_batch_stride + (row_offset(b) + r) * X_row_stride + h * X_head_stride
 // where row_offset(b) = cu_seqlens ? cu_seqlens[b] : 0 (cu_seqlens_q for q, o, lse; cu_seqlens_k
 // for k, v). Packed batches therefore use batch_stride 0. Strides are in elements; the head_dim
-// dimension is contiguous (stride 1).
+// dimension is contiguous (stride 1). o holds OutputDType(dtype) elements (bfloat16 for FP8
+// inputs) and its strides count those elements.
 //
 // Pointers are host pointers for the CPU backend and device pointers for the CUDA backend
 // (cu_seqlens, alibi_slopes, sinks and mask included).
@@ -61,6 +62,19 @@ struct AttentionParams : KernelConfig {
   // sink_batch_stride is 0 for [q_heads] sinks.
   const float* sink_logits = nullptr;
   int64_t sink_batch_stride = 0;
+
+  // FP8 only (dtype kFloat8E4M3; null for every other dtype): float32 dequantization factors, the
+  // real value of a stored element of q being e4m3 x q_descale (k, v alike). Null = 1.0. Factor
+  // for (sequence b, head h):
+  //   q_descale[b * q_descale_batch_stride + h * q_descale_head_stride]
+  // (head stride 0 = one factor per tensor, batch stride 0 = one set for the whole launch); k and
+  // v are indexed by kv head. Finite and > 0 (the server checks it).
+  const float* q_descale = nullptr;
+  const float* k_descale = nullptr;
+  const float* v_descale = nullptr;
+  int64_t q_descale_batch_stride = 0, q_descale_head_stride = 0;
+  int64_t k_descale_batch_stride = 0, k_descale_head_stride = 0;
+  int64_t v_descale_batch_stride = 0, v_descale_head_stride = 0;
 
   // Optional mask indexed by (b, h, i, j) with i, j local to the sequence:
   //   mask + b * mask_batch_stride + h * mask_head_stride + i * mask_row_stride + j *

@@ -1,5 +1,6 @@
-// Host-side conversions between float32 and the 16-bit storage types of the contract
-// (IEEE binary16 and bfloat16), round-to-nearest-even, NaN and infinity preserved.
+// Host-side conversions between float32 and the 16-bit and 8-bit storage types of the contract
+// (IEEE binary16, bfloat16, OCP E4M3FN), round-to-nearest-even, NaN and infinity preserved
+// (E4M3FN has no infinity: see FloatToE4M3).
 // Used by the CPU backend, the tests' reference and the tools; device code uses cuda_fp16.h /
 // cuda_bf16.h instead.
 #ifndef ATTENTION_KERNELS_DTYPE_H_
@@ -66,6 +67,45 @@ inline uint16_t FloatToHalf(float f) {
   const uint32_t rebased = magnitude - 0x38000000u;
   const uint32_t rounding = 0xfffu + ((rebased >> 13) & 1u);
   return sign | static_cast<uint16_t>((rebased + rounding) >> 13);
+}
+
+// OCP E4M3FN (kernels/kernel_config.h, DType::kFloat8E4M3): sign, 4 exponent bits (bias 7),
+// 3 mantissa bits; exponent 0 is subnormal (mantissa x 2^-9), 0x7f / 0xff are NaN, there is no
+// infinity, the largest finite magnitude is 448 (0x7e). Every value is exact in a float.
+inline float E4M3ToFloat(uint8_t b) {
+  const uint32_t sign = uint32_t{b & 0x80u} << 24;
+  const uint32_t exponent = (b >> 3) & 0xfu;
+  const uint32_t mantissa = b & 0x7u;
+  if (exponent == 0xf && mantissa == 0x7) return BitsFloat(sign | 0x7fc00000u);  // NaN
+  if (exponent != 0) return BitsFloat(sign | ((exponent + 120) << 23) | (mantissa << 20));
+  // Subnormal (or zero): mantissa x 2^-9.
+  const float magnitude = static_cast<float>(mantissa) * 0.001953125f;
+  return sign ? -magnitude : magnitude;
+}
+
+// The nearest E4M3FN value to `f`, ties to even. NaN gives 0x7f (sign kept); magnitudes that
+// round above 448 (from 464 up, infinity included) saturate to +-448, as the conversion of
+// scaled data to FP8 usually does (cuda_fp8.h's __NV_SATFINITE).
+inline uint8_t FloatToE4M3(float f) {
+  const uint32_t u = FloatBits(f);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const uint32_t magnitude = u & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7fu;  // NaN
+  if (magnitude >= 0x43e80000u) return sign | 0x7eu;  // >= 464 (halfway 448..512): saturate
+  if (magnitude < 0x3c800000u) {                      // below 2^-6, the smallest normal
+    // Subnormal: round |f| / 2^-9 to an integer 0..8 (8 is the smallest normal, 0x08), ties to
+    // even. |f| < 2^-6 makes the product exact and below 2^3, so the rounding below is exact.
+    const float scaled = BitsFloat(magnitude) * 512.0f;
+    uint32_t q = static_cast<uint32_t>(scaled);
+    const float rest = scaled - static_cast<float>(q);
+    if (rest > 0.5f || (rest == 0.5f && (q & 1u))) ++q;
+    return sign | static_cast<uint8_t>(q);
+  }
+  // Normal: rebias the exponent (127 -> 7), round the mantissa to 3 bits (a carry may bump the
+  // exponent; 0x43e00000 = 448 plus less than half a step stays 0x7e).
+  const uint32_t rebased = magnitude - (120u << 23);
+  const uint32_t rounding = 0x7ffffu + ((rebased >> 20) & 1u);
+  return sign | static_cast<uint8_t>((rebased + rounding) >> 20);
 }
 
 }  // namespace attention

@@ -14,11 +14,32 @@
 
 namespace attention {
 
-// Element type of q, k, v and o (and of dq, dk, dv).
-enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16 };
+// Element type of q, k and v (and of o, dq, dk, dv: see OutputDType).
+//   kFloat8E4M3: OCP E4M3FN (1 sign, 4 exponent, 3 mantissa bits, bias 7, no infinities, 0x7f /
+//   0xff NaN, largest finite 448), forward only. The real value of a stored element is
+//   e4m3 x descale, the descales being per launch data (AttentionParams::q_descale...).
+enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16, kFloat8E4M3 };
 
 // Size in bytes of one element of `dtype`.
-constexpr int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+constexpr int64_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return 4;
+    case DType::kFloat16:
+    case DType::kBFloat16:
+      return 2;
+    case DType::kFloat8E4M3:
+      return 1;
+  }
+  return 0;
+}
+
+// Element type of o for inputs of `dtype`: FP8 inputs give a bfloat16 o (o is the result the
+// caller keeps; rounding it to 3 mantissa bits would throw away most of the float32
+// accumulation's accuracy), every other dtype gives o in its own type.
+constexpr DType OutputDType(DType dtype) {
+  return dtype == DType::kFloat8E4M3 ? DType::kBFloat16 : dtype;
+}
 
 // Largest head_dim any backend computes (the CUDA kernels' largest head-dim bucket).
 inline constexpr int kMaxHeadDim = 256;
@@ -43,8 +64,9 @@ enum class WorkKind : uint8_t {
   kBackward,
 };
 
-// How float32 inputs are computed (16-bit inputs are always computed from their exact values
-// with float32 accumulation, and carry kFull).
+// How float32 inputs are computed (16-bit and FP8 inputs are always computed from their exact
+// values with float32 accumulation, and carry kFull; the CUDA FP8 kernel rounds the softmax
+// probabilities P to e4m3 for the P.V product, see docs/kernel.md).
 enum class Precision : uint8_t {
   // float32 accuracy: max abs error against float64 within about 1e-5 x max|o|.
   kFull,

@@ -52,6 +52,8 @@ inline v1::DType ContractDType(DType dtype) {
       return v1::FLOAT16;
     case DType::kBFloat16:
       return v1::BFLOAT16;
+    case DType::kFloat8E4M3:
+      return v1::FLOAT8_E4M3;
   }
   return v1::DTYPE_UNSPECIFIED;
 }

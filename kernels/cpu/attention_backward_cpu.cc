@@ -168,6 +168,11 @@ void LoadRow(DType dtype, const void* base, int64_t elem, int n, float* dst) {
       }
       return;
     }
+    case DType::kFloat8E4M3: {
+      const uint8_t* s = reinterpret_cast<const uint8_t*>(bytes + elem);
+      for (int e = 0; e < n; ++e) dst[e] = E4M3ToFloat(s[e]);
+      return;
+    }
   }
 }
 
@@ -189,6 +194,9 @@ void StoreRow(DType dtype, const double* src, double scale, int n, void* base, i
       for (int e = 0; e < n; ++e) dst[e] = FloatToBFloat16(static_cast<float>(src[e] * scale));
       return;
     }
+    case DType::kFloat8E4M3:
+      // Not reached: FP8 is forward only, CheckBackwardParams refuses it.
+      return;
   }
 }
 

@@ -167,7 +167,8 @@ void StoreOutput(const AttentionParams& p, const QueryTile& t, const float* out,
         for (int e = 0; e < d; ++e) dst[e] = FloatToHalf(src[e]);
         break;
       }
-      case DType::kBFloat16: {
+      case DType::kBFloat16:
+      case DType::kFloat8E4M3: {  // o is OutputDType(kFloat8E4M3) = bfloat16
         uint16_t* dst = static_cast<uint16_t*>(p.o) + elem;
         for (int e = 0; e < d; ++e) dst[e] = FloatToBFloat16(src[e]);
         break;

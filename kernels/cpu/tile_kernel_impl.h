@@ -95,6 +95,31 @@ inline VecF Tanh(VecF y) {
   return y < 0.f ? -r : r;
 }
 
+// The float value of each OCP E4M3FN encoding (kernels/kernel_config.h): sign, 4 exponent bits
+// (bias 7, 0 = subnormal: mantissa x 2^-9), 3 mantissa bits, 0x7f / 0xff NaN. Built at compile
+// time: this file may not call kernels/dtype.h's E4M3ToFloat (see the top of the file).
+struct E4M3Table {
+  float value[256];
+};
+constexpr E4M3Table MakeE4M3Table() {
+  E4M3Table t{};
+  for (int b = 0; b < 256; ++b) {
+    const int exponent = (b >> 3) & 0xf, mantissa = b & 0x7;
+    float magnitude = 0.f;
+    if (exponent == 0xf && mantissa == 0x7) {
+      magnitude = __builtin_nanf("");
+    } else {
+      // (exponent ? 8 + mantissa : mantissa) x 2^(max(exponent, 1) - 10), exact in a float.
+      magnitude = static_cast<float>(exponent != 0 ? 8 + mantissa : mantissa);
+      for (int e = exponent > 0 ? exponent : 1; e < 10; ++e) magnitude *= 0.5f;
+      for (int e = 10; e < exponent; ++e) magnitude *= 2.0f;
+    }
+    t.value[b] = (b & 0x80) ? -magnitude : magnitude;
+  }
+  return t;
+}
+constexpr E4M3Table kE4M3Table = MakeE4M3Table();
+
 // Element i of a 16-bit row that may not be 2-byte aligned (read in place from a message).
 inline uint16_t Load16(const uint16_t* s, int i) {
   uint16_t h;
@@ -154,6 +179,12 @@ inline void LoadRow(DType dtype, const void* src, int n, float scale, float* dst
 #else
       for (; i < n; ++i) dst[i] = HalfToFloat(Load16(s, i)) * scale;
 #endif
+      return;
+    }
+    case DType::kFloat8E4M3: {
+      // Every E4M3 value (NaN included) is exact in a float: a table of the 256 encodings.
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (; i < n; ++i) dst[i] = kE4M3Table.value[s[i]] * scale;
       return;
     }
   }
@@ -398,12 +429,17 @@ void SoftmaxTile(float* s_t, const KeyRange* ranges, int br, int ncols, const fl
   }
 }
 
+// Bytes of one q/k/v element (kernel_config.h's DTypeSize, which this file may not call).
+inline int64_t ElementBytes(DType dtype) {
+  return dtype == DType::kFloat32 ? 4 : dtype == DType::kFloat8E4M3 ? 1 : 2;
+}
+
 // Pointer to element (row, head) of a q/k/v-shaped tensor of sequence `batch`.
 inline const char* RowPointer(const void* base, DType dtype, int64_t batch_stride,
                               int64_t row_stride, int64_t head_stride, int batch, int64_t row,
                               int head) {
   const int64_t elem = batch * batch_stride + row * row_stride + head * head_stride;
-  return static_cast<const char*>(base) + elem * (dtype == DType::kFloat32 ? 4 : 2);
+  return static_cast<const char*>(base) + elem * ElementBytes(dtype);
 }
 
 // Key row j (local to the tile's sequence) of K or V at the tile's KV head: through the page
@@ -464,7 +500,7 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int nq = t.rows;
   const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
   const int nblocks = ncols / kColumns;
-  const int64_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
+  const int64_t esize = ElementBytes(p.dtype);
 
   // Q_t = scale * log2(e) * Q^T; padding columns [nq, ncols) are zero.
   for (int i = 0; i < nq; ++i) {

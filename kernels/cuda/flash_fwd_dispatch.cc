@@ -33,6 +33,8 @@ const char* DTypeName(DType dtype) {
       return "float16";
     case DType::kBFloat16:
       return "bfloat16";
+    case DType::kFloat8E4M3:
+      return "float8_e4m3";
   }
   return "unknown";
 }
@@ -163,6 +165,7 @@ bool DTypeCompiled(DType dtype) {
       return false;
 #endif
     case DType::kFloat32:
+    case DType::kFloat8E4M3:
       return false;
   }
   return false;

@@ -78,6 +78,7 @@ bool DTypeBuilt(DType dtype) {
       return false;
 #endif
     case DType::kFloat32:
+    case DType::kFloat8E4M3:
       return false;
   }
   return false;

@@ -18,6 +18,8 @@ double LoadElement(DType dtype, const void* data, int64_t index) {
       return HalfToFloat(static_cast<const uint16_t*>(data)[index]);
     case DType::kBFloat16:
       return BFloat16ToFloat(static_cast<const uint16_t*>(data)[index]);
+    case DType::kFloat8E4M3:
+      return E4M3ToFloat(static_cast<const uint8_t*>(data)[index]);
   }
   return std::numeric_limits<double>::quiet_NaN();
 }
@@ -53,6 +55,16 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
       const double slope =
           p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
       const double sink = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h] : kNegInf;
+      // FP8 dequantization factors (1 when absent): q.k and v scale by them exactly as the
+      // elements would.
+      const double qk_descale =
+          (p.q_descale ? p.q_descale[b * p.q_descale_batch_stride + h * p.q_descale_head_stride]
+                       : 1.0) *
+          (p.k_descale ? p.k_descale[b * p.k_descale_batch_stride + kv_h * p.k_descale_head_stride]
+                       : 1.0);
+      const double v_descale =
+          p.v_descale ? p.v_descale[b * p.v_descale_batch_stride + kv_h * p.v_descale_head_stride]
+                      : 1.0;
       for (int64_t i = 0; i < len_q; ++i) {
         const int64_t pos = i + len_k - len_q;  // bottom-right aligned key position of row i
         const int64_t q_row = b * p.q_batch_stride + (q_offset + i) * p.q_row_stride +
@@ -76,7 +88,7 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
           for (int d = 0; d < p.head_dim; ++d) {
             dot += LoadElement(p.dtype, p.q, q_row + d) * LoadElement(p.dtype, p.k, k_row + d);
           }
-          double s = p.softmax_scale * dot;
+          double s = p.softmax_scale * qk_descale * dot;
           if (p.softcap > 0.f) s = p.softcap * std::tanh(s / p.softcap);
           if (p.alibi_slopes) s -= slope * static_cast<double>(std::llabs(pos - j));
           if (p.mask_kind == MaskKind::kAdditive) {
@@ -109,7 +121,7 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
                 key_row(j, p.v_batch_stride, p.v_row_stride) + kv_h * p.v_head_stride;
             acc += scores[j] * LoadElement(p.dtype, p.v, v_row + d);
           }
-          o[o_row + d] = acc / sum;
+          o[o_row + d] = v_descale * acc / sum;
         }
         if (lse_out) *lse_out = row_max + std::log(sum);
       }

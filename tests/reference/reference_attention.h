@@ -18,7 +18,8 @@ double LoadElement(DType dtype, const void* data, int64_t index);
 // not null, with p.lse_* strides. A row with no allowed key gets o = 0 and lse = -inf (the sink's
 // logit with attention sinks). Follows every field of attention_params.h: attention sinks
 // (p.sinks, p.sink_logits), paged K/V (p.page_table, page_size, seqlens_k: only the pages of
-// allowed keys are read) and key ranges (p.key_range).
+// allowed keys are read), key ranges (p.key_range) and FP8 descale factors (p.q_descale, ...: the
+// reference computes on the dequantized values e4m3 x descale).
 void ReferenceAttention(const AttentionParams& p, double* o, double* lse);
 
 }  // namespace attention::testing

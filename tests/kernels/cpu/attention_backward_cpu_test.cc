@@ -50,6 +50,8 @@ double ToleranceFor(DType dtype) {
       return 2e-3;
     case DType::kBFloat16:
       return 1.5e-2;
+    case DType::kFloat8E4M3:  // forward only: not run here
+      break;
   }
   return 0;
 }
@@ -62,6 +64,8 @@ const char* DTypeName(DType dtype) {
       return "fp16";
     case DType::kBFloat16:
       return "bf16";
+    case DType::kFloat8E4M3:
+      return "fp8";
   }
   return "?";
 }
@@ -99,6 +103,8 @@ double RoundTo(DType dtype, double x) {
       return HalfToFloat(FloatToHalf(f));
     case DType::kBFloat16:
       return BFloat16ToFloat(FloatToBFloat16(f));
+    case DType::kFloat8E4M3:
+      return E4M3ToFloat(FloatToE4M3(f));
   }
   return 0;
 }

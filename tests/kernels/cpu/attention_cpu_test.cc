@@ -48,6 +48,7 @@ Tolerance ToleranceFor(DType dtype) {
     case DType::kFloat16:
       return {1e-3, 2e-3};
     case DType::kBFloat16:
+    case DType::kFloat8E4M3:  // o is bfloat16
       return {8e-3, 8e-3};
   }
   return {0, 0};
@@ -62,6 +63,8 @@ const char* DTypeName(DType dtype) {
       return "fp16";
     case DType::kBFloat16:
       return "bf16";
+    case DType::kFloat8E4M3:
+      return "fp8";
   }
   return "?";
 }
@@ -214,6 +217,9 @@ void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>&
         std::memcpy(out.data() + 2 * i, &h, 2);
         break;
       }
+      case DType::kFloat8E4M3:
+        out[i] = FloatToE4M3(x);
+        break;
     }
   }
 }
