@@ -10,6 +10,10 @@
 //                          [--seqlens 512,...] [--tokens 16384] [--model-dim 2048]
 //                          [--json FILE] [--tiles] [--memory] [--paged PAGE_SIZE] [--ws]
 //                          [--ws-variants] [--ws-only LABEL,...] [--varlen]
+//   --dtype fp8  the FP8 (E4M3) kernel (flash_fwd_fp8.h, V^T pre-pass included) on the same
+//             shapes; after bf16 in the same list its rows also give fp8 / bf16 speed
+//   --fp8-variants  with fp8, also every compiled FP8 tile configuration of the cell's bucket
+//             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON)
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -39,7 +43,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -51,6 +57,8 @@
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
+#include "kernels/cuda/flash_fwd_fp8.h"
+#include "kernels/cuda/flash_fwd_fp8_variants.h"
 #include "kernels/cuda/flash_fwd_sm90ws.h"
 #ifdef ATTN_BENCH_WS_VARIANTS
 #include "bench/cuda/ws_variants.h"
@@ -105,6 +113,8 @@ struct Options {
   bool ws_variants = false;  // --ws-variants (implies --ws)
   std::string ws_only;       // --ws-only: comma-separated labels, empty for all
   bool varlen = false;       // --varlen
+  // --fp8-variants
+  bool fp8_variants = false;
 };
 
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
@@ -121,6 +131,39 @@ bool FillRandom(void* device, int64_t count, DType dtype, uint64_t seed) {
     host[i] = dtype == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x);
   }
   return Check(cudaMemcpy(device, host.data(), count * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+// --dtype fp8: uniform values with variance 1 rounded to e4m3, copied once.
+bool FillRandomFp8(void* device, int64_t count, uint64_t seed) {
+  std::vector<uint8_t> host(count);
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < count; ++i) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
+    host[i] = FloatToE4M3((2.f * u - 1.f) * 1.7320508f);
+  }
+  return Check(cudaMemcpy(device, host.data(), count, cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+// The FP8 kernel with a workspace kept across calls (grown outside the timed launches' steady
+// state: the first of MedianMs's warm-up launches allocates it).
+absl::Status RunFp8(const AttentionParams& p, const Fp8Variant* variant = nullptr) {
+  static void* workspace = nullptr;
+  static size_t bytes = 0;
+  const size_t need = Fp8WorkspaceBytes(p);
+  if (need > bytes) {
+    if (workspace != nullptr) cudaFree(workspace);
+    workspace = nullptr;
+    bytes = 0;
+    if (cudaMalloc(&workspace, need) != cudaSuccess) {
+      return absl::ResourceExhaustedError("cudaMalloc of the FP8 workspace failed");
+    }
+    bytes = need;
+  }
+  return variant != nullptr ? RunFlashFwdFp8Variant(p, *variant, workspace, nullptr)
+                            : RunFlashFwdFp8(p, workspace, nullptr);
 }
 
 // Median milliseconds of `launch` over enough repetitions for ~200 ms of work (at least 5).
@@ -403,10 +446,17 @@ int RunGrid(const Options& opt, FILE* json) {
       cudaDeviceSynchronize();
     }
   }
+  // --dtype fp8: bf16 milliseconds per (d, causal, seqlen) measured earlier in the run.
+  std::map<std::tuple<int, int, int>, double> bf16_ms;
   for (const std::string& dt : opt.dtypes) {
-    const DType dtype = dt == "fp16" ? DType::kFloat16 : DType::kBFloat16;
-    if (!FillRandom(buf.q, elems, dtype, 1) || !FillRandom(buf.k, elems, dtype, 2) ||
-        !FillRandom(buf.v, elems, dtype, 3)) {
+    const bool fp8 = dt == "fp8";
+    const DType dtype = fp8            ? DType::kFloat8E4M3
+                        : dt == "fp16" ? DType::kFloat16
+                                       : DType::kBFloat16;
+    if (fp8 ? (!FillRandomFp8(buf.q, elems, 1) || !FillRandomFp8(buf.k, elems, 2) ||
+               !FillRandomFp8(buf.v, elems, 3))
+            : (!FillRandom(buf.q, elems, dtype, 1) || !FillRandom(buf.k, elems, dtype, 2) ||
+               !FillRandom(buf.v, elems, dtype, 3))) {
       return 1;
     }
     for (int d : opt.hdims) {
@@ -417,7 +467,8 @@ int RunGrid(const Options& opt, FILE* json) {
           AttentionParams p = MakeParams(dtype, batch, n, heads, d, c != 0, buf);
           if (opt.varlen && !MakePacked(p, cu_seqlens)) return 1;
           absl::Status status;
-          const double ms = MedianMs([&] { status = RunAttention(p, nullptr, nullptr); });
+          const double ms =
+              MedianMs([&] { status = fp8 ? RunFp8(p) : RunAttention(p, nullptr, nullptr); });
           if (opt.ws && status.ok()) {
             if (!TimeWs(dt, p, ms, Tflops(batch, heads, n, d, c != 0, ms), opt.ws_variants,
                         opt.ws_only, json)) {
@@ -438,15 +489,45 @@ int RunGrid(const Options& opt, FILE* json) {
             continue;
           }
           const double tf = Tflops(batch, heads, n, d, c != 0, ms);
-          const char* kernel = KernelFamilyName(SelectKernelFamily(p));
+          std::string kernel = KernelFamilyName(SelectKernelFamily(p));
+          if (dt == "bf16") bf16_ms[{d, c, n}] = ms;
+          if (fp8) {
+            const auto bf16 = bf16_ms.find({d, c, n});
+            kernel = bf16 == bf16_ms.end()
+                         ? std::string("fp8 (e4m3 wgmma)")
+                         : "fp8 (e4m3 wgmma), " + std::to_string(bf16->second / ms) + "x bf16";
+          }
           std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s |\n", dt.c_str(), d, c, n,
-                      batch, heads, ms, tf, kernel);
+                      batch, heads, ms, tf, kernel.c_str());
+          for (const Fp8Variant& v : Fp8Variants()) {
+            if (!fp8 || !opt.fp8_variants || v.head_dim != (d <= 64 ? 64 : d <= 128 ? 128 : 256)) {
+              continue;
+            }
+            absl::Status vs;
+            const double vms = MedianMs([&] { vs = RunFp8(p, &v); });
+            if (!vs.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
+              std::fprintf(stderr, "fp8 variant %s: %s\n", v.Label().c_str(),
+                           vs.ToString().c_str());
+              ++failures;
+              continue;
+            }
+            std::printf("| fp8 | %d | %d | %d | %d | %d | %.3f | %.1f | %s, %.3fx default |\n", d,
+                        c, n, batch, heads, vms, Tflops(batch, heads, n, d, c != 0, vms),
+                        v.Label().c_str(), ms / vms);
+            if (json != nullptr) {
+              std::fprintf(json,
+                           "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
+                           "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f}\n",
+                           v.Label().c_str(), d, c ? "true" : "false", n, vms, ms);
+            }
+          }
           if (json != nullptr) {
             std::fprintf(json,
                          "{\"kind\": \"fwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
                          "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"ms\": %.4f, "
                          "\"ours_tflops\": %.1f, \"kernel\": \"%s\"}\n",
-                         dt.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf, kernel);
+                         dt.c_str(), d, c ? "true" : "false", n, batch, heads, ms, tf,
+                         kernel.c_str());
           }
           std::fflush(stdout);
         }
@@ -712,6 +793,8 @@ int Main(int argc, char** argv) {
       opt.ws = opt.ws_variants = true;
     } else if (arg == "--ws-only") {
       opt.ws_only = value();
+    } else if (arg == "--fp8-variants") {
+      opt.fp8_variants = true;
     } else if (arg == "--varlen") {
       opt.varlen = true;
     } else if (arg == "--paged") {

@@ -17,6 +17,7 @@
 #include "kernels/cuda/flash_decode.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
+#include "kernels/cuda/flash_fwd_fp8.h"
 #include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
@@ -163,6 +164,8 @@ absl::Status PagedKernelsRouted() {
 
 absl::Status CheckSupported(const KernelConfig& c) {
   if (absl::Status s = CheckConfig(c); !s.ok()) return s;
+  // FP8 (E4M3): the FP8 forward kernel alone (flash_fwd_fp8.h), behind its routing switch.
+  if (c.dtype == DType::kFloat8E4M3) return CheckFp8Config(c);
   if (c.kind == WorkKind::kPagedDecode) {
     if (absl::Status routed = PagedKernelsRouted(); !routed.ok()) return routed;
     // Every paged launch can take the decode kernel (up to 16 query rows per sequence);
@@ -307,6 +310,8 @@ Precision ComputedPrecision(const KernelConfig& config) {
 }
 
 size_t WorkspaceBytes(const AttentionParams& p) {
+  // FP8: V^T (the FP8 kernel reads V K-major); "no workspace" holds for 16-bit inputs.
+  if (p.dtype == DType::kFloat8E4M3) return Fp8WorkspaceBytes(p);
   if (RoutesToDecode(p) || TakesDecodeForPages(p)) {
     return DecodeWorkspaceBytes(p, DecodeOptions{});
   }
@@ -320,6 +325,7 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (p.batch == 0 || p.seqlen_q == 0 || QRows(p) == 0) return absl::OkStatus();
+  if (p.dtype == DType::kFloat8E4M3) return RunFlashFwdFp8(p, workspace, stream);
   // Decode shapes (a few query rows per sequence), and every paged launch of at most 16 rows: the
   // split-KV decode kernel (flash_decode.h). More rows against pages: the forward kernel's paged
   // variant.

@@ -1,0 +1,472 @@
+// Device code of the FP8 (E4M3) Hopper forward kernel (sm_90a): the warp-specialized kernel's
+// structure (flash_fwd_sm90ws_kernel.cuh: a TMA producer warpgroup, consumer warpgroups of 64
+// query rows in ping-pong, a persistent or one-tile-per-block grid over FwdSm90WsSchedule) with
+// e4m3 operands on the tensor cores:
+//   - S = Q K^T is wgmma m64nNk32 e4m3 x e4m3 -> float32 on Q and K as stored (K-major).
+//   - O += P V needs V K-major too (FP8 wgmma has no transpose): the kernel reads V^T from the
+//     workspace the pre-pass TransposeVFp8 wrote (flash_fwd_fp8_launch.h), whose keys are
+//     permuted within groups of 16 so that P's A fragments are the S accumulators rounded to e4m3
+//     in place (PackP8). P is in [0, 1] relative to the running row max; the row sums use the
+//     float32 P, so the only rounding beyond float32 accumulation is P's in the numerator.
+//   - The descales: q_descale k_descale softmax_scale joins the base-2 softmax factor (and the
+//     softcap's), so S stays raw e4m3 products; O is multiplied by v_descale before the epilogue.
+//   - O is bfloat16, staged in a shared tile of its own and stored with the common epilogue
+//     (StoreOutput: 1 / rowsum, sinks, LSE).
+// Shared tiles of e4m3 are panels of kRowBytes-byte rows (128, or 64 where the tile's K extent is
+// 64 bytes) in the swizzle of the same width, which the bulk copies write and the descriptors
+// read; a k32 step is 32 bytes along a row.
+// Compiled to an empty kernel for architectures other than sm_90a; the host API launches it only
+// on compute capability 9.0 devices when the build includes sm_90a.
+#ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_FP8_KERNEL_CUH_
+#define ATTENTION_KERNELS_CUDA_FLASH_FWD_FP8_KERNEL_CUH_
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_params.h"
+#include "kernels/cuda/block_info.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/flash_fwd_common.cuh"
+#include "kernels/cuda/flash_fwd_fp8_launch.h"
+#include "kernels/cuda/flash_fwd_fp8_wgmma.cuh"
+#include "kernels/cuda/kernel_traits.h"
+#include "kernels/cuda/tma_utils.cuh"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace attention::cuda::fwd {
+
+// The constants the kernel is written against, checked once here.
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_>
+struct Fp8Traits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kConsumers = kConsumers_;
+  static constexpr int kBlockM = 64 * kConsumers;
+  static constexpr int kNThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerThreads = 128 * kConsumers;
+  static constexpr int kConsumerWarps = 4 * kConsumers;
+  static constexpr int kNTilesS = kBlockN / 8;
+  static constexpr int kNTilesO = kHeadDim / 8;
+  static constexpr int kChunksO = kHeadDim / 8;  // 16-byte chunks of a bfloat16 O row
+  // The warp-specialized kernel's register split (Sm90WsTraits).
+  static constexpr int kProducerRegisters = kConsumers == 2 ? 24 : 32;
+  static constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
+  static_assert(128 * kProducerRegisters + kConsumerThreads * kConsumerRegisters <= 65536,
+                "the register file of one SM");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "the FP8 buckets");
+  static_assert(kBlockN % 64 == 0 && kBlockN <= 256, "whole V^T panels, wgmma's N");
+  static_assert(kStages >= 2, "the producer runs at least one tile ahead");
+
+  // Q and K: rows of head_dim bytes in panels of kDRowBytes; V^T: head_dim rows of kBlockN keys
+  // in panels of kNRowBytes (128, or 64 when kBlockN is an odd multiple of 64: 64, 192).
+  static constexpr int kDRowBytes = kHeadDim < 128 ? kHeadDim : 128;
+  static constexpr int kDPanels = kHeadDim / kDRowBytes;
+  static constexpr int kNRowBytes = kBlockN % 128 == 0 ? 128 : 64;
+  static constexpr int kNPanels = kBlockN / kNRowBytes;
+  static constexpr int kQBytes = kBlockM * kHeadDim;
+  static constexpr int kKBytes = kBlockN * kHeadDim;
+  static constexpr int kVtBytes = kHeadDim * kBlockN;
+  using OTile = SmemTile<kBlockM, kHeadDim>;  // bfloat16, 64-column panels
+  static_assert(kQBytes % 1024 == 0 && kKBytes % 1024 == 0 && OTile::kBytes % 1024 == 0,
+                "every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle)");
+  static constexpr int kSmemQOffset = 0;
+  static constexpr int kSmemOOffset = kQBytes;
+  static constexpr int kSmemKOffset = kSmemOOffset + OTile::kBytes;
+  static constexpr int kSmemVOffset = kSmemKOffset + kStages * kKBytes;
+  // mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty.
+  static constexpr int kSmemBarrierOffset = kSmemVOffset + kStages * kVtBytes;
+  static constexpr int kBarriers = 2 + 4 * kStages;
+  static constexpr int kSmemBytes = kSmemBarrierOffset + 8 * kBarriers;
+  static constexpr int kSmemLaunchBytes = kSmemBytes + 1024;  // slack to align the tiles
+  static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
+
+  static constexpr int kTurnBarrier0 = 1;  // named barriers of the consumers' turns
+
+  // StoreEmptyRows's view of the consumers.
+  struct ConsumerThreads {
+    static constexpr int kChunks = Fp8Traits::kChunksO;
+    static constexpr int kNThreads = Fp8Traits::kConsumerThreads;
+  };
+};
+
+// K-major descriptor of an e4m3 tile of kRowBytes-byte rows: the 128-byte swizzle (8-row groups
+// 1024 bytes apart) or the 64-byte one (512 apart). The leading byte offset is unused by swizzled
+// K-major layouts.
+template <int kRowBytes>
+__device__ __forceinline__ uint64_t Fp8Descriptor(uint32_t smem_addr) {
+  static_assert(kRowBytes == 64 || kRowBytes == 128, "the two swizzles of the FP8 tiles");
+  if constexpr (kRowBytes == 128) {
+    return SmemDescriptor(smem_addr, 16, 1024);
+  } else {
+    return SmemDescriptorSwizzle64(smem_addr, 16, 512);
+  }
+}
+
+// Four floats rounded to e4m3 (round to nearest even, saturating to +-448), `a` in the lowest
+// byte.
+__device__ __forceinline__ uint32_t PackE4m3x4(float a, float b, float c, float d) {
+#ifdef ATTN_HAVE_WGMMA
+  uint16_t lo;
+  uint16_t hi;
+  // cvt's first source lands in the upper byte.
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(b), "f"(a));
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(d), "f"(c));
+  return static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+#else
+  return 0u;
+#endif
+}
+
+// P's k32 A fragment for keys [32 kk, 32 kk + 32) from the S accumulators of n8 tiles 4 kk ..
+// 4 kk + 3, in place: register 0 holds this lane's row-g values of tiles 4 kk, 4 kk + 1 (keys
+// 2 t, 2 t + 1, 8 + 2 t, 9 + 2 t), register 2 those of tiles 4 kk + 2, + 3; registers 1 and 3 the
+// row-(g + 8) values. The A layout reads them as columns 4 t .. 4 t + 3 (and 16 + ...): V^T's
+// permuted keys (Fp8VtKeyAt) match.
+template <int kNTilesS>
+__device__ __forceinline__ void PackP8(uint32_t (&frag)[4], const float (&acc_s)[1][kNTilesS][4],
+                                       int kk) {
+  const float(&s)[kNTilesS][4] = acc_s[0];
+  frag[0] = PackE4m3x4(s[4 * kk][0], s[4 * kk][1], s[4 * kk + 1][0], s[4 * kk + 1][1]);
+  frag[1] = PackE4m3x4(s[4 * kk][2], s[4 * kk][3], s[4 * kk + 1][2], s[4 * kk + 1][3]);
+  frag[2] = PackE4m3x4(s[4 * kk + 2][0], s[4 * kk + 2][1], s[4 * kk + 3][0], s[4 * kk + 3][1]);
+  frag[3] = PackE4m3x4(s[4 * kk + 2][2], s[4 * kk + 2][3], s[4 * kk + 3][2], s[4 * kk + 3][3]);
+}
+
+// Where a query tile's copies read: the row of its first query row in q's map, of its sequence's
+// first key in k's, the batch coordinate (0 for a packed batch), its sequence's first column in
+// V^T, and its KV head.
+struct Fp8TileRows {
+  int q_row;
+  int k_row;
+  int batch;
+  int vt_col;
+  int kv_head;
+};
+
+// Query tile `tile` of the schedule (plain order): its coordinates (`c.o`, `c.lse` bfloat16 /
+// float32 pointers; c.q, c.k, c.v unused, null), copy coordinates and KV tiles. False when its
+// sequence has no query block of the tile's rank.
+template <int kBlockM, int kBlockN, bool kCausal>
+__device__ __forceinline__ bool LocateFp8Tile(const AttentionParams& p,
+                                              const FwdSm90WsSchedule& sched, int tile,
+                                              BlockCoords<__nv_bfloat16>& c, Fp8TileRows& rows,
+                                              KvTileRange& tiles) {
+  const RankedTile at = PlainTileRankAt(sched, tile);
+  c.head = at.pair % p.q_heads;
+  c.batch = at.pair / p.q_heads;
+  c.left = kCausal ? p.window_left : -1;
+  c.right = kCausal ? p.window_right : -1;
+  int q_start = 0;
+  int k_start = c.batch * p.seqlen_k;  // V^T's column arithmetic counts dense rows too
+  c.len_q = p.seqlen_q;
+  c.len_k = p.seqlen_k;
+  const bool packed = p.cu_seqlens_q != nullptr;
+  if (packed) {
+    q_start = p.cu_seqlens_q[c.batch];
+    c.len_q = p.cu_seqlens_q[c.batch + 1] - q_start;
+    k_start = p.cu_seqlens_k[c.batch];
+    c.len_k = p.cu_seqlens_k[c.batch + 1] - k_start;
+  }
+  const int m_block = TileMBlock(at, (c.len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return false;
+  c.row0 = m_block * kBlockM;
+  c.rows = min(kBlockM, c.len_q - c.row0);
+  c.key_begin = 0;
+  c.key_end = c.len_k;
+  c.q = nullptr;
+  c.k = nullptr;
+  c.v = nullptr;
+  c.o = static_cast<__nv_bfloat16*>(p.o) + c.batch * p.o_batch_stride +
+        (int64_t{q_start} + c.row0) * p.o_row_stride + c.head * p.o_head_stride;
+  c.lse = p.lse == nullptr ? nullptr
+                           : p.lse + c.batch * p.lse_batch_stride + c.head * p.lse_head_stride +
+                                 q_start + c.row0;
+  c.pages = nullptr;
+  c.page_shift = 0;
+  rows.q_row = q_start + c.row0;
+  rows.k_row = packed ? k_start : 0;
+  rows.batch = packed ? 0 : c.batch;
+  rows.vt_col = static_cast<int>(Fp8VtColumn(c.batch, k_start));
+  rows.kv_head = c.head / (p.q_heads / p.kv_heads);
+  tiles = KvTilesInRange(c.row0, c.rows, c.len_q, c.len_k, kBlockN, c.left, c.right, c.key_begin,
+                         c.key_end);
+  return true;
+}
+
+// A descale factor of (sequence b, head h): 1 without factors.
+__device__ __forceinline__ float Descale(const float* f, int64_t batch_stride, int64_t head_stride,
+                                         int b, int h) {
+  return f == nullptr ? 1.f : f[b * batch_stride + h * head_stride];
+}
+
+// Grid: args.sched.grid blocks of Traits::kNThreads threads; kSmemLaunchBytes of dynamic shared
+// memory. args.p is normalized and checked by the host API (CheckFlashFwdFp8): e4m3 q, k, v,
+// bfloat16 o, no window but causal, no ALiBi or mask, positive scale, dense or packed, not
+// paged; V^T written by TransposeVFp8 before the launch on the same stream.
+template <typename Traits, bool kCausal>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    FlashFwdFp8Kernel(const __grid_constant__ FwdFp8Args args) {
+#ifdef ATTN_HAVE_WGMMA
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages;
+  constexpr int kNTilesS = Traits::kNTilesS;
+  constexpr int kNTilesO = Traits::kNTilesO;
+  constexpr int kConsumers = Traits::kConsumers;
+  constexpr int kDRowBytes = Traits::kDRowBytes;
+  constexpr int kNRowBytes = Traits::kNRowBytes;
+  constexpr FwdVariant kVariant = kCausal ? FwdVariant::kWindow : FwdVariant::kDense;
+  using OTile = typename Traits::OTile;
+  using MmaS = WgmmaE4m3<kBlockN>;
+  using MmaO = WgmmaE4m3<kHeadDim>;
+  const AttentionParams& p = args.p;
+  const FwdSm90WsSchedule& sched = args.sched;
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t smem_base = (SmemAddress(smem) + 1023u) & ~1023u;
+  const uint32_t smem_q = smem_base + Traits::kSmemQOffset;
+  const uint32_t smem_o = smem_base + Traits::kSmemOOffset;
+  const auto k_stage = [&](int s) {
+    return smem_base + Traits::kSmemKOffset + s * Traits::kKBytes;
+  };
+  const auto v_stage = [&](int s) {
+    return smem_base + Traits::kSmemVOffset + s * Traits::kVtBytes;
+  };
+  const uint32_t bars = smem_base + Traits::kSmemBarrierOffset;
+  const uint32_t q_full = bars;
+  const uint32_t q_empty = bars + 8u;
+  const auto k_full = [&](int s) { return bars + 8u * (2 + s); };
+  const auto v_full = [&](int s) { return bars + 8u * (2 + kStages + s); };
+  const auto k_empty = [&](int s) { return bars + 8u * (2 + 2 * kStages + s); };
+  const auto v_empty = [&](int s) { return bars + 8u * (2 + 3 * kStages + s); };
+
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    MbarrierInit(q_full, 1);
+    MbarrierInit(q_empty, Traits::kConsumerWarps);
+    for (int s = 0; s < kStages; ++s) {
+      MbarrierInit(k_full(s), 1);
+      MbarrierInit(v_full(s), 1);
+      MbarrierInit(k_empty(s), Traits::kConsumerWarps);
+      MbarrierInit(v_empty(s), Traits::kConsumerWarps);
+    }
+    FenceMbarrierInit();
+  }
+  __syncthreads();
+
+  const int warpgroup = tid / 128;
+  if (warpgroup == 0) {
+    // Producer: one thread issues every copy (Q once the consumers released the previous tile's,
+    // then K[n] and V^T[n] for the tile's KV tiles from the last down, stage i % kStages).
+    SetMaxRegistersDecrease<Traits::kProducerRegisters>();
+    if (tid != 0) return;
+    int i = 0;      // KV tiles copied so far
+    int round = 0;  // query tiles copied so far
+    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+      BlockCoords<__nv_bfloat16> c;
+      Fp8TileRows rows;
+      KvTileRange tiles;
+      if (!LocateFp8Tile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
+      if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
+      MbarrierWait(q_empty, (round & 1) ^ 1);
+      MbarrierArriveExpectTx(q_full, Traits::kQBytes);
+#pragma unroll
+      for (int panel = 0; panel < Traits::kDPanels; ++panel) {
+        TmaLoad4d(smem_q + panel * (kBlockM * kDRowBytes), &args.q, q_full, panel * kDRowBytes,
+                  c.head, rows.q_row, rows.batch);
+      }
+      ++round;
+      for (int n = tiles.end - 1; n >= tiles.begin; --n, ++i) {
+        const int s = i % kStages;
+        const uint32_t empty_parity = ((i / kStages) & 1) ^ 1;
+        MbarrierWait(k_empty(s), empty_parity);
+        MbarrierArriveExpectTx(k_full(s), Traits::kKBytes);
+#pragma unroll
+        for (int panel = 0; panel < Traits::kDPanels; ++panel) {
+          TmaLoad4d(k_stage(s) + panel * (kBlockN * kDRowBytes), &args.k, k_full(s),
+                    panel * kDRowBytes, rows.kv_head, rows.k_row + n * kBlockN, rows.batch);
+        }
+        MbarrierWait(v_empty(s), empty_parity);
+        MbarrierArriveExpectTx(v_full(s), Traits::kVtBytes);
+#pragma unroll
+        for (int panel = 0; panel < Traits::kNPanels; ++panel) {
+          TmaLoad4d(v_stage(s) + panel * (kHeadDim * kNRowBytes), &args.vt, v_full(s),
+                    rows.vt_col + n * kBlockN + panel * kNRowBytes, 0, rows.kv_head, 0);
+        }
+      }
+    }
+    return;
+  }
+
+  // Consumers.
+  SetMaxRegistersIncrease<Traits::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int ctid = tid - 128;
+  const int lane = tid % 32;
+  const int warp_row0 = ctid / 32 * 16;  // the warp's 16 rows within the tile
+  const int valid_chunks = p.head_dim / 8;
+  const bool softcap = p.softcap > 0.f;
+  const int my_turn = Traits::kTurnBarrier0 + consumer;
+  const int next_turn = Traits::kTurnBarrier0 + (consumer + 1) % kConsumers;
+  constexpr int kTurnThreads = 2 * 128;
+  const auto release = [&](uint32_t bar) {
+    if (lane == 0) MbarrierArrive(bar);
+  };
+
+  // The last consumer hands the first its first turn.
+  if (consumer == kConsumers - 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
+
+  int i = 0;      // KV tiles consumed so far, as the producer counts
+  int round = 0;  // query tiles with keys consumed so far
+  for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+    BlockCoords<__nv_bfloat16> c;
+    Fp8TileRows rows;
+    KvTileRange tiles;
+    if (!LocateFp8Tile<kBlockM, kBlockN, kCausal>(p, sched, tile, c, rows, tiles)) continue;
+    if (tiles.end <= tiles.begin) {
+      StoreEmptyRows<typename Traits::ConsumerThreads>(c.o, p.o_row_stride, c.lse, SinkLogit(p, c),
+                                                       c.rows, valid_chunks, ctid);
+      continue;
+    }
+    // The score of raw e4m3 products s is q_descale k_descale s in real units: that factor joins
+    // the softmax's (and the softcap's) scale.
+    const float qk_scale =
+        p.softmax_scale *
+        Descale(p.q_descale, p.q_descale_batch_stride, p.q_descale_head_stride, c.batch, c.head) *
+        Descale(p.k_descale, p.k_descale_batch_stride, p.k_descale_head_stride, c.batch,
+                rows.kv_head);
+    const float scale_log2 = qk_scale * kLog2e;
+    // Softcap c > 0: each raw score s becomes (c / scale) tanh(s scale / c), which scale_log2
+    // turns into the contract's logit c tanh(s scale / c) in base 2.
+    const float cap_in = softcap ? qk_scale / p.softcap : 0.f;
+    const float cap_out = softcap ? p.softcap / qk_scale : 0.f;
+
+    float acc_o[1][kNTilesO][4];
+#pragma unroll
+    for (int dt = 0; dt < kNTilesO; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
+    }
+    RowStats<1> stats;
+    stats.Init();
+    uint32_t p_frag[kBlockN / 32][4];  // P of the previous step as k32 A fragments
+    float acc_s[1][kNTilesS][4];
+    const uint64_t q_desc = Fp8Descriptor<kDRowBytes>(smem_q + consumer * 64 * kDRowBytes);
+    // S = Q K[stage s]^T: k32 steps of 32 bytes along the rows, the next panel kRows * kDRowBytes
+    // further.
+    const auto issue_s = [&](int s) {
+      const uint64_t k_desc = Fp8Descriptor<kDRowBytes>(k_stage(s));
+#pragma unroll
+      for (int ks = 0; ks < kHeadDim / 32; ++ks) {
+        const uint32_t panel = ks * 32 / kDRowBytes;
+        const uint32_t within = ks * 32 % kDRowBytes;
+        MmaS::SS(acc_s[0], AdvanceDescriptor(q_desc, panel * (kBlockM * kDRowBytes) + within),
+                 AdvanceDescriptor(k_desc, panel * (kBlockN * kDRowBytes) + within), ks > 0);
+      }
+      WgmmaCommit();
+    };
+    // O += P V^T[stage s]^T: k32 steps of 32 keys, the next key panel kHeadDim * kNRowBytes on.
+    const auto issue_pv = [&](int s) {
+      const uint64_t v_desc = Fp8Descriptor<kNRowBytes>(v_stage(s));
+      FenceAccumulators(acc_o[0]);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 32; ++kk) {
+        const uint32_t panel = kk * 32 / kNRowBytes;
+        const uint32_t within = kk * 32 % kNRowBytes;
+        MmaO::RS(acc_o[0], p_frag[kk],
+                 AdvanceDescriptor(v_desc, panel * (kHeadDim * kNRowBytes) + within));
+      }
+    };
+
+    MbarrierWait(q_full, round & 1);
+    const int i_first = i;
+    const auto step = [&](const int n, auto mask_tag) {
+      constexpr bool kMask = decltype(mask_tag)::value;
+      const int s = i % kStages;
+      const int s_prev = (i + kStages - 1) % kStages;
+      const bool has_pv = i > i_first;
+      if (has_pv) MbarrierWait(v_full(s_prev), ((i - 1) / kStages) & 1);
+      MbarrierWait(k_full(s), (i / kStages) & 1);
+      NamedBarrierSync(my_turn, kTurnThreads);
+      FenceAccumulators(acc_o[0]);
+      WgmmaFence();
+      issue_s(s);
+      // (One branch per case, as in the warp-specialized kernel: ptxas must see that S has
+      // completed on every path before the softmax reads it.)
+      if (has_pv) {
+        issue_pv(s_prev);
+        WgmmaCommit();
+        NamedBarrierArrive(next_turn, kTurnThreads);
+        WgmmaWait<1>();  // S done; P V may still run
+      } else {
+        NamedBarrierArrive(next_turn, kTurnThreads);
+        WgmmaWait<0>();
+      }
+      FenceAccumulators(acc_s[0]);
+      release(k_empty(s));
+      // The tile's last S: Q is free for the next query tile (O has a tile of its own).
+      if (n == tiles.begin) release(q_empty);
+
+      if (softcap) {
+#pragma unroll
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_s[0][nt][e] = cap_out * Tanh(acc_s[0][nt][e] * cap_in);
+        }
+      }
+      if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
+      float alpha[1][2];
+      const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);
+
+      WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
+      FenceAccumulators(acc_o[0]);
+      FenceFragments(p_frag);
+      if (has_pv) release(v_empty(s_prev));
+      if (rescale) RescaleRows(acc_o, alpha);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 32; ++kk) PackP8(p_frag[kk], acc_s, kk);
+      ++i;
+    };
+    ForEachKvTile<kBlockN, kVariant>(tiles, c, step);
+
+    // The last KV tile's P V, in a turn of its own.
+    const int s_last = (i - 1) % kStages;
+    MbarrierWait(v_full(s_last), ((i - 1) / kStages) & 1);
+    NamedBarrierSync(my_turn, kTurnThreads);
+    issue_pv(s_last);
+    WgmmaCommit();
+    NamedBarrierArrive(next_turn, kTurnThreads);
+    WgmmaWait<0>();
+    FenceAccumulators(acc_o[0]);
+    FenceFragments(p_frag);
+    release(v_empty(s_last));
+
+    // The epilogue: O v_descale / rowsum (sinks in the denominator), staged in the warp's own
+    // rows of the O tile and written as bfloat16, and the LSE (real logits: scale_log2 holds the
+    // descales).
+    const float v_scale = Descale(p.v_descale, p.v_descale_batch_stride, p.v_descale_head_stride,
+                                  c.batch, rows.kv_head);
+#pragma unroll
+    for (int dt = 0; dt < kNTilesO; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[0][dt][e] *= v_scale;
+    }
+    StoreOutput<OTile, Traits::kChunksO>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o,
+                                         c, p.o_row_stride, valid_chunks, warp_row0, lane);
+    ++round;
+  }
+  // The turn the last consumer passed after its last GEMMs.
+  if (consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
+#endif  // ATTN_HAVE_WGMMA
+}
+
+}  // namespace attention::cuda::fwd
+
+#endif  // ATTENTION_KERNELS_CUDA_FLASH_FWD_FP8_KERNEL_CUH_

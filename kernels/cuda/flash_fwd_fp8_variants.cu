@@ -1,0 +1,50 @@
+// The FP8 kernel's candidate tile configurations (flash_fwd_fp8_variants.h), compiled only with
+// -DATTN_BENCH_FP8_VARIANTS=ON. Shared memory per block (bytes of e4m3 tiles, bfloat16 O):
+// Q 64 c d + O 128 c d + stages (K + V^T) 2 n d, at most 227 KB.
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/flash_fwd_fp8_launch.cuh"
+#include "kernels/cuda/flash_fwd_fp8_variants.h"
+
+namespace attention::cuda {
+namespace {
+
+template <int kHeadDim, int kBlockN, int kStages, int kConsumers>
+Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
+  return {kHeadDim,
+          {kBlockN, kStages, kConsumers},
+          grid,
+          &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers>,
+          &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers>};
+}
+
+}  // namespace
+
+const std::vector<Fp8Variant>& Fp8Variants() {
+  static const std::vector<Fp8Variant> variants = {
+      // d 64: 8 + 16 KB of Q and O, 2 n 64 per stage.
+      Make<64, 128, 4, 2>(Fp8Grid::kPersistent),
+      Make<64, 128, 4, 2>(Fp8Grid::kPerTile),
+      Make<64, 192, 4, 2>(),
+      Make<64, 256, 2, 2>(),
+      Make<64, 128, 4, 3>(),
+      // d 128: 16 + 32 KB of Q and O, 2 n 128 per stage.
+      Make<128, 128, 4, 2>(Fp8Grid::kPersistent),
+      Make<128, 128, 4, 2>(Fp8Grid::kPerTile),
+      Make<128, 128, 2, 2>(),
+      Make<128, 192, 3, 2>(),
+      Make<128, 256, 2, 2>(),
+      Make<128, 128, 4, 3>(),
+      // d 256: 32 + 64 KB of Q and O, 2 n 256 per stage.
+      Make<256, 64, 2, 2>(Fp8Grid::kPersistent),
+      Make<256, 64, 2, 2>(Fp8Grid::kPerTile),
+      Make<256, 64, 4, 2>(),
+      Make<256, 128, 2, 2>(),
+  };
+  return variants;
+}
+
+}  // namespace attention::cuda
