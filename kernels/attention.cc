@@ -48,8 +48,15 @@ absl::Status CheckConfig(const KernelConfig& c) {
       c.kind != WorkKind::kBackward) {
     return Invalid("kind", "must be kForward, kPagedDecode or kBackward", static_cast<int>(c.kind));
   }
-  if (c.dtype != DType::kFloat32 && c.dtype != DType::kFloat16 && c.dtype != DType::kBFloat16) {
-    return Invalid("dtype", "must be kFloat32, kFloat16 or kBFloat16", static_cast<int>(c.dtype));
+  if (c.dtype != DType::kFloat32 && c.dtype != DType::kFloat16 && c.dtype != DType::kBFloat16 &&
+      c.dtype != DType::kFloat8E4M3) {
+    return Invalid("dtype", "must be kFloat32, kFloat16, kBFloat16 or kFloat8E4M3",
+                   static_cast<int>(c.dtype));
+  }
+  // FP8 inputs are a forward of its own (issue 23): no backward, no paged K/V (sessions).
+  if (c.dtype == DType::kFloat8E4M3 && c.kind != WorkKind::kForward) {
+    return Invalid("kind", "must be kForward with dtype kFloat8E4M3 (FP8 is forward only)",
+                   static_cast<int>(c.kind));
   }
   if (c.precision != Precision::kFull && c.precision != Precision::kTF32 &&
       c.precision != Precision::kBF16) {
@@ -167,6 +174,36 @@ absl::Status CheckParams(const AttentionParams& p) {
   }
   if (p.sink_logits != nullptr && p.sink_batch_stride < 0) {
     return Invalid("sink_batch_stride", "must be >= 0", p.sink_batch_stride);
+  }
+  if (p.dtype != DType::kFloat8E4M3 &&
+      (p.q_descale != nullptr || p.k_descale != nullptr || p.v_descale != nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionParams.",
+                     p.q_descale != nullptr   ? "q"
+                     : p.k_descale != nullptr ? "k"
+                                              : "v",
+                     "_descale must be null unless dtype is kFloat8E4M3"));
+  }
+  for (absl::Status s :
+       {p.q_descale_batch_stride < 0
+            ? Invalid("q_descale_batch_stride", "must be >= 0", p.q_descale_batch_stride)
+            : absl::OkStatus(),
+        p.q_descale_head_stride < 0
+            ? Invalid("q_descale_head_stride", "must be >= 0", p.q_descale_head_stride)
+            : absl::OkStatus(),
+        p.k_descale_batch_stride < 0
+            ? Invalid("k_descale_batch_stride", "must be >= 0", p.k_descale_batch_stride)
+            : absl::OkStatus(),
+        p.k_descale_head_stride < 0
+            ? Invalid("k_descale_head_stride", "must be >= 0", p.k_descale_head_stride)
+            : absl::OkStatus(),
+        p.v_descale_batch_stride < 0
+            ? Invalid("v_descale_batch_stride", "must be >= 0", p.v_descale_batch_stride)
+            : absl::OkStatus(),
+        p.v_descale_head_stride < 0
+            ? Invalid("v_descale_head_stride", "must be >= 0", p.v_descale_head_stride)
+            : absl::OkStatus()}) {
+    if (!s.ok()) return s;
   }
   switch (p.mask_kind) {
     case MaskKind::kNone:

@@ -35,7 +35,9 @@ CpuIsa BestCpuIsa();
 // Whether the CPU backend computes `config`: every configuration CheckConfig accepts (every
 // dtype, head_dim, option, sinks and paged K/V; float32 at full precision whatever the requested
 // Precision, which only bounds the error), of every kind: forward, paged decode, and backward
-// (RunBackward; its launches take no paged K/V). INVALID_ARGUMENT otherwise.
+// (RunBackward; its launches take no paged K/V). FP8 (kFloat8E4M3, forward only) is computed
+// from the dequantized values e4m3 x descale at float32 accuracy, o written as bfloat16 (round to
+// nearest even). INVALID_ARGUMENT otherwise.
 absl::Status CheckSupported(const KernelConfig& config);
 
 // The precision the CPU backend computes `config` at: kFull always (float32 inputs in float32

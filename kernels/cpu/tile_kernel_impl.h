@@ -501,12 +501,26 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
   const int nblocks = ncols / kColumns;
   const int64_t esize = ElementBytes(p.dtype);
+  // FP8 dequantization (1 without): the rows are loaded as e4m3 x descale (the q factor folded
+  // into Q's scale), so the rest of the tile runs on the dequantized values as for any dtype.
+  const float q_descale =
+      p.q_descale != nullptr
+          ? p.q_descale[t.batch * p.q_descale_batch_stride + t.head * p.q_descale_head_stride]
+          : 1.0f;
+  const float k_descale =
+      p.k_descale != nullptr
+          ? p.k_descale[t.batch * p.k_descale_batch_stride + t.kv_head * p.k_descale_head_stride]
+          : 1.0f;
+  const float v_descale =
+      p.v_descale != nullptr
+          ? p.v_descale[t.batch * p.v_descale_batch_stride + t.kv_head * p.v_descale_head_stride]
+          : 1.0f;
 
   // Q_t = scale * log2(e) * Q^T; padding columns [nq, ncols) are zero.
   for (int i = 0; i < nq; ++i) {
     const char* q = RowPointer(p.q, p.dtype, p.q_batch_stride, p.q_row_stride, p.q_head_stride,
                                t.batch, t.q_row0 + t.row_begin + i, t.head);
-    LoadRow(p.dtype, q, d, p.softmax_scale * kLog2e, s.out);
+    LoadRow(p.dtype, q, d, p.softmax_scale * kLog2e * q_descale, s.out);
     for (int e = 0; e < d; ++e) s.q_t[e * br + i] = s.out[e];
   }
   for (int e = 0; e < d; ++e) {
@@ -580,7 +594,7 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
                               ? KeyRowPointer(p, p.k, p.k_batch_stride, p.k_row_stride,
                                               p.k_head_stride, t, j0 + j)
                               : k + j * p.k_row_stride * esize;
-        LoadRow(p.dtype, row, d, 1.0f, s.k_tile + j * d);
+        LoadRow(p.dtype, row, d, k_descale, s.k_tile + j * d);
       }
       kf = s.k_tile;
       ks = d;
@@ -604,7 +618,7 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
                               ? KeyRowPointer(p, p.v, p.v_batch_stride, p.v_row_stride,
                                               p.v_head_stride, t, j0 + j)
                               : v + j * p.v_row_stride * esize;
-        LoadRow(p.dtype, row, d, 1.0f, s.v_tile + j * d);
+        LoadRow(p.dtype, row, d, v_descale, s.v_tile + j * d);
       }
       vf = s.v_tile;
       vs = d;

@@ -7,6 +7,10 @@
 //   float32:  atol 2e-5, rtol 2e-5  (float32 accumulation; exp to 2 ulp)
 //   float16:  atol 1e-3, rtol 2e-3  (the output's rounding to binary16 is 2.4e-4 relative)
 //   bfloat16: atol 8e-3, rtol 8e-3  (the output's rounding to bfloat16 is 2e-3 relative)
+//   float8_e4m3 (o is bfloat16): as bfloat16, and more: every o element must be the bfloat16
+//             rounding of the float64 reference on the dequantized inputs (e4m3 x descale),
+//             except where the reference lies within kFp8TieMargin of a rounding midpoint. The
+//             CPU backend computes FP8 at float32 accuracy; only o's final rounding differs.
 //   lse (float32 for every dtype): atol 1e-4
 // The inputs are rounded to the dtype before both the backend and the reference read them, so
 // these bound the backend's arithmetic and output rounding only.
@@ -71,6 +75,10 @@ const char* DTypeName(DType dtype) {
 
 enum class Alibi { kNone, kPerHead, kPerBatchHead };
 
+// FP8 descale factors: none (1.0), one per tensor ([1], head stride 0), one per head ([heads]),
+// or one per (sequence, head) (batch stride = heads: what the server's packed launches use).
+enum class Descale { kNone, kPerTensor, kPerHead, kPerSequenceHead };
+
 // Mask shape: which of (batch, head, row, col) are broadcast (stride 0).
 struct MaskShape {
   bool batch = true, head = true, row = false, col = false;
@@ -101,6 +109,9 @@ struct Case {
   int page_size = 0;
   // With pages: each sequence's keys cut to a random range [begin, end) (key_range).
   bool key_range = false;
+  // FP8 (dtype kFloat8E4M3): how q, k and v are dequantized (with factors, the codes are spread
+  // over e4m3's exponent range and the factors random in [2^-6, 2^-4]).
+  Descale descale = Descale::kNone;
   uint32_t seed = 1;
 
   std::string Name() const {
@@ -121,6 +132,9 @@ struct Case {
     if (sinks) s += " sinks";
     if (page_size > 0) s += " pages" + std::to_string(page_size);
     if (key_range) s += " key-range";
+    if (descale == Descale::kPerTensor) s += " descale/tensor";
+    if (descale == Descale::kPerHead) s += " descale/head";
+    if (descale == Descale::kPerSequenceHead) s += " descale/sequence-head";
     return s;
   }
 };
@@ -135,6 +149,7 @@ struct Problem {
   std::vector<float> sinks;
   std::vector<uint8_t> k_pages, v_pages;
   std::vector<int32_t> page_table, seqlens_k, key_range;
+  std::vector<float> q_descale, k_descale, v_descale;
   int64_t o_elems = 0;
 };
 
@@ -198,7 +213,11 @@ void Paginate(const Case& c, Problem* pr, std::mt19937& rng) {
   if (c.key_range) p.key_range = pr->key_range.data();
 }
 
-void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>& out) {
+// Standard normal values in `dtype`; FP8 codes hold them times `fp8_amplitude` (the test's
+// descales take it back out, so the real values stay standard normal either way: larger real
+// values make any float32 computation's scores, and so its relative error, larger).
+void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>& out,
+                float fp8_amplitude = 1.f) {
   std::normal_distribution<float> dist(0.f, 1.f);
   out.resize(n * DTypeSize(dtype));
   for (int64_t i = 0; i < n; ++i) {
@@ -218,7 +237,7 @@ void FillRandom(DType dtype, int64_t n, std::mt19937& rng, std::vector<uint8_t>&
         break;
       }
       case DType::kFloat8E4M3:
-        out[i] = FloatToE4M3(x);
+        out[i] = FloatToE4M3(fp8_amplitude * x);
         break;
     }
   }
@@ -281,10 +300,13 @@ std::unique_ptr<Problem> MakeProblem(const Case& c) {
   const int64_t q_elems = varlen ? rows_q * p.q_row_stride : c.batch * p.q_batch_stride;
   const int64_t k_elems = varlen ? rows_k * p.k_row_stride : c.batch * p.k_batch_stride;
   pr->o_elems = q_elems;
-  FillRandom(c.dtype, q_elems, rng, pr->q);
-  FillRandom(c.dtype, k_elems, rng, pr->k);
-  FillRandom(c.dtype, k_elems, rng, pr->v);
-  pr->o.assign(q_elems * DTypeSize(c.dtype), 0xff);  // NaN in every dtype
+  // With descales: codes x 32 spread over most of e4m3's exponents (subnormals below 2^-6
+  // included, the largest near 448), and factors around 1 / 32.
+  const float fp8_amplitude = c.descale == Descale::kNone ? 1.f : 32.f;
+  FillRandom(c.dtype, q_elems, rng, pr->q, fp8_amplitude);
+  FillRandom(c.dtype, k_elems, rng, pr->k, fp8_amplitude);
+  FillRandom(c.dtype, k_elems, rng, pr->v, fp8_amplitude);
+  pr->o.assign(q_elems * DTypeSize(OutputDType(c.dtype)), 0xff);  // NaN in every dtype
   p.q = pr->q.data();
   p.k = pr->k.data();
   p.v = pr->v.data();
@@ -312,6 +334,25 @@ std::unique_ptr<Problem> MakeProblem(const Case& c) {
     p.sinks = true;
     p.sink_logits = pr->sinks.data();
     p.sink_batch_stride = c.q_heads;
+  }
+  if (c.descale != Descale::kNone) {
+    // Factors in [2^-6, 2^-4], around 1 / 32 (FillRandom's amplitude).
+    std::uniform_real_distribution<float> factor(1.f / 64, 1.f / 16);
+    const int sets = c.descale == Descale::kPerSequenceHead ? c.batch : 1;
+    const auto make = [&](int heads, std::vector<float>* out, const float** ptr,
+                          int64_t* batch_stride, int64_t* head_stride) {
+      const int per_set = c.descale == Descale::kPerTensor ? 1 : heads;
+      for (int i = 0; i < sets * per_set; ++i) out->push_back(factor(rng));
+      *ptr = out->data();
+      *head_stride = c.descale == Descale::kPerTensor ? 0 : 1;
+      *batch_stride = c.descale == Descale::kPerSequenceHead ? heads : 0;
+    };
+    make(c.q_heads, &pr->q_descale, &p.q_descale, &p.q_descale_batch_stride,
+         &p.q_descale_head_stride);
+    make(c.kv_heads, &pr->k_descale, &p.k_descale, &p.k_descale_batch_stride,
+         &p.k_descale_head_stride);
+    make(c.kv_heads, &pr->v_descale, &p.v_descale, &p.v_descale_batch_stride,
+         &p.v_descale_head_stride);
   }
   if (c.page_size > 0) Paginate(c, pr.get(), rng);
   if (c.mask_kind != MaskKind::kNone) {
@@ -377,10 +418,24 @@ Reference ComputeReference(const Problem& pr) {
   return ref;
 }
 
+// FP8: how close to a bfloat16 rounding midpoint a reference value may lie before the check
+// that o is its exact rounding skips it, relative to the row's largest |o|. The backend's float32
+// arithmetic (products, exp2 to 2e-7, sums over up to 1000 keys) stays well within it; a larger
+// error (a descale applied twice, a code decoded wrongly) moves many values across midpoints.
+constexpr double kFp8TieMargin = 2e-5;
+
+// The midpoint between the two bfloat16 values around `x` (finite): the bfloat16 value below
+// |x| with the first dropped bit set, exact in a float.
+double Bf16Midpoint(double x) {
+  return BitsFloat((FloatBits(static_cast<float>(x)) & 0xffff0000u) | 0x8000u);
+}
+
 // Compares every output element the problem defines (padding excluded) and every lse entry.
 void ExpectMatches(const Problem& pr, const Reference& ref, const std::string& what) {
   const AttentionParams& p = pr.p;
   const Tolerance tol = ToleranceFor(p.dtype);
+  const DType o_dtype = OutputDType(p.dtype);
+  const bool fp8 = p.dtype == DType::kFloat8E4M3;
   int failures = 0;
   double worst = 0.0;
   for (int b = 0; b < p.batch; ++b) {
@@ -390,14 +445,25 @@ void ExpectMatches(const Problem& pr, const Reference& ref, const std::string& w
       for (int64_t i = 0; i < len; ++i) {
         const int64_t base =
             b * p.o_batch_stride + (row0 + i) * p.o_row_stride + h * p.o_head_stride;
+        double row_max = 0.0;
+        for (int e = 0; e < p.head_dim; ++e) row_max = std::max(row_max, std::abs(ref.o[base + e]));
         for (int e = 0; e < p.head_dim; ++e) {
-          const double got = LoadElement(p.dtype, p.o, base + e);
+          const double got = LoadElement(o_dtype, p.o, base + e);
           const double want = ref.o[base + e];
           const double err = std::abs(got - want);
           worst = std::max(worst, err);
           if (!(err <= tol.atol + tol.rtol * std::abs(want)) && ++failures <= 5) {
             ADD_FAILURE() << what << ": o[b=" << b << ", i=" << i << ", h=" << h << ", e=" << e
                           << "] = " << got << ", reference " << want;
+          }
+          if (fp8) {
+            const double rounded = BFloat16ToFloat(FloatToBFloat16(static_cast<float>(want)));
+            const bool near_tie = std::abs(want - Bf16Midpoint(want)) <= kFp8TieMargin * row_max;
+            if (got != rounded && !near_tie && ++failures <= 5) {
+              ADD_FAILURE() << what << ": o[b=" << b << ", i=" << i << ", h=" << h << ", e=" << e
+                            << "] = " << got << ", not the bfloat16 rounding " << rounded
+                            << " of the reference " << want;
+            }
           }
         }
         if (p.lse != nullptr) {
@@ -771,7 +837,7 @@ TEST(CpuAttention, PagedContexts) {
       c.dtype = dtype;
       c.page_size = page_size;
       c.batch = 3;
-      c.lens_q = {1, 4, 16};  // decode, speculative verify, a chunk
+      c.lens_q = {1, 4, 16};   // decode, speculative verify, a chunk
       c.lens_k = {70, 0, 33};  // partial last pages, and an empty context
       c.q_heads = 8;
       c.kv_heads = 2;
@@ -789,6 +855,167 @@ TEST(CpuAttention, PagedContexts) {
       Check(c);
     }
   }
+}
+
+// FP8 (E4M3) inputs: head dims 8 to 256 with ragged lengths, each kind of descale.
+TEST(CpuAttention, Fp8HeadDimsAndDescales) {
+  const Descale kinds[] = {Descale::kNone, Descale::kPerTensor, Descale::kPerHead,
+                           Descale::kPerSequenceHead};
+  int n = 0;
+  for (int d : {8, 16, 40, 64, 72, 96, 128, 136, 200, 256}) {
+    for (auto [sq, sk] : {std::pair{1, 1}, {17, 300}, {130, 67}}) {
+      Case c;
+      c.dtype = DType::kFloat8E4M3;
+      c.head_dim = d;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.batch = 2;
+      c.q_heads = 2;
+      c.kv_heads = 1;
+      c.descale = kinds[n++ % 4];
+      c.seed = d * 1000 + sq + sk;
+      Check(c);
+    }
+  }
+}
+
+// FP8 with every option, alone and together, GQA / MQA, packed ragged batches whose sequences
+// have their own descales (as the server packs requests), strided layouts and paged K/V.
+TEST(CpuAttention, Fp8EveryOption) {
+  Case base;
+  base.dtype = DType::kFloat8E4M3;
+  base.batch = 3;
+  base.lens_q = {1, 70, 33};
+  base.lens_k = {90, 70, 150};
+  base.q_heads = 4;
+  base.kv_heads = 2;
+  base.head_dim = 64;
+  base.descale = Descale::kPerSequenceHead;
+  std::vector<Case> cases;
+  cases.push_back(base);
+  for (Descale kind : {Descale::kNone, Descale::kPerTensor, Descale::kPerHead}) {
+    Case c = base;
+    c.descale = kind;
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.causal = true;
+    cases.push_back(c);
+    c.q_heads = 8;
+    c.kv_heads = 1;  // MQA
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.window_left = 16;
+    c.window_right = 4;
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.softcap = 5.f;
+    cases.push_back(c);
+  }
+  for (Alibi alibi : {Alibi::kPerHead, Alibi::kPerBatchHead}) {
+    Case c = base;
+    c.alibi = alibi;
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.sinks = true;
+    cases.push_back(c);
+  }
+  for (MaskKind kind : {MaskKind::kBool, MaskKind::kAdditive}) {
+    Case c = base;
+    c.lens_q.clear();
+    c.lens_k.clear();
+    c.seqlen_q = 40;
+    c.seqlen_k = 90;
+    c.mask_kind = kind;
+    c.mask_shape = {false, false, false, false};
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.causal = true;
+    c.softcap = 8.f;
+    c.alibi = Alibi::kPerBatchHead;
+    c.sinks = true;
+    c.window_left = 40;
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.lens_q.clear();
+    c.lens_k.clear();
+    c.seqlen_q = 33;
+    c.seqlen_k = 77;
+    c.heads_major = true;
+    c.row_pad = 8;
+    cases.push_back(c);
+  }
+  {
+    Case c = base;
+    c.page_size = 16;
+    c.key_range = true;
+    cases.push_back(c);
+  }
+  for (const Case& c : cases) Check(c);
+}
+
+// An e4m3 NaN code (0x7f) in one key row propagates: the rows that see that key get NaN in o
+// (attention.proto: the server answers such a request INVALID_ARGUMENT as for float inputs);
+// rows that do not see it are unaffected.
+TEST(CpuAttention, Fp8NanCodePropagates) {
+  Case c;
+  c.dtype = DType::kFloat8E4M3;
+  c.seqlen_q = c.seqlen_k = 40;
+  c.q_heads = c.kv_heads = 1;
+  c.head_dim = 32;
+  c.causal = true;
+  c.descale = Descale::kPerTensor;
+  std::unique_ptr<Problem> pr = MakeProblem(c);
+  const int nan_key = 20;
+  pr->k[static_cast<size_t>(nan_key * c.head_dim + 3)] = 0x7f;
+  for (CpuIsa isa : Variants()) {
+    Poison(*pr);
+    ASSERT_TRUE(Backend(isa).Run(pr->p).ok());
+    for (int i = 0; i < c.seqlen_q; ++i) {
+      const double o = LoadElement(DType::kBFloat16, pr->p.o, int64_t{i} * c.head_dim);
+      EXPECT_EQ(std::isnan(o), i >= nan_key) << CpuIsaName(isa) << " row " << i << ": " << o;
+    }
+  }
+}
+
+TEST(CpuAttention, Fp8RejectsBadParams) {
+  CpuBackend backend(1);
+  Case c;
+  c.dtype = DType::kFloat8E4M3;
+  c.descale = Descale::kPerHead;
+  std::unique_ptr<Problem> pr = MakeProblem(c);
+  ASSERT_TRUE(backend.Run(pr->p).ok());
+
+  AttentionParams paged = pr->p;
+  paged.kind = WorkKind::kPagedDecode;  // FP8 is forward only
+  absl::Status s = backend.Run(paged);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("kFloat8E4M3"), std::string::npos) << s;
+
+  AttentionParams negative = pr->p;
+  negative.k_descale_head_stride = -1;
+  s = backend.Run(negative);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("k_descale_head_stride"), std::string::npos) << s;
+
+  Case b;
+  b.dtype = DType::kBFloat16;
+  std::unique_ptr<Problem> bf16 = MakeProblem(b);
+  bf16->p.v_descale = pr->p.v_descale;  // descales are for FP8 only
+  s = backend.Run(bf16->p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("v_descale"), std::string::npos) << s;
 }
 
 TEST(CpuAttention, RejectsBadParams) {
