@@ -21,9 +21,10 @@
 //             bench/cuda/fp32_bench_variants.cu; configure with -DATTN_BENCH_FP32_VARIANTS=ON) at
 //             precision FULL beside the dispatch's default, on the causal settings and seqlens of
 //             --causal / --seqlens, and checks each variant's o against the default's: the
-//             options change no arithmetic, so o must be bitwise the same (a cell whose o differs
-//             counts as a failure, exit status 1). With --check-only nothing is timed: each kernel
-//             runs once (for compute-sanitizer; the default grid is skipped too).
+//             options change no arithmetic, so with the default's tiles o must be bitwise the
+//             same, and with other tiles within 2e-5 x max |o| (a cell that misses counts as a
+//             failure, exit status 1). With --check-only nothing is timed: each kernel runs once
+//             (for compute-sanitizer; the default grid is skipped too).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -263,19 +264,22 @@ int RunVariants(const Options& opt, const Buffers& buf, FILE* json) {
             max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
           }
         }
-        if (equal != count) ++failures;
+        // Same tiles: bitwise. Other tiles: both within FULL's 1e-5 x max |o| of float64.
+        const bool ok = v.same_tiles ? equal == count : max_diff <= 2e-5f * max_ref;
+        if (!ok) ++failures;
         const double tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, 256, c != 0, ms);
         std::printf("| %s | %d | %d | %.3f | %.1f | %.3f | %s %lld/%lld, max diff %.2g |\n",
                     v.label.c_str(), c, n, ms, tf, opt.check_only ? 0.0 : base_ms / ms,
-                    equal == count ? "identical" : "DIFFERS", static_cast<long long>(equal),
-                    static_cast<long long>(count), max_ref > 0.f ? max_diff / max_ref : max_diff);
+                    equal == count ? "identical" : (ok ? "close" : "DIFFERS"),
+                    static_cast<long long>(equal), static_cast<long long>(count),
+                    max_ref > 0.f ? max_diff / max_ref : max_diff);
         if (json != nullptr && !opt.check_only) {
           std::fprintf(json,
                        "{\"kind\": \"fp32_variants\", \"variant\": \"%s\", \"d\": 256, "
                        "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"ours_tflops\": %.1f, "
-                       "\"default_ms\": %.4f, \"identical\": %s}\n",
-                       v.label.c_str(), c ? "true" : "false", n, ms, tf, base_ms,
-                       equal == count ? "true" : "false");
+                       "\"default_ms\": %.4f, \"default_tflops\": %.1f, \"o_ok\": %s}\n",
+                       v.label.c_str(), c ? "true" : "false", n, ms, tf, base_ms, base_tf,
+                       ok ? "true" : "false");
         }
         std::fflush(stdout);
       }

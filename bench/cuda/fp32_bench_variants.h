@@ -18,6 +18,9 @@ struct Fp32KernelVariant {
   std::string label;  // the option set, e.g. "one-body+persistent"
   int head_dim;
   int options;  // Fp32KernelOption bits
+  // The default's tiles: the same products in the same order, so o must be bitwise the default's.
+  // Other tiles sum P V in other chains: o within float32 accuracy of the default's.
+  bool same_tiles;
   cudaError_t (*run)(const AttentionParams& p, cudaStream_t stream);
 };
 
