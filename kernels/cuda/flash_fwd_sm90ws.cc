@@ -151,6 +151,13 @@ cudaError_t LaunchDType(const FwdSm90WsArgs& args, int bucket, cudaStream_t stre
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+// The page dimension of a paged map for pages `page_stride` elements apart (16-bit elements): as
+// many pages as fit in 2^38 bytes, at most kSm90WsPagedMapPages.
+int MapPages(int64_t page_stride) {
+  const int64_t pages = (int64_t{1} << 38) / std::max<int64_t>(1, 2 * page_stride);
+  return static_cast<int>(std::min(pages, kSm90WsPagedMapPages));
+}
+
 // The bulk copies' row coordinates are int32: a sequence's first row plus a tile's.
 constexpr int64_t kMaxPackedRows = (int64_t{1} << 31) - 1 - 256;
 
@@ -380,15 +387,16 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
   if (p.is_paged()) {
     // The page pools (FwdSm90WsArgs): pages of page_size rows, one box per tile segment.
     const int box_rows = Sm90WsPagedBoxRows(block_n, p.page_size);
-    const int pages = static_cast<int>(kSm90WsPagedMapPages);
+    const int k_pages = MapPages(p.k_batch_stride);
+    const int v_pages = MapPages(p.v_batch_stride);
     if (absl::Status s =
-            EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, p.page_size, pages,
+            EncodeMap("k", p.dtype, p.k, p.head_dim, p.kv_heads, p.page_size, k_pages,
                       p.k_head_stride, p.k_row_stride, p.k_batch_stride, box_rows, args.k);
         !s.ok()) {
       return s;
     }
     if (absl::Status s =
-            EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, p.page_size, pages,
+            EncodeMap("v", p.dtype, p.v, p.head_dim, p.kv_heads, p.page_size, v_pages,
                       p.v_head_stride, p.v_row_stride, p.v_batch_stride, box_rows, args.v);
         !s.ok()) {
       return s;

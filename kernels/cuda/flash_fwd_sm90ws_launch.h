@@ -148,7 +148,8 @@ ATTN_HOST_DEVICE inline ScheduledTile TileAt(const FwdSm90WsSchedule& s, bool ca
 // `o` (built only for a configuration with tma_store_o) maps o likewise, in boxes of
 // kSm90WsOStoreRows rows: one consumer warp's rows, which that warp stages and stores itself.
 // Paged K / V (p.page_table set): k and v map their page pools as {head_dim, kv_heads,
-// page_size, kSm90WsPagedMapPages} (strides head, row and page stride = k_batch_stride), boxes
+// page_size, pages} (strides head, row and page stride = k_batch_stride; pages as MapPages in
+// flash_fwd_sm90ws.cc counts them, at most kSm90WsPagedMapPages), boxes
 // of {64, 1, Sm90WsPagedBoxRows(block_n, page_size), 1}: a box is one segment of a KV tile
 // inside one page, at the page-table entry's page coordinate.
 struct FwdSm90WsArgs {
@@ -170,7 +171,8 @@ ATTN_HOST_DEVICE constexpr int Sm90WsPagedBoxRows(int block_n, int page_size) {
   return page_size < (block_n & -block_n) ? page_size : (block_n & -block_n);
 }
 
-// The page dimension of the paged maps: every page index an int32 page table can hold. The
+// The most pages of a paged map: every page index an int32 page table can hold. The host API
+// maps min(this, 2^38 bytes / page stride) pages (256 GiB, more than any one GPU's memory). The
 // params do not carry the pools' size, and a map's bounds are no protection against a wrong
 // page-table entry anyway (the kernel reads the entries of the keys it attends to only, as the
 // contract of AttentionParams::page_table asks of the caller).
