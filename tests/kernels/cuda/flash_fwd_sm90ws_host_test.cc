@@ -7,14 +7,17 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <set>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_sm90ws.h"
 #include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+#include "kernels/cuda/kernel_traits.h"
 
 namespace attention::cuda {
 namespace {
@@ -300,6 +303,70 @@ TEST(FlashFwdSm90WsRoutingTest, MeasuredRuleKeepsShortCausalOnWgmma) {
       EXPECT_EQ(Sm90WsFasterFor(p), want) << head_dim << " " << seqlen_k;
     }
   }
+}
+
+// Paged K/V: every bulk copy of a tile's segment lies in one page and starts at a multiple of its
+// size within the tile, and within the page, for every page size and default tile (the 96-key
+// causal tiles of bucket 64 included); segments are at least 16 rows, so each lands on a 1024-byte
+// boundary of the 128-byte swizzle.
+TEST(FlashFwdSm90WsPagedTest, BoxRowsTileEveryPageSize) {
+  for (int bucket : {64, 128, 256}) {
+    for (bool causal : {false, true}) {
+      const int block_n = DefaultSm90WsTileConfig(bucket, causal).block_n;
+      for (int page_size = kMinPageSize; page_size <= kMaxPageSize; page_size *= 2) {
+        const int box = Sm90WsPagedBoxRows(block_n, page_size);
+        EXPECT_GE(box, 16) << block_n << " " << page_size;
+        EXPECT_EQ(block_n % box, 0) << block_n << " " << page_size;
+        EXPECT_EQ(page_size % box, 0) << block_n << " " << page_size;
+        EXPECT_EQ(box * 128 % 1024, 0);
+        // Segment g of tile n starts at key n * block_n + g * box: a multiple of box, so it never
+        // crosses a page boundary (a multiple of page_size, itself a multiple of box).
+        for (int n = 0; n < 8; ++n) {
+          for (int g = 0; g < block_n / box; ++g) {
+            const int key = n * block_n + g * box;
+            EXPECT_EQ(key / page_size, (key + box - 1) / page_size) << n << " " << g;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(Sm90WsPagedBoxRows(96, 64), 32);
+  EXPECT_EQ(Sm90WsPagedBoxRows(128, 64), 64);
+  EXPECT_EQ(Sm90WsPagedBoxRows(64, 256), 64);
+}
+
+// Paged launches follow their own switch: routed by default only once kRouteSm90WsPaged is on
+// (and then only what CheckFlashFwdSm90Ws covers); seqlens_k or a key range without a page table
+// is never routed.
+TEST(FlashFwdSm90WsPagedTest, PagedRoutingFollowsItsSwitch) {
+  alignas(16) static uint16_t buffer[8];
+  alignas(16) static int32_t table[4] = {0, 1, 2, 3};
+  AttentionParams p;
+  p.dtype = DType::kBFloat16;
+  p.batch = 1;
+  p.seqlen_q = p.seqlen_k = 256;
+  p.q_heads = p.kv_heads = 2;
+  p.head_dim = 128;
+  p.softmax_scale = 0.125f;
+  SetContiguousStrides(p);
+  p.q = p.k = p.v = buffer;
+  p.o = buffer;
+  p.page_table = table;
+  p.page_size = 64;
+  p.seqlens_k = table;
+  p.k_batch_stride = p.v_batch_stride = 64 * p.k_row_stride;
+  const bool covered = CheckFlashFwdSm90Ws(p).ok();
+  const bool routed = RoutesToFlashFwdSm90Ws(p);
+  if (std::getenv("ATTN_CUDA_KERNELS") == nullptr) {
+    EXPECT_EQ(routed, kRouteSm90Ws && kRouteSm90WsPaged && covered);
+  }
+  if (routed) {
+    EXPECT_TRUE(covered);
+  }
+  AttentionParams lens_only = p;
+  lens_only.page_table = nullptr;
+  EXPECT_FALSE(RoutesToFlashFwdSm90Ws(lens_only));
+  EXPECT_TRUE(absl::IsUnimplemented(CheckFlashFwdSm90Ws(lens_only)));
 }
 
 }  // namespace
