@@ -253,7 +253,8 @@ double MaxAbsDiff(DType dtype, const std::vector<uint16_t>& a, const std::vector
 }
 
 // --paged: one cell's paged launches (`pp`, o in the dense launch's buffer, which holds the
-// dense o on entry) beside the routed dense kernel's `ms`: each paged kernel's o against the
+// dense o on entry) beside the routed dense kernel's `ms` (`dense_kernel` its family, as
+// KernelFamilyName names it): each paged kernel's o against the
 // dense o, then its time. Appends ms_dense / ms_paged per kernel to `speeds` (old, ws) for the
 // geometric means; false on failure.
 struct PagedSpeeds {
@@ -261,8 +262,8 @@ struct PagedSpeeds {
   std::vector<double> ws_over_dense;
 };
 
-bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms, int page_size,
-               PagedSpeeds& speeds, FILE* json) {
+bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms,
+               const char* dense_kernel, int page_size, PagedSpeeds& speeds, FILE* json) {
   const int64_t count = int64_t{pp.batch} * pp.seqlen_q * pp.q_heads * pp.head_dim;
   std::vector<uint16_t> dense(count), paged(count);
   if (!Check(cudaDeviceSynchronize(), "dense kernel") ||
@@ -313,10 +314,11 @@ bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms, int 
                  "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"page_size\": %d, "
                  "\"ms_dense\": %.4f, \"ms_paged_old\": %.4f, \"ms_paged_ws\": %.4f, "
                  "\"old_over_dense\": %.4f, \"ws_over_dense\": %.4f, \"max_abs_diff_old\": %.3e, "
-                 "\"max_abs_diff_ws\": %.3e, \"dense_kernel\": \"%s\"}\n",
+                 "\"max_abs_diff_ws\": %.3e, \"dense_kernel\": \"%s\", "
+                 "\"paged_routed_to\": \"%s\"}\n",
                  dt.c_str(), pp.head_dim, pp.causal ? "true" : "false", pp.seqlen_q, pp.batch,
                  pp.q_heads, page_size, ms, old.ms, ws.ms, old.error.empty() ? ms / old.ms : 0.0,
-                 ws.error.empty() ? ms / ws.ms : 0.0, old.diff, ws.diff,
+                 ws.error.empty() ? ms / ws.ms : 0.0, old.diff, ws.diff, dense_kernel,
                  KernelFamilyName(SelectKernelFamily(pp)));
   }
   std::fflush(stdout);
@@ -479,7 +481,10 @@ int RunGrid(const Options& opt, FILE* json) {
           if (opt.page_size > 0 && status.ok()) {
             AttentionParams pp;
             if (!MakePaged(p, opt.page_size, table, seqlens, pp)) return 1;
-            if (!TimePaged(dt, pp, ms, opt.page_size, paged_speeds, json)) ++failures;
+            if (!TimePaged(dt, pp, ms, KernelFamilyName(SelectKernelFamily(p)), opt.page_size,
+                           paged_speeds, json)) {
+              ++failures;
+            }
             continue;
           }
           if (!status.ok() || !Check(cudaDeviceSynchronize(), "kernel")) {
