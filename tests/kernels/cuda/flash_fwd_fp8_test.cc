@@ -489,43 +489,6 @@ INSTANTIATE_TEST_SUITE_P(Cases, Fp8Test, ::testing::ValuesIn(Cases()),
                            return info.param.name;
                          });
 
-// The host API's refusals name the rule (no device work).
-TEST(Fp8Checks, RefusesWhatTheKernelLacks) {
-  AttentionParams p;
-  p.dtype = DType::kFloat8E4M3;
-  p.head_dim = 72;
-  p.q_heads = p.kv_heads = 1;
-  p.softmax_scale = 0.1f;
-  p.batch = 1;
-  p.seqlen_q = p.seqlen_k = 16;
-  EXPECT_NE(CheckFlashFwdFp8(p).message().find("multiples of 16"), std::string::npos);
-  p.head_dim = 64;
-  p.alibi = true;
-  p.alibi_slopes = reinterpret_cast<const float*>(&p);
-  EXPECT_EQ(CheckFlashFwdFp8(p).code(), absl::StatusCode::kUnimplemented);
-  p.alibi = false;
-  p.alibi_slopes = nullptr;
-  p.window_left = 8;
-  EXPECT_NE(CheckFlashFwdFp8(p).message().find("causal"), std::string::npos);
-  p.window_left = -1;
-  p.dtype = DType::kBFloat16;
-  EXPECT_EQ(CheckFlashFwdFp8(p).code(), absl::StatusCode::kInvalidArgument);
-}
-
-// The V^T key order matches the S accumulators' layout (flash_fwd_fp8_launch.h): a bijection on
-// each group of 16, lane t's values 2 t, 2 t + 1, 8 + 2 t, 9 + 2 t at positions 4 t .. 4 t + 3.
-TEST(Fp8Checks, VtKeyOrder) {
-  std::vector<int> seen(32, 0);
-  for (int pos = 0; pos < 32; ++pos) ++seen[Fp8VtKeyAt(pos)];
-  for (int key = 0; key < 32; ++key) EXPECT_EQ(seen[key], 1) << key;
-  for (int t = 0; t < 4; ++t) {
-    EXPECT_EQ(Fp8VtKeyAt(4 * t), 2 * t);
-    EXPECT_EQ(Fp8VtKeyAt(4 * t + 1), 2 * t + 1);
-    EXPECT_EQ(Fp8VtKeyAt(4 * t + 2), 8 + 2 * t);
-    EXPECT_EQ(Fp8VtKeyAt(4 * t + 3), 9 + 2 * t);
-  }
-}
-
 }  // namespace
 }  // namespace attention::cuda
 
