@@ -478,9 +478,9 @@ std::vector<Case> Cases() {
                     .Sinks(true)
                     .Paged(ps));
   }
-  // GQA 1 / 4 / 8 / 16 and MQA (16 query heads on one KV head).
+  // GQA 1 / 4 / 8 / 16 (16 query heads on one KV head: MQA too) and MQA with 4 query heads.
   for (const auto& [q_heads, kv_heads] :
-       std::vector<std::pair<int, int>>{{4, 4}, {8, 2}, {16, 2}, {16, 1}}) {
+       std::vector<std::pair<int, int>>{{4, 4}, {8, 2}, {16, 2}, {16, 1}, {4, 1}}) {
     c.push_back(Case("paged_ps64_heads_" + std::to_string(q_heads) + "_" +
                      std::to_string(kv_heads) + "_causal")
                     .Varlen({257, 64, 1}, {1200, 64, 333})
