@@ -13,8 +13,8 @@
 
 namespace attention {
 
-// Bytes per element of a contract dtype: 4 for FLOAT32, 2 for FLOAT16 and BFLOAT16, 1 for BOOL
-// (masks), 0 for DTYPE_UNSPECIFIED and values the contract does not define.
+// Bytes per element of a contract dtype: 4 for FLOAT32, 2 for FLOAT16 and BFLOAT16, 1 for
+// FLOAT8_E4M3 and BOOL (masks), 0 for DTYPE_UNSPECIFIED and values the contract does not define.
 inline int64_t ContractDTypeSize(int dtype) {
   switch (dtype) {
     case v1::FLOAT32:
@@ -22,6 +22,7 @@ inline int64_t ContractDTypeSize(int dtype) {
     case v1::FLOAT16:
     case v1::BFLOAT16:
       return 2;
+    case v1::FLOAT8_E4M3:
     case v1::BOOL:
       return 1;
     default:
@@ -39,6 +40,8 @@ inline std::optional<DType> KernelDType(int dtype) {
       return DType::kFloat16;
     case v1::BFLOAT16:
       return DType::kBFloat16;
+    case v1::FLOAT8_E4M3:
+      return DType::kFloat8E4M3;
     default:
       return std::nullopt;
   }

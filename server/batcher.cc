@@ -18,7 +18,7 @@ constexpr int64_t kMaxLaunchRows = std::numeric_limits<int32_t>::max();
 
 // Device bytes a job adds to a batch, roughly (inputs and outputs, no alignment): what decides
 // that a bucket holds a full batch by bytes.
-int64_t Footprint(const RequestSpec& s) { return s.queued_bytes() + s.q_bytes + s.lse_bytes; }
+int64_t Footprint(const RequestSpec& s) { return s.queued_bytes() + s.o_bytes() + s.lse_bytes; }
 
 // Why a queued job must not be launched (its deadline passed, its caller cancelled), or OK. The
 // deadline is asked first: gRPC cancels a call when its deadline passes, so an expired job is

@@ -54,7 +54,8 @@ class JobCompletion {
   virtual void Complete(std::unique_ptr<Job> job, const absl::Status& status) = 0;
 };
 
-// A job's results, in the bytes the answer will carry: o (spec.q_bytes, q's dtype and layout) and,
+// A job's results, in the bytes the answer will carry: o (spec.o_bytes(), q's layout in
+// OutputDType of q's dtype: q's own dtype, bfloat16 for FLOAT8_E4M3) and,
 // when the request asked, lse (spec.lse_bytes of float32: dense [batch, q_heads, seqlen_q],
 // packed [q_heads, total_q]). Sized by the plan (AllocateOutputs) from the output pool; the
 // service moves them into the response, so o is written once and never copied again.
@@ -210,6 +211,10 @@ struct Batch {
   std::vector<int32_t> cu_seqlens_q, cu_seqlens_k;
   std::vector<float> alibi_slopes;
   std::vector<float> sink_logits;
+  // FP8 batches (config.dtype kFloat8E4M3), filled by AddJob: every sequence's descale factors
+  // expanded to [sequences, q_heads] (q) and [sequences, kv_heads] (k, v), 1.0 where a request
+  // gave none, so that requests with different factors share one launch.
+  std::vector<float> q_descale, k_descale, v_descale;
   // Paged batches (kind kPagedDecode), filled by SealBatch: [sequences, max_pages] page table,
   // each sequence's context length, and [sequences, 2] key ranges (when some job gave one).
   std::vector<int32_t> page_table, seqlens_k, key_range;

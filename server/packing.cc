@@ -29,6 +29,15 @@ void AddJob(Batch& batch, std::unique_ptr<Job> job) {
     if (s.sinks) {
       batch.sink_logits.insert(batch.sink_logits.end(), s.sink_logits, s.sink_logits + s.q_heads);
     }
+    if (s.dtype == DType::kFloat8E4M3) {
+      const auto expand = [](const float* factors, int64_t head_stride, int heads,
+                             std::vector<float>* out) {
+        for (int h = 0; h < heads; ++h) out->push_back(factors ? factors[h * head_stride] : 1.0f);
+      };
+      expand(s.q_descale, s.q_descale_head_stride, s.q_heads, &batch.q_descale);
+      expand(s.k_descale, s.k_descale_head_stride, s.kv_heads, &batch.k_descale);
+      expand(s.v_descale, s.v_descale_head_stride, s.kv_heads, &batch.v_descale);
+    }
   }
   batch.sequences += s.batch;
   batch.total_q += s.total_q;
@@ -38,8 +47,8 @@ void AddJob(Batch& batch, std::unique_ptr<Job> job) {
   batch.jobs.push_back(std::move(job));
 }
 
-int64_t BatchBytesWith(const KernelConfig& config, int sequences, int64_t total_q,
-                       int64_t total_k, bool want_lse, const RequestSpec& spec) {
+int64_t BatchBytesWith(const KernelConfig& config, int sequences, int64_t total_q, int64_t total_k,
+                       bool want_lse, const RequestSpec& spec) {
   // A paged job's page-table row: its context's pages, counted for every sequence (a bound;
   // the plan pads each row to the longest list).
   int64_t table_entries = 0;

@@ -15,21 +15,26 @@ int64_t Align(int64_t n) {
   return (n + BatchLayout::kAlignment - 1) / BatchLayout::kAlignment * BatchLayout::kAlignment;
 }
 
-// The bytes of one (token, head) row of head_dim elements: in a request, and in the batch's
-// buffers (PlanHeadDim elements).
-int64_t HeadRowBytes(const KernelConfig& config) {
-  return int64_t{config.head_dim} * DTypeSize(config.dtype);
+// The bytes of one (token, head) row of head_dim elements of `dtype` (the inputs' config.dtype,
+// or OutputDType(config.dtype) for o): in a request, and in the batch's buffers (PlanHeadDim
+// elements).
+int64_t HeadRowBytes(const KernelConfig& config, DType dtype) {
+  return int64_t{config.head_dim} * DTypeSize(dtype);
 }
-int64_t PaddedHeadRowBytes(const KernelConfig& config) {
-  return int64_t{PlanHeadDim(config)} * DTypeSize(config.dtype);
+int64_t PaddedHeadRowBytes(const KernelConfig& config, DType dtype) {
+  return int64_t{PlanHeadDim(config)} * DTypeSize(dtype);
 }
 
-// The bytes of one token's `heads` rows in the batch's buffers.
+// The bytes of one token's `heads` rows in the batch's buffers: of the inputs (q, k, v, and a
+// backward's o, grad_o, dq, dk, dv, all in config.dtype), and of a forward's o.
 int64_t RowBytes(const KernelConfig& config, int heads) {
-  return int64_t{heads} * PaddedHeadRowBytes(config);
+  return int64_t{heads} * PaddedHeadRowBytes(config, config.dtype);
+}
+int64_t OutputRowBytes(const KernelConfig& config, int heads) {
+  return int64_t{heads} * PaddedHeadRowBytes(config, OutputDType(config.dtype));
 }
 
-// Zeros for the padding of a row: at most 7 elements of 4 bytes (PlanHeadDim).
+// Zeros for the padding of a row: at most 15 elements of 1 byte or 7 of 4 bytes (PlanHeadDim).
 constexpr char kZeroPad[32] = {};
 
 // The input copies of one tensor (`bytes` bytes, in one span at `data` or in `pieces`) to offset
@@ -76,15 +81,17 @@ void PlanTensor(int64_t dst, const char* data, const TensorPieces* pieces, int64
 // PlanHeadDim(config) in the block.
 void PlanHeadRows(const KernelConfig& config, int64_t dst, const char* data,
                   const TensorPieces* pieces, int64_t bytes, std::vector<InputCopy>* copies) {
-  PlanTensor(dst, data, pieces, bytes, copies, HeadRowBytes(config), PaddedHeadRowBytes(config));
+  PlanTensor(dst, data, pieces, bytes, copies, HeadRowBytes(config, config.dtype),
+             PaddedHeadRowBytes(config, config.dtype));
 }
 
-// The output copies of `bytes` of a [rows, heads, head_dim] result at offset `src` of the output
-// block (rows padded to PlanHeadDim) into job `index`'s `tensor`, whose rows are unpadded.
-void PlanHeadRowOutputs(const KernelConfig& config, int index, OutputTensor tensor, int64_t src,
-                        int64_t bytes, std::vector<OutputCopy>* copies) {
-  const int64_t row_bytes = HeadRowBytes(config);
-  const int64_t padded_row_bytes = PaddedHeadRowBytes(config);
+// The output copies of `bytes` of a [rows, heads, head_dim] result of `dtype` at offset `src` of
+// the output block (rows padded to PlanHeadDim) into job `index`'s `tensor`, whose rows are
+// unpadded.
+void PlanHeadRowOutputs(const KernelConfig& config, DType dtype, int index, OutputTensor tensor,
+                        int64_t src, int64_t bytes, std::vector<OutputCopy>* copies) {
+  const int64_t row_bytes = HeadRowBytes(config, dtype);
+  const int64_t padded_row_bytes = PaddedHeadRowBytes(config, dtype);
   if (row_bytes == padded_row_bytes) {
     copies->push_back({index, tensor, 0, src, bytes});
     return;
@@ -122,6 +129,15 @@ void PlanMetadata(const Batch& batch, std::vector<InputCopy>* copies) {
   ints(l.page_table, batch.page_table);
   ints(l.seqlens_k, batch.seqlens_k);
   ints(l.key_range, batch.key_range);
+  const auto floats = [copies](int64_t dst, const std::vector<float>& v) {
+    if (!v.empty()) {
+      copies->push_back({dst, reinterpret_cast<const char*>(v.data()),
+                         static_cast<int64_t>(v.size() * sizeof(float))});
+    }
+  };
+  floats(l.q_descale, batch.q_descale);
+  floats(l.k_descale, batch.k_descale);
+  floats(l.v_descale, batch.v_descale);
 }
 
 // A paged batch's page table ([sequences, max_pages], each job's one sequence from its view;
@@ -177,16 +193,21 @@ void PlanJobOutputs(const Batch& batch, int index, std::vector<OutputCopy>* copi
   const RequestSpec& s = batch.jobs[index]->spec;
   const JobSlice& slice = batch.slices[index];
   const BatchLayout& l = batch.plan.layout;
-  const int64_t q_offset = slice.row_q * RowBytes(batch.config, batch.config.q_heads);
   const KernelConfig& config = batch.config;
   if (config.kind == WorkKind::kBackward) {
+    const int64_t q_offset = slice.row_q * RowBytes(config, config.q_heads);
     const int64_t k_offset = slice.row_k * RowBytes(config, config.kv_heads);
-    PlanHeadRowOutputs(config, index, OutputTensor::kDq, l.dq + q_offset, s.q_bytes, copies);
-    PlanHeadRowOutputs(config, index, OutputTensor::kDk, l.dk + k_offset, s.kv_bytes, copies);
-    PlanHeadRowOutputs(config, index, OutputTensor::kDv, l.dv + k_offset, s.kv_bytes, copies);
+    const DType dtype = config.dtype;
+    PlanHeadRowOutputs(config, dtype, index, OutputTensor::kDq, l.dq + q_offset, s.q_bytes, copies);
+    PlanHeadRowOutputs(config, dtype, index, OutputTensor::kDk, l.dk + k_offset, s.kv_bytes,
+                       copies);
+    PlanHeadRowOutputs(config, dtype, index, OutputTensor::kDv, l.dv + k_offset, s.kv_bytes,
+                       copies);
     return;
   }
-  PlanHeadRowOutputs(config, index, OutputTensor::kO, l.o + q_offset, s.q_bytes, copies);
+  const int64_t o_offset = slice.row_q * OutputRowBytes(config, config.q_heads);
+  PlanHeadRowOutputs(config, OutputDType(config.dtype), index, OutputTensor::kO, l.o + o_offset,
+                     s.o_bytes(), copies);
   if (!s.return_lse) return;
   ForEachLseRun(batch, index, [&](int64_t job_offset, int64_t batch_offset, int64_t bytes) {
     copies->push_back({index, OutputTensor::kLse, job_offset, l.lse + batch_offset, bytes});
@@ -230,7 +251,12 @@ BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q
   const bool paged = config.kind == WorkKind::kPagedDecode;
   l.seqlens_k = Align(l.page_table + page_table_entries * 4);
   l.key_range = Align(l.seqlens_k + (paged ? int64_t{sequences} * 4 : 0));
-  l.saved_o = Align(l.key_range + (key_ranges ? int64_t{sequences} * 8 : 0));
+  const bool fp8 = config.dtype == DType::kFloat8E4M3;
+  l.q_descale = Align(l.key_range + (key_ranges ? int64_t{sequences} * 8 : 0));
+  l.k_descale = Align(l.q_descale + (fp8 ? per_head_bytes : 0));
+  const int64_t per_kv_head_bytes = fp8 ? int64_t{sequences} * config.kv_heads * 4 : 0;
+  l.v_descale = Align(l.k_descale + per_kv_head_bytes);
+  l.saved_o = Align(l.v_descale + per_kv_head_bytes);
   const bool backward = config.kind == WorkKind::kBackward;
   const int64_t lse_bytes = int64_t{config.q_heads} * total_q * 4;
   l.grad_o = Align(l.saved_o + (backward ? q_bytes : 0));
@@ -244,16 +270,18 @@ BatchLayout LayoutFor(const KernelConfig& config, int sequences, int64_t total_q
     return l;
   }
   l.o = 0;
-  l.lse = Align(q_bytes);
+  l.lse = Align(total_q * OutputRowBytes(config, config.q_heads));
   l.output_bytes = Align(l.lse + (want_lse ? lse_bytes : 0));
   return l;
 }
 
 int PlanHeadDim(const KernelConfig& config) {
-  if (config.kind == WorkKind::kPagedDecode || config.head_dim % kPlanHeadDimMultiple == 0) {
+  const int multiple =
+      config.dtype == DType::kFloat8E4M3 ? kPlanHeadDimMultipleFp8 : kPlanHeadDimMultiple;
+  if (config.kind == WorkKind::kPagedDecode || config.head_dim % multiple == 0) {
     return config.head_dim;
   }
-  return (config.head_dim + kPlanHeadDimMultiple - 1) / kPlanHeadDimMultiple * kPlanHeadDimMultiple;
+  return (config.head_dim + multiple - 1) / multiple * multiple;
 }
 
 void RunCopies(const std::vector<HostCopy>& copies) {
@@ -306,6 +334,12 @@ void MakePlan(Batch& batch) {
   p.head_dim = PlanHeadDim(config);
   if (config.alibi) p.alibi_batch_stride = config.q_heads;
   if (config.sinks) p.sink_batch_stride = config.q_heads;
+  if (config.dtype == DType::kFloat8E4M3) {
+    // [sequences, heads] factors (AddJob): one per (sequence, head).
+    p.q_descale_batch_stride = config.q_heads;
+    p.k_descale_batch_stride = p.v_descale_batch_stride = config.kv_heads;
+    p.q_descale_head_stride = p.k_descale_head_stride = p.v_descale_head_stride = 1;
+  }
   if (paged) {
     // K and V stay in the session pool (every job of a batch reads the same pool).
     const session::ReadView& view = batch.jobs[0]->paged->view;
@@ -356,6 +390,11 @@ AttentionParams BindParams(const Plan& plan, const void* inputs, void* outputs) 
   if (p.alibi) p.alibi_slopes = reinterpret_cast<const float*>(in + l.alibi);
   if (p.sinks) p.sink_logits = reinterpret_cast<const float*>(in + l.sinks);
   if (p.mask_kind != MaskKind::kNone) p.mask = in + l.mask;
+  if (p.dtype == DType::kFloat8E4M3) {
+    p.q_descale = reinterpret_cast<const float*>(in + l.q_descale);
+    p.k_descale = reinterpret_cast<const float*>(in + l.k_descale);
+    p.v_descale = reinterpret_cast<const float*>(in + l.v_descale);
+  }
   if (p.kind == WorkKind::kBackward) {
     // The kernel reads the saved o and lse; it writes neither.
     p.o = const_cast<char*>(in + l.saved_o);
@@ -395,7 +434,7 @@ void AllocateOutputs(Batch& batch) {
       out.dv = OutputPool::Process().Take(static_cast<size_t>(job->spec.kv_bytes));
       continue;
     }
-    out.o = OutputPool::Process().Take(static_cast<size_t>(job->spec.q_bytes));
+    out.o = OutputPool::Process().Take(static_cast<size_t>(job->spec.o_bytes()));
     if (job->spec.return_lse) out.lse.resize(static_cast<size_t>(job->spec.lse_bytes));
   }
 }
@@ -437,6 +476,12 @@ AttentionParams InPlaceParams(Batch& batch, std::vector<char>* gathered) {
   p.mask_head_stride = s.mask_head_stride;
   p.mask_row_stride = s.mask_row_stride;
   p.mask_col_stride = s.mask_col_stride;
+  p.q_descale = s.q_descale;
+  p.k_descale = s.k_descale;
+  p.v_descale = s.v_descale;
+  p.q_descale_head_stride = s.q_descale_head_stride;
+  p.k_descale_head_stride = s.k_descale_head_stride;
+  p.v_descale_head_stride = s.v_descale_head_stride;
   if (!s.inputs_contiguous()) {
     // The inputs lie in several received pieces: gather them into one reused buffer.
     gathered->resize(static_cast<size_t>(s.q_bytes + 2 * s.kv_bytes));

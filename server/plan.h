@@ -24,7 +24,8 @@ struct Job;
 
 // Byte offsets of one batch's buffers, every one 256-byte aligned, in two blocks:
 //   inputs  = q | k | v | cu_seqlens_q | cu_seqlens_k | alibi slopes | sink logits | mask
-//             | page table | seqlens_k | key ranges | saved o | grad_o | saved lse
+//             | page table | seqlens_k | key ranges | q, k, v descales | saved o | grad_o
+//             | saved lse
 //   outputs = o | lse              (forward and paged work)
 //             dq | dk | dv         (kind kBackward)
 // so that a GPU executor uploads one block and downloads one block. Absent buffers have size 0:
@@ -32,10 +33,14 @@ struct Job;
 // session pool), a forward batch no page table, seqlens_k or key ranges, and only a backward
 // batch has the saved o and lse (the forward's, [total_q, q_heads, head_dim] and float32
 // [q_heads, total_q]), grad_o (o's layout), dq (q's), dk and dv (k's); its o and lse are empty.
+// Only an FP8 batch (dtype kFloat8E4M3) has the descales (float32 [sequences, q_heads] for q,
+// [sequences, kv_heads] for k and v); its o is bfloat16 (OutputDType), the rest of the batch's
+// rows e4m3.
 struct BatchLayout {
   static constexpr int64_t kAlignment = 256;
   int64_t q = 0, k = 0, v = 0, cu_seqlens_q = 0, cu_seqlens_k = 0, alibi = 0, sinks = 0, mask = 0;
   int64_t page_table = 0, seqlens_k = 0, key_range = 0;
+  int64_t q_descale = 0, k_descale = 0, v_descale = 0;
   int64_t saved_o = 0, grad_o = 0, saved_lse = 0;
   int64_t input_bytes = 0;
   int64_t o = 0, lse = 0;
@@ -81,7 +86,10 @@ struct OutputCopy {
 // which add nothing to Q K^T, and the padded columns of o, dq, dk and dv are left out of the
 // answer, so every head_dim runs on them with the request's softmax_scale. Paged work keeps the
 // session pool's own rows (a backend that cannot read them refuses the session's shape).
+// FP8 rows (dtype kFloat8E4M3) take a multiple of 16 instead: a 16-byte chunk is 16 e4m3
+// elements, and the FP8 kernel takes head dims that are multiples of 16.
 inline constexpr int kPlanHeadDimMultiple = 8;
+inline constexpr int kPlanHeadDimMultipleFp8 = 16;
 int PlanHeadDim(const KernelConfig& config);
 
 // The layout of a batch of `sequences` sequences and `total_q` / `total_k` rows of `config`;

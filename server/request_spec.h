@@ -68,6 +68,14 @@ struct RequestSpec : KernelConfig {
   // Attention sink logits (float32) inside the request, set iff `sinks`: [q_heads].
   const float* sink_logits = nullptr;
 
+  // FP8 (dtype kFloat8E4M3) only: the float32 dequantization factors inside the request
+  // (AttentionRequest.q_descale, k_descale, v_descale), each null (absent: 1.0), [1] (head stride
+  // 0) or [heads] (head stride 1; q_heads for q, kv_heads for k and v). Every one finite and > 0.
+  const float* q_descale = nullptr;
+  const float* k_descale = nullptr;
+  const float* v_descale = nullptr;
+  int64_t q_descale_head_stride = 0, k_descale_head_stride = 0, v_descale_head_stride = 0;
+
   // Mask as the kernels read it: kBool is uint8 per element, kAdditive float32 per element.
   // Strides index (sequence, head, row, col) of the request, 0 on broadcast dimensions.
   // Additive FLOAT16 / BFLOAT16 masks are widened to float32 into `converted_mask`. The kind is
@@ -95,19 +103,22 @@ struct RequestSpec : KernelConfig {
   // batcher's bound on a batch's page table), 0 otherwise.
   int page_size = 0;
 
-  // Sizes in bytes: q (= o), each of k and v, and lse (float32 [q_heads, total_q] worth; an
-  // output of a forward request that asked for it, an input of every backward request).
+  // Sizes in bytes: q, each of k and v, and lse (float32 [q_heads, total_q] worth; an output of a
+  // forward request that asked for it, an input of every backward request).
   int64_t q_bytes = 0, kv_bytes = 0, lse_bytes = 0;
+  // o's bytes: q's elements in OutputDType(dtype), so q_bytes but for FP8 (o bfloat16: twice).
+  int64_t o_bytes() const { return q_bytes / DTypeSize(dtype) * DTypeSize(OutputDType(dtype)); }
   // Bytes of the answer's tensors: o (and lse when asked), or a backward's dq, dk and dv.
   int64_t answer_bytes() const {
-    return kind == WorkKind::kBackward ? q_bytes + 2 * kv_bytes : q_bytes + lse_bytes;
+    return kind == WorkKind::kBackward ? q_bytes + 2 * kv_bytes : o_bytes() + lse_bytes;
   }
 
   // Estimated work in floating-point operations (RequestWork, server/validation.h): what
   // --max_request_gflop, --max_queue_gflop and a batch's work bound count.
   double work = 0;
 
-  // Bytes the request holds while queued (q, k, v, mask, slopes): what --max_queue_bytes counts.
+  // Bytes the request holds while queued (q, k, v, mask, slopes, descales): what
+  // --max_queue_bytes counts.
   int64_t queued_bytes() const;
   // FlashAttention-convention floating-point operations: 4 * len_q * len_k * head_dim per head and
   // sequence, halved when causal; kBackwardWorkFactor times that for a backward request.

@@ -186,7 +186,7 @@ namespace {
 void WriteForwardOutputs(Job& job, Response* response) {
   const RequestSpec& s = job.spec;
   v1::Tensor* o = response->mutable_o();
-  o->set_dtype(job.q_header->dtype());
+  o->set_dtype(ContractDType(OutputDType(s.dtype)));  // q's, but BFLOAT16 for FLOAT8_E4M3
   o->mutable_shape()->CopyFrom(job.q_header->shape());
   o->mutable_data()->swap(job.outputs.o);
   if (s.return_lse) {
@@ -223,7 +223,7 @@ absl::Status CheckFinite(const Job& job) {
         "values too large or not finite, or an lse that is not the forward's; attention.proto, "
         "\"Values\"), so it is not answered"));
   }
-  const bool o_bad = AnyNotFinite(s.dtype, job.outputs.o);
+  const bool o_bad = AnyNotFinite(OutputDType(s.dtype), job.outputs.o);
   bool lse_bad = false;
   const std::string& lse = job.outputs.lse;
   for (size_t i = 0; !lse_bad && i + 4 <= lse.size(); i += 4) {
@@ -235,7 +235,8 @@ absl::Status CheckFinite(const Job& job) {
   return absl::InvalidArgumentError(absl::StrCat(
       o_bad ? "o" : "lse",
       ": the result is not finite: float32 overflowed on these inputs (q, k and v values of "
-      "magnitude above 2^48, or not finite; attention.proto, \"Values\"), so it is not answered"));
+      "magnitude above 2^48, or not finite, FLOAT8_E4M3 NaN codes included; attention.proto, "
+      "\"Values\"), so it is not answered"));
 }
 
 namespace {

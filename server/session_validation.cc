@@ -210,9 +210,12 @@ absl::StatusOr<session::SessionSpec> ValidateCreateSession(const v1::CreateSessi
                    absl::StrCat("must be in [1, ", kMaxHeadDim, "], got ", r.head_dim()));
   }
   const std::optional<DType> dtype = KernelDType(r.dtype());
-  if (!dtype.has_value()) {
-    return Invalid(
-        "dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ", DTypeText(r.dtype())));
+  // FP8 (E4M3) is for the stateless forward only: a session's pages and Attend take 16- and
+  // 32-bit rows (FP8 K/V pages with per-page scales are a later issue).
+  if (!dtype.has_value() || *dtype == DType::kFloat8E4M3) {
+    return Invalid("dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16 (FLOAT8_E4M3 is not "
+                                         "taken by sessions), got ",
+                                         DTypeText(r.dtype())));
   }
   if (r.has_max_tokens() && r.max_tokens() < 1) {
     return Invalid("max_tokens", absl::StrCat("must be >= 1 when given, got ", r.max_tokens()));

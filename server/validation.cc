@@ -371,7 +371,8 @@ absl::Status CheckOptions(const v1::AttentionRequest& r, RequestSpec& s) {
                                              "PRECISION_BF16, got ",
                                              r.precision()));
   }
-  // 16-bit inputs are computed from their exact values whatever the request asked: one bucket.
+  // 16-bit and FP8 inputs are computed from their exact values whatever the request asked: one
+  // bucket.
   s.precision = s.dtype == DType::kFloat32 ? KernelPrecision(r.precision()) : Precision::kFull;
   // A backward request reads an lse (CheckBackwardInputs) and returns none.
   const bool backward = s.kind == WorkKind::kBackward;
@@ -402,7 +403,7 @@ absl::Status CheckWorkAndAnswer(const ValidationLimits& limits, RequestSpec& s) 
     const std::string tensors =
         s.kind == WorkKind::kBackward
             ? absl::StrCat("dq ", s.q_bytes, ", dk and dv ", s.kv_bytes, " each")
-            : absl::StrCat("o ", s.q_bytes, ", lse ", s.return_lse ? s.lse_bytes : 0);
+            : absl::StrCat("o ", s.o_bytes(), ", lse ", s.return_lse ? s.lse_bytes : 0);
     return OverLimit("q.shape",
                      absl::StrCat("the answer would take ", answer, " bytes (", tensors, ", ",
                                   kAnswerOverheadBytes,
@@ -469,6 +470,60 @@ absl::Status CheckSinks(const v1::AttentionRequest& r, RequestSpec& s) {
   s.sinks = true;
   s.sink_logits = reinterpret_cast<const float*>(data);
   return absl::OkStatus();
+}
+
+// One of an FP8 request's dequantization factors (AttentionRequest.q_descale, k_descale,
+// v_descale): FLOAT32, shape [1] (per tensor) or [heads] (per head: q_heads for q, kv_heads for
+// k and v), each factor finite and > 0. Sets *factors and *head_stride (0 per tensor, 1 per head);
+// leaves them null and 0 when the request has none (1.0). Only FLOAT8_E4M3 requests take them.
+absl::Status CheckDescale(absl::string_view name, bool present, const Tensor& t, int heads,
+                          absl::string_view heads_name, const RequestSpec& s, const float** factors,
+                          int64_t* head_stride) {
+  if (!present) return absl::OkStatus();
+  if (s.dtype != DType::kFloat8E4M3) {
+    return Invalid(name, absl::StrCat("is for FLOAT8_E4M3 inputs only (q.dtype is ",
+                                      DTypeName(ContractDType(s.dtype)), "); leave it unset"));
+  }
+  if (t.dtype() != v1::FLOAT32) {
+    return Invalid(absl::StrCat(name, ".dtype"),
+                   absl::StrCat("must be FLOAT32, got ", DTypeName(t.dtype())));
+  }
+  const bool per_tensor = t.shape_size() == 1 && t.shape(0) == 1;
+  const bool per_head = t.shape_size() == 1 && t.shape(0) == heads;
+  if (!per_tensor && !per_head) {
+    return Invalid(absl::StrCat(name, ".shape"),
+                   absl::StrCat("must be [1] (per tensor) or [", heads_name, "] = [", heads,
+                                "] (per head), got ", ShapeString(t)));
+  }
+  const int64_t elements = per_tensor ? 1 : heads;
+  if (auto st = CheckDataLength(name, t, elements, 4, t.data().size()); !st.ok()) return st;
+  const char* data = t.data().data();
+  for (int64_t i = 0; i < elements; ++i) {
+    float factor;
+    std::memcpy(&factor, data + 4 * i, 4);
+    if (!(factor > 0.f && std::isfinite(factor))) {
+      return Invalid(absl::StrCat(name, "[", i, "]"),
+                     absl::StrCat("a descale factor must be finite and > 0, got ", factor));
+    }
+  }
+  *factors = reinterpret_cast<const float*>(data);
+  *head_stride = per_tensor ? 0 : 1;
+  return absl::OkStatus();
+}
+
+absl::Status CheckDescales(const v1::AttentionRequest& r, RequestSpec& s) {
+  if (auto st = CheckDescale("q_descale", r.has_q_descale(), r.q_descale(), s.q_heads, "q_heads", s,
+                             &s.q_descale, &s.q_descale_head_stride);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = CheckDescale("k_descale", r.has_k_descale(), r.k_descale(), s.kv_heads, "kv_heads",
+                             s, &s.k_descale, &s.k_descale_head_stride);
+      !st.ok()) {
+    return st;
+  }
+  return CheckDescale("v_descale", r.has_v_descale(), r.v_descale(), s.kv_heads, "kv_heads", s,
+                      &s.v_descale, &s.v_descale_head_stride);
 }
 
 // One value of an additive mask: -inf drops the key; anything else must be a logit within
@@ -698,10 +753,16 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   }
   const std::optional<DType> dtype = KernelDType(r.q().dtype());
   if (!dtype.has_value()) {
-    return Invalid("q.dtype", absl::StrCat("must be FLOAT32, FLOAT16 or BFLOAT16, got ",
-                                           DTypeName(r.q().dtype())));
+    return Invalid("q.dtype",
+                   absl::StrCat("must be FLOAT32, FLOAT16, BFLOAT16 or FLOAT8_E4M3, got ",
+                                DTypeName(r.q().dtype())));
   }
   s.dtype = *dtype;
+  if (s.dtype == DType::kFloat8E4M3 && s.kind == WorkKind::kBackward) {
+    return Invalid("q.dtype",
+                   "FLOAT8_E4M3 inputs are forward only: a backward request takes FLOAT32, "
+                   "FLOAT16 or BFLOAT16");
+  }
   if (r.k().dtype() != r.q().dtype()) {
     return Invalid("k.dtype", absl::StrCat("must equal q.dtype (", DTypeName(r.q().dtype()),
                                            "), got ", DTypeName(r.k().dtype())));
@@ -722,6 +783,7 @@ absl::StatusOr<RequestSpec> ValidateRequest(const v1::AttentionRequest& r,
   if (auto st = CheckAlibi(r, s); !st.ok()) return st;
   if (auto st = CheckMask(r, s); !st.ok()) return st;
   if (auto st = CheckSinks(r, s); !st.ok()) return st;
+  if (auto st = CheckDescales(r, s); !st.ok()) return st;
   if (s.kind == WorkKind::kBackward) {
     if (auto st = CheckBackwardInputs(r, s); !st.ok()) return st;
   } else if (r.has_o() || r.has_lse() || r.has_grad_o()) {

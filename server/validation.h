@@ -13,7 +13,10 @@
 //                      the kernels support); for a backward request (`backward`), a missing o,
 //                      lse or grad_o, an o or grad_o unlike q (dtype, shape), an lse that is not
 //                      FLOAT32 in the forward's lse shape or holds NaN or +inf; for a forward
-//                      request, any of o, lse, grad_o set.
+//                      request, any of o, lse, grad_o set; FLOAT8_E4M3 on a backward request;
+//                      a q_descale, k_descale or v_descale on a request whose inputs are not
+//                      FLOAT8_E4M3, or one that is not FLOAT32 [1] or [heads], or holds a factor
+//                      that is not finite and > 0.
 //   RESOURCE_EXHAUSTED a well-formed request over a limit this server was configured with
 //                      (ValidationLimits: tokens, sequences, heads, work, answer size).
 //
@@ -21,7 +24,10 @@
 // FLOAT16 value), every score the kernels form (scale x q.k, softcap, ALiBi, additive mask, sink,
 // in float32 and times log2(e)) and every output stays finite. Larger q, k or v values
 // (BFLOAT16 / FLOAT32) can still overflow float32: the service checks each result and answers a
-// non-finite one INVALID_ARGUMENT (CheckFinite, server/service.h), never OK.
+// non-finite one INVALID_ARGUMENT (CheckFinite, server/service.h), never OK. For FLOAT8_E4M3
+// inputs the values are the dequantized ones (e4m3 x descale, at most 448 x the factor), and an
+// e4m3 NaN code (0x7f / 0xff) is not looked for (a scan of every input byte would cost more than
+// the FP8 kernel saves): it makes the rows that see it NaN, answered as any non-finite result.
 //
 // Nothing is allocated from request numbers before every check passed: element counts are
 // products checked for overflow and compared with the data actually received. The one allocation

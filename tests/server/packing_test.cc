@@ -359,6 +359,65 @@ TEST(PackingTest, HeadDimsPaddedToEightThroughThePlan) {
   }
 }
 
+// FLOAT8_E4M3 jobs with different descales (none, per tensor, per head) in one launch: the plan
+// expands each sequence's factors into [sequences, heads], pads rows to a multiple of 16, lays o
+// out as bfloat16, and every answer matches the reference on its own dequantized inputs.
+TEST(PackingTest, Fp8JobsWithTheirOwnDescales) {
+  for (CopyPath path : {CopyPath::kSerial, CopyPath::kPooled}) {
+    for (int head_dim : {8, 40, 64}) {
+      std::mt19937 rng(41 + head_dim);
+      std::vector<std::unique_ptr<ReceivedCall>> calls;
+      RequestOptions o = Base(v1::FLOAT8_E4M3);
+      o.head_dim = head_dim;
+      o.batch = 2;
+      o.seqlen_q = 9;
+      o.seqlen_k = 21;
+      o.return_lse = true;
+      o.descale = 2;
+      calls.push_back(Receive(MakeRequest(o, 1, rng), 100));  // pieces split rows
+      RequestOptions packed = Base(v1::FLOAT8_E4M3);
+      packed.head_dim = head_dim;
+      packed.seqlens_q = {6, 0, 3};
+      packed.seqlens_k = {6, 4, 11};
+      packed.descale = 1;
+      calls.push_back(Receive(MakeRequest(packed, 2, rng), 1 << 20));
+      RequestOptions plain = Base(v1::FLOAT8_E4M3);
+      plain.head_dim = head_dim;
+      plain.seqlen_q = 4;
+      plain.seqlen_k = 30;
+      calls.push_back(Receive(MakeRequest(plain, 3, rng), 1 << 20));
+      Batch batch;
+      for (auto& call : calls) AddJob(batch, MakeReceivedJob(*call));
+      ASSERT_EQ(batch.sequences, 6);
+      ASSERT_EQ(batch.q_descale.size(), 6u * 4);
+      ASSERT_EQ(batch.k_descale.size(), 6u * 2);
+      ASSERT_EQ(batch.v_descale.size(), 6u * 2);
+      const float* per_head =
+          reinterpret_cast<const float*>(calls[0]->original.k_descale().data().data());
+      const float per_tensor =
+          *reinterpret_cast<const float*>(calls[1]->original.q_descale().data().data());
+      EXPECT_EQ(batch.k_descale[2 * 1 + 1], per_head[1]);  // sequence 1, kv head 1
+      EXPECT_EQ(batch.q_descale[4 * 3 + 2], per_tensor);   // sequence 3 (the packed job's second)
+      EXPECT_EQ(batch.v_descale[2 * 5], 1.0f);             // the job without factors
+      RunPacked(batch, Responses(calls), path);
+      const int padded = (head_dim + 15) / 16 * 16;
+      EXPECT_EQ(batch.plan.params.head_dim, padded);
+      EXPECT_EQ(batch.plan.params.q_descale_batch_stride, 4);
+      EXPECT_EQ(batch.plan.params.k_descale_batch_stride, 2);
+      EXPECT_EQ(batch.plan.params.v_descale_head_stride, 1);
+      const BatchLayout& l = batch.plan.layout;
+      EXPECT_EQ(l.lse - l.o, (batch.total_q * 4 * padded * 2 + BatchLayout::kAlignment - 1) /
+                                 BatchLayout::kAlignment * BatchLayout::kAlignment);
+      for (auto& call : calls) {
+        EXPECT_EQ(call->response.o().dtype(), v1::BFLOAT16);
+        EXPECT_EQ(call->response.o().data().size(), 2 * call->original.q().data().size());
+        EXPECT_EQ(CompareWithReference(call->original, call->response), "")
+            << "head_dim " << head_dim << " pooled " << (path == CopyPath::kPooled);
+      }
+    }
+  }
+}
+
 TEST(PackingTest, SingleJobInPiecesIsGatheredThenRunInPlace) {
   std::mt19937 rng(17);
   RequestOptions o = Base(v1::FLOAT16);

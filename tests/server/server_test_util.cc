@@ -23,6 +23,10 @@ void Store(v1::DType dtype, std::string& data, int64_t i, float value) {
     std::memcpy(&data[4 * i], &value, 4);
     return;
   }
+  if (dtype == v1::FLOAT8_E4M3) {
+    data[i] = static_cast<char>(FloatToE4M3(value));
+    return;
+  }
   const uint16_t bits = dtype == v1::FLOAT16 ? FloatToHalf(value) : FloatToBFloat16(value);
   std::memcpy(&data[2 * i], &bits, 2);
 }
@@ -97,6 +101,24 @@ v1::AttentionRequest MakeRequest(const RequestOptions& o, uint64_t request_id, s
   }
   if (!o.mask_shape.empty()) FillTensor(r.mutable_mask(), o.mask_dtype, o.mask_shape, rng, -2, 1);
   if (o.sinks) FillTensor(r.mutable_sinks(), v1::FLOAT32, {o.q_heads}, rng, -1.f, 2.f);
+  if (o.dtype == v1::FLOAT8_E4M3 && o.descale != 0) {
+    // Codes for values in [-1, 1] / factor: rescale the codes FillTensor wrote (values in [-1, 1])
+    // by each element's 1 / factor, so the dequantized values stay in [-1, 1].
+    const auto descale = [&](v1::Tensor* t, v1::Tensor* factors, int heads) {
+      const int n = o.descale == 1 ? 1 : heads;
+      FillTensor(factors, v1::FLOAT32, {n}, rng, 1.f / 256, 1.f / 64);
+      const float* f = reinterpret_cast<const float*>(factors->data().data());
+      std::string& data = *t->mutable_data();
+      for (size_t i = 0; i < data.size(); ++i) {
+        const int head = static_cast<int>(i / o.head_dim % heads);
+        const float value = E4M3ToFloat(static_cast<uint8_t>(data[i]));
+        data[i] = static_cast<char>(FloatToE4M3(value / f[o.descale == 1 ? 0 : head]));
+      }
+    };
+    descale(r.mutable_q(), r.mutable_q_descale(), o.q_heads);
+    descale(r.mutable_k(), r.mutable_k_descale(), o.kv_heads);
+    descale(r.mutable_v(), r.mutable_v_descale(), o.kv_heads);
+  }
   r.set_return_lse(o.return_lse);
   return r;
 }
@@ -158,6 +180,14 @@ AttentionParams ParamsFromRequest(const v1::AttentionRequest& r, std::vector<flo
     p.sinks = true;
     p.sink_logits = reinterpret_cast<const float*>(r.sinks().data().data());
   }
+  // FP8: [1] factors apply to every head (head stride 0), [heads] ones per head.
+  const auto descale = [](const v1::Tensor& t, const float** factors, int64_t* head_stride) {
+    *factors = reinterpret_cast<const float*>(t.data().data());
+    *head_stride = t.shape_size() == 1 && t.shape(0) == 1 ? 0 : 1;
+  };
+  if (r.has_q_descale()) descale(r.q_descale(), &p.q_descale, &p.q_descale_head_stride);
+  if (r.has_k_descale()) descale(r.k_descale(), &p.k_descale, &p.k_descale_head_stride);
+  if (r.has_v_descale()) descale(r.v_descale(), &p.v_descale, &p.v_descale_head_stride);
   if (r.has_mask()) {
     const v1::Tensor& m = r.mask();
     const int mask_rank = m.shape_size();
@@ -229,11 +259,13 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   ReferenceAttention(p, o_ref.data(), lse_ref.data());
 
   const v1::Tensor& o = response.o();
-  if (o.dtype() != q.dtype()) return absl::StrCat("o.dtype ", o.dtype(), " != q.dtype ", q.dtype());
+  const bool fp8 = q.dtype() == v1::FLOAT8_E4M3;
+  const v1::DType o_dtype = fp8 ? v1::BFLOAT16 : q.dtype();
+  if (o.dtype() != o_dtype) return absl::StrCat("o.dtype ", o.dtype(), " != ", o_dtype);
   if (absl::StrJoin(o.shape(), ",") != absl::StrJoin(q.shape(), ",")) {
     return absl::StrCat("o.shape [", absl::StrJoin(o.shape(), ","), "] != q.shape");
   }
-  if (static_cast<int64_t>(o.data().size()) != o_elements * ContractDTypeSize(q.dtype())) {
+  if (static_cast<int64_t>(o.data().size()) != o_elements * ContractDTypeSize(o_dtype)) {
     return absl::StrCat("o.data has ", o.data().size(), " bytes");
   }
   // A float32 request is held to the precision its answer says it was computed at (a GPU may
@@ -242,8 +274,10 @@ std::string CompareWithReference(const v1::AttentionRequest& r,
   const bool cuda = ServerBackendUnderTest() == "cuda";
   const bool fp32 = q.dtype() == v1::FLOAT32;
   const v1::Precision computed = fp32 ? response.precision() : v1::PRECISION_FULL;
-  const bool bf16_class = q.dtype() == v1::BFLOAT16 || (fp32 && computed == v1::PRECISION_BF16);
-  const double tol = bf16_class                               ? (cuda ? 2.5e-2 : 1.6e-2)
+  const bool bf16_class =
+      q.dtype() == v1::BFLOAT16 || fp8 || (fp32 && computed == v1::PRECISION_BF16);
+  const double tol = fp8 && cuda                              ? 7e-2
+                     : bf16_class                             ? (cuda ? 2.5e-2 : 1.6e-2)
                      : fp32 && computed == v1::PRECISION_TF32 ? 4e-3
                      : fp32                                   ? 1e-4
                      : cuda                                   ? 5e-3

@@ -36,6 +36,11 @@ struct RequestOptions {
   bool return_lse = false;
   // Attention sinks: FLOAT32 [q_heads] logits in [-1, 2].
   bool sinks = false;
+  // FLOAT8_E4M3 requests: the q, k and v descale factors. 0: none (the codes hold values in
+  // [-1, 1] themselves), 1: per tensor ([1]), 2: per head ([q_heads] / [kv_heads]). With factors,
+  // each tensor's codes hold values in [-1, 1] divided by its factors (random in [1/256, 1/64]),
+  // so that the codes use most of e4m3's range.
+  int descale = 0;
 };
 
 // `n` random bytes (e.g. the payload of a tensor whose values do not matter).
@@ -52,11 +57,13 @@ std::string ServerBackendUnderTest();
 // Compares `response` (o, and lse when the request asked for it) with the float64 reference of
 // `request`; returns an empty string when they match within the dtype's tolerance, else the first
 // mismatch. Tolerances: |got - want| <= atol + rtol * |want| with (atol, rtol) = (1e-4, 1e-4) for
-// FLOAT32, (2e-3, 2e-3) for FLOAT16, (1.6e-2, 1.6e-2) for BFLOAT16 on o (one rounding of the
+// FLOAT32, (2e-3, 2e-3) for FLOAT16, (1.6e-2, 1.6e-2) for BFLOAT16 and FLOAT8_E4M3 (whose o is
+// BFLOAT16; the reference reads the dequantized inputs, e4m3 x descale) on o (one rounding of the
 // output to the storage type plus float32 accumulation); lse (1e-3, 1e-4). A FLOAT32 answer is
 // held to the precision it reports (AttentionResponse.precision): PRECISION_TF32 4e-3 on o and
 // lse, PRECISION_BF16 the BFLOAT16 tolerance on o and 2e-2 on lse. With ATTN_TEST_BACKEND=cuda:
-// FLOAT16 5e-3, BFLOAT16 2.5e-2.
+// FLOAT16 5e-3, BFLOAT16 2.5e-2, FLOAT8_E4M3 7e-2 (its kernel rounds P to e4m3: up to 2^-4 of
+// sum_j p_j |v_j| / sum_j p_j with |v| <= 1).
 std::string CompareWithReference(const v1::AttentionRequest& request,
                                  const v1::AttentionResponse& response);
 

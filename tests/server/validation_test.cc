@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "server/session_validation.h"
 #include "tests/server/server_test_util.h"
 
 namespace attention::server {
@@ -43,6 +44,29 @@ v1::AttentionRequest Packed() {
   o.kv_heads = 4;
   o.head_dim = 16;
   return MakeRequest(o, 8, rng);
+}
+
+// Dense() in FLOAT8_E4M3 with per-head descale factors (q [4], k and v [2]).
+v1::AttentionRequest Fp8Dense() {
+  std::mt19937 rng(3);
+  RequestOptions o;
+  o.dtype = v1::FLOAT8_E4M3;
+  o.descale = 2;
+  o.batch = 2;
+  o.seqlen_q = 8;
+  o.seqlen_k = 12;
+  o.q_heads = 4;
+  o.kv_heads = 2;
+  o.head_dim = 32;
+  return MakeRequest(o, 9, rng);
+}
+
+// Sets `t` to a FLOAT32 tensor of shape [values.size()] holding `values`.
+void SetFactors(v1::Tensor* t, const std::vector<float>& values) {
+  t->set_dtype(v1::FLOAT32);
+  t->clear_shape();
+  t->add_shape(static_cast<int64_t>(values.size()));
+  t->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4));
 }
 
 struct Rule {
@@ -102,10 +126,11 @@ std::vector<Rule> Rules() {
        [] {
          return With(Dense(), [](auto& r) { r.mutable_q()->set_dtype(v1::DTYPE_UNSPECIFIED); });
        },
-       kInvalid, "q.dtype: must be FLOAT32, FLOAT16 or BFLOAT16, got DTYPE_UNSPECIFIED"},
+       kInvalid,
+       "q.dtype: must be FLOAT32, FLOAT16, BFLOAT16 or FLOAT8_E4M3, got DTYPE_UNSPECIFIED"},
       {"QDtypeBool",
        [] { return With(Dense(), [](auto& r) { r.mutable_q()->set_dtype(v1::BOOL); }); }, kInvalid,
-       "q.dtype: must be FLOAT32, FLOAT16 or BFLOAT16, got BOOL"},
+       "q.dtype: must be FLOAT32, FLOAT16, BFLOAT16 or FLOAT8_E4M3, got BOOL"},
       {"KDtypeDiffers",
        [] { return With(Dense(), [](auto& r) { r.mutable_k()->set_dtype(v1::FLOAT16); }); },
        kInvalid, "k.dtype: must equal q.dtype (BFLOAT16), got FLOAT16"},
@@ -481,6 +506,96 @@ std::vector<Rule> Rules() {
                    "q.shape: the answer would take 5120 bytes (o 4096, lse 0, 1024 for the rest), "
                    "more than this server's message limit of 5119 bytes (--max_message_bytes)",
                    answer});
+  // FLOAT8_E4M3 requests and their descale factors.
+  rules.push_back(
+      {"Fp8KDtypeDiffers",
+       [] { return With(Fp8Dense(), [](auto& r) { r.mutable_k()->set_dtype(v1::BFLOAT16); }); },
+       kInvalid, "k.dtype: must equal q.dtype (FLOAT8_E4M3), got BFLOAT16"});
+  rules.push_back(
+      {"Fp8VDtypeDiffers",
+       [] { return With(Dense(), [](auto& r) { r.mutable_v()->set_dtype(v1::FLOAT8_E4M3); }); },
+       kInvalid, "v.dtype: must equal q.dtype (BFLOAT16), got FLOAT8_E4M3"});
+  rules.push_back({"Fp8DataLength",
+                   [] {
+                     return With(Fp8Dense(),
+                                 [](auto& r) { r.mutable_q()->mutable_data()->append(1, '\0'); });
+                   },
+                   kInvalid, "q.data: length must be product(shape) x 1 = 2048 x 1 bytes"});
+  rules.push_back({"Fp8Backward",
+                   [] { return With(Fp8Dense(), [](auto& r) { r.set_backward(true); }); }, kInvalid,
+                   "q.dtype: FLOAT8_E4M3 inputs are forward only"});
+  rules.push_back(
+      {"DescaleOnBFloat16",
+       [] { return With(Dense(), [](auto& r) { SetFactors(r.mutable_q_descale(), {1.f}); }); },
+       kInvalid, "q_descale: is for FLOAT8_E4M3 inputs only (q.dtype is BFLOAT16)"});
+  rules.push_back({"DescaleOnFloat32",
+                   [] {
+                     std::mt19937 rng(4);
+                     RequestOptions o;
+                     o.dtype = v1::FLOAT32;
+                     v1::AttentionRequest r = MakeRequest(o, 10, rng);
+                     SetFactors(r.mutable_v_descale(), {1.f});
+                     return r;
+                   },
+                   kInvalid, "v_descale: is for FLOAT8_E4M3 inputs only (q.dtype is FLOAT32)"});
+  rules.push_back({"DescaleDtype",
+                   [] {
+                     return With(Fp8Dense(),
+                                 [](auto& r) { r.mutable_k_descale()->set_dtype(v1::FLOAT16); });
+                   },
+                   kInvalid, "k_descale.dtype: must be FLOAT32, got FLOAT16"});
+  rules.push_back(
+      {"DescaleShapeQHeads",
+       [] {
+         return With(Fp8Dense(), [](auto& r) { SetFactors(r.mutable_q_descale(), {1.f, 1.f}); });
+       },
+       kInvalid,
+       "q_descale.shape: must be [1] (per tensor) or [q_heads] = [4] (per head), got [2]"});
+  rules.push_back(
+      {"DescaleShapeKvHeads",
+       [] {
+         return With(Fp8Dense(), [](auto& r) {
+           SetFactors(r.mutable_v_descale(), {1.f, 1.f, 1.f, 1.f});
+         });
+       },
+       kInvalid,
+       "v_descale.shape: must be [1] (per tensor) or [kv_heads] = [2] (per head), got [4]"});
+  rules.push_back(
+      {"DescaleRank2",
+       [] { return With(Fp8Dense(), [](auto& r) { r.mutable_k_descale()->add_shape(1); }); },
+       kInvalid, "k_descale.shape: must be [1] (per tensor) or [kv_heads] = [2]"});
+  rules.push_back({"DescaleDataLength",
+                   [] {
+                     return With(Fp8Dense(), [](auto& r) {
+                       r.mutable_q_descale()->mutable_data()->resize(12);
+                     });
+                   },
+                   kInvalid, "q_descale.data: length must be product(shape) x 4 = 4 x 4 bytes"});
+  rules.push_back(
+      {"DescaleZero",
+       [] { return With(Fp8Dense(), [](auto& r) { SetFactors(r.mutable_q_descale(), {0.f}); }); },
+       kInvalid, "q_descale[0]: a descale factor must be finite and > 0, got 0"});
+  rules.push_back(
+      {"DescaleNegative",
+       [] {
+         return With(Fp8Dense(), [](auto& r) { SetFactors(r.mutable_k_descale(), {0.5f, -1.f}); });
+       },
+       kInvalid, "k_descale[1]: a descale factor must be finite and > 0, got -1"});
+  rules.push_back({"DescaleNan",
+                   [] {
+                     return With(Fp8Dense(), [](auto& r) {
+                       SetFactors(r.mutable_v_descale(), {std::numeric_limits<float>::quiet_NaN()});
+                     });
+                   },
+                   kInvalid, "v_descale[0]: a descale factor must be finite and > 0, got nan"});
+  rules.push_back({"DescaleInfinite",
+                   [] {
+                     return With(Fp8Dense(), [](auto& r) {
+                       SetFactors(r.mutable_q_descale(),
+                                  {1.f, 1.f, 1.f, std::numeric_limits<float>::infinity()});
+                     });
+                   },
+                   kInvalid, "q_descale[3]: a descale factor must be finite and > 0, got inf"});
   rules.push_back(
       {"PrecisionUnknown",
        [] {
@@ -505,6 +620,54 @@ INSTANTIATE_TEST_SUITE_P(Rules, ValidationRuleTest, ::testing::ValuesIn(Rules())
                          [](const ::testing::TestParamInfo<Rule>& info) {
                            return info.param.name;
                          });
+
+TEST(ValidationTest, Fp8Spec) {
+  v1::AttentionRequest r = Fp8Dense();
+  absl::StatusOr<RequestSpec> s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->dtype, DType::kFloat8E4M3);
+  EXPECT_EQ(s->precision, Precision::kFull);
+  EXPECT_EQ(s->q_bytes, 2 * 8 * 4 * 32);  // one byte per element
+  EXPECT_EQ(s->kv_bytes, 2 * 12 * 2 * 32);
+  EXPECT_EQ(s->o_bytes(), 2 * s->q_bytes);  // o is bfloat16
+  EXPECT_EQ(s->answer_bytes(), s->o_bytes());
+  EXPECT_EQ(s->q_descale, reinterpret_cast<const float*>(r.q_descale().data().data()));
+  EXPECT_EQ(s->k_descale, reinterpret_cast<const float*>(r.k_descale().data().data()));
+  EXPECT_EQ(s->v_descale, reinterpret_cast<const float*>(r.v_descale().data().data()));
+  EXPECT_EQ(s->q_descale_head_stride, 1);
+  EXPECT_EQ(s->k_descale_head_stride, 1);
+  EXPECT_EQ(s->v_descale_head_stride, 1);
+
+  // Per-tensor factors: head stride 0; absent ones stay null (1.0).
+  SetFactors(r.mutable_q_descale(), {0.25f});
+  r.clear_k_descale();
+  s = ValidateRequest(r, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->q_descale_head_stride, 0);
+  EXPECT_EQ(s->k_descale, nullptr);
+  EXPECT_EQ(s->k_descale_head_stride, 0);
+  EXPECT_NE(s->v_descale, nullptr);
+
+  // The answer budget counts o as bfloat16: 2 x the e4m3 q.
+  ValidationLimits tight;
+  tight.max_answer_bytes = s->q_bytes * 2 + kAnswerOverheadBytes - 1;
+  EXPECT_EQ(ValidateRequest(r, tight).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(ValidationTest, SessionsRefuseFp8) {
+  v1::CreateSessionRequest r;
+  r.set_layers(1);
+  r.set_kv_heads(2);
+  r.set_head_dim(16);
+  r.set_dtype(v1::FLOAT8_E4M3);
+  const auto spec = ValidateCreateSession(r, {});
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(spec.status().message()),
+              HasSubstr("dtype: must be FLOAT32, FLOAT16 or BFLOAT16 (FLOAT8_E4M3 is not taken by "
+                        "sessions), got FLOAT8_E4M3"));
+  r.set_dtype(v1::BFLOAT16);
+  EXPECT_TRUE(ValidateCreateSession(r, {}).ok());
+}
 
 TEST(ValidationTest, DenseSpec) {
   const v1::AttentionRequest r = Dense();
