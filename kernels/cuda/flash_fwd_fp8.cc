@@ -385,6 +385,7 @@ absl::Status RunFlashFwdFp8(const AttentionParams& params, void* workspace, cuda
 std::string Fp8Variant::Label() const {
   return absl::StrCat("d", head_dim, " ", 64 * config.consumers, "x", config.block_n, "/",
                       config.consumers, "c/", config.stages, "s",
+                      config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
                       grid == Fp8Grid::kPersistent ? "+p"
                       : grid == Fp8Grid::kPerTile  ? "+t"
                                                    : "");

@@ -39,12 +39,18 @@
 namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
-template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_>
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kConsumers = kConsumers_;
+  // Of every 4 n8 tiles of S, how many take their exponentials on the FMA pipe (Exp2Fma) rather
+  // than the MUFU unit: at d = 128 an e4m3 tile's products take about as long on the tensor cores
+  // as its 64 x kBlockN exponentials on MUFU (16 per clock per SM), so moving a share of them to
+  // the FMA pipe (128 lanes per clock, about 9 operations each) can shorten the softmax.
+  static constexpr int kFmaExp = kFmaExp_;
+  static_assert(kFmaExp >= 0 && kFmaExp <= 4, "a share of every 4 n8 tiles");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -135,6 +141,63 @@ __device__ __forceinline__ void PackP8(uint32_t (&frag)[4], const float (&acc_s)
   frag[1] = PackE4m3x4(s[4 * kk][2], s[4 * kk][3], s[4 * kk + 1][2], s[4 * kk + 1][3]);
   frag[2] = PackE4m3x4(s[4 * kk + 2][0], s[4 * kk + 2][1], s[4 * kk + 3][0], s[4 * kk + 3][1]);
   frag[3] = PackE4m3x4(s[4 * kk + 2][2], s[4 * kk + 2][3], s[4 * kk + 3][2], s[4 * kk + 3][3]);
+}
+
+// 2^x for x <= 0 on the FMA pipe: x = j + r with j the nearest integer (the 1.5 x 2^23 rounding
+// trick) and r in [-0.5, 0.5], 2^r by the cubic through the Chebyshev nodes (relative error below
+// 1e-4, against e4m3's 2^-4 for P), and j added to the exponent bits. Below -126 (masked keys'
+// -inf included) it is 0, as Exp2 gives there.
+__device__ __forceinline__ float Exp2Fma(float x) {
+  const float t = fmaxf(x, -127.f) + 12582912.f;
+  const float r = x - (t - 12582912.f);
+  const float p =
+      fmaf(fmaf(fmaf(0.0558382829f, r, 0.2426394785f), r, 0.6931367339f), r, 0.9999245570f);
+  const float e = __int_as_float(__float_as_int(p) + ((__float_as_int(t) - 0x4B400000) << 23));
+  return x < -126.f ? 0.f : e;
+}
+
+// SoftmaxStep (flash_fwd_common.cuh) with kFmaExp of every 4 n8 tiles' exponentials computed by
+// Exp2Fma; the same with kFmaExp = 0.
+template <int kFmaExp, int kNTilesS>
+__device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], RowStats<1>& stats,
+                                               float scale_log2, float (&alpha)[1][2]) {
+  if constexpr (kFmaExp == 0) {
+    return SoftmaxStep(acc_s, stats, scale_log2, alpha);
+  } else {
+    bool max_moved = false;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = stats.max[0][hf];
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        mx = fmaxf(mx, fmaxf(acc_s[0][nt][2 * hf], acc_s[0][nt][2 * hf + 1]));
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float max_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+      alpha[0][hf] = Exp2(stats.max[0][hf] * scale_log2 - max_scaled);
+      max_moved |= mx != stats.max[0][hf];
+      stats.max[0][hf] = mx;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float x = fmaf(acc_s[0][nt][2 * hf + e], scale_log2, -max_scaled);
+          acc_s[0][nt][2 * hf + e] = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
+        }
+      }
+    }
+    const bool any_moved = __any_sync(0xffffffffu, max_moved);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      if (any_moved) stats.sum[0][hf] *= alpha[0][hf];
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        stats.sum[0][hf] += acc_s[0][nt][2 * hf] + acc_s[0][nt][2 * hf + 1];
+      }
+    }
+    return any_moved;
+  }
 }
 
 // Where a query tile's copies read: the row of its first query row in q's map, of its sequence's
@@ -423,7 +486,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
-      const bool rescale = SoftmaxStep(acc_s, stats, scale_log2, alpha);
+      const bool rescale = Fp8SoftmaxStep<Traits::kFmaExp>(acc_s, stats, scale_log2, alpha);
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
       FenceAccumulators(acc_o[0]);

@@ -14,13 +14,13 @@
 namespace attention::cuda {
 namespace {
 
-template <int kHeadDim, int kBlockN, int kStages, int kConsumers>
+template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0>
 Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
   return {kHeadDim,
-          {kBlockN, kStages, kConsumers},
+          {kBlockN, kStages, kConsumers, kFmaExp},
           grid,
-          &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers>,
-          &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers>};
+          &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers, kFmaExp>,
+          &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers, kFmaExp>};
 }
 
 }  // namespace
@@ -33,16 +33,20 @@ const std::vector<Fp8Variant>& Fp8Variants() {
       Make<64, 192, 4, 2>(),
       Make<64, 256, 2, 2>(),
       Make<64, 128, 4, 3>(),
+      Make<64, 128, 4, 2, 1>(),
       // d 128: 16 + 32 KB of Q and O, 2 n 128 per stage.
       Make<128, 128, 4, 2>(Fp8Grid::kPersistent),
       Make<128, 128, 4, 2>(Fp8Grid::kPerTile),
       Make<128, 128, 2, 2>(),
       Make<128, 192, 3, 2>(),
+      Make<128, 128, 4, 2, 1>(),
+      Make<128, 128, 4, 2, 2>(),
       // d 256: 32 + 64 KB of Q and O, 2 n 256 per stage.
       Make<256, 64, 2, 2>(Fp8Grid::kPersistent),
       Make<256, 64, 2, 2>(Fp8Grid::kPerTile),
       Make<256, 64, 4, 2>(),
       Make<256, 128, 2, 2>(),
+      Make<256, 64, 2, 2, 1>(),
   };
   return variants;
 }

@@ -28,8 +28,8 @@ struct Fp8Variant {
   cudaError_t (*dense)(const FwdFp8Args&, cudaStream_t);
   cudaError_t (*causal)(const FwdFp8Args&, cudaStream_t);
 
-  // "d128 128x192/2c/3s" (query rows x KV rows / consumers / stages), "+p" persistent, "+t" one
-  // block per tile.
+  // "d128 128x192/2c/3s" (query rows x KV rows / consumers / stages), "/e1" one of every 4 n8
+  // tiles' exponentials on the FMA pipe, "+p" persistent, "+t" one block per tile.
   std::string Label() const;
 };
 
