@@ -75,6 +75,15 @@ absl::StatusOr<v1::AttentionRequest> BuildRequest(const AttentionArgs& args) {
   }
   if (status.ok() && args.mask) status = SetTensor("mask", *args.mask, request.mutable_mask());
   if (status.ok() && args.sinks) status = SetTensor("sinks", *args.sinks, request.mutable_sinks());
+  if (status.ok() && args.q_descale) {
+    status = SetTensor("q_descale", *args.q_descale, request.mutable_q_descale());
+  }
+  if (status.ok() && args.k_descale) {
+    status = SetTensor("k_descale", *args.k_descale, request.mutable_k_descale());
+  }
+  if (status.ok() && args.v_descale) {
+    status = SetTensor("v_descale", *args.v_descale, request.mutable_v_descale());
+  }
   if (!status.ok()) return status;
   request.mutable_cu_seqlens_q()->Add(args.cu_seqlens_q.begin(), args.cu_seqlens_q.end());
   request.mutable_cu_seqlens_k()->Add(args.cu_seqlens_k.begin(), args.cu_seqlens_k.end());

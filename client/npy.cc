@@ -58,6 +58,12 @@ absl::StatusOr<std::string_view> DescrOf(DType dtype) {
       return "<u2";
     case v1::BOOL:
       return "|b1";
+    case v1::FLOAT8_E4M3:
+      // '|u1' already reads as BOOL, and NumPy has no e4m3 type: the codes need their descales
+      // anyway, which a .npy file cannot carry.
+      return absl::InvalidArgumentError(
+          "npy: FLOAT8_E4M3 tensors are not written as .npy (no NumPy element type, and their "
+          "descale factors would be lost)");
     default:
       return absl::InvalidArgumentError("npy: tensor dtype must be set");
   }

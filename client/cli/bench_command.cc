@@ -38,7 +38,7 @@ thread_local bool t_submitting = false;
 
 constexpr char kUsage[] =
     "Usage: attention_cli bench --target=HOST:PORT [--concurrency=64] [--batch=1 --seqlen=128\n"
-    "           --seqlen_k=N --heads=16 --kv_heads=N --head_dim=64 --dtype=bf16|fp16|fp32]\n"
+    "           --seqlen_k=N --heads=16 --kv_heads=N --head_dim=64 --dtype=bf16|fp16|fp32|fp8]\n"
     "           [--causal ...options] (--duration_s=10 | --requests=N) [--warmup_s=1]\n"
     "           [--stream] [--channels=1] [--json=out.json] [--backward [--deterministic]]\n"
     "\n"

@@ -154,7 +154,8 @@ void ProblemFlags::Register(FlagSet& flags, bool with_shape) {
     flags.Add("heads", &heads, "Query heads");
     flags.Add("kv_heads", &kv_heads, "Key/value heads, dividing --heads (0: --heads)");
     flags.Add("head_dim", &head_dim, "Head dimension");
-    flags.Add("dtype", &dtype, "Element type: bf16, fp16 or fp32");
+    flags.Add("dtype", &dtype,
+              "Element type: bf16, fp16, fp32 or fp8 (e4m3 with per-head descales; o bfloat16)");
     flags.Add("seed", &seed, "Seed of the random inputs");
   }
   flags.Add("cu_seqlens_q", &cu_seqlens_q,
@@ -193,7 +194,7 @@ absl::StatusOr<v1::AttentionRequest> RandomRequest(const ProblemFlags& problem) 
   absl::StatusOr<v1::DType> dtype = ParseDType(problem.dtype);
   if (!dtype.ok() || *dtype == v1::BOOL) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--dtype: '", problem.dtype, "' is not bf16, fp16 or fp32"));
+        absl::StrCat("--dtype: '", problem.dtype, "' is not bf16, fp16, fp32 or fp8"));
   }
   const int seqlen_k = problem.seqlen_k > 0 ? problem.seqlen_k : problem.seqlen;
   const int kv_heads = problem.kv_heads > 0 ? problem.kv_heads : problem.heads;
@@ -227,6 +228,27 @@ absl::StatusOr<v1::AttentionRequest> RandomRequest(const ProblemFlags& problem) 
     kv_shape = {total_k, kv_heads, problem.head_dim};
   }
   std::mt19937_64 rng(static_cast<uint64_t>(problem.seed));
+  if (*dtype == v1::FLOAT8_E4M3) {
+    // Standard normal values quantized per head (QuantizeTensorE4M3), with their descales.
+    for (auto [name, tensor, shape, descale] :
+         {std::tuple<const char*, v1::Tensor*, const std::vector<int64_t>*, v1::Tensor*>{
+              "q", request.mutable_q(), &q_shape, request.mutable_q_descale()},
+          {"k", request.mutable_k(), &kv_shape, request.mutable_k_descale()},
+          {"v", request.mutable_v(), &kv_shape, request.mutable_v_descale()}}) {
+      std::normal_distribution<float> normal;
+      std::vector<float> values(static_cast<size_t>(NumElements(*shape)));
+      for (float& x : values) x = normal(rng);
+      absl::StatusOr<E4M3Tensor> quantized = QuantizeTensorE4M3(values, *shape, true);
+      if (!quantized.ok()) return quantized.status();
+      if (absl::Status s = SetTensor(name, quantized->view(), tensor); !s.ok()) return s;
+      if (absl::Status s =
+              SetTensor(absl::StrCat(name, "_descale"), quantized->descale_view(), descale);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return request;
+  }
   for (auto [tensor, shape] :
        {std::pair<v1::Tensor*, const std::vector<int64_t>*>{request.mutable_q(), &q_shape},
         {request.mutable_k(), &kv_shape},
@@ -307,9 +329,19 @@ absl::Status LocalParams(const v1::AttentionRequest& request, const ProblemShape
   }
   const std::optional<::attention::DType> dtype = KernelDType(q.dtype());
   if (!dtype.has_value()) {
-    return absl::InvalidArgumentError("check: q.dtype must be FLOAT32, FLOAT16 or BFLOAT16");
+    return absl::InvalidArgumentError(
+        "check: q.dtype must be FLOAT32, FLOAT16, BFLOAT16 or FLOAT8_E4M3");
   }
   p.dtype = *dtype;
+  // FP8 descales: [1] per tensor (head stride 0) or [heads] (head stride 1); the server checked
+  // them (an answer came back).
+  const auto descale = [](const v1::Tensor& t, const float** factors, int64_t* head_stride) {
+    *factors = reinterpret_cast<const float*>(t.data().data());
+    *head_stride = t.shape_size() == 1 && t.shape(0) == 1 ? 0 : 1;
+  };
+  if (request.has_q_descale()) descale(request.q_descale(), &p.q_descale, &p.q_descale_head_stride);
+  if (request.has_k_descale()) descale(request.k_descale(), &p.k_descale, &p.k_descale_head_stride);
+  if (request.has_v_descale()) descale(request.v_descale(), &p.v_descale, &p.v_descale_head_stride);
   cu_q.assign(request.cu_seqlens_q().begin(), request.cu_seqlens_q().end());
   cu_k.assign(request.cu_seqlens_k().begin(), request.cu_seqlens_k().end());
   p.batch = static_cast<int>(shape.batch);
@@ -360,13 +392,18 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
   absl::StatusOr<ProblemShape> shape = ShapeOf(request);
   if (!shape.ok()) return shape.status();
   const v1::Tensor& q = request.q();
-  if (response.o().dtype() != q.dtype() || response.o().data().size() != q.data().size()) {
-    return absl::InvalidArgumentError("check: o does not have q's dtype and size");
+  // o has q's dtype, BFLOAT16 for FLOAT8_E4M3 inputs.
+  const bool fp8 = q.dtype() == v1::FLOAT8_E4M3;
+  const v1::DType o_dtype = fp8 ? v1::BFLOAT16 : q.dtype();
+  const size_t o_bytes = q.data().size() / DTypeSize(q.dtype()) * DTypeSize(o_dtype);
+  if (response.o().dtype() != o_dtype || response.o().data().size() != o_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("check: o is not ", DTypeName(o_dtype), " of q's shape"));
   }
   AttentionParams p;
   std::vector<int32_t> cu_q, cu_k;
   if (absl::Status s = LocalParams(request, *shape, cu_q, cu_k, p); !s.ok()) return s;
-  std::string o(q.data().size(), '\0');
+  std::string o(o_bytes, '\0');
   p.o = o.data();
   const int64_t lse_count = LseCount(p);
   std::vector<float> lse;
@@ -382,23 +419,25 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
   CheckResult result;
   // Float32 requests are judged at the precision the response says they ran at (a server that
   // computed PRECISION_BF16 rounded q, k and v to bfloat16); 16-bit ones at their dtype's, a bit
-  // wider on a GPU (its own summation order).
+  // wider on a GPU (its own summation order). FP8 ones at bfloat16's (o's type), and on a GPU at
+  // 2^-4, the step of e4m3 to which its FP8 kernel rounds the probabilities P.
   const bool on_gpu = RanOnGpu(response);
   const bool fp32 = q.dtype() == v1::FLOAT32;
   const bool bf16_class =
-      q.dtype() == v1::BFLOAT16 || (fp32 && response.precision() == v1::PRECISION_BF16);
+      q.dtype() == v1::BFLOAT16 || fp8 || (fp32 && response.precision() == v1::PRECISION_BF16);
   const bool tf32 = fp32 && response.precision() == v1::PRECISION_TF32;
-  result.tolerance = bf16_class ? (on_gpu ? 2.5e-2 : 1.6e-2)
-                     : tf32     ? 5e-3
-                     : fp32     ? 1e-4
-                     : on_gpu   ? 5e-3
-                                : 2e-3;
+  result.tolerance = fp8 && on_gpu ? 6.25e-2
+                     : bf16_class  ? (on_gpu ? 2.5e-2 : 1.6e-2)
+                     : tf32        ? 5e-3
+                     : fp32        ? 1e-4
+                     : on_gpu      ? 5e-3
+                                   : 2e-3;
   const double lse_tolerance = bf16_class && fp32 ? 2e-2 : tf32 ? 5e-3 : 1e-3;
-  const int64_t elements = static_cast<int64_t>(o.size()) / DTypeSize(q.dtype());
+  const int64_t elements = static_cast<int64_t>(o.size()) / DTypeSize(o_dtype);
   double diff2 = 0, want2 = 0;
   for (int64_t i = 0; i < elements; ++i) {
-    const double got = LoadFloat(q.dtype(), response.o().data().data(), i);
-    const double want = LoadFloat(q.dtype(), o.data(), i);
+    const double got = LoadFloat(o_dtype, response.o().data().data(), i);
+    const double want = LoadFloat(o_dtype, o.data(), i);
     const double error = std::abs(got - want);
     if (!(error <= result.tolerance * (1 + std::abs(want)))) ++result.mismatches;
     if (error > result.max_abs_error || std::isnan(error)) result.max_abs_error = error;
@@ -426,6 +465,10 @@ absl::StatusOr<CheckResult> CheckWithCpuBackend(const v1::AttentionRequest& requ
 absl::StatusOr<v1::AttentionRequest> BackwardRequest(const v1::AttentionRequest& forward,
                                                      const v1::AttentionResponse& answer,
                                                      int64_t seed, bool deterministic) {
+  if (forward.q().dtype() == v1::FLOAT8_E4M3) {
+    return absl::FailedPreconditionError(
+        "backward: FLOAT8_E4M3 inputs are forward only (attention.proto)");
+  }
   if (!answer.has_lse() || answer.lse().data().empty()) {
     return absl::FailedPreconditionError(
         "backward: the forward answer has no lse (the server ignored return_lse)");

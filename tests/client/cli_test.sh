@@ -103,6 +103,31 @@ else
     --k="$work/p-k.npy" --v="$work/p-v.npy" --cu_seqlens_q=0,30,74,75 \
     --cu_seqlens_k=0,60,100,164 --check
   contains "check passed" "call --check packed files"
+  # FLOAT8_E4M3 (per-head descales, o bfloat16), dense and packed, checked against the local
+  # CPU backend; its backward is refused before anything is sent.
+  expect 0 "call --check fp8" -- "$cli" call --target="$t" --random --dtype=fp8 \
+    --batch=2 --seqlen=37 --seqlen_k=50 --heads=4 --kv_heads=2 --head_dim=64 --causal \
+    --return_lse --seed=$RANDOM --check
+  contains "o: bfloat16" "call --check fp8"
+  contains "check passed" "call --check fp8"
+  expect 0 "call --check fp8 packed" -- "$cli" call --target="$t" --random --dtype=fp8 \
+    --heads=4 --kv_heads=1 --head_dim=40 --cu_seqlens_q=0,30,74,75 \
+    --cu_seqlens_k=0,60,100,164 --softcap=20 --check
+  contains "check passed" "call --check fp8 packed"
+  expect 1 "call --backward fp8" -- "$cli" call --target="$t" --random --dtype=fp8 \
+    --seqlen=16 --heads=2 --head_dim=16 --backward
+  contains "FLOAT8_E4M3 inputs are forward only" "call --backward fp8"
+  expect 0 "bench fp8" -- "$cli" bench --target="$t" --concurrency=3 --seqlen=48 --heads=4 \
+    --head_dim=32 --dtype=fp8 --requests=20 --warmup_s=0.1 --json="$work/fp8.json"
+  "$python" - "$work/fp8.json" <<'PY' || fail "bench fp8: JSON check failed"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["requests_ok"] == 20 and r["requests_failed"] == 0, r
+assert r["problem"]["dtype"] == "float8_e4m3", r["problem"]
+# An answer's o is bfloat16: twice the bytes of the e4m3 q.
+t = r["throughput"]
+assert t["response_bytes_per_s"] > 48 * 4 * 32 * 2 * t["requests_per_s"] * 0.99, t
+PY
   # The server's validation error comes back with its code (exit 2) and message.
   expect 2 "server rejects a bad request" -- "$cli" call --target="$t" --random --seqlen=8 \
     --heads=2 --head_dim=16 --window_left=-5

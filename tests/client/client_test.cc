@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -174,10 +175,83 @@ TEST(TensorTest, ViewAndCopyCheckDtypeShapeAndLength) {
   EXPECT_EQ(ViewTensor(tensor).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TensorTest, E4M3Conversions) {
+  EXPECT_EQ(E4M3ToFloat(0x00), 0.f);
+  EXPECT_EQ(E4M3ToFloat(0x01), 0.001953125f);  // smallest subnormal, 2^-9
+  EXPECT_EQ(E4M3ToFloat(0x08), 0.015625f);     // smallest normal, 2^-6
+  EXPECT_EQ(E4M3ToFloat(0x38), 1.f);
+  EXPECT_EQ(E4M3ToFloat(0x7e), 448.f);
+  EXPECT_EQ(E4M3ToFloat(0xfe), -448.f);
+  EXPECT_TRUE(std::isnan(E4M3ToFloat(0x7f)));
+  EXPECT_TRUE(std::isnan(E4M3ToFloat(0xff)));
+  // Every code's value converts back to itself (0x80, -0, too).
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;
+    EXPECT_EQ(QuantizeE4M3(E4M3ToFloat(static_cast<uint8_t>(code))), code) << code;
+  }
+  EXPECT_EQ(QuantizeE4M3(1.0625f), 0x38);  // halfway between 1 and 1.125: to even
+  EXPECT_EQ(QuantizeE4M3(1.1875f), 0x3a);  // halfway between 1.125 and 1.25: to even
+  EXPECT_EQ(QuantizeE4M3(1e6f), 0x7e);     // saturates at 448
+  EXPECT_EQ(QuantizeE4M3(-1e6f), 0xfe);
+  EXPECT_EQ(QuantizeE4M3(std::nanf("")), 0x7f);
+  EXPECT_EQ(QuantizeE4M3(3.f, 0.5f), 0x4c);  // 6 = 1.5 x 2^2: exponent 9, mantissa 4
+}
+
+TEST(TensorTest, QuantizesTensorsPerTensorAndPerHead) {
+  // [rows 2, heads 2, head_dim 3]; head 1 is ten times head 0.
+  const std::vector<float> values = {1, -2, 4, 10, -20, 40, 0.5f, 0, -1, 5, 0, -10};
+  absl::StatusOr<E4M3Tensor> per_head = QuantizeTensorE4M3(values, {2, 2, 3}, true);
+  ASSERT_TRUE(per_head.ok()) << per_head.status();
+  ASSERT_EQ(per_head->descale.size(), 2u);
+  EXPECT_FLOAT_EQ(per_head->descale[0], 4.f / 448);
+  EXPECT_FLOAT_EQ(per_head->descale[1], 40.f / 448);
+  EXPECT_EQ(per_head->codes[2], 0x7e);  // each head's largest value maps to 448
+  EXPECT_EQ(per_head->codes[5], 0x7e);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float factor = per_head->descale[i / 3 % 2];
+    const float back = E4M3ToFloat(per_head->codes[i]) * factor;
+    EXPECT_NEAR(back, values[i], std::abs(values[i]) / 16 + 1e-6) << i;  // 3 mantissa bits
+  }
+  const TensorView view = per_head->view();
+  EXPECT_EQ(view.dtype, v1::FLOAT8_E4M3);
+  EXPECT_EQ(view.shape, (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(view.num_bytes(), 12);
+  EXPECT_EQ(per_head->descale_view().shape, (std::vector<int64_t>{2}));
+
+  absl::StatusOr<E4M3Tensor> per_tensor = QuantizeTensorE4M3(values, {2, 2, 3}, false);
+  ASSERT_TRUE(per_tensor.ok());
+  ASSERT_EQ(per_tensor->descale.size(), 1u);
+  EXPECT_FLOAT_EQ(per_tensor->descale[0], 40.f / 448);
+  // All zeros: factor 1.
+  EXPECT_EQ(QuantizeTensorE4M3({0, 0}, {1, 2}, false)->descale[0], 1.f);
+  EXPECT_EQ(QuantizeTensorE4M3(values, {12}, false).status().code(),
+            absl::StatusCode::kInvalidArgument);  // rank 1
+  EXPECT_EQ(QuantizeTensorE4M3(values, {2, 2, 2}, false).status().code(),
+            absl::StatusCode::kInvalidArgument);  // shape does not hold the values
+  EXPECT_EQ(QuantizeTensorE4M3({1, std::nanf("")}, {1, 2}, true).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // BuildRequest carries the codes and their factors.
+  AttentionArgs args;
+  args.q = args.k = args.v = per_head->view();
+  args.q_descale = args.k_descale = args.v_descale = per_head->descale_view();
+  absl::StatusOr<v1::AttentionRequest> request = BuildRequest(args);
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->q().dtype(), v1::FLOAT8_E4M3);
+  EXPECT_EQ(request->k().data().size(), 12u);
+  EXPECT_EQ(request->v_descale().dtype(), v1::FLOAT32);
+  EXPECT_EQ(request->q_descale().data().size(), 8u);
+  EXPECT_FALSE(BuildRequest(AttentionArgs{}).ok());
+}
+
 TEST(TensorTest, ParsesDTypeNames) {
   EXPECT_EQ(*ParseDType("bf16"), v1::BFLOAT16);
   EXPECT_EQ(*ParseDType("fp16"), v1::FLOAT16);
   EXPECT_EQ(*ParseDType("float32"), v1::FLOAT32);
+  EXPECT_EQ(*ParseDType("fp8"), v1::FLOAT8_E4M3);
+  EXPECT_EQ(*ParseDType("float8_e4m3"), v1::FLOAT8_E4M3);
+  EXPECT_STREQ(DTypeName(v1::FLOAT8_E4M3), "float8_e4m3");
+  EXPECT_EQ(DTypeSize(v1::FLOAT8_E4M3), 1);
   EXPECT_EQ(ParseDType("int8").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(NumElements({}), 1);
   EXPECT_EQ(NumElements({3, 0, 5}), 0);

@@ -122,6 +122,10 @@ struct AttentionArgs {
   std::optional<TensorView> mask;
   // Attention sinks: FLOAT32 [q_heads], one extra logit per head in each row's denominator.
   std::optional<TensorView> sinks;
+  // FLOAT8_E4M3 q, k and v only: their dequantization factors, FLOAT32 [1] (per tensor) or
+  // [q_heads] / [kv_heads] (per head); absent = 1.0. E4M3Tensor::descale_view() (tensor.h) gives
+  // them for a tensor QuantizeTensorE4M3 made. The answer's o is BFLOAT16.
+  std::optional<TensorView> q_descale, k_descale, v_descale;
   bool return_lse = false;
   // How FLOAT32 inputs are computed (PRECISION_FULL: float32 accuracy; TF32 / BF16 opt into
   // reduced precision for speed). The response's precision says what ran.

@@ -14,16 +14,18 @@
 
 namespace attention::client {
 
-// Element type, as the contract names it: v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16, v1::BOOL.
+// Element type, as the contract names it: v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16,
+// v1::FLOAT8_E4M3, v1::BOOL.
 using DType = ::attention::v1::DType;
 
 // Bytes per element of `dtype`; 0 for DTYPE_UNSPECIFIED and values the contract does not define.
 int64_t DTypeSize(DType dtype);
 
-// "float32", "float16", "bfloat16", "bool" or "unspecified".
+// "float32", "float16", "bfloat16", "float8_e4m3", "bool" or "unspecified".
 const char* DTypeName(DType dtype);
 
-// Accepts fp32|float32|f32, fp16|float16|half|f16, bf16|bfloat16, bool (case-sensitive).
+// Accepts fp32|float32|f32, fp16|float16|half|f16, bf16|bfloat16, fp8|e4m3|float8_e4m3, bool
+// (case-sensitive).
 absl::StatusOr<DType> ParseDType(std::string_view name);
 
 // Product of the dimensions (1 for a scalar shape); -1 when a dimension is negative or the
@@ -69,6 +71,36 @@ absl::StatusOr<TensorView> ViewTensor(const ::attention::v1::Tensor& tensor);
 // Copies a received tensor into `dst`. INVALID_ARGUMENT when dtype or shape differ from dst's
 // or the tensor's data length does not match its shape.
 absl::Status CopyTensor(const ::attention::v1::Tensor& tensor, const MutableTensorView& dst);
+
+// FLOAT8_E4M3 (OCP E4M3FN, attention.proto): 1 sign, 4 exponent bits (bias 7), 3 mantissa bits,
+// no infinities, 0x7f / 0xff NaN, largest finite magnitude 448.
+//
+// The value of an e4m3 code (exact in a float; NaN for 0x7f and 0xff).
+float E4M3ToFloat(uint8_t code);
+// The e4m3 code nearest to `x / descale`, ties to even; magnitudes beyond 448 saturate to +-448,
+// NaN gives 0x7f. `descale` is the factor the server multiplies the code by (> 0).
+uint8_t QuantizeE4M3(float x, float descale = 1.0f);
+
+// A FLOAT8_E4M3 tensor and its descale factors (AttentionRequest.q_descale, ...), as
+// QuantizeTensorE4M3 makes them; view() and descale_view() point into it.
+struct E4M3Tensor {
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> codes;  // NumElements(shape), row-major
+  std::vector<float> descale;  // [1] (per tensor) or [heads] (per head)
+  TensorView view() const { return {::attention::v1::FLOAT8_E4M3, codes.data(), shape}; }
+  TensorView descale_view() const {
+    return {::attention::v1::FLOAT32, descale.data(), {static_cast<int64_t>(descale.size())}};
+  }
+};
+
+// Quantizes float32 `values` laid out as `shape` (q, k or v: [..., heads, head_dim], rank >= 2) to
+// FLOAT8_E4M3 with one descale factor for the whole tensor (`per_head` false) or one per head
+// (the second-to-last dimension): factor = max |x| / 448 over its values (1 for all zeros), code
+// = QuantizeE4M3(x, factor), so each group uses e4m3's whole range and its largest value maps to
+// 448. INVALID_ARGUMENT when the shape is not of rank >= 2 with dimensions >= 1 matching
+// values.size(), or a value is not finite.
+absl::StatusOr<E4M3Tensor> QuantizeTensorE4M3(const std::vector<float>& values,
+                                              std::vector<int64_t> shape, bool per_head);
 
 }  // namespace attention::client
 
