@@ -18,7 +18,7 @@ import python_test_setup
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from attention_client import (AttentionError, Client, bfloat16_bits, channel_target,  # noqa: E402
-                              float32_from_bfloat16)
+                              e4m3_decode, e4m3_encode, float32_from_bfloat16, quantize_e4m3)
 
 ARGS = None
 
@@ -107,6 +107,53 @@ class FakeServerTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             channel_target("a.example:1,b.example:2")
 
+    def test_e4m3_conversions(self):
+        codes = np.arange(256, dtype=np.uint8)
+        values = e4m3_decode(codes)
+        self.assertEqual(values[0x38], 1.0)
+        self.assertEqual(values[0x7E], 448.0)
+        self.assertEqual(values[0x01], 2.0 ** -9)
+        self.assertTrue(np.isnan(values[0x7F]) and np.isnan(values[0xFF]))
+        finite = ~np.isnan(values)
+        # Every code round-trips (-0 keeps its sign bit).
+        np.testing.assert_array_equal(e4m3_encode(values[finite]), codes[finite])
+        # Against the nearest code by brute force, ties to the even code.
+        x = np.random.default_rng(3).uniform(-500, 500, 20000).astype(np.float32)
+        x = np.concatenate([x, x / 1000, x / 1e5])
+        positive = values[:0x7F]  # 0 .. 448, ascending
+        got = e4m3_decode(e4m3_encode(x))
+        distance = np.abs(np.abs(x)[:, None] - positive[None, :])
+        best = distance.min(axis=1)
+        ties = (np.sum(distance == best[:, None], axis=1) > 1)
+        nearest = positive[np.argmin(distance, axis=1)] * np.sign(x)
+        beyond = np.abs(x) >= 464
+        np.testing.assert_array_equal(got[~ties & ~beyond], nearest[~ties & ~beyond])
+        np.testing.assert_array_equal(got[beyond], 448 * np.sign(x[beyond]))
+        # Midpoints go to the even code.
+        mids = (positive[:-1] + positive[1:]) / 2
+        want = np.where(np.arange(len(mids)) % 2 == 0, np.arange(len(mids)),
+                        np.arange(len(mids)) + 1)
+        np.testing.assert_array_equal(e4m3_encode(mids), want.astype(np.uint8))
+        self.assertEqual(e4m3_encode(np.float32(np.nan)), 0x7F)
+        self.assertEqual(e4m3_encode(np.float32(3.0), 0.5), 0x4C)  # 6 = 1.5 x 2^2
+
+    def test_quantize_e4m3(self):
+        x = np.random.default_rng(4).standard_normal((2, 5, 3, 16)).astype(np.float32)
+        x[:, :, 2] *= 100  # head 2 is far larger
+        for per_head in (False, True):
+            codes, descale = quantize_e4m3(x, per_head=per_head)
+            self.assertEqual(codes.dtype, np.uint8)
+            self.assertEqual(codes.shape, x.shape)
+            self.assertEqual(descale.shape, (3,) if per_head else (1,))
+            factors = descale[:, None] if per_head else descale
+            back = e4m3_decode(codes) * factors
+            # 3 mantissa bits: within 2^-4 relative, plus the subnormal step near zero.
+            bound = np.abs(x) / 16 + factors * 2.0 ** -10
+            self.assertTrue(np.all(np.abs(back - x) <= bound))
+            self.assertEqual(np.abs(e4m3_decode(codes)).max(), 448.0)
+        with self.assertRaises(ValueError):
+            quantize_e4m3(np.ones(4, np.float32))
+
     def test_bfloat16_conversions(self):
         x = np.array([1.0, -2.5, 3.14159, 1e-3, np.inf, np.nan], np.float32)
         back = float32_from_bfloat16(bfloat16_bits(x))
@@ -183,6 +230,31 @@ class RealServerTest(unittest.TestCase):
             for x, future in zip(inputs, futures):
                 want, _ = reference(x[0], x[1], x[2])
                 np.testing.assert_allclose(future.result(timeout=60), want, atol=1e-4, rtol=1e-4)
+
+    def test_fp8_matches_reference_on_dequantized_inputs(self):
+        rng = np.random.default_rng(5)
+        with Client(ARGS.target) as client:
+            for per_head, causal in ((False, False), (True, True)):
+                q32 = rng.standard_normal((2, 33, 4, 64)).astype(np.float32)
+                k32 = rng.standard_normal((2, 47, 2, 64)).astype(np.float32)
+                v32 = rng.standard_normal((2, 47, 2, 64)).astype(np.float32)
+                (q, qd), (k, kd), (v, vd) = (quantize_e4m3(x, per_head=per_head)
+                                             for x in (q32, k32, v32))
+                o, lse = client.attention(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd,
+                                          causal=causal, return_lse=True)
+                self.assertEqual(o.shape, q.shape)
+                got = float32_from_bfloat16(o) if o.dtype == np.uint16 else o.astype(np.float32)
+                # The reference reads the dequantized values: codes x their factors.
+                deq = [e4m3_decode(c) * (d[:, None] if per_head else d)
+                       for c, d in ((q, qd), (k, kd), (v, vd))]
+                want, want_lse = reference(*deq, causal=causal)
+                np.testing.assert_allclose(got, want, atol=1.6e-2, rtol=1.6e-2)
+                np.testing.assert_allclose(lse, want_lse, atol=1e-3, rtol=1e-4)
+            # Descales belong to FP8 inputs only.
+            with self.assertRaises(AttentionError) as caught:
+                client.attention(q32, k32, v32, q_descale=1.0)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("q_descale", caught.exception.message)
 
     def test_server_errors(self):
         q = np.zeros((1, 4, 3, 16), np.float32)

@@ -10,9 +10,11 @@ attention_client.session (SessionClient).
 The generated modules of the contract (attention.v1.attention_pb2 and _pb2_grpc) must be
 importable: run client/python/generate_stubs.py once and put its output directory on sys.path.
 """
-from attention_client.client import (AttentionError, Client, bfloat16_bits, channel_target,
-                                     float32_from_bfloat16)
+from attention_client.client import (E4M3_MAX, AttentionError, Client, bfloat16_bits,
+                                     channel_target, e4m3_decode, e4m3_encode,
+                                     float32_from_bfloat16, quantize_e4m3)
 from attention_client.session import Session, SessionClient
 
-__all__ = ["AttentionError", "Client", "Session", "SessionClient", "bfloat16_bits",
-           "channel_target", "float32_from_bfloat16"]
+__all__ = ["E4M3_MAX", "AttentionError", "Client", "Session", "SessionClient", "bfloat16_bits",
+           "channel_target", "e4m3_decode", "e4m3_encode", "float32_from_bfloat16",
+           "quantize_e4m3"]

@@ -2,8 +2,11 @@
 
 Element types: numpy float32 -> FLOAT32, float16 -> FLOAT16, ml_dtypes.bfloat16 (when installed)
 -> BFLOAT16, and uint16 -> BFLOAT16 as raw bit patterns (numpy has no bfloat16; see
-bfloat16_bits). o comes back in q's numpy dtype (uint16 bit patterns for uint16 q), lse as
-float32. Returned arrays are read-only views of the response bytes; .copy() them to modify.
+bfloat16_bits). FP8: uint8 q, k, v (or ml_dtypes.float8_e4m3fn) -> FLOAT8_E4M3 codes, with
+q_descale / k_descale / v_descale factors (see quantize_e4m3, e4m3_encode, e4m3_decode). o comes
+back in q's numpy dtype (uint16 bit patterns for uint16 q); for FP8 q it is BFLOAT16:
+ml_dtypes.bfloat16 when installed, else uint16 bit patterns. lse comes back as float32. Returned
+arrays are read-only views of the response bytes; .copy() them to modify.
 """
 import concurrent.futures
 import ipaddress
@@ -21,8 +24,10 @@ except ImportError as error:
 try:
     import ml_dtypes
     _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+    _FLOAT8_E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 except ImportError:
     _BFLOAT16 = None
+    _FLOAT8_E4M3 = None
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 
@@ -47,6 +52,71 @@ def bfloat16_bits(x):
 def float32_from_bfloat16(bits):
     """bfloat16 bit patterns (uint16) -> float32 array."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _e4m3_table():
+    """The float32 value of each of the 256 OCP E4M3FN codes (0x7F and 0xFF: NaN)."""
+    codes = np.arange(256)
+    exponent = (codes >> 3) & 0xF
+    mantissa = (codes & 0x7).astype(np.float64)
+    magnitude = np.where(exponent == 0, mantissa * 2.0 ** -9,
+                         (1 + mantissa / 8) * 2.0 ** (exponent - 7.0))
+    magnitude[(exponent == 0xF) & (mantissa == 7)] = np.nan
+    return np.where(codes & 0x80, -magnitude, magnitude).astype(np.float32)
+
+
+_E4M3_VALUES = _e4m3_table()
+E4M3_MAX = 448.0  # largest finite FLOAT8_E4M3 magnitude
+
+
+def e4m3_decode(codes):
+    """FLOAT8_E4M3 codes (uint8) -> float32 values (exact; NaN for 0x7F and 0xFF)."""
+    return _E4M3_VALUES[np.asarray(codes, dtype=np.uint8)]
+
+
+def e4m3_encode(x, descale=1.0):
+    """float32 values -> the FLOAT8_E4M3 codes (uint8) nearest to x / descale, ties to even;
+    magnitudes beyond 448 saturate to +-448, NaN gives 0x7F. `descale` (broadcast against x) is
+    the factor the server multiplies each code by."""
+    scaled = np.ascontiguousarray(np.asarray(x, np.float32) / np.asarray(descale, np.float32),
+                                  dtype=np.float32)
+    bits = scaled.view(np.uint32).astype(np.int64)
+    sign = ((bits >> 24) & 0x80).astype(np.uint8)
+    magnitude = bits & 0x7FFFFFFF
+    # Normal range: rebias the exponent (127 -> 7) and round the mantissa to 3 bits, ties to even
+    # (a carry may bump the exponent).
+    rebased = magnitude - (120 << 23)
+    normal = (rebased + 0x7FFFF + ((rebased >> 20) & 1)) >> 20
+    # Below 2^-6: subnormal codes 0..8 (8 is the smallest normal), |x| / 2^-9 rounded half to even
+    # (exact: the product is below 8).
+    small = magnitude < 0x3C800000
+    subnormal = np.rint(np.where(small, np.abs(scaled), 0).astype(np.float64) * 512.0)
+    code = np.where(small, subnormal.astype(np.int64), normal)
+    code = np.where(magnitude >= 0x43E80000, 0x7E, code)  # from 464 up: saturate at 448
+    code = np.where(magnitude > 0x7F800000, 0x7F, code)  # NaN
+    return (code.astype(np.uint8) | sign).reshape(np.shape(scaled))
+
+
+def quantize_e4m3(x, per_head=False):
+    """Quantizes float values laid out as q, k or v ([..., heads, head_dim]) to FLOAT8_E4M3.
+
+    Returns (codes, descale): uint8 codes of x's shape and float32 factors, [1] for the whole
+    tensor or [heads] with per_head=True, each max |x| / 448 over its values (1 for all zeros), so
+    that each group uses e4m3's whole range. Pass codes as q (k, v) and descale as q_descale
+    (k_descale, v_descale) to attention(); the server computes on codes x descale.
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"quantize_e4m3: x must be [..., heads, head_dim], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("quantize_e4m3: x holds values that are not finite")
+    if per_head:
+        largest = np.abs(x).reshape(-1, x.shape[-2], x.shape[-1]).max(axis=(0, 2))
+    else:
+        largest = np.array([np.abs(x).max()], np.float32)
+    descale = np.where(largest > 0, largest / np.float32(E4M3_MAX), 1).astype(np.float32)
+    factors = descale[:, None] if per_head else descale[0]
+    return e4m3_encode(x, factors), descale
 
 
 def channel_target(target):
@@ -76,10 +146,14 @@ def _dtype_of(array, name):
         return attention_pb2.FLOAT16
     if array.dtype == np.uint16 or (_BFLOAT16 is not None and array.dtype == _BFLOAT16):
         return attention_pb2.BFLOAT16
+    if name in ("q", "k", "v") and (
+            array.dtype == np.uint8 or (_FLOAT8_E4M3 is not None and array.dtype == _FLOAT8_E4M3)):
+        return attention_pb2.FLOAT8_E4M3
     if array.dtype == np.bool_ and name == "mask":
         return attention_pb2.BOOL
     raise TypeError(f"{name}: dtype {array.dtype} is not float32, float16, bfloat16 "
-                    "(ml_dtypes) or uint16 (bfloat16 bits)")
+                    "(ml_dtypes), uint16 (bfloat16 bits) or, for q, k and v, uint8 (float8_e4m3 "
+                    "codes)")
 
 
 def _set_tensor(tensor, array, name):
@@ -91,11 +165,16 @@ def _set_tensor(tensor, array, name):
 
 
 def _to_numpy(tensor, like=None):
+    """A response tensor as numpy: BFLOAT16 as `like`'s bfloat16 type (ml_dtypes) when `like`
+    (the request's q) is one, as ml_dtypes.bfloat16 for FP8 q when installed, else uint16 bits."""
     dtypes = {attention_pb2.FLOAT32: np.dtype("<f4"), attention_pb2.FLOAT16: np.dtype("<f2"),
-              attention_pb2.BFLOAT16: np.dtype("<u2")}
+              attention_pb2.BFLOAT16: np.dtype("<u2"), attention_pb2.FLOAT8_E4M3: np.dtype("u1")}
     dtype = dtypes[tensor.dtype]
-    if tensor.dtype == attention_pb2.BFLOAT16 and like is not None and like.dtype != np.uint16:
-        dtype = like.dtype
+    if tensor.dtype == attention_pb2.BFLOAT16 and like is not None:
+        if _BFLOAT16 is not None and like.dtype == _BFLOAT16:
+            dtype = like.dtype
+        elif _BFLOAT16 is not None and (like.dtype == np.uint8 or like.dtype == _FLOAT8_E4M3):
+            dtype = _BFLOAT16
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
 
 
@@ -155,7 +234,8 @@ class Client:
     @staticmethod
     def request(q, k, v, *, causal=False, softmax_scale=None, window=None, softcap=0.0,
                 alibi_slopes=None, mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                return_lse=False, sinks=None, precision="full"):
+                return_lse=False, sinks=None, precision="full", q_descale=None, k_descale=None,
+                v_descale=None):
         """The AttentionRequest message for these arrays and options (see attention())."""
         precisions = {"full": attention_pb2.PRECISION_FULL, "tf32": attention_pb2.PRECISION_TF32,
                       "bf16": attention_pb2.PRECISION_BF16}
@@ -178,6 +258,11 @@ class Client:
             _set_tensor(request.mask, mask, "mask")
         if sinks is not None:
             _set_tensor(request.sinks, np.asarray(sinks, np.float32), "sinks")
+        for field, factors in (("q_descale", q_descale), ("k_descale", k_descale),
+                               ("v_descale", v_descale)):
+            if factors is not None:
+                _set_tensor(getattr(request, field), np.atleast_1d(np.asarray(factors, np.float32)),
+                            field)
         if cu_seqlens_q is not None:
             request.cu_seqlens_q.extend(int(x) for x in cu_seqlens_q)
         if cu_seqlens_k is not None:
@@ -191,7 +276,9 @@ class Client:
         head_dim]; packed (cu_seqlens_q and cu_seqlens_k given): q [total_q, heads, head_dim].
         Options: causal, softmax_scale, window=(left, right), softcap, alibi_slopes, mask,
         cu_seqlens_q, cu_seqlens_k, return_lse, sinks ([heads] float32 logits), precision
-        ("full", "tf32" or "bf16": how float32 inputs are computed). Raises AttentionError on
+        ("full", "tf32" or "bf16": how float32 inputs are computed), and for FP8 (uint8 e4m3
+        codes as q, k, v; see quantize_e4m3) q_descale, k_descale, v_descale: a scalar or [1]
+        (per tensor) or [heads] / [kv_heads] (per head) float32 factors. Raises AttentionError on
         failure.
         """
         request = self.request(q, k, v, **options)
