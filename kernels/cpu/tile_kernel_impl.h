@@ -501,8 +501,10 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
   const int ncols = (nq + kColumns - 1) / kColumns * kColumns;
   const int nblocks = ncols / kColumns;
   const int64_t esize = ElementBytes(p.dtype);
-  // FP8 dequantization (1 without): the rows are loaded as e4m3 x descale (the q factor folded
-  // into Q's scale), so the rest of the tile runs on the dequantized values as for any dtype.
+  // FP8 dequantization (1 without): the rows are loaded as e4m3 x descale, so the rest of the
+  // tile runs on the dequantized values as for any dtype. Q's factor is applied before the
+  // softmax scale, not folded into it: a huge factor on small codes keeps finite values finite
+  // (the product of the two factors could overflow float32 where the values do not).
   const float q_descale =
       p.q_descale != nullptr
           ? p.q_descale[t.batch * p.q_descale_batch_stride + t.head * p.q_descale_head_stride]
@@ -517,10 +519,16 @@ void ProcessQueryTile(const AttentionParams& p, const QueryTile& t, const TileCo
           : 1.0f;
 
   // Q_t = scale * log2(e) * Q^T; padding columns [nq, ncols) are zero.
+  const float q_scale = p.softmax_scale * kLog2e;
   for (int i = 0; i < nq; ++i) {
     const char* q = RowPointer(p.q, p.dtype, p.q_batch_stride, p.q_row_stride, p.q_head_stride,
                                t.batch, t.q_row0 + t.row_begin + i, t.head);
-    LoadRow(p.dtype, q, d, p.softmax_scale * kLog2e * q_descale, s.out);
+    if (p.q_descale == nullptr) {
+      LoadRow(p.dtype, q, d, q_scale, s.out);
+    } else {
+      LoadRow(p.dtype, q, d, q_descale, s.out);
+      for (int e = 0; e < d; ++e) s.out[e] *= q_scale;
+    }
     for (int e = 0; e < d; ++e) s.q_t[e * br + i] = s.out[e];
   }
   for (int e = 0; e < d; ++e) {

@@ -343,6 +343,51 @@ std::vector<Seed> Seeds() {
   seeds.push_back(
       {"wire_garbage", std::string("\xff\xff\xff\xff\x0f garbage \x00\x01\x00\x00", 18)});
   seeds.push_back({"wire_empty", ""});
+
+  // FLOAT8_E4M3 (issue 23; after every older seed, so that those keep their bytes): valid
+  // requests with each kind of descale and option, and one broken rule each.
+  o = Small(v1::FLOAT8_E4M3);
+  add("valid_fp8_dense", o);
+  o.descale = 1;
+  add("valid_fp8_descale_per_tensor", o);
+  o.descale = 2;
+  add("valid_fp8_descale_per_head", o);
+  o = Packed(v1::FLOAT8_E4M3);
+  o.descale = 2;
+  o.causal = true;
+  o.softcap = 5.f;
+  o.alibi = 2;
+  o.sinks = true;
+  o.return_lse = true;
+  add("valid_fp8_packed_every_option", o);
+  o = Small(v1::FLOAT8_E4M3);
+  o.descale = 1;
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {o.seqlen_q, o.seqlen_k};
+  add("valid_fp8_bool_mask", o);
+  add("valid_fp8_huge_descale_zero_codes", o, [&](auto& r) {
+    // Codes 0 with the largest finite factor: every value 0, the result finite.
+    for (v1::Tensor* t : {r.mutable_q(), r.mutable_k()}) {
+      std::fill(t->mutable_data()->begin(), t->mutable_data()->end(), '\0');
+    }
+    set_floats(r.mutable_q_descale(), {3.4e38f});
+    set_floats(r.mutable_k_descale(), {3.4e38f});
+  });
+  add("valid_fp8_nan_code", o, [](auto& r) { (*r.mutable_k()->mutable_data())[3] = '\x7f'; });
+  add("bad_fp8_descale_zero", o, [&](auto& r) { set_floats(r.mutable_q_descale(), {0.f}); });
+  add("bad_fp8_descale_negative", o, [&](auto& r) { set_floats(r.mutable_k_descale(), {-2.f}); });
+  add("bad_fp8_descale_nan", o, [&](auto& r) {
+    set_floats(r.mutable_v_descale(), {std::numeric_limits<float>::quiet_NaN()});
+  });
+  add("bad_fp8_descale_inf", o, [&](auto& r) { set_floats(r.mutable_v_descale(), {inf}); });
+  add("bad_fp8_descale_shape", o, [](auto& r) { r.mutable_q_descale()->set_shape(0, 3); });
+  add("bad_fp8_descale_dtype", o, [](auto& r) { r.mutable_k_descale()->set_dtype(v1::BFLOAT16); });
+  add("bad_fp8_descale_data_length", o,
+      [](auto& r) { r.mutable_v_descale()->mutable_data()->push_back('\0'); });
+  add("bad_fp8_mixed_dtypes", o, [](auto& r) { r.mutable_k()->set_dtype(v1::BFLOAT16); });
+  add("bad_fp8_data_length", o, [](auto& r) { r.mutable_q()->mutable_data()->pop_back(); });
+  add("bad_descale_on_bf16", Small(), [&](auto& r) { set_floats(r.mutable_q_descale(), {1.f}); });
+  add("bad_fp8_backward", o, [](auto& r) { r.set_backward(true); });
   return seeds;
 }
 

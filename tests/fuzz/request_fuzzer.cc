@@ -11,8 +11,9 @@
 //   - a validated request runs on the CPU backend without error (validation is the only gate:
 //     a backend refusal would reach the user as an error validation should have given);
 //   - a validated request whose q, k and v values are finite and within 2^48 (every FLOAT16
-//     value) gets a finite o and an lse without NaN or +inf (CheckFinite passes): the value
-//     bounds of server/validation.h keep every score finite, whatever the options;
+//     value; for FLOAT8_E4M3 the dequantized values, code x descale) gets a finite o and an lse
+//     without NaN or +inf (CheckFinite passes): the value bounds of server/validation.h keep
+//     every score finite, whatever the options;
 //   - a validated backward request (AttentionRequest.backward) runs on the CPU backward kernel
 //     alone and packed twice into one batch, with the same dq, dk and dv bit for bit (RunBackward);
 //   - the same request as the server parsed it (data in pieces) packed into a batch (twice, so
@@ -25,7 +26,8 @@
 // Random byte mutations almost never keep a request valid (every tensor's data must hold exactly
 // its shape's elements), so the libFuzzer build adds a structure-aware mutator
 // (LLVMFuzzerCustomMutator): it parses the input, changes one field as a client could (a
-// dimension, a dtype, an offset, an option, a mask or slopes), usually resizes the tensors'
+// dimension, a dtype, an offset, an option, a mask, slopes or FP8 descales), usually resizes the
+// tensors'
 // data to fit the new shapes, and serializes it again; one mutation in four stays byte-level.
 #include <algorithm>
 #include <cmath>
@@ -89,34 +91,55 @@ cpu::CpuBackend& Backend() {
   std::abort();
 }
 
-// Element i of `bytes` holding `dtype` values, as float.
+// Bytes per element of q, k, v or o of `dtype` (FLOAT32, FLOAT16, BFLOAT16 or FLOAT8_E4M3).
+size_t ElementBytes(int dtype) {
+  return dtype == v1::FLOAT32 ? 4 : dtype == v1::FLOAT8_E4M3 ? 1 : 2;
+}
+
+// Element i of `bytes` holding `dtype` values, as float (an FP8 code's own value, not descaled).
 float Element(const std::string& bytes, int dtype, size_t i) {
   if (dtype == v1::FLOAT32) {
     float x;
     std::memcpy(&x, bytes.data() + 4 * i, 4);
     return x;
   }
+  if (dtype == v1::FLOAT8_E4M3) return E4M3ToFloat(static_cast<uint8_t>(bytes[i]));
   uint16_t h;
   std::memcpy(&h, bytes.data() + 2 * i, 2);
   return dtype == v1::FLOAT16 ? HalfToFloat(h) : BFloat16ToFloat(h);
 }
 
-// The largest finite magnitude among the values of tensor `t` (q, k or v).
-float MaxMagnitude(const v1::Tensor& t) {
-  const size_t n = t.data().size() / (t.dtype() == v1::FLOAT32 ? 4 : 2);
+// The largest of an FP8 tensor's descale factors (`descale`, validated: FLOAT32, finite, > 0),
+// 1 when absent or for other dtypes: every dequantized value is at most |code| times it.
+float MaxFactor(const v1::Tensor& t, const v1::Tensor& descale) {
+  if (t.dtype() != v1::FLOAT8_E4M3 || descale.data().empty()) return 1.f;
+  float max = 0.f;
+  for (size_t i = 0; i + 4 <= descale.data().size(); i += 4) {
+    float factor;
+    std::memcpy(&factor, descale.data().data() + i, 4);
+    max = std::max(max, factor);
+  }
+  return max;
+}
+
+// The largest finite magnitude among the values of tensor `t` (q, k or v), dequantized by at
+// most `factor` (MaxFactor).
+float MaxMagnitude(const v1::Tensor& t, float factor = 1.f) {
+  const size_t n = t.data().size() / ElementBytes(t.dtype());
   float max = 0.f;
   for (size_t i = 0; i < n; ++i) {
-    const float x = std::fabs(Element(t.data(), t.dtype(), i));
+    const float x = std::fabs(Element(t.data(), t.dtype(), i)) * factor;
     if (std::isfinite(x) && x > max) max = x;
   }
   return max;
 }
 
-// Whether every value of tensor `t` (q, k or v) is finite and within `bound`.
-bool AllWithin(const v1::Tensor& t, float bound) {
-  const size_t n = t.data().size() / (t.dtype() == v1::FLOAT32 ? 4 : 2);
+// Whether every value of tensor `t` (q, k or v), dequantized by at most `factor`, is finite and
+// within `bound`.
+bool AllWithin(const v1::Tensor& t, float bound, float factor = 1.f) {
+  const size_t n = t.data().size() / ElementBytes(t.dtype());
   for (size_t i = 0; i < n; ++i) {
-    if (!(std::fabs(Element(t.data(), t.dtype(), i)) <= bound)) return false;
+    if (!(std::fabs(Element(t.data(), t.dtype(), i)) * factor <= bound)) return false;
   }
   return true;
 }
@@ -133,7 +156,7 @@ bool Agree(const std::string& a, const std::string& b, int dtype, float scale) {
     return false;
   }
   if (a == b) return true;
-  const size_t n = a.size() / (dtype == v1::FLOAT32 ? 4 : 2);
+  const size_t n = a.size() / ElementBytes(dtype);
   const float ulp16 = dtype == v1::FLOAT16 ? 0x1p-10f : dtype == v1::BFLOAT16 ? 0x1p-7f : 0.f;
   for (size_t i = 0; i < n; ++i) {
     const float x = Element(a, dtype, i), y = Element(b, dtype, i);
@@ -295,8 +318,10 @@ Outcome RunOne(const uint8_t* data, size_t size) {
     const absl::Status status = Backend().Run(InPlaceParams(batch, &gathered));
     if (!status.ok()) Fail("CPU backend refused a validated request: " + status.ToString());
     const absl::Status finite = CheckFinite(*batch.jobs[0]);
-    if (!finite.ok() && AllWithin(request.q(), kFiniteInputBound) &&
-        AllWithin(request.k(), kFiniteInputBound) && AllWithin(request.v(), kFiniteInputBound)) {
+    if (!finite.ok() &&
+        AllWithin(request.q(), kFiniteInputBound, MaxFactor(request.q(), request.q_descale())) &&
+        AllWithin(request.k(), kFiniteInputBound, MaxFactor(request.k(), request.k_descale())) &&
+        AllWithin(request.v(), kFiniteInputBound, MaxFactor(request.v(), request.v_descale()))) {
       Fail("inputs within the value bounds gave a non-finite result: " + finite.ToString());
     }
     WriteAnswer(*batch.jobs[0], &single);
@@ -324,8 +349,8 @@ Outcome RunOne(const uint8_t* data, size_t size) {
   RunCopies(host_copies);
   for (int i = 0; i < copies; ++i) WriteAnswer(*batch.jobs[static_cast<size_t>(i)], &packed[i]);
 
-  const int dtype = request.q().dtype();
-  const float v_scale = MaxMagnitude(request.v());
+  const int dtype = single.o().dtype();  // q's, BFLOAT16 for FLOAT8_E4M3
+  const float v_scale = MaxMagnitude(request.v(), MaxFactor(request.v(), request.v_descale()));
   // o sums up to total_k products p * v with p <= 1: below this bound no partial sum can overflow
   // float32. Above it, whether one overflows depends on the order of the sums (a tiling choice),
   // so the two computations may legitimately differ (an infinity against a finite value).
@@ -371,7 +396,7 @@ int64_t SmallDim(std::mt19937& rng) {
 // One structural change to `r`, as a client could make.
 void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
   v1::Tensor* tensors[] = {r.mutable_q(), r.mutable_k(), r.mutable_v()};
-  switch (rng() % 15) {
+  switch (rng() % 16) {
     case 0: {  // one dimension of q, k or v
       v1::Tensor* t = tensors[rng() % 3];
       if (t->shape_size() > 0)
@@ -387,8 +412,8 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
       break;
     }
     case 2: {  // every dtype at once
-      const v1::DType dtypes[] = {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16};
-      const v1::DType dtype = dtypes[rng() % 3];
+      const v1::DType dtypes[] = {v1::FLOAT32, v1::FLOAT16, v1::BFLOAT16, v1::FLOAT8_E4M3};
+      const v1::DType dtype = dtypes[rng() % 4];
       for (v1::Tensor* t : tensors) t->set_dtype(dtype);
       break;
     }
@@ -504,6 +529,32 @@ void MutateRequest(v1::AttentionRequest& r, std::mt19937& rng) {
         r.clear_grad_o();
       }
       break;
+    case 14: {  // an FP8 descale: absent, [1], [heads] or another size; factors of any value
+      v1::Tensor* descales[] = {r.mutable_q_descale(), r.mutable_k_descale(),
+                                r.mutable_v_descale()};
+      const int which = static_cast<int>(rng() % 3);
+      if (rng() % 4 == 0) {
+        (which == 0 ? r.clear_q_descale() : which == 1 ? r.clear_k_descale() : r.clear_v_descale());
+        break;
+      }
+      const v1::Tensor& like = which == 0 ? r.q() : r.k();
+      const int64_t heads = like.shape_size() >= 2 ? like.shape(like.shape_size() - 2) : 1;
+      v1::Tensor* d = descales[which];
+      d->set_dtype(rng() % 8 == 0 ? v1::FLOAT16 : v1::FLOAT32);
+      d->clear_shape();
+      d->add_shape(rng() % 2 == 0 ? 1 : rng() % 4 == 0 ? SmallDim(rng) : heads);
+      d->clear_data();
+      FitData(d, rng);
+      // Mostly sensible factors (2^-12 .. 2^4), sometimes 0, negative, huge or NaN (random bytes).
+      if (d->dtype() == v1::FLOAT32 && rng() % 4 != 0) {
+        std::string* data = d->mutable_data();
+        for (size_t i = 0; i + 4 <= data->size(); i += 4) {
+          const float factor = std::ldexp(1.f, static_cast<int>(rng() % 17) - 12);
+          std::memcpy(data->data() + i, &factor, 4);
+        }
+      }
+      break;
+    }
     default:  // kv_heads: a divisor of q_heads or not
       if (r.k().shape_size() >= 3 && r.v().shape_size() == r.k().shape_size()) {
         const int axis = r.k().shape_size() - 2;
