@@ -3,6 +3,7 @@
 // overflow to infinity", found by binary search over the sorted positive bit patterns.
 #include "kernels/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -151,6 +152,48 @@ TEST(Dtype, FloatToBFloat16RoundsToNearestEven) {
   }
   const uint16_t nan = FloatToBFloat16(BitsFloat(0x7f800001u));  // signalling NaN stays NaN
   EXPECT_TRUE(std::isnan(BFloat16ToFloat(nan)));
+}
+
+// OCP E4M3FN by its formula: (1 + m / 8) 2^(e - 7), subnormal m 2^-9, 0x7f / 0xff NaN.
+double E4M3Value(uint16_t b) {
+  const int sign = b >> 7, exponent = (b >> 3) & 0xf, mantissa = b & 0x7;
+  if (exponent == 0xf && mantissa == 0x7) return std::numeric_limits<double>::quiet_NaN();
+  const double v =
+      exponent == 0 ? std::ldexp(mantissa, -9) : std::ldexp(8 + mantissa, exponent - 10);
+  return sign ? -v : v;
+}
+
+TEST(Dtype, E4M3ToFloatEveryCode) {
+  for (int b = 0; b < 256; ++b) {
+    const double want = E4M3Value(static_cast<uint16_t>(b));
+    const float got = E4M3ToFloat(static_cast<uint8_t>(b));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << b;
+    } else {
+      EXPECT_EQ(got, want) << b;
+      EXPECT_EQ(FloatToE4M3(got), b) << b;  // every code round-trips, -0 (0x80) included
+    }
+  }
+}
+
+// Nearest code, ties to even, and saturation: 480 (the value past 448 were there one) stands in
+// for "too large", and everything from the midpoint 464 up becomes 448 (0x7e).
+TEST(Dtype, FloatToE4M3RoundsToNearestEvenAndSaturates) {
+  std::vector<float> probes = Probes();
+  for (int b = 0; b < 0x7e; ++b) {  // every midpoint and its neighbours
+    const float mid = static_cast<float>((E4M3Value(b) + E4M3Value(b + 1)) / 2);
+    probes.insert(probes.end(), {mid, std::nextafter(mid, 0.f), std::nextafter(mid, 1e38f)});
+  }
+  for (float f : probes) {
+    if (std::isnan(f)) continue;
+    const uint16_t nearest = NearestPattern(f, 0x7e, 480.0, E4M3Value);
+    const uint8_t want =
+        static_cast<uint8_t>((std::signbit(f) ? 0x80 : 0) | std::min<int>(nearest, 0x7e));
+    ASSERT_EQ(FloatToE4M3(f), want) << "f = " << f << " bits " << FloatBits(f);
+  }
+  EXPECT_EQ(FloatToE4M3(std::numeric_limits<float>::infinity()), 0x7e);
+  EXPECT_EQ(FloatToE4M3(-std::numeric_limits<float>::infinity()), 0xfe);
+  EXPECT_EQ(FloatToE4M3(std::numeric_limits<float>::quiet_NaN()), 0x7f);
 }
 
 }  // namespace

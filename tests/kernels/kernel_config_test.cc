@@ -75,6 +75,11 @@ TEST(KernelConfigTest, DTypeSizes) {
   EXPECT_EQ(DTypeSize(DType::kFloat32), 4);
   EXPECT_EQ(DTypeSize(DType::kFloat16), 2);
   EXPECT_EQ(DTypeSize(DType::kBFloat16), 2);
+  EXPECT_EQ(DTypeSize(DType::kFloat8E4M3), 1);
+  // o's type: the input's, bfloat16 for FP8.
+  EXPECT_EQ(OutputDType(DType::kFloat8E4M3), DType::kBFloat16);
+  EXPECT_EQ(OutputDType(DType::kFloat16), DType::kFloat16);
+  EXPECT_EQ(OutputDType(DType::kFloat32), DType::kFloat32);
 }
 
 }  // namespace
