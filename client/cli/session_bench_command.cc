@@ -392,8 +392,9 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
     return Fail(absl::InvalidArgumentError("--context and --warmup_steps: must be >= 0"));
   }
   absl::StatusOr<v1::DType> dtype = ParseDType(f.dtype);
-  if (!dtype.ok() || *dtype == v1::BOOL) {
-    return Fail(absl::InvalidArgumentError("--dtype: must be bf16, fp16 or fp32"));
+  if (!dtype.ok() || *dtype == v1::BOOL || *dtype == v1::FLOAT8_E4M3) {
+    return Fail(absl::InvalidArgumentError(
+        "--dtype: must be bf16, fp16 or fp32 (sessions do not take fp8)"));
   }
 
   absl::StatusOr<ClientOptions> options = connection.Options();
