@@ -101,6 +101,26 @@ bool LoneZeroCopy() {
   return on;
 }
 
+// ATTN_APPEND_BY_COPY=1: a batch whose pending K/V rows lie in at most kMaxAppendCopies / 2 runs
+// of consecutive rows of one page (a decode step's row: one run) writes them with its upload, in
+// one cudaMemcpyBatchAsync (the inputs block, and each run's K rows and V rows straight from the
+// pinned staging into their page), instead of uploading them and launching the append kernel:
+// one API call and no kernel launch between the upload and the attention. Off until a GPU run has
+// measured it; read once. A driver that refuses the batched copy turns it off for the process.
+bool AppendByCopy() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_APPEND_BY_COPY");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+std::atomic<bool>& AppendByCopyRefused() {
+  static std::atomic<bool> refused{false};
+  return refused;
+}
+// Copies one batched upload may carry beside the inputs block (two per run of rows).
+constexpr size_t kMaxAppendCopies = 16;
+
 // How long the completer, woken by a lone launch as soon as its kernels were launched, waits awake
 // for the slot (the launch's last steps: an event, the download, the outputs' allocation, a few
 // microseconds) before it sleeps on its condition again.
@@ -521,6 +541,47 @@ absl::Status RunRowAppend(const RowAppend& append, const char* block, cudaStream
   return cuda::RunPagedAppend(p, stream);
 }
 
+// The batched copies of ATTN_APPEND_BY_COPY: the inputs block (`input_bytes` from `pinned` to
+// `device`), then, for each run of the pending rows that are consecutive in one page, its K rows
+// and its V rows from the pinned row-append block at `block` into the pool. False (copies
+// incomplete) when the rows make more than kMaxAppendCopies / 2 runs.
+bool PlanAppendCopies(const Batch& batch, const RowAppend& append, const char* block, char* device,
+                      const char* pinned, int64_t input_bytes, std::vector<void*>& dsts,
+                      std::vector<const void*>& srcs, std::vector<size_t>& sizes) {
+  dsts.assign(1, device);
+  srcs.assign(1, pinned);
+  sizes.assign(1, static_cast<size_t>(input_bytes));
+  const session::PageLayout& layout = append.layout;
+  char* const pool = static_cast<char*>(append.pool_base);
+  int64_t staged = 0;  // index of the run's first row in the block
+  const auto add_run = [&](int32_t first_slot, int64_t rows) {
+    if (dsts.size() + 2 > kMaxAppendCopies + 1) return false;
+    const int64_t page = first_slot / layout.page_size, row = first_slot % layout.page_size;
+    const size_t bytes = static_cast<size_t>(rows * layout.row_bytes);
+    dsts.push_back(pool + layout.k_row_offset(page, row));
+    srcs.push_back(block + append.k + staged * layout.row_bytes);
+    sizes.push_back(bytes);
+    dsts.push_back(pool + layout.v_row_offset(page, row));
+    srcs.push_back(block + append.v + staged * layout.row_bytes);
+    sizes.push_back(bytes);
+    staged += rows;
+    return true;
+  };
+  for (const auto& job : batch.jobs) {
+    if (job->paged == nullptr || !job->paged->rows.pending()) continue;
+    const std::vector<int32_t>& slots = job->paged->rows.slots;
+    size_t first = 0;
+    for (size_t i = 1; i <= slots.size(); ++i) {
+      const bool run_ends =
+          i == slots.size() || slots[i] != slots[i - 1] + 1 || slots[i] % layout.page_size == 0;
+      if (!run_ends) continue;
+      if (!add_run(slots[first], static_cast<int64_t>(i - first))) return false;
+      first = i;
+    }
+  }
+  return true;
+}
+
 void MarkRowsWritten(Batch& batch) {
   for (const auto& job : batch.jobs) {
     if (job->paged != nullptr && job->paged->rows.pending()) job->paged->rows.written = true;
@@ -620,23 +681,56 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       return s;
     }
   }
-  if (absl::Status s =
-          CheckCuda(cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(upload_bytes),
-                                    cudaMemcpyHostToDevice, stream),
-                    "upload");
-      !s.ok()) {
-    return s;
+  // Rows the pool's staging lanes still write (an Append's bulk rows, or the rows of the fallback
+  // above) land before anything here reads or writes the pool: before the batched upload, which
+  // writes pages, else (as before it) after the upload.
+  const bool paged_reads = page_storage_ != nullptr && batch.config.kind == WorkKind::kPagedDecode;
+  const bool by_copy =
+      append.rows > 0 && AppendByCopy() && !AppendByCopyRefused().load() &&
+      PlanAppendCopies(batch, append, slot.pinned + append_offset, device_inputs, slot.pinned,
+                       layout.input_bytes, slot.copy_dsts, slot.copy_srcs, slot.copy_sizes);
+  if (paged_reads && by_copy) {
+    if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
+  }
+  bool rows_copied = false;
+  if (by_copy) {
+    cudaMemcpyAttributes attributes{};
+    attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    size_t first_with_attributes = 0;
+    const cudaError_t copied = cudaMemcpyBatchAsync(slot.copy_dsts.data(), slot.copy_srcs.data(),
+                                                    slot.copy_sizes.data(), slot.copy_sizes.size(),
+                                                    &attributes, &first_with_attributes, 1, stream);
+    if (copied == cudaSuccess) {
+      rows_copied = true;
+      MarkRowsWritten(batch);
+    } else if (IsSticky(copied)) {
+      return CheckCuda(copied, "batched upload");
+    } else {
+      cudaGetLastError();
+      if (!AppendByCopyRefused().exchange(true)) {
+        LogLine(LogLevel::kWarning, "append_by_copy_refused")
+            .Kv("device", name_)
+            .Kv("error", cudaGetErrorString(copied));
+      }
+    }
+  }
+  if (!rows_copied) {
+    if (absl::Status s =
+            CheckCuda(cudaMemcpyAsync(device_inputs, slot.pinned, static_cast<size_t>(upload_bytes),
+                                      cudaMemcpyHostToDevice, stream),
+                      "upload");
+        !s.ok()) {
+      return s;
+    }
   }
   if (absl::Status s = CheckCuda(cudaEventRecord(slot.uploaded, stream), "cudaEventRecord");
       !s.ok()) {
     return s;
   }
-  // Rows the pool's staging lanes still write (an Append's bulk rows, or the rows of the fallback
-  // above) land before anything here reads or writes the pool.
-  if (page_storage_ != nullptr && batch.config.kind == WorkKind::kPagedDecode) {
+  if (paged_reads && !by_copy) {
     if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
   }
-  if (append.rows > 0) {
+  if (append.rows > 0 && !rows_copied) {
     if (absl::Status s = RunRowAppend(append, device_inputs + append_offset, stream); !s.ok()) {
       if (s.code() == absl::StatusCode::kInternal) {
         // A launch failure may be sticky: let CheckCuda classify the error the device reports.

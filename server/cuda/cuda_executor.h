@@ -42,7 +42,10 @@
 // a step is one upload, append + attention launches, one download, with no other stream or
 // synchronization involved. A batch whose rows would not fit its slot beside its buffers (a
 // very large prefill chunk) has them written through the pool's staging lanes instead
-// (DevicePageStorage::WriteRows), ordered before the attention as every lane write is.
+// (DevicePageStorage::WriteRows), ordered before the attention as every lane write is. With
+// ATTN_APPEND_BY_COPY=1 (off until measured) a batch whose rows lie in a few runs of one page each
+// (a decode step's) writes them with the upload, in one batched copy straight from the pinned
+// block into their pages, instead of the append kernel.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 
@@ -122,6 +125,10 @@ class CudaExecutor final : public Executor {
     int64_t outputs_offset = 0;
     int64_t device_bytes_used = 0;
     std::vector<HostCopy> copies;  // the batch's input copies bound to `pinned` (reused)
+    // ATTN_APPEND_BY_COPY's batched upload (cuda_executor.cc), reused.
+    std::vector<void*> copy_dsts;
+    std::vector<const void*> copy_srcs;
+    std::vector<size_t> copy_sizes;
   };
 
   CudaExecutor(int device, Metrics* metrics);
