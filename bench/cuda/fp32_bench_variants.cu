@@ -42,12 +42,15 @@ Fp32KernelVariant TileVariant() {
 
 }  // namespace
 
-// The library's default (DefaultFp32TileConfig(256).options) is timed through the dispatch beside
-// these. Persistent blocks come only with one body: with the masked and unmasked copies of the
-// step, ptxas spilled 3.9 KB (ptxas -v, sm_90a: 343 KB of SASS against 258 KB for the default,
-// 105 KB with one body, 72 KB with one body and the rolled Q K^T loop).
+// The library's default (DefaultFp32TileConfig(256): one body) is timed through the dispatch
+// beside these; "none" is the two-copy kernel it replaced, "one-body" the default launched
+// directly (the two differ by the run-to-run spread only). Persistent blocks come only with one
+// body: with the masked and unmasked copies of the step, ptxas spilled 3.9 KB (ptxas -v, sm_90a:
+// 343 KB of SASS against 258 KB with no option, 105 KB with one body, 72 KB with one body and the
+// rolled Q K^T loop). bench/cuda/fp32_notes.md has the measurements.
 const std::vector<Fp32KernelVariant>& Fp32KernelVariants() {
   static const std::vector<Fp32KernelVariant> variants = {
+      Variant<0>(),
       Variant<kFp32OneBody>(),
       Variant<kFp32OneBody | kFp32RolledQk>(),
       Variant<kFp32OneBody | kFp32Persistent>(),

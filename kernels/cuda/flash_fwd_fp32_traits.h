@@ -67,11 +67,17 @@ struct Fp32TileConfig {
 //    by 13-19% (tile sweep, bench/results/gpu_2026-12-06b.md: 61.3 against 54.1 TFLOP/s at 4096
 //    tokens, causal 50.0 against 42.6).
 //  - d > 128: 8 warps of 16 rows, 32-key tiles, one stage, one block per SM (192 KB at d = 256).
+//    Bucket 256 with one step body (kFp32OneBody): on an H100 (2026-12-06, sixth session, call 2)
+//    it ran causal 512 / 1024 at 35.2 / 42.2 TFLOP/s against 26.9 / 35.4 with the masked and
+//    unmasked copies (PyTorch's float32 SDPA: 33.1 / 35.9), and every other cell of the d-256 grid
+//    1-8% faster, o bitwise the same. Buckets 160-224 keep two copies until a device run checks
+//    them (their grid cells are not measured).
 constexpr Fp32TileConfig DefaultFp32TileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 32) return {128, 64, 4, 2, 2};
   if (head_dim_bucket <= 96) return {128, 32, 4, 2, 2};
   if (head_dim_bucket <= 128) return {128, 32, 4, 1, 2};
-  return {128, 32, 8, 1, 1};
+  if (head_dim_bucket <= 224) return {128, 32, 8, 1, 1};
+  return {128, 32, 8, 1, 1, kFp32OneBody};
 }
 
 // Shared-memory layout of a [kRows, kCols] float32 tile: rows of kCols * 4 bytes (a multiple of
