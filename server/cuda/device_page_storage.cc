@@ -147,6 +147,7 @@ absl::Status DevicePageStorage::WriteRows(const session::PageLayout& layout,
                                           const void* v) {
   if (absl::Status s = session::CheckWriteRows(*this, layout, slots); !s.ok()) return s;
   if (slots.empty()) return absl::OkStatus();
+  row_writes_.fetch_add(1, std::memory_order_relaxed);
   const int64_t row_bytes = layout.row_bytes;
   // One round: k rows | v rows | slots, each 256-byte aligned, within a lane.
   const int64_t per_row = 2 * row_bytes + static_cast<int64_t>(sizeof(int32_t));

@@ -17,6 +17,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -60,6 +61,10 @@ class DevicePageStorage final : public session::PageStorage {
   // Makes `stream` (on this storage's device) wait for every WriteRows issued before this call.
   absl::Status OrderReads(cudaStream_t stream);
 
+  // WriteRows calls that wrote rows, since start (rows written in a batch's own stream by the CUDA
+  // executor do not come here): for tests that check which way rows went.
+  int64_t row_writes() const { return row_writes_.load(std::memory_order_relaxed); }
+
   int device() const { return device_; }
 
  private:
@@ -87,6 +92,7 @@ class DevicePageStorage final : public session::PageStorage {
   int64_t lane_bytes_ = 0;
   std::vector<Lane> lanes_;
 
+  std::atomic<int64_t> row_writes_{0};
   std::mutex mu_;
   std::condition_variable lane_free_;
   std::vector<Lane*> free_lanes_;

@@ -7,6 +7,7 @@
 // (an append sent right behind an attend), and the contract's errors.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -857,6 +858,41 @@ TEST(SessionUndo, AnAttendRefusedAfterItsAppendLeavesTheSessionAsItWas) {
   EXPECT_EQ(info->tokens(0), 2048);
   EXPECT_EQ(info->pages(), 16);
   EXPECT_EQ(server->store().counters().pools[0].pages_used, 16);
+}
+
+TEST(SessionRowAppends, OnTheGpuAStepsRowsGoWithItsLaunchUnlessTheyDoNotFitItsSlot) {
+  // The GPU executor writes a step's k_new / v_new in the batch's own stream, uploaded with q,
+  // never through the pool's staging lanes, unless they do not fit the batch's pipeline slot beside
+  // its buffers: then through the lanes, ordered before the attention. Pinned slots of 24 KiB:
+  // a 16-row step of 4 KV heads x 64 x bf16 (MHA) needs about 17 KiB of buffers and 16 KiB more
+  // for its rows; a 1-row step fits whole.
+  if (ServerBackendUnderTest() != "cuda") {
+    GTEST_SKIP() << "the GPU executor's pipeline slots (ATTN_TEST_BACKEND=cuda)";
+  }
+  const char* in_stream = std::getenv("ATTN_APPEND_IN_STREAM");
+  if (in_stream != nullptr && std::string(in_stream) == "0") {
+    GTEST_SKIP() << "ATTN_APPEND_IN_STREAM=0: every step's rows go through the lanes";
+  }
+  SessionServerOptions options;
+  options.pinned_host_bytes = 6 * 24 * 1024;
+  options.device_memory_bytes = 6 * (int64_t{4} << 20);
+  std::unique_ptr<InProcessSessionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<SessionClient> client = SessionClient::Create(server->address());
+  ASSERT_TRUE(client.ok());
+  std::mt19937 rng(29);
+  Tracked t = Create(*client, v1::BFLOAT16, 1, 4, 64);
+  AppendRows(t, 0, 100, rng);
+  const int64_t lanes = server->device_pool_row_writes();
+  Step(t, 0, {.q_heads = 4}, rng);
+  EXPECT_EQ(server->device_pool_row_writes(), lanes) << "a 1-row step's rows went through a lane";
+  Step(t, 0, {.n_new = 16, .q_heads = 4}, rng);
+  EXPECT_EQ(server->device_pool_row_writes(), lanes + 1)
+      << "a 16-row step's rows, too large for the slot, did not go through a lane";
+  // The next step reads the lane's rows and writes its own in its stream.
+  Step(t, 0, {.q_heads = 4}, rng);
+  EXPECT_EQ(server->device_pool_row_writes(), lanes + 1);
+  Step(t, 0, {.n_new = 3, .q_heads = 4, .window_left = 40}, rng);
 }
 
 TEST(SessionPageSizes, EveryPageSizeMatchesTheReference) {

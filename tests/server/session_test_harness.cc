@@ -65,6 +65,8 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
   }
   server::ExecutorOptions executor;
   executor.cpu_threads = options.cpu_threads;
+  if (options.device_memory_bytes > 0) executor.device_memory_bytes = options.device_memory_bytes;
+  if (options.pinned_host_bytes > 0) executor.pinned_host_bytes = options.pinned_host_bytes;
 #ifdef ATTENTION_HAVE_CUDA_EXECUTOR
   if (cuda) {
     absl::StatusOr<std::unique_ptr<server::CudaExecutor>> device =
@@ -106,6 +108,15 @@ std::unique_ptr<InProcessSessionServer> InProcessSessionServer::Start(
   }
   s->address_ = "127.0.0.1:" + std::to_string(port);
   return s;
+}
+
+int64_t InProcessSessionServer::device_pool_row_writes() const {
+#ifdef ATTENTION_HAVE_CUDA_EXECUTOR
+  if (ServerBackendUnderTest() == "cuda") {
+    return static_cast<const server::DevicePageStorage&>(store_->pool(0).storage()).row_writes();
+  }
+#endif
+  return -1;
 }
 
 InProcessSessionServer::~InProcessSessionServer() {

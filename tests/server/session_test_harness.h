@@ -37,6 +37,9 @@ struct SessionServerOptions {
   absl::Status availability;
   // SessionServiceOptions::limits.
   server::ValidationLimits limits_per_request;
+  // The GPU executor's pools (ExecutorOptions); 0: their defaults.
+  int64_t device_memory_bytes = 0;
+  int64_t pinned_host_bytes = 0;
 };
 
 // A SessionService over a fresh store on 127.0.0.1:<free port>, with the CPU executor and a host
@@ -53,6 +56,10 @@ class InProcessSessionServer {
   session::SessionStore& store() { return *store_; }
   server::SessionServiceImpl& service() { return *service_; }
   std::shared_ptr<grpc::Channel> Channel() const;
+  // With the GPU executor: the row writes its device pool made through its staging lanes
+  // (DevicePageStorage::row_writes; an Attend's rows written in the batch's stream are not
+  // counted). -1 with the CPU executor.
+  int64_t device_pool_row_writes() const;
 
  private:
   InProcessSessionServer() = default;
