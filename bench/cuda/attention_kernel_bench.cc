@@ -17,12 +17,12 @@
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
-//   --paged   every cell of the grid three times, back to back: the routed kernel on dense K/V,
+//   --paged   every cell of the grid four times, back to back: the routed kernel on dense K/V,
 //             then the same K/V read through a page table (pages of PAGE_SIZE keys in random
-//             order, q dense) by the mma.sync / wgmma kernels' paged variant ("old") and by the
-//             warp-specialized kernel's (flash_fwd_sm90ws.h, "ws"), each paged o checked against
-//             the dense one; speeds relative to the routed dense kernel and their geometric means
-//             (kind "paged" in the JSON)
+//             order, q dense) by the mma.sync / wgmma kernels' paged variant ("old"), by the
+//             warp-specialized kernel's (flash_fwd_sm90ws.h, "ws") and as the dispatch routes it
+//             ("routed"), the last two checked against the first; speeds relative to the routed
+//             dense kernel and their geometric means (kind "paged" in the JSON)
 //   --ws      every cell of the grid twice, back to back: the routed kernel, then the
 //             warp-specialized Hopper kernel (kernels/cuda/flash_fwd_sm90ws.h) on the same
 //             inputs, with the largest difference between their outputs (kind "ws"); run without
@@ -252,57 +252,76 @@ double MaxAbsDiff(DType dtype, const std::vector<uint16_t>& a, const std::vector
   return max_diff;
 }
 
-// --paged: one cell's paged launches (`pp`, o in the dense launch's buffer, which holds the
-// dense o on entry) beside the routed dense kernel's `ms` (`dense_kernel` its family, as
-// KernelFamilyName names it): each paged kernel's o against the
-// dense o, then its time. Appends ms_dense / ms_paged per kernel to `speeds` (old, ws) for the
-// geometric means; false on failure.
+// The same launch as the forward dispatch routes it (RoutesToFlashFwdSm90Ws: the warp-specialized
+// kernel's paged variant where kRouteSm90WsPaged and Sm90WsFasterFor say so, else the old one).
+absl::Status RunPagedRouted(AttentionParams p) {
+  if (absl::Status s = CheckPagedForward(p); !s.ok()) return s;
+  Normalize(p);
+  ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+  return DispatchFlashFwd(p, nullptr);
+}
+
+// --paged: one cell's paged launches (`pp`) beside the routed dense kernel's `ms` (`dense_kernel`
+// its family, as KernelFamilyName names it). The paged keys are the dense ones in another order
+// (MakePaged), so the dense o is no reference: the old paged variant's o is (it has its own
+// suite), and the warp-specialized kernel's and the routed launch's o are checked against it on
+// the same inputs. Appends ms_dense / ms_paged per kernel to `speeds` for the geometric means;
+// false on failure.
 struct PagedSpeeds {
   std::vector<double> old_over_dense;
   std::vector<double> ws_over_dense;
+  std::vector<double> routed_over_dense;
 };
 
 bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms,
                const char* dense_kernel, int page_size, PagedSpeeds& speeds, FILE* json) {
   const int64_t count = int64_t{pp.batch} * pp.seqlen_q * pp.q_heads * pp.head_dim;
-  std::vector<uint16_t> dense(count), paged(count);
-  if (!Check(cudaDeviceSynchronize(), "dense kernel") ||
-      !Check(cudaMemcpy(dense.data(), pp.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
-    return false;
-  }
+  std::vector<uint16_t> reference(count), paged(count);
   struct Result {
     double ms = 0.0;
     double diff = 0.0;
     std::string error;
   };
-  const auto run = [&](const auto& launch) {
+  // Runs `launch` once, copies its o (into the reference for the first kernel, else compares it
+  // with the reference), then times it.
+  const auto run = [&](const auto& launch, bool is_reference) {
     Result r;
     absl::Status status = launch();
+    std::vector<uint16_t>& out = is_reference ? reference : paged;
     if (status.ok() && Check(cudaDeviceSynchronize(), "paged kernel") &&
-        Check(cudaMemcpy(paged.data(), pp.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
-      r.diff = MaxAbsDiff(pp.dtype, dense, paged);
+        Check(cudaMemcpy(out.data(), pp.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+      r.diff = is_reference ? 0.0 : MaxAbsDiff(pp.dtype, reference, paged);
       r.ms = MedianMs([&] { status = launch(); });
       if (status.ok() && Check(cudaDeviceSynchronize(), "paged kernel")) return r;
     }
     r.error = status.ok() ? "CUDA error" : std::string(status.message());
     return r;
   };
-  const Result old = run([&] { return RunPagedOld(pp); });
-  const Result ws = run([&] { return RunPagedWs(pp); });
+  const Result old = run([&] { return RunPagedOld(pp); }, true);
+  if (!old.error.empty()) {
+    std::fprintf(stderr, "paged old %s d=%d causal=%d seqlen=%d: %s\n", dt.c_str(), pp.head_dim,
+                 pp.causal ? 1 : 0, pp.seqlen_q, old.error.c_str());
+    return false;
+  }
+  const Result ws = run([&] { return RunPagedWs(pp); }, false);
+  const Result routed = run([&] { return RunPagedRouted(pp); }, false);
+  const char* routed_kernel = KernelFamilyName(SelectKernelFamily(pp));
   const double tf = Tflops(pp.batch, pp.q_heads, pp.seqlen_q, pp.head_dim, pp.causal, 1.0);
   const auto cell = [&](const Result& r) {
     char text[96];
     if (!r.error.empty()) {
-      std::snprintf(text, sizeof(text), "- | - | failed");
+      std::snprintf(text, sizeof(text), "- | failed");
     } else {
-      std::snprintf(text, sizeof(text), "%.3f | %.1f | %.3f", r.ms, tf / r.ms, ms / r.ms);
+      std::snprintf(text, sizeof(text), "%.3f | %.3f", r.ms, ms / r.ms);
     }
     return std::string(text);
   };
-  std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s | %s | %.1e | %.1e |\n", dt.c_str(),
-              pp.head_dim, pp.causal ? 1 : 0, pp.seqlen_q, pp.batch, pp.q_heads, ms, tf / ms,
-              cell(old).c_str(), cell(ws).c_str(), old.diff, ws.diff);
-  for (const auto& [name, r] : {std::pair{"old", &old}, std::pair{"ws", &ws}}) {
+  std::printf(
+      "| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s | %s | %.1f | %s | %s | %.1e | %.1e |\n",
+      dt.c_str(), pp.head_dim, pp.causal ? 1 : 0, pp.seqlen_q, pp.batch, pp.q_heads, ms, tf / ms,
+      cell(old).c_str(), cell(ws).c_str(), ws.error.empty() ? tf / ws.ms : 0.0,
+      cell(routed).c_str(), routed_kernel, ws.diff, routed.diff);
+  for (const auto& [name, r] : {std::pair{"ws", &ws}, std::pair{"routed", &routed}}) {
     if (!r->error.empty()) {
       std::fprintf(stderr, "paged %s %s d=%d causal=%d seqlen=%d: %s\n", name, dt.c_str(),
                    pp.head_dim, pp.causal ? 1 : 0, pp.seqlen_q, r->error.c_str());
@@ -313,24 +332,26 @@ bool TimePaged(const std::string& dt, const AttentionParams& pp, double ms,
                  "{\"kind\": \"paged\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
                  "\"seqlen\": %d, \"batch\": %d, \"heads\": %d, \"page_size\": %d, "
                  "\"ms_dense\": %.4f, \"ms_paged_old\": %.4f, \"ms_paged_ws\": %.4f, "
-                 "\"old_over_dense\": %.4f, \"ws_over_dense\": %.4f, \"max_abs_diff_old\": %.3e, "
-                 "\"max_abs_diff_ws\": %.3e, \"dense_kernel\": \"%s\", "
+                 "\"ms_paged_routed\": %.4f, \"old_over_dense\": %.4f, \"ws_over_dense\": %.4f, "
+                 "\"routed_over_dense\": %.4f, \"max_abs_diff_ws_vs_old\": %.3e, "
+                 "\"max_abs_diff_routed_vs_old\": %.3e, \"dense_kernel\": \"%s\", "
                  "\"paged_routed_to\": \"%s\"}\n",
                  dt.c_str(), pp.head_dim, pp.causal ? "true" : "false", pp.seqlen_q, pp.batch,
-                 pp.q_heads, page_size, ms, old.ms, ws.ms, old.error.empty() ? ms / old.ms : 0.0,
-                 ws.error.empty() ? ms / ws.ms : 0.0, old.diff, ws.diff, dense_kernel,
-                 KernelFamilyName(SelectKernelFamily(pp)));
+                 pp.q_heads, page_size, ms, old.ms, ws.ms, routed.ms, ms / old.ms,
+                 ws.error.empty() ? ms / ws.ms : 0.0, routed.error.empty() ? ms / routed.ms : 0.0,
+                 ws.diff, routed.diff, dense_kernel, routed_kernel);
   }
   std::fflush(stdout);
-  // A paged o that differs from the dense one by more than rounding (the same inputs, the same
-  // arithmetic up to the order of the KV tiles) counts as a failure.
+  // The same inputs and arithmetic up to the order of the KV tiles and the rounding of P: a
+  // difference beyond a few bfloat16 ulps of |o| <= ~2 is a wrong result.
   constexpr double kMaxDiff = 0.03;
   bool ok = true;
-  for (const Result* r : {&old, &ws}) {
+  for (const Result* r : {&ws, &routed}) {
     if (!r->error.empty() || !(r->diff <= kMaxDiff)) ok = false;
   }
-  if (old.error.empty()) speeds.old_over_dense.push_back(ms / old.ms);
+  speeds.old_over_dense.push_back(ms / old.ms);
   if (ws.error.empty()) speeds.ws_over_dense.push_back(ms / ws.ms);
+  if (routed.error.empty()) speeds.routed_over_dense.push_back(ms / routed.ms);
   return ok;
 }
 
@@ -422,13 +443,15 @@ int RunGrid(const Options& opt, FILE* json) {
   } else if (opt.page_size > 0) {
     std::printf(
         "# paged: pages of %d keys in random order; the routed kernel on dense K/V, then the "
-        "paged variants of the mma.sync / wgmma kernels (old) and of the warp-specialized "
-        "kernel (ws); speed = ms dense / ms paged; max |o_paged - o_dense|\n",
+        "same keys through the page table on the paged variants of the mma.sync / wgmma "
+        "kernels (old), of the warp-specialized kernel (ws) and as the dispatch routes them "
+        "(routed); speed = ms dense / ms paged; diff = max |o - o_old| on the same paged inputs\n",
         opt.page_size);
     std::printf(
         "| dtype | d | causal | seqlen | batch | heads | ms dense | TFLOP/s dense | ms old | "
-        "TFLOP/s old | old / dense | ms ws | TFLOP/s ws | ws / dense | diff old | diff ws |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "old / dense | ms ws | ws / dense | TFLOP/s ws | ms routed | routed / dense | routed to | "
+        "diff ws | diff routed |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else {
     std::printf("| dtype | d | causal | seqlen | batch | heads | ms | TFLOP/s | kernel |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
@@ -595,10 +618,12 @@ int RunGrid(const Options& opt, FILE* json) {
     };
     std::printf(
         "# paged / dense speed, geometric mean (min) over the cells: old %.3f (%.3f) over %zu, "
-        "ws %.3f (%.3f) over %zu\n",
+        "ws %.3f (%.3f) over %zu, routed %.3f (%.3f) over %zu\n",
         geomean(paged_speeds.old_over_dense), minimum(paged_speeds.old_over_dense),
         paged_speeds.old_over_dense.size(), geomean(paged_speeds.ws_over_dense),
-        minimum(paged_speeds.ws_over_dense), paged_speeds.ws_over_dense.size());
+        minimum(paged_speeds.ws_over_dense), paged_speeds.ws_over_dense.size(),
+        geomean(paged_speeds.routed_over_dense), minimum(paged_speeds.routed_over_dense),
+        paged_speeds.routed_over_dense.size());
   }
   for (void* ptr : {buf.q, buf.k, buf.v, buf.o}) cudaFree(ptr);
   cudaFree(buf.lse);

@@ -37,10 +37,16 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 // kernel as packed batches). ATTN_CUDA_KERNELS=sm90ws routes everything it covers to it.
 inline constexpr bool kRouteSm90Ws = true;
 
-// The routing switch of paged K/V (sessions' prefill and Attend, issue 21): off until the paged
-// variant has passed its suite on a GPU, so that paged launches keep the wgmma / mma.sync
-// kernels' paged variants by default; ATTN_CUDA_KERNELS=sm90ws routes them here regardless.
-inline constexpr bool kRouteSm90WsPaged = false;
+// The routing switch of paged K/V (sessions' prefill and Attend, issue 21): with it, paged
+// launches this kernel covers come here where Sm90WsFasterFor holds (short causal launches at
+// buckets 64 and 256 keep the wgmma kernel's paged variant, which measured faster there too),
+// the rest keep the wgmma / mma.sync kernels' paged variants; ATTN_CUDA_KERNELS=sm90ws routes
+// every covered launch here. On since device call 2 of 2026-12-06 (H100, 17:13, bundle 52a57f8):
+// its paged cases passed against the float64 reference (every page size, forks, key ranges,
+// GQA / MQA; memcheck and racecheck clean) and attention_kernel_bench --paged 64 ran it at
+// 0.959x the routed dense kernel (geometric mean of the standard grid; old paged variant
+// 0.807x).
+inline constexpr bool kRouteSm90WsPaged = true;
 
 // Where the switch routes, what it covers goes to this kernel unless the wgmma kernel measured
 // faster there (call 4, packed batches, bf16): causal launches of fewer than 2048 keys at

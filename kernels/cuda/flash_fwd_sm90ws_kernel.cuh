@@ -317,6 +317,27 @@ __device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
   return {tiles.end - tiles.begin, min(kBlockN, len_k - (tiles.end - 1) * kBlockN)};
 }
 
+// Prefetches into L1 the page-table entry of the first KV tile the producer copies for query
+// tile `tile` (its last, holding the diagonal with causal) as if the tile's sequence had
+// seqlen_q query rows and a context of seqlen_k keys: exact for a batch of equal lengths, a
+// harmless hint otherwise. Issued before LocateTile, whose loads of seqlens_k (and cu_seqlens_q,
+// key_range) that entry's index depends on, so that a block's first tile (every tile of a grid
+// of one block per tile) does not wait for two dependent loads before its first K copy.
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
+__device__ __forceinline__ void PrefetchFirstPageGuess(const AttentionParams& p,
+                                                       const FwdSm90WsSchedule& sched, int tile) {
+  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const int m_block = TileMBlock(at, (p.seqlen_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0 || p.seqlen_k <= 0) return;
+  const int row0 = m_block * kBlockM;
+  const KvTileRange tiles =
+      KvTilesInRange(row0, min(kBlockM, p.seqlen_q - row0), p.seqlen_q, p.seqlen_k, kBlockN,
+                     kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, p.seqlen_k);
+  if (tiles.end <= tiles.begin) return;
+  const int32_t* pages = p.page_table + (at.pair / p.q_heads) * p.page_table_stride;
+  PrefetchL1(pages + (((tiles.end - 1) * kBlockN) >> (__ffs(p.page_size) - 1)));
+}
+
 // What the paged V fix-up needs of query tile `tile` (LocateTile<..., kPaged>'s KV tiles and
 // key range, without the rest of its coordinates): no tiles when it has none.
 struct WsPagedTail {
@@ -558,6 +579,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     int i = 0;      // KV tiles copied so far
     int round = 0;  // query tiles copied so far
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+      if constexpr (kPaged) PrefetchFirstPageGuess<kBlockM, kBlockN, kCausal, Traits::kOrders>(
+          p, sched, tile);
       BlockCoords<Element> c;
       WsTileRows rows;
       KvTileRange tiles;
@@ -565,6 +588,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                                                                           tiles))
         continue;
       if (tiles.end <= tiles.begin) continue;  // rows without keys: nothing to copy
+      if constexpr (kPaged) {
+        // The first copied KV tile's page-table entry, prefetched before the wait for the Q
+        // buffer (the tile before's last S, or its epilogue), which hides its latency: short
+        // sequences have few KV tiles to hide a cold entry behind.
+        const int n = tiles.end - 1;
+        const PagedSegments seg = TileSegments<kBlockN>(n, c.page_shift, c.key_begin, c.key_end);
+        PrefetchL1(c.pages + ((n * kBlockN + (seg.begin << seg.shift)) >> c.page_shift));
+      }
       const int kv_head = c.head / (p.q_heads / p.kv_heads);
       // Query tile `round` takes Q buffer round % kQBuffers, its (round / kQBuffers)-th use.
       const int qb = round % kQBuffers;
