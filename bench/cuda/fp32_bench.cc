@@ -11,20 +11,23 @@
 //
 //   fp32_bench [--precision full,tf32,bf16] [--hdim 64,128,256] [--causal 0,1]
 //              [--seqlens 512,...] [--tokens 16384] [--model-dim 2048] [--json FILE] [--tiles]
-//              [--variants [--check-only]]
+//              [--variants [--check-only]] [--no-grid]
 //   --tiles   also times the float32 kernel's alternative tile configurations
 //             (bench/cuda/fp32_tile_sweep.cu; configure with -DATTN_BENCH_FP32_TILE_SWEEP=ON) at
 //             precision FULL, causal off / on, on the seqlens of --seqlens. The sweep launches
 //             its kernels directly, so it also times head-dim buckets this build's dispatch
 //             leaves out (e.g. the d 256 default, 128 x 32 with 8 warps).
-//   --variants  also times the d-256 kernel's code-shape variants (Fp32KernelOption,
+//   --variants  also times the kernel's code-shape variants (Fp32KernelOption,
 //             bench/cuda/fp32_bench_variants.cu; configure with -DATTN_BENCH_FP32_VARIANTS=ON) at
-//             precision FULL beside the dispatch's default, on the causal settings and seqlens of
-//             --causal / --seqlens, and checks each variant's o against the default's: the
-//             options change no arithmetic, so with the default's tiles o must be bitwise the
-//             same, and with other tiles within 2e-5 x max |o| (a cell that misses counts as a
-//             failure, exit status 1). With --check-only nothing is timed: each kernel runs once
-//             (for compute-sanitizer; the default grid is skipped too).
+//             precision FULL beside the dispatch's default (or, for a head dim whose bucket this
+//             build leaves out, beside its first variant), at the head dims of --hdim that have
+//             variants, on the causal settings and seqlens of --causal / --seqlens, and checks
+//             each variant's o against the reference's: the options change no arithmetic, so with
+//             the default's tiles o must be bitwise the same, and with other tiles within
+//             2e-5 x max |o| (a cell that misses counts as a failure, exit status 1). With
+//             --check-only nothing is timed: each kernel runs once (for compute-sanitizer; the
+//             default grid is skipped too).
+//   --no-grid   skips the default grid (e.g. --variants at head dims this build does not route).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -88,6 +91,7 @@ struct Options {
   bool tiles = false;
   bool variants = false;
   bool check_only = false;
+  bool no_grid = false;
 };
 
 bool ParsePrecision(const std::string& name, Precision& out) {
@@ -195,93 +199,125 @@ bool CopyOut(const float* device, int64_t count, std::vector<float>& host) {
                "cudaMemcpy");
 }
 
-// The d-256 code-shape variants beside the default (see --variants in the file comment). Per
-// cell: the default through the dispatch, then every variant, each row with its ratio to the
-// default and how its o compares with the default's (bitwise equal elements out of all, and the
-// largest |difference| relative to max |o|).
+// The code-shape variants beside the default (see --variants in the file comment), at each head
+// dim of --hdim that has variants. Per cell: the reference (the default through the dispatch; where
+// this build's dispatch lacks the bucket, the head dim's first variant), then every other variant
+// of the head dim, each row with its ratio to the reference and how its o compares with the
+// reference's (bitwise equal elements out of all, and the largest |difference| relative to
+// max |o|).
 int RunVariants(const Options& opt, const Buffers& buf, FILE* json) {
   int failures = 0;
   std::printf(
-      "\n| kernel (FULL, plain, d 256) | causal | seqlen | ms | TFLOP/s | / default | o |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+      "\n| kernel (FULL, plain) | d | causal | seqlen | ms | TFLOP/s | / reference | o |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   std::vector<float> ref;
   std::vector<float> out;
-  for (int c : opt.causal) {
-    for (int n : opt.seqlens) {
-      const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
-      const int heads = opt.model_dim / 256;
-      const int64_t count = int64_t{batch} * n * heads * 256;
-      AttentionParams p = MakeParams(Precision::kFull, batch, n, heads, 256, c != 0, buf);
-      // The default, through the dispatch (the same normalization as the variants below).
-      absl::Status status;
-      const auto run_default = [&] { status = Launch(p, nullptr); };
-      double base_ms = 0.0;
-      if (opt.check_only) {
-        run_default();
-      } else {
-        base_ms = MedianMs(run_default);
-      }
-      if (!status.ok() || !Check(cudaDeviceSynchronize(), "default") ||
-          !CopyOut(buf.o, count, ref)) {
-        std::fprintf(stderr, "default causal=%d seqlen=%d: %s\n", c, n, status.ToString().c_str());
-        ++failures;
-        continue;
-      }
-      float max_ref = 0.f;
-      for (float x : ref) max_ref = std::max(max_ref, std::fabs(x));
-      const double base_tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, 256, c != 0, base_ms);
-      std::printf("| default | %d | %d | %.3f | %.1f | 1.000 | reference |\n", c, n, base_ms,
-                  base_tf);
-      AttentionParams normalized = p;
-      Normalize(normalized);
-      ClampWindow(normalized.seqlen_q, normalized.seqlen_k, normalized.window_left,
-                  normalized.window_right);
-      for (const Fp32KernelVariant& v : Fp32KernelVariants()) {
-        // Poison o so that a variant that skips a tile cannot pass on the default's values.
-        if (!Check(cudaMemset(buf.o, 0xff, count * sizeof(float)), "cudaMemset"))
-          return failures + 1;
+  for (int d : opt.hdims) {
+    std::vector<const Fp32KernelVariant*> variants;
+    for (const Fp32KernelVariant& v : Fp32KernelVariants()) {
+      if (v.head_dim == d) variants.push_back(&v);
+    }
+    if (variants.empty()) continue;
+    for (int c : opt.causal) {
+      for (int n : opt.seqlens) {
+        const int batch = static_cast<int>(std::max<int64_t>(1, opt.tokens / n));
+        const int heads = opt.model_dim / d;
+        const int64_t count = int64_t{batch} * n * heads * d;
+        AttentionParams p = MakeParams(Precision::kFull, batch, n, heads, d, c != 0, buf);
+        AttentionParams normalized = p;
+        Normalize(normalized);
+        ClampWindow(normalized.seqlen_q, normalized.seqlen_k, normalized.window_left,
+                    normalized.window_right);
+        // The reference: the dispatch's default (the same normalization as the variants), or
+        // the first variant where the bucket is not compiled.
+        const bool dispatch = Launch(p, nullptr).code() != absl::StatusCode::kUnimplemented;
+        const Fp32KernelVariant* ref_variant = dispatch ? nullptr : variants.front();
+        absl::Status status;
         cudaError_t err = cudaSuccess;
-        const auto run = [&] { err = v.run(normalized, nullptr); };
-        double ms = 0.0;
+        const auto run_ref = [&] {
+          if (dispatch) {
+            status = Launch(p, nullptr);
+          } else {
+            err = ref_variant->run(normalized, nullptr);
+          }
+        };
+        double base_ms = 0.0;
         if (opt.check_only) {
-          run();
+          run_ref();
         } else {
-          ms = MedianMs(run);
+          base_ms = MedianMs(run_ref);
         }
-        if (!Check(err, "variant launch") || !Check(cudaDeviceSynchronize(), "variant") ||
-            !CopyOut(buf.o, count, out)) {
+        if (!status.ok() || !Check(err, "reference launch") ||
+            !Check(cudaDeviceSynchronize(), "reference") || !CopyOut(buf.o, count, ref)) {
+          std::fprintf(stderr, "reference d=%d causal=%d seqlen=%d: %s\n", d, c, n,
+                       status.ToString().c_str());
           ++failures;
           continue;
         }
-        int64_t equal = 0;
-        float max_diff = 0.f;
-        for (int64_t i = 0; i < count; ++i) {
-          const float d = std::fabs(out[i] - ref[i]);
-          if (std::memcmp(&out[i], &ref[i], sizeof(float)) == 0) {
-            ++equal;
-          } else {
-            // NaN (an element never written) compares as the largest difference.
-            max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
-          }
-        }
-        // Same tiles: bitwise. Other tiles: both within FULL's 1e-5 x max |o| of float64.
-        const bool ok = v.same_tiles ? equal == count : max_diff <= 2e-5f * max_ref;
-        if (!ok) ++failures;
-        const double tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, 256, c != 0, ms);
-        std::printf("| %s | %d | %d | %.3f | %.1f | %.3f | %s %lld/%lld, max diff %.2g |\n",
-                    v.label.c_str(), c, n, ms, tf, opt.check_only ? 0.0 : base_ms / ms,
-                    equal == count ? "identical" : (ok ? "close" : "DIFFERS"),
-                    static_cast<long long>(equal), static_cast<long long>(count),
-                    max_ref > 0.f ? max_diff / max_ref : max_diff);
-        if (json != nullptr && !opt.check_only) {
+        float max_ref = 0.f;
+        for (float x : ref) max_ref = std::max(max_ref, std::fabs(x));
+        const double base_tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, d, c != 0, base_ms);
+        const std::string ref_label = dispatch ? "default" : ref_variant->label;
+        std::printf("| %s | %d | %d | %d | %.3f | %.1f | 1.000 | reference |\n", ref_label.c_str(),
+                    d, c, n, base_ms, base_tf);
+        if (json != nullptr && !opt.check_only && !dispatch) {
           std::fprintf(json,
-                       "{\"kind\": \"fp32_variants\", \"variant\": \"%s\", \"d\": 256, "
+                       "{\"kind\": \"fp32_variants\", \"variant\": \"%s\", \"d\": %d, "
                        "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"ours_tflops\": %.1f, "
-                       "\"default_ms\": %.4f, \"default_tflops\": %.1f, \"o_ok\": %s}\n",
-                       v.label.c_str(), c ? "true" : "false", n, ms, tf, base_ms, base_tf,
-                       ok ? "true" : "false");
+                       "\"default_ms\": %.4f, \"default_tflops\": %.1f, \"o_ok\": true}\n",
+                       ref_label.c_str(), d, c ? "true" : "false", n, base_ms, base_tf, base_ms,
+                       base_tf);
         }
-        std::fflush(stdout);
+        for (const Fp32KernelVariant* v : variants) {
+          if (v == ref_variant) continue;
+          // Poison o so that a variant that skips a tile cannot pass on the reference's values.
+          if (!Check(cudaMemset(buf.o, 0xff, count * sizeof(float)), "cudaMemset")) {
+            return failures + 1;
+          }
+          const auto run = [&] { err = v->run(normalized, nullptr); };
+          double ms = 0.0;
+          if (opt.check_only) {
+            run();
+          } else {
+            ms = MedianMs(run);
+          }
+          if (!Check(err, "variant launch") || !Check(cudaDeviceSynchronize(), "variant") ||
+              !CopyOut(buf.o, count, out)) {
+            ++failures;
+            continue;
+          }
+          int64_t equal = 0;
+          float max_diff = 0.f;
+          for (int64_t i = 0; i < count; ++i) {
+            const float diff = std::fabs(out[i] - ref[i]);
+            if (std::memcmp(&out[i], &ref[i], sizeof(float)) == 0) {
+              ++equal;
+            } else {
+              // NaN (an element never written) compares as the largest difference.
+              max_diff = std::isnan(diff) ? INFINITY : std::max(max_diff, diff);
+            }
+          }
+          // Both on the default's tiles: bitwise. Other tiles: both within FULL's
+          // 1e-5 x max |o| of float64.
+          const bool bitwise = v->same_tiles && (dispatch || ref_variant->same_tiles);
+          const bool ok = bitwise ? equal == count : max_diff <= 2e-5f * max_ref;
+          if (!ok) ++failures;
+          const double tf = opt.check_only ? 0.0 : Tflops(batch, heads, n, d, c != 0, ms);
+          std::printf("| %s | %d | %d | %d | %.3f | %.1f | %.3f | %s %lld/%lld, max diff %.2g |\n",
+                      v->label.c_str(), d, c, n, ms, tf, opt.check_only ? 0.0 : base_ms / ms,
+                      equal == count ? "identical" : (ok ? "close" : "DIFFERS"),
+                      static_cast<long long>(equal), static_cast<long long>(count),
+                      max_ref > 0.f ? max_diff / max_ref : max_diff);
+          if (json != nullptr && !opt.check_only) {
+            std::fprintf(json,
+                         "{\"kind\": \"fp32_variants\", \"variant\": \"%s\", \"d\": %d, "
+                         "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"ours_tflops\": %.1f, "
+                         "\"default_ms\": %.4f, \"default_tflops\": %.1f, \"o_ok\": %s}\n",
+                         v->label.c_str(), d, c ? "true" : "false", n, ms, tf, base_ms, base_tf,
+                         ok ? "true" : "false");
+          }
+          std::fflush(stdout);
+        }
       }
     }
   }
@@ -368,7 +404,8 @@ int Run(const Options& opt, FILE* json) {
       "| precision | d | causal | seqlen | batch | heads | ms | TFLOP/s | tiles (FULL/TF32) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   int failures = 0;
-  for (const std::string& name : opt.check_only ? std::vector<std::string>{} : opt.precisions) {
+  const bool grid = !opt.check_only && !opt.no_grid;
+  for (const std::string& name : grid ? opt.precisions : std::vector<std::string>{}) {
     Precision precision;
     if (!ParsePrecision(name, precision)) {
       std::fprintf(stderr, "--precision: %s is not full, tf32 or bf16\n", name.c_str());
@@ -452,6 +489,8 @@ int Main(int argc, char** argv) {
       opt.variants = true;
     } else if (arg == "--check-only") {
       opt.check_only = true;
+    } else if (arg == "--no-grid") {
+      opt.no_grid = true;
     } else {
       std::fprintf(stderr, "unknown argument %s (see the header of fp32_bench.cc)\n", arg.c_str());
       return 2;

@@ -21,13 +21,13 @@ std::string OptionsLabel(int options) {
   return label.empty() ? "none" : label;
 }
 
-// The default's tiles with options `kOptions`.
-template <int kOptions>
+// The default's tiles of bucket kHeadDim with options `kOptions`.
+template <int kOptions, int kHeadDim = 256>
 Fp32KernelVariant Variant() {
-  constexpr Fp32TileConfig t = DefaultFp32TileConfig(256);
-  return {OptionsLabel(kOptions), 256, kOptions, true,
-          &RunFlashFwdFp32Tiles<256, Fp32Variant::kPlain, Precision::kFull, t.block_m, t.block_n,
-                                t.warps, t.stages, t.blocks_per_sm, kOptions>};
+  constexpr Fp32TileConfig t = DefaultFp32TileConfig(kHeadDim);
+  return {OptionsLabel(kOptions), kHeadDim, kOptions, true,
+          &RunFlashFwdFp32Tiles<kHeadDim, Fp32Variant::kPlain, Precision::kFull, t.block_m,
+                                t.block_n, t.warps, t.stages, t.blocks_per_sm, kOptions>};
 }
 
 // Other tiles with options `kOptions`.
@@ -60,6 +60,12 @@ const std::vector<Fp32KernelVariant>& Fp32KernelVariants() {
       // per SM (96 KB each), whose diagonal is a quarter of the 128-row one's.
       TileVariant<128, 16, 8, 1, 1, kFp32OneBody>(),
       TileVariant<64, 16, 4, 1, 2, kFp32OneBody>(),
+      // Buckets 64 and 128 (two copies of the step routed): the routed shape first (the
+      // reference where the build leaves the bucket out), then one body.
+      Variant<0, 64>(),
+      Variant<kFp32OneBody, 64>(),
+      Variant<0, 128>(),
+      Variant<kFp32OneBody, 128>(),
   };
   return variants;
 }
