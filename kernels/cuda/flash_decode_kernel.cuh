@@ -172,15 +172,16 @@ __device__ __forceinline__ void KeyRowOffsets(const AttentionParams& p, const De
   }
 }
 
-// The L2 cache policy of kHint's copies: evict_first for every line a kEvictFirst copy reads
-// (created once per thread, an opaque 64-bit value); 0 and unused for the other hints.
+// The L2 cache policy operand of kHint's copies: kL2EvictFirstPolicy for kEvictFirst and
+// kEvictFirstZfill (a compile-time constant), 0 and unused for the other hints.
 template <DecodeCacheHint kHint>
 __device__ __forceinline__ uint64_t MakeCachePolicy() {
-  uint64_t policy = 0;
-  if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  if constexpr (kHint == DecodeCacheHint::kEvictFirst ||
+                kHint == DecodeCacheHint::kEvictFirstZfill) {
+    return kL2EvictFirstPolicy;
+  } else {
+    return 0;
   }
-  return policy;
 }
 
 // cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint);
@@ -197,17 +198,29 @@ __device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gm
   } else if constexpr (kHint == DecodeCacheHint::kPrefetch256) {
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else {
-    static_assert(kHint == DecodeCacheHint::kEvictFirst, "a DecodeCacheHint");
-    // A whole 16-byte read with the policy, or a zero fill that reads nothing (no policy: the
-    // form with both a source size and a policy raised an illegal instruction, DecodeCacheHint).
-    if (pred) {
+  } else if constexpr (kHint == DecodeCacheHint::kEvictFirstZfill) {
+    asm volatile(
+        "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr),
+        "l"(gmem), "r"(src_bytes), "l"(policy));
+  } else if (pred) {
+    // kEvictFirst / kEvictFirstInline: a whole 16-byte read with the policy; a zero fill reads
+    // nothing and takes the plain form.
+    if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
       asm volatile(
           "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
           "l"(gmem), "l"(policy));
     } else {
-      CpAsync16(smem_addr, gmem, false);
+      static_assert(kHint == DecodeCacheHint::kEvictFirstInline, "a DecodeCacheHint");
+      asm volatile(
+          "{\n"
+          "  .reg .b64 policy;\n"
+          "  createpolicy.fractional.L2::evict_first.b64 policy, 1.0;\n"
+          "  cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, policy;\n"
+          "}\n" ::"r"(smem_addr),
+          "l"(gmem));
     }
+  } else {
+    CpAsync16(smem_addr, gmem, false);
   }
 }
 
