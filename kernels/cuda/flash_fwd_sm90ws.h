@@ -38,8 +38,9 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 inline constexpr bool kRouteSm90Ws = true;
 
 // The routing switch of paged K/V (sessions' prefill and Attend, issue 21): with it, paged
-// launches this kernel covers come here where Sm90WsFasterFor holds (short causal launches at
-// buckets 64 and 256 keep the wgmma kernel's paged variant, which measured faster there too),
+// launches this kernel covers come here where Sm90WsFasterFor holds (causal launches under 2048
+// keys at buckets 64 and 128 and under 1024 at 256 keep the wgmma kernel's paged variant, which
+// measured faster there),
 // the rest keep the wgmma / mma.sync kernels' paged variants; ATTN_CUDA_KERNELS=sm90ws routes
 // every covered launch here. On since device call 2 of 2026-12-06 (H100, 17:13, bundle 52a57f8):
 // its paged cases passed against the float64 reference (every page size, forks, key ranges,
@@ -51,7 +52,9 @@ inline constexpr bool kRouteSm90WsPaged = true;
 // Where the switch routes, what it covers goes to this kernel unless the wgmma kernel measured
 // faster there (call 4, packed batches, bf16): causal launches of fewer than 2048 keys at
 // head-dim bucket 64 (0.86x at 512, 0.93x at 1024) and fewer than 1024 at bucket 256 (0.88x at
-// 512, 1.07x at 1024); at bucket 128 it is 1.02x and up everywhere.
+// 512, 1.07x at 1024); at bucket 128 it is 1.02x and up everywhere, except paged causal
+// launches of fewer than 2048 keys (device call 2 of 2026-12-06, pages of 64: the wgmma kernel's
+// paged variant 0.909 / 0.867x the dense kernel at 512 / 1024, this one 0.843 / 0.853x).
 bool Sm90WsFasterFor(const AttentionParams& p);
 
 // Whether the forward dispatch runs `p` (normalized, 16-bit dtype) on this kernel: the switch is

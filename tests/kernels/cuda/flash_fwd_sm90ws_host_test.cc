@@ -363,6 +363,17 @@ TEST(FlashFwdSm90WsPagedTest, PagedRoutingFollowsItsSwitch) {
   if (routed) {
     EXPECT_TRUE(covered);
   }
+  // The measured rule: causal paged launches under 2048 keys at bucket 128 keep the wgmma
+  // kernel's paged variant, as the dense rule keeps buckets 64 and 256.
+  AttentionParams causal = p;
+  causal.causal = true;
+  for (int seqlen_k : {512, 1024, 2048, 4096}) {
+    causal.seqlen_k = seqlen_k;
+    EXPECT_EQ(Sm90WsFasterFor(causal), seqlen_k >= 2048) << seqlen_k;
+    AttentionParams dense = causal;
+    dense.page_table = nullptr;
+    EXPECT_TRUE(Sm90WsFasterFor(dense)) << seqlen_k;
+  }
   AttentionParams lens_only = p;
   lens_only.page_table = nullptr;
   EXPECT_FALSE(RoutesToFlashFwdSm90Ws(lens_only));
