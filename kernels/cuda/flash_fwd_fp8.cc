@@ -4,9 +4,11 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -157,11 +159,22 @@ absl::Status CudaError(cudaError_t err, const char* what) {
 
 bool Fp8KernelCompiled() { return kCompiled; }
 
+bool Fp8KernelRouted() {
+  // ATTN_CUDA_FP8=on (read once) routes FP8 launches with the switch off, for the GPU tests of
+  // the serving path before the switch goes on.
+  static const bool by_environment = [] {
+    const char* env = std::getenv("ATTN_CUDA_FP8");
+    return env != nullptr && std::string_view(env) == "on";
+  }();
+  return kRouteFp8Kernel || by_environment;
+}
+
 absl::Status CheckFp8Config(const KernelConfig& c) {
-  if (!kRouteFp8Kernel) {
+  if (!Fp8KernelRouted()) {
     return absl::UnimplementedError(
         "CUDA attention kernel: FLOAT8_E4M3 is not routed to its kernel in this build (the FP8 "
-        "kernel awaits its first GPU check, kRouteFp8Kernel); a CPU server answers it");
+        "kernel awaits its first GPU check, kRouteFp8Kernel; ATTN_CUDA_FP8=on routes it); a CPU "
+        "server answers it");
   }
   if (!kCompiled) {
     return absl::UnimplementedError(
@@ -386,6 +399,7 @@ std::string Fp8Variant::Label() const {
   return absl::StrCat("d", head_dim, " ", 64 * config.consumers, "x", config.block_n, "/",
                       config.consumers, "c/", config.stages, "s",
                       config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
+                      config.tree ? "/r" : "",
                       grid == Fp8Grid::kPersistent ? "+p"
                       : grid == Fp8Grid::kPerTile  ? "+t"
                                                    : "");

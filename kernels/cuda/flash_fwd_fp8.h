@@ -1,7 +1,7 @@
 // Host API of the FP8 (E4M3) Hopper forward kernel (flash_fwd_fp8_kernel.cuh: the warp-specialized
 // kernel's structure with e4m3 wgmma, V read as V^T from a workspace the pre-pass writes), issue
 // 23's FP8 forward. The CUDA backend's only FP8 path: RunAttention sends every kFloat8E4M3 launch
-// here once kRouteFp8Kernel is on; its test and the benchmark's --dtype fp8 call it directly.
+// here once routed (Fp8KernelRouted); its test and the benchmark's --dtype fp8 call it directly.
 //
 // Numerics: S = Q K^T of the stored e4m3 values, accumulated in float32 by the tensor cores, times
 // q_descale k_descale softmax_scale in float32; the softmax's P (in [0, 1] relative to the running
@@ -31,13 +31,18 @@ namespace attention::cuda {
 // first check on a GPU.
 inline constexpr bool kRouteFp8Kernel = false;
 
+// Whether CheckSupported / RunAttention take FP8 launches to this kernel: kRouteFp8Kernel, or
+// the environment's ATTN_CUDA_FP8=on (read once; for GPU tests of the serving path while the
+// switch is off).
+bool Fp8KernelRouted();
+
 // Whether this build compiled the kernel (ATTN_KERNEL_DTYPES with fp8, ATTN_KERNEL_SM90).
 bool Fp8KernelCompiled();
 
 // Whether the kernel covers the configuration `c` in this build (device and launch data aside):
-// OK, or UNIMPLEMENTED naming the rule (the routing switch off, a build without the kernel, kind
-// other than kForward, head_dim not a multiple of 16 or its bucket not compiled, ALiBi, a mask, a
-// window other than causal, softmax_scale <= 0). CheckSupported's FP8 answer.
+// OK, or UNIMPLEMENTED naming the rule (not routed, Fp8KernelRouted, a build without the kernel,
+// kind other than kForward, head_dim not a multiple of 16 or its bucket not compiled, ALiBi, a
+// mask, a window other than causal, softmax_scale <= 0). CheckSupported's FP8 answer.
 absl::Status CheckFp8Config(const KernelConfig& c);
 
 // Whether the kernel covers `p` (normalized: Normalize and ClampWindow applied) in this build on

@@ -39,7 +39,8 @@
 namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
-template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0>
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0,
+          bool kTree_ = false>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -51,6 +52,10 @@ struct Fp8Traits {
   // the FMA pipe (128 lanes per clock, about 9 operations each) can shorten the softmax.
   static constexpr int kFmaExp = kFmaExp_;
   static_assert(kFmaExp >= 0 && kFmaExp <= 4, "a share of every 4 n8 tiles");
+  // The softmax's row max and row sum over a tile as four independent partial results combined at
+  // the end, instead of one chain of kBlockN / 4 dependent operations per row: the max is on the
+  // critical path from S to the exponentials (and so to the warpgroup's next products).
+  static constexpr bool kTree = kTree_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -157,21 +162,29 @@ __device__ __forceinline__ float Exp2Fma(float x) {
 }
 
 // SoftmaxStep (flash_fwd_common.cuh) with kFmaExp of every 4 n8 tiles' exponentials computed by
-// Exp2Fma; the same with kFmaExp = 0.
-template <int kFmaExp, int kNTilesS>
+// Exp2Fma and, with kTree, the row max and sum as four partial results; the same with neither.
+template <int kFmaExp, bool kTree, int kNTilesS>
 __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], RowStats<1>& stats,
                                                float scale_log2, float (&alpha)[1][2]) {
-  if constexpr (kFmaExp == 0) {
+  if constexpr (kFmaExp == 0 && !kTree) {
     return SoftmaxStep(acc_s, stats, scale_log2, alpha);
   } else {
+    static_assert(!kTree || kNTilesS % 4 == 0, "four partial results of whole n8 tiles");
+    constexpr int kParts = kTree ? 4 : 1;
     bool max_moved = false;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float mx = stats.max[0][hf];
+      float part[kParts];
+#pragma unroll
+      for (int i = 0; i < kParts; ++i) part[i] = i == 0 ? stats.max[0][hf] : -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
-        mx = fmaxf(mx, fmaxf(acc_s[0][nt][2 * hf], acc_s[0][nt][2 * hf + 1]));
+        part[nt % kParts] =
+            fmaxf(part[nt % kParts], fmaxf(acc_s[0][nt][2 * hf], acc_s[0][nt][2 * hf + 1]));
       }
+      float mx = part[0];
+#pragma unroll
+      for (int i = 1; i < kParts; ++i) mx = fmaxf(mx, part[i]);
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float max_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
@@ -191,10 +204,15 @@ __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], R
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       if (any_moved) stats.sum[0][hf] *= alpha[0][hf];
+      float part[kParts];
+#pragma unroll
+      for (int i = 0; i < kParts; ++i) part[i] = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
-        stats.sum[0][hf] += acc_s[0][nt][2 * hf] + acc_s[0][nt][2 * hf + 1];
+        part[nt % kParts] += acc_s[0][nt][2 * hf] + acc_s[0][nt][2 * hf + 1];
       }
+#pragma unroll
+      for (int i = 0; i < kParts; ++i) stats.sum[0][hf] += part[i];
     }
     return any_moved;
   }
@@ -486,7 +504,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
-      const bool rescale = Fp8SoftmaxStep<Traits::kFmaExp>(acc_s, stats, scale_log2, alpha);
+      const bool rescale =
+          Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree>(acc_s, stats, scale_log2, alpha);
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
       FenceAccumulators(acc_o[0]);

@@ -20,10 +20,14 @@ __global__ void __launch_bounds__(256) TransposeVFp8Kernel(const Fp8TransposeArg
   __shared__ __align__(16) uint8_t tile[kTile * kPitch];
   const int b = blockIdx.z / a.kv_heads;
   const int h = blockIdx.z % a.kv_heads;
+  // The sequence's first key row: in v, row_offset(b) of attention_params.h's addressing rule
+  // (cu_seqlens_k[b] packed, 0 dense: the batch stride does the rest); for the columns of V^T,
+  // its row among all sequences' keys (b seqlen_k dense).
+  int64_t row_offset = 0;
   int64_t k_start = int64_t{b} * a.seqlen_k;
   int len = a.seqlen_k;
   if (a.cu_seqlens_k != nullptr) {
-    k_start = a.cu_seqlens_k[b];
+    row_offset = k_start = a.cu_seqlens_k[b];
     len = a.cu_seqlens_k[b + 1] - a.cu_seqlens_k[b];
   }
   const int pos0 = blockIdx.x * kTile;
@@ -37,7 +41,7 @@ __global__ void __launch_bounds__(256) TransposeVFp8Kernel(const Fp8TransposeArg
     uint4 value = make_uint4(0u, 0u, 0u, 0u);
     if (key < len && dim < a.head_dim) {
       value = *reinterpret_cast<const uint4*>(a.v + b * a.v_batch_stride +
-                                              (k_start + key) * a.v_row_stride +
+                                              (row_offset + key) * a.v_row_stride +
                                               h * a.v_head_stride + dim);
     }
     *reinterpret_cast<uint4*>(tile + (tid / 4) * kPitch + chunk * 16) = value;

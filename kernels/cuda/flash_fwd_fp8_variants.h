@@ -29,7 +29,8 @@ struct Fp8Variant {
   cudaError_t (*causal)(const FwdFp8Args&, cudaStream_t);
 
   // "d128 128x192/2c/3s" (query rows x KV rows / consumers / stages), "/e1" one of every 4 n8
-  // tiles' exponentials on the FMA pipe, "+p" persistent, "+t" one block per tile.
+  // tiles' exponentials on the FMA pipe, "/r" the softmax's row max and sum as four partial
+  // results, "+p" persistent, "+t" one block per tile.
   std::string Label() const;
 };
 

@@ -92,7 +92,7 @@ bool Names(const absl::Status& s, const std::string& what) {
 TEST(Fp8Checks, ConfigRefusalsNameTheRule) {
   KernelConfig c = Fp8Params();
   const absl::Status routed = CheckFp8Config(c);
-  if (!kRouteFp8Kernel) {
+  if (!Fp8KernelRouted()) {
     EXPECT_EQ(routed.code(), absl::StatusCode::kUnimplemented);
     EXPECT_TRUE(Names(routed, "kRouteFp8Kernel")) << routed;
     return;
