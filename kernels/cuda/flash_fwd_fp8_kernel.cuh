@@ -40,7 +40,7 @@ namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0,
-          bool kTree_ = false>
+          bool kTree_ = false, bool kSumMma_ = false>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -56,12 +56,22 @@ struct Fp8Traits {
   // the end, instead of one chain of kBlockN / 4 dependent operations per row: the max is on the
   // critical path from S to the exponentials (and so to the warpgroup's next products).
   static constexpr bool kTree = kTree_;
+  // The row sums of P on the tensor cores: V^T gets kHeadDim + 8 rows, the last 8 e4m3 ones
+  // (written once into every stage: the copies fill the first kHeadDim rows only), so that O's
+  // extra n8 tile accumulates sum_j P_j (of the e4m3 P, rescaled with O) and the softmax drops
+  // its kBlockN / 2 FADDs per thread and tile. O and the LSE then divide by the sum of the
+  // rounded P. Needs N = kHeadDim + 8 <= 256 and 128-key V^T panels.
+  static constexpr bool kSumMma = kSumMma_;
+  static_assert(!kSumMma || (kHeadDim <= 128 && kBlockN % 128 == 0),
+                "wgmma's N <= 256 and V^T panels of 128 keys (1024-byte stages)");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
   static constexpr int kConsumerWarps = 4 * kConsumers;
   static constexpr int kNTilesS = kBlockN / 8;
   static constexpr int kNTilesO = kHeadDim / 8;
+  static constexpr int kVtRows = kHeadDim + (kSumMma ? 8 : 0);  // rows of a V^T stage
+  static constexpr int kNTilesOAcc = kVtRows / 8;               // O's n8 tiles, the sums' too
   static constexpr int kChunksO = kHeadDim / 8;  // 16-byte chunks of a bfloat16 O row
   // The warp-specialized kernel's register split (Sm90WsTraits).
   static constexpr int kProducerRegisters = kConsumers == 2 ? 24 : 32;
@@ -81,8 +91,9 @@ struct Fp8Traits {
   static constexpr int kNPanels = kBlockN / kNRowBytes;
   static constexpr int kQBytes = kBlockM * kHeadDim;
   static constexpr int kKBytes = kBlockN * kHeadDim;
-  static constexpr int kVtBytes = kHeadDim * kBlockN;
-  using OTile = SmemTile<kBlockM, kHeadDim>;  // bfloat16, 64-column panels
+  static constexpr int kVtBytes = kVtRows * kBlockN;
+  static constexpr int kVtCopyBytes = kHeadDim * kBlockN;  // what the copies write per stage
+  using OTile = SmemTile<kBlockM, kHeadDim>;               // bfloat16, 64-column panels
   static_assert(kQBytes % 1024 == 0 && kKBytes % 1024 == 0 && OTile::kBytes % 1024 == 0,
                 "every tile starts on a 1024-byte boundary (the period of the 128-byte swizzle)");
   static constexpr int kSmemQOffset = 0;
@@ -97,6 +108,7 @@ struct Fp8Traits {
   static_assert(kSmemLaunchBytes <= 227 * 1024, "shared memory per block on sm_90");
 
   static constexpr int kTurnBarrier0 = 1;  // named barriers of the consumers' turns
+  static constexpr int kInitBarrier = kTurnBarrier0 + kConsumers;  // kSumMma's ones written
 
   // StoreEmptyRows's view of the consumers.
   struct ConsumerThreads {
@@ -162,11 +174,12 @@ __device__ __forceinline__ float Exp2Fma(float x) {
 }
 
 // SoftmaxStep (flash_fwd_common.cuh) with kFmaExp of every 4 n8 tiles' exponentials computed by
-// Exp2Fma and, with kTree, the row max and sum as four partial results; the same with neither.
-template <int kFmaExp, bool kTree, int kNTilesS>
+// Exp2Fma, with kTree the row max and sum as four partial results, and with kNoSum no row sums
+// (the tensor cores take them, Fp8Traits::kSumMma); the same with none of them.
+template <int kFmaExp, bool kTree, bool kNoSum, int kNTilesS>
 __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], RowStats<1>& stats,
                                                float scale_log2, float (&alpha)[1][2]) {
-  if constexpr (kFmaExp == 0 && !kTree) {
+  if constexpr (kFmaExp == 0 && !kTree && !kNoSum) {
     return SoftmaxStep(acc_s, stats, scale_log2, alpha);
   } else {
     static_assert(!kTree || kNTilesS % 4 == 0, "four partial results of whole n8 tiles");
@@ -201,18 +214,20 @@ __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], R
       }
     }
     const bool any_moved = __any_sync(0xffffffffu, max_moved);
+    if constexpr (!kNoSum) {
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      if (any_moved) stats.sum[0][hf] *= alpha[0][hf];
-      float part[kParts];
+      for (int hf = 0; hf < 2; ++hf) {
+        if (any_moved) stats.sum[0][hf] *= alpha[0][hf];
+        float part[kParts];
 #pragma unroll
-      for (int i = 0; i < kParts; ++i) part[i] = 0.f;
+        for (int i = 0; i < kParts; ++i) part[i] = 0.f;
 #pragma unroll
-      for (int nt = 0; nt < kNTilesS; ++nt) {
-        part[nt % kParts] += acc_s[0][nt][2 * hf] + acc_s[0][nt][2 * hf + 1];
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+          part[nt % kParts] += acc_s[0][nt][2 * hf] + acc_s[0][nt][2 * hf + 1];
+        }
+#pragma unroll
+        for (int i = 0; i < kParts; ++i) stats.sum[0][hf] += part[i];
       }
-#pragma unroll
-      for (int i = 0; i < kParts; ++i) stats.sum[0][hf] += part[i];
     }
     return any_moved;
   }
@@ -299,13 +314,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr int kStages = Traits::kStages;
   constexpr int kNTilesS = Traits::kNTilesS;
   constexpr int kNTilesO = Traits::kNTilesO;
+  constexpr int kNTilesOAcc = Traits::kNTilesOAcc;
+  constexpr int kVtRows = Traits::kVtRows;
   constexpr int kConsumers = Traits::kConsumers;
   constexpr int kDRowBytes = Traits::kDRowBytes;
   constexpr int kNRowBytes = Traits::kNRowBytes;
   constexpr FwdVariant kVariant = kCausal ? FwdVariant::kWindow : FwdVariant::kDense;
   using OTile = typename Traits::OTile;
   using MmaS = WgmmaE4m3<kBlockN>;
-  using MmaO = WgmmaE4m3<kHeadDim>;
+  using MmaO = WgmmaE4m3<kVtRows>;
   const AttentionParams& p = args.p;
   const FwdSm90WsSchedule& sched = args.sched;
 
@@ -374,10 +391,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                     panel * kDRowBytes, rows.kv_head, rows.k_row + n * kBlockN, rows.batch);
         }
         MbarrierWait(v_empty(s), empty_parity);
-        MbarrierArriveExpectTx(v_full(s), Traits::kVtBytes);
+        MbarrierArriveExpectTx(v_full(s), Traits::kVtCopyBytes);
 #pragma unroll
         for (int panel = 0; panel < Traits::kNPanels; ++panel) {
-          TmaLoad4d(v_stage(s) + panel * (kHeadDim * kNRowBytes), &args.vt, v_full(s),
+          TmaLoad4d(v_stage(s) + panel * (kVtRows * kNRowBytes), &args.vt, v_full(s),
                     rows.vt_col + n * kBlockN + panel * kNRowBytes, 0, rows.kv_head, 0);
         }
       }
@@ -387,6 +404,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   // Consumers.
   SetMaxRegistersIncrease<Traits::kConsumerRegisters>();
+  if constexpr (Traits::kSumMma) {
+    // Rows kHeadDim .. kHeadDim + 7 of every key panel of every V^T stage: e4m3 1.0 (0x38), which
+    // no copy overwrites; visible to the tensor cores (async proxy) before any consumer's first
+    // P V.
+    constexpr int kChunks = kStages * Traits::kNPanels * 8 * kNRowBytes / 16;
+    for (int idx = tid - 128; idx < kChunks; idx += Traits::kConsumerThreads) {
+      const int chunk = idx % (8 * kNRowBytes / 16);
+      const int panel = idx / (8 * kNRowBytes / 16) % Traits::kNPanels;
+      const int stage = idx / (8 * kNRowBytes / 16) / Traits::kNPanels;
+      const uint32_t at =
+          v_stage(stage) + panel * (kVtRows * kNRowBytes) + kHeadDim * kNRowBytes + chunk * 16;
+      asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(at), "r"(0x38383838u)
+                   : "memory");
+    }
+    FenceProxyAsyncShared();
+    NamedBarrierSync(Traits::kInitBarrier, Traits::kConsumerThreads);
+  }
   const int consumer = warpgroup - 1;
   const int ctid = tid - 128;
   const int lane = tid % 32;
@@ -428,9 +462,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const float cap_in = softcap ? qk_scale / p.softcap : 0.f;
     const float cap_out = softcap ? p.softcap / qk_scale : 0.f;
 
-    float acc_o[1][kNTilesO][4];
+    float acc_o[1][kNTilesOAcc][4];
 #pragma unroll
-    for (int dt = 0; dt < kNTilesO; ++dt) {
+    for (int dt = 0; dt < kNTilesOAcc; ++dt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
     }
@@ -452,7 +486,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       WgmmaCommit();
     };
-    // O += P V^T[stage s]^T: k32 steps of 32 keys, the next key panel kHeadDim * kNRowBytes on.
+    // O += P V^T[stage s]^T: k32 steps of 32 keys, the next key panel kVtRows * kNRowBytes on.
     const auto issue_pv = [&](int s) {
       const uint64_t v_desc = Fp8Descriptor<kNRowBytes>(v_stage(s));
       FenceAccumulators(acc_o[0]);
@@ -462,7 +496,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         const uint32_t panel = kk * 32 / kNRowBytes;
         const uint32_t within = kk * 32 % kNRowBytes;
         MmaO::RS(acc_o[0], p_frag[kk],
-                 AdvanceDescriptor(v_desc, panel * (kHeadDim * kNRowBytes) + within));
+                 AdvanceDescriptor(v_desc, panel * (kVtRows * kNRowBytes) + within));
       }
     };
 
@@ -504,8 +538,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
-      const bool rescale =
-          Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree>(acc_s, stats, scale_log2, alpha);
+      const bool rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, Traits::kSumMma>(
+          acc_s, stats, scale_log2, alpha);
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
       FenceAccumulators(acc_o[0]);
@@ -540,8 +574,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_o[0][dt][e] *= v_scale;
     }
-    StoreOutput<OTile, Traits::kChunksO>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, smem_o,
-                                         c, p.o_row_stride, valid_chunks, warp_row0, lane);
+    if constexpr (Traits::kSumMma) {
+      // Every column of O's last n8 tile holds the row's sum; StoreOutput adds the quad's
+      // partial sums, so one lane of each quad gives it.
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        stats.sum[0][hf] = lane % 4 == 0 ? acc_o[0][kNTilesO][2 * hf] : 0.f;
+      }
+    }
+    auto& o_tiles = reinterpret_cast<float(&)[1][kNTilesO][4]>(acc_o);
+    StoreOutput<OTile, Traits::kChunksO>(o_tiles, stats, scale_log2, SinkLogit(p, c) * kLog2e,
+                                         smem_o, c, p.o_row_stride, valid_chunks, warp_row0, lane);
     ++round;
   }
   // The turn the last consumer passed after its last GEMMs.

@@ -76,13 +76,14 @@ struct FwdFp8Args {
 // `stages` shared buffers each for K and V^T, O (bfloat16) staged in a tile of its own.
 // fma_exp: of every 4 n8 tiles of S, how many take their exponentials on the FMA pipe
 // (Fp8Traits::kFmaExp); tree: the softmax's row max and sum as four partial results
-// (Fp8Traits::kTree).
+// (Fp8Traits::kTree); sum_mma: the row sums on the tensor cores (Fp8Traits::kSumMma).
 struct Fp8TileConfig {
   int block_n;
   int stages;
   int consumers;
   int fma_exp = 0;
   bool tree = false;
+  bool sum_mma = false;
 };
 
 // Shared memory (1-byte elements): Q 64 * consumers x d, stages x (K + V^T) block_n x d, O
@@ -113,7 +114,7 @@ constexpr bool HasFp8Kernel(int head_dim_bucket) {
 // the host API for the same configuration), head_dim <= kHeadDim; kCausal iff p.causal.
 // Returns the launch's CUDA error.
 template <int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0,
-          bool kTree = false>
+          bool kTree = false, bool kSumMma = false>
 cudaError_t LaunchFlashFwdFp8(const FwdFp8Args& args, cudaStream_t stream);
 
 // The same with DefaultFp8TileConfig(kHeadDim): the one the host API launches.

@@ -17,13 +17,14 @@ namespace attention::cuda {
 namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0,
-          bool kTree = false>
+          bool kTree = false, bool kSumMma = false>
 Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
-  return {kHeadDim,
-          {kBlockN, kStages, kConsumers, kFmaExp, kTree},
-          grid,
-          &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers, kFmaExp, kTree>,
-          &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers, kFmaExp, kTree>};
+  return {
+      kHeadDim,
+      {kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma},
+      grid,
+      &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma>,
+      &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma>};
 }
 
 }  // namespace
@@ -38,12 +39,15 @@ const std::vector<Fp8Variant>& Fp8Variants() {
       Make<64, 128, 4, 3>(),
       Make<64, 64, 4, 3>(),
       Make<64, 128, 4, 2, 0, true>(),
+      Make<64, 128, 4, 2, 0, true, true>(),
       // d 128: 16 + 32 KB of Q and O, 2 n 128 per stage.
       Make<128, 192, 3, 2>(),
       Make<128, 128, 3, 2>(),
       Make<128, 64, 4, 3>(),
       Make<128, 128, 4, 2, 0, true>(),
       Make<128, 192, 3, 2, 0, true>(),
+      Make<128, 128, 4, 2, 0, false, true>(),
+      Make<128, 128, 4, 2, 0, true, true>(),
       // d 256: 32 + 64 KB of Q and O, 2 n 256 per stage.
       Make<256, 64, 2, 2>(Fp8Grid::kPersistent),
       Make<256, 64, 2, 2>(Fp8Grid::kPerTile),

@@ -18,8 +18,8 @@ N_SS_MN: the N of the sm90 backward's dQ += dS K (64 head_dim columns per warpgr
       stored as the dS^T tile) read M-major and B (K) read N-major from shared memory
       (imm-trans-a = imm-trans-b = 1).
 N_FP8_SS / N_FP8_RS: the FP8 forward's (flash_fwd_fp8_kernel.cuh) m64nNk32 products of e4m3
-      operands: S = Q K^T with N = kBlockN, and O += P V with N = the head-dim bucket, A (P) from
-      registers. FP8 wgmma takes no transpose: both operands are K-major (V as V^T).
+      operands: S = Q K^T with N = kBlockN, and O += P V with N = the head-dim bucket (plus 8
+      for the row sums of Fp8Traits::kSumMma: 72, 136), A (P) from registers. FP8 wgmma takes no transpose: both operands are K-major (V as V^T).
 """
 import argparse
 import pathlib
@@ -30,7 +30,7 @@ N_SS = [64, 96, 128, 176]
 N_RS = [32, 64, 128, 192, 256]
 N_SS_MN = [64]
 N_FP8_SS = [64, 128, 192, 256]
-N_FP8_RS = [64, 128, 256]
+N_FP8_RS = [64, 72, 128, 136, 256]
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
 
 HEADER = """\
