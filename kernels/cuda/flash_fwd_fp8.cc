@@ -196,7 +196,7 @@ absl::Status CheckFp8Config(const KernelConfig& c) {
     return absl::UnimplementedError(
         "CUDA attention kernel: FLOAT8_E4M3 takes no ALiBi and no mask (a CPU server does)");
   }
-  const bool causal_window = c.causal || (c.window_left < 0 && c.window_right == 0);
+  const bool causal_window = c.window_left < 0 && (c.causal || c.window_right == 0);
   if (c.has_window() && !causal_window) {
     return absl::UnimplementedError(
         "CUDA attention kernel: FLOAT8_E4M3 takes no sliding window other than causal (a CPU "

@@ -109,6 +109,9 @@ TEST(Fp8Checks, ConfigRefusalsNameTheRule) {
   c.alibi = false;
   c.window_left = 16;
   EXPECT_TRUE(Names(CheckFp8Config(c), "window")) << CheckFp8Config(c);
+  c.causal = true;  // causal with a left window too
+  EXPECT_TRUE(Names(CheckFp8Config(c), "window")) << CheckFp8Config(c);
+  c.causal = false;
   c.window_left = -1;
   c.kind = WorkKind::kBackward;
   EXPECT_TRUE(Names(CheckFp8Config(c), "forward only")) << CheckFp8Config(c);
