@@ -12,12 +12,15 @@
 //                  session's earlier calls are done (at once, or on the thread that ended the last
 //                  one's turn), in the order RunInTurn was called, so one stream's calls apply in
 //                  arrival order. Append, Fork, Truncate and Release run in their step and answer.
-//                  Attend's step takes the layer's view (after appending k_new / v_new), makes a
-//                  Job of kind kPagedDecode that owns the view and the turn (PagedContext) and
-//                  queues it; the session's next call starts when that job is answered.
+//                  Attend's step takes the layer's view (after reserving k_new / v_new's rows),
+//                  makes a Job of kind kPagedDecode that owns the view, the turn and the rows to
+//                  write (PagedContext, PendingRows) and queues it; the executor writes the rows
+//                  right before its kernel; the session's next call starts when that job is
+//                  answered.
 // An Attend refused after its k_new / v_new were appended (the queue full, draining) has them
 // removed again before its turn ends (SessionStore::UndoAppend), so a refused Attend leaves the
-// session as it was.
+// session as it was. A queued one whose rows come back unwritten (dropped before launch, its batch
+// failed first) has them written by SessionCall::Complete: a queued Attend's rows stay appended.
 //
 // A SessionStream runs by the rules and mechanics of the attention stream (server/stream_state.h,
 // server/stream_reactor.h): flow control at max_stream_in_flight calls read and not yet
