@@ -112,6 +112,17 @@ cudaError_t LaunchDecodeFused(const AttentionParams& p, const DecodeLaunch& l,
   return cudaGetLastError();
 }
 
+// kKernel with the fused launch when its variant merges its own splits (kFusedCombine) and the
+// launch splits (l.counters set), else the plain one.
+template <auto kKernel, int kSmemBytes, bool kFusedCombine>
+cudaError_t LaunchDecodeOrFused(const AttentionParams& p, const DecodeLaunch& l,
+                                cudaStream_t stream) {
+  if (kFusedCombine && l.counters != nullptr) {
+    return LaunchDecodeFused<kKernel, kSmemBytes>(p, l, stream);
+  }
+  return LaunchDecode<kKernel, kSmemBytes>(p, l, stream);
+}
+
 template <DType kDType, int kHeadDim, DecodeRows kRows, int kVariant>
 cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cudaStream_t stream) {
   static_assert(kDType != DType::kFloat32, "the 16-bit kernel");
@@ -122,18 +133,12 @@ cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cuda
   constexpr int kSmem = Traits::kSmem.total;
   if constexpr (kV.specialize_logits) {
     if (p.softcap == 0.f && p.alibi_slopes == nullptr) {
-      constexpr auto kLean = &decode::FlashDecodeKernel16<Traits, Element, kVariant, false>;
-      if (kV.fused_combine && l.counters != nullptr) {
-        return LaunchDecodeFused<kLean, kSmem>(p, l, stream);
-      }
-      return LaunchDecode<kLean, kSmem>(p, l, stream);
+      return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant, false>,
+                                 kSmem, kV.fused_combine>(p, l, stream);
     }
   }
-  constexpr auto kKernel = &decode::FlashDecodeKernel16<Traits, Element, kVariant>;
-  if (kV.fused_combine && l.counters != nullptr) {
-    return LaunchDecodeFused<kKernel, kSmem>(p, l, stream);
-  }
-  return LaunchDecode<kKernel, kSmem>(p, l, stream);
+  return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant>, kSmem,
+                             kV.fused_combine>(p, l, stream);
 }
 
 // Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
