@@ -117,17 +117,25 @@ struct Options {
   bool fp8_variants = false;
 };
 
+// The state of a xorshift stream for `seed`.
+uint64_t SeedState(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ull + 1; }
+
+// The stream's next value: uniform in (-sqrt(3), sqrt(3)), variance 1.
+float NextUniform(uint64_t& state) {
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
+  return (2.f * u - 1.f) * 1.7320508f;
+}
+
 // Uniform values with variance 1 (never zeros: zeros can run faster than real data), written as
 // 16-bit elements on the host and copied once.
 bool FillRandom(void* device, int64_t count, DType dtype, uint64_t seed) {
   std::vector<uint16_t> host(count);
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  uint64_t state = SeedState(seed);
   for (int64_t i = 0; i < count; ++i) {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
-    const float x = (2.f * u - 1.f) * 1.7320508f;
+    const float x = NextUniform(state);
     host[i] = dtype == DType::kFloat16 ? FloatToHalf(x) : FloatToBFloat16(x);
   }
   return Check(cudaMemcpy(device, host.data(), count * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
@@ -136,14 +144,8 @@ bool FillRandom(void* device, int64_t count, DType dtype, uint64_t seed) {
 // --dtype fp8: uniform values with variance 1 rounded to e4m3, copied once.
 bool FillRandomFp8(void* device, int64_t count, uint64_t seed) {
   std::vector<uint8_t> host(count);
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (int64_t i = 0; i < count; ++i) {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    const float u = static_cast<float>(state >> 40) / static_cast<float>(1ull << 24);
-    host[i] = FloatToE4M3((2.f * u - 1.f) * 1.7320508f);
-  }
+  uint64_t state = SeedState(seed);
+  for (int64_t i = 0; i < count; ++i) host[i] = FloatToE4M3(NextUniform(state));
   return Check(cudaMemcpy(device, host.data(), count, cudaMemcpyHostToDevice), "cudaMemcpy");
 }
 

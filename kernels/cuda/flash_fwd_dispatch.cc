@@ -16,6 +16,7 @@
 #include "kernels/cuda/flash_fwd_launch.h"
 #include "kernels/cuda/flash_fwd_sm90ws.h"
 #include "kernels/cuda/kernel_traits.h"
+#include "kernels/cuda/paged_layout_check.h"
 
 // The build defines ATTN_KERNEL_HEAD_DIMS (the compiled buckets, comma-separated, read through
 // compiled_head_dims.h), one ATTN_KERNEL_DTYPE_<type> macro per compiled element type
@@ -235,32 +236,7 @@ absl::Status CheckPagedForward(const AttentionParams& p) {
         "CUDA attention kernel: paged K/V needs float16 or bfloat16 pages (the float32 path "
         "converts contiguous k and v only)");
   }
-  const int ps = p.page_size;
-  if (ps < kMinPageSize || ps > kMaxPageSize || (ps & (ps - 1)) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AttentionParams.page_size ", ps, " must be a power of two in [", kMinPageSize, ", ",
-        kMaxPageSize, "] (a KV tile then spans whole pages or lies inside one)"));
-  }
-  if (p.seqlens_k == nullptr) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.seqlens_k must be set with a page_table (each context's length)");
-  }
-  if (p.cu_seqlens_k != nullptr) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.cu_seqlens_k must be null with a page_table (contexts are addressed "
-        "through pages, their lengths are seqlens_k)");
-  }
-  if (p.batch > 1 && p.page_table_stride <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.page_table_stride ",
-                                                   p.page_table_stride,
-                                                   " must be positive for more than one sequence"));
-  }
-  if (p.k_batch_stride <= 0 || p.v_batch_stride <= 0) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.k_batch_stride and v_batch_stride (the page strides of paged K/V) must "
-        "be positive");
-  }
-  return absl::OkStatus();
+  return CheckPagedLayout(p);
 }
 
 absl::Status DispatchFlashFwd(const AttentionParams& p, cudaStream_t stream) {

@@ -16,6 +16,7 @@
 #include "kernels/cuda/block_info.h"
 #include "kernels/cuda/compiled_head_dims.h"
 #include "kernels/cuda/flash_fwd_sm90ws_launch.h"
+#include "kernels/cuda/paged_layout_check.h"
 #include "kernels/cuda/tensor_map_encode.h"
 
 // The build defines ATTN_KERNEL_HEAD_DIMS (compiled_head_dims.h), ATTN_KERNEL_DTYPE_<type> per
@@ -161,43 +162,12 @@ int MapPages(int64_t page_stride) {
 // The bulk copies' row coordinates are int32: a sequence's first row plus a tile's.
 constexpr int64_t kMaxPackedRows = (int64_t{1} << 31) - 1 - 256;
 
-// The paged fields as the kernel reads them (CheckPagedForward's rules, which the forward
-// dispatch applies before any kernel; repeated here for callers of this host API): q dense or
-// packed by cu_seqlens_q, K / V in page pools addressed through page_table, seqlens_k the
-// contexts, cu_seqlens_k null.
-absl::Status CheckPaged(const AttentionParams& p) {
-#ifndef ATTN_KERNEL_PAGED
-  return absl::UnimplementedError(
-      "the warp-specialized Hopper kernel's paged variant is not in this build (configured with "
-      "ATTN_KERNEL_PAGED=OFF)");
+// Whether the paged variant's instantiations are compiled (ATTN_KERNEL_PAGED).
+#ifdef ATTN_KERNEL_PAGED
+constexpr bool kPagedVariantBuilt = true;
+#else
+constexpr bool kPagedVariantBuilt = false;
 #endif
-  const int ps = p.page_size;
-  if (ps < kMinPageSize || ps > kMaxPageSize || (ps & (ps - 1)) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("AttentionParams.page_size ", ps, " must be a power of two in [", kMinPageSize,
-                     ", ", kMaxPageSize, "] (a KV tile's bulk copies then lie inside pages)"));
-  }
-  if (p.seqlens_k == nullptr) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.seqlens_k must be set with a page_table (each context's length)");
-  }
-  if (p.cu_seqlens_k != nullptr) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.cu_seqlens_k must be null with a page_table (contexts are addressed "
-        "through pages, their lengths are seqlens_k)");
-  }
-  if (p.batch > 1 && p.page_table_stride <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("AttentionParams.page_table_stride ",
-                                                   p.page_table_stride,
-                                                   " must be positive for more than one sequence"));
-  }
-  if (p.k_batch_stride <= 0 || p.v_batch_stride <= 0) {
-    return absl::InvalidArgumentError(
-        "AttentionParams.k_batch_stride and v_batch_stride (the page strides of paged K/V) must "
-        "be positive");
-  }
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -227,7 +197,14 @@ absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
         " is not compiled (ATTN_KERNEL_HEAD_DIMS), so neither is the warp-specialized kernel's"));
   }
   if (p.is_paged()) {
-    if (absl::Status s = CheckPaged(p); !s.ok()) return s;
+    // The paged layout's rules are the forward dispatch's (CheckPagedForward), checked here too
+    // for callers of this host API.
+    if (!kPagedVariantBuilt) {
+      return absl::UnimplementedError(
+          "paged K/V: the warp-specialized kernel's paged variant is not compiled (configured "
+          "with ATTN_KERNEL_PAGED=OFF)");
+    }
+    if (absl::Status s = CheckPagedLayout(p); !s.ok()) return s;
   } else if (p.key_range != nullptr || p.seqlens_k != nullptr) {
     return absl::UnimplementedError(
         "the warp-specialized Hopper kernel reads seqlens_k and key_range only with a page_table "
