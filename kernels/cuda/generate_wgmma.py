@@ -169,56 +169,62 @@ def acc_list(n):
     return ",\\n\"\n        \"".join(lines)
 
 
-def specialization(ctype, ptype, ns_ss, ns_rs, ns_ss_mn):
-    out = []
-    for n in sorted(set(ns_ss) | set(ns_rs) | set(ns_ss_mn)):
-        k = n // 2
-        body = [f"template <>\nstruct Wgmma<{ctype}, {n}> {{"]
-        body.append(f"  static constexpr int kTiles = {n // 8};")
-        if n in ns_ss:
-            body.append(f"""\
-  static __device__ __forceinline__ void SS(float (&d)[{n // 8}][4], uint64_t desc_a,
-                                            uint64_t desc_b, int accumulate) {{
+def smem_a(name, n, instr, immediates):
+    """A method with A and B from shared memory (descriptors) and the scale-d predicate from
+    `accumulate`: SS and SSMN."""
+    k = n // 2
+    pad = " " * len(name)
+    return f"""\
+  static __device__ __forceinline__ void {name}(float (&d)[{n // 8}][4], uint64_t desc_a,
+                                          {pad}uint64_t desc_b, int accumulate) {{
 #ifdef ATTN_HAVE_WGMMA
     asm volatile(
         "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
+        "{instr} {{"
         "{acc_list(n)}}}, "
-        "%{k}, %{k + 1}, p, 1, 1, 0, 0;\\n}}\\n"
+        "%{k}, %{k + 1}, p, {immediates};\\n}}\\n"
         : {acc_operands(n)}
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 #endif
-  }}""")
-        if n in ns_rs:
-            body.append(f"""\
+  }}"""
+
+
+def reg_a(n, instr, immediates):
+    """The RS method: A in four registers, B from shared memory, always accumulating."""
+    k = n // 2
+    return f"""\
   static __device__ __forceinline__ void RS(float (&d)[{n // 8}][4], const uint32_t (&a)[4],
                                             uint64_t desc_b) {{
 #ifdef ATTN_HAVE_WGMMA
     asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
+        "{instr} {{"
         "{acc_list(n)}}}, "
-        "{{%{k}, %{k + 1}, %{k + 2}, %{k + 3}}}, %{k + 4}, 1, 1, 1, 1;\\n"
+        "{{%{k}, %{k + 1}, %{k + 2}, %{k + 3}}}, %{k + 4}, {immediates};\\n"
         : {acc_operands(n)}
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 #endif
-  }}""")
-        if n in ns_ss_mn:
-            body.append(f"""\
-  static __device__ __forceinline__ void SSMN(float (&d)[{n // 8}][4], uint64_t desc_a,
-                                              uint64_t desc_b, int accumulate) {{
-#ifdef ATTN_HAVE_WGMMA
-    asm volatile(
-        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
-        "{acc_list(n)}}}, "
-        "%{k}, %{k + 1}, p, 1, 1, 1, 1;\\n}}\\n"
-        : {acc_operands(n)}
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-#endif
-  }}""")
+  }}"""
+
+
+def structs(struct, methods):
+    """One specialization `struct`(n) per N of `methods` (n -> list of method texts)."""
+    out = []
+    for n in sorted(methods):
+        body = [f"template <>\nstruct {struct(n)} {{", f"  static constexpr int kTiles = {n // 8};"]
+        body += methods[n]
         body.append("};\n")
         out.append("\n".join(body))
     return "\n".join(out)
+
+
+def specialization(ctype, ptype, ns_ss, ns_rs, ns_ss_mn):
+    methods = {}
+    for n in sorted(set(ns_ss) | set(ns_rs) | set(ns_ss_mn)):
+        instr = f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype}"
+        methods[n] = ([smem_a("SS", n, instr, "1, 1, 0, 0")] if n in ns_ss else []) + \
+                     ([reg_a(n, instr, "1, 1, 1, 1")] if n in ns_rs else []) + \
+                     ([smem_a("SSMN", n, instr, "1, 1, 1, 1")] if n in ns_ss_mn else [])
+    return structs(lambda n: f"Wgmma<{ctype}, {n}>", methods)
 
 
 FP8_HEADER = """\
@@ -257,41 +263,13 @@ FP8_FOOTER = """
 
 
 def fp8_specialization(ns_ss, ns_rs):
-    out = []
+    # FP8 wgmma has k = 32 and no transpose immediates.
+    methods = {}
     for n in sorted(set(ns_ss) | set(ns_rs)):
-        k = n // 2
-        body = [f"template <>\nstruct WgmmaE4m3<{n}> {{"]
-        body.append(f"  static constexpr int kTiles = {n // 8};")
-        if n in ns_ss:
-            body.append(f"""\
-  static __device__ __forceinline__ void SS(float (&d)[{n // 8}][4], uint64_t desc_a,
-                                            uint64_t desc_b, int accumulate) {{
-#ifdef ATTN_HAVE_WGMMA
-    asm volatile(
-        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {{"
-        "{acc_list(n)}}}, "
-        "%{k}, %{k + 1}, p, 1, 1;\\n}}\\n"
-        : {acc_operands(n)}
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-#endif
-  }}""")
-        if n in ns_rs:
-            body.append(f"""\
-  static __device__ __forceinline__ void RS(float (&d)[{n // 8}][4], const uint32_t (&a)[4],
-                                            uint64_t desc_b) {{
-#ifdef ATTN_HAVE_WGMMA
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {{"
-        "{acc_list(n)}}}, "
-        "{{%{k}, %{k + 1}, %{k + 2}, %{k + 3}}}, %{k + 4}, 1, 1, 1;\\n"
-        : {acc_operands(n)}
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-#endif
-  }}""")
-        body.append("};\n")
-        out.append("\n".join(body))
-    return "\n".join(out)
+        instr = f"wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3"
+        methods[n] = ([smem_a("SS", n, instr, "1, 1")] if n in ns_ss else []) + \
+                     ([reg_a(n, instr, "1, 1, 1")] if n in ns_rs else [])
+    return structs(lambda n: f"WgmmaE4m3<{n}>", methods)
 
 
 def text():
