@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -184,26 +185,15 @@ absl::Status CheckParams(const AttentionParams& p) {
                                               : "v",
                      "_descale must be null unless dtype is kFloat8E4M3"));
   }
-  for (absl::Status s :
-       {p.q_descale_batch_stride < 0
-            ? Invalid("q_descale_batch_stride", "must be >= 0", p.q_descale_batch_stride)
-            : absl::OkStatus(),
-        p.q_descale_head_stride < 0
-            ? Invalid("q_descale_head_stride", "must be >= 0", p.q_descale_head_stride)
-            : absl::OkStatus(),
-        p.k_descale_batch_stride < 0
-            ? Invalid("k_descale_batch_stride", "must be >= 0", p.k_descale_batch_stride)
-            : absl::OkStatus(),
-        p.k_descale_head_stride < 0
-            ? Invalid("k_descale_head_stride", "must be >= 0", p.k_descale_head_stride)
-            : absl::OkStatus(),
-        p.v_descale_batch_stride < 0
-            ? Invalid("v_descale_batch_stride", "must be >= 0", p.v_descale_batch_stride)
-            : absl::OkStatus(),
-        p.v_descale_head_stride < 0
-            ? Invalid("v_descale_head_stride", "must be >= 0", p.v_descale_head_stride)
-            : absl::OkStatus()}) {
-    if (!s.ok()) return s;
+  const std::pair<const char*, int64_t> descale_strides[] = {
+      {"q_descale_batch_stride", p.q_descale_batch_stride},
+      {"q_descale_head_stride", p.q_descale_head_stride},
+      {"k_descale_batch_stride", p.k_descale_batch_stride},
+      {"k_descale_head_stride", p.k_descale_head_stride},
+      {"v_descale_batch_stride", p.v_descale_batch_stride},
+      {"v_descale_head_stride", p.v_descale_head_stride}};
+  for (const auto& [field, stride] : descale_strides) {
+    if (stride < 0) return Invalid(field, "must be >= 0", stride);
   }
   switch (p.mask_kind) {
     case MaskKind::kNone:

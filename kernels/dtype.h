@@ -25,9 +25,22 @@ inline float BitsFloat(uint32_t u) {
 
 inline float BFloat16ToFloat(uint16_t h) { return BitsFloat(uint32_t{h} << 16); }
 
+// A normal float's magnitude bits `magnitude` as a count of subnormal units of a narrower type,
+// rounded to nearest even: the implicit-one mantissa shifted right by `shift` (>= 1; from 32 on
+// everything shifts out and the count is 0, the magnitude being below half a unit).
+inline uint32_t SubnormalUnits(uint32_t magnitude, uint32_t shift) {
+  if (shift >= 32) return 0;
+  const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+  const uint32_t units = mantissa >> shift;
+  const uint32_t remainder = mantissa & ((1u << shift) - 1);
+  const uint32_t halfway = 1u << (shift - 1);
+  return units + (remainder > halfway || (remainder == halfway && (units & 1u)) ? 1 : 0);
+}
+
 inline uint16_t FloatToBFloat16(float f) {
   const uint32_t u = FloatBits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
   const uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>((u + rounding) >> 16);
 }
@@ -48,20 +61,13 @@ inline uint16_t FloatToHalf(float f) {
   const uint32_t u = FloatBits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t magnitude = u & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7e00u;    // NaN
-  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;   // rounds to or beyond infinity
-  if (magnitude < 0x38800000u) {                         // below the smallest normal half
-    if (magnitude < 0x33000000u) return sign;            // rounds to zero
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // rounds to or beyond infinity
+  if (magnitude < 0x38800000u) {                        // below the smallest normal half
+    if (magnitude < 0x33000000u) return sign;           // rounds to zero
     // Subnormal half: shift the implicit-one mantissa into place, round to nearest even.
     const uint32_t exponent = magnitude >> 23;
-    const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - exponent;  // 14..24
-    const uint32_t half_mantissa = mantissa >> shift;
-    const uint32_t remainder = mantissa & ((1u << shift) - 1);
-    const uint32_t halfway = 1u << (shift - 1);
-    uint32_t rounded = half_mantissa;
-    if (remainder > halfway || (remainder == halfway && (half_mantissa & 1u))) ++rounded;
-    return sign | static_cast<uint16_t>(rounded);
+    return sign | static_cast<uint16_t>(SubnormalUnits(magnitude, 126 - exponent));  // 14..24
   }
   // Normal half: rebias the exponent, round the mantissa to 10 bits (carry may bump exponent).
   const uint32_t rebased = magnitude - 0x38000000u;
@@ -90,16 +96,15 @@ inline uint8_t FloatToE4M3(float f) {
   const uint32_t u = FloatBits(f);
   const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   const uint32_t magnitude = u & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7fu;  // NaN
+  if (magnitude > 0x7f800000u) return sign | 0x7fu;   // NaN
   if (magnitude >= 0x43e80000u) return sign | 0x7eu;  // >= 464 (halfway 448..512): saturate
   if (magnitude < 0x3c800000u) {                      // below 2^-6, the smallest normal
-    // Subnormal: round |f| / 2^-9 to an integer 0..8 (8 is the smallest normal, 0x08), ties to
-    // even. |f| < 2^-6 makes the product exact and below 2^3, so the rounding below is exact.
-    const float scaled = BitsFloat(magnitude) * 512.0f;
-    uint32_t q = static_cast<uint32_t>(scaled);
-    const float rest = scaled - static_cast<float>(q);
-    if (rest > 0.5f || (rest == 0.5f && (q & 1u))) ++q;
-    return sign | static_cast<uint8_t>(q);
+    // Subnormal: |f| in units of 2^-9, 0..8 (8 is the smallest normal, 0x08), ties to even. A
+    // float of biased exponent e holds mantissa x 2^(e - 150), so units = mantissa >> (141 - e);
+    // float subnormals (e = 0) are far below half a unit.
+    const uint32_t exponent = magnitude >> 23;
+    if (exponent == 0) return sign;
+    return sign | static_cast<uint8_t>(SubnormalUnits(magnitude, 141 - exponent));
   }
   // Normal: rebias the exponent (127 -> 7), round the mantissa to 3 bits (a carry may bump the
   // exponent; 0x43e00000 = 448 plus less than half a step stays 0x7e).

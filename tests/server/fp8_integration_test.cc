@@ -52,11 +52,10 @@ class Fp8Test : public testing::SharedServerTest<Fp8Test> {
   static std::vector<std::string> ServerFlags() { return {}; }
 
  protected:
-  grpc::Status Call(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 60s);
-    return stub_->Attention(&context, request, response);
-  }
+  // Sends a request of `options`. Where the backend does not serve it (Served), the answer must be
+  // UNIMPLEMENTED naming FLOAT8_E4M3 and this returns 0; else a BFLOAT16 o matching the reference
+  // (exactly rounded on the CPU), and this returns 1.
+  int CallAndCheck(const RequestOptions& options, uint64_t id);
 
   std::mt19937 rng_{23};
 };
@@ -139,80 +138,71 @@ std::string ExpectExactRounding(const v1::AttentionRequest& request,
   return "";
 }
 
+int Fp8Test::CallAndCheck(const RequestOptions& options, uint64_t id) {
+  const v1::AttentionRequest request = MakeRequest(options, id, rng_);
+  v1::AttentionResponse response;
+  const grpc::Status status = Call(request, &response);
+  if (!Served(options)) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << "request " << id;
+    EXPECT_THAT(status.error_message(), HasSubstr("FLOAT8_E4M3")) << "request " << id;
+    return 0;
+  }
+  EXPECT_TRUE(status.ok()) << "request " << id << ": " << status.error_message();
+  if (!status.ok()) return 0;
+  EXPECT_EQ(response.o().dtype(), v1::BFLOAT16);
+  EXPECT_EQ(response.precision(), v1::PRECISION_FULL);
+  EXPECT_EQ(CompareWithReference(request, response), "") << "request " << id;
+  EXPECT_EQ(ExpectExactRounding(request, response), "") << "request " << id;
+  return 1;
+}
+
+// An FP8 request shape: dense [batch, seqlen_q / seqlen_k, heads, head_dim].
+RequestOptions Fp8Dense(int descale, int batch, int seqlen_q, int seqlen_k, int q_heads,
+                        int kv_heads, int head_dim) {
+  RequestOptions o = Fp8(descale);
+  o.batch = batch;
+  o.seqlen_q = seqlen_q;
+  o.seqlen_k = seqlen_k;
+  o.q_heads = q_heads;
+  o.kv_heads = kv_heads;
+  o.head_dim = head_dim;
+  return o;
+}
+
 std::vector<RequestOptions> VariedFp8Requests() {
   std::vector<RequestOptions> list;
-  {
-    RequestOptions o = Fp8(2);
-    o.batch = 2;
-    o.seqlen_q = 33;
-    o.seqlen_k = 47;
-    o.q_heads = 8;
-    o.kv_heads = 2;
-    o.head_dim = 64;
-    o.causal = true;
-    o.return_lse = true;
-    list.push_back(o);
-  }
-  {
-    RequestOptions o = Fp8(1);
-    o.seqlens_q = {5, 19, 1, 0};
-    o.seqlens_k = {9, 19, 30, 4};
-    o.q_heads = 4;
-    o.kv_heads = 1;
-    o.head_dim = 128;
-    o.return_lse = true;
-    list.push_back(o);
-  }
-  {
-    RequestOptions o = Fp8(0);  // no factors: the codes are the values
-    o.seqlen_q = 17;
-    o.seqlen_k = 23;
-    o.q_heads = 2;
-    o.kv_heads = 2;
-    o.head_dim = 256;
-    o.softcap = 20.f;
-    o.window_left = 8;
-    o.window_right = 2;
-    list.push_back(o);
-  }
-  {
-    RequestOptions o = Fp8(2);
-    o.batch = 3;
-    o.seqlen_q = 1;
-    o.seqlen_k = 40;
-    o.q_heads = 4;
-    o.kv_heads = 4;
-    o.head_dim = 8;
-    o.mask_dtype = v1::BFLOAT16;
-    o.mask_shape = {4, 1, 40};
-    o.alibi = 2;
-    o.softmax_scale = 0.5f;
-    list.push_back(o);
-  }
-  {
-    RequestOptions o = Fp8(2);
-    o.seqlen_q = 21;
-    o.seqlen_k = 45;
-    o.q_heads = 6;
-    o.kv_heads = 2;
-    o.head_dim = 40;  // a GPU server pads FP8 rows to a multiple of 16 (PlanHeadDim)
-    o.sinks = true;
-    o.mask_dtype = v1::BOOL;
-    o.mask_shape = {21, 45};
-    o.return_lse = true;
-    list.push_back(o);
-  }
-  {
-    RequestOptions o = Fp8(1);
-    o.seqlens_q = {64, 3};
-    o.seqlens_k = {64, 130};
-    o.q_heads = 2;
-    o.kv_heads = 1;
-    o.head_dim = 200;
-    o.causal = true;
-    o.alibi = 1;
-    list.push_back(o);
-  }
+  RequestOptions o = Fp8Dense(2, 2, 33, 47, 8, 2, 64);
+  o.causal = true;
+  o.return_lse = true;
+  list.push_back(o);
+  o = Fp8Dense(1, 1, 0, 0, 4, 1, 128);  // packed, with an empty sequence
+  o.seqlens_q = {5, 19, 1, 0};
+  o.seqlens_k = {9, 19, 30, 4};
+  o.return_lse = true;
+  list.push_back(o);
+  o = Fp8Dense(0, 1, 17, 23, 2, 2, 256);  // no factors: the codes are the values
+  o.softcap = 20.f;
+  o.window_left = 8;
+  o.window_right = 2;
+  list.push_back(o);
+  o = Fp8Dense(2, 3, 1, 40, 4, 4, 8);
+  o.mask_dtype = v1::BFLOAT16;
+  o.mask_shape = {4, 1, 40};
+  o.alibi = 2;
+  o.softmax_scale = 0.5f;
+  list.push_back(o);
+  o = Fp8Dense(2, 1, 21, 45, 6, 2, 40);  // a GPU server pads FP8 rows to 48 (PlanHeadDim)
+  o.sinks = true;
+  o.mask_dtype = v1::BOOL;
+  o.mask_shape = {21, 45};
+  o.return_lse = true;
+  list.push_back(o);
+  o = Fp8Dense(1, 1, 0, 0, 2, 1, 200);
+  o.seqlens_q = {64, 3};
+  o.seqlens_k = {64, 130};
+  o.causal = true;
+  o.alibi = 1;
+  list.push_back(o);
   return list;
 }
 
@@ -220,22 +210,7 @@ TEST_F(Fp8Test, UnaryMatchesReference) {
   ASSERT_EQ(Fp8NotServed(), "");
   uint64_t id = 1;
   int served = 0;
-  for (const RequestOptions& options : VariedFp8Requests()) {
-    const v1::AttentionRequest request = MakeRequest(options, id++, rng_);
-    v1::AttentionResponse response;
-    const grpc::Status status = Call(request, &response);
-    if (!Served(options)) {
-      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << request.request_id();
-      EXPECT_THAT(status.error_message(), HasSubstr("FLOAT8_E4M3"));
-      continue;
-    }
-    ++served;
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(response.o().dtype(), v1::BFLOAT16);
-    EXPECT_EQ(response.precision(), v1::PRECISION_FULL);
-    EXPECT_EQ(CompareWithReference(request, response), "") << "request " << request.request_id();
-    EXPECT_EQ(ExpectExactRounding(request, response), "") << "request " << request.request_id();
-  }
+  for (const RequestOptions& options : VariedFp8Requests()) served += CallAndCheck(options, id++);
   EXPECT_GT(served, 0);
 }
 
@@ -244,25 +219,12 @@ TEST_F(Fp8Test, EveryHeadDim) {
   ASSERT_EQ(Fp8NotServed(), "");
   int served = 0;
   for (int d = 8; d <= 256; d += 8) {
-    RequestOptions o = Fp8(d % 16 == 0 ? 2 : 1);
+    RequestOptions o = Fp8Dense(d % 16 == 0 ? 2 : 1, 1, 0, 0, 4, 2, d);
     o.seqlens_q = {1, 9 + d % 13};
     o.seqlens_k = {17, 5 + d % 29};
-    o.q_heads = 4;
-    o.kv_heads = 2;
-    o.head_dim = d;
     o.causal = d % 24 == 0;
     o.return_lse = true;
-    const v1::AttentionRequest request = MakeRequest(o, 100 + d, rng_);
-    v1::AttentionResponse response;
-    const grpc::Status status = Call(request, &response);
-    if (!Served(o)) {
-      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << "head_dim " << d;
-      continue;
-    }
-    ++served;
-    ASSERT_TRUE(status.ok()) << "head_dim " << d << ": " << status.error_message();
-    EXPECT_EQ(CompareWithReference(request, response), "") << "head_dim " << d;
-    EXPECT_EQ(ExpectExactRounding(request, response), "") << "head_dim " << d;
+    served += CallAndCheck(o, 100 + d);
   }
   // The CPU serves all 32; a GPU build at least its compiled buckets' dims.
   EXPECT_GE(served, OnGpu() ? 1 : 32);
@@ -278,11 +240,8 @@ TEST_F(Fp8Test, RequestsWithDifferentDescalesShareLaunches) {
   std::vector<grpc::ClientContext> contexts(kCalls);
   std::vector<std::promise<grpc::Status>> done(kCalls);
   for (int i = 0; i < kCalls; ++i) {
-    RequestOptions o = Fp8(i % 3);
-    o.seqlen_q = o.seqlen_k = 96 + 16 * (i % 5);
-    o.q_heads = 4;
-    o.kv_heads = 2;
-    o.head_dim = 128;
+    const int seqlen = 96 + 16 * (i % 5);
+    const RequestOptions o = Fp8Dense(i % 3, 1, seqlen, seqlen, 4, 2, 128);
     ASSERT_TRUE(Served(o));
     requests.push_back(MakeRequest(o, 1000 + i, rng_));
   }
@@ -384,10 +343,7 @@ TEST_F(Fp8Test, HostileRequestsGetInvalidArgumentAndTheServerStaysUp) {
       {"NaN code", [](auto& r) { (*r.mutable_k()->mutable_data())[5] = '\x7f'; },
        "o: the result is not finite"},
   };
-  RequestOptions o = Fp8(2);
-  o.q_heads = 4;
-  o.kv_heads = 2;
-  o.head_dim = 128;
+  const RequestOptions o = Fp8Dense(2, 1, 16, 16, 4, 2, 128);
   ASSERT_TRUE(Served(o));
   for (const Hostile& h : hostile) {
     v1::AttentionRequest request = MakeRequest(o, 7, rng_);

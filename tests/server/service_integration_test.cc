@@ -76,12 +76,6 @@ class ServiceTest : public testing::SharedServerTest<ServiceTest> {
   static std::vector<std::string> ServerFlags() { return {}; }
 
  protected:
-  grpc::Status Call(const v1::AttentionRequest& request, v1::AttentionResponse* response) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 60s);
-    return stub_->Attention(&context, request, response);
-  }
-
   std::mt19937 rng_{21};
 };
 

@@ -43,6 +43,14 @@ class SharedServerTest : public ::testing::Test {
     stub_ = ::attention::v1::AttentionService::NewStub(channel_);
   }
 
+  // One unary Attention call on the shared server, with a 60 s deadline.
+  grpc::Status Call(const ::attention::v1::AttentionRequest& request,
+                    ::attention::v1::AttentionResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub_->Attention(&context, request, response);
+  }
+
   static inline ServerProcess* server_ = nullptr;
   static inline std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<::attention::v1::AttentionService::Stub> stub_;

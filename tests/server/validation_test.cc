@@ -23,9 +23,13 @@ using ::testing::HasSubstr;
 using testing::MakeRequest;
 using testing::RequestOptions;
 
-v1::AttentionRequest Dense() {
+// [2, 8, 4, 32] q and [2, 12, 2, 32] k, v of `dtype` (FLOAT8_E4M3 with `descale` as
+// RequestOptions has it).
+v1::AttentionRequest DenseOf(v1::DType dtype, int descale) {
   std::mt19937 rng(1);
   RequestOptions o;
+  o.dtype = dtype;
+  o.descale = descale;
   o.batch = 2;
   o.seqlen_q = 8;
   o.seqlen_k = 12;
@@ -34,6 +38,8 @@ v1::AttentionRequest Dense() {
   o.head_dim = 32;
   return MakeRequest(o, 7, rng);
 }
+
+v1::AttentionRequest Dense() { return DenseOf(v1::BFLOAT16, 0); }
 
 v1::AttentionRequest Packed() {
   std::mt19937 rng(2);
@@ -47,19 +53,7 @@ v1::AttentionRequest Packed() {
 }
 
 // Dense() in FLOAT8_E4M3 with per-head descale factors (q [4], k and v [2]).
-v1::AttentionRequest Fp8Dense() {
-  std::mt19937 rng(3);
-  RequestOptions o;
-  o.dtype = v1::FLOAT8_E4M3;
-  o.descale = 2;
-  o.batch = 2;
-  o.seqlen_q = 8;
-  o.seqlen_k = 12;
-  o.q_heads = 4;
-  o.kv_heads = 2;
-  o.head_dim = 32;
-  return MakeRequest(o, 9, rng);
-}
+v1::AttentionRequest Fp8Dense() { return DenseOf(v1::FLOAT8_E4M3, 2); }
 
 // Sets `t` to a FLOAT32 tensor of shape [values.size()] holding `values`.
 void SetFactors(v1::Tensor* t, const std::vector<float>& values) {

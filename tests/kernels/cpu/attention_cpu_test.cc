@@ -1083,6 +1083,13 @@ TEST(CpuAttention, Fp8NanCodePropagates) {
   }
 }
 
+// `p` is refused with INVALID_ARGUMENT naming `field`.
+void ExpectInvalidNaming(CpuBackend& backend, const AttentionParams& p, const char* field) {
+  const absl::Status s = backend.Run(p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find(field), std::string::npos) << s;
+}
+
 TEST(CpuAttention, Fp8RejectsBadParams) {
   CpuBackend backend(1);
   Case c;
@@ -1093,23 +1100,15 @@ TEST(CpuAttention, Fp8RejectsBadParams) {
 
   AttentionParams paged = pr->p;
   paged.kind = WorkKind::kPagedDecode;  // FP8 is forward only
-  absl::Status s = backend.Run(paged);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("kFloat8E4M3"), std::string::npos) << s;
-
+  ExpectInvalidNaming(backend, paged, "kFloat8E4M3");
   AttentionParams negative = pr->p;
   negative.k_descale_head_stride = -1;
-  s = backend.Run(negative);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("k_descale_head_stride"), std::string::npos) << s;
-
+  ExpectInvalidNaming(backend, negative, "k_descale_head_stride");
   Case b;
   b.dtype = DType::kBFloat16;
   std::unique_ptr<Problem> bf16 = MakeProblem(b);
   bf16->p.v_descale = pr->p.v_descale;  // descales are for FP8 only
-  s = backend.Run(bf16->p);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("v_descale"), std::string::npos) << s;
+  ExpectInvalidNaming(backend, bf16->p, "v_descale");
 }
 
 TEST(CpuAttention, RejectsBadParams) {
