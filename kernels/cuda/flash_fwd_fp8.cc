@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,31 +44,6 @@ constexpr bool BucketCompiled(int bucket) {
     if (d != 0 && d == bucket) return true;
   }
   return false;
-}
-
-// What the host API needs of the current device, read once per device.
-struct DeviceInfo {
-  bool sm90 = false;  // compute capability 9.0
-  int sms = 0;
-  int64_t l2_bytes = 0;
-};
-
-DeviceInfo CurrentDevice() {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag once[kMaxDevices];
-  static DeviceInfo info[kMaxDevices];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return {};
-  std::call_once(once[device], [device] {
-    int major = 0, minor = 0, sms = 0, l2 = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess) {
-      info[device] = {major == 9 && minor == 0, sms, l2};
-    }
-  });
-  return info[device];
 }
 
 int64_t KeyRows(const AttentionParams& p) {
@@ -292,7 +266,7 @@ absl::Status CheckFlashFwdFp8(const AttentionParams& p) {
           stride));
     }
   }
-  if (!CurrentDevice().sm90) {
+  if (!CurrentSm90Device().sm90) {
     return absl::UnimplementedError(
         "the FP8 kernel runs on compute capability 9.0 devices only (e4m3 wgmma)");
   }
@@ -323,7 +297,7 @@ absl::Status PrepareFlashFwdFp8(const AttentionParams& p, const Fp8TileConfig& c
         block_m, ") x q_heads x batch) exceed 2^31 - 1"));
   }
   args.p = p;
-  const DeviceInfo device = CurrentDevice();
+  const Sm90Device device = CurrentSm90Device();
   // The schedule's L2 groups count 16-bit K / V: half the head dim is this kernel's bytes.
   args.sched =
       MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,

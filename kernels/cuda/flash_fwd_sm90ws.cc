@@ -171,6 +171,11 @@ constexpr bool kPagedVariantBuilt = false;
 
 }  // namespace
 
+Sm90Device CurrentSm90Device() {
+  const DeviceInfo d = CurrentDevice();
+  return {d.sm90, d.sms, d.l2_bytes};
+}
+
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p) {
 #ifndef ATTN_KERNEL_SM90
   return absl::UnimplementedError(

@@ -30,6 +30,16 @@ namespace attention::cuda {
 // consistent with seqlen_q / seqlen_k (the longest sequences) and total_q / total_k.
 absl::Status CheckFlashFwdSm90Ws(const AttentionParams& p);
 
+// The current device as the Hopper kernels' host code needs it (this kernel's and the FP8
+// kernel's, flash_fwd_fp8.cc), read once per device: whether it is compute capability 9.0, its
+// SM count and L2 size; all zero when the driver queries fail.
+struct Sm90Device {
+  bool sm90 = false;
+  int sms = 0;
+  int64_t l2_bytes = 0;
+};
+Sm90Device CurrentSm90Device();
+
 // The routing switch: whether the forward dispatch (RunAttention) sends what this kernel covers
 // to it instead of the wgmma / mma.sync kernels. On since its GPU checks (H100, 2026-12-06,
 // bench/results/gpu_2026-12-06d.md, call 4: its suite with the varlen cases and

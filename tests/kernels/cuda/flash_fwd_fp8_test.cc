@@ -34,14 +34,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <array>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -50,22 +46,11 @@
 #include "absl/status/status.h"
 #include "kernels/attention_params.h"
 #include "kernels/cuda/flash_fwd_fp8_variants.h"
+#include "kernels/dtype.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace attention::cuda {
 namespace {
-
-uint64_t Seed() {
-  static const uint64_t seed = [] {
-    const char* env = std::getenv("ATTN_TEST_SEED");
-    const uint64_t s =
-        env != nullptr
-            ? std::strtoull(env, nullptr, 10)
-            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    std::printf("flash_fwd_fp8_test: ATTN_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
 
 // The variant ATTN_FP8_VARIANT names, or null for the host API's default.
 const Fp8Variant* Variant() {
@@ -78,44 +63,6 @@ const Fp8Variant* Variant() {
     return nullptr;
   }();
   return variant;
-}
-
-#define CUDA_OK(expr)                                                          \
-  do {                                                                         \
-    const cudaError_t err_ = (expr);                                           \
-    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
-  } while (0)
-
-// OCP E4M3FN: sign, 4 exponent bits (bias 7), 3 mantissa bits; 0x7f / 0xff NaN, no infinities.
-double DecodeE4m3(uint8_t b) {
-  const int sign = b >> 7;
-  const int exp = (b >> 3) & 15;
-  const int man = b & 7;
-  if (exp == 15 && man == 7) return std::numeric_limits<double>::quiet_NaN();
-  const double mag = exp == 0 ? std::ldexp(man, -9) : std::ldexp(8 + man, exp - 10);
-  return sign ? -mag : mag;
-}
-
-// The e4m3 byte nearest to x (saturating at +-448), by search over the 126 positive finite codes.
-uint8_t EncodeE4m3(double x) {
-  static const std::array<double, 127> kPositive = [] {
-    std::array<double, 127> t{};
-    for (int b = 0; b < 127; ++b) t[b] = DecodeE4m3(static_cast<uint8_t>(b));
-    return t;
-  }();
-  const double a = std::fabs(x);
-  int best = 0;
-  for (int b = 1; b < 127; ++b) {
-    if (std::fabs(kPositive[b] - a) < std::fabs(kPositive[best] - a)) best = b;
-  }
-  return static_cast<uint8_t>(best | (x < 0 ? 0x80 : 0));
-}
-
-float BFloat16ToFloat(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 enum class Descales { kNone, kPerTensor, kPerHead, kPerSequence };
@@ -240,7 +187,7 @@ struct Result {
 };
 
 void RunCase(const Case& k) {
-  std::mt19937_64 rng(Seed() ^ std::hash<std::string>()(k.name));
+  std::mt19937_64 rng(testing::TestSeed("flash_fwd_fp8_test") ^ std::hash<std::string>()(k.name));
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_real_distribution<double> uniform(0.5, 2.0);
   const bool packed = !k.lens_q.empty();
@@ -255,9 +202,9 @@ void RunCase(const Case& k) {
   const int64_t rows_q = cu_q[k.batch];
   const int64_t rows_k = cu_k[k.batch];
   std::vector<uint8_t> q(rows_q * hq * d), kk(rows_k * hk * d), v(rows_k * hk * d);
-  for (auto& x : q) x = EncodeE4m3(k.q_sigma * normal(rng));
-  for (auto& x : kk) x = EncodeE4m3(normal(rng));
-  for (auto& x : v) x = EncodeE4m3(normal(rng));
+  for (auto& x : q) x = FloatToE4M3(static_cast<float>(k.q_sigma * normal(rng)));
+  for (auto& x : kk) x = FloatToE4M3(static_cast<float>(normal(rng)));
+  for (auto& x : v) x = FloatToE4M3(static_cast<float>(normal(rng)));
   if (k.nan_in_unread_rows) {
     for (int b = 0; b < k.batch; ++b) {
       if (cu_q[b + 1] != cu_q[b]) continue;
@@ -384,7 +331,7 @@ void RunCase(const Case& k) {
   // The float64 reference, row by row, with the bound of the file comment.
   const auto decode = [](const std::vector<uint8_t>& x) {
     std::vector<double> out(x.size());
-    for (size_t i = 0; i < x.size(); ++i) out[i] = DecodeE4m3(x[i]);
+    for (size_t i = 0; i < x.size(); ++i) out[i] = E4M3ToFloat(x[i]);
     return out;
   };
   const std::vector<double> qf = decode(q), kf = decode(kk), vf = decode(v);
