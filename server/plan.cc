@@ -108,36 +108,25 @@ void PlanMetadata(const Batch& batch, std::vector<InputCopy>* copies) {
       {l.cu_seqlens_q, reinterpret_cast<const char*>(batch.cu_seqlens_q.data()), cu_bytes});
   copies->push_back(
       {l.cu_seqlens_k, reinterpret_cast<const char*>(batch.cu_seqlens_k.data()), cu_bytes});
-  if (!batch.alibi_slopes.empty()) {
-    copies->push_back({l.alibi, reinterpret_cast<const char*>(batch.alibi_slopes.data()),
-                       static_cast<int64_t>(batch.alibi_slopes.size() * sizeof(float))});
-  }
-  if (!batch.sink_logits.empty()) {
-    copies->push_back({l.sinks, reinterpret_cast<const char*>(batch.sink_logits.data()),
-                       static_cast<int64_t>(batch.sink_logits.size() * sizeof(float))});
-  }
   if (batch.config.mask_kind != MaskKind::kNone) {
     const RequestSpec& s = batch.jobs[0]->spec;
     copies->push_back({l.mask, static_cast<const char*>(s.mask()), s.mask_bytes});
   }
-  const auto ints = [copies](int64_t dst, const std::vector<int32_t>& v) {
+  // The batch's per-sequence vectors (int32 or float), each where the layout puts it.
+  const auto vector = [copies](int64_t dst, const auto& v) {
     if (!v.empty()) {
       copies->push_back({dst, reinterpret_cast<const char*>(v.data()),
-                         static_cast<int64_t>(v.size() * sizeof(int32_t))});
+                         static_cast<int64_t>(v.size() * sizeof(v[0]))});
     }
   };
-  ints(l.page_table, batch.page_table);
-  ints(l.seqlens_k, batch.seqlens_k);
-  ints(l.key_range, batch.key_range);
-  const auto floats = [copies](int64_t dst, const std::vector<float>& v) {
-    if (!v.empty()) {
-      copies->push_back({dst, reinterpret_cast<const char*>(v.data()),
-                         static_cast<int64_t>(v.size() * sizeof(float))});
-    }
-  };
-  floats(l.q_descale, batch.q_descale);
-  floats(l.k_descale, batch.k_descale);
-  floats(l.v_descale, batch.v_descale);
+  vector(l.alibi, batch.alibi_slopes);
+  vector(l.sinks, batch.sink_logits);
+  vector(l.page_table, batch.page_table);
+  vector(l.seqlens_k, batch.seqlens_k);
+  vector(l.key_range, batch.key_range);
+  vector(l.q_descale, batch.q_descale);
+  vector(l.k_descale, batch.k_descale);
+  vector(l.v_descale, batch.v_descale);
 }
 
 // A paged batch's page table ([sequences, max_pages], each job's one sequence from its view;

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -893,77 +894,60 @@ TEST(CpuAttention, Fp8EveryOption) {
   base.kv_heads = 2;
   base.head_dim = 64;
   base.descale = Descale::kPerSequenceHead;
-  std::vector<Case> cases;
-  cases.push_back(base);
+  std::vector<Case> cases = {base};
+  // `base` changed by `edit`.
+  const auto with = [&](const std::function<void(Case&)>& edit) {
+    Case c = base;
+    edit(c);
+    cases.push_back(c);
+  };
   for (Descale kind : {Descale::kNone, Descale::kPerTensor, Descale::kPerHead}) {
-    Case c = base;
-    c.descale = kind;
-    cases.push_back(c);
+    with([kind](Case& c) { c.descale = kind; });
   }
-  {
-    Case c = base;
+  with([](Case& c) { c.causal = true; });
+  with([](Case& c) {
     c.causal = true;
-    cases.push_back(c);
     c.q_heads = 8;
     c.kv_heads = 1;  // MQA
-    cases.push_back(c);
-  }
-  {
-    Case c = base;
+  });
+  with([](Case& c) {
     c.window_left = 16;
     c.window_right = 4;
-    cases.push_back(c);
-  }
-  {
-    Case c = base;
-    c.softcap = 5.f;
-    cases.push_back(c);
-  }
+  });
+  with([](Case& c) { c.softcap = 5.f; });
   for (Alibi alibi : {Alibi::kPerHead, Alibi::kPerBatchHead}) {
-    Case c = base;
-    c.alibi = alibi;
-    cases.push_back(c);
+    with([alibi](Case& c) { c.alibi = alibi; });
   }
-  {
-    Case c = base;
-    c.sinks = true;
-    cases.push_back(c);
-  }
+  with([](Case& c) { c.sinks = true; });
   for (MaskKind kind : {MaskKind::kBool, MaskKind::kAdditive}) {
-    Case c = base;
-    c.lens_q.clear();
-    c.lens_k.clear();
-    c.seqlen_q = 40;
-    c.seqlen_k = 90;
-    c.mask_kind = kind;
-    c.mask_shape = {false, false, false, false};
-    cases.push_back(c);
+    with([kind](Case& c) {
+      c.lens_q.clear();
+      c.lens_k.clear();
+      c.seqlen_q = 40;
+      c.seqlen_k = 90;
+      c.mask_kind = kind;
+      c.mask_shape = {false, false, false, false};
+    });
   }
-  {
-    Case c = base;
+  with([](Case& c) {
     c.causal = true;
     c.softcap = 8.f;
     c.alibi = Alibi::kPerBatchHead;
     c.sinks = true;
     c.window_left = 40;
-    cases.push_back(c);
-  }
-  {
-    Case c = base;
+  });
+  with([](Case& c) {
     c.lens_q.clear();
     c.lens_k.clear();
     c.seqlen_q = 33;
     c.seqlen_k = 77;
     c.heads_major = true;
     c.row_pad = 8;
-    cases.push_back(c);
-  }
-  {
-    Case c = base;
+  });
+  with([](Case& c) {
     c.page_size = 16;
     c.key_range = true;
-    cases.push_back(c);
-  }
+  });
   for (const Case& c : cases) Check(c);
 }
 
