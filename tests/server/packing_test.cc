@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -367,25 +368,30 @@ TEST(PackingTest, Fp8JobsWithTheirOwnDescales) {
     for (int head_dim : {8, 40, 64}) {
       std::mt19937 rng(41 + head_dim);
       std::vector<std::unique_ptr<ReceivedCall>> calls;
-      RequestOptions o = Base(v1::FLOAT8_E4M3);
-      o.head_dim = head_dim;
-      o.batch = 2;
-      o.seqlen_q = 9;
-      o.seqlen_k = 21;
-      o.return_lse = true;
-      o.descale = 2;
-      calls.push_back(Receive(MakeRequest(o, 1, rng), 100));  // pieces split rows
-      RequestOptions packed = Base(v1::FLOAT8_E4M3);
-      packed.head_dim = head_dim;
-      packed.seqlens_q = {6, 0, 3};
-      packed.seqlens_k = {6, 4, 11};
-      packed.descale = 1;
-      calls.push_back(Receive(MakeRequest(packed, 2, rng), 1 << 20));
-      RequestOptions plain = Base(v1::FLOAT8_E4M3);
-      plain.head_dim = head_dim;
-      plain.seqlen_q = 4;
-      plain.seqlen_k = 30;
-      calls.push_back(Receive(MakeRequest(plain, 3, rng), 1 << 20));
+      // Job `id` of `descale` kind (RequestOptions::descale), its shape set by `shape`, received in
+      // pieces of `piece_bytes`.
+      const auto add = [&](uint64_t id, int descale, size_t piece_bytes,
+                           const std::function<void(RequestOptions&)>& shape) {
+        RequestOptions o = Base(v1::FLOAT8_E4M3);
+        o.head_dim = head_dim;
+        o.descale = descale;
+        shape(o);
+        calls.push_back(Receive(MakeRequest(o, id, rng), piece_bytes));
+      };
+      add(1, 2, 100, [](RequestOptions& o) {  // pieces split rows
+        o.batch = 2;
+        o.seqlen_q = 9;
+        o.seqlen_k = 21;
+        o.return_lse = true;
+      });
+      add(2, 1, 1 << 20, [](RequestOptions& o) {
+        o.seqlens_q = {6, 0, 3};
+        o.seqlens_k = {6, 4, 11};
+      });
+      add(3, 0, 1 << 20, [](RequestOptions& o) {
+        o.seqlen_q = 4;
+        o.seqlen_k = 30;
+      });
       Batch batch;
       for (auto& call : calls) AddJob(batch, MakeReceivedJob(*call));
       ASSERT_EQ(batch.sequences, 6);
