@@ -50,6 +50,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/block_info.h"
+#include "kernels/cuda/flash_fwd_dispatch.h"
 #include "kernels/cuda/flash_fwd_fp32.h"
 #include "kernels/cuda/flash_fwd_fp32_traits.h"
 
@@ -230,7 +231,9 @@ int RunVariants(const Options& opt, const Buffers& buf, FILE* json) {
                     normalized.window_right);
         // The reference: the dispatch's default (the same normalization as the variants), or
         // the first variant where the bucket is not compiled.
-        const bool dispatch = Launch(p, nullptr).code() != absl::StatusCode::kUnimplemented;
+        // The dispatch runs head_dim d in the smallest compiled bucket >= d, which is the
+        // variants' bucket only where the build compiles it.
+        const bool dispatch = CompiledHeadDimBucket(d) == d;
         const Fp32KernelVariant* ref_variant = dispatch ? nullptr : variants.front();
         absl::Status status;
         cudaError_t err = cudaSuccess;
