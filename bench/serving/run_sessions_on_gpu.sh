@@ -11,7 +11,7 @@
 #   environment: SERVER (another attention_server binary), TAG (suffix of the metrics files),
 #   LONE_ONLY=1 (only the lone session), LONE_STEPS (the lone session's steps, 400),
 #   SUITE_SECONDS (the suite's time limit, 150); the server and the suite inherit the rest, e.g.
-#   ATTN_LONE_FAST_PATH=0, ATTN_LONE_ZERO_COPY=1 or ATTN_APPEND_IN_STREAM=0 (docs/operations.md,
+#   ATTN_LONE_FAST_PATH=0, ATTN_LONE_ZERO_COPY=0 or ATTN_APPEND_IN_STREAM=0 (docs/operations.md,
 #   Environment) to compare the lone step's variants with one binary
 #
 # BUNDLE_DIR (default .gpu): shared/tools/gpu-bundle.sh of attention_server, attention_cli,

@@ -30,9 +30,10 @@
 // following them, and the completer, awake, waits for the slot and then for its stream. The
 // gRPC thread never waits for the device itself: a reaction that blocked would hold back the
 // next message of its stream (gRPC runs the next read's reaction on the same thread, after the
-// current one returns), and with it every step behind a lone one. With ATTN_LONE_ZERO_COPY=1 a lone
-// session step that the decode kernel runs also writes o and lse straight into the slot's pinned
-// block (host memory the device reaches through unified addressing): no download follows it.
+// current one returns), and with it every step behind a lone one. A lone session step that the
+// decode kernel runs also writes o and lse straight into the slot's pinned block (host memory the
+// device reaches through unified addressing): no download follows it (ATTN_LONE_ZERO_COPY=0 turns
+// that off).
 //
 // Row appends: a session Attend's k_new / v_new come as the job's pending rows (PendingRows,
 // server/executor.h; the service only reserved their slots). Launch stages them, with their int32
@@ -43,7 +44,7 @@
 // synchronization involved. A batch whose rows would not fit its slot beside its buffers (a
 // very large prefill chunk) has them written through the pool's staging lanes instead
 // (DevicePageStorage::WriteRows), ordered before the attention as every lane write is. With
-// ATTN_APPEND_BY_COPY=1 (off until measured) a batch whose rows lie in a few runs of one page each
+// ATTN_APPEND_BY_COPY=1 (off: no gain measured) a batch whose rows lie in a few runs of one page each
 // (a decode step's) writes them with the upload, in one batched copy straight from the pinned
 // block into their pages, instead of the append kernel.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
