@@ -44,8 +44,8 @@
 // synchronization involved. A batch whose rows would not fit its slot beside its buffers (a
 // very large prefill chunk) has them written through the pool's staging lanes instead
 // (DevicePageStorage::WriteRows), ordered before the attention as every lane write is. With
-// ATTN_APPEND_BY_COPY=1 (off: no gain measured) a batch whose rows lie in a few runs of one page each
-// (a decode step's) writes them with the upload, in one batched copy straight from the pinned
+// ATTN_APPEND_BY_COPY=1 (off: no gain measured) a batch whose rows lie in a few runs of one page
+// each (a decode step's) writes them with the upload, in one batched copy straight from the pinned
 // block into their pages, instead of the append kernel.
 #ifndef ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
 #define ATTENTION_SERVER_CUDA_CUDA_EXECUTOR_H_
