@@ -151,30 +151,6 @@ struct WsTileRows {
   int batch;
 };
 
-// Sequence `batch`'s key range of a paged launch clamped to its context of len_k keys, as
-// LocateBlock clamps it: [0, len_k) without key_range; an empty or inverted range leaves no key.
-__device__ __forceinline__ KvTileRange ClampedKeyRange(const AttentionParams& p, int batch,
-                                                       int len_k) {
-  if (p.key_range == nullptr) return {0, len_k};
-  const int begin = min(max(p.key_range[2 * batch], 0), len_k);
-  return {begin, max(min(p.key_range[2 * batch + 1], len_k), begin)};
-}
-
-// The KV tiles of tile `at` of a sequence of len_q query rows and len_k keys restricted to
-// [key_begin, key_end) (KvTilesInRange over its query block, TileMBlock); none when the sequence
-// has no such tile.
-template <int kBlockM, int kBlockN, bool kCausal>
-__device__ __forceinline__ KvTileRange RankedTileKvTiles(const AttentionParams& p,
-                                                         const RankedTile& at, int len_q, int len_k,
-                                                         int key_begin, int key_end) {
-  const int m_block = TileMBlock(at, (len_q + kBlockM - 1) / kBlockM, kCausal);
-  if (m_block < 0) return {0, 0};
-  const int row0 = m_block * kBlockM;
-  return KvTilesInRange(row0, min(kBlockM, len_q - row0), len_q, len_k, kBlockN,
-                        kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, key_begin,
-                        key_end);
-}
-
 // Where query tile `tile` of the schedule works (TileRankAt, TileMBlock): its BlockCoords (as
 // LocateBlock fills them), its copy coordinates and its KV tiles. False when its sequence has no
 // query block of the tile's rank (a packed batch's shorter sequences, an empty one): the tile
@@ -210,10 +186,10 @@ __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm
   c.rows = min(kBlockM, c.len_q - c.row0);
   c.key_begin = 0;
   c.key_end = c.len_k;
-  if constexpr (kPaged) {
-    const KvTileRange keys = ClampedKeyRange(p, c.batch, c.len_k);
-    c.key_begin = keys.begin;
-    c.key_end = keys.end;
+  if (kPaged && p.key_range != nullptr) {
+    // Clamped to the context; an empty or inverted range leaves no key.
+    c.key_begin = min(max(p.key_range[2 * c.batch], 0), c.len_k);
+    c.key_end = max(min(p.key_range[2 * c.batch + 1], c.len_k), c.key_begin);
   }
   const int kv_head = c.head / (p.q_heads / p.kv_heads);
   const int64_t q_offset =
@@ -241,10 +217,21 @@ __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm
   return true;
 }
 
-// Zeroes the rows outside [row_begin, row_end) of a shared tile of kRows rows in kPanels
-// 64-column panels (SmemTile's layout: a panel's row r is the 128 bytes at r * 128, whatever the
-// swizzle does inside them) with the 32 lanes of one warp: lane l stores 16-byte chunk l % 8 of
-// every fourth row from l / 8, in every panel.
+// Zeroes rows [valid_rows, kRows) of a shared tile of kRows rows in kPanels 64-column panels
+// (SmemTile's layout: a panel's row r is the 128 bytes at r * 128, whatever the swizzle does
+// inside them) with the 32 lanes of one warp: lane l stores 16-byte chunk l % 8 of every fourth
+// row from valid_rows + l / 8, in every panel.
+template <int kRows, int kPanels>
+__device__ __forceinline__ void ZeroTileRows(uint32_t tile, int valid_rows, int lane) {
+  for (uint32_t at = tile + (valid_rows + lane / 8) * 128 + (lane % 8) * 16;
+       at < tile + kRows * 128; at += 4 * 128) {
+#pragma unroll
+    for (int panel = 0; panel < kPanels; ++panel) StoreSharedZero128(at + panel * (kRows * 128));
+  }
+}
+
+// Zeroes the rows outside [row_begin, row_end) of a shared tile as ZeroTileRows does (lane l
+// stores chunk l % 8 of every fourth row from l / 8).
 template <int kRows, int kPanels>
 __device__ __forceinline__ void ZeroTileRowsOutside(uint32_t tile, int row_begin, int row_end,
                                                     int lane) {
@@ -304,27 +291,30 @@ __device__ __forceinline__ TileRowRange PagedTileRows(int n, int key_begin, int 
   return {max(key_begin - key0, 0), min(key_end - key0, kBlockN)};
 }
 
-// What the V tail fix-ups need of query tile `tile`, as LocateTile<..., kPaged> finds them
-// without the rest of its coordinates: its KV tiles (none when its sequence has no such tile)
-// and its key range (the context, [0, len_k), without a paged key range). Packed batches
-// (kPaged false) have both cu_seqlens.
-struct WsTileKeys {
-  KvTileRange tiles;
-  int key_begin;
-  int key_end;
+// What the V tail fix-up needs of query tile `tile` (as LocateTile finds it): its KV tiles (0
+// when it has none or no query rows) and the rows of its first copied KV tile (tiles.end - 1)
+// inside the sequence, kBlockN when all are.
+struct WsTail {
+  int kv_tiles;
+  int valid_rows;
 };
 
-template <int kBlockM, int kBlockN, bool kCausal, bool kOrders, bool kPaged>
-__device__ __forceinline__ WsTileKeys TileKeysOf(const AttentionParams& p,
-                                                 const FwdSm90WsSchedule& sched, int tile) {
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
+__device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
+                                             const FwdSm90WsSchedule& sched, int tile) {
   const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
   const int batch = at.pair / p.q_heads;
-  const int len_q =
-      p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[batch + 1] - p.cu_seqlens_q[batch] : p.seqlen_q;
-  const int len_k = kPaged ? p.seqlens_k[batch] : p.cu_seqlens_k[batch + 1] - p.cu_seqlens_k[batch];
-  const KvTileRange keys = kPaged ? ClampedKeyRange(p, batch, len_k) : KvTileRange{0, len_k};
-  return {RankedTileKvTiles<kBlockM, kBlockN, kCausal>(p, at, len_q, len_k, keys.begin, keys.end),
-          keys.begin, keys.end};
+  const int q_start = p.cu_seqlens_q[batch];
+  const int len_q = p.cu_seqlens_q[batch + 1] - q_start;
+  const int len_k = p.cu_seqlens_k[batch + 1] - p.cu_seqlens_k[batch];
+  const int m_block = TileMBlock(at, (len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return {0, kBlockN};
+  const int row0 = m_block * kBlockM;
+  const KvTileRange tiles =
+      KvTilesInRange(row0, min(kBlockM, len_q - row0), len_q, len_k, kBlockN,
+                     kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, len_k);
+  if (tiles.end <= tiles.begin) return {0, kBlockN};
+  return {tiles.end - tiles.begin, min(kBlockN, len_k - (tiles.end - 1) * kBlockN)};
 }
 
 // Prefetches into L1 the page-table entry of the first KV tile the producer copies for query
@@ -337,11 +327,46 @@ template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
 __device__ __forceinline__ void PrefetchFirstPageGuess(const AttentionParams& p,
                                                        const FwdSm90WsSchedule& sched, int tile) {
   const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const int m_block = TileMBlock(at, (p.seqlen_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0 || p.seqlen_k <= 0) return;
+  const int row0 = m_block * kBlockM;
   const KvTileRange tiles =
-      RankedTileKvTiles<kBlockM, kBlockN, kCausal>(p, at, p.seqlen_q, p.seqlen_k, 0, p.seqlen_k);
+      KvTilesInRange(row0, min(kBlockM, p.seqlen_q - row0), p.seqlen_q, p.seqlen_k, kBlockN,
+                     kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, 0, p.seqlen_k);
   if (tiles.end <= tiles.begin) return;
   const int32_t* pages = p.page_table + (at.pair / p.q_heads) * p.page_table_stride;
   PrefetchL1(pages + (((tiles.end - 1) * kBlockN) >> (__ffs(p.page_size) - 1)));
+}
+
+// What the paged V fix-up needs of query tile `tile` (LocateTile<..., kPaged>'s KV tiles and
+// key range, without the rest of its coordinates): no tiles when it has none.
+struct WsPagedTail {
+  KvTileRange tiles;
+  int key_begin;
+  int key_end;
+};
+
+template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
+__device__ __forceinline__ WsPagedTail PagedTailOfTile(const AttentionParams& p,
+                                                       const FwdSm90WsSchedule& sched, int tile) {
+  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const int batch = at.pair / p.q_heads;
+  const int len_q =
+      p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[batch + 1] - p.cu_seqlens_q[batch] : p.seqlen_q;
+  const int len_k = p.seqlens_k[batch];
+  const int m_block = TileMBlock(at, (len_q + kBlockM - 1) / kBlockM, kCausal);
+  if (m_block < 0) return {{0, 0}, 0, 0};
+  int key_begin = 0;
+  int key_end = len_k;
+  if (p.key_range != nullptr) {
+    key_begin = min(max(p.key_range[2 * batch], 0), len_k);
+    key_end = max(min(p.key_range[2 * batch + 1], len_k), key_begin);
+  }
+  const int row0 = m_block * kBlockM;
+  return {KvTilesInRange(row0, min(kBlockM, len_q - row0), len_q, len_k, kBlockN,
+                         kCausal ? p.window_left : -1, kCausal ? p.window_right : -1, key_begin,
+                         key_end),
+          key_begin, key_end};
 }
 
 // StoreOutput's epilogue (flash_fwd_common.cuh) up to the staging, for the bulk-store epilogue:
@@ -497,17 +522,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
         return;
       }
-      if (tid / 32 == 1 && (kPaged || (kSm90WsZeroVTail && p.cu_seqlens_q != nullptr))) {
-        // The V tail fix-up of a query tile's first and last KV tiles (the only ones with rows
-        // outside its key range, PagedTileRows; a packed batch's first tile never has any, its
-        // range starting at key 0). Written for the producer's 24 registers: one loop over those
-        // two tiles, one over a tile's rows.
+      if (kPaged && tid / 32 == 1) {
+        // Paged: a query tile's first and last KV tiles may hold rows outside its key range
+        // (PagedTileRows); their V lands on V tail and is fixed up here as a packed batch's is.
+        // (Written for the producer's 24 registers: one loop over those two tiles, one over a
+        // tile's rows.)
         const int lane = tid % 32;
         int i = 0;                // KV tiles copied so far, as the copying thread counts
         uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
         for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
-          const WsTileKeys tail =
-              TileKeysOf<kBlockM, kBlockN, kCausal, Traits::kOrders, kPaged>(p, sched, tile);
+          const WsPagedTail tail =
+              PagedTailOfTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
           const int kv_tiles = tail.tiles.end - tail.tiles.begin;
           if (kv_tiles <= 0) continue;
             // Copied from the last tile down: tile end - 1 is the query tile's KV tile i, tile
@@ -527,14 +552,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           }
           i += kv_tiles;
         }
+        return;
+      }
+      if (!kPaged && kSm90WsZeroVTail && tid / 32 == 1 && p.cu_seqlens_q != nullptr) {
+        const int lane = tid % 32;
+        int i = 0;                // KV tiles copied so far, as the copying thread counts
+        uint32_t tail_phase = 0;  // bit s: parity of the next phase of V tail s
+        for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+          const WsTail tail =
+              TailOfTile<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
+          if (tail.kv_tiles <= 0) continue;
+          if (tail.valid_rows < kBlockN) {
+            const int s = i % kStages;
+            MbarrierWait(v_tail(s), (tail_phase >> s) & 1u);
+            tail_phase ^= 1u << s;
+            ZeroTileRows<kBlockN, Traits::kPanels>(v_stage(s), tail.valid_rows, lane);
+            FenceProxyAsyncShared();
+            __syncwarp();
+            if (lane == 0) MbarrierArrive(v_full(s));
+          }
+          i += tail.kv_tiles;
+        }
       }
       return;
     }
     int i = 0;      // KV tiles copied so far
     int round = 0;  // query tiles copied so far
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
-      if constexpr (kPaged)
-        PrefetchFirstPageGuess<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
+      if constexpr (kPaged) PrefetchFirstPageGuess<kBlockM, kBlockN, kCausal, Traits::kOrders>(
+          p, sched, tile);
       BlockCoords<Element> c;
       WsTileRows rows;
       KvTileRange tiles;

@@ -249,8 +249,8 @@ constexpr bool Sm90WsPersistentFor(bool causal, int seqlen_k, int head_dim_bucke
 // sequence's V turns the masked products (0 * inf) of the sequence before it into NaN, so one
 // request of a packed batch could spoil another's output. On; the switch exists to time the
 // fix-up (a second warp of the producer warpgroup) against its absence on a GPU: with it ptxas
-// spills 20 bytes at d 128 causal and 52 at d 256 causal (without: none, and 8 at d 256 causal),
-// in the producer warpgroup's code of every launch, packed or not.
+// spills 20 bytes at d 128 causal and d 256 dense and 76 at d 256 causal (without: none, and 8
+// at d 256 causal), in every launch, packed or not.
 inline constexpr bool kSm90WsZeroVTail = true;
 
 // Enqueues the kernel on `stream` for `args` (params checked by CheckFlashFwdSm90Ws, schedule and
