@@ -123,34 +123,14 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 //                   around each 16-byte request (a K/V row of one head is 256 bytes at d = 128,
 //                   read by 16 threads of neighbouring lanes), so the DRAM sees fewer, larger
 //                   requests.
-//   kEvictFirst*:   an L2 evict_first cache policy on every copy that reads memory. K/V are read
-//                   once per launch, so their lines are the right victims when the L2 needs room;
-//                   without the hint the L2 evicts by age and writes back whatever dirty data it
-//                   holds (after decode_bench's or do_bench's 256 MB flush: up to the whole L2,
-//                   50 MB, written to HBM during the launch, about as many bytes as a 1 x 8k step
-//                   reads). Two forms raised an illegal instruction on an H100 (2026-12-06, sm_90a,
-//                   nvcc 13.0, driver 580): a policy from createpolicy.fractional held in a
-//                   register across the copy loop, with a source size on every copy and with
-//                   zero fills in the plain form. On sm_90 a global access's cache policy travels
-//                   in its memory descriptor, a uniform register, which a per-thread value does not
-//                   obviously fill; the three forms left:
-//     kEvictFirst:        the policy as a compile-time constant (kL2EvictFirstPolicy, the value
-//                         createpolicy.fractional.L2::evict_first gives for fraction 1.0 and the
-//                         one TMA copies take), zero fills in the plain form;
-//     kEvictFirstZfill:   the constant with a source size on every copy (one instruction form);
-//     kEvictFirstInline:  createpolicy inside the same asm statement as each copy (the form other
-//                         cp.async kernels use), zero fills in the plain form.
-enum class DecodeCacheHint : uint8_t {
-  kNone,
-  kPrefetch128,
-  kPrefetch256,
-  kEvictFirst,
-  kEvictFirstZfill,
-  kEvictFirstInline
-};
-
-// The L2 evict_first cache policy (fraction 1.0) as a 64-bit constant: kEvictFirst's operand.
-inline constexpr uint64_t kL2EvictFirstPolicy = 0x12F0000000000000ull;
+// (An L2 evict_first policy on the copies, so that a launch's K/V lines, read once, become the L2's
+// victims instead of the dirty lines a flushed L2 holds, was tried in four forms and removed: a
+// createpolicy result held in a register, with and without a source size on the copies, raised an
+// illegal instruction at the hinted cp.async on an H100 (2026-12-06, sm_90a, nvcc 13.0, driver
+// 580), and a compile-time policy constant, with and without a source size, and createpolicy
+// inside each copy's asm statement crashed decode_bench on their first launch (5f3b9c5);
+// bench/cuda/decode_notes.md, v6.)
+enum class DecodeCacheHint : uint8_t { kNone, kPrefetch128, kPrefetch256 };
 
 struct DecodeVariant {
   const char* name;
@@ -278,18 +258,10 @@ inline constexpr DecodeVariant kDecodeVariants[] = {
     {"pcache_lean", 0, DecodeCacheHint::kNone, false, false, 1, true, false, false, 0, false, true},
     {"pcache_lean_1slot", 0, DecodeCacheHint::kNone, false, true, 1, true, false, false, 0, false,
      true},
-    // Sixth session of 2026-12-06 (issue 21's rows at batch 1 and 128 x 2k): the paged entries
-    // loaded before the loop's wait (pages_early; device call 2: 0.83-0.99x base, pages and dense);
-    // K/V copies with the L2 evict_first policy in the three forms left (kEvictFirst*), so that
-    // the launch does not write back the L2's dirty lines.
+    // Sixth session of 2026-12-06: the paged entries loaded before the loop's wait (device call 2:
+    // 0.89-1.00x base, dense too).
     {"pages_early", 0, DecodeCacheHint::kNone, false, false, 1, false, false, false, 0, false,
      false, true},
-    {"ef_const", 0, DecodeCacheHint::kEvictFirst, false, false, 1, false, false, false, 0, false,
-     false},
-    {"ef_const_zfill", 0, DecodeCacheHint::kEvictFirstZfill, false, false, 1, false, false, false,
-     0, false, false},
-    {"ef_inline", 0, DecodeCacheHint::kEvictFirstInline, false, false, 1, false, false, false, 0,
-     false, false},
 };
 inline constexpr int kDecodeNumVariants =
     static_cast<int>(sizeof(kDecodeVariants) / sizeof(kDecodeVariants[0]));

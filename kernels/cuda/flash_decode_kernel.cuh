@@ -172,55 +172,19 @@ __device__ __forceinline__ void KeyRowOffsets(const AttentionParams& p, const De
   }
 }
 
-// The L2 cache policy operand of kHint's copies: kL2EvictFirstPolicy for kEvictFirst and
-// kEvictFirstZfill (a compile-time constant), 0 and unused for the other hints.
+// cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint).
 template <DecodeCacheHint kHint>
-__device__ __forceinline__ uint64_t MakeCachePolicy() {
-  if constexpr (kHint == DecodeCacheHint::kEvictFirst ||
-                kHint == DecodeCacheHint::kEvictFirstZfill) {
-    return kL2EvictFirstPolicy;
-  } else {
-    return 0;
-  }
-}
-
-// cp.async.cg of 16 bytes (zero-filled when !pred) with the L2 hint kHint (DecodeCacheHint);
-// `policy`: MakeCachePolicy<kHint>().
-template <DecodeCacheHint kHint>
-__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred,
-                                              uint64_t policy = 0) {
+__device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gmem, bool pred) {
   const int src_bytes = pred ? 16 : 0;
   if constexpr (kHint == DecodeCacheHint::kNone) {
     CpAsync16(smem_addr, gmem, pred);
   } else if constexpr (kHint == DecodeCacheHint::kPrefetch128) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else if constexpr (kHint == DecodeCacheHint::kPrefetch256) {
+  } else {
+    static_assert(kHint == DecodeCacheHint::kPrefetch256, "a DecodeCacheHint");
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
                  "l"(gmem), "r"(src_bytes));
-  } else if constexpr (kHint == DecodeCacheHint::kEvictFirstZfill) {
-    asm volatile(
-        "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr),
-        "l"(gmem), "r"(src_bytes), "l"(policy));
-  } else if (pred) {
-    // kEvictFirst / kEvictFirstInline: a whole 16-byte read with the policy; a zero fill reads
-    // nothing and takes the plain form.
-    if constexpr (kHint == DecodeCacheHint::kEvictFirst) {
-      asm volatile(
-          "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_addr),
-          "l"(gmem), "l"(policy));
-    } else {
-      static_assert(kHint == DecodeCacheHint::kEvictFirstInline, "a DecodeCacheHint");
-      asm volatile(
-          "{\n"
-          "  .reg .b64 policy;\n"
-          "  createpolicy.fractional.L2::evict_first.b64 policy, 1.0;\n"
-          "  cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, policy;\n"
-          "}\n" ::"r"(smem_addr),
-          "l"(gmem));
-    }
-  } else {
-    CpAsync16(smem_addr, gmem, false);
   }
 }
 
@@ -268,7 +232,7 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // gives a chunk's byte offset inside a tile; a chunk is 16 bytes of kElemBytes-byte elements.
 // With `pages` (kDecodeVariants' pages_ahead / pages_early, paged K/V) the rows' page-table
 // entries come from LoadTilePages instead of a lookup here, and a row's offset inside its page is
-// 32-bit. `policy`: the L2 policy of kHint's copies (MakeCachePolicy).
+// 32-bit.
 // kHeads > 1: the block's KV heads g .. g + kHeads - 1, whose rows are neighbours in memory, are
 // copied together (consecutive threads walk one key's kHeads x head_dim contiguous elements), head
 // m's tiles at smem_k / smem_v + m * head_tile_bytes.
@@ -278,11 +242,13 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // geometry `geo`, in this same loop (no second copy loop).
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
           int kHeads = 1, int kUnroll = 64, bool kTable = false, typename OffsetFn>
-__device__ __forceinline__ void LoadKvTile(
-    const AttentionParams& p, const DecodeBlock& blk, int tile, uint32_t smem_k, uint32_t smem_v,
-    int valid_chunks, int tid, OffsetFn offset, const int32_t* pages = nullptr,
-    const PageGeometry* geo = nullptr, uint32_t head_tile_bytes = 0, const int32_t* table = nullptr,
-    int table_first = 0, uint64_t policy = 0) {
+__device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
+                                           int tile, uint32_t smem_k, uint32_t smem_v,
+                                           int valid_chunks, int tid, OffsetFn offset,
+                                           const int32_t* pages = nullptr,
+                                           const PageGeometry* geo = nullptr,
+                                           uint32_t head_tile_bytes = 0,
+                                           const int32_t* table = nullptr, int table_first = 0) {
   constexpr int kElems = 16 / kElemBytes;
   constexpr int kRowChunks = kChunks * kHeads;
   constexpr int kTotal = kBlockN * kRowChunks;
@@ -336,8 +302,8 @@ __device__ __forceinline__ void LoadKvTile(
       }
     }
     const uint32_t dst = offset(row, chunk) + (kHeads > 1 ? head * head_tile_bytes : 0u);
-    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
-    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
   }
 }
 
@@ -367,14 +333,13 @@ __device__ __forceinline__ DecodeRange GuessSplitPages(const AttentionParams& p,
 }
 
 // LoadKvTile for paged K/V whose page entries sit in shared memory: `cache` holds the entries of
-// pages [cache_first, ...) of the block's sequence, covering every key the split reads. `policy`
-// as LoadKvTile's.
+// pages [cache_first, ...) of the block's sequence, covering every key the split reads.
 template <int kBlockN, int kChunks, DecodeCacheHint kHint, int kUnroll, typename OffsetFn>
 __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const DecodeBlock& blk,
                                                  int tile, uint32_t smem_k, uint32_t smem_v,
                                                  int valid_chunks, int tid, OffsetFn offset,
                                                  const int32_t* cache, int cache_first,
-                                                 const PageGeometry& geo, uint64_t policy) {
+                                                 const PageGeometry& geo) {
   constexpr int kElems = 8;  // 16-bit elements per 16-byte chunk
   constexpr int kTotal = kBlockN * kChunks;
   constexpr int kIters = (kTotal + kDecodeThreads - 1) / kDecodeThreads;
@@ -399,8 +364,8 @@ __device__ __forceinline__ void LoadKvTileCached(const AttentionParams& p, const
       v_src = v + (page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head + col) * 2;
     }
     const uint32_t dst = offset(row, chunk);
-    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred, policy);
-    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred, policy);
+    CpAsync16Hint<kHint>(smem_k + dst, k_src, pred);
+    CpAsync16Hint<kHint>(smem_v + dst, v_src, pred);
   }
 }
 
@@ -841,7 +806,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   // pages_ahead / pages_early: `pages` holds the entries of the next tile the loop will copy.
   int32_t pages[kCopyIters] = {};
   const int32_t* pages_arg = kPagesAhead || kPagesEarly ? pages : nullptr;
-  const uint64_t policy = MakeCachePolicy<kHint>();
 
   const auto load_q = [&] {
     LoadQTile<kBlockM, kChunks, 2, kHeads>(
@@ -879,20 +843,20 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
       LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, true>(
           p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
           pages_arg, &geo, KVTile::kBytes, cached ? page_cache : blk.page_row,
-          cached ? cache_first : 0, policy);
+          cached ? cache_first : 0);
       return;
     }
     if constexpr (kPageCache) {
       if (cached) {
-        LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(
-            p, blk, tile, base, base + KVTile::kBytes, valid_chunks, tid, kv_offset, page_cache,
-            cache_first, geo, policy);
+        LoadKvTileCached<kBlockN, kChunks, kHint, kUnroll>(p, blk, tile, base,
+                                                           base + KVTile::kBytes, valid_chunks, tid,
+                                                           kv_offset, page_cache, cache_first, geo);
         return;
       }
     }
     LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll>(
         p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset, pages_arg,
-        &geo, KVTile::kBytes, nullptr, 0, policy);
+        &geo, KVTile::kBytes);
   };
 
   // The split's tiles in the order the block walks them: from tile_begin, or (rotate, outside
