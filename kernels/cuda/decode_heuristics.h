@@ -113,7 +113,7 @@ ATTN_HOST_DEVICE constexpr DecodeSmem DecodeSmem32(int head_dim_bucket) {
 // Candidate tunings of the 16-bit kernel, timed side by side by decode_bench --variants on issue
 // 21's grid before one of them becomes the default (DecodeOptions::variant; variant 0 is the
 // production kernel). They are compiled for bf16, head-dim bucket 128 and the 16-row block layout
-// only (the decode grid's configuration; generate_decode_instantiations.py), 32 kernels in
+// only (the decode grid's configuration; generate_decode_instantiations.py), 29 kernels in
 // one file that the build's dtype and head-dim options prune with it.
 //
 // How the K/V copies (cp.async.cg, 16 bytes a thread) treat L2:

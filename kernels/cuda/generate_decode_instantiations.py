@@ -22,7 +22,7 @@ from head_dim_buckets import head_dim_buckets  # noqa: E402
 
 DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
 # decode_bench's candidate tunings (kDecodeVariants in decode_heuristics.h) are compiled for the
-# decode grid's configuration only, bf16 at head-dim bucket 128 (32 more 16-row kernels, ~30 s of
+# decode grid's configuration only, bf16 at head-dim bucket 128 (29 more 16-row kernels, ~25 s of
 # nvcc), and only with ATTN_BENCH_DECODE_VARIANTS=ON: none has beaten the production kernel
 # (bench/cuda/decode_notes.md), so default builds leave them out.
 VARIANTS_FOR = ("bf16", 128)
