@@ -27,9 +27,13 @@
 namespace attention::cuda {
 
 // The routing switch: whether RunAttention / CheckSupported take kFloat8E4M3 launches to this
-// kernel (off: UNIMPLEMENTED naming the switch, as before the kernel existed). Off until its
-// first check on a GPU.
-inline constexpr bool kRouteFp8Kernel = false;
+// kernel (off: UNIMPLEMENTED naming the switch, as before the kernel existed). On since its GPU
+// checks (H100, 2026-12-06, bench/results/gpu_2026-12-06f.md): call 2 ran flash_fwd_fp8_test's
+// packed and single-sequence cases within their bound (the dense multi-sequence cases failed
+// there; their V^T pre-pass fix, 97b7614, has not run on a GPU yet), and call 3 served the FP8
+// public-RPC suite (server_fp8_integration_test, packed launches as the server makes them) with
+// this kernel, 5 of 5.
+inline constexpr bool kRouteFp8Kernel = true;
 
 // Whether CheckSupported / RunAttention take FP8 launches to this kernel: kRouteFp8Kernel, or
 // the environment's ATTN_CUDA_FP8=on (read once; for GPU tests of the serving path while the
