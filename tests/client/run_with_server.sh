@@ -4,8 +4,8 @@
 #
 #   run_with_server.sh SERVER [SERVER_FLAGS...] -- COMMAND [ARGS...]
 #
-# The server gets --address=127.0.0.1:0 in addition. "{target}" in ARGS becomes HOST:PORT, which
-# is also exported as ATTN_TARGET. Exits with COMMAND's code (77, skip, passes through); 1 when
+# The server gets --address=127.0.0.1:0 in addition (attention_server also a free metrics port).
+# "{target}" in ARGS becomes HOST:PORT, which is also exported as ATTN_TARGET. Exits with COMMAND's code (77, skip, passes through); 1 when
 # the server does not come up within 60 s.
 set -u
 server=()
@@ -18,6 +18,13 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 shift
+
+# attention_server's metrics endpoint defaults to 0.0.0.0:9464: two tests running at once (ctest
+# -j) would both bind it and one server would exit. Give it a free port unless the test chose one.
+if [ "$(basename "${server[0]}")" = attention_server ] &&
+   [[ " ${server[*]} " != *" --metrics_address="* ]]; then
+  server+=(--metrics_address=127.0.0.1:0)
+fi
 
 work=$(mktemp -d)
 "${server[@]}" --address=127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
