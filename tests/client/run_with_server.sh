@@ -5,8 +5,8 @@
 #   run_with_server.sh SERVER [SERVER_FLAGS...] -- COMMAND [ARGS...]
 #
 # The server gets --address=127.0.0.1:0 in addition (attention_server also a free metrics port).
-# "{target}" in ARGS becomes HOST:PORT, which is also exported as ATTN_TARGET. Exits with COMMAND's code (77, skip, passes through); 1 when
-# the server does not come up within 60 s.
+# "{target}" in ARGS becomes HOST:PORT, which is also exported as ATTN_TARGET. Exits with
+# COMMAND's code (77, skip, passes through); 1 when the server does not come up within 60 s.
 set -u
 server=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
