@@ -579,8 +579,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     int i = 0;      // KV tiles copied so far
     int round = 0;  // query tiles copied so far
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
-      if constexpr (kPaged) PrefetchFirstPageGuess<kBlockM, kBlockN, kCausal, Traits::kOrders>(
-          p, sched, tile);
+      if constexpr (kPaged)
+        PrefetchFirstPageGuess<kBlockM, kBlockN, kCausal, Traits::kOrders>(p, sched, tile);
       BlockCoords<Element> c;
       WsTileRows rows;
       KvTileRange tiles;

@@ -35,7 +35,7 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
     // j % page_size of page page_table[b * page_table_stride + j / page_size].
     const bool paged = p.is_paged();
     const int64_t k_offset = !paged && p.is_varlen() ? p.cu_seqlens_k[b] : 0;
-    const int64_t len_k = paged          ? p.seqlens_k[b]
+    const int64_t len_k = paged           ? p.seqlens_k[b]
                           : p.is_varlen() ? p.cu_seqlens_k[b + 1] - k_offset
                                           : p.seqlen_k;
     const auto key_row = [&](int64_t j, int64_t batch_stride, int64_t row_stride) {
@@ -52,8 +52,7 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
     scores.assign(len_k, 0.0);
     for (int h = 0; h < p.q_heads; ++h) {
       const int kv_h = h / group;
-      const double slope =
-          p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
+      const double slope = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] : 0.0;
       const double sink = p.sinks ? p.sink_logits[b * p.sink_batch_stride + h] : kNegInf;
       // FP8 dequantization factors (1 when absent): q.k and v scale by them exactly as the
       // elements would.
@@ -67,8 +66,8 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
                       : 1.0;
       for (int64_t i = 0; i < len_q; ++i) {
         const int64_t pos = i + len_k - len_q;  // bottom-right aligned key position of row i
-        const int64_t q_row = b * p.q_batch_stride + (q_offset + i) * p.q_row_stride +
-                              h * p.q_head_stride;
+        const int64_t q_row =
+            b * p.q_batch_stride + (q_offset + i) * p.q_row_stride + h * p.q_head_stride;
         double row_max = kNegInf;
         for (int64_t j = 0; j < len_k; ++j) {
           scores[j] = kNegInf;
@@ -97,8 +96,8 @@ void ReferenceAttention(const AttentionParams& p, double* o, double* lse) {
           scores[j] = s;
           if (s > row_max) row_max = s;
         }
-        const int64_t o_row = b * p.o_batch_stride + (q_offset + i) * p.o_row_stride +
-                              h * p.o_head_stride;
+        const int64_t o_row =
+            b * p.o_batch_stride + (q_offset + i) * p.o_row_stride + h * p.o_head_stride;
         double* lse_out =
             lse ? lse + b * p.lse_batch_stride + h * p.lse_head_stride + q_offset + i : nullptr;
         if (row_max == kNegInf) {  // no allowed key: o = 0, lse = the sink (-inf without one)
