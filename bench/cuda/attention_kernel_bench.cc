@@ -13,7 +13,8 @@
 //   --dtype fp8  the FP8 (E4M3) kernel (flash_fwd_fp8.h, V^T pre-pass included) on the same
 //             shapes; after bf16 in the same list its rows also give fp8 / bf16 speed
 //   --fp8-variants  with fp8, also every compiled FP8 tile configuration of the cell's bucket
-//             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON)
+//             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON),
+//             timed interleaved with the default ("fp8il" rows, TimeFp8Variants)
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -28,7 +29,10 @@
 //             inputs, with the largest difference between their outputs (kind "ws"); run without
 //             ATTN_CUDA_KERNELS=sm90ws (or kRouteSm90Ws), which makes the routed kernel the same
 //   --ws-variants  --ws, and every configuration of bench/cuda/ws_variants.cu (bf16; configure
-//             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs
+//             with -DATTN_BENCH_WS_VARIANTS=ON) persistent and not, on the same inputs, timed
+//             interleaved with the routed launch and the default ("il" rows, kind "ws_il"): each
+//             alone on an idle GPU (host work inside) and queued as sdpa_peer.py's do_bench
+//             (L2 flushed before each launch, host work hidden)
 //   --ws-only  with --ws-variants, only the configurations of these labels (as printed, e.g.
 //             128x128/2c/2s/q2): a device command leaves out those its tests failed
 //   --varlen  every cell launched as a packed batch (cu_seqlens_q / k of its batch sequences of
@@ -43,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -388,6 +393,94 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
   return true;
 }
 
+// --fp8-variants: the default FP8 configuration and every compiled variant of p's bucket timed
+// interleaved in this process (the default timed alone differed by up to 8 % between two
+// timings of one run, 2026-12-06): kFp8Rounds rounds, each launching every entry kFp8Launches
+// times back to back (the GPU busy throughout, host work hidden), starting one entry further each
+// round. A row per variant: its median over the rounds, the default's median / its median, and
+// the range of the rounds' own default / variant ratios. Every entry is launched and checked
+// once first. Returns false if a launch failed.
+bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json) {
+  constexpr int kFp8Rounds = 9;
+  constexpr int kFp8Launches = 4;
+  const int d = p.head_dim;
+  const int bucket = d <= 64 ? 64 : d <= 128 ? 128 : 256;
+  std::vector<const Fp8Variant*> entries = {nullptr};  // null: the default
+  for (const Fp8Variant& v : Fp8Variants()) {
+    if (v.head_dim == bucket) entries.push_back(&v);
+  }
+  if (entries.size() == 1) return true;
+  const auto label = [](const Fp8Variant* v) {
+    return v == nullptr ? std::string("default") : v->Label();
+  };
+  for (const Fp8Variant* v : entries) {
+    const absl::Status s = RunFp8(p, v);
+    if (!s.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
+      std::fprintf(stderr, "fp8 variant %s: %s\n", label(v).c_str(), s.ToString().c_str());
+      return false;
+    }
+  }
+  const size_t n = entries.size();
+  std::vector<std::vector<double>> ms(n);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  bool ok = true;
+  for (int round = 0; round < kFp8Rounds && ok; ++round) {
+    for (size_t j = 0; j < n && ok; ++j) {
+      const size_t e = (j + round) % n;
+      ok = Check(cudaDeviceSynchronize(), "sync");
+      cudaEventRecord(start);
+      for (int l = 0; l < kFp8Launches && ok; ++l) ok = RunFp8(p, entries[e]).ok();
+      cudaEventRecord(stop);
+      ok = ok && Check(cudaEventSynchronize(stop), "fp8 variant");
+      float elapsed = 0.f;
+      cudaEventElapsedTime(&elapsed, start, stop);
+      ms[e].push_back(elapsed / kFp8Launches);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!ok) {
+    std::fprintf(stderr, "fp8 variants: a launch failed\n");
+    return false;
+  }
+  const auto median = [](std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+  };
+  const double def = median(ms[0]);
+  static bool header = false;
+  if (!header) {
+    header = true;
+    std::printf(
+        "# fp8il rows (--fp8-variants): %d rounds of %d launches each, interleaved; ms and TFLOP/s "
+        "the median over the rounds, then default / variant (medians) and its range per round\n"
+        "| fp8il | d | causal | seqlen | config | ms | TFLOP/s | x default | per round |\n",
+        kFp8Rounds, kFp8Launches);
+  }
+  for (size_t e = 0; e < n; ++e) {
+    std::vector<double> ratio;
+    for (int r = 0; r < kFp8Rounds; ++r) ratio.push_back(ms[0][r] / ms[e][r]);
+    std::sort(ratio.begin(), ratio.end());
+    const double m = median(ms[e]);
+    std::printf("| fp8il | %d | %d | %d | %s | %.3f | %.1f | %.3f | %.3f-%.3f |\n", d,
+                p.causal ? 1 : 0, p.seqlen_q, label(entries[e]).c_str(), m,
+                Tflops(batch, heads, p.seqlen_q, d, p.causal, m), def / m, ratio.front(),
+                ratio.back());
+    if (json != nullptr) {
+      std::fprintf(json,
+                   "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
+                   "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f, "
+                   "\"ratio_min\": %.4f, \"ratio_max\": %.4f}\n",
+                   label(entries[e]).c_str(), d, p.causal ? "true" : "false", p.seqlen_q, m, def,
+                   ratio.front(), ratio.back());
+    }
+  }
+  std::fflush(stdout);
+  return true;
+}
+
 // --ws: the routed kernel's o (left in buf.o by the timing before) against the warp-specialized
 // kernel's, then the latter timed; one table row and JSON line. Returns false on failure.
 // With `variants`, also every configuration of bench/cuda/ws_variants.cu for the cell's bucket.
@@ -442,6 +535,15 @@ int RunGrid(const Options& opt, FILE* json) {
         "| dtype | d | causal | seqlen | batch | heads | ms routed | TFLOP/s routed | ms ws | "
         "TFLOP/s ws | ws / routed speed | max abs diff | ws config |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    if (opt.ws_variants) {
+      std::printf(
+          "# il rows (--ws-variants): the routed launch, the default, the variants and the "
+          "default again timed interleaved (TimeInterleaved): sync = each launch alone on an idle "
+          "GPU (host work inside), queued = as the peer's do_bench (L2 flushed, host work "
+          "hidden); speed = default ms / ms in the same rounds; host us = the launch call\n"
+          "| il | dtype | d | causal | seqlen | config | ms sync | TFLOP/s sync | ms queued | "
+          "TFLOP/s queued | speed queued | speed sync | host us | max abs diff |\n");
+    }
   } else if (opt.page_size > 0) {
     std::printf(
         "# paged: pages of %d keys in random order; the routed kernel on dense K/V, then the "
@@ -529,28 +631,7 @@ int RunGrid(const Options& opt, FILE* json) {
           }
           std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s |\n", dt.c_str(), d, c, n,
                       batch, heads, ms, tf, kernel.c_str());
-          for (const Fp8Variant& v : Fp8Variants()) {
-            if (!fp8 || !opt.fp8_variants || v.head_dim != (d <= 64 ? 64 : d <= 128 ? 128 : 256)) {
-              continue;
-            }
-            absl::Status vs;
-            const double vms = MedianMs([&] { vs = RunFp8(p, &v); });
-            if (!vs.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
-              std::fprintf(stderr, "fp8 variant %s: %s\n", v.Label().c_str(),
-                           vs.ToString().c_str());
-              ++failures;
-              continue;
-            }
-            std::printf("| fp8 | %d | %d | %d | %d | %d | %.3f | %.1f | %s, %.3fx default |\n", d,
-                        c, n, batch, heads, vms, Tflops(batch, heads, n, d, c != 0, vms),
-                        v.Label().c_str(), ms / vms);
-            if (json != nullptr) {
-              std::fprintf(json,
-                           "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
-                           "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f}\n",
-                           v.Label().c_str(), d, c ? "true" : "false", n, vms, ms);
-            }
-          }
+          if (fp8 && opt.fp8_variants && !TimeFp8Variants(p, batch, heads, json)) ++failures;
           if (json != nullptr) {
             std::fprintf(json,
                          "{\"kind\": \"fwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "
@@ -635,6 +716,74 @@ int RunGrid(const Options& opt, FILE* json) {
   return failures == 0 ? 0 : 1;
 }
 
+// One launch of --ws-variants' interleaved timing: its label, its launch, and per round its
+// times (ms, "sync" and "queued", see TimeInterleaved), the host's microseconds inside the launch
+// call, and the largest difference of its o from the routed kernel's.
+struct WsEntry {
+  WsEntry(std::string label, std::function<absl::Status()> launch)
+      : label(std::move(label)), launch(std::move(launch)) {}
+  std::string label;
+  std::function<absl::Status()> launch;
+  std::vector<float> sync, queued, host_us;
+  double diff = 0.0;
+};
+
+// Rounds of `entries` (each launched and checked once before): every round launches each entry
+// once, starting one entry further each round, timed two ways. "sync" as MedianMs times: the GPU
+// idle when the start event is recorded, so the host's work inside the launch call (params
+// checked, tensor maps encoded, the launch itself) is inside the time, as it is for a lone launch
+// on an idle GPU. "queued" as sdpa_peer.py's triton.testing.do_bench times its peers: a 256 MiB
+// memset (the L2 flushed) before each launch, the start event queued behind it and nothing
+// synchronized until the round's end, so the host enqueues the launch while the GPU runs the
+// memset and the time is the GPU's alone, from a cold L2. Returns false if a launch failed.
+bool TimeInterleaved(std::vector<WsEntry>& entries) {
+  constexpr int kRounds = 15;
+  constexpr size_t kFlushBytes = size_t{256} << 20;
+  static void* flush = nullptr;
+  if (flush == nullptr && !Check(cudaMalloc(&flush, kFlushBytes), "cudaMalloc flush")) return false;
+  const size_t n = entries.size();
+  std::vector<cudaEvent_t> start(n), stop(n);
+  for (size_t e = 0; e < n; ++e) {
+    cudaEventCreate(&start[e]);
+    cudaEventCreate(&stop[e]);
+  }
+  bool ok = true;
+  for (int round = 0; round < kRounds && ok; ++round) {
+    for (size_t j = 0; j < n && ok; ++j) {
+      WsEntry& e = entries[(j + round) % n];
+      ok = Check(cudaDeviceSynchronize(), "sync");
+      cudaEventRecord(start[0]);
+      const auto t0 = std::chrono::steady_clock::now();
+      ok = ok && e.launch().ok();
+      const auto t1 = std::chrono::steady_clock::now();
+      cudaEventRecord(stop[0]);
+      ok = ok && Check(cudaEventSynchronize(stop[0]), "sync");
+      float t = 0.f;
+      cudaEventElapsedTime(&t, start[0], stop[0]);
+      e.sync.push_back(t);
+      e.host_us.push_back(std::chrono::duration<float, std::micro>(t1 - t0).count());
+    }
+    for (size_t j = 0; j < n && ok; ++j) {
+      const size_t at = (j + round) % n;
+      cudaMemsetAsync(flush, 0, kFlushBytes);
+      cudaEventRecord(start[at]);
+      ok = entries[at].launch().ok();
+      cudaEventRecord(stop[at]);
+    }
+    ok = ok && Check(cudaDeviceSynchronize(), "queued round");
+    for (size_t e = 0; e < n && ok; ++e) {
+      float t = 0.f;
+      cudaEventElapsedTime(&t, start[e], stop[e]);
+      entries[e].queued.push_back(t);
+    }
+  }
+  for (size_t e = 0; e < n; ++e) {
+    cudaEventDestroy(start[e]);
+    cudaEventDestroy(stop[e]);
+  }
+  return ok;
+}
+
 bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double tflops,
             bool variants, const std::string& only, FILE* json) {
   const int64_t count = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
@@ -688,11 +837,16 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
   };
   bool ok = time_one("default", [&] { return RunFlashFwdSm90Ws(p, nullptr); });
 #ifdef ATTN_BENCH_WS_VARIANTS
+  if (!variants || p.dtype != DType::kBFloat16) return ok;
   // Every compiled configuration of this bucket (bf16), persistent and one block per tile, each
-  // launched as RunFlashFwdSm90Ws launches the default (schedule and maps built per launch).
+  // launched as RunFlashFwdSm90Ws launches the default (schedule and maps built per launch),
+  // timed interleaved with the routed launch, the default and the default once more (the drift
+  // between two timings of one configuration bounds what a variant's difference can tell).
   const int bucket = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
-  for (const WsVariant& v :
-       variants&& p.dtype == DType::kBFloat16 ? WsVariants() : std::vector<WsVariant>{}) {
+  std::vector<WsEntry> entries;
+  entries.push_back({"routed", [&] { return RunAttention(p, nullptr, nullptr); }});
+  entries.push_back({"default", [&] { return RunFlashFwdSm90Ws(p, nullptr); }});
+  for (const WsVariant& v : WsVariants()) {
     if (v.head_dim != bucket) continue;
     if (!only.empty() && ("," + only + ",").find("," + v.Label() + ",") == std::string::npos) {
       continue;
@@ -705,24 +859,78 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
                           v.config.overlap_next_s || v.config.snake || v.config.fold)) {
         continue;
       }
-      const auto launch = [&] {
-        AttentionParams q = p;
-        Normalize(q);
-        ClampWindow(q.seqlen_q, q.seqlen_k, q.window_left, q.window_right);
-        if (absl::Status s = CheckFlashFwdSm90Ws(q); !s.ok()) return s;
-        FwdSm90WsArgs args;
-        if (absl::Status s = MakeFwdSm90WsArgs(q, v.config, persistent, args); !s.ok()) return s;
-        const cudaError_t err = (q.causal ? v.causal : v.dense)(args, nullptr);
-        return err == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(err));
-      };
-      ok &= time_one(v.Label() + (persistent ? " persistent" : " grid"), launch);
+      entries.push_back({v.Label() + (persistent ? " persistent" : " grid"), [&p, &v, persistent] {
+                           AttentionParams q = p;
+                           Normalize(q);
+                           ClampWindow(q.seqlen_q, q.seqlen_k, q.window_left, q.window_right);
+                           if (absl::Status s = CheckFlashFwdSm90Ws(q); !s.ok()) return s;
+                           FwdSm90WsArgs args;
+                           if (absl::Status s = MakeFwdSm90WsArgs(q, v.config, persistent, args);
+                               !s.ok()) {
+                             return s;
+                           }
+                           const cudaError_t err = (q.causal ? v.causal : v.dense)(args, nullptr);
+                           return err == cudaSuccess ? absl::OkStatus()
+                                                     : absl::InternalError(cudaGetErrorString(err));
+                         }});
     }
   }
-  // The default once more after the variants: the drift between two timings of one
-  // configuration (clocks, L2 state) bounds what a variant's difference from it can tell.
-  if (variants && p.dtype == DType::kBFloat16) {
-    ok &= time_one("default again", [&] { return RunFlashFwdSm90Ws(p, nullptr); });
+  entries.push_back({"default again", [&] { return RunFlashFwdSm90Ws(p, nullptr); }});
+  // Each launched once and checked against the routed kernel's o.
+  std::vector<WsEntry> timed;
+  for (WsEntry& e : entries) {
+    const absl::Status status = e.launch();
+    if (absl::IsUnimplemented(status)) continue;
+    if (!status.ok() || !Check(cudaDeviceSynchronize(), "ws kernel") ||
+        !Check(cudaMemcpy(ws.data(), p.o, count * 2, cudaMemcpyDeviceToHost), "copy o")) {
+      std::fprintf(stderr, "ws %s %s d=%d causal=%d seqlen=%d: %s\n", e.label.c_str(), dt.c_str(),
+                   p.head_dim, p.causal ? 1 : 0, p.seqlen_q, status.ToString().c_str());
+      ok = false;
+      continue;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const double diff = std::fabs(double{value(ws[i])} - value(routed[i]));
+      e.diff = std::isnan(diff) ? INFINITY : std::max(e.diff, diff);
+    }
+    timed.push_back(std::move(e));
   }
+  if (!TimeInterleaved(timed)) {
+    std::fprintf(stderr, "ws interleaved %s d=%d causal=%d seqlen=%d: a launch failed\n",
+                 dt.c_str(), p.head_dim, p.causal ? 1 : 0, p.seqlen_q);
+    return false;
+  }
+  const auto median = [](std::vector<float> t) {
+    std::sort(t.begin(), t.end());
+    return double{t[t.size() / 2]};
+  };
+  double default_sync = 0.0, default_queued = 0.0;
+  for (const WsEntry& e : timed) {
+    if (e.label == "default") {
+      default_sync = median(e.sync);
+      default_queued = median(e.queued);
+    }
+  }
+  const double flop_ms = tflops * ms;  // TFLOP/s x ms of the cell's work
+  for (const WsEntry& e : timed) {
+    const double sync = median(e.sync), queued = median(e.queued), host = median(e.host_us);
+    std::printf(
+        "| il | %s | %d | %d | %d | %s | %.4f | %.1f | %.4f | %.1f | %.3f | %.3f | %.1f | %.2e |\n",
+        dt.c_str(), p.head_dim, p.causal ? 1 : 0, p.seqlen_q, e.label.c_str(), sync, flop_ms / sync,
+        queued, flop_ms / queued, default_queued / queued, default_sync / sync, host, e.diff);
+    if (json != nullptr) {
+      std::fprintf(json,
+                   "{\"kind\": \"ws_il\", \"config\": \"%s\", \"dtype\": \"%s\", \"d\": %d, "
+                   "\"causal\": %s, \"seqlen\": %d, \"batch\": %d, \"heads\": %d, "
+                   "\"ms_sync\": %.5f, \"ms_queued\": %.5f, \"tflops_sync\": %.2f, "
+                   "\"tflops_queued\": %.2f, \"speed_queued\": %.4f, \"speed_sync\": %.4f, "
+                   "\"host_us\": %.2f, \"rounds\": %zu, \"max_abs_diff\": %.3e, \"varlen\": %s}\n",
+                   e.label.c_str(), dt.c_str(), p.head_dim, p.causal ? "true" : "false", p.seqlen_q,
+                   p.batch, p.q_heads, sync, queued, flop_ms / sync, flop_ms / queued,
+                   default_queued / queued, default_sync / sync, host, e.sync.size(), e.diff,
+                   p.is_varlen() ? "true" : "false");
+    }
+  }
+  std::fflush(stdout);
 #else
   static_cast<void>(only);
   if (variants) {

@@ -311,7 +311,8 @@ bool RoutesToFlashFwdSm90Ws(const AttentionParams& p) {
 
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
                                         int kv_heads, int head_dim, int block_m, int sms,
-                                        int64_t l2_bytes, bool persistent, bool snake, bool fold) {
+                                        int64_t l2_bytes, bool persistent, bool snake, bool fold,
+                                        bool pair_major) {
   FwdSm90WsSchedule s;
   s.m_blocks = static_cast<int>((int64_t{seqlen_q} + block_m - 1) / block_m);
   s.pairs = q_heads * batch;
@@ -337,6 +338,10 @@ FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, i
       s.num_tiles = static_cast<int>(tiles);
     }
   }
+  if (pair_major && persistent && !s.fold && s.grid < s.num_tiles) {
+    s.pair_major = true;
+    s.snake = false;
+  }
   return s;
 }
 
@@ -354,7 +359,7 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
   const DeviceInfo device = CurrentDevice();
   args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
                                      p.head_dim, block_m, device.sms, device.l2_bytes, persistent,
-                                     config.snake, config.fold);
+                                     config.snake, config.fold, config.pair_major);
   const int block_n = config.block_n;
   // A packed batch maps its packed rows as one sequence (batch 1, FwdSm90WsArgs). Maps need
   // dimensions >= 1; an empty context (no key rows) is never copied from.

@@ -79,11 +79,13 @@ bool RoutesToFlashFwdSm90Ws(const AttentionParams& p);
 // half of L2 (at least 1), grid = min(num_tiles, sms) when persistent, num_tiles otherwise. The
 // caller checks that num_tiles fits an int (MakeFwdSm90WsArgs).
 // `snake` reverses the odd complete rounds of a persistent grid (FwdSm90WsSchedule::snake);
-// `fold` gives a persistent grid slots of two tiles (FwdSm90WsSchedule::fold; then no snake).
+// `fold` gives a persistent grid slots of two tiles (FwdSm90WsSchedule::fold; then no snake);
+// `pair_major` a persistent grid a pair's tiles together (FwdSm90WsSchedule::pair_major; without
+// fold, then no snake).
 FwdSm90WsSchedule MakeFwdSm90WsSchedule(int batch, int seqlen_q, int seqlen_k, int q_heads,
                                         int kv_heads, int head_dim, int block_m, int sms,
                                         int64_t l2_bytes, bool persistent, bool snake = false,
-                                        bool fold = false);
+                                        bool fold = false, bool pair_major = false);
 
 // Fills `args` for tile configuration `config` and `p` (normalized, checked): p, the schedule
 // (a persistent grid of one block per SM, or one block per query tile) and the tensor maps of q,

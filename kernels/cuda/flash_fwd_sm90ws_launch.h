@@ -38,6 +38,15 @@ namespace attention::cuda {
 // are the first's, from L2. Slots are numbered as the plain schedule numbers tiles, with
 // ceil(m_blocks / 2) ranks per pair; num_tiles = 2 grid ceil(slots / grid), the tiles past the
 // last slot empty.
+//
+// With `pair_major` (a persistent grid, neither snake nor fold), a pair's m_blocks tiles are
+// consecutive (PairMajorTileRankAt): the blocks running at once work on grid / m_blocks pairs, all
+// of one pair's query tiles together, so that each pair's K / V come from DRAM about once and then
+// from L2 while they are read, instead of once per rank of an L2 group spread over rounds (a short
+// sequence moves 256 MB of q, k, v and o per 16k-token launch at d 128, 85 us at 3 TB/s, more than
+// half of a 512-key launch: DRAM traffic counts there). The ranks rotate with the pair, so that a
+// block of a grid whose grid / m_blocks is odd (132 SMs, m_blocks 4) moves on one rank per round
+// and a causal launch's costs even out over m_blocks rounds.
 struct FwdSm90WsSchedule {
   int m_blocks;
   int pairs;  // q_heads * batch; pair = batch * q_heads + head
@@ -46,6 +55,7 @@ struct FwdSm90WsSchedule {
   int grid;
   bool snake = false;
   bool fold = false;
+  bool pair_major = false;
 };
 
 // Tile `tile` of the schedule as its pair's rank-th tile (TileMBlock gives its query block);
@@ -97,9 +107,20 @@ ATTN_HOST_DEVICE inline RankedTile TileRankAt(const FwdSm90WsSchedule& s, int ti
   return RankMajorAt(s, tile, s.m_blocks);
 }
 
+// Tile `tile` of a schedule with pair_major: pair tile / m_blocks, rank (tile % m_blocks + pair)
+// % m_blocks (every rank of the pair once).
+ATTN_HOST_DEVICE inline RankedTile PairMajorTileRankAt(const FwdSm90WsSchedule& s, int tile) {
+  const int pair = tile / s.m_blocks;
+  int rank = tile - pair * s.m_blocks + pair % s.m_blocks;
+  if (rank >= s.m_blocks) rank -= s.m_blocks;
+  return {rank, pair};
+}
+
 // Tile `tile` of any schedule.
 ATTN_HOST_DEVICE inline RankedTile ScheduleTileRankAt(const FwdSm90WsSchedule& s, int tile) {
-  return s.fold ? FoldedTileRankAt(s, tile) : TileRankAt(s, tile);
+  return s.fold         ? FoldedTileRankAt(s, tile)
+         : s.pair_major ? PairMajorTileRankAt(s, tile)
+                        : TileRankAt(s, tile);
 }
 
 // The query block of rank `rank` of a sequence of `seq_m_blocks` query blocks: counted from the
@@ -205,10 +226,11 @@ struct Sm90WsTileConfig {
   bool prefetch_next = false;
   bool tma_store_o = false;
   bool overlap_next_s = false;
-  // The order of a persistent grid's tiles (FwdSm90WsSchedule::snake, fold); either needs kernels
-  // compiled for them (Sm90WsTraits::kOrders).
+  // The order of a persistent grid's tiles (FwdSm90WsSchedule::snake, fold, pair_major); each
+  // needs kernels compiled for them (Sm90WsTraits::kOrders).
   bool snake = false;
   bool fold = false;
+  bool pair_major = false;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.

@@ -234,6 +234,74 @@ TEST(FlashFwdSm90WsScheduleTest, VarlenVisitsEverySequenceTileOnce) {
   }
 }
 
+// The pair-major order: a pair's m_blocks tiles are consecutive, every query block of every
+// (sequence, head) is visited exactly once (packed batches' shorter sequences included), and on
+// a grid whose grid / m_blocks is odd a block's rank moves on by one each round, so that with
+// causal every block's costs even out over m_blocks rounds. Only a persistent grid with more tiles
+// than blocks takes it, and fold wins over it.
+TEST(FlashFwdSm90WsScheduleTest, PairMajorVisitsEveryTileOncePairByPair) {
+  const std::vector<std::vector<int>> batches = {
+      {512, 512, 512, 512}, {300, 1, 0, 1000, 129, 77}, {1},
+      {128, 128, 256},      {4096, 1, 2, 3, 0, 5000},   std::vector<int>(32, 512)};
+  for (const std::vector<int>& lens : batches) {
+    for (const int heads : {3, 16}) {
+      for (const int block_m : {128, 192}) {
+        const int batch = static_cast<int>(lens.size());
+        const int longest = *std::max_element(lens.begin(), lens.end());
+        const FwdSm90WsSchedule sched =
+            MakeFwdSm90WsSchedule(batch, longest, longest, heads, heads, 128, block_m, kSms,
+                                  kL2Bytes, true, true, false, true);
+        ASSERT_EQ(sched.pair_major, sched.grid < sched.num_tiles);
+        EXPECT_FALSE(sched.pair_major && sched.snake);
+        ASSERT_EQ(sched.num_tiles, sched.m_blocks * sched.pairs);
+        for (const bool causal : {false, true}) {
+          std::set<std::pair<int, int>> seen;
+          std::vector<std::set<int>> ranks(sched.pairs);
+          int64_t expected = 0;
+          for (int len : lens) expected += int64_t{heads} * ((len + block_m - 1) / block_m);
+          for (int tile = 0; tile < sched.num_tiles; ++tile) {
+            const RankedTile at = ScheduleTileRankAt(sched, tile);
+            ASSERT_EQ(at.half, -1);
+            ASSERT_GE(at.rank, 0);
+            ASSERT_LT(at.rank, sched.m_blocks);
+            if (sched.pair_major) {
+              ASSERT_EQ(at.pair, tile / sched.m_blocks);
+            }
+            ASSERT_TRUE(ranks[at.pair].insert(at.rank).second) << "tile " << tile;
+            const int seq_m_blocks = (lens[at.pair / heads] + block_m - 1) / block_m;
+            const int m_block = TileMBlock(at, seq_m_blocks, causal);
+            if (m_block < 0) continue;
+            ASSERT_LT(m_block, seq_m_blocks);
+            ASSERT_TRUE(seen.insert({m_block, at.pair}).second)
+                << "tile " << tile << " visits a query tile twice";
+          }
+          EXPECT_EQ(static_cast<int64_t>(seen.size()), expected);
+        }
+      }
+    }
+  }
+  // 32 x 512 keys, 16 heads, 128-row tiles: 2048 tiles of m_blocks 4 over 132 blocks (33 pairs per
+  // round): block b's rank goes up by one (mod 4) from each round to the next.
+  const FwdSm90WsSchedule s = MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, kSms, kL2Bytes,
+                                                    true, false, false, true);
+  ASSERT_TRUE(s.pair_major);
+  for (int b = 0; b < s.grid; ++b) {
+    for (int tile = b; tile + s.grid < s.num_tiles; tile += s.grid) {
+      EXPECT_EQ(ScheduleTileRankAt(s, tile + s.grid).rank,
+                (ScheduleTileRankAt(s, tile).rank + 1) % s.m_blocks)
+          << "block " << b << " tile " << tile;
+    }
+  }
+  // Not on one block per tile, nor with fold.
+  EXPECT_FALSE(MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, kSms, kL2Bytes, false, false,
+                                     false, true)
+                   .pair_major);
+  const FwdSm90WsSchedule folded = MakeFwdSm90WsSchedule(32, 512, 512, 16, 16, 128, 128, kSms,
+                                                         kL2Bytes, true, false, true, true);
+  EXPECT_TRUE(folded.fold);
+  EXPECT_FALSE(folded.pair_major);
+}
+
 // One block per SM at most, and a block for every tile without a persistent grid; an unknown
 // device (sms 0) gets one block per tile.
 TEST(FlashFwdSm90WsScheduleTest, GridSize) {
