@@ -165,7 +165,20 @@ absl::Status PagedKernelsRouted() {
 absl::Status CheckSupported(const KernelConfig& c) {
   if (absl::Status s = CheckConfig(c); !s.ok()) return s;
   // FP8 (E4M3): the FP8 forward kernel alone (flash_fwd_fp8.h), behind its routing switch.
-  if (c.dtype == DType::kFloat8E4M3) return CheckFp8Config(c);
+  if (c.dtype == DType::kFloat8E4M3) {
+    // The FP8 kernel where it takes the configuration; else (ALiBi, masks, windows other than
+    // causal, a head-dim bucket or build without it) the 16-bit kernels on bfloat16 copies of the
+    // dequantized inputs (Fp8ByBFloat16). Neither serves backward or paged work.
+    const absl::Status fp8 = CheckFp8Config(c);
+    if (fp8.ok() || c.kind != WorkKind::kForward) return fp8;
+    KernelConfig copies = c;
+    copies.dtype = DType::kBFloat16;
+    if (absl::Status s = CheckSupported(copies); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("FLOAT8_E4M3 (on bfloat16 copies, as ",
+                                                 fp8.message(), "): ", s.message()));
+    }
+    return absl::OkStatus();
+  }
   if (c.kind == WorkKind::kPagedDecode) {
     if (absl::Status routed = PagedKernelsRouted(); !routed.ok()) return routed;
     // Every paged launch can take the decode kernel (up to 16 query rows per sequence);
@@ -299,6 +312,77 @@ bool RoutesToFloat32Kernel(const KernelConfig& c) {
   return kRouteFloat32Kernel && c.dtype == DType::kFloat32 && c.precision != Precision::kBF16;
 }
 
+// FP8 requests the FP8 kernel does not take (CheckFp8Config; CheckSupported accepts them when
+// the 16-bit kernels do): q, k, v dequantized into bfloat16 copies in the workspace (e4m3 x
+// descale rounded to bfloat16, 2^-9 relative: well inside FLOAT8_E4M3's stated error, which the
+// FP8 kernel's e4m3 P sets), then the bfloat16 kernel writes the bfloat16 o in place.
+bool Fp8ByBFloat16(const KernelConfig& c) {
+  return c.dtype == DType::kFloat8E4M3 && !CheckFp8Config(c).ok();
+}
+
+// `p` reading the bfloat16 copies of its q, k and v at `layout` in `workspace` (contiguous rows),
+// o and everything else as in `p`.
+AttentionParams OnBFloat16Copies(const AttentionParams& p, char* workspace,
+                                 const WorkspaceLayout& layout) {
+  AttentionParams half = p;
+  half.dtype = DType::kBFloat16;
+  half.q = workspace + layout.q;
+  half.k = workspace + layout.k;
+  half.v = workspace + layout.v;
+  half.q_descale = half.k_descale = half.v_descale = nullptr;
+  const int64_t d = p.head_dim;
+  half.q_head_stride = half.k_head_stride = half.v_head_stride = d;
+  half.q_row_stride = d * p.q_heads;
+  half.k_row_stride = half.v_row_stride = d * p.kv_heads;
+  half.q_batch_stride = p.is_varlen() ? 0 : half.q_row_stride * p.seqlen_q;
+  half.k_batch_stride = half.v_batch_stride = p.is_varlen() ? 0 : half.k_row_stride * p.seqlen_k;
+  return half;
+}
+
+absl::Status RunFp8ByBFloat16(const AttentionParams& p, void* workspace, cudaStream_t stream) {
+  if (workspace == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RunAttention: this FLOAT8_E4M3 launch runs on bfloat16 copies and needs a workspace of "
+        "WorkspaceBytes(p) = ",
+        WorkspaceBytes(p), " bytes"));
+  }
+  const WorkspaceLayout layout = LayoutFor(p);
+  char* ws = static_cast<char*>(workspace);
+  const auto descale = [&](const float* factors, int64_t batch_stride, int64_t head_stride,
+                           bool is_q) {
+    Fp8Descale d;
+    d.factors = factors;
+    d.batch_stride = batch_stride;
+    d.head_stride = head_stride;
+    d.cu_seqlens = is_q ? p.cu_seqlens_q : p.cu_seqlens_k;
+    d.batch = p.batch;
+    return d;
+  };
+  for (absl::Status s : {
+           CudaStatus(
+               ConvertE4m3ToBFloat16(
+                   p.q, ShapeOf(p, true, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+                   descale(p.q_descale, p.q_descale_batch_stride, p.q_descale_head_stride, true),
+                   ws + layout.q, stream),
+               "e4m3 -> bfloat16 dequantization of q"),
+           CudaStatus(
+               ConvertE4m3ToBFloat16(
+                   p.k, ShapeOf(p, false, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+                   descale(p.k_descale, p.k_descale_batch_stride, p.k_descale_head_stride, false),
+                   ws + layout.k, stream),
+               "e4m3 -> bfloat16 dequantization of k"),
+           CudaStatus(
+               ConvertE4m3ToBFloat16(
+                   p.v, ShapeOf(p, false, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+                   descale(p.v_descale, p.v_descale_batch_stride, p.v_descale_head_stride, false),
+                   ws + layout.v, stream),
+               "e4m3 -> bfloat16 dequantization of v"),
+       }) {
+    if (!s.ok()) return s;
+  }
+  return DispatchFlashFwd(OnBFloat16Copies(p, ws, layout), stream);
+}
+
 }  // namespace
 
 Precision ComputedPrecision(const KernelConfig& config) {
@@ -311,7 +395,10 @@ Precision ComputedPrecision(const KernelConfig& config) {
 
 size_t WorkspaceBytes(const AttentionParams& p) {
   // FP8: V^T (the FP8 kernel reads V K-major); "no workspace" holds for 16-bit inputs.
-  if (p.dtype == DType::kFloat8E4M3) return Fp8WorkspaceBytes(p);
+  if (p.dtype == DType::kFloat8E4M3) {
+    // The bfloat16 copies of q, k and v (LayoutFor's o slot is not used: o is written in place).
+    return Fp8ByBFloat16(p) ? static_cast<size_t>(LayoutFor(p).o) : Fp8WorkspaceBytes(p);
+  }
   if (RoutesToDecode(p) || TakesDecodeForPages(p)) {
     return DecodeWorkspaceBytes(p, DecodeOptions{});
   }
@@ -325,7 +412,10 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   Normalize(p);
   ClampWindow(p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
   if (p.batch == 0 || p.seqlen_q == 0 || QRows(p) == 0) return absl::OkStatus();
-  if (p.dtype == DType::kFloat8E4M3) return RunFlashFwdFp8(p, workspace, stream);
+  if (p.dtype == DType::kFloat8E4M3) {
+    return Fp8ByBFloat16(p) ? RunFp8ByBFloat16(p, workspace, stream)
+                            : RunFlashFwdFp8(p, workspace, stream);
+  }
   // Decode shapes (a few query rows per sequence), and every paged launch of at most 16 rows: the
   // split-KV decode kernel (flash_decode.h). More rows against pages: the forward kernel's paged
   // variant.
@@ -366,19 +456,11 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
        }) {
     if (!s.ok()) return s;
   }
-  AttentionParams half = p;
-  half.dtype = DType::kBFloat16;
-  half.q = ws + layout.q;
-  half.k = ws + layout.k;
-  half.v = ws + layout.v;
+  AttentionParams half = OnBFloat16Copies(p, ws, layout);
   half.o = ws + layout.o;
-  const int64_t d = p.head_dim;
-  half.q_head_stride = half.o_head_stride = d;
-  half.q_row_stride = half.o_row_stride = d * p.q_heads;
-  half.k_head_stride = half.v_head_stride = d;
-  half.k_row_stride = half.v_row_stride = d * p.kv_heads;
-  half.q_batch_stride = half.o_batch_stride = p.is_varlen() ? 0 : half.q_row_stride * p.seqlen_q;
-  half.k_batch_stride = half.v_batch_stride = p.is_varlen() ? 0 : half.k_row_stride * p.seqlen_k;
+  half.o_head_stride = half.q_head_stride;
+  half.o_row_stride = half.q_row_stride;
+  half.o_batch_stride = half.q_batch_stride;
   if (absl::Status s = DispatchFlashFwd(half, stream); !s.ok()) return s;
   return CudaStatus(
       ConvertBFloat16ToFloat(ws + layout.o, o_shape, static_cast<float*>(p.o), stream),

@@ -46,8 +46,10 @@ absl::Status CheckLaunch(const AttentionParams& p);
 
 // Bytes of device scratch RunAttention needs for `p`: 0 for bf16 / fp16 and for float32 at
 // precision FULL or TF32 (the float32 kernel reads float32 directly); for float32 at precision
-// BF16, room to convert q, k, v (and o) to bfloat16 for the 16-bit kernel. Sized by the caller
-// from its pool.
+// BF16, room to convert q, k, v (and o) to bfloat16 for the 16-bit kernel; for FP8, V^T for the
+// FP8 kernel, or bfloat16 copies of q, k and v where the FP8 kernel does not take the
+// configuration (ALiBi, masks, windows other than causal, a bucket or build without it). Sized by
+// the caller from its pool.
 size_t WorkspaceBytes(const AttentionParams& p);
 
 // Enqueues the forward kernel for `p` (device pointers) on `stream` and returns without waiting.

@@ -7,12 +7,12 @@
 // rounding midpoints). Hostile requests (descale shapes, values, dtypes, FP8 backward, mixed
 // dtypes, e4m3 NaN codes) get INVALID_ARGUMENT naming the field and the rule, and the server stays
 // up. server_fp8_integration_test_gpu runs the same against a GPU server (ATTN_TEST_BACKEND=cuda):
-// it fails (does not skip) while the CUDA FP8 kernel is not routed (cuda::Fp8KernelRouted:
-// kRouteFp8Kernel, or ATTN_CUDA_FP8=on in the environment the server inherits) or not compiled;
-// there a request the backend's CheckSupported refuses (what its FP8 kernel lacks: ALiBi, masks,
-// windows other than causal, head-dim buckets this build left out) must come back UNIMPLEMENTED
-// naming FLOAT8_E4M3, every other one must match, and each test must have run some. The shared
-// launches, stream and hostile tests use head_dim 128, which every FP8 build compiles.
+// there every request must match too, those the FP8 kernel takes and those it lacks (ALiBi,
+// masks, windows other than causal, head-dim buckets this build left out), which the backend
+// computes with its 16-bit kernel on bfloat16 copies of the dequantized inputs; a request the
+// backend's CheckSupported refuses (a head dim with no 16-bit kernel in this build) must come
+// back UNIMPLEMENTED naming FLOAT8_E4M3, and each test must have run some. The shared launches,
+// stream and hostile tests use head_dim 128, which every FP8 build compiles.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,7 +33,6 @@
 #include "tests/server/shared_server_test.h"
 #ifdef ATTENTION_HAVE_CUDA
 #include "kernels/cuda/attention_cuda.h"
-#include "kernels/cuda/flash_fwd_fp8.h"
 #endif
 
 namespace attention::server {
@@ -57,22 +56,19 @@ class Fp8Test : public testing::SharedServerTest<Fp8Test> {
   // (exactly rounded on the CPU), and this returns 1.
   int CallAndCheck(const RequestOptions& options, uint64_t id);
 
+  // 16 concurrent head_dim-128 requests with different descales (with ALiBi or not), each checked.
+  void CallConcurrently(bool alibi);
+
   std::mt19937 rng_{23};
 };
 
 bool OnGpu() { return testing::ServerBackendUnderTest() == "cuda"; }
 
-// Why the backend under test does not serve FLOAT8_E4M3, or "" when it does (the CPU always).
+// Why the backend under test does not serve FLOAT8_E4M3, or "" when it does (the CPU always; a
+// GPU with its FP8 kernel or, without it, on bfloat16 copies).
 std::string Fp8NotServed() {
   if (!OnGpu()) return "";
 #ifdef ATTENTION_HAVE_CUDA
-  // The server inherits this process's environment (ATTN_CUDA_FP8=on routes the kernel while
-  // kRouteFp8Kernel is off), so both read the same answer.
-  if (!cuda::Fp8KernelRouted()) {
-    return "the CUDA FP8 kernel is not routed (cuda::Fp8KernelRouted: kRouteFp8Kernel or "
-           "ATTN_CUDA_FP8=on)";
-  }
-  if (!cuda::Fp8KernelCompiled()) return "this build has no CUDA FP8 kernel (ATTN_KERNEL_DTYPES)";
   return "";
 #else
   return "ATTN_TEST_BACKEND=cuda: this build has no CUDA backend";
@@ -197,6 +193,14 @@ std::vector<RequestOptions> VariedFp8Requests() {
   o.mask_shape = {21, 45};
   o.return_lse = true;
   list.push_back(o);
+  o = Fp8Dense(2, 1, 0, 0, 6, 3, 96);  // packed, per-head factors, a window and ALiBi
+  o.seqlens_q = {7, 0, 33};
+  o.seqlens_k = {50, 9, 33};
+  o.window_left = 16;
+  o.window_right = 4;
+  o.alibi = 2;
+  o.return_lse = true;
+  list.push_back(o);
   o = Fp8Dense(1, 1, 0, 0, 2, 1, 200);
   o.seqlens_q = {64, 3};
   o.seqlens_k = {64, 130};
@@ -226,13 +230,23 @@ TEST_F(Fp8Test, EveryHeadDim) {
     o.return_lse = true;
     served += CallAndCheck(o, 100 + d);
   }
-  // The CPU serves all 32; a GPU build at least its compiled buckets' dims.
+  // The CPU serves all 32; a GPU build every dim of its compiled 16-bit buckets (FP8 rows padded
+  // to a multiple of 16: the FP8 kernel, or the 16-bit one on bfloat16 copies).
   EXPECT_GE(served, OnGpu() ? 1 : 32);
 }
 
 // Concurrent FP8 requests of one configuration but different descales (per tensor and per head)
-// share launches; each answer uses its own factors.
+// share launches; each answer uses its own factors. Without ALiBi a GPU runs them on its FP8
+// kernel, with it on bfloat16 copies (each packed row dequantized with its own sequence's
+// factors).
 TEST_F(Fp8Test, RequestsWithDifferentDescalesShareLaunches) {
+  for (const bool alibi : {false, true}) {
+    SCOPED_TRACE(alibi ? "ALiBi" : "no ALiBi");
+    CallConcurrently(alibi);
+  }
+}
+
+void Fp8Test::CallConcurrently(bool alibi) {
   ASSERT_EQ(Fp8NotServed(), "");
   constexpr int kCalls = 16;
   std::vector<v1::AttentionRequest> requests;
@@ -241,7 +255,8 @@ TEST_F(Fp8Test, RequestsWithDifferentDescalesShareLaunches) {
   std::vector<std::promise<grpc::Status>> done(kCalls);
   for (int i = 0; i < kCalls; ++i) {
     const int seqlen = 96 + 16 * (i % 5);
-    const RequestOptions o = Fp8Dense(i % 3, 1, seqlen, seqlen, 4, 2, 128);
+    RequestOptions o = Fp8Dense(i % 3, 1, seqlen, seqlen, 4, 2, 128);
+    o.alibi = alibi ? 1 : 0;
     ASSERT_TRUE(Served(o));
     requests.push_back(MakeRequest(o, 1000 + i, rng_));
   }
