@@ -13,7 +13,8 @@
 //   --dtype fp8  the FP8 (E4M3) kernel (flash_fwd_fp8.h, V^T pre-pass included) on the same
 //             shapes; after bf16 in the same list its rows also give fp8 / bf16 speed
 //   --fp8-variants  with fp8, also every compiled FP8 tile configuration of the cell's bucket
-//             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON)
+//             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON),
+//             timed interleaved with the default ("fp8il" rows, TimeFp8Variants)
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -392,6 +393,94 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
   return true;
 }
 
+// --fp8-variants: the default FP8 configuration and every compiled variant of p's bucket timed
+// interleaved in this process (the default timed alone differed by up to 8 % between two
+// timings of one run, 2026-12-06): kFp8Rounds rounds, each launching every entry kFp8Launches
+// times back to back (the GPU busy throughout, host work hidden), starting one entry further each
+// round. A row per variant: its median over the rounds, the default's median / its median, and
+// the range of the rounds' own default / variant ratios. Every entry is launched and checked
+// once first. Returns false if a launch failed.
+bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json) {
+  constexpr int kFp8Rounds = 9;
+  constexpr int kFp8Launches = 4;
+  const int d = p.head_dim;
+  const int bucket = d <= 64 ? 64 : d <= 128 ? 128 : 256;
+  std::vector<const Fp8Variant*> entries = {nullptr};  // null: the default
+  for (const Fp8Variant& v : Fp8Variants()) {
+    if (v.head_dim == bucket) entries.push_back(&v);
+  }
+  if (entries.size() == 1) return true;
+  const auto label = [](const Fp8Variant* v) {
+    return v == nullptr ? std::string("default") : v->Label();
+  };
+  for (const Fp8Variant* v : entries) {
+    const absl::Status s = RunFp8(p, v);
+    if (!s.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
+      std::fprintf(stderr, "fp8 variant %s: %s\n", label(v).c_str(), s.ToString().c_str());
+      return false;
+    }
+  }
+  const size_t n = entries.size();
+  std::vector<std::vector<double>> ms(n);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  bool ok = true;
+  for (int round = 0; round < kFp8Rounds && ok; ++round) {
+    for (size_t j = 0; j < n && ok; ++j) {
+      const size_t e = (j + round) % n;
+      ok = Check(cudaDeviceSynchronize(), "sync");
+      cudaEventRecord(start);
+      for (int l = 0; l < kFp8Launches && ok; ++l) ok = RunFp8(p, entries[e]).ok();
+      cudaEventRecord(stop);
+      ok = ok && Check(cudaEventSynchronize(stop), "fp8 variant");
+      float elapsed = 0.f;
+      cudaEventElapsedTime(&elapsed, start, stop);
+      ms[e].push_back(elapsed / kFp8Launches);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!ok) {
+    std::fprintf(stderr, "fp8 variants: a launch failed\n");
+    return false;
+  }
+  const auto median = [](std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+  };
+  const double def = median(ms[0]);
+  static bool header = false;
+  if (!header) {
+    header = true;
+    std::printf(
+        "# fp8il rows (--fp8-variants): %d rounds of %d launches each, interleaved; ms and TFLOP/s "
+        "the median over the rounds, then default / variant (medians) and its range per round\n"
+        "| fp8il | d | causal | seqlen | config | ms | TFLOP/s | x default | per round |\n",
+        kFp8Rounds, kFp8Launches);
+  }
+  for (size_t e = 0; e < n; ++e) {
+    std::vector<double> ratio;
+    for (int r = 0; r < kFp8Rounds; ++r) ratio.push_back(ms[0][r] / ms[e][r]);
+    std::sort(ratio.begin(), ratio.end());
+    const double m = median(ms[e]);
+    std::printf("| fp8il | %d | %d | %d | %s | %.3f | %.1f | %.3f | %.3f-%.3f |\n", d,
+                p.causal ? 1 : 0, p.seqlen_q, label(entries[e]).c_str(), m,
+                Tflops(batch, heads, p.seqlen_q, d, p.causal, m), def / m, ratio.front(),
+                ratio.back());
+    if (json != nullptr) {
+      std::fprintf(json,
+                   "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
+                   "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f, "
+                   "\"ratio_min\": %.4f, \"ratio_max\": %.4f}\n",
+                   label(entries[e]).c_str(), d, p.causal ? "true" : "false", p.seqlen_q, m, def,
+                   ratio.front(), ratio.back());
+    }
+  }
+  std::fflush(stdout);
+  return true;
+}
+
 // --ws: the routed kernel's o (left in buf.o by the timing before) against the warp-specialized
 // kernel's, then the latter timed; one table row and JSON line. Returns false on failure.
 // With `variants`, also every configuration of bench/cuda/ws_variants.cu for the cell's bucket.
@@ -542,28 +631,7 @@ int RunGrid(const Options& opt, FILE* json) {
           }
           std::printf("| %s | %d | %d | %d | %d | %d | %.3f | %.1f | %s |\n", dt.c_str(), d, c, n,
                       batch, heads, ms, tf, kernel.c_str());
-          for (const Fp8Variant& v : Fp8Variants()) {
-            if (!fp8 || !opt.fp8_variants || v.head_dim != (d <= 64 ? 64 : d <= 128 ? 128 : 256)) {
-              continue;
-            }
-            absl::Status vs;
-            const double vms = MedianMs([&] { vs = RunFp8(p, &v); });
-            if (!vs.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
-              std::fprintf(stderr, "fp8 variant %s: %s\n", v.Label().c_str(),
-                           vs.ToString().c_str());
-              ++failures;
-              continue;
-            }
-            std::printf("| fp8 | %d | %d | %d | %d | %d | %.3f | %.1f | %s, %.3fx default |\n", d,
-                        c, n, batch, heads, vms, Tflops(batch, heads, n, d, c != 0, vms),
-                        v.Label().c_str(), ms / vms);
-            if (json != nullptr) {
-              std::fprintf(json,
-                           "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
-                           "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f}\n",
-                           v.Label().c_str(), d, c ? "true" : "false", n, vms, ms);
-            }
-          }
+          if (fp8 && opt.fp8_variants && !TimeFp8Variants(p, batch, heads, json)) ++failures;
           if (json != nullptr) {
             std::fprintf(json,
                          "{\"kind\": \"fwd\", \"dtype\": \"%s\", \"d\": %d, \"causal\": %s, "

@@ -373,7 +373,8 @@ std::string Fp8Variant::Label() const {
   return absl::StrCat("d", head_dim, " ", 64 * config.consumers, "x", config.block_n, "/",
                       config.consumers, "c/", config.stages, "s",
                       config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
-                      config.tree ? "/r" : "", config.sum_mma ? "/m" : "",
+                      config.tree ? "/r" : "", config.sum_mma ? "/m" : "", config.lazy ? "/l" : "",
+                      config.spec ? "/s" : "",
                       grid == Fp8Grid::kPersistent ? "+p"
                       : grid == Fp8Grid::kPerTile  ? "+t"
                                                    : "");

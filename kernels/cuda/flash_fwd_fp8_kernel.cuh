@@ -40,7 +40,7 @@ namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0,
-          bool kTree_ = false, bool kSumMma_ = false>
+          bool kTree_ = false, bool kSumMma_ = false, bool kLazy_ = false, bool kSpec_ = false>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -64,6 +64,18 @@ struct Fp8Traits {
   static constexpr bool kSumMma = kSumMma_;
   static_assert(!kSumMma || (kHeadDim <= 128 && kBlockN % 128 == 0),
                 "wgmma's N <= 256 and V^T panels of 128 keys (1024-byte stages)");
+  // Lazy rescaling: a row's running max (the reference of its P) moves only when the tile's max
+  // exceeds it by more than 2^kLazyLog2 in P (Fp8SoftmaxStep), so O and the sums are rescaled in
+  // the rare tiles where some row of the warp moves that far, not in every tile where a max grows.
+  // P then lies in [0, 2^8], within e4m3's range (448) at the same relative precision.
+  static constexpr bool kLazy = kLazy_;
+  // Speculative exponentials (Fp8SpeculativeStep): P taken against the running max at once, while
+  // the tile's row max is reduced beside it, instead of after it; the rare tile where that max
+  // moves the running one (kLazy's rule) recomputes P from S. P goes straight to e4m3 fragments
+  // of its own (a second set beside the in-flight P V's), so S is kept for that case and the row
+  // sums must come from the tensor cores (kSumMma).
+  static constexpr bool kSpec = kSpec_;
+  static_assert(!kSpec || (kLazy && kSumMma && kFmaExp == 0), "speculation needs /l and /m");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -173,13 +185,19 @@ __device__ __forceinline__ float Exp2Fma(float x) {
   return x < -126.f ? 0.f : e;
 }
 
+// How far (log2 of P) a row's tile max may exceed its running max before a lazy step
+// (Fp8Traits::kLazy) moves it: P <= 2^8 = 256 < 448, e4m3's largest value.
+inline constexpr float kFp8LazyLog2 = 8.f;
+
 // SoftmaxStep (flash_fwd_common.cuh) with kFmaExp of every 4 n8 tiles' exponentials computed by
-// Exp2Fma, with kTree the row max and sum as four partial results, and with kNoSum no row sums
-// (the tensor cores take them, Fp8Traits::kSumMma); the same with none of them.
-template <int kFmaExp, bool kTree, bool kNoSum, int kNTilesS>
+// Exp2Fma, with kTree the row max and sum as four partial results, with kNoSum no row sums (the
+// tensor cores take them, Fp8Traits::kSumMma), and with kLazy a running max that moves only by
+// more than kFp8LazyLog2 (else P is taken against the old max, up to 2^kFp8LazyLog2); the same
+// with none of them. Returns whether some row of the warp moved its max (alpha != 1).
+template <int kFmaExp, bool kTree, bool kNoSum, bool kLazy, int kNTilesS>
 __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], RowStats<1>& stats,
                                                float scale_log2, float (&alpha)[1][2]) {
-  if constexpr (kFmaExp == 0 && !kTree && !kNoSum) {
+  if constexpr (kFmaExp == 0 && !kTree && !kNoSum && !kLazy) {
     return SoftmaxStep(acc_s, stats, scale_log2, alpha);
   } else {
     static_assert(!kTree || kNTilesS % 4 == 0, "four partial results of whole n8 tiles");
@@ -200,9 +218,15 @@ __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], R
       for (int i = 1; i < kParts; ++i) mx = fmaxf(mx, part[i]);
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float old = stats.max[0][hf];
+      // mx >= old (the reduction starts from it). Lazy: a first finite max always moves (inf > 8);
+      // a row still without keys (both -inf: NaN) keeps -inf.
+      const bool move = kLazy ? (mx - old) * scale_log2 > kFp8LazyLog2 : mx != old;
+      if constexpr (kLazy) mx = move ? mx : old;
+      // A row with no allowed key so far keeps max -inf; subtracting 0 keeps its P at 0.
       const float max_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      alpha[0][hf] = Exp2(stats.max[0][hf] * scale_log2 - max_scaled);
-      max_moved |= mx != stats.max[0][hf];
+      alpha[0][hf] = Exp2(old * scale_log2 - max_scaled);
+      max_moved |= move;
       stats.max[0][hf] = mx;
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
@@ -231,6 +255,78 @@ __device__ __forceinline__ bool Fp8SoftmaxStep(float (&acc_s)[1][kNTilesS][4], R
     }
     return any_moved;
   }
+}
+
+// Two floats rounded to e4m3 (as PackE4m3x4), `a` in the lower byte of the low 16 bits.
+__device__ __forceinline__ uint32_t PackE4m3x2(float a, float b) {
+#ifdef ATTN_HAVE_WGMMA
+  uint16_t pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(b), "f"(a));
+  return pair;
+#else
+  return 0u;
+#endif
+}
+
+// Fp8Traits::kSpec's softmax step: P of S against the running max, rounded to e4m3 pairs in
+// `p_next` (p_next[kk][r][h] holds the half h of PackP8's register r of fragment kk; joined into
+// fragments once the in-flight P V no longer reads them), with alpha and the return value as
+// Fp8SoftmaxStep's. Where every row of the warp has a finite running max, the exponentials are
+// taken against it without waiting for the tile's row max, which is reduced beside them; if that
+// max exceeds some row's running max by more than kFp8LazyLog2 (P above 2^8, maybe saturated at
+// 448), or some row has no finite max yet (its first keys), P is recomputed from S by the lazy
+// step. Either way P is what the lazy step (kLazy, kNoSum) gives.
+template <bool kTree, int kNTilesS>
+__device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4],
+                                                   RowStats<1>& stats, float scale_log2,
+                                                   float (&alpha)[1][2],
+                                                   uint32_t (&p_next)[kNTilesS / 4][4][2]) {
+  // Register r of fragment kk, half h: n8 tile 4 kk + 2 (r / 2) + h, elements 2 (r % 2), + 1.
+  const auto pack = [&](auto&& value) {
+#pragma unroll
+    for (int kk = 0; kk < kNTilesS / 4; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int nt = 4 * kk + 2 * (r / 2) + h;
+          p_next[kk][r][h] = PackE4m3x2(value(nt, 2 * (r % 2)), value(nt, 2 * (r % 2) + 1));
+        }
+      }
+    }
+  };
+  const bool fresh = stats.max[0][0] == -INFINITY || stats.max[0][1] == -INFINITY;
+  if (!__any_sync(0xffffffffu, fresh)) {
+    const float(&sc)[kNTilesS][4] = acc_s[0];
+    const float base0 = stats.max[0][0] * scale_log2;
+    const float base1 = stats.max[0][1] * scale_log2;
+    pack([&](int nt, int e) { return Exp2(fmaf(sc[nt][e], scale_log2, e < 2 ? -base0 : -base1)); });
+    constexpr int kParts = kTree ? 4 : 1;
+    bool far = false;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float part[kParts];
+#pragma unroll
+      for (int i = 0; i < kParts; ++i) part[i] = i == 0 ? stats.max[0][hf] : -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesS; ++nt) {
+        part[nt % kParts] = fmaxf(part[nt % kParts], fmaxf(sc[nt][2 * hf], sc[nt][2 * hf + 1]));
+      }
+      float mx = part[0];
+#pragma unroll
+      for (int i = 1; i < kParts; ++i) mx = fmaxf(mx, part[i]);
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      far |= (mx - stats.max[0][hf]) * scale_log2 > kFp8LazyLog2;
+    }
+    if (!__any_sync(0xffffffffu, far)) {
+      alpha[0][0] = alpha[0][1] = 1.f;
+      return false;
+    }
+  }
+  const bool moved = Fp8SoftmaxStep<0, kTree, true, true>(acc_s, stats, scale_log2, alpha);
+  pack([&](int nt, int e) { return acc_s[0][nt][e]; });
+  return moved;
 }
 
 // Where a query tile's copies read: the row of its first query row in q's map, of its sequence's
@@ -538,8 +634,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
-      const bool rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, Traits::kSumMma>(
-          acc_s, stats, scale_log2, alpha);
+      bool rescale;
+      [[maybe_unused]] uint32_t p_next[kBlockN / 32][4][2];  // kSpec: P beside P V's fragments
+      if constexpr (Traits::kSpec) {
+        rescale = Fp8SpeculativeStep<Traits::kTree>(acc_s, stats, scale_log2, alpha, p_next);
+      } else {
+        rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, Traits::kSumMma, Traits::kLazy>(
+            acc_s, stats, scale_log2, alpha);
+      }
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
       FenceAccumulators(acc_o[0]);
@@ -547,7 +649,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if (has_pv) release(v_empty(s_prev));
       if (rescale) RescaleRows(acc_o, alpha);
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 32; ++kk) PackP8(p_frag[kk], acc_s, kk);
+      for (int kk = 0; kk < kBlockN / 32; ++kk) {
+        if constexpr (Traits::kSpec) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) p_frag[kk][r] = p_next[kk][r][0] | p_next[kk][r][1] << 16;
+        } else {
+          PackP8(p_frag[kk], acc_s, kk);
+        }
+      }
       ++i;
     };
     ForEachKvTile<kBlockN, kVariant>(tiles, c, step);

@@ -76,7 +76,9 @@ struct FwdFp8Args {
 // `stages` shared buffers each for K and V^T, O (bfloat16) staged in a tile of its own.
 // fma_exp: of every 4 n8 tiles of S, how many take their exponentials on the FMA pipe
 // (Fp8Traits::kFmaExp); tree: the softmax's row max and sum as four partial results
-// (Fp8Traits::kTree); sum_mma: the row sums on the tensor cores (Fp8Traits::kSumMma).
+// (Fp8Traits::kTree); sum_mma: the row sums on the tensor cores (Fp8Traits::kSumMma); lazy: the
+// running max moves only by more than 2^8 in P (Fp8Traits::kLazy); spec: exponentials against the
+// running max before the tile's row max is known (Fp8Traits::kSpec, with lazy and sum_mma).
 struct Fp8TileConfig {
   int block_n;
   int stages;
@@ -84,6 +86,8 @@ struct Fp8TileConfig {
   int fma_exp = 0;
   bool tree = false;
   bool sum_mma = false;
+  bool lazy = false;
+  bool spec = false;
 };
 
 // Shared memory (1-byte elements): Q 64 * consumers x d, stages x (K + V^T) block_n x d, O
@@ -114,7 +118,7 @@ constexpr bool HasFp8Kernel(int head_dim_bucket) {
 // the host API for the same configuration), head_dim <= kHeadDim; kCausal iff p.causal.
 // Returns the launch's CUDA error.
 template <int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0,
-          bool kTree = false, bool kSumMma = false>
+          bool kTree = false, bool kSumMma = false, bool kLazy = false, bool kSpec = false>
 cudaError_t LaunchFlashFwdFp8(const FwdFp8Args& args, cudaStream_t stream);
 
 // The same with DefaultFp8TileConfig(kHeadDim): the one the host API launches.

@@ -19,7 +19,9 @@
 // q_descale k_descale sum |q||k| of key j. LSE: |lse - ref| <= 1e-3 + 2^-10 max_j a_j. A variant
 // that divides by the sum of the rounded P (Fp8TileConfig::sum_mma) moves that sum by at most
 // e = sum_j ((2^-4 + 2^-10 (1 + a_j)) p_j + 2^-10): its bound is (the numerator above + |ref| e)
-// / (denom - e) and the LSE's gains -log(1 - e / denom). The inputs
+// / (denom - e) and the LSE's gains -log(1 - e / denom). A lazy variant (Fp8TileConfig::lazy,
+// spec) takes P against a running max up to 2^8 in P below the row's max: the same relative
+// rounding and a smaller absolute one in units of the true max, so the same bounds. The inputs
 // use logits of standard deviation about 3 (peaked rows), where a wrong key order or scale gives
 // errors of the order of |v|, far above the bound. The measured error is printed per case.
 //
@@ -84,6 +86,7 @@ struct Case {
   std::vector<int> lens_q;  // packed batch when not empty
   std::vector<int> lens_k;
   bool nan_in_unread_rows = false;  // packed: V rows of sequences without queries are NaN
+  int spike_every = 0;  // > 0: every spike_every-th key row scaled by 8 (logits jump across tiles)
 
   explicit Case(std::string n) : name(std::move(n)) {}
   Case& Batch(int b) {
@@ -128,6 +131,10 @@ struct Case {
     q_sigma = 0.5;
     return *this;
   }
+  Case& Spikes(int every) {
+    spike_every = every;
+    return *this;
+  }
   Case& NanInUnreadRows() {
     nan_in_unread_rows = true;
     return *this;
@@ -155,6 +162,11 @@ std::vector<Case> Cases() {
       Case("d128_per_sequence").Batch(3).Seq(129, 257).Heads(4, 2).Scales(Descales::kPerSequence));
   c.push_back(Case("d128_no_descale").Seq(100, 190).Scales(Descales::kNone).NoLse());
   c.push_back(Case("d128_softcap_sinks").Batch(2).Seq(190, 300).Softcap(20.f).Sinks());
+  // Keys whose logits are about 8x the others' in some KV tiles only: a row's max jumps by far
+  // more than 2^8 in P between tiles, both ways (the kernel walks the tiles from the last down),
+  // which a lazy or speculative softmax must handle (Fp8Traits::kLazy, kSpec).
+  c.push_back(Case("d128_spikes").Seq(300, 900).Heads(2, 1).Spikes(301));
+  c.push_back(Case("d128_spikes_causal").Seq(700, 700).Causal().Spikes(97));
   c.push_back(Case("d64").Batch(2).Seq(333, 333).Dim(64));
   c.push_back(Case("d64_causal_gqa").Batch(2).Seq(333, 500).Dim(64).Heads(6, 2).Causal());
   c.push_back(Case("d96").Seq(200, 260).Dim(96));
@@ -204,6 +216,15 @@ void RunCase(const Case& k) {
   std::vector<uint8_t> q(rows_q * hq * d), kk(rows_k * hk * d), v(rows_k * hk * d);
   for (auto& x : q) x = FloatToE4M3(static_cast<float>(k.q_sigma * normal(rng)));
   for (auto& x : kk) x = FloatToE4M3(static_cast<float>(normal(rng)));
+  if (k.spike_every > 0) {
+    for (int64_t r = 0; r < rows_k; ++r) {
+      if (r % k.spike_every != k.spike_every / 2) continue;
+      for (int i = 0; i < hk * d; ++i) {
+        uint8_t& x = kk[r * hk * d + i];
+        x = FloatToE4M3(8.f * E4M3ToFloat(x));
+      }
+    }
+  }
   for (auto& x : v) x = FloatToE4M3(static_cast<float>(normal(rng)));
   if (k.nan_in_unread_rows) {
     for (int b = 0; b < k.batch; ++b) {
