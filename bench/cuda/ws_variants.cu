@@ -54,9 +54,12 @@ std::string WsVariant::Label() const {
 // the default with the snake and the fold orders (call C: fold 1.033 / 1.028x at causal 1024 /
 // 2048); and the pair-major order (/pm, FwdSm90WsSchedule::pair_major: a pair's query tiles
 // together, its K / V from DRAM about once) on the defaults of both buckets and on 128 x 128 at
-// d = 64. Kernels with orders are compiled with kOrders. The other neighbours of call C (two Q
-// buffers, the L2 prefetch, bulk stores of O, the next tile's S under the epilogue) lost or
-// changed nothing there (sm90ws_notes.md) and are left out of this build.
+// d = 64, and with it the configurations that keep more copies in flight, which a launch bound by
+// DRAM latency rather than tensor cores may need once K / V come from L2: two Q buffers (/q2, the
+// next tile's Q copied a whole tile ahead) on both causal defaults, and three K / V stages at
+// d = 128 (O staged in Q, 224 KB). Kernels with orders are compiled with kOrders. The other
+// neighbours of call C (two Q buffers, the L2 prefetch, bulk stores of O, the next tile's S under
+// the epilogue) lost or changed nothing there (sm90ws_notes.md) and are left out of this build.
 const std::vector<WsVariant>& WsVariants() {
 #ifdef ATTN_WS_VARIANTS_256
   // A build of bucket 256 (configured with CMAKE_CUDA_FLAGS=-DATTN_WS_VARIANTS_256 beside
@@ -77,9 +80,12 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Make<64, 128, 4, 3, true, 1, false, false, false, true>()),
       Fold(Make<64, 96, 4, 3, true, 1, false, false, false, true>()),
       PairMajor(Make<64, 96, 4, 3, true, 1, false, false, false, true>()),
+      PairMajor(Make<64, 96, 4, 3, false, 2, false, false, false, true>()),
       Snake(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
       Fold(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
       PairMajor(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
+      PairMajor(Make<128, 128, 2, 2, false, 2, false, false, false, true>()),
+      PairMajor(Make<128, 128, 3, 2, false, 1, false, false, false, true>()),
   };
 #endif
   return variants;
