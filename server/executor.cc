@@ -52,7 +52,8 @@ void FinishBatch(std::unique_ptr<Batch> batch, const absl::Status& status, Worke
       if (t.host_to_device_ns > 0) {
         batch->metrics->ObserveStage(Stage::kHostToDevice, Seconds(t.host_to_device_ns));
       }
-      batch->metrics->ObserveStage(Stage::kKernel, Seconds(t.kernel_ns));
+      // 0: not measured (a lone GPU batch without events, ATTN_LONE_EVENTS=0).
+      if (t.kernel_ns > 0) batch->metrics->ObserveStage(Stage::kKernel, Seconds(t.kernel_ns));
       if (t.device_to_host_ns > 0) {
         batch->metrics->ObserveStage(Stage::kDeviceToHost, Seconds(t.device_to_host_ns));
       }

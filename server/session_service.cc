@@ -16,6 +16,7 @@
 #include "server/response_wire.h"
 #include "server/service.h"
 #include "server/session_validation.h"
+#include "server/step_trace.h"
 #include "server/stream_reactor.h"
 
 namespace attention::server {
@@ -107,6 +108,8 @@ absl::Status DrainingStatus() {
 }  // namespace
 
 void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status) {
+  step_trace::Stamp(step_trace::kComplete);
+  const int64_t traced = step_trace::Generation();
   session::Turn turn;
   if (job->paged != nullptr) {
     PagedContext& paged = *job->paged;
@@ -131,6 +134,7 @@ void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status)
   job.reset();
   Done(status);
   turn.End();
+  step_trace::StampOf(traced, step_trace::kTurnEnded);
 }
 
 absl::Status SessionCall::Abandoned() const {
@@ -581,6 +585,7 @@ void AppendStep(SessionServiceImpl& service, SessionCall* call, const session::S
 
 void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::SessionId& id,
                 session::Turn turn) {
+  step_trace::Stamp(step_trace::kInTurn);
   const v1::AttendRequest& r = call->request.attend();
   session::SessionStore& store = *service.store();
   const ValidationLimits& limits = service.options().limits;
@@ -634,6 +639,7 @@ void AttendStep(SessionServiceImpl& service, SessionCall* call, const session::S
   absl::Status queued = CompleteAttendSpec(r, inputs->n_new, limits, job->paged.get(), job->spec);
   if (queued.ok()) {
     job->paged->turn = std::move(turn);
+    step_trace::Stamp(step_trace::kEnqueue);
     queued = service.batcher()->Enqueue(job);
     // On OK the job (and the turn) belong to the batcher, and the call may be answered already.
     if (queued.ok()) return;

@@ -39,6 +39,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "server/executor.h"
+#include "server/step_trace.h"
 #include "server/stream_state.h"
 
 namespace attention::server {
@@ -53,6 +54,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
       MaybeFinish(lock);
       return;
     }
+    step_trace::Begin();
     std::unique_ptr<Item> item = std::move(next_);
     item->accepted = Clock::now();
     item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
@@ -62,6 +64,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
       RefuseMalformed(parsed);
       return;
     }
+    step_trace::Stamp(step_trace::kParsed);
     if (!Accept(*item)) return;
     derived().Start(std::move(item));
     std::unique_lock<std::mutex> lock(mu_);
@@ -69,6 +72,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   }
 
   void OnWriteDone(bool ok) override {
+    step_trace::StampWriteDone();
     std::unique_ptr<Item> written;
     std::deque<std::unique_ptr<Item>> dropped;
     std::unique_lock<std::mutex> lock(mu_);
@@ -122,7 +126,9 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
   // Answers `item` (result or error, from its work or from Start) by queueing its answer for
   // writing, or drops it when the stream will never write it.
   void ItemDone(std::unique_ptr<Item> item, const absl::Status& status) {
+    const int64_t traced = step_trace::Generation();
     derived().BuildAnswer(*item, status);
+    step_trace::Stamp(step_trace::kAnswerBuilt);
     std::unique_lock<std::mutex> lock(mu_);
     const bool dropped = state_.answers_dropped();
     derived().AnswerReady(*item, dropped);
@@ -140,6 +146,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
     Item* next = write_queue_.front().get();
     lock.unlock();
     Write(next);
+    step_trace::StampOf(traced, step_trace::kWriteStarted);
   }
 
  protected:

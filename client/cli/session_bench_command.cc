@@ -18,6 +18,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -38,13 +39,21 @@ constexpr char kUsage[] =
     "           [--context=8192] [--heads=32 --kv_heads=8 --head_dim=128 --dtype=bf16]\n"
     "           [--steps=64] [--warmup_steps=4] [--replica_pattern={replica}.NAME:PORT]\n"
     "           [--echo_target=HOST:PORT] [--json=out.json]\n"
+    "       attention_cli session-bench --ab_targets=NAME=HOST:PORT,... --echo_target=HOST:PORT\n"
+    "           [--ab_rounds=4] [--sessions=1] [...as above]\n"
     "\n"
     "Creates --sessions sessions of --layers layers, appends --context random tokens to every\n"
     "layer, then has each session run --steps decode steps (round robin over its layers; one\n"
     "Attend with q [1, heads, head_dim] and the new token's k and v in flight per session).\n"
     "Prints steps/s, step latency percentiles and the bytes per step against the stateless call.\n"
     "The server's session pool must hold sessions x layers x (context + steps) tokens\n"
-    "(--session_pages x --session_page_bytes). A progress bar is drawn when stdout is a terminal.";
+    "(--session_pages x --session_page_bytes). A progress bar is drawn when stdout is a terminal.\n"
+    "\n"
+    "With --ab_targets (an A/B of servers in one process): fills the sessions of every named\n"
+    "server once, then runs --ab_rounds rounds; each round runs every server in turn (the order\n"
+    "rotated by one each round), each run truncating its sessions back to --context, stepping\n"
+    "--warmup_steps + --steps and timing --echo_calls echo round trips right after. Prints a line\n"
+    "per run and writes every run's figures to --json.";
 
 struct SessionBenchFlags {
   int sessions = 64;
@@ -61,6 +70,8 @@ struct SessionBenchFlags {
   std::string echo_target;
   int64_t echo_calls = 200;
   std::string json;
+  std::string ab_targets;
+  int64_t ab_rounds = 4;
 };
 
 double Percentile(const std::vector<int64_t>& sorted, double p) {
@@ -347,6 +358,125 @@ absl::Status Fill(const std::vector<Session>& sessions, const SessionBenchFlags&
   return absl::OkStatus();
 }
 
+// The wire bytes of one of `decoder`'s steps on `session` (a SessionRequest).
+absl::StatusOr<int64_t> StepRequestBytes(const Session& session, const Decoder& decoder) {
+  absl::StatusOr<v1::AttendRequest> attend =
+      BuildAttendRequest(session.id(), 0, decoder.StepArgs());
+  if (!attend.ok()) return attend.status();
+  v1::SessionRequest step;
+  *step.mutable_attend() = *attend;
+  step.set_request_id(1 << 20);
+  return static_cast<int64_t>(step.ByteSizeLong());
+}
+
+// One server of an A/B (--ab_targets): its name, address, client and sessions.
+struct AbServer {
+  std::string name, target;
+  std::optional<SessionClient> client;
+  std::vector<Session> sessions;
+};
+
+// --ab_targets: NAME=HOST:PORT pairs, comma-separated.
+absl::StatusOr<std::vector<AbServer>> ParseAbTargets(const std::string& text) {
+  std::vector<AbServer> servers;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string item = text.substr(begin, end - begin);
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--ab_targets: each item must be NAME=HOST:PORT, got \"", item, "\""));
+    }
+    AbServer server;
+    server.name = item.substr(0, eq);
+    server.target = item.substr(eq + 1);
+    servers.push_back(std::move(server));
+    begin = end + 1;
+  }
+  return servers;
+}
+
+// The A/B mode (--ab_targets; kUsage). Returns the process's exit code.
+int RunAb(const ConnectionFlags& flags, const SessionBenchFlags& f, v1::DType dtype,
+          const SessionOptions& shape, const std::string& chunk, int64_t chunk_rows,
+          const std::string& q, const std::string& k, const std::string& v) {
+  absl::StatusOr<std::vector<AbServer>> servers = ParseAbTargets(f.ab_targets);
+  if (!servers.ok()) return Fail(servers.status());
+  // The connection options of every server (and the echo's), whatever --target says.
+  ConnectionFlags connection = flags;
+  connection.target = servers->front().target;
+  absl::StatusOr<ClientOptions> options = connection.Options();
+  if (!options.ok()) return Fail(options.status());
+  for (AbServer& server : *servers) {
+    SessionClientOptions session_options;
+    session_options.client = *options;
+    absl::StatusOr<SessionClient> client = SessionClient::Create(server.target, session_options);
+    if (!client.ok()) return Fail(client.status());
+    server.client.emplace(std::move(*client));
+    for (int i = 0; i < f.sessions; ++i) {
+      CallOptions call;
+      call.wait_for_ready = true;
+      call.timeout = std::chrono::seconds(30);
+      absl::StatusOr<Session> session = server.client->CreateSession(shape, call);
+      if (!session.ok()) return Fail(session.status());
+      server.sessions.push_back(*session);
+    }
+    if (absl::Status filled = Fill(server.sessions, f, dtype, chunk, chunk_rows); !filled.ok()) {
+      return Fail(filled);
+    }
+  }
+  std::string rows;
+  int failed = 0;
+  const size_t n = servers->size();
+  for (int64_t round = 0; round < f.ab_rounds; ++round) {
+    for (size_t i = 0; i < n; ++i) {
+      AbServer& server = (*servers)[(i + static_cast<size_t>(round)) % n];
+      for (const Session& session : server.sessions) {
+        if (absl::Status cut = session.Truncate(f.context); !cut.ok()) return Fail(cut);
+      }
+      Results results;
+      Decoder decoder(f, server.sessions, dtype, q, k, v);
+      absl::StatusOr<int64_t> step_bytes = StepRequestBytes(server.sessions[0], decoder);
+      if (!step_bytes.ok()) return Fail(step_bytes.status());
+      decoder.Run(results);
+      if (absl::Status echo = MeasureEcho(connection, f, *step_bytes, dtype, results); !echo.ok()) {
+        return Fail(echo);
+      }
+      const double step = Percentile(results.latency_ns, 0.5) * 1e-6;
+      const double echo = Percentile(results.echo_ns, 0.5) * 1e-6;
+      failed += results.steps_failed > 0 ? 1 : 0;
+      std::printf(
+          "%-8s round %lld: step p50 %.3f ms, echo p50 %.3f ms, ratio %.2f  (step p90 "
+          "%.3f, p99 %.3f)%s\n",
+          server.name.c_str(), static_cast<long long>(round + 1), step, echo,
+          echo > 0 ? step / echo : 0.0, Percentile(results.latency_ns, 0.9) * 1e-6,
+          Percentile(results.latency_ns, 0.99) * 1e-6,
+          results.first_error.empty() ? "" : ("  error: " + results.first_error).c_str());
+      std::fflush(stdout);
+      absl::StrAppend(
+          &rows, rows.empty() ? "" : ",\n",
+          absl::StrFormat("  {\"server\": \"%s\", \"round\": %d, \"step_p50_ms\": %.6f, "
+                          "\"step_p90_ms\": %.6f, \"step_p99_ms\": %.6f, "
+                          "\"echo_p50_ms\": %.6f, \"steps_failed\": %d}",
+                          server.name, round + 1, step, Percentile(results.latency_ns, 0.9) * 1e-6,
+                          Percentile(results.latency_ns, 0.99) * 1e-6, echo, results.steps_failed));
+    }
+  }
+  for (const AbServer& server : *servers) {
+    for (const Session& s : server.sessions) s.Release().IgnoreError();
+  }
+  if (!f.json.empty()) {
+    std::FILE* out = std::fopen(f.json.c_str(), "w");
+    const std::string json = absl::StrCat("[\n", rows, "\n]\n");
+    if (out == nullptr || std::fwrite(json.data(), 1, json.size(), out) != json.size() ||
+        std::fclose(out) != 0) {
+      return Fail(absl::InternalError(absl::StrCat("--json: cannot write ", f.json)));
+    }
+  }
+  return failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int SessionBenchCommand(const std::vector<std::string>& args) {
@@ -372,6 +502,10 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
             "the step's size");
   flags.Add("echo_calls", &f.echo_calls, "Measured echo round trips");
   flags.Add("json", &f.json, "Also write the results as JSON to this file");
+  flags.Add("ab_targets", &f.ab_targets,
+            "NAME=HOST:PORT,...: an A/B of these servers in one process instead of --target "
+            "(needs --echo_target)");
+  flags.Add("ab_rounds", &f.ab_rounds, "Rounds of the A/B (every server once a round)");
   if (absl::Status status = flags.Parse(args); !status.ok()) return Fail(status);
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
@@ -384,7 +518,8 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
                                                               {"kv_heads", f.kv_heads},
                                                               {"head_dim", f.head_dim},
                                                               {"steps", f.steps},
-                                                              {"echo_calls", f.echo_calls}}) {
+                                                              {"echo_calls", f.echo_calls},
+                                                              {"ab_rounds", f.ab_rounds}}) {
     if (value < 1)
       return Fail(absl::InvalidArgumentError(absl::StrCat("--", name, ": must be >= 1")));
   }
@@ -397,30 +532,12 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
         "--dtype: must be bf16, fp16 or fp32 (sessions do not take fp8)"));
   }
 
-  absl::StatusOr<ClientOptions> options = connection.Options();
-  if (!options.ok()) return Fail(options.status());
-  SessionClientOptions session_options;
-  session_options.client = *options;
-  if (!f.replica_pattern.empty())
-    session_options.resolve = ReplicaAddressPattern(f.replica_pattern);
-  absl::StatusOr<SessionClient> client = SessionClient::Create(connection.target, session_options);
-  if (!client.ok()) return Fail(client.status());
-
   SessionOptions shape;
   shape.layers = f.layers;
   shape.kv_heads = f.kv_heads;
   shape.head_dim = f.head_dim;
   shape.dtype = *dtype;
   shape.max_tokens = f.context + f.warmup_steps + f.steps;
-  std::vector<Session> sessions;
-  for (int i = 0; i < f.sessions; ++i) {
-    CallOptions call;
-    call.wait_for_ready = true;
-    call.timeout = std::chrono::seconds(30);
-    absl::StatusOr<Session> session = client->CreateSession(shape, call);
-    if (!session.ok()) return Fail(session.status());
-    sessions.push_back(*session);
-  }
 
   std::mt19937_64 rng(static_cast<uint64_t>(f.seed));
   const int64_t row_elements = int64_t{f.kv_heads} * f.head_dim;
@@ -431,6 +548,31 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
   const std::string q = RandomBytes(*dtype, int64_t{f.heads} * f.head_dim, rng);
   const std::string k = RandomBytes(*dtype, row_elements, rng);
   const std::string v = RandomBytes(*dtype, row_elements, rng);
+  if (!f.ab_targets.empty()) {
+    if (f.echo_target.empty()) {
+      return Fail(absl::InvalidArgumentError("--ab_targets: needs --echo_target"));
+    }
+    return RunAb(connection, f, *dtype, shape, chunk, chunk_rows, q, k, v);
+  }
+
+  absl::StatusOr<ClientOptions> options = connection.Options();
+  if (!options.ok()) return Fail(options.status());
+  SessionClientOptions session_options;
+  session_options.client = *options;
+  if (!f.replica_pattern.empty())
+    session_options.resolve = ReplicaAddressPattern(f.replica_pattern);
+  absl::StatusOr<SessionClient> client = SessionClient::Create(connection.target, session_options);
+  if (!client.ok()) return Fail(client.status());
+
+  std::vector<Session> sessions;
+  for (int i = 0; i < f.sessions; ++i) {
+    CallOptions call;
+    call.wait_for_ready = true;
+    call.timeout = std::chrono::seconds(30);
+    absl::StatusOr<Session> session = client->CreateSession(shape, call);
+    if (!session.ok()) return Fail(session.status());
+    sessions.push_back(*session);
+  }
 
   Results results;
   const Clock::time_point fill_start = Clock::now();

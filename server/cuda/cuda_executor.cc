@@ -19,6 +19,7 @@
 #include "server/metrics/metrics.h"
 #include "server/packing.h"
 #include "server/plan.h"
+#include "server/step_trace.h"
 #include "server/thread_name.h"
 #include "server/worker_pool.h"
 
@@ -98,6 +99,29 @@ bool LoneFastPath() {
 bool LoneZeroCopy() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_ZERO_COPY");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return on;
+}
+
+// ATTN_LONE_WAIT_INLINE=1 (off: a candidate until measured): the thread that launches a lone
+// batch (Submit's inline launch: the gRPC thread of its request, on the batcher's fast path) waits
+// for its stream itself and finishes it (outputs, answer, the gRPC write): no completer wake-up
+// and no hand-off between the device's end and the answer. That thread reads nothing else of its
+// stream meanwhile (a few tens of us, the decode kernel's time); other streams and batches go on.
+bool LoneWaitInline() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_LONE_WAIT_INLINE");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+// ATTN_LONE_EVENTS=0 (on unless "0"; a candidate until measured): a lone batch records no events
+// at all, two API calls fewer between its upload and its kernels; its kernel time is then not
+// measured (no kernel stage observed, kernel_ns 0 in the answer's timings).
+bool LoneEvents() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_LONE_EVENTS");
     return value == nullptr || std::string(value) != "0";
   }();
   return on;
@@ -362,6 +386,7 @@ absl::Status CudaExecutor::Admit(const Job& job) const {
 }
 
 void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
+  step_trace::Stamp(step_trace::kSubmit);
   Slot* inline_slot = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -376,6 +401,10 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
         inline_slot->lone =
             LoneFastPath() && batch->plan.layout.output_bytes < kParallelScatterBytes;
         if (inline_slot->lone) ++lone_launching_;
+        // Only a decode-kernel step (a short kernel) holds its thread.
+        inline_slot->wait_inline =
+            inline_slot->lone && LoneWaitInline() && batch->config.kind == WorkKind::kPagedDecode &&
+            cuda::DecodeTakesPagedRows(batch->config.dtype, batch->max_seqlen_q);
         inline_slot->batch = std::move(batch);
       } else {
         submitted_.push_back(std::move(batch));
@@ -442,16 +471,61 @@ void CudaExecutor::LaunchSlot(Slot* slot) {
       std::lock_guard<std::mutex> lock(mu_);
       if (slot->lone) --lone_launching_;
       slot->lone = false;
+      slot->wait_inline = false;
       FreeSlotLocked(slot);
     }
     batch->device = name_;
     FinishBatch(std::move(batch), status);
     return;
   }
+  if (slot->wait_inline) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --lone_launching_;
+    }
+    FinishInline(slot);
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (slot->lone) --lone_launching_;
   in_flight_.push_back(slot);
   complete_cv_.notify_one();
+}
+
+void CudaExecutor::FinishInline(Slot* slot) {
+  slot->wait_inline = false;
+  absl::Status status = WaitForSlot(slot);
+  // Scratch of this thread (a gRPC or batcher thread), reused from batch to batch.
+  static thread_local std::vector<HostCopy> output_copies;
+  FinishSlot(DoneSlot{slot, std::move(status)}, output_copies);
+}
+
+absl::Status CudaExecutor::WaitForSlot(Slot* slot) {
+  // A lone batch recorded no `downloaded` event; its stream holds nothing else.
+  const bool lone = slot->lone;
+  const bool events = slot->events;
+  slot->lone = false;
+  step_trace::Stamp(step_trace::kWaitBegins);
+  cudaError_t completion =
+      lone ? cudaStreamSynchronize(slot->stream) : cudaEventSynchronize(slot->downloaded);
+  step_trace::Stamp(step_trace::kDeviceDone);
+  if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
+  absl::Status status = CheckCuda(completion, "batch completion");
+  slot->batch->timings.device_done = Clock::now();
+  if (status.ok()) {
+    BatchTimings& t = slot->batch->timings;
+    // A batch without events (ATTN_LONE_EVENTS=0) has no kernel time: kernel_ns stays 0.
+    if (events) t.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
+    // A lone batch's copies were not timed: host_to_device_ns and device_to_host_ns stay 0,
+    // which FinishBatch reports as no such stage.
+    if (!lone) {
+      t.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
+      t.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
+    }
+  } else {
+    cudaStreamSynchronize(slot->stream);
+  }
+  return status;
 }
 
 void CudaExecutor::FreeSlotLocked(Slot* slot) {
@@ -598,6 +672,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   batch.device = name_;
   batch.precision = cuda::ComputedPrecision(batch.config);
   batch.timings.started = Clock::now();
+  step_trace::Stamp(step_trace::kLaunch);
+  // Every batch times its kernel but a lone one under ATTN_LONE_EVENTS=0.
+  slot.events = !slot.lone || LoneEvents();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (broken_) return absl::UnavailableError(absl::StrCat(name_, " hit a sticky CUDA error"));
@@ -644,6 +721,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   } else {
     staging_pool_->Copy(slot.copies);
   }
+  step_trace::Stamp(step_trace::kStaged);
 
   char* device_inputs = slot.device;
   // A lone session step may have its decode kernel write o and lse into the slot's pinned
@@ -726,10 +804,13 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       return s;
     }
   }
-  if (absl::Status s = CheckCuda(cudaEventRecord(slot.uploaded, stream), "cudaEventRecord");
-      !s.ok()) {
-    return s;
+  if (slot.events) {
+    if (absl::Status s = CheckCuda(cudaEventRecord(slot.uploaded, stream), "cudaEventRecord");
+        !s.ok()) {
+      return s;
+    }
   }
+  step_trace::Stamp(step_trace::kUploadIssued);
   if (paged_reads && !by_copy) {
     if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
   }
@@ -754,11 +835,14 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     }
     return s;
   }
-  if (absl::Status s = CheckCuda(cudaEventRecord(slot.computed, stream), "cudaEventRecord");
-      !s.ok()) {
-    return s;
+  if (slot.events) {
+    if (absl::Status s = CheckCuda(cudaEventRecord(slot.computed, stream), "cudaEventRecord");
+        !s.ok()) {
+      return s;
+    }
   }
-  if (slot.lone) {
+  step_trace::Stamp(step_trace::kKernelsIssued);
+  if (slot.lone && !slot.wait_inline) {
     // The kernels run: wake the completer now, so that its wake-up overlaps them.
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -788,6 +872,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   // While the device works: allocate and size the jobs' outputs, so that the finisher only
   // copies into memory that is already there.
   AllocateOutputs(batch);
+  step_trace::Stamp(step_trace::kLaunched);
   return absl::OkStatus();
 }
 
@@ -825,26 +910,7 @@ void CudaExecutor::CompleteLoop() {
       slot = in_flight_.front();
       in_flight_.pop_front();
     }
-    // A lone batch recorded no `downloaded` event; its stream holds nothing else.
-    const bool lone = slot->lone;
-    slot->lone = false;
-    cudaError_t completion =
-        lone ? cudaStreamSynchronize(slot->stream) : cudaEventSynchronize(slot->downloaded);
-    if (PendingInjectedStickyError().exchange(false)) completion = cudaErrorIllegalAddress;
-    absl::Status status = CheckCuda(completion, "batch completion");
-    slot->batch->timings.device_done = Clock::now();
-    if (status.ok()) {
-      BatchTimings& t = slot->batch->timings;
-      t.kernel_ns = ElapsedNanos(slot->uploaded, slot->computed);
-      // A lone batch's copies were not timed: host_to_device_ns and device_to_host_ns stay 0,
-      // which FinishBatch reports as no such stage.
-      if (!lone) {
-        t.host_to_device_ns = ElapsedNanos(slot->start, slot->uploaded);
-        t.device_to_host_ns = ElapsedNanos(slot->computed, slot->downloaded);
-      }
-    } else {
-      cudaStreamSynchronize(slot->stream);
-    }
+    absl::Status status = WaitForSlot(slot);
     // With nothing else in flight and no backlog of done batches, a small batch is finished
     // here: no batch waits for this thread meanwhile, and its answer skips a hand-off to a
     // finisher (a lone decode step's latency). Otherwise a finisher takes it, and this thread
@@ -879,6 +945,7 @@ void CudaExecutor::FinishLoop() {
 }
 
 void CudaExecutor::FinishSlot(DoneSlot done, std::vector<HostCopy>& output_copies) {
+  step_trace::Stamp(step_trace::kFinish);
   Slot* slot = done.slot;
   std::unique_ptr<Batch> batch = std::move(slot->batch);
   if (done.status.ok()) {

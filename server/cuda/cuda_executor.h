@@ -121,6 +121,12 @@ class CudaExecutor final : public Executor {
     // A lone batch (the fast path): only `uploaded` and `computed` are recorded, and the completer
     // waits for the stream. Set by Submit before Launch, cleared by the completer.
     bool lone = false;
+    // A lone batch that the thread launching it waits for and finishes (ATTN_LONE_WAIT_INLINE):
+    // it never reaches in_flight_ and the completer is not woken for it. Set by Submit.
+    bool wait_inline = false;
+    // Whether its `uploaded` and `computed` events are recorded (all but a lone batch under
+    // ATTN_LONE_EVENTS=0). Set by Launch.
+    bool events = true;
     // Where the batch's outputs block starts in `pinned` and `device`: after its inputs block and
     // its row-append block (Row appends).
     int64_t outputs_offset = 0;
@@ -139,6 +145,10 @@ class CudaExecutor final : public Executor {
   void LaunchSlot(Slot* slot);
   // The completer: waits for each launched batch's last event, in launch order, and passes it on.
   void CompleteLoop();
+  // Waits for `slot`'s batch on the device and fills its device timings: OK, or why it failed.
+  absl::Status WaitForSlot(Slot* slot);
+  // A launched wait_inline batch: waits for it on this thread and finishes it (FinishSlot).
+  void FinishInline(Slot* slot);
   // A finisher: finishes each done batch (FinishSlot).
   void FinishLoop();
   struct DoneSlot;
