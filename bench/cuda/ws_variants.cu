@@ -57,7 +57,8 @@ std::string WsVariant::Label() const {
 // d = 64, and with it the configurations that keep more copies in flight, which a launch bound by
 // DRAM latency rather than tensor cores may need once K / V come from L2: two Q buffers (/q2, the
 // next tile's Q copied a whole tile ahead) on both causal defaults, and three K / V stages at
-// d = 128 (O staged in Q, 224 KB). Kernels with orders are compiled with kOrders. The other
+// d = 128 (O staged in Q, 224 KB), and bulk tensor stores of O (/ts: one lane per warp writes its
+// rows and the warp moves on) at d = 128. Kernels with orders are compiled with kOrders. The other
 // neighbours of call C (two Q buffers, the L2 prefetch, bulk stores of O, the next tile's S under
 // the epilogue) lost or changed nothing there (sm90ws_notes.md) and are left out of this build.
 const std::vector<WsVariant>& WsVariants() {
@@ -86,6 +87,7 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Make<128, 128, 2, 2, true, 1, false, false, false, true>()),
       PairMajor(Make<128, 128, 2, 2, false, 2, false, false, false, true>()),
       PairMajor(Make<128, 128, 3, 2, false, 1, false, false, false, true>()),
+      PairMajor(Make<128, 128, 2, 2, true, 1, false, true, false, true>()),
   };
 #endif
   return variants;
