@@ -374,7 +374,10 @@ std::string Fp8Variant::Label() const {
                       config.consumers, "c/", config.stages, "s",
                       config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
                       config.tree ? "/r" : "", config.sum_mma ? "/m" : "", config.lazy ? "/l" : "",
-                      config.spec ? "/s" : "",
+                      config.spec == 1   ? "/s"
+                      : config.spec == 2 ? "/s2"
+                                         : "",
+                      config.no_turns ? "/f" : "",
                       grid == Fp8Grid::kPersistent ? "+p"
                       : grid == Fp8Grid::kPerTile  ? "+t"
                                                    : "");

@@ -40,7 +40,8 @@ namespace attention::cuda::fwd {
 
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0,
-          bool kTree_ = false, bool kSumMma_ = false, bool kLazy_ = false, bool kSpec_ = false>
+          bool kTree_ = false, bool kSumMma_ = false, bool kLazy_ = false, int kSpec_ = 0,
+          bool kNoTurns_ = false>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -69,13 +70,22 @@ struct Fp8Traits {
   // the rare tiles where some row of the warp moves that far, not in every tile where a max grows.
   // P then lies in [0, 2^8], within e4m3's range (448) at the same relative precision.
   static constexpr bool kLazy = kLazy_;
-  // Speculative exponentials (Fp8SpeculativeStep): P taken against the running max at once, while
-  // the tile's row max is reduced beside it, instead of after it; the rare tile where that max
-  // moves the running one (kLazy's rule) recomputes P from S. P goes straight to e4m3 fragments
-  // of its own (a second set beside the in-flight P V's), so S is kept for that case and the row
-  // sums must come from the tensor cores (kSumMma).
-  static constexpr bool kSpec = kSpec_;
-  static_assert(!kSpec || (kLazy && kSumMma && kFmaExp == 0), "speculation needs /l and /m");
+  // Speculative exponentials: P taken against the running max at once (Fp8ExpAgainstRunningMax)
+  // instead of after the tile's row max; the rare tile where the max moves the running one
+  // (kLazy's rule) recomputes P from S by the lazy step. 1: the row max reduced beside the
+  // exponentials (Fp8SpeculativeStep); 2: no row max at all: P's e4m3 bytes are checked against
+  // 2^8 once joined into fragments (AnyP8Above256), and the lazy step runs after P V(i-1) where
+  // some value exceeds it. P goes to e4m3 pairs in registers of its own (PackP8Pairs), joined into
+  // the fragments once the in-flight P V has finished (writing the fragments during the softmax
+  // makes ptxas serialize the wgmmas, C7513), so S is kept for the recomputation and the row sums
+  // must come from the tensor cores (kSumMma).
+  static constexpr int kSpec = kSpec_;
+  static_assert(kSpec >= 0 && kSpec <= 2, "speculation: none, beside the max, or byte check");
+  static_assert(kSpec == 0 || (kLazy && kSumMma && kFmaExp == 0), "speculation needs /l and /m");
+  // Consumers issue their products whenever ready instead of taking turns (the ping-pong's named
+  // barriers): at d 128 one consumer's softmax takes several times the other's products, so the
+  // turns may hold a ready consumer back rather than keep the tensor cores busy.
+  static constexpr bool kNoTurns = kNoTurns_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -268,39 +278,54 @@ __device__ __forceinline__ uint32_t PackE4m3x2(float a, float b) {
 #endif
 }
 
-// Fp8Traits::kSpec's softmax step: P of S against the running max, rounded to e4m3 pairs in
-// `p_next` (p_next[kk][r][h] holds the half h of PackP8's register r of fragment kk; joined into
-// fragments once the in-flight P V no longer reads them), with alpha and the return value as
-// Fp8SoftmaxStep's. Where every row of the warp has a finite running max, the exponentials are
-// taken against it without waiting for the tile's row max, which is reduced beside them; if that
-// max exceeds some row's running max by more than kFp8LazyLog2 (P above 2^8, maybe saturated at
-// 448), or some row has no finite max yet (its first keys), P is recomputed from S by the lazy
-// step. Either way P is what the lazy step (kLazy, kNoSum) gives.
+// P's e4m3 pairs in `p_next` from value(nt, e) (element e of S's n8 tile nt): p_next[kk][r][h]
+// holds half h of PackP8's register r of fragment kk (n8 tile 4 kk + 2 (r / 2) + h, elements
+// 2 (r % 2), + 1), to be joined into the fragments once the in-flight P V no longer reads them.
+template <int kNTilesS, typename Value>
+__device__ __forceinline__ void PackP8Pairs(uint32_t (&p_next)[kNTilesS / 4][4][2],
+                                            const Value& value) {
+#pragma unroll
+  for (int kk = 0; kk < kNTilesS / 4; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int nt = 4 * kk + 2 * (r / 2) + h;
+        p_next[kk][r][h] = PackE4m3x2(value(nt, 2 * (r % 2)), value(nt, 2 * (r % 2) + 1));
+      }
+    }
+  }
+}
+
+// Whether some row of the warp has no finite running max yet (its first keys); if none has, P of
+// S against the running maxima into `p_next` (PackP8Pairs), without the tile's row max: P may
+// exceed 2^kFp8LazyLog2 (saturating at 448), which the caller checks.
+template <int kNTilesS>
+__device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][kNTilesS][4],
+                                                        const RowStats<1>& stats, float scale_log2,
+                                                        uint32_t (&p_next)[kNTilesS / 4][4][2]) {
+  const bool fresh = stats.max[0][0] == -INFINITY || stats.max[0][1] == -INFINITY;
+  if (__any_sync(0xffffffffu, fresh)) return true;
+  const float base0 = stats.max[0][0] * scale_log2;
+  const float base1 = stats.max[0][1] * scale_log2;
+  PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
+    return Exp2(fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1));
+  });
+  return false;
+}
+
+// Fp8Traits::kSpec == 1's softmax step: P into `p_next` (PackP8Pairs), alpha and the return value
+// as Fp8SoftmaxStep's. Where every row of the warp has a finite running max, the exponentials
+// are taken against it (Fp8ExpAgainstRunningMax) while the tile's row max is reduced beside them;
+// if that max exceeds some row's running max by more than kFp8LazyLog2, or some row has no finite
+// max yet, P is recomputed from S by the lazy step. Either way P is what the lazy step (kLazy,
+// kNoSum) gives.
 template <bool kTree, int kNTilesS>
 __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4],
                                                    RowStats<1>& stats, float scale_log2,
                                                    float (&alpha)[1][2],
                                                    uint32_t (&p_next)[kNTilesS / 4][4][2]) {
-  // Register r of fragment kk, half h: n8 tile 4 kk + 2 (r / 2) + h, elements 2 (r % 2), + 1.
-  const auto pack = [&](auto&& value) {
-#pragma unroll
-    for (int kk = 0; kk < kNTilesS / 4; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int nt = 4 * kk + 2 * (r / 2) + h;
-          p_next[kk][r][h] = PackE4m3x2(value(nt, 2 * (r % 2)), value(nt, 2 * (r % 2) + 1));
-        }
-      }
-    }
-  };
-  const bool fresh = stats.max[0][0] == -INFINITY || stats.max[0][1] == -INFINITY;
-  if (!__any_sync(0xffffffffu, fresh)) {
-    const float(&sc)[kNTilesS][4] = acc_s[0];
-    const float base0 = stats.max[0][0] * scale_log2;
-    const float base1 = stats.max[0][1] * scale_log2;
-    pack([&](int nt, int e) { return Exp2(fmaf(sc[nt][e], scale_log2, e < 2 ? -base0 : -base1)); });
+  if (!Fp8ExpAgainstRunningMax(acc_s, stats, scale_log2, p_next)) {
     constexpr int kParts = kTree ? 4 : 1;
     bool far = false;
 #pragma unroll
@@ -310,7 +335,8 @@ __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4
       for (int i = 0; i < kParts; ++i) part[i] = i == 0 ? stats.max[0][hf] : -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < kNTilesS; ++nt) {
-        part[nt % kParts] = fmaxf(part[nt % kParts], fmaxf(sc[nt][2 * hf], sc[nt][2 * hf + 1]));
+        part[nt % kParts] =
+            fmaxf(part[nt % kParts], fmaxf(acc_s[0][nt][2 * hf], acc_s[0][nt][2 * hf + 1]));
       }
       float mx = part[0];
 #pragma unroll
@@ -325,8 +351,21 @@ __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4
     }
   }
   const bool moved = Fp8SoftmaxStep<0, kTree, true, true>(acc_s, stats, scale_log2, alpha);
-  pack([&](int nt, int e) { return acc_s[0][nt][e]; });
+  PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) { return acc_s[0][nt][e]; });
   return moved;
+}
+
+// Whether some e4m3 value of P's fragments exceeds 2^kFp8LazyLog2 = 256 (byte 0x78; P >= 0, at
+// most 448 = 0x7e): adding 7 to each byte sets its top bit exactly then, without carries.
+template <int kFrags>
+__device__ __forceinline__ bool AnyP8Above256(const uint32_t (&frag)[kFrags][4]) {
+  uint32_t over = 0;
+#pragma unroll
+  for (int kk = 0; kk < kFrags; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) over |= frag[kk][r] + 0x07070707u;
+  }
+  return (over & 0x80808080u) != 0u;
 }
 
 // Where a query tile's copies read: the row of its first query row in q's map, of its sequence's
@@ -526,12 +565,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int my_turn = Traits::kTurnBarrier0 + consumer;
   const int next_turn = Traits::kTurnBarrier0 + (consumer + 1) % kConsumers;
   constexpr int kTurnThreads = 2 * 128;
+  const auto take_turn = [&] {
+    if constexpr (!Traits::kNoTurns) NamedBarrierSync(my_turn, kTurnThreads);
+  };
+  const auto pass_turn = [&] {
+    if constexpr (!Traits::kNoTurns) NamedBarrierArrive(next_turn, kTurnThreads);
+  };
   const auto release = [&](uint32_t bar) {
     if (lane == 0) MbarrierArrive(bar);
   };
 
   // The last consumer hands the first its first turn.
-  if (consumer == kConsumers - 1) NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
+  if (!Traits::kNoTurns && consumer == kConsumers - 1) {
+    NamedBarrierArrive(Traits::kTurnBarrier0, kTurnThreads);
+  }
 
   int i = 0;      // KV tiles consumed so far, as the producer counts
   int round = 0;  // query tiles with keys consumed so far
@@ -605,7 +652,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       const bool has_pv = i > i_first;
       if (has_pv) MbarrierWait(v_full(s_prev), ((i - 1) / kStages) & 1);
       MbarrierWait(k_full(s), (i / kStages) & 1);
-      NamedBarrierSync(my_turn, kTurnThreads);
+      take_turn();
       FenceAccumulators(acc_o[0]);
       WgmmaFence();
       issue_s(s);
@@ -614,10 +661,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if (has_pv) {
         issue_pv(s_prev);
         WgmmaCommit();
-        NamedBarrierArrive(next_turn, kTurnThreads);
+        pass_turn();
         WgmmaWait<1>();  // S done; P V may still run
       } else {
-        NamedBarrierArrive(next_turn, kTurnThreads);
+        pass_turn();
         WgmmaWait<0>();
       }
       FenceAccumulators(acc_s[0]);
@@ -634,10 +681,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (kMask) MaskOutsideWindow(acc_s, c, warp_row0, n * kBlockN, lane);
       float alpha[1][2];
-      bool rescale;
+      bool rescale = false;
       [[maybe_unused]] uint32_t p_next[kBlockN / 32][4][2];  // kSpec: P beside P V's fragments
-      if constexpr (Traits::kSpec) {
+      [[maybe_unused]] bool fresh = false;                   // kSpec 2: P not taken yet
+      if constexpr (Traits::kSpec == 1) {
         rescale = Fp8SpeculativeStep<Traits::kTree>(acc_s, stats, scale_log2, alpha, p_next);
+      } else if constexpr (Traits::kSpec == 2) {
+        fresh = Fp8ExpAgainstRunningMax(acc_s, stats, scale_log2, p_next);
       } else {
         rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, Traits::kSumMma, Traits::kLazy>(
             acc_s, stats, scale_log2, alpha);
@@ -647,15 +697,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_o[0]);
       FenceFragments(p_frag);
       if (has_pv) release(v_empty(s_prev));
-      if (rescale) RescaleRows(acc_o, alpha);
+      if constexpr (Traits::kSpec > 0) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 32; ++kk) {
-        if constexpr (Traits::kSpec) {
+        for (int kk = 0; kk < kBlockN / 32; ++kk) {
 #pragma unroll
           for (int r = 0; r < 4; ++r) p_frag[kk][r] = p_next[kk][r][0] | p_next[kk][r][1] << 16;
-        } else {
-          PackP8(p_frag[kk], acc_s, kk);
         }
+      }
+      if constexpr (Traits::kSpec == 2) {
+        if (fresh || __any_sync(0xffffffffu, AnyP8Above256(p_frag))) {
+          rescale = Fp8SoftmaxStep<0, Traits::kTree, true, true>(acc_s, stats, scale_log2, alpha);
+#pragma unroll
+          for (int kk = 0; kk < kBlockN / 32; ++kk) PackP8(p_frag[kk], acc_s, kk);
+        }
+      }
+      if (rescale) RescaleRows(acc_o, alpha);
+      if constexpr (Traits::kSpec == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 32; ++kk) PackP8(p_frag[kk], acc_s, kk);
       }
       ++i;
     };
@@ -664,10 +723,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // The last KV tile's P V, in a turn of its own.
     const int s_last = (i - 1) % kStages;
     MbarrierWait(v_full(s_last), ((i - 1) / kStages) & 1);
-    NamedBarrierSync(my_turn, kTurnThreads);
+    take_turn();
     issue_pv(s_last);
     WgmmaCommit();
-    NamedBarrierArrive(next_turn, kTurnThreads);
+    pass_turn();
     WgmmaWait<0>();
     FenceAccumulators(acc_o[0]);
     FenceFragments(p_frag);
@@ -697,7 +756,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     ++round;
   }
   // The turn the last consumer passed after its last GEMMs.
-  if (consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
+  if (!Traits::kNoTurns && consumer == 0) NamedBarrierSync(my_turn, kTurnThreads);
 #endif  // ATTN_HAVE_WGMMA
 }
 

@@ -78,7 +78,9 @@ struct FwdFp8Args {
 // (Fp8Traits::kFmaExp); tree: the softmax's row max and sum as four partial results
 // (Fp8Traits::kTree); sum_mma: the row sums on the tensor cores (Fp8Traits::kSumMma); lazy: the
 // running max moves only by more than 2^8 in P (Fp8Traits::kLazy); spec: exponentials against the
-// running max before the tile's row max is known (Fp8Traits::kSpec, with lazy and sum_mma).
+// running max before the tile's row max is known (Fp8Traits::kSpec: 1 the max reduced beside
+// them, 2 P's bytes checked instead; with lazy and sum_mma);
+// no_turns: the consumers issue their products without the ping-pong's turns (kNoTurns).
 struct Fp8TileConfig {
   int block_n;
   int stages;
@@ -87,7 +89,8 @@ struct Fp8TileConfig {
   bool tree = false;
   bool sum_mma = false;
   bool lazy = false;
-  bool spec = false;
+  int spec = 0;
+  bool no_turns = false;
 };
 
 // Shared memory (1-byte elements): Q 64 * consumers x d, stages x (K + V^T) block_n x d, O
@@ -118,7 +121,8 @@ constexpr bool HasFp8Kernel(int head_dim_bucket) {
 // the host API for the same configuration), head_dim <= kHeadDim; kCausal iff p.causal.
 // Returns the launch's CUDA error.
 template <int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0,
-          bool kTree = false, bool kSumMma = false, bool kLazy = false, bool kSpec = false>
+          bool kTree = false, bool kSumMma = false, bool kLazy = false, int kSpec = 0,
+          bool kNoTurns = false>
 cudaError_t LaunchFlashFwdFp8(const FwdFp8Args& args, cudaStream_t stream);
 
 // The same with DefaultFp8TileConfig(kHeadDim): the one the host API launches.

@@ -18,15 +18,16 @@ namespace attention::cuda {
 namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kFmaExp = 0,
-          bool kTree = false, bool kSumMma = false, bool kLazy = false, bool kSpec = false>
+          bool kTree = false, bool kSumMma = false, bool kLazy = false, int kSpec = 0,
+          bool kNoTurns = false>
 Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
   return {kHeadDim,
-          {kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma, kLazy, kSpec},
+          {kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma, kLazy, kSpec, kNoTurns},
           grid,
           &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma,
-                             kLazy, kSpec>,
+                             kLazy, kSpec, kNoTurns>,
           &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma,
-                             kLazy, kSpec>};
+                             kLazy, kSpec, kNoTurns>};
 }
 
 }  // namespace
@@ -42,8 +43,14 @@ const std::vector<Fp8Variant>& Fp8Variants() {
       Make<128, 128, 4, 2, 0, false, true, true>(),
       Make<128, 128, 4, 2, 0, true, true, true>(),
       // /s: exponentials against the running max beside the row max's reduction (with /l, /m).
-      Make<128, 128, 4, 2, 0, false, true, true, true>(),
-      Make<128, 128, 4, 2, 0, true, true, true, true>(),
+      Make<128, 128, 4, 2, 0, false, true, true, 1>(),
+      Make<128, 128, 4, 2, 0, true, true, true, 1>(),
+      // /s2: no row max, P's e4m3 bytes checked against 2^8 instead.
+      Make<128, 128, 4, 2, 0, true, true, true, 2>(),
+      // /f: without the consumers' turns (the default's and /s's).
+      Make<128, 128, 4, 2, 0, false, false, false, 0, true>(),
+      Make<128, 128, 4, 2, 0, true, true, true, 1, true>(),
+      Make<128, 128, 4, 2, 0, true, true, true, 2, true>(),
       // d 128, three consumers of 64 rows on 64-key tiles (160 registers each), and 128 x 192.
       Make<128, 64, 4, 3>(),
       Make<128, 64, 4, 3, 0, true, false, true>(),
