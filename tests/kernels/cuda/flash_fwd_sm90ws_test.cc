@@ -219,8 +219,11 @@ struct Case {
     return *this;
   }
   // Paged with q dense: batch sequences of q rows against contexts `contexts`.
+  // (The query lengths are built before `contexts` moves: as two arguments of one call their
+  // order of evaluation is unspecified, and GCC moved `contexts` first, leaving no sequence.)
   Case& PagedDenseQ(int size, int q, std::vector<int> contexts) {
-    Varlen(std::vector<int>(contexts.size(), q), std::move(contexts));
+    std::vector<int> lens(contexts.size(), q);
+    Varlen(std::move(lens), std::move(contexts));
     dense_q = true;
     return Paged(size);
   }
