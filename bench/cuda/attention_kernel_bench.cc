@@ -855,8 +855,9 @@ bool TimeWs(const std::string& dt, const AttentionParams& p, double ms, double t
       // Two Q buffers, the prefetch, the overlap and the snake / fold schedules act only between
       // the query tiles of a persistent block: with one block per tile they would time the same
       // work again.
-      if (!persistent && (v.config.q_buffers == 2 || v.config.prefetch_next ||
-                          v.config.overlap_next_s || v.config.snake || v.config.fold)) {
+      if (!persistent &&
+          (v.config.q_buffers == 2 || v.config.prefetch_next || v.config.overlap_next_s ||
+           v.config.snake || v.config.fold || v.config.pair_major)) {
         continue;
       }
       entries.push_back({v.Label() + (persistent ? " persistent" : " grid"), [&p, &v, persistent] {

@@ -359,7 +359,7 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
   const DeviceInfo device = CurrentDevice();
   args.sched = MakeFwdSm90WsSchedule(p.batch, p.seqlen_q, p.seqlen_k, p.q_heads, p.kv_heads,
                                      p.head_dim, block_m, device.sms, device.l2_bytes, persistent,
-                                     config.snake, config.fold, config.pair_major);
+                                     config.snake, config.fold, config.pair_major && !p.is_paged());
   const int block_n = config.block_n;
   // A packed batch maps its packed rows as one sequence (batch 1, FwdSm90WsArgs). Maps need
   // dimensions >= 1; an empty context (no key rows) is never copied from.

@@ -162,7 +162,7 @@ template <int kBlockM, int kBlockN, bool kCausal, bool kOrders, bool kPaged = fa
 __device__ __forceinline__ bool LocateTile(const AttentionParams& p, const FwdSm90WsSchedule& sched,
                                            int tile, BlockCoords<Element>& c, WsTileRows& rows,
                                            KvTileRange& tiles) {
-  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const RankedTile at = KernelTileRankAt<kOrders, kPaged>(sched, tile);
   c.head = at.pair % p.q_heads;
   c.batch = at.pair / p.q_heads;
   c.left = kCausal ? p.window_left : -1;
@@ -302,7 +302,7 @@ struct WsTail {
 template <int kBlockM, int kBlockN, bool kCausal, bool kOrders>
 __device__ __forceinline__ WsTail TailOfTile(const AttentionParams& p,
                                              const FwdSm90WsSchedule& sched, int tile) {
-  const RankedTile at = kOrders ? ScheduleTileRankAt(sched, tile) : PlainTileRankAt(sched, tile);
+  const RankedTile at = KernelTileRankAt<kOrders, false>(sched, tile);
   const int batch = at.pair / p.q_heads;
   const int q_start = p.cu_seqlens_q[batch];
   const int len_q = p.cu_seqlens_q[batch + 1] - q_start;

@@ -40,8 +40,7 @@ cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t 
   return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
                               kTiles.consumers, kTiles.separate_o, kTiles.q_buffers,
                               kTiles.prefetch_next, kTiles.tma_store_o, kTiles.overlap_next_s,
-                              (kTiles.snake || kTiles.fold || kTiles.pair_major), kPaged>(args,
-                                                                                          stream);
+                              (kTiles.snake || kTiles.fold), kPaged>(args, stream);
 }
 
 }  // namespace attention::cuda

@@ -39,7 +39,8 @@ namespace attention::cuda {
 // ceil(m_blocks / 2) ranks per pair; num_tiles = 2 grid ceil(slots / grid), the tiles past the
 // last slot empty.
 //
-// With `pair_major` (a persistent grid, neither snake nor fold), a pair's m_blocks tiles are
+// With `pair_major` (a persistent grid over dense or packed K / V, neither snake nor fold; kernels
+// take it with or without kOrders, KernelTileRankAt), a pair's m_blocks tiles are
 // consecutive (PairMajorTileRankAt): the blocks running at once work on grid / m_blocks pairs, all
 // of one pair's query tiles together, so that each pair's K / V come from DRAM about once and then
 // from L2 while they are read, instead of once per rank of an L2 group spread over rounds (a short
@@ -121,6 +122,20 @@ ATTN_HOST_DEVICE inline RankedTile ScheduleTileRankAt(const FwdSm90WsSchedule& s
   return s.fold         ? FoldedTileRankAt(s, tile)
          : s.pair_major ? PairMajorTileRankAt(s, tile)
                         : TileRankAt(s, tile);
+}
+
+// Tile `tile` as a kernel finds it: compiled with the snake and fold orders (kOrders), any
+// schedule; without, the plain order or, for dense K / V, the pair-major one where the schedule
+// has it (one branch, no other order's arithmetic); paged kernels the plain order only.
+template <bool kOrders, bool kPaged>
+ATTN_HOST_DEVICE inline RankedTile KernelTileRankAt(const FwdSm90WsSchedule& s, int tile) {
+  if constexpr (kOrders) {
+    return ScheduleTileRankAt(s, tile);
+  } else if constexpr (kPaged) {
+    return PlainTileRankAt(s, tile);
+  } else {
+    return s.pair_major ? PairMajorTileRankAt(s, tile) : PlainTileRankAt(s, tile);
+  }
 }
 
 // The query block of rank `rank` of a sequence of `seq_m_blocks` query blocks: counted from the
@@ -226,8 +241,9 @@ struct Sm90WsTileConfig {
   bool prefetch_next = false;
   bool tma_store_o = false;
   bool overlap_next_s = false;
-  // The order of a persistent grid's tiles (FwdSm90WsSchedule::snake, fold, pair_major); each
-  // needs kernels compiled for them (Sm90WsTraits::kOrders).
+  // The order of a persistent grid's tiles (FwdSm90WsSchedule::snake, fold, pair_major); snake
+  // and fold need kernels compiled for them (Sm90WsTraits::kOrders), pair_major does not (dense
+  // or packed K / V only: paged launches take the plain order).
   bool snake = false;
   bool fold = false;
   bool pair_major = false;

@@ -268,6 +268,13 @@ TEST(FlashFwdSm90WsScheduleTest, PairMajorVisitsEveryTileOncePairByPair) {
               ASSERT_EQ(at.pair, tile / sched.m_blocks);
             }
             ASSERT_TRUE(ranks[at.pair].insert(at.rank).second) << "tile " << tile;
+            // Kernels without kOrders find the same tile on dense K / V, the plain order's paged.
+            const RankedTile kernel = KernelTileRankAt<false, false>(sched, tile);
+            EXPECT_EQ(kernel.rank, at.rank);
+            EXPECT_EQ(kernel.pair, at.pair);
+            const RankedTile paged = KernelTileRankAt<false, true>(sched, tile);
+            EXPECT_EQ(paged.rank, PlainTileRankAt(sched, tile).rank);
+            EXPECT_EQ(paged.pair, PlainTileRankAt(sched, tile).pair);
             const int seq_m_blocks = (lens[at.pair / heads] + block_m - 1) / block_m;
             const int m_block = TileMBlock(at, seq_m_blocks, causal);
             if (m_block < 0) continue;
