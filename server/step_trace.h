@@ -131,6 +131,11 @@ inline void Begin() {
         used += std::snprintf(
             line + used, sizeof(line) - static_cast<size_t>(used), " %s=%.1f", PointName(p),
             1e-3 * static_cast<double>(s.sum[p]) / static_cast<double>(s.count[p]));
+        // A point some steps did not pass (or passed after the next step's read): how many did.
+        if (s.count[p] < s.steps && used > 0 && used < static_cast<int>(sizeof(line))) {
+          used += std::snprintf(line + used, sizeof(line) - static_cast<size_t>(used), "/n%lld",
+                                static_cast<long long>(s.count[p]));
+        }
       }
       std::fprintf(stderr, "%s\n", line);
       std::memset(s.sum, 0, sizeof(s.sum));
