@@ -257,6 +257,20 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
                 "whole rows per iteration");
   const char* k = static_cast<const char*>(p.k);
   const char* v = static_cast<const char*>(p.v);
+  // Paged K/V whose pages hold whole tiles (page_size a multiple of kBlockN, e.g. 64, 128, 256
+  // at kBlockN 64): the tile lies in one page, looked up once per tile (a uniform load) instead
+  // of once per row (8 rows per thread: 8 integer divisions and 8 dependent table loads ahead of
+  // the copies). Its first key may sit before key_lo, but in the page of the tile's allowed keys,
+  // so no entry outside the block's keys is read. -1: rows are looked up one by one.
+  int64_t tile_k_off = -1, tile_v_off = -1;
+  if (pages == nullptr && !kTable && blk.page_row != nullptr && p.page_size % kBlockN == 0) {
+    const int first_key = tile * kBlockN;
+    const int slot = first_key / p.page_size;
+    const int64_t page = __ldg(blk.page_row + slot);
+    const int64_t in_page = first_key - int64_t{slot} * p.page_size;
+    tile_k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
+    tile_v_off = page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head;
+  }
 #pragma unroll kUnroll
   for (int it = 0; it < kIters; ++it) {
     const int idx = tid + it * kDecodeThreads;
@@ -289,6 +303,9 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
           const int64_t in_page = key - slot * geo->size;
           k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
           v_off = page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head;
+        } else if (tile_k_off >= 0) {
+          k_off = tile_k_off + int64_t{row} * p.k_row_stride;
+          v_off = tile_v_off + int64_t{row} * p.v_row_stride;
         } else {
           KeyRowOffsets(p, blk, key, k_off, v_off);
         }
