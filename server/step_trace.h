@@ -29,7 +29,8 @@ enum Point : int {
   kLaunch,         // CudaExecutor::Launch begins
   kStaged,         // the inputs are in pinned memory
   kUploadIssued,   // the upload (and its event) is enqueued
-  kKernelsIssued,  // the append, attention and the last event are enqueued
+  kAppendIssued,   // the row append kernel is enqueued
+  kKernelsIssued,  // the attention kernels and the last event are enqueued
   kLaunched,       // Launch returns (outputs allocated)
   kWaitBegins,     // a thread begins to wait for the device (stream or event)
   kDeviceDone,     // that wait returned
@@ -44,9 +45,9 @@ enum Point : int {
 
 inline const char* PointName(int p) {
   static const char* const kNames[kPoints] = {
-      "read",   "parsed",   "in_turn", "enqueue",       "submit",     "launch",
-      "staged", "upload",   "kernels", "launched",      "wait",       "device_done",
-      "finish", "complete", "built",   "write_started", "turn_ended", "write_done"};
+      "read",     "parsed", "in_turn",       "enqueue",    "submit",    "launch",      "staged",
+      "upload",   "append", "kernels",       "launched",   "wait",      "device_done", "finish",
+      "complete", "built",  "write_started", "turn_ended", "write_done"};
   return kNames[p];
 }
 

@@ -824,6 +824,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
       return s;
     }
     MarkRowsWritten(batch);
+    step_trace::Stamp(step_trace::kAppendIssued);
   }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
                                 : cuda::RunAttention(p, workspace, stream);
