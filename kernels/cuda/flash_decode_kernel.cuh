@@ -262,7 +262,12 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
   // of once per row (8 rows per thread: 8 integer divisions and 8 dependent table loads ahead of
   // the copies). Its first key may sit before key_lo, but in the page of the tile's allowed keys,
   // so no entry outside the block's keys is read. -1: rows are looked up one by one.
+  // Smaller pages of a power-of-two size (16, 32: the server's default pages hold 16 tokens at 8
+  // KV heads x head_dim 128 x bf16) find each row's page with a shift instead of a division.
   int64_t tile_k_off = -1, tile_v_off = -1;
+  const int page_shift = blk.page_row != nullptr && (p.page_size & (p.page_size - 1)) == 0
+                             ? __ffs(p.page_size) - 1
+                             : -1;
   if (pages == nullptr && !kTable && blk.page_row != nullptr && p.page_size % kBlockN == 0) {
     const int first_key = tile * kBlockN;
     const int slot = first_key / p.page_size;
@@ -306,6 +311,11 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
         } else if (tile_k_off >= 0) {
           k_off = tile_k_off + int64_t{row} * p.k_row_stride;
           v_off = tile_v_off + int64_t{row} * p.v_row_stride;
+        } else if (page_shift >= 0) {
+          const int64_t page = __ldg(blk.page_row + (key >> page_shift));
+          const int64_t in_page = key & (p.page_size - 1);
+          k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
+          v_off = page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head;
         } else {
           KeyRowOffsets(p, blk, key, k_off, v_off);
         }
