@@ -406,6 +406,7 @@ int RunAb(const ConnectionFlags& flags, const SessionBenchFlags& f, v1::DType dt
   // The connection options of every server (and the echo's), whatever --target says.
   ConnectionFlags connection = flags;
   connection.target = servers->front().target;
+  const Clock::time_point start = Clock::now();
   absl::StatusOr<ClientOptions> options = connection.Options();
   if (!options.ok()) return Fail(options.status());
   for (AbServer& server : *servers) {
@@ -426,6 +427,7 @@ int RunAb(const ConnectionFlags& flags, const SessionBenchFlags& f, v1::DType dt
       return Fail(filled);
     }
   }
+  const double fill_s = std::chrono::duration<double>(Clock::now() - start).count();
   std::string rows;
   int failed = 0;
   const size_t n = servers->size();
@@ -466,6 +468,9 @@ int RunAb(const ConnectionFlags& flags, const SessionBenchFlags& f, v1::DType dt
   for (const AbServer& server : *servers) {
     for (const Session& s : server.sessions) s.Release().IgnoreError();
   }
+  std::printf("ab: %lld runs in %.1f s after %.1f s of sessions created and filled\n",
+              static_cast<long long>(f.ab_rounds * static_cast<int64_t>(n)),
+              std::chrono::duration<double>(Clock::now() - start).count() - fill_s, fill_s);
   if (!f.json.empty()) {
     std::FILE* out = std::fopen(f.json.c_str(), "w");
     const std::string json = absl::StrCat("[\n", rows, "\n]\n");
