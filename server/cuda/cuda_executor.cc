@@ -109,6 +109,11 @@ bool LoneZeroCopy() {
 // for its stream itself and finishes it (outputs, answer, the gRPC write): no completer wake-up
 // and no hand-off between the device's end and the answer. That thread reads nothing else of its
 // stream meanwhile (a few tens of us, the decode kernel's time); other streams and batches go on.
+// Set while a thread finishes a batch it waited for (FinishInline): the answers it hands back may
+// start the session's next call on that thread, whose batch is then left to the completer instead
+// of being waited for inside the first one's finish (no recursion through a stream's queued calls).
+thread_local bool finishing_inline = false;
+
 bool LoneWaitInline() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_WAIT_INLINE");
@@ -403,7 +408,8 @@ void CudaExecutor::Submit(std::unique_ptr<Batch> batch) {
         if (inline_slot->lone) ++lone_launching_;
         // Only a decode-kernel step (a short kernel) holds its thread.
         inline_slot->wait_inline =
-            inline_slot->lone && LoneWaitInline() && batch->config.kind == WorkKind::kPagedDecode &&
+            inline_slot->lone && LoneWaitInline() && !finishing_inline &&
+            batch->config.kind == WorkKind::kPagedDecode &&
             cuda::DecodeTakesPagedRows(batch->config.dtype, batch->max_seqlen_q);
         inline_slot->batch = std::move(batch);
       } else {
@@ -497,7 +503,9 @@ void CudaExecutor::FinishInline(Slot* slot) {
   absl::Status status = WaitForSlot(slot);
   // Scratch of this thread (a gRPC or batcher thread), reused from batch to batch.
   static thread_local std::vector<HostCopy> output_copies;
+  finishing_inline = true;
   FinishSlot(DoneSlot{slot, std::move(status)}, output_copies);
+  finishing_inline = false;
 }
 
 absl::Status CudaExecutor::WaitForSlot(Slot* slot) {
