@@ -121,6 +121,16 @@ bool LoneWaitInline() {
   }();
   return on;
 }
+// ATTN_SLOT_WAKE_IF_WAITING=1 (off: a candidate until measured): a freed slot wakes a stager only
+// when a submitted batch waits for one (FreeSlotLocked).
+bool SlotWakeIfWaiting() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_SLOT_WAKE_IF_WAITING");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+
 // ATTN_LONE_EVENTS=0 (on unless "0"; a candidate until measured): a lone batch records no events
 // at all, two API calls fewer between its upload and its kernels; its kernel time is then not
 // measured (no kernel stage observed, kernel_ns 0 in the answer's timings).
@@ -538,7 +548,10 @@ absl::Status CudaExecutor::WaitForSlot(Slot* slot) {
 
 void CudaExecutor::FreeSlotLocked(Slot* slot) {
   free_slots_.push_back(slot);
-  stage_cv_.notify_one();
+  // A stager waits for a submitted batch and a free slot; with none submitted, waking one only
+  // costs a futex wake on the path of a lone step's answer (and a stager that sleeps again).
+  // ATTN_SLOT_WAKE_IF_WAITING=1 skips that wake; by default a freed slot still wakes one.
+  if (!SlotWakeIfWaiting() || !submitted_.empty() || stopping_) stage_cv_.notify_one();
   if (Drained()) {
     complete_cv_.notify_all();
     finish_cv_.notify_all();
