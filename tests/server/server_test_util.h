@@ -63,7 +63,9 @@ std::string ServerBackendUnderTest();
 // held to the precision it reports (AttentionResponse.precision): PRECISION_TF32 4e-3 on o and
 // lse, PRECISION_BF16 the BFLOAT16 tolerance on o and 2e-2 on lse. With ATTN_TEST_BACKEND=cuda:
 // FLOAT16 5e-3, BFLOAT16 2.5e-2, FLOAT8_E4M3 7e-2 (its kernel rounds P to e4m3: up to 2^-4 of
-// sum_j p_j |v_j| / sum_j p_j with |v| <= 1).
+// sum_j p_j |v_j| / sum_j p_j with |v| <= 1), and FLOAT8_E4M3's lse per row within
+// 1e-3 + 2^-8 |scale| sum_d |q_id| max_j,d |k_jd| (dequantized; FP8 tensor-core accumulation, or
+// the bfloat16 copies of q and k for what the FP8 kernel lacks).
 std::string CompareWithReference(const v1::AttentionRequest& request,
                                  const v1::AttentionResponse& response);
 
