@@ -188,6 +188,14 @@ __device__ __forceinline__ void CpAsync16Hint(uint32_t smem_addr, const void* gm
   }
 }
 
+// Which K/V layouts a kernel instantiation reads: both, told apart at run time (kAny: the
+// candidate kernels of kDecodeVariants and the float32 kernel), or one known at compile time (the
+// production 16-bit kernel has one instantiation per layout, LaunchDecode16 picking by
+// p.page_table). A paged lookup inside the dense kernel's copy loop, even one never taken, cost
+// dense K/V 15-20 % wherever one block holds an SM (H200, 2026-12-06, device call 2: 8 x 32k to
+// 1 x 128k), so the production kernel's dense loop has none.
+enum class DecodeKv : uint8_t { kAny, kDense, kPaged };
+
 // Copies per thread of one K (or V) tile of kBlockN rows x kChunks 16-byte chunks.
 template <int kBlockN, int kChunks>
 inline constexpr int kKvCopyIters = (kBlockN * kChunks + kDecodeThreads - 1) / kDecodeThreads;
@@ -239,9 +247,11 @@ __device__ __forceinline__ void LoadTilePages(const DecodeBlock& blk, const Page
 // kUnroll: how far the copy loop is unrolled (kDecodeVariants' compact rolls it: 1). kTable (paged
 // K/V, kDecodeVariants' lean_cache): a row's page comes from table[slot - table_first] (shared
 // memory when the block cached its split's entries, else the page table itself) and the page
-// geometry `geo`, in this same loop (no second copy loop).
+// geometry `geo`, in this same loop (no second copy loop). kKv: the K/V layouts the kernel
+// instantiation reads (DecodeKv).
 template <int kBlockN, int kChunks, int kElemBytes, DecodeCacheHint kHint = DecodeCacheHint::kNone,
-          int kHeads = 1, int kUnroll = 64, bool kTable = false, typename OffsetFn>
+          int kHeads = 1, int kUnroll = 64, bool kTable = false, DecodeKv kKv = DecodeKv::kAny,
+          typename OffsetFn>
 __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const DecodeBlock& blk,
                                            int tile, uint32_t smem_k, uint32_t smem_v,
                                            int valid_chunks, int tid, OffsetFn offset,
@@ -264,11 +274,13 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
   // so no entry outside the block's keys is read. -1: rows are looked up one by one.
   // Smaller pages of a power-of-two size (16, 32: the server's default pages hold 16 tokens at 8
   // KV heads x head_dim 128 x bf16) find each row's page with a shift instead of a division.
+  // Only the production kernel's paged instantiation (kKv kPaged) takes these paths.
   int64_t tile_k_off = -1, tile_v_off = -1;
-  const int page_shift = blk.page_row != nullptr && (p.page_size & (p.page_size - 1)) == 0
-                             ? __ffs(p.page_size) - 1
-                             : -1;
-  if (pages == nullptr && !kTable && blk.page_row != nullptr && p.page_size % kBlockN == 0) {
+  int page_shift = -1;
+  if constexpr (kKv == DecodeKv::kPaged) {
+    page_shift = (p.page_size & (p.page_size - 1)) == 0 ? __ffs(p.page_size) - 1 : -1;
+  }
+  if (kKv == DecodeKv::kPaged && pages == nullptr && !kTable && p.page_size % kBlockN == 0) {
     const int first_key = tile * kBlockN;
     const int slot = first_key / p.page_size;
     const int64_t page = __ldg(blk.page_row + slot);
@@ -308,10 +320,13 @@ __device__ __forceinline__ void LoadKvTile(const AttentionParams& p, const Decod
           const int64_t in_page = key - slot * geo->size;
           k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
           v_off = page * p.v_batch_stride + in_page * p.v_row_stride + blk.v_head;
-        } else if (tile_k_off >= 0) {
+        } else if constexpr (kKv == DecodeKv::kDense) {
+          k_off = blk.k_seq + int64_t{key} * p.k_row_stride;
+          v_off = blk.v_seq + int64_t{key} * p.v_row_stride;
+        } else if (kKv == DecodeKv::kPaged && tile_k_off >= 0) {
           k_off = tile_k_off + int64_t{row} * p.k_row_stride;
           v_off = tile_v_off + int64_t{row} * p.v_row_stride;
-        } else if (page_shift >= 0) {
+        } else if (kKv == DecodeKv::kPaged && page_shift >= 0) {
           const int64_t page = __ldg(blk.page_row + (key >> page_shift));
           const int64_t in_page = key & (p.page_size - 1);
           k_off = page * p.k_batch_stride + in_page * p.k_row_stride + blk.k_head;
@@ -750,7 +765,8 @@ struct Decode16Traits {
 // kVariant: an entry of kDecodeVariants (0 = the production kernel); Traits carries its stages.
 // kGeneralLogits false (kDecodeVariants' specialize_logits, for launches without softcap and
 // ALiBi): the logits' softcap / ALiBi code is left out.
-template <typename Traits, typename Element, int kVariant = 0, bool kGeneralLogits = true>
+template <typename Traits, typename Element, int kVariant = 0, bool kGeneralLogits = true,
+          DecodeKv kKv = DecodeKv::kAny>
 __global__ void __launch_bounds__(kDecodeThreads, 2)
     FlashDecodeKernel16(const __grid_constant__ AttentionParams p,
                         const __grid_constant__ DecodeLaunch l) {
@@ -867,7 +883,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
   }
   const auto load_tile = [&](int tile, uint32_t base) {
     if constexpr (kLeanCache) {
-      LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, true>(
+      LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, true, kKv>(
           p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset,
           pages_arg, &geo, KVTile::kBytes, cached ? page_cache : blk.page_row,
           cached ? cache_first : 0);
@@ -881,7 +897,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)
         return;
       }
     }
-    LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll>(
+    LoadKvTile<kBlockN, kChunks, 2, kHint, kHeads, kUnroll, false, kKv>(
         p, blk, tile, base, base + kHeads * KVTile::kBytes, valid_chunks, tid, kv_offset, pages_arg,
         &geo, KVTile::kBytes);
   };

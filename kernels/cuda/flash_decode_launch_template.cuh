@@ -131,14 +131,26 @@ cudaError_t LaunchDecode16(const AttentionParams& p, const DecodeLaunch& l, cuda
                                         DecodePageCacheEntries(kV, kHeadDim, kRows)>;
   using Element = DecodeElementOf<kDType>;
   constexpr int kSmem = Traits::kSmem.total;
-  if constexpr (kV.specialize_logits) {
-    if (p.softcap == 0.f && p.alibi_slopes == nullptr) {
-      return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant, false>,
-                                 kSmem, kV.fused_combine>(p, l, stream);
+  if constexpr (kVariant == 0) {
+    // The production kernel: one instantiation per K/V layout (decode::DecodeKv).
+    if (p.page_table != nullptr) {
+      return LaunchDecodeOrFused<
+          &decode::FlashDecodeKernel16<Traits, Element, 0, true, decode::DecodeKv::kPaged>, kSmem,
+          kV.fused_combine>(p, l, stream);
     }
+    return LaunchDecodeOrFused<
+        &decode::FlashDecodeKernel16<Traits, Element, 0, true, decode::DecodeKv::kDense>, kSmem,
+        kV.fused_combine>(p, l, stream);
+  } else {
+    if constexpr (kV.specialize_logits) {
+      if (p.softcap == 0.f && p.alibi_slopes == nullptr) {
+        return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant, false>,
+                                   kSmem, kV.fused_combine>(p, l, stream);
+      }
+    }
+    return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant>, kSmem,
+                               kV.fused_combine>(p, l, stream);
   }
-  return LaunchDecodeOrFused<&decode::FlashDecodeKernel16<Traits, Element, kVariant>, kSmem,
-                             kV.fused_combine>(p, l, stream);
 }
 
 // Variant kVariant of kDecodeVariants: the 16-bit kernel with 16-row blocks.
