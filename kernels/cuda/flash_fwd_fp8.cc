@@ -377,7 +377,7 @@ std::string Fp8Variant::Label() const {
                       config.spec == 1   ? "/s"
                       : config.spec == 2 ? "/s2"
                                          : "",
-                      config.no_turns ? "/f" : "",
+                      config.no_turns ? "/f" : "", config.lse_f32 ? "/x" : "",
                       grid == Fp8Grid::kPersistent ? "+p"
                       : grid == Fp8Grid::kPerTile  ? "+t"
                                                    : "");

@@ -41,7 +41,7 @@ namespace attention::cuda::fwd {
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kFmaExp_ = 0,
           bool kTree_ = false, bool kSumMma_ = false, bool kLazy_ = false, int kSpec_ = 0,
-          bool kNoTurns_ = false>
+          bool kNoTurns_ = false, bool kLseF32_ = false>
 struct Fp8Traits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -86,6 +86,12 @@ struct Fp8Traits {
   // barriers): at d 128 one consumer's softmax takes several times the other's products, so the
   // turns may hold a ready consumer back rather than keep the tensor cores busy.
   static constexpr bool kNoTurns = kNoTurns_;
+  // With kSumMma: the softmax also keeps float32 row sums of the unrounded P (as without kSumMma),
+  // from which the LSE is taken, while O is still divided by the tensor cores' sums of the rounded
+  // P (StoreOutput gets O scaled by their ratio): the LSE as accurate as without kSumMma (a row's
+  // sum of e4m3-rounded P is off by up to 2^-4 relative, and with kLazy its largest P is not 1).
+  static constexpr bool kLseF32 = kLseF32_;
+  static_assert(!kLseF32 || kSumMma, "float32 sums for the LSE beside the tensor cores' sums");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -300,32 +306,39 @@ __device__ __forceinline__ void PackP8Pairs(uint32_t (&p_next)[kNTilesS / 4][4][
 // Whether some row of the warp has no finite running max yet (its first keys); if none has, P of
 // S against the running maxima into `p_next` (PackP8Pairs), without the tile's row max: P may
 // exceed 2^kFp8LazyLog2 (saturating at 448), which the caller checks.
-template <int kNTilesS>
+// With kSum, `sum` gets this lane's float32 sums of the unrounded P per row half (0 and 1: rows
+// g and g + 8).
+template <bool kSum, int kNTilesS>
 __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][kNTilesS][4],
                                                         const RowStats<1>& stats, float scale_log2,
-                                                        uint32_t (&p_next)[kNTilesS / 4][4][2]) {
+                                                        uint32_t (&p_next)[kNTilesS / 4][4][2],
+                                                        float (&sum)[2]) {
   const bool fresh = stats.max[0][0] == -INFINITY || stats.max[0][1] == -INFINITY;
   if (__any_sync(0xffffffffu, fresh)) return true;
   const float base0 = stats.max[0][0] * scale_log2;
   const float base1 = stats.max[0][1] * scale_log2;
+  sum[0] = sum[1] = 0.f;
   PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
-    return Exp2(fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1));
+    const float pe = Exp2(fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1));
+    if constexpr (kSum) sum[e / 2] += pe;
+    return pe;
   });
   return false;
 }
 
 // Fp8Traits::kSpec == 1's softmax step: P into `p_next` (PackP8Pairs), alpha and the return value
-// as Fp8SoftmaxStep's. Where every row of the warp has a finite running max, the exponentials
-// are taken against it (Fp8ExpAgainstRunningMax) while the tile's row max is reduced beside them;
-// if that max exceeds some row's running max by more than kFp8LazyLog2, or some row has no finite
-// max yet, P is recomputed from S by the lazy step. Either way P is what the lazy step (kLazy,
-// kNoSum) gives.
-template <bool kTree, int kNTilesS>
+// as Fp8SoftmaxStep's, with kSum the float32 row sums too (Fp8Traits::kLseF32). Where every row of
+// the warp has a finite running max, the exponentials are taken against it
+// (Fp8ExpAgainstRunningMax) while the tile's row max is reduced beside them; if that max exceeds
+// some row's running max by more than kFp8LazyLog2, or some row has no finite max yet, P is
+// recomputed from S by the lazy step. Either way P is what the lazy step (kLazy, kNoSum) gives.
+template <bool kTree, bool kSum, int kNTilesS>
 __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4],
                                                    RowStats<1>& stats, float scale_log2,
                                                    float (&alpha)[1][2],
                                                    uint32_t (&p_next)[kNTilesS / 4][4][2]) {
-  if (!Fp8ExpAgainstRunningMax(acc_s, stats, scale_log2, p_next)) {
+  float sum[2];
+  if (!Fp8ExpAgainstRunningMax<kSum>(acc_s, stats, scale_log2, p_next, sum)) {
     constexpr int kParts = kTree ? 4 : 1;
     bool far = false;
 #pragma unroll
@@ -347,10 +360,14 @@ __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4
     }
     if (!__any_sync(0xffffffffu, far)) {
       alpha[0][0] = alpha[0][1] = 1.f;
+      if constexpr (kSum) {
+        stats.sum[0][0] += sum[0];
+        stats.sum[0][1] += sum[1];
+      }
       return false;
     }
   }
-  const bool moved = Fp8SoftmaxStep<0, kTree, true, true>(acc_s, stats, scale_log2, alpha);
+  const bool moved = Fp8SoftmaxStep<0, kTree, !kSum, true>(acc_s, stats, scale_log2, alpha);
   PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) { return acc_s[0][nt][e]; });
   return moved;
 }
@@ -684,13 +701,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       bool rescale = false;
       [[maybe_unused]] uint32_t p_next[kBlockN / 32][4][2];  // kSpec: P beside P V's fragments
       [[maybe_unused]] bool fresh = false;                   // kSpec 2: P not taken yet
+      [[maybe_unused]] float spec_sum[2];                    // kSpec 2, kLseF32: its sums
       if constexpr (Traits::kSpec == 1) {
-        rescale = Fp8SpeculativeStep<Traits::kTree>(acc_s, stats, scale_log2, alpha, p_next);
+        rescale = Fp8SpeculativeStep<Traits::kTree, Traits::kLseF32>(acc_s, stats, scale_log2,
+                                                                     alpha, p_next);
       } else if constexpr (Traits::kSpec == 2) {
-        fresh = Fp8ExpAgainstRunningMax(acc_s, stats, scale_log2, p_next);
+        fresh =
+            Fp8ExpAgainstRunningMax<Traits::kLseF32>(acc_s, stats, scale_log2, p_next, spec_sum);
       } else {
-        rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, Traits::kSumMma, Traits::kLazy>(
-            acc_s, stats, scale_log2, alpha);
+        rescale = Fp8SoftmaxStep < Traits::kFmaExp, Traits::kTree,
+        Traits::kSumMma && !Traits::kLseF32, Traits::kLazy > (acc_s, stats, scale_log2, alpha);
       }
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
@@ -706,9 +726,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       if constexpr (Traits::kSpec == 2) {
         if (fresh || __any_sync(0xffffffffu, AnyP8Above256(p_frag))) {
-          rescale = Fp8SoftmaxStep<0, Traits::kTree, true, true>(acc_s, stats, scale_log2, alpha);
+          rescale = Fp8SoftmaxStep<0, Traits::kTree, !Traits::kLseF32, true>(acc_s, stats,
+                                                                             scale_log2, alpha);
 #pragma unroll
           for (int kk = 0; kk < kBlockN / 32; ++kk) PackP8(p_frag[kk], acc_s, kk);
+        } else if constexpr (Traits::kLseF32) {
+          stats.sum[0][0] += spec_sum[0];
+          stats.sum[0][1] += spec_sum[1];
         }
       }
       if (rescale) RescaleRows(acc_o, alpha);
@@ -742,7 +766,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_o[0][dt][e] *= v_scale;
     }
-    if constexpr (Traits::kSumMma) {
+    if constexpr (Traits::kLseF32) {
+      // O is to be divided by the sum of the rounded P (every column of O's last n8 tile holds
+      // it) and the LSE taken from the float32 sums (this lane's share in stats.sum, which
+      // StoreOutput adds over the quad): O gets their ratio first.
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float total = stats.sum[0][hf];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const float rounded = acc_o[0][kNTilesO][2 * hf];
+        const float ratio = rounded > 0.f ? total / rounded : 0.f;
+#pragma unroll
+        for (int dt = 0; dt < kNTilesO; ++dt) {
+          acc_o[0][dt][2 * hf] *= ratio;
+          acc_o[0][dt][2 * hf + 1] *= ratio;
+        }
+      }
+    } else if constexpr (Traits::kSumMma) {
       // Every column of O's last n8 tile holds the row's sum; StoreOutput adds the quad's
       // partial sums, so one lane of each quad gives it.
 #pragma unroll

@@ -11,10 +11,10 @@
 namespace attention::cuda {
 
 template <int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers, int kFmaExp,
-          bool kTree, bool kSumMma, bool kLazy, int kSpec, bool kNoTurns>
+          bool kTree, bool kSumMma, bool kLazy, int kSpec, bool kNoTurns, bool kLseF32>
 cudaError_t LaunchFlashFwdFp8(const FwdFp8Args& args, cudaStream_t stream) {
   using Traits = fwd::Fp8Traits<kHeadDim, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma,
-                                kLazy, kSpec, kNoTurns>;
+                                kLazy, kSpec, kNoTurns, kLseF32>;
   const auto kernel = &fwd::FlashFwdFp8Kernel<Traits, kCausal>;
   // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -29,7 +29,7 @@ cudaError_t LaunchFlashFwdFp8Default(const FwdFp8Args& args, cudaStream_t stream
   constexpr Fp8TileConfig kTiles = DefaultFp8TileConfig(kHeadDim);
   return LaunchFlashFwdFp8<kHeadDim, kCausal, kTiles.block_n, kTiles.stages, kTiles.consumers,
                            kTiles.fma_exp, kTiles.tree, kTiles.sum_mma, kTiles.lazy, kTiles.spec,
-                           kTiles.no_turns>(args, stream);
+                           kTiles.no_turns, kTiles.lse_f32>(args, stream);
 }
 
 }  // namespace attention::cuda
