@@ -99,6 +99,17 @@ bool AppendInStreamDisabled() {
   return disabled;
 }
 
+// ATTN_ANSWER_FIRST=1 (off: a candidate until measured): an Attend's answer is serialized and
+// handed to gRPC before its job and its request's tensors are freed (they go after the write
+// started: the job right after the answer, the request with the call). Read once.
+bool AnswerFirst() {
+  static const bool on = [] {
+    const char* value = std::getenv("ATTN_ANSWER_FIRST");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+
 absl::Status DrainingStatus() {
   return absl::UnavailableError(
       "server is draining: its sessions end with it; create the session again on another "
@@ -131,8 +142,16 @@ void SessionCall::Complete(std::unique_ptr<Job> job, const absl::Status& status)
   }
   turn.Unpin();  // before the answer: its reader finds the session idle
   if (status.ok()) WriteAnswer(*job, response.mutable_attend());
-  job.reset();
-  Done(status);
+  if (AnswerFirst()) {
+    // The job no longer refers to anything it reads when destroyed (its view is dropped, its
+    // turn taken, its outputs moved into the answer): it may outlive the call that Done ends.
+    std::unique_ptr<Job> answered = std::move(job);
+    Done(status);
+    answered.reset();
+  } else {
+    job.reset();
+    Done(status);
+  }
   turn.End();
   step_trace::StampOf(traced, step_trace::kTurnEnded);
 }
@@ -363,7 +382,8 @@ void SessionStreamCall::BuildAnswer(SessionStreamItem& item, const absl::Status&
   response.set_request_id(item.request.request_id());
   item.code = static_cast<grpc::StatusCode>(status.code());
   item.counted = item.request.call_case() != v1::SessionRequest::CALL_NOT_SET;
-  item.request.Clear();  // the inputs are no longer needed
+  // The inputs are no longer needed: freed now, or with the item once written (AnswerFirst).
+  if (!AnswerFirst()) item.request.Clear();
   Serialize(response, &item.wire_out);
   response.Clear();
 }

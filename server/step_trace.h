@@ -22,6 +22,7 @@ namespace attention::server::step_trace {
 // that step's means).
 enum Point : int {
   kRead = 0,       // StreamReactor::OnReadDone: the message is read
+  kParseBegins,    // the message's parse begins
   kParsed,         // the SessionRequest is parsed
   kInTurn,         // the Attend's step runs in the session's turn
   kEnqueue,        // its job goes to Batcher::Enqueue
@@ -45,9 +46,9 @@ enum Point : int {
 
 inline const char* PointName(int p) {
   static const char* const kNames[kPoints] = {
-      "read",     "parsed", "in_turn",       "enqueue",    "submit",    "launch",      "staged",
-      "upload",   "append", "kernels",       "launched",   "wait",      "device_done", "finish",
-      "complete", "built",  "write_started", "turn_ended", "write_done"};
+      "read",   "parse",    "parsed", "in_turn",       "enqueue",    "submit",    "launch",
+      "staged", "upload",   "append", "kernels",       "launched",   "wait",      "device_done",
+      "finish", "complete", "built",  "write_started", "turn_ended", "write_done"};
   return kNames[p];
 }
 

@@ -59,6 +59,7 @@ class StreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::Byt
     item->accepted = Clock::now();
     item->request_bytes = static_cast<int64_t>(item->wire_in.Length());
     ++messages_read_;
+    step_trace::Stamp(step_trace::kParseBegins);
     if (absl::Status parsed = derived().Parse(*item); !parsed.ok()) {
       derived().CountMalformed(*item);
       RefuseMalformed(parsed);

@@ -72,6 +72,7 @@ struct SessionBenchFlags {
   std::string json;
   std::string ab_targets;
   int64_t ab_rounds = 4;
+  int64_t ab_block = 0;
 };
 
 double Percentile(const std::vector<int64_t>& sorted, double p) {
@@ -239,14 +240,9 @@ class Decoder {
   std::string first_error_;
 };
 
-// Round trips of AttentionRequests of `bytes` bytes to an echo server, one at a time.
-absl::Status MeasureEcho(const ConnectionFlags& connection, const SessionBenchFlags& flags,
-                         int64_t bytes, v1::DType dtype, Results& results) {
-  absl::StatusOr<ClientOptions> options = connection.Options();
-  if (!options.ok()) return options.status();
-  absl::StatusOr<Client> echo = Client::Create(flags.echo_target, *options);
-  if (!echo.ok()) return echo.status();
-  // q [1, n, 1, head_dim] holding the step's bytes; k and v one row.
+// The echo's request for a step of `bytes` bytes: q [1, n, 1, head_dim] holding the step's bytes;
+// k and v one row.
+v1::AttentionRequest EchoRequest(const SessionBenchFlags& flags, int64_t bytes, v1::DType dtype) {
   const int64_t row = int64_t{flags.head_dim} * DTypeSize(dtype);
   const int64_t rows = std::max<int64_t>(1, bytes / row);
   v1::AttentionRequest request;
@@ -259,17 +255,38 @@ absl::Status MeasureEcho(const ConnectionFlags& connection, const SessionBenchFl
     t->set_data(
         std::string(static_cast<size_t>((t == request.mutable_q() ? rows : 1) * row), '\0'));
   }
+  return request;
+}
+
+// `calls` echo round trips after `warmup` unmeasured ones, one at a time; appends their times.
+absl::Status EchoCalls(const Client& echo, const v1::AttentionRequest& request, int64_t warmup,
+                       int64_t calls, std::vector<int64_t>& ns, Progress* progress = nullptr) {
+  for (int64_t i = 0; i < warmup + calls; ++i) {
+    const Clock::time_point sent = Clock::now();
+    absl::StatusOr<v1::AttentionResponse> answer = echo.Attention(request);
+    if (!answer.ok()) return answer.status();
+    if (i >= warmup) {
+      ns.push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - sent).count());
+      if (progress != nullptr) progress->Update(i - warmup + 1);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Round trips of AttentionRequests of `bytes` bytes to an echo server, one at a time.
+absl::Status MeasureEcho(const ConnectionFlags& connection, const SessionBenchFlags& flags,
+                         int64_t bytes, v1::DType dtype, Results& results) {
+  absl::StatusOr<ClientOptions> options = connection.Options();
+  if (!options.ok()) return options.status();
+  absl::StatusOr<Client> echo = Client::Create(flags.echo_target, *options);
+  if (!echo.ok()) return echo.status();
+  const v1::AttentionRequest request = EchoRequest(flags, bytes, dtype);
   results.echo_request_bytes = static_cast<int64_t>(request.ByteSizeLong());
   Progress progress("echo", flags.echo_calls);
-  for (int64_t i = 0; i < flags.echo_calls + 10; ++i) {
-    const Clock::time_point sent = Clock::now();
-    absl::StatusOr<v1::AttentionResponse> answer = echo->Attention(request);
-    if (!answer.ok()) return answer.status();
-    if (i >= 10) {
-      results.echo_ns.push_back(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - sent).count());
-      progress.Update(i - 9);
-    }
+  if (absl::Status s = EchoCalls(*echo, request, 10, flags.echo_calls, results.echo_ns, &progress);
+      !s.ok()) {
+    return s;
   }
   std::sort(results.echo_ns.begin(), results.echo_ns.end());
   return absl::OkStatus();
@@ -369,6 +386,57 @@ absl::StatusOr<int64_t> StepRequestBytes(const Session& session, const Decoder& 
   return static_cast<int64_t>(step.ByteSizeLong());
 }
 
+// One run of an A/B on `sessions`: --warmup_steps, then --steps steps and --echo_calls echo
+// round trips in alternating blocks of --ab_block each (both see the host as it is at the time),
+// or all steps then all echo calls when --ab_block is 0. Sorted step and echo times in `results`.
+absl::Status AbRun(const ConnectionFlags& connection, const SessionBenchFlags& f,
+                   const std::vector<Session>& sessions, v1::DType dtype, const std::string& q,
+                   const std::string& k, const std::string& v, Results& results) {
+  absl::StatusOr<ClientOptions> options = connection.Options();
+  if (!options.ok()) return options.status();
+  absl::StatusOr<Client> echo = Client::Create(f.echo_target, *options);
+  if (!echo.ok()) return echo.status();
+  {
+    const Decoder shape(f, sessions, dtype, q, k, v);
+    absl::StatusOr<int64_t> step_bytes = StepRequestBytes(sessions[0], shape);
+    if (!step_bytes.ok()) return step_bytes.status();
+    const v1::AttentionRequest request = EchoRequest(f, *step_bytes, dtype);
+    results.echo_request_bytes = static_cast<int64_t>(request.ByteSizeLong());
+    if (absl::Status s = EchoCalls(*echo, request, 10, 0, results.echo_ns); !s.ok()) return s;
+    const int64_t block = f.ab_block > 0 ? f.ab_block : std::max(f.steps, f.echo_calls);
+    std::vector<int64_t> steps_ns;
+    int64_t steps_left = f.steps, echo_left = f.echo_calls;
+    bool first = true;
+    while (steps_left > 0 || echo_left > 0) {
+      if (steps_left > 0) {
+        SessionBenchFlags part = f;
+        part.steps = std::min(block, steps_left);
+        part.warmup_steps = first ? f.warmup_steps : 0;
+        Decoder decoder(part, sessions, dtype, q, k, v);
+        Results got;
+        decoder.Run(got);
+        steps_ns.insert(steps_ns.end(), got.latency_ns.begin(), got.latency_ns.end());
+        results.steps_failed += got.steps_failed;
+        if (results.first_error.empty()) results.first_error = got.first_error;
+        if (got.steps_failed > 0) break;
+        steps_left -= part.steps;
+        first = false;
+      }
+      if (echo_left > 0) {
+        const int64_t calls = std::min(block, echo_left);
+        if (absl::Status s = EchoCalls(*echo, request, 0, calls, results.echo_ns); !s.ok()) {
+          return s;
+        }
+        echo_left -= calls;
+      }
+    }
+    std::sort(steps_ns.begin(), steps_ns.end());
+    results.latency_ns = std::move(steps_ns);
+    std::sort(results.echo_ns.begin(), results.echo_ns.end());
+  }
+  return absl::OkStatus();
+}
+
 // One server of an A/B (--ab_targets): its name, address, client and sessions.
 struct AbServer {
   std::string name, target;
@@ -438,12 +506,9 @@ int RunAb(const ConnectionFlags& flags, const SessionBenchFlags& f, v1::DType dt
         if (absl::Status cut = session.Truncate(f.context); !cut.ok()) return Fail(cut);
       }
       Results results;
-      Decoder decoder(f, server.sessions, dtype, q, k, v);
-      absl::StatusOr<int64_t> step_bytes = StepRequestBytes(server.sessions[0], decoder);
-      if (!step_bytes.ok()) return Fail(step_bytes.status());
-      decoder.Run(results);
-      if (absl::Status echo = MeasureEcho(connection, f, *step_bytes, dtype, results); !echo.ok()) {
-        return Fail(echo);
+      if (absl::Status ran = AbRun(connection, f, server.sessions, dtype, q, k, v, results);
+          !ran.ok()) {
+        return Fail(ran);
       }
       const double step = Percentile(results.latency_ns, 0.5) * 1e-6;
       const double echo = Percentile(results.echo_ns, 0.5) * 1e-6;
@@ -511,6 +576,9 @@ int SessionBenchCommand(const std::vector<std::string>& args) {
             "NAME=HOST:PORT,...: an A/B of these servers in one process instead of --target "
             "(needs --echo_target)");
   flags.Add("ab_rounds", &f.ab_rounds, "Rounds of the A/B (every server once a round)");
+  flags.Add("ab_block", &f.ab_block,
+            "A/B runs alternate blocks of this many steps and echo calls (0: all steps, then all "
+            "echo calls)");
   if (absl::Status status = flags.Parse(args); !status.ok()) return Fail(status);
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());

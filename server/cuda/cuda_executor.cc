@@ -121,6 +121,21 @@ bool LoneWaitInline() {
   }();
   return on;
 }
+// ATTN_COMPLETER_SPIN_US=N (0, off: a candidate until measured): the completer, out of work, stays
+// awake for up to N us (yielding its core) before it sleeps on its condition, so that the next
+// lone step's launch finds it awake: no futex wake on the launching thread and no wake-up latency
+// between the device's end and the answer (device call 2 of 2026-12-06g, H100: the completer began
+// waiting for a lone step 21 us after its kernels were launched, 8 us before the device was done;
+// waiting on the launching thread instead, the device was seen done 20 us earlier). Read once.
+std::chrono::microseconds CompleterSpin() {
+  static const std::chrono::microseconds spin = [] {
+    const char* value = std::getenv("ATTN_COMPLETER_SPIN_US");
+    const long us = value == nullptr ? 0 : std::strtol(value, nullptr, 10);
+    return std::chrono::microseconds(std::clamp<long>(us, 0, 1'000'000));
+  }();
+  return spin;
+}
+
 // ATTN_SLOT_WAKE_IF_WAITING=1 (off: a candidate until measured): a freed slot wakes a stager only
 // when a submitted batch waits for one (FreeSlotLocked).
 bool SlotWakeIfWaiting() {
@@ -444,6 +459,7 @@ void CudaExecutor::Shutdown() {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     stopping_ = true;
+    completer_work_.fetch_add(1, std::memory_order_relaxed);
     stage_cv_.notify_all();
     complete_cv_.notify_all();
     finish_cv_.notify_all();
@@ -505,6 +521,7 @@ void CudaExecutor::LaunchSlot(Slot* slot) {
   std::lock_guard<std::mutex> lock(mu_);
   if (slot->lone) --lone_launching_;
   in_flight_.push_back(slot);
+  completer_work_.fetch_add(1, std::memory_order_relaxed);
   complete_cv_.notify_one();
 }
 
@@ -553,6 +570,7 @@ void CudaExecutor::FreeSlotLocked(Slot* slot) {
   // ATTN_SLOT_WAKE_IF_WAITING=1 skips that wake; by default a freed slot still wakes one.
   if (!SlotWakeIfWaiting() || !submitted_.empty() || stopping_) stage_cv_.notify_one();
   if (Drained()) {
+    completer_work_.fetch_add(1, std::memory_order_relaxed);
     complete_cv_.notify_all();
     finish_cv_.notify_all();
   }
@@ -869,6 +887,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       lone_wake_ = true;
+      completer_work_.fetch_add(1, std::memory_order_relaxed);
     }
     complete_cv_.notify_one();
   }
@@ -907,11 +926,23 @@ bool CudaExecutor::Drained() const {
 void CudaExecutor::CompleteLoop() {
   cudaSetDevice(device_index_);
   std::vector<HostCopy> output_copies;  // reused from batch to batch
+  const std::chrono::microseconds spin = CompleterSpin();
   while (true) {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      complete_cv_.wait(lock, [this] { return !in_flight_.empty() || lone_wake_ || Drained(); });
+      const auto ready = [this] { return !in_flight_.empty() || lone_wake_ || Drained(); };
+      if (spin.count() > 0 && !ready()) {
+        // ATTN_COMPLETER_SPIN_US: awake until work comes (completer_work_ moves) or the spin ends.
+        const uint64_t seen = completer_work_.load(std::memory_order_relaxed);
+        lock.unlock();
+        const Clock::time_point give_up = Clock::now() + spin;
+        while (completer_work_.load(std::memory_order_relaxed) == seen && Clock::now() < give_up) {
+          std::this_thread::yield();
+        }
+        lock.lock();
+      }
+      complete_cv_.wait(lock, ready);
       if (in_flight_.empty() && lone_wake_) {
         // Woken by a lone launch whose kernels run (Launch): its slot follows within
         // microseconds. Wait for it awake, then take it as usual.

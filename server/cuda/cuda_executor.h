@@ -198,6 +198,9 @@ class CudaExecutor final : public Executor {
   // whether the completer was woken for one before its slot reached in_flight_ (Launch).
   int lone_launching_ = 0;
   bool lone_wake_ = false;
+  // Moves (under mu_) whenever the completer has something new to look at (in_flight_, lone_wake_,
+  // Drained): a spinning completer (ATTN_COMPLETER_SPIN_US) watches it without the lock.
+  std::atomic<uint64_t> completer_work_{0};
   bool stopping_ = false;
   // A sticky CUDA error: every later batch fails fast. Set under mu_, read without it by serving().
   std::atomic<bool> broken_{false};
