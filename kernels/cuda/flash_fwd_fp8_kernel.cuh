@@ -81,7 +81,7 @@ struct Fp8Traits {
   // must come from the tensor cores (kSumMma).
   static constexpr int kSpec = kSpec_;
   static_assert(kSpec >= 0 && kSpec <= 2, "speculation: none, beside the max, or byte check");
-  static_assert(kSpec == 0 || (kLazy && kSumMma && kFmaExp == 0), "speculation needs /l and /m");
+  static_assert(kSpec == 0 || (kLazy && kSumMma), "speculation needs /l and /m");
   // Consumers issue their products whenever ready instead of taking turns (the ping-pong's named
   // barriers): at d 128 one consumer's softmax takes several times the other's products, so the
   // turns may hold a ready consumer back rather than keep the tensor cores busy.
@@ -307,8 +307,8 @@ __device__ __forceinline__ void PackP8Pairs(uint32_t (&p_next)[kNTilesS / 4][4][
 // S against the running maxima into `p_next` (PackP8Pairs), without the tile's row max: P may
 // exceed 2^kFp8LazyLog2 (saturating at 448), which the caller checks.
 // With kSum, `sum` gets this lane's float32 sums of the unrounded P per row half (0 and 1: rows
-// g and g + 8).
-template <bool kSum, int kNTilesS>
+// g and g + 8); kFmaExp of every 4 n8 tiles take their exponentials on the FMA pipe (Exp2Fma).
+template <bool kSum, int kFmaExp, int kNTilesS>
 __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][kNTilesS][4],
                                                         const RowStats<1>& stats, float scale_log2,
                                                         uint32_t (&p_next)[kNTilesS / 4][4][2],
@@ -319,7 +319,8 @@ __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][
   const float base1 = stats.max[0][1] * scale_log2;
   sum[0] = sum[1] = 0.f;
   PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
-    const float pe = Exp2(fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1));
+    const float x = fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1);
+    const float pe = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
     if constexpr (kSum) sum[e / 2] += pe;
     return pe;
   });
@@ -332,13 +333,13 @@ __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][
 // (Fp8ExpAgainstRunningMax) while the tile's row max is reduced beside them; if that max exceeds
 // some row's running max by more than kFp8LazyLog2, or some row has no finite max yet, P is
 // recomputed from S by the lazy step. Either way P is what the lazy step (kLazy, kNoSum) gives.
-template <bool kTree, bool kSum, int kNTilesS>
+template <bool kTree, bool kSum, int kFmaExp, int kNTilesS>
 __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4],
                                                    RowStats<1>& stats, float scale_log2,
                                                    float (&alpha)[1][2],
                                                    uint32_t (&p_next)[kNTilesS / 4][4][2]) {
   float sum[2];
-  if (!Fp8ExpAgainstRunningMax<kSum>(acc_s, stats, scale_log2, p_next, sum)) {
+  if (!Fp8ExpAgainstRunningMax<kSum, kFmaExp>(acc_s, stats, scale_log2, p_next, sum)) {
     constexpr int kParts = kTree ? 4 : 1;
     bool far = false;
 #pragma unroll
@@ -703,14 +704,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       [[maybe_unused]] bool fresh = false;                   // kSpec 2: P not taken yet
       [[maybe_unused]] float spec_sum[2];                    // kSpec 2, kLseF32: its sums
       if constexpr (Traits::kSpec == 1) {
-        rescale = Fp8SpeculativeStep<Traits::kTree, Traits::kLseF32>(acc_s, stats, scale_log2,
-                                                                     alpha, p_next);
+        rescale = Fp8SpeculativeStep<Traits::kTree, Traits::kLseF32, Traits::kFmaExp>(
+            acc_s, stats, scale_log2, alpha, p_next);
       } else if constexpr (Traits::kSpec == 2) {
-        fresh =
-            Fp8ExpAgainstRunningMax<Traits::kLseF32>(acc_s, stats, scale_log2, p_next, spec_sum);
+        fresh = Fp8ExpAgainstRunningMax<Traits::kLseF32, Traits::kFmaExp>(acc_s, stats, scale_log2,
+                                                                          p_next, spec_sum);
       } else {
-        rescale = Fp8SoftmaxStep < Traits::kFmaExp, Traits::kTree,
-        Traits::kSumMma && !Traits::kLseF32, Traits::kLazy > (acc_s, stats, scale_log2, alpha);
+        constexpr bool kNoSum = Traits::kSumMma && !Traits::kLseF32;
+        rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, kNoSum, Traits::kLazy>(
+            acc_s, stats, scale_log2, alpha);
       }
 
       WgmmaWait<0>();  // P[i-1] V[i-1] done: O and p_frag are free, V[i-1]'s buffer too
