@@ -52,7 +52,10 @@ std::string WsVariant::Label() const {
 // keys: DefaultSm90WsTileConfig, Sm90WsPairMajorFor, Sm90WsDensePersistentFor): 192 x 128 and
 // 192 x 96 at d = 64, 128 x 128 with 16-byte stores of O at d = 128, each in the plain order, on a
 // persistent grid and on one block per tile. That call's other candidates (sm90ws_notes.md) lost
-// to the routed ones or are what they route.
+// to the routed ones or are what they route. For the cells left to the wgmma kernel (d = 64 causal
+// under 2048 keys, where call 2's best, two consumers of 128 x 128 in the pair-major order, ran
+// 1.117 / 1.098x the default against the wgmma kernel's 1.161 / 1.104x), the bulk stores of O that
+// made the difference at d = 128, on those tiles and on 192 x 96.
 const std::vector<WsVariant>& WsVariants() {
 #ifdef ATTN_WS_VARIANTS_256
   // A build of bucket 256 (configured with CMAKE_CUDA_FLAGS=-DATTN_WS_VARIANTS_256 beside
@@ -69,6 +72,8 @@ const std::vector<WsVariant>& WsVariants() {
   static const std::vector<WsVariant> variants = {
       Make<64, 128, 4, 3, true>(),
       Make<64, 96, 4, 3, true>(),
+      PairMajor(Make<64, 128, 4, 2, true, 1, false, true>()),
+      PairMajor(Make<64, 96, 4, 3, true, 1, false, true>()),
       Make<128, 128, 2, 2, true>(),
   };
 #endif
