@@ -104,16 +104,16 @@ bool LoneZeroCopy() {
   return on;
 }
 
-// ATTN_LONE_WAIT_INLINE=1 (off: a candidate until measured): the thread that launches a lone
-// batch (Submit's inline launch: the gRPC thread of its request, on the batcher's fast path) waits
-// for its stream itself and finishes it (outputs, answer, the gRPC write): no completer wake-up
-// and no hand-off between the device's end and the answer. That thread reads nothing else of its
-// stream meanwhile (a few tens of us, the decode kernel's time); other streams and batches go on.
 // Set while a thread finishes a batch it waited for (FinishInline): the answers it hands back may
 // start the session's next call on that thread, whose batch is then left to the completer instead
 // of being waited for inside the first one's finish (no recursion through a stream's queued calls).
 thread_local bool finishing_inline = false;
 
+// ATTN_LONE_WAIT_INLINE=1 (off: a candidate until measured): the thread that launches a lone
+// batch (Submit's inline launch: the gRPC thread of its request, on the batcher's fast path) waits
+// for its stream itself and finishes it (outputs, answer, the gRPC write): no completer wake-up
+// and no hand-off between the device's end and the answer. That thread reads nothing else of its
+// stream meanwhile (a few tens of us, the decode kernel's time); other streams and batches go on.
 bool LoneWaitInline() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_WAIT_INLINE");
@@ -124,9 +124,10 @@ bool LoneWaitInline() {
 // ATTN_COMPLETER_SPIN_US=N (0, off: a candidate until measured): the completer, out of work, stays
 // awake for up to N us (yielding its core) before it sleeps on its condition, so that the next
 // lone step's launch finds it awake: no futex wake on the launching thread and no wake-up latency
-// between the device's end and the answer (device call 2 of 2026-12-06g, H100: the completer began
-// waiting for a lone step 21 us after its kernels were launched, 8 us before the device was done;
-// waiting on the launching thread instead, the device was seen done 20 us earlier). Read once.
+// between the device's end and the answer (device call 2 of session 7, 2026-12-06, H100: the
+// completer began waiting for a lone step 21 us after its kernels were launched, 8 us before the
+// device was done; waiting on the launching thread instead, the device was seen done 20 us
+// earlier). Read once.
 std::chrono::microseconds CompleterSpin() {
   static const std::chrono::microseconds spin = [] {
     const char* value = std::getenv("ATTN_COMPLETER_SPIN_US");
