@@ -114,6 +114,9 @@ thread_local bool finishing_inline = false;
 // for its stream itself and finishes it (outputs, answer, the gRPC write): no completer wake-up
 // and no hand-off between the device's end and the answer. That thread reads nothing else of its
 // stream meanwhile (a few tens of us, the decode kernel's time); other streams and batches go on.
+// Not for production: in device call 2 of session 7 (H100) steps of many sessions on one stream
+// stopped sharing launches with it (ManySessionsSteppingTogetherShareLaunches failed: each ran
+// alone); ATTN_COMPLETER_SPIN_US closes the same gap without holding the stream's reads.
 bool LoneWaitInline() {
   static const bool on = [] {
     const char* value = std::getenv("ATTN_LONE_WAIT_INLINE");
