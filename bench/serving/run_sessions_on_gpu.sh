@@ -9,7 +9,8 @@
 #
 #   bench/serving/run_sessions_on_gpu.sh COMMIT [BUNDLE_DIR] [tests|bench|all]
 #   environment: SERVER (another attention_server binary), TAG (suffix of the metrics files),
-#   LONE_ONLY=1 (only the lone session), LONE_STEPS (the lone session's steps, 400),
+#   LONE_ONLY=1 (only the lone session), LONE_STEPS (the lone session's steps, 400), LONE_ROUNDS
+#   (rounds of the lone session with steps and echo calls interleaved, 8),
 #   SUITE_SECONDS (the suite's time limit, 150); the server and the suite inherit the rest, e.g.
 #   ATTN_LONE_FAST_PATH=0, ATTN_LONE_ZERO_COPY=0 or ATTN_APPEND_IN_STREAM=0 (docs/operations.md,
 #   Environment) to compare the lone step's variants with one binary
@@ -78,6 +79,20 @@ print("\n".join(l for l in text.splitlines()
     > "$out/metrics_$1${TAG:+_$TAG}.txt" 2>&1
 }
 save_metrics lone
+step "session-bench: the lone session in rounds, steps and echo calls in alternating blocks"
+# The bar's figure (issue 20): the median over rounds of step p50 / echo p50, each round's steps
+# and echo calls interleaved in blocks of 100 so that both see the host alike (a host's echo p50
+# moved from 0.14 to 0.44 ms between runs in device call 2 of 2026-12-06's seventh session).
+timeout 120 "$bin/attention_cli" session-bench --ab_targets=lone=127.0.0.1:50071 \
+  "${common[@]:1}" --sessions=1 --steps=1000 --warmup_steps=50 --ab_rounds="${LONE_ROUNDS:-8}" \
+  --ab_block=100 --echo_target=127.0.0.1:50072 --echo_calls=500 --json=/tmp/lone_rounds.json \
+  || status=1
+python3 -c 'import json, statistics, sys
+rows = json.load(open(sys.argv[1]))
+r = [x["step_p50_ms"] / x["echo_p50_ms"] for x in rows if x["echo_p50_ms"] > 0]
+print("lone step p50 / echo p50 over %d rounds: median %.2f (%s)" % (len(r), statistics.median(r),
+      " ".join("%.2f" % x for x in r)))' /tmp/lone_rounds.json 2>&1
+tr -d '\n' < /tmp/lone_rounds.json >> "$out/sessions.jsonl" 2>/dev/null; echo >> "$out/sessions.jsonl"
 [ -n "${LONE_ONLY:-}" ] && { kill -TERM "$server" "$echo_server"; wait "$server"; exit $status; }
 step "session-bench: 64 sessions on one stream"
 timeout 180 "$bin/attention_cli" session-bench "${common[@]}" --sessions=64 --steps=64 \
