@@ -55,6 +55,7 @@ struct DeviceInfo {
   int smem_per_sm = 0;
   int reserved_smem_per_block = 0;
   int major = 0;
+  double peak_hbm_tbps = 0.0;  // 2 x memory clock x bus width; 0 when the driver does not say
 };
 
 DeviceInfo CurrentDevice() {
@@ -72,6 +73,10 @@ DeviceInfo CurrentDevice() {
     cudaDeviceGetAttribute(&d.reserved_smem_per_block, cudaDevAttrReservedSharedMemoryPerBlock,
                            device);
     cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    int memory_khz = 0, bus_bits = 0;
+    cudaDeviceGetAttribute(&memory_khz, cudaDevAttrMemoryClockRate, device);
+    cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+    d.peak_hbm_tbps = 2.0 * memory_khz * 1e3 * (bus_bits / 8.0) / 1e12;
     // Two threads may both fill the slot; they write the same values.
     info[device] = d;
     known[device].store(true, std::memory_order_release);
@@ -140,12 +145,19 @@ Plan MakePlan(const AttentionParams& p, const DecodeOptions& opt) {
     const int per_block = smem.total + device.reserved_smem_per_block;
     const int resident =
         per_block > 0 ? std::max(1, std::min(2, device.smem_per_sm / per_block)) : 1;
-    // Dense K/V: one block per SM already streams at full bandwidth (its stages are enough bytes
-    // in flight), and a second one only adds partials and combine work (H100, 2026-12-06,
-    // bench/results/gpu_2026-12-06b.md: 1 x 8k 26.2 us at 16 splits against 28.0 at 32; 2 x 128k
-    // 2.91 TB/s at 8 against 2.86 at 16). Pages: every tile's page lookup adds latency that a
-    // second block per SM hides (1 x 32k, pages of 64: 1.98 TB/s at 32 splits, 1.57 at 16).
-    w.blocks_per_sm = p.is_paged() && !variant.paged_one_slot ? resident : 1;
+    // Dense K/V: on an H100 (3.35 TB/s peak) one block per SM already streams at full bandwidth
+    // (its stages are enough bytes in flight), and a second one only adds partials and combine
+    // work (H100, 2026-12-06, bench/results/gpu_2026-12-06b.md: 1 x 8k 26.2 us at 16 splits
+    // against 28.0 at 32; 2 x 128k 2.91 TB/s at 8 against 2.86 at 16). A faster memory needs more
+    // bytes in flight than one block keeps: on an H200 (4.8 TB/s) dense at one block per SM
+    // reached 0.63-0.75x cuDNN on the rows it splits (8 x 32k to 1 x 128k), pages at two 0.92-1.0x
+    // (gpu_2026-12-06g.md, call 2a), so above 4 TB/s dense counts every resident block too.
+    // Pages: every tile's page lookup adds latency that a second block per SM hides (1 x 32k,
+    // pages of 64: 1.98 TB/s at 32 splits, 1.57 at 16).
+    constexpr double kOneSlotMaxTbps = 4.0;
+    const bool all_slots =
+        p.is_paged() ? !variant.paged_one_slot : device.peak_hbm_tbps > kOneSlotMaxTbps;
+    w.blocks_per_sm = all_slots ? resident : 1;
     splits = DecodeSplitHeuristic(w);
   }
   l.num_splits = splits;
