@@ -420,11 +420,16 @@ absl::Status RunFlashFwdSm90Ws(const AttentionParams& params, cudaStream_t strea
   }
   const int bucket = WsBucket(p.head_dim);
   FwdSm90WsArgs args;
-  if (absl::Status s = MakeFwdSm90WsArgs(p, DefaultSm90WsTileConfig(bucket, p.causal),
-                                         Sm90WsPersistentFor(p.causal, p.seqlen_k, bucket), args);
-      !s.ok()) {
-    return s;
-  }
+  // Paged launches keep their tiles and grid rule and the plain order (device call 2 of
+  // 2026-12-06); dense and packed ones take DefaultSm90WsTileConfig, Sm90WsDensePersistentFor and
+  // Sm90WsPairMajorFor (device call 2 of session 7).
+  const bool paged = p.is_paged();
+  Sm90WsTileConfig config =
+      paged ? PagedSm90WsTileConfig(bucket, p.causal) : DefaultSm90WsTileConfig(bucket, p.causal);
+  config.pair_major = !paged && Sm90WsPairMajorFor(p.seqlen_k, bucket);
+  const bool persistent = paged ? Sm90WsPersistentFor(p.causal, p.seqlen_k, bucket)
+                                : Sm90WsDensePersistentFor(p.causal, p.seqlen_k, bucket);
+  if (absl::Status s = MakeFwdSm90WsArgs(p, config, persistent, args); !s.ok()) return s;
   cudaError_t err = cudaErrorInvalidValue;
 #ifdef ATTN_KERNEL_SM90
   switch (p.dtype) {

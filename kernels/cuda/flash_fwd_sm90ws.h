@@ -95,7 +95,8 @@ absl::Status MakeFwdSm90WsArgs(const AttentionParams& p, const Sm90WsTileConfig&
                                bool persistent, FwdSm90WsArgs& args);
 
 // Enqueues the kernel for `p` (device pointers, 16-bit dtype, fields as RunAttention takes them)
-// on `stream` with DefaultSm90WsTileConfig and Sm90WsPersistentFor: normalizes a copy of p,
+// on `stream` with DefaultSm90WsTileConfig, Sm90WsDensePersistentFor and Sm90WsPairMajorFor (paged:
+// PagedSm90WsTileConfig, Sm90WsPersistentFor, the plain order): normalizes a copy of p,
 // checks it (CheckFlashFwdSm90Ws), builds the maps and launches. No workspace. INTERNAL with the
 // CUDA error string when the launch fails.
 absl::Status RunFlashFwdSm90Ws(const AttentionParams& p, cudaStream_t stream);

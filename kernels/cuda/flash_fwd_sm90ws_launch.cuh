@@ -36,7 +36,8 @@ cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream)
 
 template <DType kDType, int kHeadDim, bool kCausal, bool kPaged>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream) {
-  constexpr Sm90WsTileConfig kTiles = DefaultSm90WsTileConfig(kHeadDim, kCausal);
+  constexpr Sm90WsTileConfig kTiles = kPaged ? PagedSm90WsTileConfig(kHeadDim, kCausal)
+                                             : DefaultSm90WsTileConfig(kHeadDim, kCausal);
   return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
                               kTiles.consumers, kTiles.separate_o, kTiles.q_buffers,
                               kTiles.prefetch_next, kTiles.tma_store_o, kTiles.overlap_next_s,

@@ -261,12 +261,26 @@ struct Sm90WsTileConfig {
 //    (Sm90WsPersistentFor).
 //  - d = 256: 128 x 64 tiles, two stages, O staged in Q (64 + 2 x 64 = 192 KB; a separate O tile
 //    would need 256). O is 128 floats per consumer thread, S 32. Not swept yet.
-// The table takes `causal` because the best tiles differ with a mask.
-constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket, bool causal) {
+// The table takes `causal` because the best tiles differ with a mask. The paged kernels keep these
+// (PagedSm90WsTileConfig); for dense and packed K / V, d = 128 writes O by bulk tensor stores
+// (DefaultSm90WsTileConfig).
+constexpr Sm90WsTileConfig PagedSm90WsTileConfig(int head_dim_bucket, bool causal) {
   if (head_dim_bucket <= 64)
     return causal ? Sm90WsTileConfig{96, 4, 3, true} : Sm90WsTileConfig{128, 4, 3, true};
   if (head_dim_bucket <= 128) return {128, 2, 2, true};
   return {64, 2, 2, false};
+}
+
+// Dense and packed K / V. d = 128 adds bulk tensor stores of O (tma_store_o) to the tiles above:
+// device call 2 of session 7 (H200, --ws-variants --varlen, bf16, 15 interleaved rounds, queued
+// as the peer's do_bench) timed them with the pair-major order (Sm90WsPairMajorFor) at 1.077 /
+// 1.065 / 1.011 / 1.014x the former default without a mask at 512 / 1024 / 2048 / 4096 keys and
+// 1.116 / 1.111 / 1.050x with causal at 512 / 1024 / 2048 (the default again: 0.965-1.005x),
+// against 0.995-1.065x for the pair-major order alone.
+constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket, bool causal) {
+  Sm90WsTileConfig config = PagedSm90WsTileConfig(head_dim_bucket, causal);
+  if (head_dim_bucket > 64 && head_dim_bucket <= 128) config.tma_store_o = true;
+  return config;
 }
 
 // Whether the host API launches a persistent grid (one block per SM walking the schedule) rather
@@ -280,6 +294,25 @@ constexpr Sm90WsTileConfig DefaultSm90WsTileConfig(int head_dim_bucket, bool cau
 // with the next one's loads.
 constexpr bool Sm90WsPersistentFor(bool causal, int seqlen_k, int head_dim_bucket) {
   return !causal || int64_t{seqlen_k} * head_dim_bucket < int64_t{2048} * 128;
+}
+
+// The persistent grid of a dense or packed launch (the paged and FP8 kernels keep
+// Sm90WsPersistentFor): as Sm90WsPersistentFor, and at bucket 128 also causal launches of 2048 to
+// 4095 keys, which with the pair-major order and the bulk stores of O ran 1.050x one block per
+// tile at 2048 keys (device call 2 of session 7, H200) but 0.924x at 4096.
+constexpr bool Sm90WsDensePersistentFor(bool causal, int seqlen_k, int head_dim_bucket) {
+  if (head_dim_bucket > 64 && head_dim_bucket <= 128) return !causal || seqlen_k < 4096;
+  return Sm90WsPersistentFor(causal, seqlen_k, head_dim_bucket);
+}
+
+// Whether a dense or packed launch's persistent grid takes the pair-major order
+// (FwdSm90WsSchedule::pair_major): at buckets 64 and 128 up to 4096 keys, where device call 2 of
+// session 7 (H200) measured it (d 128: with the bulk stores of O, above; d 64 without a mask
+// 1.028 / 1.007 / 1.006 / 1.015x the plain order at 512 / 1024 / 2048 / 4096 keys, causal
+// 1.135x at 2048, where the warp-specialized kernel serves causal launches). Longer sequences and
+// bucket 256 keep the plain order, which they were measured with.
+constexpr bool Sm90WsPairMajorFor(int seqlen_k, int head_dim_bucket) {
+  return head_dim_bucket <= 128 && seqlen_k <= 4096;
 }
 
 // Whether the kernel zeroes the rows of a packed sequence's last V tile that lie past the
@@ -300,8 +333,9 @@ template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, in
           bool kOverlapNextS = false, bool kOrders = false, bool kPaged = false>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
-// The same with DefaultSm90WsTileConfig(kHeadDim, kCausal): the one the host API launches. The
-// paged kernels (kPaged) are instantiated only in builds with ATTN_KERNEL_PAGED.
+// The same with DefaultSm90WsTileConfig(kHeadDim, kCausal), or PagedSm90WsTileConfig for the paged
+// kernels (kPaged, instantiated only in builds with ATTN_KERNEL_PAGED): the ones the host API
+// launches.
 template <DType kDType, int kHeadDim, bool kCausal, bool kPaged = false>
 cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t stream);
 

@@ -309,6 +309,33 @@ TEST(FlashFwdSm90WsScheduleTest, PairMajorVisitsEveryTileOncePairByPair) {
   EXPECT_FALSE(folded.pair_major);
 }
 
+// The dense and packed launches' rules (device call 2 of session 7) against the paged and FP8
+// kernels' (unchanged): bulk stores of O at bucket 128 only, the same tiles otherwise; a
+// persistent grid for causal bucket-128 launches under 4096 keys; the pair-major order at buckets
+// 64 and 128 up to 4096 keys.
+TEST(FlashFwdSm90WsScheduleTest, DenseRulesDifferFromPagedOnlyWhereMeasured) {
+  for (int bucket : {64, 128, 256}) {
+    for (bool causal : {false, true}) {
+      const Sm90WsTileConfig dense = DefaultSm90WsTileConfig(bucket, causal);
+      const Sm90WsTileConfig paged = PagedSm90WsTileConfig(bucket, causal);
+      EXPECT_EQ(dense.tma_store_o, bucket == 128);
+      EXPECT_FALSE(paged.tma_store_o);
+      EXPECT_EQ(dense.block_n, paged.block_n);
+      EXPECT_EQ(dense.stages, paged.stages);
+      EXPECT_EQ(dense.consumers, paged.consumers);
+      EXPECT_EQ(dense.separate_o, paged.separate_o);
+      EXPECT_TRUE(!dense.tma_store_o || dense.separate_o);
+      for (int seqlen : {1, 512, 1024, 2048, 3000, 4096, 8192, 16384}) {
+        const bool old_rule = Sm90WsPersistentFor(causal, seqlen, bucket);
+        const bool new_rule = Sm90WsDensePersistentFor(causal, seqlen, bucket);
+        EXPECT_EQ(new_rule, old_rule || (bucket == 128 && causal && seqlen < 4096))
+            << bucket << " " << causal << " " << seqlen;
+        EXPECT_EQ(Sm90WsPairMajorFor(seqlen, bucket), bucket <= 128 && seqlen <= 4096);
+      }
+    }
+  }
+}
+
 // One block per SM at most, and a block for every tile without a persistent grid; an unknown
 // device (sms 0) gets one block per tile.
 TEST(FlashFwdSm90WsScheduleTest, GridSize) {
@@ -387,7 +414,7 @@ TEST(FlashFwdSm90WsRoutingTest, MeasuredRuleKeepsShortCausalOnWgmma) {
 TEST(FlashFwdSm90WsPagedTest, BoxRowsTileEveryPageSize) {
   for (int bucket : {64, 128, 256}) {
     for (bool causal : {false, true}) {
-      const int block_n = DefaultSm90WsTileConfig(bucket, causal).block_n;
+      const int block_n = PagedSm90WsTileConfig(bucket, causal).block_n;
       for (int page_size = kMinPageSize; page_size <= kMaxPageSize; page_size *= 2) {
         const int box = Sm90WsPagedBoxRows(block_n, page_size);
         EXPECT_GE(box, 16) << block_n << " " << page_size;
