@@ -736,7 +736,8 @@ struct WsEntry {
 // memset (the L2 flushed) before each launch, the start event queued behind it and nothing
 // synchronized until the round's end, so the host enqueues the launch while the GPU runs the
 // memset and the time is the GPU's alone, from a cold L2. Returns false if a launch failed.
-bool TimeInterleaved(std::vector<WsEntry>& entries) {
+// (Only --ws-variants builds, ATTN_BENCH_WS_VARIANTS, call it.)
+[[maybe_unused]] bool TimeInterleaved(std::vector<WsEntry>& entries) {
   constexpr int kRounds = 15;
   constexpr size_t kFlushBytes = size_t{256} << 20;
   static void* flush = nullptr;
