@@ -20,7 +20,7 @@
 // that divides by the sum of the rounded P (Fp8TileConfig::sum_mma) moves that sum by at most
 // e = sum_j ((2^-4 + 2^-10 (1 + a_j)) p_j + 2^-10): its bound is (the numerator above + |ref| e)
 // / (denom - e) and the LSE's gains -log(1 - e / denom), unless the LSE comes from float32 sums
-// of the unrounded P (Fp8TileConfig::lse_f32; the d 128 default since session 7). A lazy variant
+// of the unrounded P (Fp8TileConfig::lse_f32). A lazy variant
 // (Fp8TileConfig::lazy, spec) takes P against a running max up to 2^8 in P below the row's max: the
 // same relative rounding and a smaller absolute one in units of the true max, so the same bounds.
 // The inputs use logits of standard deviation about 3 (peaked rows), where a wrong key order or
