@@ -348,37 +348,37 @@ absl::Status RunFp8ByBFloat16(const AttentionParams& p, void* workspace, cudaStr
   }
   const WorkspaceLayout layout = LayoutFor(p);
   char* ws = static_cast<char*>(workspace);
-  const auto descale = [&](const float* factors, int64_t batch_stride, int64_t head_stride,
-                           bool is_q) {
-    Fp8Descale d;
-    d.factors = factors;
-    d.batch_stride = batch_stride;
-    d.head_stride = head_stride;
-    d.cu_seqlens = is_q ? p.cu_seqlens_q : p.cu_seqlens_k;
-    d.batch = p.batch;
-    return d;
+  // One tensor of q, k, v: its data and strides, its factors, where its copy goes.
+  struct Tensor {
+    const char* name;
+    bool is_q;
+    const void* data;
+    int64_t batch_stride, row_stride, head_stride;
+    const float* factors;
+    int64_t factor_batch_stride, factor_head_stride;
+    int64_t copy_offset;
   };
-  for (absl::Status s : {
-           CudaStatus(
-               ConvertE4m3ToBFloat16(
-                   p.q, ShapeOf(p, true, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
-                   descale(p.q_descale, p.q_descale_batch_stride, p.q_descale_head_stride, true),
-                   ws + layout.q, stream),
-               "e4m3 -> bfloat16 dequantization of q"),
-           CudaStatus(
-               ConvertE4m3ToBFloat16(
-                   p.k, ShapeOf(p, false, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
-                   descale(p.k_descale, p.k_descale_batch_stride, p.k_descale_head_stride, false),
-                   ws + layout.k, stream),
-               "e4m3 -> bfloat16 dequantization of k"),
-           CudaStatus(
-               ConvertE4m3ToBFloat16(
-                   p.v, ShapeOf(p, false, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
-                   descale(p.v_descale, p.v_descale_batch_stride, p.v_descale_head_stride, false),
-                   ws + layout.v, stream),
-               "e4m3 -> bfloat16 dequantization of v"),
-       }) {
-    if (!s.ok()) return s;
+  const Tensor tensors[] = {
+      {"q", true, p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.q_descale,
+       p.q_descale_batch_stride, p.q_descale_head_stride, layout.q},
+      {"k", false, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.k_descale,
+       p.k_descale_batch_stride, p.k_descale_head_stride, layout.k},
+      {"v", false, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.v_descale,
+       p.v_descale_batch_stride, p.v_descale_head_stride, layout.v},
+  };
+  for (const Tensor& t : tensors) {
+    Fp8Descale descale;
+    descale.factors = t.factors;
+    descale.batch_stride = t.factor_batch_stride;
+    descale.head_stride = t.factor_head_stride;
+    descale.cu_seqlens = t.is_q ? p.cu_seqlens_q : p.cu_seqlens_k;
+    descale.batch = p.batch;
+    const cudaError_t err = ConvertE4m3ToBFloat16(
+        t.data, ShapeOf(p, t.is_q, t.batch_stride, t.row_stride, t.head_stride), descale,
+        ws + t.copy_offset, stream);
+    if (err != cudaSuccess) {
+      return CudaStatus(err, absl::StrCat("e4m3 -> bfloat16 dequantization of ", t.name).c_str());
+    }
   }
   return DispatchFlashFwd(OnBFloat16Copies(p, ws, layout), stream);
 }
