@@ -84,23 +84,28 @@ std::atomic<bool>& PendingInjectedStickyError() {
   return pending;
 }
 
+// The environment switches below, each read once by its caller: EnvUnlessZero is on when the
+// variable is unset or anything but "0", EnvIsOne only when it is "1".
+bool EnvUnlessZero(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr || std::string(value) != "0";
+}
+bool EnvIsOne(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string(value) == "1";
+}
+
 // ATTN_LONE_FAST_PATH (cuda_executor.h, docs/operations.md): unset or anything but "0" is on.
 // ATTN_LONE_ZERO_COPY (on unless "0"): a lone session step the decode kernel runs writes o and lse
 // into the slot's pinned block. On since device call 3 of 2026-12-06 (H100, GQA 32/8, d 128, bf16,
 // 8k context): lone-step p50 0.227 / 0.232 ms against 0.268-0.276 ms with the download, the GPU
 // session suite passing with it (and in call A1 of 2026-12-06e). Each read once.
 bool LoneFastPath() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_LONE_FAST_PATH");
-    return value == nullptr || std::string(value) != "0";
-  }();
+  static const bool on = EnvUnlessZero("ATTN_LONE_FAST_PATH");
   return on;
 }
 bool LoneZeroCopy() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_LONE_ZERO_COPY");
-    return value == nullptr || std::string(value) != "0";
-  }();
+  static const bool on = EnvUnlessZero("ATTN_LONE_ZERO_COPY");
   return on;
 }
 
@@ -118,10 +123,7 @@ thread_local bool finishing_inline = false;
 // stopped sharing launches with it (ManySessionsSteppingTogetherShareLaunches failed: each ran
 // alone); ATTN_COMPLETER_SPIN_US closes the same gap without holding the stream's reads.
 bool LoneWaitInline() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_LONE_WAIT_INLINE");
-    return value != nullptr && std::string(value) == "1";
-  }();
+  static const bool on = EnvIsOne("ATTN_LONE_WAIT_INLINE");
   return on;
 }
 // ATTN_COMPLETER_SPIN_US=N (0, off: a candidate until measured): the completer, out of work, stays
@@ -143,10 +145,7 @@ std::chrono::microseconds CompleterSpin() {
 // ATTN_SLOT_WAKE_IF_WAITING=1 (off: a candidate until measured): a freed slot wakes a stager only
 // when a submitted batch waits for one (FreeSlotLocked).
 bool SlotWakeIfWaiting() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_SLOT_WAKE_IF_WAITING");
-    return value != nullptr && std::string(value) == "1";
-  }();
+  static const bool on = EnvIsOne("ATTN_SLOT_WAKE_IF_WAITING");
   return on;
 }
 
@@ -154,10 +153,7 @@ bool SlotWakeIfWaiting() {
 // at all, two API calls fewer between its upload and its kernels; its kernel time is then not
 // measured (no kernel stage observed, kernel_ns 0 in the answer's timings).
 bool LoneEvents() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_LONE_EVENTS");
-    return value == nullptr || std::string(value) != "0";
-  }();
+  static const bool on = EnvUnlessZero("ATTN_LONE_EVENTS");
   return on;
 }
 
@@ -169,10 +165,7 @@ bool LoneEvents() {
 // 2026-12-06 (H100) measured no gain for the lone step (p50 0.268 / 0.276 ms against 0.276 ms
 // with the kernel). Read once. A driver that refuses the batched copy turns it off for the process.
 bool AppendByCopy() {
-  static const bool on = [] {
-    const char* value = std::getenv("ATTN_APPEND_BY_COPY");
-    return value != nullptr && std::string(value) == "1";
-  }();
+  static const bool on = EnvIsOne("ATTN_APPEND_BY_COPY");
   return on;
 }
 std::atomic<bool>& AppendByCopyRefused() {
