@@ -406,7 +406,8 @@ size_t WorkspaceBytes(const AttentionParams& p) {
   return static_cast<size_t>(LayoutFor(p).total);
 }
 
-absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaStream_t stream) {
+absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaStream_t stream,
+                          const StreamScratch& scratch) {
   if (absl::Status s = CheckLaunch(params); !s.ok()) return s;
   AttentionParams p = params;
   Normalize(p);
@@ -420,7 +421,10 @@ absl::Status RunAttention(const AttentionParams& params, void* workspace, cudaSt
   // split-KV decode kernel (flash_decode.h). More rows against pages: the forward kernel's paged
   // variant.
   if (RoutesToDecode(p) || TakesDecodeForPages(p)) {
-    return RunFlashDecode(p, DecodeOptions{}, workspace, stream);
+    DecodeOptions opt;
+    opt.zeroed_counters = scratch.zeroed_counters;
+    opt.zeroed_counter_count = scratch.zeroed_counter_count;
+    return RunFlashDecode(p, opt, workspace, stream);
   }
   if (p.dtype != DType::kFloat32) return DispatchFlashFwd(p, stream);
   // float32 at precision FULL (split-TF32 products, float32 accuracy) or TF32: the float32 kernel

@@ -52,11 +52,21 @@ absl::Status CheckLaunch(const AttentionParams& p);
 // the caller from its pool.
 size_t WorkspaceBytes(const AttentionParams& p);
 
+// Device memory a caller keeps for one stream across its launches (the GPU executor: one per
+// pipeline slot). Every field is optional.
+struct StreamScratch {
+  // All 0 between the stream's launches (zeroed once by the owner): the split decode kernel's
+  // tickets (DecodeOptions::zeroed_counters), which saves it a zeroing launch.
+  unsigned int* zeroed_counters = nullptr;
+  int64_t zeroed_counter_count = 0;
+};
+
 // Enqueues the forward kernel for `p` (device pointers) on `stream` and returns without waiting.
 // `workspace` holds at least WorkspaceBytes(p) bytes of device memory (may be null when that is
-// 0). Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED as CheckLaunch, INTERNAL for a
-// launch failure (with the CUDA error string).
-absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_t stream);
+// 0); `scratch` is the stream's own. Never allocates. Errors: INVALID_ARGUMENT / UNIMPLEMENTED as
+// CheckLaunch, INTERNAL for a launch failure (with the CUDA error string).
+absl::Status RunAttention(const AttentionParams& p, void* workspace, cudaStream_t stream,
+                          const StreamScratch& scratch = {});
 
 // The backward pass (kind kBackward, AttentionBackward; kernels in flash_bwd_kernel.cuh):
 // FlashAttention-2's backward for float16 and bfloat16, and for float32 at float32 accuracy

@@ -443,8 +443,11 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     l.partial_lse = reinterpret_cast<float*>(ws + plan.partial_o_bytes);
     l.dependent_launch = CurrentDevice().major >= 9;
     if (plan.num_counters > 0) {
-      l.counters =
-          reinterpret_cast<unsigned int*>(ws + plan.partial_o_bytes + plan.partial_lse_bytes);
+      l.counters_self_reset =
+          opt.zeroed_counters != nullptr && opt.zeroed_counter_count >= plan.num_counters;
+      l.counters = l.counters_self_reset ? opt.zeroed_counters
+                                         : reinterpret_cast<unsigned int*>(
+                                               ws + plan.partial_o_bytes + plan.partial_lse_bytes);
       l.num_counters = plan.num_counters;
     }
   }

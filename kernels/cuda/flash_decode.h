@@ -48,6 +48,12 @@ struct DecodeOptions {
   // ATTN_BENCH_DECODE_VARIANTS=ON (DecodeVariantsCompiled) and take bf16 launches of head-dim
   // bucket 128 with at most 16 packed rows per (sequence, KV head) only (else UNIMPLEMENTED).
   int variant = 0;
+  // Optional: `zeroed_counter_count` unsigned ints of device memory that are all 0 when the launch
+  // starts and that the launch leaves all 0 once it has run (the GPU executor keeps such a block
+  // per stream, zeroed once). A split launch takes its tickets there instead of zeroing counters
+  // in its workspace with a kernel of its own. Null: it zeroes its own.
+  unsigned int* zeroed_counters = nullptr;
+  int64_t zeroed_counter_count = 0;
 };
 
 // Whether this build has decode_bench's candidate kernels (DecodeOptions::variant > 0): CMake

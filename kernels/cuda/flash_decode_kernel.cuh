@@ -707,10 +707,15 @@ __device__ __forceinline__ void FinishFusedSplit(const AttentionParams& p, const
   __threadfence();
   __syncthreads();
   if (tid == 0) {
-    // The counters were zeroed by the grid launched before this one.
+    // The counters were zeroed by the grid launched before this one (or are kept zero between
+    // launches: counters_self_reset, where no grid precedes this one programmatically).
     WaitForPrimaryGrid();
     const int64_t unit = (int64_t{blk.b} * p.kv_heads + blk.g) * l.query_tiles + query_tile;
     ticket = atomicAdd(l.counters + unit, 1u);
+    // The unit's last ticket: no other block of this launch touches the counter again.
+    if (l.counters_self_reset && ticket == static_cast<unsigned int>(l.num_splits - 1)) {
+      l.counters[unit] = 0u;
+    }
   }
   __syncthreads();
   if (ticket != static_cast<unsigned int>(l.num_splits - 1)) return;

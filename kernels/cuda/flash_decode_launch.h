@@ -45,10 +45,14 @@ struct DecodeLaunch {
   bool dependent_launch = false;
   // kDecodeVariants' fused_combine with num_splits > 1: one ticket counter per (sequence, KV
   // head, query tile) unit, index (b * kv_heads + g) * query_tiles + query_tile, in the
-  // workspace behind the partial LSE; zeroed by the launch itself before the decode kernel uses
-  // them. Null otherwise.
+  // workspace behind the partial LSE, zeroed by the launch itself before the decode kernel uses
+  // them; or DecodeOptions::zeroed_counters when they are enough (counters_self_reset). Null
+  // otherwise.
   unsigned int* counters = nullptr;
   int64_t num_counters = 0;
+  // The counters are zero when the launch starts (no zeroing kernel), and each unit's last block
+  // sets its counter back to 0 after taking its ticket, so that they are zero again at the end.
+  bool counters_self_reset = false;
   // kDecodeVariants' page_cache: whether page_table_stride covers the pages of seqlen_k (the host
   // checked), so that a block may read the entries of the split a seqlen_k-key context would give
   // before it knows its own sequence's length.

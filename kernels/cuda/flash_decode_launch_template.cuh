@@ -82,19 +82,22 @@ cudaError_t RunDecodeKernel(const AttentionParams& p, const DecodeLaunch& l, cud
 
 // The fused variants' launch (l.counters set): the counters' zeroing kernel, then the decode
 // kernel behind it with programmatic stream serialization (when l.dependent_launch), so that the
-// decode blocks start while the counters are zeroed and wait for that only at their ticket.
+// decode blocks start while the counters are zeroed and wait for that only at their ticket. With
+// l.counters_self_reset, the decode kernel alone, in plain stream order.
 template <auto kKernel, int kSmemBytes>
 cudaError_t LaunchDecodeFused(const AttentionParams& p, const DecodeLaunch& l,
                               cudaStream_t stream) {
   if (const cudaError_t err = RaiseSmemLimitOnce<kKernel, kSmemBytes>(); err != cudaSuccess) {
     return err;
   }
-  // One counter per thread; a few blocks are enough for any grid the decode kernel can take.
-  const int64_t zero_blocks = (l.num_counters + kDecodeThreads - 1) / kDecodeThreads;
-  decode::FlashDecodeZeroCounters<unsigned int>
-      <<<static_cast<unsigned>(zero_blocks < 64 ? zero_blocks : 64), kDecodeThreads, 0, stream>>>(
-          l.counters, l.num_counters);
-  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  if (!l.counters_self_reset) {
+    // One counter per thread; a few blocks are enough for any grid the decode kernel can take.
+    const int64_t zero_blocks = (l.num_counters + kDecodeThreads - 1) / kDecodeThreads;
+    decode::FlashDecodeZeroCounters<unsigned int>
+        <<<static_cast<unsigned>(zero_blocks < 64 ? zero_blocks : 64), kDecodeThreads, 0,
+           stream>>>(l.counters, l.num_counters);
+    if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  }
   const int64_t blocks =
       int64_t{p.batch} * l.num_splits * l.query_tiles * (p.kv_heads / l.heads_per_block);
   cudaLaunchConfig_t config = {};
@@ -106,7 +109,9 @@ cudaError_t LaunchDecodeFused(const AttentionParams& p, const DecodeLaunch& l,
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = l.dependent_launch ? 1 : 0;
+  // Programmatic only behind the zeroing kernel: a self-resetting launch follows whatever wrote
+  // its K/V (the row append), which it must see whole.
+  config.numAttrs = l.dependent_launch && !l.counters_self_reset ? 1 : 0;
   const cudaError_t err = cudaLaunchKernelEx(&config, kKernel, p, l);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();

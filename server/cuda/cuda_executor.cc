@@ -287,13 +287,25 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
   // batch of up to two thirds of a device slot always fits with its workspace.
   max_batch_bytes_ = std::min(pinned_slot_bytes_, device_slot_bytes_ / 3 * 2);
 
+  // Behind the slots: each slot's block of ticket counters for the split decode kernel, zeroed
+  // here once; every launch leaves them zero (cuda::StreamScratch), so no launch needs a zeroing
+  // kernel of its own.
+  const int64_t counter_bytes = int64_t{depth} * kSlotCounters * 4;
   void* device_pool = nullptr;
-  if (absl::Status s = CheckCuda(cudaMalloc(&device_pool, static_cast<size_t>(device_pool_bytes_)),
-                                 "cudaMalloc(device pool)");
+  if (absl::Status s = CheckCuda(
+          cudaMalloc(&device_pool, static_cast<size_t>(device_pool_bytes_ + counter_bytes)),
+          "cudaMalloc(device pool)");
       !s.ok()) {
     return s;
   }
   device_pool_ = static_cast<char*>(device_pool);
+  if (absl::Status s =
+          CheckCuda(cudaMemset(device_pool_ + device_pool_bytes_, 0,
+                               static_cast<size_t>(counter_bytes)),
+                    "cudaMemset(decode counters)");
+      !s.ok()) {
+    return s;
+  }
   void* pinned_pool = nullptr;
   if (absl::Status s =
           CheckCuda(cudaHostAlloc(&pinned_pool, static_cast<size_t>(pinned_pool_bytes_),
@@ -314,6 +326,8 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
   for (int i = 0; i < depth; ++i) {
     Slot& slot = slots_[static_cast<size_t>(i)];
     slot.device = device_pool_ + int64_t{i} * device_slot_bytes_;
+    slot.counters =
+        reinterpret_cast<unsigned int*>(device_pool_ + device_pool_bytes_) + i * kSlotCounters;
     slot.pinned = pinned_pool_ + int64_t{i} * pinned_slot_bytes_;
     for (absl::Status s : {
              CheckCuda(cudaStreamCreateWithFlags(&slot.stream, cudaStreamNonBlocking),
@@ -863,7 +877,8 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     step_trace::Stamp(step_trace::kAppendIssued);
   }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
-                                : cuda::RunAttention(p, workspace, stream);
+                                : cuda::RunAttention(p, workspace, stream,
+                                                     {slot.counters, kSlotCounters});
       !s.ok()) {
     if (s.code() == absl::StatusCode::kInternal) {
       // A launch failure may be sticky: let CheckCuda classify the error it left behind.

@@ -111,10 +111,16 @@ class CudaExecutor final : public Executor {
   void Shutdown() override;
 
  private:
+  // Decode ticket counters per slot: one per (sequence, KV head, query tile) of a split launch,
+  // enough for 256 sequences of 64 KV heads; a larger launch zeroes counters in its workspace.
+  static constexpr int64_t kSlotCounters = 16384;
   // One pipeline stage's worth of memory and ordering.
   struct Slot {
     char* pinned = nullptr;  // host staging: inputs block, then outputs block
     char* device = nullptr;  // device block: inputs, outputs, kernel workspace
+    // kSlotCounters zeroed ticket counters of the split decode kernel, behind the slots' blocks
+    // (cuda::StreamScratch): the slot's launches run in its stream's order.
+    unsigned int* counters = nullptr;
     cudaStream_t stream = nullptr;
     cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
     std::unique_ptr<Batch> batch;

@@ -166,6 +166,9 @@ struct Case {
   bool sinks = false;
   bool key_range = false;  // a random [begin, end) per sequence
   bool lse = true;
+  // Split tickets in zeroed counters the launch must leave zero (DecodeOptions::zeroed_counters,
+  // as the GPU executor hands them): run twice, then the counters checked.
+  bool self_reset = false;
   DecodeOptions options;
   std::vector<DType> dtypes = {DType::kBFloat16, DType::kFloat16, DType::kFloat32};
 
@@ -235,6 +238,10 @@ struct Case {
   }
   Case& NoLse() {
     lse = false;
+    return *this;
+  }
+  Case& SelfReset() {
+    self_reset = true;
     return *this;
   }
   Case& Splits(int n) {
@@ -558,7 +565,25 @@ void RunDecode(const Case& c, DType dtype, const HostCase& h, const std::vector<
     const int splits = DecodeNumSplits(p, c.options);
     EXPECT_EQ(ws_bytes > 0, splits > 1);
     void* ws = ws_bytes > 0 ? arena.Alloc(ws_bytes, 0xff) : nullptr;
-    status = RunFlashDecode(p, c.options, ws, stream);
+    constexpr int64_t kCounters = 4096;
+    DecodeOptions opt = c.options;
+    if (c.self_reset) {
+      ASSERT_GT(splits, 1) << "a self-reset case must split";
+      opt.zeroed_counters = static_cast<unsigned int*>(arena.Alloc(kCounters * 4, 0));
+      opt.zeroed_counter_count = kCounters;
+      // The first launch's results are overwritten by the second's, which needs zero counters.
+      status = RunFlashDecode(p, opt, ws, stream);
+      ASSERT_TRUE(status.ok()) << status;
+    }
+    status = RunFlashDecode(p, opt, ws, stream);
+    if (c.self_reset && status.ok()) {
+      std::vector<unsigned int> counters(kCounters, 1u);
+      CUDA_OK(cudaMemcpyAsync(counters.data(), opt.zeroed_counters, kCounters * 4,
+                              cudaMemcpyDeviceToHost, stream));
+      CUDA_OK(cudaStreamSynchronize(stream));
+      EXPECT_EQ(std::count(counters.begin(), counters.end(), 0u), kCounters)
+          << "the launches left counters non-zero";
+    }
   }
   ASSERT_TRUE(status.ok()) << status;
   CUDA_OK(cudaStreamSynchronize(stream));
@@ -688,6 +713,11 @@ std::vector<Case> Cases() {
     c.push_back(Case("small_page" + std::to_string(ps)).K({1000, 37, 513, 256, 1}).Page(ps));
   }
   c.push_back(Case("page_size_odd").K({300, 77}).Page(48));
+  // Tickets in counters kept zero between launches (the executor's), paged and dense, several
+  // query tiles.
+  c.push_back(Case("self_reset_page16").K({1000, 37, 513, 256, 1}).Page(16).Splits(4).SelfReset());
+  c.push_back(
+      Case("self_reset_dense").K({3000, 1, 700}).Dense(false).Q(3).Causal().Splits(5).SelfReset());
   // Dense K/V: one page per sequence, per-sequence lengths; packed with cu_seqlens_k.
   c.push_back(Case("small_dense").K({300, 1, 700}).Dense(false));
   c.push_back(Case("dense_packed").K({129, 1000, 64}).Dense(true).Q(3).Causal());
