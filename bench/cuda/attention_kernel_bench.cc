@@ -14,7 +14,8 @@
 //             shapes; after bf16 in the same list its rows also give fp8 / bf16 speed
 //   --fp8-variants  with fp8, also every compiled FP8 tile configuration of the cell's bucket
 //             (kernels/cuda/flash_fwd_fp8_variants.h; configure -DATTN_BENCH_FP8_VARIANTS=ON),
-//             timed interleaved with the default ("fp8il" rows, TimeFp8Variants)
+//             timed interleaved with the default and the routed bf16 launch, each launch
+//             from a cold L2 ("fp8il" rows, TimeFp8Variants)
 //   --tiles   also times every tile configuration of bench/cuda/tile_sweep.cu (bf16)
 //   --memory  one 128k-token sequence (16 heads, head_dim 128, bf16): peak device memory and
 //             time, causal off / on
@@ -393,54 +394,97 @@ bool MakePaged(const AttentionParams& dense, int page_size, int32_t* table, int3
   return true;
 }
 
-// --fp8-variants: the default FP8 configuration and every compiled variant of p's bucket timed
-// interleaved in this process (the default timed alone differed by up to 8 % between two
-// timings of one run, 2026-12-06): kFp8Rounds rounds, each launching every entry kFp8Launches
-// times back to back (the GPU busy throughout, host work hidden), starting one entry further each
-// round. A row per variant: its median over the rounds, the default's median / its median, and
-// the range of the rounds' own default / variant ratios. Every entry is launched and checked
-// once first. Returns false if a launch failed.
+// --fp8-variants: the routed bf16 launch (on bf16 copies of the same shapes), the default FP8
+// configuration and every compiled variant of p's bucket timed interleaved in this process (the
+// default timed alone differed by up to 8 % between two timings of one run, 2026-12-06):
+// kFp8Rounds rounds, each launching every entry kFp8Launches times, starting one entry further
+// each round. Every launch (the FP8 ones with their V^T pre-pass) is timed alone from a cold L2:
+// a memset of kFp8FlushBytes before it, its start event queued behind that, so the host's work
+// hides behind the memset. A row per entry: its median over the rounds, default / entry and
+// bf16 / entry (medians), and the range of the rounds' own bf16 / entry ratios. Every entry is
+// launched and checked once first. Returns false if a launch failed.
 bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json) {
   constexpr int kFp8Rounds = 9;
   constexpr int kFp8Launches = 4;
+  constexpr size_t kFp8FlushBytes = size_t{256} << 20;
   const int d = p.head_dim;
   const int bucket = d <= 64 ? 64 : d <= 128 ? 128 : 256;
-  std::vector<const Fp8Variant*> entries = {nullptr};  // null: the default
+  // Entry 0 is bf16, entry 1 the FP8 default (variant null), then the variants.
+  std::vector<const Fp8Variant*> entries = {nullptr, nullptr};
   for (const Fp8Variant& v : Fp8Variants()) {
     if (v.head_dim == bucket) entries.push_back(&v);
   }
-  if (entries.size() == 1) return true;
-  const auto label = [](const Fp8Variant* v) {
-    return v == nullptr ? std::string("default") : v->Label();
+  if (entries.size() == 2) return true;
+  static void* flush = nullptr;
+  static void* bf16_qkv = nullptr;
+  static int64_t bf16_elems = 0;
+  const int64_t elems = int64_t{p.batch} * p.seqlen_q * p.q_heads * p.head_dim;
+  if (flush == nullptr && !Check(cudaMalloc(&flush, kFp8FlushBytes), "cudaMalloc flush")) {
+    return false;
+  }
+  if (elems > bf16_elems) {
+    if (bf16_qkv != nullptr) cudaFree(bf16_qkv);
+    bf16_qkv = nullptr;
+    bf16_elems = 0;
+    if (!Check(cudaMalloc(&bf16_qkv, 3 * elems * 2), "cudaMalloc bf16 q, k, v")) return false;
+    char* base = static_cast<char*>(bf16_qkv);
+    for (int t = 0; t < 3; ++t) {
+      if (!FillRandom(base + t * elems * 2, elems, DType::kBFloat16, t + 1)) return false;
+    }
+    bf16_elems = elems;
+  }
+  AttentionParams bf16 = p;
+  bf16.dtype = DType::kBFloat16;
+  bf16.q = bf16_qkv;
+  bf16.k = static_cast<char*>(bf16_qkv) + elems * 2;
+  bf16.v = static_cast<char*>(bf16_qkv) + 2 * elems * 2;
+  bf16.q_descale = bf16.k_descale = bf16.v_descale = nullptr;
+  const auto label = [](size_t e, const Fp8Variant* v) {
+    return e == 0 ? std::string("bf16") : v == nullptr ? std::string("default") : v->Label();
   };
-  for (const Fp8Variant* v : entries) {
-    const absl::Status s = RunFp8(p, v);
+  const auto launch = [&](size_t e) {
+    return e == 0 ? RunAttention(bf16, nullptr, nullptr) : RunFp8(p, entries[e]);
+  };
+  const size_t n = entries.size();
+  for (size_t e = 0; e < n; ++e) {
+    const absl::Status s = launch(e);
     if (!s.ok() || !Check(cudaDeviceSynchronize(), "fp8 variant")) {
-      std::fprintf(stderr, "fp8 variant %s: %s\n", label(v).c_str(), s.ToString().c_str());
+      std::fprintf(stderr, "fp8 variant %s: %s\n", label(e, entries[e]).c_str(),
+                   s.ToString().c_str());
       return false;
     }
   }
-  const size_t n = entries.size();
   std::vector<std::vector<double>> ms(n);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
+  std::vector<cudaEvent_t> start(kFp8Launches), stop(kFp8Launches);
+  for (int l = 0; l < kFp8Launches; ++l) {
+    cudaEventCreate(&start[l]);
+    cudaEventCreate(&stop[l]);
+  }
   bool ok = true;
   for (int round = 0; round < kFp8Rounds && ok; ++round) {
     for (size_t j = 0; j < n && ok; ++j) {
       const size_t e = (j + round) % n;
       ok = Check(cudaDeviceSynchronize(), "sync");
-      cudaEventRecord(start);
-      for (int l = 0; l < kFp8Launches && ok; ++l) ok = RunFp8(p, entries[e]).ok();
-      cudaEventRecord(stop);
-      ok = ok && Check(cudaEventSynchronize(stop), "fp8 variant");
-      float elapsed = 0.f;
-      cudaEventElapsedTime(&elapsed, start, stop);
-      ms[e].push_back(elapsed / kFp8Launches);
+      for (int l = 0; l < kFp8Launches && ok; ++l) {
+        cudaMemsetAsync(flush, 0, kFp8FlushBytes);
+        cudaEventRecord(start[l]);
+        ok = launch(e).ok();
+        cudaEventRecord(stop[l]);
+      }
+      ok = ok && Check(cudaDeviceSynchronize(), "fp8 variant");
+      double sum = 0;
+      for (int l = 0; l < kFp8Launches && ok; ++l) {
+        float elapsed = 0.f;
+        cudaEventElapsedTime(&elapsed, start[l], stop[l]);
+        sum += elapsed;
+      }
+      ms[e].push_back(sum / kFp8Launches);
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  for (int l = 0; l < kFp8Launches; ++l) {
+    cudaEventDestroy(start[l]);
+    cudaEventDestroy(stop[l]);
+  }
   if (!ok) {
     std::fprintf(stderr, "fp8 variants: a launch failed\n");
     return false;
@@ -449,14 +493,17 @@ bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json)
     std::sort(x.begin(), x.end());
     return x[x.size() / 2];
   };
-  const double def = median(ms[0]);
+  const double base = median(ms[0]);
+  const double def = median(ms[1]);
   static bool header = false;
   if (!header) {
     header = true;
     std::printf(
-        "# fp8il rows (--fp8-variants): %d rounds of %d launches each, interleaved; ms and TFLOP/s "
-        "the median over the rounds, then default / variant (medians) and its range per round\n"
-        "| fp8il | d | causal | seqlen | config | ms | TFLOP/s | x default | per round |\n",
+        "# fp8il rows (--fp8-variants): %d rounds of %d launches each, interleaved, each launch "
+        "from a cold L2; ms and TFLOP/s the median over the rounds, then default / entry and "
+        "bf16 / entry (medians) and the range of the rounds' bf16 / entry\n"
+        "| fp8il | d | causal | seqlen | config | ms | TFLOP/s | x default | x bf16 | per round "
+        "|\n",
         kFp8Rounds, kFp8Launches);
   }
   for (size_t e = 0; e < n; ++e) {
@@ -464,16 +511,17 @@ bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json)
     for (int r = 0; r < kFp8Rounds; ++r) ratio.push_back(ms[0][r] / ms[e][r]);
     std::sort(ratio.begin(), ratio.end());
     const double m = median(ms[e]);
-    std::printf("| fp8il | %d | %d | %d | %s | %.3f | %.1f | %.3f | %.3f-%.3f |\n", d,
-                p.causal ? 1 : 0, p.seqlen_q, label(entries[e]).c_str(), m,
-                Tflops(batch, heads, p.seqlen_q, d, p.causal, m), def / m, ratio.front(),
+    const std::string name = label(e, entries[e]);
+    std::printf("| fp8il | %d | %d | %d | %s | %.3f | %.1f | %.3f | %.3f | %.3f-%.3f |\n", d,
+                p.causal ? 1 : 0, p.seqlen_q, name.c_str(), m,
+                Tflops(batch, heads, p.seqlen_q, d, p.causal, m), def / m, base / m, ratio.front(),
                 ratio.back());
     if (json != nullptr) {
       std::fprintf(json,
                    "{\"kind\": \"fp8_variant\", \"variant\": \"%s\", \"d\": %d, "
                    "\"causal\": %s, \"seqlen\": %d, \"ms\": %.4f, \"default_ms\": %.4f, "
-                   "\"ratio_min\": %.4f, \"ratio_max\": %.4f}\n",
-                   label(entries[e]).c_str(), d, p.causal ? "true" : "false", p.seqlen_q, m, def,
+                   "\"bf16_ms\": %.4f, \"bf16_ratio_min\": %.4f, \"bf16_ratio_max\": %.4f}\n",
+                   name.c_str(), d, p.causal ? "true" : "false", p.seqlen_q, m, def, base,
                    ratio.front(), ratio.back());
     }
   }

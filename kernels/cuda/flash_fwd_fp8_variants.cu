@@ -35,10 +35,11 @@ Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
 
 const std::vector<Fp8Variant>& Fp8Variants() {
   static const std::vector<Fp8Variant> variants = {
-      // d 128: the plain softmax (the default until session 7), /m/l/s (the LSE from the sums of
-      // the rounded P), and the byte check / no-turns forms with float32 LSE sums (/x).
+      // d 128: the plain softmax (the default), /m/l/s (the LSE from the sums of the rounded P),
+      // /m/l/s/x (float32 LSE sums), and the byte check / no-turns forms with /x.
       Make<128, 128, 4, 2>(),
       Make<128, 128, 4, 2, 0, false, true, true, 1>(),
+      Make<128, 128, 4, 2, 0, false, true, true, 1, false, true>(),
       Make<128, 128, 4, 2, 0, false, true, true, 2, false, true>(),
       Make<128, 128, 4, 2, 0, false, true, true, 2, true, true>(),
       Make<128, 128, 4, 2, 0, false, true, true, 1, true, true>(),
