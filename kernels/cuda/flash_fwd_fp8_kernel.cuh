@@ -190,14 +190,15 @@ __device__ __forceinline__ void PackP8(uint32_t (&frag)[4], const float (&acc_s)
 
 // 2^x for x <= 0 on the FMA pipe: x = j + r with j the nearest integer (the 1.5 x 2^23 rounding
 // trick) and r in [-0.5, 0.5], 2^r by the cubic through the Chebyshev nodes (relative error below
-// 1e-4, against e4m3's 2^-4 for P), and j added to the exponent bits. Below -126 (masked keys'
-// -inf included) it is 0, as Exp2 gives there.
+// 1e-4, against e4m3's 2^-4 for P), and j added to the exponent bits: t's bits are 0x4B400000 + j,
+// and 0x4B400000 << 23 is 0 modulo 2^32, so (bits of t) << 23 is j << 23 (one shift-and-add with
+// p's bits). Below -126 (masked keys' -inf included, whose r is NaN) it is 0, as Exp2 gives there.
 __device__ __forceinline__ float Exp2Fma(float x) {
-  const float t = fmaxf(x, -127.f) + 12582912.f;
+  const float t = x + 12582912.f;
   const float r = x - (t - 12582912.f);
   const float p =
       fmaf(fmaf(fmaf(0.0558382829f, r, 0.2426394785f), r, 0.6931367339f), r, 0.9999245570f);
-  const float e = __int_as_float(__float_as_int(p) + ((__float_as_int(t) - 0x4B400000) << 23));
+  const float e = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
   return x < -126.f ? 0.f : e;
 }
 

@@ -43,8 +43,11 @@ const std::vector<Fp8Variant>& Fp8Variants() {
       Make<128, 128, 4, 2, 0, false, true, true, 2, false, true>(),
       Make<128, 128, 4, 2, 0, false, true, true, 2, true, true>(),
       Make<128, 128, 4, 2, 0, false, true, true, 1, true, true>(),
-      // /e1 with /s: one of every 4 n8 tiles' exponentials on the FMA pipe (MUFU's share).
+      // /e1, /e2 with /s: one or two of every 4 n8 tiles' exponentials on the FMA pipe (MUFU's
+      // share: at d 128 one consumer's exponentials take MUFU as long as its products take the
+      // tensor cores at FP8's peak, 512 clocks per 64 x 128 tile).
       Make<128, 128, 4, 2, 1, false, true, true, 1, false, true>(),
+      Make<128, 128, 4, 2, 2, false, true, true, 1, false, true>(),
       // d 64 (default: the plain softmax): d 128's new default.
       Make<64, 128, 4, 2, 0, false, true, true, 1, false, true>(),
   };
