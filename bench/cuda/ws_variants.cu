@@ -9,17 +9,25 @@ namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, bool kSeparateO,
           int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false, bool kOrders = false>
+          bool kOverlapNextS = false, bool kOrders = false, bool kDirectO = false>
 WsVariant Make() {
-  return {kHeadDim,
-          Sm90WsTileConfig{kBlockN, kStages, kConsumers, kSeparateO, kQBuffers, kPrefetchNext,
-                           kTmaStoreO, kOverlapNextS},
+  Sm90WsTileConfig config{kBlockN,   kStages,       kConsumers, kSeparateO,
+                          kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS};
+  config.direct_o = kDirectO;
+  return {kHeadDim, config,
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, false, kBlockN, kStages, kConsumers,
                                 kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS,
-                                kOrders>,
+                                kOrders, false, kDirectO>,
           &LaunchFlashFwdSm90Ws<DType::kBFloat16, kHeadDim, true, kBlockN, kStages, kConsumers,
                                 kSeparateO, kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS,
-                                kOrders>};
+                                kOrders, false, kDirectO>};
+}
+
+// Tiles of `kHeadDim` x kBlockN with O stored from registers (Sm90WsTileConfig::direct_o).
+template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kQBuffers = 1>
+WsVariant Direct() {
+  return Make<kHeadDim, kBlockN, kStages, kConsumers, false, kQBuffers, false, false, false, false,
+              true>();
 }
 
 // `v` (compiled with kOrders) on the snake or the fold order of FwdSm90WsSchedule.
@@ -43,8 +51,9 @@ std::string WsVariant::Label() const {
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
          (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "") +
-         (config.overlap_next_s ? "/x" : "") + (config.snake ? "/sn" : "") +
-         (config.fold ? "/fd" : "") + (config.pair_major ? "/pm" : "");
+         (config.direct_o ? "/do" : "") + (config.overlap_next_s ? "/x" : "") +
+         (config.snake ? "/sn" : "") + (config.fold ? "/fd" : "") +
+         (config.pair_major ? "/pm" : "");
 }
 
 // The dense defaults before device call 2 of session 7, beside the routed ones (bulk stores of O
@@ -56,6 +65,10 @@ std::string WsVariant::Label() const {
 // under 2048 keys, where call 2's best, two consumers of 128 x 128 in the pair-major order, ran
 // 1.117 / 1.098x the default against the wgmma kernel's 1.161 / 1.104x), the bulk stores of O that
 // made the difference at d = 128, on those tiles and on 192 x 96.
+// Session 8 (issue 23, short causal): O stored from registers (/do) frees the O tile's shared
+// memory, so that a tile's Q buffer is released after its last S (as with the O tile, unlike O
+// staged in Q) and the 32 KB at d = 128 buy a third K / V stage or a second Q buffer; and FA3's
+// 128 x 176 tiles at d = 128 without a mask (208 KB with O in no tile).
 const std::vector<WsVariant>& WsVariants() {
 #ifdef ATTN_WS_VARIANTS_256
   // A build of bucket 256 (configured with CMAKE_CUDA_FLAGS=-DATTN_WS_VARIANTS_256 beside
@@ -75,6 +88,12 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Make<64, 128, 4, 2, true, 1, false, true>()),
       PairMajor(Make<64, 96, 4, 3, true, 1, false, true>()),
       Make<128, 128, 2, 2, true>(),
+      PairMajor(Direct<128, 128, 2, 2>()),
+      PairMajor(Direct<128, 128, 3, 2>()),
+      PairMajor(Direct<128, 128, 2, 2, 2>()),
+      PairMajor(Direct<128, 176, 2, 2>()),
+      PairMajor(Direct<64, 128, 6, 2>()),
+      PairMajor(Direct<64, 96, 5, 3>()),
   };
 #endif
   return variants;

@@ -60,7 +60,7 @@ namespace attention::cuda::fwd {
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
           int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false,
-          bool kOverlapNextS_ = false, bool kOrders_ = false>
+          bool kOverlapNextS_ = false, bool kOrders_ = false, bool kDirectO_ = false>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -89,6 +89,12 @@ struct Sm90WsTraits {
   // schedule has them; without, kernels take the plain order only, which keeps the other orders'
   // arithmetic out of their registers (20 bytes more spills at d 256 causal).
   static constexpr bool kOrders = kOrders_;
+  // Sm90WsTileConfig::direct_o: each consumer thread stores its normalized O fragments straight
+  // to global memory (StoreOutputDirect), so O needs no shared tile and a tile's Q buffer is
+  // released after its last S: the 32 KB of an O tile (d = 128) buy a K / V stage or a Q buffer.
+  static constexpr bool kDirectO = kDirectO_;
+  static_assert(!kDirectO || (!kSeparateO && !kTmaStoreO && !kOverlapNextS),
+                "O stored from registers: no O tile, no staged epilogue");
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -396,6 +402,42 @@ __device__ __forceinline__ void StageOutput(float (&acc_o)[1][kNTilesO][4],
       StoreShared32(
           stage + OTile::Offset(r, dt) + 4 * t,
           Ops::Pack(acc_o[0][dt][2 * hf] * norm.scale, acc_o[0][dt][2 * hf + 1] * norm.scale));
+    }
+    if (c.lse != nullptr && t == 0 && r < c.rows) c.lse[r] = norm.lse;
+  }
+}
+
+// The epilogue without staging (Sm90WsTileConfig::direct_o): O /= rowsum as StageOutput
+// normalizes it, each thread storing its two adjacent columns of a row (4 bytes) of every
+// 8-column tile straight to global memory, rows past c.rows and tiles past the head_dim's
+// valid_chunks 8-column chunks dropped (a quad's four threads write a row's 16 contiguous bytes;
+// the L2 merges the sectors before they are written back); the LSE per row.
+template <typename Element, int kNTilesO>
+__device__ __forceinline__ void StoreOutputDirect(float (&acc_o)[1][kNTilesO][4],
+                                                  const RowStats<1>& stats, float scale_log2,
+                                                  float sink_log2, const BlockCoords<Element>& c,
+                                                  int64_t o_row_stride, int valid_chunks,
+                                                  int warp_row0, int lane) {
+  using Ops = MmaOps<Element>;
+  const int g = lane / 4;
+  const int t = lane % 4;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = stats.sum[0][hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const RowNormalization norm = NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
+                                               [](float x) { return Exp2(x); });
+    const int r = warp_row0 + g + 8 * hf;
+    if (r < c.rows) {
+      uint32_t* row = reinterpret_cast<uint32_t*>(c.o + r * o_row_stride + 2 * t);
+#pragma unroll
+      for (int dt = 0; dt < kNTilesO; ++dt) {
+        if (dt < valid_chunks) {
+          row[dt * 4] =
+              Ops::Pack(acc_o[0][dt][2 * hf] * norm.scale, acc_o[0][dt][2 * hf + 1] * norm.scale);
+        }
+      }
     }
     if (c.lse != nullptr && t == 0 && r < c.rows) c.lse[r] = norm.lse;
   }
@@ -793,7 +835,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       FenceAccumulators(acc_s[0]);
       release(k_empty(s));
       // The tile's last S: with a separate O tile, Q is free for the next query tile.
-      if (Traits::kSeparateO && n == tiles.begin) release(q_empty(0));
+      // (So it is with direct O stores, which stage nothing.)
+      if ((Traits::kSeparateO || Traits::kDirectO) && n == tiles.begin) release(q_empty(qb));
 
       if (softcap) {
 #pragma unroll
@@ -854,7 +897,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           }
         }
       };
-      if constexpr (Traits::kTmaStoreO) {
+      if constexpr (Traits::kDirectO) {
+        StoreOutputDirect(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, c, p.o_row_stride,
+                          valid_chunks, warp_row0, lane);
+      } else if constexpr (Traits::kTmaStoreO) {
         // The warp's rows of the O tile are free once its previous tile's bulk stores have read
         // them.
         if (lane == 0) BulkWaitRead<0>();
@@ -890,7 +936,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                                             smem_o(qb), c, p.o_row_stride, valid_chunks, warp_row0,
                                             lane);
       }
-      if constexpr (!Traits::kSeparateO) {
+      if constexpr (!Traits::kSeparateO && !Traits::kDirectO) {
         // A later Q lands where O was staged: order this warp's generic-proxy accesses before the
         // bulk copy's writes.
         FenceProxyAsyncShared();

@@ -18,13 +18,13 @@ namespace attention::cuda {
 
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers, bool kPrefetchNext, bool kTmaStoreO, bool kOverlapNextS,
-          bool kOrders, bool kPaged>
+          bool kOrders, bool kPaged, bool kDirectO>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands");
   using Element = std::conditional_t<kDType == DType::kBFloat16, __nv_bfloat16, __half>;
   using Traits = fwd::Sm90WsTraits<kHeadDim, kBlockN, kStages, kConsumers, kSeparateO, kQBuffers,
-                                   kPrefetchNext, kTmaStoreO, kOverlapNextS, kOrders>;
+                                   kPrefetchNext, kTmaStoreO, kOverlapNextS, kOrders, kDirectO>;
   const auto kernel = &fwd::FlashFwdSm90WsKernel<Traits, Element, kCausal, kPaged>;
   // Above 48 KB a kernel must opt in to the larger dynamic shared-memory limit.
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -41,7 +41,7 @@ cudaError_t LaunchFlashFwdSm90WsDefault(const FwdSm90WsArgs& args, cudaStream_t 
   return LaunchFlashFwdSm90Ws<kDType, kHeadDim, kCausal, kTiles.block_n, kTiles.stages,
                               kTiles.consumers, kTiles.separate_o, kTiles.q_buffers,
                               kTiles.prefetch_next, kTiles.tma_store_o, kTiles.overlap_next_s,
-                              (kTiles.snake || kTiles.fold), kPaged>(args, stream);
+                              (kTiles.snake || kTiles.fold), kPaged, kTiles.direct_o>(args, stream);
 }
 
 }  // namespace attention::cuda
