@@ -498,6 +498,7 @@ bool TimeFp8Variants(const AttentionParams& p, int batch, int heads, FILE* json)
   static bool header = false;
   if (!header) {
     header = true;
+    std::printf("# fp8 pipe probe: %s\n", Fp8PipeProbe().c_str());
     std::printf(
         "# fp8il rows (--fp8-variants): %d rounds of %d launches each, interleaved, each launch "
         "from a cold L2; ms and TFLOP/s the median over the rounds, then default / entry and "

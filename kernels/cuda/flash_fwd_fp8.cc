@@ -388,6 +388,8 @@ const std::vector<Fp8Variant>& Fp8Variants() {
   static const std::vector<Fp8Variant> none;
   return none;
 }
+
+std::string Fp8PipeProbe() { return "not in this build (ATTN_BENCH_FP8_VARIANTS)"; }
 #endif
 
 absl::Status RunFlashFwdFp8Variant(const AttentionParams& params, const Fp8Variant& variant,

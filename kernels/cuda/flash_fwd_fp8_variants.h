@@ -37,6 +37,14 @@ struct Fp8Variant {
 // The compiled variants (empty without ATTN_BENCH_FP8_VARIANTS).
 const std::vector<Fp8Variant>& Fp8Variants();
 
+// Throughput of the FP8 softmax's special-function and conversion work on the current device,
+// one line: pairs of values per SM per nanosecond for two ex2.approx each, the same with their
+// cvt.rn.satfinite.e4m3x2.f32, two FADDs with the cvt, and two ex2 with the pair through f16x2.
+// If the cvt issued to MUFU's pipe at MUFU's rate, the second rate would be two thirds of the
+// first. Without
+// ATTN_BENCH_FP8_VARIANTS it says that it is not built.
+std::string Fp8PipeProbe();
+
 // RunFlashFwdFp8 on `variant`'s configuration: UNIMPLEMENTED when p's head-dim bucket is not the
 // variant's, else RunFlashFwdFp8's checks and errors.
 absl::Status RunFlashFwdFp8Variant(const AttentionParams& p, const Fp8Variant& variant,
