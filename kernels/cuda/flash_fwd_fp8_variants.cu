@@ -147,7 +147,7 @@ std::string Fp8PipeProbe() {
   const float t_exp_f16 = TimeProbe<kExpCvtF16>(blocks, sink);
   cudaFree(sink);
   // Pairs per SM per nanosecond: every thread does kProbeIters * kProbeChains pairs.
-  const double pairs = double{blocks} / sms * 256.0 * kProbeIters * kProbeChains;
+  const double pairs = static_cast<double>(blocks) / sms * 256.0 * kProbeIters * kProbeChains;
   const auto rate = [&](float ms) { return ms > 0.f ? pairs / (ms * 1e6) : -1.0; };
   return absl::StrFormat(
       "pairs per SM per ns: 2 ex2 %.2f, 2 ex2 + e4m3x2 cvt %.2f, 2 FADD + e4m3x2 cvt %.2f, "

@@ -41,8 +41,7 @@ const std::vector<Fp8Variant>& Fp8Variants();
 // one line: pairs of values per SM per nanosecond for two ex2.approx each, the same with their
 // cvt.rn.satfinite.e4m3x2.f32, two FADDs with the cvt, and two ex2 with the pair through f16x2.
 // If the cvt issued to MUFU's pipe at MUFU's rate, the second rate would be two thirds of the
-// first. Without
-// ATTN_BENCH_FP8_VARIANTS it says that it is not built.
+// first. Without ATTN_BENCH_FP8_VARIANTS it says that it is not built.
 std::string Fp8PipeProbe();
 
 // RunFlashFwdFp8 on `variant`'s configuration: UNIMPLEMENTED when p's head-dim bucket is not the
