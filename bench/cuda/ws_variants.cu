@@ -94,6 +94,14 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Direct<128, 176, 2, 2>()),
       PairMajor(Direct<64, 128, 6, 2>()),
       PairMajor(Direct<64, 96, 5, 3>()),
+      // Deeper lookahead: a second Q buffer beside more K / V stages (the producer copies the
+      // next tile's Q and first K / V while a short tile runs), within 227 KB.
+      PairMajor(Direct<128, 96, 3, 2, 2>()),
+      PairMajor(Direct<128, 64, 5, 2, 2>()),
+      PairMajor(Direct<64, 96, 7, 3, 2>()),
+      PairMajor(Direct<64, 128, 6, 2, 2>()),
+      // The plain order, also timed on one block per tile.
+      Direct<128, 128, 3, 2>(),
   };
 #endif
   return variants;
