@@ -23,10 +23,14 @@
 //
 //   decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]
 //                [--variants all|NAME,NAME,...] [--splits-list N,N,...] [--rows BxLEN,...]
+//                [--grid BxLEN,...] [--page-sizes N,...]
 //
 // --variants: the variants to time (by name; `all` = every compiled one; default: base only).
 // --splits-list: split counts to time for each variant (0 = the heuristic; default: --splits).
 // --rows: only these rows of the grid, e.g. 1x8k,1x32k (every layout of them).
+// --grid BxLEN,...: these batch x kv_len rows instead of issue 21's grid (LEN in k = 1024
+// keys), each as dense, dense_hm and paged with every size of --page-sizes (default 64).
+// Example, the batch-1 split sweep: --grid 1x2k,1x4k,1x8k --page-sizes 16,64 --splits-list 0,8,16
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -65,6 +69,8 @@ struct Options {
   std::vector<int> variants = {0};  // indices of kDecodeVariants
   std::vector<int> splits = {-1};   // -1: decode.num_splits
   std::vector<std::string> rows;    // "1x8k" filters; empty = all
+  std::vector<std::pair<int, int>> grid;  // --grid: (batch, kv_len) rows; empty = issue 21's
+  std::vector<int> page_sizes = {64};     // --page-sizes: the paged layouts of every grid row
 };
 
 // One timed configuration of a row.
@@ -324,11 +330,29 @@ int Main(int argc, char** argv) {
       for (const std::string& n : SplitList(argv[++i])) opt.splits.push_back(std::atoi(n.c_str()));
     } else if (arg == "--rows" && i + 1 < argc) {
       opt.rows = SplitList(argv[++i]);
+    } else if (arg == "--grid" && i + 1 < argc) {
+      for (const std::string& item : SplitList(argv[++i])) {
+        const size_t x = item.find('x');
+        const int batch = x == std::string::npos ? 0 : std::atoi(item.c_str());
+        const int len = x == std::string::npos ? 0 : std::atoi(item.c_str() + x + 1) * 1024;
+        if (batch <= 0 || len <= 0) {
+          std::fprintf(stderr, "decode_bench: --grid wants BxLEN items (LEN in k), got %s\n",
+                       item.c_str());
+          return 2;
+        }
+        opt.grid.emplace_back(batch, len);
+      }
+    } else if (arg == "--page-sizes" && i + 1 < argc) {
+      opt.page_sizes.clear();
+      for (const std::string& n : SplitList(argv[++i])) {
+        opt.page_sizes.push_back(std::atoi(n.c_str()));
+      }
     } else {
       std::fprintf(stderr,
                    "usage: decode_bench [--reps N] [--json FILE] [--splits N] [--deterministic]\n"
                    "                    [--variants all|NAME,...] [--splits-list N,...] "
-                   "[--rows BxLEN,...]\n");
+                   "[--rows BxLEN,...]\n"
+                   "                    [--grid BxLEN,...] [--page-sizes N,...]\n");
       return 2;
     }
   }
@@ -352,14 +376,22 @@ int Main(int argc, char** argv) {
   std::printf("# copy bandwidth (read + write): %.3f TB/s\n", copy);
 
   std::vector<Row> rows;
-  const std::pair<int, int> grid[] = {{128, 2048}, {32, 8192}, {8, 32768}, {2, 131072},
-                                      {1, 8192},   {1, 32768}, {1, 131072}};
+  const bool issue_grid = opt.grid.empty();
+  const std::vector<std::pair<int, int>> grid =
+      issue_grid ? std::vector<std::pair<int, int>>{{128, 2048}, {32, 8192},  {8, 32768},
+                                                    {2, 131072}, {1, 8192},   {1, 32768},
+                                                    {1, 131072}}
+                 : opt.grid;
   for (const auto& [batch, len] : grid) {
     rows.push_back({"dense", batch, len, 0});
-    rows.push_back({"paged64", batch, len, 64});
+    for (int ps : opt.page_sizes) rows.push_back({"paged" + std::to_string(ps), batch, len, ps});
     rows.push_back({"dense_hm", batch, len, 0, true});
   }
-  for (int ps : {16, 32, 128, 256}) rows.push_back({"paged" + std::to_string(ps), 32, 8192, ps});
+  if (issue_grid) {
+    for (int ps : {16, 32, 128, 256}) {
+      rows.push_back({"paged" + std::to_string(ps), 32, 8192, ps});
+    }
+  }
   if (!opt.rows.empty()) {
     std::vector<Row> kept;
     for (const Row& row : rows) {
