@@ -370,17 +370,17 @@ absl::Status RunFlashFwdFp8(const AttentionParams& params, void* workspace, cuda
 }
 
 std::string Fp8Variant::Label() const {
-  return absl::StrCat("d", head_dim, " ", 64 * config.consumers, "x", config.block_n, "/",
-                      config.consumers, "c/", config.stages, "s",
-                      config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
-                      config.tree ? "/r" : "", config.sum_mma ? "/m" : "", config.lazy ? "/l" : "",
-                      config.spec == 1   ? "/s"
-                      : config.spec == 2 ? "/s2"
-                                         : "",
-                      config.no_turns ? "/f" : "", config.lse_f32 ? "/x" : "",
-                      grid == Fp8Grid::kPersistent ? "+p"
-                      : grid == Fp8Grid::kPerTile  ? "+t"
-                                                   : "");
+  return absl::StrCat(
+      "d", head_dim, " ", 64 * config.consumers, "x", config.block_n, "/", config.consumers, "c/",
+      config.stages, "s", config.fma_exp > 0 ? absl::StrCat("/e", config.fma_exp) : "",
+      config.tree ? "/r" : "", config.sum_mma ? "/m" : "", config.lazy ? "/l" : "",
+      config.spec == 1   ? "/s"
+      : config.spec == 2 ? "/s2"
+                         : "",
+      config.no_turns ? "/f" : "", config.lse_f32 ? "/x" : "", prepass_only ? "/vt-only" : "",
+      grid == Fp8Grid::kPersistent ? "+p"
+      : grid == Fp8Grid::kPerTile  ? "+t"
+                                   : "");
 }
 
 #ifndef ATTN_BENCH_FP8_VARIANTS

@@ -31,8 +31,12 @@ Fp8Variant Make(Fp8Grid grid = Fp8Grid::kRule) {
           &LaunchFlashFwdFp8<kHeadDim, false, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma,
                              kLazy, kSpec, kNoTurns, kLseF32>,
           &LaunchFlashFwdFp8<kHeadDim, true, kBlockN, kStages, kConsumers, kFmaExp, kTree, kSumMma,
-                             kLazy, kSpec, kNoTurns, kLseF32>};
+                             kLazy, kSpec, kNoTurns, kLseF32>,
+          false};
 }
+
+// The launch of Fp8Variant::prepass_only: none.
+cudaError_t NoKernel(const FwdFp8Args&, cudaStream_t) { return cudaSuccess; }
 
 }  // namespace
 
@@ -51,6 +55,8 @@ const std::vector<Fp8Variant>& Fp8Variants() {
       // tensor cores at FP8's peak, 512 clocks per 64 x 128 tile).
       Make<128, 128, 4, 2, 1, false, true, true, 1, false, true>(),
       Make<128, 128, 4, 2, 2, false, true, true, 1, false, true>(),
+      // The V^T pre-pass alone at d 128: what an in-kernel transpose could save at most.
+      {128, DefaultFp8TileConfig(128), Fp8Grid::kRule, &NoKernel, &NoKernel, true},
       // d 64 (default: the plain softmax): d 128's new default.
       Make<64, 128, 4, 2, 0, false, true, true, 1, false, true>(),
   };

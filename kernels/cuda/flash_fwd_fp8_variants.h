@@ -27,10 +27,12 @@ struct Fp8Variant {
   Fp8Grid grid;
   cudaError_t (*dense)(const FwdFp8Args&, cudaStream_t);
   cudaError_t (*causal)(const FwdFp8Args&, cudaStream_t);
+  // The V^T pre-pass alone (dense and causal launch nothing): its time beside the kernels'.
+  bool prepass_only = false;
 
   // "d128 128x192/2c/3s" (query rows x KV rows / consumers / stages), "/e1" one of every 4 n8
   // tiles' exponentials on the FMA pipe, "/r" the softmax's row max and sum as four partial
-  // results, "+p" persistent, "+t" one block per tile.
+  // results, "+p" persistent, "+t" one block per tile, "/vt-only" the pre-pass alone.
   std::string Label() const;
 };
 
