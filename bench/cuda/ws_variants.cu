@@ -102,6 +102,11 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Direct<64, 128, 6, 2, 2>()),
       // The plain order, also timed on one block per tile.
       Direct<128, 128, 3, 2>(),
+      // d = 256, whose default stages O in Q (released only after the epilogue): with direct
+      // stores Q is free after the tile's last S (64 + 2 x 64 = 192 KB), in the plain order (the
+      // default's) and the pair-major one.
+      Direct<256, 64, 2, 2>(),
+      PairMajor(Direct<256, 64, 2, 2>()),
   };
 #endif
   return variants;
