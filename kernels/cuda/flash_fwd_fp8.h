@@ -12,7 +12,11 @@
 //                                                                 2^-4 above 2^-6, absolute
 //                                                                 2^-10 below)
 // plus bfloat16's rounding of o (2^-9 relative) and float32 accumulation; the measured errors are
-// in docs/kernel.md and flash_fwd_fp8_test.
+// in docs/kernel.md and flash_fwd_fp8_test. At bucket 128 (DefaultFp8TileConfig: /m/l/s/x) P is
+// taken against a running max that moves only by more than 2^8 in P (so P lies in [0, 256]), O is
+// divided by the tensor cores' sum of the rounded P (off by e <= sum_j (2^-4 + 2^-10) p_j + 2^-10
+// per key from the float32 sum: the bound becomes (the numerator above + |o| e) / (sum_j p_j - e))
+// and the LSE comes from float32 sums of the unrounded P, as accurate as elsewhere.
 #ifndef ATTENTION_KERNELS_CUDA_FLASH_FWD_FP8_H_
 #define ATTENTION_KERNELS_CUDA_FLASH_FWD_FP8_H_
 

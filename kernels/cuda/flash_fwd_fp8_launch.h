@@ -98,14 +98,18 @@ struct Fp8TileConfig {
 // Shared memory (1-byte elements): Q 64 * consumers x d, stages x (K + V^T) block_n x d, O
 // 2 x 64 * consumers x d.
 //  - d = 64: 128 x 128 tiles, 4 stages (8 + 64 + 16 KB). Registers: O 32, S 64 floats.
-//  - d = 128: 128 x 128, 4 stages (16 + 128 + 32 = 176 KB). O 64, S 64, P 16 registers: the
-//    bf16 kernel's 128 x 128 with half the bytes per stage, hence twice the stages.
+//  - d = 128: 128 x 128, 4 stages (16 + 128 + 32 = 176 KB, + 4 KB of V^T's rows of ones). O 64,
+//    S 64, P 16 registers: the bf16 kernel's 128 x 128 with half the bytes per stage, hence twice
+//    the stages. Softmax /m/l/s/x: the row sums of the rounded P on the tensor cores (sum_mma,
+//    dividing O), lazy rescaling, speculative exponentials (spec 1) and float32 sums for the LSE.
+//    Device call B of session 8 (H200, bf16 and the plain softmax interleaved in one process,
+//    cold L2): 1.02 / 1.08 / 1.07x the plain softmax at 1k / 4k / 16k dense, 0.96 / 1.02 / 1.03x
+//    causal (bench/cuda/fp8_notes.md).
 //  - d = 256: 128 x 64, 2 stages (32 + 64 + 64 = 160 KB): O alone is 128 registers, as in the
 //    bf16 kernel's 128 x 64.
-// Not measured yet (first device call pending): the table is the bf16 kernel's tiles.
 constexpr Fp8TileConfig DefaultFp8TileConfig(int head_dim_bucket) {
   if (head_dim_bucket <= 64) return {128, 4, 2};
-  if (head_dim_bucket <= 128) return {128, 4, 2};
+  if (head_dim_bucket <= 128) return {128, 4, 2, 0, false, true, true, 1, false, true};
   return {64, 2, 2};
 }
 
