@@ -308,8 +308,10 @@ __device__ __forceinline__ void PackP8Pairs(uint32_t (&p_next)[kNTilesS / 4][4][
 // S against the running maxima into `p_next` (PackP8Pairs), without the tile's row max: P may
 // exceed 2^kFp8LazyLog2 (saturating at 448), which the caller checks.
 // With kSum, `sum` gets this lane's float32 sums of the unrounded P per row half (0 and 1: rows
-// g and g + 8); kFmaExp of every 4 n8 tiles take their exponentials on the FMA pipe (Exp2Fma).
-template <bool kSum, int kFmaExp, int kNTilesS>
+// g and g + 8), with kTree each as four partial sums (of n8 tiles nt % 4) added at the end instead
+// of one chain of kNTilesS * 2 dependent FADDs; kFmaExp of every 4 n8 tiles take their
+// exponentials on the FMA pipe (Exp2Fma).
+template <bool kSum, int kFmaExp, bool kTree, int kNTilesS>
 __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][kNTilesS][4],
                                                         const RowStats<1>& stats, float scale_log2,
                                                         uint32_t (&p_next)[kNTilesS / 4][4][2],
@@ -318,13 +320,25 @@ __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][
   if (__any_sync(0xffffffffu, fresh)) return true;
   const float base0 = stats.max[0][0] * scale_log2;
   const float base1 = stats.max[0][1] * scale_log2;
-  sum[0] = sum[1] = 0.f;
+  constexpr int kParts = kTree ? 4 : 1;
+  float part[2][kParts];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+    for (int i = 0; i < kParts; ++i) part[hf][i] = 0.f;
+  }
   PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
     const float x = fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1);
     const float pe = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
-    if constexpr (kSum) sum[e / 2] += pe;
+    if constexpr (kSum) part[e / 2][nt % kParts] += pe;
     return pe;
   });
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    sum[hf] = part[hf][0];
+#pragma unroll
+    for (int i = 1; i < kParts; ++i) sum[hf] += part[hf][i];
+  }
   return false;
 }
 
@@ -340,7 +354,7 @@ __device__ __forceinline__ bool Fp8SpeculativeStep(float (&acc_s)[1][kNTilesS][4
                                                    float (&alpha)[1][2],
                                                    uint32_t (&p_next)[kNTilesS / 4][4][2]) {
   float sum[2];
-  if (!Fp8ExpAgainstRunningMax<kSum, kFmaExp>(acc_s, stats, scale_log2, p_next, sum)) {
+  if (!Fp8ExpAgainstRunningMax<kSum, kFmaExp, kTree>(acc_s, stats, scale_log2, p_next, sum)) {
     constexpr int kParts = kTree ? 4 : 1;
     bool far = false;
 #pragma unroll
@@ -708,8 +722,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         rescale = Fp8SpeculativeStep<Traits::kTree, Traits::kLseF32, Traits::kFmaExp>(
             acc_s, stats, scale_log2, alpha, p_next);
       } else if constexpr (Traits::kSpec == 2) {
-        fresh = Fp8ExpAgainstRunningMax<Traits::kLseF32, Traits::kFmaExp>(acc_s, stats, scale_log2,
-                                                                          p_next, spec_sum);
+        fresh = Fp8ExpAgainstRunningMax<Traits::kLseF32, Traits::kFmaExp, Traits::kTree>(
+            acc_s, stats, scale_log2, p_next, spec_sum);
       } else {
         constexpr bool kNoSum = Traits::kSumMma && !Traits::kLseF32;
         rescale = Fp8SoftmaxStep<Traits::kFmaExp, Traits::kTree, kNoSum, Traits::kLazy>(
