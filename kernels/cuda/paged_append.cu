@@ -15,17 +15,24 @@ namespace {
 // Copies one Unit (16 bytes, or one element) of k and of v per thread, over the flattened
 // (token, head, unit) index: consecutive threads copy consecutive units of one row, so both the
 // reads of the dense new rows and the writes into a page row coalesce. Strides and head_dim are
-// counted in Units here.
+// counted in Units here. The first pull_units indices of the grid-stride loop copy the pull
+// instead (16 bytes each; PagedAppendParams::pull_src).
 template <typename Unit>
 __global__ void PagedAppendKernel(const Unit* __restrict__ k_new, const Unit* __restrict__ v_new,
                                   int64_t new_row_stride, int64_t new_head_stride,
                                   Unit* __restrict__ k_pool, Unit* __restrict__ v_pool,
                                   int64_t page_stride, int64_t row_stride, int64_t head_stride,
                                   int page_size, const int32_t* __restrict__ slots, int num_tokens,
-                                  int kv_heads, int units_per_row) {
-  const int64_t total = int64_t{num_tokens} * kv_heads * units_per_row;
-  for (int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; idx < total;
-       idx += int64_t{gridDim.x} * blockDim.x) {
+                                  int kv_heads, int units_per_row, const uint4* __restrict__ pull_src,
+                                  uint4* __restrict__ pull_dst, int64_t pull_units) {
+  const int64_t total = pull_units + int64_t{num_tokens} * kv_heads * units_per_row;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    if (i < pull_units) {
+      pull_dst[i] = pull_src[i];
+      continue;
+    }
+    const int64_t idx = i - pull_units;
     const int unit = static_cast<int>(idx % units_per_row);
     const int64_t th = idx / units_per_row;
     const int head = static_cast<int>(th % kv_heads);
@@ -43,7 +50,8 @@ __global__ void PagedAppendKernel(const Unit* __restrict__ k_new, const Unit* __
 template <typename Unit>
 cudaError_t Launch(const PagedAppendParams& p, int elems_per_unit, cudaStream_t stream) {
   const int units_per_row = p.head_dim / elems_per_unit;
-  const int64_t total = int64_t{p.num_tokens} * p.kv_heads * units_per_row;
+  const int64_t pull_units = p.pull_bytes / 16;
+  const int64_t total = pull_units + int64_t{p.num_tokens} * p.kv_heads * units_per_row;
   constexpr int kThreads = 256;
   // A grid-stride loop: at most 4096 blocks (enough to fill any current GPU several times).
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 4096);
@@ -53,7 +61,8 @@ cudaError_t Launch(const PagedAppendParams& p, int elems_per_unit, cudaStream_t 
       static_cast<Unit*>(p.k_pool), static_cast<Unit*>(p.v_pool),
       p.pool_page_stride / elems_per_unit, p.pool_row_stride / elems_per_unit,
       p.pool_head_stride / elems_per_unit, p.page_size, p.slots, p.num_tokens, p.kv_heads,
-      units_per_row);
+      units_per_row, static_cast<const uint4*>(p.pull_src), static_cast<uint4*>(p.pull_dst),
+      pull_units);
   return cudaGetLastError();
 }
 
@@ -96,12 +105,21 @@ absl::Status CheckPagedAppend(const PagedAppendParams& p) {
       p.pool_row_stride < 0 || p.pool_head_stride < 0) {
     return Invalid("strides must be >= 0");
   }
+  if (p.pull_bytes < 0 || p.pull_bytes % 16 != 0) {
+    return Invalid(absl::StrCat("pull_bytes ", p.pull_bytes, " must be a multiple of 16, >= 0"));
+  }
+  if (p.pull_bytes > 0 &&
+      (p.pull_src == nullptr || p.pull_dst == nullptr ||
+       reinterpret_cast<uintptr_t>(p.pull_src) % 16 != 0 ||
+       reinterpret_cast<uintptr_t>(p.pull_dst) % 16 != 0)) {
+    return Invalid("pull_src and pull_dst must be set and 16-byte aligned when pull_bytes > 0");
+  }
   return absl::OkStatus();
 }
 
 absl::Status RunPagedAppend(const PagedAppendParams& p, cudaStream_t stream) {
   if (absl::Status s = CheckPagedAppend(p); !s.ok()) return s;
-  if (p.num_tokens == 0) return absl::OkStatus();
+  if (p.num_tokens == 0 && p.pull_bytes == 0) return absl::OkStatus();
   const int64_t elem_bytes = DTypeSize(p.dtype);
   cudaError_t err;
   if (Vectorizable(p, elem_bytes)) {

@@ -34,14 +34,23 @@ struct PagedAppendParams {
   int64_t pool_page_stride = 0, pool_row_stride = 0, pool_head_stride = 0;
   int page_size = 0;
   const int32_t* slots = nullptr;
+  // Optional, beside the rows: `pull_bytes` bytes copied by the same launch from `pull_src`, host
+  // memory the device reaches (pinned, mapped: unified addressing), to `pull_dst`, device memory.
+  // A small batch's whole upload then needs no cudaMemcpyAsync of its own (one host API call
+  // less on its path); k_new, v_new and slots may point into that host memory too. Both pointers
+  // and pull_bytes are multiples of 16 bytes; the ranges must not overlap anything the rows
+  // write.
+  const void* pull_src = nullptr;
+  void* pull_dst = nullptr;
+  int64_t pull_bytes = 0;
 };
 
 // OK, or INVALID_ARGUMENT naming the field and the rule.
 absl::Status CheckPagedAppend(const PagedAppendParams& p);
 
 // Enqueues the copy on `stream` and returns without waiting: 16-byte copies when every pointer
-// and stride allows them, element copies otherwise. Errors: as CheckPagedAppend, INTERNAL for a
-// launch failure.
+// and stride allows them, element copies otherwise (the pull is always 16-byte copies, in the same
+// launch). Errors: as CheckPagedAppend, INTERNAL for a launch failure.
 absl::Status RunPagedAppend(const PagedAppendParams& p, cudaStream_t stream);
 
 }  // namespace attention::cuda

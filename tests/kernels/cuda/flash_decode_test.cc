@@ -1129,6 +1129,32 @@ struct AppendCase {
   DType dtype;
   int tokens, kv_heads, head_dim, page_size, pages;
   int64_t new_row_pad = 0;  // extra elements per new row (a non-16-byte stride: element copies)
+  // > 0: the launch also pulls this many bytes from pinned host memory into device memory, and
+  // reads its rows there too (PagedAppendParams::pull_src; the GPU executor's ATTN_LONE_PULL).
+  // It runs twice over the same host buffer with new contents: the second launch must see them.
+  int64_t pull_bytes = 0;
+};
+
+// Pinned host memory that the device reaches (mapped), freed at scope exit.
+class MappedHost {
+ public:
+  explicit MappedHost(size_t bytes) {
+    if (cudaHostAlloc(&host_, bytes, cudaHostAllocMapped) != cudaSuccess) host_ = nullptr;
+    if (host_ != nullptr && cudaHostGetDevicePointer(&device_, host_, 0) != cudaSuccess) {
+      device_ = nullptr;
+    }
+  }
+  ~MappedHost() {
+    if (host_ != nullptr) cudaFreeHost(host_);
+  }
+  MappedHost(const MappedHost&) = delete;
+  MappedHost& operator=(const MappedHost&) = delete;
+  char* host() const { return static_cast<char*>(host_); }
+  char* device() const { return static_cast<char*>(device_); }
+
+ private:
+  void* host_ = nullptr;
+  void* device_ = nullptr;
 };
 
 void RunAppend(const AppendCase& c) {
@@ -1157,6 +1183,21 @@ void RunAppend(const AppendCase& c) {
   for (int t = 0; t < c.tokens; ++t) slots[t] = t % 5 == 4 ? -1 : all[t];
 
   DeviceArena arena;
+  // The pull: [pull bytes | k_new | v_new | slots] in mapped pinned memory, 256-byte aligned parts.
+  const auto align = [](int64_t b) { return (b + 255) / 256 * 256; };
+  const int64_t k_off = align(c.pull_bytes), v_off = k_off + align(k_new.size());
+  const int64_t slots_off = v_off + align(v_new.size());
+  MappedHost mapped(c.pull_bytes > 0 ? slots_off + slots.size() * 4 : 16);
+  ASSERT_NE(mapped.device(), nullptr) << "mapped pinned memory";
+  std::vector<uint8_t> pulled(c.pull_bytes);
+  char* d_pull_dst = c.pull_bytes > 0 ? static_cast<char*>(arena.Alloc(c.pull_bytes, 0)) : nullptr;
+  const auto fill_host = [&] {
+    for (uint8_t& b : pulled) b = static_cast<uint8_t>(rng());
+    std::memcpy(mapped.host(), pulled.data(), pulled.size());
+    std::memcpy(mapped.host() + k_off, k_new.data(), k_new.size());
+    std::memcpy(mapped.host() + v_off, v_new.data(), v_new.size());
+    std::memcpy(mapped.host() + slots_off, slots.data(), slots.size() * 4);
+  };
   PagedAppendParams p;
   p.dtype = c.dtype;
   p.num_tokens = c.tokens;
@@ -1175,9 +1216,31 @@ void RunAppend(const AppendCase& c) {
   p.pool_head_stride = c.head_dim;
   p.page_size = c.page_size;
   p.slots = arena.Copy(slots);
+  if (c.pull_bytes > 0) {
+    fill_host();
+    p.k_new = mapped.device() + k_off;
+    p.v_new = mapped.device() + v_off;
+    p.slots = reinterpret_cast<const int32_t*>(mapped.device() + slots_off);
+    p.pull_src = mapped.device();
+    p.pull_dst = d_pull_dst;
+    p.pull_bytes = c.pull_bytes;
+    ASSERT_TRUE(RunPagedAppend(p, nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    // New rows and new pull bytes in the same host buffer (the executor reuses its staging).
+    for (int64_t i = 0; i < c.tokens * new_row_stride; ++i) {
+      StoreElement(c.dtype, k_new, i, normal(rng));
+      StoreElement(c.dtype, v_new, i, normal(rng));
+    }
+    fill_host();
+  }
   const absl::Status s = RunPagedAppend(p, nullptr);
   ASSERT_TRUE(s.ok()) << s;
   CUDA_OK(cudaDeviceSynchronize());
+  if (c.pull_bytes > 0) {
+    std::vector<uint8_t> pull_out(c.pull_bytes);
+    CUDA_OK(cudaMemcpy(pull_out.data(), d_pull_dst, pull_out.size(), cudaMemcpyDeviceToHost));
+    EXPECT_TRUE(pull_out == pulled) << "the pulled bytes differ from the host buffer's";
+  }
   std::vector<uint8_t> k_out(k_pool.size()), v_out(v_pool.size());
   CUDA_OK(cudaMemcpy(k_out.data(), d_k_pool, k_out.size(), cudaMemcpyDeviceToHost));
   CUDA_OK(cudaMemcpy(v_out.data(), d_v_pool, v_out.size(), cudaMemcpyDeviceToHost));
@@ -1200,6 +1263,10 @@ TEST(PagedAppendTest, SmallWritesEveryTokenToItsSlot) {
   RunAppend({"bf16_elements", DType::kBFloat16, 33, 3, 40, 64, 2, 2});
   RunAppend({"fp32_elements", DType::kFloat32, 21, 1, 8, 16, 4, 1});
   RunAppend({"one_token", DType::kBFloat16, 1, 8, 128, 64, 1});
+  // With the inputs block pulled from mapped pinned memory in the same launch.
+  RunAppend({"one_token_pull", DType::kBFloat16, 1, 8, 128, 16, 4, 0, 12304});
+  RunAppend({"fp16_pull", DType::kFloat16, 9, 2, 64, 16, 3, 0, 16});
+  RunAppend({"bf16_elements_pull", DType::kBFloat16, 5, 3, 40, 64, 1, 2, 4096});
 }
 
 TEST(PagedAppendTest, RefusesBadParams) {
@@ -1213,6 +1280,11 @@ TEST(PagedAppendTest, RefusesBadParams) {
   EXPECT_EQ(RunPagedAppend(p, nullptr).code(), absl::StatusCode::kInvalidArgument);  // nulls
   p.num_tokens = 0;
   EXPECT_TRUE(RunPagedAppend(p, nullptr).ok());
+  p.pull_bytes = 24;  // not a multiple of 16
+  EXPECT_EQ(RunPagedAppend(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.pull_bytes = 32;  // no pointers
+  EXPECT_EQ(RunPagedAppend(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.pull_bytes = 0;
 }
 
 // A session's step: append the new token's k / v into the pages, then decode against them.
