@@ -9,7 +9,7 @@ namespace {
 
 template <int kHeadDim, int kBlockN, int kStages, int kConsumers, bool kSeparateO,
           int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false, bool kOrders = false, bool kDirectO = false>
+          bool kOverlapNextS = false, bool kOrders = false, int kDirectO = 0>
 WsVariant Make() {
   Sm90WsTileConfig config{kBlockN,   kStages,       kConsumers, kSeparateO,
                           kQBuffers, kPrefetchNext, kTmaStoreO, kOverlapNextS};
@@ -23,11 +23,12 @@ WsVariant Make() {
                                 kOrders, false, kDirectO>};
 }
 
-// Tiles of `kHeadDim` x kBlockN with O stored from registers (Sm90WsTileConfig::direct_o).
-template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kQBuffers = 1>
+// Tiles of `kHeadDim` x kBlockN with O stored from registers (Sm90WsTileConfig::direct_o),
+// kBytes per store.
+template <int kHeadDim, int kBlockN, int kStages, int kConsumers, int kQBuffers = 1, int kBytes = 4>
 WsVariant Direct() {
   return Make<kHeadDim, kBlockN, kStages, kConsumers, false, kQBuffers, false, false, false, false,
-              true>();
+              kBytes>();
 }
 
 // `v` (compiled with kOrders) on the snake or the fold order of FwdSm90WsSchedule.
@@ -51,9 +52,11 @@ std::string WsVariant::Label() const {
          std::to_string(config.consumers) + "c/" + std::to_string(config.stages) + "s" +
          (config.separate_o ? "/o" : "") + (config.q_buffers == 2 ? "/q2" : "") +
          (config.prefetch_next ? "/pf" : "") + (config.tma_store_o ? "/ts" : "") +
-         (config.direct_o ? "/do" : "") + (config.overlap_next_s ? "/x" : "") +
-         (config.snake ? "/sn" : "") + (config.fold ? "/fd" : "") +
-         (config.pair_major ? "/pm" : "");
+         (config.direct_o == 4    ? "/do"
+          : config.direct_o == 16 ? "/do16"
+                                  : "") +
+         (config.overlap_next_s ? "/x" : "") + (config.snake ? "/sn" : "") +
+         (config.fold ? "/fd" : "") + (config.pair_major ? "/pm" : "");
 }
 
 // The dense defaults before device call 2 of session 7, beside the routed ones (bulk stores of O
@@ -65,10 +68,13 @@ std::string WsVariant::Label() const {
 // under 2048 keys, where call 2's best, two consumers of 128 x 128 in the pair-major order, ran
 // 1.117 / 1.098x the default against the wgmma kernel's 1.161 / 1.104x), the bulk stores of O that
 // made the difference at d = 128, on those tiles and on 192 x 96.
-// Session 8 (issue 23, short causal): O stored from registers (/do) frees the O tile's shared
-// memory, so that a tile's Q buffer is released after its last S (as with the O tile, unlike O
-// staged in Q) and the 32 KB at d = 128 buy a third K / V stage or a second Q buffer; and FA3's
-// 128 x 176 tiles at d = 128 without a mask (208 KB with O in no tile).
+// Session 8 (issue 23, short causal): O stored from registers (/do, 4-byte stores; /do16, 16-byte
+// stores after a transpose within each quad) needs no O tile, so that a tile's Q buffer is
+// released after its last S and the 32 KB at d = 128 buy a third K / V stage. Device call B of
+// session 8 (H200) timed /do with two and three stages and with a second Q buffer at 0.83-0.99x
+// the routed bulk stores at d = 128 (more stages or Q buffers changed nothing); FA3's 128 x 176
+// tiles, 128 x 96 / 3 stages / q2, 128 x 64 / 5 stages / q2 (0.72-0.91x) and the deeper d = 64
+// pipelines (192 x 96 / 7 stages / q2, 128 x 128 / 6 stages / q2) are no longer compiled.
 const std::vector<WsVariant>& WsVariants() {
 #ifdef ATTN_WS_VARIANTS_256
   // A build of bucket 256 (configured with CMAKE_CUDA_FLAGS=-DATTN_WS_VARIANTS_256 beside
@@ -90,16 +96,12 @@ const std::vector<WsVariant>& WsVariants() {
       Make<128, 128, 2, 2, true>(),
       PairMajor(Direct<128, 128, 2, 2>()),
       PairMajor(Direct<128, 128, 3, 2>()),
-      PairMajor(Direct<128, 128, 2, 2, 2>()),
-      PairMajor(Direct<128, 176, 2, 2>()),
       PairMajor(Direct<64, 128, 6, 2>()),
       PairMajor(Direct<64, 96, 5, 3>()),
-      // Deeper lookahead: a second Q buffer beside more K / V stages (the producer copies the
-      // next tile's Q and first K / V while a short tile runs), within 227 KB.
-      PairMajor(Direct<128, 96, 3, 2, 2>()),
-      PairMajor(Direct<128, 64, 5, 2, 2>()),
-      PairMajor(Direct<64, 96, 7, 3, 2>()),
-      PairMajor(Direct<64, 128, 6, 2, 2>()),
+      // 16-byte direct stores (a quad's words transposed by shuffles).
+      PairMajor(Direct<128, 128, 2, 2, 1, 16>()),
+      PairMajor(Direct<128, 128, 3, 2, 1, 16>()),
+      PairMajor(Direct<64, 128, 6, 2, 1, 16>()),
       // The plain order, also timed on one block per tile.
       Direct<128, 128, 3, 2>(),
       // d = 256, whose default stages O in Q (released only after the epilogue): with direct
@@ -107,6 +109,7 @@ const std::vector<WsVariant>& WsVariants() {
       // default's) and the pair-major one.
       Direct<256, 64, 2, 2>(),
       PairMajor(Direct<256, 64, 2, 2>()),
+      Direct<256, 64, 2, 2, 1, 16>(),
   };
 #endif
   return variants;

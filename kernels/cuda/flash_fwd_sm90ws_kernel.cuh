@@ -60,7 +60,7 @@ namespace attention::cuda::fwd {
 // The constants the kernel is written against, checked once here.
 template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, bool kSeparateO_,
           int kQBuffers_ = 1, bool kPrefetchNext_ = false, bool kTmaStoreO_ = false,
-          bool kOverlapNextS_ = false, bool kOrders_ = false, bool kDirectO_ = false>
+          bool kOverlapNextS_ = false, bool kOrders_ = false, int kDirectO_ = 0>
 struct Sm90WsTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;
@@ -89,10 +89,14 @@ struct Sm90WsTraits {
   // schedule has them; without, kernels take the plain order only, which keeps the other orders'
   // arithmetic out of their registers (20 bytes more spills at d 256 causal).
   static constexpr bool kOrders = kOrders_;
-  // Sm90WsTileConfig::direct_o: each consumer thread stores its normalized O fragments straight
-  // to global memory (StoreOutputDirect), so O needs no shared tile and a tile's Q buffer is
-  // released after its last S: the 32 KB of an O tile (d = 128) buy a K / V stage or a Q buffer.
-  static constexpr bool kDirectO = kDirectO_;
+  // Sm90WsTileConfig::direct_o: the consumer threads store their normalized O fragments straight
+  // to global memory (StoreOutputDirect), kDirectO bytes per store (4 or 16), so O needs no shared
+  // tile and a tile's Q buffer is released after its last S: the 32 KB of an O tile (d = 128)
+  // buy a K / V stage or a Q buffer.
+  static constexpr int kDirectOBytes = kDirectO_;
+  static constexpr bool kDirectO = kDirectO_ != 0;
+  static_assert(kDirectOBytes == 0 || kDirectOBytes == 4 || kDirectOBytes == 16,
+                "4-byte or 16-byte direct stores");
   static_assert(!kDirectO || (!kSeparateO && !kTmaStoreO && !kOverlapNextS),
                 "O stored from registers: no O tile, no staged epilogue");
   static constexpr int kBlockM = 64 * kConsumers;
@@ -408,11 +412,14 @@ __device__ __forceinline__ void StageOutput(float (&acc_o)[1][kNTilesO][4],
 }
 
 // The epilogue without staging (Sm90WsTileConfig::direct_o): O /= rowsum as StageOutput
-// normalizes it, each thread storing its two adjacent columns of a row (4 bytes) of every
-// 8-column tile straight to global memory, rows past c.rows and tiles past the head_dim's
-// valid_chunks 8-column chunks dropped (a quad's four threads write a row's 16 contiguous bytes;
-// the L2 merges the sectors before they are written back); the LSE per row.
-template <typename Element, int kNTilesO>
+// normalizes it and stores it straight to global memory, rows past c.rows and 8-column tiles past
+// the head_dim's valid_chunks dropped; the LSE per row. kBytes = 4: each thread stores its two
+// adjacent columns of a row (4 bytes) of every 8-column tile (a quad's four threads write 16
+// contiguous bytes; the L2 merges the sectors before they are written back). kBytes = 16: the
+// quad's 4 x 4 words of four consecutive tiles are transposed by two butterfly exchanges (4
+// shuffles), after which thread t holds the 16 bytes of tile 4 j + t and stores them at once (a
+// quarter of the store instructions).
+template <int kBytes, typename Element, int kNTilesO>
 __device__ __forceinline__ void StoreOutputDirect(float (&acc_o)[1][kNTilesO][4],
                                                   const RowStats<1>& stats, float scale_log2,
                                                   float sink_log2, const BlockCoords<Element>& c,
@@ -429,7 +436,38 @@ __device__ __forceinline__ void StoreOutputDirect(float (&acc_o)[1][kNTilesO][4]
     const RowNormalization norm = NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
                                                [](float x) { return Exp2(x); });
     const int r = warp_row0 + g + 8 * hf;
-    if (r < c.rows) {
+    if constexpr (kBytes == 16) {
+      static_assert(kNTilesO % 4 == 0, "groups of four 8-column tiles");
+      uint4* row = reinterpret_cast<uint4*>(c.o + r * o_row_stride);
+#pragma unroll
+      for (int j = 0; j < kNTilesO / 4; ++j) {
+        uint32_t w[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          w[k] = Ops::Pack(acc_o[0][4 * j + k][2 * hf] * norm.scale,
+                           acc_o[0][4 * j + k][2 * hf + 1] * norm.scale);
+        }
+        // Butterfly over lane bit m: of each pair of words whose indices differ in bit m, a
+        // thread keeps the one whose bit m equals its own and swaps the other with the thread
+        // differing in bit m; after both bits, w[k] is thread k's word t.
+#pragma unroll
+        for (int m = 1; m <= 2; m *= 2) {
+          const bool upper = (t & m) != 0;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            if (k & m) continue;
+            const uint32_t sent = upper ? w[k] : w[k | m];
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, sent, m);
+            if (upper) {
+              w[k] = got;
+            } else {
+              w[k | m] = got;
+            }
+          }
+        }
+        if (r < c.rows && 4 * j + t < valid_chunks) row[4 * j + t] = {w[0], w[1], w[2], w[3]};
+      }
+    } else if (r < c.rows) {
       uint32_t* row = reinterpret_cast<uint32_t*>(c.o + r * o_row_stride + 2 * t);
 #pragma unroll
       for (int dt = 0; dt < kNTilesO; ++dt) {
@@ -898,8 +936,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       };
       if constexpr (Traits::kDirectO) {
-        StoreOutputDirect(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e, c, p.o_row_stride,
-                          valid_chunks, warp_row0, lane);
+        StoreOutputDirect<Traits::kDirectOBytes>(acc_o, stats, scale_log2, SinkLogit(p, c) * kLog2e,
+                                                 c, p.o_row_stride, valid_chunks, warp_row0, lane);
       } else if constexpr (Traits::kTmaStoreO) {
         // The warp's rows of the O tile are free once its previous tile's bulk stores have read
         // them.

@@ -18,7 +18,7 @@ namespace attention::cuda {
 
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers, bool kPrefetchNext, bool kTmaStoreO, bool kOverlapNextS,
-          bool kOrders, bool kPaged, bool kDirectO>
+          bool kOrders, bool kPaged, int kDirectO>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream) {
   static_assert(kDType == DType::kBFloat16 || kDType == DType::kFloat16,
                 "the tensor cores take 16-bit operands");

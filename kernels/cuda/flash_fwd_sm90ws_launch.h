@@ -248,8 +248,9 @@ struct Sm90WsTileConfig {
   bool fold = false;
   bool pair_major = false;
   // O stored from the consumers' registers, without a shared tile (Sm90WsTraits::kDirectO;
-  // separate_o and tma_store_o off).
-  bool direct_o = false;
+  // separate_o and tma_store_o off): 0 (off), 4 (each thread's 4-byte column pairs) or 16
+  // (16-byte chunks gathered across each quad of threads).
+  int direct_o = 0;
 };
 
 // Shared memory: Q (and O) 64 * consumers x d, stages x (K + V) block_n x d, 16-bit elements.
@@ -333,8 +334,7 @@ inline constexpr bool kSm90WsZeroVTail = true;
 // launch's CUDA error.
 template <DType kDType, int kHeadDim, bool kCausal, int kBlockN, int kStages, int kConsumers,
           bool kSeparateO, int kQBuffers = 1, bool kPrefetchNext = false, bool kTmaStoreO = false,
-          bool kOverlapNextS = false, bool kOrders = false, bool kPaged = false,
-          bool kDirectO = false>
+          bool kOverlapNextS = false, bool kOrders = false, bool kPaged = false, int kDirectO = 0>
 cudaError_t LaunchFlashFwdSm90Ws(const FwdSm90WsArgs& args, cudaStream_t stream);
 
 // The same with DefaultSm90WsTileConfig(kHeadDim, kCausal), or PagedSm90WsTileConfig for the paged
