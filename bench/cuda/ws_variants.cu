@@ -98,6 +98,10 @@ const std::vector<WsVariant>& WsVariants() {
       PairMajor(Direct<128, 128, 3, 2>()),
       PairMajor(Direct<64, 128, 6, 2>()),
       PairMajor(Direct<64, 96, 5, 3>()),
+      // The next tile's first S issued before the epilogue (/x) beside the bulk stores of O, with
+      // one Q buffer (released at a tile's last S).
+      PairMajor(Make<128, 128, 2, 2, true, 1, false, true, true>()),
+      PairMajor(Make<64, 128, 4, 2, true, 1, false, true, true>()),
       // 16-byte direct stores (a quad's words transposed by shuffles).
       PairMajor(Direct<128, 128, 2, 2, 1, 16>()),
       PairMajor(Direct<128, 128, 3, 2, 1, 16>()),

@@ -82,9 +82,11 @@ struct Sm90WsTraits {
   static_assert(!kTmaStoreO || kSeparateO, "bulk stores of O from an O tile of its own");
   // Sm90WsTileConfig::overlap_next_s: a consumer's last turn of a query tile issues the next
   // tile's first S = Q K^T after the last P V, so that it runs during the epilogue; the next
-  // tile's Q must be in shared memory by then, hence two Q buffers.
+  // tile's Q must be in shared memory by then: two Q buffers, or one released at the tile's last
+  // S (O in a tile of its own).
   static constexpr bool kOverlapNextS = kOverlapNextS_;
-  static_assert(!kOverlapNextS || kQBuffers == 2, "the next tile's S reads its own Q buffer");
+  static_assert(!kOverlapNextS || kQBuffers == 2 || kSeparateO,
+                "the next tile's S reads a Q buffer no epilogue still uses");
   // Compiled to follow the snake and fold orders (FwdSm90WsSchedule::snake, fold) when the
   // schedule has them; without, kernels take the plain order only, which keeps the other orders'
   // arithmetic out of their registers (20 bytes more spills at d 256 causal).
@@ -1017,6 +1019,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       WgmmaWait<0>();
       FenceAccumulators(acc_s[0]);
       release(k_empty(i % kStages));
+      // With one Q buffer the step of a tile's last S releases it; a next tile of one KV tile has
+      // no step left, so its only S, this one, releases it.
+      if (kQBuffers == 1 && ntiles.end - ntiles.begin == 1) release(q_empty(0));
       if (softcap) {
 #pragma unroll
         for (int nt = 0; nt < kNTilesS; ++nt) {
