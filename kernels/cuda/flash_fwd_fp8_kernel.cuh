@@ -320,24 +320,31 @@ __device__ __forceinline__ bool Fp8ExpAgainstRunningMax(const float (&acc_s)[1][
   if (__any_sync(0xffffffffu, fresh)) return true;
   const float base0 = stats.max[0][0] * scale_log2;
   const float base1 = stats.max[0][1] * scale_log2;
-  constexpr int kParts = kTree ? 4 : 1;
-  float part[2][kParts];
+  if constexpr (kTree) {
+    float part[2][4];
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
+    for (int hf = 0; hf < 2; ++hf) {
 #pragma unroll
-    for (int i = 0; i < kParts; ++i) part[hf][i] = 0.f;
-  }
-  PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
-    const float x = fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1);
-    const float pe = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
-    if constexpr (kSum) part[e / 2][nt % kParts] += pe;
-    return pe;
-  });
+      for (int i = 0; i < 4; ++i) part[hf][i] = 0.f;
+    }
+    PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
+      const float x = fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1);
+      const float pe = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
+      if constexpr (kSum) part[e / 2][nt % 4] += pe;
+      return pe;
+    });
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    sum[hf] = part[hf][0];
-#pragma unroll
-    for (int i = 1; i < kParts; ++i) sum[hf] += part[hf][i];
+    for (int hf = 0; hf < 2; ++hf) {
+      sum[hf] = (part[hf][0] + part[hf][1]) + (part[hf][2] + part[hf][3]);
+    }
+  } else {
+    sum[0] = sum[1] = 0.f;
+    PackP8Pairs<kNTilesS>(p_next, [&](int nt, int e) {
+      const float x = fmaf(acc_s[0][nt][e], scale_log2, e < 2 ? -base0 : -base1);
+      const float pe = nt % 4 < kFmaExp ? Exp2Fma(x) : Exp2(x);
+      if constexpr (kSum) sum[e / 2] += pe;
+      return pe;
+    });
   }
   return false;
 }
