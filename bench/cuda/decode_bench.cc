@@ -66,9 +66,9 @@ struct Options {
   int reps = 50;
   const char* json = nullptr;
   DecodeOptions decode;
-  std::vector<int> variants = {0};  // indices of kDecodeVariants
-  std::vector<int> splits = {-1};   // -1: decode.num_splits
-  std::vector<std::string> rows;    // "1x8k" filters; empty = all
+  std::vector<int> variants = {0};        // indices of kDecodeVariants
+  std::vector<int> splits = {-1};         // -1: decode.num_splits
+  std::vector<std::string> rows;          // "1x8k" filters; empty = all
   std::vector<std::pair<int, int>> grid;  // --grid: (batch, kv_len) rows; empty = issue 21's
   std::vector<int> page_sizes = {64};     // --page-sizes: the paged layouts of every grid row
 };
@@ -378,10 +378,10 @@ int Main(int argc, char** argv) {
   std::vector<Row> rows;
   const bool issue_grid = opt.grid.empty();
   const std::vector<std::pair<int, int>> grid =
-      issue_grid ? std::vector<std::pair<int, int>>{{128, 2048}, {32, 8192},  {8, 32768},
-                                                    {2, 131072}, {1, 8192},   {1, 32768},
-                                                    {1, 131072}}
-                 : opt.grid;
+      issue_grid
+          ? std::vector<std::pair<int, int>>{{128, 2048}, {32, 8192}, {8, 32768}, {2, 131072},
+                                             {1, 8192},   {1, 32768}, {1, 131072}}
+          : opt.grid;
   for (const auto& [batch, len] : grid) {
     rows.push_back({"dense", batch, len, 0});
     for (int ps : opt.page_sizes) rows.push_back({"paged" + std::to_string(ps), batch, len, ps});

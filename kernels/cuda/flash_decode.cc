@@ -445,9 +445,10 @@ absl::Status RunFlashDecode(const AttentionParams& params, const DecodeOptions& 
     if (plan.num_counters > 0) {
       l.counters_self_reset =
           opt.zeroed_counters != nullptr && opt.zeroed_counter_count >= plan.num_counters;
-      l.counters = l.counters_self_reset ? opt.zeroed_counters
-                                         : reinterpret_cast<unsigned int*>(
-                                               ws + plan.partial_o_bytes + plan.partial_lse_bytes);
+      l.counters =
+          l.counters_self_reset
+              ? opt.zeroed_counters
+              : reinterpret_cast<unsigned int*>(ws + plan.partial_o_bytes + plan.partial_lse_bytes);
       l.num_counters = plan.num_counters;
     }
   }

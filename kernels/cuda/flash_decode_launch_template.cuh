@@ -94,8 +94,8 @@ cudaError_t LaunchDecodeFused(const AttentionParams& p, const DecodeLaunch& l,
     // One counter per thread; a few blocks are enough for any grid the decode kernel can take.
     const int64_t zero_blocks = (l.num_counters + kDecodeThreads - 1) / kDecodeThreads;
     decode::FlashDecodeZeroCounters<unsigned int>
-        <<<static_cast<unsigned>(zero_blocks < 64 ? zero_blocks : 64), kDecodeThreads, 0,
-           stream>>>(l.counters, l.num_counters);
+        <<<static_cast<unsigned>(zero_blocks < 64 ? zero_blocks : 64), kDecodeThreads, 0, stream>>>(
+            l.counters, l.num_counters);
     if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
   const int64_t blocks =

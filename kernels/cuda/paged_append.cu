@@ -23,8 +23,9 @@ __global__ void PagedAppendKernel(const Unit* __restrict__ k_new, const Unit* __
                                   Unit* __restrict__ k_pool, Unit* __restrict__ v_pool,
                                   int64_t page_stride, int64_t row_stride, int64_t head_stride,
                                   int page_size, const int32_t* __restrict__ slots, int num_tokens,
-                                  int kv_heads, int units_per_row, const uint4* __restrict__ pull_src,
-                                  uint4* __restrict__ pull_dst, int64_t pull_units) {
+                                  int kv_heads, int units_per_row,
+                                  const uint4* __restrict__ pull_src, uint4* __restrict__ pull_dst,
+                                  int64_t pull_units) {
   const int64_t total = pull_units + int64_t{num_tokens} * kv_heads * units_per_row;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -108,10 +109,9 @@ absl::Status CheckPagedAppend(const PagedAppendParams& p) {
   if (p.pull_bytes < 0 || p.pull_bytes % 16 != 0) {
     return Invalid(absl::StrCat("pull_bytes ", p.pull_bytes, " must be a multiple of 16, >= 0"));
   }
-  if (p.pull_bytes > 0 &&
-      (p.pull_src == nullptr || p.pull_dst == nullptr ||
-       reinterpret_cast<uintptr_t>(p.pull_src) % 16 != 0 ||
-       reinterpret_cast<uintptr_t>(p.pull_dst) % 16 != 0)) {
+  if (p.pull_bytes > 0 && (p.pull_src == nullptr || p.pull_dst == nullptr ||
+                           reinterpret_cast<uintptr_t>(p.pull_src) % 16 != 0 ||
+                           reinterpret_cast<uintptr_t>(p.pull_dst) % 16 != 0)) {
     return Invalid("pull_src and pull_dst must be set and 16-byte aligned when pull_bytes > 0");
   }
   return absl::OkStatus();

@@ -309,10 +309,9 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
     return s;
   }
   device_pool_ = static_cast<char*>(device_pool);
-  if (absl::Status s =
-          CheckCuda(cudaMemset(device_pool_ + device_pool_bytes_, 0,
-                               static_cast<size_t>(counter_bytes)),
-                    "cudaMemset(decode counters)");
+  if (absl::Status s = CheckCuda(
+          cudaMemset(device_pool_ + device_pool_bytes_, 0, static_cast<size_t>(counter_bytes)),
+          "cudaMemset(decode counters)");
       !s.ok()) {
     return s;
   }
@@ -326,9 +325,8 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
   }
   pinned_pool_ = static_cast<char*>(pinned_pool);
   void* pinned_on_device = nullptr;
-  if (cudaHostGetDevicePointer(&pinned_on_device, pinned_pool, 0) == cudaSuccess) {
-    pinned_pool_on_device_ = static_cast<char*>(pinned_on_device);
-  } else {
+  if (cudaHostGetDevicePointer(&pinned_on_device, pinned_pool, 0) != cudaSuccess) {
+    pinned_on_device = nullptr;
     cudaGetLastError();  // not mapped: outputs are downloaded, as for every other batch
   }
 
@@ -336,9 +334,13 @@ absl::Status CudaExecutor::Init(const ExecutorOptions& options) {
   for (int i = 0; i < depth; ++i) {
     Slot& slot = slots_[static_cast<size_t>(i)];
     slot.device = device_pool_ + int64_t{i} * device_slot_bytes_;
-    slot.counters =
+    slot.scratch.zeroed_counters =
         reinterpret_cast<unsigned int*>(device_pool_ + device_pool_bytes_) + i * kSlotCounters;
+    slot.scratch.zeroed_counter_count = kSlotCounters;
     slot.pinned = pinned_pool_ + int64_t{i} * pinned_slot_bytes_;
+    if (pinned_on_device != nullptr) {
+      slot.pinned_mapped = static_cast<char*>(pinned_on_device) + int64_t{i} * pinned_slot_bytes_;
+    }
     for (absl::Status s : {
              CheckCuda(cudaStreamCreateWithFlags(&slot.stream, cudaStreamNonBlocking),
                        "cudaStreamCreate"),
@@ -797,10 +799,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
   // which more rows take, is left to the download.
   const bool zero_copy = slot.lone && batch.config.kind == WorkKind::kPagedDecode &&
                          cuda::DecodeTakesPagedRows(batch.config.dtype, batch.max_seqlen_q) &&
-                         pinned_pool_on_device_ != nullptr && LoneZeroCopy();
+                         slot.pinned_mapped != nullptr && LoneZeroCopy();
   char* device_outputs =
-      zero_copy ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_) + slot.outputs_offset
-                : slot.device + slot.outputs_offset;
+      zero_copy ? slot.pinned_mapped + slot.outputs_offset : slot.device + slot.outputs_offset;
   const AttentionParams p = BindParams(batch.plan, device_inputs, device_outputs);
   // A backward batch: grad_o among the inputs, dq, dk and dv as the outputs (as the CPU
   // executor binds them), and the backward's float32 workspace (dq accumulator, D, lse).
@@ -841,13 +842,11 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
   }
   // ATTN_LONE_PULL: the append kernel reads the rows from the pinned staging and pulls the inputs
-  // block (padded to 16 bytes, within the slot's staging) into the device slot.
-  const char* pinned_on_device =
-      pinned_pool_on_device_ != nullptr ? pinned_pool_on_device_ + (slot.pinned - pinned_pool_)
-                                        : nullptr;
+  // block (padded to 16 bytes: still before append_offset) into the device slot.
+  static_assert(kAlignment % 16 == 0, "the padded inputs block ends before the row-append block");
   const int64_t pull_bytes = (layout.input_bytes + 15) / 16 * 16;
-  const bool pull = !by_copy && slot.lone && append.rows > 0 && pinned_on_device != nullptr &&
-                    pull_bytes <= kPullMaxBytes && pull_bytes <= append_offset && LonePull();
+  const bool pull = !by_copy && slot.lone && append.rows > 0 && slot.pinned_mapped != nullptr &&
+                    pull_bytes <= kPullMaxBytes && LonePull();
   bool rows_copied = false;
   if (by_copy) {
     cudaMemcpyAttributes attributes{};
@@ -890,10 +889,9 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     if (absl::Status s = page_storage_->OrderReads(stream); !s.ok()) return s;
   }
   if (append.rows > 0 && !rows_copied) {
-    absl::Status s =
-        pull ? RunRowAppend(append, pinned_on_device + append_offset, stream, pinned_on_device,
-                            device_inputs, pull_bytes)
-             : RunRowAppend(append, device_inputs + append_offset, stream);
+    absl::Status s = pull ? RunRowAppend(append, slot.pinned_mapped + append_offset, stream,
+                                         slot.pinned_mapped, device_inputs, pull_bytes)
+                          : RunRowAppend(append, device_inputs + append_offset, stream);
     if (!s.ok()) {
       if (s.code() == absl::StatusCode::kInternal) {
         // A launch failure may be sticky: let CheckCuda classify the error the device reports.
@@ -906,8 +904,7 @@ absl::Status CudaExecutor::Launch(Slot& slot) {
     step_trace::Stamp(step_trace::kAppendIssued);
   }
   if (absl::Status s = backward ? cuda::RunAttentionBackward(backward_params, workspace, stream)
-                                : cuda::RunAttention(p, workspace, stream,
-                                                     {slot.counters, kSlotCounters});
+                                : cuda::RunAttention(p, workspace, stream, slot.scratch);
       !s.ok()) {
     if (s.code() == absl::StatusCode::kInternal) {
       // A launch failure may be sticky: let CheckCuda classify the error it left behind.

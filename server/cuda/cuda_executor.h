@@ -65,6 +65,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/attention_cuda.h"
 #include "server/executor.h"
 #include "server/packing.h"
 
@@ -118,9 +119,13 @@ class CudaExecutor final : public Executor {
   struct Slot {
     char* pinned = nullptr;  // host staging: inputs block, then outputs block
     char* device = nullptr;  // device block: inputs, outputs, kernel workspace
-    // kSlotCounters zeroed ticket counters of the split decode kernel, behind the slots' blocks
-    // (cuda::StreamScratch): the slot's launches run in its stream's order.
-    unsigned int* counters = nullptr;
+    // `pinned` as the device addresses it (cudaHostGetDevicePointer; the same address under
+    // unified addressing), or null when it cannot: then no batch of the slot writes its outputs
+    // there (ATTN_LONE_ZERO_COPY) or pulls its inputs from there (ATTN_LONE_PULL).
+    char* pinned_mapped = nullptr;
+    // What the slot's launches keep across launches, in its stream's order: kSlotCounters zeroed
+    // ticket counters of the split decode kernel, behind the slots' device blocks.
+    cuda::StreamScratch scratch;
     cudaStream_t stream = nullptr;
     cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
     std::unique_ptr<Batch> batch;
@@ -178,9 +183,6 @@ class CudaExecutor final : public Executor {
 
   char* device_pool_ = nullptr;
   char* pinned_pool_ = nullptr;
-  // pinned_pool_ as the device addresses it (cudaHostGetDevicePointer; the same address under
-  // unified addressing), or null when it cannot: then no batch writes its outputs there.
-  char* pinned_pool_on_device_ = nullptr;
   int64_t device_pool_bytes_ = 0, pinned_pool_bytes_ = 0;
   int64_t device_slot_bytes_ = 0, pinned_slot_bytes_ = 0;
   int64_t max_batch_bytes_ = 0;
