@@ -381,6 +381,19 @@ __device__ __forceinline__ WsPagedTail PagedTailOfTile(const AttentionParams& p,
           key_begin, key_end};
 }
 
+// The epilogues' normalization of row half `hf` (row g or g + 8 of the warp's m16 tile): the row
+// sum reduced over the quad's four threads, then O's scale and the LSE from it (NormalizeRow,
+// attention sinks in the denominator).
+__device__ __forceinline__ RowNormalization QuadRowNormalization(const RowStats<1>& stats, int hf,
+                                                                 float scale_log2,
+                                                                 float sink_log2) {
+  float sum = stats.sum[0][hf];
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  return NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
+                      [](float x) { return Exp2(x); });
+}
+
 // StoreOutput's epilogue (flash_fwd_common.cuh) up to the staging, for the bulk-store epilogue:
 // O /= rowsum (attention sinks in the denominator), staged in the warp's 16 rows [warp_row0,
 // warp_row0 + 16) of the shared tile `stage` (layout OTile; no other warp reads them and no
@@ -397,11 +410,7 @@ __device__ __forceinline__ void StageOutput(float (&acc_o)[1][kNTilesO][4],
   const int t = lane % 4;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float sum = stats.sum[0][hf];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const RowNormalization norm = NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
-                                               [](float x) { return Exp2(x); });
+    const RowNormalization norm = QuadRowNormalization(stats, hf, scale_log2, sink_log2);
     const int r = warp_row0 + g + 8 * hf;
 #pragma unroll
     for (int dt = 0; dt < kNTilesO; ++dt) {
@@ -432,11 +441,7 @@ __device__ __forceinline__ void StoreOutputDirect(float (&acc_o)[1][kNTilesO][4]
   const int t = lane % 4;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float sum = stats.sum[0][hf];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const RowNormalization norm = NormalizeRow(stats.max[0][hf] * scale_log2, sum, sink_log2,
-                                               [](float x) { return Exp2(x); });
+    const RowNormalization norm = QuadRowNormalization(stats, hf, scale_log2, sink_log2);
     const int r = warp_row0 + g + 8 * hf;
     if constexpr (kBytes == 16) {
       static_assert(kNTilesO % 4 == 0, "groups of four 8-column tiles");
